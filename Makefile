@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both install first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench lint format proto clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(VENV)/bin/hashmatch serve --data-dir ./hashmatch-data
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) -m bench all
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+proto: install
+	$(PY) -m hashmatch.server.protogen
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,32 @@
+"""Dispatch ``python -m bench NAME [args]``; ``python -m bench all`` runs every suite."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUITES = ("hashing", "indexes", "store", "service", "scan", "quality")
+
+
+def main(argv: list[str]) -> None:
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(f"usage: python -m bench {{{'|'.join(SUITES)}|all}} [suite options]")
+        return
+    name, rest = argv[0], argv[1:]
+    names = SUITES if name == "all" else (name,)
+    for suite in names:
+        if suite not in SUITES:
+            sys.exit(f"unknown benchmark {suite!r}; choose from {', '.join(SUITES)}")
+        try:
+            module = importlib.import_module(f"bench.{suite}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"bench.{suite}":
+                raise
+            print(f"# bench {suite}: not written yet")
+            continue
+        print(f"# bench {suite}")
+        module.main(rest)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,79 @@
+"""Typed errors shared by every layer.
+
+Why one hierarchy: the gRPC layer maps exceptions to status codes in one place.
+Anything derived from :class:`InvalidInput` is the caller's mistake and becomes
+``INVALID_ARGUMENT`` (never ``INTERNAL``); :class:`NotFound` becomes ``NOT_FOUND``;
+:class:`PermissionDenied` becomes ``PERMISSION_DENIED``. Each error carries the
+offending ``field`` (and ``index`` for batch items) so messages can name them.
+"""
+
+from __future__ import annotations
+
+
+class HashmatchError(Exception):
+    """Base of every error hashmatch raises on purpose."""
+
+    def __init__(self, message: str, *, field: str | None = None, index: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.index = index
+
+    def __str__(self) -> str:
+        where = ""
+        if self.field is not None:
+            where = self.field if self.index is None else f"{self.field}[{self.index}]"
+            where += ": "
+        return f"{where}{self.message}"
+
+
+class InvalidInput(HashmatchError, ValueError):
+    """The caller sent something malformed (maps to INVALID_ARGUMENT)."""
+
+
+class UnknownSignalType(InvalidInput):
+    """A signal type name that is not in the registry."""
+
+
+class InvalidHash(InvalidInput):
+    """A hash value that does not parse for its signal type (length, characters)."""
+
+
+class InvalidThreshold(InvalidInput):
+    """A distance threshold that is negative or above the type's maximum."""
+
+
+class MediaError(InvalidInput):
+    """Media bytes that cannot be hashed. Subclasses say why."""
+
+
+class EmptyMedia(MediaError):
+    """Zero bytes."""
+
+
+class CorruptMedia(MediaError):
+    """Bytes that claim to be a known format but do not decode (corrupt or truncated)."""
+
+
+class UnsupportedMedia(MediaError):
+    """Bytes in no format we decode (not an image, not a video)."""
+
+
+class MediaTooLarge(MediaError):
+    """Over the byte or pixel limit (decompression-bomb guard)."""
+
+
+class NotFound(HashmatchError, LookupError):
+    """A named thing (list, signal id, tenant) does not exist (maps to NOT_FOUND)."""
+
+
+class PermissionDenied(HashmatchError):
+    """The tenant may not do this (maps to PERMISSION_DENIED)."""
+
+
+class Conflict(HashmatchError):
+    """The request conflicts with stored state (maps to FAILED_PRECONDITION)."""
+
+
+class CorruptData(HashmatchError):
+    """Stored data (snapshot, database) failed a consistency check."""

@@ -1,0 +1,162 @@
+"""The signal-type registry: the one place that knows what a "pdq" or an "md5" is.
+
+Everything else (indexes, store, server, CLI) asks the registry for bit width,
+thresholds and hex parsing, so adding a hash type is one entry here plus its hasher.
+
+Codes are packed ``uint8`` arrays, ``bytes.fromhex(hex)`` order: the hex string that
+python-threatexchange, HMA, pdqhash and imagehash print is exactly the packed code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hashmatch.engine.errors import InvalidHash, InvalidThreshold, UnknownSignalType
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
+
+
+@dataclass(frozen=True)
+class SignalType:
+    """A kind of hash: how wide it is, how far apart two matching values may be."""
+
+    name: str
+    bits: int
+    default_threshold: int
+    max_threshold: int
+    content: str  # "photo", "video" or "bytes": what media the hasher reads
+    exact: bool = False  # cryptographic: only distance 0 means a match
+    description: str = ""
+
+    @property
+    def nbytes(self) -> int:
+        return self.bits // 8
+
+    @property
+    def hex_length(self) -> int:
+        return self.bits // 4
+
+    def parse(
+        self, value: str | bytes, *, field: str = "hash", index: int | None = None
+    ) -> np.ndarray:
+        """Parse one hex string (or raw bytes of the right length) into a packed code."""
+        if isinstance(value, bytes | bytearray | memoryview):
+            raw = bytes(value)
+            if len(raw) != self.nbytes:
+                raise InvalidHash(
+                    f"{self.name} hash must be {self.nbytes} bytes, got {len(raw)}",
+                    field=field,
+                    index=index,
+                )
+            return np.frombuffer(raw, dtype=np.uint8).copy()
+        text = value.strip()
+        if len(text) != self.hex_length:
+            raise InvalidHash(
+                f"{self.name} hash must be {self.hex_length} hex characters, got {len(text)}",
+                field=field,
+                index=index,
+            )
+        if not _HEX.fullmatch(text):
+            bad = next(c for c in text if c not in "0123456789abcdefABCDEF")
+            raise InvalidHash(
+                f"{self.name} hash has a non-hex character {bad!r}", field=field, index=index
+            )
+        return np.frombuffer(bytes.fromhex(text), dtype=np.uint8).copy()
+
+    def parse_many(self, values: Sequence[str | bytes], *, field: str = "hashes") -> np.ndarray:
+        """Parse a batch into ``uint8[n, nbytes]``; the error names the first bad item."""
+        out = np.empty((len(values), self.nbytes), dtype=np.uint8)
+        for i, v in enumerate(values):
+            out[i] = self.parse(v, field=field, index=i)
+        return out
+
+    def format(self, code: np.ndarray | bytes) -> str:
+        """Packed code -> lowercase hex (the form hash lists exchange)."""
+        raw = code.tobytes() if isinstance(code, np.ndarray) else bytes(code)
+        if len(raw) != self.nbytes:
+            raise InvalidHash(f"{self.name} code must be {self.nbytes} bytes, got {len(raw)}")
+        return raw.hex()
+
+    def format_many(self, codes: np.ndarray) -> list[str]:
+        return [row.tobytes().hex() for row in np.asarray(codes, dtype=np.uint8)]
+
+    def check_threshold(self, threshold: int | None, *, field: str = "threshold") -> int:
+        """Resolve a request's threshold: None -> default; out of range -> InvalidThreshold."""
+        if threshold is None:
+            return self.default_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, int | np.integer):
+            raise InvalidThreshold(f"must be an integer, got {threshold!r}", field=field)
+        if threshold < 0 or threshold > self.max_threshold:
+            raise InvalidThreshold(
+                f"{self.name} threshold must be 0..{self.max_threshold}, got {threshold}",
+                field=field,
+            )
+        return int(threshold)
+
+
+_REGISTRY: dict[str, SignalType] = {}
+
+
+def register(signal_type: SignalType) -> SignalType:
+    if signal_type.name in _REGISTRY:
+        raise ValueError(f"signal type {signal_type.name!r} registered twice")
+    _REGISTRY[signal_type.name] = signal_type
+    return signal_type
+
+
+def get(name: str, *, field: str = "signal_type") -> SignalType:
+    """Look a type up by name; unknown names raise UnknownSignalType listing the known ones."""
+    try:
+        return _REGISTRY[name.strip().lower()]
+    except (KeyError, AttributeError):
+        known = ", ".join(sorted(_REGISTRY))
+        raise UnknownSignalType(
+            f"unknown signal type {name!r} (known: {known})", field=field
+        ) from None
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def all_types() -> Iterable[SignalType]:
+    return list(_REGISTRY.values())
+
+
+PDQ = register(
+    SignalType(
+        "pdq", 256, 31, 63, "photo", description="Meta's PDQ perceptual hash (industry standard)"
+    )
+)
+PHASH = register(
+    SignalType("phash", 64, 10, 32, "photo", description="imagehash.phash, hash_size 8")
+)
+DHASH = register(
+    SignalType("dhash", 64, 10, 32, "photo", description="imagehash.dhash, hash_size 8")
+)
+AHASH = register(
+    SignalType("ahash", 64, 10, 32, "photo", description="imagehash.average_hash, hash_size 8")
+)
+WHASH = register(
+    SignalType("whash", 64, 10, 32, "photo", description="imagehash.whash, hash_size 8")
+)
+VPDQ = register(
+    SignalType(
+        "vpdq",
+        256,
+        31,
+        63,
+        "video",
+        description="vPDQ: one PDQ per sampled frame; threshold applies per frame",
+    )
+)
+MD5 = register(
+    SignalType("md5", 128, 0, 0, "bytes", exact=True, description="MD5 of the file bytes")
+)
+SHA256 = register(
+    SignalType("sha256", 256, 0, 0, "bytes", exact=True, description="SHA-256 of the file bytes")
+)

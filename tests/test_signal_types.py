@@ -1,0 +1,36 @@
+"""The registry: hex round-trips and precise errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hashmatch.engine import signal_types
+from hashmatch.engine.errors import InvalidHash, InvalidThreshold, UnknownSignalType
+
+
+@pytest.mark.parametrize("name", signal_types.names())
+@given(data=st.data())
+def test_hex_round_trip(name: str, data: st.DataObject) -> None:
+    st_type = signal_types.get(name)
+    raw = data.draw(st.binary(min_size=st_type.nbytes, max_size=st_type.nbytes))
+    code = st_type.parse(raw.hex().upper())
+    assert code.dtype == np.uint8 and code.shape == (st_type.nbytes,)
+    assert st_type.format(code) == raw.hex()
+    assert st_type.parse(raw).tobytes() == raw
+
+
+def test_errors_name_the_problem() -> None:
+    pdq = signal_types.get("PDQ")
+    with pytest.raises(InvalidHash, match="64 hex characters, got 3"):
+        pdq.parse("abc")
+    with pytest.raises(InvalidHash, match=r"hashes\[1\]: pdq hash has a non-hex character 'z'"):
+        pdq.parse_many(["0" * 64, "z" * 64])
+    with pytest.raises(UnknownSignalType, match=r"unknown signal type 'tmk'.*pdq"):
+        signal_types.get("tmk")
+    with pytest.raises(InvalidThreshold, match=r"0\.\.63, got 64"):
+        pdq.check_threshold(64)
+    assert pdq.check_threshold(None) == 31
+    assert signal_types.get("md5").check_threshold(0) == 0
