@@ -1,0 +1,86 @@
+from hashmatch.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Signal(_message.Message):
+    __slots__ = ("hash", "labels", "external_id")
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    hash: _common_pb2.HashValue
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    external_id: str
+    def __init__(self, hash: _Optional[_Union[_common_pb2.HashValue, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ...) -> None: ...
+
+class IngestRequest(_message.Message):
+    __slots__ = ("list_name", "signals", "source", "strict")
+    LIST_NAME_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STRICT_FIELD_NUMBER: _ClassVar[int]
+    list_name: str
+    signals: _containers.RepeatedCompositeFieldContainer[Signal]
+    source: str
+    strict: bool
+    def __init__(self, list_name: _Optional[str] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ..., source: _Optional[str] = ..., strict: _Optional[bool] = ...) -> None: ...
+
+class IngestResponse(_message.Message):
+    __slots__ = ("added", "updated", "unchanged", "rejected", "rejections")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    added: int
+    updated: int
+    unchanged: int
+    rejected: int
+    rejections: _containers.RepeatedCompositeFieldContainer[_common_pb2.ItemError]
+    def __init__(self, added: _Optional[int] = ..., updated: _Optional[int] = ..., unchanged: _Optional[int] = ..., rejected: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[_common_pb2.ItemError, _Mapping]]] = ...) -> None: ...
+
+class RetractRequest(_message.Message):
+    __slots__ = ("list_name", "hashes", "signal_ids", "reason")
+    LIST_NAME_FIELD_NUMBER: _ClassVar[int]
+    HASHES_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    list_name: str
+    hashes: _containers.RepeatedCompositeFieldContainer[_common_pb2.HashValue]
+    signal_ids: _containers.RepeatedScalarFieldContainer[int]
+    reason: str
+    def __init__(self, list_name: _Optional[str] = ..., hashes: _Optional[_Iterable[_Union[_common_pb2.HashValue, _Mapping]]] = ..., signal_ids: _Optional[_Iterable[int]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class RetractResponse(_message.Message):
+    __slots__ = ("retracted",)
+    RETRACTED_FIELD_NUMBER: _ClassVar[int]
+    retracted: int
+    def __init__(self, retracted: _Optional[int] = ...) -> None: ...
+
+class ListHashListsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HashList(_message.Message):
+    __slots__ = ("name", "description", "signal_count", "enabled", "signal_types")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_TYPES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    signal_count: int
+    enabled: bool
+    signal_types: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., signal_count: _Optional[int] = ..., enabled: _Optional[bool] = ..., signal_types: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListHashListsResponse(_message.Message):
+    __slots__ = ("lists",)
+    LISTS_FIELD_NUMBER: _ClassVar[int]
+    lists: _containers.RepeatedCompositeFieldContainer[HashList]
+    def __init__(self, lists: _Optional[_Iterable[_Union[HashList, _Mapping]]] = ...) -> None: ...
