@@ -1,0 +1,233 @@
+"""Assemble and run the gRPC server: servicers, health, reflection, TLS, metrics, drain.
+
+Start-up order: bind and start serving health (NOT_SERVING) at once, open the
+engine (store + indexes) in the background, then flip health to SERVING. Calls
+that need the index get UNAVAILABLE until then (clients retry those).
+Shutdown order: health NOT_SERVING, refuse new calls, let in-flight calls finish
+(up to ``drain_seconds``), then close the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from hashmatch.server.auth import TokenAuth
+from hashmatch.server.config import ServerConfig
+from hashmatch.server.errors import NotServing
+from hashmatch.server.limits import MediaPool
+from hashmatch.server.metrics import Metrics
+from hashmatch.server.service import AdminService, MatcherService, SignalsService
+from hashmatch.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    matcher_pb2,
+    matcher_pb2_grpc,
+    signals_pb2,
+    signals_pb2_grpc,
+)
+
+log = logging.getLogger("hashmatch.server")
+
+SERVICE_NAMES = (
+    matcher_pb2.DESCRIPTOR.services_by_name["Matcher"].full_name,
+    signals_pb2.DESCRIPTOR.services_by_name["Signals"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+)
+
+
+def open_engine(config: ServerConfig):
+    """The default engine: embedded SQLite store + sharded indexes in ``data_dir``."""
+    from hashmatch.engine.runtime import Engine
+
+    return Engine.open(config.data_dir, shards=config.shards, index_kind=config.index_kind)
+
+
+class ServiceHost:
+    """State every servicer shares; owns the engine once it is open."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        auth: TokenAuth | None,
+        engine_factory: Callable[[ServerConfig], Any] = open_engine,
+    ):
+        self.config = config
+        self.auth = auth
+        self.metrics = Metrics()
+        self.media = MediaPool(
+            config.media_workers, config.media_queue, on_change=self.metrics.media_pending.set
+        )
+        self.engine: Any = None
+        self.load_error: BaseException | None = None
+        self.stopping = False
+        self._engine_factory = engine_factory
+
+    def load(self) -> None:
+        started = time.perf_counter()
+        self.engine = self._engine_factory(self.config)
+        log.info("index loaded in %.2f s", time.perf_counter() - started)
+
+    def check_serving(self, method: str) -> None:
+        if self.stopping:
+            raise NotServing("the server is shutting down")
+        if self.engine is None:
+            if self.load_error is not None:
+                raise NotServing(f"the index failed to load: {self.load_error}")
+            raise NotServing("the index is still loading; retry shortly")
+
+    # -- helpers the servicers share -------------------------------------------------
+
+    def engine_lists(self, tenant: str | None) -> list[signals_pb2.HashList]:
+        from hashmatch.server import ingest
+
+        return ingest.list_hash_lists(self.engine, tenant)
+
+    def stats_pb(self) -> admin_pb2.StatsResponse:
+        from hashmatch.server import stats
+
+        return stats.stats_pb(self.engine.stats())
+
+    def index_size(self) -> float:
+        if self.engine is None:
+            return 0.0
+        try:
+            from hashmatch.server import stats
+
+            return float(stats.total_signals(self.engine.stats()))
+        except Exception:  # a scrape must never fail
+            return float("nan")
+
+
+class HashmatchServer:
+    """A running hashmatch gRPC server (``start`` / ``wait_ready`` / ``stop``)."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        auth: TokenAuth | None,
+        engine_factory: Callable[[ServerConfig], Any] = open_engine,
+    ):
+        if auth is None and not config.insecure_no_auth:
+            raise ValueError("no auth configured: pass tokens or set insecure_no_auth explicitly")
+        self.config = config
+        self.host = ServiceHost(config, auth, engine_factory)
+        self.health = health.HealthServicer(
+            experimental_non_blocking=True,
+            experimental_thread_pool=ThreadPoolExecutor(max_workers=1),
+        )
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._ready = threading.Event()
+        self._server: grpc.Server | None = None
+
+    def _build(self) -> grpc.Server:
+        cfg = self.config
+        hard_limit = cfg.max_message_bytes * 2 + 1024 * 1024  # beyond: gRPC's own refusal
+        server = grpc.server(
+            ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_receive_message_length", hard_limit),
+                ("grpc.max_send_message_length", hard_limit),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        matcher_pb2_grpc.add_MatcherServicer_to_server(MatcherService(self.host), server)
+        signals_pb2_grpc.add_SignalsServicer_to_server(SignalsService(self.host), server)
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.host), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        return server
+
+    def _bind(self, server: grpc.Server) -> int:
+        cfg = self.config
+        if cfg.tls_cert:
+            key = Path(cfg.tls_key).read_bytes()
+            cert = Path(cfg.tls_cert).read_bytes()
+            client_ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+            creds = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=client_ca, require_client_auth=bool(client_ca)
+            )
+            port = server.add_secure_port(cfg.listen, creds)
+        else:
+            port = server.add_insecure_port(cfg.listen)
+        if not port:
+            raise OSError(f"cannot listen on {cfg.listen}")
+        return port
+
+    def _set_health(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *SERVICE_NAMES):
+            self.health.set(name, status)
+
+    def start(self, *, load_in_background: bool = True) -> HashmatchServer:
+        self._server = self._build()
+        self.port = self._bind(self._server)
+        self._set_health(False)
+        self._server.start()
+        if self.config.metrics_port >= 0:
+            self.metrics_port = self.host.metrics.serve(
+                self.config.metrics_host, self.config.metrics_port
+            )
+        self.host.metrics.track_index_size(self.host.index_size)
+        log.info(
+            "hashmatch listening on %s (port %s)%s%s",
+            self.config.listen,
+            self.port,
+            ", TLS" if self.config.tls_cert else "",
+            ", mutual TLS" if self.config.tls_client_ca else "",
+        )
+        if load_in_background:
+            threading.Thread(target=self._load, name="index-load", daemon=True).start()
+        else:
+            self._load()
+        return self
+
+    def _load(self) -> None:
+        try:
+            self.host.load()
+        except BaseException as exc:
+            self.host.load_error = exc
+            log.exception("the index failed to load; the server stays NOT_SERVING")
+            return
+        if not self.host.stopping:
+            self._set_health(True)
+            self._ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new calls, let in-flight ones finish, then close the engine."""
+        if self._server is None:
+            return
+        self.host.stopping = True
+        self._set_health(False)
+        grace = self.config.drain_seconds if grace is None else grace
+        self._server.stop(grace).wait()
+        self.host.media.shutdown()
+        if self.host.engine is not None and hasattr(self.host.engine, "close"):
+            self.host.engine.close()
+        self.host.metrics.stop()
+        self._server = None
+        log.info("hashmatch stopped")
+
+    def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return self._server.wait_for_termination(timeout) if self._server else True

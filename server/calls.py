@@ -1,0 +1,134 @@
+"""The shared skin of every RPC: authenticate, check the role, time, log, count, map errors.
+
+Servicer methods decorated with :func:`rpc` receive a :class:`Call` and stay free of
+plumbing: they validate, call the engine, and raise typed errors.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import grpc
+
+from hashmatch.server import errors
+from hashmatch.server.auth import NO_AUTH_PRINCIPAL, Principal, TokenAuth
+from hashmatch.server.metrics import Metrics
+
+access_log = logging.getLogger("hashmatch.access")
+
+
+class CallHost(Protocol):
+    """What :func:`rpc` needs from the servicer's shared state."""
+
+    auth: TokenAuth | None  # None = explicit no-auth mode
+    metrics: Metrics
+
+    def check_serving(self, method: str) -> None: ...
+
+
+@dataclass
+class Call:
+    method: str
+    principal: Principal
+    context: grpc.ServicerContext
+    log: dict[str, Any] = field(default_factory=dict)  # extra fields for the access log
+
+    def time_left(self) -> float | None:
+        return self.context.time_remaining()
+
+    def check_deadline(self) -> None:
+        """Stop work the client no longer waits for."""
+        left = self.context.time_remaining()
+        if (left is not None and left <= 0) or not self.context.is_active():
+            raise errors.DeadlineExceeded("deadline passed or call cancelled; work stopped")
+
+
+def _authenticate(host: CallHost, context: grpc.ServicerContext) -> Principal:
+    if host.auth is None:
+        return NO_AUTH_PRINCIPAL
+    return host.auth.authenticate(context.invocation_metadata())
+
+
+def rpc(role: str, *, needs_index: bool = True) -> Callable:
+    """Decorate ``method(self, request_or_iterator, call)`` of a servicer."""
+
+    def decorate(fn: Callable) -> Callable:
+        name = fn.__name__
+        streaming = inspect.isgeneratorfunction(fn)
+
+        def begin(self, context) -> Call:
+            host: CallHost = self.host
+            principal = _authenticate(host, context)
+            principal.require(role)
+            if needs_index:
+                host.check_serving(name)
+            return Call(name, principal, context)
+
+        def finish(self, context, call, started, exc: BaseException | None) -> None:
+            host: CallHost = self.host
+            code = "OK" if exc is None else errors.to_status(exc)[0].name
+            if exc is None and not context.is_active():
+                left = context.time_remaining()
+                code = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
+            seconds = time.perf_counter() - started
+            host.metrics.requests.labels(name, code).inc()
+            host.metrics.latency.labels(name).observe(seconds)
+            host.metrics.inflight.dec()
+            record = {
+                "method": name,
+                "tenant": call.principal.tenant if call else None,
+                "status": code,
+                "ms": round(seconds * 1000, 3),
+                "peer": context.peer(),
+            }
+            if call:
+                record.update(call.log)
+            if exc is not None and code != "INTERNAL":
+                record["error"] = str(exc)
+            access_log.info(json.dumps(record, default=str))
+
+        if streaming:
+
+            @functools.wraps(fn)
+            def stream_wrapper(self, request, context):
+                started = time.perf_counter()
+                self.host.metrics.inflight.inc()
+                call = None
+                failure: BaseException | None = None
+                try:
+                    call = begin(self, context)
+                    yield from fn(self, request, call)
+                except Exception as exc:
+                    failure = exc
+                finally:
+                    finish(self, context, call, started, failure)
+                if failure is not None:
+                    errors.abort(context, failure)
+
+            return stream_wrapper
+
+        @functools.wraps(fn)
+        def unary_wrapper(self, request, context):
+            started = time.perf_counter()
+            self.host.metrics.inflight.inc()
+            call = None
+            failure: BaseException | None = None
+            try:
+                call = begin(self, context)
+                return fn(self, request, call)
+            except Exception as exc:
+                failure = exc
+            finally:
+                finish(self, context, call, started, failure)
+            errors.abort(context, failure)
+
+        return unary_wrapper
+
+    return decorate

@@ -1,0 +1,277 @@
+"""A typed Python client for the hashmatch gRPC service.
+
+Why: upload pipelines and the ``hashmatch remote`` verbs should not hand-build
+protobufs or re-implement retries. Unary calls are retried on UNAVAILABLE (server
+starting, index loading, restarting) with exponential backoff; every other status
+is raised at once as :class:`grpc.RpcError` (use
+:func:`hashmatch.server.errors.bad_request_fields` to read the field details).
+
+    with HashmatchClient("127.0.0.1:50051", token=os.environ["HASHMATCH_TOKEN"]) as c:
+        reply = c.match([("pdq", "f8f8...")], threshold=31)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hashmatch.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    common_pb2,
+    matcher_pb2,
+    matcher_pb2_grpc,
+    signals_pb2,
+    signals_pb2_grpc,
+)
+
+HashInput = common_pb2.HashValue | tuple[str, str | bytes]
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+def _read(value: str | Path | bytes | None) -> bytes | None:
+    if value is None or isinstance(value, bytes):
+        return value
+    return Path(value).read_bytes()
+
+
+def hash_value(item: HashInput) -> common_pb2.HashValue:
+    """``("pdq", "hex...")``, ``("pdq", raw_bytes)`` or a HashValue -> HashValue."""
+    if isinstance(item, common_pb2.HashValue):
+        return item
+    signal_type, value = item
+    if isinstance(value, bytes | bytearray):
+        return common_pb2.HashValue(signal_type=signal_type, raw=bytes(value))
+    return common_pb2.HashValue(signal_type=signal_type, hex=value)
+
+
+def signal(
+    signal_type: str,
+    value: str | bytes,
+    *,
+    labels: Sequence[str] = (),
+    external_id: str = "",
+) -> signals_pb2.Signal:
+    return signals_pb2.Signal(
+        hash=hash_value((signal_type, value)), labels=list(labels), external_id=external_id
+    )
+
+
+class HashmatchClient:
+    """Connects to one hashmatch server. Thread-safe (one channel, many calls)."""
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: str | Path | bytes | None = None,
+        client_cert: str | Path | bytes | None = None,
+        client_key: str | Path | bytes | None = None,
+        server_name: str | None = None,
+        timeout: float | None = 30.0,
+        retries: int = 4,
+        backoff: float = 0.1,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ):
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if tls or root_certificates or client_cert:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(root_certificates),
+                private_key=_read(client_key),
+                certificate_chain=_read(client_cert),
+            )
+            self.channel = grpc.secure_channel(target, creds, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.matcher = matcher_pb2_grpc.MatcherStub(self.channel)
+        self.signals = signals_pb2_grpc.SignalsStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _unary(self, method: Callable, request: Any, timeout: float | None) -> Any:
+        timeout = self.timeout if timeout is None else timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+            try:
+                return method(request, timeout=left, metadata=self.metadata)
+            except grpc.RpcError as exc:
+                if exc.code() not in RETRYABLE or attempt == self.retries:
+                    raise
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> HashmatchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- Matcher ----------------------------------------------------------------------
+
+    @staticmethod
+    def match_request(
+        hashes: Iterable[HashInput] = (),
+        *,
+        media: Sequence[bytes] = (),
+        media_types: Sequence[str] = (),
+        threshold: int | None = None,
+        lists: Sequence[str] = (),
+        max_results: int = 0,
+        dihedral: bool = False,
+        min_quality: int | None = None,
+        request_id: str = "",
+    ) -> matcher_pb2.MatchRequest:
+        options = matcher_pb2.MatchOptions(
+            lists=list(lists), max_results=max_results, dihedral=dihedral
+        )
+        if threshold is not None:
+            options.threshold = threshold
+        if min_quality is not None:
+            options.min_quality = min_quality
+        return matcher_pb2.MatchRequest(
+            hashes=[hash_value(h) for h in hashes],
+            media=list(media),
+            media_types=list(media_types),
+            options=options,
+            request_id=request_id,
+        )
+
+    def match(
+        self, hashes: Iterable[HashInput] = (), *, timeout: float | None = None, **options: Any
+    ) -> matcher_pb2.MatchResponse:
+        """Look hashes and/or media up; options as :meth:`match_request`."""
+        return self._unary(self.matcher.Match, self.match_request(hashes, **options), timeout)
+
+    def match_stream(
+        self, requests: Iterable[matcher_pb2.MatchRequest], *, timeout: float | None = None
+    ) -> Iterator[matcher_pb2.MatchResponse]:
+        """Bidirectional stream: one response per request, in order (not retried)."""
+        return self.matcher.MatchStream(iter(requests), timeout=timeout, metadata=self.metadata)
+
+    def hash(
+        self,
+        media: Sequence[bytes],
+        signal_types: Sequence[str] = ("pdq",),
+        *,
+        dihedral: bool = False,
+        trim_borders: bool = False,
+        timeout: float | None = None,
+    ) -> matcher_pb2.HashResponse:
+        request = matcher_pb2.HashRequest(
+            media=list(media),
+            signal_types=list(signal_types),
+            dihedral=dihedral,
+            trim_borders=trim_borders,
+        )
+        return self._unary(self.matcher.Hash, request, timeout)
+
+    # -- Signals ----------------------------------------------------------------------
+
+    def ingest(
+        self,
+        list_name: str,
+        signals: Iterable[signals_pb2.Signal],
+        *,
+        source: str = "",
+        strict: bool = False,
+        batch_size: int = 1000,
+        timeout: float | None = None,
+    ) -> signals_pb2.IngestResponse:
+        """Stream ``signals`` into ``list_name`` in batches (ingest is an upsert: safe to retry)."""
+        items = list(signals)
+
+        def batches() -> Iterator[signals_pb2.IngestRequest]:
+            for start in range(0, max(len(items), 1), batch_size):
+                yield signals_pb2.IngestRequest(
+                    list_name=list_name,
+                    signals=items[start : start + batch_size],
+                    source=source,
+                    strict=strict,
+                )
+
+        def call(_request: None, *, timeout, metadata):
+            return self.signals.Ingest(batches(), timeout=timeout, metadata=metadata)
+
+        return self._unary(call, None, timeout)
+
+    def retract(
+        self,
+        list_name: str,
+        *,
+        hashes: Iterable[HashInput] = (),
+        signal_ids: Iterable[int] = (),
+        reason: str = "",
+        timeout: float | None = None,
+    ) -> signals_pb2.RetractResponse:
+        request = signals_pb2.RetractRequest(
+            list_name=list_name,
+            hashes=[hash_value(h) for h in hashes],
+            signal_ids=list(signal_ids),
+            reason=reason,
+        )
+        return self._unary(self.signals.Retract, request, timeout)
+
+    def list_hash_lists(self, *, timeout: float | None = None) -> signals_pb2.ListHashListsResponse:
+        return self._unary(self.signals.ListHashLists, signals_pb2.ListHashListsRequest(), timeout)
+
+    # -- Admin ------------------------------------------------------------------------
+
+    def stats(self, *, timeout: float | None = None) -> admin_pb2.StatsResponse:
+        return self._unary(self.admin.Stats, admin_pb2.StatsRequest(), timeout)
+
+    def rebuild(self, *, timeout: float | None = None) -> Iterator[admin_pb2.RebuildProgress]:
+        """Progress messages; the last one has ``finished`` set."""
+        return self.admin.RebuildIndex(
+            admin_pb2.RebuildIndexRequest(), timeout=timeout, metadata=self.metadata
+        )
+
+    def snapshot(self, *, timeout: float | None = None) -> admin_pb2.SnapshotResponse:
+        return self._unary(self.admin.Snapshot, admin_pb2.SnapshotRequest(), timeout)
+
+    # -- health -----------------------------------------------------------------------
+
+    def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
+        """``SERVING`` / ``NOT_SERVING`` / ... (no token needed)."""
+        reply = self.health_stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def wait_until_serving(self, timeout: float = 30.0) -> None:
+        """Block until health says SERVING (the index is loaded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.health() == "SERVING":
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server did not become SERVING in time")
+            time.sleep(0.05)

@@ -1,0 +1,133 @@
+"""Server configuration: defaults < TOML file < ``HASHMATCH_*`` environment < CLI flags.
+
+Why one dataclass: every limit the service enforces (message size, batch size,
+media bytes and pixels, concurrency) is written down here once, and the same
+object drives ``hashmatch serve``, the tests and the benchmark.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from hashmatch.engine.errors import InvalidInput
+
+ENV_PREFIX = "HASHMATCH_"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``hashmatch serve`` can be told. Field names are the TOML keys."""
+
+    listen: str = "127.0.0.1:50051"
+    data_dir: str = "./hashmatch-data"
+    shards: int | None = None
+    index_kind: str = "auto"
+    # Auth: tokens file (TOML, tokens stored as SHA-256); default <data_dir>/auth.toml.
+    auth_file: str | None = None
+    insecure_no_auth: bool = False
+    # TLS: server cert + key; client_ca turns on mutual TLS (client certs required).
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    # Prometheus metrics on a separate HTTP port (-1 = off, 0 = any free port).
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    # Limits: a request over any of these is INVALID_ARGUMENT naming the field.
+    max_message_bytes: int = 32 * 1024 * 1024
+    max_batch: int = 10_000  # hashes per Match / signals per Ingest message
+    max_media_items: int = 16  # media items per request
+    max_media_bytes: int = 20 * 1024 * 1024  # per media item
+    max_media_pixels: int = 50_000_000  # per decoded image
+    # Concurrency: gRPC worker threads; RPCs beyond max_concurrent_rpcs are refused with
+    # RESOURCE_EXHAUSTED instead of queueing without bound.
+    workers: int = 32
+    max_concurrent_rpcs: int = 256
+    # Media hashing runs on its own bounded pool so large images cannot starve lookups;
+    # beyond workers + queue waiting items, media requests get RESOURCE_EXHAUSTED.
+    media_workers: int = 2
+    media_queue: int = 8
+    # Graceful shutdown: in-flight calls get this long to finish.
+    drain_seconds: float = 10.0
+    log_level: str = "INFO"
+
+    def with_overrides(self, values: Mapping[str, Any]) -> ServerConfig:
+        """A copy with the non-None ``values`` applied (unknown keys are an error)."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InvalidInput(f"unknown setting(s) {', '.join(unknown)}", field="config")
+        clean = {k: _coerce(k, v) for k, v in values.items() if v is not None}
+        return dataclasses.replace(self, **clean)
+
+    @property
+    def auth_path(self) -> Path:
+        return Path(self.auth_file) if self.auth_file else Path(self.data_dir) / "auth.toml"
+
+    def validate(self) -> ServerConfig:
+        for name in ("max_message_bytes", "max_batch", "max_media_items", "max_media_bytes"):
+            if getattr(self, name) <= 0:
+                raise InvalidInput("must be positive", field=name)
+        if self.workers < 1 or self.media_workers < 1 or self.max_concurrent_rpcs < 1:
+            raise InvalidInput("workers, media_workers and max_concurrent_rpcs must be >= 1")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise InvalidInput("tls_cert and tls_key go together", field="tls_cert")
+        if self.tls_client_ca and not self.tls_cert:
+            raise InvalidInput("mutual TLS needs tls_cert and tls_key", field="tls_client_ca")
+        return self
+
+
+def _field_types() -> dict[str, str]:
+    return {f.name: str(f.type) for f in fields(ServerConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Env values arrive as strings; turn them into the field's type."""
+    kind = _field_types()[name]
+    if not isinstance(value, str):
+        return value
+    if kind.startswith("bool"):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    if kind.startswith("int"):
+        try:
+            return int(value)
+        except ValueError:
+            raise InvalidInput(f"not an integer: {value!r}", field=name) from None
+    if kind.startswith("float"):
+        return float(value)
+    return value
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = os.environ if environ is None else environ
+    out = {}
+    for name in _field_types():
+        key = ENV_PREFIX + name.upper()
+        if key in env:
+            out[name] = env[key]
+    return out
+
+
+def load(
+    path: str | Path | None = None,
+    *,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ServerConfig:
+    """Resolve the configuration: defaults, then the file, then env, then flags."""
+    config = ServerConfig()
+    env = from_env(environ)
+    path = path or (os.environ if environ is None else environ).get(ENV_PREFIX + "CONFIG")
+    if path:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        config = config.with_overrides(data.get("server", data))
+    config = config.with_overrides(env)
+    if flags:
+        config = config.with_overrides(flags)
+    return config.validate()

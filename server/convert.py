@@ -1,0 +1,98 @@
+"""Protobuf <-> engine values, with the request validation that names fields.
+
+Kept apart from the servicers so the parsing rules (which field, which index)
+are in one place and testable without a socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from hashmatch.engine import signal_types
+from hashmatch.engine.errors import InvalidHash, InvalidInput, InvalidThreshold
+from hashmatch.v1 import common_pb2
+
+
+@dataclass
+class ParsedHashes:
+    """Hash queries grouped by type: rows of ``codes`` answer ``positions`` of the request."""
+
+    by_type: dict[str, tuple[np.ndarray, list[int], list[int | None]]]  # codes, positions, quality
+
+
+def signal_type(name: str, field: str) -> signal_types.SignalType:
+    if not name:
+        raise InvalidInput("signal_type is required", field=field)
+    try:
+        return signal_types.get(name, field=field)
+    except InvalidInput as exc:
+        raise type(exc)(exc.message, field=field) from None
+
+
+def parse_hash(value: common_pb2.HashValue, field: str) -> tuple[str, np.ndarray]:
+    st = signal_type(value.signal_type, f"{field}.signal_type")
+    which = value.WhichOneof("value")
+    if which == "hex":
+        return st.name, st.parse(value.hex, field=f"{field}.hex")
+    if which == "raw":
+        return st.name, st.parse(value.raw, field=f"{field}.raw")
+    raise InvalidHash("a hash needs hex or raw bytes", field=field)
+
+
+def parse_hashes(values: Sequence[common_pb2.HashValue], field: str = "hashes") -> ParsedHashes:
+    groups: dict[str, tuple[list[np.ndarray], list[int], list[int | None]]] = {}
+    for i, value in enumerate(values):
+        name, code = parse_hash(value, f"{field}[{i}]")
+        quality = value.quality if value.HasField("quality") else None
+        if quality is not None and not 0 <= quality <= 100:
+            raise InvalidInput(
+                f"quality must be 0..100, got {quality}", field=f"{field}[{i}].quality"
+            )
+        codes, positions, qualities = groups.setdefault(name, ([], [], []))
+        codes.append(code)
+        positions.append(i)
+        qualities.append(quality)
+    return ParsedHashes({name: (np.stack(c), p, q) for name, (c, p, q) in groups.items()})
+
+
+def threshold_for(type_name: str, threshold: int | None) -> int | None:
+    """Validate a request threshold against one type (exact types always match at 0)."""
+    st = signal_types.get(type_name)
+    if threshold is None:
+        return None
+    if st.exact:
+        if threshold < 0:
+            raise InvalidThreshold(f"must be >= 0, got {threshold}", field="options.threshold")
+        return 0
+    return st.check_threshold(int(threshold), field="options.threshold")
+
+
+def match_to_pb(m) -> common_pb2.Match:
+    """engine Match -> protobuf Match."""
+    return common_pb2.Match(
+        query_index=int(m.query_index),
+        signal_id=int(m.signal_id),
+        signal_type=m.signal_type,
+        hash_hex=m.hash_hex,
+        distance=int(m.distance),
+        list_name=m.list_name,
+        labels=list(m.labels or ()),
+        external_id=m.external_id or "",
+        variant=int(getattr(m, "variant", 0) or 0),
+        query_match_pct=float(getattr(m, "query_match_pct", 0.0) or 0.0),
+        target_match_pct=float(getattr(m, "target_match_pct", 0.0) or 0.0),
+    )
+
+
+def computed_to_pb(result) -> common_pb2.ComputedHash:
+    """engine HashResult -> protobuf ComputedHash."""
+    st = signal_types.get(result.signal_type)
+    return common_pb2.ComputedHash(
+        signal_type=result.signal_type,
+        hex=st.format_many(result.codes),
+        qualities=[int(q) for q in result.qualities],
+        timestamps=[float(t) for t in result.timestamps],
+    )

@@ -1,0 +1,115 @@
+"""One place that turns exceptions into gRPC status codes.
+
+Why: servicers stay thin (validate -> call the engine -> map errors). A client's
+mistake (any :class:`~hashmatch.engine.errors.InvalidInput`) becomes
+INVALID_ARGUMENT with a ``google.rpc.BadRequest`` detail naming the field and the
+item index; nothing a client sends can produce INTERNAL.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from hashmatch.engine import errors as engine_errors
+from hashmatch.server.auth import Forbidden, Unauthenticated
+
+log = logging.getLogger("hashmatch.server")
+
+
+class Overloaded(engine_errors.HashmatchError):
+    """A bounded queue is full (maps to RESOURCE_EXHAUSTED); the client should back off."""
+
+
+class DeadlineExceeded(engine_errors.HashmatchError):
+    """The call's deadline passed before its work finished; the work was cancelled."""
+
+
+class NotServing(engine_errors.HashmatchError):
+    """The index is not loaded yet, or the server is shutting down (UNAVAILABLE)."""
+
+
+# Most specific first: the first isinstance match wins.
+_CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (engine_errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
+    (engine_errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (engine_errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (engine_errors.Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (engine_errors.CorruptData, grpc.StatusCode.DATA_LOSS),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (NotServing, grpc.StatusCode.UNAVAILABLE),
+    (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
+)
+
+
+def field_path(exc: BaseException) -> str:
+    """``hashes[3]`` style path of the offending field ("" when unknown)."""
+    field = getattr(exc, "field", None) or ""
+    index = getattr(exc, "index", None)
+    if index is not None:
+        return f"{field}[{index}]" if field else f"[{index}]"
+    return field
+
+
+def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
+    """Map an exception to (code, message, rich status)."""
+    code = grpc.StatusCode.INTERNAL
+    for kind, mapped in _CODES:
+        if isinstance(exc, kind):
+            code = mapped
+            break
+    if code is grpc.StatusCode.INTERNAL:
+        message = "internal error (logged on the server)"
+    elif isinstance(exc, NotImplementedError):
+        message = f"not implemented: {exc}" if str(exc) else "not implemented"
+    else:
+        message = str(exc)
+    status = status_pb2.Status(code=code.value[0], message=message)
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=field_path(exc) or "request",
+            description=getattr(exc, "message", None) or str(exc),
+        )
+        detail = any_pb2.Any()
+        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+        status.details.append(detail)
+    elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject="server", description=message)
+                ]
+            )
+        )
+        status.details.append(detail)
+    return code, message, status
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    """Abort the call with the mapped status (raises, as ``context.abort`` does)."""
+    code, _message, status = to_status(exc)
+    if code is grpc.StatusCode.INTERNAL:
+        log.exception("internal error", exc_info=exc)
+    context.abort_with_status(rpc_status.to_status(status))
+
+
+def bad_request_fields(call_error: grpc.RpcError) -> list[tuple[str, str]]:
+    """Client side: the (field, description) pairs of a BadRequest detail, if any."""
+    status = rpc_status.from_call(call_error)
+    out: list[tuple[str, str]] = []
+    if status is None:
+        return out
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            out.extend((v.field, v.description) for v in bad.field_violations)
+    return out

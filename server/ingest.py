@@ -1,0 +1,127 @@
+"""Signals RPCs: Ingest (client stream of batches), Retract, ListHashLists.
+
+Items that do not parse are rejected here with their stream-wide index (the
+engine never sees them); the rest go to ``engine.ingest``, which reports its own
+rejections. Either way the reply counts both and names every rejected item.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hashmatch.engine import signal_types
+from hashmatch.engine.errors import InvalidInput
+from hashmatch.server import convert
+from hashmatch.server.matching import check_size
+from hashmatch.v1 import common_pb2, signals_pb2
+
+if TYPE_CHECKING:
+    from hashmatch.server.app import ServiceHost
+    from hashmatch.server.calls import Call
+
+
+def _record(signal: signals_pb2.Signal, field: str):
+    from hashmatch.engine.store import SignalRecord
+
+    name, code = convert.parse_hash(signal.hash, f"{field}.hash")
+    return SignalRecord(
+        signal_type=name,
+        hash_hex=signal_types.get(name).format(code),
+        labels=tuple(signal.labels),
+        external_id=signal.external_id or None,
+    )
+
+
+def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestResponse:
+    config = host.config
+    reply = signals_pb2.IngestResponse()
+    list_name = ""
+    offset = 0
+    for n, request in enumerate(requests):
+        call.check_deadline()
+        check_size(request, config.max_message_bytes, field=f"stream[{n}]")
+        if len(request.signals) > config.max_batch:
+            raise InvalidInput(
+                f"{len(request.signals)} signals is over the limit of {config.max_batch} per "
+                "message; split the batch",
+                field=f"stream[{n}].signals",
+            )
+        list_name = request.list_name.strip() or list_name
+        if not list_name:
+            raise InvalidInput("list_name is required", field=f"stream[{n}].list_name")
+        records, positions = [], []
+        for i, item in enumerate(request.signals):
+            try:
+                records.append(_record(item, f"signals[{i}]"))
+                positions.append(offset + i)
+            except InvalidInput as exc:
+                if request.strict:
+                    raise
+                reply.rejections.append(
+                    common_pb2.ItemError(
+                        index=offset + i, field=exc.field or "", reason=exc.message
+                    )
+                )
+        if records:
+            report = host.engine.ingest(
+                records,
+                list_name=list_name,
+                actor=call.principal.tenant,
+                source=request.source or None,
+                strict=request.strict,
+                tenant=call.principal.engine_tenant,
+            )
+            reply.added += report.added
+            reply.updated += report.updated
+            reply.unchanged += report.unchanged
+            for rejection in report.rejections:
+                index = positions[rejection.index] if rejection.index is not None else offset
+                reply.rejections.append(
+                    common_pb2.ItemError(index=index, field="signals", reason=rejection.reason)
+                )
+        offset += len(request.signals)
+    if offset == 0:
+        raise InvalidInput("the stream carried no signals", field="signals")
+    reply.rejected = len(reply.rejections)
+    call.log.update(list=list_name, items=offset, added=reply.added, rejected=reply.rejected)
+    return reply
+
+
+def retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call):
+    check_size(request, host.config.max_message_bytes)
+    list_name = request.list_name.strip()
+    if not list_name:
+        raise InvalidInput("list_name is required", field="list_name")
+    if not request.hashes and not request.signal_ids:
+        raise InvalidInput("give hashes or signal_ids to retract", field="hashes")
+    if len(request.hashes) + len(request.signal_ids) > host.config.max_batch:
+        raise InvalidInput(f"over the limit of {host.config.max_batch} items", field="hashes")
+    hashes = []
+    for i, value in enumerate(request.hashes):
+        name, code = convert.parse_hash(value, f"hashes[{i}]")
+        hashes.append((name, signal_types.get(name).format(code)))
+    count = host.engine.retract(
+        list_name=list_name,
+        hashes=hashes,
+        signal_ids=list(request.signal_ids),
+        reason=request.reason or None,
+        actor=call.principal.tenant,
+        tenant=call.principal.engine_tenant,
+    )
+    call.log.update(list=list_name, retracted=count)
+    return signals_pb2.RetractResponse(retracted=count)
+
+
+def list_hash_lists(engine, tenant: str | None) -> list[signals_pb2.HashList]:
+    out = []
+    for info in engine.store.lists(tenant=tenant):
+        out.append(
+            signals_pb2.HashList(
+                name=info.name,
+                description=getattr(info, "description", "") or "",
+                signal_count=int(getattr(info, "signal_count", 0) or 0),
+                enabled=bool(getattr(info, "enabled", True)),
+                signal_types=list(getattr(info, "signal_types", ()) or ()),
+            )
+        )
+    return out

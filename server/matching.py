@@ -1,0 +1,197 @@
+"""Match and Hash request handling: validate, look up (or hash then look up), build replies.
+
+Hash lookups run on the calling gRPC thread (the engine fans out over the index
+shards); media goes through the bounded :class:`~hashmatch.server.limits.MediaPool`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from hashmatch.engine.decode import DecodeLimits
+from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, MediaTooLarge
+from hashmatch.engine.hashing import HashOptions, hash_media
+from hashmatch.server import convert
+from hashmatch.v1 import matcher_pb2
+
+if TYPE_CHECKING:
+    from hashmatch.server.app import ServiceHost
+    from hashmatch.server.calls import Call
+
+HASH = matcher_pb2.QueryResult.SOURCE_HASH
+MEDIA = matcher_pb2.QueryResult.SOURCE_MEDIA
+
+
+def check_size(message, limit: int, field: str = "request") -> None:
+    size = message.ByteSize()
+    if size > limit:
+        raise InvalidInput(f"message is {size} bytes, over the {limit}-byte limit", field=field)
+
+
+def check_media(host: ServiceHost, media, field: str = "media") -> None:
+    config = host.config
+    if len(media) > config.max_media_items:
+        raise InvalidInput(
+            f"{len(media)} media items is over the limit of {config.max_media_items} per request",
+            field=field,
+        )
+    for i, item in enumerate(media):
+        if not item:
+            raise EmptyMedia("media item is empty (0 bytes)", field=f"{field}[{i}]")
+        if len(item) > config.max_media_bytes:
+            raise MediaTooLarge(
+                f"{len(item)} bytes is over the {config.max_media_bytes}-byte limit",
+                field=f"{field}[{i}]",
+            )
+
+
+def media_types(names, field: str) -> list[str]:
+    chosen = [convert.signal_type(n, f"{field}[{i}]").name for i, n in enumerate(names)]
+    return chosen or ["pdq"]
+
+
+def hash_options(host: ServiceHost, *, dihedral: bool, trim_borders: bool = False) -> HashOptions:
+    limits = DecodeLimits(
+        max_bytes=host.config.max_media_bytes, max_pixels=host.config.max_media_pixels
+    )
+    return HashOptions(dihedral=dihedral, trim_borders=trim_borders, limits=limits)
+
+
+def _media_job(fn: Callable, index: int, field: str = "media") -> Callable:
+    """Run ``fn`` and re-label media errors with the item's index."""
+
+    def job():
+        try:
+            return fn()
+        except MediaError as exc:
+            raise type(exc)(exc.message, field=f"{field}[{index}]") from None
+        except InvalidInput as exc:
+            name = f"{field}[{index}]" + (f".{exc.field}" if exc.field else "")
+            raise type(exc)(exc.message, field=name) from None
+
+    return job
+
+
+def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
+    """One MatchRequest -> MatchResponse (raises typed errors naming the field)."""
+    config = host.config
+    check_size(request, config.max_message_bytes)
+    n_hashes = len(request.hashes)
+    if not n_hashes and not request.media:
+        raise InvalidInput("the request has no hashes and no media", field="hashes")
+    if n_hashes > config.max_batch:
+        raise InvalidInput(
+            f"{n_hashes} hashes is over the limit of {config.max_batch} per request",
+            field="hashes",
+        )
+    check_media(host, request.media)
+    options = request.options
+    threshold = options.threshold if options.HasField("threshold") else None
+    min_quality = options.min_quality if options.HasField("min_quality") else None
+    if min_quality is not None and not 0 <= min_quality <= 100:
+        raise InvalidInput(f"must be 0..100, got {min_quality}", field="options.min_quality")
+    lists = [name for name in options.lists] or None
+    max_results = options.max_results or None
+    parsed = convert.parse_hashes(request.hashes)
+    types = media_types(request.media_types, "media_types") if request.media else []
+    for name in [*parsed.by_type, *types]:
+        convert.threshold_for(name, threshold)
+    tenant = call.principal.engine_tenant
+    engine = host.engine
+
+    results = [matcher_pb2.QueryResult(source=HASH, index=i) for i in range(n_hashes)]
+    for name, (codes, positions, qualities) in parsed.by_type.items():
+        call.check_deadline()
+        keep = [
+            row
+            for row, q in enumerate(qualities)
+            if min_quality is None or q is None or q >= min_quality
+        ]
+        for row, q in enumerate(qualities):
+            if min_quality is not None and q is not None and q < min_quality:
+                results[positions[row]].skipped_low_quality = True
+        if not keep:
+            continue
+        per_query = engine.match(
+            name,
+            codes[keep] if len(keep) != len(codes) else codes,
+            tenant=tenant,
+            threshold=convert.threshold_for(name, threshold),
+            lists=lists,
+            max_results=max_results,
+        )
+        host.metrics.queries.labels(name).inc(len(keep))
+        for row, found in zip(keep, per_query, strict=True):
+            position = positions[row]
+            results[position].matches.extend(
+                _relabel(convert.match_to_pb(m), position) for m in found
+            )
+
+    if request.media:
+        options_ = hash_options(host, dihedral=options.dihedral)
+        jobs = [
+            _media_job(
+                functools.partial(
+                    engine.match_media,
+                    bytes(item),
+                    types=types,
+                    options=options_,
+                    tenant=tenant,
+                    threshold=threshold,
+                    lists=lists,
+                    max_results=max_results,
+                ),
+                i,
+            )
+            for i, item in enumerate(request.media)
+        ]
+        outcomes = host.media.run_all(
+            jobs, timeout=call.time_left, is_active=call.context.is_active
+        )
+        for i, outcome in enumerate(outcomes):
+            position = n_hashes + i
+            result = matcher_pb2.QueryResult(source=MEDIA, index=i)
+            result.computed.extend(convert.computed_to_pb(h) for h in outcome.hashes)
+            low = min_quality is not None and any(
+                h.quality is not None and h.quality < min_quality for h in outcome.hashes
+            )
+            if low:
+                result.skipped_low_quality = True
+            else:
+                result.matches.extend(
+                    _relabel(convert.match_to_pb(m), position) for m in outcome.matches
+                )
+            results.append(result)
+        host.metrics.queries.labels("media").inc(len(request.media))
+    call.log["queries"] = n_hashes + len(request.media)
+    call.log["matches"] = sum(len(r.matches) for r in results)
+    return matcher_pb2.MatchResponse(results=results, request_id=request.request_id)
+
+
+def _relabel(pb, position: int):
+    pb.query_index = position
+    return pb
+
+
+def hash_only(host: ServiceHost, request: matcher_pb2.HashRequest, call: Call):
+    """Media bytes -> hashes, on the media pool."""
+    check_size(request, host.config.max_message_bytes)
+    if not request.media:
+        raise InvalidInput("the request has no media", field="media")
+    check_media(host, request.media)
+    types = media_types(request.signal_types, "signal_types")
+    options = hash_options(host, dihedral=request.dihedral, trim_borders=request.trim_borders)
+    jobs = [
+        _media_job(functools.partial(hash_media, bytes(item), types, options), i)
+        for i, item in enumerate(request.media)
+    ]
+    outcomes = host.media.run_all(jobs, timeout=call.time_left, is_active=call.context.is_active)
+    call.log["items"] = len(outcomes)
+    return matcher_pb2.HashResponse(
+        items=[
+            matcher_pb2.MediaHashes(index=i, hashes=[convert.computed_to_pb(h) for h in hashes])
+            for i, hashes in enumerate(outcomes)
+        ]
+    )

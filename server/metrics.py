@@ -1,0 +1,59 @@
+"""Prometheus metrics, served on their own HTTP port (not the gRPC port).
+
+Each server owns a registry (tests run several servers in one process).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "hashmatch_requests",
+            "RPCs finished, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "hashmatch_request_seconds",
+            "RPC latency by method",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queries = Counter(
+            "hashmatch_queries", "Hash queries looked up", ["signal_type"], registry=self.registry
+        )
+        self.inflight = Gauge("hashmatch_inflight_rpcs", "RPCs running", registry=self.registry)
+        self.media_pending = Gauge(
+            "hashmatch_media_pending", "Media items hashing or waiting", registry=self.registry
+        )
+        self.index_signals = Gauge(
+            "hashmatch_index_signals", "Signals in the live index", registry=self.registry
+        )
+        self._http = None
+
+    def track_index_size(self, count: Callable[[], float]) -> None:
+        """Read the index size on every scrape (cheap engine call)."""
+        self.index_signals.set_function(count)
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port (port 0 = any free)."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return server.server_port
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None

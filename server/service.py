@@ -1,0 +1,137 @@
+"""The gRPC servicers: thin (validate -> call the engine -> build the reply).
+
+Authentication, roles, logging, metrics and error mapping come from
+:func:`hashmatch.server.calls.rpc`; request parsing from :mod:`.convert` and
+:mod:`.matching`; the shared state (engine, config, pools) from
+:class:`hashmatch.server.app.ServiceHost`.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from hashmatch.engine.errors import Conflict, HashmatchError, InvalidInput
+from hashmatch.server import ingest, matching
+from hashmatch.server.calls import Call, rpc
+from hashmatch.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    matcher_pb2_grpc,
+    signals_pb2,
+    signals_pb2_grpc,
+)
+
+if TYPE_CHECKING:
+    from hashmatch.server.app import ServiceHost
+
+
+class MatcherService(matcher_pb2_grpc.MatcherServicer):
+    def __init__(self, host: ServiceHost):
+        self.host = host
+
+    @rpc("match")
+    def Match(self, request, call: Call):
+        return matching.match(self.host, request, call)
+
+    @rpc("match")
+    def MatchStream(self, request_iterator, call: Call):
+        count = 0
+        for n, request in enumerate(request_iterator):
+            call.check_deadline()
+            try:
+                response = matching.match(self.host, request, call)
+            except HashmatchError as exc:
+                # Name the stream message as well as the field inside it.
+                where = f"stream[{n}]" + (f".{exc.field}" if exc.field else "")
+                exc.field = where
+                exc.index = None
+                raise
+            count += 1
+            yield response
+        call.log["messages"] = count
+
+    @rpc("match", needs_index=False)
+    def Hash(self, request, call: Call):
+        return matching.hash_only(self.host, request, call)
+
+
+class SignalsService(signals_pb2_grpc.SignalsServicer):
+    def __init__(self, host: ServiceHost):
+        self.host = host
+
+    @rpc("write")
+    def Ingest(self, request_iterator, call: Call):
+        return ingest.ingest(self.host, request_iterator, call)
+
+    @rpc("write")
+    def Retract(self, request, call: Call):
+        return ingest.retract(self.host, request, call)
+
+    @rpc("match")
+    def ListHashLists(self, request, call: Call):
+        lists = self.host.engine_lists(call.principal.engine_tenant)
+        return signals_pb2.ListHashListsResponse(lists=lists)
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    def __init__(self, host: ServiceHost):
+        self.host = host
+        self._rebuilding = threading.Lock()
+
+    @rpc("admin")
+    def Stats(self, request, call: Call):
+        return self.host.stats_pb()
+
+    @rpc("admin")
+    def RebuildIndex(self, request, call: Call):
+        if not self._rebuilding.acquire(blocking=False):
+            raise Conflict("a rebuild is already running", field="RebuildIndex")
+        events: queue.Queue = queue.Queue()
+
+        def progress(stage: str, done: int, total: int) -> None:
+            events.put(admin_pb2.RebuildProgress(stage=stage, done=done, total=total))
+
+        def work() -> None:
+            try:
+                summary = self.host.engine.rebuild_index(progress=progress)
+                events.put(("done", summary))
+            except BaseException as exc:  # handed to the RPC thread to map
+                events.put(("error", exc))
+            finally:
+                self._rebuilding.release()
+
+        # The rebuild runs to completion even if the caller goes away: a half-built
+        # index is never swapped in, and the store stays the source of truth.
+        threading.Thread(target=work, name="rebuild", daemon=True).start()
+        started = time.perf_counter()
+        while True:
+            event = events.get()
+            if isinstance(event, tuple):
+                kind, value = event
+                if kind == "error":
+                    raise value
+                call.log["rebuild_s"] = round(time.perf_counter() - started, 3)
+                yield admin_pb2.RebuildProgress(
+                    stage="done",
+                    finished=True,
+                    summary_json=json.dumps(value, default=str),
+                )
+                return
+            yield event
+
+    @rpc("admin")
+    def Snapshot(self, request, call: Call):
+        path = self.host.engine.snapshot()
+        call.log["path"] = str(path)
+        return admin_pb2.SnapshotResponse(path=str(path))
+
+
+def check_list_name(name: str, field: str) -> str:
+    name = name.strip()
+    if not name:
+        raise InvalidInput("a list name is required", field=field)
+    return name
