@@ -1,7 +1,370 @@
-"""CLI verbs for this area (filled in by its issue's work)."""
+"""CLI verbs for the gRPC service: ``hashmatch serve``, ``hashmatch token``, ``hashmatch remote``.
+
+Every ``remote`` verb is one :class:`hashmatch.server.client.HashmatchClient` call
+and prints JSON (one object per line), so scripts can consume it.
+"""
 
 from __future__ import annotations
 
-import click
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import tomllib
+from pathlib import Path
+from typing import Any
 
-COMMANDS: list[click.Command] = []
+import click
+import grpc
+from google.protobuf.json_format import MessageToDict
+
+from hashmatch.engine.errors import HashmatchError
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+
+def _emit(message) -> None:
+    data = MessageToDict(message, preserving_proto_field_name=True)
+    click.echo(json.dumps(data, sort_keys=True))
+
+
+# -- serve ------------------------------------------------------------------------------
+
+
+@click.command("serve")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--listen", help="host:port (default 127.0.0.1:50051).")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Store + snapshots directory.")
+@click.option("--auth-file", type=click.Path(dir_okay=False), help="Tokens file (TOML).")
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    default=None,
+    help="Accept every call without a token (local testing only).",
+)
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False))
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--tls-client-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA for client certificates: turns on mutual TLS.",
+)
+@click.option("--metrics-port", type=int, help="Prometheus port (-1 = off).")
+@click.option("--shards", type=int)
+@click.option("--index-kind")
+@click.option("--workers", type=int, help="gRPC worker threads.")
+@click.option("--media-workers", type=int, help="Threads hashing media.")
+@click.option("--drain-seconds", type=float, help="Grace period for in-flight calls on stop.")
+def serve(config_file: str | None, **flags: Any) -> None:
+    """Run the gRPC matching service until SIGINT/SIGTERM (then drain and stop).
+
+    \b
+    Example:
+      hashmatch serve --data-dir ./hashmatch-data
+    On first start without a tokens file, an admin token is created and printed once.
+    """
+    from hashmatch.server import auth as auth_mod
+    from hashmatch.server import config as config_mod
+    from hashmatch.server.app import HashmatchServer
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        config = config_mod.load(config_file, flags=flags)
+    except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    logging.getLogger().setLevel(config.log_level.upper())
+    if config.insecure_no_auth:
+        auth = None
+        banner = "!" * 78
+        click.echo(
+            f"{banner}\n!! WARNING: --insecure-no-auth: EVERY caller is an admin of every list."
+            f"\n!! Use only on a machine you alone use.\n{banner}",
+            err=True,
+        )
+    else:
+        token = auth_mod.bootstrap_admin(config.auth_path)
+        if token:
+            click.echo(
+                f"created {config.auth_path} with an admin token (shown once; also saved to "
+                f"{config.auth_path.parent / 'admin.token'}, mode 0600):\n"
+                f"  export HASHMATCH_TOKEN={token}",
+                err=True,
+            )
+        try:
+            auth = auth_mod.TokenAuth.from_file(config.auth_path)
+        except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
+            raise click.ClickException(f"{config.auth_path}: {exc}") from exc
+        if not len(auth):
+            raise click.ClickException(f"{config.auth_path} holds no tokens")
+    server = HashmatchServer(config, auth=auth)
+    try:
+        server.start()
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"hashmatch serving on {config.listen} (data {config.data_dir}"
+        + (f", metrics :{server.metrics_port}/metrics" if server.metrics_port else "")
+        + ")",
+        err=True,
+    )
+    done = threading.Event()
+
+    def on_signal(signum, _frame) -> None:
+        click.echo(f"signal {signum}: draining (up to {config.drain_seconds}s)", err=True)
+        done.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not done.wait(0.5):
+        pass
+    server.stop()
+
+
+# -- token ------------------------------------------------------------------------------
+
+
+@click.command("token")
+@click.argument("tenant")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(["match", "write", "admin"]),
+    default=("match",),
+    show_default=True,
+)
+@click.option("--all-lists", is_flag=True, help="Sees every list (an operator, not a tenant).")
+@click.option(
+    "--auth-file",
+    type=click.Path(dir_okay=False),
+    default="./hashmatch-data/auth.toml",
+    show_default=True,
+)
+def token(tenant: str, roles: tuple[str, ...], all_lists: bool, auth_file: str) -> None:
+    """Create a token for TENANT, store its SHA-256 in the tokens file, print the token once.
+
+    \b
+    Example:
+      hashmatch token acme --role match --role write
+    Restart the server to pick up new tokens.
+    """
+    import secrets
+
+    from hashmatch.server.auth import tenant_entry
+
+    path = Path(auth_file)
+    existing = tomllib.loads(path.read_text()) if path.exists() else {}
+    if tenant in (existing.get("tenants") or {}):
+        raise click.ClickException(
+            f"tenant {tenant!r} already exists in {path}; add a digest to its tokens_sha256 by hand"
+        )
+    new = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fh.write("\n" + tenant_entry(tenant, new, roles, all_lists=all_lists))
+    click.echo(new)
+
+
+# -- remote -----------------------------------------------------------------------------
+
+
+def _parse_hash_arg(text: str, default_type: str) -> tuple[str, str]:
+    if ":" in text:
+        kind, _, value = text.partition(":")
+        return kind, value
+    return default_type, text
+
+
+@click.group("remote")
+@click.option(
+    "--server",
+    default=lambda: os.environ.get("HASHMATCH_SERVER", DEFAULT_SERVER),
+    show_default="$HASHMATCH_SERVER or 127.0.0.1:50051",
+)
+@click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token ($HASHMATCH_TOKEN).")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--tls", is_flag=True, help="Use TLS (system roots unless --ca).")
+@click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate.")
+@click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="Client cert (mTLS).")
+@click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Client key (mTLS).")
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.pass_context
+def remote(ctx: click.Context, server, token, token_file, tls, ca, cert, key, timeout) -> None:
+    """Call a running hashmatch server (prints JSON, one object per line)."""
+    from hashmatch.server.client import HashmatchClient
+
+    if token_file and not token:
+        token = Path(token_file).read_text().strip()
+    client = HashmatchClient(
+        server,
+        token=token,
+        tls=tls,
+        root_certificates=ca,
+        client_cert=cert,
+        client_key=key,
+        timeout=timeout,
+    )
+    ctx.obj = client
+    ctx.call_on_close(client.close)
+
+
+def _rpc(fn):
+    """Turn gRPC errors into a one-line message and exit status 1."""
+    import functools
+
+    from hashmatch.server.errors import bad_request_fields
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            fields = "".join(f"\n  {f}: {d}" for f, d in bad_request_fields(exc))
+            raise click.ClickException(f"{exc.code().name}: {exc.details()}{fields}") from None
+        except (OSError, HashmatchError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+@remote.command("match")
+@click.argument("hashes", nargs=-1)
+@click.option("--type", "signal_type", default="pdq", show_default=True)
+@click.option("--media", multiple=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--media-type", "media_types", multiple=True, help="Types to hash media with.")
+@click.option("--threshold", type=int)
+@click.option("--list", "lists", multiple=True, help="Only these lists.")
+@click.option("--max-results", type=int, default=0)
+@click.option("--dihedral", is_flag=True)
+@click.option("--min-quality", type=int)
+@click.pass_obj
+@_rpc
+def remote_match(client, hashes, signal_type, media, media_types, **options) -> None:
+    """Match HASHES (hex, or TYPE:HEX) and/or --media files.
+
+    \b
+    Example:
+      hashmatch remote match pdq:f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22
+    """
+    reply = client.match(
+        [_parse_hash_arg(h, signal_type) for h in hashes],
+        media=[Path(p).read_bytes() for p in media],
+        media_types=media_types,
+        **options,
+    )
+    for result in reply.results:
+        _emit(result)
+
+
+@remote.command("hash")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--type", "signal_types", multiple=True, default=("pdq",), show_default=True)
+@click.option("--dihedral", is_flag=True)
+@click.pass_obj
+@_rpc
+def remote_hash(client, files, signal_types, dihedral) -> None:
+    """Hash media FILES on the server."""
+    reply = client.hash([Path(p).read_bytes() for p in files], signal_types, dihedral=dihedral)
+    for path, item in zip(files, reply.items, strict=True):
+        data = MessageToDict(item, preserving_proto_field_name=True)
+        data["file"] = path
+        click.echo(json.dumps(data, sort_keys=True))
+
+
+def _read_signals(path: str, default_type: str):
+    """Lines ``HEX`` or ``TYPE,HEX[,LABEL;LABEL[,EXTERNAL_ID]]``; '#' starts a comment."""
+    from hashmatch.server.client import signal
+
+    stream = sys.stdin if path == "-" else open(path)  # noqa: SIM115
+    with stream:
+        for line in stream:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = [p.strip() for p in line.split(",")]
+            if len(parts) == 1:
+                yield signal(default_type, parts[0])
+                continue
+            labels = [x for x in (parts[2].split(";") if len(parts) > 2 else []) if x]
+            external = parts[3] if len(parts) > 3 else ""
+            yield signal(parts[0], parts[1], labels=labels, external_id=external)
+
+
+@remote.command("ingest")
+@click.argument("list_name")
+@click.argument("file", type=click.Path(allow_dash=True))
+@click.option("--type", "signal_type", default="pdq", show_default=True)
+@click.option("--source", default="")
+@click.option("--strict", is_flag=True, help="Reject the whole batch if any line is bad.")
+@click.option("--batch-size", type=int, default=1000, show_default=True)
+@click.pass_obj
+@_rpc
+def remote_ingest(client, list_name, file, signal_type, source, strict, batch_size) -> None:
+    """Add the signals in FILE ('-' = stdin) to LIST_NAME.
+
+    \b
+    FILE lines: HEX (of --type) or TYPE,HEX[,LABEL;LABEL[,EXTERNAL_ID]]
+    Example:
+      hashmatch remote ingest partner-a hashes.csv --source partner-a-2026-11
+    """
+    signals = list(_read_signals(file, signal_type))
+    _emit(client.ingest(list_name, signals, source=source, strict=strict, batch_size=batch_size))
+
+
+@remote.command("retract")
+@click.argument("list_name")
+@click.argument("hashes", nargs=-1)
+@click.option("--type", "signal_type", default="pdq", show_default=True)
+@click.option("--id", "signal_ids", multiple=True, type=int, help="Signal id to retract.")
+@click.option("--reason", default="")
+@click.pass_obj
+@_rpc
+def remote_retract(client, list_name, hashes, signal_type, signal_ids, reason) -> None:
+    """Retract HASHES (hex or TYPE:HEX) and/or --id signals from LIST_NAME."""
+    _emit(
+        client.retract(
+            list_name,
+            hashes=[_parse_hash_arg(h, signal_type) for h in hashes],
+            signal_ids=signal_ids,
+            reason=reason,
+        )
+    )
+
+
+@remote.command("lists")
+@click.pass_obj
+@_rpc
+def remote_lists(client) -> None:
+    """The hash lists this token may see."""
+    for item in client.list_hash_lists().lists:
+        _emit(item)
+
+
+@remote.command("stats")
+@click.pass_obj
+@_rpc
+def remote_stats(client) -> None:
+    """Index and store statistics (admin)."""
+    _emit(client.stats())
+
+
+@remote.command("rebuild")
+@click.pass_obj
+@_rpc
+def remote_rebuild(client) -> None:
+    """Rebuild the indexes from the store while lookups keep being served (admin)."""
+    for progress in client.rebuild(timeout=None):
+        _emit(progress)
+
+
+@remote.command("snapshot")
+@click.pass_obj
+@_rpc
+def remote_snapshot(client) -> None:
+    """Write an index snapshot on the server (admin)."""
+    _emit(client.snapshot())
+
+
+COMMANDS: list[click.Command] = [serve, token, remote]
