@@ -1,0 +1,86 @@
+"""Config precedence, token auth and the error -> status mapping (no socket needed)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from hashmatch.engine import errors as engine_errors
+from hashmatch.server import auth, config, errors
+
+
+def test_config_precedence_file_env_flags(tmp_path):
+    path = tmp_path / "hashmatch.toml"
+    path.write_text('[server]\nlisten = "127.0.0.1:6000"\nmax_batch = 5\nworkers = 3\n')
+    env = {"HASHMATCH_MAX_BATCH": "7", "HASHMATCH_INSECURE_NO_AUTH": "true"}
+    cfg = config.load(path, flags={"workers": 9, "listen": None}, environ=env)
+    assert cfg.listen == "127.0.0.1:6000"  # file (flag None = not given)
+    assert cfg.max_batch == 7  # env beats file
+    assert cfg.workers == 9  # flag beats file
+    assert cfg.insecure_no_auth is True
+    assert config.load(environ={}).listen == "127.0.0.1:50051"
+
+
+def test_config_rejects_unknown_keys_and_bad_values(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("no_such_setting = 1\n")
+    with pytest.raises(engine_errors.InvalidInput, match="no_such_setting"):
+        config.load(path, environ={})
+    with pytest.raises(engine_errors.InvalidInput, match="max_batch"):
+        config.load(environ={"HASHMATCH_MAX_BATCH": "many"})
+    with pytest.raises(engine_errors.InvalidInput, match="tls"):
+        config.load(environ={}, flags={"tls_cert": "x.pem"})
+
+
+def test_tokens_are_stored_hashed_and_resolve_to_tenants(tmp_path):
+    path = tmp_path / "auth.toml"
+    path.write_text(auth.tenant_entry("acme", "s3cret", ["match"]))
+    assert "s3cret" not in path.read_text()
+    table = auth.TokenAuth.from_file(path)
+    principal = table.authenticate([("authorization", "Bearer s3cret")])
+    assert principal.tenant == "acme" and principal.engine_tenant == "acme"
+    principal.require("match")
+    with pytest.raises(auth.Forbidden):
+        principal.require("write")
+    for metadata in ([], [("authorization", "Bearer nope")], [("authorization", "s3cret")]):
+        with pytest.raises(auth.Unauthenticated):
+            table.authenticate(metadata)
+
+
+def test_bootstrap_admin_once(tmp_path):
+    path = tmp_path / "data" / "auth.toml"
+    token = auth.bootstrap_admin(path)
+    assert token and token not in path.read_text()
+    assert (path.parent / "admin.token").stat().st_mode & 0o077 == 0
+    assert auth.bootstrap_admin(path) is None
+    admin = auth.TokenAuth.from_file(path).authenticate([("authorization", f"Bearer {token}")])
+    assert admin.engine_tenant is None and admin.roles == frozenset(auth.ROLES)
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (
+            engine_errors.InvalidHash("bad", field="hashes", index=2),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        ),
+        (engine_errors.MediaTooLarge("big", field="media[0]"), grpc.StatusCode.INVALID_ARGUMENT),
+        (engine_errors.NotFound("no list"), grpc.StatusCode.NOT_FOUND),
+        (engine_errors.PermissionDenied("no"), grpc.StatusCode.PERMISSION_DENIED),
+        (auth.Unauthenticated("who"), grpc.StatusCode.UNAUTHENTICATED),
+        (errors.Overloaded("busy"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (engine_errors.Conflict("busy"), grpc.StatusCode.FAILED_PRECONDITION),
+        (RuntimeError("secret detail"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_error_mapping(exc, code):
+    mapped, message, status = errors.to_status(exc)
+    assert mapped is code
+    if code is grpc.StatusCode.INTERNAL:
+        assert "secret detail" not in message  # internals never leak to clients
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        bad = error_details_pb2.BadRequest()
+        assert status.details[0].Unpack(bad)
+        assert bad.field_violations[0].field == errors.field_path(exc)
+    assert errors.field_path(engine_errors.InvalidHash("x", field="hashes", index=2)) == "hashes[2]"
