@@ -1,0 +1,84 @@
+"""Run a real hashmatch server in this process on an ephemeral localhost port.
+
+For tests (ours and users' integration tests): real gRPC over a real socket,
+real engine in a temporary data directory; only the address is fixed to
+127.0.0.1 with port 0 (the OS picks a free one).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hashmatch.server.app import HashmatchServer, open_engine
+from hashmatch.server.auth import TokenAuth, tenant_entry
+from hashmatch.server.client import HashmatchClient
+from hashmatch.server.config import ServerConfig
+
+
+@dataclass
+class TestServer:
+    server: HashmatchServer
+    tokens: dict[str, str] = field(default_factory=dict)  # tenant -> plaintext token
+    clients: list[HashmatchClient] = field(default_factory=list)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def engine(self):
+        return self.server.host.engine
+
+    def client(self, tenant: str | None = None, **options: Any) -> HashmatchClient:
+        token = self.tokens.get(tenant) if tenant else None
+        client = HashmatchClient(self.target, token=token, **options)
+        self.clients.append(client)
+        return client
+
+
+@contextmanager
+def running_server(
+    data_dir: str | Path,
+    *,
+    tenants: Mapping[str, tuple[Sequence[str], bool]] | None = None,
+    engine_factory: Callable[[ServerConfig], Any] = open_engine,
+    wait: bool = True,
+    **settings: Any,
+) -> Iterator[TestServer]:
+    """``tenants``: name -> (roles, all_lists). None = explicit no-auth mode."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tokens: dict[str, str] = {}
+    auth = None
+    if tenants is not None:
+        text = ""
+        for name, (roles, all_lists) in tenants.items():
+            tokens[name] = secrets.token_urlsafe(16)
+            text += tenant_entry(name, tokens[name], roles, all_lists=all_lists) + "\n"
+        (data_dir / "auth.toml").write_text(text)
+        auth = TokenAuth.from_file(data_dir / "auth.toml")
+    values = {
+        "listen": "127.0.0.1:0",
+        "data_dir": str(data_dir),
+        "metrics_port": -1,
+        "insecure_no_auth": tenants is None,
+        "drain_seconds": 5.0,
+        **settings,
+    }
+    config = ServerConfig().with_overrides(values).validate()
+    server = HashmatchServer(config, auth=auth, engine_factory=engine_factory)
+    server.start()
+    handle = TestServer(server, tokens)
+    try:
+        if wait and not server.wait_ready(60):
+            raise RuntimeError(f"server did not load its index: {server.host.load_error}")
+        yield handle
+    finally:
+        for client in handle.clients:
+            client.close()
+        server.stop(grace=2.0)
