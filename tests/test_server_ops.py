@@ -1,0 +1,214 @@
+"""Operations over a real socket: health before/after load, overload, deadlines,
+graceful shutdown, TLS, metrics. The engine load is held back where a test needs
+the not-yet-serving state; Hash needs no index, so these run without one.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from hashmatch.server.testing import running_server
+
+ADMIN = {"admin": (["match", "write", "admin"], True)}
+
+
+def _png(shape: tuple[int, int]) -> bytes:
+    """A flat image: tiny to send, slow-ish to hash (decode + PDQ of every pixel)."""
+    buf = io.BytesIO()
+    Image.fromarray(np.full((*shape, 3), 90, np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _held_engine(gate: threading.Event):
+    """An engine factory that waits (a slow index load) and then opens the real engine."""
+    from hashmatch.server.app import open_engine
+
+    def factory(config):
+        gate.wait(30)
+        return open_engine(config)
+
+    return factory
+
+
+def test_health_not_serving_until_index_loaded_and_client_retries(tmp_path):
+    gate = threading.Event()
+    with running_server(
+        tmp_path, tenants=ADMIN, engine_factory=_held_engine(gate), wait=False
+    ) as ts:
+        client = ts.client("admin", retries=30, backoff=0.05, timeout=20)
+        assert client.health() == "NOT_SERVING"
+        assert client.health("hashmatch.v1.Matcher") == "NOT_SERVING"
+        with pytest.raises(grpc.RpcError) as err:
+            ts.client("admin", retries=0).stats()
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        # Media hashing needs no index: served while loading.
+        assert ts.client("admin").hash([_jpeg()]).items[0].hashes[0].signal_type == "pdq"
+        threading.Timer(0.3, gate.set).start()
+        stats = client.stats()  # retried on UNAVAILABLE until the load finishes
+        assert stats.total_signals == 0
+        assert client.health() == "SERVING"
+
+
+def test_media_flood_gets_resource_exhausted_not_a_queue(tmp_path):
+    gate = threading.Event()
+    big = _png((2500, 2500))
+    with running_server(
+        tmp_path,
+        tenants=ADMIN,
+        engine_factory=_held_engine(gate),
+        wait=False,
+        media_workers=1,
+        media_queue=1,
+    ) as ts:
+        client = ts.client("admin", retries=0)
+        codes = []
+
+        def one(_):
+            try:
+                client.hash([big], timeout=30)
+                return "OK"
+            except grpc.RpcError as exc:
+                return exc.code().name
+
+        with ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(one, range(6)))
+        assert "RESOURCE_EXHAUSTED" in codes, codes
+        assert "OK" in codes, codes
+        assert set(codes) <= {"OK", "RESOURCE_EXHAUSTED"}, codes
+        assert client.health() == "NOT_SERVING"  # still answering
+        assert client.hash([_jpeg()]).items  # and serving media again
+        gate.set()
+
+
+def test_deadline_exceeded_cancels_queued_media_work(tmp_path):
+    gate = threading.Event()
+    big = _png((2500, 2500))
+    with running_server(
+        tmp_path,
+        tenants=ADMIN,
+        engine_factory=_held_engine(gate),
+        wait=False,
+        media_workers=1,
+        media_queue=8,
+    ) as ts:
+        client = ts.client("admin", retries=0)
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as err:
+            client.hash([big] * 6, timeout=0.2)
+        assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        # 6 items would take seconds; the queued ones were cancelled, so the pool drains
+        # after at most the one already running.
+        pool = ts.server.host.media
+        while pool.pending and time.perf_counter() - started < 10:
+            time.sleep(0.02)
+        assert pool.pending == 0
+        assert time.perf_counter() - started < 6 * 0.3
+        assert client.hash([_jpeg()]).items
+        gate.set()
+
+
+def test_graceful_shutdown_finishes_in_flight_calls(tmp_path):
+    big = _png((2500, 2500))
+    gate = threading.Event()
+    with running_server(
+        tmp_path, tenants=ADMIN, engine_factory=_held_engine(gate), wait=False
+    ) as ts:
+        client = ts.client("admin", retries=0)
+        with ThreadPoolExecutor(2) as pool:
+            in_flight = pool.submit(client.hash, [big], timeout=30)
+            time.sleep(0.15)  # the call is now hashing on the server
+            stopper = pool.submit(ts.server.stop, 10.0)
+            reply = in_flight.result(timeout=30)
+            assert reply.items[0].hashes[0].hex
+            stopper.result(timeout=30)
+        # Stopped: new calls fail fast with UNAVAILABLE.
+        with pytest.raises(grpc.RpcError) as err:
+            client.hash([_jpeg()], timeout=2)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        gate.set()
+
+
+def test_metrics_endpoint_counts_requests(tmp_path):
+    gate = threading.Event()
+    with running_server(
+        tmp_path,
+        tenants=ADMIN,
+        engine_factory=_held_engine(gate),
+        wait=False,
+        metrics_port=0,
+    ) as ts:
+        client = ts.client("admin", retries=0)
+        client.hash([_jpeg()])
+        with pytest.raises(grpc.RpcError):
+            client.hash([b"not an image"])
+        url = f"http://127.0.0.1:{ts.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert 'hashmatch_requests_total{code="OK",method="Hash"} 1.0' in text
+        assert 'hashmatch_requests_total{code="INVALID_ARGUMENT",method="Hash"} 1.0' in text
+        assert "hashmatch_request_seconds_bucket" in text
+        gate.set()
+
+
+def _openssl_cert(directory, name: str) -> tuple[str, str]:
+    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(key), str(cert)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for certs")
+def test_tls_and_mutual_tls(tmp_path):
+    server_key, server_cert = _openssl_cert(tmp_path, "server")
+    client_key, client_cert = _openssl_cert(tmp_path, "client")
+    gate = threading.Event()
+    with running_server(
+        tmp_path / "data",
+        tenants=ADMIN,
+        engine_factory=_held_engine(gate),
+        wait=False,
+        tls_cert=server_cert,
+        tls_key=server_key,
+        tls_client_ca=client_cert,
+    ) as ts:
+        good = ts.client(
+            "admin",
+            root_certificates=server_cert,
+            client_cert=client_cert,
+            client_key=client_key,
+            retries=0,
+        )
+        assert good.hash([_jpeg()]).items[0].hashes[0].hex
+        # No client certificate: the handshake fails (mutual TLS is enforced).
+        anonymous = ts.client("admin", root_certificates=server_cert, retries=0, timeout=3)
+        with pytest.raises(grpc.RpcError) as err:
+            anonymous.hash([_jpeg()])
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        # Plaintext against a TLS port fails too.
+        with pytest.raises(grpc.RpcError):
+            ts.client("admin", retries=0, timeout=3).hash([_jpeg()])
+        gate.set()
