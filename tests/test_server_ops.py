@@ -212,3 +212,55 @@ def test_tls_and_mutual_tls(tmp_path):
         with pytest.raises(grpc.RpcError):
             ts.client("admin", retries=0, timeout=3).hash([_jpeg()])
         gate.set()
+
+
+def test_reflection_lists_services_and_a_generic_client_can_call(tmp_path):
+    """What grpcurl-like tools do: discover the schema over the wire, then call."""
+    from google.protobuf import descriptor_pool, message_factory
+    from grpc_health.v1 import health_pb2
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    gate = threading.Event()
+    with running_server(
+        tmp_path, tenants=ADMIN, engine_factory=_held_engine(gate), wait=False
+    ) as ts:
+        channel = grpc.insecure_channel(ts.target)
+        try:
+            reflection_db = ProtoReflectionDescriptorDatabase(channel)
+            services = set(reflection_db.get_services())
+            assert {
+                "hashmatch.v1.Matcher",
+                "hashmatch.v1.Signals",
+                "hashmatch.v1.Admin",
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1alpha.ServerReflection",
+            } <= services
+            pool = descriptor_pool.DescriptorPool(reflection_db)
+            method = pool.FindServiceByName("hashmatch.v1.Matcher").methods_by_name["Hash"]
+            request_cls = message_factory.GetMessageClass(method.input_type)
+            reply_cls = message_factory.GetMessageClass(method.output_type)
+            call = channel.unary_unary(
+                "/hashmatch.v1.Matcher/Hash",
+                request_serializer=request_cls.SerializeToString,
+                response_deserializer=reply_cls.FromString,
+            )
+            reply = call(
+                request_cls(media=[_jpeg()], signal_types=["pdq"]),
+                metadata=[("authorization", f"Bearer {ts.tokens['admin']}")],
+                timeout=10,
+            )
+            assert len(reply.items[0].hashes[0].hex[0]) == 64
+            health = pool.FindServiceByName("grpc.health.v1.Health").methods_by_name["Check"]
+            assert health.input_type.full_name == "grpc.health.v1.HealthCheckRequest"
+            check = channel.unary_unary(
+                "/grpc.health.v1.Health/Check",
+                request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                response_deserializer=health_pb2.HealthCheckResponse.FromString,
+            )
+            status = check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        finally:
+            channel.close()
+            gate.set()
