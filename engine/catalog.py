@@ -1,0 +1,557 @@
+"""The scan catalog: what hashmatch knows about every stored file it has scanned.
+
+Why a catalog: platforms rescan millions of stored files. Re-hashing a file costs
+a decode (tens of milliseconds); looking its hashes up costs microseconds. So every
+scanned file's size, mtime, content MD5, hashes (with quality) and failure reason
+are kept here, which lets
+
+- a re-run skip files whose (size, mtime) did not change,
+- a scan killed with ``kill -9`` resume where it stopped (results are committed in
+  small transactions, WAL + ``synchronous=FULL``: what was committed survives),
+- retroactive matching (:mod:`hashmatch.engine.rescan`) index the catalog's hashes
+  and query them with only the newly shared signals, without touching the media.
+
+The ``matches`` table holds the matches currently known for each file; a scan
+replaces a file's rows when it (re-)matches the file, a rescan adds new ones and
+removes those whose signal was retracted. Reports are written from it, so a
+resumed scan reports exactly what an uninterrupted one would.
+
+One writer at a time (the scan's parent process); readers may open it concurrently.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hashmatch.engine.errors import CorruptData
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER,
+    mtime_ns INTEGER,
+    md5 BLOB,
+    types TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    reason TEXT,
+    error TEXT,
+    scanned_at REAL NOT NULL,
+    seen_run INTEGER
+);
+CREATE INDEX IF NOT EXISTS files_seen_run ON files(seen_run);
+CREATE INDEX IF NOT EXISTS files_md5 ON files(md5);
+CREATE TABLE IF NOT EXISTS hashes (
+    id INTEGER PRIMARY KEY,
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    signal_type TEXT NOT NULL,
+    frame INTEGER NOT NULL DEFAULT 0,
+    code BLOB NOT NULL,
+    quality INTEGER,
+    timestamp REAL
+);
+CREATE INDEX IF NOT EXISTS hashes_file ON hashes(file_id);
+CREATE INDEX IF NOT EXISTS hashes_code ON hashes(signal_type, code);
+CREATE TABLE IF NOT EXISTS matches (
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    signal_type TEXT NOT NULL,
+    signal_id INTEGER NOT NULL,
+    hash_hex TEXT NOT NULL,
+    signal_hex TEXT NOT NULL,
+    distance INTEGER NOT NULL,
+    list_name TEXT NOT NULL,
+    labels TEXT NOT NULL DEFAULT '[]',
+    external_id TEXT,
+    variant INTEGER NOT NULL DEFAULT 0,
+    query_match_pct REAL,
+    target_match_pct REAL,
+    found_by TEXT NOT NULL,
+    found_at REAL NOT NULL,
+    PRIMARY KEY (file_id, signal_type, signal_id)
+);
+CREATE INDEX IF NOT EXISTS matches_signal ON matches(signal_id);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    args TEXT NOT NULL DEFAULT '{}',
+    summary TEXT
+);
+"""
+
+HASHED = "hashed"
+FAILED = "failed"
+
+
+@dataclass
+class FileHashes:
+    """The hashes of one file, one entry per signal type: ``uint8[k, nbytes]`` + per-row data."""
+
+    signal_type: str
+    codes: np.ndarray
+    qualities: list[int | None] = field(default_factory=list)
+    timestamps: list[float | None] = field(default_factory=list)
+
+
+@dataclass
+class FileRecord:
+    """One catalog row (without hashes)."""
+
+    id: int
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    md5: bytes | None
+    types: tuple[str, ...]
+    status: str
+    reason: str | None
+    error: str | None
+    scanned_at: float
+
+
+@dataclass(frozen=True)
+class MatchRow:
+    """A match of one catalogued file against one stored signal."""
+
+    file_id: int
+    signal_type: str
+    signal_id: int
+    hash_hex: str  # the file's hash that matched (nearest frame / variant)
+    signal_hex: str  # the stored signal's hash
+    distance: int
+    list_name: str
+    labels: tuple[str, ...]
+    external_id: str | None
+    variant: int = 0
+    query_match_pct: float | None = None
+    target_match_pct: float | None = None
+
+
+def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+    else:
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+class Catalog:
+    """The SQLite catalog of scanned files (see the module docstring for why)."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False):
+        self.path = Path(path)
+        if not readonly:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = _connect(self.path, readonly=readonly)
+        if not readonly:
+            self.conn.executescript(_SCHEMA)
+            found = self.get_meta("schema_version")
+            if found is None:
+                self.set_meta("schema_version", str(SCHEMA_VERSION))
+            elif int(found) > SCHEMA_VERSION:
+                raise CorruptData(
+                    f"catalog schema {found} is newer than this hashmatch ({SCHEMA_VERSION})",
+                    field="catalog",
+                )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def transaction(self) -> _Transaction:
+        """``with catalog.transaction():`` one durable commit (BEGIN IMMEDIATE .. COMMIT)."""
+        return _Transaction(self.conn)
+
+    # -- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def bump_counter(self, key: str, by: int) -> None:
+        """Add to an integer counter in ``meta`` (e.g. ``hash_calls``) inside the caller's txn."""
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + ?",
+            (key, str(by), by),
+        )
+
+    def counter(self, key: str) -> int:
+        value = self.get_meta(key)
+        return 0 if value is None else int(value)
+
+    # -- runs ---------------------------------------------------------------------------
+
+    def start_run(self, kind: str, args: dict) -> int:
+        cur = self.conn.execute(
+            "INSERT INTO runs(kind, started_at, args) VALUES (?, ?, ?)",
+            (kind, time.time(), json.dumps(args, sort_keys=True, default=str)),
+        )
+        return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, summary: dict) -> None:
+        self.conn.execute(
+            "UPDATE runs SET finished_at = ?, summary = ? WHERE id = ?",
+            (time.time(), json.dumps(summary, sort_keys=True, default=str), run_id),
+        )
+
+    # -- files --------------------------------------------------------------------------
+
+    def lookup(self, paths: Sequence[str]) -> dict[str, FileRecord]:
+        """Catalog rows for these paths (missing paths are absent from the result)."""
+        out: dict[str, FileRecord] = {}
+        for start in range(0, len(paths), 500):
+            chunk = list(paths[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                "SELECT id, path, size, mtime_ns, md5, types, status, reason, error, scanned_at "
+                f"FROM files WHERE path IN ({marks})",
+                chunk,
+            ):
+                rec = _file_record(row)
+                out[rec.path] = rec
+        return out
+
+    def file(self, file_id: int) -> FileRecord | None:
+        row = self.conn.execute(
+            "SELECT id, path, size, mtime_ns, md5, types, status, reason, error, scanned_at "
+            "FROM files WHERE id = ?",
+            (file_id,),
+        ).fetchone()
+        return None if row is None else _file_record(row)
+
+    def put_hashed(
+        self,
+        path: str,
+        *,
+        size: int,
+        mtime_ns: int,
+        md5: bytes | None,
+        types: Sequence[str],
+        hashes: Sequence[FileHashes],
+        run_id: int | None = None,
+    ) -> int:
+        """Record a successfully hashed file (replacing what was known); returns its id.
+
+        Call inside :meth:`transaction`; the file's old hashes and matches are dropped
+        (its content may have changed), the caller then records the new matches.
+        """
+        file_id = self._upsert_file(path, size, mtime_ns, md5, types, HASHED, None, None, run_id)
+        self.conn.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
+        self.conn.execute("DELETE FROM matches WHERE file_id = ?", (file_id,))
+        rows = []
+        for h in hashes:
+            codes = np.ascontiguousarray(h.codes, dtype=np.uint8)
+            for frame in range(codes.shape[0]):
+                quality = h.qualities[frame] if frame < len(h.qualities) else None
+                stamp = h.timestamps[frame] if frame < len(h.timestamps) else None
+                rows.append((file_id, h.signal_type, frame, codes[frame].tobytes(), quality, stamp))
+        self.conn.executemany(
+            "INSERT INTO hashes(file_id, signal_type, frame, code, quality, timestamp) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        return file_id
+
+    def put_failed(
+        self,
+        path: str,
+        *,
+        reason: str,
+        error: str,
+        size: int | None = None,
+        mtime_ns: int | None = None,
+        run_id: int | None = None,
+    ) -> int:
+        """Record a file that could not be hashed, with a short reason and the message."""
+        file_id = self._upsert_file(path, size, mtime_ns, None, (), FAILED, reason, error, run_id)
+        self.conn.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
+        self.conn.execute("DELETE FROM matches WHERE file_id = ?", (file_id,))
+        return file_id
+
+    def _upsert_file(
+        self,
+        path: str,
+        size: int | None,
+        mtime_ns: int | None,
+        md5: bytes | None,
+        types: Sequence[str],
+        status: str,
+        reason: str | None,
+        error: str | None,
+        run_id: int | None,
+    ) -> int:
+        row = self.conn.execute(
+            "INSERT INTO files(path, size, mtime_ns, md5, types, status, reason, error, "
+            "scanned_at, seen_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
+            "md5 = excluded.md5, types = excluded.types, status = excluded.status, "
+            "reason = excluded.reason, error = excluded.error, scanned_at = excluded.scanned_at, "
+            "seen_run = excluded.seen_run RETURNING id",
+            (
+                path,
+                size,
+                mtime_ns,
+                md5,
+                ",".join(types),
+                status,
+                reason,
+                error,
+                time.time(),
+                run_id,
+            ),
+        ).fetchone()
+        return int(row[0])
+
+    def mark_seen(self, file_ids: Iterable[int], run_id: int) -> None:
+        self.conn.executemany(
+            "UPDATE files SET seen_run = ? WHERE id = ?", [(run_id, i) for i in file_ids]
+        )
+
+    def hashes_of(self, file_ids: Sequence[int]) -> dict[int, list[FileHashes]]:
+        """Stored hashes for these files, grouped per file and type (frames in order)."""
+        grouped: dict[int, dict[str, list[tuple[bytes, int | None, float | None]]]] = {}
+        for start in range(0, len(file_ids), 500):
+            chunk = list(file_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for file_id, st, code, quality, stamp in self.conn.execute(
+                "SELECT file_id, signal_type, code, quality, timestamp FROM hashes "
+                f"WHERE file_id IN ({marks}) ORDER BY file_id, signal_type, frame",
+                chunk,
+            ):
+                grouped.setdefault(file_id, {}).setdefault(st, []).append((code, quality, stamp))
+        out: dict[int, list[FileHashes]] = {}
+        for file_id, per_type in grouped.items():
+            out[file_id] = [
+                FileHashes(
+                    st,
+                    np.frombuffer(b"".join(r[0] for r in rows), np.uint8).reshape(len(rows), -1),
+                    [r[1] for r in rows],
+                    [r[2] for r in rows],
+                )
+                for st, rows in per_type.items()
+            ]
+        return out
+
+    # -- matches ------------------------------------------------------------------------
+
+    def replace_matches(self, file_id: int, rows: Sequence[MatchRow], *, found_by: str) -> None:
+        """Set the file's matches to exactly ``rows`` (a scan re-matched it)."""
+        self.conn.execute("DELETE FROM matches WHERE file_id = ?", (file_id,))
+        self.add_matches(rows, found_by=found_by)
+
+    def add_matches(self, rows: Iterable[MatchRow], *, found_by: str) -> int:
+        """Insert matches not yet known; returns how many were new."""
+        now = time.time()
+        before = self.conn.total_changes
+        self.conn.executemany(
+            "INSERT OR IGNORE INTO matches(file_id, signal_type, signal_id, hash_hex, signal_hex, "
+            "distance, list_name, labels, external_id, variant, query_match_pct, "
+            "target_match_pct, found_by, found_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    r.file_id,
+                    r.signal_type,
+                    r.signal_id,
+                    r.hash_hex,
+                    r.signal_hex,
+                    r.distance,
+                    r.list_name,
+                    json.dumps(list(r.labels)),
+                    r.external_id,
+                    r.variant,
+                    r.query_match_pct,
+                    r.target_match_pct,
+                    found_by,
+                    now,
+                )
+                for r in rows
+            ],
+        )
+        return self.conn.total_changes - before
+
+    def remove_matches_of_signals(self, signal_ids: Sequence[int]) -> list[MatchRow]:
+        """Delete (and return) every match against these signals (they were retracted)."""
+        removed: list[MatchRow] = []
+        for start in range(0, len(signal_ids), 500):
+            chunk = [int(i) for i in signal_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            removed.extend(
+                _match_row(r)
+                for r in self.conn.execute(
+                    f"SELECT {_MATCH_COLUMNS} FROM matches WHERE signal_id IN ({marks})", chunk
+                )
+            )
+            self.conn.execute(f"DELETE FROM matches WHERE signal_id IN ({marks})", chunk)
+        return removed
+
+    def matched_signal_ids(self) -> list[int]:
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT signal_id FROM matches")]
+
+    def matches_for_run(self, run_id: int) -> Iterator[tuple[str, MatchRow]]:
+        """(path, match) for every file seen by ``run_id``, in path order (deterministic)."""
+        cur = self.conn.execute(
+            f"SELECT f.path, {_MATCH_COLUMNS_M} FROM matches m JOIN files f ON f.id = m.file_id "
+            "WHERE f.seen_run = ? ORDER BY f.path, m.signal_type, m.signal_id",
+            (run_id,),
+        )
+        for row in cur:
+            yield row[0], _match_row(row[1:])
+
+    def failures_for_run(self, run_id: int) -> Iterator[FileRecord]:
+        cur = self.conn.execute(
+            "SELECT id, path, size, mtime_ns, md5, types, status, reason, error, scanned_at "
+            "FROM files WHERE seen_run = ? AND status = ? ORDER BY path",
+            (run_id, FAILED),
+        )
+        for row in cur:
+            yield _file_record(row)
+
+    def path_of(self, file_ids: Sequence[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for start in range(0, len(file_ids), 500):
+            chunk = [int(i) for i in file_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                self.conn.execute(f"SELECT id, path FROM files WHERE id IN ({marks})", chunk)
+            )
+        return out
+
+    # -- retroactive matching support ---------------------------------------------------
+
+    def codes(self, signal_type: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every stored code of one type: (hash row ids int64[n], file ids int64[n], codes).
+
+        Read in one pass with the codes concatenated as bytes, so a 1M-row catalog loads
+        in about a second without a Python object per row surviving.
+        """
+        rows = self.conn.execute(
+            "SELECT id, file_id, code FROM hashes WHERE signal_type = ? ORDER BY id",
+            (signal_type,),
+        ).fetchall()
+        n = len(rows)
+        if n == 0:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 0), np.uint8)
+        ids = np.fromiter((r[0] for r in rows), np.int64, n)
+        file_ids = np.fromiter((r[1] for r in rows), np.int64, n)
+        codes = np.frombuffer(b"".join(r[2] for r in rows), np.uint8).reshape(n, -1)
+        return ids, file_ids, codes
+
+    def find_exact(self, signal_type: str, code: bytes) -> list[tuple[int, int]]:
+        """(hash row id, file id) of catalogued hashes equal to ``code`` (indexed lookup)."""
+        return list(
+            self.conn.execute(
+                "SELECT id, file_id FROM hashes WHERE signal_type = ? AND code = ?",
+                (signal_type, code),
+            )
+        )
+
+    def stats(self) -> dict:
+        """Counts: files by status and failure reason, hashes per type, matches, counters."""
+        files = dict(self.conn.execute("SELECT status, COUNT(*) FROM files GROUP BY status"))
+        reasons = dict(
+            self.conn.execute(
+                "SELECT reason, COUNT(*) FROM files WHERE status = ? GROUP BY reason", (FAILED,)
+            )
+        )
+        hashes = dict(
+            self.conn.execute("SELECT signal_type, COUNT(*) FROM hashes GROUP BY signal_type")
+        )
+        matches = self.conn.execute("SELECT COUNT(*) FROM matches").fetchone()[0]
+        return {
+            "files": sum(files.values()),
+            "hashed": files.get(HASHED, 0),
+            "failed": files.get(FAILED, 0),
+            "failed_by_reason": reasons,
+            "hashes": hashes,
+            "matches": matches,
+            "hash_calls": self.counter("hash_calls"),
+        }
+
+
+_MATCH_COLUMNS = (
+    "file_id, signal_type, signal_id, hash_hex, signal_hex, distance, list_name, labels, "
+    "external_id, variant, query_match_pct, target_match_pct"
+)
+_MATCH_COLUMNS_M = ", ".join(f"m.{c.strip()}" for c in _MATCH_COLUMNS.split(","))
+
+
+def _match_row(r: Sequence) -> MatchRow:
+    return MatchRow(
+        file_id=r[0],
+        signal_type=r[1],
+        signal_id=r[2],
+        hash_hex=r[3],
+        signal_hex=r[4],
+        distance=r[5],
+        list_name=r[6],
+        labels=tuple(json.loads(r[7])),
+        external_id=r[8],
+        variant=r[9],
+        query_match_pct=r[10],
+        target_match_pct=r[11],
+    )
+
+
+def _file_record(row: Sequence) -> FileRecord:
+    return FileRecord(
+        id=row[0],
+        path=row[1],
+        size=row[2],
+        mtime_ns=row[3],
+        md5=row[4],
+        types=tuple(t for t in (row[5] or "").split(",") if t),
+        status=row[6],
+        reason=row[7],
+        error=row[8],
+        scanned_at=row[9],
+    )
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")

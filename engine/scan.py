@@ -1,0 +1,864 @@
+"""Batch scans of stored media: walk, hash in worker processes, match in batches, report.
+
+Why this shape:
+
+- **Workers hash, the parent matches and writes.** Decoding and hashing are CPU-bound
+  and hold the GIL, so each file is read, MD5'd and hashed in a worker process
+  (:class:`concurrent.futures.ProcessPoolExecutor`, default one per core); only the
+  small codes travel back. The parent owns the catalog (one SQLite writer) and the
+  matcher, and looks hashes up in batches (one index call per type per batch).
+- **Every result is committed in small transactions** (WAL, ``synchronous=FULL``):
+  a scan killed with ``kill -9`` loses at most the batch in flight. A re-run skips
+  files whose (size, mtime) match the catalog, without reading them, and re-matches
+  them from their catalogued hashes (a lookup, not a decode).
+- **The report is written from the catalog at the end** (files seen by this run,
+  in path order, to a temporary file renamed into place), so a resumed scan writes
+  exactly the report an uninterrupted one would, with no duplicates.
+- **One bad file never stops a scan**: it is recorded with a short reason
+  (``empty``, ``corrupt``, ``unsupported``, ``too-large``, ``permission-denied``,
+  ``symlink-loop``, ``broken-symlink``, ``not-found``, ``not-a-file``, ``io-error``,
+  ``worker-crashed``, ``error``) and the message, in the catalog and the report.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import stat
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+
+from hashmatch.engine import errors, signal_types
+from hashmatch.engine.catalog import HASHED, Catalog, FileHashes, MatchRow
+
+log = logging.getLogger("hashmatch.scan")
+
+DEFAULT_TYPES = ("pdq", "md5")
+DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+VIDEO_EXTENSIONS = frozenset(
+    [".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".3gp", ".ts", ".mts", ".ogv"]
+)
+
+
+# ----------------------------------------------------------------------------- walking
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One candidate file from the walk (or a failure found while walking)."""
+
+    path: str
+    size: int | None = None
+    mtime_ns: int | None = None
+    reason: str | None = None  # set when the walk already knows the file is bad
+    error: str | None = None
+
+
+def walk(
+    roots: Iterable[str | Path],
+    *,
+    follow_symlinks: bool = True,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+) -> Iterator[Entry]:
+    """Every regular file under ``roots`` (files may be given directly), depth first.
+
+    Symlinks are followed by default (stored media often live behind them); a directory
+    reached twice through links is reported once as ``symlink-loop`` instead of being
+    walked forever. Unreadable directories are reported, not fatal.
+    """
+    visited: set[tuple[int, int]] = set()
+    for root in roots:
+        yield from _walk_one(os.path.abspath(os.fspath(root)), follow_symlinks, max_bytes, visited)
+
+
+def _walk_one(
+    root: str, follow: bool, max_bytes: int, visited: set[tuple[int, int]]
+) -> Iterator[Entry]:
+    stack = [root]
+    first = True
+    while stack:
+        path = stack.pop()
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+        except OSError as exc:
+            yield _stat_failure(path, exc)
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if key in visited:
+                yield Entry(path, reason="symlink-loop", error="directory already visited")
+                continue
+            if not first and not follow and os.path.islink(path):
+                continue
+            visited.add(key)
+            try:
+                with os.scandir(path) as it:
+                    names = sorted(e.name for e in it)
+            except PermissionError as exc:
+                yield Entry(path, reason="permission-denied", error=str(exc))
+                continue
+            except OSError as exc:
+                yield Entry(path, reason="io-error", error=str(exc))
+                continue
+            # reversed so the stack pops in sorted order (deterministic walks)
+            stack.extend(os.path.join(path, n) for n in reversed(names))
+        elif stat.S_ISREG(st.st_mode):
+            if not follow and not first and os.path.islink(path):
+                continue
+            yield _file_entry(path, st, max_bytes)
+        else:
+            yield Entry(path, reason="not-a-file", error="not a regular file")
+        first = False
+
+
+def _file_entry(path: str, st: os.stat_result, max_bytes: int) -> Entry:
+    if st.st_size == 0:
+        return Entry(path, 0, st.st_mtime_ns, "empty", "file is empty (0 bytes)")
+    if st.st_size > max_bytes:
+        return Entry(
+            path,
+            st.st_size,
+            st.st_mtime_ns,
+            "too-large",
+            f"file is {st.st_size} bytes, over the {max_bytes}-byte limit",
+        )
+    return Entry(path, st.st_size, st.st_mtime_ns)
+
+
+def _stat_failure(path: str, exc: OSError) -> Entry:
+    import errno
+
+    if exc.errno == errno.ELOOP:
+        return Entry(path, reason="symlink-loop", error=str(exc))
+    if isinstance(exc, FileNotFoundError):
+        reason = "broken-symlink" if os.path.islink(path) else "not-found"
+        return Entry(path, reason=reason, error=str(exc))
+    if isinstance(exc, PermissionError):
+        return Entry(path, reason="permission-denied", error=str(exc))
+    return Entry(path, reason="io-error", error=str(exc))
+
+
+def read_list(
+    lines: Iterable[str], *, follow_symlinks: bool = True, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[Entry]:
+    """Entries for a list of local paths or ``file://`` URIs, one per line.
+
+    Blank lines and ``#`` comments are skipped; directories are walked; other URI
+    schemes are reported as ``unsupported`` (this scanner reads local files only).
+    """
+    roots: list[str] = []
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "://" in line:
+            uri = urlparse(line)
+            if uri.scheme != "file" or uri.netloc not in ("", "localhost"):
+                yield Entry(line, reason="unsupported", error=f"not a local file URI: {line}")
+                continue
+            line = unquote(uri.path)
+        roots.append(line)
+        if len(roots) >= 1000:
+            yield from walk(roots, follow_symlinks=follow_symlinks, max_bytes=max_bytes)
+            roots = []
+    yield from walk(roots, follow_symlinks=follow_symlinks, max_bytes=max_bytes)
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+@dataclass
+class WorkResult:
+    """What a worker sends back for one file: hashes or a failure (small, picklable)."""
+
+    path: str
+    size: int | None
+    mtime_ns: int | None
+    md5: bytes | None = None
+    types: tuple[str, ...] = ()
+    hashes: list[FileHashes] = field(default_factory=list)
+    reason: str | None = None
+    error: str | None = None
+
+
+def types_for(path: str, types: Sequence[str]) -> tuple[str, ...]:
+    """The requested types that apply to this file (video types for videos, photo otherwise)."""
+    is_video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+    out = []
+    for name in types:
+        content = signal_types.get(name).content
+        if content == "bytes" or (content == "video") == is_video:
+            out.append(name)
+    return tuple(out)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A short, stable reason for a failure (the catalog and report group by it)."""
+    for cls, reason in (
+        (errors.EmptyMedia, "empty"),
+        (errors.MediaTooLarge, "too-large"),
+        (errors.UnsupportedMedia, "unsupported"),
+        (errors.CorruptMedia, "corrupt"),
+        (PermissionError, "permission-denied"),
+        (FileNotFoundError, "not-found"),
+        (IsADirectoryError, "not-a-file"),
+        (MemoryError, "too-large"),
+        (errors.MediaError, "corrupt"),
+        (OSError, "io-error"),
+    ):
+        if isinstance(exc, cls):
+            return reason
+    return "error"
+
+
+_WORKER_OPTIONS = None
+
+
+def _init_worker(options, threads: int) -> None:
+    global _WORKER_OPTIONS
+    _WORKER_OPTIONS = options
+    try:
+        import cv2
+
+        cv2.setNumThreads(threads)
+    except Exception:  # OpenCV is optional for hashing; a failure here is harmless
+        pass
+
+
+def hash_file(path: str, types: Sequence[str], options=None) -> WorkResult:
+    """Read one file, MD5 it and hash it with every applicable type. Never raises."""
+    from hashmatch.engine.hashing import DEFAULT_OPTIONS, hash_media
+
+    options = options or _WORKER_OPTIONS or DEFAULT_OPTIONS
+    size = mtime = md5 = None
+    try:
+        with open(path, "rb") as fh:
+            st = os.fstat(fh.fileno())
+            size, mtime = st.st_size, st.st_mtime_ns
+            if size > options.limits.max_bytes:
+                raise errors.MediaTooLarge(
+                    f"file is {size} bytes, over the {options.limits.max_bytes}-byte limit"
+                )
+            data = fh.read()
+        md5 = hashlib.md5(data).digest()
+        wanted = types_for(path, types)
+        if not wanted:
+            return WorkResult(
+                path, size, mtime, md5, reason="unsupported", error="no requested type applies"
+            )
+        is_video = any(signal_types.get(t).content == "video" for t in wanted)
+        results = hash_media(path if is_video else data, wanted, options)
+        hashes = [
+            FileHashes(
+                r.signal_type,
+                np.ascontiguousarray(r.codes, dtype=np.uint8),
+                list(r.qualities),
+                list(r.timestamps),
+            )
+            for r in results
+        ]
+        return WorkResult(path, size, mtime, md5, wanted, hashes)
+    except Exception as exc:  # one bad file must never stop the scan
+        return WorkResult(path, size, mtime, md5, reason=failure_reason(exc), error=str(exc))
+
+
+def _hash_chunk(paths: Sequence[str], types: Sequence[str]) -> list[WorkResult]:
+    return [hash_file(p, types) for p in paths]
+
+
+# ----------------------------------------------------------------------------- matching
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One match of query row ``row`` (independent of where the matching ran)."""
+
+    row: int
+    signal_id: int
+    signal_type: str
+    signal_hex: str
+    distance: int
+    list_name: str
+    labels: tuple[str, ...]
+    external_id: str | None
+    query_match_pct: float | None = None
+    target_match_pct: float | None = None
+
+
+class Matcher:
+    """Where lookups go: the local engine or a server. Batch-first."""
+
+    def match(
+        self, signal_type: str, codes: np.ndarray, qualities: Sequence[int | None]
+    ) -> list[Hit]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class LocalMatcher(Matcher):
+    """Lookups against a local data dir through :class:`hashmatch.engine.runtime.Engine`."""
+
+    def __init__(self, engine, *, threshold: int | None = None, lists=None):
+        self.engine = engine
+        self.threshold = threshold
+        self.lists = list(lists) if lists else None
+
+    @classmethod
+    def open(cls, data_dir: str | Path, **kwargs) -> LocalMatcher:
+        from hashmatch.engine.runtime import Engine
+
+        return cls(Engine.open(data_dir, create=False), **kwargs)
+
+    def match(self, signal_type, codes, qualities):
+        kwargs = {}
+        if signal_type == "pdq" and all(q is not None for q in qualities):
+            kwargs["qualities"] = [int(q) for q in qualities]
+        per_row = self.engine.match(
+            signal_type, codes, threshold=self.threshold, lists=self.lists, **kwargs
+        )
+        return [
+            Hit(
+                row,
+                m.signal_id,
+                m.signal_type,
+                m.hash_hex,
+                int(m.distance),
+                m.list_name,
+                tuple(m.labels),
+                m.external_id,
+                getattr(m, "query_match_pct", None),
+                getattr(m, "target_match_pct", None),
+            )
+            for row, matches in enumerate(per_row)
+            for m in matches
+        ]
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class RemoteMatcher(Matcher):
+    """Lookups against a running server through :class:`hashmatch.server.client.HashmatchClient`."""
+
+    def __init__(self, client, *, threshold: int | None = None, lists=None, batch: int = 1000):
+        self.client = client
+        self.threshold = threshold
+        self.lists = list(lists) if lists else []
+        self.batch = batch
+
+    def match(self, signal_type, codes, qualities):
+        from hashmatch.v1 import common_pb2
+
+        hits: list[Hit] = []
+        for start in range(0, len(codes), self.batch):
+            values = []
+            for i in range(start, min(start + self.batch, len(codes))):
+                value = common_pb2.HashValue(signal_type=signal_type, raw=codes[i].tobytes())
+                if qualities and qualities[i] is not None:
+                    value.quality = int(qualities[i])
+                values.append(value)
+            reply = self.client.match(values, threshold=self.threshold, lists=self.lists)
+            for result in reply.results:
+                for m in result.matches:
+                    vpdq = m.signal_type == "vpdq"
+                    hits.append(
+                        Hit(
+                            start + int(result.index),
+                            int(m.signal_id),
+                            m.signal_type,
+                            m.hash_hex,
+                            int(m.distance),
+                            m.list_name,
+                            tuple(m.labels),
+                            m.external_id or None,
+                            float(m.query_match_pct) if vpdq else None,
+                            float(m.target_match_pct) if vpdq else None,
+                        )
+                    )
+        return hits
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def match_files(
+    matcher: Matcher, files: Sequence[tuple[int, list[FileHashes]]]
+) -> dict[int, list[MatchRow]]:
+    """Match many files' hashes with one lookup per type; nearest hit per (file, signal).
+
+    A file's rows of one type are its dihedral variants (PDQ) or frames (vPDQ): a signal
+    matched by several rows is reported once, at its smallest distance, with the row as
+    ``variant``.
+    """
+    out: dict[int, list[MatchRow]] = {file_id: [] for file_id, _ in files}
+    by_type: dict[str, list[tuple[int, FileHashes]]] = {}
+    for file_id, hashes in files:
+        for h in hashes:
+            by_type.setdefault(h.signal_type, []).append((file_id, h))
+    for stype, items in by_type.items():
+        st = signal_types.get(stype)
+        owners: list[tuple[int, int, FileHashes]] = []  # (file_id, row within file, hashes)
+        blocks, qualities = [], []
+        for file_id, h in items:
+            if stype == "vpdq":  # one query = the whole video (the engine aggregates frames)
+                continue
+            for r in range(h.codes.shape[0]):
+                owners.append((file_id, r, h))
+                qualities.append(h.qualities[r] if r < len(h.qualities) else None)
+            blocks.append(h.codes)
+        if not blocks:
+            continue
+        codes = np.ascontiguousarray(np.concatenate(blocks), dtype=np.uint8)
+        best: dict[tuple[int, int], MatchRow] = {}
+        for hit in matcher.match(stype, codes, qualities):
+            file_id, variant, h = owners[hit.row]
+            key = (file_id, hit.signal_id)
+            old = best.get(key)
+            if old is not None and old.distance <= hit.distance:
+                continue
+            best[key] = MatchRow(
+                file_id=file_id,
+                signal_type=stype,
+                signal_id=hit.signal_id,
+                hash_hex=st.format(h.codes[variant]),
+                signal_hex=hit.signal_hex,
+                distance=hit.distance,
+                list_name=hit.list_name,
+                labels=hit.labels,
+                external_id=hit.external_id,
+                variant=variant if stype == "pdq" else 0,
+                query_match_pct=hit.query_match_pct,
+                target_match_pct=hit.target_match_pct,
+            )
+        for row in best.values():
+            out[row.file_id].append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A tqdm bar (rate, ETA) on a terminal; a plain log line every ``every`` s otherwise."""
+
+    def __init__(self, total: int, *, enabled: bool | None = None, every: float = 10.0):
+        self.total = total
+        self.done = 0
+        self.failed = 0
+        self.matched = 0
+        self.every = every
+        self.started = time.monotonic()
+        self.last_log = self.started
+        tty = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+        self.plain = enabled is None and not tty
+        if tty:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="file", dynamic_ncols=True, smoothing=0.1)
+
+    def update(self, n: int, *, failed: int = 0, matched: int = 0) -> None:
+        self.done += n
+        self.failed += failed
+        self.matched += matched
+        if self.bar is not None:
+            self.bar.update(n)
+            self.bar.set_postfix(failed=self.failed, matched=self.matched, refresh=False)
+        elif self.plain:
+            now = time.monotonic()
+            if now - self.last_log >= self.every:
+                self.last_log = now
+                log.info(self.line())
+                print(self.line(), file=sys.stderr, flush=True)
+
+    def line(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate > 0 else float("inf")
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        eta = "?" if left == float("inf") else _duration(left)
+        return (
+            f"scan: {self.done}/{self.total} files ({pct:.1f}%), {rate:.1f} files/s, "
+            f"ETA {eta}, failed {self.failed}, matched {self.matched}"
+        )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+# ----------------------------------------------------------------------------- the scan
+
+
+@dataclass
+class ScanSummary:
+    seen: int = 0
+    hashed: int = 0
+    skipped_unchanged: int = 0
+    failed: int = 0
+    failed_by_reason: dict[str, int] = field(default_factory=dict)
+    matched_files: int = 0
+    matches: int = 0
+    elapsed_s: float = 0.0
+    files_per_s: float = 0.0
+    hashed_per_s: float = 0.0
+    run_id: int = 0
+    report: str | None = None
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class ScanOptions:
+    types: tuple[str, ...] = DEFAULT_TYPES
+    workers: int | None = None  # None = os.cpu_count(); 0 = hash in this process
+    batch_size: int = 256  # files per match + commit batch
+    commit_every: float = 1.0  # seconds: commit at least this often
+    chunk: int = 4  # files per worker task
+    follow_symlinks: bool = True
+    max_bytes: int = DEFAULT_MAX_BYTES
+    dihedral: bool = False
+    progress: bool | None = None  # None = bar on a terminal, log lines otherwise
+    log_every: float = 10.0
+
+
+class Scanner:
+    """One scan run over a catalog and a matcher (see the module docstring)."""
+
+    def __init__(self, catalog: Catalog, matcher: Matcher | None, options: ScanOptions):
+        self.catalog = catalog
+        self.matcher = matcher
+        self.options = options
+        for name in options.types:
+            signal_types.get(name, field="types")
+        from hashmatch.engine.decode import DecodeLimits
+        from hashmatch.engine.hashing import HashOptions
+
+        self.hash_options = HashOptions(
+            dihedral=options.dihedral, limits=DecodeLimits(max_bytes=options.max_bytes)
+        )
+        self.summary = ScanSummary()
+        self._reasons: Counter[str] = Counter()
+        self._pending: list[WorkResult] = []
+        self._pending_skipped: list[int] = []
+        self._last_commit = time.monotonic()
+        self._broken = False
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    # -- public -------------------------------------------------------------------------
+
+    def run(self, entries: Iterable[Entry], *, report: str | Path | None = None) -> ScanSummary:
+        opts = self.options
+        started = time.monotonic()
+        self.run_id = self.catalog.start_run(
+            "scan", {"types": list(opts.types), "dihedral": opts.dihedral}
+        )
+        self.summary.run_id = self.run_id
+        todo = self._dedupe(entries)
+        self.progress = Progress(len(todo), enabled=opts.progress, every=opts.log_every)
+        try:
+            self._process(todo)
+            self._flush(force=True)
+        finally:
+            self.progress.close()
+        s = self.summary
+        s.elapsed_s = round(time.monotonic() - started, 3)
+        s.files_per_s = round(s.seen / s.elapsed_s, 2) if s.elapsed_s else 0.0
+        s.hashed_per_s = round(s.hashed / s.elapsed_s, 2) if s.elapsed_s else 0.0
+        s.failed_by_reason = dict(sorted(self._reasons.items()))
+        s.failed = sum(self._reasons.values())
+        if report is not None:
+            s.report = str(report)
+            write_scan_report(self.catalog, self.run_id, report, s)
+        else:
+            self._count_matches()
+        self.catalog.finish_run(self.run_id, s.as_dict())
+        return s
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _dedupe(self, entries: Iterable[Entry]) -> list[Entry]:
+        seen: set[str] = set()
+        out = []
+        for e in entries:
+            if e.path not in seen:
+                seen.add(e.path)
+                out.append(e)
+        return out
+
+    def _process(self, todo: list[Entry]) -> None:
+        opts = self.options
+        workers = (os.cpu_count() or 1) if opts.workers is None else opts.workers
+        self._workers = workers
+        self._pool = self._new_pool() if workers > 0 else None
+        pool = self._pool
+        inflight: dict[cf.Future, list[Entry]] = {}
+        limit = max(2, workers * 3)
+        chunk: list[Entry] = []
+        try:
+            for block_start in range(0, len(todo), 500):
+                block = todo[block_start : block_start + 500]
+                known = self.catalog.lookup([e.path for e in block if e.reason is None])
+                for e in block:
+                    self.summary.seen += 1
+                    if e.reason is not None:
+                        self._pending.append(
+                            WorkResult(e.path, e.size, e.mtime_ns, reason=e.reason, error=e.error)
+                        )
+                        continue
+                    rec = known.get(e.path)
+                    if (
+                        rec is not None
+                        and rec.status == HASHED
+                        and rec.size == e.size
+                        and rec.mtime_ns == e.mtime_ns
+                        and set(types_for(e.path, opts.types)) <= set(rec.types)
+                        and bool(opts.dihedral) == bool(self._stored_dihedral(rec))
+                    ):
+                        self._pending_skipped.append(rec.id)
+                        self.summary.skipped_unchanged += 1
+                        continue
+                    if pool is None:
+                        self._pending.append(hash_file(e.path, opts.types, self.hash_options))
+                        self.catalog_flush_maybe()
+                        continue
+                    chunk.append(e)
+                    if len(chunk) >= opts.chunk:
+                        self._submit(inflight, chunk)
+                        chunk = []
+                    while len(inflight) >= limit:
+                        self._collect(inflight, block=True)
+                    self._collect(inflight, block=False)
+                    self.catalog_flush_maybe()
+                self.catalog_flush_maybe()
+            if chunk and pool is not None:
+                self._submit(inflight, chunk)
+            while inflight:
+                self._collect(inflight, block=True)
+                self.catalog_flush_maybe()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        threads = max(1, (os.cpu_count() or 1) // self._workers)
+        return cf.ProcessPoolExecutor(
+            self._workers, initializer=_init_worker, initargs=(self.hash_options, threads)
+        )
+
+    def _submit(self, inflight: dict, chunk: list[Entry]) -> None:
+        if self._broken:  # a worker died: its pool is unusable, start a fresh one
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+            self._broken = False
+        fut = self._pool.submit(_hash_chunk, [c.path for c in chunk], self.options.types)
+        inflight[fut] = list(chunk)
+
+    def _stored_dihedral(self, rec) -> bool:
+        # dihedral PDQ stores 8 rows per file; remember it through the types string
+        return "pdq+dihedral" in rec.types
+
+    def _collect(self, inflight: dict, *, block: bool) -> None:
+        if not inflight:
+            return
+        done, _ = cf.wait(
+            list(inflight), timeout=None if block else 0, return_when=cf.FIRST_COMPLETED
+        )
+        for fut in done:
+            chunk = inflight.pop(fut)
+            try:
+                self._pending.extend(fut.result())
+            except Exception as exc:  # a worker died (e.g. a decoder crashed): record, go on
+                # every file of the lost task is marked; a re-run retries failed files
+                for e in chunk:
+                    self._pending.append(
+                        WorkResult(
+                            e.path, e.size, e.mtime_ns, reason="worker-crashed", error=repr(exc)
+                        )
+                    )
+                if isinstance(exc, cf.process.BrokenProcessPool):
+                    self._broken = True
+
+    def catalog_flush_maybe(self) -> None:
+        n = len(self._pending) + len(self._pending_skipped)
+        if n >= self.options.batch_size or (
+            n and time.monotonic() - self._last_commit >= self.options.commit_every
+        ):
+            self._flush(force=True)
+
+    def _flush(self, *, force: bool) -> None:
+        results, skipped = self._pending, self._pending_skipped
+        if not results and not skipped:
+            return
+        self._pending, self._pending_skipped = [], []
+        ok = [r for r in results if r.reason is None]
+        stored = self.catalog.hashes_of(skipped) if skipped else {}
+        # match before the transaction: the lookups may be slow (remote), the write is not
+        to_match: list[tuple[int, list[FileHashes]]] = []
+        for i, r in enumerate(ok):
+            to_match.append((-1 - i, r.hashes))
+        for file_id in skipped:
+            to_match.append((file_id, stored.get(file_id, [])))
+        matched = match_files(self.matcher, to_match) if self.matcher else {}
+        failed = 0
+        matched_files = 0
+        with self.catalog.transaction():
+            for i, r in enumerate(ok):
+                types = list(r.types) + (["pdq+dihedral"] if self.options.dihedral else [])
+                file_id = self.catalog.put_hashed(
+                    r.path,
+                    size=r.size,
+                    mtime_ns=r.mtime_ns,
+                    md5=r.md5,
+                    types=types,
+                    hashes=r.hashes,
+                    run_id=self.run_id,
+                )
+                rows = [_with_file(m, file_id) for m in matched.get(-1 - i, [])]
+                matched_files += bool(rows)
+                self.catalog.add_matches(rows, found_by="scan")
+            for r in results:
+                if r.reason is not None:
+                    failed += 1
+                    self._reasons[r.reason] += 1
+                    self.catalog.put_failed(
+                        r.path,
+                        reason=r.reason,
+                        error=r.error or "",
+                        size=r.size,
+                        mtime_ns=r.mtime_ns,
+                        run_id=self.run_id,
+                    )
+            for file_id in skipped:
+                rows = matched.get(file_id, [])
+                matched_files += bool(rows)
+                if self.matcher is not None:
+                    self.catalog.replace_matches(file_id, rows, found_by="scan")
+            self.catalog.mark_seen(skipped, self.run_id)
+            self.catalog.bump_counter("hash_calls", len(ok) + failed_hashing(results))
+        self.summary.hashed += len(ok)
+        self.progress.update(len(results) + len(skipped), failed=failed, matched=matched_files)
+        self._last_commit = time.monotonic()
+
+    def _count_matches(self) -> None:
+        files = set()
+        n = 0
+        for path, _ in self.catalog.matches_for_run(self.run_id):
+            files.add(path)
+            n += 1
+        self.summary.matched_files = len(files)
+        self.summary.matches = n
+
+
+def failed_hashing(results: Sequence[WorkResult]) -> int:
+    """Failures that reached a hasher (walk-time rejections never cost a decode)."""
+    return sum(1 for r in results if r.reason is not None and r.md5 is not None)
+
+
+def _with_file(m: MatchRow, file_id: int) -> MatchRow:
+    return dataclasses.replace(m, file_id=file_id)
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def match_record(path: str, m: MatchRow) -> dict:
+    """One report line for a match (the JSONL schema users parse)."""
+    rec = {
+        "kind": "match",
+        "file": path,
+        "type": m.signal_type,
+        "hash": m.hash_hex,
+        "distance": m.distance,
+        "list": m.list_name,
+        "labels": list(m.labels),
+        "signal_id": m.signal_id,
+        "signal_hash": m.signal_hex,
+        "external_id": m.external_id,
+    }
+    if m.variant:
+        rec["variant"] = m.variant
+    if m.query_match_pct is not None:
+        rec["query_match_pct"] = m.query_match_pct
+        rec["target_match_pct"] = m.target_match_pct
+    return rec
+
+
+def write_jsonl_atomically(path: str | Path, records: Iterable[dict]) -> None:
+    """Write to ``path.tmp`` then rename: a reader never sees half a report."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, sort_keys=False) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_scan_report(
+    catalog: Catalog, run_id: int, path: str | Path, summary: ScanSummary
+) -> None:
+    """Matches then failures of the files this run saw (path order), then the summary."""
+
+    def records() -> Iterator[dict]:
+        files = set()
+        n = 0
+        for p, m in catalog.matches_for_run(run_id):
+            files.add(p)
+            n += 1
+            yield match_record(p, m)
+        summary.matched_files = len(files)
+        summary.matches = n
+        for rec in catalog.failures_for_run(run_id):
+            yield {"kind": "failure", "file": rec.path, "reason": rec.reason, "error": rec.error}
+        yield {"kind": "summary", **summary.as_dict()}
+
+    write_jsonl_atomically(path, records())
+
+
+def scan(
+    paths: Sequence[str | Path] = (),
+    *,
+    catalog: Catalog,
+    matcher: Matcher | None,
+    from_list: Iterable[str] | None = None,
+    report: str | Path | None = None,
+    options: ScanOptions | None = None,
+    on_summary: Callable[[ScanSummary], None] | None = None,
+) -> ScanSummary:
+    """Scan ``paths`` (and/or a list of paths/URIs) into ``catalog``, matching with ``matcher``."""
+    options = options or ScanOptions()
+    entries: Iterable[Entry] = walk(
+        paths, follow_symlinks=options.follow_symlinks, max_bytes=options.max_bytes
+    )
+    if from_list is not None:
+        listed = read_list(
+            from_list, follow_symlinks=options.follow_symlinks, max_bytes=options.max_bytes
+        )
+        entries = [*entries, *listed]
+    summary = Scanner(catalog, matcher, options).run(entries, report=report)
+    if on_summary:
+        on_summary(summary)
+    return summary
