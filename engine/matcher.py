@@ -1,0 +1,214 @@
+"""Join index hits with provenance and visibility: the answer a caller sees.
+
+The index only knows ids and distances. Whether a hit counts is decided here, at
+lookup time, against the store: the list must be enabled and visible to the
+tenant (and among the requested lists), the signal unretracted and unexpired.
+Deciding at lookup time is what makes a list disable, a grant revoke or an expiry
+take effect on the very next lookup without touching the index.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hashmatch.engine.store import FRAME_BITS, split_labels
+
+PDQ_MIN_QUALITY = 50  # HMA's default: PDQ hashes of quality < 50 are too flat to trust
+
+
+@dataclass(frozen=True)
+class Match:
+    """One stored signal within the threshold of one query.
+
+    ``variant`` is the dihedral variant (0 = as given) whose code matched nearest.
+    vPDQ matches also carry ``query_match_pct`` (share of the query's frames that
+    matched the video) and ``target_match_pct`` (share of the stored video's frames).
+    """
+
+    query_index: int
+    signal_id: int
+    signal_type: str
+    hash_hex: str
+    distance: int
+    list_name: str
+    labels: tuple[str, ...]
+    external_id: str | None
+    variant: int = 0
+    query_match_pct: float = 0.0
+    target_match_pct: float = 0.0
+
+
+class MatchList(list):
+    """The matches of one query (a list), plus why a query was not looked up at all."""
+
+    skipped_low_quality: bool = False
+    quality: int | None = None
+
+
+@dataclass
+class MediaMatch:
+    """What ``Engine.match_media`` found: the hashes it computed and the matches."""
+
+    hashes: list = field(default_factory=list)  # list[HashResult]
+    matches: list[Match] = field(default_factory=list)
+    skipped_low_quality: bool = False
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """Which list ids may produce matches for this request (resolved once per call)."""
+
+    lists: dict[int, tuple[str, bool]]  # id -> (name, enabled)
+    allowed: set[int] | None  # None = every enabled list
+
+    def ok(self, list_id: int) -> bool:
+        entry = self.lists.get(list_id)
+        if entry is None or not entry[1]:
+            return False
+        return self.allowed is None or list_id in self.allowed
+
+
+def join_hits(
+    store,
+    signal_type: str,
+    nq: int,
+    lims: np.ndarray,
+    distances: np.ndarray,
+    ids: np.ndarray,
+    vis: Visibility,
+    *,
+    max_results: int | None = None,
+    variants: np.ndarray | None = None,
+) -> list[MatchList]:
+    """CSR hits -> per-query sorted Match lists, filtered by visibility and state.
+
+    ``variants`` maps a query row to (original query index, dihedral variant) when
+    the rows are dihedral expansions: then per original query and signal the
+    nearest variant is kept.
+    """
+    now = time.time()
+    out = [MatchList() for _ in range(nq)]
+    if len(ids) == 0:
+        return out
+    info = store.lookup(np.unique(ids).tolist())
+    best: list[dict[int, Match]] = [{} for _ in range(nq)]
+    for row in range(len(lims) - 1):
+        q, variant = (
+            (row, 0) if variants is None else (int(variants[row][0]), int(variants[row][1]))
+        )
+        for k in range(int(lims[row]), int(lims[row + 1])):
+            sid = int(ids[k])
+            meta = info.get(sid)
+            if meta is None:
+                continue
+            list_id, stype, code, labels, ext, expires, retracted = meta
+            if retracted is not None or (expires is not None and expires <= now):
+                continue
+            if not vis.ok(list_id):
+                continue
+            d = int(distances[k])
+            prev = best[q].get(sid)
+            if prev is not None and prev.distance <= d:
+                continue
+            best[q][sid] = Match(
+                query_index=q,
+                signal_id=sid,
+                signal_type=stype,
+                hash_hex=bytes(code).hex(),
+                distance=d,
+                list_name=vis.lists[list_id][0],
+                labels=split_labels(labels),
+                external_id=ext,
+                variant=variant,
+            )
+    for q in range(nq):
+        found = sorted(best[q].values(), key=lambda m: (m.distance, m.signal_id))
+        out[q].extend(found[:max_results] if max_results else found)
+    return out
+
+
+def join_video_hits(
+    store,
+    nframes: int,
+    lims: np.ndarray,
+    distances: np.ndarray,
+    ids: np.ndarray,
+    vis: Visibility,
+    *,
+    max_results: int | None = None,
+    min_query_pct: float = 0.0,
+    min_target_pct: float = 0.0,
+) -> MatchList:
+    """vPDQ: frame hits -> one Match per stored video with vPDQ's two percentages.
+
+    query_match_pct = share of the query's frames within the threshold of some
+    frame of the video; target_match_pct = share of the video's frames within the
+    threshold of some query frame (vPDQ's matching rule, as HMA reports it).
+    """
+    now = time.time()
+    result = MatchList()
+    if len(ids) == 0:
+        return result
+    sids = (ids >> FRAME_BITS).astype(np.int64)
+    frame_nos = (ids & ((1 << FRAME_BITS) - 1)).astype(np.int64)
+    qrows = np.repeat(np.arange(len(lims) - 1), np.diff(lims))
+    info = store.lookup(np.unique(sids).tolist())
+    frame_counts = store.frame_counts(list(info))
+    per: dict[int, tuple[set, set, int]] = {}
+    for q, sid, fno, d in zip(qrows.tolist(), sids.tolist(), frame_nos.tolist(),
+                              distances.tolist(), strict=True):  # fmt: skip
+        entry = per.get(sid)
+        if entry is None:
+            entry = per[sid] = (set(), set(), [d])
+        entry[0].add(q)
+        entry[1].add(fno)
+        entry[2][0] = min(entry[2][0], d)
+    found = []
+    for sid, (qset, tset, dmin) in per.items():
+        meta = info.get(sid)
+        if meta is None:
+            continue
+        list_id, stype, code, labels, ext, expires, retracted = meta
+        if retracted is not None or (expires is not None and expires <= now):
+            continue
+        if not vis.ok(list_id):
+            continue
+        qpct = 100.0 * len(qset) / max(nframes, 1)
+        tpct = 100.0 * len(tset) / max(frame_counts.get(sid, 1), 1)
+        if qpct < min_query_pct or tpct < min_target_pct:
+            continue
+        found.append(
+            Match(
+                query_index=0,
+                signal_id=sid,
+                signal_type=stype,
+                hash_hex=bytes(code).hex(),
+                distance=int(dmin[0]),
+                list_name=vis.lists[list_id][0],
+                labels=split_labels(labels),
+                external_id=ext,
+                query_match_pct=qpct,
+                target_match_pct=tpct,
+            )
+        )
+    found.sort(key=lambda m: (-m.query_match_pct, m.distance, m.signal_id))
+    result.extend(found[:max_results] if max_results else found)
+    return result
+
+
+def low_quality_rows(
+    signal_type: str, qualities: Sequence[int | None] | None, min_quality: int | None, n: int
+) -> np.ndarray:
+    """Boolean mask of query rows to skip: known PDQ quality under the floor."""
+    mask = np.zeros(n, dtype=bool)
+    if qualities is None or signal_type not in ("pdq", "vpdq"):
+        return mask
+    floor = PDQ_MIN_QUALITY if min_quality is None else int(min_quality)
+    for i, q in enumerate(qualities):
+        if i < n and q is not None and int(q) < floor:
+            mask[i] = True
+    return mask

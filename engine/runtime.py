@@ -1,0 +1,701 @@
+"""The Engine: the signal store plus the live indexes derived from it.
+
+What a server, scanner or CLI opens (``Engine.open(data_dir)``). The store
+(``data_dir/store.sqlite``) is the truth; each signal type's index is derived
+and kept in step through the store's change log:
+
+- start-up loads the newest snapshot (``data_dir/snapshots``) whose change
+  counter is not ahead of the store and replays the changes after it; with no
+  usable snapshot it builds from the store;
+- every ingest/retract/restore through this engine applies its change before
+  returning, so the next lookup sees it; changes written by another process (the
+  CLI next to a running server) are picked up at the start of the next lookup;
+- ``rebuild_index`` builds fresh indexes aside from a consistent read of the
+  store and swaps them in with one reference assignment: a lookup sees the old or
+  the new index, never half of one.
+
+``match`` is safe from many threads at once: readers take a reference to the
+current index map; writers serialise on locks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from hashmatch.engine import signal_types
+from hashmatch.engine.errors import CorruptData, InvalidHash, InvalidInput, NotFound
+from hashmatch.engine.hashing import DEFAULT_OPTIONS, HashOptions, hash_media
+from hashmatch.engine.matcher import (
+    PDQ_MIN_QUALITY,
+    Match,
+    MatchList,
+    MediaMatch,
+    Visibility,
+    join_hits,
+    join_video_hits,
+    low_quality_rows,
+)
+from hashmatch.engine.store import (
+    DEFAULT_BATCH,
+    FRAME_BITS,
+    IngestReport,
+    Rejection,
+    SignalRecord,
+    SignalStore,
+)
+from hashmatch.engine.store_index import FlatIndex, load_index, make_live_index
+
+__all__ = [
+    "PDQ_MIN_QUALITY",
+    "Engine",
+    "IngestReport",
+    "Match",
+    "MatchList",
+    "MediaMatch",
+    "Rejection",
+    "SignalRecord",
+]
+
+SNAPSHOT_FORMAT = 1
+KEEP_SNAPSHOTS = 2
+Progress = Callable[[str, int, int], None]
+
+
+class Engine:
+    """Store + live indexes + matcher; see the module docstring for the sync story."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        store: SignalStore,
+        *,
+        shards: int | None = None,
+        index_kind: str = "auto",
+    ):
+        self.data_dir = data_dir
+        self.store = store
+        self.shards = shards
+        self.index_kind = index_kind
+        self._indexes: dict[str, object] | None = None  # None until loaded (lazy for the CLI)
+        self._applied = 0  # change-log seq the live indexes reflect
+        self._sync_lock = threading.RLock()
+        self._load_info: dict = {}
+        self._snapshot_at: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | Path,
+        *,
+        shards: int | None = None,
+        index_kind: str = "auto",
+        create: bool = True,
+        eager: bool = True,
+    ) -> Engine:
+        """Open (or create) the store in ``data_dir``; with ``eager`` load the indexes now.
+
+        The CLI passes ``eager=False``: verbs that never look up (lists, ingest)
+        then never pay for loading the index.
+        """
+        data_dir = Path(data_dir)
+        if not create and not (data_dir / "store.sqlite").exists():
+            raise NotFound(f"no hashmatch store in {data_dir}", field="data_dir")
+        data_dir.mkdir(parents=True, exist_ok=True)
+        engine = cls(
+            data_dir,
+            SignalStore(data_dir / "store.sqlite", create=create),
+            shards=shards,
+            index_kind=index_kind,
+        )
+        if eager:
+            engine.load()
+        return engine
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+    def load(self, progress: Progress | None = None) -> dict:
+        """Bring the live indexes up: newest usable snapshot + replay, else build from store."""
+        with self._sync_lock:
+            if self._indexes is not None:
+                return self._load_info
+            started = time.perf_counter()
+            counter = self.store.change_counter()
+            info: dict = {"source": "store"}
+            for manifest_path in self._snapshots():
+                try:
+                    indexes, at = self._read_snapshot(manifest_path, counter)
+                except (CorruptData, OSError, ValueError, RuntimeError) as exc:
+                    info.setdefault("skipped_snapshots", []).append(
+                        f"{manifest_path.parent.name}: {exc}"
+                    )
+                    continue
+                self._indexes, self._applied = indexes, at
+                info = {"source": "snapshot", "snapshot": manifest_path.parent.name, "at": at}
+                break
+            if self._indexes is None:
+                indexes, at = self._build_from_store(progress)
+                self._indexes, self._applied = indexes, at
+            replayed = self._apply_changes()
+            info.update(
+                seconds=round(time.perf_counter() - started, 3),
+                replayed_changes=replayed,
+                change_counter=self._applied,
+            )
+            self._load_info = info
+            return info
+
+    # ------------------------------------------------------------------ sync
+
+    def sync(self) -> int:
+        """Apply store changes made since the indexes were last brought up to date."""
+        if self._indexes is None:
+            return 0
+        if self.store.change_counter() <= self._applied:
+            return 0
+        with self._sync_lock:
+            return self._apply_changes()
+
+    def _apply_changes(self) -> int:
+        assert self._indexes is not None
+        changes = self.store.changes_since(self._applied)
+        for change in changes:
+            if change.op in ("add", "remove") and len(change.ids):
+                index = self._index_for(change.signal_type, self._indexes)
+                if change.op == "add":
+                    ids, codes = self.store.codes_for(change.signal_type, change.ids)
+                    index.add(codes, ids)
+                else:
+                    index.remove(self._index_ids(change.signal_type, change.ids))
+            self._applied = change.seq
+        return len(changes)
+
+    def _index_ids(self, signal_type: str, signal_ids: np.ndarray) -> np.ndarray:
+        """Index ids of signals: the ids themselves, or every frame id for vPDQ."""
+        if signal_type != "vpdq":
+            return signal_ids
+        counts = self.store.frame_counts(signal_ids.tolist())
+        parts = [
+            (np.int64(sid) << FRAME_BITS) | np.arange(counts.get(int(sid), 0), dtype=np.int64)
+            for sid in signal_ids
+        ]
+        return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+    def _index_for(self, signal_type: str, indexes: dict[str, object]):
+        index = indexes.get(signal_type)
+        if index is None:
+            index = make_live_index(
+                signal_types.get(signal_type), kind=self.index_kind, shards=self.shards
+            )
+            indexes[signal_type] = index
+        return index
+
+    def _ensure_loaded(self) -> dict[str, object]:
+        if self._indexes is None:
+            self.load()
+        else:
+            self.sync()
+        assert self._indexes is not None
+        return self._indexes
+
+    # ------------------------------------------------------------------ matching
+
+    def match(
+        self,
+        signal_type: str,
+        codes: np.ndarray,
+        *,
+        tenant: str | None = None,
+        threshold: int | None = None,
+        lists: Sequence[str] | None = None,
+        max_results: int | None = None,
+        qualities: Sequence[int | None] | None = None,
+        min_quality: int | None = None,
+    ) -> list[MatchList]:
+        """Look up packed codes; one sorted :class:`MatchList` per query row.
+
+        Only enabled lists visible to ``tenant`` (None = local admin) and, if given,
+        named in ``lists`` count; retracted and expired signals never match. PDQ
+        rows whose known quality (``qualities``) is under ``min_quality`` (default
+        50, as HMA) are not looked up: their list is empty with
+        ``skipped_low_quality`` set.
+
+        vPDQ: ``codes`` are the frames of ONE query video; the result has one list
+        (one Match per stored video, with query/target match percentages).
+        """
+        st = signal_types.get(signal_type)
+        radius = st.check_threshold(threshold)
+        codes = _check_codes(st, codes)
+        if max_results is not None and max_results <= 0:
+            raise InvalidInput(f"must be positive, got {max_results}", field="max_results")
+        indexes = self._ensure_loaded()
+        vis = self._visibility(tenant, lists)
+        skip = low_quality_rows(st.name, qualities, min_quality, len(codes))
+        index = indexes.get(st.name)
+        if st.name == "vpdq":
+            frames = codes[~skip]
+            if index is None or len(frames) == 0:
+                result = MatchList()
+                result.skipped_low_quality = bool(len(frames) == 0 and len(codes))
+                return [result]
+            lims, dist, ids = index.search_radius(frames, radius)
+            return [join_video_hits(self.store, len(frames), lims, dist, ids, vis,
+                                    max_results=max_results)]  # fmt: skip
+        out = [MatchList() for _ in range(len(codes))]
+        rows = np.flatnonzero(~skip)
+        if index is not None and len(rows):
+            lims, dist, ids = index.search_radius(codes[rows], radius)
+            found = join_hits(
+                self.store, st.name, len(rows), lims, dist, ids, vis, max_results=max_results
+            )
+            for j, row in enumerate(rows.tolist()):
+                for m in found[j]:
+                    out[row].append(_with_query(m, row))
+        for row in np.flatnonzero(skip).tolist():
+            out[row].skipped_low_quality = True
+            out[row].quality = int(qualities[row])  # type: ignore[index]
+        return out
+
+    def match_hex(self, signal_type: str, values: Sequence[str], **options) -> list[MatchList]:
+        """Convenience: hex strings instead of packed codes."""
+        st = signal_types.get(signal_type)
+        return self.match(st.name, st.parse_many(list(values)), **options)
+
+    def match_media(
+        self,
+        source: bytes | str | Path,
+        *,
+        types: Sequence[str] = ("pdq",),
+        options: HashOptions = DEFAULT_OPTIONS,
+        tenant: str | None = None,
+        threshold: int | None = None,
+        lists: Sequence[str] | None = None,
+        max_results: int | None = None,
+        min_quality: int | None = None,
+    ) -> MediaMatch:
+        """Hash media, then match each hash. Dihedral PDQ queries all 8 variants and
+        keeps, per stored signal, the nearest (``Match.variant`` says which)."""
+        hashes = hash_media(source, types, options)
+        result = MediaMatch(hashes=hashes)
+        for h in hashes:
+            st = signal_types.get(h.signal_type)
+            if st.name == "vpdq":
+                found = self.match(
+                    "vpdq", h.codes, tenant=tenant, threshold=threshold, lists=lists,
+                    max_results=max_results, qualities=h.qualities or None,
+                    min_quality=min_quality,
+                )[0]  # fmt: skip
+                result.matches.extend(found)
+                result.skipped_low_quality |= found.skipped_low_quality
+                continue
+            if st.name == "pdq" and h.quality is not None:
+                floor = PDQ_MIN_QUALITY if min_quality is None else min_quality
+                if h.quality < floor:
+                    result.skipped_low_quality = True
+                    continue
+            per_row = self.match(
+                st.name,
+                h.codes,
+                tenant=tenant,
+                threshold=threshold,
+                lists=lists,
+                max_results=None,
+            )
+            best: dict[int, Match] = {}
+            for variant, found in enumerate(per_row):
+                for m in found:
+                    prev = best.get(m.signal_id)
+                    if prev is None or m.distance < prev.distance:
+                        best[m.signal_id] = _with_query(m, 0, variant)
+            ordered = sorted(best.values(), key=lambda m: (m.distance, m.signal_id))
+            result.matches.extend(ordered[:max_results] if max_results else ordered)
+        return result
+
+    def _visibility(self, tenant: str | None, lists: Sequence[str] | None) -> Visibility:
+        table = self.store.list_table()
+        allowed = self.store.visible_list_ids(tenant)
+        if lists:
+            by_name = {name: lid for lid, (name, _) in table.items()}
+            wanted: set[int] = set()
+            for i, name in enumerate(lists):
+                lid = by_name.get(name)
+                if lid is None or (allowed is not None and lid not in allowed):
+                    raise NotFound(f"no hash list named {name!r} is visible", field="lists",
+                                   index=i)  # fmt: skip
+                wanted.add(lid)
+            allowed = wanted
+        return Visibility(table, allowed)
+
+    # ------------------------------------------------------------------ writes
+
+    def ingest(
+        self,
+        records: Iterable[SignalRecord | Rejection],
+        *,
+        list_name: str,
+        actor: str = "local",
+        source: str | None = None,
+        strict: bool = False,
+        tenant: str | None = None,
+        create_list: bool | None = None,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Callable[[int], None] | None = None,
+    ) -> IngestReport:
+        """Write signals into ``list_name``; each committed batch is in the index at once.
+
+        Idempotent: a hash already in the list is ``unchanged`` (or ``updated`` if its
+        labels/external id/quality/expiry differ). Bad records are rejected with a
+        reason (and line, when the parser knew it); ``strict`` refuses everything
+        (raises :class:`~hashmatch.engine.store.IngestRefused`) if any record is bad.
+        ``create_list`` defaults to True for the local admin (``tenant=None``).
+        """
+        return self.store.ingest(
+            records,
+            list_name=list_name,
+            actor=actor,
+            source=source,
+            strict=strict,
+            tenant=tenant,
+            create_list=(tenant is None) if create_list is None else create_list,
+            batch_size=batch_size,
+            progress=progress,
+            on_commit=self.sync,
+        )
+
+    def retract(
+        self,
+        *,
+        list_name: str,
+        hashes: Sequence[tuple[str, str]] = (),
+        signal_ids: Sequence[int] = (),
+        external_ids: Sequence[str] = (),
+        reason: str | None = None,
+        actor: str = "local",
+        tenant: str | None = None,
+    ) -> int:
+        """Retract signals (by (type, hex), id or external id); gone from the next lookup."""
+        n = self.store.retract(
+            list_name=list_name, hashes=hashes, signal_ids=signal_ids,
+            external_ids=external_ids, reason=reason, actor=actor, tenant=tenant,
+        )  # fmt: skip
+        self.sync()
+        return n
+
+    def restore(
+        self,
+        *,
+        list_name: str,
+        hashes: Sequence[tuple[str, str]] = (),
+        signal_ids: Sequence[int] = (),
+        external_ids: Sequence[str] = (),
+        actor: str = "local",
+        tenant: str | None = None,
+    ) -> int:
+        """Undo retractions; the signals match again from the next lookup."""
+        n = self.store.restore(
+            list_name=list_name, hashes=hashes, signal_ids=signal_ids,
+            external_ids=external_ids, actor=actor, tenant=tenant,
+        )  # fmt: skip
+        self.sync()
+        return n
+
+    # ------------------------------------------------------------------ index ops
+
+    def _build_from_store(self, progress: Progress | None = None) -> tuple[dict, int]:
+        """Fresh indexes from one consistent read of the store; returns (indexes, counter)."""
+        conn = self.store.conn()
+        indexes: dict[str, object] = {}
+        conn.execute("BEGIN")  # one read snapshot: rows and counter agree
+        try:
+            counter = self.store.change_counter()
+            totals = self.store.count_live()
+            total = sum(totals.values())
+            done = 0
+            for stype in sorted(totals):
+                index = self._index_for(stype, indexes)
+                for ids, codes in self.store.iter_live(stype):
+                    index.add(codes, ids)
+                    done += len(ids)
+                    if progress is not None:
+                        progress(f"build:{stype}", done, total)
+        finally:
+            conn.execute("COMMIT")
+        return indexes, counter
+
+    def rebuild_index(self, progress: Progress | None = None, *, actor: str = "local") -> dict:
+        """Rebuild every index from the store aside, then swap atomically.
+
+        Lookups keep using the old indexes while this runs; changes committed
+        meanwhile are replayed onto the new ones before the swap.
+        """
+        started = time.perf_counter()
+        indexes, counter = self._build_from_store(progress)
+        with self._sync_lock:
+            old, old_applied = self._indexes, self._applied
+            self._applied = counter
+            self._indexes = indexes  # lookups now see the new map
+            try:
+                replayed = self._apply_changes()
+            except BaseException:
+                self._indexes, self._applied = old, old_applied
+                raise
+        if progress is not None:
+            progress("swap", 1, 1)
+        summary = {
+            "seconds": round(time.perf_counter() - started, 3),
+            "change_counter": self._applied,
+            "replayed_changes": replayed,
+            "types": {t: len(ix) for t, ix in indexes.items()},
+            "total": sum(len(ix) for ix in indexes.values()),
+        }
+        self.store.record("index.rebuild", actor=actor, count=summary["total"], details=summary)
+        return summary
+
+    def verify_index(self, *, sample: int = 20_000, seed: int = 0) -> dict:
+        """Check index <=> store: counts per type, and that sampled live signals are found
+        at distance 0 under their own id while sampled retracted ones are not."""
+        indexes = self._ensure_loaded()
+        with self._sync_lock:
+            counts = self.store.count_live()
+            report: dict = {"ok": True, "change_counter": self._applied, "types": {}}
+            rng = np.random.default_rng(seed)
+            for stype in sorted(set(counts) | set(indexes)):
+                index = indexes.get(stype)
+                n_index = len(index) if index is not None else 0
+                entry = {"store": counts.get(stype, 0), "index": n_index, "checked": 0,
+                         "missing": [], "stale": []}  # fmt: skip
+                live_ids, live_codes = self._sample_live(stype, sample, rng)
+                if len(live_ids) and index is not None:
+                    lims, _, ids = index.search_radius(live_codes, 0)
+                    for i, want in enumerate(live_ids.tolist()):
+                        if want not in set(ids[lims[i] : lims[i + 1]].tolist()):
+                            entry["missing"].append(want)
+                    entry["checked"] = len(live_ids)
+                elif len(live_ids):
+                    entry["missing"] = live_ids[:100].tolist()
+                dead = self.store.signals(retracted=True, limit=min(sample, 1000))
+                dead = [s for s in dead if s.signal_type == stype and stype != "vpdq"]
+                if dead and index is not None:
+                    st = signal_types.get(stype)
+                    q = st.parse_many([s.hash_hex for s in dead])
+                    lims, _, ids = index.search_radius(q, 0)
+                    for i, s in enumerate(dead):
+                        if s.id in set(ids[lims[i] : lims[i + 1]].tolist()):
+                            entry["stale"].append(s.id)
+                    entry["checked"] += len(dead)
+                ok = entry["store"] == entry["index"] and not entry["missing"] and not entry[
+                    "stale"]  # fmt: skip
+                entry["ok"] = ok
+                entry["missing"] = entry["missing"][:100]
+                entry["stale"] = entry["stale"][:100]
+                report["types"][stype] = entry
+                report["ok"] &= ok
+        return report
+
+    def _sample_live(self, stype: str, sample: int, rng) -> tuple[np.ndarray, np.ndarray]:
+        st = signal_types.get(stype)
+        conn = self.store.conn()
+        if stype == "vpdq":
+            rows = conn.execute(
+                "SELECT (f.signal_id << 20) | f.frame_no, f.code FROM signal_frames f"
+                " JOIN signals s ON s.id = f.signal_id WHERE s.retracted_at IS NULL"
+                " ORDER BY random() LIMIT ?",
+                (sample,),
+            ).fetchall()
+        else:
+            total = conn.execute(
+                "SELECT COUNT(*) FROM signals WHERE signal_type = ? AND retracted_at IS NULL",
+                (stype,),
+            ).fetchone()[0]
+            if total <= sample:
+                rows = conn.execute(
+                    "SELECT id, code FROM signals WHERE signal_type = ? AND retracted_at IS NULL",
+                    (stype,),
+                ).fetchall()
+            else:
+                hi = conn.execute("SELECT MAX(id) FROM signals").fetchone()[0]
+                picks = sorted(set(rng.integers(1, hi + 1, size=sample).tolist()))
+                rows = []
+                for i in range(0, len(picks), 900):
+                    chunk = picks[i : i + 900]
+                    rows += conn.execute(
+                        "SELECT id, code FROM signals WHERE signal_type = ? AND retracted_at IS"
+                        f" NULL AND id IN ({','.join('?' * len(chunk))})",
+                        (stype, *chunk),
+                    ).fetchall()
+        if not rows:
+            return np.empty(0, np.int64), np.empty((0, st.nbytes), np.uint8)
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        codes = np.frombuffer(b"".join(r[1] for r in rows), np.uint8).reshape(-1, st.nbytes)
+        return ids, codes
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self, *, actor: str = "local") -> Path:
+        """Write every live index and a manifest (change counter) under ``snapshots/``.
+
+        Written to a temporary directory, fsynced, then renamed: a crash leaves
+        either the old snapshots or the new one, never a half-written one.
+        """
+        self._ensure_loaded()
+        with self._sync_lock:
+            indexes = dict(self._indexes or {})
+            at = self._applied
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            name = f"snap-{at:012d}-{time.time_ns()}"
+            tmp = self.snapshot_dir / (name + ".tmp")
+            tmp.mkdir()
+            manifest: dict = {"format": SNAPSHOT_FORMAT, "change_counter": at,
+                              "created_at": time.time(), "types": {}}  # fmt: skip
+            for stype, index in indexes.items():
+                fname = f"{stype}.index"
+                index.save(tmp / fname)
+                manifest["types"][stype] = {
+                    "file": fname,
+                    "count": len(index),
+                    "loader": "fallback" if isinstance(index, FlatIndex) else "indexes",
+                }
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+            _fsync_tree(tmp)
+            final = self.snapshot_dir / name
+            os.replace(tmp, final)
+            _fsync_dir(self.snapshot_dir)
+        self._snapshot_at = manifest["created_at"]
+        for old in self._snapshots()[KEEP_SNAPSHOTS:]:
+            shutil.rmtree(old.parent, ignore_errors=True)
+        self.store.record("index.snapshot", actor=actor, count=sum(
+            v["count"] for v in manifest["types"].values()), source=str(final),
+            details={"change_counter": at})  # fmt: skip
+        return final
+
+    def _snapshots(self) -> list[Path]:
+        """Manifests of complete snapshots, newest (highest counter) first."""
+        if not self.snapshot_dir.is_dir():
+            return []
+        found = [
+            p / "manifest.json"
+            for p in self.snapshot_dir.iterdir()
+            if p.is_dir() and not p.name.endswith(".tmp") and (p / "manifest.json").is_file()
+        ]
+        return sorted(found, key=lambda p: p.parent.name, reverse=True)
+
+    def _read_snapshot(self, manifest_path: Path, counter: int) -> tuple[dict, int]:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != SNAPSHOT_FORMAT:
+            raise CorruptData(f"unknown snapshot format {manifest.get('format')!r}")
+        at = int(manifest["change_counter"])
+        if at > counter:
+            raise CorruptData(f"snapshot is ahead of the store (counter {at} > {counter})")
+        indexes: dict[str, object] = {}
+        for stype, entry in manifest["types"].items():
+            path = manifest_path.parent / entry["file"]
+            if entry.get("loader") == "fallback":
+                index = FlatIndex.load(path)
+            else:
+                index = load_index(path)
+            if len(index) != int(entry["count"]):
+                raise CorruptData(f"{stype}: {len(index)} codes, manifest says {entry['count']}")
+            indexes[stype] = index
+        self._snapshot_at = float(manifest.get("created_at", 0)) or None
+        return indexes, at
+
+    # ------------------------------------------------------------------ stats
+
+    def stats(self) -> dict:
+        """Counts per type (store and index), per list, memory, snapshot age."""
+        indexes = self._ensure_loaded()
+        counts = self.store.count_live()
+        types = {}
+        for stype in sorted(set(counts) | set(indexes)):
+            index = indexes.get(stype)
+            shard_counts = []
+            if index is not None and hasattr(index, "shard_sizes"):
+                try:
+                    shard_counts = [int(x) for x in index.shard_sizes()]
+                except Exception:  # informational only
+                    shard_counts = []
+            types[stype] = {
+                "count": counts.get(stype, 0),
+                "indexed": len(index) if index is not None else 0,
+                "kind": getattr(index, "kind", type(index).__name__) if index else None,
+                "shards": shard_counts,
+            }
+        try:
+            import psutil
+
+            memory = psutil.Process().memory_info().rss
+        except Exception:  # psutil is a dependency, but stats must never fail
+            memory = 0
+        lists = {info.name: info.signal_count for info in self.store.lists()}
+        return {
+            "total_signals": int(sum(counts.values())),
+            "index_kind": self.index_kind,
+            "memory_bytes": int(memory),
+            "snapshot_age_seconds": (
+                time.time() - self._snapshot_at if self._snapshot_at else None
+            ),
+            "types": types,
+            "lists": lists,
+            "change_counter": self.store.change_counter(),
+            "applied_counter": self._applied,
+            "load": self._load_info,
+        }
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _check_codes(st: signal_types.SignalType, codes: np.ndarray) -> np.ndarray:
+    codes = np.asarray(codes)
+    if codes.ndim == 1:
+        codes = codes[None, :]
+    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != st.nbytes:
+        raise InvalidHash(
+            f"{st.name} codes must be uint8[n, {st.nbytes}], got {codes.dtype}{list(codes.shape)}",
+            field="codes",
+        )
+    return np.ascontiguousarray(codes)
+
+
+def _with_query(m: Match, query_index: int, variant: int | None = None) -> Match:
+    from dataclasses import replace
+
+    if variant is None:
+        return replace(m, query_index=query_index)
+    return replace(m, query_index=query_index, variant=variant)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in path.iterdir():
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

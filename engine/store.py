@@ -1,0 +1,1213 @@
+"""The signal store: hash lists, signals with provenance, tenants, audit log.
+
+The store is the source of truth; every index is derived from it (see
+:mod:`hashmatch.engine.runtime`). Embedded default: SQLite in WAL mode with
+``synchronous=FULL`` so an acknowledged (committed) batch survives kill -9 and
+power loss. One connection per thread (SQLite connections are not shareable), one
+writer at a time (a lock here plus ``BEGIN IMMEDIATE`` across processes).
+
+Every write that changes what an index should hold appends a row to ``changes``
+(``add`` of an id range / ``remove`` of ids). ``change_counter()`` is the last
+``seq``; a running engine replays the rows after the one it has applied, which is
+how a CLI ingest into the same data dir reaches a running server, and how a
+snapshot taken at counter N is brought up to date at start-up.
+
+Why a backend boundary at SQL (not an ORM): the queries are few and hot; a
+PostgreSQL backend would subclass :class:`SignalStore` and override ``_connect``
+and the handful of SQLite-specific statements (``BEGIN IMMEDIATE``, ``INSERT``
+id allocation), keeping this module's public API.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hashmatch.engine import signal_types
+from hashmatch.engine.errors import (
+    Conflict,
+    InvalidHash,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    UnknownSignalType,
+)
+from hashmatch.engine.store_schema import migrate
+
+LABEL_SEP = "\x1f"  # labels are stored joined by the ASCII unit separator
+DEFAULT_BATCH = 10_000
+MAX_REJECTIONS_KEPT = 10_000  # a report keeps this many rejections; the count is exact
+
+
+class IngestRefused(InvalidInput):
+    """``strict`` ingest found bad records: nothing was written. ``report`` has them all."""
+
+    def __init__(self, message: str, report: IngestReport):
+        super().__init__(message, field="records")
+        self.report = report
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class SignalRecord:
+    """One signal to ingest, as a parser (or the gRPC layer) produced it.
+
+    ``hash_hex`` is the hex the lists exchange. A vPDQ record carries its frames in
+    ``frames`` (``uint8[k, 32]``) instead; ``hash_hex`` may then be empty (the store
+    keys a video by the SHA-256 of its frame codes). ``line`` is where it came from
+    (1-based line of the input file) so rejections can name it.
+    """
+
+    signal_type: str
+    hash_hex: str
+    labels: tuple[str, ...] = ()
+    external_id: str | None = None
+    quality: int | None = None
+    expires_at: float | None = None  # epoch seconds
+    frames: np.ndarray | None = None
+    frame_qualities: Sequence[int] | None = None
+    timestamps: Sequence[float] | None = None
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A record that was not ingested and why (``index``: position in the input stream)."""
+
+    reason: str
+    index: int | None = None
+    line: int | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = f"line {self.line}" if self.line is not None else f"record {self.index}"
+        return f"{where}: {self.reason}"
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did. ``rejected`` is exact; ``rejections`` keeps the first 10k."""
+
+    list_name: str
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    still_retracted: int = 0  # re-ingested rows that stay retracted (restore them explicitly)
+    batches: int = 0
+    seconds: float = 0.0
+    rejections: list[Rejection] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        return self.added + self.updated + self.unchanged
+
+    def reject(self, rejection: Rejection) -> None:
+        self.rejected += 1
+        if len(self.rejections) < MAX_REJECTIONS_KEPT:
+            self.rejections.append(rejection)
+
+    def as_dict(self) -> dict:
+        return {
+            "list": self.list_name,
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "rejected": self.rejected,
+            "still_retracted": self.still_retracted,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class HashList:
+    """A shared hash list (bank / collection) and its current size."""
+
+    id: int
+    name: str
+    description: str
+    owner: str
+    labels: tuple[str, ...]
+    enabled: bool
+    created_at: float
+    updated_at: float
+    signal_count: int = 0  # live (not retracted) signals
+    retracted_count: int = 0
+    signal_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A platform calling the service: which lists it reads and writes."""
+
+    name: str
+    is_admin: bool
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class SignalInfo:
+    """A stored signal with its provenance."""
+
+    id: int
+    list_name: str
+    signal_type: str
+    hash_hex: str
+    labels: tuple[str, ...]
+    external_id: str | None
+    quality: int | None
+    added_at: float
+    updated_at: float
+    expires_at: float | None
+    retracted_at: float | None
+    retract_reason: str | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    id: int
+    at: float
+    actor: str
+    action: str
+    list_name: str | None
+    count: int
+    source: str | None
+    details: dict
+
+
+@dataclass(frozen=True)
+class Change:
+    """One row of the change log: ids to add to / remove from a type's index."""
+
+    seq: int
+    op: str  # "add" | "remove"
+    signal_type: str
+    ids: np.ndarray  # int64 signal ids
+
+
+def split_labels(text: str | None) -> tuple[str, ...]:
+    return tuple(text.split(LABEL_SEP)) if text else ()
+
+
+def join_labels(labels: Iterable[str]) -> str:
+    clean = []
+    for label in labels:
+        label = str(label).strip()
+        if label and label not in clean:
+            clean.append(label)
+    return LABEL_SEP.join(clean)
+
+
+def video_key(frames: np.ndarray) -> bytes:
+    """The identity of a vPDQ signal in a list: SHA-256 of its frame codes in order."""
+    return hashlib.sha256(np.ascontiguousarray(frames, dtype=np.uint8).tobytes()).digest()
+
+
+# --------------------------------------------------------------------------- store
+
+
+class SignalStore:
+    """Hash lists, signals, tenants and the audit log in one SQLite database."""
+
+    def __init__(self, path: str | Path, *, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.exists():
+            raise NotFound(f"no store at {self.path}", field="data_dir")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self.write_lock = threading.RLock()
+        self._closed = False
+        migrate(self.conn())
+
+    # ---- connections
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA cache_size=-65536")  # 64 MiB per connection
+        conn.execute("PRAGMA temp_store=MEMORY")
+        return conn
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (created on first use)."""
+        if self._closed:
+            raise Conflict("the store is closed", field="store")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        self._closed = True
+        with self._all_lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+
+    def _write(self):
+        """Context manager: one write transaction (serialised in-process and across processes)."""
+        return _WriteTxn(self)
+
+    # ---- lists
+
+    def create_list(
+        self,
+        name: str,
+        *,
+        description: str = "",
+        owner: str = "",
+        labels: Iterable[str] = (),
+        actor: str = "local",
+        exist_ok: bool = False,
+    ) -> HashList:
+        name = _check_name(name, "list_name")
+        now = time.time()
+        with self._write() as conn:
+            row = conn.execute("SELECT id FROM hash_lists WHERE name = ?", (name,)).fetchone()
+            if row is not None:
+                if exist_ok:
+                    return self.get_list(name)
+                raise Conflict(f"hash list {name!r} already exists", field="list_name")
+            conn.execute(
+                "INSERT INTO hash_lists(name, description, owner, labels, enabled, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, 1, ?, ?)",
+                (name, description, owner, join_labels(labels), now, now),
+            )
+            self._audit(conn, actor, "list.create", name, 0, None, {"owner": owner})
+        return self.get_list(name)
+
+    def set_list_enabled(self, name: str, enabled: bool, *, actor: str = "local") -> HashList:
+        """Disable (or re-enable) a list: its signals stop (start) matching at once."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE hash_lists SET enabled = ?, updated_at = ? WHERE name = ?",
+                (int(enabled), time.time(), name),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no hash list named {name!r}", field="list_name")
+            self._audit(conn, actor, "list.enable" if enabled else "list.disable", name, 0)
+            self._bump(conn)
+        return self.get_list(name)
+
+    def get_list(self, name: str, *, tenant: str | None = None) -> HashList:
+        for info in self.lists(tenant=tenant, names=[name]):
+            return info
+        raise NotFound(f"no hash list named {name!r}", field="list_name")
+
+    def lists(
+        self, *, tenant: str | None = None, names: Sequence[str] | None = None
+    ) -> list[HashList]:
+        """Lists visible to ``tenant`` (None = local admin: all), with live counts."""
+        conn = self.conn()
+        visible = self.visible_list_ids(tenant)
+        rows = conn.execute(
+            "SELECT id, name, description, owner, labels, enabled, created_at, updated_at"
+            " FROM hash_lists ORDER BY name"
+        ).fetchall()
+        counts: dict[int, dict[str, list[int]]] = {}
+        for list_id, stype, live, retracted in conn.execute(
+            "SELECT list_id, signal_type, SUM(retracted_at IS NULL), SUM(retracted_at IS NOT NULL)"
+            " FROM signals GROUP BY list_id, signal_type"
+        ):
+            counts.setdefault(list_id, {})[stype] = [live, retracted]
+        out = []
+        for r in rows:
+            if visible is not None and r[0] not in visible:
+                continue
+            if names is not None and r[1] not in names:
+                continue
+            per_type = counts.get(r[0], {})
+            out.append(
+                HashList(
+                    id=r[0],
+                    name=r[1],
+                    description=r[2],
+                    owner=r[3],
+                    labels=split_labels(r[4]),
+                    enabled=bool(r[5]),
+                    created_at=r[6],
+                    updated_at=r[7],
+                    signal_count=sum(v[0] for v in per_type.values()),
+                    retracted_count=sum(v[1] for v in per_type.values()),
+                    signal_types=tuple(sorted(t for t, v in per_type.items() if v[0])),
+                )
+            )
+        return out
+
+    def _list_id(self, conn: sqlite3.Connection, name: str) -> int:
+        row = conn.execute("SELECT id FROM hash_lists WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise NotFound(f"no hash list named {name!r}", field="list_name")
+        return int(row[0])
+
+    # ---- tenants
+
+    def create_tenant(
+        self, name: str, *, admin: bool = False, actor: str = "local", exist_ok: bool = False
+    ) -> Tenant:
+        name = _check_name(name, "tenant")
+        with self._write() as conn:
+            exists = conn.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone()
+            if exists and not exist_ok:
+                raise Conflict(f"tenant {name!r} already exists", field="tenant")
+            if not exists:
+                conn.execute(
+                    "INSERT INTO tenants(name, is_admin, created_at) VALUES (?, ?, ?)",
+                    (name, int(admin), time.time()),
+                )
+                self._audit(conn, actor, "tenant.create", None, 0, None, {"tenant": name})
+        return self.get_tenant(name)
+
+    def grant(
+        self, tenant: str, list_name: str, *, write: bool = False, actor: str = "local"
+    ) -> Tenant:
+        """Share ``list_name`` with ``tenant`` (read; ``write`` also lets it ingest/retract)."""
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            list_id = self._list_id(conn, list_name)
+            conn.execute(
+                "INSERT INTO tenant_lists(tenant, list_id, can_write) VALUES (?, ?, ?)"
+                " ON CONFLICT(tenant, list_id) DO UPDATE SET can_write = excluded.can_write",
+                (tenant, list_id, int(write)),
+            )
+            self._audit(
+                conn, actor, "tenant.grant", list_name, 0, None, {"tenant": tenant, "write": write}
+            )
+            self._bump(conn)
+        return self.get_tenant(tenant)
+
+    def revoke(self, tenant: str, list_name: str, *, actor: str = "local") -> Tenant:
+        with self._write() as conn:
+            self._require_tenant(conn, tenant)
+            list_id = self._list_id(conn, list_name)
+            conn.execute(
+                "DELETE FROM tenant_lists WHERE tenant = ? AND list_id = ?", (tenant, list_id)
+            )
+            self._audit(conn, actor, "tenant.revoke", list_name, 0, None, {"tenant": tenant})
+            self._bump(conn)
+        return self.get_tenant(tenant)
+
+    def get_tenant(self, name: str) -> Tenant:
+        for t in self.tenants():
+            if t.name == name:
+                return t
+        raise NotFound(f"no tenant named {name!r}", field="tenant")
+
+    def tenants(self) -> list[Tenant]:
+        conn = self.conn()
+        grants: dict[str, list[tuple[str, bool]]] = {}
+        for tenant, list_name, can_write in conn.execute(
+            "SELECT t.tenant, l.name, t.can_write FROM tenant_lists t"
+            " JOIN hash_lists l ON l.id = t.list_id ORDER BY l.name"
+        ):
+            grants.setdefault(tenant, []).append((list_name, bool(can_write)))
+        out = []
+        for name, is_admin, created in conn.execute(
+            "SELECT name, is_admin, created_at FROM tenants ORDER BY name"
+        ):
+            g = grants.get(name, [])
+            out.append(
+                Tenant(
+                    name=name,
+                    is_admin=bool(is_admin),
+                    reads=tuple(n for n, _ in g),
+                    writes=tuple(n for n, w in g if w),
+                    created_at=created,
+                )
+            )
+        return out
+
+    def _require_tenant(self, conn: sqlite3.Connection, name: str) -> None:
+        if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone() is None:
+            raise NotFound(f"no tenant named {name!r}", field="tenant")
+
+    def visible_list_ids(self, tenant: str | None) -> set[int] | None:
+        """List ids ``tenant`` may match against; None means every list (admin).
+
+        A tenant the store does not know sees nothing: lists are shared explicitly.
+        """
+        if tenant is None:
+            return None
+        conn = self.conn()
+        row = conn.execute("SELECT is_admin FROM tenants WHERE name = ?", (tenant,)).fetchone()
+        if row is not None and row[0]:
+            return None
+        return {
+            r[0]
+            for r in conn.execute("SELECT list_id FROM tenant_lists WHERE tenant = ?", (tenant,))
+        }
+
+    def check_write(self, conn: sqlite3.Connection, tenant: str | None, list_id: int) -> None:
+        if tenant is None:
+            return
+        row = conn.execute("SELECT is_admin FROM tenants WHERE name = ?", (tenant,)).fetchone()
+        if row is not None and row[0]:
+            return
+        grant = conn.execute(
+            "SELECT can_write FROM tenant_lists WHERE tenant = ? AND list_id = ?",
+            (tenant, list_id),
+        ).fetchone()
+        if grant is None:
+            # Do not reveal that a list the tenant cannot see exists.
+            raise NotFound("no hash list by that name is shared with you", field="list_name")
+        if not grant[0]:
+            raise PermissionDenied(
+                f"tenant {tenant!r} may read but not write this list", field="list_name"
+            )
+
+    # ---- ingest
+
+    def ingest(
+        self,
+        records: Iterable[SignalRecord | Rejection],
+        *,
+        list_name: str,
+        actor: str,
+        source: str | None = None,
+        strict: bool = False,
+        tenant: str | None = None,
+        create_list: bool = False,
+        batch_size: int = DEFAULT_BATCH,
+        progress: Callable[[int], None] | None = None,
+        on_commit: Callable[[], None] | None = None,
+    ) -> IngestReport:
+        """Validate and write records in batches; see :meth:`Engine.ingest`.
+
+        Non-strict: each batch of ``batch_size`` records is one transaction; once it
+        commits it is durable and ``on_commit`` runs (the engine updates its index).
+        Strict: everything is one transaction, rolled back (nothing written) if any
+        record is bad, and :class:`IngestRefused` carries every rejection.
+        Parsers may put :class:`Rejection` items in the stream; they count as rejected.
+        """
+        started = time.perf_counter()
+        report = IngestReport(list_name=list_name)
+        conn = self.conn()
+        with self.write_lock:
+            if create_list and tenant is None:
+                self.create_list(list_name, actor=actor, exist_ok=True)
+            list_id = self._list_id(conn, list_name)
+            self.check_write(conn, tenant, list_id)
+            ingest_id = time.time_ns()
+            batch: list[tuple[int, SignalRecord]] = []
+            seen = 0
+            in_txn = False
+            try:
+                if strict:
+                    conn.execute("BEGIN IMMEDIATE")
+                    in_txn = True
+                for position, item in enumerate(records):
+                    seen = position + 1
+                    if isinstance(item, Rejection):
+                        if item.index is None:
+                            item = Rejection(item.reason, position, item.line, item.field)
+                        report.reject(item)
+                        continue
+                    batch.append((position, item))
+                    if len(batch) >= batch_size:
+                        self._ingest_batch(
+                            conn, batch, list_id, ingest_id, report, actor, source, strict
+                        )
+                        batch = []
+                        if not strict and on_commit is not None:
+                            on_commit()
+                        if progress is not None:
+                            progress(seen)
+                if batch:
+                    self._ingest_batch(
+                        conn, batch, list_id, ingest_id, report, actor, source, strict
+                    )
+                    if not strict and on_commit is not None:
+                        on_commit()
+                if progress is not None:
+                    progress(seen)
+                if strict:
+                    if report.rejected:
+                        conn.execute("ROLLBACK")
+                        in_txn = False
+                        report.added = report.updated = report.unchanged = 0
+                        report.still_retracted = report.batches = 0
+                        report.seconds = time.perf_counter() - started
+                        first = report.rejections[0]
+                        raise IngestRefused(
+                            f"strict ingest refused: {report.rejected} bad record(s), nothing "
+                            f"written; first: {first}",
+                            report,
+                        )
+                    conn.execute("COMMIT")
+                    in_txn = False
+                    if on_commit is not None:
+                        on_commit()
+            except BaseException:
+                if in_txn:
+                    conn.execute("ROLLBACK")
+                raise
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _ingest_batch(
+        self,
+        conn: sqlite3.Connection,
+        batch: list[tuple[int, SignalRecord]],
+        list_id: int,
+        ingest_id: int,
+        report: IngestReport,
+        actor: str,
+        source: str | None,
+        strict: bool,
+    ) -> None:
+        now = time.time()
+        # 1. validate, key, and de-duplicate within the batch (python, no DB).
+        valid: dict[tuple[str, bytes], tuple] = {}
+        frames_of: dict[tuple[str, bytes], SignalRecord] = {}
+        types_cache: dict[str, signal_types.SignalType] = {}
+        rejected_before = report.rejected
+        first_line = last_line = None
+        for position, rec in batch:
+            line = rec.line
+            if line is not None:
+                first_line = line if first_line is None else first_line
+                last_line = line
+            try:
+                st = types_cache.get(rec.signal_type)
+                if st is None:
+                    st = signal_types.get(rec.signal_type or "")
+                    types_cache[rec.signal_type] = st
+                if st.name == "vpdq":
+                    code = _vpdq_key(rec)
+                else:
+                    code = _parse_code(st, rec.hash_hex)
+                labels = join_labels(rec.labels)
+                quality = None if rec.quality is None else int(rec.quality)
+                if quality is not None and not 0 <= quality <= 100:
+                    raise InvalidInput(f"quality must be 0..100, got {quality}", field="quality")
+            except (InvalidInput, TypeError, ValueError) as exc:
+                report.reject(
+                    Rejection(_reason(exc), position, line, getattr(exc, "field", None) or "signal")
+                )
+                continue
+            key = (st.name, code)
+            if key in valid:
+                first = valid[key][0]
+                report.reject(
+                    Rejection(
+                        f"duplicate {st.name} hash within the input (first at {_where(first)})",
+                        position,
+                        line,
+                        "hash",
+                    )
+                )
+                continue
+            valid[key] = (
+                (position, line),
+                labels,
+                rec.external_id or None,
+                quality,
+                rec.expires_at,
+            )
+            if st.name == "vpdq":
+                frames_of[key] = rec
+        # 2. what exists already in this list (and was it seen earlier in this ingest?)
+        existing: dict[tuple[str, bytes], tuple] = {}
+        by_type: dict[str, list[bytes]] = {}
+        for stype, code in valid:
+            by_type.setdefault(stype, []).append(code)
+        for stype, codes in by_type.items():
+            for i in range(0, len(codes), 900):
+                chunk = codes[i : i + 900]
+                marks = ",".join("?" * len(chunk))
+                for row in conn.execute(
+                    "SELECT code, id, labels, external_id, quality, expires_at, last_ingest,"
+                    f" retracted_at FROM signals WHERE list_id = ? AND signal_type = ?"
+                    f" AND code IN ({marks})",
+                    (list_id, stype, *chunk),
+                ):
+                    existing[(stype, row[0])] = row[1:]
+        # 3. classify
+        inserts: dict[str, list[tuple]] = {}
+        updates: list[tuple] = []
+        touches: list[tuple] = []
+        added = updated = unchanged = still_retracted = 0
+        for key, (where, labels, external_id, quality, expires_at) in valid.items():
+            old = existing.get(key)
+            if old is None:
+                inserts.setdefault(key[0], []).append(
+                    (list_id, key[0], key[1], labels, external_id, quality, now, now, expires_at,
+                     ingest_id)
+                )  # fmt: skip
+                continue
+            sid, o_labels, o_ext, o_quality, o_expires, o_ingest, o_retracted = old
+            if o_ingest == ingest_id:
+                report.reject(
+                    Rejection(
+                        f"duplicate {key[0]} hash within the input (signal {sid} was written "
+                        "earlier in this ingest)",
+                        where[0],
+                        where[1],
+                        "hash",
+                    )
+                )
+                continue
+            if o_retracted is not None:
+                still_retracted += 1
+            if (o_labels, o_ext, o_quality, o_expires) != (labels, external_id, quality,
+                                                           expires_at):  # fmt: skip
+                updates.append((labels, external_id, quality, expires_at, now, ingest_id, sid))
+                updated += 1
+            else:
+                touches.append((ingest_id, sid))
+                unchanged += 1
+        # 4. write (one transaction unless strict wraps everything)
+        if not strict:
+            conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stype, rows in inserts.items():
+                before = conn.execute("SELECT COALESCE(MAX(id), 0) FROM signals").fetchone()[0]
+                conn.executemany(
+                    "INSERT INTO signals(list_id, signal_type, code, labels, external_id, quality,"
+                    " added_at, updated_at, expires_at, last_ingest)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                after = conn.execute("SELECT MAX(id) FROM signals").fetchone()[0]
+                if after - before != len(rows):  # ids are contiguous under the write lock
+                    raise Conflict("signal ids were not allocated contiguously", field="signals")
+                if stype == "vpdq":
+                    frame_rows = []
+                    for offset, row in enumerate(rows):
+                        rec = frames_of[(stype, row[2])]
+                        frame_rows.extend(_frame_rows(before + 1 + offset, rec))
+                    conn.executemany(
+                        "INSERT INTO signal_frames(signal_id, frame_no, code, quality, timestamp)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        frame_rows,
+                    )
+                conn.execute(
+                    "INSERT INTO changes(op, signal_type, first_id, last_id) VALUES"
+                    " ('add', ?, ?, ?)",
+                    (stype, before + 1, after),
+                )
+                added += len(rows)
+            if updates:
+                conn.executemany(
+                    "UPDATE signals SET labels = ?, external_id = ?, quality = ?, expires_at = ?,"
+                    " updated_at = ?, last_ingest = ? WHERE id = ?",
+                    updates,
+                )
+            if touches:
+                conn.executemany("UPDATE signals SET last_ingest = ? WHERE id = ?", touches)
+            self._audit(
+                conn,
+                actor,
+                "ingest",
+                report.list_name,
+                added + updated,
+                source,
+                {
+                    "ingest_id": ingest_id,
+                    "batch": report.batches + 1,
+                    "added": added,
+                    "updated": updated,
+                    "unchanged": unchanged,
+                    "rejected": report.rejected - rejected_before,
+                    "first_line": first_line,
+                    "last_line": last_line,
+                },
+            )
+            if not strict:
+                conn.execute("COMMIT")
+        except BaseException:
+            if not strict:
+                conn.execute("ROLLBACK")
+            raise
+        report.added += added
+        report.updated += updated
+        report.unchanged += unchanged
+        report.still_retracted += still_retracted
+        report.batches += 1
+
+    # ---- retraction
+
+    def retract(
+        self,
+        *,
+        list_name: str,
+        hashes: Sequence[tuple[str, str]] = (),
+        signal_ids: Sequence[int] = (),
+        external_ids: Sequence[str] = (),
+        reason: str | None = None,
+        actor: str = "local",
+        tenant: str | None = None,
+    ) -> int:
+        """Mark signals retracted (they stop matching at the next lookup); return how many."""
+        return self._set_retracted(
+            True, list_name, hashes, signal_ids, external_ids, reason, actor, tenant
+        )
+
+    def restore(
+        self,
+        *,
+        list_name: str,
+        hashes: Sequence[tuple[str, str]] = (),
+        signal_ids: Sequence[int] = (),
+        external_ids: Sequence[str] = (),
+        actor: str = "local",
+        tenant: str | None = None,
+    ) -> int:
+        """Undo a retraction; return how many signals match again."""
+        return self._set_retracted(
+            False, list_name, hashes, signal_ids, external_ids, None, actor, tenant
+        )
+
+    def _set_retracted(
+        self, retract, list_name, hashes, signal_ids, external_ids, reason, actor, tenant
+    ) -> int:
+        conn = self.conn()
+        with self.write_lock:
+            list_id = self._list_id(conn, list_name)
+            self.check_write(conn, tenant, list_id)
+            targets: dict[int, str] = {}
+            for i, (stype, value) in enumerate(hashes):
+                st = signal_types.get(stype, field=f"hashes[{i}].signal_type")
+                code = _parse_code(st, value, field=f"hashes[{i}]")
+                row = conn.execute(
+                    "SELECT id, signal_type FROM signals WHERE list_id = ? AND signal_type = ?"
+                    " AND code = ?",
+                    (list_id, st.name, code),
+                ).fetchone()
+                if row:
+                    targets[row[0]] = row[1]
+            for i in range(0, len(signal_ids), 900):
+                chunk = [int(x) for x in signal_ids[i : i + 900]]
+                marks = ",".join("?" * len(chunk))
+                for sid, stype in conn.execute(
+                    f"SELECT id, signal_type FROM signals WHERE list_id = ? AND id IN ({marks})",
+                    (list_id, *chunk),
+                ):
+                    targets[sid] = stype
+            for ext in external_ids:
+                for sid, stype in conn.execute(
+                    "SELECT id, signal_type FROM signals WHERE list_id = ? AND external_id = ?",
+                    (list_id, ext),
+                ):
+                    targets[sid] = stype
+            now = time.time()
+            with self._write() as wconn:
+                if retract:
+                    ids = [
+                        sid
+                        for (sid,) in wconn.execute(
+                            f"SELECT id FROM signals WHERE retracted_at IS NULL AND id IN "
+                            f"({','.join(map(str, targets)) or 'NULL'})"
+                        )
+                    ]
+                    wconn.executemany(
+                        "UPDATE signals SET retracted_at = ?, retract_reason = ? WHERE id = ?",
+                        [(now, reason, sid) for sid in ids],
+                    )
+                else:
+                    ids = [
+                        sid
+                        for (sid,) in wconn.execute(
+                            f"SELECT id FROM signals WHERE retracted_at IS NOT NULL AND id IN "
+                            f"({','.join(map(str, targets)) or 'NULL'})"
+                        )
+                    ]
+                    wconn.executemany(
+                        "UPDATE signals SET retracted_at = NULL, retract_reason = NULL,"
+                        " updated_at = ? WHERE id = ?",
+                        [(now, sid) for sid in ids],
+                    )
+                by_type: dict[str, list[int]] = {}
+                for sid in ids:
+                    by_type.setdefault(targets[sid], []).append(sid)
+                for stype, tids in by_type.items():
+                    wconn.execute(
+                        "INSERT INTO changes(op, signal_type, ids) VALUES (?, ?, ?)",
+                        (
+                            "remove" if retract else "add",
+                            stype,
+                            np.asarray(sorted(tids), dtype=np.int64).tobytes(),
+                        ),
+                    )
+                self._audit(
+                    wconn,
+                    actor,
+                    "retract" if retract else "restore",
+                    list_name,
+                    len(ids),
+                    None,
+                    {
+                        "reason": reason,
+                        "requested": len(hashes) + len(signal_ids) + len(external_ids),
+                        "ids": sorted(ids)[:1000],
+                    },
+                )
+            return len(ids)
+
+    def retracted(
+        self, *, list_name: str | None = None, tenant: str | None = None, limit: int = 1000
+    ) -> list[SignalInfo]:
+        """Retracted signals, newest first (the candidates for :meth:`restore`)."""
+        return self.signals(list_name=list_name, tenant=tenant, limit=limit, retracted=True)
+
+    def signals(
+        self,
+        *,
+        list_name: str | None = None,
+        tenant: str | None = None,
+        limit: int = 1000,
+        retracted: bool | None = None,
+        ids: Sequence[int] | None = None,
+    ) -> list[SignalInfo]:
+        conn = self.conn()
+        where, args = [], []
+        if list_name is not None:
+            where.append("s.list_id = ?")
+            args.append(self._list_id(conn, list_name))
+        if retracted is True:
+            where.append("s.retracted_at IS NOT NULL")
+        elif retracted is False:
+            where.append("s.retracted_at IS NULL")
+        if ids is not None:
+            where.append(f"s.id IN ({','.join(str(int(i)) for i in ids) or 'NULL'})")
+        visible = self.visible_list_ids(tenant)
+        if visible is not None:
+            where.append(f"s.list_id IN ({','.join(map(str, visible)) or 'NULL'})")
+        order = "s.retracted_at DESC" if retracted else "s.id"
+        sql = (
+            "SELECT s.id, l.name, s.signal_type, s.code, s.labels, s.external_id, s.quality,"
+            " s.added_at, s.updated_at, s.expires_at, s.retracted_at, s.retract_reason"
+            " FROM signals s JOIN hash_lists l ON l.id = s.list_id"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + f" ORDER BY {order} LIMIT ?"
+        )
+        out = []
+        for r in conn.execute(sql, (*args, int(limit))):
+            out.append(
+                SignalInfo(
+                    id=r[0],
+                    list_name=r[1],
+                    signal_type=r[2],
+                    hash_hex=bytes(r[3]).hex(),
+                    labels=split_labels(r[4]),
+                    external_id=r[5],
+                    quality=r[6],
+                    added_at=r[7],
+                    updated_at=r[8],
+                    expires_at=r[9],
+                    retracted_at=r[10],
+                    retract_reason=r[11],
+                )
+            )
+        return out
+
+    # ---- what the index needs
+
+    def change_counter(self) -> int:
+        row = self.conn().execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
+        return int(row[0])
+
+    def changes_since(self, seq: int) -> list[Change]:
+        out = []
+        for s, op, stype, first, last, blob in self.conn().execute(
+            "SELECT seq, op, signal_type, first_id, last_id, ids FROM changes WHERE seq > ?"
+            " ORDER BY seq",
+            (seq,),
+        ):
+            if blob is not None:
+                ids = np.frombuffer(blob, dtype=np.int64).copy()
+            elif first is None or last is None or op == "bump":
+                ids = np.empty(0, dtype=np.int64)
+            else:
+                ids = np.arange(first, last + 1, dtype=np.int64)
+            out.append(Change(s, op, stype, ids))
+        return out
+
+    def codes_for(self, signal_type: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(index ids, codes) of the live signals among ``ids``, ready for ``index.add``.
+
+        For vPDQ the index holds frames: index id = ``signal_id << FRAME_BITS | frame_no``.
+        """
+        st = signal_types.get(signal_type)
+        conn = self.conn()
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(ids) == 0:
+            return np.empty(0, np.int64), np.empty((0, st.nbytes), np.uint8)
+        contiguous = int(ids[-1] - ids[0]) == len(ids) - 1 and bool(np.all(np.diff(ids) > 0))
+        if contiguous:
+            cond, args = "s.id BETWEEN ? AND ?", (int(ids[0]), int(ids[-1]))
+        else:
+            cond, args = f"s.id IN ({','.join(map(str, ids.tolist()))})", ()
+        if st.name == "vpdq":
+            sql = (
+                "SELECT (f.signal_id << 20) | f.frame_no, f.code FROM signal_frames f"
+                " JOIN signals s ON s.id = f.signal_id WHERE s.retracted_at IS NULL AND " + cond
+            )
+        else:
+            sql = f"SELECT s.id, s.code FROM signals s WHERE s.retracted_at IS NULL AND {cond}"
+        rows = conn.execute(sql, args).fetchall()
+        return _pack(rows, st.nbytes)
+
+    def iter_live(
+        self, signal_type: str, *, chunk: int = 500_000
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every live (unretracted) signal of a type as (index ids, codes) chunks."""
+        st = signal_types.get(signal_type)
+        conn = self.conn()
+        if st.name == "vpdq":
+            cur = conn.execute(
+                "SELECT (f.signal_id << 20) | f.frame_no, f.code FROM signal_frames f"
+                " JOIN signals s ON s.id = f.signal_id WHERE s.retracted_at IS NULL"
+                " ORDER BY f.signal_id, f.frame_no"
+            )
+        else:
+            cur = conn.execute(
+                "SELECT id, code FROM signals WHERE signal_type = ? AND retracted_at IS NULL"
+                " ORDER BY id",
+                (st.name,),
+            )
+        while True:
+            rows = cur.fetchmany(chunk)
+            if not rows:
+                return
+            yield _pack(rows, st.nbytes)
+
+    def count_live(self, signal_type: str | None = None) -> dict[str, int]:
+        """Live signals per type (vPDQ counts frames, as its index does)."""
+        conn = self.conn()
+        out = {
+            t: n
+            for t, n in conn.execute(
+                "SELECT signal_type, COUNT(*) FROM signals WHERE retracted_at IS NULL"
+                " GROUP BY signal_type"
+            )
+        }
+        if "vpdq" in out:
+            out["vpdq"] = conn.execute(
+                "SELECT COUNT(*) FROM signal_frames f JOIN signals s ON s.id = f.signal_id"
+                " WHERE s.retracted_at IS NULL"
+            ).fetchone()[0]
+        if signal_type is not None:
+            return {signal_type: out.get(signal_type, 0)}
+        return out
+
+    def lookup(self, ids: Iterable[int]) -> dict[int, tuple]:
+        """Provenance for matcher joins: id -> (list_id, type, code, labels, ext, expires, retracted)."""
+        ids = list(ids)
+        out: dict[int, tuple] = {}
+        conn = self.conn()
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            for row in conn.execute(
+                "SELECT id, list_id, signal_type, code, labels, external_id, expires_at,"
+                f" retracted_at FROM signals WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                out[row[0]] = row[1:]
+        return out
+
+    def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
+        """vPDQ: number of frames of each stored video."""
+        out: dict[int, int] = {}
+        ids = [int(i) for i in signal_ids]
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            for sid, n in self.conn().execute(
+                "SELECT signal_id, COUNT(*) FROM signal_frames WHERE signal_id IN"
+                f" ({','.join('?' * len(chunk))}) GROUP BY signal_id",
+                chunk,
+            ):
+                out[sid] = n
+        return out
+
+    def frames(self, signal_id: int) -> tuple[np.ndarray, list, list]:
+        """vPDQ: (codes uint8[k, 32], qualities, timestamps) of one stored video."""
+        rows = (
+            self.conn()
+            .execute(
+                "SELECT code, quality, timestamp FROM signal_frames WHERE signal_id = ?"
+                " ORDER BY frame_no",
+                (int(signal_id),),
+            )
+            .fetchall()
+        )
+        codes = np.frombuffer(b"".join(r[0] for r in rows), np.uint8).reshape(-1, 32)
+        return codes, [r[1] for r in rows], [r[2] for r in rows]
+
+    def list_table(self) -> dict[int, tuple[str, bool]]:
+        """list id -> (name, enabled): small, read on every match (cheap, always fresh)."""
+        return {
+            r[0]: (r[1], bool(r[2]))
+            for r in self.conn().execute("SELECT id, name, enabled FROM hash_lists")
+        }
+
+    # ---- audit
+
+    def _audit(
+        self,
+        conn: sqlite3.Connection,
+        actor: str,
+        action: str,
+        list_name: str | None,
+        count: int,
+        source: str | None = None,
+        details: dict | None = None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO audit_log(at, actor, action, list_name, count, source, details)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (time.time(), actor or "unknown", action, list_name, int(count), source,
+             json.dumps(details or {}, default=str)),
+        )  # fmt: skip
+
+    def record(
+        self,
+        action: str,
+        *,
+        actor: str = "local",
+        list_name: str | None = None,
+        count: int = 0,
+        source: str | None = None,
+        details: dict | None = None,
+    ) -> None:
+        """Append an audit entry for work done outside the store (index rebuild, snapshot)."""
+        with self._write() as conn:
+            self._audit(conn, actor, action, list_name, count, source, details)
+
+    def audit(self, *, limit: int = 100, action: str | None = None) -> list[AuditEntry]:
+        sql = "SELECT id, at, actor, action, list_name, count, source, details FROM audit_log"
+        args: tuple = ()
+        if action:
+            sql += " WHERE action = ?"
+            args = (action,)
+        sql += " ORDER BY id DESC LIMIT ?"
+        return [
+            AuditEntry(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7] or "{}"))
+            for r in self.conn().execute(sql, (*args, int(limit)))
+        ]
+
+    def _bump(self, conn: sqlite3.Connection) -> None:
+        """A change that alters visibility but not index contents (list enable, grants)."""
+        conn.execute("INSERT INTO changes(op, signal_type) VALUES ('bump', '')")
+
+    def integrity_check(self) -> str:
+        return self.conn().execute("PRAGMA integrity_check").fetchone()[0]
+
+
+class _WriteTxn:
+    def __init__(self, store: SignalStore):
+        self.store = store
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.store.write_lock.acquire()
+        self.conn = self.store.conn()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.store.write_lock.release()
+            raise
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.store.write_lock.release()
+
+
+# --------------------------------------------------------------------------- helpers
+
+FRAME_BITS = 20  # vPDQ index ids: signal_id << 20 | frame_no (up to ~1M frames a video)
+
+
+def _check_name(name: str, field_name: str) -> str:
+    clean = (name or "").strip()
+    if not clean or len(clean) > 200 or any(c in clean for c in "\n\r\t\x00"):
+        raise InvalidInput(f"invalid name {name!r}", field=field_name)
+    return clean
+
+
+def _parse_code(st: signal_types.SignalType, value: str, *, field: str = "hash") -> bytes:
+    """Hex -> bytes fast (the hot path); the registry's parser phrases any error."""
+    text = (value or "").strip()
+    if len(text) == st.hex_length:
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raw = b""
+        if len(raw) == st.nbytes:
+            return raw
+    st.parse(text, field=field)  # raises the precise InvalidHash
+    raise InvalidHash(f"{st.name} hash {text!r} does not parse", field=field)
+
+
+def _vpdq_key(rec: SignalRecord) -> bytes:
+    frames = rec.frames
+    if frames is None or len(frames) == 0:
+        raise InvalidInput("a vpdq signal needs at least one frame", field="frames")
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 2 or frames.shape[1] != 32:
+        raise InvalidHash("vpdq frames must be uint8[k, 32] PDQ codes", field="frames")
+    if len(frames) >= 1 << FRAME_BITS:
+        raise InvalidInput(f"too many frames ({len(frames)})", field="frames")
+    return video_key(frames)
+
+
+def _frame_rows(signal_id: int, rec: SignalRecord) -> list[tuple]:
+    frames = np.asarray(rec.frames, dtype=np.uint8)
+    quals = list(rec.frame_qualities or [])
+    stamps = list(rec.timestamps or [])
+    return [
+        (
+            signal_id,
+            i,
+            frames[i].tobytes(),
+            quals[i] if i < len(quals) else None,
+            stamps[i] if i < len(stamps) else None,
+        )
+        for i in range(len(frames))
+    ]
+
+
+def _pack(rows: list[tuple], nbytes: int) -> tuple[np.ndarray, np.ndarray]:
+    if not rows:
+        return np.empty(0, np.int64), np.empty((0, nbytes), np.uint8)
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+    codes = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint8).reshape(-1, nbytes)
+    return ids, codes
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, UnknownSignalType | InvalidInput):
+        return exc.message
+    return str(exc)
+
+
+def _where(where: tuple[int, int | None]) -> str:
+    position, line = where
+    return f"line {line}" if line is not None else f"record {position}"

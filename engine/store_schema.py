@@ -1,0 +1,125 @@
+"""Versioned schema migrations for the signal store.
+
+Why a list of numbered steps instead of ``CREATE TABLE IF NOT EXISTS``: a store
+written by an older hashmatch must open in a newer one without losing data, so
+every change to the schema is a new step appended here and applied exactly once,
+in order, inside a transaction. ``schema_version`` records how far a database got.
+
+The SQL is kept to the subset SQLite and PostgreSQL share where it is cheap to do
+so (explicit types, no SQLite-only column affinity tricks), so a PostgreSQL backend
+can reuse the table design; its own DDL differs only in ``BYTEA``/``BIGSERIAL``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from hashmatch.engine.errors import CorruptData
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "hash lists, signals (+ vPDQ frames), tenants, audit log, change log",
+        """
+        CREATE TABLE hash_lists (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            description TEXT NOT NULL DEFAULT '',
+            owner TEXT NOT NULL DEFAULT '',
+            labels TEXT NOT NULL DEFAULT '',
+            enabled INTEGER NOT NULL DEFAULT 1,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE signals (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            list_id INTEGER NOT NULL REFERENCES hash_lists(id),
+            signal_type TEXT NOT NULL,
+            code BLOB NOT NULL,
+            labels TEXT NOT NULL DEFAULT '',
+            external_id TEXT,
+            quality INTEGER,
+            added_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            expires_at REAL,
+            retracted_at REAL,
+            retract_reason TEXT,
+            last_ingest INTEGER
+        );
+        CREATE UNIQUE INDEX signals_key ON signals(list_id, signal_type, code);
+        CREATE INDEX signals_retracted ON signals(retracted_at) WHERE retracted_at IS NOT NULL;
+        CREATE TABLE signal_frames (
+            signal_id INTEGER NOT NULL REFERENCES signals(id),
+            frame_no INTEGER NOT NULL,
+            code BLOB NOT NULL,
+            quality INTEGER,
+            timestamp REAL,
+            PRIMARY KEY (signal_id, frame_no)
+        );
+        CREATE TABLE tenants (
+            name TEXT PRIMARY KEY,
+            is_admin INTEGER NOT NULL DEFAULT 0,
+            created_at REAL NOT NULL
+        );
+        CREATE TABLE tenant_lists (
+            tenant TEXT NOT NULL REFERENCES tenants(name),
+            list_id INTEGER NOT NULL REFERENCES hash_lists(id),
+            can_write INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (tenant, list_id)
+        );
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            list_name TEXT,
+            count INTEGER NOT NULL DEFAULT 0,
+            source TEXT,
+            details TEXT
+        );
+        CREATE TABLE changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            op TEXT NOT NULL,
+            signal_type TEXT NOT NULL,
+            first_id INTEGER,
+            last_id INTEGER,
+            ids BLOB
+        );
+        """,
+    ),
+]
+
+CURRENT_VERSION = MIGRATIONS[-1][0]
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring ``conn``'s database up to :data:`CURRENT_VERSION`; return the version found."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        "version INTEGER PRIMARY KEY, description TEXT, applied_at REAL)"
+    )
+    found = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+    if found > CURRENT_VERSION:
+        raise CorruptData(
+            f"store schema version {found} is newer than this hashmatch understands "
+            f"({CURRENT_VERSION}); upgrade hashmatch",
+            field="schema_version",
+        )
+    for version, description, sql in MIGRATIONS:
+        if version <= found:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version(version, description, applied_at) VALUES (?, ?, ?)",
+                (version, description, time.time()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found
