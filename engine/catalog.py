@@ -453,23 +453,57 @@ class Catalog:
 
     # -- retroactive matching support ---------------------------------------------------
 
-    def codes(self, signal_type: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Every stored code of one type: (hash row ids int64[n], file ids int64[n], codes).
+    def codes(self, signal_type: str, *, with_quality: bool = False) -> tuple[np.ndarray, ...]:
+        """Every stored code of one type: (hash row ids int64[n], file ids int64[n], codes
+        uint8[n, nbytes]) and, ``with_quality``, the per-row qualities (None = unknown).
 
         Read in one pass with the codes concatenated as bytes, so a 1M-row catalog loads
         in about a second without a Python object per row surviving.
         """
         rows = self.conn.execute(
-            "SELECT id, file_id, code FROM hashes WHERE signal_type = ? ORDER BY id",
+            "SELECT id, file_id, code, quality FROM hashes WHERE signal_type = ? ORDER BY id",
             (signal_type,),
         ).fetchall()
         n = len(rows)
         if n == 0:
-            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 0), np.uint8)
+            empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 0), np.uint8))
+            return (*empty, []) if with_quality else empty
         ids = np.fromiter((r[0] for r in rows), np.int64, n)
         file_ids = np.fromiter((r[1] for r in rows), np.int64, n)
         codes = np.frombuffer(b"".join(r[2] for r in rows), np.uint8).reshape(n, -1)
+        if with_quality:
+            return ids, file_ids, codes, [r[3] for r in rows]
         return ids, file_ids, codes
+
+    def hash_rows(self, row_ids: Sequence[int]) -> dict[int, tuple[int, int, bytes]]:
+        """Hash row id -> (file id, frame, code) for rows that still exist."""
+        out: dict[int, tuple[int, int, bytes]] = {}
+        for start in range(0, len(row_ids), 500):
+            chunk = [int(i) for i in row_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            for rid, file_id, frame, code in self.conn.execute(
+                f"SELECT id, file_id, frame, code FROM hashes WHERE id IN ({marks})", chunk
+            ):
+                out[rid] = (file_id, frame, code)
+        return out
+
+    def frame_counts(
+        self, signal_type: str, file_ids: Sequence[int], *, min_quality: int | None = None
+    ) -> dict[int, int]:
+        """Rows (frames) per file of one type, counting only quality >= ``min_quality``."""
+        out: dict[int, int] = {}
+        floor = -1 if min_quality is None else int(min_quality)
+        for start in range(0, len(file_ids), 500):
+            chunk = [int(i) for i in file_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                self.conn.execute(
+                    "SELECT file_id, COUNT(*) FROM hashes WHERE signal_type = ? AND "
+                    f"(quality IS NULL OR quality >= ?) AND file_id IN ({marks}) GROUP BY file_id",
+                    [signal_type, floor, *chunk],
+                )
+            )
+        return out
 
     def find_exact(self, signal_type: str, code: bytes) -> list[tuple[int, int]]:
         """(hash row id, file id) of catalogued hashes equal to ``code`` (indexed lookup)."""

@@ -40,14 +40,31 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from hashmatch.engine import errors, signal_types
-from hashmatch.engine.catalog import HASHED, Catalog, FileHashes, MatchRow
+from hashmatch.engine.catalog import FAILED, HASHED, Catalog, FileHashes, MatchRow
 
 log = logging.getLogger("hashmatch.scan")
 
 DEFAULT_TYPES = ("pdq", "md5")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
+# failures that depend only on the file's bytes: an unchanged file is not retried
+DETERMINISTIC_FAILURES = frozenset({"empty", "corrupt", "unsupported"})
 VIDEO_EXTENSIONS = frozenset(
-    [".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".3gp", ".ts", ".mts", ".ogv"]
+    [
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".avi",
+        ".mkv",
+        ".webm",
+        ".wmv",
+        ".flv",
+        ".mpg",
+        ".mpeg",
+        ".3gp",
+        ".ts",
+        ".mts",
+        ".ogv",
+    ]
 )
 
 
@@ -297,7 +314,11 @@ class Hit:
 
 
 class Matcher:
-    """Where lookups go: the local engine or a server. Batch-first."""
+    """Where lookups go: the local engine or a server. Batch-first.
+
+    ``match`` takes one row per query, except for ``vpdq`` where ``codes`` are the
+    frames of ONE video and every hit has ``row == 0`` (the engine's vPDQ contract).
+    """
 
     def match(
         self, signal_type: str, codes: np.ndarray, qualities: Sequence[int | None]
@@ -320,15 +341,16 @@ class LocalMatcher(Matcher):
     def open(cls, data_dir: str | Path, **kwargs) -> LocalMatcher:
         from hashmatch.engine.runtime import Engine
 
-        return cls(Engine.open(data_dir, create=False), **kwargs)
+        return cls(Engine.open(data_dir, create=False, eager=True), **kwargs)
 
     def match(self, signal_type, codes, qualities):
         kwargs = {}
-        if signal_type == "pdq" and all(q is not None for q in qualities):
-            kwargs["qualities"] = [int(q) for q in qualities]
+        if signal_type in ("pdq", "vpdq") and any(q is not None for q in qualities):
+            kwargs["qualities"] = list(qualities)
         per_row = self.engine.match(
             signal_type, codes, threshold=self.threshold, lists=self.lists, **kwargs
         )
+        video = signal_type == "vpdq"
         return [
             Hit(
                 row,
@@ -339,8 +361,8 @@ class LocalMatcher(Matcher):
                 m.list_name,
                 tuple(m.labels),
                 m.external_id,
-                getattr(m, "query_match_pct", None),
-                getattr(m, "target_match_pct", None),
+                m.query_match_pct if video else None,
+                m.target_match_pct if video else None,
             )
             for row, matches in enumerate(per_row)
             for m in matches
@@ -361,6 +383,12 @@ class RemoteMatcher(Matcher):
 
     def match(self, signal_type, codes, qualities):
         from hashmatch.v1 import common_pb2
+
+        if signal_type == "vpdq":
+            raise errors.InvalidInput(
+                "vpdq matching through --server is not supported yet; scan videos locally",
+                field="types",
+            )
 
         hits: list[Hit] = []
         for start in range(0, len(codes), self.batch):
@@ -412,9 +440,12 @@ def match_files(
         st = signal_types.get(stype)
         owners: list[tuple[int, int, FileHashes]] = []  # (file_id, row within file, hashes)
         blocks, qualities = [], []
+        if stype == "vpdq":  # one query = one whole video (the engine aggregates its frames)
+            for file_id, h in items:
+                for hit in matcher.match(stype, h.codes, h.qualities):
+                    out[file_id].append(_row(file_id, st, h, 0, hit))
+            continue
         for file_id, h in items:
-            if stype == "vpdq":  # one query = the whole video (the engine aggregates frames)
-                continue
             for r in range(h.codes.shape[0]):
                 owners.append((file_id, r, h))
                 qualities.append(h.qualities[r] if r < len(h.qualities) else None)
@@ -429,23 +460,27 @@ def match_files(
             old = best.get(key)
             if old is not None and old.distance <= hit.distance:
                 continue
-            best[key] = MatchRow(
-                file_id=file_id,
-                signal_type=stype,
-                signal_id=hit.signal_id,
-                hash_hex=st.format(h.codes[variant]),
-                signal_hex=hit.signal_hex,
-                distance=hit.distance,
-                list_name=hit.list_name,
-                labels=hit.labels,
-                external_id=hit.external_id,
-                variant=variant if stype == "pdq" else 0,
-                query_match_pct=hit.query_match_pct,
-                target_match_pct=hit.target_match_pct,
-            )
+            best[key] = _row(file_id, st, h, variant, hit)
         for row in best.values():
             out[row.file_id].append(row)
     return out
+
+
+def _row(file_id: int, st, h: FileHashes, variant: int, hit: Hit) -> MatchRow:
+    return MatchRow(
+        file_id=file_id,
+        signal_type=st.name,
+        signal_id=hit.signal_id,
+        hash_hex=st.format(h.codes[variant]),
+        signal_hex=hit.signal_hex,
+        distance=hit.distance,
+        list_name=hit.list_name,
+        labels=hit.labels,
+        external_id=hit.external_id,
+        variant=variant if st.name == "pdq" else 0,
+        query_match_pct=hit.query_match_pct,
+        target_match_pct=hit.target_match_pct,
+    )
 
 
 # ----------------------------------------------------------------------------- progress
@@ -637,6 +672,20 @@ class Scanner:
                         and bool(opts.dihedral) == bool(self._stored_dihedral(rec))
                     ):
                         self._pending_skipped.append(rec.id)
+                        self.summary.skipped_unchanged += 1
+                        continue
+                    if (
+                        rec is not None
+                        and rec.status == FAILED
+                        and rec.reason in DETERMINISTIC_FAILURES
+                        and rec.size == e.size
+                        and rec.mtime_ns == e.mtime_ns
+                    ):  # same bytes, same verdict: do not decode a known-bad file again
+                        self._pending.append(
+                            WorkResult(
+                                e.path, e.size, e.mtime_ns, reason=rec.reason, error=rec.error
+                            )
+                        )
                         self.summary.skipped_unchanged += 1
                         continue
                     if pool is None:
