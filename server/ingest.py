@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import InvalidInput
+from hashmatch.engine.store import IngestRefused, Rejection, SignalRecord
 from hashmatch.server import convert
 from hashmatch.server.matching import check_size
 from hashmatch.v1 import common_pb2, signals_pb2
@@ -20,16 +21,28 @@ if TYPE_CHECKING:
     from hashmatch.server.calls import Call
 
 
-def _record(signal: signals_pb2.Signal, field: str):
-    from hashmatch.engine.store import SignalRecord
-
+def _record(signal: signals_pb2.Signal, field: str) -> SignalRecord:
     name, code = convert.parse_hash(signal.hash, f"{field}.hash")
+    quality = signal.hash.quality if signal.hash.HasField("quality") else None
     return SignalRecord(
         signal_type=name,
         hash_hex=signal_types.get(name).format(code),
         labels=tuple(signal.labels),
         external_id=signal.external_id or None,
+        quality=quality,
     )
+
+
+def _items(request: signals_pb2.IngestRequest, offset: int) -> list[SignalRecord | Rejection]:
+    """Records, with a :class:`Rejection` in place of each item that does not parse."""
+    items: list[SignalRecord | Rejection] = []
+    for i, signal in enumerate(request.signals):
+        field = f"signals[{offset + i}]"
+        try:
+            items.append(_record(signal, field))
+        except InvalidInput as exc:
+            items.append(Rejection(exc.message, index=i, field=exc.field or field))
+    return items
 
 
 def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestResponse:
@@ -49,42 +62,43 @@ def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestRespons
         list_name = request.list_name.strip() or list_name
         if not list_name:
             raise InvalidInput("list_name is required", field=f"stream[{n}].list_name")
-        records, positions = [], []
-        for i, item in enumerate(request.signals):
+        if request.signals:
             try:
-                records.append(_record(item, f"signals[{i}]"))
-                positions.append(offset + i)
-            except InvalidInput as exc:
-                if request.strict:
-                    raise
-                reply.rejections.append(
-                    common_pb2.ItemError(
-                        index=offset + i, field=exc.field or "", reason=exc.message
-                    )
+                report = host.engine.ingest(
+                    _items(request, offset),
+                    list_name=list_name,
+                    actor=call.principal.tenant,
+                    source=request.source or None,
+                    strict=request.strict,
+                    tenant=call.principal.engine_tenant,
                 )
-        if records:
-            report = host.engine.ingest(
-                records,
-                list_name=list_name,
-                actor=call.principal.tenant,
-                source=request.source or None,
-                strict=request.strict,
-                tenant=call.principal.engine_tenant,
-            )
+            except IngestRefused as exc:
+                first = exc.report.rejections[0]
+                raise InvalidInput(
+                    f"strict ingest refused ({exc.report.rejected} bad); first: {first.reason}",
+                    field=_field(first, offset),
+                ) from None
             reply.added += report.added
             reply.updated += report.updated
             reply.unchanged += report.unchanged
-            for rejection in report.rejections:
-                index = positions[rejection.index] if rejection.index is not None else offset
-                reply.rejections.append(
-                    common_pb2.ItemError(index=index, field="signals", reason=rejection.reason)
+            reply.rejected += report.rejected
+            reply.rejections.extend(
+                common_pb2.ItemError(
+                    index=offset + (r.index or 0), field=_field(r, offset), reason=r.reason
                 )
+                for r in report.rejections
+            )
         offset += len(request.signals)
     if offset == 0:
         raise InvalidInput("the stream carried no signals", field="signals")
-    reply.rejected = len(reply.rejections)
     call.log.update(list=list_name, items=offset, added=reply.added, rejected=reply.rejected)
     return reply
+
+
+def _field(rejection: Rejection, offset: int) -> str:
+    if rejection.field and rejection.field.startswith("signals["):
+        return rejection.field  # ours: already stream-wide
+    return f"signals[{offset + (rejection.index or 0)}]"
 
 
 def retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call):

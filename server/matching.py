@@ -59,11 +59,40 @@ def hash_options(host: ServiceHost, *, dihedral: bool, trim_borders: bool = Fals
     return HashOptions(dihedral=dihedral, trim_borders=trim_borders, limits=limits)
 
 
-def _media_job(fn: Callable, index: int, field: str = "media") -> Callable:
-    """Run ``fn`` and re-label media errors with the item's index."""
+def check_pixels(data: bytes, limit: int) -> None:
+    """Refuse an image whose header declares more than ``limit`` pixels, before decoding.
+
+    A cheap guard (Pillow reads only the header) so the limit holds whatever the
+    decoder does; bytes Pillow cannot identify are left to the decoder to judge.
+    """
+    import io
+    import warnings
+
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Image.DecompressionBombError as exc:
+        raise MediaTooLarge(f"image is over the pixel limit: {exc}") from None
+    except Exception:
+        return
+    if width * height > limit:
+        raise MediaTooLarge(
+            f"image is {width}x{height} = {width * height:,} pixels, over the {limit:,} limit"
+        )
+
+
+def _media_job(
+    fn: Callable, index: int, data: bytes, max_pixels: int, field: str = "media"
+) -> Callable:
+    """Check the pixel limit, run ``fn``, and label media errors with the item's index."""
 
     def job():
         try:
+            check_pixels(data, max_pixels)
             return fn()
         except MediaError as exc:
             raise type(exc)(exc.message, field=f"{field}[{index}]") from None
@@ -142,8 +171,11 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
                     threshold=threshold,
                     lists=lists,
                     max_results=max_results,
+                    min_quality=min_quality,
                 ),
                 i,
+                item,
+                config.max_media_pixels,
             )
             for i, item in enumerate(request.media)
         ]
@@ -154,15 +186,10 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
             position = n_hashes + i
             result = matcher_pb2.QueryResult(source=MEDIA, index=i)
             result.computed.extend(convert.computed_to_pb(h) for h in outcome.hashes)
-            low = min_quality is not None and any(
-                h.quality is not None and h.quality < min_quality for h in outcome.hashes
+            result.skipped_low_quality = bool(outcome.skipped_low_quality)
+            result.matches.extend(
+                _relabel(convert.match_to_pb(m), position) for m in outcome.matches
             )
-            if low:
-                result.skipped_low_quality = True
-            else:
-                result.matches.extend(
-                    _relabel(convert.match_to_pb(m), position) for m in outcome.matches
-                )
             results.append(result)
         host.metrics.queries.labels("media").inc(len(request.media))
     call.log["queries"] = n_hashes + len(request.media)
@@ -184,7 +211,12 @@ def hash_only(host: ServiceHost, request: matcher_pb2.HashRequest, call: Call):
     types = media_types(request.signal_types, "signal_types")
     options = hash_options(host, dihedral=request.dihedral, trim_borders=request.trim_borders)
     jobs = [
-        _media_job(functools.partial(hash_media, bytes(item), types, options), i)
+        _media_job(
+            functools.partial(hash_media, bytes(item), types, options),
+            i,
+            item,
+            host.config.max_media_pixels,
+        )
         for i, item in enumerate(request.media)
     ]
     outcomes = host.media.run_all(jobs, timeout=call.time_left, is_active=call.context.is_active)

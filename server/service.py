@@ -97,7 +97,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
         def work() -> None:
             try:
-                summary = self.host.engine.rebuild_index(progress=progress)
+                summary = self.host.engine.rebuild_index(
+                    progress=progress, actor=call.principal.tenant
+                )
                 events.put(("done", summary))
             except BaseException as exc:  # handed to the RPC thread to map
                 events.put(("error", exc))
@@ -125,7 +127,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     @rpc("admin")
     def Snapshot(self, request, call: Call):
-        path = self.host.engine.snapshot()
+        path = self.host.engine.snapshot(actor=call.principal.tenant)
         call.log["path"] = str(path)
         return admin_pb2.SnapshotResponse(path=str(path))
 

@@ -1,0 +1,193 @@
+"""The typed client and the ``hashmatch serve`` / ``hashmatch remote`` verbs, end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal as signals
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from skimage import data
+
+from hashmatch.server.cli import cli
+from hashmatch.server.client import HashmatchClient
+from hashmatch.server.testing import running_server
+
+OPS = {"ops": (["match", "write", "admin"], True), "reader": (["match"], False)}
+SERVE = "from hashmatch.server.cli import main; main()"  # cli.py has no __main__
+HEX = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_client_retries_unavailable_until_the_server_is_up(tmp_path):
+    port = _free_port()
+    box = {}
+
+    def start_late() -> None:
+        time.sleep(0.6)
+        box["cm"] = running_server(tmp_path, tenants=OPS, listen=f"127.0.0.1:{port}", wait=False)
+        box["ts"] = box["cm"].__enter__()
+
+    starter = threading.Thread(target=start_late)
+    starter.start()
+    try:
+        with HashmatchClient(f"127.0.0.1:{port}", retries=0, timeout=2) as impatient:
+            with pytest.raises(grpc.RpcError) as err:
+                impatient.list_hash_lists()
+            assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        starter.join()
+        token = box["ts"].tokens["ops"]
+        with HashmatchClient(
+            f"127.0.0.1:{port}", token=token, retries=40, backoff=0.05, timeout=30
+        ) as patient:
+            assert patient.list_hash_lists().lists is not None  # retried through loading
+    finally:
+        starter.join()
+        if "cm" in box:
+            box["cm"].__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("cli"), tenants=OPS) as ts:
+        yield ts
+
+
+def _remote(served, *args: str, tenant: str = "ops", input: str | None = None):
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        ["remote", "--server", served.target, "--token", served.tokens[tenant], *args],
+        input=input,
+        catch_exceptions=False,
+    )
+    return result
+
+
+def test_remote_verbs(served, tmp_path):
+    hashes = tmp_path / "hashes.csv"
+    hashes.write_text(f"# a comment\n{HEX}\npdq,{'0' * 64},label-a;label-b,ext-1\npdq,zz\n")
+    result = _remote(served, "ingest", "cli-list", str(hashes), "--source", "test")
+    assert result.exit_code == 0, result.output
+    ingest = json.loads(result.output)
+    assert ingest["added"] == "2" and ingest["rejected"] == "1"
+
+    result = _remote(served, "match", f"pdq:{HEX}", "0" * 64)
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    assert lines[0]["matches"][0]["hash_hex"] == HEX
+    assert lines[1]["matches"][0]["labels"] == ["label-a", "label-b"]
+
+    image = tmp_path / "photo.jpg"
+    Image.fromarray(data.astronaut()).save(image, "JPEG")
+    result = _remote(served, "hash", str(image), "--type", "pdq", "--type", "md5")
+    assert result.exit_code == 0, result.output
+    hashed = json.loads(result.output)
+    assert hashed["file"] == str(image) and len(hashed["hashes"]) == 2
+
+    result = _remote(served, "match", "--media", str(image))
+    assert result.exit_code == 0, result.output
+
+    result = _remote(served, "lists")
+    assert "cli-list" in result.output
+    result = _remote(served, "retract", "cli-list", HEX, "--reason", "test")
+    assert json.loads(result.output)["retracted"] == "1"
+    result = _remote(served, "stats")
+    assert json.loads(result.output)["total_signals"]
+    result = _remote(served, "rebuild")
+    assert json.loads(result.output.splitlines()[-1])["finished"] is True
+    result = _remote(served, "snapshot")
+    assert json.loads(result.output)["path"]
+
+
+def test_remote_errors_are_one_line_with_the_field(served):
+    result = CliRunner().invoke(
+        cli, ["remote", "--server", served.target, "--token", served.tokens["ops"], "match", "abc"]
+    )
+    assert result.exit_code == 1
+    assert "INVALID_ARGUMENT" in result.output and "hashes[0].hex" in result.output
+    result = _remote(served, "stats", tenant="reader")
+    assert result.exit_code == 1 and "PERMISSION_DENIED" in result.output
+
+
+def test_hashmatch_serve_bootstraps_a_token_and_drains_on_sigterm(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-c", SERVE, "serve",
+            "--data-dir", str(tmp_path / "data"), "--listen", f"127.0.0.1:{port}",
+            "--metrics-port", "-1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        token = None
+        deadline = time.monotonic() + 60
+        while token is None and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "serve exited early"
+            found = re.search(r"HASHMATCH_TOKEN=(\S+)", line)
+            token = found.group(1) if found else None
+        assert token, "serve did not print the bootstrap admin token"
+        assert (tmp_path / "data" / "admin.token").read_text().strip() == token
+        assert token not in (tmp_path / "data" / "auth.toml").read_text()
+        with HashmatchClient(f"127.0.0.1:{port}", token=token, retries=40, backoff=0.05) as c:
+            c.wait_until_serving(60)
+            assert c.stats().total_signals == 0
+        with HashmatchClient(f"127.0.0.1:{port}", retries=0) as anonymous:
+            with pytest.raises(grpc.RpcError) as err:
+                anonymous.stats()
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        proc.send_signal(signals.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_insecure_no_auth_says_so(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-c", SERVE, "serve", "--insecure-no-auth",
+            "--data-dir", str(tmp_path), "--listen", f"127.0.0.1:{port}", "--metrics-port", "-1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        seen = ""
+        deadline = time.monotonic() + 30
+        while "serving on" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, f"serve exited early: {seen}"
+            seen += line
+        assert "WARNING" in seen and "insecure-no-auth" in seen
+        with HashmatchClient(f"127.0.0.1:{port}", retries=0) as client:
+            jpeg = io.BytesIO()
+            Image.fromarray(data.camera()).save(jpeg, "JPEG")
+            assert client.hash([jpeg.getvalue()]).items
+        proc.send_signal(signals.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,395 @@
+"""Every RPC over a real socket against a real engine (SQLite store + FAISS indexes).
+
+One server per module (tenants: an operator with every role, a matching-only tenant,
+a writer, an outsider); each test seeds what it needs through the public API.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from hashmatch.server.client import signal
+from hashmatch.server.errors import bad_request_fields
+from hashmatch.server.testing import running_server
+from hashmatch.v1 import common_pb2, matcher_pb2
+
+TENANTS = {
+    "ops": (["match", "write", "admin"], True),
+    "acme": (["match"], False),
+    "writer": (["match", "write"], False),
+    "outsider": (["match"], False),
+}
+
+
+def _codes(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 32), dtype=np.uint8)
+
+
+def _flip(code: np.ndarray, bits: int) -> np.ndarray:
+    out = code.copy()
+    for b in range(bits):
+        out[b] ^= 0x80  # one bit in each of the first `bits` bytes
+    return out
+
+
+def _jpeg(image: np.ndarray, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _share(engine, list_name: str, tenant: str) -> None:
+    """Share a hash list with a tenant (an operator action on the store)."""
+    engine.store.create_tenant(tenant, exist_ok=True)
+    engine.store.grant(tenant, list_name)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("served"), tenants=TENANTS, shards=2) as ts:
+        yield ts
+
+
+@pytest.fixture(scope="module")
+def ops(served):
+    return served.client("ops")
+
+
+def _code(exc_info) -> grpc.StatusCode:
+    return exc_info.value.code()
+
+
+# -- Signals + Matcher round trip ---------------------------------------------------------
+
+
+def test_ingest_then_match_by_hex_and_raw_with_options(ops):
+    codes = _codes(50, seed=1)
+    hexes = [c.tobytes().hex() for c in codes]
+    signals = [signal("pdq", h, labels=["demo"], external_id=f"e{i}") for i, h in enumerate(hexes)]
+    signals.insert(3, signal("pdq", "zz" * 32))  # rejected, the rest still stored
+    reply = ops.ingest("roundtrip", signals, source="unit-test", batch_size=20)
+    assert reply.added == 50 and reply.rejected == 1
+    assert (
+        reply.rejections[0].index == 3
+        and "hex" in reply.rejections[0].reason + reply.rejections[0].field
+    )
+    again = ops.ingest("roundtrip", signals[:2])
+    assert again.added == 0 and again.unchanged + again.updated == 2
+
+    near = _flip(codes[7], 5)
+    result = ops.match(
+        [("pdq", hexes[0]), ("pdq", near.tobytes()), ("PDQ", hexes[9].upper())],
+        lists=["roundtrip"],
+    )
+    first, second, third = result.results
+    assert [m.distance for m in first.matches] == [0]
+    assert first.matches[0].list_name == "roundtrip"
+    assert list(first.matches[0].labels) == ["demo"] and first.matches[0].external_id == "e0"
+    assert second.matches[0].distance == 5 and second.matches[0].hash_hex == hexes[7]
+    assert second.matches[0].query_index == 1
+    assert third.matches[0].hash_hex == hexes[9]
+    # A lower threshold drops the distance-5 match; raising up to the max is allowed.
+    assert not ops.match([("pdq", near.tobytes())], threshold=4).results[0].matches
+    assert ops.match([("pdq", near.tobytes())], threshold=63).results[0].matches
+    # max_results keeps the nearest.
+    twin = ops.ingest("roundtrip-2", [signal("pdq", _flip(codes[0], 2).tobytes().hex())])
+    assert twin.added == 1
+    capped = ops.match([("pdq", hexes[0])], max_results=1).results[0].matches
+    assert len(capped) == 1 and capped[0].distance == 0
+    both = ops.match([("pdq", hexes[0])]).results[0].matches
+    assert [m.distance for m in both] == [0, 2]
+    only_second = ops.match([("pdq", hexes[0])], lists=["roundtrip-2"]).results[0].matches
+    assert [m.list_name for m in only_second] == ["roundtrip-2"]
+
+
+def test_match_media_dihedral_and_quality_floor(ops):
+    photo = data.astronaut()
+    hashed = ops.hash([_jpeg(photo)], ["pdq", "md5"])
+    pdq_hex = hashed.items[0].hashes[0].hex[0]
+    md5_hex = hashed.items[0].hashes[1].hex[0]
+    assert hashed.items[0].hashes[0].qualities[0] > 50
+    ops.ingest("media", [signal("pdq", pdq_hex, labels=["astronaut"])])
+
+    reply = ops.match(media=[_jpeg(photo, quality=70)], lists=["media"])
+    result = reply.results[0]
+    assert result.source == matcher_pb2.QueryResult.SOURCE_MEDIA
+    assert result.computed[0].signal_type == "pdq"
+    assert result.matches and result.matches[0].distance <= 31
+
+    flipped = np.ascontiguousarray(photo[:, ::-1])
+    assert not ops.match(media=[_jpeg(flipped)], lists=["media"]).results[0].matches
+    dihedral = ops.match(media=[_jpeg(flipped)], lists=["media"], dihedral=True).results[0]
+    assert dihedral.matches and dihedral.matches[0].variant != 0
+
+    flat = np.full((256, 256, 3), 128, np.uint8)
+    low = ops.match(media=[_jpeg(flat)], min_quality=50).results[0]
+    assert low.skipped_low_quality and not low.matches
+    # Hash queries carry their own quality.
+    value = common_pb2.HashValue(signal_type="pdq", hex=pdq_hex, quality=10)
+    skipped = ops.match([value], min_quality=50).results[0]
+    assert skipped.skipped_low_quality and not skipped.matches
+    assert md5_hex and len(md5_hex) == 32
+
+
+def test_match_stream_answers_in_order(ops):
+    code = _codes(1, seed=2)[0]
+    ops.ingest("stream", [signal("pdq", code.tobytes().hex())])
+    requests = [
+        ops.match_request([("pdq", _flip(code, k).tobytes())], lists=["stream"], request_id=f"r{k}")
+        for k in range(4)
+    ]
+    replies = list(ops.match_stream(iter(requests), timeout=20))
+    assert [r.request_id for r in replies] == ["r0", "r1", "r2", "r3"]
+    assert [r.results[0].matches[0].distance for r in replies] == [0, 1, 2, 3]
+
+
+def test_match_stream_bad_message_names_it(ops):
+    good = ops.match_request([("pdq", "00" * 32)])
+    bad = ops.match_request([("pdq", "00" * 31)])
+    stream = ops.match_stream(iter([good, bad, good]), timeout=20)
+    with pytest.raises(grpc.RpcError) as err:
+        list(stream)
+    assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(err.value)[0][0] == "stream[1].hashes[0].hex"
+
+
+def test_retract_and_list_hash_lists(ops):
+    codes = _codes(3, seed=3)
+    hexes = [c.tobytes().hex() for c in codes]
+    ops.ingest("retract-me", [signal("pdq", h) for h in hexes])
+    assert ops.match([("pdq", hexes[1])], lists=["retract-me"]).results[0].matches
+    assert (
+        ops.retract("retract-me", hashes=[("pdq", hexes[1])], reason="false positive").retracted
+        == 1
+    )
+    assert not ops.match([("pdq", hexes[1])], lists=["retract-me"]).results[0].matches
+    assert ops.match([("pdq", hexes[0])], lists=["retract-me"]).results[0].matches
+    names = {item.name: item for item in ops.list_hash_lists().lists}
+    assert "retract-me" in names
+
+
+def test_admin_stats_snapshot_and_rebuild(ops):
+    ops.ingest("admin", [signal("pdq", h.tobytes().hex()) for h in _codes(10, seed=4)])
+    stats = ops.stats()
+    assert stats.total_signals >= 10
+    assert json.loads(stats.details_json)
+    snap = ops.snapshot()
+    assert snap.path
+    progress = list(ops.rebuild(timeout=60))
+    assert progress[-1].finished
+    assert ops.stats().total_signals == stats.total_signals
+
+
+# -- bad input: INVALID_ARGUMENT naming the field, and the server keeps answering ---------
+
+
+def _big_png() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((3000, 3000), np.uint8)).save(buf, "PNG")  # 9 Mpx > the limit
+    return buf.getvalue()
+
+
+BAD_MATCHES = {
+    "malformed hex": (dict(hashes=[("pdq", "00" * 32), ("pdq", "zz" * 32)]), "hashes[1].hex"),
+    "wrong length": (dict(hashes=[("pdq", "ab" * 31)]), "hashes[0].hex"),
+    "wrong raw length": (dict(hashes=[("pdq", b"\x00" * 8)]), "hashes[0].raw"),
+    "unknown type": (dict(hashes=[("pdq", "00" * 32), ("nope", "00")]), "hashes[1].signal_type"),
+    "threshold too high": (dict(hashes=[("pdq", "00" * 32)], threshold=64), "options.threshold"),
+    "negative threshold": (dict(hashes=[("pdq", "00" * 32)], threshold=-1), "options.threshold"),
+    "empty request": (dict(), "hashes"),
+    "oversized batch": (dict(hashes=[("pdq", "00" * 32)] * 101), "hashes"),
+    "undecodable media": (dict(media=[b"\x89PNG\r\n\x1a\n garbage"]), "media[0]"),
+    "empty media": (dict(media=[b""]), "media[0]"),
+    "media over pixel limit": (dict(media=["BIG"]), "media[0]"),
+    "unknown media type": (dict(media=["JPEG"], media_types=["bogus"]), "media_types[0]"),
+    "too many media": (dict(media=["JPEG"] * 5), "media"),
+    "quality floor out of range": (dict(hashes=[("pdq", "00" * 32)], min_quality=101),
+                                   "options.min_quality"),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    """A server with small limits so every limit is reachable cheaply."""
+    with running_server(
+        tmp_path_factory.mktemp("strict"),
+        tenants=TENANTS,
+        max_batch=100,
+        max_media_items=4,
+        max_media_pixels=4_000_000,
+        max_message_bytes=200_000,
+    ) as ts:
+        client = ts.client("ops")
+        client.ingest("keep", [signal("pdq", h.tobytes().hex()) for h in _codes(5, seed=5)])
+        yield ts
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MATCHES))
+def test_bad_match_input_is_invalid_argument_naming_the_field(strict, case):
+    client = strict.client("ops", retries=0)
+    kwargs, field = BAD_MATCHES[case]
+    kwargs = dict(kwargs)
+    jpeg = _jpeg(data.camera()[:64, :64])
+    if "media" in kwargs:
+        kwargs["media"] = [
+            _big_png() if m == "BIG" else jpeg if m == "JPEG" else m for m in kwargs["media"]
+        ]
+    hashes = kwargs.pop("hashes", [])
+    before = client.stats().total_signals
+    with pytest.raises(grpc.RpcError) as err:
+        client.match(hashes, **kwargs)
+    assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    fields = bad_request_fields(err.value)
+    assert fields and fields[0][0] == field, (fields, err.value.details())
+    assert field in err.value.details()
+    # Still serving, data untouched.
+    assert client.match([("pdq", "00" * 32)]).results
+    assert client.stats().total_signals == before
+
+
+def test_oversized_message_is_invalid_argument(strict):
+    client = strict.client("ops", retries=0)
+    with pytest.raises(grpc.RpcError) as err:
+        client.match(media=[b"\xff" * 300_000])
+    assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(err.value)[0][0] == "request"
+    assert client.match([("pdq", "00" * 32)]).results
+
+
+def test_bad_ingest_and_retract_inputs(strict):
+    client = strict.client("ops", retries=0)
+    before = client.stats().total_signals
+    cases = [
+        (lambda: client.ingest("", [signal("pdq", "00" * 32)]), "stream[0].list_name"),
+        (lambda: client.ingest("x", [signal("pdq", "00" * 32)] * 101, batch_size=101),
+         "stream[0].signals"),
+        (lambda: client.ingest("x", [signal("pdq", "00"), signal("pdq", "1" * 64)], strict=True),
+         "signals[0].hash.hex"),
+        (lambda: client.ingest("x", []), "signals"),
+        (lambda: client.retract("keep"), "hashes"),
+        (lambda: client.retract("keep", hashes=[("md5", "00")]), "hashes[0].hex"),
+        (lambda: client.retract("", hashes=[("pdq", "00" * 32)]), "list_name"),
+    ]  # fmt: skip
+    for call, field in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT, (field, err.value.details())
+        assert bad_request_fields(err.value)[0][0] == field, err.value.details()
+    assert client.stats().total_signals == before
+    with pytest.raises(grpc.RpcError) as err:
+        client.hash([b"not media at all"])
+    assert bad_request_fields(err.value)[0][0] == "media[0]"
+
+
+# -- auth and tenant isolation ------------------------------------------------------------
+
+
+def test_unauthenticated_without_or_with_a_bad_token(served):
+    from hashmatch.server.client import HashmatchClient
+
+    for token in (None, "wrong-token"):
+        with HashmatchClient(served.target, token=token, retries=0) as client:
+            for call in (
+                lambda c=client: c.match([("pdq", "00" * 32)]),
+                lambda c=client: c.list_hash_lists(),
+                lambda c=client: c.stats(),
+                lambda c=client: c.ingest("x", [signal("pdq", "00" * 32)]),
+            ):
+                with pytest.raises(grpc.RpcError) as err:
+                    call()
+                assert _code(err) is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_roles_permission_denied(served):
+    acme = served.client("acme", retries=0)
+    writer = served.client("writer", retries=0)
+    for call in (
+        lambda: acme.ingest("x", [signal("pdq", "00" * 32)]),
+        lambda: acme.retract("x", hashes=[("pdq", "00" * 32)]),
+        lambda: acme.stats(),
+        lambda: list(acme.rebuild()),
+        lambda: acme.snapshot(),
+        lambda: writer.stats(),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert _code(err) is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_tenants_see_only_lists_shared_with_them(served, ops):
+    code_shared, code_private = (c.tobytes().hex() for c in _codes(2, seed=6))
+    ops.ingest("tenant-shared", [signal("pdq", code_shared)])
+    ops.ingest("tenant-private", [signal("pdq", code_private)])
+    _share(served.engine, "tenant-shared", "acme")
+    acme = served.client("acme", retries=0)
+    outsider = served.client("outsider", retries=0)
+
+    reply = acme.match([("pdq", code_shared), ("pdq", code_private)])
+    assert [m.list_name for m in reply.results[0].matches] == ["tenant-shared"]
+    assert not reply.results[1].matches
+    assert {item.name for item in acme.list_hash_lists().lists} == {"tenant-shared"}
+    with pytest.raises(grpc.RpcError) as err:
+        acme.match([("pdq", code_private)], lists=["tenant-private"])
+    assert _code(err) in {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
+    assert not outsider.match([("pdq", code_shared)]).results[0].matches
+    assert not outsider.list_hash_lists().lists
+    # The operator sees both.
+    both = ops.match([("pdq", code_shared), ("pdq", code_private)])
+    assert all(r.matches for r in both.results)
+
+
+# -- a rebuild under continuous lookups --------------------------------------------------
+
+
+def test_rebuild_under_lookup_load_fails_no_lookup(served, ops):
+    codes = _codes(20_000, seed=8)
+    reply = ops.ingest("rebuild-load", [signal("pdq", c.tobytes().hex()) for c in codes],
+                       batch_size=5000)  # fmt: skip
+    assert reply.added == len(codes)
+    stop = threading.Event()
+    outcomes: list[tuple[float, str]] = []
+
+    def lookups(k: int) -> None:
+        client = served.client("ops", retries=0)
+        i = k
+        while not stop.is_set():
+            code = codes[(i * 7919) % len(codes)]
+            try:
+                reply = client.match([("pdq", code.tobytes())], lists=["rebuild-load"], timeout=10)
+                found = any(m.distance == 0 for m in reply.results[0].matches)
+                outcome = "ok" if found else "missing"
+            except grpc.RpcError as exc:
+                outcome = exc.code().name
+            outcomes.append((time.perf_counter(), outcome))
+            i += 4
+
+    threads = [threading.Thread(target=lookups, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    windows = []
+    try:
+        for _ in range(2):
+            began = time.perf_counter()
+            progress = list(ops.rebuild(timeout=120))
+            windows.append((began, time.perf_counter()))
+            assert progress[-1].finished
+            assert any(p.stage == "swap" for p in progress)
+    finally:
+        time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(10)
+    during = [o for at, o in outcomes if any(a <= at <= b for a, b in windows)]
+    assert len(during) >= 10, f"only {len(during)} lookups overlapped the rebuilds"
+    kinds = [o for _, o in outcomes]
+    assert set(kinds) == {"ok"}, {o: kinds.count(o) for o in set(kinds)}
