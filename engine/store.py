@@ -20,6 +20,7 @@ id allocation), keeping this module's public API.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -263,10 +264,8 @@ class SignalStore:
         self._closed = True
         with self._all_lock:
             for conn in self._all:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     conn.close()
-                except sqlite3.Error:
-                    pass
             self._all.clear()
 
     def _write(self):
@@ -566,6 +565,7 @@ class SignalStore:
                 if in_txn:
                     conn.execute("ROLLBACK")
                 raise
+        report.rejections.sort(key=lambda r: (r.line is None, r.line or 0, r.index or 0))
         report.seconds = time.perf_counter() - started
         return report
 
@@ -597,10 +597,7 @@ class SignalStore:
                 if st is None:
                     st = signal_types.get(rec.signal_type or "")
                     types_cache[rec.signal_type] = st
-                if st.name == "vpdq":
-                    code = _vpdq_key(rec)
-                else:
-                    code = _parse_code(st, rec.hash_hex)
+                code = _vpdq_key(rec) if st.name == "vpdq" else _parse_code(st, rec.hash_hex)
                 labels = join_labels(rec.labels)
                 quality = None if rec.quality is None else int(rec.quality)
                 if quality is not None and not 0 <= quality <= 100:
@@ -1017,7 +1014,10 @@ class SignalStore:
         return out
 
     def lookup(self, ids: Iterable[int]) -> dict[int, tuple]:
-        """Provenance for matcher joins: id -> (list_id, type, code, labels, ext, expires, retracted)."""
+        """Provenance for matcher joins.
+
+        id -> (list_id, type, code, labels, external_id, expires_at, retracted_at).
+        """
         ids = list(ids)
         out: dict[int, tuple] = {}
         conn = self.conn()

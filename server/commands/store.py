@@ -1,7 +1,562 @@
-"""CLI verbs for this area (filled in by its issue's work)."""
+"""CLI verbs over the local store: lists, ingest, retract/restore, match, index, tenants, audit.
+
+Each verb is one library call on :class:`hashmatch.engine.runtime.Engine` opened on
+``--data-dir`` (default ``./hashmatch-data``, or ``$HASHMATCH_DATA_DIR``), the
+same directory ``hashmatch serve`` uses; a running server picks the changes up
+on its next lookup. Every verb prints what it did with counts; long work shows a
+progress bar when stderr is a terminal.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from hashmatch.engine import signal_types
+from hashmatch.engine.errors import HashmatchError, InvalidInput
+
+DATA_DIR_HELP = "Store + snapshots directory ($HASHMATCH_DATA_DIR, default ./hashmatch-data)."
+
+
+def _data_dir_option(f):
+    return click.option(
+        "--data-dir",
+        envvar="HASHMATCH_DATA_DIR",
+        default="hashmatch-data",
+        show_default=True,
+        type=click.Path(file_okay=False),
+        help=DATA_DIR_HELP,
+    )(f)
+
+
+@contextmanager
+def _engine(data_dir: str, *, create: bool = True) -> Iterator:
+    """Open the engine lazily (no index load unless a verb needs it); map errors to exit 1."""
+    from hashmatch.engine.runtime import Engine
+
+    try:
+        engine = Engine.open(data_dir, create=create, eager=False)
+    except HashmatchError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        yield engine
+    except HashmatchError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.close()
+
+
+def _bar(total: int | None, desc: str, unit: str = "rec"):
+    """A tqdm bar on an interactive stderr, else None (logs and pipes stay clean)."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, file=sys.stderr)
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=1, default=str))
+
+
+# ----------------------------------------------------------------------------- lists
+
+
+@click.group("lists")
+def lists_group() -> None:
+    """Hash lists (banks): create, ls, disable, enable."""
+
+
+@lists_group.command("create")
+@click.argument("name")
+@click.option("--description", default="", help="What the list holds.")
+@click.option("--owner", default="", help="The partner or program that shares it.")
+@click.option("--label", "labels", multiple=True, help="A label (harm category); repeatable.")
+@click.option("--actor", default="local", help="Who to record in the audit log.")
+@_data_dir_option
+def lists_create(name, description, owner, labels, actor, data_dir) -> None:
+    """Create a hash list.
+
+    \b
+      hashmatch lists create partner-a --owner "Partner A" --label csam
+    """
+    with _engine(data_dir) as engine:
+        info = engine.store.create_list(
+            name, description=description, owner=owner, labels=labels, actor=actor
+        )
+    click.echo(f"created list {info.name!r} (id {info.id})")
+
+
+@lists_group.command("ls")
+@click.option("--tenant", default=None, help="Only lists shared with this tenant.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_data_dir_option
+def lists_ls(tenant, as_json, data_dir) -> None:
+    """List hash lists with their live and retracted counts."""
+    with _engine(data_dir) as engine:
+        found = engine.store.lists(tenant=tenant)
+    if as_json:
+        _echo_json([info.__dict__ for info in found])
+        return
+    click.echo(f"{'name':24} {'enabled':7} {'signals':>9} {'retracted':>9}  types  owner")
+    for info in found:
+        click.echo(
+            f"{info.name:24} {'yes' if info.enabled else 'no':7} {info.signal_count:>9} "
+            f"{info.retracted_count:>9}  {','.join(info.signal_types) or '-'}  {info.owner}"
+        )
+    click.echo(f"{len(found)} list(s), {sum(i.signal_count for i in found)} live signal(s)")
+
+
+def _set_enabled(enabled: bool):
+    @click.argument("name")
+    @click.option("--actor", default="local", help="Who to record in the audit log.")
+    @_data_dir_option
+    def command(name, actor, data_dir) -> None:
+        with _engine(data_dir) as engine:
+            info = engine.store.set_list_enabled(name, enabled, actor=actor)
+        state = "enabled" if enabled else "disabled"
+        click.echo(f"{state} list {info.name!r} ({info.signal_count} signal(s) affected)")
+
+    return command
+
+
+lists_group.command("disable", help="Stop a list matching (its signals stay stored).")(
+    _set_enabled(False)
+)
+lists_group.command("enable", help="Let a disabled list match again.")(_set_enabled(True))
+
+
+# ----------------------------------------------------------------------------- ingest
+
+
+@click.command("ingest")
+@click.argument("files", nargs=-1, required=True)
+@click.option("--list", "list_name", required=True, help="Target hash list (created if missing).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "jsonl", "csv", "hex", "vpdq"]),
+    default="auto",
+    show_default=True,
+)
+@click.option("--type", "signal_type", default=None, help="Signal type of plain hex lines.")
+@click.option("--label", "labels", multiple=True, help="Add this label to every signal.")
+@click.option("--strict", is_flag=True, help="Refuse the whole file if any line is bad.")
+@click.option("--actor", default="local", help="Who to record in the audit log.")
+@click.option("--batch-size", default=10_000, show_default=True, help="Records per transaction.")
+@click.option("--show", default=20, show_default=True, help="How many bad lines to print.")
+@_data_dir_option
+def ingest_command(
+    files, list_name, fmt, signal_type, labels, strict, actor, batch_size, show, data_dir
+) -> None:
+    """Ingest hash-list files (JSONL, CSV with a signal_type,signal_value header,
+    plain hex with --type, or vPDQ text files; '-' reads stdin).
+
+    \b
+      hashmatch ingest partner-a.csv --list partner-a
+      hashmatch ingest hashes.txt --list partner-a --type pdq --label csam
+      hashmatch ingest video1.vpdq video2.vpdq --list videos
+    """
+    from hashmatch.engine.ingest import read_records
+    from hashmatch.engine.store import IngestRefused
+
+    if signal_type:
+        signal_type = signal_types.get(signal_type, field="--type").name
+    failed = False
+    with _engine(data_dir) as engine:
+        for path in files:
+            bar = _bar(None, f"ingest {Path(path).name}")
+            last = [0]
+
+            def progress(done: int, bar=bar, last=last) -> None:
+                if bar is not None:
+                    bar.update(done - last[0])
+                    last[0] = done
+
+            records = read_records(
+                path, format=None if fmt == "auto" else fmt, signal_type=signal_type, labels=labels
+            )
+            try:
+                report = engine.ingest(
+                    records, list_name=list_name, actor=actor, source=str(path), strict=strict,
+                    batch_size=batch_size, progress=progress,
+                )  # fmt: skip
+            except IngestRefused as exc:
+                report = exc.report
+                failed = True
+                click.echo(
+                    f"{path}: REFUSED (strict): {report.rejected} bad line(s), nothing written"
+                )
+            finally:
+                if bar is not None:
+                    bar.close()
+            if not failed:
+                click.echo(
+                    f"{path}: added {report.added}, updated {report.updated}, unchanged "
+                    f"{report.unchanged}, rejected {report.rejected} into {list_name!r} "
+                    f"({report.accepted / max(report.seconds, 1e-9):,.0f} rec/s)"
+                )
+                if report.still_retracted:
+                    click.echo(
+                        f"  {report.still_retracted} re-ingested signal(s) stay retracted "
+                        "(use hashmatch restore)"
+                    )
+            for r in report.rejections[:show]:
+                click.echo(f"  {path}: {r}", err=True)
+            if report.rejected > show:
+                click.echo(f"  ... and {report.rejected - show} more bad line(s)", err=True)
+    if failed:
+        sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- retraction
+
+
+def _targets(values, signal_type) -> list[tuple[str, str]]:
+    """'type:hex' or bare hex (with --type, default pdq) -> [(type, hex)]."""
+    out = []
+    for i, value in enumerate(values):
+        if ":" in value:
+            name, hex_ = value.split(":", 1)
+        else:
+            name, hex_ = (signal_type or "pdq"), value
+        st = signal_types.get(name, field=f"hashes[{i}]")
+        out.append((st.name, st.format(st.parse(hex_, field="hashes", index=i))))
+    return out
+
+
+def _retract_like(restore: bool):
+    @click.argument("hashes", nargs=-1)
+    @click.option("--list", "list_name", required=True, help="The hash list.")
+    @click.option("--type", "signal_type", default=None, help="Type of bare hex (default pdq).")
+    @click.option("--id", "ids", multiple=True, type=int, help="Signal id; repeatable.")
+    @click.option("--external-id", "external_ids", multiple=True, help="Sharer's id; repeatable.")
+    @click.option("--file", "from_file", type=click.File("r"), help="Hashes, one per line.")
+    @click.option("--actor", default="local", help="Who to record in the audit log.")
+    @_data_dir_option
+    def command(hashes, list_name, signal_type, ids, external_ids, from_file, actor, data_dir,
+                reason=None) -> None:  # fmt: skip
+        values = list(hashes)
+        if from_file is not None:
+            values += [ln.strip() for ln in from_file if ln.strip() and not ln.startswith("#")]
+        try:
+            targets = _targets(values, signal_type)
+        except InvalidInput as exc:
+            raise click.ClickException(str(exc)) from None
+        if not (targets or ids or external_ids):
+            raise click.UsageError("give hashes, --id, --external-id or --file")
+        with _engine(data_dir) as engine:
+            if restore:
+                n = engine.store.restore(list_name=list_name, hashes=targets, signal_ids=ids,
+                                         external_ids=external_ids, actor=actor)  # fmt: skip
+            else:
+                n = engine.store.retract(list_name=list_name, hashes=targets, signal_ids=ids,
+                                         external_ids=external_ids, reason=reason,
+                                         actor=actor)  # fmt: skip
+        asked = len(targets) + len(ids) + len(external_ids)
+        verb = "restored" if restore else "retracted"
+        click.echo(f"{verb} {n} signal(s) in {list_name!r} ({asked} requested)")
+
+    return command
+
+
+retract_command = click.option("--reason", default=None, help="Why (kept in the store and audit).")(
+    _retract_like(False)
+)
+retract_command = click.command(
+    "retract", help="Retract signals from a list: they stop matching at the next lookup."
+)(retract_command)
+restore_command = click.command("restore", help="Restore retracted signals.")(_retract_like(True))
+
+
+@click.command("retracted")
+@click.option("--list", "list_name", default=None, help="Only this list.")
+@click.option("--limit", default=100, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@_data_dir_option
+def retracted_command(list_name, limit, as_json, data_dir) -> None:
+    """List retracted signals, newest first."""
+    with _engine(data_dir) as engine:
+        found = engine.store.retracted(list_name=list_name, limit=limit)
+    if as_json:
+        _echo_json([s.__dict__ for s in found])
+        return
+    for s in found:
+        click.echo(
+            f"{s.id}\t{s.list_name}\t{s.signal_type}:{s.hash_hex}\t{_when(s.retracted_at)}"
+            f"\t{s.retract_reason or ''}"
+        )
+    click.echo(f"{len(found)} retracted signal(s)")
+
+
+# ----------------------------------------------------------------------------- match
+
+
+@click.command("match")
+@click.argument("queries", nargs=-1, required=True)
+@click.option("--type", "signal_type", default=None, help="Type of bare hex (default pdq).")
+@click.option("--media-type", "media_types", multiple=True, help="Hash files as (default pdq).")
+@click.option("--threshold", type=int, default=None, help="Max distance (type default if unset).")
+@click.option("--tenant", default=None, help="Match as this tenant (default: local admin).")
+@click.option("--list", "lists", multiple=True, help="Only these lists; repeatable.")
+@click.option("--dihedral", is_flag=True, help="Files: also match rotated/flipped copies.")
+@click.option("--max-results", type=int, default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_data_dir_option
+def match_command(
+    queries, signal_type, media_types, threshold, tenant, lists, dihedral, max_results, as_json,
+    data_dir,
+) -> None:  # fmt: skip
+    """Match hashes ('type:hex' or hex) or media files against the local store.
+
+    \b
+      hashmatch match pdq:f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22
+      hashmatch match photo.jpg --dihedral
+    """
+    from hashmatch.engine.hashing import HashOptions
+
+    out = []
+    total = 0
+    with _engine(data_dir) as engine:
+        for query in queries:
+            if Path(query).is_file():
+                mm = engine.match_media(
+                    query, types=media_types or ("pdq",), options=HashOptions(dihedral=dihedral),
+                    tenant=tenant, threshold=threshold, lists=lists or None,
+                    max_results=max_results,
+                )  # fmt: skip
+                matches, skipped = mm.matches, mm.skipped_low_quality
+                computed = [f"{h.signal_type}:{h.hex}" for h in mm.hashes]
+            else:
+                try:
+                    ((name, hex_),) = _targets([query], signal_type)
+                except InvalidInput as exc:
+                    raise click.ClickException(str(exc)) from None
+                st = signal_types.get(name)
+                found = engine.match(
+                    name, st.parse(hex_)[None, :], tenant=tenant, threshold=threshold,
+                    lists=lists or None, max_results=max_results,
+                )[0]  # fmt: skip
+                matches, skipped, computed = list(found), found.skipped_low_quality, []
+            total += len(matches)
+            out.append({"query": query, "hashes": computed, "skipped_low_quality": skipped,
+                        "matches": [m.__dict__ for m in matches]})  # fmt: skip
+    if as_json:
+        _echo_json(out)
+        return
+    for entry in out:
+        extra = f" [{', '.join(entry['hashes'])}]" if entry["hashes"] else ""
+        note = " (skipped: PDQ quality below the floor)" if entry["skipped_low_quality"] else ""
+        click.echo(f"{entry['query']}{extra}: {len(entry['matches'])} match(es){note}")
+        for m in entry["matches"]:
+            pct = ""
+            if m["signal_type"] == "vpdq":
+                pct = f" query {m['query_match_pct']:.0f}% target {m['target_match_pct']:.0f}%"
+            click.echo(
+                f"  d={m['distance']:<3} {m['list_name']}  {m['signal_type']}:{m['hash_hex']}"
+                f"  id={m['signal_id']} labels={','.join(m['labels']) or '-'}"
+                f" ext={m['external_id'] or '-'}{pct}"
+                + (f" variant={m['variant']}" if m["variant"] else "")
+            )
+    click.echo(f"{len(out)} quer(ies), {total} match(es)")
+
+
+# ----------------------------------------------------------------------------- index
+
+
+@click.group("index")
+def index_group() -> None:
+    """The live indexes derived from the store: rebuild, verify, stats, snapshot."""
+
+
+def _stage_progress() -> tuple[Callable[[str, int, int], None], Callable[[], None]]:
+    bars: dict[str, object] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = _bar(total, stage, "sig")
+        if bar is not None:
+            bar.n = done
+            bar.refresh()
+
+    def close() -> None:
+        for bar in bars.values():
+            if bar is not None:
+                bar.close()
+
+    return progress, close
+
+
+@index_group.command("rebuild")
+@click.option("--no-snapshot", is_flag=True, help="Do not write a snapshot afterwards.")
+@_data_dir_option
+def index_rebuild(no_snapshot, data_dir) -> None:
+    """Rebuild the indexes from the store (aside, then swap) and write a snapshot,
+    so the next start-up loads it instead of reading the whole store."""
+    progress, close = _stage_progress()
+    with _engine(data_dir) as engine:
+        try:
+            summary = engine.rebuild_index(progress=progress)
+        finally:
+            close()
+        path = None if no_snapshot else engine.snapshot()
+    click.echo(
+        f"rebuilt {summary['total']} signal(s) in {summary['seconds']:.2f}s "
+        f"({', '.join(f'{t}: {n}' for t, n in summary['types'].items()) or 'empty'})"
+        f" at change {summary['change_counter']}"
+    )
+    if path:
+        click.echo(f"snapshot written: {path}")
+
+
+@index_group.command("snapshot")
+@_data_dir_option
+def index_snapshot(data_dir) -> None:
+    """Write a snapshot of the live indexes (loaded from the last one + replay)."""
+    with _engine(data_dir) as engine:
+        path = engine.snapshot()
+        counter = engine.stats()["applied_counter"]
+    click.echo(f"snapshot written: {path} (change {counter})")
+
+
+@index_group.command("verify")
+@click.option("--sample", default=20_000, show_default=True, help="Signals checked per type.")
+@click.option("--json", "as_json", is_flag=True)
+@_data_dir_option
+def index_verify(sample, as_json, data_dir) -> None:
+    """Check index <=> store: counts agree, live signals are found, retracted ones are not."""
+    with _engine(data_dir) as engine:
+        report = engine.verify_index(sample=sample)
+    if as_json:
+        _echo_json(report)
+    else:
+        for stype, e in report["types"].items():
+            click.echo(
+                f"{stype}: store {e['store']}, index {e['index']}, checked {e['checked']}, "
+                f"missing {len(e['missing'])}, stale {len(e['stale'])}: "
+                f"{'ok' if e['ok'] else 'MISMATCH'}"
+            )
+        click.echo("index verify: " + ("ok" if report["ok"] else "FAILED"))
+    if not report["ok"]:
+        sys.exit(1)
+
+
+@index_group.command("stats")
+@click.option("--json", "as_json", is_flag=True)
+@_data_dir_option
+def index_stats(as_json, data_dir) -> None:
+    """Signals per type and list, index kinds, load source, memory."""
+    with _engine(data_dir) as engine:
+        stats = engine.stats()
+    if as_json:
+        _echo_json(stats)
+        return
+    click.echo(f"total live signals: {stats['total_signals']}")
+    for stype, e in stats["types"].items():
+        click.echo(f"  {stype}: {e['count']} stored, {e['indexed']} indexed ({e['kind']})")
+    for name, count in stats["lists"].items():
+        click.echo(f"  list {name}: {count}")
+    load = stats.get("load") or {}
+    click.echo(
+        f"loaded from {load.get('source', '?')} in {load.get('seconds', 0)}s, change counter "
+        f"{stats['change_counter']}, memory {stats['memory_bytes'] / 2**20:.0f} MiB"
+    )
+
+
+# ----------------------------------------------------------------------------- tenants
+
+
+@click.group("tenants")
+def tenants_group() -> None:
+    """Tenants (calling platforms) and the lists shared with them."""
+
+
+@tenants_group.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Sees and writes every list.")
+@_data_dir_option
+def tenants_create(name, admin, data_dir) -> None:
+    with _engine(data_dir) as engine:
+        engine.store.create_tenant(name, admin=admin)
+    click.echo(f"created tenant {name!r}{' (admin)' if admin else ''}")
+
+
+@tenants_group.command("grant")
+@click.argument("tenant")
+@click.argument("list_name")
+@click.option("--write", is_flag=True, help="Also let it ingest and retract.")
+@_data_dir_option
+def tenants_grant(tenant, list_name, write, data_dir) -> None:
+    """Share a list with a tenant (read, or read+write)."""
+    with _engine(data_dir) as engine:
+        t = engine.store.grant(tenant, list_name, write=write)
+    click.echo(f"shared {list_name!r} with {tenant!r} ({'read+write' if write else 'read'}); "
+               f"it now reads {len(t.reads)} list(s)")  # fmt: skip
+
+
+@tenants_group.command("revoke")
+@click.argument("tenant")
+@click.argument("list_name")
+@_data_dir_option
+def tenants_revoke(tenant, list_name, data_dir) -> None:
+    with _engine(data_dir) as engine:
+        t = engine.store.revoke(tenant, list_name)
+    click.echo(f"revoked {list_name!r} from {tenant!r}; it now reads {len(t.reads)} list(s)")
+
+
+@tenants_group.command("ls")
+@_data_dir_option
+def tenants_ls(data_dir) -> None:
+    with _engine(data_dir) as engine:
+        found = engine.store.tenants()
+    for t in found:
+        click.echo(
+            f"{t.name}{' (admin)' if t.is_admin else ''}: reads {','.join(t.reads) or '-'}; "
+            f"writes {','.join(t.writes) or '-'}"
+        )
+    click.echo(f"{len(found)} tenant(s)")
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+@click.command("audit")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--action", default=None, help="Only this action (ingest, retract, ...).")
+@_data_dir_option
+def audit_command(limit, action, data_dir) -> None:
+    """The audit log, newest first: who did what, when, how many, from which file."""
+    with _engine(data_dir) as engine:
+        entries = engine.store.audit(limit=limit, action=action)
+    for e in entries:
+        click.echo(
+            f"{_when(e.at)}  {e.actor:10} {e.action:14} {e.list_name or '-':16} "
+            f"n={e.count:<8} {e.source or ''}"
+        )
+    click.echo(f"{len(entries)} entr(ies)")
+
+
+COMMANDS: list[click.Command] = [
+    lists_group,
+    ingest_command,
+    retract_command,
+    restore_command,
+    retracted_command,
+    match_command,
+    index_group,
+    tenants_group,
+    audit_command,
+]
