@@ -855,7 +855,12 @@ def match_record(path: str, m: MatchRow) -> dict:
 
 
 def write_jsonl_atomically(path: str | Path, records: Iterable[dict]) -> None:
-    """Write to ``path.tmp`` then rename: a reader never sees half a report."""
+    """Write to ``path.tmp`` then rename: a reader never sees half a report. ``-`` = stdout."""
+    if str(path) == "-":
+        for rec in records:
+            sys.stdout.write(json.dumps(rec) + "\n")
+        sys.stdout.flush()
+        return
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:

@@ -1,7 +1,202 @@
-"""CLI verbs for this area (filled in by its issue's work)."""
+"""CLI verbs for batch scans: ``hashmatch scan`` and ``hashmatch rescan``.
+
+Thin skins over :func:`hashmatch.engine.scan.scan` and
+:func:`hashmatch.engine.rescan.rescan`: parse options, open the catalog and the
+matcher (local data dir or ``--server``), call the library, print the summary.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from hashmatch.engine.errors import HashmatchError
+
+DEFAULT_DATA_DIR = "./hashmatch-data"
+
+
+def _catalog_path(data_dir: str, catalog: str | None) -> Path:
+    return Path(catalog) if catalog else Path(data_dir) / "catalog.sqlite"
+
+
+def _print_summary(summary: dict) -> None:
+    click.echo(json.dumps(summary, sort_keys=False), err=True)
+
+
+@click.command("scan")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@click.option(
+    "--from-list",
+    "from_list",
+    type=click.File("r", encoding="utf-8"),
+    help="File of paths or file:// URIs, one a line ('-' = stdin).",
+)
+@click.option("--types", default="pdq,md5", show_default=True, help="Comma-separated signal types.")
+@click.option(
+    "--data-dir",
+    default=lambda: os.environ.get("HASHMATCH_DATA_DIR", DEFAULT_DATA_DIR),
+    show_default="$HASHMATCH_DATA_DIR or ./hashmatch-data",
+    help="Local store to match against (and default catalog location).",
+)
+@click.option("--catalog", help="Catalog database [default: DATA_DIR/catalog.sqlite].")
+@click.option("--server", help="Match through a running server (host:port) instead of locally.")
+@click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token for --server.")
+@click.option("--tls", is_flag=True, help="Use TLS to reach --server.")
+@click.option(
+    "--out",
+    "out",
+    default="-",
+    show_default=True,
+    help="Report (JSONL: match and failure records, then a summary); '-' = stdout.",
+)
+@click.option("--workers", type=int, help="Hashing processes [default: all cores; 0 = inline].")
+@click.option("--batch-size", default=256, show_default=True, help="Files per match/commit.")
+@click.option("--threshold", type=int, help="Match distance [default: the type's].")
+@click.option("--list", "lists", multiple=True, help="Only these hash lists (repeatable).")
+@click.option("--dihedral", is_flag=True, help="PDQ: also match rotated/flipped copies.")
+@click.option(
+    "--max-bytes", default=256 * 1024 * 1024, show_default=True, help="Skip larger files."
+)
+@click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links.")
+@click.option("--no-match", is_flag=True, help="Only hash into the catalog; no lookups.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar [default: on a terminal; log lines otherwise].",
+)
+def scan_command(
+    paths,
+    from_list,
+    types,
+    data_dir,
+    catalog,
+    server,
+    token,
+    tls,
+    out,
+    workers,
+    batch_size,
+    threshold,
+    lists,
+    dihedral,
+    max_bytes,
+    no_follow_symlinks,
+    no_match,
+    progress,
+) -> None:
+    """Hash every file under PATHS (or in --from-list) and report matches.
+
+    \b
+      hashmatch scan /srv/media --types pdq,md5 --out report.jsonl
+      find /srv/media -name '*.jpg' | hashmatch scan --from-list - --workers 4
+      hashmatch scan /srv/media --server 127.0.0.1:50051 --out report.jsonl
+
+    Files are recorded in the catalog: a re-run (or a run resumed after a crash)
+    skips unchanged files and writes the same report.
+    """
+    from hashmatch.engine.catalog import Catalog
+    from hashmatch.engine.scan import LocalMatcher, RemoteMatcher, ScanOptions, scan
+
+    if not paths and from_list is None:
+        raise click.UsageError("give PATHS or --from-list")
+    type_list = tuple(t.strip().lower() for t in types.split(",") if t.strip())
+    matcher = None
+    try:
+        options = ScanOptions(
+            types=type_list,
+            workers=workers,
+            batch_size=batch_size,
+            follow_symlinks=not no_follow_symlinks,
+            max_bytes=max_bytes,
+            dihedral=dihedral,
+            progress=progress,
+        )
+        if no_match:
+            matcher = None
+        elif server:
+            from hashmatch.server.client import HashmatchClient
+
+            client = HashmatchClient(server, token=token, tls=tls)
+            client.wait_until_serving(timeout=60)
+            matcher = RemoteMatcher(client, threshold=threshold, lists=lists)
+        else:
+            matcher = LocalMatcher.open(data_dir, threshold=threshold, lists=lists)
+        with Catalog(_catalog_path(data_dir, catalog)) as cat:
+            summary = scan(
+                paths,
+                catalog=cat,
+                matcher=matcher,
+                from_list=from_list,
+                report=out,
+                options=options,
+            )
+    except HashmatchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        if matcher is not None:
+            matcher.close()
+    _print_summary(summary.as_dict())
+
+
+@click.command("rescan")
+@click.option(
+    "--since",
+    default="last",
+    show_default=True,
+    help="'last' (since the previous rescan), 'all', or a store change number.",
+)
+@click.option(
+    "--data-dir",
+    default=lambda: os.environ.get("HASHMATCH_DATA_DIR", DEFAULT_DATA_DIR),
+    show_default="$HASHMATCH_DATA_DIR or ./hashmatch-data",
+    help="The local store whose new signals are matched.",
+)
+@click.option("--catalog", help="Catalog database [default: DATA_DIR/catalog.sqlite].")
+@click.option("--threshold", type=int, help="Match distance [default: the type's].")
+@click.option("--out", "out", default="-", show_default=True, help="Report (JSONL); '-' = stdout.")
+def rescan_command(since, data_dir, catalog, threshold, out) -> None:
+    """Match the catalog of scanned files against signals added since the last rescan.
+
+    \b
+      hashmatch ingest partner.csv --list partner-a
+      hashmatch rescan --out new-matches.jsonl
+
+    No file is re-hashed: the catalog's hashes are indexed and queried with only
+    the new signals. Matches whose signal was retracted since are reported as
+    retractions.
+    """
+    from hashmatch.engine.catalog import Catalog
+    from hashmatch.engine.rescan import rescan
+    from hashmatch.engine.store import SignalStore
+
+    if since == "last":
+        since_seq = None
+    elif since == "all":
+        since_seq = 0
+    else:
+        try:
+            since_seq = int(since)
+        except ValueError:
+            raise click.BadParameter("'last', 'all' or an integer", param_hint="--since") from None
+    path = _catalog_path(data_dir, catalog)
+    if not path.exists():
+        raise click.ClickException(f"no catalog at {path}: run `hashmatch scan` first")
+    store_path = Path(data_dir) / "store.sqlite"
+    if not store_path.exists():
+        raise click.ClickException(f"no hashmatch store in {data_dir}")
+    try:
+        store = SignalStore(store_path, create=False)
+        try:
+            with Catalog(path) as cat:
+                result = rescan(cat, store, since=since_seq, threshold=threshold, report=out)
+        finally:
+            store.close()
+    except HashmatchError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _print_summary(result.summary.as_dict())
+
+
+COMMANDS: list[click.Command] = [scan_command, rescan_command]
