@@ -78,9 +78,9 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
                 left = context.time_remaining()
                 code = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
             seconds = time.perf_counter() - started
-            host.metrics.requests.labels(name, code).inc()
-            host.metrics.latency.labels(name).observe(seconds)
-            host.metrics.inflight.dec()
+            host.metrics.finished(name, code, seconds)
+            if not access_log.isEnabledFor(logging.INFO):
+                return
             record = {
                 "method": name,
                 "tenant": call.principal.tenant if call else None,

@@ -41,6 +41,17 @@ class Metrics:
             "hashmatch_index_signals", "Signals in the live index", registry=self.registry
         )
         self._http = None
+        self._children: dict[tuple[str, str], tuple] = {}
+
+    def finished(self, method: str, code: str, seconds: float) -> None:
+        """Count one finished RPC (label children cached: this runs on every call)."""
+        children = self._children.get((method, code))
+        if children is None:
+            children = (self.requests.labels(method, code), self.latency.labels(method))
+            self._children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        self.inflight.dec()
 
     def track_index_size(self, count: Callable[[], float]) -> None:
         """Read the index size on every scrape (cheap engine call)."""

@@ -81,11 +81,18 @@ def _remote(served, *args: str, tenant: str = "ops", input: str | None = None):
 
 def test_remote_verbs(served, tmp_path):
     hashes = tmp_path / "hashes.csv"
-    hashes.write_text(f"# a comment\n{HEX}\npdq,{'0' * 64},label-a;label-b,ext-1\npdq,zz\n")
+    hashes.write_text(
+        "signal_type,signal_value,labels,external_id\n"
+        f"pdq,{HEX},,\npdq,{'0' * 64},label-a;label-b,ext-1\npdq,zz,,\n"
+    )
     result = _remote(served, "ingest", "cli-list", str(hashes), "--source", "test")
     assert result.exit_code == 0, result.output
     ingest = json.loads(result.output)
     assert ingest["added"] == "2" and ingest["rejected"] == "1"
+    plain = tmp_path / "plain.txt"
+    plain.write_text(f"{HEX}\n")
+    result = _remote(served, "ingest", "cli-plain", str(plain), "--format", "hex")
+    assert json.loads(result.output)["added"] == "1"
 
     result = _remote(served, "match", f"pdq:{HEX}", "0" * 64)
     assert result.exit_code == 0, result.output

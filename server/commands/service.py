@@ -273,44 +273,62 @@ def remote_hash(client, files, signal_types, dihedral) -> None:
         click.echo(json.dumps(data, sort_keys=True))
 
 
-def _read_signals(path: str, default_type: str):
-    """Lines ``HEX`` or ``TYPE,HEX[,LABEL;LABEL[,EXTERNAL_ID]]``; '#' starts a comment."""
+def _read_signals(path: str, fmt: str | None, default_type: str):
+    """Parse FILE with the store's parsers (same formats as ``hashmatch ingest``).
+
+    Returns (signals, local rejections): lines that do not even parse stay here.
+    """
+    from hashmatch.engine.ingest import read_records
+    from hashmatch.engine.store import Rejection
     from hashmatch.server.client import signal
 
-    stream = sys.stdin if path == "-" else open(path)  # noqa: SIM115
-    with stream:
-        for line in stream:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            parts = [p.strip() for p in line.split(",")]
-            if len(parts) == 1:
-                yield signal(default_type, parts[0])
-                continue
-            labels = [x for x in (parts[2].split(";") if len(parts) > 2 else []) if x]
-            external = parts[3] if len(parts) > 3 else ""
-            yield signal(parts[0], parts[1], labels=labels, external_id=external)
+    signals, rejected = [], []
+    for item in read_records(path, format=fmt, signal_type=default_type):
+        if isinstance(item, Rejection):
+            rejected.append(str(item))
+        elif item.frames is not None:
+            rejected.append(f"line {item.line}: vPDQ ingest over gRPC is not supported yet")
+        else:
+            pb = signal(
+                item.signal_type,
+                item.hash_hex,
+                labels=item.labels,
+                external_id=item.external_id or "",
+            )
+            if item.quality is not None:
+                pb.hash.quality = item.quality
+            signals.append(pb)
+    return signals, rejected
 
 
 @remote.command("ingest")
 @click.argument("list_name")
 @click.argument("file", type=click.Path(allow_dash=True))
-@click.option("--type", "signal_type", default="pdq", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "hex"]), default=None,
+              help="Default: detected from the file.")  # fmt: skip
+@click.option("--type", "signal_type", default="pdq", show_default=True, help="For hex files.")
 @click.option("--source", default="")
 @click.option("--strict", is_flag=True, help="Reject the whole batch if any line is bad.")
 @click.option("--batch-size", type=int, default=1000, show_default=True)
 @click.pass_obj
 @_rpc
-def remote_ingest(client, list_name, file, signal_type, source, strict, batch_size) -> None:
-    """Add the signals in FILE ('-' = stdin) to LIST_NAME.
+def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, batch_size) -> None:
+    """Add the signals in FILE ('-' = stdin) to LIST_NAME on the server.
 
     \b
-    FILE lines: HEX (of --type) or TYPE,HEX[,LABEL;LABEL[,EXTERNAL_ID]]
+    FILE: the formats `hashmatch ingest` reads (jsonl, csv with signal_type and
+    signal_value columns, or one hex hash a line with --type).
     Example:
       hashmatch remote ingest partner-a hashes.csv --source partner-a-2026-11
     """
-    signals = list(_read_signals(file, signal_type))
-    _emit(client.ingest(list_name, signals, source=source, strict=strict, batch_size=batch_size))
+    signals, rejected = _read_signals(file, fmt, signal_type)
+    if strict and rejected:
+        raise click.ClickException(f"refused (strict): {rejected[0]}")
+    reply = client.ingest(list_name, signals, source=source, strict=strict, batch_size=batch_size)
+    data = MessageToDict(reply, preserving_proto_field_name=True)
+    if rejected:
+        data["unparsed"] = rejected
+    click.echo(json.dumps(data, sort_keys=True))
 
 
 @remote.command("retract")
