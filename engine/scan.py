@@ -103,20 +103,19 @@ def _walk_one(
     root: str, follow: bool, max_bytes: int, visited: set[tuple[int, int]]
 ) -> Iterator[Entry]:
     stack = [root]
-    first = True
     while stack:
         path = stack.pop()
         try:
-            st = os.stat(path, follow_symlinks=follow)
+            st = os.stat(path, follow_symlinks=follow or path == root)
         except OSError as exc:
             yield _stat_failure(path, exc)
+            continue
+        if stat.S_ISLNK(st.st_mode):  # only when not following: skipped, like `find -P`
             continue
         if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
             if key in visited:
                 yield Entry(path, reason="symlink-loop", error="directory already visited")
-                continue
-            if not first and not follow and os.path.islink(path):
                 continue
             visited.add(key)
             try:
@@ -131,12 +130,9 @@ def _walk_one(
             # reversed so the stack pops in sorted order (deterministic walks)
             stack.extend(os.path.join(path, n) for n in reversed(names))
         elif stat.S_ISREG(st.st_mode):
-            if not follow and not first and os.path.islink(path):
-                continue
             yield _file_entry(path, st, max_bytes)
         else:
             yield Entry(path, reason="not-a-file", error="not a regular file")
-        first = False
 
 
 def _file_entry(path: str, st: os.stat_result, max_bytes: int) -> Entry:

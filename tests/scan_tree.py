@@ -1,0 +1,98 @@
+"""A generated tree of benign images for the scan tests (shared by test_scan*.py, test_rescan.py).
+
+Originals come from scikit-image's bundled sample images; the tree holds exact copies,
+near-duplicates (re-encoded, resized, mirrored), unrelated images and broken files.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from skimage import data
+
+from hashmatch.engine.hashing import hash_media
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import SignalRecord
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _small(rgb: np.ndarray, width: int = 256) -> np.ndarray:
+    im = Image.fromarray(rgb)
+    h = round(im.height * width / im.width)
+    return np.asarray(im.resize((width, h), Image.Resampling.LANCZOS))
+
+
+ORIGINALS = {
+    "astronaut": lambda: _small(data.astronaut()),
+    "coffee": lambda: _small(data.coffee()),
+    "chelsea": lambda: _small(data.chelsea()),
+    "rocket": lambda: _small(data.rocket()),
+}
+
+
+@dataclass
+class Tree:
+    root: Path  # the scanned directory
+    originals: dict[str, bytes]  # name -> PNG bytes (not inside root)
+
+
+def build_tree(base: Path) -> Tree:
+    """Write the tree under ``base/tree``; returns it with the originals' bytes."""
+    originals = {name: _png(make()) for name, make in ORIGINALS.items()}
+    pixels = {
+        name: np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for name, b in originals.items()
+    }
+    root = base / "tree"
+    files: dict[str, bytes] = {
+        "exact/astronaut-copy.png": originals["astronaut"],
+        "exact/coffee-copy.png": originals["coffee"],
+        "near/astronaut-q60.jpg": _jpeg(pixels["astronaut"], 60),
+        "near/coffee-half.png": _png(_small(pixels["coffee"], 128)),
+        "near/chelsea-q80.jpg": _jpeg(pixels["chelsea"], 80),
+        "near/astronaut-mirror.png": _png(np.ascontiguousarray(pixels["astronaut"][:, ::-1])),
+        "unrelated/rocket.png": originals["rocket"],
+        "unrelated/moon.png": _png(_small(np.stack([data.moon()] * 3, axis=-1))),
+        "broken/empty.jpg": b"",
+        "broken/truncated.jpg": _jpeg(pixels["chelsea"], 90)[:700],
+        "broken/garbage.png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
+    }
+    for rel, blob in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(blob)
+    os.symlink("..", root / "exact" / "loop")  # a directory symlink back up: a loop
+    os.symlink("does-not-exist.png", root / "broken" / "dangling.png")
+    return Tree(root, originals)
+
+
+def ingest_originals(data_dir: Path, tree: Tree, names, *, list_name: str, md5: bool = True):
+    """Ingest PDQ (and MD5) of the named originals; returns {(name, type): signal id}."""
+    records = []
+    for name in names:
+        hashes = {h.signal_type: h.hex for h in hash_media(tree.originals[name], ["pdq", "md5"])}
+        records.append(SignalRecord("pdq", hashes["pdq"], labels=(name,), external_id=name))
+        if md5:
+            records.append(SignalRecord("md5", hashes["md5"], labels=(name,), external_id=name))
+    with Engine.open(data_dir, eager=False) as engine:
+        report = engine.ingest(records, list_name=list_name)
+        assert report.rejected == 0, report
+        ids = {}
+        for info in engine.store.signals(list_name=list_name, limit=100_000):
+            ids[(info.external_id, info.signal_type)] = info.id
+    return ids

@@ -1,0 +1,252 @@
+"""hashmatch scan: a generated tree of benign images -> exactly the expected report.
+
+Real components throughout: real images decoded and hashed in real worker processes,
+a real SQLite store and catalog, the engine's real FAISS-backed index.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from scan_tree import build_tree, ingest_originals
+
+from hashmatch.engine import errors
+from hashmatch.engine.catalog import Catalog
+from hashmatch.engine.hashing import HashOptions, hash_media
+from hashmatch.engine.scan import LocalMatcher, ScanOptions, read_list, scan
+from hashmatch.server.cli import cli
+
+
+def _reason_for_text() -> str:
+    """How the hasher classifies a plain-text file (typed error -> scan reason)."""
+    try:
+        hash_media(b"hello, not an image\n", ["pdq"])
+    except errors.UnsupportedMedia:
+        return "unsupported"
+    except errors.CorruptMedia:
+        return "corrupt"
+    raise AssertionError("text must not hash as an image")
+
+
+def _read(report: Path) -> tuple[list[dict], list[dict], dict]:
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    assert records[-1]["kind"] == "summary"
+    matches = [r for r in records if r["kind"] == "match"]
+    failures = [r for r in records if r["kind"] == "failure"]
+    return matches, failures, records[-1]
+
+
+def _hamming(a: str, b: str) -> int:
+    x = np.frombuffer(bytes.fromhex(a), np.uint8) ^ np.frombuffer(bytes.fromhex(b), np.uint8)
+    return int(np.unpackbits(x).sum())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("scan")
+    tree = build_tree(base)
+    (tree.root / "broken" / "notes.txt").write_text("hello, not an image\n")
+    ids = ingest_originals(
+        base / "data", tree, ["astronaut", "coffee", "chelsea"], list_name="partner"
+    )
+    return base, tree, ids
+
+
+def _expected_failures(root: Path) -> dict[str, str]:
+    return {
+        str(root / "broken/empty.jpg"): "empty",
+        str(root / "broken/truncated.jpg"): "corrupt",
+        str(root / "broken/garbage.png"): "corrupt",
+        str(root / "broken/notes.txt"): _reason_for_text(),
+        str(root / "broken/dangling.png"): "broken-symlink",
+        str(root / "exact/loop"): "symlink-loop",
+    }
+
+
+def test_tree_gives_exactly_the_expected_report(world, tmp_path):
+    base, tree, ids = world
+    root = tree.root
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    matcher = LocalMatcher.open(base / "data")
+    report = tmp_path / "report.jsonl"
+    summary = scan(
+        [root],
+        catalog=catalog,
+        matcher=matcher,
+        report=report,
+        options=ScanOptions(workers=2, batch_size=3, progress=False),
+    )
+    matches, failures, last = _read(report)
+
+    # exactly these (file, type, signal) triples, in path order
+    expected = [
+        ("exact/astronaut-copy.png", "md5", ids[("astronaut", "md5")]),
+        ("exact/astronaut-copy.png", "pdq", ids[("astronaut", "pdq")]),
+        ("exact/coffee-copy.png", "md5", ids[("coffee", "md5")]),
+        ("exact/coffee-copy.png", "pdq", ids[("coffee", "pdq")]),
+        ("near/astronaut-q60.jpg", "pdq", ids[("astronaut", "pdq")]),
+        ("near/chelsea-q80.jpg", "pdq", ids[("chelsea", "pdq")]),
+        ("near/coffee-half.png", "pdq", ids[("coffee", "pdq")]),
+    ]
+    got = [(str(Path(m["file"]).relative_to(root)), m["type"], m["signal_id"]) for m in matches]
+    assert got == expected
+    for m in matches:
+        assert m["list"] == "partner"
+        assert m["labels"] == [m["external_id"]]
+        # the reported hash is the file's hash and the distance is the true distance
+        (fresh,) = hash_media(m["file"], [m["type"]])
+        assert m["hash"] == fresh.hex
+        assert m["distance"] == _hamming(m["hash"], m["signal_hash"])
+        if "/exact/" in m["file"]:
+            assert m["distance"] == 0
+        elif m["type"] == "pdq":
+            assert 0 < m["distance"] <= 31
+    assert {f["file"]: f["reason"] for f in failures} == _expected_failures(root)
+    assert all(f["error"] for f in failures)
+
+    assert last["seen"] == 14 == summary.seen  # 12 files + 2 symlinks
+    assert last["hashed"] == 8
+    assert last["failed"] == 6 and last["matches"] == 7 and last["matched_files"] == 5
+    assert last["skipped_unchanged"] == 0
+    assert last["elapsed_s"] > 0 and last["files_per_s"] > 0
+    stats = catalog.stats()
+    assert stats["hashes"] == {"pdq": 8, "md5": 8}
+    matcher.close()
+    catalog.close()
+
+
+def test_rerun_skips_unchanged_files_and_rehashes_changed_ones(world, tmp_path):
+    base, tree, ids = world
+    root = tree.root
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    matcher = LocalMatcher.open(base / "data")
+    opts = ScanOptions(workers=0, progress=False)
+    first = scan(
+        [root], catalog=catalog, matcher=matcher, report=tmp_path / "1.jsonl", options=opts
+    )
+    calls = catalog.counter("hash_calls")
+    second = scan(
+        [root], catalog=catalog, matcher=matcher, report=tmp_path / "2.jsonl", options=opts
+    )
+    assert second.hashed == 0 and catalog.counter("hash_calls") == calls
+    assert second.skipped_unchanged == first.hashed + 3  # + known-bad (corrupt/unsupported)
+    strip = lambda p: [x for x in p.read_text().splitlines() if '"summary"' not in x]  # noqa: E731
+    assert strip(tmp_path / "1.jsonl") == strip(tmp_path / "2.jsonl")
+
+    # a changed file (new bytes, new mtime) is hashed again and re-matched
+    victim = root / "unrelated" / "rocket.png"
+    original = victim.read_bytes()
+    try:
+        victim.write_bytes(tree.originals["chelsea"])
+        third = scan([root], catalog=catalog, matcher=matcher, report=tmp_path / "3.jsonl",
+                     options=opts)  # fmt: skip
+        assert third.hashed == 1
+        matches, _, _ = _read(tmp_path / "3.jsonl")
+        rocket = [m for m in matches if m["file"] == str(victim)]
+        assert {(m["type"], m["signal_id"], m["distance"]) for m in rocket} == {
+            ("pdq", ids[("chelsea", "pdq")], 0),
+            ("md5", ids[("chelsea", "md5")], 0),
+        }
+    finally:
+        victim.write_bytes(original)
+    matcher.close()
+    catalog.close()
+
+
+def test_dihedral_scan_matches_the_mirrored_copy(world, tmp_path):
+    base, tree, ids = world
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    matcher = LocalMatcher.open(base / "data")
+    scan([tree.root / "near"], catalog=catalog, matcher=matcher, report=tmp_path / "r.jsonl",
+         options=ScanOptions(workers=1, dihedral=True, progress=False))  # fmt: skip
+    matches, _, _ = _read(tmp_path / "r.jsonl")
+    mirror = [m for m in matches if m["file"].endswith("astronaut-mirror.png")]
+    assert len(mirror) == 1
+    assert mirror[0]["signal_id"] == ids[("astronaut", "pdq")]
+    assert mirror[0]["variant"] != 0 and mirror[0]["distance"] <= 31
+    (h,) = hash_media(mirror[0]["file"], ["pdq"], HashOptions(dihedral=True))
+    assert h.codes.shape[0] == 8
+    assert mirror[0]["hash"] == h.codes[mirror[0]["variant"]].tobytes().hex()
+    catalog.close()
+    matcher.close()
+
+
+def test_from_list_reads_paths_and_file_uris(world, tmp_path):
+    base, tree, _ids = world
+    root = tree.root
+    listing = tmp_path / "list.txt"
+    listing.write_text(
+        "# stored media\n"
+        f"{root / 'exact/astronaut-copy.png'}\n"
+        f"file://{(root / 'near/coffee-half.png').as_posix()}\n"
+        "\n"
+        f"{root / 'exact/astronaut-copy.png'}\n"  # listed twice: scanned once
+        "https://example.com/a.jpg\n"
+        f"{root / 'missing.png'}\n"
+    )
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    matcher = LocalMatcher.open(base / "data")
+    with open(listing) as fh:
+        summary = scan(catalog=catalog, matcher=matcher, from_list=fh, report=tmp_path / "r.jsonl",
+                       options=ScanOptions(workers=0, progress=False))  # fmt: skip
+    matches, failures, _ = _read(tmp_path / "r.jsonl")
+    assert summary.seen == 4
+    assert sorted({m["file"] for m in matches}) == [
+        str(root / "exact/astronaut-copy.png"),
+        str(root / "near/coffee-half.png"),
+    ]
+    assert {f["file"]: f["reason"] for f in failures} == {
+        "https://example.com/a.jpg": "unsupported",
+        str(root / "missing.png"): "not-found",
+    }
+    catalog.close()
+    matcher.close()
+
+
+def test_read_list_walks_listed_directories():
+    root = Path(__file__).parent
+    entries = list(read_list([str(root / "conftest.py"), f"file://{root}"]))
+    paths = [e.path for e in entries]
+    assert paths[0] == str(root / "conftest.py")
+    assert str(root / "test_scan.py") in paths
+
+
+def test_too_large_files_are_recorded_not_read(world, tmp_path):
+    _base, tree, _ = world
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    summary = scan([tree.root / "unrelated"], catalog=catalog, matcher=None,
+                   report=tmp_path / "r.jsonl",
+                   options=ScanOptions(workers=0, max_bytes=1000, progress=False))  # fmt: skip
+    _, failures, _ = _read(tmp_path / "r.jsonl")
+    assert summary.hashed == 0
+    assert [f["reason"] for f in failures] == ["too-large", "too-large"]
+    assert catalog.counter("hash_calls") == 0
+    catalog.close()
+
+
+def test_cli_scan_writes_report_and_summary(world, tmp_path):
+    base, tree, _ids = world
+    out = tmp_path / "report.jsonl"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "scan", str(tree.root / "exact"), "--data-dir", str(base / "data"),
+            "--catalog", str(tmp_path / "c.sqlite"), "--types", "pdq,md5",
+            "--workers", "1", "--out", str(out), "--no-progress", "--no-follow-symlinks",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    matches, _failures, summary = _read(out)
+    assert len(matches) == 4 and summary["seen"] == 2  # exact/loop is not followed
+    assert json.loads(result.output.strip().splitlines()[-1])["matches"] == 4
+
+    bad = CliRunner().invoke(cli, ["scan", str(tree.root), "--types", "pdq,nope",
+                                   "--data-dir", str(base / "data"),
+                                   "--catalog", str(tmp_path / "c.sqlite")])  # fmt: skip
+    assert bad.exit_code != 0 and "unknown signal type 'nope'" in bad.output
+    none = CliRunner().invoke(cli, ["scan"])
+    assert none.exit_code != 0 and "PATHS or --from-list" in none.output
