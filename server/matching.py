@@ -143,14 +143,20 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
                 results[positions[row]].skipped_low_quality = True
         if not keep:
             continue
-        per_query = engine.match(
-            name,
-            codes[keep] if len(keep) != len(codes) else codes,
-            tenant=tenant,
-            threshold=convert.threshold_for(name, threshold),
-            lists=lists,
-            max_results=max_results,
-        )
+        rows = codes[keep] if len(keep) != len(codes) else codes
+        radius = convert.threshold_for(name, threshold)
+        if name == "vpdq":
+            # The engine reads vPDQ rows as the frames of ONE video; here each hash is
+            # its own query (a one-frame video). Whole videos go in as media.
+            per_query = [
+                engine.match(name, row[None, :], tenant=tenant, threshold=radius,
+                             lists=lists, max_results=max_results)[0]
+                for row in rows
+            ]  # fmt: skip
+        else:
+            per_query = engine.match(
+                name, rows, tenant=tenant, threshold=radius, lists=lists, max_results=max_results
+            )
         host.metrics.queries.labels(name).inc(len(keep))
         for row, found in zip(keep, per_query, strict=True):
             position = positions[row]

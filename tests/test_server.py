@@ -393,3 +393,46 @@ def test_rebuild_under_lookup_load_fails_no_lookup(served, ops):
     assert len(during) >= 10, f"only {len(during)} lookups overlapped the rebuilds"
     kinds = [o for _, o in outcomes]
     assert set(kinds) == {"ok"}, {o: kinds.count(o) for o in set(kinds)}
+
+
+def test_writer_tenant_writes_only_lists_granted_for_writing(served, ops):
+    ops.ingest("writable", [signal("pdq", _codes(1, seed=9)[0].tobytes().hex())])
+    ops.ingest("read-only", [signal("pdq", _codes(1, seed=10)[0].tobytes().hex())])
+    store = served.engine.store
+    store.create_tenant("writer", exist_ok=True)
+    store.grant("writer", "writable", write=True)
+    store.grant("writer", "read-only")
+    writer = served.client("writer", retries=0)
+    new = _codes(1, seed=11)[0].tobytes().hex()
+    assert writer.ingest("writable", [signal("pdq", new)]).added == 1
+    assert writer.match([("pdq", new)]).results[0].matches[0].list_name == "writable"
+    with pytest.raises(grpc.RpcError) as err:
+        writer.ingest("read-only", [signal("pdq", new)])
+    assert _code(err) is grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as err:
+        writer.ingest("tenant-private-or-absent", [signal("pdq", new)])
+    assert _code(err) is grpc.StatusCode.NOT_FOUND
+
+
+def test_other_signal_types_md5_and_vpdq_hashes(ops):
+    md5 = "d41d8cd98f00b204e9800998ecf8427e"
+    frame = _codes(1, seed=12)[0]
+    ops.ingest("types", [signal("md5", md5)])
+    reply = ops.match([("md5", md5), ("md5", "0" * 32)], threshold=31, lists=["types"])
+    assert [len(r.matches) for r in reply.results] == [1, 0]
+    # A vPDQ hash value is one frame; with no stored videos it simply finds nothing.
+    assert not ops.match([("vpdq", frame.tobytes())]).results[0].matches
+
+
+def test_one_access_log_line_per_request(ops, caplog):
+    with caplog.at_level("INFO", logger="hashmatch.access"):
+        ops.match([("pdq", "00" * 32)])
+        with pytest.raises(grpc.RpcError):
+            ops.match([("pdq", "00")])
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "hashmatch.access"]
+    assert [(r["method"], r["status"], r["tenant"]) for r in records] == [
+        ("Match", "OK", "ops"),
+        ("Match", "INVALID_ARGUMENT", "ops"),
+    ]
+    assert all(r["ms"] >= 0 and r["peer"] for r in records)
+    assert "hashes[0].hex" in records[1]["error"]

@@ -264,3 +264,30 @@ def test_reflection_lists_services_and_a_generic_client_can_call(tmp_path):
         finally:
             channel.close()
             gate.set()
+
+
+def test_more_calls_than_max_concurrent_rpcs_are_refused(tmp_path):
+    gate = threading.Event()
+    big = _png((2500, 2500))
+    with running_server(
+        tmp_path,
+        tenants=ADMIN,
+        engine_factory=_held_engine(gate),
+        wait=False,
+        max_concurrent_rpcs=2,
+        media_workers=2,
+    ) as ts:
+        client = ts.client("admin", retries=0)
+
+        def one(_):
+            try:
+                client.hash([big], timeout=30)
+                return "OK"
+            except grpc.RpcError as exc:
+                return exc.code().name
+
+        with ThreadPoolExecutor(5) as pool:
+            codes = list(pool.map(one, range(5)))
+        assert "RESOURCE_EXHAUSTED" in codes and "OK" in codes, codes
+        assert client.hash([_jpeg()]).items
+        gate.set()
