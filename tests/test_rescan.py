@@ -1,0 +1,147 @@
+"""Retroactive matching: new signals find exactly the new matches, without re-hashing.
+
+"Without re-hashing" is measured two ways: the catalog's ``hash_calls`` counter (bumped
+by the scanner for every file it hashes) does not move, and the hashing and decoding
+entry points are replaced by tripwires that fail the test if anything calls them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+from scan_tree import build_tree, ingest_originals
+
+import hashmatch.engine.decode as decode_module
+import hashmatch.engine.hashing as hashing_module
+from hashmatch.engine.catalog import Catalog
+from hashmatch.engine.rescan import rescan
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.scan import LocalMatcher, ScanOptions, scan
+from hashmatch.server.cli import cli
+
+
+def _triples(rows, paths):
+    return sorted((paths[m.file_id], m.signal_type, m.signal_id) for m in rows)
+
+
+def test_rescan_finds_exactly_the_new_matches_without_rehashing(tmp_path, monkeypatch):
+    tree = build_tree(tmp_path)
+    root = tree.root
+    data_dir = tmp_path / "data"
+    first = ingest_originals(data_dir, tree, ["astronaut"], list_name="early")
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    matcher = LocalMatcher.open(data_dir)
+    scan([root], catalog=catalog, matcher=matcher, report=tmp_path / "scan.jsonl",
+         options=ScanOptions(workers=1, progress=False))  # fmt: skip
+    matcher.close()
+    # the first rescan catches up with everything (the scan already found it: nothing new)
+    caught_up = rescan(catalog, Engine.open(data_dir, eager=False).store)
+    assert caught_up.new == [] and caught_up.retracted == []
+    hash_calls = catalog.counter("hash_calls")
+    assert hash_calls == 10  # 8 images + the garbage and truncated files reached a hasher
+
+    # a partner shares new hashes (chelsea, rocket) and astronaut's MD5 is retracted
+    later = ingest_originals(data_dir, tree, ["chelsea", "rocket"], list_name="later")
+    with Engine.open(data_dir, eager=False) as engine:
+        assert engine.retract(list_name="early", signal_ids=[first[("astronaut", "md5")]]) == 1
+        store_path = engine.store.path
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a rescan must not hash or decode media")
+
+    monkeypatch.setattr(hashing_module, "hash_media", boom)
+    monkeypatch.setattr(decode_module, "decode_image", boom)
+    from hashmatch.engine.store import SignalStore
+
+    store = SignalStore(store_path, create=False)
+    result = rescan(catalog, store, report=tmp_path / "rescan.jsonl")
+    paths = dict(catalog.conn.execute("SELECT id, path FROM files"))
+    assert _triples(result.new, paths) == [
+        (str(root / "near/chelsea-q80.jpg"), "pdq", later[("chelsea", "pdq")]),
+        (str(root / "unrelated/rocket.png"), "md5", later[("rocket", "md5")]),
+        (str(root / "unrelated/rocket.png"), "pdq", later[("rocket", "pdq")]),
+    ]
+    assert [(paths[r.match.file_id], r.match.signal_type, r.reason) for r in result.retracted] == [
+        (str(root / "exact/astronaut-copy.png"), "md5", "retracted")
+    ]
+    assert catalog.counter("hash_calls") == hash_calls  # nothing was hashed
+    s = result.summary
+    assert s.new_signals == {"md5": 2, "pdq": 2} and s.removed_signals == 1
+    assert s.new_matches == 3 and s.retractions == 1
+
+    records = [json.loads(x) for x in (tmp_path / "rescan.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["match", "match", "match", "retraction", "summary"]
+    chelsea = records[0]
+    assert chelsea["list"] == "later" and chelsea["labels"] == ["chelsea"]
+    assert 0 < chelsea["distance"] <= 31
+
+    # nothing changed since: the next rescan reads no catalog hashes at all
+    again = rescan(catalog, store)
+    assert again.new == [] and again.retracted == []
+    assert again.summary.new_signals == {} and again.summary.catalog_hashes_indexed == {}
+    store.close()
+    monkeypatch.undo()
+
+    # the catalog now knows exactly what a fresh full scan against the new store finds
+    fresh = Catalog(tmp_path / "fresh.sqlite")
+    matcher = LocalMatcher.open(data_dir)
+    scan([root], catalog=fresh, matcher=matcher, options=ScanOptions(workers=0, progress=False))
+    matcher.close()
+
+    def everything(cat):
+        return sorted(
+            cat.conn.execute(
+                "SELECT f.path, m.signal_type, m.signal_id, m.distance, m.list_name "
+                "FROM matches m JOIN files f ON f.id = m.file_id"
+            )
+        )
+
+    assert everything(catalog) == everything(fresh)
+    fresh.close()
+    catalog.close()
+
+
+def test_rescan_reports_list_disable_and_since_all(tmp_path):
+    tree = build_tree(tmp_path)
+    data_dir = tmp_path / "data"
+    ingest_originals(data_dir, tree, ["coffee"], list_name="partner")
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    scan([tree.root / "exact"], catalog=catalog, matcher=None,
+         options=ScanOptions(workers=0, progress=False, follow_symlinks=False))  # fmt: skip
+    with Engine.open(data_dir, eager=False) as engine:
+        everything = rescan(catalog, engine.store, since=0)
+        assert sorted((m.signal_type, m.distance) for m in everything.new) == [
+            ("md5", 0),
+            ("pdq", 0),
+        ]
+        engine.store.set_list_enabled("partner", False)
+        gone = rescan(catalog, engine.store)
+        assert sorted(r.reason for r in gone.retracted) == ["list-disabled", "list-disabled"]
+        assert catalog.stats()["matches"] == 0
+    catalog.close()
+
+
+def test_cli_rescan(tmp_path):
+    tree = build_tree(tmp_path)
+    data_dir = tmp_path / "data"
+    runner = CliRunner()
+    scanned = runner.invoke(cli, ["scan", str(tree.root / "unrelated"), "--data-dir",
+                                  str(data_dir), "--workers", "0", "--no-match",
+                                  "--out", str(tmp_path / "s.jsonl")])  # fmt: skip
+    assert scanned.exit_code == 0, scanned.output
+    ingest_originals(data_dir, tree, ["rocket"], list_name="partner")
+    out = tmp_path / "r.jsonl"
+    result = runner.invoke(cli, ["rescan", "--data-dir", str(data_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["kind"], r.get("type")) for r in records] == [
+        ("match", "md5"),
+        ("match", "pdq"),
+        ("summary", None),
+    ]
+    assert records[0]["file"] == str(tree.root / "unrelated/rocket.png")
+    bad = runner.invoke(cli, ["rescan", "--data-dir", str(data_dir), "--since", "yesterday"])
+    assert bad.exit_code != 0 and "--since" in bad.output
+    missing = runner.invoke(cli, ["rescan", "--data-dir", str(tmp_path / "nothing")])
+    assert missing.exit_code != 0 and "no catalog" in missing.output
