@@ -209,9 +209,12 @@ class HashmatchServer:
             self.host.load_error = exc
             log.exception("the index failed to load; the server stays NOT_SERVING")
             return
-        if not self.host.stopping:
-            self._set_health(True)
-            self._ready.set()
+        if self.host.stopping:  # stopped while loading: nobody will close it later
+            if hasattr(self.host.engine, "close"):
+                self.host.engine.close()
+            return
+        self._set_health(True)
+        self._ready.set()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
