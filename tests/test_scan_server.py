@@ -1,0 +1,42 @@
+"""``hashmatch scan --server``: matching through a real server over a real socket gives
+the same report as matching against the same data dir locally."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+from scan_tree import build_tree, ingest_originals
+
+from hashmatch.engine.catalog import Catalog
+from hashmatch.engine.scan import LocalMatcher, ScanOptions, scan
+from hashmatch.server.cli import cli
+from hashmatch.server.testing import running_server
+
+
+def _body(path):
+    return [x for x in path.read_text().splitlines() if '"kind": "summary"' not in x]
+
+
+def test_scan_through_a_server_equals_a_local_scan(tmp_path):
+    tree = build_tree(tmp_path)
+    served = tmp_path / "served"
+    ingest_originals(served, tree, ["astronaut", "coffee", "chelsea"], list_name="partner")
+
+    local = tmp_path / "local.jsonl"
+    matcher = LocalMatcher.open(served)
+    with Catalog(tmp_path / "local.sqlite") as catalog:
+        scan([tree.root], catalog=catalog, matcher=matcher, report=local,
+             options=ScanOptions(workers=0, progress=False))  # fmt: skip
+    matcher.close()
+
+    with running_server(served, tenants={"scanner": (["match"], True)}) as ts:
+        token = ts.tokens["scanner"]
+        remote = tmp_path / "remote.jsonl"
+        result = CliRunner().invoke(
+            cli,
+            ["scan", str(tree.root), "--server", ts.target, "--token", token,
+             "--catalog", str(tmp_path / "remote.sqlite"), "--workers", "0",
+             "--out", str(remote), "--no-progress"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+    assert _body(remote) == _body(local)
+    assert sum('"kind": "match"' in x for x in _body(remote)) == 7
