@@ -6,6 +6,7 @@ import io
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageOps
@@ -284,10 +285,14 @@ def test_missing_file_and_wrong_type_name_the_problem(tmp_path: Path):
 
 def test_reference_modes_all_decode(reference_dir: Path):
     folder = reference_dir / "pdq-images" / "misc-images" / "modes"
-    original = decode_image(folder / "original.jpg").astype(int)
+    original = decode_image(folder / "original.jpg")
+
+    def small(rgb: np.ndarray) -> np.ndarray:  # blurs away the bilevel image's dithering
+        return cv2.resize(rgb, (100, 63), interpolation=cv2.INTER_AREA).astype(int)
+
     files = [p for p in sorted(folder.iterdir()) if p.suffix != ".md"]
     assert len(files) >= 14
     for path in files:
         out = decode_image(path)
         assert out.shape == original.shape, path.name
-        assert np.abs(out.astype(int) - original).mean() < 40, path.name
+        assert np.abs(small(out) - small(original)).mean() < 20, path.name
