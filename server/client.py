@@ -62,6 +62,25 @@ def signal(
     )
 
 
+def video_signal(
+    frames: Sequence[str],
+    *,
+    qualities: Sequence[int] = (),
+    timestamps: Sequence[float] = (),
+    labels: Sequence[str] = (),
+    external_id: str = "",
+) -> signals_pb2.Signal:
+    """A vPDQ signal: one video given as its frames' PDQ hex."""
+    return signals_pb2.Signal(
+        hash=common_pb2.HashValue(signal_type="vpdq"),
+        frames=list(frames),
+        frame_qualities=list(qualities),
+        timestamps=list(timestamps),
+        labels=list(labels),
+        external_id=external_id,
+    )
+
+
 class HashmatchClient:
     """Connects to one hashmatch server. Thread-safe (one channel, many calls)."""
 
@@ -146,7 +165,9 @@ class HashmatchClient:
         dihedral: bool = False,
         min_quality: int | None = None,
         request_id: str = "",
+        videos: Sequence[Sequence[str] | matcher_pb2.VideoQuery] = (),
     ) -> matcher_pb2.MatchRequest:
+        """``videos``: vPDQ queries, each a list of frame hex (or a VideoQuery)."""
         options = matcher_pb2.MatchOptions(
             lists=list(lists), max_results=max_results, dihedral=dihedral
         )
@@ -160,6 +181,12 @@ class HashmatchClient:
             media_types=list(media_types),
             options=options,
             request_id=request_id,
+            videos=[
+                v
+                if isinstance(v, matcher_pb2.VideoQuery)
+                else matcher_pb2.VideoQuery(signal_type="vpdq", frames=list(v))
+                for v in videos
+            ],
         )
 
     def match(

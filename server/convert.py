@@ -58,6 +58,21 @@ def parse_hashes(values: Sequence[common_pb2.HashValue], field: str = "hashes") 
     return ParsedHashes({name: (np.stack(c), p, q) for name, (c, p, q) in groups.items()})
 
 
+def parse_frames(frames: Sequence[str], qualities: Sequence[int], field: str) -> np.ndarray:
+    """vPDQ frames (one PDQ hex each) -> ``uint8[k, 32]``; qualities: none or one per frame."""
+    st = signal_types.get("vpdq")
+    if not frames:
+        raise InvalidInput("a video needs at least one frame", field=f"{field}.frames")
+    if qualities and len(qualities) != len(frames):
+        raise InvalidInput(
+            f"{len(qualities)} qualities for {len(frames)} frames", field=f"{field}.qualities"
+        )
+    out = np.empty((len(frames), st.nbytes), np.uint8)
+    for j, value in enumerate(frames):
+        out[j] = st.parse(value, field=f"{field}.frames[{j}]")
+    return out
+
+
 def threshold_for(type_name: str, threshold: int | None) -> int | None:
     """Validate a request threshold against one type (exact types always match at 0)."""
     st = signal_types.get(type_name)

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 
 def _record(signal: signals_pb2.Signal, field: str) -> SignalRecord:
+    if signal.frames:
+        return _video_record(signal, field)
     name, code = convert.parse_hash(signal.hash, f"{field}.hash")
     quality = signal.hash.quality if signal.hash.HasField("quality") else None
     return SignalRecord(
@@ -30,6 +32,25 @@ def _record(signal: signals_pb2.Signal, field: str) -> SignalRecord:
         labels=tuple(signal.labels),
         external_id=signal.external_id or None,
         quality=quality,
+    )
+
+
+def _video_record(signal: signals_pb2.Signal, field: str) -> SignalRecord:
+    """A vPDQ signal: one video, its frames given one PDQ hex each."""
+    st = convert.signal_type(signal.hash.signal_type or "vpdq", f"{field}.hash.signal_type")
+    if st.name != "vpdq":
+        raise InvalidInput(f"frames are for vpdq signals, not {st.name}", field=f"{field}.frames")
+    frames = convert.parse_frames(signal.frames, signal.frame_qualities, f"{field}")
+    if signal.timestamps and len(signal.timestamps) != len(signal.frames):
+        raise InvalidInput("one timestamp per frame", field=f"{field}.timestamps")
+    return SignalRecord(
+        signal_type="vpdq",
+        hash_hex="",
+        labels=tuple(signal.labels),
+        external_id=signal.external_id or None,
+        frames=frames,
+        frame_qualities=list(signal.frame_qualities) or None,
+        timestamps=list(signal.timestamps) or None,
     )
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 HASH = matcher_pb2.QueryResult.SOURCE_HASH
 MEDIA = matcher_pb2.QueryResult.SOURCE_MEDIA
+VIDEO = matcher_pb2.QueryResult.SOURCE_VIDEO
 
 
 def check_size(message, limit: int, field: str = "request") -> None:
@@ -108,12 +109,18 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
     config = host.config
     check_size(request, config.max_message_bytes)
     n_hashes = len(request.hashes)
-    if not n_hashes and not request.media:
-        raise InvalidInput("the request has no hashes and no media", field="hashes")
+    if not n_hashes and not request.media and not request.videos:
+        raise InvalidInput("the request has no hashes, media or videos", field="hashes")
     if n_hashes > config.max_batch:
         raise InvalidInput(
             f"{n_hashes} hashes is over the limit of {config.max_batch} per request",
             field="hashes",
+        )
+    n_frames = sum(len(v.frames) for v in request.videos)
+    if n_frames > config.max_batch:
+        raise InvalidInput(
+            f"{n_frames} video frames is over the limit of {config.max_batch} per request",
+            field="videos",
         )
     check_media(host, request.media)
     options = request.options
@@ -125,6 +132,9 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
     max_results = options.max_results or None
     parsed = convert.parse_hashes(request.hashes)
     types = media_types(request.media_types, "media_types") if request.media else []
+    videos = [_video_query(v, f"videos[{i}]") for i, v in enumerate(request.videos)]
+    if videos:
+        convert.threshold_for("vpdq", threshold)
     for name in [*parsed.by_type, *types]:
         convert.threshold_for(name, threshold)
     tenant = call.principal.engine_tenant
@@ -198,9 +208,34 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
             )
             results.append(result)
         host.metrics.queries.labels("media").inc(len(request.media))
-    call.log["queries"] = n_hashes + len(request.media)
+    for i, (frames, qualities) in enumerate(videos):
+        call.check_deadline()
+        position = len(results)
+        found = engine.match(
+            "vpdq",
+            frames,
+            tenant=tenant,
+            threshold=threshold,
+            lists=lists,
+            max_results=max_results,
+            qualities=qualities,
+            min_quality=min_quality,
+        )[0]
+        result = matcher_pb2.QueryResult(source=VIDEO, index=i)
+        result.skipped_low_quality = bool(getattr(found, "skipped_low_quality", False))
+        result.matches.extend(_relabel(convert.match_to_pb(m), position) for m in found)
+        results.append(result)
+    call.log["queries"] = n_hashes + len(request.media) + len(videos)
     call.log["matches"] = sum(len(r.matches) for r in results)
     return matcher_pb2.MatchResponse(results=results, request_id=request.request_id)
+
+
+def _video_query(video: matcher_pb2.VideoQuery, field: str):
+    st = convert.signal_type(video.signal_type or "vpdq", f"{field}.signal_type")
+    if st.name != "vpdq":
+        raise InvalidInput(f"videos are vpdq queries, not {st.name}", field=f"{field}.signal_type")
+    frames = convert.parse_frames(video.frames, video.qualities, field)
+    return frames, (list(video.qualities) or None)
 
 
 def _relabel(pb, position: int):

@@ -436,3 +436,25 @@ def test_one_access_log_line_per_request(ops, caplog):
     ]
     assert all(r["ms"] >= 0 and r["peer"] for r in records)
     assert "hashes[0].hex" in records[1]["error"]
+
+
+def test_vpdq_video_ingest_and_match_by_frames(ops):
+    from hashmatch.server.client import video_signal
+
+    frames = [c.tobytes().hex() for c in _codes(10, seed=13)]
+    reply = ops.ingest(
+        "videos",
+        [video_signal(frames, qualities=[90] * 10, timestamps=[float(i) for i in range(10)],
+                      external_id="clip-1")],
+    )  # fmt: skip
+    assert reply.added == 1, reply
+    near = [_flip(c, 3).tobytes().hex() for c in _codes(10, seed=13)[:5]]
+    result = ops.match(videos=[near], lists=["videos"]).results[0]
+    assert result.source == matcher_pb2.QueryResult.SOURCE_VIDEO
+    match = result.matches[0]
+    assert match.signal_type == "vpdq" and match.external_id == "clip-1"
+    assert match.query_match_pct == pytest.approx(100.0)
+    assert match.target_match_pct == pytest.approx(50.0)
+    with pytest.raises(grpc.RpcError) as err:
+        ops.match(videos=[[frames[0], "xyz"]])
+    assert bad_request_fields(err.value)[0][0] == "videos[0].frames[1]"

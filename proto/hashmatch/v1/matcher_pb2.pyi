@@ -23,18 +23,30 @@ class MatchOptions(_message.Message):
     def __init__(self, threshold: _Optional[int] = ..., lists: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., dihedral: _Optional[bool] = ..., min_quality: _Optional[int] = ...) -> None: ...
 
 class MatchRequest(_message.Message):
-    __slots__ = ("hashes", "media", "media_types", "options", "request_id")
+    __slots__ = ("hashes", "media", "media_types", "options", "request_id", "videos")
     HASHES_FIELD_NUMBER: _ClassVar[int]
     MEDIA_FIELD_NUMBER: _ClassVar[int]
     MEDIA_TYPES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VIDEOS_FIELD_NUMBER: _ClassVar[int]
     hashes: _containers.RepeatedCompositeFieldContainer[_common_pb2.HashValue]
     media: _containers.RepeatedScalarFieldContainer[bytes]
     media_types: _containers.RepeatedScalarFieldContainer[str]
     options: MatchOptions
     request_id: str
-    def __init__(self, hashes: _Optional[_Iterable[_Union[_common_pb2.HashValue, _Mapping]]] = ..., media: _Optional[_Iterable[bytes]] = ..., media_types: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[MatchOptions, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    videos: _containers.RepeatedCompositeFieldContainer[VideoQuery]
+    def __init__(self, hashes: _Optional[_Iterable[_Union[_common_pb2.HashValue, _Mapping]]] = ..., media: _Optional[_Iterable[bytes]] = ..., media_types: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[MatchOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., videos: _Optional[_Iterable[_Union[VideoQuery, _Mapping]]] = ...) -> None: ...
+
+class VideoQuery(_message.Message):
+    __slots__ = ("signal_type", "frames", "qualities")
+    SIGNAL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    QUALITIES_FIELD_NUMBER: _ClassVar[int]
+    signal_type: str
+    frames: _containers.RepeatedScalarFieldContainer[str]
+    qualities: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, signal_type: _Optional[str] = ..., frames: _Optional[_Iterable[str]] = ..., qualities: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class QueryResult(_message.Message):
     __slots__ = ("source", "index", "computed", "matches", "skipped_low_quality")
@@ -43,9 +55,11 @@ class QueryResult(_message.Message):
         SOURCE_UNSPECIFIED: _ClassVar[QueryResult.Source]
         SOURCE_HASH: _ClassVar[QueryResult.Source]
         SOURCE_MEDIA: _ClassVar[QueryResult.Source]
+        SOURCE_VIDEO: _ClassVar[QueryResult.Source]
     SOURCE_UNSPECIFIED: QueryResult.Source
     SOURCE_HASH: QueryResult.Source
     SOURCE_MEDIA: QueryResult.Source
+    SOURCE_VIDEO: QueryResult.Source
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     COMPUTED_FIELD_NUMBER: _ClassVar[int]

@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from hashmatch.v1 import common_pb2 as hashmatch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahashmatch/v1/signals.proto\x12\x0chashmatch.v1\x1a\x19hashmatch/v1/common.proto\"T\n\x06Signal\x12%\n\x04hash\x18\x01 \x01(\x0b\x32\x17.hashmatch.v1.HashValue\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x13\n\x0b\x65xternal_id\x18\x03 \x01(\t\"i\n\rIngestRequest\x12\x11\n\tlist_name\x18\x01 \x01(\t\x12%\n\x07signals\x18\x02 \x03(\x0b\x32\x14.hashmatch.v1.Signal\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"\x82\x01\n\x0eIngestResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x04\x12\x0f\n\x07updated\x18\x02 \x01(\x04\x12\x11\n\tunchanged\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12+\n\nrejections\x18\x05 \x03(\x0b\x32\x17.hashmatch.v1.ItemError\"p\n\x0eRetractRequest\x12\x11\n\tlist_name\x18\x01 \x01(\t\x12\'\n\x06hashes\x18\x02 \x03(\x0b\x32\x17.hashmatch.v1.HashValue\x12\x12\n\nsignal_ids\x18\x03 \x03(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"$\n\x0fRetractResponse\x12\x11\n\tretracted\x18\x01 \x01(\x04\"\x16\n\x14ListHashListsRequest\"j\n\x08HashList\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0csignal_count\x18\x03 \x01(\x04\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x14\n\x0csignal_types\x18\x05 \x03(\t\">\n\x15ListHashListsResponse\x12%\n\x05lists\x18\x01 \x03(\x0b\x32\x16.hashmatch.v1.HashList2\xf2\x01\n\x07Signals\x12\x45\n\x06Ingest\x12\x1b.hashmatch.v1.IngestRequest\x1a\x1c.hashmatch.v1.IngestResponse(\x01\x12\x46\n\x07Retract\x12\x1c.hashmatch.v1.RetractRequest\x1a\x1d.hashmatch.v1.RetractResponse\x12X\n\rListHashLists\x12\".hashmatch.v1.ListHashListsRequest\x1a#.hashmatch.v1.ListHashListsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahashmatch/v1/signals.proto\x12\x0chashmatch.v1\x1a\x19hashmatch/v1/common.proto\"\x91\x01\n\x06Signal\x12%\n\x04hash\x18\x01 \x01(\x0b\x32\x17.hashmatch.v1.HashValue\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x13\n\x0b\x65xternal_id\x18\x03 \x01(\t\x12\x0e\n\x06\x66rames\x18\x04 \x03(\t\x12\x17\n\x0f\x66rame_qualities\x18\x05 \x03(\x05\x12\x12\n\ntimestamps\x18\x06 \x03(\x02\"i\n\rIngestRequest\x12\x11\n\tlist_name\x18\x01 \x01(\t\x12%\n\x07signals\x18\x02 \x03(\x0b\x32\x14.hashmatch.v1.Signal\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\"\x82\x01\n\x0eIngestResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x04\x12\x0f\n\x07updated\x18\x02 \x01(\x04\x12\x11\n\tunchanged\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12+\n\nrejections\x18\x05 \x03(\x0b\x32\x17.hashmatch.v1.ItemError\"p\n\x0eRetractRequest\x12\x11\n\tlist_name\x18\x01 \x01(\t\x12\'\n\x06hashes\x18\x02 \x03(\x0b\x32\x17.hashmatch.v1.HashValue\x12\x12\n\nsignal_ids\x18\x03 \x03(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"$\n\x0fRetractResponse\x12\x11\n\tretracted\x18\x01 \x01(\x04\"\x16\n\x14ListHashListsRequest\"j\n\x08HashList\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0csignal_count\x18\x03 \x01(\x04\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x14\n\x0csignal_types\x18\x05 \x03(\t\">\n\x15ListHashListsResponse\x12%\n\x05lists\x18\x01 \x03(\x0b\x32\x16.hashmatch.v1.HashList2\xf2\x01\n\x07Signals\x12\x45\n\x06Ingest\x12\x1b.hashmatch.v1.IngestRequest\x1a\x1c.hashmatch.v1.IngestResponse(\x01\x12\x46\n\x07Retract\x12\x1c.hashmatch.v1.RetractRequest\x1a\x1d.hashmatch.v1.RetractResponse\x12X\n\rListHashLists\x12\".hashmatch.v1.ListHashListsRequest\x1a#.hashmatch.v1.ListHashListsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hashmatch.v1.signals_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIGNAL']._serialized_start=71
-  _globals['_SIGNAL']._serialized_end=155
-  _globals['_INGESTREQUEST']._serialized_start=157
-  _globals['_INGESTREQUEST']._serialized_end=262
-  _globals['_INGESTRESPONSE']._serialized_start=265
-  _globals['_INGESTRESPONSE']._serialized_end=395
-  _globals['_RETRACTREQUEST']._serialized_start=397
-  _globals['_RETRACTREQUEST']._serialized_end=509
-  _globals['_RETRACTRESPONSE']._serialized_start=511
-  _globals['_RETRACTRESPONSE']._serialized_end=547
-  _globals['_LISTHASHLISTSREQUEST']._serialized_start=549
-  _globals['_LISTHASHLISTSREQUEST']._serialized_end=571
-  _globals['_HASHLIST']._serialized_start=573
-  _globals['_HASHLIST']._serialized_end=679
-  _globals['_LISTHASHLISTSRESPONSE']._serialized_start=681
-  _globals['_LISTHASHLISTSRESPONSE']._serialized_end=743
-  _globals['_SIGNALS']._serialized_start=746
-  _globals['_SIGNALS']._serialized_end=988
+  _globals['_SIGNAL']._serialized_start=72
+  _globals['_SIGNAL']._serialized_end=217
+  _globals['_INGESTREQUEST']._serialized_start=219
+  _globals['_INGESTREQUEST']._serialized_end=324
+  _globals['_INGESTRESPONSE']._serialized_start=327
+  _globals['_INGESTRESPONSE']._serialized_end=457
+  _globals['_RETRACTREQUEST']._serialized_start=459
+  _globals['_RETRACTREQUEST']._serialized_end=571
+  _globals['_RETRACTRESPONSE']._serialized_start=573
+  _globals['_RETRACTRESPONSE']._serialized_end=609
+  _globals['_LISTHASHLISTSREQUEST']._serialized_start=611
+  _globals['_LISTHASHLISTSREQUEST']._serialized_end=633
+  _globals['_HASHLIST']._serialized_start=635
+  _globals['_HASHLIST']._serialized_end=741
+  _globals['_LISTHASHLISTSRESPONSE']._serialized_start=743
+  _globals['_LISTHASHLISTSRESPONSE']._serialized_end=805
+  _globals['_SIGNALS']._serialized_start=808
+  _globals['_SIGNALS']._serialized_end=1050
 # @@protoc_insertion_point(module_scope)

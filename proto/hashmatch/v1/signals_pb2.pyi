@@ -8,14 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Signal(_message.Message):
-    __slots__ = ("hash", "labels", "external_id")
+    __slots__ = ("hash", "labels", "external_id", "frames", "frame_qualities", "timestamps")
     HASH_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    FRAME_QUALITIES_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     hash: _common_pb2.HashValue
     labels: _containers.RepeatedScalarFieldContainer[str]
     external_id: str
-    def __init__(self, hash: _Optional[_Union[_common_pb2.HashValue, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ...) -> None: ...
+    frames: _containers.RepeatedScalarFieldContainer[str]
+    frame_qualities: _containers.RepeatedScalarFieldContainer[int]
+    timestamps: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, hash: _Optional[_Union[_common_pb2.HashValue, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., frames: _Optional[_Iterable[str]] = ..., frame_qualities: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
     __slots__ = ("list_name", "signals", "source", "strict")
