@@ -1,0 +1,264 @@
+"""Benchmark batch scans and retroactive matching: ``python -m bench scan [--quick]``.
+
+1. **Scan throughput.** N generated 1920x1080 JPEGs (benign: scikit-image samples,
+   shifted and re-tinted per file). Files/s of ``hashmatch scan`` (pdq + md5, catalog
+   writes and lookups included) with 1 and 2 worker processes, against the floor of
+   decoding alone (a ``cv2.imread`` loop in 1 and 2 processes). Anchor (issue 5):
+   scan >= 0.8x decode-only throughput.
+2. **Retroactive matching.** A catalog of M stored-file PDQ hashes (synthetic codes
+   written straight into the catalog, as a scan would) and K new signals (with planted
+   near-duplicates of catalogued hashes, so there is something to find). Time for
+   ``rescan`` vs re-hashing the M files at the measured scan rate.
+
+Full size (the README numbers): N=1000, M=1,000,000, K=10,000. ``--quick``: N=60,
+M=50,000, K=1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DECODE_ANCHOR = 0.8
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def make_jpegs(directory: Path, n: int, seed: int = 0) -> list[Path]:
+    """n distinct 1920x1080 JPEGs (q=90); reused if already there."""
+    import cv2
+    from skimage import data
+
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = [directory / f"img{i:05d}.jpg" for i in range(n)]
+    if all(p.exists() for p in paths):
+        return paths
+    bases = [
+        cv2.resize(np.ascontiguousarray(im[..., ::-1]), (1920, 1080), interpolation=cv2.INTER_CUBIC)
+        for im in (data.astronaut(), data.coffee(), data.chelsea(), data.rocket())
+    ]
+    rng = np.random.default_rng(seed)
+    for i, path in enumerate(paths):
+        if path.exists():
+            continue
+        img = np.roll(bases[i % len(bases)], int(rng.integers(0, 1920)), axis=1)
+        tint = rng.integers(-20, 21, size=3)
+        img = np.clip(img.astype(np.int16) + tint, 0, 255).astype(np.uint8)
+        cv2.imwrite(str(path), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return paths
+
+
+def _imread_all(paths: list[str]) -> int:
+    import cv2
+
+    cv2.setNumThreads(1)
+    n = 0
+    for p in paths:
+        n += cv2.imread(p) is not None
+    return n
+
+
+def decode_floor(paths: list[Path], procs: int) -> float:
+    """Files/s of decoding alone with cv2.imread in ``procs`` processes."""
+    names = [str(p) for p in paths]
+    if procs == 1:
+        _imread_all(names[:3])  # warm the page cache and the library
+        t = time.perf_counter()
+        assert _imread_all(names) == len(names)
+        return len(names) / (time.perf_counter() - t)
+    chunks = [names[i::procs] for i in range(procs)]
+    with cf.ProcessPoolExecutor(procs) as pool:
+        list(pool.map(_imread_all, [c[:1] for c in chunks]))
+        t = time.perf_counter()
+        assert sum(pool.map(_imread_all, chunks)) == len(names)
+        return len(names) / (time.perf_counter() - t)
+
+
+def hash_only(paths: list[Path]) -> float:
+    """Files/s of hash_media (pdq + md5) in this process, no catalog, no lookups."""
+    from hashmatch.engine.hashing import hash_media
+
+    hash_media(paths[0], ["pdq", "md5"])
+    t = time.perf_counter()
+    for p in paths:
+        hash_media(p.read_bytes(), ["pdq", "md5"])
+    return len(paths) / (time.perf_counter() - t)
+
+
+def seed_store(data_dir: Path, k: int, rng: np.random.Generator) -> None:
+    from hashmatch.engine.runtime import Engine
+    from hashmatch.engine.store import SignalRecord
+
+    codes = rng.integers(0, 256, size=(k, 32), dtype=np.uint8)
+    with Engine.open(data_dir, eager=False) as engine:
+        engine.ingest(
+            (SignalRecord("pdq", c.tobytes().hex()) for c in codes), list_name="bench-existing"
+        )
+
+
+def scan_rate(paths: list[Path], workers: int, work: Path) -> tuple[float, dict]:
+    from hashmatch.engine.catalog import Catalog
+    from hashmatch.engine.scan import LocalMatcher, ScanOptions, scan
+
+    catalog_path = work / f"catalog-{workers}.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(catalog_path) + suffix).unlink(missing_ok=True)
+    matcher = LocalMatcher.open(work / "data")
+    with Catalog(catalog_path) as catalog:
+        t = time.perf_counter()
+        summary = scan([paths[0].parent], catalog=catalog, matcher=matcher,
+                       report=work / f"report-{workers}.jsonl",
+                       options=ScanOptions(types=("pdq", "md5"), workers=workers,
+                                           progress=False))  # fmt: skip
+        elapsed = time.perf_counter() - t
+    matcher.close()
+    assert summary.hashed == len(paths), summary
+    return len(paths) / elapsed, summary.as_dict()
+
+
+# ----------------------------------------------------------------------------- retroactive
+
+
+def build_catalog(path: Path, m: int, rng: np.random.Generator) -> np.ndarray:
+    """A catalog of m files with one PDQ each (random codes, quality 100)."""
+    from hashmatch.engine.catalog import Catalog
+
+    codes = rng.integers(0, 256, size=(m, 32), dtype=np.uint8)
+    now = time.time()
+    with Catalog(path) as cat:
+        cat.conn.execute("PRAGMA synchronous=OFF")  # bench setup only; scans use FULL
+        step = 50_000
+        for start in range(0, m, step):
+            stop = min(start + step, m)
+            with cat.transaction() as conn:
+                conn.executemany(
+                    "INSERT INTO files(id, path, size, mtime_ns, types, status, scanned_at) "
+                    "VALUES (?, ?, 1000, 1, 'pdq', 'hashed', ?)",
+                    ((i + 1, f"/store/{i:08d}.jpg", now) for i in range(start, stop)),
+                )
+                conn.executemany(
+                    "INSERT INTO hashes(id, file_id, signal_type, frame, code, quality) "
+                    "VALUES (?, ?, 'pdq', 0, ?, 100)",
+                    ((i + 1, i + 1, codes[i].tobytes()) for i in range(start, stop)),
+                )
+    return codes
+
+
+def flip_bits(codes: np.ndarray, nbits: int, rng: np.random.Generator) -> np.ndarray:
+    out = codes.copy()
+    for row in out:
+        for b in rng.choice(256, size=nbits, replace=False):
+            row[b // 8] ^= np.uint8(1 << (7 - b % 8))
+    return out
+
+
+def retroactive(work: Path, m: int, k: int, planted: int, rng) -> dict:
+    from hashmatch.engine.catalog import Catalog
+    from hashmatch.engine.rescan import rescan
+    from hashmatch.engine.runtime import Engine
+    from hashmatch.engine.store import SignalRecord
+
+    catalog_path = work / f"retro-{m}.sqlite"
+    data_dir = work / f"retro-data-{m}"
+    for p in (catalog_path, Path(f"{catalog_path}-wal"), Path(f"{catalog_path}-shm")):
+        p.unlink(missing_ok=True)
+    shutil.rmtree(data_dir, ignore_errors=True)
+    t = time.perf_counter()
+    codes = build_catalog(catalog_path, m, rng)
+    build_s = time.perf_counter() - t
+    with Engine.open(data_dir, eager=False) as engine, Catalog(catalog_path) as cat:
+        rescan(cat, engine.store)  # cursor = now (empty store)
+        picks = rng.choice(m, size=planted, replace=False)
+        near = flip_bits(codes[picks], 8, rng)
+        new = np.concatenate([near, rng.integers(0, 256, size=(k - planted, 32), dtype=np.uint8)])
+        engine.ingest(
+            (SignalRecord("pdq", c.tobytes().hex()) for c in new), list_name="partner-new"
+        )
+        t = time.perf_counter()
+        result = rescan(cat, engine.store)
+        rescan_s = time.perf_counter() - t
+    found = {m.file_id - 1 for m in result.new}
+    assert set(picks.tolist()) <= found, "rescan missed planted near-duplicates"
+    return {
+        "catalog": m,
+        "new_signals": k,
+        "catalog_build_s": build_s,
+        "rescan_s": rescan_s,
+        "load_s": result.summary.load_s,
+        "query_s": result.summary.query_s,
+        "new_matches": len(result.new),
+        "planted": planted,
+    }
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench scan")
+    ap.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    ap.add_argument("--files", type=int)
+    ap.add_argument("--catalog", type=int)
+    ap.add_argument("--new", type=int)
+    ap.add_argument("--dir", type=Path, help="work directory (JPEGs are reused if present)")
+    ap.add_argument("--skip-retro", action="store_true")
+    args = ap.parse_args(argv)
+    n = args.files or (60 if args.quick else 1000)
+    m = args.catalog or (50_000 if args.quick else 1_000_000)
+    k = args.new or (1_000 if args.quick else 10_000)
+    work = args.dir or Path(tempfile.gettempdir()) / "hashmatch-bench-scan"
+    work.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    cores = os.cpu_count() or 1
+
+    t = time.perf_counter()
+    paths = make_jpegs(work / f"jpegs-{n}", n)
+    print(
+        f"inputs: {n} JPEGs 1920x1080 ({time.perf_counter() - t:.1f} s to prepare), {cores} cores"
+    )
+    if not (work / "data" / "store.sqlite").exists():
+        seed_store(work / "data", 10_000, rng)
+
+    rows = []
+    floor1 = decode_floor(paths, 1)
+    floor2 = decode_floor(paths, 2)
+    hashed = hash_only(paths[: min(n, 100)])
+    print(f"decode only (cv2.imread): 1 proc {floor1:.1f} files/s, 2 procs {floor2:.1f} files/s")
+    print(f"hash_media pdq+md5, 1 proc, no catalog: {hashed:.1f} files/s")
+    for workers, floor in ((1, floor1), (2, floor2)):
+        rate, _summary = scan_rate(paths, workers, work)
+        rows.append((workers, rate, floor, rate / floor))
+    print()
+    print("| workers | scan files/s | decode-only files/s (same procs) | ratio | anchor |")
+    print("|---|---|---|---|---|")
+    for workers, rate, floor, ratio in rows:
+        ok = "ok" if ratio >= DECODE_ANCHOR else "BELOW"
+        print(f"| {workers} | {rate:.1f} | {floor:.1f} | {ratio:.2f}x | >= {DECODE_ANCHOR}x {ok} |")
+    print(f"(scan with 1 worker vs 1-proc decode floor; 2 workers vs 2-proc floor; hash-only "
+          f"{hashed:.1f} files/s)")  # fmt: skip
+
+    if args.skip_retro:
+        return
+    retro = retroactive(work, m, k, planted=min(100, k), rng=rng)
+    best = max(r[1] for r in rows)
+    rehash_s = m / best
+    print()
+    print(
+        "| catalog | new signals | rescan s (load+index / query) | re-hash estimate s | speed-up |"
+    )
+    print("|---|---|---|---|---|")
+    print(
+        f"| {m:,} | {k:,} | {retro['rescan_s']:.2f} ({retro['load_s']:.2f} / "
+        f"{retro['query_s']:.2f}) | {rehash_s:,.0f} (at {best:.1f} files/s) | "
+        f"{rehash_s / retro['rescan_s']:,.0f}x |"
+    )
+    print(f"(planted {retro['planted']} near-duplicates, found {retro['new_matches']} new matches; "
+          f"catalog built in {retro['catalog_build_s']:.1f} s)")  # fmt: skip
