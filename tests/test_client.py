@@ -158,6 +158,27 @@ def test_hashmatch_serve_bootstraps_a_token_and_drains_on_sigterm(tmp_path):
         with HashmatchClient(f"127.0.0.1:{port}", token=token, retries=40, backoff=0.05) as c:
             c.wait_until_serving(60)
             assert c.stats().total_signals == 0
+        # A new tenant token, loaded on SIGHUP without a restart.
+        made = CliRunner().invoke(
+            cli,
+            ["token", "acme", "--role", "match", "--auth-file", str(tmp_path / "data/auth.toml")],
+        )
+        assert made.exit_code == 0, made.output
+        acme_token = made.output.strip()
+        proc.send_signal(signals.SIGHUP)
+        with HashmatchClient(f"127.0.0.1:{port}", token=acme_token, retries=0) as acme:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    assert not acme.list_hash_lists().lists  # nothing shared with acme yet
+                    break
+                except grpc.RpcError as exc:
+                    assert exc.code() is grpc.StatusCode.UNAUTHENTICATED
+                    assert time.monotonic() < deadline, "SIGHUP did not reload the tokens"
+                    time.sleep(0.05)
+            with pytest.raises(grpc.RpcError) as err:
+                acme.stats()
+            assert err.value.code() is grpc.StatusCode.PERMISSION_DENIED
         with HashmatchClient(f"127.0.0.1:{port}", retries=0) as anonymous:
             with pytest.raises(grpc.RpcError) as err:
                 anonymous.stats()

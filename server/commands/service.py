@@ -64,6 +64,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
     Example:
       hashmatch serve --data-dir ./hashmatch-data
     On first start without a tokens file, an admin token is created and printed once.
+    SIGHUP reloads the tokens file.
     """
     from hashmatch.server import auth as auth_mod
     from hashmatch.server import config as config_mod
@@ -115,8 +116,18 @@ def serve(config_file: str | None, **flags: Any) -> None:
         click.echo(f"signal {signum}: draining (up to {config.drain_seconds}s)", err=True)
         done.set()
 
+    def on_hup(_signum, _frame) -> None:
+        if auth is None:
+            return
+        try:
+            server.host.auth = auth_mod.TokenAuth.from_file(config.auth_path)
+            click.echo(f"reloaded {config.auth_path}", err=True)
+        except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
+            click.echo(f"kept the old tokens: {config.auth_path}: {exc}", err=True)
+
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_hup)
     while not done.wait(0.5):
         pass
     server.stop()
@@ -148,7 +159,7 @@ def token(tenant: str, roles: tuple[str, ...], all_lists: bool, auth_file: str) 
     \b
     Example:
       hashmatch token acme --role match --role write
-    Restart the server to pick up new tokens.
+    Send the server SIGHUP (or restart it) to load new tokens.
     """
     import secrets
 
