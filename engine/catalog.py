@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hashmatch.engine import signal_types
 from hashmatch.engine.errors import CorruptData
 
 SCHEMA_VERSION = 1
@@ -460,19 +461,41 @@ class Catalog:
         Read in one pass with the codes concatenated as bytes, so a 1M-row catalog loads
         in about a second without a Python object per row surviving.
         """
-        rows = self.conn.execute(
-            "SELECT id, file_id, code, quality FROM hashes WHERE signal_type = ? ORDER BY id",
-            (signal_type,),
-        ).fetchall()
-        n = len(rows)
+        n = self.conn.execute(
+            "SELECT COUNT(*) FROM hashes WHERE signal_type = ?", (signal_type,)
+        ).fetchone()[0]
         if n == 0:
             empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 0), np.uint8))
             return (*empty, []) if with_quality else empty
-        ids = np.fromiter((r[0] for r in rows), np.int64, n)
-        file_ids = np.fromiter((r[1] for r in rows), np.int64, n)
-        codes = np.frombuffer(b"".join(r[2] for r in rows), np.uint8).reshape(n, -1)
+        nbytes = signal_types.get(signal_type).nbytes
+        ids = np.empty(n, np.int64)
+        file_ids = np.empty(n, np.int64)
+        codes = np.empty((n, nbytes), np.uint8)
+        qualities: list[int | None] = []
+        cur = self.conn.execute(
+            "SELECT id, file_id, code, quality FROM hashes WHERE signal_type = ? ORDER BY id",
+            (signal_type,),
+        )
+        at = 0
+        while True:
+            rows = cur.fetchmany(100_000)
+            if not rows:
+                break
+            k = min(len(rows), n - at)  # rows added since the COUNT are left for next time
+            rows = rows[:k]
+            ids[at : at + k] = [r[0] for r in rows]
+            file_ids[at : at + k] = [r[1] for r in rows]
+            codes[at : at + k] = np.frombuffer(b"".join(r[2] for r in rows), np.uint8).reshape(
+                k, nbytes
+            )
+            if with_quality:
+                qualities.extend(r[3] for r in rows)
+            at += k
+            if at >= n:
+                break
+        ids, file_ids, codes = ids[:at], file_ids[:at], codes[:at]
         if with_quality:
-            return ids, file_ids, codes, [r[3] for r in rows]
+            return ids, file_ids, codes, qualities
         return ids, file_ids, codes
 
     def hash_rows(self, row_ids: Sequence[int]) -> dict[int, tuple[int, int, bytes]]:
