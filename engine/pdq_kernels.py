@@ -1,0 +1,354 @@
+"""Numba kernels for PDQ that reproduce the reference float32 arithmetic bit for bit.
+
+Why bit-identical matters: a PDQ bit is "this DCT coefficient is above the median".
+On flat areas, chessboards and synthetic art, coefficients tie or sit one float32 ulp
+from the median, so any change in rounding flips bits. The reference (ThreatExchange
+``pdqhashing.cpp`` + ``downscaling.cpp``, as compiled by the ``pdqhash`` bindings) defines
+the bits through:
+
+* luma: ``float32(R*0.299 + G*0.587 + B*0.114)`` computed in float64 (the bindings do it
+  in numpy before calling C++);
+* four 1-D box filters (rows, columns, rows, columns; window ``ceil(n/128)``), each a
+  float32 *running sum* (add the entering sample, then subtract the leaving one) divided
+  by the current window length;
+* nearest sampling at 64x64 pixel centres, a 16x64 then 16x16 float32 DCT accumulated in
+  index order without FMA, and Torben's median.
+
+Where the reference is slow we reorganise *which* element is computed when, never the
+operation order applied to any one element:
+
+* column passes keep one running sum per column and walk rows, so the inner loop is
+  contiguous and SIMD (each column's sum still sees the same sequence of operations);
+* row passes work on blocks of 8 rows stored transposed, so the 8 independent running
+  sums form one SIMD vector (each row's sum still runs left to right);
+* the passes are streamed: luma + row pass 1 fill a ring of rows that column pass 2
+  consumes as soon as it needs them, and row pass 3 / column pass 4 only keep the 64
+  sampled columns and rows. Nothing image-sized is allocated besides the input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+BLOCK = 8  # rows per transposed block (one AVX vector of float32)
+
+
+def dct_matrix() -> np.ndarray:
+    """The reference 16x64 DCT-II matrix, float32, rounded exactly like the C++ one."""
+    scale = float(np.float32(math.sqrt(2.0 / 64.0)))
+    out = np.empty((16, 64), np.float32)
+    for i in range(16):
+        for j in range(64):
+            out[i, j] = np.float32(scale * math.cos((math.pi / 2.0 / 64.0) * (i + 1) * (2 * j + 1)))
+    return out
+
+
+def window_size(old: int, new: int = 64) -> int:
+    """Reference ``computeJaroszFilterWindowSize``: half a destination cell, rounded up."""
+    return (old + 2 * new - 1) // (2 * new)
+
+
+def sample_indices(n: int, out: int = 64) -> np.ndarray:
+    """Reference ``decimateFloat`` source index for each output cell (cell centres)."""
+    return np.array([int(((k + 0.5) * n) / out) for k in range(out)], np.int64)
+
+
+@njit(cache=True)
+def box_divisors(n, w):
+    """float32 window length in effect when output k of a length-n box filter is written."""
+    half = (w + 2) // 2
+    d = np.empty(n, np.float32)
+    cws = half - 1
+    o = 0
+    for _ in range(w - half + 1):
+        cws += 1
+        d[o] = cws
+        o += 1
+    for _ in range(n - w):
+        d[o] = cws
+        o += 1
+    for _ in range(half - 1):
+        cws -= 1
+        d[o] = cws
+        o += 1
+    return d
+
+
+@njit(cache=True)
+def _box_block_rows(t, u, n, w, div):
+    """Running-sum box filter along axis 0 of ``t`` ([n, BLOCK]) into ``u``, per lane.
+
+    Lane g is one image row (stored transposed); the op sequence per lane is exactly
+    the reference ``box1DFloat``: add entering, subtract leaving, divide by window.
+    """
+    half = (w + 2) // 2
+    s = np.zeros(BLOCK, np.float32)
+    ri = 0
+    li = 0
+    oi = 0
+    for _ in range(half - 1):
+        for g in range(BLOCK):
+            s[g] += t[ri, g]
+        ri += 1
+    for _ in range(w - half + 1):
+        d = div[oi]
+        for g in range(BLOCK):
+            s[g] += t[ri, g]
+            u[oi, g] = s[g] / d
+        ri += 1
+        oi += 1
+    for _ in range(n - w):
+        d = div[oi]
+        for g in range(BLOCK):
+            s[g] += t[ri, g]
+            s[g] -= t[li, g]
+            u[oi, g] = s[g] / d
+        ri += 1
+        li += 1
+        oi += 1
+    for _ in range(half - 1):
+        d = div[oi]
+        for g in range(BLOCK):
+            s[g] -= t[li, g]
+            u[oi, g] = s[g] / d
+        li += 1
+        oi += 1
+
+
+@njit(cache=True)
+def _luma_block(rgb, i0, rows, t):
+    """Rows i0..i0+rows of RGB -> float32 luma, transposed into t[col, lane]."""
+    ncols = rgb.shape[1]
+    for g in range(rows):
+        row = rgb[i0 + g]
+        for k in range(ncols):
+            y = (row[k, 0] * 0.299 + row[k, 1] * 0.587) + row[k, 2] * 0.114
+            t[k, g] = np.float32(y)
+    for g in range(rows, BLOCK):
+        for k in range(ncols):
+            t[k, g] = 0.0
+
+
+@njit(cache=True)
+def _luma_full(rgb, out):
+    nrows, ncols = rgb.shape[0], rgb.shape[1]
+    for i in range(nrows):
+        for k in range(ncols):
+            y = (rgb[i, k, 0] * 0.299 + rgb[i, k, 1] * 0.587) + rgb[i, k, 2] * 0.114
+            out[i, k] = np.float32(y)
+
+
+@njit(cache=True)
+def _column_schedule(n, w):
+    """The reference box1DFloat along a column as events (add row, sub row, out row)."""
+    half = (w + 2) // 2
+    total = (half - 1) + (w - half + 1) + (n - w) + (half - 1)
+    add = np.full(total, -1, np.int64)
+    sub = np.full(total, -1, np.int64)
+    out = np.full(total, -1, np.int64)
+    e = 0
+    ri = 0
+    li = 0
+    oi = 0
+    for _ in range(half - 1):
+        add[e] = ri
+        ri += 1
+        e += 1
+    for _ in range(w - half + 1):
+        add[e] = ri
+        out[e] = oi
+        ri += 1
+        oi += 1
+        e += 1
+    for _ in range(n - w):
+        add[e] = ri
+        sub[e] = li
+        out[e] = oi
+        ri += 1
+        li += 1
+        oi += 1
+        e += 1
+    for _ in range(half - 1):
+        sub[e] = li
+        out[e] = oi
+        li += 1
+        oi += 1
+        e += 1
+    return add, sub, out
+
+
+@njit(cache=True)
+def downsample64(rgb, wr, wc, col_samples, row_samples):
+    """Luma + the reference 2x(rows, columns) box filters + 64x64 decimation."""
+    nrows, ncols = rgb.shape[0], rgb.shape[1]
+    div_r = box_divisors(ncols, wr)
+    div_c = box_divisors(nrows, wc)
+    add, sub, out = _column_schedule(nrows, wc)
+
+    # Ring of pass-1 rows: the column pass needs rows li..ri (wc + 1 of them) and rows
+    # arrive a block at a time.
+    ring = wc + 2 * BLOCK
+    b1 = np.empty((ring, ncols), np.float32)
+    t = np.empty((ncols, BLOCK), np.float32)
+    u = np.empty((ncols, BLOCK), np.float32)
+    colsum = np.zeros(ncols, np.float32)
+    # Pass-2 output rows waiting for row pass 3, transposed.
+    p = np.zeros((ncols, BLOCK), np.float32)
+    p_rows = np.empty(BLOCK, np.int64)
+    npend = 0
+    b3 = np.empty((nrows, 64), np.float32)
+    done = 0  # pass-1 rows computed
+
+    for e in range(add.shape[0]):
+        a = add[e]
+        if a >= 0:
+            if a >= done:
+                rows = min(BLOCK, nrows - done)
+                _luma_block(rgb, done, rows, t)
+                _box_block_rows(t, u, ncols, wr, div_r)
+                for g in range(rows):
+                    dst = b1[(done + g) % ring]
+                    for k in range(ncols):
+                        dst[k] = u[k, g]
+                done += rows
+            src = b1[a % ring]
+            for k in range(ncols):
+                colsum[k] += src[k]
+        s = sub[e]
+        if s >= 0:
+            src = b1[s % ring]
+            for k in range(ncols):
+                colsum[k] -= src[k]
+        o = out[e]
+        if o >= 0:
+            d = div_c[o]
+            for k in range(ncols):
+                p[k, npend] = colsum[k] / d
+            p_rows[npend] = o
+            npend += 1
+            if npend == BLOCK or o == nrows - 1:
+                _box_block_rows(p, u, ncols, wr, div_r)
+                for g in range(npend):
+                    dst = b3[p_rows[g]]
+                    for j in range(64):
+                        dst[j] = u[col_samples[j], g]
+                npend = 0
+
+    # Column pass 4 on the 64 sampled columns; keep the 64 sampled rows.
+    full = np.empty((nrows, 64), np.float32)
+    acc = np.zeros(64, np.float32)
+    for e in range(add.shape[0]):
+        a = add[e]
+        if a >= 0:
+            for j in range(64):
+                acc[j] += b3[a, j]
+        s = sub[e]
+        if s >= 0:
+            for j in range(64):
+                acc[j] -= b3[s, j]
+        o = out[e]
+        if o >= 0:
+            d = div_c[o]
+            for j in range(64):
+                full[o, j] = acc[j] / d
+    result = np.empty((64, 64), np.float32)
+    for i in range(64):
+        for j in range(64):
+            result[i, j] = full[row_samples[i], j]
+    return result
+
+
+@njit(cache=True)
+def quality(a):
+    """Reference image-domain quality: quantised gradient sum over the 64x64 block."""
+    one_hundred = np.float32(100.0)
+    two_five_five = np.float32(255.0)
+    total = 0
+    for i in range(63):
+        for j in range(64):
+            d = int(((a[i, j] - a[i + 1, j]) * one_hundred) / two_five_five)
+            total += abs(d)
+    for i in range(64):
+        for j in range(63):
+            d = int(((a[i, j] - a[i, j + 1]) * one_hundred) / two_five_five)
+            total += abs(d)
+    q = total // 90
+    return min(q, 100)
+
+
+@njit(cache=True)
+def dct16(a, dm):
+    """B = D A D^T keeping the reference summation order (k ascending, no FMA)."""
+    t = np.zeros((16, 64), np.float32)
+    for i in range(16):
+        for k in range(64):
+            c = dm[i, k]
+            for j in range(64):
+                t[i, j] += c * a[k, j]
+    b = np.empty((16, 16), np.float32)
+    for i in range(16):
+        for j in range(16):
+            s = np.float32(0.0)
+            for k in range(64):
+                s += t[i, k] * dm[j, k]
+            b[i, j] = s
+    return b
+
+
+@njit(cache=True)
+def torben(m):
+    """Torben Mogensen's median, as the reference computes it (ties included)."""
+    n = m.shape[0]
+    mn = m[0]
+    mx = m[0]
+    for i in range(1, n):
+        if m[i] < mn:
+            mn = m[i]
+        if m[i] > mx:
+            mx = m[i]
+    half = (n + 1) // 2
+    while True:
+        guess = (mn + mx) / np.float32(2.0)
+        less = 0
+        greater = 0
+        equal = 0
+        maxlt = mn
+        mingt = mx
+        for i in range(n):
+            v = m[i]
+            if v < guess:
+                less += 1
+                if v > maxlt:
+                    maxlt = v
+            elif v > guess:
+                greater += 1
+                if v < mingt:
+                    mingt = v
+            else:
+                equal += 1
+        if less <= half and greater <= half:
+            break
+        elif less > greater:
+            mx = maxlt
+        else:
+            mn = mingt
+    if less >= half:
+        return maxlt
+    elif less + equal >= half:
+        return guess
+    return mingt
+
+
+@njit(cache=True)
+def bits_from_dct(b):
+    """Bit k = i*16+j set when B[i,j] > median, packed in the reference hex order."""
+    flat = b.ravel()
+    med = torben(flat)
+    code = np.zeros(32, np.uint8)
+    for k in range(256):
+        if flat[k] > med:
+            code[31 - (k >> 3)] |= np.uint8(1 << (k & 7))
+    return code
