@@ -143,33 +143,37 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
     results = [matcher_pb2.QueryResult(source=HASH, index=i) for i in range(n_hashes)]
     for name, (codes, positions, qualities) in parsed.by_type.items():
         call.check_deadline()
-        keep = [
-            row
-            for row, q in enumerate(qualities)
-            if min_quality is None or q is None or q >= min_quality
-        ]
-        for row, q in enumerate(qualities):
-            if min_quality is not None and q is not None and q < min_quality:
-                results[positions[row]].skipped_low_quality = True
-        if not keep:
-            continue
-        rows = codes[keep] if len(keep) != len(codes) else codes
         radius = convert.threshold_for(name, threshold)
+        known = qualities if any(q is not None for q in qualities) else None
         if name == "vpdq":
             # The engine reads vPDQ rows as the frames of ONE video; here each hash is
-            # its own query (a one-frame video). Whole videos go in as media.
+            # its own query (a one-frame video). Whole videos go in `videos` or media.
             per_query = [
-                engine.match(name, row[None, :], tenant=tenant, threshold=radius,
-                             lists=lists, max_results=max_results)[0]
-                for row in rows
+                engine.match(name, codes[row : row + 1], tenant=tenant, threshold=radius,
+                             lists=lists, max_results=max_results,
+                             qualities=[qualities[row]] if known else None,
+                             min_quality=min_quality)[0]
+                for row in range(len(codes))
             ]  # fmt: skip
         else:
+            # Known PDQ qualities under the floor (min_quality, default 50 as HMA) are
+            # not looked up; the engine marks them skipped_low_quality.
             per_query = engine.match(
-                name, rows, tenant=tenant, threshold=radius, lists=lists, max_results=max_results
+                name,
+                codes,
+                tenant=tenant,
+                threshold=radius,
+                lists=lists,
+                max_results=max_results,
+                qualities=known,
+                min_quality=min_quality,
             )
-        host.metrics.queries.labels(name).inc(len(keep))
-        for row, found in zip(keep, per_query, strict=True):
+        host.metrics.queries.labels(name).inc(len(codes))
+        for row, found in enumerate(per_query):
             position = positions[row]
+            results[position].skipped_low_quality = bool(
+                getattr(found, "skipped_low_quality", False)
+            )
             results[position].matches.extend(
                 _relabel(convert.match_to_pb(m), position) for m in found
             )

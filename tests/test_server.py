@@ -137,6 +137,8 @@ def test_match_media_dihedral_and_quality_floor(ops):
     value = common_pb2.HashValue(signal_type="pdq", hex=pdq_hex, quality=10)
     skipped = ops.match([value], min_quality=50).results[0]
     assert skipped.skipped_low_quality and not skipped.matches
+    assert ops.match([value]).results[0].skipped_low_quality  # the default floor is 50
+    assert ops.match([value], min_quality=0).results[0].matches
     assert md5_hex and len(md5_hex) == 32
 
 
