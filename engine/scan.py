@@ -380,11 +380,35 @@ class RemoteMatcher(Matcher):
     def match(self, signal_type, codes, qualities):
         from hashmatch.v1 import common_pb2
 
-        if signal_type == "vpdq":
-            raise errors.InvalidInput(
-                "vpdq matching through --server is not supported yet; scan videos locally",
-                field="types",
+        if signal_type == "vpdq":  # one video = one VideoQuery of its frames
+            from hashmatch.v1 import matcher_pb2
+
+            video = matcher_pb2.VideoQuery(
+                signal_type="vpdq",
+                frames=signal_types.get("vpdq").format_many(codes),
+                qualities=[int(q) for q in qualities]
+                if all(q is not None for q in qualities)
+                else [],
             )
+            reply = self.client.match(
+                (), videos=[video], threshold=self.threshold, lists=self.lists
+            )
+            return [
+                Hit(
+                    0,
+                    int(m.signal_id),
+                    m.signal_type,
+                    m.hash_hex,
+                    int(m.distance),
+                    m.list_name,
+                    tuple(m.labels),
+                    m.external_id or None,
+                    float(m.query_match_pct),
+                    float(m.target_match_pct),
+                )
+                for result in reply.results
+                for m in result.matches
+            ]
 
         hits: list[Hit] = []
         for start in range(0, len(codes), self.batch):
