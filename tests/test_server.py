@@ -140,6 +140,12 @@ def test_match_media_dihedral_and_quality_floor(ops):
     assert ops.match([value]).results[0].skipped_low_quality  # the default floor is 50
     assert ops.match([value], min_quality=0).results[0].matches
     assert md5_hex and len(md5_hex) == 32
+    # One threshold for mixed media types: PDQ uses it, MD5 stays exact.
+    ops.ingest("media", [signal("md5", md5_hex)])
+    mixed = ops.match(media=[_jpeg(photo)], media_types=["pdq", "md5"], threshold=40,
+                      lists=["media"]).results[0]  # fmt: skip
+    assert {m.signal_type for m in mixed.matches} == {"pdq", "md5"}
+    assert [c.signal_type for c in mixed.computed] == ["pdq", "md5"]
 
 
 def test_match_stream_answers_in_order(ops):
