@@ -536,7 +536,6 @@ class Progress:
             now = time.monotonic()
             if now - self.last_log >= self.every:
                 self.last_log = now
-                log.info(self.line())
                 print(self.line(), file=sys.stderr, flush=True)
 
     def line(self) -> str:

@@ -250,3 +250,14 @@ def test_cli_scan_writes_report_and_summary(world, tmp_path):
     assert bad.exit_code != 0 and "unknown signal type 'nope'" in bad.output
     none = CliRunner().invoke(cli, ["scan"])
     assert none.exit_code != 0 and "PATHS or --from-list" in none.output
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal(capsys):
+    from hashmatch.engine.scan import Progress
+
+    progress = Progress(40, every=0.0)  # pytest's stderr is not a terminal
+    progress.update(10, failed=1, matched=2)
+    progress.close()
+    err = capsys.readouterr().err
+    assert "scan: 10/40 files (25.0%)" in err and "files/s, ETA " in err
+    assert "failed 1, matched 2" in err
