@@ -787,7 +787,10 @@ class Scanner:
         for i, r in enumerate(ok):
             to_match.append((-1 - i, r.hashes))
         for file_id in skipped:
-            to_match.append((file_id, stored.get(file_id, [])))
+            wanted = set(self.options.types)  # a file may have been hashed with more types
+            to_match.append(
+                (file_id, [h for h in stored.get(file_id, []) if h.signal_type in wanted])
+            )
         matched = match_files(self.matcher, to_match) if self.matcher else {}
         failed = 0
         matched_files = 0
