@@ -269,11 +269,12 @@ def _csv(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
                 break
     width = len(header)
     i_lab = optional.get("labels")
-    simple = len(optional) == 0
+    i_ext = optional.get("external_id")
+    i_q = optional.get("quality")
+    i_exp = optional.get("expires_at")
+    label_cache: dict[str, tuple[str, ...]] = {}
     for row in reader:
         number = reader.line_num
-        if not row:
-            continue
         if len(row) < width:
             if not any(c.strip() for c in row):
                 continue
@@ -283,23 +284,27 @@ def _csv(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
                 field=header[len(row)],
             )
             continue
-        if simple:
+        if i_lab is None:
             labels = extra
-            yield SignalRecord(row[i_type], row[i_value], labels, line=number)
-            continue
+        else:
+            text = row[i_lab]
+            labels = label_cache.get(text)
+            if labels is None:
+                labels = _labels(text, extra)
+                if len(label_cache) < 10_000:
+                    label_cache[text] = labels
         try:
             yield SignalRecord(
                 row[i_type],
                 row[i_value],
-                _labels(row[i_lab], extra) if i_lab is not None else extra,
-                external_id=_opt_str(row[optional["external_id"]])
-                if "external_id" in optional
-                else None,
-                quality=_quality(row[optional["quality"]]) if "quality" in optional else None,
-                expires_at=parse_time(row[optional["expires_at"]])
-                if "expires_at" in optional
-                else None,
-                line=number,
+                labels,
+                row[i_ext] or None if i_ext is not None else None,
+                _quality(row[i_q]) if i_q is not None else None,
+                parse_time(row[i_exp]) if i_exp is not None else None,
+                None,
+                None,
+                None,
+                number,
             )
         except InvalidInput as exc:
             yield Rejection(exc.message, line=number, field=exc.field)

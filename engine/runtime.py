@@ -183,7 +183,11 @@ class Engine:
             if change.op in ("add", "remove") and len(change.ids):
                 index = self._index_for(change.signal_type, self._indexes)
                 if change.op == "add":
-                    ids, codes = self.store.codes_for(change.signal_type, change.ids)
+                    fresh = self.store.take_fresh(change.seq)
+                    if fresh is not None:  # written by this process just now: no re-read
+                        ids, codes = fresh
+                    else:
+                        ids, codes = self.store.codes_for(change.signal_type, change.ids)
                     index.add(codes, ids)
                 else:
                     index.remove(self._index_ids(change.signal_type, change.ids))
@@ -609,10 +613,7 @@ class Engine:
         indexes: dict[str, object] = {}
         for stype, entry in manifest["types"].items():
             path = manifest_path.parent / entry["file"]
-            if entry.get("loader") == "fallback":
-                index = FlatIndex.load(path)
-            else:
-                index = load_index(path)
+            index = FlatIndex.load(path) if entry.get("loader") == "fallback" else load_index(path)
             if len(index) != int(entry["count"]):
                 raise CorruptData(f"{stype}: {len(index)} codes, manifest says {entry['count']}")
             indexes[stype] = index

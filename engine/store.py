@@ -23,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import queue
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,7 @@ from hashmatch.engine.store_schema import migrate
 
 LABEL_SEP = "\x1f"  # labels are stored joined by the ASCII unit separator
 DEFAULT_BATCH = 10_000
+FRESH_CACHE_ROWS = 2_000_000  # rows of just-written codes kept for the index (~64 MB of PDQ)
 MAX_REJECTIONS_KEPT = 10_000  # a report keeps this many rejections; the count is exact
 
 
@@ -59,7 +62,7 @@ class IngestRefused(InvalidInput):
 # --------------------------------------------------------------------------- records
 
 
-@dataclass
+@dataclass(slots=True)
 class SignalRecord:
     """One signal to ingest, as a parser (or the gRPC layer) produced it.
 
@@ -233,6 +236,10 @@ class SignalStore:
         self._all_lock = threading.Lock()
         self.write_lock = threading.RLock()
         self._closed = False
+        # ids + codes of rows this process just inserted, by change seq: the engine
+        # adds them to its index without reading them back (see take_fresh).
+        self._fresh: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._fresh_rows = 0
         migrate(self.conn())
 
     # ---- connections
@@ -512,41 +519,31 @@ class SignalStore:
             list_id = self._list_id(conn, list_name)
             self.check_write(conn, tenant, list_id)
             ingest_id = time.time_ns()
-            batch: list[tuple[int, SignalRecord]] = []
             seen = 0
             in_txn = False
             try:
                 if strict:
                     conn.execute("BEGIN IMMEDIATE")
                     in_txn = True
-                for position, item in enumerate(records):
-                    seen = position + 1
-                    if isinstance(item, Rejection):
-                        if item.index is None:
-                            item = Rejection(item.reason, position, item.line, item.field)
+                # Parsing (Python, holds the GIL) runs in a helper thread while this one
+                # waits in SQLite (which releases it): the two overlap.
+                for batch, parser_rejections, seen in _prefetch(_batches(records, batch_size)):
+                    for item in parser_rejections:
                         report.reject(item)
-                        continue
-                    batch.append((position, item))
-                    if len(batch) >= batch_size:
+                    if batch:
                         self._ingest_batch(
                             conn, batch, list_id, ingest_id, report, actor, source, strict
                         )
-                        batch = []
                         if not strict and on_commit is not None:
                             on_commit()
-                        if progress is not None:
-                            progress(seen)
-                if batch:
-                    self._ingest_batch(
-                        conn, batch, list_id, ingest_id, report, actor, source, strict
-                    )
-                    if not strict and on_commit is not None:
-                        on_commit()
+                    if progress is not None:
+                        progress(seen)
                 if progress is not None:
                     progress(seen)
                 if strict:
                     if report.rejected:
                         conn.execute("ROLLBACK")
+                        self._drop_fresh()
                         in_txn = False
                         report.added = report.updated = report.unchanged = 0
                         report.still_retracted = report.batches = 0
@@ -564,6 +561,7 @@ class SignalStore:
             except BaseException:
                 if in_txn:
                     conn.execute("ROLLBACK")
+                    self._drop_fresh()
                 raise
         report.rejections.sort(key=lambda r: (r.line is None, r.line or 0, r.index or 0))
         report.seconds = time.perf_counter() - started
@@ -580,159 +578,53 @@ class SignalStore:
         source: str | None,
         strict: bool,
     ) -> None:
+        """Validate, de-duplicate and write one batch (one transaction unless strict).
+
+        Hot path: hashes are validated per type in one ``bytes.fromhex`` call, keyed
+        by a 63-bit fingerprint of (type, code), and inserted by one ``INSERT ...
+        SELECT FROM json_each`` with ``ON CONFLICT DO NOTHING``. Only rows that
+        conflicted (re-ingest, a duplicate, or a fingerprint collision) take the
+        slow path that reads the existing row.
+        """
         now = time.time()
-        # 1. validate, key, and de-duplicate within the batch (python, no DB).
-        valid: dict[tuple[str, bytes], tuple] = {}
-        frames_of: dict[tuple[str, bytes], SignalRecord] = {}
-        types_cache: dict[str, signal_types.SignalType] = {}
         rejected_before = report.rejected
-        first_line = last_line = None
+        lines = [rec.line for _, rec in batch if rec.line is not None]
+        groups: dict[str, list[tuple[int, SignalRecord]]] = {}
         for position, rec in batch:
-            line = rec.line
-            if line is not None:
-                first_line = line if first_line is None else first_line
-                last_line = line
+            groups.setdefault(rec.signal_type, []).append((position, rec))
+        counts = {"added": 0, "updated": 0, "unchanged": 0, "still_retracted": 0}
+        prepared = []
+        for type_name, items in groups.items():
             try:
-                st = types_cache.get(rec.signal_type)
-                if st is None:
-                    st = signal_types.get(rec.signal_type or "")
-                    types_cache[rec.signal_type] = st
-                code = _vpdq_key(rec) if st.name == "vpdq" else _parse_code(st, rec.hash_hex)
-                labels = join_labels(rec.labels)
-                quality = None if rec.quality is None else int(rec.quality)
-                if quality is not None and not 0 <= quality <= 100:
-                    raise InvalidInput(f"quality must be 0..100, got {quality}", field="quality")
-            except (InvalidInput, TypeError, ValueError) as exc:
-                report.reject(
-                    Rejection(_reason(exc), position, line, getattr(exc, "field", None) or "signal")
-                )
+                st = signal_types.get(type_name or "")
+            except UnknownSignalType as exc:
+                for position, rec in items:
+                    report.reject(Rejection(exc.message, position, rec.line, "signal_type"))
                 continue
-            key = (st.name, code)
-            if key in valid:
-                first = valid[key][0]
-                report.reject(
-                    Rejection(
-                        f"duplicate {st.name} hash within the input (first at {_where(first)})",
-                        position,
-                        line,
-                        "hash",
-                    )
-                )
-                continue
-            valid[key] = (
-                (position, line),
-                labels,
-                rec.external_id or None,
-                quality,
-                rec.expires_at,
-            )
-            if st.name == "vpdq":
-                frames_of[key] = rec
-        # 2. what exists already in this list (and was it seen earlier in this ingest?)
-        existing: dict[tuple[str, bytes], tuple] = {}
-        by_type: dict[str, list[bytes]] = {}
-        for stype, code in valid:
-            by_type.setdefault(stype, []).append(code)
-        for stype, codes in by_type.items():
-            for i in range(0, len(codes), 900):
-                chunk = codes[i : i + 900]
-                marks = ",".join("?" * len(chunk))
-                for row in conn.execute(
-                    "SELECT code, id, labels, external_id, quality, expires_at, last_ingest,"
-                    f" retracted_at FROM signals WHERE list_id = ? AND signal_type = ?"
-                    f" AND code IN ({marks})",
-                    (list_id, stype, *chunk),
-                ):
-                    existing[(stype, row[0])] = row[1:]
-        # 3. classify
-        inserts: dict[str, list[tuple]] = {}
-        updates: list[tuple] = []
-        touches: list[tuple] = []
-        added = updated = unchanged = still_retracted = 0
-        for key, (where, labels, external_id, quality, expires_at) in valid.items():
-            old = existing.get(key)
-            if old is None:
-                inserts.setdefault(key[0], []).append(
-                    (list_id, key[0], key[1], labels, external_id, quality, now, now, expires_at,
-                     ingest_id)
-                )  # fmt: skip
-                continue
-            sid, o_labels, o_ext, o_quality, o_expires, o_ingest, o_retracted = old
-            if o_ingest == ingest_id:
-                report.reject(
-                    Rejection(
-                        f"duplicate {key[0]} hash within the input (signal {sid} was written "
-                        "earlier in this ingest)",
-                        where[0],
-                        where[1],
-                        "hash",
-                    )
-                )
-                continue
-            if o_retracted is not None:
-                still_retracted += 1
-            if (o_labels, o_ext, o_quality, o_expires) != (labels, external_id, quality,
-                                                           expires_at):  # fmt: skip
-                updates.append((labels, external_id, quality, expires_at, now, ingest_id, sid))
-                updated += 1
-            else:
-                touches.append((ingest_id, sid))
-                unchanged += 1
-        # 4. write (one transaction unless strict wraps everything)
+            prepared.append(self._validate_group(st, items, report))
         if not strict:
             conn.execute("BEGIN IMMEDIATE")
         try:
-            for stype, rows in inserts.items():
-                before = conn.execute("SELECT COALESCE(MAX(id), 0) FROM signals").fetchone()[0]
-                conn.executemany(
-                    "INSERT INTO signals(list_id, signal_type, code, labels, external_id, quality,"
-                    " added_at, updated_at, expires_at, last_ingest)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-                after = conn.execute("SELECT MAX(id) FROM signals").fetchone()[0]
-                if after - before != len(rows):  # ids are contiguous under the write lock
-                    raise Conflict("signal ids were not allocated contiguously", field="signals")
-                if stype == "vpdq":
-                    frame_rows = []
-                    for offset, row in enumerate(rows):
-                        rec = frames_of[(stype, row[2])]
-                        frame_rows.extend(_frame_rows(before + 1 + offset, rec))
-                    conn.executemany(
-                        "INSERT INTO signal_frames(signal_id, frame_no, code, quality, timestamp)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        frame_rows,
-                    )
-                conn.execute(
-                    "INSERT INTO changes(op, signal_type, first_id, last_id) VALUES"
-                    " ('add', ?, ?, ?)",
-                    (stype, before + 1, after),
-                )
-                added += len(rows)
-            if updates:
-                conn.executemany(
-                    "UPDATE signals SET labels = ?, external_id = ?, quality = ?, expires_at = ?,"
-                    " updated_at = ?, last_ingest = ? WHERE id = ?",
-                    updates,
-                )
-            if touches:
-                conn.executemany("UPDATE signals SET last_ingest = ? WHERE id = ?", touches)
+            for st, items, codes, fps in prepared:
+                if items:
+                    self._write_group(conn, st, items, codes, fps, list_id, ingest_id, now,
+                                      report, counts)  # fmt: skip
             self._audit(
                 conn,
                 actor,
                 "ingest",
                 report.list_name,
-                added + updated,
+                counts["added"] + counts["updated"],
                 source,
                 {
                     "ingest_id": ingest_id,
                     "batch": report.batches + 1,
-                    "added": added,
-                    "updated": updated,
-                    "unchanged": unchanged,
+                    "added": counts["added"],
+                    "updated": counts["updated"],
+                    "unchanged": counts["unchanged"],
                     "rejected": report.rejected - rejected_before,
-                    "first_line": first_line,
-                    "last_line": last_line,
+                    "first_line": lines[0] if lines else None,
+                    "last_line": lines[-1] if lines else None,
                 },
             )
             if not strict:
@@ -740,12 +632,224 @@ class SignalStore:
         except BaseException:
             if not strict:
                 conn.execute("ROLLBACK")
+                self._drop_fresh()
             raise
-        report.added += added
-        report.updated += updated
-        report.unchanged += unchanged
-        report.still_retracted += still_retracted
+        report.added += counts["added"]
+        report.updated += counts["updated"]
+        report.unchanged += counts["unchanged"]
+        report.still_retracted += counts["still_retracted"]
         report.batches += 1
+
+    def _validate_group(
+        self,
+        st: signal_types.SignalType,
+        items: list[tuple[int, SignalRecord]],
+        report: IngestReport,
+    ) -> tuple:
+        """-> (st, kept items, codes uint8[n, nbytes], fingerprints int64[n]); rejects the rest."""
+        if st.name == "vpdq":
+            good, keys = [], []
+            for position, rec in items:
+                try:
+                    keys.append(_vpdq_key(rec))
+                    good.append((position, rec))
+                except InvalidInput as exc:
+                    report.reject(Rejection(exc.message, position, rec.line, exc.field))
+            codes = np.frombuffer(b"".join(keys), np.uint8).reshape(-1, 32)
+        else:
+            values = [rec.hash_hex.strip() if rec.hash_hex else "" for _, rec in items]
+            raw = b""
+            if all(len(v) == st.hex_length for v in values):
+                try:
+                    raw = bytes.fromhex("".join(values))
+                except ValueError:
+                    raw = b""
+            if len(raw) == len(values) * st.nbytes:
+                good = items
+                codes = np.frombuffer(raw, np.uint8).reshape(-1, st.nbytes)
+            else:  # something is bad: find which, one by one
+                good, parts = [], []
+                for (position, rec), value in zip(items, values, strict=True):
+                    try:
+                        parts.append(_parse_code(st, value))
+                        good.append((position, rec))
+                    except InvalidInput as exc:
+                        report.reject(Rejection(exc.message, position, rec.line, "hash"))
+                codes = np.frombuffer(b"".join(parts), np.uint8).reshape(-1, st.nbytes)
+        fps = fingerprints(st.name, codes)
+        # duplicates within the batch: keep the first occurrence
+        first: dict[int, int] = {}
+        keep = np.ones(len(good), dtype=bool)
+        for i, fp in enumerate(fps.tolist()):
+            j = first.setdefault(fp, i)
+            if j != i and codes[j].tobytes() == codes[i].tobytes():
+                keep[i] = False
+                position, rec = good[i]
+                report.reject(
+                    Rejection(
+                        f"duplicate {st.name} hash within the input (first at "
+                        f"{_where((good[j][0], good[j][1].line))})",
+                        position,
+                        rec.line,
+                        "hash",
+                    )
+                )
+        if not keep.all():
+            good = [g for g, k in zip(good, keep.tolist(), strict=True) if k]
+            codes, fps = codes[keep], fps[keep]
+        return st, good, np.ascontiguousarray(codes), fps
+
+    def _write_group(
+        self, conn, st, items, codes, fps, list_id, ingest_id, now, report, counts
+    ) -> None:
+        label_cache: dict[tuple, str] = {}
+        payload = []
+        for (_, rec), fp in zip(items, fps.tolist(), strict=True):
+            labels = label_cache.get(rec.labels)
+            if labels is None:
+                labels = label_cache[rec.labels] = join_labels(rec.labels)
+            quality = rec.quality
+            if quality is not None and not (isinstance(quality, int) and 0 <= quality <= 100):
+                quality = -1  # rejected below, after the insert decides nothing
+            payload.append([fp, labels, rec.external_id or None, quality, rec.expires_at])
+        bad_quality = [i for i, row in enumerate(payload) if row[3] == -1]
+        if bad_quality:
+            drop = set(bad_quality)
+            for i in bad_quality:
+                position, rec = items[i]
+                report.reject(
+                    Rejection(
+                        f"quality must be 0..100, got {rec.quality!r}",
+                        position,
+                        rec.line,
+                        "quality",
+                    )
+                )
+            keep = [i for i in range(len(items)) if i not in drop]
+            items = [items[i] for i in keep]
+            payload = [payload[i] for i in keep]
+            codes, fps = codes[keep], fps[keep]
+            if not items:
+                return
+        before = _sequence(conn)
+        inserted = conn.execute(
+            "INSERT INTO signals(list_id, signal_type, code, fp, labels, external_id, quality,"
+            " added_at, updated_at, expires_at, last_ingest)"
+            f" SELECT ?1, ?2, substr(?3, j.key * {st.nbytes} + 1, {st.nbytes}), j.value ->> 0,"
+            " j.value ->> 1, j.value ->> 2, j.value ->> 3, ?4, ?4, j.value ->> 4, ?5"
+            " FROM json_each(?6) AS j WHERE true ON CONFLICT(list_id, fp) DO NOTHING",
+            (list_id, st.name, codes.tobytes(), now, ingest_id, json.dumps(payload)),
+        ).rowcount
+        after = _sequence(conn)
+        if inserted == len(items) and after - before == inserted:  # the fast path
+            new_rows = list(range(len(items)))
+            ids = np.arange(before + 1, after + 1, dtype=np.int64)
+        else:  # some rows conflicted (and may have burnt ids): ask which ones went in
+            new_fps = dict(
+                conn.execute(
+                    "SELECT fp, id FROM signals WHERE id > ? AND id <= ? ORDER BY id",
+                    (before, after),
+                ).fetchall()
+            )
+            fp_list = fps.tolist()
+            new_rows = [i for i, fp in enumerate(fp_list) if fp in new_fps]
+            ids = np.array([new_fps[fp_list[i]] for i in new_rows], dtype=np.int64)
+            if len(new_rows) != inserted:
+                raise Conflict("ingest lost track of inserted rows", field="signals")
+            self._reingest(conn, st, items, codes, fps, payload, set(new_rows), list_id,
+                           ingest_id, now, report, counts)  # fmt: skip
+        if inserted:
+            if st.name == "vpdq":
+                frame_rows = []
+                for sid, i in zip(ids.tolist(), new_rows, strict=True):
+                    frame_rows.extend(_frame_rows(sid, items[i][1]))
+                conn.executemany(
+                    "INSERT INTO signal_frames(signal_id, frame_no, code, quality, timestamp)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    frame_rows,
+                )
+            if int(ids[-1] - ids[0]) == len(ids) - 1:
+                cur = conn.execute(
+                    "INSERT INTO changes(op, signal_type, first_id, last_id)"
+                    " VALUES ('add', ?, ?, ?)",
+                    (st.name, int(ids[0]), int(ids[-1])),
+                )
+            else:
+                cur = conn.execute(
+                    "INSERT INTO changes(op, signal_type, ids) VALUES ('add', ?, ?)",
+                    (st.name, np.sort(ids).tobytes()),
+                )
+            if st.name != "vpdq" and self._fresh_rows + len(ids) <= FRESH_CACHE_ROWS:
+                kept = codes if len(new_rows) == len(items) else codes[new_rows]
+                self._fresh[cur.lastrowid] = (ids, np.ascontiguousarray(kept))
+                self._fresh_rows += len(ids)
+            counts["added"] += inserted
+
+    def _reingest(
+        self, conn, st, items, codes, fps, payload, new_rows, list_id, ingest_id, now, report,
+        counts,
+    ) -> None:  # fmt: skip
+        """Rows that conflicted: already in the list (update/unchanged), a duplicate
+        earlier in this ingest, or (astronomically rare) a fingerprint collision."""
+        old_rows = [i for i in range(len(items)) if i not in new_rows]
+        existing: dict[int, tuple] = {}
+        fp_list = [int(fps[i]) for i in old_rows]
+        for k in range(0, len(fp_list), 900):
+            chunk = fp_list[k : k + 900]
+            for row in conn.execute(
+                "SELECT fp, id, code, labels, external_id, quality, expires_at, last_ingest,"
+                " retracted_at FROM signals WHERE list_id = ? AND fp IN"
+                f" ({','.join('?' * len(chunk))})",
+                (list_id, *chunk),
+            ):
+                existing[row[0]] = row[1:]
+        updates, touches = [], []
+        for i in old_rows:
+            position, rec = items[i]
+            old = existing.get(int(fps[i]))
+            if old is None:  # cannot happen under the write lock; be loud if it does
+                raise Conflict("a conflicting signal vanished during ingest", field="signals")
+            sid, code, o_labels, o_ext, o_quality, o_expires, o_ingest, o_retracted = old
+            if bytes(code) != codes[i].tobytes():
+                report.reject(
+                    Rejection(
+                        f"fingerprint collision with signal {sid} (a different hash); "
+                        "please report this",
+                        position,
+                        rec.line,
+                        "hash",
+                    )
+                )
+                continue
+            if o_ingest == ingest_id:
+                report.reject(
+                    Rejection(
+                        f"duplicate {st.name} hash within the input (signal {sid} was written "
+                        "earlier in this ingest)",
+                        position,
+                        rec.line,
+                        "hash",
+                    )
+                )
+                continue
+            if o_retracted is not None:
+                counts["still_retracted"] += 1
+            _, labels, external_id, quality, expires_at = payload[i]
+            if (o_labels, o_ext, o_quality, o_expires) != (labels, external_id, quality,
+                                                           expires_at):  # fmt: skip
+                updates.append((labels, external_id, quality, expires_at, now, ingest_id, sid))
+            else:
+                touches.append((ingest_id, sid))
+        if updates:
+            conn.executemany(
+                "UPDATE signals SET labels = ?, external_id = ?, quality = ?, expires_at = ?,"
+                " updated_at = ?, last_ingest = ? WHERE id = ?",
+                updates,
+            )
+        if touches:
+            conn.executemany("UPDATE signals SET last_ingest = ? WHERE id = ?", touches)
+        counts["updated"] += len(updates)
+        counts["unchanged"] += len(touches)
 
     # ---- retraction
 
@@ -792,9 +896,8 @@ class SignalStore:
                 st = signal_types.get(stype, field=f"hashes[{i}].signal_type")
                 code = _parse_code(st, value, field=f"hashes[{i}]")
                 row = conn.execute(
-                    "SELECT id, signal_type FROM signals WHERE list_id = ? AND signal_type = ?"
-                    " AND code = ?",
-                    (list_id, st.name, code),
+                    "SELECT id, signal_type FROM signals WHERE list_id = ? AND fp = ? AND code = ?",
+                    (list_id, fingerprint(st.name, code), code),
                 ).fetchone()
                 if row:
                     targets[row[0]] = row[1]
@@ -928,6 +1031,19 @@ class SignalStore:
     def change_counter(self) -> int:
         row = self.conn().execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
         return int(row[0])
+
+    def take_fresh(self, seq: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(ids, codes) this process wrote for change ``seq``, if still cached (once)."""
+        with self.write_lock:
+            entry = self._fresh.pop(seq, None)
+            if entry is not None:
+                self._fresh_rows -= len(entry[0])
+            return entry
+
+    def _drop_fresh(self) -> None:
+        with self.write_lock:
+            self._fresh.clear()
+            self._fresh_rows = 0
 
     def changes_since(self, seq: int) -> list[Change]:
         out = []
@@ -1143,6 +1259,105 @@ class _WriteTxn:
 # --------------------------------------------------------------------------- helpers
 
 FRAME_BITS = 20  # vPDQ index ids: signal_id << 20 | frame_no (up to ~1M frames a video)
+
+
+_FP_MULT = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5],
+    dtype=np.uint64,
+)
+
+
+def fingerprints(signal_type: str, codes: np.ndarray) -> np.ndarray:
+    """63-bit keys of (type, code) rows: the store's unique key within a list.
+
+    Why not the code itself: an 8-byte integer key makes SQLite's unique index
+    about twice as fast to insert into as a 32-byte blob one (the ingest hot path);
+    the rare collision is detected (the full code is compared) and reported.
+    """
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    n, nbytes = codes.shape
+    words = codes.view("<u8").reshape(n, nbytes // 8)
+    salt = zlib.crc32(signal_type.encode()) * 0x100000001B3
+    h = np.full(n, salt & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
+    for i in range(words.shape[1]):
+        h ^= words[:, i] * _FP_MULT[i % 4]
+        h ^= h >> np.uint64(29)
+        h *= _FP_MULT[(i + 1) % 4]
+    h ^= h >> np.uint64(32)
+    return (h >> np.uint64(1)).astype(np.int64)
+
+
+def fingerprint(signal_type: str, code: bytes) -> int:
+    return int(fingerprints(signal_type, np.frombuffer(code, np.uint8)[None, :])[0])
+
+
+def _sequence(conn: sqlite3.Connection) -> int:
+    """The last signal id ever allocated (AUTOINCREMENT: new ids are above it)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'signals'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _batches(records: Iterable, size: int) -> Iterator[tuple[list, list, int]]:
+    """Group a record stream into (records with positions, parser rejections, seen)."""
+    batch: list[tuple[int, SignalRecord]] = []
+    rejections: list[Rejection] = []
+    position = -1
+    for position, item in enumerate(records):
+        if isinstance(item, Rejection):
+            if item.index is None:
+                item = Rejection(item.reason, position, item.line, item.field)
+            rejections.append(item)
+            continue
+        batch.append((position, item))
+        if len(batch) >= size:
+            yield batch, rejections, position + 1
+            batch, rejections = [], []
+    if batch or rejections:
+        yield batch, rejections, position + 1
+
+
+def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    """Run a generator in a helper thread, ``depth`` items ahead (bounded memory).
+
+    Exceptions raised by the generator are re-raised in the consumer; if the
+    consumer stops early, the helper is told to stop and drains.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put((None, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((None, done))
+        except BaseException as exc:  # handed to the consumer
+            q.put((exc, None))
+
+    thread = threading.Thread(target=work, name="ingest-parse", daemon=True)
+    thread.start()
+    try:
+        while True:
+            exc, item = q.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
 
 
 def _check_name(name: str, field_name: str) -> str:

@@ -37,6 +37,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             list_id INTEGER NOT NULL REFERENCES hash_lists(id),
             signal_type TEXT NOT NULL,
             code BLOB NOT NULL,
+            fp INTEGER NOT NULL,
             labels TEXT NOT NULL DEFAULT '',
             external_id TEXT,
             quality INTEGER,
@@ -47,7 +48,7 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             retract_reason TEXT,
             last_ingest INTEGER
         );
-        CREATE UNIQUE INDEX signals_key ON signals(list_id, signal_type, code);
+        CREATE UNIQUE INDEX signals_key ON signals(list_id, fp);
         CREATE INDEX signals_retracted ON signals(retracted_at) WHERE retracted_at IS NOT NULL;
         CREATE TABLE signal_frames (
             signal_id INTEGER NOT NULL REFERENCES signals(id),
