@@ -22,6 +22,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from hashmatch.server.auth import TokenAuth
+from hashmatch.server.batcher import LookupBatcher
 from hashmatch.server.config import ServerConfig
 from hashmatch.server.errors import NotServing
 from hashmatch.server.limits import MediaPool
@@ -67,6 +68,16 @@ class ServiceHost:
         self.media = MediaPool(
             config.media_workers, config.media_queue, on_change=self.metrics.media_pending.set
         )
+        self.batcher = (
+            LookupBatcher(
+                self._run_lookup,
+                threads=config.lookup_threads,
+                max_batch=config.lookup_batch,
+                max_pending=config.max_pending_lookups,
+            )
+            if config.lookup_threads > 0
+            else None
+        )
         self.engine: Any = None
         self.load_error: BaseException | None = None
         self.stopping = False
@@ -86,6 +97,38 @@ class ServiceHost:
             raise NotServing("the index is still loading; retry shortly")
 
     # -- helpers the servicers share -------------------------------------------------
+
+    def lookup(
+        self,
+        signal_type: str,
+        codes,
+        *,
+        tenant: str | None,
+        threshold: int | None,
+        lists: list[str] | None,
+        max_results: int | None,
+        qualities: list[int | None] | None,
+        min_quality: int | None,
+        timeout: Callable[[], float | None],
+    ) -> list:
+        """One result list per row of ``codes`` (batched with concurrent callers)."""
+        key = (signal_type, tenant, threshold, tuple(lists or ()), max_results, min_quality)
+        if self.batcher is None:
+            return self._run_lookup(key, codes, qualities)
+        return self.batcher.lookup(key, codes, qualities, timeout=timeout)
+
+    def _run_lookup(self, key: tuple, codes, qualities) -> list:
+        signal_type, tenant, threshold, lists, max_results, min_quality = key
+        return self.engine.match(
+            signal_type,
+            codes,
+            tenant=tenant,
+            threshold=threshold,
+            lists=list(lists) or None,
+            max_results=max_results,
+            qualities=qualities,
+            min_quality=min_quality,
+        )
 
     def engine_lists(self, tenant: str | None) -> list[signals_pb2.HashList]:
         from hashmatch.server import ingest
@@ -228,6 +271,8 @@ class HashmatchServer:
         grace = self.config.drain_seconds if grace is None else grace
         self._server.stop(grace).wait()
         self.host.media.shutdown()
+        if self.host.batcher is not None:
+            self.host.batcher.close()
         if self.host.engine is not None and hasattr(self.host.engine, "close"):
             self.host.engine.close()
         self.host.metrics.stop()

@@ -48,6 +48,11 @@ class ServerConfig:
     # RESOURCE_EXHAUSTED instead of queueing without bound.
     workers: int = 32
     max_concurrent_rpcs: int = 256
+    # Hash lookups: concurrent requests with the same options are merged into one engine
+    # call on these threads (0 = call the engine on the gRPC thread, no batching).
+    lookup_threads: int = 2
+    lookup_batch: int = 512  # rows per merged engine call
+    max_pending_lookups: int = 20_000  # queued rows beyond this: RESOURCE_EXHAUSTED
     # Media hashing runs on its own bounded pool so large images cannot starve lookups;
     # beyond workers + queue waiting items, media requests get RESOURCE_EXHAUSTED.
     media_workers: int = 2

@@ -159,7 +159,7 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
         else:
             # Known PDQ qualities under the floor (min_quality, default 50 as HMA) are
             # not looked up; the engine marks them skipped_low_quality.
-            per_query = engine.match(
+            per_query = host.lookup(
                 name,
                 codes,
                 tenant=tenant,
@@ -168,6 +168,7 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
                 max_results=max_results,
                 qualities=known,
                 min_quality=min_quality,
+                timeout=call.time_left,
             )
         host.metrics.queries.labels(name).inc(len(codes))
         for row, found in enumerate(per_query):

@@ -1,0 +1,141 @@
+"""Natural batching of concurrent hash lookups into one engine call.
+
+Why: the index answers a batch of queries far cheaper per query than one at a
+time (one pass over memory, one call into FAISS, both cores busy); upload
+pipelines send one hash per call. Requests with the same lookup options that
+arrive while a batch is running are merged into the next one. Nothing waits on
+a timer: an idle server looks a single request up at once, so batching adds no
+latency at low load and only ever groups requests that were queueing anyway.
+
+Bounded: more than ``max_pending`` queued rows is RESOURCE_EXHAUSTED. A request
+whose deadline passes before its batch starts is dropped from the batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from hashmatch.server.errors import DeadlineExceeded, Overloaded
+
+Key = tuple  # (signal_type, tenant, threshold, lists, max_results, min_quality)
+
+
+@dataclass
+class _Item:
+    key: Key
+    codes: np.ndarray
+    qualities: list[int | None] | None
+    future: Future = field(default_factory=Future)
+
+
+class LookupBatcher:
+    """``lookup(key, codes, qualities)`` -> one result list per row, batched across callers."""
+
+    def __init__(
+        self,
+        run: Callable[[Key, np.ndarray, list[int | None] | None], list],
+        *,
+        threads: int = 2,
+        max_batch: int = 512,
+        max_pending: int = 20_000,
+    ):
+        self._run = run
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._queue: deque[_Item] = deque()
+        self._pending_rows = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._threads = [
+            threading.Thread(target=self._worker, name=f"lookup-{i}", daemon=True)
+            for i in range(threads)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def lookup(
+        self,
+        key: Key,
+        codes: np.ndarray,
+        qualities: Sequence[int | None] | None,
+        *,
+        timeout: Callable[[], float | None],
+    ) -> list:
+        item = _Item(key, codes, list(qualities) if qualities is not None else None)
+        with self._cond:
+            if self._closed:
+                raise Overloaded("the server is shutting down")
+            if self._pending_rows + len(codes) > self._max_pending:
+                raise Overloaded(
+                    f"{self._pending_rows} hash lookups are queued (limit {self._max_pending});"
+                    " retry with backoff"
+                )
+            self._queue.append(item)
+            self._pending_rows += len(codes)
+            self._cond.notify()
+        left = timeout()
+        try:
+            return item.future.result(timeout=left)
+        except FutureTimeout:
+            item.future.cancel()  # dropped if its batch has not started
+            raise DeadlineExceeded("deadline passed while waiting for the index") from None
+
+    def _take(self) -> list[_Item]:
+        """The oldest item plus every queued item with the same key (up to max_batch rows)."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return []
+            first = self._queue.popleft()
+            batch, rows = [first], len(first.codes)
+            keep: deque[_Item] = deque()
+            while self._queue:
+                item = self._queue.popleft()
+                if item.key == first.key and rows + len(item.codes) <= self._max_batch:
+                    batch.append(item)
+                    rows += len(item.codes)
+                else:
+                    keep.append(item)
+            keep.extend(self._queue)
+            self._queue = keep
+            self._pending_rows -= rows
+            return batch
+
+    def _worker(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                return
+            live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            try:
+                codes = live[0].codes if len(live) == 1 else np.concatenate([i.codes for i in live])
+                if any(i.qualities is not None for i in live):
+                    qualities = [q for i in live for q in (i.qualities or [None] * len(i.codes))]
+                else:
+                    qualities = None
+                results = self._run(live[0].key, codes, qualities)
+            except BaseException as exc:  # the same options: the same error for all
+                for item in live:
+                    item.future.set_exception(exc)
+                continue
+            start = 0
+            for item in live:
+                item.future.set_result(results[start : start + len(item.codes)])
+                start += len(item.codes)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=5)
