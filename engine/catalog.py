@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +57,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_seen_run ON files(seen_run);
 CREATE INDEX IF NOT EXISTS files_md5 ON files(md5);
 CREATE TABLE IF NOT EXISTS hashes (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: cached indexes rely on it
     file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
     signal_type TEXT NOT NULL,
     frame INTEGER NOT NULL DEFAULT 0,
@@ -169,6 +170,8 @@ class Catalog:
             found = self.get_meta("schema_version")
             if found is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
+            if self.get_meta("catalog_id") is None:
+                self.set_meta("catalog_id", uuid.uuid4().hex)
             elif int(found) > SCHEMA_VERSION:
                 raise CorruptData(
                     f"catalog schema {found} is newer than this hashmatch ({SCHEMA_VERSION})",
@@ -191,6 +194,10 @@ class Catalog:
         return _Transaction(self.conn)
 
     # -- meta ---------------------------------------------------------------------------
+
+    def identity(self) -> str:
+        """A random id fixed at creation (tells caches which catalog they belong to)."""
+        return self.get_meta("catalog_id") or ""
 
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -454,15 +461,18 @@ class Catalog:
 
     # -- retroactive matching support ---------------------------------------------------
 
-    def codes(self, signal_type: str, *, with_quality: bool = False) -> tuple[np.ndarray, ...]:
+    def codes(
+        self, signal_type: str, *, with_quality: bool = False, after_id: int = 0
+    ) -> tuple[np.ndarray, ...]:
         """Every stored code of one type: (hash row ids int64[n], file ids int64[n], codes
         uint8[n, nbytes]) and, ``with_quality``, the per-row qualities (None = unknown).
+        ``after_id``: only rows with a larger id (added since an index was cached).
 
         Read in one pass with the codes concatenated as bytes, so a 1M-row catalog loads
         in about a second without a Python object per row surviving.
         """
         n = self.conn.execute(
-            "SELECT COUNT(*) FROM hashes WHERE signal_type = ?", (signal_type,)
+            "SELECT COUNT(*) FROM hashes WHERE signal_type = ? AND id > ?", (signal_type, after_id)
         ).fetchone()[0]
         if n == 0:
             empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty((0, 0), np.uint8))
@@ -473,8 +483,9 @@ class Catalog:
         codes = np.empty((n, nbytes), np.uint8)
         qualities: list[int | None] = []
         cur = self.conn.execute(
-            "SELECT id, file_id, code, quality FROM hashes WHERE signal_type = ? ORDER BY id",
-            (signal_type,),
+            "SELECT id, file_id, code, quality FROM hashes WHERE signal_type = ? AND id > ? "
+            "ORDER BY id",
+            (signal_type, after_id),
         )
         at = 0
         while True:
@@ -497,6 +508,14 @@ class Catalog:
         if with_quality:
             return ids, file_ids, codes, qualities
         return ids, file_ids, codes
+
+    def count_hashes(self, signal_type: str) -> tuple[int, int]:
+        """(rows, largest row id) of one type."""
+        n, top = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(MAX(id), 0) FROM hashes WHERE signal_type = ?",
+            (signal_type,),
+        ).fetchone()
+        return int(n), int(top)
 
     def hash_rows(self, row_ids: Sequence[int]) -> dict[int, tuple[int, int, bytes]]:
         """Hash row id -> (file id, frame, code) for rows that still exist."""

@@ -21,6 +21,8 @@ No file is opened, decoded or hashed: the catalog's ``hash_calls`` counter does 
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,7 +35,7 @@ from hashmatch.engine.catalog import Catalog, MatchRow
 from hashmatch.engine.matcher import PDQ_MIN_QUALITY
 from hashmatch.engine.scan import match_record, write_jsonl_atomically
 from hashmatch.engine.store import FRAME_BITS, SignalStore, split_labels
-from hashmatch.engine.store_index import make_live_index
+from hashmatch.engine.store_index import load_index, make_live_index, save_index
 
 CURSOR_KEY = "rescan_seq"
 
@@ -45,6 +47,7 @@ class RescanSummary:
     new_signals: dict[str, int] = field(default_factory=dict)
     removed_signals: int = 0
     catalog_hashes_indexed: dict[str, int] = field(default_factory=dict)
+    catalog_rows_read: dict[str, int] = field(default_factory=dict)  # < indexed when cached
     new_matches: int = 0
     retractions: int = 0
     load_s: float = 0.0
@@ -78,8 +81,15 @@ def rescan(
     threshold: int | None = None,
     report: str | Path | None = None,
     min_quality: int | None = None,
+    cache_dir: str | Path | None = None,
 ) -> RescanResult:
-    """Match the catalog against the signals changed since ``since`` (None = last rescan)."""
+    """Match the catalog against the signals changed since ``since`` (None = last rescan).
+
+    ``cache_dir`` (default: ``<catalog>.rescan-index``) keeps each type's catalog index
+    between rescans; a rescan then reads only the catalog rows added since.
+    """
+    if cache_dir is None:
+        cache_dir = Path(str(catalog.path) + ".rescan-index")
     started = time.monotonic()
     cursor = int(catalog.get_meta(CURSOR_KEY) or 0) if since is None else int(since)
     head = store.change_counter()
@@ -118,19 +128,13 @@ def rescan(
         if not len(codes):
             continue
         t0 = time.monotonic()
-        row_ids, _file_ids, cat_codes, qualities = catalog.codes(stype, with_quality=True)
-        if stype in ("pdq", "vpdq"):  # the scan never looks low-quality hashes up either
-            keep = np.array([q is None or q >= floor for q in qualities], dtype=bool)
-            row_ids, cat_codes = row_ids[keep], cat_codes[keep]
-        summary.catalog_hashes_indexed[stype] = len(row_ids)
-        if not len(row_ids):
-            summary.load_s += time.monotonic() - t0
-            continue
-        index = make_live_index(st)
-        index.add(cat_codes, row_ids)
-        del cat_codes
+        index, indexed, read = catalog_index(catalog, st, floor, cache_dir=cache_dir)
+        summary.catalog_hashes_indexed[stype] = indexed
+        summary.catalog_rows_read[stype] = read
         t1 = time.monotonic()
         summary.load_s += t1 - t0
+        if index is None:
+            continue
         lims, dist, hit_rows = index.search_radius(codes, radius)
         summary.query_s += time.monotonic() - t1
         qrows = np.repeat(np.arange(len(codes)), np.diff(lims))
@@ -170,6 +174,56 @@ def rescan(
         summary.report = str(report)
         write_jsonl_atomically(report, _report_records(catalog, inserted, gone, summary))
     return RescanResult(summary, inserted, gone)
+
+
+def catalog_index(catalog: Catalog, st, floor: int, *, cache_dir: str | Path | None):
+    """The index over the catalog's hashes of one type: (index or None, rows, rows read).
+
+    Cached on disk with the largest row id it holds: the next call loads it and adds
+    only newer rows. Rows of re-hashed files that were deleted stay in the cached index
+    but are dropped when a hit is resolved (``hash_rows``); when they grow past a
+    quarter of the index it is rebuilt from scratch.
+    """
+    live, top = catalog.count_hashes(st.name)
+    index, after = None, 0
+    manifest_path = index_path = None
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        manifest_path = cache_dir / f"{st.name}.json"
+        index_path = cache_dir / f"{st.name}.index"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            if (
+                manifest.get("format") == 1
+                and manifest.get("floor") == floor
+                and manifest.get("catalog_id") == catalog.identity()
+                and manifest.get("max_id", 0) <= top
+                and manifest.get("rows", 0) <= 1.25 * live + 1000
+            ):
+                index = load_index(index_path)
+                after = int(manifest["max_id"])
+        except (OSError, ValueError, KeyError, RuntimeError):
+            index, after = None, 0
+    if index is None:
+        index = make_live_index(st)
+    row_ids, _file_ids, codes, qualities = catalog.codes(st.name, with_quality=True, after_id=after)
+    if st.name in ("pdq", "vpdq") and len(row_ids):  # the scan skips low quality too
+        keep = np.array([q is None or q >= floor for q in qualities], dtype=bool)
+        row_ids, codes = row_ids[keep], codes[keep]
+    if len(row_ids):
+        index.add(codes, row_ids)
+    if cache_dir is not None and (len(row_ids) or after < top or not index_path.exists()):
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = index_path.with_name(index_path.name + ".tmp")
+        save_index(index, tmp)
+        os.replace(tmp, index_path)
+        manifest = {"format": 1, "floor": floor, "catalog_id": catalog.identity(),
+                    "max_id": top, "rows": len(index)}  # fmt: skip
+        tmp = manifest_path.with_name(manifest_path.name + ".tmp")
+        tmp.write_text(json.dumps(manifest))
+        os.replace(tmp, manifest_path)
+    n = len(index)
+    return (index if n else None), n, len(row_ids)
 
 
 def _why_gone(meta: tuple | None, lists: dict[int, tuple[str, bool]], now: float) -> str | None:

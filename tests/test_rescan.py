@@ -145,3 +145,35 @@ def test_cli_rescan(tmp_path):
     assert bad.exit_code != 0 and "--since" in bad.output
     missing = runner.invoke(cli, ["rescan", "--data-dir", str(tmp_path / "nothing")])
     assert missing.exit_code != 0 and "no catalog" in missing.output
+
+
+def test_cached_catalog_index_reads_only_new_rows_and_ignores_stale_ones(tmp_path):
+    tree = build_tree(tmp_path)
+    root = tree.root
+    data_dir = tmp_path / "data"
+    ingest_originals(data_dir, tree, ["astronaut"], list_name="early")
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    opts = ScanOptions(workers=0, progress=False, follow_symlinks=False)
+    scan([root], catalog=catalog, matcher=None, options=opts)
+    with Engine.open(data_dir, eager=False) as engine:
+        first = rescan(catalog, engine.store)
+    assert first.summary.catalog_rows_read == {"md5": 8, "pdq": 8}
+    assert (tmp_path / "catalog.sqlite.rescan-index" / "pdq.index").exists()
+
+    # rocket.png now holds chelsea: its old hash rows are deleted, new rows added
+    (root / "unrelated/rocket.png").write_bytes(tree.originals["chelsea"])
+    scan([root], catalog=catalog, matcher=None, options=opts)
+    later = ingest_originals(data_dir, tree, ["chelsea", "rocket"], list_name="later")
+    with Engine.open(data_dir, eager=False) as engine:
+        result = rescan(catalog, engine.store)
+    # only the re-hashed file's rows were read; the cached index held the other 7
+    assert result.summary.catalog_rows_read == {"md5": 1, "pdq": 1}
+    assert result.summary.catalog_hashes_indexed == {"md5": 9, "pdq": 9}  # incl. 1 stale
+    paths = dict(catalog.conn.execute("SELECT id, path FROM files"))
+    # the stale row (old rocket hashes) matches the rocket signals but is dropped
+    assert _triples(result.new, paths) == [
+        (str(root / "near/chelsea-q80.jpg"), "pdq", later[("chelsea", "pdq")]),
+        (str(root / "unrelated/rocket.png"), "md5", later[("chelsea", "md5")]),
+        (str(root / "unrelated/rocket.png"), "pdq", later[("chelsea", "pdq")]),
+    ]
+    catalog.close()
