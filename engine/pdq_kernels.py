@@ -56,7 +56,7 @@ def sample_indices(n: int, out: int = 64) -> np.ndarray:
     return np.array([int(((k + 0.5) * n) / out) for k in range(out)], np.int64)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def box_divisors(n, w):
     """float32 window length in effect when output k of a length-n box filter is written."""
     half = (w + 2) // 2
@@ -77,62 +77,82 @@ def box_divisors(n, w):
     return d
 
 
-@njit(cache=True)
-def _box_block_rows(t, u, n, w, div):
-    """Running-sum box filter along axis 0 of ``t`` ([n, BLOCK]) into ``u``, per lane.
+@njit(cache=True, error_model="numpy")
+def _running_sums4(x0, x1, x2, x3, y0, y1, y2, y3, n, w):
+    """Reference ``box1DFloat`` running sums (before the division) of 4 rows at once.
 
-    Lane g is one image row (stored transposed); the op sequence per lane is exactly
-    the reference ``box1DFloat``: add entering, subtract leaving, divide by window.
+    Four independent chains interleaved hide the float-add latency; each chain sees
+    exactly the reference sequence: add the entering sample, then subtract the leaving
+    one. ``y[k]`` receives the sum that the reference divides to produce output ``k``.
     """
     half = (w + 2) // 2
-    s = np.zeros(BLOCK, np.float32)
+    s0 = np.float32(0.0)
+    s1 = np.float32(0.0)
+    s2 = np.float32(0.0)
+    s3 = np.float32(0.0)
     ri = 0
-    li = 0
+    for _ in range(half - 1):
+        s0 += x0[ri]
+        s1 += x1[ri]
+        s2 += x2[ri]
+        s3 += x3[ri]
+        ri += 1
     oi = 0
-    for _ in range(half - 1):
-        for g in range(BLOCK):
-            s[g] += t[ri, g]
-        ri += 1
     for _ in range(w - half + 1):
-        d = div[oi]
-        for g in range(BLOCK):
-            s[g] += t[ri, g]
-            u[oi, g] = s[g] / d
+        s0 += x0[ri]
+        s1 += x1[ri]
+        s2 += x2[ri]
+        s3 += x3[ri]
+        y0[oi] = s0
+        y1[oi] = s1
+        y2[oi] = s2
+        y3[oi] = s3
         ri += 1
         oi += 1
+    li = 0
     for _ in range(n - w):
-        d = div[oi]
-        for g in range(BLOCK):
-            s[g] += t[ri, g]
-            s[g] -= t[li, g]
-            u[oi, g] = s[g] / d
+        s0 += x0[ri]
+        s1 += x1[ri]
+        s2 += x2[ri]
+        s3 += x3[ri]
+        s0 -= x0[li]
+        s1 -= x1[li]
+        s2 -= x2[li]
+        s3 -= x3[li]
+        y0[oi] = s0
+        y1[oi] = s1
+        y2[oi] = s2
+        y3[oi] = s3
         ri += 1
         li += 1
         oi += 1
     for _ in range(half - 1):
-        d = div[oi]
-        for g in range(BLOCK):
-            s[g] -= t[li, g]
-            u[oi, g] = s[g] / d
+        s0 -= x0[li]
+        s1 -= x1[li]
+        s2 -= x2[li]
+        s3 -= x3[li]
+        y0[oi] = s0
+        y1[oi] = s1
+        y2[oi] = s2
+        y3[oi] = s3
         li += 1
         oi += 1
 
 
-@njit(cache=True)
-def _luma_block(rgb, i0, rows, t):
-    """Rows i0..i0+rows of RGB -> float32 luma, transposed into t[col, lane]."""
-    ncols = rgb.shape[1]
-    for g in range(rows):
-        row = rgb[i0 + g]
-        for k in range(ncols):
-            y = (row[k, 0] * 0.299 + row[k, 1] * 0.587) + row[k, 2] * 0.114
-            t[k, g] = np.float32(y)
-    for g in range(rows, BLOCK):
-        for k in range(ncols):
-            t[k, g] = 0.0
+@njit(cache=True, error_model="numpy")
+def _divide(y, div):
+    for k in range(y.shape[0]):
+        y[k] = y[k] / div[k]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
+def _luma_row(row, out):
+    """float32(R*0.299 + G*0.587 + B*0.114) in float64, as the pdqhash bindings do."""
+    for k in range(out.shape[0]):
+        out[k] = np.float32((row[3 * k] * 0.299 + row[3 * k + 1] * 0.587) + row[3 * k + 2] * 0.114)
+
+
+@njit(cache=True, error_model="numpy")
 def _luma_full(rgb, out):
     nrows, ncols = rgb.shape[0], rgb.shape[1]
     for i in range(nrows):
@@ -141,7 +161,7 @@ def _luma_full(rgb, out):
             out[i, k] = np.float32(y)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _column_schedule(n, w):
     """The reference box1DFloat along a column as events (add row, sub row, out row)."""
     half = (w + 2) // 2
@@ -180,10 +200,11 @@ def _column_schedule(n, w):
     return add, sub, out
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def downsample64(rgb, wr, wc, col_samples, row_samples):
     """Luma + the reference 2x(rows, columns) box filters + 64x64 decimation."""
     nrows, ncols = rgb.shape[0], rgb.shape[1]
+    flat = rgb.reshape(nrows, ncols * 3)
     div_r = box_divisors(ncols, wr)
     div_c = box_divisors(nrows, wc)
     add, sub, out = _column_schedule(nrows, wc)
@@ -192,11 +213,11 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
     # arrive a block at a time.
     ring = wc + 2 * BLOCK
     b1 = np.empty((ring, ncols), np.float32)
-    t = np.empty((ncols, BLOCK), np.float32)
-    u = np.empty((ncols, BLOCK), np.float32)
+    luma = np.zeros((BLOCK, ncols), np.float32)
     colsum = np.zeros(ncols, np.float32)
-    # Pass-2 output rows waiting for row pass 3, transposed.
-    p = np.zeros((ncols, BLOCK), np.float32)
+    # Pass-2 output rows waiting for row pass 3, and their pass-3 running sums.
+    p = np.zeros((BLOCK, ncols), np.float32)
+    q = np.empty((BLOCK, ncols), np.float32)
     p_rows = np.empty(BLOCK, np.int64)
     npend = 0
     b3 = np.empty((nrows, 64), np.float32)
@@ -207,12 +228,27 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
         if a >= 0:
             if a >= done:
                 rows = min(BLOCK, nrows - done)
-                _luma_block(rgb, done, rows, t)
-                _box_block_rows(t, u, ncols, wr, div_r)
                 for g in range(rows):
-                    dst = b1[(done + g) % ring]
-                    for k in range(ncols):
-                        dst[k] = u[k, g]
+                    _luma_row(flat[done + g], luma[g])
+                for g0 in range(0, rows, 4):
+                    r0 = (done + g0) % ring
+                    r1 = (done + min(g0 + 1, rows - 1)) % ring
+                    r2 = (done + min(g0 + 2, rows - 1)) % ring
+                    r3 = (done + min(g0 + 3, rows - 1)) % ring
+                    _running_sums4(
+                        luma[g0],
+                        luma[min(g0 + 1, rows - 1)],
+                        luma[min(g0 + 2, rows - 1)],
+                        luma[min(g0 + 3, rows - 1)],
+                        b1[r0],
+                        b1[r1],
+                        b1[r2],
+                        b1[r3],
+                        ncols,
+                        wr,
+                    )
+                for g in range(rows):
+                    _divide(b1[(done + g) % ring], div_r)
                 done += rows
             src = b1[a % ring]
             for k in range(ncols):
@@ -225,16 +261,30 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
         o = out[e]
         if o >= 0:
             d = div_c[o]
+            dst = p[npend]
             for k in range(ncols):
-                p[k, npend] = colsum[k] / d
+                dst[k] = colsum[k] / d
             p_rows[npend] = o
             npend += 1
             if npend == BLOCK or o == nrows - 1:
-                _box_block_rows(p, u, ncols, wr, div_r)
+                for g0 in range(0, npend, 4):
+                    _running_sums4(
+                        p[g0],
+                        p[g0 + 1],
+                        p[g0 + 2],
+                        p[g0 + 3],
+                        q[g0],
+                        q[g0 + 1],
+                        q[g0 + 2],
+                        q[g0 + 3],
+                        ncols,
+                        wr,
+                    )
                 for g in range(npend):
                     dst = b3[p_rows[g]]
                     for j in range(64):
-                        dst[j] = u[col_samples[j], g]
+                        c = col_samples[j]
+                        dst[j] = q[g, c] / div_r[c]
                 npend = 0
 
     # Column pass 4 on the 64 sampled columns; keep the 64 sampled rows.
@@ -261,7 +311,7 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
     return result
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def quality(a):
     """Reference image-domain quality: quantised gradient sum over the 64x64 block."""
     one_hundred = np.float32(100.0)
@@ -279,7 +329,7 @@ def quality(a):
     return min(q, 100)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def dct16(a, dm):
     """B = D A D^T keeping the reference summation order (k ascending, no FMA)."""
     t = np.zeros((16, 64), np.float32)
@@ -298,7 +348,7 @@ def dct16(a, dm):
     return b
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def torben(m):
     """Torben Mogensen's median, as the reference computes it (ties included)."""
     n = m.shape[0]
@@ -342,7 +392,7 @@ def torben(m):
     return mingt
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def bits_from_dct(b):
     """Bit k = i*16+j set when B[i,j] > median, packed in the reference hex order."""
     flat = b.ravel()
