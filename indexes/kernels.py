@@ -1,0 +1,289 @@
+"""Compiled (numba) inner loops of the Hamming indexes.
+
+Why numba: the per-candidate work of an exact index (pull a substring key, walk a
+bucket, popcount a few words) is a handful of instructions; in numpy each step is
+a separate pass with call overhead that dominates at PDQ radii. Every kernel is
+``nogil=True`` so the shard thread pool runs them in parallel, and
+``cache=True`` so the compiled code is written next to this file and reused by
+later processes (CI and the server pay the JIT once, not per run).
+
+Codes arrive here as native ``uint64`` words (``words[n, W]``): Hamming distance
+does not care about byte order, and MIH substrings may be any disjoint cover of
+the bits, so substring ``i`` is simply bits ``[start, start + width)`` of the
+concatenated words (little-end bit numbering within each word).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_M1 = np.uint64(0x5555555555555555)
+_M2 = np.uint64(0x3333333333333333)
+_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
+_H01 = np.uint64(0x0101010101010101)
+_ONE = np.uint64(1)
+
+
+@njit(inline="always")
+def popcount64(x):
+    """SWAR popcount; LLVM lowers this pattern to the POPCNT instruction."""
+    x = x - ((x >> _ONE) & _M1)
+    x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
+    x = (x + (x >> np.uint64(4))) & _M4
+    return np.int64((x * _H01) >> np.uint64(56))
+
+
+@njit(inline="always")
+def _dist(q, c, i):
+    d = 0
+    for w in range(q.shape[0]):
+        d += popcount64(q[w] ^ c[i, w])
+    return d
+
+
+@njit(inline="always")
+def _grow(a, size):
+    out = np.empty(max(2 * a.shape[0], size), a.dtype)
+    out[: a.shape[0]] = a
+    return out
+
+
+@njit(cache=True, nogil=True)
+def scan_radius(qwords, cwords, dead, radius):
+    """Brute force: every row with distance <= radius and dead[row] == 0 (CSR out)."""
+    nq = qwords.shape[0]
+    n = cwords.shape[0]
+    has_dead = dead.shape[0] == n and n > 0
+    lims = np.zeros(nq + 1, np.int64)
+    dist = np.empty(64, np.int32)
+    pos = np.empty(64, np.int64)
+    k = 0
+    for qi in range(nq):
+        q = qwords[qi]
+        for i in range(n):
+            d = _dist(q, cwords, i)
+            if d <= radius:
+                if has_dead and dead[i]:
+                    continue
+                if k == dist.shape[0]:
+                    dist = _grow(dist, k + 1)
+                    pos = _grow(pos, k + 1)
+                dist[k] = d
+                pos[k] = i
+                k += 1
+        lims[qi + 1] = k
+    return lims, dist[:k].copy(), pos[:k].copy()
+
+
+@njit(cache=True, nogil=True)
+def scan_knn(qwords, cwords, dead, k, bits):
+    """The k nearest live rows per query (distance, then row order); -1 pads."""
+    nq = qwords.shape[0]
+    n = cwords.shape[0]
+    has_dead = dead.shape[0] == n and n > 0
+    out_d = np.full((nq, k), -1, np.int32)
+    out_p = np.full((nq, k), -1, np.int64)
+    d_all = np.empty(n, np.int32)
+    hist = np.zeros(bits + 2, np.int64)
+    for qi in range(nq):
+        q = qwords[qi]
+        hist[:] = 0
+        for i in range(n):
+            if has_dead and dead[i]:
+                d_all[i] = bits + 1
+            else:
+                d = _dist(q, cwords, i)
+                d_all[i] = d
+                hist[d] += 1
+        # smallest cut so that rows with d <= cut number at least k
+        acc = 0
+        cut = bits
+        for d in range(bits + 1):
+            acc += hist[d]
+            if acc >= k:
+                cut = d
+                break
+        # fill per distance bucket in row order: slots start at the prefix count
+        start = np.zeros(bits + 2, np.int64)
+        for d in range(1, bits + 2):
+            start[d] = start[d - 1] + hist[d - 1]
+        for i in range(n):
+            d = d_all[i]
+            if d <= cut:
+                s = start[d]
+                if s < k:
+                    out_d[qi, s] = d
+                    out_p[qi, s] = i
+                start[d] = s + 1
+    return out_d, out_p
+
+
+@njit(inline="always")
+def _key(row, start, width):
+    a = start >> 6
+    off = start & 63
+    lo = row[a] >> np.uint64(off)
+    if off + width > 64:
+        lo |= row[a + 1] << np.uint64(64 - off)
+    if width == 64:
+        return lo
+    return lo & ((_ONE << np.uint64(width)) - _ONE)
+
+
+@njit(cache=True, nogil=True)
+def build_table(cwords, start, width):
+    """One MIH table as CSR: offsets[2**width + 1] (uint32) and rows sorted by key.
+
+    A counting sort (bincount + prefix sum + scatter): O(n + 2**width), no
+    per-item hash map, stable (rows within a bucket stay in row order).
+    """
+    n = cwords.shape[0]
+    nb = 1 << width
+    keys = np.empty(n, np.uint32)
+    counts = np.zeros(nb + 1, np.uint32)
+    for i in range(n):
+        key = np.uint32(_key(cwords[i], start, width))
+        keys[i] = key
+        counts[key + 1] += 1
+    for b in range(nb):
+        counts[b + 1] += counts[b]
+    fill = counts[:nb].copy()
+    rows = np.empty(n, np.uint32)
+    for i in range(n):
+        key = keys[i]
+        rows[fill[key]] = i
+        fill[key] += 1
+    return counts, rows
+
+
+@njit(cache=True, nogil=True)
+def flip_masks(width, tmax):
+    """Every width-bit mask with popcount <= tmax, by popcount (Gosper's hack).
+
+    counts[t] = how many masks have popcount <= t (probe prefix for radius t).
+    """
+    total = 0
+    c = 1
+    for t in range(tmax + 1):  # sum of C(width, t)
+        if t > 0:
+            c = c * (width - t + 1) // t
+        total += c
+    masks = np.empty(total, np.uint32)
+    counts = np.zeros(tmax + 1, np.int64)
+    k = 0
+    for t in range(tmax + 1):
+        if t == 0:
+            masks[k] = 0
+            k += 1
+        elif t <= width:
+            v = (np.uint64(1) << np.uint64(t)) - _ONE
+            limit = np.uint64(1) << np.uint64(width)
+            while v < limit:
+                masks[k] = np.uint32(v)
+                k += 1
+                low = v & (~v + _ONE)
+                r = v + low
+                v = (((r ^ v) >> np.uint64(2)) // low) | r
+        counts[t] = k
+    return masks, counts
+
+
+@njit(cache=True, nogil=True)
+def mih_radius(
+    qwords, cwords, dead, radius, starts, widths, tvals, off_base, offsets, rows,
+    mask_base, masks, mask_count,
+):  # fmt: skip
+    """Exact radius search by (generalised) pigeonhole multi-index hashing.
+
+    Table i is probed with every key within tvals[i] of the query's substring
+    (tvals[i] = -1: table not probed). Because sum(tvals + 1) >= radius + 1, any
+    code within ``radius`` lies within tvals[i] of the query on some substring
+    i, so it is found. A code found in table i is reported only if no earlier
+    probed table j would have found it (its substring distance there exceeds
+    tvals[j]): each hit once, no dedup pass, and the result is exactly the
+    brute-force set.
+    """
+    nq = qwords.shape[0]
+    m = starts.shape[0]
+    has_dead = dead.shape[0] == cwords.shape[0] and cwords.shape[0] > 0
+    lims = np.zeros(nq + 1, np.int64)
+    dist = np.empty(64, np.int32)
+    pos = np.empty(64, np.int64)
+    qkeys = np.empty(m, np.uint64)
+    k = 0
+    for qi in range(nq):
+        q = qwords[qi]
+        for i in range(m):
+            qkeys[i] = _key(q, starts[i], widths[i])
+        for i in range(m):
+            t = tvals[i]
+            if t < 0:
+                continue
+            qk = qkeys[i]
+            ob = off_base[i]
+            mb = mask_base[i]
+            for mi in range(mask_count[i]):
+                b = ob + np.int64(qk ^ np.uint64(masks[mb + mi]))
+                lo = offsets[b]
+                hi = offsets[b + 1]
+                for j in range(lo, hi):
+                    r = np.int64(rows[i, j])
+                    d = _dist(q, cwords, r)
+                    if d > radius:
+                        continue
+                    seen = False
+                    for jj in range(i):
+                        tj = tvals[jj]
+                        if tj >= 0:
+                            xk = _key(cwords[r], starts[jj], widths[jj])
+                            if popcount64(xk ^ qkeys[jj]) <= tj:
+                                seen = True
+                                break
+                    if seen or (has_dead and dead[r]):
+                        continue
+                    if k == dist.shape[0]:
+                        dist = _grow(dist, k + 1)
+                        pos = _grow(pos, k + 1)
+                    dist[k] = d
+                    pos[k] = r
+                    k += 1
+        lims[qi + 1] = k
+    return lims, dist[:k].copy(), pos[:k].copy()
+
+
+@njit(cache=True, nogil=True)
+def exact_lookup(qkeys, qwords, skeys, order, cwords, dead):
+    """Rows whose code equals the query: binary search on a sorted 64-bit prefix key."""
+    nq = qkeys.shape[0]
+    n = skeys.shape[0]
+    has_dead = dead.shape[0] == n and n > 0
+    lims = np.zeros(nq + 1, np.int64)
+    pos = np.empty(16, np.int64)
+    k = 0
+    for qi in range(nq):
+        key = qkeys[qi]
+        lo = np.searchsorted(skeys, key)
+        j = lo
+        while j < n and skeys[j] == key:
+            r = order[j]
+            if _dist(qwords[qi], cwords, r) == 0 and not (has_dead and dead[r]):
+                if k == pos.shape[0]:
+                    pos = _grow(pos, k + 1)
+                pos[k] = r
+                k += 1
+            j += 1
+        lims[qi + 1] = k
+    return lims, np.zeros(k, np.int32), pos[:k].copy()
+
+
+@njit(cache=True, nogil=True)
+def lookup_ids(sorted_ids, order, ids):
+    """Row of each id (-1 if absent) via binary search on the sorted ids."""
+    out = np.full(ids.shape[0], -1, np.int64)
+    n = sorted_ids.shape[0]
+    for i in range(ids.shape[0]):
+        j = np.searchsorted(sorted_ids, ids[i])
+        if j < n and sorted_ids[j] == ids[i]:
+            out[i] = order[j]
+    return out

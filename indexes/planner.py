@@ -1,0 +1,100 @@
+"""Choosing multi-index-hashing parameters, and when a plain scan wins instead.
+
+Multi-index hashing (Norouzi et al.) cuts each code into m disjoint substrings
+and keeps one bucket table per substring. By the (generalised) pigeonhole
+principle, if per-substring radii t_i satisfy ``sum(t_i + 1) >= T + 1`` then any
+code within T of the query is within t_i of it on at least one substring, so
+probing every key within t_i in table i finds every hit: the search is exact.
+(t_i = -1 means table i is not probed; the t_i need not be equal.)
+
+Cost of one query ~ probes * C_PROBE + candidates * C_CAND, where table i costs
+``masks(w_i, t_i)`` probes that each return about ``n / 2**w_i`` candidates;
+the flat scan costs ``n * words * C_SCAN``. The constants were measured on the
+development machine (numba kernels, 256-bit codes); only their ratios matter.
+
+Build-time choice (``plan_tables``): the number of substrings m (hence widths,
+~log2 n bits each) that minimises the cost at the type's default radius while
+the tables fit a memory budget (offsets + row lists <= ``2 x`` the raw codes,
+so the whole index stays <= 3x raw). Query-time choice (``assign_radii``): the
+t_i for the requested radius, greedily spending the ``T + 1`` units where they
+cost least; if the best MIH cost is above the scan cost, the segment scans.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from math import comb
+
+C_SCAN = 2.0e-9  # per 64-bit word compared in a sequential scan
+C_PROBE = 15e-9  # per bucket probed (two offset reads, usually a cache miss)
+C_CAND = 35e-9  # per candidate verified (random row access + popcount)
+
+MAX_WIDTH = 30  # 2**30 uint32 offsets = 4 GiB: never sensible beyond this
+MIN_WIDTH = 6
+
+
+@lru_cache(maxsize=4096)
+def masks_upto(width: int, t: int) -> int:
+    """How many width-bit keys lie within Hamming distance t of a key."""
+    if t < 0:
+        return 0
+    return sum(comb(width, i) for i in range(min(t, width) + 1))
+
+
+def split_widths(bits: int, m: int) -> list[int]:
+    """m near-equal substring widths covering ``bits`` (wider ones first)."""
+    base, extra = divmod(bits, m)
+    return [base + 1] * extra + [base] * (m - extra)
+
+
+def table_cost(n: int, width: int, t: int) -> float:
+    probes = masks_upto(width, t)
+    return probes * (C_PROBE + C_CAND * n / float(1 << width))
+
+
+def assign_radii(n: int, widths: list[int], radius: int) -> tuple[list[int], float]:
+    """Per-table radii t_i with sum(t_i + 1) = radius + 1 at least cost (greedy)."""
+    t = [-1] * len(widths)
+    cost = [0.0] * len(widths)
+    for _ in range(radius + 1):
+        best, best_delta = 0, float("inf")
+        for i, w in enumerate(widths):
+            if t[i] >= w:  # a table at t = width already enumerates every key
+                continue
+            delta = table_cost(n, w, t[i] + 1) - cost[i]
+            if delta < best_delta:
+                best, best_delta = i, delta
+        if best_delta == float("inf"):
+            break  # every table saturated: exhaustive, still exact
+        t[best] += 1
+        cost[best] = table_cost(n, widths[best], t[best])
+    return t, sum(cost)
+
+
+def scan_cost(n: int, bits: int) -> float:
+    return n * ((bits + 63) // 64) * C_SCAN
+
+
+def table_bytes(n: int, widths: list[int]) -> int:
+    return sum(4 * ((1 << w) + 1) + 4 * n for w in widths)
+
+
+def plan_tables(
+    n: int, bits: int, radius: int, memory_ratio: float = 3.0, *, force: bool = False
+) -> list[int] | None:
+    """Substring widths for n codes (None: a flat scan is expected to be faster,
+    unless ``force``; or no layout fits the memory budget)."""
+    if n == 0:
+        return None
+    budget = (memory_ratio - 1.0) * n * bits / 8
+    best: tuple[float, list[int]] | None = None
+    for m in range(max(1, -(-bits // MAX_WIDTH)), bits // MIN_WIDTH + 1):
+        widths = split_widths(bits, m)
+        if table_bytes(n, widths) > budget:
+            continue
+        _, cost = assign_radii(n, widths, radius)
+        if best is None or cost < best[0]:
+            best = (cost, widths)
+    if best is None or (not force and best[0] >= scan_cost(n, bits)):
+        return None
+    return best[1]

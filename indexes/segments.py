@@ -1,0 +1,362 @@
+"""Immutable segments: a block of codes + ids with one search structure.
+
+A shard is a tuple of segments plus one tombstone mask per segment. Segments
+never change after construction, so a reader holding a reference can search it
+while a writer builds the next state; see :mod:`hashmatch.indexes.sharded`.
+
+Kinds:
+- :class:`ScanSegment`: numba brute force (recent additions, small indexes).
+- :class:`FlatSegment`: FAISS ``IndexBinaryFlat`` (range_search is strict '<',
+  so it is called with radius + 1).
+- :class:`MIHSegment`: exact multi-index hashing, falls back to a scan when the
+  radius makes that cheaper (see :mod:`hashmatch.indexes.planner`).
+- :class:`ExactSegment`: byte-equality table for md5/sha256 (radius 0 only).
+
+Each segment saves itself as ``.npy`` files (memory-mapped on load) or, for
+FAISS, a FAISS index file read with ``IO_FLAG_MMAP_IFC``.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import ClassVar
+
+import faiss
+import numpy as np
+
+from hashmatch.indexes import kernels, planner
+
+EMPTY_U8 = np.zeros(0, np.uint8)
+
+
+def to_words(codes: np.ndarray) -> np.ndarray:
+    """Packed uint8 codes -> uint64 words (zero-padded to 8 bytes; a view when aligned)."""
+    n, nbytes = codes.shape
+    if nbytes % 8:
+        padded = np.zeros((n, -(-nbytes // 8) * 8), np.uint8)
+        padded[:, :nbytes] = codes
+        codes = padded
+    return np.ascontiguousarray(codes).view(np.uint64)
+
+
+def to_codes(words: np.ndarray, nbytes: int) -> np.ndarray:
+    return np.ascontiguousarray(words.view(np.uint8)[:, :nbytes])
+
+
+class Segment:
+    kind: ClassVar[str] = "?"
+    indexed: bool = True  # False: a recent-additions chunk waiting to be merged
+
+    def __init__(self, ids: np.ndarray, bits: int):
+        self.ids = ids
+        self.bits = bits
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def rows_of(self, ids: np.ndarray) -> np.ndarray:
+        """Row of each id in this segment, -1 where absent."""
+        if self._sorted is None:
+            with self._lock:
+                if self._sorted is None:
+                    order = np.argsort(self.ids, kind="stable")
+                    self._sorted = (np.ascontiguousarray(self.ids[order]), order)
+        sorted_ids, order = self._sorted
+        return kernels.lookup_ids(sorted_ids, order, ids)
+
+    # -- overridden
+    def words(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def radius(self, qwords, qcodes, radius: int, dead):
+        raise NotImplementedError
+
+    def knn(self, qwords, qcodes, k: int, dead):
+        return kernels.scan_knn(qwords, self.words(), _dead(dead), k, self.bits)
+
+    def nbytes(self) -> int:
+        return self.ids.nbytes
+
+    def save(self, directory: Path) -> dict:
+        """Write files into ``directory``; return metadata for the manifest."""
+        np.save(directory / "ids.npy", self.ids)
+        return {}
+
+    @classmethod
+    def load(cls, directory: Path, meta: dict, bits: int, mmap: bool) -> Segment:
+        raise NotImplementedError
+
+
+def _dead(dead):
+    return EMPTY_U8 if dead is None else dead
+
+
+def _np_load(path: Path, mmap: bool) -> np.ndarray:
+    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+
+
+class ScanSegment(Segment):
+    kind = "scan"
+
+    def __init__(self, words: np.ndarray, ids: np.ndarray, bits: int, indexed: bool = False):
+        super().__init__(ids, bits)
+        self._words = words
+        self.indexed = indexed
+
+    def words(self) -> np.ndarray:
+        return self._words
+
+    def radius(self, qwords, qcodes, radius, dead):
+        return kernels.scan_radius(qwords, self._words, _dead(dead), radius)
+
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self._words.nbytes
+
+    def save(self, directory):
+        np.save(directory / "words.npy", self._words)
+        return super().save(directory)
+
+    @classmethod
+    def load(cls, directory, meta, bits, mmap):
+        return cls(
+            _np_load(directory / "words.npy", mmap), _np_load(directory / "ids.npy", mmap), bits
+        )
+
+
+class FlatSegment(Segment):
+    """FAISS IndexBinaryFlat; rows are FAISS labels (0..n-1)."""
+
+    kind = "flat"
+
+    def __init__(self, index: faiss.IndexBinaryFlat, ids: np.ndarray, bits: int):
+        super().__init__(ids, bits)
+        self.index = index
+
+    @classmethod
+    def build(cls, words: np.ndarray, ids: np.ndarray, bits: int) -> FlatSegment:
+        index = faiss.IndexBinaryFlat(bits)
+        if len(ids):
+            index.add(to_codes(words, bits // 8))
+        return cls(index, ids, bits)
+
+    def words(self) -> np.ndarray:
+        n = self.index.ntotal
+        if n == 0:
+            return np.zeros((0, (self.bits + 63) // 64), np.uint64)
+        return to_words(self.index.reconstruct_n(0, n))
+
+    def radius(self, qwords, qcodes, radius, dead):
+        if self.index.ntotal == 0:
+            return np.zeros(len(qcodes) + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
+        lims, dist, rows = self.index.range_search(qcodes, radius + 1)
+        lims, dist, rows = lims.astype(np.int64), dist.astype(np.int32), rows.astype(np.int64)
+        if dead is not None and len(rows):
+            keep = dead[rows] == 0
+            if not keep.all():
+                qidx = np.repeat(np.arange(len(qcodes)), np.diff(lims))[keep]
+                lims = np.zeros(len(qcodes) + 1, np.int64)
+                np.cumsum(np.bincount(qidx, minlength=len(qcodes)), out=lims[1:])
+                dist, rows = dist[keep], rows[keep]
+        return lims, dist, rows
+
+    def knn(self, qwords, qcodes, k, dead):
+        n = self.index.ntotal
+        ndead = 0 if dead is None else int(np.count_nonzero(dead))
+        kk = min(n, k + ndead)
+        out_d = np.full((len(qcodes), k), -1, np.int32)
+        out_r = np.full((len(qcodes), k), -1, np.int64)
+        if kk == 0:
+            return out_d, out_r
+        d, r = self.index.search(qcodes, kk)
+        for qi in range(len(qcodes)):
+            rows = r[qi]
+            ok = rows >= 0
+            if ndead:
+                ok &= dead[np.maximum(rows, 0)] == 0
+            rows, dd = rows[ok][:k], d[qi][ok][:k]
+            out_d[qi, : len(rows)] = dd
+            out_r[qi, : len(rows)] = rows
+        return out_d, out_r
+
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.index.ntotal * self.bits // 8
+
+    def save(self, directory):
+        faiss.write_index_binary(self.index, str(directory / "flat.faissindex"))
+        return super().save(directory)
+
+    @classmethod
+    def load(cls, directory, meta, bits, mmap):
+        flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
+        index = faiss.read_index_binary(str(directory / "flat.faissindex"), flags)
+        return cls(index, _np_load(directory / "ids.npy", mmap), bits)
+
+
+class MIHSegment(Segment):
+    """Multi-index hashing tables over a block of codes (exact for any radius)."""
+
+    kind = "mih"
+
+    def __init__(self, words, ids, bits, widths, offsets, rows):
+        super().__init__(ids, bits)
+        self._words = words
+        self.widths = np.asarray(widths, np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(np.int64)
+        base = np.zeros(len(widths) + 1, np.int64)
+        np.cumsum([(1 << int(w)) + 1 for w in widths], out=base[1:])
+        self.off_base = base[:-1]
+        self.offsets = offsets  # uint32, every table's CSR offsets concatenated
+        self.rows = rows  # uint32[m, n]: rows of table i in key order
+        self._probe_cache: dict[int, tuple] = {}
+
+    @classmethod
+    def build(cls, words, ids, bits, widths, pool=None) -> MIHSegment:
+        starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
+
+        def one(i):
+            return kernels.build_table(words, int(starts[i]), int(widths[i]))
+
+        idx = range(len(widths))
+        tables = list(pool.map(one, idx)) if pool is not None else [one(i) for i in idx]
+        offsets = np.concatenate([t[0] for t in tables])
+        rows = np.empty((len(widths), len(ids)), np.uint32)
+        for i, t in enumerate(tables):
+            rows[i] = t[1]
+        return cls(words, ids, bits, widths, offsets, rows)
+
+    def words(self):
+        return self._words
+
+    def _probe_plan(self, radius: int):
+        plan = self._probe_cache.get(radius)
+        if plan is not None:
+            return plan
+        n = len(self.ids)
+        widths = [int(w) for w in self.widths]
+        tvals, cost = planner.assign_radii(n, widths, radius)
+        if cost >= planner.scan_cost(n, self.bits):
+            plan = None
+        else:
+            parts, base, count = [], [], []
+            at = 0
+            for w, t in zip(widths, tvals, strict=True):
+                masks, counts = _masks(w, max(t, 0))
+                c = int(counts[t]) if t >= 0 else 0
+                parts.append(masks[:c])
+                base.append(at)
+                count.append(c)
+                at += c
+            plan = (
+                np.asarray(tvals, np.int64),
+                np.asarray(base, np.int64),
+                np.concatenate(parts) if parts else np.zeros(0, np.uint32),
+                np.asarray(count, np.int64),
+            )
+        if len(self._probe_cache) < 128:
+            self._probe_cache[radius] = plan
+        return plan
+
+    def radius(self, qwords, qcodes, radius, dead):
+        plan = self._probe_plan(radius)
+        if plan is None:
+            return kernels.scan_radius(qwords, self._words, _dead(dead), radius)
+        tvals, mask_base, masks, mask_count = plan
+        return kernels.mih_radius(
+            qwords, self._words, _dead(dead), radius, self.starts, self.widths, tvals,
+            self.off_base, self.offsets, self.rows, mask_base, masks, mask_count,
+        )  # fmt: skip
+
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self._words.nbytes + self.offsets.nbytes + self.rows.nbytes
+
+    def save(self, directory):
+        np.save(directory / "words.npy", self._words)
+        np.save(directory / "offsets.npy", self.offsets)
+        np.save(directory / "rows.npy", self.rows)
+        super().save(directory)
+        return {"widths": [int(w) for w in self.widths]}
+
+    @classmethod
+    def load(cls, directory, meta, bits, mmap):
+        widths = [int(w) for w in meta["widths"]]
+        words = _np_load(directory / "words.npy", mmap)
+        ids = _np_load(directory / "ids.npy", mmap)
+        offsets = _np_load(directory / "offsets.npy", mmap)
+        rows = _np_load(directory / "rows.npy", mmap)
+        if (
+            sum(widths) != bits
+            or len(offsets) != sum((1 << w) + 1 for w in widths)
+            or rows.shape != (len(widths), len(ids))
+        ):
+            raise ValueError("MIH tables do not match their codes")
+        return cls(words, ids, bits, widths, offsets, rows)
+
+
+_MASKS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+_MASKS_LOCK = threading.Lock()
+
+
+def _masks(width: int, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flip masks of popcount <= t for a width (cached; larger t serves smaller)."""
+    with _MASKS_LOCK:
+        for (w, tt), value in _MASKS.items():
+            if w == width and tt >= t:
+                return value
+        value = kernels.flip_masks(width, t)
+        _MASKS[(width, t)] = value
+        return value
+
+
+class ExactSegment(Segment):
+    """Equality lookups (md5/sha256): rows sorted by their first 64 bits."""
+
+    kind = "exact"
+
+    def __init__(self, words, ids, bits, skeys, order):
+        super().__init__(ids, bits)
+        self._words = words
+        self.skeys = skeys
+        self.order = order
+
+    @classmethod
+    def build(cls, words, ids, bits) -> ExactSegment:
+        keys = np.ascontiguousarray(words[:, 0]) if len(words) else np.zeros(0, np.uint64)
+        order = np.argsort(keys, kind="stable")
+        return cls(words, ids, bits, np.ascontiguousarray(keys[order]), order.astype(np.int64))
+
+    def words(self):
+        return self._words
+
+    def radius(self, qwords, qcodes, radius, dead):
+        qkeys = np.ascontiguousarray(qwords[:, 0])
+        return kernels.exact_lookup(qkeys, qwords, self.skeys, self.order, self._words, _dead(dead))
+
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self._words.nbytes + self.skeys.nbytes + self.order.nbytes
+
+    def save(self, directory):
+        np.save(directory / "words.npy", self._words)
+        np.save(directory / "skeys.npy", self.skeys)
+        np.save(directory / "order.npy", self.order)
+        return super().save(directory)
+
+    @classmethod
+    def load(cls, directory, meta, bits, mmap):
+        seg = cls(
+            _np_load(directory / "words.npy", mmap),
+            _np_load(directory / "ids.npy", mmap),
+            bits,
+            _np_load(directory / "skeys.npy", mmap),
+            _np_load(directory / "order.npy", mmap),
+        )
+        if not (len(seg._words) == len(seg.ids) == len(seg.skeys) == len(seg.order)):
+            raise ValueError("exact table does not match its codes")
+        return seg
+
+
+SEGMENT_TYPES: dict[str, type[Segment]] = {
+    c.kind: c for c in (ScanSegment, FlatSegment, MIHSegment, ExactSegment)
+}

@@ -1,0 +1,412 @@
+"""The sharded Hamming index: every kind, any shard count, one implementation.
+
+State model (why readers never see half a change and never block):
+the whole index state is ONE immutable tuple of shards; a shard is a tuple of
+immutable segments plus one tombstone mask per segment. A reader takes
+``self._state`` once (an atomic reference read) and searches that. A writer,
+under ``self._write`` (writers serialise; readers never take it), builds the
+next tuple — copying only the masks it changes and appending new codes as a
+small unindexed segment — and publishes it with one reference assignment.
+Compaction (merging a shard's segments into one indexed segment and dropping
+tombstoned rows) is the same: built aside, then swapped in.
+
+Ids are spread over shards by a multiplicative hash, so each shard holds a
+slice of ids; a batch fans out over a shared thread pool (the FAISS and numba
+kernels release the GIL) and the per-shard CSR results are merged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from hashmatch.engine.errors import InvalidInput, NotFound
+from hashmatch.indexes import planner
+from hashmatch.indexes.base import (
+    InvalidIds,
+    KnnResult,
+    RadiusResult,
+    UnknownIndexKind,
+    check_codes,
+    check_ids,
+    check_k,
+    check_radius,
+    empty_radius_result,
+)
+from hashmatch.indexes.segments import (
+    ExactSegment,
+    FlatSegment,
+    MIHSegment,
+    ScanSegment,
+    Segment,
+    to_words,
+)
+
+KINDS = ("auto", "flat", "mih", "exact")
+DELTA_MIN = 16_384  # unindexed rows a shard may hold before they are merged in
+DELTA_FRACTION = 8  # ... or 1/8 of its indexed rows, whichever is larger
+DEAD_FRACTION = 0.25  # tombstoned share of a shard that triggers compaction
+INLINE_ROWS = 65_536  # below this many stored rows, don't bother with the pool
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def default_shards() -> int:
+    return max(1, os.cpu_count() or 1)
+
+
+def pool() -> ThreadPoolExecutor:
+    """The process-wide pool shards fan out on (one thread per core)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(default_shards(), thread_name_prefix="hashmatch-index")
+        return _POOL
+
+
+class Shard(NamedTuple):
+    segments: tuple[Segment, ...] = ()
+    dead: tuple[np.ndarray | None, ...] = ()
+    live: int = 0
+
+    @property
+    def rows(self) -> int:
+        return sum(len(s) for s in self.segments)
+
+    @property
+    def dead_rows(self) -> int:
+        return self.rows - self.live
+
+    def indexed_rows(self) -> int:
+        """Rows in the merged (planned) segment, if the shard has one."""
+        if self.segments and self.segments[0].indexed:
+            return len(self.segments[0])
+        return 0
+
+    def delta_rows(self) -> int:
+        """Rows in unindexed segments (recent additions, scanned)."""
+        return self.rows - self.indexed_rows()
+
+
+def default_radius(bits: int) -> int:
+    """The radius MIH tables are tuned for: PDQ's 31/256, scaled to the width."""
+    return max(0, round(bits * 31 / 256))
+
+
+def merge_csr(parts: list[RadiusResult], nq: int) -> RadiusResult:
+    """Concatenate per-part CSR results query by query."""
+    parts = [p for p in parts if p[0][-1] > 0]
+    if not parts:
+        return empty_radius_result(nq)
+    if len(parts) == 1:
+        return parts[0]
+    counts = sum(np.diff(p[0]) for p in parts)
+    lims = np.zeros(nq + 1, np.int64)
+    np.cumsum(counts, out=lims[1:])
+    qidx = np.concatenate([np.repeat(np.arange(nq), np.diff(p[0])) for p in parts])
+    order = np.argsort(qidx, kind="stable")
+    dist = np.concatenate([p[1] for p in parts])[order]
+    ids = np.concatenate([p[2] for p in parts])[order]
+    return lims, dist, ids
+
+
+def merge_knn(parts: list[KnnResult], k: int, bits: int) -> KnnResult:
+    if len(parts) == 1:
+        return parts[0]
+    d = np.concatenate([p[0] for p in parts], axis=1)
+    i = np.concatenate([p[1] for p in parts], axis=1)
+    key = np.where(i < 0, bits + 1, d).astype(np.int64) * (1 << 40)
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+class ShardedIndex:
+    """Exact Hamming index over S shards; see the module docstring.
+
+    kind: "flat" (FAISS IndexBinaryFlat), "mih" (multi-index hashing, exact,
+    scans when the radius makes that cheaper), "exact" (byte equality, radius 0
+    only: md5/sha256), "auto" (MIH once a shard is large enough for the planner
+    to expect it to beat a scan at ``radius_hint``, else a numba scan).
+    """
+
+    def __init__(
+        self,
+        bits: int,
+        kind: str = "auto",
+        shards: int | None = None,
+        *,
+        radius_hint: int | None = None,
+        memory_ratio: float = 3.0,
+        delta_min: int = DELTA_MIN,
+    ):
+        if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8:
+            raise InvalidInput(f"bits must be a positive multiple of 8, got {bits!r}", field="bits")
+        if kind not in KINDS:
+            raise UnknownIndexKind(f"unknown index kind {kind!r} (known: {KINDS})", field="kind")
+        shards = default_shards() if shards is None else shards
+        if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 1024:
+            raise InvalidInput(f"shards must be in 1..1024, got {shards!r}", field="shards")
+        self.bits = bits
+        self.kind = kind
+        self.radius_hint = default_radius(bits) if radius_hint is None else int(radius_hint)
+        self.memory_ratio = float(memory_ratio)
+        self.delta_min = int(delta_min)
+        self._state: tuple[Shard, ...] = tuple(Shard() for _ in range(shards))
+        self._write = threading.RLock()
+        self._bulk = 0
+
+    # ------------------------------------------------------------------ info
+
+    @property
+    def shards(self) -> int:
+        return len(self._state)
+
+    def __len__(self) -> int:
+        return sum(s.live for s in self._state)
+
+    def shard_sizes(self) -> list[int]:
+        return [s.live for s in self._state]
+
+    def memory_bytes(self) -> int:
+        """Bytes held by codes, ids, tables and tombstones (mapped files included)."""
+        total = 0
+        for shard in self._state:
+            total += sum(seg.nbytes() for seg in shard.segments)
+            total += sum(d.nbytes for d in shard.dead if d is not None)
+        return total
+
+    def stats(self) -> dict:
+        return {
+            "kind": self.kind,
+            "bits": self.bits,
+            "count": len(self),
+            "memory_bytes": self.memory_bytes(),
+            "shards": [
+                {
+                    "live": s.live,
+                    "dead": s.dead_rows,
+                    "segments": [{"type": seg.kind, "rows": len(seg)} for seg in s.segments],
+                }
+                for s in self._state
+            ],
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardedIndex(bits={self.bits}, kind={self.kind!r}, "
+            f"shards={self.shards}, n={len(self)})"
+        )
+
+    # ------------------------------------------------------------------ writes
+
+    def _shard_of(self, ids: np.ndarray) -> np.ndarray:
+        if self.shards == 1:
+            return np.zeros(len(ids), np.int64)
+        h = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        return ((h >> np.uint64(32)) % np.uint64(self.shards)).astype(np.int64)
+
+    def add(self, codes: np.ndarray, ids: np.ndarray) -> None:
+        """Add codes under caller ids; an id already live gets the new code (upsert)."""
+        codes = check_codes(codes, self.bits)
+        ids = check_ids(ids, len(codes))
+        if not len(ids):
+            return
+        uniq = np.unique(ids)
+        if len(uniq) != len(ids):
+            sorted_ids = np.sort(ids)
+            dup = int(sorted_ids[np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])[0]])
+            first = int(np.flatnonzero(ids == dup)[1])
+            raise InvalidIds(f"id {dup} appears twice in one batch", field="ids", index=first)
+        words = to_words(np.array(codes, copy=True))
+        ids = ids.copy()
+        sh = self._shard_of(ids)
+        with self._write:
+            state = list(self._state)
+            for s in range(len(state)):
+                sel = np.flatnonzero(sh == s)
+                if not len(sel):
+                    continue
+                shard, _, _ = _kill(state[s], ids[sel])
+                seg = ScanSegment(np.ascontiguousarray(words[sel]), ids[sel], self.bits)
+                shard = Shard((*shard.segments, seg), (*shard.dead, None), shard.live + len(sel))
+                state[s] = shard
+            self._publish(state)
+
+    def remove(self, ids: np.ndarray, *, missing_ok: bool = False) -> int:
+        """Tombstone ids; visible to the next lookup. Unknown id -> NotFound, nothing removed."""
+        ids = check_ids(ids, len(np.asarray(ids).reshape(-1)))
+        ids = np.unique(ids)
+        if not len(ids):
+            return 0
+        sh = self._shard_of(ids)
+        with self._write:
+            state = list(self._state)
+            removed = 0
+            for s in range(len(state)):
+                sel = np.flatnonzero(sh == s)
+                if not len(sel):
+                    continue
+                shard, n, found = _kill(state[s], ids[sel])
+                if not missing_ok and not found.all():
+                    missing = int(ids[sel][~found][0])
+                    raise NotFound(f"no live code with id {missing}", field="ids")
+                state[s] = shard
+                removed += n
+            self._publish(state)
+        return removed
+
+    def _publish(self, state: list[Shard]) -> None:
+        """Merge shards that need it (unless in bulk mode), then swap the state in."""
+        if not self._bulk:
+            state = [self._merge(s) if self._needs_merge(s) else s for s in state]
+        self._state = tuple(state)
+
+    def _needs_merge(self, shard: Shard) -> bool:
+        if not shard.segments:
+            return False
+        main = shard.indexed_rows()
+        if shard.delta_rows() > max(self.delta_min, main // DELTA_FRACTION):
+            return True
+        return shard.dead_rows > DEAD_FRACTION * max(shard.rows, 1) and shard.dead_rows > 64
+
+    def _merge(self, shard: Shard) -> Shard:
+        """One indexed segment of the shard's live rows (built aside)."""
+        words, ids = [], []
+        for seg, dead in zip(shard.segments, shard.dead, strict=True):
+            w = seg.words()
+            if dead is None:
+                words.append(np.asarray(w))
+                ids.append(np.asarray(seg.ids))
+            else:
+                keep = dead == 0
+                words.append(np.asarray(w)[keep])
+                ids.append(np.asarray(seg.ids)[keep])
+        if not ids or sum(len(i) for i in ids) == 0:
+            return Shard()
+        all_words = np.ascontiguousarray(np.concatenate(words))
+        all_ids = np.concatenate(ids)
+        seg = self._build_segment(all_words, all_ids)
+        return Shard((seg,), (None,), len(all_ids))
+
+    def _build_segment(self, words: np.ndarray, ids: np.ndarray) -> Segment:
+        n = len(ids)
+        if self.kind == "flat":
+            return FlatSegment.build(words, ids, self.bits)
+        if self.kind == "exact":
+            return ExactSegment.build(words, ids, self.bits)
+        widths = planner.plan_tables(n, self.bits, self.radius_hint, self.memory_ratio)
+        if widths is None and self.kind == "mih":
+            widths = planner.plan_tables(n, self.bits, self.radius_hint, 1e9, force=True)
+        if widths is None:
+            return ScanSegment(words, ids, self.bits, indexed=True)
+        return MIHSegment.build(words, ids, self.bits, widths, pool=pool())
+
+    def compact(self) -> None:
+        """Merge every shard into one indexed segment without tombstones."""
+        with self._write:
+            self._state = tuple(
+                self._merge(s) if len(s.segments) > 1 or s.dead_rows else s for s in self._state
+            )
+
+    @contextlib.contextmanager
+    def bulk(self) -> Iterator[ShardedIndex]:
+        """Defer merging while loading many batches; merge once on exit."""
+        with self._write:
+            self._bulk += 1
+        try:
+            yield self
+        finally:
+            with self._write:
+                self._bulk -= 1
+                if not self._bulk:
+                    self._publish(list(self._state))
+
+    # ------------------------------------------------------------------ reads
+
+    def search_radius(self, queries: np.ndarray, radius: int) -> RadiusResult:
+        """Every live code within ``radius`` (inclusive) of each query, CSR form."""
+        q = check_codes(queries, self.bits, field="queries")
+        r = check_radius(radius, self.bits, exact_only=self.kind == "exact")
+        state = self._state
+        nq = len(q)
+        if nq == 0:
+            return empty_radius_result(0)
+        qwords = to_words(q)
+
+        def one(shard: Shard) -> RadiusResult:
+            parts = []
+            for seg, dead in zip(shard.segments, shard.dead, strict=True):
+                lims, dist, pos = seg.radius(qwords, q, r, dead)
+                parts.append((lims, dist, np.asarray(seg.ids)[pos]))
+            return merge_csr(parts, nq)
+
+        return merge_csr(self._fan_out(one, state), nq)
+
+    def search_knn(self, queries: np.ndarray, k: int) -> KnnResult:
+        """The k nearest live codes per query (distance ascending), -1 padded."""
+        q = check_codes(queries, self.bits, field="queries")
+        k = check_k(k)
+        state = self._state
+        qwords = to_words(q)
+        empty = (np.full((len(q), k), -1, np.int32), np.full((len(q), k), -1, np.int64))
+
+        def one(shard: Shard) -> KnnResult:
+            parts = []
+            for seg, dead in zip(shard.segments, shard.dead, strict=True):
+                d, pos = seg.knn(qwords, q, k, dead)
+                ids = np.where(pos >= 0, np.asarray(seg.ids)[np.maximum(pos, 0)], -1)
+                parts.append((d, ids))
+            return merge_knn(parts, k, self.bits) if parts else empty
+
+        return merge_knn([empty, *self._fan_out(one, state)], k, self.bits)
+
+    def _fan_out(self, fn, state: tuple[Shard, ...]) -> list:
+        busy = [s for s in state if s.segments]
+        if len(busy) <= 1 or sum(s.rows for s in busy) < INLINE_ROWS:
+            return [fn(s) for s in busy]
+        return list(pool().map(fn, busy))
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: Path | str) -> None:
+        """Write a snapshot directory (see :mod:`hashmatch.indexes.persist`)."""
+        from hashmatch.indexes.persist import save_index
+
+        save_index(self, Path(path))
+
+    @classmethod
+    def load(cls, path: Path | str, *, mmap: bool = True, verify: bool = True) -> ShardedIndex:
+        from hashmatch.indexes.persist import load_index
+
+        return load_index(Path(path), mmap=mmap, verify=verify)
+
+
+def _kill(shard: Shard, ids: np.ndarray) -> tuple[Shard, int, np.ndarray]:
+    """Tombstone the live rows holding ``ids`` (copy-on-write masks).
+
+    Returns the new shard, how many rows died, and which ids were found live.
+    """
+    found = np.zeros(len(ids), bool)
+    dead_out = list(shard.dead)
+    killed = 0
+    for j, (seg, dead) in enumerate(zip(shard.segments, shard.dead, strict=True)):
+        rows = seg.rows_of(ids)
+        hit = rows >= 0
+        if dead is not None:
+            hit[hit] = dead[rows[hit]] == 0
+        if not hit.any():
+            continue
+        new = np.zeros(len(seg), np.uint8) if dead is None else np.array(dead, copy=True)
+        new[rows[hit]] = 1
+        dead_out[j] = new
+        found |= hit
+        killed += int(hit.sum())
+    return Shard(shard.segments, tuple(dead_out), shard.live - killed), killed, found
