@@ -1,0 +1,277 @@
+"""Our PDQ against the pdqhash oracle: same bits, same quality, same dihedral hashes.
+
+Everything is compared bit for bit (no distance tolerance): real photos, every image
+scikit-image ships, synthetic chessboards and flat images whose DCT coefficients tie at
+the median, and random resizes down to 1x1.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pdqhash
+import pytest
+import skimage.data
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hashmatch.engine.decode import decode_image
+from hashmatch.engine.pdq import pdq_float, pdq_hash, pdq_hash_dihedral, reference_downsize
+
+
+def _oracle(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    bits, quality = pdqhash.compute(np.ascontiguousarray(rgb))
+    return np.packbits(np.asarray(bits, np.uint8)), int(quality)
+
+
+def _oracle_dihedral(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    hashes, quality = pdqhash.compute_dihedral(np.ascontiguousarray(rgb))
+    return np.stack([np.packbits(np.asarray(h, np.uint8)) for h in hashes]), int(quality)
+
+
+def _assert_same(rgb: np.ndarray, label: str, dihedral: bool = True) -> None:
+    code, quality = pdq_hash(rgb)
+    want, want_q = _oracle(rgb)
+    assert code.dtype == np.uint8 and code.shape == (32,)
+    assert code.tobytes().hex() == want.tobytes().hex(), f"{label}: hash differs"
+    assert quality == want_q, f"{label}: quality {quality} != {want_q}"
+    if dihedral:
+        codes, dq = pdq_hash_dihedral(rgb)
+        want8, want8_q = _oracle_dihedral(rgb)
+        assert codes.shape == (8, 32)
+        for n in range(8):
+            assert codes[n].tobytes() == want8[n].tobytes(), f"{label}: dihedral {n} differs"
+        assert dq == want8_q
+
+
+def _rgb(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    if a.dtype != np.uint8:
+        a = (255 * (a - a.min()) / max(float(a.max() - a.min()), 1e-9)).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(a[:, :, :3])
+
+
+# Images bundled with scikit-image (no download needed).
+_SKIMAGE = [
+    "astronaut",
+    "binary_blobs",
+    "brick",
+    "camera",
+    "cell",
+    "checkerboard",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+]
+
+
+def _skimage(name: str) -> np.ndarray | None:
+    try:
+        return _rgb(getattr(skimage.data, name)())
+    except Exception:  # an image that needs a network download on this install
+        return None
+
+
+@pytest.mark.parametrize("name", _SKIMAGE)
+def test_skimage_images_match_pdqhash(name):
+    rgb = _skimage(name)
+    if rgb is None:
+        pytest.skip(f"skimage.data.{name} is not bundled here")
+    _assert_same(rgb, name)
+
+
+def _chessboard(h: int, w: int, cells: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    board = (((y * cells) // h + (x * cells) // w) % 2 * 255).astype(np.uint8)
+    return _rgb(board)
+
+
+@pytest.mark.parametrize("cells", [2, 4, 8, 16, 32, 64])
+@pytest.mark.parametrize("shape", [(64, 64), (128, 128), (100, 160), (37, 53), (512, 512)])
+def test_chessboards_tie_at_the_median_like_pdqhash(cells, shape):
+    _assert_same(_chessboard(*shape, cells), f"chessboard {cells} {shape}")
+
+
+@pytest.mark.parametrize(
+    "rgb",
+    [
+        np.full((100, 120, 3), 77, np.uint8),
+        np.full((64, 64, 3), 200, np.uint8),
+        np.zeros((300, 200, 3), np.uint8),
+        np.full((5, 5, 3), 255, np.uint8),
+        np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 90, axis=0).repeat(3, 2),
+        np.repeat(np.arange(200, dtype=np.uint8)[:, None, None], 70, axis=1).repeat(3, 2),
+    ],
+    ids=["flat", "flat64", "black", "white5x5", "hgradient", "vgradient"],
+)
+def test_flat_and_gradient_images(rgb):
+    _assert_same(np.ascontiguousarray(rgb), "synthetic")
+
+
+def test_64x64_takes_the_unfiltered_path_but_dihedral_does_not():
+    """pdqhash copies a 64x64 image without blur for compute(), not compute_dihedral()."""
+    rgb = np.ascontiguousarray(cv2.resize(skimage.data.astronaut(), (64, 64)))
+    _assert_same(rgb, "astronaut 64x64")
+    single, _ = pdq_float(rgb)
+    filtered, _ = pdq_float(rgb, dihedral=True)
+    assert not np.array_equal(single, filtered)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (4, 100), (100, 4), (5, 5), (6, 9)])
+def test_tiny_images(shape):
+    rgb = np.random.default_rng(3).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    _assert_same(rgb, f"tiny {shape}")
+    if min(shape) < 5:
+        code, quality = pdq_hash(rgb)
+        assert not code.any() and quality == 0
+
+
+_BASES = {
+    "astronaut": _rgb(skimage.data.astronaut()),
+    "camera": _rgb(skimage.data.camera()),
+    "checkerboard": _rgb(skimage.data.checkerboard()),
+    "chess8": _chessboard(256, 256, 8),
+}
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    base=st.sampled_from(sorted(_BASES)),
+    h=st.one_of(st.integers(1, 70), st.integers(1, 700), st.sampled_from([63, 64, 65, 127])),
+    w=st.one_of(st.integers(1, 70), st.integers(1, 700), st.sampled_from([63, 64, 65, 129])),
+    interp=st.sampled_from([cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA]),
+)
+def test_random_resizes_match_pdqhash(base, h, w, interp):
+    rgb = np.ascontiguousarray(cv2.resize(_BASES[base], (w, h), interpolation=interp))
+    _assert_same(rgb, f"{base} {h}x{w}")
+
+
+@pytest.mark.parametrize("shape", [(1500, 2100), (2001, 1337)])
+def test_large_resizes_match_pdqhash(shape):
+    rgb = np.ascontiguousarray(cv2.resize(_BASES["astronaut"], shape[::-1]))
+    _assert_same(rgb, f"astronaut {shape}", dihedral=False)
+
+
+def _reference_images(reference_dir: Path) -> list[Path]:
+    root = reference_dir / "pdq-images"
+    paths = [
+        p
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.suffix.lower() not in {".md", ".dat"}
+    ]
+    assert len(paths) >= 45
+    return paths
+
+
+def test_every_reference_image_matches_pdqhash(reference_dir: Path):
+    for n, path in enumerate(_reference_images(reference_dir)):
+        rgb = decode_image(path)
+        # The dihedral oracle on every third image (and never the 12 MP EXIF photos)
+        # keeps this test a few seconds; dihedrals get their own tests above and below.
+        small = rgb.shape[0] * rgb.shape[1] < 4_000_000
+        _assert_same(rgb, path.name, dihedral=small and n % 3 == 0)
+
+
+def test_reference_dihedral_folder(reference_dir: Path):
+    """The 8 stored orientations of one photo: each one's hash is a dihedral of the first."""
+    folder = reference_dir / "pdq-images" / "reg-test-input" / "dih"
+    paths = sorted(folder.glob("*.jpg"))
+    assert len(paths) == 8
+    variants, _ = pdq_hash_dihedral(decode_image(paths[0]))
+    for n, path in enumerate(paths):
+        code, _ = pdq_hash(decode_image(path))
+        distance = int(np.unpackbits(code ^ variants[n]).sum())
+        assert distance <= 16, f"{path.name}: {distance} bits from dihedral variant {n}"
+
+
+def test_exif_rotated_photos_hash_as_upright(reference_dir: Path):
+    """Decoding applies EXIF orientation: the hash is the right dihedral of the stored one."""
+    from PIL import Image
+
+    folder = reference_dir / "pdq-images" / "reg-test-input" / "exif-rotn"
+    # EXIF tag -> pdqhash.compute_dihedral index of the upright picture's hash.
+    expected = {1: 0, 3: 2, 6: 3, 8: 1}
+    for path in sorted(folder.glob("*.jpg")):
+        with Image.open(path) as im:
+            tag = im.getexif().get(0x0112, 1)
+            stored = np.asarray(im.convert("RGB"))
+        variants, _ = pdq_hash_dihedral(stored)
+        code, _ = pdq_hash(decode_image(path))
+        distance = int(np.unpackbits(code ^ variants[expected[tag]]).sum())
+        assert distance <= 4, f"{path.name} (orientation {tag}): {distance} bits"
+
+
+def test_hex_matches_python_threatexchange(reference_dir: Path):
+    from threatexchange.signal_type.pdq.pdq_hasher import pdq_from_file
+
+    path = reference_dir / "pdq-images" / "bridge-mods" / "aaa-orig.jpg"
+    hex_, quality = pdq_from_file(path)
+    code, ours_q = pdq_hash(decode_image(path))
+    assert code.tobytes().hex() == hex_ and ours_q == quality
+
+
+def test_reference_resize_reproduces_the_reference_cli(reference_dir: Path):
+    """PDQMD5TestData.csv was made by the C++/wasm CLI (CImg nearest resize to 512x512)."""
+    rows = list(csv.DictReader(open(reference_dir / "pdq-hashes" / "PDQMD5TestData.csv")))
+    distances = {}
+    for row in rows:
+        if "/data/" not in row["FilePath"]:
+            continue  # the video MD5 lines
+        path = reference_dir / "pdq-images" / row["FilePath"].split("/data/")[1]
+        if not path.exists():
+            continue
+        code, _ = pdq_hash(decode_image(path), reference_resize=True)
+        want = np.frombuffer(bytes.fromhex(row["Hash"]), np.uint8)
+        distances[path.name] = int(np.unpackbits(code ^ want).sum())
+    assert len(distances) >= 14
+    exact = sum(d == 0 for d in distances.values())
+    assert exact >= len(distances) - 2, distances
+    assert max(distances.values()) <= 4, distances
+
+
+def test_reference_downsize_rule():
+    rgb = np.random.default_rng(0).integers(0, 256, (1004, 1600, 3), dtype=np.uint8)
+    small = reference_downsize(rgb)
+    assert small.shape == (512, 512, 3)
+    assert (small[1, 1] == rgb[(1 * 1004) // 512, (1 * 1600) // 512]).all()
+    untouched = rgb[:512, :300]
+    assert reference_downsize(untouched) is untouched
+    assert reference_downsize(rgb[:100, :600]).shape == (512, 512, 3)
+
+
+def test_grey_and_rgba_inputs_are_accepted_and_bad_ones_rejected():
+    rgb = _BASES["camera"]
+    grey = np.ascontiguousarray(rgb[:, :, 0])
+    assert pdq_hash(grey)[0].tobytes() == pdq_hash(rgb)[0].tobytes()
+    rgba = np.concatenate([rgb, np.zeros(rgb.shape[:2] + (1,), np.uint8)], axis=2)
+    assert pdq_hash(rgba)[0].tobytes() == pdq_hash(rgb)[0].tobytes()
+    strided = rgb[::2, ::3]
+    assert pdq_hash(strided)[0].tobytes() == _oracle(np.ascontiguousarray(strided))[0].tobytes()
+    with pytest.raises(ValueError, match="uint8"):
+        pdq_hash(rgb.astype(np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        pdq_hash(np.zeros((10, 10, 2), np.uint8))
