@@ -236,7 +236,8 @@ def test_hex_matches_python_threatexchange(reference_dir: Path):
 
 def test_reference_resize_reproduces_the_reference_cli(reference_dir: Path):
     """PDQMD5TestData.csv was made by the C++/wasm CLI (CImg nearest resize to 512x512)."""
-    rows = list(csv.DictReader(open(reference_dir / "pdq-hashes" / "PDQMD5TestData.csv")))
+    with open(reference_dir / "pdq-hashes" / "PDQMD5TestData.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     distances = {}
     for row in rows:
         if "/data/" not in row["FilePath"]:
@@ -267,7 +268,7 @@ def test_grey_and_rgba_inputs_are_accepted_and_bad_ones_rejected():
     rgb = _BASES["camera"]
     grey = np.ascontiguousarray(rgb[:, :, 0])
     assert pdq_hash(grey)[0].tobytes() == pdq_hash(rgb)[0].tobytes()
-    rgba = np.concatenate([rgb, np.zeros(rgb.shape[:2] + (1,), np.uint8)], axis=2)
+    rgba = np.concatenate([rgb, np.zeros((*rgb.shape[:2], 1), np.uint8)], axis=2)
     assert pdq_hash(rgba)[0].tobytes() == pdq_hash(rgb)[0].tobytes()
     strided = rgb[::2, ::3]
     assert pdq_hash(strided)[0].tobytes() == _oracle(np.ascontiguousarray(strided))[0].tobytes()
