@@ -1,0 +1,144 @@
+"""pHash/dHash/aHash/wHash give exactly imagehash's bits (the oracle) on the same image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pytest
+import skimage.data
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from hashmatch.engine.decode import decode_image
+from hashmatch.engine.imagehashes import IMAGEHASH_TYPES, imagehash_codes
+
+ORACLE = {
+    "phash": imagehash.phash,
+    "dhash": imagehash.dhash,
+    "ahash": imagehash.average_hash,
+    "whash": imagehash.whash,
+}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def oracle_hex(image: Image.Image, name: str) -> str:
+    return str(ORACLE[name](image))
+
+
+def assert_same(rgb: np.ndarray, label: str = "") -> None:
+    ours = imagehash_codes(rgb)
+    pil = Image.fromarray(rgb)
+    for name in IMAGEHASH_TYPES:
+        assert ours[name].dtype == np.uint8 and ours[name].shape == (8,)
+        assert ours[name].tobytes().hex() == oracle_hex(pil, name), f"{name} {label}"
+
+
+def _skimage_rgb() -> list[tuple[str, np.ndarray]]:
+    out = []
+    for name in ("astronaut", "camera", "chelsea", "coffee", "coins", "checkerboard",
+                 "horse", "logo", "moon", "page", "rocket", "text", "clock", "grass"):  # fmt: skip
+        try:
+            img = getattr(skimage.data, name)()
+        except Exception:  # an image that needs a download: not bundled here
+            continue
+        img = np.asarray(img)
+        if img.dtype == bool:
+            img = img.astype(np.uint8) * 255
+        img = img.astype(np.uint8)
+        if img.ndim == 2:
+            img = np.repeat(img[:, :, None], 3, axis=2)
+        out.append((name, np.ascontiguousarray(img[:, :, :3])))
+    return out
+
+
+SKIMAGE = _skimage_rgb()
+
+
+def test_skimage_bundled_images_are_available():
+    assert len(SKIMAGE) >= 8
+
+
+@pytest.mark.parametrize(("label", "rgb"), SKIMAGE, ids=[n for n, _ in SKIMAGE])
+def test_skimage_images_match_imagehash(label, rgb):
+    assert_same(rgb, label)
+
+
+def test_reference_images_match_imagehash(reference_dir: Path):
+    paths = sorted(
+        p
+        for p in (reference_dir / "pdq-images").rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and "modes" not in p.parts
+    )
+    assert len(paths) >= 30
+    for path in paths:
+        assert_same(decode_image(path), str(path))
+
+
+def test_pillow_image_in_another_mode_converts_like_imagehash(reference_dir: Path):
+    """Given a Pillow image, we convert to L from its own mode, exactly as imagehash does."""
+    modes = reference_dir / "pdq-images" / "misc-images" / "modes"
+    checked = 0
+    for path in sorted(p for p in modes.iterdir() if p.suffix != ".md"):
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I", "F", "I;16", "LAB", "HSV"):  # imagehash itself cannot
+                continue
+            ours = imagehash_codes(im)
+            for name in IMAGEHASH_TYPES:
+                assert ours[name].tobytes().hex() == oracle_hex(im, name), f"{name} {path}"
+            checked += 1
+    assert checked >= 5
+
+
+@pytest.mark.parametrize("size", [(8, 8), (16, 16), (64, 48), (100, 37), (257, 129)])
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_flat_images_tie_everywhere_and_still_match(size, value):
+    rgb = np.full((size[1], size[0], 3), value, np.uint8)
+    assert_same(rgb, f"flat {value} {size}")
+
+
+@pytest.mark.parametrize("cells", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("side", [64, 96, 256])
+def test_chessboards_match(cells, side):
+    """Chessboards make many block sums and DCT coefficients tie at the median."""
+    idx = (np.arange(side) * cells // side) % 2
+    board = ((idx[:, None] ^ idx[None, :]) * 255).astype(np.uint8)
+    assert_same(np.repeat(board[:, :, None], 3, axis=2), f"chess {cells} {side}")
+
+
+def test_tiny_images_below_hash_size():
+    rng = np.random.default_rng(5)
+    for w, h in [(1, 1), (3, 5), (7, 9), (2, 40)]:
+        assert_same(rng.integers(0, 256, (h, w, 3), dtype=np.uint8), f"{w}x{h}")
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    w=st.integers(1, 300),
+    h=st.integers(1, 300),
+    seed=st.integers(0, 2**32 - 1),
+    levels=st.sampled_from([2, 3, 256]),
+)
+def test_random_images_of_random_sizes(w, h, seed, levels):
+    """Few grey levels (2, 3) make ties likely; 256 levels are ordinary noise."""
+    rng = np.random.default_rng(seed)
+    values = np.linspace(0, 255, levels).astype(np.uint8)
+    rgb = values[rng.integers(0, levels, (h, w, 3))]
+    assert_same(rgb, f"{w}x{h} levels={levels}")
+
+
+@settings(max_examples=10, deadline=None)
+@given(scale=st.floats(0.05, 1.5), which=st.integers(0, len(SKIMAGE) - 1))
+def test_random_resizes_of_photos(scale, which):
+    _, rgb = SKIMAGE[which]
+    h, w = rgb.shape[:2]
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    assert_same(np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR)))
+
+
+def test_only_requested_types_are_computed():
+    rgb = SKIMAGE[0][1]
+    assert set(imagehash_codes(rgb, ["dhash"])) == {"dhash"}
