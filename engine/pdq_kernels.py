@@ -15,15 +15,23 @@ the bits through:
   index order without FMA, and Torben's median.
 
 Where the reference is slow we reorganise *which* element is computed when, never the
-operation order applied to any one element:
+sequence of operations applied to any one element:
 
-* column passes keep one running sum per column and walk rows, so the inner loop is
-  contiguous and SIMD (each column's sum still sees the same sequence of operations);
-* row passes work on blocks of 8 rows stored transposed, so the 8 independent running
-  sums form one SIMD vector (each row's sum still runs left to right);
-* the passes are streamed: luma + row pass 1 fill a ring of rows that column pass 2
-  consumes as soon as it needs them, and row pass 3 / column pass 4 only keep the 64
-  sampled columns and rows. Nothing image-sized is allocated besides the input.
+* the passes are streamed: luma + row pass 1 fill a small ring of rows that column
+  pass 2 consumes as soon as it needs them; row pass 3 keeps only the 64 sampled
+  columns and column pass 4 runs on those 64 columns only. Nothing image-sized is
+  allocated (the reference keeps two full float copies of the image);
+* column passes keep one running sum per column and walk down the rows, so the inner
+  loop is contiguous and SIMD (each column's sum still sees the reference sequence);
+* row passes run 4 rows' running sums interleaved (independent chains hide the add
+  latency) and store the raw sums; the division by the window length is a separate
+  contiguous, vectorised loop (the same float32 division, just later);
+* luma is computed a row at a time in float64 lanes exactly as numpy does it;
+* ``error_model="numpy"`` drops numba's divide-by-zero branch (it blocked SIMD) and
+  ``nogil=True`` lets callers hash images on several threads at once.
+
+numba never contracts a*b+c into an FMA without ``fastmath``, so float32 products and
+sums round exactly as the reference's separate multiply and add.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import math
 import numpy as np
 from numba import njit
 
-BLOCK = 8  # rows per transposed block (one AVX vector of float32)
+BLOCK = 8  # rows luma + row pass 1 produce at a time (two groups of 4 chains)
 
 
 def dct_matrix() -> np.ndarray:
@@ -56,7 +64,7 @@ def sample_indices(n: int, out: int = 64) -> np.ndarray:
     return np.array([int(((k + 0.5) * n) / out) for k in range(out)], np.int64)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def box_divisors(n, w):
     """float32 window length in effect when output k of a length-n box filter is written."""
     half = (w + 2) // 2
@@ -77,7 +85,7 @@ def box_divisors(n, w):
     return d
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _running_sums4(x0, x1, x2, x3, y0, y1, y2, y3, n, w):
     """Reference ``box1DFloat`` running sums (before the division) of 4 rows at once.
 
@@ -139,20 +147,20 @@ def _running_sums4(x0, x1, x2, x3, y0, y1, y2, y3, n, w):
         oi += 1
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _divide(y, div):
     for k in range(y.shape[0]):
         y[k] = y[k] / div[k]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _luma_row(row, out):
     """float32(R*0.299 + G*0.587 + B*0.114) in float64, as the pdqhash bindings do."""
     for k in range(out.shape[0]):
         out[k] = np.float32((row[3 * k] * 0.299 + row[3 * k + 1] * 0.587) + row[3 * k + 2] * 0.114)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _luma_full(rgb, out):
     nrows, ncols = rgb.shape[0], rgb.shape[1]
     for i in range(nrows):
@@ -161,7 +169,7 @@ def _luma_full(rgb, out):
             out[i, k] = np.float32(y)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def _column_schedule(n, w):
     """The reference box1DFloat along a column as events (add row, sub row, out row)."""
     half = (w + 2) // 2
@@ -200,7 +208,7 @@ def _column_schedule(n, w):
     return add, sub, out
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def downsample64(rgb, wr, wc, col_samples, row_samples):
     """Luma + the reference 2x(rows, columns) box filters + 64x64 decimation."""
     nrows, ncols = rgb.shape[0], rgb.shape[1]
@@ -311,7 +319,7 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
     return result
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def quality(a):
     """Reference image-domain quality: quantised gradient sum over the 64x64 block."""
     one_hundred = np.float32(100.0)
@@ -329,7 +337,7 @@ def quality(a):
     return min(q, 100)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def dct16(a, dm):
     """B = D A D^T keeping the reference summation order (k ascending, no FMA)."""
     t = np.zeros((16, 64), np.float32)
@@ -348,7 +356,7 @@ def dct16(a, dm):
     return b
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def torben(m):
     """Torben Mogensen's median, as the reference computes it (ties included)."""
     n = m.shape[0]
@@ -392,7 +400,7 @@ def torben(m):
     return mingt
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def bits_from_dct(b):
     """Bit k = i*16+j set when B[i,j] > median, packed in the reference hex order."""
     flat = b.ravel()
