@@ -8,6 +8,7 @@ the median, and random resizes down to 1x1.
 from __future__ import annotations
 
 import csv
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -20,6 +21,14 @@ from hypothesis import strategies as st
 
 from hashmatch.engine.decode import decode_image
 from hashmatch.engine.pdq import pdq_float, pdq_hash, pdq_hash_dihedral, reference_downsize
+
+
+@lru_cache(maxsize=16)
+def _decoded(path: Path) -> np.ndarray:
+    """Decode each reference file once for the whole module (the 12 MP JPEGs are slow)."""
+    rgb = decode_image(path)
+    rgb.setflags(write=False)
+    return rgb
 
 
 def _oracle(rgb: np.ndarray) -> tuple[np.ndarray, int]:
@@ -189,7 +198,7 @@ def _reference_images(reference_dir: Path) -> list[Path]:
 
 def test_every_reference_image_matches_pdqhash(reference_dir: Path):
     for n, path in enumerate(_reference_images(reference_dir)):
-        rgb = decode_image(path)
+        rgb = _decoded(path)
         # The dihedral oracle on every third image (and never the 12 MP EXIF photos)
         # keeps this test a few seconds; dihedrals get their own tests above and below.
         small = rgb.shape[0] * rgb.shape[1] < 4_000_000
@@ -201,9 +210,9 @@ def test_reference_dihedral_folder(reference_dir: Path):
     folder = reference_dir / "pdq-images" / "reg-test-input" / "dih"
     paths = sorted(folder.glob("*.jpg"))
     assert len(paths) == 8
-    variants, _ = pdq_hash_dihedral(decode_image(paths[0]))
+    variants, _ = pdq_hash_dihedral(_decoded(paths[0]))
     for n, path in enumerate(paths):
-        code, _ = pdq_hash(decode_image(path))
+        code, _ = pdq_hash(_decoded(path))
         distance = int(np.unpackbits(code ^ variants[n]).sum())
         assert distance <= 16, f"{path.name}: {distance} bits from dihedral variant {n}"
 
@@ -220,7 +229,7 @@ def test_exif_rotated_photos_hash_as_upright(reference_dir: Path):
             tag = im.getexif().get(0x0112, 1)
             stored = np.asarray(im.convert("RGB"))
         variants, _ = pdq_hash_dihedral(stored)
-        code, _ = pdq_hash(decode_image(path))
+        code, _ = pdq_hash(_decoded(path))
         distance = int(np.unpackbits(code ^ variants[expected[tag]]).sum())
         assert distance <= 4, f"{path.name} (orientation {tag}): {distance} bits"
 
@@ -230,7 +239,7 @@ def test_hex_matches_python_threatexchange(reference_dir: Path):
 
     path = reference_dir / "pdq-images" / "bridge-mods" / "aaa-orig.jpg"
     hex_, quality = pdq_from_file(path)
-    code, ours_q = pdq_hash(decode_image(path))
+    code, ours_q = pdq_hash(_decoded(path))
     assert code.tobytes().hex() == hex_ and ours_q == quality
 
 
@@ -245,7 +254,7 @@ def test_reference_resize_reproduces_the_reference_cli(reference_dir: Path):
         path = reference_dir / "pdq-images" / row["FilePath"].split("/data/")[1]
         if not path.exists():
             continue
-        code, _ = pdq_hash(decode_image(path), reference_resize=True)
+        code, _ = pdq_hash(_decoded(path), reference_resize=True)
         want = np.frombuffer(bytes.fromhex(row["Hash"]), np.uint8)
         distances[path.name] = int(np.unpackbits(code ^ want).sum())
     assert len(distances) >= 14
