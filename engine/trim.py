@@ -30,7 +30,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-DETECT_DIM = 384  # detection runs on a copy this big at most
+DETECT_DIM = 256  # detection runs on a copy this big at most
 SOLID_TOL = 12.0  # max per-channel deviation (0..255) from the band colour
 SOLID_FRACTION = 0.85  # share of a line within SOLID_TOL to call it part of a band
 SOLID_FLAT = 3.0  # and the line's median deviation must be this small (bars are flat)
@@ -116,18 +116,22 @@ def _solid_run(lines: np.ndarray) -> int:
     """How many lines from the edge are (nearly all) the first line's colour."""
     ref = np.median(lines[0], axis=0)
     limit = int(lines.shape[0] * (1 - MIN_KEEP))
-    dev = np.abs(lines[:limit] - ref).max(axis=2)  # [lines, length]
-    ok = ((dev <= SOLID_TOL).mean(axis=1) >= SOLID_FRACTION) & (
-        np.median(dev, axis=1) <= SOLID_FLAT
-    )
-    bad = np.flatnonzero(~ok)
-    if not bad.size:
-        return limit
-    run = int(bad[0])
-    # A bar ends in an edge across the line (content starts everywhere at once); a
-    # smooth sky or backdrop ends where some object rises into it: not a border.
-    edge = (dev[run : run + 2] > SOLID_TOL).mean(axis=1).max()
-    return run if edge >= SOLID_EDGE else 0
+    start = 0
+    while start < limit:  # in chunks: a photo's edge fails on its first line
+        stop = min(limit, start + 16)
+        dev = np.abs(lines[start : stop + 2] - ref).max(axis=2)  # [lines, length]
+        ok = ((dev <= SOLID_TOL).mean(axis=1) >= SOLID_FRACTION) & (
+            np.median(dev, axis=1) <= SOLID_FLAT
+        )
+        bad = np.flatnonzero(~ok[: stop - start])
+        if bad.size:
+            run = int(bad[0])
+            # A bar ends in an edge across the line (content starts everywhere at
+            # once); a smooth sky or backdrop ends where an object rises into it.
+            edge = (dev[run : run + 2] > SOLID_TOL).mean(axis=1).max()
+            return start + run if edge >= SOLID_EDGE else 0
+        start = stop
+    return limit
 
 
 def _blur_cuts(a: np.ndarray) -> list[int]:

@@ -1,0 +1,392 @@
+"""Matching quality under real-world edits: ``python -m bench quality [--quick]``.
+
+Method (Thorn's perception benchmark): every original is edited with every transform;
+for each edited copy we take, per hashing method, the distance to its own original
+("correct") and to the nearest other original ("wrong"). A threshold is *safe* when
+precision (copies whose correct distance is within it, against copies whose nearest
+wrong original is within it) stays >= 99.99%; recall is the share of copies matched.
+We report one safe threshold per method over all transforms pooled (what a deployment
+uses), recall per transform at it, and the plain view at PDQ's default (<= 31): recall
+and the pairwise false-positive rate (edited copy vs every other original).
+
+The originals are the hash lists' side: plain PDQ of the original picture, as shared
+lists hold. The improved pipeline only changes what is computed from the query
+(hashmatch.engine.multihash.pdq_query_codes: dihedral variants, border trimming) and,
+as a separate measured option, what is stored per original (centred crop codes).
+
+Writes docs/quality/{quality.md,results.json,recall.png,distances.png} (full run) or
+prints the table (``--quick``, unless ``--out`` is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench.transforms import QUICK, TRANSFORMS
+from hashmatch.engine.decode import decode_image
+from hashmatch.engine.multihash import pdq_crop_codes, pdq_query_codes
+from hashmatch.engine.pdq import pdq_hash, pdq_hash_dihedral
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = ROOT.parent / "shared" / "reference"
+PRECISION = 0.9999
+PDQ_THRESHOLD = 31
+MIN_QUALITY = 50
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "camera",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "coins",
+    "moon",
+    "clock",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+)  # fmt: skip  (grass/gravel/brick are texture patches, not photos: left out)
+
+
+# ---------------------------------------------------------------- originals
+def load_sources() -> list[tuple[str, np.ndarray]]:
+    """Distinct benign photos installed with the project (and ../shared/reference)."""
+    import matplotlib
+    import skimage.data
+
+    out = []
+    for name in SKIMAGE_PHOTOS:
+        try:
+            im = getattr(skimage.data, name)()
+        except Exception:  # a data file that needs a download (pooch): skip it
+            continue
+        out.append((f"skimage:{name}", _rgb8(im)))
+    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if hopper.is_file():
+        out.append(("matplotlib:grace_hopper", decode_image(hopper)))
+    pdq = REFERENCE / "pdq-images"
+    files = [pdq / "bridge-mods" / "aaa-orig.jpg", pdq / "reg-test-input" / "pen-and-coaster.png"]
+    files += sorted((pdq / "reg-test-input" / "labelme-subset").glob("*.jpg"))
+    for f in files:
+        if f.is_file():
+            out.append((f"reference:{f.name}", decode_image(f)))
+    return out
+
+
+def _rgb8(im: np.ndarray) -> np.ndarray:
+    if im.dtype != np.uint8:
+        im = (255 * (im.astype(np.float64) / max(float(im.max()), 1e-9))).astype(np.uint8)
+    if im.ndim == 2:
+        im = np.stack([im] * 3, axis=-1)
+    return np.ascontiguousarray(im[..., :3])
+
+
+def make_originals(
+    sources: list[tuple[str, np.ndarray]], *, tiles: int
+) -> list[tuple[str, np.ndarray]]:
+    """Each source, plus its non-overlapping k x k tiles (k <= ``tiles``, tiles >= 160 px)
+    for more originals in the wrong-match statistics. Low-quality PDQs are left out
+    (HMA skips PDQ quality < 50 too)."""
+    out = []
+    for name, im in sources:
+        cands = [(name, im)]
+        h, w = im.shape[:2]
+        tiles = min(tiles, min(h, w) // 160)
+        if tiles > 1:
+            th, tw = h // tiles, w // tiles
+            for i in range(tiles):
+                for j in range(tiles):
+                    tile = im[i * th : (i + 1) * th, j * tw : (j + 1) * tw]
+                    cands.append((f"{name}#{i}{j}", np.ascontiguousarray(tile)))
+        out.extend((n, t) for n, t in cands if pdq_hash(t)[1] >= MIN_QUALITY)
+    return out
+
+
+# ---------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class Method:
+    name: str
+    query: Callable[[np.ndarray], np.ndarray]  # rgb -> uint8[k, nbytes]
+    index: Callable[[np.ndarray], np.ndarray]  # rgb -> uint8[m, nbytes]
+    bits: int = 256
+    default_threshold: int = PDQ_THRESHOLD
+    what: str = ""
+
+
+def _pdq(rgb: np.ndarray) -> np.ndarray:
+    return pdq_hash(rgb)[0][None, :]
+
+
+def _phash(rgb: np.ndarray) -> np.ndarray:
+    import imagehash
+    from PIL import Image
+
+    h = imagehash.phash(Image.fromarray(rgb), hash_size=16)
+    return np.packbits(h.hash.flatten())[None, :]
+
+
+def _pdq_plus_crops(rgb: np.ndarray) -> np.ndarray:
+    return np.concatenate([_pdq(rgb), pdq_crop_codes(rgb)[0]])
+
+
+METHODS = (
+    Method("pdq", _pdq, _pdq, what="PDQ baseline (pdqhash-identical)"),
+    Method(
+        "pdq+dihedral",
+        lambda im: pdq_hash_dihedral(im)[0],
+        _pdq,
+        what="query: 8 dihedral variants (HashOptions.dihedral)",
+    ),
+    Method(
+        "pdq+trim",
+        lambda im: pdq_query_codes(im, dihedral=False, trim=True)[0],
+        _pdq,
+        what="query: as given + borders trimmed (HashOptions.trim_borders)",
+    ),
+    Method(
+        "hashmatch",
+        lambda im: pdq_query_codes(im, dihedral=True, trim=True)[0],
+        _pdq,
+        what="query: dihedral x (as given, trimmed): up to 16 codes",
+    ),
+    Method(
+        "hashmatch+crops",
+        lambda im: pdq_query_codes(im, dihedral=True, trim=True)[0],
+        _pdq_plus_crops,
+        what="hashmatch query; index also stores 90%/80% centred crops (3 codes/original)",
+    ),
+    Method(
+        "phash16",
+        _phash,
+        _phash,
+        default_threshold=51,  # 31/256 * 256 bits is PDQ's; imagehash 16x16 at ~20%
+        what="imagehash pHash 16x16 (256 bits), reference",
+    ),
+)
+
+
+def _stack(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of several items -> (all rows, owner item per row)."""
+    owner = np.concatenate([np.full(len(r), n) for n, r in enumerate(rows)])
+    return np.concatenate(rows), owner
+
+
+def min_distances(q: list[np.ndarray], idx: list[np.ndarray]) -> np.ndarray:
+    """``D[i, j]`` = min Hamming distance between any code of query i and of original j."""
+    qc, qo = _stack(q)
+    ic, io = _stack(idx)
+    nbytes = qc.shape[1]
+    pad = (-nbytes) % 8
+    qw = np.pad(qc, ((0, 0), (0, pad))).view(np.uint64)
+    iw = np.pad(ic, ((0, 0), (0, pad))).view(np.uint64)
+    rows = np.empty((len(qc), len(ic)), np.int16)
+    for s in range(0, len(qc), 512):
+        x = qw[s : s + 512, None, :] ^ iw[None, :, :]
+        rows[s : s + 512] = np.bitwise_count(x).sum(axis=2)
+    # min over each query's rows, then over each original's rows
+    big = np.iinfo(np.int16).max
+    by_q = np.full((len(q), len(ic)), big, np.int16)
+    np.minimum.at(by_q, qo, rows)
+    out = np.full((len(q), len(idx)), big, np.int16)
+    np.minimum.at(out.T, io, by_q.T)
+    return out
+
+
+# ---------------------------------------------------------------- scoring
+def safe_threshold(correct: np.ndarray, wrong: np.ndarray, bits: int) -> int:
+    """Largest threshold keeping precision >= PRECISION (-1 when none does)."""
+    best = -1
+    for t in range(bits + 1):
+        tp = int((correct <= t).sum())
+        fp = int((wrong <= t).sum())
+        if tp + fp and tp / (tp + fp) >= PRECISION:
+            best = t
+        elif fp:
+            break
+    return best
+
+
+def evaluate(originals, transforms, methods, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    copies = []  # (original index, transform name, rgb)
+    for n, (_, im) in enumerate(originals):
+        for t in transforms:
+            copies.append((n, t, np.ascontiguousarray(TRANSFORMS[t](im, rng))))
+    owner = np.array([c[0] for c in copies])
+    tname = np.array([c[1] for c in copies])
+    results = {}
+    for m in methods:
+        t0 = time.perf_counter()
+        idx = [m.index(im) for _, im in originals]
+        t1 = time.perf_counter()
+        q = [m.query(c[2]) for c in copies]
+        t2 = time.perf_counter()
+        d = min_distances(q, idx)
+        correct = d[np.arange(len(copies)), owner].astype(int)
+        wrong_mat = d.astype(int)
+        wrong_mat[np.arange(len(copies)), owner] = 10**6
+        wrong = wrong_mat.min(axis=1)
+        thr = safe_threshold(correct, wrong, m.bits)
+        plain = m.default_threshold
+        pairs = wrong_mat < 10**6
+        per = {}
+        for t in transforms:
+            sel = tname == t
+            per[t] = {
+                "recall_safe": float((correct[sel] <= thr).mean()),
+                "recall_plain": float((correct[sel] <= plain).mean()),
+                "thorn_threshold": safe_threshold(correct[sel], wrong[sel], m.bits),
+            }
+            per[t]["recall_thorn"] = float((correct[sel] <= per[t]["thorn_threshold"]).mean())
+        results[m.name] = {
+            "what": m.what,
+            "safe_threshold": thr,
+            "plain_threshold": plain,
+            "fpr_safe": float((wrong_mat[pairs] <= thr).mean()),
+            "fpr_plain": float((wrong_mat[pairs] <= plain).mean()),
+            "query_codes_mean": float(np.mean([len(x) for x in q])),
+            "index_codes_per_original": float(np.mean([len(x) for x in idx])),
+            "query_ms": 1000 * (t2 - t1) / len(copies),
+            "index_ms": 1000 * (t1 - t0) / len(originals),
+            "per_transform": per,
+            "correct": correct.tolist(),
+            "wrong": wrong.tolist(),
+        }
+        print(
+            f"  {m.name:16s} safe<= {thr:3d}  FPR@safe {results[m.name]['fpr_safe']:.1e}"
+            f"  FPR@{plain} {results[m.name]['fpr_plain']:.1e}"
+            f"  {results[m.name]['query_ms']:.1f} ms/query",
+            flush=True,
+        )
+    return {
+        "originals": len(originals),
+        "copies": len(copies),
+        "wrong_pairs": int(len(copies) * (len(originals) - 1)),
+        "transforms": list(transforms),
+        "methods": results,
+    }
+
+
+# ---------------------------------------------------------------- output
+def table(res: dict, sources: int) -> str:
+    names = list(res["methods"])
+    ms = res["methods"]
+    head = (
+        f"{res['originals']} originals from {sources} distinct photos, "
+        f"{len(res['transforms'])} transforms, {res['copies']} edited copies, "
+        f"{res['wrong_pairs']:,} wrong (copy, other original) pairs.\n\n"
+    )
+    lines = [
+        "Recall at the method's safe threshold (precision >= 99.99% over all "
+        "transforms pooled) / at the plain threshold (PDQ <= 31, pHash16 <= 51):\n",
+        "| transform | " + " | ".join(names) + " |",
+        "|---" * (len(names) + 1) + "|",
+    ]
+    for t in res["transforms"]:
+        cells = [
+            f"{100 * ms[n]['per_transform'][t]['recall_safe']:.0f} / "
+            f"{100 * ms[n]['per_transform'][t]['recall_plain']:.0f}"
+            for n in names
+        ]
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **safe threshold** | " + " | ".join(str(ms[n]["safe_threshold"]) for n in names) + " |"
+    )
+    lines.append(
+        "| FPR at safe threshold | " + " | ".join(f"{ms[n]['fpr_safe']:.1e}" for n in names) + " |"
+    )
+    lines.append(
+        "| FPR at plain threshold | "
+        + " | ".join(f"{ms[n]['fpr_plain']:.1e}" for n in names)
+        + " |"
+    )
+    codes = [
+        f"{ms[n]['query_codes_mean']:.1f} / {ms[n]['index_codes_per_original']:.0f}" for n in names
+    ]
+    lines.append("| codes per query / per original | " + " | ".join(codes) + " |")
+    lines.append(
+        "| hashing ms per query | " + " | ".join(f"{ms[n]['query_ms']:.1f}" for n in names) + " |"
+    )
+    legend = "\n".join(f"- **{n}**: {ms[n]['what']}" for n in names)
+    return head + "\n".join(lines) + "\n\n" + legend + "\n"
+
+
+def plots(res: dict, out: Path) -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    import matplotlib.pyplot as plt
+
+    ms = res["methods"]
+    names = [
+        n
+        for n in ("pdq", "pdq+dihedral", "pdq+trim", "hashmatch", "hashmatch+crops", "phash16")
+        if n in ms
+    ]
+    ts = res["transforms"]
+    fig, ax = plt.subplots(figsize=(13, 5))
+    width = 0.8 / len(names)
+    for k, n in enumerate(names):
+        vals = [100 * ms[n]["per_transform"][t]["recall_safe"] for t in ts]
+        ax.bar(
+            np.arange(len(ts)) + k * width, vals, width, label=f"{n} (<= {ms[n]['safe_threshold']})"
+        )
+    ax.set_xticks(np.arange(len(ts)) + 0.4 - width / 2, ts, rotation=45, ha="right")
+    ax.set_ylabel("recall % at precision >= 99.99%")
+    ax.set_ylim(0, 101)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title("Recall per transform")
+    fig.tight_layout()
+    fig.savefig(out / "recall.png", dpi=110)
+    plt.close(fig)
+
+    show = [n for n in ("pdq", "hashmatch") if n in ms]
+    fig, axes = plt.subplots(1, len(show), figsize=(6 * len(show), 4), sharey=True)
+    for ax, n in zip(np.atleast_1d(axes), show, strict=True):
+        bins = np.arange(0, 140, 2)
+        ax.hist(ms[n]["correct"], bins, alpha=0.6, label="to own original")
+        ax.hist(ms[n]["wrong"], bins, alpha=0.6, label="to nearest other original")
+        ax.axvline(PDQ_THRESHOLD, color="k", ls="--", lw=1, label="PDQ default 31")
+        ax.axvline(ms[n]["safe_threshold"], color="r", ls=":", lw=1, label="safe threshold")
+        ax.set_title(n)
+        ax.set_xlabel("Hamming distance (256 bits)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "distances.png", dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench quality", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few transforms, no tiles, no pHash")
+    ap.add_argument("--out", type=Path, default=None, help="write table/plots here")
+    ap.add_argument("--tiles", type=int, default=None, help="tiles per side of each source")
+    args = ap.parse_args(argv)
+    sources = load_sources()
+    tiles = args.tiles if args.tiles is not None else (1 if args.quick else 3)
+    originals = make_originals(sources, tiles=tiles)
+    transforms = QUICK if args.quick else tuple(TRANSFORMS)
+    methods = [m for m in METHODS if not (args.quick and m.name in ("phash16", "pdq+trim"))]
+    print(f"{len(originals)} originals from {len(sources)} photos, {len(transforms)} transforms")
+    res = evaluate(originals, transforms, methods)
+    text = table(res, len(sources))
+    print(text)
+    out = args.out or (None if args.quick else ROOT / "docs" / "quality")
+    if out is None:
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.md").write_text(text)
+    slim = {k: v for k, v in res.items() if k != "methods"}
+    slim["sources"] = [n for n, _ in sources]
+    slim["methods"] = {
+        n: {k: v for k, v in r.items() if k not in ("correct", "wrong")}
+        for n, r in res["methods"].items()
+    }
+    (out / "results.json").write_text(json.dumps(slim, indent=1))
+    plots(res, out)
+    print(f"wrote {out}/quality.md, results.json, recall.png, distances.png")

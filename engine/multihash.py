@@ -1,0 +1,71 @@
+"""Several PDQ codes per image: the query- and index-side expansions that close PDQ's
+weak spots (flips, rotations, borders, crops), each measured in ``bench/quality.py``.
+
+Why several codes rather than a "more robust" hash: the shared hash lists hold plain
+PDQ of the original. A copy that was flipped, padded or cropped cannot be brought back
+to the original by any single hash of it; but the *original's* PDQ can be reached by
+hashing the copy the way the original looked (flip it back, cut the border off), or by
+storing, next to the original, the codes of the crops an abuser is likely to make.
+The matcher keeps the nearest variant per stored signal (``Match.variant``), so any
+number of rows per query works with ``Engine.match`` / ``Engine.match_media``.
+
+* :func:`pdq_query_codes` (query side): the 8 dihedral variants of the image, and the
+  same for the image with its borders trimmed when trimming changed it. Rows 0..7 are
+  the image as given (the ``pdq_hash_dihedral`` order), rows 8..15 the trimmed image.
+  Trimming only adds rows, so a wrong trim can never lose a match the plain hash had.
+* :func:`pdq_crop_codes` (index side): codes of centred crops of an original, to store
+  beside its own code so that cropped copies come within the threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from hashmatch.engine.pdq import pdq_hash, pdq_hash_dihedral
+from hashmatch.engine.trim import trim_borders
+
+#: Centred crops stored per original by :func:`pdq_crop_codes` (share kept per side).
+DEFAULT_CROP_KEEP = (0.9, 0.8)
+
+
+def pdq_query_codes(
+    rgb: np.ndarray, *, dihedral: bool = True, trim: bool = True
+) -> tuple[np.ndarray, list[int]]:
+    """Query codes for one image -> (``uint8[k, 32]``, quality per row).
+
+    k = 1 (plain), 8 (dihedral), 2 or 16 when trimming changed the image.
+    """
+    images = [rgb]
+    if trim:
+        trimmed = trim_borders(rgb)
+        if trimmed.shape != rgb.shape:
+            images.append(trimmed)
+    codes, qualities = [], []
+    for image in images:
+        if dihedral:
+            c, q = pdq_hash_dihedral(image)
+        else:
+            c1, q = pdq_hash(image)
+            c = c1[None, :]
+        codes.append(c)
+        qualities.extend([q] * len(c))
+    return np.concatenate(codes), qualities
+
+
+def pdq_crop_codes(
+    rgb: np.ndarray, keep: Sequence[float] = DEFAULT_CROP_KEEP
+) -> tuple[np.ndarray, list[int]]:
+    """Codes of centred crops keeping ``keep`` of each side -> (``uint8[len(keep), 32]``,
+    qualities). Stored beside the original's own code (index side)."""
+    h, w = rgb.shape[:2]
+    codes = np.empty((len(keep), 32), np.uint8)
+    qualities = []
+    for n, k in enumerate(keep):
+        if not 0.0 < k <= 1.0:
+            raise ValueError(f"crop keep share must be in (0, 1], got {k}")
+        dh, dw = round(h * (1 - k) / 2), round(w * (1 - k) / 2)
+        codes[n], q = pdq_hash(rgb[dh : h - dh, dw : w - dw])
+        qualities.append(q)
+    return codes, qualities
