@@ -238,15 +238,46 @@ def failure_reason(exc: BaseException) -> str:
 _WORKER_OPTIONS = None
 
 
-def _init_worker(options, threads: int) -> None:
+def _init_worker(options, threads: int, parent: int | None = None) -> None:
     global _WORKER_OPTIONS
     _WORKER_OPTIONS = options
+    if parent is not None:
+        _exit_with_parent(parent)
     try:
         import cv2
 
         cv2.setNumThreads(threads)
     except Exception:  # OpenCV is optional for hashing; a failure here is harmless
         pass
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Die when the scan process dies (even by SIGKILL), instead of idling forever.
+
+    A pool worker blocks reading its task pipe, and it holds both ends of that pipe
+    itself (fork), so a killed parent never gives it EOF. On Linux the kernel sends
+    SIGKILL on parent death (PR_SET_PDEATHSIG); everywhere a daemon thread also
+    notices the re-parenting within half a second.
+    """
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before we got here
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    import threading
+
+    threading.Thread(target=watch, name="hashmatch-parent-watch", daemon=True).start()
 
 
 def hash_file(path: str, types: Sequence[str], options=None) -> WorkResult:
@@ -732,7 +763,9 @@ class Scanner:
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         threads = max(1, (os.cpu_count() or 1) // self._workers)
         return cf.ProcessPoolExecutor(
-            self._workers, initializer=_init_worker, initargs=(self.hash_options, threads)
+            self._workers,
+            initializer=_init_worker,
+            initargs=(self.hash_options, threads, os.getpid()),
         )
 
     def _submit(self, inflight: dict, chunk: list[Entry]) -> None:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 from PIL import Image
 from skimage import data
 
@@ -99,9 +100,16 @@ def test_killed_scan_resumes_to_the_same_report(tmp_path):
             break
         time.sleep(0.005)
     assert proc.poll() is None, "the scan finished before it could be killed"
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers, "the scan hashes in worker processes"
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
+    # its workers die with it (no orphan left idling on a dead pool's pipe)
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    for p in alive:  # pragma: no cover - only on failure: do not leak them
+        p.kill()
+    assert not alive, f"orphaned scan workers: {[p.pid for p in alive]}"
     assert 0 < done_at_kill < N_FILES + 1
     assert not report.exists()  # never a partial report
 
