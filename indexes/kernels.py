@@ -16,22 +16,22 @@ concatenated words (little-end bit numbering within each word).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import intrinsic
 
-_M1 = np.uint64(0x5555555555555555)
-_M2 = np.uint64(0x3333333333333333)
-_M4 = np.uint64(0x0F0F0F0F0F0F0F0F)
-_H01 = np.uint64(0x0101010101010101)
 _ONE = np.uint64(1)
 
 
-@njit(inline="always")
-def popcount64(x):
-    """SWAR popcount; LLVM lowers this pattern to the POPCNT instruction."""
-    x = x - ((x >> _ONE) & _M1)
-    x = (x & _M2) + ((x >> np.uint64(2)) & _M2)
-    x = (x + (x >> np.uint64(4))) & _M4
-    return np.int64((x * _H01) >> np.uint64(56))
+@intrinsic
+def popcount64(typingctx, x):
+    """The POPCNT instruction (llvm.ctpop); numba has no popcount of its own and
+    the bit-twiddling version is not pattern-matched to it (measured 5-10x slower)."""
+    sig = types.int64(types.uint64)
+
+    def codegen(context, builder, signature, args):
+        return builder.zext(builder.ctpop(args[0]), context.get_value_type(types.int64))
+
+    return sig, codegen
 
 
 @njit(inline="always")
@@ -49,6 +49,16 @@ def _grow(a, size):
     return out
 
 
+@njit(inline="always")
+def _next_hit(q, cwords, start, radius):
+    """First row >= start within radius (or n): a tight loop LLVM can optimise."""
+    n = cwords.shape[0]
+    for i in range(start, n):
+        if _dist(q, cwords, i) <= radius:
+            return i
+    return n
+
+
 @njit(cache=True, nogil=True)
 def scan_radius(qwords, cwords, dead, radius):
     """Brute force: every row with distance <= radius and dead[row] == 0 (CSR out)."""
@@ -61,17 +71,16 @@ def scan_radius(qwords, cwords, dead, radius):
     k = 0
     for qi in range(nq):
         q = qwords[qi]
-        for i in range(n):
-            d = _dist(q, cwords, i)
-            if d <= radius:
-                if has_dead and dead[i]:
-                    continue
+        i = _next_hit(q, cwords, 0, radius)
+        while i < n:
+            if not (has_dead and dead[i]):
                 if k == dist.shape[0]:
                     dist = _grow(dist, k + 1)
                     pos = _grow(pos, k + 1)
-                dist[k] = d
+                dist[k] = _dist(q, cwords, i)
                 pos[k] = i
                 k += 1
+            i = _next_hit(q, cwords, i + 1, radius)
         lims[qi + 1] = k
     return lims, dist[:k].copy(), pos[:k].copy()
 
@@ -189,6 +198,14 @@ def flip_masks(width, tmax):
     return masks, counts
 
 
+@njit(inline="always")
+def _bucket_next_hit(q, cwords, rows, table, lo, hi, radius):
+    for j in range(lo, hi):
+        if _dist(q, cwords, np.int64(rows[table, j])) <= radius:
+            return j
+    return hi
+
+
 @njit(cache=True, nogil=True)
 def mih_radius(
     qwords, cwords, dead, radius, starts, widths, tvals, off_base, offsets, rows,
@@ -225,13 +242,12 @@ def mih_radius(
             mb = mask_base[i]
             for mi in range(mask_count[i]):
                 b = ob + np.int64(qk ^ np.uint64(masks[mb + mi]))
-                lo = offsets[b]
-                hi = offsets[b + 1]
-                for j in range(lo, hi):
+                hi = np.int64(offsets[b + 1])
+                j = _bucket_next_hit(q, cwords, rows, i, np.int64(offsets[b]), hi, radius)
+                while j < hi:
                     r = np.int64(rows[i, j])
+                    j = _bucket_next_hit(q, cwords, rows, i, j + 1, hi, radius)
                     d = _dist(q, cwords, r)
-                    if d > radius:
-                        continue
                     seen = False
                     for jj in range(i):
                         tj = tvals[jj]

@@ -87,14 +87,15 @@ def plan_tables(
     if n == 0:
         return None
     budget = (memory_ratio - 1.0) * n * bits / 8
-    best: tuple[float, list[int]] | None = None
+    plans = []
     for m in range(max(1, -(-bits // MAX_WIDTH)), bits // MIN_WIDTH + 1):
         widths = split_widths(bits, m)
-        if table_bytes(n, widths) > budget:
-            continue
         _, cost = assign_radii(n, widths, radius)
-        if best is None or cost < best[0]:
-            best = (cost, widths)
-    if best is None or (not force and best[0] >= scan_cost(n, bits)):
+        plans.append((cost, table_bytes(n, widths), widths))
+    fits = [p for p in plans if p[1] <= budget]
+    # within budget: the fastest; over it everywhere (small n: the row lists alone,
+    # 4 bytes per code per table, outgrow it): the smallest
+    best = min(fits) if fits else min(plans, key=lambda p: (p[1], p[0]))
+    if not force and best[0] >= scan_cost(n, bits):
         return None
-    return best[1]
+    return best[2]

@@ -68,6 +68,10 @@ class Segment:
         return kernels.lookup_ids(sorted_ids, order, ids)
 
     # -- overridden
+    def cost(self, radius: int) -> float:
+        """Estimated seconds per query at this radius (decides inline vs thread pool)."""
+        return planner.scan_cost(len(self.ids), self.bits)
+
     def words(self) -> np.ndarray:
         raise NotImplementedError
 
@@ -230,6 +234,12 @@ class MIHSegment(Segment):
     def words(self):
         return self._words
 
+    def cost(self, radius: int) -> float:
+        plan = self._probe_plan(radius)
+        if plan is None:
+            return planner.scan_cost(len(self.ids), self.bits)
+        return plan[4]
+
     def _probe_plan(self, radius: int):
         plan = self._probe_cache.get(radius)
         if plan is not None:
@@ -254,6 +264,7 @@ class MIHSegment(Segment):
                 np.asarray(base, np.int64),
                 np.concatenate(parts) if parts else np.zeros(0, np.uint32),
                 np.asarray(count, np.int64),
+                cost,
             )
         if len(self._probe_cache) < 128:
             self._probe_cache[radius] = plan
@@ -263,7 +274,7 @@ class MIHSegment(Segment):
         plan = self._probe_plan(radius)
         if plan is None:
             return kernels.scan_radius(qwords, self._words, _dead(dead), radius)
-        tvals, mask_base, masks, mask_count = plan
+        tvals, mask_base, masks, mask_count, _ = plan
         return kernels.mih_radius(
             qwords, self._words, _dead(dead), radius, self.starts, self.widths, tvals,
             self.off_base, self.offsets, self.rows, mask_base, masks, mask_count,
@@ -329,6 +340,9 @@ class ExactSegment(Segment):
 
     def words(self):
         return self._words
+
+    def cost(self, radius: int) -> float:
+        return 1e-6
 
     def radius(self, qwords, qcodes, radius, dead):
         qkeys = np.ascontiguousarray(qwords[:, 0])
