@@ -1,0 +1,204 @@
+"""vPDQ: frame sampling, per-frame hashes vs the reference vpdq output, the text format,
+and vPDQ's match rule (edits of one video match, different videos do not)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, UnsupportedMedia
+from hashmatch.engine.video import (
+    format_vpdq,
+    frame_step,
+    hash_video,
+    is_vpdq_match,
+    parse_vpdq,
+    vpdq_match,
+)
+
+
+def _ref(reference_dir: Path, name: str):
+    return parse_vpdq((reference_dir / "vpdq-hashes" / f"{name}.txt").read_text())
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.unpackbits(a ^ b, axis=1).sum(axis=1)
+
+
+@pytest.mark.parametrize("name", ["pattern-sd-grey-bar", "pattern-sd-with-large-logo-bar"])
+def test_every_frame_matches_reference_hashes(reference_dir: Path, name: str):
+    """seconds_per_hash=0 is the reference files' convention: every frame, full size."""
+    ours = hash_video(reference_dir / "videos" / f"{name}.mp4", seconds_per_hash=0)
+    ref = _ref(reference_dir, name)
+    assert ours.frame_numbers == ref.frame_numbers
+    assert np.allclose(ours.timestamps, ref.timestamps, atol=5e-4)
+    assert max(abs(a - b) for a, b in zip(ours.qualities, ref.qualities, strict=True)) <= 1
+    dist = _distances(ours.codes, ref.codes)
+    good = np.asarray(ref.qualities) >= 50
+    # Measured: 60-85% identical, the rest 2-6 bits (OpenCV's YUV->RGB rounding).
+    assert (dist[good] == 0).mean() >= 0.5
+    assert dist[good].max() <= 8
+    assert dist[good].mean() <= 2.0
+
+
+def test_default_samples_one_frame_per_second(reference_dir: Path):
+    name = "chair-22-sd-sepia-bar"
+    ours = hash_video(reference_dir / "videos" / f"{name}.mp4")
+    ref = _ref(reference_dir, name)
+    assert ours.frame_numbers == list(range(0, 673, 30))
+    assert ours.timestamps[:3] == [0.0, 1.0, 2.0]
+    ref_rows = np.asarray(ours.frame_numbers)
+    dist = _distances(ours.codes, ref.codes[ref_rows])
+    assert dist.max() <= 8
+
+
+def test_seconds_per_hash_step_is_vpdqs_frame_modulus():
+    assert frame_step(30.0, 1.0) == 30
+    assert frame_step(29.97, 1.0) == 29
+    assert frame_step(30.0, 0.0) == 1
+    assert frame_step(0.5, 1.0) == 1
+    with pytest.raises(InvalidInput):
+        frame_step(30.0, -1)
+
+
+def test_bytes_and_path_give_the_same_hash(reference_dir: Path):
+    path = reference_dir / "videos" / "doorknob-hd-no-bar.mp4"
+    a = hash_video(path, seconds_per_hash=2)
+    b = hash_video(path.read_bytes(), seconds_per_hash=2)
+    assert np.array_equal(a.codes, b.codes) and a.frame_numbers == b.frame_numbers == [0, 60]
+
+
+def test_bad_video_inputs_raise_typed_errors(reference_dir: Path, tmp_path: Path):
+    with pytest.raises(EmptyMedia):
+        hash_video(b"")
+    with pytest.raises(UnsupportedMedia):
+        hash_video(b"this is not a video at all" * 100)
+    data = (reference_dir / "videos" / "doorknob-hd-no-bar.mp4").read_bytes()
+    with pytest.raises(MediaError):
+        hash_video(data[:2000])  # header only
+    with pytest.raises(MediaError):
+        hash_video(tmp_path / "missing.mp4")
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    with pytest.raises(EmptyMedia):
+        hash_video(empty)
+
+
+def test_text_format_round_trips_the_reference_files(reference_dir: Path):
+    for path in sorted((reference_dir / "vpdq-hashes").glob("*.txt"))[:6]:
+        text = path.read_text()
+        v = parse_vpdq(text)
+        assert format_vpdq(v.frame_numbers, v.qualities, v.codes, v.timestamps) == text
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["0,100,abc,0.0", "0,100", "x,100," + "0" * 64 + ",0", "0,101," + "0" * 64 + ",0",
+     "0,100," + "g" * 64 + ",0", ""],
+)  # fmt: skip
+def test_parse_rejects_bad_lines(bad):
+    with pytest.raises(InvalidInput):
+        parse_vpdq(bad)
+
+
+# The reference's own match groups (query% >= 80 with threshold 31, quality >= 50):
+CHAIR_SD = [
+    "chair-19-sd-bar",
+    "chair-20-sd-bar",
+    "chair-22-sd-grey-bar",
+    "chair-22-sd-sepia-bar",
+    "chair-22-with-small-logo-bar",
+    "chair-orig-22-sd-bar",
+]
+DIFFERENT = ["chair-orig-22-sd-bar", "doorknob-hd-no-bar", "pattern-hd-no-bar"]
+
+
+def _match(a, b):
+    return vpdq_match(a.codes, a.qualities, b.codes, b.qualities)
+
+
+def test_match_semantics_on_reference_hashes(reference_dir: Path):
+    refs = {n: _ref(reference_dir, n) for n in CHAIR_SD + DIFFERENT + ["pattern-longer-no-bar"]}
+    for a in CHAIR_SD:
+        for b in CHAIR_SD:
+            q, t = _match(refs[a], refs[b])
+            assert is_vpdq_match(q, t), (a, b, q, t)
+    assert is_vpdq_match(*_match(refs["pattern-hd-no-bar"], refs["pattern-longer-no-bar"]))
+    for a in DIFFERENT:
+        for b in DIFFERENT:
+            if a != b:
+                q, t = _match(refs[a], refs[b])
+                assert q < 5 and t < 5, (a, b, q, t)
+
+
+def test_our_hashes_reproduce_the_match_groups(reference_dir: Path):
+    """Edits of one video match, different videos do not, from our own hashing."""
+    names = ["chair-20-sd-bar", "chair-22-sd-grey-bar", "doorknob-hd-no-bar",
+             "pattern-sd-grey-bar", "pattern-sd-with-small-logo-bar"]  # fmt: skip
+    ours = {n: hash_video(reference_dir / "videos" / f"{n}.mp4", seconds_per_hash=0.5)
+            for n in names}  # fmt: skip
+    assert is_vpdq_match(*_match(ours[names[0]], ours[names[1]]))
+    assert is_vpdq_match(*_match(ours[names[3]], ours[names[4]]))
+    for a, b in [(0, 2), (0, 3), (2, 3), (1, 4)]:
+        q, t = _match(ours[names[a]], ours[names[b]])
+        assert q < 5 and t < 5, (names[a], names[b], q, t)
+    # Every sampled frame is found in the reference hashes of the same video (which
+    # list every frame, so the target share is about the sampling rate's).
+    q, _ = _match(ours["chair-20-sd-bar"], _ref(reference_dir, "chair-20-sd-bar"))
+    assert q == 100.0
+
+
+def _brute(qc, qq, tc, tq, threshold, floor):
+    """A literal reading of python-threatexchange's match_VPDQ_hash_brute."""
+
+    def prep(codes, quals):
+        seen, out = set(), []
+        for c, q in zip(codes, quals, strict=True):
+            if q >= floor and bytes(c) not in seen:
+                seen.add(bytes(c))
+                out.append(int.from_bytes(bytes(c), "big"))
+        return out
+
+    a, b = prep(qc, qq), prep(tc, tq)
+    if not a or not b:
+        return 0.0, 0.0
+
+    def count(x, y):
+        return sum(any(bin(i ^ j).count("1") <= threshold for j in y) for i in x)
+
+    return count(a, b) * 100 / len(a), count(b, a) * 100 / len(b)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    nq=st.integers(0, 12),
+    nt=st.integers(0, 12),
+    seed=st.integers(0, 2**32 - 1),
+    threshold=st.integers(0, 64),
+    floor=st.integers(0, 100),
+)
+def test_match_equals_a_brute_force_oracle(nq, nt, seed, threshold, floor):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (4, 32), dtype=np.uint8)
+
+    def frames(n):  # near-copies of a few bases (some identical), random qualities
+        codes = base[rng.integers(0, 4, n)].copy()
+        flips = rng.random((n, 32)) < 0.1
+        codes ^= (flips * rng.integers(0, 256, (n, 32))).astype(np.uint8)
+        return codes, rng.integers(0, 101, n).tolist()
+
+    qc, qq = frames(nq)
+    tc, tq = frames(nt)
+    got = vpdq_match(qc, qq, tc, tq, threshold, floor)
+    assert got == pytest.approx(_brute(qc, qq, tc, tq, threshold, floor))
+
+
+def test_match_without_qualities_and_bad_lengths():
+    codes = np.zeros((3, 32), np.uint8)
+    assert vpdq_match(codes, None, codes, None) == (100.0, 100.0)
+    with pytest.raises(InvalidInput):
+        vpdq_match(codes, [1, 2], codes, None)
