@@ -32,11 +32,13 @@ import numpy as np
 
 DETECT_DIM = 256  # detection runs on a copy this big at most
 SOLID_TOL = 12.0  # max per-channel deviation (0..255) from the band colour
-SOLID_FRACTION = 0.85  # share of a line within SOLID_TOL to call it part of a band
+SOLID_FRACTION = 0.8  # share of a line within SOLID_TOL to call it part of a band
 SOLID_FLAT = 3.0  # and the line's median deviation must be this small (bars are flat)
+BAND_STEP = 5.0  # colour step (grey levels) from one nested band to the next
 SOLID_EDGE = 0.5  # share of the first content line(s) that must differ from the band
 BLUR_SIGMA = 1.5  # scale of the "fine detail" measure
 BLUR_LINE_MAX = 0.8  # mean fine detail (grey levels) of a blurred-band line
+SEAM_REACH = 3  # lines past a smooth run searched for the paste seam
 BLUR_MIN = 0.03  # blurred bands must each be at least this share of the side
 BLUR_CONTRAST = 4.0  # content must carry this many times the bands' fine detail
 MIN_BAND = 0.01  # ignore bands thinner than this share of the side
@@ -129,9 +131,20 @@ def _solid_run(lines: np.ndarray) -> int:
             # A bar ends in an edge across the line (content starts everywhere at
             # once); a smooth sky or backdrop ends where an object rises into it.
             edge = (dev[run : run + 2] > SOLID_TOL).mean(axis=1).max()
-            return start + run if edge >= SOLID_EDGE else 0
+            if edge >= SOLID_EDGE or _next_band(lines[start + run], ref):
+                return start + run
+            return 0
         start = stop
     return limit
+
+
+def _next_band(line: np.ndarray, ref: np.ndarray) -> bool:
+    """Does a band of another colour start here (a toolbar above a page margin)?
+    A clear step, not a sky's gradual drift, and flat itself."""
+    own = np.abs(line - np.median(line, axis=0)).max(axis=1)
+    step = float(np.median(np.abs(line - ref).max(axis=1)))
+    flat = (own <= SOLID_TOL).mean() >= SOLID_FRACTION and np.median(own) <= SOLID_FLAT
+    return flat and step >= BAND_STEP
 
 
 def _blur_cuts(a: np.ndarray) -> list[int]:
@@ -154,5 +167,14 @@ def _blur_cuts(a: np.ndarray) -> list[int]:
         content = per_line[width : side - width].mean()
         if content < BLUR_CONTRAST * max(band, 0.25):
             continue
-        cuts[i] = cuts[j] = min(side, width + 1)
+        # The detail measure bleeds a few lines into the band; the paste seam is
+        # where consecutive lines differ most, just past the smooth run.
+        g = grey if axis == 0 else grey.T
+        seam = np.abs(np.diff(g, axis=0)).mean(axis=1)  # seam[k]: lines k, k+1
+        lo, hi = max(0, width - 2), min(side // 2 - 1, width + 2 * SEAM_REACH)
+        top_cut = lo + 1 + int(np.argmax(seam[lo:hi])) if hi > lo else width
+        rseam = seam[::-1]
+        bottom_cut = lo + 1 + int(np.argmax(rseam[lo:hi])) if hi > lo else width
+        cut = min(top_cut, bottom_cut)
+        cuts[i] = cuts[j] = min(side, cut + 1)
     return cuts

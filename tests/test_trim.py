@@ -1,0 +1,134 @@
+"""trim_borders: borders, bars and blurred padding come off; real photos stay whole."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import skimage.data
+from conftest import PROJECT_ROOT
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+
+from hashmatch.engine.multihash import pdq_crop_codes, pdq_query_codes
+from hashmatch.engine.pdq import pdq_hash
+from hashmatch.engine.trim import border_box, trim_borders
+
+
+def _load_transforms():
+    """bench/transforms.py (the benchmark's edits; bench/ is not an installed package)."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_transforms", PROJECT_ROOT / "bench" / "transforms.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tf = _load_transforms()
+PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "coins", "moon", "clock")
+RNG = np.random.default_rng(0)
+
+
+def _photo(name: str) -> np.ndarray:
+    im = getattr(skimage.data, name)()
+    if im.ndim == 2:
+        im = np.stack([im] * 3, axis=-1)
+    return np.ascontiguousarray(im[..., :3])
+
+
+def _dist(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.unpackbits(a ^ b).sum())
+
+
+def _close(box, expected, tol: float) -> bool:
+    return all(abs(b - e) <= tol for b, e in zip(box, expected, strict=True))
+
+
+@pytest.mark.parametrize("name", PHOTOS)
+def test_plain_photo_is_returned_unchanged(name):
+    # Cameraman's smooth sky, the moon's black space, the clock's plain wall: no border.
+    im = _photo(name)
+    assert trim_borders(im) is im
+    assert border_box(im) == (0, im.shape[0], 0, im.shape[1])
+
+
+@pytest.mark.parametrize("name", ("astronaut", "coffee", "camera"))
+@pytest.mark.parametrize("kind", ("solid", "blurred"))
+def test_padding_is_cut_back_to_the_picture(name, kind):
+    im = _photo(name)
+    h, w = im.shape[:2]
+    pad = (tf.pad_solid if kind == "solid" else tf.pad_blurred)(0.2)
+    padded = pad(im, RNG)
+    ph, pw = round(h * 0.1), round(w * 0.1)
+    box = border_box(padded)
+    assert _close(box, (ph, ph + h, pw, pw + w), tol=0.025 * max(h, w)), box
+    # and the trimmed copy hashes back to the original; untrimmed it does not
+    original = pdq_hash(im)[0]
+    assert _dist(pdq_hash(trim_borders(padded))[0], original) <= 31
+    assert _dist(pdq_hash(padded)[0], original) > 31
+
+
+def test_letterbox_bars_and_screenshot_frame_are_cut():
+    im = _photo("chelsea")  # landscape
+    h, w = im.shape[:2]
+    boxed = tf.letterbox(im, RNG)
+    bar = (boxed.shape[0] - h) // 2
+    assert _close(border_box(boxed), (bar, bar + h, 0, w), tol=3)
+    # pillarbox (portrait picture in a landscape frame)
+    portrait = np.ascontiguousarray(im[:, :200])
+    boxed = tf.letterbox(portrait, RNG)
+    bar = (boxed.shape[1] - 200) // 2
+    assert _close(border_box(boxed), (0, h, bar, bar + 200), tol=3)
+    # a screenshot: status bar + toolbar with icons + page margins around the picture
+    shot = tf.screenshot(_photo("astronaut"), RNG)
+    trimmed = trim_borders(shot)
+    assert abs(trimmed.shape[0] - 410) <= 8 and abs(trimmed.shape[1] - 410) <= 8, trimmed.shape
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    top=hst.integers(0, 60),
+    bottom=hst.integers(0, 60),
+    left=hst.integers(0, 60),
+    right=hst.integers(0, 60),
+    grey=hst.integers(0, 255),
+)
+def test_any_solid_border_widths(top, bottom, left, right, grey):
+    im = _photo("astronaut")[::2, ::2]  # 256 x 256
+    framed = np.pad(im, ((top, bottom), (left, right), (0, 0)), constant_values=grey)
+    h, w = framed.shape[:2]
+    box = border_box(framed)
+    # never inside the picture by more than 2 detection pixels, never leaving > 3 px of border
+    expected = (top, h - bottom, left, w - right)
+    assert _close(box, expected, tol=4), (box, expected)
+
+
+def test_small_and_grey_inputs_are_left_alone():
+    tiny = np.zeros((10, 12, 3), np.uint8)
+    assert trim_borders(tiny) is tiny
+    flat = np.full((100, 80, 3), 128, np.uint8)  # all border: nothing sensible to keep
+    assert trim_borders(flat) is flat
+
+
+def test_query_codes_add_the_trimmed_variants_only_when_trimming_changed_something():
+    im = _photo("coffee")
+    codes, qualities = pdq_query_codes(im)
+    assert codes.shape == (8, 32) and len(qualities) == 8  # nothing trimmed: dihedral only
+    padded = tf.pad_solid(0.2)(im, RNG)
+    codes, _ = pdq_query_codes(padded)
+    assert codes.shape == (16, 32)
+    original = pdq_hash(im)[0]
+    assert min(_dist(c, original) for c in codes[8:]) <= 31
+    assert pdq_query_codes(padded, dihedral=False, trim=False)[0].shape == (1, 32)
+
+
+def test_crop_codes_bring_a_centred_crop_within_threshold():
+    im = _photo("astronaut")
+    stored = pdq_crop_codes(im, keep=(0.9, 0.8))[0]
+    cropped = im[26:486, 26:486]  # 90% centred
+    q = pdq_hash(cropped)[0]
+    assert min(_dist(q, c) for c in stored) <= 10
+    with pytest.raises(ValueError):
+        pdq_crop_codes(im, keep=(1.5,))
