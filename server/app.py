@@ -85,8 +85,49 @@ class ServiceHost:
 
     def load(self) -> None:
         started = time.perf_counter()
-        self.engine = self._engine_factory(self.config)
-        log.info("index loaded in %.2f s", time.perf_counter() - started)
+        engine = self._engine_factory(self.config)
+        self._warm_up(engine)
+        self.engine = engine
+        log.info("index loaded and warmed up in %.2f s", time.perf_counter() - started)
+
+    @staticmethod
+    def _warm_up(engine) -> None:
+        """One throw-away lookup per type before SERVING, so the first real caller does
+        not pay for lazy set-up (JIT-compiled kernels, page faults of mapped indexes)."""
+        import numpy as np
+
+        from hashmatch.engine import signal_types
+
+        for st in signal_types.all_types():
+            if st.name == "vpdq":
+                continue
+            try:
+                engine.match(st.name, np.zeros((1, st.nbytes), np.uint8), threshold=0)
+            except Exception as exc:  # warm-up is best effort; real calls report errors
+                log.warning("warm-up lookup for %s failed: %s", st.name, exc)
+        ServiceHost._warm_up_hashing()
+
+    @staticmethod
+    def _warm_up_hashing() -> None:
+        """Hash one small generated image with each photo type (JIT-compiled kernels)."""
+        import io
+
+        import numpy as np
+        from PIL import Image
+
+        from hashmatch.engine import signal_types
+        from hashmatch.engine.hashing import hash_media
+
+        ramp = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 2
+        buf = io.BytesIO()
+        Image.fromarray(np.dstack([ramp, ramp.T, 255 - ramp])).save(buf, "PNG")
+        for st in signal_types.all_types():
+            if st.content != "photo":
+                continue
+            try:
+                hash_media(buf.getvalue(), [st.name])
+            except Exception as exc:  # e.g. a type whose hasher is not there yet
+                log.info("warm-up hashing for %s skipped: %s", st.name, exc)
 
     def check_serving(self, method: str) -> None:
         if self.stopping:
