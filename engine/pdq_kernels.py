@@ -295,28 +295,7 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
                         dst[j] = q[g, c] / div_r[c]
                 npend = 0
 
-    # Column pass 4 on the 64 sampled columns; keep the 64 sampled rows.
-    full = np.empty((nrows, 64), np.float32)
-    acc = np.zeros(64, np.float32)
-    for e in range(add.shape[0]):
-        a = add[e]
-        if a >= 0:
-            for j in range(64):
-                acc[j] += b3[a, j]
-        s = sub[e]
-        if s >= 0:
-            for j in range(64):
-                acc[j] -= b3[s, j]
-        o = out[e]
-        if o >= 0:
-            d = div_c[o]
-            for j in range(64):
-                full[o, j] = acc[j] / d
-    result = np.empty((64, 64), np.float32)
-    for i in range(64):
-        for j in range(64):
-            result[i, j] = full[row_samples[i], j]
-    return result
+    return _column_pass4(b3, add, sub, out, div_c, row_samples)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -410,3 +389,30 @@ def bits_from_dct(b):
         if flat[k] > med:
             code[31 - (k >> 3)] |= np.uint8(1 << (k & 7))
     return code
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _column_pass4(b3, add, sub, out, div_c, row_samples):
+    """Column pass 4 on the 64 sampled columns, keeping the 64 sampled rows."""
+    nrows = b3.shape[0]
+    full = np.empty((nrows, 64), np.float32)
+    acc = np.zeros(64, np.float32)
+    for e in range(add.shape[0]):
+        a = add[e]
+        if a >= 0:
+            for j in range(64):
+                acc[j] += b3[a, j]
+        s = sub[e]
+        if s >= 0:
+            for j in range(64):
+                acc[j] -= b3[s, j]
+        o = out[e]
+        if o >= 0:
+            d = div_c[o]
+            for j in range(64):
+                full[o, j] = acc[j] / d
+    result = np.empty((64, 64), np.float32)
+    for i in range(64):
+        for j in range(64):
+            result[i, j] = full[row_samples[i], j]
+    return result

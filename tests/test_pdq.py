@@ -146,7 +146,9 @@ def test_64x64_takes_the_unfiltered_path_but_dihedral_does_not():
     assert not np.array_equal(single, filtered)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (4, 100), (100, 4), (5, 5), (6, 9)])
+@pytest.mark.parametrize(
+    "shape", [(1, 1), (2, 3), (4, 100), (100, 4), (5, 5), (6, 9), (5, 3001), (2999, 7), (1, 640)]
+)
 def test_tiny_images(shape):
     rgb = np.random.default_rng(3).integers(0, 256, (*shape, 3), dtype=np.uint8)
     _assert_same(rgb, f"tiny {shape}")
