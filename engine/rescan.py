@@ -34,7 +34,7 @@ import numpy as np
 from hashmatch.engine import signal_types
 from hashmatch.engine.catalog import Catalog, MatchRow
 from hashmatch.engine.matcher import PDQ_MIN_QUALITY
-from hashmatch.engine.scan import match_record, write_jsonl_atomically
+from hashmatch.engine.scan import file_hash_hex, match_record, write_jsonl_atomically
 from hashmatch.engine.store import FRAME_BITS, SignalStore, split_labels
 from hashmatch.engine.store_index import load_index, make_live_index, save_index
 
@@ -308,8 +308,15 @@ def _video_rows(catalog, store, st, index_ids, qrows, hit_rows, dist, info, list
         entry[0].add(frame)
         entry[1].add(int(index_ids[q]) & ((1 << FRAME_BITS) - 1))
         entry[2] = min(entry[2], d)
-    file_frames = catalog.frame_counts("vpdq", sorted({f for f, _ in per}), min_quality=floor)
+    file_ids = sorted({f for f, _ in per})
+    file_frames = catalog.frame_counts("vpdq", file_ids, min_quality=floor)
     signal_frames = store.frame_counts(sorted({s for _, s in per}))
+    names = {
+        fid: file_hash_hex(st, h.codes)
+        for fid, hashes in catalog.hashes_of(file_ids).items()
+        for h in hashes
+        if h.signal_type == "vpdq"
+    }
     out = []
     for (file_id, sid), (fset, sset, dmin) in per.items():
         row = _match_row(st, file_id, sid, None, int(dmin), 0, info[sid], lists)
@@ -317,7 +324,7 @@ def _video_rows(catalog, store, st, index_ids, qrows, hit_rows, dist, info, list
             MatchRow(
                 **{
                     **row.__dict__,
-                    "hash_hex": "",
+                    "hash_hex": names.get(file_id, ""),
                     "query_match_pct": 100.0 * len(fset) / max(file_frames.get(file_id, 1), 1),
                     "target_match_pct": 100.0 * len(sset) / max(signal_frames.get(sid, 1), 1),
                 }

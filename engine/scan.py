@@ -517,12 +517,22 @@ def match_files(
     return out
 
 
+def file_hash_hex(st, codes: np.ndarray, row: int = 0) -> str:
+    """The hash a report shows for a file: the matching row, or for a video the
+    SHA-256 of its frame codes (how the store names a video signal too)."""
+    if st.name == "vpdq":
+        from hashmatch.engine.store import video_key
+
+        return video_key(codes).hex()
+    return st.format(codes[row])
+
+
 def _row(file_id: int, st, h: FileHashes, variant: int, hit: Hit) -> MatchRow:
     return MatchRow(
         file_id=file_id,
         signal_type=st.name,
         signal_id=hit.signal_id,
-        hash_hex=st.format(h.codes[variant]),
+        hash_hex=file_hash_hex(st, h.codes, variant),
         signal_hex=hit.signal_hex,
         distance=hit.distance,
         list_name=hit.list_name,
