@@ -230,7 +230,7 @@ def iter_frames(
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:
-    """A Pillow image in any mode -> contiguous ``uint8[h, w, 3]`` (module conventions)."""
+    """A Pillow image in any mode -> contiguous, writable ``uint8[h, w, 3]``."""
     mode = im.mode
     if mode == "RGB":
         arr = np.asarray(im)
@@ -244,7 +244,8 @@ def to_rgb(im: Image.Image) -> np.ndarray:
         arr = np.asarray(im.convert("RGB") if mode == "RGBa" else im)[:, :, :3]
     else:
         arr = np.asarray(im.convert("RGB"))
-    return np.ascontiguousarray(arr, dtype=np.uint8)
+    # Pillow hands out read-only views of its bytes; callers get an array they own.
+    return np.require(arr, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])
 
 
 # EXIF orientation -> the numpy ops that make the picture upright (ImageOps.exif_transpose).

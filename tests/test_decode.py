@@ -69,6 +69,7 @@ def test_every_pillow_mode_decodes(mode):
     # No container stores HSV: decode that one from memory.
     out = to_rgb(im) if mode == "HSV" else decode_image(_save(im, fmt))
     assert out.shape == (64, 96, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+    assert out.flags.writeable
     expected = np.asarray(im.convert("RGB")).astype(int)
     assert np.abs(out.astype(int) - expected).mean() < 1.0
 
