@@ -240,6 +240,7 @@ class SignalStore:
         # adds them to its index without reading them back (see take_fresh).
         self._fresh: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._fresh_rows = 0
+        self._fresh_lock = threading.Lock()  # never held while waiting for another lock
         migrate(self.conn())
 
     # ---- connections
@@ -781,8 +782,9 @@ class SignalStore:
                 )
             if st.name != "vpdq" and self._fresh_rows + len(ids) <= FRESH_CACHE_ROWS:
                 kept = codes if len(new_rows) == len(items) else codes[new_rows]
-                self._fresh[cur.lastrowid] = (ids, np.ascontiguousarray(kept))
-                self._fresh_rows += len(ids)
+                with self._fresh_lock:
+                    self._fresh[cur.lastrowid] = (ids, np.ascontiguousarray(kept))
+                    self._fresh_rows += len(ids)
             counts["added"] += inserted
 
     def _reingest(
@@ -1034,14 +1036,14 @@ class SignalStore:
 
     def take_fresh(self, seq: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(ids, codes) this process wrote for change ``seq``, if still cached (once)."""
-        with self.write_lock:
+        with self._fresh_lock:
             entry = self._fresh.pop(seq, None)
             if entry is not None:
                 self._fresh_rows -= len(entry[0])
             return entry
 
     def _drop_fresh(self) -> None:
-        with self.write_lock:
+        with self._fresh_lock:
             self._fresh.clear()
             self._fresh_rows = 0
 

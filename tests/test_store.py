@@ -1,0 +1,300 @@
+"""The signal store + Engine: lists, idempotent ingest, retraction, tenants, audit,
+index sync (snapshot + replay, rebuild, verify, another process's writes)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from hashmatch.engine.errors import Conflict, InvalidThreshold, NotFound, PermissionDenied
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import IngestRefused, SignalRecord, fingerprints
+from hashmatch.engine.store_schema import CURRENT_VERSION
+
+
+def codes(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 32), dtype=np.uint8)
+
+
+def records(c: np.ndarray, **kw) -> list[SignalRecord]:
+    return [SignalRecord("pdq", row.tobytes().hex(), line=i + 1, **kw) for i, row in enumerate(c)]
+
+
+def flip(code: np.ndarray, nbits: int) -> np.ndarray:
+    out = code.copy()
+    for b in range(nbits):
+        out[b // 8] ^= 1 << (b % 8)
+    return out
+
+
+@pytest.fixture
+def engine(tmp_path):
+    e = Engine.open(tmp_path / "data")
+    yield e
+    e.close()
+
+
+def test_store_is_sqlite_wal_full_sync_with_a_schema_version(engine, tmp_path):
+    conn = sqlite3.connect(tmp_path / "data" / "store.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == CURRENT_VERSION
+    assert engine.store.conn().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    conn.close()
+
+
+def test_ingest_then_match_with_provenance_and_inclusive_threshold(engine):
+    c = codes(100)
+    report = engine.ingest(
+        records(c, labels=("csam", "tier1"), external_id="ext-1"), list_name="partner"
+    )
+    assert (report.added, report.updated, report.unchanged, report.rejected) == (100, 0, 0, 0)
+    q = np.stack([flip(c[5], 31), flip(c[6], 32)])
+    found = engine.match("pdq", q)
+    assert [m.distance for m in found[0]] == [31]  # default threshold 31, inclusive
+    assert found[1] == []
+    m = found[0][0]
+    assert (m.list_name, m.labels, m.external_id, m.hash_hex, m.query_index) == (
+        "partner", ("csam", "tier1"), "ext-1", c[5].tobytes().hex(), 0,
+    )  # fmt: skip
+    assert [m.distance for m in engine.match("pdq", q, threshold=32)[1]] == [32]
+    with pytest.raises(InvalidThreshold):
+        engine.match("pdq", q, threshold=64)
+
+
+def test_reingest_is_idempotent_and_updates_metadata(engine):
+    c = codes(50)
+    engine.ingest(records(c, labels=("a",)), list_name="l")
+    again = engine.ingest(records(c, labels=("a",)), list_name="l")
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 50)
+    changed = records(c[:10], labels=("a", "b"))
+    report = engine.ingest(changed + records(codes(5, seed=9)), list_name="l")
+    assert (report.added, report.updated, report.unchanged) == (5, 10, 0)
+    assert engine.store.get_list("l").signal_count == 55
+    assert engine.match("pdq", c[:1])[0][0].labels == ("a", "b")
+    assert len(engine.match("pdq", c[:1])[0]) == 1  # still one signal, not two
+
+
+def test_same_hash_in_two_lists_is_two_signals(engine):
+    c = codes(3)
+    engine.ingest(records(c), list_name="one")
+    engine.ingest(records(c[:1]), list_name="two")
+    found = engine.match("pdq", c[:1])[0]
+    assert sorted(m.list_name for m in found) == ["one", "two"]
+    assert [m.list_name for m in engine.match("pdq", c[:1], lists=["two"])[0]] == ["two"]
+    with pytest.raises(NotFound):
+        engine.match("pdq", c[:1], lists=["nope"])
+
+
+def test_retraction_is_visible_on_the_next_match_and_restorable(engine):
+    c = codes(20)
+    engine.ingest(records(c), list_name="l")
+    assert len(engine.match("pdq", c[3:4])[0]) == 1
+    n = engine.retract(list_name="l", hashes=[("pdq", c[3].tobytes().hex())], reason="fp")
+    assert n == 1
+    assert engine.match("pdq", c[3:4])[0] == []
+    listed = engine.store.retracted(list_name="l")
+    assert [(s.hash_hex, s.retract_reason) for s in listed] == [(c[3].tobytes().hex(), "fp")]
+    assert engine.verify_index()["ok"]
+    assert engine.restore(list_name="l", signal_ids=[listed[0].id]) == 1
+    assert len(engine.match("pdq", c[3:4])[0]) == 1
+    # retract twice / restore a live one: counts say nothing happened
+    assert engine.restore(list_name="l", signal_ids=[listed[0].id]) == 0
+    actions = [e.action for e in engine.store.audit(limit=10)]
+    assert "retract" in actions and "restore" in actions
+
+
+def test_reingest_does_not_silently_restore_a_retracted_signal(engine):
+    c = codes(5)
+    engine.ingest(records(c), list_name="l")
+    engine.retract(list_name="l", signal_ids=[1])
+    report = engine.ingest(records(c), list_name="l")
+    assert report.still_retracted == 1
+    assert engine.match("pdq", c[:1])[0] == []
+
+
+def test_expired_and_disabled_never_match(engine):
+    c = codes(4)
+    engine.ingest(records(c[:2], expires_at=time.time() - 1), list_name="old")
+    engine.ingest(records(c[2:]), list_name="live")
+    assert engine.match("pdq", c[:1])[0] == []
+    assert len(engine.match("pdq", c[2:3])[0]) == 1
+    engine.store.set_list_enabled("live", False)
+    assert engine.match("pdq", c[2:3])[0] == []
+    engine.store.set_list_enabled("live", True)
+    assert len(engine.match("pdq", c[2:3])[0]) == 1
+
+
+def test_tenant_isolation(engine):
+    c = codes(6)
+    engine.ingest(records(c[:3]), list_name="shared")
+    engine.ingest(records(c[3:]), list_name="private")
+    store = engine.store
+    store.create_tenant("acme")
+    store.create_tenant("ops", admin=True)
+    store.grant("acme", "shared")
+    both = np.stack([c[0], c[4]])
+    acme = engine.match("pdq", both, tenant="acme")
+    assert [len(r) for r in acme] == [1, 0]
+    assert [len(r) for r in engine.match("pdq", both, tenant="ops")] == [1, 1]
+    assert [len(r) for r in engine.match("pdq", both, tenant="stranger")] == [0, 0]
+    assert [info.name for info in store.lists(tenant="acme")] == ["shared"]
+    with pytest.raises(NotFound):  # does not reveal that "private" exists
+        engine.match("pdq", both, tenant="acme", lists=["private"])
+    with pytest.raises(PermissionDenied):  # read-only grant
+        engine.ingest(records(codes(1, 5)), list_name="shared", tenant="acme")
+    with pytest.raises(NotFound):
+        engine.retract(list_name="private", signal_ids=[4], tenant="acme")
+    store.grant("acme", "shared", write=True)
+    assert engine.ingest(records(codes(1, 5)), list_name="shared", tenant="acme").added == 1
+    store.revoke("acme", "shared")
+    assert [len(r) for r in engine.match("pdq", both, tenant="acme")] == [0, 0]
+
+
+def test_list_names_are_unique_and_checked(engine):
+    engine.store.create_list("x", owner="Partner", labels=["csam"])
+    with pytest.raises(Conflict):
+        engine.store.create_list("x")
+    info = engine.store.get_list("x")
+    assert (info.owner, info.labels, info.enabled) == ("Partner", ("csam",), True)
+    with pytest.raises(NotFound):
+        engine.ingest(records(codes(1)), list_name="missing", create_list=False)
+
+
+def test_pdq_quality_floor(engine):
+    c = codes(2)
+    engine.ingest(records(c), list_name="l")
+    found = engine.match("pdq", c, qualities=[49, 50])
+    assert found[0] == [] and found[0].skipped_low_quality
+    assert len(found[1]) == 1 and not found[1].skipped_low_quality
+    assert len(engine.match("pdq", c, qualities=[10, 10], min_quality=0)[0]) == 1
+
+
+def test_audit_records_every_ingest_batch(engine):
+    engine.ingest(records(codes(25)), list_name="l", actor="alice", source="f.csv", batch_size=10)
+    batches = engine.store.audit(action="ingest")
+    assert [e.count for e in reversed(batches)] == [10, 10, 5]
+    assert {(e.actor, e.source, e.list_name) for e in batches} == {("alice", "f.csv", "l")}
+    assert batches[-1].details["first_line"] == 1 and batches[0].details["last_line"] == 25
+
+
+def test_snapshot_then_replay_at_startup(tmp_path):
+    data = tmp_path / "d"
+    c = codes(300)
+    with Engine.open(data) as e:
+        e.ingest(records(c[:200]), list_name="l")
+        e.snapshot()
+        e.ingest(records(c[200:]), list_name="l")  # after the snapshot
+        e.retract(list_name="l", signal_ids=[1])
+    with Engine.open(data) as e:
+        assert e._load_info["source"] == "snapshot"
+        assert e._load_info["replayed_changes"] == 2
+        assert e.match("pdq", c[:1])[0] == []
+        assert len(e.match("pdq", c[250:251])[0]) == 1
+        assert e.verify_index()["ok"]
+        assert e.stats()["types"]["pdq"]["indexed"] == 299
+
+
+def test_snapshot_ahead_of_store_is_ignored(tmp_path):
+    data = tmp_path / "d"
+    with Engine.open(data) as e:
+        e.ingest(records(codes(10)), list_name="l")
+        snap = e.snapshot()
+    manifest = snap / "manifest.json"
+    manifest.write_text(manifest.read_text().replace('"change_counter": 1', '"change_counter": 99'))
+    with Engine.open(data) as e:
+        assert e._load_info["source"] == "store"
+        assert e.verify_index()["ok"]
+
+
+def test_rebuild_swaps_while_matching_continues(engine):
+    c = codes(2000)
+    engine.ingest(records(c), list_name="l")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                assert len(engine.match("pdq", c[7:8])[0]) == 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    stages = []
+    summary = engine.rebuild_index(progress=lambda s, d, t: stages.append(s))
+    engine.ingest(records(codes(50, seed=3)), list_name="l")
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert summary["total"] == 2000 and "swap" in stages
+    assert engine.verify_index()["ok"]
+
+
+def test_concurrent_match_during_ingest_and_retract(engine):
+    c = codes(3000)
+    engine.ingest(records(c[:1000]), list_name="l")
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def reader(seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        try:
+            while not done.is_set():
+                i = int(rng.integers(0, 1000))
+                found = engine.match("pdq", c[i : i + 1])[0]
+                assert len(found) <= 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    engine.ingest(records(c[1000:]), list_name="l", batch_size=500)
+    engine.retract(list_name="l", signal_ids=list(range(1, 101)))
+    done.set()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert engine.match("pdq", c[50:51])[0] == []
+    assert len(engine.match("pdq", c[2500:2501])[0]) == 1
+    assert engine.verify_index()["ok"]
+
+
+def test_another_process_writes_are_seen_on_the_next_lookup(tmp_path):
+    data = tmp_path / "d"
+    c = codes(10)
+    server = Engine.open(data)
+    cli = Engine.open(data, eager=False)  # a second engine = what the CLI opens
+    cli.ingest(records(c), list_name="l")
+    assert len(server.match("pdq", c[:1])[0]) == 1
+    cli.store.retract(list_name="l", signal_ids=[1])
+    assert server.match("pdq", c[:1])[0] == []
+    assert server.verify_index()["ok"]
+    cli.close()
+    server.close()
+
+
+def test_strict_refuses_everything(engine):
+    recs = records(codes(30))
+    recs[17] = SignalRecord("pdq", "xyz", line=18)
+    with pytest.raises(IngestRefused) as info:
+        engine.ingest(recs, list_name="l", strict=True, batch_size=10)
+    assert info.value.report.rejected == 1
+    assert "line 18" in str(info.value)
+    assert engine.store.get_list("l").signal_count == 0
+    assert engine.match("pdq", codes(30)[:1])[0] == []
+
+
+def test_fingerprints_are_distinct_per_type_and_deterministic():
+    c = codes(10_000)
+    fp = fingerprints("pdq", c)
+    assert len(np.unique(fp)) == len(c) and (fp >= 0).all()
+    assert (fingerprints("pdq", c) == fp).all()
+    assert not np.intersect1d(fingerprints("sha256", c), fp).size
