@@ -37,6 +37,11 @@ from hashmatch.engine.pdq import pdq_hash
 VPDQ_DISTANCE_THRESHOLD = 31  # python-threatexchange VPDQ_DISTANCE_THRESHOLD (inclusive)
 VPDQ_QUALITY_THRESHOLD = 50  # python-threatexchange VPDQ_QUALITY_THRESHOLD
 DEFAULT_SECONDS_PER_HASH = 1.0  # vpdq's default sampling
+# File suffixes treated as video (vPDQ) rather than photo by the CLI.
+VIDEO_EXTENSIONS = frozenset(
+    [".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".3gp",
+     ".ts", ".mts"]
+)  # fmt: skip
 
 
 @dataclass

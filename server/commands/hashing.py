@@ -1,7 +1,185 @@
-"""CLI verbs for this area (filled in by its issue's work)."""
+"""``hashmatch hash``: hash files and print one record per file and signal type.
+
+Output formats:
+
+* ``jsonl`` (default): ``{"path", "type", "hash", "quality", ...}`` per line; dihedral
+  PDQ adds ``"dihedral"`` (the 8 hashes), vPDQ adds ``"frames"`` (frame, quality, hash,
+  timestamp); a file that cannot be hashed gives ``{"path", "error", "reason"}``.
+* ``csv``: ``path,type,hash,quality,frame,timestamp,error`` (one row per vPDQ frame).
+* ``te``: ThreatExchange/HMA style ``signal_type,signal_value`` (vPDQ's value is
+  python-threatexchange's JSON list of ``"hex,quality,timestamp"`` strings).
+
+A bad file never stops the run; the exit status is 1 only when every file failed.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
 import click
 
-COMMANDS: list[click.Command] = []
+from hashmatch.engine import signal_types
+from hashmatch.engine.errors import HashmatchError, UnknownSignalType
+from hashmatch.engine.hashing import HashOptions, HashResult, hash_media
+from hashmatch.engine.video import VIDEO_EXTENSIONS
+
+CSV_FIELDS = ("path", "type", "hash", "quality", "frame", "timestamp", "error")
+
+
+def iter_paths(paths: tuple[str, ...]) -> Iterator[str]:
+    """Files as given; directories walked (sorted, so output order is stable)."""
+    for p in paths:
+        if os.path.isdir(p):
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for name in sorted(files):
+                    yield os.path.join(root, name)
+        else:
+            yield p
+
+
+def applicable(path: str, types: list[str]) -> list[str]:
+    """vPDQ for videos, photo types for everything else, byte digests for all."""
+    is_video = Path(path).suffix.lower() in VIDEO_EXTENSIONS
+    out = []
+    for name in types:
+        content = signal_types.get(name).content
+        if content == "bytes" or (content == "video") == is_video:
+            out.append(name)
+    return out
+
+
+def _records(path: str, result: HashResult) -> list[dict]:
+    st = signal_types.get(result.signal_type)
+    rec: dict = {"path": path, "type": st.name, "hash": result.hex, "quality": result.quality}
+    if st.name == "vpdq":
+        rec["frames"] = [
+            {"frame": n, "quality": q, "hash": st.format(c), "timestamp": round(t, 3)}
+            for n, q, c, t in zip(
+                result.frame_numbers, result.qualities, result.codes, result.timestamps,
+                strict=True,
+            )
+        ]  # fmt: skip
+    elif len(result.codes) > 1:
+        rec["dihedral"] = st.format_many(result.codes)
+    return [rec]
+
+
+def _error(path: str, message: str, reason: str) -> dict:
+    return {"path": path, "type": None, "hash": None, "quality": None,
+            "error": message, "reason": reason}  # fmt: skip
+
+
+def hash_one(path: str, types: list[str], options: HashOptions) -> list[dict]:
+    """All records of one file; errors become one error record (never raised)."""
+    wanted = applicable(path, types)
+    if not wanted:
+        return [_error(path, "no requested type applies", "NoApplicableType")]
+    try:
+        results = hash_media(path, wanted, options)
+    except (HashmatchError, OSError, NotImplementedError) as exc:
+        return [_error(path, str(exc), type(exc).__name__)]
+    out: list[dict] = []
+    for r in results:
+        out.extend(_records(path, r))
+    return out
+
+
+def _te_value(rec: dict) -> str:
+    if rec["type"] == "vpdq":
+        frames = rec["frames"]
+        return json.dumps([f"{f['hash']},{f['quality']},{f['timestamp']:.3f}" for f in frames])
+    return rec["hash"]
+
+
+def _csv_rows(rec: dict) -> Iterator[dict]:
+    if "error" in rec:
+        yield {"path": rec["path"], "error": rec["error"]}
+    elif rec["type"] == "vpdq":
+        for f in rec["frames"]:
+            yield {"path": rec["path"], "type": "vpdq", "hash": f["hash"], "quality": f["quality"],
+                   "frame": f["frame"], "timestamp": f["timestamp"]}  # fmt: skip
+    else:
+        for i, h in enumerate(rec.get("dihedral", [rec["hash"]])):
+            yield {"path": rec["path"], "type": rec["type"], "hash": h,
+                   "quality": rec["quality"], "frame": i if "dihedral" in rec else ""}  # fmt: skip
+
+
+def parse_types(value: str) -> list[str]:
+    names = [t.strip() for t in value.split(",") if t.strip()]
+    try:
+        return [signal_types.get(t, field="--types").name for t in names]
+    except UnknownSignalType as exc:
+        raise click.BadParameter(exc.message, param_hint="--types") from None
+
+
+@click.command("hash")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--types",
+    "types_",
+    default="pdq,vpdq",
+    show_default=True,
+    help=f"Comma-separated signal types ({', '.join(signal_types.names())}); "
+    "photo types apply to images, vpdq to videos.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["jsonl", "csv", "te"]), default="jsonl",
+    show_default=True, help="jsonl records, csv rows, or te = signal_type,signal_value.",
+)  # fmt: skip
+@click.option("--dihedral", is_flag=True, help="PDQ: also the 7 rotations/flips.")
+@click.option(
+    "--reference-resize", is_flag=True,
+    help="PDQ: shrink images over 512 px to 512x512 first, like Meta's C++ CLI.",
+)  # fmt: skip
+@click.option(
+    "--every-n-seconds", "seconds", type=float, default=1.0, show_default=True,
+    help="vPDQ: hash one frame every N seconds (0 = every frame).",
+)  # fmt: skip
+def hash_command(
+    paths: tuple[str, ...],
+    types_: str,
+    fmt: str,
+    dihedral: bool,
+    reference_resize: bool,
+    seconds: float,
+) -> None:
+    """Hash images and videos (files or directories), one record per file and type."""
+    types = parse_types(types_)
+    if seconds < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--every-n-seconds")
+    options = HashOptions(
+        dihedral=dihedral, reference_resize=reference_resize, seconds_per_hash=seconds
+    )
+    out = sys.stdout
+    writer = None
+    if fmt == "csv":
+        writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+    te = csv.writer(out, lineterminator="\n") if fmt == "te" else None
+    files = failed = 0
+    for path in iter_paths(paths):
+        files += 1
+        records = hash_one(path, types, options)
+        if any("error" in r for r in records):
+            failed += 1
+        for rec in records:
+            if fmt == "jsonl":
+                out.write(json.dumps(rec) + "\n")
+            elif writer is not None:
+                writer.writerows(_csv_rows(rec))
+            elif "error" in rec:
+                click.echo(f"{rec['path']}: {rec['error']}", err=True)
+            else:
+                te.writerow([rec["type"], _te_value(rec)])
+        out.flush()
+    if files and failed == files:
+        sys.exit(1)
+
+
+COMMANDS: list[click.Command] = [hash_command]
