@@ -466,3 +466,37 @@ def test_vpdq_video_ingest_and_match_by_frames(ops):
     with pytest.raises(grpc.RpcError) as err:
         ops.match(videos=[[frames[0], "xyz"]])
     assert bad_request_fields(err.value)[0][0] == "videos[0].frames[1]"
+
+
+def test_arbitrary_requests_never_get_internal(strict):
+    """Whatever a client sends, the answer is OK or a client-error status, never INTERNAL."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    client = strict.client("ops", retries=0, timeout=10)
+    types = st.sampled_from(["pdq", "md5", "phash", "vpdq", "sha256", "PDQ", "", "nope"])
+    hash_values = st.builds(
+        lambda t, v: (t, v), types, st.one_of(st.text(max_size=70), st.binary(max_size=40))
+    )
+    allowed = {"OK", "INVALID_ARGUMENT", "NOT_FOUND", "UNIMPLEMENTED", "RESOURCE_EXHAUSTED"}
+
+    @settings(max_examples=20, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
+    @given(
+        hashes=st.lists(hash_values, max_size=4),
+        media=st.lists(st.binary(max_size=64), max_size=2),
+        threshold=st.one_of(st.none(), st.integers(-5, 300)),
+        lists=st.lists(st.sampled_from(["keep", "missing"]), max_size=2),
+        max_results=st.integers(0, 3),
+    )
+    def check(hashes, media, threshold, lists, max_results):
+        try:
+            client.match(hashes, media=media, threshold=threshold, lists=lists,
+                         max_results=max_results)  # fmt: skip
+            code = "OK"
+        except grpc.RpcError as exc:
+            code = exc.code().name
+        assert code in allowed, code
+
+    check()
+    assert client.match([("pdq", "00" * 32)]).results
