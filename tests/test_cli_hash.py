@@ -1,0 +1,122 @@
+"""``hashmatch hash``: records per file and type, formats, error records, exit status."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pytest
+import skimage.data
+from click.testing import CliRunner
+from PIL import Image
+
+from hashmatch.engine.hashing import HashOptions, hash_media
+from hashmatch.server.cli import cli
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("media")
+    (root / "sub").mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(root / "astronaut.png")
+    Image.fromarray(skimage.data.camera()).save(root / "sub" / "camera.jpg", quality=90)
+    (root / "sub" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    return root
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, ["hash", *args])
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout
+
+
+def test_jsonl_one_record_per_file_and_type(tree: Path):
+    code, out = run(str(tree), "--types", "pdq,phash,md5")
+    records = [json.loads(line) for line in out.splitlines()]
+    good = [r for r in records if "error" not in r]
+    bad = [r for r in records if "error" in r]
+    assert code == 0
+    assert {(Path(r["path"]).name, r["type"]) for r in good} == {
+        (n, t) for n in ("astronaut.png", "camera.jpg") for t in ("pdq", "phash", "md5")
+    }
+    assert len(bad) == 1 and bad[0]["path"].endswith("broken.jpg")
+    assert bad[0]["reason"] == "CorruptMedia" and "JPEG" in bad[0]["error"]
+    astro = {r["type"]: r for r in good if r["path"].endswith("astronaut.png")}
+    assert astro["phash"]["hash"] == str(imagehash.phash(Image.open(tree / "astronaut.png")))
+    assert astro["pdq"]["hash"] == hash_media(tree / "astronaut.png", ["pdq"])[0].hex
+    assert astro["pdq"]["quality"] == 100
+
+
+def test_csv_and_dihedral(tree: Path):
+    code, out = run(str(tree / "astronaut.png"), "--types", "pdq", "--dihedral", "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert code == 0 and len(rows) == 8
+    expected = hash_media(tree / "astronaut.png", ["pdq"], HashOptions(dihedral=True))[0]
+    assert [r["hash"] for r in rows] == [bytes(c).hex() for c in expected.codes]
+    assert [r["frame"] for r in rows] == [str(i) for i in range(8)]
+
+
+def test_te_format_and_reference_resize(tree: Path):
+    big = tree / "sub" / "camera.jpg"  # 512x512: make a larger copy for the resize rule
+    large = tree / "large.png"
+    Image.open(big).resize((900, 700)).save(large)
+    _, plain = run(str(large), "--types", "pdq,md5", "--format", "te")
+    _, small = run(str(large), "--types", "pdq", "--format", "te", "--reference-resize")
+    rows = list(csv.reader(io.StringIO(plain)))
+    assert [r[0] for r in rows] == ["pdq", "md5"]
+    assert rows[0][1] == hash_media(large, ["pdq"])[0].hex
+    expected = hash_media(large, ["pdq"], HashOptions(reference_resize=True))[0].hex
+    assert small.strip() == f"pdq,{expected}" and expected != rows[0][1]
+    large.unlink()
+
+
+def test_video_records(reference_dir: Path):
+    video = str(reference_dir / "videos" / "doorknob-hd-no-bar.mp4")
+    code, out = run(video, "--every-n-seconds", "2")
+    (rec,) = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and rec["type"] == "vpdq"
+    assert [f["frame"] for f in rec["frames"]] == [0, 60]
+    assert [f["timestamp"] for f in rec["frames"]] == [0.0, 2.0]
+    _, te = run(video, "--every-n-seconds", "2", "--format", "te")
+    (row,) = list(csv.reader(io.StringIO(te)))
+    frames = json.loads(row[1])
+    assert row[0] == "vpdq" and len(frames) == 2 and frames[0].endswith(",0.000")
+
+
+def test_exit_status_nonzero_only_when_every_file_failed(tree: Path, tmp_path: Path):
+    assert run(str(tree))[0] == 0
+    missing = str(tmp_path / "nope.png")
+    code, out = run(str(tree / "sub" / "broken.jpg"), missing)
+    assert code == 1
+    recs = [json.loads(line) for line in out.splitlines()]
+    assert [r["reason"] for r in recs] == ["CorruptMedia", "MediaError"]
+
+
+def test_unknown_type_is_a_usage_error(tree: Path):
+    result = CliRunner().invoke(cli, ["hash", str(tree), "--types", "pdq,bogus"])
+    assert result.exit_code == 2 and "bogus" in result.output
+
+
+def test_real_subprocess(tree: Path):
+    exe = PROJECT / ".venv" / "bin" / "hashmatch"
+    if not exe.exists():
+        exe = Path(shutil.which("hashmatch") or sys.executable)
+    proc = subprocess.run(
+        [str(exe), "hash", str(tree / "astronaut.png"), "--types", "pdq,whash"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    recs = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["type"] for r in recs] == ["pdq", "whash"]
+    assert recs[1]["hash"] == str(imagehash.whash(Image.open(tree / "astronaut.png")))
+    assert np.frombuffer(bytes.fromhex(recs[0]["hash"]), np.uint8).shape == (32,)
