@@ -51,7 +51,7 @@ from hashmatch.engine.store import (
     SignalRecord,
     SignalStore,
 )
-from hashmatch.engine.store_index import FlatIndex, load_index, make_live_index
+from hashmatch.engine.store_index import load_live_index, make_live_index
 
 __all__ = [
     "PDQ_MIN_QUALITY",
@@ -190,7 +190,7 @@ class Engine:
                         ids, codes = self.store.codes_for(change.signal_type, change.ids)
                     index.add(codes, ids)
                 else:
-                    index.remove(self._index_ids(change.signal_type, change.ids))
+                    index.remove(self._index_ids(change.signal_type, change.ids), missing_ok=True)
             self._applied = change.seq
         return len(changes)
 
@@ -437,11 +437,12 @@ class Engine:
             done = 0
             for stype in sorted(totals):
                 index = self._index_for(stype, indexes)
-                for ids, codes in self.store.iter_live(stype):
-                    index.add(codes, ids)
-                    done += len(ids)
-                    if progress is not None:
-                        progress(f"build:{stype}", done, total)
+                with index.bulk():  # merge/index once at the end, not per chunk
+                    for ids, codes in self.store.iter_live(stype):
+                        index.add(codes, ids)
+                        done += len(ids)
+                        if progress is not None:
+                            progress(f"build:{stype}", done, total)
         finally:
             conn.execute("COMMIT")
         return indexes, counter
@@ -574,11 +575,7 @@ class Engine:
             for stype, index in indexes.items():
                 fname = f"{stype}.index"
                 index.save(tmp / fname)
-                manifest["types"][stype] = {
-                    "file": fname,
-                    "count": len(index),
-                    "loader": "fallback" if isinstance(index, FlatIndex) else "indexes",
-                }
+                manifest["types"][stype] = {"file": fname, "count": len(index)}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
             _fsync_tree(tmp)
             final = self.snapshot_dir / name
@@ -612,8 +609,7 @@ class Engine:
             raise CorruptData(f"snapshot is ahead of the store (counter {at} > {counter})")
         indexes: dict[str, object] = {}
         for stype, entry in manifest["types"].items():
-            path = manifest_path.parent / entry["file"]
-            index = FlatIndex.load(path) if entry.get("loader") == "fallback" else load_index(path)
+            index = load_live_index(manifest_path.parent / entry["file"])
             if len(index) != int(entry["count"]):
                 raise CorruptData(f"{stype}: {len(index)} codes, manifest says {entry['count']}")
             indexes[stype] = index
@@ -636,6 +632,7 @@ class Engine:
                 except Exception:  # informational only
                     shard_counts = []
             types[stype] = {
+                "memory_bytes": int(index.memory_bytes()) if index is not None else 0,
                 "count": counts.get(stype, 0),
                 "indexed": len(index) if index is not None else 0,
                 "kind": getattr(index, "kind", type(index).__name__) if index else None,
@@ -687,10 +684,14 @@ def _with_query(m: Match, query_index: int, variant: int | None = None) -> Match
 
 
 def _fsync_tree(path: Path) -> None:
-    for p in path.iterdir():
+    """fsync every file and directory under ``path`` (a snapshot must be durable
+    before the rename that publishes it)."""
+    for p in sorted(path.rglob("*"), reverse=True):
         if p.is_file():
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
+        elif p.is_dir():
+            _fsync_dir(p)
     _fsync_dir(path)
 
 
