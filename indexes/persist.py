@@ -8,8 +8,10 @@ Layout::
     <path>/s000/g000/words.npy    (.npy arrays; FAISS flat: flat.faissindex)
     <path>/s000/g000/dead.npy     tombstones, when the segment has any
 
-Why this shape: ``.npy`` files map straight into memory (``np.load(mmap_mode='r')``)
-and FAISS flat indexes load with ``IO_FLAG_MMAP_IFC``, so a 10M-code snapshot
+Why this shape: ``.npy`` files map straight into memory (``np.load(mmap_mode='c')``,
+a private copy-on-write map: the arrays are writable, so the numba kernels need no
+read-only variants, and nothing ever writes them) and FAISS flat indexes load
+with ``IO_FLAG_MMAP_IFC``, so a 10M-code snapshot
 opens in well under a second and pages in as it is searched. The manifest is
 written last and the directory is assembled under a temporary name then renamed,
 so a crash never leaves a directory that looks complete. On load every file is
@@ -30,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from hashmatch.engine.errors import CorruptData
-from hashmatch.indexes.segments import SEGMENT_TYPES
+from hashmatch.indexes.segments import SEGMENT_TYPES, MIHSegment
 
 FORMAT = "hashmatch-index"
 VERSION = 1
@@ -88,6 +90,7 @@ def save_index(index, path: Path) -> None:
             "radius_hint": index.radius_hint,
             "memory_ratio": index.memory_ratio,
             "delta_min": index.delta_min,
+            "scan_fallback": index.scan_fallback,
             "created_at": time.time(),
             "layout": layout,
         }
@@ -150,6 +153,7 @@ def load_index(
             radius_hint=int(manifest["radius_hint"]),
             memory_ratio=float(manifest["memory_ratio"]),
             delta_min=int(manifest["delta_min"]),
+            scan_fallback=bool(manifest.get("scan_fallback", True)),
         )
         layout = manifest["layout"]
         if len(layout) != index.shards:
@@ -171,13 +175,15 @@ def load_index(
                 if seg_type is None:
                     raise CorruptData(f"{path}: unknown segment type {g['type']!r}")
                 seg = seg_type.load(d, g["meta"], index.bits, mmap)
+                if isinstance(seg, MIHSegment):
+                    seg.scan_fallback = index.scan_fallback
                 if len(seg) != int(g["rows"]):
                     raise CorruptData(
                         f"{path}: {g['dir']} holds {len(seg)} rows, expected {g['rows']}"
                     )
                 dead = None
                 if "dead.npy" in g["files"]:
-                    dead = np.load(d / "dead.npy", mmap_mode="r" if mmap else None)
+                    dead = np.load(d / "dead.npy", mmap_mode="c" if mmap else None)
                     if dead.shape != (len(seg),) or dead.dtype != np.uint8:
                         raise CorruptData(f"{path}: {g['dir']} tombstones do not match its rows")
                     live += len(seg) - int(np.count_nonzero(dead))

@@ -99,7 +99,8 @@ def _dead(dead):
 
 
 def _np_load(path: Path, mmap: bool) -> np.ndarray:
-    return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    # "c": private copy-on-write map (writable arrays: one numba signature; never written)
+    return np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
 
 
 class ScanSegment(Segment):
@@ -215,6 +216,7 @@ class MIHSegment(Segment):
         self.offsets = offsets  # uint32, every table's CSR offsets concatenated
         self.rows = rows  # uint32[m, n]: rows of table i in key order
         self._probe_cache: dict[int, tuple] = {}
+        self.scan_fallback = True
 
     @classmethod
     def build(cls, words, ids, bits, widths, pool=None) -> MIHSegment:
@@ -247,7 +249,7 @@ class MIHSegment(Segment):
         n = len(self.ids)
         widths = [int(w) for w in self.widths]
         tvals, cost = planner.assign_radii(n, widths, radius)
-        if cost >= planner.scan_cost(n, self.bits):
+        if self.scan_fallback and cost >= planner.scan_cost(n, self.bits):
             plan = None
         else:
             parts, base, count = [], [], []

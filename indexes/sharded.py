@@ -147,6 +147,7 @@ class ShardedIndex:
         radius_hint: int | None = None,
         memory_ratio: float = 3.0,
         delta_min: int = DELTA_MIN,
+        scan_fallback: bool = True,
     ):
         if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8:
             raise InvalidInput(f"bits must be a positive multiple of 8, got {bits!r}", field="bits")
@@ -160,6 +161,7 @@ class ShardedIndex:
         self.radius_hint = default_radius(bits) if radius_hint is None else int(radius_hint)
         self.memory_ratio = float(memory_ratio)
         self.delta_min = int(delta_min)
+        self.scan_fallback = bool(scan_fallback)  # False: MIH always probes (tests)
         self._state: tuple[Shard, ...] = tuple(Shard() for _ in range(shards))
         self._write = threading.RLock()
         self._bulk = 0
@@ -309,7 +311,9 @@ class ShardedIndex:
         )
         if widths is None or (self.kind == "auto" and n < MIN_MIH_ROWS):
             return ScanSegment(words, ids, self.bits, indexed=True)
-        return MIHSegment.build(words, ids, self.bits, widths, pool=pool())
+        seg = MIHSegment.build(words, ids, self.bits, widths, pool=pool())
+        seg.scan_fallback = self.scan_fallback
+        return seg
 
     def compact(self) -> None:
         """Merge every shard into one indexed segment without tombstones."""
