@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 
 from hashmatch.engine import pdq_kernels as _k
+from hashmatch.engine.errors import InvalidInput
 
 #: Images with a side below this hash to all zeros with quality 0 (reference rule).
 MIN_HASHABLE_DIM = 5
@@ -38,11 +39,13 @@ def _as_rgb(rgb: np.ndarray) -> np.ndarray:
     if arr.ndim == 2:  # grey: the reference bindings see it as R = G = B
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"expected an RGB image uint8[h, w, 3], got shape {arr.shape}")
+        raise InvalidInput(
+            f"expected an RGB image uint8[h, w, 3], got shape {arr.shape}", field="image"
+        )
     if arr.shape[2] == 4:
         arr = arr[:, :, :3]
     if arr.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels, got {arr.dtype}")
+        raise InvalidInput(f"expected uint8 pixels, got {arr.dtype}", field="image")
     return np.ascontiguousarray(arr)
 
 
