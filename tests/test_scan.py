@@ -261,3 +261,19 @@ def test_progress_prints_plain_lines_when_not_a_terminal(capsys):
     err = capsys.readouterr().err
     assert "scan: 10/40 files (25.0%)" in err and "files/s, ETA " in err
     assert "failed 1, matched 2" in err
+
+
+def test_cli_from_list_on_stdin(world, tmp_path):
+    base, tree, _ids = world
+    listing = f"{tree.root / 'near/coffee-half.png'}\n{tree.root / 'broken/empty.jpg'}\n"
+    result = CliRunner().invoke(
+        cli,
+        ["scan", "--from-list", "-", "--data-dir", str(base / "data"),
+         "--catalog", str(tmp_path / "c.sqlite"), "--workers", "0", "--out", "-"],
+        input=listing,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in result.output.splitlines() if x.startswith('{"kind"')]
+    kinds = [(r["kind"], r.get("type") or r.get("reason")) for r in lines]
+    assert kinds[:2] == [("match", "pdq"), ("failure", "empty")]
+    assert lines[2]["kind"] == "summary" and lines[2]["seen"] == 2
