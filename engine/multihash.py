@@ -30,12 +30,34 @@ from hashmatch.engine.trim import trim_borders
 DEFAULT_CROP_KEEP = (0.9, 0.8)
 
 
+def orientations(rgb: np.ndarray) -> list[np.ndarray]:
+    """The 8 rotations/flips of an image as views, in ``pdq_hash_dihedral`` order:
+    original, rot90, rot180, rot270, flip x (upside down), flip y (mirror), flip about
+    the main diagonal (transpose), about the other diagonal. Checked against the
+    reference ``dih`` images in tests/test_quality_paths.py."""
+    t = rgb.swapaxes(0, 1)
+    return [
+        rgb,
+        t[::-1],  # 90 degrees anticlockwise
+        rgb[::-1, ::-1],
+        t[:, ::-1],
+        rgb[::-1],
+        rgb[:, ::-1],
+        t,
+        t[::-1, ::-1],
+    ]
+
+
 def pdq_query_codes(
-    rgb: np.ndarray, *, dihedral: bool = True, trim: bool = True
+    rgb: np.ndarray, *, dihedral: bool = True, trim: bool = True, exact: bool = True
 ) -> tuple[np.ndarray, list[int]]:
     """Query codes for one image -> (``uint8[k, 32]``, quality per row).
 
     k = 1 (plain), 8 (dihedral), 2 or 16 when trimming changed the image.
+    ``exact=True`` hashes the 8 re-oriented pixel arrays (8 downsamples); ``False``
+    derives them from one DCT (``pdq_hash_dihedral``, ~1.1x one hash). PDQ's box
+    filter is not mirror-symmetric, so the DCT shortcut lands 10-30 bits from the
+    flipped original's own PDQ where the exact path lands 0-2 (bench quality).
     """
     images = [rgb]
     if trim:
@@ -44,7 +66,11 @@ def pdq_query_codes(
             images.append(trimmed)
     codes, qualities = [], []
     for image in images:
-        if dihedral:
+        if dihedral and exact:
+            hashed = [pdq_hash(np.ascontiguousarray(o)) for o in orientations(image)]
+            c = np.stack([h[0] for h in hashed])
+            q = hashed[0][1]
+        elif dihedral:
             c, q = pdq_hash_dihedral(image)
         else:
             c1, q = pdq_hash(image)
