@@ -36,7 +36,7 @@ from hashmatch.engine.catalog import Catalog, MatchRow
 from hashmatch.engine.matcher import PDQ_MIN_QUALITY
 from hashmatch.engine.scan import file_hash_hex, match_record, write_jsonl_atomically
 from hashmatch.engine.store import FRAME_BITS, SignalStore, split_labels
-from hashmatch.engine.store_index import load_index, make_live_index, save_index
+from hashmatch.indexes import load_index, make_index
 
 CURSOR_KEY = "rescan_seq"
 
@@ -218,7 +218,7 @@ def catalog_index(catalog: Catalog, st, floor: int, *, cache_dir: str | Path | N
         manifest_path.unlink(missing_ok=True)  # no manifest = no cache while we write
         tmp = index_path.with_name(index_path.name + ".tmp")
         _remove(tmp)
-        save_index(index, tmp)  # a file or a snapshot directory, depending on the index
+        index.save(tmp)  # a snapshot directory
         _remove(index_path)
         os.replace(tmp, index_path)
         manifest = {"format": 1, "floor": floor, "catalog_id": catalog.identity(),
@@ -234,21 +234,13 @@ def _new_index(st):
     """Multi-index hashing for perceptual types: the catalog is large, the queries few
     and the radius small, which is MIH's case (measured: 10k queries at radius 31 on
     1M PDQ codes in ~3 s vs ~40 s for a flat scan); equality for md5/sha256."""
-    try:
-        from hashmatch.indexes import make_index
-    except ImportError:  # an older checkout: the engine's fallback (exact, flat)
-        return make_live_index(st)
     return make_index(st.bits, kind="exact" if st.exact else "mih")
 
 
 def _load_cached(path: Path):
     """Load into memory (not mmapped): the index is then searched with the same array
     types it was built with (no extra JIT specialisation for read-only maps)."""
-    try:
-        from hashmatch.indexes import load_index as load_sharded
-    except ImportError:
-        return load_index(path)
-    return load_sharded(path, mmap=False)
+    return load_index(path, mmap=False)
 
 
 def _remove(path: Path) -> None:
