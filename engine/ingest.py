@@ -18,8 +18,7 @@ Formats:
   ``expires_at``.
 - ``hex``: one hash per line, type given by the caller (``--type``).
 - ``vpdq``: a vPDQ hash file (``frame,quality,HEX,timestamp`` per line, as the
-  vpdq tools write; ``frame,HEX,quality,timestamp`` is accepted too). The whole
-  file is ONE signal: a video of many frames.
+  vpdq tools write). The whole file is ONE signal: a video of many frames.
 """
 
 from __future__ import annotations
@@ -318,47 +317,16 @@ def _hex(lines: Iterable[str], signal_type: str, extra: tuple[str, ...]) -> Iter
         yield SignalRecord(signal_type, text, extra, line=number)
 
 
-def parse_vpdq_lines(lines: Iterable[str]) -> tuple[np.ndarray, list[int], list[float]]:
-    """vPDQ text -> (frames uint8[k, 32], qualities, timestamps); errors name the line."""
-    codes: list[bytes] = []
-    qualities: list[int] = []
-    stamps: list[float] = []
-    for number, line in enumerate(lines, 1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        parts = [p.strip() for p in text.split(",")]
-        if len(parts) != 4:
-            raise InvalidInput(
-                f"line {number}: expected frame,quality,hash,timestamp (4 fields), "
-                f"got {len(parts)}",
-                field="vpdq",
-            )
-        hex_at = 2 if _HEX64.match(parts[2]) else 1 if _HEX64.match(parts[1]) else None
-        if hex_at is None:
-            raise InvalidInput(f"line {number}: no 64-hex-character PDQ hash", field="vpdq")
-        quality_at = 1 if hex_at == 2 else 2
-        try:
-            qualities.append(int(parts[quality_at]))
-            stamps.append(float(parts[3]))
-            int(parts[0])
-        except ValueError:
-            raise InvalidInput(
-                f"line {number}: frame, quality and timestamp must be numbers", field="vpdq"
-            ) from None
-        codes.append(bytes.fromhex(parts[hex_at]))
-    if not codes:
-        raise InvalidInput("a vpdq file needs at least one frame line", field="vpdq")
-    return np.frombuffer(b"".join(codes), np.uint8).reshape(-1, 32).copy(), qualities, stamps
-
-
 def _vpdq(lines: Iterable[str], extra: tuple[str, ...], external_id: str | None) -> Iterator[Item]:
+    """The whole file is one video signal (parsed by the hashing work's vpdq reader)."""
+    from hashmatch.engine.video import parse_vpdq
+
     try:
-        frames, qualities, stamps = parse_vpdq_lines(lines)
+        video = parse_vpdq(lines)
     except InvalidInput as exc:
-        match = re.match(r"line (\d+): (.*)", exc.message)
-        if match:
-            yield Rejection(match.group(2), line=int(match.group(1)), field="vpdq")
+        found = re.match(r"line (\d+): (.*)", exc.message)
+        if found:
+            yield Rejection(found.group(2), line=int(found.group(1)), field="vpdq")
         else:
             yield Rejection(exc.message, line=None, field="vpdq")
         return
@@ -367,9 +335,9 @@ def _vpdq(lines: Iterable[str], extra: tuple[str, ...], external_id: str | None)
         "",
         extra,
         external_id=external_id,
-        frames=frames,
-        frame_qualities=qualities,
-        timestamps=stamps,
+        frames=video.codes,
+        frame_qualities=video.qualities,
+        timestamps=video.timestamps,
         line=1,
     )
 

@@ -133,42 +133,41 @@ def join_hits(
 
 def join_video_hits(
     store,
-    nframes: int,
+    query: np.ndarray,
+    qualities: Sequence[int | None] | None,
+    threshold: int,
     lims: np.ndarray,
     distances: np.ndarray,
     ids: np.ndarray,
     vis: Visibility,
     *,
     max_results: int | None = None,
-    min_query_pct: float = 0.0,
-    min_target_pct: float = 0.0,
+    query_min_pct: float = 80.0,
+    target_min_pct: float = 0.0,
 ) -> MatchList:
-    """vPDQ: frame hits -> one Match per stored video with vPDQ's two percentages.
+    """vPDQ: frame hits -> one Match per stored video that passes vPDQ's rule.
 
-    query_match_pct = share of the query's frames within the threshold of some
-    frame of the video; target_match_pct = share of the video's frames within the
-    threshold of some query frame (vPDQ's matching rule, as HMA reports it).
+    The index only nominates candidate videos (some frame within the threshold);
+    each candidate is then scored exactly by :func:`hashmatch.engine.video.vpdq_match`
+    (quality floor, repeated frames counted once), and kept when
+    ``query_match_pct >= query_min_pct`` and ``target_match_pct >= target_min_pct``
+    (python-threatexchange's defaults: 80 and 0).
     """
+    from hashmatch.engine.video import vpdq_match
+
     now = time.time()
     result = MatchList()
     if len(ids) == 0:
         return result
     sids = (ids >> FRAME_BITS).astype(np.int64)
-    frame_nos = (ids & ((1 << FRAME_BITS) - 1)).astype(np.int64)
-    qrows = np.repeat(np.arange(len(lims) - 1), np.diff(lims))
-    info = store.lookup(np.unique(sids).tolist())
-    frame_counts = store.frame_counts(list(info))
-    per: dict[int, tuple[set, set, int]] = {}
-    for q, sid, fno, d in zip(qrows.tolist(), sids.tolist(), frame_nos.tolist(),
-                              distances.tolist(), strict=True):  # fmt: skip
-        entry = per.get(sid)
-        if entry is None:
-            entry = per[sid] = (set(), set(), [d])
-        entry[0].add(q)
-        entry[1].add(fno)
-        entry[2][0] = min(entry[2][0], d)
+    best_distance: dict[int, int] = {}
+    for sid, d in zip(sids.tolist(), distances.tolist(), strict=True):
+        if d < best_distance.get(sid, 1 << 30):
+            best_distance[sid] = d
+    info = store.lookup(list(best_distance))
+    q_quals = None if qualities is None or any(q is None for q in qualities) else list(qualities)
     found = []
-    for sid, (qset, tset, dmin) in per.items():
+    for sid, dmin in best_distance.items():
         meta = info.get(sid)
         if meta is None:
             continue
@@ -177,9 +176,10 @@ def join_video_hits(
             continue
         if not vis.ok(list_id):
             continue
-        qpct = 100.0 * len(qset) / max(nframes, 1)
-        tpct = 100.0 * len(tset) / max(frame_counts.get(sid, 1), 1)
-        if qpct < min_query_pct or tpct < min_target_pct:
+        t_codes, t_quals, _ = store.frames(sid)
+        t_q = None if any(q is None for q in t_quals) else t_quals
+        qpct, tpct = vpdq_match(query, q_quals, t_codes, t_q, threshold)
+        if qpct < query_min_pct or tpct < target_min_pct:
             continue
         found.append(
             Match(
@@ -187,15 +187,15 @@ def join_video_hits(
                 signal_id=sid,
                 signal_type=stype,
                 hash_hex=bytes(code).hex(),
-                distance=int(dmin[0]),
+                distance=int(dmin),
                 list_name=vis.lists[list_id][0],
                 labels=split_labels(labels),
                 external_id=ext,
-                query_match_pct=qpct,
-                target_match_pct=tpct,
+                query_match_pct=float(qpct),
+                target_match_pct=float(tpct),
             )
         )
-    found.sort(key=lambda m: (-m.query_match_pct, m.distance, m.signal_id))
+    found.sort(key=lambda m: (-m.query_match_pct, -m.target_match_pct, m.signal_id))
     result.extend(found[:max_results] if max_results else found)
     return result
 
@@ -205,7 +205,7 @@ def low_quality_rows(
 ) -> np.ndarray:
     """Boolean mask of query rows to skip: known PDQ quality under the floor."""
     mask = np.zeros(n, dtype=bool)
-    if qualities is None or signal_type not in ("pdq", "vpdq"):
+    if qualities is None or signal_type != "pdq":
         return mask
     floor = PDQ_MIN_QUALITY if min_quality is None else int(min_quality)
     for i, q in enumerate(qualities):

@@ -256,14 +256,11 @@ class Engine:
         vis = self._visibility(tenant, lists)
         skip = low_quality_rows(st.name, qualities, min_quality, len(codes))
         index = indexes.get(st.name)
-        if st.name == "vpdq":
-            frames = codes[~skip]
-            if index is None or len(frames) == 0:
-                result = MatchList()
-                result.skipped_low_quality = bool(len(frames) == 0 and len(codes))
-                return [result]
-            lims, dist, ids = index.search_radius(frames, radius)
-            return [join_video_hits(self.store, len(frames), lims, dist, ids, vis,
+        if st.name == "vpdq":  # the rows are the frames of one query video
+            if index is None or len(codes) == 0:
+                return [MatchList()]
+            lims, dist, ids = index.search_radius(codes, radius)
+            return [join_video_hits(self.store, codes, qualities, radius, lims, dist, ids, vis,
                                     max_results=max_results)]  # fmt: skip
         out = [MatchList() for _ in range(len(codes))]
         rows = np.flatnonzero(~skip)
