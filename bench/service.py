@@ -173,6 +173,32 @@ async def _unary_load(target: str, queries: np.ndarray, callers: int, seconds: f
     }
 
 
+async def _health_load(target: str, callers: int, seconds: float) -> dict:
+    """The same closed loop on grpc.health Check: what a call costs with no work at all."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+        await stub.Check(request, timeout=30)
+        stop_at = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            while time.perf_counter() < stop_at:
+                t = time.perf_counter()
+                await stub.Check(request, timeout=30)
+                latencies.append(time.perf_counter() - t)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {"callers": callers, "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99)), "qps": len(latencies) / elapsed}  # fmt: skip
+
+
 async def _batch_load(target, queries, batch, callers, seconds):
     import grpc
 
@@ -308,6 +334,7 @@ def run_size(n: int, args, workdir: Path) -> dict:
             asyncio.run(_unary_load(target, queries, c, args.seconds, args.max_calls))
             for c in (1, 16, 64)
         ]
+        health = asyncio.run(_health_load(target, 64, min(args.seconds, 4)))
         batch = asyncio.run(_batch_load(target, queries, args.batch, 2, args.seconds))
         media = asyncio.run(_media_load(target, _jpegs(16), 4, args.seconds))
     finally:
@@ -320,7 +347,7 @@ def run_size(n: int, args, workdir: Path) -> dict:
     if not args.keep:
         shutil.rmtree(data_dir, ignore_errors=True)
     return {"n": n, "load_s": load_s, "ready_s": ready_s, "unary": unary, "batch": batch,
-            "media": media, "direct": direct}  # fmt: skip
+            "media": media, "direct": direct, "health": health}  # fmt: skip
 
 
 def report(rows: list[dict]) -> None:
@@ -337,6 +364,11 @@ def report(rows: list[dict]) -> None:
                 f"{u['qps']:,.0f} | {u['failures']} | {u['hit_rate']:.0%} | "
                 f"{u['p99'] / P99_TARGET_MS:.2f}x |"
             )
+        h = row["health"]
+        print(
+            f"| {row['n']:,} | 64 (health Check, no work) | {h['p50']:.2f} | {h['p99']:.2f} | "
+            f"{h['qps']:,.0f} | 0 | - | {h['p99'] / P99_TARGET_MS:.2f}x |"
+        )
     print()
     print(
         "| signals | hashes per call | batched hashes/s (gRPC) | vs 20k target | in-process "
