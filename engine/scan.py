@@ -694,9 +694,13 @@ class Scanner:
     # -- internals ----------------------------------------------------------------------
 
     def _dedupe(self, entries: Iterable[Entry]) -> list[Entry]:
+        """Each path once, and never the catalog's own files (it may live in the tree)."""
+        own = os.path.abspath(self.catalog.path)
         seen: set[str] = set()
         out = []
         for e in entries:
+            if e.path.startswith(own):
+                continue
             if e.path not in seen:
                 seen.add(e.path)
                 out.append(e)
@@ -927,6 +931,13 @@ def write_jsonl_atomically(path: str | Path, records: Iterable[dict]) -> None:
         sys.stdout.flush()
         return
     path = Path(path)
+    if path.is_symlink():  # replace the file the link points to, keep the link
+        path = path.resolve()
+    if path.exists() and not path.is_file():  # /dev/stdout, a FIFO...: never replace those
+        with open(path, "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec) + "\n")
+        return
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", encoding="utf-8") as fh:
         for rec in records:

@@ -277,3 +277,28 @@ def test_cli_from_list_on_stdin(world, tmp_path):
     kinds = [(r["kind"], r.get("type") or r.get("reason")) for r in lines]
     assert kinds[:2] == [("match", "pdq"), ("failure", "empty")]
     assert lines[2]["kind"] == "summary" and lines[2]["seen"] == 2
+
+
+def test_report_to_a_fifo_or_device_writes_through_never_replaces_it(tmp_path):
+    import os
+    import stat
+    import threading
+
+    from hashmatch.engine.scan import write_jsonl_atomically
+
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    got: list[str] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    write_jsonl_atomically(fifo, [{"kind": "summary", "seen": 1}])
+    reader.join(timeout=10)
+    assert got == ['{"kind": "summary", "seen": 1}\n']
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)  # still a FIFO, not a renamed file
+
+    target = tmp_path / "real.jsonl"
+    target.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    write_jsonl_atomically(link, [{"kind": "summary"}])
+    assert link.is_symlink() and target.read_text() == '{"kind": "summary"}\n'
