@@ -1,0 +1,103 @@
+"""The store verbs of the ``hashmatch`` CLI, run through click against a real data dir."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from hashmatch.server.cli import cli
+
+H0 = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
+H1 = "1111111111111111111111111111111111111111111111111111111111111111"
+
+
+@pytest.fixture
+def run(tmp_path):
+    runner = CliRunner()
+    env = {"HASHMATCH_DATA_DIR": str(tmp_path / "data")}
+
+    def invoke(*args: str, ok: bool = True):
+        result = runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return invoke
+
+
+def test_lists_ingest_match_retract_restore(run, tmp_path):
+    out = run("lists", "create", "partner", "--owner", "Partner A", "--label", "csam").output
+    assert "created list 'partner'" in out
+    csv_file = tmp_path / "in.csv"
+    csv_file.write_text(
+        f"signal_type,signal_value,labels,external_id\npdq,{H0},csam,e0\npdq,{H1},,e1\npdq,zz,,\n"
+    )
+    out = run("ingest", str(csv_file), "--list", "partner").output
+    assert "added 2, updated 0, unchanged 0, rejected 1 into 'partner'" in out
+    assert "line 4: pdq hash must be 64 hex characters, got 2" in out
+    again = run("ingest", str(csv_file), "--list", "partner").output
+    assert "added 0, updated 0, unchanged 2, rejected 1" in again
+
+    out = run("lists", "ls").output
+    assert "partner" in out and "2 live signal(s)" in out
+
+    out = run("match", f"pdq:{H0}").output
+    assert "1 match(es)" in out and "ext=e0" in out and "labels=csam" in out
+    data = json.loads(run("match", H0, "--json").output)
+    assert data[0]["matches"][0]["external_id"] == "e0"
+
+    assert (
+        "retracted 1 signal(s)" in run("retract", "--list", "partner", H0, "--reason", "x").output
+    )
+    assert "0 match(es)" in run("match", H0).output
+    assert H0 in run("retracted").output
+    assert "restored 1 signal(s)" in run("restore", "--list", "partner", H0).output
+    assert "1 match(es)" in run("match", H0).output
+
+    assert "disabled list 'partner'" in run("lists", "disable", "partner").output
+    assert "0 match(es)" in run("match", H0).output
+    run("lists", "enable", "partner")
+
+    actions = run("audit").output
+    assert "ingest" in actions and "retract" in actions and "list.disable" in actions
+
+
+def test_strict_ingest_exits_nonzero_and_writes_nothing(run, tmp_path):
+    f = tmp_path / "h.txt"
+    f.write_text(f"{H0}\nnot-a-hash\n")
+    result = run("ingest", str(f), "--list", "l", "--type", "pdq", "--strict", ok=False)
+    assert result.exit_code == 1
+    assert "REFUSED (strict)" in result.output
+    assert "0 live signal(s)" in run("lists", "ls").output
+
+
+def test_index_rebuild_verify_stats(run, tmp_path):
+    f = tmp_path / "h.txt"
+    f.write_text(f"{H0}\n{H1}\n")
+    run("ingest", str(f), "--list", "l", "--type", "pdq")
+    out = run("index", "rebuild").output
+    assert "rebuilt 2 signal(s)" in out and "snapshot written" in out
+    assert "index verify: ok" in run("index", "verify").output
+    stats = json.loads(run("index", "stats", "--json").output)
+    assert stats["total_signals"] == 2 and stats["load"]["source"] == "snapshot"
+
+
+def test_tenants_see_only_shared_lists(run, tmp_path):
+    f = tmp_path / "h.txt"
+    f.write_text(f"{H0}\n")
+    run("ingest", str(f), "--list", "shared", "--type", "pdq")
+    run("ingest", str(f), "--list", "private", "--type", "pdq")
+    run("tenants", "create", "acme")
+    assert "shared 'shared' with 'acme' (read)" in run("tenants", "grant", "acme", "shared").output
+    out = run("match", H0, "--tenant", "acme", "--json").output
+    assert [m["list_name"] for m in json.loads(out)[0]["matches"]] == ["shared"]
+    assert "acme: reads shared" in run("tenants", "ls").output
+
+
+def test_errors_are_one_line_messages(run):
+    result = run("match", "pdq:abc", ok=False)
+    assert result.exit_code == 1 and "64 hex characters" in result.output
+    result = run("lists", "disable", "nope", ok=False)
+    assert result.exit_code == 1 and "no hash list named 'nope'" in result.output
