@@ -34,7 +34,12 @@ import numpy as np
 from hashmatch.engine import signal_types
 from hashmatch.engine.catalog import Catalog, MatchRow
 from hashmatch.engine.matcher import PDQ_MIN_QUALITY
-from hashmatch.engine.scan import file_hash_hex, match_record, write_jsonl_atomically
+from hashmatch.engine.scan import (
+    file_hash_hex,
+    match_record,
+    threshold_for,
+    write_jsonl_atomically,
+)
 from hashmatch.engine.store import FRAME_BITS, SignalStore, split_labels
 from hashmatch.indexes import load_index, make_index
 
@@ -117,7 +122,7 @@ def rescan(
     new_rows: list[MatchRow] = []
     for stype in sorted(added):
         st = signal_types.get(stype)
-        radius = st.check_threshold(threshold)
+        radius = st.check_threshold(threshold_for(stype, threshold))
         index_ids, codes = store.codes_for(stype, np.asarray(sorted(added[stype]), np.int64))
         sids = index_ids >> FRAME_BITS if stype == "vpdq" else index_ids
         info = store.lookup(np.unique(sids).tolist())

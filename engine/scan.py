@@ -340,6 +340,12 @@ class Hit:
     target_match_pct: float | None = None
 
 
+def threshold_for(signal_type: str, threshold: int | None) -> int | None:
+    """One ``--threshold`` for a multi-type scan: it applies to the perceptual types;
+    cryptographic ones (md5, sha256) only ever match exactly."""
+    return None if signal_types.get(signal_type).exact else threshold
+
+
 class Matcher:
     """Where lookups go: the local engine or a server. Batch-first.
 
@@ -375,7 +381,11 @@ class LocalMatcher(Matcher):
         if signal_type in ("pdq", "vpdq") and any(q is not None for q in qualities):
             kwargs["qualities"] = list(qualities)
         per_row = self.engine.match(
-            signal_type, codes, threshold=self.threshold, lists=self.lists, **kwargs
+            signal_type,
+            codes,
+            threshold=threshold_for(signal_type, self.threshold),
+            lists=self.lists,
+            **kwargs,
         )
         video = signal_type == "vpdq"
         return [
@@ -449,7 +459,9 @@ class RemoteMatcher(Matcher):
                 if qualities and qualities[i] is not None:
                     value.quality = int(qualities[i])
                 values.append(value)
-            reply = self.client.match(values, threshold=self.threshold, lists=self.lists)
+            reply = self.client.match(
+                values, threshold=threshold_for(signal_type, self.threshold), lists=self.lists
+            )
             for result in reply.results:
                 for m in result.matches:
                     vpdq = m.signal_type == "vpdq"

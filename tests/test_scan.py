@@ -237,6 +237,7 @@ def test_cli_scan_writes_report_and_summary(world, tmp_path):
             "scan", str(tree.root / "exact"), "--data-dir", str(base / "data"),
             "--catalog", str(tmp_path / "c.sqlite"), "--types", "pdq,md5",
             "--workers", "1", "--out", str(out), "--no-progress", "--no-follow-symlinks",
+            "--threshold", "31",  # applies to pdq; md5 stays exact (no InvalidThreshold)
         ],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
