@@ -26,7 +26,6 @@ import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import stat
 import sys
@@ -41,8 +40,6 @@ import numpy as np
 
 from hashmatch.engine import errors, signal_types
 from hashmatch.engine.catalog import FAILED, HASHED, Catalog, FileHashes, MatchRow
-
-log = logging.getLogger("hashmatch.scan")
 
 DEFAULT_TYPES = ("pdq", "md5")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -686,7 +683,7 @@ class Scanner:
         self.progress = Progress(len(todo), enabled=opts.progress, every=opts.log_every)
         try:
             self._process(todo)
-            self._flush(force=True)
+            self._flush()
         finally:
             self.progress.close()
         s = self.summary
@@ -766,7 +763,7 @@ class Scanner:
                         continue
                     if pool is None:
                         self._pending.append(hash_file(e.path, opts.types, self.hash_options))
-                        self.catalog_flush_maybe()
+                        self._flush_if_due()
                         continue
                     chunk.append(e)
                     if len(chunk) >= opts.chunk:
@@ -775,13 +772,13 @@ class Scanner:
                     while len(inflight) >= limit:
                         self._collect(inflight, block=True)
                     self._collect(inflight, block=False)
-                    self.catalog_flush_maybe()
-                self.catalog_flush_maybe()
+                    self._flush_if_due()
+                self._flush_if_due()
             if chunk and pool is not None:
                 self._submit(inflight, chunk)
             while inflight:
                 self._collect(inflight, block=True)
-                self.catalog_flush_maybe()
+                self._flush_if_due()
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=True, cancel_futures=True)
@@ -827,14 +824,14 @@ class Scanner:
                 if isinstance(exc, cf.process.BrokenProcessPool):
                     self._broken = True
 
-    def catalog_flush_maybe(self) -> None:
+    def _flush_if_due(self) -> None:
         n = len(self._pending) + len(self._pending_skipped)
         if n >= self.options.batch_size or (
             n and time.monotonic() - self._last_commit >= self.options.commit_every
         ):
-            self._flush(force=True)
+            self._flush()
 
-    def _flush(self, *, force: bool) -> None:
+    def _flush(self) -> None:
         results, skipped = self._pending, self._pending_skipped
         if not results and not skipped:
             return
