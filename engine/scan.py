@@ -847,7 +847,12 @@ class Scanner:
             to_match.append(
                 (file_id, [h for h in stored.get(file_id, []) if h.signal_type in wanted])
             )
-        matched = match_files(self.matcher, to_match) if self.matcher else {}
+        lookup_error: BaseException | None = None
+        try:
+            matched = match_files(self.matcher, to_match) if self.matcher else {}
+        except Exception as exc:  # e.g. the server went away: keep the hashes, then stop
+            # (a re-run skips these files and matches them from the catalog: no re-hash)
+            lookup_error, matched, skipped = exc, {}, []
         failed = 0
         matched_files = 0
         with self.catalog.transaction():
@@ -887,6 +892,11 @@ class Scanner:
         self.summary.hashed += len(ok)
         self.progress.update(len(results) + len(skipped), failed=failed, matched=matched_files)
         self._last_commit = time.monotonic()
+        if lookup_error is not None:
+            raise LookupFailed(
+                f"matching failed ({lookup_error}); the hashes of this batch are in the "
+                "catalog: run the same scan again to resume"
+            ) from lookup_error
 
     def _count_matches(self) -> None:
         files = set()
@@ -896,6 +906,10 @@ class Scanner:
             n += 1
         self.summary.matched_files = len(files)
         self.summary.matches = n
+
+
+class LookupFailed(errors.HashmatchError):
+    """The matcher (local engine or server) failed mid-scan; the scan can be resumed."""
 
 
 def failed_hashing(results: Sequence[WorkResult]) -> int:

@@ -40,3 +40,35 @@ def test_scan_through_a_server_equals_a_local_scan(tmp_path):
         assert result.exit_code == 0, result.output
     assert _body(remote) == _body(local)
     assert sum('"kind": "match"' in x for x in _body(remote)) == 7
+
+
+def test_a_lost_server_stops_the_scan_but_keeps_the_hashes(tmp_path):
+    import socket
+
+    import pytest
+
+    from hashmatch.engine.scan import LookupFailed, RemoteMatcher
+    from hashmatch.server.client import HashmatchClient
+
+    tree = build_tree(tmp_path)
+    ingest_originals(tmp_path / "data", tree, ["coffee"], list_name="partner")
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = RemoteMatcher(HashmatchClient(f"127.0.0.1:{port}", retries=0, timeout=2))
+    catalog = Catalog(tmp_path / "c.sqlite")
+    opts = ScanOptions(workers=0, progress=False, follow_symlinks=False)
+    with pytest.raises(LookupFailed, match="run the same scan again"):
+        scan([tree.root / "exact"], catalog=catalog, matcher=dead, options=opts)
+    dead.close()
+    assert catalog.stats()["hashed"] == 2
+    calls = catalog.counter("hash_calls")
+
+    matcher = LocalMatcher.open(tmp_path / "data")  # resume against a working matcher
+    summary = scan([tree.root / "exact"], catalog=catalog, matcher=matcher,
+                   report=tmp_path / "r.jsonl", options=opts)  # fmt: skip
+    matcher.close()
+    assert summary.hashed == 0 and summary.skipped_unchanged == 2
+    assert catalog.counter("hash_calls") == calls
+    assert summary.matches == 2  # coffee-copy.png: pdq + md5
+    catalog.close()
