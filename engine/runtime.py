@@ -298,8 +298,11 @@ class Engine:
         keeps, per stored signal, the nearest (``Match.variant`` says which)."""
         hashes = hash_media(source, types, options)
         result = MediaMatch(hashes=hashes)
+        fuzzy_threshold = threshold
         for h in hashes:
             st = signal_types.get(h.signal_type)
+            # one request threshold for several types: exact types always match at 0
+            threshold = None if st.exact else fuzzy_threshold
             if st.name == "vpdq":
                 found = self.match(
                     "vpdq", h.codes, tenant=tenant, threshold=threshold, lists=lists,
