@@ -237,6 +237,12 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--new", type=int)
     ap.add_argument("--dir", type=Path, help="work directory (JPEGs are reused if present)")
     ap.add_argument("--skip-retro", action="store_true")
+    ap.add_argument(
+        "--skip-scan",
+        type=float,
+        metavar="FILES_PER_S",
+        help="skip the scan part; estimate re-hashing at this rate",
+    )
     args = ap.parse_args(argv)
     n = args.files or (60 if args.quick else 1000)
     m = args.catalog or (50_000 if args.quick else 1_000_000)
@@ -255,7 +261,7 @@ def main(argv: list[str]) -> None:
         seed_store(work / "data", 10_000, rng)
 
     rows = []
-    for workers in (1, 2):
+    for workers in () if args.skip_scan else (1, 2):
         floor = decode_floor(paths, workers)
         hashed = hash_floor(paths, workers)
         rate, _summary = scan_rate(paths, workers, work)
@@ -276,7 +282,7 @@ def main(argv: list[str]) -> None:
     if args.skip_retro:
         return
     retro = retroactive(work, m, k, planted=min(100, k), rng=rng)
-    best = max(r[1] for r in rows)
+    best = max(r[1] for r in rows) if rows else args.skip_scan
     rehash_s = m / best
     print()
     print("| catalog | new signals | rescan | s (load+index / query) | re-hash estimate s | "

@@ -102,19 +102,25 @@ def rescan(
     summary = RescanSummary(since=cursor, to=head)
     floor = PDQ_MIN_QUALITY if min_quality is None else int(min_quality)
 
-    # 1. net effect of the change log: the last op on an id wins
-    net: dict[tuple[str, int], str] = {}
-    for change in store.changes_since(cursor):
-        if change.seq > head or change.op not in ("add", "remove"):
+    # 1. net effect of the change log: the last op on an id wins (numpy: `--since all`
+    #    on a store of millions must not build a Python object per signal)
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for order, change in enumerate(store.changes_since(cursor)):
+        if change.seq > head or change.op not in ("add", "remove") or not len(change.ids):
             continue
-        for sid in change.ids.tolist():
-            net[(change.signal_type, int(sid))] = change.op
-    added: dict[str, list[int]] = {}
-    for (stype, sid), op in net.items():
-        if op == "add":
-            added.setdefault(stype, []).append(sid)
-        else:
-            summary.removed_signals += 1
+        tag = np.full(len(change.ids), 2 * order + (change.op == "add"), np.int64)
+        parts.setdefault(change.signal_type, []).append((change.ids.astype(np.int64), tag))
+    added: dict[str, np.ndarray] = {}
+    for stype, chunks in parts.items():
+        ids = np.concatenate([c[0] for c in chunks])
+        tags = np.concatenate([c[1] for c in chunks])
+        order = np.lexsort((tags, ids))  # by id, then by when
+        ids, tags = ids[order], tags[order]
+        last = np.r_[ids[1:] != ids[:-1], True]  # the final op on each id
+        ids, is_add = ids[last], (tags[last] & 1).astype(bool)
+        added[stype] = ids[is_add]
+        summary.removed_signals += int((~is_add).sum())
+    added = {t: ids for t, ids in added.items() if len(ids)}
 
     # 2. new signals -> catalog index
     now = time.time()
@@ -123,7 +129,7 @@ def rescan(
     for stype in sorted(added):
         st = signal_types.get(stype)
         radius = st.check_threshold(threshold_for(stype, threshold))
-        index_ids, codes = store.codes_for(stype, np.asarray(sorted(added[stype]), np.int64))
+        index_ids, codes = store.codes_for(stype, np.sort(added[stype]))
         sids = index_ids >> FRAME_BITS if stype == "vpdq" else index_ids
         info = store.lookup(np.unique(sids).tolist())
         live = np.array(

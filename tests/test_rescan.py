@@ -177,3 +177,20 @@ def test_cached_catalog_index_reads_only_new_rows_and_ignores_stale_ones(tmp_pat
         (str(root / "unrelated/rocket.png"), "pdq", later[("chelsea", "pdq")]),
     ]
     catalog.close()
+
+
+def test_signals_added_and_retracted_between_rescans_net_out(tmp_path):
+    tree = build_tree(tmp_path)
+    data_dir = tmp_path / "data"
+    ingest_originals(data_dir, tree, ["coffee"], list_name="partner")
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    scan([tree.root / "exact"], catalog=catalog, matcher=None,
+         options=ScanOptions(workers=0, progress=False, follow_symlinks=False))  # fmt: skip
+    with Engine.open(data_dir, eager=False) as engine:
+        assert len(rescan(catalog, engine.store).new) == 2  # coffee-copy: pdq + md5
+        ids = ingest_originals(data_dir, tree, ["astronaut"], list_name="partner")
+        engine.retract(list_name="partner", signal_ids=list(ids.values()))
+        result = rescan(catalog, engine.store)
+    assert result.new == [] and result.retracted == []
+    assert result.summary.new_signals == {} and result.summary.removed_signals == 2
+    catalog.close()
