@@ -189,7 +189,8 @@ def test_signals_added_and_retracted_between_rescans_net_out(tmp_path):
     with Engine.open(data_dir, eager=False) as engine:
         assert len(rescan(catalog, engine.store).new) == 2  # coffee-copy: pdq + md5
         ids = ingest_originals(data_dir, tree, ["astronaut"], list_name="partner")
-        engine.retract(list_name="partner", signal_ids=list(ids.values()))
+        astronaut = [sid for (name, _), sid in ids.items() if name == "astronaut"]
+        assert engine.retract(list_name="partner", signal_ids=astronaut) == 2
         result = rescan(catalog, engine.store)
     assert result.new == [] and result.retracted == []
     assert result.summary.new_signals == {} and result.summary.removed_signals == 2
