@@ -20,6 +20,7 @@ current index map; writers serialise on locks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -373,18 +374,24 @@ class Engine:
         (raises :class:`~hashmatch.engine.store.IngestRefused`) if any record is bad.
         ``create_list`` defaults to True for the local admin (``tenant=None``).
         """
-        return self.store.ingest(
-            records,
-            list_name=list_name,
-            actor=actor,
-            source=source,
-            strict=strict,
-            tenant=tenant,
-            create_list=(tenant is None) if create_list is None else create_list,
-            batch_size=batch_size,
-            progress=progress,
-            on_commit=self.sync,
-        )
+        with contextlib.ExitStack() as stack:
+            # Defer index merges to the end of the ingest: each committed batch is
+            # searchable at once (unmerged rows are scanned), but the shards are
+            # re-indexed once, not after every batch.
+            for index in list((self._indexes or {}).values()):
+                stack.enter_context(index.bulk())
+            return self.store.ingest(
+                records,
+                list_name=list_name,
+                actor=actor,
+                source=source,
+                strict=strict,
+                tenant=tenant,
+                create_list=(tenant is None) if create_list is None else create_list,
+                batch_size=batch_size,
+                progress=progress,
+                on_commit=self.sync,
+            )
 
     def retract(
         self,
