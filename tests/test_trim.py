@@ -87,7 +87,7 @@ def test_letterbox_bars_and_screenshot_frame_are_cut():
     assert abs(trimmed.shape[0] - 410) <= 8 and abs(trimmed.shape[1] - 410) <= 8, trimmed.shape
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     top=hst.integers(0, 60),
     bottom=hst.integers(0, 60),
