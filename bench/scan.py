@@ -171,6 +171,16 @@ def flip_bits(codes: np.ndarray, nbits: int, rng: np.random.Generator) -> np.nda
     return out
 
 
+def _warm_up_index() -> None:
+    """Compile / load the index kernels once (numba JIT) so timings are steady state."""
+    from hashmatch.indexes import make_index
+
+    warm = np.random.default_rng(0).integers(0, 256, (2000, 32), np.uint8)
+    index = make_index(256, kind="mih")
+    index.add(warm, np.arange(len(warm), dtype=np.int64))
+    index.search_radius(warm[:10], 31)
+
+
 def retroactive(work: Path, m: int, k: int, planted: int, rng) -> dict:
     from hashmatch.engine.catalog import Catalog
     from hashmatch.engine.rescan import rescan
@@ -186,6 +196,7 @@ def retroactive(work: Path, m: int, k: int, planted: int, rng) -> dict:
     t = time.perf_counter()
     codes = build_catalog(catalog_path, m, rng)
     build_s = time.perf_counter() - t
+    _warm_up_index()
     with Engine.open(data_dir, eager=False) as engine, Catalog(catalog_path) as cat:
         rescan(cat, engine.store)  # cursor = now (empty store)
         picks = rng.choice(m, size=planted, replace=False)
