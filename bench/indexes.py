@@ -205,7 +205,7 @@ def bench_faiss_mih(codes, queries, radius):
         method="FAISS MultiHash 16x16 nflip=1",
         threads="1",
         build=build,
-        mem=grown / codes.nbytes,
+        mem=grown / codes.nbytes if grown > codes.nbytes // 10 else np.nan,  # RSS delta
         rss=grown / codes.nbytes,
         p50=np.percentile(lat, 50),
         p99=np.percentile(lat, 99),
@@ -267,7 +267,7 @@ def radius_sweep(codes, queries, radii) -> list[str]:
     flat = faiss.IndexBinaryFlat(256)
     flat.add(codes)
     lines = [
-        "| T | MIH p50 ms | tables x max t | auto path | FAISS flat p50 ms | flat/MIH |",
+        "| T | MIH p50 ms | tables x probes (max) | auto path | FAISS flat p50 ms | flat/MIH |",
         "|---|---|---|---|---|---|",
     ]
     seg = mih._state[0].segments[0]
@@ -286,8 +286,11 @@ def radius_sweep(codes, queries, radii) -> list[str]:
 
 
 def small_n_sweep(rng, radius) -> list[str]:
+    import faiss
+
     from hashmatch.indexes import make_index
 
+    faiss.omp_set_num_threads(1)
     lines = [
         f"| N | auto picks | auto p50 ms | flat-kind p50 ms | MIH-forced p50 ms (T={radius}) |",
         "|---|---|---|---|---|",
@@ -306,6 +309,7 @@ def small_n_sweep(rng, radius) -> list[str]:
                 np.percentile(latencies(lambda x, ix=index: ix.search_radius(x, radius), q, 5), 50)
             )
         lines.append(f"| {n:,} | {picked} | {cells[0]:.3f} | {cells[1]:.3f} | {cells[2]:.3f} |")
+    faiss.omp_set_num_threads(CORES)
     return lines
 
 
@@ -371,6 +375,7 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--pytx-max", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="100k codes, fewer queries, no sweeps")
     ap.add_argument("--no-peers", action="store_true", help="skip FAISS MultiHash and pytx")
+    ap.add_argument("--no-sweeps", action="store_true", help="skip the radius and small-N sweeps")
     args = ap.parse_args(argv)
     sizes = [100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     nq = 60 if args.quick else args.queries
@@ -417,12 +422,12 @@ def main(argv: list[str]) -> None:
             total = sum(len(h) for h in hits["flat"])
             same = {k: v == hits["flat"] for k, v in hits.items()}
             print(f"\nexactness vs FAISS flat ({total} hits over {nq} queries): {same}", flush=True)
-            if not args.quick and data == "clustered" and n == sizes[0]:
+            if not (args.quick or args.no_sweeps) and data == "clustered" and n == sizes[0]:
                 print("\nradius sweep (one core, clustered):")
                 print("\n".join(radius_sweep(codes, queries, (0, 8, 16, 31, 40, 47, 55, 63))))
             del codes
             gc.collect()
-    if not args.quick:
+    if not (args.quick or args.no_sweeps):
         print("\nsmall-N sweep (clustered, one core):")
         print("\n".join(small_n_sweep(rng, args.radius)))
 

@@ -141,8 +141,9 @@ def _key(row, start, width):
 
 
 @njit(cache=True, nogil=True)
-def build_table(cwords, start, width):
-    """One MIH table as CSR: offsets[2**width + 1] (uint32) and rows sorted by key.
+def build_table(cwords, start, width, rows):
+    """One MIH table as CSR: returns offsets[2**width + 1] (uint32); fills ``rows``
+    (uint32[n]) with the row numbers sorted by key.
 
     A counting sort (bincount + prefix sum + scatter): O(n + 2**width), no
     per-item hash map, stable (rows within a bucket stay in row order).
@@ -158,12 +159,11 @@ def build_table(cwords, start, width):
     for b in range(nb):
         counts[b + 1] += counts[b]
     fill = counts[:nb].copy()
-    rows = np.empty(n, np.uint32)
     for i in range(n):
         key = keys[i]
         rows[fill[key]] = i
         fill[key] += 1
-    return counts, rows
+    return counts
 
 
 @njit(cache=True, nogil=True)

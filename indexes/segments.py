@@ -217,21 +217,30 @@ class MIHSegment(Segment):
         self.rows = rows  # uint32[m, n]: rows of table i in key order
         self._probe_cache: dict[int, tuple] = {}
         self.scan_fallback = True
+        self.densities = self._densities()
+
+    def _densities(self) -> list[float]:
+        """Candidates per probe of each table as the data is really spread."""
+        n = max(len(self.ids), 1)
+        out = []
+        for i, w in enumerate(self.widths):
+            base = int(self.off_base[i])
+            sizes = np.diff(self.offsets[base : base + (1 << int(w)) + 1]).astype(np.float64)
+            out.append(max(float(sizes @ sizes) / n, n / float(1 << int(w))))
+        return out
 
     @classmethod
     def build(cls, words, ids, bits, widths, pool=None) -> MIHSegment:
         starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
 
+        rows = np.empty((len(widths), len(ids)), np.uint32)
+
         def one(i):
-            return kernels.build_table(words, int(starts[i]), int(widths[i]))
+            return kernels.build_table(words, int(starts[i]), int(widths[i]), rows[i])
 
         idx = range(len(widths))
-        tables = list(pool.map(one, idx)) if pool is not None else [one(i) for i in idx]
-        offsets = np.concatenate([t[0] for t in tables])
-        rows = np.empty((len(widths), len(ids)), np.uint32)
-        for i, t in enumerate(tables):
-            rows[i] = t[1]
-        return cls(words, ids, bits, widths, offsets, rows)
+        offsets = list(pool.map(one, idx)) if pool is not None else [one(i) for i in idx]
+        return cls(words, ids, bits, widths, np.concatenate(offsets), rows)
 
     def words(self):
         return self._words
@@ -248,7 +257,7 @@ class MIHSegment(Segment):
             return plan
         n = len(self.ids)
         widths = [int(w) for w in self.widths]
-        tvals, cost = planner.assign_radii(n, widths, radius)
+        tvals, cost = planner.assign_radii(n, widths, radius, self.densities)
         if self.scan_fallback and cost >= planner.scan_cost(n, self.bits):
             plan = None
         else:
