@@ -309,6 +309,21 @@ class SignalStore:
             self._audit(conn, actor, "list.create", name, 0, None, {"owner": owner})
         return self.get_list(name)
 
+    def _ensure_list(
+        self, conn: sqlite3.Connection, name: str, actor: str, *, own_txn: bool
+    ) -> None:
+        if conn.execute("SELECT 1 FROM hash_lists WHERE name = ?", (name,)).fetchone():
+            return
+        if own_txn:
+            self.create_list(name, actor=actor, exist_ok=True)
+            return
+        now = time.time()
+        conn.execute(
+            "INSERT INTO hash_lists(name, created_at, updated_at) VALUES (?, ?, ?)",
+            (_check_name(name, "list_name"), now, now),
+        )
+        self._audit(conn, actor, "list.create", name, 0)
+
     def set_list_enabled(self, name: str, enabled: bool, *, actor: str = "local") -> HashList:
         """Disable (or re-enable) a list: its signals stop (start) matching at once."""
         with self._write() as conn:
@@ -516,17 +531,16 @@ class SignalStore:
         report = IngestReport(list_name=list_name)
         conn = self.conn()
         with self.write_lock:
-            if create_list and tenant is None:
-                self.create_list(list_name, actor=actor, exist_ok=True)
-            list_id = self._list_id(conn, list_name)
-            self.check_write(conn, tenant, list_id)
-            ingest_id = time.time_ns()
-            seen = 0
-            in_txn = False
+            if strict:  # everything, even creating the list, in one transaction
+                conn.execute("BEGIN IMMEDIATE")
+            in_txn = strict
             try:
-                if strict:
-                    conn.execute("BEGIN IMMEDIATE")
-                    in_txn = True
+                if create_list and tenant is None:
+                    self._ensure_list(conn, list_name, actor, own_txn=not strict)
+                list_id = self._list_id(conn, list_name)
+                self.check_write(conn, tenant, list_id)
+                ingest_id = time.time_ns()
+                seen = 0
                 # Parsing (Python, holds the GIL) runs in a helper thread while this one
                 # waits in SQLite (which releases it): the two overlap.
                 for batch, parser_rejections, seen in _prefetch(_batches(records, batch_size)):

@@ -70,7 +70,7 @@ def test_strict_ingest_exits_nonzero_and_writes_nothing(run, tmp_path):
     result = run("ingest", str(f), "--list", "l", "--type", "pdq", "--strict", ok=False)
     assert result.exit_code == 1
     assert "REFUSED (strict)" in result.output
-    assert "0 live signal(s)" in run("lists", "ls").output
+    assert "0 list(s), 0 live signal(s)" in run("lists", "ls").output
 
 
 def test_index_rebuild_verify_stats(run, tmp_path):
