@@ -28,10 +28,10 @@ def oracle_hex(image: Image.Image, name: str) -> str:
     return str(ORACLE[name](image))
 
 
-def assert_same(rgb: np.ndarray, label: str = "") -> None:
+def assert_same(rgb: np.ndarray, label: str = "", types=IMAGEHASH_TYPES) -> None:
     ours = imagehash_codes(rgb)
     pil = Image.fromarray(rgb)
-    for name in IMAGEHASH_TYPES:
+    for name in types:
         assert ours[name].dtype == np.uint8 and ours[name].shape == (8,)
         assert ours[name].tobytes().hex() == oracle_hex(pil, name), f"{name} {label}"
 
@@ -73,8 +73,16 @@ def test_reference_images_match_imagehash(reference_dir: Path):
         if p.suffix.lower() in IMAGE_SUFFIXES and "modes" not in p.parts
     )
     assert len(paths) >= 30
+    large_whash = 0
     for path in paths:
-        assert_same(decode_image(path), str(path))
+        rgb = decode_image(path)
+        # imagehash.whash runs pywt on a 1024x1024 image for these 1600x1004 photos
+        # (~0.3 s each): check wHash on all small images and on three large ones.
+        if min(rgb.shape[:2]) <= 600 or large_whash < 3:
+            large_whash += min(rgb.shape[:2]) > 600
+            assert_same(rgb, str(path))
+        else:
+            assert_same(rgb, str(path), types=("phash", "dhash", "ahash"))
 
 
 def test_pillow_image_in_another_mode_converts_like_imagehash(reference_dir: Path):
@@ -87,7 +95,8 @@ def test_pillow_image_in_another_mode_converts_like_imagehash(reference_dir: Pat
             if im.mode in ("I", "F", "I;16", "LAB", "HSV"):  # imagehash itself cannot
                 continue
             ours = imagehash_codes(im)
-            for name in IMAGEHASH_TYPES:
+            types = IMAGEHASH_TYPES if checked < 3 else ("phash", "dhash", "ahash")
+            for name in types:
                 assert ours[name].tobytes().hex() == oracle_hex(im, name), f"{name} {path}"
             checked += 1
     assert checked >= 5
