@@ -345,6 +345,12 @@ class Catalog:
         ).fetchone()
         return int(row[0])
 
+    def set_stat(self, path: str, size: int | None, mtime_ns: int | None) -> None:
+        """A file was touched but its bytes (MD5) did not change: record the new stat."""
+        self.conn.execute(
+            "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path)
+        )
+
     def mark_seen(self, file_ids: Iterable[int], run_id: int) -> None:
         self.conn.executemany(
             "UPDATE files SET seen_run = ? WHERE id = ?", [(run_id, i) for i in file_ids]

@@ -200,6 +200,7 @@ class WorkResult:
     hashes: list[FileHashes] = field(default_factory=list)
     reason: str | None = None
     error: str | None = None
+    unchanged: bool = False  # same MD5 as catalogued (only touched): not hashed again
 
 
 def types_for(path: str, types: Sequence[str]) -> tuple[str, ...]:
@@ -277,8 +278,14 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="hashmatch-parent-watch", daemon=True).start()
 
 
-def hash_file(path: str, types: Sequence[str], options=None) -> WorkResult:
-    """Read one file, MD5 it and hash it with every applicable type. Never raises."""
+def hash_file(
+    path: str, types: Sequence[str], options=None, known_md5: bytes | None = None
+) -> WorkResult:
+    """Read one file, MD5 it and hash it with every applicable type. Never raises.
+
+    ``known_md5``: the catalogued MD5 of a file whose mtime changed but size did not;
+    if the content is the same, the file is reported ``unchanged`` without decoding.
+    """
     from hashmatch.engine.hashing import DEFAULT_OPTIONS, hash_media
 
     options = options or _WORKER_OPTIONS or DEFAULT_OPTIONS
@@ -293,6 +300,8 @@ def hash_file(path: str, types: Sequence[str], options=None) -> WorkResult:
                 )
             data = fh.read()
         md5 = hashlib.md5(data).digest()
+        if known_md5 is not None and md5 == known_md5:
+            return WorkResult(path, size, mtime, md5, unchanged=True)
         wanted = types_for(path, types)
         if not wanted:
             return WorkResult(
@@ -314,8 +323,10 @@ def hash_file(path: str, types: Sequence[str], options=None) -> WorkResult:
         return WorkResult(path, size, mtime, md5, reason=failure_reason(exc), error=str(exc))
 
 
-def _hash_chunk(paths: Sequence[str], types: Sequence[str]) -> list[WorkResult]:
-    return [hash_file(p, types) for p in paths]
+def _hash_chunk(
+    paths: Sequence[str], types: Sequence[str], known: Sequence[bytes | None]
+) -> list[WorkResult]:
+    return [hash_file(p, types, known_md5=k) for p, k in zip(paths, known, strict=True)]
 
 
 # ----------------------------------------------------------------------------- matching
@@ -669,6 +680,7 @@ class Scanner:
         self._last_commit = time.monotonic()
         self._broken = False
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._known: dict[str, tuple[int, bytes]] = {}  # path -> (file id, md5) to compare
 
     # -- public -------------------------------------------------------------------------
 
@@ -749,6 +761,15 @@ class Scanner:
                         continue
                     if (
                         rec is not None
+                        and rec.status == HASHED
+                        and rec.md5 is not None
+                        and rec.size == e.size
+                        and set(types_for(e.path, opts.types)) <= set(rec.types)
+                        and bool(opts.dihedral) == bool(self._stored_dihedral(rec))
+                    ):  # touched (new mtime, same size): compare MD5 before decoding
+                        self._known[e.path] = (rec.id, rec.md5)
+                    if (
+                        rec is not None
                         and rec.status == FAILED
                         and rec.reason in DETERMINISTIC_FAILURES
                         and rec.size == e.size
@@ -762,7 +783,10 @@ class Scanner:
                         self.summary.skipped_unchanged += 1
                         continue
                     if pool is None:
-                        self._pending.append(hash_file(e.path, opts.types, self.hash_options))
+                        md5 = self._known.get(e.path, (0, None))[1]
+                        self._pending.append(
+                            hash_file(e.path, opts.types, self.hash_options, known_md5=md5)
+                        )
                         self._flush_if_due()
                         continue
                     chunk.append(e)
@@ -796,7 +820,8 @@ class Scanner:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
             self._broken = False
-        fut = self._pool.submit(_hash_chunk, [c.path for c in chunk], self.options.types)
+        known = [self._known.get(c.path, (0, None))[1] for c in chunk]
+        fut = self._pool.submit(_hash_chunk, [c.path for c in chunk], self.options.types, known)
         inflight[fut] = list(chunk)
 
     def _stored_dihedral(self, rec) -> bool:
@@ -836,6 +861,11 @@ class Scanner:
         if not results and not skipped:
             return
         self._pending, self._pending_skipped = [], []
+        touched = [r for r in results if r.unchanged]  # same bytes: reuse catalogued hashes
+        if touched:
+            results = [r for r in results if not r.unchanged]
+            skipped = skipped + [self._known.pop(r.path)[0] for r in touched]
+            self.summary.skipped_unchanged += len(touched)
         ok = [r for r in results if r.reason is None]
         stored = self.catalog.hashes_of(skipped) if skipped else {}
         # match before the transaction: the lookups may be slow (remote), the write is not
@@ -888,6 +918,8 @@ class Scanner:
                 if self.matcher is not None:
                     self.catalog.replace_matches(file_id, rows, found_by="scan")
             self.catalog.mark_seen(skipped, self.run_id)
+            for r in touched:
+                self.catalog.set_stat(r.path, r.size, r.mtime_ns)
             self.catalog.bump_counter("hash_calls", len(ok) + failed_hashing(results))
         self.summary.hashed += len(ok)
         self.progress.update(len(results) + len(skipped), failed=failed, matched=matched_files)

@@ -303,3 +303,27 @@ def test_report_to_a_fifo_or_device_writes_through_never_replaces_it(tmp_path):
     link.symlink_to(target)
     write_jsonl_atomically(link, [{"kind": "summary"}])
     assert link.is_symlink() and target.read_text() == '{"kind": "summary"}\n'
+
+
+def test_touched_file_with_same_bytes_is_not_decoded_again(world, tmp_path):
+    import os
+
+    base, tree, _ids = world
+    folder = tree.root / "exact"
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    matcher = LocalMatcher.open(base / "data")
+    for workers in (0, 1):  # in-process and through the pool
+        opts = ScanOptions(workers=workers, progress=False, follow_symlinks=False)
+        first = scan([folder], catalog=catalog, matcher=matcher, options=opts)
+        calls = catalog.counter("hash_calls")
+        victim = folder / "coffee-copy.png"
+        st = victim.stat()
+        os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9 * (workers + 1)))
+        again = scan([folder], catalog=catalog, matcher=matcher, options=opts)
+        assert again.hashed == 0 and again.skipped_unchanged == 2
+        assert catalog.counter("hash_calls") == calls  # read and MD5'd, never decoded
+        assert again.matches == first.matches == 4  # re-matched from the catalog
+        rec = catalog.lookup([str(victim)])[str(victim)]
+        assert rec.mtime_ns == victim.stat().st_mtime_ns  # the new stat is recorded
+    matcher.close()
+    catalog.close()
