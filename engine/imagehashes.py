@@ -45,7 +45,11 @@ def to_grey(image: np.ndarray | Image.Image) -> Image.Image:
     arr = np.ascontiguousarray(image, dtype=np.uint8)
     if arr.ndim == 2:
         return Image.fromarray(arr, "L")
-    return Image.fromarray(arr[:, :, :3], "RGB").convert("L")
+    arr = np.ascontiguousarray(arr[:, :, :3])
+    h, w = arr.shape[:2]
+    # frombuffer shares the array's memory (fromarray copies 3 bytes a pixel first).
+    rgb = Image.frombuffer("RGB", (w, h), arr, "raw", "RGB", 0, 1)
+    return rgb.convert("L")
 
 
 def _resized(grey: Image.Image, width: int, height: int) -> np.ndarray:
