@@ -170,7 +170,8 @@ class Engine:
 
     def sync(self) -> int:
         """Apply store changes made since the indexes were last brought up to date."""
-        if self._indexes is None:
+        if self._indexes is None:  # nothing to keep in step (CLI): drop handed-over codes
+            self.store._drop_fresh()
             return 0
         if self.store.change_counter() <= self._applied:
             return 0
