@@ -298,3 +298,78 @@ def test_fingerprints_are_distinct_per_type_and_deterministic():
     assert len(np.unique(fp)) == len(c) and (fp >= 0).all()
     assert (fingerprints("pdq", c) == fp).all()
     assert not np.intersect1d(fingerprints("sha256", c), fp).size
+
+
+# ----------------------------------------------------------------- property: index <=> store
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+def _near_pool(n: int = 24) -> np.ndarray:
+    """Near-duplicates of one code (pairwise distances ~0-60): radius 40 overlaps a lot."""
+    rng = np.random.default_rng(11)
+    bits = np.unpackbits(codes(1, seed=12)[0])
+    out = []
+    for _ in range(n):
+        b = bits.copy()
+        flip_at = rng.choice(256, size=int(rng.integers(0, 30)), replace=False)
+        b[flip_at] ^= 1
+        out.append(np.packbits(b))
+    return np.unique(np.stack(out), axis=0)
+
+
+POOL = _near_pool()
+OPS = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("ingest"), st.sampled_from(["a", "b"]), st.sets(st.integers(0, len(POOL) - 1))
+        ),
+        st.tuples(st.just("retract"), st.sampled_from(["a", "b"]), st.sets(st.integers(1, 40))),
+        st.tuples(st.just("restore"), st.sampled_from(["a", "b"]), st.sets(st.integers(1, 40))),
+        st.tuples(st.just("toggle"), st.sampled_from(["a", "b"]), st.just(set())),
+        st.tuples(st.just("reopen"), st.just(""), st.just(set())),
+    ),
+    min_size=1,
+    max_size=8,
+)
+
+
+def brute_force(store, radius: int) -> list[set[int]]:
+    enabled = {info.name for info in store.lists() if info.enabled}
+    live = [s for s in store.signals(retracted=False, limit=10**6) if s.list_name in enabled]
+    out = []
+    for q in POOL:
+        hits = set()
+        for s in live:
+            d = int(np.bitwise_count(np.frombuffer(bytes.fromhex(s.hash_hex), np.uint8) ^ q).sum())
+            if d <= radius:
+                hits.add(s.id)
+        out.append(hits)
+    return out
+
+
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(ops=OPS)
+def test_matches_always_equal_brute_force_over_the_store(tmp_path_factory, ops):
+    data = tmp_path_factory.mktemp("prop")
+    e = Engine.open(data)
+    try:
+        for op, name, arg in ops:
+            if op == "ingest":
+                e.ingest(records(POOL[sorted(arg)]), list_name=name)
+            elif op in ("retract", "restore") and name in {i.name for i in e.store.lists()}:
+                getattr(e, op)(list_name=name, signal_ids=sorted(arg))
+            elif op == "toggle" and name in {i.name for i in e.store.lists()}:
+                e.store.set_list_enabled(name, not e.store.get_list(name).enabled)
+            elif op == "reopen":
+                e.snapshot()
+                e.close()
+                e = Engine.open(data)
+            got = [{m.signal_id for m in r} for r in e.match("pdq", POOL, threshold=40)]
+            assert got == brute_force(e.store, 40)
+        assert e.verify_index()["ok"]
+    finally:
+        e.close()
