@@ -6,8 +6,9 @@ power-of-two-sized image in floating point (tens of ms at 512x512). Hash lists m
 imagehash must still match, so every bit here is the bit imagehash gives:
 
 * The same pixels: Pillow's ``convert("L")`` (done once, shared by all four types) and
-  Pillow's LANCZOS ``resize`` to the same sizes (8x8, 9x8, 32x32, 2^k x 2^k), i.e. the
-  identical resampled pixels imagehash thresholds.
+  Pillow's LANCZOS ``resize`` to the same sizes (8x8, 9x8, 32x32, 2^k x 2^k), computed
+  bit for bit by :mod:`hashmatch.engine.resample` (SIMD numba kernels of Pillow's
+  integer pipeline, falling back to Pillow itself where it cannot prove equality).
 * aHash/dHash threshold integers: ``pixels > mean`` is ``64 * pixels > sum`` (the float
   mean of 64 uint8 values is exact), ``dHash`` compares neighbours. Identical by
   construction.
@@ -33,27 +34,25 @@ from collections.abc import Iterable
 import numpy as np
 from PIL import Image
 
+from hashmatch.engine.resample import grey_from_rgb, resize_lanczos
+
 IMAGEHASH_TYPES = ("phash", "dhash", "ahash", "whash")
 HASH_SIZE = 8
-_LANCZOS = Image.Resampling.LANCZOS
 
 
-def to_grey(image: np.ndarray | Image.Image) -> Image.Image:
-    """RGB ``uint8[h, w, 3]`` (or a Pillow image) -> Pillow ``L``, as imagehash converts."""
+def to_grey(image: np.ndarray | Image.Image) -> np.ndarray:
+    """RGB ``uint8[h, w, 3]`` (or a Pillow image) -> ``uint8[h, w]``, as imagehash's
+    ``convert("L")`` (a Pillow image converts from its own mode, with Pillow)."""
     if isinstance(image, Image.Image):
-        return image if image.mode == "L" else image.convert("L")
-    arr = np.ascontiguousarray(image, dtype=np.uint8)
+        return np.asarray(image if image.mode == "L" else image.convert("L"))
+    arr = np.asarray(image, dtype=np.uint8)
     if arr.ndim == 2:
-        return Image.fromarray(arr, "L")
-    arr = np.ascontiguousarray(arr[:, :, :3])
-    h, w = arr.shape[:2]
-    # frombuffer shares the array's memory (fromarray copies 3 bytes a pixel first).
-    rgb = Image.frombuffer("RGB", (w, h), arr, "raw", "RGB", 0, 1)
-    return rgb.convert("L")
+        return np.ascontiguousarray(arr)
+    return grey_from_rgb(arr)
 
 
-def _resized(grey: Image.Image, width: int, height: int) -> np.ndarray:
-    return np.asarray(grey.resize((width, height), _LANCZOS))
+def _resized(grey: np.ndarray, width: int, height: int) -> np.ndarray:
+    return resize_lanczos(grey, width, height)
 
 
 def _pack(bits: np.ndarray) -> np.ndarray:
@@ -61,17 +60,17 @@ def _pack(bits: np.ndarray) -> np.ndarray:
     return np.packbits(np.asarray(bits, dtype=bool).reshape(-1))
 
 
-def ahash(grey: Image.Image) -> np.ndarray:
+def ahash(grey: np.ndarray) -> np.ndarray:
     pixels = _resized(grey, HASH_SIZE, HASH_SIZE).astype(np.int64)
     return _pack(pixels * pixels.size > pixels.sum())
 
 
-def dhash(grey: Image.Image) -> np.ndarray:
+def dhash(grey: np.ndarray) -> np.ndarray:
     pixels = _resized(grey, HASH_SIZE + 1, HASH_SIZE)
     return _pack(pixels[:, 1:] > pixels[:, :-1])
 
 
-def phash(grey: Image.Image) -> np.ndarray:
+def phash(grey: np.ndarray) -> np.ndarray:
     import scipy.fftpack  # what imagehash uses; lazily, as imagehash does
 
     pixels = _resized(grey, HASH_SIZE * 4, HASH_SIZE * 4)
@@ -86,24 +85,23 @@ def whash_scale(width: int, height: int) -> int:
     return max(natural, HASH_SIZE)
 
 
-def whash(grey: Image.Image) -> np.ndarray:
-    scale = whash_scale(*grey.size)
-    resized = grey.resize((scale, scale), _LANCZOS)
-    pixels = np.asarray(resized)
+def whash(grey: np.ndarray) -> np.ndarray:
+    scale = whash_scale(grey.shape[1], grey.shape[0])
+    pixels = _resized(grey, scale, scale)
     block = scale // HASH_SIZE
     sums = pixels.reshape(HASH_SIZE, block, HASH_SIZE, block).sum(axis=(1, 3), dtype=np.int64)
     ordered = np.sort(sums, axis=None)
     half = ordered.size // 2
     if ordered[half - 1] == ordered[half]:
-        return _whash_imagehash(resized)
+        return _whash_imagehash(pixels)
     return _pack(sums > ordered[half - 1])
 
 
-def _whash_imagehash(resized: Image.Image) -> np.ndarray:
+def _whash_imagehash(resized: np.ndarray) -> np.ndarray:
     """The tie case: imagehash's own float computation (its resize is then a copy)."""
     import imagehash
 
-    return _pack(imagehash.whash(resized, hash_size=HASH_SIZE).hash)
+    return _pack(imagehash.whash(Image.fromarray(resized, "L"), hash_size=HASH_SIZE).hash)
 
 
 _HASHERS = {"phash": phash, "dhash": dhash, "ahash": ahash, "whash": whash}

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from hashmatch.engine import resample
 from hashmatch.engine.decode import decode_image
 from hashmatch.engine.imagehashes import IMAGEHASH_TYPES, imagehash_codes
 
@@ -151,3 +152,50 @@ def test_random_resizes_of_photos(scale, which):
 def test_only_requested_types_are_computed():
     rgb = SKIMAGE[0][1]
     assert set(imagehash_codes(rgb, ["dhash"])) == {"dhash"}
+
+
+# ---- the bit-exact Pillow resampler the fast path uses
+
+
+def _pillow_resize(grey: np.ndarray, w: int, h: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(grey, "L").resize((w, h), Image.Resampling.LANCZOS))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    w=st.integers(1, 400),
+    h=st.integers(1, 400),
+    ow=st.integers(1, 70),
+    oh=st.integers(1, 70),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_resample_equals_pillow_on_every_path(w, h, ow, oh, seed):
+    """First sight (Pillow), learned order (our kernels) and one-pass resizes."""
+    rng = np.random.default_rng(seed)
+    for _ in range(3):  # the second call learns the order, the third uses it
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        grey = resample.grey_from_rgb(rgb)
+        assert np.array_equal(grey, np.asarray(Image.fromarray(rgb).convert("L")))
+        assert np.array_equal(resample.resize_lanczos(grey, ow, oh), _pillow_resize(grey, ow, oh))
+    for a, b in [(ow, h), (w, oh)]:  # one pass only: no order involved
+        assert np.array_equal(resample._h_first(grey, a, b), _pillow_resize(grey, a, b))
+
+
+def test_learned_orders_reproduce_pillow_for_hash_sizes():
+    rng = np.random.default_rng(9)
+    for w, h in [(512, 512), (640, 480), (480, 640), (1000, 300), (123, 457)]:
+        for ow, oh in [(32, 32), (8, 8), (9, 8)]:
+            order = resample.learn_pass_order(w, h, ow, oh)
+            assert order in ("h", "v")  # our kernels, not the Pillow fallback
+            grey = rng.integers(0, 256, (h, w), dtype=np.uint8)
+            ours = resample._ORDERS[order](grey, ow, oh)
+            assert np.array_equal(ours, _pillow_resize(grey, ow, oh))
+
+
+def test_repeated_sizes_take_the_kernel_path_and_keep_imagehash_bits():
+    rng = np.random.default_rng(4)
+    for i in range(4):
+        smooth = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+        rgb = np.asarray(Image.fromarray(smooth).resize((333, 250), Image.Resampling.BICUBIC))
+        assert_same(np.ascontiguousarray(rgb), f"repeat {i}")
+    assert resample._order_cache.get((333, 250, 32, 32)) in ("h", "v")
