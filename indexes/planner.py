@@ -14,10 +14,11 @@ development machine (numba kernels, 256-bit codes); only their ratios matter.
 
 Build-time choice (``plan_tables``): the number of substrings m (hence widths,
 ~log2 n bits each) that minimises the cost at the type's default radius while
-the tables fit a memory budget (offsets + row lists <= ``2 x`` the raw codes,
-so the whole index stays <= 3x raw). Query-time choice (``assign_radii``): the
-t_i for the requested radius, greedily spending the ``T + 1`` units where they
-cost least; if the best MIH cost is above the scan cost, the segment scans.
+the tables fit a memory budget (offsets + row lists <= 2x the raw codes by
+default, so codes + tables <= 3x; the int64 ids add 8 bytes per code on top).
+Query-time choice (``assign_radii``): the t_i for the requested radius, greedily
+spending the ``T + 1`` units where they cost least; if the best MIH cost is above
+the scan cost, the segment scans.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def plan_tables(
     unless ``force``; or no layout fits the memory budget)."""
     if n == 0:
         return None
-    budget = (memory_ratio - 1.0) * n * bits / 8
+    budget = (memory_ratio - 1.0) * n * bits / 8  # the codes themselves are the 1x
     plans = []
     for m in range(max(1, -(-bits // MAX_WIDTH)), bits // MIN_WIDTH + 1):
         widths = split_widths(bits, m)

@@ -82,7 +82,11 @@ class Segment:
         return kernels.scan_knn(qwords, self.words(), _dead(dead), k, self.bits)
 
     def nbytes(self) -> int:
-        return self.ids.nbytes
+        return self.ids.nbytes + self._sorted_nbytes()
+
+    def _sorted_nbytes(self) -> int:
+        """The id lookup arrays, once a removal has built them."""
+        return 0 if self._sorted is None else self._sorted[0].nbytes + self._sorted[1].nbytes
 
     def save(self, directory: Path) -> dict:
         """Write files into ``directory``; return metadata for the manifest."""
@@ -118,7 +122,7 @@ class ScanSegment(Segment):
         return kernels.scan_radius(qwords, self._words, _dead(dead), radius)
 
     def nbytes(self) -> int:
-        return self.ids.nbytes + self._words.nbytes
+        return self.ids.nbytes + self._words.nbytes + self._sorted_nbytes()
 
     def save(self, directory):
         np.save(directory / "words.npy", self._words)
@@ -187,7 +191,7 @@ class FlatSegment(Segment):
         return out_d, out_r
 
     def nbytes(self) -> int:
-        return self.ids.nbytes + self.index.ntotal * self.bits // 8
+        return self.ids.nbytes + self.index.ntotal * self.bits // 8 + self._sorted_nbytes()
 
     def save(self, directory):
         faiss.write_index_binary(self.index, str(directory / "flat.faissindex"))
@@ -292,7 +296,10 @@ class MIHSegment(Segment):
         )  # fmt: skip
 
     def nbytes(self) -> int:
-        return self.ids.nbytes + self._words.nbytes + self.offsets.nbytes + self.rows.nbytes
+        return (
+            self.ids.nbytes + self._words.nbytes + self.offsets.nbytes + self.rows.nbytes
+            + self._sorted_nbytes()
+        )  # fmt: skip
 
     def save(self, directory):
         np.save(directory / "words.npy", self._words)
@@ -360,7 +367,10 @@ class ExactSegment(Segment):
         return kernels.exact_lookup(qkeys, qwords, self.skeys, self.order, self._words, _dead(dead))
 
     def nbytes(self) -> int:
-        return self.ids.nbytes + self._words.nbytes + self.skeys.nbytes + self.order.nbytes
+        return (
+            self.ids.nbytes + self._words.nbytes + self.skeys.nbytes + self.order.nbytes
+            + self._sorted_nbytes()
+        )  # fmt: skip
 
     def save(self, directory):
         np.save(directory / "words.npy", self._words)
