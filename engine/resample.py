@@ -195,6 +195,8 @@ def learn_pass_order(w: int, h: int, width: int, height: int) -> str:
         same = [n for n, fn in _ORDERS.items() if np.array_equal(fn(probe, width, height), truth)]
         found = same[0] if len(same) == 1 else "pillow"
         with _lock:
+            if len(_order_cache) > 65536:  # bounded in long-running services
+                _order_cache.clear()
             _order_cache[key] = found
     return found
 
