@@ -354,8 +354,7 @@ class SignalStore:
         ).fetchall()
         counts: dict[int, dict[str, list[int]]] = {}
         for list_id, stype, live, retracted in conn.execute(
-            "SELECT list_id, signal_type, SUM(retracted_at IS NULL), SUM(retracted_at IS NOT NULL)"
-            " FROM signals GROUP BY list_id, signal_type"
+            "SELECT list_id, signal_type, live, retracted FROM list_counts"
         ):
             counts.setdefault(list_id, {})[stype] = [live, retracted]
         out = []
@@ -800,6 +799,15 @@ class SignalStore:
                 with self._fresh_lock:
                     self._fresh[cur.lastrowid] = (ids, np.ascontiguousarray(kept))
                     self._fresh_rows += len(ids)
+            frames = 0
+            if st.name == "vpdq":
+                frames = sum(len(items[i][1].frames) for i in new_rows)
+            conn.execute(
+                "INSERT INTO list_counts(list_id, signal_type, live, frames) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT(list_id, signal_type) DO UPDATE SET live = live + excluded.live,"
+                " frames = frames + excluded.frames",
+                (list_id, st.name, inserted, frames),
+            )
             counts["added"] += inserted
 
     def _reingest(
@@ -963,6 +971,15 @@ class SignalStore:
                 for sid in ids:
                     by_type.setdefault(targets[sid], []).append(sid)
                 for stype, tids in by_type.items():
+                    frames = 0
+                    if stype == "vpdq":
+                        frames = sum(self.frame_counts(tids).values())
+                    sign = 1 if retract else -1
+                    wconn.execute(
+                        "UPDATE list_counts SET live = live - ?, retracted = retracted + ?,"
+                        " frames = frames - ? WHERE list_id = ? AND signal_type = ?",
+                        (sign * len(tids), sign * len(tids), sign * frames, list_id, stype),
+                    )
                     wconn.execute(
                         "INSERT INTO changes(op, signal_type, ids) VALUES (?, ?, ?)",
                         (
@@ -1129,19 +1146,13 @@ class SignalStore:
 
     def count_live(self, signal_type: str | None = None) -> dict[str, int]:
         """Live signals per type (vPDQ counts frames, as its index does)."""
-        conn = self.conn()
-        out = {
-            t: n
-            for t, n in conn.execute(
-                "SELECT signal_type, COUNT(*) FROM signals WHERE retracted_at IS NULL"
-                " GROUP BY signal_type"
-            )
-        }
-        if "vpdq" in out:
-            out["vpdq"] = conn.execute(
-                "SELECT COUNT(*) FROM signal_frames f JOIN signals s ON s.id = f.signal_id"
-                " WHERE s.retracted_at IS NULL"
-            ).fetchone()[0]
+        out = {}
+        for t, live, frames in self.conn().execute(
+            "SELECT signal_type, SUM(live), SUM(frames) FROM list_counts GROUP BY signal_type"
+        ):
+            n = frames if t == "vpdq" else live
+            if n:
+                out[t] = int(n)
         if signal_type is not None:
             return {signal_type: out.get(signal_type, 0)}
         return out

@@ -91,6 +91,30 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
 ]
 
+MIGRATIONS.append(
+    (
+        2,
+        "per list and type counters (lists ls / stats without scanning every signal)",
+        """
+        CREATE TABLE list_counts (
+            list_id INTEGER NOT NULL REFERENCES hash_lists(id),
+            signal_type TEXT NOT NULL,
+            live INTEGER NOT NULL DEFAULT 0,
+            retracted INTEGER NOT NULL DEFAULT 0,
+            frames INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (list_id, signal_type)
+        );
+        INSERT INTO list_counts(list_id, signal_type, live, retracted)
+            SELECT list_id, signal_type, SUM(retracted_at IS NULL), SUM(retracted_at IS NOT NULL)
+            FROM signals GROUP BY list_id, signal_type;
+        UPDATE list_counts SET frames = (
+            SELECT COUNT(*) FROM signal_frames f JOIN signals s ON s.id = f.signal_id
+            WHERE s.list_id = list_counts.list_id AND s.retracted_at IS NULL
+        ) WHERE signal_type = 'vpdq'
+        """,
+    )
+)
+
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
 

@@ -373,3 +373,36 @@ def test_matches_always_equal_brute_force_over_the_store(tmp_path_factory, ops):
         assert e.verify_index()["ok"]
     finally:
         e.close()
+
+
+def test_migrations_upgrade_an_old_store_in_place(tmp_path):
+    """A version-1 store (no counters table) opens in this hashmatch with its data."""
+    from hashmatch.engine import store_schema
+
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    v1 = store_schema.MIGRATIONS[:1]
+    saved = store_schema.MIGRATIONS[:]
+    try:
+        store_schema.MIGRATIONS[:] = v1
+        store_schema.migrate(conn)
+    finally:
+        store_schema.MIGRATIONS[:] = saved
+    conn.execute("INSERT INTO hash_lists(name, created_at, updated_at) VALUES ('old', 0, 0)")
+    fps = fingerprints("pdq", codes(3))
+    for i, (row, fp) in enumerate(zip(codes(3), fps.tolist(), strict=True)):
+        conn.execute(
+            "INSERT INTO signals(list_id, signal_type, code, fp, added_at, updated_at,"
+            " retracted_at) VALUES (1, 'pdq', ?, ?, 0, 0, ?)",
+            (row.tobytes(), fp, 5.0 if i == 0 else None),
+        )
+    conn.close()
+    from hashmatch.engine.store import SignalStore
+
+    store = SignalStore(path)
+    versions = [v for (v,) in store.conn().execute("SELECT version FROM schema_version")]
+    assert versions == [1, CURRENT_VERSION] and CURRENT_VERSION >= 2
+    info = store.get_list("old")
+    assert (info.signal_count, info.retracted_count) == (2, 1)
+    assert store.count_live() == {"pdq": 2}
+    store.close()
