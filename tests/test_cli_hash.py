@@ -120,3 +120,14 @@ def test_real_subprocess(tree: Path):
     assert [r["type"] for r in recs] == ["pdq", "whash"]
     assert recs[1]["hash"] == str(imagehash.whash(Image.open(tree / "astronaut.png")))
     assert np.frombuffer(bytes.fromhex(recs[0]["hash"]), np.uint8).shape == (32,)
+
+
+def test_bench_hashing_quick_runs_and_prints_the_table():
+    """``python -m bench hashing --quick`` (CI form), limited to the cheap PDQ rows."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "hashing", "--quick", "--only", "dihedral vs"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=PROJECT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| PDQ dihedral vs")]
+    assert len(rows) == 2 and all("costs" in r for r in rows)
