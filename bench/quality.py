@@ -38,6 +38,7 @@ from hashmatch.engine.trim import trim_borders
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT.parent / "shared" / "reference"
+NO_TILES = frozenset({"skimage:retina"})
 PRECISION = 0.9999
 PDQ_THRESHOLD = 31
 MIN_QUALITY = 50
@@ -99,7 +100,9 @@ def make_originals(
     for name, im in sources:
         cands = [(name, im)]
         h, w = im.shape[:2]
-        k = min(tiles, min(h, w) // 160)
+        # retina: a fundus photo is mirror-symmetric, so its tiles are flips of each
+        # other (true near-duplicates, not wrong matches): no tiles from it.
+        k = 1 if name in NO_TILES else min(tiles, min(h, w) // 160)
         if k > 1:
             th, tw = h // k, w // k
             for i in range(k):
