@@ -101,3 +101,21 @@ def test_padded_copy_matches_through_match_media_with_trim_borders(engine):
     found = engine.match_media(copy, options=HashOptions(trim_borders=True)).matches
     assert [m.external_id for m in found] == ["astronaut"]
     assert engine.match_media(copy).matches == []
+
+
+def test_letterboxed_video_matches_its_original_once_frames_are_trimmed(reference_dir):
+    from hashmatch.engine.multihash import vpdq_trimmed
+    from hashmatch.engine.video import hash_video, is_vpdq_match, vpdq_match
+
+    videos = reference_dir / "videos"
+    barred = videos / "pattern-sd-with-small-logo-bar.mp4"
+    original = hash_video(videos / "pattern-hd-no-bar.mp4")
+    plain = hash_video(barred)
+    trimmed = vpdq_trimmed(barred)
+    assert len(trimmed) == len(plain)  # same frames, one code each
+    args = (original.codes, original.qualities)
+    assert not is_vpdq_match(*vpdq_match(plain.codes, plain.qualities, *args))
+    assert is_vpdq_match(*vpdq_match(trimmed.codes, trimmed.qualities, *args))
+    # another scene still does not match
+    other = hash_video(videos / "doorknob-hd-no-bar.mp4")
+    assert vpdq_match(trimmed.codes, trimmed.qualities, other.codes, other.qualities)[0] < 80
