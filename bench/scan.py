@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hashmatch.engine.scan import worker_context
+
 DECODE_ANCHOR = 0.8
 
 
@@ -76,7 +78,7 @@ def decode_floor(paths: list[Path], procs: int) -> float:
         assert _imread_all(names) == len(names)
         return len(names) / (time.perf_counter() - t)
     chunks = [names[i::procs] for i in range(procs)]
-    with cf.ProcessPoolExecutor(procs) as pool:
+    with cf.ProcessPoolExecutor(procs, mp_context=worker_context()) as pool:
         list(pool.map(_imread_all, [c[:1] for c in chunks]))
         t = time.perf_counter()
         assert sum(pool.map(_imread_all, chunks)) == len(names)
@@ -97,7 +99,7 @@ def hash_floor(paths: list[Path], procs: int) -> float:
     catalog, no lookups, no walk (the scan's own overhead is what is left)."""
     names = [str(p) for p in paths]
     chunks = [names[i::procs] for i in range(procs)]
-    with cf.ProcessPoolExecutor(procs) as pool:
+    with cf.ProcessPoolExecutor(procs, mp_context=worker_context()) as pool:
         list(pool.map(_hash_all, [c[:1] for c in chunks]))  # imports, JIT cache
         t = time.perf_counter()
         assert sum(pool.map(_hash_all, chunks)) == len(names)

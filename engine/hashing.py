@@ -27,8 +27,19 @@ from hashmatch.engine.video import DEFAULT_SECONDS_PER_HASH, hash_video
 class HashOptions:
     """How to hash. Defaults are the PDQ-compatible, pdqhash-identical path."""
 
-    dihedral: bool = False  # pdq: also the 7 rotated/flipped variants (codes has 8 rows)
-    trim_borders: bool = False  # crop uniform/blurred borders and letterbox bars first
+    # pdq: also the 7 rotated/flipped variants (codes has 8 rows, pdq_hash_dihedral order)
+    dihedral: bool = False
+    # pdq dihedral: hash each re-oriented image (8 downsamples, ~5x the cost) instead of
+    # pdqhash's one-DCT shortcut. PDQ's box filter is not mirror-symmetric, so the
+    # shortcut lands 10-30 bits from a flipped copy's own PDQ and the exact path 0-2:
+    # matching wants exact (flip recall 68-91% -> 100%, docs/quality/quality.md);
+    # ``hashmatch hash --dihedral`` keeps the pdqhash-identical shortcut.
+    dihedral_exact: bool = False
+    # Trim uniform/blurred borders and letterbox bars. pdq: *adds* the trimmed image's
+    # rows after the plain ones (when trimming changed the image), so a wrong trim can
+    # never lose a match the plain hash had; imagehash types: hash the trimmed image;
+    # vpdq: every sampled frame is trimmed.
+    trim_borders: bool = False
     reference_resize: bool = False  # pdq: resize >512 px to 512x512 first, like the C++ CLI
     limits: DecodeLimits = DEFAULT_LIMITS
     seconds_per_hash: float = DEFAULT_SECONDS_PER_HASH  # vpdq: sampling; 0 = every frame
@@ -42,7 +53,8 @@ class HashResult:
     """The signal(s) of one type computed from one piece of media.
 
     ``codes`` is always 2-D ``uint8[k, nbytes]``: k = 1 normally, 8 for dihedral PDQ
-    (row 0 is the image as given), one row per sampled frame for vPDQ.
+    (row 0 is the image as given), twice that when ``trim_borders`` changed the image
+    (rows from k/2 on are the trimmed image's), one row per sampled frame for vPDQ.
     """
 
     signal_type: str
@@ -89,13 +101,12 @@ def hash_media(
             continue
         if rgb is None:
             rgb = decode_image(data, limits=options.limits)
-            if options.trim_borders:
-                rgb = _trim(rgb)
         if name == "pdq":
             results[name] = _pdq(rgb, options)
         elif name in IMAGEHASH_TYPES:
             photo_types = [t.name for t in wanted if t.name in IMAGEHASH_TYPES]
-            for other, code in imagehash_codes(rgb, photo_types).items():
+            pixels = _trim(rgb) if options.trim_borders else rgb
+            for other, code in imagehash_codes(pixels, photo_types).items():
                 results[other] = HashResult(other, code[None, :])
         else:  # a registry type without a hasher is a programming error, not input
             raise NotImplementedError(f"no hasher for signal type {name!r}")
@@ -103,16 +114,36 @@ def hash_media(
 
 
 def _pdq(rgb: np.ndarray, options: HashOptions) -> HashResult:
-    if options.dihedral:
-        pixels = reference_downsize(rgb) if options.reference_resize else rgb
-        codes, quality = pdq_hash_dihedral(pixels)
-        return HashResult("pdq", codes, [quality] * len(codes))
-    code, quality = pdq_hash(rgb, reference_resize=options.reference_resize)
-    return HashResult("pdq", code[None, :], [quality])
+    images = [rgb]
+    if options.trim_borders:
+        trimmed = _trim(rgb)
+        if trimmed.shape != rgb.shape:
+            images.append(trimmed)
+    codes, qualities = [], []
+    for image in images:
+        pixels = reference_downsize(image) if options.reference_resize else image
+        if options.dihedral and options.dihedral_exact:
+            from hashmatch.engine.multihash import orientations
+
+            hashed = [pdq_hash(np.ascontiguousarray(o)) for o in orientations(pixels)]
+            rows, quality = np.stack([h[0] for h in hashed]), hashed[0][1]
+        elif options.dihedral:
+            rows, quality = pdq_hash_dihedral(pixels)
+        else:
+            code, quality = pdq_hash(pixels)
+            rows = code[None, :]
+        codes.append(rows)
+        qualities.extend([quality] * len(rows))
+    return HashResult("pdq", np.concatenate(codes), qualities)
 
 
 def _vpdq(source: bytes | str | Path, options: HashOptions) -> HashResult:
-    video = hash_video(source, seconds_per_hash=options.seconds_per_hash, limits=options.limits)
+    video = hash_video(
+        source,
+        seconds_per_hash=options.seconds_per_hash,
+        limits=options.limits,
+        frame_transform=_trim if options.trim_borders else None,
+    )
     return HashResult(
         "vpdq", video.codes, list(video.qualities), list(video.timestamps),
         list(video.frame_numbers),

@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hashmatch.engine.errors import CorruptMedia
 from hashmatch.engine.pdq import pdq_hash, pdq_hash_dihedral
 from hashmatch.engine.trim import trim_borders
-from hashmatch.engine.video import VideoHash, iter_video_frames
+from hashmatch.engine.video import VideoHash, hash_video
 
 #: Centred crops stored per original by :func:`pdq_crop_codes` (share kept per side).
 DEFAULT_CROP_KEEP = (0.9, 0.8)
@@ -107,13 +106,4 @@ def vpdq_trimmed(path: str | Path, *, seconds_per_hash: float = 1.0) -> VideoHas
     original frame by frame (reference videos: pattern-sd-*-bar vs pattern-hd-no-bar
     match 0% plainly); trimmed, the frames line up again (bench quality, video table).
     """
-    codes, qualities, numbers, stamps = [], [], [], []
-    for n, ts, rgb in iter_video_frames(path, seconds_per_hash=seconds_per_hash):
-        code, quality = pdq_hash(trim_borders(rgb))
-        codes.append(code)
-        qualities.append(int(quality))
-        numbers.append(n)
-        stamps.append(ts)
-    if not codes:
-        raise CorruptMedia("video has no decodable frames", field="media")
-    return VideoHash(np.stack(codes), qualities, numbers, stamps)
+    return hash_video(path, seconds_per_hash=seconds_per_hash, frame_transform=trim_borders)

@@ -4,7 +4,8 @@ Why this shape:
 
 - **Workers hash, the parent matches and writes.** Decoding and hashing are CPU-bound
   and hold the GIL, so each file is read, MD5'd and hashed in a worker process
-  (:class:`concurrent.futures.ProcessPoolExecutor`, default one per core); only the
+  (:class:`concurrent.futures.ProcessPoolExecutor` over a fork server, default one
+  per core); only the
   small codes travel back. The parent owns the catalog (one SQLite writer) and the
   matcher, and looks hashes up in batches (one index call per type per batch).
 - **Every result is committed in small transactions** (WAL, ``synchronous=FULL``):
@@ -26,6 +27,7 @@ import concurrent.futures as cf
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
 import stat
 import sys
@@ -236,11 +238,29 @@ def failure_reason(exc: BaseException) -> str:
 _WORKER_OPTIONS = None
 
 
-def _init_worker(options, threads: int, parent: int | None = None) -> None:
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The process start method for hashing workers: ``forkserver`` where it exists.
+
+    Plain ``fork`` copies a parent that may already run thread pools (OpenCV's,
+    FAISS's OpenMP, gRPC's); the child inherits their locks held and no threads, and
+    deadlocks the first time it touches them (seen: ``cv2.setNumThreads`` hanging in a
+    forked worker after the parent had decoded images). A fork server is a clean,
+    single-threaded process that imports the hashing stack once and forks workers
+    from that, so workers start fast and never inherit a held lock.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" not in methods:
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["hashmatch.engine.hashing", "hashmatch.engine.scan"])
+    return context
+
+
+def _init_worker(options, threads: int, scanner: int | None = None) -> None:
     global _WORKER_OPTIONS
     _WORKER_OPTIONS = options
-    if parent is not None:
-        _exit_with_parent(parent)
+    if scanner is not None:
+        _exit_with_parent(scanner)
     try:
         import cv2
 
@@ -249,14 +269,16 @@ def _init_worker(options, threads: int, parent: int | None = None) -> None:
         pass
 
 
-def _exit_with_parent(parent: int) -> None:
+def _exit_with_parent(scanner: int) -> None:
     """Die when the scan process dies (even by SIGKILL), instead of idling forever.
 
-    A pool worker blocks reading its task pipe, and it holds both ends of that pipe
-    itself (fork), so a killed parent never gives it EOF. On Linux the kernel sends
+    A pool worker blocks reading its task pipe and never notices on its own that the
+    scan is gone. Its direct parent is the fork server (or the scanner itself under
+    ``spawn``); the fork server exits when the scanner dies. On Linux the kernel sends
     SIGKILL on parent death (PR_SET_PDEATHSIG); everywhere a daemon thread also
-    notices the re-parenting within half a second.
+    notices, within half a second, either the re-parenting or the scanner's exit.
     """
+    parent = os.getppid()
     try:
         import ctypes
         import signal
@@ -265,11 +287,23 @@ def _exit_with_parent(parent: int) -> None:
         libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
     except (OSError, AttributeError):
         pass
-    if os.getppid() != parent:  # the parent died before we got here
+
+    def alive() -> bool:
+        if os.getppid() != parent:
+            return False
+        try:
+            os.kill(scanner, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, owned by someone else: cannot be ours
+            return False
+        return True
+
+    if not alive():  # the scan died before we got here
         os._exit(1)
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while alive():
             time.sleep(0.5)
         os._exit(1)
 
@@ -811,6 +845,7 @@ class Scanner:
         threads = max(1, (os.cpu_count() or 1) // self._workers)
         return cf.ProcessPoolExecutor(
             self._workers,
+            mp_context=worker_context(),
             initializer=_init_worker,
             initargs=(self.hash_options, threads, os.getpid()),
         )

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,18 +130,23 @@ def hash_video(
     seconds_per_hash: float = DEFAULT_SECONDS_PER_HASH,
     downsample: tuple[int, int] | None = None,
     limits: DecodeLimits = DEFAULT_LIMITS,
+    frame_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> VideoHash:
-    """vPDQ of a video path or bytes (bytes go through a temporary file for FFmpeg)."""
+    """vPDQ of a video path or bytes (bytes go through a temporary file for FFmpeg).
+
+    ``frame_transform`` maps each sampled RGB frame before it is hashed (e.g. border
+    trimming for letterboxed re-uploads, :func:`hashmatch.engine.trim.trim_borders`).
+    """
     frame_step(1.0, seconds_per_hash)  # validate before any work
     if isinstance(source, str | Path):
         _check_file(Path(source), limits)
-        return _hash_path(str(source), seconds_per_hash, downsample, limits)
+        return _hash_path(str(source), seconds_per_hash, downsample, limits, frame_transform)
     data = read_source(source, limits)
     fd, tmp = tempfile.mkstemp(suffix=".video")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-        return _hash_path(tmp, seconds_per_hash, downsample, limits)
+        return _hash_path(tmp, seconds_per_hash, downsample, limits, frame_transform)
     finally:
         os.unlink(tmp)
 
@@ -161,12 +166,15 @@ def _hash_path(
     seconds_per_hash: float,
     downsample: tuple[int, int] | None,
     limits: DecodeLimits,
+    frame_transform: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> VideoHash:
     codes, qualities, numbers, stamps = [], [], [], []
     cap = _open_capture(path)
     try:
         fps = _fps(cap, limits)
         for n, ts, rgb in _sampled(cap, fps, seconds_per_hash, downsample):
+            if frame_transform is not None:
+                rgb = frame_transform(rgb)
             code, quality = pdq_hash(rgb)
             codes.append(code)
             qualities.append(int(quality))

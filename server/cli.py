@@ -28,3 +28,7 @@ for _name in _COMMAND_MODULES:
 
 def main() -> None:
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -157,13 +157,27 @@ def test_bad_media_raise_typed_errors(photo, tmp_path: Path):
     assert hash_media(b"not an image", ["md5"])[0].hex == hashlib.md5(b"not an image").hexdigest()
 
 
-def test_trim_borders_option_crops_before_hashing(photo):
+def test_trim_borders_option_adds_the_trimmed_image_rows(photo):
     rgb, _ = photo
     framed = np.zeros((rgb.shape[0] + 80, rgb.shape[1] + 80, 3), np.uint8)
     framed[40:-40, 40:-40] = rgb
     trimmed = hash_media(_png(framed), ["pdq"], HashOptions(trim_borders=True))[0]
     untrimmed = hash_media(_png(framed), ["pdq"])[0]
     original = hash_media(_png(rgb), ["pdq"])[0]
-    d_trim = np.unpackbits(trimmed.codes[0] ^ original.codes[0]).sum()
+    # row 0 stays the plain hash (a wrong trim never loses it), row 1 is the content's
+    assert trimmed.codes.shape == (2, 32) and len(trimmed.qualities) == 2
+    assert np.array_equal(trimmed.codes[0], untrimmed.codes[0])
+    d_trim = np.unpackbits(trimmed.codes[1] ^ original.codes[0]).sum()
     d_plain = np.unpackbits(untrimmed.codes[0] ^ original.codes[0]).sum()
-    assert d_trim < d_plain
+    assert d_trim < d_plain and d_trim <= 31 < d_plain
+    # nothing to trim: no extra rows
+    assert hash_media(_png(rgb), ["pdq"], HashOptions(trim_borders=True))[0].codes.shape == (1, 32)
+
+
+def test_exact_dihedral_hashes_each_orientation(photo):
+    rgb, _ = photo
+    exact = hash_media(_png(rgb), ["pdq"], HashOptions(dihedral=True, dihedral_exact=True))[0]
+    assert exact.codes.shape == (8, 32)
+    mirrored = hash_media(_png(np.ascontiguousarray(rgb[:, ::-1])), ["pdq"])[0]
+    # row 5 is the mirror (pdq_hash_dihedral order): the flipped copy's own PDQ exactly
+    assert np.array_equal(exact.codes[5], mirrored.codes[0])
