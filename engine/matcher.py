@@ -24,7 +24,8 @@ PDQ_MIN_QUALITY = 50  # HMA's default: PDQ hashes of quality < 50 are too flat t
 class Match:
     """One stored signal within the threshold of one query.
 
-    ``variant`` is the dihedral variant (0 = as given) whose code matched nearest.
+    ``variant`` is the query row (dihedral variant 0..7, 0 = as given; trimmed-image
+    rows after those) whose code matched nearest.
     vPDQ matches also carry ``query_match_pct`` (share of the query's frames that
     matched the video) and ``target_match_pct`` (share of the stored video's frames).
     """

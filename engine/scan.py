@@ -705,7 +705,9 @@ class Scanner:
         from hashmatch.engine.hashing import HashOptions
 
         self.hash_options = HashOptions(
-            dihedral=options.dihedral, limits=DecodeLimits(max_bytes=options.max_bytes)
+            dihedral=options.dihedral,
+            dihedral_exact=True,  # each orientation hashed: flips land 0-2 bits away
+            limits=DecodeLimits(max_bytes=options.max_bytes),
         )
         self.summary = ScanSummary()
         self._reasons: Counter[str] = Counter()

@@ -163,13 +163,17 @@ class HashmatchClient:
         lists: Sequence[str] = (),
         max_results: int = 0,
         dihedral: bool = False,
+        trim_borders: bool = False,
         min_quality: int | None = None,
         request_id: str = "",
         videos: Sequence[Sequence[str] | matcher_pb2.VideoQuery] = (),
     ) -> matcher_pb2.MatchRequest:
         """``videos``: vPDQ queries, each a list of frame hex (or a VideoQuery)."""
         options = matcher_pb2.MatchOptions(
-            lists=list(lists), max_results=max_results, dihedral=dihedral
+            lists=list(lists),
+            max_results=max_results,
+            dihedral=dihedral,
+            trim_borders=trim_borders,
         )
         if threshold is not None:
             options.threshold = threshold

@@ -54,11 +54,20 @@ def media_types(names, field: str) -> list[str]:
     return chosen or ["pdq"]
 
 
-def hash_options(host: ServiceHost, *, dihedral: bool, trim_borders: bool = False) -> HashOptions:
+def hash_options(
+    host: ServiceHost, *, dihedral: bool, trim_borders: bool = False, for_matching: bool = False
+) -> HashOptions:
+    """Matching hashes each orientation exactly (best flip recall); the Hash RPC keeps
+    pdqhash's one-DCT dihedral codes, the ones partners' tools produce."""
     limits = DecodeLimits(
         max_bytes=host.config.max_media_bytes, max_pixels=host.config.max_media_pixels
     )
-    return HashOptions(dihedral=dihedral, trim_borders=trim_borders, limits=limits)
+    return HashOptions(
+        dihedral=dihedral,
+        dihedral_exact=for_matching,
+        trim_borders=trim_borders,
+        limits=limits,
+    )
 
 
 def check_pixels(data: bytes, limit: int) -> None:
@@ -181,7 +190,9 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
             )
 
     if request.media:
-        options_ = hash_options(host, dihedral=options.dihedral)
+        options_ = hash_options(
+            host, dihedral=options.dihedral, trim_borders=options.trim_borders, for_matching=True
+        )
         jobs = [
             _media_job(
                 functools.partial(

@@ -128,7 +128,18 @@ def test_match_media_dihedral_and_quality_floor(ops):
     flipped = np.ascontiguousarray(photo[:, ::-1])
     assert not ops.match(media=[_jpeg(flipped)], lists=["media"]).results[0].matches
     dihedral = ops.match(media=[_jpeg(flipped)], lists=["media"], dihedral=True).results[0]
-    assert dihedral.matches and dihedral.matches[0].variant != 0
+    assert dihedral.matches and dihedral.matches[0].variant == 5  # the mirror
+    assert dihedral.matches[0].distance <= 8  # exact orientation hashing, not the DCT trick
+
+    # Mirrored AND padded with a 20% black frame: only dihedral + trimming finds it.
+    h, w = photo.shape[:2]
+    framed = np.zeros((h + 2 * (h // 5), w + 2 * (w // 5), 3), np.uint8)
+    framed[h // 5 : h // 5 + h, w // 5 : w // 5 + w] = flipped
+    media = [_jpeg(framed)]
+    assert not ops.match(media=media, lists=["media"], dihedral=True).results[0].matches
+    both = ops.match(media=media, lists=["media"], dihedral=True, trim_borders=True).results[0]
+    assert [m.labels for m in both.matches] == [["astronaut"]]
+    assert both.matches[0].variant == 8 + 5  # rows 8.. are the trimmed image's
 
     flat = np.full((256, 256, 3), 128, np.uint8)
     low = ops.match(media=[_jpeg(flat)], min_quality=50).results[0]

@@ -248,7 +248,8 @@ def _rpc(fn):
 @click.option("--threshold", type=int)
 @click.option("--list", "lists", multiple=True, help="Only these lists.")
 @click.option("--max-results", type=int, default=0)
-@click.option("--dihedral", is_flag=True)
+@click.option("--dihedral", is_flag=True, help="PDQ: also match rotated/flipped copies.")
+@click.option("--trim-borders", is_flag=True, help="Also match with borders/bars trimmed.")
 @click.option("--min-quality", type=int)
 @click.pass_obj
 @_rpc

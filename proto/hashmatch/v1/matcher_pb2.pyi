@@ -9,18 +9,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MatchOptions(_message.Message):
-    __slots__ = ("threshold", "lists", "max_results", "dihedral", "min_quality")
+    __slots__ = ("threshold", "lists", "max_results", "dihedral", "min_quality", "trim_borders")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     LISTS_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
     DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
     MIN_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    TRIM_BORDERS_FIELD_NUMBER: _ClassVar[int]
     threshold: int
     lists: _containers.RepeatedScalarFieldContainer[str]
     max_results: int
     dihedral: bool
     min_quality: int
-    def __init__(self, threshold: _Optional[int] = ..., lists: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., dihedral: _Optional[bool] = ..., min_quality: _Optional[int] = ...) -> None: ...
+    trim_borders: bool
+    def __init__(self, threshold: _Optional[int] = ..., lists: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., dihedral: _Optional[bool] = ..., min_quality: _Optional[int] = ..., trim_borders: _Optional[bool] = ...) -> None: ...
 
 class MatchRequest(_message.Message):
     __slots__ = ("hashes", "media", "media_types", "options", "request_id", "videos")
