@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.decode import DEFAULT_LIMITS, DecodeLimits, decode_image, read_source
+from hashmatch.engine.decode import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    decode_image,
+    iter_frames,
+    read_source,
+)
 from hashmatch.engine.imagehashes import IMAGEHASH_TYPES, imagehash_codes
 from hashmatch.engine.pdq import pdq_hash, pdq_hash_dihedral, reference_downsize
 from hashmatch.engine.video import DEFAULT_SECONDS_PER_HASH, hash_video
@@ -41,6 +47,10 @@ class HashOptions:
     # vpdq: every sampled frame is trimmed.
     trim_borders: bool = False
     reference_resize: bool = False  # pdq: resize >512 px to 512x512 first, like the C++ CLI
+    # pdq: hash every frame of an animated GIF/WebP/PNG, not only the first (the frame
+    # an abuser hides content in need not be the first). Rows go frame by frame, each
+    # frame expanded as the options above say; ``HashResult.frame_numbers`` per row.
+    all_frames: bool = False
     limits: DecodeLimits = DEFAULT_LIMITS
     seconds_per_hash: float = DEFAULT_SECONDS_PER_HASH  # vpdq: sampling; 0 = every frame
 
@@ -99,6 +109,9 @@ def hash_media(
             digest = hashlib.new(name, data).digest()
             results[name] = HashResult(name, np.frombuffer(digest, np.uint8)[None, :].copy())
             continue
+        if name == "pdq" and options.all_frames:
+            results[name] = _pdq_frames(data, options)
+            continue
         if rgb is None:
             rgb = decode_image(data, limits=options.limits)
         if name == "pdq":
@@ -135,6 +148,16 @@ def _pdq(rgb: np.ndarray, options: HashOptions) -> HashResult:
         codes.append(rows)
         qualities.extend([quality] * len(rows))
     return HashResult("pdq", np.concatenate(codes), qualities)
+
+
+def _pdq_frames(data: bytes, options: HashOptions) -> HashResult:
+    codes, qualities, numbers = [], [], []
+    for n, frame in enumerate(iter_frames(data, limits=options.limits)):
+        one = _pdq(frame, options)
+        codes.append(one.codes)
+        qualities.extend(one.qualities)
+        numbers.extend([n] * len(one.codes))
+    return HashResult("pdq", np.concatenate(codes), qualities, frame_numbers=numbers)
 
 
 def _vpdq(source: bytes | str | Path, options: HashOptions) -> HashResult:

@@ -164,6 +164,7 @@ class HashmatchClient:
         max_results: int = 0,
         dihedral: bool = False,
         trim_borders: bool = False,
+        all_frames: bool = False,
         min_quality: int | None = None,
         request_id: str = "",
         videos: Sequence[Sequence[str] | matcher_pb2.VideoQuery] = (),
@@ -174,6 +175,7 @@ class HashmatchClient:
             max_results=max_results,
             dihedral=dihedral,
             trim_borders=trim_borders,
+            all_frames=all_frames,
         )
         if threshold is not None:
             options.threshold = threshold

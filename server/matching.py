@@ -55,7 +55,12 @@ def media_types(names, field: str) -> list[str]:
 
 
 def hash_options(
-    host: ServiceHost, *, dihedral: bool, trim_borders: bool = False, for_matching: bool = False
+    host: ServiceHost,
+    *,
+    dihedral: bool,
+    trim_borders: bool = False,
+    all_frames: bool = False,
+    for_matching: bool = False,
 ) -> HashOptions:
     """Matching hashes each orientation exactly (best flip recall); the Hash RPC keeps
     pdqhash's one-DCT dihedral codes, the ones partners' tools produce."""
@@ -66,6 +71,7 @@ def hash_options(
         dihedral=dihedral,
         dihedral_exact=for_matching,
         trim_borders=trim_borders,
+        all_frames=all_frames,
         limits=limits,
     )
 
@@ -191,7 +197,11 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
 
     if request.media:
         options_ = hash_options(
-            host, dihedral=options.dihedral, trim_borders=options.trim_borders, for_matching=True
+            host,
+            dihedral=options.dihedral,
+            trim_borders=options.trim_borders,
+            all_frames=options.all_frames,
+            for_matching=True,
         )
         jobs = [
             _media_job(

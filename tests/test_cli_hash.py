@@ -131,3 +131,19 @@ def test_bench_hashing_quick_runs_and_prints_the_table():
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| PDQ dihedral vs")]
     assert len(rows) == 2 and all("costs" in r for r in rows)
+
+
+def test_all_frames_lists_every_frame(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    frames = [Image.fromarray(rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)) for _ in range(3)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50)
+    code, out = run(str(path), "--types", "pdq", "--all-frames")
+    assert code == 0
+    (rec,) = [json.loads(line) for line in out.splitlines()]
+    expected = hash_media(path, ["pdq"], HashOptions(all_frames=True))[0]
+    assert [f["frame"] for f in rec["frames"]] == [0, 1, 2]
+    assert [f["hash"] for f in rec["frames"]] == [bytes(c).hex() for c in expected.codes]
+    assert rec["hash"] == rec["frames"][0]["hash"]
+    code, out = run(str(path), "--types", "pdq", "--all-frames", "--format", "te")
+    assert out.splitlines() == [f"pdq,{f['hash']}" for f in rec["frames"]]

@@ -181,3 +181,36 @@ def test_exact_dihedral_hashes_each_orientation(photo):
     mirrored = hash_media(_png(np.ascontiguousarray(rgb[:, ::-1])), ["pdq"])[0]
     # row 5 is the mirror (pdq_hash_dihedral order): the flipped copy's own PDQ exactly
     assert np.array_equal(exact.codes[5], mirrored.codes[0])
+
+
+def _animation(frames: list[np.ndarray], fmt: str = "GIF") -> bytes:
+    buf = io.BytesIO()
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(buf, fmt, save_all=True, append_images=images[1:], duration=100, loop=0)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_all_frames_finds_content_hidden_after_the_first_frame(fmt):
+    hidden = np.ascontiguousarray(skimage.data.astronaut()[::2, ::2])
+    h, w = hidden.shape[:2]
+    rng = np.random.default_rng(7)
+    decoys = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(2)]
+    data = _animation([decoys[0], decoys[1], hidden], fmt)
+    first = hash_media(data, ["pdq"])[0]
+    every = hash_media(data, ["pdq"], HashOptions(all_frames=True))[0]
+    assert every.codes.shape == (3, 32) and every.frame_numbers == [0, 1, 2]
+    assert np.array_equal(every.codes[0], first.codes[0])  # row 0 is still the first frame
+    # the third row is the hidden frame's own PDQ (as decoded: GIF is palettised)
+    from hashmatch.engine.decode import decode_frames
+    from hashmatch.engine.pdq import pdq_hash
+
+    shown = decode_frames(data)[2]
+    assert np.array_equal(every.codes[2], pdq_hash(shown)[0])
+    target = pdq_hash(hidden)[0]
+    dist = [int(np.unpackbits(row ^ target).sum()) for row in every.codes]
+    assert dist[2] <= 31 < min(dist[0], dist[1])
+    # a still image is one frame; options compose (dihedral: 8 rows per frame)
+    assert hash_media(_png(hidden), ["pdq"], HashOptions(all_frames=True))[0].codes.shape == (1, 32)
+    both = hash_media(data, ["pdq"], HashOptions(all_frames=True, dihedral=True))[0]
+    assert both.codes.shape == (24, 32) and both.frame_numbers == [0] * 8 + [1] * 8 + [2] * 8

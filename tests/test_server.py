@@ -141,6 +141,19 @@ def test_match_media_dihedral_and_quality_floor(ops):
     assert [m.labels for m in both.matches] == [["astronaut"]]
     assert both.matches[0].variant == 8 + 5  # rows 8.. are the trimmed image's
 
+    # An animation whose third frame is the photo: found only with all_frames.
+    rng = np.random.default_rng(11)
+    small = np.ascontiguousarray(photo[::2, ::2])
+    frames = [Image.fromarray(rng.integers(0, 256, small.shape, dtype=np.uint8)) for _ in range(2)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "WEBP", save_all=True, append_images=[frames[1], Image.fromarray(small)],
+                   lossless=True)  # fmt: skip
+    animation = [buf.getvalue()]
+    assert not ops.match(media=animation, lists=["media"]).results[0].matches
+    every = ops.match(media=animation, lists=["media"], all_frames=True).results[0]
+    assert [m.labels for m in every.matches] == [["astronaut"]]
+    assert every.matches[0].variant == 2
+
     flat = np.full((256, 256, 3), 128, np.uint8)
     low = ops.match(media=[_jpeg(flat)], min_quality=50).results[0]
     assert low.skipped_low_quality and not low.matches

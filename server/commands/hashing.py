@@ -4,8 +4,10 @@ Output formats:
 
 * ``jsonl`` (default): ``{"path", "type", "hash", "quality", ...}`` per line; dihedral
   PDQ adds ``"dihedral"`` (the 8 hashes), vPDQ adds ``"frames"`` (frame, quality, hash,
-  timestamp); a file that cannot be hashed gives ``{"path", "error", "reason"}``.
-* ``csv``: ``path,type,hash,quality,frame,timestamp,error`` (one row per vPDQ frame).
+  timestamp), ``--all-frames`` PDQ adds ``"frames"`` (frame, quality, hash; with
+  ``--dihedral`` 8 entries per frame); a file that cannot be hashed gives
+  ``{"path", "error", "reason"}``.
+* ``csv``: ``path,type,hash,quality,frame,timestamp,error`` (one row per frame).
 * ``te``: ThreatExchange/HMA style ``signal_type,signal_value`` (vPDQ's value is
   python-threatexchange's JSON list of ``"hex,quality,timestamp"`` strings).
 
@@ -65,6 +67,11 @@ def _records(path: str, result: HashResult) -> list[dict]:
                 strict=True,
             )
         ]  # fmt: skip
+    elif result.frame_numbers:  # pdq --all-frames: every row with its frame
+        rec["frames"] = [
+            {"frame": n, "quality": q, "hash": st.format(c)}
+            for n, q, c in zip(result.frame_numbers, result.qualities, result.codes, strict=True)
+        ]
     elif len(result.codes) > 1:
         rec["dihedral"] = st.format_many(result.codes)
     return [rec]
@@ -100,10 +107,11 @@ def _te_value(rec: dict) -> str:
 def _csv_rows(rec: dict) -> Iterator[dict]:
     if "error" in rec:
         yield {"path": rec["path"], "error": rec["error"]}
-    elif rec["type"] == "vpdq":
+    elif "frames" in rec:
         for f in rec["frames"]:
-            yield {"path": rec["path"], "type": "vpdq", "hash": f["hash"], "quality": f["quality"],
-                   "frame": f["frame"], "timestamp": f["timestamp"]}  # fmt: skip
+            yield {"path": rec["path"], "type": rec["type"], "hash": f["hash"],
+                   "quality": f["quality"], "frame": f["frame"],
+                   "timestamp": f.get("timestamp", "")}  # fmt: skip
     else:
         for i, h in enumerate(rec.get("dihedral", [rec["hash"]])):
             yield {"path": rec["path"], "type": rec["type"], "hash": h,
@@ -134,6 +142,10 @@ def parse_types(value: str) -> list[str]:
 )  # fmt: skip
 @click.option("--dihedral", is_flag=True, help="PDQ: also the 7 rotations/flips.")
 @click.option(
+    "--all-frames", is_flag=True,
+    help="PDQ: every frame of an animated GIF/WebP/PNG (default: the first frame).",
+)  # fmt: skip
+@click.option(
     "--reference-resize", is_flag=True,
     help="PDQ: shrink images over 512 px to 512x512 first, like Meta's C++ CLI.",
 )  # fmt: skip
@@ -146,6 +158,7 @@ def hash_command(
     types_: str,
     fmt: str,
     dihedral: bool,
+    all_frames: bool,
     reference_resize: bool,
     seconds: float,
 ) -> None:
@@ -154,7 +167,10 @@ def hash_command(
     if seconds < 0:
         raise click.BadParameter("must be >= 0", param_hint="--every-n-seconds")
     options = HashOptions(
-        dihedral=dihedral, reference_resize=reference_resize, seconds_per_hash=seconds
+        dihedral=dihedral,
+        all_frames=all_frames,
+        reference_resize=reference_resize,
+        seconds_per_hash=seconds,
     )
     out = sys.stdout
     writer = None
@@ -175,6 +191,8 @@ def hash_command(
                 writer.writerows(_csv_rows(rec))
             elif "error" in rec:
                 click.echo(f"{rec['path']}: {rec['error']}", err=True)
+            elif rec["type"] == "pdq" and "frames" in rec:  # one signal per frame
+                te.writerows([["pdq", f["hash"]] for f in rec["frames"]])
             else:
                 te.writerow([rec["type"], _te_value(rec)])
         out.flush()

@@ -250,6 +250,7 @@ def _rpc(fn):
 @click.option("--max-results", type=int, default=0)
 @click.option("--dihedral", is_flag=True, help="PDQ: also match rotated/flipped copies.")
 @click.option("--trim-borders", is_flag=True, help="Also match with borders/bars trimmed.")
+@click.option("--all-frames", is_flag=True, help="PDQ: every frame of an animation.")
 @click.option("--min-quality", type=int)
 @click.pass_obj
 @_rpc

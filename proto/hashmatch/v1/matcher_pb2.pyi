@@ -9,20 +9,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MatchOptions(_message.Message):
-    __slots__ = ("threshold", "lists", "max_results", "dihedral", "min_quality", "trim_borders")
+    __slots__ = ("threshold", "lists", "max_results", "dihedral", "min_quality", "trim_borders", "all_frames")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     LISTS_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
     DIHEDRAL_FIELD_NUMBER: _ClassVar[int]
     MIN_QUALITY_FIELD_NUMBER: _ClassVar[int]
     TRIM_BORDERS_FIELD_NUMBER: _ClassVar[int]
+    ALL_FRAMES_FIELD_NUMBER: _ClassVar[int]
     threshold: int
     lists: _containers.RepeatedScalarFieldContainer[str]
     max_results: int
     dihedral: bool
     min_quality: int
     trim_borders: bool
-    def __init__(self, threshold: _Optional[int] = ..., lists: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., dihedral: _Optional[bool] = ..., min_quality: _Optional[int] = ..., trim_borders: _Optional[bool] = ...) -> None: ...
+    all_frames: bool
+    def __init__(self, threshold: _Optional[int] = ..., lists: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., dihedral: _Optional[bool] = ..., min_quality: _Optional[int] = ..., trim_borders: _Optional[bool] = ..., all_frames: _Optional[bool] = ...) -> None: ...
 
 class MatchRequest(_message.Message):
     __slots__ = ("hashes", "media", "media_types", "options", "request_id", "videos")
