@@ -35,9 +35,11 @@ SOLID_TOL = 12.0  # max per-channel deviation (0..255) from the band colour
 SOLID_FRACTION = 0.8  # share of a line within SOLID_TOL to call it part of a band
 SOLID_FLAT = 3.0  # and the line's median deviation must be this small (bars are flat)
 BAND_STEP = 5.0  # colour step (grey levels) from one nested band to the next
+EDGE_REACH = 6  # lines after a band's last flat line searched for its edge (JPEG ringing)
 SOLID_EDGE = 0.5  # share of the first content line(s) that must differ from the band
 BLUR_SIGMA = 1.5  # scale of the "fine detail" measure
 BLUR_LINE_MAX = 0.8  # mean fine detail (grey levels) of a blurred-band line
+BLUR_EDGE_SKIP = 12  # noisy lines allowed at the very edge before a blurred band
 SEAM_REACH = 3  # lines past a smooth run searched for the paste seam
 BLUR_MIN = 0.03  # blurred bands must each be at least this share of the side
 BLUR_CONTRAST = 4.0  # content must carry this many times the bands' fine detail
@@ -103,15 +105,34 @@ def _sides(a: np.ndarray) -> list[np.ndarray]:
 
 
 def _solid_cuts(a: np.ndarray) -> list[int]:
+    sides = _sides(a)
     cuts = []
-    for n, lines in enumerate(_sides(a)):
+    for n, lines in enumerate(sides):
         run = _solid_run(lines)
         side = a.shape[0] if n < 2 else a.shape[1]
         if run < max(1, MIN_BAND * side):
             cuts.append(0)
         else:
             cuts.append(min(side, run + 1))  # +1: the blended boundary line
+    # Centred padding whose colour runs on into the picture on one side (a black pad
+    # beside the moon's black sky, a white page margin above a white table): that
+    # side's band has no edge where it ends, so _solid_run gives up. When the
+    # opposite side has a band and this side's first lines of the same width are
+    # that band's colour, cut the same width here (bench: pad/letterbox/screenshot
+    # misses were mostly this).
+    for n, m in ((0, 1), (1, 0), (2, 3), (3, 2)):
+        if cuts[n] > EDGE_REACH and not cuts[m] and _solid_like(sides[m], cuts[n], sides[n][0]):
+            cuts[m] = cuts[n]
     return cuts
+
+
+def _solid_like(lines: np.ndarray, width: int, band: np.ndarray) -> bool:
+    """Are the first ``width - 1`` lines (nearly all) the colour of the band's first
+    line? The last ``EDGE_REACH`` of them need not be flat (JPEG ringing)."""
+    dev = np.abs(lines[: width - 1] - np.median(band, axis=0)).max(axis=2)
+    near = (dev <= SOLID_TOL).mean(axis=1) >= SOLID_FRACTION
+    flat = np.median(dev[: width - EDGE_REACH], axis=1) <= SOLID_FLAT
+    return bool(near.all() and flat.all())
 
 
 def _solid_run(lines: np.ndarray) -> int:
@@ -121,7 +142,7 @@ def _solid_run(lines: np.ndarray) -> int:
     start = 0
     while start < limit:  # in chunks: a photo's edge fails on its first line
         stop = min(limit, start + 16)
-        dev = np.abs(lines[start : stop + 2] - ref).max(axis=2)  # [lines, length]
+        dev = np.abs(lines[start : stop + EDGE_REACH] - ref).max(axis=2)  # [lines, length]
         ok = ((dev <= SOLID_TOL).mean(axis=1) >= SOLID_FRACTION) & (
             np.median(dev, axis=1) <= SOLID_FLAT
         )
@@ -130,7 +151,9 @@ def _solid_run(lines: np.ndarray) -> int:
             run = int(bad[0])
             # A bar ends in an edge across the line (content starts everywhere at
             # once); a smooth sky or backdrop ends where an object rises into it.
-            edge = (dev[run : run + 2] > SOLID_TOL).mean(axis=1).max()
+            # JPEG ringing blurs the bar's last lines, so the edge may come a few
+            # lines after the first line that is no longer flat.
+            edge = (dev[run : run + EDGE_REACH] > SOLID_TOL).mean(axis=1).max()
             if edge >= SOLID_EDGE or _next_band(lines[start + run], ref):
                 return start + run
             return 0
@@ -156,14 +179,21 @@ def _blur_cuts(a: np.ndarray) -> list[int]:
         d = detail if axis == 0 else detail.T
         side = d.shape[0]
         per_line = d[:, 2:-2].mean(axis=1) if d.shape[1] > 8 else d.mean(axis=1)
-        runs = []
+        runs, starts = [], []
         for lines in (per_line, per_line[::-1]):
-            bad = np.flatnonzero(lines > BLUR_LINE_MAX)
-            runs.append(int(bad[0]) if bad.size else side)
+            # JPEG's partial blocks at the bottom/right edge ring on smooth padding:
+            # a few noisy lines at the very edge may come before the smooth run.
+            calm = np.flatnonzero(lines[:BLUR_EDGE_SKIP] <= BLUR_LINE_MAX)
+            start = int(calm[0]) if calm.size else side
+            bad = np.flatnonzero(lines[start:] > BLUR_LINE_MAX)
+            runs.append(start + int(bad[0]) if bad.size else side)
+            starts.append(start)
         width = min(runs)
-        if width < BLUR_MIN * side or side - 2 * width < MIN_KEEP * side:
+        if width - max(starts) < BLUR_MIN * side or side - 2 * width < MIN_KEEP * side:
             continue
-        band = max(per_line[:width].mean(), per_line[side - width :].mean())
+        band = max(
+            per_line[starts[0] : width].mean(), per_line[side - width : side - starts[1]].mean()
+        )
         content = per_line[width : side - width].mean()
         if content < BLUR_CONTRAST * max(band, 0.25):
             continue
