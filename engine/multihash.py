@@ -13,8 +13,14 @@ number of rows per query works with ``Engine.match`` / ``Engine.match_media``.
   same for the image with its borders trimmed when trimming changed it. Rows 0..7 are
   the image as given (the ``pdq_hash_dihedral`` order), rows 8..15 the trimmed image.
   Trimming only adds rows, so a wrong trim can never lose a match the plain hash had.
+* :func:`uncrop_images` / :func:`pdq_uncrop_codes` (query side): the image extended by
+  edge-replicated borders, as if undoing a small crop, on a grid of splits (16 rows by
+  default). A 5% crop moves PDQ 50-90 bits; PDQ is dominated by low frequencies, and
+  a canvas extended by replicating the edge approximates the cut-off strip well enough
+  that the right split lands within 31 bits for ~60% of 5% crops (bench quality).
 * :func:`pdq_crop_codes` (index side): codes of centred crops of an original, to store
-  beside its own code so that cropped copies come within the threshold.
+  beside its own code so that cropped copies come within the threshold. Shared lists
+  hold only the original's PDQ, so this helps only a list you hash yourself.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from hashmatch.engine.pdq import pdq_hash, pdq_hash_dihedral
@@ -30,6 +37,13 @@ from hashmatch.engine.video import VideoHash, hash_video
 
 #: Centred crops stored per original by :func:`pdq_crop_codes` (share kept per side).
 DEFAULT_CROP_KEEP = (0.9, 0.8)
+#: :func:`uncrop_images`: share of the copy's side added back (a 5% crop removes 5.3%
+#: of the copy's side; slightly less is best on the bench: over-extending hurts more
+#: than under-extending), the splits per axis, and the size the copy is reduced to
+#: first (PDQ keeps only a 64x64 downsample, so 256 px loses ~nothing and is 3x faster).
+UNCROP_SHARE = 0.045
+UNCROP_STEPS = 4
+UNCROP_DIM = 256
 
 
 def orientations(rgb: np.ndarray) -> list[np.ndarray]:
@@ -97,6 +111,47 @@ def pdq_crop_codes(
         codes[n], q = pdq_hash(rgb[dh : h - dh, dw : w - dw])
         qualities.append(q)
     return codes, qualities
+
+
+def uncrop_images(
+    rgb: np.ndarray,
+    *,
+    share: float = UNCROP_SHARE,
+    steps: int = UNCROP_STEPS,
+    dim: int = UNCROP_DIM,
+) -> list[np.ndarray]:
+    """The image (reduced to ``dim`` px on its longer side) with ``share`` of each side
+    added back as edge-replicated borders, split between the two ends in ``steps``
+    ways per axis: ``steps**2`` images, row-major (top share 0 -> all, then left share
+    0 -> all). A crop's offset is unknown, so the grid tries where the cut strip was."""
+    if not 0.0 < share < 1.0 or steps < 1:
+        raise ValueError(f"uncrop needs 0 < share < 1 and steps >= 1, got {share}, {steps}")
+    h, w = rgb.shape[:2]
+    scale = dim / max(h, w)
+    if scale < 1.0:
+        size = (max(8, round(w * scale)), max(8, round(h * scale)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        h, w = rgb.shape[:2]
+    eh, ew = round(h * share), round(w * share)
+    splits = np.linspace(0.0, 1.0, steps) if steps > 1 else np.array([0.5])
+    out = []
+    for a in splits:
+        top = round(eh * a)
+        for b in splits:
+            left = round(ew * b)
+            out.append(
+                cv2.copyMakeBorder(
+                    np.ascontiguousarray(rgb), top, eh - top, left, ew - left,
+                    cv2.BORDER_REPLICATE,
+                )
+            )  # fmt: skip
+    return out
+
+
+def pdq_uncrop_codes(rgb: np.ndarray, **kwargs) -> tuple[np.ndarray, list[int]]:
+    """PDQ of each :func:`uncrop_images` image -> (``uint8[steps**2, 32]``, qualities)."""
+    hashed = [pdq_hash(im) for im in uncrop_images(rgb, **kwargs)]
+    return np.stack([h[0] for h in hashed]), [h[1] for h in hashed]
 
 
 def vpdq_trimmed(path: str | Path, *, seconds_per_hash: float = 1.0) -> VideoHash:

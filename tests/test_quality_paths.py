@@ -115,3 +115,44 @@ def test_letterboxed_video_matches_its_original_once_frames_are_trimmed(referenc
     # another scene still does not match
     other = hash_video(videos / "doorknob-hd-no-bar.mp4")
     assert vpdq_match(trimmed.codes, trimmed.qualities, other.codes, other.qualities)[0] < 80
+
+
+def _jpeg(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("top_left", [(0.0, 0.0), (0.025, 0.025)])
+def test_cropped_copy_matches_through_match_media_with_uncrop(engine, top_left):
+    im = skimage.data.astronaut()
+    h, w = im.shape[:2]
+    ch, cw = round(h * 0.05), round(w * 0.05)  # 5% of each side cut away
+    t, left = round(h * top_left[0]), round(w * top_left[1])
+    copy = _jpeg(im[t : h - (ch - t), left : w - (cw - left)])
+    options = HashOptions(dihedral=True, dihedral_exact=True, trim_borders=True, uncrop=True)
+    result = hash_media(copy, ["pdq"], options)[0]
+    assert result.codes.shape == (8 + 16, 32)  # nothing to trim: 8 orientations + 16
+    found = engine.match_media(copy, options=options).matches
+    assert [m.external_id for m in found] == ["astronaut"]
+    assert found[0].distance <= 31 and found[0].variant >= 8  # an uncrop row found it
+    # without uncrop (the rest of the matching options on) the crop is missed
+    plain = HashOptions(dihedral=True, dihedral_exact=True, trim_borders=True)
+    assert engine.match_media(copy, options=plain).matches == []
+
+
+def test_uncrop_rows_come_last_and_default_hash_is_unchanged(engine):
+    padded = _png(_pad(skimage.data.astronaut()))
+    plain = hash_media(padded)[0].codes
+    assert plain.shape == (1, 32)  # the default path: one pdqhash-identical code
+    assert np.array_equal(plain[0], pdq_hash(decode_image(padded))[0])
+    both = hash_media(padded, ["pdq"], HashOptions(trim_borders=True, uncrop=True))[0]
+    assert both.codes.shape == (2 + 16, 32) and len(both.qualities) == 18
+    assert np.array_equal(both.codes[0], plain[0])
+    from hashmatch.engine.multihash import pdq_uncrop_codes, uncrop_images
+
+    assert np.array_equal(both.codes[2:], pdq_uncrop_codes(decode_image(padded))[0])
+    images = uncrop_images(skimage.data.astronaut())  # 512 px -> 256 px, + 4.5%
+    assert len(images) == 16 and all(x.shape[:2] == (268, 268) for x in images)
+    with pytest.raises(ValueError):
+        uncrop_images(skimage.data.astronaut(), share=1.5)
