@@ -14,8 +14,8 @@ development machine (numba kernels, 256-bit codes); only their ratios matter.
 
 Build-time choice (``plan_tables``): the number of substrings m (hence widths,
 ~log2 n bits each) that minimises the cost at the type's default radius while
-the tables fit a memory budget (offsets + row lists <= 2x the raw codes by
-default, so codes + tables <= 3x; the int64 ids add 8 bytes per code on top).
+the whole segment fits a memory budget (codes + int64 ids + offsets + row
+lists <= 3x the raw codes by default).
 Query-time choice (``assign_radii``): the t_i for the requested radius, greedily
 spending the ``T + 1`` units where they cost least; if the best MIH cost is above
 the scan cost, the segment scans.
@@ -89,22 +89,39 @@ def scan_cost(n: int, bits: int) -> float:
 
 
 def table_bytes(n: int, widths: list[int]) -> int:
-    return sum(4 * ((1 << w) + 1) + 4 * n for w in widths)
+    """Offsets of every table + row lists of all but the first (the codes are
+    stored in table 0's key order, so its buckets are runs of rows)."""
+    return sum(4 * ((1 << w) + 1) for w in widths) + 4 * n * max(len(widths) - 1, 0)
+
+
+def layouts(bits: int, m: int) -> list[list[int]]:
+    """Candidate widths for m tables: near-equal widths covering every bit, and
+    m equal widths of ``bits // m`` leaving ``bits % m`` bits uncovered (still
+    exact: a code within T overall is within T on the covered bits; it trades a
+    little selectivity for offsets half the size, which can fit the budget)."""
+    out = [split_widths(bits, m)]
+    if bits % m:
+        out.append([bits // m] * m)
+    return out
 
 
 def plan_tables(
     n: int, bits: int, radius: int, memory_ratio: float = 3.0, *, force: bool = False
 ) -> list[int] | None:
     """Substring widths for n codes (None: a flat scan is expected to be faster,
-    unless ``force``; or no layout fits the memory budget)."""
+    unless ``force``; or no layout fits the memory budget).
+
+    Budget: codes (1x) + int64 ids + tables <= ``memory_ratio`` x the raw codes."""
     if n == 0:
         return None
-    budget = (memory_ratio - 1.0) * n * bits / 8  # the codes themselves are the 1x
+    budget = (memory_ratio - 1.0) * n * bits / 8 - 8 * n
     plans = []
     for m in range(max(1, -(-bits // MAX_WIDTH)), bits // MIN_WIDTH + 1):
-        widths = split_widths(bits, m)
-        _, cost = assign_radii(n, widths, radius)
-        plans.append((cost, table_bytes(n, widths), widths))
+        for widths in layouts(bits, m):
+            if max(widths) > MAX_WIDTH:
+                continue
+            _, cost = assign_radii(n, widths, radius)
+            plans.append((cost, table_bytes(n, widths), widths))
     fits = [p for p in plans if p[1] <= budget]
     # within budget: the fastest; over it everywhere (small n: the row lists alone,
     # 4 bytes per code per table, outgrow it): the smallest

@@ -209,7 +209,7 @@ class MIHSegment(Segment):
 
     kind = "mih"
 
-    def __init__(self, words, ids, bits, widths, offsets, rows):
+    def __init__(self, words, ids, bits, widths, offsets, rows, ident: int = 0):
         super().__init__(ids, bits)
         self._words = words
         self.widths = np.asarray(widths, np.int64)
@@ -218,7 +218,10 @@ class MIHSegment(Segment):
         np.cumsum([(1 << int(w)) + 1 for w in widths], out=base[1:])
         self.off_base = base[:-1]
         self.offsets = offsets  # uint32, every table's CSR offsets concatenated
-        self.rows = rows  # uint32[m, n]: rows of table i in key order
+        # ident = 1: rows are stored in table 0's key order, so table 0 needs no
+        # row list; rows[i - ident] (uint32[m - ident, n]) is table i's, in key order
+        self.ident = int(ident)
+        self.rows = rows
         self._probe_cache: dict[int, tuple] = {}
         self.scan_fallback = True
         self.densities = self._densities()
@@ -235,16 +238,24 @@ class MIHSegment(Segment):
 
     @classmethod
     def build(cls, words, ids, bits, widths, pool=None) -> MIHSegment:
+        """Tables by counting sort. Table 0's sort also reorders the codes and ids
+        (so that table is just runs of consecutive rows: no row list, and its
+        candidates are read sequentially); the other tables index that order."""
         starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
-
-        rows = np.empty((len(widths), len(ids)), np.uint32)
+        n = len(ids)
+        order = np.empty(n, np.uint32)
+        off0 = kernels.build_table(words, int(starts[0]), int(widths[0]), order)
+        words = np.ascontiguousarray(words[order])
+        ids = np.ascontiguousarray(ids[order])
+        del order
+        rows = np.empty((len(widths) - 1, n), np.uint32)
 
         def one(i):
-            return kernels.build_table(words, int(starts[i]), int(widths[i]), rows[i])
+            return kernels.build_table(words, int(starts[i]), int(widths[i]), rows[i - 1])
 
-        idx = range(len(widths))
+        idx = range(1, len(widths))
         offsets = list(pool.map(one, idx)) if pool is not None else [one(i) for i in idx]
-        return cls(words, ids, bits, widths, np.concatenate(offsets), rows)
+        return cls(words, ids, bits, widths, np.concatenate([off0, *offsets]), rows, ident=1)
 
     def words(self):
         return self._words
@@ -292,7 +303,7 @@ class MIHSegment(Segment):
         tvals, mask_base, masks, mask_count, _ = plan
         return kernels.mih_radius(
             qwords, self._words, _dead(dead), radius, self.starts, self.widths, tvals,
-            self.off_base, self.offsets, self.rows, mask_base, masks, mask_count,
+            self.off_base, self.offsets, self.rows, self.ident, mask_base, masks, mask_count,
         )  # fmt: skip
 
     def nbytes(self) -> int:
@@ -306,7 +317,7 @@ class MIHSegment(Segment):
         np.save(directory / "offsets.npy", self.offsets)
         np.save(directory / "rows.npy", self.rows)
         super().save(directory)
-        return {"widths": [int(w) for w in self.widths]}
+        return {"widths": [int(w) for w in self.widths], "ident": self.ident}
 
     @classmethod
     def load(cls, directory, meta, bits, mmap):
@@ -315,13 +326,15 @@ class MIHSegment(Segment):
         ids = _np_load(directory / "ids.npy", mmap)
         offsets = _np_load(directory / "offsets.npy", mmap)
         rows = _np_load(directory / "rows.npy", mmap)
+        ident = int(meta.get("ident", 0))
         if (
-            sum(widths) != bits
+            sum(widths) > bits
+            or ident not in (0, 1)
             or len(offsets) != sum((1 << w) + 1 for w in widths)
-            or rows.shape != (len(widths), len(ids))
+            or rows.shape != (len(widths) - ident, len(ids))
         ):
             raise ValueError("MIH tables do not match their codes")
-        return cls(words, ids, bits, widths, offsets, rows)
+        return cls(words, ids, bits, widths, offsets, rows, ident)
 
 
 _MASKS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
