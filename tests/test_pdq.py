@@ -115,6 +115,24 @@ def _chessboard(h: int, w: int, cells: int) -> np.ndarray:
     return _rgb(board)
 
 
+def test_luma_is_the_bindings_float64_formula_for_every_rgb_triple():
+    """The kernel's integer-weight luma equals float32(R*0.299 + G*0.587 + B*0.114)
+    computed in float64 (what the pdqhash bindings feed C++) for all 2**24 colours."""
+    from hashmatch.engine.pdq_kernels import _luma_full
+
+    g, b = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+    g, b = g.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    rgb = np.empty((256, 65536, 3), np.uint8)
+    rgb[:, :, 0] = np.arange(256, dtype=np.uint8)[:, None]
+    rgb[:, :, 1] = g.astype(np.uint8)
+    rgb[:, :, 2] = b.astype(np.uint8)
+    got = np.empty((256, 65536), np.float32)
+    _luma_full(rgb, got)
+    for r in range(256):
+        want = ((r * 0.299 + g * 0.587) + b * 0.114).astype(np.float32)
+        assert np.array_equal(got[r].view(np.uint32), want.view(np.uint32)), r
+
+
 @pytest.mark.parametrize("cells", [2, 4, 8, 16, 32, 64])
 @pytest.mark.parametrize("shape", [(64, 64), (128, 128), (100, 160), (37, 53), (512, 512)])
 def test_chessboards_tie_at_the_median_like_pdqhash(cells, shape):
