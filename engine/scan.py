@@ -320,6 +320,7 @@ def hash_file(
     ``known_md5``: the catalogued MD5 of a file whose mtime changed but size did not;
     if the content is the same, the file is reported ``unchanged`` without decoding.
     """
+    from hashmatch.engine.decode import read_source
     from hashmatch.engine.hashing import DEFAULT_OPTIONS, hash_media
 
     options = options or _WORKER_OPTIONS or DEFAULT_OPTIONS
@@ -342,16 +343,24 @@ def hash_file(
                 path, size, mtime, md5, reason="unsupported", error="no requested type applies"
             )
         is_video = any(signal_types.get(t).content == "video" for t in wanted)
-        results = hash_media(path if is_video else data, wanted, options)
-        hashes = [
-            FileHashes(
+        # the MD5 is already computed above: hash_media would digest the bytes again
+        others = [t for t in wanted if t != "md5"]
+        if others:
+            results = hash_media(path if is_video else data, others, options)
+        else:  # md5 alone: still refuse what hash_media refuses (empty, too large)
+            read_source(data, options.limits)
+            results = []
+        by_type = {
+            r.signal_type: FileHashes(
                 r.signal_type,
                 np.ascontiguousarray(r.codes, dtype=np.uint8),
                 list(r.qualities),
                 list(r.timestamps),
             )
             for r in results
-        ]
+        }
+        by_type["md5"] = FileHashes("md5", np.frombuffer(md5, np.uint8)[None, :].copy(), [], [])
+        hashes = [by_type[t] for t in wanted]
         return WorkResult(path, size, mtime, md5, wanted, hashes)
     except Exception as exc:  # one bad file must never stop the scan
         return WorkResult(path, size, mtime, md5, reason=failure_reason(exc), error=str(exc))
