@@ -43,8 +43,9 @@ class HashOptions:
     dihedral_exact: bool = False
     # Trim uniform/blurred borders and letterbox bars. pdq: *adds* the trimmed image's
     # rows after the plain ones (when trimming changed the image), so a wrong trim can
-    # never lose a match the plain hash had; imagehash types: hash the trimmed image;
-    # vpdq: every sampled frame is trimmed.
+    # never lose a match the plain hash had; when nested bands were cut, also the rows
+    # of the image with only the outermost bands cut (trim.border_boxes); imagehash
+    # types: hash the trimmed image; vpdq: every sampled frame is trimmed.
     trim_borders: bool = False
     # pdq: *adds* 16 rows after the others: the image as given extended by
     # edge-replicated borders (4.5% of each side, 4x4 splits), as if undoing a small
@@ -70,7 +71,8 @@ class HashResult:
     ``codes`` is always 2-D ``uint8[k, nbytes]``: k = 1 normally, 8 for dihedral PDQ
     (row 0 is the image as given), twice that when ``trim_borders`` changed the image
     (the trimmed image's rows follow the as-given ones: rows 8..15, or row 1 without
-    dihedral), one row per sampled frame for vPDQ. ``uncrop`` appends its 16 rows last.
+    dihedral; then, if nested bands were cut, those of the outer-bands-only trim), one
+    row per sampled frame for vPDQ. ``uncrop`` appends its 16 rows last.
     """
 
     signal_type: str
@@ -135,9 +137,9 @@ def hash_media(
 def _pdq(rgb: np.ndarray, options: HashOptions) -> HashResult:
     images = [rgb]
     if options.trim_borders:
-        trimmed = _trim(rgb)
-        if trimmed.shape != rgb.shape:
-            images.append(trimmed)
+        from hashmatch.engine.trim import trim_candidates
+
+        images.extend(trim_candidates(rgb))  # 0, 1 or 2 trimmed images (engine/trim.py)
     codes, qualities = [], []
     for image in images:
         pixels = reference_downsize(image) if options.reference_resize else image

@@ -11,7 +11,8 @@ number of rows per query works with ``Engine.match`` / ``Engine.match_media``.
 
 * :func:`pdq_query_codes` (query side): the 8 dihedral variants of the image, and the
   same for the image with its borders trimmed when trimming changed it. Rows 0..7 are
-  the image as given (the ``pdq_hash_dihedral`` order), rows 8..15 the trimmed image.
+  the image as given (the ``pdq_hash_dihedral`` order), rows 8..15 the trimmed image
+  (and 16..23 the outer-bands-only trim when nested bands were cut).
   Trimming only adds rows, so a wrong trim can never lose a match the plain hash had.
 * :func:`uncrop_images` / :func:`pdq_uncrop_codes` (query side): the image extended by
   edge-replicated borders, as if undoing a small crop, on a grid of splits (16 rows by
@@ -32,7 +33,7 @@ import cv2
 import numpy as np
 
 from hashmatch.engine.pdq import pdq_hash, pdq_hash_dihedral
-from hashmatch.engine.trim import trim_borders
+from hashmatch.engine.trim import trim_borders, trim_candidates
 from hashmatch.engine.video import VideoHash, hash_video
 
 #: Centred crops stored per original by :func:`pdq_crop_codes` (share kept per side).
@@ -69,7 +70,9 @@ def pdq_query_codes(
 ) -> tuple[np.ndarray, list[int]]:
     """Query codes for one image -> (``uint8[k, 32]``, quality per row).
 
-    k = 1 (plain), 8 (dihedral), 2 or 16 when trimming changed the image.
+    k = 1 (plain) or 8 (dihedral) per image: the image as given, then each
+    :func:`~hashmatch.engine.trim.trim_candidates` image (0-2), the order of
+    ``hash_media``'s rows.
     ``exact=True`` hashes the 8 re-oriented pixel arrays (8 downsamples); ``False``
     derives them from one DCT (``pdq_hash_dihedral``, ~1.1x one hash). PDQ's box
     filter is not mirror-symmetric, so the DCT shortcut lands 10-30 bits from the
@@ -77,9 +80,7 @@ def pdq_query_codes(
     """
     images = [rgb]
     if trim:
-        trimmed = trim_borders(rgb)
-        if trimmed.shape != rgb.shape:
-            images.append(trimmed)
+        images.extend(trim_candidates(rgb))
     codes, qualities = [], []
     for image in images:
         if dihedral and exact:

@@ -13,7 +13,7 @@ from hypothesis import strategies as hst
 
 from hashmatch.engine.multihash import pdq_crop_codes, pdq_query_codes
 from hashmatch.engine.pdq import pdq_hash
-from hashmatch.engine.trim import border_box, trim_borders
+from hashmatch.engine.trim import border_box, border_boxes, trim_borders, trim_candidates
 
 
 def _load_transforms():
@@ -132,3 +132,22 @@ def test_crop_codes_bring_a_centred_crop_within_threshold():
     assert min(_dist(q, c) for c in stored) <= 10
     with pytest.raises(ValueError):
         pdq_crop_codes(im, keep=(1.5,))
+
+
+def test_letterboxed_picture_with_its_own_caption_strip_keeps_the_strip_in_a_candidate():
+    # The picture itself ends in a flat grey caption strip; letterbox bars around it.
+    # The best guess cuts the strip as a nested band; the outer-bands-only candidate
+    # keeps it, and that is the one that hashes like the original.
+    im = _photo("chelsea").copy()
+    h, w = im.shape[:2]
+    im[h - h // 8 :] = 128
+    boxed = np.pad(im, ((60, 60), (0, 0), (0, 0)))  # black bars, top and bottom
+    boxes = border_boxes(boxed)
+    assert len(boxes) == 2
+    assert _close(boxes[1], (60, 60 + h, 0, w), tol=3), boxes
+    assert boxes[0][1] < 60 + h - h // 8 + 3  # the strip went too
+    original = pdq_hash(im)[0]
+    dists = [_dist(pdq_hash(c)[0], original) for c in trim_candidates(boxed)]
+    assert dists[0] > 31 and dists[1] <= 31, dists
+    # a plain padded photo has one candidate only
+    assert len(border_boxes(tf.pad_solid(0.2)(_photo("coffee"), RNG))) == 1
