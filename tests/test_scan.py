@@ -329,3 +329,26 @@ def test_touched_file_with_same_bytes_is_not_decoded_again(world, tmp_path):
         assert rec.mtime_ns == victim.stat().st_mtime_ns  # the new stat is recorded
     matcher.close()
     catalog.close()
+
+
+def test_hash_file_digests_the_bytes_once_keeping_order_and_failures(tmp_path):
+    """Workers reuse their own MD5 instead of hash_media's: same codes, same order, and
+    an md5-only request still refuses an empty file."""
+    import cv2
+    import skimage.data
+
+    from hashmatch.engine.scan import hash_file
+
+    photo = tmp_path / "coffee.png"
+    cv2.imwrite(str(photo), np.ascontiguousarray(skimage.data.coffee()[:, :, ::-1]))
+    got = hash_file(str(photo), ("md5", "pdq"))
+    assert got.reason is None
+    want = hash_media(photo, ["md5", "pdq"])
+    assert [h.signal_type for h in got.hashes] == ["md5", "pdq"]
+    for h, w in zip(got.hashes, want, strict=True):
+        assert np.array_equal(h.codes, w.codes)
+        assert h.qualities == w.qualities
+    assert got.hashes[0].codes.tobytes() == got.md5
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    assert hash_file(str(empty), ("md5",)).reason == "empty"
