@@ -4,7 +4,8 @@ For each size N and each data set (uniform random 256-bit codes; clustered codes
 that look like real PDQ: near-duplicate families around centres with skewed
 bits), in ONE run:
 
-- hashmatch ``auto`` (MIH) with 1 shard on one core, and with one shard per core;
+- hashmatch ``auto`` (MIH) with 1 shard: single queries and a batch on one thread,
+  then the batch with every core (query spans); and with one shard per core;
 - FAISS ``IndexBinaryFlat`` (range_search at T+1), one thread and all threads;
 - FAISS ``IndexBinaryMultiHash`` 16x16, nflip=1 (exact at T=31; pytx's layout);
 - python-threatexchange ``PDQIndex`` (its public API: hex strings in, ``query``),
@@ -119,12 +120,14 @@ def hit_sets(lims, ids) -> list[frozenset]:
 # ---------------------------------------------------------------- methods
 
 
-def bench_ours(codes, queries, radius, shards, label, threads_label):
+def bench_ours(codes, queries, radius, shards, label):
+    """Rows for one hashmatch index: latency and batch on one thread, then (when
+    there are more cores) batch throughput with every core."""
     from hashmatch.indexes import make_index
 
     gc.collect()
     before = rss()
-    index = make_index(256, "auto", shards)
+    index = make_index(256, "auto", shards, threads=1)
     t = time.perf_counter()
     index.add(codes, np.arange(len(codes), dtype=np.int64))
     build = time.perf_counter() - t
@@ -133,22 +136,30 @@ def bench_ours(codes, queries, radius, shards, label, threads_label):
     def search(q):
         return index.search_radius(q, radius)
 
-    lat = latencies(search, queries)
-    qps = throughput(search, queries)
-    lims, _, ids = index.search_radius(queries, radius)
     segs = index.stats()["shards"][0]["segments"]
-    row = dict(
+    base = dict(
         method=f"{label} ({segs[0]['type'] if segs else 'empty'})",
-        threads=threads_label,
         build=build,
         mem=index.memory_bytes() / codes.nbytes,
         rss=grown / codes.nbytes,
-        p50=np.percentile(lat, 50),
-        p99=np.percentile(lat, 99),
-        qps=qps,
         n=len(codes),
     )
-    return row, hit_sets(lims, ids)
+    rows = []
+    if shards == 1:
+        lat = latencies(search, queries)
+        rows.append(
+            dict(base, threads="1", p50=np.percentile(lat, 50), p99=np.percentile(lat, 99),
+                 qps=throughput(search, queries))
+        )  # fmt: skip
+    if CORES > 1:
+        index.threads = CORES
+        lat = latencies(search, queries) if shards > 1 else np.array([np.nan])
+        rows.append(
+            dict(base, threads=str(CORES), p50=np.percentile(lat, 50),
+                 p99=np.percentile(lat, 99), qps=throughput(search, queries))
+        )  # fmt: skip
+    lims, _, ids = index.search_radius(queries, radius)
+    return rows, hit_sets(lims, ids)
 
 
 def bench_faiss_flat(codes, queries, radius, threads):
@@ -379,6 +390,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--quick", action="store_true", help="100k codes, fewer queries, no sweeps")
     ap.add_argument("--no-peers", action="store_true", help="skip FAISS MultiHash and pytx")
     ap.add_argument("--no-sweeps", action="store_true", help="skip the radius and small-N sweeps")
+    ap.add_argument(
+        "--no-multihash", action="store_true", help="skip FAISS MultiHash (minutes to build at 10M)"
+    )
     args = ap.parse_args(argv)
     sizes = [100_000] if args.quick else [int(s) for s in args.sizes.split(",")]
     nq = 60 if args.quick else args.queries
@@ -400,17 +414,19 @@ def main(argv: list[str]) -> None:
             rows.append(row)
             row, _ = bench_faiss_flat(codes, queries, args.radius, CORES)
             rows.append(row)
-            row, hits["ours1"] = bench_ours(
-                codes, queries, args.radius, 1, "hashmatch auto, 1 shard", "1"
+            more, hits["ours1"] = bench_ours(
+                codes, queries, args.radius, 1, "hashmatch auto, 1 shard"
             )
-            rows.append(row)
-            row, hits["oursS"] = bench_ours(
-                codes, queries, args.radius, CORES, f"hashmatch auto, {CORES} shards", str(CORES)
-            )
-            rows.append(row)
+            rows += more
+            if CORES > 1:
+                more, hits["oursS"] = bench_ours(
+                    codes, queries, args.radius, CORES, f"hashmatch auto, {CORES} shards"
+                )
+                rows += more
             if not args.no_peers:
-                row, hits["mh"] = bench_faiss_mih(codes, queries, args.radius)
-                rows.append(row)
+                if not args.no_multihash:
+                    row, hits["mh"] = bench_faiss_mih(codes, queries, args.radius)
+                    rows.append(row)
                 if args.radius == 31:
                     cap = min(n, args.pytx_max)
                     row, pytx_hits = bench_pytx(codes, queries, cap)

@@ -58,7 +58,8 @@ def make_index(bits: int, kind: str = "auto", shards: int | None = None, **optio
 
     options: ``radius_hint`` (radius MIH is tuned for; default 31/256 of the
     width), ``memory_ratio`` (cap on index bytes / raw code bytes, default 3),
-    ``delta_min`` (unindexed rows a shard buffers before merging).
+    ``delta_min`` (unindexed rows a shard buffers before merging), ``threads``
+    (most threads one search uses: None = one per core, 1 = the caller's only).
     """
     return ShardedIndex(bits, kind, shards, **options)
 

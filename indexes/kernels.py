@@ -180,17 +180,40 @@ def build_table(cwords, start, width, rows):
     keys = np.empty(n, np.uint32)
     counts = np.zeros(nb + 1, np.uint32)
     for i in range(n):
-        key = np.uint32(_key(cwords[i], start, width))
-        keys[i] = key
-        counts[key + 1] += 1
+        keys[i] = np.uint32(_key(cwords[i], start, width))
+    # the counters are random accesses into 4 * 2**width bytes: prefetch ahead
+    for i in range(n):
+        if i + 16 < n:
+            prefetch(counts, keys[i + 16] + 1)
+        counts[keys[i] + 1] += 1
     for b in range(nb):
         counts[b + 1] += counts[b]
     fill = counts[:nb].copy()
     for i in range(n):
+        if i + 16 < n:
+            prefetch(fill, keys[i + 16])
         key = keys[i]
         rows[fill[key]] = i
         fill[key] += 1
     return counts
+
+
+@njit(cache=True, nogil=True)
+def gather_rows(cwords, ids, order):
+    """(cwords[order], ids[order]) in one pass (numpy's 2-D fancy indexing is ~10x
+    slower at 10M rows)."""
+    n = order.shape[0]
+    nw = cwords.shape[1]
+    out_w = np.empty((n, nw), cwords.dtype)
+    out_i = np.empty(n, ids.dtype)
+    for j in range(n):
+        if j + 16 < n:
+            prefetch(cwords, order[j + 16])
+        r = np.int64(order[j])
+        for w in range(nw):
+            out_w[j, w] = cwords[r, w]
+        out_i[j] = ids[r]
+    return out_w, out_i
 
 
 @njit(cache=True, nogil=True)

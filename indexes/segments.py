@@ -245,8 +245,7 @@ class MIHSegment(Segment):
         n = len(ids)
         order = np.empty(n, np.uint32)
         off0 = kernels.build_table(words, int(starts[0]), int(widths[0]), order)
-        words = np.ascontiguousarray(words[order])
-        ids = np.ascontiguousarray(ids[order])
+        words, ids = kernels.gather_rows(words, np.ascontiguousarray(ids), order)
         del order
         rows = np.empty((len(widths) - 1, n), np.uint32)
 

@@ -54,7 +54,8 @@ KINDS = ("auto", "flat", "mih", "exact")
 DELTA_MIN = 16_384  # unindexed rows a shard may hold before they are merged in
 DELTA_FRACTION = 8  # ... or 1/8 of its indexed rows, whichever is larger
 DEAD_FRACTION = 0.25  # tombstoned share of a shard that triggers compaction
-INLINE_SECONDS = 200e-6  # estimated work below which shards run inline, not on the pool
+INLINE_SECONDS = 1e-3  # estimated work below which shards run inline, not on the pool:
+# a thread hand-off costs ~0.1 ms idle and far more when other processes hold the cores
 SPLIT_SECONDS = 2e-3  # estimated batch work above which queries are split across cores
 MIN_MIH_ROWS = 20_000  # "auto" scans shards smaller than this (tables do not pay)
 
@@ -135,12 +136,14 @@ def concat_csr(chunks: list[RadiusResult]) -> RadiusResult:
     )
 
 
-def _query_spans(busy: list[Shard], nq: int, radius: int) -> list[tuple[int, int]]:
+def _query_spans(
+    busy: list[Shard], nq: int, radius: int, threads: int | None = None
+) -> list[tuple[int, int]]:
     """Query ranges a batch is cut into: one unless the batch is big enough to pay
-    for threads and there are fewer non-empty shards than cores."""
+    for threads and there are fewer non-empty shards than threads."""
     if nq < 2:
         return [(0, nq)]
-    ways = min(nq, default_shards() // len(busy))
+    ways = min(nq, (threads or default_shards()) // len(busy))
     if ways < 2:
         return [(0, nq)]
     work = nq * sum(seg.cost(radius) for s in busy for seg in s.segments)
@@ -179,6 +182,7 @@ class ShardedIndex:
         memory_ratio: float = 3.0,
         delta_min: int = DELTA_MIN,
         scan_fallback: bool = True,
+        threads: int | None = None,
     ):
         if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8:
             raise InvalidInput(f"bits must be a positive multiple of 8, got {bits!r}", field="bits")
@@ -193,6 +197,8 @@ class ShardedIndex:
         self.memory_ratio = float(memory_ratio)
         self.delta_min = int(delta_min)
         self.scan_fallback = bool(scan_fallback)  # False: MIH always probes (tests)
+        # most threads one search uses (None: one per core; 1: the caller's only)
+        self.threads = None if threads is None else max(1, int(threads))
         self._state: tuple[Shard, ...] = tuple(Shard() for _ in range(shards))
         self._write = threading.RLock()
         self._bulk = 0
@@ -380,7 +386,7 @@ class ShardedIndex:
         busy = [s for s in state if s.segments]
         if not busy:
             return empty_radius_result(nq)
-        spans = _query_spans(busy, nq, r)
+        spans = _query_spans(busy, nq, r, self.threads)
         if len(spans) == 1 and len(busy) == 1 and len(busy[0].segments) == 1:
             # the common serving case (one merged segment): no closures, no merges;
             # at ~0.5 ms per 10M-code query the Python around the kernel counts
@@ -429,7 +435,7 @@ class ShardedIndex:
         """Run ``fn`` per non-empty shard: inline when the work is too small to pay
         a thread hand-off (~0.1 ms), else on the pool with the first shard inline."""
         busy = [s for s in state if s.segments]
-        if len(busy) <= 1:
+        if len(busy) <= 1 or self.threads == 1:
             return [fn(s) for s in busy]
         work = nq * sum(seg.cost(radius) for s in busy for seg in s.segments)
         if work < INLINE_SECONDS:
