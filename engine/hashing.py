@@ -144,10 +144,9 @@ def _pdq(rgb: np.ndarray, options: HashOptions) -> HashResult:
     for image in images:
         pixels = reference_downsize(image) if options.reference_resize else image
         if options.dihedral and options.dihedral_exact:
-            from hashmatch.engine.multihash import orientations
+            from hashmatch.engine.multihash import pdq_orientations
 
-            hashed = [pdq_hash(np.ascontiguousarray(o)) for o in orientations(pixels)]
-            rows, quality = np.stack([h[0] for h in hashed]), hashed[0][1]
+            rows, quality = pdq_orientations(pixels)
         elif options.dihedral:
             rows, quality = pdq_hash_dihedral(pixels)
         else:

@@ -65,6 +65,30 @@ def orientations(rgb: np.ndarray) -> list[np.ndarray]:
     ]
 
 
+def oriented_copies(rgb: np.ndarray) -> list[np.ndarray]:
+    """:func:`orientations` as contiguous copies, made with OpenCV's flip/transpose
+    (the same pixels, ~5x faster than numpy copying strided views of an RGB image)."""
+    rgb = np.ascontiguousarray(rgb)
+    t = cv2.transpose(rgb)
+    return [
+        rgb,
+        cv2.flip(t, 0),
+        cv2.flip(rgb, -1),
+        cv2.flip(t, 1),
+        cv2.flip(rgb, 0),
+        cv2.flip(rgb, 1),
+        t,
+        cv2.flip(t, -1),
+    ]
+
+
+def pdq_orientations(rgb: np.ndarray) -> tuple[np.ndarray, int]:
+    """Exact dihedral PDQ: the PDQ of each re-oriented image -> (``uint8[8, 32]``,
+    quality of the image as given), in :func:`orientations` order."""
+    hashed = [pdq_hash(o) for o in oriented_copies(rgb)]
+    return np.stack([h[0] for h in hashed]), hashed[0][1]
+
+
 def pdq_query_codes(
     rgb: np.ndarray, *, dihedral: bool = True, trim: bool = True, exact: bool = True
 ) -> tuple[np.ndarray, list[int]]:
@@ -84,9 +108,7 @@ def pdq_query_codes(
     codes, qualities = [], []
     for image in images:
         if dihedral and exact:
-            hashed = [pdq_hash(np.ascontiguousarray(o)) for o in orientations(image)]
-            c = np.stack([h[0] for h in hashed])
-            q = hashed[0][1]
+            c, q = pdq_orientations(image)
         elif dihedral:
             c, q = pdq_hash_dihedral(image)
         else:

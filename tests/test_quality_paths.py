@@ -156,3 +156,16 @@ def test_uncrop_rows_come_last_and_default_hash_is_unchanged(engine):
     assert len(images) == 16 and all(x.shape[:2] == (268, 268) for x in images)
     with pytest.raises(ValueError):
         uncrop_images(skimage.data.astronaut(), share=1.5)
+
+
+def test_oriented_copies_are_the_orientations_pixel_for_pixel():
+    from hashmatch.engine.multihash import oriented_copies, pdq_orientations
+
+    im = skimage.data.chelsea()[:, :401]  # odd width, not square
+    views = orientations(im)
+    copies = oriented_copies(im)
+    assert all(np.array_equal(v, c) for v, c in zip(views, copies, strict=True))
+    rows, _ = pdq_orientations(im)
+    assert all(
+        np.array_equal(rows[n], pdq_hash(np.ascontiguousarray(v))[0]) for n, v in enumerate(views)
+    )
