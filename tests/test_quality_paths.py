@@ -169,3 +169,32 @@ def test_oriented_copies_are_the_orientations_pixel_for_pixel():
     assert all(
         np.array_equal(rows[n], pdq_hash(np.ascontiguousarray(v))[0]) for n, v in enumerate(views)
     )
+
+
+def test_bench_quality_scores_the_engine_path():
+    """bench/quality.py measures hash_media with each method's options, not a copy of it."""
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT))
+    try:
+        from bench import quality
+    finally:
+        sys.path.remove(str(PROJECT_ROOT))
+    originals = [
+        (name, np.ascontiguousarray(getattr(skimage.data, name)()[::2, ::2, :3]))
+        for name in ("astronaut", "chelsea", "coffee", "rocket")
+    ]
+    wanted = ("pdq", "hashmatch", "hashmatch+uncrop")
+    methods = [m for m in quality.METHODS if m.name in wanted]
+    copy = _png(originals[0][1][:, ::-1])
+    for m in methods:  # the query side IS hash_media with the method's options
+        assert np.array_equal(m.query(copy), hash_media(copy, ["pdq"], m.options)[0].codes)
+    res = quality.evaluate(originals, ["flip h", "pad 20% solid", "jpeg q50"], methods)
+    per = {n: res["methods"][n]["per_transform"] for n in wanted}
+    assert per["pdq"]["flip h"]["recall_plain"] == 0.0
+    assert per["hashmatch"]["flip h"]["recall_plain"] == 1.0
+    assert per["hashmatch"]["pad 20% solid"]["recall_plain"] == 1.0
+    assert all(per[n]["jpeg q50"]["recall_plain"] == 1.0 for n in wanted)
+    assert res["methods"]["hashmatch+uncrop"]["query_codes_mean"] > 16
