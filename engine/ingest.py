@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 import sys
@@ -36,7 +37,7 @@ from typing import IO
 import numpy as np
 
 from hashmatch.engine.errors import InvalidInput
-from hashmatch.engine.store import Rejection, SignalRecord
+from hashmatch.engine.store import ColumnBatch, Rejection, SignalRecord
 
 FORMATS = ("jsonl", "csv", "hex", "vpdq")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -67,6 +68,23 @@ def detect_format(first_line: str, name: str = "") -> str:
     return "hex"
 
 
+class RecordStream:
+    """What :func:`read_records` returns: iterate it for records, or let the store
+    pull column batches (:meth:`column_batches`, the fast path for CSV)."""
+
+    def __init__(self, source, format, signal_type, labels, external_id):
+        self._args = (source, format, signal_type, tuple(labels), external_id)
+
+    def __iter__(self) -> Iterator[Item]:
+        return _read(*self._args, batch_size=None)
+
+    def column_batches(self, size: int) -> Iterator[tuple[ColumnBatch, list[Rejection], int]]:
+        """(batch, its parser rejections, stream position after it), ``size`` records at a
+        time; the same records, rejections and positions as iterating."""
+        for cb in _read(*self._args, batch_size=size):
+            yield cb, cb.rejections, cb.seen
+
+
 def read_records(
     source: str | Path | IO[str],
     *,
@@ -74,14 +92,21 @@ def read_records(
     signal_type: str | None = None,
     labels: Sequence[str] = (),
     external_id: str | None = None,
-) -> Iterator[Item]:
+) -> RecordStream:
     """Stream records from a file path (``-`` = stdin) or text stream.
 
     ``labels`` are added to every record; ``signal_type`` is required for ``hex``
     (and overrides the type of ``vpdq``, which is always "vpdq"). An unusable file
     as a whole (unknown format, CSV header without the needed columns, hex with no
     type) raises :class:`InvalidInput` before any record is produced.
+    The result is iterable (once per iteration it reads the source; a text stream
+    can be read once) and offers column batches to the store's ingest.
     """
+    return RecordStream(source, format, signal_type, labels, external_id)
+
+
+def _read(source, format, signal_type, labels, external_id, *, batch_size: int | None):
+    """Records (``batch_size`` None) or :class:`ColumnBatch` es of ``batch_size``."""
     stream, name, close = _open(source)
     try:
         first = ""
@@ -98,19 +123,32 @@ def read_records(
             )
         lines = _chain(buffered, stream)
         extra = tuple(labels)
+        if fmt == "csv" and batch_size is not None:
+            yield from _csv_columns(lines, extra, batch_size)
+            return
         if fmt == "jsonl":
-            yield from _jsonl(lines, extra)
+            items = _jsonl(lines, extra)
         elif fmt == "csv":
-            yield from _csv(lines, extra)
+            items = _csv(lines, extra)
         elif fmt == "hex":
             if not signal_type:
                 raise InvalidInput(
                     "plain hex lines carry no type: give the signal type (--type pdq)",
                     field="signal_type",
                 )
-            yield from _hex(lines, signal_type, extra)
+            items = _hex(lines, signal_type, extra)
         else:
-            yield from _vpdq(lines, extra, external_id or (Path(name).stem if name else None))
+            items = _vpdq(lines, extra, external_id or (Path(name).stem if name else None))
+        if batch_size is None:
+            yield from items
+            return
+        position = 0
+        while True:
+            chunk = list(itertools.islice(items, batch_size))
+            if not chunk:
+                return
+            yield ColumnBatch.from_items(chunk, position)
+            position += len(chunk)
     finally:
         if close:
             stream.close()
@@ -244,69 +282,224 @@ _CSV_ALIASES = {
 }
 
 
-def _csv(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
-    reader = csv.reader(lines)
+def _csv_header(reader) -> tuple[list[str], dict[str, int | None]] | None:
+    """The header row and where each column is (None: no header, an empty file)."""
     header = None
     for row in reader:
         if row and any(c.strip() for c in row):
             header = [c.strip().lower().lstrip("\ufeff") for c in row]
             break
     if header is None:
-        return
+        return None
     missing = [c for c in ("signal_type", "signal_value") if c not in header]
     if missing:
         raise InvalidInput(
             f"CSV header lacks column(s) {', '.join(missing)} (found: {', '.join(header)})",
             field="header",
         )
-    i_type, i_value = header.index("signal_type"), header.index("signal_value")
-    optional = {}
+    where: dict[str, int | None] = {
+        "signal_type": header.index("signal_type"),
+        "signal_value": header.index("signal_value"),
+    }
     for key, names in _CSV_ALIASES.items():
-        for n in names:
-            if n in header:
-                optional[key] = header.index(n)
-                break
-    width = len(header)
-    i_lab = optional.get("labels")
-    i_ext = optional.get("external_id")
-    i_q = optional.get("quality")
-    i_exp = optional.get("expires_at")
-    label_cache: dict[str, tuple[str, ...]] = {}
-    for row in reader:
-        number = reader.line_num
-        if len(row) < width:
-            if not any(c.strip() for c in row):
-                continue
-            yield Rejection(
-                f"missing column {header[len(row)]!r} ({len(row)} of {width} columns)",
-                line=number,
-                field=header[len(row)],
-            )
-            continue
-        if i_lab is None:
-            labels = extra
-        else:
-            text = row[i_lab]
-            labels = label_cache.get(text)
-            if labels is None:
-                labels = _labels(text, extra)
-                if len(label_cache) < 10_000:
-                    label_cache[text] = labels
+        where[key] = next((header.index(n) for n in names if n in header), None)
+    return header, where
+
+
+class _CsvRows:
+    """Turns CSV rows into records: the per-row rules, shared by both read paths."""
+
+    def __init__(self, header: list[str], where: dict[str, int | None], extra: tuple[str, ...]):
+        self.header, self.width, self.extra = header, len(header), extra
+        self.i_type, self.i_value = where["signal_type"], where["signal_value"]
+        self.i_lab, self.i_ext = where["labels"], where["external_id"]
+        self.i_q, self.i_exp = where["quality"], where["expires_at"]
+        self.label_cache: dict[str, tuple[str, ...]] = {}
+
+    def short(self, row: list[str], number: int) -> Rejection | None:
+        """A row with too few columns: None if blank (skipped), else its rejection."""
+        if not any(c.strip() for c in row):
+            return None
+        return Rejection(
+            f"missing column {self.header[len(row)]!r} ({len(row)} of {self.width} columns)",
+            line=number,
+            field=self.header[len(row)],
+        )
+
+    def labels(self, text: str) -> tuple[str, ...]:
+        labels = self.label_cache.get(text)
+        if labels is None:
+            labels = _labels(text, self.extra)
+            if len(self.label_cache) < 10_000:
+                self.label_cache[text] = labels
+        return labels
+
+    def item(self, row: list[str], number: int) -> Item:
         try:
-            yield SignalRecord(
-                row[i_type],
-                row[i_value],
-                labels,
-                row[i_ext] or None if i_ext is not None else None,
-                _quality(row[i_q]) if i_q is not None else None,
-                parse_time(row[i_exp]) if i_exp is not None else None,
+            return SignalRecord(
+                row[self.i_type],
+                row[self.i_value],
+                self.extra if self.i_lab is None else self.labels(row[self.i_lab]),
+                row[self.i_ext] or None if self.i_ext is not None else None,
+                _quality(row[self.i_q]) if self.i_q is not None else None,
+                parse_time(row[self.i_exp]) if self.i_exp is not None else None,
                 None,
                 None,
                 None,
                 number,
             )
         except InvalidInput as exc:
-            yield Rejection(exc.message, line=number, field=exc.field)
+            return Rejection(exc.message, line=number, field=exc.field)
+
+
+def _csv(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
+    reader = csv.reader(lines)
+    found = _csv_header(reader)
+    if found is None:
+        return
+    rows = _CsvRows(*found, extra)
+    width = rows.width
+    for row in reader:
+        number = reader.line_num
+        if len(row) < width:
+            rejection = rows.short(row, number)
+            if rejection is not None:
+                yield rejection
+            continue
+        yield rows.item(row, number)
+
+
+def _csv_columns(lines: Iterable[str], extra: tuple[str, ...], size: int) -> Iterator[ColumnBatch]:
+    """CSV as column batches of ``size`` records: the same records, rejections and
+    stream positions as :func:`_csv`, without an object per line.
+
+    Why two readers: most hash-list CSVs are plain (no quotes, one row a line, every
+    row as wide as the header). Such a chunk is cut into columns with one
+    ``str.split`` and slices, checked with numpy (the comma count of every line);
+    the first chunk that is not plain hands the rest of the file to ``csv.reader``
+    (a quoted field may span lines, so there is no going back).
+    """
+    lines = iter(lines)
+    reader = csv.reader(lines)
+    found = _csv_header(reader)
+    if found is None:
+        return
+    rows = _CsvRows(*found, extra)
+    width = rows.width
+    base = reader.line_num  # physical lines read so far
+    position = 0
+    while True:
+        chunk = list(itertools.islice(lines, size))
+        if not chunk:
+            return
+        fields = _plain_fields(chunk, width)
+        if fields is None:  # not plain: csv.reader from here on
+            yield from _csv_reader_columns(rows, itertools.chain(chunk, lines), size, base,
+                                           position)  # fmt: skip
+            return
+        n = len(chunk)
+        numbers = list(range(base + 1, base + n + 1))
+        positions = list(range(position, position + n))
+        base += n
+        position += n
+        yield _columns(rows, [fields[k::width] for k in range(width)], numbers, positions, [],
+                       position)  # fmt: skip
+
+
+def _plain_fields(chunk: list[str], width: int) -> list[str] | None:
+    """Every field of ``chunk`` in row order if each line is one plain row of exactly
+    ``width`` fields (no quotes, no blank line); else None."""
+    text = "".join(chunk)
+    if '"' in text:
+        return None
+    if "\r" in text:
+        if text.count("\r") != text.count("\r\n"):
+            return None
+        text = text.replace("\r\n", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    if text.count("\n") != len(chunk) or text.count(",") != (width - 1) * len(chunk):
+        return None
+    raw = np.frombuffer(text.encode(), np.uint8)
+    ends = np.flatnonzero(raw == 10)
+    commas_before = np.searchsorted(np.flatnonzero(raw == 44), ends)
+    if np.any(np.diff(commas_before, prepend=0) != width - 1):
+        return None
+    return text[:-1].replace("\n", ",").split(",")
+
+
+def _csv_reader_columns(rows: _CsvRows, lines: Iterable[str], size: int, base: int,
+                        position: int) -> Iterator[ColumnBatch]:  # fmt: skip
+    reader = csv.reader(lines)
+    width = rows.width
+    while True:
+        good: list[list[str]] = []
+        numbers: list[int] = []
+        positions: list[int] = []
+        rejections: list[Rejection] = []
+        for row in reader:
+            number = base + reader.line_num
+            if len(row) < width:
+                rejection = rows.short(row, number)
+                if rejection is not None:
+                    rejections.append(
+                        Rejection(rejection.reason, position, number, rejection.field)
+                    )
+                    position += 1
+                continue
+            good.append(row)
+            numbers.append(number)
+            positions.append(position)
+            position += 1
+            if len(good) >= size:
+                break
+        if not good and not rejections:
+            return
+        cols = [list(c) for c in zip(*good, strict=False)] if good else []
+        yield _columns(rows, cols, numbers, positions, rejections, position)
+
+
+def _columns(rows: _CsvRows, cols: list[list[str]], numbers, positions, rejections,
+             seen) -> ColumnBatch:  # fmt: skip
+    """A :class:`ColumnBatch` from the columns of good rows (``cols[k]``: column k)."""
+    if not numbers:
+        return ColumnBatch([], [], [], None, None, None, [], [], rejections, seen)
+    try:
+        qualities = None if rows.i_q is None else [_quality(v) for v in cols[rows.i_q]]
+        expires = None if rows.i_exp is None else [parse_time(v) for v in cols[rows.i_exp]]
+    except InvalidInput:  # some row is bad: let the per-row rules say which
+        table = zip(*cols, strict=True)
+        items = [rows.item(list(r), n) for r, n in zip(table, numbers, strict=True)]
+        out = ColumnBatch([], [], [], [], [], [], [], [], list(rejections), seen)
+        for position, item in zip(positions, items, strict=True):
+            if isinstance(item, Rejection):
+                out.rejections.append(Rejection(item.reason, position, item.line, item.field))
+                continue
+            out.signal_types.append(item.signal_type)
+            out.values.append(item.hash_hex)
+            out.labels.append(item.labels)
+            out.external_ids.append(item.external_id)  # type: ignore[union-attr]
+            out.qualities.append(item.quality)  # type: ignore[union-attr]
+            out.expires.append(item.expires_at)  # type: ignore[union-attr]
+            out.lines.append(item.line)
+            out.positions.append(position)
+        return out
+    if rows.i_lab is None:
+        labels = [rows.extra] * len(numbers)
+    else:
+        labels = [rows.labels(t) for t in cols[rows.i_lab]]
+    return ColumnBatch(
+        cols[rows.i_type],
+        cols[rows.i_value],
+        labels,
+        None if rows.i_ext is None else [e or None for e in cols[rows.i_ext]],
+        qualities,
+        expires,
+        numbers,
+        positions,
+        rejections,
+        seen,
+    )
 
 
 def _hex(lines: Iterable[str], signal_type: str, extra: tuple[str, ...]) -> Iterator[Item]:

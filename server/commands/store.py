@@ -155,7 +155,7 @@ lists_group.command("enable", help="Let a disabled list match again.")(_set_enab
 @click.option("--label", "labels", multiple=True, help="Add this label to every signal.")
 @click.option("--strict", is_flag=True, help="Refuse the whole file if any line is bad.")
 @click.option("--actor", default="local", help="Who to record in the audit log.")
-@click.option("--batch-size", default=10_000, show_default=True, help="Records per transaction.")
+@click.option("--batch-size", default=50_000, show_default=True, help="Records per transaction.")
 @click.option("--show", default=20, show_default=True, help="How many bad lines to print.")
 @_data_dir_option
 def ingest_command(
