@@ -246,13 +246,17 @@ def worker_context() -> multiprocessing.context.BaseContext:
     deadlocks the first time it touches them (seen: ``cv2.setNumThreads`` hanging in a
     forked worker after the parent had decoded images). A fork server is a clean,
     single-threaded process that imports the hashing stack once and forks workers
-    from that, so workers start fast and never inherit a held lock.
+    from that, so workers start fast and never inherit a held lock. The server also
+    calls the PDQ kernels once (``scan_preload``), so forked workers inherit numba's
+    loaded code instead of each loading it from the cache (~1 s per worker start).
     """
     methods = multiprocessing.get_all_start_methods()
     if "forkserver" not in methods:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["hashmatch.engine.hashing", "hashmatch.engine.scan"])
+    context.set_forkserver_preload(
+        ["hashmatch.engine.hashing", "hashmatch.engine.scan", "hashmatch.engine.scan_preload"]
+    )
     return context
 
 
