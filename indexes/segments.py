@@ -245,7 +245,9 @@ class MIHSegment(Segment):
         n = len(ids)
         order = np.empty(n, np.uint32)
         off0 = kernels.build_table(words, int(starts[0]), int(widths[0]), order)
-        words, ids = kernels.gather_rows(words, np.ascontiguousarray(ids), order)
+        out_w, out_i = np.empty_like(words), np.empty(n, np.int64)
+        kernels.gather_rows(words, np.ascontiguousarray(ids, np.int64), order, out_w, out_i)
+        words, ids = out_w, out_i
         del order
         rows = np.empty((len(widths) - 1, n), np.uint32)
 
