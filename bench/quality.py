@@ -232,6 +232,16 @@ METHODS = (
         "hashmatch + uncrop=True: 16 more rows",
     ),
     engine_method(
+        "pdq+derotate",
+        HashOptions(derotate=True),
+        "HashOptions(derotate=True): as given + turned back by -5/-3/3/5 degrees (5 rows)",
+    ),
+    engine_method(
+        "hashmatch+all",
+        replace(MATCHING, uncrop=True, derotate=True),
+        "hashmatch + uncrop=True + derotate=True: 20 more rows",
+    ),
+    engine_method(
         "hashmatch+crops",
         MATCHING,
         "hashmatch query; index also stores 90%/80% centred crops (3 codes/original; "
@@ -431,7 +441,7 @@ def plots(res: dict, out: Path) -> None:
     ms = res["methods"]
     names = [
         n
-        for n in ("pdq", "pdq+dihedral", "pdq+trim", "hashmatch", "hashmatch+uncrop", "phash16")
+        for n in ("pdq", "pdq+dihedral", "pdq+trim", "hashmatch", "hashmatch+all", "phash16")
         if n in ms
     ]
     ts = res["transforms"]
@@ -451,7 +461,7 @@ def plots(res: dict, out: Path) -> None:
     fig.savefig(out / "recall.png", dpi=110)
     plt.close(fig)
 
-    show = [n for n in ("pdq", "hashmatch", "hashmatch+uncrop") if n in ms]
+    show = [n for n in ("pdq", "hashmatch", "hashmatch+all") if n in ms]
     fig, axes = plt.subplots(1, len(show), figsize=(6 * len(show), 4), sharey=True)
     for ax, n in zip(np.atleast_1d(axes), show, strict=True):
         bins = np.arange(0, 140, 2)
@@ -541,7 +551,8 @@ def main(argv: list[str]) -> None:
     tiles = args.tiles if args.tiles is not None else (1 if args.quick else 2)
     originals = make_originals(sources, tiles=tiles)
     transforms = QUICK if args.quick else tuple(TRANSFORMS)
-    skip = ("phash16", "pdq+trim", "pdq+uncrop", "hashmatch+crops") if args.quick else ()
+    skip = ("phash16", "pdq+trim", "pdq+uncrop", "pdq+derotate", "hashmatch+crops")
+    skip = skip if args.quick else ()
     methods = [m for m in METHODS if m.name not in skip]
     print(f"{len(originals)} originals from {len(sources)} photos, {len(transforms)} transforms")
     distractors = load_distractors()

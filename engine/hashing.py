@@ -52,6 +52,10 @@ class HashOptions:
     # crop (multihash.uncrop_images). Crop 5% recall at PDQ <= 31: 0% -> ~60%
     # (docs/quality/quality.md); costs ~20 ms and 16 more rows to search per image.
     uncrop: bool = False
+    # pdq: *adds* 4 rows after those: the image as given turned back by -5, -3, 3 and 5
+    # degrees (multihash.derotate_images), for slightly rotated copies. Rotate 4
+    # degrees at PDQ <= 31: 0% -> ~85% (docs/quality/quality.md); ~4 ms, 4 more rows.
+    derotate: bool = False
     reference_resize: bool = False  # pdq: resize >512 px to 512x512 first, like the C++ CLI
     # pdq: hash every frame of an animated GIF/WebP/PNG, not only the first (the frame
     # an abuser hides content in need not be the first). Rows go frame by frame, each
@@ -72,7 +76,8 @@ class HashResult:
     (row 0 is the image as given), twice that when ``trim_borders`` changed the image
     (the trimmed image's rows follow the as-given ones: rows 8..15, or row 1 without
     dihedral; then, if nested bands were cut, those of the outer-bands-only trim), one
-    row per sampled frame for vPDQ. ``uncrop`` appends its 16 rows last.
+    row per sampled frame for vPDQ. ``uncrop`` appends its 16 rows, then ``derotate``
+    its 4.
     """
 
     signal_type: str
@@ -158,6 +163,12 @@ def _pdq(rgb: np.ndarray, options: HashOptions) -> HashResult:
         from hashmatch.engine.multihash import pdq_uncrop_codes
 
         rows, quals = pdq_uncrop_codes(rgb)
+        codes.append(rows)
+        qualities.extend(quals)
+    if options.derotate:
+        from hashmatch.engine.multihash import pdq_derotate_codes
+
+        rows, quals = pdq_derotate_codes(rgb)
         codes.append(rows)
         qualities.extend(quals)
     return HashResult("pdq", np.concatenate(codes), qualities)

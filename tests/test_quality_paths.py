@@ -198,3 +198,19 @@ def test_bench_quality_scores_the_engine_path():
     assert per["hashmatch"]["pad 20% solid"]["recall_plain"] == 1.0
     assert all(per[n]["jpeg q50"]["recall_plain"] == 1.0 for n in wanted)
     assert res["methods"]["hashmatch+uncrop"]["query_codes_mean"] > 16
+
+
+def test_slightly_rotated_copy_matches_through_match_media_with_derotate(engine):
+    import cv2
+
+    im = skimage.data.astronaut()
+    h, w = im.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), 4.0, 1.0)  # 4 degrees, black corners
+    copy = _jpeg(cv2.warpAffine(im, m, (w, h), flags=cv2.INTER_LINEAR))
+    options = HashOptions(uncrop=True, derotate=True)
+    codes = hash_media(copy, ["pdq"], options)[0].codes
+    assert codes.shape == (1 + 16 + 4, 32)  # as given, uncrop rows, then derotate rows
+    found = engine.match_media(copy, options=options).matches
+    assert [m.external_id for m in found] == ["astronaut"]
+    assert found[0].distance <= 31 and found[0].variant >= 17  # a derotate row found it
+    assert engine.match_media(copy, options=HashOptions(uncrop=True)).matches == []
