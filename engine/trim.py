@@ -12,12 +12,22 @@ side, so its cost does not grow with the image):
   pixels are, almost all, the colour of the band's first line. A band may carry a few
   small marks (UI icons, a channel logo in a bar) on under ``1 - SOLID_FRACTION`` of a
   line. Up to ``ROUNDS`` nested bands are removed (a screenshot: UI bar, then page
-  margin, then the picture).
+  margin, then the picture). A band ends in an edge across the line, searched up to
+  ``EDGE_REACH`` lines on (JPEG ringing softens the last lines of a bar). When one side
+  has a band and the opposite side's first lines of the same width are that band's
+  colour but run on into the picture (a black pad beside a black sky), that width is
+  cut there too: padding is usually centred.
 * **Blurred bands**: lines with almost no fine detail (the "blurred copy of the picture
   behind it" padding of phone videos), only when the opposite side has such a band
   too, and the content between them has clearly more detail. Then the narrower of
   the two widths is cut from both sides (padding is centred; the wider side's extra
-  is smooth content such as sky, which is kept).
+  is smooth content such as sky, which is kept). Up to ``BLUR_EDGE_SKIP`` noisy
+  lines at the very edge (JPEG's partial blocks at the bottom/right) may come first.
+
+Nested bands are ambiguous (a screenshot's page margin, or the picture's own frame
+or caption strip inside letterbox bars), so :func:`border_boxes` /
+:func:`trim_candidates` give the outer-bands-only box as a second candidate then;
+``hash_media`` queries both.
 
 What is never cut: a line with real variation, anything once less than
 ``MIN_KEEP`` of a side would remain, and single-sided smooth areas (a clear sky, a
