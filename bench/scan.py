@@ -78,12 +78,17 @@ def decode_floor(paths: list[Path], procs: int) -> float:
         t = time.perf_counter()
         assert _imread_all(names) == len(names)
         return len(names) / (time.perf_counter() - t)
-    chunks = [names[i::procs] for i in range(procs)]
     with cf.ProcessPoolExecutor(procs, mp_context=worker_context()) as pool:
-        list(pool.map(_imread_all, [c[:1] for c in chunks]))
+        list(pool.map(_imread_all, [names[i : i + 1] for i in range(procs)]))
         t = time.perf_counter()
-        assert sum(pool.map(_imread_all, chunks)) == len(names)
+        assert sum(pool.map(_imread_all, _tasks(names))) == len(names)
         return len(names) / (time.perf_counter() - t)
+
+
+def _tasks(names: list[str], size: int = 4) -> list[list[str]]:
+    """Small tasks handed out as processes free up, as the scan does (``chunk=4``): one
+    fixed half per process would wait for whichever process other jobs slowed down."""
+    return [names[i : i + size] for i in range(0, len(names), size)]
 
 
 def _hash_all(paths: list[str]) -> int:
@@ -99,11 +104,10 @@ def hash_floor(paths: list[Path], procs: int) -> float:
     """Files/s of reading + hash_media (pdq + md5) alone in ``procs`` processes: no
     catalog, no lookups, no walk (the scan's own overhead is what is left)."""
     names = [str(p) for p in paths]
-    chunks = [names[i::procs] for i in range(procs)]
     with cf.ProcessPoolExecutor(procs, mp_context=worker_context()) as pool:
-        list(pool.map(_hash_all, [c[:1] for c in chunks]))  # imports, JIT cache
+        list(pool.map(_hash_all, [names[i : i + 1] for i in range(procs)]))  # imports, JIT
         t = time.perf_counter()
-        assert sum(pool.map(_hash_all, chunks)) == len(names)
+        assert sum(pool.map(_hash_all, _tasks(names))) == len(names)
         return len(names) / (time.perf_counter() - t)
 
 
