@@ -248,6 +248,7 @@ def flip_masks(width, tmax):
 
 
 PREFETCH_AHEAD = 12
+PROBE_WEIGHT = 0.3  # a probe's cost in candidates (adaptive radii)
 
 
 @njit(inline="always")
@@ -264,26 +265,33 @@ def _next_cand(q, cwords, cand, start, stop, radius):
 @njit(cache=True, nogil=True)
 def mih_radius(
     qwords, cwords, dead, radius, starts, widths, tvals, off_base, offsets, rows, ident,
-    mask_base, masks, mask_count,
+    mask_base, masks, mask_count, levels, adaptive,
 ):  # fmt: skip
     """Exact radius search by (generalised) pigeonhole multi-index hashing.
 
-    Table i is probed with every key within tvals[i] of the query's substring
-    (tvals[i] = -1: table not probed). Because sum(tvals + 1) >= radius + 1 over
-    bits the tables cover, any code within ``radius`` lies within tvals[i] of the
-    query on some substring i, so it is found. A code found in table i is
-    reported only if no earlier probed table j would have found it (its
-    substring distance there exceeds tvals[j]): each hit once, no dedup pass,
-    and the result is exactly the brute-force set.
+    Table i is probed with every key within t_i of the query's substring
+    (t_i = -1: table not probed). Because sum(t_i + 1) >= radius + 1 over bits
+    the tables cover, any code within ``radius`` lies within t_i of the query on
+    some substring i, so it is found. A code found in table i is reported only
+    if no earlier probed table j would have found it (its substring distance
+    there exceeds t_j): each hit once, no dedup pass, and the result is exactly
+    the brute-force set, for ANY t_i meeting the sum.
+
+    t_i: ``tvals`` (the segment's plan), or with ``adaptive`` chosen per query:
+    every table's bucket bounds are read up to popcount ``levels.shape[1] - 1``
+    (levels[i, t] = masks of popcount <= t; masks are sorted by popcount), and
+    the t_i are assigned greedily by the query's REAL candidate counts. On
+    clustered data bucket sizes vary a lot from query to query, and the few
+    extra offset reads buy skipping the crowded tables.
 
     ``ident`` = 1: the codes are stored in table 0's key order, so that table has
     no row list (``rows[i - ident]`` is table i's) and its buckets are runs of
     consecutive rows.
 
-    Why the phases (per table: bucket numbers, bucket bounds, candidate rows,
-    verification): at 10M codes nearly every offset, row-list and code read is
-    a cache miss. Each phase prefetches what the next one reads, so many misses
-    are in flight at once instead of one offset -> row -> code chain at a time.
+    Why the phases (bucket numbers, bucket bounds, candidate rows, verification):
+    at 10M codes nearly every offset, row-list and code read is a cache miss.
+    Each phase prefetches what the next one reads, so many misses are in flight
+    at once instead of one offset -> row -> code chain at a time.
     """
     nq = qwords.shape[0]
     m = starts.shape[0]
@@ -292,39 +300,67 @@ def mih_radius(
     dist = np.empty(64, np.int32)
     pos = np.empty(64, np.int64)
     qkeys = np.empty(m, np.uint64)
-    maxp = 1
+    nall = 0
     for i in range(m):
-        maxp = max(maxp, mask_count[i])
-    lo_b = np.empty(maxp, np.int64)
-    hi_b = np.empty(maxp, np.int64)
+        nall += mask_count[i]
+    lo_b = np.empty(max(nall, 1), np.int64)
+    hi_b = np.empty(max(nall, 1), np.int64)
+    tq = tvals.copy()
+    nlev = levels.shape[1]
+    cnt = np.zeros((m, nlev), np.int64)
     cand = np.empty(4096, np.int64)
     k = 0
     for qi in range(nq):
         q = qwords[qi]
         for i in range(m):
             qkeys[i] = _key(q, starts[i], widths[i])
+        if adaptive:
+            # every table's bucket bounds up to the top level, then a greedy
+            # assignment on the query's real candidate counts
+            for i in range(m):
+                _bounds(qkeys[i], off_base[i], mask_base[i], mask_count[i], masks, offsets,
+                        lo_b, hi_b)  # fmt: skip
+            for i in range(m):
+                mb = mask_base[i]
+                acc = 0
+                p = 0
+                for t in range(nlev):
+                    while p < levels[i, t]:
+                        acc += hi_b[mb + p] - lo_b[mb + p]
+                        p += 1
+                    cnt[i, t] = acc
+                tq[i] = -1
+            for _ in range(radius + 1):
+                best = -1
+                best_d = 0.0
+                for i in range(m):
+                    t = tq[i]
+                    if t + 1 >= nlev:
+                        continue
+                    d = cnt[i, t + 1] + PROBE_WEIGHT * levels[i, t + 1]
+                    if t >= 0:
+                        d -= cnt[i, t] + PROBE_WEIGHT * levels[i, t]
+                    if best < 0 or d < best_d:
+                        best = i
+                        best_d = d
+                if best < 0:
+                    break  # unreachable when levels cover the plan (checked by caller)
+                tq[best] += 1
         for i in range(m):
-            t = tvals[i]
+            t = tq[i]
             if t < 0:
                 continue
-            qk = qkeys[i]
-            ob = off_base[i]
             mb = mask_base[i]
-            npr = mask_count[i]
-            # phase 1: bucket numbers (prefetch their offsets), then bucket bounds
-            # (prefetch the start of each row list)
-            for p in range(npr):
-                b = ob + np.int64(qk ^ np.uint64(masks[mb + p]))
-                lo_b[p] = b
-                prefetch(offsets, b)
+            if adaptive:
+                npr = levels[i, t]
+            else:
+                npr = mask_count[i]
+                _bounds(qkeys[i], off_base[i], mb, npr, masks, offsets, lo_b, hi_b)
             ri = i - ident
             total = 0
-            for p in range(npr):
-                b = lo_b[p]
-                lo = np.int64(offsets[b])
-                hi = np.int64(offsets[b + 1])
-                lo_b[p] = lo
-                hi_b[p] = hi
+            for p in range(mb, mb + npr):
+                lo = lo_b[p]
+                hi = hi_b[p]
                 total += hi - lo
                 if hi > lo:
                     if ri < 0:
@@ -333,24 +369,24 @@ def mih_radius(
                         prefetch(rows[ri], lo)
             if total == 0:
                 continue
-            # phase 2: candidate rows
+            # candidate rows
             if total > cand.shape[0]:
                 cand = np.empty(max(total, 2 * cand.shape[0]), np.int64)
             c = 0
             if ri < 0:
-                for p in range(npr):
+                for p in range(mb, mb + npr):
                     for j in range(lo_b[p], hi_b[p]):
                         cand[c] = j
                         c += 1
             else:
-                for p in range(npr):
+                for p in range(mb, mb + npr):
                     for j in range(lo_b[p], hi_b[p]):
                         cand[c] = np.int64(rows[ri, j])
                         c += 1
-            # phase 3: verification (a tight loop with no stores, so the query
-            # words stay in registers; codes prefetched PREFETCH_AHEAD candidates
-            # ahead: measured faster than prefetching them all in phase 2, which
-            # overflows the miss buffers; hits are rare)
+            # verification (a tight loop with no stores, so the query words stay
+            # in registers; codes prefetched PREFETCH_AHEAD candidates ahead:
+            # measured faster than prefetching them all at once, which overflows
+            # the miss buffers; hits are rare)
             for c in range(min(PREFETCH_AHEAD, total)):
                 prefetch(cwords, cand[c])
             c = _next_cand(q, cwords, cand, 0, total, radius)
@@ -361,7 +397,7 @@ def mih_radius(
                     continue
                 seen = False
                 for jj in range(i):
-                    tj = tvals[jj]
+                    tj = tq[jj]
                     if tj >= 0:
                         xk = _key(cwords[r], starts[jj], widths[jj])
                         if popcount64(xk ^ qkeys[jj]) <= tj:
@@ -377,6 +413,19 @@ def mih_radius(
                 k += 1
         lims[qi + 1] = k
     return lims, dist[:k].copy(), pos[:k].copy()
+
+
+@njit(inline="always")
+def _bounds(qk, ob, mb, npr, masks, offsets, lo_b, hi_b):
+    """lo_b/hi_b[mb + p] = bucket bounds of probe p (offsets prefetched first)."""
+    for p in range(mb, mb + npr):
+        b = ob + np.int64(qk ^ np.uint64(masks[p]))
+        lo_b[p] = b
+        prefetch(offsets, b)
+    for p in range(mb, mb + npr):
+        b = lo_b[p]
+        lo_b[p] = np.int64(offsets[b])
+        hi_b[p] = np.int64(offsets[b + 1])
 
 
 @njit(cache=True, nogil=True)

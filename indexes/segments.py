@@ -224,6 +224,7 @@ class MIHSegment(Segment):
         self.rows = rows
         self._probe_cache: dict[int, tuple] = {}
         self.scan_fallback = True
+        self.adaptive: bool | None = None  # per-query radii: None = when cheap enough
         self.densities = self._densities()
 
     def _densities(self) -> list[float]:
@@ -268,20 +269,35 @@ class MIHSegment(Segment):
         return plan[4]
 
     def _probe_plan(self, radius: int):
-        plan = self._probe_cache.get(radius)
-        if plan is not None:
-            return plan
+        """(tvals, mask_base, masks, mask_count, cost, levels, adaptive) for this
+        radius, or None when a scan is cheaper. Adaptive plans carry every
+        table's masks up to the plan's largest t (the kernel picks the t_i per
+        query); they are used when that costs at most ADAPTIVE_PROBES x the
+        static plan's probes."""
+        if radius in self._probe_cache:
+            return self._probe_cache[radius]
         n = len(self.ids)
         widths = [int(w) for w in self.widths]
         tvals, cost = planner.assign_radii(n, widths, radius, self.densities)
         if self.scan_fallback and cost >= planner.scan_cost(n, self.bits):
             plan = None
         else:
+            tcap = max(tvals)
+            static = sum(planner.masks_upto(w, t) for w, t in zip(widths, tvals, strict=True))
+            every = sum(planner.masks_upto(w, tcap) for w in widths)
+            adaptive = self.adaptive
+            if adaptive is None:
+                adaptive = every <= ADAPTIVE_PROBES * static
+            adaptive = bool(adaptive) and len(widths) * (tcap + 1) >= radius + 1
             parts, base, count = [], [], []
+            levels = np.zeros((len(widths), tcap + 1 if adaptive else 1), np.int64)
             at = 0
-            for w, t in zip(widths, tvals, strict=True):
-                masks, counts = _masks(w, max(t, 0))
-                c = int(counts[t]) if t >= 0 else 0
+            for i, (w, t) in enumerate(zip(widths, tvals, strict=True)):
+                top = tcap if adaptive else t
+                masks, counts = _masks(w, max(top, 0))
+                c = int(counts[top]) if top >= 0 else 0
+                if adaptive:
+                    levels[i] = counts[: tcap + 1]
                 parts.append(masks[:c])
                 base.append(at)
                 count.append(c)
@@ -292,6 +308,8 @@ class MIHSegment(Segment):
                 np.concatenate(parts) if parts else np.zeros(0, np.uint32),
                 np.asarray(count, np.int64),
                 cost,
+                levels,
+                adaptive,
             )
         if len(self._probe_cache) < 128:
             self._probe_cache[radius] = plan
@@ -301,10 +319,11 @@ class MIHSegment(Segment):
         plan = self._probe_plan(radius)
         if plan is None:
             return kernels.scan_radius(qwords, self._words, _dead(dead), radius)
-        tvals, mask_base, masks, mask_count, _ = plan
+        tvals, mask_base, masks, mask_count, _, levels, adaptive = plan
         return kernels.mih_radius(
             qwords, self._words, _dead(dead), radius, self.starts, self.widths, tvals,
             self.off_base, self.offsets, self.rows, self.ident, mask_base, masks, mask_count,
+            levels, adaptive,
         )  # fmt: skip
 
     def nbytes(self) -> int:
@@ -338,6 +357,7 @@ class MIHSegment(Segment):
         return cls(words, ids, bits, widths, offsets, rows, ident)
 
 
+ADAPTIVE_PROBES = 3.0
 _MASKS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 _MASKS_LOCK = threading.Lock()
 

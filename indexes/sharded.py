@@ -183,6 +183,7 @@ class ShardedIndex:
         delta_min: int = DELTA_MIN,
         scan_fallback: bool = True,
         threads: int | None = None,
+        adaptive: bool | None = None,
     ):
         if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8:
             raise InvalidInput(f"bits must be a positive multiple of 8, got {bits!r}", field="bits")
@@ -197,6 +198,7 @@ class ShardedIndex:
         self.memory_ratio = float(memory_ratio)
         self.delta_min = int(delta_min)
         self.scan_fallback = bool(scan_fallback)  # False: MIH always probes (tests)
+        self.adaptive = adaptive  # MIH per-query radii: None = where cheap (tests force)
         # most threads one search uses (None: one per core; 1: the caller's only)
         self.threads = None if threads is None else max(1, int(threads))
         self._state: tuple[Shard, ...] = tuple(Shard() for _ in range(shards))
@@ -350,6 +352,7 @@ class ShardedIndex:
             return ScanSegment(words, ids, self.bits, indexed=True)
         seg = MIHSegment.build(words, ids, self.bits, widths, pool=pool())
         seg.scan_fallback = self.scan_fallback
+        seg.adaptive = self.adaptive
         return seg
 
     def compact(self) -> None:

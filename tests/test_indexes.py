@@ -122,8 +122,11 @@ def queries_for(rng, codes, nbytes, nq=6):
     radius_frac=st.floats(0, 1),
     remove_frac=st.floats(0, 0.6),
     seed=st.integers(0, 2**32 - 1),
+    adaptive=st.sampled_from([None, True, False]),
 )
-def test_radius_matches_brute_force(kind, bits, shards, mode, n, radius_frac, remove_frac, seed):
+def test_radius_matches_brute_force(
+    kind, bits, shards, mode, n, radius_frac, remove_frac, seed, adaptive
+):
     rng = np.random.default_rng(seed)
     nbytes = bits // 8
     radius = round(radius_frac * (64 if bits == 256 else 32))
@@ -131,7 +134,8 @@ def test_radius_matches_brute_force(kind, bits, shards, mode, n, radius_frac, re
     ids = rng.choice(2**62, n, replace=False).astype(np.int64)
     # small delta_min: merges, tombstones and unindexed chunks all get exercised;
     # scan_fallback=False: MIH probes even where a scan would be cheaper
-    index = make_index(bits, kind, shards, delta_min=40, scan_fallback=False)
+    # adaptive: MIH's per-query radii forced on/off (None: its own choice)
+    index = make_index(bits, kind, shards, delta_min=40, scan_fallback=False, adaptive=adaptive)
     live: dict[int, np.ndarray] = {}
     for chunk in np.array_split(np.arange(n), 3):
         index.add(codes[chunk], ids[chunk])
