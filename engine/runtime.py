@@ -626,6 +626,12 @@ class Engine:
 
     # ------------------------------------------------------------------ stats
 
+    def index_sizes(self) -> dict[str, int]:
+        """Entries per signal type in the live indexes, O(1) and without touching the
+        store or loading anything (for metrics scraped often); {} until loaded."""
+        indexes = self._indexes or {}
+        return {stype: len(index) for stype, index in list(indexes.items())}
+
     def stats(self) -> dict:
         """Counts per type (store and index), per list, memory, snapshot age."""
         indexes = self._ensure_loaded()

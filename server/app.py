@@ -185,11 +185,10 @@ class ServiceHost:
         """Signals in the live indexes, for the metrics gauge (read on every scrape).
 
         ``engine.stats()`` counts rows in SQLite (seconds at 10M); the index lengths
-        are O(1), so read them directly until the engine exposes a cheap accessor.
+        are O(1).
         """
-        indexes = getattr(self.engine, "_indexes", None) or {}
         try:
-            return float(sum(len(index) for index in list(indexes.values())))
+            return float(sum(self.engine.index_sizes().values()))
         except Exception:  # a scrape must never fail
             return float("nan")
 

@@ -406,3 +406,18 @@ def test_migrations_upgrade_an_old_store_in_place(tmp_path):
     assert (info.signal_count, info.retracted_count) == (2, 1)
     assert store.count_live() == {"pdq": 2}
     store.close()
+
+
+def test_index_sizes_follow_ingest_and_retraction_without_loading(tmp_path):
+    lazy = Engine.open(tmp_path / "lazy", eager=False)
+    try:
+        lazy.ingest(records(codes(5)), list_name="l")
+        assert lazy.index_sizes() == {}  # never loads the index just to count it
+    finally:
+        lazy.close()
+    with Engine.open(tmp_path / "lazy") as engine:
+        assert engine.index_sizes() == {"pdq": 5}
+        engine.ingest(records(codes(3, seed=9)), list_name="l")
+        assert engine.index_sizes() == {"pdq": 8}
+        engine.retract(list_name="l", hashes=[("pdq", codes(5)[0].tobytes().hex())])
+        assert engine.index_sizes() == {"pdq": 7}
