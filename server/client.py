@@ -165,6 +165,8 @@ class HashmatchClient:
         dihedral: bool = False,
         trim_borders: bool = False,
         all_frames: bool = False,
+        uncrop: bool = False,
+        derotate: bool = False,
         min_quality: int | None = None,
         request_id: str = "",
         videos: Sequence[Sequence[str] | matcher_pb2.VideoQuery] = (),
@@ -176,6 +178,8 @@ class HashmatchClient:
             dihedral=dihedral,
             trim_borders=trim_borders,
             all_frames=all_frames,
+            uncrop=uncrop,
+            derotate=derotate,
         )
         if threshold is not None:
             options.threshold = threshold

@@ -60,6 +60,8 @@ def hash_options(
     dihedral: bool,
     trim_borders: bool = False,
     all_frames: bool = False,
+    uncrop: bool = False,
+    derotate: bool = False,
     for_matching: bool = False,
 ) -> HashOptions:
     """Matching hashes each orientation exactly (best flip recall); the Hash RPC keeps
@@ -72,6 +74,8 @@ def hash_options(
         dihedral_exact=for_matching,
         trim_borders=trim_borders,
         all_frames=all_frames,
+        uncrop=uncrop,
+        derotate=derotate,
         limits=limits,
     )
 
@@ -201,6 +205,8 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
             dihedral=options.dihedral,
             trim_borders=options.trim_borders,
             all_frames=options.all_frames,
+            uncrop=options.uncrop,
+            derotate=options.derotate,
             for_matching=True,
         )
         jobs = [

@@ -154,6 +154,14 @@ def test_match_media_dihedral_and_quality_floor(ops):
     assert [m.labels for m in every.matches] == [["astronaut"]]
     assert every.matches[0].variant == 2
 
+    # 5% of each side cropped away (centred): found only with uncrop, by an extra row.
+    dh, dw = round(h * 0.025), round(w * 0.025)
+    cropped = [_jpeg(np.ascontiguousarray(photo[dh : h - dh, dw : w - dw]))]
+    assert not ops.match(media=cropped, lists=["media"]).results[0].matches
+    uncropped = ops.match(media=cropped, lists=["media"], uncrop=True).results[0]
+    assert [m.labels for m in uncropped.matches] == [["astronaut"]]
+    assert uncropped.matches[0].variant >= 1  # not the as-given row
+
     flat = np.full((256, 256, 3), 128, np.uint8)
     low = ops.match(media=[_jpeg(flat)], min_quality=50).results[0]
     assert low.skipped_low_quality and not low.matches

@@ -251,6 +251,8 @@ def _rpc(fn):
 @click.option("--dihedral", is_flag=True, help="PDQ: also match rotated/flipped copies.")
 @click.option("--trim-borders", is_flag=True, help="Also match with borders/bars trimmed.")
 @click.option("--all-frames", is_flag=True, help="PDQ: every frame of an animation.")
+@click.option("--uncrop", is_flag=True, help="PDQ: also match slightly cropped copies.")
+@click.option("--derotate", is_flag=True, help="PDQ: also match slightly rotated copies.")
 @click.option("--min-quality", type=int)
 @click.pass_obj
 @_rpc

@@ -9,7 +9,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MatchOptions(_message.Message):
-    __slots__ = ("threshold", "lists", "max_results", "dihedral", "min_quality", "trim_borders", "all_frames")
+    __slots__ = ("threshold", "lists", "max_results", "dihedral", "min_quality", "trim_borders", "all_frames", "uncrop", "derotate")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     LISTS_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
@@ -17,6 +17,8 @@ class MatchOptions(_message.Message):
     MIN_QUALITY_FIELD_NUMBER: _ClassVar[int]
     TRIM_BORDERS_FIELD_NUMBER: _ClassVar[int]
     ALL_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    UNCROP_FIELD_NUMBER: _ClassVar[int]
+    DEROTATE_FIELD_NUMBER: _ClassVar[int]
     threshold: int
     lists: _containers.RepeatedScalarFieldContainer[str]
     max_results: int
@@ -24,7 +26,9 @@ class MatchOptions(_message.Message):
     min_quality: int
     trim_borders: bool
     all_frames: bool
-    def __init__(self, threshold: _Optional[int] = ..., lists: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., dihedral: _Optional[bool] = ..., min_quality: _Optional[int] = ..., trim_borders: _Optional[bool] = ..., all_frames: _Optional[bool] = ...) -> None: ...
+    uncrop: bool
+    derotate: bool
+    def __init__(self, threshold: _Optional[int] = ..., lists: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., dihedral: _Optional[bool] = ..., min_quality: _Optional[int] = ..., trim_borders: _Optional[bool] = ..., all_frames: _Optional[bool] = ..., uncrop: _Optional[bool] = ..., derotate: _Optional[bool] = ...) -> None: ...
 
 class MatchRequest(_message.Message):
     __slots__ = ("hashes", "media", "media_types", "options", "request_id", "videos")
