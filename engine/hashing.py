@@ -49,12 +49,12 @@ class HashOptions:
     trim_borders: bool = False
     # pdq: *adds* 16 rows after the others: the image as given extended by
     # edge-replicated borders (4.5% of each side, 4x4 splits), as if undoing a small
-    # crop (multihash.uncrop_images). Crop 5% recall at PDQ <= 31: 0% -> ~60%
-    # (docs/quality/quality.md); costs ~20 ms and 16 more rows to search per image.
+    # crop (multihash.uncrop_images). Crop 5% recall at PDQ <= 31: 0% -> 61%
+    # (docs/quality/quality.md); costs ~8 ms and 16 more rows to search per image.
     uncrop: bool = False
     # pdq: *adds* 4 rows after those: the image as given turned back by -5, -3, 3 and 5
     # degrees (multihash.derotate_images), for slightly rotated copies. Rotate 4
-    # degrees at PDQ <= 31: 0% -> ~85% (docs/quality/quality.md); ~4 ms, 4 more rows.
+    # degrees at PDQ <= 31: 0% -> 86% (docs/quality/quality.md); ~4.5 ms, 4 more rows.
     derotate: bool = False
     reference_resize: bool = False  # pdq: resize >512 px to 512x512 first, like the C++ CLI
     # pdq: hash every frame of an animated GIF/WebP/PNG, not only the first (the frame
