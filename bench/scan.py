@@ -308,8 +308,8 @@ def main(argv: list[str]) -> None:
     rows = []
     load_before = os.getloadavg()
     for workers in () if args.skip_scan else (1, 2):
-        m = measure(paths, workers, work, args.rounds)
-        rows.append((workers, m["scan"], m["hash"], m["decode"], m["ratios"]))
+        rates = measure(paths, workers, work, args.rounds)
+        rows.append((workers, rates["scan"], rates["hash"], rates["decode"], rates["ratios"]))
     load_after = os.getloadavg()
     print()
     print("| workers | scan files/s | hash-only files/s | decode-only files/s | scan / hash-only "
