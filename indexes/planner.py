@@ -26,7 +26,9 @@ from __future__ import annotations
 from functools import lru_cache
 from math import comb
 
-C_SCAN = 2.0e-9  # per 64-bit word compared in a sequential scan
+C_SCAN = 4.0e-9  # per 64-bit word scanned: 2x the raw ~2 ns, because the MIH constants
+# below overestimate the prefetching kernel (1M clustered: est 5-6x, scan est 1.8x;
+# 10M: both ~2x); measured crossover T ~ 51-55 on 1M clustered codes
 C_PROBE = 25e-9  # per bucket probed (two offset reads, usually a cache miss)
 C_CAND = 70e-9  # per candidate verified (random row access + popcount): measured
 # at 1M random codes, 35-45x the per-word scan cost on the development machine
