@@ -24,8 +24,10 @@ PDQ_MIN_QUALITY = 50  # HMA's default: PDQ hashes of quality < 50 are too flat t
 class Match:
     """One stored signal within the threshold of one query.
 
-    ``variant`` is the query row (dihedral variant 0..7, 0 = as given; trimmed-image
-    rows after those) whose code matched nearest.
+    ``variant`` is the query row whose code matched nearest. For media hashed with
+    HashOptions the rows go: as given (1, or 8 dihedral: 0 = as given), trimmed (1 or
+    8), outer-bands-only trim if any (1 or 8), uncrop (16), derotate (4); with
+    all_frames, that block frame by frame.
     vPDQ matches also carry ``query_match_pct`` (share of the query's frames that
     matched the video) and ``target_match_pct`` (share of the stored video's frames).
     """
