@@ -220,6 +220,30 @@ def test_many_small_adds_still_index_and_search_exactly():
     assert as_lists(index.search_radius(q, 31)) == brute_radius(q, live, 31, 32)
 
 
+@pytest.mark.parametrize("shards", [1, 2])
+def test_small_adds_and_removes_keep_few_delta_chunks(shards):
+    """A service ingesting tiny batches must not leave one scanned chunk per batch
+    (each costs every lookup a call): chunks are concatenated, tombstones dropped."""
+    rng = np.random.default_rng(13)
+    codes = make_codes(rng, 3_000, 32, "clustered")
+    index = make_index(256, "auto", shards)
+    live: dict[int, np.ndarray] = {}
+    for n, chunk in enumerate(np.array_split(np.arange(3_000), 60)):
+        index.add(codes[chunk], chunk.astype(np.int64))
+        live.update((int(i), codes[i]) for i in chunk)
+        if n % 7 == 3:  # retract a few, some from older chunks
+            gone = rng.choice(sorted(live), 5, replace=False)
+            index.remove(gone)
+            for i in gone:
+                del live[int(i)]
+        for shard in index.stats()["shards"]:
+            assert len(shard["segments"]) <= 1 + 4  # indexed + at most 4 scanned chunks
+    assert len(index) == len(live)
+    q = queries_for(rng, codes, 32, nq=12)
+    for radius in (0, 31, 64):
+        assert as_lists(index.search_radius(q, radius)) == brute_radius(q, live, radius, 32)
+
+
 @pytest.mark.parametrize("shards", [1, 3])
 def test_exact_bytes_index(shards):
     rng = np.random.default_rng(3)
