@@ -50,7 +50,8 @@ def open_engine(config: ServerConfig):
     """The default engine: embedded SQLite store + sharded indexes in ``data_dir``."""
     from hashmatch.engine.runtime import Engine
 
-    return Engine.open(config.data_dir, shards=config.shards, index_kind=config.index_kind)
+    shards = config.shards or None  # 0 = one per core
+    return Engine.open(config.data_dir, shards=shards, index_kind=config.index_kind)
 
 
 class ServiceHost:

@@ -26,7 +26,7 @@ class ServerConfig:
 
     listen: str = "127.0.0.1:50051"
     data_dir: str = "./hashmatch-data"
-    shards: int | None = None
+    shards: int | None = 1  # per signal type; 0 or none = one per core (see engine.runtime)
     index_kind: str = "auto"
     # Auth: tokens file (TOML, tokens stored as SHA-256); default <data_dir>/auth.toml.
     auth_file: str | None = None

@@ -52,7 +52,7 @@ def _emit(message) -> None:
     help="CA for client certificates: turns on mutual TLS.",
 )
 @click.option("--metrics-port", type=int, help="Prometheus port (-1 = off).")
-@click.option("--shards", type=int)
+@click.option("--shards", type=int, help="Index shards per type (default 1; 0 = per core).")
 @click.option("--index-kind")
 @click.option("--workers", type=int, help="gRPC worker threads.")
 @click.option("--media-workers", type=int, help="Threads hashing media.")
