@@ -179,10 +179,10 @@ def _hash_seconds(m: Method, copies: list) -> float:
     """Seconds ``m`` spends hashing all copies, decoding left out: for the engine's
     methods, the function ``hash_media`` calls on the decoded pixels."""
     if m.options is not None:
-        from hashmatch.engine.hashing import _pdq as engine_pdq
+        from hashmatch.engine.hashing import hash_pdq
 
         def fn(rgb: np.ndarray) -> object:
-            return engine_pdq(rgb, m.options)
+            return hash_pdq(rgb, m.options)
     else:
         fn = m.rgb_query
     total = 0.0

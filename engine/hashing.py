@@ -25,7 +25,8 @@ from hashmatch.engine.decode import (
     read_source,
 )
 from hashmatch.engine.imagehashes import IMAGEHASH_TYPES, imagehash_codes
-from hashmatch.engine.pdq import pdq_hash, pdq_hash_dihedral, reference_downsize
+from hashmatch.engine.multihash import pdq_derotate_codes, pdq_image_codes, pdq_uncrop_codes
+from hashmatch.engine.trim import trim_borders, trim_candidates
 from hashmatch.engine.video import DEFAULT_SECONDS_PER_HASH, hash_video
 
 
@@ -109,6 +110,7 @@ def hash_media(
     results: dict[str, HashResult] = {}
     data: bytes | None = None
     rgb: np.ndarray | None = None
+    trims: list[np.ndarray] = []  # trim_borders: the content boxes, found once for all types
     for st in wanted:
         name = st.name
         if name in results:
@@ -127,11 +129,12 @@ def hash_media(
             continue
         if rgb is None:
             rgb = decode_image(data, limits=options.limits)
+            trims = _trims(rgb, options)
         if name == "pdq":
-            results[name] = _pdq(rgb, options)
+            results[name] = _pdq(rgb, options, trims)
         elif name in IMAGEHASH_TYPES:
             photo_types = [t.name for t in wanted if t.name in IMAGEHASH_TYPES]
-            pixels = _trim(rgb) if options.trim_borders else rgb
+            pixels = trims[0] if trims else rgb  # = trim_borders(rgb)
             for other, code in imagehash_codes(pixels, photo_types).items():
                 results[other] = HashResult(other, code[None, :])
         else:  # a registry type without a hasher is a programming error, not input
@@ -139,45 +142,41 @@ def hash_media(
     return [results[st.name] for st in wanted]
 
 
-def _pdq(rgb: np.ndarray, options: HashOptions) -> HashResult:
-    images = [rgb]
-    if options.trim_borders:
-        from hashmatch.engine.trim import trim_candidates
+def hash_pdq(rgb: np.ndarray, options: HashOptions = DEFAULT_OPTIONS) -> HashResult:
+    """PDQ rows of decoded pixels with every option applied (what ``hash_media`` does
+    after decoding; benchmarks time it without the decode)."""
+    return _pdq(rgb, options, _trims(rgb, options))
 
-        images.extend(trim_candidates(rgb))  # 0, 1 or 2 trimmed images (engine/trim.py)
-    codes, qualities = [], []
-    for image in images:
-        pixels = reference_downsize(image) if options.reference_resize else image
-        if options.dihedral and options.dihedral_exact:
-            from hashmatch.engine.multihash import pdq_orientations
 
-            rows, quality = pdq_orientations(pixels)
-        elif options.dihedral:
-            rows, quality = pdq_hash_dihedral(pixels)
-        else:
-            code, quality = pdq_hash(pixels)
-            rows = code[None, :]
-        codes.append(rows)
-        qualities.extend([quality] * len(rows))
+def _trims(rgb: np.ndarray, options: HashOptions) -> list[np.ndarray]:
+    """The trimmed images to hash beside ``rgb`` (best guess first; empty when no
+    border is found or trimming is off)."""
+    return trim_candidates(rgb) if options.trim_borders else []
+
+
+def _pdq(rgb: np.ndarray, options: HashOptions, trims: Sequence[np.ndarray]) -> HashResult:
+    codes, qualities = pdq_image_codes(
+        [rgb, *trims],
+        dihedral=options.dihedral,
+        exact=options.dihedral_exact,
+        reference_resize=options.reference_resize,
+    )
+    parts = [codes]
     if options.uncrop:
-        from hashmatch.engine.multihash import pdq_uncrop_codes
-
         rows, quals = pdq_uncrop_codes(rgb)
-        codes.append(rows)
+        parts.append(rows)
         qualities.extend(quals)
     if options.derotate:
-        from hashmatch.engine.multihash import pdq_derotate_codes
-
         rows, quals = pdq_derotate_codes(rgb)
-        codes.append(rows)
+        parts.append(rows)
         qualities.extend(quals)
-    return HashResult("pdq", np.concatenate(codes), qualities)
+    return HashResult("pdq", np.concatenate(parts), qualities)
 
 
 def _pdq_frames(data: bytes, options: HashOptions) -> HashResult:
     codes, qualities, numbers = [], [], []
     for n, frame in enumerate(iter_frames(data, limits=options.limits)):
-        one = _pdq(frame, options)
+        one = hash_pdq(frame, options)
         codes.append(one.codes)
         qualities.extend(one.qualities)
         numbers.extend([n] * len(one.codes))
@@ -189,22 +188,9 @@ def _vpdq(source: bytes | str | Path, options: HashOptions) -> HashResult:
         source,
         seconds_per_hash=options.seconds_per_hash,
         limits=options.limits,
-        frame_transform=_trim if options.trim_borders else None,
+        frame_transform=trim_borders if options.trim_borders else None,
     )
     return HashResult(
         "vpdq", video.codes, list(video.qualities), list(video.timestamps),
         list(video.frame_numbers),
     )  # fmt: skip
-
-
-def _trim(rgb: np.ndarray) -> np.ndarray:
-    """Border trimming lives in engine/trim.py (the quality work); imported lazily."""
-    try:
-        from hashmatch.engine.trim import trim_borders
-    except ModuleNotFoundError as exc:
-        if exc.name != "hashmatch.engine.trim":
-            raise
-        raise NotImplementedError(
-            "HashOptions.trim_borders needs hashmatch.engine.trim, which is not installed"
-        ) from None
-    return trim_borders(rgb)

@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hashmatch.engine.pdq import pdq_hash, pdq_hash_dihedral
+from hashmatch.engine.pdq import pdq_hash, pdq_hash_dihedral, reference_downsize
 from hashmatch.engine.trim import trim_borders, trim_candidates
 from hashmatch.engine.video import VideoHash, hash_video
 
@@ -109,17 +109,30 @@ def pdq_query_codes(
     filter is not mirror-symmetric, so the DCT shortcut lands 10-30 bits from the
     flipped original's own PDQ where the exact path lands 0-2 (bench quality).
     """
-    images = [rgb]
-    if trim:
-        images.extend(trim_candidates(rgb))
+    images = [rgb, *trim_candidates(rgb)] if trim else [rgb]
+    return pdq_image_codes(images, dihedral=dihedral, exact=exact)
+
+
+def pdq_image_codes(
+    images: Sequence[np.ndarray],
+    *,
+    dihedral: bool,
+    exact: bool = True,
+    reference_resize: bool = False,
+) -> tuple[np.ndarray, list[int]]:
+    """PDQ rows of each image in turn -> (``uint8[k, 32]``, quality per row): 1 row an
+    image, or 8 with ``dihedral`` (exact orientations or the one-DCT shortcut, as in
+    :func:`pdq_query_codes`). ``reference_resize``: each image shrunk like Meta's CLI
+    first. The one loop behind :func:`pdq_query_codes` and ``hash_media``'s PDQ."""
     codes, qualities = [], []
     for image in images:
+        pixels = reference_downsize(image) if reference_resize else image
         if dihedral and exact:
-            c, q = pdq_orientations(image)
+            c, q = pdq_orientations(pixels)
         elif dihedral:
-            c, q = pdq_hash_dihedral(image)
+            c, q = pdq_hash_dihedral(pixels)
         else:
-            c1, q = pdq_hash(image)
+            c1, q = pdq_hash(pixels)
             c = c1[None, :]
         codes.append(c)
         qualities.extend([q] * len(c))
