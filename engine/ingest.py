@@ -282,8 +282,9 @@ _CSV_ALIASES = {
 }
 
 
-def _csv_header(reader) -> tuple[list[str], dict[str, int | None]] | None:
-    """The header row and where each column is (None: no header, an empty file)."""
+def _csv_header(reader, extra: tuple[str, ...]) -> _CsvRows | None:
+    """Read the header row -> the row rules for the columns it names (None: no
+    header, an empty file). Both CSV read paths start here."""
     header = None
     for row in reader:
         if row and any(c.strip() for c in row):
@@ -303,7 +304,7 @@ def _csv_header(reader) -> tuple[list[str], dict[str, int | None]] | None:
     }
     for key, names in _CSV_ALIASES.items():
         where[key] = next((header.index(n) for n in names if n in header), None)
-    return header, where
+    return _CsvRows(header, where, extra)
 
 
 class _CsvRows:
@@ -354,10 +355,9 @@ class _CsvRows:
 
 def _csv(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
     reader = csv.reader(lines)
-    found = _csv_header(reader)
-    if found is None:
+    rows = _csv_header(reader, extra)
+    if rows is None:
         return
-    rows = _CsvRows(*found, extra)
     width = rows.width
     for row in reader:
         number = reader.line_num
@@ -381,10 +381,9 @@ def _csv_columns(lines: Iterable[str], extra: tuple[str, ...], size: int) -> Ite
     """
     lines = iter(lines)
     reader = csv.reader(lines)
-    found = _csv_header(reader)
-    if found is None:
+    rows = _csv_header(reader, extra)
+    if rows is None:
         return
-    rows = _CsvRows(*found, extra)
     width = rows.width
     base = reader.line_num  # physical lines read so far
     position = 0
@@ -475,14 +474,7 @@ def _columns(rows: _CsvRows, cols: list[list[str]], numbers, positions, rejectio
             if isinstance(item, Rejection):
                 out.rejections.append(Rejection(item.reason, position, item.line, item.field))
                 continue
-            out.signal_types.append(item.signal_type)
-            out.values.append(item.hash_hex)
-            out.labels.append(item.labels)
-            out.external_ids.append(item.external_id)  # type: ignore[union-attr]
-            out.qualities.append(item.quality)  # type: ignore[union-attr]
-            out.expires.append(item.expires_at)  # type: ignore[union-attr]
-            out.lines.append(item.line)
-            out.positions.append(position)
+            out.append(position, item)
         return out
     if rows.i_lab is None:
         labels = [rows.extra] * len(numbers)

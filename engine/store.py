@@ -154,17 +154,21 @@ class ColumnBatch:
                     item = Rejection(item.reason, position, item.line, item.field)
                 out.rejections.append(item)
                 continue
-            out.signal_types.append(item.signal_type)
-            out.values.append(item.hash_hex)
-            out.labels.append(item.labels)
-            out.external_ids.append(item.external_id)  # type: ignore[union-attr]
-            out.qualities.append(item.quality)  # type: ignore[union-attr]
-            out.expires.append(item.expires_at)  # type: ignore[union-attr]
-            out.lines.append(item.line)
-            out.positions.append(position)
+            out.append(position, item)
             out.originals.append((position, item))  # type: ignore[union-attr]
         out.seen = start + len(items)
         return out
+
+    def append(self, position: int, record: SignalRecord) -> None:
+        """Add one record's fields to the columns (the batch must keep every column)."""
+        self.signal_types.append(record.signal_type)
+        self.values.append(record.hash_hex)
+        self.labels.append(record.labels)
+        self.external_ids.append(record.external_id)  # type: ignore[union-attr]
+        self.qualities.append(record.quality)  # type: ignore[union-attr]
+        self.expires.append(record.expires_at)  # type: ignore[union-attr]
+        self.lines.append(record.line)
+        self.positions.append(position)
 
 
 @dataclass
