@@ -5,9 +5,9 @@ Why this shape:
 - **Workers hash, the parent matches and writes.** Decoding and hashing are CPU-bound
   and hold the GIL, so each file is read, MD5'd and hashed in a worker process
   (:class:`concurrent.futures.ProcessPoolExecutor` over a fork server, default one
-  per core); only the
-  small codes travel back. The parent owns the catalog (one SQLite writer) and the
-  matcher, and looks hashes up in batches (one index call per type per batch).
+  per core); only the small codes travel back. The parent owns the catalog (one
+  SQLite writer) and the matcher, and looks hashes up in batches (one index call per
+  type per batch).
 - **Every result is committed in small transactions** (WAL, ``synchronous=FULL``):
   a scan killed with ``kill -9`` loses at most the batch in flight. A re-run skips
   files whose (size, mtime) match the catalog, without reading them, and re-matches

@@ -21,7 +21,7 @@ import contextlib
 import itertools
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
@@ -323,22 +323,11 @@ class ShardedIndex:
 
     def _merge(self, shard: Shard) -> Shard:
         """One indexed segment of the shard's live rows (built aside)."""
-        words, ids = [], []
-        for seg, dead in zip(shard.segments, shard.dead, strict=True):
-            w = seg.words()
-            if dead is None:
-                words.append(np.asarray(w))
-                ids.append(np.asarray(seg.ids))
-            else:
-                keep = dead == 0
-                words.append(np.asarray(w)[keep])
-                ids.append(np.asarray(seg.ids)[keep])
-        if not ids or sum(len(i) for i in ids) == 0:
+        live = _live_rows(shard.segments, shard.dead)
+        if live is None:
             return Shard()
-        all_words = np.ascontiguousarray(np.concatenate(words))
-        all_ids = np.concatenate(ids)
-        seg = self._build_segment(all_words, all_ids)
-        return Shard((seg,), (None,), len(all_ids))
+        seg = self._build_segment(*live)
+        return Shard((seg,), (None,), len(live[1]))
 
     def _build_segment(self, words: np.ndarray, ids: np.ndarray) -> Segment:
         n = len(ids)
@@ -468,23 +457,34 @@ def _coalesce(shard: Shard) -> Shard:
 
     Why: a service ingesting small batches adds a chunk per batch, and every lookup
     pays a fixed Python and kernel-call cost per chunk (seen: 20 chunks per shard made
-    a 20k-signal lookup ~10x slower). Concatenating is a copy of at most ``delta_min``
-    rows, far cheaper than building tables; tombstoned rows are dropped on the way.
+    a 20k-signal engine lookup take 0.6 ms instead of 0.36). Concatenating is a copy of
+    at most ``delta_min`` rows, far cheaper than building tables; tombstoned rows are
+    dropped on the way.
     """
     start = 1 if shard.segments and shard.segments[0].indexed else 0
     deltas = shard.segments[start:]
     if len(deltas) <= MAX_DELTA_SEGMENTS:
         return shard
+    live = _live_rows(deltas, shard.dead[start:])
+    if live is None:  # every recent addition was removed again
+        return Shard(shard.segments[:start], shard.dead[:start], shard.live)
+    merged = ScanSegment(*live, deltas[0].bits)
+    return Shard((*shard.segments[:start], merged), (*shard.dead[:start], None), shard.live)
+
+
+def _live_rows(
+    segments: Sequence[Segment], deads: Sequence[np.ndarray | None]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The untombstoned codes (words) and ids of ``segments``, concatenated in order;
+    None when no row is live."""
     words, ids = [], []
-    for seg, dead in zip(deltas, shard.dead[start:], strict=True):
+    for seg, dead in zip(segments, deads, strict=True):
         keep = slice(None) if dead is None else dead == 0
         words.append(np.asarray(seg.words())[keep])
         ids.append(np.asarray(seg.ids)[keep])
-    all_ids = np.concatenate(ids)
-    if not len(all_ids):  # every recent addition was removed again
-        return Shard(shard.segments[:start], shard.dead[:start], shard.live)
-    merged = ScanSegment(np.ascontiguousarray(np.concatenate(words)), all_ids, deltas[0].bits)
-    return Shard((*shard.segments[:start], merged), (*shard.dead[:start], None), shard.live)
+    if sum(len(i) for i in ids) == 0:
+        return None
+    return np.ascontiguousarray(np.concatenate(words)), np.concatenate(ids)
 
 
 def _kill(shard: Shard, ids: np.ndarray) -> tuple[Shard, int, np.ndarray]:
