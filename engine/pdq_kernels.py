@@ -24,9 +24,14 @@ sequence of operations applied to any one element:
 * column passes keep one running sum per column and walk down the rows, so the inner
   loop is contiguous and SIMD (each column's sum still sees the reference sequence);
   add, subtract and divide of one row step are one fused loop;
-* row passes run 4 rows' running sums interleaved (independent chains hide the add
-  latency) and store the raw sums; the division by the window length is a separate
-  contiguous, vectorised loop (the same float32 division, just later);
+* row passes run 16 rows at once as the lanes of two 8-float LLVM vectors: a block of
+  rows is transposed in 8x8 register tiles (pure data movement) so that each column
+  step is one vector add and one vector subtract per 8 rows, each lane seeing the
+  reference sequence; pass 1's outputs are divided in the same loop and transposed
+  back into rows for the column pass; pass 3 only divides and keeps the 64 sampled
+  columns. (numba alone would not do this: with scalar code the lane sums stay in
+  scalar registers or memory, so the vector type and the tile transpose are numba
+  intrinsics emitting plain LLVM vector IR, portable to any target LLVM knows);
 * luma is ``float32(float64(299R + 587G + 114B) * 0.001)``: the weighted sum of
   integers is exact in float32, and the result equals the bindings' float64
   ``R*0.299 + G*0.587 + B*0.114`` for every one of the 2**24 colours (the test checks
@@ -37,13 +42,10 @@ sequence of operations applied to any one element:
 numba never contracts a*b+c into an FMA without ``fastmath``, so float32 products and
 sums round exactly as the reference's separate multiply and add.
 
-Tried and not kept (2-core AMD EPYC, AVX2): running the row passes with rows as SIMD
-lanes (a block of rows transposed so each column gives 8-16 rows' values) keeps each
-lane's exact add/subtract sequence, but numba/LLVM do not vectorise the lane loop with
-the sums held in registers, and the transposes in and out cost more than the 4-chain
-scalar pass (~0.7 ns per element) they would replace; 8 interleaved chains run slower
-than 4 (register pressure). At 1920x1080 the time splits roughly into luma ~2.3 ms,
-each row pass ~1.5 ms, the pass-1 division ~0.9 ms and the fused column pass ~0.9 ms.
+Tried and not kept (2-core AMD EPYC, AVX2): 4 or 8 interleaved scalar running-sum
+chains per row pass (latency-bound at ~0.7 ns per element, ~1.5 ms per pass at
+1920x1080, plus ~0.9 ms for a separate division loop); rows as lanes written as plain
+numba code (not vectorised, see above).
 """
 
 from __future__ import annotations
@@ -51,9 +53,196 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, models, register_model
 
-BLOCK = 8  # rows luma + row pass 1 produce at a time (two groups of 4 chains)
+LANES = 16  # rows per block of the row passes: two 8-lane vector chains
+
+# --- 8-lane float32 vectors for numba ---------------------------------------------
+# numba does not vectorise a running sum across rows on its own (the lane sums end up
+# in memory, or in scalar registers), so the row passes use LLVM vectors directly:
+# each lane is an ordinary IEEE float32 add / subtract / divide, the same operation on
+# the same operands as the reference's scalar code, just eight rows at a time.
+
+_VEC = ir.VectorType(ir.FloatType(), 8)
+_I32 = ir.IntType(32)
+
+
+class _F32x8(types.Type):
+    def __init__(self) -> None:
+        super().__init__(name="F32x8")
+
+
+_f32x8 = _F32x8()
+
+
+@register_model(_F32x8)
+class _F32x8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VEC)
+
+
+def _vec_ptr(context, builder, arrty, arr, idx):
+    data = context.make_array(arrty)(context, builder, arr).data
+    return builder.bitcast(builder.gep(data, [idx]), _VEC.as_pointer())
+
+
+@intrinsic
+def _v8_load(typingctx, arr, idx):
+    """arr[idx : idx + 8] of a contiguous 1-D float32 array (no bounds check)."""
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_vec_ptr(context, builder, sig.args[0], *args), align=4)
+
+    return _f32x8(arr, idx), codegen
+
+
+@intrinsic
+def _v8_store(typingctx, arr, idx, v):
+    """arr[idx : idx + 8] = v (no bounds check)."""
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _vec_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, v), codegen
+
+
+@intrinsic
+def _v8_zero(typingctx):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VEC, [0.0] * 8)
+
+    return _f32x8(), codegen
+
+
+def _v8_binop(name):
+    @intrinsic
+    def op(typingctx, a, b):
+        def codegen(context, builder, sig, args):
+            return getattr(builder, name)(args[0], args[1])
+
+        return _f32x8(a, b), codegen
+
+    return op
+
+
+_v8_add = _v8_binop("fadd")
+_v8_sub = _v8_binop("fsub")
+_v8_div = _v8_binop("fdiv")
+
+
+@intrinsic
+def _v8_splat(typingctx, x):
+    def codegen(context, builder, sig, args):
+        v = builder.insert_element(ir.Constant(_VEC, ir.Undefined), args[0], ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+
+    return _f32x8(x), codegen
+
+
+def _shuffle(builder, a, b, lanes):
+    return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(_I32, 8), lanes))
+
+
+@intrinsic
+def _transpose8(typingctx, src, s_off, s_stride, dst, d_off, d_stride):
+    """dst[d_off + j*d_stride + i] = src[s_off + i*s_stride + j] for i, j < 8.
+
+    An 8x8 float32 tile transposed in registers (three rounds of shuffles), so rows
+    can become vector lanes and back. Pure data movement: no value changes.
+    """
+
+    def codegen(context, builder, sig, args):
+        src, s_off, s_stride, dst, d_off, d_stride = args
+
+        def at(off, stride, i):
+            return builder.add(off, builder.mul(stride, ir.Constant(stride.type, i)))
+
+        rows = [at(s_off, s_stride, i) for i in range(8)]
+        r = [builder.load(_vec_ptr(context, builder, sig.args[0], src, i), align=4) for i in rows]
+        t = []
+        for i in range(0, 8, 2):  # interleave pairs of rows
+            t.append(_shuffle(builder, r[i], r[i + 1], [0, 8, 1, 9, 4, 12, 5, 13]))
+            t.append(_shuffle(builder, r[i], r[i + 1], [2, 10, 3, 11, 6, 14, 7, 15]))
+        u = []
+        for a, b in ((0, 2), (1, 3), (4, 6), (5, 7)):  # then pairs of pairs
+            u.append(_shuffle(builder, t[a], t[b], [0, 1, 8, 9, 4, 5, 12, 13]))
+            u.append(_shuffle(builder, t[a], t[b], [2, 3, 10, 11, 6, 7, 14, 15]))
+        out = [None] * 8
+        for j in range(4):  # then the 128-bit halves
+            out[j] = _shuffle(builder, u[j], u[j + 4], [0, 1, 2, 3, 8, 9, 10, 11])
+            out[j + 4] = _shuffle(builder, u[j], u[j + 4], [4, 5, 6, 7, 12, 13, 14, 15])
+        for j in range(8):
+            ptr = _vec_ptr(context, builder, sig.args[3], dst, at(d_off, d_stride, j))
+            builder.store(out[j], ptr, align=4)
+        return context.get_dummy_value()
+
+    return types.void(src, s_off, s_stride, dst, d_off, d_stride), codegen
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _to_lanes(rows, wp, xt):
+    """16 rows of ``wp`` floats (flat) -> ``xt[c*16 + lane]``: row ``lane`` of column c."""
+    for c in range(0, wp, 8):
+        _transpose8(rows, c, wp, xt, c * LANES, LANES)
+        _transpose8(rows, 8 * wp + c, wp, xt, c * LANES + 8, LANES)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _from_lanes(yt, wp, rows):
+    """Inverse of :func:`_to_lanes`."""
+    for c in range(0, wp, 8):
+        _transpose8(yt, c * LANES, LANES, rows, c, wp)
+        _transpose8(yt, c * LANES + 8, LANES, rows, 8 * wp + c, wp)
+
+
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _row_out(a, b, yt, dst, d):
+    if dst >= 0:
+        dv = _v8_splat(d)
+        _v8_store(yt, dst * LANES, _v8_div(a, dv))
+        _v8_store(yt, dst * LANES + 8, _v8_div(b, dv))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _row_pass(xt, yt, n, w, div, keep):
+    """Reference ``box1DFloat`` along 16 rows at once (rows are lanes, see _to_lanes).
+
+    Every lane sees exactly the reference sequence: add the entering sample, subtract
+    the leaving one, divide by the window length in effect. Output k is written (to
+    ``yt[keep[k]*16 ...]``) only where ``keep[k] >= 0``: row pass 3 keeps 64 columns.
+    """
+    half = (w + 2) // 2
+    a = _v8_zero()
+    b = _v8_zero()
+    ri = 0
+    for _ in range(half - 1):
+        a = _v8_add(a, _v8_load(xt, ri * LANES))
+        b = _v8_add(b, _v8_load(xt, ri * LANES + 8))
+        ri += 1
+    oi = 0
+    for _ in range(w - half + 1):
+        a = _v8_add(a, _v8_load(xt, ri * LANES))
+        b = _v8_add(b, _v8_load(xt, ri * LANES + 8))
+        _row_out(a, b, yt, keep[oi], div[oi])
+        ri += 1
+        oi += 1
+    li = 0
+    for _ in range(n - w):
+        a = _v8_sub(_v8_add(a, _v8_load(xt, ri * LANES)), _v8_load(xt, li * LANES))
+        b = _v8_sub(_v8_add(b, _v8_load(xt, ri * LANES + 8)), _v8_load(xt, li * LANES + 8))
+        _row_out(a, b, yt, keep[oi], div[oi])
+        ri += 1
+        li += 1
+        oi += 1
+    for _ in range(half - 1):
+        a = _v8_sub(a, _v8_load(xt, li * LANES))
+        b = _v8_sub(b, _v8_load(xt, li * LANES + 8))
+        _row_out(a, b, yt, keep[oi], div[oi])
+        li += 1
+        oi += 1
 
 
 def dct_matrix() -> np.ndarray:
@@ -95,74 +284,6 @@ def box_divisors(n, w):
         d[o] = cws
         o += 1
     return d
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _running_sums4(x0, x1, x2, x3, y0, y1, y2, y3, n, w):
-    """Reference ``box1DFloat`` running sums (before the division) of 4 rows at once.
-
-    Four independent chains interleaved hide the float-add latency; each chain sees
-    exactly the reference sequence: add the entering sample, then subtract the leaving
-    one. ``y[k]`` receives the sum that the reference divides to produce output ``k``.
-    """
-    half = (w + 2) // 2
-    s0 = np.float32(0.0)
-    s1 = np.float32(0.0)
-    s2 = np.float32(0.0)
-    s3 = np.float32(0.0)
-    ri = 0
-    for _ in range(half - 1):
-        s0 += x0[ri]
-        s1 += x1[ri]
-        s2 += x2[ri]
-        s3 += x3[ri]
-        ri += 1
-    oi = 0
-    for _ in range(w - half + 1):
-        s0 += x0[ri]
-        s1 += x1[ri]
-        s2 += x2[ri]
-        s3 += x3[ri]
-        y0[oi] = s0
-        y1[oi] = s1
-        y2[oi] = s2
-        y3[oi] = s3
-        ri += 1
-        oi += 1
-    li = 0
-    for _ in range(n - w):
-        s0 += x0[ri]
-        s1 += x1[ri]
-        s2 += x2[ri]
-        s3 += x3[ri]
-        s0 -= x0[li]
-        s1 -= x1[li]
-        s2 -= x2[li]
-        s3 -= x3[li]
-        y0[oi] = s0
-        y1[oi] = s1
-        y2[oi] = s2
-        y3[oi] = s3
-        ri += 1
-        li += 1
-        oi += 1
-    for _ in range(half - 1):
-        s0 -= x0[li]
-        s1 -= x1[li]
-        s2 -= x2[li]
-        s3 -= x3[li]
-        y0[oi] = s0
-        y1[oi] = s1
-        y2[oi] = s2
-        y3[oi] = s3
-        li += 1
-        oi += 1
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
-def _divide(y, div):
-    for k in range(y.shape[0]):
-        y[k] = y[k] / div[k]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -273,20 +394,27 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
     """Luma + the reference 2x(rows, columns) box filters + 64x64 decimation."""
     nrows, ncols = rgb.shape[0], rgb.shape[1]
     flat = rgb.reshape(nrows, ncols * 3)
+    wp = (ncols + 7) // 8 * 8  # rows padded to whole 8x8 tiles
     div_r = box_divisors(ncols, wr)
     div_c = box_divisors(nrows, wc)
     add, sub, out = _column_schedule(nrows, wc)
+    every = np.arange(ncols)
+    keep64 = np.full(ncols, -1, np.int64)
+    for j in range(64):
+        keep64[col_samples[j]] = col_samples[j]
 
-    # Ring of pass-1 rows: the column pass needs rows li..ri (wc + 1 of them) and rows
-    # arrive a block at a time.
-    ring = wc + 2 * BLOCK
-    b1 = np.empty((ring, ncols), np.float32)
-    luma = np.zeros((BLOCK, ncols), np.float32)
+    # Ring of pass-1 rows: the column pass needs rows li..ri (wc + 1 of them), rows
+    # arrive LANES at a time, and a block lands on consecutive ring rows.
+    ring = (wc + 3 * LANES - 1) // LANES * LANES
+    b1 = np.zeros((ring, wp), np.float32)
+    b1f = b1.reshape(ring * wp)
+    luma = np.zeros((LANES, wp), np.float32)
+    xt = np.zeros(wp * LANES, np.float32)
+    yt = np.zeros(wp * LANES, np.float32)
     colsum = np.zeros(ncols, np.float32)
-    # Pass-2 output rows waiting for row pass 3, and their pass-3 running sums.
-    p = np.zeros((BLOCK, ncols), np.float32)
-    q = np.empty((BLOCK, ncols), np.float32)
-    p_rows = np.empty(BLOCK, np.int64)
+    # Pass-2 output rows waiting for row pass 3.
+    p = np.zeros((LANES, wp), np.float32)
+    p_rows = np.empty(LANES, np.int64)
     npend = 0
     b3 = np.empty((nrows, 64), np.float32)
     done = 0  # pass-1 rows computed
@@ -294,28 +422,13 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
     for e in range(add.shape[0]):
         a = add[e]
         if a >= done:  # (a = -1: no row enters at this event)
-            rows = min(BLOCK, nrows - done)
+            rows = min(LANES, nrows - done)
             for g in range(rows):
                 _luma_row(flat[done + g], luma[g])
-            for g0 in range(0, rows, 4):
-                r0 = (done + g0) % ring
-                r1 = (done + min(g0 + 1, rows - 1)) % ring
-                r2 = (done + min(g0 + 2, rows - 1)) % ring
-                r3 = (done + min(g0 + 3, rows - 1)) % ring
-                _running_sums4(
-                    luma[g0],
-                    luma[min(g0 + 1, rows - 1)],
-                    luma[min(g0 + 2, rows - 1)],
-                    luma[min(g0 + 3, rows - 1)],
-                    b1[r0],
-                    b1[r1],
-                    b1[r2],
-                    b1[r3],
-                    ncols,
-                    wr,
-                )
-            for g in range(rows):
-                _divide(b1[(done + g) % ring], div_r)
+            _to_lanes(luma.reshape(LANES * wp), wp, xt)
+            _row_pass(xt, yt, ncols, wr, div_r, every)
+            base = (done % ring) * wp
+            _from_lanes(yt, wp, b1f[base : base + LANES * wp])
             done += rows
         s = sub[e]
         o = out[e]
@@ -326,25 +439,13 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
         if o >= 0:
             p_rows[npend] = o
             npend += 1
-            if npend == BLOCK or o == nrows - 1:
-                for g0 in range(0, npend, 4):
-                    _running_sums4(
-                        p[g0],
-                        p[g0 + 1],
-                        p[g0 + 2],
-                        p[g0 + 3],
-                        q[g0],
-                        q[g0 + 1],
-                        q[g0 + 2],
-                        q[g0 + 3],
-                        ncols,
-                        wr,
-                    )
+            if npend == LANES or o == nrows - 1:
+                _to_lanes(p.reshape(LANES * wp), wp, xt)
+                _row_pass(xt, yt, ncols, wr, div_r, keep64)
                 for g in range(npend):
                     dst = b3[p_rows[g]]
                     for j in range(64):
-                        c = col_samples[j]
-                        dst[j] = q[g, c] / div_r[c]
+                        dst[j] = yt[col_samples[j] * LANES + g]
                 npend = 0
 
     return _column_pass4(b3, add, sub, out, div_c, row_samples)
