@@ -190,7 +190,9 @@ def test_bench_quality_scores_the_engine_path():
     methods = [m for m in quality.METHODS if m.name in wanted]
     copy = _png(originals[0][1][:, ::-1])
     for m in methods:  # the query side IS hash_media with the method's options
-        assert np.array_equal(m.query(copy), hash_media(copy, ["pdq"], m.options)[0].codes)
+        expected = hash_media(copy, ["pdq"], m.options)[0]
+        codes, qual = m.query(copy)
+        assert np.array_equal(codes, expected.codes) and qual == expected.quality
     res = quality.evaluate(originals, ["flip h", "pad 20% solid", "jpeg q50"], methods)
     per = {n: res["methods"][n]["per_transform"] for n in wanted}
     assert per["pdq"]["flip h"]["recall_plain"] == 0.0
@@ -214,3 +216,53 @@ def test_slightly_rotated_copy_matches_through_match_media_with_derotate(engine)
     assert [m.external_id for m in found] == ["astronaut"]
     assert found[0].distance <= 31 and found[0].variant >= 17  # a derotate row found it
     assert engine.match_media(copy, options=HashOptions(uncrop=True)).matches == []
+
+
+def test_small_downscaled_copy_matches_through_match_media_with_upscale_small(tmp_path):
+    """A 100 px copy of a 200 px picture: plain PDQ lands 42 bits away (the copy's box
+    filter is 1 px, its original's 2), enlarged to 256 px first it lands within 31."""
+    import cv2
+
+    im = skimage.data.hubble_deep_field()
+    small = cv2.resize(
+        im, (200, round(im.shape[0] * 200 / im.shape[1])), interpolation=cv2.INTER_AREA
+    )
+    copy_rgb = cv2.resize(small, (100, small.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    record = SignalRecord("pdq", hash_media(_png(small))[0].hex, external_id="hubble")
+    options = HashOptions(upscale_small=True)
+    rows = hash_media(_png(copy_rgb), ["pdq"], options)[0]
+    assert rows.codes.shape == (2, 32)  # as given, then the enlarged image
+    assert np.array_equal(rows.codes[0], pdq_hash(copy_rgb)[0])
+    assert hash_media(_png(small), ["pdq"], options)[0].codes.shape == (2, 32)
+    assert hash_media(_png(im), ["pdq"], options)[0].codes.shape == (1, 32)  # >= 256 px
+    with Engine.open(tmp_path / "data") as eng:
+        eng.ingest([record], list_name="known")
+        assert eng.match_media(_png(copy_rgb)).matches == []
+        found = eng.match_media(_png(copy_rgb), options=options).matches
+    assert [m.external_id for m in found] == ["hubble"]
+    assert found[0].distance <= 31 and found[0].variant == 1
+
+
+def test_bench_quality_floor_counts_flat_copies_as_not_looked_up():
+    """As match_media, the bench looks nothing up for a copy under PDQ quality 50: a
+    near-flat picture's blurred copy is a miss with no distance, and never a wrong match."""
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT))
+    try:
+        from bench import quality
+    finally:
+        sys.path.remove(str(PROJECT_ROOT))
+    rocket = skimage.data.rocket()
+    sky = np.ascontiguousarray(rocket[:213, :320])  # night sky and a pylon: quality 51
+    photo = np.ascontiguousarray(skimage.data.astronaut()[::2, ::2])
+    assert pdq_hash(sky)[1] >= 50  # stored ...
+    methods = [m for m in quality.METHODS if m.name == "pdq"]
+    on = quality.evaluate([("sky", sky), ("astronaut", photo)], ["blur"], methods)
+    off = quality.evaluate([("sky", sky), ("astronaut", photo)], ["blur"], methods, min_quality=0)
+    assert on["methods"]["pdq"]["skipped_low_quality"] == 1  # ... its blurred copy is not
+    assert off["methods"]["pdq"]["skipped_low_quality"] == 0
+    assert [x["original"] for x in on["methods"]["pdq"]["misses"]] == ["sky"]
+    assert on["methods"]["pdq"]["misses"][0]["distance"] is None
