@@ -134,6 +134,20 @@ _v8_div = _v8_binop("fdiv")
 
 
 @intrinsic
+def _v8_scale(typingctx, v, r):
+    """float32(float64(v) * r) per lane: ``v / d`` when r = float64(1/d), see _recips."""
+
+    def codegen(context, builder, sig, args):
+        wide = ir.VectorType(ir.DoubleType(), 8)
+        x = builder.fpext(args[0], wide)
+        rv = builder.insert_element(ir.Constant(wide, ir.Undefined), args[1], ir.Constant(_I32, 0))
+        rv = builder.shuffle_vector(rv, rv, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+        return builder.fptrunc(builder.fmul(x, rv), _VEC)
+
+    return _f32x8(v, r), codegen
+
+
+@intrinsic
 def _v8_splat(typingctx, x):
     def codegen(context, builder, sig, args):
         v = builder.insert_element(ir.Constant(_VEC, ir.Undefined), args[0], ir.Constant(_I32, 0))
@@ -199,20 +213,25 @@ def _from_lanes(yt, wp, rows):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _row_out(a, b, yt, dst, d):
+def _row_out(a, b, yt, dst, d, r):
     if dst >= 0:
-        dv = _v8_splat(d)
-        _v8_store(yt, dst * LANES, _v8_div(a, dv))
-        _v8_store(yt, dst * LANES + 8, _v8_div(b, dv))
+        if r > 0.0:
+            _v8_store(yt, dst * LANES, _v8_scale(a, r))
+            _v8_store(yt, dst * LANES + 8, _v8_scale(b, r))
+        else:
+            dv = _v8_splat(d)
+            _v8_store(yt, dst * LANES, _v8_div(a, dv))
+            _v8_store(yt, dst * LANES + 8, _v8_div(b, dv))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _row_pass(xt, yt, n, w, div, keep):
+def _row_pass(xt, yt, n, w, div, rec, keep):
     """Reference ``box1DFloat`` along 16 rows at once (rows are lanes, see _to_lanes).
 
     Every lane sees exactly the reference sequence: add the entering sample, subtract
     the leaving one, divide by the window length in effect. Output k is written (to
     ``yt[keep[k]*16 ...]``) only where ``keep[k] >= 0``: row pass 3 keeps 64 columns.
+    ``rec[k] > 0`` divides by multiplying with the float64 reciprocal (see _recips).
     """
     half = (w + 2) // 2
     a = _v8_zero()
@@ -226,21 +245,21 @@ def _row_pass(xt, yt, n, w, div, keep):
     for _ in range(w - half + 1):
         a = _v8_add(a, _v8_load(xt, ri * LANES))
         b = _v8_add(b, _v8_load(xt, ri * LANES + 8))
-        _row_out(a, b, yt, keep[oi], div[oi])
+        _row_out(a, b, yt, keep[oi], div[oi], rec[oi])
         ri += 1
         oi += 1
     li = 0
     for _ in range(n - w):
         a = _v8_sub(_v8_add(a, _v8_load(xt, ri * LANES)), _v8_load(xt, li * LANES))
         b = _v8_sub(_v8_add(b, _v8_load(xt, ri * LANES + 8)), _v8_load(xt, li * LANES + 8))
-        _row_out(a, b, yt, keep[oi], div[oi])
+        _row_out(a, b, yt, keep[oi], div[oi], rec[oi])
         ri += 1
         li += 1
         oi += 1
     for _ in range(half - 1):
         a = _v8_sub(a, _v8_load(xt, li * LANES))
         b = _v8_sub(b, _v8_load(xt, li * LANES + 8))
-        _row_out(a, b, yt, keep[oi], div[oi])
+        _row_out(a, b, yt, keep[oi], div[oi], rec[oi])
         li += 1
         oi += 1
 
@@ -287,22 +306,43 @@ def box_divisors(n, w):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _recips(div):
+    """float64 reciprocals of the window lengths: ``float32(float64(x) * r)`` is ``x / d``.
+
+    Why exact: for float32 x and an integer d < 2**26, x / d is never a float32 rounding
+    midpoint (d * midpoint has at least 25 significant bits, x at most 24) and lies at
+    least 2**-25 / d (relative) away from one, while ``x * float64(1/d)`` in float64 is
+    within 2**-52 of x / d: both round to the same float32. It needs a normal quotient:
+    true for passes 1 and 2 (their sums are multiples of 2**-33 and 2**-82, from luma
+    values of at least 0.001); passes 3 and 4 keep the division. A vector float32
+    division costs several times a float64 multiply on AVX2 CPUs.
+    """
+    r = np.empty(div.shape[0], np.float64)
+    for k in range(div.shape[0]):
+        r[k] = 1.0 / np.float64(div[k])
+    return r
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _luma_row(row, out):
     """float32(R*0.299 + G*0.587 + B*0.114) in float64, as the pdqhash bindings do.
 
-    Computed as ``float32(float64(299R + 587G + 114B) * 0.001)``: the integer weighted
+    Computed as ``float32(299R + 587G + 114B) / float32(1000)``: the integer weighted
     sum is exact in float32 lanes (every intermediate is an integer below 2**24), and
-    for all 2**24 RGB triples the result equals the bindings' float64 formula (checked
-    exhaustively by tests/test_pdq.py). 8 float32 lanes instead of 4 float64 ones.
+    one correctly rounded float32 division of it gives, for all 2**24 RGB triples, the
+    bindings' float64 formula (checked exhaustively by tests/test_pdq.py): key / 1000 is
+    never a float32 rounding midpoint, so the float64 detour cannot round differently.
+    All in 8 float32 lanes (faster than the float64 multiply and its conversions).
     """
     c0 = np.float32(299.0)
     c1 = np.float32(587.0)
     c2 = np.float32(114.0)
+    thousand = np.float32(1000.0)
     for k in range(out.shape[0]):
         key = (np.float32(row[3 * k]) * c0 + np.float32(row[3 * k + 1]) * c1) + np.float32(
             row[3 * k + 2]
         ) * c2
-        out[k] = np.float32(np.float64(key) * 0.001)
+        out[k] = key / thousand
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -353,7 +393,7 @@ def _column_schedule(n, w):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _column_step(acc, x_add, do_add, x_sub, do_sub, dst, do_out, d):
+def _column_step(acc, x_add, do_add, x_sub, do_sub, dst, do_out, r):
     """One event of a column pass over every column: add, subtract, divide out.
 
     One fused loop per event (the separate add / subtract / divide loops each streamed
@@ -366,17 +406,17 @@ def _column_step(acc, x_add, do_add, x_sub, do_sub, dst, do_out, d):
             v = acc[k] + x_add[k]
             v = v - x_sub[k]
             acc[k] = v
-            dst[k] = v / d
+            dst[k] = np.float32(v * r)
     elif do_add and do_out:
         for k in range(n):
             v = acc[k] + x_add[k]
             acc[k] = v
-            dst[k] = v / d
+            dst[k] = np.float32(v * r)
     elif do_sub and do_out:
         for k in range(n):
             v = acc[k] - x_sub[k]
             acc[k] = v
-            dst[k] = v / d
+            dst[k] = np.float32(v * r)
     else:
         if do_add:
             for k in range(n):
@@ -386,7 +426,7 @@ def _column_step(acc, x_add, do_add, x_sub, do_sub, dst, do_out, d):
                 acc[k] -= x_sub[k]
         if do_out:
             for k in range(n):
-                dst[k] = acc[k] / d
+                dst[k] = np.float32(acc[k] * r)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -398,6 +438,9 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
     div_r = box_divisors(ncols, wr)
     div_c = box_divisors(nrows, wc)
     add, sub, out = _column_schedule(nrows, wc)
+    rec_r = _recips(div_r)
+    rec_c = _recips(div_c)
+    divide = np.zeros(ncols, np.float64)  # rec = 0: pass 3 divides
     every = np.arange(ncols)
     keep64 = np.full(ncols, -1, np.int64)
     for j in range(64):
@@ -426,22 +469,22 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
             for g in range(rows):
                 _luma_row(flat[done + g], luma[g])
             _to_lanes(luma.reshape(LANES * wp), wp, xt)
-            _row_pass(xt, yt, ncols, wr, div_r, every)
+            _row_pass(xt, yt, ncols, wr, div_r, rec_r, every)
             base = (done % ring) * wp
             _from_lanes(yt, wp, b1f[base : base + LANES * wp])
             done += rows
         s = sub[e]
         o = out[e]
         dst = p[npend]
-        d = div_c[max(o, 0)]
+        r = rec_c[max(o, 0)]
         _column_step(colsum, b1[a % ring] if a >= 0 else colsum, a >= 0,
-                     b1[s % ring] if s >= 0 else colsum, s >= 0, dst, o >= 0, d)  # fmt: skip
+                     b1[s % ring] if s >= 0 else colsum, s >= 0, dst, o >= 0, r)  # fmt: skip
         if o >= 0:
             p_rows[npend] = o
             npend += 1
             if npend == LANES or o == nrows - 1:
                 _to_lanes(p.reshape(LANES * wp), wp, xt)
-                _row_pass(xt, yt, ncols, wr, div_r, keep64)
+                _row_pass(xt, yt, ncols, wr, div_r, divide, keep64)
                 for g in range(npend):
                     dst = b3[p_rows[g]]
                     for j in range(64):
