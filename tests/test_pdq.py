@@ -115,11 +115,14 @@ def _chessboard(h: int, w: int, cells: int) -> np.ndarray:
     return _rgb(board)
 
 
-def test_luma_is_the_bindings_float64_formula_for_every_rgb_triple():
-    """The kernel's integer-weight luma equals float32(R*0.299 + G*0.587 + B*0.114)
-    computed in float64 (what the pdqhash bindings feed C++) for all 2**24 colours."""
-    from hashmatch.engine.pdq_kernels import _luma_full
+@pytest.mark.parametrize("kernel", ["_luma_row_simd", "_luma_row_generic"])
+def test_luma_is_the_bindings_float64_formula_for_every_rgb_triple(kernel):
+    """Each luma kernel (the vector one, SSE2 integer key on x86-64; plain numba) equals
+    float32(R*0.299 + G*0.587 + B*0.114) computed in float64 (what the pdqhash bindings
+    feed C++) for all 2**24 colours."""
+    from hashmatch.engine import pdq_kernels
 
+    row_kernel = getattr(pdq_kernels, kernel)
     g, b = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
     g, b = g.ravel().astype(np.float64), b.ravel().astype(np.float64)
     rgb = np.empty((256, 65536, 3), np.uint8)
@@ -127,7 +130,8 @@ def test_luma_is_the_bindings_float64_formula_for_every_rgb_triple():
     rgb[:, :, 1] = g.astype(np.uint8)
     rgb[:, :, 2] = b.astype(np.uint8)
     got = np.empty((256, 65536), np.float32)
-    _luma_full(rgb, got)
+    for r in range(256):
+        row_kernel(rgb[r].reshape(-1), got[r])
     for r in range(256):
         want = ((r * 0.299 + g * 0.587) + b * 0.114).astype(np.float32)
         assert np.array_equal(got[r].view(np.uint32), want.view(np.uint32)), r
