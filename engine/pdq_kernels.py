@@ -44,10 +44,18 @@ sequence of operations applied to any one element:
 numba never contracts a*b+c into an FMA without ``fastmath``, so float32 products and
 sums round exactly as the reference's separate multiply and add.
 
-Tried and not kept (2-core AMD EPYC, AVX2): 4 or 8 interleaved scalar running-sum
-chains per row pass (latency-bound at ~0.7 ns per element, ~1.5 ms per pass at
-1920x1080, plus ~0.9 ms for a separate division loop); rows as lanes written as plain
-numba code (not vectorised, see above).
+At 1920x1080 (2-core AMD EPYC "Naples", AVX2 split into 128-bit halves) the time
+splits roughly into luma into lanes ~1.4 ms, row pass 1 ~1.0 ms (0.45 ms the running
+sums, the rest its division: the float32 divider is the limit), back into rows ~0.4 ms,
+column pass 2 ~0.7 ms, rows into lanes again ~0.45 ms and row pass 3 ~0.45 ms.
+
+Tried and not kept: 4 or 8 interleaved scalar running-sum chains per row pass
+(latency-bound at ~0.7 ns per element, ~1.5 ms per pass at 1920x1080, plus ~0.9 ms
+for a separate division loop); rows as lanes written as plain numba code (not
+vectorised, see above); pass 1's division as a float64 reciprocal multiply (exact, see
+_recips, but the conversions cost what the divider does on this CPU); luma computed
+in lanes with float32 arithmetic (no faster than a row loop plus a transpose: the
+float path, not memory, was the cost).
 """
 
 from __future__ import annotations
@@ -579,7 +587,7 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
 
     # Ring of pass-1 rows: the column pass needs rows li..ri (wc + 1 of them), rows
     # arrive LANES at a time, and a block lands on consecutive ring rows.
-    ring = (wc + 3 * LANES - 1) // LANES * LANES
+    ring = (wc + 2 * LANES - 1) // LANES * LANES  # >= wc + LANES rows, whole blocks
     b1 = np.zeros((ring, wp), np.float32)
     b1f = b1.reshape(ring * wp)
     xt = np.zeros(wp * LANES, np.float32)
