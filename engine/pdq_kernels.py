@@ -163,13 +163,17 @@ def _at(builder, off, stride, i):
     return builder.add(off, builder.mul(stride, ir.Constant(stride.type, i)))
 
 
-def _transpose_quads(builder, quads):
-    """Codegen: the 8 columns of an 8x8 tile given as ``quads``: quads[h*4 + i] holds
-    columns 4h..4h+3 of row i (low half) and of row i + 4 (high half). Rows i and i + 4
-    sharing a register keeps every shuffle within 128-bit halves (cross-half shuffles
-    are slow on AVX2): two 4x4 transposes, 16 shuffles."""
+def _store_columns(context, builder, dstty, dst, d_off, d_stride, halves):
+    """Codegen: store the 8 columns of an 8x8 tile, column j at ``d_off + j*d_stride``.
+
+    ``halves[h][i]`` holds columns 4h..4h+3 of row i (4 floats). Rows i and i + 4 are
+    paired in one register (low / high 128 bits), so every shuffle stays within
+    128-bit halves (cross-half shuffles are slow on AVX2): two 4x4 transposes.
+    """
+    concat = ir.Constant(ir.VectorType(_I32, 8), list(range(8)))
     out = []
-    for q in (quads[:4], quads[4:]):
+    for h in range(2):
+        q = [builder.shuffle_vector(halves[h][i], halves[h][i + 4], concat) for i in range(4)]
         t0 = _shuffle(builder, q[0], q[1], [0, 8, 1, 9, 4, 12, 5, 13])
         t1 = _shuffle(builder, q[0], q[1], [2, 10, 3, 11, 6, 14, 7, 15])
         t2 = _shuffle(builder, q[2], q[3], [0, 8, 1, 9, 4, 12, 5, 13])
@@ -178,7 +182,9 @@ def _transpose_quads(builder, quads):
         out.append(_shuffle(builder, t0, t2, [2, 3, 10, 11, 6, 7, 14, 15]))
         out.append(_shuffle(builder, t1, t3, [0, 1, 8, 9, 4, 5, 12, 13]))
         out.append(_shuffle(builder, t1, t3, [2, 3, 10, 11, 6, 7, 14, 15]))
-    return out
+    for j in range(8):
+        ptr = _vec_ptr(context, builder, dstty, dst, _at(builder, d_off, d_stride, j))
+        builder.store(out[j], ptr, align=4)
 
 
 @intrinsic
@@ -193,21 +199,13 @@ def _transpose8(typingctx, src, s_off, s_stride, dst, d_off, d_stride):
         src, s_off, s_stride, dst, d_off, d_stride = args
         data = context.make_array(sig.args[0])(context, builder, src).data
         half = ir.VectorType(ir.FloatType(), 4).as_pointer()
-        concat = ir.Constant(ir.VectorType(_I32, 8), list(range(8)))
 
         def load4(i, offset):
             idx = builder.add(_at(builder, s_off, s_stride, i), ir.Constant(s_off.type, offset))
             return builder.load(builder.bitcast(builder.gep(data, [idx]), half), align=4)
 
-        quads = [
-            builder.shuffle_vector(load4(i, offset), load4(i + 4, offset), concat)
-            for offset in (0, 4)
-            for i in range(4)
-        ]
-        out = _transpose_quads(builder, quads)
-        for j in range(8):
-            ptr = _vec_ptr(context, builder, sig.args[3], dst, _at(builder, d_off, d_stride, j))
-            builder.store(out[j], ptr, align=4)
+        halves = [[load4(i, offset) for i in range(8)] for offset in (0, 4)]
+        _store_columns(context, builder, sig.args[3], dst, d_off, d_stride, halves)
         return context.get_dummy_value()
 
     return types.void(src, s_off, s_stride, dst, d_off, d_stride), codegen
@@ -460,16 +458,7 @@ def _luma_lanes8(typingctx, src, s_off, s_stride, dst, d_off, d_stride):
             for h in range(2):
                 at = builder.add(row, ir.Constant(row.type, 12 * h))
                 halves[h].append(_luma4(context, builder, sdata, at))
-        concat = ir.Constant(ir.VectorType(_I32, 8), list(range(8)))
-        quads = [
-            builder.shuffle_vector(halves[h][i], halves[h][i + 4], concat)
-            for h in range(2)
-            for i in range(4)
-        ]
-        out = _transpose_quads(builder, quads)
-        for j in range(8):
-            ptr = _vec_ptr(context, builder, sig.args[3], dst, _at(builder, d_off, d_stride, j))
-            builder.store(out[j], ptr, align=4)
+        _store_columns(context, builder, sig.args[3], dst, d_off, d_stride, halves)
         return context.get_dummy_value()
 
     return types.void(src, s_off, s_stride, dst, d_off, d_stride), codegen
