@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hashmatch.engine.scan import worker_context
+from hashmatch.engine.scan import keep_heap, worker_context
 
 DECODE_ANCHOR = 0.8
 
@@ -70,15 +70,21 @@ def _imread_all(paths: list[str]) -> int:
     return n
 
 
-def decode_floor(paths: list[Path], procs: int) -> float:
-    """Files/s of decoding alone with cv2.imread in ``procs`` processes."""
+def decode_floor(paths: list[Path], procs: int, tuned_heap: bool = False) -> float:
+    """Files/s of decoding alone with cv2.imread in ``procs`` processes.
+
+    ``tuned_heap``: in worker processes with the scan workers' malloc settings
+    (``scan.keep_heap``), to show how much of the scan's margin over the plain floor
+    is that setting rather than less work after the decode.
+    """
     names = [str(p) for p in paths]
-    if procs == 1:
+    if procs == 1 and not tuned_heap:
         _imread_all(names[:3])  # warm the page cache and the library
         t = time.perf_counter()
         assert _imread_all(names) == len(names)
         return len(names) / (time.perf_counter() - t)
-    with cf.ProcessPoolExecutor(procs, mp_context=worker_context()) as pool:
+    init = keep_heap if tuned_heap else None
+    with cf.ProcessPoolExecutor(procs, mp_context=worker_context(), initializer=init) as pool:
         list(pool.map(_imread_all, [names[i : i + 1] for i in range(procs)]))
         t = time.perf_counter()
         assert sum(pool.map(_imread_all, _tasks(names))) == len(names)
@@ -102,9 +108,11 @@ def _hash_all(paths: list[str]) -> int:
 
 def hash_floor(paths: list[Path], procs: int) -> float:
     """Files/s of reading + hash_media (pdq + md5) alone in ``procs`` processes: no
-    catalog, no lookups, no walk (the scan's own overhead is what is left)."""
+    catalog, no lookups, no walk (the scan's own overhead is what is left). With the
+    scan workers' malloc settings, as the scan's workers have them."""
     names = [str(p) for p in paths]
-    with cf.ProcessPoolExecutor(procs, mp_context=worker_context()) as pool:
+    context = worker_context()
+    with cf.ProcessPoolExecutor(procs, mp_context=context, initializer=keep_heap) as pool:
         list(pool.map(_hash_all, [names[i : i + 1] for i in range(procs)]))  # imports, JIT
         t = time.perf_counter()
         assert sum(pool.map(_hash_all, _tasks(names))) == len(names)
@@ -151,13 +159,14 @@ def measure(paths: list[Path], workers: int, work: Path, rounds: int) -> dict:
     run per measurement let a burst of load land on just one of them). Rates are total
     files / total seconds; the per-round scan/decode ratios show the spread.
     """
-    secs = {"decode": 0.0, "hash": 0.0, "scan": 0.0}
+    secs = {"decode": 0.0, "decode_heap": 0.0, "hash": 0.0, "scan": 0.0}
     ratios = []
     for r in range(rounds):
         part = paths[r::rounds]
         n = len(part)
         rates = {
             "decode": decode_floor(part, workers),
+            "decode_heap": decode_floor(part, workers, tuned_heap=True),
             "hash": hash_floor(part, workers),
             "scan": scan_rate(part, workers, work, tag=f"-r{r}")[0],
         }
@@ -309,17 +318,22 @@ def main(argv: list[str]) -> None:
     load_before = os.getloadavg()
     for workers in () if args.skip_scan else (1, 2):
         rates = measure(paths, workers, work, args.rounds)
-        rows.append((workers, rates["scan"], rates["hash"], rates["decode"], rates["ratios"]))
+        rows.append(
+            (workers, rates["scan"], rates["hash"], rates["decode"], rates["ratios"],
+             rates["decode_heap"])
+        )  # fmt: skip
     load_after = os.getloadavg()
     print()
     print("| workers | scan files/s | hash-only files/s | decode-only files/s | scan / hash-only "
-          "| scan / decode-only (anchor >= 0.8x) | per-round scan / decode |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
-    for workers, rate, hashed, floor, ratios in rows:
+          "| scan / decode-only (anchor >= 0.8x) | per-round scan / decode "
+          "| decode-only, workers' heap settings | scan / that |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for workers, rate, hashed, floor, ratios, floor_heap in rows:
         ok = "ok" if rate / floor >= DECODE_ANCHOR else "below"
         spread = ", ".join(f"{x:.2f}" for x in ratios)
         print(f"| {workers} | {rate:.1f} | {hashed:.1f} | {floor:.1f} | {rate / hashed:.2f}x | "
-              f"{rate / floor:.2f}x ({ok}) | {spread} |")  # fmt: skip
+              f"{rate / floor:.2f}x ({ok}) | {spread} | {floor_heap:.1f} | "
+              f"{rate / floor_heap:.2f}x |")  # fmt: skip
     print(
         "(floors run in as many processes as the scan has workers: decode-only = cv2.imread "
         "loop; hash-only = read + hash_media pdq+md5; scan = walk + hash + catalog + lookups; "

@@ -260,11 +260,39 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
+#: Scan workers keep up to this much freed memory for the next file (see keep_heap).
+WORKER_HEAP_BYTES = 256 * 1024 * 1024
+
+
+def keep_heap(limit: int = WORKER_HEAP_BYTES) -> bool:
+    """Let a worker reuse the pages of the previous file's buffers (glibc only).
+
+    Why: each file allocates a fresh decoded image (6 MB at 1080p) and PDQ buffers.
+    glibc serves blocks that large with a new mmap and returns them on free, so every
+    file pays first-touch page faults (the kernel zeroes each 4 kB page) and an
+    munmap: measured ~4 ms of a 1080p file's ~23 ms (cv2.imread of the same file
+    drops from 17.4 to 13.1 ms when the heap is kept). Blocks up to ``limit`` come
+    from the heap and up to ``limit`` of freed memory stays mapped, so a worker holds
+    at most about ``limit`` beyond its live data; larger images still get their own
+    mmap. Pixels and hashes are unchanged. Only in scan workers (processes hashmatch
+    starts), never in a caller's process. Returns whether the settings applied.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        return bool(libc.mallopt(m_mmap_threshold, limit) and libc.mallopt(m_trim_threshold, limit))
+    except (OSError, AttributeError):  # not glibc (musl, macOS): keep the defaults
+        return False
+
+
 def _init_worker(options, threads: int, scanner: int | None = None) -> None:
     global _WORKER_OPTIONS
     _WORKER_OPTIONS = options
     if scanner is not None:
         _exit_with_parent(scanner)
+    keep_heap()
     try:
         import cv2
 

@@ -352,3 +352,33 @@ def test_hash_file_digests_the_bytes_once_keeping_order_and_failures(tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     assert hash_file(str(empty), ("md5",)).reason == "empty"
+
+
+_HEAP_PROBE = """
+import sys, numpy as np
+from hashmatch.engine.scan import keep_heap
+if not keep_heap():
+    print("not glibc")
+    sys.exit()
+addresses = set()
+for _ in range(3):
+    image = np.ones((1080, 1920, 3), np.uint8)  # a decoded 1080p frame's size
+    addresses.add(image.ctypes.data)
+    del image
+print(len(addresses))
+"""
+
+
+def test_workers_reuse_the_previous_files_memory():
+    """keep_heap (called in every scan worker) makes a freed 6 MB image's pages serve
+    the next one: glibc's default maps the first such block afresh and unmaps it on
+    free, so the next lands elsewhere and each file pays page faults again."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _HEAP_PROBE], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if out == "not glibc":
+        pytest.skip("malloc settings apply to glibc only")
+    assert out == "1"
