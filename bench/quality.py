@@ -424,6 +424,7 @@ def evaluate(
         # quality (the image as given) is under 50, as HMA; such a copy matches nothing,
         # neither its original (a miss) nor a wrong one.
         skipped = np.array([qual is not None and qual < min_quality for _, qual in hashed])
+        unfloored = d[np.arange(len(copies)), owner].astype(int)  # had it been looked up
         d[skipped] = NO_MATCH
         correct = d[np.arange(len(copies)), owner].astype(int)
         wrong_mat = d.astype(int)
@@ -442,14 +443,18 @@ def evaluate(
                 "thorn_threshold": safe_threshold(correct[sel], wrong[sel], m.bits),
             }
             for part, mask in (("large", sel & large), ("small", sel & ~large)):
-                per[t][f"recall_plain_{part}"] = float((correct[mask] <= plain).mean())
-                per[t][f"recall_safe_{part}"] = float((correct[mask] <= thr).mean())
+                # None when no original of that size was edited this way (no data)
+                part_correct = correct[mask]
+                for view, limit in (("plain", plain), ("safe", thr)):
+                    share = float((part_correct <= limit).mean()) if mask.any() else None
+                    per[t][f"recall_{view}_{part}"] = share
             per[t]["recall_thorn"] = float((correct[sel] <= per[t]["thorn_threshold"]).mean())
         misses = [
             {
                 "original": originals[int(owner[i])][0],
                 "transform": str(tname[i]),
                 "distance": None if skipped[i] else int(correct[i]),
+                "distance_unfloored": int(unfloored[i]),
                 "quality": hashed[i][1],
             }
             for i in np.flatnonzero(correct > plain)
@@ -571,8 +576,10 @@ def size_table(res: dict, names=("pdq", "hashmatch+small")) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pct(share: float) -> str:
-    """100 and 0 as such, else one decimal: 83 of 84 is 98.8, not "99"."""
+def _pct(share: float | None) -> str:
+    """100 and 0 as such, else one decimal: 83 of 84 is 98.8, not "99"; "-" for no data."""
+    if share is None:
+        return "-"
     return "100" if share == 1.0 else "0" if share == 0.0 else f"{100 * share:.1f}"
 
 
@@ -581,13 +588,16 @@ def misses_table(res: dict, names=("pdq", "hashmatch", "hashmatch+small")) -> st
     lines = [
         f"Misses at <= {PDQ_THRESHOLD} on the edits that keep the geometry "
         f"({', '.join(PHOTOMETRIC)}): original, edit, distance to the original (or "
-        "'not looked up' under the quality floor), the copy's PDQ quality.\n",
+        "'not looked up' under the quality floor, with the distance it would have had), "
+        "the copy's PDQ quality.\n",
         "| method | original | edit | distance | copy quality |",
         "|---|---|---|---|---|",
     ]
     for n in names:
         for x in res["methods"].get(n, {}).get("misses", []):
-            dist = "not looked up" if x["distance"] is None else str(x["distance"])
+            dist = str(x["distance"])
+            if x["distance"] is None:
+                dist = f"not looked up ({x.get('distance_unfloored', '?')} if it were)"
             lines.append(f"| {n} | {x['original']} | {x['transform']} | {dist} | {x['quality']} |")
     return "\n".join(lines) + "\n"
 
@@ -633,6 +643,71 @@ def plots(res: dict, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "distances.png", dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------- quality floor
+FLOOR_EDITS = (None, "blur", "resize 0.5", "gamma 0.6")
+QUALITY_BANDS = ((0, 30), (30, 50), (50, 101))
+
+
+def floor_queries(sources, seed: int = 1) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Pictures of every PDQ quality for the floor study: the k x k tiles (k = 2..5,
+    tiles >= 64 px) of every source, as cut and blurred/halved/gamma-edited ->
+    (codes ``uint8[n, 32]``, qualities, source name per row)."""
+    rng = np.random.default_rng(seed)
+    codes, quals, names = [], [], []
+    for name, im in sources:
+        h, w = im.shape[:2]
+        for k in range(2, 6):
+            th, tw = h // k, w // k
+            if min(th, tw) < 64:
+                continue
+            for i in range(k * k):
+                tile = im[i // k * th : (i // k + 1) * th, i % k * tw : (i % k + 1) * tw]
+                for edit in FLOOR_EDITS:
+                    x = tile if edit is None else TRANSFORMS[edit](np.ascontiguousarray(tile), rng)
+                    code, q = pdq_hash(np.ascontiguousarray(x))
+                    codes.append(code), quals.append(q), names.append(name)
+    return np.stack(codes), np.array(quals), names
+
+
+def floor_table(sources, originals, distractors) -> str:
+    """What the query quality floor guards against: queries of each quality band vs
+    the stored side (originals, all >= 50, + the haystack), and low-quality queries vs
+    each other, as if a list also stored low-quality hashes; pairs from the same source
+    photo are left out (its tiles overlap)."""
+    codes, quals, names = floor_queries(sources)
+    stored = np.stack([pdq_hash(im)[0] for _, im in originals] + [d[0] for d in distractors])
+    owner = [n.split("#")[0] for n, _ in originals] + ["haystack"] * len(distractors)
+    src = np.array(names)
+    lines = [
+        f"Quality floor: {len(codes)} pictures of every PDQ quality (the 2x2..5x5 tiles of "
+        "every source, as cut, blurred, halved, gamma 0.6) queried against pictures of "
+        "other sources; wrong pairs within the PDQ threshold by the query's quality.\n",
+        "| queries (PDQ quality) | against | queries | wrong pairs | nearest | <= 31 | <= 63 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(sel: np.ndarray, other: np.ndarray, other_src, label: str, against: str) -> None:
+        d = np.bitwise_count(codes[sel][:, None, :] ^ other[None, :, :]).sum(axis=2)
+        ok = src[sel][:, None] != np.asarray(other_src)[None, :]
+        if against == "each other":  # each unordered pair once
+            ok &= np.triu(np.ones_like(ok), 1)
+        v = d[ok]
+        lines.append(
+            f"| {label} | {against} | {int(sel.sum())} | {v.size:,} | {v.min()} | "
+            f"{int((v <= 31).sum())} ({(v <= 31).mean():.1e}) | "
+            f"{int((v <= 63).sum())} ({(v <= 63).mean():.1e}) |"
+        )
+
+    for lo, hi in QUALITY_BANDS:
+        sel = (quals >= lo) & (quals < hi)
+        if sel.any():
+            row(sel, stored, owner, f"{lo}-{hi - 1}", "stored (quality >= 50 + haystack)")
+    low = quals < MIN_QUALITY
+    if low.any():
+        row(low, codes[low], src[low], f"0-{MIN_QUALITY - 1}", "each other")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------- video
@@ -739,6 +814,7 @@ def main(argv: list[str]) -> None:
     text = table(res, len(sources))
     partial = args.quick or args.transforms or args.methods or args.sources != "all"
     if not partial:
+        text += "\n" + floor_table(loaded, originals, distractors)
         text += "\n### Video (vPDQ, threshold 31 per frame)\n\n" + video_table()
     print(text)
     out = args.out or (None if partial else ROOT / "docs" / "quality")
