@@ -694,6 +694,8 @@ def floor_table(sources, originals, distractors) -> str:
         if against == "each other":  # each unordered pair once
             ok &= np.triu(np.ones_like(ok), 1)
         v = d[ok]
+        if v.size == 0:  # every query of the band is from the stored pictures' sources
+            return
         lines.append(
             f"| {label} | {against} | {int(sel.sum())} | {v.size:,} | {v.min()} | "
             f"{int((v <= 31).sum())} ({(v <= 31).mean():.1e}) | "

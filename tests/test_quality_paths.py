@@ -243,6 +243,7 @@ def test_small_downscaled_copy_matches_through_match_media_with_upscale_small(tm
     assert found[0].distance <= 31 and found[0].variant == 1
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # no mean of an empty size split
 def test_bench_quality_floor_counts_flat_copies_as_not_looked_up():
     """As match_media, the bench looks nothing up for a copy under PDQ quality 50: a
     near-flat picture's blurred copy is a miss with no distance, and never a wrong match."""
@@ -266,3 +267,31 @@ def test_bench_quality_floor_counts_flat_copies_as_not_looked_up():
     assert off["methods"]["pdq"]["skipped_low_quality"] == 0
     assert [x["original"] for x in on["methods"]["pdq"]["misses"]] == ["sky"]
     assert on["methods"]["pdq"]["misses"][0]["distance"] is None
+    assert on["methods"]["pdq"]["misses"][0]["distance_unfloored"] <= 256  # had it been
+    blur = on["methods"]["pdq"]["per_transform"]["blur"]
+    assert blur["recall_safe_large"] is None and blur["recall_safe_small"] == 0.5  # no 480 px
+    assert "not looked up (" in quality.misses_table(on, names=("pdq",))
+
+
+def test_bench_quality_floor_study_finds_flat_pictures_colliding(reference_dir):
+    """Two near-flat photos (PDQ quality 3-4: a grey sky, a wall) of different scenes
+    hash alike once tiled and edited (what the floor guards against); their pictures
+    stay far from a stored detailed photo."""
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT))
+    try:
+        from bench import quality
+    finally:
+        sys.path.remove(str(PROJECT_ROOT))
+    folder = reference_dir / "pdq-images/reg-test-input/labelme-subset"
+    flat = [(n, decode_image(folder / n)) for n in ("q0003.jpg", "q0004.jpg")]
+    photo = np.ascontiguousarray(skimage.data.astronaut())
+    text = quality.floor_table([*flat, ("astronaut", photo)], [("astronaut", photo)], [])
+    rows = {tuple(r.split(" | ")[:2]): r.split(" | ") for r in text.splitlines()}
+    each_other = rows[("| 0-49", "each other")]
+    assert int(each_other[5].split()[0]) > 0  # flat pictures of two scenes within 31
+    stored = rows[("| 0-29", "stored (quality >= 50 + haystack)")]
+    assert stored[5].split()[0] == "0" and int(stored[4]) > 63  # none near the photo
