@@ -168,19 +168,26 @@ def _key(row, start, width):
 
 
 @njit(cache=True, nogil=True)
-def build_table(cwords, start, width, rows):
-    """One MIH table as CSR: returns offsets[2**width + 1] (uint32); fills ``rows``
-    (uint32[n]) with the row numbers sorted by key.
+def build_table(cwords, start, width, shift, rb, rows):
+    """One MIH table as CSR: returns offsets[2**(width - shift) + 1] (uint32);
+    fills ``rows`` (uint32[n]) with the row numbers sorted by bucket.
+
+    The bucket is the key's top ``width - shift`` bits; the low ``shift`` bits
+    ride in each entry above the row number (``row | low << rb``: a row needs
+    only rb bits, e.g. 24 at 10M rows), so a probe can drop entries whose low
+    bits are too far from the query's before reading their codes. With
+    ``rb >= 32`` the entries are plain row numbers.
 
     A counting sort (bincount + prefix sum + scatter): O(n + 2**width), no
     per-item hash map, stable (rows within a bucket stay in row order).
     """
     n = cwords.shape[0]
-    nb = 1 << width
+    nb = 1 << (width - shift)
+    low_mask = (_ONE << np.uint64(shift)) - _ONE
     keys = np.empty(n, np.uint32)
     counts = np.zeros(nb + 1, np.uint32)
     for i in range(n):
-        keys[i] = np.uint32(_key(cwords[i], start, width))
+        keys[i] = np.uint32(_key(cwords[i], start, width) >> np.uint64(shift))
     # the counters are random accesses into 4 * 2**width bytes: prefetch ahead
     for i in range(n):
         if i + 16 < n:
@@ -193,7 +200,10 @@ def build_table(cwords, start, width, rows):
         if i + 16 < n:
             prefetch(fill, keys[i + 16])
         key = keys[i]
-        rows[fill[key]] = i
+        e = np.uint64(i)
+        if shift > 0 and rb < 32:
+            e |= (_key(cwords[i], start, width) & low_mask) << np.uint64(rb)
+        rows[fill[key]] = np.uint32(e)
         fill[key] += 1
     return counts
 
@@ -264,8 +274,8 @@ def _next_cand(q, cwords, cand, start, stop, radius):
 
 @njit(cache=True, nogil=True)
 def mih_radius(
-    qwords, cwords, dead, radius, starts, widths, tvals, off_base, offsets, rows, ident,
-    mask_base, masks, mask_count, levels, adaptive,
+    qwords, cwords, dead, radius, starts, widths, shifts, rb, tvals, off_base, offsets, rows,
+    ident, mask_base, masks, mask_count, levels, adaptive, cand_w, entry_w, frac,
 ):  # fmt: skip
     """Exact radius search by (generalised) pigeonhole multi-index hashing.
 
@@ -277,16 +287,26 @@ def mih_radius(
     there exceeds t_j): each hit once, no dedup pass, and the result is exactly
     the brute-force set, for ANY t_i meeting the sum.
 
+    Split keys: table i's buckets are the top ``widths[i] - shifts[i]`` bits of
+    its substring; the low ``shifts[i]`` bits sit in each row-list entry above
+    the row number (``rb`` bits). A probe whose bucket mask flips a bits keeps
+    only entries whose low bits are within t_i - a of the query's, so table i
+    behaves exactly as a ``widths[i]``-bit table (same candidates) with the
+    offsets of a narrower one: wider substrings, fewer tables, within the memory
+    budget. Table 0 (``ident``, no row list) checks its low bits on the code.
+
     t_i: ``tvals`` (the segment's plan), or with ``adaptive`` chosen per query:
     every table's bucket bounds are read up to popcount ``levels.shape[1] - 1``
     (levels[i, t] = masks of popcount <= t; masks are sorted by popcount), and
-    the t_i are assigned greedily by the query's REAL candidate counts. On
-    clustered data bucket sizes vary a lot from query to query, and the few
+    the t_i are assigned greedily by the query's REAL bucket sizes: cost of
+    table i at t = PROBE_WEIGHT * probes + entry_w[i] * entries + cand_w[i] *
+    expected candidates (entries x frac[i, r], the share of low bits within r).
+    On clustered data bucket sizes vary a lot from query to query, and the few
     extra offset reads buy skipping the crowded tables.
 
-    ``ident`` = 1: the codes are stored in table 0's key order, so that table has
-    no row list (``rows[i - ident]`` is table i's) and its buckets are runs of
-    consecutive rows.
+    ``ident`` = 1: the codes are stored in table 0's bucket order, so that table
+    has no row list (``rows[i - ident]`` is table i's) and its buckets are runs
+    of consecutive rows.
 
     Why the phases (bucket numbers, bucket bounds, candidate rows, verification):
     at 10M codes nearly every offset, row-list and code read is a cache miss.
@@ -308,7 +328,9 @@ def mih_radius(
     tq = tvals.copy()
     nlev = levels.shape[1]
     cnt = np.zeros((m, nlev), np.int64)
+    cost = np.zeros((m, nlev), np.float64)
     cand = np.empty(4096, np.int64)
+    row_mask = (_ONE << np.uint64(min(rb, 32))) - _ONE
     k = 0
     for qi in range(nq):
         q = qwords[qi]
@@ -316,10 +338,10 @@ def mih_radius(
             qkeys[i] = _key(q, starts[i], widths[i])
         if adaptive:
             # every table's bucket bounds up to the top level, then a greedy
-            # assignment on the query's real candidate counts
+            # assignment on the query's real bucket sizes
             for i in range(m):
-                _bounds(qkeys[i], off_base[i], mask_base[i], mask_count[i], masks, offsets,
-                        lo_b, hi_b)  # fmt: skip
+                _bounds(qkeys[i] >> np.uint64(shifts[i]), off_base[i], mask_base[i],
+                        mask_count[i], masks, offsets, lo_b, hi_b)  # fmt: skip
             for i in range(m):
                 mb = mask_base[i]
                 acc = 0
@@ -329,6 +351,15 @@ def mih_radius(
                         acc += hi_b[mb + p] - lo_b[mb + p]
                         p += 1
                     cnt[i, t] = acc
+                for t in range(nlev):
+                    est = 0.0
+                    prev = 0
+                    for a in range(t + 1):
+                        est += (cnt[i, a] - prev) * frac[i, t - a]
+                        prev = cnt[i, a]
+                    cost[i, t] = (
+                        PROBE_WEIGHT * levels[i, t] + entry_w[i] * cnt[i, t] + cand_w[i] * est
+                    )
                 tq[i] = -1
             for _ in range(radius + 1):
                 best = -1
@@ -337,9 +368,9 @@ def mih_radius(
                     t = tq[i]
                     if t + 1 >= nlev:
                         continue
-                    d = cnt[i, t + 1] + PROBE_WEIGHT * levels[i, t + 1]
+                    d = cost[i, t + 1]
                     if t >= 0:
-                        d -= cnt[i, t] + PROBE_WEIGHT * levels[i, t]
+                        d -= cost[i, t]
                     if best < 0 or d < best_d:
                         best = i
                         best_d = d
@@ -351,11 +382,12 @@ def mih_radius(
             if t < 0:
                 continue
             mb = mask_base[i]
+            sh = np.uint64(shifts[i])
             if adaptive:
                 npr = levels[i, t]
             else:
                 npr = mask_count[i]
-                _bounds(qkeys[i], off_base[i], mb, npr, masks, offsets, lo_b, hi_b)
+                _bounds(qkeys[i] >> sh, off_base[i], mb, npr, masks, offsets, lo_b, hi_b)
             ri = i - ident
             total = 0
             for p in range(mb, mb + npr):
@@ -369,7 +401,7 @@ def mih_radius(
                         prefetch(rows[ri], lo)
             if total == 0:
                 continue
-            # candidate rows
+            # candidate rows (split keys: only entries whose low bits are near)
             if total > cand.shape[0]:
                 cand = np.empty(max(total, 2 * cand.shape[0]), np.int64)
             c = 0
@@ -378,11 +410,22 @@ def mih_radius(
                     for j in range(lo_b[p], hi_b[p]):
                         cand[c] = j
                         c += 1
-            else:
+            elif shifts[i] == 0:
                 for p in range(mb, mb + npr):
                     for j in range(lo_b[p], hi_b[p]):
                         cand[c] = np.int64(rows[ri, j])
                         c += 1
+            else:
+                qlow = qkeys[i] & ((_ONE << sh) - _ONE)
+                urb = np.uint64(rb)
+                for p in range(mb, mb + npr):
+                    rem = t - popcount64(np.uint64(masks[p]))
+                    for j in range(lo_b[p], hi_b[p]):
+                        # branch-free: about a third pass, unpredictably
+                        e = np.uint64(rows[ri, j])
+                        cand[c] = np.int64(e & row_mask)
+                        c += popcount64((e >> urb) ^ qlow) <= rem
+            total = c
             # verification (a tight loop with no stores, so the query words stay
             # in registers; codes prefetched PREFETCH_AHEAD candidates ahead:
             # measured faster than prefetching them all at once, which overflows
@@ -394,6 +437,13 @@ def mih_radius(
                 r = cand[c]
                 c = _next_cand(q, cwords, cand, c + 1, total, radius)
                 if has_dead and dead[r]:
+                    continue
+                # table 0 reads whole buckets: check its split-key low bits here
+                if (
+                    ri < 0
+                    and shifts[i] > 0
+                    and popcount64(_key(cwords[r], starts[i], widths[i]) ^ qkeys[i]) > t
+                ):
                     continue
                 seen = False
                 for jj in range(i):

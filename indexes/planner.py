@@ -33,7 +33,11 @@ C_PROBE = 25e-9  # per bucket probed (two offset reads, usually a cache miss)
 C_CAND = 70e-9  # per candidate verified (random row access + popcount): measured
 # at 1M random codes, 35-45x the per-word scan cost on the development machine
 
+C_ENTRY = 14e-9  # per row-list entry read and filtered by its split-key bits (measured
+# ~0.2x a candidate at 10M clustered: the entries are sequential, the codes are not)
+
 MAX_WIDTH = 30  # 2**30 uint32 offsets = 4 GiB: never sensible beyond this
+MAX_SPLIT = 8  # split-key bits per row-list entry (a 10M-row segment has 8 spare)
 MIN_WIDTH = 6
 
 
@@ -51,24 +55,40 @@ def split_widths(bits: int, m: int) -> list[int]:
     return [base + 1] * extra + [base] * (m - extra)
 
 
-def table_cost(n: int, width: int, t: int, density: float | None = None) -> float:
-    """Seconds to probe one table at radius t; ``density`` = candidates per probe
-    (default: uniform keys, n / 2**width)."""
-    probes = masks_upto(width, t)
-    per_probe = n / float(1 << width) if density is None else density
-    return probes * (C_PROBE + C_CAND * per_probe)
+def table_cost(
+    n: int, width: int, t: int, density: float | None = None, obits: int | None = None
+) -> float:
+    """Seconds to probe one table at radius t; ``density`` = entries per bucket
+    (default: uniform keys, n / 2**obits). ``obits`` < width: a split key (buckets
+    on the top obits bits, the rest filtered in the row list): probes and bucket
+    entries are those of an obits-bit table, candidates those of a width-bit one."""
+    ob = width if obits is None else obits
+    probes = masks_upto(ob, t)
+    per_probe = n / float(1 << ob) if density is None else density
+    cands = per_probe * probes
+    cost = probes * C_PROBE
+    if ob < width:
+        cost += cands * C_ENTRY
+        cands = per_probe * masks_upto(width, t) / float(1 << (width - ob))
+    return cost + cands * C_CAND
 
 
 def assign_radii(
-    n: int, widths: list[int], radius: int, densities: list[float] | None = None
+    n: int,
+    widths: list[int],
+    radius: int,
+    densities: list[float] | None = None,
+    obits: list[int] | None = None,
 ) -> tuple[list[int], float]:
     """Per-table radii t_i with sum(t_i + 1) = radius + 1 at least cost (greedy).
 
-    ``densities``: measured candidates per probe of each built table (sum of
+    ``densities``: measured entries per bucket of each built table (sum of
     squared bucket sizes / n: what a query drawn like the data meets), so that
     clustered data, whose buckets are skewed, is costed as it really behaves.
+    ``obits``: bucket bits of each table (split keys; default: the widths).
     """
     dens = densities or [None] * len(widths)
+    obs = obits or list(widths)
     t = [-1] * len(widths)
     cost = [0.0] * len(widths)
     for _ in range(radius + 1):
@@ -76,13 +96,13 @@ def assign_radii(
         for i, w in enumerate(widths):
             if t[i] >= w:  # a table at t = width already enumerates every key
                 continue
-            delta = table_cost(n, w, t[i] + 1, dens[i]) - cost[i]
+            delta = table_cost(n, w, t[i] + 1, dens[i], obs[i]) - cost[i]
             if delta < best_delta:
                 best, best_delta = i, delta
         if best_delta == float("inf"):
             break  # every table saturated: exhaustive, still exact
         t[best] += 1
-        cost[best] = table_cost(n, widths[best], t[best], dens[best])
+        cost[best] = table_cost(n, widths[best], t[best], dens[best], obs[best])
     return t, sum(cost)
 
 
@@ -90,44 +110,66 @@ def scan_cost(n: int, bits: int) -> float:
     return n * ((bits + 63) // 64) * C_SCAN
 
 
-def table_bytes(n: int, widths: list[int]) -> int:
+def row_bits(n: int) -> int:
+    """Bits a row number of an n-row segment needs (the rest of a uint32 row-list
+    entry can carry split-key bits)."""
+    return max(1, (n - 1).bit_length())
+
+
+def table_bytes(n: int, obits: list[int]) -> int:
     """Offsets of every table + row lists of all but the first (the codes are
-    stored in table 0's key order, so its buckets are runs of rows)."""
-    return sum(4 * ((1 << w) + 1) for w in widths) + 4 * n * max(len(widths) - 1, 0)
+    stored in table 0's bucket order, so its buckets are runs of rows)."""
+    return sum(4 * ((1 << w) + 1) for w in obits) + 4 * n * max(len(obits) - 1, 0)
 
 
-def layouts(bits: int, m: int) -> list[list[int]]:
-    """Candidate widths for m tables: near-equal widths covering every bit, and
-    m equal widths of ``bits // m`` leaving ``bits % m`` bits uncovered (still
-    exact: a code within T overall is within T on the covered bits; it trades a
-    little selectivity for offsets half the size, which can fit the budget)."""
-    out = [split_widths(bits, m)]
+def layouts(bits: int, m: int, spare: int = 0) -> list[tuple[list[int], list[int]]]:
+    """Candidate (widths, bucket bits) for m tables: near-equal widths covering
+    every bit, and m equal widths of ``bits // m`` leaving ``bits % m`` bits
+    uncovered (still exact: a code within T overall is within T on the covered
+    bits; it trades a little selectivity for offsets half the size, which can
+    fit the budget); then split keys: the covering widths with buckets on up to
+    ``spare`` fewer bits (the row lists carry the rest), which fit the budget
+    with fewer, wider substrings."""
+    widths = split_widths(bits, m)
+    out = [(widths, widths)]
     if bits % m:
-        out.append([bits // m] * m)
+        out.append(([bits // m] * m, [bits // m] * m))
+    for cut in range(1, spare + 1):
+        top = max(widths) - cut
+        if top < MIN_WIDTH:
+            break
+        out.append((widths, [min(w, top) for w in widths]))
     return out
+
+
+Layout = tuple[list[int], list[int]]
 
 
 def plan_tables(
     n: int, bits: int, radius: int, memory_ratio: float = 3.0, *, force: bool = False
-) -> list[int] | None:
-    """Substring widths for n codes (None: a flat scan is expected to be faster,
-    unless ``force``; or no layout fits the memory budget).
+) -> Layout | None:
+    """(substring widths, bucket bits) for n codes (None: a flat scan is expected to
+    be faster, unless ``force``; or no layout fits the memory budget).
 
     Budget: codes (1x) + int64 ids + tables <= ``memory_ratio`` x the raw codes."""
     if n == 0:
         return None
     budget = (memory_ratio - 1.0) * n * bits / 8 - 8 * n
+    spare = min(MAX_SPLIT, 32 - row_bits(n))
     plans = []
-    for m in range(max(1, -(-bits // MAX_WIDTH)), bits // MIN_WIDTH + 1):
-        for widths in layouts(bits, m):
-            if max(widths) > MAX_WIDTH:
+    for m in range(max(1, -(-bits // (MAX_WIDTH + spare))), bits // MIN_WIDTH + 1):
+        for widths, obits in layouts(bits, m, spare):
+            if (
+                max(obits) > MAX_WIDTH
+                or max(w - o for w, o in zip(widths, obits, strict=True)) > spare
+            ):
                 continue
-            _, cost = assign_radii(n, widths, radius)
-            plans.append((cost, table_bytes(n, widths), widths))
+            _, cost = assign_radii(n, widths, radius, obits=obits)
+            plans.append((cost, table_bytes(n, obits), widths, obits))
     fits = [p for p in plans if p[1] <= budget]
     # within budget: the fastest; over it everywhere (small n: the row lists alone,
     # 4 bytes per code per table, outgrow it): the smallest
     best = min(fits) if fits else min(plans, key=lambda p: (p[1], p[0]))
     if not force and best[0] >= scan_cost(n, bits):
         return None
-    return best[2]
+    return best[2], best[3]

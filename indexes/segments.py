@@ -209,13 +209,23 @@ class MIHSegment(Segment):
 
     kind = "mih"
 
-    def __init__(self, words, ids, bits, widths, offsets, rows, ident: int = 0):
+    def __init__(
+        self, words, ids, bits, widths, offsets, rows, ident: int = 0, shifts=None, rb: int = 32
+    ):
         super().__init__(ids, bits)
         self._words = words
         self.widths = np.asarray(widths, np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(np.int64)
+        # split keys: table i's buckets are the top widths[i] - shifts[i] bits of its
+        # substring; the low shifts[i] bits ride in its row-list entries above the
+        # row number (rb bits)
+        self.shifts = (
+            np.zeros(len(widths), np.int64) if shifts is None else np.asarray(shifts, np.int64)
+        )
+        self.obits = self.widths - self.shifts
+        self.rb = int(rb)
         base = np.zeros(len(widths) + 1, np.int64)
-        np.cumsum([(1 << int(w)) + 1 for w in widths], out=base[1:])
+        np.cumsum([(1 << int(w)) + 1 for w in self.obits], out=base[1:])
         self.off_base = base[:-1]
         self.offsets = offsets  # uint32, every table's CSR offsets concatenated
         # ident = 1: rows are stored in table 0's key order, so table 0 needs no
@@ -226,26 +236,38 @@ class MIHSegment(Segment):
         self.scan_fallback = True
         self.adaptive: bool | None = None  # per-query radii: None = when cheap enough
         self.densities = self._densities()
+        # adaptive radii: cost weights per table (in candidates verified); table 0's
+        # buckets are runs of codes read in order, cheaper than random rows
+        self.cand_w = np.ones(len(widths), np.float64)
+        self.cand_w[: self.ident] = IDENT_WEIGHT
+        self.entry_w = np.where(self.shifts > 0, ENTRY_WEIGHT, 0.0)
+        self.entry_w[: self.ident] = 0.0
 
     def _densities(self) -> list[float]:
         """Candidates per probe of each table as the data is really spread."""
         n = max(len(self.ids), 1)
         out = []
-        for i, w in enumerate(self.widths):
+        for i, w in enumerate(self.obits):
             base = int(self.off_base[i])
             sizes = np.diff(self.offsets[base : base + (1 << int(w)) + 1]).astype(np.float64)
             out.append(max(float(sizes @ sizes) / n, n / float(1 << int(w))))
         return out
 
     @classmethod
-    def build(cls, words, ids, bits, widths, pool=None) -> MIHSegment:
+    def build(cls, words, ids, bits, widths, obits=None, pool=None) -> MIHSegment:
         """Tables by counting sort. Table 0's sort also reorders the codes and ids
         (so that table is just runs of consecutive rows: no row list, and its
-        candidates are read sequentially); the other tables index that order."""
+        candidates are read sequentially); the other tables index that order.
+        ``obits``: bucket bits per table (split keys; default: the widths)."""
+        widths = [int(w) for w in widths]
+        shifts = [w - int(o) for w, o in zip(widths, obits or widths, strict=True)]
         starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
         n = len(ids)
+        rb = 32 - max(shifts[1:], default=0)
+        if max(shifts[1:], default=0) and n > (1 << rb):
+            raise ValueError(f"{n} rows leave no room for {32 - rb} split-key bits")
         order = np.empty(n, np.uint32)
-        off0 = kernels.build_table(words, int(starts[0]), int(widths[0]), order)
+        off0 = kernels.build_table(words, int(starts[0]), widths[0], shifts[0], 32, order)
         out_w, out_i = np.empty_like(words), np.empty(n, np.int64)
         kernels.gather_rows(words, np.ascontiguousarray(ids, np.int64), order, out_w, out_i)
         words, ids = out_w, out_i
@@ -253,11 +275,11 @@ class MIHSegment(Segment):
         rows = np.empty((len(widths) - 1, n), np.uint32)
 
         def one(i):
-            return kernels.build_table(words, int(starts[i]), int(widths[i]), rows[i - 1])
+            return kernels.build_table(words, int(starts[i]), widths[i], shifts[i], rb, rows[i - 1])
 
         idx = range(1, len(widths))
         offsets = list(pool.map(one, idx)) if pool is not None else [one(i) for i in idx]
-        return cls(words, ids, bits, widths, np.concatenate([off0, *offsets]), rows, ident=1)
+        return cls(words, ids, bits, widths, np.concatenate([off0, *offsets]), rows, 1, shifts, rb)
 
     def words(self):
         return self._words
@@ -278,21 +300,28 @@ class MIHSegment(Segment):
             return self._probe_cache[radius]
         n = len(self.ids)
         widths = [int(w) for w in self.widths]
-        tvals, cost = planner.assign_radii(n, widths, radius, self.densities)
+        obits = [int(w) for w in self.obits]
+        tvals, cost = planner.assign_radii(n, widths, radius, self.densities, obits)
         if self.scan_fallback and cost >= planner.scan_cost(n, self.bits):
             plan = None
         else:
             tcap = max(tvals)
-            static = sum(planner.masks_upto(w, t) for w, t in zip(widths, tvals, strict=True))
-            every = sum(planner.masks_upto(w, tcap) for w in widths)
+            static = sum(planner.masks_upto(w, t) for w, t in zip(obits, tvals, strict=True))
+            every = sum(planner.masks_upto(w, tcap) for w in obits)
             adaptive = self.adaptive
             if adaptive is None:
                 adaptive = every <= ADAPTIVE_PROBES * static
             adaptive = bool(adaptive) and len(widths) * (tcap + 1) >= radius + 1
             parts, base, count = [], [], []
             levels = np.zeros((len(widths), tcap + 1 if adaptive else 1), np.int64)
+            # share of entries whose split-key bits lie within r of the query's
+            # (uniform bits; table 0 verifies whole buckets: 1)
+            frac = np.ones(levels.shape, np.float64)
+            for i, sh in enumerate(self.shifts[self.ident :], start=self.ident):
+                for r in range(levels.shape[1]):
+                    frac[i, r] = planner.masks_upto(int(sh), r) / float(1 << int(sh))
             at = 0
-            for i, (w, t) in enumerate(zip(widths, tvals, strict=True)):
+            for i, (w, t) in enumerate(zip(obits, tvals, strict=True)):
                 top = tcap if adaptive else t
                 masks, counts = _masks(w, max(top, 0))
                 c = int(counts[top]) if top >= 0 else 0
@@ -310,6 +339,7 @@ class MIHSegment(Segment):
                 cost,
                 levels,
                 adaptive,
+                frac,
             )
         if len(self._probe_cache) < 128:
             self._probe_cache[radius] = plan
@@ -319,11 +349,11 @@ class MIHSegment(Segment):
         plan = self._probe_plan(radius)
         if plan is None:
             return kernels.scan_radius(qwords, self._words, _dead(dead), radius)
-        tvals, mask_base, masks, mask_count, _, levels, adaptive = plan
+        tvals, mask_base, masks, mask_count, _, levels, adaptive, frac = plan
         return kernels.mih_radius(
-            qwords, self._words, _dead(dead), radius, self.starts, self.widths, tvals,
-            self.off_base, self.offsets, self.rows, self.ident, mask_base, masks, mask_count,
-            levels, adaptive,
+            qwords, self._words, _dead(dead), radius, self.starts, self.widths, self.shifts,
+            self.rb, tvals, self.off_base, self.offsets, self.rows, self.ident, mask_base, masks,
+            mask_count, levels, adaptive, self.cand_w, self.entry_w, frac,
         )  # fmt: skip
 
     def nbytes(self) -> int:
@@ -337,7 +367,12 @@ class MIHSegment(Segment):
         np.save(directory / "offsets.npy", self.offsets)
         np.save(directory / "rows.npy", self.rows)
         super().save(directory)
-        return {"widths": [int(w) for w in self.widths], "ident": self.ident}
+        return {
+            "widths": [int(w) for w in self.widths],
+            "ident": self.ident,
+            "shifts": [int(s) for s in self.shifts],
+            "rb": self.rb,
+        }
 
     @classmethod
     def load(cls, directory, meta, bits, mmap):
@@ -347,17 +382,27 @@ class MIHSegment(Segment):
         offsets = _np_load(directory / "offsets.npy", mmap)
         rows = _np_load(directory / "rows.npy", mmap)
         ident = int(meta.get("ident", 0))
+        # snapshots from before split keys have neither: plain tables
+        shifts = [int(s) for s in meta.get("shifts", [0] * len(widths))]
+        rb = int(meta.get("rb", 32))
         if (
             sum(widths) > bits
             or ident not in (0, 1)
-            or len(offsets) != sum((1 << w) + 1 for w in widths)
+            or len(shifts) != len(widths)
+            or not all(0 <= s < w for s, w in zip(shifts, widths, strict=True))
+            or not 1 <= rb <= 32
+            or max(shifts[ident:], default=0) > 32 - rb
+            or len(ids) > (1 << rb)
+            or len(offsets) != sum((1 << (w - s)) + 1 for w, s in zip(widths, shifts, strict=True))
             or rows.shape != (len(widths) - ident, len(ids))
         ):
             raise ValueError("MIH tables do not match their codes")
-        return cls(words, ids, bits, widths, offsets, rows, ident)
+        return cls(words, ids, bits, widths, offsets, rows, ident, shifts, rb)
 
 
 ADAPTIVE_PROBES = 3.0
+IDENT_WEIGHT = 1.0  # a table-0 candidate (read in bucket order) vs a random one
+ENTRY_WEIGHT = 0.05  # a split-key row-list entry read and filtered (sequential)
 _MASKS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 _MASKS_LOCK = threading.Lock()
 

@@ -335,12 +335,12 @@ class ShardedIndex:
             return FlatSegment.build(words, ids, self.bits)
         if self.kind == "exact":
             return ExactSegment.build(words, ids, self.bits)
-        widths = planner.plan_tables(
+        layout = planner.plan_tables(
             n, self.bits, self.radius_hint, self.memory_ratio, force=self.kind == "mih"
         )
-        if widths is None or (self.kind == "auto" and n < MIN_MIH_ROWS):
+        if layout is None or (self.kind == "auto" and n < MIN_MIH_ROWS):
             return ScanSegment(words, ids, self.bits, indexed=True)
-        seg = MIHSegment.build(words, ids, self.bits, widths, pool=pool())
+        seg = MIHSegment.build(words, ids, self.bits, *layout, pool=pool())
         seg.scan_fallback = self.scan_fallback
         seg.adaptive = self.adaptive
         return seg

@@ -185,6 +185,42 @@ def test_mih_large_enough_for_auto_to_choose_it():
         assert as_lists(index.search_radius(q, radius)) == brute_radius(q, live, radius, 32)
 
 
+@pytest.mark.parametrize(
+    "widths,obits",
+    [
+        ([22, 22, 21, 21, 21, 21, 21, 21, 21, 21, 21, 21], None),  # plain tables
+        ([26, 26, 26, 26, 26, 26, 25, 25, 25, 25], [26, 22, 22, 22, 22, 22, 22, 22, 22, 25]),
+        ([24, 24, 24, 23, 23, 23, 23, 23, 23, 23, 23], [16] * 11),  # split table 0 too
+        ([20] * 12, [12, 20, 13, 20, 14, 20, 15, 20, 16, 20, 17, 20]),  # 4 bits uncovered
+    ],
+)
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_mih_layouts_match_brute_force(widths, obits, adaptive):
+    """Every layout the planner may choose, split keys (bucket on the top bits, the
+    rest filtered from the row-list entries) included, finds exactly the brute-force
+    set at every radius: random, clustered and duplicate codes, with tombstones."""
+    from hashmatch.indexes.segments import MIHSegment, to_words
+
+    rng = np.random.default_rng(sum(widths) + len(widths))
+    codes = np.concatenate([make_codes(rng, 1500, 32, m) for m in ("clustered", "random", "dups")])
+    seg = MIHSegment.build(to_words(codes), np.arange(len(codes)) * 5, 256, widths, obits)
+    seg.scan_fallback = False
+    seg.adaptive = adaptive
+    dead = (rng.random(len(codes)) < 0.1).astype(np.uint8)
+    stored = dict(zip(seg.ids.tolist(), to_codes_of(seg), strict=True))
+    live = {i: c for i, c, d in zip(seg.ids.tolist(), to_codes_of(seg), dead, strict=True) if not d}
+    assert len(stored) == len(codes)
+    q = queries_for(rng, codes, 32, nq=12)
+    for radius in (0, 5, 17, 31, 40):
+        lims, dist, pos = seg.radius(to_words(q), q, radius, dead)
+        got = as_lists((lims, dist, np.asarray(seg.ids)[pos]))
+        assert got == brute_radius(q, live, radius, 32)
+
+
+def to_codes_of(seg):
+    return seg.words().view(np.uint8)
+
+
 def test_large_batch_splits_queries_across_threads(monkeypatch):
     """A batch on fewer shards than cores is cut into query spans run in parallel;
     the stitched CSR result is identical to brute force (and to no split)."""
@@ -393,6 +429,32 @@ def test_corrupt_snapshots_are_refused(tmp_path):
     words.unlink()
     with pytest.raises(CorruptData, match="missing"):
         load_index(snap)
+
+
+def test_snapshots_without_split_keys_still_load(tmp_path, monkeypatch):
+    """Snapshots written before split keys (no "shifts"/"rb" in a segment's meta)
+    load as plain tables; a meta that does not match its tables is refused."""
+    import json
+
+    from hashmatch.indexes import planner
+
+    monkeypatch.setattr(planner, "plan_tables", lambda *a, **k: ([16] * 16, [16] * 16))
+    rng = np.random.default_rng(5)
+    codes = make_codes(rng, 600, 32, "clustered")
+    index = make_index(256, "mih", 1, delta_min=50)
+    index.add(codes, np.arange(600))
+    index.save(tmp_path / "snap")
+    manifest = tmp_path / "snap" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    meta = data["layout"][0]["segments"][0]["meta"]
+    assert meta.pop("shifts") == [0] * 16 and meta.pop("rb") == 32
+    manifest.write_text(json.dumps(data))
+    want = as_lists(index.search_radius(codes[:10], 31))
+    assert as_lists(load_index(tmp_path / "snap").search_radius(codes[:10], 31)) == want
+    meta["shifts"] = [2] * 16  # offsets no longer match the bucket bits
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(CorruptData, match="MIH tables"):
+        load_index(tmp_path / "snap")
 
 
 def test_bad_manifests_are_refused(tmp_path):
