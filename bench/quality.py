@@ -8,8 +8,12 @@ wrong original is within it) stays >= 99.99%; recall is the share of copies matc
 We report one safe threshold per method over all transforms pooled (what a deployment
 uses), recall per transform at it, and the plain view at PDQ's default (<= 31): recall
 and the pairwise false-positive rate (edited copy vs every other original). As
-``Engine.match_media``, a copy whose PDQ quality is under the floor (50, as HMA) is not
-looked up: it matches nothing, a miss. Originals under the floor are not stored.
+``Engine.match_media`` by default (``low_quality_queries="match_quality_stored"``), a
+copy whose PDQ quality is under the floor (50, as HMA) matches only stored originals
+whose quality is known and >= 50 (the original's own PDQ quality); the haystack
+distractors' quality is unknown, so it never matches them. ``--low-quality-queries
+skip`` measures HMA's rule (such a copy is not looked up: a miss); every run also
+reports the other rule beside it. Originals under the floor are not stored.
 
 The originals are the hash lists' side: plain PDQ of the original picture, as shared
 lists hold. Every query goes through the engine's own path, ``hash_media`` on the
@@ -39,6 +43,11 @@ from PIL import Image
 from bench.transforms import QUICK, TRANSFORMS
 from hashmatch.engine.decode import decode_image
 from hashmatch.engine.hashing import HashOptions, hash_media
+from hashmatch.engine.matcher import (
+    DEFAULT_LOW_QUALITY_QUERIES,
+    LOW_QUALITY_QUERIES,
+    LOW_QUALITY_SKIP,
+)
 from hashmatch.engine.multihash import pdq_crop_codes
 from hashmatch.engine.pdq import pdq_hash
 
@@ -386,13 +395,45 @@ def load_distractors() -> list[np.ndarray]:
     return [np.frombuffer(bytes.fromhex(x), np.uint8)[None, :] for x in lines]
 
 
+def apply_floor(d: np.ndarray, low: np.ndarray, stored_ok: np.ndarray, rule: str) -> np.ndarray:
+    """The engine's quality floor on a (copy, stored) distance matrix: rows of copies
+    under the floor (``low``) match nothing (``"skip"``) or only the columns whose stored
+    quality is known and >= the floor (``stored_ok``; ``"match_quality_stored"``)."""
+    d = d.copy()
+    if rule == LOW_QUALITY_SKIP:
+        d[low] = NO_MATCH
+    else:
+        d[np.ix_(low, ~stored_ok)] = NO_MATCH
+    return d
+
+
+def _score(d: np.ndarray, owner: np.ndarray, bits: int) -> tuple:
+    """(correct, wrong, wrong pair matrix, pair mask, safe threshold) of a matrix."""
+    rows = np.arange(len(owner))
+    correct = d[rows, owner].astype(int)
+    wrong_mat = d.astype(int)
+    wrong_mat[rows, owner] = 10**6
+    wrong = wrong_mat.min(axis=1)
+    return correct, wrong, wrong_mat, wrong_mat < 10**6, safe_threshold(correct, wrong, bits)
+
+
 def evaluate(
-    originals, transforms, methods, seed: int = 0, distractors=(), min_quality: int = MIN_QUALITY
+    originals,
+    transforms,
+    methods,
+    seed: int = 0,
+    distractors=(),
+    min_quality: int = MIN_QUALITY,
+    low_quality_queries: str = DEFAULT_LOW_QUALITY_QUERIES,
 ) -> dict:
     """Per method: distances of every edited copy to its own and to the other originals,
     the safe threshold, recall per transform (module docstring). ``min_quality``: the
-    matcher's PDQ floor applied to each query (0 = off, every copy looked up)."""
+    matcher's PDQ floor applied to each query (0 = off, every copy looked up);
+    ``low_quality_queries``: what a copy under it matches (the engine's rule, module
+    docstring); the other rule is scored too (``other_rule``)."""
     rng = np.random.default_rng(seed)
+    # the stored side's quality: each original's own PDQ quality; distractors unknown
+    stored_quality = np.array([pdq_hash(im)[1] for _, im in originals])
     copies = []  # (original index, transform name, PNG bytes: lossless, as uploaded)
     for n, (_, im) in enumerate(originals):
         for t in transforms:
@@ -419,20 +460,28 @@ def evaluate(
             cache[m.query] = ([m.query(c[2]) for c in copies], _hash_seconds(m, copies))
         hashed, q_seconds = cache[m.query]
         q = [codes for codes, _ in hashed]
-        d = min_distances(q, idx)
-        # The engine's quality floor: match_media looks nothing up for a PDQ query whose
-        # quality (the image as given) is under 50, as HMA; such a copy matches nothing,
-        # neither its original (a miss) nor a wrong one.
+        raw = min_distances(q, idx)
+        # The engine's quality floor (match_media): a PDQ query whose quality (the image
+        # as given) is under 50 matches only stored originals of known quality >= 50
+        # (default) or nothing at all ("skip", as HMA: a miss, never a wrong match).
         skipped = np.array([qual is not None and qual < min_quality for _, qual in hashed])
-        unfloored = d[np.arange(len(copies)), owner].astype(int)  # had it been looked up
-        d[skipped] = NO_MATCH
-        correct = d[np.arange(len(copies)), owner].astype(int)
-        wrong_mat = d.astype(int)
-        wrong_mat[np.arange(len(copies)), owner] = 10**6
-        wrong = wrong_mat.min(axis=1)
-        thr = safe_threshold(correct, wrong, m.bits)
+        stored_ok = np.zeros(raw.shape[1], dtype=bool)
+        stored_ok[: len(originals)] = stored_quality >= min_quality
+        unfloored = raw[np.arange(len(copies)), owner].astype(int)  # had it been looked up
+        d = apply_floor(raw, skipped, stored_ok, low_quality_queries)
+        correct, wrong, wrong_mat, pairs, thr = _score(d, owner, m.bits)
         plain = m.default_threshold
-        pairs = wrong_mat < 10**6
+        other = next(r for r in LOW_QUALITY_QUERIES if r != low_quality_queries)
+        o_correct, _, o_wrong_mat, o_pairs, o_thr = _score(
+            apply_floor(raw, skipped, stored_ok, other), owner, m.bits
+        )
+        other_per = {
+            t: {
+                "recall_safe": float((o_correct[tname == t] <= o_thr).mean()),
+                "recall_plain": float((o_correct[tname == t] <= plain).mean()),
+            }
+            for t in transforms
+        }
         per = {}
         for t in transforms:
             sel = tname == t
@@ -453,7 +502,7 @@ def evaluate(
             {
                 "original": originals[int(owner[i])][0],
                 "transform": str(tname[i]),
-                "distance": None if skipped[i] else int(correct[i]),
+                "distance": None if correct[i] >= NO_MATCH else int(correct[i]),
                 "distance_unfloored": int(unfloored[i]),
                 "quality": hashed[i][1],
             }
@@ -469,6 +518,14 @@ def evaluate(
             "fpr_plain": float((wrong_mat[pairs] <= plain).mean()),
             "wrong_pairs": int(pairs.sum()),
             "skipped_low_quality": int(skipped.sum()),
+            "low_quality_queries": low_quality_queries,
+            "other_rule": {
+                "low_quality_queries": other,
+                "safe_threshold": o_thr,
+                "fpr_safe": float((o_wrong_mat[o_pairs] <= o_thr).mean()),
+                "fpr_plain": float((o_wrong_mat[o_pairs] <= plain).mean()),
+                "per_transform": other_per,
+            },
             "query_codes_mean": float(np.mean([len(x) for x in q])),
             "index_codes_per_original": per_original,
             "query_ms": 1000 * q_seconds / len(copies),
@@ -519,8 +576,10 @@ def table(res: dict, sources: int) -> str:
             for n in names
         ]
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    rule = res.get("low_quality_queries", LOW_QUALITY_SKIP)
+    what = "not looked up" if rule == LOW_QUALITY_SKIP else "matched to stored quality >= it only"
     lines.append(
-        f"| copies under quality {res.get('min_quality', MIN_QUALITY)} (not looked up) | "
+        f"| copies under quality {res.get('min_quality', MIN_QUALITY)} ({what}) | "
         + " | ".join(str(ms[n].get("skipped_low_quality", 0)) for n in names)
         + " |"
     )
@@ -545,8 +604,49 @@ def table(res: dict, sources: int) -> str:
         + " |"
     )
     legend = "\n".join(f"- **{n}**: {ms[n]['what']}" for n in names)
-    parts = [head + "\n".join(lines), legend, size_table(res), misses_table(res)]
+    parts = [head + "\n".join(lines), legend, rule_table(res), size_table(res)]
+    parts.append(misses_table(res))
     return "\n\n".join(parts)
+
+
+def rule_table(res: dict, names=("pdq", "hashmatch", "hashmatch+small")) -> str:
+    """The two quality-floor rules side by side on the same distances."""
+    ms = res["methods"]
+    names = [n for n in names if n in ms and "other_rule" in ms[n]]
+    if not names:
+        return ""
+    rule = res.get("low_quality_queries", DEFAULT_LOW_QUALITY_QUERIES)
+    other = ms[names[0]]["other_rule"]["low_quality_queries"]
+    floor = res.get("min_quality", MIN_QUALITY)
+    lines = [
+        f"Copies under PDQ quality {floor}, the two rules on the same distances: "
+        f"`{rule}` (this run's, the table above) vs `{other}`. `match_quality_stored`: "
+        f"such a copy matches only stored originals of known quality >= {floor} (the "
+        "haystack's quality is unknown: never); `skip`: not looked up (HMA). Recall at "
+        "each rule's safe threshold / at <= 31, geometry-keeping edits.\n",
+        "| transform | " + " | ".join(f"{n}: {rule} | {n}: {other}" for n in names) + " |",
+        "|---" * (2 * len(names) + 1) + "|",
+    ]
+    for t in (t for t in PHOTOMETRIC if t in res["transforms"]):
+        cells = []
+        for n in names:
+            a, b = ms[n]["per_transform"][t], ms[n]["other_rule"]["per_transform"][t]
+            cells.append(f"{_pct(a['recall_safe'])} / {_pct(a['recall_plain'])}")
+            cells.append(f"{_pct(b['recall_safe'])} / {_pct(b['recall_plain'])}")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    cells = []
+    for n in names:
+        o = ms[n]["other_rule"]
+        cells.append(f"{ms[n]['safe_threshold']}")
+        cells.append(f"{o['safe_threshold']}")
+    lines.append("| safe threshold | " + " | ".join(cells) + " |")
+    cells = []
+    for n in names:
+        o = ms[n]["other_rule"]
+        cells.append(f"{ms[n]['fpr_safe']:.1e} / {ms[n]['fpr_plain']:.1e}")
+        cells.append(f"{o['fpr_safe']:.1e} / {o['fpr_plain']:.1e}")
+    lines.append("| FPR at safe / at 31 | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def size_table(res: dict, names=("pdq", "hashmatch+small")) -> str:
@@ -588,7 +688,8 @@ def misses_table(res: dict, names=("pdq", "hashmatch", "hashmatch+small")) -> st
     lines = [
         f"Misses at <= {PDQ_THRESHOLD} on the edits that keep the geometry "
         f"({', '.join(PHOTOMETRIC)}): original, edit, distance to the original (or "
-        "'not looked up' under the quality floor, with the distance it would have had), "
+        "'not looked up' under the quality floor (rule `skip`), with the distance it would "
+        "have had), "
         "the copy's PDQ quality.\n",
         "| method | original | edit | distance | copy quality |",
         "|---|---|---|---|---|",
@@ -792,6 +893,12 @@ def main(argv: list[str]) -> None:
     ap.add_argument(
         "--min-quality", type=int, default=MIN_QUALITY, help="matcher's PDQ floor (0 = off)"
     )
+    ap.add_argument(
+        "--low-quality-queries",
+        choices=LOW_QUALITY_QUERIES,
+        default=DEFAULT_LOW_QUALITY_QUERIES,
+        help="what a copy under the floor matches (the engine's rule; default: the engine's)",
+    )
     args = ap.parse_args(argv)
     loaded = load_sources(args.sources)
     tiles = args.tiles if args.tiles is not None else (1 if args.quick else 2)
@@ -809,9 +916,15 @@ def main(argv: list[str]) -> None:
     print(f"{len(originals)} originals from {len(sources)} photos, {len(transforms)} transforms")
     distractors = load_distractors()
     res = evaluate(
-        originals, transforms, methods, distractors=distractors, min_quality=args.min_quality
+        originals,
+        transforms,
+        methods,
+        distractors=distractors,
+        min_quality=args.min_quality,
+        low_quality_queries=args.low_quality_queries,
     )
     res["min_quality"] = args.min_quality
+    res["low_quality_queries"] = args.low_quality_queries
     res["distractors"] = len(distractors)
     text = table(res, len(sources))
     partial = args.quick or args.transforms or args.methods or args.sources != "all"

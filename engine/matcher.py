@@ -15,9 +15,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hashmatch.engine.errors import InvalidInput
 from hashmatch.engine.store import FRAME_BITS, split_labels
 
 PDQ_MIN_QUALITY = 50  # HMA's default: PDQ hashes of quality < 50 are too flat to trust
+
+#: What a PDQ query of known quality under the floor is matched against
+#: (``low_quality_queries``). ``"skip"``: nothing, as HMA (the query is not looked up).
+#: ``"match_quality_stored"`` (the default): only stored signals whose quality is known
+#: and at or above the floor; stored signals of unknown or low quality never match it.
+#: Measured (README "Matching quality", docs/quality/quality.md "Quality floor"):
+#: low-quality pictures never came near a stored picture of quality >= 50 (0 of 1.69 M
+#: pairs within 63), but two low-quality pictures of different scenes often do (3.1e-4
+#: within 31), so a flat query may meet detailed stored hashes only.
+LOW_QUALITY_SKIP = "skip"
+LOW_QUALITY_MATCH_QUALITY_STORED = "match_quality_stored"
+LOW_QUALITY_QUERIES = (LOW_QUALITY_SKIP, LOW_QUALITY_MATCH_QUALITY_STORED)
+DEFAULT_LOW_QUALITY_QUERIES = LOW_QUALITY_MATCH_QUALITY_STORED
 
 
 @dataclass(frozen=True)
@@ -46,9 +60,18 @@ class Match:
 
 
 class MatchList(list):
-    """The matches of one query (a list), plus why a query was not looked up at all."""
+    """The matches of one query (a list), plus how the quality floor treated it.
+
+    ``skipped_low_quality``: the query's known PDQ quality (``quality``) is under the
+    floor, so it was NOT looked up against the whole index. ``quality_stored_only``
+    says what happened instead: False (``low_quality_queries="skip"``) = not looked up
+    at all, the list is empty; True (``"match_quality_stored"``, the default) = looked
+    up against stored signals of known quality >= the floor only, and every match in
+    the list is one of those.
+    """
 
     skipped_low_quality: bool = False
+    quality_stored_only: bool = False
     quality: int | None = None
 
 
@@ -58,7 +81,8 @@ class MediaMatch:
 
     hashes: list = field(default_factory=list)  # list[HashResult]
     matches: list[Match] = field(default_factory=list)
-    skipped_low_quality: bool = False
+    skipped_low_quality: bool = False  # as MatchList: PDQ quality under the floor ...
+    quality_stored_only: bool = False  # ... and matched against stored quality >= it only
 
 
 @dataclass(frozen=True)
@@ -86,29 +110,38 @@ def join_hits(
     *,
     max_results: int | None = None,
     variants: np.ndarray | None = None,
+    min_stored_quality: np.ndarray | None = None,
 ) -> list[MatchList]:
     """CSR hits -> per-query sorted Match lists, filtered by visibility and state.
 
     ``variants`` maps a query row to (original query index, dihedral variant) when
     the rows are dihedral expansions: then per original query and signal the
-    nearest variant is kept.
+    nearest variant is kept. ``min_stored_quality`` (per CSR row, -1 = no rule): a
+    row's hits count only on stored signals whose quality is known and at least that
+    (the ``"match_quality_stored"`` rule for low-quality queries).
     """
     now = time.time()
     out = [MatchList() for _ in range(nq)]
     if len(ids) == 0:
         return out
-    info = store.lookup(np.unique(ids).tolist())
+    need = None
+    if min_stored_quality is not None and (np.asarray(min_stored_quality) >= 0).any():
+        need = np.asarray(min_stored_quality, dtype=np.int64)
+    info = store.lookup(np.unique(ids).tolist(), with_quality=need is not None)
     best: list[dict[int, Match]] = [{} for _ in range(nq)]
     for row in range(len(lims) - 1):
         q, variant = (
             (row, 0) if variants is None else (int(variants[row][0]), int(variants[row][1]))
         )
+        floor = -1 if need is None else int(need[row])
         for k in range(int(lims[row]), int(lims[row + 1])):
             sid = int(ids[k])
             meta = info.get(sid)
             if meta is None:
                 continue
-            list_id, stype, code, labels, ext, expires, retracted = meta
+            list_id, stype, code, labels, ext, expires, retracted = meta[:7]
+            if floor >= 0 and (meta[7] is None or meta[7] < floor):
+                continue  # a low-quality query meets stored quality >= the floor only
             if retracted is not None or (expires is not None and expires <= now):
                 continue
             if not vis.ok(list_id):
@@ -203,14 +236,32 @@ def join_video_hits(
     return result
 
 
+def quality_floor(min_quality: int | None) -> int:
+    """The PDQ quality floor of a request: ``min_quality``, default 50 (as HMA)."""
+    return PDQ_MIN_QUALITY if min_quality is None else int(min_quality)
+
+
+def check_low_quality_queries(value: str | None) -> str:
+    """``low_quality_queries`` of a request: None = the default, else one of
+    :data:`LOW_QUALITY_QUERIES` (anything else is InvalidInput)."""
+    if value is None:
+        return DEFAULT_LOW_QUALITY_QUERIES
+    if value not in LOW_QUALITY_QUERIES:
+        raise InvalidInput(
+            f"must be one of {', '.join(LOW_QUALITY_QUERIES)}, got {value!r}",
+            field="low_quality_queries",
+        )
+    return value
+
+
 def low_quality_rows(
     signal_type: str, qualities: Sequence[int | None] | None, min_quality: int | None, n: int
 ) -> np.ndarray:
-    """Boolean mask of query rows to skip: known PDQ quality under the floor."""
+    """Boolean mask of query rows under the floor: known PDQ quality < ``min_quality``."""
     mask = np.zeros(n, dtype=bool)
     if qualities is None or signal_type != "pdq":
         return mask
-    floor = PDQ_MIN_QUALITY if min_quality is None else int(min_quality)
+    floor = quality_floor(min_quality)
     for i, q in enumerate(qualities):
         if i < n and q is not None and int(q) < floor:
             mask[i] = True

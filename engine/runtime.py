@@ -35,14 +35,19 @@ from hashmatch.engine import signal_types
 from hashmatch.engine.errors import CorruptData, InvalidHash, InvalidInput, NotFound
 from hashmatch.engine.hashing import DEFAULT_OPTIONS, HashOptions, hash_media
 from hashmatch.engine.matcher import (
+    DEFAULT_LOW_QUALITY_QUERIES,
+    LOW_QUALITY_QUERIES,
+    LOW_QUALITY_SKIP,
     PDQ_MIN_QUALITY,
     Match,
     MatchList,
     MediaMatch,
     Visibility,
+    check_low_quality_queries,
     join_hits,
     join_video_hits,
     low_quality_rows,
+    quality_floor,
 )
 from hashmatch.engine.store import (
     DEFAULT_BATCH,
@@ -55,6 +60,8 @@ from hashmatch.engine.store import (
 from hashmatch.engine.store_index import load_live_index, make_live_index
 
 __all__ = [
+    "DEFAULT_LOW_QUALITY_QUERIES",
+    "LOW_QUALITY_QUERIES",
     "PDQ_MIN_QUALITY",
     "Engine",
     "IngestReport",
@@ -244,14 +251,17 @@ class Engine:
         max_results: int | None = None,
         qualities: Sequence[int | None] | None = None,
         min_quality: int | None = None,
+        low_quality_queries: str | None = None,
     ) -> list[MatchList]:
         """Look up packed codes; one sorted :class:`MatchList` per query row.
 
         Only enabled lists visible to ``tenant`` (None = local admin) and, if given,
         named in ``lists`` count; retracted and expired signals never match. PDQ
         rows whose known quality (``qualities``) is under ``min_quality`` (default
-        50, as HMA) are not looked up: their list is empty with
-        ``skipped_low_quality`` set.
+        50, as HMA) get ``skipped_low_quality`` set and are matched as
+        ``low_quality_queries`` says: ``"match_quality_stored"`` (default) only
+        against stored signals of known quality >= the floor
+        (``quality_stored_only`` set); ``"skip"`` not at all (empty list, as HMA).
 
         vPDQ: ``codes`` are the frames of ONE query video; the result has one list
         (one Match per stored video, with query/target match percentages).
@@ -261,9 +271,11 @@ class Engine:
         codes = _check_codes(st, codes)
         if max_results is not None and max_results <= 0:
             raise InvalidInput(f"must be positive, got {max_results}", field="max_results")
+        rule = check_low_quality_queries(low_quality_queries)
         indexes = self._ensure_loaded()
         vis = self._visibility(tenant, lists)
-        skip = low_quality_rows(st.name, qualities, min_quality, len(codes))
+        low = low_quality_rows(st.name, qualities, min_quality, len(codes))
+        skip = low if rule == LOW_QUALITY_SKIP else np.zeros_like(low)
         index = indexes.get(st.name)
         if st.name == "vpdq":  # the rows are the frames of one query video
             if index is None or len(codes) == 0:
@@ -275,14 +287,16 @@ class Engine:
         rows = np.flatnonzero(~skip)
         if index is not None and len(rows):
             lims, dist, ids = index.search_radius(codes[rows], radius)
-            found = join_hits(
-                self.store, st.name, len(rows), lims, dist, ids, vis, max_results=max_results
-            )
+            # rows under the floor (when looked up): stored quality >= the floor only
+            need = np.where(low[rows], quality_floor(min_quality), -1) if low.any() else None
+            found = join_hits(self.store, st.name, len(rows), lims, dist, ids, vis,
+                              max_results=max_results, min_stored_quality=need)  # fmt: skip
             for j, row in enumerate(rows.tolist()):
                 for m in found[j]:
                     out[row].append(_with_query(m, row))
-        for row in np.flatnonzero(skip).tolist():
+        for row in np.flatnonzero(low).tolist():
             out[row].skipped_low_quality = True
+            out[row].quality_stored_only = not skip[row]
             out[row].quality = int(qualities[row])  # type: ignore[index]
         return out
 
@@ -302,9 +316,13 @@ class Engine:
         lists: Sequence[str] | None = None,
         max_results: int | None = None,
         min_quality: int | None = None,
+        low_quality_queries: str | None = None,
     ) -> MediaMatch:
         """Hash media, then match each hash. Dihedral PDQ queries all 8 variants and
-        keeps, per stored signal, the nearest (``Match.variant`` says which)."""
+        keeps, per stored signal, the nearest (``Match.variant`` says which). A PDQ
+        image whose quality (as given) is under ``min_quality`` is matched, every row
+        of it, as ``low_quality_queries`` says (:meth:`match`)."""
+        rule = check_low_quality_queries(low_quality_queries)
         hashes = hash_media(source, types, options)
         result = MediaMatch(hashes=hashes)
         fuzzy_threshold = threshold
@@ -321,11 +339,8 @@ class Engine:
                 result.matches.extend(found)
                 result.skipped_low_quality |= found.skipped_low_quality
                 continue
-            if st.name == "pdq" and h.quality is not None:
-                floor = PDQ_MIN_QUALITY if min_quality is None else min_quality
-                if h.quality < floor:
-                    result.skipped_low_quality = True
-                    continue
+            # every row (variants, trims) is judged by the image's quality as given
+            known = st.name == "pdq" and h.quality is not None
             per_row = self.match(
                 st.name,
                 h.codes,
@@ -333,7 +348,13 @@ class Engine:
                 threshold=threshold,
                 lists=lists,
                 max_results=None,
+                qualities=[h.quality] * len(h.codes) if known else None,
+                min_quality=min_quality,
+                low_quality_queries=rule,
             )
+            if per_row and per_row[0].skipped_low_quality:
+                result.skipped_low_quality = True
+                result.quality_stored_only |= per_row[0].quality_stored_only
             best: dict[int, Match] = {}
             for variant, found in enumerate(per_row):
                 for m in found:

@@ -1357,19 +1357,22 @@ class SignalStore:
             return {signal_type: out.get(signal_type, 0)}
         return out
 
-    def lookup(self, ids: Iterable[int]) -> dict[int, tuple]:
+    def lookup(self, ids: Iterable[int], *, with_quality: bool = False) -> dict[int, tuple]:
         """Provenance for matcher joins.
 
-        id -> (list_id, type, code, labels, external_id, expires_at, retracted_at).
+        id -> (list_id, type, code, labels, external_id, expires_at, retracted_at), and
+        the stored quality (None = unknown) as an 8th item when ``with_quality``.
         """
         ids = list(ids)
         out: dict[int, tuple] = {}
         conn = self.conn()
+        quality = ", quality" if with_quality else ""
         for i in range(0, len(ids), 900):
             chunk = ids[i : i + 900]
             for row in conn.execute(
                 "SELECT id, list_id, signal_type, code, labels, external_id, expires_at,"
-                f" retracted_at FROM signals WHERE id IN ({','.join('?' * len(chunk))})",
+                f" retracted_at{quality} FROM signals"
+                f" WHERE id IN ({','.join('?' * len(chunk))})",
                 chunk,
             ):
                 out[row[0]] = row[1:]

@@ -245,8 +245,10 @@ def test_small_downscaled_copy_matches_through_match_media_with_upscale_small(tm
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # no mean of an empty size split
 def test_bench_quality_floor_counts_flat_copies_as_not_looked_up():
-    """As match_media, the bench looks nothing up for a copy under PDQ quality 50: a
-    near-flat picture's blurred copy is a miss with no distance, and never a wrong match."""
+    """As match_media with low_quality_queries="skip", the bench looks nothing up for a
+    copy under PDQ quality 50: a near-flat picture's blurred copy is a miss with no
+    distance, and never a wrong match. With the engine's default rule the same copy
+    matches its stored original (quality 51), and each run scores the other rule too."""
     import sys
 
     from conftest import PROJECT_ROOT
@@ -261,8 +263,9 @@ def test_bench_quality_floor_counts_flat_copies_as_not_looked_up():
     photo = np.ascontiguousarray(skimage.data.astronaut()[::2, ::2])
     assert pdq_hash(sky)[1] >= 50  # stored ...
     methods = [m for m in quality.METHODS if m.name == "pdq"]
-    on = quality.evaluate([("sky", sky), ("astronaut", photo)], ["blur"], methods)
-    off = quality.evaluate([("sky", sky), ("astronaut", photo)], ["blur"], methods, min_quality=0)
+    originals = [("sky", sky), ("astronaut", photo)]
+    on = quality.evaluate(originals, ["blur"], methods, low_quality_queries="skip")
+    off = quality.evaluate(originals, ["blur"], methods, min_quality=0)
     assert on["methods"]["pdq"]["skipped_low_quality"] == 1  # ... its blurred copy is not
     assert off["methods"]["pdq"]["skipped_low_quality"] == 0
     assert [x["original"] for x in on["methods"]["pdq"]["misses"]] == ["sky"]
@@ -271,6 +274,36 @@ def test_bench_quality_floor_counts_flat_copies_as_not_looked_up():
     blur = on["methods"]["pdq"]["per_transform"]["blur"]
     assert blur["recall_safe_large"] is None and blur["recall_safe_small"] == 0.5  # no 480 px
     assert "not looked up (" in quality.misses_table(on, names=("pdq",))
+    # The engine's default: the blurred sky (quality < 50) meets the stored sky (51).
+    stored = quality.evaluate(originals, ["blur"], methods)
+    pdq = stored["methods"]["pdq"]
+    assert pdq["low_quality_queries"] == "match_quality_stored"
+    assert pdq["skipped_low_quality"] == 1 and pdq["misses"] == []
+    assert pdq["per_transform"]["blur"]["recall_plain"] == 1.0
+    assert pdq["other_rule"]["low_quality_queries"] == "skip"
+    assert pdq["other_rule"]["per_transform"]["blur"]["recall_plain"] == 0.5
+    assert on["methods"]["pdq"]["other_rule"]["per_transform"]["blur"]["recall_plain"] == 1.0
+
+
+def test_bench_floor_rule_keeps_low_quality_copies_off_unknown_and_low_stored():
+    """The bench's floor is the engine's rule: a copy under the floor keeps its distance
+    only to stored pictures of known quality >= the floor."""
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT))
+    try:
+        from bench import quality
+    finally:
+        sys.path.remove(str(PROJECT_ROOT))
+    d = np.array([[5, 6, 7], [8, 9, 10]], np.int16)
+    low = np.array([True, False])
+    ok = np.array([True, False, False])  # quality >= 50 / unknown / under 50
+    got = quality.apply_floor(d, low, ok, "match_quality_stored")
+    assert got.tolist() == [[5, quality.NO_MATCH, quality.NO_MATCH], [8, 9, 10]]
+    assert quality.apply_floor(d, low, ok, "skip")[0].tolist() == [quality.NO_MATCH] * 3
+    assert d[0, 1] == 6  # the input is left alone
 
 
 def test_bench_quality_floor_study_finds_flat_pictures_colliding(reference_dir):

@@ -313,17 +313,27 @@ def retracted_command(list_name, limit, as_json, data_dir) -> None:
 @click.option("--list", "lists", multiple=True, help="Only these lists; repeatable.")
 @click.option("--dihedral", is_flag=True, help="Files: also match rotated/flipped copies.")
 @click.option("--max-results", type=int, default=None)
+@click.option(
+    "--min-quality", type=click.IntRange(0, 100), default=None,
+    help="Files: PDQ quality floor (default 50, as HMA).",
+)  # fmt: skip
+@click.option(
+    "--low-quality-queries", type=click.Choice(["match_quality_stored", "skip"]), default=None,
+    help="Files under the floor: match stored signals of known quality >= the floor only "
+    "(match_quality_stored, default) or look nothing up (skip, as HMA).",
+)  # fmt: skip
 @click.option("--json", "as_json", is_flag=True)
 @_data_dir_option
 def match_command(
-    queries, signal_type, media_types, threshold, tenant, lists, dihedral, max_results, as_json,
-    data_dir,
+    queries, signal_type, media_types, threshold, tenant, lists, dihedral, max_results,
+    min_quality, low_quality_queries, as_json, data_dir,
 ) -> None:  # fmt: skip
     """Match hashes ('type:hex' or hex) or media files against the local store.
 
     \b
       hashmatch match pdq:f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22
       hashmatch match photo.jpg --dihedral
+      hashmatch match blurry.jpg --low-quality-queries skip
     """
     from hashmatch.engine.hashing import HashOptions
 
@@ -335,9 +345,11 @@ def match_command(
                 mm = engine.match_media(
                     query, types=media_types or ("pdq",), options=HashOptions(dihedral=dihedral),
                     tenant=tenant, threshold=threshold, lists=lists or None,
-                    max_results=max_results,
+                    max_results=max_results, min_quality=min_quality,
+                    low_quality_queries=low_quality_queries,
                 )  # fmt: skip
                 matches, skipped = mm.matches, mm.skipped_low_quality
+                stored_only = mm.quality_stored_only
                 computed = [f"{h.signal_type}:{h.hex}" for h in mm.hashes]
             else:
                 try:
@@ -350,15 +362,21 @@ def match_command(
                     lists=lists or None, max_results=max_results,
                 )[0]  # fmt: skip
                 matches, skipped, computed = list(found), found.skipped_low_quality, []
+                stored_only = found.quality_stored_only
             total += len(matches)
             out.append({"query": query, "hashes": computed, "skipped_low_quality": skipped,
+                        "quality_stored_only": stored_only,
                         "matches": [m.__dict__ for m in matches]})  # fmt: skip
     if as_json:
         _echo_json(out)
         return
     for entry in out:
         extra = f" [{', '.join(entry['hashes'])}]" if entry["hashes"] else ""
-        note = " (skipped: PDQ quality below the floor)" if entry["skipped_low_quality"] else ""
+        note = ""
+        if entry["quality_stored_only"]:
+            note = " (PDQ quality below the floor: stored quality >= the floor only)"
+        elif entry["skipped_low_quality"]:
+            note = " (skipped: PDQ quality below the floor)"
         click.echo(f"{entry['query']}{extra}: {len(entry['matches'])} match(es){note}")
         for m in entry["matches"]:
             pct = ""
