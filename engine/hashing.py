@@ -72,6 +72,13 @@ class HashOptions:
     # an abuser hides content in need not be the first). Rows go frame by frame, each
     # frame expanded as the options above say; ``HashResult.frame_numbers`` per row.
     all_frames: bool = False
+    # pdq, opt-in, NOT pdqhash-identical (README, batch scans, has the measurements):
+    # 1 = decode JPEGs straight to luma (PDQ moves by rounding only); 2 = also shrink
+    # them in the DCT domain while the short side stays >= 512 (decode.LUMA_MIN_SIDE):
+    # faster again, but fine textures move by up to 46 bits, past the match threshold.
+    # Only when pdq is the only photo type and none of trim_borders, uncrop, derotate,
+    # upscale_small, reference_resize, all_frames is on; other files decode exactly.
+    fast_decode: int = 0
     limits: DecodeLimits = DEFAULT_LIMITS
     seconds_per_hash: float = DEFAULT_SECONDS_PER_HASH  # vpdq: sampling; 0 = every frame
 
@@ -138,7 +145,9 @@ def hash_media(
             results[name] = _pdq_frames(data, options)
             continue
         if rgb is None:
-            rgb = decode_image(data, limits=options.limits)
+            luma = options.fast_decode > 0 and _luma_is_enough(wanted, options)
+            shrink = luma and options.fast_decode >= 2
+            rgb = decode_image(data, limits=options.limits, luma=luma, shrink=shrink)
             trims = _trims(rgb, options)
         if name == "pdq":
             results[name] = _pdq(rgb, options, trims)
@@ -150,6 +159,20 @@ def hash_media(
         else:  # a registry type without a hasher is a programming error, not input
             raise NotImplementedError(f"no hasher for signal type {name!r}")
     return [results[st.name] for st in wanted]
+
+
+def _luma_is_enough(wanted: Sequence, options: HashOptions) -> bool:
+    """``fast_decode`` applies: PDQ is the only photo type and no option needs the
+    full-size colour pixels (those paths were not measured on luma)."""
+    photo = {t.name for t in wanted if t.name not in ("md5", "sha256", "vpdq")}
+    return photo == {"pdq"} and not (
+        options.trim_borders
+        or options.uncrop
+        or options.derotate
+        or options.upscale_small
+        or options.reference_resize
+        or options.all_frames
+    )
 
 
 def hash_pdq(rgb: np.ndarray, options: HashOptions = DEFAULT_OPTIONS) -> HashResult:

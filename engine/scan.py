@@ -730,6 +730,9 @@ class ScanOptions:
     follow_symlinks: bool = True
     max_bytes: int = DEFAULT_MAX_BYTES
     dihedral: bool = False
+    # PDQ from JPEG luma (1), also shrunk in the DCT domain (2): HashOptions.fast_decode.
+    # Faster, not pdqhash-identical; files hashed so are re-hashed by an exact scan.
+    fast_decode: int = 0
     progress: bool | None = None  # None = bar on a terminal, log lines otherwise
     log_every: float = 10.0
 
@@ -749,6 +752,7 @@ class Scanner:
         self.hash_options = HashOptions(
             dihedral=options.dihedral,
             dihedral_exact=True,  # each orientation hashed: flips land 0-2 bits away
+            fast_decode=options.fast_decode,
             limits=DecodeLimits(max_bytes=options.max_bytes),
         )
         self.summary = ScanSummary()
@@ -766,7 +770,8 @@ class Scanner:
         opts = self.options
         started = time.monotonic()
         self.run_id = self.catalog.start_run(
-            "scan", {"types": list(opts.types), "dihedral": opts.dihedral}
+            "scan",
+            {"types": list(opts.types), "dihedral": opts.dihedral, "fast_decode": opts.fast_decode},
         )
         self.summary.run_id = self.run_id
         todo = self._dedupe(entries)
@@ -833,6 +838,7 @@ class Scanner:
                         and rec.mtime_ns == e.mtime_ns
                         and set(types_for(e.path, opts.types)) <= set(rec.types)
                         and bool(opts.dihedral) == bool(self._stored_dihedral(rec))
+                        and (opts.fast_decode or not self._stored_fast(rec))
                     ):
                         self._pending_skipped.append(rec.id)
                         self.summary.skipped_unchanged += 1
@@ -844,6 +850,7 @@ class Scanner:
                         and rec.size == e.size
                         and set(types_for(e.path, opts.types)) <= set(rec.types)
                         and bool(opts.dihedral) == bool(self._stored_dihedral(rec))
+                        and (opts.fast_decode or not self._stored_fast(rec))
                     ):  # touched (new mtime, same size): compare MD5 before decoding
                         self._known[e.path] = (rec.id, rec.md5)
                     if (
@@ -907,6 +914,10 @@ class Scanner:
         # dihedral PDQ stores 8 rows per file; remember it through the types string
         return "pdq+dihedral" in rec.types
 
+    def _stored_fast(self, rec) -> bool:
+        # PDQ from fast_decode pixels: an exact scan hashes the file again
+        return "pdq+fast" in rec.types
+
     def _collect(self, inflight: dict, *, block: bool) -> None:
         if not inflight:
             return
@@ -967,6 +978,8 @@ class Scanner:
         with self.catalog.transaction():
             for i, r in enumerate(ok):
                 types = list(r.types) + (["pdq+dihedral"] if self.options.dihedral else [])
+                if self.options.fast_decode and "pdq" in r.types:
+                    types.append("pdq+fast")
                 file_id = self.catalog.put_hashed(
                     r.path,
                     size=r.size,

@@ -58,6 +58,15 @@ def _print_summary(summary: dict) -> None:
 @click.option("--list", "lists", multiple=True, help="Only these hash lists (repeatable).")
 @click.option("--dihedral", is_flag=True, help="PDQ: also match rotated/flipped copies.")
 @click.option(
+    "--fast-decode",
+    type=click.Choice(["luma", "shrink"]),
+    is_flag=False,
+    flag_value="luma",
+    default=None,
+    help="PDQ from JPEG luma (a few bits from pdqhash); 'shrink': also shrunk while "
+    "decoding (faster, but fine textures can move past the threshold).",
+)
+@click.option(
     "--max-bytes", default=256 * 1024 * 1024, show_default=True, help="Skip larger files."
 )
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links.")
@@ -82,6 +91,7 @@ def scan_command(
     threshold,
     lists,
     dihedral,
+    fast_decode,
     max_bytes,
     no_follow_symlinks,
     no_match,
@@ -112,6 +122,7 @@ def scan_command(
             follow_symlinks=not no_follow_symlinks,
             max_bytes=max_bytes,
             dihedral=dihedral,
+            fast_decode={None: 0, "luma": 1, "shrink": 2}[fast_decode],
             progress=progress,
         )
         if no_match:
