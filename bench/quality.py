@@ -634,18 +634,13 @@ def rule_table(res: dict, names=("pdq", "hashmatch", "hashmatch+small")) -> str:
             cells.append(f"{_pct(a['recall_safe'])} / {_pct(a['recall_plain'])}")
             cells.append(f"{_pct(b['recall_safe'])} / {_pct(b['recall_plain'])}")
         lines.append(f"| {t} | " + " | ".join(cells) + " |")
-    cells = []
-    for n in names:
-        o = ms[n]["other_rule"]
-        cells.append(f"{ms[n]['safe_threshold']}")
-        cells.append(f"{o['safe_threshold']}")
-    lines.append("| safe threshold | " + " | ".join(cells) + " |")
-    cells = []
-    for n in names:
-        o = ms[n]["other_rule"]
-        cells.append(f"{ms[n]['fpr_safe']:.1e} / {ms[n]['fpr_plain']:.1e}")
-        cells.append(f"{o['fpr_safe']:.1e} / {o['fpr_plain']:.1e}")
-    lines.append("| FPR at safe / at 31 | " + " | ".join(cells) + " |")
+    footer = (
+        ("safe threshold", lambda r: str(r["safe_threshold"])),
+        ("FPR at safe / at 31", lambda r: f"{r['fpr_safe']:.1e} / {r['fpr_plain']:.1e}"),
+    )
+    for label, cell in footer:
+        cells = [cell(r) for n in names for r in (ms[n], ms[n]["other_rule"])]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,20 @@ def _png(rgb: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _bench_quality():
+    """bench/quality.py (bench/ is not a package of the install: imported from the tree)."""
+    import sys
+
+    from conftest import PROJECT_ROOT
+
+    sys.path.insert(0, str(PROJECT_ROOT))
+    try:
+        from bench import quality
+    finally:
+        sys.path.remove(str(PROJECT_ROOT))
+    return quality
+
+
 def _pad(rgb: np.ndarray, share: float = 0.2, colour: int = 20) -> np.ndarray:
     h, w = rgb.shape[:2]
     ph, pw = round(h * share / 2), round(w * share / 2)
@@ -173,15 +187,7 @@ def test_oriented_copies_are_the_orientations_pixel_for_pixel():
 
 def test_bench_quality_scores_the_engine_path():
     """bench/quality.py measures hash_media with each method's options, not a copy of it."""
-    import sys
-
-    from conftest import PROJECT_ROOT
-
-    sys.path.insert(0, str(PROJECT_ROOT))
-    try:
-        from bench import quality
-    finally:
-        sys.path.remove(str(PROJECT_ROOT))
+    quality = _bench_quality()
     originals = [
         (name, np.ascontiguousarray(getattr(skimage.data, name)()[::2, ::2, :3]))
         for name in ("astronaut", "chelsea", "coffee", "rocket")
@@ -249,15 +255,7 @@ def test_bench_quality_floor_counts_flat_copies_as_not_looked_up():
     copy under PDQ quality 50: a near-flat picture's blurred copy is a miss with no
     distance, and never a wrong match. With the engine's default rule the same copy
     matches its stored original (quality 51), and each run scores the other rule too."""
-    import sys
-
-    from conftest import PROJECT_ROOT
-
-    sys.path.insert(0, str(PROJECT_ROOT))
-    try:
-        from bench import quality
-    finally:
-        sys.path.remove(str(PROJECT_ROOT))
+    quality = _bench_quality()
     rocket = skimage.data.rocket()
     sky = np.ascontiguousarray(rocket[:213, :320])  # night sky and a pylon: quality 51
     photo = np.ascontiguousarray(skimage.data.astronaut()[::2, ::2])
@@ -288,15 +286,7 @@ def test_bench_quality_floor_counts_flat_copies_as_not_looked_up():
 def test_bench_floor_rule_keeps_low_quality_copies_off_unknown_and_low_stored():
     """The bench's floor is the engine's rule: a copy under the floor keeps its distance
     only to stored pictures of known quality >= the floor."""
-    import sys
-
-    from conftest import PROJECT_ROOT
-
-    sys.path.insert(0, str(PROJECT_ROOT))
-    try:
-        from bench import quality
-    finally:
-        sys.path.remove(str(PROJECT_ROOT))
+    quality = _bench_quality()
     d = np.array([[5, 6, 7], [8, 9, 10]], np.int16)
     low = np.array([True, False])
     ok = np.array([True, False, False])  # quality >= 50 / unknown / under 50
@@ -310,15 +300,7 @@ def test_bench_quality_floor_study_finds_flat_pictures_colliding(reference_dir):
     """Two near-flat photos (PDQ quality 3-4: a grey sky, a wall) of different scenes
     hash alike once tiled and edited (what the floor guards against); their pictures
     stay far from a stored detailed photo."""
-    import sys
-
-    from conftest import PROJECT_ROOT
-
-    sys.path.insert(0, str(PROJECT_ROOT))
-    try:
-        from bench import quality
-    finally:
-        sys.path.remove(str(PROJECT_ROOT))
+    quality = _bench_quality()
     folder = reference_dir / "pdq-images/reg-test-input/labelme-subset"
     flat = [(n, decode_image(folder / n)) for n in ("q0003.jpg", "q0004.jpg")]
     photo = np.ascontiguousarray(skimage.data.astronaut())
