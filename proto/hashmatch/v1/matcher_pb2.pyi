@@ -8,8 +8,17 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class LowQualityQueries(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOW_QUALITY_QUERIES_UNSPECIFIED: _ClassVar[LowQualityQueries]
+    LOW_QUALITY_QUERIES_MATCH_QUALITY_STORED: _ClassVar[LowQualityQueries]
+    LOW_QUALITY_QUERIES_SKIP: _ClassVar[LowQualityQueries]
+LOW_QUALITY_QUERIES_UNSPECIFIED: LowQualityQueries
+LOW_QUALITY_QUERIES_MATCH_QUALITY_STORED: LowQualityQueries
+LOW_QUALITY_QUERIES_SKIP: LowQualityQueries
+
 class MatchOptions(_message.Message):
-    __slots__ = ("threshold", "lists", "max_results", "dihedral", "min_quality", "trim_borders", "all_frames", "uncrop", "derotate")
+    __slots__ = ("threshold", "lists", "max_results", "dihedral", "min_quality", "trim_borders", "all_frames", "uncrop", "derotate", "upscale_small", "low_quality_queries")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     LISTS_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +28,8 @@ class MatchOptions(_message.Message):
     ALL_FRAMES_FIELD_NUMBER: _ClassVar[int]
     UNCROP_FIELD_NUMBER: _ClassVar[int]
     DEROTATE_FIELD_NUMBER: _ClassVar[int]
+    UPSCALE_SMALL_FIELD_NUMBER: _ClassVar[int]
+    LOW_QUALITY_QUERIES_FIELD_NUMBER: _ClassVar[int]
     threshold: int
     lists: _containers.RepeatedScalarFieldContainer[str]
     max_results: int
@@ -28,7 +39,9 @@ class MatchOptions(_message.Message):
     all_frames: bool
     uncrop: bool
     derotate: bool
-    def __init__(self, threshold: _Optional[int] = ..., lists: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., dihedral: _Optional[bool] = ..., min_quality: _Optional[int] = ..., trim_borders: _Optional[bool] = ..., all_frames: _Optional[bool] = ..., uncrop: _Optional[bool] = ..., derotate: _Optional[bool] = ...) -> None: ...
+    upscale_small: bool
+    low_quality_queries: LowQualityQueries
+    def __init__(self, threshold: _Optional[int] = ..., lists: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., dihedral: _Optional[bool] = ..., min_quality: _Optional[int] = ..., trim_borders: _Optional[bool] = ..., all_frames: _Optional[bool] = ..., uncrop: _Optional[bool] = ..., derotate: _Optional[bool] = ..., upscale_small: _Optional[bool] = ..., low_quality_queries: _Optional[_Union[LowQualityQueries, str]] = ...) -> None: ...
 
 class MatchRequest(_message.Message):
     __slots__ = ("hashes", "media", "media_types", "options", "request_id", "videos")
@@ -57,7 +70,7 @@ class VideoQuery(_message.Message):
     def __init__(self, signal_type: _Optional[str] = ..., frames: _Optional[_Iterable[str]] = ..., qualities: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class QueryResult(_message.Message):
-    __slots__ = ("source", "index", "computed", "matches", "skipped_low_quality")
+    __slots__ = ("source", "index", "computed", "matches", "skipped_low_quality", "quality_stored_only")
     class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         SOURCE_UNSPECIFIED: _ClassVar[QueryResult.Source]
@@ -73,12 +86,14 @@ class QueryResult(_message.Message):
     COMPUTED_FIELD_NUMBER: _ClassVar[int]
     MATCHES_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_LOW_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_STORED_ONLY_FIELD_NUMBER: _ClassVar[int]
     source: QueryResult.Source
     index: int
     computed: _containers.RepeatedCompositeFieldContainer[_common_pb2.ComputedHash]
     matches: _containers.RepeatedCompositeFieldContainer[_common_pb2.Match]
     skipped_low_quality: bool
-    def __init__(self, source: _Optional[_Union[QueryResult.Source, str]] = ..., index: _Optional[int] = ..., computed: _Optional[_Iterable[_Union[_common_pb2.ComputedHash, _Mapping]]] = ..., matches: _Optional[_Iterable[_Union[_common_pb2.Match, _Mapping]]] = ..., skipped_low_quality: _Optional[bool] = ...) -> None: ...
+    quality_stored_only: bool
+    def __init__(self, source: _Optional[_Union[QueryResult.Source, str]] = ..., index: _Optional[int] = ..., computed: _Optional[_Iterable[_Union[_common_pb2.ComputedHash, _Mapping]]] = ..., matches: _Optional[_Iterable[_Union[_common_pb2.Match, _Mapping]]] = ..., skipped_low_quality: _Optional[bool] = ..., quality_stored_only: _Optional[bool] = ...) -> None: ...
 
 class MatchResponse(_message.Message):
     __slots__ = ("results", "request_id")
