@@ -99,6 +99,57 @@ def decode_floor(paths: list[Path], procs: int, tuned_heap: bool = False) -> flo
         return len(names) / (time.perf_counter() - t)
 
 
+def _floor_child(names: list[str], heap: bool, start_at: float, out) -> None:
+    """One process of :func:`floor_experiment`: decode ``names``, report timings."""
+    import resource
+
+    import cv2
+
+    cv2.setNumThreads(1)
+    if heap:
+        keep_heap()
+    while time.time() < start_at:
+        time.sleep(0.001)
+    r0, c0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.process_time(), time.time()
+    for name in names:
+        assert cv2.imread(name) is not None
+    t1, c1, r1 = time.time(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
+    out.put((t0, t1, (c1 - c0) / len(names), (r1.ru_stime - r0.ru_stime) / len(names),
+             (r1.ru_minflt - r0.ru_minflt) / len(names)))  # fmt: skip
+
+
+def floor_experiment(paths: list[Path]) -> None:
+    """Do 1 and 2 *fresh* processes (spawned, started together) decode at different
+    rates, with glibc's default malloc and with the workers' settings? Prints files/s,
+    how long the processes ran side by side, CPU and page faults per file."""
+    import multiprocessing
+
+    names = [str(p) for p in paths]
+    ctx = multiprocessing.get_context("spawn")
+    print("| floor | processes | files/s | side by side | CPU ms/file (system) | faults/file |")
+    print("|---|---|---|---|---|---|")
+    for heap in (False, True):
+        for procs in (1, 2):
+            out = ctx.Queue()
+            start_at = time.time() + 2.0  # after the interpreters have started
+            kids = [ctx.Process(target=_floor_child, args=(names[i::procs], heap, start_at, out))
+                    for i in range(procs)]  # fmt: skip
+            for k in kids:
+                k.start()
+            res = [out.get() for _ in kids]
+            for k in kids:
+                k.join()
+            span = max(r[1] for r in res) - min(r[0] for r in res)
+            both = min(r[1] for r in res) - max(r[0] for r in res)
+            cpu = ", ".join(f"{r[2] * 1e3:.1f} ({r[3] * 1e3:.1f})" for r in res)
+            faults = ", ".join(f"{r[4]:.0f}" for r in res)
+            label = "workers' malloc" if heap else "glibc defaults"
+            print(
+                f"| cv2.imread, {label} | {procs} | {len(names) / span:.1f} | "
+                f"{both:.2f} of {span:.2f} s | {cpu} | {faults} |"
+            )
+
+
 def _tasks(names: list[str], size: int = 4) -> list[list[str]]:
     """Small tasks handed out as processes free up, as the scan does (``chunk=4``): one
     fixed half per process would wait for whichever process other jobs slowed down."""
@@ -364,6 +415,11 @@ def main(argv: list[str]) -> None:
     ap.add_argument("--skip-retro", action="store_true")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved measurement rounds")
     ap.add_argument(
+        "--floor-experiment",
+        action="store_true",
+        help="only the decode floor in 1 and 2 fresh processes, both malloc settings",
+    )
+    ap.add_argument(
         "--skip-scan",
         type=float,
         metavar="FILES_PER_S",
@@ -383,6 +439,9 @@ def main(argv: list[str]) -> None:
     print(
         f"inputs: {n} JPEGs 1920x1080 ({time.perf_counter() - t:.1f} s to prepare), {cores} cores"
     )
+    if args.floor_experiment:
+        floor_experiment(paths[:400])
+        return
     if not (work / "data" / "store.sqlite").exists():
         seed_store(work / "data", 10_000, rng)
 
