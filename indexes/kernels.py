@@ -257,8 +257,23 @@ def flip_masks(width, tmax):
     return masks, counts
 
 
-PREFETCH_AHEAD = 12
+PREFETCH_AHEAD = 24  # candidates whose codes are in flight during verification
+PROBE_AHEAD = 16  # probes whose buckets are in flight while entries are gathered
 PROBE_WEIGHT = 0.3  # a probe's cost in candidates (adaptive radii)
+
+
+@njit(inline="always")
+def _bucket_ahead(arr, lo_b, hi_b, p, stop, line):
+    """Prefetch the bucket of probe p + PROBE_AHEAD (its first entries; a second
+    cache line when it holds more than ``line`` entries, 0: never)."""
+    pp = p + PROBE_AHEAD
+    if pp < stop:
+        lo = lo_b[pp]
+        hi = hi_b[pp]
+        if hi > lo:
+            prefetch(arr, lo)
+            if 0 < line < hi - lo:
+                prefetch(arr, lo + line)
 
 
 @njit(inline="always")
@@ -311,7 +326,10 @@ def mih_radius(
     Why the phases (bucket numbers, bucket bounds, candidate rows, verification):
     at 10M codes nearly every offset, row-list and code read is a cache miss.
     Each phase prefetches what the next one reads, so many misses are in flight
-    at once instead of one offset -> row -> code chain at a time.
+    at once instead of one offset -> row -> code chain at a time. Buckets are
+    prefetched PROBE_AHEAD probes ahead of the gather loop (not all at once: a
+    table's ~200 prefetches overflow the miss buffers and most were dropped;
+    rolling cut the 10M p50 by ~10% clustered, ~23% random).
     """
     nq = qwords.shape[0]
     m = starts.shape[0]
@@ -394,7 +412,7 @@ def mih_radius(
                 lo = lo_b[p]
                 hi = hi_b[p]
                 total += hi - lo
-                if hi > lo:
+                if hi > lo and p < mb + PROBE_AHEAD:  # the rest: PROBE_AHEAD ahead
                     if ri < 0:
                         prefetch(cwords, lo)
                     else:
@@ -407,11 +425,13 @@ def mih_radius(
             c = 0
             if ri < 0:
                 for p in range(mb, mb + npr):
+                    _bucket_ahead(cwords, lo_b, hi_b, p, mb + npr, 0)
                     for j in range(lo_b[p], hi_b[p]):
                         cand[c] = j
                         c += 1
             elif shifts[i] == 0:
                 for p in range(mb, mb + npr):
+                    _bucket_ahead(rows[ri], lo_b, hi_b, p, mb + npr, 0)
                     for j in range(lo_b[p], hi_b[p]):
                         cand[c] = np.int64(rows[ri, j])
                         c += 1
@@ -420,6 +440,7 @@ def mih_radius(
                 urb = np.uint64(rb)
                 for p in range(mb, mb + npr):
                     rem = t - popcount64(np.uint64(masks[p]))
+                    _bucket_ahead(rows[ri], lo_b, hi_b, p, mb + npr, 16)
                     for j in range(lo_b[p], hi_b[p]):
                         # branch-free: about a third pass, unpredictably
                         e = np.uint64(rows[ri, j])
