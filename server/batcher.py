@@ -7,6 +7,14 @@ arrive while a batch is running are merged into the next one. Nothing waits on
 a timer: an idle server looks a single request up at once, so batching adds no
 latency at low load and only ever groups requests that were queueing anyway.
 
+At most ``threads`` engine calls run at once. A request that finds the batcher idle
+(no lookup running, nothing queued) runs its lookup inline, on the calling thread:
+the same engine call a lookup thread would make for a batch of one, without the
+hand-off there and back (two thread wake-ups, each a GIL hand-over). Requests that
+arrive while a lookup runs queue up and are merged by the lookup threads, so under
+load batching is as before (letting every free slot run inline measured no better
+at 64 callers: more engine calls of one row each).
+
 Bounded: more than ``max_pending`` queued rows is RESOURCE_EXHAUSTED. A request
 whose deadline passes before its batch starts is dropped from the batch.
 """
@@ -51,6 +59,8 @@ class LookupBatcher:
         self._max_pending = max_pending
         self._queue: deque[_Item] = deque()
         self._pending_rows = 0
+        self._slots = threads
+        self._busy = 0  # engine calls running (inline or on a lookup thread)
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [
@@ -68,18 +78,24 @@ class LookupBatcher:
         *,
         timeout: Callable[[], float | None],
     ) -> list:
-        item = _Item(key, codes, list(qualities) if qualities is not None else None)
         with self._cond:
             if self._closed:
                 raise Overloaded("the server is shutting down")
-            if self._pending_rows + len(codes) > self._max_pending:
-                raise Overloaded(
-                    f"{self._pending_rows} hash lookups are queued (limit {self._max_pending});"
-                    " retry with backoff"
-                )
-            self._queue.append(item)
-            self._pending_rows += len(codes)
-            self._cond.notify()
+            inline = not self._queue and self._busy == 0
+            if inline:
+                self._busy += 1
+            else:
+                if self._pending_rows + len(codes) > self._max_pending:
+                    raise Overloaded(
+                        f"{self._pending_rows} hash lookups are queued"
+                        f" (limit {self._max_pending}); retry with backoff"
+                    )
+                item = _Item(key, codes, list(qualities) if qualities is not None else None)
+                self._queue.append(item)
+                self._pending_rows += len(codes)
+                self._cond.notify()
+        if inline:
+            return self._run_inline(key, codes, qualities, timeout)
         left = timeout()
         try:
             return item.future.result(timeout=left)
@@ -87,13 +103,33 @@ class LookupBatcher:
             item.future.cancel()  # dropped if its batch has not started
             raise DeadlineExceeded("deadline passed while waiting for the index") from None
 
-    def _take(self) -> list[_Item]:
-        """The oldest item plus every queued item with the same key (up to max_batch rows)."""
+    def _run_inline(self, key: Key, codes: np.ndarray, qualities, timeout) -> list:
+        """A batch of one on the caller's thread (the batcher was idle; the caller holds a slot)."""
+        try:
+            left = timeout()
+            if left is not None and left <= 0:
+                raise DeadlineExceeded("deadline passed before the lookup started")
+            return self._run(key, codes, list(qualities) if qualities is not None else None)
+        finally:
+            self._free_slot()
+
+    def _free_slot(self) -> None:
         with self._cond:
-            while not self._queue and not self._closed:
+            self._busy -= 1
+            if self._queue:  # queued while lookups ran: a lookup thread merges them
+                self._cond.notify()
+
+    def _take(self) -> list[_Item]:
+        """The oldest item plus every queued item with the same key (up to max_batch rows).
+
+        Waits for a free slot; once closed, the queue is drained regardless.
+        """
+        with self._cond:
+            while not self._closed and (not self._queue or self._busy >= self._slots):
                 self._cond.wait()
             if not self._queue:
                 return []
+            self._busy += 1
             first = self._queue.popleft()
             batch, rows = [first], len(first.codes)
             keep: deque[_Item] = deque()
@@ -114,24 +150,30 @@ class LookupBatcher:
             batch = self._take()
             if not batch:
                 return
-            live = [item for item in batch if item.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
             try:
-                codes = live[0].codes if len(live) == 1 else np.concatenate([i.codes for i in live])
-                if any(i.qualities is not None for i in live):
-                    qualities = [q for i in live for q in (i.qualities or [None] * len(i.codes))]
-                else:
-                    qualities = None
-                results = self._run(live[0].key, codes, qualities)
-            except BaseException as exc:  # the same options: the same error for all
-                for item in live:
-                    item.future.set_exception(exc)
-                continue
-            start = 0
+                self._run_batch(batch)
+            finally:
+                self._free_slot()
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        live = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            codes = live[0].codes if len(live) == 1 else np.concatenate([i.codes for i in live])
+            if any(i.qualities is not None for i in live):
+                qualities = [q for i in live for q in (i.qualities or [None] * len(i.codes))]
+            else:
+                qualities = None
+            results = self._run(live[0].key, codes, qualities)
+        except BaseException as exc:  # the same options: the same error for all
             for item in live:
-                item.future.set_result(results[start : start + len(item.codes)])
-                start += len(item.codes)
+                item.future.set_exception(exc)
+            return
+        start = 0
+        for item in live:
+            item.future.set_result(results[start : start + len(item.codes)])
+            start += len(item.codes)
 
     def close(self) -> None:
         with self._cond:

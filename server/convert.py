@@ -55,7 +55,11 @@ def parse_hashes(values: Sequence[common_pb2.HashValue], field: str = "hashes") 
         codes.append(code)
         positions.append(i)
         qualities.append(quality)
-    return ParsedHashes({name: (np.stack(c), p, q) for name, (c, p, q) in groups.items()})
+    return ParsedHashes({name: (_rows(c), p, q) for name, (c, p, q) in groups.items()})
+
+
+def _rows(codes: list[np.ndarray]) -> np.ndarray:
+    return codes[0][None, :] if len(codes) == 1 else np.stack(codes)
 
 
 def parse_frames(frames: Sequence[str], qualities: Sequence[int], field: str) -> np.ndarray:

@@ -189,7 +189,7 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
                 min_quality=min_quality,
                 timeout=call.time_left,
             )
-        host.metrics.queries.labels(name).inc(len(codes))
+        host.metrics.count_queries(name, len(codes))
         for row, found in enumerate(per_query):
             position = positions[row]
             results[position].skipped_low_quality = bool(
@@ -241,7 +241,7 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
                 _relabel(convert.match_to_pb(m), position) for m in outcome.matches
             )
             results.append(result)
-        host.metrics.queries.labels("media").inc(len(request.media))
+        host.metrics.count_queries("media", len(request.media))
     for i, (frames, qualities) in enumerate(videos):
         call.check_deadline()
         position = len(results)

@@ -6,6 +6,7 @@ Each server owns a registry (tests run several servers in one process).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -42,6 +43,7 @@ class Metrics:
         )
         self._http = None
         self._children: dict[tuple[str, str], tuple] = {}
+        self._query_children: dict[str, Any] = {}
 
     def finished(self, method: str, code: str, seconds: float) -> None:
         """Count one finished RPC (label children cached: this runs on every call)."""
@@ -52,6 +54,13 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
         self.inflight.dec()
+
+    def count_queries(self, signal_type: str, n: int) -> None:
+        """Count looked-up queries by type (label child cached: this runs on every call)."""
+        child = self._query_children.get(signal_type)
+        if child is None:
+            child = self._query_children[signal_type] = self.queries.labels(signal_type)
+        child.inc(n)
 
     def track_index_size(self, count: Callable[[], float]) -> None:
         """Read the index size on every scrape (cheap engine call)."""

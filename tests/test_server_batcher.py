@@ -103,3 +103,107 @@ def test_deadline_and_overload(engine):
     finally:
         gate.set()
         batcher.close()
+
+
+def _plain_run(engine, threads_seen: list[str], running: list[int] | None = None):
+    lock = threading.Lock()
+
+    def run(key, codes, qualities):
+        threads_seen.append(threading.current_thread().name)
+        if running is not None:
+            with lock:
+                running[0] += 1
+                running[1] = max(running[1], running[0])
+        try:
+            time.sleep(0.002)  # long enough for concurrent callers to overlap
+            signal_type, tenant, threshold, lists, max_results, min_quality = key
+            return engine.match(signal_type, codes, tenant=tenant, threshold=threshold,
+                                lists=list(lists) or None, max_results=max_results,
+                                qualities=qualities, min_quality=min_quality)  # fmt: skip
+        finally:
+            if running is not None:
+                with lock:
+                    running[0] -= 1
+
+    return run
+
+
+def test_idle_lookup_runs_inline_with_the_batched_answer(engine):
+    """An idle batcher answers on the caller's thread; the answer is the one a queued
+    (batched) lookup of the same rows gets, and the engine's own."""
+    gate, calls = threading.Event(), []
+    key = ("pdq", None, 8, (), None, None)
+    near = engine.codes[:6].copy()
+    near[:, 0] ^= 0x0F  # 4 bits away from stored rows
+    seen: list[str] = []
+    inline = LookupBatcher(_plain_run(engine, seen), threads=1)
+    batched = LookupBatcher(_gated_run(engine, gate, calls), threads=1)
+    try:
+        alone = [inline.lookup(key, near[i : i + 1], None, timeout=lambda: 10.0) for i in range(6)]
+        assert seen == [threading.current_thread().name] * 6  # no hand-off
+        with ThreadPoolExecutor(7) as pool:
+            holder = pool.submit(batched.lookup, key, near[:1], None, timeout=lambda: 10.0)
+            time.sleep(0.1)  # the holder runs inline and keeps the only slot
+            queued = [
+                pool.submit(batched.lookup, key, near[i : i + 1], None, timeout=lambda: 10.0)
+                for i in range(6)
+            ]
+            time.sleep(0.1)
+            gate.set()
+            merged = [f.result(10) for f in queued]
+            holder.result(10)
+        assert calls == [1, 6]  # the holder alone, then the six queued rows in one call
+        direct = engine.match("pdq", near, threshold=8)
+        for i in range(6):
+            want = [(m.signal_id, m.distance, m.hash_hex) for m in direct[i]]
+            assert want and [(m.signal_id, m.distance, m.hash_hex) for m in alone[i][0]] == want
+            assert [(m.signal_id, m.distance, m.hash_hex) for m in merged[i][0]] == want
+    finally:
+        gate.set()
+        inline.close()
+        batched.close()
+
+
+def test_inline_lookup_honours_deadline_close_and_errors(engine):
+    seen: list[str] = []
+    batcher = LookupBatcher(_plain_run(engine, seen), threads=1)
+    key = ("pdq", None, 0, (), None, None)
+    with pytest.raises(DeadlineExceeded):
+        batcher.lookup(key, engine.codes[:1], None, timeout=lambda: 0.0)
+    assert seen == []  # never looked up
+    with pytest.raises(Exception, match="threshold"):  # an engine error reaches the caller
+        batcher.lookup(("pdq", None, 999, (), None, None), engine.codes[:1], None,
+                       timeout=lambda: 10.0)  # fmt: skip
+    # the slot was given back both times: the next lookup still runs inline
+    found = batcher.lookup(key, engine.codes[2:3], None, timeout=lambda: 10.0)
+    assert [m.hash_hex for m in found[0]] == [engine.codes[2].tobytes().hex()]
+    assert seen == [threading.current_thread().name] * 2
+    batcher.close()
+    with pytest.raises(Overloaded):
+        batcher.lookup(key, engine.codes[:1], None, timeout=lambda: 10.0)
+
+
+def test_inline_and_queued_lookups_never_exceed_the_slots(engine):
+    """Under many concurrent callers at most ``threads`` engine calls run at once, and
+    every caller gets its own row back (inline or merged)."""
+    seen: list[str] = []
+    running = [0, 0]  # now, most
+    batcher = LookupBatcher(_plain_run(engine, seen, running), threads=2, max_batch=8)
+    key = ("pdq", None, 0, (), None, None)
+    try:
+        with ThreadPoolExecutor(24) as pool:
+            futures = [
+                pool.submit(
+                    batcher.lookup, key, engine.codes[i : i + 1], None, timeout=lambda: 10.0
+                )
+                for i in range(200)
+            ]
+            results = [f.result(30) for f in futures]
+        for i, found in enumerate(results):
+            assert [m.hash_hex for m in found[0]] == [engine.codes[i].tobytes().hex()]
+        assert running[1] <= 2, running
+        assert len(seen) < 200  # some calls were merged
+        assert any(name.startswith("lookup-") for name in seen)
+        assert any(not name.startswith("lookup-") for name in seen)
+    finally:
+        batcher.close()
