@@ -161,6 +161,7 @@ class ServiceHost:
 
     def _run_lookup(self, key: tuple, codes, qualities) -> list:
         signal_type, tenant, threshold, lists, max_results, min_quality = key
+        self.metrics.lookup_rows.observe(len(codes))
         return self.engine.match(
             signal_type,
             codes,

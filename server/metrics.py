@@ -34,6 +34,12 @@ class Metrics:
         self.queries = Counter(
             "hashmatch_queries", "Hash queries looked up", ["signal_type"], registry=self.registry
         )
+        self.lookup_rows = Histogram(
+            "hashmatch_lookup_rows",
+            "Hashes per engine lookup call (concurrent requests merged by the batcher)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=self.registry,
+        )
         self.inflight = Gauge("hashmatch_inflight_rpcs", "RPCs running", registry=self.registry)
         self.media_pending = Gauge(
             "hashmatch_media_pending", "Media items hashing or waiting", registry=self.registry

@@ -167,6 +167,23 @@ def test_metrics_endpoint_counts_requests(tmp_path):
         gate.set()
 
 
+def test_metrics_count_queries_and_lookup_rows(tmp_path):
+    """Hashes per engine lookup call: a 3-hash request is one call of 3 rows."""
+    codes = np.random.default_rng(5).integers(0, 256, (3, 32), dtype=np.uint8)
+    with running_server(tmp_path, tenants=ADMIN, metrics_port=0) as ts:
+        client = ts.client("admin", retries=0)
+        for _ in range(2):
+            reply = client.match([("pdq", c.tobytes().hex()) for c in codes], threshold=0)
+            assert len(reply.results) == 3
+        url = f"http://127.0.0.1:{ts.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert 'hashmatch_queries_total{signal_type="pdq"} 6.0' in text
+        assert "hashmatch_lookup_rows_count 2.0" in text
+        assert "hashmatch_lookup_rows_sum 6.0" in text
+        assert 'hashmatch_lookup_rows_bucket{le="2.0"} 0.0' in text
+        assert 'hashmatch_lookup_rows_bucket{le="4.0"} 2.0' in text
+
+
 def _openssl_cert(directory, name: str) -> tuple[str, str]:
     key, cert = directory / f"{name}.key", directory / f"{name}.pem"
     subprocess.run(
