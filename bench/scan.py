@@ -11,7 +11,7 @@
    near-duplicates of catalogued hashes, so there is something to find). Time for
    ``rescan`` vs re-hashing the M files at the measured scan rate; first rescan (the
    catalog index is built from the catalog) and the next (loaded from its cache).
-3. **Fast decode** (``--fast-decode``: PDQ from JPEG luma; ``=shrink``: also shrunk in
+3. **Fast decode** (``--fast-decode``: PDQ from JPEG luma; ``--fast-decode-shrink``: also shrunk in
    the DCT domain): their rows in the scan table, and the PDQ Hamming distance to the
    exact path over the N bench JPEGs and scikit-image's photos saved as JPEG (native
    size and enlarged 2x/4x so the DCT-domain shrink applies; q75 and q95).
@@ -37,7 +37,7 @@ from hashmatch.engine.scan import keep_heap, worker_context
 DECODE_ANCHOR = 0.8
 # scan modes measured: key suffix -> HashOptions.fast_decode level
 MODES = {"": 0, "_luma": 1, "_shrink": 2}
-MODE_LABELS = {"": "exact (default)", "_luma": "--fast-decode", "_shrink": "--fast-decode=shrink"}
+MODE_LABELS = {"": "exact (default)", "_luma": "--fast-decode", "_shrink": "--fast-decode-shrink"}
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -1,4 +1,4 @@
-"""``HashOptions.fast_decode`` / ``hashmatch scan --fast-decode[=shrink]``: PDQ from
+"""``HashOptions.fast_decode`` / ``hashmatch scan --fast-decode[-shrink]``: PDQ from
 JPEG luma (1), also shrunk in the DCT domain (2). Not bit-identical by design, so the
 tests bound the distance to the exact path on real photos, check that orientation
 survives, and that everything that is not a plain JPEG (or asks for more than PDQ)
@@ -161,3 +161,29 @@ def test_scan_records_fast_hashes_and_an_exact_scan_rehashes_them(tmp_path):
     third = scan([root], catalog=catalog, matcher=None, report=None, options=fast)
     assert third.hashed == 0
     catalog.close()
+
+
+def test_cli_fast_decode_flags(tmp_path):
+    from click.testing import CliRunner
+
+    from hashmatch.server.cli import cli
+
+    root = tmp_path / "media"
+    root.mkdir()
+    photo = root / "a.jpg"
+    photo.write_bytes(_jpeg(_enlarged(data.astronaut(), 3)))
+    blob = photo.read_bytes()
+    runs = ((["--fast-decode"], LUMA), (["--fast-decode-shrink"], SHRINK), ([], EXACT))
+    for n, (flags, options) in enumerate(runs):
+        catalog = tmp_path / f"c{n}.sqlite"
+        out = tmp_path / f"r{n}.jsonl"
+        args = ["scan", *flags, str(root), "--no-match", "--catalog", str(catalog),
+                "--workers", "0", "--out", str(out), "--no-progress"]  # fmt: skip
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        with Catalog(catalog) as cat:
+            rec = cat.lookup([str(photo)])[str(photo)]
+            assert ("pdq+fast" in rec.types) == bool(flags)
+            stored = next(iter(cat.hashes_of([rec.id]).values()))
+            code = next(h for h in stored if h.signal_type == "pdq").codes[0]
+            np.testing.assert_array_equal(code, _pdq(blob, options)[0])

@@ -58,13 +58,13 @@ def _print_summary(summary: dict) -> None:
 @click.option("--list", "lists", multiple=True, help="Only these hash lists (repeatable).")
 @click.option("--dihedral", is_flag=True, help="PDQ: also match rotated/flipped copies.")
 @click.option(
-    "--fast-decode",
-    type=click.Choice(["luma", "shrink"]),
-    is_flag=False,
-    flag_value="luma",
-    default=None,
-    help="PDQ from JPEG luma (a few bits from pdqhash); 'shrink': also shrunk while "
-    "decoding (faster, but fine textures can move past the threshold).",
+    "--fast-decode", is_flag=True, help="PDQ from JPEG luma: faster, a few bits from pdqhash."
+)
+@click.option(
+    "--fast-decode-shrink",
+    is_flag=True,
+    help="PDQ from JPEG luma shrunk while decoding: faster still, but fine textures "
+    "can move past the match threshold.",
 )
 @click.option(
     "--max-bytes", default=256 * 1024 * 1024, show_default=True, help="Skip larger files."
@@ -92,6 +92,7 @@ def scan_command(
     lists,
     dihedral,
     fast_decode,
+    fast_decode_shrink,
     max_bytes,
     no_follow_symlinks,
     no_match,
@@ -122,7 +123,7 @@ def scan_command(
             follow_symlinks=not no_follow_symlinks,
             max_bytes=max_bytes,
             dihedral=dihedral,
-            fast_decode={None: 0, "luma": 1, "shrink": 2}[fast_decode],
+            fast_decode=2 if fast_decode_shrink else int(fast_decode),
             progress=progress,
         )
         if no_match:
