@@ -402,7 +402,8 @@ class MIHSegment(Segment):
 
 ADAPTIVE_PROBES = 3.0
 IDENT_WEIGHT = 1.0  # a table-0 candidate (read in bucket order) vs a random one
-ENTRY_WEIGHT = 0.05  # a split-key row-list entry read and filtered (sequential)
+ENTRY_WEIGHT = 0.15  # a split-key row-list entry read and filtered (sequential): measured
+# ~3.7 ns vs ~24 ns per random candidate at 10M clustered (0.05 before: 1-5% slower p50)
 _MASKS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 _MASKS_LOCK = threading.Lock()
 
