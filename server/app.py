@@ -152,15 +152,19 @@ class ServiceHost:
         qualities: list[int | None] | None,
         min_quality: int | None,
         timeout: Callable[[], float | None],
+        low_quality_queries: str | None = None,
     ) -> list:
         """One result list per row of ``codes`` (batched with concurrent callers)."""
-        key = (signal_type, tenant, threshold, tuple(lists or ()), max_results, min_quality)
+        key = (
+            signal_type, tenant, threshold, tuple(lists or ()), max_results, min_quality,
+            low_quality_queries,
+        )  # fmt: skip
         if self.batcher is None:
             return self._run_lookup(key, codes, qualities)
         return self.batcher.lookup(key, codes, qualities, timeout=timeout)
 
     def _run_lookup(self, key: tuple, codes, qualities) -> list:
-        signal_type, tenant, threshold, lists, max_results, min_quality = key
+        signal_type, tenant, threshold, lists, max_results, min_quality, low_quality = key
         self.metrics.lookup_rows.observe(len(codes))
         return self.engine.match(
             signal_type,
@@ -171,6 +175,7 @@ class ServiceHost:
             max_results=max_results,
             qualities=qualities,
             min_quality=min_quality,
+            low_quality_queries=low_quality,
         )
 
     def engine_lists(self, tenant: str | None) -> list[signals_pb2.HashList]:

@@ -32,7 +32,7 @@ import numpy as np
 
 from hashmatch.server.errors import DeadlineExceeded, Overloaded
 
-Key = tuple  # (signal_type, tenant, threshold, lists, max_results, min_quality)
+Key = tuple  # (type, tenant, threshold, lists, max_results, min_quality, low_quality_queries)
 
 
 @dataclass

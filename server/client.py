@@ -40,6 +40,20 @@ def _read(value: str | Path | bytes | None) -> bytes | None:
     return Path(value).read_bytes()
 
 
+_LOW_QUALITY_ENUM = {
+    None: matcher_pb2.LOW_QUALITY_QUERIES_UNSPECIFIED,
+    "match_quality_stored": matcher_pb2.LOW_QUALITY_QUERIES_MATCH_QUALITY_STORED,
+    "skip": matcher_pb2.LOW_QUALITY_QUERIES_SKIP,
+}
+
+
+def low_quality_enum(rule: str | None) -> int:
+    """``"match_quality_stored"`` / ``"skip"`` / None -> MatchOptions.low_quality_queries."""
+    if rule not in _LOW_QUALITY_ENUM:
+        raise ValueError(f"low_quality_queries must be match_quality_stored or skip, got {rule!r}")
+    return _LOW_QUALITY_ENUM[rule]
+
+
 def hash_value(item: HashInput) -> common_pb2.HashValue:
     """``("pdq", "hex...")``, ``("pdq", raw_bytes)`` or a HashValue -> HashValue."""
     if isinstance(item, common_pb2.HashValue):
@@ -167,11 +181,15 @@ class HashmatchClient:
         all_frames: bool = False,
         uncrop: bool = False,
         derotate: bool = False,
+        upscale_small: bool = False,
         min_quality: int | None = None,
+        low_quality_queries: str | None = None,
         request_id: str = "",
         videos: Sequence[Sequence[str] | matcher_pb2.VideoQuery] = (),
     ) -> matcher_pb2.MatchRequest:
-        """``videos``: vPDQ queries, each a list of frame hex (or a VideoQuery)."""
+        """``videos``: vPDQ queries, each a list of frame hex (or a VideoQuery).
+        ``low_quality_queries``: ``"match_quality_stored"`` or ``"skip"`` (None = the
+        server's default, match_quality_stored)."""
         options = matcher_pb2.MatchOptions(
             lists=list(lists),
             max_results=max_results,
@@ -180,6 +198,8 @@ class HashmatchClient:
             all_frames=all_frames,
             uncrop=uncrop,
             derotate=derotate,
+            upscale_small=upscale_small,
+            low_quality_queries=low_quality_enum(low_quality_queries),
         )
         if threshold is not None:
             options.threshold = threshold

@@ -14,6 +14,7 @@ from hashmatch.engine import signal_types
 from hashmatch.engine.decode import DecodeLimits
 from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, MediaTooLarge
 from hashmatch.engine.hashing import HashOptions, hash_media
+from hashmatch.engine.matcher import LOW_QUALITY_MATCH_QUALITY_STORED, LOW_QUALITY_SKIP
 from hashmatch.server import convert
 from hashmatch.v1 import matcher_pb2
 
@@ -62,6 +63,7 @@ def hash_options(
     all_frames: bool = False,
     uncrop: bool = False,
     derotate: bool = False,
+    upscale_small: bool = False,
     for_matching: bool = False,
 ) -> HashOptions:
     """Matching hashes each orientation exactly (best flip recall); the Hash RPC keeps
@@ -76,6 +78,7 @@ def hash_options(
         all_frames=all_frames,
         uncrop=uncrop,
         derotate=derotate,
+        upscale_small=upscale_small,
         limits=limits,
     )
 
@@ -148,6 +151,12 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
     min_quality = options.min_quality if options.HasField("min_quality") else None
     if min_quality is not None and not 0 <= min_quality <= 100:
         raise InvalidInput(f"must be 0..100, got {min_quality}", field="options.min_quality")
+    if options.low_quality_queries not in LOW_QUALITY_RULES:
+        raise InvalidInput(
+            f"unknown value {options.low_quality_queries}",
+            field="options.low_quality_queries",
+        )
+    low_quality = LOW_QUALITY_RULES[options.low_quality_queries]
     lists = [name for name in options.lists] or None
     max_results = options.max_results or None
     parsed = convert.parse_hashes(request.hashes)
@@ -177,7 +186,8 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
             ]  # fmt: skip
         else:
             # Known PDQ qualities under the floor (min_quality, default 50 as HMA) are
-            # not looked up; the engine marks them skipped_low_quality.
+            # matched as low_quality_queries says (stored quality >= the floor only, or
+            # not at all); the engine marks them skipped_low_quality.
             per_query = host.lookup(
                 name,
                 codes,
@@ -188,13 +198,12 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
                 qualities=known,
                 min_quality=min_quality,
                 timeout=call.time_left,
+                low_quality_queries=low_quality,
             )
         host.metrics.count_queries(name, len(codes))
         for row, found in enumerate(per_query):
             position = positions[row]
-            results[position].skipped_low_quality = bool(
-                getattr(found, "skipped_low_quality", False)
-            )
+            _mark_floor(results[position], found)
             results[position].matches.extend(
                 _relabel(convert.match_to_pb(m), position) for m in found
             )
@@ -207,6 +216,7 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
             all_frames=options.all_frames,
             uncrop=options.uncrop,
             derotate=options.derotate,
+            upscale_small=options.upscale_small,
             for_matching=True,
         )
         jobs = [
@@ -222,6 +232,7 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
                     lists=lists,
                     max_results=max_results,
                     min_quality=min_quality,
+                    low_quality_queries=low_quality,
                 ),
                 i,
                 item,
@@ -236,7 +247,7 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
             position = n_hashes + i
             result = matcher_pb2.QueryResult(source=MEDIA, index=i)
             result.computed.extend(convert.computed_to_pb(h) for h in outcome.hashes)
-            result.skipped_low_quality = bool(outcome.skipped_low_quality)
+            _mark_floor(result, outcome)
             result.matches.extend(
                 _relabel(convert.match_to_pb(m), position) for m in outcome.matches
             )
@@ -256,7 +267,7 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
             min_quality=min_quality,
         )[0]
         result = matcher_pb2.QueryResult(source=VIDEO, index=i)
-        result.skipped_low_quality = bool(getattr(found, "skipped_low_quality", False))
+        _mark_floor(result, found)
         result.matches.extend(_relabel(convert.match_to_pb(m), position) for m in found)
         results.append(result)
     call.log["queries"] = n_hashes + len(request.media) + len(videos)
@@ -278,6 +289,20 @@ def _match_media(engine, data: bytes, types: list[str], *, threshold: int | None
     first.hashes.extend(second.hashes)
     first.matches.extend(second.matches)
     return first
+
+
+#: MatchOptions.low_quality_queries -> the engine's rule (None = the engine's default).
+LOW_QUALITY_RULES = {
+    matcher_pb2.LOW_QUALITY_QUERIES_UNSPECIFIED: None,
+    matcher_pb2.LOW_QUALITY_QUERIES_MATCH_QUALITY_STORED: LOW_QUALITY_MATCH_QUALITY_STORED,
+    matcher_pb2.LOW_QUALITY_QUERIES_SKIP: LOW_QUALITY_SKIP,
+}
+
+
+def _mark_floor(result: matcher_pb2.QueryResult, found) -> None:
+    """Copy how the quality floor treated a query (MatchList or MediaMatch) into it."""
+    result.skipped_low_quality = bool(getattr(found, "skipped_low_quality", False))
+    result.quality_stored_only = bool(getattr(found, "quality_stored_only", False))
 
 
 def _video_query(video: matcher_pb2.VideoQuery, field: str):

@@ -14,6 +14,7 @@ import threading
 import time
 
 import grpc
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
@@ -109,6 +110,16 @@ def test_remote_verbs(served, tmp_path):
 
     result = _remote(served, "match", "--media", str(image))
     assert result.exit_code == 0, result.output
+    flat = tmp_path / "flat.png"  # PDQ quality 0: under the floor
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(flat, "PNG")
+    for rule, stored_only in (("skip", False), ("match_quality_stored", True)):
+        args = ("--upscale-small", "--low-quality-queries", rule)
+        result = _remote(served, "match", "--media", str(flat), *args)
+        assert result.exit_code == 0, result.output
+        floored = json.loads(result.output)
+        assert floored["skipped_low_quality"]
+        assert floored.get("quality_stored_only", False) is stored_only
+        assert len(floored["computed"][0]["hex"]) == 2  # 64 px: the enlarged row too
 
     result = _remote(served, "lists")
     assert "cli-list" in result.output

@@ -156,3 +156,60 @@ def test_cli_match_takes_the_rule(engine, pictures, tmp_path):
     args = ["match", str(path), "--min-quality", "0", "--json"]
     (plain,) = json.loads(runner.invoke(cli, args, env=env, catch_exceptions=False).output)
     assert len(plain["matches"]) == 3 and not plain["skipped_low_quality"]
+
+
+# -- the same rule over gRPC (MatchOptions.low_quality_queries) ---------------------------
+
+
+@pytest.fixture
+def served(tmp_path, pictures):
+    """A real server (no-auth mode) over a store seeded as in ``engine``."""
+    from hashmatch.server.testing import running_server
+
+    moon_hex, moon_q = _pdq(pictures["moon"])
+    with running_server(tmp_path / "served") as ts:
+        ts.engine.ingest([SignalRecord("pdq", moon_hex, external_id="moon-known",
+                                       quality=moon_q)], list_name="known")  # fmt: skip
+        ts.engine.ingest([SignalRecord("pdq", moon_hex, external_id="moon-unknown")],
+                         list_name="unknown")  # fmt: skip
+        yield ts
+
+
+def test_grpc_low_quality_queries_and_quality_stored_only(served, pictures):
+    import grpc
+
+    from hashmatch.server.errors import bad_request_fields
+    from hashmatch.v1 import common_pb2
+
+    client = served.client()
+    blurred = [_png(pictures["blurred"])]
+    (result,) = client.match(media=blurred).results  # the server's default rule
+    assert [m.external_id for m in result.matches] == ["moon-known"]
+    assert result.skipped_low_quality and result.quality_stored_only
+    (skipped,) = client.match(media=blurred, low_quality_queries="skip").results
+    assert not skipped.matches and skipped.skipped_low_quality
+    assert not skipped.quality_stored_only
+    # a hash sent with its (low) quality goes the same way, batched or not
+    blur_hex, blur_q = _pdq(pictures["blurred"])
+    value = common_pb2.HashValue(signal_type="pdq", hex=blur_hex, quality=blur_q)
+    (row,) = client.match([value], low_quality_queries="match_quality_stored").results
+    assert [m.external_id for m in row.matches] == ["moon-known"] and row.quality_stored_only
+    (row,) = client.match([value], low_quality_queries="skip").results
+    assert not row.matches and row.skipped_low_quality and not row.quality_stored_only
+    # an enum value the server does not know is the caller's mistake, named
+    request = client.match_request([value])
+    request.options.low_quality_queries = 9
+    with pytest.raises(grpc.RpcError) as err:
+        client.matcher.Match(request, metadata=client.metadata, timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in bad_request_fields(err.value)] == ["options.low_quality_queries"]
+
+
+def test_grpc_upscale_small_adds_the_enlarged_row(served, pictures):
+    client = served.client()
+    tiny = [_png(pictures["tiny"])]  # 32 px: under the 256 px small-image bound
+    (plain,) = client.match(media=tiny).results
+    (upscaled,) = client.match(media=tiny, upscale_small=True).results
+    assert len(plain.computed[0].hex) == 1
+    assert len(upscaled.computed[0].hex) == 2  # the as-given row, then the enlarged one
+    assert upscaled.computed[0].hex[0] == plain.computed[0].hex[0]

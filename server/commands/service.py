@@ -253,7 +253,11 @@ def _rpc(fn):
 @click.option("--all-frames", is_flag=True, help="PDQ: every frame of an animation.")
 @click.option("--uncrop", is_flag=True, help="PDQ: also match slightly cropped copies.")
 @click.option("--derotate", is_flag=True, help="PDQ: also match slightly rotated copies.")
-@click.option("--min-quality", type=int)
+@click.option("--upscale-small", is_flag=True, help="PDQ: also match small images enlarged.")
+@click.option("--min-quality", type=int, help="PDQ quality floor (default 50).")
+@click.option("--low-quality-queries", type=click.Choice(["match_quality_stored", "skip"]),
+              default=None, help="Under the floor: match stored quality >= it only "
+              "(server default) or skip (HMA).")  # fmt: skip
 @click.pass_obj
 @_rpc
 def remote_match(client, hashes, signal_type, media, media_types, **options) -> None:
