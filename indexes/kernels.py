@@ -260,6 +260,7 @@ def flip_masks(width, tmax):
 PREFETCH_AHEAD = 24  # candidates whose codes are in flight during verification
 PROBE_AHEAD = 16  # probes whose buckets are in flight while entries are gathered
 PROBE_WEIGHT = 0.3  # a probe's cost in candidates (adaptive radii)
+LAZY_WEIGHT = 1.0  # extra per probe of the estimated level (its bounds are read late)
 
 
 @njit(inline="always")
@@ -290,7 +291,7 @@ def _next_cand(q, cwords, cand, start, stop, radius):
 @njit(cache=True, nogil=True)
 def mih_radius(
     qwords, cwords, dead, radius, starts, widths, shifts, rb, tvals, off_base, offsets, rows,
-    ident, mask_base, masks, mask_count, levels, adaptive, cand_w, entry_w, frac,
+    ident, mask_base, masks, mask_count, levels, adaptive, cand_w, entry_w, frac, lazy,
 ):  # fmt: skip
     """Exact radius search by (generalised) pigeonhole multi-index hashing.
 
@@ -317,7 +318,12 @@ def mih_radius(
     table i at t = PROBE_WEIGHT * probes + entry_w[i] * entries + cand_w[i] *
     expected candidates (entries x frac[i, r], the share of low bits within r).
     On clustered data bucket sizes vary a lot from query to query, and the few
-    extra offset reads buy skipping the crowded tables.
+    extra offset reads buy skipping the crowded tables. ``lazy`` = 1: the last
+    level is not read up front (at 10M it has ~7x the probes of the others); its
+    counts are extrapolated from the read levels (``_estimate_last``), costed with
+    LAZY_WEIGHT more per probe, and read only for the tables the greedy gives it
+    (10M A/B: p50 unchanged, clustered p90/p99 5-14% lower). Any assignment is
+    exact: only the sum matters, and every probe of a taken level is read.
 
     ``ident`` = 1: the codes are stored in table 0's bucket order, so that table
     has no row list (``rows[i - ident]`` is table i's) and its buckets are runs
@@ -359,16 +365,18 @@ def mih_radius(
             # assignment on the query's real bucket sizes
             for i in range(m):
                 _bounds(qkeys[i] >> np.uint64(shifts[i]), off_base[i], mask_base[i],
-                        mask_count[i], masks, offsets, lo_b, hi_b)  # fmt: skip
+                        levels[i, nlev - 1 - lazy], masks, offsets, lo_b, hi_b)  # fmt: skip
             for i in range(m):
                 mb = mask_base[i]
                 acc = 0
                 p = 0
-                for t in range(nlev):
+                for t in range(nlev - lazy):
                     while p < levels[i, t]:
                         acc += hi_b[mb + p] - lo_b[mb + p]
                         p += 1
                     cnt[i, t] = acc
+                if lazy:
+                    _estimate_last(cnt[i], levels[i])
                 for t in range(nlev):
                     est = 0.0
                     prev = 0
@@ -378,6 +386,8 @@ def mih_radius(
                     cost[i, t] = (
                         PROBE_WEIGHT * levels[i, t] + entry_w[i] * cnt[i, t] + cand_w[i] * est
                     )
+                if lazy:  # its bounds are still to be read
+                    cost[i, nlev - 1] += LAZY_WEIGHT * (levels[i, nlev - 1] - levels[i, nlev - 2])
                 tq[i] = -1
             for _ in range(radius + 1):
                 best = -1
@@ -395,6 +405,14 @@ def mih_radius(
                 if best < 0:
                     break  # unreachable when levels cover the plan (checked by caller)
                 tq[best] += 1
+            if lazy:
+                # bounds of the estimated level, for the tables that took it
+                top = nlev - 1
+                for i in range(m):
+                    if tq[i] == top:
+                        a = levels[i, top - 1]
+                        _bounds(qkeys[i] >> np.uint64(shifts[i]), off_base[i], mask_base[i] + a,
+                                levels[i, top] - a, masks, offsets, lo_b, hi_b)  # fmt: skip
         for i in range(m):
             t = tq[i]
             if t < 0:
@@ -484,6 +502,27 @@ def mih_radius(
                 k += 1
         lims[qi + 1] = k
     return lims, dist[:k].copy(), pos[:k].copy()
+
+
+@njit(inline="always")
+def _estimate_last(cnt, lev):
+    """cnt[L] (entries within the last level L, not read) from the read levels:
+    per-probe entries of level L-1 times their decay from level L-2 (at most 1)."""
+    last = lev.shape[0] - 1
+    new = lev[last] - lev[last - 1]
+    if new <= 0:
+        cnt[last] = cnt[last - 1]
+        return
+    d1 = (cnt[last - 1] - (cnt[last - 2] if last >= 2 else 0)) / max(
+        lev[last - 1] - (lev[last - 2] if last >= 2 else 0), 1
+    )
+    d0 = d1
+    if last >= 2:
+        d0 = (cnt[last - 2] - (cnt[last - 3] if last >= 3 else 0)) / max(
+            lev[last - 2] - (lev[last - 3] if last >= 3 else 0), 1
+        )
+    decay = 1.0 if d0 <= 0 else min(1.0, d1 / d0)
+    cnt[last] = cnt[last - 1] + np.int64(d1 * decay * new)
 
 
 @njit(inline="always")

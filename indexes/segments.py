@@ -235,6 +235,7 @@ class MIHSegment(Segment):
         self._probe_cache: dict[int, tuple] = {}
         self.scan_fallback = True
         self.adaptive: bool | None = None  # per-query radii: None = when cheap enough
+        self.lazy = LAZY_LEVEL  # adaptive: one more level, estimated, read only if taken
         self.densities = self._densities()
         # adaptive radii: cost weights per table (in candidates verified); table 0's
         # buckets are runs of codes read in order, cheaper than random rows
@@ -291,11 +292,11 @@ class MIHSegment(Segment):
         return plan[4]
 
     def _probe_plan(self, radius: int):
-        """(tvals, mask_base, masks, mask_count, cost, levels, adaptive) for this
-        radius, or None when a scan is cheaper. Adaptive plans carry every
+        """(tvals, mask_base, masks, mask_count, cost, levels, adaptive, frac, lazy)
+        for this radius, or None when a scan is cheaper. Adaptive plans carry every
         table's masks up to the plan's largest t (the kernel picks the t_i per
-        query); they are used when that costs at most ADAPTIVE_PROBES x the
-        static plan's probes."""
+        query), plus one lazily read level when ``self.lazy``; they are used when
+        the read levels cost at most ADAPTIVE_PROBES x the static plan's probes."""
         if radius in self._probe_cache:
             return self._probe_cache[radius]
         n = len(self.ids)
@@ -312,8 +313,9 @@ class MIHSegment(Segment):
             if adaptive is None:
                 adaptive = every <= ADAPTIVE_PROBES * static
             adaptive = bool(adaptive) and len(widths) * (tcap + 1) >= radius + 1
+            lazy = int(adaptive and self.lazy)
             parts, base, count = [], [], []
-            levels = np.zeros((len(widths), tcap + 1 if adaptive else 1), np.int64)
+            levels = np.zeros((len(widths), tcap + 1 + lazy if adaptive else 1), np.int64)
             # share of entries whose split-key bits lie within r of the query's
             # (uniform bits; table 0 verifies whole buckets: 1)
             frac = np.ones(levels.shape, np.float64)
@@ -322,11 +324,11 @@ class MIHSegment(Segment):
                     frac[i, r] = planner.masks_upto(int(sh), r) / float(1 << int(sh))
             at = 0
             for i, (w, t) in enumerate(zip(obits, tvals, strict=True)):
-                top = tcap if adaptive else t
+                top = tcap + lazy if adaptive else t
                 masks, counts = _masks(w, max(top, 0))
                 c = int(counts[top]) if top >= 0 else 0
                 if adaptive:
-                    levels[i] = counts[: tcap + 1]
+                    levels[i] = counts[: top + 1]
                 parts.append(masks[:c])
                 base.append(at)
                 count.append(c)
@@ -340,6 +342,7 @@ class MIHSegment(Segment):
                 levels,
                 adaptive,
                 frac,
+                lazy,
             )
         if len(self._probe_cache) < 128:
             self._probe_cache[radius] = plan
@@ -349,11 +352,11 @@ class MIHSegment(Segment):
         plan = self._probe_plan(radius)
         if plan is None:
             return kernels.scan_radius(qwords, self._words, _dead(dead), radius)
-        tvals, mask_base, masks, mask_count, _, levels, adaptive, frac = plan
+        tvals, mask_base, masks, mask_count, _, levels, adaptive, frac, lazy = plan
         return kernels.mih_radius(
             qwords, self._words, _dead(dead), radius, self.starts, self.widths, self.shifts,
             self.rb, tvals, self.off_base, self.offsets, self.rows, self.ident, mask_base, masks,
-            mask_count, levels, adaptive, self.cand_w, self.entry_w, frac,
+            mask_count, levels, adaptive, self.cand_w, self.entry_w, frac, lazy,
         )  # fmt: skip
 
     def nbytes(self) -> int:
@@ -401,6 +404,7 @@ class MIHSegment(Segment):
 
 
 ADAPTIVE_PROBES = 3.0
+LAZY_LEVEL = True
 IDENT_WEIGHT = 1.0  # a table-0 candidate (read in bucket order) vs a random one
 ENTRY_WEIGHT = 0.15  # a split-key row-list entry read and filtered (sequential): measured
 # ~3.7 ns vs ~24 ns per random candidate at 10M clustered (0.05 before: 1-5% slower p50)

@@ -194,11 +194,12 @@ def test_mih_large_enough_for_auto_to_choose_it():
         ([20] * 12, [12, 20, 13, 20, 14, 20, 15, 20, 16, 20, 17, 20]),  # 4 bits uncovered
     ],
 )
-@pytest.mark.parametrize("adaptive", [True, False])
-def test_mih_layouts_match_brute_force(widths, obits, adaptive):
+@pytest.mark.parametrize("adaptive,lazy", [(True, True), (True, False), (False, False)])
+def test_mih_layouts_match_brute_force(widths, obits, adaptive, lazy):
     """Every layout the planner may choose, split keys (bucket on the top bits, the
     rest filtered from the row-list entries) included, finds exactly the brute-force
-    set at every radius: random, clustered and duplicate codes, with tombstones."""
+    set at every radius: random, clustered and duplicate codes, with tombstones;
+    per-query radii with and without the lazily read (estimated) extra level."""
     from hashmatch.indexes.segments import MIHSegment, to_words
 
     rng = np.random.default_rng(sum(widths) + len(widths))
@@ -206,6 +207,7 @@ def test_mih_layouts_match_brute_force(widths, obits, adaptive):
     seg = MIHSegment.build(to_words(codes), np.arange(len(codes)) * 5, 256, widths, obits)
     seg.scan_fallback = False
     seg.adaptive = adaptive
+    seg.lazy = lazy
     dead = (rng.random(len(codes)) < 0.1).astype(np.uint8)
     stored = dict(zip(seg.ids.tolist(), to_codes_of(seg), strict=True))
     live = {i: c for i, c, d in zip(seg.ids.tolist(), to_codes_of(seg), dead, strict=True) if not d}
