@@ -831,27 +831,13 @@ class Scanner:
                         )
                         continue
                     rec = known.get(e.path)
-                    if (
-                        rec is not None
-                        and rec.status == HASHED
-                        and rec.size == e.size
-                        and rec.mtime_ns == e.mtime_ns
-                        and set(types_for(e.path, opts.types)) <= set(rec.types)
-                        and bool(opts.dihedral) == bool(self._stored_dihedral(rec))
-                        and (opts.fast_decode or not self._stored_fast(rec))
-                    ):
+                    reusable = self._hashes_reusable(rec, e)
+                    if reusable and rec.mtime_ns == e.mtime_ns:
                         self._pending_skipped.append(rec.id)
                         self.summary.skipped_unchanged += 1
                         continue
-                    if (
-                        rec is not None
-                        and rec.status == HASHED
-                        and rec.md5 is not None
-                        and rec.size == e.size
-                        and set(types_for(e.path, opts.types)) <= set(rec.types)
-                        and bool(opts.dihedral) == bool(self._stored_dihedral(rec))
-                        and (opts.fast_decode or not self._stored_fast(rec))
-                    ):  # touched (new mtime, same size): compare MD5 before decoding
+                    if reusable and rec.md5 is not None:
+                        # touched (new mtime, same size): compare MD5 before decoding
                         self._known[e.path] = (rec.id, rec.md5)
                     if (
                         rec is not None
@@ -913,6 +899,20 @@ class Scanner:
     def _stored_dihedral(self, rec) -> bool:
         # dihedral PDQ stores 8 rows per file; remember it through the types string
         return "pdq+dihedral" in rec.types
+
+    def _hashes_reusable(self, rec, entry) -> bool:
+        """The catalog's hashes of this path were made as this scan would make them
+        (hashed, same size, every wanted type, same dihedral, exact unless fast is
+        allowed): unchanged by mtime, or by MD5 when only the mtime moved."""
+        opts = self.options
+        return (
+            rec is not None
+            and rec.status == HASHED
+            and rec.size == entry.size
+            and set(types_for(entry.path, opts.types)) <= set(rec.types)
+            and bool(opts.dihedral) == bool(self._stored_dihedral(rec))
+            and bool(opts.fast_decode or not self._stored_fast(rec))
+        )
 
     def _stored_fast(self, rec) -> bool:
         # PDQ from fast_decode pixels: an exact scan hashes the file again
