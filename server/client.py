@@ -50,7 +50,8 @@ _LOW_QUALITY_ENUM = {
 def low_quality_enum(rule: str | None) -> int:
     """``"match_quality_stored"`` / ``"skip"`` / None -> MatchOptions.low_quality_queries."""
     if rule not in _LOW_QUALITY_ENUM:
-        raise ValueError(f"low_quality_queries must be match_quality_stored or skip, got {rule!r}")
+        names = " or ".join(k for k in _LOW_QUALITY_ENUM if k)
+        raise ValueError(f"low_quality_queries must be {names}, got {rule!r}")
     return _LOW_QUALITY_ENUM[rule]
 
 
