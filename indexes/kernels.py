@@ -505,6 +505,14 @@ def mih_radius(
 
 
 @njit(inline="always")
+def _entries_per_probe(cnt, lev, k):
+    """Entries per probe that level k adds over level k - 1 (over nothing for k = 0)."""
+    if k == 0:
+        return cnt[0] / max(lev[0], 1)
+    return (cnt[k] - cnt[k - 1]) / max(lev[k] - lev[k - 1], 1)
+
+
+@njit(inline="always")
 def _estimate_last(cnt, lev):
     """cnt[L] (entries within the last level L, not read) from the read levels:
     per-probe entries of level L-1 times their decay from level L-2 (at most 1)."""
@@ -513,14 +521,8 @@ def _estimate_last(cnt, lev):
     if new <= 0:
         cnt[last] = cnt[last - 1]
         return
-    d1 = (cnt[last - 1] - (cnt[last - 2] if last >= 2 else 0)) / max(
-        lev[last - 1] - (lev[last - 2] if last >= 2 else 0), 1
-    )
-    d0 = d1
-    if last >= 2:
-        d0 = (cnt[last - 2] - (cnt[last - 3] if last >= 3 else 0)) / max(
-            lev[last - 2] - (lev[last - 3] if last >= 3 else 0), 1
-        )
+    d1 = _entries_per_probe(cnt, lev, last - 1)
+    d0 = _entries_per_probe(cnt, lev, last - 2) if last >= 2 else d1
     decay = 1.0 if d0 <= 0 else min(1.0, d1 / d0)
     cnt[last] = cnt[last - 1] + np.int64(d1 * decay * new)
 
