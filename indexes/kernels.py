@@ -264,20 +264,6 @@ LAZY_WEIGHT = 1.0  # extra per probe of the estimated level (its bounds are read
 
 
 @njit(inline="always")
-def _bucket_ahead(arr, lo_b, hi_b, p, stop, line):
-    """Prefetch the bucket of probe p + PROBE_AHEAD (its first entries; a second
-    cache line when it holds more than ``line`` entries, 0: never)."""
-    pp = p + PROBE_AHEAD
-    if pp < stop:
-        lo = lo_b[pp]
-        hi = hi_b[pp]
-        if hi > lo:
-            prefetch(arr, lo)
-            if 0 < line < hi - lo:
-                prefetch(arr, lo + line)
-
-
-@njit(inline="always")
 def _next_cand(q, cwords, cand, start, stop, radius):
     """First c in [start, stop) whose row cand[c] is within radius (or stop)."""
     for c in range(start, stop):
@@ -427,41 +413,60 @@ def mih_radius(
             ri = i - ident
             total = 0
             for p in range(mb, mb + npr):
-                lo = lo_b[p]
-                hi = hi_b[p]
-                total += hi - lo
-                if hi > lo and p < mb + PROBE_AHEAD:  # the rest: PROBE_AHEAD ahead
-                    if ri < 0:
-                        prefetch(cwords, lo)
-                    else:
-                        prefetch(rows[ri], lo)
+                total += hi_b[p] - lo_b[p]
+            # the first PROBE_AHEAD buckets now, the rest PROBE_AHEAD ahead below
+            if ri < 0:
+                for p in range(mb, min(mb + npr, mb + PROBE_AHEAD)):
+                    if hi_b[p] > lo_b[p]:
+                        prefetch(cwords, lo_b[p])
+            else:
+                rr = rows[ri]
+                for p in range(mb, min(mb + npr, mb + PROBE_AHEAD)):
+                    if hi_b[p] > lo_b[p]:
+                        prefetch(rr, lo_b[p])
             if total == 0:
                 continue
             # candidate rows (split keys: only entries whose low bits are near)
             if total > cand.shape[0]:
                 cand = np.empty(max(total, 2 * cand.shape[0]), np.int64)
+            # (the bucket of probe p + PROBE_AHEAD is prefetched while probe p is
+            # read; written out in each loop, not as a helper: an inlined numba
+            # function taking arrays costs NRT incref/decref calls per probe)
             c = 0
+            stop = mb + npr
             if ri < 0:
-                for p in range(mb, mb + npr):
-                    _bucket_ahead(cwords, lo_b, hi_b, p, mb + npr, 0)
+                for p in range(mb, stop):
+                    pp = p + PROBE_AHEAD
+                    if pp < stop and hi_b[pp] > lo_b[pp]:
+                        prefetch(cwords, lo_b[pp])
                     for j in range(lo_b[p], hi_b[p]):
                         cand[c] = j
                         c += 1
             elif shifts[i] == 0:
-                for p in range(mb, mb + npr):
-                    _bucket_ahead(rows[ri], lo_b, hi_b, p, mb + npr, 0)
+                rr = rows[ri]
+                for p in range(mb, stop):
+                    pp = p + PROBE_AHEAD
+                    if pp < stop and hi_b[pp] > lo_b[pp]:
+                        prefetch(rr, lo_b[pp])
                     for j in range(lo_b[p], hi_b[p]):
-                        cand[c] = np.int64(rows[ri, j])
+                        cand[c] = np.int64(rr[j])
                         c += 1
             else:
+                rr = rows[ri]
                 qlow = qkeys[i] & ((_ONE << sh) - _ONE)
                 urb = np.uint64(rb)
-                for p in range(mb, mb + npr):
+                for p in range(mb, stop):
                     rem = t - popcount64(np.uint64(masks[p]))
-                    _bucket_ahead(rows[ri], lo_b, hi_b, p, mb + npr, 16)
+                    pp = p + PROBE_AHEAD
+                    if pp < stop:
+                        lo = lo_b[pp]
+                        if hi_b[pp] > lo:
+                            prefetch(rr, lo)
+                            if hi_b[pp] - lo > 16:  # a second cache line
+                                prefetch(rr, lo + 16)
                     for j in range(lo_b[p], hi_b[p]):
                         # branch-free: about a third pass, unpredictably
-                        e = np.uint64(rows[ri, j])
+                        e = np.uint64(rr[j])
                         cand[c] = np.int64(e & row_mask)
                         c += popcount64((e >> urb) ^ qlow) <= rem
             total = c
