@@ -315,14 +315,28 @@ METHODS = (
         "smaller (1 or 2 rows)",
     ),
     engine_method(
+        "pdq+replicate",
+        HashOptions(upscale_small_replicate=True),
+        "HashOptions(upscale_small_replicate=True): as given + each pixel repeated by the "
+        "smallest whole factor reaching 256 px when smaller (1 or 2 rows)",
+    ),
+    engine_method(
         "hashmatch+small",
         replace(MATCHING, upscale_small=True),
         "hashmatch + upscale_small=True: 0-1 more row",
     ),
     engine_method(
+        "hashmatch+small+rep",
+        replace(MATCHING, upscale_small=True, upscale_small_replicate=True),
+        "hashmatch + upscale_small=True + upscale_small_replicate=True: 0-2 more rows",
+    ),
+    engine_method(
         "hashmatch+all",
-        replace(MATCHING, uncrop=True, derotate=True, upscale_small=True),
-        "hashmatch + uncrop=True + derotate=True + upscale_small=True: 20-21 more rows",
+        replace(
+            MATCHING, uncrop=True, derotate=True, upscale_small=True, upscale_small_replicate=True
+        ),
+        "hashmatch + uncrop=True + derotate=True + upscale_small=True + "
+        "upscale_small_replicate=True: 20-22 more rows",
     ),
     engine_method(
         "hashmatch+crops",
@@ -609,7 +623,9 @@ def table(res: dict, sources: int) -> str:
     return "\n\n".join(parts)
 
 
-def rule_table(res: dict, names=("pdq", "hashmatch", "hashmatch+small")) -> str:
+def rule_table(
+    res: dict, names=("pdq", "hashmatch", "hashmatch+small", "hashmatch+small+rep")
+) -> str:
     """The two quality-floor rules side by side on the same distances."""
     ms = res["methods"]
     names = [n for n in names if n in ms and "other_rule" in ms[n]]
@@ -644,7 +660,7 @@ def rule_table(res: dict, names=("pdq", "hashmatch", "hashmatch+small")) -> str:
     return "\n".join(lines) + "\n"
 
 
-def size_table(res: dict, names=("pdq", "hashmatch+small")) -> str:
+def size_table(res: dict, names=("pdq", "hashmatch+small", "hashmatch+small+rep")) -> str:
     """Recall on the geometry-keeping edits split by the original's size."""
     ms = res["methods"]
     names = [n for n in names if n in ms]
@@ -678,7 +694,9 @@ def _pct(share: float | None) -> str:
     return "100" if share == 1.0 else "0" if share == 0.0 else f"{100 * share:.1f}"
 
 
-def misses_table(res: dict, names=("pdq", "hashmatch", "hashmatch+small")) -> str:
+def misses_table(
+    res: dict, names=("pdq", "hashmatch", "hashmatch+small", "hashmatch+small+rep")
+) -> str:
     """Every copy of a geometry-keeping edit missed at the plain threshold, one by one."""
     lines = [
         f"Misses at <= {PDQ_THRESHOLD} on the edits that keep the geometry "
@@ -705,7 +723,15 @@ def plots(res: dict, out: Path) -> None:
     ms = res["methods"]
     names = [
         n
-        for n in ("pdq", "pdq+dihedral", "hashmatch", "hashmatch+small", "hashmatch+all", "phash16")
+        for n in (
+            "pdq",
+            "pdq+dihedral",
+            "hashmatch",
+            "hashmatch+small",
+            "hashmatch+small+rep",
+            "hashmatch+all",
+            "phash16",
+        )
         if n in ms
     ]
     ts = res["transforms"]
@@ -903,7 +929,8 @@ def main(argv: list[str]) -> None:
     transforms = QUICK if args.quick else tuple(TRANSFORMS)
     if args.transforms:
         transforms = tuple(t.strip() for t in args.transforms.split(","))
-    skip = ("phash16", "pdq+trim", "pdq+uncrop", "pdq+derotate", "pdq+small", "hashmatch+crops")
+    skip = ("phash16", "pdq+trim", "pdq+uncrop", "pdq+derotate", "pdq+small", "pdq+replicate")
+    skip += ("hashmatch+crops",)
     skip = skip if args.quick else ()
     methods = [m for m in METHODS if m.name not in skip]
     if args.methods:

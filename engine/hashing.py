@@ -67,6 +67,13 @@ class HashOptions:
     # pictures. Resize 0.5/0.25 misses at PDQ <= 31 on the bench: 5 -> 0 of 5 copies
     # of 300 px photos (docs/quality/quality.md); < 1 ms, 1 more row, small images only.
     upscale_small: bool = False
+    # pdq: *adds* 1 row after those when the image is smaller than 256 px: each pixel
+    # repeated k x k times, k the smallest whole factor reaching 256 px
+    # (multihash.replicated_small): a downscaled copy hashed at (a multiple of) its
+    # original's size without interpolation blur. Nearer than the bilinear row when the
+    # original was larger than 256 px; with it, resize 0.5 at PDQ <= 31: 97.6% -> 100%
+    # (docs/quality/quality.md); < 1 ms, 1 more row, small images only.
+    upscale_small_replicate: bool = False
     reference_resize: bool = False  # pdq: resize >512 px to 512x512 first, like the C++ CLI
     # pdq: hash every frame of an animated GIF/WebP/PNG, not only the first (the frame
     # an abuser hides content in need not be the first). Rows go frame by frame, each
@@ -77,7 +84,8 @@ class HashOptions:
     # them in the DCT domain while the short side stays >= 512 (decode.LUMA_MIN_SIDE):
     # faster again, but fine textures move by up to 46 bits, past the match threshold.
     # Only when pdq is the only photo type and none of trim_borders, uncrop, derotate,
-    # upscale_small, reference_resize, all_frames is on; other files decode exactly.
+    # upscale_small(_replicate), reference_resize, all_frames is on; other files decode
+    # exactly.
     fast_decode: int = 0
     limits: DecodeLimits = DEFAULT_LIMITS
     seconds_per_hash: float = DEFAULT_SECONDS_PER_HASH  # vpdq: sampling; 0 = every frame
@@ -95,7 +103,7 @@ class HashResult:
     (the trimmed image's rows follow the as-given ones: rows 8..15, or row 1 without
     dihedral; then, if nested bands were cut, those of the outer-bands-only trim), one
     row per sampled frame for vPDQ. ``uncrop`` appends its 16 rows, then ``derotate``
-    its 4, then ``upscale_small`` its 0-1.
+    its 4, then ``upscale_small`` its 0-1, then ``upscale_small_replicate`` its 0-1.
     """
 
     signal_type: str
@@ -170,6 +178,7 @@ def _luma_is_enough(wanted: Sequence, options: HashOptions) -> bool:
         or options.uncrop
         or options.derotate
         or options.upscale_small
+        or options.upscale_small_replicate
         or options.reference_resize
         or options.all_frames
     )
@@ -203,8 +212,10 @@ def _pdq(rgb: np.ndarray, options: HashOptions, trims: Sequence[np.ndarray]) -> 
         rows, quals = pdq_derotate_codes(rgb)
         parts.append(rows)
         qualities.extend(quals)
-    if options.upscale_small:
-        rows, quals = pdq_small_codes(rgb)
+    if options.upscale_small or options.upscale_small_replicate:
+        rows, quals = pdq_small_codes(
+            rgb, bilinear=options.upscale_small, replicate=options.upscale_small_replicate
+        )
         parts.append(rows)
         qualities.extend(quals)
     return HashResult("pdq", np.concatenate(parts), qualities)

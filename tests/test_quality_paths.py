@@ -249,6 +249,35 @@ def test_small_downscaled_copy_matches_through_match_media_with_upscale_small(tm
     assert found[0].distance <= 31 and found[0].variant == 1
 
 
+def test_quartered_copy_matches_through_match_media_with_upscale_small_replicate(tmp_path):
+    """A quartered copy (144 px) of a 576 px fundus photo: plain PDQ lands 44 bits
+    away and the bilinear 256 px row 40; each pixel repeated twice (288 px, half the
+    original's size, no interpolation blur) lands within 31 (6 bits)."""
+    import cv2
+
+    im = skimage.data.retina()
+    original = cv2.resize(im, (576, 576), interpolation=cv2.INTER_AREA)
+    copy_rgb = cv2.resize(original, (144, 144), interpolation=cv2.INTER_AREA)
+    stored = pdq_hash(original)[0]
+    record = SignalRecord("pdq", stored.tobytes().hex(), external_id="retina")
+    both = HashOptions(upscale_small=True, upscale_small_replicate=True)
+    rows = hash_media(_png(copy_rgb), ["pdq"], both)[0].codes
+    assert rows.shape == (3, 32)  # as given, bilinear 256 px, replicated 2 x 2
+    assert np.array_equal(rows[2], pdq_hash(np.repeat(np.repeat(copy_rgb, 2, 0), 2, 1))[0])
+    only = hash_media(_png(copy_rgb), ["pdq"], HashOptions(upscale_small_replicate=True))[0]
+    assert np.array_equal(only.codes, rows[[0, 2]])  # each option adds its own row
+    assert hash_media(_png(original), ["pdq"], both)[0].codes.shape == (1, 32)  # >= 256
+    with Engine.open(tmp_path / "data") as eng:
+        eng.ingest([record], list_name="known")
+        assert eng.match_media(_png(copy_rgb)).matches == []
+        assert (
+            eng.match_media(_png(copy_rgb), options=HashOptions(upscale_small=True)).matches == []
+        )
+        found = eng.match_media(_png(copy_rgb), options=both).matches
+    assert [m.external_id for m in found] == ["retina"]
+    assert found[0].distance <= 31 and found[0].variant == 2
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # no mean of an empty size split
 def test_bench_quality_floor_counts_flat_copies_as_not_looked_up():
     """As match_media with low_quality_queries="skip", the bench looks nothing up for a
