@@ -42,6 +42,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, ImageSequence
 
 from hashmatch.engine.errors import (
@@ -155,9 +156,10 @@ def decode_image(
 ) -> np.ndarray:
     """Decode the first frame to ``uint8[h, w, 3]`` RGB, EXIF orientation applied.
 
-    Complete 8-bit RGB/grey JPEGs and PNGs are decoded by OpenCV (same libjpeg-turbo /
-    libpng pixels as Pillow, about 2.5x faster on a 12 MP JPEG); everything else, and any
-    file OpenCV refuses, goes through Pillow.
+    Complete 8-bit RGB/grey JPEGs are decoded by libjpeg-turbo through ``simplejpeg``
+    (OpenCV's pixels, ~10% faster: :func:`_turbo_rgb`), PNGs and any JPEG it refuses by
+    OpenCV (same libjpeg-turbo / libpng pixels as Pillow, about 2.5x faster on a 12 MP
+    JPEG); everything else, and any file OpenCV refuses, goes through Pillow.
 
     ``luma=True`` (opt-in, **not** the exact pixels): a complete 8-bit JPEG gives its
     luma plane only, as R = G = B (see :func:`_opencv_luma`); ``shrink=True`` also
@@ -187,19 +189,42 @@ def _opencv_decode(data: bytes, im: Image.Image) -> np.ndarray | None:
     """
     if im.mode not in ("RGB", "L") or "transparency" in im.info:
         return None
+    rgb = None
     if im.format in ("JPEG", "MPO"):
         if not _jpeg_complete(data):
             return None
+        rgb = _turbo_rgb(data)
     elif im.format == "PNG":
         if not data.endswith(b"IEND\xaeB`\x82"):
             return None
     else:
         return None
-    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
-    rgb = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if rgb is None or rgb.shape != (im.size[1], im.size[0], 3):
+        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+        rgb = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if rgb is None or rgb.shape[:2] != (im.size[1], im.size[0]):
         return None
     return _orient(rgb, im.getexif().get(0x0112, 1))
+
+
+def _turbo_rgb(data: bytes) -> np.ndarray | None:
+    """A JPEG's RGB pixels from libjpeg-turbo's TurboJPEG API (``simplejpeg``), or None.
+
+    Why: the same library as OpenCV's decoder (libjpeg-turbo 3.1, accurate integer
+    IDCT, fancy upsampling) without OpenCV's per-call overhead: ~0.75 ms less per
+    1080p file (6.1 instead of 6.9 ms, min of 7 runs on 40 bench JPEGs). The pixels are
+    OpenCV's, byte for byte: checked on 4738 JPEGs (the 1000 bench files; scikit-image
+    photos in colour and grey, odd and 1-pixel crops, q30-q100, 4:4:4 / 4:2:2 / 4:2:0
+    / 4:1:1 / 4:4:0, progressive, optimised Huffman tables, restart intervals, EXIF
+    orientation, RGB without the YCbCr transform); tests/test_decode.py keeps checking.
+    ``strict``: anything libjpeg only warns about (corrupt data it can decode past)
+    raises here, and OpenCV decodes the file as before, so such files get the pixels
+    they always got.
+    """
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError:
+        return None
 
 
 def _jpeg_complete(data: bytes) -> bool:

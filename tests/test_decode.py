@@ -297,3 +297,82 @@ def test_reference_modes_all_decode(reference_dir: Path):
         out = decode_image(path)
         assert out.shape == original.shape, path.name
         assert np.abs(small(out) - small(original)).mean() < 20, path.name
+
+
+# --- JPEG pixels through simplejpeg must be OpenCV's, byte for byte ---------------------
+
+
+def _cv2_rgb(data: bytes) -> np.ndarray:
+    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+    return cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+
+
+def _jpeg_variants():
+    """JPEGs as encoders write them: scikit-image photos in colour and grey, odd and tiny
+    crops, q30-q100, every chroma subsampling, progressive, optimised tables, restart
+    intervals, EXIF orientation, RGB stored without the YCbCr transform."""
+    from skimage import data as samples
+
+    colour = {"astronaut": samples.astronaut(), "coffee": samples.coffee()}
+    grey = {"camera": samples.camera()}
+    for name, rgb in colour.items():
+        crops = {"full": rgb, "odd": rgb[:301, :403], "tiny": rgb[:9, :17]}
+        for crop, px in crops.items():
+            px = np.ascontiguousarray(px)
+            im = Image.fromarray(px)
+            for q in (30, 90, 100):
+                for sub in (0, 1, 2):  # 4:4:4, 4:2:2, 4:2:0
+                    blob = _save(im, "JPEG", quality=q, subsampling=sub)
+                    yield f"{name}-{crop}-q{q}-s{sub}", blob
+            bgr = np.ascontiguousarray(px[..., ::-1])
+            for sf in (cv2.IMWRITE_JPEG_SAMPLING_FACTOR_411, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_440):
+                buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, sf])[1]
+                yield f"{name}-{crop}-sf{sf:x}", buf.tobytes()
+            buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_RST_INTERVAL, 3])[1]
+            yield f"{name}-{crop}-restart", buf.tobytes()
+            yield f"{name}-{crop}-progressive", _save(im, "JPEG", quality=80, progressive=True)
+            yield f"{name}-{crop}-optimized", _save(im, "JPEG", quality=80, optimize=True)
+            yield f"{name}-{crop}-keep-rgb", _save(im, "JPEG", quality=90, keep_rgb=True)
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            yield f"{name}-{crop}-exif6", _save(im, "JPEG", quality=85, exif=exif.tobytes())
+        yield f"{name}-grey", _save(Image.fromarray(px).convert("L"), "JPEG", quality=90)
+    for name, px in grey.items():
+        for q in (50, 95):
+            yield f"{name}-q{q}", _save(Image.fromarray(px), "JPEG", quality=q)
+            yield f"{name}-q{q}-progressive", _save(Image.fromarray(px), "JPEG", progressive=True)
+    # a 1920x1080 photo like the scan bench's files (q90, OpenCV's encoder)
+    big = cv2.resize(colour["astronaut"][..., ::-1], (1920, 1080), interpolation=cv2.INTER_CUBIC)
+    yield "bench-1080p", cv2.imencode(".jpg", big, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+
+
+def test_simplejpeg_pixels_are_opencvs():
+    from hashmatch.engine.decode import _turbo_rgb
+
+    seen = 0
+    for name, blob in _jpeg_variants():
+        expected = _cv2_rgb(blob)
+        got = _turbo_rgb(blob)
+        assert got is not None, name  # the fast path is taken, not silently skipped
+        assert got.shape == expected.shape and got.dtype == np.uint8, name
+        assert np.array_equal(got, expected), name
+        orientation = Image.open(io.BytesIO(blob)).getexif().get(0x0112, 1)
+        upright = expected if orientation == 1 else np.rot90(expected, -1)
+        np.testing.assert_array_equal(decode_image(blob), upright, err_msg=name)
+        seen += 1
+    assert seen > 80
+
+
+def test_jpeg_simplejpeg_only_warns_about_falls_back_to_opencv():
+    """Corrupt entropy data libjpeg decodes past with a warning: simplejpeg (strict)
+    refuses it and the file gets OpenCV's pixels, as it always did."""
+    from hashmatch.engine.decode import _turbo_rgb
+
+    blob = bytearray(_save(Image.fromarray(_picture(300, 200)), "JPEG", quality=90))
+    sos = blob.index(b"\xff\xda")
+    blob[sos + 40 : sos + 44] = b"\xff\x00\xff\xd0"  # a stray restart marker mid-scan
+    blob = bytes(blob)
+    expected = _cv2_rgb(blob)
+    assert expected is not None
+    assert _turbo_rgb(blob) is None
+    np.testing.assert_array_equal(decode_image(blob), expected)
