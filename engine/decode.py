@@ -154,7 +154,8 @@ def decode_image(
     luma: bool = False,
     shrink: bool = False,
 ) -> np.ndarray:
-    """Decode the first frame to ``uint8[h, w, 3]`` RGB, EXIF orientation applied.
+    """Decode the first frame to ``uint8[h, w, 3]`` RGB (or, with ``luma``, a JPEG's
+    ``uint8[h, w]`` luma plane), EXIF orientation applied.
 
     Complete 8-bit RGB/grey JPEGs are decoded by libjpeg-turbo through ``simplejpeg``
     (OpenCV's pixels, ~10% faster: :func:`_turbo_rgb`), PNGs and any JPEG it refuses by
@@ -162,9 +163,10 @@ def decode_image(
     JPEG); everything else, and any file OpenCV refuses, goes through Pillow.
 
     ``luma=True`` (opt-in, **not** the exact pixels): a complete 8-bit JPEG gives its
-    luma plane only, as R = G = B (see :func:`_opencv_luma`); ``shrink=True`` also
-    shrinks it by 2, 4 or 8 in the DCT domain while the short side stays >=
-    :data:`LUMA_MIN_SIDE`. Anything else decodes as above. For hashes that only look
+    luma plane only, ``uint8[h, w]`` (see :func:`_opencv_luma`; PDQ hashes it as
+    R = G = B would hash, without the copy); ``shrink=True`` also shrinks it by 2, 4
+    or 8 in the DCT domain while the short side stays >= :data:`LUMA_MIN_SIDE`.
+    Anything else decodes as above. For hashes that only look
     at luma (PDQ): luma alone moves PDQ by rounding only, the shrink by up to 46 bits
     on fine textures (README, batch scans).
     """
@@ -245,7 +247,7 @@ _REDUCED_GREY = {
 
 
 def _opencv_luma(data: bytes, im: Image.Image, shrink: bool) -> np.ndarray | None:
-    """A complete 8-bit JPEG's luma plane as ``uint8[h, w, 3]`` (R = G = B), or None.
+    """A complete 8-bit JPEG's luma plane as ``uint8[h, w]``, or None.
 
     libjpeg-turbo then skips chroma decoding and colour conversion (a 1080p file: ~5.9
     instead of ~7.2 ms CPU), and with a scale factor (``shrink``) computes a smaller
@@ -267,7 +269,7 @@ def _opencv_luma(data: bytes, im: Image.Image, shrink: bool) -> np.ndarray | Non
     grey = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if grey is None or grey.shape != (-(-h // scale), -(-w // scale)):
         return None
-    return _orient(cv2.cvtColor(grey, cv2.COLOR_GRAY2RGB), im.getexif().get(0x0112, 1))
+    return _orient(grey, im.getexif().get(0x0112, 1))
 
 
 def decode_frames(
@@ -333,16 +335,17 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.require(arr, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])
 
 
-# EXIF orientation -> the numpy ops that make the picture upright (ImageOps.exif_transpose).
+# EXIF orientation -> the numpy ops that make the picture upright (ImageOps.exif_transpose);
+# RGB or a luma plane alike.
 def _orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
     ops = {
         2: lambda a: a[:, ::-1],
         3: lambda a: a[::-1, ::-1],
         4: lambda a: a[::-1],
-        5: lambda a: a.transpose(1, 0, 2),
-        6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
-        7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
-        8: lambda a: a.transpose(1, 0, 2)[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+        7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda a: a.swapaxes(0, 1)[::-1],
     }
     op = ops.get(orientation)
     return rgb if op is None else np.ascontiguousarray(op(rgb))

@@ -241,6 +241,64 @@ def _luma_to_lanes(rgb, first, xt):
             xt[c * LANES + g] = tail[c - full]
 
 
+@intrinsic
+def _grey_lanes8(typingctx, src, s_off, s_stride, dst, d_off, d_stride):
+    """An 8x8 tile of a luma plane (bytes) as float32 straight into lanes:
+    ``dst[d_off + j*d_stride + i]`` = pixel j of row i, row i at ``src[s_off + i*s_stride]``
+    (as _luma_lanes8, without the weighted sum)."""
+
+    def codegen(context, builder, sig, args):
+        src, s_off, s_stride, dst, d_off, d_stride = args
+        sdata = context.make_array(sig.args[0])(context, builder, src).data
+        b4 = ir.VectorType(ir.IntType(8), 4)
+        f32x4 = ir.VectorType(ir.FloatType(), 4)
+        halves = [[], []]
+        for i in range(8):
+            row = _at(builder, s_off, s_stride, i)
+            for h in range(2):
+                at = builder.add(row, ir.Constant(row.type, 4 * h))
+                px = builder.load(
+                    builder.bitcast(builder.gep(sdata, [at]), b4.as_pointer()), align=1
+                )
+                halves[h].append(builder.uitofp(px, f32x4))
+        _store_columns(context, builder, sig.args[3], dst, d_off, d_stride, halves)
+        return context.get_dummy_value()
+
+    return types.void(src, s_off, s_stride, dst, d_off, d_stride), codegen
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _grey_to_lanes(grey, first, xt):
+    """:func:`_luma_to_lanes` for a luma plane ``uint8[h, w]``: its bytes as float32.
+
+    Exact: the luma of R = G = B = x is ``float32(1000 x) / 1000`` = x, so these lanes
+    hold the very floats :func:`_luma_to_lanes` computes from the grey picture repeated
+    to RGB (tests/test_pdq.py checks all 256 values and whole hashes), without the
+    three-channel copy and the weighted sums.
+    """
+    nrows, ncols = grey.shape[0], grey.shape[1]
+    src = grey.reshape(nrows * ncols)
+    full = 0
+    if first + LANES <= nrows:
+        full = ncols // 8 * 8
+        base = first * ncols
+        for c in range(0, full, 8):
+            _grey_lanes8(src, base + c, ncols, xt, c * LANES, LANES)
+            _grey_lanes8(src, base + 8 * ncols + c, ncols, xt, c * LANES + 8, LANES)
+    for g in range(LANES):
+        row = min(first + g, nrows - 1) * ncols
+        for c in range(full, ncols):
+            xt[c * LANES + g] = np.float32(src[row + c])
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _grey_full(grey, out):
+    """:func:`_luma_full` for a luma plane (see :func:`_grey_to_lanes`)."""
+    for i in range(grey.shape[0]):
+        for j in range(grey.shape[1]):
+            out[i, j] = np.float32(grey[i, j])
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _from_lanes(yt, wp, rows):
     """Inverse of :func:`_to_lanes`."""
@@ -562,7 +620,11 @@ def _column_step(acc, x_add, do_add, x_sub, do_sub, dst, do_out, r):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def downsample64(rgb, wr, wc, col_samples, row_samples):
-    """Luma + the reference 2x(rows, columns) box filters + 64x64 decimation."""
+    """Luma + the reference 2x(rows, columns) box filters + 64x64 decimation.
+
+    ``rgb``: ``uint8[h, w, 3]``, or a luma plane ``uint8[h, w]`` (its values are the
+    luma; numba compiles one version per input dimension).
+    """
     nrows, ncols = rgb.shape[0], rgb.shape[1]
     wp = (ncols + 7) // 8 * 8  # rows padded to whole 8x8 tiles
     div_r = box_divisors(ncols, wr)
@@ -593,7 +655,10 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
         a = add[e]
         if a >= done:  # (a = -1: no row enters at this event)
             rows = min(LANES, nrows - done)
-            _luma_to_lanes(rgb, done, xt)
+            if rgb.ndim == 3:
+                _luma_to_lanes(rgb, done, xt)
+            else:
+                _grey_to_lanes(rgb, done, xt)
             _row_pass(xt, yt, ncols, wr, div_r, every)
             base = (done % ring) * wp
             _from_lanes(yt, wp, b1f[base : base + LANES * wp])

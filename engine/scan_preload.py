@@ -19,11 +19,13 @@ from hashmatch.engine.pdq import pdq_hash, pdq_hash_dihedral
 
 
 def warm() -> None:
-    """Call every PDQ kernel once (both the filtered and the 64x64 path)."""
+    """Call every PDQ kernel once (both the filtered and the 64x64 path, for RGB and
+    for the luma planes ``--fast-decode`` hands PDQ)."""
     rng = np.random.default_rng(0)
-    pdq_hash(rng.integers(0, 256, (67, 71, 3), dtype=np.uint8))
-    pdq_hash(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8))
-    pdq_hash_dihedral(rng.integers(0, 256, (67, 71, 3), dtype=np.uint8))
+    for shape in ((67, 71, 3), (67, 71)):
+        pdq_hash(rng.integers(0, 256, shape, dtype=np.uint8))
+        pdq_hash(rng.integers(0, 256, (64, 64, *shape[2:]), dtype=np.uint8))
+        pdq_hash_dihedral(rng.integers(0, 256, shape, dtype=np.uint8))
     Image.init()
 
 

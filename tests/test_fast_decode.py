@@ -60,10 +60,9 @@ def test_fast_pdq_is_within_a_few_bits_of_the_exact_path(name, scale):
     exact = _pdq(blob)
     assert _bits(exact[0], _pdq(blob, LUMA)[0]) <= LUMA_BITS
     assert _bits(exact[0], _pdq(blob, SHRINK)[0]) <= SHRINK_BITS
-    # the luma path was taken: R = G = B; shrunk by 2 when that keeps >= 512 px
+    # the luma path was taken: one plane; shrunk by 2 when that keeps >= 512 px
     luma = decode_image(blob, luma=True)
-    assert (luma[..., 0] == luma[..., 2]).all()
-    assert luma.shape[:2] == (rgb.shape[0] * scale, rgb.shape[1] * scale)
+    assert luma.shape == (rgb.shape[0] * scale, rgb.shape[1] * scale)
     short = min(rgb.shape[:2]) * scale
     shrunk = decode_image(blob, luma=True, shrink=True)
     half = -(-short // 2)  # libjpeg rounds scaled sizes up
@@ -187,3 +186,32 @@ def test_cli_fast_decode_flags(tmp_path):
             stored = next(iter(cat.hashes_of([rec.id]).values()))
             code = next(h for h in stored if h.signal_type == "pdq").codes[0]
             np.testing.assert_array_equal(code, _pdq(blob, options)[0])
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "camera", "brick", "grass", "colorwheel"])
+def test_fast_pdq_is_pdqhash_of_the_luma_plane_as_rgb(name):
+    """PDQ hashes the luma plane directly (no R = G = B copy): the codes and qualities
+    are pdqhash's of that plane repeated to RGB, which is what this path hashed before
+    (JPEG quality, subsampling, odd sizes, EXIF rotation)."""
+    import pdqhash
+
+    rgb = getattr(data, name)()
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[:, :, None], 3, axis=2)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    blobs = [
+        _jpeg(rgb, 75, subsampling=2),
+        _jpeg(np.ascontiguousarray(rgb[:301, :437]), 95, subsampling=0),
+        _jpeg(_enlarged(rgb, 3), 90, exif=exif.tobytes()),
+    ]
+    for blob in blobs:
+        for options in (LUMA, SHRINK):
+            plane = decode_image(blob, luma=True, shrink=options.fast_decode == 2)
+            assert plane.ndim == 2 and plane.dtype == np.uint8
+            bits, quality = pdqhash.compute(
+                np.ascontiguousarray(np.repeat(plane[:, :, None], 3, 2))
+            )
+            got = hash_media(blob, ["pdq"], options)[0]
+            assert got.codes[0].tobytes() == np.packbits(np.asarray(bits, np.uint8)).tobytes()
+            assert got.qualities == [int(quality)]

@@ -332,3 +332,63 @@ def test_grey_and_rgba_inputs_are_accepted_and_bad_ones_rejected():
         pdq_hash(rgb.astype(np.float32))
     with pytest.raises(ValueError, match="shape"):
         pdq_hash(np.zeros((10, 10, 2), np.uint8))
+
+
+def test_grey_luma_is_the_grey_value_in_every_luma_kernel():
+    """The premise of hashing a luma plane directly: R = G = B = x has luma exactly x."""
+    from hashmatch.engine import pdq_kernels
+
+    grey = np.repeat(np.arange(256, dtype=np.uint8), 3)
+    for kernel in (pdq_kernels._luma_row_simd, pdq_kernels._luma_row_generic):
+        got = np.empty(256, np.float32)
+        kernel(grey, got)
+        assert np.array_equal(got.view(np.uint32), np.arange(256, dtype=np.float32).view(np.uint32))
+
+
+def _assert_grey_entry_same(grey: np.ndarray) -> None:
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    code, quality = pdq_hash(grey)
+    want, want_q = pdq_hash(rgb)
+    assert code.tobytes() == want.tobytes() and quality == want_q, grey.shape
+    if min(grey.shape) >= 5:
+        for dihedral in (False, True):
+            dct, q = pdq_float(grey, dihedral=dihedral)
+            want_dct, want_q = pdq_float(rgb, dihedral=dihedral)
+            assert np.array_equal(dct.view(np.uint32), want_dct.view(np.uint32)) and q == want_q
+        codes, q = pdq_hash_dihedral(grey)
+        want_codes, want_q = pdq_hash_dihedral(rgb)
+        assert codes.tobytes() == want_codes.tobytes() and q == want_q
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    h=st.integers(1, 300),
+    w=st.integers(1, 300),
+    seed=st.integers(0, 2**32 - 1),
+    kind=st.sampled_from(["noise", "flat", "chess", "photo"]),
+)
+def test_grey_plane_hashes_like_r_eq_g_eq_b(h, w, seed, kind):
+    """A uint8[h, w] image goes through the luma-plane kernels (no RGB copy): every bit
+    of the code, the quality and the float DCT equal those of the same plane repeated
+    to RGB (which test_skimage_images_match_pdqhash & co. tie to pdqhash)."""
+    rng = np.random.default_rng(seed)
+    if kind == "noise":
+        grey = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    elif kind == "flat":
+        grey = np.full((h, w), rng.integers(0, 256), np.uint8)
+    elif kind == "chess":
+        grey = _chessboard(h, w, int(rng.integers(1, 9)))[:, :, 0]
+    else:
+        cam = _BASES["camera"]
+        grey = np.ascontiguousarray(cv2.resize(cam[:, :, 0], (w, h), interpolation=cv2.INTER_AREA))
+    _assert_grey_entry_same(grey)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (1080, 1920), (1920, 1080), (16, 1000), (1001, 17)])
+def test_grey_plane_large_and_special_shapes(shape):
+    rng = np.random.default_rng(shape[0])
+    base = cv2.resize(_BASES["camera"][:, :, 0], shape[::-1], interpolation=cv2.INTER_CUBIC)
+    noisy = np.clip(base.astype(np.int16) + rng.integers(-3, 4, shape), 0, 255).astype(np.uint8)
+    _assert_grey_entry_same(noisy)
+    rgb = np.repeat(noisy[:, :, None], 3, axis=2)
+    assert pdq_hash(noisy)[0].tobytes() == _oracle(rgb)[0].tobytes()
