@@ -229,6 +229,16 @@ def _turbo_rgb(data: bytes) -> np.ndarray | None:
         return None
 
 
+def _turbo_grey(data: bytes) -> np.ndarray | None:
+    """:func:`_turbo_rgb` for the luma plane (``uint8[h, w]``): OpenCV's
+    ``IMREAD_GRAYSCALE`` pixels (checked on the same 4738 JPEGs), ~0.2 ms less per
+    1080p file (4.4 instead of 4.6 ms)."""
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="GRAY", strict=True)[:, :, 0]
+    except ValueError:
+        return None
+
+
 def _jpeg_complete(data: bytes) -> bool:
     return data.rstrip(b"\x00").endswith(b"\xff\xd9")
 
@@ -255,7 +265,8 @@ def _opencv_luma(data: bytes, im: Image.Image, shrink: bool) -> np.ndarray | Non
     Y has PDQ's luma weights (0.299, 0.587, 0.114), so luma alone changes rounding
     only; a shrunk picture is another resolution, and PDQ of fine textures is not
     resolution-stable. EXIF orientation is applied; the same completeness rule as
-    :func:`_opencv_decode`.
+    :func:`_opencv_decode`. Unshrunk planes come from simplejpeg (:func:`_turbo_grey`,
+    OpenCV's pixels), shrunk ones from OpenCV.
     """
     if im.format not in ("JPEG", "MPO") or im.mode not in ("RGB", "L"):
         return None
@@ -265,8 +276,10 @@ def _opencv_luma(data: bytes, im: Image.Image, shrink: bool) -> np.ndarray | Non
     scale = 1
     while shrink and scale < 8 and -(-min(w, h) // (scale * 2)) >= LUMA_MIN_SIDE:
         scale *= 2
-    flags = _REDUCED_GREY[scale] | cv2.IMREAD_IGNORE_ORIENTATION
-    grey = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    grey = _turbo_grey(data) if scale == 1 else None
+    if grey is None or grey.shape != (h, w):
+        flags = _REDUCED_GREY[scale] | cv2.IMREAD_IGNORE_ORIENTATION
+        grey = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if grey is None or grey.shape != (-(-h // scale), -(-w // scale)):
         return None
     return _orient(grey, im.getexif().get(0x0112, 1))

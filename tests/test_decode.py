@@ -347,18 +347,25 @@ def _jpeg_variants():
 
 
 def test_simplejpeg_pixels_are_opencvs():
-    from hashmatch.engine.decode import _turbo_rgb
+    """RGB (the exact path) and the luma plane (``--fast-decode``) alike."""
+    from hashmatch.engine.decode import _turbo_grey, _turbo_rgb
 
     seen = 0
     for name, blob in _jpeg_variants():
-        expected = _cv2_rgb(blob)
-        got = _turbo_rgb(blob)
-        assert got is not None, name  # the fast path is taken, not silently skipped
-        assert got.shape == expected.shape and got.dtype == np.uint8, name
-        assert np.array_equal(got, expected), name
         orientation = Image.open(io.BytesIO(blob)).getexif().get(0x0112, 1)
-        upright = expected if orientation == 1 else np.rot90(expected, -1)
-        np.testing.assert_array_equal(decode_image(blob), upright, err_msg=name)
+        for turbo, flag, luma in (
+            (_turbo_rgb, cv2.IMREAD_COLOR_RGB, False),
+            (_turbo_grey, cv2.IMREAD_GRAYSCALE, True),
+        ):
+            expected = cv2.imdecode(
+                np.frombuffer(blob, np.uint8), flag | cv2.IMREAD_IGNORE_ORIENTATION
+            )
+            got = turbo(blob)
+            assert got is not None, name  # the fast path is taken, not silently skipped
+            assert got.shape == expected.shape and got.dtype == np.uint8, name
+            assert np.array_equal(got, expected), name
+            upright = expected if orientation == 1 else np.rot90(expected, -1)
+            np.testing.assert_array_equal(decode_image(blob, luma=luma), upright, err_msg=name)
         seen += 1
     assert seen > 80
 
@@ -366,7 +373,7 @@ def test_simplejpeg_pixels_are_opencvs():
 def test_jpeg_simplejpeg_only_warns_about_falls_back_to_opencv():
     """Corrupt entropy data libjpeg decodes past with a warning: simplejpeg (strict)
     refuses it and the file gets OpenCV's pixels, as it always did."""
-    from hashmatch.engine.decode import _turbo_rgb
+    from hashmatch.engine.decode import _turbo_grey, _turbo_rgb
 
     blob = bytearray(_save(Image.fromarray(_picture(300, 200)), "JPEG", quality=90))
     sos = blob.index(b"\xff\xda")
@@ -374,5 +381,8 @@ def test_jpeg_simplejpeg_only_warns_about_falls_back_to_opencv():
     blob = bytes(blob)
     expected = _cv2_rgb(blob)
     assert expected is not None
-    assert _turbo_rgb(blob) is None
+    assert _turbo_rgb(blob) is None and _turbo_grey(blob) is None
     np.testing.assert_array_equal(decode_image(blob), expected)
+    flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
+    grey = cv2.imdecode(np.frombuffer(blob, np.uint8), flags)
+    np.testing.assert_array_equal(decode_image(blob, luma=True), grey)
