@@ -183,6 +183,7 @@ class HashmatchClient:
         uncrop: bool = False,
         derotate: bool = False,
         upscale_small: bool = False,
+        upscale_small_replicate: bool = False,
         min_quality: int | None = None,
         low_quality_queries: str | None = None,
         request_id: str = "",
@@ -200,6 +201,7 @@ class HashmatchClient:
             uncrop=uncrop,
             derotate=derotate,
             upscale_small=upscale_small,
+            upscale_small_replicate=upscale_small_replicate,
             low_quality_queries=low_quality_enum(low_quality_queries),
         )
         if threshold is not None:

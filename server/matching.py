@@ -64,6 +64,7 @@ def hash_options(
     uncrop: bool = False,
     derotate: bool = False,
     upscale_small: bool = False,
+    upscale_small_replicate: bool = False,
     for_matching: bool = False,
 ) -> HashOptions:
     """Matching hashes each orientation exactly (best flip recall); the Hash RPC keeps
@@ -79,6 +80,7 @@ def hash_options(
         uncrop=uncrop,
         derotate=derotate,
         upscale_small=upscale_small,
+        upscale_small_replicate=upscale_small_replicate,
         limits=limits,
     )
 
@@ -217,6 +219,7 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
             uncrop=options.uncrop,
             derotate=options.derotate,
             upscale_small=options.upscale_small,
+            upscale_small_replicate=options.upscale_small_replicate,
             for_matching=True,
         )
         jobs = [

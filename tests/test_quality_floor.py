@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from hashmatch.engine.errors import InvalidInput
-from hashmatch.engine.hashing import hash_media
+from hashmatch.engine.hashing import HashOptions, hash_media
 from hashmatch.engine.pdq import pdq_hash
 from hashmatch.engine.runtime import Engine
 from hashmatch.engine.store import SignalRecord
@@ -213,3 +213,16 @@ def test_grpc_upscale_small_adds_the_enlarged_row(served, pictures):
     assert len(plain.computed[0].hex) == 1
     assert len(upscaled.computed[0].hex) == 2  # the as-given row, then the enlarged one
     assert upscaled.computed[0].hex[0] == plain.computed[0].hex[0]
+
+
+def test_grpc_upscale_small_replicate_adds_the_repeated_row(served, pictures):
+    client = served.client()
+    tiny = [_png(pictures["tiny"])]
+    (repeated,) = client.match(media=tiny, upscale_small_replicate=True).results
+    (both,) = client.match(media=tiny, upscale_small=True, upscale_small_replicate=True).results
+    (bilinear,) = client.match(media=tiny, upscale_small=True).results
+    local = hash_media(tiny[0], ["pdq"], HashOptions(upscale_small_replicate=True))[0]
+    expected = [code.tobytes().hex() for code in local.codes]
+    assert len(expected) == 2 and expected[0] != expected[1]
+    assert list(repeated.computed[0].hex) == expected  # as given, then 8 x 8 repeated
+    assert list(both.computed[0].hex) == [*bilinear.computed[0].hex, expected[1]]

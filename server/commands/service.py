@@ -254,6 +254,8 @@ def _rpc(fn):
 @click.option("--uncrop", is_flag=True, help="PDQ: also match slightly cropped copies.")
 @click.option("--derotate", is_flag=True, help="PDQ: also match slightly rotated copies.")
 @click.option("--upscale-small", is_flag=True, help="PDQ: also match small images enlarged.")
+@click.option("--upscale-small-replicate", is_flag=True,
+              help="PDQ: also match small images enlarged by pixel repetition.")  # fmt: skip
 @click.option("--min-quality", type=int, help="PDQ quality floor (default 50).")
 @click.option("--low-quality-queries", type=click.Choice(["match_quality_stored", "skip"]),
               default=None, help="Under the floor: match stored quality >= it only "
