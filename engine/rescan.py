@@ -17,6 +17,11 @@ file's hashes. So a rescan
    rescan killed midway is simply run again (new matches are keyed, never duplicated).
 
 No file is opened, decoded or hashed: the catalog's ``hash_calls`` counter does not move.
+
+Where the signals come from is a :class:`ChangeSource`: :class:`StoreChanges` reads a
+local store; :class:`ServerChanges` reads a hashmatch server's ``Signals.Changes``
+stream (the new signals' codes and provenance come with it) and re-checks held matches
+with ``Signals.SignalStates``. The matching, net-effect and commit logic is the same.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -40,7 +46,7 @@ from hashmatch.engine.scan import (
     threshold_for,
     write_jsonl_atomically,
 )
-from hashmatch.engine.store import FRAME_BITS, SignalStore, split_labels
+from hashmatch.engine.store import FRAME_BITS, Change, SignalStore, split_labels
 from hashmatch.indexes import load_index, make_index
 
 CURSOR_KEY = "rescan_seq"
@@ -79,9 +85,183 @@ class RescanResult:
     retracted: list[Retraction]
 
 
+@dataclass(frozen=True)
+class SignalMeta:
+    """What a match row needs to know about a signal."""
+
+    list_name: str
+    code: bytes
+    labels: tuple[str, ...]
+    external_id: str | None
+
+
+@dataclass
+class NewSignals:
+    """The live signals among some added ids of one type, ready for ``search_radius``."""
+
+    index_ids: np.ndarray  # int64; vPDQ: signal_id << FRAME_BITS | frame_no
+    codes: np.ndarray  # uint8[n, nbytes]
+    meta: dict[int, SignalMeta]
+
+
+@runtime_checkable
+class ChangeSource(Protocol):
+    """Where a rescan reads changed signals from (a local store or a server)."""
+
+    #: catalog meta key of this source's cursor
+    cursor_key: str
+
+    def read(self, since: int) -> tuple[int, Iterable[Change]]:
+        """(head, the log entries with since < seq <= head, oldest first)."""
+        ...
+
+    def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
+        """The live ones among ``ids`` (sorted) with codes and provenance."""
+        ...
+
+    def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
+        """vPDQ: frames of each stored video."""
+        ...
+
+    def why_gone(self, signal_ids: Sequence[int], now: float) -> dict[int, str | None]:
+        """Per id: None while it still matches, else "retracted" / "expired" /
+        "list-disabled" / "deleted"."""
+        ...
+
+
+class StoreChanges:
+    """A local :class:`SignalStore` as a change source."""
+
+    cursor_key = CURSOR_KEY
+
+    def __init__(self, store: SignalStore):
+        self.store = store
+        self._lists: dict[int, tuple[str, bool]] | None = None
+
+    def lists(self) -> dict[int, tuple[str, bool]]:
+        if self._lists is None:
+            self._lists = self.store.list_table()
+        return self._lists
+
+    def read(self, since: int) -> tuple[int, list[Change]]:
+        self._lists = None  # read once per rescan, as fresh as the log
+        head = self.store.change_counter()
+        return head, [c for c in self.store.changes_since(since) if c.seq <= head]
+
+    def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
+        index_ids, codes = self.store.codes_for(signal_type, ids)
+        sids = index_ids >> FRAME_BITS if signal_type == "vpdq" else index_ids
+        info = self.store.lookup(np.unique(sids).tolist())
+        lists = self.lists()
+        live = np.array(
+            [why_gone(info.get(int(s)), lists, now) is None for s in sids.tolist()], dtype=bool
+        )
+        index_ids, codes, sids = index_ids[live], codes[live], sids[live]
+        meta = {}
+        for sid in np.unique(sids).tolist():
+            list_id, _stype, code, labels, ext, _expires, _retracted = info[sid]
+            meta[sid] = SignalMeta(lists[list_id][0], bytes(code), split_labels(labels), ext)
+        return NewSignals(index_ids, codes, meta)
+
+    def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
+        return self.store.frame_counts(signal_ids)
+
+    def why_gone(self, signal_ids: Sequence[int], now: float) -> dict[int, str | None]:
+        info = self.store.lookup(signal_ids)
+        lists = self.lists()
+        return {sid: why_gone(info.get(sid), lists, now) for sid in signal_ids}
+
+
+_STATE_REASON = {
+    "SIGNAL_STATE_LIVE": None,
+    "SIGNAL_STATE_RETRACTED": "retracted",
+    "SIGNAL_STATE_EXPIRED": "expired",
+    "SIGNAL_STATE_LIST_DISABLED": "list-disabled",
+    "SIGNAL_STATE_DELETED": "deleted",
+}
+
+
+class ServerChanges:
+    """A hashmatch server (through :class:`hashmatch.server.client.HashmatchClient`) as
+    a change source: the ``Changes`` stream carries each added signal's current code
+    and provenance, so nothing else is fetched for the new matches; held matches are
+    re-checked with ``SignalStates``. The server shows only the lists shared with the
+    client's tenant. The cursor is kept per server address (``rescan_seq@ADDR``)."""
+
+    def __init__(self, client: Any, target: str | None = None):
+        self.client = client
+        self.cursor_key = f"{CURSOR_KEY}@{target or getattr(client, 'target', 'server')}"
+        self._live: dict[int, tuple[str, Any]] = {}  # id -> (type, Change message)
+
+    def read(self, since: int) -> tuple[int, list[Change]]:
+        from hashmatch.v1 import signals_pb2
+
+        added = signals_pb2.CHANGE_ACTION_ADDED
+        self._live = {}
+        head, out = since, []
+        group: tuple[int, str, str] | None = None
+        ids: list[int] = []
+
+        def flush() -> None:
+            if group is not None and ids:
+                out.append(Change(group[0], group[1], group[2], np.asarray(ids, np.int64)))
+
+        for reply in self.client.changes(since):
+            head = max(head, int(reply.head))
+            for c in reply.changes:
+                op = "add" if c.action == added else "remove"
+                key = (int(c.seq), op, c.signal_type)
+                if key != group:
+                    flush()
+                    group, ids = key, []
+                ids.append(int(c.signal_id))
+                if op == "add":
+                    if c.live:
+                        self._live[int(c.signal_id)] = (c.signal_type, c)
+                    else:
+                        self._live.pop(int(c.signal_id), None)
+        flush()
+        return head, out
+
+    def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
+        st = signal_types.get(signal_type)
+        index_ids: list[int] = []
+        codes: list[bytes] = []
+        meta: dict[int, SignalMeta] = {}
+        for sid in ids.tolist():
+            found = self._live.get(int(sid))
+            if found is None or found[0] != signal_type:
+                continue
+            c = found[1]
+            if signal_type == "vpdq":
+                index_ids.extend((sid << FRAME_BITS) | i for i in range(len(c.frames)))
+                codes.extend(c.frames)
+            else:
+                index_ids.append(sid)
+                codes.append(c.hash)
+            meta[sid] = SignalMeta(c.list_name, c.hash, tuple(c.labels), c.external_id or None)
+        packed = np.frombuffer(b"".join(codes), np.uint8).reshape(-1, st.nbytes)
+        return NewSignals(np.asarray(index_ids, np.int64), packed, meta)
+
+    def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
+        return {s: len(self._live[s][1].frames) for s in signal_ids if s in self._live}
+
+    def why_gone(self, signal_ids: Sequence[int], now: float) -> dict[int, str | None]:
+        from hashmatch.v1 import signals_pb2
+
+        ids = [int(s) for s in signal_ids]
+        states = self.client.signal_states(ids)
+        name = signals_pb2.SignalState.Name
+        return {sid: _STATE_REASON[name(s)] for sid, s in zip(ids, states, strict=True)}
+
+
+def change_source(source: SignalStore | ChangeSource) -> ChangeSource:
+    return source if isinstance(source, ChangeSource) else StoreChanges(source)
+
+
 def rescan(
     catalog: Catalog,
-    store: SignalStore,
+    store: SignalStore | ChangeSource,
     *,
     since: int | None = None,
     threshold: int | None = None,
@@ -91,21 +271,25 @@ def rescan(
 ) -> RescanResult:
     """Match the catalog against the signals changed since ``since`` (None = last rescan).
 
+    ``store``: a local :class:`SignalStore` or any :class:`ChangeSource` (e.g.
+    :class:`ServerChanges`).
+
     ``cache_dir`` (default: ``<catalog>.rescan-index``) keeps each type's catalog index
     between rescans; a rescan then reads only the catalog rows added since.
     """
     if cache_dir is None:
         cache_dir = Path(str(catalog.path) + ".rescan-index")
     started = time.monotonic()
-    cursor = int(catalog.get_meta(CURSOR_KEY) or 0) if since is None else int(since)
-    head = store.change_counter()
+    source = change_source(store)
+    cursor = int(catalog.get_meta(source.cursor_key) or 0) if since is None else int(since)
+    head, changes = source.read(cursor)
     summary = RescanSummary(since=cursor, to=head)
     floor = PDQ_MIN_QUALITY if min_quality is None else int(min_quality)
 
     # 1. net effect of the change log: the last op on an id wins (numpy: `--since all`
     #    on a store of millions must not build a Python object per signal)
     parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for order, change in enumerate(store.changes_since(cursor)):
+    for order, change in enumerate(changes):
         if change.seq > head or change.op not in ("add", "remove") or not len(change.ids):
             continue
         tag = np.full(len(change.ids), 2 * order + (change.op == "add"), np.int64)
@@ -124,19 +308,14 @@ def rescan(
 
     # 2. new signals -> catalog index
     now = time.time()
-    lists = store.list_table()
     new_rows: list[MatchRow] = []
     for stype in sorted(added):
         st = signal_types.get(stype)
         radius = st.check_threshold(threshold_for(stype, threshold))
-        index_ids, codes = store.codes_for(stype, np.sort(added[stype]))
+        found = source.new_signals(stype, np.sort(added[stype]), now)
+        index_ids, codes, info = found.index_ids, found.codes, found.meta
         sids = index_ids >> FRAME_BITS if stype == "vpdq" else index_ids
-        info = store.lookup(np.unique(sids).tolist())
-        live = np.array(
-            [_why_gone(info.get(int(s)), lists, now) is None for s in sids.tolist()], dtype=bool
-        )
-        index_ids, codes, sids = index_ids[live], codes[live], sids[live]
-        summary.new_signals[stype] = len(np.unique(sids))
+        summary.new_signals[stype] = len(info)
         if not len(codes):
             continue
         t0 = time.monotonic()
@@ -152,19 +331,16 @@ def rescan(
         qrows = np.repeat(np.arange(len(codes)), np.diff(lims))
         if stype == "vpdq":
             new_rows.extend(
-                _video_rows(
-                    catalog, store, st, index_ids, qrows, hit_rows, dist, info, lists, floor
-                )
+                _video_rows(catalog, source, st, index_ids, qrows, hit_rows, dist, info, floor)
             )
         else:
-            new_rows.extend(_rows(catalog, st, sids, qrows, hit_rows, dist, info, lists))
+            new_rows.extend(_rows(catalog, st, sids, qrows, hit_rows, dist, info))
 
     # 3. matches that no longer hold
     gone: list[Retraction] = []
     matched = catalog.matched_signal_ids()
     if matched:
-        info = store.lookup(matched)
-        why = {sid: _why_gone(info.get(sid), lists, now) for sid in matched}
+        why = source.why_gone(matched, now)
         dead = [sid for sid, reason in why.items() if reason is not None]
     else:
         dead, why = [], {}
@@ -174,7 +350,7 @@ def rescan(
         fresh = [r for r in new_rows if why.get(r.signal_id) is None]
         inserted = _insert_new(catalog, fresh)
         removed = catalog.remove_matches_of_signals(dead) if dead else []
-        catalog.set_meta(CURSOR_KEY, str(head))
+        catalog.set_meta(source.cursor_key, str(head))
     gone = [Retraction(m, why[m.signal_id] or "retracted") for m in removed]
     summary.new_matches = len(inserted)
     summary.retractions = len(gone)
@@ -261,8 +437,11 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _why_gone(meta: tuple | None, lists: dict[int, tuple[str, bool]], now: float) -> str | None:
-    """Why a stored signal no longer produces matches (None = it still does)."""
+def why_gone(meta: tuple | None, lists: dict[int, tuple[str, bool]], now: float) -> str | None:
+    """Why a stored signal no longer produces matches (None = it still does).
+
+    ``meta``: :meth:`SignalStore.lookup`'s tuple; ``lists``: :meth:`SignalStore.list_table`.
+    """
     if meta is None:
         return "deleted"
     list_id, _stype, _code, _labels, _ext, expires, retracted = meta
@@ -276,7 +455,7 @@ def _why_gone(meta: tuple | None, lists: dict[int, tuple[str, bool]], now: float
     return None
 
 
-def _rows(catalog, st, sids, qrows, hit_rows, dist, info, lists) -> list[MatchRow]:
+def _rows(catalog, st, sids, qrows, hit_rows, dist, info) -> list[MatchRow]:
     """Hits of single-code types -> one row per (file, signal), nearest catalog row."""
     if not len(hit_rows):
         return []
@@ -291,11 +470,11 @@ def _rows(catalog, st, sids, qrows, hit_rows, dist, info, lists) -> list[MatchRo
         key = (file_id, sid)
         if key in best and best[key].distance <= d:
             continue
-        best[key] = _match_row(st, file_id, sid, code, int(d), frame, info[sid], lists)
+        best[key] = _match_row(st, file_id, sid, code, int(d), frame, info[sid])
     return list(best.values())
 
 
-def _video_rows(catalog, store, st, index_ids, qrows, hit_rows, dist, info, lists, floor):
+def _video_rows(catalog, source, st, index_ids, qrows, hit_rows, dist, info, floor):
     """vPDQ: frame hits -> one row per (file, video signal) with both match percentages."""
     if not len(hit_rows):
         return []
@@ -313,7 +492,7 @@ def _video_rows(catalog, store, st, index_ids, qrows, hit_rows, dist, info, list
         entry[2] = min(entry[2], d)
     file_ids = sorted({f for f, _ in per})
     file_frames = catalog.frame_counts("vpdq", file_ids, min_quality=floor)
-    signal_frames = store.frame_counts(sorted({s for _, s in per}))
+    signal_frames = source.frame_counts(sorted({s for _, s in per}))
     names = {
         fid: file_hash_hex(st, h.codes)
         for fid, hashes in catalog.hashes_of(file_ids).items()
@@ -322,7 +501,7 @@ def _video_rows(catalog, store, st, index_ids, qrows, hit_rows, dist, info, list
     }
     out = []
     for (file_id, sid), (fset, sset, dmin) in per.items():
-        row = _match_row(st, file_id, sid, None, int(dmin), 0, info[sid], lists)
+        row = _match_row(st, file_id, sid, None, int(dmin), 0, info[sid])
         out.append(
             MatchRow(
                 **{
@@ -336,18 +515,17 @@ def _video_rows(catalog, store, st, index_ids, qrows, hit_rows, dist, info, list
     return out
 
 
-def _match_row(st, file_id, sid, code, distance, frame, meta, lists) -> MatchRow:
-    list_id, _stype, signal_code, labels, ext, _expires, _retracted = meta
+def _match_row(st, file_id, sid, code, distance, frame, meta: SignalMeta) -> MatchRow:
     return MatchRow(
         file_id=file_id,
         signal_type=st.name,
         signal_id=sid,
         hash_hex=bytes(code).hex() if code is not None else "",
-        signal_hex=bytes(signal_code).hex(),
+        signal_hex=meta.code.hex(),
         distance=distance,
-        list_name=lists[list_id][0],
-        labels=split_labels(labels),
-        external_id=ext,
+        list_name=meta.list_name,
+        labels=meta.labels,
+        external_id=meta.external_id,
         variant=frame if st.name == "pdq" else 0,
     )
 
