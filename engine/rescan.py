@@ -186,11 +186,13 @@ class ServerChanges:
     a change source: the ``Changes`` stream carries each added signal's current code
     and provenance, so nothing else is fetched for the new matches; held matches are
     re-checked with ``SignalStates``. The server shows only the lists shared with the
-    client's tenant. The cursor is kept per server address (``rescan_seq@ADDR``)."""
+    client's tenant. The cursor is kept per server address (``rescan_seq@ADDR``).
+    ``timeout``: for the whole ``Changes`` stream (``--since all`` can be long)."""
 
-    def __init__(self, client: Any, target: str | None = None):
+    def __init__(self, client: Any, target: str, *, timeout: float = 3600.0):
         self.client = client
-        self.cursor_key = f"{CURSOR_KEY}@{target or getattr(client, 'target', 'server')}"
+        self.cursor_key = f"{CURSOR_KEY}@{target}"
+        self.timeout = timeout
         self._live: dict[int, tuple[str, Any]] = {}  # id -> (type, Change message)
 
     def read(self, since: int) -> tuple[int, list[Change]]:
@@ -206,7 +208,7 @@ class ServerChanges:
             if group is not None and ids:
                 out.append(Change(group[0], group[1], group[2], np.asarray(ids, np.int64)))
 
-        for reply in self.client.changes(since):
+        for reply in self.client.changes(since, timeout=self.timeout):
             head = max(head, int(reply.head))
             for c in reply.changes:
                 op = "add" if c.action == added else "remove"

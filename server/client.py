@@ -300,6 +300,42 @@ class HashmatchClient:
     def list_hash_lists(self, *, timeout: float | None = None) -> signals_pb2.ListHashListsResponse:
         return self._unary(self.signals.ListHashLists, signals_pb2.ListHashListsRequest(), timeout)
 
+    def changes(
+        self,
+        since: int = 0,
+        *,
+        signal_types: Sequence[str] = (),
+        max_changes: int = 0,
+        timeout: float | None = None,
+    ) -> Iterator[signals_pb2.ChangesResponse]:
+        """The change log after ``since``: ChangesResponse messages (every one carries
+        ``head``, the ``since`` of the next call). Retried on UNAVAILABLE until the first
+        message arrives; a stream broken after that raises (read it again from ``since``).
+        With ``max_changes``, a reply with ``more`` set says to call again from ``head``."""
+        request = signals_pb2.ChangesRequest(
+            since=since, signal_types=list(signal_types), max_changes=max_changes
+        )
+
+        def first(_request: None, *, timeout, metadata):
+            stream = self.signals.Changes(request, timeout=timeout, metadata=metadata)
+            return stream, next(stream, None)
+
+        stream, message = self._unary(first, None, timeout)
+        while message is not None:
+            yield message
+            message = next(stream, None)
+
+    def signal_states(
+        self, signal_ids: Sequence[int], *, batch_size: int = 1000, timeout: float | None = None
+    ) -> list[int]:
+        """One ``SignalState`` value per id, in order (a few requests of ``batch_size``)."""
+        out: list[int] = []
+        ids = [int(i) for i in signal_ids]
+        for start in range(0, len(ids), batch_size):
+            request = signals_pb2.SignalStatesRequest(signal_ids=ids[start : start + batch_size])
+            out.extend(self._unary(self.signals.SignalStates, request, timeout).states)
+        return out
+
     # -- Admin ------------------------------------------------------------------------
 
     def stats(self, *, timeout: float | None = None) -> admin_pb2.StatsResponse:

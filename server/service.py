@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hashmatch.engine.errors import Conflict, HashmatchError, InvalidInput
-from hashmatch.server import ingest, matching
+from hashmatch.server import changes, ingest, matching
 from hashmatch.server.calls import Call, rpc
 from hashmatch.v1 import (
     admin_pb2,
@@ -75,6 +75,16 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
     def ListHashLists(self, request, call: Call):
         lists = self.host.engine_lists(call.principal.engine_tenant)
         return signals_pb2.ListHashListsResponse(lists=lists)
+
+    # Reading the change log is reading the lists shared with the caller: the "match"
+    # role, scoped by tenant like Match (see server/changes.py).
+    @rpc("match")
+    def Changes(self, request, call: Call):
+        yield from changes.changes(self.host, request, call)
+
+    @rpc("match")
+    def SignalStates(self, request, call: Call):
+        return changes.signal_states(self.host, request, call)
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):

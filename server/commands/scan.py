@@ -164,24 +164,29 @@ def scan_command(
     "--data-dir",
     default=lambda: os.environ.get("HASHMATCH_DATA_DIR", DEFAULT_DATA_DIR),
     show_default="$HASHMATCH_DATA_DIR or ./hashmatch-data",
-    help="The local store whose new signals are matched.",
+    help="The local store whose new signals are matched (and default catalog location).",
 )
 @click.option("--catalog", help="Catalog database [default: DATA_DIR/catalog.sqlite].")
+@click.option("--server", help="Read the new signals from a running server (host:port).")
+@click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token for --server.")
+@click.option("--tls", is_flag=True, help="Use TLS to reach --server.")
 @click.option("--threshold", type=int, help="Match distance [default: the type's].")
 @click.option("--out", "out", default="-", show_default=True, help="Report (JSONL); '-' = stdout.")
-def rescan_command(since, data_dir, catalog, threshold, out) -> None:
+def rescan_command(since, data_dir, catalog, server, token, tls, threshold, out) -> None:
     """Match the catalog of scanned files against signals added since the last rescan.
 
     \b
       hashmatch ingest partner.csv --list partner-a
       hashmatch rescan --out new-matches.jsonl
+      hashmatch rescan --server 127.0.0.1:50051 --catalog catalog.sqlite
 
     No file is re-hashed: the catalog's hashes are indexed and queried with only
     the new signals. Matches whose signal was retracted since are reported as
-    retractions.
+    retractions. With --server, the signals come from the server's change log
+    (only the lists shared with the token's tenant); the cursor is kept per server.
     """
     from hashmatch.engine.catalog import Catalog
-    from hashmatch.engine.rescan import rescan
+    from hashmatch.engine.rescan import ServerChanges, rescan
     from hashmatch.engine.store import SignalStore
 
     if since == "last":
@@ -197,16 +202,37 @@ def rescan_command(since, data_dir, catalog, threshold, out) -> None:
     if not path.exists():
         raise click.ClickException(f"no catalog at {path}: run `hashmatch scan` first")
     store_path = Path(data_dir) / "store.sqlite"
-    if not store_path.exists():
+    if not server and not store_path.exists():
         raise click.ClickException(f"no hashmatch store in {data_dir}")
     try:
-        store = SignalStore(store_path, create=False)
-        try:
-            with Catalog(path) as cat:
-                result = rescan(cat, store, since=since_seq, threshold=threshold, report=out)
-        finally:
-            store.close()
-    except HashmatchError as exc:
+        if server:
+            import grpc
+
+            from hashmatch.server.client import HashmatchClient
+
+            with HashmatchClient(server, token=token, tls=tls) as client:
+                client.wait_until_serving(timeout=60)
+                try:
+                    with Catalog(path) as cat:
+                        result = rescan(
+                            cat,
+                            ServerChanges(client, server),
+                            since=since_seq,
+                            threshold=threshold,
+                            report=out,
+                        )
+                except grpc.RpcError as exc:
+                    raise click.ClickException(
+                        f"{server}: {exc.code().name}: {exc.details()}"
+                    ) from exc
+        else:
+            store = SignalStore(store_path, create=False)
+            try:
+                with Catalog(path) as cat:
+                    result = rescan(cat, store, since=since_seq, threshold=threshold, report=out)
+            finally:
+                store.close()
+    except (HashmatchError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
     _print_summary(result.summary.as_dict())
 

@@ -1,11 +1,36 @@
 from hashmatch.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ChangeAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CHANGE_ACTION_UNSPECIFIED: _ClassVar[ChangeAction]
+    CHANGE_ACTION_ADDED: _ClassVar[ChangeAction]
+    CHANGE_ACTION_REMOVED: _ClassVar[ChangeAction]
+
+class SignalState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIGNAL_STATE_UNSPECIFIED: _ClassVar[SignalState]
+    SIGNAL_STATE_LIVE: _ClassVar[SignalState]
+    SIGNAL_STATE_RETRACTED: _ClassVar[SignalState]
+    SIGNAL_STATE_EXPIRED: _ClassVar[SignalState]
+    SIGNAL_STATE_LIST_DISABLED: _ClassVar[SignalState]
+    SIGNAL_STATE_DELETED: _ClassVar[SignalState]
+CHANGE_ACTION_UNSPECIFIED: ChangeAction
+CHANGE_ACTION_ADDED: ChangeAction
+CHANGE_ACTION_REMOVED: ChangeAction
+SIGNAL_STATE_UNSPECIFIED: SignalState
+SIGNAL_STATE_LIVE: SignalState
+SIGNAL_STATE_RETRACTED: SignalState
+SIGNAL_STATE_EXPIRED: SignalState
+SIGNAL_STATE_LIST_DISABLED: SignalState
+SIGNAL_STATE_DELETED: SignalState
 
 class Signal(_message.Message):
     __slots__ = ("hash", "labels", "external_id", "frames", "frame_qualities", "timestamps")
@@ -90,3 +115,59 @@ class ListHashListsResponse(_message.Message):
     LISTS_FIELD_NUMBER: _ClassVar[int]
     lists: _containers.RepeatedCompositeFieldContainer[HashList]
     def __init__(self, lists: _Optional[_Iterable[_Union[HashList, _Mapping]]] = ...) -> None: ...
+
+class ChangesRequest(_message.Message):
+    __slots__ = ("since", "signal_types", "max_changes")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_TYPES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    since: int
+    signal_types: _containers.RepeatedScalarFieldContainer[str]
+    max_changes: int
+    def __init__(self, since: _Optional[int] = ..., signal_types: _Optional[_Iterable[str]] = ..., max_changes: _Optional[int] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("seq", "action", "signal_id", "signal_type", "live", "hash", "frames", "list_name", "labels", "external_id")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    HASH_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    LIST_NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    action: ChangeAction
+    signal_id: int
+    signal_type: str
+    live: bool
+    hash: bytes
+    frames: _containers.RepeatedScalarFieldContainer[bytes]
+    list_name: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    external_id: str
+    def __init__(self, seq: _Optional[int] = ..., action: _Optional[_Union[ChangeAction, str]] = ..., signal_id: _Optional[int] = ..., signal_type: _Optional[str] = ..., live: _Optional[bool] = ..., hash: _Optional[bytes] = ..., frames: _Optional[_Iterable[bytes]] = ..., list_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ...) -> None: ...
+
+class ChangesResponse(_message.Message):
+    __slots__ = ("changes", "head", "more")
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    head: int
+    more: bool
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., head: _Optional[int] = ..., more: _Optional[bool] = ...) -> None: ...
+
+class SignalStatesRequest(_message.Message):
+    __slots__ = ("signal_ids",)
+    SIGNAL_IDS_FIELD_NUMBER: _ClassVar[int]
+    signal_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, signal_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class SignalStatesResponse(_message.Message):
+    __slots__ = ("states",)
+    STATES_FIELD_NUMBER: _ClassVar[int]
+    states: _containers.RepeatedScalarFieldContainer[SignalState]
+    def __init__(self, states: _Optional[_Iterable[_Union[SignalState, str]]] = ...) -> None: ...

@@ -49,6 +49,16 @@ class SignalsStub:
                 request_serializer=hashmatch_dot_v1_dot_signals__pb2.ListHashListsRequest.SerializeToString,
                 response_deserializer=hashmatch_dot_v1_dot_signals__pb2.ListHashListsResponse.FromString,
                 _registered_method=True)
+        self.Changes = channel.unary_stream(
+                '/hashmatch.v1.Signals/Changes',
+                request_serializer=hashmatch_dot_v1_dot_signals__pb2.ChangesRequest.SerializeToString,
+                response_deserializer=hashmatch_dot_v1_dot_signals__pb2.ChangesResponse.FromString,
+                _registered_method=True)
+        self.SignalStates = channel.unary_unary(
+                '/hashmatch.v1.Signals/SignalStates',
+                request_serializer=hashmatch_dot_v1_dot_signals__pb2.SignalStatesRequest.SerializeToString,
+                response_deserializer=hashmatch_dot_v1_dot_signals__pb2.SignalStatesResponse.FromString,
+                _registered_method=True)
 
 
 class SignalsServicer:
@@ -75,6 +85,23 @@ class SignalsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Changes(self, request, context):
+        """The store's change log since a position: signals added (or restored) and removed
+        in the lists shared with the caller, oldest first, with each added signal's
+        current hash and provenance. What `hashmatch rescan --server` reads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignalStates(self, request, context):
+        """Whether signals (by id) still match, and why not: what a rescan re-checks for the
+        matches its catalog holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SignalsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +119,16 @@ def add_SignalsServicer_to_server(servicer, server):
                     servicer.ListHashLists,
                     request_deserializer=hashmatch_dot_v1_dot_signals__pb2.ListHashListsRequest.FromString,
                     response_serializer=hashmatch_dot_v1_dot_signals__pb2.ListHashListsResponse.SerializeToString,
+            ),
+            'Changes': grpc.unary_stream_rpc_method_handler(
+                    servicer.Changes,
+                    request_deserializer=hashmatch_dot_v1_dot_signals__pb2.ChangesRequest.FromString,
+                    response_serializer=hashmatch_dot_v1_dot_signals__pb2.ChangesResponse.SerializeToString,
+            ),
+            'SignalStates': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalStates,
+                    request_deserializer=hashmatch_dot_v1_dot_signals__pb2.SignalStatesRequest.FromString,
+                    response_serializer=hashmatch_dot_v1_dot_signals__pb2.SignalStatesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +212,60 @@ class Signals:
             '/hashmatch.v1.Signals/ListHashLists',
             hashmatch_dot_v1_dot_signals__pb2.ListHashListsRequest.SerializeToString,
             hashmatch_dot_v1_dot_signals__pb2.ListHashListsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Changes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/hashmatch.v1.Signals/Changes',
+            hashmatch_dot_v1_dot_signals__pb2.ChangesRequest.SerializeToString,
+            hashmatch_dot_v1_dot_signals__pb2.ChangesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalStates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hashmatch.v1.Signals/SignalStates',
+            hashmatch_dot_v1_dot_signals__pb2.SignalStatesRequest.SerializeToString,
+            hashmatch_dot_v1_dot_signals__pb2.SignalStatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,140 @@
+"""Signals RPCs for readers of the change log: Changes (server stream) and SignalStates.
+
+What ``hashmatch rescan --server`` needs: the signals added and removed since a log
+position, with each added signal's current code and provenance, and whether the
+signals a catalog holds matches of still match. A tenant sees only the lists shared
+with it (the same rule as Match): log entries of other lists are left out, and their
+signals read as DELETED. Both need the "match" role.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hashmatch.engine.errors import InvalidInput
+from hashmatch.engine.rescan import why_gone
+from hashmatch.engine.store import FRAME_BITS, split_labels
+from hashmatch.server import convert
+from hashmatch.v1 import signals_pb2
+
+if TYPE_CHECKING:
+    from hashmatch.server.app import ServiceHost
+    from hashmatch.server.calls import Call
+
+CHUNK = 900  # ids per store lookup (SQLite's parameter limit)
+MESSAGE_BYTES = 1 << 20  # flush a streamed message past ~1 MiB of codes
+
+_STATES = {
+    None: signals_pb2.SIGNAL_STATE_LIVE,
+    "retracted": signals_pb2.SIGNAL_STATE_RETRACTED,
+    "expired": signals_pb2.SIGNAL_STATE_EXPIRED,
+    "list-disabled": signals_pb2.SIGNAL_STATE_LIST_DISABLED,
+    "deleted": signals_pb2.SIGNAL_STATE_DELETED,
+}
+
+
+def changes(
+    host: ServiceHost, request: signals_pb2.ChangesRequest, call: Call
+) -> Iterator[signals_pb2.ChangesResponse]:
+    if request.since < 0:
+        raise InvalidInput("since must be >= 0 (0 = from the beginning)", field="since")
+    types = {
+        convert.signal_type(name, f"signal_types[{i}]").name
+        for i, name in enumerate(request.signal_types)
+    }
+    store = host.engine.store
+    visible = store.visible_list_ids(call.principal.engine_tenant)
+    head = store.change_counter()
+    entries = [
+        c
+        for c in store.changes_since(request.since)
+        if c.seq <= head and c.op in ("add", "remove") and len(c.ids)
+        if not types or c.signal_type in types
+    ]
+    more = False
+    if request.max_changes:  # stop after the entry that reaches the limit
+        total = 0
+        for n, entry in enumerate(entries):
+            total += len(entry.ids)
+            if total >= request.max_changes and n + 1 < len(entries):
+                head, more, entries = entry.seq, True, entries[: n + 1]
+                break
+    lists = store.list_table()
+    now = time.time()
+    reply = signals_pb2.ChangesResponse(head=head, more=more)
+    size = sent = 0
+    for entry in entries:
+        call.check_deadline()
+        added = entry.op == "add"
+        action = signals_pb2.CHANGE_ACTION_ADDED if added else signals_pb2.CHANGE_ACTION_REMOVED
+        ids = entry.ids.tolist()
+        for start in range(0, len(ids), CHUNK):
+            chunk = ids[start : start + CHUNK]
+            info = store.lookup(chunk)
+            frames = _frames(store, chunk) if added and entry.signal_type == "vpdq" else {}
+            for sid in chunk:
+                meta = info.get(sid)
+                if visible is not None and (meta is None or meta[0] not in visible):
+                    continue  # not shared with the caller: not shown at all
+                change = signals_pb2.Change(
+                    seq=entry.seq, action=action, signal_id=sid, signal_type=entry.signal_type
+                )
+                if added and why_gone(meta, lists, now) is None:
+                    list_id, _stype, code, labels, ext, _expires, _retracted = meta
+                    change.live = True
+                    change.list_name = lists[list_id][0]
+                    change.labels.extend(split_labels(labels))
+                    change.external_id = ext or ""
+                    if entry.signal_type == "vpdq":
+                        change.frames.extend(frames.get(sid, ()))
+                        size += 32 * len(change.frames)
+                    else:
+                        change.hash = bytes(code)
+                reply.changes.append(change)
+                size += 64
+                if size >= MESSAGE_BYTES:
+                    sent += len(reply.changes)
+                    yield reply
+                    reply = signals_pb2.ChangesResponse(head=head, more=more)
+                    size = 0
+    sent += len(reply.changes)
+    call.log.update(since=request.since, head=head, changes=sent, more=more)
+    yield reply  # always at least one message: it carries head
+
+
+def _frames(store, ids: list[int]) -> dict[int, list[bytes]]:
+    """vPDQ: live frame codes of each signal, in frame order."""
+    index_ids, codes = store.codes_for("vpdq", np.sort(np.asarray(ids, np.int64)))
+    order = np.argsort(index_ids, kind="stable")
+    out: dict[int, list[bytes]] = {}
+    for iid, code in zip(index_ids[order].tolist(), codes[order], strict=True):
+        out.setdefault(iid >> FRAME_BITS, []).append(code.tobytes())
+    return out
+
+
+def signal_states(
+    host: ServiceHost, request: signals_pb2.SignalStatesRequest, call: Call
+) -> signals_pb2.SignalStatesResponse:
+    ids = list(request.signal_ids)
+    if len(ids) > host.config.max_batch:
+        raise InvalidInput(
+            f"{len(ids)} ids is over the limit of {host.config.max_batch}; split the batch",
+            field="signal_ids",
+        )
+    store = host.engine.store
+    visible = store.visible_list_ids(call.principal.engine_tenant)
+    lists = store.list_table()
+    now = time.time()
+    info = store.lookup(ids)
+    states = []
+    for sid in ids:
+        meta = info.get(sid)
+        if visible is not None and meta is not None and meta[0] not in visible:
+            meta = None  # not shared with the caller: as if it did not exist
+        states.append(_STATES[why_gone(meta, lists, now)])
+    call.log.update(ids=len(ids))
+    return signals_pb2.SignalStatesResponse(states=states)

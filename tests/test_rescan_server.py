@@ -1,0 +1,206 @@
+"""``hashmatch rescan --server``: retroactive matching through a real server over a real
+socket (Signals.Changes + Signals.SignalStates) finds exactly what a local rescan of the
+same store finds, without hashing, and a tenant sees only the lists shared with it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import grpc
+import pytest
+from click.testing import CliRunner
+from scan_tree import build_tree, ingest_originals
+
+import hashmatch.engine.decode as decode_module
+import hashmatch.engine.hashing as hashing_module
+from hashmatch.engine.catalog import Catalog
+from hashmatch.engine.hashing import hash_media
+from hashmatch.engine.rescan import ServerChanges, rescan
+from hashmatch.engine.scan import RemoteMatcher, ScanOptions, scan
+from hashmatch.server.cli import cli
+from hashmatch.server.client import signal
+from hashmatch.server.errors import bad_request_fields
+from hashmatch.server.testing import running_server
+from hashmatch.v1 import signals_pb2
+
+TENANTS = {"ops": (["match", "write"], True), "partner": (["match"], False)}
+
+
+def _records(path):
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _body(path):
+    return [r for r in _records(path) if r["kind"] != "summary"]
+
+
+def _rescan_cli(ts, tenant, catalog, out, *extra):
+    result = CliRunner().invoke(
+        cli,
+        ["rescan", "--server", ts.target, "--token", ts.tokens[tenant],
+         "--catalog", str(catalog), "--out", str(out), *extra],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return _records(out)
+
+
+def _ingest(client, tree, names, list_name):
+    items = []
+    for name in names:
+        for h in hash_media(tree.originals[name], ["pdq", "md5"]):
+            items.append(signal(h.signal_type, h.hex, labels=[name], external_id=name))
+    reply = client.ingest(list_name, items)
+    assert reply.added == len(items) and reply.rejected == 0
+
+
+def test_rescan_through_a_server_equals_a_local_rescan(tmp_path, monkeypatch):
+    tree = build_tree(tmp_path)
+    root = tree.root
+    served = tmp_path / "served"
+    first = ingest_originals(served, tree, ["astronaut"], list_name="early")
+    catalog_path = tmp_path / "catalog.sqlite"
+    with running_server(served, tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        with Catalog(catalog_path) as catalog:
+            scan([root], catalog=catalog, matcher=RemoteMatcher(ts.client("ops")),
+                 options=ScanOptions(workers=0, progress=False))  # fmt: skip
+            hash_calls = catalog.counter("hash_calls")
+            assert hash_calls == 10 and catalog.stats()["matches"] == 3  # astronaut x2, md5
+        # the first rescan catches up with the whole log: the scan already found it all
+        caught_up = _rescan_cli(ts, "ops", catalog_path, tmp_path / "r0.jsonl")
+        assert [r["kind"] for r in caught_up] == ["summary"]
+
+        # a partner shares chelsea and rocket; astronaut's MD5 is retracted
+        _ingest(ops, tree, ["chelsea", "rocket"], "later")
+        assert ops.retract("early", signal_ids=[first[("astronaut", "md5")]]).retracted == 1
+        later = {
+            (i.external_id, i.signal_type): i.id
+            for i in ts.engine.store.signals(list_name="later", limit=100)
+        }
+        shutil.copy(catalog_path, tmp_path / "local.sqlite")  # same state, rescanned locally
+
+        def boom(*args, **kwargs):
+            raise AssertionError("a rescan must not hash or decode media")
+
+        monkeypatch.setattr(hashing_module, "hash_media", boom)
+        monkeypatch.setattr(decode_module, "decode_image", boom)
+        records = _rescan_cli(ts, "ops", catalog_path, tmp_path / "r1.jsonl")
+        assert [(r["kind"], r["file"], r["type"], r["signal_id"]) for r in records[:-1]] == [
+            ("match", str(root / "near/chelsea-q80.jpg"), "pdq", later[("chelsea", "pdq")]),
+            ("match", str(root / "unrelated/rocket.png"), "md5", later[("rocket", "md5")]),
+            ("match", str(root / "unrelated/rocket.png"), "pdq", later[("rocket", "pdq")]),
+            ("retraction", str(root / "exact/astronaut-copy.png"), "md5",
+             first[("astronaut", "md5")]),
+        ]  # fmt: skip
+        assert records[0]["list"] == "later" and records[0]["labels"] == ["chelsea"]
+        assert records[0]["external_id"] == "chelsea" and 0 < records[0]["distance"] <= 31
+        assert records[3]["reason"] == "retracted"
+        summary = records[-1]
+        assert summary["new_signals"] == {"md5": 2, "pdq": 2} and summary["removed_signals"] == 1
+        assert summary["hash_calls"] == hash_calls  # nothing was hashed
+
+        with Catalog(tmp_path / "local.sqlite") as local:  # the same store, read directly
+            since = int(local.get_meta(f"rescan_seq@{ts.target}"))  # where the server one was
+            result = rescan(local, ts.engine.store, since=since, report=tmp_path / "local.jsonl")
+        assert _body(tmp_path / "local.jsonl") == _body(tmp_path / "r1.jsonl")
+        assert result.summary.new_signals == summary["new_signals"]
+
+        again = _rescan_cli(ts, "ops", catalog_path, tmp_path / "r2.jsonl")
+        assert [r["kind"] for r in again] == ["summary"]
+        assert again[0]["new_signals"] == {} and again[0]["hash_calls"] == hash_calls
+        with Catalog(catalog_path) as catalog:
+            head = ts.engine.store.change_counter()
+            assert catalog.get_meta(f"rescan_seq@{ts.target}") == str(head)
+            assert catalog.get_meta("rescan_seq") is None  # the local cursor is separate
+
+        # list disabled on the server: its held matches are reported through SignalStates
+        ts.engine.store.set_list_enabled("later", False)
+        gone = _rescan_cli(ts, "ops", catalog_path, tmp_path / "r3.jsonl")
+        assert (
+            sorted((r["kind"], r["reason"]) for r in gone[:-1])
+            == [("retraction", "list-disabled")] * 3
+        )
+
+
+def test_a_tenant_sees_only_changes_of_lists_shared_with_it(tmp_path):
+    tree = build_tree(tmp_path)
+    served = tmp_path / "served"
+    early = ingest_originals(served, tree, ["coffee"], list_name="early")
+    later = ingest_originals(served, tree, ["rocket"], list_name="later")
+    with running_server(served, tenants=TENANTS) as ts:
+        ts.engine.store.create_tenant("partner", exist_ok=True)
+        ts.engine.store.grant("partner", "early")
+        partner, ops = ts.client("partner"), ts.client("ops")
+
+        def seen(client):
+            return {c.signal_id for r in client.changes(0) for c in r.changes}
+
+        assert seen(ops) == set(early.values()) | set(later.values())
+        assert seen(partner) == set(early.values())
+        coffee_pdq, rocket_pdq = early[("coffee", "pdq")], later[("rocket", "pdq")]
+        live, deleted = signals_pb2.SIGNAL_STATE_LIVE, signals_pb2.SIGNAL_STATE_DELETED
+        assert ops.signal_states([coffee_pdq, rocket_pdq, 10**9]) == [live, live, deleted]
+        assert partner.signal_states([coffee_pdq, rocket_pdq]) == [live, deleted]
+        # an added change carries the signal as stored
+        (reply,) = list(partner.changes(0, signal_types=["pdq"]))
+        (change,) = reply.changes
+        assert change.action == signals_pb2.CHANGE_ACTION_ADDED and change.live
+        assert (change.signal_id, change.list_name, list(change.labels)) == (
+            coffee_pdq,
+            "early",
+            ["coffee"],
+        )
+        assert change.hash.hex() == ts.engine.store.signals(ids=[coffee_pdq])[0].hash_hex
+        assert reply.head == ts.engine.store.change_counter() and not reply.more
+
+        # max_changes pages at log-entry boundaries; the pages add up to the whole log
+        pages, since = [], 0
+        while True:
+            (page,) = list(ops.changes(since, max_changes=1))
+            pages.append(page)
+            since = page.head
+            if not page.more:
+                break
+        assert len(pages) == 4  # one log entry per ingest and type
+        assert {c.signal_id for p in pages for c in p.changes} == seen(ops)
+
+        # rescan --server as the partner, over every file: only coffee's matches
+        with Catalog(tmp_path / "c.sqlite") as catalog:
+            scan([tree.root], catalog=catalog, matcher=None,
+                 options=ScanOptions(workers=0, progress=False))  # fmt: skip
+        records = _rescan_cli(ts, "partner", tmp_path / "c.sqlite", tmp_path / "p.jsonl")
+        assert {(r["list"], r["type"]) for r in records[:-1]} == {
+            ("early", "md5"),
+            ("early", "pdq"),
+        }
+        # the same catalog through ops (--since all) adds rocket's matches
+        records = _rescan_cli(
+            ts, "ops", tmp_path / "c.sqlite", tmp_path / "o.jsonl", "--since", "all"
+        )
+        assert {(r["list"], r["type"]) for r in records[:-1]} == {
+            ("later", "md5"),
+            ("later", "pdq"),
+        }
+
+
+def test_bad_changes_requests_name_the_field(tmp_path):
+    with running_server(tmp_path / "served", tenants=TENANTS) as ts:
+        client = ts.client("partner")
+        for kwargs, field in (
+            ({"since": -1}, "since"),
+            ({"signal_types": ["pdq", "nope"]}, "signal_types[1]"),
+        ):
+            with pytest.raises(grpc.RpcError) as caught:
+                list(client.changes(**kwargs))
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert [f for f, _ in bad_request_fields(caught.value)] == [field]
+        with pytest.raises(grpc.RpcError) as caught:
+            client.signal_states(list(range(10_001)), batch_size=20_000)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in bad_request_fields(caught.value)] == ["signal_ids"]
+        # no token: UNAUTHENTICATED, not a stream of everything
+        with pytest.raises(grpc.RpcError) as caught:
+            list(ts.client().changes(0))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert ServerChanges(client, ts.target).cursor_key == f"rescan_seq@{ts.target}"
