@@ -89,11 +89,10 @@ def changes(
                     change.list_name = lists[list_id][0]
                     change.labels.extend(split_labels(labels))
                     change.external_id = ext or ""
+                    change.hash = bytes(code)
                     if entry.signal_type == "vpdq":
                         change.frames.extend(frames.get(sid, ()))
                         size += 32 * len(change.frames)
-                    else:
-                        change.hash = bytes(code)
                 reply.changes.append(change)
                 size += 64
                 if size >= MESSAGE_BYTES:

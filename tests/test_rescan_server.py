@@ -204,3 +204,36 @@ def test_bad_changes_requests_name_the_field(tmp_path):
             list(ts.client().changes(0))
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert ServerChanges(client, ts.target).cursor_key == f"rescan_seq@{ts.target}"
+
+
+@pytest.mark.reference
+def test_videos_rescan_through_a_server_equals_a_local_rescan(reference_dir, tmp_path):
+    from hashmatch.engine.ingest import read_records
+    from hashmatch.engine.runtime import Engine
+
+    videos, hashes = reference_dir / "videos", reference_dir / "vpdq-hashes"
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy(videos / "pattern-sd-grey-bar.mp4", tree / "upload-1.mp4")
+    shutil.copy(videos / "test-padded-dimensions.mp4", tree / "upload-2.mp4")
+    served = tmp_path / "served"
+    with Engine.open(served, eager=False) as engine:
+        for name in ("pattern-sd-with-small-logo-bar", "test-padded-dimensions"):
+            engine.ingest(read_records(hashes / f"{name}.txt"), list_name="videos")
+    with Catalog(tmp_path / "remote.sqlite") as catalog:
+        scan([tree], catalog=catalog, matcher=None,
+             options=ScanOptions(types=("vpdq",), workers=0, progress=False))  # fmt: skip
+    shutil.copy(tmp_path / "remote.sqlite", tmp_path / "local.sqlite")
+    with running_server(served, tenants=TENANTS) as ts:
+        records = _rescan_cli(ts, "ops", tmp_path / "remote.sqlite", tmp_path / "remote.jsonl")
+        with Catalog(tmp_path / "local.sqlite") as local:
+            rescan(local, ts.engine.store, report=tmp_path / "local.jsonl")
+    body = _body(tmp_path / "remote.jsonl")
+    assert body == _body(tmp_path / "local.jsonl")
+    assert sorted(r["file"] for r in body) == [
+        str(tree / "upload-1.mp4"),
+        str(tree / "upload-2.mp4"),
+    ]
+    assert all(r["type"] == "vpdq" and len(r["signal_hash"]) == 64 for r in body), body
+    assert all(r["query_match_pct"] >= 50 and r["target_match_pct"] > 0 for r in body)
+    assert records[-1]["new_signals"] == {"vpdq": 2}
