@@ -209,7 +209,7 @@ class ServerChanges:
                 out.append(Change(group[0], group[1], group[2], np.asarray(ids, np.int64)))
 
         for reply in self.client.changes(since, timeout=self.timeout):
-            head = max(head, int(reply.head))
+            head = int(reply.head)  # the same in every message
             for c in reply.changes:
                 op = "add" if c.action == added else "remove"
                 key = (int(c.seq), op, c.signal_type)
