@@ -374,7 +374,8 @@ def mih_radius(
                 p = 0
                 for t in range(nlev - lazy):
                     while p < levels[i, t]:
-                        acc += hi_b[mb + p] - lo_b[mb + p]
+                        u = np.uint64(mb + p)
+                        acc += hi_b[u] - lo_b[u]
                         p += 1
                     cnt[i, t] = acc
                 if lazy:
@@ -449,10 +450,11 @@ def mih_radius(
             # read; written out in each loop, not as a helper: an inlined numba
             # function taking arrays costs NRT incref/decref calls per probe)
             c = 0
-            stop = mb + npr
+            stop = np.uint64(mb + npr)
+            ahead = np.uint64(PROBE_AHEAD)
             if ri < 0:
-                for p in range(mb, stop):
-                    pp = p + PROBE_AHEAD
+                for p in range(np.uint64(mb), stop):
+                    pp = p + ahead
                     if pp < stop and hi_b[pp] > lo_b[pp]:
                         prefetch(cwords, lo_b[pp])
                     for j in range(lo_b[p], hi_b[p]):
@@ -460,8 +462,8 @@ def mih_radius(
                         c += 1
             elif shifts[i] == 0:
                 rr = rows[ri]
-                for p in range(mb, stop):
-                    pp = p + PROBE_AHEAD
+                for p in range(np.uint64(mb), stop):
+                    pp = p + ahead
                     if pp < stop and hi_b[pp] > lo_b[pp]:
                         prefetch(rr, lo_b[pp])
                     for j in range(lo_b[p], hi_b[p]):
@@ -471,9 +473,9 @@ def mih_radius(
                 rr = rows[ri]
                 qlow = qkeys[i] & ((_ONE << sh) - _ONE)
                 urb = np.uint64(rb)
-                for p in range(mb, stop):
+                for p in range(np.uint64(mb), stop):
                     rem = t - popcount64(np.uint64(masks[p]))
-                    pp = p + PROBE_AHEAD
+                    pp = p + ahead
                     if pp < stop:
                         lo = lo_b[pp]
                         if hi_b[pp] > lo:
@@ -557,15 +559,16 @@ def _estimate_last(cnt, lev):
 
 @njit(inline="always")
 def _bounds(qk, ob, mb, npr, masks, offsets, lo_b, hi_b):
-    """lo_b/hi_b[mb + p] = bucket bounds of probe p (offsets prefetched first)."""
-    for p in range(mb, mb + npr):
-        b = ob + np.int64(qk ^ np.uint64(masks[p]))
-        lo_b[p] = b
+    """lo_b/hi_b[mb + p] = bucket bounds of probe p (offsets prefetched first;
+    unsigned indices throughout: numba adds negative-index fix-ups to signed ones)."""
+    for p in range(np.uint64(mb), np.uint64(mb + npr)):
+        b = np.uint64(ob) + (qk ^ np.uint64(masks[p]))
+        lo_b[p] = np.int64(b)
         prefetch(offsets, b)
-    for p in range(mb, mb + npr):
-        b = lo_b[p]
+    for p in range(np.uint64(mb), np.uint64(mb + npr)):
+        b = np.uint64(lo_b[p])
         lo_b[p] = np.int64(offsets[b])
-        hi_b[p] = np.int64(offsets[b + 1])
+        hi_b[p] = np.int64(offsets[b + _ONE])
 
 
 @njit(cache=True, nogil=True)
