@@ -5,7 +5,7 @@ does not leak credentials::
 
     [tenants.acme]
     tokens_sha256 = ["9f86d08188..."]   # sha256(token).hexdigest()
-    roles = ["match", "write"]          # match | write | admin
+    roles = ["match", "write"]          # match | export | write | admin
     all_lists = false                   # true: sees every list (the local operator)
 
 A tenant matches only against the hash lists the store shares with it (the engine
@@ -24,7 +24,10 @@ from pathlib import Path
 
 from hashmatch.engine.errors import HashmatchError, InvalidInput
 
-ROLES = ("match", "write", "admin")
+#: match: look up hashes/media against shared lists; export: also read every hash of
+#: those lists (Signals.Changes, what ``rescan --server`` needs) -- a list shared for
+#: matching need not be handed over whole; write: ingest/retract; admin: operations.
+ROLES = ("match", "export", "write", "admin")
 
 
 class Unauthenticated(HashmatchError):

@@ -4,7 +4,8 @@ What ``hashmatch rescan --server`` needs: the signals added and removed since a 
 position, with each added signal's current code and provenance, and whether the
 signals a catalog holds matches of still match. A tenant sees only the lists shared
 with it (the same rule as Match): log entries of other lists are left out, and their
-signals read as DELETED. Both need the "match" role.
+signals read as DELETED. Changes needs the "export" role (it hands over whole lists),
+SignalStates the "match" role.
 """
 
 from __future__ import annotations

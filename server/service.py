@@ -76,9 +76,9 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
         lists = self.host.engine_lists(call.principal.engine_tenant)
         return signals_pb2.ListHashListsResponse(lists=lists)
 
-    # Reading the change log is reading the lists shared with the caller: the "match"
-    # role, scoped by tenant like Match (see server/changes.py).
-    @rpc("match")
+    # The change log hands over every hash of the lists shared with the caller, more
+    # than Match reveals: its own "export" role, scoped by tenant like Match.
+    @rpc("export")
     def Changes(self, request, call: Call):
         yield from changes.changes(self.host, request, call)
 

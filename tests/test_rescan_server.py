@@ -24,7 +24,11 @@ from hashmatch.server.errors import bad_request_fields
 from hashmatch.server.testing import running_server
 from hashmatch.v1 import signals_pb2
 
-TENANTS = {"ops": (["match", "write"], True), "partner": (["match"], False)}
+TENANTS = {
+    "ops": (["match", "export", "write"], True),
+    "partner": (["match", "export"], False),
+    "matcher": (["match"], False),
+}
 
 
 def _records(path):
@@ -204,6 +208,16 @@ def test_bad_changes_requests_name_the_field(tmp_path):
             list(ts.client().changes(0))
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert ServerChanges(client, ts.target).cursor_key == f"rescan_seq@{ts.target}"
+
+
+def test_changes_need_the_export_role(tmp_path):
+    with running_server(tmp_path / "served", tenants=TENANTS) as ts:
+        matcher = ts.client("matcher")  # may match against its lists, not export them
+        with pytest.raises(grpc.RpcError) as caught:
+            list(matcher.changes(0))
+        assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "'export'" in caught.value.details()
+        assert matcher.signal_states([1]) == [signals_pb2.SIGNAL_STATE_DELETED]
 
 
 @pytest.mark.reference

@@ -142,7 +142,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
     "--role",
     "roles",
     multiple=True,
-    type=click.Choice(["match", "write", "admin"]),
+    type=click.Choice(["match", "export", "write", "admin"]),
     default=("match",),
     show_default=True,
 )
