@@ -158,26 +158,12 @@ def plan_tables(
     spare = min(MAX_SPLIT, 32 - row_bits(n))
     plans = []
     for m in range(max(1, -(-bits // (MAX_WIDTH + spare))), bits // MIN_WIDTH + 1):
-        valid = [
-            (widths, obits)
-            for widths, obits in layouts(bits, m, spare)
-            if max(obits) <= MAX_WIDTH
-            and max(w - o for w, o in zip(widths, obits, strict=True)) <= spare
-        ]
-        split = [(w, ob) for w, ob in valid if ob != w and table_bytes(n, ob) <= budget]
-        if split:
-            # finer memory steps above the widest fitting split: its first k tables
-            # one bucket bit wider (10M codes: 8 of 11 tables on 22-bit buckets fit
-            # 3x, all 11 do not; same-process A/B vs all on 21: p50 -3% random, -9%
-            # clustered)
-            widths, obits = split[0]
-            top = max(obits)
-            for k in range(1, m):
-                wider = [min(w, top + 1) if j < k else o
-                         for j, (w, o) in enumerate(zip(widths, obits, strict=True))]  # fmt: skip
-                if table_bytes(n, wider) <= budget:
-                    valid.append((widths, wider))
-        for widths, obits in valid:
+        for widths, obits in layouts(bits, m, spare):
+            if (
+                max(obits) > MAX_WIDTH
+                or max(w - o for w, o in zip(widths, obits, strict=True)) > spare
+            ):
+                continue
             _, cost = assign_radii(n, widths, radius, obits=obits)
             plans.append((cost, table_bytes(n, obits), widths, obits))
     fits = [p for p in plans if p[1] <= budget]
