@@ -112,7 +112,8 @@ class ChangeSource(Protocol):
     cursor_key: str
 
     def read(self, since: int) -> tuple[int, Iterable[Change]]:
-        """(head, the log entries with since < seq <= head, oldest first)."""
+        """(head, the add/remove log entries with ids and since < seq <= head, oldest
+        first)."""
         ...
 
     def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
@@ -144,9 +145,14 @@ class StoreChanges:
         return self._lists
 
     def read(self, since: int) -> tuple[int, list[Change]]:
+        """Also what the server's ``Signals.Changes`` streams (server/changes.py)."""
         self._lists = None  # read once per rescan, as fresh as the log
         head = self.store.change_counter()
-        return head, [c for c in self.store.changes_since(since) if c.seq <= head]
+        return head, [
+            c
+            for c in self.store.changes_since(since)
+            if c.seq <= head and c.op in ("add", "remove") and len(c.ids)
+        ]
 
     def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
         index_ids, codes = self.store.codes_for(signal_type, ids)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hashmatch.engine.errors import InvalidInput
-from hashmatch.engine.rescan import why_gone
+from hashmatch.engine.rescan import StoreChanges, why_gone
 from hashmatch.engine.store import FRAME_BITS, split_labels
 from hashmatch.server import convert
 from hashmatch.v1 import signals_pb2
@@ -49,13 +49,8 @@ def changes(
     }
     store = host.engine.store
     visible = store.visible_list_ids(call.principal.engine_tenant)
-    head = store.change_counter()
-    entries = [
-        c
-        for c in store.changes_since(request.since)
-        if c.seq <= head and c.op in ("add", "remove") and len(c.ids)
-        if not types or c.signal_type in types
-    ]
+    head, logged = StoreChanges(store).read(request.since)
+    entries = [c for c in logged if not types or c.signal_type in types]
     more = False
     if request.max_changes:  # stop after the entry that reaches the limit
         total = 0
