@@ -218,6 +218,16 @@ def test_changes_need_the_export_role(tmp_path):
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "'export'" in caught.value.details()
         assert matcher.signal_states([1]) == [signals_pb2.SIGNAL_STATE_DELETED]
+        # through the CLI: a clear error naming the server and the status, no report
+        Catalog(tmp_path / "c.sqlite").close()
+        out = tmp_path / "r.jsonl"
+        result = CliRunner().invoke(
+            cli,
+            ["rescan", "--server", ts.target, "--token", ts.tokens["matcher"],
+             "--catalog", str(tmp_path / "c.sqlite"), "--out", str(out)],
+        )  # fmt: skip
+        assert result.exit_code == 1
+        assert f"{ts.target}: PERMISSION_DENIED" in result.output and not out.exists()
 
 
 @pytest.mark.reference

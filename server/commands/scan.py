@@ -7,6 +7,7 @@ matcher (local data dir or ``--server``), call the library, print the summary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -204,36 +205,28 @@ def rescan_command(since, data_dir, catalog, server, token, tls, threshold, out)
     store_path = Path(data_dir) / "store.sqlite"
     if not server and not store_path.exists():
         raise click.ClickException(f"no hashmatch store in {data_dir}")
+    rpc_errors: tuple[type[Exception], ...] = ()  # grpc is imported only for --server
     try:
-        if server:
-            import grpc
+        with contextlib.ExitStack() as stack:
+            if server:
+                import grpc
 
-            from hashmatch.server.client import HashmatchClient
+                from hashmatch.server.client import HashmatchClient
 
-            with HashmatchClient(server, token=token, tls=tls) as client:
+                rpc_errors = (grpc.RpcError,)
+                client = stack.enter_context(HashmatchClient(server, token=token, tls=tls))
                 client.wait_until_serving(timeout=60)
-                try:
-                    with Catalog(path) as cat:
-                        result = rescan(
-                            cat,
-                            ServerChanges(client, server),
-                            since=since_seq,
-                            threshold=threshold,
-                            report=out,
-                        )
-                except grpc.RpcError as exc:
-                    raise click.ClickException(
-                        f"{server}: {exc.code().name}: {exc.details()}"
-                    ) from exc
-        else:
-            store = SignalStore(store_path, create=False)
-            try:
-                with Catalog(path) as cat:
-                    result = rescan(cat, store, since=since_seq, threshold=threshold, report=out)
-            finally:
-                store.close()
+                source = ServerChanges(client, server)
+            else:
+                source = stack.enter_context(
+                    contextlib.closing(SignalStore(store_path, create=False))
+                )
+            cat = stack.enter_context(Catalog(path))
+            result = rescan(cat, source, since=since_seq, threshold=threshold, report=out)
     except (HashmatchError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except rpc_errors as exc:
+        raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}") from exc
     _print_summary(result.summary.as_dict())
 
 
