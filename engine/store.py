@@ -46,6 +46,7 @@ from hashmatch.engine.errors import (
 from hashmatch.engine.store_schema import migrate
 
 LABEL_SEP = "\x1f"  # labels are stored joined by the ASCII unit separator
+_NOT_SHARED = "no hash list by that name is shared with you"
 DEFAULT_BATCH = 50_000
 FRESH_CACHE_ROWS = 2_000_000  # rows of just-written codes kept for the index (~64 MB of PDQ)
 MAX_REJECTIONS_KEPT = 10_000  # a report keeps this many rejections; the count is exact
@@ -277,6 +278,28 @@ class Change:
 
 def split_labels(text: str | None) -> tuple[str, ...]:
     return tuple(text.split(LABEL_SEP)) if text else ()
+
+
+#: Characters a label cannot hold: the separator labels are joined with, and NUL
+#: (SQLite text ends there). Stored as given, they would come back split or cut short.
+_UNSTORABLE_LABEL = (LABEL_SEP, "\x00")
+_UNSTORABLE_EXTERNAL = "\x00"
+
+
+def _labels_problem(labels: Iterable[str]) -> tuple[str, str] | None:
+    """(reason, field) when a label cannot be stored as given, else None.
+
+    Why reject instead of cleaning: a label is provenance a partner assigned; silently
+    splitting "a\x1fb" into two labels or cutting "q\x00r" to "q" would change it.
+    """
+    for j, label in enumerate(labels):
+        text = str(label)
+        if any(c in text for c in _UNSTORABLE_LABEL):
+            return (
+                "labels may not contain NUL (U+0000) or the unit separator (U+001F)",
+                f"labels[{j}]",
+            )
+    return None
 
 
 def join_labels(labels: Iterable[str]) -> str:
@@ -557,11 +580,28 @@ class SignalStore:
             for r in conn.execute("SELECT list_id FROM tenant_lists WHERE tenant = ?", (tenant,))
         }
 
-    def check_write(self, conn: sqlite3.Connection, tenant: str | None, list_id: int) -> None:
-        if tenant is None:
-            return
+    def _writable_list_id(self, conn: sqlite3.Connection, name: str, tenant: str | None) -> int:
+        """The id of list ``name``, checked writable by ``tenant``.
+
+        A tenant that is not an admin gets the same NotFound for a list that does not
+        exist as for one not shared with it: the answer must not tell which lists exist.
+        """
+        try:
+            list_id = self._list_id(conn, name)
+        except NotFound:
+            if tenant is not None and not self._is_admin(conn, tenant):
+                raise NotFound(_NOT_SHARED, field="list_name") from None
+            raise
+        self.check_write(conn, tenant, list_id)
+        return list_id
+
+    @staticmethod
+    def _is_admin(conn: sqlite3.Connection, tenant: str) -> bool:
         row = conn.execute("SELECT is_admin FROM tenants WHERE name = ?", (tenant,)).fetchone()
-        if row is not None and row[0]:
+        return row is not None and bool(row[0])
+
+    def check_write(self, conn: sqlite3.Connection, tenant: str | None, list_id: int) -> None:
+        if tenant is None or self._is_admin(conn, tenant):
             return
         grant = conn.execute(
             "SELECT can_write FROM tenant_lists WHERE tenant = ? AND list_id = ?",
@@ -569,7 +609,7 @@ class SignalStore:
         ).fetchone()
         if grant is None:
             # Do not reveal that a list the tenant cannot see exists.
-            raise NotFound("no hash list by that name is shared with you", field="list_name")
+            raise NotFound(_NOT_SHARED, field="list_name")
         if not grant[0]:
             raise PermissionDenied(
                 f"tenant {tenant!r} may read but not write this list", field="list_name"
@@ -609,8 +649,7 @@ class SignalStore:
             try:
                 if create_list and tenant is None:
                     self._ensure_list(conn, list_name, actor, own_txn=not strict)
-                list_id = self._list_id(conn, list_name)
-                self.check_write(conn, tenant, list_id)
+                list_id = self._writable_list_id(conn, list_name, tenant)
                 ingest_id = time.time_ns()
                 seen = 0
                 # Parsing (Python, holds the GIL) runs in a helper thread while this one
@@ -693,7 +732,16 @@ class SignalStore:
             batch = batch.records()  # something unusual: the per-record path says what
         lines = [rec.line for _, rec in batch if rec.line is not None]
         groups: dict[str, list[tuple[int, SignalRecord]]] = {}
+        label_problems: dict[tuple, tuple[str, str] | None] = {}
         for position, rec in batch:
+            problem = label_problems.get(rec.labels, ())
+            if problem == ():
+                problem = label_problems[rec.labels] = _labels_problem(rec.labels)
+            if problem is None and rec.external_id and _UNSTORABLE_EXTERNAL in rec.external_id:
+                problem = ("external_id may not contain NUL (U+0000)", "external_id")
+            if problem is not None:
+                report.reject(Rejection(problem[0], position, rec.line, problem[1]))
+                continue
             groups.setdefault(rec.signal_type, []).append((position, rec))
         prepared: list = []
         for type_name, items in groups.items():
@@ -787,6 +835,8 @@ class SignalStore:
         if quality is not None and not (isinstance(quality, int) and 0 <= quality <= 100):
             return None
         kinds_of_labels = set(cb.labels)
+        if any(_labels_problem(t) for t in kinds_of_labels):
+            return None  # the per-record path rejects those records by name
         if len(kinds_of_labels) == 1:
             labels: str | tuple[bytes, int] | None = join_labels(kinds_of_labels.pop())
         else:
@@ -1114,8 +1164,7 @@ class SignalStore:
     ) -> int:
         conn = self.conn()
         with self.write_lock:
-            list_id = self._list_id(conn, list_name)
-            self.check_write(conn, tenant, list_id)
+            list_id = self._writable_list_id(conn, list_name, tenant)
             targets: dict[int, str] = {}
             for i, (stype, value) in enumerate(hashes):
                 st = signal_types.get(stype, field=f"hashes[{i}].signal_type")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.errors import InvalidInput
+from hashmatch.engine.errors import HashmatchError, InvalidInput
 from hashmatch.engine.store import IngestRefused, Rejection, SignalRecord
 from hashmatch.server import convert
 from hashmatch.server.matching import check_size
@@ -67,59 +67,91 @@ def _items(request: signals_pb2.IngestRequest, offset: int) -> list[SignalRecord
 
 
 def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestResponse:
-    config = host.config
+    """Each stream message is stored as it arrives (its own commit), so a stream that
+    fails part way has stored the messages before the failing one: the error says how
+    many, so a caller does not resend them blindly (a resend is harmless: unchanged)."""
     reply = signals_pb2.IngestResponse()
     list_name = ""
-    offset = 0
-    for n, request in enumerate(requests):
-        call.check_deadline()
-        check_size(request, config.max_message_bytes, field=f"stream[{n}]")
-        if len(request.signals) > config.max_batch:
-            raise InvalidInput(
-                f"{len(request.signals)} signals is over the limit of {config.max_batch} per "
-                "message; split the batch",
-                field=f"stream[{n}].signals",
+    offset = n = 0
+    try:
+        for n, request in enumerate(requests):
+            list_name = request.list_name.strip() or list_name
+            _ingest_message(host, call, n, request, list_name, offset, reply)
+            offset += len(request.signals)
+    except HashmatchError as exc:
+        if offset:
+            exc.message += (
+                f" (messages before stream[{n}] were stored: added {reply.added}, updated"
+                f" {reply.updated}, unchanged {reply.unchanged}, rejected {reply.rejected})"
             )
-        list_name = request.list_name.strip() or list_name
-        if not list_name:
-            raise InvalidInput("list_name is required", field=f"stream[{n}].list_name")
-        if request.signals:
-            try:
-                report = host.engine.ingest(
-                    _items(request, offset),
-                    list_name=list_name,
-                    actor=call.principal.tenant,
-                    source=request.source or None,
-                    strict=request.strict,
-                    tenant=call.principal.engine_tenant,
-                )
-            except IngestRefused as exc:
-                first = exc.report.rejections[0]
-                raise InvalidInput(
-                    f"strict ingest refused ({exc.report.rejected} bad); first: {first.reason}",
-                    field=_field(first, offset),
-                ) from None
-            reply.added += report.added
-            reply.updated += report.updated
-            reply.unchanged += report.unchanged
-            reply.rejected += report.rejected
-            reply.rejections.extend(
-                common_pb2.ItemError(
-                    index=offset + (r.index or 0), field=_field(r, offset), reason=r.reason
-                )
-                for r in report.rejections
-            )
-        offset += len(request.signals)
+        raise
     if offset == 0:
         raise InvalidInput("the stream carried no signals", field="signals")
     call.log.update(list=list_name, items=offset, added=reply.added, rejected=reply.rejected)
     return reply
 
 
+def _ingest_message(
+    host: ServiceHost,
+    call: Call,
+    n: int,
+    request: signals_pb2.IngestRequest,
+    list_name: str,
+    offset: int,
+    reply: signals_pb2.IngestResponse,
+) -> None:
+    """Validate and store stream message ``n``, adding its counts to ``reply``."""
+    config = host.config
+    call.check_deadline()
+    check_size(request, config.max_message_bytes, field=f"stream[{n}]")
+    if len(request.signals) > config.max_batch:
+        raise InvalidInput(
+            f"{len(request.signals)} signals is over the limit of {config.max_batch} per "
+            "message; split the batch",
+            field=f"stream[{n}].signals",
+        )
+    if not list_name:
+        raise InvalidInput("list_name is required", field=f"stream[{n}].list_name")
+    if not request.signals:
+        return
+    try:
+        report = host.engine.ingest(
+            _items(request, offset),
+            list_name=list_name,
+            actor=call.principal.tenant,
+            source=request.source or None,
+            strict=request.strict,
+            tenant=call.principal.engine_tenant,
+        )
+    except IngestRefused as exc:
+        first = exc.report.rejections[0]
+        raise InvalidInput(
+            f"strict ingest refused ({exc.report.rejected} bad); first: {first.reason}",
+            field=_field(first, offset),
+        ) from None
+    reply.added += report.added
+    reply.updated += report.updated
+    reply.unchanged += report.unchanged
+    reply.rejected += report.rejected
+    reply.rejections.extend(
+        common_pb2.ItemError(
+            index=offset + (r.index or 0), field=_field(r, offset), reason=r.reason
+        )
+        for r in report.rejections
+    )
+
+
+# The engine names record fields; these are where they sit in a Signal message.
+_SIGNAL_FIELDS = {"quality": "hash.quality", "signal_type": "hash.signal_type"}
+
+
 def _field(rejection: Rejection, offset: int) -> str:
     if rejection.field and rejection.field.startswith("signals["):
         return rejection.field  # ours: already stream-wide
-    return f"signals[{offset + (rejection.index or 0)}]"
+    where = f"signals[{offset + (rejection.index or 0)}]"
+    if rejection.field:
+        where += "." + _SIGNAL_FIELDS.get(rejection.field, rejection.field)
+    return where
 
 
 def retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call):

@@ -216,3 +216,26 @@ class lines_stream(io.TextIOBase):
 
     def readable(self) -> bool:
         return True
+
+
+def test_labels_with_nul_or_the_label_separator_are_rejected_in_every_path(engine):
+    """CSV goes through the column fast path, JSONL through the per-record path: both
+    must reject the line by name, never store it split (U+001F) or cut short (NUL)."""
+    csv_lines = [
+        "signal_type,signal_value,labels,external_id",
+        f"pdq,{PDQ[0]},q\x00r,1",  # 2: NUL inside a label
+        f"pdq,{PDQ[1]},fine,2",  # 3
+        f"md5,{MD5},fine,ext\x00cut",  # 4: NUL in an external id
+    ]
+    report = ingest_text(engine, "\n".join(csv_lines) + "\n", "odd.csv", list_name="c")
+    assert (report.added, report.rejected) == (1, 2)
+    got = {r.line: r.reason for r in report.rejections}
+    assert got[2].startswith("labels may not contain NUL")
+    assert got[4] == "external_id may not contain NUL (U+0000)"
+    jsonl = (
+        f'{{"signal_type": "pdq", "signal_value": "{PDQ[2]}", "labels": ["a\\u001fb"]}}\n'
+        f'{{"signal_type": "md5", "signal_value": "{MD5[::-1]}", "labels": ["q\\u0000r"]}}\n'
+    )
+    report = ingest_text(engine, jsonl, "odd.jsonl", list_name="j")
+    assert (report.added, report.rejected) == (0, 2)
+    assert engine.match("pdq", np.frombuffer(bytes.fromhex(PDQ[2]), np.uint8)[None])[0] == []

@@ -454,6 +454,58 @@ def test_writer_tenant_writes_only_lists_granted_for_writing(served, ops):
     assert _code(err) is grpc.StatusCode.NOT_FOUND
 
 
+def test_writer_cannot_tell_unshared_lists_from_absent_ones(served, ops):
+    ops.ingest("hidden-from-writer", [signal("pdq", _codes(1, seed=12)[0].tobytes().hex())])
+    served.engine.store.create_tenant("writer", exist_ok=True)
+    writer = served.client("writer", retries=0)
+    code = _codes(1, seed=13)[0].tobytes().hex()
+    answers = []
+    for name in ("hidden-from-writer", "no-such-list-anywhere"):
+        for call in (
+            lambda name=name: writer.ingest(name, [signal("pdq", code)]),
+            lambda name=name: writer.retract(name, hashes=[("pdq", code)]),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            answers.append((_code(err), err.value.details()))
+    assert {code for code, _ in answers} == {grpc.StatusCode.NOT_FOUND}
+    assert len({details for _, details in answers}) == 1, answers  # nothing to tell apart
+
+
+def test_labels_and_external_ids_that_cannot_be_stored_are_rejected_by_name(ops):
+    """NUL and U+001F (the store's label separator) would come back split or cut."""
+    codes = [c.tobytes().hex() for c in _codes(4, seed=14)]
+    reply = ops.ingest(
+        "odd-labels",
+        [
+            signal("pdq", codes[0], labels=["a\x1fb"]),
+            signal("pdq", codes[1], labels=["p", "q\x00r"]),
+            signal("pdq", codes[2], external_id="ext\x00tail"),
+            signal("pdq", codes[3], labels=["ok label", "é"], external_id="ext-3"),
+        ],
+    )
+    assert (reply.added, reply.rejected) == (1, 3)
+    assert [(r.index, r.field) for r in reply.rejections] == [
+        (0, "signals[0].labels[0]"),
+        (1, "signals[1].labels[1]"),
+        (2, "signals[2].external_id"),
+    ]
+    found = ops.match([("pdq", codes[3])]).results[0].matches[0]
+    assert (list(found.labels), found.external_id) == (["ok label", "é"], "ext-3")
+    assert not ops.match([("pdq", c) for c in codes[:3]]).results[0].matches
+
+
+def test_failed_ingest_stream_says_what_earlier_messages_stored(ops):
+    good = _codes(1, seed=15)[0].tobytes().hex()
+    with pytest.raises(grpc.RpcError) as err:
+        ops.ingest(
+            "partial-stream", [signal("pdq", good), signal("pdq", "zz")], strict=True, batch_size=1
+        )
+    assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT
+    assert "messages before stream[1] were stored: added 1" in err.value.details()
+    assert ops.match([("pdq", good)]).results[0].matches[0].list_name == "partial-stream"
+
+
 def test_other_signal_types_md5_and_vpdq_hashes(ops):
     md5 = "d41d8cd98f00b204e9800998ecf8427e"
     frame = _codes(1, seed=12)[0]
