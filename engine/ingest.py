@@ -149,6 +149,12 @@ def _read(source, format, signal_type, labels, external_id, *, batch_size: int |
                 return
             yield ColumnBatch.from_items(chunk, position)
             position += len(chunk)
+    except UnicodeDecodeError as exc:  # a binary file, or a CSV saved as Latin-1
+        raise InvalidInput(
+            f"{name or 'input'} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): "
+            "give a hash list (CSV, JSONL, hex, vPDQ) saved as UTF-8",
+            field="file",
+        ) from None
     finally:
         if close:
             stream.close()
@@ -230,7 +236,7 @@ def _jsonl(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
             yield Rejection("a JSONL line must be an object", line=number)
             continue
         try:
-            stype = obj.get("signal_type")
+            stype = obj.get("signal_type", obj.get("type"))  # "type": `hashmatch hash`
             if not stype:
                 raise InvalidInput("missing column 'signal_type'", field="signal_type")
             frames = obj.get("frames")

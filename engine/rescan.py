@@ -353,22 +353,24 @@ def rescan(
     else:
         dead, why = [], {}
 
-    # 4. one commit: new matches, removals, cursor
+    # 4. one commit: new matches, removals, cursor; the report is written before the
+    # commit, so a report that cannot be written (bad --out, full disk) rolls the cursor
+    # back instead of losing the new matches and retractions it would have announced
     with catalog.transaction():
         fresh = [r for r in new_rows if why.get(r.signal_id) is None]
         inserted = _insert_new(catalog, fresh)
         removed = catalog.remove_matches_of_signals(dead) if dead else []
         catalog.set_meta(source.cursor_key, str(head))
-    gone = [Retraction(m, why[m.signal_id] or "retracted") for m in removed]
-    summary.new_matches = len(inserted)
-    summary.retractions = len(gone)
-    summary.hash_calls = catalog.counter("hash_calls")
-    summary.load_s = round(summary.load_s, 3)
-    summary.query_s = round(summary.query_s, 3)
-    summary.elapsed_s = round(time.monotonic() - started, 3)
-    if report is not None:
-        summary.report = str(report)
-        write_jsonl_atomically(report, _report_records(catalog, inserted, gone, summary))
+        gone = [Retraction(m, why[m.signal_id] or "retracted") for m in removed]
+        summary.new_matches = len(inserted)
+        summary.retractions = len(gone)
+        summary.hash_calls = catalog.counter("hash_calls")
+        summary.load_s = round(summary.load_s, 3)
+        summary.query_s = round(summary.query_s, 3)
+        summary.elapsed_s = round(time.monotonic() - started, 3)
+        if report is not None:
+            summary.report = str(report)
+            write_jsonl_atomically(report, _report_records(catalog, inserted, gone, summary))
     return RescanResult(summary, inserted, gone)
 
 

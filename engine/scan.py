@@ -1017,8 +1017,11 @@ class Scanner:
         self.progress.update(len(results) + len(skipped), failed=failed, matched=matched_files)
         self._last_commit = time.monotonic()
         if lookup_error is not None:
+            reason = lookup_error
+            if callable(getattr(lookup_error, "code", None)):  # a grpc.RpcError
+                reason = f"{lookup_error.code().name}: {lookup_error.details()}"
             raise LookupFailed(
-                f"matching failed ({lookup_error}); the hashes of this batch are in the "
+                f"matching failed ({reason}); the hashes of this batch are in the "
                 "catalog: run the same scan again to resume"
             ) from lookup_error
 

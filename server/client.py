@@ -362,12 +362,17 @@ class HashmatchClient:
     def wait_until_serving(self, timeout: float = 30.0) -> None:
         """Block until health says SERVING (the index is loaded)."""
         deadline = time.monotonic() + timeout
+        last = "no answer"
         while True:
             try:
-                if self.health() == "SERVING":
+                last = self.health()
+                if last == "SERVING":
                     return
-            except grpc.RpcError:
-                pass
+            except grpc.RpcError as exc:
+                last = f"{exc.code().name}: {exc.details()}"
             if time.monotonic() > deadline:
-                raise TimeoutError("the server did not become SERVING in time")
+                raise TimeoutError(
+                    f"the server did not become SERVING within {timeout:g} s (last: {last}); "
+                    "is `hashmatch serve` running there?"
+                )
             time.sleep(0.05)

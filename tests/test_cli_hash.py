@@ -72,11 +72,11 @@ def test_te_format_and_reference_resize(tree: Path):
     Image.open(big).resize((900, 700)).save(large)
     _, plain = run(str(large), "--types", "pdq,md5", "--format", "te")
     _, small = run(str(large), "--types", "pdq", "--format", "te", "--reference-resize")
-    rows = list(csv.reader(io.StringIO(plain)))
-    assert [r[0] for r in rows] == ["pdq", "md5"]
+    header, *rows = csv.reader(io.StringIO(plain))
+    assert header == ["signal_type", "signal_value"] and [r[0] for r in rows] == ["pdq", "md5"]
     assert rows[0][1] == hash_media(large, ["pdq"])[0].hex
     expected = hash_media(large, ["pdq"], HashOptions(reference_resize=True))[0].hex
-    assert small.strip() == f"pdq,{expected}" and expected != rows[0][1]
+    assert small.splitlines()[1:] == [f"pdq,{expected}"] and expected != rows[0][1]
     large.unlink()
 
 
@@ -88,7 +88,7 @@ def test_video_records(reference_dir: Path):
     assert [f["frame"] for f in rec["frames"]] == [0, 60]
     assert [f["timestamp"] for f in rec["frames"]] == [0.0, 2.0]
     _, te = run(video, "--every-n-seconds", "2", "--format", "te")
-    (row,) = list(csv.reader(io.StringIO(te)))
+    _header, row = list(csv.reader(io.StringIO(te)))
     frames = json.loads(row[1])
     assert row[0] == "vpdq" and len(frames) == 2 and frames[0].endswith(",0.000")
 
@@ -146,4 +146,4 @@ def test_all_frames_lists_every_frame(tmp_path: Path):
     assert [f["hash"] for f in rec["frames"]] == [bytes(c).hex() for c in expected.codes]
     assert rec["hash"] == rec["frames"][0]["hash"]
     code, out = run(str(path), "--types", "pdq", "--all-frames", "--format", "te")
-    assert out.splitlines() == [f"pdq,{f['hash']}" for f in rec["frames"]]
+    assert out.splitlines()[1:] == [f"pdq,{f['hash']}" for f in rec["frames"]]

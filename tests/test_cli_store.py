@@ -96,7 +96,14 @@ def test_tenants_see_only_shared_lists(run, tmp_path):
     assert "acme: reads shared" in run("tenants", "ls").output
 
 
+def test_read_verbs_do_not_create_a_store(run):
+    for verb in (["match", "pdq:" + "0" * 64], ["lists", "ls"], ["retracted"], ["audit"]):
+        result = run(*verb, ok=False)
+        assert result.exit_code == 1 and "no hashmatch store" in result.output
+
+
 def test_errors_are_one_line_messages(run):
+    run("lists", "create", "x")
     result = run("match", "pdq:abc", ok=False)
     assert result.exit_code == 1 and "64 hex characters" in result.output
     result = run("lists", "disable", "nope", ok=False)

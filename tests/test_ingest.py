@@ -239,3 +239,10 @@ def test_labels_with_nul_or_the_label_separator_are_rejected_in_every_path(engin
     report = ingest_text(engine, jsonl, "odd.jsonl", list_name="j")
     assert (report.added, report.rejected) == (0, 2)
     assert engine.match("pdq", np.frombuffer(bytes.fromhex(PDQ[2]), np.uint8)[None])[0] == []
+
+
+def test_a_file_that_is_not_utf8_is_a_clear_error(engine, tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(f"signal_type,signal_value,labels\npdq,{PDQ[0]},caf\xe9\n".encode("latin-1"))
+    with pytest.raises(InvalidInput, match=r"latin1.csv is not UTF-8 text \(byte 0xe9\)"):
+        engine.ingest(read_records(path), list_name="l")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 from scan_tree import build_tree, ingest_originals
 
@@ -194,4 +195,24 @@ def test_signals_added_and_retracted_between_rescans_net_out(tmp_path):
         result = rescan(catalog, engine.store)
     assert result.new == [] and result.retracted == []
     assert result.summary.new_signals == {} and result.summary.removed_signals == 2
+    catalog.close()
+
+
+def test_a_report_that_cannot_be_written_loses_no_new_match(tmp_path):
+    """The report is written before the commit: if it fails, the cursor stays put and
+    the next rescan announces the same new matches (they are alerts, not to be lost)."""
+    tree = build_tree(tmp_path)
+    data_dir = tmp_path / "data"
+    ingest_originals(data_dir, tree, ["coffee"], list_name="partner")
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    scan([tree.root / "exact"], catalog=catalog, matcher=None,
+         options=ScanOptions(workers=0, progress=False, follow_symlinks=False))  # fmt: skip
+    with Engine.open(data_dir, eager=False) as engine:
+        with pytest.raises(OSError):
+            rescan(catalog, engine.store, report=tmp_path / "no-such-dir" / "r.jsonl")
+        result = rescan(catalog, engine.store, report=tmp_path / "r.jsonl")
+    assert len(result.new) == 2  # coffee-copy: pdq + md5, announced now
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert sorted(r["type"] for r in records if r["kind"] == "match") == ["md5", "pdq"]
+    assert records[-1]["kind"] == "summary" and records[-1]["since"] == 0
     catalog.close()

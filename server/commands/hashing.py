@@ -178,6 +178,8 @@ def hash_command(
         writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, lineterminator="\n")
         writer.writeheader()
     te = csv.writer(out, lineterminator="\n") if fmt == "te" else None
+    if te is not None:  # the header `hashmatch ingest` (and HMA) expect
+        te.writerow(["signal_type", "signal_value"])
     files = failed = 0
     for path in iter_paths(paths):
         files += 1

@@ -146,8 +146,10 @@ def scan_command(
                 report=out,
                 options=options,
             )
-    except HashmatchError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except (HashmatchError, TimeoutError) as exc:
+        raise click.ClickException(f"{server}: {exc}" if server else str(exc)) from exc
+    except OSError as exc:  # e.g. --out in a directory that does not exist
+        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from exc
     finally:
         if matcher is not None:
             matcher.close()
@@ -225,6 +227,8 @@ def rescan_command(since, data_dir, catalog, server, token, tls, threshold, out)
             result = rescan(cat, source, since=since_seq, threshold=threshold, report=out)
     except (HashmatchError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # e.g. --out in a directory that does not exist
+        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from exc
     except rpc_errors as exc:
         raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}") from exc
     _print_summary(result.summary.as_dict())

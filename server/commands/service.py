@@ -150,8 +150,12 @@ def serve(config_file: str | None, **flags: Any) -> None:
 @click.option(
     "--auth-file",
     type=click.Path(dir_okay=False),
-    default="./hashmatch-data/auth.toml",
-    show_default=True,
+    default=lambda: (
+        os.environ.get("HASHMATCH_AUTH_FILE")
+        or str(Path(os.environ.get("HASHMATCH_DATA_DIR", "./hashmatch-data")) / "auth.toml")
+    ),
+    show_default="$HASHMATCH_AUTH_FILE, else $HASHMATCH_DATA_DIR/auth.toml, else "
+    "./hashmatch-data/auth.toml",
 )
 def token(tenant: str, roles: tuple[str, ...], all_lists: bool, auth_file: str) -> None:
     """Create a token for TENANT, store its SHA-256 in the tokens file, print the token once.
@@ -163,9 +167,15 @@ def token(tenant: str, roles: tuple[str, ...], all_lists: bool, auth_file: str) 
     """
     import secrets
 
-    from hashmatch.server.auth import tenant_entry
+    from hashmatch.server.auth import bootstrap_admin, tenant_entry
 
     path = Path(auth_file)
+    admin = bootstrap_admin(path)  # a new file gets the admin `hashmatch serve` would create
+    if admin:
+        click.echo(
+            f"created {path} with an admin token (saved to {path.parent / 'admin.token'})",
+            err=True,
+        )
     existing = tomllib.loads(path.read_text()) if path.exists() else {}
     if tenant in (existing.get("tenants") or {}):
         raise click.ClickException(
@@ -345,6 +355,9 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     signals, rejected = _read_signals(file, fmt, signal_type)
     if strict and rejected:
         raise click.ClickException(f"refused (strict): {rejected[0]}")
+    if not signals:  # nothing parsed: say why instead of the server's "no signals"
+        shown = "\n  ".join(rejected[:20]) or "the file holds no signals"
+        raise click.ClickException(f"{file}: nothing to ingest:\n  {shown}")
     reply = client.ingest(list_name, signals, source=source, strict=strict, batch_size=batch_size)
     data = MessageToDict(reply, preserving_proto_field_name=True)
     if rejected:

@@ -36,14 +36,15 @@ def _data_dir_option(f):
 
 
 @contextmanager
-def _engine(data_dir: str, *, create: bool = True) -> Iterator:
+def _engine(data_dir: str, *, create: bool = False) -> Iterator:
     """Open the engine lazily (no index load unless a verb needs it); map errors to exit 1."""
     from hashmatch.engine.runtime import Engine
 
     try:
         engine = Engine.open(data_dir, create=create, eager=False)
     except HashmatchError as exc:
-        raise click.ClickException(str(exc)) from None
+        hint = "" if create else " (set HASHMATCH_DATA_DIR or --data-dir to the server's data dir)"
+        raise click.ClickException(f"{exc}{hint}") from None
     try:
         yield engine
     except HashmatchError as exc:
@@ -92,7 +93,7 @@ def lists_create(name, description, owner, labels, actor, data_dir) -> None:
     \b
       hashmatch lists create partner-a --owner "Partner A" --label csam
     """
-    with _engine(data_dir) as engine:
+    with _engine(data_dir, create=True) as engine:
         info = engine.store.create_list(
             name, description=description, owner=owner, labels=labels, actor=actor
         )
@@ -175,7 +176,7 @@ def ingest_command(
     if signal_type:
         signal_type = signal_types.get(signal_type, field="--type").name
     failed = False
-    with _engine(data_dir) as engine:
+    with _engine(data_dir, create=True) as engine:
         for path in files:
             bar = _bar(None, f"ingest {Path(path).name}")
             last = [0]
@@ -342,8 +343,10 @@ def match_command(
     with _engine(data_dir) as engine:
         for query in queries:
             if Path(query).is_file():
+                # each orientation hashed exactly, as the server and `scan --dihedral` do
+                options = HashOptions(dihedral=dihedral, dihedral_exact=dihedral)
                 mm = engine.match_media(
-                    query, types=media_types or ("pdq",), options=HashOptions(dihedral=dihedral),
+                    query, types=media_types or ("pdq",), options=options,
                     tenant=tenant, threshold=threshold, lists=lists or None,
                     max_results=max_results, min_quality=min_quality,
                     low_quality_queries=low_quality_queries,
@@ -507,7 +510,7 @@ def tenants_group() -> None:
 @click.option("--admin", is_flag=True, help="Sees and writes every list.")
 @_data_dir_option
 def tenants_create(name, admin, data_dir) -> None:
-    with _engine(data_dir) as engine:
+    with _engine(data_dir, create=True) as engine:
         engine.store.create_tenant(name, admin=admin)
     click.echo(f"created tenant {name!r}{' (admin)' if admin else ''}")
 
