@@ -43,6 +43,44 @@ VIDEO_EXTENSIONS = frozenset(
      ".ts", ".mts"]
 )  # fmt: skip
 
+# FFmpeg demuxers a video may be read with: the containers of VIDEO_EXTENSIONS (FFmpeg
+# matches any comma-separated part of a demuxer's name: "mov" is the mp4 demuxer,
+# "matroska" mkv/webm, "asf" wmv, "mpeg" program streams, "mpegts" .ts/.mts). Why a
+# whitelist: uploaded bytes pick their own demuxer by content, and some demuxers open
+# *other* files: an ``ffconcat`` or HLS (``#EXTM3U``) playlist follows relative paths,
+# so an upload could hash (and probe the existence of) any file beside it.
+FFMPEG_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,mpeg,asf"
+# Only the local file protocol: no demuxer reaches the network or a pipe.
+FFMPEG_PROTOCOLS = "file"
+# Bytes that announce a playlist (concat, HLS): refused before FFmpeg sees them.
+_PLAYLIST_SIGNATURES = (b"ffconcat", b"#EXTM3U")
+_CAPTURE_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+
+
+def capture_options(operator: str | None) -> str:
+    """The ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` value: the operator's options plus ours.
+
+    The format is OpenCV's (``key;value`` pairs joined by ``|``; a repeated key: the
+    last wins). Every option the operator set is kept as written, and ours are
+    appended only for keys they did not set: an operator who wrote their own
+    ``format_whitelist`` (say, to add ``ogg``) made that security decision on
+    purpose, so it is not overridden (uploads still go through a private directory
+    and the playlist check). Unset, OpenCV would default ``rtsp_transport;tcp``;
+    RTSP is not on the whitelist, so losing that default changes nothing.
+    """
+    pairs = [p for p in (operator or "").split("|") if p.strip()]
+    keys = {p.split(";", 1)[0].strip() for p in pairs}
+    for key, value in (("format_whitelist", FFMPEG_FORMATS),
+                       ("protocol_whitelist", FFMPEG_PROTOCOLS)):  # fmt: skip
+        if key not in keys:
+            pairs.append(f"{key};{value}")
+    return "|".join(pairs)
+
+
+# OpenCV reads the variable at each open; set once at import, before any capture and
+# before server threads exist (setenv racing a C getenv in another thread is unsafe).
+os.environ[_CAPTURE_OPTIONS_ENV] = capture_options(os.environ.get(_CAPTURE_OPTIONS_ENV))
+
 
 @dataclass
 class VideoHash:
@@ -141,14 +179,21 @@ def hash_video(
     if isinstance(source, str | Path):
         _check_file(Path(source), limits)
         return _hash_path(str(source), seconds_per_hash, downsample, limits, frame_transform)
-    data = read_source(source, limits)
-    fd, tmp = tempfile.mkstemp(suffix=".video")
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    data = _refuse_playlist(read_source(source, limits))
+    # A fresh private directory (0700, nothing else in it): even a demuxer that follows
+    # relative paths finds no other file to open.
+    with tempfile.TemporaryDirectory(prefix="hashmatch-video-") as tmpdir:
+        tmp = os.path.join(tmpdir, "upload.video")
+        with open(tmp, "wb") as fh:
             fh.write(data)
         return _hash_path(tmp, seconds_per_hash, downsample, limits, frame_transform)
-    finally:
-        os.unlink(tmp)
+
+
+def _refuse_playlist(data: bytes) -> bytes:
+    """Playlist bytes (concat, HLS) are not a video: refuse them before FFmpeg parses."""
+    if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(_PLAYLIST_SIGNATURES):
+        raise UnsupportedMedia("a playlist (ffconcat/HLS) is not a video", field="media")
+    return data
 
 
 def _check_file(path: Path, limits: DecodeLimits) -> None:
