@@ -62,15 +62,24 @@ def _rows(codes: list[np.ndarray]) -> np.ndarray:
     return codes[0][None, :] if len(codes) == 1 else np.stack(codes)
 
 
-def parse_frames(frames: Sequence[str], qualities: Sequence[int], field: str) -> np.ndarray:
-    """vPDQ frames (one PDQ hex each) -> ``uint8[k, 32]``; qualities: none or one per frame."""
+def parse_frames(
+    frames: Sequence[str], qualities: Sequence[int], field: str, qualities_name: str = "qualities"
+) -> np.ndarray:
+    """vPDQ frames (one PDQ hex each) -> ``uint8[k, 32]``; qualities: none or one per frame,
+    each 0..100 (``qualities_name``: the message's field for them)."""
     st = signal_types.get("vpdq")
     if not frames:
         raise InvalidInput("a video needs at least one frame", field=f"{field}.frames")
     if qualities and len(qualities) != len(frames):
         raise InvalidInput(
-            f"{len(qualities)} qualities for {len(frames)} frames", field=f"{field}.qualities"
+            f"{len(qualities)} qualities for {len(frames)} frames",
+            field=f"{field}.{qualities_name}",
         )
+    for j, quality in enumerate(qualities):
+        if not 0 <= quality <= 100:
+            raise InvalidInput(
+                f"quality must be 0..100, got {quality}", field=f"{field}.{qualities_name}[{j}]"
+            )
     out = np.empty((len(frames), st.nbytes), np.uint8)
     for j, value in enumerate(frames):
         out[j] = st.parse(value, field=f"{field}.frames[{j}]")

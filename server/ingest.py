@@ -7,6 +7,7 @@ rejections. Either way the reply counts both and names every rejected item.
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from hashmatch.engine import signal_types
@@ -40,9 +41,15 @@ def _video_record(signal: signals_pb2.Signal, field: str) -> SignalRecord:
     st = convert.signal_type(signal.hash.signal_type or "vpdq", f"{field}.hash.signal_type")
     if st.name != "vpdq":
         raise InvalidInput(f"frames are for vpdq signals, not {st.name}", field=f"{field}.frames")
-    frames = convert.parse_frames(signal.frames, signal.frame_qualities, f"{field}")
+    frames = convert.parse_frames(signal.frames, signal.frame_qualities, field, "frame_qualities")
     if signal.timestamps and len(signal.timestamps) != len(signal.frames):
         raise InvalidInput("one timestamp per frame", field=f"{field}.timestamps")
+    for j, seconds in enumerate(signal.timestamps):
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise InvalidInput(
+                f"a timestamp must be finite and >= 0, got {seconds}",
+                field=f"{field}.timestamps[{j}]",
+            )
     return SignalRecord(
         signal_type="vpdq",
         hash_hex="",

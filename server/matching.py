@@ -16,6 +16,7 @@ from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, MediaT
 from hashmatch.engine.hashing import HashOptions, hash_media
 from hashmatch.engine.matcher import LOW_QUALITY_MATCH_QUALITY_STORED, LOW_QUALITY_SKIP
 from hashmatch.server import convert
+from hashmatch.server.errors import Overloaded
 from hashmatch.v1 import matcher_pb2
 
 if TYPE_CHECKING:
@@ -51,8 +52,33 @@ def check_media(host: ServiceHost, media, field: str = "media") -> None:
 
 
 def media_types(names, field: str) -> list[str]:
-    chosen = [convert.signal_type(n, f"{field}[{i}]").name for i, n in enumerate(names)]
+    """The requested media types, each once (a repeat would hash the media again)."""
+    chosen: list[str] = []
+    for i, name in enumerate(names):
+        st = convert.signal_type(name, f"{field}[{i}]")
+        if st.name in chosen:
+            raise InvalidInput(f"{st.name} is requested twice", field=f"{field}[{i}]")
+        chosen.append(st.name)
     return chosen or ["pdq"]
+
+
+class ReplyTooLarge(Overloaded):
+    """A reply over the message limit (RESOURCE_EXHAUSTED, as gRPC's own size refusal)."""
+
+
+def check_reply(reply, limit: int):
+    """Refuse a reply over ``limit`` bytes with a message saying what to change.
+
+    Why: otherwise gRPC fails the send after the work is done, the client sees only
+    "message larger than max" and the access log says OK.
+    """
+    size = reply.ByteSize()
+    if size > limit:
+        raise ReplyTooLarge(
+            f"the reply would be {size} bytes, over the {limit}-byte message limit: send "
+            "fewer items per request, set max_results, or ask for fewer types and options"
+        )
+    return reply
 
 
 def hash_options(
@@ -275,7 +301,8 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
         results.append(result)
     call.log["queries"] = n_hashes + len(request.media) + len(videos)
     call.log["matches"] = sum(len(r.matches) for r in results)
-    return matcher_pb2.MatchResponse(results=results, request_id=request.request_id)
+    reply = matcher_pb2.MatchResponse(results=results, request_id=request.request_id)
+    return check_reply(reply, config.max_message_bytes)
 
 
 def _match_media(engine, data: bytes, types: list[str], *, threshold: int | None, **options):
@@ -340,9 +367,10 @@ def hash_only(host: ServiceHost, request: matcher_pb2.HashRequest, call: Call):
     ]
     outcomes = host.media.run_all(jobs, timeout=call.time_left, is_active=call.context.is_active)
     call.log["items"] = len(outcomes)
-    return matcher_pb2.HashResponse(
+    reply = matcher_pb2.HashResponse(
         items=[
             matcher_pb2.MediaHashes(index=i, hashes=[convert.computed_to_pb(h) for h in hashes])
             for i, hashes in enumerate(outcomes)
         ]
     )
+    return check_reply(reply, host.config.max_message_bytes)

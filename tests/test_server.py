@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from hashmatch.server.client import signal
+from hashmatch.server.client import signal, video_signal
 from hashmatch.server.errors import bad_request_fields
 from hashmatch.server.testing import running_server
 from hashmatch.v1 import common_pb2, matcher_pb2
@@ -254,6 +254,11 @@ BAD_MATCHES = {
     "too many media": (dict(media=["JPEG"] * 5), "media"),
     "quality floor out of range": (dict(hashes=[("pdq", "00" * 32)], min_quality=101),
                                    "options.min_quality"),
+    "repeated media type": (dict(media=["JPEG"], media_types=["pdq", "md5", "pdq"]),
+                            "media_types[2]"),
+    "video frame quality out of range": (
+        dict(videos=[matcher_pb2.VideoQuery(frames=["00" * 32] * 2, qualities=[50, 101])]),
+        "videos[0].qualities[1]"),
 }  # fmt: skip
 
 
@@ -305,6 +310,20 @@ def test_oversized_message_is_invalid_argument(strict):
     assert client.match([("pdq", "00" * 32)]).results
 
 
+def test_a_reply_over_the_message_limit_is_refused_with_what_to_change(strict):
+    """Thousands of frames in a small animated GIF: the reply (one computed hash per
+    frame) would pass the 200 kB limit; the server says so instead of failing the send."""
+    frames = [Image.new("L", (1, 1), color=i % 256) for i in range(4000)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=10)
+    client = strict.client("ops", retries=0)
+    with pytest.raises(grpc.RpcError) as err:
+        client.match(media=[buf.getvalue()], all_frames=True)
+    assert _code(err) is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "over the 200000-byte message limit" in err.value.details()
+    assert client.match([("pdq", "00" * 32)]).results  # still serving
+
+
 def test_bad_ingest_and_retract_inputs(strict):
     client = strict.client("ops", retries=0)
     before = client.stats().total_signals
@@ -318,6 +337,10 @@ def test_bad_ingest_and_retract_inputs(strict):
         (lambda: client.retract("keep"), "hashes"),
         (lambda: client.retract("keep", hashes=[("md5", "00")]), "hashes[0].hex"),
         (lambda: client.retract("", hashes=[("pdq", "00" * 32)]), "list_name"),
+        (lambda: client.ingest("x", [video_signal(["00" * 32], qualities=[999])], strict=True),
+         "signals[0].frame_qualities[0]"),
+        (lambda: client.ingest("x", [video_signal(["00" * 32] * 2, timestamps=[0.0, float("nan")])],
+                               strict=True), "signals[0].timestamps[1]"),
     ]  # fmt: skip
     for call, field in cases:
         with pytest.raises(grpc.RpcError) as err:
