@@ -60,6 +60,15 @@ class DecodeLimits:
 
     max_bytes: int = 256 * 1024 * 1024
     max_pixels: int = 100_000_000
+    # Frames hashed per media item: an animation's frames (``all_frames``), a video's
+    # *sampled* frames (vPDQ). Why: the pixel budget counts a 1x1 frame as 1 pixel, so
+    # a 135 kB GIF of 9000 1x1 frames stays under it, yet each frame costs a fixed
+    # ~0.05 ms (plain PDQ) to ~0.85 ms (every PDQ option on: ~30 rows) and its rows go
+    # into the reply. 10_000 bounds that at ~0.5-9 s and 10k-300k rows, and refuses no
+    # plausible media: animations have hundreds to a few thousand frames, and vPDQ's
+    # default one hash a second is 2 h 46 min of video. Over it: MediaTooLarge, never
+    # a silently partial answer.
+    max_frames: int = 10_000
 
 
 DEFAULT_LIMITS = DecodeLimits()
@@ -306,11 +315,19 @@ def iter_frames(
     limits: DecodeLimits = DEFAULT_LIMITS,
     max_frames: int | None = None,
 ) -> Iterator[np.ndarray]:
-    """Lazy :func:`decode_frames`: one RGB frame at a time (bounded memory)."""
+    """Lazy :func:`decode_frames`: one RGB frame at a time (bounded memory).
+
+    ``max_frames`` (the caller's choice) takes the first frames only; an animation with
+    more frames than ``limits.max_frames`` (beyond what the caller takes) raises
+    MediaTooLarge, before any frame is decoded where the container tells its count.
+    """
     if max_frames is not None and max_frames < 1:
         raise MediaError(f"max_frames must be >= 1, got {max_frames}", field="max_frames")
     data = read_source(source, limits)
     with _open(data, limits) as im:
+        capped = max_frames is not None and max_frames <= limits.max_frames
+        if not capped:
+            _check_frame_count(data, im, limits)
         orientation = _guarded(data, lambda: im.getexif().get(0x0112, 1))
         total = 0
         frames = _guarded(data, lambda: ImageSequence.Iterator(im))
@@ -318,6 +335,8 @@ def iter_frames(
             frame = _guarded(data, lambda: next(frames, None))
             if frame is None:
                 return
+            if n >= limits.max_frames:  # a count the header understated
+                raise _too_many_frames(f"over {n}", limits)
             w, h = frame.size
             total += w * h
             if n and total > limits.max_pixels:
@@ -327,6 +346,24 @@ def iter_frames(
                     field="media",
                 )
             yield _guarded(data, lambda f=frame: _orient(to_rgb(f), orientation))
+
+
+def _check_frame_count(data: bytes, im: Image.Image, limits: DecodeLimits) -> None:
+    """Refuse an animation over the frame limit before decoding a frame.
+
+    Pillow counts a GIF's frames by parsing (no pixels decoded); WebP and APNG give the
+    count their header states (a lie is caught while iterating).
+    """
+    count = _guarded(data, lambda: getattr(im, "n_frames", 1))
+    if count > limits.max_frames:
+        raise _too_many_frames(str(count), limits)
+
+
+def _too_many_frames(count: str, limits: DecodeLimits) -> MediaTooLarge:
+    return MediaTooLarge(
+        f"animation has {count} frames, over the {limits.max_frames}-frame limit",
+        field="media",
+    )
 
 
 def to_rgb(im: Image.Image) -> np.ndarray:

@@ -3,7 +3,9 @@ pixel-limit messages. Every input is generated here (tiny mp4s, GIFs, PNG header
 
 from __future__ import annotations
 
+import struct
 import tempfile
+import time
 from pathlib import Path
 
 import cv2
@@ -12,7 +14,9 @@ import numpy as np
 import pytest
 
 from hashmatch.engine import video
-from hashmatch.engine.errors import MediaError, UnsupportedMedia
+from hashmatch.engine.decode import DEFAULT_LIMITS, DecodeLimits, decode_frames
+from hashmatch.engine.errors import MediaError, MediaTooLarge, UnsupportedMedia
+from hashmatch.engine.hashing import HashOptions, hash_media
 from hashmatch.engine.video import capture_options, hash_video
 from hashmatch.server.testing import running_server
 
@@ -99,3 +103,73 @@ def test_capture_options_keep_the_operators_and_add_the_whitelists():
         "format_whitelist;mov,ogg|protocol_whitelist;file"
     )
     assert "concat" not in video.FFMPEG_FORMATS and "hls" not in video.FFMPEG_FORMATS
+
+
+# ---------------------------------------------------------------- frame-count bombs
+
+
+def _tiny_gif(frames: int) -> bytes:
+    """A GIF of ``frames`` 1x1 frames, 15 bytes each (what the fuzzer sent, generated)."""
+    header = b"GIF89a" + struct.pack("<HH", 1, 1) + b"\x80\x00\x00" + b"\x00" * 3 + b"\xff" * 3
+    frame = b"," + struct.pack("<HHHH", 0, 0, 1, 1) + b"\x00" + b"\x02\x02\x44\x01\x00"
+    return header + frame * frames + b";"
+
+
+def test_animation_over_the_frame_limit_is_refused_naming_it():
+    data = _tiny_gif(11)
+    with pytest.raises(MediaTooLarge, match="media: animation has 11 frames, over the 10-frame"):
+        decode_frames(data, limits=DecodeLimits(max_frames=10))
+    assert len(decode_frames(data, limits=DecodeLimits(max_frames=11))) == 11
+    # a caller taking only the first frames asked for a partial answer: no error
+    assert len(decode_frames(data, max_frames=5, limits=DecodeLimits(max_frames=10))) == 5
+    with pytest.raises(MediaTooLarge, match="10-frame limit"):
+        decode_frames(data, max_frames=20, limits=DecodeLimits(max_frames=10))
+
+
+def test_default_limit_refuses_a_10001_frame_gif_before_hashing_it():
+    """The fuzzer's bomb (135 kB, 9000 frames: 10 s CPU, 18 MB reply) one frame over the
+    default: refused by the frame count, before any frame is hashed."""
+    assert DEFAULT_LIMITS.max_frames == 10_000
+    data = _tiny_gif(10_001)
+    options = HashOptions(all_frames=True, dihedral=True, uncrop=True, derotate=True)
+    start = time.process_time()
+    with pytest.raises(MediaTooLarge, match="10001 frames, over the 10000-frame limit"):
+        hash_media(data, ["pdq"], options)
+    assert time.process_time() - start < 1.0  # hashing 10k frames takes ~8 s
+    # first frame only (the default) is one frame's work: still hashed
+    (pdq,) = hash_media(data, ["pdq"])
+    assert pdq.codes.shape == (1, 32)
+
+
+def test_all_frames_pdq_passes_the_limits_through():
+    data = _tiny_gif(4)
+    limits = DecodeLimits(max_frames=3)
+    with pytest.raises(MediaTooLarge, match="3-frame limit"):
+        hash_media(data, ["pdq"], HashOptions(all_frames=True, limits=limits))
+    (pdq,) = hash_media(data, ["pdq"], HashOptions(all_frames=True))
+    assert pdq.frame_numbers == [0, 1, 2, 3]
+
+
+def test_video_over_the_sampled_frame_limit_is_refused(tmp_path):
+    path = _mp4(tmp_path / "clip.mp4", frames=12, fps=10.0, size=32)
+    limits = DecodeLimits(max_frames=10)
+    with pytest.raises(MediaTooLarge, match="media: video has more sampled frames than the 10-"):
+        hash_video(path, seconds_per_hash=0, limits=limits)
+    with pytest.raises(MediaTooLarge):
+        hash_video(path.read_bytes(), seconds_per_hash=0, limits=limits)
+    # the limit counts frames hashed, not decoded: one a second is 2 of the 12
+    assert hash_video(path, seconds_per_hash=1, limits=limits).frame_numbers == [0, 10]
+    assert len(hash_video(path, seconds_per_hash=0, limits=DecodeLimits(max_frames=12))) == 12
+
+
+def test_server_refuses_an_all_frames_bomb_with_invalid_argument(tmp_path):
+    """Over a real socket with the server's own limits (its config sets no frame limit:
+    the default protects it)."""
+    with running_server(tmp_path / "data") as server:
+        client = server.client()
+        ok = client.match(media=[_tiny_gif(3)], all_frames=True)
+        assert len(ok.results[0].computed[0].hex) == 3
+        with pytest.raises(grpc.RpcError) as err:
+            client.match(media=[_tiny_gif(10_001)], all_frames=True, dihedral=True)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "10000-frame limit" in err.value.details()
