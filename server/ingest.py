@@ -168,8 +168,13 @@ def retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call):
         raise InvalidInput("list_name is required", field="list_name")
     if not request.hashes and not request.signal_ids:
         raise InvalidInput("give hashes or signal_ids to retract", field="hashes")
-    if len(request.hashes) + len(request.signal_ids) > host.config.max_batch:
-        raise InvalidInput(f"over the limit of {host.config.max_batch} items", field="hashes")
+    items = len(request.hashes) + len(request.signal_ids)
+    if items > host.config.max_batch:
+        larger = "hashes" if len(request.hashes) >= len(request.signal_ids) else "signal_ids"
+        raise InvalidInput(
+            f"{items} hashes and signal ids is over the limit of {host.config.max_batch}",
+            field=larger,
+        )
     hashes = []
     for i, value in enumerate(request.hashes):
         name, code = convert.parse_hash(value, f"hashes[{i}]")

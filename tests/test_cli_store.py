@@ -73,6 +73,18 @@ def test_strict_ingest_exits_nonzero_and_writes_nothing(run, tmp_path):
     assert "0 list(s), 0 live signal(s)" in run("lists", "ls").output
 
 
+def test_ingest_where_no_line_is_good_exits_nonzero_and_reports_every_file(run, tmp_path):
+    bad, good = tmp_path / "bad.txt", tmp_path / "good.txt"
+    bad.write_text("not-a-hash\nzz\n")
+    good.write_text(f"{H0}\n")
+    result = run("ingest", str(bad), str(good), "--list", "l", "--type", "pdq", ok=False)
+    assert result.exit_code == 1
+    assert "bad.txt: added 0, updated 0, unchanged 0, rejected 2" in result.output
+    assert "good.txt: added 1" in result.output  # the next file still runs and reports
+    ok = run("ingest", str(good), "--list", "l", "--type", "pdq")  # all unchanged: fine
+    assert "unchanged 1" in ok.output
+
+
 def test_index_rebuild_verify_stats(run, tmp_path):
     f = tmp_path / "h.txt"
     f.write_text(f"{H0}\n{H1}\n")
@@ -106,5 +118,7 @@ def test_errors_are_one_line_messages(run):
     run("lists", "create", "x")
     result = run("match", "pdq:abc", ok=False)
     assert result.exit_code == 1 and "64 hex characters" in result.output
+    result = run("match", "photos/astronut.jpg", ok=False)  # a typo, not a hash
+    assert result.exit_code == 1 and "photos/astronut.jpg: no such file" in result.output
     result = run("lists", "disable", "nope", ok=False)
     assert result.exit_code == 1 and "no hash list named 'nope'" in result.output

@@ -253,6 +253,15 @@ def test_cli_scan_writes_report_and_summary(world, tmp_path):
     assert bad.exit_code != 0 and "unknown signal type 'nope'" in bad.output
     none = CliRunner().invoke(cli, ["scan"])
     assert none.exit_code != 0 and "PATHS or --from-list" in none.output
+    # refused before any file is hashed, not after the first batch
+    far = CliRunner().invoke(cli, ["scan", str(tree.root), "--threshold", "300",
+                                   "--data-dir", str(base / "data"),
+                                   "--catalog", str(tmp_path / "c2.sqlite")])  # fmt: skip
+    assert far.exit_code == 1 and "--threshold: pdq threshold must be 0..63, got 300" in far.output
+    assert not (tmp_path / "c2.sqlite").exists()
+    for args in (["scan", str(tree.root), "--workers", "-1"], ["rescan", "--since", "-5"]):
+        usage = CliRunner().invoke(cli, args)
+        assert usage.exit_code == 2, usage.output
 
 
 def test_progress_prints_plain_lines_when_not_a_terminal(capsys):

@@ -337,6 +337,7 @@ def test_bad_ingest_and_retract_inputs(strict):
         (lambda: client.retract("keep"), "hashes"),
         (lambda: client.retract("keep", hashes=[("md5", "00")]), "hashes[0].hex"),
         (lambda: client.retract("", hashes=[("pdq", "00" * 32)]), "list_name"),
+        (lambda: client.retract("keep", signal_ids=range(1, 102)), "signal_ids"),
         (lambda: client.ingest("x", [video_signal(["00" * 32], qualities=[999])], strict=True),
          "signals[0].frame_qualities[0]"),
         (lambda: client.ingest("x", [video_signal(["00" * 32] * 2, timestamps=[0.0, float("nan")])],

@@ -53,8 +53,18 @@ def _print_summary(summary: dict) -> None:
     show_default=True,
     help="Report (JSONL: match and failure records, then a summary); '-' = stdout.",
 )
-@click.option("--workers", type=int, help="Hashing processes [default: all cores; 0 = inline].")
-@click.option("--batch-size", default=256, show_default=True, help="Files per match/commit.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Hashing processes [default: all cores; 0 = inline].",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Files per match/commit.",
+)
 @click.option("--threshold", type=int, help="Match distance [default: the type's].")
 @click.option("--list", "lists", multiple=True, help="Only these hash lists (repeatable).")
 @click.option("--dihedral", is_flag=True, help="PDQ: also match rotated/flipped copies.")
@@ -117,6 +127,7 @@ def scan_command(
     type_list = tuple(t.strip().lower() for t in types.split(",") if t.strip())
     matcher = None
     try:
+        _check_threshold(type_list, threshold)  # now, not after the first batch is hashed
         options = ScanOptions(
             types=type_list,
             workers=workers,
@@ -200,7 +211,11 @@ def rescan_command(since, data_dir, catalog, server, token, tls, threshold, out)
         try:
             since_seq = int(since)
         except ValueError:
-            raise click.BadParameter("'last', 'all' or an integer", param_hint="--since") from None
+            since_seq = -1
+        if since_seq < 0:
+            raise click.BadParameter(
+                "'last', 'all' or a log position >= 0", param_hint="--since"
+            ) from None
     path = _catalog_path(data_dir, catalog)
     if not path.exists():
         raise click.ClickException(f"no catalog at {path}: run `hashmatch scan` first")
@@ -235,3 +250,13 @@ def rescan_command(since, data_dir, catalog, server, token, tls, threshold, out)
 
 
 COMMANDS: list[click.Command] = [scan_command, rescan_command]
+
+
+def _check_threshold(type_list: tuple[str, ...], threshold: int | None) -> None:
+    """A --threshold every requested type accepts (exact types always match at 0)."""
+    from hashmatch.engine import signal_types
+
+    for name in type_list:
+        st = signal_types.get(name, field="--types")
+        if threshold is not None and not st.exact:
+            st.check_threshold(threshold, field="--threshold")

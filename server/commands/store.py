@@ -189,6 +189,7 @@ def ingest_command(
             records = read_records(
                 path, format=None if fmt == "auto" else fmt, signal_type=signal_type, labels=labels
             )
+            refused = False
             try:
                 report = engine.ingest(
                     records, list_name=list_name, actor=actor, source=str(path), strict=strict,
@@ -196,14 +197,17 @@ def ingest_command(
                 )  # fmt: skip
             except IngestRefused as exc:
                 report = exc.report
-                failed = True
+                refused = True
                 click.echo(
                     f"{path}: REFUSED (strict): {report.rejected} bad line(s), nothing written"
                 )
             finally:
                 if bar is not None:
                     bar.close()
-            if not failed:
+            # exit 1 when a file was refused or none of its lines was good (as `hash`
+            # does when every file fails): a script must not read that as success
+            failed |= refused or (report.rejected > 0 and report.accepted == 0)
+            if not refused:
                 click.echo(
                     f"{path}: added {report.added}, updated {report.updated}, unchanged "
                     f"{report.unchanged}, rejected {report.rejected} into {list_name!r} "
@@ -223,6 +227,17 @@ def ingest_command(
 
 
 # ----------------------------------------------------------------------------- retraction
+
+
+def _looks_like_a_path(value: str) -> bool:
+    """A query that is neither a file nor a hash, but reads like a file name."""
+    return "/" in value or "\\" in value or Path(value).suffix.lower() in _MEDIA_SUFFIXES
+
+
+_MEDIA_SUFFIXES = frozenset(
+    [".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".avif",
+     ".mp4", ".mov", ".avi", ".mkv", ".webm"]
+)  # fmt: skip
 
 
 def _targets(values, signal_type) -> list[tuple[str, str]]:
@@ -358,6 +373,8 @@ def match_command(
                 try:
                     ((name, hex_),) = _targets([query], signal_type)
                 except InvalidInput as exc:
+                    if _looks_like_a_path(query):  # a mistyped file name, not a bad hash
+                        raise click.ClickException(f"{query}: no such file") from None
                     raise click.ClickException(str(exc)) from None
                 st = signal_types.get(name)
                 found = engine.match(
