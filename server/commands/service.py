@@ -242,8 +242,15 @@ def _rpc(fn):
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as exc:
-            fields = "".join(f"\n  {f}: {d}" for f, d in bad_request_fields(exc))
-            raise click.ClickException(f"{exc.code().name}: {exc.details()}{fields}") from None
+            details = exc.details() or ""
+            # the details already say "field: what"; list only what they leave out
+            fields = "".join(
+                f"\n  {f}: {d}" for f, d in bad_request_fields(exc) if f"{f}: {d}" not in details
+            )
+            hint = ""
+            if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
+                hint = "\n  (give a token with --token or HASHMATCH_TOKEN)"
+            raise click.ClickException(f"{exc.code().name}: {details}{fields}{hint}") from None
         except (OSError, HashmatchError) as exc:
             raise click.ClickException(str(exc)) from None
 
