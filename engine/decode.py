@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -182,13 +183,13 @@ def decode_image(
     data = read_source(source, limits)
     with _open(data, limits) as im:
         if luma:
-            grey = _guarded(data, lambda: _opencv_luma(data, im, shrink))
+            grey = _guarded(data, limits, lambda: _opencv_luma(data, im, shrink))
             if grey is not None:
                 return grey
-        fast = _guarded(data, lambda: _opencv_decode(data, im))
+        fast = _guarded(data, limits, lambda: _opencv_decode(data, im))
         if fast is not None:
             return fast
-        return _guarded(data, lambda: to_rgb(ImageOps.exif_transpose(im)))
+        return _guarded(data, limits, lambda: to_rgb(ImageOps.exif_transpose(im)))
 
 
 def _opencv_decode(data: bytes, im: Image.Image) -> np.ndarray | None:
@@ -328,11 +329,11 @@ def iter_frames(
         capped = max_frames is not None and max_frames <= limits.max_frames
         if not capped:
             _check_frame_count(data, im, limits)
-        orientation = _guarded(data, lambda: im.getexif().get(0x0112, 1))
+        orientation = _guarded(data, limits, lambda: im.getexif().get(0x0112, 1))
         total = 0
-        frames = _guarded(data, lambda: ImageSequence.Iterator(im))
+        frames = _guarded(data, limits, lambda: ImageSequence.Iterator(im))
         for n in range(max_frames if max_frames is not None else 1 << 62):
-            frame = _guarded(data, lambda: next(frames, None))
+            frame = _guarded(data, limits, lambda: next(frames, None))
             if frame is None:
                 return
             if n >= limits.max_frames:  # a count the header understated
@@ -345,7 +346,7 @@ def iter_frames(
                     f"({n} frames of {w}x{h} so far)",
                     field="media",
                 )
-            yield _guarded(data, lambda f=frame: _orient(to_rgb(f), orientation))
+            yield _guarded(data, limits, lambda f=frame: _orient(to_rgb(f), orientation))
 
 
 def _check_frame_count(data: bytes, im: Image.Image, limits: DecodeLimits) -> None:
@@ -354,7 +355,7 @@ def _check_frame_count(data: bytes, im: Image.Image, limits: DecodeLimits) -> No
     Pillow counts a GIF's frames by parsing (no pixels decoded); WebP and APNG give the
     count their header states (a lie is caught while iterating).
     """
-    count = _guarded(data, lambda: getattr(im, "n_frames", 1))
+    count = _guarded(data, limits, lambda: getattr(im, "n_frames", 1))
     if count > limits.max_frames:
         raise _too_many_frames(str(count), limits)
 
@@ -409,7 +410,7 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=_open_formats())
     except Image.DecompressionBombError as exc:
-        raise MediaTooLarge(f"image is a decompression bomb: {exc}", field="media") from exc
+        raise decompression_bomb_error(exc, limits.max_pixels, fmt) from exc
     except Image.UnidentifiedImageError as exc:
         if fmt is not None:
             raise CorruptMedia(
@@ -435,8 +436,42 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     return im
 
 
-def _guarded(data: bytes, fn):
-    """Run a Pillow decoding step, turning whatever it raises into CorruptMedia."""
+def decompression_bomb_error(
+    exc: Exception, max_pixels: int, fmt: str | None = None
+) -> MediaTooLarge:
+    """Pillow's DecompressionBombError, worded with hashmatch's own pixel limit.
+
+    Why: Pillow refuses images over *its* cap (2 x ``Image.MAX_IMAGE_PIXELS``,
+    178956970) while parsing the header, before :func:`_open` can check ours, and its
+    message names that cap; a caller must see the limit they configured. The image's
+    pixel count is only in Pillow's message, so it is read from there (left out if the
+    wording ever changes).
+    """
+    found = re.search(r"\((\d+) pixels\).*?limit of (\d+) pixels", str(exc))
+    what = fmt or "image"
+    if found is None:
+        return MediaTooLarge(
+            f"{what} image is over the {max_pixels}-pixel limit (checked before decoding)",
+            field="media",
+        )
+    pixels, cap = int(found[1]), int(found[2])
+    if pixels > max_pixels:
+        return MediaTooLarge(
+            f"{what} image is {pixels} pixels, over the {max_pixels}-pixel limit "
+            "(checked before decoding)",
+            field="media",
+        )
+    # The configured limit is above the decoder's hard cap: say which one refused it.
+    return MediaTooLarge(
+        f"{what} image is {pixels} pixels, over the decoder's {cap}-pixel cap (the "
+        f"{max_pixels}-pixel limit configured is above it; checked before decoding)",
+        field="media",
+    )
+
+
+def _guarded(data: bytes, limits: DecodeLimits, fn):
+    """Run a Pillow decoding step, turning whatever it raises into CorruptMedia (or
+    MediaTooLarge naming ``limits.max_pixels``)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -444,7 +479,7 @@ def _guarded(data: bytes, fn):
     except MediaError:
         raise
     except Image.DecompressionBombError as exc:
-        raise MediaTooLarge(f"image is a decompression bomb: {exc}", field="media") from exc
+        raise decompression_bomb_error(exc, limits.max_pixels, sniff_format(data)) from exc
     except MemoryError as exc:
         raise MediaTooLarge("image does not fit in memory", field="media") from exc
     except Exception as exc:

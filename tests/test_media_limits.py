@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from hashmatch.engine import video
-from hashmatch.engine.decode import DEFAULT_LIMITS, DecodeLimits, decode_frames
+from hashmatch.engine.decode import DEFAULT_LIMITS, DecodeLimits, decode_frames, decode_image
 from hashmatch.engine.errors import MediaError, MediaTooLarge, UnsupportedMedia
 from hashmatch.engine.hashing import HashOptions, hash_media
 from hashmatch.engine.video import capture_options, hash_video
@@ -173,3 +174,36 @@ def test_server_refuses_an_all_frames_bomb_with_invalid_argument(tmp_path):
             client.match(media=[_tiny_gif(10_001)], all_frames=True, dihedral=True)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "10000-frame limit" in err.value.details()
+
+
+# ---------------------------------------------------------------- pixel-limit messages
+
+
+def _png_claim(width: int, height: int) -> bytes:
+    """A PNG header claiming ``width x height`` RGB pixels, with no pixel data."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("limit", [1000, DEFAULT_LIMITS.max_pixels])
+def test_pillows_bomb_cap_is_reported_as_the_configured_limit(limit):
+    """Pillow refuses 10^10 pixels itself (its cap: 178956970); the message names ours."""
+    data = _png_claim(100_000, 100_000)
+    want = f"media: PNG image is 10000000000 pixels, over the {limit}-pixel limit"
+    for decode in (decode_image, decode_frames):
+        with pytest.raises(MediaTooLarge) as err:
+            decode(data, limits=DecodeLimits(max_pixels=limit))
+        assert str(err.value).startswith(want)
+        assert "178956970" not in str(err.value) and "DOS" not in str(err.value)
+
+
+def test_a_limit_above_pillows_cap_says_which_refused():
+    with pytest.raises(MediaTooLarge) as err:
+        decode_image(_png_claim(100_000, 100_000), limits=DecodeLimits(max_pixels=10**11))
+    assert "over the decoder's 178956970-pixel cap" in str(err.value)
+    assert "100000000000-pixel limit configured is above it" in str(err.value)
