@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.decode import DecodeLimits
+from hashmatch.engine.decode import DecodeLimits, decompression_bomb_error
 from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, MediaTooLarge
 from hashmatch.engine.hashing import HashOptions, hash_media
 from hashmatch.engine.matcher import LOW_QUALITY_MATCH_QUALITY_STORED, LOW_QUALITY_SKIP
@@ -128,7 +128,7 @@ def check_pixels(data: bytes, limit: int) -> None:
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
     except Image.DecompressionBombError as exc:
-        raise MediaTooLarge(f"image is over the pixel limit: {exc}") from None
+        raise decompression_bomb_error(exc, limit) from None
     except Exception:
         return
     if width * height > limit:

@@ -310,6 +310,30 @@ def test_oversized_message_is_invalid_argument(strict):
     assert client.match([("pdq", "00" * 32)]).results
 
 
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header declares width x height (a few bytes of pixel data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_a_pixel_bomb_is_refused_naming_the_configured_limit(strict):
+    client = strict.client("ops", retries=0)
+    with pytest.raises(grpc.RpcError) as err:
+        client.match(media=[_png_header_claiming(100_000, 100_000)])
+    assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT
+    assert "4000000-pixel limit" in err.value.details().replace(",", ""), err.value.details()
+    assert "178956970" not in err.value.details()  # not Pillow's own cap
+
+
 def test_a_reply_over_the_message_limit_is_refused_with_what_to_change(strict):
     """Thousands of frames in a small animated GIF: the reply (one computed hash per
     frame) would pass the 200 kB limit; the server says so instead of failing the send."""
