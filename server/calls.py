@@ -100,7 +100,7 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
             if call:
                 record.update(call.log)
             if exc is not None and code != "INTERNAL":
-                record["error"] = str(exc)
+                record["error"] = errors.clip(str(exc))
             _log_access(json.dumps(record, default=str))
 
         if streaming:

@@ -49,6 +49,20 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
 )
 
 
+# Client text (a list name, a signal type) can be echoed in a message; the status goes
+# back in trailers (message + details, percent/base64-encoded) and a client refuses
+# trailers over 16 KiB (RESOURCE_EXHAUSTED "metadata size exceeds hard limit"), which
+# would hide the real status. 300 characters keep even 4-byte UTF-8 far below that.
+MAX_MESSAGE_CHARS = 300
+
+
+def clip(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(text)} chars)"
+
+
 def field_path(exc: BaseException) -> str:
     """``hashes[3]`` style path of the offending field ("" when unknown)."""
     field = getattr(exc, "field", None) or ""
@@ -70,12 +84,12 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Stat
     elif isinstance(exc, NotImplementedError):
         message = f"not implemented: {exc}" if str(exc) else "not implemented"
     else:
-        message = str(exc)
+        message = clip(str(exc))
     status = status_pb2.Status(code=code.value[0], message=message)
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         violation = error_details_pb2.BadRequest.FieldViolation(
-            field=field_path(exc) or "request",
-            description=getattr(exc, "message", None) or str(exc),
+            field=clip(field_path(exc) or "request"),
+            description=clip(getattr(exc, "message", None) or str(exc)),
         )
         detail = any_pb2.Any()
         detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
@@ -102,8 +116,16 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
 
 
 def bad_request_fields(call_error: grpc.RpcError) -> list[tuple[str, str]]:
-    """Client side: the (field, description) pairs of a BadRequest detail, if any."""
-    status = rpc_status.from_call(call_error)
+    """Client side: the (field, description) pairs of a BadRequest detail, if any.
+
+    Empty when the call carries no such detail, or a status detail that does not agree
+    with the call's code (``from_call`` raises ValueError: e.g. the trailers were
+    dropped by the client's metadata limit and the code is RESOURCE_EXHAUSTED).
+    """
+    try:
+        status = rpc_status.from_call(call_error)
+    except ValueError:
+        return []
     out: list[tuple[str, str]] = []
     if status is None:
         return out

@@ -1,0 +1,119 @@
+"""A hostile client over a real socket: bytes that are not a request, huge strings echoed
+into errors, streams that never send or are cancelled half way, more open streams than
+worker threads. Each answer must be a clear status, never INTERNAL or a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import grpc
+import pytest
+
+from hashmatch.server import errors
+from hashmatch.server.client import signal as make_signal
+from hashmatch.server.errors import bad_request_fields
+from hashmatch.server.testing import running_server
+from hashmatch.v1 import common_pb2
+
+TENANTS = {"ops": (["match", "write", "admin"], True)}
+ZERO = common_pb2.HashValue(signal_type="pdq", hex="00" * 32)
+GARBAGE = b"\xff\xff"
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+def _bad_utf8_match_request() -> bytes:
+    """A MatchRequest whose one HashValue.hex holds bytes that are not UTF-8 (proto3
+    string fields must be): built by hand, as no protobuf library would write it."""
+    value = common_pb2.HashValue(signal_type="pdq", hex="A" * 64).SerializeToString()
+    value = value.replace(b"A" * 64, b"\xff" * 64)
+    return b"\x0a" + bytes([len(value)]) + value  # field 1 (hashes), length-delimited
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("hostile"), tenants=TENANTS) as ts:
+        ts.client("ops").ingest("seen", [make_signal("pdq", "11" * 32)])
+        yield ts
+
+
+@pytest.fixture()
+def channel(served):
+    with grpc.insecure_channel(served.target) as ch:
+        yield ch
+
+
+def _auth(served) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {served.tokens['ops']}")]
+
+
+def _raw_unary(channel, method: str):
+    return channel.unary_unary(method, request_serializer=bytes, response_deserializer=bytes)
+
+
+def _raw_stream(channel, method: str):
+    return channel.stream_stream(method, request_serializer=bytes, response_deserializer=bytes)
+
+
+def _access_records(caplog) -> list[dict]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "hashmatch.access"]
+
+
+def _wait_for_access(caplog, method: str, timeout: float = 5.0) -> dict:
+    """The access-log line of ``method`` (written when the server side finishes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for record in _access_records(caplog):
+            if record["method"] == method:
+                return record
+        time.sleep(0.02)
+    raise AssertionError(f"no access-log line for {method}: {_access_records(caplog)}")
+
+
+# -- 3. long client strings in error messages -------------------------------------------
+
+
+def test_long_client_strings_are_clipped_in_errors(served, caplog):
+    client = served.client("ops", retries=0)
+    with caplog.at_level("INFO", logger="hashmatch.access"), pytest.raises(grpc.RpcError) as err:
+        client.match([("x" * 6000, "00" * 32)])
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert len(err.value.details()) < 400 and err.value.details().endswith(" chars)")
+    ((field, description),) = bad_request_fields(err.value)
+    assert field == "hashes[0].signal_type" and len(description) < 400
+    record = _wait_for_access(caplog, "Match")
+    assert record["status"] == "INVALID_ARGUMENT" and len(record["error"]) < 400
+
+    with pytest.raises(grpc.RpcError) as err:
+        client.match([("pdq", "00" * 32)], lists=["y" * 6000])
+    assert err.value.code() is grpc.StatusCode.NOT_FOUND, err.value.details()
+    assert err.value.details().startswith("lists[0]: no hash list named 'yyy")
+    assert len(err.value.details()) < 400
+
+
+class _CallError(grpc.RpcError, grpc.Call):
+    """What a client holds when its metadata limit dropped the server's trailers: the
+    code no longer agrees with the status detail that came through."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, status_bin: bytes):
+        self._code, self._details = code, details
+        self._trailers = (("grpc-status-details-bin", status_bin),)
+
+    def code(self):
+        return self._code
+
+    def details(self):
+        return self._details
+
+    def trailing_metadata(self):
+        return self._trailers
+
+
+def test_bad_request_fields_tolerates_a_status_that_disagrees():
+    _code, message, status = errors.to_status(errors.engine_errors.InvalidInput("x", field="f"))
+    dropped = "received metadata size exceeds hard limit"
+    mismatch = _CallError(grpc.StatusCode.RESOURCE_EXHAUSTED, dropped, status.SerializeToString())
+    assert bad_request_fields(mismatch) == []
+    agrees = _CallError(grpc.StatusCode.INVALID_ARGUMENT, message, status.SerializeToString())
+    assert bad_request_fields(agrees) == [("f", "x")]
