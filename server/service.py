@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hashmatch.engine.errors import Conflict, HashmatchError, InvalidInput
-from hashmatch.server import changes, ingest, matching
+from hashmatch.server import changes, errors, ingest, matching
 from hashmatch.server.calls import Call, rpc
 from hashmatch.v1 import (
     admin_pb2,
@@ -45,8 +45,9 @@ class MatcherService(matcher_pb2_grpc.MatcherServicer):
             try:
                 response = matching.match(self.host, request, call)
             except HashmatchError as exc:
-                # Name the stream message as well as the field inside it.
-                where = f"stream[{n}]" + (f".{exc.field}" if exc.field else "")
+                # Name the stream message as well as the field (and item) inside it.
+                path = errors.field_path(exc)
+                where = f"stream[{n}]" + (f".{path}" if path[:1] not in ("", "[") else path)
                 exc.field = where
                 exc.index = None
                 raise

@@ -15,7 +15,7 @@ from hashmatch.server import errors
 from hashmatch.server.client import signal as make_signal
 from hashmatch.server.errors import bad_request_fields
 from hashmatch.server.testing import running_server
-from hashmatch.v1 import common_pb2
+from hashmatch.v1 import common_pb2, matcher_pb2, matcher_pb2_grpc
 
 TENANTS = {"ops": (["match", "write", "admin"], True)}
 ZERO = common_pb2.HashValue(signal_type="pdq", hex="00" * 32)
@@ -117,3 +117,20 @@ def test_bad_request_fields_tolerates_a_status_that_disagrees():
     assert bad_request_fields(mismatch) == []
     agrees = _CallError(grpc.StatusCode.INVALID_ARGUMENT, message, status.SerializeToString())
     assert bad_request_fields(agrees) == [("f", "x")]
+
+
+# -- 5. errors inside a stream message name the item ----------------------------------------
+
+
+def test_match_stream_error_names_the_item_inside_the_message(served):
+    request = matcher_pb2.MatchRequest(
+        hashes=[ZERO], options=matcher_pb2.MatchOptions(lists=["seen", "nope"])
+    )
+    with pytest.raises(grpc.RpcError) as unary:
+        served.client("ops", retries=0).match([("pdq", "00" * 32)], lists=["seen", "nope"])
+    assert unary.value.details().startswith("lists[1]: ")
+    stub = matcher_pb2_grpc.MatcherStub(grpc.insecure_channel(served.target))
+    with pytest.raises(grpc.RpcError) as err:
+        list(stub.MatchStream(iter([request]), metadata=_auth(served), timeout=10))
+    assert err.value.code() is grpc.StatusCode.NOT_FOUND
+    assert err.value.details().startswith("stream[0].lists[1]: "), err.value.details()
