@@ -228,7 +228,7 @@ class HashmatchServer:
         hard_limit = cfg.max_message_bytes * 2 + 1024 * 1024  # beyond: gRPC's own refusal
         server = grpc.server(
             ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
-            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
+            maximum_concurrent_rpcs=cfg.concurrent_rpcs_limit,
             options=[
                 ("grpc.max_receive_message_length", hard_limit),
                 ("grpc.max_send_message_length", hard_limit),

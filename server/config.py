@@ -45,7 +45,8 @@ class ServerConfig:
     max_media_bytes: int = 20 * 1024 * 1024  # per media item
     max_media_pixels: int = 50_000_000  # per decoded image
     # Concurrency: gRPC worker threads; RPCs beyond max_concurrent_rpcs are refused with
-    # RESOURCE_EXHAUSTED instead of queueing without bound.
+    # RESOURCE_EXHAUSTED instead of queueing. The limit applied is at most `workers`
+    # (see concurrent_rpcs_limit), so a call never waits for a free thread.
     workers: int = 32
     max_concurrent_rpcs: int = 256
     # Hash lookups: concurrent requests with the same options are merged into one engine
@@ -73,6 +74,18 @@ class ServerConfig:
     @property
     def auth_path(self) -> Path:
         return Path(self.auth_file) if self.auth_file else Path(self.data_dir) / "auth.toml"
+
+    @property
+    def concurrent_rpcs_limit(self) -> int:
+        """The concurrent-RPC limit given to gRPC: ``max_concurrent_rpcs``, capped at
+        ``workers``.
+
+        Why capped, not rejected: a call admitted beyond the worker threads waits in the
+        pool's queue, so a few clients holding streams open (one per thread) made every
+        other call, health checks too, hang until its deadline instead of getting
+        RESOURCE_EXHAUSTED. Capping keeps files that set only ``workers`` valid.
+        """
+        return min(self.max_concurrent_rpcs, self.workers)
 
     def validate(self) -> ServerConfig:
         for name in ("max_message_bytes", "max_batch", "max_media_items", "max_media_bytes"):

@@ -6,6 +6,7 @@ worker threads. Each answer must be a clear status, never INTERNAL or a hang.
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import grpc
@@ -69,6 +70,54 @@ def _wait_for_access(caplog, method: str, timeout: float = 5.0) -> dict:
                 return record
         time.sleep(0.02)
     raise AssertionError(f"no access-log line for {method}: {_access_records(caplog)}")
+
+
+# -- 2. more open calls than worker threads ---------------------------------------------
+
+
+def _idle_requests(stop: threading.Event):
+    stop.wait(30)
+    return
+    yield
+
+
+def test_idle_streams_holding_every_worker_do_not_hang_other_calls(tmp_path):
+    with running_server(tmp_path, tenants=TENANTS, workers=2) as ts:
+        stop = threading.Event()
+        channels = [grpc.insecure_channel(ts.target) for _ in range(2)]
+        try:
+            streams = [
+                matcher_pb2_grpc.MatcherStub(ch).MatchStream(
+                    _idle_requests(stop), metadata=_auth(ts), timeout=30
+                )
+                for ch in channels
+            ]
+            metrics = ts.server.host.metrics.registry
+            deadline = time.monotonic() + 5
+            while metrics.get_sample_value("hashmatch_inflight_rpcs") < 2:
+                assert time.monotonic() < deadline, "the idle streams never started"
+                time.sleep(0.02)
+            client = ts.client("ops", retries=0)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                client.match([("pdq", "00" * 32)], timeout=5)
+            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() - started < 2
+        finally:
+            stop.set()
+            for stream in streams:
+                stream.cancel()
+            for ch in channels:
+                ch.close()
+        deadline = time.monotonic() + 5
+        while True:  # the threads come back once the streams are gone
+            try:
+                assert client.match([("pdq", "00" * 32)], timeout=5).results
+                break
+            except grpc.RpcError as exc:
+                assert exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
 
 
 # -- 3. long client strings in error messages -------------------------------------------
