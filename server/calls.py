@@ -65,6 +65,22 @@ def _authenticate(host: CallHost, context: grpc.ServicerContext) -> Principal:
     return host.auth.authenticate(context.invocation_metadata())
 
 
+def _client_gone(context: grpc.ServicerContext, exc: Exception) -> errors.HashmatchError | None:
+    """The status to record for ``exc`` if it only says the client went away.
+
+    grpcio raises a bare ``grpc.RpcError`` from a request iterator when the client
+    cancels or its deadline passes while the server waits for the next message. That
+    is the client's doing, not an internal error: record CANCELLED or DEADLINE_EXCEEDED,
+    and do not abort (there is nobody left to send a status to).
+    """
+    if not isinstance(exc, grpc.RpcError) or context.is_active():
+        return None
+    left = context.time_remaining()
+    if left is not None and left <= 0:
+        return errors.DeadlineExceeded("deadline passed while reading the request stream")
+    return errors.Cancelled("the client cancelled the call while sending its request stream")
+
+
 def rpc(role: str, *, needs_index: bool = True) -> Callable:
     """Decorate ``method(self, request_or_iterator, call)`` of a servicer."""
 
@@ -115,7 +131,9 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
                     call = begin(self, context)
                     yield from fn(self, request, call)
                 except Exception as exc:
-                    failure = exc
+                    failure = _client_gone(context, exc) or exc
+                    if failure is not exc:
+                        raise  # grpcio's own error: it ends the dead call quietly
                 finally:
                     finish(self, context, call, started, failure)
                 if failure is not None:
@@ -133,7 +151,9 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
                 call = begin(self, context)
                 return fn(self, request, call)
             except Exception as exc:
-                failure = exc
+                failure = _client_gone(context, exc) or exc
+                if failure is not exc:
+                    raise  # grpcio's own error: it ends the dead call quietly
             finally:
                 finish(self, context, call, started, failure)
             errors.abort(context, failure)

@@ -33,6 +33,10 @@ class NotServing(engine_errors.HashmatchError):
     """The index is not loaded yet, or the server is shutting down (UNAVAILABLE)."""
 
 
+class Cancelled(engine_errors.HashmatchError):
+    """The client cancelled the call (or went away) while the server was working on it."""
+
+
 # Most specific first: the first isinstance match wins.
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (engine_errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
@@ -44,6 +48,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (engine_errors.CorruptData, grpc.StatusCode.DATA_LOSS),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Cancelled, grpc.StatusCode.CANCELLED),
     (NotServing, grpc.StatusCode.UNAVAILABLE),
     (NotImplementedError, grpc.StatusCode.UNIMPLEMENTED),
 )
