@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from hashmatch.server.auth import TokenAuth
 from hashmatch.server.batcher import LookupBatcher
 from hashmatch.server.config import ServerConfig
+from hashmatch.server.decoding import interceptors
 from hashmatch.server.errors import NotServing
 from hashmatch.server.limits import MediaPool
 from hashmatch.server.metrics import Metrics
@@ -38,6 +39,8 @@ from hashmatch.v1 import (
 )
 
 log = logging.getLogger("hashmatch.server")
+
+STOP_SLACK_SECONDS = 5.0  # beyond the drain grace, how long stop() waits for gRPC
 
 SERVICE_NAMES = (
     matcher_pb2.DESCRIPTOR.services_by_name["Matcher"].full_name,
@@ -228,6 +231,7 @@ class HashmatchServer:
         hard_limit = cfg.max_message_bytes * 2 + 1024 * 1024  # beyond: gRPC's own refusal
         server = grpc.server(
             ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
+            interceptors=interceptors(),
             maximum_concurrent_rpcs=cfg.concurrent_rpcs_limit,
             options=[
                 ("grpc.max_receive_message_length", hard_limit),
@@ -316,7 +320,14 @@ class HashmatchServer:
         self.host.stopping = True
         self._set_health(False)
         grace = self.config.drain_seconds if grace is None else grace
-        self._server.stop(grace).wait()
+        # Bounded: grpcio can leave a call that never completes (seen with undecodable
+        # stream messages before decoding.py), and a stop that never returns keeps the
+        # process alive after SIGTERM until it is killed.
+        if not self._server.stop(grace).wait(grace + STOP_SLACK_SECONDS):
+            log.warning(
+                "gRPC server did not finish stopping within %.1f s; closing anyway",
+                grace + STOP_SLACK_SECONDS,
+            )
         self.host.media.shutdown()
         if self.host.batcher is not None:
             self.host.batcher.close()

@@ -19,6 +19,7 @@ import grpc
 
 from hashmatch.server import errors
 from hashmatch.server.auth import NO_AUTH_PRINCIPAL, Principal, TokenAuth
+from hashmatch.server.decoding import CHECKS_UNDECODABLE, Undecodable
 from hashmatch.server.metrics import Metrics
 
 access_log = logging.getLogger("hashmatch.access")
@@ -81,6 +82,12 @@ def _client_gone(context: grpc.ServicerContext, exc: Exception) -> errors.Hashma
     return errors.Cancelled("the client cancelled the call while sending its request stream")
 
 
+def _check_decoded(request: Any) -> None:
+    """A request grpcio could not decode (see :mod:`.decoding`) is the caller's mistake."""
+    if type(request) is Undecodable:
+        raise request.error()
+
+
 def rpc(role: str, *, needs_index: bool = True) -> Callable:
     """Decorate ``method(self, request_or_iterator, call)`` of a servicer."""
 
@@ -129,6 +136,7 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
                 failure: BaseException | None = None
                 try:
                     call = begin(self, context)
+                    _check_decoded(request)
                     yield from fn(self, request, call)
                 except Exception as exc:
                     failure = _client_gone(context, exc) or exc
@@ -139,6 +147,7 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
                 if failure is not None:
                     errors.abort(context, failure)
 
+            setattr(stream_wrapper, CHECKS_UNDECODABLE, True)
             return stream_wrapper
 
         @functools.wraps(fn)
@@ -149,6 +158,7 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
             failure: BaseException | None = None
             try:
                 call = begin(self, context)
+                _check_decoded(request)
                 return fn(self, request, call)
             except Exception as exc:
                 failure = _client_gone(context, exc) or exc
@@ -158,6 +168,7 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
                 finish(self, context, call, started, failure)
             errors.abort(context, failure)
 
+        setattr(unary_wrapper, CHECKS_UNDECODABLE, True)
         return unary_wrapper
 
     return decorate

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
-from hashmatch.server import errors
+from hashmatch.server import app, errors
 from hashmatch.server.client import signal as make_signal
 from hashmatch.server.errors import bad_request_fields
 from hashmatch.server.testing import running_server
@@ -72,6 +77,118 @@ def _wait_for_access(caplog, method: str, n: int = 1, timeout: float = 5.0) -> d
             return records[n - 1]
         time.sleep(0.02)
     raise AssertionError(f"no access-log line for {method}: {_access_records(caplog)}")
+
+
+# -- 1. requests that do not decode ----------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["/hashmatch.v1.Admin/Stats", "/hashmatch.v1.Matcher/Match"])
+def test_garbage_request_is_invalid_argument_after_auth(served, channel, caplog, method):
+    with caplog.at_level("INFO", logger="hashmatch.access"), pytest.raises(grpc.RpcError) as err:
+        _raw_unary(channel, method)(GARBAGE, metadata=_auth(served), timeout=10)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+    assert err.value.details().startswith("request: not a valid protobuf message")
+    assert bad_request_fields(err.value)[0][0] == "request"
+    record = _wait_for_access(caplog, method.rsplit("/", 1)[1])
+    assert (record["status"], record["tenant"]) == ("INVALID_ARGUMENT", "ops")
+    # Without a token the caller learns nothing about the request: UNAUTHENTICATED first.
+    with pytest.raises(grpc.RpcError) as err:
+        _raw_unary(channel, method)(GARBAGE, timeout=10)
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_invalid_utf8_in_a_string_field_is_invalid_argument(served, channel, caplog):
+    bad = _bad_utf8_match_request()
+    with caplog.at_level(logging.INFO):
+        with pytest.raises(grpc.RpcError) as err:
+            _raw_unary(channel, "/hashmatch.v1.Matcher/Match")(
+                bad, metadata=_auth(served), timeout=10
+            )
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "bad UTF-8" in err.value.details()
+        # In a stream, the bad message is named by its position; the good one answered.
+        good = matcher_pb2.MatchRequest(hashes=[ZERO]).SerializeToString()
+        replies = []
+        with pytest.raises(grpc.RpcError) as err:
+            for reply in _raw_stream(channel, "/hashmatch.v1.Matcher/MatchStream")(
+                iter([good, bad]), metadata=_auth(served), timeout=10
+            ):
+                replies.append(reply)
+    assert len(replies) == 1
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(err.value)[0][0] == "stream[1]"
+    assert not [r for r in caplog.records if "deserializ" in r.getMessage()]
+
+
+def test_valid_requests_and_health_unaffected_by_the_decoder(served):
+    client = served.client("ops")
+    assert len(client.match([("pdq", "11" * 32)]).results[0].matches) == 1
+    assert client.health() == "SERVING"
+
+
+def _start_cli_server(tmp_path: Path) -> tuple[subprocess.Popen, int, Path]:
+    log_path = tmp_path / "server.log"
+    argv = [
+        sys.executable, "-m", "hashmatch.server.cli", "serve", "--insecure-no-auth",
+        "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "data"),
+        "--metrics-port", "-1", "--drain-seconds", "1",
+    ]  # fmt: skip
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(argv, stderr=log_file, stdout=log_file)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        text = log_path.read_text()
+        port = re.search(r"\(port (\d+)\)", text)
+        if port and "warmed up" in text:
+            return proc, int(port.group(1)), log_path
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"server did not start:\n{log_path.read_text()}")
+
+
+def test_garbage_streams_then_sigterm_exits(tmp_path):
+    """grpcio 1.85 once left such calls half-finished: stop() then waited forever."""
+    proc, port, log_path = _start_cli_server(tmp_path)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stream = _raw_stream(ch, "/hashmatch.v1.Matcher/MatchStream")
+            codes = []
+            for _ in range(8):
+                try:
+                    list(stream(iter([b"\xff\xff\xff"]), timeout=10))
+                    codes.append("OK")
+                except grpc.RpcError as exc:
+                    codes.append(exc.code().name)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        assert codes == ["INVALID_ARGUMENT"] * 8
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in log_path.read_text()
+
+
+def test_stop_is_bounded_when_grpc_leaves_calls_unfinished(tmp_path, monkeypatch, caplog):
+    """Reflection keeps grpcio's own decoder (not our service): garbage on its stream
+    still leaves calls that grpcio never finishes, so stop() must give up waiting."""
+    monkeypatch.setattr(app, "STOP_SLACK_SECONDS", 0.5)
+    with running_server(tmp_path, tenants=None) as ts:
+        with grpc.insecure_channel(ts.target) as ch:
+            stream = _raw_stream(ch, REFLECTION)
+            for _ in range(8):
+                with pytest.raises(grpc.RpcError):
+                    list(stream(iter([b"\xff\xff\xff"]), timeout=10))
+        stopper = threading.Thread(target=ts.server.stop, args=(0.5,), daemon=True)
+        with caplog.at_level(logging.WARNING, logger="hashmatch.server"):
+            started = time.monotonic()
+            stopper.start()
+            stopper.join(10)
+        assert not stopper.is_alive(), "stop() hung"
+        assert time.monotonic() - started < 3
+    assert any("did not finish stopping" in r.getMessage() for r in caplog.records)
 
 
 # -- 2. more open calls than worker threads ---------------------------------------------
