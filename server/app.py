@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 
 from hashmatch.server.auth import TokenAuth
 from hashmatch.server.batcher import LookupBatcher
+from hashmatch.server.calls import CallSlots
 from hashmatch.server.config import ServerConfig
 from hashmatch.server.decoding import interceptors
 from hashmatch.server.errors import NotServing
@@ -41,6 +42,11 @@ from hashmatch.v1 import (
 log = logging.getLogger("hashmatch.server")
 
 STOP_SLACK_SECONDS = 5.0  # beyond the drain grace, how long stop() waits for gRPC
+# gRPC threads and call slots beyond the hashmatch call limit (calls.CallSlots): kept
+# for health checks and reflection, so a server whose hashmatch calls hold every slot
+# still answers its health probe rather than refusing it (an orchestrator would
+# restart a server that is only busy).
+RESERVED_WORKERS = 2
 
 SERVICE_NAMES = (
     matcher_pb2.DESCRIPTOR.services_by_name["Matcher"].full_name,
@@ -69,6 +75,7 @@ class ServiceHost:
         self.config = config
         self.auth = auth
         self.metrics = Metrics()
+        self.slots = CallSlots(config.concurrent_rpcs_limit)
         self.media = MediaPool(
             config.media_workers, config.media_queue, on_change=self.metrics.media_pending.set
         )
@@ -230,9 +237,13 @@ class HashmatchServer:
         cfg = self.config
         hard_limit = cfg.max_message_bytes * 2 + 1024 * 1024  # beyond: gRPC's own refusal
         server = grpc.server(
-            ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
+            ThreadPoolExecutor(
+                max_workers=cfg.workers + RESERVED_WORKERS, thread_name_prefix="rpc"
+            ),
             interceptors=interceptors(),
-            maximum_concurrent_rpcs=cfg.concurrent_rpcs_limit,
+            # Never more calls than threads: a call beyond them would wait in the pool's
+            # queue (until its deadline) instead of being refused.
+            maximum_concurrent_rpcs=cfg.concurrent_rpcs_limit + RESERVED_WORKERS,
             options=[
                 ("grpc.max_receive_message_length", hard_limit),
                 ("grpc.max_send_message_length", hard_limit),

@@ -10,6 +10,7 @@ import functools
 import inspect
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,11 +26,42 @@ from hashmatch.server.metrics import Metrics
 access_log = logging.getLogger("hashmatch.access")
 
 
+class CallSlots:
+    """At most ``limit`` hashmatch calls at once; beyond that, RESOURCE_EXHAUSTED at once.
+
+    Why here and not only gRPC's ``maximum_concurrent_rpcs``: gRPC counts every call,
+    health checks too. The server gives gRPC a few slots (and threads) more than this
+    limit (``app.RESERVED_WORKERS``), so when hashmatch calls hold every slot a health
+    probe is still answered instead of refused.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()  # lock + count: a third of a Semaphore's cost
+
+    def take(self) -> bool:
+        """True once a slot is taken (give it back with :meth:`give_back`)."""
+        with self._lock:
+            if self._used >= self.limit:
+                raise errors.Overloaded(
+                    f"the server is at its limit of {self.limit} concurrent calls; "
+                    "retry with backoff"
+                )
+            self._used += 1
+        return True
+
+    def give_back(self) -> None:
+        with self._lock:
+            self._used -= 1
+
+
 class CallHost(Protocol):
     """What :func:`rpc` needs from the servicer's shared state."""
 
     auth: TokenAuth | None  # None = explicit no-auth mode
     metrics: Metrics
+    slots: CallSlots
 
     def check_serving(self, method: str) -> None: ...
 
@@ -134,7 +166,9 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
                 self.host.metrics.inflight.inc()
                 call = None
                 failure: BaseException | None = None
+                slot = False
                 try:
+                    slot = self.host.slots.take()
                     call = begin(self, context)
                     _check_decoded(request)
                     yield from fn(self, request, call)
@@ -143,6 +177,8 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
                     if failure is not exc:
                         raise  # grpcio's own error: it ends the dead call quietly
                 finally:
+                    if slot:
+                        self.host.slots.give_back()
                     finish(self, context, call, started, failure)
                 if failure is not None:
                     errors.abort(context, failure)
@@ -156,7 +192,9 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
             self.host.metrics.inflight.inc()
             call = None
             failure: BaseException | None = None
+            slot = False
             try:
+                slot = self.host.slots.take()
                 call = begin(self, context)
                 _check_decoded(request)
                 return fn(self, request, call)
@@ -165,6 +203,8 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
                 if failure is not exc:
                     raise  # grpcio's own error: it ends the dead call quietly
             finally:
+                if slot:
+                    self.host.slots.give_back()
                 finish(self, context, call, started, failure)
             errors.abort(context, failure)
 

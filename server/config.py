@@ -83,7 +83,9 @@ class ServerConfig:
         Why capped, not rejected: a call admitted beyond the worker threads waits in the
         pool's queue, so a few clients holding streams open (one per thread) made every
         other call, health checks too, hang until its deadline instead of getting
-        RESOURCE_EXHAUSTED. Capping keeps files that set only ``workers`` valid.
+        RESOURCE_EXHAUSTED. Capping keeps files that set only ``workers`` valid. Health
+        checks and reflection get a few threads of their own beyond this limit
+        (``app.RESERVED_WORKERS``), so they are answered even then.
         """
         return min(self.max_concurrent_rpcs, self.workers)
 

@@ -222,6 +222,9 @@ def test_idle_streams_holding_every_worker_do_not_hang_other_calls(tmp_path):
                 client.match([("pdq", "00" * 32)], timeout=5)
             assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert time.monotonic() - started < 2
+            assert "limit of 2 concurrent calls" in err.value.details()
+            # A health probe is still answered: the server is busy, not dead.
+            assert client.health(timeout=2) == "SERVING"
         finally:
             stop.set()
             for stream in streams:
