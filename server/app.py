@@ -268,11 +268,18 @@ class HashmatchServer:
             creds = grpc.ssl_server_credentials(
                 [(key, cert)], root_certificates=client_ca, require_client_auth=bool(client_ca)
             )
-            port = server.add_secure_port(cfg.listen, creds)
+            add = lambda: server.add_secure_port(cfg.listen, creds)  # noqa: E731
         else:
-            port = server.add_insecure_port(cfg.listen)
+            add = lambda: server.add_insecure_port(cfg.listen)  # noqa: E731
+        try:
+            port = add()
+        except RuntimeError:  # grpcio raises instead of returning 0 (e.g. port in use)
+            port = 0
         if not port:
-            raise OSError(f"cannot listen on {cfg.listen}")
+            raise OSError(
+                f"cannot listen on {cfg.listen} (address in use, or not an address of this "
+                "host?); pick another with --listen"
+            )
         return port
 
     def _set_health(self, serving: bool) -> None:
@@ -290,9 +297,16 @@ class HashmatchServer:
         self._set_health(False)
         self._server.start()
         if self.config.metrics_port >= 0:
-            self.metrics_port = self.host.metrics.serve(
-                self.config.metrics_host, self.config.metrics_port
-            )
+            try:
+                self.metrics_port = self.host.metrics.serve(
+                    self.config.metrics_host, self.config.metrics_port
+                )
+            except OSError as exc:
+                self._server.stop(None)
+                raise OSError(
+                    f"metrics on {self.config.metrics_host}:{self.config.metrics_port}: "
+                    f"{exc.strerror or exc}; pick another with --metrics-port (-1 = off)"
+                ) from exc
         self.host.metrics.track_index_size(self.host.index_size)
         log.info(
             "hashmatch listening on %s (port %s)%s%s",

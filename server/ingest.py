@@ -79,16 +79,17 @@ def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestRespons
     many, so a caller does not resend them blindly (a resend is harmless: unchanged)."""
     reply = signals_pb2.IngestResponse()
     list_name = ""
-    offset = n = 0
+    offset = stored = 0
     try:
         for n, request in enumerate(requests):
             list_name = request.list_name.strip() or list_name
             _ingest_message(host, call, n, request, list_name, offset, reply)
             offset += len(request.signals)
+            stored = n + 1
     except HashmatchError as exc:
-        if offset:
+        if offset:  # (the failure may be in reading message `stored`, not only storing it)
             exc.message += (
-                f" (messages before stream[{n}] were stored: added {reply.added}, updated"
+                f" (messages before stream[{stored}] were stored: added {reply.added}, updated"
                 f" {reply.updated}, unchanged {reply.unchanged}, rejected {reply.rejected})"
             )
         raise

@@ -308,3 +308,22 @@ def test_more_calls_than_max_concurrent_rpcs_are_refused(tmp_path):
         assert "RESOURCE_EXHAUSTED" in codes and "OK" in codes, codes
         assert client.hash([_jpeg()]).items
         gate.set()
+
+
+def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path):
+    import socket
+    import sys
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "hashmatch.server.cli", "serve", "--data-dir",
+             str(tmp_path / "d"), "--listen", f"127.0.0.1:{port}", "--insecure-no-auth",
+             "--metrics-port", "-1"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
