@@ -103,13 +103,20 @@ def test_rescan_finds_exactly_the_new_matches_without_rehashing(tmp_path, monkey
     catalog.close()
 
 
-def test_rescan_reports_list_disable_and_since_all(tmp_path):
+def _exact_copies_scanned(tmp_path):
+    """The test tree, "coffee" ingested into list partner, and a catalog of tree/exact
+    (hashed, not matched): a rescan then has coffee-copy's pdq + md5 to find."""
     tree = build_tree(tmp_path)
     data_dir = tmp_path / "data"
     ingest_originals(data_dir, tree, ["coffee"], list_name="partner")
     catalog = Catalog(tmp_path / "catalog.sqlite")
     scan([tree.root / "exact"], catalog=catalog, matcher=None,
          options=ScanOptions(workers=0, progress=False, follow_symlinks=False))  # fmt: skip
+    return tree, data_dir, catalog
+
+
+def test_rescan_reports_list_disable_and_since_all(tmp_path):
+    _tree, data_dir, catalog = _exact_copies_scanned(tmp_path)
     with Engine.open(data_dir, eager=False) as engine:
         everything = rescan(catalog, engine.store, since=0)
         assert sorted((m.signal_type, m.distance) for m in everything.new) == [
@@ -181,12 +188,7 @@ def test_cached_catalog_index_reads_only_new_rows_and_ignores_stale_ones(tmp_pat
 
 
 def test_signals_added_and_retracted_between_rescans_net_out(tmp_path):
-    tree = build_tree(tmp_path)
-    data_dir = tmp_path / "data"
-    ingest_originals(data_dir, tree, ["coffee"], list_name="partner")
-    catalog = Catalog(tmp_path / "catalog.sqlite")
-    scan([tree.root / "exact"], catalog=catalog, matcher=None,
-         options=ScanOptions(workers=0, progress=False, follow_symlinks=False))  # fmt: skip
+    tree, data_dir, catalog = _exact_copies_scanned(tmp_path)
     with Engine.open(data_dir, eager=False) as engine:
         assert len(rescan(catalog, engine.store).new) == 2  # coffee-copy: pdq + md5
         ids = ingest_originals(data_dir, tree, ["astronaut"], list_name="partner")
@@ -201,12 +203,7 @@ def test_signals_added_and_retracted_between_rescans_net_out(tmp_path):
 def test_a_report_that_cannot_be_written_loses_no_new_match(tmp_path):
     """The report is written before the commit: if it fails, the cursor stays put and
     the next rescan announces the same new matches (they are alerts, not to be lost)."""
-    tree = build_tree(tmp_path)
-    data_dir = tmp_path / "data"
-    ingest_originals(data_dir, tree, ["coffee"], list_name="partner")
-    catalog = Catalog(tmp_path / "catalog.sqlite")
-    scan([tree.root / "exact"], catalog=catalog, matcher=None,
-         options=ScanOptions(workers=0, progress=False, follow_symlinks=False))  # fmt: skip
+    _tree, data_dir, catalog = _exact_copies_scanned(tmp_path)
     with Engine.open(data_dir, eager=False) as engine:
         with pytest.raises(OSError):
             rescan(catalog, engine.store, report=tmp_path / "no-such-dir" / "r.jsonl")
