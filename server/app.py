@@ -42,10 +42,9 @@ from hashmatch.v1 import (
 log = logging.getLogger("hashmatch.server")
 
 STOP_SLACK_SECONDS = 5.0  # beyond the drain grace, how long stop() waits for gRPC
-# gRPC threads and call slots beyond the hashmatch call limit (calls.CallSlots): kept
-# for health checks and reflection, so a server whose hashmatch calls hold every slot
-# still answers its health probe rather than refusing it (an orchestrator would
-# restart a server that is only busy).
+# gRPC threads and call slots beyond the configured ones: kept for health checks and
+# reflection, so a busy server still answers its health probe rather than refusing it
+# (an orchestrator would restart a server that is only busy).
 RESERVED_WORKERS = 2
 
 SERVICE_NAMES = (
@@ -75,7 +74,7 @@ class ServiceHost:
         self.config = config
         self.auth = auth
         self.metrics = Metrics()
-        self.slots = CallSlots(config.concurrent_rpcs_limit)
+        self.slots = CallSlots(config.request_streams_limit)
         self.media = MediaPool(
             config.media_workers, config.media_queue, on_change=self.metrics.media_pending.set
         )
@@ -241,9 +240,9 @@ class HashmatchServer:
                 max_workers=cfg.workers + RESERVED_WORKERS, thread_name_prefix="rpc"
             ),
             interceptors=interceptors(),
-            # Never more calls than threads: a call beyond them would wait in the pool's
-            # queue (until its deadline) instead of being refused.
-            maximum_concurrent_rpcs=cfg.concurrent_rpcs_limit + RESERVED_WORKERS,
+            # A bounded queue: calls beyond it are refused. Request streams, which can hold
+            # a thread while idle, get at most half the threads (calls.CallSlots).
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs + RESERVED_WORKERS,
             options=[
                 ("grpc.max_receive_message_length", hard_limit),
                 ("grpc.max_send_message_length", hard_limit),

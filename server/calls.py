@@ -27,12 +27,12 @@ access_log = logging.getLogger("hashmatch.access")
 
 
 class CallSlots:
-    """At most ``limit`` hashmatch calls at once; beyond that, RESOURCE_EXHAUSTED at once.
+    """At most ``limit`` request-streaming calls at once; beyond, RESOURCE_EXHAUSTED at once.
 
-    Why here and not only gRPC's ``maximum_concurrent_rpcs``: gRPC counts every call,
-    health checks too. The server gives gRPC a few slots (and threads) more than this
-    limit (``app.RESERVED_WORKERS``), so when hashmatch calls hold every slot a health
-    probe is still answered instead of refused.
+    Why: a call that streams its requests (MatchStream, Ingest) holds a worker thread
+    while its client sends nothing; capping them (``ServerConfig.request_streams_limit``,
+    half the threads) leaves threads for unary calls and health checks, which gRPC's own
+    ``maximum_concurrent_rpcs`` (it counts every call alike) cannot do.
     """
 
     def __init__(self, limit: int):
@@ -45,8 +45,8 @@ class CallSlots:
         with self._lock:
             if self._used >= self.limit:
                 raise errors.Overloaded(
-                    f"the server is at its limit of {self.limit} concurrent calls; "
-                    "retry with backoff"
+                    f"the server is at its limit of {self.limit} concurrent request "
+                    "streams (MatchStream, Ingest); retry with backoff"
                 )
             self._used += 1
         return True
@@ -120,8 +120,12 @@ def _check_decoded(request: Any) -> None:
         raise request.error()
 
 
-def rpc(role: str, *, needs_index: bool = True) -> Callable:
-    """Decorate ``method(self, request_or_iterator, call)`` of a servicer."""
+def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) -> Callable:
+    """Decorate ``method(self, request_or_iterator, call)`` of a servicer.
+
+    ``request_stream``: the client streams its requests, so the call takes one of the
+    host's :class:`CallSlots` for as long as it runs.
+    """
 
     def decorate(fn: Callable) -> Callable:
         name = fn.__name__
@@ -168,7 +172,7 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
                 failure: BaseException | None = None
                 slot = False
                 try:
-                    slot = self.host.slots.take()
+                    slot = request_stream and self.host.slots.take()
                     call = begin(self, context)
                     _check_decoded(request)
                     yield from fn(self, request, call)
@@ -194,7 +198,7 @@ def rpc(role: str, *, needs_index: bool = True) -> Callable:
             failure: BaseException | None = None
             slot = False
             try:
-                slot = self.host.slots.take()
+                slot = request_stream and self.host.slots.take()
                 call = begin(self, context)
                 _check_decoded(request)
                 return fn(self, request, call)

@@ -45,8 +45,8 @@ class ServerConfig:
     max_media_bytes: int = 20 * 1024 * 1024  # per media item
     max_media_pixels: int = 50_000_000  # per decoded image
     # Concurrency: gRPC worker threads; RPCs beyond max_concurrent_rpcs are refused with
-    # RESOURCE_EXHAUSTED instead of queueing. The limit applied is at most `workers`
-    # (see concurrent_rpcs_limit), so a call never waits for a free thread.
+    # RESOURCE_EXHAUSTED (a bounded queue); request streams get at most half the threads
+    # (see request_streams_limit).
     workers: int = 32
     max_concurrent_rpcs: int = 256
     # Hash lookups: concurrent requests with the same options are merged into one engine
@@ -76,18 +76,18 @@ class ServerConfig:
         return Path(self.auth_file) if self.auth_file else Path(self.data_dir) / "auth.toml"
 
     @property
-    def concurrent_rpcs_limit(self) -> int:
-        """The concurrent-RPC limit given to gRPC: ``max_concurrent_rpcs``, capped at
-        ``workers``.
+    def request_streams_limit(self) -> int:
+        """How many calls that stream their requests (MatchStream, Ingest) may run at once:
+        half the worker threads (at least 1); beyond it, RESOURCE_EXHAUSTED at once.
 
-        Why capped, not rejected: a call admitted beyond the worker threads waits in the
-        pool's queue, so a few clients holding streams open (one per thread) made every
-        other call, health checks too, hang until its deadline instead of getting
-        RESOURCE_EXHAUSTED. Capping keeps files that set only ``workers`` valid. Health
-        checks and reflection get a few threads of their own beyond this limit
-        (``app.RESERVED_WORKERS``), so they are answered even then.
+        Why: such a call holds a worker thread for as long as its client keeps the stream
+        open, sending or not, so a few idle streams could take every thread and make all
+        other calls, health checks too, wait until their deadlines. Unary calls finish on
+        their own, so they still queue (up to ``max_concurrent_rpcs``) for the other
+        half rather than being refused: 64 concurrent upload-pipeline callers on 32
+        threads wait a few milliseconds instead of half of them failing.
         """
-        return min(self.max_concurrent_rpcs, self.workers)
+        return max(1, self.workers // 2)
 
     def validate(self) -> ServerConfig:
         for name in ("max_message_bytes", "max_batch", "max_media_items", "max_media_bytes"):

@@ -37,7 +37,7 @@ class MatcherService(matcher_pb2_grpc.MatcherServicer):
     def Match(self, request, call: Call):
         return matching.match(self.host, request, call)
 
-    @rpc("match")
+    @rpc("match", request_stream=True)
     def MatchStream(self, request_iterator, call: Call):
         count = 0
         for n, request in enumerate(request_iterator):
@@ -64,7 +64,7 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
     def __init__(self, host: ServiceHost):
         self.host = host
 
-    @rpc("write")
+    @rpc("write", request_stream=True)
     def Ingest(self, request_iterator, call: Call):
         return ingest.ingest(self.host, request_iterator, call)
 

@@ -200,30 +200,35 @@ def _idle_requests(stop: threading.Event):
     yield
 
 
-def test_idle_streams_holding_every_worker_do_not_hang_other_calls(tmp_path):
-    with running_server(tmp_path, tenants=TENANTS, workers=2) as ts:
+def test_idle_streams_cannot_take_every_worker(tmp_path):
+    """Request streams get at most half the threads (workers=4: 2); the third idle
+    stream is refused at once, and unary calls and health checks are still served."""
+    with running_server(tmp_path, tenants=TENANTS, workers=4) as ts:
         stop = threading.Event()
-        channels = [grpc.insecure_channel(ts.target) for _ in range(2)]
+        channels = [grpc.insecure_channel(ts.target) for _ in range(3)]
         try:
             streams = [
                 matcher_pb2_grpc.MatcherStub(ch).MatchStream(
                     _idle_requests(stop), metadata=_auth(ts), timeout=30
                 )
-                for ch in channels
+                for ch in channels[:2]
             ]
             metrics = ts.server.host.metrics.registry
             deadline = time.monotonic() + 5
             while metrics.get_sample_value("hashmatch_inflight_rpcs") < 2:
                 assert time.monotonic() < deadline, "the idle streams never started"
                 time.sleep(0.02)
-            client = ts.client("ops", retries=0)
             started = time.monotonic()
+            third = matcher_pb2_grpc.MatcherStub(channels[2]).MatchStream(
+                iter([matcher_pb2.MatchRequest()]), metadata=_auth(ts), timeout=5
+            )
             with pytest.raises(grpc.RpcError) as err:
-                client.match([("pdq", "00" * 32)], timeout=5)
+                list(third)
             assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert time.monotonic() - started < 2
-            assert "limit of 2 concurrent calls" in err.value.details()
-            # A health probe is still answered: the server is busy, not dead.
+            assert "limit of 2 concurrent request streams" in err.value.details()
+            client = ts.client("ops", retries=0)
+            assert client.match([("pdq", "00" * 32)], timeout=5).results  # unary: served
             assert client.health(timeout=2) == "SERVING"
         finally:
             stop.set()
@@ -235,7 +240,10 @@ def test_idle_streams_holding_every_worker_do_not_hang_other_calls(tmp_path):
         while metrics.get_sample_value("hashmatch_inflight_rpcs") > 0:
             assert time.monotonic() < deadline, "the cancelled streams never finished"
             time.sleep(0.02)
-        assert client.match([("pdq", "00" * 32)], timeout=5).results  # threads are back
+        reply = client.match_stream([matcher_pb2.MatchRequest(hashes=[])])  # slots are back
+        with pytest.raises(grpc.RpcError) as err:
+            list(reply)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # served, not refused
 
 
 # -- 3. long client strings in error messages -------------------------------------------
