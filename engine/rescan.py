@@ -39,6 +39,7 @@ import numpy as np
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.catalog import Catalog, MatchRow
+from hashmatch.engine.errors import CorruptData
 from hashmatch.engine.matcher import PDQ_MIN_QUALITY
 from hashmatch.engine.scan import (
     file_hash_hex,
@@ -398,10 +399,11 @@ def catalog_index(catalog: Catalog, st, floor: int, *, cache_dir: str | Path | N
                 and manifest.get("max_id", 0) <= top
                 and manifest.get("rows", 0) <= 1.25 * live + 1000
             ):
-                index = _load_cached(index_path)
+                index = _load_cached(index_path, st)
                 after = int(manifest["max_id"])
-        except (OSError, ValueError, KeyError, RuntimeError):
-            index, after = None, 0
+        except (CorruptData, OSError, ValueError, KeyError, TypeError, AttributeError,
+                RuntimeError):  # fmt: skip
+            index, after = None, 0  # a damaged or foreign cache is rebuilt, never fatal
     if index is None:
         index = _new_index(st)
     row_ids, _file_ids, codes, qualities = catalog.codes(st.name, with_quality=True, after_id=after)
@@ -434,10 +436,11 @@ def _new_index(st):
     return make_index(st.bits, kind="exact" if st.exact else "mih")
 
 
-def _load_cached(path: Path):
+def _load_cached(path: Path, st):
     """Load into memory (not mmapped): the index is then searched with the same array
-    types it was built with (no extra JIT specialisation for read-only maps)."""
-    return load_index(path, mmap=False)
+    types it was built with (no extra JIT specialisation for read-only maps). Of the
+    kind :func:`_new_index` makes, or CorruptData (then rebuilt)."""
+    return load_index(path, mmap=False, bits=st.bits, kind="exact" if st.exact else "mih")
 
 
 def _remove(path: Path) -> None:
