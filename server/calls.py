@@ -132,12 +132,14 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
         streaming = inspect.isgeneratorfunction(fn)
 
         def begin(self, context) -> Call:
-            host: CallHost = self.host
-            principal = _authenticate(host, context)
-            principal.require(role)
+            return Call(name, _authenticate(self.host, context), context)
+
+        def admit(self, call: Call) -> None:
+            """Role and readiness, checked once the caller is known (so a refused call's
+            access-log line names its tenant)."""
+            call.principal.require(role)
             if needs_index:
-                host.check_serving(name)
-            return Call(name, principal, context)
+                self.host.check_serving(name)
 
         def finish(self, context, call, started, exc: BaseException | None) -> None:
             host: CallHost = self.host
@@ -174,6 +176,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                 try:
                     slot = request_stream and self.host.slots.take()
                     call = begin(self, context)
+                    admit(self, call)
                     _check_decoded(request)
                     yield from fn(self, request, call)
                 except Exception as exc:
@@ -200,6 +203,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             try:
                 slot = request_stream and self.host.slots.take()
                 call = begin(self, context)
+                admit(self, call)
                 _check_decoded(request)
                 return fn(self, request, call)
             except Exception as exc:

@@ -185,7 +185,7 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
             field="options.low_quality_queries",
         )
     low_quality = LOW_QUALITY_RULES[options.low_quality_queries]
-    lists = [name for name in options.lists] or None
+    lists = [name.strip() for name in options.lists] or None  # as Ingest's list_name
     max_results = options.max_results or None
     parsed = convert.parse_hashes(request.hashes)
     types = media_types(request.media_types, "media_types") if request.media else []

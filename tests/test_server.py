@@ -578,6 +578,23 @@ def test_one_access_log_line_per_request(ops, caplog):
     assert "hashes[0].hex" in records[1]["error"]
 
 
+def test_a_refused_call_is_logged_with_its_tenant(served, caplog):
+    acme = served.client("acme", retries=0)
+    with caplog.at_level("INFO", logger="hashmatch.access"), pytest.raises(grpc.RpcError):
+        acme.ingest("anything", [signal("pdq", "00" * 32)])  # acme may not write
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "hashmatch.access"]
+    assert [(r["method"], r["status"], r["tenant"]) for r in records] == [
+        ("Ingest", "PERMISSION_DENIED", "acme")
+    ]
+
+
+def test_list_names_in_match_options_are_trimmed_like_ingest(ops):
+    code = _codes(1, seed=16)[0].tobytes().hex()
+    ops.ingest("trimmed", [signal("pdq", code)])
+    found = ops.match([("pdq", code)], lists=["  trimmed "]).results[0].matches
+    assert [m.list_name for m in found] == ["trimmed"]
+
+
 def test_vpdq_video_ingest_and_match_by_frames(ops):
     from hashmatch.server.client import video_signal
 
