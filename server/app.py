@@ -96,9 +96,20 @@ class ServiceHost:
     def load(self) -> None:
         started = time.perf_counter()
         engine = self._engine_factory(self.config)
+        self._log_skipped_snapshots(engine)
         self._warm_up(engine)
         self.engine = engine
         log.info("index loaded and warmed up in %.2f s", time.perf_counter() - started)
+
+    @staticmethod
+    def _log_skipped_snapshots(engine) -> None:
+        """A snapshot the load refused (damaged, stale, another store's) means a slow
+        build from the store, and maybe a data dir mix-up: say so in the log."""
+        info = getattr(engine, "load_info", None) or {}
+        for skipped in info.get("skipped_snapshots", []):
+            log.warning("index snapshot skipped: %s", skipped)
+        if info.get("skipped_snapshots") and info.get("source") == "store":
+            log.warning("no usable index snapshot: the index was built from the store")
 
     @staticmethod
     def _warm_up(engine) -> None:

@@ -481,6 +481,7 @@ def index_verify(sample, as_json, data_dir) -> None:
     if as_json:
         _echo_json(report)
     else:
+        _echo_skipped(report.get("skipped_snapshots", []))
         for stype, e in report["types"].items():
             click.echo(
                 f"{stype}: store {e['store']}, index {e['index']}, checked {e['checked']}, "
@@ -512,6 +513,13 @@ def index_stats(as_json, data_dir) -> None:
         f"loaded from {load.get('source', '?')} in {load.get('seconds', 0)}s, change counter "
         f"{stats['change_counter']}, memory {stats['memory_bytes'] / 2**20:.0f} MiB"
     )
+    _echo_skipped(load.get("skipped_snapshots", []))
+
+
+def _echo_skipped(skipped: list[str]) -> None:
+    """Snapshots the load refused, with why (damaged, stale, another store's)."""
+    for entry in skipped:
+        click.echo(f"skipped snapshot {entry}")
 
 
 # ----------------------------------------------------------------------------- tenants
