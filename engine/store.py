@@ -37,6 +37,7 @@ import numpy as np
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import (
     Conflict,
+    CorruptData,
     InvalidHash,
     InvalidInput,
     NotFound,
@@ -337,7 +338,32 @@ class SignalStore:
         self._fresh: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._fresh_rows = 0
         self._fresh_lock = threading.Lock()  # never held while waiting for another lock
-        migrate(self.conn())
+        self._check_not_emptied()
+        try:
+            migrate(self.conn())
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            if isinstance(exc, sqlite3.OperationalError) and not is_corruption(exc):
+                raise  # locked, read-only, disk full: not the file's fault
+            raise CorruptData(
+                f"{self.path} is damaged or not a hashmatch store ({exc}); restore it from"
+                " a backup",
+                field="data_dir",
+            ) from exc
+
+    def _check_not_emptied(self) -> None:
+        """An existing zero-byte store is a lost one (truncated, a failed copy), not a new
+        one: opening it as empty would serve "no match" for everything. One another
+        process is creating right now may still be 0 bytes with its first pages in the
+        -wal file: that one is let through."""
+        if self.path.exists() and self.path.stat().st_size == 0:
+            wal = self.path.with_name(self.path.name + "-wal")
+            if not (wal.exists() and wal.stat().st_size > 0):  # not one being created now
+                raise CorruptData(
+                    f"{self.path} is empty (0 bytes): the store was lost; restore it from a"
+                    " backup (or delete the file to start an empty store)",
+                    field="data_dir",
+                )
 
     # ---- connections
 
@@ -1602,6 +1628,16 @@ _FP_MULT = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5],
     dtype=np.uint64,
 )
+
+
+def is_corruption(exc: sqlite3.DatabaseError) -> bool:
+    """SQLite's "damaged file" errors (SQLITE_CORRUPT, SQLITE_NOTADB), by code when the
+    Python has it, else by message."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name:
+        return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
 
 
 def fingerprints(signal_type: str, codes: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ can reuse the table design; its own DDL differs only in ``BYTEA``/``BIGSERIAL``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 import time
 
@@ -117,6 +119,22 @@ MIGRATIONS.append(
 
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
+# The store's identity and a random tag per change-log row, so an index snapshot can
+# tell whether it was taken of THIS store's history: a snapshot copied from another
+# data dir, or taken before the store was restored from a backup (the same seq now
+# names another change), must not be loaded just because its counter fits. Not a
+# numbered step: every statement is idempotent, so every open makes sure of it
+# (stores of any version get it, and the schema version a store reports is unchanged).
+IDENTITY_SQL = [
+    "CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "INSERT OR IGNORE INTO store_meta(key, value) VALUES ('store_id', lower(hex(randomblob(16))))",
+    "CREATE TABLE IF NOT EXISTS change_tags (seq INTEGER PRIMARY KEY, tag BLOB NOT NULL)",
+    # a trigger, so every writer (any version of hashmatch, any code path) tags its rows;
+    # an INSERT in a trigger leaves the caller's lastrowid alone
+    "CREATE TRIGGER IF NOT EXISTS changes_tag AFTER INSERT ON changes BEGIN"
+    " INSERT OR REPLACE INTO change_tags(seq, tag) VALUES (NEW.seq, randomblob(8)); END",
+]
+
 
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring ``conn``'s database up to :data:`CURRENT_VERSION`; return the version found."""
@@ -147,4 +165,53 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+    _ensure_identity(conn)
     return found
+
+
+def _ensure_identity(conn: sqlite3.Connection) -> None:
+    """Create the store id and change tags if missing (a read first: no write lock
+    is taken on the usual open, where they exist)."""
+    have = conn.execute(
+        "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('store_meta', 'changes_tag')"
+    ).fetchone()[0]
+    if have == 2 and store_id(conn):
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in IDENTITY_SQL:
+            conn.execute(statement)
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def store_id(conn: sqlite3.Connection) -> str:
+    """The random id this store got when it was created (or first opened by a
+    hashmatch that knows ids); copies of the file (backups) share it."""
+    try:
+        row = conn.execute("SELECT value FROM store_meta WHERE key = 'store_id'").fetchone()
+    except sqlite3.OperationalError:  # no store_meta yet
+        return ""
+    return row[0] if row else ""
+
+
+def change_digest(conn: sqlite3.Connection, seq: int) -> str | None:
+    """SHA-256 of change-log row ``seq`` (its columns and random tag); None if absent.
+
+    Equal digests mean the same change at the same place in the same history: a
+    store restored from an older backup reuses ``seq`` for a different write (other
+    ids, and always another tag), so its digest differs.
+    """
+    row = conn.execute(
+        "SELECT c.seq, c.op, c.signal_type, c.first_id, c.last_id, c.ids, t.tag"
+        " FROM changes c LEFT JOIN change_tags t ON t.seq = c.seq WHERE c.seq = ?",
+        (int(seq),),
+    ).fetchone()
+    if row is None:
+        return None
+    h = hashlib.sha256(json.dumps(list(row[:5])).encode())
+    for blob in row[5:]:
+        h.update(b"\0" if blob is None else b"\1" + len(blob).to_bytes(8, "little") + blob)
+    return h.hexdigest()
