@@ -860,10 +860,11 @@ def _check_manifest(manifest: object) -> dict:
     manifest must skip its snapshot, not crash the load)."""
     if not isinstance(manifest, dict):
         raise CorruptData(f"must be a JSON object, got {type(manifest).__name__}", field="manifest")
-    if manifest.get("format") != SNAPSHOT_FORMAT:
-        note = " (records no store identity; built from the store)" if manifest.get(
-            "format") == 1 else ""  # fmt: skip
-        raise CorruptData(f"unknown snapshot format {manifest.get('format')!r}{note}")
+    found = manifest.get("format")
+    if found == 1:  # written before snapshots named their store: cannot be checked
+        raise CorruptData("snapshot format 1 records no store identity; built from the store")
+    if found != SNAPSHOT_FORMAT:
+        raise CorruptData(f"unknown snapshot format {found!r}")
     if not _count(manifest.get("change_counter")):
         raise CorruptData(
             f"must be an integer >= 0, got {manifest.get('change_counter')!r}",
