@@ -84,7 +84,15 @@ def check_codes(codes: object, bits: int, field: str = "codes") -> np.ndarray:
     return np.ascontiguousarray(codes)
 
 
-def check_ids(ids: object, n: int, field: str = "ids") -> np.ndarray:
+def check_ids(
+    ids: object, n: int, field: str = "ids", *, allow_negative: bool = False
+) -> np.ndarray:
+    """int64[n], or InvalidIds naming what is wrong.
+
+    ids are >= 0: knn results use -1 for "no code", so a stored negative id would
+    be indistinguishable from an empty slot. ``allow_negative`` is for lookups
+    (remove), where a negative id is simply never live.
+    """
     arr = np.asarray(ids)
     if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
         raise InvalidIds(f"expected 1-D integer ids, got {arr.dtype} {arr.shape}", field=field)
@@ -92,7 +100,13 @@ def check_ids(ids: object, n: int, field: str = "ids") -> np.ndarray:
         raise InvalidIds("ids must fit in int64", field=field)
     if len(arr) != n:
         raise InvalidIds(f"{len(arr)} ids for {n} codes", field=field)
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    arr = np.ascontiguousarray(arr, dtype=np.int64)
+    if not allow_negative and arr.size and int(arr.min()) < 0:
+        first = int(np.argmax(arr < 0))
+        raise InvalidIds(
+            f"id {int(arr[first])} is negative (ids must be >= 0)", field=field, index=first
+        )
+    return arr
 
 
 def check_radius(radius: object, bits: int, *, exact_only: bool = False) -> int:

@@ -159,7 +159,9 @@ def merge_knn(parts: list[KnnResult], k: int, bits: int) -> KnnResult:
         return parts[0]
     d = np.concatenate([p[0] for p in parts], axis=1)
     i = np.concatenate([p[1] for p in parts], axis=1)
-    key = np.where(i < 0, bits + 1, d).astype(np.int64) * (1 << 40)
+    # empty slots are the ones with distance -1 (not id -1: a snapshot written before
+    # negative ids were refused may still hold some)
+    key = np.where(d < 0, bits + 1, d).astype(np.int64) * (1 << 40)
     order = np.argsort(key, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
 
@@ -285,7 +287,7 @@ class ShardedIndex:
 
     def remove(self, ids: np.ndarray, *, missing_ok: bool = False) -> int:
         """Tombstone ids; visible to the next lookup. Unknown id -> NotFound, nothing removed."""
-        ids = check_ids(ids, len(np.asarray(ids).reshape(-1)))
+        ids = check_ids(ids, len(np.asarray(ids).reshape(-1)), allow_negative=True)
         ids = np.sort(ids)
         ids = ids[np.concatenate([[True], ids[1:] != ids[:-1]])] if len(ids) else ids
         if not len(ids):
