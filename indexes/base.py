@@ -10,7 +10,9 @@ INTERFACE OWNED BY THE INDEX WORK (issue 7); other layers code against this.
   ``lims int64[nq + 1]``, ``distances int32[lims[-1]]``, ``ids int64[lims[-1]]``;
   query i's hits are ``ids[lims[i]:lims[i + 1]]`` (order within a query unspecified).
 - ``search_knn(queries, k)`` -> ``(distances int32[nq, k], ids int64[nq, k])``,
-  nearest first, -1 where fewer than k live codes exist.
+  nearest first, -1 where fewer than k live codes exist; nq * k is capped at
+  ``MAX_KNN_RESULTS`` (InvalidK beyond it).
+- ids are >= 0 (InvalidIds otherwise): -1 is knn's "no code".
 - ``remove`` takes effect on the next lookup (tombstones); readers never see a
   half-applied change. Unknown ids raise NotFound (nothing is removed) unless
   ``missing_ok=True``.
@@ -120,10 +122,25 @@ def check_radius(radius: object, bits: int, *, exact_only: bool = False) -> int:
     return r
 
 
-def check_k(k: object) -> int:
+MAX_KNN_RESULTS = 1 << 24  # nq * k slots one knn call may return (~200 MB of output)
+
+
+def check_k(k: object, nq: int = 1) -> int:
+    """A positive k whose (nq, k) result fits MAX_KNN_RESULTS, or InvalidK.
+
+    The result is always (nq, k), -1 padded past the live codes, so an absurd k
+    would allocate nq * k slots before any search: refused up front instead.
+    """
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or int(k) <= 0:
         raise InvalidK(f"expected a positive integer, got {k!r}", field="k")
-    return int(k)
+    k = int(k)
+    if nq * k > MAX_KNN_RESULTS:
+        raise InvalidK(
+            f"{k} nearest for {nq} queries is {nq * k} result slots, more than "
+            f"{MAX_KNN_RESULTS} per call (ask for fewer, or split the batch)",
+            field="k",
+        )
+    return k
 
 
 def empty_radius_result(nq: int) -> RadiusResult:

@@ -411,20 +411,27 @@ class ShardedIndex:
     def search_knn(self, queries: np.ndarray, k: int) -> KnnResult:
         """The k nearest live codes per query (distance ascending), -1 padded."""
         q = check_codes(queries, self.bits, field="queries")
-        k = check_k(k)
+        k = check_k(k, len(q))
         state = self._state
         qwords = to_words(q)
-        empty = (np.full((len(q), k), -1, np.int32), np.full((len(q), k), -1, np.int64))
+        # no more than the live codes can be found: search (and allocate per segment)
+        # for that many, then pad the answer out to k columns
+        kk = max(1, min(k, sum(s.live for s in state)))
+        empty = (np.full((len(q), kk), -1, np.int32), np.full((len(q), kk), -1, np.int64))
 
         def one(shard: Shard) -> KnnResult:
             parts = []
             for seg, dead in zip(shard.segments, shard.dead, strict=True):
-                d, pos = seg.knn(qwords, q, k, dead)
+                d, pos = seg.knn(qwords, q, kk, dead)
                 ids = np.where(pos >= 0, np.asarray(seg.ids)[np.maximum(pos, 0)], -1)
                 parts.append((d, ids))
-            return merge_knn(parts, k, self.bits) if parts else empty
+            return merge_knn(parts, kk, self.bits) if parts else empty
 
-        return merge_knn([empty, *self._fan_out(one, state, len(q), self.bits)], k, self.bits)
+        d, i = merge_knn([empty, *self._fan_out(one, state, len(q), self.bits)], kk, self.bits)
+        if kk == k:
+            return d, i
+        pad = ((0, 0), (0, k - kk))
+        return np.pad(d, pad, constant_values=-1), np.pad(i, pad, constant_values=-1)
 
     def _fan_out(self, fn, state: tuple[Shard, ...], nq: int, radius: int) -> list:
         """Run ``fn`` per non-empty shard: inline when the work is too small to pay

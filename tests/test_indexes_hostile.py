@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from hashmatch.engine.errors import NotFound
-from hashmatch.indexes import InvalidIds, make_index
+from hashmatch.indexes import InvalidIds, InvalidK, make_index
+from hashmatch.indexes.base import MAX_KNN_RESULTS
 
 CODES = np.random.default_rng(0).integers(0, 256, (300, 32), dtype=np.uint8)
 
@@ -32,3 +33,30 @@ def test_negative_ids_are_refused_on_add():
     with pytest.raises(NotFound):
         index.remove(np.array([-1]))
     assert index.remove(np.array([-1]), missing_ok=True) == 0
+
+
+def test_knn_with_an_absurd_k_is_refused_not_allocated():
+    index = make_index(256, "flat", 1)
+    index.add(CODES[:3], np.arange(3))
+    with pytest.raises(InvalidK, match="result slots") as err:
+        index.search_knn(CODES[:1], 10**12)
+    assert err.value.field == "k"
+    with pytest.raises(InvalidK):  # the cap is on nq * k: a big batch lowers it
+        index.search_knn(np.repeat(CODES[:1], 1000, axis=0), MAX_KNN_RESULTS // 999)
+
+
+@pytest.mark.parametrize("kind", ["flat", "auto"])
+def test_knn_k_above_the_live_count_is_padded(kind):
+    """k far above the live codes: searched for the live count, -1 padded to k."""
+    index = make_index(256, kind, 3, delta_min=20)
+    index.add(CODES[:40], np.arange(40))
+    index.add(CODES[40:50], np.arange(40, 50))  # a second (unindexed) segment
+    index.remove(np.arange(0, 50, 7))
+    live = [i for i in range(50) if i % 7]
+    k = 100_000
+    d, i = index.search_knn(CODES[:2], k)
+    assert d.shape == i.shape == (2, k) and d.dtype == np.int32 and i.dtype == np.int64
+    assert np.all(d[:, len(live) :] == -1) and np.all(i[:, len(live) :] == -1)
+    want = np.bitwise_count(CODES[:2, None, :] ^ CODES[None, live, :]).sum(-1)
+    assert np.array_equal(d[:, : len(live)], np.sort(want, axis=1))
+    assert all(sorted(row[: len(live)].tolist()) == live for row in i)
