@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from hashmatch.engine.errors import CorruptData
-from hashmatch.indexes.segments import SEGMENT_TYPES, MIHSegment
+from hashmatch.indexes.segments import SEGMENT_TYPES, MIHSegment, load_npy
 
 FORMAT = "hashmatch-index"
 VERSION = 1
@@ -108,12 +108,31 @@ def save_index(index, path: Path) -> None:
         raise
 
 
+def _load_segment(seg_type, path: Path, g: dict, d: Path, bits: int, mmap: bool):
+    """One segment, or CorruptData naming its directory (and file: see load_npy).
+
+    Any exception counts: a damaged .npy header raises whatever numpy's header
+    parser hits (tokenize.TokenError, SyntaxError, ...), a FAISS file RuntimeError.
+    """
+    try:
+        return seg_type.load(d, g["meta"], bits, mmap)
+    except Exception as exc:
+        raise CorruptData(f"{path}: {g['dir']}: {exc}") from exc
+
+
+def _load_array(path: Path, g: dict, f: Path, mmap: bool) -> np.ndarray:
+    try:
+        return load_npy(f, mmap)
+    except ValueError as exc:
+        raise CorruptData(f"{path}: {g['dir']}: {exc}") from exc
+
+
 def read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads((Path(path) / MANIFEST).read_text())
     except FileNotFoundError as exc:
         raise CorruptData(f"{path}: no {MANIFEST} (not an index snapshot)") from exc
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, bad JSON, RecursionError (deep nesting), ...
         raise CorruptData(f"{path}: unreadable manifest: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CorruptData(f"{path}: not a {FORMAT} snapshot")
@@ -174,7 +193,7 @@ def load_index(
                 seg_type = SEGMENT_TYPES.get(g["type"])
                 if seg_type is None:
                     raise CorruptData(f"{path}: unknown segment type {g['type']!r}")
-                seg = seg_type.load(d, g["meta"], index.bits, mmap)
+                seg = _load_segment(seg_type, path, g, d, index.bits, mmap)
                 if isinstance(seg, MIHSegment):
                     seg.scan_fallback = index.scan_fallback
                 if len(seg) != int(g["rows"]):
@@ -183,7 +202,7 @@ def load_index(
                     )
                 dead = None
                 if "dead.npy" in g["files"]:
-                    dead = np.load(d / "dead.npy", mmap_mode="c" if mmap else None)
+                    dead = _load_array(path, g, d / "dead.npy", mmap)
                     if dead.shape != (len(seg),) or dead.dtype != np.uint8:
                         raise CorruptData(f"{path}: {g['dir']} tombstones do not match its rows")
                     live += len(seg) - int(np.count_nonzero(dead))
@@ -200,7 +219,7 @@ def load_index(
             raise CorruptData(f"{path}: counts do not add up to {manifest['count']}")
     except CorruptData:
         raise
-    except (KeyError, TypeError, ValueError, OSError, RuntimeError) as exc:
-        raise CorruptData(f"{path}: damaged snapshot: {exc}") from exc
+    except Exception as exc:  # a damaged manifest can fail in any way: never leak it
+        raise CorruptData(f"{path}: damaged snapshot: {type(exc).__name__}: {exc}") from exc
     index._state = tuple(shards)
     return index

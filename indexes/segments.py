@@ -18,6 +18,8 @@ FAISS, a FAISS index file read with ``IO_FLAG_MMAP_IFC``.
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 from pathlib import Path
 from typing import ClassVar
@@ -102,9 +104,31 @@ def _dead(dead):
     return EMPTY_U8 if dead is None else dead
 
 
-def _np_load(path: Path, mmap: bool) -> np.ndarray:
-    # "c": private copy-on-write map (writable arrays: one numba signature; never written)
-    return np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
+def load_npy(path: Path, mmap: bool) -> np.ndarray:
+    """One array file, or ValueError naming it (the loader reports it as CorruptData).
+
+    A damaged header can fail in any way (numpy parses it with ``ast``/``tokenize``),
+    or parse and describe other bytes: np.save writes the data right after the header
+    up to the end of the file, so a header whose length or shape was changed is
+    caught by its size before the data is mapped.
+    """
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"unsupported .npy version {version}")
+            read = np.lib.format.read_array_header_1_0
+            if version == (2, 0):
+                read = np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            end = f.tell() + dtype.itemsize * math.prod(shape)
+            size = os.fstat(f.fileno()).st_size
+        if end != size:
+            raise ValueError(f"its header describes {end} bytes, the file has {size}")
+        # "c": private copy-on-write map (writable arrays: one numba signature; never written)
+        return np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False)
+    except Exception as exc:
+        raise ValueError(f"{path.name}: unreadable ({type(exc).__name__}: {exc})") from exc
 
 
 class ScanSegment(Segment):
@@ -131,7 +155,7 @@ class ScanSegment(Segment):
     @classmethod
     def load(cls, directory, meta, bits, mmap):
         return cls(
-            _np_load(directory / "words.npy", mmap), _np_load(directory / "ids.npy", mmap), bits
+            load_npy(directory / "words.npy", mmap), load_npy(directory / "ids.npy", mmap), bits
         )
 
 
@@ -201,7 +225,7 @@ class FlatSegment(Segment):
     def load(cls, directory, meta, bits, mmap):
         flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
         index = faiss.read_index_binary(str(directory / "flat.faissindex"), flags)
-        return cls(index, _np_load(directory / "ids.npy", mmap), bits)
+        return cls(index, load_npy(directory / "ids.npy", mmap), bits)
 
 
 class MIHSegment(Segment):
@@ -380,10 +404,10 @@ class MIHSegment(Segment):
     @classmethod
     def load(cls, directory, meta, bits, mmap):
         widths = [int(w) for w in meta["widths"]]
-        words = _np_load(directory / "words.npy", mmap)
-        ids = _np_load(directory / "ids.npy", mmap)
-        offsets = _np_load(directory / "offsets.npy", mmap)
-        rows = _np_load(directory / "rows.npy", mmap)
+        words = load_npy(directory / "words.npy", mmap)
+        ids = load_npy(directory / "ids.npy", mmap)
+        offsets = load_npy(directory / "offsets.npy", mmap)
+        rows = load_npy(directory / "rows.npy", mmap)
         ident = int(meta.get("ident", 0))
         # snapshots from before split keys have neither: plain tables
         shifts = [int(s) for s in meta.get("shifts", [0] * len(widths))]
@@ -465,11 +489,11 @@ class ExactSegment(Segment):
     @classmethod
     def load(cls, directory, meta, bits, mmap):
         seg = cls(
-            _np_load(directory / "words.npy", mmap),
-            _np_load(directory / "ids.npy", mmap),
+            load_npy(directory / "words.npy", mmap),
+            load_npy(directory / "ids.npy", mmap),
             bits,
-            _np_load(directory / "skeys.npy", mmap),
-            _np_load(directory / "order.npy", mmap),
+            load_npy(directory / "skeys.npy", mmap),
+            load_npy(directory / "order.npy", mmap),
         )
         if not (len(seg._words) == len(seg.ids) == len(seg.skeys) == len(seg.order)):
             raise ValueError("exact table does not match its codes")

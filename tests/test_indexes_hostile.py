@@ -9,11 +9,13 @@ injected fault is a failing ``os.replace``, standing in for a crash at that poin
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
-from hashmatch.engine.errors import NotFound
-from hashmatch.indexes import InvalidIds, InvalidK, make_index
+from hashmatch.engine.errors import CorruptData, NotFound
+from hashmatch.indexes import InvalidIds, InvalidK, load_index, make_index
 from hashmatch.indexes.base import MAX_KNN_RESULTS
 
 CODES = np.random.default_rng(0).integers(0, 256, (300, 32), dtype=np.uint8)
@@ -60,3 +62,50 @@ def test_knn_k_above_the_live_count_is_padded(kind):
     want = np.bitwise_count(CODES[:2, None, :] ^ CODES[None, live, :]).sum(-1)
     assert np.array_equal(d[:, : len(live)], np.sort(want, axis=1))
     assert all(sorted(row[: len(live)].tolist()) == live for row in i)
+
+
+# ---------------------------------------------------------------- snapshots
+
+
+def brute(live_codes: np.ndarray, live_ids: np.ndarray, queries: np.ndarray, radius: int):
+    d = np.bitwise_count(queries[:, None, :] ^ live_codes[None, :, :]).sum(-1)
+    return [
+        sorted(zip(live_ids[r <= radius].tolist(), r[r <= radius].tolist(), strict=True)) for r in d
+    ]
+
+
+def as_lists(result):
+    lims, dist, ids = result
+    return [
+        sorted(zip(ids[a:b].tolist(), dist[a:b].tolist(), strict=True))
+        for a, b in itertools.pairwise(lims)
+    ]
+
+
+def assert_exact(index, live_codes, live_ids, radius=31):
+    radius = 0 if index.kind == "exact" else radius
+    got = as_lists(index.search_radius(live_codes[:20], radius))
+    assert got == brute(live_codes, live_ids, live_codes[:20], radius)
+
+
+def saved(tmp_path, kind="mih", shards=2, n=300, **options):
+    """A snapshot with an indexed segment, tombstones and an unindexed one per shard."""
+    index = make_index(256, kind, shards, delta_min=20, scan_fallback=False, **options)
+    index.add(CODES[: n - 30], np.arange(n - 30))
+    index.compact()
+    index.remove(np.arange(0, 24, 3))
+    index.add(CODES[n - 30 : n], np.arange(n - 30, n))
+    index.save(tmp_path / "snap")
+    keep = np.ones(n, bool)
+    keep[0:24:3] = False
+    return tmp_path / "snap", CODES[:n][keep], np.arange(n)[keep]
+
+
+def test_a_damaged_npy_header_is_corrupt_data_naming_the_file(tmp_path):
+    snap, _, _ = saved(tmp_path, "auto", 1)
+    f = snap / "s000/g000/ids.npy"
+    data = bytearray(f.read_bytes())
+    data[60] ^= 1  # inside the header's dict: numpy's tokenizer fails on it
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptData, match=r"s000/g000: ids\.npy"):
+        load_index(snap, verify=False)
