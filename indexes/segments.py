@@ -131,6 +131,36 @@ def load_npy(path: Path, mmap: bool) -> np.ndarray:
         raise ValueError(f"{path.name}: unreadable ({type(exc).__name__}: {exc})") from exc
 
 
+# Structural checks on load. The checksums prove the files are the ones the manifest
+# lists, not that they form a valid segment (another version or layout, or a tool
+# that rewrote a file and its manifest entry); and the numba kernels index these
+# arrays without bounds checks, so an out-of-range row or offset from a file would
+# read outside them (garbage or SIGSEGV). Every check is one vectorised O(n) pass.
+
+
+def check_ids(ids: np.ndarray) -> int:
+    """ids.npy must be int64[n]; returns n."""
+    if ids.dtype != np.int64 or ids.ndim != 1:
+        raise ValueError(f"ids.npy: expected int64[n], got {ids.dtype} {ids.shape}")
+    return len(ids)
+
+
+def check_words(words: np.ndarray, n: int, bits: int) -> None:
+    """words.npy must be C-ordered uint64[n, ceil(bits / 64)], zero past ``bits``."""
+    nw = -(-bits // 64)
+    if words.dtype != np.uint64 or words.shape != (n, nw) or not words.flags.c_contiguous:
+        raise ValueError(
+            f"words.npy: expected C-ordered uint64[{n}, {nw}] for {n} {bits}-bit codes, "
+            f"got {words.dtype} {words.shape}"
+        )
+    if bits % 64 and n and np.any(words[:, -1] >> np.uint64(bits % 64)):
+        raise ValueError(f"words.npy: codes wider than {bits} bits")
+
+
+def check_sorted(a: np.ndarray) -> bool:
+    return bool(np.all(a[1:] >= a[:-1]))
+
+
 class ScanSegment(Segment):
     kind = "scan"
 
@@ -154,9 +184,10 @@ class ScanSegment(Segment):
 
     @classmethod
     def load(cls, directory, meta, bits, mmap):
-        return cls(
-            load_npy(directory / "words.npy", mmap), load_npy(directory / "ids.npy", mmap), bits
-        )
+        ids = load_npy(directory / "ids.npy", mmap)
+        words = load_npy(directory / "words.npy", mmap)
+        check_words(words, check_ids(ids), bits)
+        return cls(words, ids, bits)
 
 
 class FlatSegment(Segment):
@@ -223,9 +254,21 @@ class FlatSegment(Segment):
 
     @classmethod
     def load(cls, directory, meta, bits, mmap):
+        ids = load_npy(directory / "ids.npy", mmap)
+        n = check_ids(ids)
         flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
         index = faiss.read_index_binary(str(directory / "flat.faissindex"), flags)
-        return cls(index, load_npy(directory / "ids.npy", mmap), bits)
+        if (
+            not isinstance(index, faiss.IndexBinaryFlat)
+            or index.d != bits
+            or index.code_size != bits // 8
+            or index.ntotal != n
+        ):
+            raise ValueError(
+                f"flat.faissindex: expected a {bits}-bit IndexBinaryFlat of {n} codes, got a "
+                f"{index.d}-bit {type(index).__name__} of {index.ntotal}"
+            )
+        return cls(index, ids, bits)
 
 
 class MIHSegment(Segment):
@@ -424,7 +467,38 @@ class MIHSegment(Segment):
             or rows.shape != (len(widths) - ident, len(ids))
         ):
             raise ValueError("MIH tables do not match their codes")
+        n = check_ids(ids)
+        check_words(words, n, bits)
+        check_mih_tables(offsets, rows, n, widths, shifts, ident, rb)
         return cls(words, ids, bits, widths, offsets, rows, ident, shifts, rb)
+
+
+def check_mih_tables(offsets, rows, n: int, widths, shifts, ident: int, rb: int) -> None:
+    """Each table's CSR offsets run 0..n without going back, and each row list names
+    every row < n exactly once (the kernels read codes at these rows unchecked)."""
+    if offsets.dtype != np.uint32 or offsets.ndim != 1:
+        raise ValueError(f"offsets.npy: expected uint32[m], got {offsets.dtype} {offsets.shape}")
+    if rows.dtype != np.uint32 or not rows.flags.c_contiguous:
+        raise ValueError(f"rows.npy: expected C-ordered uint32 rows, got {rows.dtype}")
+    base, seen = 0, None
+    for i, (w, sh) in enumerate(zip(widths, shifts, strict=True)):
+        table = offsets[base : base + (1 << (w - sh)) + 1]
+        base += len(table)
+        if int(table[0]) != 0 or int(table[-1]) != n or not check_sorted(table):
+            raise ValueError(f"offsets.npy: table {i} does not run from 0 to {n} in order")
+        if i < ident or not n:
+            continue
+        entries = rows[i - ident]
+        if sh:  # entries of split-key tables carry the key's low bits above the row number
+            entries = entries & np.uint32((1 << rb) - 1)
+        top = int(entries.max())
+        if top >= n:
+            raise ValueError(f"rows.npy: table {i} lists row {top}, past the {n} codes")
+        seen = np.zeros(n, bool) if seen is None else seen
+        seen[:] = False
+        seen[entries] = True
+        if not seen.all():  # n entries, all seen: each row exactly once
+            raise ValueError(f"rows.npy: table {i} does not list every row once")
 
 
 ADAPTIVE_PROBES = 3.0
@@ -488,16 +562,33 @@ class ExactSegment(Segment):
 
     @classmethod
     def load(cls, directory, meta, bits, mmap):
-        seg = cls(
-            load_npy(directory / "words.npy", mmap),
-            load_npy(directory / "ids.npy", mmap),
-            bits,
-            load_npy(directory / "skeys.npy", mmap),
-            load_npy(directory / "order.npy", mmap),
-        )
-        if not (len(seg._words) == len(seg.ids) == len(seg.skeys) == len(seg.order)):
-            raise ValueError("exact table does not match its codes")
-        return seg
+        ids = load_npy(directory / "ids.npy", mmap)
+        words = load_npy(directory / "words.npy", mmap)
+        skeys = load_npy(directory / "skeys.npy", mmap)
+        order = load_npy(directory / "order.npy", mmap)
+        n = check_ids(ids)
+        check_words(words, n, bits)
+        check_exact_table(words, skeys, order, n)
+        return cls(words, ids, bits, skeys, order)
+
+
+def check_exact_table(words, skeys, order, n: int) -> None:
+    """``order`` is a permutation of the rows and ``skeys`` their first words in that
+    order, sorted: what the binary search in kernels.exact_lookup relies on."""
+    if order.dtype != np.int64 or order.shape != (n,):
+        raise ValueError(f"order.npy: expected int64[{n}], got {order.dtype} {order.shape}")
+    if skeys.dtype != np.uint64 or skeys.shape != (n,):
+        raise ValueError(f"skeys.npy: expected uint64[{n}], got {skeys.dtype} {skeys.shape}")
+    if not n:
+        return
+    if int(order.min()) < 0 or int(order.max()) >= n:
+        raise ValueError(f"order.npy: rows outside 0..{n - 1}")
+    seen = np.zeros(n, bool)
+    seen[order] = True
+    if not seen.all():
+        raise ValueError("order.npy: not a permutation of the rows")
+    if not check_sorted(skeys) or not np.array_equal(skeys, words[:, 0][order]):
+        raise ValueError("skeys.npy: not the codes' sorted keys")
 
 
 SEGMENT_TYPES: dict[str, type[Segment]] = {

@@ -9,8 +9,12 @@ injected fault is a failing ``os.replace``, standing in for a crash at that poin
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
@@ -109,3 +113,103 @@ def test_a_damaged_npy_header_is_corrupt_data_naming_the_file(tmp_path):
     f.write_bytes(bytes(data))
     with pytest.raises(CorruptData, match=r"s000/g000: ids\.npy"):
         load_index(snap, verify=False)
+
+
+def rewrite(snap: Path, rel: str, transform) -> None:
+    """Rewrite one array file and its manifest entry to match (a forged, or foreign,
+    snapshot: every checksum holds)."""
+    f = snap / rel
+    np.save(f, transform(np.load(f)))
+    refresh_manifest(snap)
+
+
+def refresh_manifest(snap: Path) -> None:
+    manifest = json.loads((snap / "manifest.json").read_text())
+    for entry in manifest["layout"]:
+        for g in entry["segments"]:
+            for name, want in g["files"].items():
+                data = (snap / g["dir"] / name).read_bytes()
+                want.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (snap / "manifest.json").write_text(json.dumps(manifest))
+
+
+FORGED = [
+    ("exact", "order.npy", lambda a: np.full_like(a, 10**9), "order.npy: rows outside"),
+    ("exact", "order.npy", lambda a: np.zeros_like(a), "order.npy: not a permutation"),
+    ("exact", "skeys.npy", lambda a: a[::-1].copy(), "skeys.npy"),
+    ("exact", "skeys.npy", lambda a: np.sort(a + np.uint64(1)), "skeys.npy"),
+    ("mih", "words.npy", lambda a: a.view(np.uint8), "words.npy: expected"),
+    ("mih", "words.npy", lambda a: np.asfortranarray(a), "words.npy: expected C-ordered"),
+    ("mih", "rows.npy", lambda a: np.full_like(a, 0xFFFFFFFF), "rows.npy: table 1 lists row"),
+    ("mih", "rows.npy", lambda a: np.full_like(a, 2**31), "rows.npy: table 1 does not list"),
+    ("mih", "rows.npy", lambda a: a.astype(np.int64), "rows.npy: expected"),
+    ("mih", "offsets.npy", lambda a: np.full_like(a, 2**31), "offsets.npy: table 0"),
+    ("mih", "offsets.npy", lambda a: a.astype(np.int64), "offsets.npy: expected"),
+    ("mih", "ids.npy", lambda a: a.astype(np.int32), "ids.npy: expected int64"),
+    ("mih", "ids.npy", lambda a: a[:, None], "ids.npy: expected int64"),
+    ("flat", "ids.npy", lambda a: a.astype(np.float64), "ids.npy: expected int64"),
+    ("auto", "words.npy", lambda a: np.ascontiguousarray(a[:, :2]), "words.npy: expected"),
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "transform", "match"), FORGED)
+def test_forged_segment_arrays_are_refused(tmp_path, kind, name, transform, match):
+    snap, _, _ = saved(tmp_path, kind, 1, n=60 if kind == "auto" else 300)
+    rewrite(snap, f"s000/g000/{name}", transform)
+    with pytest.raises(CorruptData, match=f"s000/g000: {match}"):
+        load_index(snap)
+
+
+def test_a_foreign_faiss_file_is_refused(tmp_path):
+    snap, _, _ = saved(tmp_path, "flat", 1)
+    faiss.write_index_binary(faiss.IndexBinaryFlat(128), str(snap / "s000/g000/flat.faissindex"))
+    refresh_manifest(snap)
+    with pytest.raises(CorruptData, match=r"flat\.faissindex: expected a 256-bit IndexBinaryFlat"):
+        load_index(snap)
+
+
+def test_damaged_mih_offsets_without_verify_are_refused_not_searched(tmp_path):
+    """verify=False skips the checksums: out-of-range offsets used to reach the
+    kernels unchecked (SIGSEGV or garbage)."""
+    snap, _, _ = saved(tmp_path, "mih", 1)
+    f = snap / "s000/g000/offsets.npy"
+    offsets = np.load(f)
+    offsets[1::2] = 0xFFFFFFF0  # same size, so only the checksum would notice
+    np.save(f, offsets)
+    with pytest.raises(CorruptData, match=r"offsets\.npy: table 0 does not run from 0 to"):
+        load_index(snap, verify=False)
+
+
+def test_split_key_tables_pass_the_checks_and_stay_exact(tmp_path, monkeypatch):
+    """Row-list entries of split-key tables carry key bits above the row number: the
+    range check masks them off (a plain max would refuse every such snapshot)."""
+    from hashmatch.indexes import planner
+
+    monkeypatch.setattr(planner, "plan_tables", lambda *a, **k: ([16] * 16, [12] * 16))
+    snap, codes, ids = saved(tmp_path, "mih", 1)
+    meta = json.loads((snap / "manifest.json").read_text())["layout"][0]["segments"][0]["meta"]
+    assert meta["shifts"][1:] == [4] * 15 and meta["rb"] == 28
+    for mmap in (True, False):
+        assert_exact(load_index(snap, mmap=mmap), codes, ids)
+
+
+@pytest.mark.parametrize("kind", ["flat", "mih", "exact"])
+def test_any_damaged_header_without_verify_is_corrupt_data_or_exact(tmp_path, kind):
+    """verify=False skips the checksums: whatever a flipped header byte does, the
+    load either refuses it with CorruptData or answers exactly. (.npy headers: length,
+    keys, shape; FAISS: d, code_size, ntotal.)"""
+    snap, codes, ids = saved(tmp_path, kind)
+    files = sorted(f for f in snap.rglob("*") if f.is_file() and f.name != "manifest.json")
+    for f in files:
+        original = f.read_bytes()
+        for at in (8, 30, 60) if f.suffix == ".npy" else (4, 8, 12):
+            damaged = bytearray(original)
+            damaged[at] ^= 0x21
+            f.write_bytes(bytes(damaged))
+            try:
+                index = load_index(snap, verify=False)
+            except CorruptData as exc:
+                assert f"{f.parent.parent.name}/{f.parent.name}" in str(exc)
+            else:
+                assert_exact(index, codes, ids)
+        f.write_bytes(original)
