@@ -15,9 +15,15 @@ with ``IO_FLAG_MMAP_IFC``, so a 10M-code snapshot
 opens in well under a second and pages in as it is searched. The manifest is
 written last and the directory is assembled under a temporary name then renamed,
 so a crash never leaves a directory that looks complete. On load every file is
-checked against the manifest (size always, sha256 unless ``verify=False``) and
-every count is cross-checked before the index is returned: a corrupt or
-mismatched snapshot raises :class:`CorruptData` and nothing is half-loaded.
+checked against the manifest (size always, sha256 unless ``verify=False``), every
+count is cross-checked, and the contents are checked against the manifest and each
+other before the index is returned: the directory holds exactly the listed shards,
+segments and files; segment types fit the kind; arrays have the dtypes and shapes
+``bits`` implies and table offsets/rows stay in range (the numba kernels do no bounds
+checks); every id sits in the shard the sharding function assigns and is live once.
+A corrupt or mismatched snapshot raises :class:`CorruptData` and nothing is
+half-loaded. The checks are vectorised O(n) passes (plus one sort of each shard's
+live ids).
 """
 
 from __future__ import annotations
@@ -136,10 +142,9 @@ def read_manifest(path: Path) -> dict:
         raise CorruptData(f"{path}: unreadable manifest: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CorruptData(f"{path}: not a {FORMAT} snapshot")
-    if manifest.get("version") != VERSION:
-        raise CorruptData(
-            f"{path}: snapshot version {manifest.get('version')!r}, expected {VERSION}"
-        )
+    version = manifest.get("version")
+    if type(version) is not int or version != VERSION:  # not 1.0 or true either
+        raise CorruptData(f"{path}: snapshot version {version!r}, expected {VERSION}")
     return manifest
 
 
@@ -152,70 +157,17 @@ def load_index(
     kind: str | None = None,
 ):
     """Read a snapshot; ``bits``/``kind`` (if given) must match or CorruptData."""
-    from hashmatch.indexes.sharded import Shard, ShardedIndex
-
     path = Path(path)
     manifest = read_manifest(path)
     try:
-        if bits is not None and manifest["bits"] != bits:
-            raise CorruptData(
-                f"{path}: snapshot holds {manifest['bits']}-bit codes, expected {bits}"
-            )
-        if kind is not None and manifest["kind"] != kind:
-            raise CorruptData(
-                f"{path}: snapshot is a {manifest['kind']!r} index, expected {kind!r}"
-            )
-        index = ShardedIndex(
-            int(manifest["bits"]),
-            manifest["kind"],
-            int(manifest["shards"]),
-            radius_hint=int(manifest["radius_hint"]),
-            memory_ratio=float(manifest["memory_ratio"]),
-            delta_min=int(manifest["delta_min"]),
-            scan_fallback=bool(manifest.get("scan_fallback", True)),
-        )
+        index = _empty_index(path, manifest, bits, kind)
         layout = manifest["layout"]
-        if len(layout) != index.shards:
-            raise CorruptData(f"{path}: {len(layout)} shards listed, manifest says {index.shards}")
-        shards = []
-        for s, entry in enumerate(layout):
-            segs, deads, live = [], [], 0
-            for g in entry["segments"]:
-                d = path / g["dir"]
-                for name, want in g["files"].items():
-                    f = d / name
-                    if not f.is_file():
-                        raise CorruptData(f"{path}: missing {g['dir']}/{name}")
-                    if f.stat().st_size != want["bytes"]:
-                        raise CorruptData(f"{path}: {g['dir']}/{name} has the wrong size")
-                    if verify and _sha256(f) != want["sha256"]:
-                        raise CorruptData(f"{path}: {g['dir']}/{name} fails its checksum")
-                seg_type = SEGMENT_TYPES.get(g["type"])
-                if seg_type is None:
-                    raise CorruptData(f"{path}: unknown segment type {g['type']!r}")
-                seg = _load_segment(seg_type, path, g, d, index.bits, mmap)
-                if isinstance(seg, MIHSegment):
-                    seg.scan_fallback = index.scan_fallback
-                if len(seg) != int(g["rows"]):
-                    raise CorruptData(
-                        f"{path}: {g['dir']} holds {len(seg)} rows, expected {g['rows']}"
-                    )
-                dead = None
-                if "dead.npy" in g["files"]:
-                    dead = _load_array(path, g, d / "dead.npy", mmap)
-                    if dead.shape != (len(seg),) or dead.dtype != np.uint8:
-                        raise CorruptData(f"{path}: {g['dir']} tombstones do not match its rows")
-                    live += len(seg) - int(np.count_nonzero(dead))
-                else:
-                    live += len(seg)
-                segs.append(seg)
-                deads.append(dead)
-            if live != int(entry["live"]):
-                raise CorruptData(
-                    f"{path}: shard {s} holds {live} live codes, expected {entry['live']}"
-                )
-            shards.append(Shard(tuple(segs), tuple(deads), live))
-        if sum(s.live for s in shards) != int(manifest["count"]):
+        if not isinstance(layout, list) or len(layout) != index.shards:
+            raise CorruptData(f"{path}: shard layout does not list the {index.shards} shards")
+        used = {_shard_dir(s) for s, entry in enumerate(layout) if entry["segments"]}
+        _check_listing(path, path, {MANIFEST, *used})
+        shards = [_load_shard(path, index, s, e, mmap, verify) for s, e in enumerate(layout)]
+        if sum(s.live for s in shards) != _int(path, manifest, "count"):
             raise CorruptData(f"{path}: counts do not add up to {manifest['count']}")
     except CorruptData:
         raise
@@ -223,3 +175,128 @@ def load_index(
         raise CorruptData(f"{path}: damaged snapshot: {type(exc).__name__}: {exc}") from exc
     index._state = tuple(shards)
     return index
+
+
+# the indexed segment type each kind builds; every other segment is a scan (recent
+# additions) and comes after it (see ShardedIndex._merge / add)
+INDEXED_TYPE = {"flat": "flat", "exact": "exact", "mih": "mih", "auto": "mih"}
+
+
+def _int(path: Path, entry: dict, key: str) -> int:
+    """A count from the manifest: an int, not a float or string that compares equal."""
+    value = entry[key]
+    if type(value) is not int:
+        raise CorruptData(f"{path}: manifest {key} is {value!r}, expected an integer")
+    return value
+
+
+def _shard_dir(s: int) -> str:
+    return f"s{s:03d}"
+
+
+def _check_listing(path: Path, directory: Path, want: set[str]) -> None:
+    """``directory`` holds exactly ``want``: a shard or segment directory the manifest
+    does not list means the two do not belong together (a shard dropped from the
+    layout, a directory from another snapshot)."""
+    extra = sorted(set(os.listdir(directory)) - want)
+    if extra:
+        where = directory.relative_to(path) if directory != path else Path(".")
+        raise CorruptData(f"{path}: {where / extra[0]} is not in the manifest")
+
+
+def _empty_index(path: Path, manifest: dict, bits: int | None, kind: str | None):
+    from hashmatch.indexes.sharded import KINDS, ShardedIndex
+
+    have_bits, have_kind = _int(path, manifest, "bits"), manifest["kind"]
+    if bits is not None and have_bits != bits:
+        raise CorruptData(f"{path}: snapshot holds {have_bits}-bit codes, expected {bits}")
+    if kind is not None and have_kind != kind:
+        raise CorruptData(f"{path}: snapshot is a {have_kind!r} index, expected {kind!r}")
+    if have_kind not in KINDS:
+        raise CorruptData(f"{path}: unknown index kind {have_kind!r}")
+    return ShardedIndex(
+        have_bits,
+        have_kind,
+        _int(path, manifest, "shards"),
+        radius_hint=int(manifest["radius_hint"]),
+        memory_ratio=float(manifest["memory_ratio"]),
+        delta_min=int(manifest["delta_min"]),
+        scan_fallback=bool(manifest.get("scan_fallback", True)),
+    )
+
+
+def _load_shard(path: Path, index, s: int, entry: dict, mmap: bool, verify: bool):
+    """One shard's segments, checked against the manifest and against each other:
+    every id must be one the sharding function sends to shard ``s`` (else remove
+    and upsert look in the wrong shard: NotFound for a live id, two live copies),
+    and no id may be live twice."""
+    from hashmatch.indexes.sharded import Shard
+
+    listed = entry["segments"]
+    if not isinstance(listed, list):
+        raise CorruptData(f"{path}: shard {s} has no segment list")
+    if listed:
+        _check_listing(path, path / _shard_dir(s), {f"g{j:03d}" for j in range(len(listed))})
+    segs, deads, live_ids = [], [], []
+    for j, g in enumerate(listed):
+        seg, dead = _load_listed_segment(path, index, s, j, g, mmap, verify)
+        ids = np.asarray(seg.ids)
+        if index.shards > 1 and len(ids):
+            wrong = np.flatnonzero(index._shard_of(ids) != s)
+            if len(wrong):
+                raise CorruptData(
+                    f"{path}: {g['dir']} holds id {ids[wrong[0]]}, which belongs in shard "
+                    f"{index._shard_of(ids[wrong[:1]])[0]} (shards from another layout?)"
+                )
+        live_ids.append(ids if dead is None else ids[dead == 0])
+        segs.append(seg)
+        deads.append(dead)
+    live = sum(len(i) for i in live_ids)
+    if live != _int(path, entry, "live"):
+        raise CorruptData(f"{path}: shard {s} holds {live} live codes, expected {entry['live']}")
+    if live > 1:
+        ids = np.sort(np.concatenate(live_ids) if len(live_ids) > 1 else live_ids[0])
+        twice = np.flatnonzero(ids[1:] == ids[:-1])
+        if len(twice):
+            raise CorruptData(f"{path}: shard {s} holds id {ids[twice[0]]} live twice")
+    return Shard(tuple(segs), tuple(deads), live)
+
+
+def _load_listed_segment(path: Path, index, s: int, j: int, g: dict, mmap: bool, verify: bool):
+    """Segment ``j`` of shard ``s`` and its tombstones (or None), files checked first."""
+    rel = f"{_shard_dir(s)}/g{j:03d}"
+    if g["dir"] != rel:
+        raise CorruptData(f"{path}: shard {s} segment {j} is listed at {g['dir']!r}, not {rel}")
+    seg_type = SEGMENT_TYPES.get(g["type"])
+    if seg_type is None:
+        raise CorruptData(f"{path}: {rel}: unknown segment type {g['type']!r}")
+    allowed = {"scan"} if j else {"scan", INDEXED_TYPE[index.kind]}
+    if seg_type.kind not in allowed:
+        raise CorruptData(f"{path}: {rel}: a {seg_type.kind!r} segment in a {index.kind!r} index")
+    files = g["files"]
+    if set(files) - {"dead.npy"} != seg_type.files:
+        raise CorruptData(
+            f"{path}: {rel}: lists files {sorted(files)}, a {seg_type.kind!r} segment has "
+            f"{sorted(seg_type.files)}"
+        )
+    d = path / rel
+    _check_listing(path, d, set(files))
+    for name, want in files.items():
+        f = d / name
+        if not f.is_file():
+            raise CorruptData(f"{path}: missing {rel}/{name}")
+        if f.stat().st_size != want["bytes"]:
+            raise CorruptData(f"{path}: {rel}/{name} has the wrong size")
+        if verify and _sha256(f) != want["sha256"]:
+            raise CorruptData(f"{path}: {rel}/{name} fails its checksum")
+    seg = _load_segment(seg_type, path, g, d, index.bits, mmap)
+    if isinstance(seg, MIHSegment):
+        seg.scan_fallback = index.scan_fallback
+    if len(seg) != _int(path, g, "rows"):
+        raise CorruptData(f"{path}: {rel} holds {len(seg)} rows, expected {g['rows']}")
+    dead = None
+    if "dead.npy" in files:
+        dead = _load_array(path, g, d / "dead.npy", mmap)
+        if dead.shape != (len(seg),) or dead.dtype != np.uint8 or (len(dead) and dead.max() > 1):
+            raise CorruptData(f"{path}: {rel} tombstones do not match its rows")
+    return seg, dead

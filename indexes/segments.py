@@ -48,6 +48,7 @@ def to_codes(words: np.ndarray, nbytes: int) -> np.ndarray:
 
 class Segment:
     kind: ClassVar[str] = "?"
+    files: ClassVar[frozenset[str]] = frozenset()  # what save() writes (dead.npy aside)
     indexed: bool = True  # False: a recent-additions chunk waiting to be merged
 
     def __init__(self, ids: np.ndarray, bits: int):
@@ -163,6 +164,7 @@ def check_sorted(a: np.ndarray) -> bool:
 
 class ScanSegment(Segment):
     kind = "scan"
+    files = frozenset({"ids.npy", "words.npy"})
 
     def __init__(self, words: np.ndarray, ids: np.ndarray, bits: int, indexed: bool = False):
         super().__init__(ids, bits)
@@ -194,6 +196,7 @@ class FlatSegment(Segment):
     """FAISS IndexBinaryFlat; rows are FAISS labels (0..n-1)."""
 
     kind = "flat"
+    files = frozenset({"ids.npy", "flat.faissindex"})
 
     def __init__(self, index: faiss.IndexBinaryFlat, ids: np.ndarray, bits: int):
         super().__init__(ids, bits)
@@ -275,6 +278,7 @@ class MIHSegment(Segment):
     """Multi-index hashing tables over a block of codes (exact for any radius)."""
 
     kind = "mih"
+    files = frozenset({"ids.npy", "words.npy", "offsets.npy", "rows.npy"})
 
     def __init__(
         self, words, ids, bits, widths, offsets, rows, ident: int = 0, shifts=None, rb: int = 32
@@ -525,6 +529,7 @@ class ExactSegment(Segment):
     """Equality lookups (md5/sha256): rows sorted by their first 64 bits."""
 
     kind = "exact"
+    files = frozenset({"ids.npy", "words.npy", "skeys.npy", "order.npy"})
 
     def __init__(self, words, ids, bits, skeys, order):
         super().__init__(ids, bits)

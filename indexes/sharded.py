@@ -255,8 +255,12 @@ class ShardedIndex:
     def _shard_of(self, ids: np.ndarray) -> np.ndarray:
         if self.shards == 1:
             return np.zeros(len(ids), np.int64)
-        h = ids.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        return ((h >> np.uint64(32)) % np.uint64(self.shards)).astype(np.int64)
+        # in place (astype copies): load_index runs this over every stored id
+        h = ids.astype(np.uint64)
+        h *= np.uint64(0x9E3779B97F4A7C15)
+        h >>= np.uint64(32)
+        h %= np.uint64(self.shards)
+        return h.view(np.int64)
 
     def add(self, codes: np.ndarray, ids: np.ndarray) -> None:
         """Add codes under caller ids; an id already live gets the new code (upsert)."""

@@ -213,3 +213,133 @@ def test_any_damaged_header_without_verify_is_corrupt_data_or_exact(tmp_path, ki
             else:
                 assert_exact(index, codes, ids)
         f.write_bytes(original)
+
+
+def edit_manifest(snap: Path, edit) -> None:
+    manifest = json.loads((snap / "manifest.json").read_text())
+    edit(manifest)
+    (snap / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("kind", ["auto", "flat", "mih"])
+@pytest.mark.parametrize("bits", [128, 248, 264, "256", 256.0])
+def test_manifest_bits_must_match_the_codes(tmp_path, kind, bits):
+    """bits edited 256 -> 128 used to load and answer on half of each code; 248
+    keeps the word count (caught by the padding bits), "256"/256.0 are not ints."""
+    snap, _, _ = saved(tmp_path, kind, 1, n=60 if kind == "auto" else 300)
+    edit_manifest(snap, lambda m: m.update(bits=bits))
+    with pytest.raises(CorruptData, match=r"words\.npy|flat\.faissindex|manifest bits|MIH tables"):
+        load_index(snap)
+
+
+def swap_shards(snap: Path) -> None:
+    """Swap two shard directories together with their manifest entries: every
+    checksum and count still holds."""
+    (snap / "s000").rename(snap / "tmp")
+    (snap / "s001").rename(snap / "s000")
+    (snap / "tmp").rename(snap / "s001")
+
+    def edit(m):
+        m["layout"].reverse()
+        for s, entry in enumerate(m["layout"]):
+            for g in entry["segments"]:
+                g["dir"] = f"s{s:03d}/" + g["dir"].split("/")[1]
+
+    edit_manifest(snap, edit)
+
+
+@pytest.mark.parametrize("kind", ["flat", "mih", "exact"])
+def test_ids_in_the_wrong_shard_are_refused(tmp_path, kind):
+    """Loaded, such a snapshot made remove(live id) raise NotFound and an upsert
+    leave two live copies."""
+    snap, _, _ = saved(tmp_path, kind, 2)
+    swap_shards(snap)
+    with pytest.raises(CorruptData, match=r"s000/g000 holds id .* belongs in shard 1"):
+        load_index(snap)
+
+
+def drop_last_shard(m):
+    m.update(shards=1, layout=m["layout"][:1], count=m["layout"][0]["live"])
+
+
+def dup_first_shard(m):
+    m.update(
+        shards=3, layout=m["layout"] + m["layout"][:1], count=m["count"] + m["layout"][0]["live"]
+    )
+
+
+def drop_last_segment(m):
+    gone = m["layout"][0]["segments"].pop()
+    m["layout"][0]["live"] -= gone["rows"]
+    m["count"] -= gone["rows"]
+
+
+def dup_last_segment(m):
+    again = m["layout"][0]["segments"][-1]
+    m["layout"][0]["segments"].append(again)
+    m["layout"][0]["live"] += again["rows"]
+    m["count"] += again["rows"]
+
+
+def dirs_swapped(m):
+    segs = m["layout"][0]["segments"]
+    segs[0]["dir"], segs[1]["dir"] = segs[1]["dir"], segs[0]["dir"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (drop_last_shard, "s001 is not in the manifest"),
+        (dup_first_shard, "s00[02]"),
+        (drop_last_segment, "s000/g001 is not in the manifest"),
+        (dup_last_segment, "listed at 's000/g001', not s000/g002"),
+        (dirs_swapped, "listed at 's000/g001', not s000/g000"),
+        (lambda m: m.update(kind="flat"), "a 'mih' segment in a 'flat' index"),
+        (lambda m: m.update(kind="exact"), "a 'mih' segment in a 'exact' index"),
+        (lambda m: m.update(count=str(m["count"])), "manifest count"),
+        (lambda m: m.update(version=True), "snapshot version True"),
+        (lambda m: m.update(version=1.0), "snapshot version 1.0"),
+        (lambda m: m["layout"][0].update(live=float(m["layout"][0]["live"])), "manifest live"),
+        (lambda m: m["layout"][0]["segments"][0]["files"].pop("dead.npy"), "dead.npy is not in"),
+        (lambda m: m["layout"][0]["segments"][1]["files"].pop("words.npy"), "lists files"),
+    ],
+)
+def test_a_manifest_that_does_not_fit_the_files_is_refused(tmp_path, edit, match):
+    """Each edit keeps the manifest self-consistent (counts add up): only checking
+    it against the directory tree, the segment types and the ids catches it."""
+    snap, _, _ = saved(tmp_path, "mih", 2)
+    edit_manifest(snap, edit)
+    with pytest.raises(CorruptData, match=match):
+        load_index(snap)
+
+
+def test_stray_files_and_directories_are_refused(tmp_path):
+    snap, codes, ids = saved(tmp_path, "mih", 2)
+    (snap / "s000/g000/junk.npy").write_bytes(b"x")
+    with pytest.raises(CorruptData, match=r"s000/g000/junk\.npy is not in the manifest"):
+        load_index(snap)
+    (snap / "s000/g000/junk.npy").unlink()
+    (snap / "s000/g007").mkdir()
+    with pytest.raises(CorruptData, match="s000/g007 is not in the manifest"):
+        load_index(snap)
+    (snap / "s000/g007").rmdir()
+    assert_exact(load_index(snap), codes, ids)
+
+
+def test_an_id_live_twice_is_refused(tmp_path):
+    """A forged delta segment repeating a live id of the indexed one: upsert and
+    remove would only ever see one of the two copies."""
+    snap, _, ids = saved(tmp_path, "mih", 1)
+    rewrite(snap, "s000/g001/ids.npy", lambda a: np.concatenate([a[:-1], ids[-40:-39]]))
+    with pytest.raises(CorruptData, match=f"shard 0 holds id {ids[-40]} live twice"):
+        load_index(snap)
+
+
+@pytest.mark.parametrize("kind", ["flat", "mih", "auto", "exact"])
+def test_a_good_snapshot_still_loads_exact_and_takes_updates(tmp_path, kind):
+    snap, codes, ids = saved(tmp_path, kind, 3)
+    index = load_index(snap, bits=256, kind=kind)
+    assert_exact(index, codes, ids)
+    index.remove(ids[:5])
+    index.add(codes[5:8], ids[5:8])  # upsert of live ids
+    assert_exact(index, codes[5:], ids[5:])
