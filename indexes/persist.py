@@ -28,8 +28,10 @@ live ids).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -39,6 +41,8 @@ import numpy as np
 
 from hashmatch.engine.errors import CorruptData
 from hashmatch.indexes.segments import SEGMENT_TYPES, MIHSegment, load_npy
+
+log = logging.getLogger(__name__)
 
 FORMAT = "hashmatch-index"
 VERSION = 1
@@ -62,11 +66,19 @@ def _fsync(path: Path) -> None:
 
 
 def save_index(index, path: Path) -> None:
-    """Write ``index`` (a ShardedIndex) to the directory ``path`` (replaced if present)."""
+    """Write ``index`` (a ShardedIndex) to the directory ``path`` (replaced if present).
+
+    Replacing is two renames (``path`` -> ``path.old-<ns>``, temp -> ``path``): if the
+    second fails the old snapshot is moved back; after a crash between them
+    :func:`load_index` opens the ``.old`` one. Temp directories of dead processes
+    (killed mid-save) are removed first, superseded ``.old`` ones after.
+    """
     state = index._state  # one consistent, immutable view
     path = Path(path)
+    _remove_stale_temps(path)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}-{time.time_ns()}")
     tmp.mkdir(parents=True)
+    old = None
     try:
         layout = []
         for s, shard in enumerate(state):
@@ -105,13 +117,62 @@ def save_index(index, path: Path) -> None:
         if path.exists():
             old = path.with_name(path.name + f".old-{time.time_ns()}")
             os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        os.replace(tmp, path)
     except BaseException:
+        if old is not None and not path.exists():
+            with contextlib.suppress(OSError):  # else load_index falls back to it
+                os.replace(old, path)  # the previous snapshot, back where it was
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    for superseded in _siblings(path, ".old-"):
+        shutil.rmtree(superseded[1], ignore_errors=True)
+
+
+def _siblings(path: Path, marker: str) -> list[tuple[list[int], Path]]:
+    """``<path><marker><n>[-<n>...]`` siblings with their numbers (pid, ns), unsorted."""
+    found = []
+    prefix = path.name + marker
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(path.parent):
+            if entry.name.startswith(prefix):
+                parts = entry.name[len(prefix) :].split("-")
+                if all(p.isdigit() for p in parts):
+                    found.append(([int(p) for p in parts], Path(entry.path)))
+    return found
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Remove ``<path>.tmp-<pid>-<ns>`` left by a process killed mid-save (its pid no
+    longer runs): each is a full-size copy of an index, and nothing else frees it."""
+    for (pid, *_), tmp in _siblings(path, ".tmp-"):
+        if pid != os.getpid() and not _alive(pid):
+            log.info("removing %s, left by process %d (no longer running)", tmp, pid)
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:  # 0 / negative would signal process groups
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: running
+        return True
+    return True
+
+
+def _snapshot_dir(path: Path) -> Path:
+    """``path``, or, when it has no manifest, the newest ``<path>.old-<ns>`` that has:
+    a save killed between its two renames leaves the previous snapshot only there."""
+    if (path / MANIFEST).exists() or (path / MANIFEST).is_symlink():
+        return path
+    olds = [(ns, old) for ns, old in _siblings(path, ".old-") if (old / MANIFEST).is_file()]
+    if not olds:
+        return path
+    old = max(olds)[1]
+    log.warning("%s has no %s (a save was interrupted): loading %s instead", path, MANIFEST, old)
+    return old
 
 
 def _load_segment(seg_type, path: Path, g: dict, d: Path, bits: int, mmap: bool):
@@ -156,8 +217,12 @@ def load_index(
     bits: int | None = None,
     kind: str | None = None,
 ):
-    """Read a snapshot; ``bits``/``kind`` (if given) must match or CorruptData."""
-    path = Path(path)
+    """Read a snapshot; ``bits``/``kind`` (if given) must match or CorruptData.
+
+    When ``path`` has no manifest but a save killed between its renames left the
+    previous snapshot as ``path.old-<ns>``, that one is loaded (with a warning).
+    """
+    path = _snapshot_dir(Path(path))
     manifest = read_manifest(path)
     try:
         index = _empty_index(path, manifest, bits, kind)

@@ -12,6 +12,11 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import faiss
@@ -19,7 +24,7 @@ import numpy as np
 import pytest
 
 from hashmatch.engine.errors import CorruptData, NotFound
-from hashmatch.indexes import InvalidIds, InvalidK, load_index, make_index
+from hashmatch.indexes import InvalidIds, InvalidK, load_index, make_index, persist
 from hashmatch.indexes.base import MAX_KNN_RESULTS
 
 CODES = np.random.default_rng(0).integers(0, 256, (300, 32), dtype=np.uint8)
@@ -343,3 +348,79 @@ def test_a_good_snapshot_still_loads_exact_and_takes_updates(tmp_path, kind):
     index.remove(ids[:5])
     index.add(codes[5:8], ids[5:8])  # upsert of live ids
     assert_exact(index, codes[5:], ids[5:])
+
+
+# ---------------------------------------------------------------- replacing a snapshot
+
+
+def siblings(snap: Path) -> list[str]:
+    return sorted(p.name for p in snap.parent.iterdir() if p.name.startswith(snap.name + "."))
+
+
+def one_code_index(value: int, n: int = 3):
+    index = make_index(256, "flat", 1)
+    index.add(np.full((n, 32), value, np.uint8), np.arange(n))
+    return index
+
+
+def test_a_failed_rename_puts_the_old_snapshot_back(tmp_path, monkeypatch):
+    """A failure between the two renames of a replacing save used to leave no
+    snapshot at ``path`` (only ``path.old-<ns>``)."""
+    snap = tmp_path / "snap"
+    one_code_index(1).save(snap)
+    real, calls = os.replace, []
+
+    def replace(src, dst):  # the second rename (temp -> path) fails, as on a crash
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("injected: disk gone between the renames")
+        return real(src, dst)
+
+    monkeypatch.setattr(persist.os, "replace", replace)
+    with pytest.raises(OSError, match="injected"):
+        one_code_index(2, 5).save(snap)
+    monkeypatch.setattr(persist.os, "replace", real)
+    assert siblings(snap) == []  # old moved back, temp removed
+    index = load_index(snap)
+    assert len(index) == 3 and index.search_radius(np.full((1, 32), 1, np.uint8), 0)[0][-1] == 3
+
+
+CHILD = """
+import os, signal, sys
+import numpy as np
+from hashmatch.indexes import make_index, persist
+
+index = make_index(256, "flat", 1)
+index.add(np.full((5, 32), 2, np.uint8), np.arange(5))
+real = os.replace
+
+def replace_then_die(src, dst):
+    real(src, dst)
+    os.kill(os.getpid(), signal.SIGKILL)  # kill -9 between the two renames
+
+persist.os.replace = replace_then_die
+index.save(sys.argv[1])
+"""
+
+
+def test_kill_9_between_the_renames_loses_no_snapshot(tmp_path, caplog):
+    """A real process killed between the renames leaves ``path.old-<ns>`` and its
+    full temp dir: load_index falls back to the old snapshot (logged); the next save
+    removes the dead process's temp dir and the superseded old snapshot."""
+    snap = tmp_path / "snap"
+    one_code_index(1).save(snap)
+    child = subprocess.run([sys.executable, "-c", CHILD, str(snap)], timeout=120)
+    assert child.returncode == -signal.SIGKILL
+    assert not snap.exists()
+    names = siblings(snap)
+    assert len(names) == 2 and names[0].startswith("snap.old-")
+    assert names[1].startswith("snap.tmp-")
+    live_tmp = tmp_path / f"snap.tmp-{os.getppid()}-1"  # a save by a running process
+    live_tmp.mkdir()
+    with caplog.at_level(logging.WARNING, logger="hashmatch.indexes.persist"):
+        index = load_index(snap)
+    assert len(index) == 3  # the previous snapshot, not the half-published one
+    assert "a save was interrupted" in caplog.text and names[0] in caplog.text
+    one_code_index(4, 7).save(snap)
+    assert siblings(snap) == [live_tmp.name]  # only the running process's temp is kept
+    assert len(load_index(snap)) == 7
