@@ -35,6 +35,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -231,7 +232,9 @@ def load_index(
             raise CorruptData(f"{path}: shard layout does not list the {index.shards} shards")
         used = {_shard_dir(s) for s, entry in enumerate(layout) if entry["segments"]}
         _check_listing(path, path, {MANIFEST, *used})
-        shards = [_load_shard(path, index, s, e, mmap, verify) for s, e in enumerate(layout)]
+        shards = _per_shard(
+            lambda s: _load_shard(path, index, s, layout[s], mmap, verify), len(layout)
+        )
         if sum(s.live for s in shards) != _int(path, manifest, "count"):
             raise CorruptData(f"{path}: counts do not add up to {manifest['count']}")
     except CorruptData:
@@ -240,6 +243,17 @@ def load_index(
         raise CorruptData(f"{path}: damaged snapshot: {type(exc).__name__}: {exc}") from exc
     index._state = tuple(shards)
     return index
+
+
+def _per_shard(fn, shards: int) -> list:
+    """``fn(s)`` for every shard, in parallel: the checksums (hashlib) and the checks
+    (numpy scans, one sort per shard) release the GIL, so shards load on all cores.
+    A pool of its own, not the search pool: load_index may run on a pool thread."""
+    workers = min(shards, os.cpu_count() or 1)
+    if workers <= 1:
+        return [fn(s) for s in range(shards)]
+    with ThreadPoolExecutor(workers, thread_name_prefix="hashmatch-load") as ex:
+        return list(ex.map(fn, range(shards)))
 
 
 # the indexed segment type each kind builds; every other segment is a scan (recent
