@@ -333,12 +333,31 @@ def _load_shard(path: Path, index, s: int, entry: dict, mmap: bool, verify: bool
     live = sum(len(i) for i in live_ids)
     if live != _int(path, entry, "live"):
         raise CorruptData(f"{path}: shard {s} holds {live} live codes, expected {entry['live']}")
-    if live > 1:
-        ids = np.sort(np.concatenate(live_ids) if len(live_ids) > 1 else live_ids[0])
-        twice = np.flatnonzero(ids[1:] == ids[:-1])
-        if len(twice):
-            raise CorruptData(f"{path}: shard {s} holds id {ids[twice[0]]} live twice")
+    # ids spread over the shards: a shard's span is about shards x its count
+    twice = _repeated(np.concatenate(live_ids), index.shards) if live_ids else None
+    if twice is not None:
+        raise CorruptData(f"{path}: shard {s} holds id {twice} live twice")
     return Shard(tuple(segs), tuple(deads), live)
+
+
+def _repeated(ids: np.ndarray, shards: int) -> int | None:
+    """An id that occurs twice in ``ids`` (one shard's), else None.
+
+    Dense ids (spanning at most 4 x shards x their count, like the engine's row ids)
+    are checked in O(n) with a byte map over their range; others take one sort
+    (~0.6 s at 10M, ~10x the map).
+    """
+    if len(ids) < 2:
+        return None
+    lo, hi = int(ids.min()), int(ids.max())
+    if hi - lo < 4 * shards * len(ids):
+        seen = np.zeros(hi - lo + 1, bool)
+        seen[ids - lo] = True
+        if np.count_nonzero(seen) == len(ids):
+            return None
+    ids = np.sort(ids)
+    twice = np.flatnonzero(ids[1:] == ids[:-1])
+    return int(ids[twice[0]]) if len(twice) else None
 
 
 def _load_listed_segment(path: Path, index, s: int, j: int, g: dict, mmap: bool, verify: bool):

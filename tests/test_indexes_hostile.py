@@ -331,13 +331,20 @@ def test_stray_files_and_directories_are_refused(tmp_path):
     assert_exact(load_index(snap), codes, ids)
 
 
-def test_an_id_live_twice_is_refused(tmp_path):
+@pytest.mark.parametrize("spread", [1, 10**9])  # dense ids (bitmap), sparse (sort)
+def test_an_id_live_twice_is_refused(tmp_path, spread):
     """A forged delta segment repeating a live id of the indexed one: upsert and
     remove would only ever see one of the two copies."""
-    snap, _, ids = saved(tmp_path, "mih", 1)
-    rewrite(snap, "s000/g001/ids.npy", lambda a: np.concatenate([a[:-1], ids[-40:-39]]))
-    with pytest.raises(CorruptData, match=f"shard 0 holds id {ids[-40]} live twice"):
-        load_index(snap)
+    index = make_index(256, "mih", 1, delta_min=20)
+    index.add(CODES[:270], np.arange(270) * spread)
+    index.compact()
+    index.add(CODES[270:], np.arange(270, 300) * spread)
+    index.save(tmp_path / "snap")
+    assert len(load_index(tmp_path / "snap")) == 300
+    dup = 260 * spread
+    rewrite(tmp_path / "snap", "s000/g001/ids.npy", lambda a: np.append(a[:-1], dup))
+    with pytest.raises(CorruptData, match=f"shard 0 holds id {dup} live twice"):
+        load_index(tmp_path / "snap")
 
 
 @pytest.mark.parametrize("kind", ["flat", "mih", "auto", "exact"])
