@@ -22,8 +22,8 @@ segments and files; segment types fit the kind; arrays have the dtypes and shape
 ``bits`` implies and table offsets/rows stay in range (the numba kernels do no bounds
 checks); every id sits in the shard the sharding function assigns and is live once.
 A corrupt or mismatched snapshot raises :class:`CorruptData` and nothing is
-half-loaded. The checks are vectorised O(n) passes (plus one sort of each shard's
-live ids).
+half-loaded. The checks are vectorised O(n) passes (plus, when ids are sparse, one
+sort of each shard's live ids).
 """
 
 from __future__ import annotations
