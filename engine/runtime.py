@@ -22,15 +22,13 @@ current index map; writers serialise on locks.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
-import re
 import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +50,17 @@ from hashmatch.engine.matcher import (
     join_video_hits,
     low_quality_rows,
     quality_floor,
+)
+from hashmatch.engine.snapshot_files import (
+    KEEP_SNAPSHOTS,
+    SNAPSHOT_FORMAT,
+    check_manifest,
+    fsync_dir,
+    fsync_tree,
+    list_snapshots,
+    remove_abandoned_tmp,
+    snapshot_counter,
+    writing,
 )
 from hashmatch.engine.store import (
     DEFAULT_BATCH,
@@ -78,17 +87,6 @@ __all__ = [
     "SignalRecord",
 ]
 
-# 2: the manifest names the store (store_id) and the change it was taken at
-# (change_digest). Format-1 snapshots cannot be checked against the store they
-# claim to be of, so they are not loaded: the first start after the upgrade builds
-# from the store (minutes at 10M signals); the next snapshot is a format-2 one.
-SNAPSHOT_FORMAT = 2
-KEEP_SNAPSHOTS = 2
-#: A snapshot's temporary directory this much older than its last write is
-#: abandoned even if its writer's pid is alive (the pid was reused).
-TMP_MAX_AGE_SECONDS = 3600.0
-_SNAPSHOT_NAME = re.compile(r"snap-(\d+)-\d+")
-_TMP_PID = re.compile(r"\.(\d+)\.tmp")
 Progress = Callable[[str, int, int], None]
 
 
@@ -189,10 +187,10 @@ class Engine:
 
     def _load(self, progress: Progress | None) -> dict:
         started = time.perf_counter()
-        self._remove_abandoned_tmp()
+        remove_abandoned_tmp(self.snapshot_dir)
         counter = self.store.change_counter()
         info: dict = {"source": "store"}
-        for manifest_path in self._snapshots():
+        for manifest_path in list_snapshots(self.snapshot_dir):
             try:
                 indexes, at = self._read_snapshot(manifest_path, counter)
             except (CorruptData, OSError, ValueError, LookupError, TypeError, RuntimeError) as exc:
@@ -645,7 +643,7 @@ class Engine:
             indexes = dict(self._indexes or {})
             at = self._applied
             self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-            self._remove_abandoned_tmp()
+            remove_abandoned_tmp(self.snapshot_dir)
             conn = self.store.conn()
             name = f"snap-{at:012d}-{time.time_ns()}"
             manifest: dict = {"format": SNAPSHOT_FORMAT, "change_counter": at,
@@ -655,18 +653,18 @@ class Engine:
             final = self.snapshot_dir / name
             try:
                 tmp.mkdir()
-                with _writing(tmp):
+                with writing(tmp):
                     for stype, index in indexes.items():
                         fname = f"{stype}.index"
                         index.save(tmp / fname)
                         manifest["types"][stype] = {"file": fname, "count": len(index)}
                     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-                    _fsync_tree(tmp)
+                    fsync_tree(tmp)
                     os.replace(tmp, final)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            _fsync_dir(self.snapshot_dir)
+            fsync_dir(self.snapshot_dir)
         self._snapshot_at = manifest["created_at"]
         self._prune_snapshots(final)
         self.store.record("index.snapshot", actor=actor, count=sum(
@@ -683,9 +681,9 @@ class Engine:
         """
         counter = self.store.change_counter()
         kept = 1
-        for manifest in self._snapshots():
+        for manifest in list_snapshots(self.snapshot_dir):
             snap = manifest.parent
-            at = _snapshot_counter(snap.name)
+            at = snapshot_counter(snap.name)
             if snap == keep or at is None:
                 continue
             if at <= counter and kept < KEEP_SNAPSHOTS:
@@ -693,33 +691,10 @@ class Engine:
                 continue
             shutil.rmtree(snap, ignore_errors=True)
 
-    def _remove_abandoned_tmp(self) -> None:
-        """Remove ``snapshots/*.tmp`` left by a snapshot that died (kill -9, power cut).
-        Best effort: a snapshot dir we cannot clean never stops a load."""
-        try:
-            found = [p for p in self.snapshot_dir.iterdir() if p.name.endswith(".tmp")]
-        except OSError:  # no snapshots/ yet
-            return
-        for path in found:
-            with contextlib.suppress(OSError):  # e.g. renamed by its writer meanwhile
-                if _abandoned_tmp(path):
-                    shutil.rmtree(path, ignore_errors=True)
-
-    def _snapshots(self) -> list[Path]:
-        """Manifests of complete snapshots, newest (highest counter) first."""
-        if not self.snapshot_dir.is_dir():
-            return []
-        found = [
-            p / "manifest.json"
-            for p in self.snapshot_dir.iterdir()
-            if p.is_dir() and not p.name.endswith(".tmp") and (p / "manifest.json").is_file()
-        ]
-        return sorted(found, key=lambda p: p.parent.name, reverse=True)
-
     def _read_snapshot(self, manifest_path: Path, counter: int) -> tuple[dict, int]:
         """Load a snapshot if it is one of THIS store's history at or before ``counter``,
         and complete; else CorruptData saying why (the caller skips it)."""
-        manifest = _check_manifest(json.loads(manifest_path.read_text()))
+        manifest = check_manifest(json.loads(manifest_path.read_text()))
         at = manifest["change_counter"]
         if at > counter:
             raise CorruptData(f"snapshot is ahead of the store (counter {at} > {counter})")
@@ -853,121 +828,3 @@ def _refuse_lost_store(data_dir: Path) -> None:
             " empty store)",
             field="data_dir",
         )
-
-
-def _check_manifest(manifest: object) -> dict:
-    """The shape of a snapshot manifest, or CorruptData naming the field (a damaged
-    manifest must skip its snapshot, not crash the load)."""
-    if not isinstance(manifest, dict):
-        raise CorruptData(f"must be a JSON object, got {type(manifest).__name__}", field="manifest")
-    found = manifest.get("format")
-    if found == 1:  # written before snapshots named their store: cannot be checked
-        raise CorruptData("snapshot format 1 records no store identity; built from the store")
-    if found != SNAPSHOT_FORMAT:
-        raise CorruptData(f"unknown snapshot format {found!r}")
-    if not _count(manifest.get("change_counter")):
-        raise CorruptData(
-            f"must be an integer >= 0, got {manifest.get('change_counter')!r}",
-            field="change_counter",
-        )
-    if not isinstance(manifest.get("store_id"), str):
-        raise CorruptData(f"must be a string, got {manifest.get('store_id')!r}", field="store_id")
-    if not isinstance(manifest.get("change_digest"), str | None):
-        raise CorruptData(
-            f"must be a string or null, got {manifest['change_digest']!r}", field="change_digest"
-        )
-    types = manifest.get("types")
-    if not isinstance(types, dict):
-        raise CorruptData(f"must be an object, got {types!r}", field="types")
-    for stype, entry in types.items():
-        where = f"types.{stype}"
-        if stype not in signal_types.names():
-            raise CorruptData("not a known signal type", field=where)
-        if not isinstance(entry, dict):
-            raise CorruptData(f"must be an object, got {entry!r}", field=where)
-        fname = entry.get("file")
-        if not isinstance(fname, str) or fname in ("", ".", "..") or Path(fname).name != fname:
-            raise CorruptData(f"must be a file name, got {fname!r}", field=f"{where}.file")
-        if not _count(entry.get("count")):
-            raise CorruptData(
-                f"must be an integer >= 0, got {entry.get('count')!r}", field=f"{where}.count"
-            )
-    return manifest
-
-
-def _count(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _snapshot_counter(name: str) -> int | None:
-    """The change counter in a name :meth:`Engine.snapshot` gave; None for other names."""
-    m = _SNAPSHOT_NAME.fullmatch(name)
-    return int(m.group(1)) if m else None
-
-
-@contextlib.contextmanager
-def _writing(tmp: Path) -> Iterator[None]:
-    """Hold a lock on the snapshot being written: the kernel drops it when the writer
-    dies (even by kill -9), so others can tell an abandoned one from one in progress."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _abandoned_tmp(path: Path) -> bool:
-    """Whether ``snapshots/<name>.<pid>.tmp`` was left by a writer that is gone: nobody
-    holds its lock (:func:`_writing`), and its pid is dead or its last write is over
-    TMP_MAX_AGE_SECONDS old (a reused pid; an older hashmatch's name without a pid).
-    The lock guards a writer whose pid we cannot see (another pid namespace)."""
-    if _locked(path):
-        return False
-    m = _TMP_PID.search(path.name)
-    pid = int(m.group(1)) if m else None
-    if pid is not None and pid > 0 and not _pid_alive(pid):
-        return True
-    newest = max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))])
-    return time.time() - newest > TMP_MAX_AGE_SECONDS
-
-
-def _locked(path: Path) -> bool:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, another user's
-        return True
-    return True
-
-
-def _fsync_tree(path: Path) -> None:
-    """fsync every file and directory under ``path`` (a snapshot must be durable
-    before the rename that publishes it)."""
-    for p in sorted(path.rglob("*"), reverse=True):
-        if p.is_file():
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        elif p.is_dir():
-            _fsync_dir(p)
-    _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
