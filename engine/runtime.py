@@ -55,7 +55,6 @@ from hashmatch.engine.snapshot_files import (
     KEEP_SNAPSHOTS,
     SNAPSHOT_FORMAT,
     check_manifest,
-    fsync_dir,
     fsync_tree,
     list_snapshots,
     remove_abandoned_tmp,
@@ -73,6 +72,7 @@ from hashmatch.engine.store import (
 )
 from hashmatch.engine.store_index import load_live_index, make_live_index
 from hashmatch.engine.store_schema import change_digest, store_id
+from hashmatch.indexes.persist import fsync_path
 
 __all__ = [
     "DEFAULT_LOW_QUALITY_QUERIES",
@@ -664,7 +664,7 @@ class Engine:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            fsync_dir(self.snapshot_dir)
+            fsync_path(self.snapshot_dir)
         self._snapshot_at = manifest["created_at"]
         self._prune_snapshots(final)
         self.store.record("index.snapshot", actor=actor, count=sum(

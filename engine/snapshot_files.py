@@ -19,6 +19,7 @@ from pathlib import Path
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import CorruptData
+from hashmatch.indexes.persist import fsync_path
 
 #: Snapshot manifest format. 2: the manifest names the store (store_id) and the change
 #: it was taken at (change_digest). Format-1 snapshots cannot be checked against the
@@ -164,13 +165,5 @@ def fsync_tree(path: Path) -> None:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
         elif p.is_dir():
-            fsync_dir(p)
-    fsync_dir(path)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            fsync_path(p)
+    fsync_path(path)

@@ -58,7 +58,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by path (a directory's entries become durable too)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -93,7 +94,7 @@ def save_index(index, path: Path) -> None:
                     np.save(d / "dead.npy", np.asarray(dead))
                 files = {}
                 for f in sorted(d.iterdir()):
-                    _fsync(f)
+                    fsync_path(f)
                     files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
                 segs.append(
                     {"dir": rel, "type": seg.kind, "rows": len(seg), "meta": meta, "files": files}
@@ -114,7 +115,7 @@ def save_index(index, path: Path) -> None:
             "layout": layout,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-        _fsync(tmp / MANIFEST)
+        fsync_path(tmp / MANIFEST)
         if path.exists():
             old = path.with_name(path.name + f".old-{time.time_ns()}")
             os.replace(path, old)
