@@ -753,9 +753,13 @@ class Engine:
         return {stype: len(index) for stype, index in list(indexes.items())}
 
     def stats(self) -> dict:
-        """Counts per type (store and index), per list, memory, snapshot age."""
+        """Counts per type (store and index), per list, memory, snapshot age.
+
+        ``count`` and ``total_signals`` count signals (a vPDQ video once, as lists do);
+        ``rows`` and ``indexed`` count index rows (a video's frames)."""
         indexes = self._ensure_loaded()
-        counts = self.store.count_live()
+        counts = self.store.count_live(frames=False)  # signals: a video counts once
+        rows = self.store.count_live()  # index rows: vPDQ frames
         types = {}
         for stype in sorted(set(counts) | set(indexes)):
             index = indexes.get(stype)
@@ -768,6 +772,7 @@ class Engine:
             types[stype] = {
                 "memory_bytes": int(index.memory_bytes()) if index is not None else 0,
                 "count": counts.get(stype, 0),
+                "rows": rows.get(stype, 0),
                 "indexed": len(index) if index is not None else 0,
                 "kind": getattr(index, "kind", type(index).__name__) if index else None,
                 "shards": shard_counts,

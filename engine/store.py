@@ -1419,13 +1419,14 @@ class SignalStore:
                 return
             yield _pack(rows, st.nbytes)
 
-    def count_live(self, signal_type: str | None = None) -> dict[str, int]:
-        """Live signals per type (vPDQ counts frames, as its index does)."""
+    def count_live(self, signal_type: str | None = None, *, frames: bool = True) -> dict[str, int]:
+        """Live index rows per type: vPDQ counts frames, as its index does; with
+        ``frames=False`` live signals (a video counts once, as lists count it)."""
         out = {}
-        for t, live, frames in self.conn().execute(
+        for t, live, n_frames in self.conn().execute(
             "SELECT signal_type, SUM(live), SUM(frames) FROM list_counts GROUP BY signal_type"
         ):
-            n = frames if t == "vpdq" else live
+            n = n_frames if t == "vpdq" and frames else live
             if n:
                 out[t] = int(n)
         if signal_type is not None:

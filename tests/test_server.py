@@ -599,12 +599,16 @@ def test_vpdq_video_ingest_and_match_by_frames(ops):
     from hashmatch.server.client import video_signal
 
     frames = [c.tobytes().hex() for c in _codes(10, seed=13)]
+    before = {t.signal_type: t.count for t in ops.stats().types}
     reply = ops.ingest(
         "videos",
         [video_signal(frames, qualities=[90] * 10, timestamps=[float(i) for i in range(10)],
                       external_id="clip-1")],
     )  # fmt: skip
     assert reply.added == 1, reply
+    # Stats counts the video once, as its list does (its 10 frames are index rows)
+    after = {t.signal_type: t.count for t in ops.stats().types}
+    assert after["vpdq"] - before.get("vpdq", 0) == 1
     near = [_flip(c, 3).tobytes().hex() for c in _codes(10, seed=13)[:5]]
     result = ops.match(videos=[near], lists=["videos"]).results[0]
     assert result.source == matcher_pb2.QueryResult.SOURCE_VIDEO

@@ -505,7 +505,8 @@ def index_stats(as_json, data_dir) -> None:
         return
     click.echo(f"total live signals: {stats['total_signals']}")
     for stype, e in stats["types"].items():
-        click.echo(f"  {stype}: {e['count']} stored, {e['indexed']} indexed ({e['kind']})")
+        frames = f" ({e['rows']} frames)" if e.get("rows", e["count"]) != e["count"] else ""
+        click.echo(f"  {stype}: {e['count']} stored{frames}, {e['indexed']} indexed ({e['kind']})")
     for name, count in stats["lists"].items():
         click.echo(f"  list {name}: {count}")
     load = stats.get("load") or {}
