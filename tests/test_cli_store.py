@@ -106,6 +106,8 @@ def test_tenants_see_only_shared_lists(run, tmp_path):
     out = run("match", H0, "--tenant", "acme", "--json").output
     assert [m["list_name"] for m in json.loads(out)[0]["matches"]] == ["shared"]
     assert "acme: reads shared" in run("tenants", "ls").output
+    assert "was not granted 'private'" in run("tenants", "revoke", "acme", "private").output
+    assert "revoked 'shared' from 'acme'" in run("tenants", "revoke", "acme", "shared").output
 
 
 def test_read_verbs_do_not_create_a_store(run):

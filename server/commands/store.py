@@ -560,7 +560,11 @@ def tenants_grant(tenant, list_name, write, data_dir) -> None:
 @_data_dir_option
 def tenants_revoke(tenant, list_name, data_dir) -> None:
     with _engine(data_dir) as engine:
+        had = list_name in engine.store.get_tenant(tenant).reads
         t = engine.store.revoke(tenant, list_name)
+    if not had:
+        click.echo(f"{tenant!r} was not granted {list_name!r}; nothing to revoke")
+        return
     click.echo(f"revoked {list_name!r} from {tenant!r}; it now reads {len(t.reads)} list(s)")
 
 
