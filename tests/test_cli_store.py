@@ -110,6 +110,12 @@ def test_tenants_see_only_shared_lists(run, tmp_path):
     assert "revoked 'shared' from 'acme'" in run("tenants", "revoke", "acme", "shared").output
 
 
+def test_ingest_of_a_missing_file_creates_nothing(run, tmp_path):
+    result = run("ingest", str(tmp_path / "nope.csv"), "--list", "x", ok=False)
+    assert result.exit_code == 2 and "does not exist" in result.output
+    assert not (tmp_path / "data").exists()  # no store, no empty list
+
+
 def test_read_verbs_do_not_create_a_store(run):
     for verb in (["match", "pdq:" + "0" * 64], ["lists", "ls"], ["retracted"], ["audit"]):
         result = run(*verb, ok=False)

@@ -143,7 +143,12 @@ lists_group.command("enable", help="Let a disabled list match again.")(_set_enab
 
 
 @click.command("ingest")
-@click.argument("files", nargs=-1, required=True)
+@click.argument(
+    "files",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, allow_dash=True),  # before the list is made
+)
 @click.option("--list", "list_name", required=True, help="Target hash list (created if missing).")
 @click.option(
     "--format",
