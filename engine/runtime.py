@@ -72,6 +72,7 @@ from hashmatch.engine.store import (
 )
 from hashmatch.engine.store_index import load_live_index, make_live_index
 from hashmatch.engine.store_schema import change_digest, store_id
+from hashmatch.engine.video import VPDQ_QUALITY_THRESHOLD
 from hashmatch.indexes.persist import fsync_path
 
 __all__ = [
@@ -315,10 +316,20 @@ class Engine:
         index = indexes.get(st.name)
         if st.name == "vpdq":  # the rows are the frames of one query video
             if index is None or len(codes) == 0:
-                return [MatchList()]
-            lims, dist, ids = index.search_radius(codes, radius)
-            return [join_video_hits(self.store, codes, qualities, radius, lims, dist, ids, vis,
-                                    max_results=max_results)]  # fmt: skip
+                found = MatchList()
+            else:
+                lims, dist, ids = index.search_radius(codes, radius)
+                found = join_video_hits(self.store, codes, qualities, radius, lims, dist, ids,
+                                        vis, max_results=max_results)  # fmt: skip
+            # every frame's known quality under vPDQ's floor: its rule drops them all,
+            # so say the query was skipped (as for a low-quality PDQ hash)
+            if (
+                qualities is not None
+                and len(qualities)
+                and all(q is not None and int(q) < VPDQ_QUALITY_THRESHOLD for q in qualities)
+            ):
+                found.skipped_low_quality = True
+            return [found]
         out = [MatchList() for _ in range(len(codes))]
         rows = np.flatnonzero(~skip)
         if index is not None and len(rows):

@@ -619,6 +619,11 @@ def test_vpdq_video_ingest_and_match_by_frames(ops):
     with pytest.raises(grpc.RpcError) as err:
         ops.match(videos=[[frames[0], "xyz"]])
     assert bad_request_fields(err.value)[0][0] == "videos[0].frames[1]"
+    # every frame under vPDQ's quality floor: nothing can match, and the reply says why
+    low = matcher_pb2.VideoQuery(frames=near, qualities=[10] * len(near))
+    result = ops.match(videos=[low], lists=["videos"]).results[0]
+    assert not result.matches and result.skipped_low_quality
+    assert not ops.match(videos=[near], lists=["videos"]).results[0].skipped_low_quality
 
 
 def test_arbitrary_requests_never_get_internal(strict):
