@@ -90,6 +90,15 @@ def test_remote_verbs(served, tmp_path):
     assert result.exit_code == 0, result.output
     ingest = json.loads(result.output)
     assert ingest["added"] == "2" and ingest["rejected"] == "1"
+    assert [r["line"] for r in ingest["rejections"]] == [4]  # the file's line, not index 2
+    broken = tmp_path / "broken.csv"  # one line the local parser refuses, one the server does
+    broken.write_text(f"signal_type,signal_value\npdq\npdq,{'1' * 63}\n")
+    mixed = json.loads(_remote(served, "ingest", "cli-list", str(broken)).output)
+    assert mixed["rejected"] == "2" and len(mixed["unparsed"]) == 1, mixed
+    clip = tmp_path / "clip.vpdq"  # vPDQ's text format: frame,quality,hash,timestamp
+    clip.write_text("".join(f"{i},90,{format(i + 1, '064x')},{i}.0\n" for i in range(3)))
+    video = json.loads(_remote(served, "ingest", "cli-videos", str(clip)).output)
+    assert video["added"] == "1", video
     plain = tmp_path / "plain.txt"
     plain.write_text(f"{HEX}\n")
     result = _remote(served, "ingest", "cli-plain", str(plain), "--format", "hex")

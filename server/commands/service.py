@@ -314,18 +314,27 @@ def remote_hash(client, files, signal_types, dihedral) -> None:
 def _read_signals(path: str, fmt: str | None, default_type: str):
     """Parse FILE with the store's parsers (same formats as ``hashmatch ingest``).
 
-    Returns (signals, local rejections): lines that do not even parse stay here.
+    Returns (signals, their file lines, local rejections): lines that do not even
+    parse stay here; the lines let the server's rejections (by stream index) be told
+    by file line.
     """
     from hashmatch.engine.ingest import read_records
     from hashmatch.engine.store import Rejection
-    from hashmatch.server.client import signal
+    from hashmatch.server.client import signal, video_signal
 
-    signals, rejected = [], []
+    signals, lines, rejected = [], [], []
     for item in read_records(path, format=fmt, signal_type=default_type):
         if isinstance(item, Rejection):
             rejected.append(str(item))
-        elif item.frames is not None:
-            rejected.append(f"line {item.line}: vPDQ ingest over gRPC is not supported yet")
+            continue
+        if item.frames is not None:
+            pb = video_signal(
+                [bytes(code).hex() for code in item.frames],
+                qualities=item.frame_qualities or (),
+                timestamps=item.timestamps or (),
+                labels=item.labels,
+                external_id=item.external_id or "",
+            )
         else:
             pb = signal(
                 item.signal_type,
@@ -335,8 +344,9 @@ def _read_signals(path: str, fmt: str | None, default_type: str):
             )
             if item.quality is not None:
                 pb.hash.quality = item.quality
-            signals.append(pb)
-    return signals, rejected
+        signals.append(pb)
+        lines.append(item.line)
+    return signals, lines, rejected
 
 
 @remote.command("ingest")
@@ -359,7 +369,7 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     Example:
       hashmatch remote ingest partner-a hashes.csv --source partner-a-2026-11
     """
-    signals, rejected = _read_signals(file, fmt, signal_type)
+    signals, lines, rejected = _read_signals(file, fmt, signal_type)
     if strict and rejected:
         raise click.ClickException(f"refused (strict): {rejected[0]}")
     if not signals:  # nothing parsed: say why instead of the server's "no signals"
@@ -367,8 +377,13 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
         raise click.ClickException(f"{file}: nothing to ingest:\n  {shown}")
     reply = client.ingest(list_name, signals, source=source, strict=strict, batch_size=batch_size)
     data = MessageToDict(reply, preserving_proto_field_name=True)
-    if rejected:
+    for item in data.get("rejections", []):  # stream index -> the file's line
+        index = int(item.get("index", 0))
+        if 0 <= index < len(lines) and lines[index] is not None:
+            item["line"] = lines[index]
+    if rejected:  # lines that did not parse here count as rejected too
         data["unparsed"] = rejected
+        data["rejected"] = str(reply.rejected + len(rejected))
     click.echo(json.dumps(data, sort_keys=True))
 
 
