@@ -259,6 +259,11 @@ def test_cli_scan_writes_report_and_summary(world, tmp_path):
                                    "--catalog", str(tmp_path / "c2.sqlite")])  # fmt: skip
     assert far.exit_code == 1 and "--threshold: pdq threshold must be 0..63, got 300" in far.output
     assert not (tmp_path / "c2.sqlite").exists()
+    nolist = CliRunner().invoke(cli, ["scan", str(tree.root), "--list", "nolist",
+                                      "--data-dir", str(base / "data"),
+                                      "--catalog", str(tmp_path / "c3.sqlite")])  # fmt: skip
+    assert nolist.exit_code == 1 and "--list: no hash list named 'nolist'" in nolist.output
+    assert not (tmp_path / "c3.sqlite").exists()
     for args in (["scan", str(tree.root), "--workers", "-1"], ["rescan", "--since", "-5"]):
         usage = CliRunner().invoke(cli, args)
         assert usage.exit_code == 2, usage.output

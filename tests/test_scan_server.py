@@ -38,6 +38,24 @@ def test_scan_through_a_server_equals_a_local_scan(tmp_path):
              "--out", str(remote), "--no-progress"],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
+        for args, says in (
+            (["--list", "nolist", "--token", token], "--list: no hash list named 'nolist'"),
+            (["--list", "partner", "--token", "wrong"], "UNAUTHENTICATED"),
+        ):
+            refused = CliRunner().invoke(
+                cli,
+                [
+                    "scan",
+                    str(tree.root),
+                    "--server",
+                    ts.target,
+                    "--catalog",
+                    str(tmp_path / "x.sqlite"),
+                    *args,
+                ],
+            )
+            assert refused.exit_code == 1 and says in refused.output, refused.output
+            assert "Traceback" not in refused.output
     assert _body(remote) == _body(local)
     assert sum('"kind": "match"' in x for x in _body(remote)) == 7
 

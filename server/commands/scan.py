@@ -126,6 +126,7 @@ def scan_command(
         raise click.UsageError("give PATHS or --from-list")
     type_list = tuple(t.strip().lower() for t in types.split(",") if t.strip())
     matcher = None
+    rpc_errors: tuple[type[Exception], ...] = ()  # grpc is imported only for --server
     try:
         _check_threshold(type_list, threshold)  # now, not after the first batch is hashed
         options = ScanOptions(
@@ -141,13 +142,20 @@ def scan_command(
         if no_match:
             matcher = None
         elif server:
+            import grpc
+
             from hashmatch.server.client import HashmatchClient
 
+            rpc_errors = (grpc.RpcError,)
             client = HashmatchClient(server, token=token, tls=tls)
             client.wait_until_serving(timeout=60)
             matcher = RemoteMatcher(client, threshold=threshold, lists=lists)
+            if lists:
+                _check_lists(lists, {x.name for x in client.list_hash_lists().lists})
         else:
             matcher = LocalMatcher.open(data_dir, threshold=threshold, lists=lists)
+            if lists:
+                _check_lists(lists, {x.name for x in matcher.engine.store.lists()})
         with Catalog(_catalog_path(data_dir, catalog)) as cat:
             summary = scan(
                 paths,
@@ -161,6 +169,8 @@ def scan_command(
         raise click.ClickException(f"{server}: {exc}" if server else str(exc)) from exc
     except OSError as exc:  # e.g. --out in a directory that does not exist
         raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from exc
+    except rpc_errors as exc:
+        raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}") from exc
     finally:
         if matcher is not None:
             matcher.close()
@@ -260,3 +270,14 @@ def _check_threshold(type_list: tuple[str, ...], threshold: int | None) -> None:
         st = signal_types.get(name, field="--types")
         if threshold is not None and not st.exact:
             st.check_threshold(threshold, field="--threshold")
+
+
+def _check_lists(lists: tuple[str, ...], known: set[str]) -> None:
+    """Every --list names a list the caller can see: refused now, not after the first
+    batch of files is hashed (where a resume would only fail again)."""
+    missing = [name for name in lists if name not in known]
+    if missing:
+        raise click.ClickException(
+            f"--list: no hash list named {', '.join(map(repr, missing))} is visible "
+            f"(lists: {', '.join(sorted(known)) or 'none'})"
+        )
