@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import CorruptData
-from hashmatch.indexes.persist import fsync_path
+from hashmatch.indexes.persist import fsync_path, pid_alive
 
 #: Snapshot manifest format. 2: the manifest names the store (store_id) and the change
 #: it was taken at (change_digest). Format-1 snapshots cannot be checked against the
@@ -130,7 +130,7 @@ def abandoned_tmp(path: Path) -> bool:
         return False
     m = _TMP_PID.search(path.name)
     pid = int(m.group(1)) if m else None
-    if pid is not None and pid > 0 and not _pid_alive(pid):
+    if pid is not None and not pid_alive(pid):
         return True
     newest = max([path.stat().st_mtime, *(p.stat().st_mtime for p in path.rglob("*"))])
     return time.time() - newest > TMP_MAX_AGE_SECONDS
@@ -145,16 +145,6 @@ def _locked(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # EPERM: alive, another user's
-        return True
-    return True
 
 
 def fsync_tree(path: Path) -> None:

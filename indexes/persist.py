@@ -147,13 +147,15 @@ def _remove_stale_temps(path: Path) -> None:
     """Remove ``<path>.tmp-<pid>-<ns>`` left by a process killed mid-save (its pid no
     longer runs): each is a full-size copy of an index, and nothing else frees it."""
     for (pid, *_), tmp in _siblings(path, ".tmp-"):
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             log.info("removing %s, left by process %d (no longer running)", tmp, pid)
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:  # 0 / negative would signal process groups
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (in this pid namespace): a temp file named after a
+    dead writer is abandoned. pid <= 0 counts as alive (kill would signal a group)."""
+    if pid <= 0:
         return True
     try:
         os.kill(pid, 0)

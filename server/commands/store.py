@@ -236,13 +236,15 @@ def ingest_command(
 
 def _looks_like_a_path(value: str) -> bool:
     """A query that is neither a file nor a hash, but reads like a file name."""
-    return "/" in value or "\\" in value or Path(value).suffix.lower() in _MEDIA_SUFFIXES
+    from hashmatch.engine.video import VIDEO_EXTENSIONS  # only on this error path: cv2
+
+    suffix = Path(value).suffix.lower()
+    return "/" in value or "\\" in value or suffix in _IMAGE_SUFFIXES | VIDEO_EXTENSIONS
 
 
-_MEDIA_SUFFIXES = frozenset(
-    [".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".avif",
-     ".mp4", ".mov", ".avi", ".mkv", ".webm"]
-)  # fmt: skip
+_IMAGE_SUFFIXES = frozenset(
+    [".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".avif"]
+)
 
 
 def _targets(values, signal_type) -> list[tuple[str, str]]:
