@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -126,54 +127,42 @@ def scan_command(
         raise click.UsageError("give PATHS or --from-list")
     type_list = tuple(t.strip().lower() for t in types.split(",") if t.strip())
     matcher = None
-    rpc_errors: tuple[type[Exception], ...] = ()  # grpc is imported only for --server
-    try:
-        _check_threshold(type_list, threshold)  # now, not after the first batch is hashed
-        options = ScanOptions(
-            types=type_list,
-            workers=workers,
-            batch_size=batch_size,
-            follow_symlinks=not no_follow_symlinks,
-            max_bytes=max_bytes,
-            dihedral=dihedral,
-            fast_decode=2 if fast_decode_shrink else int(fast_decode),
-            progress=progress,
-        )
-        if no_match:
-            matcher = None
-        elif server:
-            import grpc
-
-            from hashmatch.server.client import HashmatchClient
-
-            rpc_errors = (grpc.RpcError,)
-            client = HashmatchClient(server, token=token, tls=tls)
-            client.wait_until_serving(timeout=60)
-            matcher = RemoteMatcher(client, threshold=threshold, lists=lists)
-            if lists:
-                _check_lists(lists, {x.name for x in client.list_hash_lists().lists})
-        else:
-            matcher = LocalMatcher.open(data_dir, threshold=threshold, lists=lists)
-            if lists:
-                _check_lists(lists, {x.name for x in matcher.engine.store.lists()})
-        with Catalog(_catalog_path(data_dir, catalog)) as cat:
-            summary = scan(
-                paths,
-                catalog=cat,
-                matcher=matcher,
-                from_list=from_list,
-                report=out,
-                options=options,
+    with _one_line_errors(server, name_server=True):
+        try:
+            _check_threshold(type_list, threshold)  # now, not after the first batch is hashed
+            options = ScanOptions(
+                types=type_list,
+                workers=workers,
+                batch_size=batch_size,
+                follow_symlinks=not no_follow_symlinks,
+                max_bytes=max_bytes,
+                dihedral=dihedral,
+                fast_decode=2 if fast_decode_shrink else int(fast_decode),
+                progress=progress,
             )
-    except (HashmatchError, TimeoutError) as exc:
-        raise click.ClickException(f"{server}: {exc}" if server else str(exc)) from exc
-    except OSError as exc:  # e.g. --out in a directory that does not exist
-        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from exc
-    except rpc_errors as exc:
-        raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}") from exc
-    finally:
-        if matcher is not None:
-            matcher.close()
+            if no_match:
+                matcher = None
+            elif server:
+                client = _serving_client(server, token, tls)
+                matcher = RemoteMatcher(client, threshold=threshold, lists=lists)
+                if lists:
+                    _check_lists(lists, {x.name for x in client.list_hash_lists().lists})
+            else:
+                matcher = LocalMatcher.open(data_dir, threshold=threshold, lists=lists)
+                if lists:
+                    _check_lists(lists, {x.name for x in matcher.engine.store.lists()})
+            with Catalog(_catalog_path(data_dir, catalog)) as cat:
+                summary = scan(
+                    paths,
+                    catalog=cat,
+                    matcher=matcher,
+                    from_list=from_list,
+                    report=out,
+                    options=options,
+                )
+        finally:
+            if matcher is not None:
+                matcher.close()
     _print_summary(summary.as_dict())
 
 
@@ -232,30 +221,14 @@ def rescan_command(since, data_dir, catalog, server, token, tls, threshold, out)
     store_path = Path(data_dir) / "store.sqlite"
     if not server and not store_path.exists():
         raise click.ClickException(f"no hashmatch store in {data_dir}")
-    rpc_errors: tuple[type[Exception], ...] = ()  # grpc is imported only for --server
-    try:
-        with contextlib.ExitStack() as stack:
-            if server:
-                import grpc
-
-                from hashmatch.server.client import HashmatchClient
-
-                rpc_errors = (grpc.RpcError,)
-                client = stack.enter_context(HashmatchClient(server, token=token, tls=tls))
-                client.wait_until_serving(timeout=60)
-                source = ServerChanges(client, server)
-            else:
-                source = stack.enter_context(
-                    contextlib.closing(SignalStore(store_path, create=False))
-                )
-            cat = stack.enter_context(Catalog(path))
-            result = rescan(cat, source, since=since_seq, threshold=threshold, report=out)
-    except (HashmatchError, TimeoutError) as exc:
-        raise click.ClickException(str(exc)) from exc
-    except OSError as exc:  # e.g. --out in a directory that does not exist
-        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from exc
-    except rpc_errors as exc:
-        raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}") from exc
+    with _one_line_errors(server, name_server=False), contextlib.ExitStack() as stack:
+        if server:
+            client = stack.enter_context(_serving_client(server, token, tls))
+            source = ServerChanges(client, server)
+        else:
+            source = stack.enter_context(contextlib.closing(SignalStore(store_path, create=False)))
+        cat = stack.enter_context(Catalog(path))
+        result = rescan(cat, source, since=since_seq, threshold=threshold, report=out)
     _print_summary(result.summary.as_dict())
 
 
@@ -281,3 +254,41 @@ def _check_lists(lists: tuple[str, ...], known: set[str]) -> None:
             f"--list: no hash list named {', '.join(map(repr, missing))} is visible "
             f"(lists: {', '.join(sorted(known)) or 'none'})"
         )
+
+
+def _serving_client(server: str, token: str | None, tls: bool):
+    """A client of ``server`` once its health says SERVING (up to 60 s; closed if not)."""
+    from hashmatch.server.client import HashmatchClient
+
+    client = HashmatchClient(server, token=token, tls=tls)
+    try:
+        client.wait_until_serving(timeout=60)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+@contextlib.contextmanager
+def _one_line_errors(server: str | None, *, name_server: bool) -> Iterator[None]:
+    """What a scan or rescan can meet, as one-line click errors (exit 1, no traceback).
+
+    ``name_server``: prefix hashmatch errors with the server's address too (a scan's
+    errors come from files or the server; a rescan's name their source themselves).
+    grpc is imported only when a server is given.
+    """
+    rpc_errors: tuple[type[Exception], ...] = ()
+    if server:
+        import grpc
+
+        rpc_errors = (grpc.RpcError,)
+    try:
+        yield
+    except (HashmatchError, TimeoutError) as exc:
+        raise click.ClickException(
+            f"{server}: {exc}" if server and name_server else str(exc)
+        ) from exc
+    except OSError as exc:  # e.g. --out in a directory that does not exist
+        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from exc
+    except rpc_errors as exc:
+        raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}") from exc
