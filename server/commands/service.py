@@ -18,16 +18,56 @@ from typing import Any
 
 import click
 import grpc
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from hashmatch.engine.errors import HashmatchError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
 
-def _emit(message) -> None:
-    data = MessageToDict(message, preserving_proto_field_name=True)
-    click.echo(json.dumps(data, sort_keys=True))
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def message_json(message: Message) -> dict[str, Any]:
+    """A reply as the JSON object the CLI prints: proto field names, every field
+    (zero counts included, so ``jq .rejected`` never reads null), 64-bit integers as
+    numbers.
+
+    Why not plain ``MessageToDict``: proto3 JSON writes 64-bit integers as strings
+    (for JavaScript) and drops zero values, so shell users got ``"added": "2"`` and no
+    ``rejected`` key at all when nothing was rejected.
+    """
+    data = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _ints_as_numbers(message.DESCRIPTOR, data)
+
+
+def _ints_as_numbers(descriptor, data: dict[str, Any]) -> dict[str, Any]:
+    for field in descriptor.fields:
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        repeated = isinstance(value, list)
+        items = value if repeated else [value]
+        if field.message_type is not None and not field.message_type.GetOptions().map_entry:
+            items = [_ints_as_numbers(field.message_type, item) for item in items]
+        elif field.type in _INT64_TYPES:
+            items = [int(item) for item in items]
+        data[field.name] = items if repeated else items[0]
+    return data
+
+
+def _emit(message: Message) -> None:
+    click.echo(json.dumps(message_json(message), sort_keys=True))
 
 
 # -- serve ------------------------------------------------------------------------------
@@ -306,7 +346,7 @@ def remote_hash(client, files, signal_types, dihedral) -> None:
     """Hash media FILES on the server."""
     reply = client.hash([Path(p).read_bytes() for p in files], signal_types, dihedral=dihedral)
     for path, item in zip(files, reply.items, strict=True):
-        data = MessageToDict(item, preserving_proto_field_name=True)
+        data = message_json(item)
         data["file"] = path
         click.echo(json.dumps(data, sort_keys=True))
 
@@ -376,14 +416,14 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
         shown = "\n  ".join(rejected[:20]) or "the file holds no signals"
         raise click.ClickException(f"{file}: nothing to ingest:\n  {shown}")
     reply = client.ingest(list_name, signals, source=source, strict=strict, batch_size=batch_size)
-    data = MessageToDict(reply, preserving_proto_field_name=True)
+    data = message_json(reply)
     for item in data.get("rejections", []):  # stream index -> the file's line
         index = int(item.get("index", 0))
         if 0 <= index < len(lines) and lines[index] is not None:
             item["line"] = lines[index]
     if rejected:  # lines that did not parse here count as rejected too
         data["unparsed"] = rejected
-        data["rejected"] = str(reply.rejected + len(rejected))
+        data["rejected"] = reply.rejected + len(rejected)
     click.echo(json.dumps(data, sort_keys=True))
 
 
