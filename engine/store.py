@@ -1185,36 +1185,72 @@ class SignalStore:
             False, list_name, hashes, signal_ids, external_ids, None, actor, tenant
         )
 
+    def missing_targets(
+        self,
+        *,
+        list_name: str,
+        hashes: Sequence[tuple[str, str]] = (),
+        signal_ids: Sequence[int] = (),
+        external_ids: Sequence[str] = (),
+        tenant: str | None = None,
+    ) -> list[str]:
+        """The retract/restore targets that name no signal of ``list_name``, as
+        ``type:hex``, ``id N`` or ``external id X``.
+
+        Why: a retraction of a mistyped hash or a signal of another list otherwise
+        reads as "0 retracted" with nothing to say which item was wrong; retracting
+        stays idempotent (an unknown target is not an error), this only names them.
+        """
+        conn = self.conn()
+        list_id = self._writable_list_id(conn, list_name, tenant)
+        _, missing = self._resolve_targets(conn, list_id, hashes, signal_ids, external_ids)
+        return missing
+
+    def _resolve_targets(
+        self, conn, list_id, hashes, signal_ids, external_ids
+    ) -> tuple[dict[int, str], list[str]]:
+        """Signals of the list the targets name -> ({id: signal type}, targets naming none)."""
+        targets: dict[int, str] = {}
+        missing: list[str] = []
+        for i, (stype, value) in enumerate(hashes):
+            st = signal_types.get(stype, field=f"hashes[{i}].signal_type")
+            code = _parse_code(st, value, field=f"hashes[{i}]")
+            row = conn.execute(
+                "SELECT id, signal_type FROM signals WHERE list_id = ? AND fp = ? AND code = ?",
+                (list_id, fingerprint(st.name, code), code),
+            ).fetchone()
+            if row:
+                targets[row[0]] = row[1]
+            else:
+                missing.append(f"{st.name}:{st.format(code)}")
+        found_ids: set[int] = set()
+        for i in range(0, len(signal_ids), 900):
+            chunk = [int(x) for x in signal_ids[i : i + 900]]
+            marks = ",".join("?" * len(chunk))
+            for sid, stype in conn.execute(
+                f"SELECT id, signal_type FROM signals WHERE list_id = ? AND id IN ({marks})",
+                (list_id, *chunk),
+            ):
+                targets[sid] = stype
+                found_ids.add(sid)
+        missing += [f"id {int(sid)}" for sid in signal_ids if int(sid) not in found_ids]
+        for ext in external_ids:
+            rows = conn.execute(
+                "SELECT id, signal_type FROM signals WHERE list_id = ? AND external_id = ?",
+                (list_id, ext),
+            ).fetchall()
+            targets.update(rows)
+            if not rows:
+                missing.append(f"external id {ext}")
+        return targets, missing
+
     def _set_retracted(
         self, retract, list_name, hashes, signal_ids, external_ids, reason, actor, tenant
     ) -> int:
         conn = self.conn()
         with self.write_lock:
             list_id = self._writable_list_id(conn, list_name, tenant)
-            targets: dict[int, str] = {}
-            for i, (stype, value) in enumerate(hashes):
-                st = signal_types.get(stype, field=f"hashes[{i}].signal_type")
-                code = _parse_code(st, value, field=f"hashes[{i}]")
-                row = conn.execute(
-                    "SELECT id, signal_type FROM signals WHERE list_id = ? AND fp = ? AND code = ?",
-                    (list_id, fingerprint(st.name, code), code),
-                ).fetchone()
-                if row:
-                    targets[row[0]] = row[1]
-            for i in range(0, len(signal_ids), 900):
-                chunk = [int(x) for x in signal_ids[i : i + 900]]
-                marks = ",".join("?" * len(chunk))
-                for sid, stype in conn.execute(
-                    f"SELECT id, signal_type FROM signals WHERE list_id = ? AND id IN ({marks})",
-                    (list_id, *chunk),
-                ):
-                    targets[sid] = stype
-            for ext in external_ids:
-                for sid, stype in conn.execute(
-                    "SELECT id, signal_type FROM signals WHERE list_id = ? AND external_id = ?",
-                    (list_id, ext),
-                ):
-                    targets[sid] = stype
+            targets, _ = self._resolve_targets(conn, list_id, hashes, signal_ids, external_ids)
             now = time.time()
             with self._write() as wconn:
                 if retract:

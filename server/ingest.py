@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from hashmatch.server.app import ServiceHost
     from hashmatch.server.calls import Call
 
+#: How many unknown retract targets a RetractResponse names (``not_found_total`` counts all).
+MAX_NOT_FOUND_LISTED = 1000
+
 
 def _record(signal: signals_pb2.Signal, field: str) -> SignalRecord:
     if signal.frames:
@@ -188,8 +191,16 @@ def retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call):
         actor=call.principal.tenant,
         tenant=call.principal.engine_tenant,
     )
-    call.log.update(list=list_name, retracted=count)
-    return signals_pb2.RetractResponse(retracted=count)
+    missing = host.engine.store.missing_targets(
+        list_name=list_name,
+        hashes=hashes,
+        signal_ids=list(request.signal_ids),
+        tenant=call.principal.engine_tenant,
+    )
+    call.log.update(list=list_name, retracted=count, not_found=len(missing))
+    return signals_pb2.RetractResponse(
+        retracted=count, not_found=missing[:MAX_NOT_FOUND_LISTED], not_found_total=len(missing)
+    )
 
 
 def list_hash_lists(engine, tenant: str | None) -> list[signals_pb2.HashList]:

@@ -52,6 +52,10 @@ def test_lists_ingest_match_retract_restore(run, tmp_path):
         "retracted 1 signal(s)" in run("retract", "--list", "partner", H0, "--reason", "x").output
     )
     assert "0 match(es)" in run("match", H0).output
+    typo = "22" * 32
+    missed = run("retract", "--list", "partner", typo, "--id", "999", "--external-id", "nope")
+    assert "retracted 0 signal(s) in 'partner' (3 requested)" in missed.stdout
+    assert f"not in 'partner': pdq:{typo}, id 999, external id nope" in missed.stderr
     assert H0 in run("retracted").output
     assert "restored 1 signal(s)" in run("restore", "--list", "partner", H0).output
     assert "1 match(es)" in run("match", H0).output

@@ -213,6 +213,12 @@ def test_retract_and_list_hash_lists(ops):
     )
     assert not ops.match([("pdq", hexes[1])], lists=["retract-me"]).results[0].matches
     assert ops.match([("pdq", hexes[0])], lists=["retract-me"]).results[0].matches
+    unknown = "ab" * 32  # a typo: no signal of the list; retracting it is not an error
+    reply = ops.retract("retract-me", hashes=[("pdq", hexes[1]), ("pdq", unknown)],
+                        signal_ids=[10**12])  # fmt: skip
+    assert reply.retracted == 0  # hexes[1] was already retracted: found, not counted again
+    assert list(reply.not_found) == [f"pdq:{unknown}", f"id {10**12}"]
+    assert reply.not_found_total == 2
     names = {item.name: item for item in ops.list_hash_lists().lists}
     assert "retract-me" in names
 

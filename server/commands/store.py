@@ -288,9 +288,17 @@ def _retract_like(restore: bool):
                 n = engine.store.retract(list_name=list_name, hashes=targets, signal_ids=ids,
                                          external_ids=external_ids, reason=reason,
                                          actor=actor)  # fmt: skip
+            missing = engine.store.missing_targets(
+                list_name=list_name, hashes=targets, signal_ids=ids, external_ids=external_ids
+            )
         asked = len(targets) + len(ids) + len(external_ids)
         verb = "restored" if restore else "retracted"
         click.echo(f"{verb} {n} signal(s) in {list_name!r} ({asked} requested)")
+        if missing:  # on stderr: stdout keeps its one summary line
+            shown = ", ".join(missing[:20]) + (
+                f" and {len(missing) - 20} more" if len(missing) > 20 else ""
+            )
+            click.echo(f"not in {list_name!r}: {shown}", err=True)
 
     return command
 
