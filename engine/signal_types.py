@@ -9,13 +9,14 @@ python-threatexchange, HMA, pdqhash and imagehash print is exactly the packed co
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from hashmatch.engine.errors import InvalidHash, InvalidThreshold, UnknownSignalType
+from hashmatch.engine.errors import InvalidHash, InvalidInput, InvalidThreshold, UnknownSignalType
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
 
@@ -160,3 +161,48 @@ MD5 = register(
 SHA256 = register(
     SignalType("sha256", 256, 0, 0, "bytes", exact=True, description="SHA-256 of the file bytes")
 )
+
+
+def check_frame_extras(
+    count: int,
+    qualities: Sequence | None,
+    timestamps: Sequence | None,
+    *,
+    field: str = "",
+    qualities_name: str = "frame_qualities",
+) -> None:
+    """A vPDQ video's per-frame qualities (integers 0..100) and timestamps (finite
+    seconds >= 0): each either absent or one per frame, else InvalidInput naming the item.
+
+    Why one check for every path (gRPC, CSV/JSONL, vPDQ text, the store itself): the
+    store keeps what it is given, and a quality of 500 or a NaN timestamp would then
+    skew every later vPDQ match percentage without any error to trace it to.
+    """
+    prefix = f"{field}." if field else ""
+    for name, values in ((qualities_name, qualities), ("timestamps", timestamps)):
+        if values is not None and len(values) and len(values) != count:
+            raise InvalidInput(
+                f"{len(values)} {name} for {count} frames (give none or one per frame)",
+                field=prefix + name,
+            )
+    for j, quality in enumerate(qualities or ()):
+        if isinstance(quality, bool) or not isinstance(quality, int | np.integer):
+            raise InvalidInput(
+                f"quality must be an integer 0..100, got {quality!r}",
+                field=f"{prefix}{qualities_name}[{j}]",
+            )
+        if not 0 <= quality <= 100:
+            raise InvalidInput(
+                f"quality must be 0..100, got {quality}", field=f"{prefix}{qualities_name}[{j}]"
+            )
+    for j, seconds in enumerate(timestamps or ()):
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float | np.number):
+            raise InvalidInput(
+                f"a timestamp must be a number of seconds, got {seconds!r}",
+                field=f"{prefix}timestamps[{j}]",
+            )
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise InvalidInput(
+                f"a timestamp must be finite and >= 0, got {seconds}",
+                field=f"{prefix}timestamps[{j}]",
+            )

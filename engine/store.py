@@ -1800,6 +1800,7 @@ def _vpdq_key(rec: SignalRecord) -> bytes:
         raise InvalidHash("vpdq frames must be uint8[k, 32] PDQ codes", field="frames")
     if len(frames) >= 1 << FRAME_BITS:
         raise InvalidInput(f"too many frames ({len(frames)})", field="frames")
+    signal_types.check_frame_extras(len(frames), rec.frame_qualities, rec.timestamps)
     return video_key(frames)
 
 

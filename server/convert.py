@@ -70,16 +70,9 @@ def parse_frames(
     st = signal_types.get("vpdq")
     if not frames:
         raise InvalidInput("a video needs at least one frame", field=f"{field}.frames")
-    if qualities and len(qualities) != len(frames):
-        raise InvalidInput(
-            f"{len(qualities)} qualities for {len(frames)} frames",
-            field=f"{field}.{qualities_name}",
-        )
-    for j, quality in enumerate(qualities):
-        if not 0 <= quality <= 100:
-            raise InvalidInput(
-                f"quality must be 0..100, got {quality}", field=f"{field}.{qualities_name}[{j}]"
-            )
+    signal_types.check_frame_extras(
+        len(frames), qualities, None, field=field, qualities_name=qualities_name
+    )
     out = np.empty((len(frames), st.nbytes), np.uint8)
     for j, value in enumerate(frames):
         out[j] = st.parse(value, field=f"{field}.frames[{j}]")

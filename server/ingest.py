@@ -7,7 +7,6 @@ rejections. Either way the reply counts both and names every rejected item.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
 from hashmatch.engine import signal_types
@@ -45,14 +44,7 @@ def _video_record(signal: signals_pb2.Signal, field: str) -> SignalRecord:
     if st.name != "vpdq":
         raise InvalidInput(f"frames are for vpdq signals, not {st.name}", field=f"{field}.frames")
     frames = convert.parse_frames(signal.frames, signal.frame_qualities, field, "frame_qualities")
-    if signal.timestamps and len(signal.timestamps) != len(signal.frames):
-        raise InvalidInput("one timestamp per frame", field=f"{field}.timestamps")
-    for j, seconds in enumerate(signal.timestamps):
-        if not (math.isfinite(seconds) and seconds >= 0):
-            raise InvalidInput(
-                f"a timestamp must be finite and >= 0, got {seconds}",
-                field=f"{field}.timestamps[{j}]",
-            )
+    signal_types.check_frame_extras(len(frames), None, signal.timestamps, field=field)
     return SignalRecord(
         signal_type="vpdq",
         hash_hex="",

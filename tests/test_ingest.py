@@ -4,6 +4,7 @@ messages, strict refusal, auto-detection, streaming (batches commit before EOF).
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -108,6 +109,32 @@ def test_vpdq_file_is_one_signal_of_many_frames(engine):
     assert found[0].query_match_pct == 100.0
     # repeated frames count once (as python-threatexchange): 2 of 3 distinct frames
     assert found[0].target_match_pct == pytest.approx(200 / 3)
+
+
+def test_bad_vpdq_qualities_and_timestamps_are_refused_on_every_path(engine):
+    """The store is the last gate: a quality of 500 or a NaN timestamp would skew every
+    later vPDQ match, so the JSONL and vPDQ-text paths refuse them like gRPC does."""
+    frames = [PDQ[0], PDQ[1]]
+    good = {"signal_type": "vpdq", "frames": frames}
+    lines = [
+        {**good, "frame_qualities": [90, 500], "external_id": "q"},  # 1
+        {**good, "timestamps": [0.0, -1.0], "external_id": "t"},  # 2
+        {**good, "frame_qualities": [90], "external_id": "n"},  # 3: one for two frames
+        {**good, "frame_qualities": ["90", 90], "external_id": "s"},  # 4: not an integer
+        {**good, "frame_qualities": [90, 91], "timestamps": [0, 1.5], "external_id": "ok"},
+    ]
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    report = ingest_text(engine, text, "videos.jsonl", list_name="videos")
+    assert (report.added, report.rejected) == (1, 4)
+    got = {r.line: (r.field, r.reason) for r in report.rejections}
+    assert got[1] == ("frame_qualities[1]", "quality must be 0..100, got 500")
+    assert got[2] == ("timestamps[1]", "a timestamp must be finite and >= 0, got -1.0")
+    assert got[3][0] == "frame_qualities" and "1 frame_qualities for 2 frames" in got[3][1]
+    assert got[4][0] == "frame_qualities[0]" and "integer" in got[4][1]
+    nan_text = f"0,90,{PDQ[0]},nan\n1,90,{PDQ[1]},1.0\n"
+    nan_report = ingest_text(engine, nan_text, "nan.vpdq", list_name="videos")
+    assert nan_report.rejected == 1 and "finite" in nan_report.rejections[0].reason
+    assert [s.external_id for s in engine.store.signals(list_name="videos")] == ["ok"]
 
 
 def test_bad_lines_are_reported_with_line_numbers_and_reasons(engine):
