@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -99,7 +101,29 @@ def test_exit_status_nonzero_only_when_every_file_failed(tree: Path, tmp_path: P
     code, out = run(str(tree / "sub" / "broken.jpg"), missing)
     assert code == 1
     recs = [json.loads(line) for line in out.splitlines()]
-    assert [r["reason"] for r in recs] == ["CorruptMedia", "MediaError"]
+    assert [r["reason"] for r in recs] == ["CorruptMedia", "not-found"]
+
+
+def test_directories_follow_symlinks_and_never_open_a_fifo(tree: Path, tmp_path: Path):
+    """The walk is scan's: a linked directory is hashed, a loop reported once, and a FIFO
+    reported instead of opened (reading one blocks forever: the command used to hang)."""
+    root = tmp_path / "store"
+    root.mkdir()
+    os.mkfifo(root / "pipe.jpg")
+    (root / "linked").symlink_to(tree / "sub", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)
+    code, out = run(str(root), "--types", "md5")
+    recs = {
+        Path(r["path"]).relative_to(root).as_posix(): r for r in map(json.loads, out.splitlines())
+    }
+    assert code == 0
+    assert (
+        recs["linked/camera.jpg"]["hash"]
+        == hashlib.md5((tree / "sub" / "camera.jpg").read_bytes()).hexdigest()
+    )
+    assert recs["loop"]["reason"] == "symlink-loop"
+    assert recs["pipe.jpg"]["reason"] == "not-a-file"
+    assert str(root) in out  # paths keep the form given on the command line
 
 
 def test_unknown_type_is_a_usage_error(tree: Path):

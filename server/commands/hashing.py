@@ -21,6 +21,7 @@ import json
 import os
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -28,21 +29,29 @@ import click
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import HashmatchError, UnknownSignalType
 from hashmatch.engine.hashing import HashOptions, HashResult, hash_media
+from hashmatch.engine.scan import Entry, walk
 from hashmatch.engine.video import VIDEO_EXTENSIONS
 
 CSV_FIELDS = ("path", "type", "hash", "quality", "frame", "timestamp", "error")
 
 
-def iter_paths(paths: tuple[str, ...]) -> Iterator[str]:
-    """Files as given; directories walked (sorted, so output order is stable)."""
-    for p in paths:
-        if os.path.isdir(p):
-            for root, dirs, files in os.walk(p):
-                dirs.sort()
-                for name in sorted(files):
-                    yield os.path.join(root, name)
-        else:
-            yield p
+def iter_paths(paths: tuple[str, ...]) -> Iterator[Entry]:
+    """Files as given; directories walked in sorted order (stable output).
+
+    The walk is ``hashmatch scan``'s (:func:`hashmatch.engine.scan.walk`): directory
+    symlinks are followed with loops reported once, and FIFOs, sockets and devices are
+    reported as ``not-a-file`` instead of being opened (reading a FIFO blocks forever).
+    Paths keep the form they were given in (relative stays relative).
+    """
+    for given in paths:
+        root = os.path.abspath(given)
+        for entry in walk([given], max_bytes=sys.maxsize):  # size limits: hash_media's
+            shown = (
+                given
+                if entry.path == root
+                else os.path.join(given, os.path.relpath(entry.path, root))
+            )
+            yield replace(entry, path=shown)
 
 
 def applicable(path: str, types: list[str]) -> list[str]:
@@ -181,9 +190,12 @@ def hash_command(
     if te is not None:  # the header `hashmatch ingest` (and HMA) expect
         te.writerow(["signal_type", "signal_value"])
     files = failed = 0
-    for path in iter_paths(paths):
+    for entry in iter_paths(paths):
         files += 1
-        records = hash_one(path, types, options)
+        if entry.reason is not None:  # the walk already knows: not a file, loop, no access
+            records = [_error(entry.path, entry.error or entry.reason, entry.reason)]
+        else:
+            records = hash_one(entry.path, types, options)
         if any("error" in r for r in records):
             failed += 1
         for rec in records:
