@@ -29,7 +29,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -889,6 +889,7 @@ class SignalStore:
             good, keys = [], []
             for position, rec in items:
                 try:
+                    rec = _frames_from_value(rec)
                     keys.append(_vpdq_key(rec))
                     good.append((position, rec))
                 except InvalidInput as exc:
@@ -1789,6 +1790,23 @@ def _parse_code(st: signal_types.SignalType, value: str, *, field: str = "hash")
             return raw
     st.parse(text, field=field)  # raises the precise InvalidHash
     raise InvalidHash(f"{st.name} hash {text!r} does not parse", field=field)
+
+
+def _frames_from_value(rec: SignalRecord) -> SignalRecord:
+    """A vPDQ record whose value is python-threatexchange's serialized frame list (a CSV
+    or JSONL ``signal_value`` such as HMA exports) -> the same record with its frames."""
+    if rec.frames is not None or not (rec.hash_hex or "").lstrip().startswith("["):
+        return rec
+    from hashmatch.engine.video import parse_vpdq_json  # cv2 only when such a row comes
+
+    video = parse_vpdq_json(rec.hash_hex)
+    return replace(
+        rec,
+        hash_hex="",
+        frames=video.codes,
+        frame_qualities=video.qualities,
+        timestamps=video.timestamps,
+    )
 
 
 def _vpdq_key(rec: SignalRecord) -> bytes:

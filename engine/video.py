@@ -21,6 +21,7 @@ Compatible with Meta's vpdq (facebook/ThreatExchange ``vpdq/``) and python-threa
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -301,6 +302,42 @@ def parse_vpdq(text: str | Iterable[str]) -> VideoHash:
     if not codes:
         raise InvalidInput("no frame lines", field="vpdq")
     return VideoHash(np.stack(codes), qualities, numbers, stamps)
+
+
+def parse_vpdq_json(text: str) -> VideoHash:
+    """python-threatexchange's serialized vPDQ (``vpdq_to_json``): a JSON list of
+    ``"hex,quality,timestamp"`` strings, one per frame.
+
+    Why: it is the ``signal_value`` of vPDQ rows in ThreatExchange/HMA CSV exports and
+    what ``hashmatch hash --format te`` writes, so such a file ingests as it is.
+    Ranges (quality 0..100, timestamp >= 0) are the store's check, as for every path.
+    """
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"vpdq value is not a JSON list: {exc.msg}", field="signal_value"
+        ) from None
+    if not isinstance(items, list) or not items:
+        raise InvalidInput(
+            "vpdq value must be a non-empty JSON list of 'hex,quality,timestamp'",
+            field="signal_value",
+        )
+    codes, qualities, stamps = [], [], []
+    for j, item in enumerate(items):
+        parts = item.split(",") if isinstance(item, str) else []
+        try:
+            if len(parts) != 3 or len(parts[0].strip()) != 64:
+                raise ValueError
+            codes.append(np.frombuffer(bytes.fromhex(parts[0].strip()), np.uint8))
+            qualities.append(int(parts[1]))
+            stamps.append(float(parts[2]))
+        except ValueError:
+            raise InvalidInput(
+                f"frame {j}: expected '<64 hex>,quality,timestamp', got {str(item)[:80]!r}",
+                field=f"signal_value[{j}]",
+            ) from None
+    return VideoHash(np.stack(codes), qualities, list(range(len(codes))), stamps)
 
 
 # ---------------------------------------------------------------- matching

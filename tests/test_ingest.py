@@ -3,6 +3,7 @@ messages, strict refusal, auto-detection, streaming (batches commit before EOF).
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 
@@ -109,6 +110,28 @@ def test_vpdq_file_is_one_signal_of_many_frames(engine):
     assert found[0].query_match_pct == 100.0
     # repeated frames count once (as python-threatexchange): 2 of 3 distinct frames
     assert found[0].target_match_pct == pytest.approx(200 / 3)
+
+
+def test_threatexchange_vpdq_csv_rows_ingest_as_videos(engine):
+    """HMA/ThreatExchange CSV (and ``hashmatch hash --format te``) carry a vPDQ signal as
+    python-threatexchange's JSON list of 'hex,quality,timestamp': one video signal."""
+    # vpdq_util.VpdqCompactFeature.__str__ (its module needs the vpdq wheel): "{:.3}" is 3
+    # significant digits, so long videos' timestamps come as e.g. "1.23e+03"
+    stamps_in = [0.0, 1.0, 1234.5]
+    value = json.dumps(
+        [f"{h},{80 + i},{t:.3}" for i, (h, t) in enumerate(zip(PDQ, stamps_in, strict=True))]
+    )
+    rows = [["signal_type", "signal_value"], ["vpdq", value], ["vpdq", '["abc,1,0.0"]']]
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    report = ingest_text(engine, buf.getvalue(), "te.csv", list_name="videos")
+    assert (report.added, report.rejected) == (1, 1)
+    (bad,) = report.rejections
+    assert (bad.line, bad.field) == (3, "signal_value[0]") and "64 hex" in bad.reason
+    (sig,) = engine.store.signals(list_name="videos")
+    codes, qualities, stamps = engine.store.frames(sig.id)
+    assert [c.tobytes().hex() for c in codes] == PDQ
+    assert qualities == [80, 81, 82] and stamps == [0.0, 1.0, 1230.0]
 
 
 def test_bad_vpdq_qualities_and_timestamps_are_refused_on_every_path(engine):
