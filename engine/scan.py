@@ -720,6 +720,10 @@ class ScanSummary:
         return {k: v for k, v in self.__dict__.items()}
 
 
+#: 27 h 46 min of video at vPDQ's default one hash a second.
+SCAN_MAX_VIDEO_FRAMES = 100_000
+
+
 @dataclass
 class ScanOptions:
     types: tuple[str, ...] = DEFAULT_TYPES
@@ -729,6 +733,10 @@ class ScanOptions:
     chunk: int = 4  # files per worker task
     follow_symlinks: bool = True
     max_bytes: int = DEFAULT_MAX_BYTES
+    # vPDQ sampled frames per video. Higher than DecodeLimits' 10_000 (2 h 46 min at one
+    # hash a second), which guards the server against uploads: a scan reads the
+    # platform's own store, where films and stream recordings run longer.
+    max_video_frames: int = SCAN_MAX_VIDEO_FRAMES
     dihedral: bool = False
     # PDQ from JPEG luma (1), also shrunk in the DCT domain (2): HashOptions.fast_decode.
     # Faster, not pdqhash-identical; files hashed so are re-hashed by an exact scan.
@@ -753,7 +761,7 @@ class Scanner:
             dihedral=options.dihedral,
             dihedral_exact=True,  # each orientation hashed: flips land 0-2 bits away
             fast_decode=options.fast_decode,
-            limits=DecodeLimits(max_bytes=options.max_bytes),
+            limits=DecodeLimits(max_bytes=options.max_bytes, max_frames=options.max_video_frames),
         )
         self.summary = ScanSummary()
         self._reasons: Counter[str] = Counter()

@@ -65,3 +65,27 @@ def test_videos_scan_with_vpdq_and_rescan_finds_a_newly_shared_video(reference_d
     assert new.target_match_pct > 0 and new.distance <= 31
     assert catalog.counter("hash_calls") == calls
     catalog.close()
+
+
+def test_scan_video_frame_limit_is_its_own_and_set_by_option(reference_dir, tmp_path):
+    """The server's 10k sampled frames (2 h 46 min at 1/s) would refuse films in a store
+    scan; the scan has its own limit (100k), and a video over it is a recorded failure."""
+    from click.testing import CliRunner
+
+    from hashmatch.engine.decode import DEFAULT_LIMITS
+    from hashmatch.server.cli import cli
+
+    assert ScanOptions().max_video_frames == 100_000 > DEFAULT_LIMITS.max_frames
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    shutil.copy(reference_dir / "videos" / "pattern-sd-grey-bar.mp4", tree / "long.mp4")
+    report = tmp_path / "r.jsonl"
+    result = CliRunner().invoke(
+        cli,
+        ["scan", str(tree), "--types", "vpdq", "--no-match", "--workers", "0",
+         "--catalog", str(tmp_path / "c.sqlite"), "--out", str(report),
+         "--max-video-frames", "2", "--no-progress"],
+    )  # fmt: skip
+    (failure,) = [json.loads(x) for x in report.read_text().splitlines() if '"failure"' in x]
+    assert failure["file"] == str(tree / "long.mp4"), result.output
+    assert "2-frame limit" in failure["error"]

@@ -81,6 +81,13 @@ def _print_summary(summary: dict) -> None:
 @click.option(
     "--max-bytes", default=256 * 1024 * 1024, show_default=True, help="Skip larger files."
 )
+@click.option(
+    "--max-video-frames",
+    type=click.IntRange(min=1),
+    default=100_000,
+    show_default=True,
+    help="vPDQ: refuse videos with more sampled frames (100k = 27 h at one a second).",
+)
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links.")
 @click.option("--no-match", is_flag=True, help="Only hash into the catalog; no lookups.")
 @click.option(
@@ -106,6 +113,7 @@ def scan_command(
     fast_decode,
     fast_decode_shrink,
     max_bytes,
+    max_video_frames,
     no_follow_symlinks,
     no_match,
     progress,
@@ -136,6 +144,7 @@ def scan_command(
                 batch_size=batch_size,
                 follow_symlinks=not no_follow_symlinks,
                 max_bytes=max_bytes,
+                max_video_frames=max_video_frames,
                 dihedral=dihedral,
                 fast_decode=2 if fast_decode_shrink else int(fast_decode),
                 progress=progress,
