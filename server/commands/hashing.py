@@ -27,9 +27,10 @@ from pathlib import Path
 import click
 
 from hashmatch.engine import signal_types
+from hashmatch.engine.decode import DecodeLimits
 from hashmatch.engine.errors import HashmatchError, UnknownSignalType
 from hashmatch.engine.hashing import HashOptions, HashResult, hash_media
-from hashmatch.engine.scan import Entry, walk
+from hashmatch.engine.scan import SCAN_MAX_VIDEO_FRAMES, Entry, walk
 from hashmatch.engine.video import VIDEO_EXTENSIONS
 
 CSV_FIELDS = ("path", "type", "hash", "quality", "frame", "timestamp", "error")
@@ -180,6 +181,8 @@ def hash_command(
         all_frames=all_frames,
         reference_resize=reference_resize,
         seconds_per_hash=seconds,
+        # local files, as scan: the server's 10k-frame upload guard would refuse films
+        limits=DecodeLimits(max_frames=SCAN_MAX_VIDEO_FRAMES),
     )
     out = sys.stdout
     writer = None
