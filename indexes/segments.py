@@ -139,8 +139,8 @@ def load_npy(path: Path, mmap: bool) -> np.ndarray:
 # read outside them (garbage or SIGSEGV). Every check is one vectorised O(n) pass.
 
 
-def check_ids(ids: np.ndarray) -> int:
-    """ids.npy must be int64[n]; returns n."""
+def check_stored_ids(ids: np.ndarray) -> int:
+    """A loaded ids.npy must be int64[n]; returns n (input ids: ``base.check_ids``)."""
     if ids.dtype != np.int64 or ids.ndim != 1:
         raise ValueError(f"ids.npy: expected int64[n], got {ids.dtype} {ids.shape}")
     return len(ids)
@@ -188,7 +188,7 @@ class ScanSegment(Segment):
     def load(cls, directory, meta, bits, mmap):
         ids = load_npy(directory / "ids.npy", mmap)
         words = load_npy(directory / "words.npy", mmap)
-        check_words(words, check_ids(ids), bits)
+        check_words(words, check_stored_ids(ids), bits)
         return cls(words, ids, bits)
 
 
@@ -258,7 +258,7 @@ class FlatSegment(Segment):
     @classmethod
     def load(cls, directory, meta, bits, mmap):
         ids = load_npy(directory / "ids.npy", mmap)
-        n = check_ids(ids)
+        n = check_stored_ids(ids)
         flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
         index = faiss.read_index_binary(str(directory / "flat.faissindex"), flags)
         if (
@@ -471,7 +471,7 @@ class MIHSegment(Segment):
             or rows.shape != (len(widths) - ident, len(ids))
         ):
             raise ValueError("MIH tables do not match their codes")
-        n = check_ids(ids)
+        n = check_stored_ids(ids)
         check_words(words, n, bits)
         check_mih_tables(offsets, rows, n, widths, shifts, ident, rb)
         return cls(words, ids, bits, widths, offsets, rows, ident, shifts, rb)
@@ -571,7 +571,7 @@ class ExactSegment(Segment):
         words = load_npy(directory / "words.npy", mmap)
         skeys = load_npy(directory / "skeys.npy", mmap)
         order = load_npy(directory / "order.npy", mmap)
-        n = check_ids(ids)
+        n = check_stored_ids(ids)
         check_words(words, n, bits)
         check_exact_table(words, skeys, order, n)
         return cls(words, ids, bits, skeys, order)
