@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.decode import DecodeLimits, decompression_bomb_error
+from hashmatch.engine.decode import DecodeLimits
 from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, MediaTooLarge
 from hashmatch.engine.hashing import HashOptions, hash_media
 from hashmatch.engine.matcher import LOW_QUALITY_MATCH_QUALITY_STORED, LOW_QUALITY_SKIP
@@ -111,40 +111,16 @@ def hash_options(
     )
 
 
-def check_pixels(data: bytes, limit: int) -> None:
-    """Refuse an image whose header declares more than ``limit`` pixels, before decoding.
+def _media_job(fn: Callable, index: int, field: str = "media") -> Callable:
+    """Run ``fn``, labelling media errors with the item's index.
 
-    A cheap guard (Pillow reads only the header) so the limit holds whatever the
-    decoder does; bytes Pillow cannot identify are left to the decoder to judge.
+    The pixel limit needs no check here: decoding refuses an image whose header
+    declares more than ``max_media_pixels`` before any pixel is decoded (and a request
+    for MD5/SHA-256 only never decodes, so a pixel bomb's digest is still answered).
     """
-    import io
-    import warnings
-
-    from PIL import Image
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
-                width, height = im.size
-    except Image.DecompressionBombError as exc:
-        raise decompression_bomb_error(exc, limit) from None
-    except Exception:
-        return
-    if width * height > limit:
-        raise MediaTooLarge(
-            f"image is {width}x{height} = {width * height:,} pixels, over the {limit:,} limit"
-        )
-
-
-def _media_job(
-    fn: Callable, index: int, data: bytes, max_pixels: int, field: str = "media"
-) -> Callable:
-    """Check the pixel limit, run ``fn``, and label media errors with the item's index."""
 
     def job():
         try:
-            check_pixels(data, max_pixels)
             return fn()
         except MediaError as exc:
             raise type(exc)(exc.message, field=f"{field}[{index}]") from None
@@ -264,8 +240,6 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
                     low_quality_queries=low_quality,
                 ),
                 i,
-                item,
-                config.max_media_pixels,
             )
             for i, item in enumerate(request.media)
         ]
@@ -360,8 +334,6 @@ def hash_only(host: ServiceHost, request: matcher_pb2.HashRequest, call: Call):
         _media_job(
             functools.partial(hash_media, bytes(item), types, options),
             i,
-            item,
-            host.config.max_media_pixels,
         )
         for i, item in enumerate(request.media)
     ]

@@ -6,6 +6,7 @@ a writer, an outsider); each test seeds what it needs through the public API.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import threading
@@ -338,6 +339,10 @@ def test_a_pixel_bomb_is_refused_naming_the_configured_limit(strict):
     assert _code(err) is grpc.StatusCode.INVALID_ARGUMENT
     assert "4000000-pixel limit" in err.value.details().replace(",", ""), err.value.details()
     assert "178956970" not in err.value.details()  # not Pillow's own cap
+    # Only digests asked for: nothing is decoded, so the file's MD5 is answered.
+    bomb = _png_header_claiming(100_000, 100_000)
+    (item,) = client.hash([bomb], ["md5"]).items
+    assert list(item.hashes[0].hex) == [hashlib.md5(bomb).hexdigest()]
 
 
 def test_a_reply_over_the_message_limit_is_refused_with_what_to_change(strict):
