@@ -73,17 +73,31 @@ class TokenAuth:
 
     @classmethod
     def from_mapping(cls, data: Mapping) -> TokenAuth:
+        """Parse a tokens file strictly: a typo must fail loudly, not grant or lose access.
+
+        Why: the file is security configuration. ``all_lists = "false"`` read as
+        truthy, a misspelt ``role`` key silently meant the default role, and a digest
+        under two tenants let the last one win; each is refused naming the tenant.
+        """
+        unknown_top = sorted(set(data) - {"tenants"})
+        if unknown_top:
+            raise InvalidInput(
+                f"unknown table(s) {unknown_top}: tenants go under [tenants.NAME]",
+                field="tenants",
+            )
+        tenants = data.get("tenants") or {}
+        if not isinstance(tenants, Mapping):
+            raise InvalidInput("must be tables [tenants.NAME]", field="tenants")
         by_digest: dict[str, Principal] = {}
-        for name, entry in (data.get("tenants") or {}).items():
-            roles = frozenset(entry.get("roles", ["match"]))
-            bad = sorted(roles - set(ROLES))
-            if bad:
-                raise InvalidInput(f"unknown role(s) {bad} for tenant {name!r}", field="roles")
-            principal = Principal(name, roles, bool(entry.get("all_lists", False)))
-            for digest in entry.get("tokens_sha256", []):
-                digest = digest.strip().lower()
-                if len(digest) != 64:
-                    raise InvalidInput(f"tenant {name!r}: not a SHA-256 hex digest", field="tokens")
+        for name, entry in tenants.items():
+            principal, digests = _parse_tenant(name, entry)
+            for digest in digests:
+                held = by_digest.get(digest)
+                if held is not None and held.tenant != name:
+                    raise InvalidInput(
+                        f"tenant {name!r} has a token digest tenant {held.tenant!r} has too",
+                        field="tokens_sha256",
+                    )
                 by_digest[digest] = principal
         return cls(by_digest)
 
@@ -114,11 +128,68 @@ class TokenAuth:
         return found
 
 
+TENANT_KEYS = ("tokens_sha256", "roles", "all_lists")
+_HEX = frozenset("0123456789abcdef")
+
+
+def _parse_tenant(name: str, entry: object) -> tuple[Principal, list[str]]:
+    """One ``[tenants.NAME]`` table -> its principal and normalised token digests."""
+    if not name or not isinstance(entry, Mapping):
+        raise InvalidInput(f"tenant {name!r}: not a [tenants.NAME] table", field="tenants")
+    unknown = sorted(set(entry) - set(TENANT_KEYS))
+    if unknown:
+        raise InvalidInput(
+            f"tenant {name!r}: unknown key(s) {unknown} (known: {', '.join(TENANT_KEYS)})",
+            field="tenants",
+        )
+    roles = _string_list(name, entry, "roles", ["match"])
+    bad = sorted(set(roles) - set(ROLES))
+    if bad:
+        raise InvalidInput(f"unknown role(s) {bad} for tenant {name!r}", field="roles")
+    all_lists = entry.get("all_lists", False)
+    if not isinstance(all_lists, bool):  # bool("false") is True: only a TOML boolean
+        raise InvalidInput(
+            f"must be true or false (unquoted) for tenant {name!r}, got {all_lists!r}",
+            field="all_lists",
+        )
+    digests = []
+    for digest in _string_list(name, entry, "tokens_sha256", []):
+        digest = digest.strip().lower()
+        if len(digest) != 64 or not _HEX.issuperset(digest):
+            raise InvalidInput(
+                f"not a SHA-256 hex digest (64 hex digits) for tenant {name!r}",
+                field="tokens_sha256",
+            )
+        digests.append(digest)
+    return Principal(name, frozenset(roles), all_lists), digests
+
+
+def _string_list(name: str, entry: Mapping, key: str, default: list[str]) -> list[str]:
+    """``entry[key]`` as a list of strings (a bare string would iterate as letters)."""
+    value = entry.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(
+            f'must be a list of strings, e.g. ["..."], for tenant {name!r}, got {value!r}',
+            field=key,
+        )
+    return value
+
+
+def toml_key(name: str) -> str:
+    """``name`` as a quoted TOML key (a basic string): a name holding '.', ' ' or ']'
+    stays one key instead of making nested tables or invalid TOML."""
+    if not name:
+        raise InvalidInput("must not be empty", field="tenant")
+    if any(ord(c) < 0x20 or c == "\x7f" for c in name):
+        raise InvalidInput(f"control characters are not allowed: {name!r}", field="tenant")
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def tenant_entry(name: str, token: str, roles: Iterable[str], *, all_lists: bool = False) -> str:
     """TOML text for one tenant holding ``token`` (stored hashed)."""
     role_list = ", ".join(f'"{r}"' for r in roles)
     return (
-        f"[tenants.{name}]\n"
+        f"[tenants.{toml_key(name)}]\n"
         f'tokens_sha256 = ["{hash_token(token)}"]\n'
         f"roles = [{role_list}]\n"
         f"all_lists = {'true' if all_lists else 'false'}\n"

@@ -84,3 +84,67 @@ def test_error_mapping(exc, code):
         assert status.details[0].Unpack(bad)
         assert bad.field_violations[0].field == errors.field_path(exc)
     assert errors.field_path(engine_errors.InvalidHash("x", field="hashes", index=2)) == "hashes[2]"
+
+
+DIGEST = auth.hash_token("s3cret")
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        # a string is truthy: it used to grant every list
+        (f'[tenants.acme]\ntokens_sha256 = ["{DIGEST}"]\nall_lists = "false"\n', "all_lists"),
+        (f'[tenants.acme]\ntokens_sha256 = ["{DIGEST}"]\nrole = ["admin"]\n', "'role'"),
+        (f'[tenants.acme]\ntoken_sha256 = ["{DIGEST}"]\n', "'token_sha256'"),
+        (f'[tenant.acme]\ntokens_sha256 = ["{DIGEST}"]\n', "tenant"),
+        (f'[tenants.acme]\ntokens_sha256 = ["{"g" * 64}"]\n', "tokens_sha256"),
+        (f'[tenants.acme]\ntokens_sha256 = "{DIGEST}"\n', "tokens_sha256"),
+        (f'[tenants.acme]\ntokens_sha256 = ["{DIGEST}"]\nroles = "admin"\n', "roles"),
+        (
+            f'[tenants.acme]\ntokens_sha256 = ["{DIGEST}"]\n'
+            f'[tenants.evil]\ntokens_sha256 = ["{DIGEST.upper()}"]\nroles = ["admin"]\n',
+            "'acme'",
+        ),
+        ('tenants = ["acme"]\n', "tenants"),
+    ],
+)
+def test_tokens_file_typos_are_refused_naming_the_tenant_and_key(tmp_path, text, named):
+    path = tmp_path / "auth.toml"
+    path.write_text(text)
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        auth.TokenAuth.from_file(path)
+    assert named in str(err.value)
+    if "tenants.acme" in text or "tenants.evil" in text:
+        assert "'acme'" in str(err.value) or "'evil'" in str(err.value)
+
+
+def test_tokens_file_documented_forms_still_load(tmp_path):
+    path = tmp_path / "auth.toml"
+    path.write_text(
+        "# comment\n"
+        f'[tenants.acme]\ntokens_sha256 = ["{DIGEST}", "{DIGEST}"]\n'
+        'roles = ["match", "write"]\nall_lists = false\n'
+        f'[tenants.ops]\ntokens_sha256 = ["{auth.hash_token("other").upper()}"]\n'
+        "all_lists = true\n"
+        "[tenants.empty]\n"
+    )
+    table = auth.TokenAuth.from_file(path)
+    assert len(table) == 2
+    acme = table.authenticate([("authorization", "Bearer s3cret")])
+    assert acme.roles == {"match", "write"} and not acme.all_lists
+    ops = table.authenticate([("authorization", "Bearer other")])
+    assert ops.all_lists and ops.roles == {"match"}
+
+
+@pytest.mark.parametrize("name", ["a.b", "my tenant", 'quo"te\\back]', "naïve"])
+def test_tenant_entry_quotes_the_name_as_one_key(tmp_path, name):
+    path = tmp_path / "auth.toml"
+    path.write_text(auth.tenant_entry(name, "s3cret", ["match"]))
+    principal = auth.TokenAuth.from_file(path).authenticate([("authorization", "Bearer s3cret")])
+    assert principal.tenant == name
+
+
+@pytest.mark.parametrize("name", ["", "line\nbreak"])
+def test_tenant_entry_refuses_empty_or_control_characters(name):
+    with pytest.raises(engine_errors.InvalidInput, match="tenant"):
+        auth.tenant_entry(name, "s3cret", ["match"])
