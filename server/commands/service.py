@@ -125,7 +125,12 @@ def serve(config_file: str | None, **flags: Any) -> None:
             err=True,
         )
     else:
-        token = auth_mod.bootstrap_admin(config.auth_path)
+        try:
+            token = auth_mod.bootstrap_admin(config.auth_path)
+        except OSError as exc:
+            raise click.ClickException(
+                f"{config.auth_path}: cannot create the tokens file: {exc}"
+            ) from None
         if token:
             click.echo(
                 f"created {config.auth_path} with an admin token (shown once; also saved to "
@@ -190,14 +195,23 @@ def serve(config_file: str | None, **flags: Any) -> None:
 @click.option(
     "--auth-file",
     type=click.Path(dir_okay=False),
-    default=lambda: (
-        os.environ.get("HASHMATCH_AUTH_FILE")
-        or str(Path(os.environ.get("HASHMATCH_DATA_DIR", "./hashmatch-data")) / "auth.toml")
-    ),
-    show_default="$HASHMATCH_AUTH_FILE, else $HASHMATCH_DATA_DIR/auth.toml, else "
-    "./hashmatch-data/auth.toml",
+    default=None,
+    help="Default: the tokens file `hashmatch serve` reads with the same --config and "
+    "environment (auth_file, else <data_dir>/auth.toml; else ./hashmatch-data/auth.toml).",
 )
-def token(tenant: str, roles: tuple[str, ...], all_lists: bool, auth_file: str) -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="The server's TOML config file (default $HASHMATCH_CONFIG).",
+)
+def token(
+    tenant: str,
+    roles: tuple[str, ...],
+    all_lists: bool,
+    auth_file: str | None,
+    config_file: str | None,
+) -> None:
     """Create a token for TENANT, store its SHA-256 in the tokens file, print the token once.
 
     \b
@@ -209,23 +223,50 @@ def token(tenant: str, roles: tuple[str, ...], all_lists: bool, auth_file: str) 
 
     from hashmatch.server.auth import bootstrap_admin, tenant_entry
 
-    path = Path(auth_file)
-    admin = bootstrap_admin(path)  # a new file gets the admin `hashmatch serve` would create
-    if admin:
-        click.echo(
-            f"created {path} with an admin token (saved to {path.parent / 'admin.token'})",
-            err=True,
-        )
-    existing = tomllib.loads(path.read_text()) if path.exists() else {}
-    if tenant in (existing.get("tenants") or {}):
-        raise click.ClickException(
-            f"tenant {tenant!r} already exists in {path}; add a digest to its tokens_sha256 by hand"
-        )
+    if not tenant.strip():
+        raise click.ClickException(f"not a tenant name: {tenant!r}")
+    path = _token_file(auth_file, config_file)
     new = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fh.write("\n" + tenant_entry(tenant, new, roles, all_lists=all_lists))
+    try:
+        entry = tenant_entry(tenant, new, roles, all_lists=all_lists)
+        admin = bootstrap_admin(path)  # a new file gets the admin `hashmatch serve` would create
+        if admin:
+            click.echo(
+                f"created {path} with an admin token (saved to {path.parent / 'admin.token'})",
+                err=True,
+            )
+        existing = tomllib.loads(path.read_text())
+        if tenant in (existing.get("tenants") or {}):
+            raise click.ClickException(
+                f"tenant {tenant!r} already exists in {path}; add a digest to its "
+                "tokens_sha256 by hand"
+            )
+        with path.open("a") as fh:
+            fh.write("\n" + entry)
+    except tomllib.TOMLDecodeError as exc:
+        raise click.ClickException(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc}") from None
+    except HashmatchError as exc:
+        raise click.ClickException(str(exc)) from None
     click.echo(new)
+
+
+def _token_file(auth_file: str | None, config_file: str | None) -> Path:
+    """The tokens file `hashmatch serve` would read: an explicit --auth-file, else the
+    config file's and environment's ``auth_file`` / ``data_dir`` (as serve resolves them).
+
+    Why: a token written to ./hashmatch-data/auth.toml while the server reads the
+    file its config names is a token that never works, with nothing saying why.
+    """
+    if auth_file:
+        return Path(auth_file)
+    from hashmatch.server import config as config_mod
+
+    try:
+        return config_mod.load(config_file).auth_path
+    except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 # -- remote -----------------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""What an operator runs to set a server up: ``hashmatch token``, ``hashmatch serve``
+start-up checks, SIGHUP reloads, and ``hashmatch remote`` connection options."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+
+import pytest
+from click.testing import CliRunner
+
+from hashmatch.server import auth
+from hashmatch.server.cli import cli
+
+SERVE = "from hashmatch.server.cli import main; main()"  # cli.py has no __main__
+
+
+def _token(*args: str, env: dict[str, str] | None = None):
+    env = {"HASHMATCH_CONFIG": None, "HASHMATCH_DATA_DIR": None, "HASHMATCH_AUTH_FILE": None,
+           **(env or {})}  # fmt: skip
+    return CliRunner().invoke(cli, ["token", *args], env=env)
+
+
+def _tenant(path, token: str) -> auth.Principal:
+    return auth.TokenAuth.from_file(path).authenticate([("authorization", f"Bearer {token}")])
+
+
+@pytest.mark.parametrize("name", ["a.b", "my tenant", 'x"]y'])
+def test_token_for_an_awkward_tenant_name_stays_one_tenant(tmp_path, name):
+    path = tmp_path / "auth.toml"
+    made = _token(name, "--auth-file", str(path))
+    assert made.exit_code == 0, made.output
+    assert _tenant(path, made.stdout.strip()).tenant == name
+    assert name in tomllib.loads(path.read_text())["tenants"]
+    again = _token(name, "--auth-file", str(path))  # the duplicate check sees the quoted key
+    assert again.exit_code == 1 and "already exists" in again.output
+
+
+@pytest.mark.parametrize("name", ["", "  ", "new\nline"])
+def test_token_refuses_an_empty_or_control_character_name(tmp_path, name):
+    made = _token(name, "--auth-file", str(tmp_path / "auth.toml"))
+    assert made.exit_code == 1 and "Traceback" not in made.output
+    assert "tenant" in made.output and len(made.output.strip().splitlines()) == 1
+    assert not (tmp_path / "auth.toml").exists()
+
+
+def test_token_on_a_broken_or_unwritable_file_is_one_line(tmp_path):
+    broken = tmp_path / "auth.toml"
+    broken.write_text("[tenants.my tenant]\n")  # what an unquoted name used to write
+    made = _token("acme", "--auth-file", str(broken))
+    assert made.exit_code == 1 and "Traceback" not in made.output, made.output
+    assert str(broken) in made.output and len(made.output.strip().splitlines()) == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("")  # a file where the data directory should be
+    made = _token("acme", "--auth-file", str(blocker / "auth.toml"))
+    assert made.exit_code == 1 and "Traceback" not in made.output, made.output
+    assert "auth.toml" in made.output and len(made.output.strip().splitlines()) == 1
+
+
+def test_token_writes_the_file_the_config_names(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the old default ./hashmatch-data would land
+    data = tmp_path / "srv-data"
+    config = tmp_path / "hm.toml"
+    config.write_text(f'[server]\ndata_dir = "{data}"\n')
+    made = _token("acme", env={"HASHMATCH_CONFIG": str(config)})
+    assert made.exit_code == 0, made.output
+    assert _tenant(data / "auth.toml", made.stdout.strip()).tenant == "acme"
+    assert not (tmp_path / "hashmatch-data").exists()
+    custom = tmp_path / "tokens.toml"
+    config.write_text(f'data_dir = "{data}"\nauth_file = "{custom}"\n')
+    made = _token("beta", "--config", str(config))
+    assert made.exit_code == 0, made.output
+    assert _tenant(custom, made.stdout.strip()).tenant == "beta"
+    made = _token("gamma", "--config", str(tmp_path / "missing.toml"))
+    assert made.exit_code == 1 and "missing.toml" in made.output
+
+
+def _serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``hashmatch serve`` in a child process, for start-up failures (it exits)."""
+    return subprocess.run(
+        [sys.executable, "-c", SERVE, "serve", "--listen", "127.0.0.1:0", "--metrics-port",
+         "-1", *args],
+        capture_output=True, text=True, timeout=timeout,
+        env={k: v for k, v in os.environ.items() if not k.startswith("HASHMATCH_")},
+    )  # fmt: skip
+
+
+def _one_line_error(done: subprocess.CompletedProcess, *expected: str) -> None:
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, done.stderr
+    for text in expected:
+        assert text in lines[0], done.stderr
+
+
+def test_serve_with_an_unwritable_tokens_location_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = _serve("--data-dir", str(tmp_path / "d"), "--auth-file", str(blocker / "auth.toml"))
+    _one_line_error(done, "auth.toml", "cannot create the tokens file")
