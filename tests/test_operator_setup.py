@@ -4,8 +4,12 @@ start-up checks, SIGHUP reloads, and ``hashmatch remote`` connection options."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 import tomllib
 
 import pytest
@@ -13,6 +17,7 @@ from click.testing import CliRunner
 
 from hashmatch.server import auth
 from hashmatch.server.cli import cli
+from hashmatch.server.client import HashmatchClient
 
 SERVE = "from hashmatch.server.cli import main; main()"  # cli.py has no __main__
 
@@ -83,7 +88,7 @@ def _serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         [sys.executable, "-c", SERVE, "serve", "--listen", "127.0.0.1:0", "--metrics-port",
          "-1", *args],
         capture_output=True, text=True, timeout=timeout,
-        env={k: v for k, v in os.environ.items() if not k.startswith("HASHMATCH_")},
+        env=_clean_env(),
     )  # fmt: skip
 
 
@@ -101,3 +106,71 @@ def test_serve_with_an_unwritable_tokens_location_is_one_line(tmp_path):
     blocker.write_text("")
     done = _serve("--data-dir", str(tmp_path / "d"), "--auth-file", str(blocker / "auth.toml"))
     _one_line_error(done, "auth.toml", "cannot create the tokens file")
+
+
+class Served:
+    """``hashmatch serve`` running in a child process; its stderr collected by a thread."""
+
+    def __init__(self, *args: str):
+        self.port = _free_port()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVE, "serve", "--listen", f"127.0.0.1:{self.port}",
+             "--metrics-port", "-1", *args],
+            stderr=subprocess.PIPE, text=True,
+            env={**_clean_env(), "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [line for line in self.lines if text in line]
+            if found:
+                return found[-1]
+            if self.proc.poll() is not None and not any(text in line for line in self.lines):
+                time.sleep(0.2)  # let the reader thread take the last lines
+                if not any(text in line for line in self.lines):
+                    break
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} in serve's output: {''.join(self.lines)}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("HASHMATCH_")}
+
+
+def test_sighup_keeps_the_old_tokens_when_the_file_holds_none(tmp_path):
+    data = tmp_path / "data"
+    served = Served("--data-dir", str(data))
+    try:
+        served.wait_for("serving on")
+        token = (data / "admin.token").read_text().strip()
+        (data / "auth.toml").write_text("# every tenant removed by mistake\n")
+        served.proc.send_signal(signal.SIGHUP)
+        line = served.wait_for("tokens:")
+        assert "kept the old tokens" in line and "no tokens" in line, line
+        with HashmatchClient(f"127.0.0.1:{served.port}", token=token, retries=0) as admin:
+            admin.wait_until_serving(60)
+            assert admin.stats().total_signals == 0  # still authenticated
+    finally:
+        served.stop()

@@ -165,8 +165,11 @@ def serve(config_file: str | None, **flags: Any) -> None:
         if auth is None:
             return
         try:
-            server.host.auth = auth_mod.TokenAuth.from_file(config.auth_path)
-            click.echo(f"reloaded {config.auth_path}", err=True)
+            reloaded = auth_mod.TokenAuth.from_file(config.auth_path)
+            if not len(reloaded):  # as at start-up: nobody could call any more
+                raise HashmatchError("holds no tokens")
+            server.host.auth = reloaded
+            click.echo(f"reloaded {config.auth_path} ({len(reloaded)} tokens)", err=True)
         except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
             click.echo(f"kept the old tokens: {config.auth_path}: {exc}", err=True)
 
