@@ -226,6 +226,7 @@ def failure_reason(exc: BaseException) -> str:
         (PermissionError, "permission-denied"),
         (FileNotFoundError, "not-found"),
         (IsADirectoryError, "not-a-file"),
+        (NotAFile, "not-a-file"),
         (MemoryError, "too-large"),
         (errors.MediaError, "corrupt"),
         (OSError, "io-error"),
@@ -359,14 +360,7 @@ def hash_file(
     options = options or _WORKER_OPTIONS or DEFAULT_OPTIONS
     size = mtime = md5 = None
     try:
-        with open(path, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            size, mtime = st.st_size, st.st_mtime_ns
-            if size > options.limits.max_bytes:
-                raise errors.MediaTooLarge(
-                    f"file is {size} bytes, over the {options.limits.max_bytes}-byte limit"
-                )
-            data = fh.read()
+        data, size, mtime = _read_regular(path, options.limits.max_bytes)
         md5 = hashlib.md5(data).digest()
         if known_md5 is not None and md5 == known_md5:
             return WorkResult(path, size, mtime, md5, unchanged=True)
@@ -397,6 +391,48 @@ def hash_file(
         return WorkResult(path, size, mtime, md5, wanted, hashes)
     except Exception as exc:  # one bad file must never stop the scan
         return WorkResult(path, size, mtime, md5, reason=failure_reason(exc), error=str(exc))
+
+
+class NotAFile(OSError):
+    """The path is no longer a regular file (a FIFO, device or directory swapped in
+    after the walk): reported as ``not-a-file``, never read."""
+
+
+def _read_regular(path: str, max_bytes: int) -> tuple[bytes, int, int]:
+    """(bytes, size, mtime_ns) of a regular file of at most ``max_bytes``.
+
+    The walk's stat is stale by the time a worker gets the file: it may since have
+    become a FIFO (a plain open() blocks forever waiting for a writer) or a link to
+    a device like /dev/zero (read() never ends, until out of memory). So the file is
+    opened non-blocking, checked on the open descriptor (no second lookup by name),
+    and read for at most one byte past the limit (a file still growing is refused).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotAFile(f"not a regular file: {_kind(st.st_mode)}")
+        if st.st_size > max_bytes:
+            raise errors.MediaTooLarge(
+                f"file is {st.st_size} bytes, over the {max_bytes}-byte limit"
+            )
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise errors.MediaTooLarge(f"file grew past the {max_bytes}-byte limit while read")
+    return data, st.st_size, st.st_mtime_ns
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _hash_chunk(

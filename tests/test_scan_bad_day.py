@@ -1,0 +1,86 @@
+"""hashmatch scan on a bad day: files swapped after the walk, odd names, busy catalogs,
+full disks. Generated images only; real worker processes, real CLI subprocesses."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from hashmatch.engine.decode import DecodeLimits
+from hashmatch.engine.hashing import HashOptions
+from hashmatch.engine.scan import hash_file
+
+# a scan that regresses on /dev/zero reads until out of memory: cap the child
+PRLIMIT = ["prlimit", "--as=2000000000", "--"]
+
+
+def _jpeg(seed: int, size: int = 96) -> bytes:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    im = Image.fromarray(small).resize((size, size), Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _run_py(code: str, cwd: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*PRLIMIT, sys.executable, "-c", textwrap.dedent(code)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_files_swapped_for_a_fifo_a_device_or_a_dir_after_the_walk(tmp_path):
+    """The walk saw regular files; by the time a worker opens them one is a FIFO (a
+    plain open() blocks forever), one a link to /dev/zero (read() never ends) and one
+    a directory. Each is reported `not-a-file` and the scan finishes."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i, name in enumerate("abcd"):
+        (tree / f"{name}.jpg").write_bytes(_jpeg(i))
+    code = f"""
+        import json, os
+        from hashmatch.engine.catalog import Catalog
+        from hashmatch.engine.scan import ScanOptions, Scanner, walk
+        tree = {str(tree)!r}
+        entries = list(walk([tree]))
+        os.remove(tree + "/a.jpg"); os.symlink("/dev/zero", tree + "/a.jpg")
+        os.remove(tree + "/b.jpg"); os.mkfifo(tree + "/b.jpg")
+        os.remove(tree + "/c.jpg"); os.mkdir(tree + "/c.jpg")
+        with Catalog({str(tmp_path / "c.sqlite")!r}) as cat:
+            opts = ScanOptions(workers=1, progress=False)
+            Scanner(cat, None, opts).run(entries, report={str(tmp_path / "r.jsonl")!r})
+    """
+    done = _run_py(code, tmp_path)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    failures = {Path(r["file"]).name: r for r in records if r["kind"] == "failure"}
+    assert {k: v["reason"] for k, v in failures.items()} == {
+        "a.jpg": "not-a-file",
+        "b.jpg": "not-a-file",
+        "c.jpg": "not-a-file",
+    }
+    assert "character device" in failures["a.jpg"]["error"]
+    assert "FIFO" in failures["b.jpg"]["error"]
+    summary = records[-1]
+    assert summary["hashed"] == 1 and summary["failed"] == 3
+
+
+def test_a_file_larger_than_its_size_says_is_read_only_to_the_limit(tmp_path):
+    """/proc files claim 0 bytes; a file may also grow while read. At most
+    max_bytes + 1 bytes are read, and more than max_bytes is `too-large`."""
+    link = tmp_path / "status.jpg"
+    link.symlink_to("/proc/self/status")  # regular, st_size 0, ~1 kB of text
+    options = HashOptions(limits=DecodeLimits(max_bytes=100))
+    result = hash_file(str(link), ["pdq", "md5"], options)
+    assert result.reason == "too-large" and "grew past" in result.error
