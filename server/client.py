@@ -96,6 +96,20 @@ def video_signal(
     )
 
 
+def _clean_token(token: str | None) -> str | None:
+    """The token without surrounding whitespace, checked to be sendable as metadata.
+
+    Why: a token read from a file or a secret store often ends in a newline, and
+    grpcio turns a metadata value it cannot send into an opaque INTERNAL error.
+    """
+    if token is None:
+        return None
+    token = token.strip()
+    if any(not " " < c < "\x7f" for c in token):
+        raise ValueError("token: only printable ASCII without spaces can be sent")
+    return token
+
+
 class HashmatchClient:
     """Connects to one hashmatch server. Thread-safe (one channel, many calls)."""
 
@@ -120,6 +134,11 @@ class HashmatchClient:
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
+        if bool(client_cert) != bool(client_key):
+            # grpcio aborts the whole process (a failed C++ CHECK, SIGABRT) on a client
+            # certificate without its key; a key alone would silently be ignored
+            raise ValueError("client_cert and client_key go together (mutual TLS): give both")
+        token = _clean_token(token)
         if tls or root_certificates or client_cert:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read(root_certificates),

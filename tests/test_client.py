@@ -245,3 +245,58 @@ def test_insecure_no_auth_says_so(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_token_with_a_trailing_newline_still_authenticates(served):
+    with HashmatchClient(served.target, token=served.tokens["ops"] + "\n", retries=0) as c:
+        assert c.list_hash_lists().lists is not None
+    with pytest.raises(ValueError, match="token"):
+        HashmatchClient(served.target, token="caf\u00e9")
+
+
+def test_token_file_beats_the_environment_but_not_both_options(served, tmp_path):
+    token_file = tmp_path / "ops.token"
+    token_file.write_text(served.tokens["ops"] + "\n")
+    runner = CliRunner()
+    result = runner.invoke(
+        cli,
+        ["remote", "--server", served.target, "--token-file", str(token_file), "stats"],
+        env={"HASHMATCH_TOKEN": served.tokens["reader"]},  # a reader may not call stats
+    )
+    assert result.exit_code == 0, result.output
+    assert "total_signals" in result.output
+    result = runner.invoke(
+        cli,
+        ["remote", "--server", served.target, "--token", served.tokens["ops"],
+         "--token-file", str(token_file), "stats"],
+    )  # fmt: skip
+    assert result.exit_code == 2 and "not both" in result.output
+    token_file.write_text("\n")
+    result = runner.invoke(
+        cli, ["remote", "--server", served.target, "--token-file", str(token_file), "stats"]
+    )
+    assert result.exit_code == 1 and "empty" in result.output
+
+
+@pytest.mark.parametrize("given", ["--cert", "--key"])
+def test_remote_with_a_client_cert_or_key_alone_is_a_usage_error(tmp_path, given):
+    pem = tmp_path / "client.pem"
+    pem.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    # A child process: grpcio used to abort the whole process (SIGABRT) here.
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE, "remote", "--server", "127.0.0.1:1", "--tls", given,
+         str(pem), "stats"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "--cert and --key go together" in done.stderr
+    done = subprocess.run(
+        [sys.executable, "-c",
+         "from hashmatch.server.client import HashmatchClient\n"
+         "try:\n"
+         f"    HashmatchClient('127.0.0.1:1', client_cert={str(pem)!r})\n"
+         "except ValueError as exc:\n"
+         "    print(exc)\n"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and "go together" in done.stdout, done.stderr

@@ -300,19 +300,38 @@ def remote(ctx: click.Context, server, token, token_file, tls, ca, cert, key, ti
     """Call a running hashmatch server (prints JSON, one object per line)."""
     from hashmatch.server.client import HashmatchClient
 
-    if token_file and not token:
-        token = Path(token_file).read_text().strip()
-    client = HashmatchClient(
-        server,
-        token=token,
-        tls=tls,
-        root_certificates=ca,
-        client_cert=cert,
-        client_key=key,
-        timeout=timeout,
-    )
+    if token_file:
+        token = _token_from_file(ctx, token_file, token)
+    if bool(cert) != bool(key):  # grpcio would abort the process (SIGABRT) on a lone cert
+        raise click.UsageError("--cert and --key go together (mutual TLS): give both")
+    try:
+        client = HashmatchClient(
+            server,
+            token=token,
+            tls=tls,
+            root_certificates=ca,
+            client_cert=cert,
+            client_key=key,
+            timeout=timeout,
+        )
+    except (ValueError, OSError) as exc:  # a token grpcio cannot send, an unreadable file
+        raise click.ClickException(str(exc)) from None
     ctx.obj = client
     ctx.call_on_close(client.close)
+
+
+def _token_from_file(ctx: click.Context, token_file: str, token: str | None) -> str:
+    """--token-file's token: it beats $HASHMATCH_TOKEN (an explicit option wins over the
+    environment), but giving --token as well on the command line is ambiguous."""
+    if token and ctx.get_parameter_source("token") is click.core.ParameterSource.COMMANDLINE:
+        raise click.UsageError("give --token or --token-file, not both")
+    try:
+        text = Path(token_file).read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"--token-file {token_file}: {exc}") from None
+    if not text:
+        raise click.ClickException(f"--token-file {token_file}: the file is empty")
+    return text
 
 
 def _rpc(fn):
