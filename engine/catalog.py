@@ -22,6 +22,7 @@ One writer at a time (the scan's parent process); readers may open it concurrent
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -97,6 +98,35 @@ CREATE TABLE IF NOT EXISTS runs (
 
 HASHED = "hashed"
 FAILED = "failed"
+
+
+def _db_path(path: str) -> str | bytes:
+    """A path as stored: text when it is valid UTF-8 (every existing catalog), else its
+    raw bytes as a BLOB.
+
+    Why: POSIX names are bytes; os.scandir hands a non-UTF-8 name over with surrogate
+    escapes, which sqlite3 cannot encode (the whole scan used to stop on one such
+    file). A BLOB keeps the name losslessly and never equals a TEXT path, so the
+    UNIQUE(path) key still holds one row per file.
+    """
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _py_path(value: str | bytes) -> str:
+    """A stored path back as the str os functions take (inverse of :func:`_db_path`)."""
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _db_text(text: str | None) -> str | None:
+    """Free text (an error message) that may quote a non-UTF-8 name: undecodable bytes
+    become ``\\xNN`` so the message can be stored at all."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -243,7 +273,7 @@ class Catalog:
         """Catalog rows for these paths (missing paths are absent from the result)."""
         out: dict[str, FileRecord] = {}
         for start in range(0, len(paths), 500):
-            chunk = list(paths[start : start + 500])
+            chunk = [_db_path(p) for p in paths[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self.conn.execute(
                 "SELECT id, path, size, mtime_ns, md5, types, status, reason, error, scanned_at "
@@ -331,14 +361,14 @@ class Catalog:
             "reason = excluded.reason, error = excluded.error, scanned_at = excluded.scanned_at, "
             "seen_run = excluded.seen_run RETURNING id",
             (
-                path,
+                _db_path(path),
                 size,
                 mtime_ns,
                 md5,
                 ",".join(types),
                 status,
                 reason,
-                error,
+                _db_text(error),
                 time.time(),
                 run_id,
             ),
@@ -348,7 +378,8 @@ class Catalog:
     def set_stat(self, path: str, size: int | None, mtime_ns: int | None) -> None:
         """A file was touched but its bytes (MD5) did not change: record the new stat."""
         self.conn.execute(
-            "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path)
+            "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
+            (size, mtime_ns, _db_path(path)),
         )
 
     def mark_seen(self, file_ids: Iterable[int], run_id: int) -> None:
@@ -444,7 +475,7 @@ class Catalog:
             (run_id,),
         )
         for row in cur:
-            yield row[0], _match_row(row[1:])
+            yield _py_path(row[0]), _match_row(row[1:])
 
     def failures_for_run(self, run_id: int) -> Iterator[FileRecord]:
         cur = self.conn.execute(
@@ -460,9 +491,8 @@ class Catalog:
         for start in range(0, len(file_ids), 500):
             chunk = [int(i) for i in file_ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
-            out.update(
-                self.conn.execute(f"SELECT id, path FROM files WHERE id IN ({marks})", chunk)
-            )
+            rows = self.conn.execute(f"SELECT id, path FROM files WHERE id IN ({marks})", chunk)
+            out.update((file_id, _py_path(path)) for file_id, path in rows)
         return out
 
     # -- retroactive matching support ---------------------------------------------------
@@ -612,7 +642,7 @@ def _match_row(r: Sequence) -> MatchRow:
 def _file_record(row: Sequence) -> FileRecord:
     return FileRecord(
         id=row[0],
-        path=row[1],
+        path=_py_path(row[1]),
         size=row[2],
         mtime_ns=row[3],
         md5=row[4],

@@ -179,7 +179,7 @@ def read_list(
             if uri.scheme != "file" or uri.netloc not in ("", "localhost"):
                 yield Entry(line, reason="unsupported", error=f"not a local file URI: {line}")
                 continue
-            line = unquote(uri.path)
+            line = unquote(uri.path, errors="surrogateescape")  # %FF: a non-UTF-8 name byte
         roots.append(line)
         if len(roots) >= 1000:
             yield from walk(roots, follow_symlinks=follow_symlinks, max_bytes=max_bytes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -84,3 +85,46 @@ def test_a_file_larger_than_its_size_says_is_read_only_to_the_limit(tmp_path):
     options = HashOptions(limits=DecodeLimits(max_bytes=100))
     result = hash_file(str(link), ["pdq", "md5"], options)
     assert result.reason == "too-large" and "grew past" in result.error
+
+
+HASHMATCH = str(Path(sys.executable).with_name("hashmatch"))
+
+
+def _cli(args: list[str], cwd: Path, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*PRLIMIT, HASHMATCH, *args], cwd=cwd, input=stdin, capture_output=True, timeout=120
+    )
+
+
+def _report(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_non_utf8_file_names_are_scanned_and_reported_as_themselves(tmp_path):
+    """POSIX names are bytes. A name that is not UTF-8 used to stop the whole scan
+    (sqlite3 cannot encode it); from --from-list it was a decode traceback."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    raw = os.fsencode(tree)
+    odd, odd_empty = raw + b"/caf\xe9.jpg", raw + b"/vide\xff.jpg"
+    with open(odd, "wb") as fh:
+        fh.write(_jpeg(1))
+    open(odd_empty, "wb").close()
+    (tree / "plain.jpg").write_bytes(_jpeg(2))
+    args = ["scan", "--no-match", "--workers", "1", "--catalog", "c.sqlite", "--out"]
+
+    walked = _cli([*args, "r1.jsonl", str(tree)], tmp_path)
+    assert walked.returncode == 0, walked.stderr
+    records = _report(tmp_path / "r1.jsonl")
+    assert [(os.fsencode(r["file"]), r["reason"]) for r in records[:-1]] == [(odd_empty, "empty")]
+    assert records[-1]["hashed"] == 2 and records[-1]["failed"] == 1
+
+    listed = _cli([*args, "r2.jsonl", "--from-list", "-"], tmp_path, stdin=odd + b"\n")
+    assert listed.returncode == 0, listed.stderr
+    summary = _report(tmp_path / "r2.jsonl")[-1]
+    assert summary["seen"] == 1 and summary["skipped_unchanged"] == 1  # found by its bytes
+
+    uri = b"file://" + raw + b"/caf%E9.jpg\n"
+    by_uri = _cli([*args, "r3.jsonl", "--from-list", "-"], tmp_path, stdin=uri)
+    assert by_uri.returncode == 0, by_uri.stderr
+    assert _report(tmp_path / "r3.jsonl")[-1]["skipped_unchanged"] == 1

@@ -33,7 +33,8 @@ def _print_summary(summary: dict) -> None:
 @click.option(
     "--from-list",
     "from_list",
-    type=click.File("r", encoding="utf-8"),
+    # names are bytes: one not in UTF-8 must reach the scan as itself, not stop it
+    type=click.File("r", encoding="utf-8", errors="surrogateescape"),
     help="File of paths or file:// URIs, one a line ('-' = stdin).",
 )
 @click.option("--types", default="pdq,md5", show_default=True, help="Comma-separated signal types.")
