@@ -16,7 +16,9 @@ replaces a file's rows when it (re-)matches the file, a rescan adds new ones and
 removes those whose signal was retracted. Reports are written from it, so a
 resumed scan reports exactly what an uninterrupted one would.
 
-One writer at a time (the scan's parent process); readers may open it concurrently.
+One writer at a time (the scan's parent process), enforced across processes by a
+lock on ``<catalog>.lock`` (a second scan or rescan is refused); readers may open it
+concurrently and take no lock.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.errors import CorruptData
+from hashmatch.engine.errors import Conflict, CorruptData
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process lock (SQLite still serialises writes)
+    fcntl = None  # type: ignore[assignment]
 
 SCHEMA_VERSION = 1
 
@@ -98,6 +105,34 @@ CREATE TABLE IF NOT EXISTS runs (
 
 HASHED = "hashed"
 FAILED = "failed"
+
+#: Files that belong to a catalog at ``path`` (a scan of a tree holding it skips them).
+CATALOG_SUFFIXES = ("", "-wal", "-shm", "-journal", ".lock")
+
+
+class CatalogBusy(Conflict):
+    """Another process has the catalog open for writing (a scan or a rescan)."""
+
+
+def _lock(path: Path):
+    """An exclusive, non-blocking lock on ``<catalog>.lock``, held while open.
+
+    Why: SQLite serialises single writes, but two scans of one catalog interleave
+    whole runs: each marks the files it sees with its run id, so each report loses
+    the files the other saw last (silently missing matches). Refused at once rather
+    than waited for: a scan can take hours.
+    """
+    if fcntl is None:
+        return None
+    fh = open(f"{path}.lock", "a")  # noqa: SIM115 - held open for the catalog's lifetime
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise CatalogBusy(
+            f"catalog {path} is in use by another scan or rescan; run them one at a time"
+        ) from None
+    return fh
 
 
 def _db_path(path: str) -> str | bytes:
@@ -192,8 +227,19 @@ class Catalog:
 
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
-        if not readonly:
+        self._lock = None
+        if not readonly:  # one writer per catalog; readers never lock
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock(self.path)
+        try:
+            self._open(readonly)
+        except BaseException:  # e.g. not a database, a newer schema: leave nothing held
+            if getattr(self, "conn", None) is not None:
+                self.conn.close()
+            self._release()
+            raise
+
+    def _open(self, readonly: bool) -> None:
         self.conn = _connect(self.path, readonly=readonly)
         if not readonly:
             self.conn.executescript(_SCHEMA)
@@ -212,6 +258,12 @@ class Catalog:
 
     def close(self) -> None:
         self.conn.close()
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the descriptor releases the flock
+            self._lock = None
 
     def __enter__(self) -> Catalog:
         return self

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hashmatch.engine.catalog import Catalog
 from hashmatch.engine.decode import DecodeLimits
 from hashmatch.engine.hashing import HashOptions
 from hashmatch.engine.scan import hash_file
@@ -128,3 +129,41 @@ def test_non_utf8_file_names_are_scanned_and_reported_as_themselves(tmp_path):
     by_uri = _cli([*args, "r3.jsonl", "--from-list", "-"], tmp_path, stdin=uri)
     assert by_uri.returncode == 0, by_uri.stderr
     assert _report(tmp_path / "r3.jsonl")[-1]["skipped_unchanged"] == 1
+
+
+def test_a_second_scan_of_a_busy_catalog_is_refused(tmp_path):
+    """Two scans on one catalog used to each lose the other's files from their report
+    (the run that saw a file last owns it). The second writer is refused at once."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a.jpg").write_bytes(_jpeg(3))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_CATALOG, str(tmp_path / "c.sqlite")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline() == b"open\n"
+        args = ["scan", "--no-match", "--workers", "0", "--catalog", "c.sqlite"]
+        busy = _cli([*args, "--out", "r.jsonl", "tree"], tmp_path)
+        assert busy.returncode == 1
+        assert busy.stderr.decode().splitlines() == [
+            "Error: catalog c.sqlite is in use by another scan or rescan; run them one at a time"
+        ]
+        assert not (tmp_path / "r.jsonl").exists()
+        with Catalog(tmp_path / "c.sqlite", readonly=True) as reader:  # readers never wait
+            assert reader.stats()["files"] == 0
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    done = _cli([*args, "--out", "r.jsonl", "tree"], tmp_path)  # released on close
+    assert done.returncode == 0, done.stderr
+    assert _report(tmp_path / "r.jsonl")[-1]["hashed"] == 1
+
+
+HOLD_CATALOG = """
+import sys
+from hashmatch.engine.catalog import Catalog
+with Catalog(sys.argv[1]):
+    print("open", flush=True)
+    sys.stdin.read()
+"""
