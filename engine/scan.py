@@ -41,7 +41,14 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 
 from hashmatch.engine import errors, signal_types
-from hashmatch.engine.catalog import FAILED, HASHED, Catalog, FileHashes, MatchRow
+from hashmatch.engine.catalog import (
+    CATALOG_SUFFIXES,
+    FAILED,
+    HASHED,
+    Catalog,
+    FileHashes,
+    MatchRow,
+)
 
 DEFAULT_TYPES = ("pdq", "md5")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -843,11 +850,11 @@ class Scanner:
 
     def _dedupe(self, entries: Iterable[Entry]) -> list[Entry]:
         """Each path once, and never the catalog's own files (it may live in the tree)."""
-        own = os.path.abspath(self.catalog.path)
+        own_files, own_dirs = _catalog_own_paths(self.catalog.path)
         seen: set[str] = set()
         out = []
         for e in entries:
-            if e.path.startswith(own):
+            if e.path in own_files or e.path.startswith(own_dirs):
                 continue
             if e.path not in seen:
                 seen.add(e.path)
@@ -1077,6 +1084,20 @@ class Scanner:
             n += 1
         self.summary.matched_files = len(files)
         self.summary.matches = n
+
+
+def _catalog_own_paths(catalog_path: str | Path) -> tuple[set[str], tuple[str, ...]]:
+    """(files, directory prefixes) that belong to the catalog, as the walk spells them.
+
+    Exactly the database, its -wal/-shm/-journal, its .lock and its rescan index
+    directory: a prefix match on the catalog's name would also skip the user's media
+    that happen to start with it (``catalog.sqlite.bak.jpg``). Both the given and the
+    resolved spelling, since the walk may reach the catalog either way.
+    """
+    bases = {os.path.abspath(catalog_path), os.path.realpath(catalog_path)}
+    files = {base + suffix for base in bases for suffix in (*CATALOG_SUFFIXES, ".rescan-index")}
+    dirs = tuple(base + ".rescan-index" + os.sep for base in bases)
+    return files, dirs
 
 
 class LookupFailed(errors.HashmatchError):

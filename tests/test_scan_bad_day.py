@@ -167,3 +167,21 @@ with Catalog(sys.argv[1]):
     print("open", flush=True)
     sys.stdin.read()
 """
+
+
+def test_a_catalog_inside_the_tree_skips_only_its_own_files(tmp_path):
+    """Media whose name merely starts with the catalog's used to be skipped too."""
+    tree = tmp_path / "tree"
+    (tree / "c.sqlite.rescan-index").mkdir(parents=True)
+    (tree / "c.sqlite.rescan-index" / "pdq.npy").write_bytes(b"index, not media")
+    (tree / "c.sqlite.bak.jpg").write_bytes(_jpeg(4))
+    (tree / "c.sqlite-old.jpg").write_bytes(_jpeg(5))
+    args = ["scan", "--no-match", "--workers", "0", "--catalog", "tree/c.sqlite", "tree"]
+    for run in ("r1.jsonl", "r2.jsonl"):  # the second run also meets -wal, -shm, .lock
+        done = _cli([*args, "--out", run], tmp_path)
+        assert done.returncode == 0, done.stderr
+    assert (tree / "c.sqlite.lock").exists()
+    first, second = _report(tmp_path / "r1.jsonl"), _report(tmp_path / "r2.jsonl")
+    assert first == [first[-1]] and first[-1]["seen"] == 2 and first[-1]["hashed"] == 2
+    assert second == [second[-1]] and second[-1]["seen"] == 2
+    assert second[-1]["skipped_unchanged"] == 2
