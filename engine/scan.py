@@ -54,6 +54,9 @@ DEFAULT_TYPES = ("pdq", "md5")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 # failures that depend only on the file's bytes: an unchanged file is not retried
 DETERMINISTIC_FAILURES = frozenset({"empty", "corrupt", "unsupported"})
+# ...except this "unsupported": it depends on --types (a video in a pdq-only scan), so a
+# later scan with other types must hash the file, not repeat the cached verdict
+NO_TYPE_APPLIES = "no requested type applies"
 VIDEO_EXTENSIONS = frozenset(
     [
         ".mp4",
@@ -373,9 +376,7 @@ def hash_file(
             return WorkResult(path, size, mtime, md5, unchanged=True)
         wanted = types_for(path, types)
         if not wanted:
-            return WorkResult(
-                path, size, mtime, md5, reason="unsupported", error="no requested type applies"
-            )
+            return WorkResult(path, size, mtime, md5, reason="unsupported", error=NO_TYPE_APPLIES)
         is_video = any(signal_types.get(t).content == "video" for t in wanted)
         # the MD5 is already computed above: hash_media would digest the bytes again
         others = [t for t in wanted if t != "md5"]
@@ -795,6 +796,8 @@ class Scanner:
         self.catalog = catalog
         self.matcher = matcher
         self.options = options
+        if not options.types:  # every file would fail "no requested type applies"
+            raise errors.InvalidInput("give at least one signal type", field="types")
         for name in options.types:
             signal_types.get(name, field="types")
         from hashmatch.engine.decode import DecodeLimits
@@ -894,6 +897,7 @@ class Scanner:
                         rec is not None
                         and rec.status == FAILED
                         and rec.reason in DETERMINISTIC_FAILURES
+                        and rec.error != NO_TYPE_APPLIES
                         and rec.size == e.size
                         and rec.mtime_ns == e.mtime_ns
                     ):  # same bytes, same verdict: do not decode a known-bad file again

@@ -185,3 +185,23 @@ def test_a_catalog_inside_the_tree_skips_only_its_own_files(tmp_path):
     assert first == [first[-1]] and first[-1]["seen"] == 2 and first[-1]["hashed"] == 2
     assert second == [second[-1]] and second[-1]["seen"] == 2
     assert second[-1]["skipped_unchanged"] == 2
+
+
+def test_no_type_applies_is_not_cached_across_types(tmp_path):
+    """A video in a pdq-only scan is `unsupported` because of --types, not its bytes:
+    a later scan asking for a type that applies hashes it."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "clip.mp4").write_bytes(b"not decoded by an md5 scan")
+    args = ["scan", "--no-match", "--workers", "0", "--catalog", "c.sqlite", "tree", "--out"]
+    pdq = _cli([*args, "r1.jsonl", "--types", "pdq"], tmp_path)
+    assert pdq.returncode == 0, pdq.stderr
+    assert _report(tmp_path / "r1.jsonl")[0]["reason"] == "unsupported"
+    both = _cli([*args, "r2.jsonl", "--types", "pdq,md5"], tmp_path)
+    assert both.returncode == 0, both.stderr
+    assert _report(tmp_path / "r2.jsonl") == [_report(tmp_path / "r2.jsonl")[-1]]
+    assert _report(tmp_path / "r2.jsonl")[-1]["hashed"] == 1
+
+    empty = _cli([*args, "r3.jsonl", "--types", ","], tmp_path)
+    assert empty.returncode == 2 and b"--types" in empty.stderr
+    assert b"give at least one signal type" in empty.stderr
+    assert not (tmp_path / "r3.jsonl").exists()

@@ -135,6 +135,8 @@ def scan_command(
     if not paths and from_list is None:
         raise click.UsageError("give PATHS or --from-list")
     type_list = tuple(t.strip().lower() for t in types.split(",") if t.strip())
+    if not type_list:
+        raise click.BadParameter("give at least one signal type", param_hint="--types")
     matcher = None
     with _one_line_errors(server, name_server=True):
         try:
