@@ -466,9 +466,27 @@ class Catalog:
 
     # -- matches ------------------------------------------------------------------------
 
-    def replace_matches(self, file_id: int, rows: Sequence[MatchRow], *, found_by: str) -> None:
-        """Set the file's matches to exactly ``rows`` (a scan re-matched it)."""
-        self.conn.execute("DELETE FROM matches WHERE file_id = ?", (file_id,))
+    def replace_matches(
+        self,
+        file_id: int,
+        rows: Sequence[MatchRow],
+        *,
+        found_by: str,
+        types: Sequence[str] | None = None,
+        lists: Sequence[str] | None = None,
+    ) -> None:
+        """Set the file's matches within a scan's scope to exactly ``rows``.
+
+        ``types`` / ``lists`` (None or empty = all): what the scan matched against. A
+        scan limited by ``--types`` or ``--list`` knows nothing about the file's other
+        matches, so it keeps them instead of silently dropping them.
+        """
+        where, args = "file_id = ?", [file_id]
+        for column, values in (("signal_type", types), ("list_name", lists)):
+            if values:
+                where += f" AND {column} IN ({','.join('?' * len(values))})"
+                args.extend(values)
+        self.conn.execute(f"DELETE FROM matches WHERE {where}", args)
         self.add_matches(rows, found_by=found_by)
 
     def add_matches(self, rows: Iterable[MatchRow], *, found_by: str) -> int:

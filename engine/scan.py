@@ -481,6 +481,9 @@ class Matcher:
     frames of ONE video and every hit has ``row == 0`` (the engine's vPDQ contract).
     """
 
+    #: The hash lists lookups are limited to (None or empty: every list).
+    lists: list[str] | None = None
+
     def match(
         self, signal_type: str, codes: np.ndarray, qualities: Sequence[int | None]
     ) -> list[Hit]:
@@ -1063,7 +1066,13 @@ class Scanner:
                 rows = matched.get(file_id, [])
                 matched_files += bool(rows)
                 if self.matcher is not None:
-                    self.catalog.replace_matches(file_id, rows, found_by="scan")
+                    self.catalog.replace_matches(
+                        file_id,
+                        rows,
+                        found_by="scan",
+                        types=self.options.types,
+                        lists=self.matcher.lists,
+                    )
             self.catalog.mark_seen(skipped, self.run_id)
             for r in touched:
                 self.catalog.set_stat(r.path, r.size, r.mtime_ns)

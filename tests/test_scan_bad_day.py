@@ -205,3 +205,25 @@ def test_no_type_applies_is_not_cached_across_types(tmp_path):
     assert empty.returncode == 2 and b"--types" in empty.stderr
     assert b"give at least one signal type" in empty.stderr
     assert not (tmp_path / "r3.jsonl").exists()
+
+
+def test_a_scan_limited_by_list_or_type_keeps_the_other_matches(tmp_path):
+    """Re-matching an unchanged file within --list/--types used to delete every
+    catalogued match of it, the other lists' and types' included, unreported."""
+    from hashmatch.engine.hashing import hash_media
+    from hashmatch.engine.runtime import Engine
+    from hashmatch.engine.store import SignalRecord
+
+    (tmp_path / "tree").mkdir()
+    image = _jpeg(6)
+    (tmp_path / "tree" / "x.jpg").write_bytes(image)
+    pdq, md5 = (h.hex for h in hash_media(image, ["pdq", "md5"]))
+    with Engine.open(tmp_path / "data", eager=False) as engine:
+        engine.ingest([SignalRecord("pdq", pdq, labels=("x",))], list_name="a")
+        engine.ingest([SignalRecord("md5", md5, labels=("x",))], list_name="b")
+    args = ["scan", "tree", "--workers", "0", "--data-dir", "data", "--catalog", "c.sqlite"]
+    for i, limit in enumerate(([], ["--list", "a"], ["--types", "md5"], ["--list", "b"], [])):
+        done = _cli([*args, *limit, "--out", f"r{i}.jsonl"], tmp_path)
+        assert done.returncode == 0, done.stderr
+        found = {(r["type"], r["list"]) for r in _report(tmp_path / f"r{i}.jsonl")[:-1]}
+        assert found == {("pdq", "a"), ("md5", "b")}, limit
