@@ -39,7 +39,7 @@ import numpy as np
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.catalog import Catalog, MatchRow
-from hashmatch.engine.errors import CorruptData
+from hashmatch.engine.errors import Conflict, CorruptData
 from hashmatch.engine.matcher import PDQ_MIN_QUALITY
 from hashmatch.engine.scan import (
     file_hash_hex,
@@ -51,6 +51,8 @@ from hashmatch.engine.store import FRAME_BITS, Change, SignalStore, split_labels
 from hashmatch.indexes import load_index, make_index
 
 CURSOR_KEY = "rescan_seq"
+#: catalog meta key (per cursor key) of the log the cursor is a position in
+LOG_KEY = "rescan_log"
 
 
 @dataclass
@@ -105,16 +107,34 @@ class NewSignals:
     meta: dict[int, SignalMeta]
 
 
+@dataclass(frozen=True)
+class LogIdentity:
+    """Which history a change-log read came from: the store's random id and the
+    digests of the changes at ``since`` and at ``head`` (None: no such change, e.g. 0).
+
+    Why: a cursor is only a number. Against another store, or this store restored
+    from an older backup, the same number names other changes; trusted as is, the
+    rescan would skip that store's signals (for good once its counter passes the
+    cursor). The digest covers each change row's random tag, so it differs too.
+    """
+
+    store_id: str  # "" = not known (a server older than the field)
+    since_digest: str | None
+    head_digest: str | None
+
+
 @runtime_checkable
 class ChangeSource(Protocol):
     """Where a rescan reads changed signals from (a local store or a server)."""
 
     #: catalog meta key of this source's cursor
     cursor_key: str
+    #: set by :meth:`read`: the history it read
+    log: LogIdentity | None
 
     def read(self, since: int) -> tuple[int, Iterable[Change]]:
         """(head, the add/remove log entries with ids and since < seq <= head, oldest
-        first)."""
+        first); sets :attr:`log`."""
         ...
 
     def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
@@ -139,6 +159,7 @@ class StoreChanges:
     def __init__(self, store: SignalStore):
         self.store = store
         self._lists: dict[int, tuple[str, bool]] | None = None
+        self.log: LogIdentity | None = None
 
     def lists(self) -> dict[int, tuple[str, bool]]:
         if self._lists is None:
@@ -149,6 +170,9 @@ class StoreChanges:
         """Also what the server's ``Signals.Changes`` streams (server/changes.py)."""
         self._lists = None  # read once per rescan, as fresh as the log
         head = self.store.change_counter()
+        self.log = LogIdentity(
+            self.store.store_id(), self.store.change_digest(since), self.store.change_digest(head)
+        )
         return head, [
             c
             for c in self.store.changes_since(since)
@@ -201,6 +225,7 @@ class ServerChanges:
         self.cursor_key = f"{CURSOR_KEY}@{target}"
         self.timeout = timeout
         self._live: dict[int, tuple[str, Any]] = {}  # id -> (type, Change message)
+        self.log: LogIdentity | None = None
 
     def read(self, since: int) -> tuple[int, list[Change]]:
         from hashmatch.v1 import signals_pb2
@@ -216,7 +241,10 @@ class ServerChanges:
                 out.append(Change(group[0], group[1], group[2], np.asarray(ids, np.int64)))
 
         for reply in self.client.changes(since, timeout=self.timeout):
-            head = int(reply.head)  # the same in every message
+            head = int(reply.head)  # the same in every message, as the log identity
+            self.log = LogIdentity(
+                reply.store_id, reply.since_digest or None, reply.head_digest or None
+            )
             for c in reply.changes:
                 op = "add" if c.action == added else "remove"
                 key = (int(c.seq), op, c.signal_type)
@@ -292,6 +320,8 @@ def rescan(
     source = change_source(store)
     cursor = int(catalog.get_meta(source.cursor_key) or 0) if since is None else int(since)
     head, changes = source.read(cursor)
+    log_key = source.cursor_key.replace(CURSOR_KEY, LOG_KEY, 1)
+    check_cursor(cursor, head, source.log, catalog.get_meta(log_key), given=since is not None)
     summary = RescanSummary(since=cursor, to=head)
     floor = PDQ_MIN_QUALITY if min_quality is None else int(min_quality)
 
@@ -362,6 +392,9 @@ def rescan(
         inserted = _insert_new(catalog, fresh)
         removed = catalog.remove_matches_of_signals(dead) if dead else []
         catalog.set_meta(source.cursor_key, str(head))
+        if source.log is not None and source.log.store_id:
+            catalog.set_meta(log_key, json.dumps({"store_id": source.log.store_id, "seq": head,
+                                                  "digest": source.log.head_digest}))  # fmt: skip
         gone = [Retraction(m, why[m.signal_id] or "retracted") for m in removed]
         summary.new_matches = len(inserted)
         summary.retractions = len(gone)
@@ -373,6 +406,47 @@ def rescan(
             summary.report = str(report)
             write_jsonl_atomically(report, _report_records(catalog, inserted, gone, summary))
     return RescanResult(summary, inserted, gone)
+
+
+def check_cursor(
+    cursor: int, head: int, log: LogIdentity | None, saved: str | None, *, given: bool
+) -> None:
+    """Refuse a cursor that is not a position in the history just read (Conflict).
+
+    ``saved``: the catalog's record of the log its cursor was taken in (JSON; None for
+    a catalog rescanned before it was kept: only the head is checked then). ``given``:
+    the caller named the position (``--since N``): only that it exists is checked.
+    """
+    redo = "run `hashmatch rescan --since all` to match the whole store and start the cursor again"
+    if cursor > head:
+        if given:
+            raise Conflict(f"change {cursor} is beyond the store's last change ({head})",
+                           field="since")  # fmt: skip
+        raise Conflict(
+            f"the catalog's rescan cursor (change {cursor}) is beyond the store's last change"
+            f" ({head}): it was rescanned against another store, or this one was restored"
+            f" from an older backup; {redo}",
+            field="since",
+        )
+    if given or saved is None or log is None or not log.store_id or cursor == 0:
+        return
+    try:
+        record = json.loads(saved)
+        theirs, seq, digest = str(record["store_id"]), int(record["seq"]), record["digest"]
+    except (ValueError, KeyError, TypeError):
+        return  # unreadable: as a catalog without the record (the commit rewrites it)
+    if theirs != log.store_id:
+        raise Conflict(
+            f"the catalog's rescan cursor (change {cursor}) is a position in another store's"
+            f" log (store {theirs}; this is store {log.store_id}); {redo}",
+            field="since",
+        )
+    if seq == cursor and digest != log.since_digest:
+        raise Conflict(
+            f"change {cursor}, where the catalog's last rescan stopped, is not the same"
+            f" change in this store: it was restored from a backup or replaced since; {redo}",
+            field="since",
+        )
 
 
 def catalog_index(catalog: Catalog, st, floor: int, *, cache_dir: str | Path | None):

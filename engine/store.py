@@ -44,7 +44,7 @@ from hashmatch.engine.errors import (
     PermissionDenied,
     UnknownSignalType,
 )
-from hashmatch.engine.store_schema import migrate
+from hashmatch.engine.store_schema import change_digest, migrate, store_id
 
 LABEL_SEP = "\x1f"  # labels are stored joined by the ASCII unit separator
 _NOT_SHARED = "no hash list by that name is shared with you"
@@ -1377,6 +1377,15 @@ class SignalStore:
     def change_counter(self) -> int:
         row = self.conn().execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
         return int(row[0])
+
+    def store_id(self) -> str:
+        """The store's random id (copies and backups of the file share it)."""
+        return store_id(self.conn())
+
+    def change_digest(self, seq: int) -> str | None:
+        """Digest of change-log row ``seq`` (None if absent): whether a position
+        recorded elsewhere (a rescan cursor, a snapshot) is still in THIS history."""
+        return change_digest(self.conn(), seq)
 
     def take_fresh(self, seq: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(ids, codes) this process wrote for change ``seq``, if still cached (once)."""

@@ -61,7 +61,12 @@ def changes(
                 break
     lists = store.list_table()
     now = time.time()
-    reply = signals_pb2.ChangesResponse(head=head, more=more)
+    log = {  # which history since and head are positions in (see ChangesResponse)
+        "store_id": store.store_id(),
+        "since_digest": store.change_digest(request.since) or "",
+        "head_digest": store.change_digest(head) or "",
+    }
+    reply = signals_pb2.ChangesResponse(head=head, more=more, **log)
     size = sent = 0
     for entry in entries:
         call.check_deadline()
@@ -94,7 +99,7 @@ def changes(
                 if size >= MESSAGE_BYTES:
                     sent += len(reply.changes)
                     yield reply
-                    reply = signals_pb2.ChangesResponse(head=head, more=more)
+                    reply = signals_pb2.ChangesResponse(head=head, more=more, **log)
                     size = 0
     sent += len(reply.changes)
     call.log.update(since=request.since, head=head, changes=sent, more=more)

@@ -1,0 +1,145 @@
+"""Rescan on a bad day: a cursor of another store or of a store since restored from a
+backup, a list re-enabled or a signal's expiry extended after its matches were
+retracted, and low-quality catalog files the scan matches. Real stores and catalogs;
+``--server`` over a real socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+from contextlib import closing
+
+import pytest
+from click.testing import CliRunner
+from scan_tree import build_tree, ingest_originals
+
+from hashmatch.engine.catalog import Catalog
+from hashmatch.engine.errors import Conflict
+from hashmatch.engine.rescan import ServerChanges, rescan
+from hashmatch.engine.scan import ScanOptions, scan
+from hashmatch.engine.store import SignalStore
+from hashmatch.server.cli import cli
+from hashmatch.server.testing import running_server
+
+TENANTS = {"ops": (["match", "export", "write"], True)}
+
+
+def _exact_catalog(tmp_path, tree):
+    """A catalog of tree/exact (astronaut-copy, coffee-copy), hashed, not matched."""
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    scan([tree.root / "exact"], catalog=catalog, matcher=None,
+         options=ScanOptions(workers=0, progress=False, follow_symlinks=False))  # fmt: skip
+    return catalog
+
+
+def _names(catalog, rows):
+    paths = catalog.path_of(sorted({m.file_id for m in rows}))
+    return sorted((paths[m.file_id].rsplit("/", 1)[-1], m.signal_type) for m in rows)
+
+
+def _backup(src, dst) -> None:
+    """A consistent copy of a live SQLite store (what an operator's backup holds)."""
+    with sqlite3.connect(src) as a, sqlite3.connect(dst) as b:
+        a.backup(b)
+    a.close()
+    b.close()
+
+
+# ------------------------------------------------------------------ cursor identity
+
+
+def test_a_cursor_of_another_store_is_refused_not_trusted(tmp_path):
+    tree = build_tree(tmp_path)
+    catalog = _exact_catalog(tmp_path, tree)
+    ingest_originals(tmp_path / "a", tree, ["coffee"], list_name="partner")
+    with closing(SignalStore(tmp_path / "a" / "store.sqlite")) as a:
+        assert len(rescan(catalog, a).new) == 2  # coffee-copy: pdq + md5; cursor 2
+    # another store, whose counter has passed the cursor: astronaut is at changes 1-2
+    for names in (["astronaut"], ["rocket"], ["chelsea"]):
+        ingest_originals(tmp_path / "b", tree, names, list_name="other")
+    with closing(SignalStore(tmp_path / "b" / "store.sqlite")) as b:
+        with pytest.raises(Conflict, match=r"another store.*--since all"):
+            rescan(catalog, b)
+        assert catalog.get_meta("rescan_seq") == "2"  # nothing committed
+        with pytest.raises(Conflict, match="beyond the store's last change"):
+            rescan(catalog, b, since=999)
+        everything = rescan(catalog, b, since=0)  # what the error says to run
+        assert ("astronaut-copy.png", "pdq") in _names(catalog, everything.new)
+        assert rescan(catalog, b).summary.since == b.change_counter()  # checks out now
+    # a store whose counter is still under the cursor: refused too, not "since 6, to 2"
+    ingest_originals(tmp_path / "c", tree, ["rocket"], list_name="other")
+    with (
+        closing(SignalStore(tmp_path / "c" / "store.sqlite")) as c,
+        pytest.raises(Conflict, match=r"beyond the store's last change.*--since all"),
+    ):
+        rescan(catalog, c)
+    catalog.close()
+
+
+def test_a_store_restored_from_a_backup_does_not_skip_its_new_signals(tmp_path):
+    tree = build_tree(tmp_path)
+    catalog = _exact_catalog(tmp_path, tree)
+    data = tmp_path / "data"
+    ingest_originals(data, tree, ["rocket"], list_name="partner")
+    _backup(data / "store.sqlite", tmp_path / "backup.sqlite")  # at change 2
+    ingest_originals(data, tree, ["chelsea"], list_name="partner")
+    with closing(SignalStore(data / "store.sqlite")) as store:
+        rescan(catalog, store)  # cursor 4
+    # the store is lost and restored from the backup; coffee and chelsea are ingested
+    # again: changes 3-6 are other writes, coffee's at 3-4 (under the cursor)
+    for suffix in ("", "-wal", "-shm"):
+        (data / f"store.sqlite{suffix}").unlink(missing_ok=True)
+    _backup(tmp_path / "backup.sqlite", data / "store.sqlite")
+    ingest_originals(data, tree, ["coffee"], list_name="partner")
+    ingest_originals(data, tree, ["chelsea"], list_name="partner")
+    with closing(SignalStore(data / "store.sqlite")) as store:
+        assert store.change_counter() == 6
+        with pytest.raises(Conflict, match=r"restored from a backup.*--since all"):
+            rescan(catalog, store)
+        redone = rescan(catalog, store, since=0)
+    assert _names(catalog, redone.new) == [("coffee-copy.png", "md5"), ("coffee-copy.png", "pdq")]
+    catalog.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_server_whose_store_was_replaced_is_refused(tmp_path):
+    """The same address, another store behind it: the Changes stream names its store
+    and the digests of since and head, so the remote rescan checks the cursor too."""
+    tree = build_tree(tmp_path)
+    _exact_catalog(tmp_path, tree).close()
+    listen = f"127.0.0.1:{_free_port()}"
+    runner = CliRunner()
+
+    def cli_rescan(ts, *extra):
+        return runner.invoke(cli, ["rescan", "--server", ts.target, "--token", ts.tokens["ops"],
+                                   "--catalog", str(tmp_path / "catalog.sqlite"),
+                                   "--out", str(tmp_path / "r.jsonl"), *extra])  # fmt: skip
+
+    ingest_originals(tmp_path / "a", tree, ["coffee"], list_name="partner")
+    with running_server(tmp_path / "a", tenants=TENANTS, listen=listen) as ts:
+        (reply,) = list(ts.client("ops").changes(0))
+        assert reply.store_id == ts.engine.store.store_id() and reply.head == 2
+        assert reply.head_digest == ts.engine.store.change_digest(2) and not reply.since_digest
+        assert cli_rescan(ts).exit_code == 0
+    for names in (["astronaut"], ["rocket"]):
+        ingest_originals(tmp_path / "b", tree, names, list_name="other")
+    with running_server(tmp_path / "b", tenants=TENANTS, listen=listen) as ts:
+        refused = cli_rescan(ts)
+        assert refused.exit_code == 1 and "another store" in refused.output
+        assert "--since all" in refused.output
+        beyond = cli_rescan(ts, "--since", "999")
+        assert beyond.exit_code == 1 and "beyond the store's last change" in beyond.output
+        assert cli_rescan(ts, "--since", "all").exit_code == 0
+        records = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+        assert {(r["file"].rsplit("/", 1)[-1], r["type"]) for r in records[:-1]} >= {
+            ("astronaut-copy.png", "pdq"),
+            ("astronaut-copy.png", "md5"),
+        }
+        with Catalog(tmp_path / "catalog.sqlite") as catalog:  # and the API, same check
+            assert rescan(catalog, ServerChanges(ts.client("ops"), ts.target)).new == []
