@@ -24,6 +24,7 @@ Why this shape:
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -1162,17 +1163,31 @@ def write_jsonl_atomically(path: str | Path, records: Iterable[dict]) -> None:
     if path.is_symlink():  # replace the file the link points to, keep the link
         path = path.resolve()
     if path.exists() and not path.is_file():  # /dev/stdout, a FIFO...: never replace those
-        with open(path, "w", encoding="utf-8") as fh:
+        with _naming(path), open(path, "w", encoding="utf-8") as fh:
             for rec in records:
                 fh.write(json.dumps(rec) + "\n")
         return
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, sort_keys=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with _naming(path), open(tmp, "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, sort_keys=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: never leave half a report behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """OSErrors of writing the report name it: a write or close on a full disk carries
+    no file name (the CLI said ``Error: : No space left on device``)."""
+    try:
+        yield
+    except OSError as exc:  # also names the report, not its temporary ".tmp"
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def write_scan_report(

@@ -227,3 +227,54 @@ def test_a_scan_limited_by_list_or_type_keeps_the_other_matches(tmp_path):
         assert done.returncode == 0, done.stderr
         found = {(r["type"], r["list"]) for r in _report(tmp_path / f"r{i}.jsonl")[:-1]}
         assert found == {("pdq", "a"), ("md5", "b")}, limit
+
+
+def test_report_and_catalog_problems_are_one_line_and_early(tmp_path):
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a.jpg").write_bytes(_jpeg(7))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "store.sqlite").write_bytes(b"")
+    args = ["scan", "--no-match", "--workers", "0", "--data-dir", "data", "tree", "--out"]
+
+    def refused(out: str, *extra: str) -> str:
+        done = _cli([*args, out, *extra], tmp_path)
+        lines = done.stderr.decode().splitlines()
+        assert done.returncode == 1 and len(lines) == 1, done.stderr
+        return lines[0]
+
+    # a bad --out: refused before anything is hashed (the catalog is not even created)
+    assert refused("nodir/r.jsonl").startswith("Error: --out: cannot write a report in ")
+    assert refused("tree").startswith("Error: --out: tree is a directory")
+    assert not (tmp_path / "data" / "catalog.sqlite").exists()
+    # --out onto hashmatch's own databases would replace them with a report
+    for own in ("data/catalog.sqlite", "data/catalog.sqlite-wal", "data/store.sqlite"):
+        assert refused(own) == f"Error: --out: {own} is hashmatch's own database, not a report"
+    assert (tmp_path / "data" / "store.sqlite").read_bytes() == b""
+    # a full disk names the report
+    assert refused("/dev/full") == "Error: /dev/full: No space left on device"
+    # a catalog that is not a database: one line naming it, no traceback
+    (tmp_path / "junk.sqlite").write_bytes(b"this is not a database, " * 100)
+    assert refused("r.jsonl", "--catalog", "junk.sqlite") == (
+        "Error: catalog junk.sqlite: file is not a database"
+    )
+
+
+def test_a_report_that_does_not_fit_leaves_no_partial_file(tmp_path):
+    """Writing past the file size limit (EFBIG; ENOSPC behaves alike): the temporary
+    report is removed and the error names the report, not its .tmp."""
+    code = f"""
+        from hashmatch.engine.scan import write_jsonl_atomically
+        records = ({{"n": "x" * 100}} for _ in range(1000))
+        try:
+            write_jsonl_atomically({str(tmp_path / "r.jsonl")!r}, records)
+        except OSError as exc:
+            print(exc.filename, exc.strerror)
+    """
+    done = subprocess.run(
+        ["prlimit", "--fsize=20000", "--", sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stdout.strip() == f"{tmp_path / 'r.jsonl'} File too large", done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

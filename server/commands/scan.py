@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,10 +139,12 @@ def scan_command(
     type_list = tuple(t.strip().lower() for t in types.split(",") if t.strip())
     if not type_list:
         raise click.BadParameter("give at least one signal type", param_hint="--types")
+    catalog_path = _catalog_path(data_dir, catalog)
     matcher = None
     with _one_line_errors(server, name_server=True):
         try:
             _check_threshold(type_list, threshold)  # now, not after the first batch is hashed
+            _check_out(out, catalog_path, Path(data_dir))  # (the report is written last)
             options = ScanOptions(
                 types=type_list,
                 workers=workers,
@@ -163,7 +167,7 @@ def scan_command(
                 matcher = LocalMatcher.open(data_dir, threshold=threshold, lists=lists)
                 if lists:
                     _check_lists(lists, {x.name for x in matcher.engine.store.lists()})
-            with Catalog(_catalog_path(data_dir, catalog)) as cat:
+            with _catalog_errors(catalog_path), Catalog(catalog_path) as cat:
                 summary = scan(
                     paths,
                     catalog=cat,
@@ -257,6 +261,46 @@ def _check_threshold(type_list: tuple[str, ...], threshold: int | None) -> None:
             st.check_threshold(threshold, field="--threshold")
 
 
+def _check_out(out: str, catalog_path: Path, data_dir: Path) -> None:
+    """The report can be written, and is not one of hashmatch's own databases.
+
+    Why now: the report is written after the last file is hashed; a typo in --out
+    used to surface only then. And --out pointing at the catalog or the store would
+    replace a database with a report.
+    """
+    from hashmatch.engine.catalog import CATALOG_SUFFIXES
+
+    if out == "-":
+        return
+    target = Path(out)
+    if target.is_dir():
+        raise click.ClickException(f"--out: {out} is a directory")
+    if target.exists() and not target.is_file():  # /dev/stdout, a FIFO: written as is
+        return
+    resolved = target.resolve()
+    own = [Path(f"{catalog_path}{suffix}") for suffix in CATALOG_SUFFIXES]
+    own += [data_dir / f"store.sqlite{suffix}" for suffix in ("", "-wal", "-shm", "-journal")]
+    if any(resolved == p.resolve() for p in own):
+        raise click.ClickException(f"--out: {out} is hashmatch's own database, not a report")
+    try:  # the real test (permissions, read-only filesystems, missing directories)
+        with tempfile.TemporaryFile(dir=resolved.parent):
+            pass
+    except OSError as exc:
+        raise click.ClickException(
+            f"--out: cannot write a report in {resolved.parent}: {exc.strerror or exc}"
+        ) from None
+
+
+@contextlib.contextmanager
+def _catalog_errors(path: Path) -> Iterator[None]:
+    """SQLite errors of the catalog (not a database, disk full, unwritable) as one line
+    naming it, instead of a traceback."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise click.ClickException(f"catalog {path}: {exc}") from exc
+
+
 def _check_lists(lists: tuple[str, ...], known: set[str]) -> None:
     """Every --list names a list the caller can see: refused now, not after the first
     batch of files is hashed (where a resume would only fail again)."""
@@ -300,7 +344,8 @@ def _one_line_errors(server: str | None, *, name_server: bool) -> Iterator[None]
         raise click.ClickException(
             f"{server}: {exc}" if server and name_server else str(exc)
         ) from exc
-    except OSError as exc:  # e.g. --out in a directory that does not exist
-        raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from exc
+    except OSError as exc:  # e.g. a full disk while the report is written
+        where = f"{exc.filename}: " if exc.filename else ""
+        raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
     except rpc_errors as exc:
         raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}") from exc
