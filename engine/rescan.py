@@ -47,7 +47,7 @@ from hashmatch.engine.scan import (
     threshold_for,
     write_jsonl_atomically,
 )
-from hashmatch.engine.store import FRAME_BITS, Change, SignalStore, split_labels
+from hashmatch.engine.store import FRAME_BITS, REVIVE, Change, SignalStore, split_labels
 from hashmatch.indexes import load_index, make_index
 
 CURSOR_KEY = "rescan_seq"
@@ -167,16 +167,19 @@ class StoreChanges:
         return self._lists
 
     def read(self, since: int) -> tuple[int, list[Change]]:
-        """Also what the server's ``Signals.Changes`` streams (server/changes.py)."""
+        """Also what the server's ``Signals.Changes`` streams (server/changes.py).
+
+        :data:`REVIVE` entries (a list re-enabled, an expiry lifted) read as adds: to a
+        rescan they are signals that match again, whose matches it may have retracted."""
         self._lists = None  # read once per rescan, as fresh as the log
         head = self.store.change_counter()
         self.log = LogIdentity(
             self.store.store_id(), self.store.change_digest(since), self.store.change_digest(head)
         )
         return head, [
-            c
+            Change(c.seq, "add", c.signal_type, c.ids) if c.op == REVIVE else c
             for c in self.store.changes_since(since)
-            if c.seq <= head and c.op in ("add", "remove") and len(c.ids)
+            if c.seq <= head and c.op in ("add", "remove", REVIVE) and len(c.ids)
         ]
 
     def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:

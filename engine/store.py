@@ -49,6 +49,11 @@ from hashmatch.engine.store_schema import change_digest, migrate, store_id
 LABEL_SEP = "\x1f"  # labels are stored joined by the ASCII unit separator
 _NOT_SHARED = "no hash list by that name is shared with you"
 DEFAULT_BATCH = 50_000
+#: Change-log op of signals that match again without their code changing (their list
+#: re-enabled, their expiry moved past now): the index still holds them (a disabled
+#: list or an expired signal is filtered at match time), so the engine ignores it, but
+#: a rescan must treat them as new, or the matches it retracted would never come back.
+REVIVE = "revive"
 FRESH_CACHE_ROWS = 2_000_000  # rows of just-written codes kept for the index (~64 MB of PDQ)
 MAX_REJECTIONS_KEPT = 10_000  # a report keeps this many rejections; the count is exact
 
@@ -272,7 +277,7 @@ class Change:
     """One row of the change log: ids to add to / remove from a type's index."""
 
     seq: int
-    op: str  # "add" | "remove"
+    op: str  # "add" | "remove" | REVIVE ("bump" rows carry no ids)
     signal_type: str
     ids: np.ndarray  # int64 signal ids
 
@@ -447,17 +452,50 @@ class SignalStore:
         self._audit(conn, actor, "list.create", name, 0)
 
     def set_list_enabled(self, name: str, enabled: bool, *, actor: str = "local") -> HashList:
-        """Disable (or re-enable) a list: its signals stop (start) matching at once."""
+        """Disable (or re-enable) a list: its signals stop (start) matching at once.
+
+        Re-enabling a disabled list logs its live signals as :data:`REVIVE`: a rescan
+        retracted their matches when it was disabled and must find them again."""
         with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE hash_lists SET enabled = ?, updated_at = ? WHERE name = ?",
-                (int(enabled), time.time(), name),
-            )
-            if cur.rowcount == 0:
+            row = conn.execute(
+                "SELECT id, enabled FROM hash_lists WHERE name = ?", (name,)
+            ).fetchone()
+            if row is None:
                 raise NotFound(f"no hash list named {name!r}", field="list_name")
+            conn.execute(
+                "UPDATE hash_lists SET enabled = ?, updated_at = ? WHERE id = ?",
+                (int(enabled), time.time(), row[0]),
+            )
             self._audit(conn, actor, "list.enable" if enabled else "list.disable", name, 0)
             self._bump(conn)
+            if enabled and not row[1]:
+                self._log_revived_list(conn, row[0])
         return self.get_list(name)
+
+    def _log_revived_list(self, conn: sqlite3.Connection, list_id: int) -> None:
+        """One :data:`REVIVE` entry per type with the list's unretracted signals."""
+        types = [
+            t
+            for (t,) in conn.execute(
+                "SELECT signal_type FROM list_counts WHERE list_id = ? AND live > 0", (list_id,)
+            )
+        ]
+        for stype in types:
+            cur = conn.execute(
+                "SELECT id FROM signals WHERE list_id = ? AND signal_type = ?"
+                " AND retracted_at IS NULL ORDER BY id",
+                (list_id, stype),
+            )
+            ids = np.fromiter((r[0] for r in cur), dtype=np.int64)
+            self._log_revived(conn, stype, ids)
+
+    @staticmethod
+    def _log_revived(conn: sqlite3.Connection, signal_type: str, ids: np.ndarray) -> None:
+        if len(ids):
+            conn.execute(
+                "INSERT INTO changes(op, signal_type, ids) VALUES (?, ?, ?)",
+                (REVIVE, signal_type, np.sort(ids).astype(np.int64).tobytes()),
+            )
 
     def get_list(self, name: str, *, tenant: str | None = None) -> HashList:
         for info in self.lists(tenant=tenant, names=[name]):
@@ -1105,7 +1143,7 @@ class SignalStore:
                 (list_id, *chunk),
             ):
                 existing[row[0]] = row[1:]
-        updates, touches = [], []
+        updates, touches, revived = [], [], []
         for i in old_rows:
             position, rec = items[i]
             old = existing.get(int(fps[i]))
@@ -1140,6 +1178,8 @@ class SignalStore:
             if (o_labels, o_ext, o_quality, o_expires) != (labels, external_id, quality,
                                                            expires_at):  # fmt: skip
                 updates.append((labels, external_id, quality, expires_at, now, ingest_id, sid))
+                if _expiry_lifted(o_expires, expires_at, now) and o_retracted is None:
+                    revived.append(sid)
             else:
                 touches.append((ingest_id, sid))
         if updates:
@@ -1152,6 +1192,7 @@ class SignalStore:
             conn.executemany("UPDATE signals SET last_ingest = ? WHERE id = ?", touches)
         counts["updated"] += len(updates)
         counts["unchanged"] += len(touches)
+        self._log_revived(conn, st.name, np.asarray(revived, dtype=np.int64))
 
     # ---- retraction
 
@@ -1853,6 +1894,11 @@ def _pack(rows: list[tuple], nbytes: int) -> tuple[np.ndarray, np.ndarray]:
     ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
     codes = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.uint8).reshape(-1, nbytes)
     return ids, codes
+
+
+def _expiry_lifted(old: float | None, new: float | None, now: float) -> bool:
+    """An expired signal's expiry moved past ``now`` (or removed): it matches again."""
+    return old is not None and old <= now and (new is None or new > now)
 
 
 def _reason(exc: Exception) -> str:

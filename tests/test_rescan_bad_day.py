@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import time
 from contextlib import closing
 
 import pytest
@@ -17,6 +18,7 @@ from scan_tree import build_tree, ingest_originals
 from hashmatch.engine.catalog import Catalog
 from hashmatch.engine.errors import Conflict
 from hashmatch.engine.rescan import ServerChanges, rescan
+from hashmatch.engine.runtime import Engine
 from hashmatch.engine.scan import ScanOptions, scan
 from hashmatch.engine.store import SignalStore
 from hashmatch.server.cli import cli
@@ -143,3 +145,66 @@ def test_a_server_whose_store_was_replaced_is_refused(tmp_path):
         }
         with Catalog(tmp_path / "catalog.sqlite") as catalog:  # and the API, same check
             assert rescan(catalog, ServerChanges(ts.client("ops"), ts.target)).new == []
+
+
+# ------------------------------------------------------------------ matches that come back
+
+
+def test_matches_come_back_when_their_list_is_re_enabled(tmp_path):
+    tree = build_tree(tmp_path)
+    catalog = _exact_catalog(tmp_path, tree)
+    ingest_originals(tmp_path / "data", tree, ["coffee"], list_name="partner")
+    with closing(SignalStore(tmp_path / "data" / "store.sqlite")) as store:
+        assert len(rescan(catalog, store).new) == 2
+        store.set_list_enabled("partner", False)
+        assert [r.reason for r in rescan(catalog, store).retracted] == ["list-disabled"] * 2
+        store.set_list_enabled("partner", True)
+        back = rescan(catalog, store)
+        assert _names(catalog, back.new) == [("coffee-copy.png", "md5"), ("coffee-copy.png", "pdq")]
+        store.set_list_enabled("partner", True)  # already enabled: nothing to announce
+        assert rescan(catalog, store).new == []
+    assert catalog.stats()["matches"] == 2
+    catalog.close()
+
+
+def _coffee(tree, expires_at):
+    from hashmatch.engine.hashing import hash_media
+    from hashmatch.engine.store import SignalRecord
+
+    return [
+        SignalRecord(h.signal_type, h.hex, external_id="coffee", expires_at=expires_at)
+        for h in hash_media(tree.originals["coffee"], ["pdq", "md5"])
+    ]
+
+
+def test_matches_come_back_when_an_expiry_is_extended(tmp_path):
+    tree = build_tree(tmp_path)
+    catalog = _exact_catalog(tmp_path, tree)
+    data = tmp_path / "data"
+    with Engine.open(data, eager=False) as engine:
+        engine.ingest(_coffee(tree, time.time() + 1.0), list_name="partner")
+        assert len(rescan(catalog, engine.store).new) == 2
+        time.sleep(1.1)
+        assert [r.reason for r in rescan(catalog, engine.store).retracted] == ["expired"] * 2
+        report = engine.ingest(_coffee(tree, time.time() + 3600), list_name="partner")
+        assert report.updated == 2
+        back = rescan(catalog, engine.store)
+    assert _names(catalog, back.new) == [("coffee-copy.png", "md5"), ("coffee-copy.png", "pdq")]
+    catalog.close()
+
+
+def test_matches_come_back_through_a_server(tmp_path):
+    tree = build_tree(tmp_path)
+    catalog = _exact_catalog(tmp_path, tree)
+    ingest_originals(tmp_path / "data", tree, ["coffee"], list_name="partner")
+    with running_server(tmp_path / "data", tenants=TENANTS) as ts:
+        source = ServerChanges(ts.client("ops"), ts.target)
+        assert len(rescan(catalog, source).new) == 2
+        ts.engine.store.set_list_enabled("partner", False)
+        assert len(rescan(catalog, source).retracted) == 2
+        ts.engine.store.set_list_enabled("partner", True)
+        back = rescan(catalog, source)
+        assert _names(catalog, back.new) == [("coffee-copy.png", "md5"), ("coffee-copy.png", "pdq")]
+        # and the served engine still matches it once (revive does not touch the index)
+        assert len(ts.engine.match_hex("md5", [_coffee(tree, None)[1].hash_hex])[0]) == 1
+    catalog.close()
