@@ -8,6 +8,7 @@ object drives ``hashmatch serve``, the tests and the benchmark.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -90,11 +91,41 @@ class ServerConfig:
         return max(1, self.workers // 2)
 
     def validate(self) -> ServerConfig:
-        for name in ("max_message_bytes", "max_batch", "max_media_items", "max_media_bytes"):
+        """Refuse at start-up what would otherwise fail later, on every call or on stop.
+
+        Why: an unknown ``index_kind`` or negative ``shards`` used to reach SERVING and
+        then fail every lookup with INVALID_ARGUMENT (blaming the client) after ingests
+        had been committed; a ``metrics_port`` over 65535 was a traceback.
+        """
+        for name in _POSITIVE:
             if getattr(self, name) <= 0:
                 raise InvalidInput("must be positive", field=name)
+        for name in _NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise InvalidInput("must be >= 0", field=name)
+        if not math.isfinite(self.drain_seconds):
+            raise InvalidInput("must be a finite number of seconds", field="drain_seconds")
         if self.workers < 1 or self.media_workers < 1 or self.max_concurrent_rpcs < 1:
             raise InvalidInput("workers, media_workers and max_concurrent_rpcs must be >= 1")
+        if self.shards is not None and not 0 <= self.shards <= MAX_SHARDS:
+            raise InvalidInput(
+                f"must be 0 (one per core) .. {MAX_SHARDS}, got {self.shards}", field="shards"
+            )
+        if self.index_kind not in INDEX_KINDS:
+            raise InvalidInput(
+                f"unknown index kind {self.index_kind!r} (known: {', '.join(INDEX_KINDS)})",
+                field="index_kind",
+            )
+        if not -1 <= self.metrics_port <= 65535:
+            raise InvalidInput(
+                f"must be -1 (off), 0 (any free port) .. 65535, got {self.metrics_port}",
+                field="metrics_port",
+            )
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise InvalidInput(
+                f"unknown level {self.log_level!r} (known: {', '.join(LOG_LEVELS)})",
+                field="log_level",
+            )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidInput("tls_cert and tls_key go together", field="tls_cert")
         if self.tls_client_ca and not self.tls_cert:
@@ -102,25 +133,53 @@ class ServerConfig:
         return self
 
 
+#: Settings that must be > 0 / >= 0 (the rest have their own checks in validate).
+_POSITIVE = (
+    "max_message_bytes", "max_batch", "max_media_items", "max_media_bytes",
+    "max_media_pixels", "lookup_batch",
+)  # fmt: skip
+_NOT_NEGATIVE = ("media_queue", "lookup_threads", "max_pending_lookups", "drain_seconds")
+#: indexes.sharded.KINDS and its shard bound (not imported: that pulls in FAISS).
+INDEX_KINDS = ("auto", "flat", "mih", "exact")
+MAX_SHARDS = 1024
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
 def _field_types() -> dict[str, str]:
     return {f.name: str(f.type) for f in fields(ServerConfig)}
 
 
 def _coerce(name: str, value: Any) -> Any:
-    """Env values arrive as strings; turn them into the field's type."""
-    kind = _field_types()[name]
-    if not isinstance(value, str):
-        return value
-    if kind.startswith("bool"):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    if kind.startswith("int"):
-        try:
-            return int(value)
-        except ValueError:
-            raise InvalidInput(f"not an integer: {value!r}", field=name) from None
-    if kind.startswith("float"):
+    """Env values arrive as strings; turn them into the field's type. TOML and flag
+    values arrive typed: check them, so a wrong type is refused by name at start-up
+    (``listen = 45002`` used to be an AttributeError, ``workers = 1.5`` accepted)."""
+    kind = _field_types()[name].split(" | ")[0]  # "int | None" -> "int"
+    if isinstance(value, str) and kind != "str":
+        return _parse(name, kind, value.strip())
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    want = {"bool": bool, "int": int, "float": float, "str": str}[kind]
+    if not isinstance(value, want) or (isinstance(value, bool) and kind != "bool"):
+        shown = {"bool": "true or false", "int": "an integer", "float": "a number"}
+        raise InvalidInput(f"must be {shown.get(kind, 'a string')}, got {value!r}", field=name)
     return value
+
+
+def _parse(name: str, kind: str, text: str) -> Any:
+    """A string (from the environment, or quoted in TOML) as a bool, int or float."""
+    if kind == "bool":
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise InvalidInput(f"not true or false: {text!r}", field=name)
+    try:
+        return int(text) if kind == "int" else float(text)
+    except ValueError:
+        what = "an integer" if kind == "int" else "a number"
+        raise InvalidInput(f"not {what}: {text!r}", field=name) from None
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -144,10 +203,34 @@ def load(
     env = from_env(environ)
     path = path or (os.environ if environ is None else environ).get(ENV_PREFIX + "CONFIG")
     if path:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-        config = config.with_overrides(data.get("server", data))
+        config = config.with_overrides(read_file(path))
     config = config.with_overrides(env)
     if flags:
         config = config.with_overrides(flags)
     return config.validate()
+
+
+def read_file(path: str | Path) -> Mapping[str, Any]:
+    """The settings in a TOML config file: the ``[server]`` table, or the whole file.
+
+    Why strict: with a ``[server]`` table, keys written above it (outside it) used to
+    be ignored without a word, so ``data_dir`` or ``auth_file`` there silently fell
+    back to the defaults.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:  # tomllib's message does not name the file
+        raise InvalidInput(f"{path}: not valid TOML: {exc}", field="config") from None
+    if "server" not in data:
+        return data
+    stray = sorted(set(data) - {"server"})
+    if stray:
+        raise InvalidInput(
+            f"{path}: {', '.join(stray)} outside the [server] table would be ignored: "
+            "put every setting under [server] (or use no [server] table)",
+            field="config",
+        )
+    if not isinstance(data["server"], Mapping):
+        raise InvalidInput(f"{path}: server must be a table [server]", field="config")
+    return data["server"]

@@ -82,11 +82,10 @@ def test_token_writes_the_file_the_config_names(tmp_path, monkeypatch):
     assert made.exit_code == 1 and "missing.toml" in made.output
 
 
-def _serve(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+def _serve(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """``hashmatch serve`` in a child process, for start-up failures (it exits)."""
     return subprocess.run(
-        [sys.executable, "-c", SERVE, "serve", "--listen", "127.0.0.1:0", "--metrics-port",
-         "-1", *args],
+        [sys.executable, "-c", SERVE, "serve", "--listen", "127.0.0.1:0", *args],
         capture_output=True, text=True, timeout=timeout,
         env=_clean_env(),
     )  # fmt: skip
@@ -174,3 +173,21 @@ def test_sighup_keeps_the_old_tokens_when_the_file_holds_none(tmp_path):
             assert admin.stats().total_signals == 0  # still authenticated
     finally:
         served.stop()
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ('index_kind = "hnsw"', "index_kind: unknown index kind 'hnsw'"),
+        ("metrics_port = 70000", "metrics_port: must be -1"),
+        ("listen = 45002", "listen: must be a string"),
+        ('drain_seconds = "soon"', "drain_seconds: not a number"),
+        ("[server\n", "hm.toml: not valid TOML"),
+    ],
+)
+def test_serve_refuses_a_bad_config_at_start_up_in_one_line(tmp_path, toml, expected):
+    path = tmp_path / "hm.toml"
+    path.write_text(toml + ("\n" if "metrics_port" in toml else "\nmetrics_port = -1\n"))
+    done = _serve("--config", str(path), "--data-dir", str(tmp_path / "d"))
+    _one_line_error(done, expected)
+    assert not (tmp_path / "d").exists()  # nothing created before the config is checked

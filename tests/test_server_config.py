@@ -148,3 +148,84 @@ def test_tenant_entry_quotes_the_name_as_one_key(tmp_path, name):
 def test_tenant_entry_refuses_empty_or_control_characters(name):
     with pytest.raises(engine_errors.InvalidInput, match="tenant"):
         auth.tenant_entry(name, "s3cret", ["match"])
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('index_kind = "hnsw"', "index_kind"),
+        ("shards = -2", "shards"),
+        ("shards = 5000", "shards"),
+        ("media_queue = -1", "media_queue"),
+        ("max_media_pixels = 0", "max_media_pixels"),
+        ("max_pending_lookups = -1", "max_pending_lookups"),
+        ("lookup_batch = 0", "lookup_batch"),
+        ("lookup_threads = -1", "lookup_threads"),
+        ("metrics_port = 70000", "metrics_port"),
+        ("metrics_port = -2", "metrics_port"),
+        ("drain_seconds = -1", "drain_seconds"),
+        ('drain_seconds = "soon"', "drain_seconds"),
+        ("drain_seconds = inf", "drain_seconds"),
+        ('log_level = "verbose"', "log_level"),
+        ("listen = 45002", "listen"),
+        ("workers = 1.5", "workers"),
+        ("workers = true", "workers"),
+        ('insecure_no_auth = "maybe"', "insecure_no_auth"),
+        ("insecure_no_auth = 1", "insecure_no_auth"),
+    ],
+)
+def test_config_refuses_bad_values_naming_the_key(tmp_path, toml, key):
+    path = tmp_path / "hashmatch.toml"
+    path.write_text(f"[server]\n{toml}\n")
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(path, environ={})
+    assert str(err.value).startswith(f"{key}: "), err.value
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"HASHMATCH_DRAIN_SECONDS": "abc"}, "drain_seconds"),
+        ({"HASHMATCH_LOG_LEVEL": "verbose"}, "log_level"),
+        ({"HASHMATCH_METRICS_PORT": "70000"}, "metrics_port"),
+        ({"HASHMATCH_INSECURE_NO_AUTH": "ture"}, "insecure_no_auth"),
+    ],
+)
+def test_config_refuses_bad_environment_values_naming_the_key(env, key):
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(environ=env)
+    assert str(err.value).startswith(f"{key}: "), err.value
+
+
+def test_config_accepts_documented_forms(tmp_path):
+    path = tmp_path / "hashmatch.toml"
+    path.write_text(
+        'listen = "127.0.0.1:7000"\nshards = 0\nindex_kind = "mih"\nmetrics_port = -1\n'
+        'drain_seconds = 3\nlog_level = "debug"\nmedia_queue = 0\nlookup_threads = 0\n'
+    )
+    cfg = config.load(path, environ={"HASHMATCH_DRAIN_SECONDS": "2.5"})
+    assert cfg.shards == 0 and cfg.index_kind == "mih" and cfg.drain_seconds == 2.5
+    env = {"HASHMATCH_INSECURE_NO_AUTH": "off", "HASHMATCH_SHARDS": "4"}
+    assert config.load(environ=env).insecure_no_auth is False
+    assert config.load(environ=env).shards == 4
+
+
+def test_config_index_kinds_are_the_index_layers(tmp_path):
+    from hashmatch.indexes import sharded
+
+    assert config.INDEX_KINDS == sharded.KINDS
+
+
+def test_config_keys_outside_the_server_table_are_refused(tmp_path):
+    path = tmp_path / "hashmatch.toml"
+    path.write_text('data_dir = "/srv/hm"\n[server]\nlisten = "127.0.0.1:7000"\n')
+    with pytest.raises(engine_errors.InvalidInput, match="data_dir outside the \\[server\\]"):
+        config.load(path, environ={})
+
+
+def test_config_syntax_error_names_the_file(tmp_path):
+    path = tmp_path / "hashmatch.toml"
+    path.write_text("[server\nlisten = 1\n")
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(path, environ={})
+    assert str(path) in str(err.value)
