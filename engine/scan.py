@@ -177,13 +177,15 @@ def read_list(
 ) -> Iterator[Entry]:
     """Entries for a list of local paths or ``file://`` URIs, one per line.
 
-    Blank lines and ``#`` comments are skipped; directories are walked; other URI
-    schemes are reported as ``unsupported`` (this scanner reads local files only).
+    A line is taken as is but for its line ending (``\n`` or ``\r\n``): names may
+    begin or end with spaces. Blank (whitespace-only) lines and ``#`` comments are
+    skipped; directories are walked; other URI schemes are reported as
+    ``unsupported`` (this scanner reads local files only).
     """
     roots: list[str] = []
     for raw in lines:
-        line = raw.strip()
-        if not line or line.startswith("#"):
+        line = raw.rstrip("\r\n")
+        if not line.strip() or line.startswith("#"):
             continue
         if "://" in line:
             uri = urlparse(line)

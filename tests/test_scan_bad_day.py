@@ -278,3 +278,15 @@ def test_a_report_that_does_not_fit_leaves_no_partial_file(tmp_path):
     )
     assert done.stdout.strip() == f"{tmp_path / 'r.jsonl'} File too large", done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_from_list_keeps_leading_and_trailing_spaces_of_names(tmp_path):
+    (tmp_path / "tree").mkdir()
+    for i, name in enumerate((" lead.jpg", "trail.jpg ", "plain.jpg")):
+        (tmp_path / "tree" / name).write_bytes(_jpeg(10 + i))
+    listing = b"# a comment\r\n  \ntree/ lead.jpg\ntree/trail.jpg \r\ntree/plain.jpg"
+    args = ["scan", "--no-match", "--workers", "0", "--catalog", "c.sqlite", "--out", "r.jsonl"]
+    done = _cli([*args, "--from-list", "-"], tmp_path, stdin=listing)
+    assert done.returncode == 0, done.stderr
+    records = _report(tmp_path / "r.jsonl")
+    assert records == [records[-1]] and records[-1]["hashed"] == 3
