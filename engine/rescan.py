@@ -96,6 +96,7 @@ class SignalMeta:
     code: bytes
     labels: tuple[str, ...]
     external_id: str | None
+    quality: int | None = None  # as stored (None = unknown)
 
 
 @dataclass
@@ -185,16 +186,19 @@ class StoreChanges:
     def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
         index_ids, codes = self.store.codes_for(signal_type, ids)
         sids = index_ids >> FRAME_BITS if signal_type == "vpdq" else index_ids
-        info = self.store.lookup(np.unique(sids).tolist())
+        info = self.store.lookup(np.unique(sids).tolist(), with_quality=True)
         lists = self.lists()
         live = np.array(
-            [why_gone(info.get(int(s)), lists, now) is None for s in sids.tolist()], dtype=bool
+            [why_gone(_meta(info.get(int(s))), lists, now) is None for s in sids.tolist()],
+            dtype=bool,
         )
         index_ids, codes, sids = index_ids[live], codes[live], sids[live]
         meta = {}
         for sid in np.unique(sids).tolist():
-            list_id, _stype, code, labels, ext, _expires, _retracted = info[sid]
-            meta[sid] = SignalMeta(lists[list_id][0], bytes(code), split_labels(labels), ext)
+            list_id, _stype, code, labels, ext, _expires, _retracted, quality = info[sid]
+            meta[sid] = SignalMeta(
+                lists[list_id][0], bytes(code), split_labels(labels), ext, quality
+            )
         return NewSignals(index_ids, codes, meta)
 
     def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
@@ -279,7 +283,10 @@ class ServerChanges:
             else:
                 index_ids.append(sid)
                 codes.append(c.hash)
-            meta[sid] = SignalMeta(c.list_name, c.hash, tuple(c.labels), c.external_id or None)
+            quality = c.quality if c.HasField("quality") else None
+            meta[sid] = SignalMeta(
+                c.list_name, c.hash, tuple(c.labels), c.external_id or None, quality
+            )
         packed = np.frombuffer(b"".join(codes), np.uint8).reshape(-1, st.nbytes)
         return NewSignals(np.asarray(index_ids, np.int64), packed, meta)
 
@@ -360,17 +367,13 @@ def rescan(
         summary.new_signals[stype] = len(info)
         if not len(codes):
             continue
-        t0 = time.monotonic()
-        index, indexed, read = catalog_index(catalog, st, floor, cache_dir=cache_dir)
-        summary.catalog_hashes_indexed[stype] = indexed
-        summary.catalog_rows_read[stype] = read
-        t1 = time.monotonic()
-        summary.load_s += t1 - t0
-        if index is None:
+        hits = _search(catalog, st, floor, codes, radius, cache_dir, summary)
+        if stype == "pdq":  # the scan's default rule for its low-quality files, too
+            hits = _add_low_quality_hits(hits, catalog, st, floor, codes, sids, info, radius,
+                                         cache_dir, summary)  # fmt: skip
+        qrows, hit_rows, dist = hits
+        if not len(hit_rows):
             continue
-        lims, dist, hit_rows = index.search_radius(codes, radius)
-        summary.query_s += time.monotonic() - t1
-        qrows = np.repeat(np.arange(len(codes)), np.diff(lims))
         if stype == "vpdq":
             new_rows.extend(
                 _video_rows(catalog, source, st, index_ids, qrows, hit_rows, dist, info, floor)
@@ -409,6 +412,53 @@ def rescan(
             summary.report = str(report)
             write_jsonl_atomically(report, _report_records(catalog, inserted, gone, summary))
     return RescanResult(summary, inserted, gone)
+
+
+def _search(catalog, st, floor, codes, radius, cache_dir, summary, *, low=False):
+    """Query one catalog index (:func:`catalog_index`) with ``codes``:
+    (query rows, catalog hash row ids, distances), with its counts and times in
+    ``summary`` (the low-quality index's added to the type's)."""
+    t0 = time.monotonic()
+    index, indexed, read = catalog_index(catalog, st, floor, cache_dir=cache_dir, low=low)
+    for counts, n in ((summary.catalog_hashes_indexed, indexed), (summary.catalog_rows_read, read)):
+        counts[st.name] = counts.get(st.name, 0) + n
+    t1 = time.monotonic()
+    summary.load_s += t1 - t0
+    if index is None:
+        empty = np.empty(0, np.int64)
+        return empty, empty, empty
+    lims, dist, hit_rows = index.search_radius(codes, radius)
+    summary.query_s += time.monotonic() - t1
+    qrows = np.repeat(np.arange(len(codes)), np.diff(lims))
+    return qrows, np.asarray(hit_rows, np.int64), np.asarray(dist, np.int64)
+
+
+def _add_low_quality_hits(hits, catalog, st, floor, codes, sids, info, radius, cache_dir,
+                          summary):  # fmt: skip
+    """PDQ: ``hits`` plus those of the new signals of known quality >= the floor on the
+    catalog's rows under the floor (:func:`catalog_index` ``low``)."""
+    sure = np.flatnonzero([_quality_known_ok(info[int(s)], floor) for s in sids.tolist()])
+    if not len(sure):
+        return hits
+    qrows, hit_rows, dist = _search(catalog, st, floor, codes[sure], radius, cache_dir,
+                                    summary, low=True)  # fmt: skip
+    return (
+        np.concatenate([hits[0], sure[qrows]]),
+        np.concatenate([hits[1], hit_rows]),
+        np.concatenate([hits[2], dist]),
+    )
+
+
+def _quality_known_ok(meta: SignalMeta, floor: int) -> bool:
+    """Whether a stored PDQ signal may match a catalog file under the quality floor: the
+    scan's default (``low_quality_queries="match_quality_stored"``) matches such a file
+    only against stored signals whose quality is KNOWN and >= the floor."""
+    return meta.quality is not None and meta.quality >= floor
+
+
+def _meta(found: tuple | None) -> tuple | None:
+    """:meth:`SignalStore.lookup`'s tuple without the quality ``with_quality`` adds."""
+    return None if found is None else found[:7]
 
 
 def check_cursor(
@@ -452,8 +502,15 @@ def check_cursor(
         )
 
 
-def catalog_index(catalog: Catalog, st, floor: int, *, cache_dir: str | Path | None):
+def catalog_index(
+    catalog: Catalog, st, floor: int, *, cache_dir: str | Path | None, low: bool = False
+):
     """The index over the catalog's hashes of one type: (index or None, rows, rows read).
+
+    PDQ and vPDQ rows of known quality under ``floor`` are left out, as the scan does
+    not match them against the whole store; ``low`` (PDQ): the index of only those
+    rows, which the scan matches against stored signals of known quality >= the floor
+    (kept apart so only such new signals query it).
 
     Cached on disk with the largest row id it holds: the next call loads it and adds
     only newer rows. Rows of re-hashed files that were deleted stay in the cached index
@@ -465,8 +522,9 @@ def catalog_index(catalog: Catalog, st, floor: int, *, cache_dir: str | Path | N
     manifest_path = index_path = None
     if cache_dir is not None:
         cache_dir = Path(cache_dir)
-        manifest_path = cache_dir / f"{st.name}.json"
-        index_path = cache_dir / f"{st.name}.index"
+        name = f"{st.name}-low" if low else st.name
+        manifest_path = cache_dir / f"{name}.json"
+        index_path = cache_dir / f"{name}.index"
         try:
             manifest = json.loads(manifest_path.read_text())
             if (
@@ -484,8 +542,9 @@ def catalog_index(catalog: Catalog, st, floor: int, *, cache_dir: str | Path | N
     if index is None:
         index = _new_index(st)
     row_ids, _file_ids, codes, qualities = catalog.codes(st.name, with_quality=True, after_id=after)
-    if st.name in ("pdq", "vpdq") and len(row_ids):  # the scan skips low quality too
-        keep = np.array([q is None or q >= floor for q in qualities], dtype=bool)
+    if st.name in ("pdq", "vpdq") and len(row_ids):
+        under = np.array([q is not None and q < floor for q in qualities], dtype=bool)
+        keep = under if low else ~under
         row_ids, codes = row_ids[keep], codes[keep]
     if len(row_ids):
         index.add(codes, row_ids)

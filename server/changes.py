@@ -75,7 +75,7 @@ def changes(
         ids = entry.ids.tolist()
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
-            info = store.lookup(chunk)
+            info = store.lookup(chunk, with_quality=True)
             frames = _frames(store, chunk) if added and entry.signal_type == "vpdq" else {}
             for sid in chunk:
                 meta = info.get(sid)
@@ -84,13 +84,15 @@ def changes(
                 change = signals_pb2.Change(
                     seq=entry.seq, action=action, signal_id=sid, signal_type=entry.signal_type
                 )
-                if added and why_gone(meta, lists, now) is None:
-                    list_id, _stype, code, labels, ext, _expires, _retracted = meta
+                if added and why_gone(meta and meta[:7], lists, now) is None:
+                    list_id, _stype, code, labels, ext, _expires, _retracted, quality = meta
                     change.live = True
                     change.list_name = lists[list_id][0]
                     change.labels.extend(split_labels(labels))
                     change.external_id = ext or ""
                     change.hash = bytes(code)
+                    if quality is not None:
+                        change.quality = int(quality)
                     if entry.signal_type == "vpdq":
                         change.frames.extend(frames.get(sid, ()))
                         size += 32 * len(change.frames)

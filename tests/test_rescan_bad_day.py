@@ -5,12 +5,14 @@ retracted, and low-quality catalog files the scan matches. Real stores and catal
 
 from __future__ import annotations
 
+import io
 import json
 import socket
 import sqlite3
 import time
 from contextlib import closing
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from scan_tree import build_tree, ingest_originals
@@ -208,3 +210,73 @@ def test_matches_come_back_through_a_server(tmp_path):
         # and the served engine still matches it once (revive does not touch the index)
         assert len(ts.engine.match_hex("md5", [_coffee(tree, None)[1].hash_hex])[0]) == 1
     catalog.close()
+
+
+# ------------------------------------------------------------------ low-quality files
+
+
+def _flat_png(amplitude: int) -> bytes:
+    """A faint gradient: PDQ quality 0 (far under the floor of 50)."""
+    from PIL import Image
+
+    ramp = np.linspace(0, amplitude, 256)
+    gray = (120 + np.add.outer(ramp, ramp)).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(np.stack([gray] * 3, axis=-1)).save(out, "PNG")
+    return out.getvalue()
+
+
+def _matches(catalog):
+    paths = catalog.path_of(sorted({fid for (fid,) in catalog.conn.execute(
+        "SELECT file_id FROM matches")}))  # fmt: skip
+    return sorted(
+        (paths[fid].rsplit("/", 1)[-1], stype, lst)
+        for fid, stype, lst in catalog.conn.execute(
+            "SELECT file_id, signal_type, list_name FROM matches"
+        )
+    )
+
+
+def test_low_quality_files_are_rescanned_by_the_scans_rule(tmp_path):
+    """A file under PDQ quality 50 matches stored signals of KNOWN quality >= 50 only
+    (the scan's default, match_quality_stored): a rescan finds what a scan finds."""
+    from hashmatch.engine.hashing import hash_media
+    from hashmatch.engine.scan import LocalMatcher
+    from hashmatch.engine.store import SignalRecord
+
+    root = tmp_path / "tree"
+    root.mkdir()
+    (root / "flat.png").write_bytes(_flat_png(8))
+    (pdq,) = hash_media((root / "flat.png").read_bytes(), ["pdq"])
+    assert pdq.quality < 50
+    options = ScanOptions(workers=0, progress=False)
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    scan([root], catalog=catalog, matcher=None, options=options)  # hashed, not matched
+    data = tmp_path / "data"
+    with Engine.open(data, eager=False) as engine:  # the same hash, shared three ways
+        for list_name, quality in (("known-good", 80), ("known-low", 10), ("unknown", None)):
+            engine.ingest([SignalRecord("pdq", pdq.hex, quality=quality)], list_name=list_name)
+        found = rescan(catalog, engine.store)
+    assert _matches(catalog) == [("flat.png", "pdq", "known-good")]
+    assert len(found.new) == 1
+    # what a full scan against the same store finds
+    fresh = Catalog(tmp_path / "fresh.sqlite")
+    matcher = LocalMatcher.open(data)
+    scan([root], catalog=fresh, matcher=matcher, options=options)
+    matcher.close()
+    assert _matches(fresh) == _matches(catalog)
+    # and through a server: the Changes stream carries each signal's stored quality
+    with running_server(data, tenants=TENANTS) as ts:
+        remote = rescan(fresh, ServerChanges(ts.client("ops"), ts.target), since=0)
+        (change,) = [
+            c for r in ts.client("ops").changes(0) for c in r.changes if c.list_name == "known-good"
+        ]
+        assert change.quality == 80
+    assert remote.new == [] and _matches(fresh) == [("flat.png", "pdq", "known-good")]
+    wiped = Catalog(tmp_path / "wiped.sqlite")
+    scan([root], catalog=wiped, matcher=None, options=options)
+    with running_server(data, tenants=TENANTS) as ts:
+        remote = rescan(wiped, ServerChanges(ts.client("ops"), ts.target))
+    assert _matches(wiped) == _matches(catalog) and len(remote.new) == 1
+    for cat in (catalog, fresh, wiped):
+        cat.close()
