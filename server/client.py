@@ -282,22 +282,36 @@ class HashmatchClient:
         batch_size: int = 1000,
         timeout: float | None = None,
     ) -> signals_pb2.IngestResponse:
-        """Stream ``signals`` into ``list_name`` in batches (ingest is an upsert: safe to retry)."""
+        """Stream ``signals`` into ``list_name`` in batches (ingest is an upsert: safe to retry).
+
+        ``timeout`` bounds the whole stream; by default it is the client's timeout per
+        message (batch), not for all of them: a large file takes longer than 30 s to
+        send while the server stores each message as it arrives. A failed call's
+        ``RpcError`` gets ``signals_sent`` / ``signals_total``: how far the stream got.
+        """
         items = list(signals)
+        batch_size = max(1, batch_size)
+        if timeout is None and self.timeout is not None:
+            timeout = self.timeout * max(1, -(-len(items) // batch_size))
+        sent = [0]
 
         def batches() -> Iterator[signals_pb2.IngestRequest]:
+            sent[0] = 0  # a retried call starts over
             for start in range(0, max(len(items), 1), batch_size):
+                chunk = items[start : start + batch_size]
+                sent[0] += len(chunk)
                 yield signals_pb2.IngestRequest(
-                    list_name=list_name,
-                    signals=items[start : start + batch_size],
-                    source=source,
-                    strict=strict,
+                    list_name=list_name, signals=chunk, source=source, strict=strict
                 )
 
         def call(_request: None, *, timeout, metadata):
             return self.signals.Ingest(batches(), timeout=timeout, metadata=metadata)
 
-        return self._unary(call, None, timeout)
+        try:
+            return self._unary(call, None, timeout)
+        except grpc.RpcError as exc:
+            exc.signals_sent, exc.signals_total = sent[0], len(items)  # type: ignore[attr-defined]
+            raise
 
     def retract(
         self,

@@ -69,15 +69,11 @@ def served(tmp_path_factory):
         yield ts
 
 
-def _remote(served, *args: str, tenant: str = "ops", input: str | None = None):
+def _remote(served, *args: str, tenant: str = "ops", input: str | None = None, options: tuple = ()):
+    """``hashmatch remote [OPTIONS] ARGS`` (``options``: more of ``remote``'s own)."""
     runner = CliRunner()
-    result = runner.invoke(
-        cli,
-        ["remote", "--server", served.target, "--token", served.tokens[tenant], *args],
-        input=input,
-        catch_exceptions=False,
-    )
-    return result
+    given = ["--server", served.target, "--token", served.tokens[tenant], *options]
+    return runner.invoke(cli, ["remote", *given, *args], input=input, catch_exceptions=False)
 
 
 def test_remote_verbs(served, tmp_path):
@@ -300,3 +296,30 @@ def test_remote_with_a_client_cert_or_key_alone_is_a_usage_error(tmp_path, given
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0 and "go together" in done.stdout, done.stderr
+
+
+def _random_pdq_csv(path, rows: int) -> None:
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 256, size=(rows, 32), dtype=np.uint8)
+    path.write_text(
+        "signal_type,signal_value\n" + "".join(f"pdq,{c.tobytes().hex()}\n" for c in codes)
+    )
+
+
+def test_remote_ingest_of_a_big_file_outlasts_the_per_call_timeout(served, tmp_path):
+    big = tmp_path / "big.csv"
+    _random_pdq_csv(big, 20_000)  # 400 messages of 50: about a second, well over 0.2 s
+    args = ("ingest", "big-list", str(big), "--batch-size", "50")
+    result = _remote(served, *args, options=("--timeout", "0.2"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["added"] == 20_000
+
+
+def test_an_ingest_cut_off_by_its_deadline_says_how_far_it_got(served, tmp_path):
+    big = tmp_path / "big.csv"
+    _random_pdq_csv(big, 20_000)
+    args = ("ingest", "cut-list", str(big), "--batch-size", "50")
+    result = _remote(served, *args, options=("--timeout", "0.0005"))
+    assert result.exit_code == 1, result.output
+    assert "DEADLINE_EXCEEDED" in result.output and "of 20000 signals were sent" in result.output
+    assert "re-running the same ingest is harmless" in result.output

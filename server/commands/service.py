@@ -334,6 +334,19 @@ def _token_from_file(ctx: click.Context, token_file: str, token: str | None) -> 
     return text
 
 
+def _ingest_progress(exc: grpc.RpcError, details: str) -> str:
+    """For an ingest stream that failed part way (e.g. its deadline passed) without the
+    server's own "were stored" count: how far it got, and that re-running is safe."""
+    sent = getattr(exc, "signals_sent", 0)
+    if not sent or "were stored" in details:
+        return ""
+    return (
+        f"\n  ({sent} of {exc.signals_total} signals were sent; the server stores each"
+        " message as it arrives, so some may be stored: re-running the same ingest is"
+        " harmless, stored ones count as unchanged)"
+    )
+
+
 def _rpc(fn):
     """Turn gRPC errors into a one-line message and exit status 1."""
     import functools
@@ -353,6 +366,7 @@ def _rpc(fn):
             hint = ""
             if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
                 hint = "\n  (give a token with --token or HASHMATCH_TOKEN)"
+            hint += _ingest_progress(exc, details)
             raise click.ClickException(f"{exc.code().name}: {details}{fields}{hint}") from None
         except (OSError, HashmatchError) as exc:
             raise click.ClickException(str(exc)) from None
@@ -460,7 +474,7 @@ def _read_signals(path: str, fmt: str | None, default_type: str):
 @click.option("--type", "signal_type", default="pdq", show_default=True, help="For hex files.")
 @click.option("--source", default="")
 @click.option("--strict", is_flag=True, help="Reject the whole batch if any line is bad.")
-@click.option("--batch-size", type=int, default=1000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.pass_obj
 @_rpc
 def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, batch_size) -> None:
