@@ -5,11 +5,17 @@ Re-hashing millions of files takes hours or days; the catalog already has every
 file's hashes. So a rescan
 
 1. reads the store's change log since the last rescan (``meta.rescan_seq`` in the
-   catalog): the signals added (or restored) and removed since then;
+   catalog): the signals added (or restored, or matching again: list re-enabled,
+   expiry extended) and removed since then. The cursor must be a position in THIS
+   store's history (``meta.rescan_log``: the store's id and the digest of the change
+   at the cursor): a cursor of another store, of this store before a restore from a
+   backup, or beyond its head stops the rescan (``--since all`` starts again);
 2. indexes the catalog's hashes of each affected type (the same exact indexes the
    server uses, from :mod:`hashmatch.indexes` through the engine's factory) and
    queries it with **only the new signals** — the search cost grows with the new
-   signals, not with the catalog (loading the catalog's codes is one sequential read);
+   signals, not with the catalog (loading the catalog's codes is one sequential read).
+   PDQ files under the quality floor are matched as the scan matches them by default
+   (``match_quality_stored``): only by new signals of known quality >= the floor;
 3. re-checks every match the catalog holds against the store (their number is tiny
    next to the catalog): a match whose signal was retracted, expired or whose list
    was disabled no longer holds and is reported as a retraction;
