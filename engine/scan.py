@@ -58,6 +58,11 @@ DETERMINISTIC_FAILURES = frozenset({"empty", "corrupt", "unsupported"})
 # ...except this "unsupported": it depends on --types (a video in a pdq-only scan), so a
 # later scan with other types must hash the file, not repeat the cached verdict
 NO_TYPE_APPLIES = "no requested type applies"
+# marks in a file's catalogued types: how its PDQ was made (a later scan that asks for
+# something else hashes the file again)
+DIHEDRAL_MARK = "pdq+dihedral"
+FAST_MARK = "pdq+fast"
+SHRINK_MARK = "pdq+fast-shrink"
 VIDEO_EXTENSIONS = frozenset(
     [
         ".mp4",
@@ -216,6 +221,7 @@ class WorkResult:
     reason: str | None = None
     error: str | None = None
     unchanged: bool = False  # same MD5 as catalogued (only touched): not hashed again
+    fast: int = 0  # the fast_decode level its PDQ was made at (0 = exact)
 
 
 def types_for(path: str, types: Sequence[str]) -> tuple[str, ...]:
@@ -399,9 +405,21 @@ def hash_file(
         }
         by_type["md5"] = FileHashes("md5", np.frombuffer(md5, np.uint8)[None, :].copy(), [], [])
         hashes = [by_type[t] for t in wanted]
-        return WorkResult(path, size, mtime, md5, wanted, hashes)
+        fast = _fast_level(data, others, options) if not is_video else 0
+        return WorkResult(path, size, mtime, md5, wanted, hashes, fast=fast)
     except Exception as exc:  # one bad file must never stop the scan
         return WorkResult(path, size, mtime, md5, reason=failure_reason(exc), error=str(exc))
+
+
+def _fast_level(data: bytes, types: Sequence[str], options) -> int:
+    """The fast_decode level hash_media applied (PDQ the only photo type)."""
+    from hashmatch.engine.hashing import _luma_is_enough
+
+    if not options.fast_decode or "pdq" not in types:
+        return 0
+    return (
+        options.fast_decode if _luma_is_enough([signal_types.get(t) for t in types], options) else 0
+    )
 
 
 class NotAFile(OSError):
@@ -911,8 +929,7 @@ class Scanner:
                             WorkResult(
                                 e.path, e.size, e.mtime_ns, reason=rec.reason, error=rec.error
                             )
-                        )
-                        self.summary.skipped_unchanged += 1
+                        )  # counted as failed (it is one in the report), not also skipped
                         continue
                     if pool is None:
                         md5 = self._known.get(e.path, (0, None))[1]
@@ -959,7 +976,7 @@ class Scanner:
 
     def _stored_dihedral(self, rec) -> bool:
         # dihedral PDQ stores 8 rows per file; remember it through the types string
-        return "pdq+dihedral" in rec.types
+        return DIHEDRAL_MARK in rec.types
 
     def _hashes_reusable(self, rec, entry) -> bool:
         """The catalog's hashes of this path were made as this scan would make them
@@ -970,14 +987,16 @@ class Scanner:
             rec is not None
             and rec.status == HASHED
             and rec.size == entry.size
-            and set(types_for(entry.path, opts.types)) <= set(rec.types)
-            and bool(opts.dihedral) == bool(self._stored_dihedral(rec))
-            and bool(opts.fast_decode or not self._stored_fast(rec))
+            and set(wanted := types_for(entry.path, opts.types)) <= set(rec.types)
+            and ("pdq" not in wanted or self._same_pdq(rec))
         )
 
-    def _stored_fast(self, rec) -> bool:
-        # PDQ from fast_decode pixels: an exact scan hashes the file again
-        return "pdq+fast" in rec.types
+    def _same_pdq(self, rec) -> bool:
+        """The stored PDQ has this scan's dihedral setting and is at least as exact as
+        asked (exact > luma > shrunk luma): a ``--fast-decode`` scan reuses exact hashes
+        but not ``--fast-decode-shrink`` ones, an exact scan reuses only exact ones."""
+        same_dihedral = bool(self.options.dihedral) == self._stored_dihedral(rec)
+        return same_dihedral and stored_fast_level(rec.types) <= self.options.fast_decode
 
     def _collect(self, inflight: dict, *, block: bool) -> None:
         if not inflight:
@@ -1038,9 +1057,7 @@ class Scanner:
         matched_files = 0
         with self.catalog.transaction():
             for i, r in enumerate(ok):
-                types = list(r.types) + (["pdq+dihedral"] if self.options.dihedral else [])
-                if self.options.fast_decode and "pdq" in r.types:
-                    types.append("pdq+fast")
+                types = list(r.types) + pdq_marks(r, self.options.dihedral)
                 file_id = self.catalog.put_hashed(
                     r.path,
                     size=r.size,
@@ -1123,6 +1140,28 @@ class LookupFailed(errors.HashmatchError):
 def failed_hashing(results: Sequence[WorkResult]) -> int:
     """Failures that reached a hasher (walk-time rejections never cost a decode)."""
     return sum(1 for r in results if r.reason is not None and r.md5 is not None)
+
+
+def pdq_marks(result: WorkResult, dihedral: bool) -> list[str]:
+    """How a file's PDQ was made, kept in its catalogued types (only when PDQ was)."""
+    if "pdq" not in result.types:
+        return []
+    marks = [DIHEDRAL_MARK] if dihedral else []
+    if result.fast:  # "pdq+fast" for any fast level (what older catalogs hold)
+        marks.append(FAST_MARK)
+    if result.fast >= 2:
+        marks.append(SHRINK_MARK)
+    return marks
+
+
+def stored_fast_level(types: Sequence[str]) -> int:
+    """0 exact PDQ, 1 from JPEG luma, 2 luma shrunk while decoding (see pdq_marks).
+
+    A catalog written before the shrink mark has ``pdq+fast`` for both: read as 1.
+    """
+    if SHRINK_MARK in types:
+        return 2
+    return 1 if FAST_MARK in types else 0
 
 
 def _with_file(m: MatchRow, file_id: int) -> MatchRow:

@@ -133,7 +133,8 @@ def test_rerun_skips_unchanged_files_and_rehashes_changed_ones(world, tmp_path):
         [root], catalog=catalog, matcher=matcher, report=tmp_path / "2.jsonl", options=opts
     )
     assert second.hashed == 0 and catalog.counter("hash_calls") == calls
-    assert second.skipped_unchanged == first.hashed + 3  # + known-bad (corrupt/unsupported)
+    assert second.skipped_unchanged == first.hashed  # known-bad files count as failed only
+    assert second.seen == second.hashed + second.skipped_unchanged + second.failed
     strip = lambda p: [x for x in p.read_text().splitlines() if '"summary"' not in x]  # noqa: E731
     assert strip(tmp_path / "1.jsonl") == strip(tmp_path / "2.jsonl")
 

@@ -290,3 +290,26 @@ def test_from_list_keeps_leading_and_trailing_spaces_of_names(tmp_path):
     assert done.returncode == 0, done.stderr
     records = _report(tmp_path / "r.jsonl")
     assert records == [records[-1]] and records[-1]["hashed"] == 3
+
+
+def _scan_once(tmp_path: Path, **options) -> dict:
+    from hashmatch.engine.scan import ScanOptions, scan
+
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        opts = ScanOptions(workers=0, progress=False, **options)
+        return scan([tmp_path / "tree"], catalog=cat, matcher=None, options=opts).as_dict()
+
+
+def test_pdq_marks_only_when_pdq_and_reuse_only_as_exact_as_asked(tmp_path):
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a.jpg").write_bytes(_jpeg(20, size=192))
+    # --dihedral without pdq: nothing about PDQ recorded, nothing to re-hash later
+    assert _scan_once(tmp_path, types=("md5",), dihedral=True)["hashed"] == 1
+    with Catalog(tmp_path / "c.sqlite", readonly=True) as cat:
+        assert cat.lookup([str(tmp_path / "tree/a.jpg")]).popitem()[1].types == ("md5",)
+    assert _scan_once(tmp_path, types=("md5",))["hashed"] == 0
+    # shrunk-luma PDQ is less exact than luma PDQ: --fast-decode hashes again
+    steps = [(2, 1), (2, 0), (1, 1), (2, 0), (1, 0), (0, 1), (1, 0), (2, 0)]
+    for level, hashed in steps:  # (fast_decode asked, files hashed)
+        summary = _scan_once(tmp_path, types=("pdq",), fast_decode=level)
+        assert summary["hashed"] == hashed, (level, summary)
