@@ -435,3 +435,25 @@ def test_damaged_store_is_corrupt_data_naming_the_file(tmp_path, damage):
     result = CliRunner().invoke(cli, ["index", "stats", "--data-dir", str(data)])
     assert result.exit_code == 1 and "restore it from a backup" in result.output
     assert "Traceback" not in result.output
+
+
+# An index file whose count disagrees with the manifest (an older snapshot's file copied
+# in) must be skipped: loading it would serve a stale index with no error.
+def test_snapshot_holding_an_older_index_file_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (10, 32), dtype=np.uint8) for _ in range(2))
+
+    def recs(codes):
+        return [SignalRecord("pdq", r.tobytes().hex(), line=i + 1) for i, r in enumerate(codes)]
+
+    data = tmp_path / "d"
+    with Engine.open(data) as e:
+        e.ingest(recs(a), list_name="l")
+        shutil.copytree(e.snapshot() / "pdq.index", tmp_path / "old.index")
+        e.ingest(recs(b), list_name="l")
+        new = e.snapshot()
+    shutil.rmtree(new / "pdq.index")
+    shutil.copytree(tmp_path / "old.index", new / "pdq.index")
+    with Engine.open(data) as e:
+        assert any("manifest says 20" in s for s in e.load_info["skipped_snapshots"])
+        assert all(e.match("pdq", b, threshold=0))

@@ -513,3 +513,23 @@ def test_bad_input_raises_typed_errors():
     assert len(index) == 2
     # one unpacked code (1-D) is accepted as a batch of one
     assert index.search_radius(good[0], 0)[0].tolist() == [0, 2]
+
+
+# The exact-bytes kind keys on the first 64-bit word: codes sharing it must still be told
+# apart (random MD5s never share one, so the generic property test cannot reach this).
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(20, 200), shards=st.sampled_from([1, 3]), seed=st.integers(0, 2**32 - 1))
+def test_exact_kind_matches_brute_force_when_prefixes_collide(n, shards, seed):
+    rng = np.random.default_rng(seed)
+    keys = rng.integers(0, 256, (3, 8), dtype=np.uint8)  # 3 first words: many collisions
+    codes = np.concatenate(
+        [keys[rng.integers(0, 3, n)], rng.integers(0, 3, (n, 8), dtype=np.uint8)], axis=1
+    )
+    index = make_index(128, "exact", shards, delta_min=8)
+    for chunk in np.array_split(np.arange(n), 4):
+        index.add(codes[chunk], chunk.astype(np.int64))
+    q = np.concatenate([codes[:8], codes[:8] ^ np.eye(16, dtype=np.uint8)[15]])
+    lims, _, ids = index.search_radius(q, 0)
+    for i in range(len(q)):
+        want = sorted(np.flatnonzero((codes == q[i]).all(1)).tolist())
+        assert sorted(ids[lims[i] : lims[i + 1]].tolist()) == want

@@ -3,6 +3,7 @@ and vPDQ's match rule (edits of one video match, different videos do not)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, UnsupportedMedia
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import SignalRecord
 from hashmatch.engine.video import (
     format_vpdq,
     frame_step,
@@ -202,3 +205,26 @@ def test_match_without_qualities_and_bad_lengths():
     assert vpdq_match(codes, None, codes, None) == (100.0, 100.0)
     with pytest.raises(InvalidInput):
         vpdq_match(codes, [1, 2], codes, None)
+
+
+# vPDQ joins its frame hits itself (matcher.join_video_hits): tenant scope and expiry
+# must hold there as for PDQ.
+def _video(engine, list_name, frames, **kw):
+    record = SignalRecord(
+        "vpdq", "", frames=frames, frame_qualities=[90] * len(frames),
+        timestamps=list(range(len(frames))), **kw,
+    )  # fmt: skip
+    engine.ingest([record], list_name=list_name)
+
+
+def test_vpdq_matches_only_lists_shared_with_the_tenant_and_not_expired(tmp_path):
+    frames = np.random.default_rng(3).integers(0, 256, (5, 32), dtype=np.uint8)
+    soon = np.random.default_rng(4).integers(0, 256, (5, 32), dtype=np.uint8)
+    with Engine.open(tmp_path / "d") as e:
+        _video(e, "private", frames)
+        _video(e, "private", soon, expires_at=time.time() + 1)
+        e.store.create_tenant("acme")
+        assert len(e.match("vpdq", frames)[0]) == 1
+        assert len(e.match("vpdq", frames, tenant="acme")[0]) == 0
+        time.sleep(1.2)
+        assert len(e.match("vpdq", soon)[0]) == 0
