@@ -67,9 +67,12 @@ def test_dihedral_finds_a_rotated_copy_and_says_which_variant(engine, images):
     assert found[0].distance <= 31
 
 
-def test_low_quality_media_is_not_looked_up(engine, images):
+def test_low_quality_media_is_matched_against_stored_quality_only(engine, images):
+    """Under the floor (default rule, as scan's): looked up, but only signals of known
+    quality >= the floor may match; the result says so."""
     result = engine.match_media(images["flat"])
-    assert result.skipped_low_quality and result.matches == []
+    assert result.skipped_low_quality and result.quality_stored_only
+    assert result.matches == []
 
 
 def test_max_results_keeps_the_nearest(tmp_path):

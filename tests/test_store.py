@@ -206,7 +206,8 @@ def test_snapshot_ahead_of_store_is_ignored(tmp_path):
     manifest = snap / "manifest.json"
     manifest.write_text(manifest.read_text().replace('"change_counter": 1', '"change_counter": 99'))
     with Engine.open(data) as e:
-        assert e._load_info["source"] == "store"
+        assert e.load_info["source"] == "store"
+        assert any("ahead of the store" in s for s in e.load_info["skipped_snapshots"])
         assert e.verify_index()["ok"]
 
 
