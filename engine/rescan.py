@@ -479,8 +479,8 @@ def check_cursor(
     redo = "run `hashmatch rescan --since all` to match the whole store and start the cursor again"
     if cursor > head:
         if given:
-            raise Conflict(f"change {cursor} is beyond the store's last change ({head})",
-                           field="since")  # fmt: skip
+            raise Conflict(f"change {cursor} is beyond the store's last change ({head}): give"
+                           f" 'all' or a change number up to {head}", field="since")  # fmt: skip
         raise Conflict(
             f"the catalog's rescan cursor (change {cursor}) is beyond the store's last change"
             f" ({head}): it was rescanned against another store, or this one was restored"
