@@ -321,5 +321,9 @@ def test_an_ingest_cut_off_by_its_deadline_says_how_far_it_got(served, tmp_path)
     args = ("ingest", "cut-list", str(big), "--batch-size", "50")
     result = _remote(served, *args, options=("--timeout", "0.0005"))
     assert result.exit_code == 1, result.output
-    assert "DEADLINE_EXCEEDED" in result.output and "of 20000 signals were sent" in result.output
-    assert "re-running the same ingest is harmless" in result.output
+    assert "DEADLINE_EXCEEDED" in result.output
+    # the server's count when it saw the deadline pass first, else the client's
+    said = result.output
+    assert "were stored: added" in said or (
+        "of 20000 signals were sent" in said and "re-running the same ingest is harmless" in said
+    ), said
