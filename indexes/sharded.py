@@ -352,11 +352,10 @@ class ShardedIndex:
         return seg
 
     def compact(self) -> None:
-        """Merge every shard into one indexed segment without tombstones."""
+        """Merge every shard into one indexed segment without tombstones (a shard whose
+        one segment is a recent-additions chunk is indexed too)."""
         with self._write:
-            self._state = tuple(
-                self._merge(s) if len(s.segments) > 1 or s.dead_rows else s for s in self._state
-            )
+            self._state = tuple(self._merge(s) if _needs_compaction(s) else s for s in self._state)
 
     @contextlib.contextmanager
     def bulk(self) -> Iterator[ShardedIndex]:
@@ -483,6 +482,16 @@ def _coalesce(shard: Shard) -> Shard:
         return Shard(shard.segments[:start], shard.dead[:start], shard.live)
     merged = ScanSegment(*live, deltas[0].bits)
     return Shard((*shard.segments[:start], merged), (*shard.dead[:start], None), shard.live)
+
+
+def _needs_compaction(shard: Shard) -> bool:
+    """More than one segment, tombstones, or a lone unindexed chunk (after small adds)."""
+    segments = shard.segments
+    return (
+        len(segments) > 1
+        or bool(shard.dead_rows)
+        or (len(segments) == 1 and not segments[0].indexed)
+    )
 
 
 def _live_rows(

@@ -323,6 +323,18 @@ def test_upsert_remove_and_empty(kind):
     assert len(index) == 0 and as_lists(index.search_radius(q, 64)) == [[]]
 
 
+def test_compact_indexes_a_lone_recent_additions_chunk():
+    """100 codes under the merge size sit in one unindexed chunk (scanned); compact()
+    promises one indexed segment per shard, so it must build the MIH tables for it."""
+    codes = make_codes(np.random.default_rng(6), 100, 32, "random")
+    index = make_index(256, "mih", 1, delta_min=1000)
+    index.add(codes, np.arange(100))
+    assert index.stats()["shards"][0]["segments"] == [{"type": "scan", "rows": 100}]
+    index.compact()
+    assert index.stats()["shards"][0]["segments"] == [{"type": "mih", "rows": 100}]
+    assert as_lists(index.search_radius(codes[:1], 0)) == [[(0, 0)]]
+
+
 def test_bulk_defers_merging_then_indexes():
     rng = np.random.default_rng(5)
     codes = make_codes(rng, 3000, 32, "random")
