@@ -82,8 +82,9 @@ class LiveIndex:
     Readers call through it (or take ``.current`` once per request); ``swap``
     is a single reference assignment, so each call sees either the old or the
     new index, never a mix. Writers that must not be lost during a rebuild
-    should be replayed onto the new index before ``swap`` (the engine does this
-    from its change log).
+    should be replayed onto the new index before ``swap``. (The engine does the
+    same with its own per-type dict of indexes, replaying the store's change log;
+    this class is for users of the index layer alone.)
     """
 
     def __init__(self, index: ShardedIndex):
