@@ -358,11 +358,19 @@ class Catalog:
         """Record a successfully hashed file (replacing what was known); returns its id.
 
         Call inside :meth:`transaction`; the file's old hashes and matches are dropped
-        (its content may have changed), the caller then records the new matches.
+        (its content may have changed), the caller then records the new matches. When
+        the MD5 is the catalogued one (same bytes, e.g. hashed again for a type it
+        lacked), the hashes and matches of the types not hashed now stay valid: they
+        are kept, so a scan limited by ``--types`` does not lose them.
         """
+        hashed = {h.signal_type for h in hashes}
+        kept = self._kept_types(path, md5, hashed)
+        types = [*types, *(t for t in kept if t not in types)]
         file_id = self._upsert_file(path, size, mtime_ns, md5, types, HASHED, None, None, run_id)
-        self.conn.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
-        self.conn.execute("DELETE FROM matches WHERE file_id = ?", (file_id,))
+        keep = sorted({t.split("+")[0] for t in kept})
+        spare = f" AND signal_type NOT IN ({','.join('?' * len(keep))})" if keep else ""
+        for table in ("hashes", "matches"):
+            self.conn.execute(f"DELETE FROM {table} WHERE file_id = ?{spare}", (file_id, *keep))
         rows = []
         for h in hashes:
             codes = np.ascontiguousarray(h.codes, dtype=np.uint8)
@@ -376,6 +384,18 @@ class Catalog:
             rows,
         )
         return file_id
+
+    def _kept_types(self, path: str, md5: bytes | None, hashed: set[str]) -> list[str]:
+        """The catalogued type tokens (``pdq``, ``pdq+dihedral``...) of types not in
+        ``hashed``, if the file's bytes are unchanged (same MD5); else none."""
+        if md5 is None:
+            return []
+        row = self.conn.execute(
+            "SELECT md5, types FROM files WHERE path = ? AND status = ?", (_db_path(path), HASHED)
+        ).fetchone()
+        if row is None or row[0] != md5:
+            return []
+        return [t for t in (row[1] or "").split(",") if t and t.split("+")[0] not in hashed]
 
     def put_failed(
         self,

@@ -207,9 +207,8 @@ def test_no_type_applies_is_not_cached_across_types(tmp_path):
     assert not (tmp_path / "r3.jsonl").exists()
 
 
-def test_a_scan_limited_by_list_or_type_keeps_the_other_matches(tmp_path):
-    """Re-matching an unchanged file within --list/--types used to delete every
-    catalogued match of it, the other lists' and types' included, unreported."""
+def _file_with_matches_in_two_lists(tmp_path: Path) -> list[str]:
+    """tree/x.jpg; data/ holds its PDQ in list a and its MD5 in list b. Scan args."""
     from hashmatch.engine.hashing import hash_media
     from hashmatch.engine.runtime import Engine
     from hashmatch.engine.store import SignalRecord
@@ -221,8 +220,18 @@ def test_a_scan_limited_by_list_or_type_keeps_the_other_matches(tmp_path):
     with Engine.open(tmp_path / "data", eager=False) as engine:
         engine.ingest([SignalRecord("pdq", pdq, labels=("x",))], list_name="a")
         engine.ingest([SignalRecord("md5", md5, labels=("x",))], list_name="b")
-    args = ["scan", "tree", "--workers", "0", "--data-dir", "data", "--catalog", "c.sqlite"]
-    for i, limit in enumerate(([], ["--list", "a"], ["--types", "md5"], ["--list", "b"], [])):
+    return ["scan", "tree", "--workers", "0", "--data-dir", "data", "--catalog", "c.sqlite"]
+
+
+def _found(report: Path) -> set[tuple[str, str]]:
+    return {(r["type"], r["list"]) for r in _report(report)[:-1]}
+
+
+def test_a_scan_limited_by_list_or_type_keeps_the_other_matches(tmp_path):
+    """Re-matching an unchanged file within --list/--types used to delete every
+    catalogued match of it, the other lists' and types' included, unreported."""
+    args = _file_with_matches_in_two_lists(tmp_path)
+    for i, limit in enumerate(([], ["--list", "a"], ["--types", "md5"], ["--list", "b"])):
         done = _cli([*args, *limit, "--out", f"r{i}.jsonl"], tmp_path)
         assert done.returncode == 0, done.stderr
         found = {(r["type"], r["list"]) for r in _report(tmp_path / f"r{i}.jsonl")[:-1]}
@@ -313,3 +322,20 @@ def test_pdq_marks_only_when_pdq_and_reuse_only_as_exact_as_asked(tmp_path):
     for level, hashed in steps:  # (fast_decode asked, files hashed)
         summary = _scan_once(tmp_path, types=("pdq",), fast_decode=level)
         assert summary["hashed"] == hashed, (level, summary)
+
+
+def test_hashing_a_missing_type_keeps_the_unchanged_file_s_other_types(tmp_path):
+    """An md5 scan, then a pdq scan: the file is hashed again for PDQ (it lacked it);
+    its bytes did not change, so its MD5 hash and match stay (they were dropped)."""
+    args = _file_with_matches_in_two_lists(tmp_path)
+    for i, (types, hashed, found) in enumerate(
+        (
+            ("md5", 1, {("md5", "b")}),
+            ("pdq", 1, {("pdq", "a"), ("md5", "b")}),
+            ("md5", 0, {("pdq", "a"), ("md5", "b")}),
+        )
+    ):
+        done = _cli([*args, "--types", types, "--out", f"r{i}.jsonl"], tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert _report(tmp_path / f"r{i}.jsonl")[-1]["hashed"] == hashed, types
+        assert _found(tmp_path / f"r{i}.jsonl") == found, types
