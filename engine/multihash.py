@@ -35,14 +35,12 @@ number of rows per query works with ``Engine.match`` / ``Engine.match_media``.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from hashmatch.engine.pdq import pdq_hash, pdq_hash_dihedral, reference_downsize
-from hashmatch.engine.trim import trim_borders, trim_candidates
-from hashmatch.engine.video import VideoHash, hash_video
+from hashmatch.engine.trim import trim_candidates
 
 #: Centred crops stored per original by :func:`pdq_crop_codes` (share kept per side).
 DEFAULT_CROP_KEEP = (0.9, 0.8)
@@ -280,13 +278,3 @@ def pdq_uncrop_codes(rgb: np.ndarray, **kwargs) -> tuple[np.ndarray, list[int]]:
     """PDQ of each :func:`uncrop_images` image -> (``uint8[steps**2, 32]``, qualities)."""
     hashed = [pdq_hash(im) for im in uncrop_images(rgb, **kwargs)]
     return np.stack([h[0] for h in hashed]), [h[1] for h in hashed]
-
-
-def vpdq_trimmed(path: str | Path, *, seconds_per_hash: float = 1.0) -> VideoHash:
-    """vPDQ of a video file with each sampled frame's bars/borders trimmed first.
-
-    Why: a letterboxed or pillarboxed re-upload of a video hashes far from the bar-less
-    original frame by frame (reference videos: pattern-sd-*-bar vs pattern-hd-no-bar
-    match 0% plainly); trimmed, the frames line up again (bench quality, video table).
-    """
-    return hash_video(path, seconds_per_hash=seconds_per_hash, frame_transform=trim_borders)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,9 +96,6 @@ class VideoHash:
     def __len__(self) -> int:
         return len(self.codes)
 
-    def to_text(self) -> str:
-        return format_vpdq(self.frame_numbers, self.qualities, self.codes, self.timestamps)
-
 
 def frame_step(fps: float, seconds_per_hash: float) -> int:
     """vpdq's frame modulus: hash every ``int(seconds_per_hash * fps)``-th frame (>= 1)."""
@@ -115,21 +112,6 @@ def _open_capture(path: str) -> cv2.VideoCapture:
         cap.release()
         raise UnsupportedMedia("not a video OpenCV/FFmpeg can open", field="media")
     return cap
-
-
-def iter_video_frames(
-    path: str | Path,
-    *,
-    seconds_per_hash: float = DEFAULT_SECONDS_PER_HASH,
-    downsample: tuple[int, int] | None = None,
-    limits: DecodeLimits = DEFAULT_LIMITS,
-) -> Iterator[tuple[int, float, np.ndarray]]:
-    """Yield ``(frame_number, timestamp, rgb)`` for the sampled frames of a video file."""
-    cap = _open_capture(str(path))
-    try:
-        yield from _sampled(cap, _fps(cap, limits), seconds_per_hash, downsample)
-    finally:
-        cap.release()
 
 
 def _fps(cap: cv2.VideoCapture, limits: DecodeLimits) -> float:

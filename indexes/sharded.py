@@ -457,12 +457,6 @@ class ShardedIndex:
 
         save_index(self, Path(path))
 
-    @classmethod
-    def load(cls, path: Path | str, *, mmap: bool = True, verify: bool = True) -> ShardedIndex:
-        from hashmatch.indexes.persist import load_index
-
-        return load_index(Path(path), mmap=mmap, verify=verify)
-
 
 def _coalesce(shard: Shard) -> Shard:
     """Concatenate a shard's unindexed chunks into one once there are too many.
