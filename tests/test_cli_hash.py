@@ -133,10 +133,10 @@ def test_unknown_type_is_a_usage_error(tree: Path):
 
 def test_real_subprocess(tree: Path):
     exe = PROJECT / ".venv" / "bin" / "hashmatch"
-    if not exe.exists():
-        exe = Path(shutil.which("hashmatch") or sys.executable)
+    found = str(exe) if exe.exists() else shutil.which("hashmatch")
+    argv = [found] if found else [sys.executable, "-m", "hashmatch.server.cli"]
     proc = subprocess.run(
-        [str(exe), "hash", str(tree / "astronaut.png"), "--types", "pdq,whash"],
+        [*argv, "hash", str(tree / "astronaut.png"), "--types", "pdq,whash"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
