@@ -10,6 +10,7 @@ Shutdown order: health NOT_SERVING, refuse new calls, let in-flight calls finish
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from hashmatch.engine.errors import HashmatchError
 from hashmatch.server.auth import TokenAuth
 from hashmatch.server.batcher import LookupBatcher
 from hashmatch.server.calls import CallSlots
@@ -336,7 +338,10 @@ class HashmatchServer:
             self.host.load()
         except BaseException as exc:
             self.host.load_error = exc
-            log.exception("the index failed to load; the server stays NOT_SERVING")
+            if isinstance(exc, HashmatchError | OSError | sqlite3.Error):  # the data dir's
+                log.error("the index failed to load: %s: %s", type(exc).__name__, exc)
+            else:  # a bug: keep the traceback
+                log.exception("the index failed to load; the server stays NOT_SERVING")
             return
         if self.host.stopping:  # stopped while loading: nobody will close it later
             if hasattr(self.host.engine, "close"):

@@ -191,3 +191,12 @@ def test_serve_refuses_a_bad_config_at_start_up_in_one_line(tmp_path, toml, expe
     done = _serve("--config", str(path), "--data-dir", str(tmp_path / "d"))
     _one_line_error(done, expected)
     assert not (tmp_path / "d").exists()  # nothing created before the config is checked
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database at all\n" * 100])
+def test_serve_exits_when_the_index_cannot_load(tmp_path, content):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "store.sqlite").write_bytes(content)
+    done = _serve("--data-dir", str(data), "--insecure-no-auth", "--metrics-port", "-1")
+    _one_line_error(done, f"the index failed to load from {data}", "store.sqlite")

@@ -177,7 +177,11 @@ def serve(config_file: str | None, **flags: Any) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
     while not done.wait(0.5):
-        pass
+        if server.host.load_error is not None:  # permanent: exit, so a supervisor sees it
+            server.stop(grace=0)
+            raise click.ClickException(
+                f"the index failed to load from {config.data_dir}: {server.host.load_error}"
+            )
     server.stop()
 
 
