@@ -10,7 +10,6 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from hashmatch.engine import signal_types
 from hashmatch.engine.decode import DecodeLimits
 from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, MediaTooLarge
 from hashmatch.engine.hashing import HashOptions, hash_media
@@ -227,10 +226,9 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
         jobs = [
             _media_job(
                 functools.partial(
-                    _match_media,
-                    engine,
+                    engine.match_media,  # exact types match at 0 whatever the threshold
                     bytes(item),
-                    types,
+                    types=types,
                     options=options_,
                     tenant=tenant,
                     threshold=threshold,
@@ -277,22 +275,6 @@ def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
     call.log["matches"] = sum(len(r.matches) for r in results)
     reply = matcher_pb2.MatchResponse(results=results, request_id=request.request_id)
     return check_reply(reply, config.max_message_bytes)
-
-
-def _match_media(engine, data: bytes, types: list[str], *, threshold: int | None, **options):
-    """``engine.match_media`` with the request threshold applied to the perceptual types
-    only: exact types (md5, sha256) always match at distance 0, as for hash queries."""
-    exact = [t for t in types if signal_types.get(t).exact]
-    fuzzy = [t for t in types if t not in exact]
-    if not exact or threshold is None:
-        return engine.match_media(data, types=types, threshold=threshold, **options)
-    if not fuzzy:
-        return engine.match_media(data, types=exact, threshold=None, **options)
-    first = engine.match_media(data, types=fuzzy, threshold=threshold, **options)
-    second = engine.match_media(data, types=exact, threshold=None, **options)
-    first.hashes.extend(second.hashes)
-    first.matches.extend(second.matches)
-    return first
 
 
 #: MatchOptions.low_quality_queries -> the engine's rule (None = the engine's default).
