@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,47 @@ def open_engine(config: ServerConfig):
 
     shards = config.shards or None  # 0 = one per core
     return Engine.open(config.data_dir, shards=shards, index_kind=config.index_kind)
+
+
+def check_tls_files(config: ServerConfig) -> None:
+    """Raise OSError naming the TLS file that is wrong and how.
+
+    Why: grpcio reports a certificate/key mismatch or a CA file holding no certificate
+    only as a failed ``add_secure_port``, which read as "address in use".
+    """
+    _check_certificates("tls_cert", config.tls_cert)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+            config.tls_cert, config.tls_key, password=_no_password
+        )
+    except ssl.SSLError as exc:
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            raise OSError(
+                f"tls_key {config.tls_key}: not the private key of tls_cert {config.tls_cert}"
+            ) from None
+        raise OSError(
+            f"tls_key {config.tls_key}: not an unencrypted PEM private key ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise OSError(f"tls_key {config.tls_key}: {exc.strerror or exc}") from None
+    if config.tls_client_ca:
+        _check_certificates("tls_client_ca", config.tls_client_ca)
+
+
+def _check_certificates(key: str, path: str) -> None:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise OSError(
+            f"{key} {path}: no PEM certificate in the file ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise OSError(f"{key} {path}: {exc.strerror or exc}") from None
+
+
+def _no_password() -> bytes:
+    """An encrypted key fails (grpcio cannot use one) instead of prompting on the terminal."""
+    return b""
 
 
 class ServiceHost:
@@ -274,6 +316,7 @@ class HashmatchServer:
     def _bind(self, server: grpc.Server) -> int:
         cfg = self.config
         if cfg.tls_cert:
+            check_tls_files(cfg)
             key = Path(cfg.tls_key).read_bytes()
             cert = Path(cfg.tls_cert).read_bytes()
             client_ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None

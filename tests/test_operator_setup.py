@@ -4,6 +4,7 @@ start-up checks, SIGHUP reloads, and ``hashmatch remote`` connection options."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -200,3 +201,26 @@ def test_serve_exits_when_the_index_cannot_load(tmp_path, content):
     (data / "store.sqlite").write_bytes(content)
     done = _serve("--data-dir", str(data), "--insecure-no-auth", "--metrics-port", "-1")
     _one_line_error(done, f"the index failed to load from {data}", "store.sqlite")
+
+
+def _openssl_cert(directory, name: str) -> tuple[str, str]:
+    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return str(key), str(cert)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for certs")
+def test_serve_names_the_tls_file_that_is_wrong(tmp_path):
+    key_a, cert_a = _openssl_cert(tmp_path, "a")
+    key_b, _ = _openssl_cert(tmp_path, "b")
+    common = ("--data-dir", str(tmp_path / "d"), "--insecure-no-auth", "--metrics-port", "-1")
+    done = _serve(*common, "--tls-cert", cert_a, "--tls-key", key_b)
+    _one_line_error(done, f"tls_key {key_b}: not the private key of tls_cert {cert_a}")
+    done = _serve(*common, "--tls-cert", cert_a, "--tls-key", key_a, "--tls-client-ca", key_a)
+    _one_line_error(done, f"tls_client_ca {key_a}: no PEM certificate")
+    done = _serve(*common, "--tls-cert", key_a, "--tls-key", key_a)
+    _one_line_error(done, f"tls_cert {key_a}: no PEM certificate")
