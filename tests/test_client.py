@@ -89,7 +89,9 @@ def test_remote_verbs(served, tmp_path):
     assert [r["line"] for r in ingest["rejections"]] == [4]  # the file's line, not index 2
     broken = tmp_path / "broken.csv"  # one line the local parser refuses, one the server does
     broken.write_text(f"signal_type,signal_value\npdq\npdq,{'1' * 63}\n")
-    mixed = json.loads(_remote(served, "ingest", "cli-list", str(broken)).output)
+    result = _remote(served, "ingest", "cli-list", str(broken))
+    assert result.exit_code == 1  # nothing stored
+    mixed = json.loads(result.stdout)
     assert mixed["rejected"] == 2 and len(mixed["unparsed"]) == 1, mixed
     clip = tmp_path / "clip.vpdq"  # vPDQ's text format: frame,quality,hash,timestamp
     clip.write_text("".join(f"{i},90,{format(i + 1, '064x')},{i}.0\n" for i in range(3)))
@@ -327,3 +329,21 @@ def test_an_ingest_cut_off_by_its_deadline_says_how_far_it_got(served, tmp_path)
     assert "were stored: added" in said or (
         "of 20000 signals were sent" in said and "re-running the same ingest is harmless" in said
     ), said
+
+
+def test_remote_ingest_reads_vpdq_by_name_and_fails_when_all_is_rejected(served, tmp_path):
+    clip = tmp_path / "clip.txt"  # vPDQ's text format, under a name that does not say so
+    clip.write_text("".join(f"{i},90,{format(i + 7, '064x')},{i}.0\n" for i in range(3)))
+    result = _remote(served, "ingest", "named-videos", str(clip), "--format", "vpdq")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["added"] == 1
+    bad = tmp_path / "bad.csv"  # every line parses here and is refused by the server
+    bad.write_text(f"signal_type,signal_value\npdq,{'1' * 63}\npdq,{'2' * 65}\n")
+    result = CliRunner().invoke(
+        cli,
+        ["remote", "--server", served.target, "--token", served.tokens["ops"], "ingest",
+         "all-bad", str(bad)],
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert json.loads(result.stdout)["rejected"] == 2
+    assert "nothing stored: all 2 rejected" in result.stderr

@@ -473,8 +473,9 @@ def _read_signals(path: str, fmt: str | None, default_type: str):
 @remote.command("ingest")
 @click.argument("list_name")
 @click.argument("file", type=click.Path(allow_dash=True))
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "hex"]), default=None,
-              help="Default: detected from the file.")  # fmt: skip
+@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv", "hex", "vpdq"]),
+              default="auto", show_default=True,
+              help="auto: detected from the file.")  # fmt: skip
 @click.option("--type", "signal_type", default="pdq", show_default=True, help="For hex files.")
 @click.option("--source", default="")
 @click.option("--strict", is_flag=True, help="Reject the whole batch if any line is bad.")
@@ -486,11 +487,12 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
 
     \b
     FILE: the formats `hashmatch ingest` reads (jsonl, csv with signal_type and
-    signal_value columns, or one hex hash a line with --type).
+    signal_value columns, one hex hash a line with --type, or a vPDQ text file).
+    Exits 1 when every signal was rejected.
     Example:
       hashmatch remote ingest partner-a hashes.csv --source partner-a-2026-11
     """
-    signals, lines, rejected = _read_signals(file, fmt, signal_type)
+    signals, lines, rejected = _read_signals(file, None if fmt == "auto" else fmt, signal_type)
     if strict and rejected:
         raise click.ClickException(f"refused (strict): {rejected[0]}")
     if not signals:  # nothing parsed: say why instead of the server's "no signals"
@@ -506,6 +508,10 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
         data["unparsed"] = rejected
         data["rejected"] = reply.rejected + len(rejected)
     click.echo(json.dumps(data, sort_keys=True))
+    # exit 1 when every signal was rejected, as `hashmatch ingest` does: a script must
+    # not read that as success
+    if data["rejected"] and not (reply.added or reply.updated or reply.unchanged):
+        raise click.ClickException(f"{file}: nothing stored: all {data['rejected']} rejected")
 
 
 @remote.command("retract")
