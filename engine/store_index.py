@@ -14,7 +14,9 @@ from hashmatch.engine.signal_types import SignalType
 from hashmatch.indexes import ShardedIndex, load_index, make_index
 
 
-def make_live_index(st: SignalType, *, kind: str = "auto", shards: int | None = None):
+def make_live_index(
+    st: SignalType, *, kind: str = "auto", shards: int | None = None
+) -> ShardedIndex:
     """A fresh, empty index for one signal type."""
     if st.exact:
         kind = "exact"

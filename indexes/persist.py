@@ -37,11 +37,15 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hashmatch.engine.errors import CorruptData
 from hashmatch.indexes.segments import SEGMENT_TYPES, MIHSegment, load_npy
+
+if TYPE_CHECKING:  # sharded imports this module: a runtime import would be circular
+    from hashmatch.indexes.sharded import ShardedIndex
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def save_index(index, path: Path) -> None:
+def save_index(index: ShardedIndex, path: Path) -> None:
     """Write ``index`` (a ShardedIndex) to the directory ``path`` (replaced if present).
 
     Replacing is two renames (``path`` -> ``path.old-<ns>``, temp -> ``path``): if the
@@ -220,7 +224,7 @@ def load_index(
     verify: bool = True,
     bits: int | None = None,
     kind: str | None = None,
-):
+) -> ShardedIndex:
     """Read a snapshot; ``bits``/``kind`` (if given) must match or CorruptData.
 
     When ``path`` has no manifest but a save killed between its renames left the

@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -28,6 +30,12 @@ import faiss
 import numpy as np
 
 from hashmatch.indexes import kernels, planner
+
+#: A segment's radius answer: (lims int64[nq + 1], distances int32, rows int64) in CSR
+#: form; rows are this segment's (the shard maps them to ids).
+RowHits = tuple[np.ndarray, np.ndarray, np.ndarray]
+#: A segment's k-NN answer: (distances int32[nq, k], rows int64[nq, k]; -1 = none).
+RowKnn = tuple[np.ndarray, np.ndarray]
 
 EMPTY_U8 = np.zeros(0, np.uint8)
 
@@ -78,10 +86,14 @@ class Segment:
     def words(self) -> np.ndarray:
         raise NotImplementedError
 
-    def radius(self, qwords, qcodes, radius: int, dead):
+    def radius(
+        self, qwords: np.ndarray, qcodes: np.ndarray, radius: int, dead: np.ndarray | None
+    ) -> RowHits:
         raise NotImplementedError
 
-    def knn(self, qwords, qcodes, k: int, dead):
+    def knn(
+        self, qwords: np.ndarray, qcodes: np.ndarray, k: int, dead: np.ndarray | None
+    ) -> RowKnn:
         return kernels.scan_knn(qwords, self.words(), _dead(dead), k, self.bits)
 
     def nbytes(self) -> int:
@@ -174,18 +186,20 @@ class ScanSegment(Segment):
     def words(self) -> np.ndarray:
         return self._words
 
-    def radius(self, qwords, qcodes, radius, dead):
+    def radius(
+        self, qwords: np.ndarray, qcodes: np.ndarray, radius: int, dead: np.ndarray | None
+    ) -> RowHits:
         return kernels.scan_radius(qwords, self._words, _dead(dead), radius)
 
     def nbytes(self) -> int:
         return self.ids.nbytes + self._words.nbytes + self._sorted_nbytes()
 
-    def save(self, directory):
+    def save(self, directory: Path) -> dict:
         np.save(directory / "words.npy", self._words)
         return super().save(directory)
 
     @classmethod
-    def load(cls, directory, meta, bits, mmap):
+    def load(cls, directory: Path, meta: dict, bits: int, mmap: bool) -> Segment:
         ids = load_npy(directory / "ids.npy", mmap)
         words = load_npy(directory / "words.npy", mmap)
         check_words(words, check_stored_ids(ids), bits)
@@ -215,7 +229,9 @@ class FlatSegment(Segment):
             return np.zeros((0, (self.bits + 63) // 64), np.uint64)
         return to_words(self.index.reconstruct_n(0, n))
 
-    def radius(self, qwords, qcodes, radius, dead):
+    def radius(
+        self, qwords: np.ndarray, qcodes: np.ndarray, radius: int, dead: np.ndarray | None
+    ) -> RowHits:
         if self.index.ntotal == 0:
             return np.zeros(len(qcodes) + 1, np.int64), np.empty(0, np.int32), np.empty(0, np.int64)
         lims, dist, rows = self.index.range_search(qcodes, radius + 1)
@@ -229,7 +245,9 @@ class FlatSegment(Segment):
                 dist, rows = dist[keep], rows[keep]
         return lims, dist, rows
 
-    def knn(self, qwords, qcodes, k, dead):
+    def knn(
+        self, qwords: np.ndarray, qcodes: np.ndarray, k: int, dead: np.ndarray | None
+    ) -> RowKnn:
         n = self.index.ntotal
         ndead = 0 if dead is None else int(np.count_nonzero(dead))
         kk = min(n, k + ndead)
@@ -251,12 +269,12 @@ class FlatSegment(Segment):
     def nbytes(self) -> int:
         return self.ids.nbytes + self.index.ntotal * self.bits // 8 + self._sorted_nbytes()
 
-    def save(self, directory):
+    def save(self, directory: Path) -> dict:
         faiss.write_index_binary(self.index, str(directory / "flat.faissindex"))
         return super().save(directory)
 
     @classmethod
-    def load(cls, directory, meta, bits, mmap):
+    def load(cls, directory: Path, meta: dict, bits: int, mmap: bool) -> Segment:
         ids = load_npy(directory / "ids.npy", mmap)
         n = check_stored_ids(ids)
         flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
@@ -326,7 +344,15 @@ class MIHSegment(Segment):
         return out
 
     @classmethod
-    def build(cls, words, ids, bits, widths, obits=None, pool=None) -> MIHSegment:
+    def build(
+        cls,
+        words: np.ndarray,
+        ids: np.ndarray,
+        bits: int,
+        widths: Sequence[int],
+        obits: int | None = None,
+        pool: ThreadPoolExecutor | None = None,
+    ) -> MIHSegment:
         """Tables by counting sort. Table 0's sort also reorders the codes and ids
         (so that table is just runs of consecutive rows: no row list, and its
         candidates are read sequentially); the other tables index that order.
@@ -353,7 +379,7 @@ class MIHSegment(Segment):
         offsets = list(pool.map(one, idx)) if pool is not None else [one(i) for i in idx]
         return cls(words, ids, bits, widths, np.concatenate([off0, *offsets]), rows, 1, shifts, rb)
 
-    def words(self):
+    def words(self) -> np.ndarray:
         return self._words
 
     def cost(self, radius: int) -> float:
@@ -419,7 +445,9 @@ class MIHSegment(Segment):
             self._probe_cache[radius] = plan
         return plan
 
-    def radius(self, qwords, qcodes, radius, dead):
+    def radius(
+        self, qwords: np.ndarray, qcodes: np.ndarray, radius: int, dead: np.ndarray | None
+    ) -> RowHits:
         plan = self._probe_plan(radius)
         if plan is None:
             return kernels.scan_radius(qwords, self._words, _dead(dead), radius)
@@ -436,7 +464,7 @@ class MIHSegment(Segment):
             + self._sorted_nbytes()
         )  # fmt: skip
 
-    def save(self, directory):
+    def save(self, directory: Path) -> dict:
         np.save(directory / "words.npy", self._words)
         np.save(directory / "offsets.npy", self.offsets)
         np.save(directory / "rows.npy", self.rows)
@@ -449,7 +477,7 @@ class MIHSegment(Segment):
         }
 
     @classmethod
-    def load(cls, directory, meta, bits, mmap):
+    def load(cls, directory: Path, meta: dict, bits: int, mmap: bool) -> Segment:
         widths = [int(w) for w in meta["widths"]]
         words = load_npy(directory / "words.npy", mmap)
         ids = load_npy(directory / "ids.npy", mmap)
@@ -477,7 +505,15 @@ class MIHSegment(Segment):
         return cls(words, ids, bits, widths, offsets, rows, ident, shifts, rb)
 
 
-def check_mih_tables(offsets, rows, n: int, widths, shifts, ident: int, rb: int) -> None:
+def check_mih_tables(
+    offsets: Sequence[np.ndarray],
+    rows: Sequence[np.ndarray],
+    n: int,
+    widths: Sequence[int],
+    shifts: Sequence[int],
+    ident: int,
+    rb: int,
+) -> None:
     """Each table's CSR offsets run 0..n without going back, and each row list names
     rows < n (the kernels read codes at these rows unchecked), each once."""
     if offsets.dtype != np.uint32 or offsets.ndim != 1:
@@ -538,18 +574,20 @@ class ExactSegment(Segment):
         self.order = order
 
     @classmethod
-    def build(cls, words, ids, bits) -> ExactSegment:
+    def build(cls, words: np.ndarray, ids: np.ndarray, bits: int) -> ExactSegment:
         keys = np.ascontiguousarray(words[:, 0]) if len(words) else np.zeros(0, np.uint64)
         order = np.argsort(keys, kind="stable")
         return cls(words, ids, bits, np.ascontiguousarray(keys[order]), order.astype(np.int64))
 
-    def words(self):
+    def words(self) -> np.ndarray:
         return self._words
 
     def cost(self, radius: int) -> float:
         return 1e-6
 
-    def radius(self, qwords, qcodes, radius, dead):
+    def radius(
+        self, qwords: np.ndarray, qcodes: np.ndarray, radius: int, dead: np.ndarray | None
+    ) -> RowHits:
         qkeys = np.ascontiguousarray(qwords[:, 0])
         return kernels.exact_lookup(qkeys, qwords, self.skeys, self.order, self._words, _dead(dead))
 
@@ -559,14 +597,14 @@ class ExactSegment(Segment):
             + self._sorted_nbytes()
         )  # fmt: skip
 
-    def save(self, directory):
+    def save(self, directory: Path) -> dict:
         np.save(directory / "words.npy", self._words)
         np.save(directory / "skeys.npy", self.skeys)
         np.save(directory / "order.npy", self.order)
         return super().save(directory)
 
     @classmethod
-    def load(cls, directory, meta, bits, mmap):
+    def load(cls, directory: Path, meta: dict, bits: int, mmap: bool) -> Segment:
         ids = load_npy(directory / "ids.npy", mmap)
         words = load_npy(directory / "words.npy", mmap)
         skeys = load_npy(directory / "skeys.npy", mmap)
@@ -577,7 +615,7 @@ class ExactSegment(Segment):
         return cls(words, ids, bits, skeys, order)
 
 
-def check_exact_table(words, skeys, order, n: int) -> None:
+def check_exact_table(words: np.ndarray, skeys: np.ndarray, order: np.ndarray, n: int) -> None:
     """``order`` is a permutation of the rows and ``skeys`` their first words in that
     order, sorted: what the binary search in kernels.exact_lookup relies on."""
     if order.dtype != np.int64 or order.shape != (n,):
