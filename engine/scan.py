@@ -839,6 +839,7 @@ class Scanner:
         self._pending_skipped: list[int] = []
         self._last_commit = time.monotonic()
         self._broken = False
+        self._lost: list[Entry] = []  # files of tasks a dead worker took down, to retry
         self._pool: cf.ProcessPoolExecutor | None = None
         self._known: dict[str, tuple[int, bytes]] = {}  # path -> (file id, md5) to compare
 
@@ -945,12 +946,14 @@ class Scanner:
                     while len(inflight) >= limit:
                         self._collect(inflight, block=True)
                     self._collect(inflight, block=False)
+                    self._isolate_crashes(inflight)
                     self._flush_if_due()
                 self._flush_if_due()
             if chunk and pool is not None:
                 self._submit(inflight, chunk)
             while inflight:
                 self._collect(inflight, block=True)
+                self._isolate_crashes(inflight)
                 self._flush_if_due()
         finally:
             if self._pool is not None:
@@ -1008,16 +1011,35 @@ class Scanner:
             chunk = inflight.pop(fut)
             try:
                 self._pending.extend(fut.result())
-            except Exception as exc:  # a worker died (e.g. a decoder crashed): record, go on
-                # every file of the lost task is marked; a re-run retries failed files
-                for e in chunk:
-                    self._pending.append(
-                        WorkResult(
-                            e.path, e.size, e.mtime_ns, reason="worker-crashed", error=repr(exc)
-                        )
-                    )
+            except Exception as exc:  # a worker died (e.g. a decoder crashed): retry, go on
+                # one worker's death fails every task in flight, not only its own: which
+                # file did it is unknown, so each is tried once more, alone
+                self._lost.extend(chunk)
                 if isinstance(exc, cf.process.BrokenProcessPool):
                     self._broken = True
+
+    def _isolate_crashes(self, inflight: dict) -> None:
+        """Retry the files of tasks lost to a dead worker one at a time, with nothing
+        else in flight: a file that kills its worker again is the culprit, marked
+        ``worker-crashed``; the others are hashed (they only shared the pool)."""
+        if not self._lost:
+            return
+        while inflight:  # drain first: a crash must not take an innocent retry with it
+            self._collect(inflight, block=True)
+        lost, self._lost = self._lost, []
+        for e in lost:
+            alone: dict[cf.Future, list[Entry]] = {}
+            self._submit(alone, [e])
+            (fut,) = alone
+            try:
+                self._pending.extend(fut.result())
+            except Exception as exc:
+                self._pending.append(
+                    WorkResult(e.path, e.size, e.mtime_ns, reason="worker-crashed", error=repr(exc))
+                )
+                if isinstance(exc, cf.process.BrokenProcessPool):
+                    self._broken = True
+            self._flush_if_due()
 
     def _flush_if_due(self) -> None:
         n = len(self._pending) + len(self._pending_skipped)

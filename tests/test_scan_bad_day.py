@@ -339,3 +339,54 @@ def test_hashing_a_missing_type_keeps_the_unchanged_file_s_other_types(tmp_path)
         assert done.returncode == 0, done.stderr
         assert _report(tmp_path / f"r{i}.jsonl")[-1]["hashed"] == hashed, types
         assert _found(tmp_path / f"r{i}.jsonl") == found, types
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_a_killed_worker_fails_no_innocent_file(tmp_path):
+    """One worker's death fails every task in flight (12 files here). Those files are
+    retried one at a time: a worker killed from outside (say, by the OOM killer while
+    another process grew) leaves no file marked `worker-crashed`."""
+    import signal
+    import time
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(80):
+        (tree / f"{i:03d}.jpg").write_bytes(_jpeg(100 + i, size=1024))
+    args = ["scan", "--no-match", "--workers", "1", "--catalog", "c.sqlite", "tree"]
+    scan = subprocess.Popen([*PRLIMIT, HASHMATCH, *args, "--out", "r.jsonl"], cwd=tmp_path)
+    try:
+        worker = None
+        deadline = time.monotonic() + 60
+        while worker is None and time.monotonic() < deadline:
+            for server in _children(scan.pid):
+                if b"forkserver" in _cmdline(server):
+                    worker = next(iter(_children(server)), None)
+            time.sleep(0.02)
+        assert worker is not None, "no worker started"
+        time.sleep(0.3)  # hashing: tasks in flight
+        os.kill(worker, signal.SIGKILL)
+        assert scan.wait(timeout=120) == 0
+    finally:
+        scan.kill()
+    summary = _report(tmp_path / "r.jsonl")[-1]
+    assert summary["hashed"] == 80 and summary["failed"] == 0, summary
