@@ -12,8 +12,9 @@ are kept here, which lets
   and query them with only the newly shared signals, without touching the media.
 
 The ``matches`` table holds the matches currently known for each file; a scan
-replaces a file's rows when it (re-)matches the file, a rescan adds new ones and
-removes those whose signal was retracted. Reports are written from it, so a
+replaces a file's rows within its scope (its types, its ``--list``s) when it
+(re-)matches the file, a rescan adds new ones and removes those whose signal was
+retracted. Reports are written from it, so a
 resumed scan reports exactly what an uninterrupted one would.
 
 One writer at a time (the scan's parent process), enforced across processes by a

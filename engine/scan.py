@@ -19,6 +19,8 @@ Why this shape:
   (``empty``, ``corrupt``, ``unsupported``, ``too-large``, ``permission-denied``,
   ``symlink-loop``, ``broken-symlink``, ``not-found``, ``not-a-file``, ``io-error``,
   ``worker-crashed``, ``error``) and the message, in the catalog and the report.
+  A worker's death fails every task in flight: their files are retried one at a
+  time, so only a file that kills its worker again is ``worker-crashed``.
 """
 
 from __future__ import annotations
