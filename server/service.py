@@ -39,21 +39,27 @@ class MatcherService(matcher_pb2_grpc.MatcherServicer):
 
     @rpc("match", request_stream=True)
     def MatchStream(self, request_iterator, call: Call):
-        count = 0
-        for n, request in enumerate(request_iterator):
-            call.check_deadline()
-            try:
-                response = matching.match(self.host, request, call)
-            except HashmatchError as exc:
-                # Name the stream message as well as the field (and item) inside it.
-                path = errors.field_path(exc)
-                where = f"stream[{n}]" + (f".{path}" if path[:1] not in ("", "[") else path)
-                exc.field = where
-                exc.index = None
-                raise
-            count += 1
-            yield response
-        call.log["messages"] = count
+        # matching.match sets the log's queries/matches per message: the access-log
+        # line sums them over the stream (also when it ends early), as the metrics do
+        totals = {"messages": 0, "queries": 0, "matches": 0}
+        try:
+            for n, request in enumerate(request_iterator):
+                call.check_deadline()
+                try:
+                    response = matching.match(self.host, request, call)
+                except HashmatchError as exc:
+                    # Name the stream message as well as the field (and item) inside it.
+                    path = errors.field_path(exc)
+                    where = f"stream[{n}]" + (f".{path}" if path[:1] not in ("", "[") else path)
+                    exc.field = where
+                    exc.index = None
+                    raise
+                totals["messages"] += 1
+                totals["queries"] += call.log.get("queries", 0)
+                totals["matches"] += call.log.get("matches", 0)
+                yield response
+        finally:
+            call.log.update(totals)
 
     @rpc("match", needs_index=False)
     def Hash(self, request, call: Call):

@@ -347,3 +347,25 @@ def test_remote_ingest_reads_vpdq_by_name_and_fails_when_all_is_rejected(served,
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["rejected"] == 2
     assert "nothing stored: all 2 rejected" in result.stderr
+
+
+def test_match_stream_access_log_counts_the_whole_stream(served, caplog):
+    client = served.client("ops")
+    requests = [
+        client.match_request([("pdq", HEX)] * 3, request_id="a"),
+        client.match_request([("pdq", HEX)] * 2, request_id="b"),
+    ]
+    with caplog.at_level("INFO", logger="hashmatch.access"):
+        replies = list(client.match_stream(requests, timeout=30))
+        assert [r.request_id for r in replies] == ["a", "b"]
+        deadline = time.monotonic() + 5  # the line is written as the call ends, server-side
+        while time.monotonic() < deadline:
+            lines = [
+                json.loads(r.getMessage())
+                for r in caplog.records
+                if r.name == "hashmatch.access" and '"MatchStream"' in r.getMessage()
+            ]
+            if lines:
+                break
+            time.sleep(0.02)
+    assert lines and lines[-1]["messages"] == 2 and lines[-1]["queries"] == 5, lines
