@@ -266,6 +266,10 @@ def test_report_and_catalog_problems_are_one_line_and_early(tmp_path):
     assert refused("r.jsonl", "--catalog", "junk.sqlite") == (
         "Error: catalog junk.sqlite: file is not a database"
     )
+    (tmp_path / "c.sqlite.lock").mkdir()  # the lock cannot be taken
+    assert refused("r.jsonl", "--catalog", "c.sqlite") == (
+        "Error: catalog c.sqlite: c.sqlite.lock: Is a directory"
+    )
 
 
 def test_a_report_that_does_not_fit_leaves_no_partial_file(tmp_path):

@@ -294,11 +294,17 @@ def _check_out(out: str, catalog_path: Path, data_dir: Path) -> None:
 @contextlib.contextmanager
 def _catalog_errors(path: Path) -> Iterator[None]:
     """SQLite errors of the catalog (not a database, disk full, unwritable) as one line
-    naming it, instead of a traceback."""
+    naming it, instead of a traceback; so are OS errors on its files (its lock)."""
     try:
         yield
     except sqlite3.Error as exc:
         raise click.ClickException(f"catalog {path}: {exc}") from exc
+    except OSError as exc:
+        if not str(exc.filename or "").startswith(str(path)):
+            raise  # e.g. the report's: named by _one_line_errors
+        raise click.ClickException(
+            f"catalog {path}: {exc.filename}: {exc.strerror or exc}"
+        ) from exc
 
 
 def _check_lists(lists: tuple[str, ...], known: set[str]) -> None:
