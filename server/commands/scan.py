@@ -300,7 +300,9 @@ def _catalog_errors(path: Path) -> Iterator[None]:
     except sqlite3.Error as exc:
         raise click.ClickException(f"catalog {path}: {exc}") from exc
     except OSError as exc:
-        if not str(exc.filename or "").startswith(str(path)):
+        from hashmatch.engine.catalog import CATALOG_SUFFIXES
+
+        if str(exc.filename) not in {f"{path}{suffix}" for suffix in CATALOG_SUFFIXES}:
             raise  # e.g. the report's: named by _one_line_errors
         raise click.ClickException(
             f"catalog {path}: {exc.filename}: {exc.strerror or exc}"
