@@ -574,7 +574,7 @@ class Engine:
                 n_index = len(index) if index is not None else 0
                 entry = {"store": counts.get(stype, 0), "index": n_index, "checked": 0,
                          "missing": [], "stale": []}  # fmt: skip
-                live_ids, live_codes = self._sample_live(stype, sample, rng)
+                live_ids, live_codes = self.store.sample_live(stype, sample, rng)
                 if len(live_ids) and index is not None:
                     lims, _, ids = index.search_radius(live_codes, 0)
                     for i, want in enumerate(live_ids.tolist()):
@@ -601,43 +601,6 @@ class Engine:
                 report["types"][stype] = entry
                 report["ok"] &= ok
         return report
-
-    def _sample_live(self, stype: str, sample: int, rng) -> tuple[np.ndarray, np.ndarray]:
-        st = signal_types.get(stype)
-        conn = self.store.conn()
-        if stype == "vpdq":
-            rows = conn.execute(
-                "SELECT (f.signal_id << 20) | f.frame_no, f.code FROM signal_frames f"
-                " JOIN signals s ON s.id = f.signal_id WHERE s.retracted_at IS NULL"
-                " ORDER BY random() LIMIT ?",
-                (sample,),
-            ).fetchall()
-        else:
-            total = conn.execute(
-                "SELECT COUNT(*) FROM signals WHERE signal_type = ? AND retracted_at IS NULL",
-                (stype,),
-            ).fetchone()[0]
-            if total <= sample:
-                rows = conn.execute(
-                    "SELECT id, code FROM signals WHERE signal_type = ? AND retracted_at IS NULL",
-                    (stype,),
-                ).fetchall()
-            else:
-                hi = conn.execute("SELECT MAX(id) FROM signals").fetchone()[0]
-                picks = sorted(set(rng.integers(1, hi + 1, size=sample).tolist()))
-                rows = []
-                for i in range(0, len(picks), 900):
-                    chunk = picks[i : i + 900]
-                    rows += conn.execute(
-                        "SELECT id, code FROM signals WHERE signal_type = ? AND retracted_at IS"
-                        f" NULL AND id IN ({','.join('?' * len(chunk))})",
-                        (stype, *chunk),
-                    ).fetchall()
-        if not rows:
-            return np.empty(0, np.int64), np.empty((0, st.nbytes), np.uint8)
-        ids = np.array([r[0] for r in rows], dtype=np.int64)
-        codes = np.frombuffer(b"".join(r[1] for r in rows), np.uint8).reshape(-1, st.nbytes)
-        return ids, codes
 
     # ------------------------------------------------------------------ snapshots
 

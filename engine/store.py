@@ -1541,6 +1541,39 @@ class SignalStore:
                 out[row[0]] = row[1:]
         return out
 
+    def sample_live(
+        self, signal_type: str, sample: int, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``sample`` live (not retracted) rows of a type as (index ids, codes): what
+        :meth:`Engine.verify_index` looks up. vPDQ rows are frames, with the index's ids
+        (``signal_id << FRAME_BITS | frame_no``). Random ids are probed rather than
+        ``ORDER BY random()`` over millions of signals."""
+        st = signal_types.get(signal_type)
+        conn = self.conn()
+        if st.name == "vpdq":
+            rows = conn.execute(
+                f"SELECT (f.signal_id << {FRAME_BITS}) | f.frame_no, f.code FROM signal_frames f"
+                " JOIN signals s ON s.id = f.signal_id WHERE s.retracted_at IS NULL"
+                " ORDER BY random() LIMIT ?",
+                (sample,),
+            ).fetchall()
+            return _pack(rows, st.nbytes)
+        live = "signal_type = ? AND retracted_at IS NULL"
+        total = conn.execute(f"SELECT COUNT(*) FROM signals WHERE {live}", (st.name,)).fetchone()[0]
+        if total <= sample:
+            rows = conn.execute(f"SELECT id, code FROM signals WHERE {live}", (st.name,)).fetchall()
+            return _pack(rows, st.nbytes)
+        hi = conn.execute("SELECT MAX(id) FROM signals").fetchone()[0]
+        picks = sorted(set(rng.integers(1, hi + 1, size=sample).tolist()))
+        rows = []
+        for i in range(0, len(picks), 900):
+            chunk = picks[i : i + 900]
+            marks = ",".join("?" * len(chunk))
+            rows += conn.execute(
+                f"SELECT id, code FROM signals WHERE {live} AND id IN ({marks})", (st.name, *chunk)
+            ).fetchall()
+        return _pack(rows, st.nbytes)
+
     def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
         """vPDQ: number of frames of each stored video."""
         out: dict[int, int] = {}
@@ -1899,12 +1932,6 @@ def _pack(rows: list[tuple], nbytes: int) -> tuple[np.ndarray, np.ndarray]:
 def _expiry_lifted(old: float | None, new: float | None, now: float) -> bool:
     """An expired signal's expiry moved past ``now`` (or removed): it matches again."""
     return old is not None and old <= now and (new is None or new > now)
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, UnknownSignalType | InvalidInput):
-        return exc.message
-    return str(exc)
 
 
 def _where(where: tuple[int, int | None]) -> str:

@@ -422,3 +422,21 @@ def test_index_sizes_follow_ingest_and_retraction_without_loading(tmp_path):
         assert engine.index_sizes() == {"pdq": 8}
         engine.retract(list_name="l", hashes=[("pdq", codes(5)[0].tobytes().hex())])
         assert engine.index_sizes() == {"pdq": 7}
+
+
+def test_verify_index_samples_every_type_and_finds_a_missing_code(engine):
+    """verify_index probes random ids when the store holds more than ``sample`` live
+    signals, and checks vPDQ frames under their index ids; a code the index lost is
+    reported by id."""
+    c = codes(60)
+    engine.ingest(records(c), list_name="l")
+    frames = np.random.default_rng(9).integers(0, 256, (3, 32), dtype=np.uint8)
+    engine.ingest([SignalRecord("vpdq", "", frames=frames)], list_name="videos")
+    report = engine.verify_index(sample=20)
+    assert report["ok"], report
+    assert 0 < report["types"]["pdq"]["checked"] <= 20
+    assert report["types"]["vpdq"]["checked"] == 3
+    (first,) = [s.id for s in engine.store.signals(list_name="l", limit=1)]
+    engine._indexes["pdq"].remove(np.array([first]))  # the index loses one live signal
+    report = engine.verify_index(sample=100)
+    assert not report["ok"] and report["types"]["pdq"]["missing"] == [first]
