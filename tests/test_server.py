@@ -266,6 +266,10 @@ BAD_MATCHES = {
     "video frame quality out of range": (
         dict(videos=[matcher_pb2.VideoQuery(frames=["00" * 32] * 2, qualities=[50, 101])]),
         "videos[0].qualities[1]"),
+    "video frames over the batch limit": (  # 101 frames over two videos, max_batch 100
+        dict(videos=[matcher_pb2.VideoQuery(frames=["00" * 32] * 50),
+                     matcher_pb2.VideoQuery(frames=["00" * 32] * 51)]),
+        "videos"),
 }  # fmt: skip
 
 

@@ -71,12 +71,16 @@ def test_bootstrap_admin_once(tmp_path):
         (auth.Unauthenticated("who"), grpc.StatusCode.UNAUTHENTICATED),
         (errors.Overloaded("busy"), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (engine_errors.Conflict("busy"), grpc.StatusCode.FAILED_PRECONDITION),
+        (engine_errors.CorruptData("bad file"), grpc.StatusCode.DATA_LOSS),
+        (NotImplementedError("later"), grpc.StatusCode.UNIMPLEMENTED),
         (RuntimeError("secret detail"), grpc.StatusCode.INTERNAL),
     ],
 )
 def test_error_mapping(exc, code):
     mapped, message, status = errors.to_status(exc)
     assert mapped is code
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:  # clients back off on a QuotaFailure
+        assert status.details[0].Is(error_details_pb2.QuotaFailure.DESCRIPTOR)
     if code is grpc.StatusCode.INTERNAL:
         assert "secret detail" not in message  # internals never leak to clients
     if code is grpc.StatusCode.INVALID_ARGUMENT:
@@ -229,3 +233,11 @@ def test_config_syntax_error_names_the_file(tmp_path):
     with pytest.raises(engine_errors.InvalidInput) as err:
         config.load(path, environ={})
     assert str(path) in str(err.value)
+
+
+def test_only_the_bearer_scheme_is_accepted():
+    tokens = auth.TokenAuth.from_mapping({"tenants": {"a": {"tokens_sha256": [DIGEST]}}})
+    assert tokens.authenticate([("authorization", "Bearer s3cret")]).tenant == "a"
+    assert tokens.authenticate([("authorization", "bearer s3cret")]).tenant == "a"
+    with pytest.raises(auth.Unauthenticated):
+        tokens.authenticate([("authorization", "Basic s3cret")])
