@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from hashmatch.engine.errors import Conflict, HashmatchError, InvalidInput
+from hashmatch.engine.errors import Conflict, HashmatchError
 from hashmatch.server import changes, errors, ingest, matching
 from hashmatch.server.calls import Call, rpc
 from hashmatch.v1 import (
@@ -147,10 +147,3 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         path = self.host.engine.snapshot(actor=call.principal.tenant)
         call.log["path"] = str(path)
         return admin_pb2.SnapshotResponse(path=str(path))
-
-
-def check_list_name(name: str, field: str) -> str:
-    name = name.strip()
-    if not name:
-        raise InvalidInput("a list name is required", field=field)
-    return name
