@@ -414,10 +414,11 @@ def hash_file(
 
 
 def _fast_level(data: bytes, types: Sequence[str], options) -> int:
-    """The fast_decode level hash_media applied (PDQ the only photo type)."""
+    """The fast_decode level hash_media applied: only JPEGs take the luma path (a PNG's
+    PDQ is exact whatever was asked, so an exact scan need not hash it again)."""
     from hashmatch.engine.hashing import _luma_is_enough
 
-    if not options.fast_decode or "pdq" not in types:
+    if not options.fast_decode or "pdq" not in types or not data.startswith(b"\xff\xd8\xff"):
         return 0
     return (
         options.fast_decode if _luma_is_enough([signal_types.get(t) for t in types], options) else 0
