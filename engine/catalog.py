@@ -558,6 +558,13 @@ class Catalog:
     def matched_signal_ids(self) -> list[int]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT signal_id FROM matches")]
 
+    def matched_signal_codes(self) -> dict[int, tuple[str, str]]:
+        """signal id -> (signal type, the stored hash the match was made with): what a
+        rescan compares with the store's code now, so an id that names another signal
+        (a replaced store) does not keep a match it no longer supports."""
+        rows = self.conn.execute("SELECT DISTINCT signal_id, signal_type, signal_hex FROM matches")
+        return {int(sid): (stype, hex_) for sid, stype, hex_ in rows}
+
     def matches_for_run(self, run_id: int) -> Iterator[tuple[str, MatchRow]]:
         """(path, match) for every file seen by ``run_id``, in path order (deterministic)."""
         cur = self.conn.execute(

@@ -36,7 +36,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -84,7 +84,7 @@ class RescanSummary:
 @dataclass(frozen=True)
 class Retraction:
     match: MatchRow
-    reason: str  # "retracted" | "expired" | "list-disabled" | "deleted"
+    reason: str  # "retracted" | "expired" | "list-disabled" | "deleted" | "replaced"
 
 
 @dataclass
@@ -152,9 +152,16 @@ class ChangeSource(Protocol):
         """vPDQ: frames of each stored video."""
         ...
 
-    def why_gone(self, signal_ids: Sequence[int], now: float) -> dict[int, str | None]:
+    def why_gone(
+        self,
+        signal_ids: Sequence[int],
+        now: float,
+        held: Mapping[int, tuple[str, str]] | None = None,
+    ) -> dict[int, str | None]:
         """Per id: None while it still matches, else "retracted" / "expired" /
-        "list-disabled" / "deleted"."""
+        "list-disabled" / "deleted", or "replaced" where the source can tell that the id
+        now names a signal with another code than ``held`` (id -> (type, hex) the
+        catalog's match was made with)."""
         ...
 
 
@@ -210,10 +217,20 @@ class StoreChanges:
     def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
         return self.store.frame_counts(signal_ids)
 
-    def why_gone(self, signal_ids: Sequence[int], now: float) -> dict[int, str | None]:
+    def why_gone(
+        self,
+        signal_ids: Sequence[int],
+        now: float,
+        held: Mapping[int, tuple[str, str]] | None = None,
+    ) -> dict[int, str | None]:
         info = self.store.lookup(signal_ids)
         lists = self.lists()
-        return {sid: why_gone(info.get(sid), lists, now) for sid in signal_ids}
+        out = {sid: why_gone(info.get(sid), lists, now) for sid in signal_ids}
+        for sid, (stype, hex_) in (held or {}).items():
+            found = info.get(sid)
+            if out.get(sid) is None and found is not None and _replaced(found, stype, hex_):
+                out[sid] = "replaced"
+        return out
 
 
 _STATE_REASON = {
@@ -299,7 +316,14 @@ class ServerChanges:
     def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
         return {s: len(self._live[s][1].frames) for s in signal_ids if s in self._live}
 
-    def why_gone(self, signal_ids: Sequence[int], now: float) -> dict[int, str | None]:
+    def why_gone(
+        self,
+        signal_ids: Sequence[int],
+        now: float,
+        held: Mapping[int, tuple[str, str]] | None = None,
+    ) -> dict[int, str | None]:
+        """SignalStates answers states only: ``held`` codes are not compared here (an
+        incremental rescan of a replaced server store is refused by the cursor check)."""
         from hashmatch.v1 import signals_pb2
 
         ids = [int(s) for s in signal_ids]
@@ -389,9 +413,10 @@ def rescan(
 
     # 3. matches that no longer hold
     gone: list[Retraction] = []
-    matched = catalog.matched_signal_ids()
+    held = catalog.matched_signal_codes()
+    matched = sorted(held)
     if matched:
-        why = source.why_gone(matched, now)
+        why = source.why_gone(matched, now, held)
         dead = [sid for sid, reason in why.items() if reason is not None]
     else:
         dead, why = [], {}
@@ -400,9 +425,11 @@ def rescan(
     # commit, so a report that cannot be written (bad --out, full disk) rolls the cursor
     # back instead of losing the new matches and retractions it would have announced
     with catalog.transaction():
-        fresh = [r for r in new_rows if why.get(r.signal_id) is None]
-        inserted = _insert_new(catalog, fresh)
         removed = catalog.remove_matches_of_signals(dead) if dead else []
+        # an id that now names another signal ("replaced") drops the old matches above
+        # and keeps the ones just found against the signal it names now
+        fresh = [r for r in new_rows if why.get(r.signal_id) in (None, "replaced")]
+        inserted = _insert_new(catalog, fresh)
         catalog.set_meta(source.cursor_key, str(head))
         if source.log is not None and source.log.store_id:
             catalog.set_meta(log_key, json.dumps({"store_id": source.log.store_id, "seq": head,
@@ -590,6 +617,15 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink(missing_ok=True)
+
+
+def _replaced(found: tuple, signal_type: str, signal_hex: str) -> bool:
+    """The store's signal under a held match's id has another type or code (vPDQ matches
+    hold a frame's hash, not the video's key: not compared)."""
+    stype, code = found[1], found[2]
+    if signal_type == "vpdq" or stype == "vpdq":
+        return stype != signal_type
+    return stype != signal_type or bytes(code).hex() != signal_hex.lower()
 
 
 def why_gone(meta: tuple | None, lists: dict[int, tuple[str, bool]], now: float) -> str | None:

@@ -70,6 +70,12 @@ def test_a_cursor_of_another_store_is_refused_not_trusted(tmp_path):
             rescan(catalog, b, since=999)
         everything = rescan(catalog, b, since=0)  # what the error says to run
         assert ("astronaut-copy.png", "pdq") in _names(catalog, everything.new)
+        # store a's coffee match held signal ids 1-2, which name astronaut in store b
+        assert {(r.match.external_id, r.reason) for r in everything.retracted} == {
+            ("coffee", "replaced")
+        }
+        held = catalog.conn.execute("SELECT DISTINCT external_id FROM matches").fetchall()
+        assert {e for (e,) in held} == {"astronaut"}
         assert rescan(catalog, b).summary.since == b.change_counter()  # checks out now
     # a store whose counter is still under the cursor: refused too, not "since 6, to 2"
     ingest_originals(tmp_path / "c", tree, ["rocket"], list_name="other")
