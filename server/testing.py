@@ -82,3 +82,21 @@ def running_server(
         for client in handle.clients:
             client.close()
         server.stop(grace=2.0)
+
+
+def self_signed_cert(directory: Path, name: str) -> tuple[str, str]:
+    """(key path, cert path) of a one-day self-signed certificate for localhost and
+    127.0.0.1, made with the ``openssl`` CLI (tests of TLS setups skip without it)."""
+    import subprocess
+
+    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return str(key), str(cert)

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from hashmatch.server import auth
 from hashmatch.server.cli import cli
 from hashmatch.server.client import HashmatchClient
+from hashmatch.server.testing import self_signed_cert
 
 SERVE = "from hashmatch.server.cli import main; main()"  # cli.py has no __main__
 
@@ -203,20 +204,10 @@ def test_serve_exits_when_the_index_cannot_load(tmp_path, content):
     _one_line_error(done, f"the index failed to load from {data}", "store.sqlite")
 
 
-def _openssl_cert(directory, name: str) -> tuple[str, str]:
-    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return str(key), str(cert)
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for certs")
 def test_serve_names_the_tls_file_that_is_wrong(tmp_path):
-    key_a, cert_a = _openssl_cert(tmp_path, "a")
-    key_b, _ = _openssl_cert(tmp_path, "b")
+    key_a, cert_a = self_signed_cert(tmp_path, "a")
+    key_b, _ = self_signed_cert(tmp_path, "b")
     common = ("--data-dir", str(tmp_path / "d"), "--insecure-no-auth", "--metrics-port", "-1")
     done = _serve(*common, "--tls-cert", cert_a, "--tls-key", key_b)
     _one_line_error(done, f"tls_key {key_b}: not the private key of tls_cert {cert_a}")

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from hashmatch.server.testing import running_server
+from hashmatch.server.testing import running_server, self_signed_cert
 
 ADMIN = {"admin": (["match", "write", "admin"], True)}
 
@@ -184,24 +184,10 @@ def test_metrics_count_queries_and_lookup_rows(tmp_path):
         assert 'hashmatch_lookup_rows_bucket{le="4.0"} 2.0' in text
 
 
-def _openssl_cert(directory, name: str) -> tuple[str, str]:
-    key, cert = directory / f"{name}.key", directory / f"{name}.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
-            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return str(key), str(cert)
-
-
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for certs")
 def test_tls_and_mutual_tls(tmp_path):
-    server_key, server_cert = _openssl_cert(tmp_path, "server")
-    client_key, client_cert = _openssl_cert(tmp_path, "client")
+    server_key, server_cert = self_signed_cert(tmp_path, "server")
+    client_key, client_cert = self_signed_cert(tmp_path, "client")
     gate = threading.Event()
     with running_server(
         tmp_path / "data",
