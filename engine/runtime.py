@@ -372,11 +372,10 @@ class Engine:
         rule = check_low_quality_queries(low_quality_queries)
         hashes = hash_media(source, types, options)
         result = MediaMatch(hashes=hashes)
-        fuzzy_threshold = threshold
+        shared = threshold
         for h in hashes:
             st = signal_types.get(h.signal_type)
-            # one request threshold for several types: exact types always match at 0
-            threshold = None if st.exact else fuzzy_threshold
+            threshold = st.shared_threshold(shared)  # exact types always match at 0
             if st.name == "vpdq":
                 found = self.match(
                     "vpdq", h.codes, tenant=tenant, threshold=threshold, lists=lists,

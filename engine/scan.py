@@ -495,7 +495,7 @@ class Hit:
 def threshold_for(signal_type: str, threshold: int | None) -> int | None:
     """One ``--threshold`` for a multi-type scan: it applies to the perceptual types;
     cryptographic ones (md5, sha256) only ever match exactly."""
-    return None if signal_types.get(signal_type).exact else threshold
+    return signal_types.get(signal_type).shared_threshold(threshold, field="--threshold")
 
 
 class Matcher:

@@ -98,6 +98,22 @@ class SignalType:
             )
         return int(threshold)
 
+    def shared_threshold(self, threshold: int | None, *, field: str = "threshold") -> int | None:
+        """This type's share of ONE threshold given for several types (a scan's
+        ``--threshold``, a media Match's ``options.threshold``): perceptual types check it
+        against their range; exact types (md5, sha256) always match at 0, whatever
+        distance was asked (a negative one is still refused). None stays None: each
+        type's default."""
+        if threshold is None:
+            return None
+        if self.exact:
+            if isinstance(threshold, bool) or not isinstance(threshold, int | np.integer):
+                raise InvalidThreshold(f"must be an integer, got {threshold!r}", field=field)
+            if threshold < 0:
+                raise InvalidThreshold(f"must be >= 0, got {threshold}", field=field)
+            return 0
+        return self.check_threshold(threshold, field=field)
+
 
 _REGISTRY: dict[str, SignalType] = {}
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.errors import InvalidHash, InvalidInput, InvalidThreshold
+from hashmatch.engine.errors import InvalidHash, InvalidInput
 from hashmatch.v1 import common_pb2
 
 
@@ -80,15 +80,8 @@ def parse_frames(
 
 
 def threshold_for(type_name: str, threshold: int | None) -> int | None:
-    """Validate a request threshold against one type (exact types always match at 0)."""
-    st = signal_types.get(type_name)
-    if threshold is None:
-        return None
-    if st.exact:
-        if threshold < 0:
-            raise InvalidThreshold(f"must be >= 0, got {threshold}", field="options.threshold")
-        return 0
-    return st.check_threshold(int(threshold), field="options.threshold")
+    """A request's ``options.threshold`` for one type (exact types always match at 0)."""
+    return signal_types.get(type_name).shared_threshold(threshold, field="options.threshold")
 
 
 def match_to_pb(m) -> common_pb2.Match:

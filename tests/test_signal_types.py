@@ -34,3 +34,14 @@ def test_errors_name_the_problem() -> None:
         pdq.check_threshold(64)
     assert pdq.check_threshold(None) == 31
     assert signal_types.get("md5").check_threshold(0) == 0
+
+
+def test_one_threshold_shared_by_several_types():
+    """A scan's --threshold or a media Match's threshold covers every requested type:
+    perceptual types check it, exact types match at 0 whatever was asked."""
+    pdq, md5 = signal_types.get("pdq"), signal_types.get("md5")
+    assert pdq.shared_threshold(None) is None and md5.shared_threshold(None) is None
+    assert pdq.shared_threshold(40) == 40 and md5.shared_threshold(40) == 0
+    for kind, bad in ((pdq, 64), (pdq, -1), (md5, -1), (md5, True)):
+        with pytest.raises(InvalidThreshold):
+            kind.shared_threshold(bad, field="options.threshold")
