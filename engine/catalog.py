@@ -107,8 +107,10 @@ CREATE TABLE IF NOT EXISTS runs (
 HASHED = "hashed"
 FAILED = "failed"
 
+#: An SQLite database at ``path`` and the files SQLite keeps beside it.
+SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
 #: Files that belong to a catalog at ``path`` (a scan of a tree holding it skips them).
-CATALOG_SUFFIXES = ("", "-wal", "-shm", "-journal", ".lock")
+CATALOG_SUFFIXES = (*SQLITE_SUFFIXES, ".lock")
 
 
 class CatalogBusy(Conflict):
