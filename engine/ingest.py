@@ -72,7 +72,14 @@ class RecordStream:
     """What :func:`read_records` returns: iterate it for records, or let the store
     pull column batches (:meth:`column_batches`, the fast path for CSV)."""
 
-    def __init__(self, source, format, signal_type, labels, external_id):
+    def __init__(
+        self,
+        source: str | Path | IO[str],
+        format: str | None,
+        signal_type: str | None,
+        labels: Iterable[str],
+        external_id: str | None,
+    ):
         self._args = (source, format, signal_type, tuple(labels), external_id)
 
     def __iter__(self) -> Iterator[Item]:
@@ -105,7 +112,15 @@ def read_records(
     return RecordStream(source, format, signal_type, labels, external_id)
 
 
-def _read(source, format, signal_type, labels, external_id, *, batch_size: int | None):
+def _read(
+    source: str | Path | IO[str],
+    format: str | None,
+    signal_type: str | None,
+    labels: Iterable[str],
+    external_id: str | None,
+    *,
+    batch_size: int | None,
+) -> Iterator[Item | ColumnBatch]:
     """Records (``batch_size`` None) or :class:`ColumnBatch` es of ``batch_size``."""
     stream, name, close = _open(source)
     try:
@@ -178,7 +193,7 @@ def _chain(buffered: list[str], rest: Iterable[str]) -> Iterator[str]:
     yield from rest
 
 
-def _labels(value, extra: tuple[str, ...]) -> tuple[str, ...]:
+def _labels(value: object, extra: tuple[str, ...]) -> tuple[str, ...]:
     if value is None or value == "":
         found: tuple[str, ...] = ()
     elif isinstance(value, str):
@@ -190,7 +205,7 @@ def _labels(value, extra: tuple[str, ...]) -> tuple[str, ...]:
     return found + extra if extra else found
 
 
-def parse_time(value) -> float | None:
+def parse_time(value: object) -> float | None:
     """Epoch seconds, or an ISO-8601 date/time (UTC unless it says otherwise)."""
     if value is None or value == "":
         return None
@@ -214,7 +229,7 @@ def parse_time(value) -> float | None:
     return stamp.timestamp()
 
 
-def _quality(value) -> int | None:
+def _quality(value: object) -> int | None:
     if value is None or value == "":
         return None
     try:
@@ -262,13 +277,13 @@ def _jsonl(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
         yield record
 
 
-def _opt_str(value) -> str | None:
+def _opt_str(value: object) -> str | None:
     if value is None or value == "":
         return None
     return str(value)
 
 
-def _frames(values) -> np.ndarray:
+def _frames(values: object) -> np.ndarray:
     if not isinstance(values, list) or not values:
         raise InvalidInput("frames must be a non-empty list of PDQ hex", field="frames")
     out = np.empty((len(values), 32), np.uint8)
@@ -288,7 +303,7 @@ _CSV_ALIASES = {
 }
 
 
-def _csv_header(reader, extra: tuple[str, ...]) -> _CsvRows | None:
+def _csv_header(reader: Iterator[list[str]], extra: tuple[str, ...]) -> _CsvRows | None:
     """Read the header row -> the row rules for the columns it names (None: no
     header, an empty file). Both CSV read paths start here."""
     header = None
@@ -464,8 +479,8 @@ def _csv_reader_columns(rows: _CsvRows, lines: Iterable[str], size: int, base: i
         yield _columns(rows, cols, numbers, positions, rejections, position)
 
 
-def _columns(rows: _CsvRows, cols: list[list[str]], numbers, positions, rejections,
-             seen) -> ColumnBatch:  # fmt: skip
+def _columns(rows: _CsvRows, cols: list[list[str]], numbers: list[int], positions: list[int],
+             rejections: list[Rejection], seen: int) -> ColumnBatch:  # fmt: skip
     """A :class:`ColumnBatch` from the columns of good rows (``cols[k]``: column k)."""
     if not numbers:
         return ColumnBatch([], [], [], None, None, None, [], [], rejections, seen)

@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -55,6 +55,10 @@ from hashmatch.engine.scan import (
 )
 from hashmatch.engine.store import FRAME_BITS, REVIVE, Change, SignalStore, split_labels
 from hashmatch.indexes import load_index, make_index
+
+if TYPE_CHECKING:
+    from hashmatch.engine.signal_types import SignalType
+    from hashmatch.indexes.sharded import ShardedIndex
 
 CURSOR_KEY = "rescan_seq"
 #: catalog meta key (per cursor key) of the log the cursor is a position in
@@ -447,7 +451,17 @@ def rescan(
     return RescanResult(summary, inserted, gone)
 
 
-def _search(catalog, st, floor, codes, radius, cache_dir, summary, *, low=False):
+def _search(
+    catalog: Catalog,
+    st: SignalType,
+    floor: int,
+    codes: np.ndarray,
+    radius: int,
+    cache_dir: str | Path | None,
+    summary: RescanSummary,
+    *,
+    low: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Query one catalog index (:func:`catalog_index`) with ``codes``:
     (query rows, catalog hash row ids, distances), with its counts and times in
     ``summary`` (the low-quality index's added to the type's)."""
@@ -466,8 +480,11 @@ def _search(catalog, st, floor, codes, radius, cache_dir, summary, *, low=False)
     return qrows, np.asarray(hit_rows, np.int64), np.asarray(dist, np.int64)
 
 
-def _add_low_quality_hits(hits, catalog, st, floor, codes, sids, info, radius, cache_dir,
-                          summary):  # fmt: skip
+def _add_low_quality_hits(hits: tuple[np.ndarray, np.ndarray, np.ndarray], catalog: Catalog,
+                          st: SignalType, floor: int, codes: np.ndarray, sids: np.ndarray,
+                          info: Mapping[int, SignalMeta], radius: int,
+                          cache_dir: str | Path | None, summary: RescanSummary,
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """PDQ: ``hits`` plus those of the new signals of known quality >= the floor on the
     catalog's rows under the floor (:func:`catalog_index` ``low``)."""
     sure = np.flatnonzero([_quality_known_ok(info[int(s)], floor) for s in sids.tolist()])
@@ -536,8 +553,13 @@ def check_cursor(
 
 
 def catalog_index(
-    catalog: Catalog, st, floor: int, *, cache_dir: str | Path | None, low: bool = False
-):
+    catalog: Catalog,
+    st: SignalType,
+    floor: int,
+    *,
+    cache_dir: str | Path | None,
+    low: bool = False,
+) -> tuple[ShardedIndex | None, int, int]:
     """The index over the catalog's hashes of one type: (index or None, rows, rows read).
 
     PDQ and vPDQ rows of known quality under ``floor`` are left out, as the scan does
@@ -598,14 +620,14 @@ def catalog_index(
     return (index if n else None), n, len(row_ids)
 
 
-def _new_index(st):
+def _new_index(st: SignalType) -> ShardedIndex:
     """Multi-index hashing for perceptual types: the catalog is large, the queries few
     and the radius small, which is MIH's case (measured: 10k queries at radius 31 on
     1M PDQ codes in ~3 s vs ~40 s for a flat scan); equality for md5/sha256."""
     return make_index(st.bits, kind="exact" if st.exact else "mih")
 
 
-def _load_cached(path: Path, st):
+def _load_cached(path: Path, st: SignalType) -> ShardedIndex:
     """Load into memory (not mmapped): the index is then searched with the same array
     types it was built with (no extra JIT specialisation for read-only maps). Of the
     kind :func:`_new_index` makes, or CorruptData (then rebuilt)."""
@@ -646,7 +668,15 @@ def why_gone(meta: tuple | None, lists: dict[int, tuple[str, bool]], now: float)
     return None
 
 
-def _rows(catalog, st, sids, qrows, hit_rows, dist, info) -> list[MatchRow]:
+def _rows(
+    catalog: Catalog,
+    st: SignalType,
+    sids: np.ndarray,
+    qrows: np.ndarray,
+    hit_rows: np.ndarray,
+    dist: np.ndarray,
+    info: Mapping[int, SignalMeta],
+) -> list[MatchRow]:
     """Hits of single-code types -> one row per (file, signal), nearest catalog row."""
     if not len(hit_rows):
         return []
@@ -665,7 +695,17 @@ def _rows(catalog, st, sids, qrows, hit_rows, dist, info) -> list[MatchRow]:
     return list(best.values())
 
 
-def _video_rows(catalog, source, st, index_ids, qrows, hit_rows, dist, info, floor):
+def _video_rows(
+    catalog: Catalog,
+    source: ChangeSource,
+    st: SignalType,
+    index_ids: np.ndarray,
+    qrows: np.ndarray,
+    hit_rows: np.ndarray,
+    dist: np.ndarray,
+    info: Mapping[int, SignalMeta],
+    floor: int,
+) -> list[MatchRow]:
     """vPDQ: frame hits -> one row per (file, video signal) with both match percentages."""
     if not len(hit_rows):
         return []
@@ -706,7 +746,15 @@ def _video_rows(catalog, source, st, index_ids, qrows, hit_rows, dist, info, flo
     return out
 
 
-def _match_row(st, file_id, sid, code, distance, frame, meta: SignalMeta) -> MatchRow:
+def _match_row(
+    st: SignalType,
+    file_id: int,
+    sid: int,
+    code: bytes | None,
+    distance: int,
+    frame: int,
+    meta: SignalMeta,
+) -> MatchRow:
     return MatchRow(
         file_id=file_id,
         signal_type=st.name,
@@ -730,7 +778,9 @@ def _insert_new(catalog: Catalog, rows: list[MatchRow]) -> list[MatchRow]:
     return inserted
 
 
-def _report_records(catalog, new, gone, summary) -> Iterator[dict]:
+def _report_records(
+    catalog: Catalog, new: list[MatchRow], gone: list[Retraction], summary: RescanSummary
+) -> Iterator[dict]:
     paths = catalog.path_of(sorted({m.file_id for m in new} | {r.match.file_id for r in gone}))
     for m in sorted(new, key=lambda m: (paths.get(m.file_id, ""), m.signal_type, m.signal_id)):
         yield match_record(paths.get(m.file_id, ""), m)

@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -50,8 +51,15 @@ from hashmatch.engine.catalog import (
     HASHED,
     Catalog,
     FileHashes,
+    FileRecord,
     MatchRow,
 )
+
+if TYPE_CHECKING:
+    from hashmatch.engine.hashing import HashOptions
+    from hashmatch.engine.runtime import Engine
+    from hashmatch.engine.signal_types import SignalType
+    from hashmatch.server.client import HashmatchClient
 
 DEFAULT_TYPES = ("pdq", "md5")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
@@ -310,7 +318,7 @@ def keep_heap(limit: int = WORKER_HEAP_BYTES) -> bool:
         return False
 
 
-def _init_worker(options, threads: int, scanner: int | None = None) -> None:
+def _init_worker(options: HashOptions, threads: int, scanner: int | None = None) -> None:
     global _WORKER_OPTIONS
     _WORKER_OPTIONS = options
     if scanner is not None:
@@ -368,7 +376,10 @@ def _exit_with_parent(scanner: int) -> None:
 
 
 def hash_file(
-    path: str, types: Sequence[str], options=None, known_md5: bytes | None = None
+    path: str,
+    types: Sequence[str],
+    options: HashOptions | None = None,
+    known_md5: bytes | None = None,
 ) -> WorkResult:
     """Read one file, MD5 it and hash it with every applicable type. Never raises.
 
@@ -413,7 +424,7 @@ def hash_file(
         return WorkResult(path, size, mtime, md5, reason=failure_reason(exc), error=str(exc))
 
 
-def _fast_level(data: bytes, types: Sequence[str], options) -> int:
+def _fast_level(data: bytes, types: Sequence[str], options: HashOptions) -> int:
     """The fast_decode level hash_media applied: only JPEGs take the luma path (a PNG's
     PDQ is exact whatever was asked, so an exact scan need not hash it again)."""
     from hashmatch.engine.hashing import _luma_is_enough
@@ -520,7 +531,9 @@ class Matcher:
 class LocalMatcher(Matcher):
     """Lookups against a local data dir through :class:`hashmatch.engine.runtime.Engine`."""
 
-    def __init__(self, engine, *, threshold: int | None = None, lists=None):
+    def __init__(
+        self, engine: Engine, *, threshold: int | None = None, lists: Iterable[str] | None = None
+    ):
         self.engine = engine
         self.threshold = threshold
         self.lists = list(lists) if lists else None
@@ -531,7 +544,9 @@ class LocalMatcher(Matcher):
 
         return cls(Engine.open(data_dir, create=False, eager=True), **kwargs)
 
-    def match(self, signal_type, codes, qualities):
+    def match(
+        self, signal_type: str, codes: np.ndarray, qualities: Sequence[int | None]
+    ) -> list[Hit]:
         kwargs = {}
         if signal_type in ("pdq", "vpdq") and any(q is not None for q in qualities):
             kwargs["qualities"] = list(qualities)
@@ -567,13 +582,22 @@ class LocalMatcher(Matcher):
 class RemoteMatcher(Matcher):
     """Lookups against a running server through :class:`hashmatch.server.client.HashmatchClient`."""
 
-    def __init__(self, client, *, threshold: int | None = None, lists=None, batch: int = 1000):
+    def __init__(
+        self,
+        client: HashmatchClient,
+        *,
+        threshold: int | None = None,
+        lists: Iterable[str] | None = None,
+        batch: int = 1000,
+    ):
         self.client = client
         self.threshold = threshold
         self.lists = list(lists) if lists else []
         self.batch = batch
 
-    def match(self, signal_type, codes, qualities):
+    def match(
+        self, signal_type: str, codes: np.ndarray, qualities: Sequence[int | None]
+    ) -> list[Hit]:
         from hashmatch.v1 import common_pb2
 
         if signal_type == "vpdq":  # one video = one VideoQuery of its frames
@@ -684,7 +708,7 @@ def match_files(
     return out
 
 
-def file_hash_hex(st, codes: np.ndarray, row: int = 0) -> str:
+def file_hash_hex(st: SignalType, codes: np.ndarray, row: int = 0) -> str:
     """The hash a report shows for a file: the matching row, or for a video the
     SHA-256 of its frame codes (how the store names a video signal too)."""
     if st.name == "vpdq":
@@ -694,7 +718,7 @@ def file_hash_hex(st, codes: np.ndarray, row: int = 0) -> str:
     return st.format(codes[row])
 
 
-def _row(file_id: int, st, h: FileHashes, variant: int, hit: Hit) -> MatchRow:
+def _row(file_id: int, st: SignalType, h: FileHashes, variant: int, hit: Hit) -> MatchRow:
     return MatchRow(
         file_id=file_id,
         signal_type=st.name,
@@ -980,11 +1004,11 @@ class Scanner:
         fut = self._pool.submit(_hash_chunk, [c.path for c in chunk], self.options.types, known)
         inflight[fut] = list(chunk)
 
-    def _stored_dihedral(self, rec) -> bool:
+    def _stored_dihedral(self, rec: FileRecord) -> bool:
         # dihedral PDQ stores 8 rows per file; remember it through the types string
         return DIHEDRAL_MARK in rec.types
 
-    def _hashes_reusable(self, rec, entry) -> bool:
+    def _hashes_reusable(self, rec: FileRecord | None, entry: Entry) -> bool:
         """The catalog's hashes of this path were made as this scan would make them
         (hashed, same size, every wanted type, same dihedral, exact unless fast is
         allowed): unchanged by mtime, or by MD5 when only the mtime moved."""
@@ -997,7 +1021,7 @@ class Scanner:
             and ("pdq" not in wanted or self._same_pdq(rec))
         )
 
-    def _same_pdq(self, rec) -> bool:
+    def _same_pdq(self, rec: FileRecord) -> bool:
         """The stored PDQ has this scan's dihedral setting and is at least as exact as
         asked (exact > luma > shrunk luma): a ``--fast-decode`` scan reuses exact hashes
         but not ``--fast-decode-shrink`` ones, an exact scan reuses only exact ones."""
