@@ -37,9 +37,10 @@ import io
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -75,6 +76,7 @@ class DecodeLimits:
 DEFAULT_LIMITS = DecodeLimits()
 
 Source = bytes | bytearray | memoryview | str | Path
+_T = TypeVar("_T")  # what a guarded decoding step returns
 
 # Formats whose files start with a magic number Pillow checks. Header-less formats
 # (TGA, raw) would "identify" random bytes; EPS/PDF would start Ghostscript.
@@ -469,7 +471,7 @@ def decompression_bomb_error(
     )
 
 
-def _guarded(data: bytes, limits: DecodeLimits, fn):
+def _guarded(data: bytes, limits: DecodeLimits, fn: Callable[[], _T]) -> _T:
     """Run a Pillow decoding step, turning whatever it raises into CorruptMedia (or
     MediaTooLarge naming ``limits.max_pixels``)."""
     try:

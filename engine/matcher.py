@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hashmatch.engine.errors import InvalidInput
-from hashmatch.engine.store import FRAME_BITS, split_labels
+from hashmatch.engine.store import FRAME_BITS, SignalStore, split_labels
 
 PDQ_MIN_QUALITY = 50  # HMA's default: PDQ hashes of quality < 50 are too flat to trust
 
@@ -100,7 +100,7 @@ class Visibility:
 
 
 def join_hits(
-    store,
+    store: SignalStore,
     signal_type: str,
     nq: int,
     lims: np.ndarray,
@@ -168,7 +168,7 @@ def join_hits(
 
 
 def join_video_hits(
-    store,
+    store: SignalStore,
     query: np.ndarray,
     qualities: Sequence[int | None] | None,
     threshold: int,

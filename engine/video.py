@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,7 +128,12 @@ def _fps(cap: cv2.VideoCapture, limits: DecodeLimits) -> float:
     return fps
 
 
-def _sampled(cap, fps: float, seconds_per_hash: float, downsample):
+def _sampled(
+    cap: cv2.VideoCapture,
+    fps: float,
+    seconds_per_hash: float,
+    downsample: tuple[int, int] | None,
+) -> Iterator[tuple[int, float, np.ndarray]]:
     step = frame_step(fps, seconds_per_hash)
     n = 0
     while True:
@@ -325,7 +330,9 @@ def parse_vpdq_json(text: str) -> VideoHash:
 # ---------------------------------------------------------------- matching
 
 
-def _prepare(codes: np.ndarray, qualities, quality_floor: int, dedupe: bool) -> np.ndarray:
+def _prepare(
+    codes: np.ndarray, qualities: Sequence[int] | None, quality_floor: int, dedupe: bool
+) -> np.ndarray:
     codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, 32)
     if qualities is not None:
         q = np.asarray(qualities, dtype=np.int64).reshape(-1)
@@ -350,9 +357,9 @@ def _matched_rows(a: np.ndarray, b: np.ndarray, threshold: int, chunk: int = 512
 
 def vpdq_match(
     query_codes: np.ndarray,
-    query_qualities,
+    query_qualities: Sequence[int] | None,
     target_codes: np.ndarray,
-    target_qualities,
+    target_qualities: Sequence[int] | None,
     threshold: int = VPDQ_DISTANCE_THRESHOLD,
     quality_floor: int = VPDQ_QUALITY_THRESHOLD,
     *,
