@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -42,6 +42,11 @@ from hashmatch.v1 import (
     signals_pb2_grpc,
 )
 
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hashmatch.engine.runtime import Engine
+
 log = logging.getLogger("hashmatch.server")
 
 STOP_SLACK_SECONDS = 5.0  # beyond the drain grace, how long stop() waits for gRPC
@@ -57,7 +62,7 @@ SERVICE_NAMES = (
 )
 
 
-def open_engine(config: ServerConfig):
+def open_engine(config: ServerConfig) -> Engine:
     """The default engine: embedded SQLite store + sharded indexes in ``data_dir``."""
     from hashmatch.engine.runtime import Engine
 
@@ -146,7 +151,7 @@ class ServiceHost:
         log.info("index loaded and warmed up in %.2f s", time.perf_counter() - started)
 
     @staticmethod
-    def _log_skipped_snapshots(engine) -> None:
+    def _log_skipped_snapshots(engine: Engine) -> None:
         """A snapshot the load refused (damaged, stale, another store's) means a slow
         build from the store, and maybe a data dir mix-up: say so in the log."""
         info = getattr(engine, "load_info", None) or {}
@@ -156,7 +161,7 @@ class ServiceHost:
             log.warning("no usable index snapshot: the index was built from the store")
 
     @staticmethod
-    def _warm_up(engine) -> None:
+    def _warm_up(engine: Engine) -> None:
         """One throw-away lookup per type before SERVING, so the first real caller does
         not pay for lazy set-up (JIT-compiled kernels, page faults of mapped indexes)."""
         import numpy as np
@@ -207,7 +212,7 @@ class ServiceHost:
     def lookup(
         self,
         signal_type: str,
-        codes,
+        codes: np.ndarray,
         *,
         tenant: str | None,
         threshold: int | None,
@@ -227,7 +232,9 @@ class ServiceHost:
             return self._run_lookup(key, codes, qualities)
         return self.batcher.lookup(key, codes, qualities, timeout=timeout)
 
-    def _run_lookup(self, key: tuple, codes, qualities) -> list:
+    def _run_lookup(
+        self, key: tuple, codes: np.ndarray, qualities: list[int | None] | None
+    ) -> list:
         signal_type, tenant, threshold, lists, max_results, min_quality, low_quality = key
         self.metrics.lookup_rows.observe(len(codes))
         return self.engine.match(

@@ -103,7 +103,13 @@ class LookupBatcher:
             item.future.cancel()  # dropped if its batch has not started
             raise DeadlineExceeded("deadline passed while waiting for the index") from None
 
-    def _run_inline(self, key: Key, codes: np.ndarray, qualities, timeout) -> list:
+    def _run_inline(
+        self,
+        key: Key,
+        codes: np.ndarray,
+        qualities: Sequence[int | None] | None,
+        timeout: Callable[[], float | None],
+    ) -> list:
         """A batch of one on the caller's thread (the batcher was idle; the caller holds a slot)."""
         try:
             left = timeout()

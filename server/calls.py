@@ -12,9 +12,9 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
@@ -22,6 +22,11 @@ from hashmatch.server import errors
 from hashmatch.server.auth import NO_AUTH_PRINCIPAL, Principal, TokenAuth
 from hashmatch.server.decoding import CHECKS_UNDECODABLE, Undecodable
 from hashmatch.server.metrics import Metrics
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+    from hashmatch.engine.errors import HashmatchError
 
 access_log = logging.getLogger("hashmatch.access")
 
@@ -66,6 +71,13 @@ class CallHost(Protocol):
     def check_serving(self, method: str) -> None: ...
 
 
+class _Servicer(Protocol):
+    """A servicer whose methods :func:`rpc` wraps: they reach the shared state as ``host``."""
+
+    @property
+    def host(self) -> CallHost: ...
+
+
 @dataclass
 class Call:
     method: str
@@ -98,7 +110,7 @@ def _authenticate(host: CallHost, context: grpc.ServicerContext) -> Principal:
     return host.auth.authenticate(context.invocation_metadata())
 
 
-def _client_gone(context: grpc.ServicerContext, exc: Exception) -> errors.HashmatchError | None:
+def _client_gone(context: grpc.ServicerContext, exc: Exception) -> HashmatchError | None:
     """The status to record for ``exc`` if it only says the client went away.
 
     grpcio raises a bare ``grpc.RpcError`` from a request iterator when the client
@@ -131,17 +143,23 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
         name = fn.__name__
         streaming = inspect.isgeneratorfunction(fn)
 
-        def begin(self, context) -> Call:
+        def begin(self: _Servicer, context: grpc.ServicerContext) -> Call:
             return Call(name, _authenticate(self.host, context), context)
 
-        def admit(self, call: Call) -> None:
+        def admit(self: _Servicer, call: Call) -> None:
             """Role and readiness, checked once the caller is known (so a refused call's
             access-log line names its tenant)."""
             call.principal.require(role)
             if needs_index:
                 self.host.check_serving(name)
 
-        def finish(self, context, call, started, exc: BaseException | None) -> None:
+        def finish(
+            self: _Servicer,
+            context: grpc.ServicerContext,
+            call: Call | None,
+            started: float,
+            exc: BaseException | None,
+        ) -> None:
             host: CallHost = self.host
             code = "OK" if exc is None else errors.to_status(exc)[0].name
             if exc is None and not context.is_active():
@@ -167,7 +185,9 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
         if streaming:
 
             @functools.wraps(fn)
-            def stream_wrapper(self, request, context):
+            def stream_wrapper(
+                self: _Servicer, request: Any, context: grpc.ServicerContext
+            ) -> Iterator[Message]:
                 started = time.perf_counter()
                 self.host.metrics.inflight.inc()
                 call = None
@@ -194,7 +214,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             return stream_wrapper
 
         @functools.wraps(fn)
-        def unary_wrapper(self, request, context):
+        def unary_wrapper(self: _Servicer, request: Any, context: grpc.ServicerContext) -> Message:
             started = time.perf_counter()
             self.host.metrics.inflight.inc()
             call = None

@@ -23,6 +23,7 @@ from hashmatch.server import convert
 from hashmatch.v1 import signals_pb2
 
 if TYPE_CHECKING:
+    from hashmatch.engine.store import SignalStore
     from hashmatch.server.app import ServiceHost
     from hashmatch.server.calls import Call
 
@@ -108,7 +109,7 @@ def changes(
     yield reply  # always at least one message: it carries head
 
 
-def _frames(store, ids: list[int]) -> dict[int, list[bytes]]:
+def _frames(store: SignalStore, ids: list[int]) -> dict[int, list[bytes]]:
     """vPDQ: live frame codes of each signal, in frame order."""
     index_ids, codes = store.codes_for("vpdq", np.sort(np.asarray(ids, np.int64)))
     order = np.argsort(index_ids, kind="stable")

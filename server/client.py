@@ -304,7 +304,9 @@ class HashmatchClient:
                     list_name=list_name, signals=chunk, source=source, strict=strict
                 )
 
-        def call(_request: None, *, timeout, metadata):
+        def call(
+            _request: None, *, timeout: float | None, metadata: Sequence[tuple[str, str]]
+        ) -> signals_pb2.IngestResponse:
             return self.signals.Ingest(batches(), timeout=timeout, metadata=metadata)
 
         try:
@@ -349,7 +351,9 @@ class HashmatchClient:
             since=since, signal_types=list(signal_types), max_changes=max_changes
         )
 
-        def first(_request: None, *, timeout, metadata):
+        def first(
+            _request: None, *, timeout: float | None, metadata: Sequence[tuple[str, str]]
+        ) -> tuple[Iterator[signals_pb2.ChangesResponse], signals_pb2.ChangesResponse | None]:
             stream = self.signals.Changes(request, timeout=timeout, metadata=metadata)
             return stream, next(stream, None)
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import InvalidHash, InvalidInput
 from hashmatch.v1 import common_pb2
+
+if TYPE_CHECKING:
+    from hashmatch.engine.hashing import HashResult
+    from hashmatch.engine.matcher import Match
 
 
 @dataclass
@@ -84,7 +89,7 @@ def threshold_for(type_name: str, threshold: int | None) -> int | None:
     return signal_types.get(type_name).shared_threshold(threshold, field="options.threshold")
 
 
-def match_to_pb(m) -> common_pb2.Match:
+def match_to_pb(m: Match) -> common_pb2.Match:
     """engine Match -> protobuf Match."""
     return common_pb2.Match(
         query_index=int(m.query_index),
@@ -101,7 +106,7 @@ def match_to_pb(m) -> common_pb2.Match:
     )
 
 
-def computed_to_pb(result) -> common_pb2.ComputedHash:
+def computed_to_pb(result: HashResult) -> common_pb2.ComputedHash:
     """engine HashResult -> protobuf ComputedHash."""
     st = signal_types.get(result.signal_type)
     return common_pb2.ComputedHash(

@@ -100,7 +100,7 @@ class TolerantDecoding(grpc.ServerInterceptor):
         if handler.request_streaming:
             inner = behavior
 
-            def behavior(requests, context):
+            def behavior(requests: Iterable[Any], context: grpc.ServicerContext) -> Any:
                 return inner(checked_stream(requests), context)
 
         return handler._replace(request_deserializer=tolerant(decode), **{kind: behavior})

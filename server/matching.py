@@ -7,8 +7,8 @@ shards); media goes through the bounded :class:`~hashmatch.server.limits.MediaPo
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from hashmatch.engine.decode import DecodeLimits
 from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, MediaTooLarge
@@ -16,9 +16,12 @@ from hashmatch.engine.hashing import HashOptions, hash_media
 from hashmatch.engine.matcher import LOW_QUALITY_MATCH_QUALITY_STORED, LOW_QUALITY_SKIP
 from hashmatch.server import convert
 from hashmatch.server.errors import Overloaded
-from hashmatch.v1 import matcher_pb2
+from hashmatch.v1 import common_pb2, matcher_pb2
 
 if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+    from hashmatch.engine.matcher import MatchList, MediaMatch
     from hashmatch.server.app import ServiceHost
     from hashmatch.server.calls import Call
 
@@ -26,14 +29,16 @@ HASH = matcher_pb2.QueryResult.SOURCE_HASH
 MEDIA = matcher_pb2.QueryResult.SOURCE_MEDIA
 VIDEO = matcher_pb2.QueryResult.SOURCE_VIDEO
 
+_Reply = TypeVar("_Reply", bound="Message")
 
-def check_size(message, limit: int, field: str = "request") -> None:
+
+def check_size(message: Message, limit: int, field: str = "request") -> None:
     size = message.ByteSize()
     if size > limit:
         raise InvalidInput(f"message is {size} bytes, over the {limit}-byte limit", field=field)
 
 
-def check_media(host: ServiceHost, media, field: str = "media") -> None:
+def check_media(host: ServiceHost, media: Sequence[bytes], field: str = "media") -> None:
     config = host.config
     if len(media) > config.max_media_items:
         raise InvalidInput(
@@ -50,7 +55,7 @@ def check_media(host: ServiceHost, media, field: str = "media") -> None:
             )
 
 
-def media_types(names, field: str) -> list[str]:
+def media_types(names: Iterable[str], field: str) -> list[str]:
     """The requested media types, each once (a repeat would hash the media again)."""
     chosen: list[str] = []
     for i, name in enumerate(names):
@@ -65,7 +70,7 @@ class ReplyTooLarge(Overloaded):
     """A reply over the message limit (RESOURCE_EXHAUSTED, as gRPC's own size refusal)."""
 
 
-def check_reply(reply, limit: int):
+def check_reply(reply: _Reply, limit: int) -> _Reply:
     """Refuse a reply over ``limit`` bytes with a message saying what to change.
 
     Why: otherwise gRPC fails the send after the work is done, the client sees only
@@ -130,7 +135,9 @@ def _media_job(fn: Callable, index: int, field: str = "media") -> Callable:
     return job
 
 
-def match(host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call):
+def match(
+    host: ServiceHost, request: matcher_pb2.MatchRequest, call: Call
+) -> matcher_pb2.MatchResponse:
     """One MatchRequest -> MatchResponse (raises typed errors naming the field)."""
     config = host.config
     check_size(request, config.max_message_bytes)
@@ -285,7 +292,7 @@ LOW_QUALITY_RULES = {
 }
 
 
-def _mark_floor(result: matcher_pb2.QueryResult, found) -> None:
+def _mark_floor(result: matcher_pb2.QueryResult, found: MatchList | MediaMatch) -> None:
     """Copy how the quality floor treated a query (MatchList or MediaMatch) into it."""
     result.skipped_low_quality = bool(getattr(found, "skipped_low_quality", False))
     result.quality_stored_only = bool(getattr(found, "quality_stored_only", False))
@@ -299,12 +306,14 @@ def _video_query(video: matcher_pb2.VideoQuery, field: str):
     return frames, (list(video.qualities) or None)
 
 
-def _relabel(pb, position: int):
+def _relabel(pb: common_pb2.Match, position: int) -> common_pb2.Match:
     pb.query_index = position
     return pb
 
 
-def hash_only(host: ServiceHost, request: matcher_pb2.HashRequest, call: Call):
+def hash_only(
+    host: ServiceHost, request: matcher_pb2.HashRequest, call: Call
+) -> matcher_pb2.HashResponse:
     """Media bytes -> hashes, on the media pool."""
     check_size(request, host.config.max_message_bytes)
     if not request.media:

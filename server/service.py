@@ -12,6 +12,7 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from hashmatch.engine.errors import Conflict, HashmatchError
@@ -20,6 +21,7 @@ from hashmatch.server.calls import Call, rpc
 from hashmatch.v1 import (
     admin_pb2,
     admin_pb2_grpc,
+    matcher_pb2,
     matcher_pb2_grpc,
     signals_pb2,
     signals_pb2_grpc,
@@ -34,11 +36,13 @@ class MatcherService(matcher_pb2_grpc.MatcherServicer):
         self.host = host
 
     @rpc("match")
-    def Match(self, request, call: Call):
+    def Match(self, request: matcher_pb2.MatchRequest, call: Call) -> matcher_pb2.MatchResponse:
         return matching.match(self.host, request, call)
 
     @rpc("match", request_stream=True)
-    def MatchStream(self, request_iterator, call: Call):
+    def MatchStream(
+        self, request_iterator: Iterator[matcher_pb2.MatchRequest], call: Call
+    ) -> Iterator[matcher_pb2.MatchResponse]:
         # matching.match sets the log's queries/matches per message: the access-log
         # line sums them over the stream (also when it ends early), as the metrics do
         totals = {"messages": 0, "queries": 0, "matches": 0}
@@ -62,7 +66,7 @@ class MatcherService(matcher_pb2_grpc.MatcherServicer):
             call.log.update(totals)
 
     @rpc("match", needs_index=False)
-    def Hash(self, request, call: Call):
+    def Hash(self, request: matcher_pb2.HashRequest, call: Call) -> matcher_pb2.HashResponse:
         return matching.hash_only(self.host, request, call)
 
 
@@ -71,26 +75,36 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
         self.host = host
 
     @rpc("write", request_stream=True)
-    def Ingest(self, request_iterator, call: Call):
+    def Ingest(
+        self, request_iterator: Iterator[signals_pb2.IngestRequest], call: Call
+    ) -> signals_pb2.IngestResponse:
         return ingest.ingest(self.host, request_iterator, call)
 
     @rpc("write")
-    def Retract(self, request, call: Call):
+    def Retract(
+        self, request: signals_pb2.RetractRequest, call: Call
+    ) -> signals_pb2.RetractResponse:
         return ingest.retract(self.host, request, call)
 
     @rpc("match")
-    def ListHashLists(self, request, call: Call):
+    def ListHashLists(
+        self, request: signals_pb2.ListHashListsRequest, call: Call
+    ) -> signals_pb2.ListHashListsResponse:
         lists = self.host.engine_lists(call.principal.engine_tenant)
         return signals_pb2.ListHashListsResponse(lists=lists)
 
     # The change log hands over every hash of the lists shared with the caller, more
     # than Match reveals: its own "export" role, scoped by tenant like Match.
     @rpc("export")
-    def Changes(self, request, call: Call):
+    def Changes(
+        self, request: signals_pb2.ChangesRequest, call: Call
+    ) -> Iterator[signals_pb2.ChangesResponse]:
         yield from changes.changes(self.host, request, call)
 
     @rpc("match")
-    def SignalStates(self, request, call: Call):
+    def SignalStates(
+        self, request: signals_pb2.SignalStatesRequest, call: Call
+    ) -> signals_pb2.SignalStatesResponse:
         return changes.signal_states(self.host, request, call)
 
 
@@ -100,11 +114,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._rebuilding = threading.Lock()
 
     @rpc("admin")
-    def Stats(self, request, call: Call):
+    def Stats(self, request: admin_pb2.StatsRequest, call: Call) -> admin_pb2.StatsResponse:
         return self.host.stats_pb()
 
     @rpc("admin")
-    def RebuildIndex(self, request, call: Call):
+    def RebuildIndex(
+        self, request: admin_pb2.RebuildIndexRequest, call: Call
+    ) -> Iterator[admin_pb2.RebuildProgress]:
         if not self._rebuilding.acquire(blocking=False):
             raise Conflict("a rebuild is already running", field="RebuildIndex")
         events: queue.Queue = queue.Queue()
@@ -143,7 +159,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             yield event
 
     @rpc("admin")
-    def Snapshot(self, request, call: Call):
+    def Snapshot(
+        self, request: admin_pb2.SnapshotRequest, call: Call
+    ) -> admin_pb2.SnapshotResponse:
         path = self.host.engine.snapshot(actor=call.principal.tenant)
         call.log["path"] = str(path)
         return admin_pb2.SnapshotResponse(path=str(path))
