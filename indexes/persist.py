@@ -35,14 +35,15 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from hashmatch.engine.errors import CorruptData
-from hashmatch.indexes.segments import SEGMENT_TYPES, MIHSegment, load_npy
+from hashmatch.indexes.segments import SEGMENT_TYPES, MIHSegment, Segment, load_npy
 
 if TYPE_CHECKING:  # sharded imports this module: a runtime import would be circular
     from hashmatch.indexes.sharded import ShardedIndex
@@ -183,7 +184,9 @@ def _snapshot_dir(path: Path) -> Path:
     return old
 
 
-def _load_segment(seg_type, path: Path, g: dict, d: Path, bits: int, mmap: bool):
+def _load_segment(
+    seg_type: type[Segment], path: Path, g: dict, d: Path, bits: int, mmap: bool
+) -> Segment:
     """One segment, or CorruptData naming its directory (and file: see load_npy).
 
     Any exception counts: a damaged .npy header raises whatever numpy's header
@@ -252,7 +255,7 @@ def load_index(
     return index
 
 
-def _per_shard(fn, shards: int) -> list:
+def _per_shard(fn: Callable[[int], Any], shards: int) -> list:
     """``fn(s)`` for every shard, in parallel: the checksums (hashlib) and the checks
     (numpy scans, one sort per shard) release the GIL, so shards load on all cores.
     A pool of its own, not the search pool: load_index may run on a pool thread."""
@@ -311,7 +314,7 @@ def _empty_index(path: Path, manifest: dict, bits: int | None, kind: str | None)
     )
 
 
-def _load_shard(path: Path, index, s: int, entry: dict, mmap: bool, verify: bool):
+def _load_shard(path: Path, index: ShardedIndex, s: int, entry: dict, mmap: bool, verify: bool):
     """One shard's segments, checked against the manifest and against each other:
     every id must be one the sharding function sends to shard ``s`` (else remove
     and upsert look in the wrong shard: NotFound for a live id, two live copies),
@@ -367,7 +370,9 @@ def _repeated(ids: np.ndarray, shards: int) -> int | None:
     return int(ids[twice[0]]) if len(twice) else None
 
 
-def _load_listed_segment(path: Path, index, s: int, j: int, g: dict, mmap: bool, verify: bool):
+def _load_listed_segment(
+    path: Path, index: ShardedIndex, s: int, j: int, g: dict, mmap: bool, verify: bool
+):
     """Segment ``j`` of shard ``s`` and its tombstones (or None), files checked first."""
     rel = f"{_shard_dir(s)}/g{j:03d}"
     if g["dir"] != rel:

@@ -113,7 +113,7 @@ class Segment:
         raise NotImplementedError
 
 
-def _dead(dead):
+def _dead(dead: np.ndarray | None) -> np.ndarray:
     return EMPTY_U8 if dead is None else dead
 
 
@@ -299,7 +299,16 @@ class MIHSegment(Segment):
     files = frozenset({"ids.npy", "words.npy", "offsets.npy", "rows.npy"})
 
     def __init__(
-        self, words, ids, bits, widths, offsets, rows, ident: int = 0, shifts=None, rb: int = 32
+        self,
+        words: np.ndarray,
+        ids: np.ndarray,
+        bits: int,
+        widths: Sequence[int],
+        offsets: np.ndarray,
+        rows: np.ndarray,
+        ident: int = 0,
+        shifts: Sequence[int] | None = None,
+        rb: int = 32,
     ):
         super().__init__(ids, bits)
         self._words = words
@@ -372,7 +381,7 @@ class MIHSegment(Segment):
         del order
         rows = np.empty((len(widths) - 1, n), np.uint32)
 
-        def one(i):
+        def one(i: int) -> np.ndarray:
             return kernels.build_table(words, int(starts[i]), widths[i], shifts[i], rb, rows[i - 1])
 
         idx = range(1, len(widths))
@@ -567,7 +576,9 @@ class ExactSegment(Segment):
     kind = "exact"
     files = frozenset({"ids.npy", "words.npy", "skeys.npy", "order.npy"})
 
-    def __init__(self, words, ids, bits, skeys, order):
+    def __init__(
+        self, words: np.ndarray, ids: np.ndarray, bits: int, skeys: np.ndarray, order: np.ndarray
+    ):
         super().__init__(ids, bits)
         self._words = words
         self.skeys = skeys

@@ -21,10 +21,10 @@ import contextlib
 import itertools
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -436,7 +436,9 @@ class ShardedIndex:
         pad = ((0, 0), (0, k - kk))
         return np.pad(d, pad, constant_values=-1), np.pad(i, pad, constant_values=-1)
 
-    def _fan_out(self, fn, state: tuple[Shard, ...], nq: int, radius: int) -> list:
+    def _fan_out(
+        self, fn: Callable[[Shard], Any], state: tuple[Shard, ...], nq: int, radius: int
+    ) -> list:
         """Run ``fn`` per non-empty shard: inline when the work is too small to pay
         a thread hand-off (~0.1 ms), else on the pool with the first shard inline."""
         busy = [s for s in state if s.segments]
