@@ -10,7 +10,7 @@ problems raise the typed MediaError subclasses from :mod:`hashmatch.engine.error
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +89,12 @@ class HashOptions:
     fast_decode: int = 0
     limits: DecodeLimits = DEFAULT_LIMITS
     seconds_per_hash: float = DEFAULT_SECONDS_PER_HASH  # vpdq: sampling; 0 = every frame
+    # Called before each video frame is decoded and each animation frame is hashed;
+    # raises to stop work nobody waits for any more. Why: the server cancels queued
+    # media jobs at a call's deadline, but a running video hash would otherwise go on
+    # to its frame limit (minutes of a media worker); the server passes its call's
+    # deadline check (server.calls.Call.check_deadline).
+    checkpoint: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 DEFAULT_OPTIONS = HashOptions()
@@ -224,6 +230,8 @@ def _pdq(rgb: np.ndarray, options: HashOptions, trims: Sequence[np.ndarray]) -> 
 def _pdq_frames(data: bytes, options: HashOptions) -> HashResult:
     codes, qualities, numbers = [], [], []
     for n, frame in enumerate(iter_frames(data, limits=options.limits)):
+        if options.checkpoint is not None:
+            options.checkpoint()
         one = hash_pdq(frame, options)
         codes.append(one.codes)
         qualities.extend(one.qualities)
@@ -237,6 +245,7 @@ def _vpdq(source: bytes | str | Path, options: HashOptions) -> HashResult:
         seconds_per_hash=options.seconds_per_hash,
         limits=options.limits,
         frame_transform=trim_borders if options.trim_borders else None,
+        checkpoint=options.checkpoint,
     )
     return HashResult(
         "vpdq", video.codes, list(video.qualities), list(video.timestamps),

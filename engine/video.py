@@ -133,10 +133,13 @@ def _sampled(
     fps: float,
     seconds_per_hash: float,
     downsample: tuple[int, int] | None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, float, np.ndarray]]:
     step = frame_step(fps, seconds_per_hash)
     n = 0
     while True:
+        if checkpoint is not None:
+            checkpoint()  # before every decode, sampled or skipped: both cost CPU
         if n % step == 0:
             ok, bgr = cap.read()
         else:
@@ -157,16 +160,21 @@ def hash_video(
     downsample: tuple[int, int] | None = None,
     limits: DecodeLimits = DEFAULT_LIMITS,
     frame_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> VideoHash:
     """vPDQ of a video path or bytes (bytes go through a temporary file for FFmpeg).
 
     ``frame_transform`` maps each sampled RGB frame before it is hashed (e.g. border
     trimming for letterboxed re-uploads, :func:`hashmatch.engine.trim.trim_borders`).
+    ``checkpoint`` is called before each frame is decoded; whatever it raises stops
+    the hash (the server stops work at its call's deadline this way).
     """
     frame_step(1.0, seconds_per_hash)  # validate before any work
     if isinstance(source, str | Path):
         _check_file(Path(source), limits)
-        return _hash_path(str(source), seconds_per_hash, downsample, limits, frame_transform)
+        return _hash_path(
+            str(source), seconds_per_hash, downsample, limits, frame_transform, checkpoint
+        )
     data = _refuse_playlist(read_source(source, limits))
     # A fresh private directory (0700, nothing else in it): even a demuxer that follows
     # relative paths finds no other file to open.
@@ -174,7 +182,7 @@ def hash_video(
         tmp = os.path.join(tmpdir, "upload.video")
         with open(tmp, "wb") as fh:
             fh.write(data)
-        return _hash_path(tmp, seconds_per_hash, downsample, limits, frame_transform)
+        return _hash_path(tmp, seconds_per_hash, downsample, limits, frame_transform, checkpoint)
 
 
 def _refuse_playlist(data: bytes) -> bytes:
@@ -200,12 +208,13 @@ def _hash_path(
     downsample: tuple[int, int] | None,
     limits: DecodeLimits,
     frame_transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    checkpoint: Callable[[], None] | None = None,
 ) -> VideoHash:
     codes, qualities, numbers, stamps = [], [], [], []
     cap = _open_capture(path)
     try:
         fps = _fps(cap, limits)
-        for n, ts, rgb in _sampled(cap, fps, seconds_per_hash, downsample):
+        for n, ts, rgb in _sampled(cap, fps, seconds_per_hash, downsample, checkpoint):
             if len(codes) >= limits.max_frames:
                 raise _too_many_frames(fps, seconds_per_hash, limits)
             if frame_transform is not None:

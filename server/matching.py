@@ -96,9 +96,12 @@ def hash_options(
     upscale_small: bool = False,
     upscale_small_replicate: bool = False,
     for_matching: bool = False,
+    checkpoint: Callable[[], None] | None = None,
 ) -> HashOptions:
     """Matching hashes each orientation exactly (best flip recall); the Hash RPC keeps
-    pdqhash's one-DCT dihedral codes, the ones partners' tools produce."""
+    pdqhash's one-DCT dihedral codes, the ones partners' tools produce. ``checkpoint``
+    (the call's deadline check) stops a running video or animation hash once the
+    client has gone."""
     limits = DecodeLimits(
         max_bytes=host.config.max_media_bytes, max_pixels=host.config.max_media_pixels
     )
@@ -112,6 +115,7 @@ def hash_options(
         upscale_small=upscale_small,
         upscale_small_replicate=upscale_small_replicate,
         limits=limits,
+        checkpoint=checkpoint,
     )
 
 
@@ -229,6 +233,7 @@ def match(
             upscale_small=options.upscale_small,
             upscale_small_replicate=options.upscale_small_replicate,
             for_matching=True,
+            checkpoint=call.check_deadline,
         )
         jobs = [
             _media_job(
@@ -320,7 +325,12 @@ def hash_only(
         raise InvalidInput("the request has no media", field="media")
     check_media(host, request.media)
     types = media_types(request.signal_types, "signal_types")
-    options = hash_options(host, dihedral=request.dihedral, trim_borders=request.trim_borders)
+    options = hash_options(
+        host,
+        dihedral=request.dihedral,
+        trim_borders=request.trim_borders,
+        checkpoint=call.check_deadline,
+    )
     jobs = [
         _media_job(
             functools.partial(hash_media, bytes(item), types, options),

@@ -176,6 +176,82 @@ def test_server_refuses_an_all_frames_bomb_with_invalid_argument(tmp_path):
     assert "10000-frame limit" in err.value.details()
 
 
+# ---------------------------------------------------------------- work nobody waits for
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop_after(calls: int) -> tuple[list[int], object]:
+    count = [0]
+
+    def checkpoint() -> None:
+        count[0] += 1
+        if count[0] > calls:
+            raise _Stop
+
+    return count, checkpoint
+
+
+def test_video_checkpoint_runs_before_every_decoded_frame_and_stops_the_hash(tmp_path):
+    path = _mp4(tmp_path / "clip.mp4", frames=30, fps=10.0, size=32)
+    count, checkpoint = _stop_after(10**6)
+    # 3 frames hashed, but every one of the 30 decodes is a checkpoint (+1: end of file)
+    assert hash_video(path, seconds_per_hash=1, checkpoint=checkpoint).frame_numbers == [
+        0, 10, 20,
+    ]  # fmt: skip
+    assert count[0] == 31
+    count, checkpoint = _stop_after(12)
+    with pytest.raises(_Stop):
+        hash_media(path.read_bytes(), ["vpdq"], HashOptions(checkpoint=checkpoint))
+    assert count[0] == 13  # stopped at once, not at the end of the video
+
+
+def test_animation_checkpoint_stops_all_frames_pdq():
+    count, checkpoint = _stop_after(2)
+    with pytest.raises(_Stop):
+        hash_media(_tiny_gif(50), ["pdq"], HashOptions(all_frames=True, checkpoint=checkpoint))
+    assert count[0] == 3
+
+
+def _long_video(path: Path, frames: int) -> bytes:
+    """One frame a second, so vPDQ hashes every frame: ~0.4 ms each at 320x240."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 1.0, (320, 240))
+    ramp = np.add.outer(np.arange(240), np.arange(320))
+    for i in range(frames):
+        grey = ((ramp + i) % 256).astype(np.uint8)
+        writer.write(np.repeat(grey[:, :, None], 3, axis=2))
+    writer.release()
+    return path.read_bytes()
+
+
+def test_server_stops_a_running_video_hash_at_the_deadline(tmp_path):
+    """Queued media jobs were always cancelled at the deadline; a running video hash
+    went on to its end, holding a media worker. Now the media worker is free again
+    long before the whole video could have been hashed."""
+    data = _long_video(tmp_path / "long.mp4", 2500)
+    hash_video(_long_video(tmp_path / "warm.mp4", 3))  # load the PDQ kernels first
+    start = time.perf_counter()
+    assert len(hash_video(data).codes) == 2500
+    whole = time.perf_counter() - start
+    with running_server(tmp_path / "data", media_workers=1) as server:
+        client = server.client()
+        pool = server.server.host.media
+        for call in (
+            lambda: client.hash([data], ["vpdq"], timeout=0.05),
+            lambda: client.match(media=[data], media_types=["vpdq"], timeout=0.05),
+        ):
+            start = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            while pool.pending and time.perf_counter() - start < whole:
+                time.sleep(0.005)
+            freed = time.perf_counter() - start
+            assert pool.pending == 0 and freed < whole / 2, (freed, whole)
+
+
 # ---------------------------------------------------------------- pixel-limit messages
 
 
