@@ -110,7 +110,8 @@ FAILED = "failed"
 
 #: An SQLite database at ``path`` and the files SQLite keeps beside it.
 SQLITE_SUFFIXES = ("", "-wal", "-shm", "-journal")
-#: Files that belong to a catalog at ``path`` (a scan of a tree holding it skips them).
+#: Files that belong to a catalog (or the store) at ``path``: SQLite's, and the lock
+#: file beside it (a scan of a tree holding a catalog skips them).
 CATALOG_SUFFIXES = (*SQLITE_SUFFIXES, ".lock")
 
 

@@ -27,6 +27,7 @@ import csv
 import io
 import itertools
 import json
+import math
 import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -177,8 +178,9 @@ def _read(
 
 def _open(source: str | Path | IO[str]) -> tuple[IO[str], str, bool]:
     if isinstance(source, str | Path):
-        if str(source) == "-":
-            return sys.stdin, "", False
+        if str(source) == "-":  # as a file: a BOM (Excel, PowerShell) is not data
+            stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
+            return stdin, "", False
         path = Path(source)
         if not path.is_file():
             raise InvalidInput(f"no such file: {path}", field="file")
@@ -210,12 +212,14 @@ def parse_time(value: object) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        return _epoch(float(value), value)
     text = str(value).strip()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:  # (outside the try: InvalidInput is a ValueError)
+        return _epoch(seconds, text)
     try:
         stamp = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -227,6 +231,20 @@ def parse_time(value: object) -> float | None:
 
         stamp = stamp.replace(tzinfo=UTC)
     return stamp.timestamp()
+
+
+_LATEST_EPOCH = 253402300799.0  # 9999-12-31T23:59:59Z: later is milliseconds or junk
+
+
+def _epoch(seconds: float, given: object) -> float:
+    """Epoch seconds that a datetime can show: not NaN/inf, not milliseconds."""
+    if not math.isfinite(seconds) or abs(seconds) > _LATEST_EPOCH:
+        raise InvalidInput(
+            f"not a time (epoch seconds or ISO-8601): {given!r}"
+            + (" (milliseconds? give seconds)" if math.isfinite(seconds) else ""),
+            field="expires_at",
+        )
+    return seconds
 
 
 def _quality(value: object) -> int | None:
@@ -357,6 +375,12 @@ class _CsvRows:
         return labels
 
     def item(self, row: list[str], number: int) -> Item:
+        if len(row) > self.width and any(c.strip() for c in row[self.width :]):
+            return Rejection(
+                f"{len(row)} columns, the header names {self.width} (an unquoted comma?)",
+                line=number,
+                field="row",
+            )
         try:
             return SignalRecord(
                 row[self.i_type],
@@ -466,6 +490,11 @@ def _csv_reader_columns(rows: _CsvRows, lines: Iterable[str], size: int, base: i
                         Rejection(rejection.reason, position, number, rejection.field)
                     )
                     position += 1
+                continue
+            if len(row) > width and any(c.strip() for c in row[width:]):
+                wide = rows.item(row, number)  # the Rejection naming the extra columns
+                rejections.append(Rejection(wide.reason, position, number, wide.field))
+                position += 1
                 continue
             good.append(row)
             numbers.append(number)

@@ -343,13 +343,23 @@ class SignalStore:
         self._fresh: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._fresh_rows = 0
         self._fresh_lock = threading.Lock()  # never held while waiting for another lock
-        self._check_not_emptied()
         try:
-            migrate(self.conn())
+            # Creating a store (0 bytes until its first commit) and migrating it happen
+            # under one lock file: a second process opening the same new store meanwhile
+            # must neither take it for a lost (emptied) store nor run the migrations twice.
+            with _creation_lock(self.path):
+                self._check_not_emptied()
+                migrate(self.conn())
         except sqlite3.DatabaseError as exc:
             self.close()
             if isinstance(exc, sqlite3.OperationalError) and not is_corruption(exc):
-                raise  # locked, read-only, disk full: not the file's fault
+                # locked, read-only, disk full: not the file's fault, but name the file
+                raise Conflict(
+                    f"cannot open {self.path} ({exc}): SQLite needs to write the file and"
+                    f" create {self.path.name}-wal/-shm next to it (read-only directory or"
+                    " mount? a directory in its place?), or another process holds it locked",
+                    field="data_dir",
+                ) from exc
             raise CorruptData(
                 f"{self.path} is damaged or not a hashmatch store ({exc}); restore it from"
                 " a backup",
@@ -1749,6 +1759,24 @@ _FP_MULT = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5],
     dtype=np.uint64,
 )
+
+
+@contextlib.contextmanager
+def _creation_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``<store>.lock`` (beside the store) while it is opened."""
+    import fcntl
+
+    try:
+        handle = open(path.with_name(path.name + ".lock"), "a")  # noqa: SIM115
+    except OSError:  # a read-only data dir: nothing can be created there anyway
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_corruption(exc: sqlite3.DatabaseError) -> bool:

@@ -143,6 +143,20 @@ def migrate(conn: sqlite3.Connection) -> int:
         "version INTEGER PRIMARY KEY, description TEXT, applied_at REAL)"
     )
     found = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+    if found == 0:  # new, or some other program's database: never add tables to that
+        foreign = [
+            name
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND name NOT IN ('schema_version', 'sqlite_sequence')"
+            )
+        ]
+        if foreign:
+            raise CorruptData(
+                f"not a hashmatch store: it has no schema_version but holds table(s) "
+                f"{', '.join(sorted(foreign)[:5])}",
+                field="schema_version",
+            )
     if found > CURRENT_VERSION:
         raise CorruptData(
             f"store schema version {found} is newer than this hashmatch understands "

@@ -268,7 +268,7 @@ def _check_out(out: str, catalog_path: Path, data_dir: Path) -> None:
     used to surface only then. And --out pointing at the catalog or the store would
     replace a database with a report.
     """
-    from hashmatch.engine.catalog import CATALOG_SUFFIXES, SQLITE_SUFFIXES
+    from hashmatch.engine.catalog import CATALOG_SUFFIXES
 
     if out == "-":
         return
@@ -279,7 +279,7 @@ def _check_out(out: str, catalog_path: Path, data_dir: Path) -> None:
         return
     resolved = target.resolve()
     own = [Path(f"{catalog_path}{suffix}") for suffix in CATALOG_SUFFIXES]
-    own += [data_dir / f"store.sqlite{suffix}" for suffix in SQLITE_SUFFIXES]
+    own += [data_dir / f"store.sqlite{suffix}" for suffix in CATALOG_SUFFIXES]
     if any(resolved == p.resolve() for p in own):
         raise click.ClickException(f"--out: {out} is hashmatch's own database, not a report")
     try:  # the real test (permissions, read-only filesystems, missing directories)

@@ -10,6 +10,7 @@ progress bar when stderr is a terminal.
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,6 +50,12 @@ def _engine(data_dir: str, *, create: bool = False) -> Iterator:
         yield engine
     except HashmatchError as exc:
         raise click.ClickException(str(exc)) from None
+    except sqlite3.OperationalError as exc:  # "database is locked": the 60 s busy timeout
+        raise click.ClickException(
+            f"{data_dir}/store.sqlite: {exc} (another process held the write lock for over"
+            " 60 s, e.g. a --strict ingest of a large file; batches committed before this"
+            " one are stored: re-run to finish, it is idempotent)"
+        ) from None
     finally:
         engine.close()
 
@@ -161,7 +168,13 @@ lists_group.command("enable", help="Let a disabled list match again.")(_set_enab
 @click.option("--label", "labels", multiple=True, help="Add this label to every signal.")
 @click.option("--strict", is_flag=True, help="Refuse the whole file if any line is bad.")
 @click.option("--actor", default="local", help="Who to record in the audit log.")
-@click.option("--batch-size", default=50_000, show_default=True, help="Records per transaction.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=50_000,
+    show_default=True,
+    help="Records per transaction.",
+)
 @click.option("--show", default=20, show_default=True, help="How many bad lines to print.")
 @_data_dir_option
 def ingest_command(
@@ -247,16 +260,22 @@ _IMAGE_SUFFIXES = frozenset(
 )
 
 
-def _targets(values, signal_type) -> list[tuple[str, str]]:
-    """'type:hex' or bare hex (with --type, default pdq) -> [(type, hex)]."""
+def _targets(values, signal_type, where=None) -> list[tuple[str, str]]:
+    """'type:hex' or bare hex (with --type, default pdq) -> [(type, hex)]; ``where[i]``
+    names value i in an error (an argument, or a --file line)."""
     out = []
     for i, value in enumerate(values):
         if ":" in value:
             name, hex_ = value.split(":", 1)
         else:
             name, hex_ = (signal_type or "pdq"), value
-        st = signal_types.get(name, field=f"hashes[{i}]")
-        out.append((st.name, st.format(st.parse(hex_, field="hashes", index=i))))
+        try:
+            st = signal_types.get(name, field=f"hashes[{i}]")
+            out.append((st.name, st.format(st.parse(hex_, field="hashes", index=i))))
+        except InvalidInput as exc:
+            if where is None:
+                raise
+            raise InvalidInput(f"{where[i]}: {exc.message}") from None
     return out
 
 
@@ -266,16 +285,26 @@ def _retract_like(restore: bool):
     @click.option("--type", "signal_type", default=None, help="Type of bare hex (default pdq).")
     @click.option("--id", "ids", multiple=True, type=int, help="Signal id; repeatable.")
     @click.option("--external-id", "external_ids", multiple=True, help="Sharer's id; repeatable.")
-    @click.option("--file", "from_file", type=click.File("r"), help="Hashes, one per line.")
+    @click.option(
+        "--file",
+        "from_file",
+        type=click.File("r", encoding="utf-8-sig"),
+        help="Hashes, one per line.",
+    )
     @click.option("--actor", default="local", help="Who to record in the audit log.")
     @_data_dir_option
     def command(hashes, list_name, signal_type, ids, external_ids, from_file, actor, data_dir,
                 reason=None) -> None:  # fmt: skip
         values = list(hashes)
+        where = [f"argument {i + 1}" for i in range(len(values))]
         if from_file is not None:
-            values += [ln.strip() for ln in from_file if ln.strip() and not ln.startswith("#")]
+            for number, line in enumerate(from_file, 1):
+                text = line.strip()
+                if text and not text.startswith("#"):
+                    values.append(text)
+                    where.append(f"{from_file.name} line {number}")
         try:
-            targets = _targets(values, signal_type)
+            targets = _targets(values, signal_type, where)
         except InvalidInput as exc:
             raise click.ClickException(str(exc)) from None
         if not (targets or ids or external_ids):

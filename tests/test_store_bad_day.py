@@ -1,0 +1,174 @@
+"""A trust-and-safety engineer's bad day ingesting partner exports: junk expiries,
+over-wide CSV rows, BOMs on stdin and in retraction files, parallel first ingests,
+somebody else's SQLite file, an unwritable data dir. Every input is generated here."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from hashmatch.engine.errors import Conflict, CorruptData, InvalidInput
+from hashmatch.engine.ingest import parse_time, read_records
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import SignalStore
+from hashmatch.server.cli import cli
+
+H = [f"{i:064x}" for i in range(1, 6)]
+
+
+@pytest.fixture
+def engine(tmp_path):
+    e = Engine.open(tmp_path / "data")
+    yield e
+    e.close()
+
+
+def _ingest(engine: Engine, path: Path, **kw):
+    return engine.ingest(read_records(path), source=str(path), list_name="p", **kw)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", float("nan"), float("inf")])
+def test_a_non_finite_expiry_is_a_bad_time_not_a_crash(value):
+    with pytest.raises(InvalidInput, match="not a time"):
+        parse_time(value)
+
+
+def test_an_epoch_in_milliseconds_is_refused_with_a_hint():
+    with pytest.raises(InvalidInput, match="milliseconds"):
+        parse_time("1700000000000")
+    assert parse_time("1700000000") == 1_700_000_000.0
+    assert parse_time(253402300799) == 253402300799.0  # 9999-12-31T23:59:59Z still fits
+
+
+def test_junk_expiries_reject_their_lines_and_keep_the_good_rows(engine, tmp_path):
+    """Before: NaN reached SQLite's JSON as ``NaN``: a traceback, the batch rolled back."""
+    path = tmp_path / "n.csv"
+    path.write_text(
+        "signal_type,signal_value,expires_at\n"
+        f"pdq,{H[0]},nan\npdq,{H[1]},2030-01-01\npdq,{H[2]},1e12\n"
+    )
+    report = _ingest(engine, path)
+    assert (report.added, report.rejected) == (1, 2)
+    assert [(r.line, "not a time" in r.reason) for r in report.rejections] == [
+        (2, True), (4, True),
+    ]  # fmt: skip
+    assert "milliseconds" in report.rejections[1].reason
+    jsonl = tmp_path / "n.jsonl"
+    jsonl.write_text(f'{{"signal_type": "pdq", "signal_value": "{H[3]}", "expires_at": NaN}}\n')
+    report = _ingest(engine, jsonl)
+    assert report.rejected == 1 and report.rejections[0].line == 1
+
+
+def test_a_row_wider_than_the_header_is_rejected_not_shifted(engine, tmp_path):
+    """A partner's unquoted comma: before, labels and external id shifted silently."""
+    path = tmp_path / "wide.csv"
+    rows = [f"pdq,{H[0]},a,b,ext1", f"pdq,{H[1]},c,ext2,,", f"pdq,{H[2]},d,ext3"]
+    path.write_text("signal_type,signal_value,labels,external_id\n" + "\n".join(rows) + "\n")
+    report = _ingest(engine, path)
+    assert (report.added, report.rejected) == (2, 1)  # trailing empty columns are fine
+    (bad,) = report.rejections
+    assert bad.line == 2 and "5 columns, the header names 4" in bad.reason
+    stored = {s.external_id for s in engine.store.signals(list_name="p")}
+    assert stored == {"ext2", "ext3"}
+
+
+def test_a_foreign_sqlite_file_is_refused_and_left_untouched(tmp_path):
+    data = tmp_path / "foreign"
+    data.mkdir()
+    conn = sqlite3.connect(data / "store.sqlite")
+    conn.execute("CREATE TABLE customers (id INTEGER)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(CorruptData, match=r"not a hashmatch store.*customers"):
+        SignalStore(data / "store.sqlite")
+    conn = sqlite3.connect(data / "store.sqlite")
+    tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    conn.close()
+    assert tables <= {"customers", "schema_version"}  # no hashmatch tables added
+
+
+def test_a_directory_in_place_of_the_store_is_a_clear_error(tmp_path):
+    (tmp_path / "dd" / "store.sqlite").mkdir(parents=True)
+    with pytest.raises(Conflict, match=r"cannot open .*store\.sqlite.*-wal/-shm"):
+        SignalStore(tmp_path / "dd" / "store.sqlite")
+
+
+_OPEN_AND_INGEST = """
+import sys, time
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.ingest import read_records
+time.sleep(max(float(sys.argv[4]) - time.time(), 0))  # both open at the same moment
+e = Engine.open(sys.argv[1])
+e.ingest(read_records(sys.argv[2]), source=sys.argv[2], list_name=sys.argv[3])
+e.close()
+"""
+
+
+def test_two_processes_creating_the_same_store_both_succeed(tmp_path):
+    """Before: about half the races failed ("store was lost", or migrations run twice)."""
+    path = tmp_path / "s.csv"
+    path.write_text("signal_type,signal_value\n" + "".join(f"pdq,{h}\n" for h in H))
+    for attempt in range(4):
+        data = tmp_path / f"race{attempt}"
+        start = str(time.time() + 1.5)  # after both have imported hashmatch
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_AND_INGEST, str(data), str(path), name, start],
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name in ("a", "b")
+        ]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], errors
+        store = SignalStore(data / "store.sqlite")
+        assert {h.name: h.signal_count for h in store.lists()} == {"a": 5, "b": 5}
+        store.close()
+
+
+@pytest.fixture
+def run(tmp_path):
+    runner = CliRunner()
+    env = {"HASHMATCH_DATA_DIR": str(tmp_path / "data")}
+
+    def invoke(*args: str, ok: bool = True, input: bytes | None = None):
+        result = runner.invoke(cli, list(args), env=env, input=input, catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+
+    return invoke
+
+
+def test_stdin_ingest_strips_a_bom(run):
+    text = f'{{"signal_type": "pdq", "signal_value": "{H[0]}"}}\n'.encode()
+    out = run("ingest", "-", "--list", "j", "--format", "jsonl", input=b"\xef\xbb\xbf" + text)
+    assert "added 1" in out.output and "rejected 0" in out.output
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_batch_size_must_be_positive(run, tmp_path, size):
+    path = tmp_path / "s.csv"
+    path.write_text(f"signal_type,signal_value\npdq,{H[0]}\n")
+    result = run("ingest", str(path), "--list", "s", "--batch-size", size, ok=False)
+    assert result.exit_code == 2 and "--batch-size" in result.output
+
+
+def test_retract_file_names_the_bad_line_and_reads_a_bom(run, tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text("signal_type,signal_value\n" + "".join(f"pdq,{h}\n" for h in H[:2]))
+    run("ingest", str(path), "--list", "p")
+    bad = tmp_path / "ret.txt"
+    bad.write_bytes(f"\ufeff{H[0]}\n# partner note\n\nzz\n{H[1]}\n".encode())
+    result = run("retract", "--list", "p", "--file", str(bad), ok=False)
+    assert result.exit_code == 1
+    assert f"{bad} line 4: pdq hash must be 64 hex characters, got 2" in result.output
+    good = tmp_path / "ret2.txt"
+    good.write_bytes(f"\ufeff{H[0]}\n".encode())  # the BOM is not part of the hash
+    assert "retracted 1 signal(s)" in run("retract", "--list", "p", "--file", str(good)).output
