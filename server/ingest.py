@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import HashmatchError, InvalidInput
+from hashmatch.engine.ingest import parse_time
 from hashmatch.engine.store import IngestRefused, Rejection, SignalRecord
 from hashmatch.server import convert
 from hashmatch.server.matching import check_size
@@ -35,7 +36,19 @@ def _record(signal: signals_pb2.Signal, field: str) -> SignalRecord:
         labels=tuple(signal.labels),
         external_id=signal.external_id or None,
         quality=quality,
+        expires_at=_expires_at(signal, field),
     )
+
+
+def _expires_at(signal: signals_pb2.Signal, field: str) -> float | None:
+    """The file parsers' rule (finite epoch seconds a datetime can show), so a NaN or a
+    millisecond epoch is refused here as it is in a CSV."""
+    if not signal.HasField("expires_at"):
+        return None
+    try:
+        return parse_time(signal.expires_at)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, field=f"{field}.expires_at") from None
 
 
 def _video_record(signal: signals_pb2.Signal, field: str) -> SignalRecord:
@@ -53,6 +66,7 @@ def _video_record(signal: signals_pb2.Signal, field: str) -> SignalRecord:
         frames=frames,
         frame_qualities=list(signal.frame_qualities) or None,
         timestamps=list(signal.timestamps) or None,
+        expires_at=_expires_at(signal, field),
     )
 
 
@@ -135,6 +149,7 @@ def _ingest_message(
     reply.added += report.added
     reply.updated += report.updated
     reply.unchanged += report.unchanged
+    reply.still_retracted += report.still_retracted
     reply.rejected += report.rejected
     reply.rejections.extend(
         common_pb2.ItemError(

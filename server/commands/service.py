@@ -465,6 +465,8 @@ def _read_signals(path: str, fmt: str | None, default_type: str):
             )
             if item.quality is not None:
                 pb.hash.quality = item.quality
+        if item.expires_at is not None:
+            pb.expires_at = item.expires_at
         signals.append(pb)
         lines.append(item.line)
     return signals, lines, rejected

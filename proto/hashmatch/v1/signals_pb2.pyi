@@ -33,20 +33,22 @@ SIGNAL_STATE_LIST_DISABLED: SignalState
 SIGNAL_STATE_DELETED: SignalState
 
 class Signal(_message.Message):
-    __slots__ = ("hash", "labels", "external_id", "frames", "frame_qualities", "timestamps")
+    __slots__ = ("hash", "labels", "external_id", "frames", "frame_qualities", "timestamps", "expires_at")
     HASH_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_ID_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     FRAME_QUALITIES_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     hash: _common_pb2.HashValue
     labels: _containers.RepeatedScalarFieldContainer[str]
     external_id: str
     frames: _containers.RepeatedScalarFieldContainer[str]
     frame_qualities: _containers.RepeatedScalarFieldContainer[int]
     timestamps: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, hash: _Optional[_Union[_common_pb2.HashValue, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., frames: _Optional[_Iterable[str]] = ..., frame_qualities: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ...) -> None: ...
+    expires_at: float
+    def __init__(self, hash: _Optional[_Union[_common_pb2.HashValue, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., frames: _Optional[_Iterable[str]] = ..., frame_qualities: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ..., expires_at: _Optional[float] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
     __slots__ = ("list_name", "signals", "source", "strict")
@@ -61,18 +63,20 @@ class IngestRequest(_message.Message):
     def __init__(self, list_name: _Optional[str] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ..., source: _Optional[str] = ..., strict: _Optional[bool] = ...) -> None: ...
 
 class IngestResponse(_message.Message):
-    __slots__ = ("added", "updated", "unchanged", "rejected", "rejections")
+    __slots__ = ("added", "updated", "unchanged", "rejected", "rejections", "still_retracted")
     ADDED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    STILL_RETRACTED_FIELD_NUMBER: _ClassVar[int]
     added: int
     updated: int
     unchanged: int
     rejected: int
     rejections: _containers.RepeatedCompositeFieldContainer[_common_pb2.ItemError]
-    def __init__(self, added: _Optional[int] = ..., updated: _Optional[int] = ..., unchanged: _Optional[int] = ..., rejected: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[_common_pb2.ItemError, _Mapping]]] = ...) -> None: ...
+    still_retracted: int
+    def __init__(self, added: _Optional[int] = ..., updated: _Optional[int] = ..., unchanged: _Optional[int] = ..., rejected: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[_common_pb2.ItemError, _Mapping]]] = ..., still_retracted: _Optional[int] = ...) -> None: ...
 
 class RetractRequest(_message.Message):
     __slots__ = ("list_name", "hashes", "signal_ids", "reason")

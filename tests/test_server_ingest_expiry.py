@@ -1,0 +1,86 @@
+"""Expiry and quality over gRPC Ingest: before, ``Signal`` had no expiry, so a pipeline
+re-sending a partner's list cleared every stored expiry (and revived expired signals),
+and ``hashmatch remote ingest`` dropped the file's ``expires_at``. Real socket."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from click.testing import CliRunner
+
+from hashmatch.server.cli import cli
+from hashmatch.server.testing import running_server
+from hashmatch.v1 import common_pb2, signals_pb2
+
+H = [f"{i:02x}" * 32 for i in range(1, 5)]
+PAST, FUTURE = time.time() - 3600, time.time() + 86400
+
+
+def _signal(hex_: str, **extra) -> signals_pb2.Signal:
+    quality = extra.pop("quality", None)
+    value = common_pb2.HashValue(signal_type="pdq", hex=hex_, quality=quality)
+    return signals_pb2.Signal(hash=value, **extra)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("expiry")) as ts:
+        yield ts
+
+
+def _matched(client, hex_: str, list_name: str) -> bool:
+    reply = client.match([("pdq", hex_)], lists=[list_name], threshold=0)
+    return bool(reply.results[0].matches)
+
+
+def test_expiry_sent_over_grpc_is_stored_and_kept_on_resend(served):
+    client = served.client()
+    sent = [_signal(H[0], expires_at=PAST, quality=80), _signal(H[1], expires_at=FUTURE)]
+    assert client.ingest("exp", sent).added == 2
+    assert not _matched(client, H[0], "exp")  # expired at ingest: never matches
+    assert _matched(client, H[1], "exp")
+    again = client.ingest("exp", sent)
+    assert (again.added, again.updated, again.unchanged) == (0, 0, 2)
+    assert not _matched(client, H[0], "exp")  # a re-send does not revive it
+    stored = served.engine.store.signals(list_name="exp")
+    assert {s.hash_hex: (s.expires_at, s.quality) for s in stored}[H[0]] == (
+        pytest.approx(PAST), 80,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 1.7e12])
+def test_a_bad_expiry_rejects_only_its_item_naming_the_field(served, value):
+    client = served.client()
+    reply = client.ingest("bad", [_signal(H[2]), _signal(H[3], expires_at=value)])
+    assert reply.added + reply.unchanged == 1 and reply.rejected == 1
+    (error,) = reply.rejections
+    assert error.index == 1 and error.field == "signals[1].expires_at"
+    assert "not a time" in error.reason
+    with pytest.raises(grpc.RpcError) as err:
+        client.ingest("bad", [_signal(H[3], expires_at=value)], strict=True)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_resending_a_retracted_signal_says_it_stays_retracted(served):
+    client = served.client()
+    client.ingest("ret", [_signal(H[2])])
+    client.retract("ret", hashes=[("pdq", H[2])])
+    reply = client.ingest("ret", [_signal(H[2])])
+    assert reply.still_retracted == 1 and not _matched(client, H[2], "ret")
+
+
+def test_remote_ingest_keeps_the_files_expiry(served, tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text(
+        "signal_type,signal_value,expires_at\n"
+        f"pdq,{H[0]},2001-01-01T00:00:00Z\npdq,{H[1]},2999-01-01\n"
+    )
+    result = CliRunner().invoke(
+        cli, ["remote", "--server", served.target, "ingest", "rem", str(path)],
+        catch_exceptions=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    client = served.client()
+    assert not _matched(client, H[0], "rem") and _matched(client, H[1], "rem")
