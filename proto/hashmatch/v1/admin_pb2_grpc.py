@@ -62,7 +62,8 @@ class AdminServicer:
 
     def RebuildIndex(self, request, context):
         """Builds new indexes aside and swaps them in atomically; lookups keep being served.
-        Streams progress; the last message has done = true.
+        Streams progress (stage, done of total); the last message has finished = true
+        and summary_json.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
