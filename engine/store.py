@@ -226,8 +226,9 @@ class HashList:
     enabled: bool
     created_at: float
     updated_at: float
-    signal_count: int = 0  # live (not retracted) signals
+    signal_count: int = 0  # not retracted (expired ones included: see expired_count)
     retracted_count: int = 0
+    expired_count: int = 0  # of signal_count, those past their expiry (they do not match)
     signal_types: tuple[str, ...] = ()
 
 
@@ -515,7 +516,7 @@ class SignalStore:
     def lists(
         self, *, tenant: str | None = None, names: Sequence[str] | None = None
     ) -> list[HashList]:
-        """Lists visible to ``tenant`` (None = local admin: all), with live counts."""
+        """Lists visible to ``tenant`` (None = local admin: all), with their counts."""
         conn = self.conn()
         visible = self.visible_list_ids(tenant)
         rows = conn.execute(
@@ -527,6 +528,13 @@ class SignalStore:
             "SELECT list_id, signal_type, live, retracted FROM list_counts"
         ):
             counts.setdefault(list_id, {})[stype] = [live, retracted]
+        expired = dict(
+            conn.execute(  # the partial index signals_expiry: no scan of every signal
+                "SELECT list_id, COUNT(*) FROM signals WHERE expires_at IS NOT NULL"
+                " AND retracted_at IS NULL AND expires_at <= ? GROUP BY list_id",
+                (time.time(),),
+            ).fetchall()
+        )
         out = []
         for r in rows:
             if visible is not None and r[0] not in visible:
@@ -546,6 +554,7 @@ class SignalStore:
                     updated_at=r[7],
                     signal_count=sum(v[0] for v in per_type.values()),
                     retracted_count=sum(v[1] for v in per_type.values()),
+                    expired_count=int(expired.get(r[0], 0)),
                     signal_types=tuple(sorted(t for t, v in per_type.items() if v[0])),
                 )
             )

@@ -117,6 +117,17 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        3,
+        "index of expiries (lists count their expired signals without a scan)",
+        """
+        CREATE INDEX IF NOT EXISTS signals_expiry ON signals(expires_at, list_id)
+            WHERE expires_at IS NOT NULL AND retracted_at IS NULL
+        """,
+    ),
+)
+
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
 # The store's identity and a random tag per change-log row, so an index snapshot can

@@ -218,6 +218,7 @@ def list_hash_lists(engine, tenant: str | None) -> list[signals_pb2.HashList]:
                 name=info.name,
                 description=getattr(info, "description", "") or "",
                 signal_count=int(getattr(info, "signal_count", 0) or 0),
+                expired_count=int(getattr(info, "expired_count", 0) or 0),
                 enabled=bool(getattr(info, "enabled", True)),
                 signal_types=list(getattr(info, "signal_types", ()) or ()),
             )

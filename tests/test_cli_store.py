@@ -41,7 +41,7 @@ def test_lists_ingest_match_retract_restore(run, tmp_path):
     assert "added 0, updated 0, unchanged 2, rejected 1" in again
 
     out = run("lists", "ls").output
-    assert "partner" in out and "2 live signal(s)" in out
+    assert "partner" in out and "2 live signal(s), 0 expired" in out
 
     out = run("match", f"pdq:{H0}").output
     assert "1 match(es)" in out and "ext=e0" in out and "labels=csam" in out
@@ -74,7 +74,7 @@ def test_strict_ingest_exits_nonzero_and_writes_nothing(run, tmp_path):
     result = run("ingest", str(f), "--list", "l", "--type", "pdq", "--strict", ok=False)
     assert result.exit_code == 1
     assert "REFUSED (strict)" in result.output
-    assert "0 list(s), 0 live signal(s)" in run("lists", "ls").output
+    assert "0 list(s), 0 live signal(s), 0 expired" in run("lists", "ls").output
 
 
 def test_ingest_where_no_line_is_good_exits_nonzero_and_reports_every_file(run, tmp_path):

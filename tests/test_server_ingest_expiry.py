@@ -44,6 +44,8 @@ def test_expiry_sent_over_grpc_is_stored_and_kept_on_resend(served):
     again = client.ingest("exp", sent)
     assert (again.added, again.updated, again.unchanged) == (0, 0, 2)
     assert not _matched(client, H[0], "exp")  # a re-send does not revive it
+    (listed,) = [x for x in client.list_hash_lists().lists if x.name == "exp"]
+    assert (listed.signal_count, listed.expired_count) == (2, 1)
     stored = served.engine.store.signals(list_name="exp")
     assert {s.hash_hex: (s.expires_at, s.quality) for s in stored}[H[0]] == (
         pytest.approx(PAST), 80,

@@ -4,6 +4,7 @@ somebody else's SQLite file, an unwritable data dir. Every input is generated he
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -172,3 +173,18 @@ def test_retract_file_names_the_bad_line_and_reads_a_bom(run, tmp_path):
     good = tmp_path / "ret2.txt"
     good.write_bytes(f"\ufeff{H[0]}\n".encode())  # the BOM is not part of the hash
     assert "retracted 1 signal(s)" in run("retract", "--list", "p", "--file", str(good)).output
+
+
+def test_lists_count_expired_signals_apart_from_live_ones(run, tmp_path):
+    """Before: ``lists ls`` called expired signals live (they never match)."""
+    path = tmp_path / "e.csv"
+    path.write_text(
+        "signal_type,signal_value,expires_at\n"
+        f"pdq,{H[0]},2001-01-01\npdq,{H[1]},2001-01-02\npdq,{H[2]},2999-01-01\npdq,{H[3]},\n"
+    )
+    run("ingest", str(path), "--list", "e")
+    run("retract", "--list", "e", H[0])  # retracted: counted there, not as expired
+    out = run("lists", "ls").output
+    assert "1 list(s), 2 live signal(s), 1 expired" in out
+    (info,) = json.loads(run("lists", "ls", "--json").output)
+    assert (info["signal_count"], info["expired_count"], info["retracted_count"]) == (3, 1, 1)

@@ -112,19 +112,24 @@ def lists_create(name, description, owner, labels, actor, data_dir) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_data_dir_option
 def lists_ls(tenant, as_json, data_dir) -> None:
-    """List hash lists with their live and retracted counts."""
+    """List hash lists with their live, expired and retracted counts (live: neither)."""
     with _engine(data_dir) as engine:
         found = engine.store.lists(tenant=tenant)
     if as_json:
         _echo_json([info.__dict__ for info in found])
         return
-    click.echo(f"{'name':24} {'enabled':7} {'signals':>9} {'retracted':>9}  types  owner")
+    click.echo(
+        f"{'name':24} {'enabled':7} {'live':>9} {'expired':>9} {'retracted':>9}  types  owner"
+    )
     for info in found:
         click.echo(
-            f"{info.name:24} {'yes' if info.enabled else 'no':7} {info.signal_count:>9} "
+            f"{info.name:24} {'yes' if info.enabled else 'no':7} "
+            f"{info.signal_count - info.expired_count:>9} {info.expired_count:>9} "
             f"{info.retracted_count:>9}  {','.join(info.signal_types) or '-'}  {info.owner}"
         )
-    click.echo(f"{len(found)} list(s), {sum(i.signal_count for i in found)} live signal(s)")
+    live = sum(i.signal_count - i.expired_count for i in found)
+    expired = sum(i.expired_count for i in found)
+    click.echo(f"{len(found)} list(s), {live} live signal(s), {expired} expired")
 
 
 def _set_enabled(enabled: bool):
