@@ -22,6 +22,7 @@ current index map; writers serialise on locks.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -116,6 +117,7 @@ class Engine:
         self._indexes: dict[str, object] | None = None  # None until loaded (lazy for the CLI)
         self._applied = 0  # change-log seq the live indexes reflect
         self._sync_lock = threading.RLock()
+        self._snapshot_lock = threading.Lock()  # one snapshot written at a time
         self._load_info: dict = {}
         self._snapshot_at: float | None = None
 
@@ -610,39 +612,55 @@ class Engine:
         Written to a temporary directory (named with this pid, so a later snapshot or
         load can tell an abandoned one), fsynced, then renamed: a crash leaves either
         the old snapshots or the new one, never a half-written one.
+
+        Only freezing the indexes holds the sync lock (microseconds); writing and
+        fsyncing them (seconds at millions of signals) does not, so lookups and
+        writes go on meanwhile. One snapshot at a time (``_snapshot_lock``).
         """
         self._ensure_loaded()
+        with self._snapshot_lock:
+            indexes, manifest = self._freeze()
+            final = self._write_snapshot(indexes, manifest)
+            self._snapshot_at = manifest["created_at"]
+            self._prune_snapshots(final)
+        self.store.record("index.snapshot", actor=actor, count=sum(
+            v["count"] for v in manifest["types"].values()), source=str(final),
+            details={"change_counter": manifest["change_counter"]})  # fmt: skip
+        return final
+
+    def _freeze(self) -> tuple[dict[str, object], dict]:
+        """The live indexes as of one change (a frozen view each) and the manifest
+        naming that change; taken under the sync lock, so no change is half-applied."""
         with self._sync_lock:
-            indexes = dict(self._indexes or {})
+            indexes = {stype: _frozen(ix) for stype, ix in (self._indexes or {}).items()}
             at = self._applied
-            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-            remove_abandoned_tmp(self.snapshot_dir)
             conn = self.store.conn()
-            name = f"snap-{at:012d}-{time.time_ns()}"
             manifest: dict = {"format": SNAPSHOT_FORMAT, "change_counter": at,
                               "store_id": store_id(conn), "change_digest": change_digest(conn, at),
                               "created_at": time.time(), "types": {}}  # fmt: skip
-            tmp = self.snapshot_dir / f"{name}.{os.getpid()}.tmp"
-            final = self.snapshot_dir / name
-            try:
-                tmp.mkdir()
-                with writing(tmp):
-                    for stype, index in indexes.items():
-                        fname = f"{stype}.index"
-                        index.save(tmp / fname)
-                        manifest["types"][stype] = {"file": fname, "count": len(index)}
-                    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-                    fsync_tree(tmp)
-                    os.replace(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            fsync_path(self.snapshot_dir)
-        self._snapshot_at = manifest["created_at"]
-        self._prune_snapshots(final)
-        self.store.record("index.snapshot", actor=actor, count=sum(
-            v["count"] for v in manifest["types"].values()), source=str(final),
-            details={"change_counter": at})  # fmt: skip
+        return indexes, manifest
+
+    def _write_snapshot(self, indexes: dict[str, object], manifest: dict) -> Path:
+        """Save ``indexes`` (frozen views) with ``manifest`` as a new snapshot directory."""
+        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+        remove_abandoned_tmp(self.snapshot_dir)
+        name = f"snap-{manifest['change_counter']:012d}-{time.time_ns()}"
+        tmp = self.snapshot_dir / f"{name}.{os.getpid()}.tmp"
+        final = self.snapshot_dir / name
+        try:
+            tmp.mkdir()
+            with writing(tmp):
+                for stype, index in indexes.items():
+                    fname = f"{stype}.index"
+                    index.save(tmp / fname)
+                    manifest["types"][stype] = {"file": fname, "count": len(index)}
+                (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+                fsync_tree(tmp)
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_path(self.snapshot_dir)
         return final
 
     def _prune_snapshots(self, keep: Path) -> None:
@@ -773,6 +791,16 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _frozen(index: object) -> object:
+    """A view of ``index`` that later writes do not change, for saving it unlocked.
+
+    A ShardedIndex's whole state is one immutable tuple (segments, copy-on-write
+    tombstone masks) that writers replace, never mutate: a shallow copy keeps the
+    tuple of this moment while the live index moves on.
+    """
+    return copy.copy(index)
 
 
 def _check_codes(st: signal_types.SignalType, codes: np.ndarray) -> np.ndarray:

@@ -1,0 +1,129 @@
+"""Index operations next to live traffic: a snapshot does not stall lookups, a remote
+rebuild leaves a snapshot behind, and a stop during a rebuild waits for it. Real
+engines, real snapshot files and a real server over a socket."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import SignalRecord
+from hashmatch.indexes.sharded import ShardedIndex
+
+THRESHOLD = 31
+
+
+def codes(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 32), dtype=np.uint8)
+
+
+def records(c: np.ndarray) -> list[SignalRecord]:
+    return [SignalRecord("pdq", row.tobytes().hex(), line=i + 1) for i, row in enumerate(c)]
+
+
+def near(c: np.ndarray, seed: int) -> np.ndarray:
+    """Copies of ``c`` with 0..40 random bits flipped each (some in range, some not)."""
+    rng = np.random.default_rng(seed)
+    bits = np.unpackbits(c, axis=1)
+    for row, k in zip(bits, rng.integers(0, 41, len(c)), strict=True):
+        row[rng.choice(256, k, replace=False)] ^= 1
+    return np.packbits(bits, axis=1)
+
+
+def brute_force(stored: np.ndarray, queries: np.ndarray) -> list[set[str]]:
+    """Hex of every stored code within THRESHOLD of each query, by counting bits."""
+    dist = np.unpackbits(queries[:, None, :] ^ stored[None, :, :], axis=2).sum(axis=2)
+    return [{stored[j].tobytes().hex() for j in np.flatnonzero(d <= THRESHOLD)} for d in dist]
+
+
+def matched(engine: Engine, queries: np.ndarray) -> list[set[str]]:
+    return [{m.hash_hex for m in ml} for ml in engine.match("pdq", queries, threshold=THRESHOLD)]
+
+
+# ---------------------------------------------------------------- snapshot vs traffic
+
+
+def test_snapshot_taken_during_ingest_and_lookups_loads_exact(tmp_path):
+    data = tmp_path / "d"
+    batches = [codes(400, seed) for seed in range(8)]
+    with Engine.open(data) as e:
+        e.ingest(records(batches[0]), list_name="l")
+        errors: list[BaseException] = []
+
+        def traffic() -> None:
+            try:
+                for i, batch in enumerate(batches[1:], 1):
+                    e.ingest(records(batch), list_name="l")
+                    assert matched(e, batch[:20]) == [{r.tobytes().hex()} for r in batch[:20]]
+                    e.retract(list_name="l", hashes=[("pdq", batches[i - 1][0].tobytes().hex())])
+            except BaseException as exc:  # reported by the main thread
+                errors.append(exc)
+
+        writer = threading.Thread(target=traffic)
+        writer.start()
+        kept = tmp_path / "kept"  # each one as written (later ones prune older ones)
+        snaps = []
+        for _ in range(4):
+            path = e.snapshot()
+            snaps.append(shutil.copytree(path, kept / path.name))
+        writer.join(60)
+        assert not errors and not writer.is_alive()
+    live = np.concatenate([b[1:] for b in batches[:-1]] + [batches[-1]])
+    queries = near(np.concatenate([live[::7], codes(50, 99)]), seed=5)
+    want = brute_force(live, queries)
+    assert sum(map(len, want)) > 100  # the check is not vacuous
+    for snap in snaps:  # each loads, and replay on top of it is exact
+        shutil.rmtree(data / "snapshots")
+        shutil.copytree(snap, data / "snapshots" / snap.name)
+        with Engine.open(data) as e:
+            assert e.load_info["snapshot"] == snap.name, e.load_info
+            assert matched(e, queries) == want
+
+
+def test_lookup_after_a_write_completes_while_a_snapshot_is_being_written(tmp_path, monkeypatch):
+    saving, release = threading.Event(), threading.Event()
+    save = ShardedIndex.save
+
+    def blocking_save(self: ShardedIndex, path: Path | str) -> None:
+        saving.set()
+        assert release.wait(30), "the test never released the save"
+        save(self, path)
+
+    monkeypatch.setattr(ShardedIndex, "save", blocking_save)
+    first, later = codes(300, 1), codes(300, 2)
+    with Engine.open(tmp_path / "d") as e:
+        e.ingest(records(first), list_name="l")
+        result: dict = {}
+        snapshotter = threading.Thread(target=lambda: result.update(path=e.snapshot()))
+        snapshotter.start()
+        try:
+            assert saving.wait(10)
+
+            def write_then_look_up() -> None:
+                e.ingest(records(later), list_name="l")
+                result["found"] = matched(e, later[:5])
+
+            writer = threading.Thread(target=write_then_look_up)
+            writer.start()
+            writer.join(10)  # the save still blocks: the write and lookup must not
+            assert not writer.is_alive(), "ingest + lookup waited for the snapshot"
+            assert result["found"] == [{r.tobytes().hex()} for r in later[:5]]
+        finally:
+            release.set()
+            snapshotter.join(30)
+        assert "path" in result
+    monkeypatch.undo()
+    with Engine.open(tmp_path / "d") as e:  # the snapshot holds `first`; replay adds `later`
+        assert e.load_info["snapshot"] == result["path"].name
+        assert e.load_info["replayed_changes"] >= 1
+        both = np.concatenate([first, later])
+        assert matched(e, both) == [{r.tobytes().hex()} for r in both]
+
+
+if __name__ == "__main__":
+    raise SystemExit(pytest.main([__file__, "-q"]))
