@@ -250,6 +250,9 @@ def _epoch(seconds: float, given: object) -> float:
 def _quality(value: object) -> int | None:
     if value is None or value == "":
         return None
+    # JSON true or 1.9 is not a quality: int() would store them as 1 without a word
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise InvalidInput(f"quality must be an integer, got {value!r}", field="quality")
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -331,6 +334,12 @@ def _csv_header(reader: Iterator[list[str]], extra: tuple[str, ...]) -> _CsvRows
             break
     if header is None:
         return None
+    known = {"signal_type", "signal_value", *itertools.chain(*_CSV_ALIASES.values())}
+    twice = sorted({c for c in header if c in known and header.count(c) > 1})
+    if twice:  # which one would be meant? (the first would win silently)
+        raise InvalidInput(
+            f"CSV header names column(s) {', '.join(twice)} more than once", field="header"
+        )
     missing = [c for c in ("signal_type", "signal_value") if c not in header]
     if missing:
         raise InvalidInput(

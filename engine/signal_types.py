@@ -125,11 +125,19 @@ def register(signal_type: SignalType) -> SignalType:
     return signal_type
 
 
+#: Other tools' names for our types: python-threatexchange / HMA exports write
+#: ``video_md5`` for the MD5 of a video file's bytes, which is our ``md5``.
+ALIASES = {"video_md5": "md5"}
+
+
 def get(name: str, *, field: str = "signal_type") -> SignalType:
     """Look a type up by name; unknown names raise UnknownSignalType listing the known ones."""
     try:
-        return _REGISTRY[name.strip().lower()]
+        key = name.strip().lower()
+        return _REGISTRY[ALIASES.get(key, key)]
     except (KeyError, AttributeError):
+        if isinstance(name, str) and not name.strip():
+            raise UnknownSignalType("missing signal type (empty)", field=field) from None
         known = ", ".join(sorted(_REGISTRY))
         raise UnknownSignalType(
             f"unknown signal type {name!r} (known: {known})", field=field

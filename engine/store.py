@@ -561,6 +561,7 @@ class SignalStore:
         return out
 
     def _list_id(self, conn: sqlite3.Connection, name: str) -> int:
+        name = name.strip()  # as create_list stored it
         row = conn.execute("SELECT id FROM hash_lists WHERE name = ?", (name,)).fetchone()
         if row is None:
             raise NotFound(f"no hash list named {name!r}", field="list_name")
@@ -588,6 +589,7 @@ class SignalStore:
         self, tenant: str, list_name: str, *, write: bool = False, actor: str = "local"
     ) -> Tenant:
         """Share ``list_name`` with ``tenant`` (read; ``write`` also lets it ingest/retract)."""
+        tenant = tenant.strip()  # as create_tenant stored it
         with self._write() as conn:
             self._require_tenant(conn, tenant)
             list_id = self._list_id(conn, list_name)
@@ -603,6 +605,7 @@ class SignalStore:
         return self.get_tenant(tenant)
 
     def revoke(self, tenant: str, list_name: str, *, actor: str = "local") -> Tenant:
+        tenant = tenant.strip()
         with self._write() as conn:
             self._require_tenant(conn, tenant)
             list_id = self._list_id(conn, list_name)
@@ -614,6 +617,7 @@ class SignalStore:
         return self.get_tenant(tenant)
 
     def get_tenant(self, name: str) -> Tenant:
+        name = name.strip()
         for t in self.tenants():
             if t.name == name:
                 return t
@@ -1894,7 +1898,12 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
 def _check_name(name: str, field_name: str) -> str:
     clean = (name or "").strip()
     if not clean or len(clean) > 200 or any(c in clean for c in "\n\r\t\x00"):
-        raise InvalidInput(f"invalid name {name!r}", field=field_name)
+        shown = repr(name) if len(name or "") <= 60 else f"{name[:60]!r}... ({len(name)} chars)"
+        raise InvalidInput(
+            f"invalid {field_name} name {shown}: names are 1-200 characters (surrounding"
+            " spaces are dropped) without tab, CR, LF or NUL",
+            field=field_name,
+        )
     return clean
 
 

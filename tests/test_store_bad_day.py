@@ -188,3 +188,72 @@ def test_lists_count_expired_signals_apart_from_live_ones(run, tmp_path):
     assert "1 list(s), 2 live signal(s), 1 expired" in out
     (info,) = json.loads(run("lists", "ls", "--json").output)
     assert (info["signal_count"], info["expired_count"], info["retracted_count"]) == (3, 1, 1)
+
+
+def test_lenient_values_are_rejected_not_rounded(engine, tmp_path):
+    """Before: JSON ``true`` and ``1.9`` were stored as quality 1."""
+    path = tmp_path / "q.jsonl"
+    path.write_text(
+        "".join(
+            f'{{"signal_type": "pdq", "signal_value": "{h}", "quality": {q}}}\n'
+            for h, q in zip(H, ["true", "1.9", "80.0", "80"], strict=False)
+        )
+    )
+    report = _ingest(engine, path)
+    assert (report.added, report.rejected) == (2, 2)
+    assert [r.line for r in report.rejections] == [1, 2]
+    assert all("quality must be an integer" in r.reason for r in report.rejections)
+
+
+@pytest.mark.parametrize(
+    "header", ["signal_type,signal_value,signal_value", "signal_type,signal_value,tags,tags"]
+)
+def test_a_column_named_twice_is_refused(engine, tmp_path, header):
+    path = tmp_path / "twice.csv"
+    path.write_text(f"{header}\npdq,{H[0]},{H[1]},x\n")
+    with pytest.raises(InvalidInput, match="more than once"):
+        _ingest(engine, path)
+
+
+def test_an_empty_type_says_missing_and_video_md5_is_md5(engine, tmp_path):
+    path = tmp_path / "t.csv"
+    md5 = "d41d8cd98f00b204e9800998ecf8427e"
+    path.write_text(f"signal_type,signal_value\n,{H[0]}\nvideo_md5,{md5}\n")
+    report = _ingest(engine, path)
+    assert report.added == 1 and report.rejections[0].line == 2
+    assert "missing signal type" in report.rejections[0].reason
+    (stored,) = engine.store.signals(list_name="p")
+    assert (stored.signal_type, stored.hash_hex) == ("md5", md5)
+
+
+def test_tenant_and_list_names_are_stripped_everywhere(run):
+    run("lists", "create", "partner")
+    run("tenants", "create", " acme ")
+    out = run("tenants", "grant", " acme ", " partner ").output
+    assert "it now reads 1 list(s)" in out
+    assert "revoked" in run("tenants", "revoke", "acme ", "partner").output
+    bad = run("lists", "create", "x" * 5000, ok=False)
+    assert "names are 1-200 characters" in bad.output and len(bad.output) < 400
+
+
+def test_ingest_says_what_it_creates_and_warns_of_a_disabled_list(run, tmp_path):
+    path = tmp_path / "s.csv"
+    path.write_text(f"signal_type,signal_value\npdq,{H[0]}\n")
+    first = run("ingest", str(path), "--list", "parnter-a")  # a typo'd list name
+    assert "created a new store in" in first.stderr
+    assert "list 'parnter-a' is new" in first.stderr
+    run("lists", "disable", "parnter-a")
+    again = run("ingest", str(path), "--list", "parnter-a")
+    assert "created" not in again.stderr and "is new" not in again.stderr
+    assert "list 'parnter-a' is disabled" in again.stderr
+
+
+def test_audit_shows_details_and_json(run, tmp_path):
+    run("lists", "create", "partner")
+    run("tenants", "create", "acme")
+    run("tenants", "grant", "acme", "partner", "--write")
+    out = run("audit", "--action", "tenant.grant").output
+    assert '"tenant":"acme"' in out and '"write":true' in out
+    (entry,) = json.loads(run("audit", "--action", "tenant.grant", "--json").output)
+    assert entry["details"] == {"tenant": "acme", "write": True}
+    assert entry["list_name"] == "partner"

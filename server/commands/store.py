@@ -199,7 +199,9 @@ def ingest_command(
     if signal_type:
         signal_type = signal_types.get(signal_type, field="--type").name
     failed = False
+    new_store = not (Path(data_dir) / "store.sqlite").exists()
     with _engine(data_dir, create=True) as engine:
+        _say_what_is_new(engine, data_dir, list_name, new_store)
         for path in files:
             bar = _bar(None, f"ingest {Path(path).name}")
             last = [0]
@@ -247,6 +249,22 @@ def ingest_command(
                 click.echo(f"  ... and {report.rejected - show} more bad line(s)", err=True)
     if failed:
         sys.exit(1)
+
+
+def _say_what_is_new(engine, data_dir: str, list_name: str, new_store: bool) -> None:
+    """A typo in --data-dir or --list creates a store or list without complaint (that is
+    how the first ingest works): say so on stderr, and warn of a disabled list."""
+    if new_store:
+        click.echo(f"created a new store in {data_dir}", err=True)
+    found = engine.store.lists(names=[list_name.strip()])
+    if not found:
+        click.echo(f"list {list_name.strip()!r} is new: it will be created", err=True)
+    elif not found[0].enabled:
+        click.echo(
+            f"list {list_name.strip()!r} is disabled: its signals do not match until"
+            " `hashmatch lists enable`",
+            err=True,
+        )
 
 
 # ----------------------------------------------------------------------------- retraction
@@ -636,15 +654,21 @@ def tenants_ls(data_dir) -> None:
 @click.command("audit")
 @click.option("--limit", default=50, show_default=True)
 @click.option("--action", default=None, help="Only this action (ingest, retract, ...).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @_data_dir_option
-def audit_command(limit, action, data_dir) -> None:
-    """The audit log, newest first: who did what, when, how many, from which file."""
+def audit_command(limit, action, as_json, data_dir) -> None:
+    """The audit log, newest first: who did what, when, how many, from which file, and
+    the details (tenant, write flag, retraction reason, ids)."""
     with _engine(data_dir) as engine:
         entries = engine.store.audit(limit=limit, action=action)
+    if as_json:
+        _echo_json([e.__dict__ for e in entries])
+        return
     for e in entries:
+        details = json.dumps(e.details, separators=(",", ":"), default=str) if e.details else ""
         click.echo(
             f"{_when(e.at)}  {e.actor:10} {e.action:14} {e.list_name or '-':16} "
-            f"n={e.count:<8} {e.source or ''}"
+            f"n={e.count:<8} {e.source or ''} {details}".rstrip()
         )
     click.echo(f"{len(entries)} entr(ies)")
 
