@@ -86,13 +86,30 @@ class Call:
     log: dict[str, Any] = field(default_factory=dict)  # extra fields for the access log
 
     def time_left(self) -> float | None:
-        return self.context.time_remaining()
+        """Seconds left on the call, None = no deadline.
+
+        Why: grpcio reports a call without a deadline as a huge remaining time (years),
+        beyond ``threading.TIMEOUT_MAX``; a wait on it (a queued lookup's
+        ``future.result(timeout=...)``) raised OverflowError, an INTERNAL error for
+        every deadline-less call that had to queue. Waits use this, never
+        ``context.time_remaining()`` directly.
+        """
+        return _seconds_left(self.context)
 
     def check_deadline(self) -> None:
         """Stop work the client no longer waits for."""
-        left = self.context.time_remaining()
+        left = self.time_left()
         if (left is not None and left <= 0) or not self.context.is_active():
             raise errors.DeadlineExceeded("deadline passed or call cancelled; work stopped")
+
+
+def _seconds_left(context: grpc.ServicerContext) -> float | None:
+    """``context.time_remaining()``, with grpcio's "no deadline" (more than a wait can
+    take) as None."""
+    left = context.time_remaining()
+    if left is None or left > threading.TIMEOUT_MAX:
+        return None
+    return left
 
 
 def _log_access(line: str) -> None:
@@ -120,7 +137,7 @@ def _client_gone(context: grpc.ServicerContext, exc: Exception) -> HashmatchErro
     """
     if not isinstance(exc, grpc.RpcError) or context.is_active():
         return None
-    left = context.time_remaining()
+    left = _seconds_left(context)
     if left is not None and left <= 0:
         return errors.DeadlineExceeded("deadline passed while reading the request stream")
     return errors.Cancelled("the client cancelled the call while sending its request stream")
@@ -163,7 +180,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             host: CallHost = self.host
             code = "OK" if exc is None else errors.to_status(exc)[0].name
             if exc is None and not context.is_active():
-                left = context.time_remaining()
+                left = _seconds_left(context)
                 code = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
             seconds = time.perf_counter() - started
             host.metrics.finished(name, code, seconds)
