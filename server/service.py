@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from hashmatch.engine.errors import Conflict, HashmatchError
+from hashmatch.engine.runtime import Progress
 from hashmatch.server import changes, errors, ingest, matching
 from hashmatch.server.calls import Call, rpc
 from hashmatch.v1 import (
@@ -130,10 +131,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
         def work() -> None:
             try:
-                summary = self.host.engine.rebuild_index(
-                    progress=progress, actor=call.principal.tenant
-                )
-                events.put(("done", summary))
+                events.put(("done", self._rebuild(progress, call.principal.tenant)))
             except BaseException as exc:  # handed to the RPC thread to map
                 events.put(("error", exc))
             finally:
@@ -150,6 +148,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 if kind == "error":
                     raise value
                 call.log["rebuild_s"] = round(time.perf_counter() - started, 3)
+                call.log["snapshot"] = value.get("snapshot")
                 yield admin_pb2.RebuildProgress(
                     stage="done",
                     finished=True,
@@ -157,6 +156,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 )
                 return
             yield event
+
+    def _rebuild(self, progress: Progress, actor: str) -> dict:
+        """Rebuild, then snapshot the new indexes (as ``hashmatch index rebuild`` does),
+        so the next start loads them instead of replaying onto the old snapshot or
+        reading the whole store. The summary names the snapshot."""
+        engine = self.host.engine
+        summary = engine.rebuild_index(progress=progress, actor=actor)
+        progress("snapshot", 0, 1)
+        summary["snapshot"] = str(engine.snapshot(actor=actor))
+        progress("snapshot", 1, 1)
+        return summary
 
     @rpc("admin")
     def Snapshot(

@@ -4,6 +4,7 @@ engines, real snapshot files and a real server over a socket."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from hashmatch.engine.runtime import Engine
 from hashmatch.engine.store import SignalRecord
 from hashmatch.indexes.sharded import ShardedIndex
+from hashmatch.server.testing import running_server
 
 THRESHOLD = 31
 
@@ -127,3 +129,26 @@ def test_lookup_after_a_write_completes_while_a_snapshot_is_being_written(tmp_pa
 
 if __name__ == "__main__":
     raise SystemExit(pytest.main([__file__, "-q"]))
+
+
+# ---------------------------------------------------------------- remote rebuild
+
+
+def test_remote_rebuild_writes_a_snapshot_the_next_start_loads(tmp_path):
+    data, first = tmp_path / "d", codes(200, 3)
+    with Engine.open(data, eager=False) as e:
+        e.ingest(records(first), list_name="l")
+    with running_server(data) as served:
+        client = served.client()
+        assert client.stats().snapshot_age_seconds < 0  # built from the store: none yet
+        progress = list(client.rebuild(timeout=60))
+        assert [p.stage for p in progress if p.stage == "snapshot"] == ["snapshot"] * 2
+        last = progress[-1]
+        assert last.finished and last.stage == "done"
+        written = Path(json.loads(last.summary_json)["snapshot"])
+        assert (written / "manifest.json").is_file()
+        assert 0 <= client.stats().snapshot_age_seconds < 60
+    with Engine.open(data) as e:  # the next start loads the rebuild's snapshot as is
+        assert e.load_info["snapshot"] == written.name
+        assert e.load_info["replayed_changes"] == 0
+        assert matched(e, first[:10]) == [{r.tobytes().hex()} for r in first[:10]]
