@@ -199,7 +199,10 @@ def _opencv_decode(data: bytes, im: Image.Image) -> np.ndarray | None:
 
     OpenCV decodes a truncated file into a partly grey picture without complaint, so
     the fast path requires the end marker (JPEG EOI, PNG IEND); anything else falls back
-    to Pillow, which raises CorruptMedia for it.
+    to Pillow, which raises CorruptMedia for it. Animated PNGs go to Pillow too: OpenCV
+    decodes an APNG's first *animation* frame, but an APNG's default image may be no
+    animation frame at all, and that default image is frame 0 for Pillow, pdqhash and
+    python-threatexchange (OpenCV's pick was 128 PDQ bits off theirs).
     """
     if im.mode not in ("RGB", "L") or "transparency" in im.info:
         return None
@@ -209,7 +212,7 @@ def _opencv_decode(data: bytes, im: Image.Image) -> np.ndarray | None:
             return None
         rgb = _turbo_rgb(data)
     elif im.format == "PNG":
-        if not data.endswith(b"IEND\xaeB`\x82"):
+        if not data.endswith(b"IEND\xaeB`\x82") or getattr(im, "is_animated", False):
             return None
     else:
         return None

@@ -1,0 +1,97 @@
+"""Media formats the media review found mishandled: an APNG whose default image is not
+an animation frame, rotated (portrait phone) MP4s, videos sent as photos and truncated
+MP4s, and the wording of the animation pixel-total error. Every input is generated here
+(skimage's chelsea, small mp4v videos); nothing binary is checked in."""
+
+from __future__ import annotations
+
+import io
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pdqhash
+import skimage.data
+from PIL import Image
+
+from hashmatch.engine.decode import decode_image
+from hashmatch.engine.hashing import hash_media
+
+# ---------------------------------------------------------------- helpers
+
+
+def _chelsea() -> Image.Image:
+    return Image.fromarray(skimage.data.chelsea())  # 451x300 RGB
+
+
+def _apng(default_image: bool) -> bytes:
+    """Three distinct pictures as an APNG; with ``default_image`` the first is the PNG's
+    default image only (shown by viewers without APNG support), not an animation frame."""
+    cat = _chelsea()
+    frames = [cat, cat.rotate(90), Image.fromarray(skimage.data.astronaut()).resize(cat.size)]
+    buf = io.BytesIO()
+    frames[0].save(
+        buf,
+        "PNG",
+        save_all=True,
+        append_images=frames[1:],
+        duration=100,
+        loop=0,
+        default_image=default_image,
+    )
+    return buf.getvalue()
+
+
+def _pillow_pdq_frame0(data: bytes) -> bytes:
+    """pdqhash of what Pillow (and python-threatexchange) call frame 0, as RGB."""
+    with Image.open(io.BytesIO(data)) as im:
+        rgb = np.ascontiguousarray(np.asarray(im.convert("RGB")))
+    vec, _ = pdqhash.compute(rgb)
+    return np.packbits(vec.astype(np.uint8)).tobytes()
+
+
+def _mp4(path: Path, frames: int = 4, size: tuple[int, int] = (96, 64)) -> Path:
+    """A small real mp4 (mp4v) of a moving photo: a non-square frame, so that a
+    rotation would change the hash."""
+    cat = cv2.resize(cv2.cvtColor(skimage.data.chelsea(), cv2.COLOR_RGB2BGR), size)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, size)
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(np.roll(cat, i * 7, axis=1))
+    writer.release()
+    return path
+
+
+def _rotate_tkhd_90(mp4: bytes) -> bytes:
+    """The video with its track header's display matrix set to a 90-degree rotation,
+    as phones write portrait videos (the coded frames are untouched)."""
+    i = mp4.find(b"tkhd")
+    assert i > 0
+    version = mp4[i + 4]
+    # version+flags, creation/modification times, track id, reserved, duration,
+    # reserved(8), layer/alternate group/volume/reserved(8): then the 3x3 matrix.
+    off = i + 4 + 4 + (8 if version == 0 else 16) + 4 + 4 + (4 if version == 0 else 8) + 8 + 8
+    patched = bytearray(mp4)
+    identity = struct.pack(">9i", 65536, 0, 0, 0, 65536, 0, 0, 0, 1 << 30)
+    assert patched[off : off + 36] == identity  # found the matrix
+    patched[off : off + 36] = struct.pack(">9i", 0, 65536, 0, -65536, 0, 0, 0, 0, 1 << 30)
+    return bytes(patched)
+
+
+# ---------------------------------------------------------------- APNG default image
+
+
+def test_apng_default_image_is_hashed_not_the_first_animation_frame():
+    """Before: OpenCV decoded the first *animation* frame (rotated cat), 128 bits off
+    what Pillow, pdqhash and python-threatexchange hash (the default image)."""
+    data = _apng(default_image=True)
+    (pdq,) = hash_media(data, ["pdq"])
+    assert pdq.codes[0].tobytes() == _pillow_pdq_frame0(data)
+    assert np.array_equal(decode_image(data), np.asarray(_chelsea()))
+
+
+def test_plain_apng_still_hashes_its_first_frame():
+    data = _apng(default_image=False)
+    (pdq,) = hash_media(data, ["pdq"])
+    assert pdq.codes[0].tobytes() == _pillow_pdq_frame0(data)
