@@ -11,6 +11,8 @@ Compatible with Meta's vpdq (facebook/ThreatExchange ``vpdq/``) and python-threa
   as vpdq does with ``fillFloatLumaFromRGB`` + ``pdqHash256FromFloatLuma``. vpdq converts
   YUV to RGB with its own libswscale; OpenCV's conversion rounds a few pixels
   differently, so some frame hashes differ by a few bits (tests report the distribution).
+  Like vpdq, the coded frames are hashed: a track's rotation (display matrix, as in
+  portrait phone videos) is not applied.
 * The text format is vpdq's: ``frame_number,quality,pdq_hex,timestamp`` per line.
 * Matching (:func:`vpdq_match`) is python-threatexchange's ``match_VPDQ_hash_brute``:
   drop frames under the quality floor, drop repeated identical hashes, then
@@ -111,6 +113,10 @@ def _open_capture(path: str) -> cv2.VideoCapture:
     if not cap.isOpened():
         cap.release()
         raise UnsupportedMedia("not a video OpenCV/FFmpeg can open", field="media")
+    # vpdq compatibility: Meta's vpdq (and so hash lists made by vpdq or HMA) hashes the
+    # coded frames and never applies the track's display matrix, while OpenCV rotates
+    # by it by default: a portrait phone video's every frame would be ~128 bits off.
+    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)
     return cap
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from hashmatch.engine.decode import decode_image
 from hashmatch.engine.hashing import hash_media
+from hashmatch.engine.video import hash_video
 
 # ---------------------------------------------------------------- helpers
 
@@ -95,3 +96,20 @@ def test_plain_apng_still_hashes_its_first_frame():
     data = _apng(default_image=False)
     (pdq,) = hash_media(data, ["pdq"])
     assert pdq.codes[0].tobytes() == _pillow_pdq_frame0(data)
+
+
+# ---------------------------------------------------------------- rotated video
+
+
+def test_rotated_mp4_hashes_its_coded_frames_like_vpdq(tmp_path: Path):
+    """vpdq (and so HMA hash lists) hashes the coded frames and ignores the display
+    matrix. Before: OpenCV auto-rotated, ~128 bits per frame off."""
+    plain = _mp4(tmp_path / "plain.mp4").read_bytes()
+    rotated = _rotate_tkhd_90(plain)
+    a = hash_video(plain, seconds_per_hash=0)
+    b = hash_video(rotated, seconds_per_hash=0)
+    assert len(a) == len(b) == 4
+    assert np.array_equal(a.codes, b.codes)
+    path = tmp_path / "rotated.mp4"
+    path.write_bytes(rotated)
+    assert np.array_equal(hash_video(path, seconds_per_hash=0).codes, a.codes)
