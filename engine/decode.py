@@ -348,7 +348,7 @@ def iter_frames(
             if n and total > limits.max_pixels:
                 raise MediaTooLarge(
                     f"animation decodes to over {limits.max_pixels} pixels in total "
-                    f"({n} frames of {w}x{h} so far)",
+                    f"({n + 1} frames of {w}x{h} so far)",  # n is 0-based
                     field="media",
                 )
             yield _guarded(data, limits, lambda f=frame: _orient(to_rgb(f), orientation))

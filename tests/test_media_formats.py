@@ -12,10 +12,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pdqhash
+import pytest
 import skimage.data
 from PIL import Image
 
-from hashmatch.engine.decode import decode_image
+from hashmatch.engine.decode import DecodeLimits, decode_frames, decode_image
+from hashmatch.engine.errors import MediaTooLarge
 from hashmatch.engine.hashing import hash_media
 from hashmatch.engine.video import hash_video
 
@@ -113,3 +115,16 @@ def test_rotated_mp4_hashes_its_coded_frames_like_vpdq(tmp_path: Path):
     path = tmp_path / "rotated.mp4"
     path.write_bytes(rotated)
     assert np.array_equal(hash_video(path, seconds_per_hash=0).codes, a.codes)
+
+
+# ---------------------------------------------------------------- pixel-total wording
+
+
+def test_animation_pixel_total_error_counts_the_frames_decoded():
+    """Three 451x300 frames and a budget of 2.5 frames: refused at the third frame,
+    which the message must count (it said 2)."""
+    data = _apng(default_image=False)
+    frame = 451 * 300
+    with pytest.raises(MediaTooLarge) as err:
+        decode_frames(data, limits=DecodeLimits(max_pixels=frame * 5 // 2))
+    assert "(3 frames of 451x300 so far)" in str(err.value)
