@@ -1,10 +1,13 @@
 """A typed Python client for the hashmatch gRPC service.
 
 Why: upload pipelines and the ``hashmatch remote`` verbs should not hand-build
-protobufs or re-implement retries. Unary calls are retried on UNAVAILABLE (server
-starting, index loading, restarting) with exponential backoff; every other status
-is raised at once as :class:`grpc.RpcError` (use
-:func:`hashmatch.server.errors.bad_request_fields` to read the field details).
+protobufs or re-implement retries. Unary calls (and ingest, and the start of
+``changes``) are retried on UNAVAILABLE (server starting, index loading, restarting,
+draining) with exponential backoff (``backoff`` doubling, at most 2 s, jittered): until
+the call's deadline when it has one (the client's ``timeout`` by default), else up to
+``retries`` times; ``retries=0`` never retries. Every other status is raised at once as
+:class:`grpc.RpcError` (use :func:`hashmatch.server.errors.bad_request_fields` to read
+the field details). Streams (``match_stream``, ``rebuild``) are not retried.
 
     with HashmatchClient("127.0.0.1:50051", token=os.environ["HASHMATCH_TOKEN"]) as c:
         reply = c.match([("pdq", "f8f8...")], threshold=31)
@@ -12,6 +15,8 @@ is raised at once as :class:`grpc.RpcError` (use
 
 from __future__ import annotations
 
+import itertools
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -32,6 +37,8 @@ from hashmatch.v1 import (
 
 HashInput = common_pb2.HashValue | tuple[str, str | bytes]
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+MAX_BACKOFF = 2.0  # seconds between retries at most
+MIN_ATTEMPT_SECONDS = 0.05  # a retry is only worth making with this much time left
 
 
 def _read(value: str | Path | bytes | None) -> bytes | None:
@@ -160,21 +167,42 @@ class HashmatchClient:
     # -- plumbing ---------------------------------------------------------------------
 
     def _unary(self, method: Callable, request: Any, timeout: float | None) -> Any:
+        """``method(request)``, retried on UNAVAILABLE (see :meth:`_retry_pause`)."""
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = self.backoff
-        for attempt in range(self.retries + 1):
+        for attempt in itertools.count():
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
                 return method(request, timeout=left, metadata=self.metadata)
             except grpc.RpcError as exc:
-                if exc.code() not in RETRYABLE or attempt == self.retries:
+                pause = self._retry_pause(exc, attempt, deadline, delay)
+                if pause is None:
                     raise
-                if deadline is not None and time.monotonic() + delay >= deadline:
-                    raise
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                time.sleep(pause)
+                delay = min(delay * 2, MAX_BACKOFF)
         raise AssertionError("unreachable")
+
+    def _retry_pause(
+        self, exc: grpc.RpcError, attempt: int, deadline: float | None, delay: float
+    ) -> float | None:
+        """Seconds to wait before retrying ``exc``, or None to raise it.
+
+        Why: a server restart or an index load (millions of signals) is UNAVAILABLE for
+        seconds, longer than a fixed few retries last; a call with a deadline rides it
+        out until the deadline (the caller said how long it can wait), one without keeps
+        to ``retries`` attempts so it cannot hang. ``retries=0`` never retries. The
+        pause is jittered so clients restarted together do not retry in lockstep.
+        """
+        if exc.code() not in RETRYABLE or self.retries <= 0:
+            return None
+        pause = delay * (1 + random.uniform(0, 0.1))
+        if deadline is None:
+            return pause if attempt < self.retries else None
+        # leave the last attempt time to get an answer: else it ends DEADLINE_EXCEEDED
+        # and hides that the server was unavailable throughout
+        pause = min(pause, deadline - time.monotonic() - MIN_ATTEMPT_SECONDS)
+        return pause if pause > 0 else None
 
     def close(self) -> None:
         self.channel.close()

@@ -4,12 +4,15 @@ large retractions, PEM text for TLS."""
 
 from __future__ import annotations
 
+import socket
 import threading
+import time
 
 import grpc
 import numpy as np
+import pytest
 
-from hashmatch.server.client import signal
+from hashmatch.server.client import HashmatchClient, signal
 from hashmatch.server.testing import running_server
 
 
@@ -63,3 +66,51 @@ def test_calls_without_a_deadline_succeed_while_lookups_overlap(tmp_path):
             t.join()
         assert errors == []
         assert wrong[0] == 0
+
+
+def _held_engine(gate: threading.Event):
+    """An engine factory that waits (a slow index load) and then opens the real engine."""
+    from hashmatch.server.app import open_engine
+
+    def factory(config):
+        gate.wait(30)
+        return open_engine(config)
+
+    return factory
+
+
+def test_a_call_with_a_deadline_rides_out_a_slow_index_load(tmp_path):
+    """The index loads for longer than a few retries last (before: ~1.5 s, whatever
+    the deadline): a call with a 10 s deadline keeps retrying UNAVAILABLE until served."""
+    gate = threading.Event()
+    with running_server(tmp_path, engine_factory=_held_engine(gate), wait=False) as ts:
+        client = ts.client(timeout=10)  # default retries and backoff
+        assert client.health() == "NOT_SERVING"
+        opener = threading.Timer(2.0, gate.set)
+        opener.start()
+        started = time.monotonic()
+        try:
+            reply = client.match([("pdq", _hexes(1, seed=2)[0])])
+        finally:
+            opener.cancel()
+            gate.set()
+        assert len(reply.results) == 1
+        assert time.monotonic() - started >= 1.8  # it waited for the load, not errored
+
+
+def test_a_closed_port_is_retried_until_the_deadline_then_unavailable(tmp_path):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens once closed
+    hashes = [("pdq", _hexes(1, seed=3)[0])]
+    with HashmatchClient(f"127.0.0.1:{port}", timeout=1.0, backoff=0.02) as client:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            client.match(hashes)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE  # not DEADLINE_EXCEEDED
+        # 4 retries of 0.02 doubling are over in ~0.3 s: it went on until the deadline
+        assert time.monotonic() - started >= 0.8
+    with HashmatchClient(f"127.0.0.1:{port}", timeout=None, retries=2) as no_deadline:
+        with pytest.raises(grpc.RpcError) as err:  # a count, so it cannot hang
+            no_deadline.match(hashes)
+        assert err.value.code() is grpc.StatusCode.UNAVAILABLE
