@@ -35,7 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.errors import CorruptData, InvalidHash, InvalidInput, NotFound
+from hashmatch.engine.errors import (
+    CorruptData,
+    HashmatchError,
+    InvalidHash,
+    InvalidInput,
+    NotFound,
+)
 from hashmatch.engine.hashing import DEFAULT_OPTIONS, HashOptions, hash_media
 from hashmatch.engine.matcher import (
     DEFAULT_LOW_QUALITY_QUERIES,
@@ -85,11 +91,17 @@ __all__ = [
     "Match",
     "MatchList",
     "MediaMatch",
+    "RebuildStopped",
     "Rejection",
     "SignalRecord",
 ]
 
 Progress = Callable[[str, int, int], None]
+
+
+class RebuildStopped(HashmatchError):
+    """:meth:`Engine.rebuild_index` gave up because its ``stop`` said so; the old
+    indexes stay live and nothing was swapped."""
 
 
 #: Index shards per signal type. One: a single lookup then runs inline on one
@@ -531,14 +543,25 @@ class Engine:
             conn.execute("COMMIT")
         return indexes, counter
 
-    def rebuild_index(self, progress: Progress | None = None, *, actor: str = "local") -> dict:
+    def rebuild_index(
+        self,
+        progress: Progress | None = None,
+        *,
+        actor: str = "local",
+        stop: Callable[[], bool] | None = None,
+    ) -> dict:
         """Rebuild every index from the store aside, then swap atomically.
 
         Lookups keep using the old indexes while this runs; changes committed
-        meanwhile are replayed onto the new ones before the swap.
+        meanwhile are replayed onto the new ones before the swap. ``stop`` is asked
+        after each chunk read and before the swap: once it says True the rebuild
+        raises :class:`RebuildStopped` and the old indexes stay (a server shutting
+        down must not close the store under a rebuild still reading it).
         """
         started = time.perf_counter()
-        indexes, counter = self._build_from_store(progress)
+        indexes, counter = self._build_from_store(_stoppable(progress, stop))
+        if stop is not None and stop():
+            raise RebuildStopped("stopped before the swap; the old index stays")
         with self._sync_lock:
             old, old_applied = self._indexes, self._applied
             self._applied = counter
@@ -791,6 +814,24 @@ class Engine:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _stoppable(progress: Progress | None, stop: Callable[[], bool] | None) -> Progress | None:
+    """``progress`` that first raises RebuildStopped once ``stop()`` is True.
+
+    Raised between chunks, so the read ends there; the type's index still merges the
+    rows read so far on the way out (its bulk load merges on exit), then is dropped.
+    """
+    if stop is None:
+        return progress
+
+    def checked(stage: str, done: int, total: int) -> None:
+        if stop():
+            raise RebuildStopped(f"stopped at {stage} {done}/{total}; the old index stays")
+        if progress is not None:
+            progress(stage, done, total)
+
+    return checked
 
 
 def _frozen(index: object) -> object:

@@ -4,7 +4,8 @@ Start-up order: bind and start serving health (NOT_SERVING) at once, open the
 engine (store + indexes) in the background, then flip health to SERVING. Calls
 that need the index get UNAVAILABLE until then (clients retry those).
 Shutdown order: health NOT_SERVING, refuse new calls, let in-flight calls finish
-(up to ``drain_seconds``), then close the engine.
+(up to ``drain_seconds``), wait for background work (a rebuild gives up at its next
+step), then close the engine.
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ class ServiceHost:
         self.load_error: BaseException | None = None
         self.stopping = False
         self._engine_factory = engine_factory
+        self._background: set[threading.Thread] = set()  # work stop() waits for
+        self._background_lock = threading.Lock()
 
     def load(self) -> None:
         started = time.perf_counter()
@@ -198,6 +201,31 @@ class ServiceHost:
                 hash_media(buf.getvalue(), [st.name])
             except Exception as exc:  # e.g. a type whose hasher is not there yet
                 log.info("warm-up hashing for %s skipped: %s", st.name, exc)
+
+    def run_background(self, name: str, target: Callable[[], None]) -> None:
+        """Run ``target`` on its own thread, which :meth:`HashmatchServer.stop` waits for
+        before closing the engine (work that outlives its call, e.g. a rebuild: closing
+        the store under it would fail it with "closed database" errors).
+
+        ``target`` should watch :attr:`stopping` and give up promptly. Refused with
+        NotServing once the server is stopping (the wait may already have started).
+        """
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        with self._background_lock:
+            if self.stopping:
+                raise NotServing("the server is shutting down")
+            self._background = {t for t in self._background if t.is_alive()}
+            self._background.add(thread)
+            thread.start()
+
+    def wait_background(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for background work; True when none is left."""
+        deadline = time.monotonic() + timeout
+        with self._background_lock:
+            threads = list(self._background)
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads)
 
     def check_serving(self, method: str) -> None:
         if self.stopping:
@@ -421,7 +449,14 @@ class HashmatchServer:
         self.host.media.shutdown()
         if self.host.batcher is not None:
             self.host.batcher.close()
-        if self.host.engine is not None and hasattr(self.host.engine, "close"):
+        # a rebuild outlives its call; it saw `stopping` and gives up at its next step
+        if not self.host.wait_background(STOP_SLACK_SECONDS):
+            log.warning(
+                "a rebuild did not stop within %.1f s; the engine is left open for it "
+                "(process exit ends it)",
+                STOP_SLACK_SECONDS,
+            )
+        elif self.host.engine is not None and hasattr(self.host.engine, "close"):
             self.host.engine.close()
         self.host.metrics.stop()
         self._server = None

@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from hashmatch.engine.errors import Conflict, HashmatchError
-from hashmatch.engine.runtime import Progress
+from hashmatch.engine.runtime import Progress, RebuildStopped
 from hashmatch.server import changes, errors, ingest, matching
 from hashmatch.server.calls import Call, rpc
+from hashmatch.server.errors import NotServing
 from hashmatch.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -132,14 +133,21 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         def work() -> None:
             try:
                 events.put(("done", self._rebuild(progress, call.principal.tenant)))
+            except RebuildStopped as exc:
+                events.put(("error", NotServing(f"the server is shutting down: {exc}")))
             except BaseException as exc:  # handed to the RPC thread to map
                 events.put(("error", exc))
             finally:
                 self._rebuilding.release()
 
         # The rebuild runs to completion even if the caller goes away: a half-built
-        # index is never swapped in, and the store stays the source of truth.
-        threading.Thread(target=work, name="rebuild", daemon=True).start()
+        # index is never swapped in, and the store stays the source of truth. Only a
+        # server stop ends it early (stop() waits for it before closing the store).
+        try:
+            self.host.run_background("rebuild", work)
+        except BaseException:
+            self._rebuilding.release()
+            raise
         started = time.perf_counter()
         while True:
             event = events.get()
@@ -160,12 +168,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     def _rebuild(self, progress: Progress, actor: str) -> dict:
         """Rebuild, then snapshot the new indexes (as ``hashmatch index rebuild`` does),
         so the next start loads them instead of replaying onto the old snapshot or
-        reading the whole store. The summary names the snapshot."""
+        reading the whole store. The summary names the snapshot (None when the server
+        began stopping after the swap: the snapshot is skipped, not waited for)."""
         engine = self.host.engine
-        summary = engine.rebuild_index(progress=progress, actor=actor)
-        progress("snapshot", 0, 1)
-        summary["snapshot"] = str(engine.snapshot(actor=actor))
-        progress("snapshot", 1, 1)
+        summary = engine.rebuild_index(
+            progress=progress, actor=actor, stop=lambda: self.host.stopping
+        )
+        summary["snapshot"] = None
+        if not self.host.stopping:
+            progress("snapshot", 0, 1)
+            summary["snapshot"] = str(engine.snapshot(actor=actor))
+            progress("snapshot", 1, 1)
         return summary
 
     @rpc("admin")

@@ -5,15 +5,18 @@ engines, real snapshot files and a real server over a socket."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
+import time
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
 from hashmatch.engine.runtime import Engine
-from hashmatch.engine.store import SignalRecord
+from hashmatch.engine.store import SignalRecord, SignalStore
 from hashmatch.indexes.sharded import ShardedIndex
 from hashmatch.server.testing import running_server
 
@@ -152,3 +155,74 @@ def test_remote_rebuild_writes_a_snapshot_the_next_start_loads(tmp_path):
         assert e.load_info["snapshot"] == written.name
         assert e.load_info["replayed_changes"] == 0
         assert matched(e, first[:10]) == [{r.tobytes().hex()} for r in first[:10]]
+
+
+# ---------------------------------------------------------------- stop during a rebuild
+
+
+def test_stop_during_a_rebuild_waits_for_it_and_logs_no_error(tmp_path, monkeypatch, caplog):
+    """The store is not closed under a running rebuild: stop() waits while the rebuild
+    is held between two reads, the rebuild then gives up (UNAVAILABLE, not INTERNAL),
+    and the data dir starts fine afterwards."""
+    data, stored = tmp_path / "d", codes(200, 4)
+    with Engine.open(data, eager=False) as e:
+        e.ingest(records(stored), list_name="l")
+    reading, release = threading.Event(), threading.Event()
+    iter_live = SignalStore.iter_live
+
+    def held_iter_live(self: SignalStore, signal_type: str, **options):
+        rows = iter_live(self, signal_type, **options)
+        yield next(rows)
+        if threading.current_thread().name == "rebuild":  # not the start-up build
+            reading.set()
+            assert release.wait(30), "the test never released the rebuild"
+        yield from rows  # reads the store again: it must still be open
+
+    monkeypatch.setattr(SignalStore, "iter_live", held_iter_live)
+    caplog.set_level(logging.INFO)
+    outcome: dict = {}
+    with running_server(data, drain_seconds=0.2) as served:
+        client = served.client()
+
+        def rebuild() -> None:
+            try:
+                outcome["progress"] = list(client.rebuild(timeout=30))
+            except grpc.RpcError as exc:
+                outcome["code"] = exc.code()
+
+        caller = threading.Thread(target=rebuild)
+        caller.start()
+        assert reading.wait(10)
+        stopper = threading.Thread(target=served.server.stop, kwargs={"grace": 0.2})
+        stopper.start()
+        try:
+            stopper.join(1.5)  # the drain is over by now; the rebuild is still held
+            assert stopper.is_alive(), "stop() closed the engine under a running rebuild"
+        finally:
+            release.set()
+        stopper.join(10)
+        caller.join(10)
+        assert not stopper.is_alive() and not caller.is_alive()
+    # the call's handler outlives the stopped server: its access-log line says it ended
+    line = _access_line(caplog, "RebuildIndex")
+    assert line["status"] == "UNAVAILABLE" and "shutting down" in line["error"], line
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
+    assert outcome.get("code") in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+    monkeypatch.undo()
+    with running_server(data) as served:  # the next start loads fine
+        found = served.client().match([("pdq", r.tobytes()) for r in stored[:5]])
+        assert [len(r.matches) for r in found.results] == [1] * 5
+
+
+def _access_line(caplog: pytest.LogCaptureFixture, method: str, wait: float = 10.0) -> dict:
+    """The access-log record of ``method`` once its call has finished (polled: the
+    handler thread finishes on its own time)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        for r in caplog.records:
+            if r.name == "hashmatch.access" and f'"method": "{method}"' in r.getMessage():
+                time.sleep(0.2)  # anything the handler logs right after its access line
+                return json.loads(r.getMessage())
+        time.sleep(0.05)
+    raise AssertionError(f"no access-log line for {method} within {wait} s")
