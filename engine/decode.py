@@ -125,6 +125,31 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
+# ISO BMFF major brands of *still-image* files (HEIF/HEIC, AVIF): an ``ftyp`` with one of
+# these is a photo in a format we do not decode, not a video.
+_IMAGE_BRANDS = frozenset(
+    [b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif",
+     b"avis", b"avci", b"avcs"]
+)  # fmt: skip
+
+
+def sniff_video(data: bytes) -> str | None:
+    """The video container the first bytes announce (``"MP4/MOV"``, ``"AVI"``,
+    ``"Matroska/WebM"``), or None. Only used to word errors: a video sent as a photo
+    type, or a video container FFmpeg cannot open."""
+    head = bytes(data[:16])
+    box = head[4:8]
+    if box == b"ftyp" and head[8:12] not in _IMAGE_BRANDS:
+        return "MP4/MOV"
+    if box in (b"moov", b"mdat", b"wide"):  # QuickTime files without an ftyp box
+        return "MP4/MOV"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    if head[:4] == b"\x1a\x45\xdf\xa3":  # EBML
+        return "Matroska/WebM"
+    return None
+
+
 def read_source(source: Source, limits: DecodeLimits = DEFAULT_LIMITS) -> bytes:
     """Bytes of a path or a buffer, refusing more than ``limits.max_bytes``.
 
@@ -420,6 +445,11 @@ def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
         if fmt is not None:
             raise CorruptMedia(
                 f"{fmt} header is corrupt or truncated ({len(data)} bytes)", field="media"
+            ) from exc
+        video = sniff_video(data)
+        if video is not None:
+            raise UnsupportedMedia(
+                f"not an image: looks like a video ({video}); hash it as vpdq", field="media"
             ) from exc
         raise UnsupportedMedia(
             f"not an image in a supported format (first bytes {data[:8].hex()})",

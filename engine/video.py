@@ -33,8 +33,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hashmatch.engine.decode import DEFAULT_LIMITS, DecodeLimits, read_source
-from hashmatch.engine.errors import CorruptMedia, InvalidInput, MediaTooLarge, UnsupportedMedia
+from hashmatch.engine.decode import DEFAULT_LIMITS, DecodeLimits, read_source, sniff_video
+from hashmatch.engine.errors import (
+    CorruptMedia,
+    InvalidInput,
+    MediaError,
+    MediaTooLarge,
+    UnsupportedMedia,
+)
 from hashmatch.engine.pdq import pdq_hash
 
 VPDQ_DISTANCE_THRESHOLD = 31  # python-threatexchange VPDQ_DISTANCE_THRESHOLD (inclusive)
@@ -112,12 +118,33 @@ def _open_capture(path: str) -> cv2.VideoCapture:
     cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
-        raise UnsupportedMedia("not a video OpenCV/FFmpeg can open", field="media")
+        raise _unopenable(path)
     # vpdq compatibility: Meta's vpdq (and so hash lists made by vpdq or HMA) hashes the
     # coded frames and never applies the track's display matrix, while OpenCV rotates
     # by it by default: a portrait phone video's every frame would be ~128 bits off.
     cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)
     return cap
+
+
+_A_CONTAINER = {"MP4/MOV": "an MP4/MOV", "AVI": "an AVI", "Matroska/WebM": "a Matroska/WebM"}
+
+
+def _unopenable(path: str) -> MediaError:
+    """Why FFmpeg could not open ``path``, as well as its first bytes tell: a file that
+    starts like a video container is a damaged video (truncated uploads lose the MP4
+    ``moov`` index at the end), anything else is not a video."""
+    try:
+        with open(path, "rb") as fh:
+            container = sniff_video(fh.read(16))
+    except OSError:
+        container = None
+    if container is not None:
+        return CorruptMedia(
+            f"{_A_CONTAINER.get(container, container)} container FFmpeg cannot open "
+            "(truncated or damaged?)",
+            field="media",
+        )
+    return UnsupportedMedia("not a video OpenCV/FFmpeg can open", field="media")
 
 
 def _fps(cap: cv2.VideoCapture, limits: DecodeLimits) -> float:

@@ -17,7 +17,7 @@ import skimage.data
 from PIL import Image
 
 from hashmatch.engine.decode import DecodeLimits, decode_frames, decode_image
-from hashmatch.engine.errors import MediaTooLarge
+from hashmatch.engine.errors import CorruptMedia, MediaTooLarge, UnsupportedMedia
 from hashmatch.engine.hashing import hash_media
 from hashmatch.engine.video import hash_video
 
@@ -128,3 +128,71 @@ def test_animation_pixel_total_error_counts_the_frames_decoded():
     with pytest.raises(MediaTooLarge) as err:
         decode_frames(data, limits=DecodeLimits(max_pixels=frame * 5 // 2))
     assert "(3 frames of 451x300 so far)" in str(err.value)
+
+
+# ---------------------------------------------------------------- videos vs photos
+
+
+def _avi(path: Path) -> bytes:
+    cat = cv2.resize(cv2.cvtColor(skimage.data.chelsea(), cv2.COLOR_RGB2BGR), (64, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48))
+    assert writer.isOpened()
+    writer.write(cat)
+    writer.release()
+    return path.read_bytes()
+
+
+def test_video_sent_as_photo_says_it_looks_like_a_video(tmp_path: Path):
+    mp4 = _mp4(tmp_path / "clip.mp4").read_bytes()
+    with pytest.raises(UnsupportedMedia, match=r"looks like a video \(MP4/MOV\).*vpdq"):
+        hash_media(mp4, ["pdq"])
+    with pytest.raises(UnsupportedMedia, match=r"looks like a video \(AVI\).*vpdq"):
+        decode_image(_avi(tmp_path / "clip.avi"))
+    mkv_head = bytes.fromhex("1a45dfa3") + b"\x9f\x42\x86\x81\x01" + b"\0" * 40
+    with pytest.raises(UnsupportedMedia, match=r"looks like a video \(Matroska/WebM\)"):
+        decode_image(mkv_head)
+    # Not a video: the message is unchanged.
+    with pytest.raises(UnsupportedMedia, match=r"not an image in a supported format \(first"):
+        decode_image(b"hello world\n" * 4)
+
+
+def test_heic_is_not_called_a_video():
+    """HEIC/AVIF photos are ISO BMFF too (``ftypheic``): not a video."""
+    heic = struct.pack(">I", 24) + b"ftypheic" + b"\0\0\0\0" + b"mif1heic" + b"\0" * 200
+    with pytest.raises(UnsupportedMedia) as err:
+        decode_image(heic)
+    assert "video" not in str(err.value)
+
+
+@pytest.mark.parametrize("how", ["truncated", "no frames"])
+def test_broken_mp4_is_corrupt_media_not_unsupported(tmp_path: Path, how: str):
+    """An MP4 FFmpeg cannot open (moov atom missing) is a damaged video, not an
+    unknown format."""
+    if how == "truncated":
+        data = _mp4(tmp_path / "clip.mp4").read_bytes()
+        data = data[: len(data) // 3]
+    else:
+        data = _mp4(tmp_path / "clip.mp4", frames=0).read_bytes()
+    with pytest.raises(CorruptMedia, match=r"MP4/MOV container FFmpeg cannot open"):
+        hash_video(data, seconds_per_hash=0)
+    path = tmp_path / "broken.mp4"
+    path.write_bytes(data)
+    with pytest.raises(CorruptMedia, match=r"MP4/MOV container"):
+        hash_video(path, seconds_per_hash=0)
+
+
+def test_broken_avi_and_matroska_are_corrupt_media(tmp_path: Path):
+    avi_head = _avi(tmp_path / "clip.avi")[:3000]  # headers only, no frames
+    with pytest.raises(CorruptMedia, match=r"an AVI container FFmpeg cannot open"):
+        hash_video(avi_head)
+    mkv_head = bytes.fromhex("1a45dfa3") + b"\x9f\x42\x86\x81\x01" + b"\0" * 40
+    with pytest.raises(CorruptMedia, match=r"a Matroska/WebM container FFmpeg cannot open"):
+        hash_video(mkv_head)
+
+
+def test_non_video_bytes_stay_unsupported():
+    with pytest.raises(UnsupportedMedia, match="not a video OpenCV/FFmpeg can open"):
+        hash_video(b"this is not a video at all" * 100)
+    heic = struct.pack(">I", 24) + b"ftypheic" + b"\0\0\0\0" + b"mif1heic" + b"\0" * 200
+    with pytest.raises(UnsupportedMedia, match="not a video OpenCV/FFmpeg can open"):
+        hash_video(heic)  # a photo format (ISO BMFF too), not a damaged video
