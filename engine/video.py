@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,8 +115,45 @@ def frame_step(fps: float, seconds_per_hash: float) -> int:
     return max(int(seconds_per_hash * fps), 1)
 
 
+class _QuietOpenCVWarnings:
+    """Raise OpenCV's log level from WARNING to ERROR while a capture opens.
+
+    Why: a file FFmpeg cannot open makes OpenCV print ``[ WARN:...] cap.cpp ... can't
+    be used to capture by name`` to stderr (in the CLI's output, once per file), which
+    says nothing our CorruptMedia/UnsupportedMedia does not. Errors still print; a level
+    an operator chose (``OPENCV_LOG_LEVEL``, anything but WARNING) is left alone. The
+    level is process-wide, so concurrent opens share one raise (a count under a lock)
+    and the last one out restores it. FFmpeg's own lines (``moov atom not found``)
+    are not OpenCV's: only ``OPENCV_FFMPEG_LOGLEVEL``, read once at start, sets them.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._restore: int | None = None
+
+    def __enter__(self) -> None:
+        logging = cv2.utils.logging
+        with self._lock:
+            if self._depth == 0:
+                self._restore = None
+                if logging.getLogLevel() == logging.LOG_LEVEL_WARNING:
+                    self._restore = logging.setLogLevel(logging.LOG_LEVEL_ERROR)
+            self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth == 0 and self._restore is not None:
+                cv2.utils.logging.setLogLevel(self._restore)
+
+
+_quiet_opencv_warnings = _QuietOpenCVWarnings()
+
+
 def _open_capture(path: str) -> cv2.VideoCapture:
-    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    with _quiet_opencv_warnings:
+        cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
     if not cap.isOpened():
         cap.release()
         raise _unopenable(path)

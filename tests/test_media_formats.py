@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -196,3 +197,37 @@ def test_non_video_bytes_stay_unsupported():
     heic = struct.pack(">I", 24) + b"ftypheic" + b"\0\0\0\0" + b"mif1heic" + b"\0" * 200
     with pytest.raises(UnsupportedMedia, match="not a video OpenCV/FFmpeg can open"):
         hash_video(heic)  # a photo format (ISO BMFF too), not a damaged video
+
+
+# ---------------------------------------------------------------- OpenCV's warnings
+
+
+def test_unopenable_video_adds_no_opencv_warning_to_stderr(capfd, tmp_path: Path):
+    """The CLI's stderr: OpenCV's ``[ WARN...] cap.cpp ... can't be used to capture by
+    name`` repeated what the typed error says, once per file. Errors still print, and
+    the log level is restored after the open."""
+    level = cv2.utils.logging.getLogLevel()
+    data = _mp4(tmp_path / "clip.mp4").read_bytes()
+    capfd.readouterr()
+    with pytest.raises(CorruptMedia):
+        hash_video(data[: len(data) // 3])
+    assert "WARN" not in capfd.readouterr().err
+    assert cv2.utils.logging.getLogLevel() == level
+
+
+def test_concurrent_unopenable_videos_restore_the_log_level(tmp_path: Path):
+    """The level is process-wide: overlapping opens in server threads must not leave
+    it at ERROR (the last one out restores it)."""
+    level = cv2.utils.logging.getLogLevel()
+    data = _mp4(tmp_path / "clip.mp4").read_bytes()[:2000]
+
+    def broken(_: int) -> str:
+        try:
+            hash_video(data)
+        except CorruptMedia as exc:
+            return type(exc).__name__
+        return "hashed"
+
+    with ThreadPoolExecutor(4) as pool:
+        assert set(pool.map(broken, range(16))) == {"CorruptMedia"}
+    assert cv2.utils.logging.getLogLevel() == level
