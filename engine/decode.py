@@ -432,6 +432,24 @@ def _orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
     return rgb if op is None else np.ascontiguousarray(op(rgb))
 
 
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1-8) of an image's bytes; 1 when absent or unreadable
+    (only the header is parsed)."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # the decode itself reports a bad file; here "no tag" is the answer
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def as_stored(upright: np.ndarray, orientation: int) -> np.ndarray:
+    """Undo :func:`_orient`: the pixels as the file stores them, from the upright image
+    (flips, 180 degrees and the two transposes are their own inverses; 6 and 8 undo
+    each other)."""
+    return _orient(upright, {6: 8, 8: 6}.get(orientation, orientation))
+
+
 def _open(data: bytes, limits: DecodeLimits) -> Image.Image:
     """Parse the header only, then enforce the pixel limit before anything decodes."""
     fmt = sniff_format(data)

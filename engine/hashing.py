@@ -20,7 +20,9 @@ from hashmatch.engine import signal_types
 from hashmatch.engine.decode import (
     DEFAULT_LIMITS,
     DecodeLimits,
+    as_stored,
     decode_image,
+    exif_orientation,
     iter_frames,
     read_source,
 )
@@ -74,6 +76,13 @@ class HashOptions:
     # original was larger than 256 px; with it, resize 0.5 at PDQ <= 31: 97.6% -> 100%
     # (docs/quality/quality.md); < 1 ms, 1 more row, small images only.
     upscale_small_replicate: bool = False
+    # pdq: *adds* 1 row after those when the image has an EXIF orientation other than 1:
+    # the PDQ of the pixels as the file stores them, unrotated. Why: hashmatch hashes the
+    # upright image (as pdqhash on cv2.imread does), but python-threatexchange/HMA's
+    # pdq_from_file and the C++ CLI ignore the tag, so their hash of the same phone photo
+    # is ~128 bits from ours; with this row a list made by either matches. Only oriented
+    # images pay (one more PDQ, ~2 ms at 12 MP); the server's matching turns it on.
+    exif_as_stored: bool = False
     reference_resize: bool = False  # pdq: resize >512 px to 512x512 first, like the C++ CLI
     # pdq: hash every frame of an animated GIF/WebP/PNG, not only the first (the frame
     # an abuser hides content in need not be the first). Rows go frame by frame, each
@@ -109,7 +118,8 @@ class HashResult:
     (the trimmed image's rows follow the as-given ones: rows 8..15, or row 1 without
     dihedral; then, if nested bands were cut, those of the outer-bands-only trim), one
     row per sampled frame for vPDQ. ``uncrop`` appends its 16 rows, then ``derotate``
-    its 4, then ``upscale_small`` its 0-1, then ``upscale_small_replicate`` its 0-1.
+    its 4, then ``upscale_small`` its 0-1, then ``upscale_small_replicate`` its 0-1,
+    then ``exif_as_stored`` its 0-1.
     """
 
     signal_type: str
@@ -165,6 +175,8 @@ def hash_media(
             trims = _trims(rgb, options)
         if name == "pdq":
             results[name] = _pdq(rgb, options, trims)
+            if options.exif_as_stored:
+                _add_as_stored_row(results[name], rgb, data, options)
         elif name in IMAGEHASH_TYPES:
             photo_types = [t.name for t in wanted if t.name in IMAGEHASH_TYPES]
             pixels = trims[0] if trims else rgb  # = trim_borders(rgb)
@@ -187,6 +199,7 @@ def _luma_is_enough(wanted: Sequence, options: HashOptions) -> bool:
         or options.upscale_small_replicate
         or options.reference_resize
         or options.all_frames
+        or options.exif_as_stored
     )
 
 
@@ -225,6 +238,21 @@ def _pdq(rgb: np.ndarray, options: HashOptions, trims: Sequence[np.ndarray]) -> 
         parts.append(rows)
         qualities.extend(quals)
     return HashResult("pdq", np.concatenate(parts), qualities)
+
+
+def _add_as_stored_row(
+    result: HashResult, upright: np.ndarray, data: bytes, options: HashOptions
+) -> None:
+    """Append the PDQ of the stored (unrotated) pixels when the file has an EXIF
+    orientation (see ``HashOptions.exif_as_stored``)."""
+    if options.dihedral and options.dihedral_exact:
+        return  # the 8 exact variants already include the stored orientation
+    orientation = exif_orientation(data)
+    if orientation == 1:
+        return
+    stored = hash_pdq(as_stored(upright, orientation), HashOptions(limits=options.limits))
+    result.codes = np.concatenate([result.codes, stored.codes[:1]])
+    result.qualities.append(stored.qualities[0])
 
 
 def _pdq_frames(data: bytes, options: HashOptions) -> HashResult:

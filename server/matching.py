@@ -114,6 +114,7 @@ def hash_options(
         derotate=derotate,
         upscale_small=upscale_small,
         upscale_small_replicate=upscale_small_replicate,
+        exif_as_stored=for_matching,  # lists made by HMA/pytx hash the unrotated pixels
         limits=limits,
         checkpoint=checkpoint,
     )

@@ -1,0 +1,66 @@
+"""A phone photo with an EXIF orientation tag: hashmatch hashes it upright, but
+python-threatexchange/HMA's ``pdq_from_file`` hashes the stored pixels. The server's
+matching adds the stored orientation's PDQ as one more row, so a list made by either
+tool matches the same file. Generated image; real socket."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pdqhash
+import pytest
+from PIL import Image
+
+from hashmatch.engine.hashing import HashOptions, hash_media
+from hashmatch.server.client import signal
+from hashmatch.server.testing import running_server
+
+
+def _photo(orientation: int) -> bytes:
+    """A 320x240 JPEG with some structure (gradients and a block), EXIF orientation set."""
+    y, x = np.mgrid[0:240, 0:320]
+    rgb = np.stack([x * 255 // 320, y * 255 // 240, (x * y) % 256], axis=2).astype(np.uint8)
+    rgb[40:120, 60:200] = (250, 30, 30)
+    im = Image.fromarray(rgb)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=95, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def _hma_pdq(data: bytes) -> str:
+    """What pdq_from_file computes: Pillow's RGB pixels as stored (no exif_transpose)."""
+    rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    bits, _ = pdqhash.compute(rgb)
+    return np.packbits(bits.astype(np.uint8)).tobytes().hex()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8, 5])
+def test_the_stored_orientation_row_is_the_hma_hash(orientation):
+    data = _photo(orientation)
+    (plain,) = hash_media(data, ["pdq"])
+    (both,) = hash_media(data, ["pdq"], HashOptions(exif_as_stored=True))
+    assert len(plain.codes) == 1 and len(both.codes) == 2
+    assert both.codes[0].tobytes() == plain.codes[0].tobytes()  # row 0 stays upright
+    assert both.codes[1].tobytes().hex() == _hma_pdq(data)
+    assert plain.codes[0].tobytes().hex() != _hma_pdq(data)
+
+
+def test_no_tag_no_extra_row():
+    data = _photo(1)
+    (result,) = hash_media(data, ["pdq"], HashOptions(exif_as_stored=True))
+    assert len(result.codes) == 1
+
+
+def test_server_matches_an_oriented_upload_against_an_hma_made_list(tmp_path):
+    data = _photo(6)
+    with running_server(tmp_path / "data") as server:
+        client = server.client()
+        client.ingest("hma", [signal("pdq", _hma_pdq(data), external_id="from-hma")])
+        result = client.match(media=[data], lists=["hma"]).results[0]
+        assert [m.external_id for m in result.matches] == ["from-hma"]
+        assert result.matches[0].distance == 0 and result.matches[0].variant == 1
+        hashed = client.hash([data]).items[0].hashes[0]  # Hash stays pdqhash-identical
+        assert len(hashed.hex) == 1
