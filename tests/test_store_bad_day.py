@@ -257,3 +257,15 @@ def test_audit_shows_details_and_json(run, tmp_path):
     (entry,) = json.loads(run("audit", "--action", "tenant.grant", "--json").output)
     assert entry["details"] == {"tenant": "acme", "write": True}
     assert entry["list_name"] == "partner"
+
+
+def test_a_bad_byte_deep_in_a_file_says_what_was_stored_before_it(engine, tmp_path):
+    """Before: "not UTF-8 text" alone, while thousands of signals were already stored."""
+    rows = "".join(f"pdq,{i:064x}\n" for i in range(1, 5001)).encode()
+    cut = rows.index(f"pdq,{4500:064x}".encode())
+    path = tmp_path / "latin.csv"
+    path.write_bytes(b"signal_type,signal_value\n" + rows[:cut] + b"pdq,caf\xe9\n" + rows[cut:])
+    with pytest.raises(InvalidInput, match=r"not UTF-8 text.*batch\(es\) were stored: added") as err:
+        engine.ingest(read_records(path), source=str(path), list_name="p", batch_size=100)
+    stored = engine.store.lists()[0].signal_count
+    assert stored > 0 and f"added {stored}," in str(err.value)
