@@ -265,7 +265,8 @@ def test_a_bad_byte_deep_in_a_file_says_what_was_stored_before_it(engine, tmp_pa
     cut = rows.index(f"pdq,{4500:064x}".encode())
     path = tmp_path / "latin.csv"
     path.write_bytes(b"signal_type,signal_value\n" + rows[:cut] + b"pdq,caf\xe9\n" + rows[cut:])
-    with pytest.raises(InvalidInput, match=r"not UTF-8 text.*batch\(es\) were stored: added") as err:
+    stored_before = r"not UTF-8 text.*batch\(es\) were stored: added"
+    with pytest.raises(InvalidInput, match=stored_before) as err:
         engine.ingest(read_records(path), source=str(path), list_name="p", batch_size=100)
     stored = engine.store.lists()[0].signal_count
     assert stored > 0 and f"added {stored}," in str(err.value)
