@@ -166,17 +166,31 @@ class HashmatchClient:
 
     # -- plumbing ---------------------------------------------------------------------
 
-    def _unary(self, method: Callable, request: Any, timeout: float | None) -> Any:
-        """``method(request)``, retried on UNAVAILABLE (see :meth:`_retry_pause`)."""
+    def _unary(
+        self,
+        method: Callable,
+        request: Any,
+        timeout: float | None,
+        *,
+        retry_window: float | None = None,
+    ) -> Any:
+        """``method(request)``, retried on UNAVAILABLE (see :meth:`_retry_pause`).
+
+        ``retry_window``: retry for at most this long after the first failure, even when
+        the deadline is later (an ingest's deadline grows with its size; a dead server
+        should not be retried for hours)."""
         timeout = self.timeout if timeout is None else timeout
         deadline = None if timeout is None else time.monotonic() + timeout
+        retry_until = deadline
         delay = self.backoff
         for attempt in itertools.count():
             left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
             try:
                 return method(request, timeout=left, metadata=self.metadata)
             except grpc.RpcError as exc:
-                pause = self._retry_pause(exc, attempt, deadline, delay)
+                if attempt == 0 and deadline is not None and retry_window is not None:
+                    retry_until = min(deadline, time.monotonic() + retry_window)
+                pause = self._retry_pause(exc, attempt, retry_until, delay)
                 if pause is None:
                     raise
                 time.sleep(pause)
@@ -310,24 +324,33 @@ class HashmatchClient:
         batch_size: int = 1000,
         timeout: float | None = None,
     ) -> signals_pb2.IngestResponse:
-        """Stream ``signals`` into ``list_name`` in batches (ingest is an upsert: safe to retry).
+        """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message.
+
+        Ingest is an upsert, so re-sending from the first signal is always safe (what
+        was stored already counts as ``unchanged``): that is how a call that meets
+        UNAVAILABLE is retried, for up to the client's timeout of unavailability.
 
         ``timeout`` bounds the whole stream; by default it is the client's timeout per
         message (batch), not for all of them: a large file takes longer than 30 s to
-        send while the server stores each message as it arrives. A failed call's
-        ``RpcError`` gets ``signals_sent`` / ``signals_total``: how far the stream got.
+        send while the server stores each message as it arrives.
+
+        A failed call's ``RpcError`` gets ``signals_total`` and ``signals_sent``: the
+        most signals any attempt handed to gRPC, an upper bound on what was stored (the
+        reply acknowledges nothing per message, so a cut-off stream may have stored
+        less: to finish the job, re-send from the first signal).
         """
         items = list(signals)
         batch_size = max(1, batch_size)
         if timeout is None and self.timeout is not None:
             timeout = self.timeout * max(1, -(-len(items) // batch_size))
-        sent = [0]
+        most_sent = [0]  # across attempts: a retry that fails early must not lower it
 
         def batches() -> Iterator[signals_pb2.IngestRequest]:
-            sent[0] = 0  # a retried call starts over
+            sent = 0
             for start in range(0, max(len(items), 1), batch_size):
                 chunk = items[start : start + batch_size]
-                sent[0] += len(chunk)
+                sent += len(chunk)
+                most_sent[0] = max(most_sent[0], sent)
                 yield signals_pb2.IngestRequest(
                     list_name=list_name, signals=chunk, source=source, strict=strict
                 )
@@ -338,9 +361,9 @@ class HashmatchClient:
             return self.signals.Ingest(batches(), timeout=timeout, metadata=metadata)
 
         try:
-            return self._unary(call, None, timeout)
+            return self._unary(call, None, timeout, retry_window=self.timeout)
         except grpc.RpcError as exc:
-            exc.signals_sent, exc.signals_total = sent[0], len(items)  # type: ignore[attr-defined]
+            exc.signals_sent, exc.signals_total = most_sent[0], len(items)  # type: ignore[attr-defined]
             raise
 
     def retract(

@@ -4,6 +4,7 @@ large retractions, PEM text for TLS."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -114,3 +115,90 @@ def test_a_closed_port_is_retried_until_the_deadline_then_unavailable(tmp_path):
         with pytest.raises(grpc.RpcError) as err:  # a count, so it cannot hang
             no_deadline.match(hashes)
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+
+
+class CuttableProxy:
+    """A TCP relay to ``upstream`` that :meth:`cut` drops, refusing new connections
+    after: a server or load balancer going away in the middle of a stream."""
+
+    def __init__(self, upstream: tuple[str, int]):
+        self.upstream = upstream
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.target = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sockets: list[socket.socket] = []
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.closed:
+                down.close()
+                continue
+            up = socket.create_connection(self.upstream)
+            self.sockets += [down, up]
+            for src, dst in ((down, up), (up, down)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        self.closed = True
+        for sock in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+
+def _stored(client: HashmatchClient, list_name: str) -> int:
+    return {x.name: x.signal_count for x in client.list_hash_lists().lists}.get(list_name, 0)
+
+
+def _settled_count(client: HashmatchClient, list_name: str) -> int:
+    """The list's count once the server has stopped storing (a cut stream's last message)."""
+    last = -1
+    while (now := _stored(client, list_name)) != last:
+        last = now
+        time.sleep(0.3)
+    return now
+
+
+def test_an_ingest_cut_mid_stream_reports_an_upper_bound_and_a_resend_is_safe(tmp_path):
+    """The connection drops after some messages were stored; the retries find nothing
+    listening and fail early. ``signals_sent`` stays the most any attempt sent (before:
+    the last attempt's, 0 or 1000, below what was stored)."""
+    signals = [signal("pdq", h) for h in _hexes(40_000, seed=4)]
+    with running_server(tmp_path) as ts:
+        direct = ts.client()
+        proxy = CuttableProxy(("127.0.0.1", ts.server.port))
+        box: dict[str, grpc.RpcError] = {}
+
+        def ingest() -> None:
+            with HashmatchClient(proxy.target, timeout=1.0, backoff=0.05) as through_proxy:
+                try:
+                    through_proxy.ingest("cut", signals, batch_size=1000)
+                except grpc.RpcError as exc:
+                    box["error"] = exc
+
+        pipeline = threading.Thread(target=ingest)
+        pipeline.start()
+        while _stored(direct, "cut") < 3000:
+            time.sleep(0.01)
+        proxy.cut()
+        pipeline.join()
+        error = box["error"]
+        assert error.code() is grpc.StatusCode.UNAVAILABLE
+        stored = _settled_count(direct, "cut")
+        assert 3000 <= stored <= error.signals_sent <= error.signals_total == len(signals)
+        again = direct.ingest("cut", signals)  # from the first signal: nothing doubles
+        assert (again.added, again.unchanged) == (len(signals) - stored, stored)
+        assert _stored(direct, "cut") == len(signals)
