@@ -334,6 +334,11 @@ class HashmatchClient:
         message (batch), not for all of them: a large file takes longer than 30 s to
         send while the server stores each message as it arrives.
 
+        ``strict`` applies per message, not per call: the server refuses a message
+        (``batch_size`` signals) holding a bad item, and the call fails, but the messages
+        before it are stored. For all or nothing, send one message (``batch_size`` at
+        least the number of signals, within the server's ``max_batch``).
+
         A failed call's ``RpcError`` gets ``signals_total`` and ``signals_sent``: the
         most signals any attempt handed to gRPC, an upper bound on what was stored (the
         reply acknowledges nothing per message, so a cut-off stream may have stored

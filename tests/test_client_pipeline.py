@@ -202,3 +202,17 @@ def test_an_ingest_cut_mid_stream_reports_an_upper_bound_and_a_resend_is_safe(tm
         again = direct.ingest("cut", signals)  # from the first signal: nothing doubles
         assert (again.added, again.unchanged) == (len(signals) - stored, stored)
         assert _stored(direct, "cut") == len(signals)
+
+
+def test_strict_ingest_refuses_one_message_not_the_whole_call(tmp_path):
+    """Documented: ``strict`` is per message of ``batch_size``; the messages before the
+    bad one are stored."""
+    hexes = _hexes(3000, seed=5)
+    hexes[2500] = "not-a-hash"
+    with running_server(tmp_path) as ts:
+        client = ts.client()
+        with pytest.raises(grpc.RpcError) as err:
+            client.ingest("strict", [signal("pdq", h) for h in hexes], strict=True)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "signals[2500]" in err.value.details()
+        assert _stored(client, "strict") == 2000
