@@ -324,7 +324,8 @@ class HashmatchClient:
         batch_size: int = 1000,
         timeout: float | None = None,
     ) -> signals_pb2.IngestResponse:
-        """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message.
+        """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message
+        (``signals`` is read whole first: a retry sends it again).
 
         Ingest is an upsert, so re-sending from the first signal is always safe (what
         was stored already counts as ``unchanged``): that is how a call that meets
@@ -344,6 +345,9 @@ class HashmatchClient:
         reply acknowledges nothing per message, so a cut-off stream may have stored
         less: to finish the job, re-send from the first signal).
         """
+        # Buffered, not read lazily from `signals`: a retried call re-sends from the
+        # first signal (nothing says how far a cut-off stream was stored), and the
+        # default deadline scales with the number of messages (and signals_total counts them).
         items = list(signals)
         batch_size = max(1, batch_size)
         if timeout is None and self.timeout is not None:
