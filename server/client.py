@@ -39,6 +39,7 @@ HashInput = common_pb2.HashValue | tuple[str, str | bytes]
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 MAX_BACKOFF = 2.0  # seconds between retries at most
 MIN_ATTEMPT_SECONDS = 0.05  # a retry is only worth making with this much time left
+MAX_NOT_FOUND_LISTED = 1000  # RetractResponse.not_found lists this many (as the server)
 
 
 def _read(value: str | Path | bytes | None) -> bytes | None:
@@ -382,15 +383,35 @@ class HashmatchClient:
         hashes: Iterable[HashInput] = (),
         signal_ids: Iterable[int] = (),
         reason: str = "",
+        batch_size: int = 1000,
         timeout: float | None = None,
     ) -> signals_pb2.RetractResponse:
-        request = signals_pb2.RetractRequest(
-            list_name=list_name,
-            hashes=[hash_value(h) for h in hashes],
-            signal_ids=list(signal_ids),
-            reason=reason,
-        )
-        return self._unary(self.signals.Retract, request, timeout)
+        """Retract by hash and/or signal id, ``batch_size`` targets a request (the server
+        refuses more than its ``max_batch`` in one), ``timeout`` per request.
+
+        The replies are summed into one: ``retracted`` and ``not_found_total`` add up,
+        ``not_found`` keeps the first 1000 as a single reply does. Requests are separate
+        retractions: a failure part way leaves the earlier ones done (retracting is
+        idempotent, so send the whole call again).
+        """
+        targets: list[common_pb2.HashValue | int] = [hash_value(h) for h in hashes]
+        targets += [int(i) for i in signal_ids]
+        batch_size = max(1, batch_size)
+        total = signals_pb2.RetractResponse()
+        for start in range(0, max(len(targets), 1), batch_size):  # none: the server says so
+            chunk = targets[start : start + batch_size]
+            request = signals_pb2.RetractRequest(
+                list_name=list_name,
+                hashes=[t for t in chunk if not isinstance(t, int)],
+                signal_ids=[t for t in chunk if isinstance(t, int)],
+                reason=reason,
+            )
+            reply = self._unary(self.signals.Retract, request, timeout)
+            total.retracted += reply.retracted
+            total.not_found_total += reply.not_found_total
+            room = MAX_NOT_FOUND_LISTED - len(total.not_found)
+            total.not_found.extend(reply.not_found[: max(room, 0)])
+        return total
 
     def list_hash_lists(self, *, timeout: float | None = None) -> signals_pb2.ListHashListsResponse:
         return self._unary(self.signals.ListHashLists, signals_pb2.ListHashListsRequest(), timeout)

@@ -216,3 +216,27 @@ def test_strict_ingest_refuses_one_message_not_the_whole_call(tmp_path):
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "signals[2500]" in err.value.details()
         assert _stored(client, "strict") == 2000
+
+
+def test_retract_splits_more_targets_than_the_servers_max_batch(tmp_path):
+    """Over 10,000 targets (the server's max_batch) in one call: sent as requests of
+    ``batch_size``, replies summed (before: INVALID_ARGUMENT for the whole call)."""
+    hexes = _hexes(10_500, seed=6)
+    unknown = _hexes(20, seed=7)
+    missing_ids = list(range(10**9, 10**9 + 1500))
+    with running_server(tmp_path) as ts:
+        client = ts.client()
+        client.ingest("big", [signal("pdq", h) for h in hexes], batch_size=5000)
+        reply = client.retract(
+            "big",
+            hashes=[("pdq", h) for h in hexes + unknown],
+            signal_ids=missing_ids,
+            reason="partner retraction",
+        )
+        assert reply.retracted == len(hexes)
+        assert reply.not_found_total == len(unknown) + len(missing_ids)
+        assert len(reply.not_found) == 1000  # the first 1000, as one reply lists
+        assert set(reply.not_found[:20]) == {f"pdq:{h}" for h in unknown}
+        assert _stored(client, "big") == 0
+        again = client.retract("big", hashes=[("pdq", h) for h in hexes[:30]], batch_size=7)
+        assert again.retracted == 0 and again.not_found_total == 0  # idempotent
