@@ -43,8 +43,15 @@ MAX_NOT_FOUND_LISTED = 1000  # RetractResponse.not_found lists this many (as the
 
 
 def _read(value: str | Path | bytes | None) -> bytes | None:
+    """PEM bytes from bytes, PEM text, or a file path.
+
+    Why: a certificate read with ``open(...).read()`` (or from a secret store) is a str;
+    taken as a path it failed with the whole certificate as the file name.
+    """
     if value is None or isinstance(value, bytes):
         return value
+    if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
+        return value.encode("ascii")
     return Path(value).read_bytes()
 
 
@@ -119,7 +126,12 @@ def _clean_token(token: str | None) -> str | None:
 
 
 class HashmatchClient:
-    """Connects to one hashmatch server. Thread-safe (one channel, many calls)."""
+    """Connects to one hashmatch server. Thread-safe (one channel, many calls).
+
+    ``root_certificates``, ``client_cert``, ``client_key``: PEM bytes, PEM text (a str
+    starting ``-----BEGIN``) or a file path. ``timeout``: seconds per call (None = no
+    deadline); ``retries``: how often a call without a deadline retries UNAVAILABLE.
+    """
 
     def __init__(
         self,

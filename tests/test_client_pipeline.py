@@ -5,16 +5,18 @@ large retractions, PEM text for TLS."""
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
 from hashmatch.server.client import HashmatchClient, signal
-from hashmatch.server.testing import running_server
+from hashmatch.server.testing import running_server, self_signed_cert
 
 
 def _hexes(n: int, seed: int) -> list[str]:
@@ -240,3 +242,25 @@ def test_retract_splits_more_targets_than_the_servers_max_batch(tmp_path):
         assert _stored(client, "big") == 0
         again = client.retract("big", hashes=[("pdq", h) for h in hexes[:30]], batch_size=7)
         assert again.retracted == 0 and again.not_found_total == 0  # idempotent
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for certs")
+def test_tls_material_given_as_pem_text(tmp_path):
+    """Certificates and key as str PEM text (read from a file or a secret store), not
+    paths: before, the text was taken as a file name (FileNotFoundError)."""
+    server_key, server_cert = self_signed_cert(tmp_path, "server")
+    client_key, client_cert = self_signed_cert(tmp_path, "client")
+    with running_server(
+        tmp_path / "data",
+        tls_cert=server_cert,
+        tls_key=server_key,
+        tls_client_ca=client_cert,
+    ) as ts:
+        client = ts.client(
+            root_certificates=Path(server_cert).read_text(),
+            client_cert=Path(client_cert).read_text(),
+            client_key=Path(client_key).read_text(),
+            retries=0,
+        )
+        assert client.list_hash_lists().lists is not None
+        assert client.health() == "SERVING"
