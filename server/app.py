@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from hashmatch.engine.errors import HashmatchError
 from hashmatch.server.auth import TokenAuth
 from hashmatch.server.batcher import LookupBatcher
-from hashmatch.server.calls import CallSlots
+from hashmatch.server.calls import CallSlots, InFlight
 from hashmatch.server.config import ServerConfig
 from hashmatch.server.decoding import interceptors
 from hashmatch.server.errors import NotServing
@@ -125,6 +125,7 @@ class ServiceHost:
         self.auth = auth
         self.metrics = Metrics()
         self.slots = CallSlots(config.request_streams_limit)
+        self.inflight = InFlight()  # handlers running: stop() waits for them
         self.media = MediaPool(
             config.media_workers, config.media_queue, on_change=self.metrics.media_pending.set
         )
@@ -449,11 +450,19 @@ class HashmatchServer:
         self.host.media.shutdown()
         if self.host.batcher is not None:
             self.host.batcher.close()
-        # a rebuild outlives its call; it saw `stopping` and gives up at its next step
+        # a rebuild outlives its call; it saw `stopping` and gives up at its next step.
+        # Handlers of cancelled calls may still be running too (grpcio does not wait
+        # for them): an Ingest between two messages, a lookup finishing its batch.
         if not self.host.wait_background(STOP_SLACK_SECONDS):
             log.warning(
                 "a rebuild did not stop within %.1f s; the engine is left open for it "
                 "(process exit ends it)",
+                STOP_SLACK_SECONDS,
+            )
+        elif not self.host.inflight.wait_idle(STOP_SLACK_SECONDS):
+            log.warning(
+                "calls were still running %.1f s after the drain; the engine is left open "
+                "for them (process exit ends them)",
                 STOP_SLACK_SECONDS,
             )
         elif self.host.engine is not None and hasattr(self.host.engine, "close"):

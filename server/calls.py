@@ -61,12 +61,39 @@ class CallSlots:
             self._used -= 1
 
 
+class InFlight:
+    """How many handlers are running, so a stop can wait for them before it closes the
+    engine. Why: grpcio's ``stop(grace)`` cancels calls at the grace's end but does not
+    wait for their handler threads; closing SQLite under a handler that is still
+    writing crashed the process (a segfault, seen with an Ingest stream in flight)."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._idle = threading.Condition(threading.Lock())
+
+    def enter(self) -> None:
+        with self._idle:
+            self._count += 1
+
+    def leave(self) -> None:
+        with self._idle:
+            self._count -= 1
+            if self._count == 0:
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for every running handler to return."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._count == 0, timeout)
+
+
 class CallHost(Protocol):
     """What :func:`rpc` needs from the servicer's shared state."""
 
     auth: TokenAuth | None  # None = explicit no-auth mode
     metrics: Metrics
     slots: CallSlots
+    inflight: InFlight
 
     def check_serving(self, method: str) -> None: ...
 
@@ -207,6 +234,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             ) -> Iterator[Message]:
                 started = time.perf_counter()
                 self.host.metrics.inflight.inc()
+                self.host.inflight.enter()
                 call = None
                 failure: BaseException | None = None
                 slot = False
@@ -223,6 +251,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                 finally:
                     if slot:
                         self.host.slots.give_back()
+                    self.host.inflight.leave()
                     finish(self, context, call, started, failure)
                 if failure is not None:
                     errors.abort(context, failure)
@@ -234,6 +263,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
         def unary_wrapper(self: _Servicer, request: Any, context: grpc.ServicerContext) -> Message:
             started = time.perf_counter()
             self.host.metrics.inflight.inc()
+            self.host.inflight.enter()
             call = None
             failure: BaseException | None = None
             slot = False
@@ -250,6 +280,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             finally:
                 if slot:
                     self.host.slots.give_back()
+                self.host.inflight.leave()
                 finish(self, context, call, started, failure)
             errors.abort(context, failure)
 
