@@ -86,10 +86,19 @@ def signal(
     *,
     labels: Sequence[str] = (),
     external_id: str = "",
+    quality: int | None = None,
+    expires_at: float | None = None,
 ) -> signals_pb2.Signal:
-    return signals_pb2.Signal(
+    """One signal to ingest. Each states the whole signal: a re-send without the
+    ``quality`` or ``expires_at`` (epoch seconds) a partner gave clears them in the store."""
+    pb = signals_pb2.Signal(
         hash=hash_value((signal_type, value)), labels=list(labels), external_id=external_id
     )
+    if quality is not None:
+        pb.hash.quality = quality
+    if expires_at is not None:
+        pb.expires_at = expires_at
+    return pb
 
 
 def video_signal(
@@ -99,9 +108,10 @@ def video_signal(
     timestamps: Sequence[float] = (),
     labels: Sequence[str] = (),
     external_id: str = "",
+    expires_at: float | None = None,
 ) -> signals_pb2.Signal:
     """A vPDQ signal: one video given as its frames' PDQ hex."""
-    return signals_pb2.Signal(
+    pb = signals_pb2.Signal(
         hash=common_pb2.HashValue(signal_type="vpdq"),
         frames=list(frames),
         frame_qualities=list(qualities),
@@ -109,6 +119,9 @@ def video_signal(
         labels=list(labels),
         external_id=external_id,
     )
+    if expires_at is not None:
+        pb.expires_at = expires_at
+    return pb
 
 
 def _clean_token(token: str | None) -> str | None:

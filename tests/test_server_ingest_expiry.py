@@ -65,6 +65,19 @@ def test_a_bad_expiry_rejects_only_its_item_naming_the_field(served, value):
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
+def test_the_client_helpers_carry_quality_and_expiry(served):
+    from hashmatch.server.client import signal, video_signal
+
+    pb = signal("pdq", H[3], quality=70, expires_at=FUTURE)
+    assert pb.hash.quality == 70 and pb.expires_at == FUTURE
+    assert not signal("pdq", H[3]).HasField("expires_at")
+    assert video_signal([H[0]], expires_at=PAST).expires_at == PAST
+    client = served.client()
+    client.ingest("helpers", [signal("pdq", H[3], quality=70, expires_at=PAST)])
+    (stored,) = served.engine.store.signals(list_name="helpers")
+    assert (stored.quality, stored.expires_at) == (70, pytest.approx(PAST))
+
+
 def test_resending_a_retracted_signal_says_it_stays_retracted(served):
     client = served.client()
     client.ingest("ret", [_signal(H[2])])

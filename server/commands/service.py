@@ -455,6 +455,7 @@ def _read_signals(path: str, fmt: str | None, default_type: str):
                 timestamps=item.timestamps or (),
                 labels=item.labels,
                 external_id=item.external_id or "",
+                expires_at=item.expires_at,
             )
         else:
             pb = signal(
@@ -462,11 +463,9 @@ def _read_signals(path: str, fmt: str | None, default_type: str):
                 item.hash_hex,
                 labels=item.labels,
                 external_id=item.external_id or "",
+                quality=item.quality,
+                expires_at=item.expires_at,
             )
-            if item.quality is not None:
-                pb.hash.quality = item.quality
-        if item.expires_at is not None:
-            pb.expires_at = item.expires_at
         signals.append(pb)
         lines.append(item.line)
     return signals, lines, rejected
