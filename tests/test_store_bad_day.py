@@ -270,3 +270,9 @@ def test_a_bad_byte_deep_in_a_file_says_what_was_stored_before_it(engine, tmp_pa
         engine.ingest(read_records(path), source=str(path), list_name="p", batch_size=100)
     stored = engine.store.lists()[0].signal_count
     assert stored > 0 and f"added {stored}," in str(err.value)
+
+
+def test_lists_of_an_unknown_tenant_is_an_error_not_an_empty_answer(run):
+    run("lists", "create", "partner")
+    result = run("lists", "ls", "--tenant", "ghost", ok=False)
+    assert result.exit_code == 1 and "no tenant named 'ghost'" in result.output

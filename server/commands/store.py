@@ -114,6 +114,8 @@ def lists_create(name, description, owner, labels, actor, data_dir) -> None:
 def lists_ls(tenant, as_json, data_dir) -> None:
     """List hash lists with their live, expired and retracted counts (live: neither)."""
     with _engine(data_dir) as engine:
+        if tenant is not None:
+            engine.store.get_tenant(tenant)  # a typo is "no tenant named", not "0 list(s)"
         found = engine.store.lists(tenant=tenant)
     if as_json:
         _echo_json([info.__dict__ for info in found])
