@@ -30,7 +30,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import IO
@@ -123,7 +123,7 @@ def _read(
     batch_size: int | None,
 ) -> Iterator[Item | ColumnBatch]:
     """Records (``batch_size`` None) or :class:`ColumnBatch` es of ``batch_size``."""
-    stream, name, close = _open(source)
+    stream, name, done = _open(source)
     try:
         first = ""
         buffered: list[str] = []
@@ -172,22 +172,36 @@ def _read(
             field="file",
         ) from None
     finally:
-        if close:
-            stream.close()
+        done()
 
 
-def _open(source: str | Path | IO[str]) -> tuple[IO[str], str, bool]:
+def _open(source: str | Path | IO[str]) -> tuple[IO[str], str, Callable[[], None]]:
+    """(text stream, name, what to do when done): a file we opened is closed; a text
+    wrapper we put around the caller's bytes (or stdin's) is detached, so the caller's
+    stream stays open; a caller's text stream is left alone."""
     if isinstance(source, str | Path):
         if str(source) == "-":  # as a file: a BOM (Excel, PowerShell) is not data
-            stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig", newline="")
-            return stdin, "", False
+            raw = getattr(sys.stdin, "buffer", None)
+            if raw is None:  # stdin replaced by a text stream (tests, embedding)
+                return sys.stdin, "", _nothing
+            return _wrap(raw)
         path = Path(source)
         if not path.is_file():
             raise InvalidInput(f"no such file: {path}", field="file")
-        return open(path, encoding="utf-8-sig", newline=""), path.name, True
+        stream = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+        return stream, path.name, stream.close
     if isinstance(source, io.BufferedIOBase | io.RawIOBase):
-        return io.TextIOWrapper(source, encoding="utf-8-sig", newline=""), "", False
-    return source, getattr(source, "name", "") or "", False
+        return _wrap(source)
+    return source, getattr(source, "name", "") or "", _nothing
+
+
+def _wrap(raw: IO[bytes]) -> tuple[IO[str], str, Callable[[], None]]:
+    stream = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # type: ignore[arg-type]
+    return stream, "", stream.detach
+
+
+def _nothing() -> None:
+    pass
 
 
 def _chain(buffered: list[str], rest: Iterable[str]) -> Iterator[str]:
@@ -212,7 +226,11 @@ def parse_time(value: object) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return _epoch(float(value), value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # a JSON integer of hundreds of digits
+            seconds = math.inf  # refused below as "not a time"
+        return _epoch(seconds, value)
     text = str(value).strip()
     try:
         seconds = float(text)

@@ -781,7 +781,8 @@ class SignalStore:
                         on_commit()
             except BaseException as exc:
                 if in_txn:
-                    conn.execute("ROLLBACK")
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     self._drop_fresh()
                 if isinstance(exc, InvalidInput) and not strict and report.batches:
                     # e.g. a non-UTF-8 byte deep in the file: the batches before it are
@@ -891,7 +892,8 @@ class SignalStore:
                 conn.execute("COMMIT")
         except BaseException:
             if not strict:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may have rolled back itself (disk I/O)
+                    conn.execute("ROLLBACK")
                 self._drop_fresh()
             raise
         report.added += counts["added"]

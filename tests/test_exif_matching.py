@@ -64,3 +64,21 @@ def test_server_matches_an_oriented_upload_against_an_hma_made_list(tmp_path):
         assert result.matches[0].distance == 0 and result.matches[0].variant == 1
         hashed = client.hash([data]).items[0].hashes[0]  # Hash stays pdqhash-identical
         assert len(hashed.hex) == 1
+
+
+def test_cli_match_of_an_oriented_photo_finds_the_hma_hash(tmp_path):
+    from click.testing import CliRunner
+
+    from hashmatch.server.cli import cli
+
+    data = _photo(6)
+    photo = tmp_path / "phone.jpg"
+    photo.write_bytes(data)
+    listed = tmp_path / "hma.csv"
+    listed.write_text(f"signal_type,signal_value,external_id\npdq,{_hma_pdq(data)},from-hma\n")
+    env = {"HASHMATCH_DATA_DIR": str(tmp_path / "data")}
+    runner = CliRunner()
+    assert runner.invoke(cli, ["ingest", str(listed), "--list", "hma"], env=env).exit_code == 0
+    result = runner.invoke(cli, ["match", str(photo)], env=env)
+    assert result.exit_code == 0 and "1 match(es)" in result.output, result.output
+    assert "ext=from-hma" in result.output

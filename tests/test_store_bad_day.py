@@ -276,3 +276,26 @@ def test_lists_of_an_unknown_tenant_is_an_error_not_an_empty_answer(run):
     run("lists", "create", "partner")
     result = run("lists", "ls", "--tenant", "ghost", ok=False)
     assert result.exit_code == 1 and "no tenant named 'ghost'" in result.output
+
+
+def test_a_huge_json_integer_expiry_is_a_bad_time_not_a_crash(engine, tmp_path):
+    with pytest.raises(InvalidInput, match="not a time"):
+        parse_time(10**400)
+    path = tmp_path / "big.jsonl"
+    path.write_text(
+        f'{{"signal_type": "pdq", "signal_value": "{H[0]}", "expires_at": 1{"0" * 400}}}\n'
+    )
+    report = _ingest(engine, path)
+    assert report.rejected == 1 and report.rejections[0].line == 1
+
+
+def test_reading_stdin_leaves_it_open_and_accepts_a_text_stdin(monkeypatch):
+    import io
+
+    text = f"signal_type,signal_value\npdq,{H[0]}\n"
+    raw = io.BytesIO(text.encode())
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(raw))
+    assert len(list(read_records("-"))) == 1
+    assert not raw.closed  # the wrapper around stdin's bytes was detached, not closed
+    monkeypatch.setattr(sys, "stdin", io.StringIO(text))  # no .buffer at all
+    assert len(list(read_records("-"))) == 1

@@ -50,11 +50,16 @@ def _engine(data_dir: str, *, create: bool = False) -> Iterator:
         yield engine
     except HashmatchError as exc:
         raise click.ClickException(str(exc)) from None
-    except sqlite3.OperationalError as exc:  # "database is locked": the 60 s busy timeout
+    except sqlite3.OperationalError as exc:  # locked (the 60 s busy timeout), disk full, I/O
+        hint = ""
+        if "locked" in str(exc) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
+            hint = (
+                " (another process held the write lock for over 60 s, e.g. a --strict ingest"
+                " of a large file)"
+            )
         raise click.ClickException(
-            f"{data_dir}/store.sqlite: {exc} (another process held the write lock for over"
-            " 60 s, e.g. a --strict ingest of a large file; batches committed before this"
-            " one are stored: re-run to finish, it is idempotent)"
+            f"{data_dir}/store.sqlite: {exc}{hint}; batches committed before this are"
+            " stored: re-run to finish, it is idempotent"
         ) from None
     finally:
         engine.close()
@@ -428,7 +433,10 @@ def match_command(
         for query in queries:
             if Path(query).is_file():
                 # each orientation hashed exactly, as the server and `scan --dihedral` do
-                options = HashOptions(dihedral=dihedral, dihedral_exact=dihedral)
+                # and the stored pixels of an EXIF-oriented photo, as the server does
+                options = HashOptions(
+                    dihedral=dihedral, dihedral_exact=dihedral, exif_as_stored=True
+                )
                 mm = engine.match_media(
                     query, types=media_types or ("pdq",), options=options,
                     tenant=tenant, threshold=threshold, lists=lists or None,
