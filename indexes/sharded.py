@@ -359,16 +359,23 @@ class ShardedIndex:
 
     @contextlib.contextmanager
     def bulk(self) -> Iterator[ShardedIndex]:
-        """Defer merging while loading many batches; merge once on exit."""
+        """Defer merging while loading many batches; merge once on a normal exit.
+
+        Leaving through an exception skips the merge: the index is then unmerged but
+        still exact, and is usually thrown away (a rebuild stopped by a server stop
+        would otherwise spend ~0.7 s per 1M codes merging what nobody will use)."""
         with self._write:
             self._bulk += 1
         try:
             yield self
-        finally:
+        except BaseException:
             with self._write:
                 self._bulk -= 1
-                if not self._bulk:
-                    self._publish(list(self._state))
+            raise
+        with self._write:
+            self._bulk -= 1
+            if not self._bulk:
+                self._publish(list(self._state))
 
     # ------------------------------------------------------------------ reads
 

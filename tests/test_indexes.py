@@ -348,6 +348,22 @@ def test_bulk_defers_merging_then_indexes():
     assert as_lists(index.search_radius(codes[:4], 40)) == brute_radius(codes[:4], live, 40, 32)
 
 
+def test_bulk_left_by_an_exception_skips_the_merge_and_stays_exact():
+    """A rebuild stopped part way throws its index away: merging it first was waste."""
+    rng = np.random.default_rng(6)
+    codes = make_codes(rng, 1000, 32, "random")
+    index = make_index(256, "mih", 1, delta_min=100)
+    with pytest.raises(RuntimeError), index.bulk():
+        for chunk in np.array_split(np.arange(1000), 5):
+            index.add(codes[chunk], chunk.astype(np.int64))
+        raise RuntimeError("stopped")
+    assert len(index.stats()["shards"][0]["segments"]) == 5  # not merged
+    live = dict(enumerate(codes))
+    assert as_lists(index.search_radius(codes[:4], 40)) == brute_radius(codes[:4], live, 40, 32)
+    index.add(codes[:1], np.array([5000]))  # not stuck in bulk mode: writes still merge
+    assert index._bulk == 0
+
+
 def test_readers_never_see_half_a_batch():
     """Batches of 7 identical codes spread over 3 shards appear and vanish whole."""
     index = make_index(256, "auto", 3, delta_min=30)
