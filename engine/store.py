@@ -786,14 +786,15 @@ class SignalStore:
                     self._drop_fresh()
                 if isinstance(exc, InvalidInput) and not strict and report.batches:
                     # e.g. a non-UTF-8 byte deep in the file: the batches before it are
-                    # stored, and the error must not read as "nothing happened"
-                    raise type(exc)(
+                    # stored, and the error must not read as "nothing happened". The
+                    # same exception goes on (its type, field and index kept).
+                    exc.message = (
                         f"{exc.message}; before it, {report.batches} batch(es) were stored:"
                         f" added {report.added}, updated {report.updated}, unchanged"
                         f" {report.unchanged}, rejected {report.rejected} (a re-run of the"
-                        " fixed file is idempotent)",
-                        field=exc.field,
-                    ) from exc
+                        " fixed file is idempotent)"
+                    )
+                    exc.args = (exc.message,)
                 raise
         report.rejections.sort(key=lambda r: (r.line is None, r.line or 0, r.index or 0))
         report.seconds = time.perf_counter() - started
