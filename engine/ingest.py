@@ -431,8 +431,10 @@ def _csv(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
     if rows is None:
         return
     width = rows.width
+    last = reader.line_num
     for row in reader:
-        number = reader.line_num
+        number = last + 1  # the record's first line (a quoted field may span several)
+        last = reader.line_num
         if len(row) < width:
             rejection = rows.short(row, number)
             if rejection is not None:
@@ -503,13 +505,15 @@ def _csv_reader_columns(rows: _CsvRows, lines: Iterable[str], size: int, base: i
                         position: int) -> Iterator[ColumnBatch]:  # fmt: skip
     reader = csv.reader(lines)
     width = rows.width
+    last = 0  # physical lines this reader has read
     while True:
         good: list[list[str]] = []
         numbers: list[int] = []
         positions: list[int] = []
         rejections: list[Rejection] = []
         for row in reader:
-            number = base + reader.line_num
+            number = base + last + 1  # the record's first line, as _csv says
+            last = reader.line_num
             if len(row) < width:
                 rejection = rows.short(row, number)
                 if rejection is not None:

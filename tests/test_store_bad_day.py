@@ -299,3 +299,15 @@ def test_reading_stdin_leaves_it_open_and_accepts_a_text_stdin(monkeypatch):
     assert not raw.closed  # the wrapper around stdin's bytes was detached, not closed
     monkeypatch.setattr(sys, "stdin", io.StringIO(text))  # no .buffer at all
     assert len(list(read_records("-"))) == 1
+
+
+@pytest.mark.parametrize("batch_size", [2, 50_000])
+def test_a_multi_line_record_is_named_by_its_first_line(engine, tmp_path, batch_size):
+    """Before: a quoted label spanning lines 3-5 was reported at line 5."""
+    path = tmp_path / "ml.csv"
+    path.write_text(
+        "signal_type,signal_value,labels\n"
+        f'pdq,{H[0]},"a"\npdq,zz,"line one\nline two\nline three"\npdq,{H[1]},b\npdq,yy,c\n'
+    )
+    report = _ingest(engine, path, batch_size=batch_size)
+    assert report.added == 2 and [r.line for r in report.rejections] == [3, 7]
