@@ -311,3 +311,9 @@ def test_a_multi_line_record_is_named_by_its_first_line(engine, tmp_path, batch_
     )
     report = _ingest(engine, path, batch_size=batch_size)
     assert report.added == 2 and [r.line for r in report.rejections] == [3, 7]
+
+
+def test_audit_with_an_action_never_logged_names_the_logged_ones(run):
+    run("lists", "create", "partner")
+    result = run("audit", "--action", "retrakt")
+    assert "no entries with action 'retrakt'; actions logged: list.create" in result.stderr

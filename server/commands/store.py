@@ -671,6 +671,14 @@ def audit_command(limit, action, as_json, data_dir) -> None:
     the details (tenant, write flag, retraction reason, ids)."""
     with _engine(data_dir) as engine:
         entries = engine.store.audit(limit=limit, action=action)
+        if action and not entries:  # a typo reads as "nothing happened" otherwise
+            logged = sorted(
+                a for (a,) in engine.store.conn().execute("SELECT DISTINCT action FROM audit_log")
+            )
+            click.echo(
+                f"no entries with action {action!r}; actions logged: {', '.join(logged) or '-'}",
+                err=True,
+            )
     if as_json:
         _echo_json([e.__dict__ for e in entries])
         return
