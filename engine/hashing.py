@@ -81,7 +81,8 @@ class HashOptions:
     # upright image (as pdqhash on cv2.imread does), but python-threatexchange/HMA's
     # pdq_from_file and the C++ CLI ignore the tag, so their hash of the same phone photo
     # is ~128 bits from ours; with this row a list made by either matches. Only oriented
-    # images pay (one more PDQ, ~2 ms at 12 MP); the server's matching turns it on.
+    # images pay (one more re-orientation and PDQ, ~30 ms at 12 MP); the server's
+    # matching turns it on.
     exif_as_stored: bool = False
     reference_resize: bool = False  # pdq: resize >512 px to 512x512 first, like the C++ CLI
     # pdq: hash every frame of an animated GIF/WebP/PNG, not only the first (the frame

@@ -350,6 +350,7 @@ class SignalStore:
             # must neither take it for a lost (emptied) store nor run the migrations twice.
             with _creation_lock(self.path):
                 self._check_not_emptied()
+                _refuse_foreign(self.path)  # before the first connection switches it to WAL
                 migrate(self.conn())
         except sqlite3.DatabaseError as exc:
             self.close()
@@ -1785,6 +1786,29 @@ _FP_MULT = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5],
     dtype=np.uint64,
 )
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Another program's SQLite file is refused before anything is written to it (the
+    read-write open would switch it to WAL and migrate() add a table before its own
+    check; that check stays for files an older hashmatch already touched)."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        ro = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            names = {n for (n,) in ro.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            ro.close()
+    except sqlite3.DatabaseError:
+        return  # damaged, locked or not SQLite: the normal open says which, naming the file
+    foreign = sorted(names - {"schema_version", "sqlite_sequence"})
+    if "schema_version" not in names and foreign:
+        raise CorruptData(
+            f"not a hashmatch store: it has no schema_version but holds table(s) "
+            f"{', '.join(foreign[:5])}",
+            field="schema_version",
+        )
 
 
 @contextlib.contextmanager

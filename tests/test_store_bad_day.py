@@ -86,8 +86,10 @@ def test_a_foreign_sqlite_file_is_refused_and_left_untouched(tmp_path):
     conn.execute("CREATE TABLE customers (id INTEGER)")
     conn.commit()
     conn.close()
+    before = (data / "store.sqlite").read_bytes()
     with pytest.raises(CorruptData, match=r"not a hashmatch store.*customers"):
         SignalStore(data / "store.sqlite")
+    assert (data / "store.sqlite").read_bytes() == before  # not even switched to WAL
     conn = sqlite3.connect(data / "store.sqlite")
     tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     conn.close()
