@@ -82,3 +82,26 @@ def test_cli_match_of_an_oriented_photo_finds_the_hma_hash(tmp_path):
     result = runner.invoke(cli, ["match", str(photo)], env=env)
     assert result.exit_code == 0 and "1 match(es)" in result.output, result.output
     assert "ext=from-hma" in result.output
+
+
+NUMPY_ORIENT = {  # ImageOps.exif_transpose's operations, written as numpy views
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: a.swapaxes(0, 1)[:, ::-1],
+    7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+    8: lambda a: a.swapaxes(0, 1)[::-1],
+}
+
+
+@pytest.mark.parametrize("shape", [(31, 17, 3), (1, 9, 3), (9, 1, 3), (1, 1, 3), (12, 7), (1, 5)])
+def test_orientation_ops_are_exif_transposes_and_as_stored_undoes_them(shape):
+    from hashmatch.engine.decode import _orient, as_stored
+
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    for orientation, op in NUMPY_ORIENT.items():
+        upright = _orient(rgb, orientation)
+        assert np.array_equal(upright, op(rgb)) and upright.flags["C_CONTIGUOUS"]
+        assert np.array_equal(as_stored(upright, orientation), rgb)
+    assert _orient(rgb, 1) is rgb
