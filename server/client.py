@@ -50,8 +50,10 @@ def _read(value: str | Path | bytes | None) -> bytes | None:
     """
     if value is None or isinstance(value, bytes):
         return value
-    if isinstance(value, str) and value.lstrip().startswith("-----BEGIN"):
-        return value.encode("ascii")
+    # PEM text may start with OpenSSL's "Bag Attributes" lines (a friendlyName can be
+    # any UTF-8); no file path holds a PEM armour line
+    if isinstance(value, str) and "-----BEGIN " in value:
+        return value.encode("utf-8")
     return Path(value).read_bytes()
 
 

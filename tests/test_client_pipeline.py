@@ -264,3 +264,12 @@ def test_tls_material_given_as_pem_text(tmp_path):
         )
         assert client.list_hash_lists().lists is not None
         assert client.health() == "SERVING"
+        # as OpenSSL exports it from a PKCS#12 bundle: attribute lines before the armour
+        bagged = "Bag Attributes\n    friendlyName: clé serveur\n" + Path(server_cert).read_text()
+        other = ts.client(
+            root_certificates=bagged,
+            client_cert=Path(client_cert).read_text(),
+            client_key=Path(client_key).read_text(),
+            retries=0,
+        )
+        assert other.health() == "SERVING"
