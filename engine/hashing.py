@@ -78,7 +78,7 @@ class HashOptions:
     upscale_small_replicate: bool = False
     # pdq: *adds* 1 row after those when the image has an EXIF orientation other than 1:
     # the PDQ of the pixels as the file stores them, unrotated. Why: hashmatch hashes the
-    # upright image (as pdqhash on cv2.imread does), but python-threatexchange/HMA's
+    # upright image (as pdqhash on cv2.imread's pixels does), but python-threatexchange/HMA's
     # pdq_from_file and the C++ CLI ignore the tag, so their hash of the same phone photo
     # is ~128 bits from ours; with this row a list made by either matches. Only oriented
     # images pay (one more re-orientation and PDQ, ~30 ms at 12 MP); the server's
