@@ -354,8 +354,16 @@ class SignalStore:
                 migrate(self.conn())
         except sqlite3.DatabaseError as exc:
             self.close()
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise Conflict(
+                    f"cannot open {self.path}: another process held its write lock"
+                    " throughout the 60 s wait (a long --strict ingest? an older hashmatch"
+                    " writing?); opening needs it once to create or upgrade the store:"
+                    " retry when that process has finished",
+                    field="data_dir",
+                ) from exc
             if isinstance(exc, sqlite3.OperationalError) and not is_corruption(exc):
-                # locked, read-only, disk full: not the file's fault, but name the file
+                # read-only, disk full: not the file's fault, but name the file
                 raise Conflict(
                     f"cannot open {self.path} ({exc}): SQLite needs to write the file and"
                     f" create {self.path.name}-wal/-shm next to it (read-only directory or"

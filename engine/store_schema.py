@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import time
 
@@ -190,6 +191,13 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+    if 0 < found < CURRENT_VERSION:  # every older hashmatch now refuses this store
+        logging.getLogger(__name__).warning(
+            "store schema upgraded %d -> %d: older hashmatch builds now refuse this store"
+            " (README: Upgrading)",
+            found,
+            CURRENT_VERSION,
+        )
     _ensure_identity(conn)
     return found
 

@@ -152,7 +152,14 @@ class ServiceHost:
         self._log_skipped_snapshots(engine)
         self._warm_up(engine)
         self.engine = engine
-        log.info("index loaded and warmed up in %.2f s", time.perf_counter() - started)
+        info = getattr(engine, "load_info", None) or {}
+        log.info(
+            "index loaded and warmed up in %.2f s (from %s%s, %s change(s) replayed)",
+            time.perf_counter() - started,
+            info.get("source", "?"),
+            f" {info['snapshot']}" if info.get("snapshot") else "",
+            info.get("replayed_changes", 0),
+        )
 
     @staticmethod
     def _log_skipped_snapshots(engine: Engine) -> None:

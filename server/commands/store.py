@@ -580,7 +580,7 @@ def index_stats(as_json, data_dir) -> None:
     if as_json:
         _echo_json(stats)
         return
-    click.echo(f"total live signals: {stats['total_signals']}")
+    click.echo(f"total signals (not retracted; expired included): {stats['total_signals']}")
     for stype, e in stats["types"].items():
         frames = f" ({e['rows']} frames)" if e.get("rows", e["count"]) != e["count"] else ""
         click.echo(f"  {stype}: {e['count']} stored{frames}, {e['indexed']} indexed ({e['kind']})")
