@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -398,10 +399,17 @@ class HashmatchClient:
             return self.signals.Ingest(batches(), timeout=timeout, metadata=metadata)
 
         try:
-            return self._unary(call, None, timeout, retry_window=self.timeout)
+            reply = self._unary(call, None, timeout, retry_window=self.timeout)
         except grpc.RpcError as exc:
             exc.signals_sent, exc.signals_total = most_sent[0], len(items)  # type: ignore[attr-defined]
             raise
+        if not reply.HasField("still_retracted") and any(s.HasField("expires_at") for s in items):
+            warnings.warn(
+                "the server predates Signal.expires_at: it stored these signals without"
+                " their expiries (upgrade it before relying on expiries)",
+                stacklevel=2,
+            )
+        return reply
 
     def retract(
         self,

@@ -86,7 +86,7 @@ def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestRespons
     """Each stream message is stored as it arrives (its own commit), so a stream that
     fails part way has stored the messages before the failing one: the error says how
     many, so a caller does not resend them blindly (a resend is harmless: unchanged)."""
-    reply = signals_pb2.IngestResponse()
+    reply = signals_pb2.IngestResponse(still_retracted=0)  # set: "this server keeps expiries"
     list_name = ""
     offset = stored = 0
     try:

@@ -99,3 +99,39 @@ def test_remote_ingest_keeps_the_files_expiry(served, tmp_path):
     assert result.exit_code == 0, result.output
     client = served.client()
     assert not _matched(client, H[0], "rem") and _matched(client, H[1], "rem")
+
+
+def test_this_server_marks_its_replies_and_the_client_warns_on_an_older_one(served):
+    """An older server ignores Signal.expires_at; its replies lack still_retracted, and
+    the client says so instead of letting expiries vanish silently."""
+    import warnings
+    from concurrent import futures
+
+    from hashmatch.server.client import HashmatchClient, signal
+    from hashmatch.v1 import signals_pb2_grpc
+
+    client = served.client()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reply = client.ingest("marks", [signal("pdq", H[0], expires_at=FUTURE)])
+    assert reply.HasField("still_retracted")
+    (listed,) = [x for x in client.list_hash_lists().lists if x.name == "marks"]
+    assert listed.HasField("expired_count")
+
+    class OlderServer(signals_pb2_grpc.SignalsServicer):  # replies as 643b32d's did
+        def Ingest(self, request_iterator, context):
+            return signals_pb2.IngestResponse(added=sum(len(r.signals) for r in request_iterator))
+
+    old = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    signals_pb2_grpc.add_SignalsServicer_to_server(OlderServer(), old)
+    port = old.add_insecure_port("127.0.0.1:0")
+    old.start()
+    try:
+        with HashmatchClient(f"127.0.0.1:{port}", retries=0) as legacy:
+            with pytest.warns(UserWarning, match="predates Signal.expires_at"):
+                legacy.ingest("x", [signal("pdq", H[0], expires_at=FUTURE)])
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # no expiry sent: nothing to warn about
+                assert legacy.ingest("x", [signal("pdq", H[0])]).added == 1
+    finally:
+        old.stop(0)
