@@ -416,7 +416,7 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.require(arr, np.uint8, ["C_CONTIGUOUS", "WRITEABLE"])
 
 
-# EXIF orientation -> the numpy ops that make the picture upright (ImageOps.exif_transpose);
+# EXIF orientation -> the ops that make the picture upright (ImageOps.exif_transpose's);
 # RGB or a luma plane alike.
 def _orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
     # OpenCV's flips and rotations, not numpy views made contiguous: the same pixels,

@@ -401,13 +401,21 @@ class _CsvRows:
                 self.label_cache[text] = labels
         return labels
 
-    def item(self, row: list[str], number: int) -> Item:
+    def too_wide(self, row: list[str], number: int) -> Rejection | None:
+        """A row with non-empty fields past the header's columns (trailing empty ones
+        are fine): rejected, since its labels and external id would shift."""
         if len(row) > self.width and any(c.strip() for c in row[self.width :]):
             return Rejection(
                 f"{len(row)} columns, the header names {self.width} (an unquoted comma?)",
                 line=number,
                 field="row",
             )
+        return None
+
+    def item(self, row: list[str], number: int) -> Item:
+        wide = self.too_wide(row, number)
+        if wide is not None:
+            return wide
         try:
             return SignalRecord(
                 row[self.i_type],
@@ -522,8 +530,8 @@ def _csv_reader_columns(rows: _CsvRows, lines: Iterable[str], size: int, base: i
                     )
                     position += 1
                 continue
-            if len(row) > width and any(c.strip() for c in row[width:]):
-                wide = rows.item(row, number)  # the Rejection naming the extra columns
+            wide = rows.too_wide(row, number)
+            if wide is not None:
                 rejections.append(Rejection(wide.reason, position, number, wide.field))
                 position += 1
                 continue

@@ -44,7 +44,7 @@ from hashmatch.engine.errors import (
     PermissionDenied,
     UnknownSignalType,
 )
-from hashmatch.engine.store_schema import change_digest, migrate, store_id
+from hashmatch.engine.store_schema import change_digest, migrate, refuse_foreign, store_id
 
 LABEL_SEP = "\x1f"  # labels are stored joined by the ASCII unit separator
 _NOT_SHARED = "no hash list by that name is shared with you"
@@ -1805,18 +1805,15 @@ def _refuse_foreign(path: Path) -> None:
     try:
         ro = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
         try:
-            names = {n for (n,) in ro.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            versioned = ro.execute(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'"
+                " AND name = 'schema_version'"
+            ).fetchone()[0]
+            refuse_foreign(ro, versioned=bool(versioned))
         finally:
             ro.close()
     except sqlite3.DatabaseError:
         return  # damaged, locked or not SQLite: the normal open says which, naming the file
-    foreign = sorted(names - {"schema_version", "sqlite_sequence"})
-    if "schema_version" not in names and foreign:
-        raise CorruptData(
-            f"not a hashmatch store: it has no schema_version but holds table(s) "
-            f"{', '.join(foreign[:5])}",
-            field="schema_version",
-        )
 
 
 @contextlib.contextmanager

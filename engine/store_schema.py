@@ -148,6 +148,26 @@ IDENTITY_SQL = [
 ]
 
 
+def refuse_foreign(conn: sqlite3.Connection, *, versioned: bool) -> None:
+    """CorruptData if a database without a hashmatch schema version holds tables: it is
+    some other program's, and hashmatch must never add its tables to it."""
+    if versioned:
+        return
+    foreign = sorted(
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+            " AND name NOT IN ('schema_version', 'sqlite_sequence')"
+        )
+    )
+    if foreign:
+        raise CorruptData(
+            f"not a hashmatch store: it has no schema_version but holds table(s) "
+            f"{', '.join(foreign[:5])}",
+            field="schema_version",
+        )
+
+
 def migrate(conn: sqlite3.Connection) -> int:
     """Bring ``conn``'s database up to :data:`CURRENT_VERSION`; return the version found."""
     conn.execute(
@@ -155,20 +175,7 @@ def migrate(conn: sqlite3.Connection) -> int:
         "version INTEGER PRIMARY KEY, description TEXT, applied_at REAL)"
     )
     found = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
-    if found == 0:  # new, or some other program's database: never add tables to that
-        foreign = [
-            name
-            for (name,) in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table'"
-                " AND name NOT IN ('schema_version', 'sqlite_sequence')"
-            )
-        ]
-        if foreign:
-            raise CorruptData(
-                f"not a hashmatch store: it has no schema_version but holds table(s) "
-                f"{', '.join(sorted(foreign)[:5])}",
-                field="schema_version",
-            )
+    refuse_foreign(conn, versioned=found > 0)  # new, or another program's database?
     if found > CURRENT_VERSION:
         raise CorruptData(
             f"store schema version {found} is newer than this hashmatch understands "

@@ -40,7 +40,7 @@ HashInput = common_pb2.HashValue | tuple[str, str | bytes]
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 MAX_BACKOFF = 2.0  # seconds between retries at most
 MIN_ATTEMPT_SECONDS = 0.05  # a retry is only worth making with this much time left
-MAX_NOT_FOUND_LISTED = 1000  # RetractResponse.not_found lists this many (as the server)
+MAX_NOT_FOUND_LISTED = 1000  # RetractResponse.not_found lists this many (the server uses it)
 
 
 def _read(value: str | Path | bytes | None) -> bytes | None:

@@ -14,15 +14,16 @@ from hashmatch.engine.errors import HashmatchError, InvalidInput
 from hashmatch.engine.ingest import parse_time
 from hashmatch.engine.store import IngestRefused, Rejection, SignalRecord
 from hashmatch.server import convert
+
+# how many unknown targets a RetractResponse names (not_found_total counts all): one
+# number for both ends, so the client's sum of batched replies keeps the same cap
+from hashmatch.server.client import MAX_NOT_FOUND_LISTED
 from hashmatch.server.matching import check_size
 from hashmatch.v1 import common_pb2, signals_pb2
 
 if TYPE_CHECKING:
     from hashmatch.server.app import ServiceHost
     from hashmatch.server.calls import Call
-
-#: How many unknown retract targets a RetractResponse names (``not_found_total`` counts all).
-MAX_NOT_FOUND_LISTED = 1000
 
 
 def _record(signal: signals_pb2.Signal, field: str) -> SignalRecord:

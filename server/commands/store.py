@@ -263,13 +263,13 @@ def _say_what_is_new(engine, data_dir: str, list_name: str, new_store: bool) -> 
     how the first ingest works): say so on stderr, and warn of a disabled list."""
     if new_store:
         click.echo(f"created a new store in {data_dir}", err=True)
-    found = engine.store.lists(names=[list_name.strip()])
+    name = list_name.strip()  # as the store names it
+    found = engine.store.lists(names=[name])
     if not found:
-        click.echo(f"list {list_name.strip()!r} is new: it will be created", err=True)
+        click.echo(f"list {name!r} is new: it will be created", err=True)
     elif not found[0].enabled:
         click.echo(
-            f"list {list_name.strip()!r} is disabled: its signals do not match until"
-            " `hashmatch lists enable`",
+            f"list {name!r} is disabled: its signals do not match until `hashmatch lists enable`",
             err=True,
         )
 
