@@ -8,6 +8,7 @@ real engine in a temporary data directory; only the address is fixed to
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,18 @@ class TestServer:
         client = HashmatchClient(self.target, token=token, **options)
         self.clients.append(client)
         return client
+
+
+def held_engine(gate: threading.Event, wait: float = 30.0) -> Callable[[ServerConfig], Any]:
+    """An engine factory that waits for ``gate`` (a slow index load, at most ``wait``
+    seconds) and then opens the real engine: for testing health, retries and drain
+    while the index loads."""
+
+    def factory(config: ServerConfig) -> Any:
+        gate.wait(wait)
+        return open_engine(config)
+
+    return factory
 
 
 @contextmanager

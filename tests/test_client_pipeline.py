@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from hashmatch.server.client import HashmatchClient, signal
-from hashmatch.server.testing import running_server, self_signed_cert
+from hashmatch.server.testing import held_engine, running_server, self_signed_cert
 
 
 def _hexes(n: int, seed: int) -> list[str]:
@@ -71,22 +71,11 @@ def test_calls_without_a_deadline_succeed_while_lookups_overlap(tmp_path):
         assert wrong[0] == 0
 
 
-def _held_engine(gate: threading.Event):
-    """An engine factory that waits (a slow index load) and then opens the real engine."""
-    from hashmatch.server.app import open_engine
-
-    def factory(config):
-        gate.wait(30)
-        return open_engine(config)
-
-    return factory
-
-
 def test_a_call_with_a_deadline_rides_out_a_slow_index_load(tmp_path):
     """The index loads for longer than a few retries last (before: ~1.5 s, whatever
     the deadline): a call with a 10 s deadline keeps retrying UNAVAILABLE until served."""
     gate = threading.Event()
-    with running_server(tmp_path, engine_factory=_held_engine(gate), wait=False) as ts:
+    with running_server(tmp_path, engine_factory=held_engine(gate), wait=False) as ts:
         client = ts.client(timeout=10)  # default retries and backoff
         assert client.health() == "NOT_SERVING"
         opener = threading.Timer(2.0, gate.set)

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from hashmatch.server.testing import running_server, self_signed_cert
+from hashmatch.server.testing import held_engine, running_server, self_signed_cert
 
 ADMIN = {"admin": (["match", "write", "admin"], True)}
 
@@ -37,21 +37,10 @@ def _jpeg() -> bytes:
     return buf.getvalue()
 
 
-def _held_engine(gate: threading.Event):
-    """An engine factory that waits (a slow index load) and then opens the real engine."""
-    from hashmatch.server.app import open_engine
-
-    def factory(config):
-        gate.wait(30)
-        return open_engine(config)
-
-    return factory
-
-
 def test_health_not_serving_until_index_loaded_and_client_retries(tmp_path):
     gate = threading.Event()
     with running_server(
-        tmp_path, tenants=ADMIN, engine_factory=_held_engine(gate), wait=False
+        tmp_path, tenants=ADMIN, engine_factory=held_engine(gate), wait=False
     ) as ts:
         client = ts.client("admin", retries=30, backoff=0.05, timeout=20)
         assert client.health() == "NOT_SERVING"
@@ -73,7 +62,7 @@ def test_media_flood_gets_resource_exhausted_not_a_queue(tmp_path):
     with running_server(
         tmp_path,
         tenants=ADMIN,
-        engine_factory=_held_engine(gate),
+        engine_factory=held_engine(gate),
         wait=False,
         media_workers=1,
         media_queue=1,
@@ -104,7 +93,7 @@ def test_deadline_exceeded_cancels_queued_media_work(tmp_path):
     with running_server(
         tmp_path,
         tenants=ADMIN,
-        engine_factory=_held_engine(gate),
+        engine_factory=held_engine(gate),
         wait=False,
         media_workers=1,
         media_queue=8,
@@ -129,7 +118,7 @@ def test_graceful_shutdown_finishes_in_flight_calls(tmp_path):
     big = _png((2500, 2500))
     gate = threading.Event()
     with running_server(
-        tmp_path, tenants=ADMIN, engine_factory=_held_engine(gate), wait=False
+        tmp_path, tenants=ADMIN, engine_factory=held_engine(gate), wait=False
     ) as ts:
         client = ts.client("admin", retries=0)
         with ThreadPoolExecutor(2) as pool:
@@ -151,7 +140,7 @@ def test_metrics_endpoint_counts_requests(tmp_path):
     with running_server(
         tmp_path,
         tenants=ADMIN,
-        engine_factory=_held_engine(gate),
+        engine_factory=held_engine(gate),
         wait=False,
         metrics_port=0,
     ) as ts:
@@ -192,7 +181,7 @@ def test_tls_and_mutual_tls(tmp_path):
     with running_server(
         tmp_path / "data",
         tenants=ADMIN,
-        engine_factory=_held_engine(gate),
+        engine_factory=held_engine(gate),
         wait=False,
         tls_cert=server_cert,
         tls_key=server_key,
@@ -227,7 +216,7 @@ def test_reflection_lists_services_and_a_generic_client_can_call(tmp_path):
 
     gate = threading.Event()
     with running_server(
-        tmp_path, tenants=ADMIN, engine_factory=_held_engine(gate), wait=False
+        tmp_path, tenants=ADMIN, engine_factory=held_engine(gate), wait=False
     ) as ts:
         channel = grpc.insecure_channel(ts.target)
         try:
@@ -275,7 +264,7 @@ def test_more_calls_than_max_concurrent_rpcs_are_refused(tmp_path):
     with running_server(
         tmp_path,
         tenants=ADMIN,
-        engine_factory=_held_engine(gate),
+        engine_factory=held_engine(gate),
         wait=False,
         max_concurrent_rpcs=2,
         media_workers=2,
