@@ -374,23 +374,31 @@ def test_a_killed_worker_fails_no_innocent_file(tmp_path):
 
     tree = tmp_path / "tree"
     tree.mkdir()
-    for i in range(80):
+    for i in range(160):
         (tree / f"{i:03d}.jpg").write_bytes(_jpeg(100 + i, size=1024))
     args = ["scan", "--no-match", "--workers", "1", "--catalog", "c.sqlite", "tree"]
     scan = subprocess.Popen([*PRLIMIT, HASHMATCH, *args, "--out", "r.jsonl"], cwd=tmp_path)
     try:
-        worker = None
+        killed = False
         deadline = time.monotonic() + 60
-        while worker is None and time.monotonic() < deadline:
-            for server in _children(scan.pid):
-                if b"forkserver" in _cmdline(server):
-                    worker = next(iter(_children(server)), None)
+        while not killed and scan.poll() is None and time.monotonic() < deadline:
+            workers = [
+                worker
+                for server in _children(scan.pid)
+                if b"forkserver" in _cmdline(server)
+                for worker in _children(server)
+            ]
+            if workers:
+                time.sleep(0.2)  # hashing: tasks in flight
+                try:
+                    os.kill(workers[0], signal.SIGKILL)
+                    killed = True
+                except ProcessLookupError:  # it had just exited: look again
+                    pass
             time.sleep(0.02)
-        assert worker is not None, "no worker started"
-        time.sleep(0.3)  # hashing: tasks in flight
-        os.kill(worker, signal.SIGKILL)
+        assert killed, "no worker was killed while the scan ran"
         assert scan.wait(timeout=120) == 0
     finally:
         scan.kill()
     summary = _report(tmp_path / "r.jsonl")[-1]
-    assert summary["hashed"] == 80 and summary["failed"] == 0, summary
+    assert summary["hashed"] == 160 and summary["failed"] == 0, summary
