@@ -618,33 +618,90 @@ def _vpdq(lines: Iterable[str], extra: tuple[str, ...], external_id: str | None)
 
 def write_records(records: Iterable, out: IO[str], *, format: str = "jsonl") -> int:
     """Write signals (``SignalInfo`` or ``SignalRecord``) as JSONL or CSV; the inverse of
-    :func:`read_records` (exports round-trip through ingest)."""
-    n = 0
+    :func:`read_records`: what this writes ingests back to the same stored signals.
+
+    A vPDQ record (with ``frames``) keeps its frames, qualities and timestamps: JSONL
+    fields ``frames``/``frame_qualities``/``timestamps``; in CSV, python-threatexchange's
+    serialized frame list as ``signal_value`` (what HMA's CSV holds). A CSV cell of
+    labels is split on ``;``, ``,``, ``|`` and whitespace when read, so a label holding
+    one of those is refused here (``InvalidInput``) rather than written to come back as
+    two labels: JSONL keeps each label whole.
+    """
     if format == "csv":
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["signal_type", "signal_value", "labels", "external_id", "quality",
-                         "expires_at"])  # fmt: skip
-        for r in records:
-            writer.writerow([
-                r.signal_type, r.hash_hex, ";".join(r.labels), r.external_id or "",
-                "" if r.quality is None else r.quality,
-                "" if r.expires_at is None else r.expires_at,
-            ])  # fmt: skip
-            n += 1
-        return n
+        return _write_csv(records, out)
     if format != "jsonl":
         raise InvalidInput(f"cannot write format {format!r}", field="format")
+    n = 0
     for r in records:
-        obj = {"signal_type": r.signal_type, "signal_value": r.hash_hex, "labels": list(r.labels)}
+        obj: dict = {"signal_type": r.signal_type}
+        frames = getattr(r, "frames", None)
+        if frames is None:
+            obj["signal_value"] = r.hash_hex
+        else:
+            obj["frames"] = [row.tobytes().hex() for row in np.asarray(frames)]
+            if r.frame_qualities is not None:
+                obj["frame_qualities"] = [int(q) for q in r.frame_qualities]
+            if r.timestamps is not None:
+                obj["timestamps"] = [float(t) for t in r.timestamps]
+        obj["labels"] = list(r.labels)
         if r.external_id:
             obj["external_id"] = r.external_id
         if r.quality is not None:
             obj["quality"] = r.quality
         if r.expires_at is not None:
             obj["expires_at"] = r.expires_at
-        frames = getattr(r, "frames", None)
-        if frames is not None:
-            obj["frames"] = [row.tobytes().hex() for row in np.asarray(frames)]
-        out.write(json.dumps(obj) + "\n")
+        out.write(json.dumps(obj, ensure_ascii=False) + "\n")
         n += 1
     return n
+
+
+def _write_csv(records: Iterable, out: IO[str]) -> int:
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["signal_type", "signal_value", "labels", "external_id", "quality",
+                     "expires_at"])  # fmt: skip
+    n = 0
+    for r in records:
+        for label in r.labels:
+            if _LABEL_SPLIT.search(label):
+                raise InvalidInput(
+                    f"label {label!r} of {r.signal_type} signal {_name(r)} holds a character"
+                    " a CSV labels cell splits on (; , | or whitespace): use JSONL",
+                    field="labels",
+                )
+        writer.writerow([
+            r.signal_type, _csv_value(r), ";".join(r.labels), r.external_id or "",
+            "" if r.quality is None else r.quality,
+            "" if r.expires_at is None else repr(float(r.expires_at)),
+        ])  # fmt: skip
+        n += 1
+    return n
+
+
+def _csv_value(r) -> str:
+    """The CSV ``signal_value``: the hex, or a video's frames in python-threatexchange's
+    serialized form (``"hex,quality,timestamp"`` per frame, timestamps exact)."""
+    frames = getattr(r, "frames", None)
+    if frames is None:
+        return r.hash_hex
+    qualities, stamps = r.frame_qualities, r.timestamps
+    if qualities is None or stamps is None:
+        raise InvalidInput(
+            f"vpdq signal {_name(r)} was stored without frame qualities or timestamps,"
+            " which the CSV form needs: use JSONL",
+            field="frames",
+        )
+    return json.dumps(
+        [
+            f"{row.tobytes().hex()},{int(q)},{float(t)!r}"
+            for row, q, t in zip(np.asarray(frames), qualities, stamps, strict=True)
+        ]
+    )
+
+
+def _name(r) -> str:
+    """How an error names a record: its store id, else its external id, else its hash."""
+    for attr in ("id", "external_id"):
+        value = getattr(r, attr, None)
+        if value is not None:
+            return f"{attr.replace('_', ' ')} {value}"
+    return r.hash_hex[:16] + "..."

@@ -10,6 +10,7 @@ progress bar when stderr is a terminal.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -89,7 +90,7 @@ def _echo_json(obj) -> None:
 
 @click.group("lists")
 def lists_group() -> None:
-    """Hash lists (banks): create, ls, disable, enable."""
+    """Hash lists (banks): create, ls, disable, enable, export."""
 
 
 @lists_group.command("create")
@@ -156,6 +157,79 @@ lists_group.command("disable", help="Stop a list matching (its signals stay stor
     _set_enabled(False)
 )
 lists_group.command("enable", help="Let a disabled list match again.")(_set_enabled(True))
+
+
+@lists_group.command("export")
+@click.argument("name")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl", "csv"]),
+    default=None,
+    help="jsonl keeps every label whole; csv has HMA/ThreatExchange's columns."
+    " Default: --out's suffix, else jsonl.",
+)
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write to this file (complete or not at all); default stdout.",
+)
+@click.option(
+    "--retracted",
+    is_flag=True,
+    help="The list's retracted signals instead, one type:hex a line (what retract --file reads).",
+)
+@click.option("--skip-expired", is_flag=True, help="Leave out signals whose expiry has passed.")
+@click.option("--actor", default="local", help="Who to record in the audit log.")
+@_data_dir_option
+def lists_export(name, fmt, out_path, retracted, skip_expired, actor, data_dir) -> None:
+    """Write a list's signals as a file `hashmatch ingest` reads back into the same
+    signals: to contribute them to a sharing program, move a list between stores, or
+    hand a partner the retractions (--retracted). Recorded in the audit log."""
+    from hashmatch.engine.export import export_list
+
+    if fmt is None:
+        fmt = "csv" if out_path and Path(out_path).suffix.lower() == ".csv" else "jsonl"
+    if retracted and fmt != "jsonl":
+        raise click.UsageError("--retracted writes type:hex lines; leave out --format")
+    with _engine(data_dir) as engine, _output(out_path) as out:
+        report = export_list(
+            engine.store,
+            name,
+            out,
+            format=fmt,
+            retracted=retracted,
+            skip_expired=skip_expired,
+            actor=actor,
+            destination=out_path,
+        )
+    what = "retracted signal(s)" if retracted else f"signal(s) as {report.format}"
+    where = f" to {out_path}" if out_path else ""
+    left_out = f"; {report.skipped_expired} expired left out" if skip_expired else ""
+    click.echo(f"exported {report.written} {what} of {report.list_name!r}{where}{left_out}",
+               err=True)  # fmt: skip
+
+
+@contextmanager
+def _output(path: str | None) -> Iterator:
+    """stdout, or a temp file beside ``path`` renamed over it only when the whole export
+    is written: an error part way (a label CSV cannot carry, a full disk) leaves no
+    truncated file behind for someone to share."""
+    if path is None:
+        yield sys.stdout
+        return
+    target = Path(path)
+    temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(temp, "w", encoding="utf-8", newline="") as out:
+            yield out
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- ingest

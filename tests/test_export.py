@@ -1,0 +1,217 @@
+"""`hashmatch lists export`: a list written out ingests into another store as the same
+signals (JSONL and CSV, every field, vPDQ frames), its retractions apply with
+`retract --file`, and a failed export leaves no file behind."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hashmatch.engine.errors import InvalidInput, NotFound
+from hashmatch.engine.export import export_list
+from hashmatch.engine.ingest import read_records
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import SignalRecord
+from hashmatch.server.cli import cli
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    source, copy = Engine.open(root / "a", eager=False), Engine.open(root / "b", eager=False)
+    yield source, copy
+    source.close()
+    copy.close()
+
+
+def _state(engine: Engine, list_name: str) -> list[tuple]:
+    """Everything a list's signals carry, in a comparable form (ids and times aside)."""
+    out = []
+    for info in engine.store.iter_signals(list_name):
+        frames = None
+        if info.signal_type == "vpdq":
+            codes, qualities, stamps = engine.store.frames(info.id)
+            frames = (codes.tobytes(), tuple(qualities), tuple(stamps))
+        out.append((info.signal_type, info.hash_hex, tuple(sorted(info.labels)),
+                    info.external_id, info.quality, info.expires_at, frames))  # fmt: skip
+    return sorted(out, key=repr)
+
+
+_hex = st.binary(min_size=32, max_size=32).map(bytes.hex)
+_md5 = st.binary(min_size=16, max_size=16).map(bytes.hex)
+_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\x1f"),
+                min_size=1, max_size=12)  # fmt: skip
+_csv_label = st.from_regex(r"[A-Za-z0-9_.:/\-é]{1,10}", fullmatch=True)
+_expiry = st.one_of(st.none(), st.floats(1e9, 4e9, allow_nan=False), st.just(NOW - 1))
+
+
+@st.composite
+def _signals(draw, label=_text):
+    n = draw(st.integers(1, 8))
+    out = []
+    for i in range(n):
+        kind = draw(st.sampled_from(["pdq", "md5", "vpdq"]))
+        common = dict(
+            labels=tuple(draw(st.lists(label, max_size=3))),
+            external_id=draw(st.one_of(st.none(), _text)),
+            quality=draw(st.one_of(st.none(), st.integers(0, 100))),
+            expires_at=draw(_expiry),
+        )
+        if kind == "vpdq":
+            k = draw(st.integers(1, 4))
+            frames = np.frombuffer(draw(st.binary(min_size=32 * k, max_size=32 * k)), np.uint8)
+            out.append(SignalRecord("vpdq", "", frames=frames.reshape(k, 32),
+                                    frame_qualities=draw(st.lists(st.integers(0, 100),
+                                                                  min_size=k, max_size=k)),
+                                    timestamps=[i * 0.5 + j / 3 for j in range(k)],
+                                    **common))  # fmt: skip
+        else:
+            out.append(SignalRecord(kind, draw(_hex if kind == "pdq" else _md5), **common))
+    unique = {}  # a list holds a hash once: a repeat in one input is a rejected line
+    for rec in out:
+        key = rec.frames.tobytes() if rec.frames is not None else rec.hash_hex
+        unique.setdefault((rec.signal_type, key), rec)
+    return list(unique.values())
+
+
+def _round_trip(stores, records, fmt: str, tag: str) -> None:
+    source, copy = stores
+    report = source.ingest(records, list_name=f"src-{tag}")
+    assert report.rejected == 0, report
+    out = io.StringIO()
+    written = export_list(source.store, f"src-{tag}", out, format=fmt, now=NOW).written
+    back = copy.ingest(read_records(io.StringIO(out.getvalue()), format=fmt),
+                       list_name=f"dst-{tag}")  # fmt: skip
+    assert (back.rejected, back.added, written) == (0, report.added, report.added), back
+    assert _state(copy, f"dst-{tag}") == _state(source, f"src-{tag}")
+
+
+_counter = iter(range(10**9))
+
+
+_EXAMPLES = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@_EXAMPLES
+@given(records=_signals())
+def test_jsonl_export_ingests_back_to_the_same_signals(stores, records):
+    _round_trip(stores, records, "jsonl", f"j{next(_counter)}")
+
+
+@_EXAMPLES
+@given(records=_signals(label=_csv_label))
+def test_csv_export_ingests_back_to_the_same_signals(stores, records):
+    _round_trip(stores, records, "csv", f"c{next(_counter)}")
+
+
+def test_csv_refuses_a_label_it_would_split_and_jsonl_keeps_it(stores):
+    source, _ = stores
+    source.ingest([SignalRecord("md5", "ab" * 16, labels=("tier 1",))], list_name="spaced")
+    with pytest.raises(InvalidInput, match=r"label 'tier 1' of md5 signal id \d+ .*use JSONL"):
+        export_list(source.store, "spaced", io.StringIO(), format="csv")
+    out = io.StringIO()
+    export_list(source.store, "spaced", out, format="jsonl")
+    assert json.loads(out.getvalue())["labels"] == ["tier 1"]
+
+
+def test_expired_signals_are_exported_unless_skipped_and_retracted_ones_never(stores):
+    source, _ = stores
+    keep, old, gone = "01" * 32, "02" * 32, "03" * 32
+    source.ingest([SignalRecord("pdq", keep), SignalRecord("pdq", old, expires_at=NOW - 5),
+                   SignalRecord("pdq", gone)], list_name="mixed")  # fmt: skip
+    source.store.retract(list_name="mixed", hashes=[("pdq", gone)])
+
+    def exported(**kw) -> list[str]:
+        out = io.StringIO()
+        export_list(source.store, "mixed", out, now=NOW, **kw)
+        return [json.loads(line)["signal_value"] for line in out.getvalue().splitlines()]
+
+    assert exported() == [keep, old]
+    assert exported(skip_expired=True) == [keep]
+    out = io.StringIO()
+    assert export_list(source.store, "mixed", out, retracted=True).written == 1
+    assert out.getvalue() == f"pdq:{gone}\n"
+
+
+def test_unknown_list_and_format_are_refused_before_writing(stores):
+    source, _ = stores
+    out = io.StringIO()
+    with pytest.raises(NotFound, match="no hash list named 'nope'"):
+        export_list(source.store, "nope", out)
+    with pytest.raises(InvalidInput, match="unknown export format 'xml'"):
+        export_list(source.store, "mixed", out, format="xml")
+    assert out.getvalue() == ""
+
+
+def test_export_pages_through_a_list_larger_than_a_page(stores):
+    source, _ = stores
+    rng = np.random.default_rng(7)
+    codes = rng.integers(0, 256, (2500, 32), dtype=np.uint8)
+    source.ingest([SignalRecord("pdq", c.tobytes().hex()) for c in codes], list_name="big")
+    seen = [info.hash_hex for info in source.store.iter_signals("big", page=1000)]
+    assert seen == [c.tobytes().hex() for c in codes]  # id order, each once
+
+
+# -- the CLI verb ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run(tmp_path):
+    runner = CliRunner()
+
+    def invoke(*args: str, data: str = "a", code: int = 0):
+        env = {"HASHMATCH_DATA_DIR": str(tmp_path / data)}
+        result = runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result
+
+    return invoke
+
+
+def test_cli_export_moves_a_list_and_its_retractions_to_another_store(run, tmp_path):
+    rows = "".join(f"pdq,{i:064x},csam;tier1,e{i},90,\n" for i in range(1, 6))
+    (tmp_path / "in.csv").write_text("signal_type,signal_value,labels,external_id,quality,"
+                                     "expires_at\n" + rows)  # fmt: skip
+    run("ingest", str(tmp_path / "in.csv"), "--list", "partner")
+    export = tmp_path / "partner.csv"
+    out = run("lists", "export", "partner", "--out", str(export)).output
+    assert f"exported 5 signal(s) as csv of 'partner' to {export}" in out
+    assert export.read_text().startswith("signal_type,signal_value,labels,external_id")
+    run("ingest", str(export), "--list", "partner", data="b")
+    assert "5 live signal(s)" in run("lists", "ls", data="b").output
+
+    run("retract", "--list", "partner", f"pdq:{2:064x}", f"pdq:{4:064x}")
+    gone = tmp_path / "retracted.txt"
+    run("lists", "export", "partner", "--retracted", "--out", str(gone))
+    assert gone.read_text() == f"pdq:{2:064x}\npdq:{4:064x}\n"
+    out = run("retract", "--list", "partner", "--file", str(gone), data="b").output
+    assert "retracted 2 signal(s)" in out
+    assert "3 live signal(s)" in run("lists", "ls", data="b").output
+
+    audit = json.loads(run("audit", "--json", "--action", "export").output)
+    assert [(e["count"], e["details"]["format"]) for e in audit] == [(2, "targets"), (5, "csv")]
+
+
+def test_cli_failed_export_leaves_no_file(run, tmp_path):
+    (tmp_path / "in.jsonl").write_text(
+        json.dumps({"signal_type": "pdq", "signal_value": "0f" * 32, "labels": ["tier 1"]}) + "\n"
+    )
+    run("ingest", str(tmp_path / "in.jsonl"), "--list", "l")
+    target = tmp_path / "l.csv"
+    out = run("lists", "export", "l", "--out", str(target), code=1).output
+    assert "label 'tier 1'" in out and "use JSONL" in out
+    assert list(tmp_path.glob("*l.csv*")) == []  # neither the file nor its temp
+    out = run("lists", "export", "nope", code=1).output
+    assert "no hash list named 'nope'" in out
+    out = run("lists", "export", "l", "--retracted", "--format", "csv", code=2).output
+    assert "--retracted writes type:hex lines" in out
