@@ -668,6 +668,12 @@ def _write_csv(records: Iterable, out: IO[str]) -> int:
                     " a CSV labels cell splits on (; , | or whitespace): use JSONL",
                     field="labels",
                 )
+        if r.external_id and "\r" in r.external_id:  # csv quotes "\n", never a lone "\r"
+            raise InvalidInput(
+                f"external id {r.external_id!r} of {r.signal_type} signal {_name(r)} holds a"
+                " carriage return, which a CSV row cannot carry: use JSONL",
+                field="external_id",
+            )
         writer.writerow([
             r.signal_type, _csv_value(r), ";".join(r.labels), r.external_id or "",
             "" if r.quality is None else r.quality,

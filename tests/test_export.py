@@ -54,14 +54,14 @@ _expiry = st.one_of(st.none(), st.floats(1e9, 4e9, allow_nan=False), st.just(NOW
 
 
 @st.composite
-def _signals(draw, label=_text):
+def _signals(draw, label=_text, external_id=_text):
     n = draw(st.integers(1, 8))
     out = []
     for i in range(n):
         kind = draw(st.sampled_from(["pdq", "md5", "vpdq"]))
         common = dict(
             labels=tuple(draw(st.lists(label, max_size=3))),
-            external_id=draw(st.one_of(st.none(), _text)),
+            external_id=draw(st.one_of(st.none(), external_id)),
             quality=draw(st.one_of(st.none(), st.integers(0, 100))),
             expires_at=draw(_expiry),
         )
@@ -109,7 +109,7 @@ def test_jsonl_export_ingests_back_to_the_same_signals(stores, records):
 
 
 @_EXAMPLES
-@given(records=_signals(label=_csv_label))
+@given(records=_signals(label=_csv_label, external_id=_text.filter(lambda t: "\r" not in t)))
 def test_csv_export_ingests_back_to_the_same_signals(stores, records):
     _round_trip(stores, records, "csv", f"c{next(_counter)}")
 
@@ -122,6 +122,9 @@ def test_csv_refuses_a_label_it_would_split_and_jsonl_keeps_it(stores):
     out = io.StringIO()
     export_list(source.store, "spaced", out, format="jsonl")
     assert json.loads(out.getvalue())["labels"] == ["tier 1"]
+    source.ingest([SignalRecord("md5", "cd" * 16, external_id="a\rb")], list_name="cr")
+    with pytest.raises(InvalidInput, match=r"external id 'a\\rb' .* carriage return"):
+        export_list(source.store, "cr", io.StringIO(), format="csv")
 
 
 def test_expired_signals_are_exported_unless_skipped_and_retracted_ones_never(stores):
