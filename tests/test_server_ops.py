@@ -123,7 +123,12 @@ def test_graceful_shutdown_finishes_in_flight_calls(tmp_path):
         client = ts.client("admin", retries=0)
         with ThreadPoolExecutor(2) as pool:
             in_flight = pool.submit(client.hash, [big], timeout=30)
-            time.sleep(0.15)  # the call is now hashing on the server
+            inflight = ts.server.host.metrics.registry.get_sample_value
+            deadline = time.monotonic() + 10
+            while inflight("hashmatch_inflight_rpcs") < 1:  # wait until the server has it
+                assert time.monotonic() < deadline, "the call never reached the server"
+                time.sleep(0.01)
+            time.sleep(0.05)  # and is hashing
             stopper = pool.submit(ts.server.stop, 10.0)
             reply = in_flight.result(timeout=30)
             assert reply.items[0].hashes[0].hex
