@@ -154,13 +154,16 @@ def _stored(client: HashmatchClient, list_name: str) -> int:
     return {x.name: x.signal_count for x in client.list_hash_lists().lists}.get(list_name, 0)
 
 
-def _settled_count(client: HashmatchClient, list_name: str) -> int:
-    """The list's count once the server has stopped storing (a cut stream's last message)."""
-    last = -1
-    while (now := _stored(client, list_name)) != last:
-        last = now
-        time.sleep(0.3)
-    return now
+def _settled_count(ts, client: HashmatchClient, list_name: str) -> int:
+    """The list's count once the server has stopped storing: no handler of the cut
+    stream still running (two equal counts 0.3 s apart are not enough on a loaded
+    machine, where one batch can take longer than that)."""
+    inflight = ts.server.host.metrics.registry.get_sample_value
+    deadline = time.monotonic() + 30
+    while inflight("hashmatch_inflight_rpcs") > 0:
+        assert time.monotonic() < deadline, "the cut ingest stream never finished"
+        time.sleep(0.02)
+    return _stored(client, list_name)
 
 
 def test_an_ingest_cut_mid_stream_reports_an_upper_bound_and_a_resend_is_safe(tmp_path):
@@ -188,7 +191,7 @@ def test_an_ingest_cut_mid_stream_reports_an_upper_bound_and_a_resend_is_safe(tm
         pipeline.join()
         error = box["error"]
         assert error.code() is grpc.StatusCode.UNAVAILABLE
-        stored = _settled_count(direct, "cut")
+        stored = _settled_count(ts, direct, "cut")
         assert 3000 <= stored <= error.signals_sent <= error.signals_total == len(signals)
         again = direct.ingest("cut", signals)  # from the first signal: nothing doubles
         assert (again.added, again.unchanged) == (len(signals) - stored, stored)
