@@ -5,6 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests check results, not speed (speed is measured in bench/): no per-example
+# deadline, so a slow or loaded CI machine cannot fail one with DeadlineExceeded/Flaky.
+settings.register_profile("hashmatch", deadline=None)
+settings.load_profile("hashmatch")
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = PROJECT_ROOT.parent / "shared" / "reference"
