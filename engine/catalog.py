@@ -772,5 +772,5 @@ class _Transaction:
     ) -> None:
         if exc_type is None:
             self.conn.execute("COMMIT")
-        else:
+        elif self.conn.in_transaction:  # SQLite may have rolled back (disk full, I/O)
             self.conn.execute("ROLLBACK")

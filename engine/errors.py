@@ -77,3 +77,25 @@ class Conflict(HashmatchError):
 
 class CorruptData(HashmatchError):
     """Stored data (snapshot, database) failed a consistency check."""
+
+
+class SnapshotFailed(HashmatchError):
+    """A snapshot could not be written (disk full, I/O error); the previous snapshot is
+    kept and the live index is unaffected (maps to RESOURCE_EXHAUSTED when the disk is
+    full). Why its own type: an operator's CLI and a gRPC caller both need "the disk is
+    full, nothing was lost", not a numpy ``tofile`` traceback without a file name."""
+
+    def __init__(self, message: str, *, disk_full: bool = False):
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the errors a full filesystem (or quota) raises: ENOSPC/EDQUOT from the OS,
+    SQLITE_FULL from SQLite. One test for every layer that words it for its reader."""
+    import errno
+    import sqlite3
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL

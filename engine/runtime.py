@@ -25,6 +25,7 @@ import contextlib
 import copy
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import threading
@@ -41,6 +42,8 @@ from hashmatch.engine.errors import (
     InvalidHash,
     InvalidInput,
     NotFound,
+    SnapshotFailed,
+    is_disk_full,
 )
 from hashmatch.engine.hashing import DEFAULT_OPTIONS, HashOptions, hash_media
 from hashmatch.engine.matcher import (
@@ -665,12 +668,12 @@ class Engine:
 
     def _write_snapshot(self, indexes: dict[str, object], manifest: dict) -> Path:
         """Save ``indexes`` (frozen views) with ``manifest`` as a new snapshot directory."""
-        self.snapshot_dir.mkdir(parents=True, exist_ok=True)
-        remove_abandoned_tmp(self.snapshot_dir)
         name = f"snap-{manifest['change_counter']:012d}-{time.time_ns()}"
         tmp = self.snapshot_dir / f"{name}.{os.getpid()}.tmp"
         final = self.snapshot_dir / name
         try:
+            self.snapshot_dir.mkdir(parents=True, exist_ok=True)
+            remove_abandoned_tmp(self.snapshot_dir)
             tmp.mkdir()
             with writing(tmp):
                 for stype, index in indexes.items():
@@ -680,6 +683,10 @@ class Engine:
                 (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
                 fsync_tree(tmp)
                 os.replace(tmp, final)
+        except OSError as exc:  # ENOSPC, EIO, EDQUOT...: numpy's own names no file or errno
+            failure = _snapshot_failure(self.snapshot_dir, exc)  # free space before cleanup
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise failure from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -875,3 +882,27 @@ def _refuse_lost_store(data_dir: Path) -> None:
             " empty store)",
             field="data_dir",
         )
+
+
+def _snapshot_failure(snapshot_dir: Path, exc: OSError) -> SnapshotFailed:
+    """The operator's message for a snapshot write that failed: where, why, and that
+    nothing is lost. ``disk_full`` also when numpy's short write carries no errno but
+    the filesystem has under 1 MiB left (measured before the partial snapshot is removed)."""
+    try:
+        free = shutil.disk_usage(
+            snapshot_dir if snapshot_dir.exists() else snapshot_dir.parent
+        ).free
+    except OSError:
+        free = None
+    full = is_disk_full(exc) or (free is not None and free < 1 << 20)
+    why = "the disk is full" if full else (exc.strerror or str(exc))
+    size_limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if not full and exc.errno is None and size_limit != resource.RLIM_INFINITY:
+        # numpy's short write ("N requested and M written") carries no errno
+        why = f"{exc} (over the file-size limit of {size_limit:,} bytes: ulimit -f)"
+    room = "" if free is None else f" ({free:,} bytes free)"
+    return SnapshotFailed(
+        f"cannot write a snapshot in {snapshot_dir}: {why}{room}; the previous snapshot is"
+        " kept and the live index is unaffected",
+        disk_full=full,
+    )

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import queue
+import shutil
 import sqlite3
 import threading
 import time
@@ -350,10 +351,23 @@ class SignalStore:
             # must neither take it for a lost (emptied) store nor run the migrations twice.
             with _creation_lock(self.path):
                 self._check_not_emptied()
-                _refuse_foreign(self.path)  # before the first connection switches it to WAL
-                migrate(self.conn())
+                new = not self.path.exists()
+                try:
+                    _refuse_foreign(self.path)  # before the first connection switches to WAL
+                    migrate(self.conn())
+                except sqlite3.DatabaseError:
+                    self.close()
+                    if new:
+                        self._remove_unfinished()
+                    raise
         except sqlite3.DatabaseError as exc:
             self.close()
+            if isinstance(exc, sqlite3.OperationalError) and _no_space(self.path):
+                raise Conflict(
+                    f"cannot open {self.path} ({exc}): the filesystem holding it is full"
+                    f" ({_free_bytes(self.path):,} bytes free); free space and re-run",
+                    field="data_dir",
+                ) from exc
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise Conflict(
                     f"cannot open {self.path}: another process held its write lock"
@@ -376,19 +390,32 @@ class SignalStore:
                 field="data_dir",
             ) from exc
 
+    def _remove_unfinished(self) -> None:
+        """A store this call began creating whose creation failed (a full disk) is
+        removed, if nothing of it was committed: left as a 0-byte file it would be
+        refused ever after as a lost store, and the operator would have to delete it."""
+        if self._empty_without_wal():
+            for suffix in ("", "-wal", "-shm"):
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+
+    def _empty_without_wal(self) -> bool:
+        """The store file is 0 bytes and no -wal holds its first pages."""
+        if not (self.path.exists() and self.path.stat().st_size == 0):
+            return False
+        wal = self.path.with_name(self.path.name + "-wal")
+        return not (wal.exists() and wal.stat().st_size > 0)
+
     def _check_not_emptied(self) -> None:
         """An existing zero-byte store is a lost one (truncated, a failed copy), not a new
         one: opening it as empty would serve "no match" for everything. One another
         process is creating right now may still be 0 bytes with its first pages in the
         -wal file: that one is let through."""
-        if self.path.exists() and self.path.stat().st_size == 0:
-            wal = self.path.with_name(self.path.name + "-wal")
-            if not (wal.exists() and wal.stat().st_size > 0):  # not one being created now
-                raise CorruptData(
-                    f"{self.path} is empty (0 bytes): the store was lost; restore it from a"
-                    " backup (or delete the file to start an empty store)",
-                    field="data_dir",
-                )
+        if self._empty_without_wal():  # not one another process is creating now
+            raise CorruptData(
+                f"{self.path} is empty (0 bytes): the store was lost; restore it from a"
+                " backup (or delete the file to start an empty store)",
+                field="data_dir",
+            )
 
     # ---- connections
 
@@ -1785,8 +1812,14 @@ class _WriteTxn:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            elif self.conn.in_transaction:  # SQLite may have rolled back (disk full, I/O)
+                self.conn.execute("ROLLBACK")
         finally:
+            if self.conn.in_transaction:  # a COMMIT that failed (disk full) left it open
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")
             self.store.write_lock.release()
 
 
@@ -1966,6 +1999,19 @@ def _parse_code(st: signal_types.SignalType, value: str, *, field: str = "hash")
             return raw
     st.parse(text, field=field)  # raises the precise InvalidHash
     raise InvalidHash(f"{st.name} hash {text!r} does not parse", field=field)
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path.parent).free
+    except OSError:
+        return -1
+
+
+def _no_space(path: Path) -> bool:
+    """The filesystem of ``path`` has under 1 MiB free: why SQLite fails to create its
+    -wal/-shm files with a bare "disk I/O error" (that error names no cause)."""
+    return 0 <= _free_bytes(path) < 1 << 20
 
 
 _SIGNAL_INFO_SELECT = (

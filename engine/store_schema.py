@@ -196,7 +196,8 @@ def migrate(conn: sqlite3.Connection) -> int:
             )
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL / IOERR
+                conn.execute("ROLLBACK")
             raise
     if 0 < found < CURRENT_VERSION:  # every older hashmatch now refuses this store
         logging.getLogger(__name__).warning(
@@ -223,7 +224,8 @@ def _ensure_identity(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
         conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # as in migrate(): the real error must not be replaced
+            conn.execute("ROLLBACK")
         raise
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.errors import HashmatchError, InvalidInput
+from hashmatch.engine.errors import HashmatchError, InvalidInput, is_disk_full
 
 DATA_DIR_HELP = "Store + snapshots directory ($HASHMATCH_DATA_DIR, default ./hashmatch-data)."
 
@@ -38,8 +38,10 @@ def _data_dir_option(f):
 
 
 @contextmanager
-def _engine(data_dir: str, *, create: bool = False) -> Iterator:
-    """Open the engine lazily (no index load unless a verb needs it); map errors to exit 1."""
+def _engine(data_dir: str, *, create: bool = False, resumable: bool = False) -> Iterator:
+    """Open the engine lazily (no index load unless a verb needs it); map errors to one
+    line and exit 1. ``resumable``: the verb commits in batches (ingest), so the message
+    says that what was committed stays and a re-run finishes the work."""
     from hashmatch.engine.runtime import Engine
 
     try:
@@ -47,6 +49,11 @@ def _engine(data_dir: str, *, create: bool = False) -> Iterator:
     except HashmatchError as exc:
         hint = "" if create else " (set HASHMATCH_DATA_DIR or --data-dir to the server's data dir)"
         raise click.ClickException(f"{exc}{hint}") from None
+    resume = (
+        "; batches committed before this are stored: re-run to finish, it is idempotent"
+        if resumable
+        else ""
+    )
     try:
         yield engine
     except HashmatchError as exc:
@@ -58,10 +65,20 @@ def _engine(data_dir: str, *, create: bool = False) -> Iterator:
                 " (another process held the write lock for over 60 s, e.g. a --strict ingest"
                 " of a large file)"
             )
+        elif is_disk_full(exc):
+            hint = " (the disk is full: free space and re-run)"
+        raise click.ClickException(f"{data_dir}/store.sqlite: {exc}{hint}{resume}") from None
+    except MemoryError:
+        smaller = "; re-run with a smaller --batch-size" if resumable else ""
         raise click.ClickException(
-            f"{data_dir}/store.sqlite: {exc}{hint}; batches committed before this are"
-            " stored: re-run to finish, it is idempotent"
+            f"out of memory (a ulimit -v or container limit?){resume}{smaller}"
         ) from None
+    except BrokenPipeError:
+        raise  # stdout closed by the reader (`| head`): not the store's error
+    except OSError as exc:  # a full disk or an I/O error outside SQLite
+        full = " (the disk is full: free space and re-run)" if is_disk_full(exc) else ""
+        where = exc.filename or data_dir
+        raise click.ClickException(f"{where}: {exc.strerror or exc}{full}{resume}") from None
     finally:
         engine.close()
 
@@ -281,7 +298,7 @@ def ingest_command(
         signal_type = signal_types.get(signal_type, field="--type").name
     failed = False
     new_store = not (Path(data_dir) / "store.sqlite").exists()
-    with _engine(data_dir, create=True) as engine:
+    with _engine(data_dir, create=True, resumable=True) as engine:
         _say_what_is_new(engine, data_dir, list_name, new_store)
         for path in files:
             bar = _bar(None, f"ingest {Path(path).name}")

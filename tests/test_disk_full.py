@@ -1,0 +1,133 @@
+"""An operator's bad day with disk space: a full disk or a file-size limit gives one
+clear line (never a traceback), keeps what was stored and the previous snapshot, and
+the next run after space is freed works without manual repair.
+
+A full disk is a real small tmpfs (mounting needs root: those tests skip without it);
+the file-size limit (`prlimit --fsize`) works for anyone.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashmatch.engine.errors import SnapshotFailed
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import SignalRecord
+from hashmatch.server.cli import cli
+
+HASHMATCH = [sys.executable, "-m", "hashmatch.server.cli"]
+
+
+def _records(n: int, seed: int = 3) -> list[SignalRecord]:
+    codes = np.random.default_rng(seed).integers(0, 256, (n, 32), dtype=np.uint8)
+    return [SignalRecord("pdq", c.tobytes().hex()) for c in codes]
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 24 MB tmpfs at tmp_path/mnt (skips where mounting is not allowed)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mnt)],
+                          capture_output=True)  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill(mnt: Path, leave: int = 0) -> Path:
+    """Fill the filesystem up to ``leave`` bytes free; the filler file is returned."""
+    filler = mnt / "filler"
+    with open(filler, "wb") as out:
+        while (free := os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize) > leave:
+            try:
+                out.write(b"\0" * max(min(free - leave, 1 << 20), 4096))
+                out.flush()
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+    return filler
+
+
+def _cli(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_a_snapshot_on_a_full_disk_fails_clearly_and_keeps_the_previous_one(small_fs):
+    data = small_fs / "d"
+    records = _records(50_000)
+    with Engine.open(data) as engine:
+        engine.ingest(records, list_name="l")
+        first = engine.snapshot()
+        engine.ingest(_records(20_000, seed=4), list_name="l")
+        filler = _fill(small_fs, leave=64 << 10)
+        with pytest.raises(SnapshotFailed, match="the disk is full") as err:
+            engine.snapshot()
+        assert err.value.disk_full
+        assert "the previous snapshot is kept" in str(err.value)
+        assert [p.name for p in (data / "snapshots").iterdir()] == [first.name]  # no temp
+        assert engine.match_hex("pdq", [records[7].hash_hex])[0][0].distance == 0
+        filler.unlink()
+        assert engine.snapshot().exists()
+    with Engine.open(data) as engine:  # the new snapshot loads, the later rows with it
+        assert engine.load_info["source"] == "snapshot"
+        assert engine.store.count_live()["pdq"] == 70_000
+
+
+def test_verbs_on_a_full_disk_say_so_and_work_once_space_is_freed(small_fs):
+    data = str(small_fs / "d")
+    csv = small_fs / "in.csv"
+    csv.write_text("signal_type,signal_value\n" + "".join(
+        f"pdq,{r.hash_hex}\n" for r in _records(20_000)))  # fmt: skip
+    filler = _fill(small_fs, leave=8 << 10)
+    made = _cli("lists", "create", "l", "--data-dir", data)  # a new store: cannot be made
+    assert made.exit_code == 1 and "Traceback" not in made.output
+    assert "full" in made.output, made.output
+    assert "batches committed" not in made.output  # only ingest commits in batches
+    filler.unlink()
+    assert _cli("lists", "create", "l", "--data-dir", data).exit_code == 0  # nothing to repair
+
+    filler = _fill(small_fs, leave=256 << 10)
+    ingested = _cli("ingest", str(csv), "--list", "l", "--batch-size", "2000", "--data-dir", data)
+    assert ingested.exit_code == 1 and "Traceback" not in ingested.output
+    assert "the disk is full: free space and re-run" in ingested.output, ingested.output
+    assert "batches committed before this are stored" in ingested.output
+    filler.unlink()
+    again = _cli("ingest", str(csv), "--list", "l", "--data-dir", data)
+    assert again.exit_code == 0, again.output
+    assert "rejected 0" in again.output
+    with Engine.open(data) as engine:
+        assert engine.store.count_live()["pdq"] == 20_000
+        assert engine.store.integrity_check() == "ok"
+
+
+def test_a_snapshot_over_the_file_size_limit_is_one_line_and_loses_nothing(tmp_path):
+    """No root needed: `prlimit --fsize` makes the snapshot's index file too large."""
+    data = tmp_path / "d"
+    with Engine.open(data) as engine:
+        engine.ingest(_records(30_000), list_name="l")
+        first = engine.snapshot()
+    done = subprocess.run(
+        ["prlimit", "--fsize=400000", "--", *HASHMATCH, "index", "snapshot", "--data-dir",
+         str(data)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert f"cannot write a snapshot in {data / 'snapshots'}: " in done.stderr
+    assert "over the file-size limit of 400,000 bytes: ulimit -f" in done.stderr
+    assert "the previous snapshot is kept" in done.stderr
+    assert [p.name for p in (data / "snapshots").iterdir()] == [first.name]
+    with Engine.open(data) as engine:
+        assert engine.load_info["source"] == "snapshot"
