@@ -3,7 +3,9 @@
 Why: servicers stay thin (validate -> call the engine -> map errors). A client's
 mistake (any :class:`~hashmatch.engine.errors.InvalidInput`) becomes
 INVALID_ARGUMENT with a ``google.rpc.BadRequest`` detail naming the field and the
-item index; nothing a client sends can produce INTERNAL.
+item index; nothing a client sends can produce INTERNAL. A full disk on the server
+(ENOSPC/EDQUOT, SQLITE_FULL, a snapshot that found no room) is RESOURCE_EXHAUSTED
+saying so: the caller can tell an operator, and retry once space is freed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,37 @@ class Cancelled(engine_errors.HashmatchError):
     """The client cancelled the call (or went away) while the server was working on it."""
 
 
+class DiskFull(engine_errors.HashmatchError):
+    """A write found the server's disk (or quota) full; its transaction was rolled back
+    (RESOURCE_EXHAUSTED). Raised by a servicer that can say what was stored before."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for a full disk or quota: ``exc`` itself, or an error it was raised from
+    (``raise ... from``: a layer's own wording of it, e.g. ``SnapshotFailed``)."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; a cycle must not hang the call
+        if seen is None:
+            break
+        if getattr(seen, "disk_full", False) or engine_errors.is_disk_full(seen):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def disk_full_message(exc: BaseException, *, data_dir: str = "", kept: str = "") -> str:
+    """Why the write failed, for the caller (who cannot see the server's log).
+
+    A :class:`~hashmatch.engine.errors.HashmatchError` (``SnapshotFailed``) is worded
+    for its reader already; a raw ``OSError``/``sqlite3`` error is not, so it is wrapped.
+    """
+    if isinstance(exc, engine_errors.HashmatchError):
+        return str(exc)
+    where = f" (data dir {data_dir})" if data_dir else ""
+    kept = kept or "what was acknowledged before is kept"
+    return f"the server's disk is full{where}: {exc}; {kept}; free space on the server, then retry"
+
+
 # Most specific first: the first isinstance match wins.
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (engine_errors.InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
@@ -46,6 +79,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (engine_errors.Conflict, grpc.StatusCode.FAILED_PRECONDITION),
     (engine_errors.CorruptData, grpc.StatusCode.DATA_LOSS),
+    (DiskFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Cancelled, grpc.StatusCode.CANCELLED),
@@ -77,15 +111,24 @@ def field_path(exc: BaseException) -> str:
     return field
 
 
-def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
-    """Map an exception to (code, message, rich status)."""
-    code = grpc.StatusCode.INTERNAL
+def _code(exc: BaseException) -> grpc.StatusCode:
     for kind, mapped in _CODES:
         if isinstance(exc, kind):
-            code = mapped
-            break
+            return mapped
+    # Not a bug of ours but the server's disk: an error the engine does not word itself
+    # (sqlite3, OSError) reaches here raw from any write path.
+    if is_disk_full(exc):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    return grpc.StatusCode.INTERNAL
+
+
+def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
+    """Map an exception to (code, message, rich status)."""
+    code = _code(exc)
     if code is grpc.StatusCode.INTERNAL:
         message = "internal error (logged on the server)"
+    elif code is grpc.StatusCode.RESOURCE_EXHAUSTED and is_disk_full(exc):
+        message = clip(disk_full_message(exc))
     elif isinstance(exc, NotImplementedError):
         message = f"not implemented: {exc}" if str(exc) else "not implemented"
     else:
@@ -114,9 +157,11 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Stat
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     """Abort the call with the mapped status (raises, as ``context.abort`` does)."""
-    code, _message, status = to_status(exc)
+    code, message, status = to_status(exc)
     if code is grpc.StatusCode.INTERNAL:
         log.exception("internal error", exc_info=exc)
+    elif code is grpc.StatusCode.RESOURCE_EXHAUSTED and is_disk_full(exc):
+        log.error("a write failed: %s", message)  # the operator must free space
     context.abort_with_status(rpc_status.to_status(status))
 
 

@@ -9,7 +9,9 @@ Authentication, roles, logging, metrics and error mapping come from
 from __future__ import annotations
 
 import json
+import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ from hashmatch.engine.errors import Conflict, HashmatchError
 from hashmatch.engine.runtime import Progress, RebuildStopped
 from hashmatch.server import changes, errors, ingest, matching
 from hashmatch.server.calls import Call, rpc
-from hashmatch.server.errors import NotServing
+from hashmatch.server.errors import DiskFull, NotServing
 from hashmatch.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -31,6 +33,8 @@ from hashmatch.v1 import (
 
 if TYPE_CHECKING:
     from hashmatch.server.app import ServiceHost
+
+log = logging.getLogger("hashmatch.server")
 
 
 class MatcherService(matcher_pb2_grpc.MatcherServicer):
@@ -80,13 +84,38 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
     def Ingest(
         self, request_iterator: Iterator[signals_pb2.IngestRequest], call: Call
     ) -> signals_pb2.IngestResponse:
-        return ingest.ingest(self.host, request_iterator, call)
+        received = _Counted(request_iterator)
+        try:
+            return ingest.ingest(self.host, received, call)
+        except (OSError, sqlite3.Error) as exc:
+            if not errors.is_disk_full(exc):
+                raise
+            # Each message is its own commit: the one being stored (the last received)
+            # was rolled back, those before it are kept. A resend is harmless (upsert).
+            failed = max(received.count - 1, 0)
+            kept = (
+                f"messages before stream[{failed}] were stored and are kept, stream[{failed}]"
+                " was rolled back (resending the stream is harmless: an ingest is an upsert)"
+                if failed
+                else "nothing of this call was stored"
+            )
+            raise self._disk_full(exc, kept) from exc
 
     @rpc("write")
     def Retract(
         self, request: signals_pb2.RetractRequest, call: Call
     ) -> signals_pb2.RetractResponse:
-        return ingest.retract(self.host, request, call)
+        try:
+            return ingest.retract(self.host, request, call)
+        except (OSError, sqlite3.Error) as exc:
+            if not errors.is_disk_full(exc):
+                raise
+            raise self._disk_full(exc, "nothing of this call was stored") from exc
+
+    def _disk_full(self, exc: BaseException, kept: str) -> DiskFull:
+        """A full disk worded for the caller: the data dir, and what was kept."""
+        data_dir = str(self.host.config.data_dir)
+        return DiskFull(errors.disk_full_message(exc, data_dir=data_dir, kept=kept))
 
     @rpc("match")
     def ListHashLists(
@@ -188,3 +217,19 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         path = self.host.engine.snapshot(actor=call.principal.tenant)
         call.log["path"] = str(path)
         return admin_pb2.SnapshotResponse(path=str(path))
+
+
+class _Counted:
+    """An iterator that counts the items taken from it (stream messages received)."""
+
+    def __init__(self, items: Iterator):
+        self._items = items
+        self.count = 0
+
+    def __iter__(self) -> _Counted:
+        return self
+
+    def __next__(self):
+        item = next(self._items)
+        self.count += 1
+        return item

@@ -1,0 +1,110 @@
+"""A server whose disk fills up, over a real socket: writes say so (RESOURCE_EXHAUSTED,
+naming the data dir and what was kept), the server keeps answering, and writes work
+again once space is freed.
+
+The full disk is a real one: a small tmpfs (mounting needs root; skipped without),
+filled with a preallocated file. A file-size rlimit would give EFBIG/SIGXFSZ, not the
+ENOSPC / SQLITE_FULL a full disk gives, so it would test another path.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from hashmatch.server.client import signal
+from hashmatch.server.testing import running_server
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 MiB tmpfs, unmounted afterwards."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs (a disk that can fill) needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def _fill(mnt: Path, leave: int = 0) -> Path:
+    """Take all but ``leave`` bytes of the filesystem with one preallocated file."""
+    stat = os.statvfs(mnt)
+    fill = mnt / "fill"
+    fd = os.open(fill, os.O_CREAT | os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, 0, max(stat.f_bavail * stat.f_frsize - leave, 1))
+    finally:
+        os.close(fd)
+    return fill
+
+
+def _hexes(rng: random.Random, n: int) -> list[str]:
+    return [f"{rng.getrandbits(256):064x}" for _ in range(n)]
+
+
+def _signals(hexes: list[str]) -> list:
+    return [signal("pdq", h) for h in hexes]
+
+
+def test_full_disk_is_resource_exhausted_and_writes_work_again_once_freed(small_disk):
+    rng = random.Random(7)
+    data_dir = small_disk / "d"
+    with running_server(data_dir) as ts:
+        client = ts.client(timeout=20, retries=0)
+        kept = _hexes(rng, 100)
+        assert client.ingest("g", _signals(kept)).added == 100
+        fill = _fill(small_disk)
+
+        with pytest.raises(grpc.RpcError) as err:
+            client.ingest("g", _signals(_hexes(rng, 5000)), batch_size=1000)
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = err.value.details()
+        assert "the server's disk is full" in details
+        assert f"data dir {data_dir}" in details
+        assert "nothing of this call was stored" in details
+
+        with pytest.raises(grpc.RpcError) as err:
+            client.snapshot()
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "disk is full" in err.value.details()
+
+        # still serving, and what was acknowledged before is there
+        found = client.match([("pdq", h) for h in kept[:5]], threshold=0)
+        assert all(r.matches for r in found.results)
+        assert client.stats().total_signals == 100
+
+        fill.unlink()
+        assert client.ingest("g", _signals(_hexes(rng, 5000)), batch_size=1000).added == 5000
+        assert client.snapshot().path
+
+
+def test_ingest_filling_the_disk_mid_stream_says_which_messages_were_kept(small_disk):
+    rng = random.Random(9)
+    with running_server(small_disk / "d") as ts:
+        client = ts.client(timeout=20, retries=0)
+        assert client.ingest("g", _signals(_hexes(rng, 100))).added == 100
+        _fill(small_disk, leave=1024 * 1024)  # room for a few messages, not for 40
+
+        with pytest.raises(grpc.RpcError) as err:
+            client.ingest("g", _signals(_hexes(rng, 40_000)), batch_size=1000)
+        assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        found = re.search(r"messages before stream\[(\d+)\] were stored", err.value.details())
+        assert found, err.value.details()
+        # exactly those messages are in the store: the message said the truth
+        assert client.stats().total_signals == 100 + int(found.group(1)) * 1000
