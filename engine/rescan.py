@@ -32,7 +32,9 @@ with ``Signals.SignalStates``. The matching, net-effect and commit logic is the 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -604,20 +606,36 @@ def catalog_index(
     if len(row_ids):
         index.add(codes, row_ids)
     if cache_dir is not None and (len(row_ids) or after < top or not index_path.exists()):
+        manifest = {"format": 1, "floor": floor, "catalog_id": catalog.identity(),
+                    "max_id": top, "rows": len(index)}  # fmt: skip
+        _keep_cache(cache_dir, index_path, manifest_path, index, manifest)
+    n = len(index)
+    return (index if n else None), n, len(row_ids)
+
+
+def _keep_cache(cache_dir: Path, index_path: Path, manifest_path: Path, index: ShardedIndex,
+                manifest: dict) -> None:  # fmt: skip
+    """Save the catalog index for the next rescan. Only a speed-up: a failure (a full
+    disk) is logged and the rescan goes on; without its manifest the cache is not used."""
+    tmp = index_path.with_name(index_path.name + ".tmp")
+    try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         manifest_path.unlink(missing_ok=True)  # no manifest = no cache while we write
-        tmp = index_path.with_name(index_path.name + ".tmp")
         _remove(tmp)
         index.save(tmp)  # a snapshot directory
         _remove(index_path)
         os.replace(tmp, index_path)
-        manifest = {"format": 1, "floor": floor, "catalog_id": catalog.identity(),
-                    "max_id": top, "rows": len(index)}  # fmt: skip
-        tmp = manifest_path.with_name(manifest_path.name + ".tmp")
-        tmp.write_text(json.dumps(manifest))
-        os.replace(tmp, manifest_path)
-    n = len(index)
-    return (index if n else None), n, len(row_ids)
+        tmp_manifest = manifest_path.with_name(manifest_path.name + ".tmp")
+        tmp_manifest.write_text(json.dumps(manifest))
+        os.replace(tmp_manifest, manifest_path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            _remove(tmp)
+        logging.getLogger(__name__).warning(
+            "could not keep the catalog index in %s (%s): the next rescan rebuilds it",
+            cache_dir,
+            exc.strerror or exc,
+        )
 
 
 def _new_index(st: SignalType) -> ShardedIndex:

@@ -9,6 +9,7 @@ the file-size limit (`prlimit --fsize`) works for anyone.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -131,3 +132,37 @@ def test_a_snapshot_over_the_file_size_limit_is_one_line_and_loses_nothing(tmp_p
     assert [p.name for p in (data / "snapshots").iterdir()] == [first.name]
     with Engine.open(data) as engine:
         assert engine.load_info["source"] == "snapshot"
+
+
+def test_a_rescan_with_its_catalog_on_a_full_disk_is_one_line(small_fs, tmp_path):
+    from PIL import Image
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    rng = np.random.default_rng(5)
+    for i in range(4):
+        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(small).resize((128, 128)).save(tree / f"{i}.png")
+    data, catalog = tmp_path / "d", small_fs / "cat.sqlite"
+    with Engine.open(data) as engine:
+        engine.store.create_list("l")
+    scanned = subprocess.run(
+        [*HASHMATCH, "scan", str(tree), "--data-dir", str(data), "--catalog", str(catalog),
+         "--workers", "1", "--no-progress", "--out", str(tmp_path / "r.jsonl")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert scanned.returncode == 0, scanned.stderr
+    with Engine.open(data) as engine:  # a new signal: one catalogued file's PDQ
+        found = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[-1])
+        assert found["hashed"] == 4
+        engine.ingest(_records(10), list_name="l")
+    filler = _fill(small_fs, leave=8 << 10)
+    rescan = [*HASHMATCH, "rescan", "--data-dir", str(data), "--catalog", str(catalog),
+              "--out", str(tmp_path / "rs.jsonl")]  # fmt: skip
+    done = subprocess.run(rescan, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"catalog {catalog}: " in done.stderr
+    assert "the disk is full: free space and re-run" in done.stderr
+    filler.unlink()
+    done = subprocess.run(rescan, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from hashmatch.engine.errors import HashmatchError
+from hashmatch.engine.errors import HashmatchError, is_disk_full
 
 DEFAULT_DATA_DIR = "./hashmatch-data"
 
@@ -243,6 +244,7 @@ def rescan_command(since, data_dir, catalog, server, token, tls, threshold, out)
             source = ServerChanges(client, server)
         else:
             source = stack.enter_context(contextlib.closing(SignalStore(store_path, create=False)))
+        stack.enter_context(_catalog_errors(path))  # its SQLite errors: one line naming it
         cat = stack.enter_context(Catalog(path))
         result = rescan(cat, source, since=since_seq, threshold=threshold, report=out)
     _print_summary(result.summary.as_dict())
@@ -298,7 +300,8 @@ def _catalog_errors(path: Path) -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as exc:
-        raise click.ClickException(f"catalog {path}: {exc}") from exc
+        full = " (the disk is full: free space and re-run)" if _disk_full(exc, path) else ""
+        raise click.ClickException(f"catalog {path}: {exc}{full}") from exc
     except OSError as exc:
         from hashmatch.engine.catalog import CATALOG_SUFFIXES
 
@@ -307,6 +310,17 @@ def _catalog_errors(path: Path) -> Iterator[None]:
         raise click.ClickException(
             f"catalog {path}: {exc.filename}: {exc.strerror or exc}"
         ) from exc
+
+
+def _disk_full(exc: sqlite3.Error, path: Path) -> bool:
+    """SQLITE_FULL, or a bare "disk I/O error" with under 1 MiB left where the catalog
+    lives (SQLite could not create its -wal/-shm files: the usual cause)."""
+    if is_disk_full(exc):
+        return True
+    try:
+        return shutil.disk_usage(path.resolve().parent).free < 1 << 20
+    except OSError:
+        return False
 
 
 def _check_lists(lists: tuple[str, ...], known: set[str]) -> None:
