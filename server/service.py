@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from hashmatch.engine.errors import Conflict, HashmatchError
+from hashmatch.engine.errors import Conflict, HashmatchError, SnapshotFailed
 from hashmatch.engine.runtime import Progress, RebuildStopped
 from hashmatch.server import changes, errors, ingest, matching
 from hashmatch.server.calls import Call, rpc
@@ -32,6 +32,7 @@ from hashmatch.v1 import (
 )
 
 if TYPE_CHECKING:
+    from hashmatch.engine.runtime import Engine
     from hashmatch.server.app import ServiceHost
 
 log = logging.getLogger("hashmatch.server")
@@ -206,9 +207,30 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         summary["snapshot"] = None
         if not self.host.stopping:
             progress("snapshot", 0, 1)
-            summary["snapshot"] = str(engine.snapshot(actor=actor))
-            progress("snapshot", 1, 1)
+            summary["snapshot"] = self._snapshot_after_rebuild(engine, actor, summary)
+            if summary["snapshot"] is not None:
+                progress("snapshot", 1, 1)
         return summary
+
+    @staticmethod
+    def _snapshot_after_rebuild(engine: Engine, actor: str, summary: dict) -> str | None:
+        """The snapshot's path; None, with ``summary["snapshot_error"]`` saying why, when
+        it could not be written (a full disk): the rebuilt index is live by now, so the
+        call reports its summary rather than failing as if the rebuild had.
+        (RebuildProgress has no field for it: ``snapshot_error`` rides in summary_json.)"""
+        try:
+            return str(engine.snapshot(actor=actor))
+        except (SnapshotFailed, OSError, sqlite3.Error) as exc:
+            full = errors.is_disk_full(exc)
+            if not (full or isinstance(exc, SnapshotFailed)):
+                raise  # not the disk: a bug, reported as one
+            why = str(exc) if isinstance(exc, SnapshotFailed) else f"the disk is full: {exc}"
+            summary["snapshot_error"] = (
+                f"the rebuilt index is live, but its snapshot failed: {why}; take one with"
+                f" Snapshot once {'there is room' if full else 'that is fixed'}"
+            )
+            log.error("rebuild: %s", summary["snapshot_error"])
+            return None
 
     @rpc("admin")
     def Snapshot(

@@ -9,6 +9,7 @@ ENOSPC / SQLITE_FULL a full disk gives, so it would test another path.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -92,6 +93,24 @@ def test_full_disk_is_resource_exhausted_and_writes_work_again_once_freed(small_
         fill.unlink()
         assert client.ingest("g", _signals(_hexes(rng, 5000)), batch_size=1000).added == 5000
         assert client.snapshot().path
+
+
+def test_rebuild_without_room_for_its_snapshot_reports_its_summary(small_disk):
+    rng = random.Random(8)
+    with running_server(small_disk / "d") as ts:
+        client = ts.client(timeout=60, retries=0)
+        sent = _hexes(rng, 40_000)
+        assert client.ingest("g", _signals(sent), batch_size=10_000).added == 40_000
+        # room for the rebuild's audit row, not for a snapshot of 40k hashes (>1 MiB)
+        _fill(small_disk, leave=256 * 1024)
+
+        last = list(client.rebuild())[-1]
+        assert last.finished and last.stage == "done"
+        summary = json.loads(last.summary_json)
+        assert summary["snapshot"] is None
+        assert "snapshot failed" in summary["snapshot_error"]
+        assert "disk is full" in summary["snapshot_error"]
+        assert client.match([("pdq", sent[0])], threshold=0).results[0].matches
 
 
 def test_ingest_filling_the_disk_mid_stream_says_which_messages_were_kept(small_disk):
