@@ -24,6 +24,14 @@ from hashmatch.engine.store import SignalInfo, SignalRecord, SignalStore
 EXPORT_FORMATS = ("jsonl", "csv")
 
 
+@dataclass
+class _StoredVideo(SignalRecord):
+    """A stored vPDQ signal as a record to write, keeping its store id so that an error
+    names it as it names every other signal (``signal id N``)."""
+
+    id: int | None = None
+
+
 @dataclass(frozen=True)
 class ExportReport:
     """What an export wrote: signals written, and expired ones left out (if asked)."""
@@ -44,15 +52,19 @@ def export_list(
     skip_expired: bool = False,
     actor: str = "local",
     destination: str | None = None,
+    audit: bool = True,
     now: float | None = None,
 ) -> ExportReport:
     """Write list ``list_name``'s signals to ``out`` and record the export in the audit log.
 
     Live (not retracted) signals by default, expired ones included (they carry their
     expiry, and ingest stores them as expired) unless ``skip_expired``; with
-    ``retracted`` the retracted signals as ``type:hex`` lines instead (``format`` is
-    then unused). Raises ``NotFound`` for an unknown list and ``InvalidInput`` for an
-    unknown format or a signal the format cannot carry (see :func:`write_records`).
+    ``retracted`` every retracted signal as a ``type:hex`` line instead (``format`` and
+    ``skip_expired`` then unused: a partner's copy may expire later, or never).
+    Raises ``NotFound`` for an unknown list and ``InvalidInput`` for an unknown format
+    or a signal the format cannot carry (see :func:`write_records`). ``audit=False``
+    leaves the audit entry to the caller (:func:`record_export`), for one that only
+    knows the export succeeded once its file is complete (the CLI's ``--out``).
     """
     if format not in EXPORT_FORMATS:
         raise InvalidInput(
@@ -62,6 +74,8 @@ def export_list(
     list_name = store.get_list(list_name).name  # NotFound before anything is written
     now = time.time() if now is None else now
     skipped = [0]
+
+    skip_expired = skip_expired and not retracted
 
     def wanted() -> Iterator[SignalInfo]:
         for info in store.iter_signals(list_name, retracted=retracted):
@@ -75,15 +89,25 @@ def export_list(
         format = "targets"
     else:
         written = write_records((_record(store, info) for info in wanted()), out, format=format)
+    report = ExportReport(list_name, format, written, skipped[0])
+    if audit:
+        record_export(store, report, actor=actor, destination=destination)
+    return report
+
+
+def record_export(
+    store: SignalStore, report: ExportReport, *, actor: str = "local", destination: str | None
+) -> None:
+    """The audit entry of a finished export: who handed over how many signals of which
+    list, in which format (``targets`` for retractions), to where."""
     store.record(
         "export",
         actor=actor,
-        list_name=list_name,
-        count=written,
+        list_name=report.list_name,
+        count=report.written,
         source=destination,
-        details={"format": format, "retracted": retracted, "skipped_expired": skipped[0]},
+        details={"format": report.format, "skipped_expired": report.skipped_expired},
     )
-    return ExportReport(list_name, format, written, skipped[0])
 
 
 def _write_targets(signals: Iterator[SignalInfo], out: IO[str]) -> int:
@@ -94,12 +118,13 @@ def _write_targets(signals: Iterator[SignalInfo], out: IO[str]) -> int:
     return n
 
 
-def _record(store: SignalStore, info: SignalInfo) -> SignalInfo | SignalRecord:
+def _record(store: SignalStore, info: SignalInfo) -> SignalInfo | _StoredVideo:
     """A vPDQ signal's frames come from their own table; other signals export as read."""
     if info.signal_type != "vpdq":
         return info
     codes, qualities, stamps = store.frames(info.id)
-    return SignalRecord(
+    return _StoredVideo(
+        id=info.id,
         signal_type=info.signal_type,
         hash_hex=info.hash_hex,
         labels=info.labels,

@@ -127,6 +127,14 @@ def test_csv_refuses_a_label_it_would_split_and_jsonl_keeps_it(stores):
         export_list(source.store, "cr", io.StringIO(), format="csv")
 
 
+def test_csv_refuses_a_video_stored_without_frame_details_by_its_id(stores):
+    source, _ = stores
+    frames = np.arange(64, dtype=np.uint8).reshape(2, 32)
+    source.ingest([SignalRecord("vpdq", "", frames=frames)], list_name="bare-video")
+    with pytest.raises(InvalidInput, match=r"vpdq signal id \d+ was stored without frame"):
+        export_list(source.store, "bare-video", io.StringIO(), format="csv")
+
+
 def test_expired_signals_are_exported_unless_skipped_and_retracted_ones_never(stores):
     source, _ = stores
     keep, old, gone = "01" * 32, "02" * 32, "03" * 32
@@ -144,6 +152,10 @@ def test_expired_signals_are_exported_unless_skipped_and_retracted_ones_never(st
     out = io.StringIO()
     assert export_list(source.store, "mixed", out, retracted=True).written == 1
     assert out.getvalue() == f"pdq:{gone}\n"
+    source.store.retract(list_name="mixed", hashes=[("pdq", old)])
+    out = io.StringIO()  # a retraction goes out even past its expiry: a copy may differ
+    export_list(source.store, "mixed", out, retracted=True, skip_expired=True, now=NOW)
+    assert out.getvalue() == f"pdq:{old}\npdq:{gone}\n"
 
 
 def test_unknown_list_and_format_are_refused_before_writing(stores):
@@ -217,4 +229,39 @@ def test_cli_failed_export_leaves_no_file(run, tmp_path):
     out = run("lists", "export", "nope", code=1).output
     assert "no hash list named 'nope'" in out
     out = run("lists", "export", "l", "--retracted", "--format", "csv", code=2).output
-    assert "--retracted writes type:hex lines" in out
+    assert "--retracted writes every retracted signal as a type:hex line" in out
+
+
+def test_cli_failed_export_to_stdout_writes_nothing_and_is_not_audited(run, tmp_path):
+    """A refusal part way must not send the rows before it down a pipe into someone's
+    ingest; and only a finished export is in the audit log."""
+    lines = [{"signal_type": "pdq", "signal_value": f"{i:064x}", "labels": [label]}
+             for i, label in ((1, "ok"), (2, "ok"), (3, "tier 1"))]  # fmt: skip
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    run("ingest", str(tmp_path / "in.jsonl"), "--list", "l")
+    failed = run("lists", "export", "l", "--format", "csv", code=1)
+    assert failed.stdout == "" and "label 'tier 1'" in failed.stderr
+    assert json.loads(run("audit", "--json", "--action", "export").stdout) == []
+    whole = run("lists", "export", "l")  # JSONL carries it: all three, then audited
+    assert [json.loads(x)["labels"] for x in whole.stdout.splitlines()] == [
+        ["ok"],
+        ["ok"],
+        ["tier 1"],
+    ]
+    assert [e["count"] for e in json.loads(run("audit", "--json").stdout)
+            if e["action"] == "export"] == [3]  # fmt: skip
+
+
+def test_cli_export_options_that_would_mislead_are_refused(run, tmp_path):
+    run("lists", "create", "l")
+    out = run("lists", "export", "l", "--format", "csv", "--out", str(tmp_path / "x.jsonl"),
+              code=2).output  # fmt: skip
+    assert "--format csv but --out ends in .jsonl: ingest reads the format" in out
+    out = run("lists", "export", "l", "--retracted", "--skip-expired", code=2).output
+    assert "leave out --format and --skip-expired" in out
+    retracted_csv = tmp_path / "r.csv"  # the suffix is not a --format for --retracted
+    run("lists", "export", "l", "--retracted", "--out", str(retracted_csv))
+    assert retracted_csv.read_text() == ""
+    out = run("lists", "export", "l", "--out", str(tmp_path / "no" / "x.jsonl"), code=1).output
+    assert f"{tmp_path / 'no' / 'x.jsonl'}: No such file or directory" in out
+    assert ".tmp-" not in out  # the temp file is not what the operator named

@@ -198,30 +198,24 @@ lists_group.command("enable", help="Let a disabled list match again.")(_set_enab
     is_flag=True,
     help="The list's retracted signals instead, one type:hex a line (what retract --file reads).",
 )
-@click.option("--skip-expired", is_flag=True, help="Leave out signals whose expiry has passed.")
+@click.option(
+    "--skip-expired", is_flag=True, help="Leave out live signals whose expiry has passed."
+)
 @click.option("--actor", default="local", help="Who to record in the audit log.")
 @_data_dir_option
 def lists_export(name, fmt, out_path, retracted, skip_expired, actor, data_dir) -> None:
     """Write a list's signals as a file `hashmatch ingest` reads back into the same
     signals: to contribute them to a sharing program, move a list between stores, or
-    hand a partner the retractions (--retracted). Recorded in the audit log."""
-    from hashmatch.engine.export import export_list
+    hand a partner the retractions (--retracted). Recorded in the audit log once the
+    file is complete; on error nothing is written (stdout included)."""
+    from hashmatch.engine.export import export_list, record_export
 
-    if fmt is None:
-        fmt = "csv" if out_path and Path(out_path).suffix.lower() == ".csv" else "jsonl"
-    if retracted and fmt != "jsonl":
-        raise click.UsageError("--retracted writes type:hex lines; leave out --format")
-    with _engine(data_dir) as engine, _output(out_path) as out:
-        report = export_list(
-            engine.store,
-            name,
-            out,
-            format=fmt,
-            retracted=retracted,
-            skip_expired=skip_expired,
-            actor=actor,
-            destination=out_path,
-        )
+    fmt = _export_format(fmt, out_path, retracted, skip_expired)
+    with _engine(data_dir) as engine:
+        with _output(out_path) as out:
+            report = export_list(engine.store, name, out, format=fmt, retracted=retracted,
+                                 skip_expired=skip_expired, audit=False)  # fmt: skip
+        record_export(engine.store, report, actor=actor, destination=out_path)
     what = "retracted signal(s)" if retracted else f"signal(s) as {report.format}"
     where = f" to {out_path}" if out_path else ""
     left_out = f"; {report.skipped_expired} expired left out" if skip_expired else ""
@@ -229,13 +223,45 @@ def lists_export(name, fmt, out_path, retracted, skip_expired, actor, data_dir) 
                err=True)  # fmt: skip
 
 
+_FORMAT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl"}
+
+
+def _export_format(fmt: str | None, out_path: str | None, retracted: bool,
+                   skip_expired: bool) -> str:  # fmt: skip
+    """The export's format: --format, else --out's suffix, else jsonl. Refuses what
+    would mislead: a suffix naming the other format (ingest reads the format from the
+    suffix, so every line would be rejected) and options --retracted does not use."""
+    if retracted:
+        if fmt is not None or skip_expired:
+            raise click.UsageError(
+                "--retracted writes every retracted signal as a type:hex line;"
+                " leave out --format and --skip-expired"
+            )
+        return "jsonl"  # unused
+    suffix = _FORMAT_SUFFIXES.get(Path(out_path).suffix.lower()) if out_path else None
+    if fmt is not None and suffix is not None and fmt != suffix:
+        raise click.UsageError(
+            f"--format {fmt} but --out ends in {Path(out_path).suffix}: ingest reads the"
+            " format from the suffix"
+        )
+    return fmt or suffix or "jsonl"
+
+
 @contextmanager
 def _output(path: str | None) -> Iterator:
-    """stdout, or a temp file beside ``path`` renamed over it only when the whole export
-    is written: an error part way (a label CSV cannot carry, a full disk) leaves no
-    truncated file behind for someone to share."""
+    """Where an export goes, complete or not at all: stdout is buffered in a temp file
+    and copied out only when the export finished (else a refusal part way, say a label
+    CSV cannot carry, would have sent valid-looking rows down a pipe into someone's
+    ingest); a file is written beside ``path`` and renamed over it. OS errors name
+    ``path``, not the temp file."""
+    import shutil
+    import tempfile
+
     if path is None:
-        yield sys.stdout
+        with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as buffer:
+            yield buffer
+            buffer.seek(0)
+            shutil.copyfileobj(buffer, sys.stdout)
         return
     target = Path(path)
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -245,6 +271,8 @@ def _output(path: str | None) -> Iterator:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, target)
+    except OSError as exc:
+        raise click.ClickException(f"{path}: {exc.strerror or exc}") from None
     finally:
         temp.unlink(missing_ok=True)
 
