@@ -8,8 +8,10 @@ matcher (local data dir or ``--server``), call the library, print the summary.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import resource
 import shutil
 import sqlite3
 import tempfile
@@ -323,6 +325,16 @@ def _disk_full(exc: sqlite3.Error, path: Path) -> bool:
         return False
 
 
+def _os_hint(exc: OSError) -> str:
+    """What to do about the OS errors an operator can fix: open-file and disk limits."""
+    if exc.errno == errno.EMFILE:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return f" (open-file limit {soft}: raise ulimit -n, or use fewer --workers)"
+    if is_disk_full(exc):
+        return " (the disk is full: free space and re-run; the catalog keeps what was done)"
+    return ""
+
+
 def _check_lists(lists: tuple[str, ...], known: set[str]) -> None:
     """Every --list names a list the caller can see: refused now, not after the first
     batch of files is hashed (where a resume would only fail again)."""
@@ -368,6 +380,6 @@ def _one_line_errors(server: str | None, *, name_server: bool) -> Iterator[None]
         ) from exc
     except OSError as exc:  # e.g. a full disk while the report is written
         where = f"{exc.filename}: " if exc.filename else ""
-        raise click.ClickException(f"{where}{exc.strerror or exc}") from exc
+        raise click.ClickException(f"{where}{exc.strerror or exc}{_os_hint(exc)}") from exc
     except rpc_errors as exc:
         raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}") from exc
