@@ -55,12 +55,54 @@ STOP_SLACK_SECONDS = 5.0  # beyond the drain grace, how long stop() waits for gR
 # reflection, so a busy server still answers its health probe rather than refusing it
 # (an orchestrator would restart a server that is only busy).
 RESERVED_WORKERS = 2
+# Below this many open files a server is warned about: every client connection holds
+# one, besides the store's and the indexes' files.
+MIN_OPEN_FILES = 1024
 
 SERVICE_NAMES = (
     matcher_pb2.DESCRIPTOR.services_by_name["Matcher"].full_name,
     signals_pb2.DESCRIPTOR.services_by_name["Signals"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
 )
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's soft open-files limit (RLIMIT_NOFILE) to its hard limit;
+    the soft limit in effect after (-1: unlimited, or no such limit on this OS).
+
+    Why: past the soft limit gRPC's listener stops accepting, logs "File descriptor
+    limit reached. Retrying." every second, and new clients hang instead of getting an
+    error. A soft limit is often far below the hard one (a soft 1024 is a common
+    default), and a process may raise its own up to the hard one.
+    Process-wide: a program that embeds the server gets the raised limit too.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX: no such limit to raise
+        return -1
+    unlimited = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited soft limit is refused on Linux (fs.nr_open) and macOS (OPEN_MAX):
+    # after the hard limit, try smaller ones the kernel takes.
+    for target in (hard, 1 << 20, 1 << 16, 10240) if soft != unlimited else ():
+        if target != unlimited and target <= soft:
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            continue
+        log.info("open-files limit raised from %s to %s", soft, target)
+        soft = target
+        break
+    if soft != unlimited and soft < MIN_OPEN_FILES:
+        log.warning(
+            "the open-files limit is %s (hard limit %s): each client connection takes one, "
+            "and past it new connections hang; raise the hard limit (ulimit -Hn, systemd "
+            "LimitNOFILE=, docker --ulimit nofile=)",
+            soft,
+            hard,
+        )
+    return -1 if soft == unlimited else soft
 
 
 def open_engine(config: ServerConfig) -> Engine:
@@ -390,6 +432,7 @@ class HashmatchServer:
             self.health.set(name, status)
 
     def start(self, *, load_in_background: bool = True) -> HashmatchServer:
+        raise_open_files_limit()
         self._server = self._build()
         self.port = self._bind(self._server)
         self._set_health(False)

@@ -1,6 +1,7 @@
 """A server whose disk fills up, over a real socket: writes say so (RESOURCE_EXHAUSTED,
 naming the data dir and what was kept), the server keeps answering, and writes work
-again once space is freed.
+again once space is freed. And a server started under a low open-files limit raises
+it to the hard limit, or warns when the hard limit is low.
 
 The full disk is a real one: a small tmpfs (mounting needs root; skipped without),
 filled with a preallocated file. A file-size rlimit would give EFBIG/SIGXFSZ, not the
@@ -15,11 +16,14 @@ import random
 import re
 import shutil
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from hashmatch.server.client import signal
 from hashmatch.server.testing import running_server
@@ -127,3 +131,84 @@ def test_ingest_filling_the_disk_mid_stream_says_which_messages_were_kept(small_
         assert found, err.value.details()
         # exactly those messages are in the store: the message said the truth
         assert client.stats().total_signals == 100 + int(found.group(1)) * 1000
+
+
+SERVE = "from hashmatch.server.cli import main; main()"  # cli.py has no __main__
+
+
+def _serve_under(nofile: str, data_dir: Path) -> tuple[subprocess.Popen, int, list[str]]:
+    """``hashmatch serve`` under ``prlimit --nofile=SOFT:HARD``: (process, port, the
+    log lines up to "listening")."""
+    proc = subprocess.Popen(
+        [
+            "prlimit", f"--nofile={nofile}", "--", sys.executable, "-c", SERVE, "serve",
+            "--data-dir", str(data_dir), "--insecure-no-auth", "--listen", "127.0.0.1:0",
+            "--metrics-port", "-1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        assert line or proc.poll() is None, f"serve exited early: {lines}"
+        lines.append(line)
+        found = re.search(r"hashmatch listening on .* \(port (\d+)\)", line)
+        if found:
+            return proc, int(found.group(1)), lines
+    raise AssertionError(f"serve did not start listening: {lines}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def prlimit() -> None:
+    if shutil.which("prlimit") is None or not Path("/proc/self/limits").exists():
+        pytest.skip("needs prlimit (util-linux) and /proc")
+
+
+def _open_files_limit(pid: int) -> tuple[str, str]:
+    text = Path(f"/proc/{pid}/limits").read_text()
+    found = re.search(r"^Max open files\s+(\S+)\s+(\S+)", text, re.MULTILINE)
+    assert found, text
+    return found.group(1), found.group(2)
+
+
+def test_server_raises_a_low_open_files_limit_and_serves_past_it(tmp_path, prlimit):
+    proc, port, _lines = _serve_under("64:4096", tmp_path / "d")
+    try:
+        assert _open_files_limit(proc.pid) == ("4096", "4096")
+        # 100 connections at once, each its own socket on the server: past 64 they
+        # used to hang, the listener retrying every second
+        channels = [
+            grpc.insecure_channel(
+                f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+            )
+            for _ in range(100)
+        ]
+        try:
+            for channel in channels:
+                health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=10
+                )
+        finally:
+            for channel in channels:
+                channel.close()
+    finally:
+        _stop(proc)
+
+
+def test_server_warns_when_the_hard_open_files_limit_is_low(tmp_path, prlimit):
+    proc, _port, lines = _serve_under("64:64", tmp_path / "d")
+    _stop(proc)
+    warning = [line for line in lines if "open-files limit is 64" in line]
+    assert warning and "hard limit 64" in warning[0], lines
