@@ -247,11 +247,21 @@ class Engine:
             return self._apply_changes()
 
     def _apply_changes(self) -> int:
+        """Bring the live indexes up to the store's head (caller holds ``_sync_lock``)."""
         assert self._indexes is not None
-        changes = self.store.changes_since(self._applied)
+        replayed, self._applied = self._replay(self._indexes, self._applied)
+        return replayed
+
+    def _replay(self, indexes: dict[str, object], since: int) -> tuple[int, int]:
+        """Apply the store's changes after ``since`` to ``indexes``; return (how many,
+        the last seq applied). ``indexes`` may be ones not yet published: a rebuild
+        replays onto its new indexes before the swap, because a lookup that has just
+        synced reads the published map without a lock and must never see one missing
+        a change whose write had returned."""
+        changes = self.store.changes_since(since)
         for change in changes:
             if change.op in ("add", "remove") and len(change.ids):
-                index = self._index_for(change.signal_type, self._indexes)
+                index = self._index_for(change.signal_type, indexes)
                 if change.op == "add":
                     fresh = self.store.take_fresh(change.seq)
                     if fresh is not None:  # written by this process just now: no re-read
@@ -261,8 +271,8 @@ class Engine:
                     index.add(codes, ids)
                 else:
                     index.remove(self._index_ids(change.signal_type, change.ids), missing_ok=True)
-            self._applied = change.seq
-        return len(changes)
+            since = change.seq
+        return len(changes), since
 
     def _index_ids(self, signal_type: str, signal_ids: np.ndarray) -> np.ndarray:
         """Index ids of signals: the ids themselves, or every frame id for vPDQ."""
@@ -566,14 +576,10 @@ class Engine:
         if stop is not None and stop():
             raise RebuildStopped("stopped before the swap; the old index stays")
         with self._sync_lock:
-            old, old_applied = self._indexes, self._applied
-            self._applied = counter
-            self._indexes = indexes  # lookups now see the new map
-            try:
-                replayed = self._apply_changes()
-            except BaseException:
-                self._indexes, self._applied = old, old_applied
-                raise
+            # replayed while unpublished (an error leaves the old indexes live), then one
+            # swap: a lookup sees the old map or the complete new one
+            replayed, applied = self._replay(indexes, counter)
+            self._indexes, self._applied = indexes, applied
         if progress is not None:
             progress("swap", 1, 1)
         summary = {
