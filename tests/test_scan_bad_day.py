@@ -260,7 +260,7 @@ def test_report_and_catalog_problems_are_one_line_and_early(tmp_path):
         assert refused(own) == f"Error: --out: {own} is hashmatch's own database, not a report"
     assert (tmp_path / "data" / "store.sqlite").read_bytes() == b""
     # a full disk names the report
-    assert refused("/dev/full") == "Error: /dev/full: No space left on device"
+    assert refused("/dev/full").startswith("Error: /dev/full: No space left on device (the disk")
     # a catalog that is not a database: one line naming it, no traceback
     (tmp_path / "junk.sqlite").write_bytes(b"this is not a database, " * 100)
     assert refused("r.jsonl", "--catalog", "junk.sqlite") == (
