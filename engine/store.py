@@ -179,6 +179,9 @@ class ColumnBatch:
         self.positions.append(position)
 
 
+MAX_TARGETS_KEPT = 20
+
+
 @dataclass
 class IngestReport:
     """What an ingest did. ``rejected`` is exact; ``rejections`` keeps the first 10k."""
@@ -189,6 +192,9 @@ class IngestReport:
     unchanged: int = 0
     rejected: int = 0
     still_retracted: int = 0  # re-ingested rows that stay retracted (restore them explicitly)
+    # the first MAX_TARGETS_KEPT of them as ``type:hex`` (what ``restore --file`` reads):
+    # a count alone does not say which of a partner's re-sent hashes to restore
+    still_retracted_targets: list[str] = field(default_factory=list)
     batches: int = 0
     seconds: float = 0.0
     rejections: list[Rejection] = field(default_factory=list)
@@ -210,6 +216,7 @@ class IngestReport:
             "unchanged": self.unchanged,
             "rejected": self.rejected,
             "still_retracted": self.still_retracted,
+            "still_retracted_targets": list(self.still_retracted_targets),
             "batches": self.batches,
             "seconds": round(self.seconds, 3),
         }
@@ -804,6 +811,7 @@ class SignalStore:
                         in_txn = False
                         report.added = report.updated = report.unchanged = 0
                         report.still_retracted = report.batches = 0
+                        report.still_retracted_targets.clear()
                         report.seconds = time.perf_counter() - started
                         first = report.rejections[0]
                         raise IngestRefused(
@@ -895,7 +903,8 @@ class SignalStore:
         rejected_before, lines,
     ) -> None:  # fmt: skip
         """Write validated groups (and the batch's audit entry) in one transaction."""
-        counts = {"added": 0, "updated": 0, "unchanged": 0, "still_retracted": 0}
+        counts = {"added": 0, "updated": 0, "unchanged": 0, "still_retracted": 0,
+                  "still_retracted_targets": []}  # fmt: skip
         if not strict:
             conn.execute("BEGIN IMMEDIATE")
         try:
@@ -937,6 +946,8 @@ class SignalStore:
         report.updated += counts["updated"]
         report.unchanged += counts["unchanged"]
         report.still_retracted += counts["still_retracted"]
+        room = MAX_TARGETS_KEPT - len(report.still_retracted_targets)
+        report.still_retracted_targets.extend(counts["still_retracted_targets"][:room])
         report.batches += 1
 
     def _plan_columns(self, cb: ColumnBatch) -> _ColumnPlan | None:
@@ -1246,6 +1257,8 @@ class SignalStore:
                 continue
             if o_retracted is not None:
                 counts["still_retracted"] += 1
+                if len(counts["still_retracted_targets"]) < MAX_TARGETS_KEPT:
+                    counts["still_retracted_targets"].append(f"{st.name}:{bytes(code).hex()}")
             _, labels, external_id, quality, expires_at = payload[i]
             if (o_labels, o_ext, o_quality, o_expires) != (labels, external_id, quality,
                                                            expires_at):  # fmt: skip

@@ -265,3 +265,21 @@ def test_cli_export_options_that_would_mislead_are_refused(run, tmp_path):
     out = run("lists", "export", "l", "--out", str(tmp_path / "no" / "x.jsonl"), code=1).output
     assert f"{tmp_path / 'no' / 'x.jsonl'}: No such file or directory" in out
     assert ".tmp-" not in out  # the temp file is not what the operator named
+
+
+def test_cli_reingest_names_the_signals_that_stay_retracted_for_restore_file(run, tmp_path):
+    """Re-ingesting never un-retracts; the notice names which re-sent signals stay
+    retracted, as lines `restore --file` reads (the sharer's restore can follow)."""
+    rows = "".join(f"pdq,{i:064x}\n" for i in range(1, 26))
+    (tmp_path / "in.csv").write_text("signal_type,signal_value\n" + rows)
+    run("ingest", str(tmp_path / "in.csv"), "--list", "partner b")
+    gone = [f"pdq:{i:064x}" for i in range(1, 23)]
+    run("retract", "--list", "partner b", *gone)
+    again = run("ingest", str(tmp_path / "in.csv"), "--list", "partner b")
+    assert "22 re-ingested signal(s) stay retracted" in again.stdout
+    named = [line.strip() for line in again.stderr.splitlines() if line.startswith("    pdq:")]
+    assert named == gone[:20]
+    assert "... and 2 more (`hashmatch retracted --list 'partner b'` lists them)" in again.stderr
+    (tmp_path / "restore.txt").write_text("\n".join(named[:3]) + "\n")
+    out = run("restore", "--list", "partner b", "--file", str(tmp_path / "restore.txt")).output
+    assert "restored 3 signal(s)" in out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -369,12 +370,27 @@ def ingest_command(
                         f"  {report.still_retracted} re-ingested signal(s) stay retracted "
                         "(use hashmatch restore)"
                     )
+                    _name_still_retracted(report)
             for r in report.rejections[:show]:
                 click.echo(f"  {path}: {r}", err=True)
             if report.rejected > show:
                 click.echo(f"  ... and {report.rejected - show} more bad line(s)", err=True)
     if failed:
         sys.exit(1)
+
+
+def _name_still_retracted(report) -> None:
+    """On stderr, which re-sent signals stay retracted, one ``type:hex`` a line: the file
+    ``hashmatch restore --list L --file`` reads, if the sharer restored them."""
+    shown = report.still_retracted_targets
+    for target in shown:
+        click.echo(f"    {target}", err=True)
+    if report.still_retracted > len(shown):
+        click.echo(
+            f"    ... and {report.still_retracted - len(shown)} more (`hashmatch retracted"
+            f" --list {shlex.quote(report.list_name)}` lists them)",
+            err=True,
+        )
 
 
 def _say_what_is_new(engine, data_dir: str, list_name: str, new_store: bool) -> None:
