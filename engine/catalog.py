@@ -24,6 +24,7 @@ concurrently and take no lock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -770,7 +771,10 @@ class _Transaction:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        elif self.conn.in_transaction:  # SQLite may have rolled back (disk full, I/O)
-            self.conn.execute("ROLLBACK")
+        try:
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+        finally:
+            if self.conn.in_transaction:  # an error, or a COMMIT that failed (disk full)
+                with contextlib.suppress(sqlite3.Error):
+                    self.conn.execute("ROLLBACK")

@@ -92,10 +92,21 @@ class SnapshotFailed(HashmatchError):
 
 def is_disk_full(exc: BaseException) -> bool:
     """True for the errors a full filesystem (or quota) raises: ENOSPC/EDQUOT from the OS,
-    SQLITE_FULL from SQLite. One test for every layer that words it for its reader."""
+    SQLITE_FULL from SQLite, a ``SnapshotFailed(disk_full=True)``, or an error raised
+    from one of those (``raise ... from``: a layer's own wording of it). One test for
+    every layer (CLI, gRPC) that words it for its reader."""
     import errno
     import sqlite3
 
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    seen: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; a cycle must not hang the caller
+        if seen is None:
+            return False
+        if getattr(seen, "disk_full", False):
+            return True
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if getattr(seen, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        seen = seen.__cause__
+    return False

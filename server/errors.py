@@ -18,6 +18,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hashmatch.engine import errors as engine_errors
+from hashmatch.engine.errors import is_disk_full
 from hashmatch.server.auth import Forbidden, Unauthenticated
 
 log = logging.getLogger("hashmatch.server")
@@ -42,19 +43,6 @@ class Cancelled(engine_errors.HashmatchError):
 class DiskFull(engine_errors.HashmatchError):
     """A write found the server's disk (or quota) full; its transaction was rolled back
     (RESOURCE_EXHAUSTED). Raised by a servicer that can say what was stored before."""
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True for a full disk or quota: ``exc`` itself, or an error it was raised from
-    (``raise ... from``: a layer's own wording of it, e.g. ``SnapshotFailed``)."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # a cause chain is short; a cycle must not hang the call
-        if seen is None:
-            break
-        if getattr(seen, "disk_full", False) or engine_errors.is_disk_full(seen):
-            return True
-        seen = seen.__cause__
-    return False
 
 
 def disk_full_message(exc: BaseException, *, data_dir: str = "", kept: str = "") -> str:

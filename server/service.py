@@ -98,7 +98,7 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
                 f"messages before stream[{failed}] were stored and are kept, stream[{failed}]"
                 " was rolled back (resending the stream is harmless: an ingest is an upsert)"
                 if failed
-                else "nothing of this call was stored"
+                else "no signal of this call was stored"
             )
             raise self._disk_full(exc, kept) from exc
 
@@ -111,7 +111,7 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
         except (OSError, sqlite3.Error) as exc:
             if not errors.is_disk_full(exc):
                 raise
-            raise self._disk_full(exc, "nothing of this call was stored") from exc
+            raise self._disk_full(exc, "nothing of this call was retracted") from exc
 
     def _disk_full(self, exc: BaseException, kept: str) -> DiskFull:
         """A full disk worded for the caller: the data dir, and what was kept."""

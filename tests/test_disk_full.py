@@ -184,3 +184,62 @@ def test_a_scan_over_the_open_file_limit_says_which_limit(tmp_path):
     if done.returncode == 0:
         pytest.skip("20 open files were enough here")
     assert "open-file limit 20: raise ulimit -n, or use fewer --workers" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: OSError(errno.ENOSPC, "No space left on device"),
+        lambda: OSError(errno.EDQUOT, "Disk quota exceeded"),
+        lambda: _sqlite_full(),
+        lambda: SnapshotFailed("cannot write a snapshot in /x: the disk is full", disk_full=True),
+        lambda: _raised_from(RuntimeError("wrapped"), OSError(errno.ENOSPC, "full")),
+    ],
+)
+def test_every_kind_of_full_disk_maps_to_resource_exhausted_saying_so(make):
+    """No root needed: the mapping itself, for each error a full disk raises."""
+    import grpc
+
+    from hashmatch.engine.errors import is_disk_full
+    from hashmatch.server.errors import to_status
+
+    exc = make()
+    assert is_disk_full(exc)
+    code, message, _ = to_status(exc)
+    assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "full" in message and "internal error" not in message
+
+
+def test_other_os_errors_are_not_called_a_full_disk():
+    from hashmatch.engine.errors import is_disk_full
+
+    assert not is_disk_full(OSError(errno.EIO, "Input/output error"))
+    assert not is_disk_full(SnapshotFailed("cannot write a snapshot: I/O error"))
+
+
+def _sqlite_full():
+    import sqlite3
+
+    exc = sqlite3.OperationalError("database or disk is full")
+    exc.sqlite_errorcode = sqlite3.SQLITE_FULL
+    return exc
+
+
+def _raised_from(outer: BaseException, cause: BaseException) -> BaseException:
+    try:
+        raise outer from cause
+    except RuntimeError as exc:  # only to attach the cause
+        return exc
+
+
+def test_an_export_to_a_non_utf8_stdout_is_still_utf8(tmp_path):
+    """Ingest reads UTF-8; a C/latin-1 locale must not mangle (or crash on) a label."""
+    data = tmp_path / "d"
+    with Engine.open(data) as engine:
+        engine.ingest([SignalRecord("pdq", "0f" * 32, labels=("é-ünïcode",))], list_name="l")
+    done = subprocess.run(
+        [*HASHMATCH, "lists", "export", "l", "--data-dir", str(data)],
+        capture_output=True, timeout=60, env={**os.environ, "PYTHONIOENCODING": "latin-1"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.decode("utf-8"))["labels"] == ["é-ünïcode"]

@@ -82,7 +82,7 @@ def test_full_disk_is_resource_exhausted_and_writes_work_again_once_freed(small_
         details = err.value.details()
         assert "the server's disk is full" in details
         assert f"data dir {data_dir}" in details
-        assert "nothing of this call was stored" in details
+        assert "no signal of this call was stored" in details
 
         with pytest.raises(grpc.RpcError) as err:
             client.snapshot()

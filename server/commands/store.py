@@ -253,16 +253,31 @@ def _output(path: str | None) -> Iterator:
     """Where an export goes, complete or not at all: stdout is buffered in a temp file
     and copied out only when the export finished (else a refusal part way, say a label
     CSV cannot carry, would have sent valid-looking rows down a pipe into someone's
-    ingest); a file is written beside ``path`` and renamed over it. OS errors name
-    ``path``, not the temp file."""
+    ingest); a file is written beside ``path`` and renamed over it. Both are UTF-8
+    whatever the locale (what ingest reads). OS errors name the output (``path``, or
+    the temp dir of the stdout buffer), not the temp file and not the store: the
+    export only reads the store (SQLite errors), its OS errors are its writes."""
+    import io
     import shutil
     import tempfile
 
     if path is None:
-        with tempfile.TemporaryFile("w+", encoding="utf-8", newline="") as buffer:
-            yield buffer
-            buffer.seek(0)
-            shutil.copyfileobj(buffer, sys.stdout)
+        try:
+            with tempfile.TemporaryFile("w+b") as raw:
+                buffer = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+                yield buffer
+                buffer.flush()
+                raw.seek(0)
+                sys.stdout.flush()
+                shutil.copyfileobj(raw, sys.stdout.buffer)
+                sys.stdout.buffer.flush()
+                buffer.detach()
+        except BrokenPipeError:
+            raise  # the reader went away (`| head`): click ends quietly
+        except OSError as exc:
+            raise click.ClickException(
+                f"a buffer in {tempfile.gettempdir()} (TMPDIR): {exc.strerror or exc}"
+            ) from None
         return
     target = Path(path)
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
