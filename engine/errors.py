@@ -9,6 +9,8 @@ offending ``field`` (and ``index`` for batch items) so messages can name them.
 
 from __future__ import annotations
 
+import os
+
 
 class HashmatchError(Exception):
     """Base of every error hashmatch raises on purpose."""
@@ -110,3 +112,29 @@ def is_disk_full(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__
     return False
+
+
+#: Under this much free space a filesystem counts as full: SQLite then fails to create
+#: its -wal/-shm files with a bare "disk I/O error", and numpy's short write of a
+#: snapshot file carries no errno, so neither error says "full" by itself.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the filesystem that holds (or would hold) ``path``; None if unknown."""
+    import shutil
+    from pathlib import Path
+
+    here = Path(path)
+    while not here.exists() and here != here.parent:
+        here = here.parent
+    try:
+        return shutil.disk_usage(here).free
+    except OSError:
+        return None
+
+
+def nearly_full(path: str | os.PathLike) -> bool:
+    """The filesystem of ``path`` has under :data:`NEARLY_FULL_BYTES` free."""
+    free = free_bytes(path)
+    return free is not None and free < NEARLY_FULL_BYTES

@@ -37,12 +37,14 @@ import numpy as np
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import (
+    NEARLY_FULL_BYTES,
     CorruptData,
     HashmatchError,
     InvalidHash,
     InvalidInput,
     NotFound,
     SnapshotFailed,
+    free_bytes,
     is_disk_full,
 )
 from hashmatch.engine.hashing import DEFAULT_OPTIONS, HashOptions, hash_media
@@ -894,13 +896,8 @@ def _snapshot_failure(snapshot_dir: Path, exc: OSError) -> SnapshotFailed:
     """The operator's message for a snapshot write that failed: where, why, and that
     nothing is lost. ``disk_full`` also when numpy's short write carries no errno but
     the filesystem has under 1 MiB left (measured before the partial snapshot is removed)."""
-    try:
-        free = shutil.disk_usage(
-            snapshot_dir if snapshot_dir.exists() else snapshot_dir.parent
-        ).free
-    except OSError:
-        free = None
-    full = is_disk_full(exc) or (free is not None and free < 1 << 20)
+    free = free_bytes(snapshot_dir)
+    full = is_disk_full(exc) or (free is not None and free < NEARLY_FULL_BYTES)
     why = "the disk is full" if full else (exc.strerror or str(exc))
     size_limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if not full and exc.errno is None and size_limit != resource.RLIM_INFINITY:

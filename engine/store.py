@@ -24,7 +24,6 @@ import contextlib
 import hashlib
 import json
 import queue
-import shutil
 import sqlite3
 import threading
 import time
@@ -37,6 +36,7 @@ import numpy as np
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import (
+    NEARLY_FULL_BYTES,
     Conflict,
     CorruptData,
     InvalidHash,
@@ -44,6 +44,7 @@ from hashmatch.engine.errors import (
     NotFound,
     PermissionDenied,
     UnknownSignalType,
+    free_bytes,
 )
 from hashmatch.engine.store_schema import change_digest, migrate, refuse_foreign, store_id
 
@@ -369,10 +370,15 @@ class SignalStore:
                     raise
         except sqlite3.DatabaseError as exc:
             self.close()
-            if isinstance(exc, sqlite3.OperationalError) and _no_space(self.path):
+            free = free_bytes(self.path)
+            if (
+                isinstance(exc, sqlite3.OperationalError)
+                and free is not None
+                and free < NEARLY_FULL_BYTES
+            ):  # a bare "disk I/O error" when SQLite cannot create its -wal/-shm files
                 raise Conflict(
                     f"cannot open {self.path} ({exc}): the filesystem holding it is full"
-                    f" ({_free_bytes(self.path):,} bytes free); free space and re-run",
+                    f" ({free:,} bytes free); free space and re-run",
                     field="data_dir",
                 ) from exc
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
@@ -2012,19 +2018,6 @@ def _parse_code(st: signal_types.SignalType, value: str, *, field: str = "hash")
             return raw
     st.parse(text, field=field)  # raises the precise InvalidHash
     raise InvalidHash(f"{st.name} hash {text!r} does not parse", field=field)
-
-
-def _free_bytes(path: Path) -> int:
-    try:
-        return shutil.disk_usage(path.parent).free
-    except OSError:
-        return -1
-
-
-def _no_space(path: Path) -> bool:
-    """The filesystem of ``path`` has under 1 MiB free: why SQLite fails to create its
-    -wal/-shm files with a bare "disk I/O error" (that error names no cause)."""
-    return 0 <= _free_bytes(path) < 1 << 20
 
 
 _SIGNAL_INFO_SELECT = (

@@ -12,7 +12,6 @@ import errno
 import json
 import os
 import resource
-import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from hashmatch.engine.errors import HashmatchError, is_disk_full
+from hashmatch.engine.errors import HashmatchError, is_disk_full, nearly_full
 
 DEFAULT_DATA_DIR = "./hashmatch-data"
 
@@ -317,12 +316,7 @@ def _catalog_errors(path: Path) -> Iterator[None]:
 def _disk_full(exc: sqlite3.Error, path: Path) -> bool:
     """SQLITE_FULL, or a bare "disk I/O error" with under 1 MiB left where the catalog
     lives (SQLite could not create its -wal/-shm files: the usual cause)."""
-    if is_disk_full(exc):
-        return True
-    try:
-        return shutil.disk_usage(path.resolve().parent).free < 1 << 20
-    except OSError:
-        return False
+    return is_disk_full(exc) or nearly_full(path)
 
 
 def _os_hint(exc: OSError) -> str:
