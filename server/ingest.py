@@ -7,10 +7,11 @@ rejections. Either way the reply counts both and names every rejected item.
 
 from __future__ import annotations
 
+import sqlite3
 from typing import TYPE_CHECKING
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.errors import HashmatchError, InvalidInput
+from hashmatch.engine.errors import HashmatchError, InvalidInput, is_disk_full
 from hashmatch.engine.ingest import parse_time
 from hashmatch.engine.store import IngestRefused, Rejection, SignalRecord
 from hashmatch.server import convert
@@ -18,6 +19,7 @@ from hashmatch.server import convert
 # how many unknown targets a RetractResponse names (not_found_total counts all): one
 # number for both ends, so the client's sum of batched replies keeps the same cap
 from hashmatch.server.client import MAX_NOT_FOUND_LISTED
+from hashmatch.server.errors import DiskFull, disk_full_message
 from hashmatch.server.matching import check_size
 from hashmatch.v1 import common_pb2, signals_pb2
 
@@ -96,6 +98,18 @@ def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestRespons
             _ingest_message(host, call, n, request, list_name, offset, reply)
             offset += len(request.signals)
             stored = n + 1
+    except (OSError, sqlite3.Error) as exc:
+        if not is_disk_full(exc):
+            raise
+        # each message is its own commit: stream[stored] was rolled back, those before kept
+        kept = (
+            f"messages before stream[{stored}] were stored and are kept, stream[{stored}]"
+            " was rolled back (resending the stream is harmless: an ingest is an upsert)"
+            if stored
+            else "no signal of this call was stored"
+        )
+        data_dir = str(host.config.data_dir)
+        raise DiskFull(disk_full_message(exc, data_dir=data_dir, kept=kept)) from exc
     except HashmatchError as exc:
         if offset:  # (the failure may be in reading message `stored`, not only storing it)
             exc.message += (

@@ -85,22 +85,7 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
     def Ingest(
         self, request_iterator: Iterator[signals_pb2.IngestRequest], call: Call
     ) -> signals_pb2.IngestResponse:
-        received = _Counted(request_iterator)
-        try:
-            return ingest.ingest(self.host, received, call)
-        except (OSError, sqlite3.Error) as exc:
-            if not errors.is_disk_full(exc):
-                raise
-            # Each message is its own commit: the one being stored (the last received)
-            # was rolled back, those before it are kept. A resend is harmless (upsert).
-            failed = max(received.count - 1, 0)
-            kept = (
-                f"messages before stream[{failed}] were stored and are kept, stream[{failed}]"
-                " was rolled back (resending the stream is harmless: an ingest is an upsert)"
-                if failed
-                else "no signal of this call was stored"
-            )
-            raise self._disk_full(exc, kept) from exc
+        return ingest.ingest(self.host, request_iterator, call)
 
     @rpc("write")
     def Retract(
@@ -239,19 +224,3 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         path = self.host.engine.snapshot(actor=call.principal.tenant)
         call.log["path"] = str(path)
         return admin_pb2.SnapshotResponse(path=str(path))
-
-
-class _Counted:
-    """An iterator that counts the items taken from it (stream messages received)."""
-
-    def __init__(self, items: Iterator):
-        self._items = items
-        self.count = 0
-
-    def __iter__(self) -> _Counted:
-        return self
-
-    def __next__(self):
-        item = next(self._items)
-        self.count += 1
-        return item
