@@ -86,7 +86,7 @@ def changes(
                     seq=entry.seq, action=action, signal_id=sid, signal_type=entry.signal_type
                 )
                 if added and why_gone(meta and meta[:7], lists, now) is None:
-                    list_id, _stype, code, labels, ext, _expires, _retracted, quality = meta
+                    list_id, _stype, code, labels, ext, expires, _retracted, quality = meta
                     change.live = True
                     change.list_name = lists[list_id][0]
                     change.labels.extend(split_labels(labels))
@@ -94,6 +94,8 @@ def changes(
                     change.hash = bytes(code)
                     if quality is not None:
                         change.quality = int(quality)
+                    if expires is not None:
+                        change.expires_at = float(expires)
                     if entry.signal_type == "vpdq":
                         change.frames.extend(frames.get(sid, ()))
                         size += 32 * len(change.frames)

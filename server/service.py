@@ -176,6 +176,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                     stage="done",
                     finished=True,
                     summary_json=json.dumps(value, default=str),
+                    snapshot_error=value.get("snapshot_error", ""),
                 )
                 return
             yield event
@@ -201,8 +202,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     def _snapshot_after_rebuild(engine: Engine, actor: str, summary: dict) -> str | None:
         """The snapshot's path; None, with ``summary["snapshot_error"]`` saying why, when
         it could not be written (a full disk): the rebuilt index is live by now, so the
-        call reports its summary rather than failing as if the rebuild had.
-        (RebuildProgress has no field for it: ``snapshot_error`` rides in summary_json.)"""
+        call reports its summary rather than failing as if the rebuild had (the final
+        RebuildProgress carries it as ``snapshot_error``, and in ``summary_json``)."""
         try:
             return str(engine.snapshot(actor=actor))
         except (SnapshotFailed, OSError, sqlite3.Error) as exc:

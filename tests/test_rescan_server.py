@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import grpc
 import pytest
@@ -125,6 +126,25 @@ def test_rescan_through_a_server_equals_a_local_rescan(tmp_path, monkeypatch):
             sorted((r["kind"], r["reason"]) for r in gone[:-1])
             == [("retraction", "list-disabled")] * 3
         )
+
+
+def test_added_changes_carry_the_expiry_as_ingested(tmp_path):
+    """A mirror of a list must stop matching a signal on time, and no change is logged
+    when it expires: the ADDED change says when (unset = never)."""
+    later = time.time() + 3600
+    with running_server(tmp_path / "served", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        reply = ops.ingest("timed", [
+            signal("pdq", "ab" * 32, expires_at=later),
+            signal("pdq", "cd" * 32),
+            signal("pdq", "ef" * 32, expires_at=time.time() - 1),  # already expired
+        ])  # fmt: skip
+        assert reply.added == 3
+        changes = {c.hash.hex(): c for r in ops.changes(0) for c in r.changes}
+    assert changes["ab" * 32].expires_at == pytest.approx(later)
+    assert not changes["cd" * 32].HasField("expires_at")
+    (gone,) = [c for c in changes.values() if not c.live]  # expired: no code, no expiry
+    assert not gone.HasField("expires_at") and not gone.hash
 
 
 def test_a_tenant_sees_only_changes_of_lists_shared_with_it(tmp_path):

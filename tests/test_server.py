@@ -233,6 +233,8 @@ def test_admin_stats_snapshot_and_rebuild(ops):
     assert snap.path
     progress = list(ops.rebuild(timeout=60))
     assert progress[-1].finished
+    assert json.loads(progress[-1].summary_json)["snapshot"]  # written after the rebuild
+    assert progress[-1].snapshot_error == ""
     assert ops.stats().total_signals == stats.total_signals
 
 

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import grpc
 import pytest
+from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from hashmatch.server.cli import cli
 from hashmatch.server.client import signal
 from hashmatch.server.testing import running_server
 
@@ -114,7 +116,13 @@ def test_rebuild_without_room_for_its_snapshot_reports_its_summary(small_disk):
         assert summary["snapshot"] is None
         assert "snapshot failed" in summary["snapshot_error"]
         assert "disk is full" in summary["snapshot_error"]
+        assert last.snapshot_error == summary["snapshot_error"]  # the proto field too
         assert client.match([("pdq", sent[0])], threshold=0).results[0].matches
+
+        # the CLI: exit 0 (the rebuild is live), a warning on stderr
+        result = CliRunner().invoke(cli, ["remote", "--server", ts.target, "rebuild"])
+        assert result.exit_code == 0, result.output
+        assert "warning: the rebuilt index is live, but its snapshot failed" in result.stderr
 
 
 def test_ingest_filling_the_disk_mid_stream_says_which_messages_were_kept(small_disk):

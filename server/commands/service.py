@@ -559,6 +559,8 @@ def remote_rebuild(client) -> None:
     """Rebuild the indexes from the store while lookups keep being served (admin)."""
     for progress in client.rebuild(timeout=None):
         _emit(progress)
+        if progress.snapshot_error:  # the rebuild is live (exit 0), its snapshot is not
+            click.echo(f"warning: {progress.snapshot_error}", err=True)
 
 
 @remote.command("snapshot")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hashmatch/v1/admin.proto\x12\x0chashmatch.v1\"\x0e\n\x0cStatsRequest\"E\n\tTypeStats\x12\x13\n\x0bsignal_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x14\n\x0cshard_counts\x18\x03 \x03(\x04\"(\n\tListStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xd4\x01\n\rStatsResponse\x12\x15\n\rtotal_signals\x18\x01 \x01(\x04\x12&\n\x05types\x18\x02 \x03(\x0b\x32\x17.hashmatch.v1.TypeStats\x12&\n\x05lists\x18\x03 \x03(\x0b\x32\x17.hashmatch.v1.ListStats\x12\x12\n\nindex_kind\x18\x04 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x1c\n\x14snapshot_age_seconds\x18\x06 \x01(\x01\x12\x14\n\x0c\x64\x65tails_json\x18\x07 \x01(\t\"\x15\n\x13RebuildIndexRequest\"e\n\x0fRebuildProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x04\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x14\n\x0csummary_json\x18\x05 \x01(\t\"\x11\n\x0fSnapshotRequest\" \n\x10SnapshotResponse\x12\x0c\n\x04path\x18\x01 \x01(\t2\xe8\x01\n\x05\x41\x64min\x12@\n\x05Stats\x12\x1a.hashmatch.v1.StatsRequest\x1a\x1b.hashmatch.v1.StatsResponse\x12R\n\x0cRebuildIndex\x12!.hashmatch.v1.RebuildIndexRequest\x1a\x1d.hashmatch.v1.RebuildProgress0\x01\x12I\n\x08Snapshot\x12\x1d.hashmatch.v1.SnapshotRequest\x1a\x1e.hashmatch.v1.SnapshotResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hashmatch/v1/admin.proto\x12\x0chashmatch.v1\"\x0e\n\x0cStatsRequest\"E\n\tTypeStats\x12\x13\n\x0bsignal_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x14\n\x0cshard_counts\x18\x03 \x03(\x04\"(\n\tListStats\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\"\xd4\x01\n\rStatsResponse\x12\x15\n\rtotal_signals\x18\x01 \x01(\x04\x12&\n\x05types\x18\x02 \x03(\x0b\x32\x17.hashmatch.v1.TypeStats\x12&\n\x05lists\x18\x03 \x03(\x0b\x32\x17.hashmatch.v1.ListStats\x12\x12\n\nindex_kind\x18\x04 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x05 \x01(\x04\x12\x1c\n\x14snapshot_age_seconds\x18\x06 \x01(\x01\x12\x14\n\x0c\x64\x65tails_json\x18\x07 \x01(\t\"\x15\n\x13RebuildIndexRequest\"}\n\x0fRebuildProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x04\x12\r\n\x05total\x18\x03 \x01(\x04\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\x12\x14\n\x0csummary_json\x18\x05 \x01(\t\x12\x16\n\x0esnapshot_error\x18\x06 \x01(\t\"\x11\n\x0fSnapshotRequest\" \n\x10SnapshotResponse\x12\x0c\n\x04path\x18\x01 \x01(\t2\xe8\x01\n\x05\x41\x64min\x12@\n\x05Stats\x12\x1a.hashmatch.v1.StatsRequest\x1a\x1b.hashmatch.v1.StatsResponse\x12R\n\x0cRebuildIndex\x12!.hashmatch.v1.RebuildIndexRequest\x1a\x1d.hashmatch.v1.RebuildProgress0\x01\x12I\n\x08Snapshot\x12\x1d.hashmatch.v1.SnapshotRequest\x1a\x1e.hashmatch.v1.SnapshotResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,11 +42,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REBUILDINDEXREQUEST']._serialized_start=386
   _globals['_REBUILDINDEXREQUEST']._serialized_end=407
   _globals['_REBUILDPROGRESS']._serialized_start=409
-  _globals['_REBUILDPROGRESS']._serialized_end=510
-  _globals['_SNAPSHOTREQUEST']._serialized_start=512
-  _globals['_SNAPSHOTREQUEST']._serialized_end=529
-  _globals['_SNAPSHOTRESPONSE']._serialized_start=531
-  _globals['_SNAPSHOTRESPONSE']._serialized_end=563
-  _globals['_ADMIN']._serialized_start=566
-  _globals['_ADMIN']._serialized_end=798
+  _globals['_REBUILDPROGRESS']._serialized_end=534
+  _globals['_SNAPSHOTREQUEST']._serialized_start=536
+  _globals['_SNAPSHOTREQUEST']._serialized_end=553
+  _globals['_SNAPSHOTRESPONSE']._serialized_start=555
+  _globals['_SNAPSHOTRESPONSE']._serialized_end=587
+  _globals['_ADMIN']._serialized_start=590
+  _globals['_ADMIN']._serialized_end=822
 # @@protoc_insertion_point(module_scope)

@@ -51,18 +51,20 @@ class RebuildIndexRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RebuildProgress(_message.Message):
-    __slots__ = ("stage", "done", "total", "finished", "summary_json")
+    __slots__ = ("stage", "done", "total", "finished", "summary_json", "snapshot_error")
     STAGE_FIELD_NUMBER: _ClassVar[int]
     DONE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_JSON_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ERROR_FIELD_NUMBER: _ClassVar[int]
     stage: str
     done: int
     total: int
     finished: bool
     summary_json: str
-    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., finished: _Optional[bool] = ..., summary_json: _Optional[str] = ...) -> None: ...
+    snapshot_error: str
+    def __init__(self, stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., finished: _Optional[bool] = ..., summary_json: _Optional[str] = ..., snapshot_error: _Optional[str] = ...) -> None: ...
 
 class SnapshotRequest(_message.Message):
     __slots__ = ()
