@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import HashmatchError, InvalidInput, is_disk_full
 from hashmatch.engine.ingest import parse_time
-from hashmatch.engine.store import IngestRefused, Rejection, SignalRecord
+from hashmatch.engine.store import MAX_TARGETS_KEPT, IngestRefused, Rejection, SignalRecord
 from hashmatch.server import convert
 
 # how many unknown targets a RetractResponse names (not_found_total counts all): one
@@ -165,6 +165,8 @@ def _ingest_message(
     reply.updated += report.updated
     reply.unchanged += report.unchanged
     reply.still_retracted += report.still_retracted
+    room = MAX_TARGETS_KEPT - len(reply.still_retracted_targets)  # across the stream
+    reply.still_retracted_targets.extend(report.still_retracted_targets[:room])
     reply.rejected += report.rejected
     reply.rejections.extend(
         common_pb2.ItemError(

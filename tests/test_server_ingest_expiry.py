@@ -84,6 +84,17 @@ def test_resending_a_retracted_signal_says_it_stays_retracted(served):
     client.retract("ret", hashes=[("pdq", H[2])])
     reply = client.ingest("ret", [_signal(H[2])])
     assert reply.still_retracted == 1 and not _matched(client, H[2], "ret")
+    assert list(reply.still_retracted_targets) == [f"pdq:{H[2]}"]  # which one, to restore
+
+
+def test_still_retracted_targets_stop_at_20_across_the_stream(served):
+    client = served.client()
+    codes = [f"{i:064x}" for i in range(1, 31)]
+    client.ingest("ret30", [_signal(h) for h in codes])
+    assert client.retract("ret30", hashes=[("pdq", h) for h in codes]).retracted == 30
+    reply = client.ingest("ret30", [_signal(h) for h in codes], batch_size=7)  # 5 messages
+    assert reply.still_retracted == 30
+    assert list(reply.still_retracted_targets) == [f"pdq:{h}" for h in codes[:20]]
 
 
 def test_remote_ingest_keeps_the_files_expiry(served, tmp_path):

@@ -63,20 +63,22 @@ class IngestRequest(_message.Message):
     def __init__(self, list_name: _Optional[str] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ..., source: _Optional[str] = ..., strict: _Optional[bool] = ...) -> None: ...
 
 class IngestResponse(_message.Message):
-    __slots__ = ("added", "updated", "unchanged", "rejected", "rejections", "still_retracted")
+    __slots__ = ("added", "updated", "unchanged", "rejected", "rejections", "still_retracted", "still_retracted_targets")
     ADDED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     REJECTED_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     STILL_RETRACTED_FIELD_NUMBER: _ClassVar[int]
+    STILL_RETRACTED_TARGETS_FIELD_NUMBER: _ClassVar[int]
     added: int
     updated: int
     unchanged: int
     rejected: int
     rejections: _containers.RepeatedCompositeFieldContainer[_common_pb2.ItemError]
     still_retracted: int
-    def __init__(self, added: _Optional[int] = ..., updated: _Optional[int] = ..., unchanged: _Optional[int] = ..., rejected: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[_common_pb2.ItemError, _Mapping]]] = ..., still_retracted: _Optional[int] = ...) -> None: ...
+    still_retracted_targets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, added: _Optional[int] = ..., updated: _Optional[int] = ..., unchanged: _Optional[int] = ..., rejected: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[_common_pb2.ItemError, _Mapping]]] = ..., still_retracted: _Optional[int] = ..., still_retracted_targets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RetractRequest(_message.Message):
     __slots__ = ("list_name", "hashes", "signal_ids", "reason")
