@@ -5,7 +5,10 @@ mistake (any :class:`~hashmatch.engine.errors.InvalidInput`) becomes
 INVALID_ARGUMENT with a ``google.rpc.BadRequest`` detail naming the field and the
 item index; nothing a client sends can produce INTERNAL. A full disk on the server
 (ENOSPC/EDQUOT, SQLITE_FULL, a snapshot that found no room) is RESOURCE_EXHAUSTED
-saying so: the caller can tell an operator, and retry once space is freed.
+saying so: the caller can tell an operator, and retry once space is freed. A snapshot
+that failed for another reason (EIO, a read-only or damaged data dir) is INTERNAL, but
+with the engine's own message (which dir, why, that the previous snapshot is kept): only
+admins call Snapshot, and "logged on the server" would send them to read logs for it.
 """
 
 from __future__ import annotations
@@ -114,7 +117,11 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Stat
     """Map an exception to (code, message, rich status)."""
     code = _code(exc)
     if code is grpc.StatusCode.INTERNAL:
-        message = "internal error (logged on the server)"
+        message = (
+            clip(str(exc))
+            if isinstance(exc, engine_errors.SnapshotFailed)
+            else "internal error (logged on the server)"
+        )
     elif code is grpc.StatusCode.RESOURCE_EXHAUSTED and is_disk_full(exc):
         message = clip(disk_full_message(exc))
     elif isinstance(exc, NotImplementedError):

@@ -220,3 +220,26 @@ def test_server_warns_when_the_hard_open_files_limit_is_low(tmp_path, prlimit):
     _stop(proc)
     warning = [line for line in lines if "open-files limit is 64" in line]
     assert warning and "hard limit 64" in warning[0], lines
+
+
+def test_a_snapshot_failing_for_another_reason_says_why_to_the_admin(tmp_path):
+    """Not a full disk (here: a file where the snapshot dir should be): INTERNAL, as a
+    server fault, but with the engine's message, not "logged on the server"."""
+    rng = random.Random(9)
+    with running_server(tmp_path / "d") as ts:
+        client = ts.client(timeout=30, retries=0)
+        sent = _hexes(rng, 10)
+        assert client.ingest("g", _signals(sent)).added == 10
+        snapshots = ts.engine.snapshot_dir
+        shutil.rmtree(snapshots, ignore_errors=True)
+        snapshots.write_text("not a directory")
+
+        with pytest.raises(grpc.RpcError) as err:
+            client.snapshot()
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert f"cannot write a snapshot in {snapshots}" in err.value.details()
+        assert "the previous snapshot is kept" in err.value.details()
+        assert client.match([("pdq", sent[0])], threshold=0).results[0].matches
+
+        snapshots.unlink()
+        assert client.snapshot().path
