@@ -245,9 +245,32 @@ def types_for(path: str, types: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+class FileTimedOut(Exception):
+    """A file's hash ran past the scan's per-file time budget (``--file-timeout``).
+
+    Why: one pathological video (hours of frames, or a frame rate that makes vPDQ
+    decode thousands of frames per sampled one) would otherwise hold a worker for as
+    long as it takes; the scan must never stop, or crawl, for one file. Not a verdict on
+    the bytes: a later scan with a larger budget tries the file again."""
+
+
+def time_budget_checkpoint(seconds: float) -> Callable[[], None]:
+    """A ``HashOptions.checkpoint`` (called before each video frame is decoded and each
+    animation frame is hashed) that raises :class:`FileTimedOut` once ``seconds`` have
+    passed since it was made. A still image is one decode, bounded by the pixel limit."""
+    deadline = time.monotonic() + seconds
+
+    def check() -> None:
+        if time.monotonic() > deadline:
+            raise FileTimedOut(f"hashing took longer than the {seconds:g} s per-file limit")
+
+    return check
+
+
 def failure_reason(exc: BaseException) -> str:
     """A short, stable reason for a failure (the catalog and report group by it)."""
     for cls, reason in (
+        (FileTimedOut, "timeout"),
         (errors.EmptyMedia, "empty"),
         (errors.MediaTooLarge, "too-large"),
         (errors.UnsupportedMedia, "unsupported"),
@@ -380,16 +403,21 @@ def hash_file(
     types: Sequence[str],
     options: HashOptions | None = None,
     known_md5: bytes | None = None,
+    time_budget: float | None = None,
 ) -> WorkResult:
     """Read one file, MD5 it and hash it with every applicable type. Never raises.
 
     ``known_md5``: the catalogued MD5 of a file whose mtime changed but size did not;
     if the content is the same, the file is reported ``unchanged`` without decoding.
+    ``time_budget``: seconds a video (or animation) may take before it fails as
+    ``timeout`` (None: no limit).
     """
     from hashmatch.engine.decode import read_source
     from hashmatch.engine.hashing import DEFAULT_OPTIONS, hash_media
 
     options = options or _WORKER_OPTIONS or DEFAULT_OPTIONS
+    if time_budget is not None:
+        options = dataclasses.replace(options, checkpoint=time_budget_checkpoint(time_budget))
     size = mtime = md5 = None
     try:
         data, size, mtime = _read_regular(path, options.limits.max_bytes)
@@ -479,9 +507,15 @@ def _kind(mode: int) -> str:
 
 
 def _hash_chunk(
-    paths: Sequence[str], types: Sequence[str], known: Sequence[bytes | None]
+    paths: Sequence[str],
+    types: Sequence[str],
+    known: Sequence[bytes | None],
+    time_budget: float | None = None,
 ) -> list[WorkResult]:
-    return [hash_file(p, types, known_md5=k) for p, k in zip(paths, known, strict=True)]
+    return [
+        hash_file(p, types, known_md5=k, time_budget=time_budget)
+        for p, k in zip(paths, known, strict=True)
+    ]
 
 
 # ----------------------------------------------------------------------------- matching
@@ -817,6 +851,7 @@ class ScanSummary:
 
 #: 27 h 46 min of video at vPDQ's default one hash a second.
 SCAN_MAX_VIDEO_FRAMES = 100_000
+DEFAULT_FILE_TIMEOUT = 3600.0
 
 
 @dataclass
@@ -832,6 +867,10 @@ class ScanOptions:
     # hash a second), which guards the server against uploads: a scan reads the
     # platform's own store, where films and stream recordings run longer.
     max_video_frames: int = SCAN_MAX_VIDEO_FRAMES
+    # Seconds one video (or animation) may take to hash before it fails as "timeout"
+    # (None: no limit). An hour per file: ordinary uploads take seconds; a recording
+    # many hours long may need more (it fails as "timeout", which the next scan retries).
+    file_timeout: float | None = DEFAULT_FILE_TIMEOUT
     dihedral: bool = False
     # PDQ from JPEG luma (1), also shrunk in the DCT domain (2): HashOptions.fast_decode.
     # Faster, not pdqhash-identical; files hashed so are re-hashed by an exact scan.
@@ -962,7 +1001,13 @@ class Scanner:
                     if pool is None:
                         md5 = self._known.get(e.path, (0, None))[1]
                         self._pending.append(
-                            hash_file(e.path, opts.types, self.hash_options, known_md5=md5)
+                            hash_file(
+                                e.path,
+                                opts.types,
+                                self.hash_options,
+                                known_md5=md5,
+                                time_budget=opts.file_timeout,
+                            )
                         )
                         self._flush_if_due()
                         continue
@@ -1001,7 +1046,13 @@ class Scanner:
             self._pool = self._new_pool()
             self._broken = False
         known = [self._known.get(c.path, (0, None))[1] for c in chunk]
-        fut = self._pool.submit(_hash_chunk, [c.path for c in chunk], self.options.types, known)
+        fut = self._pool.submit(
+            _hash_chunk,
+            [c.path for c in chunk],
+            self.options.types,
+            known,
+            self.options.file_timeout,
+        )
         inflight[fut] = list(chunk)
 
     def _stored_dihedral(self, rec: FileRecord) -> bool:

@@ -402,3 +402,43 @@ def test_a_killed_worker_fails_no_innocent_file(tmp_path):
         scan.kill()
     summary = _report(tmp_path / "r.jsonl")[-1]
     assert summary["hashed"] == 160 and summary["failed"] == 0, summary
+
+
+def _slow_video(path: Path, frames: int = 300) -> None:
+    """One frame a second, so vPDQ hashes every frame (~0.3 s for 300 at 320x240)."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 1.0, (320, 240))
+    ramp = np.add.outer(np.arange(240), np.arange(320))
+    for i in range(frames):
+        grey = ((ramp + 3 * i) % 256).astype(np.uint8)
+        writer.write(np.repeat(grey[:, :, None], 3, axis=2))
+    writer.release()
+
+
+def test_a_video_over_the_per_file_time_limit_fails_as_timeout_and_is_retried(tmp_path):
+    """One pathological video must not hold a worker for hours: past --file-timeout it
+    is a recorded failure ("timeout"), the other files are hashed, and a later scan
+    with room enough hashes it (not a verdict on its bytes, so not cached)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    _slow_video(tree / "long.mp4")
+    (tree / "photo.jpg").write_bytes(_jpeg(1))
+    catalog, report = str(tmp_path / "c.sqlite"), str(tmp_path / "r.jsonl")
+    args = ["scan", str(tree), "--types", "vpdq,pdq", "--no-match", "--workers", "1",
+            "--catalog", catalog, "--out", report]  # fmt: skip
+
+    first = _cli([*args, "--file-timeout", "0.05"], tmp_path)
+    assert first.returncode == 0, first.stderr
+    records = _report(tmp_path / "r.jsonl")
+    (failure,) = [r for r in records if r["kind"] == "failure"]
+    assert failure["file"] == str(tree / "long.mp4") and failure["reason"] == "timeout"
+    assert "longer than the 0.05 s per-file limit" in failure["error"]
+    assert records[-1]["hashed"] == 1 and records[-1]["failed"] == 1
+
+    again = _cli(args, tmp_path)  # the default limit (an hour)
+    assert again.returncode == 0, again.stderr
+    summary = _report(tmp_path / "r.jsonl")[-1]
+    assert summary["failed"] == 0 and summary["hashed"] == 1  # the video, hashed this time
+    with Catalog(tmp_path / "c.sqlite") as catalog:
+        assert catalog.stats()["hashes"]["vpdq"] == 300

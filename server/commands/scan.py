@@ -93,6 +93,13 @@ def _print_summary(summary: dict) -> None:
     show_default=True,
     help="vPDQ: refuse videos with more sampled frames (100k = 27 h at one a second).",
 )
+@click.option(
+    "--file-timeout",
+    type=click.FloatRange(min=0),
+    default=3600.0,
+    show_default=True,
+    help="Seconds one video may take to hash before it fails as 'timeout' (0 = no limit).",
+)
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links.")
 @click.option("--no-match", is_flag=True, help="Only hash into the catalog; no lookups.")
 @click.option(
@@ -119,6 +126,7 @@ def scan_command(
     fast_decode_shrink,
     max_bytes,
     max_video_frames,
+    file_timeout,
     no_follow_symlinks,
     no_match,
     progress,
@@ -154,6 +162,7 @@ def scan_command(
                 follow_symlinks=not no_follow_symlinks,
                 max_bytes=max_bytes,
                 max_video_frames=max_video_frames,
+                file_timeout=file_timeout or None,
                 dihedral=dihedral,
                 fast_decode=2 if fast_decode_shrink else int(fast_decode),
                 progress=progress,
