@@ -243,3 +243,18 @@ def test_an_export_to_a_non_utf8_stdout_is_still_utf8(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.decode("utf-8"))["labels"] == ["é-ünïcode"]
+
+
+def test_a_backup_onto_a_full_disk_fails_clearly_and_leaves_nothing(small_fs, tmp_path):
+    data = tmp_path / "d"  # the store is elsewhere; the backup's disk fills
+    with Engine.open(data) as engine:
+        engine.ingest(_records(100_000), list_name="l")  # ~20 MB of store
+    _fill(small_fs, leave=4 << 20)
+    result = _cli("backup", str(small_fs / "b.sqlite"), "--data-dir", str(data))
+    assert result.exit_code == 1
+    assert f"cannot write a backup to {small_fs / 'b.sqlite'}: the disk is full" in result.output
+    assert "nothing was left there and the store is unaffected" in result.output
+    assert sorted(p.name for p in small_fs.iterdir()) == ["filler"]  # no partial copy
+    (small_fs / "filler").unlink()
+    result = _cli("backup", str(small_fs / "b.sqlite"), "--data-dir", str(data))
+    assert result.exit_code == 0, result.output

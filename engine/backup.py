@@ -1,0 +1,135 @@
+"""Online backups of the signal store: one consistent, self-contained SQLite file.
+
+Why a command of our own: the store is the only thing hashmatch keeps that cannot be
+rebuilt (the indexes, snapshots and scan catalogs are derived from it or from media), and
+operators back it up while the server keeps serving. Copying ``store.sqlite`` with
+``cp`` while a writer runs can tear a page or miss the ``-wal`` file; the ``sqlite3``
+shell's ``.backup`` is right but is not installed everywhere. This uses SQLite's backup
+API in one step: it reads one snapshot of the database (in WAL mode a reader blocks no
+writer, so ingests and lookups go on) and writes every page of it to a new file.
+
+The copy is written beside the destination under a temporary name, switched out of WAL
+mode (one file, nothing beside it to lose), checked (``PRAGMA quick_check``), fsynced
+and only then renamed into place: a destination either does not exist or is a complete,
+checked backup. An existing destination is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hashmatch.engine.errors import (
+    NEARLY_FULL_BYTES,
+    HashmatchError,
+    InvalidInput,
+    free_bytes,
+    is_disk_full,
+)
+from hashmatch.engine.store import SignalStore
+from hashmatch.engine.store_schema import change_digest, store_id
+from hashmatch.indexes.persist import fsync_path
+
+
+class BackupFailed(HashmatchError):
+    """The backup could not be written (a full disk, an I/O error, a check that failed);
+    nothing was left at the destination and the store is untouched. ``disk_full``: the
+    destination's filesystem ran out of room (also found by ``is_disk_full``)."""
+
+    def __init__(self, message: str, *, disk_full: bool = False):
+        super().__init__(message)
+        self.disk_full = disk_full
+
+
+@dataclass(frozen=True)
+class BackupReport:
+    """What was written: ``change_counter`` is the store's position the copy holds (every
+    change up to it, none after), ``store_id`` the store it is a copy of."""
+
+    path: Path
+    bytes: int
+    seconds: float
+    change_counter: int
+    store_id: str
+    signals: int
+
+
+def backup_path(dest: str | os.PathLike, *, now: float | None = None) -> Path:
+    """``dest`` itself, or a timestamped file in it when it is a directory
+    (``store-20261205T181500Z.sqlite``), so a cron line can name just the directory."""
+    path = Path(dest)
+    if path.is_dir():
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+        path = path / f"store-{stamp}.sqlite"
+    return path
+
+
+def backup_store(store: SignalStore, dest: str | os.PathLike) -> BackupReport:
+    """Copy ``store`` to ``dest`` (a new file; a directory gets a timestamped name)."""
+    started = time.perf_counter()
+    path = backup_path(dest)
+    if path.exists():
+        raise InvalidInput(f"{path} exists: a backup never overwrites a file", field="dest")
+    if not path.parent.is_dir():
+        raise InvalidInput(f"{path.parent} is not a directory", field="dest")
+    if path.resolve() == Path(store.path).resolve():
+        raise InvalidInput(f"{path} is the store itself", field="dest")
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    try:
+        counter, sid, signals = _copy(store, tmp)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    except (OSError, sqlite3.Error) as exc:
+        failure = _failure(path, exc)  # measured before the partial copy is removed
+        _remove(tmp)
+        raise failure from exc
+    except BaseException:
+        _remove(tmp)
+        raise
+    return BackupReport(
+        path, path.stat().st_size, time.perf_counter() - started, counter, sid, signals
+    )
+
+
+def _copy(store: SignalStore, tmp: Path) -> tuple[int, str, int]:
+    """One-step backup into ``tmp``, then make it one file and check it."""
+    target = sqlite3.connect(tmp, isolation_level=None)
+    try:
+        store.conn().backup(target)  # pages=-1: every page under one read snapshot
+        target.execute("PRAGMA journal_mode=DELETE")  # no -wal/-shm beside the copy
+        check = target.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise BackupFailed(f"the copy failed its check ({check}); nothing was written")
+        counter = int(target.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+        if counter and change_digest(target, counter) != change_digest(store.conn(), counter):
+            raise BackupFailed("the copy's change log differs from the store's")
+        signals = int(target.execute("SELECT COUNT(*) FROM signals").fetchone()[0])
+        return counter, store_id(target), signals
+    finally:
+        target.close()
+
+
+def _failure(path: Path, exc: BaseException) -> BaseException:
+    if isinstance(exc, BackupFailed):
+        return exc
+    free = free_bytes(path.parent)
+    # SQLite may say only "disk I/O error" when it cannot grow a file on a full disk
+    full = is_disk_full(exc) or (free is not None and free < NEARLY_FULL_BYTES)
+    why = "the disk is full" if full else (getattr(exc, "strerror", None) or str(exc))
+    room = "" if free is None else f" ({free:,} bytes free)"
+    return BackupFailed(
+        f"cannot write a backup to {path}: {why}{room}; nothing was left there and the"
+        " store is unaffected",
+        disk_full=full,
+    )
+
+
+def _remove(tmp: Path) -> None:
+    for leftover in (tmp, Path(f"{tmp}-journal"), Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
