@@ -346,15 +346,23 @@ class HashmatchClient:
     def ingest(
         self,
         list_name: str,
-        signals: Iterable[signals_pb2.Signal],
+        signals: Iterable[signals_pb2.Signal] | Callable[[], Iterable[signals_pb2.Signal]],
         *,
         source: str = "",
         strict: bool = False,
         batch_size: int = 1000,
         timeout: float | None = None,
+        total: int | None = None,
     ) -> signals_pb2.IngestResponse:
-        """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message
-        (``signals`` is read whole first: a retry sends it again).
+        """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message.
+
+        ``signals``: an iterable, read whole first (a retry sends it again), or a
+        callable that returns a fresh iterable of the same signals each time it is
+        called: then nothing is held in memory (a file of 10M signals streams in
+        constant memory) and a retry calls it again. ``total``: with a callable, how
+        many signals it yields (an upper bound will do): the default deadline and
+        ``signals_total`` come from it; without it the stream has no deadline unless
+        ``timeout`` is given.
 
         Ingest is an upsert, so re-sending from the first signal is always safe (what
         was stored already counts as ``unchanged``): that is how a call that meets
@@ -374,36 +382,59 @@ class HashmatchClient:
         reply acknowledges nothing per message, so a cut-off stream may have stored
         less: to finish the job, re-send from the first signal).
         """
-        # Buffered, not read lazily from `signals`: a retried call re-sends from the
-        # first signal (nothing says how far a cut-off stream was stored), and the
-        # default deadline scales with the number of messages (and signals_total counts them).
-        items = list(signals)
+        if callable(signals):
+            fresh = signals
+        else:
+            # Buffered: a retried call re-sends from the first signal (nothing says how
+            # far a cut-off stream was stored), and the default deadline scales with the
+            # number of messages (and signals_total counts them).
+            items = list(signals)
+            total = len(items)
+
+            def fresh() -> Iterable[signals_pb2.Signal]:
+                return items
+
         batch_size = max(1, batch_size)
-        if timeout is None and self.timeout is not None:
-            timeout = self.timeout * max(1, -(-len(items) // batch_size))
+        unbounded = timeout is None and total is None  # a stream of unknown length
+        if timeout is None and self.timeout is not None and total is not None:
+            timeout = self.timeout * max(1, -(-total // batch_size))
         most_sent = [0]  # across attempts: a retry that fails early must not lower it
+        expiries = [False]  # any signal sent with expires_at (an older server drops them)
+
+        def message(chunk: list[signals_pb2.Signal]) -> signals_pb2.IngestRequest:
+            return signals_pb2.IngestRequest(
+                list_name=list_name, signals=chunk, source=source, strict=strict
+            )
 
         def batches() -> Iterator[signals_pb2.IngestRequest]:
             sent = 0
-            for start in range(0, max(len(items), 1), batch_size):
-                chunk = items[start : start + batch_size]
+            chunk: list[signals_pb2.Signal] = []
+            for item in fresh():
+                chunk.append(item)
+                expiries[0] = expiries[0] or item.HasField("expires_at")
+                if len(chunk) == batch_size:
+                    sent += len(chunk)
+                    most_sent[0] = max(most_sent[0], sent)
+                    yield message(chunk)
+                    chunk = []
+            if chunk or not sent:  # an empty call still sends one (the server says so)
                 sent += len(chunk)
                 most_sent[0] = max(most_sent[0], sent)
-                yield signals_pb2.IngestRequest(
-                    list_name=list_name, signals=chunk, source=source, strict=strict
-                )
+                yield message(chunk)
 
         def call(
             _request: None, *, timeout: float | None, metadata: Sequence[tuple[str, str]]
         ) -> signals_pb2.IngestResponse:
-            return self.signals.Ingest(batches(), timeout=timeout, metadata=metadata)
+            return self.signals.Ingest(
+                batches(), timeout=None if unbounded else timeout, metadata=metadata
+            )
 
         try:
             reply = self._unary(call, None, timeout, retry_window=self.timeout)
         except grpc.RpcError as exc:
-            exc.signals_sent, exc.signals_total = most_sent[0], len(items)  # type: ignore[attr-defined]
+            exc.signals_sent, exc.signals_total = most_sent[0], total  # type: ignore[attr-defined]
             raise
-        if not reply.HasField("still_retracted") and any(s.HasField("expires_at") for s in items):
+        if not reply.HasField("still_retracted") and expiries[0]:
             warnings.warn(
                 "the server predates Signal.expires_at: it stored these signals without"
                 " their expiries (upgrade it before relying on expiries)",

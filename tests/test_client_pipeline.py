@@ -142,6 +142,14 @@ class CuttableProxy:
         except OSError:
             pass
 
+    def drop(self) -> None:
+        """Drop the open connections but keep accepting: a server restart the client
+        reconnects to."""
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
     def cut(self) -> None:
         self.closed = True
         for sock in [self.listener, *self.sockets]:
@@ -196,6 +204,39 @@ def test_an_ingest_cut_mid_stream_reports_an_upper_bound_and_a_resend_is_safe(tm
         again = direct.ingest("cut", signals)  # from the first signal: nothing doubles
         assert (again.added, again.unchanged) == (len(signals) - stored, stored)
         assert _stored(direct, "cut") == len(signals)
+
+
+def test_a_streamed_ingest_reads_its_source_again_on_retry(tmp_path):
+    """A callable source is streamed (nothing buffered) and called afresh for the retry
+    after a dropped connection: every signal ends up stored, none twice."""
+    hexes = _hexes(60_000, seed=6)
+    calls = [0]
+
+    def source():
+        calls[0] += 1
+        return (signal("pdq", h) for h in hexes)
+
+    with running_server(tmp_path) as ts:
+        direct = ts.client()
+        proxy = CuttableProxy(("127.0.0.1", ts.server.port))
+        box: dict = {}
+
+        def ingest() -> None:
+            with HashmatchClient(proxy.target, timeout=5.0, backoff=0.05) as through_proxy:
+                box["reply"] = through_proxy.ingest(
+                    "streamed", source, total=len(hexes), batch_size=1000
+                )
+
+        pipeline = threading.Thread(target=ingest)
+        pipeline.start()
+        while _stored(direct, "streamed") < 3000:
+            time.sleep(0.01)
+        proxy.drop()
+        pipeline.join(120)
+        reply = box["reply"]
+        assert calls[0] == 2  # read again from the first signal, not replayed from memory
+        assert reply.added + reply.unchanged == len(hexes) and reply.unchanged >= 3000
+        assert _settled_count(ts, direct, "streamed") == len(hexes)
 
 
 def test_strict_ingest_refuses_one_message_not_the_whole_call(tmp_path):

@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -432,43 +436,78 @@ def remote_hash(client, files, signal_types, dihedral) -> None:
         click.echo(json.dumps(data, sort_keys=True))
 
 
-def _read_signals(path: str, fmt: str | None, default_type: str):
-    """Parse FILE with the store's parsers (same formats as ``hashmatch ingest``).
+#: Lines that do not parse, kept to report (all are counted).
+MAX_UNPARSED_SHOWN = 1000
 
-    Returns (signals, their file lines, local rejections): lines that do not even
-    parse stay here; the lines let the server's rejections (by stream index) be told
-    by file line.
-    """
-    from hashmatch.engine.ingest import read_records
-    from hashmatch.engine.store import Rejection
-    from hashmatch.server.client import signal, video_signal
 
-    signals, lines, rejected = [], [], []
-    for item in read_records(path, format=fmt, signal_type=default_type):
-        if isinstance(item, Rejection):
-            rejected.append(str(item))
-            continue
-        if item.frames is not None:
-            pb = video_signal(
-                [bytes(code).hex() for code in item.frames],
-                qualities=item.frame_qualities or (),
-                timestamps=item.timestamps or (),
-                labels=item.labels,
-                external_id=item.external_id or "",
-                expires_at=item.expires_at,
-            )
-        else:
-            pb = signal(
-                item.signal_type,
-                item.hash_hex,
-                labels=item.labels,
-                external_id=item.external_id or "",
-                quality=item.quality,
-                expires_at=item.expires_at,
-            )
-        signals.append(pb)
-        lines.append(item.line)
-    return signals, lines, rejected
+class _SignalFile:
+    """FILE's signals, streamed: parsed once up front to count them, note which file
+    line each comes from (the server's rejections name stream positions) and keep the
+    lines that do not parse; then :meth:`signals` parses it again for each send (and
+    each retry), so no signal is held in memory (1M signals buffered took 1.8 GB).
+    Uses the store's parsers (same formats as ``hashmatch ingest``)."""
+
+    def __init__(self, path: str, fmt: str | None, default_type: str):
+        from array import array
+
+        self.path, self.fmt, self.default_type = path, fmt, default_type
+        self.lines = array("q")  # file line of each signal, in stream order
+        self.unparsed: list[str] = []
+        self.unparsed_total = 0
+        for item in self._records():
+            if isinstance(item, str):
+                self.unparsed_total += 1
+                if len(self.unparsed) < MAX_UNPARSED_SHOWN:
+                    self.unparsed.append(item)
+            else:
+                self.lines.append(item.line if item.line is not None else -1)
+
+    def _records(self) -> Iterator:
+        """Parsed records, or each unparsable line's rejection text."""
+        from hashmatch.engine.ingest import read_records
+        from hashmatch.engine.store import Rejection
+
+        for item in read_records(self.path, format=self.fmt, signal_type=self.default_type):
+            yield str(item) if isinstance(item, Rejection) else item
+
+    def signals(self) -> Iterator:
+        """The ``Signal`` messages, parsed afresh."""
+        from hashmatch.server.client import signal, video_signal
+
+        for item in self._records():
+            if isinstance(item, str):
+                continue
+            if item.frames is not None:
+                yield video_signal(
+                    [bytes(code).hex() for code in item.frames],
+                    qualities=item.frame_qualities or (),
+                    timestamps=item.timestamps or (),
+                    labels=item.labels,
+                    external_id=item.external_id or "",
+                    expires_at=item.expires_at,
+                )
+            else:
+                yield signal(
+                    item.signal_type,
+                    item.hash_hex,
+                    labels=item.labels,
+                    external_id=item.external_id or "",
+                    quality=item.quality,
+                    expires_at=item.expires_at,
+                )
+
+
+@contextmanager
+def _readable_twice(file: str) -> Iterator[str]:
+    """FILE's path; stdin ('-') is first copied to a temporary file (in $TMPDIR), as it
+    is read once per send and stdin cannot be read again."""
+    if file != "-":
+        yield file
+        return
+    with tempfile.NamedTemporaryFile(prefix="hashmatch-ingest-", suffix=".stdin") as tmp:
+        shutil.copyfileobj(sys.stdin.buffer, tmp)
+        tmp.flush()
+        yield tmp.name
 
 
 @remote.command("ingest")
@@ -493,21 +532,25 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     Example:
       hashmatch remote ingest partner-a hashes.csv --source partner-a-2026-11
     """
-    signals, lines, rejected = _read_signals(file, None if fmt == "auto" else fmt, signal_type)
-    if strict and rejected:
-        raise click.ClickException(f"refused (strict): {rejected[0]}")
-    if not signals:  # nothing parsed: say why instead of the server's "no signals"
-        shown = "\n  ".join(rejected[:20]) or "the file holds no signals"
-        raise click.ClickException(f"{file}: nothing to ingest:\n  {shown}")
-    reply = client.ingest(list_name, signals, source=source, strict=strict, batch_size=batch_size)
+    with _readable_twice(file) as path:
+        parsed = _SignalFile(path, None if fmt == "auto" else fmt, signal_type)
+        if strict and parsed.unparsed:
+            raise click.ClickException(f"refused (strict): {parsed.unparsed[0]}")
+        if not parsed.lines:  # nothing parsed: say why instead of the server's "no signals"
+            shown = "\n  ".join(parsed.unparsed[:20]) or "the file holds no signals"
+            raise click.ClickException(f"{file}: nothing to ingest:\n  {shown}")
+        reply = client.ingest(list_name, parsed.signals, total=len(parsed.lines), source=source,
+                              strict=strict, batch_size=batch_size)  # fmt: skip
+    lines = parsed.lines
     data = message_json(reply)
     for item in data.get("rejections", []):  # stream index -> the file's line
         index = int(item.get("index", 0))
-        if 0 <= index < len(lines) and lines[index] is not None:
+        if 0 <= index < len(lines) and lines[index] >= 0:
             item["line"] = lines[index]
-    if rejected:  # lines that did not parse here count as rejected too
-        data["unparsed"] = rejected
-        data["rejected"] = reply.rejected + len(rejected)
+    if parsed.unparsed_total:  # lines that did not parse here count as rejected too
+        data["unparsed"] = parsed.unparsed  # the first MAX_UNPARSED_SHOWN
+        data["unparsed_total"] = parsed.unparsed_total
+        data["rejected"] = reply.rejected + parsed.unparsed_total
     click.echo(json.dumps(data, sort_keys=True))
     # exit 1 when every signal was rejected, as `hashmatch ingest` does: a script must
     # not read that as success
