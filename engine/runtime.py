@@ -591,7 +591,13 @@ class Engine:
             "types": {t: len(ix) for t, ix in indexes.items()},
             "total": sum(len(ix) for ix in indexes.values()),
         }
-        self.store.record("index.rebuild", actor=actor, count=summary["total"], details=summary)
+        try:
+            self.store.record("index.rebuild", actor=actor, count=summary["total"], details=summary)
+        except sqlite3.OperationalError as exc:
+            # the new index is already live: a full disk must not make the rebuild look failed
+            if not is_disk_full(exc):
+                raise
+            summary["audit_error"] = f"the rebuild is live but was not audited: {exc}"
         return summary
 
     def verify_index(self, *, sample: int = 20_000, seed: int = 0) -> dict:

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import queue
+import shlex
 import sqlite3
 import threading
 import time
@@ -698,7 +699,11 @@ class SignalStore:
 
     def _require_tenant(self, conn: sqlite3.Connection, name: str) -> None:
         if conn.execute("SELECT 1 FROM tenants WHERE name = ?", (name,)).fetchone() is None:
-            raise NotFound(f"no tenant named {name!r}", field="tenant")
+            raise NotFound(
+                f"no tenant named {name!r} (create it first: hashmatch tenants create"
+                f" {shlex.quote(name)}; a token alone does not make one)",
+                field="tenant",
+            )
 
     def visible_list_ids(self, tenant: str | None) -> set[int] | None:
         """List ids ``tenant`` may match against; None means every list (admin).

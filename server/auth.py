@@ -207,9 +207,19 @@ def bootstrap_admin(auth_path: Path) -> str | None:
     auth_path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(32)
     header = "# hashmatch tokens (SHA-256 digests only). Add tenants with `hashmatch token`.\n\n"
-    auth_path.write_text(header + tenant_entry("admin", token, ROLES, all_lists=True))
     token_file = auth_path.parent / "admin.token"
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    tmp = auth_path.with_name(auth_path.name + ".tmp")
+    # Why this order: a full disk used to leave a 0-byte auth.toml (refused at every later
+    # start as "holds no tokens"), or an auth.toml whose admin token was never saved.
+    # The token file first, then the tokens file renamed into place: either both or none.
+    try:
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        tmp.write_text(header + tenant_entry("admin", token, ROLES, all_lists=True))
+        os.replace(tmp, auth_path)
+    except BaseException:
+        for leftover in (tmp, token_file):
+            leftover.unlink(missing_ok=True)
+        raise
     return token

@@ -20,6 +20,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -90,18 +91,34 @@ def signal(
     labels: Sequence[str] = (),
     external_id: str = "",
     quality: int | None = None,
-    expires_at: float | None = None,
+    expires_at: float | str | datetime | None = None,
 ) -> signals_pb2.Signal:
     """One signal to ingest. Each states the whole signal: a re-send without the
-    ``quality`` or ``expires_at`` (epoch seconds) a partner gave clears them in the store."""
+    ``quality`` or ``expires_at`` a partner gave clears them in the store.
+    ``expires_at``: epoch seconds, an ISO-8601 string (as in a CSV) or a datetime."""
     pb = signals_pb2.Signal(
         hash=hash_value((signal_type, value)), labels=list(labels), external_id=external_id
     )
     if quality is not None:
         pb.hash.quality = quality
     if expires_at is not None:
-        pb.expires_at = expires_at
+        pb.expires_at = _epoch_seconds(expires_at)
     return pb
+
+
+def _epoch_seconds(value: float | str | datetime) -> float:
+    """``expires_at`` as the wire's epoch seconds: the file parsers' rule for strings
+    (ISO-8601, UTC unless it says otherwise), so a client and a CSV agree."""
+    from hashmatch.engine.ingest import parse_time
+
+    if isinstance(value, int | float):
+        return float(value)  # checked by the server (a NaN or milliseconds is refused)
+    if isinstance(value, datetime):
+        value = value.isoformat()
+    seconds = parse_time(value)
+    if seconds is None:
+        raise ValueError("expires_at is empty: leave it out for no expiry")
+    return seconds
 
 
 def video_signal(
@@ -111,7 +128,7 @@ def video_signal(
     timestamps: Sequence[float] = (),
     labels: Sequence[str] = (),
     external_id: str = "",
-    expires_at: float | None = None,
+    expires_at: float | str | datetime | None = None,
 ) -> signals_pb2.Signal:
     """A vPDQ signal: one video given as its frames' PDQ hex."""
     pb = signals_pb2.Signal(
@@ -123,7 +140,7 @@ def video_signal(
         external_id=external_id,
     )
     if expires_at is not None:
-        pb.expires_at = expires_at
+        pb.expires_at = _epoch_seconds(expires_at)
     return pb
 
 
@@ -139,6 +156,23 @@ def _clean_token(token: str | None) -> str | None:
     if any(not " " < c < "\x7f" for c in token):
         raise ValueError("token: only printable ASCII without spaces can be sent")
     return token
+
+
+def tls_hint(details: str) -> str:
+    """A hint for errors that are a TLS mismatch, not a server that is down: gRPC words
+    them as UNAVAILABLE ("Socket closed", a failed handshake), which reads like one.
+    Empty for anything else."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            " (the server's certificate is not signed by a CA this client trusts: give its"
+            " CA with --ca)"
+        )
+    if "Socket closed" in details or "andshake" in details or "WRONG_VERSION" in details:
+        return (
+            " (a TLS mismatch? a TLS server needs --tls [--ca CA.pem], mutual TLS also"
+            " --cert and --key; a plain server, no --tls)"
+        )
+    return ""
 
 
 class HashmatchClient:
@@ -544,7 +578,8 @@ class HashmatchClient:
         return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
     def wait_until_serving(self, timeout: float = 30.0) -> None:
-        """Block until health says SERVING (the index is loaded)."""
+        """Block until health says SERVING (the index is loaded). A certificate the
+        client cannot verify fails at once: waiting would not change it."""
         deadline = time.monotonic() + timeout
         last = "no answer"
         while True:
@@ -554,9 +589,11 @@ class HashmatchClient:
                     return
             except grpc.RpcError as exc:
                 last = f"{exc.code().name}: {exc.details()}"
+                if "CERTIFICATE_VERIFY_FAILED" in last:
+                    raise ConnectionError(f"{last}{tls_hint(last)}") from None
             if time.monotonic() > deadline:
+                hint = tls_hint(last) or "; is `hashmatch serve` running there?"
                 raise TimeoutError(
-                    f"the server did not become SERVING within {timeout:g} s (last: {last}); "
-                    "is `hashmatch serve` running there?"
+                    f"the server did not become SERVING within {timeout:g} s (last: {last}){hint}"
                 )
             time.sleep(0.05)

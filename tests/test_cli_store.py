@@ -134,3 +134,18 @@ def test_errors_are_one_line_messages(run):
     assert result.exit_code == 1 and "photos/astronut.jpg: no such file" in result.output
     result = run("lists", "disable", "nope", ok=False)
     assert result.exit_code == 1 and "no hash list named 'nope'" in result.output
+
+
+def test_verbs_that_create_a_store_say_so_and_a_grant_names_the_missing_step(run, tmp_path):
+    """A typo in --data-dir must show at once: `lists create` and `tenants create`
+    created a store silently (ingest always said so)."""
+    created = run("lists", "create", "first")
+    assert f"created a new store in {tmp_path / 'data'}" in created.output
+    assert "created a new store" not in run("lists", "create", "second").output
+    result = run("tenants", "grant", "acme", "first", ok=False)
+    assert result.exit_code == 1
+    assert "no tenant named 'acme' (create it first: hashmatch tenants create acme" in (
+        result.output
+    )
+    missing = CliRunner().invoke(cli, ["lists", "ls", "--data-dir", str(tmp_path / "typo")])
+    assert missing.exit_code == 1 and "set HASHMATCH_DATA_DIR or --data-dir" in missing.output

@@ -410,3 +410,43 @@ def test_remote_ingest_streams_a_large_file_in_bounded_memory(served, tmp_path):
     assert code == 0, stderr
     assert json.loads(stdout)["added"] == 150_000
     assert peak_kib < 260 * 1024, f"peak RSS {peak_kib // 1024} MiB"
+
+
+def test_a_refused_ingest_does_not_say_some_may_be_stored(served, tmp_path):
+    """Only a stream cut off part way can have stored part of it; a bad token or a
+    missing role stores nothing, and the hint said otherwise."""
+    path = tmp_path / "h.txt"
+    path.write_text(HEX + "\n")
+    for options, code in ((("--token", "wrong"), "UNAUTHENTICATED"),
+                          (("--token", served.tokens["reader"]), "PERMISSION_DENIED")):  # fmt: skip
+        result = CliRunner().invoke(
+            cli, ["remote", "--server", served.target, *options, "ingest", "x", str(path)]
+        )
+        assert result.exit_code == 1 and code in result.output, result.output
+        assert "may be stored" not in result.output
+
+
+def test_a_tls_server_called_without_tls_says_it_may_be_tls(tmp_path):
+    from hashmatch.server.testing import self_signed_cert
+
+    key, cert = self_signed_cert(tmp_path, "server")
+    with running_server(tmp_path / "d", tls_cert=cert, tls_key=key) as ts:
+        result = CliRunner().invoke(
+            cli, ["remote", "--server", ts.target, "--timeout", "1", "lists"]
+        )
+    assert result.exit_code == 1 and "UNAVAILABLE" in result.output
+    assert "a TLS mismatch? a TLS server needs --tls [--ca CA.pem]" in result.output
+
+
+def test_signal_expiry_takes_iso_text_and_datetimes_as_files_do():
+    from datetime import UTC, datetime
+
+    from hashmatch.server.client import signal
+
+    when = datetime(2030, 1, 1, tzinfo=UTC)
+    assert signal("pdq", HEX, expires_at="2030-01-01T00:00:00Z").expires_at == when.timestamp()
+    assert signal("pdq", HEX, expires_at="2030-01-01").expires_at == when.timestamp()
+    assert signal("pdq", HEX, expires_at=when).expires_at == when.timestamp()
+    assert signal("pdq", HEX, expires_at=5).expires_at == 5.0
+    with pytest.raises(ValueError, match="not a time"):
+        signal("pdq", HEX, expires_at="next tuesday")

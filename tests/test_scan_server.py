@@ -90,3 +90,53 @@ def test_a_lost_server_stops_the_scan_but_keeps_the_hashes(tmp_path):
     assert catalog.counter("hash_calls") == calls
     assert summary.matches == 2  # coffee-copy.png: pdq + md5
     catalog.close()
+
+
+def test_a_scan_without_a_token_fails_before_hashing_anything(tmp_path):
+    """The README's example without --token used to hash the first batch, then fail
+    with "run the same scan again to resume", which failed the same way."""
+    tree = build_tree(tmp_path)
+    with running_server(tmp_path / "served", tenants={"scanner": (["match"], True)}) as ts:
+        result = CliRunner(env={"HASHMATCH_TOKEN": None}).invoke(
+            cli, ["scan", str(tree.root), "--server", ts.target, "--workers", "0",
+                  "--catalog", str(tmp_path / "c.sqlite"), "--no-progress"],
+        )  # fmt: skip
+    assert result.exit_code == 1
+    assert "UNAUTHENTICATED" in result.output
+    assert "give a token with --token or HASHMATCH_TOKEN" in result.output
+    assert "resume" not in result.output
+    if (tmp_path / "c.sqlite").exists():
+        with Catalog(tmp_path / "c.sqlite") as catalog:
+            assert catalog.counter("hash_calls") == 0
+
+
+def test_scan_and_rescan_reach_a_server_behind_a_private_ca(tmp_path):
+    """--ca (and --token-file), as `remote` has them; a certificate the scan cannot
+    verify fails at once, saying to give the CA, not after 60 s as a server that is down."""
+    from hashmatch.server.testing import self_signed_cert
+
+    tree = build_tree(tmp_path)
+    served = tmp_path / "served"
+    ingest_originals(served, tree, ["astronaut"], list_name="partner")
+    key, cert = self_signed_cert(tmp_path, "server")
+    tenants = {"scanner": (["match", "export"], True)}
+    with running_server(served, tenants=tenants, tls_cert=cert, tls_key=key) as ts:
+        token_file = tmp_path / "token"
+        token_file.write_text(ts.tokens["scanner"] + "\n")
+        base = ["--server", f"localhost:{ts.server.port}", "--token-file", str(token_file),
+                "--catalog", str(tmp_path / "c.sqlite")]  # fmt: skip
+        untrusted = CliRunner().invoke(
+            cli, ["scan", str(tree.root), *base, "--tls", "--workers", "0", "--no-progress"]
+        )
+        assert untrusted.exit_code == 1
+        assert "give its CA with --ca" in untrusted.output, untrusted.output
+        scanned = CliRunner().invoke(
+            cli, ["scan", str(tree.root), *base, "--ca", cert, "--workers", "0",
+                  "--no-progress", "--out", str(tmp_path / "r.jsonl")],
+        )  # fmt: skip
+        assert scanned.exit_code == 0, scanned.output
+        assert '"kind": "match"' in (tmp_path / "r.jsonl").read_text()
+        rescanned = CliRunner().invoke(
+            cli, ["rescan", *base, "--ca", cert, "--out", str(tmp_path / "rr.jsonl")]
+        )
+        assert rescanned.exit_code == 0, rescanned.output

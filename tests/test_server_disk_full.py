@@ -243,3 +243,39 @@ def test_a_snapshot_failing_for_another_reason_says_why_to_the_admin(tmp_path):
 
         snapshots.unlink()
         assert client.snapshot().path
+
+
+def test_a_first_start_on_a_full_disk_leaves_no_empty_tokens_file(small_disk):
+    """Before: a 0-byte auth.toml, refused at every later start ("holds no tokens")."""
+    from hashmatch.server.auth import bootstrap_admin
+
+    data = small_disk / "d"
+    data.mkdir()
+    fill = _fill(small_disk)
+    with pytest.raises(OSError):
+        bootstrap_admin(data / "auth.toml")
+    assert sorted(p.name for p in data.iterdir()) == []  # neither file, no temp
+    fill.unlink()
+    token = bootstrap_admin(data / "auth.toml")
+    assert token and (data / "admin.token").read_text().strip() == token
+    assert "admin" in (data / "auth.toml").read_text()
+
+
+def test_a_rebuild_on_a_disk_too_full_to_audit_it_still_reports_it_live(small_disk):
+    """The audit row after the swap used to fail the call (RESOURCE_EXHAUSTED, exit 1)
+    although the rebuilt index was live."""
+    rng = random.Random(10)
+    with running_server(small_disk / "d") as ts:
+        client = ts.client(timeout=60, retries=0)
+        sent = _hexes(rng, 20_000)
+        assert client.ingest("g", _signals(sent), batch_size=10_000).added == 20_000
+        _fill(small_disk)  # no room even for an audit row
+
+        result = CliRunner().invoke(cli, ["remote", "--server", ts.target, "rebuild"])
+        assert result.exit_code == 0, result.output
+        summary = json.loads(json.loads(result.stdout.splitlines()[-1])["summary_json"])
+        assert summary["total"] == 20_000
+        assert "was not audited" in summary["audit_error"]
+        assert "snapshot failed" in summary["snapshot_error"]
+        assert "warning: the rebuilt index is live" in result.stderr
+        assert client.match([("pdq", sent[0])], threshold=0).results[0].matches

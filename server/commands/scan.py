@@ -32,6 +32,20 @@ def _print_summary(summary: dict) -> None:
     click.echo(json.dumps(summary, sort_keys=False), err=True)
 
 
+def _server_access(f):
+    """--token-file, --ca, --cert and --key, as ``remote`` has them: a server behind a
+    private CA or mutual TLS is reachable from a scan and a rescan too."""
+    path = click.Path(exists=True, dir_okay=False)
+    for option in reversed([
+        click.option("--token-file", type=path, help="Bearer token from a file (beats the env)."),
+        click.option("--ca", type=path, help="CA certificate of --server (implies TLS)."),
+        click.option("--cert", type=path, help="Client certificate, mutual TLS (with --key)."),
+        click.option("--key", type=path, help="Client key, mutual TLS (with --cert)."),
+    ]):  # fmt: skip
+        f = option(f)
+    return f
+
+
 @click.command("scan")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @click.option(
@@ -52,6 +66,7 @@ def _print_summary(summary: dict) -> None:
 @click.option("--server", help="Match through a running server (host:port) instead of locally.")
 @click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token for --server.")
 @click.option("--tls", is_flag=True, help="Use TLS to reach --server.")
+@_server_access
 @click.option(
     "--out",
     "out",
@@ -116,6 +131,10 @@ def scan_command(
     server,
     token,
     tls,
+    token_file,
+    ca,
+    cert,
+    key,
     out,
     workers,
     batch_size,
@@ -170,7 +189,8 @@ def scan_command(
             if no_match:
                 matcher = None
             elif server:
-                client = _serving_client(server, token, tls)
+                client = _serving_client(server, token, tls, token_file=token_file, ca=ca,
+                                         cert=cert, key=key)  # fmt: skip
                 matcher = RemoteMatcher(client, threshold=threshold, lists=lists)
                 if lists:
                     _check_lists(lists, {x.name for x in client.list_hash_lists().lists})
@@ -210,9 +230,12 @@ def scan_command(
 @click.option("--server", help="Read the new signals from a running server (host:port).")
 @click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token for --server.")
 @click.option("--tls", is_flag=True, help="Use TLS to reach --server.")
+@_server_access
 @click.option("--threshold", type=int, help="Match distance [default: the type's].")
 @click.option("--out", "out", default="-", show_default=True, help="Report (JSONL); '-' = stdout.")
-def rescan_command(since, data_dir, catalog, server, token, tls, threshold, out) -> None:
+def rescan_command(
+    since, data_dir, catalog, server, token, tls, token_file, ca, cert, key, threshold, out
+) -> None:
     """Match the catalog of scanned files against signals added since the last rescan.
 
     \b
@@ -250,7 +273,10 @@ def rescan_command(since, data_dir, catalog, server, token, tls, threshold, out)
         raise click.ClickException(f"no hashmatch store in {data_dir}")
     with _one_line_errors(server, name_server=False), contextlib.ExitStack() as stack:
         if server:
-            client = stack.enter_context(_serving_client(server, token, tls))
+            client = stack.enter_context(
+                _serving_client(server, token, tls, token_file=token_file, ca=ca, cert=cert,
+                                key=key)
+            )  # fmt: skip
             source = ServerChanges(client, server)
         else:
             source = stack.enter_context(contextlib.closing(SignalStore(store_path, create=False)))
@@ -349,13 +375,46 @@ def _check_lists(lists: tuple[str, ...], known: set[str]) -> None:
         )
 
 
-def _serving_client(server: str, token: str | None, tls: bool):
-    """A client of ``server`` once its health says SERVING (up to 60 s; closed if not)."""
-    from hashmatch.server.client import HashmatchClient
+def _serving_client(
+    server: str,
+    token: str | None,
+    tls: bool,
+    *,
+    token_file: str | None = None,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+):
+    """A client of ``server`` once its health says SERVING (up to 60 s; closed if not)
+    and the token is accepted (checked before any file is hashed)."""
+    import grpc
 
-    client = HashmatchClient(server, token=token, tls=tls)
+    from hashmatch.server.client import HashmatchClient
+    from hashmatch.server.commands.service import _token_from_file
+
+    if token_file:
+        token = _token_from_file(click.get_current_context(), token_file, token)
+    if bool(cert) != bool(key):  # grpcio would abort the process (SIGABRT) on a lone cert
+        raise click.UsageError("--cert and --key go together (mutual TLS): give both")
     try:
-        client.wait_until_serving(timeout=60)
+        client = HashmatchClient(server, token=token, tls=tls, root_certificates=ca,
+                                 client_cert=cert, client_key=key)  # fmt: skip
+    except (ValueError, OSError) as exc:  # a token grpcio cannot send, an unreadable file
+        raise click.ClickException(str(exc)) from None
+    try:
+        try:
+            client.wait_until_serving(timeout=60)
+        except ConnectionError as exc:  # a certificate that will not verify
+            raise click.ClickException(f"{server}: {exc}") from None
+        # a missing or wrong token used to show only after the first batch was hashed, as
+        # "matching failed (UNAUTHENTICATED ...): run the same scan again to resume"
+        client.list_hash_lists()
+    except grpc.RpcError as exc:
+        client.close()
+        hint = ""
+        if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
+            hint = " (give a token with --token or HASHMATCH_TOKEN)"
+        raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}{hint}") from None
     except BaseException:
         client.close()
         raise

@@ -97,7 +97,7 @@ def _emit(message: Message) -> None:
 )
 @click.option("--metrics-port", type=int, help="Prometheus port (-1 = off).")
 @click.option("--shards", type=int, help="Index shards per type (default 1; 0 = per core).")
-@click.option("--index-kind")
+@click.option("--index-kind", help="auto (default: picked per type), flat, mih or exact.")
 @click.option("--workers", type=int, help="gRPC worker threads.")
 @click.option("--media-workers", type=int, help="Threads hashing media.")
 @click.option("--drain-seconds", type=float, help="Grace period for in-flight calls on stop.")
@@ -346,7 +346,11 @@ def _ingest_progress(exc: grpc.RpcError, details: str) -> str:
     """For an ingest stream that failed part way (e.g. its deadline passed) without the
     server's own "were stored" count: how far it got, and that re-running is safe."""
     sent = getattr(exc, "signals_sent", 0)
-    if not sent or "were stored" in details:
+    # only a stream cut off part way can have stored some of it: not a refused connection,
+    # a bad token, a missing role or list, or a server that says what it stored
+    cut_off = exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
+                             grpc.StatusCode.UNAVAILABLE)  # fmt: skip
+    if not sent or not cut_off or "stored" in details or "failed to connect" in details:
         return ""
     return (
         f"\n  ({sent} of {exc.signals_total} signals were sent; the server stores each"
@@ -359,6 +363,7 @@ def _rpc(fn):
     """Turn gRPC errors into a one-line message and exit status 1."""
     import functools
 
+    from hashmatch.server.client import tls_hint
     from hashmatch.server.errors import bad_request_fields
 
     @functools.wraps(fn)
@@ -374,6 +379,8 @@ def _rpc(fn):
             hint = ""
             if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
                 hint = "\n  (give a token with --token or HASHMATCH_TOKEN)"
+            elif exc.code() is grpc.StatusCode.UNAVAILABLE and tls_hint(details):
+                hint = "\n " + tls_hint(details)
             hint += _ingest_progress(exc, details)
             raise click.ClickException(f"{exc.code().name}: {details}{fields}{hint}") from None
         except (OSError, HashmatchError) as exc:

@@ -48,7 +48,13 @@ def _engine(data_dir: str, *, create: bool = False, resumable: bool = False) -> 
     try:
         engine = Engine.open(data_dir, create=create, eager=False)
     except HashmatchError as exc:
-        hint = "" if create else " (set HASHMATCH_DATA_DIR or --data-dir to the server's data dir)"
+        missing = "no hashmatch store in" in str(exc)  # not a full disk or a damaged store
+        hint = (
+            " (set HASHMATCH_DATA_DIR or --data-dir to the server's data dir; store verbs do"
+            " not read the server's --config / HASHMATCH_CONFIG)"
+            if missing and not create
+            else ""
+        )
         raise click.ClickException(f"{exc}{hint}") from None
     resume = (
         "; batches committed before this are stored: re-run to finish, it is idempotent"
@@ -124,7 +130,10 @@ def lists_create(name, description, owner, labels, actor, data_dir) -> None:
     \b
       hashmatch lists create partner-a --owner "Partner A" --label csam
     """
+    new_store = not (Path(data_dir) / "store.sqlite").exists()
     with _engine(data_dir, create=True) as engine:
+        if new_store:  # as ingest says it: a typo in --data-dir shows at once
+            click.echo(f"created a new store in {data_dir}", err=True)
         info = engine.store.create_list(
             name, description=description, owner=owner, labels=labels, actor=actor
         )
@@ -763,7 +772,13 @@ def tenants_group() -> None:
 @click.option("--admin", is_flag=True, help="Sees and writes every list.")
 @_data_dir_option
 def tenants_create(name, admin, data_dir) -> None:
+    """Create a tenant (a calling platform): the store's side of a token. Lists are
+    shared with it by `tenants grant`; the token that authenticates it is made with
+    `hashmatch token NAME` (same name)."""
+    new_store = not (Path(data_dir) / "store.sqlite").exists()
     with _engine(data_dir, create=True) as engine:
+        if new_store:
+            click.echo(f"created a new store in {data_dir}", err=True)
         engine.store.create_tenant(name, admin=admin)
     click.echo(f"created tenant {name!r}{' (admin)' if admin else ''}")
 
@@ -786,6 +801,7 @@ def tenants_grant(tenant, list_name, write, data_dir) -> None:
 @click.argument("list_name")
 @_data_dir_option
 def tenants_revoke(tenant, list_name, data_dir) -> None:
+    """Stop sharing a list with a tenant (from its next lookup)."""
     with _engine(data_dir) as engine:
         had = list_name in engine.store.get_tenant(tenant).reads
         t = engine.store.revoke(tenant, list_name)
@@ -798,6 +814,7 @@ def tenants_revoke(tenant, list_name, data_dir) -> None:
 @tenants_group.command("ls")
 @_data_dir_option
 def tenants_ls(data_dir) -> None:
+    """Tenants and the lists each reads and writes."""
     with _engine(data_dir) as engine:
         found = engine.store.tenants()
     for t in found:
