@@ -450,3 +450,13 @@ def test_signal_expiry_takes_iso_text_and_datetimes_as_files_do():
     assert signal("pdq", HEX, expires_at=5).expires_at == 5.0
     with pytest.raises(ValueError, match="not a time"):
         signal("pdq", HEX, expires_at="next tuesday")
+
+
+def test_remote_health_exits_zero_only_when_serving(served):
+    ok = CliRunner().invoke(cli, ["remote", "--server", served.target, "health"])
+    assert ok.exit_code == 0 and json.loads(ok.output) == {"status": "SERVING"}
+    nobody = f"127.0.0.1:{_free_port()}"
+    down = CliRunner().invoke(cli, ["remote", "--server", nobody, "--timeout", "1", "health"])
+    assert down.exit_code == 1 and "UNAVAILABLE" in down.output
+    waited = CliRunner().invoke(cli, ["remote", "--server", nobody, "health", "--wait", "0.5"])
+    assert waited.exit_code == 1 and "did not become SERVING within 0.5 s" in waited.output

@@ -613,6 +613,30 @@ def remote_rebuild(client) -> None:
             click.echo(f"warning: {progress.snapshot_error}", err=True)
 
 
+@remote.command("health")
+@click.option("--wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for SERVING (a server still loading its index).")  # fmt: skip
+@click.pass_obj
+@_rpc
+def remote_health(client, wait) -> None:
+    """The standard gRPC health status (no token needed); exit 0 only when SERVING.
+
+    \b
+    For probes and scripts:
+      hashmatch remote --server 10.0.0.5:50051 health || restart-it
+      hashmatch remote health --wait 120     # after a start: until the index is loaded
+    """
+    if wait > 0:
+        try:
+            client.wait_until_serving(timeout=wait)
+        except (TimeoutError, ConnectionError) as exc:
+            raise click.ClickException(str(exc)) from None
+    status = client.health()
+    click.echo(json.dumps({"status": status}))
+    if status != "SERVING":
+        sys.exit(1)
+
+
 @remote.command("snapshot")
 @click.pass_obj
 @_rpc
