@@ -94,6 +94,7 @@ class CallHost(Protocol):
     metrics: Metrics
     slots: CallSlots
     inflight: InFlight
+    stopping: bool  # the server is draining: a stream cut now was cut by it
 
     def check_serving(self, method: str) -> None: ...
 
@@ -154,19 +155,25 @@ def _authenticate(host: CallHost, context: grpc.ServicerContext) -> Principal:
     return host.auth.authenticate(context.invocation_metadata())
 
 
-def _client_gone(context: grpc.ServicerContext, exc: Exception) -> HashmatchError | None:
-    """The status to record for ``exc`` if it only says the client went away.
+def _client_gone(
+    host: CallHost, context: grpc.ServicerContext, exc: Exception
+) -> HashmatchError | None:
+    """The status to record for ``exc`` if it only says the call went away.
 
     grpcio raises a bare ``grpc.RpcError`` from a request iterator when the client
     cancels or its deadline passes while the server waits for the next message. That
     is the client's doing, not an internal error: record CANCELLED or DEADLINE_EXCEEDED,
-    and do not abort (there is nobody left to send a status to).
+    and do not abort (there is nobody left to send a status to). While the server
+    drains, the stop cancels the streams still open at its end: that is the server's
+    doing, and the log says so.
     """
     if not isinstance(exc, grpc.RpcError) or context.is_active():
         return None
     left = _seconds_left(context)
     if left is not None and left <= 0:
         return errors.DeadlineExceeded("deadline passed while reading the request stream")
+    if getattr(host, "stopping", False):
+        return errors.Cancelled("the server is shutting down: the drain ended with the stream open")
     return errors.Cancelled("the client cancelled the call while sending its request stream")
 
 
@@ -245,7 +252,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                     _check_decoded(request)
                     yield from fn(self, request, call)
                 except Exception as exc:
-                    failure = _client_gone(context, exc) or exc
+                    failure = _client_gone(self.host, context, exc) or exc
                     if failure is not exc:
                         raise  # grpcio's own error: it ends the dead call quietly
                 finally:
@@ -274,7 +281,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                 _check_decoded(request)
                 return fn(self, request, call)
             except Exception as exc:
-                failure = _client_gone(context, exc) or exc
+                failure = _client_gone(self.host, context, exc) or exc
                 if failure is not exc:
                     raise  # grpcio's own error: it ends the dead call quietly
             finally:

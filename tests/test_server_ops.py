@@ -307,3 +307,40 @@ def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path):
     assert done.returncode == 1, done.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_stream_the_drain_cuts_is_logged_as_the_servers_doing(tmp_path, caplog):
+    """A MatchStream still open when the drain ends is cancelled by the stop; the access
+    log used to blame the client ("the client cancelled the call ...")."""
+    import json
+
+    from hashmatch.v1 import common_pb2, matcher_pb2
+
+    stop_sending = threading.Event()
+
+    def requests():
+        yield matcher_pb2.MatchRequest(
+            hashes=[common_pb2.HashValue(signal_type="pdq", hex="00" * 32)]
+        )
+        stop_sending.wait(30)  # an idle pipeline: the stream stays open
+
+    with caplog.at_level("INFO", logger="hashmatch.access"):
+        with running_server(tmp_path, tenants=ADMIN) as ts:
+            client = ts.client("admin", retries=0)
+            replies = client.matcher.MatchStream(requests(), metadata=client.metadata, timeout=30)
+            assert next(replies).results  # the stream is open and answered
+            ts.server.stop(0.3)
+            with pytest.raises(grpc.RpcError):
+                next(replies)
+            stop_sending.set()
+        deadline = time.monotonic() + 10
+        while True:
+            records = [json.loads(r.getMessage()) for r in caplog.records
+                       if r.name == "hashmatch.access"]  # fmt: skip
+            streams = [r for r in records if r["method"] == "MatchStream"]
+            if streams or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    (record,) = streams
+    assert record["status"] == "CANCELLED"
+    assert "the server is shutting down" in record["error"], record
