@@ -425,7 +425,7 @@ def _say_what_is_new(engine, data_dir: str, list_name: str, new_store: bool) -> 
     name = list_name.strip()  # as the store names it
     found = engine.store.lists(names=[name])
     if not found:
-        click.echo(f"list {name!r} is new: it will be created", err=True)
+        click.echo(f"list {name!r} is new: the first signal stored creates it", err=True)
     elif not found[0].enabled:
         click.echo(
             f"list {name!r} is disabled: its signals do not match until `hashmatch lists enable`",
