@@ -481,8 +481,12 @@ class Engine:
         with contextlib.ExitStack() as stack:
             # Defer index merges to the end of the ingest: each committed batch is
             # searchable at once (unmerged rows are scanned), but the shards are
-            # re-indexed once, not after every batch.
-            for index in list((self._indexes or {}).values()):
+            # re-indexed once, not after every batch. Only for more than one batch:
+            # the live indexes' bulk counter is shared, so overlapping one-batch ingests
+            # (a server's Ingest messages) kept it above 0 and no write merged or
+            # coalesced while they went on (segments and lookup time grew without bound).
+            one_batch = isinstance(records, Sequence) and len(records) <= batch_size
+            for index in [] if one_batch else list((self._indexes or {}).values()):
                 stack.enter_context(index.bulk())
             return self.store.ingest(
                 records,

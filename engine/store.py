@@ -457,6 +457,19 @@ class SignalStore:
                 self._all.append(conn)
         return conn
 
+    def release_thread_conn(self) -> None:
+        """Close the calling thread's connection (a thread that is about to end): else
+        it stays in ``_all``, with its file descriptors and up to 64 MiB of page cache,
+        until :meth:`close`. The thread's next :meth:`conn` opens a new one."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            return
+        self._local.conn = None
+        with self._all_lock, contextlib.suppress(ValueError):
+            self._all.remove(conn)
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
     def close(self) -> None:
         self._closed = True
         with self._all_lock:

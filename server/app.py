@@ -10,6 +10,7 @@ step), then close the engine.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import ssl
@@ -260,7 +261,19 @@ class ServiceHost:
         ``target`` should watch :attr:`stopping` and give up promptly. Refused with
         NotServing once the server is stopping (the wait may already have started).
         """
-        thread = threading.Thread(target=target, name=name, daemon=True)
+
+        def run() -> None:
+            try:
+                target()
+            finally:
+                # a new thread per call (RebuildIndex): its store connection must not
+                # outlive it (one leaked connection, fds and page cache, per rebuild)
+                engine = self.engine
+                if engine is not None:
+                    with contextlib.suppress(Exception):
+                        engine.store.release_thread_conn()
+
+        thread = threading.Thread(target=run, name=name, daemon=True)
         with self._background_lock:
             if self.stopping:
                 raise NotServing("the server is shutting down")

@@ -208,18 +208,25 @@ def bootstrap_admin(auth_path: Path) -> str | None:
     token = secrets.token_urlsafe(32)
     header = "# hashmatch tokens (SHA-256 digests only). Add tenants with `hashmatch token`.\n\n"
     token_file = auth_path.parent / "admin.token"
-    tmp = auth_path.with_name(auth_path.name + ".tmp")
     # Why this order: a full disk used to leave a 0-byte auth.toml (refused at every later
     # start as "holds no tokens"), or an auth.toml whose admin token was never saved.
-    # The token file first, then the tokens file renamed into place: either both or none.
+    # Both files are written whole aside first (names of this process: two processes
+    # starting together on a fresh data dir, two servers or serve + `hashmatch token`,
+    # must not share a temp file), then auth.toml is created only if absent (link fails
+    # if it exists: the loser writes nothing) and the token renamed into place.
+    tmp = auth_path.with_name(f".{auth_path.name}.{os.getpid()}.tmp")
+    tmp_token = token_file.with_name(f".{token_file.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(tmp_token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(token + "\n")
         tmp.write_text(header + tenant_entry("admin", token, ROLES, all_lists=True))
-        os.replace(tmp, auth_path)
-    except BaseException:
-        for leftover in (tmp, token_file):
+        try:
+            os.link(tmp, auth_path)
+        except FileExistsError:
+            return None  # another process created it first: its token stands
+        os.replace(tmp_token, token_file)
+    finally:
+        for leftover in (tmp, tmp_token):
             leftover.unlink(missing_ok=True)
-        raise
     return token

@@ -10,6 +10,7 @@ SignalStates the "match" role.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -76,8 +77,9 @@ def changes(
         ids = entry.ids.tolist()
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
-            info = store.lookup(chunk, with_quality=True)
-            frames = _frames(store, chunk) if added and entry.signal_type == "vpdq" else {}
+            with _one_read(store):  # a video's state and its frames from one snapshot
+                info = store.lookup(chunk, with_quality=True)
+                frames = _frames(store, chunk) if added and entry.signal_type == "vpdq" else {}
             for sid in chunk:
                 meta = info.get(sid)
                 if visible is not None and (meta is None or meta[0] not in visible):
@@ -109,6 +111,20 @@ def changes(
     sent += len(reply.changes)
     call.log.update(since=request.since, head=head, changes=sent, more=more)
     yield reply  # always at least one message: it carries head
+
+
+@contextlib.contextmanager
+def _one_read(store: SignalStore) -> Iterator[None]:
+    """One SQLite read transaction on this thread's connection. Why: a retract committed
+    between store.lookup (live) and _frames (codes_for reads live frames only) gave an
+    ADDED change with live = true and no frames. Not held across a yield (a slow
+    client would pin the WAL)."""
+    conn = store.conn()
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        conn.execute("COMMIT")
 
 
 def _frames(store: SignalStore, ids: list[int]) -> dict[int, list[bytes]]:
