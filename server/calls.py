@@ -155,6 +155,10 @@ def _authenticate(host: CallHost, context: grpc.ServicerContext) -> Principal:
     return host.auth.authenticate(context.invocation_metadata())
 
 
+STOPPED_STREAM = "the server is shutting down: the drain ended with the stream open"
+STOP_SETTLE_SECONDS = 0.1
+
+
 def _client_gone(
     host: CallHost, context: grpc.ServicerContext, exc: Exception
 ) -> HashmatchError | None:
@@ -173,8 +177,24 @@ def _client_gone(
     if left is not None and left <= 0:
         return errors.DeadlineExceeded("deadline passed while reading the request stream")
     if getattr(host, "stopping", False):
-        return errors.Cancelled("the server is shutting down: the drain ended with the stream open")
+        return errors.Cancelled(STOPPED_STREAM)
     return errors.Cancelled("the client cancelled the call while sending its request stream")
+
+
+def _cut_by_stop(host: CallHost, context: grpc.ServicerContext) -> HashmatchError | None:
+    """A request stream that ended because the server's stop cancelled the call (grpcio
+    then ends the iterator quietly, or raises: see :func:`_client_gone`). Only while
+    stopping: grpcio can end the iterator a moment before the call reads as inactive,
+    so that moment is waited for (at most STOP_SETTLE_SECONDS; a stream the client
+    closed itself stays active and is logged OK)."""
+    if not getattr(host, "stopping", False):
+        return None
+    deadline = time.monotonic() + STOP_SETTLE_SECONDS
+    while context.is_active():
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.005)
+    return errors.Cancelled(STOPPED_STREAM)
 
 
 def _check_decoded(request: Any) -> None:
@@ -251,6 +271,10 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                     admit(self, call)
                     _check_decoded(request)
                     yield from fn(self, request, call)
+                    cut = _cut_by_stop(self.host, context)
+                    if cut is not None:  # the stop ended the request stream: not an OK
+                        failure = cut
+                        return  # nobody to send a status to
                 except Exception as exc:
                     failure = _client_gone(self.host, context, exc) or exc
                     if failure is not exc:
