@@ -127,7 +127,19 @@ def join_hits(
     need = None
     if min_stored_quality is not None and (np.asarray(min_stored_quality) >= 0).any():
         need = np.asarray(min_stored_quality, dtype=np.int64)
-    info = store.lookup(np.unique(ids).tolist(), with_quality=need is not None)
+    uniq = np.unique(ids)
+    info = store.lookup(uniq.tolist(), with_quality=need is not None)
+    # Drop hits the caller may not see before any per-row work: else the time a request
+    # takes grows with the hits in other tenants' lists, and a request repeating one hash
+    # (max_batch times) tells by its duration whether any list holds it.
+    shown = [sid in info and vis.ok(info[sid][0]) for sid in uniq.tolist()]
+    if not any(shown):
+        return out  # as fast as a request no list holds anything for
+    if not all(shown):
+        keep = np.asarray(shown)[np.searchsorted(uniq, ids)]
+        rows = np.repeat(np.arange(len(lims) - 1), np.diff(lims))
+        lims = np.concatenate(([0], np.cumsum(np.bincount(rows[keep], minlength=len(lims) - 1))))
+        ids, distances = ids[keep], distances[keep]
     best: list[dict[int, Match]] = [{} for _ in range(nq)]
     for row in range(len(lims) - 1):
         q, variant = (

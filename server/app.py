@@ -28,7 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from hashmatch.engine.errors import HashmatchError
 from hashmatch.server.auth import TokenAuth
 from hashmatch.server.batcher import LookupBatcher
-from hashmatch.server.calls import CallSlots, InFlight
+from hashmatch.server.calls import CallSlots, InFlight, log_refused
 from hashmatch.server.config import ServerConfig
 from hashmatch.server.decoding import interceptors
 from hashmatch.server.errors import NotServing
@@ -153,6 +153,43 @@ def _check_certificates(key: str, path: str) -> None:
 def _no_password() -> bytes:
     """An encrypted key fails (grpcio cannot use one) instead of prompting on the terminal."""
     return b""
+
+
+class AuthGate(grpc.ServerInterceptor):
+    """Refuse a call without a known token before its request is read.
+
+    Why: grpcio receives (up to 2 x max_message_bytes) and decodes a unary request
+    before any handler runs, so the skin's UNAUTHENTICATED came after the server had
+    spent ~2x the message size in memory on a caller with no token. A request-streaming
+    handler that aborts at once never reads the message. The skin (calls.rpc) still
+    authenticates every call; this only answers the unknown ones early.
+    """
+
+    def __init__(self, host: ServiceHost):
+        self.host = host
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        auth = self.host.auth
+        if handler is None or auth is None or not details.method.startswith("/hashmatch.v1."):
+            return handler
+        try:
+            auth.authenticate(details.invocation_metadata)
+        except HashmatchError as exc:
+            message = str(exc)
+            method = details.method.rsplit("/", 1)[-1]
+            metrics = self.host.metrics
+
+            def refuse(_requests, context):
+                metrics.inflight.inc()
+                metrics.finished(method, "UNAUTHENTICATED", 0.0)
+                log_refused(method, context.peer(), message)
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+            if handler.response_streaming:
+                return grpc.stream_stream_rpc_method_handler(refuse)
+            return grpc.stream_unary_rpc_method_handler(refuse)
+        return handler
 
 
 class ServiceHost:
@@ -392,7 +429,7 @@ class HashmatchServer:
             ThreadPoolExecutor(
                 max_workers=cfg.workers + RESERVED_WORKERS, thread_name_prefix="rpc"
             ),
-            interceptors=interceptors(),
+            interceptors=[AuthGate(self.host), *interceptors()],
             # A bounded queue: calls beyond it are refused. Request streams, which can hold
             # a thread while idle, get at most half the threads (calls.CallSlots).
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs + RESERVED_WORKERS,

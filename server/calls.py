@@ -32,20 +32,24 @@ access_log = logging.getLogger("hashmatch.access")
 
 
 class CallSlots:
-    """At most ``limit`` request-streaming calls at once; beyond, RESOURCE_EXHAUSTED at once.
+    """At most ``limit`` request-streaming calls at once, and at most ``per_tenant`` of
+    them for one tenant; beyond, RESOURCE_EXHAUSTED at once.
 
     Why: a call that streams its requests (MatchStream, Ingest) holds a worker thread
     while its client sends nothing; capping them (``ServerConfig.request_streams_limit``,
     half the threads) leaves threads for unary calls and health checks, which gRPC's own
-    ``maximum_concurrent_rpcs`` (it counts every call alike) cannot do.
+    ``maximum_concurrent_rpcs`` (it counts every call alike) cannot do. The per-tenant
+    share keeps one tenant's idle streams from refusing every other tenant's Ingest.
     """
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, per_tenant: int | None = None):
         self.limit = limit
+        self.per_tenant = per_tenant or max(1, limit // 2)
         self._used = 0
+        self._by_tenant: dict[str, int] = {}
         self._lock = threading.Lock()  # lock + count: a third of a Semaphore's cost
 
-    def take(self) -> bool:
+    def take(self, tenant: str | None = None) -> bool:
         """True once a slot is taken (give it back with :meth:`give_back`)."""
         with self._lock:
             if self._used >= self.limit:
@@ -53,12 +57,24 @@ class CallSlots:
                     f"the server is at its limit of {self.limit} concurrent request "
                     "streams (MatchStream, Ingest); retry with backoff"
                 )
+            held = self._by_tenant.get(tenant, 0)
+            if tenant is not None and held >= self.per_tenant:
+                raise errors.Overloaded(
+                    f"this tenant already has {held} concurrent request streams "
+                    "(MatchStream, Ingest), its limit; retry with backoff"
+                )
             self._used += 1
+            self._by_tenant[tenant] = held + 1
         return True
 
-    def give_back(self) -> None:
+    def give_back(self, tenant: str | None = None) -> None:
         with self._lock:
             self._used -= 1
+            left = self._by_tenant.get(tenant, 1) - 1
+            if left > 0:
+                self._by_tenant[tenant] = left
+            else:
+                self._by_tenant.pop(tenant, None)
 
 
 class InFlight:
@@ -112,6 +128,10 @@ class Call:
     principal: Principal
     context: grpc.ServicerContext
     log: dict[str, Any] = field(default_factory=dict)  # extra fields for the access log
+    # Re-checks the token when the tokens file was reloaded (SIGHUP) since the call began:
+    # a long stream must not outlive the removal of its token (set by calls.rpc).
+    recheck: Callable[[], None] | None = None
+    tenant_at_start: str = ""
 
     def time_left(self) -> float | None:
         """Seconds left on the call, None = no deadline.
@@ -129,6 +149,8 @@ class Call:
         left = self.time_left()
         if (left is not None and left <= 0) or not self.context.is_active():
             raise errors.DeadlineExceeded("deadline passed or call cancelled; work stopped")
+        if self.recheck is not None:
+            self.recheck()
 
 
 def _seconds_left(context: grpc.ServicerContext) -> float | None:
@@ -197,6 +219,21 @@ def _cut_by_stop(host: CallHost, context: grpc.ServicerContext) -> HashmatchErro
     return errors.Cancelled(STOPPED_STREAM)
 
 
+def _share_key(host: CallHost, call: Call) -> str | None:
+    """Whose share of the request-stream slots a call takes: its tenant as it began
+    (None in no-auth mode, where every caller is the same "local" principal)."""
+    return None if host.auth is None else call.tenant_at_start
+
+
+def log_refused(method: str, peer: str, message: str) -> None:
+    """The access-log line of a call refused before its handler ran (no known token:
+    see ``app.AuthGate``), in the same form as every other call's."""
+    if access_log.isEnabledFor(logging.INFO):
+        record = {"method": method, "tenant": None, "status": "UNAUTHENTICATED", "ms": 0.0,
+                  "peer": peer, "error": errors.clip(message)}  # fmt: skip
+        _log_access(json.dumps(record, default=str))
+
+
 def _check_decoded(request: Any) -> None:
     """A request grpcio could not decode (see :mod:`.decoding`) is the caller's mistake."""
     if type(request) is Undecodable:
@@ -215,7 +252,20 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
         streaming = inspect.isgeneratorfunction(fn)
 
         def begin(self: _Servicer, context: grpc.ServicerContext) -> Call:
-            return Call(name, _authenticate(self.host, context), context)
+            host = self.host
+            call = Call(name, _authenticate(host, context), context)
+            call.tenant_at_start = call.principal.tenant
+            seen = [host.auth]
+
+            def recheck() -> None:
+                if host.auth is seen[0]:  # no reload since: one identity test per message
+                    return
+                seen[0] = host.auth
+                call.principal = _authenticate(host, context)  # Unauthenticated if removed
+                call.principal.require(role)
+
+            call.recheck = recheck
+            return call
 
         def admit(self: _Servicer, call: Call) -> None:
             """Role and readiness, checked once the caller is known (so a refused call's
@@ -266,8 +316,8 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                 failure: BaseException | None = None
                 slot = False
                 try:
-                    slot = request_stream and self.host.slots.take()
                     call = begin(self, context)
+                    slot = request_stream and self.host.slots.take(_share_key(self.host, call))
                     admit(self, call)
                     _check_decoded(request)
                     yield from fn(self, request, call)
@@ -281,7 +331,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                         raise  # grpcio's own error: it ends the dead call quietly
                 finally:
                     if slot:
-                        self.host.slots.give_back()
+                        self.host.slots.give_back(_share_key(self.host, call))
                     self.host.inflight.leave()
                     finish(self, context, call, started, failure)
                 if failure is not None:
@@ -299,8 +349,8 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             failure: BaseException | None = None
             slot = False
             try:
-                slot = request_stream and self.host.slots.take()
                 call = begin(self, context)
+                slot = request_stream and self.host.slots.take(_share_key(self.host, call))
                 admit(self, call)
                 _check_decoded(request)
                 return fn(self, request, call)
@@ -310,7 +360,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                     raise  # grpcio's own error: it ends the dead call quietly
             finally:
                 if slot:
-                    self.host.slots.give_back()
+                    self.host.slots.give_back(_share_key(self.host, call))
                 self.host.inflight.leave()
                 finish(self, context, call, started, failure)
             errors.abort(context, failure)

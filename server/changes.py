@@ -57,7 +57,9 @@ def changes(
     if request.max_changes:  # stop after the entry that reaches the limit
         total = 0
         for n, entry in enumerate(entries):
-            total += len(entry.ids)
+            # only what the caller will be shown counts: paging on every logged id
+            # let a tenant measure other tenants' ingests/retractions (size, type)
+            total += _shown(store, entry.ids.tolist(), visible)
             if total >= request.max_changes and n + 1 < len(entries):
                 head, more, entries = entry.seq, True, entries[: n + 1]
                 break
@@ -111,6 +113,17 @@ def changes(
     sent += len(reply.changes)
     call.log.update(since=request.since, head=head, changes=sent, more=more)
     yield reply  # always at least one message: it carries head
+
+
+def _shown(store: SignalStore, ids: list[int], visible: set[int] | None) -> int:
+    """How many of ``ids`` are signals of lists in ``visible`` (None = all)."""
+    if visible is None:
+        return len(ids)
+    shown = 0
+    for start in range(0, len(ids), CHUNK):
+        info = store.lookup(ids[start : start + CHUNK])
+        shown += sum(1 for meta in info.values() if meta[0] in visible)
+    return shown
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from hashmatch.server import convert
 # how many unknown targets a RetractResponse names (not_found_total counts all): one
 # number for both ends, so the client's sum of batched replies keeps the same cap
 from hashmatch.server.client import MAX_NOT_FOUND_LISTED
-from hashmatch.server.errors import DiskFull, disk_full_message
+from hashmatch.server.errors import DiskFull, clip, disk_full_message
 from hashmatch.server.matching import check_size
 from hashmatch.v1 import common_pb2, signals_pb2
 
@@ -95,6 +95,7 @@ def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestRespons
     try:
         for n, request in enumerate(requests):
             list_name = request.list_name.strip() or list_name
+            call.log["list"] = clip(list_name)  # a refused write's log line names its target too
             _ingest_message(host, call, n, request, list_name, offset, reply)
             offset += len(request.signals)
             stored = n + 1
@@ -194,6 +195,7 @@ def retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call):
     list_name = request.list_name.strip()
     if not list_name:
         raise InvalidInput("list_name is required", field="list_name")
+    call.log["list"] = clip(list_name)  # a refused retraction's log line names its target too
     if not request.hashes and not request.signal_ids:
         raise InvalidInput("give hashes or signal_ids to retract", field="hashes")
     items = len(request.hashes) + len(request.signal_ids)

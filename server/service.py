@@ -132,7 +132,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
     @rpc("admin")
     def Stats(self, request: admin_pb2.StatsRequest, call: Call) -> admin_pb2.StatsResponse:
-        return self.host.stats_pb()
+        reply = self.host.stats_pb()
+        tenant = call.principal.engine_tenant
+        if tenant is not None:  # the admin role without all_lists: name its own lists only
+            mine = {info.name for info in self.host.engine.store.lists(tenant=tenant)}
+            kept = [s for s in reply.lists if s.name in mine]
+            del reply.lists[:]
+            reply.lists.extend(kept)
+            details = json.loads(reply.details_json or "{}")
+            if isinstance(details.get("lists"), dict):
+                details["lists"] = {k: v for k, v in details["lists"].items() if k in mine}
+            reply.details_json = json.dumps(details, default=str, sort_keys=True)
+        return reply
 
     @rpc("admin")
     def RebuildIndex(

@@ -200,18 +200,25 @@ def _idle_requests(stop: threading.Event):
     yield
 
 
+TWO_TENANTS = {"ops": (["match", "write", "admin"], True), "other": (["match", "write"], True)}
+
+
+def _auth_as(served, tenant: str) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {served.tokens[tenant]}")]
+
+
 def test_idle_streams_cannot_take_every_worker(tmp_path):
     """Request streams get at most half the threads (workers=4: 2); the third idle
     stream is refused at once, and unary calls and health checks are still served."""
-    with running_server(tmp_path, tenants=TENANTS, workers=4) as ts:
+    with running_server(tmp_path, tenants=TWO_TENANTS, workers=4) as ts:
         stop = threading.Event()
         channels = [grpc.insecure_channel(ts.target) for _ in range(3)]
         try:
-            streams = [
+            streams = [  # one each: a tenant's own share is half the slots
                 matcher_pb2_grpc.MatcherStub(ch).MatchStream(
-                    _idle_requests(stop), metadata=_auth(ts), timeout=30
+                    _idle_requests(stop), metadata=_auth_as(ts, tenant), timeout=30
                 )
-                for ch in channels[:2]
+                for ch, tenant in zip(channels[:2], ["ops", "other"], strict=True)
             ]
             metrics = ts.server.host.metrics.registry
             deadline = time.monotonic() + 5
@@ -244,6 +251,41 @@ def test_idle_streams_cannot_take_every_worker(tmp_path):
         with pytest.raises(grpc.RpcError) as err:
             list(reply)
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # served, not refused
+
+
+def test_one_tenants_idle_streams_leave_the_others_room(tmp_path):
+    """Before, one tenant's idle MatchStreams took every request-stream slot and every
+    other tenant's Ingest was refused; now a tenant holds at most half of them."""
+    with running_server(tmp_path, tenants=TWO_TENANTS, workers=8) as ts:  # 4 slots, 2 each
+        stop = threading.Event()
+        channels = [grpc.insecure_channel(ts.target) for _ in range(3)]
+        try:
+            streams = [
+                matcher_pb2_grpc.MatcherStub(ch).MatchStream(
+                    _idle_requests(stop), metadata=_auth_as(ts, "other"), timeout=30
+                )
+                for ch in channels[:2]
+            ]
+            metrics = ts.server.host.metrics.registry
+            deadline = time.monotonic() + 5
+            while metrics.get_sample_value("hashmatch_inflight_rpcs") < 2:
+                assert time.monotonic() < deadline, "the idle streams never started"
+                time.sleep(0.02)
+            third = matcher_pb2_grpc.MatcherStub(channels[2]).MatchStream(
+                iter([matcher_pb2.MatchRequest()]), metadata=_auth_as(ts, "other"), timeout=5
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                list(third)
+            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "this tenant already has 2 concurrent request streams" in err.value.details()
+            reply = ts.client("ops", retries=0).ingest("mine", [make_signal("pdq", "22" * 32)])
+            assert reply.added == 1  # the other tenant's Ingest still gets a slot
+        finally:
+            stop.set()
+            for stream in streams:
+                stream.cancel()
+            for ch in channels:
+                ch.close()
 
 
 # -- 3. long client strings in error messages -------------------------------------------

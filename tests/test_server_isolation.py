@@ -1,0 +1,166 @@
+"""Tenant isolation and authentication against an attacker who holds a low-privilege
+token, or none (security review), over a real socket: what one tenant can learn about,
+or do to, another's lists through paging, stats, removed tokens and oversized requests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+
+from hashmatch.server.auth import TokenAuth, tenant_entry
+from hashmatch.server.client import signal
+from hashmatch.server.testing import running_server
+from hashmatch.v1 import common_pb2, matcher_pb2
+
+TENANTS = {
+    "ops": (["match", "write", "admin", "export"], True),
+    "alice": (["match", "write", "export"], False),
+    "bob": (["match", "write"], False),
+    "eve": (["admin"], False),  # the admin role, but no all_lists and no grants
+}
+
+
+@pytest.fixture
+def served(tmp_path):
+    with running_server(tmp_path / "data", tenants=TENANTS) as ts:
+        store = ts.engine.store
+        for name in ("alice", "bob", "eve"):
+            store.create_tenant(name, exist_ok=True)
+        ts.client("ops").ingest("alice-list", [signal("pdq", "a1" * 32)])
+        ts.client("ops").ingest("bob-secret", [signal("pdq", "b1" * 32)])
+        store.grant("alice", "alice-list", write=True)
+        store.grant("bob", "bob-secret", write=True)
+        yield ts
+
+
+def test_changes_paging_counts_only_what_the_caller_is_shown(served):
+    """Before, max_changes counted every logged id: paging with 1..N told alice the size
+    and type of bob's ingests in lists she cannot see."""
+    alice = served.client("alice")
+    (first,) = list(alice.changes(0))
+    bob = served.client("bob")
+    assert bob.ingest("bob-secret", [signal("pdq", f"{i:064x}") for i in range(37)]).added == 37
+    assert bob.ingest("bob-secret", [signal("pdq", f"{i:064x}") for i in range(50, 55)]).added == 5
+    heads = set()
+    for limit in (1, 5, 36, 37, 38):
+        pages = list(alice.changes(first.head, max_changes=limit))
+        assert [c for p in pages for c in p.changes] == []
+        heads.add((pages[-1].head, pages[-1].more))
+    assert len(heads) == 1  # the same answer whatever the page size
+
+
+def test_stats_for_the_admin_role_without_all_lists_name_only_its_lists(served):
+    eve = served.client("eve")
+    assert [x.name for x in eve.stats().lists] == []
+    assert json.loads(eve.stats().details_json).get("lists", {}) == {}
+    served.engine.store.grant("eve", "alice-list")
+    assert [x.name for x in eve.stats().lists] == ["alice-list"]
+    assert {x.name for x in served.client("ops").stats().lists} >= {"alice-list", "bob-secret"}
+
+
+def test_a_refused_write_is_logged_with_its_target_list(served, caplog):
+    alice = served.client("alice", retries=0)
+    with caplog.at_level("INFO", logger="hashmatch.access"):
+        with pytest.raises(grpc.RpcError) as err:
+            alice.ingest("bob-secret", [signal("pdq", "c1" * 32)])
+        assert err.value.code() is grpc.StatusCode.NOT_FOUND
+        deadline = time.monotonic() + 5
+        while True:
+            records = [json.loads(r.getMessage()) for r in caplog.records
+                       if r.name == "hashmatch.access"]  # fmt: skip
+            refused = [r for r in records if r["method"] == "Ingest"]
+            if refused or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+    assert refused[-1]["tenant"] == "alice" and refused[-1]["list"] == "bob-secret"
+
+
+def test_an_open_stream_ends_when_its_token_is_removed(served, tmp_path):
+    """A reload that drops a token used to leave the tenant's open streams working."""
+    alice = served.client("alice", retries=0)
+    gate = threading.Event()
+    query = matcher_pb2.MatchRequest(hashes=[common_pb2.HashValue(signal_type="pdq",
+                                                                  hex="a1" * 32)])  # fmt: skip
+
+    def requests():
+        yield query
+        gate.wait(10)
+        yield query
+
+    replies = alice.matcher.MatchStream(requests(), metadata=alice.metadata, timeout=20)
+    assert next(replies).results[0].matches  # open, and alice's list matches
+    kept = tmp_path / "auth-without-alice.toml"
+    kept.write_text(tenant_entry("ops", "x" * 32, ["match"], all_lists=True) + "\n")
+    served.server.host.auth = TokenAuth.from_file(kept)  # what SIGHUP does
+    gate.set()
+    with pytest.raises(grpc.RpcError) as err:
+        next(replies)
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_a_caller_without_a_token_cannot_make_the_server_hold_big_requests(tmp_path):
+    """grpcio read and decoded a whole request (up to 2 x max_message_bytes) before the
+    token was checked: four ~60 MB Match calls without a token took ~450 MB of server
+    memory. Now they are refused before their bodies are read."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "hashmatch.server.cli", "serve", "--listen",
+            f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"),
+            "--metrics-port", "-1"]  # fmt: skip
+    log = tmp_path / "server.log"
+    with open(log, "w") as out:  # a file, not a pipe nobody drains
+        proc = subprocess.Popen(argv, stderr=out, stdout=out)
+    try:
+        deadline = time.monotonic() + 60
+        while "serving on" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            raw = channel.unary_unary(
+                "/hashmatch.v1.Matcher/Match",
+                request_serializer=bytes,
+                response_deserializer=bytes,
+            )
+            before = _peak_rss_kib(proc.pid)
+            body = b"\x0a" + b"\x80\x80\x80\x1c" + b"\x00" * (56 << 20)  # a 56 MiB field
+
+            def call() -> grpc.StatusCode:
+                try:
+                    raw(body, timeout=60)
+                except grpc.RpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+
+            with ThreadPoolExecutor(4) as pool:
+                codes = list(pool.map(lambda _: call(), range(4)))
+            grown = (_peak_rss_kib(proc.pid) - before) // 1024
+        assert codes == [grpc.StatusCode.UNAUTHENTICATED] * 4
+        assert grown < 100, f"the server's peak memory grew by {grown} MiB"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        assert os.path.exists(tmp_path / "data" / "auth.toml")
