@@ -160,7 +160,8 @@ class Engine:
             if not create:
                 raise NotFound(f"no hashmatch store in {data_dir}", field="data_dir")
             _refuse_lost_store(data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        # 0700 when new: the store holds every list's hashes, labels and audit log
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         engine = cls(
             data_dir,
             SignalStore(data_dir / "store.sqlite", create=create),

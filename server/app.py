@@ -11,6 +11,7 @@ step), then close the engine.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import sqlite3
 import ssl
@@ -153,6 +154,29 @@ def _check_certificates(key: str, path: str) -> None:
 def _no_password() -> bytes:
     """An encrypted key fails (grpcio cannot use one) instead of prompting on the terminal."""
     return b""
+
+
+def exposure_warnings(config: ServerConfig, auth: object | None) -> list[str]:
+    """What an operator should hear at start-up about who can reach this server: no
+    authentication at all (every caller an admin of every list), above all on an address
+    other machines reach, and tokens sent in plaintext off the loopback interface."""
+    host = config.listen.rsplit(":", 1)[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        loopback = False
+    out = []
+    if auth is None:
+        out.append(
+            "NO AUTHENTICATION: every caller is an admin of every list"
+            + ("" if loopback else f", and {config.listen} is reachable from other machines")
+        )
+    elif not config.tls_cert and not loopback:
+        out.append(
+            f"tokens travel in plaintext: {config.listen} is not a loopback address and TLS"
+            " is off (set tls_cert and tls_key)"
+        )
+    return out
 
 
 class AuthGate(grpc.ServerInterceptor):
@@ -506,6 +530,8 @@ class HashmatchServer:
             ", TLS" if self.config.tls_cert else "",
             ", mutual TLS" if self.config.tls_client_ca else "",
         )
+        for warning in exposure_warnings(self.config, self.host.auth):
+            log.warning("%s", warning)
         if load_in_background:
             threading.Thread(target=self._load, name="index-load", daemon=True).start()
         else:

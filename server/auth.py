@@ -185,6 +185,23 @@ def toml_key(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def permission_warning(auth_path: Path) -> str | None:
+    """A warning when others may write the tokens file (group/world-writable, or its
+    directory is): anyone who can write it can give themselves every list. Not refused:
+    a read-only mount owned by another user (a container secret) is fine and common."""
+    for path in (auth_path, auth_path.parent):
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            return None
+        if mode & 0o022 and not (path.is_dir() and mode & 0o1000):  # sticky /tmp-like dir
+            return (
+                f"{path} is writable by others (mode {mode & 0o777:o}): whoever can write"
+                " the tokens file can grant themselves every list; chmod go-w it"
+            )
+    return None
+
+
 def tenant_entry(name: str, token: str, roles: Iterable[str], *, all_lists: bool = False) -> str:
     """TOML text for one tenant holding ``token`` (stored hashed)."""
     role_list = ", ".join(f'"{r}"' for r in roles)
@@ -204,7 +221,7 @@ def bootstrap_admin(auth_path: Path) -> str | None:
     """
     if auth_path.exists():
         return None
-    auth_path.parent.mkdir(parents=True, exist_ok=True)
+    auth_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new data dir
     token = secrets.token_urlsafe(32)
     header = "# hashmatch tokens (SHA-256 digests only). Add tenants with `hashmatch token`.\n\n"
     token_file = auth_path.parent / "admin.token"

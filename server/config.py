@@ -126,6 +126,12 @@ class ServerConfig:
                 f"unknown level {self.log_level!r} (known: {', '.join(LOG_LEVELS)})",
                 field="log_level",
             )
+        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_file"):
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():
+                # e.g. HASHMATCH_TLS_CLIENT_CA= from an unset variable: mutual TLS would
+                # be off without a word
+                raise InvalidInput("must be a file path, not empty (leave it unset)", field=name)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidInput("tls_cert and tls_key go together", field="tls_cert")
         if self.tls_client_ca and not self.tls_cert:

@@ -56,6 +56,19 @@ def test_bootstrap_admin_once(tmp_path):
     assert auth.bootstrap_admin(path) is None
     admin = auth.TokenAuth.from_file(path).authenticate([("authorization", f"Bearer {token}")])
     assert admin.engine_tenant is None and admin.roles == frozenset(auth.ROLES)
+    assert path.parent.stat().st_mode & 0o077 == 0  # a new data dir is the owner's only
+    assert auth.permission_warning(path) is None
+
+
+def test_a_tokens_file_others_may_write_is_warned_about(tmp_path):
+    path = tmp_path / "data" / "auth.toml"
+    auth.bootstrap_admin(path)
+    path.chmod(0o666)
+    assert "writable by others (mode 666)" in auth.permission_warning(path)
+    path.chmod(0o600)
+    path.parent.chmod(0o777)  # a directory others may write: they can swap the file
+    assert f"{path.parent} is writable by others" in auth.permission_warning(path)
+    path.parent.chmod(0o700)
 
 
 @pytest.mark.parametrize(
@@ -176,6 +189,8 @@ def test_tenant_entry_refuses_empty_or_control_characters(name):
         ("workers = true", "workers"),
         ('insecure_no_auth = "maybe"', "insecure_no_auth"),
         ("insecure_no_auth = 1", "insecure_no_auth"),
+        ('tls_client_ca = ""', "tls_client_ca"),
+        ('auth_file = " "', "auth_file"),
     ],
 )
 def test_config_refuses_bad_values_naming_the_key(tmp_path, toml, key):
@@ -193,6 +208,8 @@ def test_config_refuses_bad_values_naming_the_key(tmp_path, toml, key):
         ({"HASHMATCH_LOG_LEVEL": "verbose"}, "log_level"),
         ({"HASHMATCH_METRICS_PORT": "70000"}, "metrics_port"),
         ({"HASHMATCH_INSECURE_NO_AUTH": "ture"}, "insecure_no_auth"),
+        # an unset shell variable: mutual TLS must not turn itself off without a word
+        ({"HASHMATCH_TLS_CLIENT_CA": ""}, "tls_client_ca"),
     ],
 )
 def test_config_refuses_bad_environment_values_naming_the_key(env, key):

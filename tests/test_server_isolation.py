@@ -164,3 +164,50 @@ def test_a_caller_without_a_token_cannot_make_the_server_hold_big_requests(tmp_p
         proc.terminate()
         proc.wait(30)
         assert os.path.exists(tmp_path / "data" / "auth.toml")
+
+
+def test_start_up_warns_of_no_auth_and_of_plaintext_tokens_off_loopback(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="hashmatch.server"):
+        with running_server(tmp_path / "a", tenants=TENANTS, listen="0.0.0.0:0", wait=False):
+            pass
+        with running_server(tmp_path / "b", listen="0.0.0.0:0", wait=False):  # no auth
+            pass
+        with running_server(tmp_path / "c", tenants=TENANTS, wait=False):  # loopback: quiet
+            pass
+    said = [r.getMessage() for r in caplog.records if r.name == "hashmatch.server"]
+    assert any("tokens travel in plaintext: 0.0.0.0:0 is not a loopback" in m for m in said)
+    assert any(
+        "NO AUTHENTICATION" in m and "0.0.0.0:0 is reachable from other machines" in m for m in said
+    )
+    assert sum("plaintext" in m for m in said) == 1  # not for the loopback server
+
+
+def test_sighup_while_the_server_starts_does_not_kill_it(tmp_path):
+    """SIGHUP's default action ended `serve` before its reload handler was installed."""
+    import signal as signals
+
+    port = _free_port()
+    log = tmp_path / "server.log"
+    argv = [sys.executable, "-m", "hashmatch.server.cli", "serve", "--listen",
+            f"127.0.0.1:{port}", "--data-dir", str(tmp_path / "data"),
+            "--metrics-port", "-1"]  # fmt: skip
+
+    def default_sighup() -> None:  # SIGHUP's default action: a parent may ignore it
+        signals.signal(signals.SIGHUP, signals.SIG_DFL)
+
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stderr=out, stdout=out, preexec_fn=default_sighup)
+    try:
+        deadline = time.monotonic() + 60
+        while "admin token" not in log.read_text():  # printed before the server starts
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+        proc.send_signal(signals.SIGHUP)
+        while "serving on" not in log.read_text():
+            assert proc.poll() is None, f"exit {proc.returncode}: {log.read_text()}"
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0

@@ -110,6 +110,9 @@ def serve(config_file: str | None, **flags: Any) -> None:
     On first start without a tokens file, an admin token is created and printed once.
     SIGHUP reloads the tokens file.
     """
+    # SIGHUP reloads the tokens file once the server runs; before that (its default
+    # action) it killed the starting server without a word
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from hashmatch.server import auth as auth_mod
     from hashmatch.server import config as config_mod
     from hashmatch.server.app import HashmatchServer
@@ -148,6 +151,9 @@ def serve(config_file: str | None, **flags: Any) -> None:
             raise click.ClickException(f"{config.auth_path}: {exc}") from exc
         if not len(auth):
             raise click.ClickException(f"{config.auth_path} holds no tokens")
+        unsafe = auth_mod.permission_warning(config.auth_path)
+        if unsafe:
+            click.echo(f"WARNING: {unsafe}", err=True)
     server = HashmatchServer(config, auth=auth)
     try:
         server.start()
