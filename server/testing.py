@@ -7,8 +7,10 @@ real engine in a temporary data directory; only the address is fixed to
 
 from __future__ import annotations
 
+import json
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -113,3 +115,19 @@ def self_signed_cert(directory: Path, name: str) -> tuple[str, str]:
         capture_output=True,
     )  # fmt: skip
     return str(key), str(cert)
+
+
+def access_log_line(caplog: Any, method: str, n: int = 1, timeout: float = 5.0) -> dict:
+    """The ``n``-th access-log line of ``method`` captured by pytest's ``caplog`` (the
+    server writes it as the call's handler finishes, which can be after the client has
+    its answer: waited for, up to ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = [json.loads(r.getMessage()) for r in caplog.records
+                   if r.name == "hashmatch.access"]  # fmt: skip
+        mine = [r for r in records if r["method"] == method]
+        if len(mine) >= n:
+            return mine[n - 1]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no access-log line {n} for {method}: {records}")
+        time.sleep(0.02)

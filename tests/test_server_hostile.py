@@ -5,7 +5,7 @@ worker threads. Each answer must be a clear status, never INTERNAL or a hang.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import re
 import signal
@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,7 +23,7 @@ import pytest
 from hashmatch.server import app, errors
 from hashmatch.server.client import signal as make_signal
 from hashmatch.server.errors import bad_request_fields
-from hashmatch.server.testing import running_server
+from hashmatch.server.testing import access_log_line, running_server
 from hashmatch.v1 import common_pb2, matcher_pb2, matcher_pb2_grpc, signals_pb2, signals_pb2_grpc
 
 TENANTS = {"ops": (["match", "write", "admin"], True)}
@@ -64,21 +65,6 @@ def _raw_stream(channel, method: str):
     return channel.stream_stream(method, request_serializer=bytes, response_deserializer=bytes)
 
 
-def _access_records(caplog) -> list[dict]:
-    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "hashmatch.access"]
-
-
-def _wait_for_access(caplog, method: str, n: int = 1, timeout: float = 5.0) -> dict:
-    """The ``n``-th access-log line of ``method`` (written as the server side finishes)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        records = [r for r in _access_records(caplog) if r["method"] == method]
-        if len(records) >= n:
-            return records[n - 1]
-        time.sleep(0.02)
-    raise AssertionError(f"no access-log line for {method}: {_access_records(caplog)}")
-
-
 # -- 1. requests that do not decode ----------------------------------------------------
 
 
@@ -89,7 +75,7 @@ def test_garbage_request_is_invalid_argument_after_auth(served, channel, caplog,
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
     assert err.value.details().startswith("request: not a valid protobuf message")
     assert bad_request_fields(err.value)[0][0] == "request"
-    record = _wait_for_access(caplog, method.rsplit("/", 1)[1])
+    record = access_log_line(caplog, method.rsplit("/", 1)[1])
     assert (record["status"], record["tenant"]) == ("INVALID_ARGUMENT", "ops")
     # Without a token the caller learns nothing about the request: UNAUTHENTICATED first.
     with pytest.raises(grpc.RpcError) as err:
@@ -207,42 +193,55 @@ def _auth_as(served, tenant: str) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {served.tokens[tenant]}")]
 
 
+@contextlib.contextmanager
+def _idle_streams(ts, tenants: list[str]) -> Iterator[grpc.Channel]:
+    """One idle MatchStream per entry of ``tenants`` (held open until the block ends,
+    then cancelled), started before the block runs; yields a spare channel."""
+    stop = threading.Event()
+    channels = [grpc.insecure_channel(ts.target) for _ in range(len(tenants) + 1)]
+    streams = []
+    try:
+        for ch, tenant in zip(channels, tenants, strict=False):
+            streams.append(matcher_pb2_grpc.MatcherStub(ch).MatchStream(
+                _idle_requests(stop), metadata=_auth_as(ts, tenant), timeout=30))  # fmt: skip
+        metrics = ts.server.host.metrics.registry
+        deadline = time.monotonic() + 5
+        while metrics.get_sample_value("hashmatch_inflight_rpcs") < len(tenants):
+            assert time.monotonic() < deadline, "the idle streams never started"
+            time.sleep(0.02)
+        yield channels[-1]
+    finally:
+        stop.set()
+        for stream in streams:
+            stream.cancel()
+        for ch in channels:
+            ch.close()
+
+
+def _one_more_stream(channel: grpc.Channel, ts, tenant: str) -> grpc.RpcError:
+    third = matcher_pb2_grpc.MatcherStub(channel).MatchStream(
+        iter([matcher_pb2.MatchRequest()]), metadata=_auth_as(ts, tenant), timeout=5
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        list(third)
+    assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    return err.value
+
+
 def test_idle_streams_cannot_take_every_worker(tmp_path):
     """Request streams get at most half the threads (workers=4: 2); the third idle
     stream is refused at once, and unary calls and health checks are still served."""
     with running_server(tmp_path, tenants=TWO_TENANTS, workers=4) as ts:
-        stop = threading.Event()
-        channels = [grpc.insecure_channel(ts.target) for _ in range(3)]
-        try:
-            streams = [  # one each: a tenant's own share is half the slots
-                matcher_pb2_grpc.MatcherStub(ch).MatchStream(
-                    _idle_requests(stop), metadata=_auth_as(ts, tenant), timeout=30
-                )
-                for ch, tenant in zip(channels[:2], ["ops", "other"], strict=True)
-            ]
-            metrics = ts.server.host.metrics.registry
-            deadline = time.monotonic() + 5
-            while metrics.get_sample_value("hashmatch_inflight_rpcs") < 2:
-                assert time.monotonic() < deadline, "the idle streams never started"
-                time.sleep(0.02)
+        # one stream each: a tenant's own share is half the slots
+        with _idle_streams(ts, ["ops", "other"]) as spare:
             started = time.monotonic()
-            third = matcher_pb2_grpc.MatcherStub(channels[2]).MatchStream(
-                iter([matcher_pb2.MatchRequest()]), metadata=_auth(ts), timeout=5
-            )
-            with pytest.raises(grpc.RpcError) as err:
-                list(third)
-            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            refused = _one_more_stream(spare, ts, "ops")
             assert time.monotonic() - started < 2
-            assert "limit of 2 concurrent request streams" in err.value.details()
+            assert "limit of 2 concurrent request streams" in refused.details()
             client = ts.client("ops", retries=0)
             assert client.match([("pdq", "00" * 32)], timeout=5).results  # unary: served
             assert client.health(timeout=2) == "SERVING"
-        finally:
-            stop.set()
-            for stream in streams:
-                stream.cancel()
-            for ch in channels:
-                ch.close()
+        metrics = ts.server.host.metrics.registry
         deadline = time.monotonic() + 5
         while metrics.get_sample_value("hashmatch_inflight_rpcs") > 0:
             assert time.monotonic() < deadline, "the cancelled streams never finished"
@@ -256,36 +255,14 @@ def test_idle_streams_cannot_take_every_worker(tmp_path):
 def test_one_tenants_idle_streams_leave_the_others_room(tmp_path):
     """Before, one tenant's idle MatchStreams took every request-stream slot and every
     other tenant's Ingest was refused; now a tenant holds at most half of them."""
-    with running_server(tmp_path, tenants=TWO_TENANTS, workers=8) as ts:  # 4 slots, 2 each
-        stop = threading.Event()
-        channels = [grpc.insecure_channel(ts.target) for _ in range(3)]
-        try:
-            streams = [
-                matcher_pb2_grpc.MatcherStub(ch).MatchStream(
-                    _idle_requests(stop), metadata=_auth_as(ts, "other"), timeout=30
-                )
-                for ch in channels[:2]
-            ]
-            metrics = ts.server.host.metrics.registry
-            deadline = time.monotonic() + 5
-            while metrics.get_sample_value("hashmatch_inflight_rpcs") < 2:
-                assert time.monotonic() < deadline, "the idle streams never started"
-                time.sleep(0.02)
-            third = matcher_pb2_grpc.MatcherStub(channels[2]).MatchStream(
-                iter([matcher_pb2.MatchRequest()]), metadata=_auth_as(ts, "other"), timeout=5
-            )
-            with pytest.raises(grpc.RpcError) as err:
-                list(third)
-            assert err.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "this tenant already has 2 concurrent request streams" in err.value.details()
-            reply = ts.client("ops", retries=0).ingest("mine", [make_signal("pdq", "22" * 32)])
-            assert reply.added == 1  # the other tenant's Ingest still gets a slot
-        finally:
-            stop.set()
-            for stream in streams:
-                stream.cancel()
-            for ch in channels:
-                ch.close()
+    with (
+        running_server(tmp_path, tenants=TWO_TENANTS, workers=8) as ts,  # 4 slots, 2 each
+        _idle_streams(ts, ["other", "other"]) as spare,
+    ):
+        refused = _one_more_stream(spare, ts, "other")
+        assert "this tenant already has 2 concurrent request streams" in refused.details()
+        reply = ts.client("ops", retries=0).ingest("mine", [make_signal("pdq", "22" * 32)])
+        assert reply.added == 1  # the other tenant's Ingest still gets a slot
 
 
 # -- 3. long client strings in error messages -------------------------------------------
@@ -299,7 +276,7 @@ def test_long_client_strings_are_clipped_in_errors(served, caplog):
     assert len(err.value.details()) < 400 and err.value.details().endswith(" chars)")
     ((field, description),) = bad_request_fields(err.value)
     assert field == "hashes[0].signal_type" and len(description) < 400
-    record = _wait_for_access(caplog, "Match")
+    record = access_log_line(caplog, "Match")
     assert record["status"] == "INVALID_ARGUMENT" and len(record["error"]) < 400
 
     with pytest.raises(grpc.RpcError) as err:
@@ -359,7 +336,7 @@ def test_cancel_while_server_reads_match_stream_is_cancelled_not_internal(served
             stream = stub.MatchStream(requests(), metadata=_auth(served), timeout=20)
             next(stream)
             stream.cancel()
-            statuses.append(_wait_for_access(caplog, "MatchStream", n)["status"])
+            statuses.append(access_log_line(caplog, "MatchStream", n)["status"])
         stop.set()  # not before: the generator's end could reach the server first
     assert "CANCELLED" in statuses and set(statuses) <= {"CANCELLED", "OK"}, statuses
     after = metrics.get_sample_value("hashmatch_requests_total", labels)
@@ -385,7 +362,7 @@ def test_deadline_while_server_reads_ingest_stream_is_deadline_exceeded(served, 
             signals_pb2_grpc.SignalsStub(ch).Ingest(
                 requests(), metadata=_auth(served), timeout=0.04
             )
-        record = _wait_for_access(caplog, "Ingest")
+        record = access_log_line(caplog, "Ingest")
         stop.set()
     assert err.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
     assert record["status"] == "DEADLINE_EXCEEDED", record

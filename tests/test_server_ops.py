@@ -19,7 +19,12 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from hashmatch.server.testing import held_engine, running_server, self_signed_cert
+from hashmatch.server.testing import (
+    access_log_line,
+    held_engine,
+    running_server,
+    self_signed_cert,
+)
 
 ADMIN = {"admin": (["match", "write", "admin"], True)}
 
@@ -312,7 +317,6 @@ def test_serve_on_a_port_in_use_is_a_one_line_error(tmp_path):
 def test_a_stream_the_drain_cuts_is_logged_as_the_servers_doing(tmp_path, caplog):
     """A MatchStream still open when the drain ends is cancelled by the stop; the access
     log used to blame the client ("the client cancelled the call ...")."""
-    import json
 
     from hashmatch.v1 import common_pb2, matcher_pb2
 
@@ -332,15 +336,7 @@ def test_a_stream_the_drain_cuts_is_logged_as_the_servers_doing(tmp_path, caplog
             ts.server.stop(0.3)
             with pytest.raises(grpc.RpcError):
                 next(replies)
-        deadline = time.monotonic() + 10
-        while True:
-            records = [json.loads(r.getMessage()) for r in caplog.records
-                       if r.name == "hashmatch.access"]  # fmt: skip
-            streams = [r for r in records if r["method"] == "MatchStream"]
-            if streams or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        record = access_log_line(caplog, "MatchStream", timeout=10)
     stop_sending.set()  # only now: a half-close from the client would read as an OK end
-    (record,) = streams
     assert record["status"] == "CANCELLED"
     assert "the server is shutting down" in record["error"], record
