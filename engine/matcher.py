@@ -208,11 +208,19 @@ def join_video_hits(
     if len(ids) == 0:
         return result
     sids = (ids >> FRAME_BITS).astype(np.int64)
+    # Frame hits in lists the caller may not see are dropped before any per-hit work,
+    # as join_hits does: else the time a query takes tells whether another tenant's
+    # list holds a video like it.
+    uniq = np.unique(sids)
+    info = store.lookup(uniq.tolist())
+    shown = np.array([s in info and vis.ok(info[s][0]) for s in uniq.tolist()], dtype=bool)
+    if not shown.any():
+        return result
+    keep = shown[np.searchsorted(uniq, sids)]
     best_distance: dict[int, int] = {}
-    for sid, d in zip(sids.tolist(), distances.tolist(), strict=True):
+    for sid, d in zip(sids[keep].tolist(), distances[keep].tolist(), strict=True):
         if d < best_distance.get(sid, 1 << 30):
             best_distance[sid] = d
-    info = store.lookup(list(best_distance))
     q_quals = None if qualities is None or any(q is None for q in qualities) else list(qualities)
     found = []
     for sid, dmin in best_distance.items():

@@ -204,3 +204,14 @@ def test_sighup_while_the_server_starts_does_not_kill_it(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(30) == 0
+
+
+def test_a_video_in_another_tenants_list_matches_nothing_and_the_owner_still_matches(served):
+    from hashmatch.server.client import video_signal
+
+    frames = [f"{7 * i + 1:064x}" for i in range(6)]
+    assert served.client("bob").ingest("bob-secret", [video_signal(frames)]).added == 1
+    theirs = served.client("alice").match(videos=[frames]).results[0].matches
+    mine = served.client("bob").match(videos=[frames]).results[0].matches
+    assert list(theirs) == []
+    assert [m.list_name for m in mine] == ["bob-secret"]
