@@ -42,9 +42,12 @@ def _data_dir_option(f):
 def _engine(data_dir: str, *, create: bool = False, resumable: bool = False) -> Iterator:
     """Open the engine lazily (no index load unless a verb needs it); map errors to one
     line and exit 1. ``resumable``: the verb commits in batches (ingest), so the message
-    says that what was committed stays and a re-run finishes the work."""
+    says that what was committed stays and a re-run finishes the work. ``create``: a
+    verb that may create the store says so on stderr when it does (a typo in --data-dir
+    then shows at once instead of a second, empty store)."""
     from hashmatch.engine.runtime import Engine
 
+    new_store = create and not (Path(data_dir) / "store.sqlite").exists()
     try:
         engine = Engine.open(data_dir, create=create, eager=False)
     except HashmatchError as exc:
@@ -56,6 +59,8 @@ def _engine(data_dir: str, *, create: bool = False, resumable: bool = False) -> 
             else ""
         )
         raise click.ClickException(f"{exc}{hint}") from None
+    if new_store:
+        click.echo(f"created a new store in {data_dir}", err=True)
     resume = (
         "; batches committed before this are stored: re-run to finish, it is idempotent"
         if resumable
@@ -130,10 +135,7 @@ def lists_create(name, description, owner, labels, actor, data_dir) -> None:
     \b
       hashmatch lists create partner-a --owner "Partner A" --label csam
     """
-    new_store = not (Path(data_dir) / "store.sqlite").exists()
     with _engine(data_dir, create=True) as engine:
-        if new_store:  # as ingest says it: a typo in --data-dir shows at once
-            click.echo(f"created a new store in {data_dir}", err=True)
         info = engine.store.create_list(
             name, description=description, owner=owner, labels=labels, actor=actor
         )
@@ -350,9 +352,8 @@ def ingest_command(
     if signal_type:
         signal_type = signal_types.get(signal_type, field="--type").name
     failed = False
-    new_store = not (Path(data_dir) / "store.sqlite").exists()
     with _engine(data_dir, create=True, resumable=True) as engine:
-        _say_what_is_new(engine, data_dir, list_name, new_store)
+        _say_what_is_new(engine, list_name)
         for path in files:
             bar = _bar(None, f"ingest {Path(path).name}")
             last = [0]
@@ -417,11 +418,9 @@ def _name_still_retracted(report) -> None:
         )
 
 
-def _say_what_is_new(engine, data_dir: str, list_name: str, new_store: bool) -> None:
-    """A typo in --data-dir or --list creates a store or list without complaint (that is
-    how the first ingest works): say so on stderr, and warn of a disabled list."""
-    if new_store:
-        click.echo(f"created a new store in {data_dir}", err=True)
+def _say_what_is_new(engine, list_name: str) -> None:
+    """A typo in --list creates a list without complaint (that is how the first ingest
+    works): say so on stderr, and warn of a disabled list. (A new store: _engine.)"""
     name = list_name.strip()  # as the store names it
     found = engine.store.lists(names=[name])
     if not found:
@@ -775,10 +774,7 @@ def tenants_create(name, admin, data_dir) -> None:
     """Create a tenant (a calling platform): the store's side of a token. Lists are
     shared with it by `tenants grant`; the token that authenticates it is made with
     `hashmatch token NAME` (same name)."""
-    new_store = not (Path(data_dir) / "store.sqlite").exists()
     with _engine(data_dir, create=True) as engine:
-        if new_store:
-            click.echo(f"created a new store in {data_dir}", err=True)
         engine.store.create_tenant(name, admin=admin)
     click.echo(f"created tenant {name!r}{' (admin)' if admin else ''}")
 
