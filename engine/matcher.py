@@ -99,6 +99,20 @@ class Visibility:
         return self.allowed is None or list_id in self.allowed
 
 
+def _visible(
+    store: SignalStore, sids: np.ndarray, vis: Visibility, *, with_quality: bool = False
+) -> tuple[dict, np.ndarray | None]:
+    """(``store.lookup`` of the hits' signals, a per-hit mask of those the caller may see;
+    None when it sees them all). Why before any per-hit work: else the time a request
+    takes grows with the hits in other tenants' lists, and a request repeating one hash
+    (``max_batch`` times) tells by its duration whether another tenant's list holds it.
+    An all-False mask: nothing to show (return as fast as a request with no hits)."""
+    uniq = np.unique(sids)
+    info = store.lookup(uniq.tolist(), with_quality=with_quality)
+    shown = np.array([s in info and vis.ok(info[s][0]) for s in uniq.tolist()], dtype=bool)
+    return info, None if shown.all() else shown[np.searchsorted(uniq, sids)]
+
+
 def join_hits(
     store: SignalStore,
     signal_type: str,
@@ -127,16 +141,10 @@ def join_hits(
     need = None
     if min_stored_quality is not None and (np.asarray(min_stored_quality) >= 0).any():
         need = np.asarray(min_stored_quality, dtype=np.int64)
-    uniq = np.unique(ids)
-    info = store.lookup(uniq.tolist(), with_quality=need is not None)
-    # Drop hits the caller may not see before any per-row work: else the time a request
-    # takes grows with the hits in other tenants' lists, and a request repeating one hash
-    # (max_batch times) tells by its duration whether any list holds it.
-    shown = [sid in info and vis.ok(info[sid][0]) for sid in uniq.tolist()]
-    if not any(shown):
-        return out  # as fast as a request no list holds anything for
-    if not all(shown):
-        keep = np.asarray(shown)[np.searchsorted(uniq, ids)]
+    info, keep = _visible(store, ids, vis, with_quality=need is not None)
+    if keep is not None:
+        if not keep.any():
+            return out
         rows = np.repeat(np.arange(len(lims) - 1), np.diff(lims))
         lims = np.concatenate(([0], np.cumsum(np.bincount(rows[keep], minlength=len(lims) - 1))))
         ids, distances = ids[keep], distances[keep]
@@ -208,17 +216,13 @@ def join_video_hits(
     if len(ids) == 0:
         return result
     sids = (ids >> FRAME_BITS).astype(np.int64)
-    # Frame hits in lists the caller may not see are dropped before any per-hit work,
-    # as join_hits does: else the time a query takes tells whether another tenant's
-    # list holds a video like it.
-    uniq = np.unique(sids)
-    info = store.lookup(uniq.tolist())
-    shown = np.array([s in info and vis.ok(info[s][0]) for s in uniq.tolist()], dtype=bool)
-    if not shown.any():
-        return result
-    keep = shown[np.searchsorted(uniq, sids)]
+    info, keep = _visible(store, sids, vis)  # frame hits of lists the caller cannot see
+    if keep is not None:
+        if not keep.any():
+            return result
+        sids, distances = sids[keep], distances[keep]
     best_distance: dict[int, int] = {}
-    for sid, d in zip(sids[keep].tolist(), distances[keep].tolist(), strict=True):
+    for sid, d in zip(sids.tolist(), distances.tolist(), strict=True):
         if d < best_distance.get(sid, 1 << 30):
             best_distance[sid] = d
     q_quals = None if qualities is None or any(q is None for q in qualities) else list(qualities)
