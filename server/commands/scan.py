@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from hashmatch.engine.errors import HashmatchError, is_disk_full, nearly_full
+from hashmatch.server.commands.service import connect, server_access_options
 
 DEFAULT_DATA_DIR = "./hashmatch-data"
 
@@ -30,20 +31,6 @@ def _catalog_path(data_dir: str, catalog: str | None) -> Path:
 
 def _print_summary(summary: dict) -> None:
     click.echo(json.dumps(summary, sort_keys=False), err=True)
-
-
-def _server_access(f):
-    """--token-file, --ca, --cert and --key, as ``remote`` has them: a server behind a
-    private CA or mutual TLS is reachable from a scan and a rescan too."""
-    path = click.Path(exists=True, dir_okay=False)
-    for option in reversed([
-        click.option("--token-file", type=path, help="Bearer token from a file (beats the env)."),
-        click.option("--ca", type=path, help="CA certificate of --server (implies TLS)."),
-        click.option("--cert", type=path, help="Client certificate, mutual TLS (with --key)."),
-        click.option("--key", type=path, help="Client key, mutual TLS (with --cert)."),
-    ]):  # fmt: skip
-        f = option(f)
-    return f
 
 
 @click.command("scan")
@@ -66,7 +53,7 @@ def _server_access(f):
 @click.option("--server", help="Match through a running server (host:port) instead of locally.")
 @click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token for --server.")
 @click.option("--tls", is_flag=True, help="Use TLS to reach --server.")
-@_server_access
+@server_access_options
 @click.option(
     "--out",
     "out",
@@ -230,7 +217,7 @@ def scan_command(
 @click.option("--server", help="Read the new signals from a running server (host:port).")
 @click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token for --server.")
 @click.option("--tls", is_flag=True, help="Use TLS to reach --server.")
-@_server_access
+@server_access_options
 @click.option("--threshold", type=int, help="Match distance [default: the type's].")
 @click.option("--out", "out", default="-", show_default=True, help="Report (JSONL); '-' = stdout.")
 def rescan_command(
@@ -375,32 +362,13 @@ def _check_lists(lists: tuple[str, ...], known: set[str]) -> None:
         )
 
 
-def _serving_client(
-    server: str,
-    token: str | None,
-    tls: bool,
-    *,
-    token_file: str | None = None,
-    ca: str | None = None,
-    cert: str | None = None,
-    key: str | None = None,
-):
-    """A client of ``server`` once its health says SERVING (up to 60 s; closed if not)
-    and the token is accepted (checked before any file is hashed)."""
+def _serving_client(server: str, token: str | None, tls: bool, **access: str | None):
+    """A client of ``server`` (:func:`connect`; ``access``: its --token-file, --ca, --cert,
+    --key) once its health says SERVING (up to 60 s; closed if not) and the token is
+    accepted (checked before any file is hashed)."""
     import grpc
 
-    from hashmatch.server.client import HashmatchClient
-    from hashmatch.server.commands.service import _token_from_file
-
-    if token_file:
-        token = _token_from_file(click.get_current_context(), token_file, token)
-    if bool(cert) != bool(key):  # grpcio would abort the process (SIGABRT) on a lone cert
-        raise click.UsageError("--cert and --key go together (mutual TLS): give both")
-    try:
-        client = HashmatchClient(server, token=token, tls=tls, root_certificates=ca,
-                                 client_cert=cert, client_key=key)  # fmt: skip
-    except (ValueError, OSError) as exc:  # a token grpcio cannot send, an unreadable file
-        raise click.ClickException(str(exc)) from None
+    client = connect(server, token, tls, **access)
     try:
         try:
             client.wait_until_serving(timeout=60)

@@ -296,6 +296,47 @@ def _parse_hash_arg(text: str, default_type: str) -> tuple[str, str]:
     return default_type, text
 
 
+def server_access_options(f):
+    """--token-file, --ca, --cert and --key: how a verb reaches a server behind a private
+    CA or mutual TLS (``remote``, and ``scan``/``rescan --server``); see :func:`connect`."""
+    path = click.Path(exists=True, dir_okay=False)
+    for option in reversed([
+        click.option("--token-file", type=path, help="Bearer token from a file (beats the env)."),
+        click.option("--ca", type=path, help="CA certificate of the server (implies TLS)."),
+        click.option("--cert", type=path, help="Client certificate, mutual TLS (with --key)."),
+        click.option("--key", type=path, help="Client key, mutual TLS (with --cert)."),
+    ]):  # fmt: skip
+        f = option(f)
+    return f
+
+
+def connect(
+    server: str,
+    token: str | None,
+    tls: bool,
+    *,
+    token_file: str | None = None,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    **client_options: Any,
+):
+    """A client for the options of :func:`server_access_options` (plus --token, --tls):
+    --token-file read as :func:`_token_from_file` does, a lone --cert or --key refused
+    (grpcio would abort the process), an unusable token or file one line."""
+    from hashmatch.server.client import HashmatchClient
+
+    if token_file:
+        token = _token_from_file(click.get_current_context(), token_file, token)
+    if bool(cert) != bool(key):  # grpcio would abort the process (SIGABRT) on a lone cert
+        raise click.UsageError("--cert and --key go together (mutual TLS): give both")
+    try:
+        return HashmatchClient(server, token=token, tls=tls, root_certificates=ca,
+                               client_cert=cert, client_key=key, **client_options)  # fmt: skip
+    except (ValueError, OSError) as exc:  # a token grpcio cannot send, an unreadable file
+        raise click.ClickException(str(exc)) from None
+
+
 @click.group("remote")
 @click.option(
     "--server",
@@ -303,33 +344,14 @@ def _parse_hash_arg(text: str, default_type: str) -> tuple[str, str]:
     show_default="$HASHMATCH_SERVER or 127.0.0.1:50051",
 )
 @click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token ($HASHMATCH_TOKEN).")
-@click.option("--token-file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--tls", is_flag=True, help="Use TLS (system roots unless --ca).")
-@click.option("--ca", type=click.Path(exists=True, dir_okay=False), help="CA certificate.")
-@click.option("--cert", type=click.Path(exists=True, dir_okay=False), help="Client cert (mTLS).")
-@click.option("--key", type=click.Path(exists=True, dir_okay=False), help="Client key (mTLS).")
+@server_access_options
 @click.option("--timeout", type=float, default=30.0, show_default=True)
 @click.pass_context
-def remote(ctx: click.Context, server, token, token_file, tls, ca, cert, key, timeout) -> None:
+def remote(ctx: click.Context, server, token, tls, token_file, ca, cert, key, timeout) -> None:
     """Call a running hashmatch server (prints JSON, one object per line)."""
-    from hashmatch.server.client import HashmatchClient
-
-    if token_file:
-        token = _token_from_file(ctx, token_file, token)
-    if bool(cert) != bool(key):  # grpcio would abort the process (SIGABRT) on a lone cert
-        raise click.UsageError("--cert and --key go together (mutual TLS): give both")
-    try:
-        client = HashmatchClient(
-            server,
-            token=token,
-            tls=tls,
-            root_certificates=ca,
-            client_cert=cert,
-            client_key=key,
-            timeout=timeout,
-        )
-    except (ValueError, OSError) as exc:  # a token grpcio cannot send, an unreadable file
-        raise click.ClickException(str(exc)) from None
+    client = connect(server, token, tls, token_file=token_file, ca=ca, cert=cert, key=key,
+                     timeout=timeout)  # fmt: skip
     ctx.obj = client
     ctx.call_on_close(client.close)
 
