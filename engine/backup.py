@@ -23,13 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from hashmatch.engine.errors import (
-    NEARLY_FULL_BYTES,
-    HashmatchError,
-    InvalidInput,
-    free_bytes,
-    is_disk_full,
-)
+from hashmatch.engine.errors import HashmatchError, InvalidInput, write_failure
 from hashmatch.engine.store import SignalStore
 from hashmatch.engine.store_schema import change_digest, store_id
 from hashmatch.indexes.persist import fsync_path
@@ -117,11 +111,7 @@ def _copy(store: SignalStore, tmp: Path) -> tuple[int, str, int]:
 def _failure(path: Path, exc: BaseException) -> BaseException:
     if isinstance(exc, BackupFailed):
         return exc
-    free = free_bytes(path.parent)
-    # SQLite may say only "disk I/O error" when it cannot grow a file on a full disk
-    full = is_disk_full(exc) or (free is not None and free < NEARLY_FULL_BYTES)
-    why = "the disk is full" if full else (getattr(exc, "strerror", None) or str(exc))
-    room = "" if free is None else f" ({free:,} bytes free)"
+    full, why, room = write_failure(path.parent, exc)
     return BackupFailed(
         f"cannot write a backup to {path}: {why}{room}; nothing was left there and the"
         " store is unaffected",

@@ -134,6 +134,17 @@ def free_bytes(path: str | os.PathLike) -> int | None:
         return None
 
 
+def write_failure(where: str | os.PathLike, exc: BaseException) -> tuple[bool, str, str]:
+    """(full, why, room) for a write under ``where`` that failed with ``exc``: whether the
+    filesystem is full (the error says so, or under :data:`NEARLY_FULL_BYTES` are left:
+    SQLite's "disk I/O error" and numpy's short write do not), the reason to print, and
+    " (N bytes free)" ("" if unknown). Measure before removing the partial write."""
+    free = free_bytes(where)
+    full = is_disk_full(exc) or (free is not None and free < NEARLY_FULL_BYTES)
+    why = "the disk is full" if full else (getattr(exc, "strerror", None) or str(exc))
+    return full, why, "" if free is None else f" ({free:,} bytes free)"
+
+
 def nearly_full(path: str | os.PathLike) -> bool:
     """The filesystem of ``path`` has under :data:`NEARLY_FULL_BYTES` free."""
     free = free_bytes(path)

@@ -37,15 +37,14 @@ import numpy as np
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import (
-    NEARLY_FULL_BYTES,
     CorruptData,
     HashmatchError,
     InvalidHash,
     InvalidInput,
     NotFound,
     SnapshotFailed,
-    free_bytes,
     is_disk_full,
+    write_failure,
 )
 from hashmatch.engine.hashing import DEFAULT_OPTIONS, HashOptions, hash_media
 from hashmatch.engine.matcher import (
@@ -907,14 +906,11 @@ def _snapshot_failure(snapshot_dir: Path, exc: OSError) -> SnapshotFailed:
     """The operator's message for a snapshot write that failed: where, why, and that
     nothing is lost. ``disk_full`` also when numpy's short write carries no errno but
     the filesystem has under 1 MiB left (measured before the partial snapshot is removed)."""
-    free = free_bytes(snapshot_dir)
-    full = is_disk_full(exc) or (free is not None and free < NEARLY_FULL_BYTES)
-    why = "the disk is full" if full else (exc.strerror or str(exc))
+    full, why, room = write_failure(snapshot_dir, exc)
     size_limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
     if not full and exc.errno is None and size_limit != resource.RLIM_INFINITY:
         # numpy's short write ("N requested and M written") carries no errno
         why = f"{exc} (over the file-size limit of {size_limit:,} bytes: ulimit -f)"
-    room = "" if free is None else f" ({free:,} bytes free)"
     return SnapshotFailed(
         f"cannot write a snapshot in {snapshot_dir}: {why}{room}; the previous snapshot is"
         " kept and the live index is unaffected",
