@@ -202,6 +202,8 @@ def test_serve_exits_when_the_index_cannot_load(tmp_path, content):
     (data / "store.sqlite").write_bytes(content)
     done = _serve("--data-dir", str(data), "--insecure-no-auth", "--metrics-port", "-1")
     _one_line_error(done, f"the index failed to load from {data}", "store.sqlite")
+    # "serving" is said only once the index has loaded: before, it came first anyway
+    assert "serving on" not in done.stderr, done.stderr
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for certs")

@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -159,12 +160,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
         server.start()
     except OSError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(
-        f"hashmatch serving on {config.listen} (data {config.data_dir}"
-        + (f", metrics :{server.metrics_port}/metrics" if server.metrics_port else "")
-        + ")",
-        err=True,
-    )
+    started = time.monotonic()
     done = threading.Event()
 
     def on_signal(signum, _frame) -> None:
@@ -186,11 +182,22 @@ def serve(config_file: str | None, **flags: Any) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
-    while not done.wait(0.5):
+    # "serving" only once the index is loaded (health SERVING): a store that fails to
+    # load must not be announced as served first
+    announced = False
+    while not done.wait(0.5 if announced else 0.05):
         if server.host.load_error is not None:  # permanent: exit, so a supervisor sees it
             server.stop(grace=0)
             raise click.ClickException(
                 f"the index failed to load from {config.data_dir}: {server.host.load_error}"
+            )
+        if not announced and server.wait_ready(0):
+            announced = True
+            click.echo(
+                f"hashmatch serving on {config.listen} (data {config.data_dir}"
+                + (f", metrics :{server.metrics_port}/metrics" if server.metrics_port else "")
+                + f"; index loaded in {time.monotonic() - started:.1f} s)",
+                err=True,
             )
     server.stop()
 
