@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import tomllib
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -112,13 +113,13 @@ def test_serve_with_an_unwritable_tokens_location_is_one_line(tmp_path):
 class Served:
     """``hashmatch serve`` running in a child process; its stderr collected by a thread."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.port = _free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVE, "serve", "--listen", f"127.0.0.1:{self.port}",
              "--metrics-port", "-1", *args],
             stderr=subprocess.PIPE, text=True,
-            env={**_clean_env(), "PYTHONUNBUFFERED": "1"},
+            env={**_clean_env(), "PYTHONUNBUFFERED": "1", **(env or {})},
         )  # fmt: skip
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -217,3 +218,140 @@ def test_serve_names_the_tls_file_that_is_wrong(tmp_path):
     _one_line_error(done, f"tls_client_ca {key_a}: no PEM certificate")
     done = _serve(*common, "--tls-cert", key_a, "--tls-key", key_a)
     _one_line_error(done, f"tls_cert {key_a}: no PEM certificate")
+
+
+class NotifySocket:
+    """systemd's side of ``sd_notify``: an abstract AF_UNIX datagram socket."""
+
+    def __init__(self) -> None:
+        self.name = f"@hashmatch-test-{os.getpid()}-{time.monotonic_ns()}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name[1:])
+        self.seen: list[dict[str, str]] = []
+
+    def wait_for(self, key: str, timeout: float = 60) -> dict[str, str]:
+        """The next message holding ``key`` (earlier ones are kept in ``seen``)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096).decode()
+            except TimeoutError:
+                break
+            fields = dict(line.split("=", 1) for line in data.splitlines())
+            self.seen.append(fields)
+            if key in fields:
+                return fields
+        raise AssertionError(f"no {key} from serve; got {self.seen}")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _health(port: int) -> str:
+    with HashmatchClient(f"127.0.0.1:{port}", retries=0) as client:
+        return client.health(timeout=10)
+
+
+def test_serve_tells_systemd_ready_only_once_serving_then_reloading_and_stopping(tmp_path):
+    notify = NotifySocket()
+    served = Served("--data-dir", str(tmp_path / "data"), "--insecure-no-auth",
+                    env={"NOTIFY_SOCKET": notify.name})  # fmt: skip
+    try:
+        ready = notify.wait_for("READY")
+        assert ready["READY"] == "1" and "serving on" in ready["STATUS"], ready
+        assert any("loading the index" in m.get("STATUS", "") for m in notify.seen)
+        assert _health(served.port) == "SERVING"  # ready meant lookups are answered
+        served.proc.send_signal(signal.SIGHUP)  # --insecure-no-auth: nothing to reload
+        served.proc.send_signal(signal.SIGTERM)
+        stopping = notify.wait_for("STOPPING")
+        assert stopping["STOPPING"] == "1" and "draining" in stopping["STATUS"]
+        assert served.proc.wait(timeout=30) == 0
+    finally:
+        served.stop()
+        notify.close()
+
+
+def test_serve_brackets_a_token_reload_for_systemd(tmp_path):
+    notify = NotifySocket()
+    served = Served("--data-dir", str(tmp_path / "data"), env={"NOTIFY_SOCKET": notify.name})
+    try:
+        notify.wait_for("READY")
+        served.proc.send_signal(signal.SIGHUP)
+        reloading = notify.wait_for("RELOADING")
+        # systemd's notify-reload wants the reload's CLOCK_MONOTONIC time (microseconds)
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        assert 0 < now - int(reloading["MONOTONIC_USEC"]) < 60_000_000, reloading
+        assert notify.wait_for("READY")["READY"] == "1"
+        served.wait_for("reloaded")
+    finally:
+        served.stop()
+        notify.close()
+
+
+def test_serve_never_tells_systemd_ready_when_the_index_cannot_load(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "store.sqlite").write_bytes(b"")
+    notify = NotifySocket()
+    served = Served("--data-dir", str(data), "--insecure-no-auth",
+                    env={"NOTIFY_SOCKET": notify.name})  # fmt: skip
+    try:
+        assert served.proc.wait(timeout=60) == 1
+        status = notify.wait_for("STATUS", timeout=5)
+        while "failed to load" not in status["STATUS"]:
+            status = notify.wait_for("STATUS", timeout=5)
+        assert "store.sqlite" in status["STATUS"], status
+        assert not any("READY" in m for m in notify.seen), notify.seen
+    finally:
+        served.stop()
+        notify.close()
+
+
+def test_notify_is_a_no_op_outside_systemd_and_never_raises(monkeypatch, tmp_path):
+    from hashmatch.server import sdnotify
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sdnotify.notify("READY=1") is False
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone.sock"))  # supervisor went away
+    assert sdnotify.notify("READY=1") is False
+    notify = NotifySocket()
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", notify.name)
+        assert sdnotify.notify("READY=1", "STATUS=two\nlines") is True
+        assert notify.wait_for("READY", timeout=5) == {"READY": "1", "STATUS": "two lines"}
+    finally:
+        notify.close()
+
+
+DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy"
+
+
+def test_the_example_config_loads_as_written():
+    from hashmatch.server import config
+
+    loaded = config.load(DEPLOY / "hashmatch.toml", environ={})
+    assert str(loaded.data_dir) == "/var/lib/hashmatch" and loaded.shards == 0
+    unit = (DEPLOY / "hashmatch.service").read_text()
+    assert "--config /etc/hashmatch/hashmatch.toml" in unit
+    assert "StateDirectory=hashmatch" in unit  # the unit makes the config's data_dir
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_the_systemd_unit_verifies(tmp_path):
+    """systemd-analyze names unknown keys, bad values and a missing ExecStart binary;
+    it checks the unit as written, with ExecStart pointed at this install."""
+    here = shutil.which("hashmatch") or str(Path(sys.executable).parent / "hashmatch")
+    assert Path(here).exists(), here
+    unit = (DEPLOY / "hashmatch.service").read_text()
+    assert "/opt/hashmatch/.venv/bin/hashmatch serve" in unit
+    (tmp_path / "hashmatch.service").write_text(
+        unit.replace("/opt/hashmatch/.venv/bin/hashmatch", here)
+    )
+    done = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "hashmatch.service")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
+        done.stdout + done.stderr
+    )

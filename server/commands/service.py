@@ -116,6 +116,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from hashmatch.server import auth as auth_mod
     from hashmatch.server import config as config_mod
+    from hashmatch.server import sdnotify
     from hashmatch.server.app import HashmatchServer
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -156,20 +157,23 @@ def serve(config_file: str | None, **flags: Any) -> None:
         if unsafe:
             click.echo(f"WARNING: {unsafe}", err=True)
     server = HashmatchServer(config, auth=auth)
+    started = time.monotonic()
     try:
         server.start()
     except OSError as exc:
         raise click.ClickException(str(exc)) from exc
-    started = time.monotonic()
+    sdnotify.notify(f"STATUS=loading the index from {config.data_dir}")
     done = threading.Event()
 
     def on_signal(signum, _frame) -> None:
         click.echo(f"signal {signum}: draining (up to {config.drain_seconds}s)", err=True)
+        sdnotify.notify("STOPPING=1", f"STATUS=draining (up to {config.drain_seconds}s)")
         done.set()
 
     def on_hup(_signum, _frame) -> None:
         if auth is None:
             return
+        sdnotify.reloading()
         try:
             reloaded = auth_mod.TokenAuth.from_file(config.auth_path)
             if not len(reloaded):  # as at start-up: nobody could call any more
@@ -178,6 +182,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
             click.echo(f"reloaded {config.auth_path} ({len(reloaded)} tokens)", err=True)
         except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
             click.echo(f"kept the old tokens: {config.auth_path}: {exc}", err=True)
+        sdnotify.notify("READY=1")
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -187,18 +192,21 @@ def serve(config_file: str | None, **flags: Any) -> None:
     announced = False
     while not done.wait(0.5 if announced else 0.05):
         if server.host.load_error is not None:  # permanent: exit, so a supervisor sees it
+            sdnotify.notify(f"STATUS=the index failed to load: {server.host.load_error}")
             server.stop(grace=0)
             raise click.ClickException(
                 f"the index failed to load from {config.data_dir}: {server.host.load_error}"
             )
         if not announced and server.wait_ready(0):
             announced = True
+            serving = f"hashmatch serving on {config.listen} (data {config.data_dir}"
             click.echo(
-                f"hashmatch serving on {config.listen} (data {config.data_dir}"
+                serving
                 + (f", metrics :{server.metrics_port}/metrics" if server.metrics_port else "")
                 + f"; index loaded in {time.monotonic() - started:.1f} s)",
                 err=True,
             )
+            sdnotify.notify("READY=1", f"STATUS={serving})")
     server.stop()
 
 
