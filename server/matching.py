@@ -286,6 +286,8 @@ def match(
         results.append(result)
     call.log["queries"] = n_hashes + len(request.media) + len(videos)
     call.log["matches"] = sum(len(r.matches) for r in results)
+    if call.log["matches"]:
+        host.metrics.count_matches(results)
     reply = matcher_pb2.MatchResponse(results=results, request_id=request.request_id)
     return check_reply(reply, config.max_message_bytes)
 

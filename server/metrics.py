@@ -5,7 +5,8 @@ Each server owns a registry (tests run several servers in one process).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import collections
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -34,6 +35,13 @@ class Metrics:
         self.queries = Counter(
             "hashmatch_queries", "Hash queries looked up", ["signal_type"], registry=self.registry
         )
+        self.matches = Counter(
+            "hashmatch_matches",
+            "Matches reported, by hash list and signal type (a list whose rate jumps may"
+            " have taken in a hash of a common benign image)",
+            ["list", "signal_type"],
+            registry=self.registry,
+        )
         self.lookup_rows = Histogram(
             "hashmatch_lookup_rows",
             "Hashes per engine lookup call (concurrent requests merged by the batcher)",
@@ -50,6 +58,7 @@ class Metrics:
         self._http = None
         self._children: dict[tuple[str, str], tuple] = {}
         self._query_children: dict[str, Any] = {}
+        self._match_children: dict[tuple[str, str], Any] = {}
 
     def finished(self, method: str, code: str, seconds: float) -> None:
         """Count one finished RPC (label children cached: this runs on every call)."""
@@ -67,6 +76,23 @@ class Metrics:
         if child is None:
             child = self._query_children[signal_type] = self.queries.labels(signal_type)
         child.inc(n)
+
+    def count_matches(self, results: Iterable[Any]) -> None:
+        """Count the matches of a reply's QueryResults by (list, signal type).
+
+        Why: a partner list that starts matching far more than it did is the first sign
+        of a bad shared hash (a blank frame, a common meme) flooding reviewers, or of a
+        wave of known content; per list is what an operator can act on. Few lists, so
+        the label set stays small (the metrics port is the operator's, not a tenant's).
+        """
+        tally = collections.Counter(
+            (m.list_name, m.signal_type) for result in results for m in result.matches
+        )
+        for key, n in tally.items():
+            child = self._match_children.get(key)
+            if child is None:
+                child = self._match_children[key] = self.matches.labels(*key)
+            child.inc(n)
 
     def track_index_size(self, count: Callable[[], float]) -> None:
         """Read the index size on every scrape (cheap engine call)."""

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from hashmatch.server.client import signal
 from hashmatch.server.testing import (
     access_log_line,
     held_engine,
@@ -181,6 +182,31 @@ def test_metrics_count_queries_and_lookup_rows(tmp_path):
         assert "hashmatch_lookup_rows_sum 6.0" in text
         assert 'hashmatch_lookup_rows_bucket{le="2.0"} 0.0' in text
         assert 'hashmatch_lookup_rows_bucket{le="4.0"} 2.0' in text
+
+
+def test_metrics_count_matches_per_list(tmp_path):
+    """A list whose matches jump is what an operator watches for (a bad shared hash)."""
+    codes = np.random.default_rng(6).integers(0, 256, (4, 32), dtype=np.uint8)
+    hexes = [c.tobytes().hex() for c in codes]
+    with running_server(tmp_path, tenants=ADMIN, metrics_port=0) as ts:
+        client = ts.client("admin", retries=0)
+        client.ingest("partner-a", [signal("pdq", h) for h in hexes[:3]])
+        client.ingest("partner-b", [signal("pdq", hexes[0]), signal("md5", "ab" * 16)])
+        client.match([("pdq", h) for h in hexes] + [("md5", "ab" * 16)], threshold=0)
+        client.match([("pdq", hexes[0])], threshold=0)
+        client.match([("pdq", "00" * 32)], threshold=0)  # no match: nothing counted
+        url = f"http://127.0.0.1:{ts.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        found = {
+            line.split(" ")[0]: line.split(" ")[1]
+            for line in text.splitlines()
+            if line.startswith("hashmatch_matches_total{")
+        }
+        assert found == {
+            'hashmatch_matches_total{list="partner-a",signal_type="pdq"}': "4.0",
+            'hashmatch_matches_total{list="partner-b",signal_type="pdq"}': "2.0",
+            'hashmatch_matches_total{list="partner-b",signal_type="md5"}': "1.0",
+        }, found
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for certs")
