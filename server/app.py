@@ -467,9 +467,10 @@ class HashmatchServer:
         signals_pb2_grpc.add_SignalsServicer_to_server(SignalsService(self.host), server)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self.host), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-        )
+        if cfg.reflection:
+            reflection.enable_server_reflection(
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            )
         return server
 
     def _bind(self, server: grpc.Server) -> int:

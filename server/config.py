@@ -36,6 +36,10 @@ class ServerConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_client_ca: str | None = None
+    # gRPC server reflection (grpcurl and other generic clients discover the API). Off
+    # hides the schema from whoever can reach the port; the .proto files are public
+    # anyway, so this is hardening, not access control (tokens are).
+    reflection: bool = True
     # Prometheus metrics on a separate HTTP port (-1 = off, 0 = any free port).
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9464

@@ -242,6 +242,28 @@ def test_tls_and_mutual_tls(tmp_path):
         gate.set()
 
 
+def test_reflection_can_be_turned_off_and_the_rest_still_serves(tmp_path):
+    """Hardening for a port others can reach: no schema discovery, nothing else lost."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    from hashmatch.server import config
+
+    assert config.load(environ={"HASHMATCH_REFLECTION": "off"}).reflection is False
+    assert config.load(environ={}).reflection is True
+    with running_server(tmp_path, tenants=ADMIN, reflection=False) as ts:
+        with grpc.insecure_channel(ts.target) as channel:
+            with pytest.raises(grpc.RpcError) as err:
+                ProtoReflectionDescriptorDatabase(channel).get_services()
+            assert err.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            check = health_pb2_grpc.HealthStub(channel).Check
+            status = check(health_pb2.HealthCheckRequest(), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+        assert ts.client("admin", retries=0).stats().total_signals == 0
+
+
 def test_reflection_lists_services_and_a_generic_client_can_call(tmp_path):
     """What grpcurl-like tools do: discover the schema over the wire, then call."""
     from google.protobuf import descriptor_pool, message_factory

@@ -96,6 +96,11 @@ def _emit(message: Message) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="CA for client certificates: turns on mutual TLS.",
 )
+@click.option(
+    "--reflection/--no-reflection",
+    default=None,
+    help="gRPC server reflection, for grpcurl and generic clients (default on).",
+)
 @click.option("--metrics-port", type=int, help="Prometheus port (-1 = off).")
 @click.option("--shards", type=int, help="Index shards per type (default 1; 0 = per core).")
 @click.option("--index-kind", help="auto (default: picked per type), flat, mih or exact.")
