@@ -4,6 +4,8 @@ start-up checks, SIGHUP reloads, and ``hashmatch remote`` connection options."""
 from __future__ import annotations
 
 import os
+import pty
+import select
 import shutil
 import signal
 import socket
@@ -355,3 +357,27 @@ def test_the_systemd_unit_verifies(tmp_path):
     assert done.returncode == 0 and not done.stdout.strip() and not done.stderr.strip(), (
         done.stdout + done.stderr
     )
+
+
+def test_first_start_shows_the_admin_token_on_a_terminal_only(tmp_path):
+    """On a terminal the operator sees the token once; in a log (pipe) only its file."""
+    data = tmp_path / "data"
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, "serve", "--listen", "127.0.0.1:0", "--data-dir",
+         str(data), "--metrics-port", "-1"],
+        stderr=slave, stdout=subprocess.DEVNULL, env=_clean_env(),
+    )  # fmt: skip
+    os.close(slave)
+    said = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"serving on" not in said and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.5)[0]:
+                said += os.read(master, 4096)
+        token = (data / "admin.token").read_text().strip()
+        assert f"export HASHMATCH_TOKEN={token}".encode() in said, said
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        os.close(master)

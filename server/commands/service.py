@@ -146,12 +146,20 @@ def serve(config_file: str | None, **flags: Any) -> None:
                 f"{config.auth_path}: cannot create the tokens file: {exc}"
             ) from None
         if token:
-            click.echo(
-                f"created {config.auth_path} with an admin token (shown once; also saved to "
-                f"{config.auth_path.parent / 'admin.token'}, mode 0600):\n"
-                f"  export HASHMATCH_TOKEN={token}",
-                err=True,
-            )
+            saved = config.auth_path.parent / "admin.token"
+            if sys.stderr.isatty():
+                click.echo(
+                    f"created {config.auth_path} with an admin token (shown once; also saved"
+                    f" to {saved}, mode 0600):\n  export HASHMATCH_TOKEN={token}",
+                    err=True,
+                )
+            else:  # journald, docker logs, a log shipper: a secret must not land there
+                click.echo(
+                    f"created {config.auth_path} with an admin token, saved to {saved} (mode"
+                    f" 0600; not printed: stderr is not a terminal):\n"
+                    f"  export HASHMATCH_TOKEN=$(cat {saved})",
+                    err=True,
+                )
         try:
             auth = auth_mod.TokenAuth.from_file(config.auth_path)
         except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
