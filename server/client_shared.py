@@ -1,0 +1,574 @@
+"""What the two Python clients share: connecting, building requests, when to retry,
+ingest's messages, health's verdicts.
+
+Why: :class:`hashmatch.server.client.HashmatchClient` (threads) and
+:class:`hashmatch.server.aio_client.AsyncHashmatchClient` (asyncio) must behave alike:
+the same constructor arguments, requests, retries, ingest batching and error
+annotations. Only the waiting differs (``time.sleep`` vs ``await``), so everything
+else is here, once.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from hashmatch.v1 import (
+    admin_pb2_grpc,
+    common_pb2,
+    matcher_pb2,
+    matcher_pb2_grpc,
+    signals_pb2,
+    signals_pb2_grpc,
+)
+
+HashInput = common_pb2.HashValue | tuple[str, str | bytes]
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+MAX_BACKOFF = 2.0  # seconds between retries at most
+MIN_ATTEMPT_SECONDS = 0.05  # a retry is only worth making with this much time left
+MAX_NOT_FOUND_LISTED = 1000  # RetractResponse.not_found lists this many (the server uses it)
+
+
+# -- connecting -------------------------------------------------------------------------
+
+
+def _read(value: str | Path | bytes | None) -> bytes | None:
+    """PEM bytes from bytes, PEM text, or a file path.
+
+    Why: a certificate read with ``open(...).read()`` (or from a secret store) is a str;
+    taken as a path it failed with the whole certificate as the file name.
+    """
+    if value is None or isinstance(value, bytes):
+        return value
+    # PEM text may start with OpenSSL's "Bag Attributes" lines (a friendlyName can be
+    # any UTF-8); no file path holds a PEM armour line
+    if isinstance(value, str) and "-----BEGIN " in value:
+        return value.encode("utf-8")
+    return Path(value).read_bytes()
+
+
+def _clean_token(token: str | None) -> str | None:
+    """The token without surrounding whitespace, checked to be sendable as metadata.
+
+    Why: a token read from a file or a secret store often ends in a newline, and
+    grpcio turns a metadata value it cannot send into an opaque INTERNAL error.
+    """
+    if token is None:
+        return None
+    token = token.strip()
+    if any(not " " < c < "\x7f" for c in token):
+        raise ValueError("token: only printable ASCII without spaces can be sent")
+    return token
+
+
+class ClientBase:
+    """One server's channel, stubs, token metadata and retry settings, for either
+    client: ``channels`` is the module that opens channels (``grpc`` or ``grpc.aio``,
+    whose ``secure_channel`` / ``insecure_channel`` take the same arguments).
+
+    ``root_certificates``, ``client_cert``, ``client_key``: PEM bytes, PEM text (a str
+    starting ``-----BEGIN``) or a file path. ``timeout``: seconds per call (None = no
+    deadline); ``retries``: how often a call without a deadline retries UNAVAILABLE.
+    """
+
+    channels: Any = grpc
+
+    def __init__(
+        self,
+        target: str = "127.0.0.1:50051",
+        *,
+        token: str | None = None,
+        tls: bool = False,
+        root_certificates: str | Path | bytes | None = None,
+        client_cert: str | Path | bytes | None = None,
+        client_key: str | Path | bytes | None = None,
+        server_name: str | None = None,
+        timeout: float | None = 30.0,
+        retries: int = 4,
+        backoff: float = 0.1,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ):
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        if bool(client_cert) != bool(client_key):
+            # grpcio aborts the whole process (a failed C++ CHECK, SIGABRT) on a client
+            # certificate without its key; a key alone would silently be ignored
+            raise ValueError("client_cert and client_key go together (mutual TLS): give both")
+        token = _clean_token(token)
+        self._check_context()
+        if tls or root_certificates or client_cert:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=_read(root_certificates),
+                private_key=_read(client_key),
+                certificate_chain=_read(client_cert),
+            )
+            self.channel = self.channels.secure_channel(target, creds, options=options)
+        else:
+            self.channel = self.channels.insecure_channel(target, options=options)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.matcher = matcher_pb2_grpc.MatcherStub(self.channel)
+        self.signals = signals_pb2_grpc.SignalsStub(self.channel)
+        self.admin = admin_pb2_grpc.AdminStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def _check_context(self) -> None:
+        """Refuse a place the channel could not be used from (the sync client: none)."""
+
+    def _attempts(self, timeout: float | None, retry_window: float | None = None) -> Attempts:
+        """The retry schedule of one call; ``timeout`` None = the client's."""
+        timeout = self.timeout if timeout is None else timeout
+        return Attempts(timeout, self.retries, self.backoff, retry_window)
+
+
+# -- retrying ---------------------------------------------------------------------------
+
+
+class Attempts:
+    """The deadline and retry pauses of one call. Each attempt runs in ``with attempts:``,
+    which lets through what is worth retrying (and sets ``pause``) and raises the rest::
+
+        attempts = Attempts(timeout, retries, backoff)
+        while True:
+            with attempts:
+                return method(request, timeout=attempts.left())
+            time.sleep(attempts.pause)  # or: await asyncio.sleep(attempts.pause)
+
+    Why: a server restart or an index load (millions of signals) is UNAVAILABLE for
+    seconds, longer than a fixed few retries last; a call with a deadline rides it out
+    until the deadline (the caller said how long it can wait), one without keeps to
+    ``retries`` attempts so it cannot hang. ``retries=0`` never retries. The pause is
+    jittered so clients restarted together do not retry in lockstep. Both clients loop
+    this way, so they retry alike.
+
+    ``retry_window``: retry for at most this long after the first failure, even when
+    the deadline is later (an ingest's deadline grows with its size; a dead server
+    should not be retried for hours).
+    """
+
+    def __init__(
+        self,
+        timeout: float | None,
+        retries: int,
+        backoff: float,
+        retry_window: float | None = None,
+    ):
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.retry_until = self.deadline
+        self.retries = retries
+        self.retry_window = retry_window
+        self.delay = backoff
+        self.attempt = 0
+        self.pause = 0.0
+
+    def left(self) -> float | None:
+        """Seconds the next attempt may take (None = no deadline)."""
+        return None if self.deadline is None else max(self.deadline - time.monotonic(), 0.001)
+
+    def __enter__(self) -> Attempts:
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, _tb: object) -> bool:
+        """True (the error is swallowed, ``pause`` set) when ``exc`` is worth a retry."""
+        if not isinstance(exc, grpc.RpcError):
+            return False
+        if self.attempt == 0 and self.deadline is not None and self.retry_window is not None:
+            self.retry_until = min(self.deadline, time.monotonic() + self.retry_window)
+        pause = self._pause(exc)
+        self.attempt += 1
+        self.delay = min(self.delay * 2, MAX_BACKOFF)
+        if pause is None:
+            return False
+        self.pause = pause
+        return True
+
+    def _pause(self, exc: grpc.RpcError) -> float | None:
+        """Seconds to wait before retrying ``exc``, or None to raise it."""
+        if exc.code() not in RETRYABLE or self.retries <= 0:
+            return None
+        pause = self.delay * (1 + random.uniform(0, 0.1))
+        if self.retry_until is None:
+            return pause if self.attempt < self.retries else None
+        # leave the last attempt time to get an answer: else it ends DEADLINE_EXCEEDED
+        # and hides that the server was unavailable throughout
+        pause = min(pause, self.retry_until - time.monotonic() - MIN_ATTEMPT_SECONDS)
+        return pause if pause > 0 else None
+
+
+def tls_hint(details: str) -> str:
+    """A hint for errors that are a TLS mismatch, not a server that is down: gRPC words
+    them as UNAVAILABLE ("Socket closed", a failed handshake), which reads like one.
+    Empty for anything else."""
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return (
+            " (the server's certificate is not signed by a CA this client trusts: give its"
+            " CA with --ca)"
+        )
+    if "Socket closed" in details or "andshake" in details or "WRONG_VERSION" in details:
+        return (
+            " (a TLS mismatch? a TLS server needs --tls [--ca CA.pem], mutual TLS also"
+            " --cert and --key; a plain server, no --tls)"
+        )
+    return ""
+
+
+# -- health -----------------------------------------------------------------------------
+
+HEALTH_POLL_SECONDS = 0.05
+
+
+def health_request(service: str) -> health_pb2.HealthCheckRequest:
+    return health_pb2.HealthCheckRequest(service=service)
+
+
+def health_status(reply: health_pb2.HealthCheckResponse) -> str:
+    """``SERVING`` / ``NOT_SERVING`` / ... from a health reply."""
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+def health_failure(exc: grpc.RpcError) -> str:
+    """A failed health check as the 'last' answer of a wait; a certificate the client
+    cannot verify raises ConnectionError at once: waiting would not change it."""
+    last = f"{exc.code().name}: {exc.details()}"
+    if "CERTIFICATE_VERIFY_FAILED" in last:
+        raise ConnectionError(f"{last}{tls_hint(last)}") from None
+    return last
+
+
+def not_serving(timeout: float, last: str) -> TimeoutError:
+    """The error of a wait for SERVING that ran out, with the last answer and a hint."""
+    hint = tls_hint(last) or "; is `hashmatch serve` running there?"
+    return TimeoutError(
+        f"the server did not become SERVING within {timeout:g} s (last: {last}){hint}"
+    )
+
+
+# -- requests ---------------------------------------------------------------------------
+
+_LOW_QUALITY_ENUM = {
+    None: matcher_pb2.LOW_QUALITY_QUERIES_UNSPECIFIED,
+    "match_quality_stored": matcher_pb2.LOW_QUALITY_QUERIES_MATCH_QUALITY_STORED,
+    "skip": matcher_pb2.LOW_QUALITY_QUERIES_SKIP,
+}
+
+
+def low_quality_enum(rule: str | None) -> int:
+    """``"match_quality_stored"`` / ``"skip"`` / None -> MatchOptions.low_quality_queries."""
+    if rule not in _LOW_QUALITY_ENUM:
+        names = " or ".join(k for k in _LOW_QUALITY_ENUM if k)
+        raise ValueError(f"low_quality_queries must be {names}, got {rule!r}")
+    return _LOW_QUALITY_ENUM[rule]
+
+
+def hash_value(item: HashInput) -> common_pb2.HashValue:
+    """``("pdq", "hex...")``, ``("pdq", raw_bytes)`` or a HashValue -> HashValue."""
+    if isinstance(item, common_pb2.HashValue):
+        return item
+    signal_type, value = item
+    if isinstance(value, bytes | bytearray):
+        return common_pb2.HashValue(signal_type=signal_type, raw=bytes(value))
+    return common_pb2.HashValue(signal_type=signal_type, hex=value)
+
+
+def signal(
+    signal_type: str,
+    value: str | bytes,
+    *,
+    labels: Sequence[str] = (),
+    external_id: str = "",
+    quality: int | None = None,
+    expires_at: float | str | datetime | None = None,
+) -> signals_pb2.Signal:
+    """One signal to ingest. Each states the whole signal: a re-send without the
+    ``quality`` or ``expires_at`` a partner gave clears them in the store.
+    ``expires_at``: epoch seconds, an ISO-8601 string (as in a CSV) or a datetime."""
+    pb = signals_pb2.Signal(
+        hash=hash_value((signal_type, value)), labels=list(labels), external_id=external_id
+    )
+    if quality is not None:
+        pb.hash.quality = quality
+    if expires_at is not None:
+        pb.expires_at = _epoch_seconds(expires_at)
+    return pb
+
+
+def _epoch_seconds(value: float | str | datetime) -> float:
+    """``expires_at`` as the wire's epoch seconds: the file parsers' rule for strings
+    (ISO-8601, UTC unless it says otherwise), so a client and a CSV agree."""
+    from hashmatch.engine.ingest import parse_time
+
+    if isinstance(value, int | float):
+        return float(value)  # checked by the server (a NaN or milliseconds is refused)
+    if isinstance(value, datetime):
+        value = value.isoformat()
+    seconds = parse_time(value)
+    if seconds is None:
+        raise ValueError("expires_at is empty: leave it out for no expiry")
+    return seconds
+
+
+def video_signal(
+    frames: Sequence[str],
+    *,
+    qualities: Sequence[int] = (),
+    timestamps: Sequence[float] = (),
+    labels: Sequence[str] = (),
+    external_id: str = "",
+    expires_at: float | str | datetime | None = None,
+) -> signals_pb2.Signal:
+    """A vPDQ signal: one video given as its frames' PDQ hex."""
+    pb = signals_pb2.Signal(
+        hash=common_pb2.HashValue(signal_type="vpdq"),
+        frames=list(frames),
+        frame_qualities=list(qualities),
+        timestamps=list(timestamps),
+        labels=list(labels),
+        external_id=external_id,
+    )
+    if expires_at is not None:
+        pb.expires_at = _epoch_seconds(expires_at)
+    return pb
+
+
+def match_request(
+    hashes: Iterable[HashInput] = (),
+    *,
+    media: Sequence[bytes] = (),
+    media_types: Sequence[str] = (),
+    threshold: int | None = None,
+    lists: Sequence[str] = (),
+    max_results: int = 0,
+    dihedral: bool = False,
+    trim_borders: bool = False,
+    all_frames: bool = False,
+    uncrop: bool = False,
+    derotate: bool = False,
+    upscale_small: bool = False,
+    upscale_small_replicate: bool = False,
+    min_quality: int | None = None,
+    low_quality_queries: str | None = None,
+    request_id: str = "",
+    videos: Sequence[Sequence[str] | matcher_pb2.VideoQuery] = (),
+) -> matcher_pb2.MatchRequest:
+    """``videos``: vPDQ queries, each a list of frame hex (or a VideoQuery).
+    ``low_quality_queries``: ``"match_quality_stored"`` or ``"skip"`` (None = the
+    server's default, match_quality_stored)."""
+    options = matcher_pb2.MatchOptions(
+        lists=list(lists),
+        max_results=max_results,
+        dihedral=dihedral,
+        trim_borders=trim_borders,
+        all_frames=all_frames,
+        uncrop=uncrop,
+        derotate=derotate,
+        upscale_small=upscale_small,
+        upscale_small_replicate=upscale_small_replicate,
+        low_quality_queries=low_quality_enum(low_quality_queries),
+    )
+    if threshold is not None:
+        options.threshold = threshold
+    if min_quality is not None:
+        options.min_quality = min_quality
+    return matcher_pb2.MatchRequest(
+        hashes=[hash_value(h) for h in hashes],
+        media=list(media),
+        media_types=list(media_types),
+        options=options,
+        request_id=request_id,
+        videos=[
+            v
+            if isinstance(v, matcher_pb2.VideoQuery)
+            else matcher_pb2.VideoQuery(signal_type="vpdq", frames=list(v))
+            for v in videos
+        ],
+    )
+
+
+def hash_request(
+    media: Sequence[bytes],
+    signal_types: Sequence[str] = ("pdq",),
+    *,
+    dihedral: bool = False,
+    trim_borders: bool = False,
+) -> matcher_pb2.HashRequest:
+    return matcher_pb2.HashRequest(
+        media=list(media),
+        signal_types=list(signal_types),
+        dihedral=dihedral,
+        trim_borders=trim_borders,
+    )
+
+
+def retract_requests(
+    list_name: str,
+    *,
+    hashes: Iterable[HashInput] = (),
+    signal_ids: Iterable[int] = (),
+    reason: str = "",
+    batch_size: int = 1000,
+) -> Iterator[signals_pb2.RetractRequest]:
+    """The targets as requests of ``batch_size`` (the server refuses more than its
+    ``max_batch`` in one); at least one, so a call with no targets hears the server
+    say so."""
+    targets: list[common_pb2.HashValue | int] = [hash_value(h) for h in hashes]
+    targets += [int(i) for i in signal_ids]
+    batch_size = max(1, batch_size)
+    for start in range(0, max(len(targets), 1), batch_size):
+        chunk = targets[start : start + batch_size]
+        yield signals_pb2.RetractRequest(
+            list_name=list_name,
+            hashes=[t for t in chunk if not isinstance(t, int)],
+            signal_ids=[t for t in chunk if isinstance(t, int)],
+            reason=reason,
+        )
+
+
+def add_retract_reply(
+    total: signals_pb2.RetractResponse, reply: signals_pb2.RetractResponse
+) -> None:
+    """Sum ``reply`` into ``total``: counts add up, ``not_found`` keeps the first 1000
+    as a single reply does."""
+    total.retracted += reply.retracted
+    total.not_found_total += reply.not_found_total
+    room = MAX_NOT_FOUND_LISTED - len(total.not_found)
+    total.not_found.extend(reply.not_found[: max(room, 0)])
+
+
+def changes_request(
+    since: int = 0, *, signal_types: Sequence[str] = (), max_changes: int = 0
+) -> signals_pb2.ChangesRequest:
+    return signals_pb2.ChangesRequest(
+        since=since, signal_types=list(signal_types), max_changes=max_changes
+    )
+
+
+# -- ingest -----------------------------------------------------------------------------
+
+
+class IngestPlan:
+    """One ingest call's messages, deadline and progress, across its attempts.
+
+    ``signals``: a list (read whole by the client: a retry re-sends it, and the
+    deadline scales with it) or a callable that returns the signals afresh for each
+    attempt (a retry re-sends from the first signal: nothing says how far a cut-off
+    stream was stored, and ingest is an upsert). ``total``: how many a callable yields
+    (an upper bound will do), or None when unknown. The stream's default deadline is
+    the client's timeout per message; ``most_sent`` is the most signals any attempt
+    handed to gRPC (a retry that fails early must not lower it), an upper bound on
+    what was stored.
+    """
+
+    def __init__(
+        self,
+        list_name: str,
+        signals: list[signals_pb2.Signal] | Callable[[], Any],
+        total: int | None,
+        client_timeout: float | None,
+        source: str = "",
+        strict: bool = False,
+        batch_size: int = 1000,
+        timeout: float | None = None,
+    ):
+        self.list_name, self.source, self.strict = list_name, source, strict
+        if callable(signals):
+            self.fresh = signals
+        else:
+            self.fresh, total = (lambda: signals), len(signals)
+        self.total = total
+        self.batch_size = max(1, batch_size)
+        self.unbounded = timeout is None and total is None  # a stream of unknown length
+        if timeout is None and client_timeout is not None and total is not None:
+            timeout = client_timeout * max(1, -(-total // self.batch_size))
+        self.timeout = timeout
+        self.most_sent = 0
+        self.expiries = False  # any signal sent with expires_at (an older server drops them)
+
+    def call(self, ingest: Callable, messages: Callable[[], Any]) -> Callable:
+        """An attempt for the client's retry loop: ``ingest`` (the Signals.Ingest stub
+        method) with a fresh ``messages()`` stream; no deadline for a stream of unknown
+        length."""
+
+        def attempt(_request: None, *, timeout: float | None, metadata: Any) -> Any:
+            deadline = None if self.unbounded else timeout
+            return ingest(messages(), timeout=deadline, metadata=metadata)
+
+        return attempt
+
+    def batcher(self) -> IngestBatcher:
+        return IngestBatcher(self)
+
+    def message(self, chunk: list[signals_pb2.Signal]) -> signals_pb2.IngestRequest:
+        return signals_pb2.IngestRequest(
+            list_name=self.list_name, signals=chunk, source=self.source, strict=self.strict
+        )
+
+    def messages(self) -> Iterator[signals_pb2.IngestRequest]:
+        """One attempt's messages from a source of plain iterables."""
+        batcher = self.batcher()
+        for item in self.fresh():
+            if (message := batcher.add(item)) is not None:
+                yield message
+        if (message := batcher.end()) is not None:
+            yield message
+
+    @contextmanager
+    def reporting(self) -> Iterator[None]:
+        """A failed call's RpcError gets ``signals_sent`` (the most any attempt sent)
+        and ``signals_total``."""
+        try:
+            yield
+        except grpc.RpcError as exc:
+            exc.signals_sent, exc.signals_total = self.most_sent, self.total  # type: ignore[attr-defined]
+            raise
+
+    def checked(
+        self, reply: signals_pb2.IngestResponse, stacklevel: int = 3
+    ) -> signals_pb2.IngestResponse:
+        """``reply``, with a warning when the server predates ``expires_at`` and the
+        signals carried one (it stored them without)."""
+        if not reply.HasField("still_retracted") and self.expiries:
+            warnings.warn(
+                "the server predates Signal.expires_at: it stored these signals without"
+                " their expiries (upgrade it before relying on expiries)",
+                stacklevel=stacklevel,
+            )
+        return reply
+
+
+class IngestBatcher:
+    """One attempt's batching: signals in, a message out every ``batch_size``."""
+
+    def __init__(self, plan: IngestPlan):
+        self.plan = plan
+        self.chunk: list[signals_pb2.Signal] = []
+        self.sent = 0
+
+    def add(self, item: signals_pb2.Signal) -> signals_pb2.IngestRequest | None:
+        self.chunk.append(item)
+        self.plan.expiries = self.plan.expiries or item.HasField("expires_at")
+        return self._flush() if len(self.chunk) == self.plan.batch_size else None
+
+    def end(self) -> signals_pb2.IngestRequest | None:
+        """The last message: an empty call still sends one (the server says so)."""
+        return self._flush() if self.chunk or not self.sent else None
+
+    def _flush(self) -> signals_pb2.IngestRequest:
+        self.sent += len(self.chunk)
+        self.plan.most_sent = max(self.plan.most_sent, self.sent)
+        message, self.chunk = self.plan.message(self.chunk), []
+        return message
