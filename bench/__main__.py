@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-SUITES = ("hashing", "indexes", "store", "service", "scan", "quality")
+SUITES = ("hashing", "indexes", "store", "service", "clients", "scan", "quality")
 
 
 def main(argv: list[str]) -> None:

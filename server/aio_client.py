@@ -1,0 +1,247 @@
+"""An asyncio client for the hashmatch gRPC service, on ``grpc.aio``.
+
+Why: upload pipelines are often asyncio services (FastAPI, aiohttp, asyncio workers);
+the threaded :class:`hashmatch.server.client.HashmatchClient` blocks their event loop.
+This one takes the same constructor arguments and has the same semantics (requests,
+retries on UNAVAILABLE until the deadline, ingest batching, deadlines and partial
+progress, errors as :class:`grpc.RpcError`), from the same shared code
+(:mod:`hashmatch.server.client_shared`); only the waiting is ``await``. Cancelling the
+coroutine (or task) that awaits a call cancels its RPC on the server.
+
+    async with AsyncHashmatchClient("127.0.0.1:50051", token=token) as c:
+        await c.ingest("partner-a", [signal("pdq", hex_hash)])
+        replies = await asyncio.gather(*(c.match([("pdq", h)]) for h in hexes))
+
+Create it inside the event loop that uses it (in a coroutine): a ``grpc.aio`` channel
+belongs to one loop. Not for use from several threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from hashmatch.server import client_shared as shared
+from hashmatch.server.client_shared import match_request, signal, video_signal
+from hashmatch.v1 import admin_pb2, matcher_pb2, signals_pb2
+
+__all__ = ["AsyncHashmatchClient", "match_request", "signal", "video_signal"]
+
+SignalSource = (
+    Iterable[signals_pb2.Signal]
+    | AsyncIterable[signals_pb2.Signal]
+    | Callable[[], Iterable[signals_pb2.Signal] | AsyncIterable[signals_pb2.Signal]]
+)
+
+
+async def _items(source: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    """An async or plain iterable as an async one (a plain one is read in the loop)."""
+    if isinstance(source, AsyncIterable):
+        async for item in source:
+            yield item
+    else:
+        for item in source:
+            yield item
+
+
+async def _read(call: Any) -> Any:
+    """The next message of a server stream, or None at its end."""
+    message = await call.read()
+    return None if message is grpc.aio.EOF else message
+
+
+class AsyncHashmatchClient(shared.ClientBase):
+    """Connects to one hashmatch server from asyncio: one channel, any number of
+    concurrent calls (``asyncio.gather`` them). The constructor's arguments:
+    :class:`~hashmatch.server.client_shared.ClientBase`, as the sync client's."""
+
+    channels = grpc.aio
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _check_context(self) -> None:
+        """A grpc.aio channel belongs to the loop it was made in: made outside one, its
+        first call fails with grpcio's 'attached to a different loop'."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            raise RuntimeError(
+                "create AsyncHashmatchClient inside a coroutine, in the event loop that"
+                " will use it (e.g. in FastAPI's lifespan, not at import time)"
+            ) from None
+
+    async def _unary(
+        self, method: Callable, request: Any, timeout: float | shared.Attempts | None
+    ) -> Any:
+        """``await method(request)``, retried on UNAVAILABLE as the sync client does
+        (``timeout``: seconds, None = the client's, or a call's own Attempts)."""
+        attempts = timeout if isinstance(timeout, shared.Attempts) else self._attempts(timeout)
+        while True:
+            with attempts:
+                return await method(request, timeout=attempts.left(), metadata=self.metadata)
+            await asyncio.sleep(attempts.pause)
+
+    async def close(self) -> None:
+        """Close the channel; calls still running are cancelled."""
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncHashmatchClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- Matcher ----------------------------------------------------------------------
+
+    match_request = staticmethod(match_request)
+
+    async def match(
+        self,
+        hashes: Iterable[shared.HashInput] = (),
+        *,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> matcher_pb2.MatchResponse:
+        """Look hashes and/or media up; options as :func:`match_request`."""
+        return await self._unary(self.matcher.Match, match_request(hashes, **options), timeout)
+
+    async def match_stream(
+        self,
+        requests: Iterable[matcher_pb2.MatchRequest] | AsyncIterable[matcher_pb2.MatchRequest],
+        *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[matcher_pb2.MatchResponse]:
+        """Bidirectional stream: one response per request, in order (not retried).
+        ``requests``: a plain or async iterable. Leaving the loop early (or cancelling
+        it) cancels the stream."""
+        call = self.matcher.MatchStream(requests, timeout=timeout, metadata=self.metadata)
+        try:
+            while (reply := await _read(call)) is not None:
+                yield reply
+        finally:
+            call.cancel()  # nothing when it has ended
+
+    async def hash(
+        self,
+        media: Sequence[bytes],
+        signal_types: Sequence[str] = ("pdq",),
+        *,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> matcher_pb2.HashResponse:
+        """Hashes of ``media`` only; options (``dihedral``, ``trim_borders``) as
+        :func:`~hashmatch.server.client_shared.hash_request`."""
+        request = shared.hash_request(media, signal_types, **options)
+        return await self._unary(self.matcher.Hash, request, timeout)
+
+    # -- Signals ----------------------------------------------------------------------
+
+    async def ingest(
+        self,
+        list_name: str,
+        signals: SignalSource,
+        *,
+        total: int | None = None,
+        timeout: float | None = None,
+        **options: Any,
+    ) -> signals_pb2.IngestResponse:
+        """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message: as
+        :meth:`hashmatch.server.client.HashmatchClient.ingest`, with the same options
+        (``source``, ``strict``, ``batch_size``: see
+        :class:`~hashmatch.server.client_shared.IngestPlan`), deadline, retries and
+        ``signals_sent`` / ``signals_total`` on a failed call's error.
+
+        ``signals``: a plain or async iterable, read whole first (a retry re-sends it),
+        or a callable that returns a fresh plain or async iterable of the same signals
+        each time (streamed, nothing held; called again for a retry; ``total`` as
+        there). A plain iterable is read in the event loop: give an async one for a
+        source that waits (a queue, a network read).
+        """
+        src = signals if callable(signals) else [item async for item in _items(signals)]
+        plan = shared.IngestPlan(list_name, src, total, self.timeout, timeout=timeout, **options)
+
+        async def messages() -> AsyncIterator[signals_pb2.IngestRequest]:
+            batcher = plan.batcher()
+            async for item in _items(plan.fresh()):
+                if (message := batcher.add(item)) is not None:
+                    yield message
+            if (message := batcher.end()) is not None:
+                yield message
+
+        with plan.reporting():
+            call = plan.call(self.signals.Ingest, messages)
+            reply = await self._unary(call, None, self._attempts(plan.timeout, self.timeout))
+            return plan.checked(reply)
+
+    async def retract(
+        self, list_name: str, *, timeout: float | None = None, **targets: Any
+    ) -> signals_pb2.RetractResponse:
+        """As :meth:`hashmatch.server.client.HashmatchClient.retract` (``hashes``,
+        ``signal_ids``, ``reason``, ``batch_size``: see
+        :func:`~hashmatch.server.client_shared.retract_requests`): one request after
+        the other, ``timeout`` each, the replies summed into one."""
+        total = signals_pb2.RetractResponse()
+        for request in shared.retract_requests(list_name, **targets):
+            shared.add_retract_reply(
+                total, await self._unary(self.signals.Retract, request, timeout)
+            )
+        return total
+
+    async def list_hash_lists(
+        self, *, timeout: float | None = None
+    ) -> signals_pb2.ListHashListsResponse:
+        request = signals_pb2.ListHashListsRequest()
+        return await self._unary(self.signals.ListHashLists, request, timeout)
+
+    async def changes(
+        self, since: int = 0, *, timeout: float | None = None, **options: Any
+    ) -> AsyncIterator[signals_pb2.ChangesResponse]:
+        """The change log after ``since``, as
+        :meth:`hashmatch.server.client.HashmatchClient.changes` (``signal_types``,
+        ``max_changes``): retried on UNAVAILABLE until the first message; resume a
+        broken stream from the last ``head``."""
+        request = shared.changes_request(since, **options)
+
+        async def first(_request: None, *, timeout: float | None, metadata: Any) -> Any:
+            stream = self.signals.Changes(request, timeout=timeout, metadata=metadata)
+            return stream, await _read(stream)
+
+        stream, message = await self._unary(first, None, timeout)
+        try:
+            while message is not None:
+                yield message
+                message = await _read(stream)
+        finally:
+            stream.cancel()  # nothing when it has ended
+
+    # -- Admin ------------------------------------------------------------------------
+
+    async def stats(self, *, timeout: float | None = None) -> admin_pb2.StatsResponse:
+        return await self._unary(self.admin.Stats, admin_pb2.StatsRequest(), timeout)
+
+    # -- health -----------------------------------------------------------------------
+
+    async def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
+        """``SERVING`` / ``NOT_SERVING`` / ... (no token needed)."""
+        reply = await self.health_stub.Check(shared.health_request(service), timeout=timeout)
+        return shared.health_status(reply)
+
+    async def wait_until_serving(self, timeout: float = 30.0) -> None:
+        """Wait until health says SERVING (the index is loaded); TimeoutError after
+        ``timeout``. A certificate the client cannot verify fails at once."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                last = await self.health()
+            except grpc.RpcError as exc:
+                last = shared.health_failure(exc)
+            if last == "SERVING":
+                return
+            if time.monotonic() > deadline:
+                raise shared.not_serving(timeout, last)
+            await asyncio.sleep(shared.HEALTH_POLL_SECONDS)
