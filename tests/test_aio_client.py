@@ -148,18 +148,29 @@ def test_retries_ride_out_a_server_that_starts_after_the_first_call(tmp_path):
         sock.bind(("127.0.0.1", 0))
         target = f"127.0.0.1:{sock.getsockname()[1]}"  # nothing listens once closed
     server = running_server(tmp_path, listen=target, wait=False)  # no-auth: no token yet
+    hexes = _hexes(3, seed=8)
+    reads = [0]
+
+    def source():
+        reads[0] += 1
+        return (signal("pdq", h) for h in hexes)
 
     async def scenario() -> None:
         async with AsyncHashmatchClient(target, retries=0, timeout=2) as impatient:
             with pytest.raises(grpc.RpcError) as err:
                 await impatient.list_hash_lists()
             assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+            with pytest.raises(TimeoutError, match="is `hashmatch serve` running there"):
+                await impatient.wait_until_serving(0.3)
         async with AsyncHashmatchClient(target, backoff=0.05, timeout=30) as patient:
-            call = asyncio.create_task(patient.list_hash_lists())
+            listing = asyncio.create_task(patient.list_hash_lists())
+            ingest = asyncio.create_task(patient.ingest("late", source, total=len(hexes)))
             await asyncio.sleep(0.6)
-            assert not call.done()  # retrying UNAVAILABLE, not failed
+            assert not listing.done() and not ingest.done()  # retrying UNAVAILABLE
             await asyncio.to_thread(server.__enter__)
-            assert (await call).lists is not None
+            assert (await listing).lists is not None
+            assert (await ingest).added == len(hexes)
+            assert reads[0] >= 2  # the callable source is read afresh by each attempt
 
     try:
         asyncio.run(scenario())
