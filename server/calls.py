@@ -147,8 +147,10 @@ class Call:
     def check_deadline(self) -> None:
         """Stop work the client no longer waits for."""
         left = self.time_left()
-        if (left is not None and left <= 0) or not self.context.is_active():
-            raise errors.DeadlineExceeded("deadline passed or call cancelled; work stopped")
+        if left is not None and left <= 0:
+            raise errors.DeadlineExceeded("deadline passed; work stopped")
+        if not self.context.is_active():  # logged as the client's cancel, not a deadline
+            raise errors.Cancelled("the client cancelled the call; work stopped")
         if self.recheck is not None:
             self.recheck()
 

@@ -16,7 +16,7 @@ from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
 
-from hashmatch.server.errors import DeadlineExceeded, Overloaded
+from hashmatch.server.errors import Cancelled, DeadlineExceeded, Overloaded
 
 T = TypeVar("T")
 
@@ -89,7 +89,7 @@ class MediaPool:
                     if left is not None and left <= 0:
                         raise DeadlineExceeded("deadline passed while hashing media")
                     if not is_active():
-                        raise DeadlineExceeded("call cancelled while hashing media")
+                        raise Cancelled("call cancelled while hashing media")
                     try:
                         results.append(
                             future.result(timeout=0.05 if left is None else min(left, 0.05))
@@ -97,7 +97,7 @@ class MediaPool:
                         break
                     except FutureTimeout:
                         continue
-        except (DeadlineExceeded, CancelledError):
+        except (DeadlineExceeded, Cancelled, CancelledError):
             for f in futures:
                 f.cancel()
             raise

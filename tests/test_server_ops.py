@@ -388,3 +388,28 @@ def test_a_stream_the_drain_cuts_is_logged_as_the_servers_doing(tmp_path, caplog
     stop_sending.set()  # only now: a half-close from the client would read as an OK end
     assert record["status"] == "CANCELLED"
     assert "the server is shutting down" in record["error"], record
+
+
+def test_a_media_call_the_client_cancels_is_logged_cancelled_not_deadline(tmp_path, caplog):
+    """An operator reading the access log must tell a client's cancel from a deadline
+    the server missed (before, both were DEADLINE_EXCEEDED)."""
+    big = io.BytesIO()
+    noise = np.random.default_rng(7).integers(0, 256, (2000, 2000, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(big, "JPEG", quality=95)  # ~5 MB: tens of ms to hash
+    from hashmatch.v1 import matcher_pb2
+
+    with caplog.at_level("INFO", logger="hashmatch.access"), running_server(
+        tmp_path, tenants=ADMIN, media_workers=1, max_media_bytes=64 * 1024 * 1024,
+        max_message_bytes=64 * 1024 * 1024,
+    ) as ts:  # fmt: skip
+        client = ts.client("admin", retries=0)
+        request = matcher_pb2.HashRequest(media=[big.getvalue()] * 8, signal_types=["pdq"])
+        future = client.matcher.Hash.future(request, metadata=client.metadata, timeout=60)
+        pool = ts.server.host.media
+        deadline = time.monotonic() + 30
+        while pool.pending < 4 and time.monotonic() < deadline:  # hashing, most left
+            time.sleep(0.001)
+        assert future.cancel(), future.exception() or future.result()
+        record = access_log_line(caplog, "Hash", timeout=30)
+    assert record["status"] == "CANCELLED", record
+    assert "cancelled" in record["error"], record
