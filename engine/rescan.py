@@ -55,7 +55,14 @@ from hashmatch.engine.scan import (
     threshold_for,
     write_jsonl_atomically,
 )
-from hashmatch.engine.store import FRAME_BITS, REVIVE, Change, SignalStore, split_labels
+from hashmatch.engine.store import (
+    FRAME_BITS,
+    REVIVE,
+    UPDATE,
+    Change,
+    SignalStore,
+    split_labels,
+)
 from hashmatch.indexes import load_index, make_index
 
 if TYPE_CHECKING:
@@ -190,16 +197,18 @@ class StoreChanges:
         """Also what the server's ``Signals.Changes`` streams (server/changes.py).
 
         :data:`REVIVE` entries (a list re-enabled, an expiry lifted) read as adds: to a
-        rescan they are signals that match again, whose matches it may have retracted."""
+        rescan they are signals that match again, whose matches it may have retracted.
+        So do :data:`UPDATE` entries (new labels or expiry): a mirror needs the signal's
+        current provenance, and a rescan finds the matches it holds already."""
         self._lists = None  # read once per rescan, as fresh as the log
         head = self.store.change_counter()
         self.log = LogIdentity(
             self.store.store_id(), self.store.change_digest(since), self.store.change_digest(head)
         )
         return head, [
-            Change(c.seq, "add", c.signal_type, c.ids) if c.op == REVIVE else c
+            Change(c.seq, "add", c.signal_type, c.ids) if c.op in (REVIVE, UPDATE) else c
             for c in self.store.changes_since(since)
-            if c.seq <= head and c.op in ("add", "remove", REVIVE) and len(c.ids)
+            if c.seq <= head and c.op in ("add", "remove", REVIVE, UPDATE) and len(c.ids)
         ]
 
     def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
@@ -513,6 +522,29 @@ def _meta(found: tuple | None) -> tuple | None:
     return None if found is None else found[:7]
 
 
+def cursor_mismatch(
+    cursor: int, head: int, log: LogIdentity | None, store_id: str | None, digest: str | None
+) -> str | None:
+    """Why a kept cursor is not a position in the history just read, or None if it is.
+
+    ``cursor``: the position kept, ``store_id``/``digest``: the store id and the digest
+    of the change at ``cursor`` kept with it (None: not kept, then only the head is
+    checked); ``head``/``log``: what the read returned. "beyond": the cursor is past
+    the head; "store": ``log`` is another store's; "digest": the change at ``cursor``
+    is another one (a restore from a backup, a replaced store). One rule for every
+    reader of a change log (``rescan``, ``mirror``): each words its own remedy.
+    """
+    if cursor > head:
+        return "beyond"
+    if store_id is None or log is None or not log.store_id or cursor == 0:
+        return None
+    if store_id != log.store_id:
+        return "store"
+    if digest != log.since_digest:
+        return "digest"
+    return None
+
+
 def check_cursor(
     cursor: int, head: int, log: LogIdentity | None, saved: str | None, *, given: bool
 ) -> None:
@@ -523,7 +555,18 @@ def check_cursor(
     the caller named the position (``--since N``): only that it exists is checked.
     """
     redo = "run `hashmatch rescan --since all` to match the whole store and start the cursor again"
-    if cursor > head:
+    theirs = digest = None
+    if not given and saved is not None:
+        try:
+            record = json.loads(saved)
+            theirs, seq, digest = str(record["store_id"]), int(record["seq"]), record["digest"]
+        except (ValueError, KeyError, TypeError):
+            theirs = None  # unreadable: as a catalog without the record (the commit rewrites it)
+        else:
+            if seq != cursor:  # a record of another position: only the store is compared
+                digest = log.since_digest if log is not None else None
+    why = cursor_mismatch(cursor, head, log, theirs, digest)
+    if why == "beyond":
         if given:
             raise Conflict(f"change {cursor} is beyond the store's last change ({head}): give"
                            f" 'all' or a change number up to {head}", field="since")  # fmt: skip
@@ -533,20 +576,13 @@ def check_cursor(
             f" from an older backup; {redo}",
             field="since",
         )
-    if given or saved is None or log is None or not log.store_id or cursor == 0:
-        return
-    try:
-        record = json.loads(saved)
-        theirs, seq, digest = str(record["store_id"]), int(record["seq"]), record["digest"]
-    except (ValueError, KeyError, TypeError):
-        return  # unreadable: as a catalog without the record (the commit rewrites it)
-    if theirs != log.store_id:
+    if why == "store":
         raise Conflict(
             f"the catalog's rescan cursor (change {cursor}) is a position in another store's"
             f" log (store {theirs}; this is store {log.store_id}); {redo}",
             field="since",
         )
-    if seq == cursor and digest != log.since_digest:
+    if why == "digest":
         raise Conflict(
             f"change {cursor}, where the catalog's last rescan stopped, is not the same"
             f" change in this store: it was restored from a backup or replaced since; {redo}",

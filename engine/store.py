@@ -57,6 +57,11 @@ DEFAULT_BATCH = 50_000
 #: list or an expired signal is filtered at match time), so the engine ignores it, but
 #: a rescan must treat them as new, or the matches it retracted would never come back.
 REVIVE = "revive"
+#: Change-log op of signals whose provenance changed (labels, external id, quality,
+#: expiry) by a re-ingest: the code is the same, so the engine ignores it; the change
+#: log must still say so, or a mirror reading it (``hashmatch mirror``) would keep the
+#: old labels and expiry for good. Read as an add by the change readers, as REVIVE is.
+UPDATE = "update"
 FRESH_CACHE_ROWS = 2_000_000  # rows of just-written codes kept for the index (~64 MB of PDQ)
 MAX_REJECTIONS_KEPT = 10_000  # a report keeps this many rejections; the count is exact
 
@@ -288,7 +293,7 @@ class Change:
     """One row of the change log: ids to add to / remove from a type's index."""
 
     seq: int
-    op: str  # "add" | "remove" | REVIVE ("bump" rows carry no ids)
+    op: str  # "add" | "remove" | REVIVE | UPDATE ("bump" rows carry no ids)
     signal_type: str
     ids: np.ndarray  # int64 signal ids
 
@@ -481,6 +486,50 @@ class SignalStore:
     def _write(self):
         """Context manager: one write transaction (serialised in-process and across processes)."""
         return _WriteTxn(self)
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction that every write made inside it on this thread joins
+        (ingest, retract, restore, create_list, record: each becomes a savepoint), so
+        they commit together or not at all.
+
+        Why: a mirror applies a page of a hub's changes and advances its cursor in the
+        same transaction; killed at any point, the store holds the page and the cursor
+        that covers it, or neither.
+        """
+        try:
+            with self._write() as conn:
+                yield conn
+        except BaseException:
+            self._drop_fresh()  # codes of rows that were rolled back
+            raise
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, or a savepoint inside :meth:`transaction` (which it joins)."""
+        depth = getattr(self._local, "depth", 0)
+        conn.execute(f"SAVEPOINT hm_{depth}" if depth else "BEGIN IMMEDIATE")
+        self._local.depth = depth + 1
+
+    def _end(self, conn: sqlite3.Connection, *, commit: bool) -> None:
+        """End what :meth:`_begin` began: commit (release) or roll back. A COMMIT that
+        fails (disk full) is rolled back before the error goes on."""
+        depth = self._local.depth = self._local.depth - 1
+        if depth:  # a savepoint of an enclosing transaction()
+            if commit:
+                conn.execute(f"RELEASE hm_{depth}")
+            elif conn.in_transaction:  # SQLite may have rolled back everything itself
+                conn.execute(f"ROLLBACK TO hm_{depth}")
+                conn.execute(f"RELEASE hm_{depth}")
+            return
+        try:
+            if commit:
+                conn.execute("COMMIT")
+            elif conn.in_transaction:  # SQLite may have rolled back itself (disk I/O)
+                conn.execute("ROLLBACK")
+        finally:
+            if conn.in_transaction:  # a COMMIT that failed left it open
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
 
     # ---- lists
 
@@ -798,7 +847,7 @@ class SignalStore:
         conn = self.conn()
         with self.write_lock:
             if strict:  # everything, even creating the list, in one transaction
-                conn.execute("BEGIN IMMEDIATE")
+                self._begin(conn)
             in_txn = strict
             try:
                 if create_list and tenant is None:
@@ -830,9 +879,9 @@ class SignalStore:
                     progress(seen)
                 if strict:
                     if report.rejected:
-                        conn.execute("ROLLBACK")
-                        self._drop_fresh()
                         in_txn = False
+                        self._end(conn, commit=False)
+                        self._drop_fresh()
                         report.added = report.updated = report.unchanged = 0
                         report.still_retracted = report.batches = 0
                         report.still_retracted_targets.clear()
@@ -843,14 +892,17 @@ class SignalStore:
                             f"written; first: {first}",
                             report,
                         )
-                    conn.execute("COMMIT")
-                    in_txn = False
+                    in_txn = False  # _end rolls back a COMMIT that fails
+                    try:
+                        self._end(conn, commit=True)
+                    except BaseException:
+                        self._drop_fresh()
+                        raise
                     if on_commit is not None:
                         on_commit()
             except BaseException as exc:
                 if in_txn:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
+                    self._end(conn, commit=False)
                     self._drop_fresh()
                 if isinstance(exc, InvalidInput) and not strict and report.batches:
                     # e.g. a non-UTF-8 byte deep in the file: the batches before it are
@@ -930,7 +982,7 @@ class SignalStore:
         counts = {"added": 0, "updated": 0, "unchanged": 0, "still_retracted": 0,
                   "still_retracted_targets": []}  # fmt: skip
         if not strict:
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
         try:
             for group in prepared:
                 if isinstance(group, _ColumnPlan):
@@ -958,14 +1010,17 @@ class SignalStore:
                     "last_line": lines[-1] if lines else None,
                 },
             )
-            if not strict:
-                conn.execute("COMMIT")
         except BaseException:
             if not strict:
-                if conn.in_transaction:  # SQLite may have rolled back itself (disk I/O)
-                    conn.execute("ROLLBACK")
+                self._end(conn, commit=False)
                 self._drop_fresh()
             raise
+        if not strict:
+            try:
+                self._end(conn, commit=True)
+            except BaseException:
+                self._drop_fresh()
+                raise
         report.added += counts["added"]
         report.updated += counts["updated"]
         report.unchanged += counts["unchanged"]
@@ -1302,6 +1357,12 @@ class SignalStore:
         counts["updated"] += len(updates)
         counts["unchanged"] += len(touches)
         self._log_revived(conn, st.name, np.asarray(revived, dtype=np.int64))
+        updated = sorted({u[-1] for u in updates} - set(revived))
+        if updated:
+            conn.execute(
+                "INSERT INTO changes(op, signal_type, ids) VALUES (?, ?, ?)",
+                (UPDATE, st.name, np.asarray(updated, dtype=np.int64).tobytes()),
+            )
 
     # ---- retraction
 
@@ -1841,7 +1902,7 @@ class _WriteTxn:
         self.store.write_lock.acquire()
         self.conn = self.store.conn()
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self.store._begin(self.conn)
         except BaseException:
             self.store.write_lock.release()
             raise
@@ -1849,14 +1910,8 @@ class _WriteTxn:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if exc_type is None:
-                self.conn.execute("COMMIT")
-            elif self.conn.in_transaction:  # SQLite may have rolled back (disk full, I/O)
-                self.conn.execute("ROLLBACK")
+            self.store._end(self.conn, commit=exc_type is None)
         finally:
-            if self.conn.in_transaction:  # a COMMIT that failed (disk full) left it open
-                with contextlib.suppress(sqlite3.Error):
-                    self.conn.execute("ROLLBACK")
             self.store.write_lock.release()
 
 
