@@ -129,6 +129,37 @@ MIGRATIONS.append(
     ),
 )
 
+MIGRATIONS.append(
+    (
+        4,
+        "mirrors of a hub's lists: cursor, the lists each created, remote -> local signal ids",
+        """
+        CREATE TABLE mirrors (
+            prefix TEXT PRIMARY KEY,
+            server TEXT NOT NULL,
+            store_id TEXT NOT NULL DEFAULT '',
+            seq INTEGER NOT NULL DEFAULT 0,
+            head_digest TEXT NOT NULL DEFAULT '',
+            selection TEXT NOT NULL DEFAULT '{}',
+            resync INTEGER NOT NULL DEFAULT 0,
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE mirror_lists (
+            list_id INTEGER PRIMARY KEY REFERENCES hash_lists(id),
+            prefix TEXT NOT NULL,
+            remote_name TEXT NOT NULL
+        );
+        CREATE TABLE mirror_signals (
+            prefix TEXT NOT NULL,
+            store_id TEXT NOT NULL,
+            remote_id INTEGER NOT NULL,
+            signal_id INTEGER NOT NULL REFERENCES signals(id),
+            PRIMARY KEY (prefix, store_id, remote_id)
+        )
+        """,
+    ),
+)
+
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
 # The store's identity and a random tag per change-log row, so an index snapshot can

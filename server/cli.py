@@ -11,7 +11,7 @@ import importlib
 import click
 
 # Modules that contribute verbs; each exposes COMMANDS.
-_COMMAND_MODULES = ("hashing", "store", "service", "scan")
+_COMMAND_MODULES = ("hashing", "store", "service", "scan", "mirror")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -362,16 +362,18 @@ def _check_lists(lists: tuple[str, ...], known: set[str]) -> None:
         )
 
 
-def _serving_client(server: str, token: str | None, tls: bool, **access: str | None):
+def _serving_client(
+    server: str, token: str | None, tls: bool, *, wait: float = 60.0, **access: str | None
+):
     """A client of ``server`` (:func:`connect`; ``access``: its --token-file, --ca, --cert,
-    --key) once its health says SERVING (up to 60 s; closed if not) and the token is
+    --key) once its health says SERVING (up to ``wait`` s; closed if not) and the token is
     accepted (checked before any file is hashed)."""
     import grpc
 
     client = connect(server, token, tls, **access)
     try:
         try:
-            client.wait_until_serving(timeout=60)
+            client.wait_until_serving(timeout=wait)
         except ConnectionError as exc:  # a certificate that will not verify
             raise click.ClickException(f"{server}: {exc}") from None
         # a missing or wrong token used to show only after the first batch was hashed, as

@@ -1,0 +1,457 @@
+"""Mirror a hub's hash lists into the local store (``hashmatch mirror``).
+
+A platform that runs its own hashmatch wants the lists a hub (an industry program
+running hashmatch) shares with it, kept current locally. The hub's ``Signals.Changes``
+stream says what was added, updated, restored and retracted since a log position,
+with each live signal's current code and provenance; this module applies it:
+
+* each remote list lands in a local list named ``prefix + remote name``, created by
+  the mirror and recorded in ``mirror_lists``: a local list the mirror did not create
+  is never written into (refused by name);
+* an ADDED change of a live signal adds or updates the local copy (labels, external
+  id, quality, expiry, vPDQ frames) and restores it if the mirror had retracted it;
+  a REMOVED change, or an ADDED one of a signal no longer live, retracts it. Which
+  local signal a remote id names is kept in ``mirror_signals`` (REMOVED carries no
+  code); a retraction made locally by someone else is left alone;
+* **exactly once**: each page (``max_changes``) of changes is applied, and the cursor
+  (hub store id, log position, digest of the change there) advanced, in ONE
+  transaction (:meth:`SignalStore.transaction`): killed at any point, a re-run gives
+  the state an uninterrupted run gives;
+* a cursor that no longer names the same point of the hub's log (another store id, or
+  a different change at the position: a hub restored from a backup or replaced) is
+  refused (:func:`hashmatch.engine.rescan.cursor_mismatch`, the rule ``rescan``
+  uses); ``resync`` reads the log from 0 and, at its end, retracts the local copies
+  of signals the hub no longer has live.
+
+A running ``hashmatch serve`` on the same data dir sees the writes at its next
+lookup, as it sees any CLI write (the change log).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from hashmatch.engine import signal_types
+from hashmatch.engine.errors import Conflict, InvalidInput
+from hashmatch.engine.rescan import LogIdentity, cursor_mismatch
+from hashmatch.engine.store import (
+    SignalRecord,
+    SignalStore,
+    _check_name,
+    fingerprints,
+    join_labels,
+)
+
+DEFAULT_PAGE = 10_000  # changes per transaction (max_changes of each Changes call)
+CHUNK = 900  # SQLite parameters per statement
+
+
+@dataclass
+class MirrorSummary:
+    """What one mirror run did (counts are of local signals)."""
+
+    prefix: str
+    server: str
+    store_id: str = ""
+    since: int = 0
+    head: int = 0
+    added: int = 0
+    updated: int = 0
+    retracted: int = 0
+    restored: int = 0
+    unchanged: int = 0
+    kept_retracted: int = 0  # live on the hub, retracted here by someone else: left so
+    pages: int = 0
+    resync: bool = False
+    lists: list[str] = field(default_factory=list)  # local lists written
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> int:
+        return self.added + self.updated + self.retracted + self.restored
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": round(self.seconds, 3)}
+
+    def line(self) -> str:
+        return (
+            f"added {self.added}, updated {self.updated}, retracted {self.retracted},"
+            f" restored {self.restored}, unchanged {self.unchanged}"
+        )
+
+
+@dataclass(frozen=True)
+class MirrorState:
+    """A mirror's row in ``mirrors``: its cursor and what it mirrors."""
+
+    prefix: str
+    server: str
+    store_id: str
+    seq: int
+    head_digest: str
+    selection: dict
+    resync: bool
+
+
+def mirror_state(store: SignalStore, prefix: str) -> MirrorState | None:
+    row = (
+        store.conn()
+        .execute(
+            "SELECT prefix, server, store_id, seq, head_digest, selection, resync FROM mirrors"
+            " WHERE prefix = ?",
+            (prefix,),
+        )
+        .fetchone()
+    )
+    if row is None:
+        return None
+    return MirrorState(row[0], row[1], row[2], int(row[3]), row[4], json.loads(row[5]),
+                       bool(row[6]))  # fmt: skip
+
+
+def check_prefix(prefix: str) -> str:
+    """A prefix that makes valid list names and survives the store's trimming."""
+    if not prefix or prefix != prefix.lstrip():
+        raise InvalidInput(
+            f"--prefix {prefix!r}: give a non-empty prefix that does not start with a space"
+            " (e.g. 'hub/')",
+            field="prefix",
+        )
+    _check_name(prefix + "x", "prefix")
+    return prefix
+
+
+def local_name(prefix: str, remote: str) -> str:
+    return prefix + remote
+
+
+def list_owner(store: SignalStore, name: str) -> tuple[bool, str | None]:
+    """(whether local list ``name`` exists, the mirror prefix that created it or None)."""
+    row = (
+        store.conn()
+        .execute(
+            "SELECT l.id, m.prefix FROM hash_lists l LEFT JOIN mirror_lists m"
+            " ON m.list_id = l.id WHERE l.name = ?",
+            (name,),
+        )
+        .fetchone()
+    )
+    return (row is not None, row[1] if row else None)
+
+
+def refuse_foreign_lists(store: SignalStore, prefix: str, remote_names: Sequence[str]) -> None:
+    """Conflict naming a local list the mirror would write into that it did not create."""
+    for remote in remote_names:
+        name = local_name(prefix, remote)
+        exists, owner = list_owner(store, name)
+        if exists and owner != prefix:
+            made = f"by the mirror with prefix {owner!r}" if owner else "locally"
+            raise Conflict(
+                f"local list {name!r} (for the hub's {remote!r}) exists and was created {made},"
+                " not by this mirror: it is never written into; choose another --prefix",
+                field="prefix",
+            )
+
+
+def selection_for(state: MirrorState | None, lists: Sequence[str], types: Sequence[str],
+                  resync: bool) -> dict:  # fmt: skip
+    """The lists and types this run mirrors: as given, else as the mirror recorded.
+
+    Why refuse a change without ``resync``: the cursor has moved past changes of the
+    lists or types left out so far; mirroring them from here would miss their past."""
+    given = {
+        "lists": sorted(set(lists)),
+        "types": sorted({signal_types.get(t, field="types").name for t in types}),
+    }
+    if state is None or resync:
+        return given
+    kept = {"lists": state.selection.get("lists", []), "types": state.selection.get("types", [])}
+    for key in ("lists", "types"):
+        if given[key] and given[key] != kept[key]:
+            shown = ", ".join(kept[key]) or "all"
+            raise Conflict(
+                f"mirror {state.prefix!r} mirrors {key} {shown}; to mirror"
+                f" {', '.join(given[key])} instead, run it with --resync (the cursor is past"
+                " their earlier changes)",
+                field=key,
+            )
+    return kept
+
+
+def mirror(
+    store: SignalStore,
+    client: Any,
+    *,
+    server: str,
+    prefix: str,
+    lists: Sequence[str] = (),
+    types: Sequence[str] = (),
+    resync: bool = False,
+    page_size: int = DEFAULT_PAGE,
+    timeout: float = 600.0,
+    actor: str | None = None,
+) -> MirrorSummary:
+    """Bring the local mirror ``prefix`` up to the hub's head; return the counts.
+
+    ``client``: a :class:`hashmatch.server.client.HashmatchClient` of the hub with a
+    token holding the ``export`` role; ``server``: its address (audit, provenance).
+    ``lists``/``types``: only these remote lists / signal types (empty = all; recorded
+    at the first run). ``resync``: read the hub's log from 0 (see the module doc).
+    """
+    started = time.monotonic()
+    check_prefix(prefix)
+    actor = actor or f"mirror:{server}"
+    state = mirror_state(store, prefix)
+    selection = selection_for(state, lists, types, resync)
+    resync = resync or bool(state and state.resync)  # a resync killed part way goes on
+    summary = MirrorSummary(prefix=prefix, server=server, resync=resync)
+    if state is None or (resync and not (state and state.resync)):
+        since, kept = 0, None
+    else:
+        since, kept = state.seq, state
+    summary.since = since
+    first = True
+    for page, head, more, log in _pages(client, since, selection["types"], page_size, timeout):
+        if first and kept is not None:
+            why = cursor_mismatch(since, head, log, kept.store_id or None, kept.head_digest or None)
+            if why is not None:
+                raise Conflict(_refusal(why, prefix, server, kept, log, head), field="cursor")
+        with store.transaction() as conn:
+            now_state = mirror_state(store, prefix)
+            if (now_state.seq if now_state else 0) != since and not (first and resync):
+                raise Conflict(
+                    f"another run of mirror {prefix!r} advanced its cursor meanwhile; re-run",
+                    field="cursor",
+                )
+            if first and resync and not (state and state.resync):
+                conn.execute("DELETE FROM mirror_signals WHERE prefix = ?", (prefix,))
+            _apply(store, conn, page, prefix=prefix, server=server, store_id=log.store_id,
+                   selection=selection, actor=actor, summary=summary)  # fmt: skip
+            finishing = resync and not more
+            if finishing:
+                _retract_unseen(store, conn, prefix, log.store_id, server, actor, summary)
+            conn.execute(
+                "INSERT OR REPLACE INTO mirrors(prefix, server, store_id, seq, head_digest,"
+                " selection, resync, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (prefix, server, log.store_id, head, log.head_digest or "",
+                 json.dumps(selection), int(resync and not finishing), time.time()),
+            )  # fmt: skip
+        summary.pages += 1
+        summary.head, summary.store_id = head, log.store_id
+        since, first = head, False
+    summary.lists.sort()
+    summary.seconds = time.monotonic() - started
+    if summary.changed or summary.resync:
+        store.record("mirror", actor=actor, count=summary.changed, source=server,
+                     details=summary.as_dict())  # fmt: skip
+    return summary
+
+
+def _refusal(why: str, prefix: str, server: str, kept: MirrorState, log: LogIdentity,
+             head: int) -> str:  # fmt: skip
+    fix = (
+        f"run `hashmatch mirror --prefix {prefix} --resync` to re-read the hub's lists from"
+        " the start (local copies of signals the hub no longer has live are retracted)"
+    )
+    if why == "beyond":
+        detail = f"its cursor (change {kept.seq}) is beyond the hub's last change ({head})"
+    elif why == "store":
+        detail = f"the hub is another store ({log.store_id}; the mirror read {kept.store_id})"
+    else:
+        detail = f"change {kept.seq} of the hub's log is not the one the mirror read"
+    return (
+        f"mirror {prefix!r}: {server} no longer holds the history it was mirrored from"
+        f" ({detail}: restored from a backup or replaced?); {fix}"
+    )
+
+
+def _pages(
+    client: Any, since: int, types: Sequence[str], page_size: int, timeout: float
+) -> Iterator[tuple[list, int, bool, LogIdentity]]:
+    """(changes, head, more, log identity) of one Changes call after another, from
+    ``since`` to the hub's head. Each call is read whole before it is applied: a stream
+    that breaks part way writes nothing."""
+    while True:
+        changes: list = []
+        head, more, log = since, False, LogIdentity("", None, None)
+        for reply in client.changes(since, signal_types=list(types), max_changes=page_size,
+                                    timeout=timeout):  # fmt: skip
+            head, more = int(reply.head), bool(reply.more)
+            log = LogIdentity(reply.store_id, reply.since_digest or None,
+                              reply.head_digest or None)  # fmt: skip
+            changes.extend(reply.changes)
+        yield changes, head, more, log
+        if not more or head <= since:
+            return
+        since = head
+
+
+def _apply(store: SignalStore, conn, page: list, *, prefix: str, server: str, store_id: str,
+           selection: dict, actor: str, summary: MirrorSummary) -> None:  # fmt: skip
+    """One page of changes, inside the caller's transaction. The last change of each
+    remote id decides (every ADDED change carries the signal's state at read time)."""
+    from hashmatch.v1 import signals_pb2
+
+    last: dict[int, Any] = {}
+    for change in page:
+        last[int(change.signal_id)] = change
+    wanted = set(selection.get("lists") or ())
+    live: dict[tuple[str, str], list] = {}  # (remote list, type) -> changes
+    gone: list[int] = []
+    for rid, change in last.items():
+        if change.action == signals_pb2.CHANGE_ACTION_ADDED and change.live:
+            if wanted and change.list_name not in wanted:
+                continue
+            live.setdefault((change.list_name, change.signal_type), []).append(change)
+        else:
+            gone.append(rid)
+    for remote in sorted({name for name, _ in live}):
+        _own_list(store, conn, prefix, remote, server, actor)
+    for (remote, stype), changes in sorted(live.items(), key=lambda kv: kv[0]):
+        _upsert(store, conn, prefix, remote, stype, changes, server, store_id, actor, summary)
+    if gone:
+        _retract(store, conn, prefix, store_id, gone, f"retracted on {server}", actor, summary)
+
+
+def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,
+              actor: str) -> None:  # fmt: skip
+    name = local_name(prefix, remote)
+    refuse_foreign_lists(store, prefix, [remote])
+    if list_owner(store, name)[0]:
+        return
+    store.create_list(name, description=f"mirror of {remote!r} on {server}", owner=server,
+                      actor=actor)  # fmt: skip
+    conn.execute(
+        "INSERT INTO mirror_lists(list_id, prefix, remote_name)"
+        " SELECT id, ?, ? FROM hash_lists WHERE name = ?",
+        (prefix, remote, name),
+    )
+
+
+def _existing(conn, list_id: int, stype: str, codes: np.ndarray) -> dict[bytes, tuple]:
+    """code -> (id, labels, external_id, quality, expires_at, retracted_at,
+    retract_reason) of the list's signals among ``codes``."""
+    fps = fingerprints(stype, codes).tolist()
+    out: dict[bytes, tuple] = {}
+    for i in range(0, len(fps), CHUNK):
+        chunk = fps[i : i + CHUNK]
+        for row in conn.execute(
+            "SELECT code, id, labels, external_id, quality, expires_at, retracted_at,"
+            " retract_reason FROM signals WHERE list_id = ? AND signal_type = ? AND fp IN"
+            f" ({','.join('?' * len(chunk))})",
+            (list_id, stype, *chunk),
+        ):
+            out[bytes(row[0])] = row[1:]
+    return out
+
+
+def _record(change: Any) -> SignalRecord:
+    quality = int(change.quality) if change.HasField("quality") else None
+    expires = float(change.expires_at) if change.HasField("expires_at") else None
+    if change.signal_type == "vpdq":
+        frames = np.frombuffer(b"".join(change.frames), np.uint8).reshape(-1, 32)
+        return SignalRecord("vpdq", "", tuple(change.labels), change.external_id or None,
+                            quality, expires, frames=frames)  # fmt: skip
+    return SignalRecord(change.signal_type, bytes(change.hash).hex(), tuple(change.labels),
+                        change.external_id or None, quality, expires)  # fmt: skip
+
+
+def _upsert(store: SignalStore, conn, prefix: str, remote: str, stype: str, changes: list,
+            server: str, store_id: str, actor: str, summary: MirrorSummary) -> None:  # fmt: skip
+    """Live signals of one remote list and type: add or update, restore what the mirror
+    retracted, and map their remote ids to the local ids."""
+    name = local_name(prefix, remote)
+    list_id = conn.execute("SELECT id FROM hash_lists WHERE name = ?", (name,)).fetchone()[0]
+    st = signal_types.get(stype)
+    codes = np.frombuffer(b"".join(bytes(c.hash) for c in changes), np.uint8)
+    codes = codes.reshape(-1, st.nbytes if stype != "vpdq" else 32)
+    before = _existing(conn, list_id, stype, codes)
+    ours = _reason_prefix(prefix)
+    write, restore = [], []
+    for change, code in zip(changes, codes, strict=True):
+        rec = _record(change)
+        old = before.get(code.tobytes())
+        if old is None:
+            summary.added += 1
+            write.append(rec)
+            continue
+        sid, labels, ext, quality, expires, retracted, reason = old
+        differs = (labels, ext, quality, expires) != (
+            join_labels(rec.labels), rec.external_id, rec.quality, rec.expires_at)  # fmt: skip
+        if differs:
+            write.append(rec)
+        if retracted is not None and (reason or "").startswith(ours):
+            restore.append(sid)
+            summary.restored += 1
+        elif retracted is not None:
+            summary.kept_retracted += 1
+        elif differs:
+            summary.updated += 1
+        else:
+            summary.unchanged += 1
+    if write:
+        store.ingest(write, list_name=name, actor=actor, source=server, strict=True)
+    if (write or restore) and name not in summary.lists:
+        summary.lists.append(name)
+    if restore:
+        store.restore(list_name=name, signal_ids=restore, actor=actor)
+    after = _existing(conn, list_id, stype, codes)
+    conn.executemany(
+        "INSERT OR REPLACE INTO mirror_signals(prefix, store_id, remote_id, signal_id)"
+        " VALUES (?, ?, ?, ?)",
+        [(prefix, store_id, int(c.signal_id), after[code.tobytes()][0])
+         for c, code in zip(changes, codes, strict=True)],
+    )  # fmt: skip
+
+
+def _reason_prefix(prefix: str) -> str:
+    """How the mirror's retractions start (``retract_reason``): only those it restores."""
+    return f"mirror {prefix}: "
+
+
+def _retract(store: SignalStore, conn, prefix: str, store_id: str, remote_ids: list[int],
+             why: str, actor: str, summary: MirrorSummary) -> None:  # fmt: skip
+    """Retract the local copies of ``remote_ids`` (those the mirror maps and are live)."""
+    by_list: dict[str, list[int]] = {}
+    for i in range(0, len(remote_ids), CHUNK):
+        chunk = remote_ids[i : i + CHUNK]
+        for sid, name in conn.execute(
+            "SELECT s.id, l.name FROM mirror_signals m JOIN signals s ON s.id = m.signal_id"
+            " JOIN hash_lists l ON l.id = s.list_id WHERE m.prefix = ? AND m.store_id = ?"
+            f" AND s.retracted_at IS NULL AND m.remote_id IN ({','.join('?' * len(chunk))})",
+            (prefix, store_id, *chunk),
+        ):
+            by_list.setdefault(name, []).append(sid)
+    _retract_local(store, by_list, prefix, why, actor, summary)
+
+
+def _retract_local(store: SignalStore, by_list: dict[str, list[int]], prefix: str, why: str,
+                   actor: str, summary: MirrorSummary) -> None:  # fmt: skip
+    for name, ids in sorted(by_list.items()):
+        summary.retracted += store.retract(list_name=name, signal_ids=ids, actor=actor,
+                                           reason=_reason_prefix(prefix) + why)  # fmt: skip
+        if name not in summary.lists:
+            summary.lists.append(name)
+
+
+def _retract_unseen(store: SignalStore, conn, prefix: str, store_id: str, server: str,
+                    actor: str, summary: MirrorSummary) -> None:  # fmt: skip
+    """End of a resync: retract the live local signals of the mirror's lists that no
+    remote signal read since the resync began maps to (the hub no longer has them live,
+    or no longer shares or selects them)."""
+    by_list: dict[str, list[int]] = {}
+    for sid, name in conn.execute(
+        "SELECT s.id, l.name FROM signals s JOIN mirror_lists ml ON ml.list_id = s.list_id"
+        " JOIN hash_lists l ON l.id = s.list_id WHERE ml.prefix = ? AND s.retracted_at IS NULL"
+        " AND s.id NOT IN (SELECT signal_id FROM mirror_signals WHERE prefix = ? AND"
+        " store_id = ?)",
+        (prefix, prefix, store_id),
+    ):
+        by_list.setdefault(name, []).append(sid)
+    _retract_local(store, by_list, prefix, f"not live on {server} at a resync", actor, summary)

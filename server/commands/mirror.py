@@ -1,0 +1,137 @@
+"""CLI verb ``hashmatch mirror``: keep local lists in step with a hub's shared lists.
+
+One call of :func:`hashmatch.engine.mirror.mirror` per pass (``--follow``: one pass
+every ``--interval`` seconds until SIGINT/SIGTERM), on the local data dir the other
+store verbs use; the hub is reached as ``rescan --server`` reaches a server.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+
+import click
+
+from hashmatch.server.commands.scan import _one_line_errors, _serving_client
+from hashmatch.server.commands.service import server_access_options
+from hashmatch.server.commands.store import _data_dir_option, _engine
+
+
+@click.command("mirror")
+@click.option("--server", required=True, help="The hub (host:port) whose lists are mirrored.")
+@click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token with the export role.")
+@click.option("--tls", is_flag=True, help="Use TLS to reach --server.")
+@server_access_options
+@click.option(
+    "--prefix",
+    required=True,
+    help="Local list name = PREFIX + the hub's list name (e.g. 'hub/'); also the mirror's"
+    " name: its cursor and lists are kept under it.",
+)
+@click.option("--list", "lists", multiple=True, help="Only this remote list; repeatable.")
+@click.option("--types", default="", help="Comma-separated signal types (default: all).")
+@click.option("--resync", is_flag=True, help="Re-read the hub's log from the start.")
+@click.option("--follow", is_flag=True, help="Keep mirroring, one pass every --interval.")
+@click.option("--interval", type=float, default=60.0, show_default=True, help="Seconds.")
+@click.option(
+    "--page-size",
+    type=click.IntRange(min=1),
+    default=10_000,
+    show_default=True,
+    help="Changes per transaction (a log entry is never split).",
+)
+@click.option("--wait", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for the hub to answer SERVING.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per pass.")
+@_data_dir_option
+def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists, types,
+                   resync, follow, interval, page_size, wait, as_json,
+                   data_dir) -> None:  # fmt: skip
+    """Mirror the hash lists a hub shares with you into the local store.
+
+    \b
+      hashmatch mirror --server hub.example:50051 --token-file hub.token --prefix hub/
+      hashmatch mirror --server hub.example:50051 --prefix hub/ --follow --interval 300
+
+    Each remote list lands in local list PREFIX+NAME (created by the mirror; a local
+    list it did not create is never written into). Added, updated, retracted and
+    restored signals are applied with their labels, external id, quality, expiry and
+    vPDQ frames; each page of changes and the cursor commit together, so a killed run
+    is simply run again. A hub restored from a backup or replaced is refused:
+    --resync re-reads it and retracts what it no longer has live.
+    """
+    from hashmatch.engine.errors import HashmatchError
+    from hashmatch.engine.mirror import check_prefix, mirror, refuse_foreign_lists
+
+    type_list = [t.strip() for t in types.split(",") if t.strip()]
+    if follow and interval <= 0:
+        raise click.BadParameter("must be > 0", param_hint="--interval")
+    try:
+        check_prefix(prefix)
+    except HashmatchError as exc:
+        raise click.BadParameter(str(exc), param_hint="--prefix") from None
+    access = {"token_file": token_file, "ca": ca, "cert": cert, "key": key}
+    with _one_line_errors(server, name_server=False):
+        client = _serving_client(server, token, tls, wait=wait, **access)
+    done = threading.Event()
+    if follow:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: done.set())
+    try:
+        with _engine(data_dir, create=True) as engine:
+            while True:
+                try:
+                    with _one_line_errors(server, name_server=False):
+                        shared = {h.name for h in client.list_hash_lists().lists}
+                        _check_lists(lists, shared)
+                        refuse_foreign_lists(engine.store, prefix, sorted(set(lists) or shared))
+                        summary = mirror(
+                            engine.store, client, server=server, prefix=prefix, lists=lists,
+                            types=type_list, resync=resync, page_size=page_size,
+                        )  # fmt: skip
+                except click.ClickException as exc:
+                    if not follow or not _transient(exc):
+                        raise
+                    click.echo(f"{exc.format_message()} (retrying in {interval:g} s)", err=True)
+                else:
+                    resync = False
+                    _report(summary, as_json, server)
+                if not follow or done.wait(interval):
+                    return
+    finally:
+        client.close()
+
+
+def _transient(exc: click.ClickException) -> bool:
+    """A pass that failed for a reason the next pass may not meet (hub down, slow)."""
+    return any(code in exc.format_message() for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"))
+
+
+def _check_lists(lists: tuple[str, ...], shared: set[str]) -> None:
+    missing = [name for name in lists if name not in shared]
+    if missing:
+        raise click.ClickException(
+            f"--list: the hub shares no list named {', '.join(map(repr, missing))} with this"
+            f" token (shared: {', '.join(sorted(shared)) or 'none'})"
+        )
+
+
+def _report(summary, as_json: bool, server: str) -> None:
+    if as_json:
+        click.echo(json.dumps(summary.as_dict(), sort_keys=True))
+        return
+    resync = ", resync" if summary.resync else ""
+    click.echo(
+        f"mirror {summary.prefix!r} from {server}: {summary.line()} (changes {summary.since}"
+        f" -> {summary.head}, {summary.pages} page(s){resync}, {summary.seconds:.2f} s)"
+    )
+    if summary.kept_retracted:
+        click.echo(
+            f"  {summary.kept_retracted} signal(s) live on the hub stay retracted here"
+            " (retracted locally, not by the mirror: `hashmatch restore` them to follow the hub)",
+            err=True,
+        )
+
+
+COMMANDS: list[click.Command] = [mirror_command]

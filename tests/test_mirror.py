@@ -1,0 +1,338 @@
+"""``hashmatch mirror``: a local store kept in step with a real hub server's shared lists
+(real gRPC over a real socket, real SQLite on both sides): field-by-field equality
+after adds, updates, retractions, restores and re-ingests; tenant visibility; kill -9
+part way; a replaced hub refused and --resync; list-name collisions; bad tokens; a
+local server answering with mirrored signals; --follow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal as signals
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashmatch.engine.store import SignalStore
+from hashmatch.server.cli import cli
+from hashmatch.server.client import signal, video_signal
+from hashmatch.server.testing import running_server
+
+TENANTS = {
+    "ops": (["match", "export", "write", "admin"], True),
+    "partner": (["match", "export"], False),
+    "matcher": (["match"], False),
+}
+PREFIX = "hub/"
+
+
+def _pdq(rng: np.random.Generator, n: int) -> list[str]:
+    return [rng.bytes(32).hex() for _ in range(n)]
+
+
+def _fill(client, rng, *, later: float) -> None:
+    """Two lists with every field set somewhere: labels, external ids, quality,
+    expiry, MD5 and vPDQ videos (frames)."""
+    items = [
+        signal("pdq", h, labels=[f"l{i % 3}", "csam"], external_id=f"e{i}",
+               quality=50 + i % 50, expires_at=later if i % 2 else None)
+        for i, h in enumerate(_pdq(rng, 40))
+    ]  # fmt: skip
+    items.append(signal("md5", rng.bytes(16).hex(), labels=["file"], external_id="m1"))
+    items.append(video_signal(_pdq(rng, 5), labels=["video"], external_id="v1"))
+    assert client.ingest("shared", items).rejected == 0
+    other = [signal("pdq", h, labels=["other"]) for h in _pdq(rng, 10)]
+    assert client.ingest("private", other).rejected == 0
+
+
+def _view(store: SignalStore, names: dict[str, str]) -> dict:
+    """Live signals of the given lists (local name -> compared name), every field."""
+    out = {}
+    for local, shown in names.items():
+        for s in store.iter_signals(local):
+            frames = store.frames(s.id)[0].tobytes().hex() if s.signal_type == "vpdq" else ""
+            out[(shown, s.signal_type, s.hash_hex)] = (
+                s.labels,
+                s.external_id,
+                s.quality,
+                s.expires_at,
+                frames,
+            )
+    return out
+
+
+def _hub_view(hub_store: SignalStore, tenant: str | None) -> dict:
+    names = {h.name: h.name for h in hub_store.lists(tenant=tenant)}
+    return _view(hub_store, names)
+
+
+def _local_view(data_dir: Path) -> dict:
+    store = SignalStore(data_dir / "store.sqlite", create=False)
+    try:
+        names = {h.name: h.name[len(PREFIX) :] for h in store.lists() if h.name.startswith(PREFIX)}
+        return _view(store, names)
+    finally:
+        store.close()
+
+
+def _mirror(ts, tenant, data_dir, *extra, code=0):
+    result = CliRunner().invoke(
+        cli,
+        ["mirror", "--server", ts.target, "--token", ts.tokens[tenant], "--prefix", PREFIX,
+         "--data-dir", str(data_dir), "--json", *extra],
+    )  # fmt: skip
+    assert result.exit_code == code, result.output
+    if code:
+        return result.output
+    return [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+
+
+def test_mirror_equals_the_hub_through_updates_retractions_and_restores(tmp_path):
+    rng = np.random.default_rng(1)
+    later = time.time() + 86400
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops, hub = ts.client("ops"), ts.engine.store
+        _fill(ops, rng, later=later)
+        (run,) = _mirror(ts, "ops", local)
+        assert (run["added"], run["updated"], run["retracted"], run["restored"]) == (52, 0, 0, 0)
+        assert _local_view(local) == _hub_view(hub, None) and len(_hub_view(hub, None)) == 52
+
+        # a re-run reads nothing new
+        (run,) = _mirror(ts, "ops", local)
+        assert run["added"] + run["updated"] + run["unchanged"] == 0 and run["pages"] == 1
+
+        # update (labels, expiry, quality), retract, re-ingest with a new signal
+        shared = hub.iter_signals("shared")
+        first, second, third = [next(shared) for _ in range(3)]
+        ops.ingest("shared", [
+            signal("pdq", first.hash_hex, labels=["relabelled"], external_id="E0", quality=99),
+            signal("pdq", second.hash_hex, labels=list(second.labels), external_id="e1",
+                   quality=second.quality),  # expiry dropped
+            signal("pdq", rng.bytes(32).hex(), labels=["new"]),
+        ])  # fmt: skip
+        ops.retract("shared", signal_ids=[third.id], reason="false positive")
+        (run,) = _mirror(ts, "ops", local, "--page-size", "1")
+        assert (run["added"], run["updated"], run["retracted"]) == (1, 2, 1)
+        assert run["pages"] >= 3  # one log entry a page
+        assert _local_view(local) == _hub_view(hub, None)
+
+        # restore on the hub: the local copy comes back
+        hub.restore(list_name="shared", signal_ids=[third.id], actor="ops")
+        (run,) = _mirror(ts, "ops", local)
+        assert run["restored"] == 1 and _local_view(local) == _hub_view(hub, None)
+
+        # provenance and audit: who, what, how many
+        store = SignalStore(local / "store.sqlite", create=False)
+        try:
+            info = store.get_list(PREFIX + "shared")
+            assert info.owner == ts.target
+            (entry, *_) = store.audit(action="mirror")
+            assert entry.actor == f"mirror:{ts.target}" and entry.details["restored"] == 1
+            retracted = {s.hash_hex: s.retract_reason for s in store.retracted()}
+            assert retracted == {}
+        finally:
+            store.close()
+
+
+def test_a_partner_mirrors_only_the_lists_shared_with_it(tmp_path):
+    rng = np.random.default_rng(2)
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        _fill(ts.client("ops"), rng, later=time.time() + 3600)
+        hub = ts.engine.store
+        hub.create_tenant("partner", exist_ok=True)
+        hub.grant("partner", "shared")
+        _mirror(ts, "partner", local)
+        view = _local_view(local)
+        assert view == _hub_view(hub, "partner") and {k[0] for k in view} == {"shared"}
+        # --list must name a list the token sees
+        out = _mirror(ts, "partner", local, "--list", "private", code=1)
+        assert "the hub shares no list named 'private'" in out
+
+
+def test_a_local_server_matches_mirrored_signals_and_stops_after_a_retraction(tmp_path):
+    rng = np.random.default_rng(3)
+    local = tmp_path / "local"
+    code = rng.bytes(32).hex()
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("shared", [signal("pdq", code, labels=["x"], external_id="ext-1")])
+        _mirror(ts, "ops", local)
+        with running_server(local) as mine:  # serve on the mirror's data dir
+            client = mine.client()
+            (result,) = client.match([("pdq", code)]).results
+            (hit,) = result.matches
+            assert (hit.list_name, hit.external_id, hit.distance) == (PREFIX + "shared", "ext-1", 0)
+            ops.retract("shared", hashes=[("pdq", code)])
+            (run,) = _mirror(ts, "ops", local)  # while the local server runs
+            assert run["retracted"] == 1
+            (result,) = client.match([("pdq", code)]).results
+            assert not result.matches
+
+
+def _slow_hub(ts, rng, entries: int, per: int) -> None:
+    ops = ts.client("ops")
+    for i in range(entries):
+        ops.ingest("shared", [signal("pdq", h, labels=[f"b{i}"], external_id=f"{i}-{j}")
+                              for j, h in enumerate(_pdq(rng, per))])  # fmt: skip
+    ops.retract("shared", signal_ids=list(range(1, entries * per, 7)))
+
+
+def _mirror_process(ts, data_dir, *extra) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hashmatch.server.cli", "mirror", "--server", ts.target,
+         "--token", ts.tokens["ops"], "--prefix", PREFIX, "--data-dir", str(data_dir), *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _cursor(data_dir: Path) -> int:
+    path = data_dir / "store.sqlite"
+    if not path.exists():
+        return 0
+    import sqlite3
+
+    conn = sqlite3.connect(path, timeout=30)
+    try:
+        row = conn.execute("SELECT seq FROM mirrors").fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    finally:
+        conn.close()
+    return row[0] if row else 0
+
+
+def test_kill_9_part_way_then_a_rerun_gives_the_uninterrupted_state(tmp_path):
+    rng = np.random.default_rng(4)
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        _slow_hub(ts, rng, entries=120, per=100)
+        whole, killed = tmp_path / "whole", tmp_path / "killed"
+        _mirror(ts, "ops", whole, "--page-size", "1")
+        proc = _mirror_process(ts, killed, "--page-size", "1")
+        deadline = time.monotonic() + 60
+        while _cursor(killed) < 10 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the mirror finished before it could be killed"
+        os.kill(proc.pid, signals.SIGKILL)
+        proc.wait()
+        head = ts.engine.store.change_counter()
+        assert 0 < _cursor(killed) < head  # killed part way
+        _mirror(ts, "ops", killed, "--page-size", "7")
+        assert _cursor(killed) == _cursor(whole) == head
+        assert _local_view(killed) == _local_view(whole) == _hub_view(ts.engine.store, None)
+        assert len(_local_view(whole)) == 120 * 100 - len(range(1, 12000, 7))
+
+
+def test_a_replaced_hub_is_refused_and_resync_mends_it(tmp_path):
+    rng = np.random.default_rng(5)
+    local = tmp_path / "local"
+    codes = _pdq(rng, 6)
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ts.client("ops").ingest("shared", [signal("pdq", h) for h in codes[:4]])
+        _mirror(ts, "ops", local)
+    # another hub (another store) at the same address family: its log is not the one read
+    with running_server(tmp_path / "hub2", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("shared", [signal("pdq", h, labels=["v2"]) for h in codes[2:]])
+        ops.ingest("shared", [signal("pdq", rng.bytes(32).hex())])
+        before = _local_view(local)
+        out = _mirror(ts, "ops", local, code=1)
+        assert "no longer holds the history it was mirrored from" in out and "--resync" in out
+        assert _local_view(local) == before  # nothing written
+        (run,) = _mirror(ts, "ops", local, "--resync")
+        assert run["retracted"] == 2 and run["resync"]  # codes[0:2]: not on the new hub
+        assert _local_view(local) == _hub_view(ts.engine.store, None)
+        (run,) = _mirror(ts, "ops", local)  # and incremental again
+        assert not run["resync"] and run["added"] == 0
+
+
+def test_a_local_list_the_mirror_did_not_create_is_never_written(tmp_path):
+    local = tmp_path / "local"
+    store = SignalStore(local / "store.sqlite")
+    store.create_list(PREFIX + "shared")
+    store.close()
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ts.client("ops").ingest("shared", [signal("pdq", "ab" * 32)])
+        out = _mirror(ts, "ops", local, code=1)
+    assert f"local list '{PREFIX}shared'" in out and "created locally" in out
+    store = SignalStore(local / "store.sqlite", create=False)
+    try:
+        assert store.get_list(PREFIX + "shared").signal_count == 0
+        assert store.conn().execute("SELECT COUNT(*) FROM mirrors").fetchone()[0] == 0
+    finally:
+        store.close()
+
+
+def test_unreachable_hub_bad_token_and_missing_export_role_write_nothing(tmp_path):
+    local = tmp_path / "local"
+    runner = CliRunner()
+    result = runner.invoke(cli, ["mirror", "--server", "127.0.0.1:9", "--prefix", PREFIX,
+                                 "--data-dir", str(local), "--wait", "0.5"])  # fmt: skip
+    assert result.exit_code == 1 and "did not become SERVING" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ts.client("ops").ingest("shared", [signal("pdq", "ab" * 32)])
+        for token, status in (("wrong", "UNAUTHENTICATED"), (ts.tokens["matcher"],
+                                                             "PERMISSION_DENIED")):  # fmt: skip
+            result = runner.invoke(cli, ["mirror", "--server", ts.target, "--token", token,
+                                         "--prefix", PREFIX, "--data-dir", str(local)])  # fmt: skip
+            assert result.exit_code == 1 and status in result.output, result.output
+            assert "Traceback" not in result.output
+    assert not (local / "store.sqlite").exists() or _local_view(local) == {}
+    if (local / "store.sqlite").exists():
+        assert _cursor(local) == 0
+
+
+def test_follow_picks_up_a_change(tmp_path):
+    rng = np.random.default_rng(6)
+    local = tmp_path / "local"
+    code = rng.bytes(32).hex()
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("shared", [signal("pdq", rng.bytes(32).hex())])
+        proc = _mirror_process(ts, local, "--follow", "--interval", "0.2", "--json")
+        try:
+            deadline = time.monotonic() + 60
+            while _cursor(local) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ops.ingest("shared", [signal("pdq", code, labels=["late"])])
+            while time.monotonic() < deadline:
+                if ("shared", "pdq", code) in _local_view(local):
+                    break
+                time.sleep(0.05)
+            assert _local_view(local)[("shared", "pdq", code)][0] == ("late",)
+        finally:
+            proc.send_signal(signals.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        runs = [json.loads(line) for line in out.splitlines()]
+        assert sum(r["added"] for r in runs) == 2
+
+
+def test_writes_inside_a_transaction_commit_together_or_not_at_all(tmp_path):
+    from hashmatch.engine.store import SignalRecord
+
+    store = SignalStore(tmp_path / "store.sqlite")
+    try:
+        store.create_list("a")
+        head = store.change_counter()
+        with pytest.raises(RuntimeError), store.transaction():
+            store.ingest([SignalRecord("pdq", "ab" * 32)], list_name="a", actor="t")
+            store.retract(list_name="a", hashes=[("pdq", "ab" * 32)], actor="t")
+            raise RuntimeError("killed")
+        assert store.change_counter() == head and store.get_list("a").signal_count == 0
+        with store.transaction():
+            store.ingest([SignalRecord("pdq", "ab" * 32)], list_name="a", actor="t")
+            store.ingest([SignalRecord("pdq", "ab" * 32, labels=("x",))], list_name="a",
+                         actor="t")  # fmt: skip
+        assert [s.labels for s in store.iter_signals("a")] == [("x",)]
+        # a re-ingest that changes provenance is in the change log (what a mirror reads)
+        assert [c.op for c in store.changes_since(head)] == ["add", "update"]
+    finally:
+        store.close()
