@@ -211,17 +211,19 @@ def mirror(
     selection = selection_for(state, lists, types, resync)
     resync = resync or bool(state and state.resync)  # a resync killed part way goes on
     summary = MirrorSummary(prefix=prefix, server=server, resync=resync)
-    if state is None or (resync and not (state and state.resync)):
-        since, kept = 0, None
+    expect: tuple[str, str] | None = None  # (store id, digest at since) the log must show
+    if state is None or (resync and not state.resync):
+        since = 0
     else:
-        since, kept = state.seq, state
+        since, expect = state.seq, (state.store_id, state.head_digest)
     summary.since = since
     first = True
     for page, head, more, log in _pages(client, since, selection["types"], page_size, timeout):
-        if first and kept is not None:
-            why = cursor_mismatch(since, head, log, kept.store_id or None, kept.head_digest or None)
+        if expect is not None:  # every page: the hub may be replaced while we read
+            why = cursor_mismatch(since, head, log, expect[0] or None, expect[1] or None)
             if why is not None:
-                raise Conflict(_refusal(why, prefix, server, kept, log, head), field="cursor")
+                raise Conflict(_refusal(why, prefix, server, since, expect[0], log, head),
+                               field="cursor")  # fmt: skip
         with store.transaction() as conn:
             now_state = mirror_state(store, prefix)
             if (now_state.seq if now_state else 0) != since and not (first and resync):
@@ -244,7 +246,7 @@ def mirror(
             )  # fmt: skip
         summary.pages += 1
         summary.head, summary.store_id = head, log.store_id
-        since, first = head, False
+        since, first, expect = head, False, (log.store_id, log.head_digest or "")
     summary.lists.sort()
     summary.seconds = time.monotonic() - started
     if summary.changed or summary.resync:
@@ -253,18 +255,18 @@ def mirror(
     return summary
 
 
-def _refusal(why: str, prefix: str, server: str, kept: MirrorState, log: LogIdentity,
+def _refusal(why: str, prefix: str, server: str, seq: int, kept_store: str, log: LogIdentity,
              head: int) -> str:  # fmt: skip
     fix = (
         f"run `hashmatch mirror --prefix {prefix} --resync` to re-read the hub's lists from"
         " the start (local copies of signals the hub no longer has live are retracted)"
     )
     if why == "beyond":
-        detail = f"its cursor (change {kept.seq}) is beyond the hub's last change ({head})"
+        detail = f"its cursor (change {seq}) is beyond the hub's last change ({head})"
     elif why == "store":
-        detail = f"the hub is another store ({log.store_id}; the mirror read {kept.store_id})"
+        detail = f"the hub is another store ({log.store_id}; the mirror read {kept_store})"
     else:
-        detail = f"change {kept.seq} of the hub's log is not the one the mirror read"
+        detail = f"change {seq} of the hub's log is not the one the mirror read"
     return (
         f"mirror {prefix!r}: {server} no longer holds the history it was mirrored from"
         f" ({detail}: restored from a backup or replaced?); {fix}"

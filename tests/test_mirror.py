@@ -336,3 +336,87 @@ def test_writes_inside_a_transaction_commit_together_or_not_at_all(tmp_path):
         assert [c.op for c in store.changes_since(head)] == ["add", "update"]
     finally:
         store.close()
+
+
+def _readme_mirror_commands() -> list[list[str]]:
+    """The README's `hashmatch mirror` example block, one argv per command."""
+    import shlex
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = text.split("### Mirroring a hub's lists")[1].split("```sh\n")[1].split("```")[0]
+    commands = []
+    for line in block.splitlines():
+        line = line.split("#")[0].strip()
+        for part in (p for chunk in line.split("&&") for p in chunk.split(";")):
+            if part.strip():
+                commands.append(shlex.split(part))
+    return commands
+
+
+def test_the_readme_example_runs_against_a_real_hub(tmp_path):
+    """Each command of the README's block, run as written against a real hub: only the
+    address, --tls (the test hub is plaintext), the token file and data dirs differ;
+    --follow is left out (test_follow_picks_up_a_change)."""
+    from hashmatch.server.auth import TokenAuth
+
+    commands = _readme_mirror_commands()
+    assert [c[1] for c in commands] == [
+        "token", "tenants", "tenants", "mirror", "mirror", "lists", "audit",
+    ]  # fmt: skip
+    hub_dir, local = tmp_path / "hub", tmp_path / "local"
+    token_file = tmp_path / "hub.token"
+    runner = CliRunner()
+    with running_server(hub_dir, tenants=TENANTS) as ts:
+        ts.client("ops").ingest("ncmec-pdq", [signal("pdq", "ab" * 32, labels=["csam"])])
+        outputs = []
+        for argv in commands:
+            argv = [a for a in argv[1:] if a != "--tls"]
+            argv = [ts.target if a == "hub.example.org:50051" else a for a in argv]
+            argv = [str(token_file) if a == "hub.token" else a for a in argv]
+            if "--follow" in argv:
+                continue
+            if argv[0] == "token":
+                argv += ["--auth-file", str(hub_dir / "auth.toml")]
+            else:
+                argv += ["--data-dir", str(local if argv[0] in ("mirror", "lists", "audit")
+                                           else hub_dir)]  # fmt: skip
+            result = runner.invoke(cli, argv)
+            assert result.exit_code == 0, (argv, result.output)
+            outputs.append(result.output)
+            if argv[0] == "token":  # what SIGHUP does for a running server
+                token_file.write_text(result.output.strip().splitlines()[-1])
+                ts.server.host.auth = TokenAuth.from_file(hub_dir / "auth.toml")
+    assert "added 1, updated 0, retracted 0, restored 0, unchanged 0" in outputs[3]
+    assert "hub/ncmec-pdq" in outputs[4] and f"mirror:{ts.target}" in outputs[5]
+
+
+def test_a_hub_restored_from_a_backup_is_refused(tmp_path):
+    """Same store id, but the log at the cursor is another history: behind the cursor
+    (restored, no write since), or with another change at it (restored, then written)."""
+    import shutil
+
+    from hashmatch.engine.backup import backup_store
+
+    rng = np.random.default_rng(7)
+    hub_dir, local = tmp_path / "hub", tmp_path / "local"
+    with running_server(hub_dir, tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("shared", [signal("pdq", h) for h in _pdq(rng, 3)])
+        backup_store(ts.engine.store, tmp_path / "old.sqlite")
+        ops.ingest("shared", [signal("pdq", h) for h in _pdq(rng, 3)])
+        _mirror(ts, "ops", local)
+    shutil.rmtree(hub_dir / "snapshots", ignore_errors=True)
+    for suffix in ("-wal", "-shm"):
+        (hub_dir / f"store.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.copy(tmp_path / "old.sqlite", hub_dir / "store.sqlite")
+    with running_server(hub_dir, tenants=TENANTS) as ts:
+        before = _local_view(local)
+        out = _mirror(ts, "ops", local, code=1)
+        assert "is beyond the hub's last change" in out and "--resync" in out
+        ts.client("ops").ingest("shared", [signal("pdq", h) for h in _pdq(rng, 3)])
+        out = _mirror(ts, "ops", local, code=1)
+        assert "of the hub's log is not the one the mirror read" in out
+        assert _local_view(local) == before
+        (run,) = _mirror(ts, "ops", local, "--resync")
+        assert (run["added"], run["retracted"]) == (3, 3)
+        assert _local_view(local) == _hub_view(ts.engine.store, None)
