@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.errors import Conflict, InvalidInput
+from hashmatch.engine.errors import Conflict, InvalidInput, NotFound
 from hashmatch.engine.rescan import LogIdentity, cursor_mismatch
 from hashmatch.engine.store import (
     SignalRecord,
@@ -70,6 +70,12 @@ class MirrorSummary:
     pages: int = 0
     resync: bool = False
     lists: list[str] = field(default_factory=list)  # local lists written
+    # local lists that follow the hub's: disabled (the hub disabled it or stopped
+    # sharing it), enabled again, or kept disabled until a resync (shared again: its
+    # changes while it was not shared were never shown)
+    lists_disabled: list[str] = field(default_factory=list)
+    lists_enabled: list[str] = field(default_factory=list)
+    lists_stale: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -208,9 +214,22 @@ def mirror(
     check_prefix(prefix)
     actor = actor or f"mirror:{server}"
     state = mirror_state(store, prefix)
+    # what the hub shares with this token (a bad token or a dead hub fails here, before
+    # anything is written) and whether each list is enabled there
+    shared = {h.name: bool(h.enabled) for h in client.list_hash_lists().lists}
+    missing = [name for name in lists if name not in shared]
+    if missing:
+        raise NotFound(
+            f"--list: the hub shares no list named {', '.join(map(repr, missing))} with this"
+            f" token (shared: {', '.join(sorted(shared)) or 'none'})",
+            field="lists",
+        )
     selection = selection_for(state, lists, types, resync)
+    refuse_foreign_lists(store, prefix, selection["lists"] or sorted(shared))
     resync = resync or bool(state and state.resync)  # a resync killed part way goes on
     summary = MirrorSummary(prefix=prefix, server=server, resync=resync)
+    if not resync:
+        _follow_list_states(store, prefix, shared, actor, summary, resync=False)
     expect: tuple[str, str] | None = None  # (store id, digest at since) the log must show
     if state is None or (resync and not state.resync):
         since = 0
@@ -238,6 +257,7 @@ def mirror(
             finishing = resync and not more
             if finishing:
                 _retract_unseen(store, conn, prefix, log.store_id, server, actor, summary)
+                _follow_list_states(store, prefix, shared, actor, summary, resync=True)
             conn.execute(
                 "INSERT OR REPLACE INTO mirrors(prefix, server, store_id, seq, head_digest,"
                 " selection, resync, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -334,6 +354,40 @@ def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,
         " SELECT id, ?, ? FROM hash_lists WHERE name = ?",
         (prefix, remote, name),
     )
+
+
+def _follow_list_states(store: SignalStore, prefix: str, shared: dict[str, bool], actor: str,
+                        summary: MirrorSummary, *, resync: bool) -> None:  # fmt: skip
+    """Local lists follow their hub list's enabled flag, and are disabled when the hub
+    stops sharing them: neither is in the change log (a disable logs no change per
+    signal; the log of a list no longer shared is not shown). Only transitions are
+    applied, so a local operator's own disable stays until the hub's flag changes.
+
+    A list shared again after a gap stays disabled until a resync (``resync``: end of
+    one, every list takes the hub's state): retractions made meanwhile were never shown.
+    """
+    rows = (
+        store.conn()
+        .execute(
+            "SELECT ml.list_id, ml.remote_name, ml.hub_state, l.name, l.enabled FROM mirror_lists"
+            " ml JOIN hash_lists l ON l.id = ml.list_id WHERE ml.prefix = ? ORDER BY l.name",
+            (prefix,),
+        )
+        .fetchall()
+    )
+    for list_id, remote, recorded, name, enabled in rows:
+        now = "unshared" if remote not in shared else "enabled" if shared[remote] else "disabled"
+        if now == recorded and not resync:
+            continue
+        if recorded == "unshared" and now == "enabled" and not resync:
+            summary.lists_stale.append(name)
+            continue
+        want = now == "enabled"
+        with store.transaction() as conn:
+            if bool(enabled) != want:
+                store.set_list_enabled(name, want, actor=actor)
+                (summary.lists_enabled if want else summary.lists_disabled).append(name)
+            conn.execute("UPDATE mirror_lists SET hub_state = ? WHERE list_id = ?", (now, list_id))
 
 
 def _existing(conn, list_id: int, stype: str, codes: np.ndarray) -> dict[bytes, tuple]:

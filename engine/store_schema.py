@@ -147,7 +147,8 @@ MIGRATIONS.append(
         CREATE TABLE mirror_lists (
             list_id INTEGER PRIMARY KEY REFERENCES hash_lists(id),
             prefix TEXT NOT NULL,
-            remote_name TEXT NOT NULL
+            remote_name TEXT NOT NULL,
+            hub_state TEXT NOT NULL DEFAULT 'enabled'
         );
         CREATE TABLE mirror_signals (
             prefix TEXT NOT NULL,

@@ -284,9 +284,7 @@ def test_unreachable_hub_bad_token_and_missing_export_role_write_nothing(tmp_pat
                                          "--prefix", PREFIX, "--data-dir", str(local)])  # fmt: skip
             assert result.exit_code == 1 and status in result.output, result.output
             assert "Traceback" not in result.output
-    assert not (local / "store.sqlite").exists() or _local_view(local) == {}
-    if (local / "store.sqlite").exists():
-        assert _cursor(local) == 0
+    assert not local.exists()  # not even a new store
 
 
 def test_follow_picks_up_a_change(tmp_path):
@@ -420,3 +418,43 @@ def test_a_hub_restored_from_a_backup_is_refused(tmp_path):
         (run,) = _mirror(ts, "ops", local, "--resync")
         assert (run["added"], run["retracted"]) == (3, 3)
         assert _local_view(local) == _hub_view(ts.engine.store, None)
+
+
+def test_local_lists_follow_the_hubs_disable_enable_and_sharing(tmp_path):
+    """Neither a disable nor an unshare logs a change per signal: the mirror follows
+    ListHashLists. A list shared again stays disabled until --resync (its changes while
+    unshared were never shown: here a retraction)."""
+    rng = np.random.default_rng(8)
+    local = tmp_path / "local"
+    codes = _pdq(rng, 4)
+
+    def enabled() -> bool:
+        store = SignalStore(local / "store.sqlite", create=False)
+        try:
+            return store.get_list(PREFIX + "shared").enabled
+        finally:
+            store.close()
+
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        hub = ts.engine.store
+        ts.client("ops").ingest("shared", [signal("pdq", h) for h in codes])
+        hub.create_tenant("partner", exist_ok=True)
+        hub.grant("partner", "shared")
+        _mirror(ts, "partner", local)
+        hub.set_list_enabled("shared", False)
+        (run,) = _mirror(ts, "partner", local)
+        assert run["lists_disabled"] == [PREFIX + "shared"] and not enabled()
+        hub.set_list_enabled("shared", True)
+        (run,) = _mirror(ts, "partner", local)
+        assert run["lists_enabled"] == [PREFIX + "shared"] and enabled()
+        hub.revoke("partner", "shared")
+        ts.client("ops").retract("shared", hashes=[("pdq", codes[0])])  # not shown
+        (run,) = _mirror(ts, "partner", local)  # the cursor moves past the retraction
+        assert run["lists_disabled"] == [PREFIX + "shared"] and not enabled()
+        assert run["retracted"] == 0
+        hub.grant("partner", "shared")
+        (run,) = _mirror(ts, "partner", local)
+        assert run["lists_stale"] == [PREFIX + "shared"] and not enabled()
+        (run,) = _mirror(ts, "partner", local, "--resync")
+        assert run["retracted"] == 1 and run["lists_enabled"] == [PREFIX + "shared"]
+        assert enabled() and _local_view(local) == _hub_view(hub, "partner")

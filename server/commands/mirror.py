@@ -62,7 +62,7 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
     --resync re-reads it and retracts what it no longer has live.
     """
     from hashmatch.engine.errors import HashmatchError
-    from hashmatch.engine.mirror import check_prefix, mirror, refuse_foreign_lists
+    from hashmatch.engine.mirror import check_prefix, mirror
 
     type_list = [t.strip() for t in types.split(",") if t.strip()]
     if follow and interval <= 0:
@@ -74,6 +74,11 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
     access = {"token_file": token_file, "ca": ca, "cert": cert, "key": key}
     with _one_line_errors(server, name_server=False):
         client = _serving_client(server, token, tls, wait=wait, **access)
+        try:
+            _check_export(client)
+        except BaseException:
+            client.close()
+            raise
     done = threading.Event()
     if follow:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -83,9 +88,6 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
             while True:
                 try:
                     with _one_line_errors(server, name_server=False):
-                        shared = {h.name for h in client.list_hash_lists().lists}
-                        _check_lists(lists, shared)
-                        refuse_foreign_lists(engine.store, prefix, sorted(set(lists) or shared))
                         summary = mirror(
                             engine.store, client, server=server, prefix=prefix, lists=lists,
                             types=type_list, resync=resync, page_size=page_size,
@@ -103,18 +105,16 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
         client.close()
 
 
+def _check_export(client) -> None:
+    """PERMISSION_DENIED now, before the local store is opened (or created), when the
+    token lacks the export role: a Changes call past any head reads nothing."""
+    for _reply in client.changes(1 << 62, max_changes=1):
+        pass
+
+
 def _transient(exc: click.ClickException) -> bool:
     """A pass that failed for a reason the next pass may not meet (hub down, slow)."""
     return any(code in exc.format_message() for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED"))
-
-
-def _check_lists(lists: tuple[str, ...], shared: set[str]) -> None:
-    missing = [name for name in lists if name not in shared]
-    if missing:
-        raise click.ClickException(
-            f"--list: the hub shares no list named {', '.join(map(repr, missing))} with this"
-            f" token (shared: {', '.join(sorted(shared)) or 'none'})"
-        )
 
 
 def _report(summary, as_json: bool, server: str) -> None:
@@ -126,6 +126,14 @@ def _report(summary, as_json: bool, server: str) -> None:
         f"mirror {summary.prefix!r} from {server}: {summary.line()} (changes {summary.since}"
         f" -> {summary.head}, {summary.pages} page(s){resync}, {summary.seconds:.2f} s)"
     )
+    for names, what in (
+        (summary.lists_disabled, "disabled: the hub disabled it or no longer shares it"),
+        (summary.lists_enabled, "enabled again: the hub enabled it"),
+        (summary.lists_stale, "kept disabled: shared again by the hub, but changes made while"
+         " it was not shared were never shown; run with --resync"),
+    ):  # fmt: skip
+        for name in names:
+            click.echo(f"  list {name!r} {what}", err=True)
     if summary.kept_retracted:
         click.echo(
             f"  {summary.kept_retracted} signal(s) live on the hub stay retracted here"
