@@ -412,8 +412,13 @@ def _record(change: Any) -> SignalRecord:
     expires = float(change.expires_at) if change.HasField("expires_at") else None
     if change.signal_type == "vpdq":
         frames = np.frombuffer(b"".join(change.frames), np.uint8).reshape(-1, 32)
+        n = len(frames)  # per-frame extras: all or none (an older hub sends none)
         return SignalRecord("vpdq", "", tuple(change.labels), change.external_id or None,
-                            quality, expires, frames=frames)  # fmt: skip
+                            quality, expires, frames=frames,
+                            frame_qualities=list(change.frame_qualities) if len(
+                                change.frame_qualities) == n else None,
+                            timestamps=list(change.timestamps) if len(
+                                change.timestamps) == n else None)  # fmt: skip
     return SignalRecord(change.signal_type, bytes(change.hash).hex(), tuple(change.labels),
                         change.external_id or None, quality, expires)  # fmt: skip
 

@@ -1777,6 +1777,27 @@ class SignalStore:
         codes = np.frombuffer(b"".join(r[0] for r in rows), np.uint8).reshape(-1, 32)
         return codes, [r[1] for r in rows], [r[2] for r in rows]
 
+    def frames_of(
+        self, signal_ids: Sequence[int]
+    ) -> dict[int, tuple[list[bytes], list[int | None], list[float | None]]]:
+        """vPDQ: (codes, qualities, timestamps) of each live signal among ``signal_ids``,
+        in frame order: :meth:`frames` for many videos (what ``Signals.Changes`` sends)."""
+        out: dict[int, tuple[list, list, list]] = {}
+        ids = [int(i) for i in signal_ids]
+        for i in range(0, len(ids), 900):
+            chunk = ids[i : i + 900]
+            for sid, code, quality, stamp in self.conn().execute(
+                "SELECT f.signal_id, f.code, f.quality, f.timestamp FROM signal_frames f"
+                " JOIN signals s ON s.id = f.signal_id WHERE s.retracted_at IS NULL AND"
+                f" f.signal_id IN ({','.join('?' * len(chunk))}) ORDER BY f.signal_id, f.frame_no",
+                chunk,
+            ):
+                codes, qualities, stamps = out.setdefault(sid, ([], [], []))
+                codes.append(bytes(code))
+                qualities.append(quality)
+                stamps.append(stamp)
+        return out
+
     def list_table(self) -> dict[int, tuple[str, bool]]:
         """list id -> (name, enabled): small, read on every match (cheap, always fresh)."""
         return {

@@ -15,11 +15,9 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from hashmatch.engine.errors import InvalidInput
 from hashmatch.engine.rescan import StoreChanges, why_gone
-from hashmatch.engine.store import FRAME_BITS, split_labels
+from hashmatch.engine.store import split_labels
 from hashmatch.server import convert
 from hashmatch.v1 import signals_pb2
 
@@ -101,8 +99,13 @@ def changes(
                     if expires is not None:
                         change.expires_at = float(expires)
                     if entry.signal_type == "vpdq":
-                        change.frames.extend(frames.get(sid, ()))
-                        size += 32 * len(change.frames)
+                        codes, qualities, stamps = frames.get(sid, ((), (), ()))
+                        change.frames.extend(codes)
+                        if None not in qualities:  # all known, or none sent
+                            change.frame_qualities.extend(qualities)
+                        if None not in stamps:
+                            change.timestamps.extend(stamps)
+                        size += 40 * len(change.frames)
                 reply.changes.append(change)
                 size += 64
                 if size >= MESSAGE_BYTES:
@@ -129,7 +132,7 @@ def _shown(store: SignalStore, ids: list[int], visible: set[int] | None) -> int:
 @contextlib.contextmanager
 def _one_read(store: SignalStore) -> Iterator[None]:
     """One SQLite read transaction on this thread's connection. Why: a retract committed
-    between store.lookup (live) and _frames (codes_for reads live frames only) gave an
+    between store.lookup (live) and _frames (frames_of reads live frames only) gave an
     ADDED change with live = true and no frames. Not held across a yield (a slow
     client would pin the WAL)."""
     conn = store.conn()
@@ -140,14 +143,9 @@ def _one_read(store: SignalStore) -> Iterator[None]:
         conn.execute("COMMIT")
 
 
-def _frames(store: SignalStore, ids: list[int]) -> dict[int, list[bytes]]:
-    """vPDQ: live frame codes of each signal, in frame order."""
-    index_ids, codes = store.codes_for("vpdq", np.sort(np.asarray(ids, np.int64)))
-    order = np.argsort(index_ids, kind="stable")
-    out: dict[int, list[bytes]] = {}
-    for iid, code in zip(index_ids[order].tolist(), codes[order], strict=True):
-        out.setdefault(iid >> FRAME_BITS, []).append(code.tobytes())
-    return out
+def _frames(store: SignalStore, ids: list[int]) -> dict[int, tuple[list, list, list]]:
+    """vPDQ: live frames (codes, qualities, timestamps) of each signal, in frame order."""
+    return store.frames_of(ids)
 
 
 def signal_states(

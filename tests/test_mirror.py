@@ -44,7 +44,10 @@ def _fill(client, rng, *, later: float) -> None:
         for i, h in enumerate(_pdq(rng, 40))
     ]  # fmt: skip
     items.append(signal("md5", rng.bytes(16).hex(), labels=["file"], external_id="m1"))
-    items.append(video_signal(_pdq(rng, 5), labels=["video"], external_id="v1"))
+    items.append(video_signal(_pdq(rng, 5), qualities=[90, 10, 80, 100, 30],
+                              timestamps=[0.0, 0.5, 1.0, 1.5, 2.0], labels=["video"],
+                              external_id="v1"))  # fmt: skip
+    items.append(video_signal(_pdq(rng, 2), labels=["video"], external_id="v2"))
     assert client.ingest("shared", items).rejected == 0
     other = [signal("pdq", h, labels=["other"]) for h in _pdq(rng, 10)]
     assert client.ingest("private", other).rejected == 0
@@ -55,7 +58,10 @@ def _view(store: SignalStore, names: dict[str, str]) -> dict:
     out = {}
     for local, shown in names.items():
         for s in store.iter_signals(local):
-            frames = store.frames(s.id)[0].tobytes().hex() if s.signal_type == "vpdq" else ""
+            frames = ""
+            if s.signal_type == "vpdq":  # codes, qualities and timestamps of every frame
+                codes, qualities, stamps = store.frames(s.id)
+                frames = f"{codes.tobytes().hex()} {qualities} {stamps}"
             out[(shown, s.signal_type, s.hash_hex)] = (
                 s.labels,
                 s.external_id,
@@ -100,8 +106,8 @@ def test_mirror_equals_the_hub_through_updates_retractions_and_restores(tmp_path
         ops, hub = ts.client("ops"), ts.engine.store
         _fill(ops, rng, later=later)
         (run,) = _mirror(ts, "ops", local)
-        assert (run["added"], run["updated"], run["retracted"], run["restored"]) == (52, 0, 0, 0)
-        assert _local_view(local) == _hub_view(hub, None) and len(_hub_view(hub, None)) == 52
+        assert (run["added"], run["updated"], run["retracted"], run["restored"]) == (53, 0, 0, 0)
+        assert _local_view(local) == _hub_view(hub, None) and len(_hub_view(hub, None)) == 53
 
         # a re-run reads nothing new
         (run,) = _mirror(ts, "ops", local)
