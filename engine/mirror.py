@@ -325,20 +325,22 @@ def _apply(store: SignalStore, conn, page: list, *, prefix: str, server: str, st
         last[int(change.signal_id)] = change
     wanted = set(selection.get("lists") or ())
     live: dict[tuple[str, str], list] = {}  # (remote list, type) -> changes
-    gone: list[int] = []
+    removed: list[int] = []
+    dead: list[int] = []  # ADDED but no longer matching there (retracted since, expired)
     for rid, change in last.items():
-        if change.action == signals_pb2.CHANGE_ACTION_ADDED and change.live:
-            if wanted and change.list_name not in wanted:
-                continue
+        if change.action != signals_pb2.CHANGE_ACTION_ADDED:
+            removed.append(rid)
+        elif not change.live:
+            dead.append(rid)
+        elif not wanted or change.list_name in wanted:
             live.setdefault((change.list_name, change.signal_type), []).append(change)
-        else:
-            gone.append(rid)
     for remote in sorted({name for name, _ in live}):
         _own_list(store, conn, prefix, remote, server, actor)
     for (remote, stype), changes in sorted(live.items(), key=lambda kv: kv[0]):
         _upsert(store, conn, prefix, remote, stype, changes, server, store_id, actor, summary)
-    if gone:
-        _retract(store, conn, prefix, store_id, gone, f"retracted on {server}", actor, summary)
+    for ids, why in ((removed, "retracted"), (dead, "not live (retracted or expired)")):
+        if ids:
+            _retract(store, conn, prefix, store_id, ids, f"{why} on {server}", actor, summary)
 
 
 def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,

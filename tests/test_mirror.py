@@ -160,6 +160,14 @@ def test_a_partner_mirrors_only_the_lists_shared_with_it(tmp_path):
         # --list must name a list the token sees
         out = _mirror(ts, "partner", local, "--list", "private", code=1)
         assert "the hub shares no list named 'private'" in out
+        # the first run's choice (all lists, all types) is kept: another needs --resync
+        out = _mirror(ts, "partner", local, "--types", "md5", code=1)
+        assert "mirrors types all" in out and "--resync" in out
+        (run,) = _mirror(ts, "partner", local, "--types", "md5", "--resync")
+        assert run["retracted"] == 42  # the PDQ and vPDQ copies: no longer mirrored
+        assert {k[1] for k in _local_view(local)} == {"md5"}
+        (run,) = _mirror(ts, "partner", local)  # the new choice is kept
+        assert run["retracted"] == 0 and {k[1] for k in _local_view(local)} == {"md5"}
 
 
 def test_a_local_server_matches_mirrored_signals_and_stops_after_a_retraction(tmp_path):
