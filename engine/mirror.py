@@ -464,7 +464,8 @@ def _upsert(store: SignalStore, conn, prefix: str, remote: str, stype: str, chan
         summary.lists.append(name)
     if restore:
         store.restore(list_name=name, signal_ids=restore, actor=actor)
-    after = _existing(conn, list_id, stype, codes)
+    new = np.array([c.tobytes() not in before for c in codes], dtype=bool)
+    after = {**before, **_existing(conn, list_id, stype, codes[new])} if new.any() else before
     conn.executemany(
         "INSERT OR REPLACE INTO mirror_signals(prefix, store_id, remote_id, signal_id)"
         " VALUES (?, ?, ?, ?)",
