@@ -222,6 +222,18 @@ def _cursor(data_dir: Path) -> int:
     return row[0] if row else 0
 
 
+def _resyncing(data_dir: Path) -> int:
+    """The cursor of a resync under way (0 when none is)."""
+    import sqlite3
+
+    conn = sqlite3.connect(data_dir / "store.sqlite", timeout=30)
+    try:
+        row = conn.execute("SELECT seq, resync FROM mirrors").fetchone()
+    finally:
+        conn.close()
+    return row[0] if row and row[1] else 0
+
+
 def test_kill_9_part_way_then_a_rerun_gives_the_uninterrupted_state(tmp_path):
     rng = np.random.default_rng(4)
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
@@ -241,6 +253,18 @@ def test_kill_9_part_way_then_a_rerun_gives_the_uninterrupted_state(tmp_path):
         assert _cursor(killed) == _cursor(whole) == head
         assert _local_view(killed) == _local_view(whole) == _hub_view(ts.engine.store, None)
         assert len(_local_view(whole)) == 120 * 100 - len(range(1, 12000, 7))
+
+        # a --resync killed part way goes on at the next plain run, and ends the same
+        ts.client("ops").retract("shared", signal_ids=list(range(2, 12000, 11)))
+        proc = _mirror_process(ts, killed, "--page-size", "1", "--resync")
+        while _resyncing(killed) < 10 and time.monotonic() < deadline + 60:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the resync finished before it could be killed"
+        os.kill(proc.pid, signals.SIGKILL)
+        proc.wait()
+        (run,) = _mirror(ts, "ops", killed, "--page-size", "50")
+        assert run["resync"] and _resyncing(killed) == 0
+        assert _local_view(killed) == _hub_view(ts.engine.store, None)
 
 
 def test_a_replaced_hub_is_refused_and_resync_mends_it(tmp_path):
