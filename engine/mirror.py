@@ -381,8 +381,9 @@ def _follow_list_states(store: SignalStore, prefix: str, shared: dict[str, bool]
         now = "unshared" if remote not in shared else "enabled" if shared[remote] else "disabled"
         if now == recorded and not resync:
             continue
-        if recorded == "unshared" and now == "enabled" and not resync:
-            summary.lists_stale.append(name)
+        if recorded == "unshared" and not resync:  # disabled, and marked until a resync
+            if now == "enabled":
+                summary.lists_stale.append(name)
             continue
         want = now == "enabled"
         with store.transaction() as conn:

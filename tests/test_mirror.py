@@ -493,6 +493,11 @@ def test_local_lists_follow_the_hubs_disable_enable_and_sharing(tmp_path):
         hub.grant("partner", "shared")
         (run,) = _mirror(ts, "partner", local)
         assert run["lists_stale"] == [PREFIX + "shared"] and not enabled()
+        hub.set_list_enabled("shared", False)  # the hub's flag moving does not clear it
+        _mirror(ts, "partner", local)
+        hub.set_list_enabled("shared", True)
+        (run,) = _mirror(ts, "partner", local)
+        assert run["lists_stale"] == [PREFIX + "shared"] and not enabled()
         (run,) = _mirror(ts, "partner", local, "--resync")
         assert run["retracted"] == 1 and run["lists_enabled"] == [PREFIX + "shared"]
         assert enabled() and _local_view(local) == _hub_view(hub, "partner")
