@@ -66,7 +66,15 @@ def check_manifest(manifest: object) -> dict:
         raise CorruptData(f"must be a JSON object, got {type(manifest).__name__}", field="manifest")
     found = manifest.get("format")
     if found == 1:  # written before snapshots named their store: cannot be checked
-        raise CorruptData("snapshot format 1 records no store identity; built from the store")
+        raise CorruptData(
+            "snapshot format 1 records no store identity; built from the store"
+            " (run `hashmatch index snapshot` once for a fast start)"
+        )
+    if isinstance(found, int) and not isinstance(found, bool) and found > SNAPSHOT_FORMAT:
+        raise CorruptData(  # a newer build's (a rollback): never guessed at
+            f"snapshot format {found} is newer than this hashmatch understands"
+            f" ({SNAPSHOT_FORMAT}); built from the store"
+        )
     if found != SNAPSHOT_FORMAT:
         raise CorruptData(f"unknown snapshot format {found!r}")
     if not _count(manifest.get("change_counter")):
