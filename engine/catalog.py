@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -228,6 +229,64 @@ def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
+def _refuse_newer(conn: sqlite3.Connection) -> None:
+    """CorruptData if the catalog was written by a newer hashmatch (its layout is unknown
+    here: reading or extending it could lose what that version keeps)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # no meta table: a new catalog
+        return
+    found = row[0] if row else None
+    if found is not None and not str(found).isdigit():
+        raise CorruptData(f"catalog schema_version {found!r} is not a number", field="catalog")
+    if found is not None and int(found) > SCHEMA_VERSION:
+        raise CorruptData(
+            f"catalog schema {found} is newer than this hashmatch understands ({SCHEMA_VERSION}):"
+            " upgrade hashmatch, or give --catalog a new file to start a fresh catalog",
+            field="catalog",
+        )
+
+
+def _upgrade_hash_ids(conn: sqlite3.Connection) -> None:
+    """Give a catalog from the first builds (``hashes.id`` without AUTOINCREMENT) ids that
+    are never reused, and a new catalog id.
+
+    Why: the rescan index cache reads only rows above the largest id it holds. Without
+    AUTOINCREMENT, re-hashing the file whose rows are last reuses their ids: the cache
+    kept the old codes under them and never read the new ones, so a rescan silently
+    missed matches of that file. The table is copied once (ids kept) and the catalog id
+    changes, so every cache built before is rebuilt rather than trusted.
+    """
+    (sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'hashes'").fetchone()
+    if "AUTOINCREMENT" in sql.upper():
+        return
+    hashes_ddl = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS hashes") :]
+    hashes_ddl = hashes_ddl[: hashes_ddl.index("CREATE TABLE IF NOT EXISTS matches")]
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute("ALTER TABLE hashes RENAME TO hashes_reused_ids")
+        conn.execute("DROP INDEX IF EXISTS hashes_file")
+        conn.execute("DROP INDEX IF EXISTS hashes_code")
+        for statement in hashes_ddl.split(";"):
+            if statement.strip():
+                conn.execute(statement)
+        conn.execute(  # explicit ids: AUTOINCREMENT's counter starts above the largest
+            "INSERT INTO hashes(id, file_id, signal_type, frame, code, quality, timestamp)"
+            " SELECT id, file_id, signal_type, frame, code, quality, timestamp"
+            " FROM hashes_reused_ids"
+        )
+        conn.execute("DROP TABLE hashes_reused_ids")
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'catalog_id'", (uuid.uuid4().hex,))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    logging.getLogger(__name__).warning(
+        "catalog upgraded: hash row ids are no longer reused (its rescan index cache is rebuilt)"
+    )
+
+
 class Catalog:
     """The SQLite catalog of scanned files (see the module docstring for why)."""
 
@@ -247,18 +306,16 @@ class Catalog:
 
     def _open(self, readonly: bool) -> None:
         self.conn = _connect(self.path, readonly=readonly)
+        # the version first: a newer catalog is refused before this build adds a table
+        # or an index to it (its DDL may not even apply to a newer layout)
+        _refuse_newer(self.conn)
         if not readonly:
             self.conn.executescript(_SCHEMA)
-            found = self.get_meta("schema_version")
-            if found is None:
+            if self.get_meta("schema_version") is None:
                 self.set_meta("schema_version", str(SCHEMA_VERSION))
             if self.get_meta("catalog_id") is None:
                 self.set_meta("catalog_id", uuid.uuid4().hex)
-            elif int(found) > SCHEMA_VERSION:
-                raise CorruptData(
-                    f"catalog schema {found} is newer than this hashmatch ({SCHEMA_VERSION})",
-                    field="catalog",
-                )
+            _upgrade_hash_ids(self.conn)
 
     # -- lifecycle ----------------------------------------------------------------------
 
