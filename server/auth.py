@@ -137,6 +137,15 @@ def _parse_tenant(name: str, entry: object) -> tuple[Principal, list[str]]:
     if not name or not isinstance(entry, Mapping):
         raise InvalidInput(f"tenant {name!r}: not a [tenants.NAME] table", field="tenants")
     unknown = sorted(set(entry) - set(TENANT_KEYS))
+    nested = [key for key in unknown if isinstance(entry[key], Mapping)]
+    if nested:  # `hashmatch token` before 231bed9 wrote [tenants.a.b] for tenant "a.b"
+        dotted = f"{name}.{nested[0]}"
+        raise InvalidInput(
+            f"[tenants.{dotted}] is a table {nested[0]!r} inside tenant {name!r}: a tenant"
+            f" name holding '.' must be quoted, [tenants.{toml_key(dotted)}] (older"
+            " `hashmatch token` wrote it unquoted; edit the file, then restart or SIGHUP)",
+            field="tenants",
+        )
     if unknown:
         raise InvalidInput(
             f"tenant {name!r}: unknown key(s) {unknown} (known: {', '.join(TENANT_KEYS)})",

@@ -161,6 +161,24 @@ def test_tenant_entry_quotes_the_name_as_one_key(tmp_path, name):
     assert principal.tenant == name
 
 
+def test_a_dotted_tenant_an_older_token_command_wrote_is_refused_saying_how_to_fix(tmp_path):
+    """`hashmatch token acme.eu` before 231bed9 wrote ``[tenants.acme.eu]`` (a table 'eu'
+    in tenant 'acme'): the old server started (that token just never worked), this one
+    refuses the file. Before, the refusal named an unknown key 'eu' and no remedy."""
+    path = tmp_path / "auth.toml"
+    path.write_text(  # as that build's tenant_entry wrote it
+        f'[tenants.acme.eu]\ntokens_sha256 = ["{DIGEST}"]\nroles = ["match"]\nall_lists = false\n'
+    )
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        auth.TokenAuth.from_file(path)
+    assert "[tenants.acme.eu] is a table 'eu' inside tenant 'acme'" in str(err.value)
+    assert '[tenants."acme.eu"]' in str(err.value)
+    fixed = path.read_text().replace("[tenants.acme.eu]", '[tenants."acme.eu"]')
+    path.write_text(fixed)  # the fix the message gives loads
+    principal = auth.TokenAuth.from_file(path).authenticate([("authorization", "Bearer s3cret")])
+    assert principal.tenant == "acme.eu"
+
+
 @pytest.mark.parametrize("name", ["", "line\nbreak"])
 def test_tenant_entry_refuses_empty_or_control_characters(name):
     with pytest.raises(engine_errors.InvalidInput, match="tenant"):
