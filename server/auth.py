@@ -54,9 +54,19 @@ class Principal:
     def require(self, role: str) -> None:
         if role not in self.roles:
             raise Forbidden(
-                f"tenant {self.tenant!r} lacks the {role!r} role", field="authorization"
+                f"tenant {self.tenant!r} lacks the {role!r} role{_ROLE_HINTS.get(role, '')}",
+                field="authorization",
             )
 
+
+#: What to do about a missing role that tokens made by older builds cannot have.
+_ROLE_HINTS = {
+    "export": (
+        " (tokens made before hashmatch had this role, the first admin token included,"
+        ' lack it: add "export" to the tenant\'s roles in the tokens file, then SIGHUP'
+        " the server)"
+    ),
+}
 
 NO_AUTH_PRINCIPAL = Principal("local", frozenset(ROLES), all_lists=True)
 

@@ -237,6 +237,8 @@ def test_changes_need_the_export_role(tmp_path):
             list(matcher.changes(0))
         assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert "'export'" in caught.value.details()
+        # an older build's tokens (its first admin's too) predate the role: say what to do
+        assert 'add "export" to the tenant\'s roles in the tokens file' in (caught.value.details())
         assert matcher.signal_states([1]) == [signals_pb2.SIGNAL_STATE_DELETED]
         # through the CLI: a clear error naming the server and the status, no report
         Catalog(tmp_path / "c.sqlite").close()
