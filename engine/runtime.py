@@ -586,6 +586,12 @@ class Engine:
             # swap: a lookup sees the old map or the complete new one
             replayed, applied = self._replay(indexes, counter)
             self._indexes, self._applied = indexes, applied
+            built = {t: len(ix) for t, ix in indexes.items() if len(ix)}
+            drifted = self.store.count_live() != built
+        # the list counters are derived from the store too: when they disagree with the
+        # index just built from it (verify's check), recount them (a scan of every signal,
+        # so only then; another process's write in between costs a needless recount)
+        recounted = self.store.recount_lists() if drifted else 0
         if progress is not None:
             progress("swap", 1, 1)
         summary = {
@@ -594,6 +600,7 @@ class Engine:
             "replayed_changes": replayed,
             "types": {t: len(ix) for t, ix in indexes.items()},
             "total": sum(len(ix) for ix in indexes.values()),
+            "recounted_lists": recounted,
         }
         try:
             self.store.record("index.rebuild", actor=actor, count=summary["total"], details=summary)

@@ -47,7 +47,13 @@ from hashmatch.engine.errors import (
     UnknownSignalType,
     free_bytes,
 )
-from hashmatch.engine.store_schema import change_digest, migrate, refuse_foreign, store_id
+from hashmatch.engine.store_schema import (
+    FRESH_LIST_COUNTS,
+    change_digest,
+    migrate,
+    refuse_foreign,
+    store_id,
+)
 
 LABEL_SEP = "\x1f"  # labels are stored joined by the ASCII unit separator
 _NOT_SHARED = "no hash list by that name is shared with you"
@@ -1681,6 +1687,34 @@ class SignalStore:
                 return
             yield _pack(rows, st.nbytes)
 
+    def recount_lists(self) -> int:
+        """Recompute the per list and type counters from the signals; return how many
+        (list, type) counters were wrong (and are now right).
+
+        Why: every write of this build keeps them, but a writer older than them (a
+        schema-1 server left running while a newer CLI upgraded the store) stores and
+        retracts signals without touching them, so ``lists ls`` and ``index verify`` go
+        wrong for good. ``index rebuild`` calls this when the counters disagree with the
+        index it built. The check is a read (a scan of every signal, 2.3-2.6 s at 1M
+        here): writers wait only while a repair is written.
+        """
+        conn = self.conn()
+        conn.execute("BEGIN")  # one read snapshot for both sides of the comparison
+        try:
+            wrong = _count_diff(conn)
+        finally:
+            conn.execute("COMMIT")
+        if not wrong:
+            return 0
+        with self._write() as conn:
+            wrong = _count_diff(conn)  # again, under the write lock: what is fixed now
+            conn.execute("DELETE FROM list_counts")
+            conn.execute(
+                "INSERT INTO list_counts(list_id, signal_type, live, retracted, frames) "
+                + FRESH_LIST_COUNTS
+            )
+        return wrong
+
     def count_live(self, signal_type: str | None = None, *, frames: bool = True) -> dict[str, int]:
         """Live index rows per type: vPDQ counts frames, as its index does; with
         ``frames=False`` live signals (a video counts once, as lists count it)."""
@@ -1983,6 +2017,15 @@ def _creation_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _count_diff(conn: sqlite3.Connection) -> int:
+    """How many (list, type) rows of ``list_counts`` differ from the signals (zero rows
+    and missing rows are the same)."""
+    kept = conn.execute("SELECT list_id, signal_type, live, retracted, frames FROM list_counts")
+    have = {r[:2]: r[2:] for r in kept if any(r[2:])}
+    want = {r[:2]: r[2:] for r in conn.execute(FRESH_LIST_COUNTS) if any(r[2:])}
+    return sum(have.get(key) != want.get(key) for key in have.keys() | want.keys())
 
 
 def is_corruption(exc: sqlite3.DatabaseError) -> bool:

@@ -163,6 +163,16 @@ MIGRATIONS.append(
 
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
+#: What ``list_counts`` should hold, computed from the signals themselves (the rule
+#: migration 2 filled it with: live and retracted signals, a video's frames while it is
+#: live). SignalStore.recount_lists compares and repairs with it.
+FRESH_LIST_COUNTS = """
+    SELECT s.list_id, s.signal_type, SUM(s.retracted_at IS NULL), SUM(s.retracted_at IS NOT NULL),
+        SUM(CASE WHEN s.signal_type = 'vpdq' AND s.retracted_at IS NULL
+            THEN (SELECT COUNT(*) FROM signal_frames f WHERE f.signal_id = s.id) ELSE 0 END)
+    FROM signals s GROUP BY s.list_id, s.signal_type
+"""
+
 # The store's identity and a random tag per change-log row, so an index snapshot can
 # tell whether it was taken of THIS store's history: a snapshot copied from another
 # data dir, or taken before the store was restored from a backup (the same seq now

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -20,7 +21,7 @@ from hashmatch.engine import store_schema
 from hashmatch.engine.errors import CorruptData
 from hashmatch.engine.runtime import Engine
 from hashmatch.engine.snapshot_files import check_manifest
-from hashmatch.engine.store import SignalRecord, SignalStore
+from hashmatch.engine.store import SignalRecord, SignalStore, fingerprint
 from hashmatch.server.cli import cli
 
 FIXTURES = Path(__file__).parent / "data" / "upgrade"
@@ -82,6 +83,9 @@ def test_an_old_store_opens_upgraded_with_every_row_and_matches(tmp_path, commit
         )
         assert report.added == 1
         assert engine.retract(list_name="partner-a", signal_ids=[pdq[0].id]) == 1
+        (video,) = engine.store.signals(list_name="videos", retracted=False)[:1]
+        assert engine.retract(list_name="videos", signal_ids=[video.id]) == 1
+        assert engine.store.recount_lists() == 0  # the upgraded counters were kept right
         engine.snapshot()
     assert f"store schema upgraded {OLD_STORES[commit]} -> {store_schema.CURRENT_VERSION}" in (
         caplog.text
@@ -147,3 +151,61 @@ def test_a_snapshot_of_a_newer_build_is_skipped_saying_so():
         check_manifest({"format": 3, "change_counter": 1, "store_id": "x", "types": {}})
     with pytest.raises(CorruptData, match=r"run `hashmatch index snapshot`"):
         check_manifest({"format": 1, "change_counter": 1, "types": {}})
+
+
+def _write_as_a_schema_1_server(store_path: Path) -> None:
+    """Add two signals to partner-b and retract one of partner-a's the way a d6d08dd
+    server writes (signals and change log only: that build has no list counters)."""
+    now = time.time()
+    with sqlite3.connect(store_path, isolation_level=None) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        (list_b,) = conn.execute("SELECT id FROM hash_lists WHERE name = 'partner-b'").fetchone()
+        ids = []
+        for hex_ in ("07" * 32, "08" * 32):
+            code = bytes.fromhex(hex_)
+            cur = conn.execute(
+                "INSERT INTO signals(list_id, signal_type, code, fp, labels, added_at, updated_at)"
+                " VALUES (?, 'pdq', ?, ?, '', ?, ?)",
+                (list_b, code, fingerprint("pdq", code), now, now),
+            )
+            ids.append(cur.lastrowid)
+        conn.execute(
+            "INSERT INTO changes(op, signal_type, ids) VALUES ('add', 'pdq', ?)",
+            (np.array(ids, np.int64).tobytes(),),
+        )
+        (gone,) = conn.execute(
+            "SELECT s.id FROM signals s JOIN hash_lists l ON l.id = s.list_id"
+            " WHERE l.name = 'partner-a' AND s.external_id = 'A0'"
+        ).fetchone()
+        conn.execute("UPDATE signals SET retracted_at = ? WHERE id = ?", (now, gone))
+        conn.execute(
+            "INSERT INTO changes(op, signal_type, ids) VALUES ('remove', 'pdq', ?)",
+            (np.array([gone], np.int64).tobytes(),),
+        )
+        conn.execute("COMMIT")
+
+
+def test_counters_an_old_server_left_wrong_are_found_by_verify_and_fixed_by_rebuild(tmp_path):
+    """A schema-1 server still running while this build's CLI upgraded its store keeps
+    writing without the list counters (they came with schema 2). Before: `lists ls` and
+    `index verify` stayed wrong for good, and nothing recounted them."""
+    data_dir = _old_data_dir(tmp_path, "d6d08dd")
+    env = {"HASHMATCH_DATA_DIR": str(data_dir)}
+    runner = CliRunner()
+    assert runner.invoke(cli, ["lists", "ls"], env=env).exit_code == 0  # the upgrade
+    _write_as_a_schema_1_server(data_dir / "store.sqlite")
+
+    out = runner.invoke(cli, ["index", "verify"], env=env)
+    assert out.exit_code == 1 and "pdq: store 10, index 11" in out.output, out.output
+    assert "run `hashmatch index rebuild`" in out.output
+    out = runner.invoke(cli, ["index", "rebuild"], env=env)
+    assert out.exit_code == 0, out.output
+    assert "list counters corrected: 2 (list, type) pair(s)" in out.output
+    out = runner.invoke(cli, ["index", "verify"], env=env)
+    assert out.exit_code == 0 and "index verify: ok" in out.output, out.output
+    with Engine.open(data_dir, eager=False) as engine:
+        lists = {h.name: h for h in engine.store.lists()}
+        assert (lists["partner-a"].signal_count, lists["partner-a"].retracted_count) == (8, 2)
+        assert (lists["partner-b"].signal_count, lists["partner-b"].retracted_count) == (5, 1)
+        assert lists["videos"].signal_count == 1
+        assert engine.store.recount_lists() == 0  # right now: nothing to correct

@@ -691,6 +691,8 @@ def index_rebuild(no_snapshot, data_dir) -> None:
         f"({', '.join(f'{t}: {n}' for t, n in summary['types'].items()) or 'empty'})"
         f" at change {summary['change_counter']}"
     )
+    if summary["recounted_lists"]:
+        click.echo(f"list counters corrected: {summary['recounted_lists']} (list, type) pair(s)")
     if path:
         click.echo(f"snapshot written: {path}")
 
@@ -724,6 +726,11 @@ def index_verify(sample, as_json, data_dir) -> None:
                 f"{'ok' if e['ok'] else 'MISMATCH'}"
             )
         click.echo("index verify: " + ("ok" if report["ok"] else "FAILED"))
+        if any(e["store"] != e["index"] for e in report["types"].values()):
+            click.echo(
+                "the counts disagree: run `hashmatch index rebuild` (it rebuilds the index"
+                " and recounts the lists from the signals)"
+            )
     if not report["ok"]:
         sys.exit(1)
 
