@@ -381,3 +381,20 @@ def test_first_start_shows_the_admin_token_on_a_terminal_only(tmp_path):
         proc.terminate()
         proc.wait(timeout=30)
         os.close(master)
+
+
+def test_a_sighup_during_the_load_does_not_tell_systemd_ready(tmp_path):
+    """A token reload while the index loads must not send READY=1 early: systemd would
+    take it for the end of start-up and start the units ordered after hashmatch."""
+    notify = NotifySocket()
+    served = Served("--data-dir", str(tmp_path / "data"), env={"NOTIFY_SOCKET": notify.name})
+    try:
+        served.wait_for("listening on")  # the port is open; the index is loading
+        served.proc.send_signal(signal.SIGHUP)
+        ready = notify.wait_for("READY")
+        assert "serving on" in ready.get("STATUS", ""), notify.seen
+        assert not any("RELOADING" in m for m in notify.seen), notify.seen
+        served.wait_for("reloaded")  # the reload itself still happened
+    finally:
+        served.stop()
+        notify.close()

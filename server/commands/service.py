@@ -177,6 +177,9 @@ def serve(config_file: str | None, **flags: Any) -> None:
         raise click.ClickException(str(exc)) from exc
     sdnotify.notify(f"STATUS=loading the index from {config.data_dir}")
     done = threading.Event()
+    # "serving" only once the index is loaded (health SERVING): a store that fails to
+    # load must not be announced as served first
+    announced = False
 
     def on_signal(signum, _frame) -> None:
         click.echo(f"signal {signum}: draining (up to {config.drain_seconds}s)", err=True)
@@ -186,7 +189,8 @@ def serve(config_file: str | None, **flags: Any) -> None:
     def on_hup(_signum, _frame) -> None:
         if auth is None:
             return
-        sdnotify.reloading()
+        if announced:  # a READY=1 during the load would tell systemd it has finished
+            sdnotify.reloading()
         try:
             reloaded = auth_mod.TokenAuth.from_file(config.auth_path)
             if not len(reloaded):  # as at start-up: nobody could call any more
@@ -195,14 +199,12 @@ def serve(config_file: str | None, **flags: Any) -> None:
             click.echo(f"reloaded {config.auth_path} ({len(reloaded)} tokens)", err=True)
         except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
             click.echo(f"kept the old tokens: {config.auth_path}: {exc}", err=True)
-        sdnotify.notify("READY=1")
+        if announced:
+            sdnotify.notify("READY=1")
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
-    # "serving" only once the index is loaded (health SERVING): a store that fails to
-    # load must not be announced as served first
-    announced = False
     while not done.wait(0.5 if announced else 0.05):
         if server.host.load_error is not None:  # permanent: exit, so a supervisor sees it
             sdnotify.notify(f"STATUS=the index failed to load: {server.host.load_error}")
