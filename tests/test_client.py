@@ -150,7 +150,7 @@ def test_remote_errors_are_one_line_with_the_field(served):
     assert result.output.count("hashes[0].hex") == 1, result.output  # said once
     result = CliRunner().invoke(cli, ["remote", "--server", served.target, "stats"])
     assert result.exit_code == 1 and "UNAUTHENTICATED" in result.output
-    assert "--token or HASHMATCH_TOKEN" in result.output
+    assert "--token, --token-file or HASHMATCH_TOKEN" in result.output
     result = _remote(served, "stats", tenant="reader")
     assert result.exit_code == 1 and "PERMISSION_DENIED" in result.output
 

@@ -322,6 +322,10 @@ def test_unreachable_hub_bad_token_and_missing_export_role_write_nothing(tmp_pat
                                          "--prefix", PREFIX, "--data-dir", str(local)])  # fmt: skip
             assert result.exit_code == 1 and status in result.output, result.output
             assert "Traceback" not in result.output
+            if status == "UNAUTHENTICATED":  # a token given, unknown: not "give a token"
+                assert "give a token" not in result.output
+                assert "after the server started" in result.output
+                assert "SIGHUP" in result.output
     assert not local.exists()  # not even a new store
 
 
@@ -397,7 +401,7 @@ def test_the_readme_example_runs_against_a_real_hub(tmp_path):
 
     commands = _readme_mirror_commands()
     assert [c[1] for c in commands] == [
-        "token", "tenants", "tenants", "mirror", "mirror", "lists", "audit",
+        "token", "-HUP", "tenants", "tenants", "mirror", "mirror", "lists", "audit",
     ]  # fmt: skip
     hub_dir, local = tmp_path / "hub", tmp_path / "local"
     token_file = tmp_path / "hub.token"
@@ -405,8 +409,12 @@ def test_the_readme_example_runs_against_a_real_hub(tmp_path):
     with running_server(hub_dir, tenants=TENANTS) as ts:
         ts.client("ops").ingest("ncmec-pdq", [signal("pdq", "ab" * 32, labels=["csam"])])
         outputs = []
-        for argv in commands:
-            argv = [a for a in argv[1:] if a != "--tls"]
+        for command in commands:
+            if command[0] == "kill":  # what SIGHUP does for a running serve
+                ts.server.host.auth = TokenAuth.from_file(hub_dir / "auth.toml")
+                outputs.append("")
+                continue
+            argv = [a for a in command[1:] if a != "--tls"]
             argv = [ts.target if a == "hub.example.org:50051" else a for a in argv]
             argv = [str(token_file) if a == "hub.token" else a for a in argv]
             if "--follow" in argv:
@@ -419,11 +427,10 @@ def test_the_readme_example_runs_against_a_real_hub(tmp_path):
             result = runner.invoke(cli, argv)
             assert result.exit_code == 0, (argv, result.output)
             outputs.append(result.output)
-            if argv[0] == "token":  # what SIGHUP does for a running server
+            if argv[0] == "token":
                 token_file.write_text(result.output.strip().splitlines()[-1])
-                ts.server.host.auth = TokenAuth.from_file(hub_dir / "auth.toml")
-    assert "added 1, updated 0, retracted 0, restored 0, unchanged 0" in outputs[3]
-    assert "hub/ncmec-pdq" in outputs[4] and f"mirror:{ts.target}" in outputs[5]
+    assert "added 1, updated 0, retracted 0, restored 0, unchanged 0" in outputs[4]
+    assert "hub/ncmec-pdq" in outputs[5] and f"mirror:{ts.target}" in outputs[6]
 
 
 def test_a_hub_restored_from_a_backup_is_refused(tmp_path):

@@ -103,7 +103,7 @@ def test_a_scan_without_a_token_fails_before_hashing_anything(tmp_path):
         )  # fmt: skip
     assert result.exit_code == 1
     assert "UNAUTHENTICATED" in result.output
-    assert "give a token with --token or HASHMATCH_TOKEN" in result.output
+    assert "give a token with --token, --token-file or HASHMATCH_TOKEN" in result.output
     assert "resume" not in result.output
     if (tmp_path / "c.sqlite").exists():
         with Catalog(tmp_path / "c.sqlite") as catalog:

@@ -20,7 +20,11 @@ from pathlib import Path
 import click
 
 from hashmatch.engine.errors import HashmatchError, is_disk_full, nearly_full
-from hashmatch.server.commands.service import connect, server_access_options
+from hashmatch.server.commands.service import (
+    connect,
+    server_access_options,
+    unauthenticated_hint,
+)
 
 DEFAULT_DATA_DIR = "./hashmatch-data"
 
@@ -383,7 +387,7 @@ def _serving_client(
         client.close()
         hint = ""
         if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
-            hint = " (give a token with --token or HASHMATCH_TOKEN)"
+            hint = f" ({unauthenticated_hint(exc.details() or '')})"
         raise click.ClickException(f"{server}: {exc.code().name}: {exc.details()}{hint}") from None
     except BaseException:
         client.close()

@@ -367,6 +367,20 @@ def connect(
         raise click.ClickException(str(exc)) from None
 
 
+def unauthenticated_hint(details: str) -> str:
+    """What to do about an UNAUTHENTICATED reply. Without a token: give one. With one the
+    server does not know, the usual cause is a token made by ``hashmatch token`` after the
+    server started: it reads the tokens file at start-up and on SIGHUP only (the hint used
+    to say "give a token with --token" to a caller who had given one)."""
+    if details.startswith("missing"):
+        return "give a token with --token, --token-file or HASHMATCH_TOKEN"
+    return (
+        "the server does not know this token: one made by `hashmatch token` after the"
+        " server started is loaded when the server gets SIGHUP (`kill -HUP <its pid>`,"
+        " `systemctl reload hashmatch`) or restarts"
+    )
+
+
 @click.group("remote")
 @click.option(
     "--server",
@@ -436,7 +450,7 @@ def _rpc(fn):
             )
             hint = ""
             if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
-                hint = "\n  (give a token with --token or HASHMATCH_TOKEN)"
+                hint = f"\n  ({unauthenticated_hint(details)})"
             elif exc.code() is grpc.StatusCode.UNAVAILABLE and tls_hint(details):
                 hint = "\n " + tls_hint(details)
             hint += _ingest_progress(exc, details)
