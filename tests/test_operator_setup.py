@@ -339,6 +339,47 @@ def test_the_example_config_loads_as_written():
     assert "StateDirectory=hashmatch" in unit  # the unit makes the config's data_dir
 
 
+def test_the_units_sudo_commands_run_as_written(tmp_path):
+    """The commands the unit's header gives an operator (`#   sudo -u hashmatch ...`) run
+    with only its paths moved under tmp_path: as first written, `hashmatch lists ls` was
+    not found (sudo's PATH lacks the venv) and numba compiled into the data dir."""
+    import shlex
+
+    unit = (DEPLOY / "hashmatch.service").read_text()
+    exe = "/opt/hashmatch/.venv/bin/hashmatch"
+    assert f"ExecStart={exe} serve" in unit
+    numba_cache = unit.split("Environment=NUMBA_CACHE_DIR=")[1].split()[0]
+    lines = [ln[1:].strip() for ln in unit.splitlines() if ln.startswith("#   sudo -u")]
+    assert len(lines) == 2, lines
+    config = tmp_path / "etc" / "hashmatch.toml"
+    config.parent.mkdir()
+    moved = {"/var/lib/": f"{tmp_path}/var/lib/", "/var/cache/": f"{tmp_path}/var/cache/"}
+    text = (DEPLOY / "hashmatch.toml").read_text()
+    config.write_text(text.replace("/var/lib/", moved["/var/lib/"]))
+    here = shutil.which("hashmatch") or str(Path(sys.executable).parent / "hashmatch")
+    data = tmp_path / "var" / "lib" / "hashmatch"
+    # the data dir as the service's first start leaves it: a store
+    made = CliRunner().invoke(cli, ["lists", "create", "partner-a", "--data-dir", str(data)])
+    assert made.exit_code == 0, made.output
+    for line in lines:
+        argv = shlex.split(line)[3:]  # past `sudo -u hashmatch`
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HASHMATCH_", "NUMBA_"))}
+        while "=" in argv[0]:
+            key, value = argv.pop(0).split("=", 1)
+            for old, new in moved.items():
+                value = value.replace(old, new)
+            env[key] = value
+        assert argv[0] == exe, f"not the venv's path (sudo's PATH lacks it): {line}"
+        if argv[1] != "token":  # a store verb: it may search, so compile kernels
+            assert line.count(f"NUMBA_CACHE_DIR={numba_cache} ") == 1, line
+        argv = [here] + [str(config) if a == "/etc/hashmatch/hashmatch.toml" else a
+                         for a in argv[1:]]  # fmt: skip
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (line, done.stdout + done.stderr)
+    assert "acme" in tomllib.loads((data / "auth.toml").read_text())["tenants"]
+    assert not (data / ".cache").exists()
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
 def test_the_systemd_unit_verifies(tmp_path):
     """systemd-analyze names unknown keys, bad values and a missing ExecStart binary;
