@@ -76,6 +76,12 @@ class MirrorSummary:
     lists_disabled: list[str] = field(default_factory=list)
     lists_enabled: list[str] = field(default_factory=list)
     lists_stale: list[str] = field(default_factory=list)
+    # lists the hub shares with this token (0: a token whose tenant was never granted
+    # any, which otherwise reads as a hub with nothing new)
+    lists_shared: int = 0
+    # hub lists with signals this mirror never wrote (shared with the token after its
+    # first run): their past is behind the cursor, so this run resyncs
+    lists_new: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
@@ -190,6 +196,29 @@ def selection_for(state: MirrorState | None, lists: Sequence[str], types: Sequen
     return kept
 
 
+def _shared_since(store: SignalStore, prefix: str, hub_lists: Sequence[Any],
+                  selection: dict) -> list[str]:  # fmt: skip
+    """Hub lists in the selection that hold signals of its types but that this mirror has
+    never written: shared with the token after the mirror's first run. Their signals were
+    logged before the cursor, which the next passes never read again, so without a
+    resync they were never mirrored (and no run said so)."""
+    known = {
+        row[0]
+        for row in store.conn().execute(
+            "SELECT remote_name FROM mirror_lists WHERE prefix = ?", (prefix,)
+        )
+    }
+    wanted, types = set(selection["lists"]), set(selection["types"])
+    return sorted(
+        h.name
+        for h in hub_lists
+        if h.signal_count > 0
+        and h.name not in known
+        and (not wanted or h.name in wanted)
+        and (not types or types & {t.lower() for t in h.signal_types})
+    )
+
+
 def mirror(
     store: SignalStore,
     client: Any,
@@ -216,7 +245,8 @@ def mirror(
     state = mirror_state(store, prefix)
     # what the hub shares with this token (a bad token or a dead hub fails here, before
     # anything is written) and whether each list is enabled there
-    shared = {h.name: bool(h.enabled) for h in client.list_hash_lists().lists}
+    hub_lists = list(client.list_hash_lists().lists)
+    shared = {h.name: bool(h.enabled) for h in hub_lists}
     missing = [name for name in lists if name not in shared]
     if missing:
         raise NotFound(
@@ -226,8 +256,10 @@ def mirror(
         )
     selection = selection_for(state, lists, types, resync)
     refuse_foreign_lists(store, prefix, selection["lists"] or sorted(shared))
-    resync = resync or bool(state and state.resync)  # a resync killed part way goes on
-    summary = MirrorSummary(prefix=prefix, server=server, resync=resync)
+    new = [] if state is None or resync else _shared_since(store, prefix, hub_lists, selection)
+    resync = resync or bool(state and state.resync) or bool(new)  # a killed resync goes on
+    summary = MirrorSummary(prefix=prefix, server=server, resync=resync, lists_shared=len(shared),
+                            lists_new=new)  # fmt: skip
     if not resync:
         _follow_list_states(store, prefix, shared, actor, summary, resync=False)
     expect: tuple[str, str] | None = None  # (store id, digest at since) the log must show

@@ -170,6 +170,35 @@ def test_a_partner_mirrors_only_the_lists_shared_with_it(tmp_path):
         assert run["retracted"] == 0 and {k[1] for k in _local_view(local)} == {"md5"}
 
 
+def test_a_list_shared_after_the_first_run_is_mirrored_whole(tmp_path):
+    """A hub operator who made the token but never granted its tenant a list: the run
+    printed only 'added 0, ...', like a hub with nothing new; and once the list was
+    granted, its signals (logged before the cursor) were never mirrored."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ts.client("ops").ingest("shared", [signal("pdq", "ab" * 32)])
+        for extra in ((), ("--json",)):
+            result = CliRunner().invoke(
+                cli, ["mirror", "--server", ts.target, "--token", ts.tokens["partner"],
+                      "--prefix", PREFIX, "--data-dir", str(local), *extra],
+            )  # fmt: skip
+            assert result.exit_code == 0, result.output
+            assert "shares no hash list with this token" in result.output
+            assert "tenants grant" in result.output
+        assert json.loads(result.stdout)["lists_shared"] == 0
+        ts.engine.store.create_tenant("partner", exist_ok=True)
+        ts.engine.store.grant("partner", "shared")
+        # shared after the mirror's first run: its signal is behind the cursor, which a
+        # plain pass never reads again (it used to say "added 0" for good)
+        (run,) = _mirror(ts, "partner", local)
+        assert run["added"] == 1 and run["lists_shared"] == 1
+        assert run["lists_new"] == ["shared"] and run["resync"] is True
+        assert _local_view(local) == _hub_view(ts.engine.store, "partner")
+        ts.client("ops").ingest("shared", [signal("pdq", "cd" * 32)])
+        (run,) = _mirror(ts, "partner", local)  # known now: a plain pass
+        assert (run["added"], run["lists_new"], run["resync"]) == (1, [], False)
+
+
 def test_a_local_server_matches_mirrored_signals_and_stops_after_a_retraction(tmp_path):
     rng = np.random.default_rng(3)
     local = tmp_path / "local"

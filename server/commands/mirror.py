@@ -118,6 +118,18 @@ def _transient(exc: click.ClickException) -> bool:
 
 
 def _report(summary, as_json: bool, server: str) -> None:
+    if not summary.lists_shared:
+        click.echo(
+            f"  {server} shares no hash list with this token: nothing to mirror (on the hub:"
+            " `hashmatch tenants grant TENANT LIST` for the token's tenant)",
+            err=True,
+        )
+    if summary.lists_new:
+        click.echo(
+            f"  newly shared by the hub: {', '.join(summary.lists_new)}: their signals predate"
+            " this mirror's cursor, so this run resynced",
+            err=True,
+        )
     if as_json:
         click.echo(json.dumps(summary.as_dict(), sort_keys=True))
         return
