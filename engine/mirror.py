@@ -39,6 +39,7 @@ import numpy as np
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import Conflict, InvalidInput, NotFound
+from hashmatch.engine.ingest import parse_time
 from hashmatch.engine.rescan import LogIdentity, cursor_mismatch
 from hashmatch.engine.store import (
     SignalRecord,
@@ -46,6 +47,7 @@ from hashmatch.engine.store import (
     _check_name,
     fingerprints,
     join_labels,
+    video_key,
 )
 
 DEFAULT_PAGE = 10_000  # changes per transaction (max_changes of each Changes call)
@@ -365,7 +367,10 @@ def _apply(store: SignalStore, conn, page: list, *, prefix: str, server: str, st
         elif not change.live:
             dead.append(rid)
         elif not wanted or change.list_name in wanted:
-            live.setdefault((change.list_name, change.signal_type), []).append(change)
+            # every change is checked before anything is written; the records are made
+            # again where needed (kept for a page of 1M they doubled the mirror's memory)
+            code, rec = _checked(change, server)
+            live.setdefault((change.list_name, rec.signal_type), []).append((change, code))
     for remote in sorted({name for name, _ in live}):
         _own_list(store, conn, prefix, remote, server, actor)
     for (remote, stype), changes in sorted(live.items(), key=lambda kv: kv[0]):
@@ -442,20 +447,45 @@ def _existing(conn, list_id: int, stype: str, codes: np.ndarray) -> dict[bytes, 
     return out
 
 
-def _record(change: Any) -> SignalRecord:
+def _record(change: Any) -> tuple[bytes, SignalRecord]:
+    """A live ADDED change as the local store's code (a video's: the SHA-256 of its
+    frames, as the store keys it) and record, checked as the hub's own Ingest checks a
+    signal. Why: a buggy or malicious hub's hash of the wrong length was joined with
+    the others and cut into 32-byte codes (a 31- and a 33-byte hash written as two
+    wrong ones), and a NaN expiry or a video hash that is not its frames' broke the
+    run with a traceback."""
+    st = signal_types.get(change.signal_type, field="signal_type")
     quality = int(change.quality) if change.HasField("quality") else None
-    expires = float(change.expires_at) if change.HasField("expires_at") else None
-    if change.signal_type == "vpdq":
-        frames = np.frombuffer(b"".join(change.frames), np.uint8).reshape(-1, 32)
-        n = len(frames)  # per-frame extras: all or none (an older hub sends none)
-        return SignalRecord("vpdq", "", tuple(change.labels), change.external_id or None,
-                            quality, expires, frames=frames,
-                            frame_qualities=list(change.frame_qualities) if len(
-                                change.frame_qualities) == n else None,
-                            timestamps=list(change.timestamps) if len(
-                                change.timestamps) == n else None)  # fmt: skip
-    return SignalRecord(change.signal_type, bytes(change.hash).hex(), tuple(change.labels),
-                        change.external_id or None, quality, expires)  # fmt: skip
+    expires = parse_time(float(change.expires_at)) if change.HasField("expires_at") else None
+    if st.name != "vpdq":
+        code = st.parse(bytes(change.hash), field="hash").tobytes()
+        return code, SignalRecord(st.name, code.hex(), tuple(change.labels),
+                                  change.external_id or None, quality, expires)  # fmt: skip
+    if not change.frames:
+        raise InvalidInput("a vpdq signal needs at least one frame", field="frames")
+    frames = np.stack(
+        [st.parse(bytes(f), field=f"frames[{j}]") for j, f in enumerate(change.frames)]
+    )
+    n = len(frames)  # per-frame extras: all or none (an older hub sends none)
+    return video_key(frames), SignalRecord(
+        "vpdq", "", tuple(change.labels), change.external_id or None, quality, expires,
+        frames=frames,
+        frame_qualities=list(change.frame_qualities) if len(change.frame_qualities) == n else None,
+        timestamps=list(change.timestamps) if len(change.timestamps) == n else None,
+    )  # fmt: skip
+
+
+def _checked(change: Any, server: str) -> tuple[bytes, SignalRecord]:
+    """:func:`_record`, its refusal naming the hub and the change (the page is not written)."""
+    try:
+        return _record(change)
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"{server} sent a change the local store refuses (signal {change.signal_id} of"
+            f" list {change.list_name!r}, {exc.field or 'change'}): {exc.message}; nothing of"
+            " this page was written",
+            field="changes",
+        ) from None
 
 
 def _upsert(store: SignalStore, conn, prefix: str, remote: str, stype: str, changes: list,
@@ -464,15 +494,13 @@ def _upsert(store: SignalStore, conn, prefix: str, remote: str, stype: str, chan
     retracted, and map their remote ids to the local ids."""
     name = local_name(prefix, remote)
     list_id = conn.execute("SELECT id FROM hash_lists WHERE name = ?", (name,)).fetchone()[0]
-    st = signal_types.get(stype)
-    codes = np.frombuffer(b"".join(bytes(c.hash) for c in changes), np.uint8)
-    codes = codes.reshape(-1, st.nbytes if stype != "vpdq" else 32)
+    codes = np.frombuffer(b"".join(code for _, code in changes), np.uint8).reshape(len(changes), -1)
     before = _existing(conn, list_id, stype, codes)
     ours = _reason_prefix(prefix)
     write, restore = [], []
-    for change, code in zip(changes, codes, strict=True):
-        rec = _record(change)
-        old = before.get(code.tobytes())
+    for change, code in changes:
+        rec = _record(change)[1]
+        old = before.get(code)
         if old is None:
             summary.added += 1
             write.append(rec)
@@ -502,8 +530,7 @@ def _upsert(store: SignalStore, conn, prefix: str, remote: str, stype: str, chan
     conn.executemany(
         "INSERT OR REPLACE INTO mirror_signals(prefix, store_id, remote_id, signal_id)"
         " VALUES (?, ?, ?, ?)",
-        [(prefix, store_id, int(c.signal_id), after[code.tobytes()][0])
-         for c, code in zip(changes, codes, strict=True)],
+        [(prefix, store_id, int(c.signal_id), after[code][0]) for c, code in changes],
     )  # fmt: skip
 
 

@@ -537,3 +537,102 @@ def test_local_lists_follow_the_hubs_disable_enable_and_sharing(tmp_path):
         (run,) = _mirror(ts, "partner", local, "--resync")
         assert run["retracted"] == 1 and run["lists_enabled"] == [PREFIX + "shared"]
         assert enabled() and _local_view(local) == _hub_view(hub, "partner")
+
+
+class _RogueHub:
+    """A hub that sends the pages it is given (Changes from position i = page i): what
+    a buggy or malicious hub can put on the wire that a real one never would."""
+
+    def __init__(self, pages: list[list]) -> None:
+        from hashmatch.v1 import signals_pb2_grpc
+
+        self.pages = pages
+        self.servicer = type("Rogue", (signals_pb2_grpc.SignalsServicer,), {
+            "ListHashLists": lambda _s, request, context: self._lists(),
+            "Changes": lambda _s, request, context: self._changes(request.since),
+        })()  # fmt: skip
+
+    def _lists(self):
+        from hashmatch.v1 import signals_pb2
+
+        shared = signals_pb2.HashList(name="shared", enabled=True)
+        return signals_pb2.ListHashListsResponse(lists=[shared])
+
+    def _changes(self, since: int):
+        from hashmatch.v1 import signals_pb2
+
+        more = since + 1 < len(self.pages)
+        changes = self.pages[since] if since < len(self.pages) else []
+        yield signals_pb2.ChangesResponse(head=min(since + 1, len(self.pages)), more=more,
+                                          store_id="rogue", changes=changes)  # fmt: skip
+
+    def __enter__(self) -> str:
+        from concurrent import futures
+
+        import grpc
+        from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+        from hashmatch.v1 import signals_pb2_grpc
+
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        signals_pb2_grpc.add_SignalsServicer_to_server(self.servicer, self.server)
+        status = health.HealthServicer()
+        status.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(status, self.server)
+        port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+        return f"127.0.0.1:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.stop(0)
+
+
+def _change(sid: int, rng, **fields):
+    from hashmatch.v1 import signals_pb2
+
+    fields.setdefault("signal_type", "pdq")
+    if fields["signal_type"] != "vpdq":
+        fields.setdefault("hash", rng.bytes(32))
+    return signals_pb2.Change(seq=1, action=signals_pb2.CHANGE_ACTION_ADDED, signal_id=sid,
+                              live=True, list_name="shared", **fields)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "bad, says",
+    [
+        # a 31- and a 33-byte hash were joined and cut into two wrong 32-byte codes
+        (lambda rng: [_change(2, rng, hash=rng.bytes(31)), _change(3, rng, hash=rng.bytes(33))],
+         "signal 2 of list 'shared', hash): pdq hash must be 32 bytes, got 31"),
+        (lambda rng: [_change(2, rng, hash=rng.bytes(31))], "pdq hash must be 32 bytes, got 31"),
+        (lambda rng: [_change(2, rng, signal_type="md5", hash=rng.bytes(32))],
+         "md5 hash must be 16 bytes, got 32"),
+        (lambda rng: [_change(2, rng, expires_at=float("nan"))],
+         "expires_at): not a time (epoch seconds or ISO-8601): nan"),
+        (lambda rng: [_change(2, rng, signal_type="vpdq", frames=[rng.bytes(31)])],
+         "frames[0]): vpdq hash must be 32 bytes, got 31"),
+        (lambda rng: [_change(2, rng, signal_type="vpdq")], "a vpdq signal needs at least one"),
+        (lambda rng: [_change(2, rng, signal_type="foo")], "unknown signal type 'foo'"),
+        # a video's hash that is not its frames' (the store keys a video by them)
+        (lambda rng: [_change(2, rng, signal_type="vpdq", hash=rng.bytes(32),
+                              frames=[rng.bytes(32)]), _change(3, rng, hash=rng.bytes(31))],
+         "signal 3 of list 'shared', hash)"),
+    ],
+)  # fmt: skip
+def test_a_hub_sending_a_bad_change_gets_one_clear_error_and_that_page_is_not_written(
+    tmp_path, bad, says
+):
+    rng = np.random.default_rng(7)
+    good = [_change(1, rng, labels=["ok"])]
+    local = tmp_path / "local"
+    with _RogueHub([good, bad(rng)]) as target:
+        result = CliRunner().invoke(cli, ["mirror", "--server", target, "--prefix", PREFIX,
+                                          "--data-dir", str(local)])  # fmt: skip
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output and says in result.output, result.output
+    assert "nothing of this page was written" in result.output
+    store = SignalStore(local / "store.sqlite", create=False)
+    try:  # the good page and its cursor, nothing of the bad one
+        assert [s.labels for s in store.iter_signals(PREFIX + "shared")] == [("ok",)]
+        assert _cursor(local) == 1
+    finally:
+        store.close()
