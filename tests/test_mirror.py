@@ -636,3 +636,41 @@ def test_a_hub_sending_a_bad_change_gets_one_clear_error_and_that_page_is_not_wr
         assert _cursor(local) == 1
     finally:
         store.close()
+
+
+def test_a_follow_that_loses_the_cursor_to_an_overlapping_run_goes_on(tmp_path):
+    """Two mirrors of one prefix at once (a cron run while --follow runs): the loser of
+    the page's commit is refused ("advanced its cursor meanwhile"); a --follow retries at
+    its next pass instead of exiting. Both wait on the store's write lock held here, so
+    both have read the same page when it is released."""
+    import sqlite3
+
+    rng = np.random.default_rng(8)
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("shared", [signal("pdq", h) for h in _pdq(rng, 50)])
+        SignalStore(local / "store.sqlite", create=True).close()
+        lock = sqlite3.connect(local / "store.sqlite", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        procs = [_mirror_process(ts, local, "--follow", "--interval", "0.2") for _ in range(2)]
+        try:
+            time.sleep(5)  # both start, read the hub and wait for the lock
+            lock.execute("COMMIT")
+            deadline = time.monotonic() + 30
+            while _cursor(local) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ops.ingest("shared", [signal("pdq", h) for h in _pdq(rng, 5)])
+            while len(_local_view(local)) < 55 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1)
+            dead = [p.communicate() for p in procs if p.poll() is not None]
+            assert not dead, dead
+        finally:
+            lock.close()
+            for p in procs:
+                p.send_signal(signals.SIGTERM)
+            outs = [p.communicate(timeout=30) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], outs
+        assert "advanced its cursor meanwhile" in outs[0][1] + outs[1][1], outs
+        assert _local_view(local) == _hub_view(ts.engine.store, None)
