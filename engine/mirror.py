@@ -386,6 +386,13 @@ def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,
     refuse_foreign_lists(store, prefix, [remote])
     if list_owner(store, name)[0]:
         return
+    if _check_name(name, "list_name") != name:  # the store would store another name
+        raise InvalidInput(
+            f"{server} sent a change of list {remote!r}, a name with surrounding spaces (a hub"
+            f" stores none): local list {name!r} would be created as {name.strip()!r}; nothing"
+            " of this page was written",
+            field="list_name",
+        )
     store.create_list(name, description=f"mirror of {remote!r} on {server}", owner=server,
                       actor=actor)  # fmt: skip
     conn.execute(

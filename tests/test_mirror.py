@@ -591,10 +591,11 @@ def _change(sid: int, rng, **fields):
     from hashmatch.v1 import signals_pb2
 
     fields.setdefault("signal_type", "pdq")
+    fields.setdefault("list_name", "shared")
     if fields["signal_type"] != "vpdq":
         fields.setdefault("hash", rng.bytes(32))
     return signals_pb2.Change(seq=1, action=signals_pb2.CHANGE_ACTION_ADDED, signal_id=sid,
-                              live=True, list_name="shared", **fields)  # fmt: skip
+                              live=True, **fields)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -612,6 +613,8 @@ def _change(sid: int, rng, **fields):
          "frames[0]): vpdq hash must be 32 bytes, got 31"),
         (lambda rng: [_change(2, rng, signal_type="vpdq")], "a vpdq signal needs at least one"),
         (lambda rng: [_change(2, rng, signal_type="foo")], "unknown signal type 'foo'"),
+        # the store strips names: the list was created as 'hub/other', then not found
+        (lambda rng: [_change(2, rng, list_name="other ")], "would be created as 'hub/other'"),
         # a video's hash that is not its frames' (the store keys a video by them)
         (lambda rng: [_change(2, rng, signal_type="vpdq", hash=rng.bytes(32),
                               frames=[rng.bytes(32)]), _change(3, rng, hash=rng.bytes(31))],
