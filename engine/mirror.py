@@ -463,6 +463,8 @@ def _record(change: Any) -> tuple[bytes, SignalRecord]:
     run with a traceback."""
     st = signal_types.get(change.signal_type, field="signal_type")
     quality = int(change.quality) if change.HasField("quality") else None
+    if quality is not None and not 0 <= quality <= 100:
+        raise InvalidInput(f"quality must be 0..100, got {quality}", field="quality")
     expires = parse_time(float(change.expires_at)) if change.HasField("expires_at") else None
     if st.name != "vpdq":
         code = st.parse(bytes(change.hash), field="hash").tobytes()
@@ -474,11 +476,12 @@ def _record(change: Any) -> tuple[bytes, SignalRecord]:
         [st.parse(bytes(f), field=f"frames[{j}]") for j, f in enumerate(change.frames)]
     )
     n = len(frames)  # per-frame extras: all or none (an older hub sends none)
+    qualities = list(change.frame_qualities) if len(change.frame_qualities) == n else None
+    stamps = list(change.timestamps) if len(change.timestamps) == n else None
+    signal_types.check_frame_extras(n, qualities, stamps)
     return video_key(frames), SignalRecord(
         "vpdq", "", tuple(change.labels), change.external_id or None, quality, expires,
-        frames=frames,
-        frame_qualities=list(change.frame_qualities) if len(change.frame_qualities) == n else None,
-        timestamps=list(change.timestamps) if len(change.timestamps) == n else None,
+        frames=frames, frame_qualities=qualities, timestamps=stamps,
     )  # fmt: skip
 
 

@@ -613,6 +613,10 @@ def _change(sid: int, rng, **fields):
          "frames[0]): vpdq hash must be 32 bytes, got 31"),
         (lambda rng: [_change(2, rng, signal_type="vpdq")], "a vpdq signal needs at least one"),
         (lambda rng: [_change(2, rng, signal_type="foo")], "unknown signal type 'foo'"),
+        # (the store refused these too, as 'record 0' of a strict ingest: no hub, no signal)
+        (lambda rng: [_change(2, rng, quality=1000)], "quality): quality must be 0..100"),
+        (lambda rng: [_change(2, rng, signal_type="vpdq", frames=[rng.bytes(32)] * 2,
+                              frame_qualities=[90, 500])], "frame_qualities[1]"),
         # the store strips names: the list was created as 'hub/other', then not found
         (lambda rng: [_change(2, rng, list_name="other ")], "would be created as 'hub/other'"),
         # a video's hash that is not its frames' (the store keys a video by them)
