@@ -277,6 +277,7 @@ def mirror(
             if why is not None:
                 raise Conflict(_refusal(why, prefix, server, since, expect[0], log, head),
                                field="cursor")  # fmt: skip
+        plan = _plan(page, selection, server)  # outside the write lock: it reads no store
         with store.transaction() as conn:
             now_state = mirror_state(store, prefix)
             if (now_state.seq if now_state else 0) != since and not (first and resync):
@@ -286,8 +287,8 @@ def mirror(
                 )
             if first and resync and not (state and state.resync):
                 conn.execute("DELETE FROM mirror_signals WHERE prefix = ?", (prefix,))
-            _apply(store, conn, page, prefix=prefix, server=server, store_id=log.store_id,
-                   selection=selection, actor=actor, summary=summary)  # fmt: skip
+            _apply(store, conn, plan, prefix=prefix, server=server, store_id=log.store_id,
+                   actor=actor, summary=summary)  # fmt: skip
             finishing = resync and not more
             if finishing:
                 _retract_unseen(store, conn, prefix, log.store_id, server, actor, summary)
@@ -348,29 +349,43 @@ def _pages(
         since = head
 
 
-def _apply(store: SignalStore, conn, page: list, *, prefix: str, server: str, store_id: str,
-           selection: dict, actor: str, summary: MirrorSummary) -> None:  # fmt: skip
-    """One page of changes, inside the caller's transaction. The last change of each
-    remote id decides (every ADDED change carries the signal's state at read time)."""
+@dataclass
+class _Plan:
+    """What a page asks for: live changes by (remote list, type) with their checked
+    codes, and the remote ids to retract."""
+
+    live: dict[tuple[str, str], list[tuple[Any, bytes]]]
+    removed: list[int]
+    dead: list[int]  # ADDED but no longer matching there (retracted since, expired)
+
+
+def _plan(page: list, selection: dict, server: str) -> _Plan:
+    """The last change of each remote id decides (every ADDED change carries the
+    signal's state at read time); every change applied is checked before anything is
+    written. Made before the page's transaction: a local writer waited behind a 1M
+    page for 25 s, most of it spent here."""
     from hashmatch.v1 import signals_pb2
 
     last: dict[int, Any] = {}
     for change in page:
         last[int(change.signal_id)] = change
     wanted = set(selection.get("lists") or ())
-    live: dict[tuple[str, str], list] = {}  # (remote list, type) -> changes
-    removed: list[int] = []
-    dead: list[int] = []  # ADDED but no longer matching there (retracted since, expired)
+    plan = _Plan({}, [], [])
     for rid, change in last.items():
         if change.action != signals_pb2.CHANGE_ACTION_ADDED:
-            removed.append(rid)
+            plan.removed.append(rid)
         elif not change.live:
-            dead.append(rid)
+            plan.dead.append(rid)
         elif not wanted or change.list_name in wanted:
-            # every change is checked before anything is written; the records are made
-            # again where needed (kept for a page of 1M they doubled the mirror's memory)
-            code, rec = _checked(change, server)
-            live.setdefault((change.list_name, rec.signal_type), []).append((change, code))
+            stype, code = _checked(change, server)
+            plan.live.setdefault((change.list_name, stype), []).append((change, code))
+    return plan
+
+
+def _apply(store: SignalStore, conn, plan: _Plan, *, prefix: str, server: str, store_id: str,
+           actor: str, summary: MirrorSummary) -> None:  # fmt: skip
+    """One page's :class:`_Plan`, inside the caller's transaction."""
+    live, removed, dead = plan.live, plan.removed, plan.dead
     for remote in sorted({name for name, _ in live}):
         _own_list(store, conn, prefix, remote, server, actor)
     for (remote, stype), changes in sorted(live.items(), key=lambda kv: kv[0]):
@@ -454,41 +469,60 @@ def _existing(conn, list_id: int, stype: str, codes: np.ndarray) -> dict[bytes, 
     return out
 
 
-def _record(change: Any) -> tuple[bytes, SignalRecord]:
-    """A live ADDED change as the local store's code (a video's: the SHA-256 of its
-    frames, as the store keys it) and record, checked as the hub's own Ingest checks a
-    signal. Why: a buggy or malicious hub's hash of the wrong length was joined with
-    the others and cut into 32-byte codes (a 31- and a 33-byte hash written as two
-    wrong ones), and a NaN expiry or a video hash that is not its frames' broke the
-    run with a traceback."""
+def _check(change: Any) -> tuple[str, bytes]:
+    """(type, code in the local store: a video's is the SHA-256 of its frames, as the
+    store keys it) of a live ADDED change, every field checked as the hub's own Ingest
+    checks a signal. Why: a buggy or malicious hub's hash of the wrong length was
+    joined with the others and cut into 32-byte codes, and a NaN expiry or a video hash
+    that is not its frames' broke the run with a traceback."""
     st = signal_types.get(change.signal_type, field="signal_type")
+    _provenance(change)
+    if st.name != "vpdq":
+        return st.name, st.parse(bytes(change.hash), field="hash").tobytes()
+    frames, qualities, stamps = _frames(change)
+    signal_types.check_frame_extras(len(frames), qualities, stamps)
+    return st.name, video_key(frames)
+
+
+def _provenance(change: Any) -> tuple[str, str | None, int | None, float | None]:
+    """(labels as stored, external id, quality, expiry) of a change, as the store's
+    columns hold them (compared with the local copy's without building a record)."""
     quality = int(change.quality) if change.HasField("quality") else None
     if quality is not None and not 0 <= quality <= 100:
         raise InvalidInput(f"quality must be 0..100, got {quality}", field="quality")
     expires = parse_time(float(change.expires_at)) if change.HasField("expires_at") else None
-    if st.name != "vpdq":
-        code = st.parse(bytes(change.hash), field="hash").tobytes()
-        return code, SignalRecord(st.name, code.hex(), tuple(change.labels),
-                                  change.external_id or None, quality, expires)  # fmt: skip
+    return join_labels(change.labels), change.external_id or None, quality, expires
+
+
+def _frames(change: Any) -> tuple[np.ndarray, list | None, list | None]:
+    """A vPDQ change's frames and their qualities and times (all or none: an older hub
+    sends none)."""
+    st = signal_types.get("vpdq")
     if not change.frames:
         raise InvalidInput("a vpdq signal needs at least one frame", field="frames")
     frames = np.stack(
         [st.parse(bytes(f), field=f"frames[{j}]") for j, f in enumerate(change.frames)]
     )
-    n = len(frames)  # per-frame extras: all or none (an older hub sends none)
+    n = len(frames)
     qualities = list(change.frame_qualities) if len(change.frame_qualities) == n else None
     stamps = list(change.timestamps) if len(change.timestamps) == n else None
-    signal_types.check_frame_extras(n, qualities, stamps)
-    return video_key(frames), SignalRecord(
-        "vpdq", "", tuple(change.labels), change.external_id or None, quality, expires,
-        frames=frames, frame_qualities=qualities, timestamps=stamps,
-    )  # fmt: skip
+    return frames, qualities, stamps
 
 
-def _checked(change: Any, server: str) -> tuple[bytes, SignalRecord]:
-    """:func:`_record`, its refusal naming the hub and the change (the page is not written)."""
+def _record(change: Any, stype: str, code: bytes) -> SignalRecord:
+    """The record to ingest of a change :func:`_check` accepted."""
+    _labels, ext, quality, expires = _provenance(change)
+    if stype != "vpdq":
+        return SignalRecord(stype, code.hex(), tuple(change.labels), ext, quality, expires)
+    frames, qualities, stamps = _frames(change)
+    return SignalRecord("vpdq", "", tuple(change.labels), ext, quality, expires, frames=frames,
+                        frame_qualities=qualities, timestamps=stamps)  # fmt: skip
+
+
+def _checked(change: Any, server: str) -> tuple[str, bytes]:
+    """:func:`_check`, its refusal naming the hub and the change (the page is not written)."""
     try:
-        return _record(change)
+        return _check(change)
     except InvalidInput as exc:
         raise InvalidInput(
             f"{server} sent a change the local store refuses (signal {change.signal_id} of"
@@ -509,17 +543,15 @@ def _upsert(store: SignalStore, conn, prefix: str, remote: str, stype: str, chan
     ours = _reason_prefix(prefix)
     write, restore = [], []
     for change, code in changes:
-        rec = _record(change)[1]
         old = before.get(code)
         if old is None:
             summary.added += 1
-            write.append(rec)
+            write.append(_record(change, stype, code))
             continue
         sid, labels, ext, quality, expires, retracted, reason = old
-        differs = (labels, ext, quality, expires) != (
-            join_labels(rec.labels), rec.external_id, rec.quality, rec.expires_at)  # fmt: skip
+        differs = (labels, ext, quality, expires) != _provenance(change)
         if differs:
-            write.append(rec)
+            write.append(_record(change, stype, code))
         if retracted is not None and (reason or "").startswith(ours):
             restore.append(sid)
             summary.restored += 1
@@ -537,9 +569,10 @@ def _upsert(store: SignalStore, conn, prefix: str, remote: str, stype: str, chan
         store.restore(list_name=name, signal_ids=restore, actor=actor)
     new = np.array([c.tobytes() not in before for c in codes], dtype=bool)
     after = {**before, **_existing(conn, list_id, stype, codes[new])} if new.any() else before
-    conn.executemany(
-        "INSERT OR REPLACE INTO mirror_signals(prefix, store_id, remote_id, signal_id)"
-        " VALUES (?, ?, ?, ?)",
+    conn.executemany(  # an unchanged row is not rewritten (a 1M page of them held the lock)
+        "INSERT INTO mirror_signals(prefix, store_id, remote_id, signal_id) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT(prefix, store_id, remote_id) DO UPDATE SET signal_id = excluded.signal_id"
+        " WHERE signal_id != excluded.signal_id",
         [(prefix, store_id, int(c.signal_id), after[code][0]) for c, code in changes],
     )  # fmt: skip
 

@@ -681,3 +681,28 @@ def test_a_follow_that_loses_the_cursor_to_an_overlapping_run_goes_on(tmp_path):
         assert [p.returncode for p in procs] == [0, 0], outs
         assert "advanced its cursor meanwhile" in outs[0][1] + outs[1][1], outs
         assert _local_view(local) == _hub_view(ts.engine.store, None)
+
+
+def test_a_page_is_checked_before_the_write_lock_is_taken(tmp_path):
+    """Planning a page (the last change of each id, every change checked) reads no
+    store, so it runs before the page's transaction: a local writer waited 25 s behind
+    a hub's 1M-signal page that changed nothing, most of it spent there. Seen from
+    outside: with the store's write lock held by another writer, a bad page is refused
+    at once instead of after the 60 s busy wait."""
+    import sqlite3
+
+    rng = np.random.default_rng(9)
+    local = tmp_path / "local"
+    SignalStore(local / "store.sqlite", create=True).close()
+    lock = sqlite3.connect(local / "store.sqlite", isolation_level=None)
+    lock.execute("BEGIN IMMEDIATE")
+    try:
+        with _RogueHub([[_change(1, rng, hash=rng.bytes(31))]]) as target:
+            started = time.monotonic()
+            result = CliRunner().invoke(cli, ["mirror", "--server", target, "--prefix", PREFIX,
+                                              "--data-dir", str(local)])  # fmt: skip
+            took = time.monotonic() - started
+    finally:
+        lock.close()
+    assert result.exit_code == 1 and "pdq hash must be 32 bytes" in result.output, result.output
+    assert took < 20, took
