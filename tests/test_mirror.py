@@ -706,3 +706,25 @@ def test_a_page_is_checked_before_the_write_lock_is_taken(tmp_path):
         lock.close()
     assert result.exit_code == 1 and "pdq hash must be 32 bytes" in result.output, result.output
     assert took < 20, took
+
+
+def test_an_engine_ingest_inside_a_transaction_reaches_the_index_only_when_it_commits(tmp_path):
+    """Ingest's on_commit (the engine's index sync) runs when the ingest's savepoint is
+    released, still inside the enclosing transaction: it must not make the live index
+    match a signal that is then rolled back (it reads the change log as committed)."""
+    from hashmatch.engine.runtime import Engine
+    from hashmatch.engine.store import SignalRecord
+
+    code = np.random.default_rng(11).integers(0, 256, 32, dtype=np.uint8)
+    with Engine.open(tmp_path / "d") as engine:
+        engine.store.create_list("a")
+        with pytest.raises(RuntimeError), engine.store.transaction():
+            engine.ingest([SignalRecord("pdq", code.tobytes().hex())], list_name="a")
+            raise RuntimeError("killed before the commit")
+        assert engine.match("pdq", code[None, :], threshold=0) == [[]]
+        with engine.store.transaction():
+            engine.ingest([SignalRecord("pdq", code.tobytes().hex())], list_name="a")
+            engine.ingest([SignalRecord("pdq", code.tobytes().hex())], list_name="a",
+                          strict=True)  # fmt: skip
+        (found,) = engine.match("pdq", code[None, :], threshold=0)
+        assert [m.distance for m in found] == [0]
