@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from hashmatch.engine.errors import InvalidInput
-from hashmatch.engine.rescan import StoreChanges, why_gone
-from hashmatch.engine.store import split_labels
+from hashmatch.engine.rescan import why_gone
+from hashmatch.engine.store import REVIVE, UPDATE, split_labels
 from hashmatch.server import convert
 from hashmatch.v1 import signals_pb2
 
@@ -43,40 +46,47 @@ def changes(
 ) -> Iterator[signals_pb2.ChangesResponse]:
     if request.since < 0:
         raise InvalidInput("since must be >= 0 (0 = from the beginning)", field="since")
+    if request.since_signal_id < 0:
+        raise InvalidInput("since_signal_id must be >= 0 (0 = none of entry since + 1)",
+                           field="since_signal_id")  # fmt: skip
     types = {
         convert.signal_type(name, f"signal_types[{i}]").name
         for i, name in enumerate(request.signal_types)
     }
     store = host.engine.store
     visible = store.visible_list_ids(call.principal.engine_tenant)
-    head, logged = StoreChanges(store).read(request.since)
-    entries = [c for c in logged if not types or c.signal_type in types]
-    more = False
-    if request.max_changes:  # stop after the entry that reaches the limit
-        total = 0
-        for n, entry in enumerate(entries):
-            # only what the caller will be shown counts: paging on every logged id
-            # let a tenant measure other tenants' ingests/retractions (size, type)
-            total += _shown(store, entry.ids.tolist(), visible)
-            if total >= request.max_changes and n + 1 < len(entries):
-                head, more, entries = entry.seq, True, entries[: n + 1]
-                break
+    split = request.split_entries
+    after = int(request.since_signal_id) if split else 0
+    head = store.change_counter()
+    entries = _entries(store, request.since, head, types)
+    stop = _Stop(len(entries) - 1, 0, False)
+    if request.max_changes:
+        stop = _stop_at(store, entries, (request.since, after), visible,
+                        int(request.max_changes), split)  # fmt: skip
+        if stop.more:
+            head = entries[stop.index].seq - (1 if stop.signal_id else 0)
+    entries = entries[: stop.index + 1]
     lists = store.list_table()
     now = time.time()
     log = {  # which history since and head are positions in (see ChangesResponse)
         "store_id": store.store_id(),
         "since_digest": store.change_digest(request.since) or "",
         "head_digest": store.change_digest(head) or "",
+        "split_entries": split,
+        "head_signal_id": stop.signal_id,
+        "head_entry_digest": (store.change_digest(head + 1) or "") if stop.signal_id else "",
+        "since_entry_digest": (store.change_digest(request.since + 1) or "") if after else "",
     }
-    reply = signals_pb2.ChangesResponse(head=head, more=more, **log)
+    reply = signals_pb2.ChangesResponse(head=head, more=stop.more, **log)
     size = sent = 0
-    for entry in entries:
-        call.check_deadline()
+    for n, entry in enumerate(entries):
         added = entry.op == "add"
         action = signals_pb2.CHANGE_ACTION_ADDED if added else signals_pb2.CHANGE_ACTION_REMOVED
-        ids = entry.ids.tolist()
-        for start in range(0, len(ids), CHUNK):
-            chunk = ids[start : start + CHUNK]
+        ids = _cut(_ids(store, entry), after if entry.seq == request.since + 1 else 0,
+                   stop.signal_id if n == stop.index else 0)  # fmt: skip
+        for start in range(0, len(ids), CHUNK):  # the ids in slices: details per slice only
+            call.check_deadline()
+            chunk = ids[start : start + CHUNK].tolist()
             with _one_read(store):  # a video's state and its frames from one snapshot
                 info = store.lookup(chunk, with_quality=True)
                 frames = _frames(store, chunk) if added and entry.signal_type == "vpdq" else {}
@@ -111,22 +121,99 @@ def changes(
                 if size >= MESSAGE_BYTES:
                     sent += len(reply.changes)
                     yield reply
-                    reply = signals_pb2.ChangesResponse(head=head, more=more, **log)
+                    reply = signals_pb2.ChangesResponse(head=head, more=stop.more, **log)
                     size = 0
     sent += len(reply.changes)
-    call.log.update(since=request.since, head=head, changes=sent, more=more)
+    call.log.update(since=request.since, head=head, changes=sent, more=stop.more)
+    if stop.signal_id:
+        call.log.update(head_signal_id=stop.signal_id)
     yield reply  # always at least one message: it carries head
 
 
-def _shown(store: SignalStore, ids: list[int], visible: set[int] | None) -> int:
-    """How many of ``ids`` are signals of lists in ``visible`` (None = all)."""
+@dataclass(frozen=True)
+class _Entry:
+    """A change-log row the stream reads: its ids are loaded one entry at a time."""
+
+    seq: int
+    op: str  # "add" (add, revive, update: the signal matches, maybe anew) | "remove"
+    signal_type: str
+    first: int | None
+    last: int | None
+    blob: bool
+
+
+def _entries(store: SignalStore, since: int, head: int, types: set[str]) -> list[_Entry]:
+    """The entries after ``since`` up to ``head`` with ids, of ``types`` (empty = all),
+    as :meth:`StoreChanges.read` reads them, without their ids (a first mirror of a big
+    hub held every id of its log, as Python ints, in one call)."""
+    out = []
+    for seq, op, stype, first, last, nbytes in store.conn().execute(
+        "SELECT seq, op, signal_type, first_id, last_id, length(ids) FROM changes"
+        " WHERE seq > ? AND seq <= ? AND op IN ('add', 'remove', ?, ?) ORDER BY seq",
+        (since, head, REVIVE, UPDATE),
+    ):
+        if types and stype not in types:
+            continue
+        if nbytes or (nbytes is None and first is not None and last is not None):
+            op = "remove" if op == "remove" else "add"
+            out.append(_Entry(seq, op, stype, first, last, bool(nbytes)))
+    return out
+
+
+def _ids(store: SignalStore, entry: _Entry) -> np.ndarray:
+    """An entry's ids in ascending order, each once (how every writer logs them; sorted
+    here if an entry is not, as the position inside an entry is a signal id)."""
+    if not entry.blob:
+        return np.arange(entry.first, entry.last + 1, dtype=np.int64)
+    (blob,) = store.conn().execute("SELECT ids FROM changes WHERE seq = ?", (entry.seq,)).fetchone()
+    ids = np.frombuffer(blob, dtype=np.int64)
+    return ids if bool(np.all(ids[1:] > ids[:-1])) else np.unique(ids)
+
+
+def _cut(ids: np.ndarray, after: int, through: int) -> np.ndarray:
+    """``ids`` (ascending) above ``after`` and up to ``through`` (0 = no bound)."""
+    lo = int(np.searchsorted(ids, after, side="right")) if after else 0
+    hi = int(np.searchsorted(ids, through, side="right")) if through else len(ids)
+    return ids[lo:hi]
+
+
+@dataclass(frozen=True)
+class _Stop:
+    """Where a page stops: after entry ``index``, or inside it after ``signal_id``."""
+
+    index: int
+    signal_id: int  # 0 = the whole entry
+    more: bool
+
+
+def _stop_at(store: SignalStore, entries: list[_Entry], since: tuple[int, int],
+             visible: set[int] | None, limit: int, split: bool) -> _Stop:  # fmt: skip
+    """Where ``max_changes`` stops the page. Only what the caller will be shown counts:
+    paging on every logged id let a tenant measure other tenants' ingests/retractions
+    (size, type). Without ``split`` (an older client) a page ends after the entry that
+    reaches the limit; with it, at the limit, inside an entry if need be. ``since``: the
+    request's (since, since_signal_id)."""
+    total = 0
+    for n, entry in enumerate(entries):
+        ids = _cut(_ids(store, entry), since[1] if entry.seq == since[0] + 1 else 0, 0)
+        for start in range(0, len(ids), CHUNK):
+            shown = _shown(store, ids[start : start + CHUNK], visible)
+            if split and total + len(shown) >= limit:
+                last = int(shown[limit - total - 1])
+                if last != int(ids[-1]):
+                    return _Stop(n, last, True)
+            total += len(shown)
+        if total >= limit and n + 1 < len(entries):
+            return _Stop(n, 0, True)
+    return _Stop(len(entries) - 1, 0, False)
+
+
+def _shown(store: SignalStore, ids: np.ndarray, visible: set[int] | None) -> np.ndarray:
+    """Those of ``ids`` (at most CHUNK) that are signals of lists in ``visible`` (None = all)."""
     if visible is None:
-        return len(ids)
-    shown = 0
-    for start in range(0, len(ids), CHUNK):
-        info = store.lookup(ids[start : start + CHUNK])
-        shown += sum(1 for meta in info.values() if meta[0] in visible)
-    return shown
+        return ids
+    info = store.lookup(ids.tolist())
+    return np.array([s for s in ids.tolist() if s in info and info[s][0] in visible], np.int64)
 
 
 @contextlib.contextmanager

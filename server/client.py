@@ -209,13 +209,17 @@ class HashmatchClient(ClientBase):
         *,
         signal_types: Sequence[str] = (),
         max_changes: int = 0,
+        since_signal_id: int | None = None,
         timeout: float | None = None,
     ) -> Iterator[signals_pb2.ChangesResponse]:
         """The change log after ``since``: ChangesResponse messages (every one carries
         ``head``, the ``since`` of the next call). Retried on UNAVAILABLE until the first
         message arrives; a stream broken after that raises (read it again from ``since``).
-        With ``max_changes``, a reply with ``more`` set says to call again from ``head``."""
-        request = changes_request(since, signal_types=signal_types, max_changes=max_changes)
+        With ``max_changes``, a reply with ``more`` set says to call again from ``head``;
+        ``since_signal_id`` (0 at an entry's end) lets it stop inside a log entry: then
+        from (``head``, ``head_signal_id``)."""
+        request = changes_request(since, signal_types=signal_types, max_changes=max_changes,
+                                  since_signal_id=since_signal_id)  # fmt: skip
 
         def first(
             _request: None, *, timeout: float | None, metadata: Sequence[tuple[str, str]]

@@ -450,10 +450,20 @@ def add_retract_reply(
 
 
 def changes_request(
-    since: int = 0, *, signal_types: Sequence[str] = (), max_changes: int = 0
+    since: int = 0,
+    *,
+    signal_types: Sequence[str] = (),
+    max_changes: int = 0,
+    since_signal_id: int | None = None,
 ) -> signals_pb2.ChangesRequest:
+    """``since_signal_id``: given (0 too), the caller resumes inside log entries
+    (``split_entries``): the changes of entry ``since + 1`` up to that signal id are read."""
     return signals_pb2.ChangesRequest(
-        since=since, signal_types=list(signal_types), max_changes=max_changes
+        since=since,
+        signal_types=list(signal_types),
+        max_changes=max_changes,
+        split_entries=since_signal_id is not None,
+        since_signal_id=since_signal_id or 0,
     )
 
 

@@ -129,14 +129,18 @@ class ListHashListsResponse(_message.Message):
     def __init__(self, lists: _Optional[_Iterable[_Union[HashList, _Mapping]]] = ...) -> None: ...
 
 class ChangesRequest(_message.Message):
-    __slots__ = ("since", "signal_types", "max_changes")
+    __slots__ = ("since", "signal_types", "max_changes", "split_entries", "since_signal_id")
     SINCE_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_TYPES_FIELD_NUMBER: _ClassVar[int]
     MAX_CHANGES_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    SINCE_SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
     since: int
     signal_types: _containers.RepeatedScalarFieldContainer[str]
     max_changes: int
-    def __init__(self, since: _Optional[int] = ..., signal_types: _Optional[_Iterable[str]] = ..., max_changes: _Optional[int] = ...) -> None: ...
+    split_entries: bool
+    since_signal_id: int
+    def __init__(self, since: _Optional[int] = ..., signal_types: _Optional[_Iterable[str]] = ..., max_changes: _Optional[int] = ..., split_entries: _Optional[bool] = ..., since_signal_id: _Optional[int] = ...) -> None: ...
 
 class Change(_message.Message):
     __slots__ = ("seq", "action", "signal_id", "signal_type", "live", "hash", "frames", "list_name", "labels", "external_id", "quality", "expires_at", "frame_qualities", "timestamps")
@@ -171,20 +175,28 @@ class Change(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., action: _Optional[_Union[ChangeAction, str]] = ..., signal_id: _Optional[int] = ..., signal_type: _Optional[str] = ..., live: _Optional[bool] = ..., hash: _Optional[bytes] = ..., frames: _Optional[_Iterable[bytes]] = ..., list_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., quality: _Optional[int] = ..., expires_at: _Optional[float] = ..., frame_qualities: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ChangesResponse(_message.Message):
-    __slots__ = ("changes", "head", "more", "store_id", "since_digest", "head_digest")
+    __slots__ = ("changes", "head", "more", "store_id", "since_digest", "head_digest", "split_entries", "head_signal_id", "head_entry_digest", "since_entry_digest")
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     SINCE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     HEAD_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
+    HEAD_ENTRY_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SINCE_ENTRY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     changes: _containers.RepeatedCompositeFieldContainer[Change]
     head: int
     more: bool
     store_id: str
     since_digest: str
     head_digest: str
-    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., head: _Optional[int] = ..., more: _Optional[bool] = ..., store_id: _Optional[str] = ..., since_digest: _Optional[str] = ..., head_digest: _Optional[str] = ...) -> None: ...
+    split_entries: bool
+    head_signal_id: int
+    head_entry_digest: str
+    since_entry_digest: str
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., head: _Optional[int] = ..., more: _Optional[bool] = ..., store_id: _Optional[str] = ..., since_digest: _Optional[str] = ..., head_digest: _Optional[str] = ..., split_entries: _Optional[bool] = ..., head_signal_id: _Optional[int] = ..., head_entry_digest: _Optional[str] = ..., since_entry_digest: _Optional[str] = ...) -> None: ...
 
 class SignalStatesRequest(_message.Message):
     __slots__ = ("signal_ids",)
