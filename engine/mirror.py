@@ -111,14 +111,16 @@ class MirrorState:
     head_digest: str
     selection: dict
     resync: bool
+    signal_id: int = 0  # inside entry seq + 1: its changes up to this remote id are applied
+    entry_digest: str = ""  # that entry's digest (when signal_id > 0)
 
 
 def mirror_state(store: SignalStore, prefix: str) -> MirrorState | None:
     row = (
         store.conn()
         .execute(
-            "SELECT prefix, server, store_id, seq, head_digest, selection, resync FROM mirrors"
-            " WHERE prefix = ?",
+            "SELECT prefix, server, store_id, seq, head_digest, selection, resync, signal_id,"
+            " entry_digest FROM mirrors WHERE prefix = ?",
             (prefix,),
         )
         .fetchone()
@@ -126,7 +128,7 @@ def mirror_state(store: SignalStore, prefix: str) -> MirrorState | None:
     if row is None:
         return None
     return MirrorState(row[0], row[1], row[2], int(row[3]), row[4], json.loads(row[5]),
-                       bool(row[6]))  # fmt: skip
+                       bool(row[6]), int(row[7]), row[8])  # fmt: skip
 
 
 def check_prefix(prefix: str) -> str:
@@ -264,23 +266,29 @@ def mirror(
                             lists_new=new)  # fmt: skip
     if not resync:
         _follow_list_states(store, prefix, shared, actor, summary, resync=False)
-    expect: tuple[str, str] | None = None  # (store id, digest at since) the log must show
+    # (store id, digest at since, digest of entry since + 1 when the cursor is inside it)
+    expect: tuple[str, str, str] | None = None  # what the log must show
     if state is None or (resync and not state.resync):
-        since = 0
+        since, at = 0, 0
     else:
-        since, expect = state.seq, (state.store_id, state.head_digest)
+        since, at = state.seq, state.signal_id
+        expect = (state.store_id, state.head_digest, state.entry_digest)
     summary.since = since
     first = True
-    for page, head, more, log in _pages(client, since, selection["types"], page_size, timeout):
+    for page in _pages(client, since, at, selection["types"], page_size, timeout):
+        head, more, log = page.head, page.more, page.log
         if expect is not None:  # every page: the hub may be replaced while we read
-            why = cursor_mismatch(since, head, log, expect[0] or None, expect[1] or None)
+            why, seq = _mismatch(since, at, page, expect), since
+            if why == "entry":
+                why, seq = "digest", since + 1
             if why is not None:
-                raise Conflict(_refusal(why, prefix, server, since, expect[0], log, head),
+                raise Conflict(_refusal(why, prefix, server, seq, expect[0], log, head),
                                field="cursor")  # fmt: skip
-        plan = _plan(page, selection, server)  # outside the write lock: it reads no store
+        plan = _plan(page.changes, selection, server)  # outside the write lock: reads no store
         with store.transaction() as conn:
             now_state = mirror_state(store, prefix)
-            if (now_state.seq if now_state else 0) != since and not (first and resync):
+            kept = (now_state.seq, now_state.signal_id) if now_state else (0, 0)
+            if kept != (since, at) and not (first and resync):
                 raise Conflict(
                     f"another run of mirror {prefix!r} advanced its cursor meanwhile; re-run",
                     field="cursor",
@@ -295,13 +303,16 @@ def mirror(
                 _follow_list_states(store, prefix, shared, actor, summary, resync=True)
             conn.execute(
                 "INSERT OR REPLACE INTO mirrors(prefix, server, store_id, seq, head_digest,"
-                " selection, resync, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " selection, resync, updated_at, signal_id, entry_digest)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (prefix, server, log.store_id, head, log.head_digest or "",
-                 json.dumps(selection), int(resync and not finishing), time.time()),
+                 json.dumps(selection), int(resync and not finishing), time.time(), page.at,
+                 page.entry_digest),
             )  # fmt: skip
         summary.pages += 1
         summary.head, summary.store_id = head, log.store_id
-        since, first, expect = head, False, (log.store_id, log.head_digest or "")
+        since, at, first = head, page.at, False
+        expect = (log.store_id, log.head_digest or "", page.entry_digest)
     summary.lists.sort()
     summary.seconds = time.monotonic() - started
     if summary.changed or summary.resync:
@@ -328,25 +339,55 @@ def _refusal(why: str, prefix: str, server: str, seq: int, kept_store: str, log:
     )
 
 
+@dataclass
+class _Page:
+    """One Changes call: its changes and where it stops, (head, at) = every change of
+    the hub's entries up to head, plus those of entry head + 1 up to remote id ``at``."""
+
+    changes: list
+    head: int
+    more: bool
+    log: LogIdentity
+    at: int = 0
+    split: bool = False  # the hub honours positions inside an entry (a newer hub)
+    entry_digest: str = ""  # of entry head + 1 when at > 0
+    since_entry_digest: str = ""  # of entry since + 1 when the request's position is inside
+
+
 def _pages(
-    client: Any, since: int, types: Sequence[str], page_size: int, timeout: float
-) -> Iterator[tuple[list, int, bool, LogIdentity]]:
-    """(changes, head, more, log identity) of one Changes call after another, from
-    ``since`` to the hub's head. Each call is read whole before it is applied: a stream
-    that breaks part way writes nothing."""
+    client: Any, since: int, at: int, types: Sequence[str], page_size: int, timeout: float
+) -> Iterator[_Page]:
+    """One Changes call after another, from (``since``, ``at``) to the hub's head. Each
+    call is read whole before it is applied: a stream that breaks part way writes
+    nothing. A page holds at most ``page_size`` changes: a hub stops inside a log entry
+    (a list re-enabled is one entry of all its signals: one 1M page held 1.5 GB here and
+    the local write lock for seconds). An older hub ignores the position and sends whole
+    entries (entry since + 1 from its start: applied again, which changes nothing)."""
     while True:
-        changes: list = []
-        head, more, log = since, False, LogIdentity("", None, None)
+        page = _Page([], since, False, LogIdentity("", None, None))
         for reply in client.changes(since, signal_types=list(types), max_changes=page_size,
-                                    timeout=timeout):  # fmt: skip
-            head, more = int(reply.head), bool(reply.more)
-            log = LogIdentity(reply.store_id, reply.since_digest or None,
-                              reply.head_digest or None)  # fmt: skip
-            changes.extend(reply.changes)
-        yield changes, head, more, log
-        if not more or head <= since:
+                                    since_signal_id=at, timeout=timeout):  # fmt: skip
+            page.head, page.more = int(reply.head), bool(reply.more)
+            page.log = LogIdentity(reply.store_id, reply.since_digest or None,
+                                   reply.head_digest or None)  # fmt: skip
+            page.split, page.since_entry_digest = reply.split_entries, reply.since_entry_digest
+            page.at = int(reply.head_signal_id) if reply.split_entries else 0
+            page.entry_digest = reply.head_entry_digest if page.at else ""
+            page.changes.extend(reply.changes)
+        yield page
+        if not page.more or (page.head, page.at) <= (since, at):
             return
-        since = head
+        since, at = page.head, page.at
+
+
+def _mismatch(since: int, at: int, page: _Page, expect: tuple[str, str, str]) -> str | None:
+    """:func:`cursor_mismatch` of the cursor (since, at), or "entry": entry since + 1,
+    which the cursor is inside, is not the one partly applied (a hub restored from a
+    backup taken before it, then written again). An older hub sent that entry whole:
+    nothing of it is skipped, only since is checked."""
+    why = cursor_mismatch(since, page.head, page.log, expect[0] or None, expect[1] or None)
+    inside = why is None and at and page.split and page.log.store_id
+    return "entry" if inside and page.since_entry_digest != expect[2] else why
 
 
 @dataclass

@@ -161,6 +161,17 @@ MIGRATIONS.append(
     ),
 )
 
+MIGRATIONS.append(
+    (
+        5,
+        "a mirror's cursor inside a hub's log entry (a list re-enabled is one entry)",
+        """
+        ALTER TABLE mirrors ADD COLUMN signal_id INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE mirrors ADD COLUMN entry_digest TEXT NOT NULL DEFAULT ''
+        """,
+    )
+)
+
 CURRENT_VERSION = MIGRATIONS[-1][0]
 
 #: What ``list_counts`` should hold, computed from the signals themselves (the rule
