@@ -178,6 +178,15 @@ class ChangeSource(Protocol):
         ...
 
 
+#: the change-log ops a reader of the log sees (a "bump" carries no ids)
+READ_OPS = ("add", "remove", REVIVE, UPDATE)
+
+
+def read_as(op: str) -> str:
+    """ "add" or "remove": how a reader of the log sees an entry's op (see StoreChanges.read)."""
+    return "remove" if op == "remove" else "add"
+
+
 class StoreChanges:
     """A local :class:`SignalStore` as a change source."""
 
@@ -206,9 +215,9 @@ class StoreChanges:
             self.store.store_id(), self.store.change_digest(since), self.store.change_digest(head)
         )
         return head, [
-            Change(c.seq, "add", c.signal_type, c.ids) if c.op in (REVIVE, UPDATE) else c
+            Change(c.seq, read_as(c.op), c.signal_type, c.ids)
             for c in self.store.changes_since(since)
-            if c.seq <= head and c.op in ("add", "remove", REVIVE, UPDATE) and len(c.ids)
+            if c.seq <= head and c.op in READ_OPS and len(c.ids)
         ]
 
     def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:

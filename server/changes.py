@@ -11,6 +11,7 @@ SignalStates the "match" role.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hashmatch.engine.errors import InvalidInput
-from hashmatch.engine.rescan import why_gone
-from hashmatch.engine.store import REVIVE, UPDATE, split_labels
+from hashmatch.engine.rescan import READ_OPS, read_as, why_gone
+from hashmatch.engine.store import split_labels
 from hashmatch.server import convert
 from hashmatch.v1 import signals_pb2
 
@@ -31,6 +32,12 @@ if TYPE_CHECKING:
 
 CHUNK = 900  # ids per store lookup (SQLite's parameter limit)
 MESSAGE_BYTES = 1 << 20  # flush a streamed message past ~1 MiB of codes
+#: an entry's ids blob from this size on (bytes: 128k ids) is kept between the calls
+#: that page through it, with its digest (one entry and a few digests at a time)
+BIG_ENTRY = 1 << 20
+_cache_lock = threading.Lock()
+_cache: dict[tuple, np.ndarray] = {}
+_digests: dict[tuple, str] = {}
 
 _STATES = {
     None: signals_pb2.SIGNAL_STATE_LIVE,
@@ -70,12 +77,12 @@ def changes(
     now = time.time()
     log = {  # which history since and head are positions in (see ChangesResponse)
         "store_id": store.store_id(),
-        "since_digest": store.change_digest(request.since) or "",
-        "head_digest": store.change_digest(head) or "",
+        "since_digest": _digest(store, request.since),
+        "head_digest": _digest(store, head),
         "split_entries": split,
         "head_signal_id": stop.signal_id,
-        "head_entry_digest": (store.change_digest(head + 1) or "") if stop.signal_id else "",
-        "since_entry_digest": (store.change_digest(request.since + 1) or "") if after else "",
+        "head_entry_digest": _digest(store, head + 1) if stop.signal_id else "",
+        "since_entry_digest": _digest(store, request.since + 1) if after else "",
     }
     reply = signals_pb2.ChangesResponse(head=head, more=stop.more, **log)
     size = sent = 0
@@ -139,7 +146,7 @@ class _Entry:
     signal_type: str
     first: int | None
     last: int | None
-    blob: bool
+    nbytes: int  # of the ids blob (0: the ids are first..last)
 
 
 def _entries(store: SignalStore, since: int, head: int, types: set[str]) -> list[_Entry]:
@@ -149,25 +156,57 @@ def _entries(store: SignalStore, since: int, head: int, types: set[str]) -> list
     out = []
     for seq, op, stype, first, last, nbytes in store.conn().execute(
         "SELECT seq, op, signal_type, first_id, last_id, length(ids) FROM changes"
-        " WHERE seq > ? AND seq <= ? AND op IN ('add', 'remove', ?, ?) ORDER BY seq",
-        (since, head, REVIVE, UPDATE),
+        f" WHERE seq > ? AND seq <= ? AND op IN ({','.join('?' * len(READ_OPS))}) ORDER BY seq",
+        (since, head, *READ_OPS),
     ):
         if types and stype not in types:
             continue
         if nbytes or (nbytes is None and first is not None and last is not None):
-            op = "remove" if op == "remove" else "add"
-            out.append(_Entry(seq, op, stype, first, last, bool(nbytes)))
+            out.append(_Entry(seq, read_as(op), stype, first, last, nbytes or 0))
     return out
 
 
 def _ids(store: SignalStore, entry: _Entry) -> np.ndarray:
     """An entry's ids in ascending order, each once (how every writer logs them; sorted
     here if an entry is not, as the position inside an entry is a signal id)."""
-    if not entry.blob:
+    if not entry.nbytes:
         return np.arange(entry.first, entry.last + 1, dtype=np.int64)
+    key = _entry_key(store, entry.seq) if entry.nbytes >= BIG_ENTRY else None
+    with _cache_lock:
+        if key is not None and key in _cache:
+            return _cache[key]
     (blob,) = store.conn().execute("SELECT ids FROM changes WHERE seq = ?", (entry.seq,)).fetchone()
     ids = np.frombuffer(blob, dtype=np.int64)
-    return ids if bool(np.all(ids[1:] > ids[:-1])) else np.unique(ids)
+    ids = ids if bool(np.all(ids[1:] > ids[:-1])) else np.unique(ids)
+    if key is not None:
+        with _cache_lock:
+            _cache.clear()  # one big entry: the one whose pages are being read
+            _cache[key] = ids
+    return ids
+
+
+def _digest(store: SignalStore, seq: int) -> str:
+    """:meth:`SignalStore.change_digest` (""), kept for a big entry: a caller paging
+    through one hashed its whole ids blob two or three times a page."""
+    key = ("digest", *_entry_key(store, seq))
+    with _cache_lock:
+        if key in _digests:
+            return _digests[key]
+    digest = store.change_digest(seq) or ""
+    row = store.conn().execute("SELECT length(ids) FROM changes WHERE seq = ?", (seq,)).fetchone()
+    if row and (row[0] or 0) >= BIG_ENTRY:
+        with _cache_lock:
+            if len(_digests) > 8:
+                _digests.clear()
+            _digests[key] = digest
+    return digest
+
+
+def _entry_key(store: SignalStore, seq: int) -> tuple:
+    """What names one entry of one history: a store restored from a backup reuses seq
+    for another write, with another random tag."""
+    row = store.conn().execute("SELECT tag FROM change_tags WHERE seq = ?", (seq,)).fetchone()
+    return (store.store_id(), seq, row[0] if row else None)
 
 
 def _cut(ids: np.ndarray, after: int, through: int) -> np.ndarray:

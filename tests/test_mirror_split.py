@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from test_mirror import TENANTS, _hub_view, _local_view, _mirror, _mirror_process
 
 from hashmatch.engine.store import SignalRecord
@@ -68,9 +69,15 @@ def _older_hub(monkeypatch) -> None:
     monkeypatch.setattr(changes_rpc, "changes", older)
 
 
-def test_changes_pages_inside_an_entry_show_the_same_changes_to_a_tenant(tmp_path):
+@pytest.mark.parametrize("kept", [False, True])
+def test_changes_pages_inside_an_entry_show_the_same_changes_to_a_tenant(
+    tmp_path, monkeypatch, kept
+):
     """The partner's pages of max_changes each, resumed by (head, head_signal_id), are
-    exactly the one-call stream: nothing of the private list, no change twice or lost."""
+    exactly the one-call stream: nothing of the private list, no change twice or lost.
+    ``kept``: the entry is big enough to be kept between calls (as a 1M one is)."""
+    if kept:
+        monkeypatch.setattr(changes_rpc, "BIG_ENTRY", 1)
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
         _big_hub(ts, np.random.default_rng(1))
         client = ts.client("partner")
