@@ -322,13 +322,17 @@ def test_audit_with_an_action_never_logged_names_the_logged_ones(run):
 
 
 def test_the_documented_downgrade_works_and_the_upgrade_is_logged(tmp_path, caplog):
-    """README, Upgrading: the SQL that takes a store back to schema 3 and then 2, and the
+    """README, Upgrading: the SQL that takes a store back to schema 4, 3 and then 2, and the
     warning the next open logs when it upgrades again (older builds then refuse the store)."""
     path = tmp_path / "data" / "store.sqlite"
     store = SignalStore(path)
     store.create_list("a")
     store.close()
     conn = sqlite3.connect(path, isolation_level=None)
+    conn.executescript(
+        "BEGIN IMMEDIATE; ALTER TABLE mirrors DROP COLUMN entry_digest; ALTER TABLE mirrors"
+        " DROP COLUMN signal_id; DELETE FROM schema_version WHERE version = 5; COMMIT;"
+    )
     conn.executescript(
         "BEGIN IMMEDIATE; DROP TABLE mirror_signals; DROP TABLE mirror_lists; DROP TABLE"
         " mirrors; DELETE FROM schema_version WHERE version = 4; COMMIT;"
@@ -341,7 +345,7 @@ def test_the_documented_downgrade_works_and_the_upgrade_is_logged(tmp_path, capl
     conn.close()
     with caplog.at_level("WARNING"):
         store = SignalStore(path)
-    assert "store schema upgraded 2 -> 4" in caplog.text
+    assert "store schema upgraded 2 -> 5" in caplog.text
     versions = [v for (v,) in store.conn().execute("SELECT version FROM schema_version")]
-    assert versions == [1, 2, 3, 4] and [h.name for h in store.lists()] == ["a"]
+    assert versions == [1, 2, 3, 4, 5] and [h.name for h in store.lists()] == ["a"]
     store.close()
