@@ -268,8 +268,8 @@ def test_kill_9_part_way_then_a_rerun_gives_the_uninterrupted_state(tmp_path):
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
         _slow_hub(ts, rng, entries=120, per=100)
         whole, killed = tmp_path / "whole", tmp_path / "killed"
-        _mirror(ts, "ops", whole, "--page-size", "1")
-        proc = _mirror_process(ts, killed, "--page-size", "1")
+        _mirror(ts, "ops", whole, "--page-size", "100")  # an entry a page
+        proc = _mirror_process(ts, killed, "--page-size", "100")
         deadline = time.monotonic() + 60
         while _cursor(killed) < 10 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.01)
@@ -278,14 +278,14 @@ def test_kill_9_part_way_then_a_rerun_gives_the_uninterrupted_state(tmp_path):
         proc.wait()
         head = ts.engine.store.change_counter()
         assert 0 < _cursor(killed) < head  # killed part way
-        _mirror(ts, "ops", killed, "--page-size", "7")
+        _mirror(ts, "ops", killed, "--page-size", "70")  # pages inside entries
         assert _cursor(killed) == _cursor(whole) == head
         assert _local_view(killed) == _local_view(whole) == _hub_view(ts.engine.store, None)
         assert len(_local_view(whole)) == 120 * 100 - len(range(1, 12000, 7))
 
         # a --resync killed part way goes on at the next plain run, and ends the same
         ts.client("ops").retract("shared", signal_ids=list(range(2, 12000, 11)))
-        proc = _mirror_process(ts, killed, "--page-size", "1", "--resync")
+        proc = _mirror_process(ts, killed, "--page-size", "100", "--resync")
         while _resyncing(killed) < 10 and time.monotonic() < deadline + 60:
             time.sleep(0.01)
         assert proc.poll() is None, "the resync finished before it could be killed"
