@@ -39,7 +39,8 @@ from hashmatch.server.commands.store import _data_dir_option, _engine
     type=click.IntRange(min=1),
     default=10_000,
     show_default=True,
-    help="Changes per transaction (a log entry is never split).",
+    help="Changes per transaction (a big hub log entry spans pages; an older hub sends"
+    " whole entries).",
 )
 @click.option("--wait", type=float, default=30.0, show_default=True,
               help="Seconds to wait for the hub to answer SERVING.")  # fmt: skip
