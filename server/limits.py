@@ -36,8 +36,14 @@ class MediaPool:
         return self._pending
 
     def _admit(self, n: int) -> None:
+        """Admit ``n`` items together, or refuse them all.
+
+        An idle pool admits any one request, even one of more items than the capacity
+        (the request's own limit, ``max_media_items``, bounds it): refusing it would be
+        final, since no retry could ever fit, yet the refusal says to retry.
+        """
         with self._lock:
-            if self._pending + n > self._capacity:
+            if self._pending and self._pending + n > self._capacity:
                 raise Overloaded(
                     f"media hashing is saturated ({self._pending} items pending, capacity "
                     f"{self._capacity}); retry with backoff"

@@ -1,0 +1,84 @@
+"""The media pool's admission gate: bounded, yet never refusing a request for good.
+
+A request may carry up to ``max_media_items`` (16) items while the pool holds
+``media_workers + media_queue`` (10) by default. Admitting only what fits made every
+request of 11-16 items fail with RESOURCE_EXHAUSTED "retry with backoff", on an idle
+server, forever.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+from hashmatch.server.errors import Overloaded
+from hashmatch.server.limits import MediaPool
+from hashmatch.server.testing import running_server
+
+
+def _png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_idle_pool_admits_a_request_larger_than_its_capacity():
+    pool = MediaPool(workers=1, queue=1)
+    try:
+        assert pool.run_all([lambda i=i: i for i in range(5)], timeout=lambda: 10.0) == list(
+            range(5)
+        )
+        assert pool.pending == 0
+    finally:
+        pool.shutdown()
+
+
+def test_busy_pool_refuses_what_does_not_fit_and_admits_again_once_idle():
+    pool = MediaPool(workers=2, queue=1)  # capacity 3; one worker is held below
+    started, release = threading.Event(), threading.Event()
+
+    def blocked() -> str:
+        started.set()
+        release.wait(10)
+        return "done"
+
+    holder: list = []
+    thread = threading.Thread(
+        target=lambda: holder.extend(pool.run_all([blocked], timeout=lambda: 10.0))
+    )
+    thread.start()
+    try:
+        assert started.wait(10)
+        assert pool.run_all([lambda: "fits"], timeout=lambda: 10.0) == ["fits"]  # 1 + 1 <= 3
+        with pytest.raises(Overloaded, match=r"1 items pending, capacity 3"):
+            pool.run_all([lambda: 1, lambda: 2, lambda: 3], timeout=lambda: 10.0)
+        assert pool.pending == 1  # the refused request left nothing behind
+    finally:
+        release.set()
+        thread.join(10)
+        pool.shutdown()
+    assert holder == ["done"]
+    assert pool.pending == 0
+
+
+def test_server_hashes_and_matches_max_media_items_in_one_request(tmp_path):
+    """Over a real socket, default limits: 16 items (the documented maximum) per call."""
+    media = [_png(i) for i in range(16)]
+    with running_server(tmp_path / "data") as server:
+        assert server.server.host.config.max_media_items == 16
+        client = server.client()
+        hashed = client.hash(media)
+        assert len(hashed.items) == 16
+        matched = client.match(media=media)
+        assert len(matched.results) == 16
+        assert all(r.computed for r in matched.results)
+        # one more than the limit is still the client's mistake, not an overload
+        with pytest.raises(grpc.RpcError) as err:
+            client.hash([*media, _png(99)])
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
