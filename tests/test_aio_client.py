@@ -253,7 +253,7 @@ def test_cancelling_the_coroutine_cancels_the_call_on_the_server(served, caplog)
             async for _reply in c.match_stream(one_then_waits()):
                 break  # leaving the loop early ends the stream, the client still open
             left = await asyncio.to_thread(access_log_line, caplog, "MatchStream", 1, 10)
-            assert left["status"] == "CANCELLED", left
+            _stream_ended_by_the_client(left)
 
             got = []
 
@@ -274,7 +274,20 @@ def test_cancelling_the_coroutine_cancels_the_call_on_the_server(served, caplog)
         stream = access_log_line(caplog, "MatchStream", 2, timeout=10)
     assert ingest["status"] == "CANCELLED", ingest
     assert "the client cancelled" in ingest["error"], ingest
-    assert stream["status"] == "CANCELLED", stream
+    _stream_ended_by_the_client(stream)
+
+
+def _stream_ended_by_the_client(line: dict) -> None:
+    """The server ended a MatchStream whose client went away, long before the client's
+    request source (30 s) would have.
+
+    Logged CANCELLED, or OK in grpcio's race: a cancel first ends the server's request
+    iterator as a half-close would (no message), and the call reads as inactive only
+    once the close event follows; a handler that finishes in between cannot tell
+    (seen once in a full run on a loaded box)."""
+    assert line["status"] in ("CANCELLED", "OK"), line
+    assert line["ms"] < 10_000, line
+    assert line["messages"] == 1, line
 
 
 def test_a_bad_token_is_unauthenticated(served):
