@@ -251,7 +251,10 @@ def mirror(
     # anything is written) and whether each list is enabled there
     hub_lists = list(client.list_hash_lists().lists)
     shared = {h.name: bool(h.enabled) for h in hub_lists}
-    missing = [name for name in lists if name not in shared]
+    # a list this mirror already mirrors that the hub stopped sharing is not a typo: its
+    # local copy is disabled below (refused, a cron job's fixed --list kept it matching)
+    recorded = set(state.selection.get("lists", [])) if state else set()
+    missing = [name for name in lists if name not in shared and name not in recorded]
     if missing:
         raise NotFound(
             f"--list: the hub shares no list named {', '.join(map(repr, missing))} with this"

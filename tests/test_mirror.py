@@ -539,6 +539,35 @@ def test_local_lists_follow_the_hubs_disable_enable_and_sharing(tmp_path):
         assert enabled() and _local_view(local) == _hub_view(hub, "partner")
 
 
+def test_a_list_unshared_under_a_fixed_list_option_is_disabled_not_an_error(tmp_path):
+    """A mirror run with the same --list every time (cron, a systemd unit): once the
+    hub stopped sharing that list, every run failed ("the hub shares no list named
+    ...") before reading the hub's list states, so the local copy stayed enabled and
+    kept matching what the hub no longer shares with you."""
+    rng = np.random.default_rng(12)
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        hub = ts.engine.store
+        ts.client("ops").ingest("shared", [signal("pdq", h) for h in _pdq(rng, 3)])
+        hub.create_tenant("partner", exist_ok=True)
+        hub.grant("partner", "shared")
+        _mirror(ts, "partner", local, "--list", "shared")
+        hub.revoke("partner", "shared")
+        (run,) = _mirror(ts, "partner", local, "--list", "shared")
+        assert run["lists_disabled"] == [PREFIX + "shared"] and run["lists_shared"] == 0
+        store = SignalStore(local / "store.sqlite", create=False)
+        try:
+            assert not store.get_list(PREFIX + "shared").enabled
+        finally:
+            store.close()
+        hub.grant("partner", "shared")
+        (run,) = _mirror(ts, "partner", local, "--list", "shared")
+        assert run["lists_stale"] == [PREFIX + "shared"]
+        # a name this mirror never mirrored is still a typo
+        out = _mirror(ts, "partner", local, "--list", "private", code=1)
+        assert "the hub shares no list named 'private'" in out
+
+
 class _RogueHub:
     """A hub that sends the pages it is given (Changes from position i = page i): what
     a buggy or malicious hub can put on the wire that a real one never would."""
