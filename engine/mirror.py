@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -175,6 +175,22 @@ def refuse_foreign_lists(store: SignalStore, prefix: str, remote_names: Sequence
             )
 
 
+def check_selection(shared: Collection[str], lists: Sequence[str], types: Sequence[str], *,
+                    recorded: Collection[str] = ()) -> None:  # fmt: skip
+    """NotFound for a ``--list`` the hub does not share with the token (and that is not
+    in the mirror's ``recorded`` selection), InvalidInput for an unknown type. Run by the
+    CLI before it creates a store: a typo left a new empty store behind."""
+    for name in types:
+        signal_types.get(name, field="types")
+    missing = [name for name in lists if name not in shared and name not in recorded]
+    if missing:
+        raise NotFound(
+            f"--list: the hub shares no list named {', '.join(map(repr, missing))} with this"
+            f" token (shared: {', '.join(sorted(shared)) or 'none'})",
+            field="lists",
+        )
+
+
 def selection_for(state: MirrorState | None, lists: Sequence[str], types: Sequence[str],
                   resync: bool) -> dict:  # fmt: skip
     """The lists and types this run mirrors: as given, else as the mirror recorded.
@@ -253,14 +269,8 @@ def mirror(
     shared = {h.name: bool(h.enabled) for h in hub_lists}
     # a list this mirror already mirrors that the hub stopped sharing is not a typo: its
     # local copy is disabled below (refused, a cron job's fixed --list kept it matching)
-    recorded = set(state.selection.get("lists", [])) if state else set()
-    missing = [name for name in lists if name not in shared and name not in recorded]
-    if missing:
-        raise NotFound(
-            f"--list: the hub shares no list named {', '.join(map(repr, missing))} with this"
-            f" token (shared: {', '.join(sorted(shared)) or 'none'})",
-            field="lists",
-        )
+    recorded = state.selection.get("lists", []) if state else []
+    check_selection(shared, lists, types, recorded=recorded)
     selection = selection_for(state, lists, types, resync)
     refuse_foreign_lists(store, prefix, selection["lists"] or sorted(shared))
     new = [] if state is None or resync else _shared_since(store, prefix, hub_lists, selection)

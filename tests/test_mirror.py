@@ -355,6 +355,14 @@ def test_unreachable_hub_bad_token_and_missing_export_role_write_nothing(tmp_pat
                 assert "give a token" not in result.output
                 assert "after the server started" in result.output
                 assert "SIGHUP" in result.output
+        # a --list the hub does not share, a type that does not exist: no store either
+        for option, says in ((["--list", "nope"], "the hub shares no list named 'nope'"),
+                             (["--types", "pdqq"], "unknown signal type 'pdqq'")):  # fmt: skip
+            result = runner.invoke(cli, ["mirror", "--server", ts.target, "--token",
+                                         ts.tokens["ops"], "--prefix", PREFIX, "--data-dir",
+                                         str(local), *option])  # fmt: skip
+            assert result.exit_code == 1 and says in result.output, result.output
+            assert len(result.output.strip().splitlines()) == 1, result.output
     assert not local.exists()  # not even a new store
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+from pathlib import Path
 
 import click
 
@@ -63,7 +64,7 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
     --resync re-reads it and retracts what it no longer has live.
     """
     from hashmatch.engine.errors import HashmatchError
-    from hashmatch.engine.mirror import check_prefix, mirror
+    from hashmatch.engine.mirror import check_prefix, check_selection, mirror
 
     type_list = [t.strip() for t in types.split(",") if t.strip()]
     if follow and interval <= 0:
@@ -77,6 +78,9 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
         client = _serving_client(server, token, tls, wait=wait, **access)
         try:
             _check_export(client)
+            if not (Path(data_dir) / "store.sqlite").exists():  # refused before it is created
+                hub_lists = [h.name for h in client.list_hash_lists().lists]
+                check_selection(hub_lists, lists, type_list)
         except BaseException:
             client.close()
             raise
