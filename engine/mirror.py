@@ -273,6 +273,10 @@ def mirror(
     check_selection(shared, lists, types, recorded=recorded)
     selection = selection_for(state, lists, types, resync)
     refuse_foreign_lists(store, prefix, selection["lists"] or sorted(shared))
+    for remote in selection["lists"] or sorted(shared):
+        if problem := _name_problem(prefix, remote):
+            raise InvalidInput(f"{server} shares list {_shown(remote)}, {problem}; nothing was"
+                               " written", field="list_name")  # fmt: skip
     new = [] if state is None or resync else _shared_since(store, prefix, hub_lists, selection)
     resync = resync or bool(state and state.resync) or bool(new)  # a killed resync goes on
     summary = MirrorSummary(prefix=prefix, server=server, resync=resync, lists_shared=len(shared),
@@ -449,17 +453,43 @@ def _apply(store: SignalStore, conn, plan: _Plan, *, prefix: str, server: str, s
             _retract(store, conn, prefix, store_id, ids, f"{why} on {server}", actor, summary)
 
 
+def _name_problem(prefix: str, remote: str) -> str | None:
+    """Why hub list ``remote`` has no local list name under ``prefix`` (None: it has).
+    Why checked before any page: the store caps names at 200 characters, and a hub list
+    of 197+ failed every run at its first change with the store's "invalid list_name
+    name 'hub/aaa...'", naming neither the hub's list nor a way out."""
+    name = local_name(prefix, remote)
+    try:
+        clean = _check_name(name, "list_name")
+    except InvalidInput:
+        return (
+            f"which makes local list {_shown(name)}: local names are 1-200 characters without"
+            " tab, CR, LF or NUL; mirror it under a shorter --prefix, or leave it out with"
+            " --list (and --resync)"
+        )
+    if clean != name:
+        return (
+            f"a name with surrounding spaces (a hub stores none): local list {name!r} would be"
+            f" created as {clean!r}"
+        )
+    return None
+
+
+def _shown(name: str) -> str:
+    return repr(name) if len(name) <= 60 else f"{name[:60]!r}... ({len(name)} characters)"
+
+
 def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,
               actor: str) -> None:  # fmt: skip
     name = local_name(prefix, remote)
     refuse_foreign_lists(store, prefix, [remote])
     if list_owner(store, name)[0]:
         return
-    if _check_name(name, "list_name") != name:  # the store would store another name
+    problem = _name_problem(prefix, remote)
+    if problem:
         raise InvalidInput(
-            f"{server} sent a change of list {remote!r}, a name with surrounding spaces (a hub"
-            f" stores none): local list {name!r} would be created as {name.strip()!r}; nothing"
-            " of this page was written",
+            f"{server} sent a change of list {_shown(remote)}, {problem}; nothing of this page"
+            " was written",
             field="list_name",
         )
     store.create_list(name, description=f"mirror of {remote!r} on {server}", owner=server,

@@ -576,6 +576,24 @@ def test_a_list_unshared_under_a_fixed_list_option_is_disabled_not_an_error(tmp_
         assert "the hub shares no list named 'private'" in out
 
 
+def test_a_hub_list_name_too_long_for_the_prefix_is_named_with_the_way_out(tmp_path):
+    """Local names are capped at 200 characters: a hub list of 197+ under 'hub/' failed
+    every run at its first change with the store's "invalid list_name name 'hub/aaa...'",
+    naming neither the hub's list nor what to do, and held back every other list."""
+    rng = np.random.default_rng(13)
+    local, long = tmp_path / "local", "a" * 199
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("shared", [signal("pdq", h) for h in _pdq(rng, 2)])
+        ops.ingest(long, [signal("pdq", h) for h in _pdq(rng, 2)])
+        out = _mirror(ts, "ops", local, code=1)
+        assert f"shares list {long[:60]!r}... (199 characters)" in out, out
+        assert "shorter --prefix" in out and "--list" in out and "Traceback" not in out
+        assert _cursor(local) == 0
+        (run,) = _mirror(ts, "ops", tmp_path / "other", "--list", "shared")
+        assert run["added"] == 2
+
+
 class _RogueHub:
     """A hub that sends the pages it is given (Changes from position i = page i): what
     a buggy or malicious hub can put on the wire that a real one never would."""
