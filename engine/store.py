@@ -1472,6 +1472,7 @@ class SignalStore:
             now = time.time()
             with self._write() as wconn:
                 if retract:
+                    self._rereason(wconn, targets, reason)
                     ids = [
                         sid
                         for (sid,) in wconn.execute(
@@ -1531,6 +1532,19 @@ class SignalStore:
                     },
                 )
             return len(ids)
+
+    @staticmethod
+    def _rereason(wconn, targets: dict[int, str], reason: str | None) -> None:
+        """Already retracted ``targets`` take ``reason`` (when given): the latest word on
+        why. Why: a local analyst's retraction of a signal a mirror had retracted changed
+        nothing, so the mirror restored it when the hub did (it restores only what its
+        own reason says it retracted)."""
+        if reason:
+            wconn.execute(
+                "UPDATE signals SET retract_reason = ? WHERE retracted_at IS NOT NULL AND"
+                f" retract_reason IS NOT ? AND id IN ({','.join(map(str, targets)) or 'NULL'})",
+                (reason, reason),
+            )
 
     def retracted(
         self, *, list_name: str | None = None, tenant: str | None = None, limit: int = 1000

@@ -594,6 +594,34 @@ def test_a_hub_list_name_too_long_for_the_prefix_is_named_with_the_way_out(tmp_p
         assert run["added"] == 2
 
 
+def test_a_local_retraction_of_a_signal_the_mirror_retracted_survives_the_hubs_restore(
+    tmp_path,
+):
+    """The hub retracts X, the mirror retracts the local copy, then a local analyst
+    retracts X too (their own reason). The analyst's retract changed nothing ("retracted
+    0"), so when the hub restored X the mirror restored it here, against the analyst."""
+    local, code = tmp_path / "local", "ab" * 32
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("shared", [signal("pdq", code), signal("pdq", "cd" * 32)])
+        _mirror(ts, "ops", local)
+        ops.retract("shared", hashes=[("pdq", code)], reason="hub: wrong")
+        assert _mirror(ts, "ops", local)[0]["retracted"] == 1
+        argv = ["retract", "--list", PREFIX + "shared", "--reason", "benign here", code]
+        result = CliRunner().invoke(cli, [*argv, "--data-dir", str(local)])
+        assert result.exit_code == 0, result.output
+        ts.engine.store.restore(list_name="shared", hashes=[("pdq", code)], actor="ops")
+        (run,) = _mirror(ts, "ops", local)
+        assert (run["restored"], run["kept_retracted"]) == (0, 1)
+        store = SignalStore(local / "store.sqlite", create=False)
+        try:
+            assert [(s.hash_hex, s.retract_reason) for s in store.retracted()] == [
+                (code, "benign here")
+            ]
+        finally:
+            store.close()
+
+
 class _RogueHub:
     """A hub that sends the pages it is given (Changes from position i = page i): what
     a buggy or malicious hub can put on the wire that a real one never would."""
