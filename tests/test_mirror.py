@@ -392,6 +392,57 @@ def test_follow_picks_up_a_change(tmp_path):
         assert sum(r["added"] for r in runs) == 2
 
 
+def test_follow_goes_on_when_the_hub_is_at_its_concurrent_call_limit(tmp_path):
+    """A busy hub (max_concurrent_rpcs reached: three idle MatchStreams here) refuses a
+    pass with RESOURCE_EXHAUSTED; --follow exited on it, so every partner's mirror
+    stopped at a hub's busy moment until someone restarted it."""
+    import threading
+
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS, max_concurrent_rpcs=1,
+                        workers=6) as ts:  # fmt: skip
+        ops = ts.client("ops")
+        ops.ingest("shared", [signal("pdq", "ab" * 32)])
+        err = tmp_path / "err"
+        with err.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hashmatch.server.cli", "mirror", "--server", ts.target,
+                 "--token", ts.tokens["ops"], "--prefix", PREFIX, "--data-dir", str(local),
+                 "--follow", "--interval", "0.2"],
+                stdout=subprocess.DEVNULL, stderr=stderr,
+            )  # fmt: skip
+        gate = threading.Event()
+
+        def idle():
+            gate.wait(60)
+            yield from ()
+
+        held = []
+        try:
+            deadline = time.monotonic() + 60
+            while _cursor(local) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            # 1 + 2 reserved calls: the hub's limit, held by three tenants' idle streams
+            held = [ts.client(t).match_stream(idle()) for t in ("ops", "partner", "matcher")]
+            while "RESOURCE_EXHAUSTED" not in err.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "RESOURCE_EXHAUSTED" in err.read_text() and "retrying" in err.read_text()
+            time.sleep(0.5)  # a few more refused passes
+            assert proc.poll() is None, err.read_text()
+            gate.set()
+            for stream in held:
+                list(stream)
+            ops.ingest("shared", [signal("pdq", "cd" * 32)])
+            while len(_local_view(local)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(_local_view(local)) == 2
+        finally:
+            gate.set()
+            proc.send_signal(signals.SIGTERM)
+            proc.wait(timeout=30)
+        assert proc.returncode == 0, err.read_text()
+
+
 def test_writes_inside_a_transaction_commit_together_or_not_at_all(tmp_path):
     from hashmatch.engine.store import SignalRecord
 

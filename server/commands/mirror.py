@@ -118,13 +118,15 @@ def _check_export(client) -> None:
 
 
 def _transient(exc: click.ClickException) -> bool:
-    """A pass that failed for a reason the next pass may not meet (hub down, slow, or
-    another run of the same mirror, e.g. from cron, committed the page first: a
-    --follow that exited then stopped mirroring until someone restarted it)."""
+    """A pass that failed for a reason the next pass may not meet (hub down, slow, busy:
+    RESOURCE_EXHAUSTED is gRPC's "Concurrent RPC limit exceeded!" of a hub at its
+    max_concurrent_rpcs; or another run of the same mirror, e.g. from cron, committed the
+    page first): a --follow that exited then stopped mirroring until someone restarted it."""
     return any(
         code in exc.format_message()
-        for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "advanced its cursor meanwhile")
-    )
+        for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
+                     "advanced its cursor meanwhile")
+    )  # fmt: skip
 
 
 def _report(summary, as_json: bool, server: str) -> None:
