@@ -601,6 +601,39 @@ class SignalStore:
                 self._log_revived_list(conn, row[0])
         return self.get_list(name)
 
+    def update_list(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        owner: str | None = None,
+        labels: Iterable[str] | None = None,
+        actor: str = "local",
+    ) -> HashList:
+        """Edit a list's metadata (None: leave that field as it is; ``labels`` replaces
+        the list's labels). Audited as ``list.update`` with each changed field's old and
+        new value, so a partnership's change of owner can be traced; nothing is audited
+        when nothing changes. Metadata never changes what matches: no change-log entry."""
+        with self._write() as conn:
+            list_id = self._list_id(conn, name)
+            row = conn.execute(
+                "SELECT description, owner, labels FROM hash_lists WHERE id = ?", (list_id,)
+            ).fetchone()
+            given = {"description": description, "owner": owner,
+                     "labels": None if labels is None else join_labels(labels)}  # fmt: skip
+            old = dict(zip(("description", "owner", "labels"), row, strict=True))
+            changed = {k: v for k, v in given.items() if v is not None and v != old[k]}
+            if changed:
+                sets = ", ".join(f"{k} = ?" for k in changed)
+                conn.execute(
+                    f"UPDATE hash_lists SET {sets}, updated_at = ? WHERE id = ?",
+                    (*changed.values(), time.time(), list_id),
+                )
+                shown = {k: [_shown_field(k, old[k]), _shown_field(k, v)]
+                         for k, v in changed.items()}  # fmt: skip
+                self._audit(conn, actor, "list.update", name.strip(), 0, None, shown)
+        return self.get_list(name.strip())
+
     def _log_revived_list(self, conn: sqlite3.Connection, list_id: int) -> None:
         """One :data:`REVIVE` entry per type with the list's unretracted signals."""
         types = [
@@ -2143,6 +2176,11 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
                 q.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
+
+
+def _shown_field(key: str, value: str) -> str | list[str]:
+    """A list field as an audit entry shows it (labels as a list, not the joined text)."""
+    return list(split_labels(value)) if key == "labels" else value
 
 
 def _check_name(name: str, field_name: str) -> str:

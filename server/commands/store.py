@@ -119,7 +119,7 @@ def _echo_json(obj) -> None:
 
 @click.group("lists")
 def lists_group() -> None:
-    """Hash lists (banks): create, ls, disable, enable, export."""
+    """Hash lists (banks): create, ls, set, disable, enable, export."""
 
 
 @lists_group.command("create")
@@ -167,6 +167,35 @@ def lists_ls(tenant, as_json, data_dir) -> None:
     live = sum(i.signal_count - i.expired_count for i in found)
     expired = sum(i.expired_count for i in found)
     click.echo(f"{len(found)} list(s), {live} live signal(s), {expired} expired")
+
+
+@lists_group.command("set")
+@click.argument("name")
+@click.option("--description", default=None, help="New description.")
+@click.option("--owner", default=None, help="New owner (partner or program).")
+@click.option(
+    "--label", "labels", multiple=True, help="Replace the list's labels with these; repeatable."
+)
+@click.option("--clear-labels", is_flag=True, help="Remove every label of the list.")
+@click.option("--actor", default="local", help="Who to record in the audit log.")
+@_data_dir_option
+def lists_set(name, description, owner, labels, clear_labels, actor, data_dir) -> None:
+    """Edit a list's metadata; fields not given stay as they are. Audited (old and new).
+
+    \b
+      hashmatch lists set partner-a --owner "Partner A (program X)" --label csam --label ncii
+    """
+    if labels and clear_labels:
+        raise click.UsageError("give --label or --clear-labels, not both")
+    new_labels = () if clear_labels else (labels or None)
+    if description is None and owner is None and new_labels is None:
+        raise click.UsageError("nothing to set: give --description, --owner, --label or"
+                               " --clear-labels")  # fmt: skip
+    with _engine(data_dir) as engine:
+        info = engine.store.update_list(name, description=description, owner=owner,
+                                        labels=new_labels, actor=actor)  # fmt: skip
+    click.echo(f"list {info.name!r}: owner {info.owner!r}, labels"
+               f" {','.join(info.labels) or '-'}, description {info.description!r}")  # fmt: skip
 
 
 def _set_enabled(enabled: bool):
