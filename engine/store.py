@@ -634,6 +634,38 @@ class SignalStore:
                 self._audit(conn, actor, "list.update", name.strip(), 0, None, shown)
         return self.get_list(name.strip())
 
+    def rename_list(self, old: str, new: str, *, actor: str = "local") -> HashList:
+        """Rename a list; audited as ``list.rename`` (from, to).
+
+        Everything else refers to a list by id (signals, tenants' grants, counts), and
+        lookups read names afresh, so grants keep working and the next match, ``lists
+        ls`` and ``Signals.Changes`` show the new name. Refused: a name in use, and a list
+        a mirror created: ``hashmatch mirror`` finds its local lists by ``prefix + the
+        hub's name``, so it would create the old name again and copy the hub's signals a
+        second time."""
+        new = _check_name(new, "list_name")
+        with self._write() as conn:
+            list_id = self._list_id(conn, old)
+            owner = conn.execute(
+                "SELECT prefix, remote_name FROM mirror_lists WHERE list_id = ?", (list_id,)
+            ).fetchone()
+            if owner is not None:
+                raise Conflict(
+                    f"list {old.strip()!r} is the mirror {owner[0]!r}'s copy of the hub's"
+                    f" {owner[1]!r}: the mirror finds it by that name, so it is not renamed"
+                    " (to use other names, mirror the hub again with another --prefix)",
+                    field="list_name",
+                )
+            taken = conn.execute("SELECT 1 FROM hash_lists WHERE name = ?", (new,)).fetchone()
+            if taken is not None:
+                raise Conflict(f"hash list {new!r} already exists", field="list_name")
+            conn.execute(
+                "UPDATE hash_lists SET name = ?, updated_at = ? WHERE id = ?",
+                (new, time.time(), list_id),
+            )
+            self._audit(conn, actor, "list.rename", new, 0, None, {"from": old.strip(), "to": new})
+        return self.get_list(new)
+
     def _log_revived_list(self, conn: sqlite3.Connection, list_id: int) -> None:
         """One :data:`REVIVE` entry per type with the list's unretracted signals."""
         types = [

@@ -57,3 +57,21 @@ def test_set_edits_metadata_fields_given_and_audits_old_and_new(run):
     assert len(_audit(run, "list.update")) == 2
     assert "nothing to set" in run("lists", "set", "p", code=2).output
     assert "no hash list named 'q'" in run("lists", "set", "q", "--owner", "x", code=1).output
+
+
+def test_rename_keeps_grants_and_matches_and_refuses_a_name_in_use(run, tmp_path):
+    (code,) = _codes(1, seed=1)
+    run("ingest", _csv(tmp_path, "a", [code]), "--list", "a")
+    run("lists", "create", "b")
+    run("tenants", "create", "acme")
+    run("tenants", "grant", "acme", "a")
+    refused = run("lists", "rename", "a", "b", code=1).output
+    assert "hash list 'b' already exists" in refused
+    assert "renamed list 'a' to 'c'" in run("lists", "rename", "a", "c").output
+    # the grant is by list id: acme still matches, under the new name
+    found = json.loads(run("match", code, "--tenant", "acme", "--json").output)
+    assert [m["list_name"] for m in found[0]["matches"]] == ["c"]
+    assert "c" in run("tenants", "ls").output
+    (entry,) = _audit(run, "list.rename")
+    assert (entry["list_name"], entry["details"]) == ("c", {"from": "a", "to": "c"})
+    assert "no hash list named 'a'" in run("lists", "rename", "a", "d", code=1).output

@@ -119,7 +119,7 @@ def _echo_json(obj) -> None:
 
 @click.group("lists")
 def lists_group() -> None:
-    """Hash lists (banks): create, ls, set, disable, enable, export."""
+    """Hash lists (banks): create, ls, set, rename, disable, enable, export."""
 
 
 @lists_group.command("create")
@@ -196,6 +196,23 @@ def lists_set(name, description, owner, labels, clear_labels, actor, data_dir) -
                                         labels=new_labels, actor=actor)  # fmt: skip
     click.echo(f"list {info.name!r}: owner {info.owner!r}, labels"
                f" {','.join(info.labels) or '-'}, description {info.description!r}")  # fmt: skip
+
+
+@lists_group.command("rename")
+@click.argument("old")
+@click.argument("new")
+@click.option("--actor", default="local", help="Who to record in the audit log.")
+@_data_dir_option
+def lists_rename(old, new, actor, data_dir) -> None:
+    """Rename a list (refused if the new name is in use, or if a mirror owns the list).
+    Grants follow the list; catalog matches recorded before keep the old name.
+
+    \b
+      hashmatch lists rename partner-a partner-a-2026
+    """
+    with _engine(data_dir) as engine:
+        info = engine.store.rename_list(old, new, actor=actor)
+    click.echo(f"renamed list {old.strip()!r} to {info.name!r} (id {info.id})")
 
 
 def _set_enabled(enabled: bool):

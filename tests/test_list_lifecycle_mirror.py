@@ -1,0 +1,78 @@
+"""Renaming and deleting lists on either side of `hashmatch mirror` (a real hub server
+over a real socket, real stores on both sides, the real CLI)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from click.testing import CliRunner
+
+from hashmatch.engine.store import SignalStore
+from hashmatch.server.cli import cli
+from hashmatch.server.client import signal
+from hashmatch.server.testing import running_server
+
+TENANTS = {
+    "ops": (["match", "export", "write", "admin"], True),
+    "partner": (["match", "export"], False),
+}
+PREFIX = "hub/"
+
+
+def _codes(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [rng.bytes(32).hex() for _ in range(n)]
+
+
+def _cli(*args: str, code: int = 0) -> str:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == code, result.output
+    return result.output
+
+
+def _mirror(ts, tenant: str, local, *extra: str) -> dict:
+    out = _cli("mirror", "--server", ts.target, "--token", ts.tokens[tenant], "--prefix", PREFIX,
+               "--data-dir", str(local), "--json", *extra)  # fmt: skip
+    (summary,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return summary
+
+
+def _local(local) -> dict[str, tuple[bool, int, int]]:
+    """Local list -> (enabled, live, retracted)."""
+    store = SignalStore(local / "store.sqlite", create=False)
+    try:
+        return {i.name: (i.enabled, i.signal_count, i.retracted_count) for i in store.lists()}
+    finally:
+        store.close()
+
+
+def test_a_mirrors_list_is_not_renamed_locally_and_the_mirror_goes_on(tmp_path):
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("shared", [signal("pdq", c) for c in _codes(3, seed=1)])
+        _mirror(ts, "ops", local)
+        refused = _cli("lists", "rename", PREFIX + "shared", "mine", "--data-dir", str(local),
+                       code=1)  # fmt: skip
+        assert "is the mirror 'hub/''s copy of the hub's 'shared'" in refused
+        assert "another --prefix" in refused
+        ops.ingest("shared", [signal("pdq", c) for c in _codes(1, seed=2)])
+        assert _mirror(ts, "ops", local)["added"] == 1
+        assert _local(local) == {PREFIX + "shared": (True, 4, 0)}
+
+
+def test_a_list_renamed_on_the_hub_moves_to_the_new_local_name(tmp_path):
+    """The hub's new name is a list the mirror never wrote: the run resyncs, copies its
+    signals under the new name and retracts (and disables) the old local copy."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ts.client("ops").ingest("shared", [signal("pdq", c) for c in _codes(3, seed=3)])
+        hub = ts.engine.store
+        hub.create_tenant("partner")
+        hub.grant("partner", "shared")
+        _mirror(ts, "partner", local)
+        hub.rename_list("shared", "renamed")
+        run = _mirror(ts, "partner", local)
+        assert run["lists_new"] == ["renamed"] and run["resync"]
+        assert _local(local) == {PREFIX + "shared": (False, 0, 3), PREFIX + "renamed": (True, 3, 0)}
