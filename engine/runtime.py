@@ -75,6 +75,7 @@ from hashmatch.engine.snapshot_files import (
 from hashmatch.engine.store import (
     DEFAULT_BATCH,
     FRAME_BITS,
+    PURGE,
     IngestReport,
     Rejection,
     SignalRecord,
@@ -134,6 +135,9 @@ class Engine:
         self._applied = 0  # change-log seq the live indexes reflect
         self._sync_lock = threading.RLock()
         self._snapshot_lock = threading.Lock()  # one snapshot written at a time
+        # the live indexes hold tombstoned rows of deleted signals (PURGE): their codes
+        # stay in the index's arrays, and a snapshot would write them, until a compaction
+        self._purged = False
         self._load_info: dict = {}
         self._snapshot_at: float | None = None
 
@@ -262,7 +266,10 @@ class Engine:
         a change whose write had returned."""
         changes = self.store.changes_since(since)
         for change in changes:
-            if change.op in ("add", "remove") and len(change.ids):
+            if change.op == PURGE and change.signal_type in indexes:  # index ids as logged
+                if indexes[change.signal_type].remove(change.ids, missing_ok=True):
+                    self._purged = True
+            elif change.op in ("add", "remove") and len(change.ids):
                 index = self._index_for(change.signal_type, indexes)
                 if change.op == "add":
                     fresh = self.store.take_fresh(change.seq)
@@ -670,19 +677,27 @@ class Engine:
         """
         self._ensure_loaded()
         with self._snapshot_lock:
-            indexes, manifest = self._freeze()
+            indexes, manifest = self._freeze(compact=self._purged)
             final = self._write_snapshot(indexes, manifest)
             self._snapshot_at = manifest["created_at"]
-            self._prune_snapshots(final)
+            self._prune_snapshots(final, purged=self.store.last_purge())
         self.store.record("index.snapshot", actor=actor, count=sum(
             v["count"] for v in manifest["types"].values()), source=str(final),
             details={"change_counter": manifest["change_counter"]})  # fmt: skip
         return final
 
-    def _freeze(self) -> tuple[dict[str, object], dict]:
+    def _freeze(self, *, compact: bool = False) -> tuple[dict[str, object], dict]:
         """The live indexes as of one change (a frozen view each) and the manifest
-        naming that change; taken under the sync lock, so no change is half-applied."""
+        naming that change; taken under the sync lock, so no change is half-applied.
+
+        ``compact``: first rebuild the live indexes without tombstones (lookups that
+        need a sync wait meanwhile): a list was deleted, and the codes of its signals
+        must not be written into the snapshot (a tombstoned row keeps its code)."""
         with self._sync_lock:
+            if compact:
+                for index in (self._indexes or {}).values():
+                    index.compact()
+                self._purged = False
             indexes = {stype: _frozen(ix) for stype, ix in (self._indexes or {}).items()}
             at = self._applied
             conn = self.store.conn()
@@ -718,12 +733,13 @@ class Engine:
         fsync_path(self.snapshot_dir)
         return final
 
-    def _prune_snapshots(self, keep: Path) -> None:
+    def _prune_snapshots(self, keep: Path, *, purged: int = 0) -> None:
         """Keep ``keep`` (just written) and the newest others up to KEEP_SNAPSHOTS.
 
         Snapshots ahead of the store (it was restored from an older backup) go first:
-        they can never load, and by name they sort above the one just written.
-        Directories not named by :meth:`snapshot` are left alone.
+        they can never load, and by name they sort above the one just written. So do
+        those taken before change ``purged`` (the last list deletion): they hold the
+        deleted signals' codes. Directories not named by :meth:`snapshot` are left alone.
         """
         counter = self.store.change_counter()
         kept = 1
@@ -732,7 +748,7 @@ class Engine:
             at = snapshot_counter(snap.name)
             if snap == keep or at is None:
                 continue
-            if at <= counter and kept < KEEP_SNAPSHOTS:
+            if purged <= at <= counter and kept < KEEP_SNAPSHOTS:
                 kept += 1
                 continue
             shutil.rmtree(snap, ignore_errors=True)

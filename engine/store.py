@@ -68,6 +68,12 @@ REVIVE = "revive"
 #: log must still say so, or a mirror reading it (``hashmatch mirror``) would keep the
 #: old labels and expiry for good. Read as an add by the change readers, as REVIVE is.
 UPDATE = "update"
+#: Change-log op of the index ids (vPDQ: ``signal_id << FRAME_BITS | frame_no``) of
+#: signals deleted from the store with their list (:meth:`SignalStore.delete_list`):
+#: the engine drops them from its index (a ``remove`` of a vPDQ signal needs its frame
+#: count, gone with the rows) and writes its next snapshot without them. Readers of the
+#: log skip it: the ``remove`` entry beside it tells them.
+PURGE = "purge"
 FRESH_CACHE_ROWS = 2_000_000  # rows of just-written codes kept for the index (~64 MB of PDQ)
 MAX_REJECTIONS_KEPT = 10_000  # a report keeps this many rejections; the count is exact
 
@@ -251,6 +257,41 @@ class HashList:
     retracted_count: int = 0
     expired_count: int = 0  # of signal_count, those past their expiry (they do not match)
     signal_types: tuple[str, ...] = ()
+
+
+@dataclass
+class ListContents:
+    """What a list holds, as :meth:`SignalStore.delete_list` deletes (or would) it."""
+
+    name: str
+    id: int
+    signals: dict[str, tuple[int, int]]  # type -> (live, retracted)
+    frames: int  # vPDQ frames of its videos
+    grants: list[str]  # tenants the list is shared with
+    mirror: str | None  # the mirror prefix that created it, if one did
+    wal_cleared: bool | None = None  # delete_list: the WAL was emptied at once
+
+    @property
+    def total(self) -> int:
+        return sum(live + retracted for live, retracted in self.signals.values())
+
+    def as_dict(self) -> dict:
+        return {"list_id": self.id, "signals": self.total,
+                "live": sum(v[0] for v in self.signals.values()),
+                "retracted": sum(v[1] for v in self.signals.values()),
+                "by_type": {t: {"live": v[0], "retracted": v[1]} for t, v in self.signals.items()},
+                "frames": self.frames, "grants": self.grants, "mirror": self.mirror}  # fmt: skip
+
+    def line(self) -> str:
+        types = ", ".join(f"{t} {live + ret}" for t, (live, ret) in self.signals.items())
+        d = self.as_dict()
+        tenants = f" ({', '.join(self.grants)})" if self.grants else ""
+        mirror = f", created by mirror {self.mirror!r}" if self.mirror else ""
+        return (
+            f"{self.total} signal(s) ({d['live']} live, {d['retracted']} retracted"
+            f"{'; ' + types if types else ''}), {self.frames} vPDQ frame(s),"
+            f" {len(self.grants)} grant(s){tenants}{mirror}"
+        )
 
 
 @dataclass(frozen=True)
@@ -665,6 +706,108 @@ class SignalStore:
             )
             self._audit(conn, actor, "list.rename", new, 0, None, {"from": old.strip(), "to": new})
         return self.get_list(new)
+
+    def list_contents(self, name: str) -> ListContents:
+        """What :meth:`delete_list` would delete (``lists delete`` without ``--yes``)."""
+        conn = self.conn()
+        conn.execute("BEGIN")  # the counts of one moment
+        try:
+            return self._list_contents(conn, self._list_id(conn, name), name.strip())
+        finally:
+            conn.execute("COMMIT")
+
+    def _list_contents(self, conn: sqlite3.Connection, list_id: int, name: str) -> ListContents:
+        by_type = {
+            stype: (int(live), int(retracted))
+            for stype, live, retracted in conn.execute(
+                "SELECT signal_type, SUM(retracted_at IS NULL), SUM(retracted_at IS NOT NULL)"
+                " FROM signals WHERE list_id = ? GROUP BY signal_type ORDER BY signal_type",
+                (list_id,),
+            )
+        }
+        (frames,) = conn.execute(
+            "SELECT COUNT(*) FROM signal_frames WHERE signal_id IN"
+            " (SELECT id FROM signals WHERE list_id = ? AND signal_type = 'vpdq')",
+            (list_id,),
+        ).fetchone()
+        grants = [
+            t
+            for (t,) in conn.execute(
+                "SELECT tenant FROM tenant_lists WHERE list_id = ? ORDER BY tenant", (list_id,)
+            )
+        ]
+        mirror = conn.execute(
+            "SELECT prefix FROM mirror_lists WHERE list_id = ?", (list_id,)
+        ).fetchone()
+        return ListContents(name, list_id, by_type, int(frames), grants,
+                            mirror[0] if mirror else None)  # fmt: skip
+
+    def delete_list(self, name: str, *, actor: str = "local") -> ListContents:
+        """Delete a list and every signal of it (live or retracted, vPDQ frames
+        included) from the store for good: a partner agreement ended, or the law
+        requires deletion. Retraction (soft) keeps signals; this does not.
+
+        In one transaction: the list's live signals are logged as ``remove`` (what a
+        running server's index, ``rescan`` and ``Signals.Changes`` readers act on) and
+        every index id they had as :data:`PURGE` (the engine drops vPDQ frames by it,
+        whose count the store no longer knows, and the next snapshot is written without
+        them); then the rows go, with the list's grants, counters and mirror records
+        (a mirror's list: see README). SQLite's ``secure_delete`` overwrites the freed
+        content. An audit row (``list.delete``: who, when, how many) remains; signal ids
+        are never reused (AUTOINCREMENT), so no lookup can return a deleted signal."""
+        with self._write() as conn:
+            list_id = self._list_id(conn, name)
+            contents = self._list_contents(conn, list_id, name.strip())
+            conn.execute("PRAGMA secure_delete = ON")  # (the connection's; builds differ)
+            for stype in contents.signals:
+                self._log_deleted(conn, list_id, stype)
+            member = "(SELECT id FROM signals WHERE list_id = ?)"
+            for sql in (
+                f"DELETE FROM signal_frames WHERE signal_id IN {member}",
+                f"DELETE FROM mirror_signals WHERE signal_id IN {member}",
+                "DELETE FROM signals WHERE list_id = ?",
+                "DELETE FROM list_counts WHERE list_id = ?",
+                "DELETE FROM tenant_lists WHERE list_id = ?",
+                "DELETE FROM mirror_lists WHERE list_id = ?",
+                "DELETE FROM hash_lists WHERE id = ?",
+            ):
+                conn.execute(sql, (list_id,))
+            self._audit(conn, actor, "list.delete", contents.name, contents.total, None,
+                        contents.as_dict())  # fmt: skip
+            self._bump(conn)  # grants removed: visibility changed
+        # the WAL still holds the deleted rows' old pages until a checkpoint reuses it
+        contents.wal_cleared = self._checkpoint_truncate()
+        return contents
+
+    def _checkpoint_truncate(self) -> bool:
+        """Copy the WAL into the database file and empty it; False when a reader kept
+        part of it (SQLite's next checkpoints overwrite the rest)."""
+        busy, _log, _done = self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        return not busy
+
+    def _log_deleted(self, conn: sqlite3.Connection, list_id: int, stype: str) -> None:
+        """The change-log entries of a type's signals of a list being deleted."""
+
+        def ids(sql: str, *args) -> np.ndarray:  # no Python tuple per row: lists of 10M
+            return np.fromiter((r[0] for r in conn.execute(sql, args)), dtype=np.int64)
+
+        where = "FROM signals WHERE list_id = ? AND signal_type = ?"
+        live = ids(f"SELECT id {where} AND retracted_at IS NULL ORDER BY id", list_id, stype)
+        if len(live):  # retracted ones were logged as removed when they were retracted
+            conn.execute("INSERT INTO changes(op, signal_type, ids) VALUES ('remove', ?, ?)",
+                         (stype, live.tobytes()))  # fmt: skip
+        if stype == "vpdq":  # every frame, of retracted videos too (a server that has not
+            # replayed their retraction yet reads no frame count once they are gone)
+            index_ids = ids(
+                f"SELECT (f.signal_id << {FRAME_BITS}) | f.frame_no FROM signal_frames f"
+                " JOIN signals s ON s.id = f.signal_id WHERE s.list_id = ? ORDER BY 1",
+                list_id,
+            )
+        else:
+            index_ids = ids(f"SELECT id {where} ORDER BY id", list_id, stype)
+        if len(index_ids):
+            conn.execute("INSERT INTO changes(op, signal_type, ids) VALUES (?, ?, ?)",
+                         (PURGE, stype, index_ids.tobytes()))  # fmt: skip
 
     def _log_revived_list(self, conn: sqlite3.Connection, list_id: int) -> None:
         """One :data:`REVIVE` entry per type with the list's unretracted signals."""
@@ -1678,6 +1821,11 @@ class SignalStore:
     def change_counter(self) -> int:
         row = self.conn().execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()
         return int(row[0])
+
+    def last_purge(self) -> int:
+        """The seq of the last :data:`PURGE` entry (a list deleted), 0 if none."""
+        row = self.conn().execute("SELECT MAX(seq) FROM changes WHERE op = ?", (PURGE,))
+        return int(row.fetchone()[0] or 0)
 
     def store_id(self) -> str:
         """The store's random id (copies and backups of the file share it)."""

@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import SignalRecord, SignalStore
 from hashmatch.server.cli import cli
+from hashmatch.server.client import signal, video_signal
+from hashmatch.server.testing import running_server
 
 
 @pytest.fixture
@@ -75,3 +79,175 @@ def test_rename_keeps_grants_and_matches_and_refuses_a_name_in_use(run, tmp_path
     (entry,) = _audit(run, "list.rename")
     assert (entry["list_name"], entry["details"]) == ("c", {"from": "a", "to": "c"})
     assert "no hash list named 'a'" in run("lists", "rename", "a", "d", code=1).output
+
+
+def test_delete_without_yes_says_what_would_go_and_deletes_nothing(run, tmp_path):
+    run("ingest", _csv(tmp_path, "a", _codes(3, seed=2)), "--list", "a")
+    run("retract", "--list", "a", "--id", "1")
+    run("tenants", "create", "acme")
+    run("tenants", "grant", "acme", "a")
+    refused = run("lists", "delete", "a", code=1).output
+    assert "not deleted: list 'a' holds 3 signal(s) (2 live, 1 retracted; pdq 3)" in refused
+    assert "1 grant(s) (acme)" in refused and "--yes" in refused
+    assert "1 list(s), 2 live signal(s)" in run("lists", "ls").output
+    out = run("lists", "delete", "a", "--yes", "--actor", "legal").output
+    assert "deleted list 'a': 3 signal(s)" in out
+    assert "0 list(s)" in run("lists", "ls").output
+    assert "acme" in run("tenants", "ls").output and " a" not in run("tenants", "ls").output
+    (entry,) = _audit(run, "list.delete")
+    assert (entry["actor"], entry["list_name"], entry["count"]) == ("legal", "a", 3)
+    assert entry["details"]["grants"] == ["acme"] and entry["details"]["retracted"] == 1
+    # the list's name is free again, and a new list of that name starts empty
+    run("lists", "create", "a")
+    assert "1 list(s), 0 live signal(s)" in run("lists", "ls").output
+
+
+def _index_ids(engine, stype: str) -> set[int]:
+    """Every live id in the served engine's index of a type (all codes' radius search)."""
+    index = engine._indexes.get(stype)
+    if index is None or not len(index):
+        return set()
+    out: set[int] = set()
+    for shard in index._state:
+        for seg, dead in zip(shard.segments, shard.dead, strict=True):
+            ids = np.asarray(seg.ids)
+            out |= set((ids if dead is None else ids[dead == 0]).tolist())
+    return out
+
+
+def test_delete_under_a_running_server_stops_matches_changes_and_snapshots(tmp_path):
+    """The CLI deletes while `hashmatch serve` runs on the same data dir: the next lookup
+    over the socket no longer finds the list's signals (PDQ, MD5, vPDQ frames), a hash
+    the kept list also holds still matches there, Changes shows the removals, and the
+    next snapshot holds none of the deleted codes (the one before it is pruned)."""
+    data = tmp_path / "data"
+    gone, kept = _codes(6, seed=3), _codes(2, seed=4)
+    frames = _codes(4, seed=5)
+    md5 = "d41d8cd98f00b204e9800998ecf8427e"
+    with running_server(data) as ts:
+        client = ts.client()
+        client.ingest("gone", [signal("pdq", c) for c in gone] + [signal("md5", md5)]
+                      + [video_signal(frames, external_id="clip")])  # fmt: skip
+        client.ingest("kept", [signal("pdq", c) for c in [*kept, gone[0]]])
+        client.retract("gone", hashes=[("pdq", gone[1])])
+        before = client.match([("pdq", c) for c in gone] + [("md5", md5)], threshold=0)
+        assert [len(r.matches) for r in before.results] == [2, 0, 1, 1, 1, 1, 1]
+        assert client.match(videos=[frames]).results[0].matches[0].external_id == "clip"
+        ts.engine.snapshot()
+        head = ts.engine.store.change_counter()
+
+        out = CliRunner().invoke(cli, ["lists", "delete", "gone", "--yes", "--data-dir", str(data)])
+        assert out.exit_code == 0, out.output
+        assert "8 signal(s) (7 live, 1 retracted; md5 1, pdq 6, vpdq 1), 4 vPDQ frame(s)" in (
+            out.output
+        )
+
+        after = client.match([("pdq", c) for c in gone] + [("md5", md5)], threshold=0)
+        assert [[m.list_name for m in r.matches] for r in after.results] == [["kept"]] + [[]] * 6
+        assert not client.match(videos=[frames]).results[0].matches
+        left = {s.id for s in ts.engine.store.signals(limit=100)}
+        for stype in ("pdq", "md5", "vpdq"):  # the frames too: by their logged index ids
+            ids = _index_ids(ts.engine, stype)
+            assert {i >> 20 for i in ids} <= left if stype == "vpdq" else ids <= left
+        assert not _index_ids(ts.engine, "vpdq") and not _index_ids(ts.engine, "md5")
+        assert ts.engine.verify_index()["ok"]
+
+        removed = [(c.signal_id, c.action) for r in client.changes(head) for c in r.changes]
+        assert len(removed) == 7 and {a for _, a in removed} == {2}  # CHANGE_ACTION_REMOVED
+
+        snap = ts.engine.snapshot()
+        snaps = sorted(p.name for p in snap.parent.iterdir())
+        assert snaps == [snap.name]  # the snapshot from before the delete is gone
+        saved = b"".join(p.read_bytes() for p in snap.rglob("*") if p.is_file())
+        for code in [*gone[1:], *frames]:
+            assert bytes.fromhex(code) not in saved
+        assert bytes.fromhex(md5) not in saved and bytes.fromhex(kept[0]) in saved
+
+    # a restart from that snapshot serves the same answers
+    with running_server(data) as ts:
+        after = ts.client().match([("pdq", c) for c in gone], threshold=0)
+        assert [[m.list_name for m in r.matches] for r in after.results] == [["kept"]] + [[]] * 5
+
+
+def test_after_a_delete_no_lookup_returns_a_deleted_signal(tmp_path):
+    """Exactness: two lists sharing some codes, one deleted; every stored code and a
+    near copy of it, looked up through a loaded engine, finds only the other list."""
+    rng = np.random.default_rng(6)
+    shared = [rng.bytes(32) for _ in range(50)]
+    only_a = [rng.bytes(32) for _ in range(200)]
+    only_b = [rng.bytes(32) for _ in range(100)]
+    with Engine.open(tmp_path / "data") as engine:
+        engine.load()
+        for name, codes in (("a", shared + only_a), ("b", shared + only_b)):
+            engine.ingest([SignalRecord("pdq", c.hex()) for c in codes], list_name=name,
+                          create_list=True)  # fmt: skip
+        other = SignalStore(tmp_path / "data" / "store.sqlite")  # as another process would
+        other.delete_list("a")
+        other.close()
+        queries = np.frombuffer(b"".join(shared + only_a + only_b), np.uint8).reshape(-1, 32)
+        flipped = queries.copy()
+        flipped[:, 0] ^= 0x07  # 3 bits away
+        for q in (queries, flipped):
+            results = engine.match("pdq", q, threshold=31)
+            assert {m.list_name for r in results for m in r} == {"b"}
+            hits = [len(r) for r in results]
+            assert hits == [1] * 50 + [0] * 200 + [1] * 100
+
+
+def test_rescan_after_a_rename_and_a_delete(tmp_path):
+    """Held matches against a deleted list's signals come back as retractions with
+    reason "deleted" (their record names the list); matches against a renamed list are
+    kept as recorded (the old name), and new ones carry the new name."""
+    from scan_tree import build_tree, ingest_originals
+
+    from hashmatch.engine.catalog import Catalog
+    from hashmatch.engine.rescan import rescan
+    from hashmatch.engine.scan import LocalMatcher, ScanOptions, scan
+
+    tree = build_tree(tmp_path)
+    data = tmp_path / "data"
+    ingest_originals(data, tree, ["astronaut"], list_name="gone")
+    ingest_originals(data, tree, ["coffee"], list_name="old-name")
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    matcher = LocalMatcher.open(data)
+    scan([tree.root], catalog=catalog, matcher=matcher,
+         options=ScanOptions(workers=1, progress=False))  # fmt: skip
+    matcher.close()
+    store = SignalStore(data / "store.sqlite", create=False)
+    assert rescan(catalog, store).retracted == []  # caught up
+    held = set(catalog.conn.execute("SELECT list_name, signal_type FROM matches"))
+    assert {("gone", "pdq"), ("gone", "md5"), ("old-name", "pdq")} <= held
+
+    store.rename_list("old-name", "new-name")
+    store.delete_list("gone")
+    store.close()
+    ingest_originals(data, tree, ["chelsea"], list_name="new-name")
+    store = SignalStore(data / "store.sqlite", create=False)
+    result = rescan(catalog, store, report=tmp_path / "rescan.jsonl")
+    store.close()
+    assert {(r.match.list_name, r.reason) for r in result.retracted} == {("gone", "deleted")}
+    assert {m.list_name for m in result.new} == {"new-name"}
+    lists = {name for (name,) in catalog.conn.execute("SELECT list_name FROM matches")}
+    assert "gone" not in lists and {"old-name", "new-name"} <= lists
+    records = [json.loads(x) for x in (tmp_path / "rescan.jsonl").read_text().splitlines()]
+    gone = [r for r in records if r["kind"] == "retraction"]
+    assert gone and all((r["list"], r["reason"]) == ("gone", "deleted") for r in gone)
+    catalog.close()
+
+
+def test_the_readme_lines_run(run):
+    """The README's `lists set / rename / delete` lines, in order, on a list like its own."""
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    lines = [ln.split("#")[0] for ln in readme.splitlines()
+             if ln.startswith(("hashmatch lists set", "hashmatch lists delete"))]  # fmt: skip
+    commands = [shlex.split(c)[1:] for ln in lines for c in ln.split(";  ") if c.strip()]
+    assert [c[:2] for c in commands] == [["lists", "set"], ["lists", "rename"],
+                                         ["lists", "delete"], ["lists", "delete"]]  # fmt: skip
+    run("lists", "create", "partner-a", "--owner", "Partner A", "--label", "csam")
+    codes = [0, 0, 1, 0]  # the delete without --yes says what would go and exits 1
+    for args, code in zip(commands, codes, strict=True):
+        run(*args, code=code)
+    assert "0 list(s)" in run("lists", "ls").output

@@ -76,3 +76,40 @@ def test_a_list_renamed_on_the_hub_moves_to_the_new_local_name(tmp_path):
         run = _mirror(ts, "partner", local)
         assert run["lists_new"] == ["renamed"] and run["resync"]
         assert _local(local) == {PREFIX + "shared": (False, 0, 3), PREFIX + "renamed": (True, 3, 0)}
+
+
+def test_a_list_deleted_on_the_hub(tmp_path):
+    """An all-lists token reads the removals: the local copies are retracted. A partner's
+    token no longer sees the list (its grant went with it) nor, so, its removals: the
+    local list is disabled, and a local delete removes the copies; the hub no longer has
+    the list, so no later run brings it back."""
+    local, other = tmp_path / "local", tmp_path / "other"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ts.client("ops").ingest("shared", [signal("pdq", c) for c in _codes(3, seed=4)])
+        hub = ts.engine.store
+        hub.create_tenant("partner")
+        hub.grant("partner", "shared")
+        _mirror(ts, "ops", local)
+        _mirror(ts, "partner", other)
+        hub.delete_list("shared")
+        assert _mirror(ts, "ops", local)["retracted"] == 3
+        assert _local(local) == {PREFIX + "shared": (False, 0, 3)}
+        run = _mirror(ts, "partner", other)
+        assert run["lists_disabled"] == [PREFIX + "shared"] and run["retracted"] == 0
+        assert _local(other) == {PREFIX + "shared": (False, 3, 0)}
+        out = _cli("lists", "delete", PREFIX + "shared", "--yes", "--data-dir", str(other))
+        assert "created by mirror 'hub/'" in out
+        run = _mirror(ts, "partner", other)
+        assert run["added"] == 0 and _local(other) == {}
+
+
+def test_a_mirrors_list_deleted_locally_comes_back_while_the_hub_shares_it(tmp_path):
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ts.client("ops").ingest("shared", [signal("pdq", c) for c in _codes(2, seed=5)])
+        _mirror(ts, "ops", local)
+        _cli("lists", "delete", PREFIX + "shared", "--yes", "--data-dir", str(local))
+        assert _local(local) == {}
+        run = _mirror(ts, "ops", local)
+        assert run["lists_new"] == ["shared"] and run["added"] == 2
+        assert _local(local) == {PREFIX + "shared": (True, 2, 0)}

@@ -119,7 +119,7 @@ def _echo_json(obj) -> None:
 
 @click.group("lists")
 def lists_group() -> None:
-    """Hash lists (banks): create, ls, set, rename, disable, enable, export."""
+    """Hash lists (banks): create, ls, set, rename, disable, enable, export, delete."""
 
 
 @lists_group.command("create")
@@ -213,6 +213,44 @@ def lists_rename(old, new, actor, data_dir) -> None:
     with _engine(data_dir) as engine:
         info = engine.store.rename_list(old, new, actor=actor)
     click.echo(f"renamed list {old.strip()!r} to {info.name!r} (id {info.id})")
+
+
+@lists_group.command("delete")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Really delete (without it: say what would go).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--actor", default="local", help="Who to record in the audit log.")
+@_data_dir_option
+def lists_delete(name, yes, as_json, actor, data_dir) -> None:
+    """Delete a list and all its signals from the store for good (a partner agreement
+    ended, or the law requires it); `lists disable` or `retract` keep them instead.
+
+    Without --yes nothing is deleted: it prints what would be (counts) and exits 1.
+    A running `hashmatch serve` on the data dir stops matching them at its next lookup;
+    the next `rescan` reports their held matches as retractions (reason `deleted`).
+
+    \b
+      hashmatch lists delete partner-a          # what would go
+      hashmatch lists delete partner-a --yes
+    """
+    with _engine(data_dir) as engine:
+        store = engine.store
+        contents = store.delete_list(name, actor=actor) if yes else store.list_contents(name)
+    if as_json:
+        _echo_json({"deleted": yes, "list": contents.name, **contents.as_dict()})
+    if not yes:
+        raise click.ClickException(
+            f"not deleted: list {contents.name!r} holds {contents.line()}; re-run with --yes"
+            " to delete them from the store for good"
+        )
+    if not as_json:
+        click.echo(f"deleted list {contents.name!r}: {contents.line()}")
+    if contents.mirror:
+        click.echo(
+            f"note: mirror {contents.mirror!r} created this list; its next run creates it"
+            " again if the hub still shares it (see README: Deleting a list)",
+            err=True,
+        )
 
 
 def _set_enabled(enabled: bool):
