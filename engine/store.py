@@ -606,10 +606,15 @@ class SignalStore:
             self._audit(conn, actor, "list.create", name, 0, None, {"owner": owner})
         return self.get_list(name)
 
+    @staticmethod
+    def _list_exists(conn: sqlite3.Connection, name: str) -> bool:
+        found = conn.execute("SELECT 1 FROM hash_lists WHERE name = ?", (name.strip(),))
+        return found.fetchone() is not None
+
     def _ensure_list(
         self, conn: sqlite3.Connection, name: str, actor: str, *, own_txn: bool
     ) -> None:
-        if conn.execute("SELECT 1 FROM hash_lists WHERE name = ?", (name,)).fetchone():
+        if self._list_exists(conn, name):
             return
         if own_txn:
             self.create_list(name, actor=actor, exist_ok=True)
@@ -1064,9 +1069,13 @@ class SignalStore:
                 self._begin(conn)
             in_txn = strict
             try:
-                if create_list and tenant is None:
-                    self._ensure_list(conn, list_name, actor, own_txn=not strict)
-                list_id = self._writable_list_id(conn, list_name, tenant)
+                # a new list is created with the first signal stored: a file whose header
+                # or every line is refused leaves no empty list behind (a typo'd --list
+                # with a wrong file did, and `lists ls` then showed it)
+                create = create_list and tenant is None and not self._list_exists(conn, list_name)
+                if create:
+                    _check_name(list_name, "list_name")  # refused before reading the file
+                list_id = None if create else self._writable_list_id(conn, list_name, tenant)
                 ingest_id = time.time_ns()
                 seen = 0
                 # Parsing (Python, holds the GIL) runs in a helper thread while this one
@@ -1082,9 +1091,9 @@ class SignalStore:
                     for item in parser_rejections:
                         report.reject(item)
                     if len(batch):
-                        self._ingest_batch(
-                            conn, batch, list_id, ingest_id, report, actor, source, strict
-                        )
+                        new_list = None if list_id is not None else (list_name, tenant)
+                        list_id = self._ingest_batch(conn, batch, list_id, ingest_id, report,
+                                                     actor, source, strict, new_list)  # fmt: skip
                         if not strict and on_commit is not None:
                             on_commit()
                     if progress is not None:
@@ -1138,14 +1147,19 @@ class SignalStore:
         self,
         conn: sqlite3.Connection,
         batch: list[tuple[int, SignalRecord]],
-        list_id: int,
+        list_id: int | None,
         ingest_id: int,
         report: IngestReport,
         actor: str,
         source: str | None,
         strict: bool,
-    ) -> None:
-        """Validate, de-duplicate and write one batch (one transaction unless strict).
+        new_list: tuple[str, str | None] | None = None,
+    ) -> int | None:
+        """Validate, de-duplicate and write one batch (one transaction unless strict);
+        return the list's id.
+
+        ``list_id`` None: the list (``new_list``: name, tenant) does not exist yet and is
+        created only if the batch has a valid signal to write.
 
         Hot path: hashes are validated per type in one ``bytes.fromhex`` call, keyed
         by a 63-bit fingerprint of (type, code), and inserted by one ``INSERT ...
@@ -1158,10 +1172,11 @@ class SignalStore:
         if isinstance(batch, ColumnBatch):
             plan = self._plan_columns(batch)
             if plan is not None:
+                list_id = self._list_for(conn, list_id, new_list, [plan], actor, strict)
                 self._write_txn(conn, [plan], list_id, ingest_id, now, report, actor,
                                 source, strict, rejected_before,
                                 [n for n in batch.lines if n is not None])  # fmt: skip
-                return
+                return list_id
             batch = batch.records()  # something unusual: the per-record path says what
         lines = [rec.line for _, rec in batch if rec.line is not None]
         groups: dict[str, list[tuple[int, SignalRecord]]] = {}
@@ -1185,8 +1200,22 @@ class SignalStore:
                     report.reject(Rejection(exc.message, position, rec.line, "signal_type"))
                 continue
             prepared.append(self._validate_group(st, items, report))
-        self._write_txn(conn, prepared, list_id, ingest_id, now, report, actor, source, strict,
-                        rejected_before, lines)  # fmt: skip
+        list_id = self._list_for(conn, list_id, new_list, prepared, actor, strict)
+        if list_id is not None:
+            self._write_txn(conn, prepared, list_id, ingest_id, now, report, actor, source,
+                            strict, rejected_before, lines)  # fmt: skip
+        return list_id
+
+    def _list_for(self, conn, list_id, new_list, prepared, actor, strict) -> int | None:
+        """``list_id``, else the id of the new list ``new_list`` (name, tenant), created
+        now if ``prepared`` holds a signal to write; None (nothing created) if not."""
+        if list_id is not None or new_list is None:
+            return list_id
+        if not any(isinstance(g, _ColumnPlan) or g[1] for g in prepared):
+            return None  # every record of the batch was rejected
+        name, tenant = new_list
+        self._ensure_list(conn, name, actor, own_txn=not strict)
+        return self._writable_list_id(conn, name, tenant)
 
     def _write_txn(
         self, conn, prepared, list_id, ingest_id, now, report, actor, source, strict,

@@ -250,6 +250,26 @@ def test_ingest_says_what_it_creates_and_warns_of_a_disabled_list(run, tmp_path)
     assert "list 'parnter-a' is disabled" in again.stderr
 
 
+def test_an_ingest_that_stores_nothing_creates_no_list(run, tmp_path):
+    """'the first signal stored creates it': a wrong header or a file of bad lines left
+    an empty list behind (created before the file was read), which `lists ls` showed."""
+    header = tmp_path / "header.csv"
+    header.write_text(f"signal_type,signal\npdq,{H[0]}\n")
+    refused = run("ingest", str(header), "--list", "partner-a", ok=False)
+    assert "lacks column(s) signal_value" in refused.output
+    bad_lines = tmp_path / "bad.csv"
+    bad_lines.write_text("signal_type,signal_value\npdq,nothex\n")
+    run("ingest", str(bad_lines), "--list", "partner-a", ok=False)
+    run("ingest", str(bad_lines), "--list", "partner-a", "--strict", ok=False)
+    assert "0 list(s)" in run("lists", "ls").output
+    assert "list.create" not in run("audit").output
+    good = tmp_path / "good.csv"
+    good.write_text(f"signal_type,signal_value\npdq,nothex\npdq,{H[0]}\n")
+    run("ingest", str(good), "--list", "partner-a", ok=False)  # one bad line: exit 1
+    listed = run("lists", "ls").output
+    assert "partner-a" in listed and "1 list(s), 1 live signal(s)" in listed
+
+
 def test_audit_shows_details_and_json(run, tmp_path):
     run("lists", "create", "partner")
     run("tenants", "create", "acme")
