@@ -18,7 +18,9 @@ Formats:
   ``expires_at``.
 - ``hex``: one hash per line, type given by the caller (``--type``).
 - ``vpdq``: a vPDQ hash file (``frame,quality,HEX,timestamp`` per line, as the
-  vpdq tools write). The whole file is ONE signal: a video of many frames.
+  vpdq tools write, or python-threatexchange's serialized JSON list of
+  ``"HEX,quality,timestamp"``, optionally after ``vpdq `` as its ``threatexchange hash``
+  prints it). The whole file is ONE signal: a video of many frames.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from hashmatch.engine.store import ColumnBatch, Rejection, SignalRecord
 FORMATS = ("jsonl", "csv", "hex", "vpdq")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _VPDQ_LINE = re.compile(r"^\s*\d+\s*,\s*[^,]+\s*,\s*[^,]+\s*,\s*[-+.\deE]+\s*$")
+# python-threatexchange's serialized vPDQ, bare or as `threatexchange hash` prints it
+_VPDQ_JSON = re.compile(r"^(?:vpdq\s+)?\[", re.IGNORECASE)
 _LABEL_SPLIT = re.compile(r"[;,|\s]+")
 csv.field_size_limit(sys.maxsize)
 
@@ -63,6 +67,8 @@ def detect_format(first_line: str, name: str = "") -> str:
     if "signal_type" in lowered and "signal_value" in lowered:
         return "csv"
     if _VPDQ_LINE.match(text) and any(_HEX64.match(p.strip()) for p in text.split(",")):
+        return "vpdq"
+    if _VPDQ_JSON.match(text):  # python-threatexchange's vpdq_to_json (no other format starts so)
         return "vpdq"
     if suffix == ".csv":
         return "csv"
@@ -592,11 +598,22 @@ def _hex(lines: Iterable[str], signal_type: str, extra: tuple[str, ...]) -> Iter
 
 
 def _vpdq(lines: Iterable[str], extra: tuple[str, ...], external_id: str | None) -> Iterator[Item]:
-    """The whole file is one video signal (parsed by the hashing work's vpdq reader)."""
-    from hashmatch.engine.video import parse_vpdq
+    """The whole file is one video signal (parsed by the hashing work's vpdq readers)."""
+    from hashmatch.engine.video import parse_vpdq, parse_vpdq_json
 
+    lines = iter(lines)
+    head: list[str] = []  # up to the first non-blank line, whose form says which reader
+    for line in lines:
+        head.append(line)
+        if line.strip():
+            break
     try:
-        video = parse_vpdq(lines)
+        text = head[-1].strip().lstrip("\ufeff") if head else ""
+        prefix = _VPDQ_JSON.match(text)
+        if prefix:  # one JSON document, possibly indented over many lines
+            video = parse_vpdq_json(text[prefix.end() - 1 :] + "".join(lines))
+        else:
+            video = parse_vpdq(_chain(head, lines))
     except InvalidInput as exc:
         found = re.match(r"line (\d+): (.*)", exc.message)
         if found:

@@ -46,7 +46,7 @@ from hashmatch.engine.errors import (
     is_disk_full,
     write_failure,
 )
-from hashmatch.engine.hashing import DEFAULT_OPTIONS, HashOptions, hash_media
+from hashmatch.engine.hashing import DEFAULT_OPTIONS, HashOptions, HashResult, hash_media
 from hashmatch.engine.matcher import (
     DEFAULT_LOW_QUALITY_QUERIES,
     LOW_QUALITY_QUERIES,
@@ -401,13 +401,32 @@ class Engine:
         min_quality: int | None = None,
         low_quality_queries: str | None = None,
     ) -> MediaMatch:
-        """Hash media, then match each hash. Dihedral PDQ queries all 8 variants and
-        keeps, per stored signal, the nearest (``Match.variant`` says which). A PDQ
-        image whose quality (as given) is under ``min_quality`` is matched, every row
-        of it, as ``low_quality_queries`` says (:meth:`match`)."""
+        """Hash media, then match each hash (:meth:`match_hashes`)."""
+        check_low_quality_queries(low_quality_queries)  # before the (costly) hashing
+        return self.match_hashes(
+            hash_media(source, types, options), tenant=tenant, threshold=threshold,
+            lists=lists, max_results=max_results, min_quality=min_quality,
+            low_quality_queries=low_quality_queries,
+        )  # fmt: skip
+
+    def match_hashes(
+        self,
+        hashes: Sequence[HashResult],
+        *,
+        tenant: str | None = None,
+        threshold: int | None = None,
+        lists: Sequence[str] | None = None,
+        max_results: int | None = None,
+        min_quality: int | None = None,
+        low_quality_queries: str | None = None,
+    ) -> MediaMatch:
+        """Match the hashes of one piece of media, computed here (:meth:`match_media`) or
+        elsewhere (a vPDQ hash file: its frames as one video). Dihedral PDQ queries all 8
+        variants and keeps, per stored signal, the nearest (``Match.variant`` says which).
+        A PDQ image whose quality (as given) is under ``min_quality`` is matched, every
+        row of it, as ``low_quality_queries`` says (:meth:`match`)."""
         rule = check_low_quality_queries(low_quality_queries)
-        hashes = hash_media(source, types, options)
-        result = MediaMatch(hashes=hashes)
+        result = MediaMatch(hashes=list(hashes))
         shared = threshold
         for h in hashes:
             st = signal_types.get(h.signal_type)

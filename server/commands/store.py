@@ -679,12 +679,18 @@ def match_command(
                 options = HashOptions(
                     dihedral=dihedral, dihedral_exact=dihedral, exif_as_stored=True
                 )
-                mm = engine.match_media(
-                    query, types=media_types or ("pdq",), options=options,
+                how = dict(
                     tenant=tenant, threshold=threshold, lists=lists or None,
                     max_results=max_results, min_quality=min_quality,
                     low_quality_queries=low_quality_queries,
                 )  # fmt: skip
+                video = _vpdq_hash_file(query)
+                if video is not None:  # a video's hashes already: match its frames
+                    mm = engine.match_hashes([video], **how)
+                else:
+                    mm = engine.match_media(
+                        query, types=media_types or ("pdq",), options=options, **how
+                    )
                 matches, skipped = mm.matches, mm.skipped_low_quality
                 stored_only = mm.quality_stored_only
                 computed = [f"{h.signal_type}:{h.hex}" for h in mm.hashes]
@@ -728,6 +734,37 @@ def match_command(
                 + (f" variant={m['variant']}" if m["variant"] else "")
             )
     click.echo(f"{len(out)} quer(ies), {total} match(es)")
+
+
+def _vpdq_hash_file(path: str):
+    """A vPDQ hash file's video as a ``HashResult``, or None for any other file (media).
+
+    Why: ``hashmatch hash``/``lists export`` users, vpdq's tools and python-threatexchange
+    keep a video as its vPDQ (vpdq text, or the serialized JSON list); matching that file
+    as the video's frames is what the server does with a video's vPDQ. Recognised as
+    ``hashmatch ingest`` recognises the ``vpdq`` format (a ``.vpdq`` name, or a first
+    line in one of those forms), and read by its parser: one format, one reader.
+    """
+    from hashmatch.engine.hashing import HashResult
+    from hashmatch.engine.ingest import detect_format, read_records
+    from hashmatch.engine.store import SignalRecord
+
+    with open(path, "rb") as fh:
+        head = fh.read(4096).decode("utf-8", errors="replace")
+    first = next((line for line in head.splitlines() if line.strip()), "")
+    if detect_format(first, path) != "vpdq":
+        return None
+    (found,) = list(read_records(path, format="vpdq"))  # one video, or why not
+    if not isinstance(found, SignalRecord):
+        where = f"line {found.line}: " if found.line is not None else ""
+        raise InvalidInput(f"{path}: not a vPDQ hash file: {where}{found.reason}")
+    try:
+        signal_types.check_frame_extras(len(found.frames), found.frame_qualities, found.timestamps)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{path}: not a vPDQ hash file: {exc}") from None
+    return HashResult(
+        "vpdq", found.frames, list(found.frame_qualities or []), list(found.timestamps or [])
+    )
 
 
 # ----------------------------------------------------------------------------- index

@@ -1,0 +1,115 @@
+"""Videos through the ``hashmatch`` CLI: vPDQ hash files as match queries (run through
+click against a real data dir)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from hashmatch.engine.video import format_vpdq
+from hashmatch.server.cli import cli
+
+RNG = np.random.default_rng(7)
+FRAMES = RNG.integers(0, 256, (6, 32), dtype=np.uint8)  # one video: 6 frames, 1 a second
+OTHER = RNG.integers(0, 256, (6, 32), dtype=np.uint8)  # an unrelated video
+
+
+@pytest.fixture
+def run(tmp_path):
+    runner = CliRunner()
+    env = {"HASHMATCH_DATA_DIR": str(tmp_path / "data")}
+
+    def invoke(*args: str, code: int = 0):
+        result = runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+        assert result.exit_code == code, result.output
+        return result
+
+    return invoke
+
+
+def _vpdq_text(frames: np.ndarray) -> str:
+    n = len(frames)
+    return format_vpdq(range(n), [100] * n, frames, [float(i) for i in range(n)])
+
+
+def _te_json(frames: np.ndarray) -> str:
+    """python-threatexchange's vpdq_to_json (VpdqCompactFeature.__str__: ``{:.3}``)."""
+    return json.dumps([f"{bytes(c).hex()},100,{float(i):.3}" for i, c in enumerate(frames)])
+
+
+@pytest.fixture
+def stored(run, tmp_path) -> Path:
+    """A store whose list 'videos' holds FRAMES as video 'clip'."""
+    clip = tmp_path / "clip.vpdq"
+    clip.write_text(_vpdq_text(FRAMES))
+    run("ingest", str(clip), "--list", "videos")
+    return clip
+
+
+@pytest.mark.parametrize(
+    "name, text",
+    [
+        ("copy.vpdq", _vpdq_text(FRAMES)),  # vpdq's text format
+        ("copy.txt", _vpdq_text(FRAMES)),  # the same, recognised by its lines
+        ("copy.json", _te_json(FRAMES)),  # python-threatexchange's serialized list
+        ("copy.out", "vpdq " + _te_json(FRAMES) + "\n"),  # as `threatexchange hash` prints it
+        ("copy.json", json.dumps(json.loads(_te_json(FRAMES)), indent=2)),  # indented
+    ],
+)
+def test_match_of_a_vpdq_hash_file_matches_its_frames_as_one_video(
+    run, stored, tmp_path, name, text
+):
+    query = tmp_path / name
+    query.write_text(text)
+    out = json.loads(run("match", str(query), "--json").output)
+    (match,) = out[0]["matches"]
+    assert (match["external_id"], match["list_name"]) == ("clip", "videos")
+    assert (match["query_match_pct"], match["target_match_pct"]) == (100.0, 100.0)
+    assert out[0]["hashes"] == [f"vpdq:{bytes(FRAMES[0]).hex()}"]
+
+
+def test_match_of_an_unrelated_vpdq_hash_file_finds_nothing(run, stored, tmp_path):
+    query = tmp_path / "other.vpdq"
+    query.write_text(_vpdq_text(OTHER))
+    assert "other.vpdq [vpdq:" in run("match", str(query)).output
+    assert "1 quer(ies), 0 match(es)" in run("match", str(query)).output
+
+
+def test_a_bad_vpdq_hash_file_is_one_line_naming_file_and_line(run, stored, tmp_path):
+    bad = tmp_path / "bad.vpdq"
+    bad.write_text(_vpdq_text(FRAMES) + "6,100,zz,6.000\n")
+    out = run("match", str(bad), code=1).output
+    assert out.strip().splitlines() == [
+        f"Error: {bad}: not a vPDQ hash file: line 7: PDQ hash must be 64 hex characters"
+    ]
+    bad.write_text(_vpdq_text(FRAMES).replace(",100,", ",101,", 1))
+    assert "line 1: quality 101 not in 0..100" in run("match", str(bad), code=1).output
+    bad.write_text(_te_json(FRAMES).replace(",100,", ",101,", 1))
+    assert (
+        "frame_qualities[0]: quality must be 0..100, got 101"
+        in run("match", str(bad), code=1).output
+    )
+
+
+def test_ingest_reads_python_threatexchange_serialized_vpdq_as_one_video(run, stored, tmp_path):
+    te = tmp_path / "clip.json"
+    te.write_text(_te_json(FRAMES))
+    out = run("ingest", str(te), "--list", "videos").output
+    assert "updated 0, unchanged 1" in out  # the same video as clip.vpdq (same external id)
+
+
+def test_reference_vpdq_text_files_match_as_the_reference_groups(run, reference_dir, tmp_path):
+    hashes = reference_dir / "vpdq-hashes"
+    stored = tmp_path / "chair-20-sd-bar.txt"
+    shutil.copy(hashes / "chair-20-sd-bar.txt", stored)
+    run("ingest", str(stored), "--list", "videos", "--format", "vpdq")
+    same = json.loads(run("match", str(hashes / "chair-19-sd-bar.txt"), "--json").output)
+    assert [m["external_id"] for m in same[0]["matches"]] == ["chair-20-sd-bar"]
+    assert same[0]["matches"][0]["query_match_pct"] >= 80
+    other = json.loads(run("match", str(hashes / "doorknob-hd-no-bar.txt"), "--json").output)
+    assert other[0]["matches"] == []
