@@ -113,3 +113,30 @@ def test_reference_vpdq_text_files_match_as_the_reference_groups(run, reference_
     assert same[0]["matches"][0]["query_match_pct"] >= 80
     other = json.loads(run("match", str(hashes / "doorknob-hd-no-bar.txt"), "--json").output)
     assert other[0]["matches"] == []
+
+
+def write_video(path: Path, frames: int = 30, fps: float = 10.0, size=(96, 64), seed=0) -> Path:
+    """A benign generated clip: a smooth random background with a moving disc."""
+    import cv2
+
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened()
+    rng = np.random.default_rng(seed)
+    base = cv2.resize(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8), (w, h))
+    for i in range(frames):
+        frame = base.copy()
+        cv2.circle(frame, (int(w / 2 + w / 3 * np.sin(i / 5)), h // 2), h // 5, (255,) * 3, -1)
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_match_of_a_video_file_hashes_it_as_vpdq_by_default(run, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4")
+    listed = tmp_path / "listed.csv"
+    listed.write_text(run("hash", str(clip), "--format", "te").output)
+    run("ingest", str(listed), "--list", "videos")
+    out = json.loads(run("match", str(clip), "--json").output)
+    assert out[0]["hashes"][0].startswith("vpdq:")
+    assert [m["query_match_pct"] for m in out[0]["matches"]] == [100.0]

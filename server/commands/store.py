@@ -639,7 +639,10 @@ def retracted_command(list_name, limit, as_json, data_dir) -> None:
 @click.command("match")
 @click.argument("queries", nargs=-1, required=True)
 @click.option("--type", "signal_type", default=None, help="Type of bare hex (default pdq).")
-@click.option("--media-type", "media_types", multiple=True, help="Hash files as (default pdq).")
+@click.option(
+    "--media-type", "media_types", multiple=True,
+    help="Hash files as (default: vpdq for videos by extension, else pdq).",
+)  # fmt: skip
 @click.option("--threshold", type=int, default=None, help="Max distance (type default if unset).")
 @click.option("--tenant", default=None, help="Match as this tenant (default: local admin).")
 @click.option("--list", "lists", multiple=True, help="Only these lists; repeatable.")
@@ -665,6 +668,7 @@ def match_command(
     \b
       hashmatch match pdq:f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22
       hashmatch match photo.jpg --dihedral
+      hashmatch match clip.mp4 clip.vpdq
       hashmatch match blurry.jpg --low-quality-queries skip
     """
     from hashmatch.engine.hashing import HashOptions
@@ -689,7 +693,7 @@ def match_command(
                     mm = engine.match_hashes([video], **how)
                 else:
                     mm = engine.match_media(
-                        query, types=media_types or ("pdq",), options=options, **how
+                        query, types=media_types or _media_types(query), options=options, **how
                     )
                 matches, skipped = mm.matches, mm.skipped_low_quality
                 stored_only = mm.quality_stored_only
@@ -734,6 +738,15 @@ def match_command(
                 + (f" variant={m['variant']}" if m["variant"] else "")
             )
     click.echo(f"{len(out)} quer(ies), {total} match(es)")
+
+
+def _media_types(path: str) -> tuple[str, ...]:
+    """A file's default types: vPDQ for a video, PDQ otherwise, told by the extension as
+    ``hashmatch hash`` and ``scan`` tell them (a video was hashed as a photo and refused:
+    'looks like a video; hash it as vpdq')."""
+    from hashmatch.server.commands.hashing import applicable
+
+    return tuple(applicable(path, ["pdq", "vpdq"]))
 
 
 def _vpdq_hash_file(path: str):
