@@ -311,9 +311,11 @@ def _jsonl(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
                 line=number,
             )
             if frames is not None:
-                record.frames = _frames(frames)
-                record.frame_qualities = obj.get("frame_qualities")
-                record.timestamps = obj.get("timestamps")
+                record.frames, qualities, stamps = _frames(frames)
+                if qualities is not None:  # `hash`'s "quality" is its first frame's
+                    record.quality = None
+                record.frame_qualities = obj.get("frame_qualities", qualities)
+                record.timestamps = obj.get("timestamps", stamps)
             elif value is None:
                 raise InvalidInput("missing column 'signal_value'", field="signal_value")
         except InvalidInput as exc:
@@ -328,16 +330,28 @@ def _opt_str(value: object) -> str | None:
     return str(value)
 
 
-def _frames(values: object) -> np.ndarray:
+def _frames(values: object) -> tuple[np.ndarray, list | None, list | None]:
+    """A JSONL ``frames`` list -> (codes, qualities, timestamps): PDQ hex strings (an
+    export, with ``frame_qualities``/``timestamps`` beside them), or ``hashmatch hash``'s
+    frame objects (``{"frame", "quality", "hash", "timestamp"}``), so a video's ``hash``
+    output ingests as it is, as a photo's does. Qualities/timestamps: None unless every
+    frame object has one (the store checks their values)."""
     if not isinstance(values, list) or not values:
         raise InvalidInput("frames must be a non-empty list of PDQ hex", field="frames")
     out = np.empty((len(values), 32), np.uint8)
     for i, v in enumerate(values):
-        text = str(v).strip()
+        text = str(v.get("hash", "") if isinstance(v, dict) else v).strip()
         if not _HEX64.match(text):
             raise InvalidInput(f"frame {i} is not 64 hex characters: {text!r}", field="frames")
         out[i] = np.frombuffer(bytes.fromhex(text), np.uint8)
-    return out
+    return out, _every(values, "quality"), _every(values, "timestamp")
+
+
+def _every(values: list, key: str) -> list | None:
+    """``key`` of every frame object, or None when some frame lacks it (or is hex)."""
+    if all(isinstance(v, dict) and v.get(key) is not None for v in values):
+        return [v[key] for v in values]
+    return None
 
 
 _CSV_ALIASES = {

@@ -140,3 +140,19 @@ def test_match_of_a_video_file_hashes_it_as_vpdq_by_default(run, tmp_path):
     out = json.loads(run("match", str(clip), "--json").output)
     assert out[0]["hashes"][0].startswith("vpdq:")
     assert [m["query_match_pct"] for m in out[0]["matches"]] == [100.0]
+
+
+def test_hash_jsonl_of_a_video_ingests_as_the_te_output_does(run, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4")
+    as_jsonl = tmp_path / "clip.jsonl"
+    as_jsonl.write_text(run("hash", str(clip)).output)
+    as_te = tmp_path / "clip.csv"
+    as_te.write_text(run("hash", str(clip), "--format", "te").output)
+    assert (
+        "added 1, updated 0, unchanged 0, rejected 0"
+        in run("ingest", str(as_jsonl), "--list", "videos").output
+    )
+    # the same signal: frames, frame qualities and times (no video-level quality)
+    assert "added 0, updated 0, unchanged 1" in run("ingest", str(as_te), "--list", "videos").output
+    out = json.loads(run("match", str(clip), "--json").output)
+    assert [m["query_match_pct"] for m in out[0]["matches"]] == [100.0]
