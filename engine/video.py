@@ -30,11 +30,18 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
 
-from hashmatch.engine.decode import DEFAULT_LIMITS, DecodeLimits, read_source, sniff_video
+from hashmatch.engine.decode import (
+    DEFAULT_LIMITS,
+    DecodeLimits,
+    read_source,
+    sniff_format,
+    sniff_video,
+)
 from hashmatch.engine.errors import (
     CorruptMedia,
     InvalidInput,
@@ -170,19 +177,76 @@ _A_CONTAINER = {"MP4/MOV": "an MP4/MOV", "AVI": "an AVI", "Matroska/WebM": "a Ma
 def _unopenable(path: str) -> MediaError:
     """Why FFmpeg could not open ``path``, as well as its first bytes tell: a file that
     starts like a video container is a damaged video (truncated uploads lose the MP4
-    ``moov`` index at the end), anything else is not a video."""
+    ``moov`` index at the end) unless its index lists no video track (an audio-only
+    MP4/M4A: no video at all); a photo is named as one (a JPEG saved as ``.mp4``);
+    anything else is not a video."""
     try:
         with open(path, "rb") as fh:
-            container = sniff_video(fh.read(16))
+            head = fh.read(16)
+            container = sniff_video(head)
+            tracks = _mp4_handlers(fh) if container == "MP4/MOV" else None
     except OSError:
-        container = None
+        head, container, tracks = b"", None, None
+    if tracks and b"vide" not in tracks:  # no tracks at all: a video of no frames
+        kinds = ", ".join(sorted(_TRACK_KINDS.get(t, t.decode("latin-1")) for t in tracks))
+        return UnsupportedMedia(
+            f"an MP4/MOV with no video track (only {kinds}): nothing to hash as vpdq",
+            field="media",
+        )
     if container is not None:
         return CorruptMedia(
             f"{_A_CONTAINER.get(container, container)} container FFmpeg cannot open "
             "(truncated or damaged?)",
             field="media",
         )
+    image = sniff_format(head)
+    if image is not None:
+        return UnsupportedMedia(
+            f"not a video: looks like an image ({image}); hash it as pdq", field="media"
+        )
     return UnsupportedMedia("not a video OpenCV/FFmpeg can open", field="media")
+
+
+_TRACK_KINDS = {b"soun": "audio", b"subt": "subtitles", b"text": "text", b"meta": "metadata"}
+
+
+def _mp4_handlers(fh: BinaryIO) -> set[bytes] | None:
+    """The handler types (``vide``, ``soun``, ...) of an ISO BMFF file's tracks
+    (``moov/trak/mdia/hdlr``), or None when it has no ``moov`` (truncated: the index
+    was never written). Only box headers are read on the way, never the media data."""
+    moov = _first(_boxes(fh, 0, os.fstat(fh.fileno()).st_size), b"moov")
+    if moov is None:
+        return None
+    handlers = set()
+    for trak in (b for b in _boxes(fh, *moov[1:]) if b[0] == b"trak"):
+        mdia = _first(_boxes(fh, *trak[1:]), b"mdia")
+        hdlr = mdia and _first(_boxes(fh, *mdia[1:]), b"hdlr")
+        if hdlr:
+            fh.seek(hdlr[1] + 8)  # version+flags, pre_defined, then handler_type
+            handlers.add(fh.read(4))
+    return handlers
+
+
+def _first(boxes: Iterator[tuple[bytes, int, int]], kind: bytes) -> tuple[bytes, int, int] | None:
+    return next((b for b in boxes if b[0] == kind), None)
+
+
+def _boxes(fh: BinaryIO, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, end) of each box between start and end; stops at a
+    damaged header (a size smaller than the header, or past the end)."""
+    at = start
+    while at + 8 <= end:
+        fh.seek(at)
+        header = fh.read(16)
+        size, kind, skip = int.from_bytes(header[:4], "big"), header[4:8], 8
+        if size == 1 and len(header) == 16:  # a 64-bit size follows the type
+            size, skip = int.from_bytes(header[8:16], "big"), 16
+        elif size == 0:  # to the end of the enclosing box
+            size = end - at
+        if size < skip or at + size > end:
+            return
+        yield kind, at + skip, at + size
+        at += size
 
 
 def _fps(cap: cv2.VideoCapture, limits: DecodeLimits) -> float:

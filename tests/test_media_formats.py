@@ -199,6 +199,24 @@ def test_non_video_bytes_stay_unsupported():
         hash_video(heic)  # a photo format (ISO BMFF too), not a damaged video
 
 
+def test_audio_only_mp4_is_unsupported_not_a_damaged_video(tmp_path: Path):
+    """An intact MP4 whose only track is sound (an M4A, a voice memo) has no video:
+    'truncated or damaged?' sent people looking for a broken upload (scan: corrupt)."""
+    data = _mp4(tmp_path / "clip.mp4").read_bytes()
+    audio = data.replace(b"vide", b"soun")  # the track's handler: FFmpeg sees no video
+    with pytest.raises(UnsupportedMedia, match=r"an MP4/MOV with no video track \(only audio\)"):
+        hash_video(audio)
+    with pytest.raises(CorruptMedia, match="FFmpeg cannot open"):  # no index: damaged
+        hash_video(audio[: len(audio) // 2])
+
+
+def test_photo_named_as_a_video_says_it_looks_like_an_image(tmp_path: Path):
+    photo = tmp_path / "photo.mp4"
+    photo.write_bytes(cv2.imencode(".jpg", np.full((32, 48, 3), 128, np.uint8))[1].tobytes())
+    with pytest.raises(UnsupportedMedia, match=r"looks like an image \(JPEG\); hash it as pdq"):
+        hash_video(photo)
+
+
 # ---------------------------------------------------------------- OpenCV's warnings
 
 
