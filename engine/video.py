@@ -15,7 +15,8 @@ Compatible with Meta's vpdq (facebook/ThreatExchange ``vpdq/``) and python-threa
   portrait phone videos) is not applied.
 * The text format is vpdq's: ``frame_number,quality,pdq_hex,timestamp`` per line.
 * Matching (:func:`vpdq_match`) is python-threatexchange's ``match_VPDQ_hash_brute``:
-  drop frames under the quality floor, drop repeated identical hashes, then
+  drop repeated identical hashes (the first stays), then frames under the quality
+  floor, then
   query% = share of query frames within ``threshold`` (inclusive) of some target frame
   and target% = the converse. (vpdq's C++ brute matcher counts ``distance <
   tolerance``: its tolerance T is our threshold T-1.)
@@ -477,16 +478,21 @@ def parse_vpdq_json(text: str) -> VideoHash:
 def _prepare(
     codes: np.ndarray, qualities: Sequence[int] | None, quality_floor: int, dedupe: bool
 ) -> np.ndarray:
+    """The frames vPDQ compares, in order: python-threatexchange dedupes *before* the
+    quality filter (``quality_filter(dedupe(...))``), so a hash whose first frame is
+    under the floor is dropped even where it repeats at a higher quality."""
     codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, 32)
+    keep = np.ones(len(codes), dtype=bool)
+    if dedupe and len(codes):
+        _, first = np.unique(codes, axis=0, return_index=True)
+        keep[:] = False
+        keep[first] = True
     if qualities is not None:
         q = np.asarray(qualities, dtype=np.int64).reshape(-1)
         if len(q) != len(codes):
             raise InvalidInput(f"{len(codes)} frames but {len(q)} qualities", field="qualities")
-        codes = codes[q >= quality_floor]
-    if dedupe and len(codes):
-        _, first = np.unique(codes, axis=0, return_index=True)
-        codes = codes[np.sort(first)]
-    return codes.view(np.uint64)  # [n, 4]
+        keep &= q >= quality_floor
+    return codes[keep].view(np.uint64)  # [n, 4]
 
 
 def _matched_rows(a: np.ndarray, b: np.ndarray, threshold: int, chunk: int = 512) -> np.ndarray:

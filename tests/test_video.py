@@ -3,7 +3,9 @@ and vPDQ's match rule (edits of one video match, different videos do not)."""
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -155,25 +157,44 @@ def test_our_hashes_reproduce_the_match_groups(reference_dir: Path):
     assert q == 100.0
 
 
+def _threatexchange_vpdq():
+    """python-threatexchange's vPDQ modules. They import the vpdq extension (Meta's C++
+    file hasher, no wheel for this platform) at the top, for hashing files only: a
+    placeholder stands in when it is absent, matching and (de)serialising are theirs."""
+    try:
+        import vpdq  # noqa: F401
+    except ImportError:
+        sys.modules["vpdq"] = types.SimpleNamespace(VpdqFeature=object)  # type: ignore[assignment]
+    from threatexchange.extensions.vpdq import vpdq_brute_matcher, vpdq_util
+
+    return vpdq_util, vpdq_brute_matcher
+
+
 def _brute(qc, qq, tc, tq, threshold, floor):
-    """A literal reading of python-threatexchange's match_VPDQ_hash_brute."""
+    """python-threatexchange's match_VPDQ_hash_brute itself (it divides by zero when a
+    side has no frame left: we answer 0%)."""
+    util, brute = _threatexchange_vpdq()
 
-    def prep(codes, quals):
-        seen, out = set(), []
-        for c, q in zip(codes, quals, strict=True):
-            if q >= floor and bytes(c) not in seen:
-                seen.add(bytes(c))
-                out.append(int.from_bytes(bytes(c), "big"))
-        return out
+    def features(codes, quals):
+        return [util.VpdqCompactFeature(bytes(c).hex(), int(q), float(i))
+                for i, (c, q) in enumerate(zip(codes, quals, strict=True))]  # fmt: skip
 
-    a, b = prep(qc, qq), prep(tc, tq)
-    if not a or not b:
+    a, b = features(qc, qq), features(tc, tq)
+    if not all(util.quality_filter(util.dedupe(x), floor) for x in (a, b)):
         return 0.0, 0.0
+    found = brute.match_VPDQ_hash_brute(a, b, floor, threshold)
+    return found.query_match_percent, found.compared_match_percent
 
-    def count(x, y):
-        return sum(any(bin(i ^ j).count("1") <= threshold for j in y) for i in x)
 
-    return count(a, b) * 100 / len(a), count(b, a) * 100 / len(b)
+def test_a_repeated_frame_counts_once_at_its_first_quality():
+    """python-threatexchange dedupes before the quality filter: a hash seen first at a
+    low quality is dropped, even when it comes back at a high one (filtering first kept
+    it: 50% here instead of 0%)."""
+    codes = np.stack([np.zeros(32, np.uint8), np.full(32, 255, np.uint8), np.zeros(32, np.uint8)])
+    quals = [10, 90, 90]
+    target = codes[:1]
+    assert vpdq_match(codes, quals, target, [90]) == (0.0, 0.0)
+    assert vpdq_match(codes, quals, target, [90]) == _brute(codes, quals, target, [90], 31, 50)
 
 
 @settings(max_examples=40, deadline=None)
