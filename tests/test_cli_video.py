@@ -156,3 +156,13 @@ def test_hash_jsonl_of_a_video_ingests_as_the_te_output_does(run, tmp_path):
     assert "added 0, updated 0, unchanged 1" in run("ingest", str(as_te), "--list", "videos").output
     out = json.loads(run("match", str(clip), "--json").output)
     assert [m["query_match_pct"] for m in out[0]["matches"]] == [100.0]
+
+
+def test_match_names_the_file_that_cannot_be_hashed(run, stored, tmp_path):
+    clip = write_video(tmp_path / "clip.mp4")
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(clip.read_bytes()[:2000])  # an upload cut before its moov index
+    out = run("match", str(clip), str(cut), code=1).output
+    assert out.strip().splitlines() == [
+        f"Error: {cut}: media: an MP4/MOV container FFmpeg cannot open (truncated or damaged?)"
+    ]

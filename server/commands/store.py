@@ -22,7 +22,7 @@ from pathlib import Path
 import click
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.errors import HashmatchError, InvalidInput, is_disk_full
+from hashmatch.engine.errors import HashmatchError, InvalidInput, MediaError, is_disk_full
 
 DATA_DIR_HELP = "Store + snapshots directory ($HASHMATCH_DATA_DIR, default ./hashmatch-data)."
 
@@ -692,9 +692,13 @@ def match_command(
                 if video is not None:  # a video's hashes already: match its frames
                     mm = engine.match_hashes([video], **how)
                 else:
-                    mm = engine.match_media(
-                        query, types=media_types or _media_types(query), options=options, **how
-                    )
+                    try:
+                        mm = engine.match_media(
+                            query, types=media_types or _media_types(query), options=options,
+                            **how,
+                        )  # fmt: skip
+                    except MediaError as exc:  # which of the files: say it
+                        raise click.ClickException(f"{query}: {exc}") from None
                 matches, skipped = mm.matches, mm.skipped_low_quality
                 stored_only = mm.quality_stored_only
                 computed = [f"{h.signal_type}:{h.hex}" for h in mm.hashes]
