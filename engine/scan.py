@@ -839,6 +839,9 @@ class ScanSummary:
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     matched_files: int = 0
     matches: int = 0
+    # video files seen while no video type was asked for: only their bytes (md5/sha256)
+    # were hashed, so an edited copy of a listed video cannot match (the CLI says so)
+    videos_without_vpdq: int = 0
     elapsed_s: float = 0.0
     files_per_s: float = 0.0
     hashed_per_s: float = 0.0
@@ -963,6 +966,7 @@ class Scanner:
         pool = self._pool
         inflight: dict[cf.Future, list[Entry]] = {}
         limit = max(2, workers * 3)
+        no_video_type = not any(signal_types.get(t).content == "video" for t in opts.types)
         chunk: list[Entry] = []
         try:
             for block_start in range(0, len(todo), 500):
@@ -970,6 +974,8 @@ class Scanner:
                 known = self.catalog.lookup([e.path for e in block if e.reason is None])
                 for e in block:
                     self.summary.seen += 1
+                    if no_video_type and os.path.splitext(e.path)[1].lower() in VIDEO_EXTENSIONS:
+                        self.summary.videos_without_vpdq += 1
                     if e.reason is not None:
                         self._pending.append(
                             WorkResult(e.path, e.size, e.mtime_ns, reason=e.reason, error=e.error)

@@ -442,3 +442,27 @@ def test_a_video_over_the_per_file_time_limit_fails_as_timeout_and_is_retried(tm
     assert summary["failed"] == 0 and summary["hashed"] == 1  # the video, hashed this time
     with Catalog(tmp_path / "c.sqlite") as catalog:
         assert catalog.stats()["hashes"]["vpdq"] == 300
+
+
+def test_a_scan_without_a_video_type_says_its_videos_match_only_as_exact_copies(tmp_path):
+    """The default --types (pdq,md5) hash a video's bytes only: an edited copy of a
+    listed video cannot match, and nothing said so (`hash` defaults to pdq,vpdq)."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    _slow_video(tree / "clip.mp4", frames=3)
+    (tree / "photo.jpg").write_bytes(_jpeg(1))
+    report = str(tmp_path / "r.jsonl")
+    args = ["scan", str(tree), "--no-match", "--workers", "0", "--no-progress",
+            "--catalog", str(tmp_path / "c.sqlite"), "--out", report]  # fmt: skip
+
+    default = _cli(args, tmp_path)
+    assert default.returncode == 0, default.stderr
+    assert _report(tmp_path / "r.jsonl")[-1]["videos_without_vpdq"] == 1
+    assert "note: 1 video file(s) were not hashed as video (--types pdq,md5)" in (
+        default.stderr.decode()
+    )
+
+    with_vpdq = _cli([*args, "--types", "pdq,md5,vpdq"], tmp_path)
+    assert with_vpdq.returncode == 0, with_vpdq.stderr
+    assert _report(tmp_path / "r.jsonl")[-1]["videos_without_vpdq"] == 0
+    assert "note:" not in with_vpdq.stderr.decode()

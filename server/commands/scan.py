@@ -202,6 +202,13 @@ def scan_command(
             if matcher is not None:
                 matcher.close()
     _print_summary(summary.as_dict())
+    if summary.videos_without_vpdq:
+        click.echo(
+            f"note: {summary.videos_without_vpdq} video file(s) were not hashed as video"
+            f" (--types {','.join(options.types)}): only an exact copy can match them; add"
+            " vpdq to --types to match edited copies",
+            err=True,
+        )
 
 
 @click.command("rescan")
