@@ -114,6 +114,17 @@ def is_disk_full(exc: BaseException) -> bool:
     return False
 
 
+def is_locked(exc: BaseException) -> bool:
+    """True for SQLite's "database is locked" (SQLITE_BUSY: another process held the
+    write lock past the busy timeout): a condition that passes, unlike a full disk or a
+    damaged file, so a loop (``mirror --follow``) retries it instead of ending."""
+    import sqlite3
+
+    return isinstance(exc, sqlite3.OperationalError) and (
+        "locked" in str(exc) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY
+    )
+
+
 #: Under this much free space a filesystem counts as full: SQLite then fails to create
 #: its -wal/-shm files with a bare "disk I/O error", and numpy's short write of a
 #: snapshot file carries no errno, so neither error says "full" by itself.

@@ -76,6 +76,9 @@ UPDATE = "update"
 PURGE = "purge"
 FRESH_CACHE_ROWS = 2_000_000  # rows of just-written codes kept for the index (~64 MB of PDQ)
 MAX_REJECTIONS_KEPT = 10_000  # a report keeps this many rejections; the count is exact
+#: seconds a connection waits for another's write lock before "database is locked"
+#: (read when a connection opens; a module attribute so a test can shorten it)
+BUSY_TIMEOUT = 60.0
 
 
 class IngestRefused(InvalidInput):
@@ -487,7 +490,7 @@ class SignalStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")

@@ -443,6 +443,55 @@ def test_follow_goes_on_when_the_hub_is_at_its_concurrent_call_limit(tmp_path):
         assert proc.returncode == 0, err.read_text()
 
 
+#: the CLI with the store's busy timeout cut from 60 s to 0.3 s
+_SHORT_BUSY = (
+    "import sys; import hashmatch.engine.store as s; s.BUSY_TIMEOUT = 0.3;"
+    " from hashmatch.server.cli import cli; cli(sys.argv[1:])"
+)
+
+
+def test_follow_goes_on_when_the_local_store_is_locked_past_the_busy_timeout(tmp_path):
+    """Another process holding the local store's write lock past SQLite's busy timeout
+    (a long --strict ingest) failed the pass with "database is locked", and that ended
+    --follow: the mirror stopped until someone restarted it."""
+    import sqlite3
+
+    local, err = tmp_path / "local", tmp_path / "err"
+    holder = None
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("shared", [signal("pdq", "ab" * 32)])
+        with err.open("w") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _SHORT_BUSY, "mirror", "--server", ts.target, "--token",
+                 ts.tokens["ops"], "--prefix", PREFIX, "--data-dir", str(local), "--follow",
+                 "--interval", "0.2"],
+                stdout=subprocess.DEVNULL, stderr=stderr,
+            )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while _cursor(local) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            holder = sqlite3.connect(local / "store.sqlite", isolation_level=None)
+            holder.execute("BEGIN IMMEDIATE")  # held over several passes
+            ops.ingest("shared", [signal("pdq", "cd" * 32)])
+            while "database is locked" not in err.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert "database is locked" in err.read_text() and "retrying" in err.read_text()
+            time.sleep(1)  # more locked passes
+            assert proc.poll() is None, err.read_text()
+            holder.execute("COMMIT")
+            while len(_local_view(local)) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert len(_local_view(local)) == 2
+        finally:
+            if holder is not None:
+                holder.close()
+            proc.send_signal(signals.SIGTERM)
+            proc.wait(timeout=30)
+        assert proc.returncode == 0, err.read_text()
+
+
 def test_writes_inside_a_transaction_commit_together_or_not_at_all(tmp_path):
     from hashmatch.engine.store import SignalRecord
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import click
 
 from hashmatch.server.commands.scan import _one_line_errors, _serving_client
 from hashmatch.server.commands.service import server_access_options
-from hashmatch.server.commands.store import _data_dir_option, _engine
+from hashmatch.server.commands.store import _LOCKED_HINT, _data_dir_option, _engine
 
 
 @click.command("mirror")
@@ -63,7 +64,7 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
     is simply run again. A hub restored from a backup or replaced is refused:
     --resync re-reads it and retracts what it no longer has live.
     """
-    from hashmatch.engine.errors import HashmatchError
+    from hashmatch.engine.errors import HashmatchError, is_locked
     from hashmatch.engine.mirror import check_prefix, check_selection, mirror
 
     type_list = [t.strip() for t in types.split(",") if t.strip()]
@@ -101,6 +102,11 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
                     if not follow or not _transient(exc):
                         raise
                     click.echo(f"{exc.format_message()} (retrying in {interval:g} s)", err=True)
+                except sqlite3.OperationalError as exc:
+                    if not follow or not is_locked(exc):
+                        raise  # _engine words it, and the one-shot run exits 1
+                    click.echo(f"{data_dir}/store.sqlite: {exc}{_LOCKED_HINT} (retrying in"
+                               f" {interval:g} s)", err=True)  # fmt: skip
                 else:
                     resync = False
                     _report(summary, as_json, server)
@@ -121,7 +127,9 @@ def _transient(exc: click.ClickException) -> bool:
     """A pass that failed for a reason the next pass may not meet (hub down, slow, busy:
     RESOURCE_EXHAUSTED is gRPC's "Concurrent RPC limit exceeded!" of a hub at its
     max_concurrent_rpcs; or another run of the same mirror, e.g. from cron, committed the
-    page first): a --follow that exited then stopped mirroring until someone restarted it."""
+    page first): a --follow that exited then stopped mirroring until someone restarted it.
+    The local store's write lock held past the busy timeout is the other such reason
+    (an ``sqlite3.OperationalError``, retried in the loop itself)."""
     return any(
         code in exc.format_message()
         for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",

@@ -22,7 +22,13 @@ from pathlib import Path
 import click
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.errors import HashmatchError, InvalidInput, MediaError, is_disk_full
+from hashmatch.engine.errors import (
+    HashmatchError,
+    InvalidInput,
+    MediaError,
+    is_disk_full,
+    is_locked,
+)
 
 DATA_DIR_HELP = "Store + snapshots directory ($HASHMATCH_DATA_DIR, default ./hashmatch-data)."
 
@@ -36,6 +42,12 @@ def _data_dir_option(f):
         type=click.Path(file_okay=False),
         help=DATA_DIR_HELP,
     )(f)
+
+
+#: what "database is locked" means to a store verb's reader
+_LOCKED_HINT = (
+    " (another process held the write lock for over 60 s, e.g. a --strict ingest of a large file)"
+)
 
 
 @contextmanager
@@ -72,11 +84,8 @@ def _engine(data_dir: str, *, create: bool = False, resumable: bool = False) -> 
         raise click.ClickException(str(exc)) from None
     except sqlite3.OperationalError as exc:  # locked (the 60 s busy timeout), disk full, I/O
         hint = ""
-        if "locked" in str(exc) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY:
-            hint = (
-                " (another process held the write lock for over 60 s, e.g. a --strict ingest"
-                " of a large file)"
-            )
+        if is_locked(exc):
+            hint = _LOCKED_HINT
         elif is_disk_full(exc):
             hint = " (the disk is full: free space and re-run)"
         raise click.ClickException(f"{data_dir}/store.sqlite: {exc}{hint}{resume}") from None
