@@ -10,7 +10,9 @@ with each live signal's current code and provenance; this module applies it:
   is never written into (refused by name);
 * an ADDED change of a live signal adds or updates the local copy (labels, external
   id, quality, expiry, vPDQ frames) and restores it if the mirror had retracted it;
-  a REMOVED change, or an ADDED one of a signal no longer live, retracts it. Which
+  a REMOVED change, or an ADDED one of a signal retracted or expired there, retracts
+  it; an ADDED one of a signal whose list the hub disabled (``Change.state``) is
+  stored like a live one, and its local list disabled. Which
   local signal a remote id names is kept in ``mirror_signals`` (REMOVED carries no
   code); a retraction made locally by someone else is left alone;
 * **exactly once**: each page (``max_changes``) of changes is applied, and the cursor
@@ -409,12 +411,28 @@ def _mismatch(since: int, at: int, page: _Page, expect: tuple[str, str, str]) ->
 
 @dataclass
 class _Plan:
-    """What a page asks for: live changes by (remote list, type) with their checked
-    codes, and the remote ids to retract."""
+    """What a page asks for: changes to store by (remote list, type) with their checked
+    codes, the remote lists the hub says are disabled, and the remote ids to retract
+    by why (the retract reason)."""
 
     live: dict[tuple[str, str], list[tuple[Any, bytes]]]
-    removed: list[int]
-    dead: list[int]  # ADDED but no longer matching there (retracted since, expired)
+    disabled: set[str]  # remote lists of changes whose state is LIST_DISABLED
+    gone: dict[str, list[int]]
+
+
+def _why_gone(change: Any) -> str | None:
+    """Why an ADDED change's local copy is retracted (None: it is stored). A signal of
+    a list the hub disabled is intact there: stored, its local list disabled. Before,
+    it was retracted as "not live" (a --resync retracted the whole list) and the hub's
+    re-enable restored every one: alarming churn for an unchanged list."""
+    from hashmatch.v1 import signals_pb2 as pb
+
+    state = change.state
+    if change.live or state == pb.SIGNAL_STATE_LIST_DISABLED:
+        return None
+    if state in (pb.SIGNAL_STATE_RETRACTED, pb.SIGNAL_STATE_EXPIRED, pb.SIGNAL_STATE_DELETED):
+        return pb.SignalState.Name(state).removeprefix("SIGNAL_STATE_").lower()
+    return "not live (retracted or expired)"  # an older hub does not say which
 
 
 def _plan(page: list, selection: dict, server: str) -> _Plan:
@@ -428,29 +446,32 @@ def _plan(page: list, selection: dict, server: str) -> _Plan:
     for change in page:
         last[int(change.signal_id)] = change
     wanted = set(selection.get("lists") or ())
-    plan = _Plan({}, [], [])
+    plan = _Plan({}, set(), {})
     for rid, change in last.items():
-        if change.action != signals_pb2.CHANGE_ACTION_ADDED:
-            plan.removed.append(rid)
-        elif not change.live:
-            plan.dead.append(rid)
+        added = change.action == signals_pb2.CHANGE_ACTION_ADDED
+        why = _why_gone(change) if added else "retracted"
+        if why is not None:
+            plan.gone.setdefault(why, []).append(rid)
         elif not wanted or change.list_name in wanted:
             stype, code = _checked(change, server)
             plan.live.setdefault((change.list_name, stype), []).append((change, code))
+            if not change.live:
+                plan.disabled.add(change.list_name)
     return plan
 
 
 def _apply(store: SignalStore, conn, plan: _Plan, *, prefix: str, server: str, store_id: str,
            actor: str, summary: MirrorSummary) -> None:  # fmt: skip
     """One page's :class:`_Plan`, inside the caller's transaction."""
-    live, removed, dead = plan.live, plan.removed, plan.dead
-    for remote in sorted({name for name, _ in live}):
+    for remote in sorted({name for name, _ in plan.live}):
         _own_list(store, conn, prefix, remote, server, actor)
-    for (remote, stype), changes in sorted(live.items(), key=lambda kv: kv[0]):
+    for (remote, stype), changes in sorted(plan.live.items(), key=lambda kv: kv[0]):
         _upsert(store, conn, prefix, remote, stype, changes, server, store_id, actor, summary)
-    for ids, why in ((removed, "retracted"), (dead, "not live (retracted or expired)")):
-        if ids:
-            _retract(store, conn, prefix, store_id, ids, f"{why} on {server}", actor, summary)
+    if plan.disabled:  # the hub disabled them after this pass read ListHashLists
+        _follow_list_states(store, prefix, dict.fromkeys(plan.disabled, False), actor, summary,
+                            resync=False, only=plan.disabled)  # fmt: skip
+    for why, ids in sorted(plan.gone.items()):
+        _retract(store, conn, prefix, store_id, ids, f"{why} on {server}", actor, summary)
 
 
 def _name_problem(prefix: str, remote: str) -> str | None:
@@ -502,7 +523,8 @@ def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,
 
 
 def _follow_list_states(store: SignalStore, prefix: str, shared: dict[str, bool], actor: str,
-                        summary: MirrorSummary, *, resync: bool) -> None:  # fmt: skip
+                        summary: MirrorSummary, *, resync: bool,
+                        only: Collection[str] | None = None) -> None:  # fmt: skip
     """Local lists follow their hub list's enabled flag, and are disabled when the hub
     stops sharing them: neither is in the change log (a disable logs no change per
     signal; the log of a list no longer shared is not shown). Only transitions are
@@ -510,6 +532,7 @@ def _follow_list_states(store: SignalStore, prefix: str, shared: dict[str, bool]
 
     A list shared again after a gap stays disabled until a resync (``resync``: end of
     one, every list takes the hub's state): retractions made meanwhile were never shown.
+    ``only``: just these remote lists (a page's changes said they are disabled).
     """
     rows = (
         store.conn()
@@ -521,6 +544,8 @@ def _follow_list_states(store: SignalStore, prefix: str, shared: dict[str, bool]
         .fetchall()
     )
     for list_id, remote, recorded, name, enabled in rows:
+        if only is not None and remote not in only:
+            continue
         now = "unshared" if remote not in shared else "enabled" if shared[remote] else "disabled"
         if now == recorded and not resync:
             continue

@@ -46,6 +46,10 @@ _STATES = {
     "list-disabled": signals_pb2.SIGNAL_STATE_LIST_DISABLED,
     "deleted": signals_pb2.SIGNAL_STATE_DELETED,
 }
+#: the states of an ADDED change sent with its code and provenance: live, and list
+#: disabled (intact, live = false): a mirror retracted its copy of every signal of a
+#: list the hub disabled (resync: all of them), and restored them all on re-enable
+_SENT = (None, "list-disabled")
 
 
 def changes(
@@ -104,9 +108,12 @@ def changes(
                 change = signals_pb2.Change(
                     seq=entry.seq, action=action, signal_id=sid, signal_type=entry.signal_type
                 )
-                if added and why_gone(meta and meta[:7], lists, now) is None:
+                why = why_gone(meta and meta[:7], lists, now) if added else "removed"
+                if added:
+                    change.state = _STATES[why]
+                if why in _SENT:
                     list_id, _stype, code, labels, ext, expires, _retracted, quality = meta
-                    change.live = True
+                    change.live = why is None
                     change.list_name = lists[list_id][0]
                     change.labels.extend(split_labels(labels))
                     change.external_id = ext or ""

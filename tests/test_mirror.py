@@ -647,6 +647,78 @@ def test_local_lists_follow_the_hubs_disable_enable_and_sharing(tmp_path):
         assert enabled() and _local_view(local) == _hub_view(hub, "partner")
 
 
+def test_a_list_the_hub_disables_is_disabled_here_not_retracted(tmp_path):
+    """An ADDED change of a signal of a disabled hub list (a re-ingest, a new signal
+    while it is disabled; every one at a --resync) had live = false, and the mirror
+    retracted the local copy as "not live (retracted or expired)": a resync retracted
+    the whole list and the hub's re-enable restored it all. The hub now says why
+    (Change.state) and sends the signal; the mirror keeps it, in its disabled list."""
+    from hashmatch.v1 import signals_pb2
+
+    rng = np.random.default_rng(14)
+    local = tmp_path / "local"
+    codes = _pdq(rng, 4)
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops, hub = ts.client("ops"), ts.engine.store
+        ops.ingest("shared", [signal("pdq", h, labels=["a"]) for h in codes])
+        ops.ingest("shared", [video_signal(_pdq(rng, 3), labels=["video"])])
+        _mirror(ts, "ops", local)
+        hub.set_list_enabled("shared", False)
+        ops.ingest("shared", [signal("pdq", codes[0], labels=["relabelled"]),
+                              signal("pdq", rng.bytes(32).hex(), labels=["new"])])  # fmt: skip
+        ops.retract("shared", hashes=[("pdq", codes[1])], reason="wrong")
+        states = {c.signal_id: (c.live, c.state, bool(c.hash)) for r in ops.changes(0)
+                  for c in r.changes if c.action == signals_pb2.CHANGE_ACTION_ADDED}  # fmt: skip
+        assert set(states.values()) == {
+            (False, signals_pb2.SIGNAL_STATE_LIST_DISABLED, True),
+            (False, signals_pb2.SIGNAL_STATE_RETRACTED, False),
+        }
+        store_path = local / "store.sqlite"
+        for extra in ((), ("--resync",)):
+            (run,) = _mirror(ts, "ops", local, *extra)
+            assert run["retracted"] == (0 if extra else 1), run  # the hub's own retraction
+            assert run["restored"] == 0 and _local_view(local) == _hub_view(hub, None)
+            store = SignalStore(store_path, create=False)
+            try:
+                assert not store.get_list(PREFIX + "shared").enabled
+                assert [s.retract_reason for s in store.retracted()] == [
+                    f"mirror {PREFIX}: retracted on {ts.target}"
+                ]
+            finally:
+                store.close()
+        assert run["lists_disabled"] == [] and run["updated"] == 0 and run["unchanged"] == 5
+        hub.set_list_enabled("shared", True)
+        (run,) = _mirror(ts, "ops", local)
+        assert (run["retracted"], run["restored"]) == (0, 0)
+        assert run["lists_enabled"] == [PREFIX + "shared"]
+        assert _local_view(local) == _hub_view(hub, None)
+
+
+def test_a_list_disabled_between_list_states_and_changes_is_disabled_by_the_page(tmp_path):
+    """ListHashLists (read first) says enabled, the changes say list disabled (the hub
+    disabled it in between): the page disables the local list, not just the next pass."""
+    from hashmatch.v1 import signals_pb2
+
+    rng = np.random.default_rng(15)
+    local = tmp_path / "local"
+    page = [
+        _change(1, rng, live=False, state=signals_pb2.SIGNAL_STATE_LIST_DISABLED),
+        _change(2, rng, live=False, state=signals_pb2.SIGNAL_STATE_EXPIRED, hash=b""),
+    ]
+    with _RogueHub([[_change(3, rng)], page]) as target:
+        result = CliRunner().invoke(cli, ["mirror", "--server", target, "--prefix", PREFIX,
+                                          "--data-dir", str(local), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.output.splitlines()[-1])
+    assert run["lists_disabled"] == [PREFIX + "shared"] and run["added"] == 2
+    store = SignalStore(local / "store.sqlite", create=False)
+    try:
+        assert not store.get_list(PREFIX + "shared").enabled
+        assert len(list(store.iter_signals(PREFIX + "shared"))) == 2
+    finally:
+        store.close()
+
+
 def test_a_list_unshared_under_a_fixed_list_option_is_disabled_not_an_error(tmp_path):
     """A mirror run with the same --list every time (cron, a systemd unit): once the
     hub stopped sharing that list, every run failed ("the hub shares no list named
@@ -775,10 +847,11 @@ def _change(sid: int, rng, **fields):
 
     fields.setdefault("signal_type", "pdq")
     fields.setdefault("list_name", "shared")
+    fields.setdefault("live", True)
     if fields["signal_type"] != "vpdq":
         fields.setdefault("hash", rng.bytes(32))
     return signals_pb2.Change(seq=1, action=signals_pb2.CHANGE_ACTION_ADDED, signal_id=sid,
-                              live=True, **fields)  # fmt: skip
+                              **fields)  # fmt: skip
 
 
 @pytest.mark.parametrize(

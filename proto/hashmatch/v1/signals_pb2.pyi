@@ -143,7 +143,7 @@ class ChangesRequest(_message.Message):
     def __init__(self, since: _Optional[int] = ..., signal_types: _Optional[_Iterable[str]] = ..., max_changes: _Optional[int] = ..., split_entries: _Optional[bool] = ..., since_signal_id: _Optional[int] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("seq", "action", "signal_id", "signal_type", "live", "hash", "frames", "list_name", "labels", "external_id", "quality", "expires_at", "frame_qualities", "timestamps")
+    __slots__ = ("seq", "action", "signal_id", "signal_type", "live", "hash", "frames", "list_name", "labels", "external_id", "quality", "expires_at", "frame_qualities", "timestamps", "state")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class Change(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     FRAME_QUALITIES_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     seq: int
     action: ChangeAction
     signal_id: int
@@ -172,7 +173,8 @@ class Change(_message.Message):
     expires_at: float
     frame_qualities: _containers.RepeatedScalarFieldContainer[int]
     timestamps: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, seq: _Optional[int] = ..., action: _Optional[_Union[ChangeAction, str]] = ..., signal_id: _Optional[int] = ..., signal_type: _Optional[str] = ..., live: _Optional[bool] = ..., hash: _Optional[bytes] = ..., frames: _Optional[_Iterable[bytes]] = ..., list_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., quality: _Optional[int] = ..., expires_at: _Optional[float] = ..., frame_qualities: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ...) -> None: ...
+    state: SignalState
+    def __init__(self, seq: _Optional[int] = ..., action: _Optional[_Union[ChangeAction, str]] = ..., signal_id: _Optional[int] = ..., signal_type: _Optional[str] = ..., live: _Optional[bool] = ..., hash: _Optional[bytes] = ..., frames: _Optional[_Iterable[bytes]] = ..., list_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., quality: _Optional[int] = ..., expires_at: _Optional[float] = ..., frame_qualities: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ..., state: _Optional[_Union[SignalState, str]] = ...) -> None: ...
 
 class ChangesResponse(_message.Message):
     __slots__ = ("changes", "head", "more", "store_id", "since_digest", "head_digest", "split_entries", "head_signal_id", "head_entry_digest", "since_entry_digest")
