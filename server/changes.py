@@ -31,6 +31,14 @@ if TYPE_CHECKING:
     from hashmatch.server.calls import Call
 
 CHUNK = 900  # ids per store lookup (SQLite's parameter limit)
+#: a vPDQ ADDED change of F frames counts as ceil(F / FRAMES_PER_CHANGE) changes of
+#: max_changes (at least 1): a page was sized in signals, so 10,000 hour-long videos
+#: (~0.4 KB a frame in the reader) made one page of ~14 GB
+FRAMES_PER_CHANGE = 10
+#: frames read from the store at a time (~0.1 KB of Python objects each, then the
+#: reply built from them): the hub read the frames of 900 videos at once (+447 MB for
+#: 900 videos of 3,000 frames)
+FRAME_READ = 20_000
 MESSAGE_BYTES = 1 << 20  # flush a streamed message past ~1 MiB of codes
 #: an entry's ids blob from this size on (bytes: 128k ids) is kept between the calls
 #: that page through it, with its digest (one entry and a few digests at a time)
@@ -95,12 +103,12 @@ def changes(
         action = signals_pb2.CHANGE_ACTION_ADDED if added else signals_pb2.CHANGE_ACTION_REMOVED
         ids = _cut(_ids(store, entry), after if entry.seq == request.since + 1 else 0,
                    stop.signal_id if n == stop.index else 0)  # fmt: skip
-        for start in range(0, len(ids), CHUNK):  # the ids in slices: details per slice only
+        with_frames = added and entry.signal_type == "vpdq"
+        for chunk in _slices(store, ids, with_frames):  # details per slice only
             call.check_deadline()
-            chunk = ids[start : start + CHUNK].tolist()
             with _one_read(store):  # a video's state and its frames from one snapshot
                 info = store.lookup(chunk, with_quality=True)
-                frames = _frames(store, chunk) if added and entry.signal_type == "vpdq" else {}
+                frames = _frames(store, chunk) if with_frames else {}
             for sid in chunk:
                 meta = info.get(sid)
                 if visible is not None and (meta is None or meta[0] not in visible):
@@ -236,7 +244,8 @@ def _stop_at(store: SignalStore, entries: list[_Entry], since: tuple[int, int],
              visible: set[int] | None, limit: int, split: bool) -> _Stop:  # fmt: skip
     """Where ``max_changes`` stops the page. Only what the caller will be shown counts:
     paging on every logged id let a tenant measure other tenants' ingests/retractions
-    (size, type). Without ``split`` (an older client) a page ends after the entry that
+    (size, type); a video counts by its frames (:func:`_weights`), never less than one
+    change a page. Without ``split`` (an older client) a page ends after the entry that
     reaches the limit; with it, at the limit, inside an entry if need be. ``since``: the
     request's (since, since_signal_id)."""
     total = 0
@@ -244,14 +253,48 @@ def _stop_at(store: SignalStore, entries: list[_Entry], since: tuple[int, int],
         ids = _cut(_ids(store, entry), since[1] if entry.seq == since[0] + 1 else 0, 0)
         for start in range(0, len(ids), CHUNK):
             shown = _shown(store, ids[start : start + CHUNK], visible)
-            if split and total + len(shown) >= limit:
-                last = int(shown[limit - total - 1])
+            if not len(shown):
+                continue
+            reach = total + np.cumsum(_weights(store, entry, shown))  # total after each id
+            if split and reach[-1] >= limit:
+                last = int(shown[np.searchsorted(reach, limit)])  # the first to reach it
                 if last != int(ids[-1]):
                     return _Stop(n, last, True)
-            total += len(shown)
+            total = int(reach[-1])
         if total >= limit and n + 1 < len(entries):
             return _Stop(n, 0, True)
     return _Stop(len(entries) - 1, 0, False)
+
+
+def _weights(store: SignalStore, entry: _Entry, ids: np.ndarray) -> np.ndarray:
+    """What each of ``ids`` counts against max_changes: 1, or for a video sent with its
+    frames (a vPDQ ADDED change) ceil(frames / FRAMES_PER_CHANGE), so that a page's
+    size in the reader follows its frames."""
+    if entry.op != "add" or entry.signal_type != "vpdq":
+        return np.ones(len(ids), np.int64)
+    counts = store.frame_counts(ids.tolist())
+    frames = np.array([counts.get(s, 0) for s in ids.tolist()], np.int64)
+    return np.maximum(1, -(-frames // FRAMES_PER_CHANGE))
+
+
+def _slices(store: SignalStore, ids: np.ndarray, with_frames: bool) -> Iterator[list[int]]:
+    """``ids`` in slices read at once: CHUNK ids, and for videos sent with their frames
+    at most FRAME_READ frames (or one video) a slice."""
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK].tolist()
+        if not with_frames:
+            yield chunk
+            continue
+        counts = store.frame_counts(chunk)
+        part, frames = [], 0
+        for sid in chunk:
+            if part and frames + counts.get(sid, 0) > FRAME_READ:
+                yield part
+                part, frames = [], 0
+            part.append(sid)
+            frames += counts.get(sid, 0)
+        if part:
+            yield part
 
 
 def _shown(store: SignalStore, ids: np.ndarray, visible: set[int] | None) -> np.ndarray:

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_mirror import TENANTS, _hub_view, _local_view, _mirror, _mirror_process
+from test_mirror import TENANTS, _hub_view, _local_view, _mirror, _mirror_process, _pdq
 
 from hashmatch.engine.store import SignalRecord
 from hashmatch.server import changes as changes_rpc
+from hashmatch.server.client import signal, video_signal
 from hashmatch.server.testing import running_server
 from hashmatch.v1 import signals_pb2
 
@@ -125,6 +126,53 @@ def test_a_re_enabled_list_is_mirrored_in_pages_of_page_size(tmp_path):
         (run,) = _mirror(ts, "partner", whole, "--page-size", str(10 * N))
         assert run["pages"] == 1
         assert _local_view(split) == _local_view(whole) == _hub_view(hub, "partner")
+
+
+def test_pages_of_videos_end_by_frames_and_mirror_the_same(tmp_path, monkeypatch):
+    """Pages were sized in signals only: 300 videos of 3,000 frames were one page of
+    615 MB in the mirror, 10,000 hour-long ones would be ~14 GB. A video now counts
+    ceil(frames / FRAMES_PER_CHANGE) changes: a page ends once its frames reach
+    max_changes * FRAMES_PER_CHANGE (inside an entry), and the pages resumed by
+    (head, head_signal_id) are still exactly the one-call stream. The hub reads the
+    frames of at most FRAME_READ frames' worth of videos at a time (it read 900
+    videos' at once)."""
+    reads = []
+    real_frames = changes_rpc._frames
+
+    def frames(store, ids):
+        found = real_frames(store, ids)
+        reads.append((len(ids), sum(len(codes) for codes, _, _ in found.values())))
+        return found
+
+    monkeypatch.setattr(changes_rpc, "FRAME_READ", 100)
+    monkeypatch.setattr(changes_rpc, "_frames", frames)
+    rng = np.random.default_rng(21)
+    limit, budget = 20, 20 * changes_rpc.FRAMES_PER_CHANGE
+    videos = [video_signal(_pdq(rng, 20 + i), labels=[f"v{i}"]) for i in range(30)]
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        assert ops.ingest("shared", videos).rejected == 0  # one log entry of 30 videos
+        ops.ingest("shared", [signal("pdq", h) for h in _pdq(rng, 30)])
+        whole = [(c.signal_id, len(c.frames)) for r in ops.changes(0) for c in r.changes]
+        assert all(n == 1 or frames <= 100 for n, frames in reads) and len(reads) > 5, reads
+        pages, since, at = [], 0, 0
+        while True:
+            replies = list(ops.changes(since, max_changes=limit, since_signal_id=at))
+            pages.append([(c.signal_id, len(c.frames)) for r in replies for c in r.changes])
+            if not replies[-1].more:
+                break
+            since, at = replies[-1].head, replies[-1].head_signal_id
+        assert [change for page in pages for change in page] == whole
+        for page in pages:  # each stops at the change that reaches the budget
+            assert sum(frames for _, frames in page[:-1]) < budget, page
+            assert len(page) <= limit
+        assert len(pages) >= sum(frames for _, frames in whole) // budget + 1
+        (run,) = _mirror(ts, "ops", tmp_path / "local", "--page-size", str(limit))
+        assert run["pages"] == len(pages) and run["added"] == 60
+        (run,) = _mirror(ts, "ops", tmp_path / "one", "--page-size", "1000")
+        assert run["pages"] == 1
+        hub = _hub_view(ts.engine.store, None)
+        assert _local_view(tmp_path / "local") == _local_view(tmp_path / "one") == hub
 
 
 def test_kill_9_inside_an_entry_then_a_rerun_against_a_new_or_an_older_hub(tmp_path, monkeypatch):

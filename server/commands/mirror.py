@@ -41,8 +41,8 @@ from hashmatch.server.commands.store import _LOCKED_HINT, _data_dir_option, _eng
     type=click.IntRange(min=1),
     default=10_000,
     show_default=True,
-    help="Changes per transaction (a big hub log entry spans pages; an older hub sends"
-    " whole entries).",
+    help="Changes per transaction (a big hub log entry spans pages; a vPDQ video counts"
+    " one per 10 frames; an older hub sends whole entries).",
 )
 @click.option("--wait", type=float, default=30.0, show_default=True,
               help="Seconds to wait for the hub to answer SERVING.")  # fmt: skip
