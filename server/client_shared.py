@@ -70,6 +70,22 @@ def _clean_token(token: str | None) -> str | None:
     return token
 
 
+def reconnect_options(backoff: float) -> list[tuple[str, int]]:
+    """The channel's own reconnect schedule, kept to the retries' (``backoff`` doubling
+    to at most MAX_BACKOFF).
+
+    Why: gRPC reconnects a channel whose server went away on its own backoff (1 s growing
+    1.6x to 120 s), and until that attempt every call fails at once with UNAVAILABLE,
+    retried or not. After a 15 s outage (a drain plus a restart) the channel's next try
+    was ~13 s after the server was back, so calls with the default 30 s deadline failed
+    against a server that was serving.
+    """
+    return [
+        ("grpc.initial_reconnect_backoff_ms", max(1, int(backoff * 1000))),
+        ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF * 1000)),
+    ]
+
+
 class ClientBase:
     """One server's channel, stubs, token metadata and retry settings, for either
     client: ``channels`` is the module that opens channels (``grpc`` or ``grpc.aio``,
@@ -100,6 +116,7 @@ class ClientBase:
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            *reconnect_options(backoff),
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))

@@ -118,6 +118,7 @@ class CuttableProxy:
         self.target = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.sockets: list[socket.socket] = []
         self.closed = False
+        self.refused: list[float] = []  # when each connection made while closed came
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -127,6 +128,7 @@ class CuttableProxy:
             except OSError:
                 return
             if self.closed:
+                self.refused.append(time.monotonic())
                 down.close()
                 continue
             up = socket.create_connection(self.upstream)
@@ -156,6 +158,25 @@ class CuttableProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+def test_a_server_back_after_an_outage_is_reached_within_a_calls_deadline(tmp_path):
+    """gRPC reconnects on its own schedule (tries ~1, 2.6, 5.2, 9.3 s... into an outage,
+    each gap 1.6x the last, +-20%) and fails every call at once until its next try. The
+    outage here ends just after the first try 7 s in (gRPC's 4th), when its next is
+    >= 5.2 s away (after a 15 s outage it was ~13 s away): a call with a 5 s deadline
+    failed with UNAVAILABLE against a serving server."""
+    with running_server(tmp_path) as ts:
+        proxy = CuttableProxy(("127.0.0.1", ts.server.port))
+        proxy.closed = True  # the server is down: connections are dropped on arrival
+        with HashmatchClient(proxy.target, timeout=30) as client:
+            pipeline = threading.Thread(target=client.list_hash_lists)  # retries meanwhile
+            pipeline.start()
+            while not proxy.refused or proxy.refused[-1] - proxy.refused[0] < 7.0:
+                time.sleep(0.005)
+            proxy.closed = False  # the server is back
+            assert client.list_hash_lists(timeout=5.0).lists is not None
+            pipeline.join()
 
 
 def _stored(client: HashmatchClient, list_name: str) -> int:
