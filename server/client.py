@@ -131,7 +131,8 @@ class HashmatchClient(ClientBase):
         timeout: float | None = None,
         total: int | None = None,
     ) -> signals_pb2.IngestResponse:
-        """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message.
+        """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message (fewer
+        once a message holds MAX_INGEST_MESSAGE_BYTES, 8 MiB: long vPDQ videos).
 
         ``signals``: an iterable, read whole first (a retry sends it again), or a
         callable that returns a fresh iterable of the same signals each time it is
@@ -152,7 +153,7 @@ class HashmatchClient(ClientBase):
         ``strict`` applies per message, not per call: the server refuses a message
         (``batch_size`` signals) holding a bad item, and the call fails, but the messages
         before it are stored. For all or nothing, send one message (``batch_size`` at
-        least the number of signals, within the server's ``max_batch``).
+        least the number of signals, within the server's ``max_batch`` and 8 MiB).
 
         A failed call's ``RpcError`` gets ``signals_total`` and ``signals_sent``: the
         most signals any attempt handed to gRPC, an upper bound on what was stored (the

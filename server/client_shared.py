@@ -36,6 +36,10 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 MAX_BACKOFF = 2.0  # seconds between retries at most
 MIN_ATTEMPT_SECONDS = 0.05  # a retry is only worth making with this much time left
 MAX_NOT_FOUND_LISTED = 1000  # RetractResponse.not_found lists this many (the server uses it)
+# An ingest message is sent once it holds this many bytes, even short of batch_size: a
+# quarter of the server's default max_message_bytes (1000 PDQ signals are ~0.1 MB, 1000
+# ten-minute vPDQ videos ~43 MB, which the server refused whole)
+MAX_INGEST_MESSAGE_BYTES = 8 * 1024 * 1024
 
 
 # -- connecting -------------------------------------------------------------------------
@@ -578,17 +582,22 @@ class IngestPlan:
 
 
 class IngestBatcher:
-    """One attempt's batching: signals in, a message out every ``batch_size``."""
+    """One attempt's batching: signals in, a message out every ``batch_size`` signals or
+    MAX_INGEST_MESSAGE_BYTES, whichever comes first (vPDQ signals of long videos are
+    tens of KB each: ``batch_size`` of them can be over the server's message limit)."""
 
     def __init__(self, plan: IngestPlan):
         self.plan = plan
         self.chunk: list[signals_pb2.Signal] = []
+        self.chunk_bytes = 0
         self.sent = 0
 
     def add(self, item: signals_pb2.Signal) -> signals_pb2.IngestRequest | None:
         self.chunk.append(item)
+        self.chunk_bytes += item.ByteSize()
         self.plan.expiries = self.plan.expiries or item.HasField("expires_at")
-        return self._flush() if len(self.chunk) == self.plan.batch_size else None
+        full = len(self.chunk) == self.plan.batch_size
+        return self._flush() if full or self.chunk_bytes >= MAX_INGEST_MESSAGE_BYTES else None
 
     def end(self) -> signals_pb2.IngestRequest | None:
         """The last message: an empty call still sends one (the server says so)."""
@@ -597,5 +606,5 @@ class IngestBatcher:
     def _flush(self) -> signals_pb2.IngestRequest:
         self.sent += len(self.chunk)
         self.plan.most_sent = max(self.plan.most_sent, self.sent)
-        message, self.chunk = self.plan.message(self.chunk), []
+        message, self.chunk, self.chunk_bytes = self.plan.message(self.chunk), [], 0
         return message

@@ -15,7 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
-from hashmatch.server.client import HashmatchClient, signal
+from hashmatch.server.client import HashmatchClient, signal, video_signal
 from hashmatch.server.testing import held_engine, running_server, self_signed_cert
 
 
@@ -272,6 +272,23 @@ def test_strict_ingest_refuses_one_message_not_the_whole_call(tmp_path):
         assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "signals[2500]" in err.value.details()
         assert _stored(client, "strict") == 2000
+
+
+def test_ingest_of_long_videos_splits_messages_by_size_not_only_count(tmp_path):
+    """300 ten-minute vPDQ videos (600 frames, ~43 KB each) at the default batch_size
+    were one 12.8 MB message, over this server's 10 MiB max_message_bytes: the whole
+    call was refused. A message is now sent once it holds 8 MiB."""
+    rng = np.random.default_rng(8)
+    frames = [_hexes(600, seed=100 + k) for k in range(300)]
+    videos = [
+        video_signal(f, qualities=rng.integers(50, 101, 600).tolist(), external_id=f"v{k}")
+        for k, f in enumerate(frames)
+    ]
+    with running_server(tmp_path, max_message_bytes=10 * 1024 * 1024) as ts:
+        client = ts.client()
+        reply = client.ingest("videos", videos)
+        assert (reply.added, reply.rejected) == (300, 0)
+        assert _stored(client, "videos") == 300
 
 
 def test_retract_splits_more_targets_than_the_servers_max_batch(tmp_path):
