@@ -155,6 +155,22 @@ def test_remote_errors_are_one_line_with_the_field(served):
     assert result.exit_code == 1 and "PERMISSION_DENIED" in result.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["match", "--max-results", "-1", HEX],
+        ["match", "--threshold", str(2**31), HEX],
+        ["match", "--min-quality", str(-(2**31) - 1), HEX],
+        ["retract", "L", HEX, "--id", str(2**63)],
+    ],
+)
+def test_remote_options_out_of_the_protos_range_are_usage_errors(served, args):
+    """Before: protobuf's bare ValueError ("Value out of range") as a traceback."""
+    option = next(a for a in args if a.startswith("--"))
+    result = _remote(served, *args)
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+
+
 def test_hashmatch_serve_bootstraps_a_token_and_drains_on_sigterm(tmp_path):
     port = _free_port()
     proc = subprocess.Popen(

@@ -31,6 +31,13 @@ from hashmatch.engine.errors import HashmatchError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
+# The proto fields' ranges, for options that go into a request: protobuf raises a bare
+# ValueError ("Value out of range: -1") naming no option, which the CLI showed as a
+# traceback; click names the option and exits 2.
+INT32 = click.IntRange(-(2**31), 2**31 - 1)
+UINT32 = click.IntRange(0, 2**32 - 1)
+INT64 = click.IntRange(-(2**63), 2**63 - 1)
+
 
 _INT64_TYPES = {
     FieldDescriptor.TYPE_INT64,
@@ -466,9 +473,9 @@ def _rpc(fn):
 @click.option("--type", "signal_type", default="pdq", show_default=True)
 @click.option("--media", multiple=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--media-type", "media_types", multiple=True, help="Types to hash media with.")
-@click.option("--threshold", type=int)
+@click.option("--threshold", type=INT32)
 @click.option("--list", "lists", multiple=True, help="Only these lists.")
-@click.option("--max-results", type=int, default=0)
+@click.option("--max-results", type=UINT32, default=0)
 @click.option("--dihedral", is_flag=True, help="PDQ: also match rotated/flipped copies.")
 @click.option("--trim-borders", is_flag=True, help="Also match with borders/bars trimmed.")
 @click.option("--all-frames", is_flag=True, help="PDQ: every frame of an animation.")
@@ -477,7 +484,7 @@ def _rpc(fn):
 @click.option("--upscale-small", is_flag=True, help="PDQ: also match small images enlarged.")
 @click.option("--upscale-small-replicate", is_flag=True,
               help="PDQ: also match small images enlarged by pixel repetition.")  # fmt: skip
-@click.option("--min-quality", type=int, help="PDQ quality floor (default 50).")
+@click.option("--min-quality", type=INT32, help="PDQ quality floor (default 50).")
 @click.option("--low-quality-queries", type=click.Choice(["match_quality_stored", "skip"]),
               default=None, help="Under the floor: match stored quality >= it only "
               "(server default) or skip (HMA).")  # fmt: skip
@@ -641,7 +648,7 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
 @click.argument("list_name")
 @click.argument("hashes", nargs=-1)
 @click.option("--type", "signal_type", default="pdq", show_default=True)
-@click.option("--id", "signal_ids", multiple=True, type=int, help="Signal id to retract.")
+@click.option("--id", "signal_ids", multiple=True, type=INT64, help="Signal id to retract.")
 @click.option("--reason", default="")
 @click.pass_obj
 @_rpc
