@@ -226,7 +226,9 @@ class AsyncHashmatchClient(shared.ClientBase):
 
     # -- health -----------------------------------------------------------------------
 
-    async def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
+    async def health(
+        self, service: str = "", *, timeout: float | None = shared.HEALTH_CHECK_SECONDS
+    ) -> str:
         """``SERVING`` / ``NOT_SERVING`` / ... (no token needed)."""
         reply = await self.health_stub.Check(shared.health_request(service), timeout=timeout)
         return shared.health_status(reply)
@@ -237,7 +239,7 @@ class AsyncHashmatchClient(shared.ClientBase):
         deadline = time.monotonic() + timeout
         while True:
             try:
-                last = await self.health()
+                last = await self.health(timeout=shared.health_check_timeout(deadline))
             except grpc.RpcError as exc:
                 last = shared.health_failure(exc)
             if last == "SERVING":

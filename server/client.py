@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from hashmatch.server.client_shared import (
+    HEALTH_CHECK_SECONDS,
     HEALTH_POLL_SECONDS,
     MAX_BACKOFF,
     MAX_NOT_FOUND_LISTED,
@@ -35,6 +36,7 @@ from hashmatch.server.client_shared import (
     changes_request,
     hash_request,
     hash_value,
+    health_check_timeout,
     health_failure,
     health_request,
     health_status,
@@ -260,7 +262,7 @@ class HashmatchClient(ClientBase):
 
     # -- health -----------------------------------------------------------------------
 
-    def health(self, service: str = "", *, timeout: float | None = 5.0) -> str:
+    def health(self, service: str = "", *, timeout: float | None = HEALTH_CHECK_SECONDS) -> str:
         """``SERVING`` / ``NOT_SERVING`` / ... (no token needed)."""
         reply = self.health_stub.Check(health_request(service), timeout=timeout)
         return health_status(reply)
@@ -272,7 +274,7 @@ class HashmatchClient(ClientBase):
         last = "no answer"
         while True:
             try:
-                last = self.health()
+                last = self.health(timeout=health_check_timeout(deadline))
                 if last == "SERVING":
                     return
             except grpc.RpcError as exc:

@@ -251,6 +251,16 @@ def tls_hint(details: str) -> str:
 # -- health -----------------------------------------------------------------------------
 
 HEALTH_POLL_SECONDS = 0.05
+HEALTH_CHECK_SECONDS = 5.0  # one health check's deadline at most
+
+
+def health_check_timeout(deadline: float) -> float:
+    """The deadline of one health check of a wait that ends at ``deadline`` (monotonic).
+
+    Why: each check took its own 5 s, so against a server that accepts connections but
+    does not answer (hung, a black-holing proxy) a 1 s wait took 5 s; a probe with a
+    shorter timeout of its own was killed instead of hearing "not SERVING"."""
+    return min(HEALTH_CHECK_SECONDS, max(deadline - time.monotonic(), 0.001))
 
 
 def health_request(service: str) -> health_pb2.HealthCheckRequest:

@@ -479,3 +479,21 @@ def test_remote_health_exits_zero_only_when_serving(served):
     assert down.exit_code == 1 and "UNAVAILABLE" in down.output
     waited = CliRunner().invoke(cli, ["remote", "--server", nobody, "health", "--wait", "0.5"])
     assert waited.exit_code == 1 and "did not become SERVING within 0.5 s" in waited.output
+
+
+@pytest.mark.parametrize("args", [["--timeout", "1", "health"], ["health", "--wait", "1"]])
+def test_remote_health_keeps_its_timeout_against_a_server_that_never_answers(args):
+    """A listener that accepts and never speaks (a hung server, a black-holing proxy):
+    each health check took its own 5 s, so a probe with a shorter timeout of its own
+    (here 4.5 s) killed the command instead of hearing it exit 1."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        held: list[socket.socket] = []
+        threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
+        target = f"127.0.0.1:{listener.getsockname()[1]}"
+        done = subprocess.run(
+            [sys.executable, "-c", SERVE, "remote", "--server", target, *args],
+            capture_output=True, text=True, timeout=4.5,
+        )  # fmt: skip
+        assert done.returncode == 1 and "DEADLINE_EXCEEDED" in done.stderr, done.stderr
+        for sock in held:
+            sock.close()

@@ -710,7 +710,10 @@ def remote_health(client, wait) -> None:
             client.wait_until_serving(timeout=wait)
         except (TimeoutError, ConnectionError) as exc:
             raise click.ClickException(str(exc)) from None
-    status = client.health()
+    from hashmatch.server.client_shared import HEALTH_CHECK_SECONDS
+
+    # --timeout bounds the check too (a probe's own timeout may be shorter than 5 s)
+    status = client.health(timeout=min(client.timeout, HEALTH_CHECK_SECONDS))
     click.echo(json.dumps({"status": status}))
     if status != "SERVING":
         sys.exit(1)
