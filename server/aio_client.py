@@ -184,12 +184,13 @@ class AsyncHashmatchClient(shared.ClientBase):
         """As :meth:`hashmatch.server.client.HashmatchClient.retract` (``hashes``,
         ``signal_ids``, ``reason``, ``batch_size``: see
         :func:`~hashmatch.server.client_shared.retract_requests`): one request after
-        the other, ``timeout`` each, the replies summed into one."""
+        the other, ``timeout`` each, the replies summed into one (a failed call's error
+        has ``retracted_before``)."""
         total = signals_pb2.RetractResponse()
-        for request in shared.retract_requests(list_name, **targets):
-            shared.add_retract_reply(
-                total, await self._unary(self.signals.Retract, request, timeout)
-            )
+        with shared.retract_progress(total):
+            for request in shared.retract_requests(list_name, **targets):
+                reply = await self._unary(self.signals.Retract, request, timeout)
+                shared.add_retract_reply(total, reply)
         return total
 
     async def list_hash_lists(

@@ -43,6 +43,7 @@ from hashmatch.server.client_shared import (
     low_quality_enum,
     match_request,
     not_serving,
+    retract_progress,
     retract_requests,
     signal,
     tls_hint,
@@ -192,15 +193,17 @@ class HashmatchClient(ClientBase):
 
         The replies are summed into one: ``retracted`` and ``not_found_total`` add up,
         ``not_found`` keeps the first 1000 as a single reply does. Requests are separate
-        retractions: a failure part way leaves the earlier ones done (retracting is
-        idempotent, so send the whole call again).
+        retractions: a failure part way leaves the earlier ones done, summed in the
+        error's ``retracted_before`` (retracting is idempotent, so send the whole call
+        again; its reply counts only what the first did not retract).
         """
         total = signals_pb2.RetractResponse()
         requests = retract_requests(
             list_name, hashes=hashes, signal_ids=signal_ids, reason=reason, batch_size=batch_size
         )
-        for request in requests:
-            add_retract_reply(total, self._unary(self.signals.Retract, request, timeout))
+        with retract_progress(total):
+            for request in requests:
+                add_retract_reply(total, self._unary(self.signals.Retract, request, timeout))
         return total
 
     def list_hash_lists(self, *, timeout: float | None = None) -> signals_pb2.ListHashListsResponse:

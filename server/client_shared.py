@@ -480,6 +480,21 @@ def add_retract_reply(
     total.not_found.extend(reply.not_found[: max(room, 0)])
 
 
+@contextmanager
+def retract_progress(total: signals_pb2.RetractResponse) -> Iterator[None]:
+    """A retract's requests, in ``with``: a failed one's RpcError gets
+    ``retracted_before``, ``total`` so far (the replies of the requests before it).
+
+    Why: those retractions are done; without their count a caller that re-sends the
+    whole call (idempotent) hears ``retracted`` of the rest only, and cannot say how
+    many signals the call retracted."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        exc.retracted_before = total  # type: ignore[attr-defined]
+        raise
+
+
 def changes_request(
     since: int = 0,
     *,

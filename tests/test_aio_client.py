@@ -220,6 +220,34 @@ def test_a_bad_request_is_invalid_argument_with_its_fields(served):
     asyncio.run(scenario())
 
 
+def test_a_retract_failing_part_way_says_what_the_earlier_requests_retracted(served):
+    """Requests of ``batch_size``: the third holds a malformed hash. Both clients' error
+    carries ``retracted_before``, the summed replies of the two requests that retracted
+    (before: nothing said how many of the call's signals were gone)."""
+    hexes = _hexes(60, seed=9)
+    targets = [("pdq", h) for h in hexes[:40]] + [("pdq", "zz")] + [("pdq", h) for h in hexes[40:]]
+    sync = served.client("ops")
+
+    def retract_sync(name: str) -> None:
+        sync.retract(name, hashes=targets, batch_size=20)
+
+    def retract_async(name: str) -> None:
+        async def scenario() -> None:
+            async with _client(served) as c:
+                await c.retract(name, hashes=targets, batch_size=20)
+
+        asyncio.run(scenario())
+
+    for name, retract in [("part-way-s", retract_sync), ("part-way-a", retract_async)]:
+        sync.ingest(name, [signal("pdq", h) for h in hexes])
+        with pytest.raises(grpc.RpcError) as err:
+            retract(name)
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        done = err.value.retracted_before
+        assert (done.retracted, done.not_found_total) == (40, 0)
+        assert {x.name: x.signal_count for x in sync.list_hash_lists().lists}[name] == 20
+
+
 def test_cancelling_the_coroutine_cancels_the_call_on_the_server(served, caplog):
     """A task awaiting an ingest (its source waiting) or reading a match stream is
     cancelled, or a loop over a match stream left early: the server logs each call
