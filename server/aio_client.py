@@ -167,11 +167,12 @@ class AsyncHashmatchClient(shared.ClientBase):
 
         async def messages() -> AsyncIterator[signals_pb2.IngestRequest]:
             batcher = plan.batcher()
-            async for item in _items(plan.fresh()):
-                if (message := batcher.add(item)) is not None:
+            with plan.reading_source():
+                async for item in _items(plan.fresh()):
+                    if (message := batcher.add(item)) is not None:
+                        yield message
+                if (message := batcher.end()) is not None:
                     yield message
-            if (message := batcher.end()) is not None:
-                yield message
 
         with plan.reporting():
             call = plan.call(self.signals.Ingest, messages)

@@ -248,6 +248,37 @@ def test_a_retract_failing_part_way_says_what_the_earlier_requests_retracted(ser
         assert {x.name: x.signal_count for x in sync.list_hash_lists().lists}[name] == 20
 
 
+def test_a_source_that_raises_gives_the_caller_its_own_exception(served):
+    """A streamed source raising at its 1500th signal (a bad row in a partner's file):
+    both clients raise that ValueError, with ``signals_sent``, once the server has
+    stored the message before it. Before: the sync client raised RpcError UNKNOWN
+    ("Exception iterating requests!"), the asyncio one asyncio.CancelledError."""
+    hexes = _hexes(3000, seed=10)
+
+    def source():
+        for n, h in enumerate(hexes):
+            if n == 1500:
+                raise ValueError("partner file, row 1500: not a hash")
+            yield signal("pdq", h)
+
+    def ingest_sync(name: str) -> None:
+        served.client("ops").ingest(name, source, total=len(hexes))
+
+    def ingest_async(name: str) -> None:
+        async def scenario() -> None:
+            async with _client(served) as c:
+                await c.ingest(name, source, total=len(hexes))
+
+        asyncio.run(scenario())
+
+    for name, ingest in [("raising-s", ingest_sync), ("raising-a", ingest_async)]:
+        with pytest.raises(ValueError, match="row 1500") as err:
+            ingest(name)
+        assert (err.value.signals_sent, err.value.signals_total) == (1000, 3000)
+        lists = served.client("ops").list_hash_lists().lists
+        assert {x.name: x.signal_count for x in lists}[name] == 1000
+
+
 def test_cancelling_the_coroutine_cancels_the_call_on_the_server(served, caplog):
     """A task awaiting an ingest (its source waiting) or reading a match stream is
     cancelled, or a loop over a match stream left early: the server logs each call
