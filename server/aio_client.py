@@ -117,14 +117,23 @@ class AsyncHashmatchClient(shared.ClientBase):
         timeout: float | None = None,
     ) -> AsyncIterator[matcher_pb2.MatchResponse]:
         """Bidirectional stream: one response per request, in order (not retried).
-        ``requests``: a plain or async iterable. Leaving the loop early (or cancelling
-        it) cancels the stream."""
-        call = self.matcher.MatchStream(requests, timeout=timeout, metadata=self.metadata)
+        ``requests``: a plain or async iterable; what it raises is raised after the
+        replies to the requests before it. Leaving the loop early (or cancelling it)
+        cancels the stream."""
+        reader = shared.SourceGuard()
+
+        async def sent() -> AsyncIterator[matcher_pb2.MatchRequest]:
+            with reader.reading():
+                async for request in _items(requests):
+                    yield request
+
+        call = self.matcher.MatchStream(sent(), timeout=timeout, metadata=self.metadata)
         try:
             while (reply := await _read(call)) is not None:
                 yield reply
         finally:
             call.cancel()  # nothing when it has ended
+        reader.raise_error()
 
     async def hash(
         self,
@@ -167,7 +176,7 @@ class AsyncHashmatchClient(shared.ClientBase):
 
         async def messages() -> AsyncIterator[signals_pb2.IngestRequest]:
             batcher = plan.batcher()
-            with plan.reading_source():
+            with plan.reader.reading():
                 async for item in _items(plan.fresh()):
                     if (message := batcher.add(item)) is not None:
                         yield message

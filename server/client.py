@@ -32,6 +32,7 @@ from hashmatch.server.client_shared import (
     ClientBase,
     HashInput,
     IngestPlan,
+    SourceGuard,
     add_retract_reply,
     changes_request,
     hash_request,
@@ -65,6 +66,16 @@ __all__ = [  # the builders and constants pipelines import from here
     "tls_hint",
     "video_signal",
 ]
+
+
+def _replies(call: Any, reader: SourceGuard) -> Iterator[Any]:
+    """A response stream's messages, then what its request source raised; cancelled
+    when closed early."""
+    try:
+        yield from call
+    finally:
+        call.cancel()  # nothing when it has ended
+    reader.raise_error()
 
 
 class HashmatchClient(ClientBase):
@@ -106,8 +117,17 @@ class HashmatchClient(ClientBase):
     def match_stream(
         self, requests: Iterable[matcher_pb2.MatchRequest], *, timeout: float | None = None
     ) -> Iterator[matcher_pb2.MatchResponse]:
-        """Bidirectional stream: one response per request, in order (not retried)."""
-        return self.matcher.MatchStream(iter(requests), timeout=timeout, metadata=self.metadata)
+        """Bidirectional stream: one response per request, in order (not retried). What
+        ``requests`` raises is raised after the replies to the requests before it.
+        Closing the iterator (or dropping it) cancels the stream."""
+        reader = SourceGuard()
+
+        def sent() -> Iterator[matcher_pb2.MatchRequest]:
+            with reader.reading():
+                yield from requests
+
+        call = self.matcher.MatchStream(sent(), timeout=timeout, metadata=self.metadata)
+        return _replies(call, reader)
 
     def hash(
         self,

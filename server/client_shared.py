@@ -513,6 +513,40 @@ def changes_request(
     )
 
 
+# -- request streams --------------------------------------------------------------------
+
+
+class SourceGuard:
+    """Around the reading of a caller's iterable that gRPC streams as requests (ingest's
+    signals, match_stream's requests): what it raises (a bad row, an unreadable upload)
+    ends the request stream where it is, and :meth:`raise_error` raises it once the
+    replies to what was sent before it are in.
+
+    Why: raised inside gRPC's request stream, the caller's own exception was lost: the
+    sync client raised RpcError UNKNOWN "Exception iterating requests!" (match_stream
+    dropped the replies already due), the asyncio one ``asyncio.CancelledError``, which
+    a pipeline's ``except Exception`` does not catch and reads as its task cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.error: Exception | None = None
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        self.error = None  # a retry reads the source afresh
+        try:
+            yield
+        except Exception as exc:  # the caller's iterable, not gRPC
+            self.error = exc
+
+    def raise_error(self, **notes: Any) -> None:
+        """Raise what the source raised, if anything, with ``notes`` as attributes."""
+        if self.error is not None:
+            for name, value in notes.items():
+                setattr(self.error, name, value)
+            raise self.error
+
+
 # -- ingest -----------------------------------------------------------------------------
 
 
@@ -553,7 +587,7 @@ class IngestPlan:
         self.timeout = timeout
         self.most_sent = 0
         self.expiries = False  # any signal sent with expires_at (an older server drops them)
-        self.source_error: Exception | None = None  # what reading ``signals`` raised
+        self.reader = SourceGuard()  # what reading ``signals`` raised
 
     def call(self, ingest: Callable, messages: Callable[[], Any]) -> Callable:
         """An attempt for the client's retry loop: ``ingest`` (the Signals.Ingest stub
@@ -577,28 +611,12 @@ class IngestPlan:
     def messages(self) -> Iterator[signals_pb2.IngestRequest]:
         """One attempt's messages from a source of plain iterables."""
         batcher = self.batcher()
-        with self.reading_source():
+        with self.reader.reading():
             for item in self.fresh():
                 if (message := batcher.add(item)) is not None:
                     yield message
             if (message := batcher.end()) is not None:
                 yield message
-
-    @contextmanager
-    def reading_source(self) -> Iterator[None]:
-        """Around an attempt's reading of ``signals``: what the source raises (a bad row,
-        a file gone) ends the stream where it is and is raised by :meth:`checked` once
-        the server has replied for the messages sent before it.
-
-        Why: raised inside gRPC's request stream, the caller's own exception was lost:
-        the sync client raised RpcError UNKNOWN "Exception iterating requests!", the
-        asyncio one ``asyncio.CancelledError`` (which a pipeline's ``except Exception``
-        does not catch, and reads as its task being cancelled)."""
-        self.source_error = None  # a retry reads the source afresh
-        try:
-            yield
-        except Exception as exc:  # the caller's source, not gRPC
-            self.source_error = exc
 
     @contextmanager
     def reporting(self) -> Iterator[None]:
@@ -615,11 +633,9 @@ class IngestPlan:
     ) -> signals_pb2.IngestResponse:
         """``reply``, with a warning when the server predates ``expires_at`` and the
         signals carried one (it stored them without); or the source's exception (see
-        :meth:`reading_source`), with ``signals_sent`` / ``signals_total``: the messages
+        :class:`SourceGuard`), with ``signals_sent`` / ``signals_total``: the messages
         sent before it are stored, as ``reply`` says."""
-        if (error := self.source_error) is not None:
-            error.signals_sent, error.signals_total = self.most_sent, self.total  # type: ignore[attr-defined]
-            raise error
+        self.reader.raise_error(signals_sent=self.most_sent, signals_total=self.total)
         if not reply.HasField("still_retracted") and self.expiries:
             warnings.warn(
                 "the server predates Signal.expires_at: it stored these signals without"

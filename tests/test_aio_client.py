@@ -279,6 +279,37 @@ def test_a_source_that_raises_gives_the_caller_its_own_exception(served):
         assert {x.name: x.signal_count for x in lists}[name] == 1000
 
 
+def test_a_match_stream_whose_requests_raise_answers_the_earlier_ones_then_raises(served):
+    """The 4th upload cannot be read: both clients give the replies to the three before
+    it, then the caller's ValueError. Before: the sync client raised RpcError UNKNOWN
+    (no reply at all), the asyncio one asyncio.CancelledError."""
+    hexes = _hexes(5, seed=11)
+
+    def requests():
+        for n, h in enumerate(hexes):
+            if n == 3:
+                raise ValueError("upload 3 is unreadable")
+            yield AsyncHashmatchClient.match_request([("pdq", h)], request_id=f"u{n}")
+
+    def stream_sync(got: list[str]) -> None:
+        for reply in served.client("ops").match_stream(requests()):
+            got.append(reply.request_id)
+
+    def stream_async(got: list[str]) -> None:
+        async def scenario() -> None:
+            async with _client(served) as c:
+                async for reply in c.match_stream(requests()):
+                    got.append(reply.request_id)
+
+        asyncio.run(scenario())
+
+    for stream in (stream_sync, stream_async):
+        got: list[str] = []
+        with pytest.raises(ValueError, match="upload 3"):
+            stream(got)
+        assert got == ["u0", "u1", "u2"]
+
+
 def test_cancelling_the_coroutine_cancels_the_call_on_the_server(served, caplog):
     """A task awaiting an ingest (its source waiting) or reading a match stream is
     cancelled, or a loop over a match stream left early: the server logs each call
