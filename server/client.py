@@ -3,11 +3,13 @@
 Why: upload pipelines and the ``hashmatch remote`` verbs should not hand-build
 protobufs or re-implement retries. Unary calls (and ingest, and the start of
 ``changes``) are retried on UNAVAILABLE (server starting, index loading, restarting,
-draining) with exponential backoff (``backoff`` doubling, at most 2 s, jittered): until
-the call's deadline when it has one (the client's ``timeout`` by default), else up to
-``retries`` times; ``retries=0`` never retries. Every other status is raised at once as
-:class:`grpc.RpcError` (use :func:`hashmatch.server.errors.bad_request_fields` to read
-the field details). Streams (``match_stream``, ``rebuild``) are not retried.
+draining), and on the RESOURCE_EXHAUSTED of a momentary overload (it carries a
+``google.rpc.RetryInfo``), with exponential backoff (``backoff`` doubling, at most 2 s,
+jittered): until the call's deadline when it has one (the client's ``timeout`` by
+default), else up to ``retries`` times; ``retries=0`` never retries. Every other
+status is raised at once as :class:`grpc.RpcError` (use
+:func:`hashmatch.server.errors.bad_request_fields` to read the field details).
+Streams (``match_stream``, ``rebuild``) are not retried.
 
     with HashmatchClient("127.0.0.1:50051", token=os.environ["HASHMATCH_TOKEN"]) as c:
         reply = c.match([("pdq", "f8f8...")], threshold=31)

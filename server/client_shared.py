@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 
 from hashmatch.v1 import (
     admin_pb2_grpc,
@@ -220,15 +222,33 @@ class Attempts:
 
     def _pause(self, exc: grpc.RpcError) -> float | None:
         """Seconds to wait before retrying ``exc``, or None to raise it."""
-        if exc.code() not in RETRYABLE or self.retries <= 0:
+        least = 0.0 if exc.code() in RETRYABLE else retry_delay(exc)
+        if least is None or self.retries <= 0:
             return None
-        pause = self.delay * (1 + random.uniform(0, 0.1))
+        pause = max(self.delay * (1 + random.uniform(0, 0.1)), least)
         if self.retry_until is None:
             return pause if self.attempt < self.retries else None
         # leave the last attempt time to get an answer: else it ends DEADLINE_EXCEEDED
         # and hides that the server was unavailable throughout
         pause = min(pause, self.retry_until - time.monotonic() - MIN_ATTEMPT_SECONDS)
         return pause if pause > 0 else None
+
+
+def retry_delay(exc: grpc.RpcError) -> float | None:
+    """The ``google.rpc.RetryInfo`` delay of a RESOURCE_EXHAUSTED status, None without
+    one: the server marks a momentary overload so (request-stream slots, media or lookup
+    queues full), not a full disk or a reply over the limit, which would fail again."""
+    if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    try:
+        status = rpc_status.from_call(exc)
+    except ValueError:  # details that do not agree with the code
+        return None
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToTimedelta().total_seconds()
+    return None
 
 
 def tls_hint(details: str) -> str:

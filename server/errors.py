@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -28,7 +28,13 @@ log = logging.getLogger("hashmatch.server")
 
 
 class Overloaded(engine_errors.HashmatchError):
-    """A bounded queue is full (maps to RESOURCE_EXHAUSTED); the client should back off."""
+    """A bounded queue is full (maps to RESOURCE_EXHAUSTED); the client should back off.
+    Its status carries a ``google.rpc.RetryInfo``, the mark the Python clients retry on:
+    other RESOURCE_EXHAUSTED (a full disk, a reply over the limit) would fail again."""
+
+
+# RetryInfo.retry_delay of an Overloaded status: the least a client should wait
+OVERLOADED_RETRY_DELAY = duration_pb2.Duration(nanos=100_000_000)
 
 
 class DeadlineExceeded(engine_errors.HashmatchError):
@@ -147,6 +153,10 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Stat
             )
         )
         status.details.append(detail)
+        if isinstance(exc, Overloaded):  # momentary: the clients retry it (RetryInfo)
+            retry = any_pb2.Any()
+            retry.Pack(error_details_pb2.RetryInfo(retry_delay=OVERLOADED_RETRY_DELAY))
+            status.details.append(retry)
     return code, message, status
 
 

@@ -260,6 +260,43 @@ def test_a_streamed_ingest_reads_its_source_again_on_retry(tmp_path):
         assert _settled_count(ts, direct, "streamed") == len(hexes)
 
 
+def test_an_ingest_refused_for_a_busy_stream_slot_is_retried(tmp_path):
+    """Two workers = one request-stream slot, held by an ingest whose source waits. A
+    second ingest is refused (RESOURCE_EXHAUSTED, "retry with backoff", now marked with
+    a RetryInfo) and retried until the slot is free; before, it failed at once: 4 of 12
+    pipeline threads sharing a client at the default 16 slots (8 a tenant) failed so."""
+    hexes = _hexes(3, seed=12)
+    gate = threading.Event()
+    box: dict = {}
+
+    def waiting_source():
+        yield signal("pdq", hexes[0])
+        gate.wait(30)
+        yield signal("pdq", hexes[1])
+
+    with running_server(tmp_path, workers=2) as ts:
+        client = ts.client(timeout=30)
+        sample = ts.server.host.metrics.registry.get_sample_value
+
+        def run(name: str, source) -> None:
+            box[name] = client.ingest(name, source, total=2, batch_size=1)
+
+        holder = threading.Thread(target=run, args=("held", waiting_source))
+        holder.start()
+        while not sample("hashmatch_inflight_rpcs"):
+            time.sleep(0.01)
+        second = threading.Thread(target=run, args=("waiting", [signal("pdq", hexes[2])]))
+        second.start()
+        refused = {"method": "Ingest", "code": "RESOURCE_EXHAUSTED"}
+        while not sample("hashmatch_requests_total", refused):
+            time.sleep(0.01)
+        gate.set()  # the slot frees once the held ingest ends
+        holder.join()
+        second.join()
+        assert box["held"].added == 2
+        assert box["waiting"].added == 1
+
+
 def test_strict_ingest_refuses_one_message_not_the_whole_call(tmp_path):
     """Documented: ``strict`` is per message of ``batch_size``; the messages before the
     bad one are stored."""

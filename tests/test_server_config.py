@@ -83,6 +83,7 @@ def test_a_tokens_file_others_may_write_is_warned_about(tmp_path):
         (engine_errors.PermissionDenied("no"), grpc.StatusCode.PERMISSION_DENIED),
         (auth.Unauthenticated("who"), grpc.StatusCode.UNAUTHENTICATED),
         (errors.Overloaded("busy"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.DiskFull("the disk is full"), grpc.StatusCode.RESOURCE_EXHAUSTED),
         (engine_errors.Conflict("busy"), grpc.StatusCode.FAILED_PRECONDITION),
         (engine_errors.CorruptData("bad file"), grpc.StatusCode.DATA_LOSS),
         (NotImplementedError("later"), grpc.StatusCode.UNIMPLEMENTED),
@@ -94,6 +95,9 @@ def test_error_mapping(exc, code):
     assert mapped is code
     if code is grpc.StatusCode.RESOURCE_EXHAUSTED:  # clients back off on a QuotaFailure
         assert status.details[0].Is(error_details_pb2.QuotaFailure.DESCRIPTOR)
+        # and retry only an overload, marked with a RetryInfo (not a full disk)
+        retry = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+        assert len(retry) == isinstance(exc, errors.Overloaded)
     if code is grpc.StatusCode.INTERNAL:
         assert "secret detail" not in message  # internals never leak to clients
     if code is grpc.StatusCode.INVALID_ARGUMENT:
