@@ -185,7 +185,7 @@ class AsyncHashmatchClient(shared.ClientBase):
 
         with plan.reporting():
             call = plan.call(self.signals.Ingest, messages)
-            reply = await self._unary(call, None, self._attempts(plan.timeout, self.timeout))
+            reply = await self._unary(call, None, plan.attempts(self.retries, self.backoff))
             return plan.checked(reply)
 
     async def retract(

@@ -198,7 +198,8 @@ class HashmatchClient(ClientBase):
         )
         with plan.reporting():
             call = plan.call(self.signals.Ingest, plan.messages)
-            return plan.checked(self._unary(call, None, self._attempts(plan.timeout, self.timeout)))
+            attempts = plan.attempts(self.retries, self.backoff)
+            return plan.checked(self._unary(call, None, attempts))
 
     def retract(
         self,

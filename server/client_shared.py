@@ -153,10 +153,10 @@ class ClientBase:
     def _check_context(self) -> None:
         """Refuse a place the channel could not be used from (the sync client: none)."""
 
-    def _attempts(self, timeout: float | None, retry_window: float | None = None) -> Attempts:
+    def _attempts(self, timeout: float | None) -> Attempts:
         """The retry schedule of one call; ``timeout`` None = the client's."""
         timeout = self.timeout if timeout is None else timeout
-        return Attempts(timeout, self.retries, self.backoff, retry_window)
+        return Attempts(timeout, self.retries, self.backoff)
 
 
 # -- retrying ---------------------------------------------------------------------------
@@ -181,7 +181,8 @@ class Attempts:
 
     ``retry_window``: retry for at most this long after the first failure, even when
     the deadline is later (an ingest's deadline grows with its size; a dead server
-    should not be retried for hours).
+    should not be retried for hours), or when there is none (an ingest of unknown
+    length).
     """
 
     def __init__(
@@ -210,8 +211,11 @@ class Attempts:
         """True (the error is swallowed, ``pause`` set) when ``exc`` is worth a retry."""
         if not isinstance(exc, grpc.RpcError):
             return False
-        if self.attempt == 0 and self.deadline is not None and self.retry_window is not None:
-            self.retry_until = min(self.deadline, time.monotonic() + self.retry_window)
+        if self.attempt == 0 and self.retry_window is not None:
+            window_end = time.monotonic() + self.retry_window
+            self.retry_until = (
+                window_end if self.deadline is None else min(self.deadline, window_end)
+            )
         pause = self._pause(exc)
         self.attempt += 1
         self.delay = min(self.delay * 2, MAX_BACKOFF)
@@ -601,24 +605,31 @@ class IngestPlan:
             self.fresh, total = (lambda: signals), len(signals)
         self.total = total
         self.batch_size = max(1, batch_size)
-        self.unbounded = timeout is None and total is None  # a stream of unknown length
         if timeout is None and client_timeout is not None and total is not None:
             timeout = client_timeout * max(1, -(-total // self.batch_size))
-        self.timeout = timeout
+        self.timeout = timeout  # None: a stream of unknown length has no deadline
+        self.client_timeout = client_timeout
         self.most_sent = 0
         self.expiries = False  # any signal sent with expires_at (an older server drops them)
         self.reader = SourceGuard()  # what reading ``signals`` raised
 
     def call(self, ingest: Callable, messages: Callable[[], Any]) -> Callable:
         """An attempt for the client's retry loop: ``ingest`` (the Signals.Ingest stub
-        method) with a fresh ``messages()`` stream; no deadline for a stream of unknown
-        length."""
+        method) with a fresh ``messages()`` stream."""
 
         def attempt(_request: None, *, timeout: float | None, metadata: Any) -> Any:
-            deadline = None if self.unbounded else timeout
-            return ingest(messages(), timeout=deadline, metadata=metadata)
+            return ingest(messages(), timeout=timeout, metadata=metadata)
 
         return attempt
+
+    def attempts(self, retries: int, backoff: float) -> Attempts:
+        """The call's retry schedule: its deadline (none for a stream of unknown length)
+        and, after a failure, retries for up to the client's timeout.
+
+        Why: a stream of unknown length was given the client's timeout as the deadline
+        of its retries, though not of its attempts: one that had streamed for longer
+        than that was not retried at all when the server restarted."""
+        return Attempts(self.timeout, retries, backoff, retry_window=self.client_timeout)
 
     def batcher(self) -> IngestBatcher:
         return IngestBatcher(self)

@@ -297,6 +297,46 @@ def test_an_ingest_refused_for_a_busy_stream_slot_is_retried(tmp_path):
         assert box["waiting"].added == 1
 
 
+def test_a_streamed_ingest_of_unknown_length_is_retried_after_the_client_timeout(tmp_path):
+    """A callable source without ``total`` streams with no deadline, but its retries had
+    the client's timeout from the call's start as theirs: cut after streaming for
+    longer (a restart), it was not retried at all. Now it re-sends, as one with a total
+    does, for up to the client timeout after the failure."""
+    hexes = _hexes(10, seed=13)
+    gate = threading.Event()
+    calls = [0]
+
+    def source():
+        calls[0] += 1
+        for n, h in enumerate(hexes):
+            if n == 5 and calls[0] == 1:
+                gate.wait(30)  # a slow feed: longer than the client timeout
+            yield signal("pdq", h)
+
+    with running_server(tmp_path) as ts:
+        direct = ts.client()
+        proxy = CuttableProxy(("127.0.0.1", ts.server.port))
+        box: dict = {}
+
+        def ingest() -> None:
+            with HashmatchClient(proxy.target, timeout=1.0) as through_proxy:
+                try:
+                    box["reply"] = through_proxy.ingest("feed", source, batch_size=1)
+                except grpc.RpcError as exc:
+                    box["error"] = exc
+
+        pipeline = threading.Thread(target=ingest)
+        pipeline.start()
+        while _stored(direct, "feed") < 5:
+            time.sleep(0.01)
+        time.sleep(1.5)  # streaming for longer than the client timeout
+        proxy.drop()  # the server restarts
+        gate.set()
+        pipeline.join(60)
+        assert "error" not in box, box
+        assert calls[0] == 2 and box["reply"].added + box["reply"].unchanged == len(hexes)
+
+
 def test_strict_ingest_refuses_one_message_not_the_whole_call(tmp_path):
     """Documented: ``strict`` is per message of ``batch_size``; the messages before the
     bad one are stored."""
