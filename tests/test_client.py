@@ -20,7 +20,7 @@ from PIL import Image
 from skimage import data
 
 from hashmatch.server.cli import cli
-from hashmatch.server.client import HashmatchClient
+from hashmatch.server.client import HashmatchClient, signal
 from hashmatch.server.testing import running_server
 
 OPS = {"ops": (["match", "write", "admin"], True), "reader": (["match"], False)}
@@ -169,6 +169,17 @@ def test_remote_options_out_of_the_protos_range_are_usage_errors(served, args):
     option = next(a for a in args if a.startswith("--"))
     result = _remote(served, *args)
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+
+
+def test_remote_retract_failing_part_way_says_what_was_retracted(served):
+    """1000 targets a request: the second holds a malformed hash; the first retracted."""
+    rng = np.random.default_rng(14)
+    hexes = [row.tobytes().hex() for row in rng.integers(0, 256, (1000, 32), dtype=np.uint8)]
+    client = served.client("ops")
+    client.ingest("part-way", [signal("pdq", h) for h in hexes])
+    result = _remote(served, "retract", "part-way", *hexes, "zz")
+    assert result.exit_code == 1 and "INVALID_ARGUMENT" in result.output
+    assert "the requests before it retracted 1000 signals" in result.output, result.output
 
 
 def test_hashmatch_serve_bootstraps_a_token_and_drains_on_sigterm(tmp_path):

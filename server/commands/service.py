@@ -438,6 +438,17 @@ def _ingest_progress(exc: grpc.RpcError, details: str) -> str:
     )
 
 
+def _retract_progress(exc: grpc.RpcError) -> str:
+    """For a retract whose later request failed: what the earlier ones retracted."""
+    done = getattr(exc, "retracted_before", None)
+    if done is None or not (done.retracted or done.not_found_total):
+        return ""
+    return (
+        f"\n  (the requests before it retracted {done.retracted} signals, {done.not_found_total}"
+        " targets not found; re-running the same retract is harmless)"
+    )
+
+
 def _rpc(fn):
     """Turn gRPC errors into a one-line message and exit status 1."""
     import functools
@@ -460,7 +471,7 @@ def _rpc(fn):
                 hint = f"\n  ({unauthenticated_hint(details)})"
             elif exc.code() is grpc.StatusCode.UNAVAILABLE and tls_hint(details):
                 hint = "\n " + tls_hint(details)
-            hint += _ingest_progress(exc, details)
+            hint += _ingest_progress(exc, details) + _retract_progress(exc)
             raise click.ClickException(f"{exc.code().name}: {details}{fields}{hint}") from None
         except (OSError, HashmatchError) as exc:
             raise click.ClickException(str(exc)) from None
