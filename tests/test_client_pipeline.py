@@ -179,6 +179,22 @@ def test_a_server_back_after_an_outage_is_reached_within_a_calls_deadline(tmp_pa
             pipeline.join()
 
 
+def _ingest_through(target: str, box: dict, client_options: dict, *args, **kwargs):
+    """``ingest(*args, **kwargs)`` through ``target`` on a thread of its own (started and
+    returned): its reply lands in ``box["reply"]``, its RpcError in ``box["error"]``."""
+
+    def run() -> None:
+        with HashmatchClient(target, **client_options) as client:
+            try:
+                box["reply"] = client.ingest(*args, **kwargs)
+            except grpc.RpcError as exc:
+                box["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
 def _stored(client: HashmatchClient, list_name: str) -> int:
     return {x.name: x.signal_count for x in client.list_hash_lists().lists}.get(list_name, 0)
 
@@ -203,17 +219,9 @@ def test_an_ingest_cut_mid_stream_reports_an_upper_bound_and_a_resend_is_safe(tm
     with running_server(tmp_path) as ts:
         direct = ts.client()
         proxy = CuttableProxy(("127.0.0.1", ts.server.port))
-        box: dict[str, grpc.RpcError] = {}
-
-        def ingest() -> None:
-            with HashmatchClient(proxy.target, timeout=1.0, backoff=0.05) as through_proxy:
-                try:
-                    through_proxy.ingest("cut", signals, batch_size=1000)
-                except grpc.RpcError as exc:
-                    box["error"] = exc
-
-        pipeline = threading.Thread(target=ingest)
-        pipeline.start()
+        box: dict = {}
+        options = {"timeout": 1.0, "backoff": 0.05}
+        pipeline = _ingest_through(proxy.target, box, options, "cut", signals, batch_size=1000)
         while _stored(direct, "cut") < 3000:
             time.sleep(0.01)
         proxy.cut()
@@ -241,15 +249,10 @@ def test_a_streamed_ingest_reads_its_source_again_on_retry(tmp_path):
         direct = ts.client()
         proxy = CuttableProxy(("127.0.0.1", ts.server.port))
         box: dict = {}
-
-        def ingest() -> None:
-            with HashmatchClient(proxy.target, timeout=5.0, backoff=0.05) as through_proxy:
-                box["reply"] = through_proxy.ingest(
-                    "streamed", source, total=len(hexes), batch_size=1000
-                )
-
-        pipeline = threading.Thread(target=ingest)
-        pipeline.start()
+        options = {"timeout": 5.0, "backoff": 0.05}
+        pipeline = _ingest_through(
+            proxy.target, box, options, "streamed", source, total=len(hexes), batch_size=1000
+        )
         while _stored(direct, "streamed") < 3000:
             time.sleep(0.01)
         proxy.drop()
@@ -317,16 +320,9 @@ def test_a_streamed_ingest_of_unknown_length_is_retried_after_the_client_timeout
         direct = ts.client()
         proxy = CuttableProxy(("127.0.0.1", ts.server.port))
         box: dict = {}
-
-        def ingest() -> None:
-            with HashmatchClient(proxy.target, timeout=1.0) as through_proxy:
-                try:
-                    box["reply"] = through_proxy.ingest("feed", source, batch_size=1)
-                except grpc.RpcError as exc:
-                    box["error"] = exc
-
-        pipeline = threading.Thread(target=ingest)
-        pipeline.start()
+        pipeline = _ingest_through(
+            proxy.target, box, {"timeout": 1.0}, "feed", source, batch_size=1
+        )
         while _stored(direct, "feed") < 5:
             time.sleep(0.01)
         time.sleep(1.5)  # streaming for longer than the client timeout
