@@ -57,6 +57,8 @@ from hashmatch.engine.store_schema import (
 
 LABEL_SEP = "\x1f"  # labels are stored joined by the ASCII unit separator
 _NOT_SHARED = "no hash list by that name is shared with you"
+#: store_meta key: the highest id of a deleted list (new lists get higher ids)
+_DELETED_LIST_IDS = "deleted_list_id_max"
 DEFAULT_BATCH = 50_000
 #: Change-log op of signals that match again without their code changing (their list
 #: re-enabled, their expiry moved past now): the index still holds them (a disabled
@@ -601,11 +603,7 @@ class SignalStore:
                 if exist_ok:
                     return self.get_list(name)
                 raise Conflict(f"hash list {name!r} already exists", field="list_name")
-            conn.execute(
-                "INSERT INTO hash_lists(name, description, owner, labels, enabled, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, 1, ?, ?)",
-                (name, description, owner, join_labels(labels), now, now),
-            )
+            _insert_list(conn, name, now, description, owner, join_labels(labels))
             self._audit(conn, actor, "list.create", name, 0, None, {"owner": owner})
         return self.get_list(name)
 
@@ -622,11 +620,7 @@ class SignalStore:
         if own_txn:
             self.create_list(name, actor=actor, exist_ok=True)
             return
-        now = time.time()
-        conn.execute(
-            "INSERT INTO hash_lists(name, created_at, updated_at) VALUES (?, ?, ?)",
-            (_check_name(name, "list_name"), now, now),
-        )
+        _insert_list(conn, _check_name(name, "list_name"), time.time())
         self._audit(conn, actor, "list.create", name, 0)
 
     def set_list_enabled(self, name: str, enabled: bool, *, actor: str = "local") -> HashList:
@@ -780,6 +774,11 @@ class SignalStore:
                 "DELETE FROM hash_lists WHERE id = ?",
             ):
                 conn.execute(sql, (list_id,))
+            conn.execute(  # its id is never given to another list (see _insert_list)
+                "INSERT INTO store_meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE"
+                " SET value = excluded.value WHERE CAST(value AS INTEGER) < ?",
+                (_DELETED_LIST_IDS, str(list_id), list_id),
+            )
             self._audit(conn, actor, "list.delete", contents.name, contents.total, None,
                         contents.as_dict())  # fmt: skip
             self._bump(conn)  # grants removed: visibility changed
@@ -2388,6 +2387,27 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
                 q.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
+
+
+def _insert_list(conn: sqlite3.Connection, name: str, now: float, description: str = "",
+                 owner: str = "", labels: str = "") -> int:  # fmt: skip
+    """Insert list ``name`` under an id no list of this store ever had; return it.
+
+    Why not SQLite's own choice: ``hash_lists.id`` is not AUTOINCREMENT (schema 1), so
+    the id of the newest list, once deleted, went to the next list created, and what
+    still held the old id (an ingest or a tenant's grant check between two of its
+    transactions, a lookup's visible lists) read the new list as the deleted one: a
+    partner's ingest went on into another partner's new list."""
+    (top,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM hash_lists").fetchone()
+    row = conn.execute("SELECT value FROM store_meta WHERE key = ?", (_DELETED_LIST_IDS,))
+    deleted = row.fetchone()
+    list_id = max(int(top), int(deleted[0]) if deleted else 0) + 1
+    conn.execute(
+        "INSERT INTO hash_lists(id, name, description, owner, labels, enabled, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?)",
+        (list_id, name, description, owner, labels, now, now),
+    )
+    return list_id
 
 
 def _shown_field(key: str, value: str) -> str | list[str]:

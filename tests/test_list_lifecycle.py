@@ -251,3 +251,22 @@ def test_the_readme_lines_run(run):
     for args, code in zip(commands, codes, strict=True):
         run(*args, code=code)
     assert "0 list(s)" in run("lists", "ls").output
+
+
+def test_a_deleted_lists_id_is_never_given_to_another_list(tmp_path):
+    """List ids are not AUTOINCREMENT: the newest list's id, once deleted, went to the
+    next list created, and whatever still held it (an ingest between two batches, a
+    lookup's visible lists) took the new list for the deleted one."""
+    path = tmp_path / "store.sqlite"
+    store = SignalStore(path)
+    store.create_list("a")
+    gone = store.create_list("b").id
+    store.delete_list("b")
+    assert store.create_list("c").id > gone
+    store.delete_list("c")
+    store.close()
+    store = SignalStore(path)  # the floor is in the store, not in this process
+    report = store.ingest([SignalRecord("pdq", _codes(1, seed=9)[0])], list_name="d",
+                          actor="t", create_list=True, strict=True)  # fmt: skip
+    assert report.added == 1 and store.get_list("d").id > gone + 1
+    store.close()
