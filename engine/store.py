@@ -1229,6 +1229,7 @@ class SignalStore:
         if not strict:
             self._begin(conn)
         try:
+            _check_list_kept(conn, list_id, report)
             for group in prepared:
                 if isinstance(group, _ColumnPlan):
                     self._write_columns(conn, group, list_id, ingest_id, now, report, counts)
@@ -2387,6 +2388,19 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
                 q.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
+
+
+def _check_list_kept(conn: sqlite3.Connection, list_id: int, report: IngestReport) -> None:
+    """NotFound when the list an ingest writes into was deleted since its last batch
+    (``lists delete`` by another process: each batch is its own transaction). Why: the
+    later batches failed on a foreign key with SQLite's bare message, and before list
+    ids were kept unique they went into whichever list took the id next."""
+    if conn.execute("SELECT 1 FROM hash_lists WHERE id = ?", (list_id,)).fetchone() is None:
+        raise NotFound(
+            f"list {report.list_name.strip()!r} was deleted while this ingest ran; the"
+            f" {report.batches} batch(es) stored before went with it",
+            field="list_name",
+        )
 
 
 def _insert_list(conn: sqlite3.Connection, name: str, now: float, description: str = "",

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from hashmatch.engine.errors import NotFound
 from hashmatch.engine.runtime import Engine
 from hashmatch.engine.store import SignalRecord, SignalStore
 from hashmatch.server.cli import cli
@@ -270,3 +271,30 @@ def test_a_deleted_lists_id_is_never_given_to_another_list(tmp_path):
                           actor="t", create_list=True, strict=True)  # fmt: skip
     assert report.added == 1 and store.get_list("d").id > gone + 1
     store.close()
+
+
+def test_an_ingest_whose_list_is_deleted_between_batches_writes_into_no_other_list(tmp_path):
+    """Another process deletes the list after the ingest's first batch and creates one:
+    the later batches are refused, saying so, instead of landing in the new list."""
+    path = tmp_path / "store.sqlite"
+    store, other = SignalStore(path), SignalStore(path)  # two connections, as two processes
+    store.create_list("kept")
+    store.create_list("partner-a")
+    commits = []
+
+    def deleted_after_the_first_batch() -> None:
+        commits.append(1)
+        if len(commits) == 1:
+            other.delete_list("partner-a")
+            other.create_list("partner-b")
+
+    records = [SignalRecord("pdq", c) for c in _codes(12, seed=10)]
+    with pytest.raises(NotFound, match="'partner-a' was deleted while this ingest ran"):
+        store.ingest(records, list_name="partner-a", actor="t", batch_size=4,
+                     on_commit=deleted_after_the_first_batch)  # fmt: skip
+    assert [(i.name, i.signal_count) for i in store.lists()] == [("kept", 0), ("partner-b", 0)]
+    orphan = "SELECT COUNT(*) FROM signals WHERE list_id NOT IN (SELECT id FROM hash_lists)"
+    (orphans,) = store.conn().execute(orphan).fetchone()
+    assert orphans == 0 and len(commits) == 1
+    store.close()
+    other.close()
