@@ -267,8 +267,10 @@ class Engine:
         changes = self.store.changes_since(since)
         for change in changes:
             if change.op == PURGE and change.signal_type in indexes:  # index ids as logged
-                if indexes[change.signal_type].remove(change.ids, missing_ok=True):
-                    self._purged = True
+                indexes[change.signal_type].remove(change.ids, missing_ok=True)
+                # compact even if no live row went: a signal retracted before its list was
+                # deleted is a tombstoned row already, its code still in the index's arrays
+                self._purged = True
             elif change.op in ("add", "remove") and len(change.ids):
                 index = self._index_for(change.signal_type, indexes)
                 if change.op == "add":

@@ -298,3 +298,27 @@ def test_an_ingest_whose_list_is_deleted_between_batches_writes_into_no_other_li
     assert orphans == 0 and len(commits) == 1
     store.close()
     other.close()
+
+
+def _snapshot_bytes(snap) -> bytes:
+    return b"".join(p.read_bytes() for p in snap.rglob("*") if p.is_file())
+
+
+def test_a_deleted_list_whose_signals_were_all_retracted_leaves_no_code_in_a_snapshot(tmp_path):
+    """A retracted signal stays in the index as a tombstoned row, code and all. Deleting a
+    list whose signals were all retracted removed no live row, so the engine did not
+    compact before its next snapshot, which then wrote the deleted codes to disk."""
+    gone, kept = _codes(3, seed=11), _codes(5, seed=12)
+    with Engine.open(tmp_path / "data") as engine:
+        for name, codes in (("gone", gone), ("kept", kept)):
+            engine.ingest([SignalRecord("pdq", c) for c in codes], list_name=name,
+                          create_list=True)  # fmt: skip
+        engine.retract(list_name="gone", hashes=[("pdq", c) for c in gone])
+        assert bytes.fromhex(gone[0]) in _snapshot_bytes(engine.snapshot())  # tombstoned
+        other = SignalStore(tmp_path / "data" / "store.sqlite")  # as the CLI would
+        other.delete_list("gone")
+        other.close()
+        saved = _snapshot_bytes(engine.snapshot())
+        assert not [c for c in gone if bytes.fromhex(c) in saved]
+        assert all(bytes.fromhex(c) in saved for c in kept)
+        assert engine.verify_index()["ok"]
