@@ -698,7 +698,7 @@ class Engine:
         """
         self._ensure_loaded()
         with self._snapshot_lock:
-            indexes, manifest = self._freeze(compact=self._purged)
+            indexes, manifest = self._freeze()
             final = self._write_snapshot(indexes, manifest)
             self._snapshot_at = manifest["created_at"]
             self._prune_snapshots(final, purged=self.store.last_purge())
@@ -707,15 +707,17 @@ class Engine:
             details={"change_counter": manifest["change_counter"]})  # fmt: skip
         return final
 
-    def _freeze(self, *, compact: bool = False) -> tuple[dict[str, object], dict]:
+    def _freeze(self) -> tuple[dict[str, object], dict]:
         """The live indexes as of one change (a frozen view each) and the manifest
         naming that change; taken under the sync lock, so no change is half-applied.
 
-        ``compact``: first rebuild the live indexes without tombstones (lookups that
-        need a sync wait meanwhile): a list was deleted, and the codes of its signals
-        must not be written into the snapshot (a tombstoned row keeps its code)."""
+        After a list deletion (``_purged``) the live indexes are first rebuilt without
+        tombstones (lookups that need a sync wait meanwhile): the codes of its signals
+        must not be written into the snapshot (a tombstoned row keeps its code). The
+        flag is read under the lock too: read before it, a lookup's sync in between
+        applied the deletion to the indexes frozen here, uncompacted."""
         with self._sync_lock:
-            if compact:
+            if self._purged:
                 for index in (self._indexes or {}).values():
                     index.compact()
                 self._purged = False

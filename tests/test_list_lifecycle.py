@@ -322,3 +322,28 @@ def test_a_deleted_list_whose_signals_were_all_retracted_leaves_no_code_in_a_sna
         assert not [c for c in gone if bytes.fromhex(c) in saved]
         assert all(bytes.fromhex(c) in saved for c in kept)
         assert engine.verify_index()["ok"]
+
+
+def test_a_delete_a_lookup_applies_while_a_snapshot_starts_is_compacted_away(tmp_path):
+    """Under lookup load, a lookup's sync can apply a delete between snapshot() deciding
+    whether to compact and freezing the indexes: the snapshot, taken after the delete
+    (so kept by the pruning), held the deleted codes. Here that lookup runs at exactly
+    that moment (wrapping the engine's own freeze step)."""
+    gone, kept = _codes(4, seed=13), _codes(4, seed=14)
+    with Engine.open(tmp_path / "data") as engine:
+        for name, codes in (("gone", gone), ("kept", kept)):
+            engine.ingest([SignalRecord("pdq", c) for c in codes], list_name=name,
+                          create_list=True)  # fmt: skip
+        freeze = engine._freeze
+
+        def a_lookup_applies_a_delete_first(*args, **kwargs):
+            other = SignalStore(tmp_path / "data" / "store.sqlite")
+            other.delete_list("gone")
+            other.close()
+            assert engine.match_hex("pdq", gone[:1]) == [[]]  # the lookup's sync
+            return freeze(*args, **kwargs)
+
+        engine._freeze = a_lookup_applies_a_delete_first
+        saved = _snapshot_bytes(engine.snapshot())
+        assert not [c for c in gone if bytes.fromhex(c) in saved]
+        assert all(bytes.fromhex(c) in saved for c in kept)
