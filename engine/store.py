@@ -376,6 +376,17 @@ def _labels_problem(labels: Iterable[str]) -> tuple[str, str] | None:
     return None
 
 
+def _list_labels(labels: Iterable[str]) -> str:
+    """A list's labels as stored; InvalidInput for one that cannot be stored as given
+    (as a signal's are refused at ingest): ``lists create``/``set`` with "a<U+001F>b"
+    stored two labels, a and b, and said nothing."""
+    labels = list(labels)
+    problem = _labels_problem(labels)
+    if problem is not None:
+        raise InvalidInput(problem[0], field=problem[1])
+    return join_labels(labels)
+
+
 def join_labels(labels: Iterable[str]) -> str:
     clean = []
     for label in labels:
@@ -603,7 +614,7 @@ class SignalStore:
                 if exist_ok:
                     return self.get_list(name)
                 raise Conflict(f"hash list {name!r} already exists", field="list_name")
-            _insert_list(conn, name, now, description, owner, join_labels(labels))
+            _insert_list(conn, name, now, description, owner, _list_labels(labels))
             self._audit(conn, actor, "list.create", name, 0, None, {"owner": owner})
         return self.get_list(name)
 
@@ -663,7 +674,7 @@ class SignalStore:
                 "SELECT description, owner, labels FROM hash_lists WHERE id = ?", (list_id,)
             ).fetchone()
             given = {"description": description, "owner": owner,
-                     "labels": None if labels is None else join_labels(labels)}  # fmt: skip
+                     "labels": None if labels is None else _list_labels(labels)}  # fmt: skip
             old = dict(zip(("description", "owner", "labels"), row, strict=True))
             changed = {k: v for k, v in given.items() if v is not None and v != old[k]}
             if changed:

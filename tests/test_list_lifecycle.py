@@ -347,3 +347,14 @@ def test_a_delete_a_lookup_applies_while_a_snapshot_starts_is_compacted_away(tmp
         saved = _snapshot_bytes(engine.snapshot())
         assert not [c for c in gone if bytes.fromhex(c) in saved]
         assert all(bytes.fromhex(c) in saved for c in kept)
+
+
+def test_a_list_label_that_cannot_be_stored_as_given_is_refused(run):
+    """Ingest refuses such a signal label; `lists create` and `lists set` split
+    "a<U+001F>b" into two labels without a word."""
+    why = "labels may not contain NUL (U+0000) or the unit separator (U+001F)"
+    assert why in run("lists", "create", "p", "--label", "a\x1fb", code=1).output
+    run("lists", "create", "q", "--label", "kept")
+    assert why in run("lists", "set", "q", "--label", "ok", "--label", "c\x1fd", code=1).output
+    (info,) = json.loads(run("lists", "ls", "--json").output)
+    assert (info["name"], info["labels"]) == ("q", ["kept"])
