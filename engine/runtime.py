@@ -776,6 +776,13 @@ class Engine:
                 continue
             shutil.rmtree(snap, ignore_errors=True)
 
+    def snapshots_before_purge(self) -> list[Path]:
+        """Snapshots taken before the last list deletion: they still hold its codes,
+        until the next :meth:`snapshot` prunes them (``lists delete`` says so)."""
+        purged = self.store.last_purge()
+        snaps = [m.parent for m in list_snapshots(self.snapshot_dir)]
+        return [s for s in snaps if (at := snapshot_counter(s.name)) is not None and at < purged]
+
     def _read_snapshot(self, manifest_path: Path, counter: int) -> tuple[dict, int]:
         """Load a snapshot if it is one of THIS store's history at or before ``counter``,
         and complete; else CorruptData saying why (the caller skips it)."""

@@ -358,3 +358,17 @@ def test_a_list_label_that_cannot_be_stored_as_given_is_refused(run):
     assert why in run("lists", "set", "q", "--label", "ok", "--label", "c\x1fd", code=1).output
     (info,) = json.loads(run("lists", "ls", "--json").output)
     assert (info["name"], info["labels"]) == ("q", ["kept"])
+
+
+def test_delete_names_the_snapshots_that_still_hold_the_list(run, tmp_path):
+    """The CLI deletes from the store; a snapshot taken before holds the list's codes on
+    disk until the next snapshot prunes it (no server may be running to take one)."""
+    run("ingest", _csv(tmp_path, "a", _codes(3, seed=15)), "--list", "a")
+    run("ingest", _csv(tmp_path, "b", _codes(3, seed=16)), "--list", "b")
+    assert "snapshot" not in run("lists", "delete", "b", "--yes").output  # none taken
+    run("index", "snapshot")
+    out = run("lists", "delete", "a", "--yes").output
+    assert "note: 1 index snapshot(s) in" in out and "were taken before this delete" in out
+    assert "`hashmatch index snapshot`" in out
+    run("index", "snapshot")  # prunes it
+    assert len(list((tmp_path / "data" / "snapshots").iterdir())) == 1

@@ -245,6 +245,7 @@ def lists_delete(name, yes, as_json, actor, data_dir) -> None:
     with _engine(data_dir) as engine:
         store = engine.store
         contents = store.delete_list(name, actor=actor) if yes else store.list_contents(name)
+        stale = engine.snapshots_before_purge() if yes else []
     if as_json:
         _echo_json({"deleted": yes, "list": contents.name, **contents.as_dict()})
     if not yes:
@@ -254,6 +255,13 @@ def lists_delete(name, yes, as_json, actor, data_dir) -> None:
         )
     if not as_json:
         click.echo(f"deleted list {contents.name!r}: {contents.line()}")
+    if stale:
+        click.echo(
+            f"note: {len(stale)} index snapshot(s) in {stale[0].parent} were taken before this"
+            " delete and still hold its codes: the next snapshot prunes them (`hashmatch index"
+            " snapshot`, or a running server's Admin.Snapshot)",
+            err=True,
+        )
     if contents.mirror:
         click.echo(
             f"note: mirror {contents.mirror!r} created this list; its next run creates it"
