@@ -57,6 +57,8 @@ from hashmatch.engine.store_schema import (
 
 LABEL_SEP = "\x1f"  # labels are stored joined by the ASCII unit separator
 _NOT_SHARED = "no hash list by that name is shared with you"
+#: how long delete_list's checkpoint waits for a reader (writers wait as long meanwhile)
+_CHECKPOINT_WAIT_MS = 1000
 #: store_meta key: the highest id of a deleted list (new lists get higher ids)
 _DELETED_LIST_IDS = "deleted_list_id_max"
 DEFAULT_BATCH = 50_000
@@ -799,8 +801,19 @@ class SignalStore:
 
     def _checkpoint_truncate(self) -> bool:
         """Copy the WAL into the database file and empty it; False when a reader kept
-        part of it (SQLite's next checkpoints overwrite the rest)."""
-        busy, _log, _done = self.conn().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        part of it (SQLite's next checkpoints overwrite the rest).
+
+        Waits at most :data:`_CHECKPOINT_WAIT_MS` for readers of an older snapshot (a
+        server's index rebuild or Changes page, a backup): while a TRUNCATE checkpoint
+        waits, SQLite holds off every new writer, so with the connection's 60 s busy
+        timeout a delete under a running rebuild stalled the server's ingests a minute."""
+        conn = self.conn()
+        (waited,) = conn.execute("PRAGMA busy_timeout").fetchone()
+        conn.execute(f"PRAGMA busy_timeout = {_CHECKPOINT_WAIT_MS}")
+        try:
+            busy, _log, _done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(waited)}")
         return not busy
 
     def _log_deleted(self, conn: sqlite3.Connection, list_id: int, stype: str) -> None:

@@ -372,3 +372,38 @@ def test_delete_names_the_snapshots_that_still_hold_the_list(run, tmp_path):
     assert "`hashmatch index snapshot`" in out
     run("index", "snapshot")  # prunes it
     assert len(list((tmp_path / "data" / "snapshots").iterdir())) == 1
+
+
+def test_a_delete_while_a_reader_holds_the_store_stalls_no_writer(run, tmp_path):
+    """A reader of an older snapshot (a server's index rebuild, a backup) keeps the WAL:
+    the delete's checkpoint waited for it with the 60 s busy timeout, and SQLite holds
+    off every new writer meanwhile. Now it gives up soon and says the old pages stay."""
+    import sqlite3
+    import threading
+
+    run("ingest", _csv(tmp_path, "a", _codes(3, seed=17)), "--list", "a")
+    path = tmp_path / "data" / "store.sqlite"
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT COUNT(*) FROM signals").fetchone()  # an older snapshot, held
+    outcome: list = []
+
+    def another_process_writes() -> None:  # once the delete has committed
+        store = SignalStore(path)
+        while "a" in {i.name for i in store.lists()}:
+            pass
+        store.conn().execute("PRAGMA busy_timeout = 10000")  # 10 s: far more than needed
+        try:
+            store.create_list("b")
+            outcome.append("written")
+        except sqlite3.OperationalError as exc:
+            outcome.append(str(exc))
+        store.close()
+
+    writer = threading.Thread(target=another_process_writes)
+    writer.start()
+    out = run("lists", "delete", "a", "--yes").output
+    writer.join()
+    reader.execute("COMMIT")
+    assert outcome == ["written"]
+    assert "note: a reader held the store" in out and "store.sqlite until" in out

@@ -255,6 +255,13 @@ def lists_delete(name, yes, as_json, actor, data_dir) -> None:
         )
     if not as_json:
         click.echo(f"deleted list {contents.name!r}: {contents.line()}")
+    if contents.wal_cleared is False:
+        click.echo(
+            "note: a reader held the store (a server's index rebuild or Changes stream, a"
+            " backup): the deleted rows' old pages stay in store.sqlite until SQLite's next"
+            " checkpoint (after ~32 MiB of writes, or when the last process closes the store)",
+            err=True,
+        )
     if stale:
         click.echo(
             f"note: {len(stale)} index snapshot(s) in {stale[0].parent} were taken before this"
