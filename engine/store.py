@@ -386,6 +386,13 @@ def _list_labels(labels: Iterable[str]) -> str:
     problem = _labels_problem(labels)
     if problem is not None:
         raise InvalidInput(problem[0], field=problem[1])
+    for i, label in enumerate(labels):
+        if not label.strip():  # `lists set --label ""` cleared every label, silently
+            raise InvalidInput(
+                "a label may not be empty (to remove a list's labels: lists set --clear-labels)",
+                field="labels",
+                index=i,
+            )
     return join_labels(labels)
 
 
@@ -700,6 +707,8 @@ class SignalStore:
         hub's name``, so it would create the old name again and copy the hub's signals a
         second time."""
         new = _check_name(new, "list_name")
+        if new == old.strip():  # answered "already exists", as if another list had it
+            raise InvalidInput(f"list {new!r} already has that name", field="list_name")
         with self._write() as conn:
             list_id = self._list_id(conn, old)
             owner = conn.execute(

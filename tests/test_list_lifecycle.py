@@ -358,6 +358,19 @@ def test_a_list_label_that_cannot_be_stored_as_given_is_refused(run):
     assert why in run("lists", "set", "q", "--label", "ok", "--label", "c\x1fd", code=1).output
     (info,) = json.loads(run("lists", "ls", "--json").output)
     assert (info["name"], info["labels"]) == ("q", ["kept"])
+    # an empty --label cleared every label without a word: --clear-labels says it
+    blank = run("lists", "set", "q", "--label", " ", code=1).output
+    assert "a label may not be empty" in blank and "--clear-labels" in blank
+    assert "a label may not be empty" in run("lists", "create", "r", "--label", "", code=1).output
+    assert [i["labels"] for i in json.loads(run("lists", "ls", "--json").output)] == [["kept"]]
+
+
+def test_renaming_a_list_to_its_own_name_says_so(run):
+    """It answered "hash list 'p' already exists", as if another list had the name."""
+    run("lists", "create", "p")
+    for same in ("p", " p "):
+        assert "list 'p' already has that name" in run("lists", "rename", "p", same, code=1).output
+    assert not _audit(run, "list.rename")
 
 
 def test_delete_names_the_snapshots_that_still_hold_the_list(run, tmp_path):
