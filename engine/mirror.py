@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,7 +42,7 @@ import numpy as np
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import Conflict, InvalidInput, NotFound
 from hashmatch.engine.ingest import parse_time
-from hashmatch.engine.rescan import LogIdentity, cursor_mismatch
+from hashmatch.engine.rescan import LogIdentity, change_pages, page_mismatch
 from hashmatch.engine.store import (
     SignalRecord,
     SignalStore,
@@ -294,10 +294,10 @@ def mirror(
         expect = (state.store_id, state.head_digest, state.entry_digest)
     summary.since = since
     first = True
-    for page in _pages(client, since, at, selection["types"], page_size, timeout):
+    for page in change_pages(client, since, at, selection["types"], page_size, timeout):
         head, more, log = page.head, page.more, page.log
         if expect is not None:  # every page: the hub may be replaced while we read
-            why, seq = _mismatch(since, at, page, expect), since
+            why, seq = page_mismatch(since, at, page, expect), since
             if why == "entry":
                 why, seq = "digest", since + 1
             if why is not None:
@@ -356,60 +356,6 @@ def _refusal(why: str, prefix: str, server: str, seq: int, kept_store: str, log:
         f"mirror {prefix!r}: {server} no longer holds the history it was mirrored from"
         f" ({detail}: restored from a backup or replaced?); {fix}"
     )
-
-
-@dataclass
-class _Page:
-    """One Changes call: its changes and where it stops, (head, at) = every change of
-    the hub's entries up to head, plus those of entry head + 1 up to remote id ``at``."""
-
-    changes: list
-    head: int
-    more: bool
-    log: LogIdentity
-    at: int = 0
-    split: bool = False  # the hub honours positions inside an entry (a newer hub)
-    entry_digest: str = ""  # of entry head + 1 when at > 0
-    since_entry_digest: str = ""  # of entry since + 1 when the request's position is inside
-
-
-def _pages(
-    client: Any, since: int, at: int, types: Sequence[str], page_size: int, timeout: float
-) -> Iterator[_Page]:
-    """One Changes call after another, from (``since``, ``at``) to the hub's head. Each
-    call is read whole before it is applied: a stream that breaks part way writes
-    nothing. A page holds at most ``page_size`` changes: a hub stops inside a log entry
-    (a list re-enabled is one entry of all its signals: one 1M page held 1.5 GB here and
-    the local write lock for seconds), and counts a video as one change per 10 frames
-    (300 videos of 3,000 frames were one 600 MB page), so a page may hold fewer changes
-    than asked: pages are read until ``more`` is false. An older hub ignores the
-    position and sends whole entries (entry since + 1 from its start: applied again,
-    which changes nothing)."""
-    while True:
-        page = _Page([], since, False, LogIdentity("", None, None))
-        for reply in client.changes(since, signal_types=list(types), max_changes=page_size,
-                                    since_signal_id=at, timeout=timeout):  # fmt: skip
-            page.head, page.more = int(reply.head), bool(reply.more)
-            page.log = LogIdentity(reply.store_id, reply.since_digest or None,
-                                   reply.head_digest or None)  # fmt: skip
-            page.split, page.since_entry_digest = reply.split_entries, reply.since_entry_digest
-            page.at = int(reply.head_signal_id) if reply.split_entries else 0
-            page.entry_digest = reply.head_entry_digest if page.at else ""
-            page.changes.extend(reply.changes)
-        yield page
-        if not page.more or (page.head, page.at) <= (since, at):
-            return
-        since, at = page.head, page.at
-
-
-def _mismatch(since: int, at: int, page: _Page, expect: tuple[str, str, str]) -> str | None:
-    """:func:`cursor_mismatch` of the cursor (since, at), or "entry": entry since + 1,
-    which the cursor is inside, is not the one partly applied (a hub restored from a
-    backup taken before it, then written again). An older hub sent that entry whole:
-    nothing of it is skipped, only since is checked."""
-    why = cursor_mismatch(since, page.head, page.log, expect[0] or None, expect[1] or None)
-    inside = why is None and at and page.split and page.log.store_id
-    return "entry" if inside and page.since_entry_digest != expect[2] else why
 
 
 @dataclass

@@ -38,7 +38,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -59,7 +59,6 @@ from hashmatch.engine.store import (
     FRAME_BITS,
     REVIVE,
     UPDATE,
-    Change,
     SignalStore,
     split_labels,
 )
@@ -124,7 +123,71 @@ class NewSignals:
 
     index_ids: np.ndarray  # int64; vPDQ: signal_id << FRAME_BITS | frame_no
     codes: np.ndarray  # uint8[n, nbytes]
-    meta: dict[int, SignalMeta]
+    meta: Mapping[int, SignalMeta]  # per signal id (made on demand by a server source)
+    qualities: np.ndarray  # int32 per row of codes: its signal's stored quality, -1 unknown
+
+    @classmethod
+    def empty(cls, st: SignalType) -> NewSignals:
+        return cls(np.empty(0, np.int64), np.empty((0, st.nbytes), np.uint8), {},
+                   np.empty(0, np.int32))  # fmt: skip
+
+
+class NetEffect:
+    """What a stretch of the change log did, per type: the last op on each id wins.
+
+    Fed in log order, entry by entry (a local store) or page by page (a server); kept
+    in numpy arrays (16 bytes a logged id, folded to one pair per id as they pile up):
+    ``--since all`` on a store of millions must not build a Python object per signal.
+    """
+
+    FOLD = 1 << 20  # logged ids kept unfolded at least
+
+    def __init__(self) -> None:
+        self._parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._order = 0  # ids fed so far: the log order of the next one
+        self._unfolded = 0
+        self._folded = 0
+
+    def feed(self, signal_type: str, ids: np.ndarray, added: bool | np.ndarray) -> None:
+        """``ids`` logged after all fed before, added (True) or removed, each or all."""
+        n = len(ids)
+        if not n:
+            return
+        order = np.arange(self._order, self._order + n, dtype=np.int64)
+        tags = 2 * order + np.asarray(added, np.int64)  # by when, then the op in bit 0
+        self._parts.setdefault(signal_type, []).append((np.asarray(ids, np.int64), tags))
+        self._order += n
+        self._unfolded += n
+        if self._unfolded > max(self.FOLD, self._folded):
+            self._fold()
+
+    def _fold(self) -> None:
+        self._parts = {t: [_last_ops(chunks)] for t, chunks in self._parts.items()}
+        self._folded = sum(len(chunks[0][0]) for chunks in self._parts.values())
+        self._unfolded = 0
+
+    def result(self) -> tuple[dict[str, np.ndarray], int]:
+        """(sorted ids whose last op is an add, per type that has any; how many ids'
+        last op is a remove)."""
+        added: dict[str, np.ndarray] = {}
+        removed = 0
+        for stype, chunks in self._parts.items():
+            ids, tags = _last_ops(chunks)
+            is_add = (tags & 1).astype(bool)
+            removed += int((~is_add).sum())
+            if is_add.any():
+                added[stype] = ids[is_add]
+        return added, removed
+
+
+def _last_ops(chunks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, tags) -> each id once with its last tag, by id."""
+    ids = np.concatenate([c[0] for c in chunks])
+    tags = np.concatenate([c[1] for c in chunks])
+    order = np.lexsort((tags, ids))  # by id, then by when
+    ids, tags = ids[order], tags[order]
+    last = np.r_[ids[1:] != ids[:-1], True]  # the final op on each id
+    return ids[last], tags[last]
 
 
 @dataclass(frozen=True)
@@ -152,9 +215,9 @@ class ChangeSource(Protocol):
     #: set by :meth:`read`: the history it read
     log: LogIdentity | None
 
-    def read(self, since: int) -> tuple[int, Iterable[Change]]:
-        """(head, the add/remove log entries with ids and since < seq <= head, oldest
-        first); sets :attr:`log`."""
+    def read(self, since: int) -> tuple[int, NetEffect]:
+        """(head, the net effect of the log entries with since < seq <= head); sets
+        :attr:`log`."""
         ...
 
     def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
@@ -178,6 +241,8 @@ class ChangeSource(Protocol):
         ...
 
 
+#: changes per ``Changes`` call of a server rescan (:class:`ServerChanges`)
+PAGE_SIZE = 10_000
 #: the change-log ops a reader of the log sees (a "bump" carries no ids)
 READ_OPS = ("add", "remove", REVIVE, UPDATE)
 
@@ -202,7 +267,7 @@ class StoreChanges:
             self._lists = self.store.list_table()
         return self._lists
 
-    def read(self, since: int) -> tuple[int, list[Change]]:
+    def read(self, since: int) -> tuple[int, NetEffect]:
         """Also what the server's ``Signals.Changes`` streams (server/changes.py).
 
         :data:`REVIVE` entries (a list re-enabled, an expiry lifted) read as adds: to a
@@ -214,11 +279,11 @@ class StoreChanges:
         self.log = LogIdentity(
             self.store.store_id(), self.store.change_digest(since), self.store.change_digest(head)
         )
-        return head, [
-            Change(c.seq, read_as(c.op), c.signal_type, c.ids)
-            for c in self.store.changes_since(since)
-            if c.seq <= head and c.op in READ_OPS and len(c.ids)
-        ]
+        effect = NetEffect()
+        for c in self.store.changes_since(since):
+            if c.seq <= head and c.op in READ_OPS:
+                effect.feed(c.signal_type, c.ids, read_as(c.op) == "add")
+        return head, effect
 
     def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
         index_ids, codes = self.store.codes_for(signal_type, ids)
@@ -236,7 +301,8 @@ class StoreChanges:
             meta[sid] = SignalMeta(
                 lists[list_id][0], bytes(code), split_labels(labels), ext, quality
             )
-        return NewSignals(index_ids, codes, meta)
+        qualities = [_known(meta[s].quality) for s in sids.tolist()]
+        return NewSignals(index_ids, codes, meta, np.asarray(qualities, np.int32))
 
     def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
         return self.store.frame_counts(signal_ids)
@@ -272,73 +338,72 @@ class ServerChanges:
     and provenance, so nothing else is fetched for the new matches; held matches are
     re-checked with ``SignalStates``. The server shows only the lists shared with the
     client's tenant. The cursor is kept per server address (``rescan_seq@ADDR``).
-    ``timeout``: for the whole ``Changes`` stream (``--since all`` can be long)."""
 
-    def __init__(self, client: Any, target: str, *, timeout: float = 3600.0):
+    The log is read in pages of ``page_size`` changes (:func:`change_pages`; a hub of
+    millions of signals was one stream whose every change was kept as a protobuf
+    message: 1.7 GB for 1M PDQ signals), each folded into numpy arrays as it comes
+    (:class:`NetEffect`, :class:`_Received`); every page after the first must continue
+    the history of the one before (a hub restored or replaced meanwhile: Conflict).
+    ``timeout``: for each page's ``Changes`` call."""
+
+    def __init__(
+        self, client: Any, target: str, *, timeout: float = 3600.0, page_size: int = PAGE_SIZE
+    ):
         self.client = client
         self.cursor_key = f"{CURSOR_KEY}@{target}"
         self.timeout = timeout
-        self._live: dict[int, tuple[str, Any]] = {}  # id -> (type, Change message)
+        self.page_size = page_size
+        self.pages = 0  # Changes calls of the last read
+        self._received: dict[str, _Received] = {}
         self.log: LogIdentity | None = None
 
-    def read(self, since: int) -> tuple[int, list[Change]]:
+    def read(self, since: int) -> tuple[int, NetEffect]:
+        effect, self._received, self.pages = NetEffect(), {}, 0
+        first: LogIdentity | None = None
+        head, at, expect = since, 0, None
+        for page in change_pages(self.client, since, 0, (), self.page_size, self.timeout):
+            if expect is not None and page_mismatch(head, at, page, expect) is not None:
+                raise Conflict(
+                    f"the server's change log changed while it was read (change {head} is"
+                    " no longer the one read: restored from a backup or replaced?); run the"
+                    " rescan again",
+                    field="since",
+                )
+            self._take(page.changes, effect)
+            first = first or page.log
+            head, at, self.pages = page.head, page.at, self.pages + 1
+            expect = (page.log.store_id, page.log.head_digest or "", page.entry_digest)
+            self.log = LogIdentity(first.store_id, first.since_digest, page.log.head_digest)
+        for received in self._received.values():
+            received.close()
+        return head, effect
+
+    def _take(self, changes: Sequence[Any], effect: NetEffect) -> None:
+        """Fold one page's Change messages into ``effect`` and the added signals' arrays."""
         from hashmatch.v1 import signals_pb2
 
         added = signals_pb2.CHANGE_ACTION_ADDED
-        self._live = {}
-        head, out = since, []
-        group: tuple[int, str, str] | None = None
-        ids: list[int] = []
-
-        def flush() -> None:
-            if group is not None and ids:
-                out.append(Change(group[0], group[1], group[2], np.asarray(ids, np.int64)))
-
-        for reply in self.client.changes(since, timeout=self.timeout):
-            head = int(reply.head)  # the same in every message, as the log identity
-            self.log = LogIdentity(
-                reply.store_id, reply.since_digest or None, reply.head_digest or None
-            )
-            for c in reply.changes:
-                op = "add" if c.action == added else "remove"
-                key = (int(c.seq), op, c.signal_type)
-                if key != group:
-                    flush()
-                    group, ids = key, []
-                ids.append(int(c.signal_id))
-                if op == "add":
-                    if c.live:
-                        self._live[int(c.signal_id)] = (c.signal_type, c)
-                    else:
-                        self._live.pop(int(c.signal_id), None)
-        flush()
-        return head, out
+        by_type: dict[str, list[Any]] = {}
+        for c in changes:
+            by_type.setdefault(c.signal_type, []).append(c)
+        for stype, group in by_type.items():  # types apart: their ids never meet
+            ids = np.fromiter((c.signal_id for c in group), np.int64, len(group))
+            adds = np.fromiter((c.action == added for c in group), bool, len(group))
+            effect.feed(stype, ids, adds)
+            if adds.any():
+                if stype not in self._received:
+                    self._received[stype] = _Received(signal_types.get(stype))
+                self._received[stype].take([c for c in group if c.action == added])
 
     def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
-        st = signal_types.get(signal_type)
-        index_ids: list[int] = []
-        codes: list[bytes] = []
-        meta: dict[int, SignalMeta] = {}
-        for sid in ids.tolist():
-            found = self._live.get(int(sid))
-            if found is None or found[0] != signal_type:
-                continue
-            c = found[1]
-            if signal_type == "vpdq":
-                index_ids.extend((sid << FRAME_BITS) | i for i in range(len(c.frames)))
-                codes.extend(c.frames)
-            else:
-                index_ids.append(sid)
-                codes.append(c.hash)
-            quality = c.quality if c.HasField("quality") else None
-            meta[sid] = SignalMeta(
-                c.list_name, c.hash, tuple(c.labels), c.external_id or None, quality
-            )
-        packed = np.frombuffer(b"".join(codes), np.uint8).reshape(-1, st.nbytes)
-        return NewSignals(np.asarray(index_ids, np.int64), packed, meta)
+        received = self._received.get(signal_type)
+        if received is None:
+            return NewSignals.empty(signal_types.get(signal_type))
+        return received.new_signals(ids)
 
     def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
-        return {s: len(self._live[s][1].frames) for s in signal_ids if s in self._live}
+        received = self._received.get("vpdq")
+        return {} if received is None else received.frame_counts(signal_ids)
 
     def why_gone(
         self,
@@ -354,6 +419,124 @@ class ServerChanges:
         states = self.client.signal_states(ids)
         name = signals_pb2.SignalState.Name
         return {sid: _STATE_REASON[name(s)] for sid, s in zip(ids, states, strict=True)}
+
+
+class _Received:
+    """The ADDED changes of one type a paged read received, as arrays.
+
+    The last ADDED change of an id wins (the freshest state the server told); a live
+    one comes with its code, quality and provenance (vPDQ: its frames). List names and
+    label sets are interned, external ids packed in one blob: ~100 bytes a PDQ signal,
+    where a kept protobuf message cost ~1.5 KB. Call :meth:`close` after the last page.
+    """
+
+    def __init__(self, st: SignalType):
+        self.st = st
+        self.video = st.name == "vpdq"
+        self._width = 32 if self.video else st.nbytes  # vPDQ: hash = the video's SHA-256
+        self._parts: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("ids", "rows", "codes", "quality", "kind", "ext_len", "frames",
+                            "frame_count")}  # fmt: skip
+        self._ext: list[bytes] = []
+        self.kinds: dict[tuple[str, tuple[str, ...]], int] = {}  # (list, labels) -> number
+        self._rows = 0  # live changes so far
+
+    def take(self, changes: Sequence[Any]) -> None:
+        """One page's ADDED changes of this type, in log order."""
+        live = [c for c in changes if c.live]
+        rows = np.full(len(changes), -1, np.int64)
+        rows[[i for i, c in enumerate(changes) if c.live]] = np.arange(len(live)) + self._rows
+        self._rows += len(live)
+        add = self._add
+        add("ids", np.fromiter((c.signal_id for c in changes), np.int64, len(changes)))
+        add("rows", rows)
+        add("codes", np.frombuffer(b"".join(c.hash for c in live), np.uint8)
+            .reshape(-1, self._width))  # fmt: skip
+        add("quality", np.array([c.quality if c.HasField("quality") else -1 for c in live],
+                                np.int32))  # fmt: skip
+        kinds = [self.kinds.setdefault((c.list_name, tuple(c.labels)), len(self.kinds))
+                 for c in live]  # fmt: skip
+        add("kind", np.array(kinds, np.int32))
+        ext = [c.external_id.encode() for c in live]
+        add("ext_len", np.array([len(e) for e in ext], np.int64))
+        self._ext.append(b"".join(ext))
+        if self.video:
+            add("frames", np.frombuffer(b"".join(f for c in live for f in c.frames), np.uint8)
+                .reshape(-1, self.st.nbytes))  # fmt: skip
+            add("frame_count", np.array([len(c.frames) for c in live], np.int64))
+
+    def _add(self, name: str, array: np.ndarray) -> None:
+        self._parts[name].append(array)
+
+    def close(self) -> None:
+        """Join the pages; keep each id's last ADDED change."""
+        whole = {k: np.concatenate(v) for k, v in self._parts.items() if v}
+        self._parts = {}
+        order = np.argsort(whole["ids"], kind="stable")  # by id, then by when
+        ids, rows = whole["ids"][order], whole["rows"][order]
+        last = np.r_[ids[1:] != ids[:-1], True]
+        self.ids, self.rows = ids[last], rows[last]
+        self.codes, self.quality, self.kind = whole["codes"], whole["quality"], whole["kind"]
+        self.ext = b"".join(self._ext)
+        self.ext_at = np.r_[0, np.cumsum(whole["ext_len"])]
+        self._ext = []
+        self.names = {n: key for key, n in self.kinds.items()}
+        if self.video:
+            self.frames, self.frame_count = whole["frames"], whole["frame_count"]
+            self.frame_at = np.r_[0, np.cumsum(self.frame_count)]
+
+    def _live_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the live ones of ``ids``, their rows)."""
+        ids = np.asarray(ids, np.int64)
+        if not len(self.ids) or not len(ids):
+            return ids[:0], ids[:0]
+        at = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        rows = np.where(self.ids[at] == ids, self.rows[at], -1)
+        keep = rows >= 0
+        return ids[keep], rows[keep]
+
+    def new_signals(self, ids: np.ndarray) -> NewSignals:
+        sids, rows = self._live_rows(ids)
+        if not self.video:
+            return NewSignals(sids, self.codes[rows], _MetaView(self, sids, rows),
+                              self.quality[rows])  # fmt: skip
+        counts = self.frame_count[rows]
+        frame_no = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+        index_ids = (np.repeat(sids, counts) << FRAME_BITS) | frame_no
+        codes = self.frames[np.repeat(self.frame_at[rows], counts) + frame_no]
+        return NewSignals(index_ids, codes, _MetaView(self, sids, rows),
+                          np.repeat(self.quality[rows], counts))  # fmt: skip
+
+    def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
+        sids, rows = self._live_rows(np.asarray(sorted(signal_ids), np.int64))
+        return dict(zip(sids.tolist(), self.frame_count[rows].tolist(), strict=True))
+
+    def meta(self, row: int) -> SignalMeta:
+        list_name, labels = self.names[int(self.kind[row])]
+        ext = self.ext[self.ext_at[row] : self.ext_at[row + 1]].decode()
+        quality = int(self.quality[row])
+        return SignalMeta(list_name, self.codes[row].tobytes(), labels, ext or None,
+                          quality if quality >= 0 else None)  # fmt: skip
+
+
+class _MetaView(Mapping[int, SignalMeta]):
+    """:attr:`NewSignals.meta` of a server read, made per signal on demand: only the
+    signals with hits need theirs (a dict of them all was ~0.3 GB a million)."""
+
+    def __init__(self, received: _Received, sids: np.ndarray, rows: np.ndarray):
+        self._received, self._sids, self._rows = received, sids, rows  # sids ascending
+
+    def __getitem__(self, sid: int) -> SignalMeta:
+        at = int(np.searchsorted(self._sids, sid))
+        if at == len(self._sids) or self._sids[at] != sid:
+            raise KeyError(sid)
+        return self._received.meta(int(self._rows[at]))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._sids.tolist())
+
+    def __len__(self) -> int:
+        return len(self._sids)
 
 
 def change_source(source: SignalStore | ChangeSource) -> ChangeSource:
@@ -389,25 +572,8 @@ def rescan(
     summary = RescanSummary(since=cursor, to=head)
     floor = PDQ_MIN_QUALITY if min_quality is None else int(min_quality)
 
-    # 1. net effect of the change log: the last op on an id wins (numpy: `--since all`
-    #    on a store of millions must not build a Python object per signal)
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for order, change in enumerate(changes):
-        if change.seq > head or change.op not in ("add", "remove") or not len(change.ids):
-            continue
-        tag = np.full(len(change.ids), 2 * order + (change.op == "add"), np.int64)
-        parts.setdefault(change.signal_type, []).append((change.ids.astype(np.int64), tag))
-    added: dict[str, np.ndarray] = {}
-    for stype, chunks in parts.items():
-        ids = np.concatenate([c[0] for c in chunks])
-        tags = np.concatenate([c[1] for c in chunks])
-        order = np.lexsort((tags, ids))  # by id, then by when
-        ids, tags = ids[order], tags[order]
-        last = np.r_[ids[1:] != ids[:-1], True]  # the final op on each id
-        ids, is_add = ids[last], (tags[last] & 1).astype(bool)
-        added[stype] = ids[is_add]
-        summary.removed_signals += int((~is_add).sum())
-    added = {t: ids for t, ids in added.items() if len(ids)}
+    # 1. net effect of the change log: the last op on an id wins
+    added, summary.removed_signals = changes.result()
 
     # 2. new signals -> catalog index
     now = time.time()
@@ -423,8 +589,8 @@ def rescan(
             continue
         hits = _search(catalog, st, floor, codes, radius, cache_dir, summary)
         if stype == "pdq":  # the scan's default rule for its low-quality files, too
-            hits = _add_low_quality_hits(hits, catalog, st, floor, codes, sids, info, radius,
-                                         cache_dir, summary)  # fmt: skip
+            hits = _add_low_quality_hits(hits, catalog, st, floor, codes, found.qualities,
+                                         radius, cache_dir, summary)  # fmt: skip
         qrows, hit_rows, dist = hits
         if not len(hit_rows):
             continue
@@ -501,13 +667,14 @@ def _search(
 
 
 def _add_low_quality_hits(hits: tuple[np.ndarray, np.ndarray, np.ndarray], catalog: Catalog,
-                          st: SignalType, floor: int, codes: np.ndarray, sids: np.ndarray,
-                          info: Mapping[int, SignalMeta], radius: int,
-                          cache_dir: str | Path | None, summary: RescanSummary,
+                          st: SignalType, floor: int, codes: np.ndarray, qualities: np.ndarray,
+                          radius: int, cache_dir: str | Path | None, summary: RescanSummary,
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """PDQ: ``hits`` plus those of the new signals of known quality >= the floor on the
-    catalog's rows under the floor (:func:`catalog_index` ``low``)."""
-    sure = np.flatnonzero([_quality_known_ok(info[int(s)], floor) for s in sids.tolist()])
+    catalog's rows under the floor (:func:`catalog_index` ``low``): the scan's default
+    (``low_quality_queries="match_quality_stored"``) matches such a file only against
+    stored signals whose quality is KNOWN and >= the floor."""
+    sure = np.flatnonzero((qualities >= 0) & (qualities >= floor))
     if not len(sure):
         return hits
     qrows, hit_rows, dist = _search(catalog, st, floor, codes[sure], radius, cache_dir,
@@ -519,11 +686,9 @@ def _add_low_quality_hits(hits: tuple[np.ndarray, np.ndarray, np.ndarray], catal
     )
 
 
-def _quality_known_ok(meta: SignalMeta, floor: int) -> bool:
-    """Whether a stored PDQ signal may match a catalog file under the quality floor: the
-    scan's default (``low_quality_queries="match_quality_stored"``) matches such a file
-    only against stored signals whose quality is KNOWN and >= the floor."""
-    return meta.quality is not None and meta.quality >= floor
+def _known(quality: int | None) -> int:
+    """A stored quality as :attr:`NewSignals.qualities` holds it (-1: unknown)."""
+    return -1 if quality is None else int(quality)
 
 
 def _meta(found: tuple | None) -> tuple | None:
@@ -552,6 +717,62 @@ def cursor_mismatch(
     if digest != log.since_digest:
         return "digest"
     return None
+
+
+@dataclass
+class ChangePage:
+    """One Changes call: its changes and where it stops, (head, at) = every change of
+    the hub's entries up to head, plus those of entry head + 1 up to remote id ``at``."""
+
+    changes: list
+    head: int
+    more: bool
+    log: LogIdentity
+    at: int = 0
+    split: bool = False  # the hub honours positions inside an entry (a newer hub)
+    entry_digest: str = ""  # of entry head + 1 when at > 0
+    since_entry_digest: str = ""  # of entry since + 1 when the request's position is inside
+
+
+def change_pages(
+    client: Any, since: int, at: int, types: Sequence[str], page_size: int, timeout: float
+) -> Iterator[ChangePage]:
+    """One Changes call after another, from (``since``, ``at``) to the hub's head. Each
+    call is read whole before it is applied: a stream that breaks part way writes
+    nothing. A page holds at most ``page_size`` changes: a hub stops inside a log entry
+    (a list re-enabled is one entry of all its signals: one 1M page held 1.5 GB here and
+    the local write lock for seconds), and counts a video as one change per 10 frames
+    (300 videos of 3,000 frames were one 600 MB page), so a page may hold fewer changes
+    than asked: pages are read until ``more`` is false. An older hub ignores the
+    position and sends whole entries (entry since + 1 from its start: applied again,
+    which changes nothing)."""
+    while True:
+        page = ChangePage([], since, False, LogIdentity("", None, None))
+        for reply in client.changes(since, signal_types=list(types), max_changes=page_size,
+                                    since_signal_id=at, timeout=timeout):  # fmt: skip
+            page.head, page.more = int(reply.head), bool(reply.more)
+            page.log = LogIdentity(reply.store_id, reply.since_digest or None,
+                                   reply.head_digest or None)  # fmt: skip
+            page.split, page.since_entry_digest = reply.split_entries, reply.since_entry_digest
+            page.at = int(reply.head_signal_id) if reply.split_entries else 0
+            page.entry_digest = reply.head_entry_digest if page.at else ""
+            page.changes.extend(reply.changes)
+        yield page
+        if not page.more or (page.head, page.at) <= (since, at):
+            return
+        since, at = page.head, page.at
+
+
+def page_mismatch(
+    since: int, at: int, page: ChangePage, expect: tuple[str, str, str]
+) -> str | None:
+    """:func:`cursor_mismatch` of the cursor (since, at), or "entry": entry since + 1,
+    which the cursor is inside, is not the one partly applied (a hub restored from a
+    backup taken before it, then written again). An older hub sent that entry whole:
+    nothing of it is skipped, only since is checked."""
+    why = cursor_mismatch(since, page.head, page.log, expect[0] or None, expect[1] or None)
+    inside = why is None and at and page.split and page.log.store_id
+    return "entry" if inside and page.since_entry_digest != expect[2] else why
 
 
 def check_cursor(

@@ -9,6 +9,7 @@ import shutil
 import time
 
 import grpc
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from scan_tree import build_tree, ingest_originals
@@ -19,6 +20,7 @@ from hashmatch.engine.catalog import Catalog
 from hashmatch.engine.hashing import hash_media
 from hashmatch.engine.rescan import ServerChanges, rescan
 from hashmatch.engine.scan import RemoteMatcher, ScanOptions, scan
+from hashmatch.engine.store import SignalRecord
 from hashmatch.server.cli import cli
 from hashmatch.server.client import signal
 from hashmatch.server.errors import bad_request_fields
@@ -126,6 +128,73 @@ def test_rescan_through_a_server_equals_a_local_rescan(tmp_path, monkeypatch):
             sorted((r["kind"], r["reason"]) for r in gone[:-1])
             == [("retraction", "list-disabled")] * 3
         )
+
+
+def _report(result, catalog):
+    """A rescan's new matches and retractions, by file name (comparable across catalogs)."""
+    paths = catalog.path_of(sorted({m.file_id for m in result.new}
+                                   | {r.match.file_id for r in result.retracted}))  # fmt: skip
+    new = sorted((paths[m.file_id], m.signal_type, m.signal_id, m.signal_hex, m.distance,
+                  m.list_name, m.labels, m.external_id) for m in result.new)  # fmt: skip
+    gone = sorted((paths[r.match.file_id], r.match.signal_id, r.reason) for r in result.retracted)
+    return new, gone
+
+
+def test_a_paged_read_of_the_log_finds_what_one_read_finds(tmp_path):
+    """ServerChanges reads the hub's log in pages of page_size changes (a hub of millions
+    of signals was one stream kept whole as protobuf messages); what it finds is what one
+    read of the whole log finds, whatever the page size, with the net effect of the log
+    across pages: signals added in one page and retracted in a later one, signals added
+    again after a retraction, a list disabled and re-enabled, videos with their frames."""
+    tree = build_tree(tmp_path)
+    served = tmp_path / "served"
+    catalog_path = tmp_path / "catalog.sqlite"
+    with Catalog(catalog_path) as catalog:
+        scan([tree.root], catalog=catalog, matcher=None,
+             options=ScanOptions(workers=0, progress=False))  # fmt: skip
+    rng = np.random.default_rng(7)
+    with running_server(served, tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        _ingest(ops, tree, ["astronaut", "coffee"], "early")
+        _ingest(ops, tree, ["chelsea", "rocket"], "later")
+        early = {(i.external_id, i.signal_type): i.id
+                 for i in ts.engine.store.signals(list_name="early", limit=100)}  # fmt: skip
+        ops.retract("early", signal_ids=[early[("coffee", "md5")], early[("coffee", "pdq")]])
+        ts.engine.restore(list_name="early", signal_ids=[early[("coffee", "pdq")]])  # back
+        ts.engine.store.set_list_enabled("later", False)
+        ts.engine.store.set_list_enabled("later", True)
+        videos = [SignalRecord("vpdq", "", frames=rng.integers(0, 256, (n, 32), np.uint8))
+                  for n in (1, 25, 40)]  # fmt: skip
+        assert ts.engine.ingest(videos, list_name="videos").added == 3
+        _ingest(ops, tree, ["astronaut"], "again")  # the same hashes in another list
+        video_ids = [i.id for i in ts.engine.store.signals(list_name="videos", limit=10)]
+
+        results, pages = {}, {}
+        for page_size in (0, 1, 3, 10_000):  # 0: the whole log in one Changes call
+            path = tmp_path / f"c{page_size}.sqlite"
+            shutil.copy(catalog_path, path)
+            source = ServerChanges(ts.client("ops"), ts.target, page_size=page_size)
+            with Catalog(path) as catalog:
+                result = rescan(catalog, source, since=0, cache_dir=tmp_path / f"x{page_size}")
+                found = _report(result, catalog)
+            summary = result.summary
+            results[page_size] = (found, summary.new_signals, summary.removed_signals, summary.to)
+            assert sorted(source.frame_counts(video_ids).values()) == [1, 25, 40]
+            pages[page_size] = source.pages
+        shutil.copy(catalog_path, tmp_path / "local.sqlite")
+        with Catalog(tmp_path / "local.sqlite") as local:
+            mine = rescan(local, ts.engine.store, since=0, cache_dir=tmp_path / "xl")
+            local_report = _report(mine, local)
+    assert pages[0] == 1 and pages[10_000] == 1
+    assert pages[1] > pages[3] > 5  # pages inside log entries too (one ingest = one entry)
+    assert results[1] == results[3] == results[10_000] == results[0]
+    (new, gone), new_signals, removed, _head = results[0]
+    assert new_signals == {"md5": 4, "pdq": 5, "vpdq": 3} and removed == 1
+    assert {(n[1], n[5], n[7]) for n in new} >= {("pdq", "early", "coffee"),
+                                                  ("md5", "later", "rocket"),
+                                                  ("pdq", "again", "astronaut")}  # fmt: skip
+    assert ("md5", "early", "coffee") not in {(n[1], n[5], n[7]) for n in new}  # retracted
+    assert (new, gone) == local_report  # and what a rescan of the store itself finds
 
 
 def test_added_changes_carry_the_expiry_as_ingested(tmp_path):
@@ -270,12 +339,17 @@ def test_videos_rescan_through_a_server_equals_a_local_rescan(reference_dir, tmp
         scan([tree], catalog=catalog, matcher=None,
              options=ScanOptions(types=("vpdq",), workers=0, progress=False))  # fmt: skip
     shutil.copy(tmp_path / "remote.sqlite", tmp_path / "local.sqlite")
+    shutil.copy(tmp_path / "remote.sqlite", tmp_path / "paged.sqlite")
     with running_server(served, tenants=TENANTS) as ts:
         records = _rescan_cli(ts, "ops", tmp_path / "remote.sqlite", tmp_path / "remote.jsonl")
         with Catalog(tmp_path / "local.sqlite") as local:
             rescan(local, ts.engine.store, report=tmp_path / "local.jsonl")
+        paged = ServerChanges(ts.client("ops"), ts.target, page_size=1)  # a video a page
+        with Catalog(tmp_path / "paged.sqlite") as catalog:
+            rescan(catalog, paged, report=tmp_path / "paged.jsonl")
+        assert paged.pages == 2
     body = _body(tmp_path / "remote.jsonl")
-    assert body == _body(tmp_path / "local.jsonl")
+    assert body == _body(tmp_path / "local.jsonl") == _body(tmp_path / "paged.jsonl")
     assert sorted(r["file"] for r in body) == [
         str(tree / "upload-1.mp4"),
         str(tree / "upload-2.mp4"),
