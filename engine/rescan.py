@@ -286,23 +286,17 @@ class StoreChanges:
         return head, effect
 
     def new_signals(self, signal_type: str, ids: np.ndarray, now: float) -> NewSignals:
+        """In arrays; provenance read per signal only when asked (a hit): ``--since
+        all`` on a store of 1M signals built a tuple and a SignalMeta of each (~1 GB)."""
         index_ids, codes = self.store.codes_for(signal_type, ids)
         sids = index_ids >> FRAME_BITS if signal_type == "vpdq" else index_ids
-        info = self.store.lookup(np.unique(sids).tolist(), with_quality=True)
-        lists = self.lists()
-        live = np.array(
-            [why_gone(_meta(info.get(int(s))), lists, now) is None for s in sids.tolist()],
-            dtype=bool,
-        )
-        index_ids, codes, sids = index_ids[live], codes[live], sids[live]
-        meta = {}
-        for sid in np.unique(sids).tolist():
-            list_id, _stype, code, labels, ext, _expires, _retracted, quality = info[sid]
-            meta[sid] = SignalMeta(
-                lists[list_id][0], bytes(code), split_labels(labels), ext, quality
-            )
-        qualities = [_known(meta[s].quality) for s in sids.tolist()]
-        return NewSignals(index_ids, codes, meta, np.asarray(qualities, np.int32))
+        states = self.store.signal_states(np.unique(sids))
+        enabled = [lid for lid, (_name, on) in self.lists().items() if on]
+        live = states.live(enabled, now)
+        keep = np.isin(sids, states.ids[live])  # gone since codes_for: not kept either
+        index_ids, codes, sids = index_ids[keep], codes[keep], sids[keep]
+        qualities = states.quality[np.searchsorted(states.ids, sids)]
+        return NewSignals(index_ids, codes, _StoreMeta(self, states.ids[live]), qualities)
 
     def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
         return self.store.frame_counts(signal_ids)
@@ -539,6 +533,39 @@ class _MetaView(Mapping[int, SignalMeta]):
         return len(self._sids)
 
 
+class _StoreMeta(Mapping[int, SignalMeta]):
+    """:attr:`NewSignals.meta` of a local store, read per signal when first asked (only
+    the signals with hits need theirs). A signal deleted since is absent (KeyError)."""
+
+    def __init__(self, source: StoreChanges, sids: np.ndarray):
+        self._source, self._sids = source, sids  # ascending
+        self._made: dict[int, SignalMeta | None] = {}
+
+    def __getitem__(self, sid: int) -> SignalMeta:
+        if sid not in self._made:
+            at = int(np.searchsorted(self._sids, sid))
+            found = None
+            if at < len(self._sids) and self._sids[at] == sid:
+                found = self._source.store.lookup([sid], with_quality=True).get(sid)
+            self._made[sid] = None if found is None else _store_meta(found, self._source.lists())
+        made = self._made[sid]
+        if made is None:
+            raise KeyError(sid)
+        return made
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._sids.tolist())
+
+    def __len__(self) -> int:
+        return len(self._sids)
+
+
+def _store_meta(found: tuple, lists: dict[int, tuple[str, bool]]) -> SignalMeta:
+    list_id, _stype, code, labels, ext, _expires, _retracted, quality = found
+    name = lists[list_id][0] if list_id in lists else ""
+    return SignalMeta(name, bytes(code), split_labels(labels), ext, quality)
+
+
 def change_source(source: SignalStore | ChangeSource) -> ChangeSource:
     return source if isinstance(source, ChangeSource) else StoreChanges(source)
 
@@ -684,16 +711,6 @@ def _add_low_quality_hits(hits: tuple[np.ndarray, np.ndarray, np.ndarray], catal
         np.concatenate([hits[1], hit_rows]),
         np.concatenate([hits[2], dist]),
     )
-
-
-def _known(quality: int | None) -> int:
-    """A stored quality as :attr:`NewSignals.qualities` holds it (-1: unknown)."""
-    return -1 if quality is None else int(quality)
-
-
-def _meta(found: tuple | None) -> tuple | None:
-    """:meth:`SignalStore.lookup`'s tuple without the quality ``with_quality`` adds."""
-    return None if found is None else found[:7]
 
 
 def cursor_mismatch(
@@ -975,7 +992,10 @@ def _rows(
         key = (file_id, sid)
         if key in best and best[key].distance <= d:
             continue
-        best[key] = _match_row(st, file_id, sid, code, int(d), frame, info[sid])
+        meta = info.get(sid)
+        if meta is None:  # deleted since the signals were read (lists delete)
+            continue
+        best[key] = _match_row(st, file_id, sid, code, int(d), frame, meta)
     return list(best.values())
 
 
@@ -1016,7 +1036,10 @@ def _video_rows(
     }
     out = []
     for (file_id, sid), (fset, sset, dmin) in per.items():
-        row = _match_row(st, file_id, sid, None, int(dmin), 0, info[sid])
+        meta = info.get(sid)
+        if meta is None:  # deleted since the signals were read (lists delete)
+            continue
+        row = _match_row(st, file_id, sid, None, int(dmin), 0, meta)
         out.append(
             MatchRow(
                 **{

@@ -29,7 +29,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -264,6 +264,31 @@ class HashList:
     retracted_count: int = 0
     expired_count: int = 0  # of signal_count, those past their expiry (they do not match)
     signal_types: tuple[str, ...] = ()
+
+
+#: SignalStates' columns, as signal_states reads them
+_STATE_DTYPES = (np.int64, np.int64, np.float64, np.bool_, np.int32)
+
+
+@dataclass(frozen=True)
+class SignalStates:
+    """Unretracted signals' match state as arrays (:meth:`SignalStore.signal_states`)."""
+
+    ids: np.ndarray  # int64, ascending
+    list_ids: np.ndarray  # int64
+    expires_at: np.ndarray  # float64 epoch seconds (0 where no_expiry)
+    no_expiry: np.ndarray  # bool
+    quality: np.ndarray  # int32, -1 unknown
+
+    @classmethod
+    def empty(cls) -> SignalStates:
+        return cls(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float64),
+                   np.empty(0, np.bool_), np.empty(0, np.int32))  # fmt: skip
+
+    def live(self, enabled_lists: Collection[int], now: float) -> np.ndarray:
+        """Which still match: list enabled, not expired (retracted ones are not here)."""
+        listed = np.isin(self.list_ids, np.fromiter(enabled_lists, np.int64))
+        return listed & (self.no_expiry | (self.expires_at > now))
 
 
 @dataclass
@@ -1952,8 +1977,42 @@ class SignalStore:
             )
         else:
             sql = f"SELECT s.id, s.code FROM signals s WHERE s.retracted_at IS NULL AND {cond}"
-        rows = conn.execute(sql, args).fetchall()
-        return _pack(rows, st.nbytes)
+        cursor = conn.execute(sql, args)
+        parts = []  # slices of tuples, packed as read: a rescan of all asks for millions
+        while rows := cursor.fetchmany(100_000):
+            parts.append(_pack(rows, st.nbytes))
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return _pack([], st.nbytes)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    def signal_states(self, ids: np.ndarray) -> SignalStates:
+        """What decides whether each unretracted signal among ``ids`` (sorted, unique)
+        matches, as arrays: a rescan of the whole log asks this of millions of signals,
+        and a tuple per signal (:meth:`lookup`) cost ~1 GB a million."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(ids):
+            return SignalStates.empty()
+        contiguous = int(ids[-1] - ids[0]) == len(ids) - 1
+        if contiguous:
+            cond, args = "id BETWEEN ? AND ?", (int(ids[0]), int(ids[-1]))
+        else:
+            cond, args = f"id IN ({','.join(map(str, ids.tolist()))})", ()
+        cursor = self.conn().execute(
+            "SELECT id, list_id, COALESCE(expires_at, 0), expires_at IS NULL,"
+            f" COALESCE(quality, -1) FROM signals WHERE retracted_at IS NULL AND {cond}"
+            " ORDER BY id",
+            args,
+        )
+        parts = []
+        while rows := cursor.fetchmany(100_000):  # the tuples of a slice at a time
+            n = len(rows)
+            parts.append([np.fromiter((r[k] for r in rows), dtype, n)
+                          for k, dtype in enumerate(_STATE_DTYPES)])  # fmt: skip
+        if not parts:
+            return SignalStates.empty()
+        return SignalStates(*(np.concatenate(column) for column in zip(*parts, strict=True)))
 
     def iter_live(
         self, signal_type: str, *, chunk: int = 500_000

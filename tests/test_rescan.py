@@ -213,3 +213,39 @@ def test_a_report_that_cannot_be_written_loses_no_new_match(tmp_path):
     assert sorted(r["type"] for r in records if r["kind"] == "match") == ["md5", "pdq"]
     assert records[-1]["kind"] == "summary" and records[-1]["since"] == 0
     catalog.close()
+
+
+def test_a_signal_deleted_while_a_rescan_runs_is_not_reported(tmp_path, monkeypatch):
+    """The rescan reads a signal's provenance only when it has a hit, after the search:
+    a list deleted in between (another process's `lists delete`) drops its hits instead
+    of failing the rescan or reporting a signal the store no longer has."""
+    from hashmatch.engine import rescan as rescan_module
+
+    tree = build_tree(tmp_path)
+    data_dir = tmp_path / "data"
+    ingest_originals(data_dir, tree, ["astronaut"], list_name="early")
+    catalog = Catalog(tmp_path / "catalog.sqlite")
+    matcher = LocalMatcher.open(data_dir)
+    scan([tree.root], catalog=catalog, matcher=matcher, report=tmp_path / "scan.jsonl",
+         options=ScanOptions(workers=1, progress=False))  # fmt: skip
+    matcher.close()
+    rescan(catalog, Engine.open(data_dir, eager=False).store)  # caught up
+    ingest_originals(data_dir, tree, ["chelsea"], list_name="gone")
+    ingest_originals(data_dir, tree, ["rocket"], list_name="kept")
+    engine = Engine.open(data_dir, eager=False)
+    read = rescan_module.StoreChanges.new_signals
+
+    def read_then_delete(self, signal_type, ids, now):
+        found = read(self, signal_type, ids, now)
+        if signal_type == "pdq":
+            engine.store.delete_list("gone")  # after the read, before the hits' rows
+        return found
+
+    monkeypatch.setattr(rescan_module.StoreChanges, "new_signals", read_then_delete)
+    result = rescan(catalog, engine.store)
+    assert result.new, "the kept list's matches are reported"
+    assert {m.list_name for m in result.new} == {"kept"}
+    monkeypatch.undo()
+    held = {row[0] for row in catalog.conn.execute("SELECT DISTINCT list_name FROM matches")}
+    assert "gone" not in held
+    engine.close()
