@@ -508,3 +508,12 @@ def test_remote_health_keeps_its_timeout_against_a_server_that_never_answers(arg
         assert done.returncode == 1 and "DEADLINE_EXCEEDED" in done.stderr, done.stderr
         for sock in held:
             sock.close()
+
+
+@pytest.mark.parametrize("timeout", ["0", "-1"])
+def test_remote_refuses_a_timeout_that_is_not_positive(served, timeout):
+    """Every call with a deadline of 0 s or less failed DEADLINE_EXCEEDED, which reads
+    like a slow server: a usage error says what is wrong."""
+    result = _remote(served, "lists", options=("--timeout", timeout))
+    assert result.exit_code == 2, result.output
+    assert "Invalid value for '--timeout'" in result.output

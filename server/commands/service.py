@@ -397,7 +397,8 @@ def unauthenticated_hint(details: str) -> str:
 @click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token ($HASHMATCH_TOKEN).")
 @click.option("--tls", is_flag=True, help="Use TLS (system roots unless --ca).")
 @server_access_options
-@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
+              show_default=True, help="Seconds per call.")  # fmt: skip
 @click.pass_context
 def remote(ctx: click.Context, server, token, tls, token_file, ca, cert, key, timeout) -> None:
     """Call a running hashmatch server (prints JSON, one object per line)."""
