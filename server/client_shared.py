@@ -258,13 +258,20 @@ def retry_delay(exc: grpc.RpcError) -> float | None:
 def tls_hint(details: str) -> str:
     """A hint for errors that are a TLS mismatch, not a server that is down: gRPC words
     them as UNAVAILABLE ("Socket closed", a failed handshake), which reads like one.
-    Empty for anything else."""
+    Empty for anything else.
+
+    "Socket closed" is a TLS mismatch only while connecting ("failed to connect to all
+    addresses; ... Socket closed": a TLS server hangs up on a plain client's HTTP/2
+    preface). A connection that was up and then cut (a server restart, a proxy or load
+    balancer dropping it) is "Stream removed (Socket closed)": no TLS question there,
+    and the hint sent people looking at their certificates."""
     if "CERTIFICATE_VERIFY_FAILED" in details:
         return (
             " (the server's certificate is not signed by a CA this client trusts: give its"
             " CA with --ca)"
         )
-    if "Socket closed" in details or "andshake" in details or "WRONG_VERSION" in details:
+    never_connected = "Socket closed" in details and "failed to connect" in details
+    if never_connected or "andshake" in details or "WRONG_VERSION" in details:
         return (
             " (a TLS mismatch? a TLS server needs --tls [--ca CA.pem], mutual TLS also"
             " --cert and --key; a plain server, no --tls)"

@@ -417,3 +417,48 @@ def test_tls_material_given_as_pem_text(tmp_path):
             retries=0,
         )
         assert other.health() == "SERVING"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for certs")
+def test_the_tls_hint_is_for_connections_never_made_not_for_cut_ones(tmp_path):
+    """ "Socket closed" was read as a TLS mismatch even when a working connection was
+    cut (a restart, a proxy): only a connection that never came up hints at TLS."""
+    from hashmatch.server.client import tls_hint
+
+    key, cert = self_signed_cert(tmp_path, "server")
+    tls_server = running_server(tmp_path / "tls", tls_cert=cert, tls_key=key)
+    with tls_server as ts, pytest.raises(grpc.RpcError) as plain_to_tls:
+        HashmatchClient(ts.target, retries=0, timeout=3).list_hash_lists()
+    with running_server(tmp_path / "plain") as ts:
+        with pytest.raises(grpc.RpcError) as tls_to_plain:
+            HashmatchClient(ts.target, retries=0, timeout=3, root_certificates=cert).stats()
+        proxy = CuttableProxy(("127.0.0.1", ts.server.port))
+        with HashmatchClient(proxy.target, retries=0) as client, _held_open() as held:
+            request = client.match_request([("pdq", _hexes(1, seed=8)[0])])
+            stream = client.match_stream(held([request]))
+            next(stream)
+            proxy.drop()
+            with pytest.raises(grpc.RpcError) as cut:
+                next(stream)
+    assert "Socket closed" in plain_to_tls.value.details()
+    assert "TLS mismatch?" in tls_hint(plain_to_tls.value.details())
+    assert "TLS mismatch?" in tls_hint(tls_to_plain.value.details())
+    assert cut.value.code() is grpc.StatusCode.UNAVAILABLE
+    assert "Socket closed" in cut.value.details() and tls_hint(cut.value.details()) == ""
+
+
+@contextlib.contextmanager
+def _held_open():
+    """``held(requests)``: a request stream that yields ``requests`` and then stays open
+    (neither sends nor ends) until the ``with`` block is left, as a pipeline's stream
+    between uploads."""
+    done = threading.Event()
+
+    def held(requests):
+        yield from requests
+        done.wait(60)
+
+    try:
+        yield held
+    finally:
+        done.set()
