@@ -517,3 +517,23 @@ def test_remote_refuses_a_timeout_that_is_not_positive(served, timeout):
     result = _remote(served, "lists", options=("--timeout", timeout))
     assert result.exit_code == 2, result.output
     assert "Invalid value for '--timeout'" in result.output
+
+
+def test_remote_match_of_a_vpdq_hash_file_matches_it_as_a_video(served, tmp_path):
+    """A vPDQ hash file given to --media was sent as media bytes (the server answered
+    "not an image"); `hashmatch match` reads it as the video's frames, so does remote."""
+    clip = tmp_path / "clip.vpdq"  # vPDQ's text format: frame,quality,hash,timestamp
+    clip.write_text("".join(f"{i},90,{format(i + 7, '064x')},{i}.0\n" for i in range(4)))
+    assert _remote(served, "ingest", "remote-videos", str(clip)).exit_code == 0
+    image = tmp_path / "photo.png"
+    Image.fromarray(data.camera()).save(image)
+    result = _remote(
+        served, "match", "--media", str(clip), "--media", str(image), "--list", "remote-videos"
+    )
+    assert result.exit_code == 0, result.output
+    photo, video = (json.loads(line) for line in result.output.splitlines())
+    assert (photo["source"], photo["index"]) == ("SOURCE_MEDIA", 0)
+    assert (video["source"], video["index"]) == ("SOURCE_VIDEO", 0)
+    (match,) = video["matches"]
+    assert (match["list_name"], match["query_index"]) == ("remote-videos", 1)
+    assert match["query_match_pct"] == match["target_match_pct"] == 100.0

@@ -506,13 +506,29 @@ def remote_match(client, hashes, signal_type, media, media_types, **options) -> 
     """Match HASHES (hex, or TYPE:HEX) and/or --media files.
 
     \b
+    A --media file that holds a video's vPDQ (vpdq text, or python-threatexchange's
+    serialized list, as `hashmatch match` reads) is matched as that video's frames;
+    its result follows the media results (source SOURCE_VIDEO, index among them).
     Example:
       hashmatch remote match pdq:f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22
+      hashmatch remote match --media photo.jpg --media clip.vpdq
     """
+    from hashmatch.server.commands.store import vpdq_hash_file
+    from hashmatch.v1.matcher_pb2 import VideoQuery
+
+    items, videos = [], []
+    for path in media:
+        video = vpdq_hash_file(path)  # None: media bytes, hashed by the server
+        if video is None:
+            items.append(Path(path).read_bytes())
+        else:
+            frames = [bytes(code).hex() for code in video.codes]
+            videos.append(VideoQuery(signal_type="vpdq", frames=frames, qualities=video.qualities))
     reply = client.match(
         [_parse_hash_arg(h, signal_type) for h in hashes],
-        media=[Path(p).read_bytes() for p in media],
+        media=items,
         media_types=media_types,
+        videos=videos,
         **options,
     )
     for result in reply.results:

@@ -712,7 +712,7 @@ def match_command(
                     max_results=max_results, min_quality=min_quality,
                     low_quality_queries=low_quality_queries,
                 )  # fmt: skip
-                video = _vpdq_hash_file(query)
+                video = vpdq_hash_file(query)
                 if video is not None:  # a video's hashes already: match its frames
                     mm = engine.match_hashes([video], **how)
                 else:
@@ -777,7 +777,7 @@ def _media_types(path: str) -> tuple[str, ...]:
     return tuple(applicable(path, ["pdq", "vpdq"]))
 
 
-def _vpdq_hash_file(path: str):
+def vpdq_hash_file(path: str):
     """A vPDQ hash file's video as a ``HashResult``, or None for any other file (media).
 
     Why: ``hashmatch hash``/``lists export`` users, vpdq's tools and python-threatexchange
