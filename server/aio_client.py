@@ -107,8 +107,14 @@ class AsyncHashmatchClient(shared.ClientBase):
         timeout: float | None = None,
         **options: Any,
     ) -> matcher_pb2.MatchResponse:
-        """Look hashes and/or media up; options as :func:`match_request`."""
-        return await self._unary(self.matcher.Match, match_request(hashes, **options), timeout)
+        """Look hashes and/or media up; options as :func:`match_request`; more than
+        ``max_batch`` hashes as the sync client's ``match`` (several requests, one reply)."""
+        plan = shared.MatchPlan(match_request(hashes, **options), self.max_batch)
+        replies = []
+        for k, part in enumerate(plan.parts):
+            with plan.sending(k):
+                replies.append(await self._unary(self.matcher.Match, part, timeout))
+        return plan.merged(replies)
 
     async def match_stream(
         self,

@@ -34,6 +34,7 @@ from hashmatch.server.client_shared import (
     ClientBase,
     HashInput,
     IngestPlan,
+    MatchPlan,
     SourceGuard,
     add_retract_reply,
     changes_request,
@@ -113,8 +114,16 @@ class HashmatchClient(ClientBase):
     def match(
         self, hashes: Iterable[HashInput] = (), *, timeout: float | None = None, **options: Any
     ) -> matcher_pb2.MatchResponse:
-        """Look hashes and/or media up; options as :meth:`match_request`."""
-        return self._unary(self.matcher.Match, self.match_request(hashes, **options), timeout)
+        """Look hashes and/or media up; options as :meth:`match_request`. More hashes
+        (or video frames) than the client's ``max_batch`` go as several requests,
+        ``timeout`` each, whose replies are merged into the one a single request would
+        have had (:class:`~hashmatch.server.client_shared.MatchPlan`)."""
+        plan = MatchPlan(self.match_request(hashes, **options), self.max_batch)
+        replies = []
+        for k, part in enumerate(plan.parts):
+            with plan.sending(k):
+                replies.append(self._unary(self.matcher.Match, part, timeout))
+        return plan.merged(replies)
 
     def match_stream(
         self, requests: Iterable[matcher_pb2.MatchRequest], *, timeout: float | None = None

@@ -11,6 +11,7 @@ else is here, once.
 from __future__ import annotations
 
 import random
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,6 +39,9 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 MAX_BACKOFF = 2.0  # seconds between retries at most
 MIN_ATTEMPT_SECONDS = 0.05  # a retry is only worth making with this much time left
 MAX_NOT_FOUND_LISTED = 1000  # RetractResponse.not_found lists this many (the server uses it)
+# Hashes (and video frames) per Match request: the server's default max_batch, which it
+# does not advertise; a server set lower needs the client's ``max_batch`` set to match
+MAX_BATCH = 10_000
 # An ingest message is sent once it holds this many bytes, even short of batch_size: a
 # quarter of the server's default max_message_bytes (1000 PDQ signals are ~0.1 MB, 1000
 # ten-minute vPDQ videos ~43 MB, which the server refused whole)
@@ -100,6 +104,8 @@ class ClientBase:
     ``root_certificates``, ``client_cert``, ``client_key``: PEM bytes, PEM text (a str
     starting ``-----BEGIN``) or a file path. ``timeout``: seconds per call (None = no
     deadline); ``retries``: how often a call without a deadline retries UNAVAILABLE.
+    ``max_batch``: the server's ``max_batch`` (hashes, or video frames, per Match):
+    ``match`` sends more as several requests and merges their replies.
     """
 
     channels: Any = grpc
@@ -118,7 +124,10 @@ class ClientBase:
         retries: int = 4,
         backoff: float = 0.1,
         max_message_bytes: int = 64 * 1024 * 1024,
+        max_batch: int = MAX_BATCH,
     ):
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         options: list[tuple[str, Any]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -145,6 +154,7 @@ class ClientBase:
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
+        self.max_batch = max_batch
         self.matcher = matcher_pb2_grpc.MatcherStub(self.channel)
         self.signals = signals_pb2_grpc.SignalsStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
@@ -459,6 +469,115 @@ def match_request(
             for v in videos
         ],
     )
+
+
+class MatchPlan:
+    """One ``match`` call as requests within the server's ``max_batch`` (hashes, and
+    video frames, per request), and their replies merged into the one reply a single
+    request would have had.
+
+    Why: a pipeline that passed more than 10,000 hashes got INVALID_ARGUMENT for the
+    whole call. Each part is its own request (its own deadline and retries, as
+    ``retract``'s); the media ride in the first (their limit is ``max_media_items``).
+    """
+
+    def __init__(self, request: matcher_pb2.MatchRequest, max_batch: int):
+        self.request, self.max_batch = request, max_batch
+        hashes = _chunks(list(request.hashes), max_batch, lambda _hash: 1)
+        videos = _chunks(list(request.videos), max_batch, lambda video: len(video.frames))
+        self.parts = [request]
+        if len(hashes) > 1 or len(videos) > 1:
+            self.parts = [
+                self._part(hashes[k] if k < len(hashes) else [],
+                           videos[k] if k < len(videos) else [], with_media=k == 0)
+                for k in range(max(len(hashes), len(videos)))
+            ]  # fmt: skip
+
+    def _part(self, hashes: list, videos: list, with_media: bool) -> matcher_pb2.MatchRequest:
+        request = self.request
+        part = matcher_pb2.MatchRequest(
+            hashes=hashes, videos=videos, options=request.options, request_id=request.request_id
+        )
+        if with_media:
+            part.media.extend(request.media)
+            part.media_types.extend(request.media_types)
+        return part
+
+    @contextmanager
+    def sending(self, k: int) -> Iterator[None]:
+        """Around part ``k``'s call: its RpcError gets a note saying which items the
+        indexes it names count from, or how to set ``max_batch`` for a server whose
+        limit is lower."""
+        try:
+            yield
+        except grpc.RpcError as exc:
+            limit = _batch_limit(exc)
+            if limit is not None and limit < self.max_batch:
+                exc.add_note(
+                    f"the server takes at most {limit} hashes or video frames per Match, this"
+                    f" client sent up to {self.max_batch}: make the client with"
+                    f" max_batch={limit} (HashmatchClient(..., max_batch={limit}))"
+                )
+            elif len(self.parts) > 1:
+                start, end = self._before(k), self._before(k + 1)
+                exc.add_note(
+                    f"sent as {len(self.parts)} requests of at most {self.max_batch} hashes or"
+                    f" video frames; this one held hashes[{start[0]}:{end[0]}] and"
+                    f" videos[{start[1]}:{end[1]}]: the indexes above count from there"
+                )
+            raise
+
+    def _before(self, k: int) -> tuple[int, int]:
+        """How many hashes and videos the parts before part ``k`` hold."""
+        return sum(len(p.hashes) for p in self.parts[:k]), sum(
+            len(p.videos) for p in self.parts[:k]
+        )
+
+    def merged(self, replies: Sequence[matcher_pb2.MatchResponse]) -> matcher_pb2.MatchResponse:
+        """The parts' replies as one: each result's ``index`` counts in its own source
+        (hashes, media, videos) across the parts, results are ordered hashes, media,
+        videos, and each match's ``query_index`` is its result's position."""
+        if len(replies) == 1:
+            return replies[0]
+        by_source: dict[int, list[matcher_pb2.QueryResult]] = {HASH: [], MEDIA: [], VIDEO: []}
+        for reply in replies:
+            offsets = {s: len(results) for s, results in by_source.items()}
+            for result in reply.results:
+                result.index += offsets[result.source]
+                by_source[result.source].append(result)
+        results = [*by_source[HASH], *by_source[MEDIA], *by_source[VIDEO]]
+        for position, result in enumerate(results):
+            for found in result.matches:
+                found.query_index = position
+        return matcher_pb2.MatchResponse(results=results, request_id=self.request.request_id)
+
+
+HASH = matcher_pb2.QueryResult.SOURCE_HASH
+MEDIA = matcher_pb2.QueryResult.SOURCE_MEDIA
+VIDEO = matcher_pb2.QueryResult.SOURCE_VIDEO
+_OVER_MAX_BATCH = re.compile(r"(?:hashes|video frames) is over the limit of (\d+) per request")
+
+
+def _batch_limit(exc: grpc.RpcError) -> int | None:
+    """The server's max_batch when ``exc`` is its refusal of a request over it."""
+    if exc.code() is not grpc.StatusCode.INVALID_ARGUMENT:
+        return None
+    found = _OVER_MAX_BATCH.search(exc.details() or "")
+    return int(found.group(1)) if found else None
+
+
+def _chunks(items: list, limit: int, weight: Callable[[Any], int]) -> list[list]:
+    """``items`` in order, cut into runs whose weights add up to ``limit`` at most (an
+    item heavier than ``limit`` alone: the server names it)."""
+    runs: list[list] = [[]]
+    load = 0
+    for item in items:
+        load += weight(item)
+        if load > limit and runs[-1]:
+            runs.append([])
+            load = weight(item)
+        runs[-1].append(item)
+    return runs if runs[0] else []
 
 
 def hash_request(

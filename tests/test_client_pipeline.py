@@ -462,3 +462,61 @@ def _held_open():
         yield held
     finally:
         done.set()
+
+
+def test_match_splits_more_hashes_than_the_servers_max_batch(tmp_path):
+    """25,000 hashes and 12,050 video frames in one call, over the server's max_batch
+    (10,000): sent as parts, their replies merged into exactly the reply of one request
+    (each source's indexes, query_index); before, INVALID_ARGUMENT for the whole call."""
+    import asyncio
+    import io
+
+    from PIL import Image
+    from skimage import data
+
+    from hashmatch.server.aio_client import AsyncHashmatchClient
+
+    hexes = [("pdq", h) for h in _hexes(25_000, seed=9)]
+    frames = _hexes(12_050, seed=10)
+    videos = [frames[:6000], frames[6000:6050], frames[6050:]]  # vPDQ of 2 or 3 requests
+    photo = io.BytesIO()
+    Image.fromarray(data.camera()).save(photo, "PNG")
+    query = dict(media=[photo.getvalue()], videos=videos, request_id="r1")
+    with running_server(tmp_path / "big", max_batch=50_000) as ts:
+        client = ts.client()
+        (computed,) = client.hash([photo.getvalue()]).items[0].hashes
+        known = [*(h for _pdq, h in hexes[7::2500]), computed.hex[0]]  # every part; the photo
+        client.ingest("partner", [signal("pdq", h) for h in known])
+        client.ingest("partner", [video_signal(videos[1])])
+        one = ts.client(max_batch=50_000).match(hexes, **query)  # one request
+
+        split = client.match(hexes, **query)  # parts of 10,000
+
+        async def split_async():
+            async with AsyncHashmatchClient(ts.target, max_batch=7000) as aio:
+                return await aio.match(hexes, **query)
+
+        assert split == one and asyncio.run(split_async()) == one
+    found = [(r.source, r.index, [m.query_index for m in r.matches]) for r in one.results]
+    hits = [f for f in found if f[2]]
+    assert len(one.results) == 25_000 + 1 + 3 and one.request_id == "r1"
+    assert hits[:10] == [(1, i, [i]) for i in range(7, 25_000, 2500)]  # SOURCE_HASH
+    assert hits[10:] == [(2, 0, [25_000]), (3, 1, [25_002])]  # the photo, video 1
+
+
+def test_a_server_with_a_lower_max_batch_says_how_to_set_the_clients(tmp_path):
+    """The server does not advertise its max_batch: a client sending more than it takes
+    says how to set the client's; a split call's error says where its indexes start."""
+    hexes = [("pdq", h) for h in _hexes(7000, seed=11)]
+    with running_server(tmp_path, max_batch=5000) as ts:
+        with pytest.raises(grpc.RpcError) as refused:
+            ts.client().match(hexes)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "make the client with max_batch=5000" in "\n".join(refused.value.__notes__)
+        client = ts.client(max_batch=5000)
+        assert len(client.match(hexes).results) == 7000
+        hexes[6001] = ("pdq", "zz")
+        with pytest.raises(grpc.RpcError) as bad:
+            client.match(hexes)  # the server names hashes[1001] of the second request
+        assert "hashes[1001]" in bad.value.details()
+        assert "this one held hashes[5000:7000]" in "\n".join(bad.value.__notes__)
