@@ -423,6 +423,22 @@ class ServiceHost:
             return float("nan")
 
 
+def client_ping_policy(min_seconds: float) -> list[tuple[str, int]]:
+    """Accept clients' keepalive pings every ``min_seconds``, during calls or between.
+
+    Why: gRPC's default lets a client ping only every 5 minutes while no data flows and
+    closes the connection after 2 pings sooner ("too many pings", ENHANCE_YOUR_CALM),
+    killing a healthy idle ``match_stream`` of a client that pings to find dead
+    connections (the Python clients do, every 30 s).
+    """
+    return [
+        ("grpc.keepalive_permit_without_calls", 1),
+        # GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS: its name is this one (a
+        # "grpc.http2.min_recv_ping_interval_without_data_ms" is silently ignored)
+        ("grpc.http2.min_ping_interval_without_data_ms", max(1, int(min_seconds * 1000))),
+    ]
+
+
 class HashmatchServer:
     """A running hashmatch gRPC server (``start`` / ``wait_ready`` / ``stop``)."""
 
@@ -461,6 +477,7 @@ class HashmatchServer:
                 ("grpc.max_receive_message_length", hard_limit),
                 ("grpc.max_send_message_length", hard_limit),
                 ("grpc.so_reuseport", 0),
+                *client_ping_policy(cfg.min_client_ping_seconds),
             ],
         )
         matcher_pb2_grpc.add_MatcherServicer_to_server(MatcherService(self.host), server)

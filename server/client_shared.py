@@ -42,6 +42,8 @@ MAX_NOT_FOUND_LISTED = 1000  # RetractResponse.not_found lists this many (the se
 # Hashes (and video frames) per Match request: the server's default max_batch, which it
 # does not advertise; a server set lower needs the client's ``max_batch`` set to match
 MAX_BATCH = 10_000
+KEEPALIVE_SECONDS = 30.0  # between pings (the server allows down to 10 s by default)
+KEEPALIVE_TIMEOUT_SECONDS = 20.0  # an unanswered ping: the connection is dead
 # An ingest message is sent once it holds this many bytes, even short of batch_size: a
 # quarter of the server's default max_message_bytes (1000 PDQ signals are ~0.1 MB, 1000
 # ten-minute vPDQ videos ~43 MB, which the server refused whole)
@@ -96,6 +98,30 @@ def reconnect_options(backoff: float) -> list[tuple[str, int]]:
     ]
 
 
+def keepalive_options(keepalive: float | None, timeout: float) -> list[tuple[str, int]]:
+    """Pings every ``keepalive`` seconds (None = none), the connection dropped when one
+    is not answered within ``timeout``: even on an idle channel, and without limit on
+    pings while no data flows (gRPC's default stops after 2).
+
+    Why: a network that silently drops a connection (a NAT or firewall timing it out, a
+    peer that vanished) sends nothing back, so a ``match_stream`` with no deadline
+    waited forever for its next reply. The server accepts pings this often only down to
+    its ``min_client_ping_seconds`` (10 s by default); more often, it closes the
+    connection ("too many pings").
+    """
+    if keepalive is None:
+        return []
+    return [
+        ("grpc.keepalive_time_ms", max(1, int(keepalive * 1000))),
+        ("grpc.keepalive_timeout_ms", max(1, int(timeout * 1000))),
+        # a keepalive joins a ping already in flight (gRPC's own, e.g. flow control's),
+        # which waits this long, 60 s by default, instead
+        ("grpc.http2.ping_timeout_ms", max(1, int(timeout * 1000))),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 class ClientBase:
     """One server's channel, stubs, token metadata and retry settings, for either
     client: ``channels`` is the module that opens channels (``grpc`` or ``grpc.aio``,
@@ -105,7 +131,11 @@ class ClientBase:
     starting ``-----BEGIN``) or a file path. ``timeout``: seconds per call (None = no
     deadline); ``retries``: how often a call without a deadline retries UNAVAILABLE.
     ``max_batch``: the server's ``max_batch`` (hashes, or video frames, per Match):
-    ``match`` sends more as several requests and merges their replies.
+    ``match`` sends more as several requests and merges their replies. ``keepalive``:
+    seconds between pings that find a connection the network dropped silently (None =
+    off; at least the server's ``min_client_ping_seconds``), ``keepalive_timeout``: how
+    long an unanswered ping waits before the connection is given up (its calls fail
+    UNAVAILABLE).
     """
 
     channels: Any = grpc
@@ -125,6 +155,8 @@ class ClientBase:
         backoff: float = 0.1,
         max_message_bytes: int = 64 * 1024 * 1024,
         max_batch: int = MAX_BATCH,
+        keepalive: float | None = KEEPALIVE_SECONDS,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT_SECONDS,
     ):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
@@ -132,6 +164,7 @@ class ClientBase:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             *reconnect_options(backoff),
+            *keepalive_options(keepalive, keepalive_timeout),
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))

@@ -63,6 +63,9 @@ class ServerConfig:
     # beyond workers + queue waiting items, media requests get RESOURCE_EXHAUSTED.
     media_workers: int = 2
     media_queue: int = 8
+    # Clients may ping (keepalive) this often, no more: more often, the server closes the
+    # connection ("too many pings"). The Python clients ping every 30 s.
+    min_client_ping_seconds: float = 10.0
     # Graceful shutdown: in-flight calls get this long to finish.
     drain_seconds: float = 10.0
     log_level: str = "INFO"
@@ -107,8 +110,9 @@ class ServerConfig:
         for name in _NOT_NEGATIVE:
             if getattr(self, name) < 0:
                 raise InvalidInput("must be >= 0", field=name)
-        if not math.isfinite(self.drain_seconds):
-            raise InvalidInput("must be a finite number of seconds", field="drain_seconds")
+        for name in ("drain_seconds", "min_client_ping_seconds"):
+            if not math.isfinite(getattr(self, name)):
+                raise InvalidInput("must be a finite number of seconds", field=name)
         if self.workers < 1 or self.media_workers < 1 or self.max_concurrent_rpcs < 1:
             raise InvalidInput("workers, media_workers and max_concurrent_rpcs must be >= 1")
         if self.shards is not None and not 0 <= self.shards <= MAX_SHARDS:
@@ -146,7 +150,7 @@ class ServerConfig:
 #: Settings that must be > 0 / >= 0 (the rest have their own checks in validate).
 _POSITIVE = (
     "max_message_bytes", "max_batch", "max_media_items", "max_media_bytes",
-    "max_media_pixels", "lookup_batch",
+    "max_media_pixels", "lookup_batch", "min_client_ping_seconds",
 )  # fmt: skip
 _NOT_NEGATIVE = ("media_queue", "lookup_threads", "max_pending_lookups", "drain_seconds")
 #: indexes.sharded.KINDS and its shard bound (not imported: that pulls in FAISS).

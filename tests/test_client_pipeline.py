@@ -110,7 +110,8 @@ def test_a_closed_port_is_retried_until_the_deadline_then_unavailable(tmp_path):
 
 class CuttableProxy:
     """A TCP relay to ``upstream`` that :meth:`cut` drops, refusing new connections
-    after: a server or load balancer going away in the middle of a stream."""
+    after: a server or load balancer going away in the middle of a stream (or that
+    :meth:`blackhole` silences)."""
 
     def __init__(self, upstream: tuple[str, int]):
         self.upstream = upstream
@@ -118,6 +119,7 @@ class CuttableProxy:
         self.target = f"127.0.0.1:{self.listener.getsockname()[1]}"
         self.sockets: list[socket.socket] = []
         self.closed = False
+        self.blackholed = False
         self.refused: list[float] = []  # when each connection made while closed came
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -136,13 +138,18 @@ class CuttableProxy:
             for src, dst in ((down, up), (up, down)):
                 threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if not self.blackholed:
+                    dst.sendall(data)
         except OSError:
             pass
+
+    def blackhole(self) -> None:
+        """Stop forwarding, both ways, with every connection left open: a network that
+        drops a connection silently (a NAT or firewall forgetting it)."""
+        self.blackholed = True
 
     def drop(self) -> None:
         """Drop the open connections but keep accepting: a server restart the client
@@ -520,3 +527,54 @@ def test_a_server_with_a_lower_max_batch_says_how_to_set_the_clients(tmp_path):
             client.match(hexes)  # the server names hashes[1001] of the second request
         assert "hashes[1001]" in bad.value.details()
         assert "this one held hashes[5000:7000]" in "\n".join(bad.value.__notes__)
+
+
+def test_a_match_stream_on_a_silently_dropped_connection_fails_instead_of_hanging(tmp_path):
+    """A network that drops a connection without a word (no FIN, no RST: a NAT or
+    firewall forgetting it) left a match_stream with no deadline waiting forever; the
+    client's keepalive pings go unanswered and the stream fails UNAVAILABLE. (The 30 s
+    join only keeps the old code's hang from hanging the test.)"""
+    with running_server(tmp_path, min_client_ping_seconds=0.2) as ts:
+        proxy = CuttableProxy(("127.0.0.1", ts.server.port))
+        client = HashmatchClient(proxy.target, timeout=None, keepalive=0.5, keepalive_timeout=0.5)
+        with client, _held_open() as held:
+            request = client.match_request([("pdq", _hexes(1, seed=12)[0])])
+            stream = client.match_stream(held([request]))
+            next(stream)
+            proxy.blackhole()
+            box: dict = {}
+            reader = threading.Thread(target=_next_reply, args=(stream, box), daemon=True)
+            reader.start()
+            reader.join(30)
+            assert "error" in box, "the stream still waits for a reply after 30 s"
+    assert box["error"].code() is grpc.StatusCode.UNAVAILABLE
+
+
+def _next_reply(stream, box: dict) -> None:
+    try:
+        box["reply"] = next(stream)
+    except grpc.RpcError as exc:
+        box["error"] = exc
+
+
+def test_an_idle_match_stream_is_not_closed_for_its_clients_keepalive_pings(tmp_path):
+    """gRPC's server default allows a ping every 5 minutes while no data flows and
+    closes the connection after 2 sooner ("too many pings"): a healthy idle stream of a
+    client with keepalive died (here after ~5 s). Here 6 s idle, pings every 1 s (gRPC's
+    client sends none more often)."""
+    gate = threading.Event()
+    with running_server(tmp_path, min_client_ping_seconds=0.5) as ts:
+        client = ts.client(timeout=None, keepalive=1, keepalive_timeout=5)
+        request = client.match_request([("pdq", _hexes(1, seed=13)[0])], request_id="later")
+
+        def requests():
+            yield request
+            gate.wait(30)
+            yield request
+
+        with _held_open() as held:
+            stream = client.match_stream(held(requests()))
+            next(stream)
+            time.sleep(6)  # idle: only pings on the connection
+            gate.set()
+            assert next(stream).request_id == "later"

@@ -205,6 +205,8 @@ def test_tenant_entry_refuses_empty_or_control_characters(name):
         ("drain_seconds = -1", "drain_seconds"),
         ('drain_seconds = "soon"', "drain_seconds"),
         ("drain_seconds = inf", "drain_seconds"),
+        ("min_client_ping_seconds = 0", "min_client_ping_seconds"),
+        ("min_client_ping_seconds = inf", "min_client_ping_seconds"),
         ('log_level = "verbose"', "log_level"),
         ("listen = 45002", "listen"),
         ("workers = 1.5", "workers"),
