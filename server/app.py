@@ -439,6 +439,28 @@ def client_ping_policy(min_seconds: float) -> list[tuple[str, int]]:
     ]
 
 
+def server_pings(every_seconds: float, timeout_seconds: float) -> list[tuple[str, int]]:
+    """Ping each connection every ``every_seconds`` (0: never) and close it when a ping
+    is not answered within ``timeout_seconds``.
+
+    Why: a client that vanished without a word keeps its calls open on the server (gRPC's
+    default server ping is every 2 hours): an open MatchStream or Ingest holds one of the
+    few request-stream slots (half the workers, half of those per tenant), so a pipeline
+    host lost behind a NAT could leave its tenant refused RESOURCE_EXHAUSTED for hours.
+    """
+    if every_seconds <= 0:
+        return []
+    return [
+        ("grpc.keepalive_time_ms", max(1, int(every_seconds * 1000))),
+        ("grpc.keepalive_timeout_ms", max(1, int(timeout_seconds * 1000))),
+        # the timeout gRPC applies to a ping in flight (60 s by default), whichever asked
+        ("grpc.http2.ping_timeout_ms", max(1, int(timeout_seconds * 1000))),
+        # gRPC sends at most 2 pings between data frames by default: an idle stream's
+        # connection would be checked twice, then never again
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
 class HashmatchServer:
     """A running hashmatch gRPC server (``start`` / ``wait_ready`` / ``stop``)."""
 
@@ -478,6 +500,7 @@ class HashmatchServer:
                 ("grpc.max_send_message_length", hard_limit),
                 ("grpc.so_reuseport", 0),
                 *client_ping_policy(cfg.min_client_ping_seconds),
+                *server_pings(cfg.keepalive_seconds, cfg.keepalive_timeout_seconds),
             ],
         )
         matcher_pb2_grpc.add_MatcherServicer_to_server(MatcherService(self.host), server)

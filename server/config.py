@@ -66,6 +66,12 @@ class ServerConfig:
     # Clients may ping (keepalive) this often, no more: more often, the server closes the
     # connection ("too many pings"). The Python clients ping every 30 s.
     min_client_ping_seconds: float = 10.0
+    # The server pings each connection this often (0 = never) and closes one whose ping
+    # goes unanswered for keepalive_timeout_seconds: the calls of a client that vanished
+    # without a word (a NAT or firewall forgetting the connection) end, and a request
+    # stream's slot is freed, instead of being held until TCP gives up (hours).
+    keepalive_seconds: float = 60.0
+    keepalive_timeout_seconds: float = 20.0
     # Graceful shutdown: in-flight calls get this long to finish.
     drain_seconds: float = 10.0
     log_level: str = "INFO"
@@ -110,7 +116,8 @@ class ServerConfig:
         for name in _NOT_NEGATIVE:
             if getattr(self, name) < 0:
                 raise InvalidInput("must be >= 0", field=name)
-        for name in ("drain_seconds", "min_client_ping_seconds"):
+        for name in ("drain_seconds", "min_client_ping_seconds", "keepalive_seconds",
+                     "keepalive_timeout_seconds"):  # fmt: skip
             if not math.isfinite(getattr(self, name)):
                 raise InvalidInput("must be a finite number of seconds", field=name)
         if self.workers < 1 or self.media_workers < 1 or self.max_concurrent_rpcs < 1:
@@ -150,9 +157,10 @@ class ServerConfig:
 #: Settings that must be > 0 / >= 0 (the rest have their own checks in validate).
 _POSITIVE = (
     "max_message_bytes", "max_batch", "max_media_items", "max_media_bytes",
-    "max_media_pixels", "lookup_batch", "min_client_ping_seconds",
+    "max_media_pixels", "lookup_batch", "min_client_ping_seconds", "keepalive_timeout_seconds",
 )  # fmt: skip
-_NOT_NEGATIVE = ("media_queue", "lookup_threads", "max_pending_lookups", "drain_seconds")
+_NOT_NEGATIVE = ("media_queue", "lookup_threads", "max_pending_lookups", "drain_seconds",
+                 "keepalive_seconds")  # fmt: skip
 #: indexes.sharded.KINDS and its shard bound (not imported: that pulls in FAISS).
 INDEX_KINDS = ("auto", "flat", "mih", "exact")
 MAX_SHARDS = 1024

@@ -578,3 +578,23 @@ def test_an_idle_match_stream_is_not_closed_for_its_clients_keepalive_pings(tmp_
             time.sleep(6)  # idle: only pings on the connection
             gate.set()
             assert next(stream).request_id == "later"
+
+
+def test_the_server_frees_the_stream_of_a_client_that_vanished_without_a_word(tmp_path):
+    """A client whose connection a network dropped silently (no FIN, no RST) and that
+    sends no keepalive of its own: its open MatchStream held a request-stream slot for
+    hours (gRPC's server pings every 2 h). The server's own pings go unanswered, it
+    closes the connection, and the slot is free again."""
+    with running_server(tmp_path, keepalive_seconds=0.5, keepalive_timeout_seconds=0.5) as ts:
+        slots = ts.server.host.slots
+        proxy = CuttableProxy(("127.0.0.1", ts.server.port))
+        client = HashmatchClient(proxy.target, timeout=None, keepalive=None)
+        with client, _held_open() as held:
+            stream = client.match_stream(held([client.match_request([("pdq", "0" * 64)])]))
+            next(stream)
+            assert slots._used == 1  # the open stream holds its slot
+            proxy.blackhole()
+            deadline = time.monotonic() + 30
+            while slots._used and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert slots._used == 0, "the vanished client's stream still holds its slot"
