@@ -9,27 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from hashmatch.engine.video import format_vpdq
-from hashmatch.server.cli import cli
 
 RNG = np.random.default_rng(7)
 FRAMES = RNG.integers(0, 256, (6, 32), dtype=np.uint8)  # one video: 6 frames, 1 a second
 OTHER = RNG.integers(0, 256, (6, 32), dtype=np.uint8)  # an unrelated video
-
-
-@pytest.fixture
-def run(tmp_path):
-    runner = CliRunner()
-    env = {"HASHMATCH_DATA_DIR": str(tmp_path / "data")}
-
-    def invoke(*args: str, code: int = 0):
-        result = runner.invoke(cli, list(args), env=env, catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
-
-    return invoke
 
 
 def _vpdq_text(frames: np.ndarray) -> str:

@@ -18,19 +18,6 @@ from hashmatch.server.client import signal, video_signal
 from hashmatch.server.testing import running_server
 
 
-@pytest.fixture
-def run(tmp_path):
-    runner = CliRunner()
-    env = {"HASHMATCH_DATA_DIR": str(tmp_path / "data")}
-
-    def invoke(*args: str, code: int = 0):
-        result = runner.invoke(cli, list(args), env=env, catch_exceptions=False)
-        assert result.exit_code == code, result.output
-        return result
-
-    return invoke
-
-
 def _codes(n: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     return [rng.bytes(32).hex() for _ in range(n)]
