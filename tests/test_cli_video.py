@@ -81,6 +81,15 @@ def test_a_bad_vpdq_hash_file_is_one_line_naming_file_and_line(run, stored, tmp_
     )
 
 
+@pytest.mark.parametrize("name", ["clip.vpdq", "hashes.json", "copy.txt"])
+def test_a_mistyped_hash_file_name_is_no_such_file_not_a_bad_hash(run, stored, name):
+    """The README's `hashmatch match clip.vpdq` with a file not there (run in the wrong
+    directory) said 'pdq hash must be 64 hex characters, got 9'."""
+    out = run("match", name, code=1).output
+    assert out.strip().splitlines() == [f"Error: {name}: no such file"]
+    assert "hex characters" in run("match", "pdq:abc", code=1).output  # a hash stays one
+
+
 def test_ingest_reads_python_threatexchange_serialized_vpdq_as_one_video(run, stored, tmp_path):
     te = tmp_path / "clip.json"
     te.write_text(_te_json(FRAMES))

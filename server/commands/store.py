@@ -544,16 +544,10 @@ def _say_what_is_new(engine, list_name: str) -> None:
 
 
 def _looks_like_a_path(value: str) -> bool:
-    """A query that is neither a file nor a hash, but reads like a file name."""
-    from hashmatch.engine.video import VIDEO_EXTENSIONS  # only on this error path: cv2
-
-    suffix = Path(value).suffix.lower()
-    return "/" in value or "\\" in value or suffix in _IMAGE_SUFFIXES | VIDEO_EXTENSIONS
-
-
-_IMAGE_SUFFIXES = frozenset(
-    [".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff", ".heic", ".avif"]
-)
+    """A query that is neither a file nor a hash, but reads like a file name: a hash
+    ('type:hex' or hex) holds no dot or path separator, so any suffix names a file
+    (`clip.vpdq`, `hashes.json` as well as photos and videos)."""
+    return "/" in value or "\\" in value or Path(value).suffix != ""
 
 
 def _targets(values, signal_type, where=None) -> list[tuple[str, str]]:
