@@ -4,6 +4,8 @@ over a real socket, real stores on both sides, the real CLI)."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
@@ -18,6 +20,7 @@ TENANTS = {
     "partner": (["match", "export"], False),
 }
 PREFIX = "hub/"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _codes(n: int, seed: int) -> list[str]:
@@ -108,8 +111,11 @@ def test_a_mirrors_list_deleted_locally_comes_back_while_the_hub_shares_it(tmp_p
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
         ts.client("ops").ingest("shared", [signal("pdq", c) for c in _codes(2, seed=5)])
         _mirror(ts, "ops", local)
-        _cli("lists", "delete", PREFIX + "shared", "--yes", "--data-dir", str(local))
+        out = _cli("lists", "delete", PREFIX + "shared", "--yes", "--data-dir", str(local))
         assert _local(local) == {}
+        # the note points at a README paragraph that exists ('Deleting a list' did not)
+        (title,) = re.findall(r"see README: ([^)]+)\)", out)
+        assert f"**{title}.**" in README.read_text()
         run = _mirror(ts, "ops", local)
         assert run["lists_new"] == ["shared"] and run["added"] == 2
         assert _local(local) == {PREFIX + "shared": (True, 2, 0)}

@@ -272,7 +272,7 @@ def lists_delete(name, yes, as_json, actor, data_dir) -> None:
     if contents.mirror:
         click.echo(
             f"note: mirror {contents.mirror!r} created this list; its next run creates it"
-            " again if the hub still shares it (see README: Deleting a list)",
+            " again if the hub still shares it (see README: Mirrors and deletion)",
             err=True,
         )
 
