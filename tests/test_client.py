@@ -169,6 +169,15 @@ def test_remote_options_out_of_the_protos_range_are_usage_errors(served, args):
     option = next(a for a in args if a.startswith("--"))
     result = _remote(served, *args)
     assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+    assert "is not in the range" in result.output
+
+
+@pytest.mark.parametrize("verb", ["match", "retract"])
+def test_remote_help_does_not_print_the_protos_integer_bounds(verb):
+    """`remote match --help` read '--min-quality INTEGER RANGE ...
+    [-2147483648<=x<=2147483647]': the wire's bounds, not the option's meaning."""
+    out = CliRunner().invoke(cli, ["remote", verb, "--help"]).output
+    assert "2147483647" not in out and "4294967295" not in out and "RANGE" not in out
 
 
 def test_remote_retract_failing_part_way_says_what_was_retracted(served):

@@ -31,12 +31,32 @@ from hashmatch.engine.errors import HashmatchError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
-# The proto fields' ranges, for options that go into a request: protobuf raises a bare
-# ValueError ("Value out of range: -1") naming no option, which the CLI showed as a
-# traceback; click names the option and exits 2.
-INT32 = click.IntRange(-(2**31), 2**31 - 1)
-UINT32 = click.IntRange(0, 2**32 - 1)
-INT64 = click.IntRange(-(2**63), 2**63 - 1)
+
+class ProtoInt(click.ParamType):
+    """An integer option bounded by its proto field's range.
+
+    Why: protobuf raises a bare ValueError ("Value out of range: -1") naming no option,
+    which the CLI showed as a traceback; click names the option and exits 2. The bounds
+    are the wire's, not advice (the server checks the meaningful ones, e.g. a PDQ
+    threshold 0..63), so ``--help`` does not print them as an ``IntRange`` would
+    ("[-2147483648<=x<=2147483647]").
+    """
+
+    name = "integer"
+
+    def __init__(self, low: int, high: int) -> None:
+        self.low, self.high = low, high
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number = click.INT.convert(value, param, ctx)
+        if not self.low <= number <= self.high:
+            self.fail(f"{number} is not in the range {self.low}..{self.high}.", param, ctx)
+        return number
+
+
+INT32 = ProtoInt(-(2**31), 2**31 - 1)
+UINT32 = ProtoInt(0, 2**32 - 1)
+INT64 = ProtoInt(-(2**63), 2**63 - 1)
 
 
 _INT64_TYPES = {
@@ -485,9 +505,9 @@ def _rpc(fn):
 @click.option("--type", "signal_type", default="pdq", show_default=True)
 @click.option("--media", multiple=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--media-type", "media_types", multiple=True, help="Types to hash media with.")
-@click.option("--threshold", type=INT32)
+@click.option("--threshold", type=INT32, help="Max distance (default: the type's).")
 @click.option("--list", "lists", multiple=True, help="Only these lists.")
-@click.option("--max-results", type=UINT32, default=0)
+@click.option("--max-results", type=UINT32, default=0, help="Per query, nearest first (0 = all).")
 @click.option("--dihedral", is_flag=True, help="PDQ: also match rotated/flipped copies.")
 @click.option("--trim-borders", is_flag=True, help="Also match with borders/bars trimmed.")
 @click.option("--all-frames", is_flag=True, help="PDQ: every frame of an animation.")
