@@ -1393,7 +1393,7 @@ class SignalStore:
             good, keys = [], []
             for position, rec in items:
                 try:
-                    rec = _frames_from_value(rec)
+                    rec = frames_from_value(rec)
                     keys.append(_vpdq_key(rec))
                     good.append((position, rec))
                 except InvalidInput as exc:
@@ -2572,9 +2572,10 @@ def _signal_info(r: tuple) -> SignalInfo:
     )
 
 
-def _frames_from_value(rec: SignalRecord) -> SignalRecord:
+def frames_from_value(rec: SignalRecord) -> SignalRecord:
     """A vPDQ record whose value is python-threatexchange's serialized frame list (a CSV
-    or JSONL ``signal_value`` such as HMA exports) -> the same record with its frames."""
+    or JSONL ``signal_value`` such as HMA exports) -> the same record with its frames.
+    Also used by ``remote ingest``, which sends a video's frames, not that text."""
     if rec.frames is not None or not (rec.hash_hex or "").lstrip().startswith("["):
         return rec
     from hashmatch.engine.video import parse_vpdq_json  # cv2 only when such a row comes

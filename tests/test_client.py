@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 from skimage import data
+from test_cli_video import write_video
 
 from hashmatch.server.cli import cli
 from hashmatch.server.client import HashmatchClient, signal
@@ -546,3 +547,22 @@ def test_remote_match_of_a_vpdq_hash_file_matches_it_as_a_video(served, tmp_path
     (match,) = video["matches"]
     assert (match["list_name"], match["query_index"]) == ("remote-videos", 1)
     assert match["query_match_pct"] == match["target_match_pct"] == 100.0
+
+
+def test_remote_ingest_reads_a_videos_te_row_as_local_ingest_does(served, tmp_path):
+    """`hashmatch hash --format te` (HMA's CSV) gives a video's frames as a JSON list in
+    signal_value: `remote ingest` sent that text as the hex ('vpdq hash must be 64 hex
+    characters, got 234'), where local `ingest` reads the frames."""
+    clip = write_video(tmp_path / "clip.mp4", seed=12)
+    te = CliRunner().invoke(cli, ["hash", str(clip), "--format", "te"]).output
+    listed = tmp_path / "listed.csv"
+    listed.write_text(te)
+    result = _remote(served, "ingest", "te-videos", str(listed))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[0])["added"] == 1
+    listed.write_text(te + 'vpdq,"[""zz,100,0.0""]"\n')  # a bad frame: named by line
+    reply = json.loads(_remote(served, "ingest", "te-videos", str(listed)).output.splitlines()[0])
+    assert (reply["unchanged"], reply["unparsed_total"]) == (1, 1)
+    assert reply["unparsed"] == [
+        "line 3: frame 0: expected '<64 hex>,quality,timestamp', got 'zz,100,0.0'"
+    ]

@@ -599,10 +599,18 @@ class _SignalFile:
     def _records(self) -> Iterator:
         """Parsed records, or each unparsable line's rejection text."""
         from hashmatch.engine.ingest import read_records
-        from hashmatch.engine.store import Rejection
+        from hashmatch.engine.store import Rejection, frames_from_value
 
         for item in read_records(self.path, format=self.fmt, signal_type=self.default_type):
-            yield str(item) if isinstance(item, Rejection) else item
+            if isinstance(item, Rejection):
+                yield str(item)
+            elif item.signal_type.lower() != "vpdq":
+                yield item
+            else:  # an HMA/`hashmatch hash --format te` row: the frame list as its value
+                try:
+                    yield frames_from_value(item)
+                except HashmatchError as exc:
+                    yield str(Rejection(exc.message, line=item.line))
 
     def signals(self) -> Iterator:
         """The ``Signal`` messages, parsed afresh."""
