@@ -566,3 +566,24 @@ def test_remote_ingest_reads_a_videos_te_row_as_local_ingest_does(served, tmp_pa
     assert reply["unparsed"] == [
         "line 3: frame 0: expected '<64 hex>,quality,timestamp', got 'zz,100,0.0'"
     ]
+
+
+def test_remote_match_of_a_video_hashes_it_as_vpdq_by_default(served, tmp_path):
+    """As local `match clip.mp4` does: the server's default type (pdq) refused it,
+    'looks like a video (MP4/MOV); hash it as vpdq', naming no --media-type."""
+    clip = write_video(tmp_path / "clip.mp4", seed=11)
+    listed = tmp_path / "listed.csv"
+    listed.write_text(CliRunner().invoke(cli, ["hash", str(clip), "--format", "te"]).output)
+    ingested = _remote(served, "ingest", "remote-videos", str(listed))
+    assert ingested.exit_code == 0, ingested.output
+    result = _remote(served, "match", "--media", str(clip))
+    assert result.exit_code == 0, result.output
+    (reply,) = [json.loads(line) for line in result.output.splitlines()]
+    assert [c["signal_type"] for c in reply["computed"]] == ["vpdq"]
+    assert [(m["list_name"], m["query_match_pct"]) for m in reply["matches"]] == [
+        ("remote-videos", 100.0)
+    ]
+    photo = tmp_path / "photo.png"
+    Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(photo)
+    mixed = _remote(served, "match", "--media", str(clip), "--media", str(photo))
+    assert mixed.exit_code == 2 and "images and videos go in separate calls" in mixed.output

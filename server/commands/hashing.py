@@ -66,6 +66,13 @@ def applicable(path: str, types: list[str]) -> list[str]:
     return out
 
 
+def default_media_types(path: str) -> tuple[str, ...]:
+    """A file's types when none are given: vPDQ for a video, PDQ otherwise, told by the
+    extension as ``hash`` and ``scan`` tell them (``match clip.mp4`` hashed a video as a
+    photo and was refused: 'looks like a video; hash it as vpdq')."""
+    return tuple(applicable(path, ["pdq", "vpdq"]))
+
+
 def _records(path: str, result: HashResult) -> list[dict]:
     st = signal_types.get(result.signal_type)
     rec: dict = {"path": path, "type": st.name, "hash": result.hex, "quality": result.quality}

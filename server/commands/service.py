@@ -504,7 +504,9 @@ def _rpc(fn):
 @click.argument("hashes", nargs=-1)
 @click.option("--type", "signal_type", default="pdq", show_default=True)
 @click.option("--media", multiple=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--media-type", "media_types", multiple=True, help="Types to hash media with.")
+@click.option("--media-type", "media_types", multiple=True,
+              help="Types to hash media with; repeatable (default: vpdq for videos by "
+              "extension, else pdq).")  # fmt: skip
 @click.option("--threshold", type=INT32, help="Max distance (default: the type's).")
 @click.option("--list", "lists", multiple=True, help="Only these lists.")
 @click.option("--max-results", type=UINT32, default=0, help="Per query, nearest first (0 = all).")
@@ -536,23 +538,44 @@ def remote_match(client, hashes, signal_type, media, media_types, **options) -> 
     from hashmatch.server.commands.store import vpdq_hash_file
     from hashmatch.v1.matcher_pb2 import VideoQuery
 
-    items, videos = [], []
+    items, item_paths, videos = [], [], []
     for path in media:
         video = vpdq_hash_file(path)  # None: media bytes, hashed by the server
         if video is None:
             items.append(Path(path).read_bytes())
+            item_paths.append(path)
         else:
             frames = [bytes(code).hex() for code in video.codes]
             videos.append(VideoQuery(signal_type="vpdq", frames=frames, qualities=video.qualities))
     reply = client.match(
         [_parse_hash_arg(h, signal_type) for h in hashes],
         media=items,
-        media_types=media_types,
+        media_types=media_types or _default_media_types(tuple(item_paths)),
         videos=videos,
         **options,
     )
     for result in reply.results:
         _emit(result)
+
+
+def _default_media_types(paths: tuple[str, ...]) -> tuple[str, ...]:
+    """The files' types when --media-type is not given: vPDQ for videos (by extension),
+    PDQ otherwise, as local ``match``, ``hash`` and ``scan`` choose.
+
+    Why: the server hashes every media item of a request with the same types (default
+    pdq), so ``remote match --media clip.mp4`` was refused ('looks like a video; hash it
+    as vpdq'); images and videos together cannot share one request's types at all."""
+    if not paths:
+        return ()
+    from hashmatch.server.commands.hashing import default_media_types  # cv2: media only
+
+    kinds = {default_media_types(p) for p in paths}
+    if len(kinds) > 1:
+        raise click.UsageError(
+            "--media: images and videos go in separate calls (the server hashes every"
+            " file of a call with the same --media-type)"
+        )
+    return kinds.pop()
 
 
 @remote.command("hash")

@@ -690,6 +690,7 @@ def match_command(
       hashmatch match blurry.jpg --low-quality-queries skip
     """
     from hashmatch.engine.hashing import HashOptions
+    from hashmatch.server.commands.hashing import default_media_types
 
     out = []
     total = 0
@@ -712,7 +713,7 @@ def match_command(
                 else:
                     try:
                         mm = engine.match_media(
-                            query, types=media_types or _media_types(query), options=options,
+                            query, types=media_types or default_media_types(query), options=options,
                             **how,
                         )  # fmt: skip
                     except MediaError as exc:  # which of the files: say it
@@ -760,15 +761,6 @@ def match_command(
                 + (f" variant={m['variant']}" if m["variant"] else "")
             )
     click.echo(f"{len(out)} quer(ies), {total} match(es)")
-
-
-def _media_types(path: str) -> tuple[str, ...]:
-    """A file's default types: vPDQ for a video, PDQ otherwise, told by the extension as
-    ``hashmatch hash`` and ``scan`` tell them (a video was hashed as a photo and refused:
-    'looks like a video; hash it as vpdq')."""
-    from hashmatch.server.commands.hashing import applicable
-
-    return tuple(applicable(path, ["pdq", "vpdq"]))
 
 
 def vpdq_hash_file(path: str):
