@@ -587,3 +587,31 @@ def test_remote_match_of_a_video_hashes_it_as_vpdq_by_default(served, tmp_path):
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(photo)
     mixed = _remote(served, "match", "--media", str(clip), "--media", str(photo))
     assert mixed.exit_code == 2 and "images and videos go in separate calls" in mixed.output
+
+
+def test_serving_line_names_the_port_an_ephemeral_listen_got(tmp_path):
+    """`--listen 127.0.0.1:0` said 'hashmatch serving on 127.0.0.1:0': no way to tell
+    where to connect from the line that says the server is ready."""
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-c", SERVE, "serve", "--insecure-no-auth",
+            "--data-dir", str(tmp_path), "--listen", "127.0.0.1:0", "--metrics-port", "-1",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        line = ""
+        while "serving on" not in line:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "serve exited early"
+        address = line.split("serving on ", 1)[1].split(" ", 1)[0]
+        assert address.startswith("127.0.0.1:") and address != "127.0.0.1:0", line
+        with HashmatchClient(address, retries=0) as client:
+            assert client.health() == "SERVING"
+        proc.send_signal(signals.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -241,7 +241,8 @@ def serve(config_file: str | None, **flags: Any) -> None:
             )
         if not announced and server.wait_ready(0):
             announced = True
-            serving = f"hashmatch serving on {config.listen} (data {config.data_dir}"
+            address = _bound_address(config.listen, server.port)
+            serving = f"hashmatch serving on {address} (data {config.data_dir}"
             click.echo(
                 serving
                 + (f", metrics :{server.metrics_port}/metrics" if server.metrics_port else "")
@@ -250,6 +251,13 @@ def serve(config_file: str | None, **flags: Any) -> None:
             )
             sdnotify.notify("READY=1", f"STATUS={serving})")
     server.stop()
+
+
+def _bound_address(listen: str, port: int | None) -> str:
+    """``listen`` with the port the server got for ``:0``: 'serving on 127.0.0.1:0'
+    told a script or an operator nothing about where to connect."""
+    host, _, given = listen.rpartition(":")
+    return f"{host}:{port}" if given == "0" and port else listen
 
 
 # -- token ------------------------------------------------------------------------------
