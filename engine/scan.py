@@ -847,11 +847,15 @@ class ScanSummary:
     hashed_per_s: float = 0.0
     run_id: int = 0
     report: str | None = None
+    #: the first few of those videos, for the CLI's note to name (not in the report)
+    videos_without_vpdq_named: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items()}
+        return {k: v for k, v in self.__dict__.items() if k != "videos_without_vpdq_named"}
 
 
+#: how many of the videos a scan without a video type saw its summary names
+VIDEOS_WITHOUT_VPDQ_NAMED = 5
 #: 27 h 46 min of video at vPDQ's default one hash a second.
 SCAN_MAX_VIDEO_FRAMES = 100_000
 DEFAULT_FILE_TIMEOUT = 3600.0
@@ -975,7 +979,7 @@ class Scanner:
                 for e in block:
                     self.summary.seen += 1
                     if no_video_type and os.path.splitext(e.path)[1].lower() in VIDEO_EXTENSIONS:
-                        self.summary.videos_without_vpdq += 1
+                        self._video_without_vpdq(e.path)
                     if e.reason is not None:
                         self._pending.append(
                             WorkResult(e.path, e.size, e.mtime_ns, reason=e.reason, error=e.error)
@@ -1064,6 +1068,13 @@ class Scanner:
     def _stored_dihedral(self, rec: FileRecord) -> bool:
         # dihedral PDQ stores 8 rows per file; remember it through the types string
         return DIHEDRAL_MARK in rec.types
+
+    def _video_without_vpdq(self, path: str) -> None:
+        """Count a video seen with no video type asked for, and keep the first few
+        names: 'N video file(s)' alone left an operator to find them among millions."""
+        self.summary.videos_without_vpdq += 1
+        if len(self.summary.videos_without_vpdq_named) < VIDEOS_WITHOUT_VPDQ_NAMED:
+            self.summary.videos_without_vpdq_named.append(path)
 
     def _hashes_reusable(self, rec: FileRecord | None, entry: Entry) -> bool:
         """The catalog's hashes of this path were made as this scan would make them

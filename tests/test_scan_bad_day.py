@@ -461,6 +461,7 @@ def test_a_scan_without_a_video_type_says_its_videos_match_only_as_exact_copies(
     assert "note: 1 video file(s) were not hashed as video (--types pdq,md5)" in (
         default.stderr.decode()
     )
+    assert default.stderr.decode().rstrip().endswith(f"edited copies: {tree / 'clip.mp4'}")
 
     with_vpdq = _cli([*args, "--types", "pdq,md5,vpdq"], tmp_path)
     assert with_vpdq.returncode == 0, with_vpdq.stderr

@@ -203,12 +203,22 @@ def scan_command(
                 matcher.close()
     _print_summary(summary.as_dict())
     if summary.videos_without_vpdq:
+        named = summary.videos_without_vpdq_named
+        more = summary.videos_without_vpdq - len(named)
         click.echo(
             f"note: {summary.videos_without_vpdq} video file(s) were not hashed as video"
             f" (--types {','.join(options.types)}): only an exact copy can match them; add"
-            " vpdq to --types to match edited copies",
+            " vpdq to --types to match edited copies: "
+            + ", ".join(map(_shown_path, named))
+            + (f" and {more} more" if more else ""),
             err=True,
         )
+
+
+def _shown_path(path: str) -> str:
+    """A path for a stderr line: a name that is not UTF-8 (kept as surrogate escapes)
+    shows its bytes as \\xNN instead of failing to print."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 @click.command("rescan")
