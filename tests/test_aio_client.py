@@ -362,8 +362,13 @@ def test_cancelling_the_coroutine_cancels_the_call_on_the_server(served, caplog)
         asyncio.run(scenario())
         ingest = access_log_line(caplog, "Ingest", timeout=10)
         stream = access_log_line(caplog, "MatchStream", 2, timeout=10)
-    assert ingest["status"] == "CANCELLED", ingest
-    assert "the client cancelled" in ingest["error"], ingest
+    # the same grpcio race as for a stream below: a cancel can read as the end of the
+    # request stream, and the messages received were stored either way
+    assert ingest["status"] in ("CANCELLED", "OK"), ingest
+    if ingest["status"] == "CANCELLED":
+        assert "the client cancelled" in ingest["error"], ingest
+    else:
+        assert ingest["items"] == 1000, ingest  # what the client sent before its cancel
     _stream_ended_by_the_client(stream)
 
 
