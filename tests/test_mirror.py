@@ -392,6 +392,36 @@ def test_follow_picks_up_a_change(tmp_path):
         assert sum(r["added"] for r in runs) == 2
 
 
+def test_follow_prints_passes_that_change_something_not_every_pass(tmp_path):
+    """A follow every 60 s wrote 1,440 identical 'added 0, ...' lines a day into the
+    journal: in text output a pass that changed nothing is not printed (the first is,
+    and one an hour); --json still prints every pass (test_follow_picks_up_a_change)."""
+    rng = np.random.default_rng(8)
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("shared", [signal("pdq", rng.bytes(32).hex())])
+        proc = _mirror_process(ts, local, "--follow", "--interval", "0.1")
+        try:
+            deadline = time.monotonic() + 60
+            while _cursor(local) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)  # ~10 passes with nothing to do
+            code = rng.bytes(32).hex()
+            ops.ingest("shared", [signal("pdq", code)])
+            while ("shared", "pdq", code) not in _local_view(local):
+                assert time.monotonic() < deadline, "the follow did not mirror the change"
+                time.sleep(0.05)
+            time.sleep(0.5)
+        finally:
+            proc.send_signal(signals.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        lines = out.splitlines()
+        assert len(lines) == 2, out  # the first pass, the pass that mirrored the change
+        assert "added 1" in lines[0] and "added 1" in lines[1], out
+
+
 def test_follow_goes_on_when_the_hub_is_at_its_concurrent_call_limit(tmp_path):
     """A busy hub (max_concurrent_rpcs reached: three idle MatchStreams here) refuses a
     pass with RESOURCE_EXHAUSTED; --follow exited on it, so every partner's mirror

@@ -11,6 +11,7 @@ import json
 import signal
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -89,6 +90,7 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
     if follow:
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: done.set())
+    quiet_since = float("-inf")  # when a pass was last printed (--follow)
     try:
         with _engine(data_dir, create=True) as engine:
             while True:
@@ -109,7 +111,9 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
                                f" {interval:g} s)", err=True)  # fmt: skip
                 else:
                     resync = False
-                    _report(summary, as_json, server)
+                    if as_json or not follow or _worth_a_line(summary, quiet_since):
+                        _report(summary, as_json, server)
+                        quiet_since = time.monotonic()
                 if not follow or done.wait(interval):
                     return
     finally:
@@ -135,6 +139,20 @@ def _transient(exc: click.ClickException) -> bool:
         for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
                      "advanced its cursor meanwhile")
     )  # fmt: skip
+
+
+#: a --follow pass that changed nothing is printed at most this often (a heartbeat)
+QUIET_PASS_SECONDS = 3600.0
+
+
+def _worth_a_line(summary, printed_at: float) -> bool:
+    """Whether a --follow pass is printed (text output): one that applied a change or
+    has something to say, the first, and else one an hour. Why: a follow every 60 s
+    wrote 1,440 identical "added 0, updated 0, ..." lines a day into the journal.
+    (``--json`` prints every pass: a machine reading it may count on them.)"""
+    said = (summary.since != summary.head or not summary.lists_shared or summary.lists_new
+            or summary.lists_disabled or summary.lists_enabled or summary.lists_stale)  # fmt: skip
+    return bool(said) or time.monotonic() - printed_at >= QUIET_PASS_SECONDS
 
 
 def _report(summary, as_json: bool, server: str) -> None:
