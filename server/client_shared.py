@@ -222,6 +222,10 @@ class Attempts:
     jittered so clients restarted together do not retry in lockstep. Both clients loop
     this way, so they retry alike.
 
+    A RetryInfo delay is the least pause: a retry sooner is refused again, so when
+    the deadline leaves less the refusal is raised at once (not after waiting out the
+    deadline for one more refusal).
+
     ``retry_window``: retry for at most this long after the first failure, even when
     the deadline is later (an ingest's deadline grows with its size; a dead server
     should not be retried for hours), or when there is none (an ingest of unknown
@@ -277,7 +281,10 @@ class Attempts:
             return pause if self.attempt < self.retries else None
         # leave the last attempt time to get an answer: else it ends DEADLINE_EXCEEDED
         # and hides that the server was unavailable throughout
-        pause = min(pause, self.retry_until - time.monotonic() - MIN_ATTEMPT_SECONDS)
+        room = self.retry_until - time.monotonic() - MIN_ATTEMPT_SECONDS
+        if room < least:  # the server asked for a longer wait than the deadline leaves
+            return None
+        pause = min(pause, room)
         return pause if pause > 0 else None
 
 

@@ -5,18 +5,24 @@ large retractions, PEM text for TLS."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import shutil
 import socket
 import threading
 import time
+from concurrent import futures
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from hashmatch.server.client import HashmatchClient, signal, video_signal
 from hashmatch.server.testing import held_engine, running_server, self_signed_cert
+from hashmatch.v1 import matcher_pb2, matcher_pb2_grpc
 
 
 def _hexes(n: int, seed: int) -> list[str]:
@@ -305,6 +311,60 @@ def test_an_ingest_refused_for_a_busy_stream_slot_is_retried(tmp_path):
         second.join()
         assert box["held"].added == 2
         assert box["waiting"].added == 1
+
+
+class _Overloaded(matcher_pb2_grpc.MatcherServicer):
+    """A Matcher that refuses its first ``refusals`` calls as momentarily overloaded,
+    asking (RetryInfo) for ``delay`` seconds before a retry, then answers."""
+
+    def __init__(self, delay: float, refusals: int):
+        self.delay, self.refusals, self.calls = delay, refusals, 0
+
+    def Match(self, request, context):
+        self.calls += 1
+        if self.calls > self.refusals:
+            return matcher_pb2.MatchResponse(request_id=request.request_id)
+        status = status_pb2.Status(code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0], message="busy")
+        wait = duration_pb2.Duration()
+        wait.FromTimedelta(datetime.timedelta(seconds=self.delay))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=wait))
+        context.abort_with_status(rpc_status.to_status(status))
+
+
+def test_a_retry_info_delay_longer_than_the_deadline_leaves_is_raised_not_retried_early(tmp_path):
+    """A server asking for 5 s before a retry, a call with 1 s: before, both clients
+    waited out the second and retried 50 ms before the deadline, 4 s sooner than asked
+    (a second refusal, later); now the refusal is raised at once. A delay that fits is
+    waited for and retried."""
+    import asyncio
+
+    from hashmatch.server.aio_client import AsyncHashmatchClient
+
+    async def aio_match(target: str, **options):
+        async with AsyncHashmatchClient(target, **options) as aio:
+            return await aio.match([("pdq", "0" * 64)], request_id="r")
+
+    def sync_match(target: str, **options):
+        with HashmatchClient(target, **options) as client:
+            return client.match([("pdq", "0" * 64)], request_id="r")
+
+    for run in (sync_match, lambda *a, **k: asyncio.run(aio_match(*a, **k))):
+        for delay, refusals, calls in ((5.0, 9, 1), (0.2, 1, 2)):
+            servicer = _Overloaded(delay, refusals)
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            matcher_pb2_grpc.add_MatcherServicer_to_server(servicer, server)
+            target = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+            server.start()
+            try:
+                if refusals > calls:
+                    with pytest.raises(grpc.RpcError) as refused:
+                        run(target, timeout=1.0)
+                    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+                else:
+                    assert run(target, timeout=1.0).request_id == "r"
+            finally:
+                server.stop(0)
+            assert servicer.calls == calls
 
 
 def test_a_streamed_ingest_of_unknown_length_is_retried_after_the_client_timeout(tmp_path):
