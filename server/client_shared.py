@@ -547,7 +547,10 @@ class MatchPlan:
     def sending(self, k: int) -> Iterator[None]:
         """Around part ``k``'s call: its RpcError gets a note saying which items the
         indexes it names count from, or how to set ``max_batch`` for a server whose
-        limit is lower."""
+        limit is lower; and ``item_offsets`` (hashes and videos of the parts before),
+        so :func:`~hashmatch.server.errors.bad_request_fields` names the item of the
+        whole call, as the merged reply's indexes do (a pipeline dropping the item a
+        BadRequest names dropped another one)."""
         try:
             yield
         except grpc.RpcError as exc:
@@ -560,10 +563,12 @@ class MatchPlan:
                 )
             elif len(self.parts) > 1:
                 start, end = self._before(k), self._before(k + 1)
+                exc.item_offsets = {"hashes": start[0], "videos": start[1]}  # type: ignore[attr-defined]
                 exc.add_note(
                     f"sent as {len(self.parts)} requests of at most {self.max_batch} hashes or"
                     f" video frames; this one held hashes[{start[0]}:{end[0]}] and"
                     f" videos[{start[1]}:{end[1]}]: the indexes above count from there"
+                    " (bad_request_fields counts them in the whole call)"
                 )
             raise
 

@@ -14,6 +14,7 @@ admins call Snapshot, and "logged on the server" would send them to read logs fo
 from __future__ import annotations
 
 import logging
+import re
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -175,7 +176,10 @@ def bad_request_fields(call_error: grpc.RpcError) -> list[tuple[str, str]]:
 
     Empty when the call carries no such detail, or a status detail that does not agree
     with the call's code (``from_call`` raises ValueError: e.g. the trailers were
-    dropped by the client's metadata limit and the code is RESOURCE_EXHAUSTED).
+    dropped by the client's metadata limit and the code is RESOURCE_EXHAUSTED). A
+    client ``match`` sent as several requests sets ``item_offsets`` on the error: a
+    field's ``hashes[i]`` / ``videos[i]`` then counts in the whole call, not in the
+    request the server saw.
     """
     try:
         status = rpc_status.from_call(call_error)
@@ -188,5 +192,19 @@ def bad_request_fields(call_error: grpc.RpcError) -> list[tuple[str, str]]:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
-            out.extend((v.field, v.description) for v in bad.field_violations)
+            offsets = getattr(call_error, "item_offsets", None) or {}
+            out.extend((_in_whole_call(v.field, offsets), v.description)
+                       for v in bad.field_violations)  # fmt: skip
     return out
+
+
+_ITEM = re.compile(r"(hashes|videos)\[(\d+)\]")
+
+
+def _in_whole_call(field: str, offsets: dict[str, int]) -> str:
+    """``field`` (``hashes[3].hex``) with its item index moved by ``offsets[hashes]``."""
+    found = _ITEM.match(field)
+    if found is None or not offsets.get(found.group(1)):
+        return field
+    index = int(found.group(2)) + offsets[found.group(1)]
+    return f"{found.group(1)}[{index}]{field[found.end() :]}"

@@ -574,6 +574,11 @@ def test_match_splits_more_hashes_than_the_servers_max_batch(tmp_path):
 def test_a_server_with_a_lower_max_batch_says_how_to_set_the_clients(tmp_path):
     """The server does not advertise its max_batch: a client sending more than it takes
     says how to set the client's; a split call's error says where its indexes start."""
+    import asyncio
+
+    from hashmatch.server.aio_client import AsyncHashmatchClient
+    from hashmatch.server.errors import bad_request_fields
+
     hexes = [("pdq", h) for h in _hexes(7000, seed=11)]
     with running_server(tmp_path, max_batch=5000) as ts:
         with pytest.raises(grpc.RpcError) as refused:
@@ -587,6 +592,24 @@ def test_a_server_with_a_lower_max_batch_says_how_to_set_the_clients(tmp_path):
             client.match(hexes)  # the server names hashes[1001] of the second request
         assert "hashes[1001]" in bad.value.details()
         assert "this one held hashes[5000:7000]" in "\n".join(bad.value.__notes__)
+        # bad_request_fields counts in the whole call, as the merged reply's indexes do
+        # (it said hashes[1001].hex: a pipeline dropping that item dropped a good one)
+        frames = _hexes(5, seed=14)
+        videos = [frames] * 1000 + [[*frames[:4], "zz"]]  # video 1000, in the second part
+        expected = [("hashes[6001].hex", "pdq hash must be 64 hex characters, got 2")]
+        with pytest.raises(grpc.RpcError) as bad_video:
+            client.match(hexes[:6000], videos=videos)
+        ((field, _),) = bad_request_fields(bad_video.value)
+
+        async def aio_refusal():
+            async with AsyncHashmatchClient(ts.target, max_batch=5000) as aio:
+                with pytest.raises(grpc.RpcError) as refused:
+                    await aio.match(hexes)
+                return refused.value
+
+        assert bad_request_fields(bad.value) == expected
+        assert bad_request_fields(asyncio.run(aio_refusal())) == expected
+        assert field.startswith("videos[1000]")
 
 
 def test_a_match_stream_on_a_silently_dropped_connection_fails_instead_of_hanging(tmp_path):
