@@ -159,6 +159,15 @@ def test_remote_errors_are_one_line_with_the_field(served):
     assert result.exit_code == 1 and "PERMISSION_DENIED" in result.output
 
 
+def test_remote_match_of_more_than_max_batch_names_the_bad_hash_of_the_call(served):
+    """10,001 hashes go as two requests; the last one is bad: the error named
+    hashes[0] (its index in the second request), a good hash of the call."""
+    result = _remote(served, "match", *[HEX] * 10_000, "abc")
+    assert result.exit_code == 1
+    assert "INVALID_ARGUMENT: hashes[10000].hex" in result.output, result.output
+    assert "hashes[0]" not in result.output, result.output
+
+
 @pytest.mark.parametrize(
     "args",
     [

@@ -491,10 +491,12 @@ def _rpc(fn):
             return fn(*args, **kwargs)
         except grpc.RpcError as exc:
             details = exc.details() or ""
+            violations = bad_request_fields(exc)
+            if getattr(exc, "item_offsets", None) and violations:
+                # a part of a split match: the server's index counts in that part only
+                details = "; ".join(f"{f}: {d}" for f, d in violations)
             # the details already say "field: what"; list only what they leave out
-            fields = "".join(
-                f"\n  {f}: {d}" for f, d in bad_request_fields(exc) if f"{f}: {d}" not in details
-            )
+            fields = "".join(f"\n  {f}: {d}" for f, d in violations if f"{f}: {d}" not in details)
             hint = ""
             if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
                 hint = f"\n  ({unauthenticated_hint(details)})"
