@@ -725,14 +725,21 @@ class SourceGuard:
 
     def __init__(self) -> None:
         self.error: Exception | None = None
+        self.attempt = 0
 
     @contextmanager
     def reading(self) -> Iterator[None]:
+        """One attempt's reading. An attempt given up (its call failed and was retried)
+        may still be in the source on gRPC's thread: what it raises later is not the
+        current attempt's, and a retry that succeeded raised it."""
         self.error = None  # a retry reads the source afresh
+        self.attempt += 1
+        mine = self.attempt
         try:
             yield
         except Exception as exc:  # the caller's iterable, not gRPC
-            self.error = exc
+            if mine == self.attempt:
+                self.error = exc
 
     def raise_error(self, **notes: Any) -> None:
         """Raise what the source raised, if anything, with ``notes`` as attributes."""

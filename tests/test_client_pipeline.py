@@ -276,6 +276,38 @@ def test_a_streamed_ingest_reads_its_source_again_on_retry(tmp_path):
         assert _settled_count(ts, direct, "streamed") == len(hexes)
 
 
+def test_an_ingest_retried_is_not_failed_by_what_the_abandoned_attempts_source_raises(tmp_path):
+    """The sync client's first attempt is cut while gRPC's thread is inside the
+    caller's source; the retry reads a fresh source and succeeds. The abandoned source
+    then raises (its reader was cut off, say): before, the successful call raised that
+    exception, as if the new attempt's source had failed."""
+    hexes = _hexes(2, seed=15)
+    resumed, raised = threading.Event(), threading.Event()
+    attempts: list[int] = []
+
+    def abandoned():
+        yield signal("pdq", hexes[0])
+        proxy.drop()  # the call fails UNAVAILABLE; this thread is still in the source
+        resumed.wait(30)
+        raised.set()
+        raise RuntimeError("the abandoned attempt's reader was closed")
+
+    def fresh():
+        resumed.set()
+        raised.wait(30)
+        yield from (signal("pdq", h) for h in hexes)
+
+    def source():
+        attempts.append(1)
+        return abandoned() if len(attempts) == 1 else fresh()
+
+    with running_server(tmp_path) as ts:
+        proxy = CuttableProxy(("127.0.0.1", ts.server.port))
+        with HashmatchClient(proxy.target, timeout=30) as client:
+            reply = client.ingest("cut", source, total=2, batch_size=1)
+    assert len(attempts) == 2 and reply.added + reply.unchanged == 2
+
+
 def test_an_ingest_refused_for_a_busy_stream_slot_is_retried(tmp_path):
     """Two workers = one request-stream slot, held by an ingest whose source waits. A
     second ingest is refused (RESOURCE_EXHAUSTED, "retry with backoff", now marked with
