@@ -10,6 +10,7 @@ else is here, once.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 import time
@@ -109,8 +110,13 @@ def keepalive_options(keepalive: float | None, timeout: float) -> list[tuple[str
     its ``min_client_ping_seconds`` (10 s by default); more often, it closes the
     connection ("too many pings").
     """
-    if keepalive is None:
+    if keepalive is None or keepalive == 0:  # 0: off, as the server's keepalive_seconds
         return []
+    for name, value in (("keepalive", keepalive), ("keepalive_timeout", timeout)):
+        # (keepalive=0 used to ping every millisecond: the server closed the connection
+        # "too many pings"; inf raised OverflowError from int())
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value}")
     return [
         ("grpc.keepalive_time_ms", max(1, int(keepalive * 1000))),
         ("grpc.keepalive_timeout_ms", max(1, int(timeout * 1000))),

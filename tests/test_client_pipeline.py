@@ -713,3 +713,17 @@ def test_the_server_frees_the_stream_of_a_client_that_vanished_without_a_word(tm
             while slots._used and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert slots._used == 0, "the vanished client's stream still holds its slot"
+
+
+def test_client_keepalive_settings_are_checked(tmp_path):
+    """keepalive=0 pinged every millisecond (the server closed the connection "too many
+    pings"); now 0 is off, as the server's keepalive_seconds, and a timeout that is not a
+    positive number of seconds is refused (inf raised OverflowError)."""
+    from hashmatch.server.client_shared import keepalive_options
+
+    assert keepalive_options(0, 20) == [] == keepalive_options(None, 20)
+    for keepalive, timeout in ((-1, 20), (30, 0), (30, float("inf")), (float("nan"), 20)):
+        with pytest.raises(ValueError, match="must be a positive number of seconds"):
+            HashmatchClient("127.0.0.1:1", keepalive=keepalive, keepalive_timeout=timeout)
+    with running_server(tmp_path) as ts, HashmatchClient(ts.target, keepalive=0) as client:
+        assert client.list_hash_lists().lists == []  # a working channel without pings
