@@ -617,6 +617,24 @@ class Catalog:
             self.conn.execute(f"DELETE FROM matches WHERE signal_id IN ({marks})", chunk)
         return removed
 
+    def remove_low_quality_matches(self, signal_ids: Sequence[int], floor: int) -> list[MatchRow]:
+        """Delete (and return) the PDQ matches against these signals of files whose PDQ
+        hashes are all of known quality under ``floor``: such a file matches only a
+        signal of known quality >= the floor, which these signals no longer have."""
+        removed: list[MatchRow] = []
+        for start in range(0, len(signal_ids), 500):
+            chunk = [int(i) for i in signal_ids[start : start + 500]]
+            where = (
+                f"signal_type = 'pdq' AND signal_id IN ({','.join('?' * len(chunk))})"
+                " AND NOT EXISTS (SELECT 1 FROM hashes h WHERE h.file_id = matches.file_id"
+                " AND h.signal_type = 'pdq' AND (h.quality IS NULL OR h.quality >= ?))"
+            )
+            args = (*chunk, int(floor))
+            rows = self.conn.execute(f"SELECT {_MATCH_COLUMNS} FROM matches WHERE {where}", args)
+            removed.extend(_match_row(r) for r in rows)
+            self.conn.execute(f"DELETE FROM matches WHERE {where}", args)
+        return removed
+
     def matched_signal_ids(self) -> list[int]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT signal_id FROM matches")]
 

@@ -18,7 +18,8 @@ file's hashes. So a rescan
    (``match_quality_stored``): only by new signals of known quality >= the floor;
 3. re-checks every match the catalog holds against the store (their number is tiny
    next to the catalog): a match whose signal was retracted, expired or whose list
-   was disabled no longer holds and is reported as a retraction;
+   was disabled no longer holds and is reported as a retraction, as is a match of a
+   file under the quality floor whose signal a re-ingest left of unsure quality;
 4. commits the new matches, the removals and the new cursor in one transaction, so a
    rescan killed midway is simply run again (new matches are keyed, never duplicated).
 
@@ -96,7 +97,8 @@ class RescanSummary:
 @dataclass(frozen=True)
 class Retraction:
     match: MatchRow
-    reason: str  # "retracted" | "expired" | "list-disabled" | "deleted" | "replaced"
+    # "retracted" | "expired" | "list-disabled" | "deleted" | "replaced" | "quality"
+    reason: str
 
 
 @dataclass
@@ -605,6 +607,7 @@ def rescan(
     # 2. new signals -> catalog index
     now = time.time()
     new_rows: list[MatchRow] = []
+    unsure = np.empty(0, np.int64)  # live PDQ signals read now, of quality not known >= floor
     for stype in sorted(added):
         st = signal_types.get(stype)
         radius = st.check_threshold(threshold_for(stype, threshold))
@@ -612,6 +615,8 @@ def rescan(
         index_ids, codes, info = found.index_ids, found.codes, found.meta
         sids = index_ids >> FRAME_BITS if stype == "vpdq" else index_ids
         summary.new_signals[stype] = len(info)
+        if stype == "pdq":
+            unsure = sids[found.qualities < floor]
         if not len(codes):
             continue
         hits = _search(catalog, st, floor, codes, radius, cache_dir, summary)
@@ -643,6 +648,9 @@ def rescan(
     # back instead of losing the new matches and retractions it would have announced
     with catalog.transaction():
         removed = catalog.remove_matches_of_signals(dead) if dead else []
+        # a re-ingest that lowered (or unset) a signal's quality: files under the floor,
+        # which only a signal of known quality >= the floor matches, no longer match it
+        low = catalog.remove_low_quality_matches(unsure.tolist(), floor) if len(unsure) else []
         # an id that now names another signal ("replaced") drops the old matches above
         # and keeps the ones just found against the signal it names now
         fresh = [r for r in new_rows if why.get(r.signal_id) in (None, "replaced")]
@@ -652,6 +660,7 @@ def rescan(
             catalog.set_meta(log_key, json.dumps({"store_id": source.log.store_id, "seq": head,
                                                   "digest": source.log.head_digest}))  # fmt: skip
         gone = [Retraction(m, why[m.signal_id] or "retracted") for m in removed]
+        gone += [Retraction(m, "quality") for m in low]
         summary.new_matches = len(inserted)
         summary.retractions = len(gone)
         summary.hash_calls = catalog.counter("hash_calls")
