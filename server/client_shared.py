@@ -94,7 +94,7 @@ def reconnect_options(backoff: float) -> list[tuple[str, int]]:
     against a server that was serving.
     """
     return [
-        ("grpc.initial_reconnect_backoff_ms", max(1, int(backoff * 1000))),
+        ("grpc.initial_reconnect_backoff_ms", max(1, int(min(backoff, MAX_BACKOFF) * 1000))),
         ("grpc.max_reconnect_backoff_ms", int(MAX_BACKOFF * 1000)),
     ]
 
@@ -249,7 +249,7 @@ class Attempts:
         self.retry_until = self.deadline
         self.retries = retries
         self.retry_window = retry_window
-        self.delay = backoff
+        self.delay = min(backoff, MAX_BACKOFF)  # the first pause too: 'at most 2 s'
         self.attempt = 0
         self.pause = 0.0
 

@@ -727,3 +727,17 @@ def test_client_keepalive_settings_are_checked(tmp_path):
             HashmatchClient("127.0.0.1:1", keepalive=keepalive, keepalive_timeout=timeout)
     with running_server(tmp_path) as ts, HashmatchClient(ts.target, keepalive=0) as client:
         assert client.list_hash_lists().lists == []  # a working channel without pings
+
+
+def test_a_large_backoff_still_waits_at_most_two_seconds_between_tries():
+    """The client's doc says retries pause 'at most 2 s', but a backoff above it was used
+    as is for the first retry and for the channel's first reconnect."""
+    from hashmatch.server.client_shared import MAX_BACKOFF, Attempts, reconnect_options
+
+    assert dict(reconnect_options(30.0))["grpc.initial_reconnect_backoff_ms"] == 2000
+    attempts = Attempts(None, 3, 30.0)
+    unavailable = grpc.RpcError()
+    unavailable.code = lambda: grpc.StatusCode.UNAVAILABLE  # the status a retry needs
+    with attempts:
+        raise unavailable
+    assert 0 < attempts.pause <= MAX_BACKOFF * 1.1
