@@ -1965,11 +1965,7 @@ class SignalStore:
         ids = np.asarray(ids, dtype=np.int64)
         if len(ids) == 0:
             return np.empty(0, np.int64), np.empty((0, st.nbytes), np.uint8)
-        contiguous = int(ids[-1] - ids[0]) == len(ids) - 1 and bool(np.all(np.diff(ids) > 0))
-        if contiguous:
-            cond, args = "s.id BETWEEN ? AND ?", (int(ids[0]), int(ids[-1]))
-        else:
-            cond, args = f"s.id IN ({','.join(map(str, ids.tolist()))})", ()
+        cond, args = _ids_condition("s.id", ids)
         if st.name == "vpdq":
             sql = (
                 "SELECT (f.signal_id << 20) | f.frame_no, f.code FROM signal_frames f"
@@ -1994,11 +1990,7 @@ class SignalStore:
         ids = np.asarray(ids, dtype=np.int64)
         if not len(ids):
             return SignalStates.empty()
-        contiguous = int(ids[-1] - ids[0]) == len(ids) - 1
-        if contiguous:
-            cond, args = "id BETWEEN ? AND ?", (int(ids[0]), int(ids[-1]))
-        else:
-            cond, args = f"id IN ({','.join(map(str, ids.tolist()))})", ()
+        cond, args = _ids_condition("id", ids)
         cursor = self.conn().execute(
             "SELECT id, list_id, COALESCE(expires_at, 0), expires_at IS NULL,"
             f" COALESCE(quality, -1) FROM signals WHERE retracted_at IS NULL AND {cond}"
@@ -2617,6 +2609,15 @@ def _frame_rows(signal_id: int, rec: SignalRecord) -> list[tuple]:
         )
         for i in range(len(frames))
     ]
+
+
+def _ids_condition(column: str, ids: np.ndarray) -> tuple[str, tuple]:
+    """SQL selecting ``column`` in ``ids`` (non-empty): a range when they are one run of
+    consecutive ids (a whole log's worth reads the table in order), else an IN list of
+    literals (no parameter limit)."""
+    if int(ids[-1] - ids[0]) == len(ids) - 1 and bool(np.all(np.diff(ids) > 0)):
+        return f"{column} BETWEEN ? AND ?", (int(ids[0]), int(ids[-1]))
+    return f"{column} IN ({','.join(map(str, ids.tolist()))})", ()
 
 
 def _pack(rows: list[tuple], nbytes: int) -> tuple[np.ndarray, np.ndarray]:
