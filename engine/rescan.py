@@ -515,18 +515,22 @@ class _Received:
                           quality if quality >= 0 else None)  # fmt: skip
 
 
-class _MetaView(Mapping[int, SignalMeta]):
-    """:attr:`NewSignals.meta` of a server read, made per signal on demand: only the
-    signals with hits need theirs (a dict of them all was ~0.3 GB a million)."""
+class _SignalsView(Mapping[int, SignalMeta]):
+    """:attr:`NewSignals.meta` over ascending signal ids, each signal's made on demand
+    (:meth:`_make`, given its position): only the signals with hits need theirs (a dict
+    of them all was ~0.3 GB a million from a server, ~1 GB from a local store)."""
 
-    def __init__(self, received: _Received, sids: np.ndarray, rows: np.ndarray):
-        self._received, self._sids, self._rows = received, sids, rows  # sids ascending
+    def __init__(self, sids: np.ndarray):
+        self._sids = sids  # ascending
+
+    def _make(self, at: int, sid: int) -> SignalMeta:
+        raise NotImplementedError
 
     def __getitem__(self, sid: int) -> SignalMeta:
         at = int(np.searchsorted(self._sids, sid))
         if at == len(self._sids) or self._sids[at] != sid:
             raise KeyError(sid)
-        return self._received.meta(int(self._rows[at]))
+        return self._make(at, sid)
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._sids.tolist())
@@ -535,31 +539,34 @@ class _MetaView(Mapping[int, SignalMeta]):
         return len(self._sids)
 
 
-class _StoreMeta(Mapping[int, SignalMeta]):
-    """:attr:`NewSignals.meta` of a local store, read per signal when first asked (only
-    the signals with hits need theirs). A signal deleted since is absent (KeyError)."""
+class _MetaView(_SignalsView):
+    """A server read's: its rows hold every received signal's provenance."""
+
+    def __init__(self, received: _Received, sids: np.ndarray, rows: np.ndarray):
+        super().__init__(sids)
+        self._received, self._rows = received, rows
+
+    def _make(self, at: int, sid: int) -> SignalMeta:
+        return self._received.meta(int(self._rows[at]))
+
+
+class _StoreMeta(_SignalsView):
+    """A local store's, read per signal when first asked. A signal deleted since is
+    absent (KeyError)."""
 
     def __init__(self, source: StoreChanges, sids: np.ndarray):
-        self._source, self._sids = source, sids  # ascending
+        super().__init__(sids)
+        self._source = source
         self._made: dict[int, SignalMeta | None] = {}
 
-    def __getitem__(self, sid: int) -> SignalMeta:
+    def _make(self, at: int, sid: int) -> SignalMeta:
         if sid not in self._made:
-            at = int(np.searchsorted(self._sids, sid))
-            found = None
-            if at < len(self._sids) and self._sids[at] == sid:
-                found = self._source.store.lookup([sid], with_quality=True).get(sid)
+            found = self._source.store.lookup([sid], with_quality=True).get(sid)
             self._made[sid] = None if found is None else _store_meta(found, self._source.lists())
         made = self._made[sid]
         if made is None:
             raise KeyError(sid)
         return made
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._sids.tolist())
-
-    def __len__(self) -> int:
-        return len(self._sids)
 
 
 def _store_meta(found: tuple, lists: dict[int, tuple[str, bool]]) -> SignalMeta:
