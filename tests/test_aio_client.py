@@ -7,17 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import re
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from PIL import Image
+from readme_example import run_python_example
 from skimage import data
 
 from hashmatch.server.aio_client import AsyncHashmatchClient, signal
@@ -25,7 +21,6 @@ from hashmatch.server.errors import bad_request_fields
 from hashmatch.server.testing import access_log_line, running_server
 
 OPS = {"ops": (["match", "write", "admin", "export"], True), "reader": (["match"], False)}
-README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def _hexes(n: int, seed: int) -> list[str]:
@@ -410,11 +405,6 @@ def test_made_outside_an_event_loop_says_where_to_make_it(served):
 
 def test_the_readme_example_runs(served):
     """The README's asyncio example, run as written against this server."""
-    section = README.read_text().split("#### asyncio", 1)[1]
-    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    env = {**os.environ, "HASHMATCH_SERVER": served.target, "HASHMATCH_TOKEN": served.tokens["ops"]}
-    done = subprocess.run(
-        [sys.executable, "-c", example], capture_output=True, text=True, timeout=60, env=env
-    )
+    done = run_python_example("#### asyncio", served)
     assert done.returncode == 0, done.stderr
     assert "partner-a" in done.stdout, done.stdout

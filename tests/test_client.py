@@ -6,20 +6,19 @@ import contextlib
 import io
 import json
 import os
-import re
 import signal as signals
 import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from readme_example import run_python_example
 from skimage import data
 from test_cli_video import write_video
 
@@ -28,7 +27,6 @@ from hashmatch.server.client import HashmatchClient, signal
 from hashmatch.server.testing import running_server
 
 OPS = {"ops": (["match", "write", "admin"], True), "reader": (["match"], False)}
-README = Path(__file__).resolve().parents[1] / "README.md"
 SERVE = "from hashmatch.server.cli import main; main()"  # cli.py has no __main__
 HEX = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
 
@@ -624,11 +622,6 @@ def test_serving_line_names_the_port_an_ephemeral_listen_got(tmp_path):
 def test_the_readme_sync_example_runs(served):
     """The README's client example, run as written (it used `token` and `hex_hash`
     without defining them: a NameError for whoever pasted it)."""
-    section = README.read_text().split("Python client (bearer token", 1)[1]
-    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    env = {**os.environ, "HASHMATCH_SERVER": served.target, "HASHMATCH_TOKEN": served.tokens["ops"]}
-    done = subprocess.run(
-        [sys.executable, "-c", example], capture_output=True, text=True, timeout=60, env=env
-    )
+    done = run_python_example("Python client (bearer token", served)
     assert done.returncode == 0, done.stderr
     assert "('partner-a', 0)" in done.stdout, done.stdout
