@@ -65,15 +65,21 @@ def test_a_mirrors_list_is_not_renamed_locally_and_the_mirror_goes_on(tmp_path):
         assert _local(local) == {PREFIX + "shared": (True, 4, 0)}
 
 
+def _shared_with_partner(ts, seed: int):
+    """The hub's store, its list 'shared' holding 3 signals and shared with 'partner'."""
+    ts.client("ops").ingest("shared", [signal("pdq", c) for c in _codes(3, seed=seed)])
+    hub = ts.engine.store
+    hub.create_tenant("partner")
+    hub.grant("partner", "shared")
+    return hub
+
+
 def test_a_list_renamed_on_the_hub_moves_to_the_new_local_name(tmp_path):
     """The hub's new name is a list the mirror never wrote: the run resyncs, copies its
     signals under the new name and retracts (and disables) the old local copy."""
     local = tmp_path / "local"
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
-        ts.client("ops").ingest("shared", [signal("pdq", c) for c in _codes(3, seed=3)])
-        hub = ts.engine.store
-        hub.create_tenant("partner")
-        hub.grant("partner", "shared")
+        hub = _shared_with_partner(ts, seed=3)
         _mirror(ts, "partner", local)
         hub.rename_list("shared", "renamed")
         run = _mirror(ts, "partner", local)
@@ -88,10 +94,7 @@ def test_a_list_deleted_on_the_hub(tmp_path):
     the list, so no later run brings it back."""
     local, other = tmp_path / "local", tmp_path / "other"
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
-        ts.client("ops").ingest("shared", [signal("pdq", c) for c in _codes(3, seed=4)])
-        hub = ts.engine.store
-        hub.create_tenant("partner")
-        hub.grant("partner", "shared")
+        hub = _shared_with_partner(ts, seed=4)
         _mirror(ts, "ops", local)
         _mirror(ts, "partner", other)
         hub.delete_list("shared")
