@@ -604,35 +604,34 @@ class Catalog:
 
     def remove_matches_of_signals(self, signal_ids: Sequence[int]) -> list[MatchRow]:
         """Delete (and return) every match against these signals (they were retracted)."""
-        removed: list[MatchRow] = []
-        for start in range(0, len(signal_ids), 500):
-            chunk = [int(i) for i in signal_ids[start : start + 500]]
-            marks = ",".join("?" * len(chunk))
-            removed.extend(
-                _match_row(r)
-                for r in self.conn.execute(
-                    f"SELECT {_MATCH_COLUMNS} FROM matches WHERE signal_id IN ({marks})", chunk
-                )
-            )
-            self.conn.execute(f"DELETE FROM matches WHERE signal_id IN ({marks})", chunk)
-        return removed
+        return self._remove_matches(signal_ids)
 
     def remove_low_quality_matches(self, signal_ids: Sequence[int], floor: int) -> list[MatchRow]:
         """Delete (and return) the PDQ matches against these signals of files whose PDQ
         hashes are all of known quality under ``floor``: such a file matches only a
         signal of known quality >= the floor, which these signals no longer have."""
+        return self._remove_matches(
+            signal_ids,
+            "signal_type = 'pdq' AND NOT EXISTS (SELECT 1 FROM hashes h WHERE"
+            " h.file_id = matches.file_id AND h.signal_type = 'pdq'"
+            " AND (h.quality IS NULL OR h.quality >= ?))",
+            (int(floor),),
+        )
+
+    def _remove_matches(
+        self, signal_ids: Sequence[int], also: str = "1", args: tuple = ()
+    ) -> list[MatchRow]:
+        """Delete (and return) the matches against ``signal_ids`` that satisfy ``also``
+        (SQL over ``matches``, with ``args``), 500 ids a statement."""
         removed: list[MatchRow] = []
         for start in range(0, len(signal_ids), 500):
             chunk = [int(i) for i in signal_ids[start : start + 500]]
-            where = (
-                f"signal_type = 'pdq' AND signal_id IN ({','.join('?' * len(chunk))})"
-                " AND NOT EXISTS (SELECT 1 FROM hashes h WHERE h.file_id = matches.file_id"
-                " AND h.signal_type = 'pdq' AND (h.quality IS NULL OR h.quality >= ?))"
+            where = f"signal_id IN ({','.join('?' * len(chunk))}) AND {also}"
+            rows = self.conn.execute(
+                f"SELECT {_MATCH_COLUMNS} FROM matches WHERE {where}", (*chunk, *args)
             )
-            args = (*chunk, int(floor))
-            rows = self.conn.execute(f"SELECT {_MATCH_COLUMNS} FROM matches WHERE {where}", args)
             removed.extend(_match_row(r) for r in rows)
-            self.conn.execute(f"DELETE FROM matches WHERE {where}", args)
+            self.conn.execute(f"DELETE FROM matches WHERE {where}", (*chunk, *args))
         return removed
 
     def matched_signal_ids(self) -> list[int]:
