@@ -541,6 +541,8 @@ def remote_match(client, hashes, signal_type, media, media_types, **options) -> 
     A --media file that holds a video's vPDQ (vpdq text, or python-threatexchange's
     serialized list, as `hashmatch match` reads) is matched as that video's frames;
     its result follows the media results (source SOURCE_VIDEO, index among them).
+
+    \b
     Example:
       hashmatch remote match pdq:f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22
       hashmatch remote match --media photo.jpg --media clip.vpdq
@@ -704,6 +706,8 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     FILE: the formats `hashmatch ingest` reads (jsonl, csv with signal_type and
     signal_value columns, one hex hash a line with --type, or a vPDQ text file).
     Exits 1 when every signal was rejected.
+
+    \b
     Example:
       hashmatch remote ingest partner-a hashes.csv --source partner-a-2026-11
     """

@@ -1022,6 +1022,8 @@ def backup_command(dest, actor, data_dir) -> None:
     derived from it); ingests and lookups go on during the copy. An existing file is
     never overwritten. Restore: stop every hashmatch process on the data dir, copy
     the backup over DATA_DIR/store.sqlite, delete store.sqlite-wal and -shm, start.
+
+    \b
     Example:
       hashmatch backup /backups/hashmatch/ --data-dir /srv/hashmatch-data
     """
