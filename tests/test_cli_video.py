@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hashmatch.engine.store import video_key
 from hashmatch.engine.video import format_vpdq
 
 RNG = np.random.default_rng(7)
@@ -55,7 +56,9 @@ def test_match_of_a_vpdq_hash_file_matches_its_frames_as_one_video(
     (match,) = out[0]["matches"]
     assert (match["external_id"], match["list_name"]) == ("clip", "videos")
     assert (match["query_match_pct"], match["target_match_pct"]) == (100.0, 100.0)
-    assert out[0]["hashes"] == [f"vpdq:{bytes(FRAMES[0]).hex()}"]
+    # the video as the store names it (SHA-256 of its frame codes), not its first frame
+    assert out[0]["hashes"] == [f"vpdq:{video_key(FRAMES).hex()}"]
+    assert match["hash_hex"] == video_key(FRAMES).hex()
 
 
 def test_match_of_an_unrelated_vpdq_hash_file_finds_nothing(run, stored, tmp_path):

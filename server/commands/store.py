@@ -690,6 +690,7 @@ def match_command(
       hashmatch match blurry.jpg --low-quality-queries skip
     """
     from hashmatch.engine.hashing import HashOptions
+    from hashmatch.engine.scan import file_hash_hex
     from hashmatch.server.commands.hashing import default_media_types
 
     out = []
@@ -720,7 +721,11 @@ def match_command(
                         raise click.ClickException(f"{query}: {exc}") from None
                 matches, skipped = mm.matches, mm.skipped_low_quality
                 stored_only = mm.quality_stored_only
-                computed = [f"{h.signal_type}:{h.hex}" for h in mm.hashes]
+                # a video by its SHA-256 of frame codes, how the store (and scan) name it
+                computed = [
+                    f"{h.signal_type}:{file_hash_hex(signal_types.get(h.signal_type), h.codes)}"
+                    for h in mm.hashes
+                ]
             else:
                 try:
                     ((name, hex_),) = _targets([query], signal_type)
