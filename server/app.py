@@ -374,15 +374,17 @@ class ServiceHost:
         min_quality: int | None,
         timeout: Callable[[], float | None],
         low_quality_queries: str | None = None,
+        share: str | None = None,
     ) -> list:
-        """One result list per row of ``codes`` (batched with concurrent callers)."""
+        """One result list per row of ``codes`` (batched with concurrent callers);
+        ``share``: whose share of the lookup queue the rows take (``Call.share``)."""
         key = (
             signal_type, tenant, threshold, tuple(lists or ()), max_results, min_quality,
             low_quality_queries,
         )  # fmt: skip
         if self.batcher is None:
             return self._run_lookup(key, codes, qualities)
-        return self.batcher.lookup(key, codes, qualities, timeout=timeout)
+        return self.batcher.lookup(key, codes, qualities, timeout=timeout, share=share)
 
     def _run_lookup(
         self, key: tuple, codes: np.ndarray, qualities: list[int | None] | None

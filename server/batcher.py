@@ -15,8 +15,12 @@ arrive while a lookup runs queue up and are merged by the lookup threads, so und
 load batching is as before (letting every free slot run inline measured no better
 at 64 callers: more engine calls of one row each).
 
-Bounded: more than ``max_pending`` queued rows is RESOURCE_EXHAUSTED. A request
-whose deadline passes before its batch starts is dropped from the batch.
+Bounded: more than ``max_pending`` queued rows is RESOURCE_EXHAUSTED, except for a
+tenant under its fair share while others fill the queue (``limits.TenantShares``). A
+request whose deadline passes before its batch starts is dropped from the batch.
+Fair: with several tenants queued, batches take turns between them (the oldest item
+of a tenant other than the last batch's leads the next), so one tenant's backlog does
+not delay every other tenant's lookup by its whole length.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hashmatch.server.errors import DeadlineExceeded, Overloaded
+from hashmatch.server.limits import TenantShares
 
 Key = tuple  # (type, tenant, threshold, lists, max_results, min_quality, low_quality_queries)
 
@@ -40,6 +45,7 @@ class _Item:
     key: Key
     codes: np.ndarray
     qualities: list[int | None] | None
+    share: str | None = None  # whose share of the queue (None: no-auth mode)
     future: Future = field(default_factory=Future)
 
 
@@ -59,6 +65,9 @@ class LookupBatcher:
         self._max_pending = max_pending
         self._queue: deque[_Item] = deque()
         self._pending_rows = 0
+        self._shares = TenantShares()
+        self._queued_by_share: dict[str | None, int] = {}  # items queued per share
+        self._last_share: str | None = None  # whose item led the last batch
         self._slots = threads
         self._busy = 0  # engine calls running (inline or on a lookup thread)
         self._cond = threading.Condition()
@@ -77,7 +86,9 @@ class LookupBatcher:
         qualities: Sequence[int | None] | None,
         *,
         timeout: Callable[[], float | None],
+        share: str | None = None,
     ) -> list:
+        """The rows' results; ``share``: the calling tenant (None: no-auth mode)."""
         with self._cond:
             if self._closed:
                 raise Overloaded("the server is shutting down")
@@ -85,14 +96,19 @@ class LookupBatcher:
             if inline:
                 self._busy += 1
             else:
-                if self._pending_rows + len(codes) > self._max_pending:
+                if self._pending_rows + len(codes) > self._max_pending and not (
+                    self._shares.under_fair_share(share, self._max_pending)
+                ):
                     raise Overloaded(
                         f"{self._pending_rows} hash lookups are queued"
                         f" (limit {self._max_pending}); retry with backoff"
                     )
-                item = _Item(key, codes, list(qualities) if qualities is not None else None)
+                quals = list(qualities) if qualities is not None else None
+                item = _Item(key, codes, quals, share)
                 self._queue.append(item)
                 self._pending_rows += len(codes)
+                self._shares.add(share, len(codes))
+                self._queued_by_share[share] = self._queued_by_share.get(share, 0) + 1
                 self._cond.notify()
         if inline:
             return self._run_inline(key, codes, qualities, timeout)
@@ -126,9 +142,11 @@ class LookupBatcher:
                 self._cond.notify()
 
     def _take(self) -> list[_Item]:
-        """The oldest item plus every queued item with the same key (up to max_batch rows).
+        """The leading item plus every queued item with the same key (up to max_batch rows).
 
-        Waits for a free slot; once closed, the queue is drained regardless.
+        The leading item is the oldest, or with several tenants queued the oldest of
+        a tenant other than the last batch's leader. Waits for a free slot; once
+        closed, the queue is drained regardless.
         """
         with self._cond:
             while not self._closed and (not self._queue or self._busy >= self._slots):
@@ -136,7 +154,8 @@ class LookupBatcher:
             if not self._queue:
                 return []
             self._busy += 1
-            first = self._queue.popleft()
+            first = self._next_leader()
+            self._last_share = first.share
             batch, rows = [first], len(first.codes)
             keep: deque[_Item] = deque()
             while self._queue:
@@ -149,7 +168,23 @@ class LookupBatcher:
             keep.extend(self._queue)
             self._queue = keep
             self._pending_rows -= rows
+            for item in batch:
+                self._shares.remove(item.share, len(item.codes))
+                left = self._queued_by_share[item.share] - 1
+                if left:
+                    self._queued_by_share[item.share] = left
+                else:
+                    del self._queued_by_share[item.share]
             return batch
+
+    def _next_leader(self) -> _Item:
+        """Pop the item that leads the next batch (see ``_take``); the queue is not empty."""
+        if len(self._queued_by_share) > 1:  # scan only when tenants must take turns
+            for i, item in enumerate(self._queue):
+                if item.share != self._last_share:
+                    del self._queue[i]
+                    return item
+        return self._queue.popleft()
 
     def _worker(self) -> None:
         while True:

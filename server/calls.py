@@ -132,6 +132,9 @@ class Call:
     # a long stream must not outlive the removal of its token (set by calls.rpc).
     recheck: Callable[[], None] | None = None
     tenant_at_start: str = ""
+    # Whose share of the bounded queues (request streams, media pool, lookup queue) the
+    # call takes: its tenant as it began; None in no-auth mode (one caller, no share).
+    share: str | None = None
 
     def time_left(self) -> float | None:
         """Seconds left on the call, None = no deadline.
@@ -221,12 +224,6 @@ def _cut_by_stop(host: CallHost, context: grpc.ServicerContext) -> HashmatchErro
     return errors.Cancelled(STOPPED_STREAM)
 
 
-def _share_key(host: CallHost, call: Call) -> str | None:
-    """Whose share of the request-stream slots a call takes: its tenant as it began
-    (None in no-auth mode, where every caller is the same "local" principal)."""
-    return None if host.auth is None else call.tenant_at_start
-
-
 def log_refused(method: str, peer: str, message: str) -> None:
     """The access-log line of a call refused before its handler ran (no known token:
     see ``app.AuthGate``), in the same form as every other call's."""
@@ -257,6 +254,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             host = self.host
             call = Call(name, _authenticate(host, context), context)
             call.tenant_at_start = call.principal.tenant
+            call.share = None if host.auth is None else call.tenant_at_start
             seen = [host.auth]
 
             def recheck() -> None:
@@ -319,7 +317,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                 slot = False
                 try:
                     call = begin(self, context)
-                    slot = request_stream and self.host.slots.take(_share_key(self.host, call))
+                    slot = request_stream and self.host.slots.take(call.share)
                     admit(self, call)
                     _check_decoded(request)
                     yield from fn(self, request, call)
@@ -333,7 +331,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                         raise  # grpcio's own error: it ends the dead call quietly
                 finally:
                     if slot:
-                        self.host.slots.give_back(_share_key(self.host, call))
+                        self.host.slots.give_back(call.share)
                     self.host.inflight.leave()
                     finish(self, context, call, started, failure)
                 if failure is not None:
@@ -352,7 +350,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             slot = False
             try:
                 call = begin(self, context)
-                slot = request_stream and self.host.slots.take(_share_key(self.host, call))
+                slot = request_stream and self.host.slots.take(call.share)
                 admit(self, call)
                 _check_decoded(request)
                 return fn(self, request, call)
@@ -362,7 +360,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                     raise  # grpcio's own error: it ends the dead call quietly
             finally:
                 if slot:
-                    self.host.slots.give_back(_share_key(self.host, call))
+                    self.host.slots.give_back(call.share)
                 self.host.inflight.leave()
                 finish(self, context, call, started, failure)
             errors.abort(context, failure)

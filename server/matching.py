@@ -214,6 +214,7 @@ def match(
                 min_quality=min_quality,
                 timeout=call.time_left,
                 low_quality_queries=low_quality,
+                share=call.share,
             )
         host.metrics.count_queries(name, len(codes))
         for row, found in enumerate(per_query):
@@ -255,7 +256,7 @@ def match(
             for i, item in enumerate(request.media)
         ]
         outcomes = host.media.run_all(
-            jobs, timeout=call.time_left, is_active=call.context.is_active
+            jobs, timeout=call.time_left, is_active=call.context.is_active, tenant=call.share
         )
         for i, outcome in enumerate(outcomes):
             position = n_hashes + i
@@ -341,7 +342,9 @@ def hash_only(
         )
         for i, item in enumerate(request.media)
     ]
-    outcomes = host.media.run_all(jobs, timeout=call.time_left, is_active=call.context.is_active)
+    outcomes = host.media.run_all(
+        jobs, timeout=call.time_left, is_active=call.context.is_active, tenant=call.share
+    )
     call.log["items"] = len(outcomes)
     reply = matcher_pb2.HashResponse(
         items=[

@@ -82,3 +82,57 @@ def test_server_hashes_and_matches_max_media_items_in_one_request(tmp_path):
         with pytest.raises(grpc.RpcError) as err:
             client.hash([*media, _png(99)])
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _hold(pool: MediaPool, n: int, tenant: str | None) -> tuple[threading.Event, threading.Thread]:
+    """``n`` items of ``tenant`` admitted and kept pending until the event is set."""
+    release, admitted = threading.Event(), threading.Event()
+
+    def run() -> None:
+        jobs = [lambda: release.wait(10) for _ in range(n)]
+        admitted.set()
+        pool.run_all(jobs, timeout=lambda: 10.0, tenant=tenant)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert admitted.wait(10)
+    waited = threading.Event()
+    for _ in range(1000):  # run_all admits them a moment after the thread starts
+        if pool.pending >= n or waited.wait(0.01):
+            break
+    return release, thread
+
+
+def test_a_full_pool_still_admits_another_tenant_up_to_its_fair_share():
+    """One tenant's flood filled the pool and every other tenant was refused
+    ("saturated") for as long as it lasted; now the others get their fair share."""
+    pool = MediaPool(workers=1, queue=3)  # capacity 4
+    held = [_hold(pool, 4, "flood")]
+    try:
+        with pytest.raises(Overloaded, match="saturated"):  # the flooding tenant: full
+            pool.run_all([lambda: 0], timeout=lambda: 0.5, tenant="flood")
+        held.append(_hold(pool, 2, "other"))  # its fair share: 4 // 2 = 2
+        assert pool.pending == 6
+        with pytest.raises(Overloaded, match="saturated"):  # its share is taken now
+            pool.run_all([lambda: 0], timeout=lambda: 0.5, tenant="other")
+        with pytest.raises(Overloaded, match="saturated"):  # no share in no-auth mode
+            pool.run_all([lambda: 0], timeout=lambda: 0.5, tenant=None)
+    finally:
+        for release, _ in held:
+            release.set()
+        for _, thread in held:
+            thread.join(10)
+    assert pool.pending == 0
+    pool.shutdown()
+
+
+def test_one_tenant_alone_gets_the_whole_pool_as_before():
+    pool = MediaPool(workers=1, queue=3)  # capacity 4
+    release, thread = _hold(pool, 3, "only")
+    try:
+        with pytest.raises(Overloaded, match="3 items pending, capacity 4"):
+            pool.run_all([lambda: 1, lambda: 2], timeout=lambda: 0.5, tenant="only")
+    finally:
+        release.set()
+        thread.join(10)
+        pool.shutdown()

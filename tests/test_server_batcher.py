@@ -207,3 +207,42 @@ def test_inline_and_queued_lookups_never_exceed_the_slots(engine):
         assert any(not name.startswith("lookup-") for name in seen)
     finally:
         batcher.close()
+
+
+def test_a_full_queue_admits_another_tenant_and_batches_take_turns(engine):
+    """One tenant's backlog filled the queue: every other tenant was refused, and one
+    admitted waited for the whole backlog. Now another tenant gets its fair share of
+    the queue, and batches alternate between the tenants queued."""
+    gate, order = threading.Event(), []
+
+    def run(key, codes, qualities):
+        order.append((key[2], len(codes)))  # threshold 0: the flood's key, 1: the other's
+        gate.wait(10)
+        return [[] for _ in codes]
+
+    batcher = LookupBatcher(run, threads=1, max_batch=2, max_pending=4)
+    flood, other = ("pdq", None, 0, (), None, None), ("pdq", None, 1, (), None, None)
+    row = engine.codes[:1]
+
+    def look(key, share, wait=10.0):
+        return batcher.lookup(key, row, None, timeout=lambda: wait, share=share)
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            holder = pool.submit(look, flood, "flood")
+            time.sleep(0.1)  # runs inline, holding the only slot: the rest queue
+            queued = [pool.submit(look, flood, "flood") for _ in range(4)]
+            time.sleep(0.1)
+            with pytest.raises(Overloaded, match="4 hash lookups are queued"):
+                look(flood, "flood", 1.0)
+            with pytest.raises(Overloaded):  # no-auth mode: no share, the queue is full
+                look(other, None, 1.0)
+            theirs = pool.submit(look, other, "other")
+            time.sleep(0.1)
+            gate.set()
+            assert [len(f.result(10)) for f in [holder, *queued, theirs]] == [1] * 6
+        # the holder; then two of the flood's rows; then the other tenant's turn
+        assert order == [(0, 1), (0, 2), (1, 1), (0, 2)]
+    finally:
+        gate.set()
+        batcher.close()
