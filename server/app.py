@@ -35,6 +35,7 @@ from hashmatch.server.decoding import interceptors
 from hashmatch.server.errors import NotServing
 from hashmatch.server.limits import MediaPool
 from hashmatch.server.metrics import Metrics
+from hashmatch.server.replies import WriteReplies
 from hashmatch.server.service import AdminService, MatcherService, SignalsService
 from hashmatch.v1 import (
     admin_pb2,
@@ -230,6 +231,7 @@ class ServiceHost:
         self.metrics = Metrics()
         self.slots = CallSlots(config.request_streams_limit)
         self.inflight = InFlight()  # handlers running: stop() waits for them
+        self.replies = WriteReplies()  # of writes by request_id: a retry gets the first's
         self.media = MediaPool(
             config.media_workers, config.media_queue, on_change=self.metrics.media_pending.set
         )

@@ -21,6 +21,7 @@ from hashmatch.server import convert
 from hashmatch.server.client import MAX_NOT_FOUND_LISTED
 from hashmatch.server.errors import DiskFull, clip, disk_full_message
 from hashmatch.server.matching import check_size
+from hashmatch.server.replies import RequestBody
 from hashmatch.v1 import common_pb2, signals_pb2
 
 if TYPE_CHECKING:
@@ -88,7 +89,13 @@ def _items(request: signals_pb2.IngestRequest, offset: int) -> list[SignalRecord
 def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestResponse:
     """Each stream message is stored as it arrives (its own commit), so a stream that
     fails part way has stored the messages before the failing one: the error says how
-    many, so a caller does not resend them blindly (a resend is harmless: unchanged)."""
+    many, so a caller does not resend them blindly (a resend is harmless: unchanged).
+    A stream repeating a request_id gets the first's reply (:mod:`.replies`)."""
+    body = RequestBody(requests, stream=True)
+    return host.replies.once(call, body, lambda: _ingest_stream(host, body, call))
+
+
+def _ingest_stream(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestResponse:
     reply = signals_pb2.IngestResponse(still_retracted=0)  # set: "this server keeps expiries"
     list_name = ""
     offset = stored = 0
@@ -190,7 +197,16 @@ def _field(rejection: Rejection, offset: int) -> str:
     return where
 
 
-def retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call):
+def retract(
+    host: ServiceHost, request: signals_pb2.RetractRequest, call: Call
+) -> signals_pb2.RetractResponse:
+    """Retract the targets; a request repeating a request_id gets the first's reply
+    (:mod:`.replies`)."""
+    body = RequestBody([request], stream=False)
+    return host.replies.once(call, body, lambda: _retract(host, request, call))
+
+
+def _retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call):
     check_size(request, host.config.max_message_bytes)
     list_name = request.list_name.strip()
     if not list_name:

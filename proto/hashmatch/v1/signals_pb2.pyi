@@ -51,16 +51,18 @@ class Signal(_message.Message):
     def __init__(self, hash: _Optional[_Union[_common_pb2.HashValue, _Mapping]] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., frames: _Optional[_Iterable[str]] = ..., frame_qualities: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ..., expires_at: _Optional[float] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
-    __slots__ = ("list_name", "signals", "source", "strict")
+    __slots__ = ("list_name", "signals", "source", "strict", "request_id")
     LIST_NAME_FIELD_NUMBER: _ClassVar[int]
     SIGNALS_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     STRICT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     list_name: str
     signals: _containers.RepeatedCompositeFieldContainer[Signal]
     source: str
     strict: bool
-    def __init__(self, list_name: _Optional[str] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ..., source: _Optional[str] = ..., strict: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, list_name: _Optional[str] = ..., signals: _Optional[_Iterable[_Union[Signal, _Mapping]]] = ..., source: _Optional[str] = ..., strict: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class IngestResponse(_message.Message):
     __slots__ = ("added", "updated", "unchanged", "rejected", "rejections", "still_retracted", "still_retracted_targets")
@@ -81,16 +83,18 @@ class IngestResponse(_message.Message):
     def __init__(self, added: _Optional[int] = ..., updated: _Optional[int] = ..., unchanged: _Optional[int] = ..., rejected: _Optional[int] = ..., rejections: _Optional[_Iterable[_Union[_common_pb2.ItemError, _Mapping]]] = ..., still_retracted: _Optional[int] = ..., still_retracted_targets: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RetractRequest(_message.Message):
-    __slots__ = ("list_name", "hashes", "signal_ids", "reason")
+    __slots__ = ("list_name", "hashes", "signal_ids", "reason", "request_id")
     LIST_NAME_FIELD_NUMBER: _ClassVar[int]
     HASHES_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_IDS_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     list_name: str
     hashes: _containers.RepeatedCompositeFieldContainer[_common_pb2.HashValue]
     signal_ids: _containers.RepeatedScalarFieldContainer[int]
     reason: str
-    def __init__(self, list_name: _Optional[str] = ..., hashes: _Optional[_Iterable[_Union[_common_pb2.HashValue, _Mapping]]] = ..., signal_ids: _Optional[_Iterable[int]] = ..., reason: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, list_name: _Optional[str] = ..., hashes: _Optional[_Iterable[_Union[_common_pb2.HashValue, _Mapping]]] = ..., signal_ids: _Optional[_Iterable[int]] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RetractResponse(_message.Message):
     __slots__ = ("retracted", "not_found", "not_found_total")

@@ -1,0 +1,198 @@
+"""Replies of write calls remembered by ``request_id``, so a retried write reports what
+the first attempt did.
+
+Why: Ingest and Retract are idempotent, and the clients retry them on UNAVAILABLE. When
+the first attempt was applied and only its reply was lost (the connection dropped
+before it arrived), the retry was applied afresh and reported its own counts: "retracted
+0", everything "unchanged", and the pipeline logged that nothing had happened. A write
+that carries a ``request_id`` the same tenant used for the same method within
+RETENTION_SECONDS is not applied again: it gets the first call's reply. The same id with
+other content is the caller's mistake (INVALID_ARGUMENT naming ``request_id``); a repeat
+that arrives while the first still runs waits for it (bounded by its own deadline), so
+the two never run side by side and the repeat still gets the first's counts.
+
+In memory, bounded (MAX_REPLIES, MAX_REPLY_BYTES): a restart forgets them. That is
+acceptable because the store is the truth: a retry that reaches a restarted server is
+applied again as a no-op (the old counts, "unchanged" / "retracted 0", for that rare
+case), never twice. Only calls that succeeded are remembered: a failed one changed
+nothing the client was told about, and its retry runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from hashmatch.engine.errors import InvalidInput
+from hashmatch.server.errors import clip
+
+if TYPE_CHECKING:
+    from google.protobuf.message import Message
+
+    from hashmatch.server.calls import Call
+
+RETENTION_SECONDS = 600.0
+MAX_REPLIES = 10_000
+MAX_REPLY_BYTES = 64 * 1024 * 1024  # all remembered replies together
+MAX_REQUEST_ID_CHARS = 128
+WAIT_SLICE_SECONDS = 0.05  # a waiting repeat re-checks its own deadline this often
+
+Reply = TypeVar("Reply", bound="Message")
+Key = tuple[str, str, str]  # (tenant, method, request_id)
+
+
+class RequestBody(Iterator["Message"]):
+    """A call's request messages (one for a unary call), digested as they are read, so
+    a repeated ``request_id`` can be checked to carry the same request. The id itself is
+    left out of the digest: a stream may set it on its first message only."""
+
+    def __init__(self, requests: Iterable[Message], *, stream: bool):
+        self._requests = iter(requests)
+        self._hash = hashlib.sha256()
+        self._read = 0
+        self._first = next(self._requests, None)
+        self._ended = self._first is None
+        self.request_id = self._first.request_id if self._first is not None else ""
+        self.field = "stream[0].request_id" if stream else "request_id"
+
+    def __next__(self) -> Message:
+        if self._first is not None:
+            message, self._first = self._first, None
+        elif self._ended:
+            raise StopIteration  # (not asked of the request stream again)
+        else:
+            message = next(self._requests, None)
+            if message is None:
+                self._ended = True
+                raise StopIteration
+        self._add(message)
+        return message
+
+    def _add(self, message: Message) -> None:
+        given = message.request_id
+        if given and given != self.request_id:
+            raise InvalidInput(
+                "differs from the first message's request_id (set it there, or the same on"
+                " every message)",
+                field=f"stream[{self._read}].request_id",  # (a unary call has one message)
+            )
+        self._read += 1
+        if not self.request_id:
+            return  # nothing to compare with: no digest
+        message.request_id = ""  # restored below: the digest is of the content
+        data = message.SerializeToString(deterministic=True)
+        message.request_id = given
+        self._hash.update(len(data).to_bytes(8, "big"))
+        self._hash.update(data)
+
+    def digest(self, check: Callable[[], None] | None = None) -> bytes:
+        """The whole body's digest: reads what the handler did not (a repeat is answered
+        without being applied), calling ``check`` (the call's deadline) per message."""
+        for _message in self:
+            if check is not None:
+                check()
+        return self._hash.digest()
+
+
+@dataclass(frozen=True)
+class _Done:
+    digest: bytes
+    kind: type
+    reply: bytes
+    at: float
+
+
+class WriteReplies:
+    """The remembered replies of one server (see the module doc). Thread-safe."""
+
+    def __init__(
+        self,
+        retention: float = RETENTION_SECONDS,
+        max_replies: int = MAX_REPLIES,
+        max_bytes: int = MAX_REPLY_BYTES,
+    ):
+        self.retention, self.max_replies, self.max_bytes = retention, max_replies, max_bytes
+        self._done: OrderedDict[Key, _Done] = OrderedDict()  # oldest first
+        self._running: set[Key] = set()
+        self._bytes = 0
+        self._changed = threading.Condition()
+        self.waiting = 0  # repeats waiting for their first call now (read by tests)
+
+    def once(self, call: Call, body: RequestBody, run: Callable[[], Reply]) -> Reply:
+        """``run()``'s reply, remembered under the body's ``request_id``; or, for an id
+        already answered, that reply again without running."""
+        if not body.request_id:
+            return run()
+        if len(body.request_id) > MAX_REQUEST_ID_CHARS:
+            raise InvalidInput(
+                f"{len(body.request_id)} characters is over the limit of {MAX_REQUEST_ID_CHARS}",
+                field=body.field,
+            )
+        call.log["request_id"] = clip(body.request_id)
+        key = (call.principal.tenant, call.method, body.request_id)
+        done = self._claim(key, call)
+        if done is not None:
+            return self._replay(done, body, call)
+        try:
+            reply = run()
+            # no deadline check: the write is done, and a client gone by now (its reply
+            # lost) is the very one whose retry must find it
+            digest = body.digest()
+        except BaseException:
+            self._release(key, None)
+            raise
+        self._release(key, _Done(digest, type(reply), reply.SerializeToString(), time.monotonic()))
+        return reply
+
+    def _claim(self, key: Key, call: Call) -> _Done | None:
+        """The finished call's entry for ``key``; or None, ``key`` now marked running
+        (this call's to run). Waits while another call with the key runs."""
+        with self._changed:
+            while key in self._running:
+                self.waiting += 1
+                try:
+                    self._changed.wait(WAIT_SLICE_SECONDS)
+                finally:
+                    self.waiting -= 1
+                call.check_deadline()
+            self._expire()
+            done = self._done.get(key)
+            if done is None:
+                self._running.add(key)
+            return done
+
+    def _release(self, key: Key, done: _Done | None) -> None:
+        """``key`` no longer running; its reply remembered when it succeeded (and fits)."""
+        with self._changed:
+            self._running.discard(key)
+            if done is not None and len(done.reply) <= self.max_bytes:
+                self._done[key] = done
+                self._bytes += len(done.reply)
+                while len(self._done) > self.max_replies or self._bytes > self.max_bytes:
+                    self._forget_oldest()
+            self._changed.notify_all()
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self.retention
+        while self._done and next(iter(self._done.values())).at < cutoff:
+            self._forget_oldest()
+
+    def _forget_oldest(self) -> None:
+        _key, done = self._done.popitem(last=False)
+        self._bytes -= len(done.reply)
+
+    def _replay(self, done: _Done, body: RequestBody, call: Call) -> Message:
+        if body.digest(call.check_deadline) != done.digest:
+            raise InvalidInput(
+                f"{body.request_id!r} was given to another {call.method} request with"
+                f" different content less than {self.retention / 60:g} minutes ago; use a"
+                " new request_id for a new request",
+                field=body.field,
+            )
+        call.log["replayed"] = True
+        return done.kind.FromString(done.reply)

@@ -1,0 +1,135 @@
+"""Write calls carry a request_id, so a retried Ingest or Retract reports what the first
+attempt did, over a real socket against a real server: the server's replay, its refusal
+of a reused id with other content, and a repeat that arrives while the first still runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from hashmatch.server.client import HashmatchClient, hash_value, signal
+from hashmatch.server.errors import bad_request_fields
+from hashmatch.server.testing import running_server
+from hashmatch.v1 import signals_pb2
+
+OPS = {"ops": (["match", "write"], True), "other": (["match", "write"], True)}
+
+
+def _hexes(n: int, seed: int) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [row.tobytes().hex() for row in rng.integers(0, 256, (n, 32), dtype=np.uint8)]
+
+
+def _stored(client: HashmatchClient, list_name: str) -> int:
+    return {x.name: x.signal_count for x in client.list_hash_lists().lists}.get(list_name, 0)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("ids"), tenants=OPS) as ts:
+        yield ts
+
+
+def _ingest(client: HashmatchClient, messages: list[signals_pb2.IngestRequest]):
+    return client.signals.Ingest(iter(messages), timeout=30, metadata=client.metadata)
+
+
+def _messages(list_name: str, hexes: list[str], request_id: str, per: int = 3):
+    """The signals as IngestRequests of ``per``, the id on the first only."""
+    return [
+        signals_pb2.IngestRequest(
+            list_name=list_name,
+            signals=[signal("pdq", h) for h in hexes[start : start + per]],
+            request_id=request_id if start == 0 else "",
+        )
+        for start in range(0, len(hexes), per)
+    ]
+
+
+def test_a_repeated_ingest_request_id_gets_the_first_reply(served):
+    client = served.client("ops")
+    hexes = _hexes(7, seed=1)
+    first = _ingest(client, _messages("ing", hexes, "ingest-1"))
+    assert (first.added, first.unchanged) == (7, 0)
+    again = _ingest(client, _messages("ing", hexes, "ingest-1"))
+    assert again == first  # before: added 0, unchanged 7
+    # the id on every message is the same request; without an id it is applied afresh
+    every = [signals_pb2.IngestRequest(list_name="ing", signals=m.signals, request_id="ingest-1")
+             for m in _messages("ing", hexes, "")]  # fmt: skip
+    assert _ingest(client, every) == first
+    assert _ingest(client, _messages("ing", hexes, "")).unchanged == 7
+    # another tenant's id is its own
+    other = served.client("other")
+    assert _ingest(other, _messages("ing-other", hexes[:2], "ingest-1")).added == 2
+
+
+def test_an_ingest_request_id_reused_for_other_content_is_invalid_argument(served):
+    client = served.client("ops")
+    hexes = _hexes(4, seed=2)
+    _ingest(client, _messages("reuse", hexes, "ingest-2"))
+    with pytest.raises(grpc.RpcError) as err:
+        _ingest(client, _messages("reuse", hexes[:3], "ingest-2"))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in bad_request_fields(err.value)] == ["stream[0].request_id"]
+    with pytest.raises(grpc.RpcError) as err:  # a later message naming another id
+        _ingest(client, [*_messages("reuse", hexes, "ingest-3"),
+                         signals_pb2.IngestRequest(request_id="x")])  # fmt: skip
+    assert [f for f, _ in bad_request_fields(err.value)] == ["stream[2].request_id"]
+    assert _stored(client, "reuse") == 4
+
+
+def test_a_repeated_retract_request_id_gets_the_first_reply(served):
+    client = served.client("ops")
+    hexes = _hexes(5, seed=3)
+    client.ingest("ret", [signal("pdq", h) for h in hexes])
+
+    def retract(targets: list[str], request_id: str) -> signals_pb2.RetractResponse:
+        request = signals_pb2.RetractRequest(
+            list_name="ret", hashes=[hash_value(("pdq", h)) for h in targets],
+            request_id=request_id,
+        )  # fmt: skip
+        return client.signals.Retract(request, timeout=30, metadata=client.metadata)
+
+    first = retract(hexes[:3], "retract-1")
+    assert first.retracted == 3
+    assert retract(hexes[:3], "retract-1") == first  # before: retracted 0
+    with pytest.raises(grpc.RpcError) as err:
+        retract(hexes[3:], "retract-1")
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in bad_request_fields(err.value)] == ["request_id"]
+    assert "retract-1" in err.value.details()
+    assert _stored(client, "ret") == 2  # the refused request retracted nothing
+    with pytest.raises(grpc.RpcError) as err:
+        retract(hexes[3:], "r" * 129)
+    assert [f for f, _ in bad_request_fields(err.value)] == ["request_id"]
+
+
+def test_a_repeat_sent_while_the_first_still_runs_waits_and_gets_its_reply(served):
+    client = served.client("ops")
+    hexes = _hexes(6, seed=4)
+    messages = _messages("slow", hexes, "ingest-slow")
+    go_on = threading.Event()
+
+    def held() -> Iterator[signals_pb2.IngestRequest]:
+        yield messages[0]
+        go_on.wait(30)
+        yield from messages[1:]
+
+    first = client.signals.Ingest.future(held(), timeout=60, metadata=client.metadata)
+    deadline = time.monotonic() + 30
+    while _stored(client, "slow") < 3:  # the first message is stored: the call runs
+        assert time.monotonic() < deadline, "the first ingest never stored its message"
+        time.sleep(0.01)
+    repeat = client.signals.Ingest.future(iter(messages), timeout=60, metadata=client.metadata)
+    replies = served.server.host.replies
+    while replies.waiting == 0:
+        assert time.monotonic() < deadline, "the repeat never waited for the first"
+        time.sleep(0.01)
+    go_on.set()
+    assert (first.result().added, first.result().unchanged) == (6, 0)
+    assert repeat.result() == first.result()
