@@ -17,7 +17,7 @@ import sqlite3
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -474,7 +474,10 @@ class HashmatchServer:
         *,
         auth: TokenAuth | None,
         engine_factory: Callable[[ServerConfig], Any] = open_engine,
+        extra_interceptors: Sequence[grpc.ServerInterceptor] = (),
     ):
+        """``extra_interceptors``: outermost, around every call (for tests that act on a
+        call as the network would, e.g. lose a reply after the servicer ran)."""
         if auth is None and not config.insecure_no_auth:
             raise ValueError("no auth configured: pass tokens or set insecure_no_auth explicitly")
         self.config = config
@@ -487,6 +490,7 @@ class HashmatchServer:
         self.metrics_port: int | None = None
         self._ready = threading.Event()
         self._server: grpc.Server | None = None
+        self._extra_interceptors = list(extra_interceptors)
 
     def _build(self) -> grpc.Server:
         cfg = self.config
@@ -495,7 +499,7 @@ class HashmatchServer:
             ThreadPoolExecutor(
                 max_workers=cfg.workers + RESERVED_WORKERS, thread_name_prefix="rpc"
             ),
-            interceptors=[AuthGate(self.host), *interceptors()],
+            interceptors=[*self._extra_interceptors, AuthGate(self.host), *interceptors()],
             # A bounded queue: calls beyond it are refused. Request streams, which can hold
             # a thread while idle, get at most half the threads (calls.CallSlots).
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs + RESERVED_WORKERS,

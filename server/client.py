@@ -178,7 +178,9 @@ class HashmatchClient(ClientBase):
 
         Ingest is an upsert, so re-sending from the first signal is always safe (what
         was stored already counts as ``unchanged``): that is how a call that meets
-        UNAVAILABLE is retried, for up to the client's timeout of unavailability.
+        UNAVAILABLE is retried, for up to the client's timeout of unavailability. Every
+        attempt carries the call's ``request_id``: when the server had applied an
+        attempt whose reply was lost, the retry gets that attempt's counts.
 
         ``timeout`` bounds the whole stream; by default it is the client's timeout per
         message (batch), not for all of them: a large file takes longer than 30 s to
@@ -221,7 +223,9 @@ class HashmatchClient(ClientBase):
         timeout: float | None = None,
     ) -> signals_pb2.RetractResponse:
         """Retract by hash and/or signal id, ``batch_size`` targets a request (the server
-        refuses more than its ``max_batch`` in one), ``timeout`` per request.
+        refuses more than its ``max_batch`` in one), ``timeout`` per request, each
+        with its own ``request_id`` (a retry whose first attempt was applied, its reply
+        lost, gets that attempt's count, not 0).
 
         The replies are summed into one: ``retracted`` and ``not_found_total`` add up,
         ``not_found`` keeps the first 1000 as a single reply does. Requests are separate

@@ -14,6 +14,7 @@ import math
 import random
 import re
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -646,6 +647,16 @@ def hash_request(
     )
 
 
+def new_request_id() -> str:
+    """A write's ``request_id``: one per logical request, the same on each of its retries.
+
+    Why: an Ingest or Retract applied by the server whose reply was lost (the connection
+    dropped) was retried, and the retry reported its own counts ("retracted 0",
+    everything "unchanged"); a server that sees the id again answers with the first
+    attempt's reply instead."""
+    return uuid.uuid4().hex
+
+
 def retract_requests(
     list_name: str,
     *,
@@ -656,7 +667,7 @@ def retract_requests(
 ) -> Iterator[signals_pb2.RetractRequest]:
     """The targets as requests of ``batch_size`` (the server refuses more than its
     ``max_batch`` in one); at least one, so a call with no targets hears the server
-    say so."""
+    say so. Each has its own ``request_id``, sent again by its retries."""
     targets: list[common_pb2.HashValue | int] = [hash_value(h) for h in hashes]
     targets += [int(i) for i in signal_ids]
     batch_size = max(1, batch_size)
@@ -667,6 +678,7 @@ def retract_requests(
             hashes=[t for t in chunk if not isinstance(t, int)],
             signal_ids=[t for t in chunk if isinstance(t, int)],
             reason=reason,
+            request_id=new_request_id(),  # its own: each request is a retraction
         )
 
 
@@ -796,6 +808,7 @@ class IngestPlan:
         self.most_sent = 0
         self.expiries = False  # any signal sent with expires_at (an older server drops them)
         self.reader = SourceGuard()  # what reading ``signals`` raised
+        self.request_id = new_request_id()  # every attempt's: a retry gets the first's reply
 
     def call(self, ingest: Callable, messages: Callable[[], Any]) -> Callable:
         """An attempt for the client's retry loop: ``ingest`` (the Signals.Ingest stub
@@ -820,7 +833,11 @@ class IngestPlan:
 
     def message(self, chunk: list[signals_pb2.Signal]) -> signals_pb2.IngestRequest:
         return signals_pb2.IngestRequest(
-            list_name=self.list_name, signals=chunk, source=self.source, strict=self.strict
+            list_name=self.list_name,
+            signals=chunk,
+            source=self.source,
+            strict=self.strict,
+            request_id=self.request_id,
         )
 
     def messages(self) -> Iterator[signals_pb2.IngestRequest]:

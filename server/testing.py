@@ -63,9 +63,11 @@ def running_server(
     tenants: Mapping[str, tuple[Sequence[str], bool]] | None = None,
     engine_factory: Callable[[ServerConfig], Any] = open_engine,
     wait: bool = True,
+    extra_interceptors: Sequence[Any] = (),
     **settings: Any,
 ) -> Iterator[TestServer]:
-    """``tenants``: name -> (roles, all_lists). None = explicit no-auth mode."""
+    """``tenants``: name -> (roles, all_lists). None = explicit no-auth mode.
+    ``extra_interceptors``: ``grpc.ServerInterceptor``s around every call."""
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     tokens: dict[str, str] = {}
@@ -86,7 +88,9 @@ def running_server(
         **settings,
     }
     config = ServerConfig().with_overrides(values).validate()
-    server = HashmatchServer(config, auth=auth, engine_factory=engine_factory)
+    server = HashmatchServer(
+        config, auth=auth, engine_factory=engine_factory, extra_interceptors=extra_interceptors
+    )
     server.start()
     handle = TestServer(server, tokens)
     try:

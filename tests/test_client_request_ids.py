@@ -1,9 +1,11 @@
 """Write calls carry a request_id, so a retried Ingest or Retract reports what the first
 attempt did, over a real socket against a real server: the server's replay, its refusal
-of a reused id with other content, and a repeat that arrives while the first still runs."""
+of a reused id with other content, a repeat that arrives while the first still runs,
+and both clients retrying a write whose reply the network lost after it was applied."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
+from hashmatch.server.aio_client import AsyncHashmatchClient
 from hashmatch.server.client import HashmatchClient, hash_value, signal
 from hashmatch.server.errors import bad_request_fields
 from hashmatch.server.testing import running_server
@@ -27,6 +30,36 @@ def _hexes(n: int, seed: int) -> list[str]:
 
 def _stored(client: HashmatchClient, list_name: str) -> int:
     return {x.name: x.signal_count for x in client.list_hash_lists().lists}.get(list_name, 0)
+
+
+class LoseFirstReply(grpc.ServerInterceptor):
+    """The first call of each named method runs on the server, then its reply is lost:
+    the client gets UNAVAILABLE, as when the connection drops after the commit."""
+
+    def __init__(self, *methods: str):
+        self.pending = set(methods)
+        self.lost: list[str] = []
+        self._lock = threading.Lock()
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        name = details.method.rsplit("/", 1)[-1]
+        if handler is None or name not in self.pending:
+            return handler
+        kind = ("stream_" if handler.request_streaming else "unary_") + "unary"
+        behavior = getattr(handler, kind)
+
+        def lossy(request, context):
+            reply = behavior(request, context)  # applied: the store has committed
+            with self._lock:
+                lose = name in self.pending
+                self.pending.discard(name)
+            if lose:
+                self.lost.append(name)
+                context.abort(grpc.StatusCode.UNAVAILABLE, "test: the reply was lost")
+            return reply
+
+        return handler._replace(**{kind: lossy})
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +166,36 @@ def test_a_repeat_sent_while_the_first_still_runs_waits_and_gets_its_reply(serve
     go_on.set()
     assert (first.result().added, first.result().unchanged) == (6, 0)
     assert repeat.result() == first.result()
+
+
+def test_the_clients_retry_of_a_write_whose_reply_was_lost_reports_its_counts(tmp_path):
+    hexes = _hexes(5, seed=5)
+    lossy = LoseFirstReply("Ingest", "Retract")
+    with running_server(tmp_path, tenants=OPS, extra_interceptors=[lossy]) as ts:
+        client = ts.client("ops", backoff=0.05)
+        reply = client.ingest("lost", [signal("pdq", h) for h in hexes], batch_size=2)
+        assert lossy.lost == ["Ingest"]  # applied, its reply lost, retried
+        assert (reply.added, reply.unchanged) == (5, 0)  # before: 0, 5
+        # three requests of 2, 2, 1 targets: the first's reply is lost, each has its id
+        reply = client.retract("lost", hashes=[("pdq", h) for h in hexes], batch_size=2)
+        assert lossy.lost == ["Ingest", "Retract"]
+        assert reply.retracted == 5  # before: 3
+        assert _stored(client, "lost") == 0
+
+
+def test_the_asyncio_clients_retry_of_a_write_whose_reply_was_lost_reports_its_counts(
+    tmp_path,
+):
+    hexes = _hexes(4, seed=6)
+    lossy = LoseFirstReply("Ingest", "Retract")
+
+    async def run(target: str, token: str) -> None:
+        async with AsyncHashmatchClient(target, token=token, backoff=0.05) as client:
+            reply = await client.ingest("lost", [signal("pdq", h) for h in hexes])
+            assert (reply.added, reply.unchanged) == (4, 0)
+            reply = await client.retract("lost", hashes=[("pdq", h) for h in hexes[:3]])
+            assert reply.retracted == 3
+
+    with running_server(tmp_path, tenants=OPS, extra_interceptors=[lossy]) as ts:
+        asyncio.run(run(ts.target, ts.tokens["ops"]))
+        assert lossy.lost == ["Ingest", "Retract"]
