@@ -256,6 +256,8 @@ def list_hash_lists(engine, tenant: str | None) -> list[signals_pb2.HashList]:
                 expired_count=int(getattr(info, "expired_count", 0) or 0),
                 enabled=bool(getattr(info, "enabled", True)),
                 signal_types=list(getattr(info, "signal_types", ()) or ()),
+                owner=info.owner or "",
+                labels=list(info.labels),
             )
         )
     return out

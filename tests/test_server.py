@@ -224,6 +224,18 @@ def test_retract_and_list_hash_lists(ops):
     assert "retract-me" in names
 
 
+def test_list_hash_lists_says_who_shares_each_list_and_its_labels(served, ops):
+    """A tenant could see a list's name and counts but not its owner or labels, what
+    `lists ls` shows locally (which partner, what kind of content)."""
+    served.engine.store.create_list("owned", owner="Partner A", labels=["csam", "ncii"])
+    ops.ingest("owned", [signal("pdq", _codes(1, seed=31)[0].tobytes().hex())])
+    ops.ingest("unowned", [signal("pdq", _codes(1, seed=32)[0].tobytes().hex())])
+    names = {item.name: item for item in ops.list_hash_lists().lists}
+    assert (names["owned"].owner, list(names["owned"].labels)) == ("Partner A", ["csam", "ncii"])
+    assert (names["owned"].signal_count, names["owned"].signal_types) == (1, ["pdq"])
+    assert (names["unowned"].owner, list(names["unowned"].labels)) == ("", [])
+
+
 def test_admin_stats_snapshot_and_rebuild(ops):
     ops.ingest("admin", [signal("pdq", h.tobytes().hex()) for h in _codes(10, seed=4)])
     stats = ops.stats()

@@ -111,20 +111,24 @@ class ListHashListsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HashList(_message.Message):
-    __slots__ = ("name", "description", "signal_count", "enabled", "signal_types", "expired_count")
+    __slots__ = ("name", "description", "signal_count", "enabled", "signal_types", "expired_count", "owner", "labels")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_COUNT_FIELD_NUMBER: _ClassVar[int]
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_TYPES_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     signal_count: int
     enabled: bool
     signal_types: _containers.RepeatedScalarFieldContainer[str]
     expired_count: int
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., signal_count: _Optional[int] = ..., enabled: _Optional[bool] = ..., signal_types: _Optional[_Iterable[str]] = ..., expired_count: _Optional[int] = ...) -> None: ...
+    owner: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., signal_count: _Optional[int] = ..., enabled: _Optional[bool] = ..., signal_types: _Optional[_Iterable[str]] = ..., expired_count: _Optional[int] = ..., owner: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListHashListsResponse(_message.Message):
     __slots__ = ("lists",)
