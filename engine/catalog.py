@@ -742,24 +742,6 @@ class Catalog:
                 out[rid] = (file_id, frame, code)
         return out
 
-    def frame_counts(
-        self, signal_type: str, file_ids: Sequence[int], *, min_quality: int | None = None
-    ) -> dict[int, int]:
-        """Rows (frames) per file of one type, counting only quality >= ``min_quality``."""
-        out: dict[int, int] = {}
-        floor = -1 if min_quality is None else int(min_quality)
-        for start in range(0, len(file_ids), 500):
-            chunk = [int(i) for i in file_ids[start : start + 500]]
-            marks = ",".join("?" * len(chunk))
-            out.update(
-                self.conn.execute(
-                    "SELECT file_id, COUNT(*) FROM hashes WHERE signal_type = ? AND "
-                    f"(quality IS NULL OR quality >= ?) AND file_id IN ({marks}) GROUP BY file_id",
-                    [signal_type, floor, *chunk],
-                )
-            )
-        return out
-
     def find_exact(self, signal_type: str, code: bytes) -> list[tuple[int, int]]:
         """(hash row id, file id) of catalogued hashes equal to ``code`` (indexed lookup)."""
         return list(

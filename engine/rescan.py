@@ -16,6 +16,8 @@ file's hashes. So a rescan
    signals, not with the catalog (loading the catalog's codes is one sequential read).
    PDQ files under the quality floor are matched as the scan matches them by default
    (``match_quality_stored``): only by new signals of known quality >= the floor;
+   a vPDQ hit only nominates a (file, video) pair, decided by vPDQ's rule as a scan
+   decides it (:func:`_video_rows`);
 3. re-checks every match the catalog holds against the store (their number is tiny
    next to the catalog): a match whose signal was retracted, expired or whose list
    was disabled no longer holds and is reported as a retraction, as is a match of a
@@ -34,6 +36,7 @@ with ``Signals.SignalStates``. The matching, net-effect and commit logic is the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -62,6 +65,12 @@ from hashmatch.engine.store import (
     UPDATE,
     SignalStore,
     split_labels,
+)
+from hashmatch.engine.video import (
+    VPDQ_QUALITY_THRESHOLD,
+    is_vpdq_match,
+    nearest_frames_distance,
+    vpdq_match,
 )
 from hashmatch.indexes import load_index, make_index
 
@@ -117,6 +126,21 @@ class SignalMeta:
     labels: tuple[str, ...]
     external_id: str | None
     quality: int | None = None  # as stored (None = unknown)
+
+
+@dataclass(frozen=True)
+class VideoFrames:
+    """A stored video's frames, as vPDQ's rule compares them."""
+
+    codes: np.ndarray  # uint8[k, 32], in frame order
+    qualities: list[int] | None  # None unless every frame's is known (then all count)
+
+
+def _video_frames(codes: np.ndarray, qualities: Sequence[int | None]) -> VideoFrames:
+    """A video's frames; its qualities only when every one is known, as the engine
+    compares a stored video (:func:`hashmatch.engine.matcher.join_video_hits`)."""
+    known = len(qualities) == len(codes) and all(q is not None for q in qualities)
+    return VideoFrames(codes, [int(q) for q in qualities] if known else None)  # type: ignore[arg-type]
 
 
 @dataclass
@@ -226,8 +250,8 @@ class ChangeSource(Protocol):
         """The live ones among ``ids`` (sorted) with codes and provenance."""
         ...
 
-    def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
-        """vPDQ: frames of each stored video."""
+    def video_frames(self, signal_ids: Sequence[int]) -> dict[int, VideoFrames]:
+        """vPDQ: the frames of each live stored video among ``signal_ids``."""
         ...
 
     def why_gone(
@@ -300,8 +324,11 @@ class StoreChanges:
         qualities = states.quality[np.searchsorted(states.ids, sids)]
         return NewSignals(index_ids, codes, _StoreMeta(self, states.ids[live]), qualities)
 
-    def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
-        return self.store.frame_counts(signal_ids)
+    def video_frames(self, signal_ids: Sequence[int]) -> dict[int, VideoFrames]:
+        return {
+            sid: _video_frames(np.frombuffer(b"".join(codes), np.uint8).reshape(-1, 32), quals)
+            for sid, (codes, quals, _stamps) in self.store.frames_of(signal_ids).items()
+        }
 
     def why_gone(
         self,
@@ -397,9 +424,9 @@ class ServerChanges:
             return NewSignals.empty(signal_types.get(signal_type))
         return received.new_signals(ids)
 
-    def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
+    def video_frames(self, signal_ids: Sequence[int]) -> dict[int, VideoFrames]:
         received = self._received.get("vpdq")
-        return {} if received is None else received.frame_counts(signal_ids)
+        return {} if received is None else received.video_frames(signal_ids)
 
     def why_gone(
         self,
@@ -432,7 +459,7 @@ class _Received:
         self._width = 32 if self.video else st.nbytes  # vPDQ: hash = the video's SHA-256
         self._parts: dict[str, list[np.ndarray]] = {
             k: [] for k in ("ids", "rows", "codes", "quality", "kind", "ext_len", "frames",
-                            "frame_count")}  # fmt: skip
+                            "frame_quality", "frame_count")}  # fmt: skip
         self._ext: list[bytes] = []
         self.kinds: dict[tuple[str, tuple[str, ...]], int] = {}  # (list, labels) -> number
         self._rows = 0  # live changes so far
@@ -460,6 +487,11 @@ class _Received:
             add("frames", np.frombuffer(b"".join(f for c in live for f in c.frames), np.uint8)
                 .reshape(-1, self.st.nbytes))  # fmt: skip
             add("frame_count", np.array([len(c.frames) for c in live], np.int64))
+            # -1: unknown (a server sends them only when it knows every frame's)
+            add("frame_quality", np.array(
+                [q for c in live for q in (c.frame_qualities if len(c.frame_qualities)
+                                           == len(c.frames) else [-1] * len(c.frames))],
+                np.int32))  # fmt: skip
 
     def _add(self, name: str, array: np.ndarray) -> None:
         self._parts[name].append(array)
@@ -479,6 +511,7 @@ class _Received:
         self.names = {n: key for key, n in self.kinds.items()}
         if self.video:
             self.frames, self.frame_count = whole["frames"], whole["frame_count"]
+            self.frame_quality = whole["frame_quality"]
             self.frame_at = np.r_[0, np.cumsum(self.frame_count)]
 
     def _live_rows(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -503,9 +536,14 @@ class _Received:
         return NewSignals(index_ids, codes, _MetaView(self, sids, rows),
                           np.repeat(self.quality[rows], counts))  # fmt: skip
 
-    def frame_counts(self, signal_ids: Sequence[int]) -> dict[int, int]:
+    def video_frames(self, signal_ids: Sequence[int]) -> dict[int, VideoFrames]:
         sids, rows = self._live_rows(np.asarray(sorted(signal_ids), np.int64))
-        return dict(zip(sids.tolist(), self.frame_count[rows].tolist(), strict=True))
+        out = {}
+        for sid, row in zip(sids.tolist(), rows.tolist(), strict=True):
+            at = slice(int(self.frame_at[row]), int(self.frame_at[row + 1]))
+            quals = self.frame_quality[at].tolist()
+            out[sid] = _video_frames(self.frames[at], [None if q < 0 else q for q in quals])
+        return out
 
     def meta(self, row: int) -> SignalMeta:
         list_name, labels = self.names[int(self.kind[row])]
@@ -626,7 +664,9 @@ def rescan(
             unsure = sids[found.qualities < floor]
         if not len(codes):
             continue
-        hits = _search(catalog, st, floor, codes, radius, cache_dir, summary)
+        # vPDQ: its own floor, whatever ``min_quality`` says, as a scan matches videos
+        type_floor = VPDQ_QUALITY_THRESHOLD if stype == "vpdq" else floor
+        hits = _search(catalog, st, type_floor, codes, radius, cache_dir, summary)
         if stype == "pdq":  # the scan's default rule for its low-quality files, too
             hits = _add_low_quality_hits(hits, catalog, st, floor, codes, found.qualities,
                                          radius, cache_dir, summary)  # fmt: skip
@@ -634,9 +674,8 @@ def rescan(
         if not len(hit_rows):
             continue
         if stype == "vpdq":
-            new_rows.extend(
-                _video_rows(catalog, source, st, index_ids, qrows, hit_rows, dist, info, floor)
-            )
+            new_rows.extend(_video_rows(catalog, source, st, index_ids, qrows, hit_rows, info,
+                                        radius))  # fmt: skip
         else:
             new_rows.extend(_rows(catalog, st, sids, qrows, hit_rows, dist, info))
 
@@ -1022,50 +1061,44 @@ def _video_rows(
     index_ids: np.ndarray,
     qrows: np.ndarray,
     hit_rows: np.ndarray,
-    dist: np.ndarray,
     info: Mapping[int, SignalMeta],
-    floor: int,
+    radius: int,
 ) -> list[MatchRow]:
-    """vPDQ: frame hits -> one row per (file, video signal) with both match percentages."""
-    if not len(hit_rows):
-        return []
+    """vPDQ: frame hits -> one row per (file, video signal) that vPDQ's rule matches.
+
+    The hits only nominate pairs (a frame of the file within the radius of one of the
+    video's); each is then decided as a scan decides it (the engine's
+    :func:`~hashmatch.engine.matcher.join_video_hits`): :func:`vpdq_match` on both
+    videos' whole frame lists (frames under the quality floor ignored, repeated ones
+    counted once), kept when :func:`is_vpdq_match` (>= 80% of the file's frames)."""
     where = catalog.hash_rows(np.unique(hit_rows).tolist())
-    per: dict[tuple[int, int], list] = {}  # (file, sid) -> [file frames, signal frames, dmin]
-    for q, row_id, d in zip(qrows.tolist(), hit_rows.tolist(), dist.tolist(), strict=True):
-        found = where.get(row_id)
-        if found is None:
-            continue
-        file_id, frame, _code = found
-        sid = int(index_ids[q]) >> FRAME_BITS
-        entry = per.setdefault((file_id, sid), [set(), set(), d])
-        entry[0].add(frame)
-        entry[1].add(int(index_ids[q]) & ((1 << FRAME_BITS) - 1))
-        entry[2] = min(entry[2], d)
-    file_ids = sorted({f for f, _ in per})
-    file_frames = catalog.frame_counts("vpdq", file_ids, min_quality=floor)
-    signal_frames = source.frame_counts(sorted({s for _, s in per}))
-    names = {
-        fid: file_hash_hex(st, h.codes)
-        for fid, hashes in catalog.hashes_of(file_ids).items()
+    pairs = sorted({
+        (where[row_id][0], int(index_ids[q]) >> FRAME_BITS)
+        for q, row_id in zip(qrows.tolist(), hit_rows.tolist(), strict=True)
+        if row_id in where  # else the file was re-hashed since the index was read
+    })  # fmt: skip
+    if not pairs:
+        return []
+    files = {
+        fid: _video_frames(h.codes, h.qualities)
+        for fid, hashes in catalog.hashes_of(sorted({f for f, _ in pairs})).items()
         for h in hashes
         if h.signal_type == "vpdq"
     }
+    videos = source.video_frames(sorted({s for _, s in pairs}))
     out = []
-    for (file_id, sid), (fset, sset, dmin) in per.items():
-        meta = info.get(sid)
-        if meta is None:  # deleted since the signals were read (lists delete)
+    for file_id, sid in pairs:
+        mine, theirs, meta = files.get(file_id), videos.get(sid), info.get(sid)
+        if mine is None or theirs is None or meta is None:  # gone since read
             continue
-        row = _match_row(st, file_id, sid, None, int(dmin), 0, meta)
-        out.append(
-            MatchRow(
-                **{
-                    **row.__dict__,
-                    "hash_hex": names.get(file_id, ""),
-                    "query_match_pct": 100.0 * len(fset) / max(file_frames.get(file_id, 1), 1),
-                    "target_match_pct": 100.0 * len(sset) / max(signal_frames.get(sid, 1), 1),
-                }
-            )
-        )
+        qpct, tpct = vpdq_match(mine.codes, mine.qualities, theirs.codes, theirs.qualities, radius)
+        if not is_vpdq_match(qpct, tpct):
+            continue
+        row = _match_row(st, file_id, sid, None, nearest_frames_distance(mine.codes, theirs.codes),
+                         0, meta)  # fmt: skip
+        out.append(dataclasses.replace(row, hash_hex=file_hash_hex(st, mine.codes),
+                                       query_match_pct=float(qpct),
+                                       target_match_pct=float(tpct)))  # fmt: skip
     return out
 
 

@@ -495,14 +495,27 @@ def _prepare(
     return codes[keep].view(np.uint64)  # [n, 4]
 
 
-def _matched_rows(a: np.ndarray, b: np.ndarray, threshold: int, chunk: int = 512) -> np.ndarray:
-    """For each row of ``a``: is some row of ``b`` within ``threshold`` bits?"""
-    out = np.zeros(len(a), dtype=bool)
+def _nearest(a: np.ndarray, b: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """For each row of ``a``: the distance (bits) to its nearest row of ``b``."""
+    out = np.zeros(len(a), dtype=np.int32)
     for start in range(0, len(a), chunk):
         block = a[start : start + chunk]
         dist = np.bitwise_count(block[:, None, :] ^ b[None, :, :]).sum(axis=2, dtype=np.int32)
-        out[start : start + chunk] = (dist <= threshold).any(axis=1)
+        out[start : start + chunk] = dist.min(axis=1)
     return out
+
+
+def _matched_rows(a: np.ndarray, b: np.ndarray, threshold: int) -> np.ndarray:
+    """For each row of ``a``: is some row of ``b`` within ``threshold`` bits?"""
+    return _nearest(a, b) <= threshold
+
+
+def nearest_frames_distance(a_codes: np.ndarray, b_codes: np.ndarray) -> int:
+    """The smallest distance between any frame of ``a`` and any of ``b``, all frames
+    counted (whatever their quality): the ``distance`` a vPDQ match reports (the
+    engine's nearest frame hit), so a rescan reports the one a scan would."""
+    a, b = (_prepare(c, None, 0, dedupe=False) for c in (a_codes, b_codes))
+    return int(_nearest(a, b).min()) if len(a) and len(b) else 256
 
 
 def vpdq_match(
