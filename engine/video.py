@@ -179,8 +179,9 @@ def _unopenable(path: str) -> MediaError:
     """Why FFmpeg could not open ``path``, as well as its first bytes tell: a file that
     starts like a video container is a damaged video (truncated uploads lose the MP4
     ``moov`` index at the end) unless its index lists no video track (an audio-only
-    MP4/M4A: no video at all); a photo is named as one (a JPEG saved as ``.mp4``);
-    anything else is not a video."""
+    MP4/M4A: no video at all); one whose index lists no track at all is named a video of
+    no frames; a photo is named as one (a JPEG saved as ``.mp4``); anything else is not
+    a video."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -188,7 +189,12 @@ def _unopenable(path: str) -> MediaError:
             tracks = _mp4_handlers(fh) if container == "MP4/MOV" else None
     except OSError:
         head, container, tracks = b"", None, None
-    if tracks and b"vide" not in tracks:  # no tracks at all: a video of no frames
+    if tracks == set():  # an index of no tracks (a writer closed before any frame)
+        return CorruptMedia(
+            "an MP4/MOV with no tracks: video has no frames, nothing to hash as vpdq",
+            field="media",
+        )
+    if tracks and b"vide" not in tracks:
         kinds = ", ".join(sorted(_TRACK_KINDS.get(t, t.decode("latin-1")) for t in tracks))
         return UnsupportedMedia(
             f"an MP4/MOV with no video track (only {kinds}): nothing to hash as vpdq",
