@@ -267,6 +267,14 @@ def time_budget_checkpoint(seconds: float) -> Callable[[], None]:
     return check
 
 
+def with_time_budget(options: HashOptions, seconds: float | None) -> HashOptions:
+    """``options`` whose hash of one file stops past ``seconds`` (None or 0: no limit)
+    with :class:`FileTimedOut`. Make one per file: the clock starts here."""
+    if not seconds:
+        return options
+    return dataclasses.replace(options, checkpoint=time_budget_checkpoint(seconds))
+
+
 def failure_reason(exc: BaseException) -> str:
     """A short, stable reason for a failure (the catalog and report group by it)."""
     for cls, reason in (
@@ -415,9 +423,7 @@ def hash_file(
     from hashmatch.engine.decode import read_source
     from hashmatch.engine.hashing import DEFAULT_OPTIONS, hash_media
 
-    options = options or _WORKER_OPTIONS or DEFAULT_OPTIONS
-    if time_budget is not None:
-        options = dataclasses.replace(options, checkpoint=time_budget_checkpoint(time_budget))
+    options = with_time_budget(options or _WORKER_OPTIONS or DEFAULT_OPTIONS, time_budget)
     size = mtime = md5 = None
     try:
         data, size, mtime = _read_regular(path, options.limits.max_bytes)

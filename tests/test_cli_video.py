@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -137,6 +138,26 @@ def test_match_of_a_video_file_hashes_it_as_vpdq_by_default(run, tmp_path):
     out = json.loads(run("match", str(clip), "--json").output)
     assert out[0]["hashes"][0].startswith("vpdq:")
     assert [m["query_match_pct"] for m in out[0]["matches"]] == [100.0]
+
+
+def test_hash_and_match_of_a_video_stop_at_the_file_timeout(run, tmp_path):
+    """``scan --file-timeout`` bounded a pathological video; ``hash`` and ``match`` of
+    one had no limit and could hold an analyst's command forever. A microsecond is over
+    before the first frame is decoded; a photo (one decode) is not bounded by it."""
+    clip = write_video(tmp_path / "clip.mp4")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(cv2.imencode(".png", np.full((64, 64, 3), 90, np.uint8))[1].tobytes())
+    listed = tmp_path / "listed.csv"
+    listed.write_text(run("hash", str(clip), "--format", "te").output)
+    run("ingest", str(listed), "--list", "videos")
+    out = run("hash", str(clip), str(photo), "--file-timeout", "0.000001").output
+    video, *photos = [json.loads(x) for x in out.splitlines()]
+    assert video["reason"] == "FileTimedOut", video
+    assert "longer than the 1e-06 s per-file limit" in video["error"]
+    assert photos and all("error" not in p for p in photos)
+    stopped = run("match", str(clip), "--file-timeout", "0.000001", code=1).output
+    assert f"{clip}: hashing took longer than the 1e-06 s per-file limit" in stopped
+    assert "1 match(es)" in run("match", str(clip)).output  # the default: an hour
 
 
 def test_hash_jsonl_of_a_video_ingests_as_the_te_output_does(run, tmp_path):

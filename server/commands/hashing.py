@@ -20,7 +20,7 @@ import csv
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,10 +30,28 @@ from hashmatch.engine import signal_types
 from hashmatch.engine.decode import DecodeLimits
 from hashmatch.engine.errors import HashmatchError, UnknownSignalType
 from hashmatch.engine.hashing import HashOptions, HashResult, hash_media
-from hashmatch.engine.scan import SCAN_MAX_VIDEO_FRAMES, Entry, walk
+from hashmatch.engine.scan import (
+    DEFAULT_FILE_TIMEOUT,
+    SCAN_MAX_VIDEO_FRAMES,
+    Entry,
+    FileTimedOut,
+    walk,
+    with_time_budget,
+)
 from hashmatch.engine.video import VIDEO_EXTENSIONS
 
 CSV_FIELDS = ("path", "type", "hash", "quality", "frame", "timestamp", "error")
+
+
+def file_timeout_option(then: str) -> Callable[[Callable], Callable]:
+    """``--file-timeout``, the same for ``scan``, ``hash`` and ``match``: one
+    pathological video (hours of frames, or a frame rate that decodes thousands of
+    frames per sampled one) must not hold any of them forever. ``then``: what happens."""
+    return click.option(
+        "--file-timeout", type=click.FloatRange(min=0), default=DEFAULT_FILE_TIMEOUT,
+        show_default=True,
+        help=f"Seconds one video may take to hash before {then} (0 = no limit).",
+    )  # fmt: skip
 
 
 def iter_paths(paths: tuple[str, ...]) -> Iterator[Entry]:
@@ -106,7 +124,7 @@ def hash_one(path: str, types: list[str], options: HashOptions) -> list[dict]:
         return [_error(path, "no requested type applies", "NoApplicableType")]
     try:
         results = hash_media(path, wanted, options)
-    except (HashmatchError, OSError, NotImplementedError) as exc:
+    except (HashmatchError, OSError, NotImplementedError, FileTimedOut) as exc:
         return [_error(path, str(exc), type(exc).__name__)]
     out: list[dict] = []
     for r in results:
@@ -170,6 +188,7 @@ def parse_types(value: str) -> list[str]:
     "--every-n-seconds", "seconds", type=float, default=1.0, show_default=True,
     help="vPDQ: hash one frame every N seconds (0 = every frame).",
 )  # fmt: skip
+@file_timeout_option("its record is an error (reason FileTimedOut)")
 def hash_command(
     paths: tuple[str, ...],
     types_: str,
@@ -178,6 +197,7 @@ def hash_command(
     all_frames: bool,
     reference_resize: bool,
     seconds: float,
+    file_timeout: float,
 ) -> None:
     """Hash images and videos (files or directories), one record per file and type."""
     types = parse_types(types_)
@@ -205,7 +225,7 @@ def hash_command(
         if entry.reason is not None:  # the walk already knows: not a file, loop, no access
             records = [_error(entry.path, entry.error or entry.reason, entry.reason)]
         else:
-            records = hash_one(entry.path, types, options)
+            records = hash_one(entry.path, types, with_time_budget(options, file_timeout))
         if any("error" in r for r in records):
             failed += 1
         for rec in records:

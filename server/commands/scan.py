@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 
 from hashmatch.engine.errors import HashmatchError, is_disk_full, nearly_full
+from hashmatch.server.commands.hashing import file_timeout_option
 from hashmatch.server.commands.service import (
     connect,
     server_access_options,
@@ -99,13 +100,7 @@ def _print_summary(summary: dict) -> None:
     show_default=True,
     help="vPDQ: refuse videos with more sampled frames (100k = 27 h at one a second).",
 )
-@click.option(
-    "--file-timeout",
-    type=click.FloatRange(min=0),
-    default=3600.0,
-    show_default=True,
-    help="Seconds one video may take to hash before it fails as 'timeout' (0 = no limit).",
-)
+@file_timeout_option("it fails as 'timeout'")
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links.")
 @click.option("--no-match", is_flag=True, help="Only hash into the catalog; no lookups.")
 @click.option(

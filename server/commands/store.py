@@ -29,6 +29,7 @@ from hashmatch.engine.errors import (
     is_disk_full,
     is_locked,
 )
+from hashmatch.server.commands.hashing import file_timeout_option
 
 DATA_DIR_HELP = "Store + snapshots directory ($HASHMATCH_DATA_DIR, default ./hashmatch-data)."
 
@@ -675,11 +676,12 @@ def retracted_command(list_name, limit, as_json, data_dir) -> None:
     help="Files under the floor: match stored signals of known quality >= the floor only "
     "(match_quality_stored, default) or look nothing up (skip, as HMA).",
 )  # fmt: skip
+@file_timeout_option("the command stops with an error")
 @click.option("--json", "as_json", is_flag=True)
 @_data_dir_option
 def match_command(
     queries, signal_type, media_types, threshold, tenant, lists, dihedral, max_results,
-    min_quality, low_quality_queries, as_json, data_dir,
+    min_quality, low_quality_queries, file_timeout, as_json, data_dir,
 ) -> None:  # fmt: skip
     """Match hashes ('type:hex' or hex) or media files against the local store.
 
@@ -690,7 +692,7 @@ def match_command(
       hashmatch match blurry.jpg --low-quality-queries skip
     """
     from hashmatch.engine.hashing import HashOptions
-    from hashmatch.engine.scan import file_hash_hex
+    from hashmatch.engine.scan import FileTimedOut, file_hash_hex, with_time_budget
     from hashmatch.server.commands.hashing import default_media_types
 
     out = []
@@ -700,9 +702,9 @@ def match_command(
             if Path(query).is_file():
                 # each orientation hashed exactly, as the server and `scan --dihedral` do
                 # and the stored pixels of an EXIF-oriented photo, as the server does
-                options = HashOptions(
+                options = with_time_budget(HashOptions(
                     dihedral=dihedral, dihedral_exact=dihedral, exif_as_stored=True
-                )
+                ), file_timeout)  # fmt: skip
                 how = dict(
                     tenant=tenant, threshold=threshold, lists=lists or None,
                     max_results=max_results, min_quality=min_quality,
@@ -717,7 +719,7 @@ def match_command(
                             query, types=media_types or default_media_types(query), options=options,
                             **how,
                         )  # fmt: skip
-                    except MediaError as exc:  # which of the files: say it
+                    except (MediaError, FileTimedOut) as exc:  # which of the files: say it
                         raise click.ClickException(f"{query}: {exc}") from None
                 matches, skipped = mm.matches, mm.skipped_low_quality
                 stored_only = mm.quality_stored_only
