@@ -604,35 +604,52 @@ class Catalog:
 
     def remove_matches_of_signals(self, signal_ids: Sequence[int]) -> list[MatchRow]:
         """Delete (and return) every match against these signals (they were retracted)."""
-        return self._remove_matches(signal_ids)
+        return self._remove(self._matches_of(signal_ids))
 
-    def remove_low_quality_matches(self, signal_ids: Sequence[int], floor: int) -> list[MatchRow]:
-        """Delete (and return) the PDQ matches against these signals of files whose PDQ
-        hashes are all of known quality under ``floor``: such a file matches only a
-        signal of known quality >= the floor, which these signals no longer have."""
-        return self._remove_matches(
-            signal_ids,
-            "signal_type = 'pdq' AND NOT EXISTS (SELECT 1 FROM hashes h WHERE"
+    def remove_low_quality_matches(
+        self, signal_ids: Sequence[int], floor: int, radius: int
+    ) -> list[MatchRow]:
+        """Delete (and return) the PDQ matches against these signals (no longer of known
+        quality >= ``floor``) that only the file's hashes under the floor supported:
+        made with such a hash (the match's ``variant``), and no other hash of the file
+        of quality >= the floor (or unknown) within ``radius`` of the signal.
+
+        Per hash, as matching applies the rule: a hash under the floor matches only a
+        signal of known quality >= it; a file's other hashes (dihedral rows, animation
+        frames) of good quality keep the match only if they match the signal too."""
+        made_low = (
+            "signal_type = 'pdq' AND EXISTS (SELECT 1 FROM hashes h WHERE"
             " h.file_id = matches.file_id AND h.signal_type = 'pdq'"
-            " AND (h.quality IS NULL OR h.quality >= ?))",
-            (int(floor),),
+            " AND h.frame = matches.variant AND h.quality < ?)"
+        )
+        held = self._matches_of(signal_ids, made_low, (int(floor),))
+        hashes = self.hashes_of(sorted({m.file_id for m in held}))
+        return self._remove(
+            [m for m in held if not _supported(m, hashes.get(m.file_id, []), floor, radius)]
         )
 
-    def _remove_matches(
+    def _matches_of(
         self, signal_ids: Sequence[int], also: str = "1", args: tuple = ()
     ) -> list[MatchRow]:
-        """Delete (and return) the matches against ``signal_ids`` that satisfy ``also``
-        (SQL over ``matches``, with ``args``), 500 ids a statement."""
-        removed: list[MatchRow] = []
+        """The matches against ``signal_ids`` that satisfy ``also`` (SQL over
+        ``matches``, with ``args``), 500 ids a statement."""
+        found: list[MatchRow] = []
         for start in range(0, len(signal_ids), 500):
             chunk = [int(i) for i in signal_ids[start : start + 500]]
             where = f"signal_id IN ({','.join('?' * len(chunk))}) AND {also}"
             rows = self.conn.execute(
                 f"SELECT {_MATCH_COLUMNS} FROM matches WHERE {where}", (*chunk, *args)
             )
-            removed.extend(_match_row(r) for r in rows)
-            self.conn.execute(f"DELETE FROM matches WHERE {where}", (*chunk, *args))
-        return removed
+            found.extend(_match_row(r) for r in rows)
+        return found
+
+    def _remove(self, matches: list[MatchRow]) -> list[MatchRow]:
+        """Delete these matches (by their key); return them."""
+        self.conn.executemany(
+            "DELETE FROM matches WHERE file_id = ? AND signal_type = ? AND signal_id = ?",
+            [(m.file_id, m.signal_type, m.signal_id) for m in matches],
+        )
+        return matches
 
     def matched_signal_ids(self) -> list[int]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT signal_id FROM matches")]
@@ -779,6 +796,20 @@ _MATCH_COLUMNS = (
     "external_id, variant, query_match_pct, target_match_pct"
 )
 _MATCH_COLUMNS_M = ", ".join(f"m.{c.strip()}" for c in _MATCH_COLUMNS.split(","))
+
+
+def _supported(match: MatchRow, hashes: list[FileHashes], floor: int, radius: int) -> bool:
+    """Whether a hash of the file of quality >= ``floor`` (or unknown) is within
+    ``radius`` of the match's signal."""
+    signal = np.frombuffer(bytes.fromhex(match.signal_hex), np.uint8)
+    for h in hashes:
+        if h.signal_type != match.signal_type:
+            continue
+        good = np.array([q is None or q >= floor for q in h.qualities], dtype=bool)
+        codes = np.asarray(h.codes, np.uint8)[good]
+        if len(codes) and np.bitwise_count(codes ^ signal).sum(axis=1).min() <= radius:
+            return True
+    return False
 
 
 def _match_row(r: Sequence) -> MatchRow:

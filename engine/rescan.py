@@ -696,7 +696,12 @@ def rescan(
         removed = catalog.remove_matches_of_signals(dead) if dead else []
         # a re-ingest that lowered (or unset) a signal's quality: files under the floor,
         # which only a signal of known quality >= the floor matches, no longer match it
-        low = catalog.remove_low_quality_matches(unsure.tolist(), floor) if len(unsure) else []
+        pdq_radius = signal_types.get("pdq").check_threshold(threshold_for("pdq", threshold))
+        low = (
+            catalog.remove_low_quality_matches(unsure.tolist(), floor, pdq_radius)
+            if len(unsure)
+            else []
+        )
         # an id that now names another signal ("replaced") drops the old matches above
         # and keeps the ones just found against the signal it names now
         fresh = [r for r in new_rows if why.get(r.signal_id) in (None, "replaced")]

@@ -53,7 +53,8 @@ class Row:
 
 @pytest.fixture(scope="module")
 def scanned(tmp_path_factory) -> tuple[Path, list[Row]]:
-    """A catalog of the scan tree (hashed, not matched) and a low-quality PDQ file."""
+    """A catalog of the scan tree (hashed, not matched), a low-quality PDQ file and a
+    file of two PDQ hashes (an animation's frames, say), one of them under the floor."""
     base = tmp_path_factory.mktemp("property")
     tree = build_tree(base)
     path = base / "catalog.sqlite"
@@ -64,13 +65,19 @@ def scanned(tmp_path_factory) -> tuple[Path, list[Row]]:
         with catalog.transaction():
             catalog.put_hashed("/generated/flat.png", size=1, mtime_ns=1, md5=b"\x01" * 16,
                                types=["pdq"], hashes=[FileHashes("pdq", flat, [30])])  # fmt: skip
+            mixed = [FileHashes("pdq", np.random.default_rng(8).integers(0, 256, (2, 32),
+                                                                         dtype=np.uint8),
+                                [90, 30])]  # fmt: skip
+            catalog.put_hashed("/generated/mixed.gif", size=1, mtime_ns=1, md5=b"\x02" * 16,
+                               types=["pdq"], hashes=mixed)  # fmt: skip
         rows = [
             Row(fid, stype, bytes(code), quality)
             for fid, stype, code, quality in catalog.conn.execute(
                 "SELECT file_id, signal_type, code, quality FROM hashes ORDER BY id"
             )
         ]
-    assert [r.quality for r in rows if r.signal_type == "pdq"][LOW] == 30  # the flat file
+    pdq = [r.quality for r in rows if r.signal_type == "pdq"]
+    assert pdq[LOW] == 30 and pdq[MIXED_LOW] == 30 and pdq[MIXED_LOW - 1] == 90
     return path, rows
 
 
@@ -265,12 +272,19 @@ LOW = 8
 #: found by this test: a match of a file under the floor stayed held after a re-ingest
 #: made its signal's quality unknown or low (a fresh scan does not find it)
 LOWERED = [([("ingest", "a", [("pdq", LOW, 0, 90, 0)], None)], 1), ([("requality", 0, 30)], 2)]
+#: the mixed file's hash under the floor (the one before it is of quality 90)
+MIXED_LOW = LOW + 2
+#: found by this test: the mixed file kept the match its low hash made after the
+#: signal's quality went unknown (its other hash, far from the signal, is of quality 90)
+MIXED = [([("ingest", "a", [("pdq", MIXED_LOW, 3, 90, 0)], None)], 1),
+         ([("requality", 0, None)], 3)]  # fmt: skip
 
 
 @settings(max_examples=40, deadline=None)
 @given(plan=rounds)
 @example(plan=LOWERED)
 @example(plan=[*LOWERED[:1], ([("requality", 0, None)], 10_000)])
+@example(plan=MIXED)
 def test_rescan_holds_what_the_store_supports_locally_and_through_a_server(scanned, plan):
     catalog_path, rows = scanned
     with tempfile.TemporaryDirectory(prefix="rescan-property-") as tmp:
