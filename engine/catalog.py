@@ -604,7 +604,7 @@ class Catalog:
 
     def remove_matches_of_signals(self, signal_ids: Sequence[int]) -> list[MatchRow]:
         """Delete (and return) every match against these signals (they were retracted)."""
-        return self._remove(self._matches_of(signal_ids))
+        return self.remove_matches(self._matches_of(signal_ids))
 
     def remove_low_quality_matches(
         self, signal_ids: Sequence[int], floor: int, radius: int
@@ -624,8 +624,16 @@ class Catalog:
         )
         held = self._matches_of(signal_ids, made_low, (int(floor),))
         hashes = self.hashes_of(sorted({m.file_id for m in held}))
-        return self._remove(
+        return self.remove_matches(
             [m for m in held if not _supported(m, hashes.get(m.file_id, []), floor, radius)]
+        )
+
+    def matches_of(
+        self, signal_ids: Sequence[int], signal_type: str, *, found_by: str
+    ) -> list[MatchRow]:
+        """The matches of one type against ``signal_ids`` that ``found_by`` made."""
+        return self._matches_of(
+            signal_ids, "signal_type = ? AND found_by = ?", (signal_type, found_by)
         )
 
     def _matches_of(
@@ -643,13 +651,13 @@ class Catalog:
             found.extend(_match_row(r) for r in rows)
         return found
 
-    def _remove(self, matches: list[MatchRow]) -> list[MatchRow]:
-        """Delete these matches (by their key); return them."""
+    def remove_matches(self, matches: Sequence[MatchRow]) -> list[MatchRow]:
+        """Delete these matches (by file, type and signal); return them."""
         self.conn.executemany(
             "DELETE FROM matches WHERE file_id = ? AND signal_type = ? AND signal_id = ?",
             [(m.file_id, m.signal_type, m.signal_id) for m in matches],
         )
-        return matches
+        return list(matches)
 
     def matched_signal_ids(self) -> list[int]:
         return [r[0] for r in self.conn.execute("SELECT DISTINCT signal_id FROM matches")]

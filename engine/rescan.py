@@ -21,7 +21,8 @@ file's hashes. So a rescan
 3. re-checks every match the catalog holds against the store (their number is tiny
    next to the catalog): a match whose signal was retracted, expired or whose list
    was disabled no longer holds and is reported as a retraction, as is a match of a
-   file under the quality floor whose signal a re-ingest left of unsure quality;
+   file under the quality floor whose signal a re-ingest left of unsure quality, and a
+   vPDQ match an earlier rescan made of a video read again that vPDQ's rule rejects;
 4. commits the new matches, the removals and the new cursor in one transaction, so a
    rescan killed midway is simply run again (new matches are keyed, never duplicated).
 
@@ -653,6 +654,7 @@ def rescan(
     now = time.time()
     new_rows: list[MatchRow] = []
     unsure = np.empty(0, np.int64)  # live PDQ signals read now, of quality not known >= floor
+    undone: list[MatchRow] = []  # vPDQ matches of a rescan that vPDQ's rule rejects now
     for stype in sorted(added):
         st = signal_types.get(stype)
         radius = st.check_threshold(threshold_for(stype, threshold))
@@ -671,12 +673,16 @@ def rescan(
             hits = _add_low_quality_hits(hits, catalog, st, floor, codes, found.qualities,
                                          radius, cache_dir, summary)  # fmt: skip
         qrows, hit_rows, dist = hits
-        if not len(hit_rows):
-            continue
         if stype == "vpdq":
-            new_rows.extend(_video_rows(catalog, source, st, index_ids, qrows, hit_rows, info,
-                                        radius))  # fmt: skip
-        else:
+            # what an earlier rescan found of these videos is decided again: one may
+            # predate vPDQ's rule (a video sharing one frame of ten was a "match")
+            again = catalog.matches_of(np.unique(sids).tolist(), "vpdq", found_by="rescan")
+            pairs = [(m.file_id, m.signal_id) for m in again]
+            found, rejected = _video_rows(catalog, source, st, index_ids, qrows, hit_rows, info,
+                                          radius, pairs)  # fmt: skip
+            new_rows.extend(found)
+            undone += [m for m in again if (m.file_id, m.signal_id) in rejected]
+        elif len(hit_rows):
             new_rows.extend(_rows(catalog, st, sids, qrows, hit_rows, dist, info))
 
     # 3. matches that no longer hold
@@ -702,6 +708,8 @@ def rescan(
             if len(unsure)
             else []
         )
+        # held vPDQ matches of live videos read now that vPDQ's rule does not make
+        low += catalog.remove_matches([m for m in undone if why.get(m.signal_id) is None])
         # an id that now names another signal ("replaced") drops the old matches above
         # and keeps the ones just found against the signal it names now
         fresh = [r for r in new_rows if why.get(r.signal_id) in (None, "replaced")]
@@ -1068,22 +1076,27 @@ def _video_rows(
     hit_rows: np.ndarray,
     info: Mapping[int, SignalMeta],
     radius: int,
-) -> list[MatchRow]:
-    """vPDQ: frame hits -> one row per (file, video signal) that vPDQ's rule matches.
+    held: Sequence[tuple[int, int]] = (),
+) -> tuple[list[MatchRow], set[tuple[int, int]]]:
+    """vPDQ: frame hits -> (one row per (file, video signal) that vPDQ's rule matches,
+    the (file, signal) pairs it rejects).
 
     The hits only nominate pairs (a frame of the file within the radius of one of the
-    video's); each is then decided as a scan decides it (the engine's
-    :func:`~hashmatch.engine.matcher.join_video_hits`): :func:`vpdq_match` on both
-    videos' whole frame lists (frames under the quality floor ignored, repeated ones
-    counted once), kept when :func:`is_vpdq_match` (>= 80% of the file's frames)."""
+    video's), as do ``held`` (matches to decide again); each is then decided as a scan
+    decides it (the engine's :func:`~hashmatch.engine.matcher.join_video_hits`):
+    :func:`vpdq_match` on both videos' whole frame lists (frames under the quality floor
+    ignored, repeated ones counted once), kept when :func:`is_vpdq_match` (>= 80% of the
+    file's frames)."""
     where = catalog.hash_rows(np.unique(hit_rows).tolist())
     pairs = sorted({
         (where[row_id][0], int(index_ids[q]) >> FRAME_BITS)
         for q, row_id in zip(qrows.tolist(), hit_rows.tolist(), strict=True)
         if row_id in where  # else the file was re-hashed since the index was read
-    })  # fmt: skip
+    } | set(held))  # fmt: skip
+    out: list[MatchRow] = []
+    rejected: set[tuple[int, int]] = set()
     if not pairs:
-        return []
+        return out, rejected
     files = {
         fid: _video_frames(h.codes, h.qualities)
         for fid, hashes in catalog.hashes_of(sorted({f for f, _ in pairs})).items()
@@ -1091,20 +1104,20 @@ def _video_rows(
         if h.signal_type == "vpdq"
     }
     videos = source.video_frames(sorted({s for _, s in pairs}))
-    out = []
     for file_id, sid in pairs:
         mine, theirs, meta = files.get(file_id), videos.get(sid), info.get(sid)
         if mine is None or theirs is None or meta is None:  # gone since read
             continue
         qpct, tpct = vpdq_match(mine.codes, mine.qualities, theirs.codes, theirs.qualities, radius)
         if not is_vpdq_match(qpct, tpct):
+            rejected.add((file_id, sid))
             continue
         row = _match_row(st, file_id, sid, None, nearest_frames_distance(mine.codes, theirs.codes),
                          0, meta)  # fmt: skip
         out.append(dataclasses.replace(row, hash_hex=file_hash_hex(st, mine.codes),
                                        query_match_pct=float(qpct),
                                        target_match_pct=float(tpct)))  # fmt: skip
-    return out
+    return out, rejected
 
 
 def _match_row(

@@ -9,10 +9,12 @@ low-quality frames and repeats, so a video sharing one frame of ten was a "match
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from hashmatch.engine.catalog import Catalog, FileHashes
+from hashmatch.engine.catalog import Catalog, FileHashes, MatchRow
 from hashmatch.engine.rescan import ServerChanges, rescan
 from hashmatch.engine.runtime import Engine
 from hashmatch.engine.store import SignalRecord
@@ -111,3 +113,29 @@ def test_a_match_has_the_percentages_a_scan_gives_it(setup, through_server):
     assert (new.file_id, new.signal_id) == key
     assert (new.query_match_pct, new.target_match_pct, new.distance) == (qpct, tpct, distance)
     assert held(catalog) == expected
+
+
+def test_a_match_an_older_rescan_made_without_the_rule_goes_when_its_video_is_read_again(setup):
+    """A rescan before vPDQ's rule was applied held a 10% 'match'; matches a scan made
+    (the engine's rule, at the scan's threshold) are not a rescan's to re-decide. Read
+    again (a relabel; or --since all), the rescan's is reported as a retraction."""
+    catalog, base, fid, tmp_path = setup
+    other = catalog_video(catalog, "other", frames(4, 10), [90] * 10)
+    with Engine.open(tmp_path / "data") as engine:
+        one_of_ten = np.concatenate([base[:1], frames(2, 9)])
+        engine.ingest([shared_video(one_of_ten, [90] * 10, "one")], list_name="videos")
+        rescan(catalog, engine.store)
+        (info,) = engine.store.signals(limit=10)
+        stale = MatchRow(fid, "vpdq", info.id, "", info.hash_hex, 0, "videos", (), "one",
+                         query_match_pct=10.0, target_match_pct=10.0)  # fmt: skip
+        by_scan = dataclasses.replace(stale, file_id=other)
+        with catalog.transaction():
+            catalog.add_matches([stale], found_by="rescan")
+            catalog.add_matches([by_scan], found_by="scan")
+        relabelled = dataclasses.replace(shared_video(one_of_ten, [90] * 10, "one"), labels=("x",))
+        engine.ingest([relabelled], list_name="videos")
+        result = rescan(catalog, engine.store)
+    assert [(r.match.file_id, r.match.signal_id, r.reason) for r in result.retracted] == [
+        (fid, info.id, "quality")
+    ]
+    assert result.new == [] and list(held(catalog)) == [(other, info.id)]
