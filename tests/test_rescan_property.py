@@ -15,8 +15,6 @@ catalog's (or far from all) and MD5s of catalogued files (or not).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scan_tree import build_tree
+from store_ops import LIST_OPS, apply_list_op, set_retracted, two_copies_and_a_server
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.catalog import Catalog, FileHashes
@@ -33,9 +32,7 @@ from hashmatch.engine.matcher import PDQ_MIN_QUALITY
 from hashmatch.engine.rescan import ServerChanges, rescan
 from hashmatch.engine.scan import ScanOptions, scan, threshold_for
 from hashmatch.engine.store import SignalRecord
-from hashmatch.server.testing import running_server
 
-ADMIN = {"admin": (["match", "export", "write"], True)}
 LISTS = ("a", "b", "c")
 DAY = 86_400.0
 PDQ_RADIUS = signal_types.get("pdq").check_threshold(threshold_for("pdq", None))
@@ -144,12 +141,8 @@ def _signals(store) -> list:
 def _apply(engine, op: tuple, rows: list[Row], pool: dict, now: float) -> None:
     store = engine.store
     kind, arg = op[0], op[1]
-    if kind in ("disable", "enable", "delete"):
-        if arg in {h.name for h in store.lists()}:
-            if kind == "delete":
-                store.delete_list(arg)
-            else:
-                store.set_list_enabled(arg, kind == "enable")
+    if kind in LIST_OPS:
+        apply_list_op(store, kind, arg)
         return
     if kind == "ingest":
         specs, expiry = op[2], op[3]
@@ -167,8 +160,7 @@ def _apply(engine, op: tuple, rows: list[Row], pool: dict, now: float) -> None:
         return
     target = (near or known)[arg % len(near or known)]  # one that matters, if any
     if kind in ("retract", "restore"):
-        act = engine.retract if kind == "retract" else engine.restore
-        act(list_name=target.list_name, signal_ids=[target.id])
+        set_retracted(engine, kind, target)
     elif kind in ("reingest", "expiry"):  # the same code in (maybe) another list
         expiry = op[-1]
         into = op[2] if kind == "reingest" else target.list_name
@@ -287,30 +279,22 @@ MIXED = [([("ingest", "a", [("pdq", MIXED_LOW, 3, 90, 0)], None)], 1),
 @example(plan=MIXED)
 def test_rescan_holds_what_the_store_supports_locally_and_through_a_server(scanned, plan):
     catalog_path, rows = scanned
-    with tempfile.TemporaryDirectory(prefix="rescan-property-") as tmp:
-        tmp = Path(tmp)
-        for name in ("local", "remote"):  # two copies of one scan
-            shutil.copy(catalog_path, tmp / f"{name}.sqlite")
-        pool: dict = {}
-        with (
-            running_server(tmp / "served", tenants=ADMIN) as ts,
-            Catalog(tmp / "local.sqlite") as local,
-            Catalog(tmp / "remote.sqlite") as remote,
-        ):
-            client = ts.client("admin")
-            before: dict = {}
-            for ops, page_size in plan:
-                now = time.time()  # expiries are a day off: none passes meanwhile
-                for op in ops:
-                    _apply(ts.engine, op, rows, pool, now)
-                mine = rescan(local, ts.engine.store)
-                theirs = rescan(remote, ServerChanges(client, ts.target, page_size=page_size))
-                held = _held(local)
-                _check(ts.engine.store, rows, now, mine, before, held)
-                # (3) the server, in pages of any size, reads the same
-                assert _outcome(theirs) == _outcome(mine), page_size
-                assert _held(remote) == held
-                before = held
+    pool: dict = {}
+    with two_copies_and_a_server(catalog_path, "rescan-property-") as (_tmp, ts, local, remote):
+        client = ts.client("admin")
+        before: dict = {}
+        for ops, page_size in plan:
+            now = time.time()  # expiries are a day off: none passes meanwhile
+            for op in ops:
+                _apply(ts.engine, op, rows, pool, now)
+            mine = rescan(local, ts.engine.store)
+            theirs = rescan(remote, ServerChanges(client, ts.target, page_size=page_size))
+            held = _held(local)
+            _check(ts.engine.store, rows, now, mine, before, held)
+            # (3) the server, in pages of any size, reads the same
+            assert _outcome(theirs) == _outcome(mine), page_size
+            assert _held(remote) == held
+            before = held
 
 
 def _check(store, rows: list[Row], now: float, result, before: dict, held: dict) -> None:

@@ -17,8 +17,6 @@ padded with unrelated frames.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
@@ -26,14 +24,13 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from store_ops import LIST_OPS, apply_list_op, set_retracted, two_copies_and_a_server
 
 from hashmatch.engine.catalog import Catalog
 from hashmatch.engine.rescan import ServerChanges, rescan
 from hashmatch.engine.scan import ScanOptions, scan
 from hashmatch.engine.store import SignalRecord
-from hashmatch.server.testing import running_server
 
-ADMIN = {"admin": (["match", "export", "write"], True)}
 LISTS = ("a", "b")
 
 
@@ -124,12 +121,8 @@ def _shared(videos: list, spec: tuple) -> SignalRecord:
 def _apply(engine, op: tuple, videos: list) -> None:
     store = engine.store
     kind, arg = op[0], op[1]
-    if kind in ("disable", "enable", "delete"):
-        if arg in {h.name for h in store.lists()}:
-            if kind == "delete":
-                store.delete_list(arg)
-            else:
-                store.set_list_enabled(arg, kind == "enable")
+    if kind in LIST_OPS:
+        apply_list_op(store, kind, arg)
         return
     if kind == "ingest":
         engine.ingest([_shared(videos, spec) for spec in op[2]], list_name=arg)
@@ -139,8 +132,7 @@ def _apply(engine, op: tuple, videos: list) -> None:
         return
     target = known[arg % len(known)]
     if kind in ("retract", "restore"):
-        act = engine.retract if kind == "retract" else engine.restore
-        act(list_name=target.list_name, signal_ids=[target.id])
+        set_retracted(engine, kind, target)
     elif kind == "relabel":  # the same video again, new labels: an update the rescan reads
         codes, qualities, stamps = store.frames(target.id)
         engine.ingest([SignalRecord("vpdq", "", frames=codes, labels=(op[2],),
@@ -196,34 +188,27 @@ ONE_FRAME = [([("ingest", "b", [(1, 0.1, 0, 0, 0, 9, True, 2)])], 3)]
 @example(plan=ONE_FRAME)
 def test_rescan_holds_what_a_fresh_match_finds_locally_and_through_a_server(scanned, plan):
     catalog_path, videos = scanned
-    with tempfile.TemporaryDirectory(prefix="rescan-video-property-") as tmp:
-        tmp = Path(tmp)
-        for name in ("local", "remote"):
-            shutil.copy(catalog_path, tmp / f"{name}.sqlite")
-        with (
-            running_server(tmp / "served", tenants=ADMIN) as ts,
-            Catalog(tmp / "local.sqlite") as local,
-            Catalog(tmp / "remote.sqlite") as remote,
-        ):
-            client = ts.client("admin")
-            before: dict = {}
-            for ops, page_size in plan:
-                for op in ops:
-                    _apply(ts.engine, op, videos)
-                mine = rescan(local, ts.engine.store, cache_dir=tmp / "cache-local")
-                theirs = rescan(remote, ServerChanges(client, ts.target, page_size=page_size),
-                                cache_dir=tmp / "cache-remote")  # fmt: skip
-                held = _held(local)
-                expected = _fresh(ts.engine, local)
-                # exactly what a fresh match finds; new ones with its numbers
-                assert held.keys() == expected.keys()
-                for m in mine.new:
-                    assert held[(m.file_id, m.signal_id)] == expected[(m.file_id, m.signal_id)]
-                # the report is the difference from before
-                assert {(m.file_id, m.signal_id) for m in mine.new} == held.keys() - before.keys()
-                assert {(r.match.file_id, r.match.signal_id)
-                        for r in mine.retracted} == before.keys() - held.keys()  # fmt: skip
-                # the server, in pages of any size, reads the same
-                assert _outcome(theirs) == _outcome(mine), page_size
-                assert _held(remote) == held
-                before = held
+    with two_copies_and_a_server(catalog_path, "rescan-video-property-") as (tmp, ts, local,
+                                                                             remote):  # fmt: skip
+        client = ts.client("admin")
+        before: dict = {}
+        for ops, page_size in plan:
+            for op in ops:
+                _apply(ts.engine, op, videos)
+            mine = rescan(local, ts.engine.store, cache_dir=tmp / "cache-local")
+            theirs = rescan(remote, ServerChanges(client, ts.target, page_size=page_size),
+                            cache_dir=tmp / "cache-remote")  # fmt: skip
+            held = _held(local)
+            expected = _fresh(ts.engine, local)
+            # exactly what a fresh match finds; new ones with its numbers
+            assert held.keys() == expected.keys()
+            for m in mine.new:
+                assert held[(m.file_id, m.signal_id)] == expected[(m.file_id, m.signal_id)]
+            # the report is the difference from before
+            assert {(m.file_id, m.signal_id) for m in mine.new} == held.keys() - before.keys()
+            assert {(r.match.file_id, r.match.signal_id)
+                    for r in mine.retracted} == before.keys() - held.keys()  # fmt: skip
+            # the server, in pages of any size, reads the same
+            assert _outcome(theirs) == _outcome(mine), page_size
+            assert _held(remote) == held
+            before = held
