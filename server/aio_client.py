@@ -108,12 +108,14 @@ class AsyncHashmatchClient(shared.ClientBase):
         **options: Any,
     ) -> matcher_pb2.MatchResponse:
         """Look hashes and/or media up; options as :func:`match_request`; more than
-        ``max_batch`` hashes as the sync client's ``match`` (several requests, one reply)."""
+        ``max_batch`` hashes as the sync client's ``match`` (several requests, one reply,
+        ``timeout`` the whole call's deadline)."""
         plan = shared.MatchPlan(match_request(hashes, **options), self.max_batch)
+        attempts = self._attempts(timeout)
         replies = []
         for k, part in enumerate(plan.parts):
             with plan.sending(k):
-                replies.append(await self._unary(self.matcher.Match, part, timeout))
+                replies.append(await self._unary(self.matcher.Match, part, attempts.renewed()))
         return plan.merged(replies)
 
     async def match_stream(

@@ -115,14 +115,16 @@ class HashmatchClient(ClientBase):
         self, hashes: Iterable[HashInput] = (), *, timeout: float | None = None, **options: Any
     ) -> matcher_pb2.MatchResponse:
         """Look hashes and/or media up; options as :meth:`match_request`. More hashes
-        (or video frames) than the client's ``max_batch`` go as several requests,
-        ``timeout`` each, whose replies are merged into the one a single request would
-        have had (:class:`~hashmatch.server.client_shared.MatchPlan`)."""
+        (or video frames) than the client's ``max_batch`` go as several requests, whose
+        replies are merged into the one a single request would have had
+        (:class:`~hashmatch.server.client_shared.MatchPlan`); ``timeout`` (None: the
+        client's) is the whole call's deadline, all parts and their retries."""
         plan = MatchPlan(self.match_request(hashes, **options), self.max_batch)
+        attempts = self._attempts(timeout)
         replies = []
         for k, part in enumerate(plan.parts):
             with plan.sending(k):
-                replies.append(self._unary(self.matcher.Match, part, timeout))
+                replies.append(self._unary(self.matcher.Match, part, attempts.renewed()))
         return plan.merged(replies)
 
     def match_stream(

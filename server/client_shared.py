@@ -250,9 +250,20 @@ class Attempts:
         self.retry_until = self.deadline
         self.retries = retries
         self.retry_window = retry_window
+        self.backoff = backoff
         self.delay = min(backoff, MAX_BACKOFF)  # the first pause too: 'at most 2 s'
         self.attempt = 0
         self.pause = 0.0
+
+    def renewed(self) -> Attempts:
+        """A fresh schedule (no failure yet, first pause again) with the same deadline.
+
+        Why: a caller's ``timeout`` is the whole call's budget, however many requests
+        it takes (the parts of a split ``match``).
+        """
+        fresh = Attempts(None, self.retries, self.backoff, self.retry_window)
+        fresh.deadline = fresh.retry_until = self.deadline
+        return fresh
 
     def left(self) -> float | None:
         """Seconds the next attempt may take (None = no deadline)."""
@@ -524,8 +535,9 @@ class MatchPlan:
     request would have had.
 
     Why: a pipeline that passed more than 10,000 hashes got INVALID_ARGUMENT for the
-    whole call. Each part is its own request (its own deadline and retries, as
-    ``retract``'s); the media ride in the first (their limit is ``max_media_items``).
+    whole call. Each part is its own request (its own retries; the call's deadline is
+    shared by all, see :meth:`Attempts.renewed`); the media ride in the first (their
+    limit is ``max_media_items``).
     """
 
     def __init__(self, request: matcher_pb2.MatchRequest, max_batch: int):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import queue
 import shutil
 import socket
 import threading
@@ -117,7 +118,8 @@ def test_a_closed_port_is_retried_until_the_deadline_then_unavailable(tmp_path):
 class CuttableProxy:
     """A TCP relay to ``upstream`` that :meth:`cut` drops, refusing new connections
     after: a server or load balancer going away in the middle of a stream (or that
-    :meth:`blackhole` silences)."""
+    :meth:`blackhole` silences). ``delay``: seconds each chunk towards the server is
+    held back (a slow link: every request takes that much longer)."""
 
     def __init__(self, upstream: tuple[str, int]):
         self.upstream = upstream
@@ -126,6 +128,7 @@ class CuttableProxy:
         self.sockets: list[socket.socket] = []
         self.closed = False
         self.blackholed = False
+        self.delay = 0.0
         self.refused: list[float] = []  # when each connection made while closed came
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -141,16 +144,31 @@ class CuttableProxy:
                 continue
             up = socket.create_connection(self.upstream)
             self.sockets += [down, up]
-            for src, dst in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+            for src, dst, delayed in ((down, up, True), (up, down, False)):
+                args = (src, dst, delayed)
+                threading.Thread(target=self._pump, args=args, daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, delayed: bool) -> None:
+        """Relay ``src`` to ``dst``; ``delayed``: each chunk ``delay`` s after it came
+        (a chunk's own wait, not the sum of the waits of the chunks before it)."""
+        chunks: queue.Queue = queue.Queue()
+        threading.Thread(target=self._forward, args=(chunks, dst), daemon=True).start()
         try:
             while data := src.recv(65536):
-                if not self.blackholed:
-                    dst.sendall(data)
+                chunks.put((time.monotonic() + (self.delay if delayed else 0.0), data))
         except OSError:
             pass
+        chunks.put(None)
+
+    def _forward(self, chunks: queue.Queue, dst: socket.socket) -> None:
+        while (chunk := chunks.get()) is not None:
+            due, data = chunk
+            time.sleep(max(0.0, due - time.monotonic()))
+            if not self.blackholed:
+                try:
+                    dst.sendall(data)
+                except OSError:
+                    return
 
     def blackhole(self) -> None:
         """Stop forwarding, both ways, with every connection left open: a network that
@@ -741,3 +759,37 @@ def test_a_large_backoff_still_waits_at_most_two_seconds_between_tries():
     with attempts:
         raise unavailable
     assert 0 < attempts.pause <= MAX_BACKOFF * 1.1
+
+
+def test_a_split_match_keeps_to_one_deadline_for_all_its_parts(tmp_path):
+    """``timeout`` is the whole call's budget, as a pipeline expects: a match of two
+    parts over a link that makes each take 1.6 s fails at the second part with a 2.5 s
+    timeout (before, each part had its own 2.5 s, and the call took 3.2 s+)."""
+    import asyncio
+
+    from hashmatch.server.aio_client import AsyncHashmatchClient
+
+    hexes = [("pdq", h) for h in _hexes(150, seed=22)]
+    with running_server(tmp_path) as ts:
+        proxy = CuttableProxy(("127.0.0.1", ts.server.port))
+        client = HashmatchClient(proxy.target, max_batch=100)
+
+        async def aio_match():
+            async with AsyncHashmatchClient(proxy.target, max_batch=100) as aio:
+                await aio.list_hash_lists()  # connected before the link slows down
+                proxy.delay = 1.6
+                with pytest.raises(grpc.RpcError) as late:
+                    await aio.match(hexes, timeout=2.5)
+                proxy.delay = 0.0
+                return late.value
+
+        with client:
+            client.list_hash_lists()
+            proxy.delay = 1.6
+            with pytest.raises(grpc.RpcError) as late:
+                client.match(hexes, timeout=2.5)
+            proxy.delay = 0.0
+            errors = [late.value, asyncio.run(aio_match())]
+    for error in errors:
+        assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "this one held hashes[100:150]" in "\n".join(error.__notes__)
