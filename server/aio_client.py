@@ -49,6 +49,13 @@ async def _items(source: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[An
             yield item
 
 
+async def _guarded(requests: Any, reader: shared.SourceGuard) -> AsyncIterator[Any]:
+    """``requests`` (plain or async), ending where they raise (kept by ``reader``)."""
+    with reader.reading():
+        async for request in _items(requests):
+            yield request
+
+
 async def _read(call: Any) -> Any:
     """The next message of a server stream, or None at its end."""
     message = await call.read()
@@ -124,24 +131,37 @@ class AsyncHashmatchClient(shared.ClientBase):
         *,
         timeout: float | None = None,
     ) -> AsyncIterator[matcher_pb2.MatchResponse]:
-        """Bidirectional stream: one response per request, in order (not retried).
-        ``requests``: a plain or async iterable; what it raises is raised after the
-        replies to the requests before it. Leaving the loop early (or cancelling it)
-        cancels the stream."""
-        reader = shared.SourceGuard()
+        """Bidirectional stream: one response per request, in order (not retried); split
+        as the sync client's (errors with ``results_delivered``). ``requests``: a plain
+        or async iterable; what it raises is raised after the replies to the requests
+        before it. Leaving the loop early (or cancelling it) cancels the stream."""
+        plan = shared.StreamPlan(self.max_batch)
+        source = _guarded(requests, plan.reader)
 
         async def sent() -> AsyncIterator[matcher_pb2.MatchRequest]:
-            with reader.reading():
-                async for request in _items(requests):
-                    yield request
+            seq = 0
+            while True:
+                part = plan.part(seq)
+                if part is None:
+                    if plan.ended:
+                        return
+                    plan.take(await anext(source, None))
+                    continue
+                yield part
+                seq += 1
 
         call = self.matcher.MatchStream(sent(), timeout=timeout, metadata=self.metadata)
         try:
-            while (reply := await _read(call)) is not None:
-                yield reply
-        finally:
-            call.cancel()  # nothing when it has ended
-        reader.raise_error()
+            try:
+                while (reply := await _read(call)) is not None:
+                    if (result := plan.answer(reply)) is not None:
+                        yield result
+            finally:
+                call.cancel()  # nothing when it has ended
+        except grpc.RpcError as exc:
+            plan.failed(exc)
+            raise
+        plan.reader.raise_error(results_delivered=plan.delivered)
 
     async def hash(
         self,

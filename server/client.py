@@ -36,6 +36,7 @@ from hashmatch.server.client_shared import (
     IngestPlan,
     MatchPlan,
     SourceGuard,
+    StreamPlan,
     add_retract_reply,
     changes_request,
     hash_request,
@@ -71,14 +72,26 @@ __all__ = [  # the builders and constants pipelines import from here
 ]
 
 
-def _replies(call: Any, reader: SourceGuard) -> Iterator[Any]:
-    """A response stream's messages, then what its request source raised; cancelled
-    when closed early."""
+def _guarded(requests: Iterable[Any], reader: SourceGuard) -> Iterator[Any]:
+    """``requests``, ending where they raise (kept by ``reader``)."""
+    with reader.reading():
+        yield from requests
+
+
+def _stream_replies(plan: StreamPlan, call: Any) -> Iterator[matcher_pb2.MatchResponse]:
+    """The results of ``plan``'s stream, then what its request source raised; the call
+    is cancelled when closed early."""
     try:
-        yield from call
-    finally:
-        call.cancel()  # nothing when it has ended
-    reader.raise_error()
+        try:
+            for reply in call:
+                if (result := plan.answer(reply)) is not None:
+                    yield result
+        finally:
+            call.cancel()  # nothing when it has ended
+    except grpc.RpcError as exc:
+        plan.failed(exc)
+        raise
+    plan.reader.raise_error(results_delivered=plan.delivered)
 
 
 class HashmatchClient(ClientBase):
@@ -132,15 +145,27 @@ class HashmatchClient(ClientBase):
     ) -> Iterator[matcher_pb2.MatchResponse]:
         """Bidirectional stream: one response per request, in order (not retried). What
         ``requests`` raises is raised after the replies to the requests before it.
-        Closing the iterator (or dropping it) cancels the stream."""
-        reader = SourceGuard()
+        Closing the iterator (or dropping it) cancels the stream. A request of more than
+        ``max_batch`` hashes (or video frames) goes as several messages, their replies
+        merged into its one (as ``match``). A failed call's error has
+        ``results_delivered``, the replies the caller got."""
+        plan = StreamPlan(self.max_batch)
+        source = _guarded(requests, plan.reader)
 
         def sent() -> Iterator[matcher_pb2.MatchRequest]:
-            with reader.reading():
-                yield from requests
+            seq = 0
+            while True:
+                part = plan.part(seq)
+                if part is None:
+                    if plan.ended:
+                        return
+                    plan.take(next(source, None))
+                    continue
+                yield part
+                seq += 1
 
         call = self.matcher.MatchStream(sent(), timeout=timeout, metadata=self.metadata)
-        return _replies(call, reader)
+        return _stream_replies(plan, call)
 
     def hash(
         self,

@@ -537,7 +537,7 @@ class MatchPlan:
     Why: a pipeline that passed more than 10,000 hashes got INVALID_ARGUMENT for the
     whole call. Each part is its own request (its own retries; the call's deadline is
     shared by all, see :meth:`Attempts.renewed`); the media ride in the first (their
-    limit is ``max_media_items``).
+    limit is ``max_media_items``). ``match_stream`` splits its requests with it too.
     """
 
     def __init__(self, request: matcher_pb2.MatchRequest, max_batch: int):
@@ -573,23 +573,28 @@ class MatchPlan:
         try:
             yield
         except grpc.RpcError as exc:
-            limit = _batch_limit(exc)
-            if limit is not None and limit < self.max_batch:
-                exc.add_note(
-                    f"the server takes at most {limit} hashes or video frames per Match, this"
-                    f" client sent up to {self.max_batch}: make the client with"
-                    f" max_batch={limit} (HashmatchClient(..., max_batch={limit}))"
-                )
-            elif len(self.parts) > 1:
-                start, end = self._before(k), self._before(k + 1)
-                exc.item_offsets = {"hashes": start[0], "videos": start[1]}  # type: ignore[attr-defined]
-                exc.add_note(
-                    f"sent as {len(self.parts)} requests of at most {self.max_batch} hashes or"
-                    f" video frames; this one held hashes[{start[0]}:{end[0]}] and"
-                    f" videos[{start[1]}:{end[1]}]: the indexes above count from there"
-                    " (bad_request_fields counts them in the whole call)"
-                )
+            self.annotate(exc, k)
             raise
+
+    def annotate(self, exc: grpc.RpcError, k: int) -> None:
+        """Give part ``k``'s error its note and ``item_offsets`` (see :meth:`sending`)."""
+        limit = _batch_limit(exc)
+        if limit is not None and limit < self.max_batch:
+            exc.add_note(
+                f"the server takes at most {limit} hashes or video frames per Match, this"
+                f" client sent up to {self.max_batch}: make the client with"
+                f" max_batch={limit} (HashmatchClient(..., max_batch={limit}))"
+            )
+        elif len(self.parts) > 1:
+            start, end = self._before(k), self._before(k + 1)
+            offsets = getattr(exc, "item_offsets", {})
+            exc.item_offsets = {**offsets, "hashes": start[0], "videos": start[1]}  # type: ignore[attr-defined]
+            exc.add_note(
+                f"sent as {len(self.parts)} requests of at most {self.max_batch} hashes or"
+                f" video frames; this one held hashes[{start[0]}:{end[0]}] and"
+                f" videos[{start[1]}:{end[1]}]: the indexes above count from there"
+                " (bad_request_fields counts them in the whole call)"
+            )
 
     def _before(self, k: int) -> tuple[int, int]:
         """How many hashes and videos the parts before part ``k`` hold."""
@@ -777,6 +782,73 @@ class SourceGuard:
             for name, value in notes.items():
                 setattr(self.error, name, value)
             raise self.error
+
+
+class StreamPlan:
+    """One ``match_stream`` call: the caller's requests split into parts within
+    ``max_batch`` (:class:`MatchPlan`), which parts were answered, and the replies of a
+    split request so far.
+
+    Why: a streamed request over the server's ``max_batch`` was refused
+    (INVALID_ARGUMENT) and ended the stream, though ``match`` splits the same request.
+    The server answers a stream's messages in order, so each reply is the first
+    unanswered part's.
+    """
+
+    def __init__(self, max_batch: int):
+        self.max_batch = max_batch
+        self.reader = SourceGuard()  # what reading the caller's iterable raised
+        self.parts: dict[int, tuple[int, MatchPlan, int]] = {}  # seq: (request, plan, part)
+        self.read = 0  # parts read: the seq of the next
+        self.requests = 0  # the caller's requests read
+        self.answered = 0  # parts answered: the seq of the next reply
+        self.delivered = 0  # results handed to the caller
+        self.replies: list[matcher_pb2.MatchResponse] = []  # of the next result's parts
+        self.ended = False  # the caller's iterable is read to its end (or raised)
+
+    def part(self, seq: int) -> matcher_pb2.MatchRequest | None:
+        """Part ``seq`` if it has been read (None: read the source first)."""
+        entry = self.parts.get(seq)
+        return None if entry is None else entry[1].parts[entry[2]]
+
+    def take(self, request: matcher_pb2.MatchRequest | None) -> None:
+        """A request read from the caller's iterable (None: its end)."""
+        if request is None:
+            self.ended = True
+            return
+        plan = MatchPlan(request, self.max_batch)
+        for k in range(len(plan.parts)):
+            self.parts[self.read] = (self.requests, plan, k)
+            self.read += 1
+        self.requests += 1
+
+    def answer(self, reply: matcher_pb2.MatchResponse) -> matcher_pb2.MatchResponse | None:
+        """The reply to the first unanswered part; the caller's result once every part
+        of its request is answered (merged as ``match`` merges them), else None."""
+        _index, plan, k = self.parts.pop(self.answered)
+        self.answered += 1
+        self.replies.append(reply)
+        if k + 1 < len(plan.parts):
+            return None
+        result, self.replies = plan.merged(self.replies), []
+        self.delivered += 1
+        return result
+
+    def failed(self, exc: grpc.RpcError) -> None:
+        """Annotate the call's error: ``results_delivered``, and for the server's refusal
+        of a part, where it is in the caller's requests (``item_offsets``, as ``match``)."""
+        exc.results_delivered = self.delivered  # type: ignore[attr-defined]
+        entry = self.parts.get(self.answered)
+        if entry is not None:
+            index, plan, k = entry
+            # the server's stream[n] counts the messages: the n-th is this part
+            exc.item_offsets = {"stream": index - self.answered}  # type: ignore[attr-defined]
+            plan.annotate(exc, k)
+        exc.add_note(
+            f"match_stream delivered {self.delivered} results (the replies to requests"
+            f"[0:{self.delivered}]) before this error: to go on, send the requests from"
+            f" requests[{self.delivered}] again"
+        )
 
 
 # -- ingest -----------------------------------------------------------------------------

@@ -179,7 +179,8 @@ def bad_request_fields(call_error: grpc.RpcError) -> list[tuple[str, str]]:
     dropped by the client's metadata limit and the code is RESOURCE_EXHAUSTED). A
     client ``match`` sent as several requests sets ``item_offsets`` on the error: a
     field's ``hashes[i]`` / ``videos[i]`` then counts in the whole call, not in the
-    request the server saw.
+    request the server saw; a ``match_stream`` that split or re-sent its requests also
+    sets ``item_offsets["stream"]``, so ``stream[n]`` counts the caller's requests.
     """
     try:
         status = rpc_status.from_call(call_error)
@@ -198,13 +199,17 @@ def bad_request_fields(call_error: grpc.RpcError) -> list[tuple[str, str]]:
     return out
 
 
-_ITEM = re.compile(r"(hashes|videos)\[(\d+)\]")
+_ITEM = re.compile(r"(stream|hashes|videos)\[(\d+)\]\.?")
 
 
 def _in_whole_call(field: str, offsets: dict[str, int]) -> str:
-    """``field`` (``hashes[3].hex``) with its item index moved by ``offsets[hashes]``."""
+    """``field`` (``hashes[3].hex``, ``stream[2].hashes[3].hex``) with each leading
+    index moved by its ``offsets`` entry."""
     found = _ITEM.match(field)
-    if found is None or not offsets.get(found.group(1)):
+    if found is None:
         return field
-    index = int(found.group(2)) + offsets[found.group(1)]
-    return f"{found.group(1)}[{index}]{field[found.end() :]}"
+    name, rest = found.group(1), field[found.end() :]
+    index = int(found.group(2)) + offsets.get(name, 0)
+    dot = "." if found.group(0).endswith(".") else ""
+    inner = _in_whole_call(rest, offsets) if name == "stream" else rest
+    return f"{name}[{index}]{dot}{inner}"

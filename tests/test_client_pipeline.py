@@ -761,6 +761,50 @@ def test_a_large_backoff_still_waits_at_most_two_seconds_between_tries():
     assert 0 < attempts.pause <= MAX_BACKOFF * 1.1
 
 
+def _stream_requests(client: HashmatchClient, hexes: list[str]) -> list[matcher_pb2.MatchRequest]:
+    """Three requests, the second of all ``hexes`` (over a max_batch of 100)."""
+    return [
+        client.match_request([("pdq", h) for h in hexes[:3]], request_id="a"),
+        client.match_request([("pdq", h) for h in hexes], request_id="big"),
+        client.match_request([("pdq", hexes[230])], request_id="c"),
+    ]
+
+
+def test_match_stream_splits_a_request_over_max_batch_and_answers_in_order(tmp_path):
+    """A streamed request of 250 hashes, over the server's max_batch of 100: sent as 3
+    messages and answered as one, in its place (before, INVALID_ARGUMENT for the whole
+    stream); a bad hash in its third message is named in the caller's requests, as a
+    split ``match`` names it in the whole call."""
+    import asyncio
+
+    from hashmatch.server.aio_client import AsyncHashmatchClient
+    from hashmatch.server.errors import bad_request_fields
+
+    hexes = _hexes(250, seed=20)
+    with running_server(tmp_path, max_batch=100) as ts:
+        client = ts.client(max_batch=100)
+        client.ingest("partner", [signal("pdq", h) for h in (hexes[5], hexes[230])])
+        requests = _stream_requests(client, hexes)
+        expected = [client.match(r.hashes, request_id=r.request_id) for r in requests]
+        streamed = list(client.match_stream(iter(requests)))
+        bad = client.match_request([("pdq", h) for h in [*hexes[:230], "zz", *hexes[231:]]])
+        with pytest.raises(grpc.RpcError) as refused:
+            list(client.match_stream([requests[0], bad, requests[2]]))
+
+        async def aio_stream():
+            async with AsyncHashmatchClient(ts.target, max_batch=100) as aio:
+                return [reply async for reply in aio.match_stream(requests)]
+
+        assert streamed == expected and asyncio.run(aio_stream()) == expected
+    assert [r.request_id for r in streamed] == ["a", "big", "c"]
+    hits = [(r.index, [m.query_index for m in r.matches]) for r in streamed[1].results if r.matches]
+    assert hits == [(5, [5]), (230, [230])]
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.results_delivered == 1
+    expected_field = ("stream[1].hashes[230].hex", "pdq hash must be 64 hex characters, got 2")
+    assert bad_request_fields(refused.value) == [expected_field]
+
+
 def test_a_split_match_keeps_to_one_deadline_for_all_its_parts(tmp_path):
     """``timeout`` is the whole call's budget, as a pipeline expects: a match of two
     parts over a link that makes each take 1.6 s fails at the second part with a 2.5 s
