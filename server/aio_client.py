@@ -56,6 +56,11 @@ async def _guarded(requests: Any, reader: shared.SourceGuard) -> AsyncIterator[A
             yield request
 
 
+async def _next(source: AsyncIterator[Any]) -> Any:
+    """The next item of ``source``, None at its end."""
+    return await anext(source, None)
+
+
 async def _read(call: Any) -> Any:
     """The next message of a server stream, or None at its end."""
     message = await call.read()
@@ -131,33 +136,65 @@ class AsyncHashmatchClient(shared.ClientBase):
         *,
         timeout: float | None = None,
     ) -> AsyncIterator[matcher_pb2.MatchResponse]:
-        """Bidirectional stream: one response per request, in order (not retried); split
-        as the sync client's (errors with ``results_delivered``). ``requests``: a plain
-        or async iterable; what it raises is raised after the replies to the requests
-        before it. Leaving the loop early (or cancelling it) cancels the stream."""
-        plan = shared.StreamPlan(self.max_batch)
+        """Bidirectional stream: one response per request, in order; split, retried and
+        timed as the sync client's (a ``timeout`` for the whole stream, retries
+        included; errors with ``results_delivered``). ``requests``: a plain or async
+        iterable; what it raises is raised after the replies to the requests before
+        it. Leaving the loop early (or cancelling it) cancels the stream."""
+        attempts = shared.Attempts(timeout, self.retries, self.backoff)
+        plan = shared.StreamPlan(self.max_batch, attempts)
         source = _guarded(requests, plan.reader)
+        reading: list[asyncio.Future | None] = [None]  # the read in progress, shared
 
-        async def sent() -> AsyncIterator[matcher_pb2.MatchRequest]:
-            seq = 0
-            while True:
-                part = plan.part(seq)
-                if part is None:
-                    if plan.ended:
-                        return
-                    plan.take(await anext(source, None))
-                    continue
-                yield part
-                seq += 1
+        async def read() -> None:
+            """Read one request into ``plan``. Shielded: a failed attempt's stream,
+            cancelled while it waits, must not cancel (and end) the caller's iterable;
+            the next attempt waits for the same read."""
+            pending = reading[0] or asyncio.ensure_future(_next(source))
+            reading[0] = pending
+            request = await asyncio.shield(pending)
+            if reading[0] is pending:  # the first of the attempts waiting for it
+                reading[0] = None
+                plan.take(request)
 
-        call = self.matcher.MatchStream(sent(), timeout=timeout, metadata=self.metadata)
+        async def sent(attempt: int, seq: int) -> AsyncIterator[matcher_pb2.MatchRequest]:
+            while plan.current(attempt):
+                if (part := plan.part(seq)) is not None:
+                    yield part
+                    seq += 1
+                elif plan.ended:
+                    return
+                else:
+                    await read()
+
+        replies = self._stream_replies(plan, sent)
         try:
-            try:
-                while (reply := await _read(call)) is not None:
-                    if (result := plan.answer(reply)) is not None:
-                        yield result
-            finally:
-                call.cancel()  # nothing when it has ended
+            async for result in replies:
+                yield result
+        finally:
+            await replies.aclose()  # cancels the call now, not once garbage collected
+            if reading[0] is not None:
+                reading[0].cancel()
+
+    async def _stream_replies(
+        self, plan: shared.StreamPlan, sent: Callable[[int, int], AsyncIterator[Any]]
+    ) -> AsyncIterator[matcher_pb2.MatchResponse]:
+        """The results of ``plan``'s streams, as the sync client's."""
+        try:
+            while not plan.done() or plan.attempt == 0:
+                messages = sent(*plan.begin())
+                with plan.attempts:
+                    call = self.matcher.MatchStream(
+                        messages, timeout=plan.attempts.left(), metadata=self.metadata
+                    )
+                    try:
+                        while (reply := await _read(call)) is not None:
+                            if (result := plan.answer(reply)) is not None:
+                                yield result
+                    finally:
+                        call.cancel()  # nothing when it has ended
+                    break
+                await asyncio.sleep(plan.attempts.pause)
         except grpc.RpcError as exc:
             plan.failed(exc)
             raise

@@ -9,7 +9,8 @@ jittered): until the call's deadline when it has one (the client's ``timeout`` b
 default), else up to ``retries`` times; ``retries=0`` never retries. Every other
 status is raised at once as :class:`grpc.RpcError` (use
 :func:`hashmatch.server.errors.bad_request_fields` to read the field details).
-Streams (``match_stream``, ``rebuild``) are not retried.
+``match_stream`` is retried from its first request not answered
+(:class:`~hashmatch.server.client_shared.StreamPlan`); ``rebuild`` is not retried.
 
     with HashmatchClient("127.0.0.1:50051", token=os.environ["HASHMATCH_TOKEN"]) as c:
         reply = c.match([("pdq", "f8f8...")], threshold=31)
@@ -17,6 +18,7 @@ Streams (``match_stream``, ``rebuild``) are not retried.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -78,22 +80,6 @@ def _guarded(requests: Iterable[Any], reader: SourceGuard) -> Iterator[Any]:
         yield from requests
 
 
-def _stream_replies(plan: StreamPlan, call: Any) -> Iterator[matcher_pb2.MatchResponse]:
-    """The results of ``plan``'s stream, then what its request source raised; the call
-    is cancelled when closed early."""
-    try:
-        try:
-            for reply in call:
-                if (result := plan.answer(reply)) is not None:
-                    yield result
-        finally:
-            call.cancel()  # nothing when it has ended
-    except grpc.RpcError as exc:
-        plan.failed(exc)
-        raise
-    plan.reader.raise_error(results_delivered=plan.delivered)
-
-
 class HashmatchClient(ClientBase):
     """Connects to one hashmatch server. Thread-safe (one channel, many calls). The
     constructor's arguments: :class:`~hashmatch.server.client_shared.ClientBase`."""
@@ -143,29 +129,59 @@ class HashmatchClient(ClientBase):
     def match_stream(
         self, requests: Iterable[matcher_pb2.MatchRequest], *, timeout: float | None = None
     ) -> Iterator[matcher_pb2.MatchResponse]:
-        """Bidirectional stream: one response per request, in order (not retried). What
-        ``requests`` raises is raised after the replies to the requests before it.
-        Closing the iterator (or dropping it) cancels the stream. A request of more than
-        ``max_batch`` hashes (or video frames) goes as several messages, their replies
-        merged into its one (as ``match``). A failed call's error has
-        ``results_delivered``, the replies the caller got."""
-        plan = StreamPlan(self.max_batch)
+        """Bidirectional stream: one response per request, in order. What ``requests``
+        raises is raised after the replies to the requests before it. Closing the
+        iterator (or dropping it) cancels the stream. ``timeout``: the whole stream's
+        deadline, retries included (None: none).
+
+        A request of more than ``max_batch`` hashes (or video frames) goes as several
+        messages, their replies merged into its one (as ``match``). A stream refused or
+        cut with what ``match`` retries is retried on a new stream, from the first
+        request not answered (:class:`~hashmatch.server.client_shared.StreamPlan`);
+        ``retries`` counts failures in a row, without a reply between them. A failed
+        call's error has ``results_delivered``, the replies the caller got."""
+        plan = StreamPlan(self.max_batch, Attempts(timeout, self.retries, self.backoff))
         source = _guarded(requests, plan.reader)
+        lock = threading.Lock()  # one reader of ``requests`` at a time, across attempts
 
-        def sent() -> Iterator[matcher_pb2.MatchRequest]:
-            seq = 0
-            while True:
-                part = plan.part(seq)
-                if part is None:
-                    if plan.ended:
-                        return
-                    plan.take(next(source, None))
-                    continue
-                yield part
-                seq += 1
+        def sent(attempt: int, seq: int) -> Iterator[matcher_pb2.MatchRequest]:
+            while plan.current(attempt):
+                ended = plan.ended  # read first: once it is set, every part is in
+                if (part := plan.part(seq)) is not None:
+                    yield part
+                    seq += 1
+                elif ended:
+                    return
+                else:
+                    with lock:  # a failed attempt's stream may still be reading it
+                        if plan.part(seq) is None and not plan.ended:
+                            plan.take(next(source, None))
 
-        call = self.matcher.MatchStream(sent(), timeout=timeout, metadata=self.metadata)
-        return _stream_replies(plan, call)
+        return self._stream_replies(plan, sent)
+
+    def _stream_replies(
+        self, plan: StreamPlan, sent: Callable[[int, int], Iterator[matcher_pb2.MatchRequest]]
+    ) -> Iterator[matcher_pb2.MatchResponse]:
+        """The results of ``plan``'s streams, each attempt's messages from ``sent``."""
+        try:
+            while not plan.done() or plan.attempt == 0:
+                messages = sent(*plan.begin())
+                with plan.attempts:
+                    call = self.matcher.MatchStream(
+                        messages, timeout=plan.attempts.left(), metadata=self.metadata
+                    )
+                    try:
+                        for reply in call:
+                            if (result := plan.answer(reply)) is not None:
+                                yield result
+                    finally:
+                        call.cancel()  # nothing when it has ended
+                    break
+                time.sleep(plan.attempts.pause)
+        except grpc.RpcError as exc:
+            plan.failed(exc)
+            raise
+        plan.reader.raise_error(results_delivered=plan.delivered)
 
     def hash(
         self,

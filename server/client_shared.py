@@ -259,7 +259,8 @@ class Attempts:
         """A fresh schedule (no failure yet, first pause again) with the same deadline.
 
         Why: a caller's ``timeout`` is the whole call's budget, however many requests
-        it takes (the parts of a split ``match``).
+        it takes (the parts of a split ``match``), and a long ``match_stream`` that got
+        replies since its last failure has not been failing ``retries`` times in a row.
         """
         fresh = Attempts(None, self.retries, self.backoff, self.retry_window)
         fresh.deadline = fresh.retry_until = self.deadline
@@ -291,12 +292,16 @@ class Attempts:
 
     def _pause(self, exc: grpc.RpcError) -> float | None:
         """Seconds to wait before retrying ``exc``, or None to raise it."""
-        least = 0.0 if exc.code() in RETRYABLE else retry_delay(exc)
+        lost = lost_status(exc)
+        least = 0.0 if exc.code() in RETRYABLE or lost else retry_delay(exc)
         if least is None or self.retries <= 0:
             return None
         pause = max(self.delay * (1 + random.uniform(0, 0.1)), least)
-        if self.retry_until is None:
-            return pause if self.attempt < self.retries else None
+        if self.retry_until is None or lost:  # a lost status may be a final one: a few tries
+            if self.attempt >= self.retries:
+                return None
+            if self.retry_until is None:
+                return pause
         # leave the last attempt time to get an answer: else it ends DEADLINE_EXCEEDED
         # and hides that the server was unavailable throughout
         room = self.retry_until - time.monotonic() - MIN_ATTEMPT_SECONDS
@@ -321,6 +326,21 @@ def retry_delay(exc: grpc.RpcError) -> float | None:
         if detail.Unpack(info):
             return info.retry_delay.ToTimedelta().total_seconds()
     return None
+
+
+def lost_status(exc: grpc.RpcError) -> bool:
+    """Whether ``exc`` is grpc.aio's INTERNAL "Internal error from Core" for a request
+    it was writing when the server ended the stream: it overwrites the server's status
+    with this one (grpc/grpc#36066), so a stream refused for a busy slot (a
+    RESOURCE_EXHAUSTED the clients retry) or a bad request cannot be told apart.
+
+    Why: the asyncio client's ``match_stream`` and ``ingest`` start writing before the
+    server has accepted the stream; their refusals surfaced as INTERNAL about half the
+    time. Retried up to ``retries`` times even with a deadline: a final status lost so
+    is then raised (as this INTERNAL) after a few quick tries."""
+    details = exc.details() if exc.code() is grpc.StatusCode.INTERNAL else ""
+    debug = getattr(exc, "debug_error_string", lambda: "")()
+    return details == "Internal error from Core" and "SendMessageOperation" in debug
 
 
 def tls_hint(details: str) -> str:
@@ -785,18 +805,29 @@ class SourceGuard:
 
 
 class StreamPlan:
-    """One ``match_stream`` call: the caller's requests split into parts within
-    ``max_batch`` (:class:`MatchPlan`), which parts were answered, and the replies of a
-    split request so far.
+    """One ``match_stream`` call across its attempts: the caller's requests split into
+    parts within ``max_batch`` (:class:`MatchPlan`), which parts were answered, the
+    replies of a split request so far, and the retry schedule.
 
-    Why: a streamed request over the server's ``max_batch`` was refused
-    (INVALID_ARGUMENT) and ended the stream, though ``match`` splits the same request.
-    The server answers a stream's messages in order, so each reply is the first
-    unanswered part's.
+    Why: a streamed request over the server's ``max_batch`` was refused, and a stream
+    refused for a busy slot (or cut) was not retried: requests already read from the
+    caller's iterable would have been lost.
+
+    The retry rule: a part sent (or read from the caller's iterable) but not answered
+    when a stream fails is sent again, first, on the next stream; an answered one never
+    is (its reply is kept, or was delivered). The server answers a stream's messages in
+    order, so the unanswered ones are the parts from the first unanswered on. Matching
+    is read-only, so sending a part twice is harmless whatever the failure was.
+
+    Each attempt's request stream reads the caller's iterable through the one
+    ``source`` (one reader at a time: the sync client holds a lock, the asyncio one
+    shares the pending read), so a request the failed attempt's stream was still
+    waiting for is kept and sent by the next one, not lost.
     """
 
-    def __init__(self, max_batch: int):
+    def __init__(self, max_batch: int, attempts: Attempts):
         self.max_batch = max_batch
+        self.attempts = attempts
         self.reader = SourceGuard()  # what reading the caller's iterable raised
         self.parts: dict[int, tuple[int, MatchPlan, int]] = {}  # seq: (request, plan, part)
         self.read = 0  # parts read: the seq of the next
@@ -804,7 +835,26 @@ class StreamPlan:
         self.answered = 0  # parts answered: the seq of the next reply
         self.delivered = 0  # results handed to the caller
         self.replies: list[matcher_pb2.MatchResponse] = []  # of the next result's parts
+        self.attempt = 0  # the current attempt
+        self.first = 0  # the seq the current attempt's stream began with
         self.ended = False  # the caller's iterable is read to its end (or raised)
+        self.progressed = False  # a reply came since the last failure
+
+    def begin(self) -> tuple[int, int]:
+        """A new attempt: (its number, the seq its stream starts from)."""
+        self.attempt += 1
+        self.first = self.answered
+        if self.progressed:
+            self.attempts = self.attempts.renewed()
+            self.progressed = False
+        return self.attempt, self.first
+
+    def current(self, attempt: int) -> bool:
+        return attempt == self.attempt
+
+    def done(self) -> bool:
+        """Nothing left to send or to hear: a retry would be an empty stream."""
+        return self.ended and self.answered == self.read
 
     def part(self, seq: int) -> matcher_pb2.MatchRequest | None:
         """Part ``seq`` if it has been read (None: read the source first)."""
@@ -827,6 +877,7 @@ class StreamPlan:
         of its request is answered (merged as ``match`` merges them), else None."""
         _index, plan, k = self.parts.pop(self.answered)
         self.answered += 1
+        self.progressed = True
         self.replies.append(reply)
         if k + 1 < len(plan.parts):
             return None
@@ -841,8 +892,8 @@ class StreamPlan:
         entry = self.parts.get(self.answered)
         if entry is not None:
             index, plan, k = entry
-            # the server's stream[n] counts the messages: the n-th is this part
-            exc.item_offsets = {"stream": index - self.answered}  # type: ignore[attr-defined]
+            # the server's stream[n] counts this attempt's messages: the n-th is this part
+            exc.item_offsets = {"stream": index - (self.answered - self.first)}  # type: ignore[attr-defined]
             plan.annotate(exc, k)
         exc.add_note(
             f"match_stream delivered {self.delivered} results (the replies to requests"

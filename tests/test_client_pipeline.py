@@ -805,6 +805,48 @@ def test_match_stream_splits_a_request_over_max_batch_and_answers_in_order(tmp_p
     assert bad_request_fields(refused.value) == [expected_field]
 
 
+def test_a_match_stream_refused_for_a_busy_stream_slot_is_retried(tmp_path):
+    """Two workers = one request-stream slot, held by an open match_stream. Another
+    stream is refused (RESOURCE_EXHAUSTED with a RetryInfo) after gRPC read its first
+    requests from the caller's iterator; it is retried once the slot is free, those
+    requests sent again, and every reply comes, in order (before, the refusal was
+    raised: requests already read could not be retried)."""
+    import asyncio
+
+    from hashmatch.server.aio_client import AsyncHashmatchClient
+
+    hexes = _hexes(250, seed=21)
+    refused = {"method": "MatchStream", "code": "RESOURCE_EXHAUSTED"}
+    with running_server(tmp_path, workers=2, max_batch=100) as ts:
+        client = ts.client(max_batch=100, timeout=30)
+        client.ingest("partner", [signal("pdq", h) for h in (hexes[5], hexes[230])])
+        requests = _stream_requests(client, hexes)
+        expected = [client.match(r.hashes, request_id=r.request_id) for r in requests]
+        sample = ts.server.host.metrics.registry.get_sample_value
+
+        def refusals() -> float:
+            return sample("hashmatch_requests_total", refused) or 0.0
+
+        def sync_stream() -> list:
+            return list(client.match_stream(iter(requests), timeout=30))
+
+        async def aio_stream() -> list:
+            async with AsyncHashmatchClient(ts.target, max_batch=100) as aio:
+                return [reply async for reply in aio.match_stream(iter(requests), timeout=30)]
+
+        for run in (sync_stream, lambda: asyncio.run(aio_stream())):
+            with futures.ThreadPoolExecutor(1) as pool, _held_open() as held:
+                holder = client.match_stream(held([requests[0]]))
+                next(holder)  # the holder's stream has the only slot
+                before = refusals()
+                streamed = pool.submit(run)
+                while refusals() == before and not streamed.done():
+                    time.sleep(0.01)
+            holder.close()  # the slot is free once the held stream ends
+            assert streamed.result() == expected
+        assert refusals() >= 2
+
+
 def test_a_split_match_keeps_to_one_deadline_for_all_its_parts(tmp_path):
     """``timeout`` is the whole call's budget, as a pipeline expects: a match of two
     parts over a link that makes each take 1.6 s fails at the second part with a 2.5 s
@@ -837,3 +879,33 @@ def test_a_split_match_keeps_to_one_deadline_for_all_its_parts(tmp_path):
     for error in errors:
         assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         assert "this one held hashes[100:150]" in "\n".join(error.__notes__)
+
+
+def test_a_cut_match_stream_resends_only_what_was_not_answered(tmp_path):
+    """A stream cut after its first reply (a restart, a proxy dropping the connection)
+    while the caller's iterable waits inside its next request: retried on a new stream
+    with the requests not answered, that one included (read by the failed stream's
+    reader), never the answered one: the server looks 3 queries up for 3 requests."""
+    hexes = _hexes(3, seed=23)
+    gate = threading.Event()
+
+    def requests():
+        yield client.match_request([("pdq", hexes[0])], request_id="0")
+        gate.wait(30)  # a pipeline waiting for its next upload
+        yield client.match_request([("pdq", hexes[1])], request_id="1")
+        yield client.match_request([("pdq", hexes[2])], request_id="2")
+
+    with running_server(tmp_path) as ts:
+        proxy = CuttableProxy(("127.0.0.1", ts.server.port))
+        with HashmatchClient(proxy.target, timeout=30) as client:
+            client.ingest("partner", [signal("pdq", h) for h in hexes])
+            stream = client.match_stream(requests(), timeout=30)
+            first = next(stream)
+            proxy.drop()
+            gate.set()
+            replies = [first, *stream]
+        queries = ts.server.host.metrics.registry.get_sample_value
+        looked_up = queries("hashmatch_queries_total", {"signal_type": "pdq"})
+    assert [r.request_id for r in replies] == ["0", "1", "2"]
+    assert [r.results[0].matches[0].hash_hex for r in replies] == hexes
+    assert looked_up == 3
