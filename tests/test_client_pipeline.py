@@ -21,7 +21,7 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from hashmatch.server.client import HashmatchClient, signal, video_signal
+from hashmatch.server.client import HashmatchClient, match_request, signal, video_signal
 from hashmatch.server.testing import held_engine, running_server, self_signed_cert
 from hashmatch.v1 import matcher_pb2, matcher_pb2_grpc
 
@@ -885,27 +885,60 @@ def test_a_cut_match_stream_resends_only_what_was_not_answered(tmp_path):
     """A stream cut after its first reply (a restart, a proxy dropping the connection)
     while the caller's iterable waits inside its next request: retried on a new stream
     with the requests not answered, that one included (read by the failed stream's
-    reader), never the answered one: the server looks 3 queries up for 3 requests."""
+    reader), never the answered one: the server looks 3 queries up for 3 requests.
+    (The 0.5 s pause lets the retry begin while the iterable still waits.)"""
+    import asyncio
+
+    from hashmatch.server.aio_client import AsyncHashmatchClient
+
     hexes = _hexes(3, seed=23)
     gate = threading.Event()
+    requests = [match_request([("pdq", h)], request_id=str(i)) for i, h in enumerate(hexes)]
 
-    def requests():
-        yield client.match_request([("pdq", hexes[0])], request_id="0")
+    def sync_requests():
+        yield requests[0]
         gate.wait(30)  # a pipeline waiting for its next upload
-        yield client.match_request([("pdq", hexes[1])], request_id="1")
-        yield client.match_request([("pdq", hexes[2])], request_id="2")
+        yield from requests[1:]
 
-    with running_server(tmp_path) as ts:
+    async def aio_cut(proxy: CuttableProxy) -> list:
+        ready = asyncio.Event()
+
+        async def aio_requests():
+            yield requests[0]
+            await ready.wait()
+            for request in requests[1:]:
+                yield request
+
+        async with AsyncHashmatchClient(proxy.target, timeout=30) as aio:
+            stream = aio.match_stream(aio_requests(), timeout=30)
+            first = await anext(stream)
+            proxy.drop()
+            rest = asyncio.ensure_future(_collected(stream))
+            await asyncio.sleep(0.5)
+            ready.set()
+            return [first, *await rest]
+
+    looked_up = []
+    with running_server(tmp_path) as ts, futures.ThreadPoolExecutor(1) as pool:
+        ts.client().ingest("partner", [signal("pdq", h) for h in hexes])
+        queries = ts.server.host.metrics.registry.get_sample_value
         proxy = CuttableProxy(("127.0.0.1", ts.server.port))
         with HashmatchClient(proxy.target, timeout=30) as client:
-            client.ingest("partner", [signal("pdq", h) for h in hexes])
-            stream = client.match_stream(requests(), timeout=30)
+            stream = client.match_stream(sync_requests(), timeout=30)
             first = next(stream)
             proxy.drop()
+            rest = pool.submit(list, stream)
+            time.sleep(0.5)
             gate.set()
-            replies = [first, *stream]
-        queries = ts.server.host.metrics.registry.get_sample_value
-        looked_up = queries("hashmatch_queries_total", {"signal_type": "pdq"})
-    assert [r.request_id for r in replies] == ["0", "1", "2"]
-    assert [r.results[0].matches[0].hash_hex for r in replies] == hexes
-    assert looked_up == 3
+            replies = [[first, *rest.result()]]
+        looked_up.append(queries("hashmatch_queries_total", {"signal_type": "pdq"}))
+        replies.append(asyncio.run(aio_cut(CuttableProxy(("127.0.0.1", ts.server.port)))))
+        looked_up.append(queries("hashmatch_queries_total", {"signal_type": "pdq"}))
+    for answered in replies:
+        assert [r.request_id for r in answered] == ["0", "1", "2"]
+        assert [r.results[0].matches[0].hash_hex for r in answered] == hexes
+    assert looked_up == [3, 6]
+
+
+async def _collected(stream) -> list:
+    return [reply async for reply in stream]
