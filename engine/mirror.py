@@ -306,13 +306,10 @@ def mirror(
         plan = _plan(page.changes, selection, server)  # outside the write lock: reads no store
         with store.transaction() as conn:
             now_state = mirror_state(store, prefix)
-            kept = (now_state.seq, now_state.signal_id) if now_state else (0, 0)
-            if kept != (since, at) and not (first and resync):
-                raise Conflict(
-                    f"another run of mirror {prefix!r} advanced its cursor meanwhile; re-run",
-                    field="cursor",
-                )
-            if first and resync and not (state and state.resync):
+            fresh = first and resync and not (state and state.resync)  # reads from 0
+            if not fresh:
+                _check_cursor_kept(prefix, now_state, (since, at))
+            if fresh:
                 conn.execute("DELETE FROM mirror_signals WHERE prefix = ?", (prefix,))
             _apply(store, conn, plan, prefix=prefix, server=server, store_id=log.store_id,
                    actor=actor, summary=summary)  # fmt: skip
@@ -338,6 +335,25 @@ def mirror(
         store.record("mirror", actor=actor, count=summary.changed, source=server,
                      details=summary.as_dict())  # fmt: skip
     return summary
+
+
+def _check_cursor_kept(prefix: str, now: MirrorState | None, cursor: tuple[int, int]) -> None:
+    """Conflict when the mirror's recorded cursor is no longer where this run left it:
+    another run of it committed a page, or a local ``lists delete`` of one of its lists
+    set it to a resync from the start (:meth:`SignalStore._restart_mirror`): this run's
+    later pages alone would create that list again incomplete."""
+    kept = (now.seq, now.signal_id) if now else (0, 0)
+    if kept == cursor:
+        return
+    if now is not None and now.resync and kept == (0, 0):
+        raise Conflict(
+            f"a list of mirror {prefix!r} was deleted locally during this run; its cursor"
+            " was reset, so the next run resyncs (re-reads the hub's lists from the start):"
+            " re-run",
+            field="cursor",
+        )
+    raise Conflict(f"another run of mirror {prefix!r} advanced its cursor meanwhile; re-run",
+                   field="cursor")  # fmt: skip
 
 
 def _refusal(why: str, prefix: str, server: str, seq: int, kept_store: str, log: LogIdentity,

@@ -791,7 +791,8 @@ class SignalStore:
         return ListContents(name, list_id, by_type, int(frames), grants,
                             mirror[0] if mirror else None)  # fmt: skip
 
-    def delete_list(self, name: str, *, actor: str = "local") -> ListContents:
+    def delete_list(self, name: str, *, actor: str = "local",
+                    mirror_resyncs: bool = True) -> ListContents:  # fmt: skip
         """Delete a list and every signal of it (live or retracted, vPDQ frames
         included) from the store for good: a partner agreement ended, or the law
         requires deletion. Retraction (soft) keeps signals; this does not.
@@ -803,10 +804,15 @@ class SignalStore:
         them); then the rows go, with the list's grants, counters and mirror records
         (a mirror's list: see README). SQLite's ``secure_delete`` overwrites the freed
         content. An audit row (``list.delete``: who, when, how many) remains; signal ids
-        are never reused (AUTOINCREMENT), so no lookup can return a deleted signal."""
+        are never reused (AUTOINCREMENT), so no lookup can return a deleted signal.
+
+        A mirror's list (``mirror_resyncs``, unless the mirror deletes it itself): that
+        mirror's next run is a full resync (:meth:`_restart_mirror`)."""
         with self._write() as conn:
             list_id = self._list_id(conn, name)
             contents = self._list_contents(conn, list_id, name.strip())
+            if contents.mirror is not None and mirror_resyncs:
+                self._restart_mirror(conn, contents.mirror)
             conn.execute("PRAGMA secure_delete = ON")  # (the connection's; builds differ)
             for stype in contents.signals:
                 self._log_deleted(conn, list_id, stype)
@@ -832,6 +838,22 @@ class SignalStore:
         # the WAL still holds the deleted rows' old pages until a checkpoint reuses it
         contents.wal_cleared = self._checkpoint_truncate()
         return contents
+
+    @staticmethod
+    def _restart_mirror(conn: sqlite3.Connection, prefix: str) -> None:
+        """Set mirror ``prefix`` to a resync that has read nothing yet: cursor 0, resync
+        flag on (cleared only when a resync reaches the hub's head), no remote id
+        mapped. Why: a run of that mirror overlapping the delete created the list again
+        from its later pages only, and the next run, finding the list known, never read
+        the earlier ones (an incomplete copy until a --resync). The overlapping run finds
+        its cursor moved at its next page and stops; a run after the delete, with the
+        hub still sharing the list, copies it whole."""
+        conn.execute(
+            "UPDATE mirrors SET seq = 0, signal_id = 0, head_digest = '', entry_digest = '',"
+            " resync = 1 WHERE prefix = ?",
+            (prefix,),
+        )
+        conn.execute("DELETE FROM mirror_signals WHERE prefix = ?", (prefix,))
 
     def _checkpoint_truncate(self) -> bool:
         """Copy the WAL into the database file and empty it; False when a reader kept

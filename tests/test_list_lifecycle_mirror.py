@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from hashmatch.engine.store import SignalStore
@@ -122,3 +123,53 @@ def test_a_mirrors_list_deleted_locally_comes_back_while_the_hub_shares_it(tmp_p
         run = _mirror(ts, "ops", local)
         assert run["lists_new"] == ["shared"] and run["added"] == 2
         assert _local(local) == {PREFIX + "shared": (True, 2, 0)}
+
+
+class _DeletingDuringRun:
+    """The hub's client, but before the second page of a run is read, the mirror's local
+    list is deleted by another process (another store connection): a `lists delete` run
+    while the mirror is between pages."""
+
+    def __init__(self, client, local, name: str):
+        self._client, self._local, self._name, self._calls = client, local, name, 0
+
+    def __getattr__(self, attr):
+        return getattr(self._client, attr)
+
+    def changes(self, *args, **kwargs):
+        self._calls += 1
+        if self._calls == 2:
+            store = SignalStore(self._local / "store.sqlite", create=False)
+            try:
+                store.delete_list(self._name)
+            finally:
+                store.close()
+        return self._client.changes(*args, **kwargs)
+
+
+def test_a_local_delete_during_a_mirror_run_is_mended_by_the_next_run(tmp_path):
+    """The run's later pages created the list again with only their own signals, and the
+    next run, finding the list known, never re-read the earlier ones: an incomplete copy
+    until a --resync. Now the delete resets the mirror's cursor (a full resync is due):
+    the overlapping run stops at its next page, and the next run copies the list whole."""
+    from hashmatch.engine.errors import Conflict
+    from hashmatch.engine.mirror import mirror
+
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        for seed in (6, 7, 8):  # three log entries: three pages of 2
+            ops.ingest("shared", [signal("pdq", c) for c in _codes(2, seed=seed)])
+        store = SignalStore(local / "store.sqlite", create=True)
+        try:
+            client = _DeletingDuringRun(ops, local, PREFIX + "shared")
+            with pytest.raises(
+                Conflict, match=r"deleted locally during this run.*next run resyncs"
+            ):
+                mirror(store, client, server=ts.target, prefix=PREFIX, page_size=2)
+        finally:
+            store.close()
+        run = _mirror(ts, "ops", local)
+        assert _local(local) == {PREFIX + "shared": (True, 6, 0)}
+        assert run["resync"]
+        assert not _mirror(ts, "ops", local)["resync"]  # the marker is cleared by the resync

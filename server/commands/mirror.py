@@ -131,13 +131,14 @@ def _transient(exc: click.ClickException) -> bool:
     """A pass that failed for a reason the next pass may not meet (hub down, slow, busy:
     RESOURCE_EXHAUSTED is gRPC's "Concurrent RPC limit exceeded!" of a hub at its
     max_concurrent_rpcs; or another run of the same mirror, e.g. from cron, committed the
-    page first): a --follow that exited then stopped mirroring until someone restarted it.
+    page first, or a local ``lists delete`` of one of its lists reset its cursor): a
+    --follow that exited then stopped mirroring until someone restarted it.
     The local store's write lock held past the busy timeout is the other such reason
     (an ``sqlite3.OperationalError``, retried in the loop itself)."""
     return any(
         code in exc.format_message()
         for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
-                     "advanced its cursor meanwhile")
+                     "advanced its cursor meanwhile", "deleted locally during this run")
     )  # fmt: skip
 
 

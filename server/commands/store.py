@@ -272,8 +272,9 @@ def lists_delete(name, yes, as_json, actor, data_dir) -> None:
         )
     if contents.mirror:
         click.echo(
-            f"note: mirror {contents.mirror!r} created this list; its next run creates it"
-            " again if the hub still shares it (see README: Mirrors and deletion)",
+            f"note: mirror {contents.mirror!r} created this list; its next run is a full"
+            " resync and creates it again if the hub still shares it (see README: Mirrors"
+            " and deletion)",
             err=True,
         )
 
