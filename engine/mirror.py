@@ -15,6 +15,8 @@ with each live signal's current code and provenance; this module applies it:
   stored like a live one, and its local list disabled. Which
   local signal a remote id names is kept in ``mirror_signals`` (REMOVED carries no
   code); a retraction made locally by someone else is left alone;
+* a list the hub deleted (``lists delete``, named in the page's ``deleted_lists``) is
+  deleted here too, before the page's changes; one it merely stopped sharing is disabled;
 * **exactly once**: each page (``max_changes``) of changes is applied, and the cursor
   (hub store id, log position, digest of the change there) advanced, in ONE
   transaction (:meth:`SignalStore.transaction`): killed at any point, a re-run gives
@@ -80,6 +82,9 @@ class MirrorSummary:
     lists_disabled: list[str] = field(default_factory=list)
     lists_enabled: list[str] = field(default_factory=list)
     lists_stale: list[str] = field(default_factory=list)
+    # local lists deleted (as `lists delete` does) because the hub deleted its list:
+    # a hard purge there (agreement ended, legal duty), not a list no longer shared
+    lists_purged: list[str] = field(default_factory=list)
     # lists the hub shares with this token (0: a token whose tenant was never granted
     # any, which otherwise reads as a hub with nothing new)
     lists_shared: int = 0
@@ -311,6 +316,7 @@ def mirror(
                 _check_cursor_kept(prefix, now_state, (since, at))
             if fresh:
                 conn.execute("DELETE FROM mirror_signals WHERE prefix = ?", (prefix,))
+            _purge_deleted(store, conn, prefix, page.deleted, actor, summary)
             _apply(store, conn, plan, prefix=prefix, server=server, store_id=log.store_id,
                    actor=actor, summary=summary)  # fmt: skip
             finishing = resync and not more
@@ -330,8 +336,12 @@ def mirror(
         since, at, first = head, page.at, False
         expect = (log.store_id, log.head_digest or "", page.entry_digest)
     summary.lists.sort()
+    if summary.lists_purged:  # disabled first (no longer listed), then deleted: say deleted
+        summary.lists_disabled = [n for n in summary.lists_disabled
+                                  if n not in summary.lists_purged]  # fmt: skip
+        store.checkpoint_truncate()  # the deleted rows' pages out of the WAL, as `lists delete`
     summary.seconds = time.monotonic() - started
-    if summary.changed or summary.resync:
+    if summary.changed or summary.resync or summary.lists_purged:
         store.record("mirror", actor=actor, count=summary.changed, source=server,
                      details=summary.as_dict())  # fmt: skip
     return summary
@@ -437,6 +447,25 @@ def _apply(store: SignalStore, conn, plan: _Plan, *, prefix: str, server: str, s
                             resync=False, only=plan.disabled)  # fmt: skip
     for why, ids in sorted(plan.gone.items()):
         _retract(store, conn, prefix, store_id, ids, f"{why} on {server}", actor, summary)
+
+
+def _purge_deleted(store: SignalStore, conn, prefix: str, deleted: Sequence[Any], actor: str,
+                   summary: MirrorSummary) -> None:  # fmt: skip
+    """Delete the local copies of the hub lists the page says were deleted (the hub's
+    ``lists delete``), before the page's changes: a list of the same name created on the
+    hub afterwards is copied anew. Why not disable, as for a list no longer shared: a
+    partner's token is shown neither the list nor its removals once its grant went with
+    it, so its copy was kept, disabled, holding what the hub deleted for an ended
+    agreement or a legal duty. Only a list this mirror created is deleted."""
+    for gone in deleted:
+        rows = conn.execute(
+            "SELECT l.name FROM mirror_lists ml JOIN hash_lists l ON l.id = ml.list_id"
+            " WHERE ml.prefix = ? AND ml.remote_name = ?",
+            (prefix, gone.list_name),
+        ).fetchall()
+        for (name,) in rows:
+            store.delete_list(name, actor=actor, mirror_resyncs=False)
+            summary.lists_purged.append(name)
 
 
 def _name_problem(prefix: str, remote: str) -> str | None:

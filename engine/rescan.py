@@ -817,6 +817,7 @@ class ChangePage:
     split: bool = False  # the hub honours positions inside an entry (a newer hub)
     entry_digest: str = ""  # of entry head + 1 when at > 0
     since_entry_digest: str = ""  # of entry since + 1 when the request's position is inside
+    deleted: list = field(default_factory=list)  # DeletedList: lists the hub deleted, in the page
 
 
 def change_pages(
@@ -842,6 +843,7 @@ def change_pages(
             page.at = int(reply.head_signal_id) if reply.split_entries else 0
             page.entry_digest = reply.head_entry_digest if page.at else ""
             page.changes.extend(reply.changes)
+            page.deleted.extend(reply.deleted_lists)
         yield page
         if not page.more or (page.head, page.at) <= (since, at):
             return

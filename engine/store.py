@@ -832,11 +832,19 @@ class SignalStore:
                 " SET value = excluded.value WHERE CAST(value AS INTEGER) < ?",
                 (_DELETED_LIST_IDS, str(list_id), list_id),
             )
+            conn.execute(  # who saw it, and where in the log (Signals.Changes tells them)
+                "INSERT INTO deleted_lists(list_id, name, seq, tenants, deleted_at)"
+                " SELECT ?, ?, COALESCE(MAX(seq), 0), ?, ? FROM changes",
+                (list_id, contents.name, json.dumps(contents.grants), time.time()),
+            )
             self._audit(conn, actor, "list.delete", contents.name, contents.total, None,
                         contents.as_dict())  # fmt: skip
             self._bump(conn)  # grants removed: visibility changed
         # the WAL still holds the deleted rows' old pages until a checkpoint reuses it
-        contents.wal_cleared = self._checkpoint_truncate()
+        # (inside a caller's transaction() there is nothing committed to copy yet: the
+        # caller checkpoints after it commits)
+        if not getattr(self._local, "depth", 0):
+            contents.wal_cleared = self.checkpoint_truncate()
         return contents
 
     @staticmethod
@@ -855,7 +863,7 @@ class SignalStore:
         )
         conn.execute("DELETE FROM mirror_signals WHERE prefix = ?", (prefix,))
 
-    def _checkpoint_truncate(self) -> bool:
+    def checkpoint_truncate(self) -> bool:
         """Copy the WAL into the database file and empty it; False when a reader kept
         part of it (SQLite's next checkpoints overwrite the rest).
 
@@ -1938,6 +1946,26 @@ class SignalStore:
         """The seq of the last :data:`PURGE` entry (a list deleted), 0 if none."""
         row = self.conn().execute("SELECT MAX(seq) FROM changes WHERE op = ?", (PURGE,))
         return int(row.fetchone()[0] or 0)
+
+    def deleted_lists(self, after: int, through: int,
+                      tenant: str | None) -> list[tuple[str, int, float]]:  # fmt: skip
+        """(name, log position, when) of the lists deleted at positions in (``after``,
+        ``through``] that ``tenant`` was granted (None or an admin: every one), oldest
+        first. Why: a deleted list's grants and rows are gone, so to a tenant it reads
+        as no longer shared, while a deletion (an agreement ended, a legal duty) asks
+        a mirror to delete its copy too. A list deleted with no signal logs no change:
+        its position is the log's head then, which a reader already there never sees."""
+        visible = self.visible_list_ids(tenant)
+        rows = self.conn().execute(
+            "SELECT name, seq, deleted_at, tenants FROM deleted_lists WHERE seq > ? AND seq <= ?"
+            " ORDER BY seq, list_id",
+            (after, through),
+        )
+        return [
+            (name, int(seq), float(at))
+            for name, seq, at, tenants in rows
+            if visible is None or tenant in json.loads(tenants)
+        ]
 
     def store_id(self) -> str:
         """The store's random id (copies and backups of the file share it)."""

@@ -198,7 +198,14 @@ IDENTITY_SQL = [
     # an INSERT in a trigger leaves the caller's lastrowid alone
     "CREATE TRIGGER IF NOT EXISTS changes_tag AFTER INSERT ON changes BEGIN"
     " INSERT OR REPLACE INTO change_tags(seq, tag) VALUES (NEW.seq, randomblob(8)); END",
+    # lists deleted (``lists delete``): which tenants saw each and where in the log it
+    # went, so Signals.Changes can tell them "deleted" rather than "no longer shared"
+    # (their grants and rows are gone). Older builds ignore the table.
+    "CREATE TABLE IF NOT EXISTS deleted_lists (list_id INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+    " seq INTEGER NOT NULL, tenants TEXT NOT NULL, deleted_at REAL NOT NULL)",
 ]
+#: what :data:`IDENTITY_SQL` creates, by name (an open that finds them all writes nothing)
+IDENTITY_NAMES = ("store_meta", "changes_tag", "deleted_lists")
 
 
 def refuse_foreign(conn: sqlite3.Connection, *, versioned: bool) -> None:
@@ -264,12 +271,13 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def _ensure_identity(conn: sqlite3.Connection) -> None:
-    """Create the store id and change tags if missing (a read first: no write lock
-    is taken on the usual open, where they exist)."""
+    """Create the store id, change tags and deleted-lists table if missing (a read
+    first: no write lock is taken on the usual open, where they exist)."""
     have = conn.execute(
-        "SELECT COUNT(*) FROM sqlite_master WHERE name IN ('store_meta', 'changes_tag')"
+        f"SELECT COUNT(*) FROM sqlite_master WHERE name IN ({','.join('?' * len(IDENTITY_NAMES))})",
+        IDENTITY_NAMES,
     ).fetchone()[0]
-    if have == 2 and store_id(conn):
+    if have == len(IDENTITY_NAMES) and store_id(conn):
         return
     conn.execute("BEGIN IMMEDIATE")
     try:

@@ -4,7 +4,8 @@ What ``hashmatch rescan --server`` needs: the signals added and removed since a 
 position, with each added signal's current code and provenance, and whether the
 signals a catalog holds matches of still match. A tenant sees only the lists shared
 with it (the same rule as Match): log entries of other lists are left out, and their
-signals read as DELETED. Changes needs the "export" role (it hands over whole lists),
+signals read as DELETED; a list deleted while shared with it is named as deleted
+(``deleted_lists``). Changes needs the "export" role (it hands over whole lists),
 SignalStates the "match" role.
 """
 
@@ -97,6 +98,10 @@ def changes(
         "since_entry_digest": _digest(store, request.since + 1) if after else "",
     }
     reply = signals_pb2.ChangesResponse(head=head, more=stop.more, **log)
+    reply.deleted_lists.extend(  # first message only
+        signals_pb2.DeletedList(list_name=name, seq=seq, deleted_at=at)
+        for name, seq, at in store.deleted_lists(request.since, head, call.principal.engine_tenant)
+    )
     size = sent = 0
     for n, entry in enumerate(entries):
         added = entry.op == "add"

@@ -19,6 +19,7 @@ from hashmatch.server.testing import running_server
 TENANTS = {
     "ops": (["match", "export", "write", "admin"], True),
     "partner": (["match", "export"], False),
+    "stranger": (["match", "export"], False),
 }
 PREFIX = "hub/"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -89,25 +90,43 @@ def test_a_list_renamed_on_the_hub_moves_to_the_new_local_name(tmp_path):
 
 
 def test_a_list_deleted_on_the_hub(tmp_path):
-    """An all-lists token reads the removals: the local copies are retracted. A partner's
-    token no longer sees the list (its grant went with it) nor, so, its removals: the
-    local list is disabled, and a local delete removes the copies; the hub no longer has
-    the list, so no later run brings it back."""
+    """A hub's `lists delete` (agreement ended, legal duty) deletes the mirrors' copies,
+    for an all-lists token and for a partner's too: the partner's grant went with the
+    list, so it was shown neither the list nor its removals, and its copy was only
+    disabled, still holding every signal. A list the hub merely stops sharing is still
+    disabled, its copy kept; a tenant the deleted list was not shared with is not told
+    of it."""
     local, other = tmp_path / "local", tmp_path / "other"
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
         hub = _shared_with_partner(ts, seed=4)
+        ts.client("ops").ingest("kept", [signal("pdq", c) for c in _codes(2, seed=9)])
+        hub.grant("partner", "kept")
+        hub.create_tenant("stranger")
         _mirror(ts, "ops", local)
         _mirror(ts, "partner", other)
         hub.delete_list("shared")
-        assert _mirror(ts, "ops", local)["retracted"] == 3
-        assert _local(local) == {PREFIX + "shared": (False, 0, 3)}
+        hub.revoke("partner", "kept")
+        run = _mirror(ts, "ops", local)
+        assert run["lists_purged"] == [PREFIX + "shared"] and run["retracted"] == 0
+        assert _local(local) == {PREFIX + "kept": (True, 2, 0)}
         run = _mirror(ts, "partner", other)
-        assert run["lists_disabled"] == [PREFIX + "shared"] and run["retracted"] == 0
-        assert _local(other) == {PREFIX + "shared": (False, 3, 0)}
-        out = _cli("lists", "delete", PREFIX + "shared", "--yes", "--data-dir", str(other))
-        assert "created by mirror 'hub/'" in out
+        assert run["lists_purged"] == [PREFIX + "shared"]
+        assert run["lists_disabled"] == [PREFIX + "kept"]
+        assert _local(other) == {PREFIX + "kept": (False, 2, 0)}
+        store = SignalStore(other / "store.sqlite", create=False)
+        try:  # purged, not retracted: no row of the hub's deleted list is left
+            (rows,) = store.conn().execute("SELECT COUNT(*) FROM signals").fetchone()
+            assert rows == 2
+        finally:
+            store.close()
         run = _mirror(ts, "partner", other)
-        assert run["added"] == 0 and _local(other) == {}
+        assert run["added"] == 0 and not run["lists_purged"]
+        assert _local(other) == {PREFIX + "kept": (False, 2, 0)}
+        shown = {
+            tenant: [d.list_name for r in ts.client(tenant).changes(0) for d in r.deleted_lists]
+            for tenant in ("ops", "partner", "stranger")
+        }
+        assert shown == {"ops": ["shared"], "partner": ["shared"], "stranger": []}
 
 
 def test_a_mirrors_list_deleted_locally_comes_back_while_the_hub_shares_it(tmp_path):
@@ -173,3 +192,26 @@ def test_a_local_delete_during_a_mirror_run_is_mended_by_the_next_run(tmp_path):
         assert _local(local) == {PREFIX + "shared": (True, 6, 0)}
         assert run["resync"]
         assert not _mirror(ts, "ops", local)["resync"]  # the marker is cleared by the resync
+
+
+def test_a_list_deleted_then_created_again_on_the_hub_is_copied_anew(tmp_path):
+    """The delete and the new list's signals in one page: the old copy is deleted first,
+    then the new list copied (not the other way round, which would delete the new one)."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        hub = _shared_with_partner(ts, seed=10)
+        _mirror(ts, "partner", local)
+        hub.delete_list("shared")
+        fresh = _codes(2, seed=11)
+        ts.client("ops").ingest("shared", [signal("pdq", c) for c in fresh])
+        hub.grant("partner", "shared")
+        run = _mirror(ts, "partner", local)
+        assert run["lists_purged"] == [PREFIX + "shared"] and run["added"] == 2
+        store = SignalStore(local / "store.sqlite", create=False)
+        try:
+            assert sorted(s.hash_hex for s in store.iter_signals(PREFIX + "shared")) == sorted(
+                fresh
+            )
+            assert store.get_list(PREFIX + "shared").enabled
+        finally:
+            store.close()

@@ -152,7 +152,8 @@ def _worth_a_line(summary, printed_at: float) -> bool:
     wrote 1,440 identical "added 0, updated 0, ..." lines a day into the journal.
     (``--json`` prints every pass: a machine reading it may count on them.)"""
     said = (summary.since != summary.head or not summary.lists_shared or summary.lists_new
-            or summary.lists_disabled or summary.lists_enabled or summary.lists_stale)  # fmt: skip
+            or summary.lists_disabled or summary.lists_enabled or summary.lists_stale
+            or summary.lists_purged)  # fmt: skip
     return bool(said) or time.monotonic() - printed_at >= QUIET_PASS_SECONDS
 
 
@@ -182,6 +183,7 @@ def _report(summary, as_json: bool, server: str) -> None:
         (summary.lists_enabled, "enabled again: the hub enabled it"),
         (summary.lists_stale, "kept disabled: shared again by the hub, but changes made while"
          " it was not shared were never shown; run with --resync"),
+        (summary.lists_purged, "deleted with its signals: the hub deleted its list"),
     ):  # fmt: skip
         for name in names:
             click.echo(f"  list {name!r} {what}", err=True)
