@@ -726,7 +726,8 @@ class Engine:
             conn = self.store.conn()
             manifest: dict = {"format": SNAPSHOT_FORMAT, "change_counter": at,
                               "store_id": store_id(conn), "change_digest": change_digest(conn, at),
-                              "created_at": time.time(), "types": {}}  # fmt: skip
+                              "created_at": time.time(), APPLIES_PURGES: True,
+                              "types": {}}  # fmt: skip
         return indexes, manifest
 
     def _write_snapshot(self, indexes: dict[str, object], manifest: dict) -> Path:
@@ -762,7 +763,9 @@ class Engine:
         Snapshots ahead of the store (it was restored from an older backup) go first:
         they can never load, and by name they sort above the one just written. So do
         those taken before change ``purged`` (the last list deletion): they hold the
-        deleted signals' codes. Directories not named by :meth:`snapshot` are left alone.
+        deleted signals' codes, as do those of an older build after it (no
+        ``applies_purges``: it skipped the purge rows). Directories not named by
+        :meth:`snapshot` are left alone.
         """
         counter = self.store.change_counter()
         kept = 1
@@ -770,6 +773,9 @@ class Engine:
             snap = manifest.parent
             at = snapshot_counter(snap.name)
             if snap == keep or at is None:
+                continue
+            if purged and not _applies_purges(manifest):  # an older build's: holds them too
+                shutil.rmtree(snap, ignore_errors=True)
                 continue
             if purged <= at <= counter and kept < KEEP_SNAPSHOTS:
                 kept += 1
@@ -798,8 +804,22 @@ class Engine:
             if len(index) != entry["count"]:
                 raise CorruptData(f"{stype}: {len(index)} codes, manifest says {entry['count']}")
             indexes[stype] = index
+        if not manifest.get(APPLIES_PURGES):
+            self._apply_old_purges(indexes, at)
         self._snapshot_at = float(manifest.get("created_at") or 0) or None
         return indexes, at
+
+    def _apply_old_purges(self, indexes: dict[str, object], at: int) -> None:
+        """Drop from a loaded snapshot's ``indexes`` the index ids of the lists deleted
+        at or before its position ``at``, and compact before the next snapshot. For a
+        snapshot of a build that skipped the log's purge rows (older than ``lists
+        delete``): written after a delete, it held the deleted videos' frames (their
+        ``remove`` needs a frame count, gone with the rows), which this build served
+        from and wrote into every later snapshot until an ``index rebuild``."""
+        for stype, ids in self.store.purged_ids(through=at):
+            if stype in indexes:
+                indexes[stype].remove(ids, missing_ok=True)
+                self._purged = True
 
     def _check_same_history(self, manifest: dict) -> None:
         """The snapshot was taken of this store, and the change it was taken at is still
@@ -910,6 +930,20 @@ def _stoppable(progress: Progress | None, stop: Callable[[], bool] | None) -> Pr
             progress(stage, done, total)
 
     return checked
+
+
+#: manifest key of snapshots written by a build that applies the log's purge rows
+#: (``lists delete``) before it writes one; an older build's lacks it
+APPLIES_PURGES = "applies_purges"
+
+
+def _applies_purges(manifest_path: Path) -> bool:
+    """Whether a snapshot's manifest says it was written with purges applied (an
+    unreadable one: False, as it cannot be loaded either)."""
+    try:
+        return bool(json.loads(manifest_path.read_text()).get(APPLIES_PURGES))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _frozen(index: object) -> object:

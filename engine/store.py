@@ -1967,6 +1967,14 @@ class SignalStore:
             if visible is None or tenant in json.loads(tenants)
         ]
 
+    def purged_ids(self, *, through: int) -> list[tuple[str, np.ndarray]]:
+        """(type, index ids) of each :data:`PURGE` entry up to change ``through``."""
+        rows = self.conn().execute(
+            "SELECT signal_type, ids FROM changes WHERE op = ? AND seq <= ? ORDER BY seq",
+            (PURGE, through),
+        )
+        return [(stype, np.frombuffer(blob, dtype=np.int64)) for stype, blob in rows]
+
     def store_id(self) -> str:
         """The store's random id (copies and backups of the file share it)."""
         return store_id(self.conn())

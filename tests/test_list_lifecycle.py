@@ -407,3 +407,42 @@ def test_a_delete_while_a_reader_holds_the_store_stalls_no_writer(run, tmp_path)
     reader.execute("COMMIT")
     assert outcome == ["written"]
     assert "note: a reader held the store" in out and "store.sqlite until" in out
+
+
+def test_an_older_builds_snapshot_after_a_delete_is_cleaned_at_load(tmp_path, monkeypatch):
+    """An older build skips the log's `purge` rows: a snapshot it writes after a delete
+    still holds the deleted videos' frames (its `remove` of a video needs the frame
+    count, gone with the rows), and this build loaded it as it was (`index verify`:
+    vpdq MISMATCH) and kept it on disk. Such a snapshot (no `applies_purges` in its
+    manifest) now has the purges at or before its position applied at load, and the
+    next snapshot is compacted and prunes it."""
+    import hashmatch.engine.runtime as runtime
+
+    rng = np.random.default_rng(15)
+    frames = [rng.bytes(32).hex() for _ in range(4)]
+    data = tmp_path / "data"
+    with monkeypatch.context() as older:  # an older build: no purge op
+        older.setattr(runtime, "PURGE", "an op this build does not know")
+        with Engine.open(data) as engine:
+            engine.ingest([SignalRecord("vpdq", "", frames=np.array(
+                [np.frombuffer(bytes.fromhex(f), np.uint8) for f in frames]))],
+                list_name="gone", create_list=True)  # fmt: skip
+            engine.ingest([SignalRecord("pdq", c) for c in _codes(3, seed=16)],
+                          list_name="kept", create_list=True)  # fmt: skip
+            engine.snapshot()
+            other = SignalStore(data / "store.sqlite")
+            other.delete_list("gone")
+            other.close()
+            engine.sync()
+            old = engine.snapshot()
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest.pop("applies_purges", None)  # an older build writes none
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert bytes.fromhex(frames[0]) in _snapshot_bytes(old)
+    with Engine.open(data) as engine:
+        engine.load()
+        assert engine.load_info["snapshot"] == old.name
+        assert engine.verify_index()["ok"], engine.verify_index()
+        new = engine.snapshot()
+    assert not [f for f in frames if bytes.fromhex(f) in _snapshot_bytes(new)]
+    assert [p.name for p in (data / "snapshots").iterdir()] == [new.name]
