@@ -36,9 +36,16 @@ def _cli(*args: str, code: int = 0) -> str:
     return result.output
 
 
+def _mirror_output(ts, tenant: str, local, *extra: str) -> str:
+    return _cli("mirror", "--server", ts.target, "--token", ts.tokens[tenant], "--prefix",
+                PREFIX, "--data-dir", str(local), "--json", *extra)  # fmt: skip
+
+
 def _mirror(ts, tenant: str, local, *extra: str) -> dict:
-    out = _cli("mirror", "--server", ts.target, "--token", ts.tokens[tenant], "--prefix", PREFIX,
-               "--data-dir", str(local), "--json", *extra)  # fmt: skip
+    return _summary(_mirror_output(ts, tenant, local, *extra))
+
+
+def _summary(out: str) -> dict:
     (summary,) = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     return summary
 
@@ -104,12 +111,15 @@ def test_a_list_deleted_on_the_hub(tmp_path):
         hub.create_tenant("stranger")
         _mirror(ts, "ops", local)
         _mirror(ts, "partner", other)
+        _cli("index", "snapshot", "--data-dir", str(other))
         hub.delete_list("shared")
         hub.revoke("partner", "kept")
         run = _mirror(ts, "ops", local)
         assert run["lists_purged"] == [PREFIX + "shared"] and run["retracted"] == 0
         assert _local(local) == {PREFIX + "kept": (True, 2, 0)}
-        run = _mirror(ts, "partner", other)
+        out = _mirror_output(ts, "partner", other)
+        assert "1 index snapshot(s)" in out and "were taken before this delete" in out
+        run = _summary(out)
         assert run["lists_purged"] == [PREFIX + "shared"]
         assert run["lists_disabled"] == [PREFIX + "kept"]
         assert _local(other) == {PREFIX + "kept": (False, 2, 0)}

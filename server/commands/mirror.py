@@ -18,7 +18,12 @@ import click
 
 from hashmatch.server.commands.scan import _one_line_errors, _serving_client
 from hashmatch.server.commands.service import server_access_options
-from hashmatch.server.commands.store import _LOCKED_HINT, _data_dir_option, _engine
+from hashmatch.server.commands.store import (
+    _LOCKED_HINT,
+    _data_dir_option,
+    _engine,
+    note_stale_snapshots,
+)
 
 
 @click.command("mirror")
@@ -114,6 +119,8 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
                     if as_json or not follow or _worth_a_line(summary, quiet_since):
                         _report(summary, as_json, server)
                         quiet_since = time.monotonic()
+                    if summary.lists_purged:
+                        note_stale_snapshots(engine.snapshots_before_purge())
                 if not follow or done.wait(interval):
                     return
     finally:

@@ -263,18 +263,25 @@ def lists_delete(name, yes, as_json, actor, data_dir) -> None:
             " checkpoint (after ~32 MiB of writes, or when the last process closes the store)",
             err=True,
         )
-    if stale:
-        click.echo(
-            f"note: {len(stale)} index snapshot(s) in {stale[0].parent} were taken before this"
-            " delete and still hold its codes: the next snapshot prunes them (`hashmatch index"
-            " snapshot`, or a running server's Admin.Snapshot)",
-            err=True,
-        )
+    note_stale_snapshots(stale)
     if contents.mirror:
         click.echo(
             f"note: mirror {contents.mirror!r} created this list; its next run is a full"
             " resync and creates it again if the hub still shares it (see README: Mirrors"
             " and deletion)",
+            err=True,
+        )
+
+
+def note_stale_snapshots(stale: list[Path]) -> None:
+    """Name on stderr the index snapshots taken before a list delete (``lists delete``,
+    a mirror deleting what the hub deleted): they hold its codes on disk until the next
+    snapshot prunes them, and no server may be running to take one."""
+    if stale:
+        click.echo(
+            f"note: {len(stale)} index snapshot(s) in {stale[0].parent} were taken before this"
+            " delete and still hold its codes: the next snapshot prunes them (`hashmatch index"
+            " snapshot`, or a running server's Admin.Snapshot)",
             err=True,
         )
 
