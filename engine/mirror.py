@@ -310,12 +310,10 @@ def mirror(
                                field="cursor")  # fmt: skip
         plan = _plan(page.changes, selection, server)  # outside the write lock: reads no store
         with store.transaction() as conn:
-            now_state = mirror_state(store, prefix)
-            fresh = first and resync and not (state and state.resync)  # reads from 0
-            if not fresh:
-                _check_cursor_kept(prefix, now_state, (since, at))
-            if fresh:
+            if first and resync and not (state and state.resync):  # a resync reading from 0
                 conn.execute("DELETE FROM mirror_signals WHERE prefix = ?", (prefix,))
+            else:
+                _check_cursor_kept(prefix, mirror_state(store, prefix), (since, at))
             _purge_deleted(store, conn, prefix, page.deleted, actor, summary)
             _apply(store, conn, plan, prefix=prefix, server=server, store_id=log.store_id,
                    actor=actor, summary=summary)  # fmt: skip
