@@ -155,19 +155,20 @@ def test_a_mirrors_list_deleted_locally_comes_back_while_the_hub_shares_it(tmp_p
 
 
 class _DeletingDuringRun:
-    """The hub's client, but before the second page of a run is read, the mirror's local
+    """The hub's client, but before page ``on_call`` of a run is read, the mirror's local
     list is deleted by another process (another store connection): a `lists delete` run
     while the mirror is between pages."""
 
-    def __init__(self, client, local, name: str):
+    def __init__(self, client, local, name: str, on_call: int = 2):
         self._client, self._local, self._name, self._calls = client, local, name, 0
+        self._on_call = on_call
 
     def __getattr__(self, attr):
         return getattr(self._client, attr)
 
     def changes(self, *args, **kwargs):
         self._calls += 1
-        if self._calls == 2:
+        if self._calls == self._on_call:
             store = SignalStore(self._local / "store.sqlite", create=False)
             try:
                 store.delete_list(self._name)
@@ -225,3 +226,46 @@ def test_a_list_deleted_then_created_again_on_the_hub_is_copied_anew(tmp_path):
             assert store.get_list(PREFIX + "shared").enabled
         finally:
             store.close()
+
+
+class _StopAfterFirstPage:
+    """The hub's client, but the second Changes call fails: a run killed part way."""
+
+    def __init__(self, client):
+        self._client, self._calls = client, 0
+
+    def __getattr__(self, attr):
+        return getattr(self._client, attr)
+
+    def changes(self, *args, **kwargs):
+        self._calls += 1
+        if self._calls == 2:
+            raise ConnectionError("killed")
+        return self._client.changes(*args, **kwargs)
+
+
+def test_a_local_delete_before_a_killed_resync_goes_on_is_mended_too(tmp_path):
+    """A resync killed part way goes on from its cursor; its first page skipped the
+    cursor check (a resync from 0 has to), so a delete between the run's start and that
+    page was written over: the list came back from the later pages only."""
+    from hashmatch.engine.errors import Conflict
+    from hashmatch.engine.mirror import mirror
+
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        for seed in (12, 13, 14):
+            ops.ingest("shared", [signal("pdq", c) for c in _codes(2, seed=seed)])
+        _mirror(ts, "ops", local)
+        store = SignalStore(local / "store.sqlite", create=False)
+        try:
+            with pytest.raises(ConnectionError):
+                mirror(store, _StopAfterFirstPage(ops), server=ts.target, prefix=PREFIX,
+                       page_size=2, resync=True)  # fmt: skip
+            client = _DeletingDuringRun(ops, local, PREFIX + "shared", on_call=1)
+            with pytest.raises(Conflict, match="deleted locally during this run"):
+                mirror(store, client, server=ts.target, prefix=PREFIX, page_size=2)
+        finally:
+            store.close()
+        assert _mirror(ts, "ops", local)["resync"]
+        assert _local(local) == {PREFIX + "shared": (True, 6, 0)}
