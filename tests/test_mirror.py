@@ -453,15 +453,21 @@ def test_follow_goes_on_when_the_hub_is_at_its_concurrent_call_limit(tmp_path):
             while _cursor(local) == 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
             # 1 + 2 reserved calls: the hub's limit, held by three tenants' idle streams
-            held = [ts.client(t).match_stream(idle()) for t in ("ops", "partner", "matcher")]
+            # (a match_stream opens when read: each is read on a thread until the gate)
+            held = [
+                threading.Thread(target=list, args=(ts.client(t).match_stream(idle()),))
+                for t in ("ops", "partner", "matcher")
+            ]
+            for thread in held:
+                thread.start()
             while "RESOURCE_EXHAUSTED" not in err.read_text() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert "RESOURCE_EXHAUSTED" in err.read_text() and "retrying" in err.read_text()
             time.sleep(0.5)  # a few more refused passes
             assert proc.poll() is None, err.read_text()
             gate.set()
-            for stream in held:
-                list(stream)
+            for thread in held:
+                thread.join(30)
             ops.ingest("shared", [signal("pdq", "cd" * 32)])
             while len(_local_view(local)) < 2 and time.monotonic() < deadline:
                 time.sleep(0.05)
