@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -274,6 +274,7 @@ def mirror(
     # anything is written) and whether each list is enabled there
     hub_lists = list(client.list_hash_lists().lists)
     shared = {h.name: bool(h.enabled) for h in hub_lists}
+    hub_by_name = {h.name: h for h in hub_lists}
     # a list this mirror already mirrors that the hub stopped sharing is not a typo: its
     # local copy is disabled below (refused, a cron job's fixed --list kept it matching)
     recorded = state.selection.get("lists", []) if state else []
@@ -316,7 +317,7 @@ def mirror(
                 _check_cursor_kept(prefix, mirror_state(store, prefix), (since, at))
             _purge_deleted(store, conn, prefix, page.deleted, actor, summary)
             _apply(store, conn, plan, prefix=prefix, server=server, store_id=log.store_id,
-                   actor=actor, summary=summary)  # fmt: skip
+                   actor=actor, summary=summary, hub_lists=hub_by_name)  # fmt: skip
             finishing = resync and not more
             if finishing:
                 _retract_unseen(store, conn, prefix, log.store_id, server, actor, summary)
@@ -434,10 +435,11 @@ def _plan(page: list, selection: dict, server: str) -> _Plan:
 
 
 def _apply(store: SignalStore, conn, plan: _Plan, *, prefix: str, server: str, store_id: str,
-           actor: str, summary: MirrorSummary) -> None:  # fmt: skip
-    """One page's :class:`_Plan`, inside the caller's transaction."""
+           actor: str, summary: MirrorSummary, hub_lists: Mapping[str, Any]) -> None:  # fmt: skip
+    """One page's :class:`_Plan`, inside the caller's transaction. ``hub_lists``: the
+    hub's ``HashList`` of each list it shares, by name."""
     for remote in sorted({name for name, _ in plan.live}):
-        _own_list(store, conn, prefix, remote, server, actor)
+        _own_list(store, conn, prefix, remote, server, actor, hub_lists.get(remote))
     for (remote, stype), changes in sorted(plan.live.items(), key=lambda kv: kv[0]):
         _upsert(store, conn, prefix, remote, stype, changes, server, store_id, actor, summary)
     if plan.disabled:  # the hub disabled them after this pass read ListHashLists
@@ -493,7 +495,10 @@ def _shown(name: str) -> str:
 
 
 def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,
-              actor: str) -> None:  # fmt: skip
+              actor: str, hub: Any | None) -> None:  # fmt: skip
+    """Create the local copy of the hub's list ``remote`` unless it exists, with the
+    hub's labels and, in its description, who shares it and the hub's description
+    (what ``lists ls`` shows an analyst; copied at creation, not followed later)."""
     name = local_name(prefix, remote)
     refuse_foreign_lists(store, prefix, [remote])
     if list_owner(store, name)[0]:
@@ -505,7 +510,13 @@ def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,
             " was written",
             field="list_name",
         )
-    store.create_list(name, description=f"mirror of {remote!r} on {server}", owner=server,
+    description = f"mirror of {remote!r} on {server}"
+    if hub is not None and hub.owner:
+        description += f", shared by {hub.owner}"
+    if hub is not None and hub.description:
+        description += f": {hub.description}"
+    labels = list(hub.labels) if hub is not None else []
+    store.create_list(name, description=description, owner=server, labels=labels,
                       actor=actor)  # fmt: skip
     conn.execute(
         "INSERT INTO mirror_lists(list_id, prefix, remote_name)"

@@ -170,6 +170,28 @@ def test_a_partner_mirrors_only_the_lists_shared_with_it(tmp_path):
         assert run["retracted"] == 0 and {k[1] for k in _local_view(local)} == {"md5"}
 
 
+def test_a_mirrored_list_carries_the_hubs_labels_owner_and_description(tmp_path):
+    """The local copy said only "mirror of 'shared' on <hub>": an analyst reading
+    `lists ls` could not tell which partner shares it or what content it holds."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ts.engine.store.create_list("shared", description="known images", owner="Partner A",
+                                    labels=["csam", "ncii"])  # fmt: skip
+        ts.client("ops").ingest("shared", [signal("pdq", "ab" * 32)])
+        ts.client("ops").ingest("plain", [signal("pdq", "cd" * 32)])
+        _mirror(ts, "ops", local)
+    store = SignalStore(local / "store.sqlite", create=False)
+    try:
+        copy, plain = store.get_list(PREFIX + "shared"), store.get_list(PREFIX + "plain")
+    finally:
+        store.close()
+    assert copy.labels == ("csam", "ncii") and copy.owner == ts.target
+    assert copy.description == (
+        f"mirror of 'shared' on {ts.target}, shared by Partner A: known images"
+    )
+    assert (plain.labels, plain.description) == ((), f"mirror of 'plain' on {ts.target}")
+
+
 def test_a_list_shared_after_the_first_run_is_mirrored_whole(tmp_path):
     """A hub operator who made the token but never granted its tenant a list: the run
     printed only 'added 0, ...', like a hub with nothing new; and once the list was
