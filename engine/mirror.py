@@ -56,6 +56,9 @@ from hashmatch.engine.store import (
 
 DEFAULT_PAGE = 10_000  # changes per transaction (max_changes of each Changes call)
 CHUNK = 900  # SQLite parameters per statement
+#: store_meta key (+ prefix): [hub store id, log position] this mirror has applied the
+#: hub's list deletes to (:func:`_purge_deleted`)
+_DELETES_READ = "mirror_deletes_read:"
 
 
 @dataclass
@@ -315,7 +318,7 @@ def mirror(
                 conn.execute("DELETE FROM mirror_signals WHERE prefix = ?", (prefix,))
             else:
                 _check_cursor_kept(prefix, mirror_state(store, prefix), (since, at))
-            _purge_deleted(store, conn, prefix, page.deleted, actor, summary)
+            _purge_deleted(store, conn, prefix, page, actor, summary)
             _apply(store, conn, plan, prefix=prefix, server=server, store_id=log.store_id,
                    actor=actor, summary=summary, hub_lists=hub_by_name)  # fmt: skip
             finishing = resync and not more
@@ -449,15 +452,28 @@ def _apply(store: SignalStore, conn, plan: _Plan, *, prefix: str, server: str, s
         _retract(store, conn, prefix, store_id, ids, f"{why} on {server}", actor, summary)
 
 
-def _purge_deleted(store: SignalStore, conn, prefix: str, deleted: Sequence[Any], actor: str,
+def _purge_deleted(store: SignalStore, conn, prefix: str, page: Any, actor: str,
                    summary: MirrorSummary) -> None:  # fmt: skip
     """Delete the local copies of the hub lists the page says were deleted (the hub's
     ``lists delete``), before the page's changes: a list of the same name created on the
     hub afterwards is copied anew. Why not disable, as for a list no longer shared: a
     partner's token is shown neither the list nor its removals once its grant went with
     it, so its copy was kept, disabled, holding what the hub deleted for an ended
-    agreement or a legal duty. Only a list this mirror created is deleted."""
-    for gone in deleted:
+    agreement or a legal duty. Only a list this mirror created is deleted.
+
+    Only deletes past the hub position this mirror has read them to (kept in
+    ``store_meta``, per prefix and hub store): a resync reads the log from 0 and is told
+    again of every delete, and one already applied deleted the copy of the list the hub
+    created again under that name (what was set on it locally, grants included, lost).
+    A copy made after the mirror read the delete holds nothing of the deleted list: the
+    hub no longer had its signals to send."""
+    key = f"{_DELETES_READ}{prefix}"
+    row = conn.execute("SELECT value FROM store_meta WHERE key = ?", (key,)).fetchone()
+    store_id, done = json.loads(row[0]) if row else ("", 0)
+    done = done if store_id == page.log.store_id else 0
+    for gone in page.deleted:
+        if gone.seq <= done:
+            continue
         rows = conn.execute(
             "SELECT l.name FROM mirror_lists ml JOIN hash_lists l ON l.id = ml.list_id"
             " WHERE ml.prefix = ? AND ml.remote_name = ?",
@@ -466,6 +482,10 @@ def _purge_deleted(store: SignalStore, conn, prefix: str, deleted: Sequence[Any]
         for (name,) in rows:
             store.delete_list(name, actor=actor, mirror_resyncs=False)
             summary.lists_purged.append(name)
+    conn.execute(  # in the page's transaction: a killed run reads them again
+        "INSERT OR REPLACE INTO store_meta(key, value) VALUES (?, ?)",
+        (key, json.dumps([page.log.store_id, max(done, page.head)])),
+    )
 
 
 def _name_problem(prefix: str, remote: str) -> str | None:

@@ -269,3 +269,43 @@ def test_a_local_delete_before_a_killed_resync_goes_on_is_mended_too(tmp_path):
             store.close()
         assert _mirror(ts, "ops", local)["resync"]
         assert _local(local) == {PREFIX + "shared": (True, 6, 0)}
+
+
+def test_a_resync_keeps_the_copy_of_a_list_the_hub_created_again_after_a_delete(tmp_path):
+    """A resync reads the hub's log from 0, so it is told again of every delete: one this
+    mirror already applied deleted the current copy (the list the hub created again
+    under the name) and copied it anew, losing what was set on it locally (grants to
+    local tenants); a resync killed part way and gone on, too. A mirror that had not
+    read the delete yet still deletes its old copy in a resync."""
+    from hashmatch.engine.mirror import mirror
+
+    local, behind = tmp_path / "local", tmp_path / "behind"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        hub = _shared_with_partner(ts, seed=15)
+        _mirror(ts, "partner", local)
+        _mirror(ts, "partner", behind)
+        hub.delete_list("shared")
+        ts.client("ops").ingest("shared", [signal("pdq", c) for c in _codes(2, seed=16)])
+        for seed in (17, 18):  # entries after the delete: pages of a resync after it
+            ts.client("ops").ingest("other", [signal("pdq", c) for c in _codes(2, seed=seed)])
+        hub.grant("partner", "shared")
+        hub.grant("partner", "other")
+        assert _mirror(ts, "partner", local)["lists_purged"] == [PREFIX + "shared"]
+        store = SignalStore(local / "store.sqlite", create=False)
+        try:
+            store.create_tenant("analyst")
+            store.grant("analyst", PREFIX + "shared")
+            with pytest.raises(ConnectionError):  # killed after its first page
+                mirror(store, _StopAfterFirstPage(ts.client("partner")), server=ts.target,
+                       prefix=PREFIX, page_size=2, resync=True)  # fmt: skip
+            run = mirror(store, ts.client("partner"), server=ts.target, prefix=PREFIX,
+                         page_size=2)  # fmt: skip
+            assert run.resync and run.lists_purged == []
+            assert store.get_tenant("analyst").reads == (PREFIX + "shared",)
+        finally:
+            store.close()
+        assert _mirror(ts, "partner", local, "--resync")["lists_purged"] == []
+        assert _local(local) == {PREFIX + "shared": (True, 2, 0), PREFIX + "other": (True, 4, 0)}
+        run = _mirror(ts, "partner", behind, "--resync")
+        assert run["lists_purged"] == [PREFIX + "shared"]
+        assert _local(behind) == {PREFIX + "shared": (True, 2, 0), PREFIX + "other": (True, 4, 0)}
