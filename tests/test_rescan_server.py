@@ -279,6 +279,14 @@ def test_a_tenant_sees_only_changes_of_lists_shared_with_it(tmp_path):
             ("later", "md5"),
             ("later", "pdq"),
         }
+        # the hub deletes 'early' (`lists delete`): the partner, whose grant went with it,
+        # is told its name, and its held matches of it are retracted as deleted (this
+        # catalog's matches of 'later', found through ops, read as deleted to it too)
+        ts.engine.store.delete_list("early")
+        assert [d.list_name for r in partner.changes(0) for d in r.deleted_lists] == ["early"]
+        records = _rescan_cli(ts, "partner", tmp_path / "c.sqlite", tmp_path / "d.jsonl")
+        early_gone = [(r["kind"], r["reason"]) for r in records[:-1] if r["list"] == "early"]
+        assert early_gone and set(early_gone) == {("retraction", "deleted")}
 
 
 def test_bad_changes_requests_name_the_field(tmp_path):
