@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from hashmatch.engine.errors import HashmatchError, InvalidInput
+from hashmatch.server.config import read_toml
 
 #: match: look up hashes/media against shared lists; export: also read every hash of
 #: those lists (Signals.Changes, what ``rescan --server`` needs) -- a list shared for
@@ -113,8 +113,12 @@ class TokenAuth:
 
     @classmethod
     def from_file(cls, path: str | Path) -> TokenAuth:
-        with open(path, "rb") as fh:
-            return cls.from_mapping(tomllib.load(fh))
+        """The tokens file at ``path``; every InvalidInput names the file."""
+        data = read_toml(path)
+        try:
+            return cls.from_mapping(data)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{path}: {exc}") from None
 
     def __len__(self) -> int:
         return len(self._by_digest)

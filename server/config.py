@@ -239,11 +239,7 @@ def read_file(path: str | Path) -> Mapping[str, Any]:
     be ignored without a word, so ``data_dir`` or ``auth_file`` there silently fell
     back to the defaults.
     """
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:  # tomllib's message does not name the file
-        raise InvalidInput(f"{path}: not valid TOML: {exc}", field="config") from None
+    data = read_toml(path)
     if "server" not in data:
         return data
     stray = sorted(set(data) - {"server"})
@@ -256,3 +252,24 @@ def read_file(path: str | Path) -> Mapping[str, Any]:
     if not isinstance(data["server"], Mapping):
         raise InvalidInput(f"{path}: server must be a table [server]", field="config")
     return data["server"]
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file's tables (the config file, the tokens file); a file that is not TOML
+    or not UTF-8 is InvalidInput naming the file (OSError as ``open`` raises it).
+
+    Why: tomllib's messages do not name the file, and bytes that are not UTF-8 (a
+    comment or tenant name saved by an editor in Latin-1) raised UnicodeDecodeError:
+    a traceback at start-up, and on SIGHUP the end of the running server.
+    """
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(
+            f"{path}: not UTF-8 text (byte {raw[exc.start]:#04x} at offset {exc.start});"
+            " save it as UTF-8"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInput(f"{path}: not valid TOML: {exc}") from None

@@ -439,3 +439,37 @@ def test_a_sighup_during_the_load_does_not_tell_systemd_ready(tmp_path):
     finally:
         served.stop()
         notify.close()
+
+
+LATIN1 = "# tenants of the café team\n".encode("latin-1")  # saved by an editor in Latin-1
+
+
+def test_sighup_with_a_tokens_file_that_is_not_utf8_keeps_serving(tmp_path):
+    data = tmp_path / "data"
+    served = Served("--data-dir", str(data))
+    try:
+        served.wait_for("serving on")
+        token = (data / "admin.token").read_text().strip()
+        (data / "auth.toml").write_bytes(LATIN1 + (data / "auth.toml").read_bytes())
+        served.proc.send_signal(signal.SIGHUP)  # used to end serve with a traceback
+        line = served.wait_for("kept the old tokens")
+        assert "auth.toml" in line and "UTF-8" in line, line
+        with HashmatchClient(f"127.0.0.1:{served.port}", token=token, retries=0) as admin:
+            assert admin.stats().total_signals == 0
+        assert served.proc.poll() is None
+    finally:
+        served.stop()
+
+
+def test_a_config_or_tokens_file_that_is_not_utf8_is_one_line(tmp_path):
+    config = tmp_path / "hm.toml"
+    config.write_bytes(LATIN1 + b"metrics_port = -1\n")
+    _one_line_error(_serve("--config", str(config)), "hm.toml", "UTF-8")
+    tokens = tmp_path / "auth.toml"
+    tokens.write_bytes(LATIN1)
+    done = _serve("--data-dir", str(tmp_path / "d"), "--auth-file", str(tokens),
+                  "--metrics-port", "-1")  # fmt: skip
+    _one_line_error(done, "auth.toml", "UTF-8")
+    made = _token("acme", "--auth-file", str(tokens))
+    assert made.exit_code == 1 and "Traceback" not in made.output, made.output
+    assert "auth.toml" in made.output and "UTF-8" in made.output, made.output

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,7 +153,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         config = config_mod.load(config_file, flags=flags)
-    except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
+    except (HashmatchError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     logging.getLogger().setLevel(config.log_level.upper())
     if config.insecure_no_auth:
@@ -188,11 +187,9 @@ def serve(config_file: str | None, **flags: Any) -> None:
                     err=True,
                 )
         try:
-            auth = auth_mod.TokenAuth.from_file(config.auth_path)
-        except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
-            raise click.ClickException(f"{config.auth_path}: {exc}") from exc
-        if not len(auth):
-            raise click.ClickException(f"{config.auth_path} holds no tokens")
+            auth = _load_tokens(config.auth_path)
+        except HashmatchError as exc:
+            raise click.ClickException(str(exc)) from None
         unsafe = auth_mod.permission_warning(config.auth_path)
         if unsafe:
             click.echo(f"WARNING: {unsafe}", err=True)
@@ -219,13 +216,16 @@ def serve(config_file: str | None, **flags: Any) -> None:
         if announced:  # a READY=1 during the load would tell systemd it has finished
             sdnotify.reloading()
         try:
-            reloaded = auth_mod.TokenAuth.from_file(config.auth_path)
-            if not len(reloaded):  # as at start-up: nobody could call any more
-                raise HashmatchError("holds no tokens")
+            reloaded = _load_tokens(config.auth_path)
+        except HashmatchError as exc:
+            click.echo(f"kept the old tokens: {exc}", err=True)
+        except Exception:  # a bug: a reload must never end a running server
+            logging.getLogger("hashmatch.server").exception(
+                "kept the old tokens: reloading %s failed", config.auth_path
+            )
+        else:
             server.host.auth = reloaded
             click.echo(f"reloaded {config.auth_path} ({len(reloaded)} tokens)", err=True)
-        except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
-            click.echo(f"kept the old tokens: {config.auth_path}: {exc}", err=True)
         if announced:
             sdnotify.notify("READY=1")
 
@@ -251,6 +251,21 @@ def serve(config_file: str | None, **flags: Any) -> None:
             )
             sdnotify.notify("READY=1", f"STATUS={serving})")
     server.stop()
+
+
+def _load_tokens(path: Path) -> Any:
+    """The tokens file as ``serve`` uses it, at start-up and on SIGHUP alike: anything
+    that makes it unusable (unreadable, not UTF-8 or TOML, a typo, no tokens: nobody
+    could call) is a HashmatchError naming the file."""
+    from hashmatch.server.auth import TokenAuth
+
+    try:
+        auth = TokenAuth.from_file(path)
+    except OSError as exc:
+        raise HashmatchError(f"{path}: {exc.strerror or exc}") from None
+    if not len(auth):
+        raise HashmatchError(f"{path} holds no tokens")
+    return auth
 
 
 def _bound_address(listen: str, port: int | None) -> str:
@@ -304,6 +319,7 @@ def token(
     import secrets
 
     from hashmatch.server.auth import bootstrap_admin, tenant_entry
+    from hashmatch.server.config import read_toml
 
     if not tenant.strip():
         raise click.ClickException(f"not a tenant name: {tenant!r}")
@@ -317,7 +333,7 @@ def token(
                 f"created {path} with an admin token (saved to {path.parent / 'admin.token'})",
                 err=True,
             )
-        existing = tomllib.loads(path.read_text())
+        existing = read_toml(path)
         if tenant in (existing.get("tenants") or {}):
             raise click.ClickException(
                 f"tenant {tenant!r} already exists in {path}; add a digest to its "
@@ -325,8 +341,6 @@ def token(
             )
         with path.open("a") as fh:
             fh.write("\n" + entry)
-    except tomllib.TOMLDecodeError as exc:
-        raise click.ClickException(f"{path}: not valid TOML: {exc}") from None
     except OSError as exc:
         raise click.ClickException(f"{path}: {exc}") from None
     except HashmatchError as exc:
@@ -347,7 +361,7 @@ def _token_file(auth_file: str | None, config_file: str | None) -> Path:
 
     try:
         return config_mod.load(config_file).auth_path
-    except (HashmatchError, OSError, tomllib.TOMLDecodeError) as exc:
+    except (HashmatchError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
 
 
