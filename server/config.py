@@ -8,10 +8,11 @@ object drives ``hashmatch serve``, the tests and the benchmark.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -81,7 +82,7 @@ class ServerConfig:
         known = {f.name for f in fields(self)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise InvalidInput(f"unknown setting(s) {', '.join(unknown)}", field="config")
+            raise InvalidInput(f"unknown setting(s) {_with_hints(unknown, known)}", field="config")
         clean = {k: _coerce(k, v) for k, v in values.items() if v is not None}
         return dataclasses.replace(self, **clean)
 
@@ -204,14 +205,42 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
+#: ``HASHMATCH_*`` variables that are not settings: read by the other verbs (``remote``
+#: and the clients: TOKEN, SERVER) or naming the config file itself.
+OTHER_ENV = tuple(ENV_PREFIX + name for name in ("CONFIG", "TOKEN", "SERVER"))
+
+
 def from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The settings given as ``HASHMATCH_<KEY>`` variables.
+
+    Why strict: a misspelt variable (``HASHMATCH_WORKER``, ``HASHMATCH_DRAIN_SECOND``
+    in a unit's ``Environment=``) used to be ignored without a word, as a misspelt key
+    in the config file is not.
+    """
     env = os.environ if environ is None else environ
-    out = {}
-    for name in _field_types():
-        key = ENV_PREFIX + name.upper()
-        if key in env:
-            out[name] = env[key]
-    return out
+    by_var = {ENV_PREFIX + name.upper(): name for name in _field_types()}
+    unknown = sorted(
+        key for key in env if key.startswith(ENV_PREFIX) and key not in by_var
+        and key not in OTHER_ENV
+    )  # fmt: skip
+    if unknown:
+        raise InvalidInput(
+            f"environment variable {_with_hints(unknown, [*by_var, *OTHER_ENV])}: not a"
+            " hashmatch variable (settings are HASHMATCH_<KEY>, the config keys in upper"
+            " case); unset it"
+        )
+    return {name: env[key] for key, name in by_var.items() if key in env}
+
+
+def _with_hints(unknown: Iterable[str], known: Iterable[str]) -> str:
+    """``"a (did you mean b?), c"``: each unknown name, with the known name it is most
+    likely a typo of (if one is close)."""
+    known = list(known)
+    shown = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        shown.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return ", ".join(shown)
 
 
 def load(

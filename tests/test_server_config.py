@@ -282,3 +282,23 @@ def test_only_the_bearer_scheme_is_accepted():
     assert tokens.authenticate([("authorization", "bearer s3cret")]).tenant == "a"
     with pytest.raises(auth.Unauthenticated):
         tokens.authenticate([("authorization", "Basic s3cret")])
+
+
+def test_a_misspelt_environment_variable_is_refused_naming_it():
+    # HASHMATCH_WORKER (no S) in a unit's Environment= used to be ignored without a word
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(environ={"HASHMATCH_WORKER": "4"})
+    assert "HASHMATCH_WORKER " in str(err.value) and "HASHMATCH_WORKERS?" in str(err.value)
+    with pytest.raises(engine_errors.InvalidInput, match="HASHMATCH_listen"):
+        config.load(environ={"HASHMATCH_listen": "127.0.0.1:1"})  # names are upper case
+    # the variables of the other verbs may share serve's environment
+    others = {"HASHMATCH_TOKEN": "t", "HASHMATCH_SERVER": "h:1", "HASHMATCH_WORKERS": "3"}
+    assert config.load(environ=others).workers == 3
+
+
+def test_a_misspelt_config_key_is_refused_with_the_likely_one(tmp_path):
+    path = tmp_path / "hashmatch.toml"
+    path.write_text("[server]\ndrain_second = 5\n")
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(path, environ={})
+    assert "drain_second (did you mean drain_seconds?)" in str(err.value), err.value
