@@ -296,7 +296,13 @@ class ServiceHost:
 
     @staticmethod
     def _warm_up_hashing() -> None:
-        """Hash one small generated image with each photo type (JIT-compiled kernels)."""
+        """Hash small generated images with each photo type (JIT-compiled kernels).
+
+        Why these images: a 64x64 one takes PDQ's own 64x64 path, so it alone left the
+        general downsampling kernels, which every real photo needs, to the first caller
+        (4-10 s with a cold numba cache); a size seen a second time runs the Lanczos
+        kernels of ``engine.resample`` (the first time goes to Pillow).
+        """
         import io
 
         import numpy as np
@@ -305,14 +311,18 @@ class ServiceHost:
         from hashmatch.engine import signal_types
         from hashmatch.engine.hashing import hash_media
 
-        ramp = np.add.outer(np.arange(64), np.arange(64)).astype(np.uint8) * 2
-        buf = io.BytesIO()
-        Image.fromarray(np.dstack([ramp, ramp.T, 255 - ramp])).save(buf, "PNG")
+        images = []
+        for h, w in ((64, 64), (72, 96), (72, 96)):
+            ramp = np.add.outer(np.arange(h), np.arange(w)).astype(np.uint8) * 2
+            buf = io.BytesIO()
+            Image.fromarray(np.dstack([ramp, ramp[::-1], 255 - ramp])).save(buf, "PNG")
+            images.append(buf.getvalue())
         for st in signal_types.all_types():
             if st.content != "photo":
                 continue
             try:
-                hash_media(buf.getvalue(), [st.name])
+                for image in images:
+                    hash_media(image, [st.name])
             except Exception as exc:  # e.g. a type whose hasher is not there yet
                 log.info("warm-up hashing for %s skipped: %s", st.name, exc)
 

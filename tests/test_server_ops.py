@@ -413,3 +413,42 @@ def test_a_media_call_the_client_cancels_is_logged_cancelled_not_deadline(tmp_pa
         record = access_log_line(caplog, "Hash", timeout=30)
     assert record["status"] == "CANCELLED", record
     assert "cancelled" in record["error"], record
+
+
+WARM_UP_COVERS_PHOTOS = """
+import io, json, sys
+from PIL import Image
+from skimage import data
+from hashmatch.engine import signal_types
+from hashmatch.engine.hashing import hash_media
+from hashmatch.server.app import ServiceHost
+
+def specialisations():
+    return {f"{name}.{attr}": len(value.signatures)
+            for name, module in list(sys.modules.items()) if name.startswith("hashmatch")
+            for attr, value in vars(module).items()
+            if hasattr(value, "signatures") and hasattr(value, "py_func")}
+
+ServiceHost._warm_up_hashing()
+before = specialisations()
+photo = [st.name for st in signal_types.all_types() if st.content == "photo"]
+for fmt in ("JPEG", "PNG", "JPEG"):  # a size seen again takes the learned resample path
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buf, fmt)
+    hash_media(buf.getvalue(), photo)
+after = specialisations()
+print(json.dumps(sorted(k for k in after if after[k] != before.get(k))))
+"""
+
+
+def test_the_warm_up_compiles_what_a_real_photo_needs():
+    """The first real photo must not pay for numba compiling a kernel (4-10 s with a
+    cold cache, after an install or upgrade): the warm-up's one 64x64 image took PDQ's
+    64x64 shortcut, so the general downsampling and Lanczos kernels were left for the
+    first caller. Counted as kernel specialisations, in a fresh process (no timing)."""
+    import json
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", WARM_UP_COVERS_PHOTOS], capture_output=True,
+                          text=True, timeout=300, check=True)  # fmt: skip
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [], done.stdout
