@@ -157,6 +157,60 @@ def _no_password() -> bytes:
     return b""
 
 
+#: What a certificate outside its validity period breaks (see certificate_warnings).
+_CERTIFICATE_USERS = {
+    "tls_cert": "clients will refuse to connect",
+    "tls_client_ca": "the server will refuse every client certificate it signed",
+}
+
+
+def certificate_warnings(config: ServerConfig, now: float | None = None) -> list[str]:
+    """``tls_cert`` and ``tls_client_ca`` (its first certificate) when outside their
+    validity period.
+
+    Why: every client refuses an expired server certificate (a renewal that did not
+    happen) and only the client's debug log said why, while the server started without
+    a word. A warning, not a refusal: a host whose clock is not yet set at boot would
+    otherwise not start at all.
+    """
+    now = time.time() if now is None else now
+    out = []
+    for key, consequence in _CERTIFICATE_USERS.items():
+        path = getattr(config, key)
+        dates = _certificate_dates(path) if path else None
+        if dates is None:
+            continue
+        not_before, not_after = dates
+        if now > not_after:
+            out.append(f"{key} {path} has expired ({_utc(not_after)}): {consequence}")
+        elif now < not_before:
+            out.append(
+                f"{key} {path} is not valid before {_utc(not_before)} (is this host's clock"
+                f" right?): {consequence}"
+            )
+    return out
+
+
+def _certificate_dates(path: str) -> tuple[float, float] | None:
+    """(not before, not after) of the first certificate in a PEM file, as Unix times;
+    None when they cannot be read (the stdlib's one reader of them is private)."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        return None
+    try:
+        info = decode(path)
+        not_before, not_after = (
+            ssl.cert_time_to_seconds(info[k]) for k in ("notBefore", "notAfter")
+        )
+        return not_before, not_after
+    except (ssl.SSLError, OSError, KeyError, ValueError):
+        return None
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
+
+
 def exposure_warnings(config: ServerConfig, auth: object | None) -> list[str]:
     """What an operator should hear at start-up about who can reach this server: no
     authentication at all (every caller an admin of every list), above all on an address
@@ -589,7 +643,10 @@ class HashmatchServer:
             ", TLS" if self.config.tls_cert else "",
             ", mutual TLS" if self.config.tls_client_ca else "",
         )
-        for warning in exposure_warnings(self.config, self.host.auth):
+        for warning in (
+            *exposure_warnings(self.config, self.host.auth),
+            *certificate_warnings(self.config),
+        ):
             log.warning("%s", warning)
         if load_in_background:
             threading.Thread(target=self._load, name="index-load", daemon=True).start()

@@ -473,3 +473,22 @@ def test_a_config_or_tokens_file_that_is_not_utf8_is_one_line(tmp_path):
     made = _token("acme", "--auth-file", str(tokens))
     assert made.exit_code == 1 and "Traceback" not in made.output, made.output
     assert "auth.toml" in made.output and "UTF-8" in made.output, made.output
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for certs")
+def test_serve_warns_when_its_certificate_has_expired(tmp_path):
+    """Every client refuses an expired certificate, and only a client's debug log said
+    why; the server started without a word (a renewal that did not happen)."""
+    key, csr, cert = (str(tmp_path / name) for name in ("old.key", "old.csr", "old.pem"))
+    for command in (  # `openssl req -x509` refuses a negative -days; `x509 -req` takes it
+        ["req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+         "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", csr, "-signkey", key, "-days", "-1", "-out", cert],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *command], check=True, capture_output=True)
+    served = Served("--data-dir", str(tmp_path / "d"), "--tls-cert", cert, "--tls-key", key)
+    try:
+        line = served.wait_for("has expired")
+        assert f"tls_cert {cert}" in line and "clients will refuse" in line, line
+    finally:
+        served.stop()
