@@ -194,12 +194,6 @@ def serve(config_file: str | None, **flags: Any) -> None:
         if unsafe:
             click.echo(f"WARNING: {unsafe}", err=True)
     server = HashmatchServer(config, auth=auth)
-    started = time.monotonic()
-    try:
-        server.start()
-    except OSError as exc:
-        raise click.ClickException(str(exc)) from exc
-    sdnotify.notify(f"STATUS=loading the index from {config.data_dir}")
     done = threading.Event()
     # "serving" only once the index is loaded (health SERVING): a store that fails to
     # load must not be announced as served first
@@ -229,9 +223,17 @@ def serve(config_file: str | None, **flags: Any) -> None:
         if announced:
             sdnotify.notify("READY=1")
 
+    # before the port opens: a signal between it and these lines was ignored (SIGHUP:
+    # a reload not done) or ended serve without a drain (SIGTERM)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_hup)
+    started = time.monotonic()
+    try:
+        server.start()
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from exc
+    sdnotify.notify(f"STATUS=loading the index from {config.data_dir}")
     while not done.wait(0.5 if announced else 0.05):
         if server.host.load_error is not None:  # permanent: exit, so a supervisor sees it
             sdnotify.notify(f"STATUS=the index failed to load: {server.host.load_error}")
