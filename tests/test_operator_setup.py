@@ -3,6 +3,7 @@ start-up checks, SIGHUP reloads, and ``hashmatch remote`` connection options."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import select
@@ -23,6 +24,7 @@ from hashmatch.server import auth
 from hashmatch.server.cli import cli
 from hashmatch.server.client import HashmatchClient
 from hashmatch.server.testing import self_signed_cert
+from hashmatch.v1 import common_pb2, matcher_pb2
 
 SERVE = "from hashmatch.server.cli import main; main()"  # cli.py has no __main__
 
@@ -513,5 +515,43 @@ def test_a_signal_just_after_the_port_opens_is_not_lost(tmp_path):
         notify.wait_for("READY")  # reads the queue: serve goes on
         served.wait_for("reloaded")
     finally:
+        served.stop()
+        notify.close()
+
+
+def test_a_sighup_during_the_drain_does_not_tell_systemd_ready(tmp_path):
+    """After STOPPING=1, a reload's RELOADING=1 + READY=1 told systemd the service was
+    ready again while it was stopping. An open MatchStream holds the drain meanwhile."""
+    notify = NotifySocket()
+    data = tmp_path / "data"
+    served = Served("--data-dir", str(data), "--drain-seconds", "30",
+                    env={"NOTIFY_SOCKET": notify.name})  # fmt: skip
+    release = threading.Event()
+
+    def requests():
+        yield matcher_pb2.MatchRequest(
+            hashes=[common_pb2.HashValue(signal_type="pdq", hex="ab" * 32)]
+        )
+        release.wait(60)
+
+    try:
+        notify.wait_for("READY")
+        token = (data / "admin.token").read_text().strip()
+        with HashmatchClient(f"127.0.0.1:{served.port}", token=token, retries=0) as client:
+            replies = client.match_stream(requests())
+            next(replies)  # the stream is open
+            served.proc.send_signal(signal.SIGTERM)
+            notify.wait_for("STOPPING")
+            served.proc.send_signal(signal.SIGHUP)
+            served.wait_for("reloaded")  # the tokens are still reloaded
+            release.set()
+        assert served.proc.wait(timeout=60) == 0
+        with contextlib.suppress(AssertionError):
+            notify.wait_for("NOTHING", timeout=1)  # collects what is left in `seen`
+        stopping = next(i for i, m in enumerate(notify.seen) if "STOPPING" in m)
+        after = notify.seen[stopping:]
+        assert not any("READY" in m or "RELOADING" in m for m in after), notify.seen
+    finally:
+        release.set()
         served.stop()
         notify.close()

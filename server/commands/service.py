@@ -200,14 +200,17 @@ def serve(config_file: str | None, **flags: Any) -> None:
     announced = False
 
     def on_signal(signum, _frame) -> None:
+        done.set()  # first: a SIGHUP handled in the middle of this one sees the drain
         click.echo(f"signal {signum}: draining (up to {config.drain_seconds}s)", err=True)
         sdnotify.notify("STOPPING=1", f"STATUS=draining (up to {config.drain_seconds}s)")
-        done.set()
 
     def on_hup(_signum, _frame) -> None:
         if auth is None:
             return
-        if announced:  # a READY=1 during the load would tell systemd it has finished
+        # a READY=1 during the load would tell systemd it has finished; during the drain
+        # (after STOPPING=1), that the service is ready again
+        tell_systemd = announced and not done.is_set()
+        if tell_systemd:
             sdnotify.reloading()
         try:
             reloaded = _load_tokens(config.auth_path)
@@ -220,7 +223,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
         else:
             server.host.auth = reloaded
             click.echo(f"reloaded {config.auth_path} ({len(reloaded)} tokens)", err=True)
-        if announced:
+        if tell_systemd:
             sdnotify.notify("READY=1")
 
     # before the port opens: a signal between it and these lines was ignored (SIGHUP:
