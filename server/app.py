@@ -211,16 +211,28 @@ def _utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
 
 
+def _is_loopback(host: str) -> bool:
+    """``host`` (an address, ``[v6]`` or a name) is this machine's loopback interface."""
+    host = host.strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def exposure_warnings(config: ServerConfig, auth: object | None) -> list[str]:
     """What an operator should hear at start-up about who can reach this server: no
     authentication at all (every caller an admin of every list), above all on an address
-    other machines reach, and tokens sent in plaintext off the loopback interface."""
-    host = config.listen.rsplit(":", 1)[0].strip("[]")
-    try:
-        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        loopback = False
+    other machines reach, tokens sent in plaintext off the loopback interface, and
+    /metrics (no authentication; every list's name) off it."""
+    loopback = _is_loopback(config.listen.rsplit(":", 1)[0])
     out = []
+    if config.metrics_port >= 0 and not _is_loopback(config.metrics_host):
+        out.append(
+            f"/metrics on {config.metrics_host} is reachable from other machines without a"
+            " token and names every hash list (hashmatch_matches_total{list}): let only the"
+            " scraper reach it (firewall), or metrics_host = 127.0.0.1"
+        )
     if auth is None:
         out.append(
             "NO AUTHENTICATION: every caller is an admin of every list"

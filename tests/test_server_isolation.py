@@ -215,3 +215,18 @@ def test_a_video_in_another_tenants_list_matches_nothing_and_the_owner_still_mat
     mine = served.client("bob").match(videos=[frames]).results[0].matches
     assert list(theirs) == []
     assert [m.list_name for m in mine] == ["bob-secret"]
+
+
+def test_start_up_warns_when_the_metrics_port_is_reachable_from_other_machines(tmp_path, caplog):
+    """/metrics has no authentication and names every hash list (hashmatch_matches_total
+    {list}), which no tenant may learn of another's; on 0.0.0.0 any tenant could."""
+    with caplog.at_level("WARNING", logger="hashmatch.server"):
+        with running_server(tmp_path / "a", tenants=TENANTS, metrics_host="0.0.0.0",
+                            metrics_port=0, wait=False):  # fmt: skip
+            pass
+        with running_server(tmp_path / "b", tenants=TENANTS, metrics_port=0, wait=False):
+            pass  # loopback: quiet
+    said = [r.getMessage() for r in caplog.records if r.name == "hashmatch.server"]
+    warned = [m for m in said if "metrics" in m and "0.0.0.0" in m]
+    assert len(warned) == 1 and "every hash list" in warned[0], said
+    assert sum("/metrics" in m for m in said) == 1, said
