@@ -6,6 +6,7 @@ plumbing: they validate, call the engine, and raise typed errors.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import inspect
 import json
@@ -167,12 +168,16 @@ def _seconds_left(context: grpc.ServicerContext) -> float | None:
     return left
 
 
-def _log_access(line: str) -> None:
-    """``access_log.info(line)`` without the caller lookup (file/line of this function
-    would be all it finds): the record goes to the same filters and handlers."""
+def _log_access(fields: dict[str, Any]) -> None:
+    """One JSON access-log line of ``fields``, ``ts`` (UTC, ms) first: the log's format
+    is the operator's (``%(message)s`` by default) and a line in a file or log store
+    must still say when. ``access_log.info`` without the caller lookup (file/line of this
+    function would be all it finds): the record goes to the same filters and handlers."""
     record = access_log.makeRecord(
-        access_log.name, logging.INFO, __file__, 0, line, None, None, "rpc"
+        access_log.name, logging.INFO, __file__, 0, "", None, None, "rpc"
     )
+    when = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+    record.msg = json.dumps({"ts": when.isoformat(timespec="milliseconds"), **fields}, default=str)
     access_log.handle(record)
 
 
@@ -228,9 +233,8 @@ def log_refused(method: str, peer: str, message: str) -> None:
     """The access-log line of a call refused before its handler ran (no known token:
     see ``app.AuthGate``), in the same form as every other call's."""
     if access_log.isEnabledFor(logging.INFO):
-        record = {"method": method, "tenant": None, "status": "UNAUTHENTICATED", "ms": 0.0,
-                  "peer": peer, "error": errors.clip(message)}  # fmt: skip
-        _log_access(json.dumps(record, default=str))
+        _log_access({"method": method, "tenant": None, "status": "UNAUTHENTICATED", "ms": 0.0,
+                     "peer": peer, "error": errors.clip(message)})  # fmt: skip
 
 
 def _check_decoded(request: Any) -> None:
@@ -301,7 +305,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                 record.update(call.log)
             if exc is not None and code != "INTERNAL":
                 record["error"] = errors.clip(str(exc))
-            _log_access(json.dumps(record, default=str))
+            _log_access(record)
 
         if streaming:
 

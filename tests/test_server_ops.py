@@ -452,3 +452,23 @@ def test_the_warm_up_compiles_what_a_real_photo_needs():
     done = subprocess.run([sys.executable, "-c", WARM_UP_COVERS_PHOTOS], capture_output=True,
                           text=True, timeout=300, check=True)  # fmt: skip
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [], done.stdout
+
+
+def test_access_log_lines_say_when(tmp_path, caplog):
+    """A JSON access line without a time is of little use in an incident once it is in a
+    file or a log store (`serve 2>> access.log`): each carries `ts`, UTC, milliseconds."""
+    import datetime
+
+    with (
+        caplog.at_level("INFO", logger="hashmatch.access"),
+        running_server(tmp_path, tenants=ADMIN) as ts,
+    ):
+        ts.client("admin", retries=0).hash([_jpeg()])
+        with pytest.raises(grpc.RpcError):
+            ts.client(retries=0).hash([_jpeg()])  # no token: refused before the handler
+        lines = [access_log_line(caplog, "Hash", n) for n in (1, 2)]
+    assert {line["status"] for line in lines} == {"OK", "UNAUTHENTICATED"}, lines
+    for line in lines:
+        when = datetime.datetime.fromisoformat(line["ts"])
+        assert when.utcoffset() == datetime.timedelta(0), line
+        assert next(iter(line)) == "ts", line  # first, where a reader looks for it
