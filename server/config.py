@@ -142,12 +142,12 @@ class ServerConfig:
                 f"unknown level {self.log_level!r} (known: {', '.join(LOG_LEVELS)})",
                 field="log_level",
             )
-        for name in ("tls_cert", "tls_key", "tls_client_ca", "auth_file"):
+        for name in PATH_KEYS:
             value = getattr(self, name)
             if value is not None and not str(value).strip():
                 # e.g. HASHMATCH_TLS_CLIENT_CA= from an unset variable: mutual TLS would
                 # be off without a word
-                raise InvalidInput("must be a file path, not empty (leave it unset)", field=name)
+                raise InvalidInput("must be a path, not empty (leave it unset)", field=name)
         if bool(self.tls_cert) != bool(self.tls_key):
             raise InvalidInput("tls_cert and tls_key go together", field="tls_cert")
         if self.tls_client_ca and not self.tls_cert:
@@ -155,6 +155,8 @@ class ServerConfig:
         return self
 
 
+#: Settings that are file or directory paths ("~/..." is the home directory).
+PATH_KEYS = ("data_dir", "auth_file", "tls_cert", "tls_key", "tls_client_ca")
 #: Settings that must be > 0 / >= 0 (the rest have their own checks in validate).
 _POSITIVE = (
     "max_message_bytes", "max_batch", "max_media_items", "max_media_bytes",
@@ -185,6 +187,10 @@ def _coerce(name: str, value: Any) -> Any:
     if not isinstance(value, want) or (isinstance(value, bool) and kind != "bool"):
         shown = {"bool": "true or false", "int": "an integer", "float": "a number"}
         raise InvalidInput(f"must be {shown.get(kind, 'a string')}, got {value!r}", field=name)
+    if name in PATH_KEYS:
+        # "~/hashmatch" in a config file or a unit's Environment= (no shell expands it
+        # there) made a directory named "~" in the working directory
+        return os.path.expanduser(value)
     return value
 
 

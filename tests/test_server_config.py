@@ -302,3 +302,22 @@ def test_a_misspelt_config_key_is_refused_with_the_likely_one(tmp_path):
     with pytest.raises(engine_errors.InvalidInput) as err:
         config.load(path, environ={})
     assert "drain_second (did you mean drain_seconds?)" in str(err.value), err.value
+
+
+def test_a_home_relative_path_is_the_home_directory(tmp_path, monkeypatch):
+    """`data_dir = "~/hashmatch"` in a config file (or a unit's Environment=, which no
+    shell expands) made a directory literally named '~' in the working directory: a
+    second, empty store beside the one `--data-dir ~/hashmatch` names."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = tmp_path / "hashmatch.toml"
+    path.write_text('data_dir = "~/hm"\ntls_cert = "~/tls/c.pem"\ntls_key = "~/tls/k.pem"\n')
+    cfg = config.load(path, environ={"HASHMATCH_AUTH_FILE": "~/auth.toml"})
+    assert cfg.data_dir == str(tmp_path / "hm")
+    assert (cfg.tls_cert, cfg.tls_key) == (str(tmp_path / "tls/c.pem"), str(tmp_path / "tls/k.pem"))
+    assert cfg.auth_path == tmp_path / "auth.toml"
+
+
+def test_an_empty_data_dir_is_refused():
+    # HASHMATCH_DATA_DIR= from an unset variable: the store went to the working directory
+    with pytest.raises(engine_errors.InvalidInput, match="data_dir: must be a path"):
+        config.load(environ={"HASHMATCH_DATA_DIR": ""})
