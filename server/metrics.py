@@ -9,7 +9,14 @@ import collections
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    start_http_server,
+)
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -19,6 +26,9 @@ LATENCY_BUCKETS = (
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # memory, CPU, open files (past the limit new clients hang): what the default
+        # registry would have had; Linux only (prometheus_client reads /proc)
+        ProcessCollector(registry=self.registry)
         self.requests = Counter(
             "hashmatch_requests",
             "RPCs finished, by method and status code",

@@ -472,3 +472,15 @@ def test_access_log_lines_say_when(tmp_path, caplog):
         when = datetime.datetime.fromisoformat(line["ts"])
         assert when.utcoffset() == datetime.timedelta(0), line
         assert next(iter(line)) == "ts", line  # first, where a reader looks for it
+
+
+def test_metrics_include_the_process_memory_and_open_files(tmp_path):
+    """Each server's own registry left out prometheus_client's process collector: no
+    memory, CPU or open-files series, though past the open-files limit new clients hang
+    (see app.raise_open_files_limit) and RSS is what an operator alerts on."""
+    with running_server(tmp_path, tenants=ADMIN, metrics_port=0) as ts:
+        url = f"http://127.0.0.1:{ts.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    for name in ("process_open_fds", "process_max_fds", "process_resident_memory_bytes",
+                 "process_cpu_seconds_total"):  # fmt: skip
+        assert f"\n{name} " in text, name
