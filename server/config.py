@@ -132,6 +132,8 @@ class ServerConfig:
                 f"unknown index kind {self.index_kind!r} (known: {', '.join(INDEX_KINDS)})",
                 field="index_kind",
             )
+        if not self.listen.startswith(UNIX_SCHEMES):
+            _check_listen(self.listen)
         if not -1 <= self.metrics_port <= 65535:
             raise InvalidInput(
                 f"must be -1 (off), 0 (any free port) .. 65535, got {self.metrics_port}",
@@ -153,6 +155,27 @@ class ServerConfig:
         if self.tls_client_ca and not self.tls_cert:
             raise InvalidInput("mutual TLS needs tls_cert and tls_key", field="tls_client_ca")
         return self
+
+
+#: gRPC's Unix-socket listen addresses (``unix:/run/hashmatch.sock``): no port to check.
+UNIX_SCHEMES = ("unix:", "unix-abstract:")
+
+
+def _check_listen(listen: str) -> None:
+    """Refuse a ``listen`` that gRPC would bind otherwise than written.
+
+    Why: gRPC took ``127.0.0.1`` as port 443 (https's), ``:99999`` as 34463 (modulo
+    65536) and ``:-1`` as 65535, and ``serve`` said "serving on" the address as written,
+    where no client found it.
+    """
+    host, _, port = listen.rpartition(":")
+    v6_unbracketed = ":" in host and not (host.startswith("[") and host.endswith("]"))
+    if not host or v6_unbracketed or not port.isdigit() or int(port) > 65535:
+        raise InvalidInput(
+            "must be HOST:PORT, PORT 0..65535 (0 = any free), e.g. 127.0.0.1:50051 or"
+            f" [::1]:50051; got {listen!r}",
+            field="listen",
+        )
 
 
 #: Settings that are file or directory paths ("~/..." is the home directory).

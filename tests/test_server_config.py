@@ -321,3 +321,23 @@ def test_an_empty_data_dir_is_refused():
     # HASHMATCH_DATA_DIR= from an unset variable: the store went to the working directory
     with pytest.raises(engine_errors.InvalidInput, match="data_dir: must be a path"):
         config.load(environ={"HASHMATCH_DATA_DIR": ""})
+
+
+@pytest.mark.parametrize(
+    "listen",
+    # gRPC took each: no port = 443 (https's), 99999 = 34463 (mod 65536), -1 = 65535,
+    # while serve said "serving on" the address as written
+    ["127.0.0.1", "127.0.0.1:99999", "127.0.0.1:-1", "127.0.0.1:http", ":50051", "::1:50051"],
+)
+def test_a_listen_address_without_a_valid_port_is_refused(listen):
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(environ={"HASHMATCH_LISTEN": listen})
+    assert str(err.value).startswith("listen: must be HOST:PORT"), err.value
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:0", "0.0.0.0:50051", "[::1]:50051", "[::]:0", "localhost:65535",
+               "unix:/run/hashmatch.sock"],
+)  # fmt: skip
+def test_listen_addresses_of_every_documented_form_load(listen):
+    assert config.load(environ={"HASHMATCH_LISTEN": listen}).listen == listen
