@@ -341,6 +341,19 @@ def test_the_example_config_loads_as_written():
     assert "StateDirectory=hashmatch" in unit  # the unit makes the config's data_dir
 
 
+def test_serve_starts_with_the_example_config(tmp_path):
+    """Loading is not serving: the example config must also bind, load and answer (only
+    the data dir and ports moved here, as the unit's state directory is not ours)."""
+    served = Served("--config", str(DEPLOY / "hashmatch.toml"), "--data-dir", str(tmp_path),
+                    "--metrics-port", "0")  # fmt: skip
+    try:
+        served.wait_for("serving on")
+        assert _health(served.port) == "SERVING"
+    finally:
+        served.stop()
+    assert served.proc.returncode == 0, "".join(served.lines)
+
+
 def test_the_units_sudo_commands_run_as_written(tmp_path):
     """The commands the unit's header gives an operator (`#   sudo -u hashmatch ...`) run
     with only its paths moved under tmp_path: as first written, `hashmatch lists ls` was
