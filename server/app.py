@@ -141,6 +141,45 @@ def check_tls_files(config: ServerConfig) -> None:
         _check_certificates("tls_client_ca", config.tls_client_ca)
 
 
+class ServerCertificates:
+    """The TLS files as the server hands them out; :meth:`reload` re-reads them and the
+    next connection's handshake uses them (gRPC asks :meth:`fetch` on every one).
+
+    Why: a renewed certificate (certbot's deploy hook runs ``systemctl reload``) changed
+    nothing until a restart: the server kept handing out the old one until it expired.
+    """
+
+    def __init__(self, config: ServerConfig):
+        self.config = config
+        self.initial = self._read()
+        self._pending: Any = None
+        self._lock = threading.Lock()
+
+    def _read(self) -> Any:
+        cfg = self.config
+        check_tls_files(cfg)
+        key, cert = Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes()
+        client_ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
+        return grpc.ssl_server_certificate_configuration([(key, cert)], client_ca)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self.initial, self.fetch, require_client_authentication=bool(self.config.tls_client_ca)
+        )
+
+    def reload(self) -> None:
+        """Read the files again (checked as at start-up: OSError naming the file)."""
+        fresh = self._read()
+        with self._lock:
+            self._pending = fresh
+
+    def fetch(self) -> Any:
+        """The configuration loaded since the last connection, or None (no change)."""
+        with self._lock:
+            pending, self._pending = self._pending, None
+        return pending
+
+
 def _check_certificates(key: str, path: str) -> None:
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
@@ -564,6 +603,7 @@ class HashmatchServer:
         )
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.certificates: ServerCertificates | None = None  # with TLS
         self._ready = threading.Event()
         self._server: grpc.Server | None = None
         self._extra_interceptors = list(extra_interceptors)
@@ -600,13 +640,8 @@ class HashmatchServer:
     def _bind(self, server: grpc.Server) -> int:
         cfg = self.config
         if cfg.tls_cert:
-            check_tls_files(cfg)
-            key = Path(cfg.tls_key).read_bytes()
-            cert = Path(cfg.tls_cert).read_bytes()
-            client_ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
-            creds = grpc.ssl_server_credentials(
-                [(key, cert)], root_certificates=client_ca, require_client_auth=bool(client_ca)
-            )
+            self.certificates = ServerCertificates(cfg)
+            creds = self.certificates.credentials()
             add = lambda: server.add_secure_port(cfg.listen, creds)  # noqa: E731
         else:
             add = lambda: server.add_insecure_port(cfg.listen)  # noqa: E731
@@ -682,6 +717,17 @@ class HashmatchServer:
             return
         self._set_health(True)
         self._ready.set()
+
+    def reload_certificates(self) -> bool:
+        """Re-read the TLS files (SIGHUP): new connections get them; False without TLS
+        or before the port is bound (start-up reads them then). OSError naming the file
+        if one is unusable; the certificate being served is kept then."""
+        if self.certificates is None:
+            return False
+        self.certificates.reload()
+        for warning in certificate_warnings(self.config):
+            log.warning("%s", warning)
+        return True
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)

@@ -17,6 +17,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import grpc
 import pytest
 from click.testing import CliRunner
 
@@ -568,3 +569,39 @@ def test_a_sighup_during_the_drain_does_not_tell_systemd_ready(tmp_path):
         release.set()
         served.stop()
         notify.close()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI for certs")
+def test_sighup_loads_a_renewed_certificate(tmp_path):
+    """A renewal (certbot's deploy hook: `systemctl reload hashmatch`) used to change
+    nothing until a restart: the server handed out the old certificate until it expired."""
+    old_key, old_cert = self_signed_cert(tmp_path, "old")
+    new_key, new_cert = self_signed_cert(tmp_path, "new")
+    key, cert = tmp_path / "server.key", tmp_path / "server.pem"
+    shutil.copy(old_key, key)
+    shutil.copy(old_cert, cert)
+    data = tmp_path / "data"
+    served = Served("--data-dir", str(data), "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        served.wait_for("serving on")
+        token = (data / "admin.token").read_text().strip()
+
+        def stats(ca: str) -> int:
+            with HashmatchClient(f"localhost:{served.port}", token=token, root_certificates=ca,
+                                 retries=0) as client:  # fmt: skip
+                return client.stats(timeout=10).total_signals
+
+        assert stats(old_cert) == 0
+        key.write_text("not a key\n")  # a renewal half done: the served one is kept
+        served.proc.send_signal(signal.SIGHUP)
+        assert "tls_key" in served.wait_for("kept the old certificate")
+        assert stats(old_cert) == 0
+        shutil.copy(new_key, key)
+        shutil.copy(new_cert, cert)
+        served.proc.send_signal(signal.SIGHUP)
+        served.wait_for("reloaded the certificate")
+        assert stats(new_cert) == 0  # a new connection gets the new certificate
+        with pytest.raises(grpc.RpcError):
+            stats(old_cert)
+    finally:
+        served.stop()

@@ -140,7 +140,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
     Example:
       hashmatch serve --data-dir ./hashmatch-data
     On first start without a tokens file, an admin token is created and printed once.
-    SIGHUP reloads the tokens file.
+    SIGHUP reloads the tokens file and the TLS files (a renewed certificate).
     """
     # SIGHUP reloads the tokens file once the server runs; before that (its default
     # action) it killed the starting server without a word
@@ -205,24 +205,17 @@ def serve(config_file: str | None, **flags: Any) -> None:
         sdnotify.notify("STOPPING=1", f"STATUS=draining (up to {config.drain_seconds}s)")
 
     def on_hup(_signum, _frame) -> None:
-        if auth is None:
-            return
+        if auth is None and not config.tls_cert:
+            return  # nothing to reload
         # a READY=1 during the load would tell systemd it has finished; during the drain
         # (after STOPPING=1), that the service is ready again
         tell_systemd = announced and not done.is_set()
         if tell_systemd:
             sdnotify.reloading()
-        try:
-            reloaded = _load_tokens(config.auth_path)
-        except HashmatchError as exc:
-            click.echo(f"kept the old tokens: {exc}", err=True)
-        except Exception:  # a bug: a reload must never end a running server
-            logging.getLogger("hashmatch.server").exception(
-                "kept the old tokens: reloading %s failed", config.auth_path
-            )
-        else:
-            server.host.auth = reloaded
-            click.echo(f"reloaded {config.auth_path} ({len(reloaded)} tokens)", err=True)
+        if auth is not None:
+            _reload_tokens(server, config.auth_path)
+        if config.tls_cert:
+            _reload_certificates(server)
         if tell_systemd:
             sdnotify.notify("READY=1")
 
@@ -271,6 +264,35 @@ def _load_tokens(path: Path) -> Any:
     if not len(auth):
         raise HashmatchError(f"{path} holds no tokens")
     return auth
+
+
+def _reload_tokens(server: Any, path: Path) -> None:
+    """SIGHUP: read the tokens file again; the old tokens stay if it is unusable."""
+    try:
+        reloaded = _load_tokens(path)
+    except HashmatchError as exc:
+        click.echo(f"kept the old tokens: {exc}", err=True)
+    except Exception:  # a bug: a reload must never end a running server
+        logging.getLogger("hashmatch.server").exception(
+            "kept the old tokens: reloading %s failed", path
+        )
+    else:
+        server.host.auth = reloaded
+        click.echo(f"reloaded {path} ({len(reloaded)} tokens)", err=True)
+
+
+def _reload_certificates(server: Any) -> None:
+    """SIGHUP: read the TLS files again (a renewal); the served ones stay if unusable."""
+    try:
+        reloaded = server.reload_certificates()
+    except OSError as exc:  # names the file, as at start-up
+        click.echo(f"kept the old certificate: {exc}", err=True)
+    except Exception:  # a bug: a reload must never end a running server
+        logging.getLogger("hashmatch.server").exception("kept the old certificate")
+    else:
+        if reloaded:
+            cert = server.config.tls_cert
+            click.echo(f"reloaded the certificate {cert} (new connections get it)", err=True)
 
 
 def _bound_address(listen: str, port: int | None) -> str:
