@@ -19,8 +19,9 @@ Bounded: more than ``max_pending`` queued rows is RESOURCE_EXHAUSTED, except for
 tenant under its fair share while others fill the queue (``limits.TenantShares``). A
 request whose deadline passes before its batch starts is dropped from the batch.
 Fair: with several tenants queued, batches take turns between them (the oldest item
-of a tenant other than the last batch's leads the next), so one tenant's backlog does
-not delay every other tenant's lookup by its whole length.
+of the tenant served least recently leads the next), so one tenant's backlog does not
+delay every other tenant's lookup by its whole length, nor two tenants' backlogs a
+third's.
 """
 
 from __future__ import annotations
@@ -67,7 +68,10 @@ class LookupBatcher:
         self._pending_rows = 0
         self._shares = TenantShares()
         self._queued_by_share: dict[str | None, int] = {}  # items queued per share
-        self._last_share: str | None = None  # whose item led the last batch
+        # the turn at which each share was last served (led a batch or ran inline):
+        # one entry per tenant that ever looked up, a handful
+        self._served: dict[str | None, int] = {}
+        self._turns = 0
         self._slots = threads
         self._busy = 0  # engine calls running (inline or on a lookup thread)
         self._cond = threading.Condition()
@@ -95,6 +99,7 @@ class LookupBatcher:
             inline = not self._queue and self._busy == 0
             if inline:
                 self._busy += 1
+                self._serve(share)
             else:
                 if self._pending_rows + len(codes) > self._max_pending and not (
                     self._shares.under_fair_share(share, self._max_pending)
@@ -145,7 +150,7 @@ class LookupBatcher:
         """The leading item plus every queued item with the same key (up to max_batch rows).
 
         The leading item is the oldest, or with several tenants queued the oldest of
-        a tenant other than the last batch's leader. Waits for a free slot; once
+        the tenant served least recently. Waits for a free slot; once
         closed, the queue is drained regardless.
         """
         with self._cond:
@@ -155,7 +160,7 @@ class LookupBatcher:
                 return []
             self._busy += 1
             first = self._next_leader()
-            self._last_share = first.share
+            self._serve(first.share)
             batch, rows = [first], len(first.codes)
             keep: deque[_Item] = deque()
             while self._queue:
@@ -177,11 +182,21 @@ class LookupBatcher:
                     del self._queued_by_share[item.share]
             return batch
 
+    def _serve(self, share: str | None) -> None:
+        """``share`` takes a turn now (the lock is held)."""
+        self._served[share] = self._turns
+        self._turns += 1
+
     def _next_leader(self) -> _Item:
-        """Pop the item that leads the next batch (see ``_take``); the queue is not empty."""
+        """Pop the item that leads the next batch (see ``_take``); the queue is not empty.
+
+        Why the tenant served least recently, not merely another than the last leader:
+        with three tenants queued, the two oldest backlogs alternated and the third
+        waited for one of them to drain."""
         if len(self._queued_by_share) > 1:  # scan only when tenants must take turns
+            share = min(self._queued_by_share, key=lambda s: self._served.get(s, -1))
             for i, item in enumerate(self._queue):
-                if item.share != self._last_share:
+                if item.share == share:
                     del self._queue[i]
                     return item
         return self._queue.popleft()

@@ -241,8 +241,53 @@ def test_a_full_queue_admits_another_tenant_and_batches_take_turns(engine):
             time.sleep(0.1)
             gate.set()
             assert [len(f.result(10)) for f in [holder, *queued, theirs]] == [1] * 6
-        # the holder; then two of the flood's rows; then the other tenant's turn
-        assert order == [(0, 1), (0, 2), (1, 1), (0, 2)]
+        # the holder was the flood's turn; then the other tenant's; then the flood's rows
+        assert order == [(0, 1), (1, 1), (0, 2), (0, 2)]
+    finally:
+        gate.set()
+        batcher.close()
+
+
+def test_batches_take_turns_round_robin_between_three_tenants(engine):
+    """With three tenants queued, the next batch was led by the oldest item of any
+    tenant but the last leader: the two oldest backlogs alternated and the third
+    tenant waited for one of them to drain. Now the tenant that led least recently
+    leads the next batch."""
+    gate, order = threading.Event(), []
+
+    def run(key, codes, qualities):
+        order.append(key[2])  # threshold: 0, 1, 2 for tenants a, b, c
+        gate.wait(10)
+        return [[] for _ in codes]
+
+    batcher = LookupBatcher(run, threads=1, max_batch=1, max_pending=100)
+    row = engine.codes[:1]
+
+    def look(tenant: str, threshold: int):
+        key = ("pdq", None, threshold, (), None, None)
+        return batcher.lookup(key, row, None, timeout=lambda: 10.0, share=tenant)
+
+    def queued(n: int) -> None:
+        for _ in range(1000):
+            if batcher._pending_rows == n:
+                return
+            time.sleep(0.01)
+        raise AssertionError(f"{n} rows never queued")
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            holder = pool.submit(look, "a", 0)  # runs inline, holding the only slot
+            while not order:
+                time.sleep(0.01)
+            futures = [holder]
+            for tenant, threshold, n in (("a", 0, 3), ("b", 1, 3), ("c", 2, 1)):
+                for _ in range(n):
+                    futures.append(pool.submit(look, tenant, threshold))
+                    queued(len(futures) - 1)  # arrival order is queue order
+            gate.set()
+            assert [len(f.result(10)) for f in futures] == [1] * 8
+        # after the holder (a): b, c, a in turn, then the rest of a's and b's
+        assert order == [0, 1, 2, 0, 1, 0, 1, 0]  # before: [0, 1, 0, 1, 0, 1, 0, 2]
     finally:
         gate.set()
         batcher.close()
