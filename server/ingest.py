@@ -92,18 +92,32 @@ def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestRespons
     many, so a caller does not resend them blindly (a resend is harmless: unchanged).
     A stream repeating a request_id gets the first's reply (:mod:`.replies`)."""
     body = RequestBody(requests, stream=True)
-    return host.replies.once(call, body, lambda: _ingest_stream(host, body, call))
+    return host.replies.once(
+        call, body, lambda start, skip: _ingest_stream(host, body, call, start, skip)
+    )
 
 
-def _ingest_stream(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestResponse:
-    reply = signals_pb2.IngestResponse(still_retracted=0)  # set: "this server keeps expiries"
+def _ingest_stream(
+    host: ServiceHost,
+    requests,
+    call: Call,
+    start: signals_pb2.IngestResponse | None = None,
+    skip: int = 0,
+) -> signals_pb2.IngestResponse:
+    """Store the stream's messages; the first ``skip`` are only read (a repeat of a
+    remembered call, whose reply ``start`` the rest add to: see ``replies.once``)."""
+    # still_retracted set: "this server keeps expiries"
+    reply = start or signals_pb2.IngestResponse(still_retracted=0)
     list_name = ""
     offset = stored = 0
     try:
         for n, request in enumerate(requests):
             list_name = request.list_name.strip() or list_name
             call.log["list"] = clip(list_name)  # a refused write's log line names its target too
-            _ingest_message(host, call, n, request, list_name, offset, reply)
+            if n >= skip:
+                _ingest_message(host, call, n, request, list_name, offset, reply)
+            else:
+                call.check_deadline()
             offset += len(request.signals)
             stored = n + 1
     except (OSError, sqlite3.Error) as exc:
@@ -119,7 +133,7 @@ def _ingest_stream(host: ServiceHost, requests, call: Call) -> signals_pb2.Inges
         data_dir = str(host.config.data_dir)
         raise DiskFull(disk_full_message(exc, data_dir=data_dir, kept=kept)) from exc
     except HashmatchError as exc:
-        if offset:  # (the failure may be in reading message `stored`, not only storing it)
+        if offset and stored > skip:  # (may fail reading message `stored`, not storing it)
             exc.message += (
                 f" (messages before stream[{stored}] were stored: added {reply.added}, updated"
                 f" {reply.updated}, unchanged {reply.unchanged}, rejected {reply.rejected})"
@@ -203,7 +217,9 @@ def retract(
     """Retract the targets; a request repeating a request_id gets the first's reply
     (:mod:`.replies`)."""
     body = RequestBody([request], stream=False)
-    return host.replies.once(call, body, lambda: _retract(host, request, call))
+    return host.replies.once(
+        call, body, lambda start, skip: start if skip else _retract(host, request, call)
+    )
 
 
 def _retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call):

@@ -7,7 +7,9 @@ before it arrived), the retry was applied afresh and reported its own counts: "r
 0", everything "unchanged", and the pipeline logged that nothing had happened. A write
 that carries a ``request_id`` the same tenant used for the same method within
 RETENTION_SECONDS is not applied again: it gets the first call's reply. The same id with
-other content is the caller's mistake (INVALID_ARGUMENT naming ``request_id``); a repeat
+other content is the caller's mistake (INVALID_ARGUMENT naming ``request_id``), except a
+stream that begins with the first call's messages and goes on: the first was cut after
+them (see :meth:`WriteReplies.once`), and the rest is applied; a repeat
 that arrives while the first still runs waits for it (bounded by its own deadline), so
 the two never run side by side and the repeat still gets the first's counts.
 
@@ -54,24 +56,39 @@ class RequestBody(Iterator["Message"]):
     def __init__(self, requests: Iterable[Message], *, stream: bool):
         self._requests = iter(requests)
         self._hash = hashlib.sha256()
-        self._read = 0
-        self._first = next(self._requests, None)
-        self._ended = self._first is None
-        self.request_id = self._first.request_id if self._first is not None else ""
+        self.read = 0  # messages handed out so far
+        self._next = next(self._requests, None)  # read ahead: the first, for its id
+        self._ended = self._next is None
+        self._expected: tuple[bytes, int, Callable[[], Exception]] | None = None
+        self.request_id = self._next.request_id if self._next is not None else ""
         self.field = "stream[0].request_id" if stream else "request_id"
 
     def __next__(self) -> Message:
-        if self._first is not None:
-            message, self._first = self._first, None
+        if self._next is not None:
+            message, self._next = self._next, None
         elif self._ended:
-            raise StopIteration  # (not asked of the request stream again)
+            message = None  # (not asked of the request stream again)
         else:
             message = next(self._requests, None)
-            if message is None:
-                self._ended = True
-                raise StopIteration
+            self._ended = message is None
+        if self._expected is not None and (message is None or self.read == self._expected[1]):
+            self._check_expected()  # at the end, or before the first message past them
+        if message is None:
+            raise StopIteration
         self._add(message)
         return message
+
+    def expect(self, digest: bytes, messages: int, mismatch: Callable[[], Exception]) -> None:
+        """The body must begin with ``messages`` messages of ``digest`` (a remembered
+        call's): checked, raising ``mismatch()``, once they are read, before any message
+        past them is handed out, or at the end of a shorter body."""
+        self._expected = (digest, messages, mismatch)
+
+    def _check_expected(self) -> None:
+        digest, _messages, mismatch = self._expected
+        self._expected = None
+        if self._hash.digest() != digest:
+            raise mismatch()
 
     def _add(self, message: Message) -> None:
         given = message.request_id
@@ -79,9 +96,9 @@ class RequestBody(Iterator["Message"]):
             raise InvalidInput(
                 "differs from the first message's request_id (set it there, or the same on"
                 " every message)",
-                field=f"stream[{self._read}].request_id",  # (a unary call has one message)
+                field=f"stream[{self.read}].request_id",  # (a unary call has one message)
             )
-        self._read += 1
+        self.read += 1
         if not self.request_id:
             return  # nothing to compare with: no digest
         message.request_id = ""  # restored below: the digest is of the content
@@ -91,8 +108,8 @@ class RequestBody(Iterator["Message"]):
         self._hash.update(data)
 
     def digest(self, check: Callable[[], None] | None = None) -> bytes:
-        """The whole body's digest: reads what the handler did not (a repeat is answered
-        without being applied), calling ``check`` (the call's deadline) per message."""
+        """The whole body's digest: reads what the handler did not, calling ``check``
+        (the call's deadline) per message."""
         for _message in self:
             if check is not None:
                 check()
@@ -102,6 +119,7 @@ class RequestBody(Iterator["Message"]):
 @dataclass(frozen=True)
 class _Done:
     digest: bytes
+    messages: int  # how many request messages the call read (the digest's)
     kind: type
     reply: bytes
     at: float
@@ -123,11 +141,19 @@ class WriteReplies:
         self._changed = threading.Condition()
         self.waiting = 0  # repeats waiting for their first call now (read by tests)
 
-    def once(self, call: Call, body: RequestBody, run: Callable[[], Reply]) -> Reply:
-        """``run()``'s reply, remembered under the body's ``request_id``; or, for an id
-        already answered, that reply again without running."""
+    def once(
+        self, call: Call, body: RequestBody, run: Callable[[Reply | None, int], Reply]
+    ) -> Reply:
+        """``run(None, 0)``'s reply, remembered under the body's ``request_id``.
+
+        For an id already answered, ``run(that reply, n)``: it must not apply the
+        body's first ``n`` messages (the first call did; the body checks they are the
+        same) and adds what any further messages do to that reply. Why further
+        messages: grpcio can end a stream its client cut (cancelled, connection
+        dropped) as if the client had closed it, so the first call's reply may answer
+        for the stream's first messages only; the client's retry sends them all."""
         if not body.request_id:
-            return run()
+            return run(None, 0)
         if len(body.request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidInput(
                 f"{len(body.request_id)} characters is over the limit of {MAX_REQUEST_ID_CHARS}",
@@ -136,22 +162,30 @@ class WriteReplies:
         call.log["request_id"] = clip(body.request_id)
         key = (call.principal.tenant, call.method, body.request_id)
         done = self._claim(key, call)
-        if done is not None:
-            return self._replay(done, body, call)
+        start, skip, remember = None, 0, None
         try:
-            reply = run()
+            if done is not None:
+                start, skip = done.kind.FromString(done.reply), done.messages
+                body.expect(done.digest, skip, lambda: self._other_content(body, call))
+            reply = run(start, skip)
             # no deadline check: the write is done, and a client gone by now (its reply
             # lost) is the very one whose retry must find it
             digest = body.digest()
-        except BaseException:
-            self._release(key, None)
-            raise
-        self._release(key, _Done(digest, type(reply), reply.SerializeToString(), time.monotonic()))
-        return reply
+            if body.read == skip:
+                call.log["replayed"] = True
+            else:
+                if skip:
+                    call.log["continued"] = skip
+                data = reply.SerializeToString()
+                remember = _Done(digest, body.read, type(reply), data, time.monotonic())
+            return reply
+        finally:
+            self._release(key, remember)
 
     def _claim(self, key: Key, call: Call) -> _Done | None:
-        """The finished call's entry for ``key``; or None, ``key`` now marked running
-        (this call's to run). Waits while another call with the key runs."""
+        """Mark ``key`` running (this call's to run or replay, :meth:`_release` it), and
+        return its finished call's entry if any. Waits while another call with the key
+        runs."""
         with self._changed:
             while key in self._running:
                 self.waiting += 1
@@ -161,15 +195,17 @@ class WriteReplies:
                     self.waiting -= 1
                 call.check_deadline()
             self._expire()
-            done = self._done.get(key)
-            if done is None:
-                self._running.add(key)
-            return done
+            self._running.add(key)
+            return self._done.get(key)
 
     def _release(self, key: Key, done: _Done | None) -> None:
-        """``key`` no longer running; its reply remembered when it succeeded (and fits)."""
+        """``key`` no longer running; ``done`` (a call that applied something and
+        succeeded) remembered in place of the key's entry, if it fits."""
         with self._changed:
             self._running.discard(key)
+            if done is not None:
+                old = self._done.pop(key, None)
+                self._bytes -= len(old.reply) if old is not None else 0
             if done is not None and len(done.reply) <= self.max_bytes:
                 self._done[key] = done
                 self._bytes += len(done.reply)
@@ -186,13 +222,10 @@ class WriteReplies:
         _key, done = self._done.popitem(last=False)
         self._bytes -= len(done.reply)
 
-    def _replay(self, done: _Done, body: RequestBody, call: Call) -> Message:
-        if body.digest(call.check_deadline) != done.digest:
-            raise InvalidInput(
-                f"{body.request_id!r} was given to another {call.method} request with"
-                f" different content less than {self.retention / 60:g} minutes ago; use a"
-                " new request_id for a new request",
-                field=body.field,
-            )
-        call.log["replayed"] = True
-        return done.kind.FromString(done.reply)
+    def _other_content(self, body: RequestBody, call: Call) -> InvalidInput:
+        return InvalidInput(
+            f"{body.request_id!r} was given to another {call.method} request with"
+            f" different content less than {self.retention / 60:g} minutes ago; use a"
+            " new request_id for a new request",
+            field=body.field,
+        )
