@@ -226,7 +226,7 @@ class AsyncHashmatchClient(shared.ClientBase):
     ) -> signals_pb2.IngestResponse:
         """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message: as
         :meth:`hashmatch.server.client.HashmatchClient.ingest`, with the same options
-        (``source``, ``strict``, ``batch_size``: see
+        (``source``, ``strict``, ``batch_size``, ``request_id``: see
         :class:`~hashmatch.server.client_shared.IngestPlan`), deadline, retries and
         ``signals_sent`` / ``signals_total`` on a failed call's error.
 
@@ -257,7 +257,7 @@ class AsyncHashmatchClient(shared.ClientBase):
         self, list_name: str, *, timeout: float | None = None, **targets: Any
     ) -> signals_pb2.RetractResponse:
         """As :meth:`hashmatch.server.client.HashmatchClient.retract` (``hashes``,
-        ``signal_ids``, ``reason``, ``batch_size``: see
+        ``signal_ids``, ``reason``, ``batch_size``, ``request_id``: see
         :func:`~hashmatch.server.client_shared.retract_requests`): one request after
         the other, ``timeout`` each, the replies summed into one (a failed call's error
         has ``retracted_before``)."""

@@ -207,6 +207,7 @@ class HashmatchClient(ClientBase):
         batch_size: int = 1000,
         timeout: float | None = None,
         total: int | None = None,
+        request_id: str | None = None,
     ) -> signals_pb2.IngestResponse:
         """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message (fewer
         once a message holds MAX_INGEST_MESSAGE_BYTES, 8 MiB: long vPDQ videos).
@@ -223,7 +224,10 @@ class HashmatchClient(ClientBase):
         was stored already counts as ``unchanged``): that is how a call that meets
         UNAVAILABLE is retried, for up to the client's timeout of unavailability. Every
         attempt carries the call's ``request_id``: when the server had applied an
-        attempt whose reply was lost, the retry gets that attempt's counts.
+        attempt whose reply was lost, the retry gets that attempt's counts. A new one
+        per call, or the caller's ``request_id`` (at most 128 characters): a pipeline
+        that runs the same call again after its own crash gets the first run's reply
+        if the server answered it within the last 10 minutes.
 
         ``timeout`` bounds the whole stream; by default it is the client's timeout per
         message (batch), not for all of them: a large file takes longer than 30 s to
@@ -249,6 +253,7 @@ class HashmatchClient(ClientBase):
             strict=strict,
             batch_size=batch_size,
             timeout=timeout,
+            request_id=request_id,
         )
         with plan.reporting():
             call = plan.call(self.signals.Ingest, plan.messages)
@@ -264,11 +269,13 @@ class HashmatchClient(ClientBase):
         reason: str = "",
         batch_size: int = 1000,
         timeout: float | None = None,
+        request_id: str | None = None,
     ) -> signals_pb2.RetractResponse:
         """Retract by hash and/or signal id, ``batch_size`` targets a request (the server
         refuses more than its ``max_batch`` in one), ``timeout`` per request, each
         with its own ``request_id`` (a retry whose first attempt was applied, its reply
-        lost, gets that attempt's count, not 0).
+        lost, gets that attempt's count, not 0): new ones, or the caller's
+        ``request_id`` for one request, ``<request_id>.<n>`` for the n-th of several.
 
         The replies are summed into one: ``retracted`` and ``not_found_total`` add up,
         ``not_found`` keeps the first 1000 as a single reply does. Requests are separate
@@ -278,7 +285,12 @@ class HashmatchClient(ClientBase):
         """
         total = signals_pb2.RetractResponse()
         requests = retract_requests(
-            list_name, hashes=hashes, signal_ids=signal_ids, reason=reason, batch_size=batch_size
+            list_name,
+            hashes=hashes,
+            signal_ids=signal_ids,
+            reason=reason,
+            batch_size=batch_size,
+            request_id=request_id,
         )
         with retract_progress(total):
             for request in requests:

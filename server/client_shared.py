@@ -684,14 +684,15 @@ def hash_request(
     )
 
 
-def new_request_id() -> str:
-    """A write's ``request_id``: one per logical request, the same on each of its retries.
+def new_request_id(given: str | None = None) -> str:
+    """A write's ``request_id``: one per logical request, the same on each of its retries;
+    ``given`` (the caller's, for a call it may run again after its own crash) if any.
 
     Why: an Ingest or Retract applied by the server whose reply was lost (the connection
     dropped) was retried, and the retry reported its own counts ("retracted 0",
     everything "unchanged"); a server that sees the id again answers with the first
     attempt's reply instead."""
-    return uuid.uuid4().hex
+    return given or uuid.uuid4().hex
 
 
 def retract_requests(
@@ -701,21 +702,26 @@ def retract_requests(
     signal_ids: Iterable[int] = (),
     reason: str = "",
     batch_size: int = 1000,
+    request_id: str | None = None,
 ) -> Iterator[signals_pb2.RetractRequest]:
     """The targets as requests of ``batch_size`` (the server refuses more than its
     ``max_batch`` in one); at least one, so a call with no targets hears the server
-    say so. Each has its own ``request_id``, sent again by its retries."""
+    say so. Each has its own ``request_id``, sent again by its retries: a new one, or
+    from the caller's ``request_id``, as given for one request, ``<id>.<n>`` for the
+    n-th (from 0) of several (each request is a retraction of its own)."""
     targets: list[common_pb2.HashValue | int] = [hash_value(h) for h in hashes]
     targets += [int(i) for i in signal_ids]
     batch_size = max(1, batch_size)
-    for start in range(0, max(len(targets), 1), batch_size):
+    starts = range(0, max(len(targets), 1), batch_size)
+    for n, start in enumerate(starts):
         chunk = targets[start : start + batch_size]
+        given = request_id and (request_id if len(starts) == 1 else f"{request_id}.{n}")
         yield signals_pb2.RetractRequest(
             list_name=list_name,
             hashes=[t for t in chunk if not isinstance(t, int)],
             signal_ids=[t for t in chunk if isinstance(t, int)],
             reason=reason,
-            request_id=new_request_id(),  # its own: each request is a retraction
+            request_id=new_request_id(given),
         )
 
 
@@ -928,6 +934,7 @@ class IngestPlan:
         strict: bool = False,
         batch_size: int = 1000,
         timeout: float | None = None,
+        request_id: str | None = None,
     ):
         self.list_name, self.source, self.strict = list_name, source, strict
         if callable(signals):
@@ -943,7 +950,8 @@ class IngestPlan:
         self.most_sent = 0
         self.expiries = False  # any signal sent with expires_at (an older server drops them)
         self.reader = SourceGuard()  # what reading ``signals`` raised
-        self.request_id = new_request_id()  # every attempt's: a retry gets the first's reply
+        # every attempt's: a retry gets the first's reply
+        self.request_id = new_request_id(request_id)
 
     def call(self, ingest: Callable, messages: Callable[[], Any]) -> Callable:
         """An attempt for the client's retry loop: ``ingest`` (the Signals.Ingest stub

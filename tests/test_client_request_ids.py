@@ -229,3 +229,45 @@ def test_a_repeat_continuing_a_stream_cut_after_its_first_messages_applies_the_r
         _ingest(client, [*other, *messages[1:]])
     assert [f for f, _ in bad_request_fields(err.value)] == ["stream[0].request_id"]
     assert _stored(client, "cut") == 5
+
+
+def test_a_callers_request_id_gives_a_rerun_call_the_first_runs_counts(served):
+    """A pipeline that persists its work items and runs a whole call again after its
+    own crash gets the first run's counts by giving the call's request_id itself."""
+    hexes = _hexes(5, seed=9)
+    signals = [signal("pdq", h) for h in hexes]
+    first = served.client("ops").ingest("rerun", signals, batch_size=2, request_id="job-1")
+    again = served.client("ops").ingest("rerun", signals, batch_size=2, request_id="job-1")
+    assert (again.added, again.unchanged) == (first.added, first.unchanged) == (5, 0)
+    assert served.client("ops").ingest("rerun", signals).unchanged == 5  # a new id: applied
+    for seed, batch_size in ((11, 2), (12, 10)):  # three requests (job-r2.0, .1, .2); one
+        targets = [("pdq", h) for h in _hexes(5, seed)]
+        served.client("ops").ingest("rerun", [signal(*t) for t in targets])
+        request_id = f"job-r{batch_size}"
+        runs = [
+            served.client("ops").retract(
+                "rerun", hashes=targets, batch_size=batch_size, request_id=request_id
+            )
+            for _ in range(2)
+        ]
+        assert [r.retracted for r in runs] == [5, 5]  # before (a new id each): 5, 0
+
+
+def test_the_asyncio_clients_take_a_callers_request_id(served):
+    hexes = _hexes(3, seed=10)
+
+    async def run() -> tuple:
+        async with AsyncHashmatchClient(served.target, token=served.tokens["ops"]) as client:
+            signals = [signal("pdq", h) for h in hexes]
+            ingested = [await client.ingest("rerun-aio", signals, request_id="aio-1")
+                        for _ in range(2)]  # fmt: skip
+            targets = [("pdq", h) for h in hexes]
+            retracted = [
+                await client.retract("rerun-aio", hashes=targets, batch_size=2, request_id="aio-r")
+                for _ in range(2)
+            ]
+            return ingested, retracted
+
+    ingested, retracted = asyncio.run(run())
+    assert [(r.added, r.unchanged) for r in ingested] == [(3, 0), (3, 0)]
+    assert [r.retracted for r in retracted] == [3, 3]
