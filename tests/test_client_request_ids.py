@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from hashmatch.server.aio_client import AsyncHashmatchClient
+from hashmatch.server.auth import TokenAuth, tenant_entry
 from hashmatch.server.client import HashmatchClient, hash_value, signal
 from hashmatch.server.errors import bad_request_fields
 from hashmatch.server.testing import running_server
@@ -271,3 +272,53 @@ def test_the_asyncio_clients_take_a_callers_request_id(served):
     ingested, retracted = asyncio.run(run())
     assert [(r.added, r.unchanged) for r in ingested] == [(3, 0), (3, 0)]
     assert [r.retracted for r in retracted] == [3, 3]
+
+
+def test_a_replay_is_authorized_afresh(tmp_path):
+    """A remembered reply is not a pass: a token that lost the write role, or was
+    removed, by a reload (what SIGHUP does) is refused, not answered from memory."""
+    with running_server(tmp_path, tenants=OPS) as ts:
+        client = ts.client("ops", retries=0)
+        messages = _messages("auth", _hexes(3, seed=13), "ingest-auth")
+        assert _ingest(client, messages).added == 3
+        tokens = tmp_path / "reloaded.toml"
+        for text, code in (
+            (tenant_entry("ops", ts.tokens["ops"], ["match"], all_lists=True),
+             grpc.StatusCode.PERMISSION_DENIED),
+            (tenant_entry("other", ts.tokens["other"], ["match", "write"], all_lists=True),
+             grpc.StatusCode.UNAUTHENTICATED),
+        ):  # fmt: skip
+            tokens.write_text(text + "\n")
+            ts.server.host.auth = TokenAuth.from_file(tokens)
+            with pytest.raises(grpc.RpcError) as err:
+                _ingest(client, messages)
+            assert err.value.code() is code
+
+
+def test_a_repeat_waiting_for_a_first_call_that_fails_runs_itself(served):
+    """Only a success is remembered: the repeat that waited for a failed first call
+    runs, and is not answered with the failure."""
+    client = served.client("ops")
+    hexes = _hexes(6, seed=14)
+    messages = _messages("slow-fail", hexes, "ingest-slow-fail")
+    go_on = threading.Event()
+
+    def failing() -> Iterator[signals_pb2.IngestRequest]:
+        yield messages[0]
+        go_on.wait(30)
+        yield signals_pb2.IngestRequest(signals=[signal("pdq", hexes[3])], strict=True,
+                                        list_name="slow-fail", source="other")  # fmt: skip
+        yield signals_pb2.IngestRequest(signals=[signals_pb2.Signal()], strict=True)
+
+    first = client.signals.Ingest.future(failing(), timeout=60, metadata=client.metadata)
+    deadline = time.monotonic() + 30
+    while _stored(client, "slow-fail") < 3:
+        assert time.monotonic() < deadline, "the first ingest never stored its message"
+        time.sleep(0.01)
+    repeat = client.signals.Ingest.future(iter(messages), timeout=60, metadata=client.metadata)
+    while served.server.host.replies.waiting == 0:
+        assert time.monotonic() < deadline, "the repeat never waited for the first"
+        time.sleep(0.01)
+    go_on.set()
+    assert first.exception().code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (repeat.result().added, repeat.result().unchanged) == (2, 4)
