@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -136,3 +137,31 @@ def test_one_tenant_alone_gets_the_whole_pool_as_before():
         release.set()
         thread.join(10)
         pool.shutdown()
+
+
+def test_over_a_socket_a_full_pool_refuses_the_flooding_tenant_not_another(tmp_path):
+    """Each call takes its own tenant's share (``Call.share``): with the pool full of
+    one tenant's items, that tenant is refused and another's Hash and Match go through."""
+    tenants = {"flood": (["match"], True), "other": (["match"], True)}
+    with running_server(tmp_path, tenants=tenants, media_workers=1, media_queue=3) as ts:
+        pool = ts.server.host.media
+        release, thread = _hold(pool, 4, "flood")
+        try:
+            with pytest.raises(grpc.RpcError) as err:
+                ts.client("flood", retries=0).hash([_png(1)])
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            other = ts.client("other", retries=0)
+            with ThreadPoolExecutor(2) as calls:
+                hashed = calls.submit(other.hash, [_png(2)])
+                matched = calls.submit(other.match, media=[_png(3)])
+                for _ in range(1000):  # both admitted: queued behind the flood's items
+                    if pool.pending == 6 or hashed.done() or matched.done():
+                        break
+                    threading.Event().wait(0.01)
+                release.set()
+                assert len(hashed.result(30).items) == 1
+                assert matched.result(30).results[0].computed
+        finally:
+            release.set()
+            thread.join(10)
+        assert pool.pending == 0
