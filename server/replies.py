@@ -138,6 +138,7 @@ class WriteReplies:
         self._done: OrderedDict[Key, _Done] = OrderedDict()  # oldest first
         self._running: set[Key] = set()
         self._bytes = 0
+        self._held: dict[str, list[int]] = {}  # tenant -> [replies, bytes] remembered
         self._changed = threading.Condition()
         self.waiting = 0  # repeats waiting for their first call now (read by tests)
 
@@ -203,24 +204,41 @@ class WriteReplies:
         succeeded) remembered in place of the key's entry, if it fits."""
         with self._changed:
             self._running.discard(key)
-            if done is not None:
-                old = self._done.pop(key, None)
-                self._bytes -= len(old.reply) if old is not None else 0
+            if done is not None and key in self._done:
+                self._forget(key)
             if done is not None and len(done.reply) <= self.max_bytes:
                 self._done[key] = done
-                self._bytes += len(done.reply)
+                self._count(key[0], done, +1)
                 while len(self._done) > self.max_replies or self._bytes > self.max_bytes:
-                    self._forget_oldest()
+                    self._forget(self._evictee())
             self._changed.notify_all()
+
+    def _evictee(self) -> Key:
+        """The oldest reply of the tenant that holds the most of the limit passed.
+
+        Why not the oldest of all: the limits are shared, and one tenant's burst of ids
+        (or a few replies with long rejection lists) would push out every other
+        tenant's replies, whose retries would then report "unchanged" / 0 again.
+        """
+        by = 0 if len(self._done) > self.max_replies else 1
+        heaviest = max(self._held, key=lambda tenant: self._held[tenant][by])
+        return next(key for key in self._done if key[0] == heaviest)
 
     def _expire(self) -> None:
         cutoff = time.monotonic() - self.retention
         while self._done and next(iter(self._done.values())).at < cutoff:
-            self._forget_oldest()
+            self._forget(next(iter(self._done)))
 
-    def _forget_oldest(self) -> None:
-        _key, done = self._done.popitem(last=False)
-        self._bytes -= len(done.reply)
+    def _forget(self, key: Key) -> None:
+        self._count(key[0], self._done.pop(key), -1)
+
+    def _count(self, tenant: str, done: _Done, sign: int) -> None:
+        held = self._held.setdefault(tenant, [0, 0])
+        held[0] += sign
+        held[1] += sign * len(done.reply)
+        self._bytes += sign * len(done.reply)
+        if not held[0]:
+            del self._held[tenant]
 
     def _other_content(self, body: RequestBody, call: Call) -> InvalidInput:
         return InvalidInput(

@@ -102,6 +102,26 @@ def test_a_repeated_ingest_request_id_gets_the_first_reply(served):
     assert _ingest(other, _messages("ing-other", hexes[:2], "ingest-1")).added == 2
 
 
+def test_one_tenants_burst_of_ids_does_not_push_out_another_tenants_replies(tmp_path):
+    """The remembered replies' limits are shared: a burst of one tenant's ids evicted
+    the oldest replies of all, so another tenant's retry was applied afresh and
+    reported "unchanged". Now the tenant holding the most gives up its own oldest."""
+    from hashmatch.server.replies import WriteReplies
+
+    with running_server(tmp_path / "data", tenants=OPS) as ts:
+        ts.server.host.replies = WriteReplies(max_replies=4)
+        other, ops = ts.client("other"), ts.client("ops")
+        kept = _messages("quiet", _hexes(3, seed=40), "quiet-1")
+        first = _ingest(other, kept)
+        burst = [_ingest(ops, _messages("busy", [h], f"busy-{i}"))
+                 for i, h in enumerate(_hexes(8, seed=41))]  # fmt: skip
+        assert _ingest(other, kept) == first  # before: added 0, unchanged 3
+        assert (first.added, first.unchanged) == (3, 0)
+        # the busy tenant's newest replies are kept, its oldest gone (applied afresh)
+        assert _ingest(ops, _messages("busy", [_hexes(8, seed=41)[7]], "busy-7")) == burst[7]
+        assert _ingest(ops, _messages("busy", [_hexes(8, seed=41)[0]], "busy-0")).unchanged == 1
+
+
 def test_an_ingest_request_id_reused_for_other_content_is_invalid_argument(served):
     client = served.client("ops")
     hexes = _hexes(4, seed=2)
