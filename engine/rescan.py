@@ -220,7 +220,8 @@ def _last_ops(chunks: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
 @dataclass(frozen=True)
 class LogIdentity:
     """Which history a change-log read came from: the store's random id and the
-    digests of the changes at ``since`` and at ``head`` (None: no such change, e.g. 0).
+    digests of the changes at ``since`` and at ``head`` (None: no such change, e.g. 0),
+    and whose view of it (``tenant``: a server shows each tenant its lists only).
 
     Why: a cursor is only a number. Against another store, or this store restored
     from an older backup, the same number names other changes; trusted as is, the
@@ -231,6 +232,7 @@ class LogIdentity:
     store_id: str  # "" = not known (a server older than the field)
     since_digest: str | None
     head_digest: str | None
+    tenant: str = ""  # "" = every list (a local store) or not known (an older server)
 
 
 @runtime_checkable
@@ -397,7 +399,7 @@ class ServerChanges:
             first = first or page.log
             head, at, self.pages = page.head, page.at, self.pages + 1
             expect = (page.log.store_id, page.log.head_digest or "", page.entry_digest)
-            self.log = LogIdentity(first.store_id, first.since_digest, page.log.head_digest)
+            self.log = dataclasses.replace(first, head_digest=page.log.head_digest)
         for received in self._received.values():
             received.close()
         return head, effect
@@ -716,8 +718,7 @@ def rescan(
         inserted = _insert_new(catalog, fresh)
         catalog.set_meta(source.cursor_key, str(head))
         if source.log is not None and source.log.store_id:
-            catalog.set_meta(log_key, json.dumps({"store_id": source.log.store_id, "seq": head,
-                                                  "digest": source.log.head_digest}))  # fmt: skip
+            catalog.set_meta(log_key, log_record(source.log, head, catalog.get_meta(log_key)))
         gone = [Retraction(m, why[m.signal_id] or "retracted") for m in removed]
         gone += [Retraction(m, "quality") for m in low]
         summary.new_matches = len(inserted)
@@ -838,7 +839,7 @@ def change_pages(
                                     since_signal_id=at, timeout=timeout):  # fmt: skip
             page.head, page.more = int(reply.head), bool(reply.more)
             page.log = LogIdentity(reply.store_id, reply.since_digest or None,
-                                   reply.head_digest or None)  # fmt: skip
+                                   reply.head_digest or None, reply.tenant)  # fmt: skip
             page.split, page.since_entry_digest = reply.split_entries, reply.since_entry_digest
             page.at = int(reply.head_signal_id) if reply.split_entries else 0
             page.entry_digest = reply.head_entry_digest if page.at else ""
@@ -865,7 +866,8 @@ def page_mismatch(
 def check_cursor(
     cursor: int, head: int, log: LogIdentity | None, saved: str | None, *, given: bool
 ) -> None:
-    """Refuse a cursor that is not a position in the history just read (Conflict).
+    """Refuse a cursor that is not a position in the history just read (Conflict), or
+    that another tenant's view of it was read to (:func:`check_tenant`).
 
     ``saved``: the catalog's record of the log its cursor was taken in (JSON; None for
     a catalog rescanned before it was kept: only the head is checked then). ``given``:
@@ -873,9 +875,9 @@ def check_cursor(
     """
     redo = "run `hashmatch rescan --since all` to match the whole store and start the cursor again"
     theirs = digest = None
-    if not given and saved is not None:
+    record = {} if given else _saved_record(saved)
+    if record:
         try:
-            record = json.loads(saved)
             theirs, seq, digest = str(record["store_id"]), int(record["seq"]), record["digest"]
         except (ValueError, KeyError, TypeError):
             theirs = None  # unreadable: as a catalog without the record (the commit rewrites it)
@@ -905,6 +907,52 @@ def check_cursor(
             f" change in this store: it was restored from a backup or replaced since; {redo}",
             field="since",
         )
+    check_tenant(record.get("tenant"), log)
+
+
+def check_tenant(kept: Any, log: LogIdentity | None) -> None:
+    """Refuse to go on from a cursor another tenant's rescans kept (Conflict).
+
+    Why: a server shows each tenant only the lists shared with it, and answers DELETED
+    for a signal of a list it does not share. A catalog rescanned through an admin's
+    token and then a partner's had every match of a list the partner cannot see
+    retracted as "deleted" (and gone for good); the other way, the signals of the lists
+    only the second tenant sees, logged before the cursor, were never matched. Tokens
+    of one tenant (a rotation) are the same view. ``kept``: the catalog's record (None:
+    a catalog or a server older than the record, not checked)."""
+    mine = log.tenant if log is not None else ""
+    if not isinstance(kept, str) or not kept or not mine or kept == mine:
+        return
+    raise Conflict(
+        f"the catalog's rescan cursor for this server was kept by tenant {kept!r}, and this"
+        f" token is tenant {mine!r}, which sees other lists: its rescan would report the"
+        f" matches found through {kept!r} in lists {mine!r} cannot see as deleted, and miss"
+        f" the signals of lists only {mine!r} sees. Rescan with a token of tenant {kept!r},"
+        f" scan into another catalog for {mine!r}, or run `hashmatch rescan --since all` to"
+        f" re-baseline this catalog as {mine!r} (its matches of lists {mine!r} cannot see"
+        " are then retracted)",
+        field="token",
+    )
+
+
+def _saved_record(saved: str | None) -> dict:
+    """The catalog's record of the log its cursor is a position in ({}: none, unreadable)."""
+    try:
+        record = json.loads(saved) if saved is not None else {}
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def log_record(log: LogIdentity, head: int, saved: str | None) -> str:
+    """The record kept with the cursor ``head`` (JSON): the store, the digest of the
+    change at head, and whose view was read (``tenant``; a server older than the field
+    does not say: the tenant kept before, if any, stays)."""
+    record: dict[str, Any] = {"store_id": log.store_id, "seq": head, "digest": log.head_digest}
+    tenant = log.tenant or _saved_record(saved).get("tenant")
+    if tenant:
+        record["tenant"] = tenant
+    return json.dumps(record)
 
 
 def catalog_index(

@@ -96,6 +96,7 @@ def changes(
         "head_signal_id": stop.signal_id,
         "head_entry_digest": _digest(store, head + 1) if stop.signal_id else "",
         "since_entry_digest": _digest(store, request.since + 1) if after else "",
+        "tenant": call.principal.tenant,  # whose view: a reader keeps it with its cursor
     }
     reply = signals_pb2.ChangesResponse(head=head, more=stop.more, **log)
     reply.deleted_lists.extend(  # first message only

@@ -5,8 +5,10 @@ same store finds, without hashing, and a tenant sees only the lists shared with 
 from __future__ import annotations
 
 import json
+import secrets
 import shutil
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -17,10 +19,12 @@ from scan_tree import build_tree, ingest_originals
 import hashmatch.engine.decode as decode_module
 import hashmatch.engine.hashing as hashing_module
 from hashmatch.engine.catalog import Catalog
+from hashmatch.engine.errors import Conflict
 from hashmatch.engine.hashing import hash_media
 from hashmatch.engine.rescan import ServerChanges, rescan
 from hashmatch.engine.scan import RemoteMatcher, ScanOptions, scan
 from hashmatch.engine.store import SignalRecord
+from hashmatch.server.auth import TokenAuth, tenant_entry
 from hashmatch.server.cli import cli
 from hashmatch.server.client import signal
 from hashmatch.server.errors import bad_request_fields
@@ -271,22 +275,125 @@ def test_a_tenant_sees_only_changes_of_lists_shared_with_it(tmp_path):
             ("early", "md5"),
             ("early", "pdq"),
         }
-        # the same catalog through ops (--since all) adds rocket's matches
+        # a copy of the catalog made ops's (--since all) adds rocket's matches
+        shutil.copy(tmp_path / "c.sqlite", tmp_path / "o.sqlite")
         records = _rescan_cli(
-            ts, "ops", tmp_path / "c.sqlite", tmp_path / "o.jsonl", "--since", "all"
+            ts, "ops", tmp_path / "o.sqlite", tmp_path / "o.jsonl", "--since", "all"
         )
         assert {(r["list"], r["type"]) for r in records[:-1]} == {
             ("later", "md5"),
             ("later", "pdq"),
         }
         # the hub deletes 'early' (`lists delete`): the partner, whose grant went with it,
-        # is told its name, and its held matches of it are retracted as deleted (this
-        # catalog's matches of 'later', found through ops, read as deleted to it too)
+        # is told its name, and its held matches of it are retracted as deleted
         ts.engine.store.delete_list("early")
         assert [d.list_name for r in partner.changes(0) for d in r.deleted_lists] == ["early"]
         records = _rescan_cli(ts, "partner", tmp_path / "c.sqlite", tmp_path / "d.jsonl")
-        early_gone = [(r["kind"], r["reason"]) for r in records[:-1] if r["list"] == "early"]
-        assert early_gone and set(early_gone) == {("retraction", "deleted")}
+        gone = {(r["kind"], r["list"], r["reason"]) for r in records[:-1]}
+        assert gone == {("retraction", "early", "deleted")}
+
+
+def _rescan_refused(ts, tenant, catalog, out, *extra):
+    result = CliRunner().invoke(
+        cli,
+        ["rescan", "--server", ts.target, "--token", ts.tokens[tenant],
+         "--catalog", str(catalog), "--out", str(out), *extra],
+    )  # fmt: skip
+    assert result.exit_code == 1 and not out.exists(), result.output
+    return result.output
+
+
+def _held(catalog_path):
+    with Catalog(catalog_path) as catalog:
+        return sorted((m.file_id, m.list_name, m.signal_type, m.signal_id)
+                      for m in catalog._matches_of(catalog.matched_signal_ids()))  # fmt: skip
+
+
+def test_a_catalog_rescanned_by_another_tenant_is_refused_not_retracted(tmp_path):
+    """A catalog's cursor and matches are one tenant's view. Rescanned with a token of
+    a tenant that sees fewer lists, every held match of a list it cannot see read as
+    DELETED and was retracted (a flood of false "deleted", lost for good); with one
+    that sees more, the signals of its other lists before the cursor were never
+    matched. So another tenant is refused, nothing committed; a rotated token of the
+    same tenant goes on; ``--since all`` makes the catalog the new tenant's."""
+    tree = build_tree(tmp_path)
+    served = tmp_path / "served"
+    ingest_originals(served, tree, ["coffee"], list_name="early")
+    ingest_originals(served, tree, ["rocket"], list_name="later")
+    catalog_path = tmp_path / "c.sqlite"
+    with Catalog(catalog_path) as catalog:
+        scan([tree.root], catalog=catalog, matcher=None,
+             options=ScanOptions(workers=0, progress=False))  # fmt: skip
+    with running_server(served, tenants=TENANTS) as ts:
+        ts.engine.store.create_tenant("partner", exist_ok=True)
+        ts.engine.store.grant("partner", "early")
+        found = _rescan_cli(ts, "ops", catalog_path, tmp_path / "o.jsonl")
+        assert {r["list"] for r in found[:-1]} == {"early", "later"}
+        held = _held(catalog_path)
+
+        message = _rescan_refused(ts, "partner", catalog_path, tmp_path / "p.jsonl")
+        assert "tenant 'ops'" in message and "tenant 'partner'" in message
+        assert "--since all" in message
+        assert _held(catalog_path) == held  # nothing retracted, nothing committed
+        again = _rescan_cli(ts, "ops", catalog_path, tmp_path / "o2.jsonl")
+        assert [r["kind"] for r in again] == ["summary"]
+
+        # --since all: the catalog becomes the partner's (its matches of 'later' go)
+        adopted = _rescan_cli(ts, "partner", catalog_path, tmp_path / "a.jsonl", "--since", "all")
+        assert {(r["kind"], r["list"]) for r in adopted[:-1]} == {("retraction", "later")}
+        # a rotated token of the same tenant goes on from the cursor
+        rotated = secrets.token_urlsafe(16)
+        tokens = Path(ts.server.host.config.data_dir) / "auth.toml"
+        tokens.write_text(
+            tenant_entry("ops", ts.tokens["ops"], TENANTS["ops"][0], all_lists=True) + "\n"
+            + tenant_entry("partner", rotated, TENANTS["partner"][0]) + "\n"
+        )  # fmt: skip
+        ts.server.host.auth = TokenAuth.from_file(tokens)
+        ts.tokens["partner"] = rotated
+        assert [r["kind"] for r in _rescan_cli(ts, "partner", catalog_path,
+                                               tmp_path / "r.jsonl")] == ["summary"]  # fmt: skip
+        assert "tenant 'partner'" in _rescan_refused(ts, "ops", catalog_path, tmp_path / "x.jsonl")
+
+
+class _OlderServer:
+    """A real client whose Changes replies lack ``tenant``, as a server older than the
+    field sends them."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def changes(self, *args, **kwargs):
+        for reply in self._client.changes(*args, **kwargs):
+            reply.ClearField("tenant")
+            yield reply
+
+    def signal_states(self, ids):
+        return self._client.signal_states(ids)
+
+
+def test_a_tenant_is_kept_only_where_known(tmp_path):
+    """A catalog rescanned before the tenant was kept, and a server older than the
+    field, go on as before: the tenant is checked once both sides name one, and an
+    older server's rescan leaves the tenant kept before in place."""
+    served = tmp_path / "served"
+    with running_server(served, tenants=TENANTS) as ts:
+        ts.client("ops").ingest("early", [signal("pdq", "ab" * 32)])
+        path = tmp_path / "c.sqlite"
+        key = f"rescan_log@{ts.target}"
+        with Catalog(path) as catalog:
+            rescan(catalog, ServerChanges(ts.client("ops"), ts.target))
+            assert json.loads(catalog.get_meta(key))["tenant"] == "ops"
+            record = json.loads(catalog.get_meta(key))
+            del record["tenant"]  # as a catalog rescanned before it was kept
+            catalog.set_meta(key, json.dumps(record))
+            rescan(catalog, ServerChanges(ts.client("partner"), ts.target))
+            assert json.loads(catalog.get_meta(key))["tenant"] == "partner"
+            older = ServerChanges(_OlderServer(ts.client("ops")), ts.target)
+            rescan(catalog, older)  # not refused: the server does not say who ops is
+            assert older.log.tenant == "" and older.log.store_id
+            assert json.loads(catalog.get_meta(key))["tenant"] == "partner"
+            with pytest.raises(Conflict, match="tenant 'partner'"):
+                rescan(catalog, ServerChanges(ts.client("ops"), ts.target))
 
 
 def test_bad_changes_requests_name_the_field(tmp_path):

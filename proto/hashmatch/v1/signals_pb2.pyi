@@ -185,7 +185,7 @@ class Change(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., action: _Optional[_Union[ChangeAction, str]] = ..., signal_id: _Optional[int] = ..., signal_type: _Optional[str] = ..., live: _Optional[bool] = ..., hash: _Optional[bytes] = ..., frames: _Optional[_Iterable[bytes]] = ..., list_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., quality: _Optional[int] = ..., expires_at: _Optional[float] = ..., frame_qualities: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ..., state: _Optional[_Union[SignalState, str]] = ...) -> None: ...
 
 class ChangesResponse(_message.Message):
-    __slots__ = ("changes", "head", "more", "store_id", "since_digest", "head_digest", "split_entries", "head_signal_id", "head_entry_digest", "since_entry_digest", "deleted_lists")
+    __slots__ = ("changes", "head", "more", "store_id", "since_digest", "head_digest", "split_entries", "head_signal_id", "head_entry_digest", "since_entry_digest", "deleted_lists", "tenant")
     CHANGES_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
     MORE_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class ChangesResponse(_message.Message):
     HEAD_ENTRY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SINCE_ENTRY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     DELETED_LISTS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     changes: _containers.RepeatedCompositeFieldContainer[Change]
     head: int
     more: bool
@@ -208,7 +209,8 @@ class ChangesResponse(_message.Message):
     head_entry_digest: str
     since_entry_digest: str
     deleted_lists: _containers.RepeatedCompositeFieldContainer[DeletedList]
-    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., head: _Optional[int] = ..., more: _Optional[bool] = ..., store_id: _Optional[str] = ..., since_digest: _Optional[str] = ..., head_digest: _Optional[str] = ..., split_entries: _Optional[bool] = ..., head_signal_id: _Optional[int] = ..., head_entry_digest: _Optional[str] = ..., since_entry_digest: _Optional[str] = ..., deleted_lists: _Optional[_Iterable[_Union[DeletedList, _Mapping]]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., head: _Optional[int] = ..., more: _Optional[bool] = ..., store_id: _Optional[str] = ..., since_digest: _Optional[str] = ..., head_digest: _Optional[str] = ..., split_entries: _Optional[bool] = ..., head_signal_id: _Optional[int] = ..., head_entry_digest: _Optional[str] = ..., since_entry_digest: _Optional[str] = ..., deleted_lists: _Optional[_Iterable[_Union[DeletedList, _Mapping]]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class DeletedList(_message.Message):
     __slots__ = ("list_name", "seq", "deleted_at")
