@@ -907,30 +907,43 @@ def check_cursor(
             f" change in this store: it was restored from a backup or replaced since; {redo}",
             field="since",
         )
-    check_tenant(record.get("tenant"), log)
+    check_tenant(record.get("tenant"), log.tenant if log is not None else "")
 
 
-def check_tenant(kept: Any, log: LogIdentity | None) -> None:
-    """Refuse to go on from a cursor another tenant's rescans kept (Conflict).
+def claim_tenant(catalog: Catalog, target: str, tenant: str) -> None:
+    """A scan through server ``target`` as ``tenant``: refuse it if the catalog was
+    matched through the server as another tenant (:func:`check_tenant`), else keep the
+    tenant with the catalog's record of that server's log, which the next rescan
+    through it checks (the first one too: a scan keeps no cursor)."""
+    key = f"{LOG_KEY}@{target}"
+    record = _saved_record(catalog.get_meta(key))
+    check_tenant(record.get("tenant"), tenant)
+    if tenant and record.get("tenant") != tenant:
+        catalog.set_meta(key, json.dumps({**record, "tenant": tenant}))
+
+
+def check_tenant(kept: Any, mine: str) -> None:
+    """Refuse a rescan or scan through a server as another tenant than the one this
+    catalog was matched through it as (Conflict).
 
     Why: a server shows each tenant only the lists shared with it, and answers DELETED
     for a signal of a list it does not share. A catalog rescanned through an admin's
     token and then a partner's had every match of a list the partner cannot see
     retracted as "deleted" (and gone for good); the other way, the signals of the lists
     only the second tenant sees, logged before the cursor, were never matched. Tokens
-    of one tenant (a rotation) are the same view. ``kept``: the catalog's record (None:
-    a catalog or a server older than the record, not checked)."""
-    mine = log.tenant if log is not None else ""
+    of one tenant (a rotation) are the same view. ``kept``/``mine`` (the tenant the
+    server names now): None or "" (a catalog or a server older than the record) is
+    not checked."""
     if not isinstance(kept, str) or not kept or not mine or kept == mine:
         return
     raise Conflict(
-        f"the catalog's rescan cursor for this server was kept by tenant {kept!r}, and this"
-        f" token is tenant {mine!r}, which sees other lists: its rescan would report the"
-        f" matches found through {kept!r} in lists {mine!r} cannot see as deleted, and miss"
-        f" the signals of lists only {mine!r} sees. Rescan with a token of tenant {kept!r},"
-        f" scan into another catalog for {mine!r}, or run `hashmatch rescan --since all` to"
-        f" re-baseline this catalog as {mine!r} (its matches of lists {mine!r} cannot see"
-        " are then retracted)",
+        f"this catalog was matched through this server as tenant {kept!r}, and this token is"
+        f" tenant {mine!r}, which sees other lists: its rescans would report the matches"
+        f" found through {kept!r} in lists {mine!r} cannot see as deleted, and miss the"
+        f" signals of lists only {mine!r} sees. Use a token of tenant {kept!r}, scan into"
+        f" another catalog for {mine!r}, or run `hashmatch rescan --since all` with this"
+        f" token to re-baseline this catalog as {mine!r} (its matches of lists {mine!r}"
+        " cannot see are then retracted)",
         field="token",
     )
 

@@ -108,7 +108,7 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
         self, request: signals_pb2.ListHashListsRequest, call: Call
     ) -> signals_pb2.ListHashListsResponse:
         lists = self.host.engine_lists(call.principal.engine_tenant)
-        return signals_pb2.ListHashListsResponse(lists=lists)
+        return signals_pb2.ListHashListsResponse(lists=lists, tenant=call.principal.tenant)
 
     # The change log hands over every hash of the lists shared with the caller, more
     # than Match reveals: its own "export" role, scoped by tenant like Match.

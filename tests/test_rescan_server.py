@@ -355,6 +355,39 @@ def test_a_catalog_rescanned_by_another_tenant_is_refused_not_retracted(tmp_path
         assert "tenant 'partner'" in _rescan_refused(ts, "ops", catalog_path, tmp_path / "x.jsonl")
 
 
+def test_a_catalog_scanned_through_one_tenant_is_refused_to_another(tmp_path):
+    """Matches a ``scan --server`` found through an admin's token read as deleted to a
+    partner's first rescan (no cursor kept yet): the scan keeps its tenant too, and a
+    scan through another tenant is refused before a file is hashed."""
+    tree = build_tree(tmp_path)
+    served = tmp_path / "served"
+    ingest_originals(served, tree, ["coffee"], list_name="early")
+    ingest_originals(served, tree, ["rocket"], list_name="later")
+    catalog_path = tmp_path / "c.sqlite"
+    with running_server(served, tenants=TENANTS) as ts:
+        ts.engine.store.create_tenant("partner", exist_ok=True)
+        ts.engine.store.grant("partner", "early")
+
+        def scan_as(tenant):
+            return CliRunner().invoke(cli, [
+                "scan", str(tree.root), "--server", ts.target, "--token", ts.tokens[tenant],
+                "--catalog", str(catalog_path), "--workers", "0", "--no-progress",
+                "--out", str(tmp_path / f"scan-{tenant}.jsonl")])  # fmt: skip
+
+        assert scan_as("ops").exit_code == 0
+        held = _held(catalog_path)
+        assert {m[1] for m in held} == {"early", "later"}
+        message = _rescan_refused(ts, "partner", catalog_path, tmp_path / "p.jsonl")
+        assert "tenant 'ops'" in message and "tenant 'partner'" in message
+        refused = scan_as("partner")
+        assert refused.exit_code == 1 and "tenant 'ops'" in refused.output
+        with Catalog(catalog_path) as catalog:
+            assert catalog.counter("hash_calls") == 10  # the ops scan's only
+        assert _held(catalog_path) == held
+        caught_up = _rescan_cli(ts, "ops", catalog_path, tmp_path / "o.jsonl")
+        assert [r["kind"] for r in caught_up] == ["summary"]
+
+
 class _OlderServer:
     """A real client whose Changes replies lack ``tenant``, as a server older than the
     field sends them."""

@@ -147,6 +147,7 @@ def scan_command(
     skips unchanged files and writes the same report.
     """
     from hashmatch.engine.catalog import Catalog
+    from hashmatch.engine.rescan import claim_tenant
     from hashmatch.engine.scan import LocalMatcher, RemoteMatcher, ScanOptions, scan
 
     if not paths and from_list is None:
@@ -155,7 +156,7 @@ def scan_command(
     if not type_list:
         raise click.BadParameter("give at least one signal type", param_hint="--types")
     catalog_path = _catalog_path(data_dir, catalog)
-    matcher = None
+    matcher = tenant = None
     with _one_line_errors(server, name_server=True):
         try:
             _check_threshold(type_list, threshold)  # now, not after the first batch is hashed
@@ -178,13 +179,17 @@ def scan_command(
                 client = _serving_client(server, token, tls, token_file=token_file, ca=ca,
                                          cert=cert, key=key)  # fmt: skip
                 matcher = RemoteMatcher(client, threshold=threshold, lists=lists)
+                shared = client.list_hash_lists()
+                tenant = shared.tenant  # "" from an older server
                 if lists:
-                    _check_lists(lists, {x.name for x in client.list_hash_lists().lists})
+                    _check_lists(lists, {x.name for x in shared.lists})
             else:
                 matcher = LocalMatcher.open(data_dir, threshold=threshold, lists=lists)
                 if lists:
                     _check_lists(lists, {x.name for x in matcher.engine.store.lists()})
             with _catalog_errors(catalog_path), Catalog(catalog_path) as cat:
+                if tenant is not None:  # the matches are this tenant's view: rescans check it
+                    claim_tenant(cat, server, tenant)
                 summary = scan(
                     paths,
                     catalog=cat,

@@ -131,10 +131,12 @@ class HashList(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., signal_count: _Optional[int] = ..., enabled: _Optional[bool] = ..., signal_types: _Optional[_Iterable[str]] = ..., expired_count: _Optional[int] = ..., owner: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListHashListsResponse(_message.Message):
-    __slots__ = ("lists",)
+    __slots__ = ("lists", "tenant")
     LISTS_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
     lists: _containers.RepeatedCompositeFieldContainer[HashList]
-    def __init__(self, lists: _Optional[_Iterable[_Union[HashList, _Mapping]]] = ...) -> None: ...
+    tenant: str
+    def __init__(self, lists: _Optional[_Iterable[_Union[HashList, _Mapping]]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class ChangesRequest(_message.Message):
     __slots__ = ("since", "signal_types", "max_changes", "split_entries", "since_signal_id")
