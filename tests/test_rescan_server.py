@@ -46,14 +46,24 @@ def _body(path):
     return [r for r in _records(path) if r["kind"] != "summary"]
 
 
-def _rescan_cli(ts, tenant, catalog, out, *extra):
-    result = CliRunner().invoke(
+def _run_rescan(ts, tenant, catalog, out, *extra):
+    return CliRunner().invoke(
         cli,
         ["rescan", "--server", ts.target, "--token", ts.tokens[tenant],
          "--catalog", str(catalog), "--out", str(out), *extra],
     )  # fmt: skip
+
+
+def _rescan_cli(ts, tenant, catalog, out, *extra):
+    result = _run_rescan(ts, tenant, catalog, out, *extra)
     assert result.exit_code == 0, result.output
     return _records(out)
+
+
+def _rescan_refused(ts, tenant, catalog, out, *extra):
+    result = _run_rescan(ts, tenant, catalog, out, *extra)
+    assert result.exit_code == 1 and not out.exists(), result.output
+    return result.output
 
 
 def _ingest(client, tree, names, list_name):
@@ -291,16 +301,6 @@ def test_a_tenant_sees_only_changes_of_lists_shared_with_it(tmp_path):
         records = _rescan_cli(ts, "partner", tmp_path / "c.sqlite", tmp_path / "d.jsonl")
         gone = {(r["kind"], r["list"], r["reason"]) for r in records[:-1]}
         assert gone == {("retraction", "early", "deleted")}
-
-
-def _rescan_refused(ts, tenant, catalog, out, *extra):
-    result = CliRunner().invoke(
-        cli,
-        ["rescan", "--server", ts.target, "--token", ts.tokens[tenant],
-         "--catalog", str(catalog), "--out", str(out), *extra],
-    )  # fmt: skip
-    assert result.exit_code == 1 and not out.exists(), result.output
-    return result.output
 
 
 def _held(catalog_path):
