@@ -17,6 +17,11 @@ with each live signal's current code and provenance; this module applies it:
   code); a retraction made locally by someone else is left alone;
 * a list the hub deleted (``lists delete``, named in the page's ``deleted_lists``) is
   deleted here too, before the page's changes; one it merely stopped sharing is disabled;
+* a hub that sends list uids (``HashList.uid``) names a list by it across renames: each
+  copy records the uid of the list it copies (``mirror_list_uids``), a list the hub
+  renamed has its copy renamed at the start of a run (no resync), a copy whose name the
+  hub gave to another list is set aside under a "(retired N)" name, and a delete
+  deletes every copy of the list's uid (:func:`_follow_renames`, :func:`_purge_deleted`);
 * **exactly once**: each page (``max_changes``) of changes is applied, and the cursor
   (hub store id, log position, digest of the change there) advanced, in ONE
   transaction (:meth:`SignalStore.transaction`): killed at any point, a re-run gives
@@ -34,6 +39,7 @@ lookup, as it sees any CLI write (the change log).
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -88,6 +94,9 @@ class MirrorSummary:
     # local lists deleted (as `lists delete` does) because the hub deleted its list:
     # a hard purge there (agreement ended, legal duty), not a list no longer shared
     lists_purged: list[str] = field(default_factory=list)
+    # [old, new] local names: a copy renamed as the hub renamed its list, or set aside
+    # (retired) because the hub gave its name to another list
+    lists_renamed: list[list[str]] = field(default_factory=list)
     # lists the hub shares with this token (0: a token whose tenant was never granted
     # any, which otherwise reads as a hub with nothing new)
     lists_shared: int = 0
@@ -275,7 +284,8 @@ def mirror(
     state = mirror_state(store, prefix)
     # what the hub shares with this token (a bad token or a dead hub fails here, before
     # anything is written) and whether each list is enabled there
-    hub_lists = list(client.list_hash_lists().lists)
+    listing = client.list_hash_lists()
+    hub_lists, hub_store = list(listing.lists), listing.store_id  # "": an older hub
     shared = {h.name: bool(h.enabled) for h in hub_lists}
     hub_by_name = {h.name: h for h in hub_lists}
     # a list this mirror already mirrors that the hub stopped sharing is not a typo: its
@@ -288,10 +298,12 @@ def mirror(
         if problem := _name_problem(prefix, remote):
             raise InvalidInput(f"{server} shares list {_shown(remote)}, {problem}; nothing was"
                                " written", field="list_name")  # fmt: skip
+    same_hub = hub_store if state is not None and state.store_id == hub_store else ""
+    selection, renamed = _follow_renames(store, prefix, hub_lists, same_hub, selection, actor)
     new = [] if state is None or resync else _shared_since(store, prefix, hub_lists, selection)
     resync = resync or bool(state and state.resync) or bool(new)  # a killed resync goes on
     summary = MirrorSummary(prefix=prefix, server=server, resync=resync, lists_shared=len(shared),
-                            lists_new=new)  # fmt: skip
+                            lists_new=new, lists_renamed=renamed)  # fmt: skip
     if not resync:
         _follow_list_states(store, prefix, shared, actor, summary, resync=False)
     # (store id, digest at since, digest of entry since + 1 when the cursor is inside it)
@@ -337,6 +349,9 @@ def mirror(
         summary.head, summary.store_id = head, log.store_id
         since, at, first = head, page.at, False
         expect = (log.store_id, log.head_digest or "", page.entry_digest)
+    if hub_store and hub_store == summary.store_id:  # the pages came from the store listed
+        _record_uids(store, prefix, hub_lists, hub_store)
+    _report_retired_purges(summary)
     summary.lists.sort()
     if summary.lists_purged:  # disabled first (no longer listed), then deleted: say deleted
         summary.lists_disabled = [n for n in summary.lists_disabled
@@ -347,6 +362,17 @@ def mirror(
         store.record("mirror", actor=actor, count=summary.changed, source=server,
                      details=summary.as_dict())  # fmt: skip
     return summary
+
+
+def _report_retired_purges(summary: MirrorSummary) -> None:
+    """A copy set aside at the run's start (its name given to another hub list) and
+    purged by a delete in the run's pages is reported as the list it was, purged: a
+    list deleted and created again under its name read as "'hub/x (retired 3)' purged"."""
+    was = {new: old for old, new in summary.lists_renamed}
+    purged = set(summary.lists_purged)
+    summary.lists_purged = [was.get(name, name) for name in summary.lists_purged]
+    summary.lists_renamed = [pair for pair in summary.lists_renamed if pair[1] not in purged]
+    summary.lists_disabled = [name for name in summary.lists_disabled if name not in purged]
 
 
 def _check_cursor_kept(prefix: str, now: MirrorState | None, cursor: tuple[int, int]) -> None:
@@ -442,7 +468,7 @@ def _apply(store: SignalStore, conn, plan: _Plan, *, prefix: str, server: str, s
     """One page's :class:`_Plan`, inside the caller's transaction. ``hub_lists``: the
     hub's ``HashList`` of each list it shares, by name."""
     for remote in sorted({name for name, _ in plan.live}):
-        _own_list(store, conn, prefix, remote, server, actor, hub_lists.get(remote))
+        _own_list(store, conn, prefix, remote, server, actor, hub_lists.get(remote), store_id)
     for (remote, stype), changes in sorted(plan.live.items(), key=lambda kv: kv[0]):
         _upsert(store, conn, prefix, remote, stype, changes, server, store_id, actor, summary)
     if plan.disabled:  # the hub disabled them after this pass read ListHashLists
@@ -456,10 +482,12 @@ def _purge_deleted(store: SignalStore, conn, prefix: str, page: Any, actor: str,
                    summary: MirrorSummary) -> None:  # fmt: skip
     """Delete the local copies of the hub lists the page says were deleted (the hub's
     ``lists delete``), before the page's changes: a list of the same name created on the
-    hub afterwards is copied anew. Why not disable, as for a list no longer shared: a
-    partner's token is shown neither the list nor its removals once its grant went with
-    it, so its copy was kept, disabled, holding what the hub deleted for an ended
-    agreement or a legal duty. Only a list this mirror created is deleted.
+    hub afterwards is copied anew. Every copy of the deleted list's uid goes (a copy
+    made under a name the list had before a rename too: it kept the deleted signals),
+    never a copy of another uid that has the name now. Why not disable, as for a list
+    no longer shared: a partner's token is shown neither the list nor its removals once
+    its grant went with it, so its copy was kept, disabled, holding what the hub deleted
+    for an ended agreement or a legal duty. Only a list this mirror created is deleted.
 
     Only deletes past the hub position this mirror has read them to (kept in
     ``store_meta``, per prefix and hub store): a resync reads the log from 0 and is told
@@ -474,10 +502,13 @@ def _purge_deleted(store: SignalStore, conn, prefix: str, page: Any, actor: str,
     for gone in page.deleted:
         if gone.seq <= done:
             continue
-        rows = conn.execute(
+        uid = gone.list_uid  # "" from an older hub: by name only
+        rows = conn.execute(  # every copy of the list; by name one whose uid is unknown
             "SELECT l.name FROM mirror_lists ml JOIN hash_lists l ON l.id = ml.list_id"
-            " WHERE ml.prefix = ? AND ml.remote_name = ?",
-            (prefix, gone.list_name),
+            " LEFT JOIN mirror_list_uids u ON u.list_id = ml.list_id AND u.store_id = ?"
+            " WHERE ml.prefix = ? AND ((? != '' AND u.uid = ?)"
+            " OR ((u.uid IS NULL OR ? = '') AND ml.remote_name = ?)) ORDER BY l.name",
+            (page.log.store_id, prefix, uid, uid, uid, gone.list_name),
         ).fetchall()
         for (name,) in rows:
             store.delete_list(name, actor=actor, mirror_resyncs=False)
@@ -515,13 +546,21 @@ def _shown(name: str) -> str:
 
 
 def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,
-              actor: str, hub: Any | None) -> None:  # fmt: skip
+              actor: str, hub: Any | None, store_id: str) -> None:  # fmt: skip
     """Create the local copy of the hub's list ``remote`` unless it exists, with the
     hub's labels and, in its description, who shares it and the hub's description
     (what ``lists ls`` shows an analyst; copied at creation, not followed later)."""
     name = local_name(prefix, remote)
     refuse_foreign_lists(store, prefix, [remote])
+    uid = hub.uid if hub is not None else ""
     if list_owner(store, name)[0]:
+        row = conn.execute("SELECT u.uid FROM hash_lists l JOIN mirror_list_uids u ON"
+                           " u.list_id = l.id WHERE l.name = ? AND u.store_id = ?",
+                           (name, store_id)).fetchone()  # fmt: skip
+        if uid and row is not None and row[0] != uid:
+            raise Conflict(f"{server} gave its list {_shown(remote)} to another list during"
+                           " this run (renamed?); nothing of this page was written: re-run",
+                           field="list_name")  # fmt: skip
         return
     problem = _name_problem(prefix, remote)
     if problem:
@@ -543,6 +582,126 @@ def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,
         " SELECT id, ?, ? FROM hash_lists WHERE name = ?",
         (prefix, remote, name),
     )
+    if uid:
+        conn.execute("INSERT OR REPLACE INTO mirror_list_uids(list_id, store_id, uid)"
+                     " SELECT id, ?, ? FROM hash_lists WHERE name = ?",
+                     (store_id, uid, name))  # fmt: skip
+
+
+def _copies(store: SignalStore, prefix: str,
+            hub_store: str) -> list[tuple[int, str, str | None]]:  # fmt: skip
+    """(local list id, hub name, uid on hub store ``hub_store`` or None: not recorded)
+    of the mirror's copies."""
+    return (
+        store.conn()
+        .execute(
+            "SELECT ml.list_id, ml.remote_name, u.uid FROM mirror_lists ml LEFT JOIN"
+            " mirror_list_uids u ON u.list_id = ml.list_id AND u.store_id = ? WHERE ml.prefix = ?"
+            " ORDER BY ml.list_id",
+            (hub_store, prefix),
+        )
+        .fetchall()
+    )
+
+
+def _moves(copies: Sequence[tuple[int, str, str | None]],
+           hub_uid: Mapping[str, str]) -> dict[int, str | None]:  # fmt: skip
+    """Local list id -> the hub name its copy now takes (None: retire it). A copy of a
+    list the hub shares under another name follows it, unless a copy already holds that
+    name for the list; a copy at a name the hub now gives another list steps aside
+    (its uid differs; one without a uid is taken to copy the list of its name)."""
+    name_of = {uid: name for name, uid in hub_uid.items()}
+
+    def fits(remote: str, uid: str | None) -> bool:
+        return remote in hub_uid and uid in (None, hub_uid[remote])
+
+    claimed = {remote for _, remote, uid in copies if fits(remote, uid)}
+    moves: dict[int, str | None] = {}
+    for list_id, remote, uid in copies:
+        target = name_of.get(uid or "")
+        if target is not None and target != remote and target not in claimed:
+            moves[list_id] = target
+            claimed.add(target)
+    for list_id, remote, uid in copies:
+        if list_id not in moves and remote in hub_uid and not fits(remote, uid):
+            moves[list_id] = None
+    return moves
+
+
+def _follow_renames(store: SignalStore, prefix: str, hub_lists: Sequence[Any], hub_store: str,
+                    selection: dict, actor: str) -> tuple[dict, list[list[str]]]:  # fmt: skip
+    """Rename the copies of lists the hub renamed (:func:`_moves`), before anything else
+    of the run; return the selection with their new names and [old, new] local names.
+
+    Why: the new name read as a list never written, so a resync copied it again under
+    that name, and the old copy, retracted and disabled, still held the signals when
+    the hub deleted the list (the delete named only the new name). A copy set aside
+    ("retired") holds a list the hub no longer shares under that uid: disabled as not
+    shared, deleted when the hub's delete names its uid. ``hub_store``: the listing's
+    store id when it is the one the mirror read (else ""): an older hub sends no uid,
+    and another store (a replaced hub) has other uids for the same lists; nothing is
+    renamed then (the run resyncs on a new name, or refuses the store, as before)."""
+    hub_uid = {h.name: h.uid for h in hub_lists if h.uid}
+    moves = _moves(_copies(store, prefix, hub_store), hub_uid) if hub_store and hub_uid else {}
+    if not moves:
+        return selection, []
+    refuse_foreign_lists(store, prefix, sorted({t for t in moves.values() if t is not None}))
+    names = dict(store.conn().execute(
+        "SELECT ml.list_id, l.name FROM mirror_lists ml JOIN hash_lists l ON l.id = ml.list_id"
+        " WHERE ml.prefix = ?", (prefix,)))  # fmt: skip
+    final = {i: local_name(prefix, t) if t is not None else _retired(store, prefix, names[i], i)
+             for i, t in moves.items()}  # fmt: skip
+    renamed = [[names[i], final[i]] for i in sorted(moves, key=lambda i: names[i])]
+    hub_names = {names[i].removeprefix(prefix): t for i, t in moves.items() if t is not None}
+    if selection["lists"]:
+        selection = {**selection, "lists": sorted(hub_names.get(n, n) for n in selection["lists"])}
+    with store.transaction() as conn:
+        _rename_all(store, prefix, {names[i]: final[i] for i in moves}, actor)
+        conn.execute("UPDATE mirrors SET selection = ? WHERE prefix = ?",
+                     (json.dumps(selection), prefix))  # fmt: skip
+    return selection, renamed
+
+
+def _retired(store: SignalStore, prefix: str, name: str, list_id: int) -> str:
+    """A free local name for a copy set aside: its name, marked (and cut to fit)."""
+    mark = f" (retired {list_id})"
+    stem = name.removeprefix(prefix)[: max(1, 200 - len(prefix) - len(mark) - 9)]
+    retired = local_name(prefix, stem + mark)
+    return retired if not list_owner(store, retired)[0] else f"{retired} {secrets.token_hex(4)}"
+
+
+def _rename_all(store: SignalStore, prefix: str, renames: dict[str, str], actor: str) -> None:
+    """Rename local lists old -> new (in the caller's transaction), in an order that
+    frees each name before it is taken; a cycle (the hub swapped two names) goes
+    through a temporary name."""
+    pending = dict(renames)
+    while pending:
+        free = [old for old, new in pending.items() if not list_owner(store, new)[0]]
+        old = free[0] if free else next(iter(pending))
+        target = pending.pop(old)
+        new = target if free else f"{prefix}(renaming {secrets.token_hex(8)})"
+        store.rename_list(old, new, actor=actor, mirror=True)
+        if not free:
+            pending[new] = target
+
+
+def _record_uids(store: SignalStore, prefix: str, hub_lists: Sequence[Any],
+                 hub_store: str) -> None:  # fmt: skip
+    """End of a run: record the hub's uid of copies that have none on ``hub_store``
+    (made before the hub or this mirror knew uids, or from another hub store before a
+    resync), by their hub name. Not at the start: a delete of the list a copy was made
+    of may be in the run's pages, naming it by name."""
+    rows = [(hub_store, h.uid, prefix, h.name) for h in hub_lists if h.uid]
+    if not rows:
+        return
+    with store.transaction() as conn:
+        conn.executemany(
+            "INSERT INTO mirror_list_uids(list_id, store_id, uid) SELECT list_id, ?, ? FROM"
+            " mirror_lists WHERE prefix = ? AND remote_name = ? ON CONFLICT(list_id) DO UPDATE"
+            " SET store_id = excluded.store_id, uid = excluded.uid"
+            " WHERE mirror_list_uids.store_id != excluded.store_id",
+            rows,
+        )
 
 
 def _follow_list_states(store: SignalStore, prefix: str, shared: dict[str, bool], actor: str,

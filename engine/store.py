@@ -722,7 +722,8 @@ class SignalStore:
                 self._audit(conn, actor, "list.update", name.strip(), 0, None, shown)
         return self.get_list(name.strip())
 
-    def rename_list(self, old: str, new: str, *, actor: str = "local") -> HashList:
+    def rename_list(self, old: str, new: str, *, actor: str = "local",
+                    mirror: bool = False) -> HashList:  # fmt: skip
         """Rename a list; audited as ``list.rename`` (from, to).
 
         Everything else refers to a list by id (signals, tenants' grants, counts), and
@@ -730,7 +731,8 @@ class SignalStore:
         ls`` and ``Signals.Changes`` show the new name. Refused: a name in use, and a list
         a mirror created: ``hashmatch mirror`` finds its local lists by ``prefix + the
         hub's name``, so it would create the old name again and copy the hub's signals a
-        second time."""
+        second time. ``mirror``: the mirror itself follows the hub's rename of the list
+        its copy is of; the copy's recorded hub name becomes ``new`` less the prefix."""
         new = _check_name(new, "list_name")
         if new == old.strip():  # answered "already exists", as if another list had it
             raise InvalidInput(f"list {new!r} already has that name", field="list_name")
@@ -739,7 +741,7 @@ class SignalStore:
             owner = conn.execute(
                 "SELECT prefix, remote_name FROM mirror_lists WHERE list_id = ?", (list_id,)
             ).fetchone()
-            if owner is not None:
+            if owner is not None and not mirror:
                 raise Conflict(
                     f"list {old.strip()!r} is the mirror {owner[0]!r}'s copy of the hub's"
                     f" {owner[1]!r}: the mirror finds it by that name, so it is not renamed"
@@ -753,6 +755,11 @@ class SignalStore:
                 "UPDATE hash_lists SET name = ?, updated_at = ? WHERE id = ?",
                 (new, time.time(), list_id),
             )
+            if owner is not None:
+                conn.execute(
+                    "UPDATE mirror_lists SET remote_name = ? WHERE list_id = ?",
+                    (new.removeprefix(owner[0]), list_id),
+                )
             self._audit(conn, actor, "list.rename", new, 0, None, {"from": old.strip(), "to": new})
         return self.get_list(new)
 
@@ -824,6 +831,7 @@ class SignalStore:
                 "DELETE FROM list_counts WHERE list_id = ?",
                 "DELETE FROM tenant_lists WHERE list_id = ?",
                 "DELETE FROM mirror_lists WHERE list_id = ?",
+                "DELETE FROM mirror_list_uids WHERE list_id = ?",
                 "DELETE FROM hash_lists WHERE id = ?",
             ):
                 conn.execute(sql, (list_id,))
@@ -1948,24 +1956,33 @@ class SignalStore:
         return int(row.fetchone()[0] or 0)
 
     def deleted_lists(self, after: int, through: int,
-                      tenant: str | None) -> list[tuple[str, int, float]]:  # fmt: skip
-        """(name, log position, when) of the lists deleted at positions in (``after``,
+                      tenant: str | None) -> list[tuple[str, int, float, str]]:  # fmt: skip
+        """(name, log position, when, uid) of the lists deleted at positions in (``after``,
         ``through``] that ``tenant`` was granted (None or an admin: every one), oldest
         first. Why: a deleted list's grants and rows are gone, so to a tenant it reads
         as no longer shared, while a deletion (an agreement ended, a legal duty) asks
         a mirror to delete its copy too. A list deleted with no signal logs no change:
-        its position is the log's head then, which a reader already there never sees."""
+        its position is the log's head then, which a reader already there never sees.
+        The uid (:meth:`list_uids`; "" if the list had none) lets a mirror delete a copy
+        made under an older name of the list."""
         visible = self.visible_list_ids(tenant)
         rows = self.conn().execute(
-            "SELECT name, seq, deleted_at, tenants FROM deleted_lists WHERE seq > ? AND seq <= ?"
-            " ORDER BY seq, list_id",
+            "SELECT d.name, d.seq, d.deleted_at, d.tenants, COALESCE(u.uid, '') FROM"
+            " deleted_lists d LEFT JOIN list_uids u ON u.list_id = d.list_id"
+            " WHERE d.seq > ? AND d.seq <= ? ORDER BY d.seq, d.list_id",
             (after, through),
         )
         return [
-            (name, int(seq), float(at))
-            for name, seq, at, tenants in rows
+            (name, int(seq), float(at), uid)
+            for name, seq, at, tenants, uid in rows
             if visible is None or tenant in json.loads(tenants)
         ]
+
+    def list_uids(self) -> dict[int, str]:
+        """List id -> the list's random uid (deleted lists' included): what names a
+        list in ``Signals.Changes`` and ``ListHashLists`` across renames, so a mirror
+        follows a rename and deletes every copy of a deleted list."""
+        return dict(self.conn().execute("SELECT list_id, uid FROM list_uids"))
 
     def purged_ids(self, *, through: int) -> list[tuple[str, np.ndarray]]:
         """(type, index ids) of each :data:`PURGE` entry up to change ``through``."""

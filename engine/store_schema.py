@@ -203,9 +203,25 @@ IDENTITY_SQL = [
     # (their grants and rows are gone). Older builds ignore the table.
     "CREATE TABLE IF NOT EXISTS deleted_lists (list_id INTEGER PRIMARY KEY, name TEXT NOT NULL,"
     " seq INTEGER NOT NULL, tenants TEXT NOT NULL, deleted_at REAL NOT NULL)",
+    # each list's random identity (HashList.uid, Change.list_uid, DeletedList.list_uid):
+    # a name changes with `lists rename`, so a mirror told "renamed deleted" kept the
+    # copy it had made under the old name. Kept after a delete (deleted_lists names the
+    # list by it); a trigger, so lists created by any build get one; random, not the
+    # list id, which would tell a partner how many lists the hub made
+    "CREATE TABLE IF NOT EXISTS list_uids (list_id INTEGER PRIMARY KEY, uid TEXT NOT NULL)",
+    "CREATE TRIGGER IF NOT EXISTS hash_lists_uid AFTER INSERT ON hash_lists BEGIN"
+    " INSERT OR IGNORE INTO list_uids(list_id, uid) VALUES (NEW.id, lower(hex(randomblob(16))));"
+    " END",
+    "INSERT OR IGNORE INTO list_uids(list_id, uid)"
+    " SELECT id, lower(hex(randomblob(16))) FROM hash_lists",
+    # a mirror's copies: the hub list (the hub store's id and the list's uid there) each
+    # copies, when the hub said
+    "CREATE TABLE IF NOT EXISTS mirror_list_uids (list_id INTEGER PRIMARY KEY,"
+    " store_id TEXT NOT NULL, uid TEXT NOT NULL)",
 ]
 #: what :data:`IDENTITY_SQL` creates, by name (an open that finds them all writes nothing)
-IDENTITY_NAMES = ("store_meta", "changes_tag", "deleted_lists")
+IDENTITY_NAMES = ("store_meta", "changes_tag", "deleted_lists", "list_uids", "hash_lists_uid",
+                  "mirror_list_uids")  # fmt: skip
 
 
 def refuse_foreign(conn: sqlite3.Connection, *, versioned: bool) -> None:
@@ -271,7 +287,7 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def _ensure_identity(conn: sqlite3.Connection) -> None:
-    """Create the store id, change tags and deleted-lists table if missing (a read
+    """Create the store id, change tags, deleted-lists and list-uid tables if missing (a read
     first: no write lock is taken on the usual open, where they exist)."""
     have = conn.execute(
         f"SELECT COUNT(*) FROM sqlite_master WHERE name IN ({','.join('?' * len(IDENTITY_NAMES))})",

@@ -99,10 +99,12 @@ def changes(
         "tenant": call.principal.tenant,  # whose view: a reader keeps it with its cursor
     }
     reply = signals_pb2.ChangesResponse(head=head, more=stop.more, **log)
+    tenant = call.principal.engine_tenant
     reply.deleted_lists.extend(  # first message only
-        signals_pb2.DeletedList(list_name=name, seq=seq, deleted_at=at)
-        for name, seq, at in store.deleted_lists(request.since, head, call.principal.engine_tenant)
+        signals_pb2.DeletedList(list_name=name, seq=seq, deleted_at=at, list_uid=uid)
+        for name, seq, at, uid in store.deleted_lists(request.since, head, tenant)
     )
+    uids = store.list_uids()
     size = sent = 0
     for n, entry in enumerate(entries):
         added = entry.op == "add"
@@ -129,6 +131,7 @@ def changes(
                     list_id, _stype, code, labels, ext, expires, _retracted, quality = meta
                     change.live = why is None
                     change.list_name = lists[list_id][0]
+                    change.list_uid = uids.get(list_id, "")
                     change.labels.extend(split_labels(labels))
                     change.external_id = ext or ""
                     change.hash = bytes(code)

@@ -263,6 +263,7 @@ def _retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call)
 
 def list_hash_lists(engine, tenant: str | None) -> list[signals_pb2.HashList]:
     out = []
+    uids = engine.store.list_uids()
     for info in engine.store.lists(tenant=tenant):
         out.append(
             signals_pb2.HashList(
@@ -274,6 +275,7 @@ def list_hash_lists(engine, tenant: str | None) -> list[signals_pb2.HashList]:
                 signal_types=list(getattr(info, "signal_types", ()) or ()),
                 owner=info.owner or "",
                 labels=list(info.labels),
+                uid=uids.get(info.id, ""),
             )
         )
     return out

@@ -108,7 +108,10 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
         self, request: signals_pb2.ListHashListsRequest, call: Call
     ) -> signals_pb2.ListHashListsResponse:
         lists = self.host.engine_lists(call.principal.engine_tenant)
-        return signals_pb2.ListHashListsResponse(lists=lists, tenant=call.principal.tenant)
+        store_id = self.host.engine.store.store_id()
+        return signals_pb2.ListHashListsResponse(
+            lists=lists, tenant=call.principal.tenant, store_id=store_id
+        )
 
     # The change log hands over every hash of the lists shared with the caller, more
     # than Match reveals: its own "export" role, scoped by tenant like Match.

@@ -84,11 +84,34 @@ def _shared_with_partner(ts, seed: int):
 
 
 def test_a_list_renamed_on_the_hub_moves_to_the_new_local_name(tmp_path):
-    """The hub's new name is a list the mirror never wrote: the run resyncs, copies its
-    signals under the new name and retracts (and disables) the old local copy."""
+    """The hub's list uid says the new name is the list the mirror copies: the copy is
+    renamed (no resync, no second copy under the new name), its signals still mapped
+    (a retraction on the hub reaches it), and a --list selection follows the rename."""
     local = tmp_path / "local"
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
         hub = _shared_with_partner(ts, seed=3)
+        _mirror(ts, "partner", local, "--list", "shared")
+        hub.rename_list("shared", "renamed")
+        run = _mirror(ts, "partner", local)
+        assert not run["resync"] and run["lists_new"] == []
+        assert run["lists_renamed"] == [[PREFIX + "shared", PREFIX + "renamed"]]
+        assert _local(local) == {PREFIX + "renamed": (True, 3, 0)}
+        (first,) = [c for r in ts.client("ops").changes(0) for c in r.changes][:1]
+        ts.client("ops").retract("renamed", signal_ids=[first.signal_id])
+        assert _mirror(ts, "partner", local, "--list", "renamed")["retracted"] == 1
+        assert _local(local) == {PREFIX + "renamed": (True, 2, 1)}
+
+
+def test_a_hub_without_list_uids_renames_by_a_resync(tmp_path):
+    """A hub older than list uids (here: its uids removed, so it sends none): the new
+    name is a list the mirror never wrote, so the run resyncs, copies its signals under
+    the new name and retracts (and disables) the old copy, as before uids."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        hub = _shared_with_partner(ts, seed=3)
+        with hub.transaction() as conn:
+            conn.execute("DROP TRIGGER hash_lists_uid")
+            conn.execute("DELETE FROM list_uids")
         _mirror(ts, "partner", local)
         hub.rename_list("shared", "renamed")
         run = _mirror(ts, "partner", local)
@@ -218,6 +241,7 @@ def test_a_list_deleted_then_created_again_on_the_hub_is_copied_anew(tmp_path):
         hub.grant("partner", "shared")
         run = _mirror(ts, "partner", local)
         assert run["lists_purged"] == [PREFIX + "shared"] and run["added"] == 2
+        assert run["lists_renamed"] == run["lists_disabled"] == []
         store = SignalStore(local / "store.sqlite", create=False)
         try:
             assert sorted(s.hash_hex for s in store.iter_signals(PREFIX + "shared")) == sorted(
@@ -309,3 +333,105 @@ def test_a_resync_keeps_the_copy_of_a_list_the_hub_created_again_after_a_delete(
         run = _mirror(ts, "partner", behind, "--resync")
         assert run["lists_purged"] == [PREFIX + "shared"]
         assert _local(behind) == {PREFIX + "shared": (True, 2, 0), PREFIX + "other": (True, 4, 0)}
+
+
+def _rows(local) -> int:
+    """Signal rows in the local store, retracted ones included."""
+    store = SignalStore(local / "store.sqlite", create=False)
+    try:
+        return store.conn().execute("SELECT COUNT(*) FROM signals").fetchone()[0]
+    finally:
+        store.close()
+
+
+def test_a_list_renamed_then_deleted_on_the_hub_leaves_no_copy(tmp_path):
+    """The hub renames a shared list, then deletes it: its signals were left on the
+    partner's side in the copy under the old name (retracted and disabled by the
+    rename's resync), which the delete, naming only the new name, never reached. Now
+    the list's uid names it in the feed: the rename renames the copy (no resync, no
+    second copy), and the delete purges every copy of that list."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        hub = _shared_with_partner(ts, seed=20)
+        _mirror(ts, "partner", local)
+        hub.rename_list("shared", "renamed")
+        run = _mirror(ts, "partner", local)
+        assert _local(local) == {PREFIX + "renamed": (True, 3, 0)} and not run["resync"]
+        ts.client("ops").ingest("renamed", [signal("pdq", c) for c in _codes(1, seed=21)])
+        assert _mirror(ts, "partner", local)["added"] == 1
+        hub.delete_list("renamed")
+        assert _mirror(ts, "partner", local)["lists_purged"] == [PREFIX + "renamed"]
+        assert _local(local) == {} and _rows(local) == 0
+
+
+def test_a_list_deleted_and_its_name_given_to_another_keeps_the_others_copy(tmp_path):
+    """The hub deletes 'a' and renames 'b' to 'a'. By name, the delete purged the local
+    copy named 'a' after 'b's signals had been written into it, and later changes made
+    it again holding those alone (the rest of 'b' was left in a disabled 'hub/b').
+    By uid: 'a's copy is set aside and purged, 'b's is renamed and kept whole, and a
+    --resync afterwards purges nothing."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        hub = _shared_with_partner(ts, seed=22)  # 'shared' plays 'a'
+        ops.ingest("b", [signal("pdq", c) for c in _codes(2, seed=23)])
+        hub.grant("partner", "b")
+        _mirror(ts, "partner", local)
+        hub.delete_list("shared")
+        hub.rename_list("b", "shared")
+        ops.ingest("shared", [signal("pdq", c) for c in _codes(1, seed=24)])
+        run = _mirror(ts, "partner", local)
+        assert run["lists_purged"] == [PREFIX + "shared"]
+        assert run["lists_renamed"] == [[PREFIX + "b", PREFIX + "shared"]]
+        assert _local(local) == {PREFIX + "shared": (True, 3, 0)} and _rows(local) == 3
+        run = _mirror(ts, "partner", local, "--resync")
+        assert run["lists_purged"] == [] and run["retracted"] == 0
+        assert _local(local) == {PREFIX + "shared": (True, 3, 0)}
+        hub.delete_list("shared")
+        assert _mirror(ts, "partner", local)["lists_purged"] == [PREFIX + "shared"]
+        assert _rows(local) == 0
+
+
+def test_lists_whose_names_the_hub_swapped_swap_their_copies(tmp_path):
+    """Each copy takes its list's new name, through a temporary one (both names are
+    taken), and a change of each list after the swap lands in its own copy."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("a", [signal("pdq", c) for c in _codes(1, seed=25)])
+        ops.ingest("b", [signal("pdq", c) for c in _codes(2, seed=26)])
+        _mirror(ts, "ops", local)
+        hub = ts.engine.store
+        hub.rename_list("a", "tmp")
+        hub.rename_list("b", "a")
+        hub.rename_list("tmp", "b")
+        ops.ingest("b", [signal("pdq", c) for c in _codes(1, seed=27)])
+        run = _mirror(ts, "ops", local)
+        assert not run["resync"] and run["added"] == 1
+        assert run["lists_renamed"] == [[PREFIX + "a", PREFIX + "b"], [PREFIX + "b", PREFIX + "a"]]
+        assert _local(local) == {PREFIX + "a": (True, 2, 0), PREFIX + "b": (True, 2, 0)}
+        hub.delete_list("b")
+        assert _mirror(ts, "ops", local)["lists_purged"] == [PREFIX + "b"]
+        assert _local(local) == {PREFIX + "a": (True, 2, 0)}
+
+
+def test_a_codename_renamed_to_a_shared_name_reaches_the_partner_by_its_new_name_only(tmp_path):
+    """A list the partner was never shared (an admin's codename), renamed and then shared:
+    the partner's mirror copies it as a new list; no reply it is sent names the codename,
+    and its uid is one the partner was never shown."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        hub = _shared_with_partner(ts, seed=28)
+        ts.client("ops").ingest("codename", [signal("pdq", c) for c in _codes(2, seed=29)])
+        partner = ts.client("partner")
+        _mirror(ts, "partner", local)
+        seen = {h.uid for h in partner.list_hash_lists().lists}
+        hub.rename_list("codename", "public")
+        hub.grant("partner", "public")
+        run = _mirror(ts, "partner", local)
+        assert run["lists_new"] == ["public"] and run["lists_renamed"] == []
+        listing = partner.list_hash_lists()
+        replies = [listing, *partner.changes(0)]
+        assert not any(b"codename" in r.SerializeToString() for r in replies)
+        (public,) = [h.uid for h in listing.lists if h.name == "public"]
+        assert public and public not in seen

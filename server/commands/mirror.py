@@ -160,7 +160,7 @@ def _worth_a_line(summary, printed_at: float) -> bool:
     (``--json`` prints every pass: a machine reading it may count on them.)"""
     said = (summary.since != summary.head or not summary.lists_shared or summary.lists_new
             or summary.lists_disabled or summary.lists_enabled or summary.lists_stale
-            or summary.lists_purged)  # fmt: skip
+            or summary.lists_purged or summary.lists_renamed)  # fmt: skip
     return bool(said) or time.monotonic() - printed_at >= QUIET_PASS_SECONDS
 
 
@@ -194,6 +194,9 @@ def _report(summary, as_json: bool, server: str) -> None:
     ):  # fmt: skip
         for name in names:
             click.echo(f"  list {name!r} {what}", err=True)
+    for old, new in summary.lists_renamed:
+        click.echo(f"  list {old!r} renamed {new!r}: the hub renamed its list, or gave its name"
+                   " to another (retired)", err=True)  # fmt: skip
     if summary.kept_retracted:
         click.echo(
             f"  {summary.kept_retracted} signal(s) live on the hub stay retracted here"

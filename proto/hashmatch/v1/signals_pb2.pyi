@@ -111,7 +111,7 @@ class ListHashListsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HashList(_message.Message):
-    __slots__ = ("name", "description", "signal_count", "enabled", "signal_types", "expired_count", "owner", "labels")
+    __slots__ = ("name", "description", "signal_count", "enabled", "signal_types", "expired_count", "owner", "labels", "uid")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -120,6 +120,7 @@ class HashList(_message.Message):
     EXPIRED_COUNT_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     signal_count: int
@@ -128,15 +129,18 @@ class HashList(_message.Message):
     expired_count: int
     owner: str
     labels: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., signal_count: _Optional[int] = ..., enabled: _Optional[bool] = ..., signal_types: _Optional[_Iterable[str]] = ..., expired_count: _Optional[int] = ..., owner: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ...) -> None: ...
+    uid: str
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., signal_count: _Optional[int] = ..., enabled: _Optional[bool] = ..., signal_types: _Optional[_Iterable[str]] = ..., expired_count: _Optional[int] = ..., owner: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., uid: _Optional[str] = ...) -> None: ...
 
 class ListHashListsResponse(_message.Message):
-    __slots__ = ("lists", "tenant")
+    __slots__ = ("lists", "tenant", "store_id")
     LISTS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
     lists: _containers.RepeatedCompositeFieldContainer[HashList]
     tenant: str
-    def __init__(self, lists: _Optional[_Iterable[_Union[HashList, _Mapping]]] = ..., tenant: _Optional[str] = ...) -> None: ...
+    store_id: str
+    def __init__(self, lists: _Optional[_Iterable[_Union[HashList, _Mapping]]] = ..., tenant: _Optional[str] = ..., store_id: _Optional[str] = ...) -> None: ...
 
 class ChangesRequest(_message.Message):
     __slots__ = ("since", "signal_types", "max_changes", "split_entries", "since_signal_id")
@@ -153,7 +157,7 @@ class ChangesRequest(_message.Message):
     def __init__(self, since: _Optional[int] = ..., signal_types: _Optional[_Iterable[str]] = ..., max_changes: _Optional[int] = ..., split_entries: _Optional[bool] = ..., since_signal_id: _Optional[int] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("seq", "action", "signal_id", "signal_type", "live", "hash", "frames", "list_name", "labels", "external_id", "quality", "expires_at", "frame_qualities", "timestamps", "state")
+    __slots__ = ("seq", "action", "signal_id", "signal_type", "live", "hash", "frames", "list_name", "labels", "external_id", "quality", "expires_at", "frame_qualities", "timestamps", "state", "list_uid")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     ACTION_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +173,7 @@ class Change(_message.Message):
     FRAME_QUALITIES_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    LIST_UID_FIELD_NUMBER: _ClassVar[int]
     seq: int
     action: ChangeAction
     signal_id: int
@@ -184,7 +189,8 @@ class Change(_message.Message):
     frame_qualities: _containers.RepeatedScalarFieldContainer[int]
     timestamps: _containers.RepeatedScalarFieldContainer[float]
     state: SignalState
-    def __init__(self, seq: _Optional[int] = ..., action: _Optional[_Union[ChangeAction, str]] = ..., signal_id: _Optional[int] = ..., signal_type: _Optional[str] = ..., live: _Optional[bool] = ..., hash: _Optional[bytes] = ..., frames: _Optional[_Iterable[bytes]] = ..., list_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., quality: _Optional[int] = ..., expires_at: _Optional[float] = ..., frame_qualities: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ..., state: _Optional[_Union[SignalState, str]] = ...) -> None: ...
+    list_uid: str
+    def __init__(self, seq: _Optional[int] = ..., action: _Optional[_Union[ChangeAction, str]] = ..., signal_id: _Optional[int] = ..., signal_type: _Optional[str] = ..., live: _Optional[bool] = ..., hash: _Optional[bytes] = ..., frames: _Optional[_Iterable[bytes]] = ..., list_name: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., external_id: _Optional[str] = ..., quality: _Optional[int] = ..., expires_at: _Optional[float] = ..., frame_qualities: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ..., state: _Optional[_Union[SignalState, str]] = ..., list_uid: _Optional[str] = ...) -> None: ...
 
 class ChangesResponse(_message.Message):
     __slots__ = ("changes", "head", "more", "store_id", "since_digest", "head_digest", "split_entries", "head_signal_id", "head_entry_digest", "since_entry_digest", "deleted_lists", "tenant")
@@ -215,14 +221,16 @@ class ChangesResponse(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., head: _Optional[int] = ..., more: _Optional[bool] = ..., store_id: _Optional[str] = ..., since_digest: _Optional[str] = ..., head_digest: _Optional[str] = ..., split_entries: _Optional[bool] = ..., head_signal_id: _Optional[int] = ..., head_entry_digest: _Optional[str] = ..., since_entry_digest: _Optional[str] = ..., deleted_lists: _Optional[_Iterable[_Union[DeletedList, _Mapping]]] = ..., tenant: _Optional[str] = ...) -> None: ...
 
 class DeletedList(_message.Message):
-    __slots__ = ("list_name", "seq", "deleted_at")
+    __slots__ = ("list_name", "seq", "deleted_at", "list_uid")
     LIST_NAME_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     DELETED_AT_FIELD_NUMBER: _ClassVar[int]
+    LIST_UID_FIELD_NUMBER: _ClassVar[int]
     list_name: str
     seq: int
     deleted_at: float
-    def __init__(self, list_name: _Optional[str] = ..., seq: _Optional[int] = ..., deleted_at: _Optional[float] = ...) -> None: ...
+    list_uid: str
+    def __init__(self, list_name: _Optional[str] = ..., seq: _Optional[int] = ..., deleted_at: _Optional[float] = ..., list_uid: _Optional[str] = ...) -> None: ...
 
 class SignalStatesRequest(_message.Message):
     __slots__ = ("signal_ids",)
