@@ -569,7 +569,11 @@ class Engine:
     # ------------------------------------------------------------------ index ops
 
     def _build_from_store(self, progress: Progress | None = None) -> tuple[dict, int]:
-        """Fresh indexes from one consistent read of the store; returns (indexes, counter)."""
+        """Fresh indexes from one consistent read of the store; returns (indexes, counter).
+
+        A type the change log ever added signals of gets an index even with none live
+        (all retracted or deleted): a snapshot of these indexes must hold every such
+        type, or the next start refuses it (:meth:`_check_every_type`)."""
         conn = self.store.conn()
         indexes: dict[str, object] = {}
         conn.execute("BEGIN")  # one read snapshot: rows and counter agree
@@ -578,7 +582,7 @@ class Engine:
             totals = self.store.count_live()
             total = sum(totals.values())
             done = 0
-            for stype in sorted(totals):
+            for stype in sorted(set(totals) | self.store.added_types(counter)):
                 index = self._index_for(stype, indexes)
                 with index.bulk():  # merge/index once at the end, not per chunk
                     for ids, codes in self.store.iter_live(stype):
@@ -847,10 +851,7 @@ class Engine:
         missing = set(self.store.count_live()) - set(types)
         if not missing:
             return
-        rows = self.store.conn().execute(
-            "SELECT DISTINCT signal_type FROM changes WHERE op = 'add' AND seq <= ?", (at,)
-        )
-        lacking = sorted(missing & {r[0] for r in rows})
+        lacking = sorted(missing & self.store.added_types(at))
         if lacking:
             raise CorruptData(
                 f"no index of {', '.join(lacking)}, which the store has signals of", field="types"

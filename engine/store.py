@@ -1992,6 +1992,14 @@ class SignalStore:
         )
         return [(stype, np.frombuffer(blob, dtype=np.int64)) for stype, blob in rows]
 
+    def added_types(self, upto: int) -> set[str]:
+        """Signal types the change log added signals of at or before change ``upto``:
+        a snapshot taken at ``upto`` holds an index of each, empty or not."""
+        rows = self.conn().execute(
+            "SELECT DISTINCT signal_type FROM changes WHERE op = 'add' AND seq <= ?", (upto,)
+        )
+        return {r[0] for r in rows}
+
     def store_id(self) -> str:
         """The store's random id (copies and backups of the file share it)."""
         return store_id(self.conn())

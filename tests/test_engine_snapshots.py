@@ -275,6 +275,23 @@ def test_snapshot_without_a_type_added_after_it_loads(tmp_path):
         assert found(e, codes(10, 5, 16), "md5") == 10
 
 
+def test_snapshot_of_a_type_with_no_live_signal_loads_once_it_has_some_again(tmp_path):
+    """Every md5 signal retracted, a start built from the store, then a snapshot: md5's
+    index is empty, not absent, so the snapshot still loads after a restore."""
+    data = tmp_path / "d"
+    with Engine.open(data) as e:
+        e.ingest(records(codes(10)), list_name="l")
+        e.ingest(records(codes(3, 5, 16), "md5"), list_name="l")
+        e.retract(list_name="l", hashes=[("md5", c.tobytes().hex()) for c in codes(3, 5, 16)])
+    with Engine.open(data) as e:
+        assert e.load_info["source"] == "store"
+        e.snapshot()
+        e.restore(list_name="l", hashes=[("md5", c.tobytes().hex()) for c in codes(3, 5, 16)])
+    with Engine.open(data) as e:
+        assert e.load_info["source"] == "snapshot" and "skipped_snapshots" not in e.load_info
+        assert found(e, codes(3, 5, 16), "md5") == 3
+
+
 @pytest.mark.parametrize(("second", "nbytes"), [("md5", 16), ("sha256", 32)])
 def test_snapshot_with_two_types_files_swapped_is_refused(tmp_path, second, nbytes):
     data = tmp_path / "d"
