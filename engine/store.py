@@ -673,6 +673,7 @@ class SignalStore:
 
         Re-enabling a disabled list logs its live signals as :data:`REVIVE`: a rescan
         retracted their matches when it was disabled and must find them again."""
+        name = name.strip()  # as create_list stored it (as every other list verb reads it)
         with self._write() as conn:
             row = conn.execute(
                 "SELECT id, enabled FROM hash_lists WHERE name = ?", (name,)

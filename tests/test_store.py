@@ -128,6 +128,18 @@ def test_expired_and_disabled_never_match(engine):
     assert len(engine.match("pdq", c[2:3])[0]) == 1
 
 
+def test_list_verbs_take_a_name_with_surrounding_spaces_as_ingest_stored_it(engine):
+    """Ingest, retract, rename and delete strip a list name; disabling did not
+    (``lists disable " a"`` said "no hash list named ' a'" of the list ``lists ls`` shows)."""
+    c = codes(1)
+    engine.ingest(records(c), list_name=" a ")
+    assert [info.name for info in engine.store.lists()] == ["a"]
+    assert engine.store.set_list_enabled(" a ", False).enabled is False
+    assert engine.match("pdq", c)[0] == []
+    assert engine.store.set_list_enabled("a ", True).name == "a"
+    assert len(engine.match("pdq", c)[0]) == 1
+
+
 def test_tenant_isolation(engine):
     c = codes(6)
     engine.ingest(records(c[:3]), list_name="shared")
