@@ -90,6 +90,36 @@ def test_token_writes_the_file_the_config_names(tmp_path, monkeypatch):
     assert made.exit_code == 1 and "missing.toml" in made.output
 
 
+def _waits_for_a_lock(pid: int) -> bool:
+    """Whether process ``pid`` is blocked on a file lock (a ``->`` line of /proc/locks)."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return any(line.split()[1] == "->" and line.split()[-4] == str(pid) for line in lines)
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+def test_token_checks_and_appends_under_the_tokens_file_lock(tmp_path):
+    """Two `hashmatch token acme` at once both found no acme and both appended it: a
+    tokens file with [tenants."acme"] twice is not TOML (the next SIGHUP kept the old
+    tokens, the next restart failed). Here this process is the other run, holding the
+    lock while it appends acme: the waiting run must then see acme and refuse."""
+    import fcntl
+
+    path = tmp_path / "auth.toml"
+    assert _token("first", "--auth-file", str(path)).exit_code == 0  # the file exists
+    with path.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        run = subprocess.Popen(
+            [sys.executable, "-c", SERVE, "token", "acme", "--auth-file", str(path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(),
+        )  # fmt: skip
+        while run.poll() is None and not _waits_for_a_lock(run.pid):
+            time.sleep(0.01)
+        held.write("\n" + auth.tenant_entry("acme", "other run's token", ["match"]))
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == 1 and "already exists" in err, err
+    assert _tenant(path, "other run's token").tenant == "acme"  # the file still loads
+
+
 def _serve(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """``hashmatch serve`` in a child process, for start-up failures (it exits)."""
     return subprocess.run(

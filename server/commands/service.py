@@ -360,19 +360,37 @@ def token(
                 f"created {path} with an admin token (saved to {path.parent / 'admin.token'})",
                 err=True,
             )
-        existing = read_toml(path)
-        if tenant in (existing.get("tenants") or {}):
-            raise click.ClickException(
-                f"tenant {tenant!r} already exists in {path}; add a digest to its "
-                "tokens_sha256 by hand"
-            )
-        with path.open("a") as fh:
+        with _locked_for_append(path) as fh:
+            if tenant in (read_toml(path).get("tenants") or {}):
+                raise click.ClickException(
+                    f"tenant {tenant!r} already exists in {path}; add a digest to its "
+                    "tokens_sha256 by hand"
+                )
             fh.write("\n" + entry)
     except OSError as exc:
         raise click.ClickException(f"{path}: {exc}") from None
     except HashmatchError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(new)
+
+
+@contextmanager
+def _locked_for_append(path: Path) -> Iterator[Any]:
+    """``path`` opened for appending, under an exclusive ``flock`` held until the block
+    ends (the file is written when it does).
+
+    Why: two ``hashmatch token`` runs for the same tenant (a provisioning script run
+    twice at once) both found no such tenant and both appended it; a tokens file with a
+    table twice is not TOML, so the next SIGHUP kept the old tokens and the next restart
+    failed. The lock makes check-then-append one step. Appending in place (not a temp
+    file renamed over it) keeps the file's owner, mode and inode, which the lock is on:
+    ``sudo hashmatch token`` as root must not leave a file the server's user cannot read.
+    """
+    import fcntl
+
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+        yield fh
 
 
 def _token_file(auth_file: str | None, config_file: str | None) -> Path:
