@@ -12,7 +12,7 @@ import difflib
 import math
 import os
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -77,13 +77,29 @@ class ServerConfig:
     drain_seconds: float = 10.0
     log_level: str = "INFO"
 
-    def with_overrides(self, values: Mapping[str, Any]) -> ServerConfig:
-        """A copy with the non-None ``values`` applied (unknown keys are an error)."""
+    def with_overrides(
+        self, values: Mapping[str, Any], origin: Callable[[str], str] | None = None
+    ) -> ServerConfig:
+        """A copy with the non-None ``values`` applied (unknown keys are an error).
+
+        ``origin(key)`` says where a value came from (the config file, ``HASHMATCH_KEY``,
+        ``--key``); an error about a value names it, as ``workers: not an integer: 'abc'
+        (from HASHMATCH_WORKERS)``: the same key can be set in three places.
+        """
         known = {f.name for f in fields(self)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise InvalidInput(f"unknown setting(s) {_with_hints(unknown, known)}", field="config")
-        clean = {k: _coerce(k, v) for k, v in values.items() if v is not None}
+            raise _from(
+                InvalidInput(f"unknown setting(s) {_with_hints(unknown, known)}", field="config"),
+                origin and origin(unknown[0]),
+            )
+        clean = {}
+        for key, value in values.items():
+            if value is not None:
+                try:
+                    clean[key] = _coerce(key, value)
+                except InvalidInput as exc:
+                    raise _from(exc, origin and origin(key)) from None
         return dataclasses.replace(self, **clean)
 
     @property
@@ -282,12 +298,26 @@ def load(
     config = ServerConfig()
     env = from_env(environ)
     path = path or (os.environ if environ is None else environ).get(ENV_PREFIX + "CONFIG")
+    layers: list[tuple[Mapping[str, Any], Callable[[str], str]]] = []
     if path:
-        config = config.with_overrides(read_file(path))
-    config = config.with_overrides(env)
-    if flags:
-        config = config.with_overrides(flags)
-    return config.validate()
+        layers.append((read_file(path), lambda _key: str(path)))
+    layers.append((env, lambda key: ENV_PREFIX + key.upper()))
+    layers.append((flags or {}, lambda key: "--" + key.replace("_", "-")))
+    origins: dict[str, str] = {}
+    for values, origin in layers:
+        config = config.with_overrides(values, origin)
+        origins.update((key, origin(key)) for key, value in values.items() if value is not None)
+    try:
+        return config.validate()
+    except InvalidInput as exc:
+        raise _from(exc, origins.get(exc.field or "")) from None
+
+
+def _from(exc: InvalidInput, origin: str | None) -> InvalidInput:
+    """``exc`` with ``(from ORIGIN)`` after its message (the ``key: `` prefix kept)."""
+    if not origin:
+        return exc
+    return type(exc)(f"{exc.message} (from {origin})", field=exc.field, index=exc.index)
 
 
 def read_file(path: str | Path) -> Mapping[str, Any]:

@@ -341,3 +341,32 @@ def test_a_listen_address_without_a_valid_port_is_refused(listen):
 )  # fmt: skip
 def test_listen_addresses_of_every_documented_form_load(listen):
     assert config.load(environ={"HASHMATCH_LISTEN": listen}).listen == listen
+
+
+def test_a_bad_value_names_where_it_was_set(tmp_path):
+    """The same key can be set in the config file, the environment and a flag: "workers:
+    not an integer: 'abc'" left the operator to guess which one to fix."""
+    path = tmp_path / "hashmatch.toml"
+    path.write_text('[server]\nworkers = "abc"\nmetrics_port = 70000\n')
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(path, environ={})
+    assert str(err.value) == f"workers: not an integer: 'abc' (from {path})"
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(environ={"HASHMATCH_WORKERS": "abc"})
+    assert str(err.value) == "workers: not an integer: 'abc' (from HASHMATCH_WORKERS)"
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(environ={}, flags={"listen": 45002})
+    assert str(err.value) == "listen: must be a string, got 45002 (from --listen)"
+    # checked once every layer is applied: named by the layer that set it last
+    path.write_text("metrics_port = 70000\n")
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(path, environ={})
+    assert str(err.value).startswith("metrics_port: must be -1 (off)"), err.value
+    assert str(err.value).endswith(f"got 70000 (from {path})"), err.value
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(path, environ={"HASHMATCH_METRICS_PORT": "-2"})
+    assert str(err.value).endswith("(from HASHMATCH_METRICS_PORT)"), err.value
+    path.write_text("[server]\nworker = 4\n")
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(path, environ={})
+    assert "worker (did you mean workers?)" in str(err.value) and str(path) in str(err.value)
