@@ -300,6 +300,9 @@ def load(
     path = path or (os.environ if environ is None else environ).get(ENV_PREFIX + "CONFIG")
     layers: list[tuple[Mapping[str, Any], Callable[[str], str]]] = []
     if path:
+        # "~/hashmatch.toml" in HASHMATCH_CONFIG (a unit's Environment=, no shell) was
+        # looked for under a directory named "~", as path settings were
+        path = os.path.expanduser(path)
         layers.append((read_file(path), lambda _key: str(path)))
     layers.append((env, lambda key: ENV_PREFIX + key.upper()))
     layers.append((flags or {}, lambda key: "--" + key.replace("_", "-")))

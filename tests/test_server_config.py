@@ -370,3 +370,11 @@ def test_a_bad_value_names_where_it_was_set(tmp_path):
     with pytest.raises(engine_errors.InvalidInput) as err:
         config.load(path, environ={})
     assert "worker (did you mean workers?)" in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_home_relative_config_file_is_in_the_home_directory(tmp_path, monkeypatch):
+    # HASHMATCH_CONFIG=~/hashmatch.toml in a unit's Environment= (no shell expands it)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "hashmatch.toml").write_text("workers = 3\n")
+    assert config.load(environ={"HASHMATCH_CONFIG": "~/hashmatch.toml"}).workers == 3
+    assert config.load("~/hashmatch.toml", environ={}).workers == 3
