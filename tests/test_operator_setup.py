@@ -213,6 +213,25 @@ def test_sighup_keeps_the_old_tokens_when_the_file_holds_none(tmp_path):
         served.stop()
 
 
+def test_sighup_logs_its_outcome_and_warns_of_a_tokens_file_others_can_write(tmp_path):
+    """The writable-tokens-file warning came at start-up only, though a file chmod-ed or
+    replaced since is the one a reload trusts; and "reloaded ..." was printed past the
+    logging setup (log_level did not apply to it)."""
+    data = tmp_path / "data"
+    served = Served("--data-dir", str(data), env={"HASHMATCH_LOG_LEVEL": "WARNING"})
+    try:
+        served.wait_for("serving on")
+        (data / "auth.toml").chmod(0o666)
+        served.proc.send_signal(signal.SIGHUP)
+        assert "chmod go-w" in served.wait_for("auth.toml is writable by others (mode 666)")
+        (data / "auth.toml").write_text("# every tenant removed by mistake\n")
+        served.proc.send_signal(signal.SIGHUP)  # handled after the first: its lines are out
+        served.wait_for("kept the old tokens")
+        assert not [line for line in served.lines if "reloaded" in line], served.lines
+    finally:
+        served.stop()
+
+
 @pytest.mark.parametrize(
     ("toml", "expected"),
     [

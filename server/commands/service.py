@@ -29,6 +29,9 @@ from google.protobuf.message import Message
 from hashmatch.engine.errors import HashmatchError
 
 DEFAULT_SERVER = "127.0.0.1:50051"
+#: The server's log (hashmatch.server.app's): serve's reload outcomes go where its other
+#: operational messages go, under the configured log_level.
+log = logging.getLogger("hashmatch.server")
 
 
 class ProtoInt(click.ParamType):
@@ -190,9 +193,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
             auth = _load_tokens(config.auth_path)
         except HashmatchError as exc:
             raise click.ClickException(str(exc)) from None
-        unsafe = auth_mod.permission_warning(config.auth_path)
-        if unsafe:
-            click.echo(f"WARNING: {unsafe}", err=True)
+        _warn_if_writable(config.auth_path)
     server = HashmatchServer(config, auth=auth)
     done = threading.Event()
     # "serving" only once the index is loaded (health SERVING): a store that fails to
@@ -266,19 +267,28 @@ def _load_tokens(path: Path) -> Any:
     return auth
 
 
+def _warn_if_writable(path: Path) -> None:
+    """Warn when others may write the tokens file: at start-up and on every reload, since
+    a file replaced or chmod-ed since start-up is the one now trusted."""
+    from hashmatch.server.auth import permission_warning
+
+    unsafe = permission_warning(path)
+    if unsafe:
+        log.warning("WARNING: %s", unsafe)
+
+
 def _reload_tokens(server: Any, path: Path) -> None:
     """SIGHUP: read the tokens file again; the old tokens stay if it is unusable."""
     try:
         reloaded = _load_tokens(path)
     except HashmatchError as exc:
-        click.echo(f"kept the old tokens: {exc}", err=True)
+        log.warning("kept the old tokens: %s", exc)
     except Exception:  # a bug: a reload must never end a running server
-        logging.getLogger("hashmatch.server").exception(
-            "kept the old tokens: reloading %s failed", path
-        )
+        log.exception("kept the old tokens: reloading %s failed", path)
     else:
         server.host.auth = reloaded
-        click.echo(f"reloaded {path} ({len(reloaded)} tokens)", err=True)
+        log.info("reloaded %s (%d tokens)", path, len(reloaded))
+        _warn_if_writable(path)
 
 
 def _reload_certificates(server: Any) -> None:
@@ -286,13 +296,13 @@ def _reload_certificates(server: Any) -> None:
     try:
         reloaded = server.reload_certificates()
     except OSError as exc:  # names the file, as at start-up
-        click.echo(f"kept the old certificate: {exc}", err=True)
+        log.warning("kept the old certificate: %s", exc)
     except Exception:  # a bug: a reload must never end a running server
-        logging.getLogger("hashmatch.server").exception("kept the old certificate")
+        log.exception("kept the old certificate")
     else:
         if reloaded:
             cert = server.config.tls_cert
-            click.echo(f"reloaded the certificate {cert} (new connections get it)", err=True)
+            log.info("reloaded the certificate %s (new connections get it)", cert)
 
 
 def _bound_address(listen: str, port: int | None) -> str:
