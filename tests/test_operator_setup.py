@@ -391,6 +391,19 @@ def test_the_example_config_loads_as_written():
     assert "StateDirectory=hashmatch" in unit  # the unit makes the config's data_dir
 
 
+def test_the_unit_keeps_compiled_code_in_its_cache_directory():
+    """Under ProtectSystem=strict the install (/opt/hashmatch) is read-only: numba's
+    kernels and Python's bytecode are only kept if the unit points them at its
+    CacheDirectory (bytecode was not: every start compiled every module again)."""
+    unit = (DEPLOY / "hashmatch.service").read_text()
+    assert "ProtectSystem=strict" in unit
+    cache = "/var/cache/" + unit.split("\nCacheDirectory=")[1].split()[0] + "/"
+    env = dict(line.split("=", 2)[1:] for line in unit.splitlines()
+               if line.startswith("Environment="))  # fmt: skip
+    for variable in ("NUMBA_CACHE_DIR", "PYTHONPYCACHEPREFIX"):
+        assert env.get(variable, "").startswith(cache), (variable, env)
+
+
 def test_serve_starts_with_the_example_config(tmp_path):
     """Loading is not serving: the example config must also bind, load and answer (only
     the data dir and ports moved here, as the unit's state directory is not ours)."""
