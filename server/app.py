@@ -30,6 +30,7 @@ from hashmatch.engine.errors import HashmatchError
 from hashmatch.server.auth import TokenAuth
 from hashmatch.server.batcher import LookupBatcher
 from hashmatch.server.calls import CallSlots, InFlight, log_refused
+from hashmatch.server.certificates import pem_dates, utc
 from hashmatch.server.config import ServerConfig
 from hashmatch.server.decoding import interceptors
 from hashmatch.server.errors import NotServing
@@ -216,38 +217,18 @@ def certificate_warnings(config: ServerConfig, now: float | None = None) -> list
     out = []
     for key, consequence in _CERTIFICATE_USERS.items():
         path = getattr(config, key)
-        dates = _certificate_dates(path) if path else None
+        dates = pem_dates(path) if path else None
         if dates is None:
             continue
         not_before, not_after = dates
         if now > not_after:
-            out.append(f"{key} {path} has expired ({_utc(not_after)}): {consequence}")
+            out.append(f"{key} {path} has expired ({utc(not_after)}): {consequence}")
         elif now < not_before:
             out.append(
-                f"{key} {path} is not valid before {_utc(not_before)} (is this host's clock"
+                f"{key} {path} is not valid before {utc(not_before)} (is this host's clock"
                 f" right?): {consequence}"
             )
     return out
-
-
-def _certificate_dates(path: str) -> tuple[float, float] | None:
-    """(not before, not after) of the first certificate in a PEM file, as Unix times;
-    None when they cannot be read (the stdlib's one reader of them is private)."""
-    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
-    if decode is None:
-        return None
-    try:
-        info = decode(path)
-        not_before, not_after = (
-            ssl.cert_time_to_seconds(info[k]) for k in ("notBefore", "notAfter")
-        )
-        return not_before, not_after
-    except (ssl.SSLError, OSError, KeyError, ValueError):
-        return None
-
-
-def _utc(seconds: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
 
 
 def _is_loopback(host: str) -> bool:

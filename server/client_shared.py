@@ -181,7 +181,9 @@ class ClientBase:
             raise ValueError("client_cert and client_key go together (mutual TLS): give both")
         token = _clean_token(token)
         self._check_context()
-        if tls or root_certificates or client_cert:
+        self.target = target
+        self.tls = bool(tls or root_certificates or client_cert)
+        if self.tls:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=_read(root_certificates),
                 private_key=_read(client_key),
@@ -353,6 +355,11 @@ def tls_hint(details: str) -> str:
     preface). A connection that was up and then cut (a server restart, a proxy or load
     balancer dropping it) is "Stream removed (Socket closed)": no TLS question there,
     and the hint sent people looking at their certificates."""
+    if "CERTIFICATE_VERIFY_FAILED" in details and "has expired" in details:
+        return (
+            " (the server's certificate has expired: the server must renew it; `hashmatch"
+            " serve` reloads it on SIGHUP)"
+        )
     if "CERTIFICATE_VERIFY_FAILED" in details:
         return (
             " (the server's certificate is not signed by a CA this client trusts: give its"
@@ -363,6 +370,37 @@ def tls_hint(details: str) -> str:
         return (
             " (a TLS mismatch? a TLS server needs --tls [--ca CA.pem], mutual TLS also"
             " --cert and --key; a plain server, no --tls)"
+        )
+    return ""
+
+
+def certificate_hint(target: str, now: float | None = None) -> str:
+    """For a TLS connection that failed: what is wrong with the certificate the server at
+    ``target`` presents, read from the server itself (its dates); empty when it cannot
+    be read or its dates are fine.
+
+    Why: against an expired certificate, ``--server localhost:PORT`` reported "[::1]:
+    Connection refused" (gRPC's last address; the server listened on 127.0.0.1) and
+    only gRPC's debug log said "certificate has expired".
+    """
+    from hashmatch.server.certificates import served_dates, utc
+
+    host, _, port = target.removeprefix("dns:///").rpartition(":")
+    if not host or not port.isdigit():  # unix:PATH and the like: no TLS port to ask
+        return ""
+    dates = served_dates(host.strip("[]"), int(port))
+    if dates is None:
+        return ""
+    now = time.time() if now is None else now
+    if now > dates[1]:
+        return (
+            f" (the server's certificate expired on {utc(dates[1])}: the server must renew"
+            " it; `hashmatch serve` reloads it on SIGHUP)"
+        )
+    if now < dates[0]:
+        return (
+            f" (the server's certificate is not valid before {utc(dates[0])}: is the"
+            " server's or this machine's clock wrong?)"
         )
     return ""
 

@@ -121,6 +121,34 @@ def self_signed_cert(directory: Path, name: str) -> tuple[str, str]:
     return str(key), str(cert)
 
 
+def expired_cert(directory: Path, name: str) -> tuple[str, str]:
+    """(key path, cert path) of a self-signed certificate for localhost and 127.0.0.1
+    that was valid on 2020-01-01 only: ``openssl ca`` sets the dates (``openssl req
+    -x509`` before OpenSSL 3.4 cannot start one in the past)."""
+    import subprocess
+
+    key, cert, csr = (directory / f"{name}{suffix}" for suffix in (".key", ".pem", ".csr"))
+    ca_dir = directory / f"{name}-ca"
+    ca_dir.mkdir()
+    (ca_dir / "index.txt").write_text("")
+    (ca_dir / "serial").write_text("01\n")
+    (ca_dir / "ca.cnf").write_text(
+        f"[ca]\ndefault_ca = d\n[d]\ndatabase = {ca_dir}/index.txt\nnew_certs_dir = {ca_dir}\n"
+        f"serial = {ca_dir}/serial\ndefault_md = sha256\npolicy = p\ncopy_extensions = copy\n"
+        "[p]\ncommonName = supplied\n"
+    )
+    for argv in (
+        ["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+         "-out", str(csr), "-subj", f"/CN={name}",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        ["openssl", "ca", "-batch", "-config", str(ca_dir / "ca.cnf"), "-selfsign",
+         "-keyfile", str(key), "-in", str(csr), "-out", str(cert), "-notext",
+         "-startdate", "20200101000000Z", "-enddate", "20200102000000Z"],
+    ):  # fmt: skip
+        subprocess.run(argv, check=True, capture_output=True)
+    return str(key), str(cert)
+
+
 def access_log_line(caplog: Any, method: str, n: int = 1, timeout: float = 5.0) -> dict:
     """The ``n``-th access-log line of ``method`` captured by pytest's ``caplog`` (the
     server writes it as the call's handler finishes, which can be after the client has

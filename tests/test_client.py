@@ -497,6 +497,28 @@ def test_a_tls_server_called_without_tls_says_it_may_be_tls(tmp_path):
     assert "a TLS mismatch? a TLS server needs --tls [--ca CA.pem]" in result.output
 
 
+def test_a_tls_server_with_an_expired_certificate_is_named_with_its_date(tmp_path):
+    """An expired server certificate read as "[::1]: Connection refused" (`localhost`'s
+    last address) or as a CA problem ("give its CA with --ca", which was given); only
+    gRPC's debug log said "certificate has expired"."""
+    from hashmatch.server.testing import expired_cert
+
+    key, cert = expired_cert(tmp_path, "server")
+    with running_server(tmp_path / "d", tls_cert=cert, tls_key=key) as ts:
+        port = ts.target.rpartition(":")[2]
+        result = CliRunner().invoke(
+            cli, ["remote", "--server", f"localhost:{port}", "--tls", "--ca", cert,
+                  "--timeout", "1", "lists"],
+        )  # fmt: skip
+        client = HashmatchClient(ts.target, root_certificates=cert, retries=0)
+        with client, pytest.raises(ConnectionError) as waited:
+            client.wait_until_serving(10)  # gRPC's message names the cause here
+    assert result.exit_code == 1 and "UNAVAILABLE" in result.output, result.output
+    assert "the server's certificate expired on 2020-01-02 00:00 UTC" in result.output
+    assert "the server's certificate has expired" in str(waited.value)
+    assert "give its CA" not in result.output + str(waited.value)
+
+
 def test_signal_expiry_takes_iso_text_and_datetimes_as_files_do():
     from datetime import UTC, datetime
 

@@ -569,14 +569,30 @@ def _rpc(fn):
             hint = ""
             if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
                 hint = f"\n  ({unauthenticated_hint(details)})"
-            elif exc.code() is grpc.StatusCode.UNAVAILABLE and tls_hint(details):
-                hint = "\n " + tls_hint(details)
+            elif exc.code() is grpc.StatusCode.UNAVAILABLE:
+                found = _certificate_note(details) or tls_hint(details)
+                hint = "\n " + found if found else ""
             hint += _ingest_progress(exc, details) + _retract_progress(exc)
             raise click.ClickException(f"{exc.code().name}: {details}{fields}{hint}") from None
-        except (OSError, HashmatchError) as exc:
-            raise click.ClickException(str(exc)) from None
+        except (OSError, HashmatchError) as exc:  # a wait for SERVING that ran out too
+            message = str(exc)
+            if "CERTIFICATE_VERIFY_FAILED" not in message:  # else its hint says why already
+                note = _certificate_note(message)
+                message += f"\n {note}" if note else ""
+            raise click.ClickException(message) from None
 
     return wrapper
+
+
+def _certificate_note(details: str) -> str:
+    """For a TLS client that never connected: the server's certificate dates, when they
+    are the cause (read from the server: gRPC's own message may name another address)."""
+    from hashmatch.server.client_shared import certificate_hint
+
+    client = click.get_current_context().obj
+    if "failed to connect" not in details or not getattr(client, "tls", False):
+        return ""
+    return certificate_hint(client.target)
 
 
 @remote.command("match")
@@ -868,10 +884,7 @@ def remote_health(client, wait) -> None:
       hashmatch remote health --wait 120     # after a start: until the index is loaded
     """
     if wait > 0:
-        try:
-            client.wait_until_serving(timeout=wait)
-        except (TimeoutError, ConnectionError) as exc:
-            raise click.ClickException(str(exc)) from None
+        client.wait_until_serving(timeout=wait)  # TimeoutError, ConnectionError: _rpc's
     from hashmatch.server.client_shared import HEALTH_CHECK_SECONDS
 
     # --timeout bounds the check too (a probe's own timeout may be shorter than 5 s)

@@ -1,0 +1,74 @@
+"""Certificate validity dates: the server's start-up warning about its own files, and
+the client's hint when a TLS connection fails.
+
+Why here: both sides must read the same dates the same way, and the client must not
+import the server (``app``) to do so. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import tempfile
+import time
+
+
+def pem_dates(path: str) -> tuple[float, float] | None:
+    """(not before, not after) of the first certificate in a PEM file, as Unix times;
+    None when they cannot be read (the stdlib's one reader of them is private)."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        return None
+    try:
+        info = decode(path)
+        not_before, not_after = (
+            ssl.cert_time_to_seconds(info[k]) for k in ("notBefore", "notAfter")
+        )
+        return not_before, not_after
+    except (ssl.SSLError, OSError, KeyError, ValueError):
+        return None
+
+
+def served_dates(host: str, port: int, timeout: float = 2.0) -> tuple[float, float] | None:
+    """(not before, not after) of the certificate a TLS server at ``host:port`` presents,
+    unverified (the point is to see one the client refuses); None when no address of
+    ``host`` completes a TLS handshake. Every address is tried: gRPC reports only its
+    last one's error ("[::1]: Connection refused" for ``localhost``) while the server
+    answered on another."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return None
+    for *_, address in addresses:
+        try:
+            with (
+                socket.create_connection(address[:2], timeout=timeout) as raw,
+                context.wrap_socket(raw, server_hostname=host) as tls,
+            ):
+                der = tls.getpeercert(binary_form=True)
+        except (OSError, ValueError):
+            continue
+        if der:
+            return _der_dates(der)
+    return None
+
+
+def _der_dates(der: bytes) -> tuple[float, float] | None:
+    """The dates of a DER certificate (through a PEM file: what ``pem_dates`` reads)."""
+    fd, path = tempfile.mkstemp(suffix=".pem")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(ssl.DER_cert_to_PEM_cert(der))
+        return pem_dates(path)
+    finally:
+        os.unlink(path)
+
+
+def utc(seconds: float) -> str:
+    """A certificate date as operators read it: ``2026-01-02 00:00 UTC``."""
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(seconds))
