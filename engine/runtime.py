@@ -475,7 +475,7 @@ class Engine:
             by_name = {name: lid for lid, (name, _) in table.items()}
             wanted: set[int] = set()
             for i, name in enumerate(lists):
-                lid = by_name.get(name)
+                lid = by_name.get(name.strip())  # as ingest stored it (names are stripped)
                 if lid is None or (allowed is not None and lid not in allowed):
                     raise NotFound(f"no hash list named {name!r} is visible", field="lists",
                                    index=i)  # fmt: skip

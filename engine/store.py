@@ -939,7 +939,8 @@ class SignalStore:
             )
 
     def get_list(self, name: str, *, tenant: str | None = None) -> HashList:
-        for info in self.lists(tenant=tenant, names=[name]):
+        """List ``name`` (surrounding spaces ignored, as every list verb does)."""
+        for info in self.lists(tenant=tenant, names=[name.strip()]):
             return info
         raise NotFound(f"no hash list named {name!r}", field="list_name")
 

@@ -138,6 +138,9 @@ def test_list_verbs_take_a_name_with_surrounding_spaces_as_ingest_stored_it(engi
     assert engine.match("pdq", c)[0] == []
     assert engine.store.set_list_enabled("a ", True).name == "a"
     assert len(engine.match("pdq", c)[0]) == 1
+    # nor did a match's list filter, nor get_list: NotFound for the list just matched
+    assert len(engine.match("pdq", c, lists=[" a"])[0]) == 1
+    assert engine.store.get_list("a ").name == "a"
 
 
 def test_tenant_isolation(engine):
