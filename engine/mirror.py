@@ -421,6 +421,7 @@ class _Plan:
     live: dict[tuple[str, str], list[tuple[Any, bytes]]]
     disabled: set[str]  # remote lists of changes whose state is LIST_DISABLED
     gone: dict[str, list[int]]
+    uids: dict[str, str] = field(default_factory=dict)  # remote list -> its Change.list_uid
 
 
 def _why_gone(change: Any) -> str | None:
@@ -458,6 +459,7 @@ def _plan(page: list, selection: dict, server: str) -> _Plan:
         elif not wanted or change.list_name in wanted:
             stype, code = _checked(change, server)
             plan.live.setdefault((change.list_name, stype), []).append((change, code))
+            plan.uids[change.list_name] = change.list_uid
             if not change.live:
                 plan.disabled.add(change.list_name)
     return plan
@@ -468,7 +470,8 @@ def _apply(store: SignalStore, conn, plan: _Plan, *, prefix: str, server: str, s
     """One page's :class:`_Plan`, inside the caller's transaction. ``hub_lists``: the
     hub's ``HashList`` of each list it shares, by name."""
     for remote in sorted({name for name, _ in plan.live}):
-        _own_list(store, conn, prefix, remote, server, actor, hub_lists.get(remote), store_id)
+        _own_list(store, conn, prefix, remote, server, actor, hub_lists.get(remote), store_id,
+                  plan.uids.get(remote, ""))  # fmt: skip
     for (remote, stype), changes in sorted(plan.live.items(), key=lambda kv: kv[0]):
         _upsert(store, conn, prefix, remote, stype, changes, server, store_id, actor, summary)
     if plan.disabled:  # the hub disabled them after this pass read ListHashLists
@@ -545,22 +548,24 @@ def _shown(name: str) -> str:
     return repr(name) if len(name) <= 60 else f"{name[:60]!r}... ({len(name)} characters)"
 
 
-def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,
-              actor: str, hub: Any | None, store_id: str) -> None:  # fmt: skip
+def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str, actor: str,
+              hub: Any | None, store_id: str, uid: str = "") -> None:  # fmt: skip
     """Create the local copy of the hub's list ``remote`` unless it exists, with the
     hub's labels and, in its description, who shares it and the hub's description
-    (what ``lists ls`` shows an analyst; copied at creation, not followed later)."""
+    (what ``lists ls`` shows an analyst; copied at creation, not followed later).
+
+    ``uid``: the list's uid as the page's changes name it (else the listing's). A name
+    that is not the list this run's listing gave it (renamed on the hub during the run)
+    is a Conflict: a copy made from the run's later pages held only their signals, and
+    the next runs, finding the name known, never read the earlier ones."""
     name = local_name(prefix, remote)
     refuse_foreign_lists(store, prefix, [remote])
-    uid = hub.uid if hub is not None else ""
+    uid = uid or (hub.uid if hub is not None else "")
+    if uid and _copied_elsewhere(conn, prefix, name, uid, store_id):
+        raise Conflict(f"{server} renamed its list {_shown(remote)}, or gave that name to"
+                       " another list, during this run; nothing of this page was written:"
+                       " re-run (it follows the rename)", field="list_name")  # fmt: skip
     if list_owner(store, name)[0]:
-        row = conn.execute("SELECT u.uid FROM hash_lists l JOIN mirror_list_uids u ON"
-                           " u.list_id = l.id WHERE l.name = ? AND u.store_id = ?",
-                           (name, store_id)).fetchone()  # fmt: skip
-        if uid and row is not None and row[0] != uid:
-            raise Conflict(f"{server} gave its list {_shown(remote)} to another list during"
-                           " this run (renamed?); nothing of this page was written: re-run",
-                           field="list_name")  # fmt: skip
         return
     problem = _name_problem(prefix, remote)
     if problem:
@@ -586,6 +591,21 @@ def _own_list(store: SignalStore, conn, prefix: str, remote: str, server: str,
         conn.execute("INSERT OR REPLACE INTO mirror_list_uids(list_id, store_id, uid)"
                      " SELECT id, ?, ? FROM hash_lists WHERE name = ?",
                      (store_id, uid, name))  # fmt: skip
+
+
+def _copied_elsewhere(conn, prefix: str, name: str, uid: str, store_id: str) -> bool:
+    """Whether local list ``name`` is not the copy of hub list ``uid``: it records
+    another uid, or it does not exist and another copy records ``uid``. (A copy that
+    records none is taken to be the list of its name, as :func:`_moves` takes it.)"""
+    row = conn.execute(
+        "SELECT u.uid FROM hash_lists l LEFT JOIN mirror_list_uids u ON u.list_id = l.id"
+        " AND u.store_id = ? WHERE l.name = ?", (store_id, name)).fetchone()  # fmt: skip
+    if row is not None:
+        return row[0] is not None and row[0] != uid
+    return conn.execute(
+        "SELECT 1 FROM mirror_list_uids u JOIN mirror_lists ml ON ml.list_id = u.list_id"
+        " WHERE ml.prefix = ? AND u.store_id = ? AND u.uid = ?", (prefix, store_id, uid)
+    ).fetchone() is not None  # fmt: skip
 
 
 def _copies(store: SignalStore, prefix: str,

@@ -177,14 +177,12 @@ def test_a_mirrors_list_deleted_locally_comes_back_while_the_hub_shares_it(tmp_p
         assert _local(local) == {PREFIX + "shared": (True, 2, 0)}
 
 
-class _DeletingDuringRun:
-    """The hub's client, but before page ``on_call`` of a run is read, the mirror's local
-    list is deleted by another process (another store connection): a `lists delete` run
-    while the mirror is between pages."""
+class _DuringRun:
+    """The hub's client, but ``action`` runs before page ``on_call`` of a run is read:
+    something done elsewhere while the mirror is between pages."""
 
-    def __init__(self, client, local, name: str, on_call: int = 2):
-        self._client, self._local, self._name, self._calls = client, local, name, 0
-        self._on_call = on_call
+    def __init__(self, client, action, on_call: int = 2):
+        self._client, self._action, self._calls, self._on_call = client, action, 0, on_call
 
     def __getattr__(self, attr):
         return getattr(self._client, attr)
@@ -192,12 +190,22 @@ class _DeletingDuringRun:
     def changes(self, *args, **kwargs):
         self._calls += 1
         if self._calls == self._on_call:
-            store = SignalStore(self._local / "store.sqlite", create=False)
-            try:
-                store.delete_list(self._name)
-            finally:
-                store.close()
+            self._action()
         return self._client.changes(*args, **kwargs)
+
+
+def _DeletingDuringRun(client, local, name: str, on_call: int = 2) -> _DuringRun:
+    """The mirror's local list deleted by another process (another store connection)
+    before page ``on_call``: a `lists delete` run while the mirror is between pages."""
+
+    def delete() -> None:
+        store = SignalStore(local / "store.sqlite", create=False)
+        try:
+            store.delete_list(name)
+        finally:
+            store.close()
+
+    return _DuringRun(client, delete, on_call)
 
 
 def test_a_local_delete_during_a_mirror_run_is_mended_by_the_next_run(tmp_path):
@@ -435,3 +443,29 @@ def test_a_codename_renamed_to_a_shared_name_reaches_the_partner_by_its_new_name
         assert not any(b"codename" in r.SerializeToString() for r in replies)
         (public,) = [h.uid for h in listing.lists if h.name == "public"]
         assert public and public not in seen
+
+
+def test_a_list_renamed_on_the_hub_during_a_run_is_renamed_by_the_next_run(tmp_path):
+    """The rename lands between two pages of a run: the later pages name the list by its
+    new name. They made a second copy holding only their signals, and the next runs,
+    finding both names known, never mended it (the old copy disabled, holding the
+    rest). Now the page naming the list's uid under a name its copy does not have stops
+    the run, and the next run renames the copy and goes on: one copy, whole."""
+    from hashmatch.engine.errors import Conflict
+    from hashmatch.engine.mirror import mirror
+
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        for seed in (30, 31, 32):  # three log entries: three pages of 2
+            ops.ingest("shared", [signal("pdq", c) for c in _codes(2, seed=seed)])
+        store = SignalStore(local / "store.sqlite", create=True)
+        try:
+            client = _DuringRun(ops, lambda: ts.engine.store.rename_list("shared", "renamed"))
+            with pytest.raises(Conflict, match=r"renamed its list 'renamed'.*re-run"):
+                mirror(store, client, server=ts.target, prefix=PREFIX, page_size=2)
+        finally:
+            store.close()
+        run = _mirror(ts, "ops", local)
+        assert run["lists_renamed"] == [[PREFIX + "shared", PREFIX + "renamed"]]
+        assert _local(local) == {PREFIX + "renamed": (True, 6, 0)}
