@@ -293,13 +293,10 @@ def mirror(
     recorded = state.selection.get("lists", []) if state else []
     check_selection(shared, lists, types, recorded=recorded)
     selection = selection_for(state, lists, types, resync)
-    refuse_foreign_lists(store, prefix, selection["lists"] or sorted(shared))
-    for remote in selection["lists"] or sorted(shared):
-        if problem := _name_problem(prefix, remote):
-            raise InvalidInput(f"{server} shares list {_shown(remote)}, {problem}; nothing was"
-                               " written", field="list_name")  # fmt: skip
+    _refuse_unwritable(store, prefix, server, selection["lists"] or sorted(shared))
     same_hub = hub_store if state is not None and state.store_id == hub_store else ""
-    selection, renamed = _follow_renames(store, prefix, hub_lists, same_hub, selection, actor)
+    selection, renamed = _follow_renames(store, prefix, server, hub_lists, same_hub, selection,
+                                         actor)  # fmt: skip
     new = [] if state is None or resync else _shared_since(store, prefix, hub_lists, selection)
     resync = resync or bool(state and state.resync) or bool(new)  # a killed resync goes on
     summary = MirrorSummary(prefix=prefix, server=server, resync=resync, lists_shared=len(shared),
@@ -522,6 +519,18 @@ def _purge_deleted(store: SignalStore, conn, prefix: str, page: Any, actor: str,
     )
 
 
+def _refuse_unwritable(store: SignalStore, prefix: str, server: str,
+                       remotes: Sequence[str]) -> None:  # fmt: skip
+    """Refuse, before anything is written, hub lists ``remotes`` this mirror cannot copy
+    under ``prefix``: a local list it did not create has the name, or the name is no
+    valid local name (:func:`_name_problem`)."""
+    refuse_foreign_lists(store, prefix, remotes)
+    for remote in remotes:
+        if problem := _name_problem(prefix, remote):
+            raise InvalidInput(f"{server} shares list {_shown(remote)}, {problem}; nothing was"
+                               " written", field="list_name")  # fmt: skip
+
+
 def _name_problem(prefix: str, remote: str) -> str | None:
     """Why hub list ``remote`` has no local list name under ``prefix`` (None: it has).
     Why checked before any page: the store caps names at 200 characters, and a hub list
@@ -648,8 +657,9 @@ def _moves(copies: Sequence[tuple[int, str, str | None]],
     return moves
 
 
-def _follow_renames(store: SignalStore, prefix: str, hub_lists: Sequence[Any], hub_store: str,
-                    selection: dict, actor: str) -> tuple[dict, list[list[str]]]:  # fmt: skip
+def _follow_renames(store: SignalStore, prefix: str, server: str, hub_lists: Sequence[Any],
+                    hub_store: str, selection: dict,
+                    actor: str) -> tuple[dict, list[list[str]]]:  # fmt: skip
     """Rename the copies of lists the hub renamed (:func:`_moves`), before anything else
     of the run; return the selection with their new names and [old, new] local names.
 
@@ -665,7 +675,7 @@ def _follow_renames(store: SignalStore, prefix: str, hub_lists: Sequence[Any], h
     moves = _moves(_copies(store, prefix, hub_store), hub_uid) if hub_store and hub_uid else {}
     if not moves:
         return selection, []
-    refuse_foreign_lists(store, prefix, sorted({t for t in moves.values() if t is not None}))
+    _refuse_unwritable(store, prefix, server, sorted({t for t in moves.values() if t is not None}))
     names = dict(store.conn().execute(
         "SELECT ml.list_id, l.name FROM mirror_lists ml JOIN hash_lists l ON l.id = ml.list_id"
         " WHERE ml.prefix = ?", (prefix,)))  # fmt: skip

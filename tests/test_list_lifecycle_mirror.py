@@ -469,3 +469,19 @@ def test_a_list_renamed_on_the_hub_during_a_run_is_renamed_by_the_next_run(tmp_p
         run = _mirror(ts, "ops", local)
         assert run["lists_renamed"] == [[PREFIX + "shared", PREFIX + "renamed"]]
         assert _local(local) == {PREFIX + "renamed": (True, 6, 0)}
+
+
+def test_a_selected_list_renamed_past_the_name_limit_is_refused_naming_the_way_out(tmp_path):
+    """Shared names are checked against the 200-character limit before anything is
+    written, but only those of the --list selection, and the new name of a selected
+    list is not in it yet: the rename failed with the store's bare "invalid list_name
+    name 'hub/xxx...'". Now it is refused as the other names are, nothing renamed."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        hub = _shared_with_partner(ts, seed=33)
+        _mirror(ts, "partner", local, "--list", "shared")
+        hub.rename_list("shared", "x" * 199)
+        out = _cli("mirror", "--server", ts.target, "--token", ts.tokens["partner"], "--prefix",
+                   PREFIX, "--data-dir", str(local), code=1)  # fmt: skip
+        assert "shares list 'xxx" in out and "under a shorter --prefix" in out
+        assert _local(local) == {PREFIX + "shared": (True, 3, 0)}
