@@ -50,7 +50,7 @@ import numpy as np
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import Conflict, InvalidInput, NotFound
 from hashmatch.engine.ingest import parse_time
-from hashmatch.engine.rescan import LogIdentity, change_pages, page_mismatch
+from hashmatch.engine.rescan import LogIdentity, change_pages, cursor_mismatch, page_mismatch
 from hashmatch.engine.store import (
     SignalRecord,
     SignalStore,
@@ -62,8 +62,8 @@ from hashmatch.engine.store import (
 
 DEFAULT_PAGE = 10_000  # changes per transaction (max_changes of each Changes call)
 CHUNK = 900  # SQLite parameters per statement
-#: store_meta key (+ prefix): [hub store id, log position] this mirror has applied the
-#: hub's list deletes to (:func:`_purge_deleted`)
+#: store_meta key (+ prefix): [hub store id, log position, digest of the change there]
+#: this mirror has applied the hub's list deletes to (:func:`_purge_deleted`)
 _DELETES_READ = "mirror_deletes_read:"
 
 
@@ -311,6 +311,7 @@ def mirror(
         since, at = state.seq, state.signal_id
         expect = (state.store_id, state.head_digest, state.entry_digest)
     summary.since = since
+    _check_deletes_read(store, client, prefix, hub_store, since, timeout)
     first = True
     for page in change_pages(client, since, at, selection["types"], page_size, timeout):
         head, more, log = page.head, page.more, page.log
@@ -495,9 +496,7 @@ def _purge_deleted(store: SignalStore, conn, prefix: str, page: Any, actor: str,
     created again under that name (what was set on it locally, grants included, lost).
     A copy made after the mirror read the delete holds nothing of the deleted list: the
     hub no longer had its signals to send."""
-    key = f"{_DELETES_READ}{prefix}"
-    row = conn.execute("SELECT value FROM store_meta WHERE key = ?", (key,)).fetchone()
-    store_id, done = json.loads(row[0]) if row else ("", 0)
+    store_id, done, digest = _deletes_read(conn, prefix)
     done = done if store_id == page.log.store_id else 0
     for gone in page.deleted:
         if gone.seq <= done:
@@ -513,10 +512,42 @@ def _purge_deleted(store: SignalStore, conn, prefix: str, page: Any, actor: str,
         for (name,) in rows:
             store.delete_list(name, actor=actor, mirror_resyncs=False)
             summary.lists_purged.append(name)
+    if page.head > done:
+        done, digest = page.head, page.log.head_digest or ""
     conn.execute(  # in the page's transaction: a killed run reads them again
         "INSERT OR REPLACE INTO store_meta(key, value) VALUES (?, ?)",
-        (key, json.dumps([page.log.store_id, max(done, page.head)])),
+        (_DELETES_READ + prefix, json.dumps([page.log.store_id, done, digest])),
     )
+
+
+def _deletes_read(conn, prefix: str) -> tuple[str, int, str]:
+    """(hub store id, log position, digest there: "" if not kept) of mirror ``prefix``'s
+    deletes-read mark (:func:`_purge_deleted`); ("", 0, "") when it has none."""
+    row = conn.execute("SELECT value FROM store_meta WHERE key = ?",
+                       (_DELETES_READ + prefix,)).fetchone()  # fmt: skip
+    mark = json.loads(row[0]) if row else ["", 0]
+    return str(mark[0]), int(mark[1]), str(mark[2]) if len(mark) > 2 else ""
+
+
+def _check_deletes_read(store: SignalStore, client: Any, prefix: str, hub_store: str,
+                        since: int, timeout: float) -> None:  # fmt: skip
+    """Forget the deletes-read mark when the hub's log no longer holds the change the
+    mark was taken at (a hub restored from a backup, then written again), before a run
+    that reads from before the mark (a resync). Why: the resync the refused cursor asks
+    for skipped every delete up to the mark's position, which in the restored history
+    are other deletes: a list deleted after the restore kept its copy (disabled, its
+    signals retracted) instead of being purged. Deletes read again are harmless: a copy
+    with a uid is deleted only by its own list's delete."""
+    store_id, done, digest = _deletes_read(store.conn(), prefix)
+    if done <= since or not digest or store_id != hub_store:
+        return
+    log, head = LogIdentity("", None, None), 0
+    for reply in client.changes(done, max_changes=1, timeout=timeout):
+        log = LogIdentity(reply.store_id, reply.since_digest or None, reply.head_digest or None)
+        head = int(reply.head)
+    if cursor_mismatch(done, head, log, store_id, digest) is not None:
+        with store.transaction() as conn:
+            conn.execute("DELETE FROM store_meta WHERE key = ?", (_DELETES_READ + prefix,))
 
 
 def _refuse_unwritable(store: SignalStore, prefix: str, server: str,

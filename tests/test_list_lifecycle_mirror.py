@@ -261,7 +261,9 @@ def test_a_list_deleted_then_created_again_on_the_hub_is_copied_anew(tmp_path):
 
 
 class _StopAfterFirstPage:
-    """The hub's client, but the second Changes call fails: a run killed part way."""
+    """The hub's client, but the second page read fails: a run killed part way. (A
+    page is read with since_signal_id; a resync's check of where it read deletes to,
+    one change at that position, is not a page.)"""
 
     def __init__(self, client):
         self._client, self._calls = client, 0
@@ -270,7 +272,7 @@ class _StopAfterFirstPage:
         return getattr(self._client, attr)
 
     def changes(self, *args, **kwargs):
-        self._calls += 1
+        self._calls += "since_signal_id" in kwargs
         if self._calls == 2:
             raise ConnectionError("killed")
         return self._client.changes(*args, **kwargs)
@@ -485,3 +487,39 @@ def test_a_selected_list_renamed_past_the_name_limit_is_refused_naming_the_way_o
                    PREFIX, "--data-dir", str(local), code=1)  # fmt: skip
         assert "shares list 'xxx" in out and "under a shorter --prefix" in out
         assert _local(local) == {PREFIX + "shared": (True, 3, 0)}
+
+
+def test_a_resync_after_the_hub_was_restored_applies_the_deletes_of_its_new_history(tmp_path):
+    """The mirror read the hub's log to change 7; the hub was restored from a backup of
+    change 2, and a list was deleted there at change 3. The resync its refused cursor
+    asks for skipped every delete up to 7 as "already applied", so the deleted list's
+    copy stayed (disabled, its signals retracted but stored). Now the mark is kept with
+    the digest of its change and forgotten when the hub's log no longer has it."""
+    import shutil
+
+    from hashmatch.engine.backup import backup_store
+
+    hub_dir, local = tmp_path / "hub", tmp_path / "local"
+    with running_server(hub_dir, tenants=TENANTS) as ts:
+        ops = ts.client("ops")
+        ops.ingest("x", [signal("pdq", c) for c in _codes(2, seed=34)])
+        ops.ingest("kept", [signal("pdq", c) for c in _codes(1, seed=35)])
+        backup_store(ts.engine.store, tmp_path / "old.sqlite")
+        for seed in range(36, 41):
+            ops.ingest("kept", [signal("pdq", c) for c in _codes(1, seed=seed)])
+        assert _mirror(ts, "ops", local)["head"] == 7
+    shutil.rmtree(hub_dir / "snapshots", ignore_errors=True)
+    for suffix in ("-wal", "-shm"):
+        (hub_dir / f"store.sqlite{suffix}").unlink(missing_ok=True)
+    shutil.copy(tmp_path / "old.sqlite", hub_dir / "store.sqlite")
+    with running_server(hub_dir, tenants=TENANTS) as ts:
+        ts.engine.store.delete_list("x")
+        for seed in range(41, 49):
+            ts.client("ops").ingest("kept", [signal("pdq", c) for c in _codes(1, seed=seed)])
+        refused = _cli("mirror", "--server", ts.target, "--token", ts.tokens["ops"], "--prefix",
+                       PREFIX, "--data-dir", str(local), code=1)  # fmt: skip
+        assert "no longer holds the history" in refused and "--resync" in refused
+        run = _mirror(ts, "ops", local, "--resync")
+        assert run["lists_purged"] == [PREFIX + "x"]
+        assert _local(local) == {PREFIX + "kept": (True, 9, 5)} and _rows(local) == 14
+        assert _mirror(ts, "ops", local, "--resync")["lists_purged"] == []
