@@ -710,7 +710,8 @@ def _follow_renames(store: SignalStore, prefix: str, server: str, hub_lists: Seq
     names = dict(store.conn().execute(
         "SELECT ml.list_id, l.name FROM mirror_lists ml JOIN hash_lists l ON l.id = ml.list_id"
         " WHERE ml.prefix = ?", (prefix,)))  # fmt: skip
-    final = {i: local_name(prefix, t) if t is not None else _retired(store, prefix, names[i], i)
+    final = {i: local_name(prefix, t) if t is not None
+             else _retired(store, prefix, names[i], i, hub_uid)
              for i, t in moves.items()}  # fmt: skip
     renamed = [[names[i], final[i]] for i in sorted(moves, key=lambda i: names[i])]
     hub_names = {names[i].removeprefix(prefix): t for i, t in moves.items() if t is not None}
@@ -723,12 +724,16 @@ def _follow_renames(store: SignalStore, prefix: str, server: str, hub_lists: Seq
     return selection, renamed
 
 
-def _retired(store: SignalStore, prefix: str, name: str, list_id: int) -> str:
-    """A free local name for a copy set aside: its name, marked (and cut to fit)."""
+def _retired(store: SignalStore, prefix: str, name: str, list_id: int,
+             hub_names: Collection[str]) -> str:  # fmt: skip
+    """A free local name for a copy set aside: its name, marked (and cut to fit). Not
+    the copy's name of a list the hub shares (``hub_names``): that list's changes read
+    the retired copy as a list renamed during the run, and the run stopped."""
     mark = f" (retired {list_id})"
     stem = name.removeprefix(prefix)[: max(1, 200 - len(prefix) - len(mark) - 9)]
     retired = local_name(prefix, stem + mark)
-    return retired if not list_owner(store, retired)[0] else f"{retired} {secrets.token_hex(4)}"
+    taken = list_owner(store, retired)[0] or stem + mark in hub_names
+    return f"{retired} {secrets.token_hex(4)}" if taken else retired
 
 
 def _rename_all(store: SignalStore, prefix: str, renames: dict[str, str], actor: str) -> None:

@@ -523,3 +523,33 @@ def test_a_resync_after_the_hub_was_restored_applies_the_deletes_of_its_new_hist
         assert run["lists_purged"] == [PREFIX + "x"]
         assert _local(local) == {PREFIX + "kept": (True, 9, 5)} and _rows(local) == 14
         assert _mirror(ts, "ops", local, "--resync")["lists_purged"] == []
+
+
+def test_a_copy_set_aside_does_not_take_the_name_of_a_list_the_hub_shares(tmp_path):
+    """The partner's 'a' is revoked and its name given to 'b', while the hub shares a
+    list named as the set-aside copy would be ('a (retired N)'): the copy took that
+    name, and the run stopped at that list's changes ("renamed during this run")."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ops, hub = ts.client("ops"), ts.engine.store
+        hub.create_tenant("partner")
+        for seed, name in ((36, "a"), (37, "b")):
+            ops.ingest(name, [signal("pdq", c) for c in _codes(2, seed=seed)])
+            hub.grant("partner", name)
+        _mirror(ts, "partner", local)
+        store = SignalStore(local / "store.sqlite", create=False)
+        try:
+            mark = f" (retired {store.get_list(PREFIX + 'a').id})"
+        finally:
+            store.close()
+        hub.revoke("partner", "a")
+        hub.rename_list("a", "a-old")
+        hub.rename_list("b", "a")
+        ops.ingest("a" + mark, [signal("pdq", c) for c in _codes(1, seed=38)])
+        hub.grant("partner", "a" + mark)
+        run = _mirror(ts, "partner", local)
+        ((old, retired), (b, a)) = run["lists_renamed"]
+        assert (old, b, a) == (PREFIX + "a", PREFIX + "b", PREFIX + "a")
+        assert retired.startswith(PREFIX + "a" + mark + " ")
+        assert _local(local) == {PREFIX + "a": (True, 2, 0), PREFIX + "a" + mark: (True, 1, 0),
+                                 retired: (False, 0, 2)}  # fmt: skip
