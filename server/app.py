@@ -303,6 +303,48 @@ class AuthGate(grpc.ServerInterceptor):
         return handler
 
 
+class TokenlessStreams(grpc.ServerInterceptor):
+    """At most ``limit`` open reflection streams; beyond, RESOURCE_EXHAUSTED at once.
+
+    Why: reflection answers without a token, and its bidirectional stream holds a worker
+    thread for as long as the client keeps it open, sending nothing. ``workers`` + 2 idle
+    reflection streams from a caller with no token left no thread for any other call
+    (every tenant's calls hung to their deadline). Health's Watch holds no thread.
+    """
+
+    def __init__(self, limit: int):
+        self.slots = CallSlots(limit, kind="reflection streams")
+
+    @classmethod
+    def for_config(cls, config: ServerConfig) -> TokenlessStreams:
+        """Half as many as the request streams (MatchStream, Ingest) may hold, a quarter
+        of the workers: a tool's overlapping look-ups fit, and threads are left for
+        unary calls even when both kinds of stream are all held open."""
+        return cls(max(1, config.request_streams_limit // 2))
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or not details.method.startswith(f"/{reflection.SERVICE_NAME}/"):
+            return handler
+        inner, slots = handler.stream_stream, self.slots
+
+        def capped(requests, context):
+            try:
+                slots.take()
+            except HashmatchError as exc:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            try:
+                yield from inner(requests, context)
+            finally:
+                slots.give_back()
+
+        return grpc.stream_stream_rpc_method_handler(
+            capped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
 class ServiceHost:
     """State every servicer shares; owns the engine once it is open."""
 
@@ -596,7 +638,12 @@ class HashmatchServer:
             ThreadPoolExecutor(
                 max_workers=cfg.workers + RESERVED_WORKERS, thread_name_prefix="rpc"
             ),
-            interceptors=[*self._extra_interceptors, AuthGate(self.host), *interceptors()],
+            interceptors=[
+                *self._extra_interceptors,
+                AuthGate(self.host),
+                TokenlessStreams.for_config(cfg),
+                *interceptors(),
+            ],
             # A bounded queue: calls beyond it are refused. Request streams, which can hold
             # a thread while idle, get at most half the threads (calls.CallSlots).
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs + RESERVED_WORKERS,

@@ -43,9 +43,15 @@ class CallSlots:
     share keeps one tenant's idle streams from refusing every other tenant's Ingest.
     """
 
-    def __init__(self, limit: int, per_tenant: int | None = None):
+    def __init__(
+        self,
+        limit: int,
+        per_tenant: int | None = None,
+        kind: str = "request streams (MatchStream, Ingest)",
+    ):
         self.limit = limit
         self.per_tenant = per_tenant or max(1, limit // 2)
+        self.kind = kind  # what the refusals name
         self._used = 0
         self._by_tenant: dict[str, int] = {}
         self._lock = threading.Lock()  # lock + count: a third of a Semaphore's cost
@@ -55,14 +61,14 @@ class CallSlots:
         with self._lock:
             if self._used >= self.limit:
                 raise errors.Overloaded(
-                    f"the server is at its limit of {self.limit} concurrent request "
-                    "streams (MatchStream, Ingest); retry with backoff"
+                    f"the server is at its limit of {self.limit} concurrent {self.kind};"
+                    " retry with backoff"
                 )
             held = self._by_tenant.get(tenant, 0)
             if tenant is not None and held >= self.per_tenant:
                 raise errors.Overloaded(
-                    f"this tenant already has {held} concurrent request streams "
-                    "(MatchStream, Ingest), its limit; retry with backoff"
+                    f"this tenant already has {held} concurrent {self.kind}, its limit;"
+                    " retry with backoff"
                 )
             self._used += 1
             self._by_tenant[tenant] = held + 1

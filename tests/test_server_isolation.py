@@ -230,3 +230,49 @@ def test_start_up_warns_when_the_metrics_port_is_reachable_from_other_machines(t
     warned = [m for m in said if "metrics" in m and "0.0.0.0" in m]
     assert len(warned) == 1 and "every hash list" in warned[0], said
     assert sum("/metrics" in m for m in said) == 1, said
+
+
+def test_idle_reflection_streams_without_a_token_leave_threads_for_tenants(tmp_path):
+    """Reflection answers without a token, and each open stream held a worker thread
+    while idle: workers + 2 of them (4 here) left every tenant's call hanging to its
+    deadline. Now a quarter of the workers (one here) may be open; more are refused."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from hashmatch.server.app import RESERVED_WORKERS
+
+    listing = reflection_pb2.ServerReflectionRequest(list_services="")
+    done = threading.Event()
+
+    def one_then_idle():  # answered, then holds its thread sending nothing
+        yield listing
+        done.wait(30)
+
+    def first(stream) -> grpc.StatusCode:
+        try:
+            next(stream)
+        except grpc.RpcError as exc:
+            return exc.code()
+        return grpc.StatusCode.OK
+
+    with running_server(tmp_path / "data", tenants=TENANTS, workers=2) as ts:
+        channels = [grpc.insecure_channel(ts.target) for _ in range(2 + RESERVED_WORKERS)]
+        try:
+            streams = [
+                reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+                    one_then_idle(), timeout=30
+                )
+                for ch in channels
+            ]
+            codes = [first(stream) for stream in streams]  # each running, or refused
+            assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) == len(streams) - 1, codes
+            lists = ts.client("alice", retries=0).list_hash_lists(timeout=20)
+            assert lists.tenant == "alice"
+        finally:
+            done.set()
+            for channel in channels:
+                channel.close()
+        with grpc.insecure_channel(ts.target) as channel:  # the slot is free again
+            (reply,) = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+                iter([listing]), timeout=10
+            )
+        assert "hashmatch.v1.Matcher" in {s.name for s in reply.list_services_response.service}
