@@ -276,3 +276,32 @@ def test_idle_reflection_streams_without_a_token_leave_threads_for_tenants(tmp_p
                 iter([listing]), timeout=10
             )
         assert "hashmatch.v1.Matcher" in {s.name for s in reply.list_services_response.service}
+
+
+def test_match_and_signal_states_answer_for_an_unshared_list_as_for_none(served):
+    """Regression (security review): a name or signal id of another tenant's list reads as
+    one that does not exist, and a nearer hit there neither hides nor displaces the
+    caller's own (max_results is applied after the lists it cannot see are dropped)."""
+    near = "a1" * 31 + "a0"  # 1 bit from alice's signal; bob's is "b1" * 32
+    served.client("ops").ingest("bob-secret", [signal("pdq", near)])
+    alice = served.client("alice", retries=0)
+    answers = []
+    for name in ("bob-secret", "no-such-list"):
+        request = matcher_pb2.MatchRequest(
+            hashes=[common_pb2.HashValue(signal_type="pdq", hex=near)],
+            options=matcher_pb2.MatchOptions(lists=[name]),
+        )
+        for call in (
+            lambda r=request: alice.matcher.Match(r, metadata=alice.metadata),
+            lambda r=request: next(alice.matcher.MatchStream(iter([r]), metadata=alice.metadata)),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            answers.append((err.value.code(), err.value.details().replace(name, "NAME")))
+    assert len(set(answers)) == 2, answers  # Match and MatchStream: the same either way
+    assert {code for code, _ in answers} == {grpc.StatusCode.NOT_FOUND}
+    (found,) = alice.match([("pdq", near)], max_results=1).results[0].matches
+    assert (found.list_name, found.distance) == ("alice-list", 1)
+    ops_ids = {c.list_name: c.signal_id for p in served.client("ops").changes(0) for c in p.changes}
+    states = alice.signal_states([ops_ids["bob-secret"], ops_ids["alice-list"], 10**9])
+    assert states[0] == states[2] != states[1]
