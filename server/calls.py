@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import grpc
 
 from hashmatch.server import errors
-from hashmatch.server.auth import NO_AUTH_PRINCIPAL, Principal, TokenAuth
+from hashmatch.server.auth import NO_AUTH_PRINCIPAL, Principal, TokenAuth, Unauthenticated
 from hashmatch.server.decoding import CHECKS_UNDECODABLE, Undecodable
 from hashmatch.server.metrics import Metrics
 
@@ -193,6 +193,21 @@ def _authenticate(host: CallHost, context: grpc.ServicerContext) -> Principal:
     return host.auth.authenticate(context.invocation_metadata())
 
 
+def _other_terms(terms: tuple[str, bool]) -> Unauthenticated:
+    """A reload gave the call's token another tenant or ``all_lists`` than it began with.
+
+    Why: a call may hold what it read under the old terms (Changes reads the lists it
+    may show once, as it starts), so an operator who took ``all_lists`` back from a
+    tenant saw its open Changes stream go on handing over every list's hashes.
+    """
+    tenant, all_lists = terms
+    return Unauthenticated(
+        f"the tokens file was reloaded: this token no longer names tenant {tenant!r} with"
+        f" all_lists = {str(all_lists).lower()}, as when the call began; call again",
+        field="authorization",
+    )
+
+
 STOPPED_STREAM = "the server is shutting down: the drain ended with the stream open"
 STOP_SETTLE_SECONDS = 0.1
 
@@ -266,6 +281,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             call.tenant_at_start = call.principal.tenant
             call.share = None if host.auth is None else call.tenant_at_start
             seen = [host.auth]
+            terms = (call.principal.tenant, call.principal.all_lists)
 
             def recheck() -> None:
                 if host.auth is seen[0]:  # no reload since: one identity test per message
@@ -273,6 +289,8 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                 seen[0] = host.auth
                 call.principal = _authenticate(host, context)  # Unauthenticated if removed
                 call.principal.require(role)
+                if (call.principal.tenant, call.principal.all_lists) != terms:
+                    raise _other_terms(terms)
 
             call.recheck = recheck
             return call

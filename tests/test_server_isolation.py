@@ -20,7 +20,7 @@ import pytest
 from hashmatch.server.auth import TokenAuth, tenant_entry
 from hashmatch.server.client import signal
 from hashmatch.server.testing import access_log_line, running_server
-from hashmatch.v1 import common_pb2, matcher_pb2
+from hashmatch.v1 import common_pb2, matcher_pb2, signals_pb2, signals_pb2_grpc
 
 TENANTS = {
     "ops": (["match", "write", "admin", "export"], True),
@@ -305,3 +305,34 @@ def test_match_and_signal_states_answer_for_an_unshared_list_as_for_none(served)
     ops_ids = {c.list_name: c.signal_id for p in served.client("ops").changes(0) for c in p.changes}
     states = alice.signal_states([ops_ids["bob-secret"], ops_ids["alice-list"], 10**9])
     assert states[0] == states[2] != states[1]
+
+
+def test_an_open_changes_stream_ends_when_a_reload_takes_all_lists_back(tmp_path):
+    """Changes reads the lists it may show once, as it starts: a reload that set
+    all_lists = false for a tenant (same token) let its open stream go on handing over
+    every list's hashes to its end. Now a reload that changes the token's tenant or
+    all_lists ends the call. The client's window is kept small (no BDP probing) so the
+    server cannot have sent the whole stream before the reload."""
+    tenants = {"ops": (["match", "write"], True), "carol": (["match", "export"], True)}
+    with running_server(tmp_path / "data", tenants=tenants) as ts:
+        n = 40_000  # ~2.5 MB of changes: three messages of up to 1 MiB
+        ts.client("ops").ingest("not-carols", [signal("pdq", f"{i + 1:064x}") for i in range(n)])
+        options = [("grpc.http2.bdp_probe", 0)]
+        with grpc.insecure_channel(ts.target, options=options) as channel:
+            stub = signals_pb2_grpc.SignalsStub(channel)
+            metadata = (("authorization", f"Bearer {ts.tokens['carol']}"),)
+            replies = stub.Changes(signals_pb2.ChangesRequest(), metadata=metadata, timeout=60)
+            shown = len(next(replies).changes)
+            narrowed = tmp_path / "auth-carol-narrowed.toml"
+            narrowed.write_text(
+                tenant_entry("ops", "x" * 32, ["match"], all_lists=True)
+                + "\n"
+                + tenant_entry("carol", ts.tokens["carol"], ["match", "export"])
+            )
+            ts.server.host.auth = TokenAuth.from_file(narrowed)  # what SIGHUP does
+            with pytest.raises(grpc.RpcError) as err:
+                for reply in replies:
+                    shown += len(reply.changes)
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "all_lists" in err.value.details()
+        assert shown < n
