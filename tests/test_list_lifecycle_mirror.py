@@ -102,6 +102,62 @@ def test_a_list_renamed_on_the_hub_moves_to_the_new_local_name(tmp_path):
         assert _local(local) == {PREFIX + "renamed": (True, 2, 1)}
 
 
+class _RenamesAfterListing:
+    """The partner's real client, but the hub renames 'shared' right after the pass
+    reads ListHashLists: the rename lands between the listing and the Changes stream."""
+
+    def __init__(self, client, hub: SignalStore):
+        self.client, self.hub = client, hub
+
+    def list_hash_lists(self, **kw):
+        listing = self.client.list_hash_lists(**kw)
+        self.hub.rename_list("shared", "renamed")
+        return listing
+
+    def __getattr__(self, name: str):
+        return getattr(self.client, name)
+
+
+def test_a_hub_rename_during_a_pass_makes_no_second_copy(tmp_path):
+    """Soak finding: the page's changes came named 'renamed', a list the pass's listing
+    did not show, so a second copy 'hub/renamed' was made (no uid) and took the new
+    signal; the next pass found the name claimed, so the real copy stayed 'hub/shared'
+    and was disabled as no longer shared: the list stopped matching until a --resync.
+    Refused (the change's uid names a copy under another name), the next pass renames
+    the copy and applies the page."""
+    from hashmatch.engine.errors import Conflict
+    from hashmatch.engine.mirror import mirror
+
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        hub = _shared_with_partner(ts, seed=5)
+        _mirror(ts, "partner", local)
+        ts.client("ops").ingest("shared", [signal("pdq", c) for c in _codes(1, seed=6)])
+        store = SignalStore(local / "store.sqlite")
+        client = _RenamesAfterListing(ts.client("partner"), hub)
+        try:
+            with pytest.raises(Conflict, match="during this run; nothing of this page was"):
+                mirror(store, client, server=ts.target, prefix=PREFIX)
+        finally:
+            store.close()
+        run = _mirror(ts, "partner", local)
+        assert run["lists_renamed"] == [[PREFIX + "shared", PREFIX + "renamed"]]
+        assert _local(local) == {PREFIX + "renamed": (True, 4, 0)}
+
+
+def test_follow_retries_a_pass_refused_for_a_hub_rename():
+    """`mirror --follow` exited on that refusal, and mirroring stopped until restarted."""
+    import click
+
+    from hashmatch.server.commands.mirror import _transient
+
+    refused = (
+        "h:1 renamed its list 'b', or gave that name to another list, during this run;"
+        " nothing of this page was written: re-run (it follows the rename)"
+    )
+    assert _transient(click.ClickException(refused))
+
+
 def test_a_hub_without_list_uids_renames_by_a_resync(tmp_path):
     """A hub older than list uids (here: its uids removed, so it sends none): the new
     name is a list the mirror never wrote, so the run resyncs, copies its signals under

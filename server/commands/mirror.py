@@ -138,14 +138,16 @@ def _transient(exc: click.ClickException) -> bool:
     """A pass that failed for a reason the next pass may not meet (hub down, slow, busy:
     RESOURCE_EXHAUSTED is gRPC's "Concurrent RPC limit exceeded!" of a hub at its
     max_concurrent_rpcs; or another run of the same mirror, e.g. from cron, committed the
-    page first, or a local ``lists delete`` of one of its lists reset its cursor): a
+    page first, or a local ``lists delete`` of one of its lists reset its cursor, or the
+    hub renamed a list between the pass's ListHashLists and its pages): a
     --follow that exited then stopped mirroring until someone restarted it.
     The local store's write lock held past the busy timeout is the other such reason
     (an ``sqlite3.OperationalError``, retried in the loop itself)."""
     return any(
         code in exc.format_message()
         for code in ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED",
-                     "advanced its cursor meanwhile", "deleted locally during this run")
+                     "advanced its cursor meanwhile", "deleted locally during this run",
+                     "nothing of this page was written: re-run")
     )  # fmt: skip
 
 
