@@ -174,10 +174,16 @@ def call(rec: Record, kind: str, fn: Callable[..., object], *args: object,
         code = exc.code().name
         if code == "RESOURCE_EXHAUSTED" and retry_delay(exc) is None:
             rec.bad(kind, f"RESOURCE_EXHAUSTED without RetryInfo: {exc.details()}")
-        elif code not in allowed and not (code == "UNAVAILABLE" and rec.restarting.is_set()):
+        elif code == "UNAVAILABLE" and rec.restarting.is_set():
+            rec.ok(kind, code)
+            time.sleep(0.1)  # callers without retries would spin through the restart
+        elif code not in allowed:
             rec.bad(kind, f"{code}: {exc.details()}")
         else:
             rec.ok(kind, code)
+        return None
+    except AssertionError as exc:  # a check inside ``fn`` (a stream's reply count)
+        rec.bad(kind, str(exc))
         return None
     rec.ok(kind)
     return result
