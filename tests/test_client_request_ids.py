@@ -163,6 +163,22 @@ def test_a_repeated_retract_request_id_gets_the_first_reply(served):
     assert [f for f, _ in bad_request_fields(err.value)] == ["request_id"]
 
 
+def _repeat_while_the_first_runs(served, client, list_name: str, first_messages, messages):
+    """Start an Ingest of ``first_messages`` (held after its first message), wait until
+    its first message is stored, then send ``messages`` (the same request_id) and wait
+    until that repeat waits for the first. Both calls' futures."""
+    first = client.signals.Ingest.future(first_messages, timeout=60, metadata=client.metadata)
+    deadline = time.monotonic() + 30
+    while _stored(client, list_name) < 3:  # the first message is stored: the call runs
+        assert time.monotonic() < deadline, "the first ingest never stored its message"
+        time.sleep(0.01)
+    repeat = client.signals.Ingest.future(iter(messages), timeout=60, metadata=client.metadata)
+    while served.server.host.replies.waiting == 0:
+        assert time.monotonic() < deadline, "the repeat never waited for the first"
+        time.sleep(0.01)
+    return first, repeat
+
+
 def test_a_repeat_sent_while_the_first_still_runs_waits_and_gets_its_reply(served):
     client = served.client("ops")
     hexes = _hexes(6, seed=4)
@@ -174,16 +190,7 @@ def test_a_repeat_sent_while_the_first_still_runs_waits_and_gets_its_reply(serve
         go_on.wait(30)
         yield from messages[1:]
 
-    first = client.signals.Ingest.future(held(), timeout=60, metadata=client.metadata)
-    deadline = time.monotonic() + 30
-    while _stored(client, "slow") < 3:  # the first message is stored: the call runs
-        assert time.monotonic() < deadline, "the first ingest never stored its message"
-        time.sleep(0.01)
-    repeat = client.signals.Ingest.future(iter(messages), timeout=60, metadata=client.metadata)
-    replies = served.server.host.replies
-    while replies.waiting == 0:
-        assert time.monotonic() < deadline, "the repeat never waited for the first"
-        time.sleep(0.01)
+    first, repeat = _repeat_while_the_first_runs(served, client, "slow", held(), messages)
     go_on.set()
     assert (first.result().added, first.result().unchanged) == (6, 0)
     assert repeat.result() == first.result()
@@ -330,15 +337,7 @@ def test_a_repeat_waiting_for_a_first_call_that_fails_runs_itself(served):
                                         list_name="slow-fail", source="other")  # fmt: skip
         yield signals_pb2.IngestRequest(signals=[signals_pb2.Signal()], strict=True)
 
-    first = client.signals.Ingest.future(failing(), timeout=60, metadata=client.metadata)
-    deadline = time.monotonic() + 30
-    while _stored(client, "slow-fail") < 3:
-        assert time.monotonic() < deadline, "the first ingest never stored its message"
-        time.sleep(0.01)
-    repeat = client.signals.Ingest.future(iter(messages), timeout=60, metadata=client.metadata)
-    while served.server.host.replies.waiting == 0:
-        assert time.monotonic() < deadline, "the repeat never waited for the first"
-        time.sleep(0.01)
+    first, repeat = _repeat_while_the_first_runs(served, client, "slow-fail", failing(), messages)
     go_on.set()
     assert first.exception().code() is grpc.StatusCode.INVALID_ARGUMENT
     assert (repeat.result().added, repeat.result().unchanged) == (2, 4)
