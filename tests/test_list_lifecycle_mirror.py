@@ -59,6 +59,21 @@ def _local(local) -> dict[str, tuple[bool, int, int]]:
         store.close()
 
 
+def _refused_run(local, client, server: str, match: str, **options) -> None:
+    """One mirror pass in this process through ``client`` (a wrapper that makes
+    something happen during the pass): it must be refused with a Conflict matching
+    ``match``."""
+    from hashmatch.engine.errors import Conflict
+    from hashmatch.engine.mirror import mirror
+
+    store = SignalStore(local / "store.sqlite", create=True)
+    try:
+        with pytest.raises(Conflict, match=match):
+            mirror(store, client, server=server, prefix=PREFIX, **options)
+    finally:
+        store.close()
+
+
 def test_a_mirrors_list_is_not_renamed_locally_and_the_mirror_goes_on(tmp_path):
     local = tmp_path / "local"
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
@@ -125,21 +140,14 @@ def test_a_hub_rename_during_a_pass_makes_no_second_copy(tmp_path):
     and was disabled as no longer shared: the list stopped matching until a --resync.
     Refused (the change's uid names a copy under another name), the next pass renames
     the copy and applies the page."""
-    from hashmatch.engine.errors import Conflict
-    from hashmatch.engine.mirror import mirror
 
     local = tmp_path / "local"
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
         hub = _shared_with_partner(ts, seed=5)
         _mirror(ts, "partner", local)
         ts.client("ops").ingest("shared", [signal("pdq", c) for c in _codes(1, seed=6)])
-        store = SignalStore(local / "store.sqlite")
         client = _RenamesAfterListing(ts.client("partner"), hub)
-        try:
-            with pytest.raises(Conflict, match="during this run; nothing of this page was"):
-                mirror(store, client, server=ts.target, prefix=PREFIX)
-        finally:
-            store.close()
+        _refused_run(local, client, ts.target, "during this run; nothing of this page was")
         run = _mirror(ts, "partner", local)
         assert run["lists_renamed"] == [[PREFIX + "shared", PREFIX + "renamed"]]
         assert _local(local) == {PREFIX + "renamed": (True, 4, 0)}
@@ -269,23 +277,15 @@ def test_a_local_delete_during_a_mirror_run_is_mended_by_the_next_run(tmp_path):
     next run, finding the list known, never re-read the earlier ones: an incomplete copy
     until a --resync. Now the delete resets the mirror's cursor (a full resync is due):
     the overlapping run stops at its next page, and the next run copies the list whole."""
-    from hashmatch.engine.errors import Conflict
-    from hashmatch.engine.mirror import mirror
 
     local = tmp_path / "local"
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
         ops = ts.client("ops")
         for seed in (6, 7, 8):  # three log entries: three pages of 2
             ops.ingest("shared", [signal("pdq", c) for c in _codes(2, seed=seed)])
-        store = SignalStore(local / "store.sqlite", create=True)
-        try:
-            client = _DeletingDuringRun(ops, local, PREFIX + "shared")
-            with pytest.raises(
-                Conflict, match=r"deleted locally during this run.*next run resyncs"
-            ):
-                mirror(store, client, server=ts.target, prefix=PREFIX, page_size=2)
-        finally:
-            store.close()
+        client = _DeletingDuringRun(ops, local, PREFIX + "shared")
+        _refused_run(local, client, ts.target, r"deleted locally during this run.*next run"
+                     " resyncs", page_size=2)  # fmt: skip
         run = _mirror(ts, "ops", local)
         assert _local(local) == {PREFIX + "shared": (True, 6, 0)}
         assert run["resync"]
@@ -509,21 +509,14 @@ def test_a_list_renamed_on_the_hub_during_a_run_is_renamed_by_the_next_run(tmp_p
     finding both names known, never mended it (the old copy disabled, holding the
     rest). Now the page naming the list's uid under a name its copy does not have stops
     the run, and the next run renames the copy and goes on: one copy, whole."""
-    from hashmatch.engine.errors import Conflict
-    from hashmatch.engine.mirror import mirror
 
     local = tmp_path / "local"
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
         ops = ts.client("ops")
         for seed in (30, 31, 32):  # three log entries: three pages of 2
             ops.ingest("shared", [signal("pdq", c) for c in _codes(2, seed=seed)])
-        store = SignalStore(local / "store.sqlite", create=True)
-        try:
-            client = _DuringRun(ops, lambda: ts.engine.store.rename_list("shared", "renamed"))
-            with pytest.raises(Conflict, match=r"renamed its list 'renamed'.*re-run"):
-                mirror(store, client, server=ts.target, prefix=PREFIX, page_size=2)
-        finally:
-            store.close()
+        client = _DuringRun(ops, lambda: ts.engine.store.rename_list("shared", "renamed"))
+        _refused_run(local, client, ts.target, r"renamed its list 'renamed'.*re-run", page_size=2)
         run = _mirror(ts, "ops", local)
         assert run["lists_renamed"] == [[PREFIX + "shared", PREFIX + "renamed"]]
         assert _local(local) == {PREFIX + "renamed": (True, 6, 0)}
