@@ -196,21 +196,31 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("HASHMATCH_")}
 
 
-def test_sighup_keeps_the_old_tokens_when_the_file_holds_none(tmp_path):
+def _sighup_after(tmp_path, spoil, waited: str) -> str:
+    """Start serve, ``spoil(tokens_file)``, SIGHUP it: the log line with ``waited``,
+    once the old admin token was checked to still work (and serve to be up)."""
     data = tmp_path / "data"
     served = Served("--data-dir", str(data))
     try:
         served.wait_for("serving on")
         token = (data / "admin.token").read_text().strip()
-        (data / "auth.toml").write_text("# every tenant removed by mistake\n")
+        spoil(data / "auth.toml")
         served.proc.send_signal(signal.SIGHUP)
-        line = served.wait_for("tokens:")
-        assert "kept the old tokens" in line and "no tokens" in line, line
+        line = served.wait_for(waited)
         with HashmatchClient(f"127.0.0.1:{served.port}", token=token, retries=0) as admin:
             admin.wait_until_serving(60)
             assert admin.stats().total_signals == 0  # still authenticated
+        assert served.proc.poll() is None
+        return line
     finally:
         served.stop()
+
+
+def test_sighup_keeps_the_old_tokens_when_the_file_holds_none(tmp_path):
+    line = _sighup_after(
+        tmp_path, lambda f: f.write_text("# every tenant removed by mistake\n"), "tokens:"
+    )
+    assert "kept the old tokens" in line and "no tokens" in line, line
 
 
 def test_sighup_logs_its_outcome_and_warns_of_a_tokens_file_others_can_write(tmp_path):
@@ -523,20 +533,11 @@ LATIN1 = "# tenants of the café team\n".encode("latin-1")  # saved by an editor
 
 
 def test_sighup_with_a_tokens_file_that_is_not_utf8_keeps_serving(tmp_path):
-    data = tmp_path / "data"
-    served = Served("--data-dir", str(data))
-    try:
-        served.wait_for("serving on")
-        token = (data / "admin.token").read_text().strip()
-        (data / "auth.toml").write_bytes(LATIN1 + (data / "auth.toml").read_bytes())
-        served.proc.send_signal(signal.SIGHUP)  # used to end serve with a traceback
-        line = served.wait_for("kept the old tokens")
-        assert "auth.toml" in line and "UTF-8" in line, line
-        with HashmatchClient(f"127.0.0.1:{served.port}", token=token, retries=0) as admin:
-            assert admin.stats().total_signals == 0
-        assert served.proc.poll() is None
-    finally:
-        served.stop()
+    # used to end serve with a traceback
+    line = _sighup_after(
+        tmp_path, lambda f: f.write_bytes(LATIN1 + f.read_bytes()), "kept the old tokens"
+    )
+    assert "auth.toml" in line and "UTF-8" in line, line
 
 
 def test_a_config_or_tokens_file_that_is_not_utf8_is_one_line(tmp_path):
