@@ -138,7 +138,6 @@ class Call:
     # Re-checks the token when the tokens file was reloaded (SIGHUP) since the call began:
     # a long stream must not outlive the removal of its token (set by calls.rpc).
     recheck: Callable[[], None] | None = None
-    tenant_at_start: str = ""
     # Whose share of the bounded queues (request streams, media pool, lookup queue) the
     # call takes: its tenant as it began; None in no-auth mode (one caller, no share).
     share: str | None = None
@@ -278,8 +277,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
         def begin(self: _Servicer, context: grpc.ServicerContext) -> Call:
             host = self.host
             call = Call(name, _authenticate(host, context), context)
-            call.tenant_at_start = call.principal.tenant
-            call.share = None if host.auth is None else call.tenant_at_start
+            call.share = None if host.auth is None else call.principal.tenant
             seen = [host.auth]
             terms = (call.principal.tenant, call.principal.all_lists)
 
