@@ -259,12 +259,13 @@ class AsyncHashmatchClient(shared.ClientBase):
         """As :meth:`hashmatch.server.client.HashmatchClient.retract` (``hashes``,
         ``signal_ids``, ``reason``, ``batch_size``, ``request_id``: see
         :func:`~hashmatch.server.client_shared.retract_requests`): one request after
-        the other, ``timeout`` each, the replies summed into one (a failed call's error
-        has ``retracted_before``)."""
+        the other, ``timeout`` the whole call's deadline (as ``match``), the replies
+        summed into one (a failed call's error has ``retracted_before``)."""
         total = signals_pb2.RetractResponse()
+        attempts = self._attempts(timeout)
         with shared.retract_progress(total):
             for request in shared.retract_requests(list_name, **targets):
-                reply = await self._unary(self.signals.Retract, request, timeout)
+                reply = await self._unary(self.signals.Retract, request, attempts.renewed())
                 shared.add_retract_reply(total, reply)
         return total
 

@@ -272,8 +272,9 @@ class HashmatchClient(ClientBase):
         request_id: str | None = None,
     ) -> signals_pb2.RetractResponse:
         """Retract by hash and/or signal id, ``batch_size`` targets a request (the server
-        refuses more than its ``max_batch`` in one), ``timeout`` per request, each
-        with its own ``request_id`` (a retry whose first attempt was applied, its reply
+        refuses more than its ``max_batch`` in one), ``timeout`` (None: the client's)
+        the whole call's deadline, all requests and their retries (as ``match``), each
+        request with its own ``request_id`` (a retry whose first attempt was applied, its reply
         lost, gets that attempt's count, not 0): new ones, or the caller's
         ``request_id`` for one request, ``<request_id>.<n>`` for the n-th of several.
 
@@ -292,9 +293,11 @@ class HashmatchClient(ClientBase):
             batch_size=batch_size,
             request_id=request_id,
         )
+        attempts = self._attempts(timeout)
         with retract_progress(total):
             for request in requests:
-                add_retract_reply(total, self._unary(self.signals.Retract, request, timeout))
+                reply = self._unary(self.signals.Retract, request, attempts.renewed())
+                add_retract_reply(total, reply)
         return total
 
     def list_hash_lists(self, *, timeout: float | None = None) -> signals_pb2.ListHashListsResponse:
@@ -332,12 +335,15 @@ class HashmatchClient(ClientBase):
     def signal_states(
         self, signal_ids: Sequence[int], *, batch_size: int = 1000, timeout: float | None = None
     ) -> list[int]:
-        """One ``SignalState`` value per id, in order (a few requests of ``batch_size``)."""
+        """One ``SignalState`` value per id, in order (a few requests of ``batch_size``;
+        ``timeout``, None: the client's, is the whole call's deadline, as ``match``)."""
         out: list[int] = []
         ids = [int(i) for i in signal_ids]
+        attempts = self._attempts(timeout)
         for start in range(0, len(ids), batch_size):
             request = signals_pb2.SignalStatesRequest(signal_ids=ids[start : start + batch_size])
-            out.extend(self._unary(self.signals.SignalStates, request, timeout).states)
+            reply = self._unary(self.signals.SignalStates, request, attempts.renewed())
+            out.extend(reply.states)
         return out
 
     # -- Admin ------------------------------------------------------------------------

@@ -882,6 +882,47 @@ def test_a_split_match_keeps_to_one_deadline_for_all_its_parts(tmp_path):
         assert "this one held hashes[100:150]" in "\n".join(error.__notes__)
 
 
+def test_a_split_retract_keeps_to_one_deadline_for_all_its_requests(tmp_path):
+    """``retract``'s ``timeout`` is the whole call's budget, as ``match``'s: a retract of
+    two requests over a link that makes each take 1.6 s fails at the second with a 3.1 s
+    timeout, the first's retractions in ``retracted_before`` (before, each request had
+    its own 3.1 s and the call took 3.2 s+); ``signal_states`` alike (sync client)."""
+    import asyncio
+
+    from hashmatch.server.aio_client import AsyncHashmatchClient
+
+    hexes = _hexes(300, seed=24)
+    with running_server(tmp_path) as ts:
+        proxy = CuttableProxy(("127.0.0.1", ts.server.port))
+        client = HashmatchClient(proxy.target)
+        ts.client().ingest("partner", [signal("pdq", h) for h in hexes])
+
+        async def aio_retract():
+            async with AsyncHashmatchClient(proxy.target) as aio:
+                await aio.list_hash_lists()  # connected before the link slows down
+                proxy.delay = 1.6
+                with pytest.raises(grpc.RpcError) as late:
+                    targets = [("pdq", h) for h in hexes[150:]]
+                    await aio.retract("partner", hashes=targets, batch_size=100, timeout=3.1)
+                proxy.delay = 0.0
+                return late.value
+
+        with client:
+            client.list_hash_lists()
+            proxy.delay = 1.6
+            with pytest.raises(grpc.RpcError) as late:
+                targets = [("pdq", h) for h in hexes[:150]]
+                client.retract("partner", hashes=targets, batch_size=100, timeout=3.1)
+            with pytest.raises(grpc.RpcError) as states_late:
+                client.signal_states(list(range(1, 151)), batch_size=100, timeout=3.1)
+            proxy.delay = 0.0
+            errors = [late.value, asyncio.run(aio_retract())]
+    assert states_late.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    for error in errors:
+        assert error.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        assert error.retracted_before.retracted == 100
+
+
 def test_a_cut_match_stream_resends_only_what_was_not_answered(tmp_path):
     """A stream cut after its first reply (a restart, a proxy dropping the connection)
     while the caller's iterable waits inside its next request: retried on a new stream
