@@ -230,7 +230,8 @@ def test_sighup_logs_its_outcome_and_warns_of_a_tokens_file_others_can_write(tmp
     data = tmp_path / "data"
     served = Served("--data-dir", str(data), env={"HASHMATCH_LOG_LEVEL": "WARNING"})
     try:
-        served.wait_for("serving on")
+        with HashmatchClient(f"127.0.0.1:{served.port}") as probe:  # "serving on" is INFO
+            probe.wait_until_serving(60)
         (data / "auth.toml").chmod(0o666)
         served.proc.send_signal(signal.SIGHUP)
         assert "chmod go-w" in served.wait_for("auth.toml is writable by others (mode 666)")
@@ -240,6 +241,45 @@ def test_sighup_logs_its_outcome_and_warns_of_a_tokens_file_others_can_write(tmp
         assert not [line for line in served.lines if "reloaded" in line], served.lines
     finally:
         served.stop()
+
+
+def test_serve_says_its_start_and_drain_through_its_log(tmp_path):
+    """The --insecure-no-auth warning, "serving on" and "draining" were printed past the
+    logging (four lines for the warning): a log set up by whoever runs serve (here, to
+    a file, with each line's logger and level) did not get them, nor did log_level
+    apply. Now each is one line of the server's log, and nothing else is printed."""
+    log_file = tmp_path / "serve.log"
+    port = _free_port()
+    logged = (
+        "import logging, sys; logging.basicConfig(filename=sys.argv.pop(1),"
+        " format='%(name)s %(levelname)s %(message)s'); " + SERVE
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", logged, str(log_file), "serve", "--insecure-no-auth",
+         "--listen", f"127.0.0.1:{port}", "--metrics-port", "-1",
+         "--data-dir", str(tmp_path / "data")],
+        stderr=subprocess.PIPE, text=True, env=_clean_env(),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "serving on" not in (log_file.read_text() if log_file.exists() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline, "serve never served"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and stderr == "", stderr
+    lines = log_file.read_text().splitlines()
+    expected = [
+        "hashmatch.server WARNING WARNING: --insecure-no-auth: EVERY caller is an admin",
+        f"hashmatch.server INFO hashmatch serving on 127.0.0.1:{port} (data ",
+        "hashmatch.server INFO signal 15: draining (up to ",
+    ]
+    for start in expected:
+        assert len([line for line in lines if line.startswith(start)]) == 1, lines
 
 
 @pytest.mark.parametrize(

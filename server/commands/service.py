@@ -161,11 +161,9 @@ def serve(config_file: str | None, **flags: Any) -> None:
     logging.getLogger().setLevel(config.log_level.upper())
     if config.insecure_no_auth:
         auth = None
-        banner = "!" * 78
-        click.echo(
-            f"{banner}\n!! WARNING: --insecure-no-auth: EVERY caller is an admin of every list."
-            f"\n!! Use only on a machine you alone use.\n{banner}",
-            err=True,
+        log.warning(
+            "WARNING: --insecure-no-auth: EVERY caller is an admin of every list; use only"
+            " on a machine you alone use"
         )
     else:
         try:
@@ -183,12 +181,11 @@ def serve(config_file: str | None, **flags: Any) -> None:
                     err=True,
                 )
             else:  # journald, docker logs, a log shipper: a secret must not land there
-                click.echo(
-                    f"created {config.auth_path} with an admin token, saved to {saved} (mode"
-                    f" 0600; not printed: stderr is not a terminal):\n"
-                    f"  export HASHMATCH_TOKEN=$(cat {saved})",
-                    err=True,
-                )
+                log.warning(
+                    "created %s with an admin token, saved to %s (mode 0600; not printed:"
+                    " stderr is not a terminal): export HASHMATCH_TOKEN=$(cat %s)",
+                    config.auth_path, saved, saved,
+                )  # fmt: skip
         try:
             auth = _load_tokens(config.auth_path)
         except HashmatchError as exc:
@@ -200,9 +197,11 @@ def serve(config_file: str | None, **flags: Any) -> None:
     # load must not be announced as served first
     announced = False
 
+    stopped_by: list[int] = []  # the signal that began the drain
+
     def on_signal(signum, _frame) -> None:
-        done.set()  # first: a SIGHUP handled in the middle of this one sees the drain
-        click.echo(f"signal {signum}: draining (up to {config.drain_seconds}s)", err=True)
+        stopped_by.append(signum)  # logged by the main loop: a handler that writes to
+        done.set()  # stderr mid-write fails "reentrant call"; a SIGHUP here sees the drain
         sdnotify.notify("STOPPING=1", f"STATUS=draining (up to {config.drain_seconds}s)")
 
     def on_hup(_signum, _frame) -> None:
@@ -242,13 +241,14 @@ def serve(config_file: str | None, **flags: Any) -> None:
             announced = True
             address = _bound_address(config.listen, server.port)
             serving = f"hashmatch serving on {address} (data {config.data_dir}"
-            click.echo(
-                serving
-                + (f", metrics :{server.metrics_port}/metrics" if server.metrics_port else "")
-                + f"; index loaded in {time.monotonic() - started:.1f} s)",
-                err=True,
+            log.info(
+                "%s%s; index loaded in %.1f s)",
+                serving,
+                f", metrics :{server.metrics_port}/metrics" if server.metrics_port else "",
+                time.monotonic() - started,
             )
             sdnotify.notify("READY=1", f"STATUS={serving})")
+    log.info("signal %s: draining (up to %ss)", stopped_by[0], config.drain_seconds)
     server.stop()
 
 
