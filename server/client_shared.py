@@ -345,6 +345,9 @@ def lost_status(exc: grpc.RpcError) -> bool:
     return details == "Internal error from Core" and "SendMessageOperation" in debug
 
 
+HOSTNAME_MISMATCH = "Hostname Verification Check failed"  # gRPC's words for it
+
+
 def tls_hint(details: str) -> str:
     """A hint for errors that are a TLS mismatch, not a server that is down: gRPC words
     them as UNAVAILABLE ("Socket closed", a failed handshake), which reads like one.
@@ -364,6 +367,12 @@ def tls_hint(details: str) -> str:
         return (
             " (the server's certificate is not signed by a CA this client trusts: give its"
             " CA with --ca)"
+        )
+    if HOSTNAME_MISMATCH in details:
+        return (
+            " (the server's certificate does not name the host connected to: connect by a"
+            " name or address in its subjectAltName, or give the client that name as"
+            " server_name)"
         )
     never_connected = "Socket closed" in details and "failed to connect" in details
     if never_connected or "andshake" in details or "WRONG_VERSION" in details:
@@ -431,9 +440,13 @@ def health_status(reply: health_pb2.HealthCheckResponse) -> str:
 
 def health_failure(exc: grpc.RpcError) -> str:
     """A failed health check as the 'last' answer of a wait; a certificate the client
-    cannot verify raises ConnectionError at once: waiting would not change it."""
+    cannot verify (its CA, its dates, or a host it does not name) raises ConnectionError
+    at once: waiting would not change it.
+
+    Why: a certificate for another host name was waited on for the whole timeout, then
+    reported as "did not become SERVING ...; is `hashmatch serve` running there?"."""
     last = f"{exc.code().name}: {exc.details()}"
-    if "CERTIFICATE_VERIFY_FAILED" in last:
+    if "CERTIFICATE_VERIFY_FAILED" in last or HOSTNAME_MISMATCH in last:
         raise ConnectionError(f"{last}{tls_hint(last)}") from None
     return last
 

@@ -519,6 +519,39 @@ def test_a_tls_server_with_an_expired_certificate_is_named_with_its_date(tmp_pat
     assert "give its CA" not in result.output + str(waited.value)
 
 
+def test_a_certificate_for_another_host_fails_the_wait_at_once_and_says_so(tmp_path):
+    """A certificate that does not name the host connected to (here: ``server_name``
+    another) was waited on for the whole timeout, then read "did not become SERVING ...
+    is `hashmatch serve` running there?"; a call said nothing of the name either."""
+    import asyncio
+
+    from hashmatch.server.aio_client import AsyncHashmatchClient
+    from hashmatch.server.client import tls_hint
+    from hashmatch.server.testing import self_signed_cert
+
+    key, cert = self_signed_cert(tmp_path, "server")
+    access = {"root_certificates": cert, "server_name": "other.example", "retries": 0}
+    hint = "the server's certificate does not name the host connected to"
+
+    async def aio_wait() -> None:
+        async with AsyncHashmatchClient(ts.target, **access) as aio:
+            await aio.wait_until_serving(20)
+
+    with running_server(tmp_path / "d", tls_cert=cert, tls_key=key) as ts:
+        started = time.monotonic()
+        with HashmatchClient(ts.target, **access) as client:
+            with pytest.raises(ConnectionError) as waited:
+                client.wait_until_serving(20)
+            with pytest.raises(grpc.RpcError) as called:
+                client.list_hash_lists(timeout=2)
+        with pytest.raises(ConnectionError) as aio_waited:
+            asyncio.run(aio_wait())
+        took = time.monotonic() - started
+    assert hint in str(waited.value) and hint in str(aio_waited.value)
+    assert took < 10, took  # the waits did not run out their 20 s
+    assert hint in tls_hint(called.value.details())
+
+
 def test_signal_expiry_takes_iso_text_and_datetimes_as_files_do():
     from datetime import UTC, datetime
 
