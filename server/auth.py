@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hashmatch.engine.errors import HashmatchError, InvalidInput
-from hashmatch.server.config import read_toml
+from hashmatch.server.config import toml_from_bytes
 
 #: match: look up hashes/media against shared lists; export: also read every hash of
 #: those lists (Signals.Changes, what ``rescan --server`` needs) -- a list shared for
 #: matching need not be handed over whole; write: ingest/retract; admin: operations.
 ROLES = ("match", "export", "write", "admin")
+#: how long a read of the tokens file waits for `hashmatch token` to finish appending
+LOCK_WAIT_SECONDS = 10.0
 
 
 class Unauthenticated(HashmatchError):
@@ -114,7 +116,7 @@ class TokenAuth:
     @classmethod
     def from_file(cls, path: str | Path) -> TokenAuth:
         """The tokens file at ``path``; every InvalidInput names the file."""
-        data = read_toml(path)
+        data = read_tokens_file(path)
         try:
             return cls.from_mapping(data)
         except InvalidInput as exc:
@@ -140,6 +142,34 @@ class TokenAuth:
         if found is None:
             raise Unauthenticated("unknown or revoked token")
         return found
+
+
+def read_tokens_file(path: str | Path, wait: float = LOCK_WAIT_SECONDS) -> dict:
+    """The tokens file's tables, read under a shared ``flock``: the exclusive one
+    ``hashmatch token`` holds while it checks and appends a tenant is waited for (up to
+    ``wait`` seconds, then TimeoutError, an OSError).
+
+    Why: a SIGHUP reload (or a start) racing ``hashmatch token`` could read its entry
+    half written: "not valid TOML", the old tokens kept and the new one refused until
+    the next reload; or, cut after its digest line, a tenant without its roles.
+    """
+    import fcntl
+    import time
+
+    with open(path, "rb") as fh:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when fh closes
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"still locked by another process (`hashmatch token`?) after {wait:g} s"
+                    ) from None
+                time.sleep(0.01)
+        raw = fh.read()
+    return toml_from_bytes(raw, path)
 
 
 TENANT_KEYS = ("tokens_sha256", "roles", "all_lists")

@@ -355,6 +355,11 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     """
     with open(path, "rb") as fh:
         raw = fh.read()
+    return toml_from_bytes(raw, path)
+
+
+def toml_from_bytes(raw: bytes, path: str | Path) -> dict[str, Any]:
+    """``raw``, read from ``path``, as :func:`read_toml` parses it (errors name ``path``)."""
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:

@@ -51,6 +51,32 @@ def test_token_for_an_awkward_tenant_name_stays_one_tenant(tmp_path, name):
     assert again.exit_code == 1 and "already exists" in again.output
 
 
+def test_a_tokens_file_read_waits_for_hashmatch_token_to_finish_its_append(tmp_path):
+    """A reload (SIGHUP, or a start) read the file while `hashmatch token` was appending
+    under its lock: half an entry is not TOML, so the old tokens were kept and the new
+    one refused. The read now waits for the lock; one held too long is an OSError."""
+    from concurrent import futures
+
+    from hashmatch.server.commands.service import _locked_for_append
+
+    path = tmp_path / "auth.toml"
+    assert _token("first", "--auth-file", str(path)).exit_code == 0
+    entry = auth.tenant_entry("late", "late-token", ["match"], all_lists=False)
+    with futures.ThreadPoolExecutor(1) as pool:
+        with _locked_for_append(path) as fh:  # as `hashmatch token` appends
+            fh.write("\n" + entry[: len(entry) // 2])
+            fh.flush()
+            with pytest.raises(TimeoutError):
+                auth.read_tokens_file(path, wait=0.2)
+            read = pool.submit(auth.TokenAuth.from_file, path)
+            time.sleep(0.3)
+            assert not read.done()
+            fh.write(entry[len(entry) // 2 :])
+        loaded = read.result(timeout=20)
+    late = loaded.authenticate([("authorization", "Bearer late-token")])
+    assert late.tenant == "late" and late.roles == frozenset({"match"})
+
+
 @pytest.mark.parametrize("name", ["", "  ", "new\nline"])
 def test_token_refuses_an_empty_or_control_character_name(tmp_path, name):
     made = _token(name, "--auth-file", str(tmp_path / "auth.toml"))
