@@ -539,11 +539,14 @@ class Engine:
         reason: str | None = None,
         actor: str = "local",
         tenant: str | None = None,
+        missing: list[str] | None = None,
     ) -> int:
-        """Retract signals (by (type, hex), id or external id); gone from the next lookup."""
+        """Retract signals (by (type, hex), id or external id); gone from the next lookup.
+        ``missing``: as the store's :meth:`~hashmatch.engine.store.SignalStore.retract`."""
         n = self.store.retract(
             list_name=list_name, hashes=hashes, signal_ids=signal_ids,
             external_ids=external_ids, reason=reason, actor=actor, tenant=tenant,
+            missing=missing,
         )  # fmt: skip
         self.sync()
         return n

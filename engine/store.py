@@ -21,6 +21,7 @@ id allocation), keeping this module's public API.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import queue
@@ -1110,10 +1111,13 @@ class SignalStore:
         """
         try:
             list_id = self._list_id(conn, name)
-        except NotFound:
+        except NotFound as exc:
             if tenant is not None and not self._is_admin(conn, tenant):
                 raise NotFound(_NOT_SHARED, field="list_name") from None
-            raise
+            # an operator may hear that (and when) a list of that name was deleted
+            raise NotFound(
+                exc.message + _deleted_note(conn, name.strip()), field="list_name"
+            ) from None
         self.check_write(conn, tenant, list_id)
         return list_id
 
@@ -1720,10 +1724,14 @@ class SignalStore:
         reason: str | None = None,
         actor: str = "local",
         tenant: str | None = None,
+        missing: list[str] | None = None,
     ) -> int:
-        """Mark signals retracted (they stop matching at the next lookup); return how many."""
+        """Mark signals retracted (they stop matching at the next lookup); return how many.
+        ``missing``: given, the targets naming no signal of the list are appended to it
+        (as :meth:`missing_targets` words them), read in the same step as the retraction
+        (a second call after it found a list deleted in between: NotFound)."""
         return self._set_retracted(
-            True, list_name, hashes, signal_ids, external_ids, reason, actor, tenant
+            True, list_name, hashes, signal_ids, external_ids, reason, actor, tenant, missing
         )
 
     def restore(
@@ -1735,10 +1743,12 @@ class SignalStore:
         external_ids: Sequence[str] = (),
         actor: str = "local",
         tenant: str | None = None,
+        missing: list[str] | None = None,
     ) -> int:
-        """Undo a retraction; return how many signals match again."""
+        """Undo a retraction; return how many signals match again (``missing``: as
+        :meth:`retract`'s)."""
         return self._set_retracted(
-            False, list_name, hashes, signal_ids, external_ids, None, actor, tenant
+            False, list_name, hashes, signal_ids, external_ids, None, actor, tenant, missing
         )
 
     def missing_targets(
@@ -1801,14 +1811,19 @@ class SignalStore:
         return targets, missing
 
     def _set_retracted(
-        self, retract, list_name, hashes, signal_ids, external_ids, reason, actor, tenant
-    ) -> int:
+        self, retract, list_name, hashes, signal_ids, external_ids, reason, actor, tenant,
+        missing=None,
+    ) -> int:  # fmt: skip
         conn = self.conn()
         with self.write_lock:
             list_id = self._writable_list_id(conn, list_name, tenant)
-            targets, _ = self._resolve_targets(conn, list_id, hashes, signal_ids, external_ids)
+            found = self._resolve_targets(conn, list_id, hashes, signal_ids, external_ids)
+            targets, absent = found
             now = time.time()
             with self._write() as wconn:
+                _check_list_not_deleted(wconn, list_id, list_name, retract)
+                if missing is not None:
+                    missing.extend(absent)
                 if retract:
                     self._rereason(wconn, targets, reason)
                     ids = [
@@ -2557,6 +2572,39 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
                 q.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
+
+
+def _deleted_note(conn: sqlite3.Connection, name: str) -> str:
+    """'; it was deleted at ...' when a list of this name was deleted, else ''.
+
+    Why: a write racing ``lists delete`` (or a pipeline still sending to a deleted list)
+    heard "no hash list named ...", which reads as a mistyped name. Only for an admin
+    (or a local caller): a tenant must not learn which lists existed."""
+    row = conn.execute(
+        "SELECT MAX(deleted_at) FROM deleted_lists WHERE name = ?", (name,)
+    ).fetchone()
+    if row is None or row[0] is None:
+        return ""
+    when = datetime.datetime.fromtimestamp(row[0], datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"; it was deleted at {when} UTC"
+
+
+def _check_list_not_deleted(
+    conn: sqlite3.Connection, list_id: int, list_name: str, retract: bool
+) -> None:
+    """NotFound, saying so, when the list a retract (or restore) resolved its targets in
+    was deleted before its write began (``lists delete`` by another process).
+
+    Why: it retracted nothing, reported 0 without an error (its targets' rows were gone),
+    and the server's reply was then NOT_FOUND "no hash list named ..." (a tenant's: "no
+    hash list by that name is shared with you"), which reads as a mistyped name."""
+    if conn.execute("SELECT 1 FROM hash_lists WHERE id = ?", (list_id,)).fetchone() is None:
+        verb, done = ("retract", "retracted") if retract else ("restore", "restored")
+        raise NotFound(
+            f"list {list_name.strip()!r} was deleted while this {verb} ran (its signals"
+            f" went with it): nothing was {done}",
+            field="list_name",
+        )
 
 
 def _check_list_kept(conn: sqlite3.Connection, list_id: int, report: IngestReport) -> None:

@@ -241,6 +241,7 @@ def _retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call)
     for i, value in enumerate(request.hashes):
         name, code = convert.parse_hash(value, f"hashes[{i}]")
         hashes.append((name, signal_types.get(name).format(code)))
+    missing: list[str] = []  # read with the retraction: a list deleted after it is no error
     count = host.engine.retract(
         list_name=list_name,
         hashes=hashes,
@@ -248,12 +249,7 @@ def _retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call)
         reason=request.reason or None,
         actor=call.principal.tenant,
         tenant=call.principal.engine_tenant,
-    )
-    missing = host.engine.store.missing_targets(
-        list_name=list_name,
-        hashes=hashes,
-        signal_ids=list(request.signal_ids),
-        tenant=call.principal.engine_tenant,
+        missing=missing,
     )
     call.log.update(list=list_name, retracted=count, not_found=len(missing))
     return signals_pb2.RetractResponse(

@@ -287,6 +287,62 @@ def test_an_ingest_whose_list_is_deleted_between_batches_writes_into_no_other_li
     other.close()
 
 
+def test_a_retract_whose_list_is_deleted_as_it_runs_says_the_list_was_deleted(tmp_path):
+    """Another process deletes the list after the retract resolved its targets, before
+    its write: it reported 0 retracted, no error, and the server then answered NOT_FOUND
+    "no hash list named ..." (read as a mistyped name). Now it names the list and says
+    it was deleted; a retract sent after the delete says when it was."""
+    import threading
+    import time
+
+    path = tmp_path / "store.sqlite"
+    store, other = SignalStore(path), SignalStore(path)  # two connections, as two processes
+    codes = _codes(3, seed=11)
+    store.ingest([SignalRecord("pdq", c) for c in codes], list_name="partner-a", actor="t",
+                 create_list=True)  # fmt: skip
+    outcome: list = []
+
+    def retract() -> None:
+        try:
+            outcome.append(store.retract(list_name="partner-a", hashes=[("pdq", codes[0])]))
+        except NotFound as exc:
+            outcome.append(exc)
+
+    with other.transaction():  # holds the write lock: the retract resolves, then waits
+        worker = threading.Thread(target=retract)
+        worker.start()
+        time.sleep(0.5)
+        other.delete_list("partner-a")
+    worker.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], NotFound), outcome
+    said = "list 'partner-a' was deleted while this retract ran (its signals went with it):"
+    assert outcome[0].message == f"{said} nothing was retracted"
+    with pytest.raises(NotFound, match=r"no hash list named 'partner-a'; it was deleted at 20"):
+        store.retract(list_name="partner-a", hashes=[("pdq", codes[1])])
+    store.close()
+    other.close()
+
+
+def test_a_retract_sent_to_a_deleted_list_hears_when_it_was_deleted(tmp_path):
+    """Over the server, as an admin: NOT_FOUND naming the list and when it was deleted
+    (before: "no hash list named ...", which reads as a typo); a tenant's reply still
+    tells nothing of which lists exist."""
+    import grpc
+
+    tenants = {"ops": (["admin", "write"], True), "acme": (["write"], False)}
+    with running_server(tmp_path, tenants=tenants) as ts:
+        client = ts.client("ops")
+        client.ingest("gone", [signal("pdq", _codes(1, seed=12)[0])])
+        ts.engine.store.delete_list("gone")
+        with pytest.raises(grpc.RpcError) as err:
+            client.retract("gone", signal_ids=[1])
+        with pytest.raises(grpc.RpcError) as tenant_err:
+            ts.client("acme").retract("gone", signal_ids=[1])
+    assert err.value.code() is grpc.StatusCode.NOT_FOUND
+    assert "no hash list named 'gone'; it was deleted at 20" in err.value.details()
+    assert tenant_err.value.details() == "list_name: no hash list by that name is shared with you"
+
+
 def _snapshot_bytes(snap) -> bytes:
     return b"".join(p.read_bytes() for p in snap.rglob("*") if p.is_file())
 

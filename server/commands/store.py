@@ -608,17 +608,16 @@ def _retract_like(restore: bool):
             raise click.ClickException(str(exc)) from None
         if not (targets or ids or external_ids):
             raise click.UsageError("give hashes, --id, --external-id or --file")
+        missing: list[str] = []
         with _engine(data_dir) as engine:
             if restore:
                 n = engine.store.restore(list_name=list_name, hashes=targets, signal_ids=ids,
-                                         external_ids=external_ids, actor=actor)  # fmt: skip
+                                         external_ids=external_ids, actor=actor,
+                                         missing=missing)  # fmt: skip
             else:
                 n = engine.store.retract(list_name=list_name, hashes=targets, signal_ids=ids,
                                          external_ids=external_ids, reason=reason,
-                                         actor=actor)  # fmt: skip
-            missing = engine.store.missing_targets(
-                list_name=list_name, hashes=targets, signal_ids=ids, external_ids=external_ids
-            )
+                                         actor=actor, missing=missing)  # fmt: skip
         asked = len(targets) + len(ids) + len(external_ids)
         verb = "restored" if restore else "retracted"
         click.echo(f"{verb} {n} signal(s) in {list_name!r} ({asked} requested)")
