@@ -217,6 +217,28 @@ def test_cli_export_moves_a_list_and_its_retractions_to_another_store(run, tmp_p
     assert [(e["count"], e["details"]["format"]) for e in audit] == [(2, "targets"), (5, "csv")]
 
 
+def test_csv_external_ids_keep_their_spaces_as_pytx_reads_them(run, tmp_path):
+    """A CSV external id is the partner's key, kept as written, spaces too (pytx reads
+    and writes CSV cells verbatim with the csv module; JSONL ids are kept as given):
+    " e1" and "e1" are two ids, on the plain-line path and on the csv.reader one (a
+    quoted cell), through an export and back; retracting by "e1" leaves " e1"."""
+    header = "signal_type,signal_value,labels,external_id\n"
+    plain = "".join(f"pdq,{i:064x},x,{e}\n" for i, e in ((1, " e1"), (2, "e1"), (3, "e3 ")))
+    (tmp_path / "plain.csv").write_text(header + plain)
+    (tmp_path / "quoted.csv").write_text(header + f'pdq,{4:064x},x," e4 "\npdq,{5:064x},x, e5\n')
+    run("ingest", str(tmp_path / "plain.csv"), "--list", "partner")
+    run("ingest", str(tmp_path / "quoted.csv"), "--list", "partner")
+    export = tmp_path / "partner.csv"
+    run("lists", "export", "partner", "--out", str(export))
+    run("ingest", str(export), "--list", "partner", data="b")
+    retracted = run("retract", "--list", "partner", "--external-id", "e1", data="b").output
+    assert "retracted 1 signal(s)" in retracted
+    live = tmp_path / "live.jsonl"
+    run("lists", "export", "partner", "--out", str(live), data="b")
+    ids = [json.loads(line)["external_id"] for line in live.read_text().splitlines()]
+    assert sorted(ids) == [" e1", " e4 ", " e5", "e3 "]
+
+
 def test_cli_failed_export_leaves_no_file(run, tmp_path):
     (tmp_path / "in.jsonl").write_text(
         json.dumps({"signal_type": "pdq", "signal_value": "0f" * 32, "labels": ["tier 1"]}) + "\n"
