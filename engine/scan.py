@@ -32,6 +32,7 @@ import hashlib
 import json
 import multiprocessing
 import os
+import re
 import stat
 import sys
 import time
@@ -202,9 +203,10 @@ def read_list(
         line = raw.rstrip("\r\n")
         if not line.strip() or line.startswith("#"):
             continue
-        if "://" in line:
+        kind = list_line_kind(line)
+        if kind == "uri":
             uri = urlparse(line)
-            if uri.scheme != "file" or uri.netloc not in ("", "localhost"):
+            if uri.scheme.lower() != "file" or uri.netloc not in ("", "localhost"):
                 yield Entry(line, reason="unsupported", error=f"not a local file URI: {line}")
                 continue
             line = unquote(uri.path, errors="surrogateescape")  # %FF: a non-UTF-8 name byte
@@ -213,6 +215,31 @@ def read_list(
             yield from walk(roots, follow_symlinks=follow_symlinks, max_bytes=max_bytes)
             roots = []
     yield from walk(roots, follow_symlinks=follow_symlinks, max_bytes=max_bytes)
+
+
+# a URI scheme (RFC 3986: a letter, then letters, digits, "+", "-", "."), then "://"
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def list_line_kind(line: str) -> str:
+    """``"uri"`` or ``"path"``: how :func:`read_list` takes one line.
+
+    Why not just ``"://" in line``: a POSIX name may contain ``://`` anywhere
+    (``/media/x://y.jpg``, a directory named ``http:``), and such a file was refused
+    as "not a local file URI". An absolute path is always a path; a ``file:`` URI is
+    also recognised in its one-slash form (``file:/srv/a.jpg``, RFC 8089, what Java's
+    ``File.toURI`` writes), which was read as a relative path named ``file:``; any
+    other line is a URI only when it begins with a scheme and ``://`` and names no
+    existing local file (write ``./http://x`` for a relative path that does not
+    exist yet).
+    """
+    if line.startswith("/"):
+        return "path"
+    if line[:6].lower() == "file:/":
+        return "uri"
+    if _URI.match(line) and not os.path.lexists(line):
+        return "uri"
+    return "path"
 
 
 # ----------------------------------------------------------------------------- workers

@@ -17,7 +17,7 @@ from PIL import Image
 from hashmatch.engine.catalog import Catalog
 from hashmatch.engine.decode import DecodeLimits
 from hashmatch.engine.hashing import HashOptions
-from hashmatch.engine.scan import hash_file
+from hashmatch.engine.scan import hash_file, read_list
 
 # a scan that regresses on /dev/zero reads until out of memory: cap the child
 PRLIMIT = ["prlimit", "--as=2000000000", "--"]
@@ -303,6 +303,35 @@ def test_from_list_keeps_leading_and_trailing_spaces_of_names(tmp_path):
     assert done.returncode == 0, done.stderr
     records = _report(tmp_path / "r.jsonl")
     assert records == [records[-1]] and records[-1]["hashed"] == 3
+
+
+def test_from_list_takes_names_with_a_scheme_inside_as_paths(tmp_path, monkeypatch):
+    """A POSIX name may contain "://" (a directory named "http:"): such a listed file
+    was refused as "not a local file URI". And ``file:/abs`` (RFC 8089's one-slash
+    form, Java's ``File.toURI``) was read as a relative path named ``file:``."""
+    monkeypatch.chdir(tmp_path)
+    odd = tmp_path / "http:" / "" / "cdn.example" / "a.jpg"  # "http://cdn.example/a.jpg"
+    odd.parent.mkdir(parents=True)
+    odd.write_bytes(_jpeg(30))
+    plain = tmp_path / "b c.jpg"
+    plain.write_bytes(_jpeg(31))
+    lines = [
+        f"{tmp_path}/http://cdn.example/a.jpg",  # absolute: always a path
+        "http://cdn.example/a.jpg",  # relative, and that file exists here
+        "file:" + str(plain).replace(" ", "%20"),
+        "FILE://" + str(plain).replace(" ", "%20"),
+        "https://example.com/missing.jpg",  # no such local file: a remote URI
+    ]
+    got = sorted((e.path, e.reason or "") for e in read_list(lines))
+    assert got == sorted(
+        [
+            (str(odd), ""),
+            (str(odd), ""),
+            (str(plain), ""),
+            (str(plain), ""),
+            ("https://example.com/missing.jpg", "unsupported"),
+        ]
+    )
 
 
 def _scan_once(tmp_path: Path, **options) -> dict:
