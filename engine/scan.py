@@ -515,7 +515,7 @@ def _read_regular(path: str, max_bytes: int) -> tuple[bytes, int, int]:
     with open(fd, "rb") as fh:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise NotAFile(f"not a regular file: {_kind(st.st_mode)}")
+            raise NotAFile(f"not a regular file: {file_kind(st.st_mode)}")
         if st.st_size > max_bytes:
             raise errors.MediaTooLarge(
                 f"file is {st.st_size} bytes, over the {max_bytes}-byte limit"
@@ -526,7 +526,8 @@ def _read_regular(path: str, max_bytes: int) -> tuple[bytes, int, int]:
     return data, st.st_size, st.st_mtime_ns
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for a message (``"a FIFO"``, ``"a directory"``...)."""
     for test, name in (
         (stat.S_ISFIFO, "a FIFO"),
         (stat.S_ISCHR, "a character device"),

@@ -136,6 +136,33 @@ def test_errors_are_one_line_messages(run):
     assert result.exit_code == 1 and "no hash list named 'nope'" in result.output
 
 
+def test_match_of_a_fifo_device_or_directory_says_what_it_is(run, tmp_path):
+    """A query that exists but is no regular file fell through to the hash parser: a
+    FIFO or /dev/zero was "no such file", a directory "64 hex characters". Never
+    opened (a FIFO's open blocks until a writer comes)."""
+    import os
+    import socket
+
+    run("lists", "create", "x")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "photos").mkdir()
+    os.symlink("/dev/zero", tmp_path / "zero.jpg")
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "dangling.jpg")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp_path / "s.jpg"))
+    for name, what in [
+        ("pipe.jpg", "not a regular file but a FIFO"),
+        ("photos", "not a regular file but a directory (`hashmatch scan` walks directories)"),
+        ("zero.jpg", "not a regular file but a character device"),
+        ("s.jpg", "not a regular file but a socket"),
+        ("dangling.jpg", "broken symbolic link"),
+    ]:
+        result = run("match", str(tmp_path / name), ok=False)
+        assert result.exit_code == 1
+        assert result.output.strip() == f"Error: {tmp_path / name}: {what}"
+    sock.close()
+
+
 def test_verbs_that_create_a_store_say_so_and_a_grant_names_the_missing_step(run, tmp_path):
     """A typo in --data-dir must show at once: `lists create` and `tenants create`
     created a store silently (ingest always said so)."""

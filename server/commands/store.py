@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import sqlite3
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -552,6 +553,29 @@ def _say_what_is_new(engine, list_name: str) -> None:
 # ----------------------------------------------------------------------------- retraction
 
 
+def _refuse_special_file(query: str) -> None:
+    """A query naming something that exists but is no regular file says what it is.
+
+    Why: such a query fell through to the hash parser, so a FIFO or /dev/zero was
+    "no such file" and a directory "pdq hash must be 64 hex characters". Only stat is
+    called (never open: a FIFO's open blocks until a writer comes)."""
+    from hashmatch.engine.scan import file_kind
+
+    try:
+        st = os.stat(query)
+    except FileNotFoundError:
+        if os.path.islink(query):
+            raise click.ClickException(f"{query}: broken symbolic link") from None
+        return
+    except OSError as exc:
+        raise click.ClickException(f"{query}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        hint = " (`hashmatch scan` walks directories)" if stat.S_ISDIR(st.st_mode) else ""
+        raise click.ClickException(
+            f"{query}: not a regular file but {file_kind(st.st_mode)}{hint}"
+        ) from None
+
+
 def _looks_like_a_path(value: str) -> bool:
     """A query that is neither a file nor a hash, but reads like a file name: a hash
     ('type:hex' or hex) holds no dot or path separator, so any suffix names a file
@@ -736,6 +760,7 @@ def match_command(
                     for h in mm.hashes
                 ]
             else:
+                _refuse_special_file(query)
                 try:
                     ((name, hex_),) = _targets([query], signal_type)
                 except InvalidInput as exc:
