@@ -25,6 +25,7 @@ concurrently and take no lock.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -140,6 +141,24 @@ def _lock(path: Path):
             f"catalog {path} is in use by another scan or rescan; run them one at a time"
         ) from None
     return fh
+
+
+def _refuse_special_file(path: Path) -> None:
+    """A catalog path naming a FIFO, a device or a directory is refused by name.
+
+    Why: SQLite said only "disk I/O error" (a FIFO, /dev/zero) or "unable to open
+    database file" (a directory), after the lock file and a ``-journal`` had been
+    created beside it (in /dev for ``--catalog /dev/zero``)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except OSError:  # missing (created on open) or unreachable: SQLite's error names it
+        return
+    if not stat.S_ISREG(st.st_mode):
+        from hashmatch.engine.scan import file_kind
+
+        raise OSError(errno.EINVAL, f"not a regular file but {file_kind(st.st_mode)}", str(path))
 
 
 def _db_path(path: str) -> str | bytes:
@@ -293,6 +312,7 @@ class Catalog:
     def __init__(self, path: str | Path, *, readonly: bool = False):
         self.path = Path(path)
         self._lock = None
+        _refuse_special_file(self.path)
         if not readonly:  # one writer per catalog; readers never lock
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._lock = _lock(self.path)

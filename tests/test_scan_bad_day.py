@@ -272,6 +272,23 @@ def test_report_and_catalog_problems_are_one_line_and_early(tmp_path):
     )
 
 
+def test_a_catalog_path_that_is_a_fifo_or_a_directory_is_refused_by_name(tmp_path):
+    """SQLite said "disk I/O error" for a FIFO (or /dev/zero) and "unable to open
+    database file" for a directory, after creating the lock and a -journal beside it."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a.jpg").write_bytes(_jpeg(8))
+    os.mkfifo(tmp_path / "c.fifo")
+    (tmp_path / "c.dir").mkdir()
+    args = ["scan", "--no-match", "--workers", "0", "tree", "--out", "r.jsonl", "--catalog"]
+    for name, kind in (("c.fifo", "a FIFO"), ("c.dir", "a directory")):
+        done = _cli([*args, name], tmp_path)
+        assert done.returncode == 1
+        assert done.stderr.decode().splitlines() == [
+            f"Error: catalog {name}: {name}: not a regular file but {kind}"
+        ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.dir", "c.fifo", "tree"]
+
+
 def test_a_report_that_does_not_fit_leaves_no_partial_file(tmp_path):
     """Writing past the file size limit (EFBIG; ENOSPC behaves alike): the temporary
     report is removed and the error names the report, not its .tmp."""
