@@ -40,7 +40,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -453,21 +453,24 @@ def hash_file(
     options = with_time_budget(options or _WORKER_OPTIONS or DEFAULT_OPTIONS, time_budget)
     size = mtime = md5 = None
     try:
-        data, size, mtime = _read_regular(path, options.limits.max_bytes)
-        md5 = hashlib.md5(data).digest()
-        if known_md5 is not None and md5 == known_md5:
-            return WorkResult(path, size, mtime, md5, unchanged=True)
-        wanted = types_for(path, types)
-        if not wanted:
-            return WorkResult(path, size, mtime, md5, reason="unsupported", error=NO_TYPE_APPLIES)
-        is_video = any(signal_types.get(t).content == "video" for t in wanted)
-        # the MD5 is already computed above: hash_media would digest the bytes again
-        others = [t for t in wanted if t != "md5"]
-        if others:
-            results = hash_media(path if is_video else data, others, options)
-        else:  # md5 alone: still refuse what hash_media refuses (empty, too large)
-            read_source(data, options.limits)
-            results = []
+        data, size, mtime, fh = _read_regular(path, options.limits.max_bytes)
+        with fh:  # open until hashed: a video is decoded from this very file (_same_file)
+            md5 = hashlib.md5(data).digest()
+            if known_md5 is not None and md5 == known_md5:
+                return WorkResult(path, size, mtime, md5, unchanged=True)
+            wanted = types_for(path, types)
+            if not wanted:
+                return WorkResult(
+                    path, size, mtime, md5, reason="unsupported", error=NO_TYPE_APPLIES
+                )
+            is_video = any(signal_types.get(t).content == "video" for t in wanted)
+            # the MD5 is already computed above: hash_media would digest the bytes again
+            others = [t for t in wanted if t != "md5"]
+            if others:
+                results = hash_media(_same_file(fh, path) if is_video else data, others, options)
+            else:  # md5 alone: still refuse what hash_media refuses (empty, too large)
+                read_source(data, options.limits)
+                results = []
         by_type = {
             r.signal_type: FileHashes(
                 r.signal_type,
@@ -502,8 +505,9 @@ class NotAFile(OSError):
     after the walk): reported as ``not-a-file``, never read."""
 
 
-def _read_regular(path: str, max_bytes: int) -> tuple[bytes, int, int]:
-    """(bytes, size, mtime_ns) of a regular file of at most ``max_bytes``.
+def _read_regular(path: str, max_bytes: int) -> tuple[bytes, int, int, BinaryIO]:
+    """(bytes, size, mtime_ns, the open file) of a regular file of at most ``max_bytes``;
+    the caller closes the file.
 
     The walk's stat is stale by the time a worker gets the file: it may since have
     become a FIFO (a plain open() blocks forever waiting for a writer) or a link to
@@ -512,7 +516,8 @@ def _read_regular(path: str, max_bytes: int) -> tuple[bytes, int, int]:
     and read for at most one byte past the limit (a file still growing is refused).
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    with open(fd, "rb") as fh:
+    fh = open(fd, "rb")  # noqa: SIM115 - returned open (see hash_file)
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotAFile(f"not a regular file: {file_kind(st.st_mode)}")
@@ -521,9 +526,24 @@ def _read_regular(path: str, max_bytes: int) -> tuple[bytes, int, int]:
                 f"file is {st.st_size} bytes, over the {max_bytes}-byte limit"
             )
         data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise errors.MediaTooLarge(f"file grew past the {max_bytes}-byte limit while read")
-    return data, st.st_size, st.st_mtime_ns
+        if len(data) > max_bytes:
+            raise errors.MediaTooLarge(f"file grew past the {max_bytes}-byte limit while read")
+    except BaseException:
+        fh.close()
+        raise
+    return data, st.st_size, st.st_mtime_ns, fh
+
+
+def _same_file(fh: BinaryIO, path: str) -> str:
+    """A name FFmpeg opens the already-open, already-checked ``fh`` by (Linux's
+    ``/proc/self/fd/N``), else ``path``.
+
+    Why: FFmpeg opens a video by name, after the worker read and MD5'd it; a file
+    replaced in between was hashed as another file than its MD5 says, and one
+    swapped for a FIFO blocked FFmpeg's open() forever (before any ``--file-timeout``
+    checkpoint), holding the scan."""
+    proc = f"/proc/self/fd/{fh.fileno()}"
+    return proc if os.path.exists(proc) else path
 
 
 def file_kind(mode: int) -> str:

@@ -462,6 +462,37 @@ def _slow_video(path: Path, frames: int = 300) -> None:
     writer.release()
 
 
+def test_a_video_replaced_after_it_was_read_is_hashed_from_the_bytes_read(tmp_path):
+    """FFmpeg opened a video by name after the worker had read and MD5'd it: a video
+    replaced in between got the other file's vPDQ beside its own MD5, and one swapped
+    for a FIFO blocked FFmpeg's open() forever (no --file-timeout checkpoint runs
+    before it). The swap is made the moment the worker's read returns."""
+    video = tmp_path / "clip.mp4"
+    _slow_video(video, frames=3)
+    code = f"""
+        import hashlib, json, os
+        from hashmatch.engine import scan
+        from hashmatch.engine.hashing import HashOptions, hash_media
+        path = {str(video)!r}
+        expected = hash_media(path, ["vpdq"])[0].codes.tolist()
+        real = scan._read_regular
+
+        def read_then_swap(*args):
+            out = real(*args)
+            os.rename(path, path + ".old")
+            os.mkfifo(path)
+            return out
+
+        scan._read_regular = read_then_swap
+        r = scan.hash_file(path, ["vpdq", "md5"], HashOptions(), time_budget=5)
+        print(json.dumps([r.reason, r.error, r.hashes[0].codes.tolist() == expected if
+                          r.hashes else None]))
+    """
+    done = _run_py(code, tmp_path, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == [None, None, True]
+
+
 def test_a_video_over_the_per_file_time_limit_fails_as_timeout_and_is_retried(tmp_path):
     """One pathological video must not hold a worker for hours: past --file-timeout it
     is a recorded failure ("timeout"), the other files are hashed, and a later scan
