@@ -36,6 +36,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -153,18 +154,24 @@ def sniff_video(data: bytes) -> str | None:
 def read_source(source: Source, limits: DecodeLimits = DEFAULT_LIMITS) -> bytes:
     """Bytes of a path or a buffer, refusing more than ``limits.max_bytes``.
 
-    A path's size is checked before it is read, so a huge file costs nothing.
+    A path's size is checked before it is read, so a huge file costs nothing; a
+    path that is no regular file (a FIFO, a device, a directory) is refused unread.
     """
     if isinstance(source, str | Path):
         path = Path(source)
         try:
-            size = os.stat(path).st_size
-            if size > limits.max_bytes:
-                raise MediaTooLarge(
-                    f"{path} is {size} bytes, over the {limits.max_bytes}-byte limit",
-                    field="media",
-                )
-            with open(path, "rb") as fh:
+            # non-blocking, checked on the descriptor: a FIFO's open() would wait for a
+            # writer forever, a device's read() never ends (scan's _read_regular, too)
+            flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+            with open(os.open(path, flags), "rb") as fh:
+                st = os.fstat(fh.fileno())
+                if not stat.S_ISREG(st.st_mode):
+                    raise MediaError(f"{path} is not a regular file", field="media")
+                if st.st_size > limits.max_bytes:
+                    raise MediaTooLarge(
+                        f"{path} is {st.st_size} bytes, over the {limits.max_bytes}-byte limit",
+                        field="media",
+                    )
                 data = fh.read(limits.max_bytes + 1)
         except OSError as exc:
             raise MediaError(f"cannot read {path}: {exc.strerror or exc}", field="media") from exc

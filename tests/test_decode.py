@@ -386,3 +386,31 @@ def test_jpeg_simplejpeg_only_warns_about_falls_back_to_opencv():
     flags = cv2.IMREAD_GRAYSCALE | cv2.IMREAD_IGNORE_ORIENTATION
     grey = cv2.imdecode(np.frombuffer(blob, np.uint8), flags)
     np.testing.assert_array_equal(decode_image(blob, luma=True), grey)
+
+
+def test_a_fifo_or_a_device_path_is_refused_unread(tmp_path):
+    """read_source opened a path with a plain open(): a FIFO blocked until a writer came
+    (forever, for `hash_media(path)`), /dev/zero was read up to the byte limit."""
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    outcome: list[BaseException | bytes] = []
+
+    def read(source: Path) -> None:
+        try:
+            outcome.append(read_source(source))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, args=(fifo,), daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # the old open() waits for a writer: be one, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], MediaError), outcome
+    assert str(outcome[0]) == f"media: {fifo} is not a regular file"
+    with pytest.raises(MediaError, match="/dev/zero is not a regular file"):
+        read_source("/dev/zero", DecodeLimits(max_bytes=1 << 20))
