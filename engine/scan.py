@@ -210,6 +210,9 @@ def read_list(
                 yield Entry(line, reason="unsupported", error=f"not a local file URI: {line}")
                 continue
             line = unquote(uri.path, errors="surrogateescape")  # %FF: a non-UTF-8 name byte
+        if "\0" in line:  # os.stat raised ValueError: the whole scan stopped, a traceback
+            yield Entry(os.path.abspath(line), reason="not-found", error=NUL_IN_NAME)
+            continue
         roots.append(line)
         if len(roots) >= 1000:
             yield from walk(roots, follow_symlinks=follow_symlinks, max_bytes=max_bytes)
@@ -217,6 +220,10 @@ def read_list(
     yield from walk(roots, follow_symlinks=follow_symlinks, max_bytes=max_bytes)
 
 
+NUL_IN_NAME = (
+    "no file name holds a NUL byte (a NUL-separated list, as find -print0 writes? "
+    "give one name a line)"
+)
 # a URI scheme (RFC 3986: a letter, then letters, digits, "+", "-", "."), then "://"
 _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 

@@ -351,6 +351,25 @@ def test_from_list_takes_names_with_a_scheme_inside_as_paths(tmp_path, monkeypat
     )
 
 
+def test_a_nul_separated_list_is_one_failure_not_a_traceback(tmp_path):
+    """`find -print0 | hashmatch scan --from-list -` (or a %00 in a URI) made os.stat
+    raise ValueError("embedded null byte"): the whole scan stopped with a traceback."""
+    (tmp_path / "tree").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "tree" / name).write_bytes(_jpeg(40))
+    listing = b"tree/a.jpg\0tree/b.jpg\0\nfile:///x%00y.jpg\ntree/b.jpg\n"
+    args = ["scan", "--no-match", "--workers", "0", "--catalog", "c.sqlite", "--out", "r.jsonl"]
+    done = _cli([*args, "--from-list", "-"], tmp_path, stdin=listing)
+    assert done.returncode == 0, done.stderr
+    *failures, summary = _report(tmp_path / "r.jsonl")
+    assert [(f["file"], f["reason"]) for f in failures] == [
+        (f"{tmp_path}/tree/a.jpg\0tree/b.jpg\0", "not-found"),
+        ("/x\0y.jpg", "not-found"),
+    ]
+    assert failures[0]["error"].startswith("no file name holds a NUL byte")
+    assert (summary["hashed"], summary["failed"]) == (1, 2)
+
+
 def _scan_once(tmp_path: Path, **options) -> dict:
     from hashmatch.engine.scan import ScanOptions, scan
 
