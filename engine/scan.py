@@ -55,6 +55,7 @@ from hashmatch.engine.catalog import (
     FileRecord,
     MatchRow,
 )
+from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
 
 if TYPE_CHECKING:
     from hashmatch.engine.hashing import HashOptions
@@ -383,9 +384,16 @@ def keep_heap(limit: int = WORKER_HEAP_BYTES) -> bool:
         return False
 
 
-def _init_worker(options: HashOptions, threads: int, scanner: int | None = None) -> None:
-    global _WORKER_OPTIONS
+_WORKER_WATCH: tuple[Watch, int] | None = None  # (shared slots, this worker's slot)
+
+
+def _init_worker(
+    options: HashOptions, threads: int, scanner: int | None = None, watch: Watch | None = None
+) -> None:
+    global _WORKER_OPTIONS, _WORKER_WATCH
     _WORKER_OPTIONS = options
+    if watch is not None:
+        _WORKER_WATCH = (watch, watch.attach())
     if scanner is not None:
         _exit_with_parent(scanner)
     keep_heap()
@@ -573,10 +581,16 @@ def _hash_chunk(
     known: Sequence[bytes | None],
     time_budget: float | None = None,
 ) -> list[WorkResult]:
-    return [
-        hash_file(p, types, known_md5=k, time_budget=time_budget)
-        for p, k in zip(paths, known, strict=True)
-    ]
+    out = []
+    for p, k in zip(paths, known, strict=True):
+        if _WORKER_WATCH is not None:  # the parent kills a worker stuck on one file
+            _WORKER_WATCH[0].begin(_WORKER_WATCH[1])
+        try:
+            out.append(hash_file(p, types, known_md5=k, time_budget=time_budget))
+        finally:
+            if _WORKER_WATCH is not None:
+                _WORKER_WATCH[0].end(_WORKER_WATCH[1])
+    return out
 
 
 # ----------------------------------------------------------------------------- matching
@@ -939,6 +953,9 @@ class ScanOptions:
     # (None: no limit). An hour per file: ordinary uploads take seconds; a recording
     # many hours long may need more (it fails as "timeout", which the next scan retries).
     file_timeout: float | None = DEFAULT_FILE_TIMEOUT
+    # Seconds past file_timeout a worker may stay on one file (a read that does not
+    # return, a long still-image decode) before the scan kills it: scan_watchdog.
+    stall_grace: float = STALL_GRACE
     dihedral: bool = False
     # PDQ from JPEG luma (1), also shrunk in the DCT domain (2): HashOptions.fast_decode.
     # Faster, not pdqhash-identical; files hashed so are re-hashed by an exact scan.
@@ -975,6 +992,8 @@ class Scanner:
         self._broken = False
         self._lost: list[Entry] = []  # files of tasks a dead worker took down, to retry
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._watch: Watch | None = None
+        self._stall_killed = False  # the last pool break was the watchdog's kill
         self._known: dict[str, tuple[int, bytes]] = {}  # path -> (file id, md5) to compare
 
     # -- public -------------------------------------------------------------------------
@@ -1104,12 +1123,31 @@ class Scanner:
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         threads = max(1, (os.cpu_count() or 1) // self._workers)
+        context = worker_context()
+        self._watch = Watch(context, self._workers)
         return cf.ProcessPoolExecutor(
             self._workers,
-            mp_context=worker_context(),
+            mp_context=context,
             initializer=_init_worker,
-            initargs=(self.hash_options, threads, os.getpid()),
+            initargs=(self.hash_options, threads, os.getpid(), self._watch),
         )
+
+    def _stall_limit(self) -> float | None:
+        """Seconds one file may hold a worker before it is killed (None: never)."""
+        t = self.options.file_timeout
+        return t + self.options.stall_grace if t else None
+
+    def _wait(self, futures: list[cf.Future]) -> set[cf.Future]:
+        """Block until one of ``futures`` is done, killing stalled workers meanwhile (a
+        kill breaks the pool: every future then completes, with BrokenProcessPool)."""
+        limit = self._stall_limit()
+        poll = None if limit is None or self._watch is None else min(1.0, limit / 4)
+        while True:
+            done, _ = cf.wait(futures, timeout=poll, return_when=cf.FIRST_COMPLETED)
+            if done:
+                return done
+            if self._watch.kill_stalled(limit):
+                self._stall_killed = True
 
     def _submit(self, inflight: dict, chunk: list[Entry]) -> None:
         if self._broken:  # a worker died: its pool is unusable, start a fresh one
@@ -1160,9 +1198,10 @@ class Scanner:
     def _collect(self, inflight: dict, *, block: bool) -> None:
         if not inflight:
             return
-        done, _ = cf.wait(
-            list(inflight), timeout=None if block else 0, return_when=cf.FIRST_COMPLETED
-        )
+        if block:
+            done = self._wait(list(inflight))
+        else:
+            done, _ = cf.wait(list(inflight), timeout=0, return_when=cf.FIRST_COMPLETED)
         for fut in done:
             chunk = inflight.pop(fut)
             try:
@@ -1187,15 +1226,29 @@ class Scanner:
             alone: dict[cf.Future, list[Entry]] = {}
             self._submit(alone, [e])
             (fut,) = alone
+            self._stall_killed = False
             try:
+                self._wait([fut])
                 self._pending.extend(fut.result())
             except Exception as exc:
-                self._pending.append(
-                    WorkResult(e.path, e.size, e.mtime_ns, reason="worker-crashed", error=repr(exc))
-                )
+                self._pending.append(self._lost_alone(e, exc))
                 if isinstance(exc, cf.process.BrokenProcessPool):
                     self._broken = True
             self._flush_if_due()
+
+    def _lost_alone(self, e: Entry, exc: BaseException) -> WorkResult:
+        """The failure of a file whose worker died with only it in hand."""
+        if not self._stall_killed:
+            return WorkResult(e.path, e.size, e.mtime_ns, reason="worker-crashed", error=repr(exc))
+        o = self.options
+        return WorkResult(
+            e.path,
+            e.size,
+            e.mtime_ns,
+            reason="timeout",
+            error=f"no result after {o.file_timeout:g} s (--file-timeout) + {o.stall_grace:g} s: "
+            "its worker was killed (a read or a decode that does not return: a hung mount?)",
+        )
 
     def _flush_if_due(self) -> None:
         n = len(self._pending) + len(self._pending_skipped)
