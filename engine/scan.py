@@ -469,6 +469,7 @@ def hash_file(
     size = mtime = md5 = None
     try:
         data, size, mtime, fh = _read_regular(path, options.limits.max_bytes)
+        mtime = trusted_mtime(mtime)
         with fh:  # open until hashed: a video is decoded from this very file (_same_file)
             md5 = hashlib.md5(data).digest()
             if known_md5 is not None and md5 == known_md5:
@@ -513,6 +514,24 @@ def _fast_level(data: bytes, types: Sequence[str], options: HashOptions) -> int:
     return (
         options.fast_decode if _luma_is_enough([signal_types.get(t) for t in types], options) else 0
     )
+
+
+#: A file modified this recently before it was read may change again within the same
+#: mtime tick (coarse clocks: 4 ms on Linux ext4/XFS, 2 s on FAT, a skewed NFS server).
+RACY_MTIME_NS = 5_000_000_000
+
+
+def trusted_mtime(mtime_ns: int, now_ns: int | None = None) -> int | None:
+    """``mtime_ns``, or None when it is too recent to prove a later scan's file unchanged.
+
+    Why (git's "racily clean" entries): a write that lands after the read but within the
+    same timestamp tick leaves (size, mtime) as they were, so the next scan skipped the
+    file and kept the hash of the bytes before it, for good. A catalogued mtime of None
+    makes the next scan read and MD5 the file (no decode if its bytes are the same),
+    then record its settled mtime. A file written minutes ago is never affected.
+    """
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    return None if now_ns - mtime_ns < RACY_MTIME_NS else mtime_ns
 
 
 class NotAFile(OSError):

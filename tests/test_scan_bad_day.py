@@ -370,6 +370,32 @@ def test_a_nul_separated_list_is_one_failure_not_a_traceback(tmp_path):
     assert (summary["hashed"], summary["failed"]) == (1, 2)
 
 
+def test_a_file_rewritten_within_its_mtime_tick_is_hashed_again(tmp_path):
+    """A write landing after the scan's read but within the same mtime tick (4 ms on
+    ext4; os.utime stands in for the tick here) left (size, mtime) unchanged: every
+    later scan skipped the file and kept the MD5 of its old bytes. A file modified
+    seconds before it was read is re-checked (read and MD5'd) by the next scan; a file
+    settled long before is skipped unread, as ever."""
+    import hashlib
+
+    (tmp_path / "tree").mkdir()
+    blob = tmp_path / "tree" / "blob.bin"
+    blob.write_bytes(b"A" * 4096)
+    st = blob.stat()
+    assert _scan_once(tmp_path, types=("md5",))["hashed"] == 1
+    blob.write_bytes(b"B" * 4096)  # same size, and the same mtime:
+    os.utime(blob, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert _scan_once(tmp_path, types=("md5",))["hashed"] == 1
+    with Catalog(tmp_path / "c.sqlite", readonly=True) as cat:
+        assert cat.lookup([str(blob)])[str(blob)].md5 == hashlib.md5(b"B" * 4096).digest()
+    hour_ago = st.st_mtime_ns - 3600 * 10**9  # settled: its stat is trusted from now on
+    os.utime(blob, ns=(hour_ago, hour_ago))
+    assert _scan_once(tmp_path, types=("md5",))["skipped_unchanged"] == 1  # read, MD5 same
+    with Catalog(tmp_path / "c.sqlite", readonly=True) as cat:
+        assert cat.lookup([str(blob)])[str(blob)].mtime_ns == hour_ago
+    assert _scan_once(tmp_path, types=("md5",))["skipped_unchanged"] == 1
+
+
 def _scan_once(tmp_path: Path, **options) -> dict:
     from hashmatch.engine.scan import ScanOptions, scan
 
