@@ -143,6 +143,15 @@ def _lock(path: Path):
     return fh
 
 
+def _make_parent(path: Path) -> None:
+    """Create the catalog's directory; a file in its way is named as "not a directory"
+    (mkdir said "File exists" about, say, a --data-dir that is a file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as exc:
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), exc.filename) from exc
+
+
 def _refuse_special_file(path: Path) -> None:
     """A catalog path naming a FIFO, a device or a directory is refused by name.
 
@@ -314,7 +323,7 @@ class Catalog:
         self._lock = None
         _refuse_special_file(self.path)
         if not readonly:  # one writer per catalog; readers never lock
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _make_parent(self.path)
             self._lock = _lock(self.path)
         try:
             self._open(readonly)

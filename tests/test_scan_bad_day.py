@@ -289,6 +289,25 @@ def test_a_catalog_path_that_is_a_fifo_or_a_directory_is_refused_by_name(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.dir", "c.fifo", "tree"]
 
 
+def test_a_catalog_directory_blocked_by_a_file_is_named_as_the_catalog_s(tmp_path):
+    """--data-dir (or a --catalog directory) that is a file said only "Error: data:
+    File exists", naming neither the catalog nor the problem."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a.jpg").write_bytes(_jpeg(9))
+    (tmp_path / "data").write_text("not a directory")
+    args = ["scan", "--no-match", "--workers", "0", "tree", "--out", "r.jsonl"]
+    for extra, message in (
+        (["--data-dir", "data"], "catalog data/catalog.sqlite: data: Not a directory"),
+        (
+            ["--catalog", "data/sub/c.sqlite"],
+            "catalog data/sub/c.sqlite: data/sub: Not a directory",
+        ),
+    ):
+        done = _cli([*args, *extra], tmp_path)
+        assert done.returncode == 1
+        assert done.stderr.decode().splitlines() == [f"Error: {message}"]
+
+
 def test_a_report_that_does_not_fit_leaves_no_partial_file(tmp_path):
     """Writing past the file size limit (EFBIG; ENOSPC behaves alike): the temporary
     report is removed and the error names the report, not its .tmp."""

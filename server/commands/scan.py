@@ -351,7 +351,9 @@ def _catalog_errors(path: Path) -> Iterator[None]:
     except OSError as exc:
         from hashmatch.engine.catalog import CATALOG_SUFFIXES
 
-        if str(exc.filename) not in {f"{path}{suffix}" for suffix in CATALOG_SUFFIXES}:
+        own = {f"{path}{suffix}" for suffix in CATALOG_SUFFIXES}
+        own |= {str(p) for p in path.parents}  # its directory, which the catalog creates
+        if str(exc.filename) not in own:
             raise  # e.g. the report's: named by _one_line_errors
         raise click.ClickException(
             f"catalog {path}: {exc.filename}: {exc.strerror or exc}"
