@@ -54,8 +54,17 @@ class BackupReport:
 
 def backup_path(dest: str | os.PathLike, *, now: float | None = None) -> Path:
     """``dest`` itself, or a timestamped file in it when it is a directory
-    (``store-20261205T181500Z.sqlite``), so a cron line can name just the directory."""
+    (``store-20261205T181500Z.sqlite``), so a cron line can name just the directory.
+
+    A ``dest`` ending in a separator names a directory even when none is there: refused,
+    where ``Path`` drops the slash and a backup to ``/backups/hashmatch/`` (missing) was
+    written as a file named ``hashmatch``, which the next night's run then refused.
+    """
     path = Path(dest)
+    if str(dest).endswith(("/", os.sep)) and not path.is_dir():
+        raise InvalidInput(
+            f"{dest} is not a directory: create it first (or name a file)", field="dest"
+        )
     if path.is_dir():
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
         path = path / f"store-{stamp}.sqlite"

@@ -133,6 +133,11 @@ def test_bad_destinations_are_refused_and_the_store_is_untouched(tmp_path):
     assert existing.read_bytes() == b"an earlier backup"
     result = run(tmp_path / "no-such-dir" / "x.sqlite")
     assert result.exit_code == 1 and "no-such-dir is not a directory" in result.output
+    # a trailing slash names a directory: a missing one is refused, not made a file
+    nightly = f"{tmp_path / 'nightly'}/"
+    result = CliRunner().invoke(cli, ["backup", nightly, "--data-dir", str(data)])
+    assert result.exit_code == 1 and "nightly/ is not a directory" in result.output
+    assert not (tmp_path / "nightly").exists()
     result = run(data / "store.sqlite")
     assert result.exit_code == 1 and "exists" in result.output
     result = CliRunner().invoke(cli, ["backup", str(tmp_path / "x"), "--data-dir",

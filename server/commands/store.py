@@ -1056,7 +1056,8 @@ def backup_command(dest, actor, data_dir) -> None:
     """Copy the store to DEST while it keeps serving: one consistent, checked file.
 
     \b
-    DEST: a new file, or a directory (the file is named store-<UTC time>.sqlite).
+    DEST: a new file, or an existing directory (the file is named
+    store-<UTC time>.sqlite).
     The store is the one thing that cannot be rebuilt (indexes and snapshots are
     derived from it); ingests and lookups go on during the copy. An existing file is
     never overwritten. Restore: stop every hashmatch process on the data dir, copy
