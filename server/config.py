@@ -137,8 +137,9 @@ class ServerConfig:
                      "keepalive_timeout_seconds"):  # fmt: skip
             if not math.isfinite(getattr(self, name)):
                 raise InvalidInput("must be a finite number of seconds", field=name)
-        if self.workers < 1 or self.media_workers < 1 or self.max_concurrent_rpcs < 1:
-            raise InvalidInput("workers, media_workers and max_concurrent_rpcs must be >= 1")
+        for name in ("workers", "media_workers", "max_concurrent_rpcs"):
+            if getattr(self, name) < 1:  # by name: the error says where it was set
+                raise InvalidInput(f"must be >= 1, got {getattr(self, name)}", field=name)
         if self.shards is not None and not 0 <= self.shards <= MAX_SHARDS:
             raise InvalidInput(
                 f"must be 0 (one per core) .. {MAX_SHARDS}, got {self.shards}", field="shards"

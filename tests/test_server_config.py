@@ -366,6 +366,15 @@ def test_a_bad_value_names_where_it_was_set(tmp_path):
     with pytest.raises(engine_errors.InvalidInput) as err:
         config.load(path, environ={"HASHMATCH_METRICS_PORT": "-2"})
     assert str(err.value).endswith("(from HASHMATCH_METRICS_PORT)"), err.value
+    # the thread counts too (they said "workers, media_workers and max_concurrent_rpcs
+    # must be >= 1", naming neither the key that was wrong nor where it was set)
+    for key, origin in (("workers", "--workers"), ("media_workers", "--media-workers")):
+        with pytest.raises(engine_errors.InvalidInput) as err:
+            config.load(environ={}, flags={key: 0})
+        assert str(err.value) == f"{key}: must be >= 1, got 0 (from {origin})"
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(environ={"HASHMATCH_MAX_CONCURRENT_RPCS": "0"})
+    assert str(err.value).endswith("got 0 (from HASHMATCH_MAX_CONCURRENT_RPCS)"), err.value
     path.write_text("[server]\nworker = 4\n")
     with pytest.raises(engine_errors.InvalidInput) as err:
         config.load(path, environ={})
