@@ -70,8 +70,8 @@ def detect_format(first_line: str, name: str = "") -> str:
         return "vpdq"
     if _VPDQ_JSON.match(text):  # python-threatexchange's vpdq_to_json (no other format starts so)
         return "vpdq"
-    if suffix == ".csv":
-        return "csv"
+    if suffix == ".csv" or "," in text:  # no hex line holds a comma: a CSV, whose
+        return "csv"  # header check then names what it lacks (not "plain hex ... no type")
     return "hex"
 
 
@@ -297,6 +297,12 @@ def _jsonl(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
             continue
         try:
             stype = obj.get("signal_type", obj.get("type"))  # "type": `hashmatch hash`
+            if not stype and obj.get("error"):  # `hashmatch hash`'s record of a failed file
+                raise InvalidInput(
+                    f"an error record ({obj.get('reason') or obj['error']}): "
+                    f"{obj.get('path', 'the file')} was not hashed",
+                    field="signal_type",
+                )
             if not stype:
                 raise InvalidInput("missing column 'signal_type'", field="signal_type")
             frames = obj.get("frames")
@@ -380,8 +386,13 @@ def _csv_header(reader: Iterator[list[str]], extra: tuple[str, ...]) -> _CsvRows
         )
     missing = [c for c in ("signal_type", "signal_value") if c not in header]
     if missing:
+        hint = (
+            "; this is `hashmatch hash --format csv` output: ingest its --format te or jsonl output"
+            if {"path", "type", "hash"} <= set(header)
+            else ""
+        )
         raise InvalidInput(
-            f"CSV header lacks column(s) {', '.join(missing)} (found: {', '.join(header)})",
+            f"CSV header lacks column(s) {', '.join(missing)} (found: {', '.join(header)})" + hint,
             field="header",
         )
     where: dict[str, int | None] = {

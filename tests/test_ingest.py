@@ -212,6 +212,45 @@ def test_jsonl_bad_lines(engine):
     assert got[6] == "quality must be 0..100, got 101"
 
 
+def test_hash_output_the_readme_pipes_into_ingest_is_read_or_refused_by_name(tmp_path):
+    """`hashmatch hash DIR` output, as the README says ingest reads it: its error record
+    of an unreadable file is rejected naming why (it said "missing column
+    'signal_type'"), and its `--format csv` output, which ingest does not read, names
+    what to use (it was taken for plain hex: "plain hex lines carry no type")."""
+    import skimage.data
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from hashmatch.server.cli import cli
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(skimage.data.camera()).save(photos / "camera.png")
+    (photos / "bad.jpg").write_bytes(b"junk\njunk\n")
+    data = str(tmp_path / "data")
+
+    def run(*args: str):
+        return CliRunner().invoke(cli, list(args))
+
+    (tmp_path / "out.jsonl").write_text(run("hash", str(photos), "--types", "pdq").stdout)
+    done = run("ingest", str(tmp_path / "out.jsonl"), "--list", "l", "--data-dir", data)
+    assert done.exit_code == 0, done.output
+    assert "added 1," in done.output and "rejected 1" in done.output
+    assert f"line 1: an error record (UnsupportedMedia): {photos / 'bad.jpg'} was not hashed" in (
+        done.output
+    )
+    (tmp_path / "out.csv").write_text(run("hash", str(photos), "--format", "csv").stdout)
+    for name in ("out.csv", "-"):  # by suffix, and detected from the first line (stdin)
+        text = (tmp_path / "out.csv").read_text()
+        refused = CliRunner().invoke(
+            cli, ["ingest", str(tmp_path / name) if name != "-" else "-", "--list", "l",
+                  "--data-dir", data], input=text,
+        )  # fmt: skip
+        assert refused.exit_code == 1
+        assert "CSV header lacks column(s) signal_type, signal_value" in refused.output
+        assert "--format te or jsonl" in refused.output
+
+
 def test_strict_refuses_the_whole_file_before_writing(engine):
     text = "\n".join([PDQ[0], PDQ[1], "zz"]) + "\n"
     with pytest.raises(IngestRefused) as info:
@@ -231,6 +270,7 @@ def test_detect_format():
     assert detect_format("signal_type,signal_value,tags") == "csv"
     assert detect_format(f"0,100,{PDQ[0]},0.000") == "vpdq"
     assert detect_format(PDQ[0]) == "hex"
+    assert detect_format("path,type,hash,quality") == "csv"  # a comma: never hex
     assert detect_format("", "x.ndjson") == "jsonl"
 
 
