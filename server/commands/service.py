@@ -142,7 +142,8 @@ def serve(config_file: str | None, **flags: Any) -> None:
     \b
     Example:
       hashmatch serve --data-dir ./hashmatch-data
-    On first start without a tokens file, an admin token is created and printed once.
+    On first start without a tokens file, an admin token is created, saved to
+    DATA_DIR/admin.token (0600) and printed once when stderr is a terminal.
     SIGHUP reloads the tokens file and the TLS files (a renewed certificate).
     """
     # SIGHUP reloads the tokens file once the server runs; before that (its default
