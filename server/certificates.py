@@ -58,6 +58,34 @@ def served_dates(host: str, port: int, timeout: float = 2.0) -> tuple[float, flo
     return None
 
 
+def served_trust_error(
+    host: str, port: int, cadata: bytes | None = None, timeout: float = 2.0
+) -> str | None:
+    """Why the certificate a TLS server at ``host:port`` presents fails verification
+    against ``cadata`` (PEM; None = the system's roots, as gRPC's default), e.g.
+    "unable to get local issuer certificate"; None when it verifies or no address
+    completes a handshake. Every address is tried, as in :func:`served_dates`: a
+    self-signed certificate read as "[::1]: Connection refused" for ``localhost``."""
+    context = ssl.create_default_context(cadata=cadata.decode() if cadata else None)
+    context.set_alpn_protocols(["h2"])
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return None
+    for *_, address in addresses:
+        try:
+            with (
+                socket.create_connection(address[:2], timeout=timeout) as raw,
+                context.wrap_socket(raw, server_hostname=host),
+            ):
+                return None
+        except ssl.SSLCertVerificationError as exc:
+            return exc.verify_message or str(exc)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def _der_dates(der: bytes) -> tuple[float, float] | None:
     """The dates of a DER certificate (through a PEM file: what ``pem_dates`` reads)."""
     fd, path = tempfile.mkstemp(suffix=".pem")

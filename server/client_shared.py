@@ -183,9 +183,10 @@ class ClientBase:
         self._check_context()
         self.target = target
         self.tls = bool(tls or root_certificates or client_cert)
+        self.root_certificates = _read(root_certificates)  # for certificate_hint
         if self.tls:
             creds = grpc.ssl_channel_credentials(
-                root_certificates=_read(root_certificates),
+                root_certificates=self.root_certificates,
                 private_key=_read(client_key),
                 certificate_chain=_read(client_cert),
             )
@@ -383,16 +384,18 @@ def tls_hint(details: str) -> str:
     return ""
 
 
-def certificate_hint(target: str, now: float | None = None) -> str:
+def certificate_hint(target: str, now: float | None = None, roots: bytes | None = None) -> str:
     """For a TLS connection that failed: what is wrong with the certificate the server at
-    ``target`` presents, read from the server itself (its dates); empty when it cannot
-    be read or its dates are fine.
+    ``target`` presents, read from the server itself (its dates, then whether ``roots``,
+    the client's CA certificates, None = the system's, verify it); empty when it cannot
+    be read or nothing is wrong with it.
 
     Why: against an expired certificate, ``--server localhost:PORT`` reported "[::1]:
     Connection refused" (gRPC's last address; the server listened on 127.0.0.1) and
-    only gRPC's debug log said "certificate has expired".
+    only gRPC's debug log said "certificate has expired"; so did a self-signed one
+    called with ``--tls`` and no ``--ca``.
     """
-    from hashmatch.server.certificates import served_dates, utc
+    from hashmatch.server.certificates import served_dates, served_trust_error, utc
 
     host, _, port = target.removeprefix("dns:///").rpartition(":")
     if not host or not port.isdigit():  # unix:PATH and the like: no TLS port to ask
@@ -410,6 +413,12 @@ def certificate_hint(target: str, now: float | None = None) -> str:
         return (
             f" (the server's certificate is not valid before {utc(dates[0])}: is the"
             " server's or this machine's clock wrong?)"
+        )
+    why = served_trust_error(host.strip("[]"), int(port), roots)
+    if why:
+        return (
+            f" (the server's certificate does not verify here: {why}; give the CA that"
+            " signed it with --ca)"
         )
     return ""
 

@@ -552,6 +552,31 @@ def test_a_certificate_for_another_host_fails_the_wait_at_once_and_says_so(tmp_p
     assert hint in tls_hint(called.value.details())
 
 
+def test_a_certificate_this_client_does_not_trust_is_named_whatever_address_failed_last(
+    tmp_path,
+):
+    """A self-signed certificate called with --tls and no --ca (the README's `--tls`
+    lines) read, for `localhost`, as "[::1]: Connection refused" when gRPC happened to
+    try IPv6 last: the hint is now read from the server itself, as the dates are."""
+    from hashmatch.server.client_shared import certificate_hint
+    from hashmatch.server.testing import self_signed_cert
+
+    key, cert = self_signed_cert(tmp_path, "server")
+    with running_server(tmp_path / "d", tls_cert=cert, tls_key=key) as ts:
+        port = ts.target.rpartition(":")[2]
+        untrusted = certificate_hint(f"localhost:{port}")
+        with open(cert, "rb") as fh:
+            trusted = certificate_hint(f"localhost:{port}", roots=fh.read())
+        result = CliRunner().invoke(
+            cli, ["remote", "--server", f"localhost:{port}", "--tls", "--timeout", "1", "lists"]
+        )
+    assert "the server's certificate does not verify here" in untrusted, untrusted
+    assert "give the CA that signed it with --ca" in untrusted
+    assert trusted == ""
+    assert result.exit_code == 1 and "UNAVAILABLE" in result.output, result.output
+    assert "--ca" in result.output  # this hint or gRPC's own CERTIFICATE_VERIFY_FAILED one
+
+
 def test_signal_expiry_takes_iso_text_and_datetimes_as_files_do():
     from datetime import UTC, datetime
 

@@ -593,7 +593,7 @@ def _certificate_note(details: str) -> str:
     client = click.get_current_context().obj
     if "failed to connect" not in details or not getattr(client, "tls", False):
         return ""
-    return certificate_hint(client.target)
+    return certificate_hint(client.target, roots=getattr(client, "root_certificates", None))
 
 
 @remote.command("match")
