@@ -112,6 +112,12 @@ def test_tenants_see_only_shared_lists(run, tmp_path):
     assert "acme: reads shared" in run("tenants", "ls").output
     assert "was not granted 'private'" in run("tenants", "revoke", "acme", "private").output
     assert "revoked 'shared' from 'acme'" in run("tenants", "revoke", "acme", "shared").output
+    # an admin tenant sees and writes every list (README): `ls` said "reads -; writes -"
+    run("tenants", "create", "ops", "--admin")
+    out = run("tenants", "ls").output
+    assert "ops (admin): reads every list; writes every list" in out, out
+    out = run("match", H0, "--tenant", "ops", "--json").output
+    assert sorted(m["list_name"] for m in json.loads(out)[0]["matches"]) == ["private", "shared"]
 
 
 def test_ingest_of_a_missing_file_creates_nothing(run, tmp_path):
