@@ -1,0 +1,122 @@
+"""Checkable claims of README.md that no other test reads from the README itself: the
+config keys and their defaults, the `hash` CSV columns, the scan report's fields and
+the exit status of a local ingest. Each test reads the claim out of the README, so an
+edit of either side that lets them drift apart fails here."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import re
+from pathlib import Path
+
+import skimage.data
+from click.testing import CliRunner
+from PIL import Image
+
+from hashmatch.server import config
+from hashmatch.server.cli import cli
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def _between(start: str, end: str) -> str:
+    return README.split(start, 1)[1].split(end, 1)[0]
+
+
+def _value(text: str) -> object:
+    """A README default as the config holds it: `32 MiB` -> 33554432, `50 M` ->
+    50000000, `10,000` -> 10000, `false` -> False, `127.0.0.1:50051` as it is."""
+    text = text.strip().strip("`")
+    units = {"MiB": 1024 * 1024, "M": 1_000_000}
+    number = re.fullmatch(r"(-?[\d,]+)(?: (MiB|M))?(?: .*)?", text)
+    if number:
+        return int(number.group(1).replace(",", "")) * units.get(number.group(2), 1)
+    return {"true": True, "false": False}.get(text, text)
+
+
+def test_every_config_key_is_documented_with_its_default():
+    paragraph = " ".join(
+        _between("Keys and defaults (`server/config.py`):", "The `remote`").split()
+    )
+    defaults = config.ServerConfig()
+    documented: dict[str, object] = {}
+    pair = re.search(r"`(\w+)` / `(\w+)` \((\d+) / (\d+)", paragraph)  # keepalive's two
+    documented[pair.group(1)], documented[pair.group(2)] = int(pair.group(3)), int(pair.group(4))
+    for key, value in re.findall(r"`(\w+)`\s+\((.+?)(?:;|\)|: )", paragraph):
+        if re.match(r"`|-?\d|true|false", value):  # a default, not "(turns on mutual TLS)"
+            documented.setdefault(key, _value(value))
+    named = set(re.findall(r"`(\w+)`", paragraph))
+    missing = [f.name for f in dataclasses.fields(defaults) if f.name not in named]
+    assert not missing, f"config keys the README does not name: {missing}"
+    documented["auth_file"] = None  # `<data_dir>/auth.toml`: the auth_path property
+    assert defaults.auth_path == Path(defaults.data_dir) / "auth.toml"
+    wrong = {
+        key: (value, getattr(defaults, key))
+        for key, value in documented.items()
+        if hasattr(defaults, key) and getattr(defaults, key) != value
+    }
+    assert not wrong, f"README default vs config (README, code): {wrong}"
+    assert len(documented) >= 25  # the parse found the list, not a fragment of it
+
+
+def test_hash_csv_has_the_documented_columns(tmp_path):
+    columns = re.search(r"`csv` has `([a-z_,]+)`", README).group(1)
+    photo = tmp_path / "camera.png"
+    Image.fromarray(skimage.data.camera()).save(photo)
+    result = CliRunner().invoke(cli, ["hash", str(photo), "--types", "pdq", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    header = next(csv.reader(io.StringIO(result.stdout)))
+    assert ",".join(header) == columns
+
+
+def test_scan_report_records_have_the_documented_fields(tmp_path):
+    """The report example's keys (match, failure, summary) are what a scan writes."""
+    example = _between("Report (JSONL;", "`videos_without_vpdq` counts")
+    shown = {}
+    for line in re.findall(r"^\{.*\}$", example, re.M):
+        record = json.loads(line.replace("…", ""))
+        shown[record["kind"]] = set(record)
+    media = tmp_path / "media"
+    media.mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(media / "a.png")
+    (media / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
+    data = str(tmp_path / "data")
+    hashed = CliRunner().invoke(cli, ["hash", str(media / "a.png"), "--format", "te"])
+    (tmp_path / "l.csv").write_text(hashed.stdout)
+    ingested = CliRunner().invoke(
+        cli, ["ingest", str(tmp_path / "l.csv"), "--list", "partner-a", "--data-dir", data]
+    )
+    assert ingested.exit_code == 0, ingested.output
+    out = tmp_path / "report.jsonl"
+    scan = CliRunner().invoke(
+        cli, ["scan", str(media), "--data-dir", data, "--workers", "1", "--out", str(out)]
+    )
+    assert scan.exit_code == 0, scan.output
+    written = {}
+    for line in out.read_text().splitlines():
+        record = json.loads(line)
+        written.setdefault(record["kind"], set(record))
+    assert set(written) == {"match", "failure", "summary"}
+    for kind, keys in shown.items():
+        assert written[kind] == keys, (kind, written[kind] ^ keys)
+
+
+def test_local_ingest_exits_1_only_when_every_line_was_rejected(tmp_path):
+    """README: `remote ingest` "exits 1 when every signal was rejected (nothing stored),
+    as the local verb does"."""
+    assert "as the local verb does" in README
+    good = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
+    data = str(tmp_path / "data")
+
+    def ingest(text: str, name: str):
+        (tmp_path / name).write_text(text)
+        return CliRunner().invoke(cli, ["ingest", str(tmp_path / name), "--list", "l",
+                                        "--type", "pdq", "--data-dir", data])  # fmt: skip
+
+    some = ingest(f"{good}\nzz\n", "some.txt")
+    assert some.exit_code == 0 and "added 1, updated 0, unchanged 0, rejected 1" in some.output
+    none = ingest("zz\nyy\n", "none.txt")
+    assert none.exit_code == 1 and "added 0, updated 0, unchanged 0, rejected 2" in none.output
