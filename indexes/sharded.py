@@ -191,7 +191,9 @@ class ShardedIndex:
         if isinstance(bits, bool) or not isinstance(bits, int) or bits <= 0 or bits % 8:
             raise InvalidInput(f"bits must be a positive multiple of 8, got {bits!r}", field="bits")
         if kind not in KINDS:
-            raise UnknownIndexKind(f"unknown index kind {kind!r} (known: {KINDS})", field="kind")
+            raise UnknownIndexKind(
+                f"unknown index kind {kind!r} (known: {', '.join(KINDS)})", field="kind"
+            )
         shards = default_shards() if shards is None else shards
         if isinstance(shards, bool) or not isinstance(shards, int) or not 1 <= shards <= 1024:
             raise InvalidInput(f"shards must be in 1..1024, got {shards!r}", field="shards")

@@ -539,6 +539,9 @@ def test_bad_input_raises_typed_errors():
             call()
         assert info.value.field  # messages name what was wrong
     assert len(index) == 2
+    with pytest.raises(UnknownIndexKind) as info:  # the kinds as words, not a tuple's repr
+        make_index(256, "hnsw")
+    assert str(info.value) == "kind: unknown index kind 'hnsw' (known: auto, flat, mih, exact)"
     # one unpacked code (1-D) is accepted as a batch of one
     assert index.search_radius(good[0], 0)[0].tolist() == [0, 2]
 
