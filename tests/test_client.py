@@ -406,6 +406,12 @@ def test_remote_ingest_reads_vpdq_by_name_and_fails_when_all_is_rejected(served,
     assert result.exit_code == 1, result.output
     assert json.loads(result.stdout)["rejected"] == 2
     assert "nothing stored: all 2 rejected" in result.stderr
+    dup = tmp_path / "dup.csv"  # a duplicate names the file line of its first copy
+    dup.write_text(f"signal_type,signal_value\n\npdq,{HEX}\npdq,{HEX}\n")
+    result = _remote(served, "ingest", "dups", str(dup))
+    (rejection,) = json.loads(result.stdout)["rejections"]
+    assert rejection["line"] == 4, rejection
+    assert rejection["reason"] == "duplicate pdq hash within the input (first at line 3)"
 
 
 def test_match_stream_access_log_counts_the_whole_stream(served, caplog):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -585,6 +586,18 @@ def _rpc(fn):
     return wrapper
 
 
+_FIRST_AT_RECORD = re.compile(r"\(first at record (\d+)\)")
+
+
+def _file_line(found: re.Match, lines: list[int]) -> str:
+    """``(first at line L)`` for the server's ``(first at record N)``, as the local
+    ingest words a duplicate, when record N came from line L of the file."""
+    index = int(found.group(1))
+    if 0 <= index < len(lines) and lines[index] >= 0:
+        return f"(first at line {lines[index]})"
+    return found.group(0)
+
+
 def _certificate_note(details: str) -> str:
     """For a TLS client that never connected: the server's certificate dates, when they
     are the cause (read from the server: gRPC's own message may name another address)."""
@@ -812,6 +825,10 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
         index = int(item.get("index", 0))
         if 0 <= index < len(lines) and lines[index] >= 0:
             item["line"] = lines[index]
+        # "duplicate ... (first at record 0)": the server counts the stream, not the file
+        item["reason"] = _FIRST_AT_RECORD.sub(
+            lambda m: _file_line(m, lines), item.get("reason", "")
+        )
     if parsed.unparsed_total:  # lines that did not parse here count as rejected too
         data["unparsed"] = parsed.unparsed  # the first MAX_UNPARSED_SHOWN
         data["unparsed_total"] = parsed.unparsed_total
