@@ -31,7 +31,7 @@ from hashmatch.server.auth import TokenAuth
 from hashmatch.server.batcher import LookupBatcher
 from hashmatch.server.calls import CallSlots, InFlight, log_refused
 from hashmatch.server.certificates import pem_dates, utc
-from hashmatch.server.config import ServerConfig
+from hashmatch.server.config import UNIX_SCHEMES, ServerConfig
 from hashmatch.server.decoding import interceptors
 from hashmatch.server.errors import NotServing
 from hashmatch.server.limits import MediaPool
@@ -711,10 +711,11 @@ class HashmatchServer:
                     f"{exc.strerror or exc}; pick another with --metrics-port (-1 = off)"
                 ) from exc
         self.host.metrics.track_index_size(self.host.index_size)
+        unix = self.config.listen.startswith(UNIX_SCHEMES)  # gRPC's "port" of a socket is 1
         log.info(
-            "hashmatch listening on %s (port %s)%s%s",
+            "hashmatch listening on %s%s%s%s",
             self.config.listen,
-            self.port,
+            "" if unix else f" (port {self.port})",
             ", TLS" if self.config.tls_cert else "",
             ", mutual TLS" if self.config.tls_client_ca else "",
         )

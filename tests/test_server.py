@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
-from hashmatch.server.client import signal, video_signal
+from hashmatch.server.client import HashmatchClient, signal, video_signal
 from hashmatch.server.errors import bad_request_fields
 from hashmatch.server.testing import running_server
 from hashmatch.v1 import common_pb2, matcher_pb2
@@ -687,3 +687,17 @@ def test_arbitrary_requests_never_get_internal(strict):
 
     check()
     assert client.match([("pdq", "00" * 32)]).results
+
+
+def test_a_unix_socket_listen_serves_and_is_announced_without_a_port(tmp_path, caplog):
+    """`listen = "unix:PATH"` (README, Configuration): gRPC reports such a port as 1, and
+    start-up said "listening on unix:/run/hashmatch.sock (port 1)"."""
+    sock = tmp_path / "hm.sock"
+    with (
+        caplog.at_level("INFO", logger="hashmatch.server"),
+        running_server(tmp_path / "d", listen=f"unix:{sock}"),
+        HashmatchClient(f"unix:{sock}") as client,
+    ):
+        assert client.health() == "SERVING"
+    (line,) = [r.getMessage() for r in caplog.records if "listening on" in r.getMessage()]
+    assert line == f"hashmatch listening on unix:{sock}", line
