@@ -297,6 +297,10 @@ class Attempts:
         """Seconds to wait before retrying ``exc``, or None to raise it."""
         lost = lost_status(exc)
         least = 0.0 if exc.code() in RETRYABLE or lost else retry_delay(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in (getattr(exc, "details", lambda: "")() or ""):
+            # UNAVAILABLE, but waiting changes nothing (as health_failure says): a remote
+            # verb spent its whole --timeout, 30 s, on a certificate it could not verify
+            return None
         if least is None or self.retries <= 0:
             return None
         pause = max(self.delay * (1 + random.uniform(0, 0.1)), least)

@@ -583,6 +583,23 @@ def test_a_certificate_this_client_does_not_trust_is_named_whatever_address_fail
     assert "--ca" in result.output  # this hint or gRPC's own CERTIFICATE_VERIFY_FAILED one
 
 
+def test_a_certificate_that_does_not_verify_is_not_retried_until_the_deadline(tmp_path):
+    """UNAVAILABLE is retried until the call's deadline; a certificate the client cannot
+    verify is UNAVAILABLE too, but no retry changes it: `remote lists` against a
+    self-signed server without --ca took its whole --timeout (30 s) to say so."""
+    from hashmatch.server.testing import self_signed_cert
+
+    key, cert = self_signed_cert(tmp_path, "server")
+    with running_server(tmp_path / "d", tls_cert=cert, tls_key=key) as ts:
+        client = HashmatchClient(ts.target, tls=True, timeout=20)  # 127.0.0.1: one address
+        started = time.monotonic()
+        with client, pytest.raises(grpc.RpcError) as failed:
+            client.list_hash_lists()
+        took = time.monotonic() - started
+    assert "CERTIFICATE_VERIFY_FAILED" in failed.value.details()
+    assert took < 10, took
+
+
 def test_signal_expiry_takes_iso_text_and_datetimes_as_files_do():
     from datetime import UTC, datetime
 
