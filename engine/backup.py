@@ -11,13 +11,18 @@ writer, so ingests and lookups go on) and writes every page of it to a new file.
 The copy is written beside the destination under a temporary name, switched out of WAL
 mode (one file, nothing beside it to lose), checked (``PRAGMA quick_check``), fsynced
 and only then renamed into place: a destination either does not exist or is a complete,
-checked backup. An existing destination is never overwritten.
+checked backup. An existing destination is never overwritten. A copy whose writer died
+(kill -9, an OOM kill, ``timeout -s KILL`` around a cron line) is removed by the next
+backup into that directory: each is a hidden full-size copy of the store, and nothing
+else would ever free it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -26,7 +31,12 @@ from pathlib import Path
 from hashmatch.engine.errors import HashmatchError, InvalidInput, write_failure
 from hashmatch.engine.store import SignalStore
 from hashmatch.engine.store_schema import change_digest, store_id
-from hashmatch.indexes.persist import fsync_path
+from hashmatch.indexes.persist import fsync_path, pid_alive
+
+#: ``.<name>.<pid>.tmp`` (+ SQLite's ``-journal``/``-wal``/``-shm``): a copy in progress
+_TMP_NAME = re.compile(r"\.(.+)\.(\d+)\.tmp(-journal|-wal|-shm)?")
+#: a copy this much older than its last write is abandoned even if its pid runs (reused)
+TMP_MAX_AGE_SECONDS = 3600.0
 
 
 class BackupFailed(HashmatchError):
@@ -82,8 +92,12 @@ def backup_store(store: SignalStore, dest: str | os.PathLike) -> BackupReport:
     if path.resolve() == Path(store.path).resolve():
         raise InvalidInput(f"{path} is the store itself", field="dest")
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    remove_abandoned(path.parent)
     try:
-        counter, sid, signals = _copy(store, tmp)
+        _remove(tmp)  # a dead process's of the same pid (reused)
+        tmp.touch()  # locked while written: see remove_abandoned
+        with _writing(tmp):
+            counter, sid, signals = _copy(store, tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
         fsync_path(path.parent)
@@ -97,6 +111,78 @@ def backup_store(store: SignalStore, dest: str | os.PathLike) -> BackupReport:
     return BackupReport(
         path, path.stat().st_size, time.perf_counter() - started, counter, sid, signals
     )
+
+
+def remove_abandoned(directory: Path) -> list[Path]:
+    """Remove the partial copies in ``directory`` that backups killed midway left
+    (``.<name>.<pid>.tmp`` and SQLite's files beside it); return what was removed.
+
+    A copy is abandoned when no backup holds its lock (:func:`_writing`; the kernel drops
+    it when the writer dies) and its pid is gone or it was last written over
+    TMP_MAX_AGE_SECONDS ago (the pid was reused). A name of another program's file that
+    happens to match is left alone unless it is a SQLite file or SQLite's journal of one."""
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    copies = {}
+    for entry in entries:
+        m = _TMP_NAME.fullmatch(entry.name)
+        if m and entry.is_file(follow_symlinks=False):
+            copies.setdefault(directory / f".{m.group(1)}.{m.group(2)}.tmp", []).append(entry)
+    for main, files in copies.items():
+        with contextlib.suppress(OSError):  # e.g. finished and renamed meanwhile
+            if not _abandoned(main, files):
+                continue
+            for entry in files:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _abandoned(main: Path, files: list[os.DirEntry]) -> bool:
+    if main.exists():
+        if not _is_sqlite(main) or _locked(main):
+            return False
+        pid = int(_TMP_NAME.fullmatch(main.name).group(2))  # type: ignore[union-attr]
+    else:  # only a journal left beside no copy
+        pid = int(_TMP_NAME.fullmatch(files[0].name).group(2))  # type: ignore[union-attr]
+    if not pid_alive(pid):
+        return True
+    newest = max(entry.stat(follow_symlinks=False).st_mtime for entry in files)
+    return time.time() - newest > TMP_MAX_AGE_SECONDS
+
+
+def _is_sqlite(path: Path) -> bool:
+    """A SQLite database, or the empty file a backup creates before its first page."""
+    with open(path, "rb") as f:
+        head = f.read(16)
+    return head in (b"", b"SQLite format 3\0")
+
+
+@contextlib.contextmanager
+def _writing(tmp: Path):
+    """Hold an flock on the copy while it is written (SQLite's own locks are POSIX
+    record locks, which do not conflict with it): another backup then never takes a
+    copy in progress for an abandoned one, whatever pid namespace it runs in."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _locked(path: Path) -> bool:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _copy(store: SignalStore, tmp: Path) -> tuple[int, str, int]:

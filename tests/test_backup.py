@@ -170,3 +170,69 @@ def test_a_backup_that_fails_midway_leaves_nothing(tmp_path, monkeypatch):
         with pytest.raises(BackupFailed, match="failed its check"):
             backup_store(engine.store, tmp_path / "b.sqlite")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
+
+
+BACKUP_CHILD = """
+import sys
+from hashmatch.engine.backup import backup_store
+from hashmatch.engine.store import SignalStore
+store = SignalStore(sys.argv[1], create=False)
+backup_store(store, sys.argv[2])
+print("DONE", flush=True)
+"""
+
+
+def _kill_mid_backup(store: Path, dest: Path) -> list[str]:
+    """Run a backup in a real subprocess and SIGKILL it once its copy exists; return the
+    names it left in ``dest``."""
+    import os
+    import signal as signals
+    import time
+
+    child = subprocess.Popen([sys.executable, "-c", BACKUP_CHILD, str(store), str(dest)],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 20
+    try:
+        while not any(p.name.endswith(".tmp") for p in dest.iterdir()):
+            assert child.poll() is None, "the backup finished before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        os.kill(child.pid, signals.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+    assert child.returncode == -signals.SIGKILL
+    return sorted(p.name for p in dest.iterdir())
+
+
+def test_a_backup_killed_midway_leaves_a_copy_the_next_backup_removes(tmp_path):
+    """kill -9 mid-copy (a cron line under ``timeout -s KILL``, an OOM kill) leaves a
+    hidden full-size partial copy; the next backup into the directory removes it, so
+    repeated kills do not fill the backup disk. A copy still being written is kept."""
+    data = tmp_path / "data"
+    rng = np.random.default_rng(3)
+    codes = rng.integers(0, 256, (200_000, 32), dtype=np.uint8)
+    with Engine.open(data, eager=False) as engine:  # ~25 MB: the copy takes a while
+        recs = (SignalRecord("pdq", c.tobytes().hex()) for c in codes)
+        engine.ingest(recs, list_name="l", batch_size=50_000)
+    backups = tmp_path / "backups"
+    backups.mkdir()
+    left = _kill_mid_backup(data / "store.sqlite", backups)
+    assert left and all(n.startswith(".store-") and ".tmp" in n for n in left)
+    # a copy in progress (its lock held) is kept, even when its pid is not one we can see
+    # (another pid namespace): here the pid of a process that has ended
+    import fcntl
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    busy = backups / f".store-20261206T000000Z.sqlite.{gone}.tmp"
+    busy.write_bytes(b"SQLite format 3\0")
+    with open(busy) as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        with Engine.open(data, eager=False) as engine:
+            report = backup_store(engine.store, backups)
+        names = sorted(p.name for p in backups.iterdir())
+    assert names == sorted([busy.name, report.path.name])
+    with sqlite3.connect(report.path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM signals").fetchone()[0] == len(codes)
