@@ -463,6 +463,8 @@ class SignalStore:
             # must neither take it for a lost (emptied) store nor run the migrations twice.
             with _creation_lock(self.path):
                 self._check_not_emptied()
+                if not create and not self.path.exists():  # its creation had been killed
+                    raise NotFound(f"no store at {self.path}", field="data_dir")
                 new = not self.path.exists()
                 try:
                     _refuse_foreign(self.path)  # before the first connection switches to WAL
@@ -526,13 +528,19 @@ class SignalStore:
         """An existing zero-byte store is a lost one (truncated, a failed copy), not a new
         one: opening it as empty would serve "no match" for everything. One another
         process is creating right now may still be 0 bytes with its first pages in the
-        -wal file: that one is let through."""
-        if self._empty_without_wal():  # not one another process is creating now
-            raise CorruptData(
-                f"{self.path} is empty (0 bytes): the store was lost; restore it from a"
-                " backup (or delete the file to start an empty store)",
-                field="data_dir",
-            )
+        -wal file: that one is let through. So is one whose creation was killed (see
+        :func:`_creation_killed`): it is removed and created anew."""
+        if not self._empty_without_wal():  # or one another process is creating now
+            return
+        if _creation_killed(self.path):
+            for suffix in ("", "-journal"):  # nothing was ever stored: create it anew
+                self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+            return
+        raise CorruptData(
+            f"{self.path} is empty (0 bytes): the store was lost; restore it from a"
+            " backup (or delete the file to start an empty store)",
+            field="data_dir",
+        )
 
     # ---- connections
 
@@ -2460,6 +2468,24 @@ def _creation_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _creation_killed(path: Path) -> bool:
+    """Whether the 0-byte store at ``path`` is one whose creation was killed (kill -9
+    during the first open): SQLite's rollback journal of its first transaction, the
+    switch to WAL, is beside it and records a database of 0 pages before it (or was
+    killed before its header was written). A store is 0 bytes only until that
+    transaction commits, so nothing was ever stored in it; a lost store (truncated, a
+    failed copy) has no such journal, as a store in WAL mode never has one.
+
+    Why: a first ``hashmatch ingest`` killed in those ~30 ms left a store refused ever
+    after as lost ("restore it from a backup"), there being nothing to restore."""
+    try:
+        with open(path.with_name(path.name + "-journal"), "rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False
+    return len(header) < 20 or header[16:20] == bytes(4)  # initial size in pages: 0
 
 
 def _count_diff(conn: sqlite3.Connection) -> int:

@@ -1,4 +1,5 @@
-"""kill -9 during a large ingest (a real subprocess) loses no acknowledged batch.
+"""kill -9 during a large ingest (a real subprocess) loses no acknowledged batch; kill -9
+while a store is being created leaves one that opens as new.
 
 The child ingests a deterministic stream of PDQ hashes and prints ``ACK n`` after
 each batch commits (``n`` records consumed so far). The parent SIGKILLs it
@@ -15,10 +16,13 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import SignalRecord
 
 N = 60_000
 BATCH = 2_000
@@ -91,9 +95,55 @@ def test_kill_9_mid_ingest_loses_no_acknowledged_batch(tmp_path):
         found = engine.match("pdq", codes[acked - 1 : acked])[0]
         assert [m.hash_hex for m in found] == [codes[acked - 1].tobytes().hex()]
     # the ingest can simply be run again: the durable part is unchanged, the rest added
-    from hashmatch.engine.store import SignalRecord
-
     with Engine.open(data, eager=False) as engine:
         recs = (SignalRecord("pdq", codes[i].tobytes().hex()) for i in range(N))
         report = engine.ingest(recs, list_name="big", batch_size=20_000)
         assert (report.unchanged, report.added) == (stored, N - stored)
+
+
+CREATE = """
+import sys
+from hashmatch.engine.store import SignalStore
+print("READY", flush=True)
+SignalStore(sys.stdin.readline().strip()).close()
+print("DONE", flush=True)
+"""
+
+
+def _kill_while_creating(store: Path) -> bool:
+    """Create ``store`` in a real subprocess, SIGKILLed as soon as SQLite's journal of
+    the store's first transaction appears; whether it died with the store still 0 bytes."""
+    child = subprocess.Popen([sys.executable, "-c", CREATE], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    journal = store.with_name(store.name + "-journal")
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "READY"
+        child.stdin.write(f"{store}\n")
+        child.stdin.flush()
+        deadline = time.monotonic() + 20
+        while not journal.exists() and child.poll() is None:
+            assert time.monotonic() < deadline
+        if child.poll() is None:  # else it finished first (and was reaped): try again
+            os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+    return store.exists() and store.stat().st_size == 0 and journal.exists()
+
+
+def test_a_store_whose_creation_was_killed_opens_as_a_new_store(tmp_path):
+    for attempt in range(20):  # the journal lives ~ms: the kill usually lands in it
+        data = tmp_path / f"d{attempt}"
+        data.mkdir()
+        if _kill_while_creating(data / "store.sqlite"):
+            break
+    else:
+        pytest.fail("no kill landed while the store was being created")
+    with Engine.open(data) as engine:
+        assert engine.store.integrity_check() == "ok"
+        assert engine.store.lists() == []
+        engine.ingest([SignalRecord("pdq", "ab" * 32)], list_name="l")
+        assert [m.signal_id for m in engine.match_hex("pdq", ["ab" * 32])[0]] == [1]
+    assert sorted(p.name for p in data.iterdir() if "journal" in p.name) == []
