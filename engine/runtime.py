@@ -69,6 +69,7 @@ from hashmatch.engine.snapshot_files import (
     fsync_tree,
     list_snapshots,
     remove_abandoned_tmp,
+    remove_snapshot,
     snapshot_counter,
     writing,
 )
@@ -782,12 +783,12 @@ class Engine:
             if snap == keep or at is None:
                 continue
             if purged and not _applies_purges(manifest):  # an older build's: holds them too
-                shutil.rmtree(snap, ignore_errors=True)
+                remove_snapshot(snap)
                 continue
             if purged <= at <= counter and kept < KEEP_SNAPSHOTS:
                 kept += 1
                 continue
-            shutil.rmtree(snap, ignore_errors=True)
+            remove_snapshot(snap)
 
     def snapshots_before_purge(self) -> list[Path]:
         """Snapshots taken before the last list deletion: they still hold its codes,

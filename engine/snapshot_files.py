@@ -59,6 +59,21 @@ def remove_abandoned_tmp(snapshot_dir: Path) -> None:
                 shutil.rmtree(path, ignore_errors=True)
 
 
+def remove_snapshot(snap: Path) -> None:
+    """Delete the snapshot directory ``snap``, first renamed to the temporary name a
+    killed writer leaves (``<name>.<pid>.tmp``): a delete killed midway then leaves one
+    that :func:`remove_abandoned_tmp` frees at the next load or snapshot. Deleted in
+    place, rmtree goes in directory order, which may take ``manifest.json`` before an
+    index (on ext4 here: before ``vpdq.index``): the rest then was no snapshot (no manifest)
+    and no temporary, and nothing ever freed it."""
+    tmp = snap.with_name(f"{snap.name}.{os.getpid()}.tmp")
+    try:
+        os.rename(snap, tmp)
+    except OSError:  # gone already: another process pruned it
+        return
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def check_manifest(manifest: object) -> dict:
     """The shape of a snapshot manifest, or CorruptData naming the field (a damaged
     manifest must skip its snapshot, not crash the load)."""

@@ -474,3 +474,56 @@ def test_snapshot_holding_an_older_index_file_is_refused(tmp_path):
     with Engine.open(data) as e:
         assert any("manifest says 20" in s for s in e.load_info["skipped_snapshots"])
         assert all(e.match("pdq", b, threshold=0))
+
+
+_PRUNE_LOOP = """
+import sys
+import numpy as np
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import SignalRecord
+engine = Engine.open(sys.argv[1])
+for i in range(200):  # each snapshot past the second prunes the oldest
+    code = np.random.default_rng(i).integers(0, 256, 32, dtype=np.uint8)
+    engine.ingest([SignalRecord("pdq", code.tobytes().hex())], list_name="more")
+    engine.snapshot()
+"""
+
+
+def test_a_prune_killed_midway_leaves_nothing_the_next_snapshot_does_not_free(tmp_path):
+    """kill -9 while a snapshot is pruned (a real subprocess, killed as soon as an old
+    snapshot stops being complete): at the next start and snapshot, snapshots/ holds
+    only complete snapshots. Deleted in place, rmtree took manifest.json before
+    vpdq.index on this filesystem, and the rest stayed for good: no manifest, no
+    temporary name."""
+    from hashmatch.engine.snapshot_files import list_snapshots
+
+    data = tmp_path / "d"
+    rng = np.random.default_rng(5)
+    videos = [SignalRecord("vpdq", "", frames=rng.integers(0, 256, (2000, 32), dtype=np.uint8))
+              for _ in range(100)]  # fmt: skip
+    with Engine.open(data) as engine:
+        engine.ingest(records(codes(1000)), list_name="l")
+        engine.ingest(videos, list_name="v")
+        engine.snapshot()
+        engine.snapshot()
+    snaps = data / "snapshots"
+    child = subprocess.Popen([sys.executable, "-c", _PRUNE_LOOP, str(data)])
+    deadline = time.monotonic() + 60
+    try:
+        complete = {m.parent.name for m in list_snapshots(snaps)}
+        while True:  # kill as the prune of a complete snapshot begins
+            assert child.poll() is None and time.monotonic() < deadline
+            now = {m.parent.name for m in list_snapshots(snaps)}
+            if complete - now:
+                break
+            complete = now
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)
+    with Engine.open(data) as engine:
+        engine.snapshot()
+        assert found(engine, codes(1000)) == 1000
+    for entry in snaps.iterdir():
+        assert (entry / "manifest.json").is_file(), f"{entry.name} was left without one"
