@@ -35,6 +35,8 @@ from hashmatch.indexes.persist import fsync_path, pid_alive
 
 #: ``.<name>.<pid>.tmp`` (+ SQLite's ``-journal``/``-wal``/``-shm``): a copy in progress
 _TMP_NAME = re.compile(r"\.(.+)\.(\d+)\.tmp(-journal|-wal|-shm)?")
+#: the name :func:`backup_path` gives in a directory
+_STAMPED = re.compile(r"store-\d{8}T\d{6}Z\.sqlite")
 #: a copy this much older than its last write is abandoned even if its pid runs (reused)
 TMP_MAX_AGE_SECONDS = 3600.0
 
@@ -92,7 +94,7 @@ def backup_store(store: SignalStore, dest: str | os.PathLike) -> BackupReport:
     if path.resolve() == Path(store.path).resolve():
         raise InvalidInput(f"{path} is the store itself", field="dest")
     tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    remove_abandoned(path.parent)
+    remove_abandoned(path.parent, also=path.name)
     try:
         _remove(tmp)  # a dead process's of the same pid (reused)
         tmp.touch()  # locked while written: see remove_abandoned
@@ -113,14 +115,15 @@ def backup_store(store: SignalStore, dest: str | os.PathLike) -> BackupReport:
     )
 
 
-def remove_abandoned(directory: Path) -> list[Path]:
+def remove_abandoned(directory: Path, *, also: str | None = None) -> list[Path]:
     """Remove the partial copies in ``directory`` that backups killed midway left
-    (``.<name>.<pid>.tmp`` and SQLite's files beside it); return what was removed.
+    (``.<name>.<pid>.tmp`` and SQLite's files beside it, ``<name>`` a timestamped
+    ``store-<time>.sqlite`` or ``also``); return what was removed.
 
     A copy is abandoned when no backup holds its lock (:func:`_writing`; the kernel drops
     it when the writer dies) and its pid is gone or it was last written over
-    TMP_MAX_AGE_SECONDS ago (the pid was reused). A name of another program's file that
-    happens to match is left alone unless it is a SQLite file or SQLite's journal of one."""
+    TMP_MAX_AGE_SECONDS ago (the pid was reused). A file of such a name that is not a
+    SQLite database (or a journal beside one) is left alone, as are other names."""
     removed = []
     try:
         entries = list(os.scandir(directory))
@@ -129,7 +132,9 @@ def remove_abandoned(directory: Path) -> list[Path]:
     copies = {}
     for entry in entries:
         m = _TMP_NAME.fullmatch(entry.name)
-        if m and entry.is_file(follow_symlinks=False):
+        if not m or (m.group(1) != also and not _STAMPED.fullmatch(m.group(1))):
+            continue
+        if entry.is_file(follow_symlinks=False):
             copies.setdefault(directory / f".{m.group(1)}.{m.group(2)}.tmp", []).append(entry)
     for main, files in copies.items():
         with contextlib.suppress(OSError):  # e.g. finished and renamed meanwhile

@@ -228,11 +228,13 @@ def test_a_backup_killed_midway_leaves_a_copy_the_next_backup_removes(tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     busy = backups / f".store-20261206T000000Z.sqlite.{gone}.tmp"
     busy.write_bytes(b"SQLite format 3\0")
+    other = backups / f".notes.sqlite.{gone}.tmp"  # not a name a backup gives
+    other.write_bytes(b"SQLite format 3\0")
     with open(busy) as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         with Engine.open(data, eager=False) as engine:
             report = backup_store(engine.store, backups)
         names = sorted(p.name for p in backups.iterdir())
-    assert names == sorted([busy.name, report.path.name])
+    assert names == sorted([busy.name, other.name, report.path.name])
     with sqlite3.connect(report.path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM signals").fetchone()[0] == len(codes)
