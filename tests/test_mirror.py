@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from hashmatch.engine.store import SignalStore
 from hashmatch.server.cli import cli
 from hashmatch.server.client import signal, video_signal
-from hashmatch.server.testing import running_server
+from hashmatch.server.testing import access_log_line, running_server
 
 TENANTS = {
     "ops": (["match", "export", "write", "admin"], True),
@@ -959,13 +959,18 @@ def test_a_hub_sending_a_bad_change_gets_one_clear_error_and_that_page_is_not_wr
         store.close()
 
 
-def test_a_follow_that_loses_the_cursor_to_an_overlapping_run_goes_on(tmp_path):
+def test_a_follow_that_loses_the_cursor_to_an_overlapping_run_goes_on(tmp_path, caplog):
     """Two mirrors of one prefix at once (a cron run while --follow runs): the loser of
     the page's commit is refused ("advanced its cursor meanwhile"); a --follow retries at
     its next pass instead of exiting. Both wait on the store's write lock held here, so
-    both have read the same page when it is released."""
+    both have read the same page when it is released (the lock is released once the hub
+    has answered both processes' Changes calls: a fixed 5 s wait was too short for two
+    Python start-ups on a loaded box, and one run then read the page after the other
+    had committed it)."""
+    import logging
     import sqlite3
 
+    caplog.set_level(logging.INFO, logger="hashmatch.access")
     rng = np.random.default_rng(8)
     local = tmp_path / "local"
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
@@ -976,7 +981,8 @@ def test_a_follow_that_loses_the_cursor_to_an_overlapping_run_goes_on(tmp_path):
         lock.execute("BEGIN IMMEDIATE")
         procs = [_mirror_process(ts, local, "--follow", "--interval", "0.2") for _ in range(2)]
         try:
-            time.sleep(5)  # both start, read the hub and wait for the lock
+            access_log_line(caplog, "Changes", n=2, timeout=60)  # both read the page
+            time.sleep(0.5)  # and wait for the lock
             lock.execute("COMMIT")
             deadline = time.monotonic() + 30
             while _cursor(local) == 0 and time.monotonic() < deadline:
