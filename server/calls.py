@@ -209,6 +209,17 @@ def _other_terms(terms: tuple[str, bool]) -> Unauthenticated:
 
 STOPPED_STREAM = "the server is shutting down: the drain ended with the stream open"
 STOP_SETTLE_SECONDS = 0.1
+# A client whose deadline passes cancels the call (HTTP/2 RST_STREAM) at its own clock;
+# the server's deadline was set when the call arrived, a little later, so at that
+# moment it still has up to the transit time left: an inactive call this close to its
+# deadline ended by the deadline, not by a cancel (seen: 0.3 s calls logged CANCELLED).
+DEADLINE_SKEW_SECONDS = 0.1
+
+
+def _ended_by_deadline(context: grpc.ServicerContext) -> bool:
+    """Whether a call that is no longer active ended because its deadline passed."""
+    left = _seconds_left(context)
+    return left is not None and left <= DEADLINE_SKEW_SECONDS
 
 
 def _client_gone(
@@ -225,8 +236,7 @@ def _client_gone(
     """
     if not isinstance(exc, grpc.RpcError) or context.is_active():
         return None
-    left = _seconds_left(context)
-    if left is not None and left <= 0:
+    if _ended_by_deadline(context):
         return errors.DeadlineExceeded("deadline passed while reading the request stream")
     if getattr(host, "stopping", False):
         return errors.Cancelled(STOPPED_STREAM)
@@ -309,9 +319,15 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
         ) -> None:
             host: CallHost = self.host
             code = "OK" if exc is None else errors.to_status(exc)[0].name
-            if exc is None and not context.is_active():
+            if exc is None:
+                # a reply made past the deadline never reaches the client as OK; and
+                # grpcio may end a request stream at the deadline a moment before the
+                # call reads as inactive, so the deadline is read first
                 left = _seconds_left(context)
-                code = "DEADLINE_EXCEEDED" if left is not None and left <= 0 else "CANCELLED"
+                if left is not None and left <= 0:
+                    code = "DEADLINE_EXCEEDED"
+                elif not context.is_active():
+                    code = "DEADLINE_EXCEEDED" if _ended_by_deadline(context) else "CANCELLED"
             seconds = time.perf_counter() - started
             host.metrics.finished(name, code, seconds)
             if not access_log.isEnabledFor(logging.INFO):
