@@ -64,7 +64,7 @@ def detect_format(first_line: str, name: str = "") -> str:
     if text.startswith("{"):
         return "jsonl"
     lowered = text.lower()
-    if "signal_type" in lowered and "signal_value" in lowered:
+    if "signal_type" in lowered and ("signal_value" in lowered or "signal_str" in lowered):
         return "csv"
     if _VPDQ_LINE.match(text) and any(_HEX64.match(p.strip()) for p in text.split(",")):
         return "vpdq"
@@ -153,7 +153,7 @@ def _read(
         elif fmt == "csv":
             items = _csv(lines, extra)
         elif fmt == "hex":
-            if not signal_type:
+            if not signal_type and _typed_line(first.strip().lstrip("\ufeff")) is None:
                 raise InvalidInput(
                     "plain hex lines carry no type: give the signal type (--type pdq)",
                     field="signal_type",
@@ -361,6 +361,9 @@ def _every(values: list, key: str) -> list | None:
 
 
 _CSV_ALIASES = {
+    "signal_type": ("signal_type",),
+    # signal_str: python-threatexchange's `threatexchange dataset -P --csv`
+    "signal_value": ("signal_value", "signal_str"),
     "labels": ("labels", "tags", "label", "tag"),
     "external_id": ("external_id", "id", "content_id", "signal_id"),
     "quality": ("quality",),
@@ -378,13 +381,24 @@ def _csv_header(reader: Iterator[list[str]], extra: tuple[str, ...]) -> _CsvRows
             break
     if header is None:
         return None
-    known = {"signal_type", "signal_value", *itertools.chain(*_CSV_ALIASES.values())}
+    while header and not header[-1]:  # a spreadsheet's trailing unnamed columns
+        header.pop()
+    known = {"signal_type", *itertools.chain(*_CSV_ALIASES.values())}
     twice = sorted({c for c in header if c in known and header.count(c) > 1})
     if twice:  # which one would be meant? (the first would win silently)
         raise InvalidInput(
             f"CSV header names column(s) {', '.join(twice)} more than once", field="header"
         )
-    missing = [c for c in ("signal_type", "signal_value") if c not in header]
+    where: dict[str, int | None] = {}
+    for key, names in _CSV_ALIASES.items():
+        given = [n for n in names if n in header]
+        if len(given) > 1 and key == "signal_value":  # two hash columns: which one?
+            raise InvalidInput(
+                f"CSV header names both {' and '.join(given)}: which is the hash?",
+                field="header",
+            )
+        where[key] = header.index(given[0]) if given else None
+    missing = [c for c in ("signal_type", "signal_value") if where[c] is None]
     if missing:
         hint = (
             "; this is `hashmatch hash --format csv` output: ingest its --format te or jsonl output"
@@ -395,12 +409,6 @@ def _csv_header(reader: Iterator[list[str]], extra: tuple[str, ...]) -> _CsvRows
             f"CSV header lacks column(s) {', '.join(missing)} (found: {', '.join(header)})" + hint,
             field="header",
         )
-    where: dict[str, int | None] = {
-        "signal_type": header.index("signal_type"),
-        "signal_value": header.index("signal_value"),
-    }
-    for key, names in _CSV_ALIASES.items():
-        where[key] = next((header.index(n) for n in names if n in header), None)
     return _CsvRows(header, where, extra)
 
 
@@ -614,12 +622,46 @@ def _columns(rows: _CsvRows, cols: list[list[str]], numbers: list[int], position
     )
 
 
-def _hex(lines: Iterable[str], signal_type: str, extra: tuple[str, ...]) -> Iterator[Item]:
+_TYPED_LINE = re.compile(r"([A-Za-z][\w-]*)(?:\s+|:)(.*)")
+
+
+def _typed_line(text: str) -> tuple[str, str] | None:
+    """``TYPE HASH`` (python-threatexchange's ``local_file`` collaboration and its
+    ``threatexchange dataset -P -S``) or ``TYPE:HASH`` (``lists export --retracted``,
+    ``hashmatch match``) -> (type, hash); a bare hash (no space, no colon) -> None."""
+    found = _TYPED_LINE.fullmatch(text)
+    return (found.group(1), found.group(2).strip()) if found else None
+
+
+def _hex(lines: Iterable[str], signal_type: str | None, extra: tuple[str, ...]) -> Iterator[Item]:
+    """One hash a line: bare hex of ``signal_type``, or typed (``TYPE HASH``, ``TYPE:HASH``;
+    a type that contradicts ``signal_type`` rejects its line rather than guess)."""
+    from hashmatch.engine import signal_types
+    from hashmatch.engine.errors import UnknownSignalType
+
     for number, line in enumerate(lines, 1):
-        text = line.strip()
+        text = line.strip().lstrip("\ufeff")
         if not text or text.startswith("#"):
             continue
-        yield SignalRecord(signal_type, text, extra, line=number)
+        typed = _typed_line(text)
+        if typed is None:
+            if signal_type is None:
+                yield Rejection("a bare hash carries no type: give --type, or write TYPE HASH",
+                                line=number, field="signal_type")  # fmt: skip
+                continue
+            yield SignalRecord(signal_type, text, extra, line=number)
+            continue
+        given, value = typed
+        if signal_type is not None:
+            try:
+                same = signal_types.get(given).name == signal_types.get(signal_type).name
+            except UnknownSignalType:
+                same = False
+            if not same:
+                yield Rejection(f"the line says {given!r}, --type says {signal_type!r}",
+                                line=number, field="signal_type")  # fmt: skip
+                continue
+        yield SignalRecord(given, value, extra, line=number)
 
 
 def _vpdq(lines: Iterable[str], extra: tuple[str, ...], external_id: str | None) -> Iterator[Item]:

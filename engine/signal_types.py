@@ -125,9 +125,24 @@ def register(signal_type: SignalType) -> SignalType:
     return signal_type
 
 
-#: Other tools' names for our types: python-threatexchange / HMA exports write
-#: ``video_md5`` for the MD5 of a video file's bytes, which is our ``md5``.
-ALIASES = {"video_md5": "md5"}
+#: Other tools' names for our types (matched case-blind). python-threatexchange / HMA
+#: write ``video_md5`` / ``video_sha256`` for the digest of a video file's bytes, which
+#: is our ``md5`` / ``sha256``; ThreatExchange's indicator types (``HASH_PDQ``,
+#: ``HASH_MD5``, ``HASH_VIDEO_MD5``, ...: what its API dumps and pytx's ``simple.*.te``
+#: files are named after) and StopNCII's (``ImagePDQ``, ``VideoMD5``) name the same
+#: hashes. Not aliased: ``url_md5`` (the MD5 of a URL, not of media bytes), ``tmk``,
+#: ``photodna``: no hasher here computes them, so they stay unknown, named per line.
+ALIASES = {
+    "video_md5": "md5",
+    "video_sha256": "sha256",
+    "hash_pdq": "pdq",
+    "hash_md5": "md5",
+    "hash_video_md5": "md5",
+    "hash_sha256": "sha256",
+    "hash_video_sha256": "sha256",
+    "imagepdq": "pdq",
+    "videomd5": "md5",
+}
 
 
 def get(name: str, *, field: str = "signal_type") -> SignalType:

@@ -1,0 +1,142 @@
+"""Hash lists as other tools write them: python-threatexchange's own CLI (`threatexchange
+dataset`, its `local_file` collaboration's `TYPE HASH` lines), its type names, HMA's and
+ThreatExchange's names, gzip-compressed lists; and hashmatch's exports read back by
+python-threatexchange's own readers. Hashes are generated, never taken from media."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hashmatch.engine.errors import InvalidInput
+from hashmatch.engine.ingest import read_records
+from hashmatch.engine.runtime import Engine
+
+pytest.importorskip("threatexchange")
+
+_RNG = random.Random(20261206)
+PDQ = [f"{_RNG.getrandbits(256):064x}" for _ in range(20)]
+MD5 = [f"{_RNG.getrandbits(128):032x}" for _ in range(3)]
+SHA256 = [f"{_RNG.getrandbits(256):064x}" for _ in range(3)]
+TX = Path(sys.executable).with_name("threatexchange")
+
+
+@pytest.fixture
+def engine(tmp_path):
+    e = Engine.open(tmp_path / "data", eager=False)
+    yield e
+    e.close()
+
+
+def _ingest(engine, path, **kw):
+    return engine.ingest(read_records(path, **kw), list_name="l", source=str(path))
+
+
+def _stored(engine) -> set[tuple[str, str]]:
+    return {(s.signal_type, s.hash_hex) for s in engine.store.iter_signals("l")}
+
+
+def _signals_file(path: Path) -> Path:
+    """What python-threatexchange's ``local_file`` collaboration reads: ``TYPE HASH`` a
+    line (its own ``report_opinion`` writes them so), with a type hashmatch lacks."""
+    lines = [f"pdq {h}" for h in PDQ] + [f"video_md5 {h}" for h in MD5]
+    lines += [f"video_sha256 {h}" for h in SHA256] + ["url_md5 " + MD5[0], "raw_text a b c"]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def pytx_dataset(tmp_path_factory) -> Path:
+    """`threatexchange dataset -P --csv` and `-P -S` of a local_file collaboration of
+    generated hashes, as python-threatexchange's CLI writes them (offline)."""
+    if not TX.exists():
+        pytest.skip("threatexchange CLI not installed")
+    root = tmp_path_factory.mktemp("pytx")
+    env = {**os.environ, "HOME": str(root)}
+    signals = _signals_file(root / "signals.txt")
+
+    def tx(*args: str) -> bytes:
+        done = subprocess.run([str(TX), *args], env=env, capture_output=True, timeout=120,
+                              check=True)  # fmt: skip
+        return done.stdout
+
+    tx("config", "collab", "edit", "local_file", "--create", "--filename", str(signals), "gen")
+    tx("fetch")
+    (root / "dataset.csv").write_bytes(tx("dataset", "-P", "--csv"))
+    (root / "dataset.txt").write_bytes(tx("dataset", "-P", "-S"))
+    return root
+
+
+def _expected() -> set[tuple[str, str]]:
+    return {("pdq", h) for h in PDQ} | {("md5", h) for h in MD5} | {("sha256", h) for h in SHA256}
+
+
+def test_pytx_dataset_csv_ingests_whole(engine, pytx_dataset):
+    """Its CSV names the hash column `signal_str` (CRLF rows, `collab`, `category`,
+    `tags` beside it): every supported hash arrives, the others are named per line."""
+    path = pytx_dataset / "dataset.csv"
+    assert path.read_bytes().startswith(b"signal_type,signal_str,collab,category,tags\r\n")
+    report = _ingest(engine, path)
+    assert _stored(engine) == _expected()
+    reasons = sorted(r.reason.split(" (")[0] for r in report.rejections)
+    assert reasons == ["unknown signal type 'raw_text'", "unknown signal type 'url_md5'"]
+
+
+def test_pytx_type_hash_lines_ingest_whole(engine, pytx_dataset):
+    """`dataset -P -S` prints, and the local_file collaboration reads, `TYPE HASH` lines:
+    the type comes from each line, no --type needed."""
+    report = _ingest(engine, pytx_dataset / "dataset.txt")
+    assert _stored(engine) == _expected()
+    assert report.rejected == 2
+    assert {r.reason.split(" (")[0] for r in report.rejections} == {
+        "unknown signal type 'raw_text'", "unknown signal type 'url_md5'"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("given", "stored"),
+    [("video_sha256", "sha256"), ("HASH_PDQ", "pdq"), ("HASH_VIDEO_MD5", "md5"),
+     ("HASH_MD5", "md5"), ("HASH_SHA256", "sha256"), ("ImagePDQ", "pdq"), ("VideoMD5", "md5")],
+)  # fmt: skip
+def test_other_tools_type_names(engine, tmp_path, given, stored):
+    """pytx's `video_sha256`, ThreatExchange's indicator types, StopNCII's type names."""
+    value = {"pdq": PDQ[0], "md5": MD5[0], "sha256": SHA256[0]}[stored]
+    path = tmp_path / "t.csv"
+    path.write_text(f"signal_type,signal_value\n{given},{value}\n")
+    report = _ingest(engine, path)
+    assert report.added == 1, report.rejections
+    assert _stored(engine) == {(stored, value)}
+
+
+def test_typed_lines_mixed_with_bare_ones_and_type(engine, tmp_path):
+    """`TYPE:HASH` too (what `lists export --retracted` writes); with --type a bare line is
+    of that type and a line naming another type is rejected by line, never re-typed."""
+    path = tmp_path / "h.txt"
+    path.write_text(f"pdq:{PDQ[0]}\n{PDQ[1]}\nmd5 {MD5[0]}\nvideo_md5\t{MD5[1]}\n")
+    report = _ingest(engine, path, signal_type="pdq")
+    assert _stored(engine) == {("pdq", PDQ[0]), ("pdq", PDQ[1])}
+    assert [(r.line, r.reason) for r in report.rejections] == [
+        (3, "the line says 'md5', --type says 'pdq'"),
+        (4, "the line says 'video_md5', --type says 'pdq'"),
+    ]
+    path.write_text(f"md5 {MD5[0]}\n{PDQ[2]}\n")
+    report = _ingest(engine, path)
+    assert ("md5", MD5[0]) in _stored(engine)
+    assert [(r.line, r.field) for r in report.rejections] == [(2, "signal_type")]
+    path.write_text(f"{PDQ[2]}\n")
+    with pytest.raises(InvalidInput, match="give the signal type"):
+        _ingest(engine, path)
+
+
+def test_trailing_unnamed_header_columns_are_not_required(engine, tmp_path):
+    """A spreadsheet's export may name empty trailing columns (`signal_type,signal_value,,`)
+    that its shorter rows leave out: those rows lack nothing the header names."""
+    path = tmp_path / "sheet.csv"
+    path.write_text(f"signal_type,signal_value,,\r\npdq,{PDQ[0]}\r\npdq,{PDQ[1]},,\r\n")
+    report = _ingest(engine, path)
+    assert report.rejections == []
+    assert _stored(engine) == {("pdq", PDQ[0]), ("pdq", PDQ[1])}
