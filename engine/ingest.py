@@ -13,10 +13,14 @@ Formats:
   (``hash`` is accepted for ``signal_value``, ``tags`` for ``labels``; vPDQ lines
   carry ``"frames": [HEX, ...]`` instead).
 - ``csv``: a header naming at least ``signal_type`` and ``signal_value`` (the
-  columns python-threatexchange and HMA exports use); optional ``labels``/``tags``
+  columns python-threatexchange and HMA exports use; ``signal_str``, what
+  ``threatexchange dataset -P --csv`` writes, is read as ``signal_value``); optional ``labels``/``tags``
   (separated by ``;``, ``,`` or spaces), ``external_id``/``id``, ``quality``,
   ``expires_at``.
-- ``hex``: one hash per line, type given by the caller (``--type``).
+- ``hex``: one hash per line, type given by the caller (``--type``), or ``TYPE HASH`` /
+  ``TYPE:HASH`` lines (python-threatexchange's ``local_file`` collaboration).
+
+Any of them may be gzip-compressed (``.csv.gz``): detected by its magic bytes.
 - ``vpdq``: a vPDQ hash file (``frame,quality,HEX,timestamp`` per line, as the
   vpdq tools write, or python-threatexchange's serialized JSON list of
   ``"HEX,quality,timestamp"``, optionally after ``vpdq `` as its ``threatexchange hash``
@@ -26,12 +30,14 @@ Formats:
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import itertools
 import json
 import math
 import re
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -177,14 +183,27 @@ def _read(
             "give a hash list (CSV, JSONL, hex, vPDQ) saved as UTF-8",
             field="file",
         ) from None
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # cut short, or not gzip after all
+        raise InvalidInput(
+            f"{name or 'input'} (gzip) is cut short or damaged ({exc or type(exc).__name__}):"
+            " the batches before the damage were stored",
+            field="file",
+        ) from None
     finally:
         done()
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _open(source: str | Path | IO[str]) -> tuple[IO[str], str, Callable[[], None]]:
     """(text stream, name, what to do when done): a file we opened is closed; a text
     wrapper we put around the caller's bytes (or stdin's) is detached, so the caller's
-    stream stays open; a caller's text stream is left alone."""
+    stream stays open; a caller's text stream is left alone.
+
+    Gzip (by its magic bytes, whatever the name: lists are shipped as ``.csv.gz``) is
+    read through as it streams, never unpacked to disk; the name loses ``.gz``, so the
+    suffix beneath still names the format."""
     if isinstance(source, str | Path):
         if str(source) == "-":  # as a file: a BOM (Excel, PowerShell) is not data
             raw = getattr(sys.stdin, "buffer", None)
@@ -194,14 +213,38 @@ def _open(source: str | Path | IO[str]) -> tuple[IO[str], str, Callable[[], None
         path = Path(source)
         if not path.is_file():
             raise InvalidInput(f"no such file: {path}", field="file")
-        stream = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
-        return stream, path.name, stream.close
+        with open(path, "rb") as head:
+            zipped = head.read(2) == _GZIP_MAGIC
+        name = path.name[:-3] if zipped and path.name.lower().endswith(".gz") else path.name
+        if zipped:
+            stream = gzip.open(path, "rt", encoding="utf-8-sig", newline="")  # noqa: SIM115
+        else:
+            stream = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+        return stream, name, stream.close
     if isinstance(source, io.BufferedIOBase | io.RawIOBase):
         return _wrap(source)
     return source, getattr(source, "name", "") or "", _nothing
 
 
 def _wrap(raw: IO[bytes]) -> tuple[IO[str], str, Callable[[], None]]:
+    """Text over the caller's bytes (stdin's), gunzipped if they start as gzip."""
+    if hasattr(raw, "peek"):  # stdin's buffer
+        zipped = raw.peek(2)[:2] == _GZIP_MAGIC
+    elif raw.seekable():  # a BytesIO, a file opened "rb"
+        start = raw.tell()
+        zipped = raw.read(2) == _GZIP_MAGIC
+        raw.seek(start)
+    else:  # read as text (wrapping it to peek would close it when dropped)
+        zipped = False
+    if zipped:
+        unzipped = gzip.GzipFile(fileobj=raw, mode="rb")
+        stream = io.TextIOWrapper(unzipped, encoding="utf-8-sig", newline="")
+
+        def done() -> None:
+            stream.detach()
+            unzipped.close()  # leaves the caller's stream open (fileobj)
+
+        return stream, "", done
     stream = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # type: ignore[arg-type]
     return stream, "", stream.detach
 
