@@ -21,7 +21,7 @@ from hashmatch.engine.errors import InvalidInput
 from hashmatch.engine.ingest import write_records
 from hashmatch.engine.store import SignalInfo, SignalRecord, SignalStore
 
-EXPORT_FORMATS = ("jsonl", "csv")
+EXPORT_FORMATS = ("jsonl", "csv", "hex")
 
 
 @dataclass

@@ -14,8 +14,8 @@ Formats:
   carry ``"frames": [HEX, ...]`` instead).
 - ``csv``: a header naming at least ``signal_type`` and ``signal_value`` (the
   columns python-threatexchange and HMA exports use; ``signal_str``, what
-  ``threatexchange dataset -P --csv`` writes, is read as ``signal_value``); optional ``labels``/``tags``
-  (separated by ``;``, ``,`` or spaces), ``external_id``/``id``, ``quality``,
+  ``threatexchange dataset -P --csv`` writes, is read as ``signal_value``); optional
+  ``labels``/``tags`` (separated by ``;``, ``,`` or spaces), ``external_id``/``id``, ``quality``,
   ``expires_at``.
 - ``hex``: one hash per line, type given by the caller (``--type``), or ``TYPE HASH`` /
   ``TYPE:HASH`` lines (python-threatexchange's ``local_file`` collaboration).
@@ -752,10 +752,13 @@ def write_records(records: Iterable, out: IO[str], *, format: str = "jsonl") -> 
     serialized frame list as ``signal_value`` (what HMA's CSV holds). A CSV cell of
     labels is split on ``;``, ``,``, ``|`` and whitespace when read, so a label holding
     one of those is refused here (``InvalidInput``) rather than written to come back as
-    two labels: JSONL keeps each label whole.
+    two labels: JSONL keeps each label whole. ``hex`` writes the hashes alone (see
+    :func:`_write_typed`): the same hashes come back, nothing else.
     """
     if format == "csv":
         return _write_csv(records, out)
+    if format == "hex":
+        return _write_typed(records, out)
     if format != "jsonl":
         raise InvalidInput(f"cannot write format {format!r}", field="format")
     n = 0
@@ -806,6 +809,23 @@ def _write_csv(records: Iterable, out: IO[str]) -> int:
             "" if r.quality is None else r.quality,
             "" if r.expires_at is None else repr(float(r.expires_at)),
         ])  # fmt: skip
+        n += 1
+    return n
+
+
+#: python-threatexchange's names for ours, in what it reads (its ``local_file`` lines):
+#: it has no type for the digest of any file's bytes, only of a video's.
+PYTX_NAMES = {"md5": "video_md5", "sha256": "video_sha256"}
+
+
+def _write_typed(records: Iterable, out: IO[str]) -> int:
+    """``TYPE HASH`` a line, python-threatexchange's names: what its ``local_file``
+    collaboration reads (and ``hex`` ingest reads back). Hashes only: labels, external
+    ids, quality and expiry do not travel. A video is its serialized frame list, as in
+    CSV."""
+    n = 0
+    for r in records:
+        out.write(f"{PYTX_NAMES.get(r.signal_type, r.signal_type)} {_csv_value(r)}\n")
         n += 1
     return n
 

@@ -5,6 +5,7 @@ python-threatexchange's own readers. Hashes are generated, never taken from medi
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import os
@@ -13,11 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from hashmatch.engine.errors import InvalidInput
+from hashmatch.engine.export import export_list
 from hashmatch.engine.ingest import read_records
 from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import SignalRecord
 
 pytest.importorskip("threatexchange")
 
@@ -52,15 +56,12 @@ def _signals_file(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def pytx_dataset(tmp_path_factory) -> Path:
-    """`threatexchange dataset -P --csv` and `-P -S` of a local_file collaboration of
-    generated hashes, as python-threatexchange's CLI writes them (offline)."""
+def _pytx_reads(root: Path, signals: Path, *outputs: tuple[str, ...]) -> list[bytes]:
+    """python-threatexchange's CLI (offline, its state under ``root``) fetches ``signals``
+    through a ``local_file`` collaboration and prints each ``dataset`` output asked."""
     if not TX.exists():
         pytest.skip("threatexchange CLI not installed")
-    root = tmp_path_factory.mktemp("pytx")
     env = {**os.environ, "HOME": str(root)}
-    signals = _signals_file(root / "signals.txt")
 
     def tx(*args: str) -> bytes:
         done = subprocess.run([str(TX), *args], env=env, capture_output=True, timeout=120,
@@ -69,8 +70,18 @@ def pytx_dataset(tmp_path_factory) -> Path:
 
     tx("config", "collab", "edit", "local_file", "--create", "--filename", str(signals), "gen")
     tx("fetch")
-    (root / "dataset.csv").write_bytes(tx("dataset", "-P", "--csv"))
-    (root / "dataset.txt").write_bytes(tx("dataset", "-P", "-S"))
+    return [tx("dataset", "-P", *args) for args in outputs]
+
+
+@pytest.fixture(scope="module")
+def pytx_dataset(tmp_path_factory) -> Path:
+    """`threatexchange dataset -P --csv` and `-P -S` of a local_file collaboration of
+    generated hashes, as python-threatexchange's CLI writes them (offline)."""
+    root = tmp_path_factory.mktemp("pytx")
+    signals = _signals_file(root / "signals.txt")
+    csv_out, typed = _pytx_reads(root, signals, ("--csv",), ("-S",))
+    (root / "dataset.csv").write_bytes(csv_out)
+    (root / "dataset.txt").write_bytes(typed)
     return root
 
 
@@ -176,3 +187,107 @@ def test_gzip_from_stdin_via_cli(tmp_path):
                           capture_output=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert b"added 5," in done.stdout
+
+
+def _video(seed: int, n: int) -> SignalRecord:
+    rng = np.random.default_rng(seed)
+    return SignalRecord("vpdq", "", ("v",), external_id=f"video-{seed}",
+                        frames=rng.integers(0, 256, (n, 32), dtype=np.uint8),
+                        frame_qualities=[int(q) for q in rng.integers(50, 101, n)],
+                        timestamps=[i * 0.5 for i in range(n)])  # fmt: skip
+
+
+@pytest.fixture
+def shared(engine):
+    """A list as a platform shares it: PDQ with labels, ids and quality, file digests, a
+    video, and one retracted hash."""
+    records = [SignalRecord("pdq", h, ("csam", f"t{i % 3}"), f"id-{i}", 50 + i)
+               for i, h in enumerate(PDQ)]  # fmt: skip
+    records += [SignalRecord("md5", h, ("x",)) for h in MD5]
+    records += [SignalRecord("sha256", h) for h in SHA256] + [_video(1, 4), _video(2, 3)]
+    engine.ingest(records, list_name="l")
+    engine.retract(list_name="l", hashes=[("pdq", PDQ[-1])], reason="false positive")
+    return engine
+
+
+def test_hex_export_is_what_pytx_local_file_reads(shared, tmp_path):
+    """`lists export --format hex`: `TYPE HASH` lines in python-threatexchange's names;
+    its own CLI fetches them through a local_file collaboration, hash for hash, and
+    hashmatch ingests them back as the same hashes (videos' frames too)."""
+    out = io.StringIO()
+    report = export_list(shared.store, "l", out, format="hex")
+    live = {(s.signal_type, s.hash_hex) for s in shared.store.iter_signals("l")}
+    assert report.written == len(live) == len(PDQ) - 1 + 3 + 3 + 2
+    path = tmp_path / "export.txt"
+    path.write_text(out.getvalue())
+    (printed,) = _pytx_reads(tmp_path / "home", path, ("-S",))
+    names = {"md5": "video_md5", "sha256": "video_sha256"}
+    assert set(printed.decode().splitlines()) == {
+        f"{names.get(t, t)} {h}" for t, h in live if t != "vpdq"}  # fmt: skip
+    assert f"pdq {PDQ[-1]}" not in out.getvalue()  # retracted: never exported
+    copy = Engine.open(tmp_path / "copy", eager=False)
+    try:
+        back = copy.ingest(read_records(path), list_name="l")
+        assert back.rejections == [] and _stored(copy) == live
+        for video in ("video-1", "video-2"):
+            (a,) = [s for s in shared.store.iter_signals("l") if s.external_id == video]
+            (b,) = [s for s in copy.store.iter_signals("l") if s.hash_hex == a.hash_hex]
+            codes, qualities, stamps = shared.store.frames(a.id)
+            again = copy.store.frames(b.id)
+            assert (codes.tobytes(), qualities, stamps) == (again[0].tobytes(), *again[1:])
+    finally:
+        copy.close()
+
+
+def test_csv_export_read_by_pytx_signal_classes_and_index(shared, tmp_path):
+    """Every CSV row's value is what python-threatexchange's signal classes accept as
+    they are (lower-case hex; a video's frames parse with its json_to_vpdq), and its PDQ
+    index over the exported hashes matches what hashmatch matches (distance <= 31)."""
+    from threatexchange.signal_type.md5 import VideoMD5Signal
+    from threatexchange.signal_type.pdq.pdq_index2 import PDQIndex2
+    from threatexchange.signal_type.pdq.signal import PdqSignal
+    from threatexchange.signal_type.sha256 import VideoSHA256Signal
+
+    out = io.StringIO()
+    export_list(shared.store, "l", out, format="csv")
+    rows = list(csv.DictReader(io.StringIO(out.getvalue())))
+    classes = {"pdq": PdqSignal, "md5": VideoMD5Signal, "sha256": VideoSHA256Signal}
+    pdq = []
+    for row in rows:
+        if row["signal_type"] == "vpdq":  # (its json_to_vpdq needs the vpdq package)
+            continue
+        cls = classes[row["signal_type"]]
+        assert cls.validate_signal_str(row["signal_value"]) == row["signal_value"]
+        if row["signal_type"] == "pdq":
+            pdq.append((row["signal_value"], row["external_id"]))
+    assert {r["labels"] for r in rows if r["signal_type"] == "pdq"} >= {"csam;t0", "csam;t1"}
+    index = PDQIndex2.build(pdq)
+    rng = random.Random(5)
+    queries = []
+    for h, _ in pdq:
+        for k in (0, 30, 31, 32, 33):
+            v = int(h, 16)
+            for b in rng.sample(range(256), k):
+                v ^= 1 << b
+            queries.append(f"{v:064x}")
+    codes = np.array([np.frombuffer(bytes.fromhex(q), np.uint8) for q in queries])
+    ours = [sorted((m.external_id, m.distance) for m in found)
+            for found in shared.match("pdq", codes, threshold=31)]  # fmt: skip
+    theirs = [sorted((m.metadata, m.similarity_info.distance) for m in index.query(q))
+              for q in queries]  # fmt: skip
+    assert ours == theirs
+    assert sum(map(len, ours)) >= 3 * len(pdq)  # 0, 30, 31 bits away all found
+
+
+def test_csv_export_videos_parse_with_pytx_json_to_vpdq(shared):
+    """A video's CSV value is python-threatexchange's serialized frame list."""
+    pytest.importorskip("vpdq")
+    from threatexchange.extensions.vpdq.vpdq_util import json_to_vpdq
+
+    out = io.StringIO()
+    export_list(shared.store, "l", out, format="csv")
+    videos = [r for r in csv.DictReader(io.StringIO(out.getvalue())) if r["signal_type"] == "vpdq"]
+    for row in videos:
+        frames = json_to_vpdq(row["signal_value"])
+        assert len(frames) in (3, 4) and all(f.quality >= 50 for f in frames)
+    assert len(videos) == 2

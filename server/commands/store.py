@@ -311,10 +311,11 @@ lists_group.command("enable", help="Let a disabled list match again.")(_set_enab
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["jsonl", "csv"]),
+    type=click.Choice(["jsonl", "csv", "hex"]),
     default=None,
-    help="jsonl keeps every label whole; csv has HMA/ThreatExchange's columns."
-    " Default: --out's suffix, else jsonl.",
+    help="jsonl keeps every label whole; csv has HMA/ThreatExchange's columns; hex is"
+    " 'TYPE HASH' a line, hashes only (python-threatexchange's local_file)."
+    " Default: --out's suffix (.jsonl, .csv, .txt), else jsonl.",
 )
 @click.option(
     "--out",
@@ -353,7 +354,7 @@ def lists_export(name, fmt, out_path, retracted, skip_expired, actor, data_dir) 
                err=True)  # fmt: skip
 
 
-_FORMAT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl"}
+_FORMAT_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl", ".txt": "hex"}
 
 
 def _export_format(fmt: str | None, out_path: str | None, retracted: bool,
