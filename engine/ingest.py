@@ -677,34 +677,21 @@ def _typed_line(text: str) -> tuple[str, str] | None:
 
 
 def _hex(lines: Iterable[str], signal_type: str | None, extra: tuple[str, ...]) -> Iterator[Item]:
-    """One hash a line: bare hex of ``signal_type``, or typed (``TYPE HASH``, ``TYPE:HASH``;
-    a type that contradicts ``signal_type`` rejects its line rather than guess)."""
-    from hashmatch.engine import signal_types
-    from hashmatch.engine.errors import UnknownSignalType
-
+    """One hash a line: bare hex of ``signal_type`` (the caller's ``--type``), or typed
+    (``TYPE HASH``, ``TYPE:HASH``: the line's own type, whatever ``--type`` says, as
+    python-threatexchange reads them)."""
     for number, line in enumerate(lines, 1):
         text = line.strip().lstrip("\ufeff")
         if not text or text.startswith("#"):
             continue
         typed = _typed_line(text)
-        if typed is None:
-            if signal_type is None:
-                yield Rejection("a bare hash carries no type: give --type, or write TYPE HASH",
-                                line=number, field="signal_type")  # fmt: skip
-                continue
+        if typed is not None:
+            yield SignalRecord(typed[0], typed[1], extra, line=number)
+        elif signal_type is None:
+            yield Rejection("a bare hash carries no type: give --type, or write TYPE HASH",
+                            line=number, field="signal_type")  # fmt: skip
+        else:
             yield SignalRecord(signal_type, text, extra, line=number)
-            continue
-        given, value = typed
-        if signal_type is not None:
-            try:
-                same = signal_types.get(given).name == signal_types.get(signal_type).name
-            except UnknownSignalType:
-                same = False
-            if not same:
-                yield Rejection(f"the line says {given!r}, --type says {signal_type!r}",
-                                line=number, field="signal_type")  # fmt: skip
-                continue
-        yield SignalRecord(given, value, extra, line=number)
 
 
 def _vpdq(lines: Iterable[str], extra: tuple[str, ...], external_id: str | None) -> Iterator[Item]:

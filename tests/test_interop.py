@@ -126,19 +126,16 @@ def test_other_tools_type_names(engine, tmp_path, given, stored):
 
 
 def test_typed_lines_mixed_with_bare_ones_and_type(engine, tmp_path):
-    """`TYPE:HASH` too (what `lists export --retracted` writes); with --type a bare line is
-    of that type and a line naming another type is rejected by line, never re-typed."""
+    """`TYPE:HASH` too (what `lists export --retracted` writes); --type is the type of the
+    bare lines (`remote ingest` defaults it to pdq), a typed line keeps its own."""
     path = tmp_path / "h.txt"
     path.write_text(f"pdq:{PDQ[0]}\n{PDQ[1]}\nmd5 {MD5[0]}\nvideo_md5\t{MD5[1]}\n")
     report = _ingest(engine, path, signal_type="pdq")
-    assert _stored(engine) == {("pdq", PDQ[0]), ("pdq", PDQ[1])}
-    assert [(r.line, r.reason) for r in report.rejections] == [
-        (3, "the line says 'md5', --type says 'pdq'"),
-        (4, "the line says 'video_md5', --type says 'pdq'"),
-    ]
-    path.write_text(f"md5 {MD5[0]}\n{PDQ[2]}\n")
+    assert report.rejections == []
+    assert _stored(engine) == {("pdq", PDQ[0]), ("pdq", PDQ[1]), ("md5", MD5[0]), ("md5", MD5[1])}
+    path.write_text(f"sha256 {SHA256[0]}\n{PDQ[2]}\n")
     report = _ingest(engine, path)
-    assert ("md5", MD5[0]) in _stored(engine)
+    assert ("sha256", SHA256[0]) in _stored(engine)
     assert [(r.line, r.field) for r in report.rejections] == [(2, "signal_type")]
     path.write_text(f"{PDQ[2]}\n")
     with pytest.raises(InvalidInput, match="give the signal type"):
