@@ -20,6 +20,9 @@ Formats:
 - ``hex``: one hash per line, type given by the caller (``--type``), or ``TYPE HASH`` /
   ``TYPE:HASH`` lines (python-threatexchange's ``local_file`` collaboration).
 
+- ``te-simple``: ThreatExchange's headerless "simple" dump (``simple.HASH_PDQ.te``):
+  ``hash,descriptor_id,added_on,tags`` (or HMA's, with the indicator id second).
+
 Any of them may be gzip-compressed (``.csv.gz``): detected by its magic bytes.
 - ``vpdq``: a vPDQ hash file (``frame,quality,HEX,timestamp`` per line, as the
   vpdq tools write, or python-threatexchange's serialized JSON list of
@@ -48,7 +51,9 @@ import numpy as np
 from hashmatch.engine.errors import InvalidInput
 from hashmatch.engine.store import ColumnBatch, Rejection, SignalRecord
 
-FORMATS = ("jsonl", "csv", "hex", "vpdq")
+FORMATS = ("jsonl", "csv", "hex", "vpdq", "te-simple")
+# a ThreatExchange dump row: a hash, then the descriptor's (or indicator's) numeric id
+_TE_ROW = re.compile(r"^[0-9a-fA-F]{32,64},\d+,")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _VPDQ_LINE = re.compile(r"^\s*\d+\s*,\s*[^,]+\s*,\s*[^,]+\s*,\s*[-+.\deE]+\s*$")
 # python-threatexchange's serialized vPDQ, bare or as `threatexchange hash` prints it
@@ -66,7 +71,11 @@ def detect_format(first_line: str, name: str = "") -> str:
         return "jsonl"
     if suffix == ".vpdq":
         return "vpdq"
+    if suffix == ".te":
+        return "te-simple"
     text = first_line.strip().lstrip("\ufeff")
+    if _TE_ROW.match(text):  # no header; HMA's sample_data/*.csv are such
+        return "te-simple"
     if text.startswith("{"):
         return "jsonl"
     lowered = text.lower()
@@ -165,6 +174,8 @@ def _read(
                     field="signal_type",
                 )
             items = _hex(lines, signal_type, extra)
+        elif fmt == "te-simple":
+            items = _te(lines, signal_type or _te_type(name), extra)
         else:
             items = _vpdq(lines, extra, external_id or (Path(name).stem if name else None))
         if batch_size is None:
@@ -692,6 +703,52 @@ def _hex(lines: Iterable[str], signal_type: str | None, extra: tuple[str, ...]) 
                             line=number, field="signal_type")  # fmt: skip
         else:
             yield SignalRecord(signal_type, text, extra, line=number)
+
+
+def _te_type(name: str) -> str:
+    """The type a ThreatExchange dump's name gives: python-threatexchange stores them as
+    ``simple.HASH_PDQ.te``, HMA's sample data as ``pdq.csv``/``video_md5.csv``; a name
+    saying none is refused (guessing from a hash's length would take a SHA-256 for a PDQ)."""
+    from hashmatch.engine import signal_types
+    from hashmatch.engine.errors import UnknownSignalType
+
+    stem = Path(name).stem
+    for candidate in (stem, *reversed(stem.split("."))):
+        try:
+            return signal_types.get(candidate).name
+        except UnknownSignalType:
+            continue
+    raise InvalidInput(
+        f"a ThreatExchange dump ({name or 'stdin'}) names its type in the file name"
+        " (simple.HASH_PDQ.te, pdq.csv): give the signal type (--type pdq)",
+        field="signal_type",
+    )
+
+
+def _te(lines: Iterable[str], signal_type: str, extra: tuple[str, ...]) -> Iterator[Item]:
+    """ThreatExchange's "simple" dump (python-threatexchange's ``CliIndicatorSerialization``,
+    HMA 1.0's sample data): no header; ``hash,descriptor_id,added_on,tags`` or, HMA's
+    ``HMASerialization``, ``hash,indicator_id,descriptor_id,added_on,tags``. The second
+    column is the external id, the space-separated tags the labels; ``added_on`` is when
+    it was shared, not an expiry, so it is not kept."""
+    reader = csv.reader(lines)
+    last = 0
+    for row in reader:
+        number = last + 1
+        last = reader.line_num
+        if not any(c.strip() for c in row):
+            continue
+        if len(row) not in (4, 5):
+            yield Rejection(
+                f"{len(row)} columns: a ThreatExchange dump row has 4 (hash, descriptor id,"
+                " added on, tags) or 5 (HMA's: hash, indicator id, descriptor id, added on,"
+                " tags)",
+                line=number,
+                field="row",
+            )
+            continue
+        yield SignalRecord(signal_type, row[0], _labels(row[-1], extra), row[1].strip() or None,
+                           line=number)  # fmt: skip
 
 
 def _vpdq(lines: Iterable[str], extra: tuple[str, ...], external_id: str | None) -> Iterator[Item]:

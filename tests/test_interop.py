@@ -288,3 +288,47 @@ def test_csv_export_videos_parse_with_pytx_json_to_vpdq(shared):
         frames = json_to_vpdq(row["signal_value"])
         assert len(frames) in (3, 4) and all(f.quality >= 50 for f in frames)
     assert len(videos) == 2
+
+
+def test_threatexchange_simple_dumps_as_pytx_writes_them(engine, tmp_path):
+    """python-threatexchange's own serializers: `CliIndicatorSerialization.store` writes
+    `simple.<TYPE>.te` files (hash, descriptor id, added on, space-separated tags; no
+    header) and `HMASerialization` rows add the indicator id. Type from the name, the id
+    as external id, the tags as labels; a row of another width is named."""
+    from threatexchange.cli.dataset.simple_serialization import (
+        CliIndicatorSerialization,
+        HMASerialization,
+    )
+    from threatexchange.exchanges.clients.fb_threatexchange.descriptor import (
+        SimpleDescriptorRollup,
+    )
+
+    def rollup(i: int) -> SimpleDescriptorRollup:
+        return SimpleDescriptorRollup(1000 + i, "2026-11-30T18:47:52+0000", {"media_type_photo"})
+
+    items = [CliIndicatorSerialization("HASH_PDQ", h, rollup(i)) for i, h in enumerate(PDQ)]
+    items += [CliIndicatorSerialization("HASH_VIDEO_MD5", h, rollup(50)) for h in MD5]
+    paths = sorted(CliIndicatorSerialization.store(tmp_path, items))
+    assert [p.name for p in paths] == ["simple.HASH_PDQ.te", "simple.HASH_VIDEO_MD5.te"]
+    for path in paths:
+        assert _ingest(engine, path).rejections == []
+    got = {(s.signal_type, s.hash_hex): s for s in engine.store.iter_signals("l")}
+    assert set(got) == {("pdq", h) for h in PDQ} | {("md5", h) for h in MD5}
+    assert got["pdq", PDQ[3]].external_id == "1003"
+    assert got["pdq", PDQ[3]].labels == ("media_type_photo",)
+
+    hma = tmp_path / "video_md5.csv"  # HMA's sample_data names: type from the stem
+    rows = [HMASerialization(h, "HASH_VIDEO_MD5", f"99{i}", rollup(i)).as_csv_row()
+            for i, h in enumerate(MD5)]  # fmt: skip
+    with hma.open("w", newline="") as f:
+        csv.writer(f).writerows([*rows, ("x", "1")])
+    report = _ingest(engine, hma)
+    assert report.unchanged == 0 and report.updated == len(MD5)  # ids 99i replace 1050
+    assert {s.external_id for s in engine.store.iter_signals("l") if s.signal_type == "md5"} == {
+        "990", "991", "992"}  # fmt: skip
+    assert [(r.line, r.field) for r in report.rejections] == [(4, "row")]
+    unnamed = tmp_path / "holidays-hashes.csv"
+    unnamed.write_text(f"{PDQ[0]},1,2020-07-31T18:47:52+0000,a b\n")
+    with pytest.raises(InvalidInput, match="names its type in the file name"):
+        _ingest(engine, unnamed)
+    assert _ingest(engine, unnamed, signal_type="pdq").rejections == []

@@ -789,7 +789,8 @@ def _readable_twice(file: str) -> Iterator[str]:
 @remote.command("ingest")
 @click.argument("list_name")
 @click.argument("file", type=click.Path(allow_dash=True))
-@click.option("--format", "fmt", type=click.Choice(["auto", "jsonl", "csv", "hex", "vpdq"]),
+@click.option("--format", "fmt",
+              type=click.Choice(["auto", "jsonl", "csv", "hex", "vpdq", "te-simple"]),
               default="auto", show_default=True,
               help="auto: detected from the file.")  # fmt: skip
 @click.option("--type", "signal_type", default="pdq", show_default=True, help="For hex files.")

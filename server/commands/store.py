@@ -437,7 +437,7 @@ def _output(path: str | None) -> Iterator:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["auto", "jsonl", "csv", "hex", "vpdq"]),
+    type=click.Choice(["auto", "jsonl", "csv", "hex", "vpdq", "te-simple"]),
     default="auto",
     show_default=True,
 )
