@@ -20,6 +20,8 @@ Formats:
 - ``hex``: one hash per line, type given by the caller (``--type``), or ``TYPE HASH`` /
   ``TYPE:HASH`` lines (python-threatexchange's ``local_file`` collaboration).
 
+  Or, with no ``signal_type`` column, a column per hash type (``id,md5,sha1,pdq``):
+  a signal per filled hash cell.
 - ``te-simple``: ThreatExchange's headerless "simple" dump (``simple.HASH_PDQ.te``):
   ``hash,descriptor_id,added_on,tags`` (or HMA's, with the indicator id second).
 
@@ -160,11 +162,14 @@ def _read(
             )
         lines = _chain(buffered, stream)
         extra = tuple(labels)
-        if fmt == "csv" and batch_size is not None:
+        wide = _hash_columns(first) if fmt == "csv" else None
+        if fmt == "csv" and batch_size is not None and wide is None:
             yield from _csv_columns(lines, extra, batch_size)
             return
         if fmt == "jsonl":
             items = _jsonl(lines, extra)
+        elif wide is not None:
+            items = _csv_wide(lines, wide, extra)
         elif fmt == "csv":
             items = _csv(lines, extra)
         elif fmt == "hex":
@@ -524,6 +529,95 @@ class _CsvRows:
             )
         except InvalidInput as exc:
             return Rejection(exc.message, line=number, field=exc.field)
+
+
+#: Hash columns other tools' lists carry that no hasher here computes (NCMEC's
+#: fingerprint types, pytx's url_md5): their values are rejected by line, not ignored.
+_FOREIGN_HASH_COLUMNS = frozenset(
+    [
+        "sha1",
+        "photodna",
+        "pdna",
+        "tmk",
+        "tmk_pdqf",
+        "netclean",
+        "videntifier",
+        "ssvh_pdna",
+        "ssvh_safer_hash",
+        "url_md5",
+    ]
+)
+
+
+def _hash_columns(first_line: str) -> dict[int, str] | None:
+    """A CSV header naming its hash columns by type (``id,md5,sha256,pdq``: NCMEC- and
+    StopNCII-style lists, one row per media item) -> {column: type name, or the foreign
+    name for :data:`_FOREIGN_HASH_COLUMNS`}; None for a ``signal_type`` header."""
+    from hashmatch.engine import signal_types
+    from hashmatch.engine.errors import UnknownSignalType
+
+    header = next(csv.reader([first_line.strip().lstrip("\ufeff")]), [])
+    names = [c.strip().lower() for c in header]
+    if "signal_type" in names:
+        return None
+    found: dict[int, str] = {}
+    for i, name in enumerate(names):
+        if name in _FOREIGN_HASH_COLUMNS:
+            found[i] = name
+            continue
+        try:
+            found[i] = signal_types.get(name).name
+        except UnknownSignalType:
+            continue
+    if not any(n not in _FOREIGN_HASH_COLUMNS for n in found.values()):
+        return None  # the usual header error says what is missing
+    if len(set(found.values())) < len(found):
+        raise InvalidInput(f"CSV header names one hash type twice: {header}", field="header")
+    return found
+
+
+def _csv_wide(
+    lines: Iterable[str], hashes: dict[int, str], extra: tuple[str, ...]
+) -> Iterator[Item]:
+    """Rows with a column per hash type: one signal per filled hash cell, each with the
+    row's labels, external id and expiry (quality: perceptual types only, it is the
+    image's, not a digest's). A foreign hash's value is rejected by line."""
+    from hashmatch.engine import signal_types
+
+    reader = csv.reader(lines)
+    header = [c.strip().lower().lstrip("\ufeff") for c in next(reader, [])]
+    where = {key: next((header.index(n) for n in names if n in header), None)
+             for key, names in _CSV_ALIASES.items()}  # fmt: skip
+    last = reader.line_num
+    for row in reader:
+        number = last + 1
+        last = reader.line_num
+        if not any(c.strip() for c in row):
+            continue
+
+        def cell(key: str, row: list[str] = row) -> str:
+            i = where[key]
+            return row[i].strip() if i is not None and i < len(row) else ""
+
+        try:
+            labels = _labels(cell("labels"), extra)
+            quality = _quality(cell("quality"))
+            expires = parse_time(cell("expires_at"))
+        except InvalidInput as exc:
+            yield Rejection(exc.message, line=number, field=exc.field)
+            continue
+        filled = [(i, t) for i, t in hashes.items() if i < len(row) and row[i].strip()]
+        if not filled:
+            yield Rejection("no hash in any hash column", line=number, field="row")
+        for i, stype in filled:
+            if stype in _FOREIGN_HASH_COLUMNS:
+                yield Rejection(f"column {header[i]!r}: no hasher here computes {stype} hashes"
+                                " (the row's other hashes are kept)", line=number,
+                                field=header[i])  # fmt: skip
+                continue
+            exact = signal_types.get(stype).exact
+            yield SignalRecord(stype, row[i].strip(), labels, cell("external_id") or None,
+                               None if exact else quality, expires, line=number)  # fmt: skip
 
 
 def _csv(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:

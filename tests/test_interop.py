@@ -332,3 +332,26 @@ def test_threatexchange_simple_dumps_as_pytx_writes_them(engine, tmp_path):
     with pytest.raises(InvalidInput, match="names its type in the file name"):
         _ingest(engine, unnamed)
     assert _ingest(engine, unnamed, signal_type="pdq").rejections == []
+
+
+def test_a_column_per_hash_type(engine, tmp_path):
+    """NCMEC/StopNCII-style lists: one row per media item, a column per hash type
+    (`ID,MD5,SHA1,PDQ,...`). Each filled hash cell is a signal with the row's id and
+    labels; a hash type no hasher here computes (SHA1) is rejected by line, not dropped
+    silently; quality goes to the PDQ only."""
+    path = tmp_path / "ncmec.csv"
+    rows = [["ID", "MD5", "SHA1", "PDQ", "SHA256", "quality", "labels"]]
+    rows += [[f"e{i}", MD5[i], "", PDQ[i], "", "90", "A1 csam"] for i in range(3)]
+    rows += [["e3", "", "da39a3ee5e6b4b0d3255bfef95601890afd80709", PDQ[3], SHA256[0], "", ""]]
+    rows += [["e4", "", "", "", "", "", ""], ["e5", MD5[0].upper(), "", "", "", "", ""]]
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    report = _ingest(engine, path)
+    got = {(s.signal_type, s.hash_hex): s for s in engine.store.iter_signals("l")}
+    assert set(got) == {("md5", h) for h in MD5} | {("pdq", h) for h in PDQ[:4]} | {
+        ("sha256", SHA256[0])}  # fmt: skip
+    assert (got["pdq", PDQ[1]].external_id, got["pdq", PDQ[1]].quality) == ("e1", 90)
+    assert (got["md5", MD5[1]].quality, got["md5", MD5[1]].labels) == (None, ("A1", "csam"))
+    assert got["sha256", SHA256[0]].external_id == "e3"
+    assert [(r.line, r.field) for r in report.rejections] == [(5, "sha1"), (6, "row"), (7, "hash")]
+    assert "duplicate md5 hash" in report.rejections[2].reason
