@@ -57,7 +57,8 @@ class SignalType:
         text = value.strip()
         if len(text) != self.hex_length:
             raise InvalidHash(
-                f"{self.name} hash must be {self.hex_length} hex characters, got {len(text)}",
+                f"{self.name} hash must be {self.hex_length} hex characters, got {len(text)}"
+                + _length_hint(text, self),
                 field=field,
                 index=index,
             )
@@ -116,6 +117,25 @@ class SignalType:
 
 
 _REGISTRY: dict[str, SignalType] = {}
+
+
+def _length_hint(text: str, wanted: SignalType) -> str:
+    """Why a hash may have the wrong length, for a list's most common mix-ups: a ``0x``
+    prefix (refused, as python-threatexchange and HMA refuse it: lists exchange bare
+    hex), or another type's hash in this type's column (an MD5 where a SHA-256 goes)."""
+    if text[:2].lower() == "0x" and len(text) - 2 == wanted.hex_length:
+        return " (drop the 0x prefix)"
+    if not _HEX.fullmatch(text):
+        return ""
+    others = sorted(
+        t.name
+        for t in _REGISTRY.values()
+        if t.hex_length == len(text) and t.name != "vpdq" and t.exact == wanted.exact
+    )
+    if not others:
+        return ""
+    article = "an" if others[0][0] in "aeimo" else "a"  # an md5, an ahash, a sha256
+    return f" (the length of {article} {' or '.join(others)} hash)"
 
 
 def register(signal_type: SignalType) -> SignalType:

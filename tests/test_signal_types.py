@@ -45,3 +45,20 @@ def test_one_threshold_shared_by_several_types():
     for kind, bad in ((pdq, 64), (pdq, -1), (md5, -1), (md5, True)):
         with pytest.raises(InvalidThreshold):
             kind.shared_threshold(bad, field="options.threshold")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "hint"),
+    [
+        ("pdq", "0x" + "ab" * 32, "got 66 (drop the 0x prefix)"),
+        ("md5", "ab" * 32, "got 64 (the length of a sha256 hash)"),
+        ("sha256", "AB" * 16, "got 32 (the length of an md5 hash)"),
+        ("phash", "ab" * 32, "got 64 (the length of a pdq hash)"),
+        ("pdq", "ab" * 16, "got 32"),
+    ],
+)
+def test_a_wrong_length_says_the_likely_mix_up(name, value, hint):
+    """Lists mix MD5 and SHA-256 columns and prefix 0x: say which, not just a length."""
+    with pytest.raises(InvalidHash) as caught:
+        signal_types.get(name).parse(value)
+    assert caught.value.message.endswith(hint)
