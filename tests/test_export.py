@@ -305,3 +305,26 @@ def test_cli_reingest_names_the_signals_that_stay_retracted_for_restore_file(run
     (tmp_path / "restore.txt").write_text("\n".join(named[:3]) + "\n")
     out = run("restore", "--list", "partner b", "--file", str(tmp_path / "restore.txt")).output
     assert "restored 3 signal(s)" in out
+
+
+def test_cli_export_to_gz_is_gzip_in_the_format_beneath(run, tmp_path):
+    """`--out partner.csv.gz` is a gzip of the CSV (before, JSONL, uncompressed, under
+    that name); ingest reads it back; the same list gives the same bytes."""
+    import gzip
+
+    rows = "".join(f"pdq,{i:064x},csam,e{i},90,\n" for i in range(1, 4))
+    (tmp_path / "in.csv").write_text("signal_type,signal_value,labels,external_id,quality,"
+                                     "expires_at\n" + rows)  # fmt: skip
+    run("ingest", str(tmp_path / "in.csv"), "--list", "partner")
+    target = tmp_path / "partner.csv.gz"
+    out = run("lists", "export", "partner", "--out", str(target)).output
+    assert "as csv of 'partner'" in out
+    first = target.read_bytes()
+    assert gzip.decompress(first).decode().startswith("signal_type,signal_value,labels")
+    run("lists", "export", "partner", "--out", str(target))
+    assert target.read_bytes() == first
+    run("ingest", str(target), "--list", "partner", data="b")
+    assert "3 live signal(s)" in run("lists", "ls", data="b").output
+    out = run("lists", "export", "partner", "--format", "jsonl", "--out", str(target),
+              code=2).output  # fmt: skip
+    assert "--format jsonl but --out ends in .csv" in out

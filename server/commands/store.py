@@ -369,13 +369,20 @@ def _export_format(fmt: str | None, out_path: str | None, retracted: bool,
                 " leave out --format and --skip-expired"
             )
         return "jsonl"  # unused
-    suffix = _FORMAT_SUFFIXES.get(Path(out_path).suffix.lower()) if out_path else None
+    named = _unzipped_name(out_path) if out_path else None
+    suffix = _FORMAT_SUFFIXES.get(Path(named).suffix.lower()) if named else None
     if fmt is not None and suffix is not None and fmt != suffix:
         raise click.UsageError(
-            f"--format {fmt} but --out ends in {Path(out_path).suffix}: ingest reads the"
+            f"--format {fmt} but --out ends in {Path(named).suffix}: ingest reads the"
             " format from the suffix"
         )
     return fmt or suffix or "jsonl"
+
+
+def _unzipped_name(path: str) -> str:
+    """``--out``'s name without ``.gz``: the suffix beneath names the format (as ingest
+    reads it), ``.gz`` asks for gzip."""
+    return path[:-3] if path.lower().endswith(".gz") else path
 
 
 @contextmanager
@@ -411,11 +418,22 @@ def _output(path: str | None) -> Iterator:
         return
     target = Path(path)
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    zipped = _unzipped_name(path) != path  # `--out list.csv.gz`: gzip, what ingest reads
     try:
-        with open(temp, "w", encoding="utf-8", newline="") as out:
+        with open(temp, "wb") as raw:
+            packed = None
+            if zipped:  # no name or time in the header: the same list, the same bytes
+                import gzip
+
+                packed = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0)
+            out = io.TextIOWrapper(packed or raw, encoding="utf-8", newline="")
             yield out
             out.flush()
-            os.fsync(out.fileno())
+            out.detach()
+            if packed is not None:
+                packed.close()  # its trailer; leaves raw open
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(temp, target)
     except OSError as exc:
         raise click.ClickException(f"{path}: {exc.strerror or exc}") from None
