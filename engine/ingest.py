@@ -11,7 +11,8 @@ Formats:
 - ``jsonl``: one object per line: ``{"signal_type": "pdq", "signal_value": HEX,
   "labels": [...], "external_id": ..., "quality": ..., "expires_at": ...}``
   (``hash`` is accepted for ``signal_value``, ``tags`` for ``labels``; vPDQ lines
-  carry ``"frames": [HEX, ...]`` instead).
+  carry ``"frames": [HEX, ...]`` instead). HMA's ``{"pdq": HEX, "video_md5": HEX}``
+  (no ``signal_type``) is a signal per type.
 - ``csv``: a header naming at least ``signal_type`` and ``signal_value`` (the
   columns python-threatexchange and HMA exports use; ``signal_str``, what
   ``threatexchange dataset -P --csv`` writes, is read as ``signal_value``); optional
@@ -362,6 +363,9 @@ def _jsonl(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
                     f"{obj.get('path', 'the file')} was not hashed",
                     field="signal_type",
                 )
+            if not stype and _hash_keys(obj):
+                yield from _jsonl_mapping(obj, number, extra)
+                continue
             if not stype:
                 raise InvalidInput("missing column 'signal_type'", field="signal_type")
             frames = obj.get("frames")
@@ -387,6 +391,49 @@ def _jsonl(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
             yield Rejection(exc.message, line=number, field=exc.field)
             continue
         yield record
+
+
+def _hash_keys(obj: dict) -> list[str]:
+    """The keys of ``obj`` that name a signal type (ours, an alias, or a foreign hash
+    type): HMA's ``{"pdq": HEX, "video_md5": HEX}``, what its ``/h/hash`` returns and its
+    ``/c/bank/<bank>/signal`` takes."""
+    from hashmatch.engine import signal_types
+    from hashmatch.engine.errors import UnknownSignalType
+
+    keys = []
+    for key in obj:
+        if not isinstance(key, str):
+            continue
+        if key.strip().lower() in _FOREIGN_HASH_COLUMNS:
+            keys.append(key)
+            continue
+        try:
+            signal_types.get(key)
+        except UnknownSignalType:
+            continue
+        keys.append(key)
+    return keys
+
+
+def _jsonl_mapping(obj: dict, number: int, extra: tuple[str, ...]) -> Iterator[Item]:
+    """HMA's ``{TYPE: HASH, ...}`` line: a signal per type (a vPDQ value is pytx's
+    serialized frame list, as in CSV), with the line's ``labels``, and ``external_id``
+    or HMA's bank metadata ``content_id``; a foreign type is rejected by line."""
+    try:
+        metadata = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+        labels = _labels(obj.get("labels", obj.get("tags")), extra)
+        external = _opt_str(obj.get("external_id", metadata.get("content_id")))
+        expires = parse_time(obj.get("expires_at"))
+    except InvalidInput as exc:
+        yield Rejection(exc.message, line=number, field=exc.field)
+        return
+    for key in _hash_keys(obj):
+        if key.strip().lower() in _FOREIGN_HASH_COLUMNS:
+            yield Rejection(f"{key!r}: no hasher here computes {key} hashes", line=number,
+                            field=key)  # fmt: skip
+            continue
+        yield SignalRecord(key, _opt_str(obj[key]) or "", labels, external, None, expires,
+                           line=number)  # fmt: skip
 
 
 def _opt_str(value: object) -> str | None:

@@ -355,3 +355,27 @@ def test_a_column_per_hash_type(engine, tmp_path):
     assert got["sha256", SHA256[0]].external_id == "e3"
     assert [(r.line, r.field) for r in report.rejections] == [(5, "sha1"), (6, "row"), (7, "hash")]
     assert "duplicate md5 hash" in report.rejections[2].reason
+
+
+def test_hma_hash_mappings_as_jsonl(engine, tmp_path):
+    """HMA's /h/hash answers (and /c/bank/<bank>/signal takes) `{TYPE: HASH, ...}`; saved
+    one a line with HMA's bank metadata, each type is a signal with the line's
+    content_id; a type no hasher here computes is named by line."""
+    import json
+
+    frames = json.dumps([f"{PDQ[5]},100,0.0", f"{PDQ[6]},90,1.0"])
+    lines = [
+        {"pdq": PDQ[0], "metadata": {"content_id": "c-1"}},
+        {"video_md5": MD5[0], "vpdq": frames, "metadata": {"content_id": "c-2"}},
+        {"pdq": PDQ[1], "tmk": "ab" * 10, "labels": ["x"]},
+        {"note": "no hash"},
+    ]
+    path = tmp_path / "hma.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    report = _ingest(engine, path)
+    got = {s.signal_type: s for s in engine.store.iter_signals("l") if s.external_id == "c-2"}
+    assert set(got) == {"md5", "vpdq"} and got["md5"].hash_hex == MD5[0]
+    codes, qualities, _ = engine.store.frames(got["vpdq"].id)
+    assert [c.tobytes().hex() for c in codes] == [PDQ[5], PDQ[6]] and qualities == [100, 90]
+    assert ("pdq", PDQ[0]) in _stored(engine) and ("pdq", PDQ[1]) in _stored(engine)
+    assert [(r.line, r.field) for r in report.rejections] == [(3, "tmk"), (4, "signal_type")]
