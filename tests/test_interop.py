@@ -56,21 +56,22 @@ def _signals_file(path: Path) -> Path:
     return path
 
 
-def _pytx_reads(root: Path, signals: Path, *outputs: tuple[str, ...]) -> list[bytes]:
-    """python-threatexchange's CLI (offline, its state under ``root``) fetches ``signals``
-    through a ``local_file`` collaboration and prints each ``dataset`` output asked."""
+def _tx(root: Path, *args: str) -> bytes:
+    """python-threatexchange's CLI, offline, its state under ``root``."""
     if not TX.exists():
         pytest.skip("threatexchange CLI not installed")
     env = {**os.environ, "HOME": str(root)}
+    return subprocess.run([str(TX), *args], env=env, capture_output=True, timeout=120,
+                          check=True).stdout  # fmt: skip
 
-    def tx(*args: str) -> bytes:
-        done = subprocess.run([str(TX), *args], env=env, capture_output=True, timeout=120,
-                              check=True)  # fmt: skip
-        return done.stdout
 
-    tx("config", "collab", "edit", "local_file", "--create", "--filename", str(signals), "gen")
-    tx("fetch")
-    return [tx("dataset", "-P", *args) for args in outputs]
+def _pytx_reads(root: Path, signals: Path, *outputs: tuple[str, ...]) -> list[bytes]:
+    """pytx fetches ``signals`` through a ``local_file`` collaboration and prints each
+    ``dataset`` output asked."""
+    _tx(root, "config", "collab", "edit", "local_file", "--create", "--filename", str(signals),
+        "gen")  # fmt: skip
+    _tx(root, "fetch")
+    return [_tx(root, "dataset", "-P", *args) for args in outputs]
 
 
 @pytest.fixture(scope="module")
@@ -379,3 +380,27 @@ def test_hma_hash_mappings_as_jsonl(engine, tmp_path):
     assert [c.tobytes().hex() for c in codes] == [PDQ[5], PDQ[6]] and qualities == [100, 90]
     assert ("pdq", PDQ[0]) in _stored(engine) and ("pdq", PDQ[1]) in _stored(engine)
     assert [(r.line, r.field) for r in report.rejections] == [(3, "tmk"), (4, "signal_type")]
+
+
+def test_a_retraction_reaches_pytx_by_re_export_and_fetch_clear(shared, tmp_path):
+    """The hex export leaves retracted hashes out; pytx's local_file keeps what it once
+    fetched, so a plain re-fetch keeps a withdrawn hash and `fetch --clear` drops it
+    (the README's procedure)."""
+    path, home = tmp_path / "l.txt", tmp_path / "home"
+    path.write_text(_export(shared, "hex"))
+    (before,) = _pytx_reads(home, path, ("-S",))
+    assert f"pdq {PDQ[0]}".encode() in before
+    shared.retract(list_name="l", hashes=[("pdq", PDQ[0])])
+    path.write_text(_export(shared, "hex"))
+    _tx(home, "fetch")
+    assert f"pdq {PDQ[0]}".encode() in _tx(home, "dataset", "-P", "-S")
+    _tx(home, "fetch", "--clear")
+    _tx(home, "fetch")
+    after = _tx(home, "dataset", "-P", "-S")
+    assert f"pdq {PDQ[0]}".encode() not in after and f"pdq {PDQ[1]}".encode() in after
+
+
+def _export(engine, fmt: str) -> str:
+    out = io.StringIO()
+    export_list(engine.store, "l", out, format=fmt)
+    return out.getvalue()
