@@ -174,7 +174,7 @@ def _read(
         elif fmt == "csv":
             items = _csv(lines, extra)
         elif fmt == "hex":
-            if not signal_type and _typed_line(first.strip().lstrip("\ufeff")) is None:
+            if not signal_type and typed_line(first.strip().lstrip("\ufeff")) is None:
                 raise InvalidInput(
                     "plain hex lines carry no type: give the signal type (--type pdq)",
                     field="signal_type",
@@ -820,7 +820,7 @@ def _columns(rows: _CsvRows, cols: list[list[str]], numbers: list[int], position
 _TYPED_LINE = re.compile(r"([A-Za-z][\w-]*)(?:\s+|:)(.*)")
 
 
-def _typed_line(text: str) -> tuple[str, str] | None:
+def typed_line(text: str) -> tuple[str, str] | None:
     """``TYPE HASH`` (python-threatexchange's ``local_file`` collaboration and its
     ``threatexchange dataset -P -S``) or ``TYPE:HASH`` (``lists export --retracted``,
     ``hashmatch match``) -> (type, hash); a bare hash (no space, no colon) -> None."""
@@ -836,7 +836,7 @@ def _hex(lines: Iterable[str], signal_type: str | None, extra: tuple[str, ...]) 
         text = line.strip().lstrip("\ufeff")
         if not text or text.startswith("#"):
             continue
-        typed = _typed_line(text)
+        typed = typed_line(text)
         if typed is not None:
             yield SignalRecord(typed[0], typed[1], extra, line=number)
         elif signal_type is None:

@@ -328,3 +328,17 @@ def test_cli_export_to_gz_is_gzip_in_the_format_beneath(run, tmp_path):
     out = run("lists", "export", "partner", "--format", "jsonl", "--out", str(target),
               code=2).output  # fmt: skip
     assert "--format jsonl but --out ends in .csv" in out
+
+
+def test_cli_retract_file_reads_pytx_type_hash_lines(run, tmp_path):
+    """A partner on python-threatexchange sends its withdrawals as `TYPE HASH` lines (its
+    local_file form, `lists export --format hex`): `retract --file` and `restore --file`
+    read them (they stopped at the first line: 'got 68')."""
+    rows = "".join(f"pdq,{i:064x}\n" for i in range(1, 4)) + "video_md5," + "ab" * 16 + "\n"
+    (tmp_path / "in.csv").write_text("signal_type,signal_value\n" + rows)
+    run("ingest", str(tmp_path / "in.csv"), "--list", "l")
+    gone = tmp_path / "gone.txt"
+    gone.write_text(f"pdq {1:064x}\nvideo_md5 {'ab' * 16}\n")
+    assert "retracted 2 signal(s)" in run("retract", "--list", "l", "--file", str(gone)).output
+    assert "2 live signal(s)" in run("lists", "ls").output
+    assert "restored 2 signal(s)" in run("restore", "--list", "l", "--file", str(gone)).output

@@ -603,12 +603,16 @@ def _looks_like_a_path(value: str) -> bool:
 
 
 def _targets(values, signal_type, where=None) -> list[tuple[str, str]]:
-    """'type:hex' or bare hex (with --type, default pdq) -> [(type, hex)]; ``where[i]``
-    names value i in an error (an argument, or a --file line)."""
+    """'type:hex', 'type hex' (python-threatexchange's lines, `lists export --format hex`)
+    or bare hex (with --type, default pdq) -> [(type, hex)]; ``where[i]`` names value i
+    in an error (an argument, or a --file line)."""
+    from hashmatch.engine.ingest import typed_line
+
     out = []
     for i, value in enumerate(values):
-        if ":" in value:
-            name, hex_ = value.split(":", 1)
+        typed = typed_line(value.strip())
+        if typed is not None:
+            name, hex_ = typed
         else:
             name, hex_ = (signal_type or "pdq"), value
         try:
