@@ -174,7 +174,8 @@ def _read(
         elif fmt == "csv":
             items = _csv(lines, extra)
         elif fmt == "hex":
-            if not signal_type and typed_line(first.strip().lstrip("\ufeff")) is None:
+            head = first.strip().lstrip("\ufeff")  # (a "#" comment: the lines say)
+            if not signal_type and not head.startswith("#") and typed_line(head) is None:
                 raise InvalidInput(
                     "plain hex lines carry no type: give the signal type (--type pdq)",
                     field="signal_type",

@@ -141,6 +141,8 @@ def test_typed_lines_mixed_with_bare_ones_and_type(engine, tmp_path):
     path.write_text(f"{PDQ[2]}\n")
     with pytest.raises(InvalidInput, match="give the signal type"):
         _ingest(engine, path)
+    path.write_text(f"# exported 2026-12-06\nsha256 {SHA256[1]}\n")  # a comment first
+    assert _ingest(engine, path).rejections == []
 
 
 def test_trailing_unnamed_header_columns_are_not_required(engine, tmp_path):
