@@ -715,7 +715,7 @@ class _SignalFile:
     each retry), so no signal is held in memory (1M signals buffered took 1.8 GB).
     Uses the store's parsers (same formats as ``hashmatch ingest``)."""
 
-    def __init__(self, path: str, fmt: str | None, default_type: str):
+    def __init__(self, path: str, fmt: str | None, default_type: str | None):
         from array import array
 
         self.path, self.fmt, self.default_type = path, fmt, default_type
@@ -793,7 +793,9 @@ def _readable_twice(file: str) -> Iterator[str]:
               type=click.Choice(["auto", "jsonl", "csv", "hex", "vpdq", "te-simple"]),
               default="auto", show_default=True,
               help="auto: detected from the file.")  # fmt: skip
-@click.option("--type", "signal_type", default="pdq", show_default=True, help="For hex files.")
+@click.option("--type", "signal_type", default=None,
+              help="Type of bare hex lines (default pdq) or of a te-simple dump (default: from"
+              " its file name).")  # fmt: skip
 @click.option("--source", default="")
 @click.option("--strict", is_flag=True, help="Reject the whole batch if any line is bad.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
@@ -811,8 +813,13 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     Example:
       hashmatch remote ingest partner-a hashes.csv --source partner-a-2026-11
     """
+    from hashmatch.engine.ingest import peek_format
+
     with _readable_twice(file) as path:
-        parsed = _SignalFile(path, None if fmt == "auto" else fmt, signal_type)
+        fmt = None if fmt == "auto" else fmt
+        if signal_type is None and peek_format(path, fmt) == "hex":
+            signal_type = "pdq"  # bare hex's default; a te-simple dump's is its name's
+        parsed = _SignalFile(path, fmt, signal_type)
         if strict and parsed.unparsed:
             raise click.ClickException(f"refused (strict): {parsed.unparsed[0]}")
         if not parsed.lines:  # nothing parsed: say why instead of the server's "no signals"
