@@ -805,8 +805,8 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     """Add the signals in FILE ('-' = stdin) to LIST_NAME on the server.
 
     \b
-    FILE: the formats `hashmatch ingest` reads (jsonl, csv with signal_type and
-    signal_value columns, one hex hash a line with --type, or a vPDQ text file).
+    FILE: the formats `hashmatch ingest` reads (jsonl, csv, hex or TYPE HASH lines,
+    te-simple dumps, a vPDQ text file; gzip read through).
     Exits 1 when every signal was rejected.
 
     \b

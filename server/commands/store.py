@@ -475,8 +475,9 @@ def _output(path: str | None) -> Iterator:
 def ingest_command(
     files, list_name, fmt, signal_type, labels, strict, actor, batch_size, show, data_dir
 ) -> None:
-    """Ingest hash-list files (JSONL, CSV with a signal_type,signal_value header,
-    plain hex with --type, or vPDQ text files; '-' reads stdin).
+    """Ingest hash-list files (JSONL, CSV with a signal_type,signal_value header or a
+    column per hash type, plain hex with --type or TYPE HASH lines, ThreatExchange's
+    simple dumps, vPDQ text files; gzip read through; '-' reads stdin).
 
     \b
       hashmatch ingest partner-a.csv --list partner-a
