@@ -88,8 +88,8 @@ def detect_format(first_line: str, name: str = "") -> str:
         return "vpdq"
     if _VPDQ_JSON.match(text):  # python-threatexchange's vpdq_to_json (no other format starts so)
         return "vpdq"
-    if suffix == ".csv" or "," in text:  # no hex line holds a comma: a CSV, whose
-        return "csv"  # header check then names what it lacks (not "plain hex ... no type")
+    if suffix in (".csv", ".tsv") or "," in text:  # no hex line holds a comma: a CSV,
+        return "csv"  # whose header check names what it lacks (not "plain hex ... no type")
     return "hex"
 
 
@@ -177,21 +177,30 @@ def _read(
             raise InvalidInput(
                 f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})", field="format"
             )
+        head = first.strip().lstrip("\ufeff")
+        if fmt == "hex" and not signal_type:  # the first line that is no "#" comment
+            while head.startswith("#"):
+                head = ""
+                for line in stream:
+                    buffered.append(line)
+                    if line.strip():
+                        head = line.strip()
+                        break
         lines = _chain(buffered, stream)
         extra = tuple(labels)
-        wide = _hash_columns(first) if fmt == "csv" else None
+        sep = _delimiter(first) if fmt == "csv" else ","
+        wide = _hash_columns(first, sep) if fmt == "csv" else None
         if fmt == "csv" and batch_size is not None and wide is None:
-            yield from _csv_columns(lines, extra, batch_size)
+            yield from _csv_columns(lines, extra, batch_size, sep)
             return
         if fmt == "jsonl":
             items = _jsonl(lines, extra)
         elif wide is not None:
-            items = _csv_wide(lines, wide, extra)
+            items = _csv_wide(lines, wide, extra, sep)
         elif fmt == "csv":
-            items = _csv(lines, extra)
+            items = _csv(lines, extra, sep)
         elif fmt == "hex":
-            head = first.strip().lstrip("\ufeff")  # (a "#" comment: the lines say)
-            if not signal_type and not head.startswith("#") and typed_line(head) is None:
+            if not signal_type and typed_line(head) is None:
                 raise InvalidInput(
                     "plain hex lines carry no type: give the signal type (--type pdq)",
                     field="signal_type",
@@ -613,14 +622,26 @@ _FOREIGN_HASH_COLUMNS = frozenset(
 )
 
 
-def _hash_columns(first_line: str) -> dict[int, str] | None:
+def _delimiter(header_line: str) -> str:
+    """A CSV's delimiter, from its header: a comma, unless the header holds none and a tab
+    (TSV: spreadsheets, `cut`) or a semicolon (Excel in locales whose decimal mark is a
+    comma) instead."""
+    if "," in header_line:
+        return ","
+    for sep in ("\t", ";"):
+        if sep in header_line:
+            return sep
+    return ","
+
+
+def _hash_columns(first_line: str, sep: str = ",") -> dict[int, str] | None:
     """A CSV header naming its hash columns by type (``id,md5,sha256,pdq``: NCMEC- and
     StopNCII-style lists, one row per media item) -> {column: type name, or the foreign
     name for :data:`_FOREIGN_HASH_COLUMNS`}; None for a ``signal_type`` header."""
     from hashmatch.engine import signal_types
     from hashmatch.engine.errors import UnknownSignalType
 
-    header = next(csv.reader([first_line.strip().lstrip("\ufeff")]), [])
+    header = next(csv.reader([first_line.strip().lstrip("\ufeff")], delimiter=sep), [])
     names = [c.strip().lower() for c in header]
     if "signal_type" in names:
         return None
@@ -641,14 +662,14 @@ def _hash_columns(first_line: str) -> dict[int, str] | None:
 
 
 def _csv_wide(
-    lines: Iterable[str], hashes: dict[int, str], extra: tuple[str, ...]
+    lines: Iterable[str], hashes: dict[int, str], extra: tuple[str, ...], sep: str = ","
 ) -> Iterator[Item]:
     """Rows with a column per hash type: one signal per filled hash cell, each with the
     row's labels, external id and expiry (quality: perceptual types only, it is the
     image's, not a digest's). A foreign hash's value is rejected by line."""
     from hashmatch.engine import signal_types
 
-    reader = csv.reader(lines)
+    reader = csv.reader(lines, delimiter=sep)
     header = [c.strip().lower().lstrip("\ufeff") for c in next(reader, [])]
     where = {key: next((header.index(n) for n in names if n in header), None)
              for key, names in _CSV_ALIASES.items()}  # fmt: skip
@@ -684,8 +705,8 @@ def _csv_wide(
                                None if exact else quality, expires, line=number)  # fmt: skip
 
 
-def _csv(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
-    reader = csv.reader(lines)
+def _csv(lines: Iterable[str], extra: tuple[str, ...], sep: str = ",") -> Iterator[Item]:
+    reader = csv.reader(lines, delimiter=sep)
     rows = _csv_header(reader, extra)
     if rows is None:
         return
@@ -702,7 +723,8 @@ def _csv(lines: Iterable[str], extra: tuple[str, ...]) -> Iterator[Item]:
         yield rows.item(row, number)
 
 
-def _csv_columns(lines: Iterable[str], extra: tuple[str, ...], size: int) -> Iterator[ColumnBatch]:
+def _csv_columns(lines: Iterable[str], extra: tuple[str, ...], size: int,
+                 sep: str = ",") -> Iterator[ColumnBatch]:  # fmt: skip
     """CSV as column batches of ``size`` records: the same records, rejections and
     stream positions as :func:`_csv`, without an object per line.
 
@@ -710,16 +732,20 @@ def _csv_columns(lines: Iterable[str], extra: tuple[str, ...], size: int) -> Ite
     row as wide as the header). Such a chunk is cut into columns with one
     ``str.split`` and slices, checked with numpy (the comma count of every line);
     the first chunk that is not plain hands the rest of the file to ``csv.reader``
-    (a quoted field may span lines, so there is no going back).
+    (a quoted field may span lines, so there is no going back). A TSV or ``;`` file
+    (``sep``) is all ``csv.reader``.
     """
     lines = iter(lines)
-    reader = csv.reader(lines)
+    reader = csv.reader(lines, delimiter=sep)
     rows = _csv_header(reader, extra)
     if rows is None:
         return
     width = rows.width
     base = reader.line_num  # physical lines read so far
     position = 0
+    if sep != ",":
+        yield from _csv_reader_columns(rows, lines, size, base, position, sep)
+        return
     while True:
         chunk = list(itertools.islice(lines, size))
         if not chunk:
@@ -761,8 +787,8 @@ def _plain_fields(chunk: list[str], width: int) -> list[str] | None:
 
 
 def _csv_reader_columns(rows: _CsvRows, lines: Iterable[str], size: int, base: int,
-                        position: int) -> Iterator[ColumnBatch]:  # fmt: skip
-    reader = csv.reader(lines)
+                        position: int, sep: str = ",") -> Iterator[ColumnBatch]:  # fmt: skip
+    reader = csv.reader(lines, delimiter=sep)
     width = rows.width
     last = 0  # physical lines this reader has read
     while True:

@@ -406,3 +406,23 @@ def _export(engine, fmt: str) -> str:
     out = io.StringIO()
     export_list(engine.store, "l", out, format=fmt)
     return out.getvalue()
+
+
+@pytest.mark.parametrize("sep", ["\t", ";"])
+def test_tab_and_semicolon_separated_lists(engine, tmp_path, sep):
+    """A TSV (spreadsheets, `cut`) or an Excel CSV of a comma-decimal locale (`;`): the
+    header's separator, when it holds no comma, is the file's; both layouts."""
+    path = tmp_path / ("list.tsv" if sep == "\t" else "list.csv")
+    rows = [["signal_type", "signal_value", "tags", "content_id"]]
+    rows += [["pdq", h, "a b", f"id {i}, x"] for i, h in enumerate(PDQ[:3])]
+    with path.open("w", newline="", encoding="utf-8-sig") as f:
+        csv.writer(f, delimiter=sep).writerows(rows)
+    report = _ingest(engine, path)
+    assert report.rejections == []
+    got = {s.hash_hex: s for s in engine.store.iter_signals("l")}
+    assert set(got) == set(PDQ[:3]) and got[PDQ[1]].external_id == "id 1, x"
+    assert got[PDQ[1]].labels == ("a", "b")
+    wide = tmp_path / "wide.tsv"
+    wide.write_text(sep.join(["ID", "MD5", "PDQ"]) + "\n" + sep.join(["e9", MD5[2], PDQ[9]]) + "\n")
+    assert _ingest(engine, wide).rejections == []
+    assert {("md5", MD5[2]), ("pdq", PDQ[9])} <= _stored(engine)
