@@ -133,6 +133,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.host = host
         self._rebuilding = threading.Lock()
 
+    # The admin role is the server operator's, store-wide by definition: RebuildIndex
+    # and Snapshot act on every tenant's indexes, and Stats' counts, memory and the
+    # summaries' snapshot paths are the whole server's. Without all_lists, only other
+    # tenants' list names are kept back (README, "What one tenant cannot learn").
     @rpc("admin")
     def Stats(self, request: admin_pb2.StatsRequest, call: Call) -> admin_pb2.StatsResponse:
         reply = self.host.stats_pb()
@@ -180,6 +184,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         started = time.perf_counter()
         while True:
             event = events.get()
+            # as Changes does per message: a token removed (SIGHUP) since the call began
+            # gets no more progress nor the summary (UNAUTHENTICATED); a caller gone is
+            # not written to. The rebuild itself runs on (see above).
+            call.check_deadline()
             if isinstance(event, tuple):
                 kind, value = event
                 if kind == "error":

@@ -20,7 +20,7 @@ import pytest
 from hashmatch.server.auth import TokenAuth, tenant_entry
 from hashmatch.server.client import signal
 from hashmatch.server.testing import access_log_line, running_server
-from hashmatch.v1 import common_pb2, matcher_pb2, signals_pb2, signals_pb2_grpc
+from hashmatch.v1 import admin_pb2, common_pb2, matcher_pb2, signals_pb2, signals_pb2_grpc
 
 TENANTS = {
     "ops": (["match", "write", "admin", "export"], True),
@@ -60,8 +60,11 @@ def test_changes_paging_counts_only_what_the_caller_is_shown(served):
 
 
 def test_stats_for_the_admin_role_without_all_lists_name_only_its_lists(served):
+    """The admin role is store-wide by definition (README): the counts are the whole
+    server's, only other tenants' list names are kept back."""
     eve = served.client("eve")
     assert [x.name for x in eve.stats().lists] == []
+    assert eve.stats().total_signals == served.client("ops").stats().total_signals == 2
     assert json.loads(eve.stats().details_json).get("lists", {}) == {}
     served.engine.store.grant("eve", "alice-list")
     assert [x.name for x in eve.stats().lists] == ["alice-list"]
@@ -336,3 +339,31 @@ def test_an_open_changes_stream_ends_when_a_reload_takes_all_lists_back(tmp_path
         assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
         assert "all_lists" in err.value.details()
         assert shown < n
+
+
+def test_a_rebuild_stops_reporting_to_a_token_removed_while_it_runs(served, tmp_path):
+    """RebuildIndex streamed its progress and its summary (counts, the snapshot's path)
+    to the end after a reload removed its token; Changes and the request streams
+    re-check the token per message. The rebuild is held before its swap (the engine's
+    sync lock) while the token is removed, so the messages after it come after the
+    reload; the rebuild itself still runs to completion (documented)."""
+    ops = served.client("ops", retries=0)
+    engine = served.engine
+    with engine._sync_lock:
+        replies = ops.admin.RebuildIndex(
+            admin_pb2.RebuildIndexRequest(), metadata=ops.metadata, timeout=60
+        )
+        assert not next(replies).finished
+        kept = tmp_path / "auth-without-ops.toml"
+        kept.write_text(tenant_entry("alice", "y" * 32, ["match"]) + "\n")
+        served.server.host.auth = TokenAuth.from_file(kept)  # what SIGHUP does
+    with pytest.raises(grpc.RpcError) as err:
+        for reply in replies:
+            assert not reply.finished, "the summary went to a removed token"
+    assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    record = None
+    deadline = time.monotonic() + 30
+    while record is None and time.monotonic() < deadline:  # it runs to its end anyway
+        record = next(iter(engine.store.audit(action="index.rebuild")), None)
+        time.sleep(0.05)
+    assert record is not None
