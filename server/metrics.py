@@ -6,8 +6,14 @@ Each server owns a registry (tests run several servers in one process).
 from __future__ import annotations
 
 import collections
+import contextlib
+import socket
+import socketserver
+import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,12 +21,74 @@ from prometheus_client import (
     Gauge,
     Histogram,
     ProcessCollector,
-    start_http_server,
+    make_wsgi_app,
 )
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+
+#: Connections to /metrics served at once; more are answered 503 and closed at once.
+METRICS_CONNECTIONS = 16
+#: Seconds a /metrics connection may take to send its request (and read the reply)
+#: before it is closed: Prometheus' default scrape timeout.
+METRICS_CLIENT_TIMEOUT = 10.0
+
+_BUSY_REPLY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close"
+    b"\r\n\r\ntoo many open /metrics connections\n"
+)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """One /metrics request, no access line on stderr; ``timeout`` set per server."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
+    """prometheus_client's thread-per-connection server, with a cap and a timeout.
+
+    Why: its server gave every connection a thread for as long as the client kept it
+    open, with no timeout: 2,000 idle connections sending half a request held 2,000
+    threads and file descriptors of the gRPC server's process for good (the descriptors
+    gRPC needs to accept clients; past the limit new gRPC clients hang). Now at most
+    ``limit`` at once, each closed after ``timeout`` seconds; more are refused at once
+    on the accepting thread (503), so the metrics port can lose its scrapes to a flood
+    but not take the gRPC service down with it.
+    """
+
+    daemon_threads = True
+    limit = METRICS_CONNECTIONS
+
+    def server_activate(self) -> None:
+        self._slots = threading.BoundedSemaphore(self.limit)
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            with contextlib.suppress(OSError):
+                request.send(_BUSY_REPLY, socket.MSG_DONTWAIT)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or hung up is not worth a traceback on stderr."""
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
 
 
 class Metrics:
@@ -108,9 +176,30 @@ class Metrics:
         """Read the index size on every scrape (cheap engine call)."""
         self.index_signals.set_function(count)
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the /metrics HTTP endpoint; returns the bound port (port 0 = any free)."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        connections: int = METRICS_CONNECTIONS,
+        client_timeout: float = METRICS_CLIENT_TIMEOUT,
+    ) -> int:
+        """Start the /metrics HTTP endpoint; returns the bound port (port 0 = any free).
+
+        At most ``connections`` at once, each closed after ``client_timeout`` seconds
+        (see :class:`_BoundedMetricsServer`)."""
+        family, _, _, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        handler = type("Handler", (_QuietHandler,), {"timeout": client_timeout})
+        server_class = type(
+            "MetricsServer",
+            (_BoundedMetricsServer,),
+            {"address_family": family, "limit": connections},
+        )
+        server = server_class(address[:2], handler)
+        server.set_app(make_wsgi_app(self.registry))
+        threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
         self._http = server
         return server.server_port
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import io
 import shutil
+import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +22,7 @@ from PIL import Image
 from skimage import data
 
 from hashmatch.server.client import signal
+from hashmatch.server.metrics import METRICS_CONNECTIONS, Metrics
 from hashmatch.server.testing import (
     access_log_line,
     held_engine,
@@ -484,3 +487,62 @@ def test_metrics_include_the_process_memory_and_open_files(tmp_path):
     for name in ("process_open_fds", "process_max_fds", "process_resident_memory_bytes",
                  "process_cpu_seconds_total"):  # fmt: skip
         assert f"\n{name} " in text, name
+
+
+def _reply(sock: socket.socket, wait: float) -> bytes:
+    """What the server sent on ``sock`` until it closed it, or within ``wait`` s."""
+    sock.settimeout(wait)
+    out = b""
+    try:
+        while chunk := sock.recv(4096):
+            out += chunk
+    except TimeoutError:
+        pass
+    return out
+
+
+def test_idle_metrics_connections_hold_no_thread_each(tmp_path):
+    """prometheus_client's HTTP server gave every /metrics connection a thread (and a
+    descriptor of the gRPC server's process) for as long as the client kept it open:
+    2,000 connections sending half a request held 2,000 threads for good. Now at most
+    METRICS_CONNECTIONS are served at once; the rest are answered 503 and closed."""
+    with running_server(tmp_path, tenants=ADMIN, metrics_port=0) as ts:
+        port = ts.server.metrics_port
+        before = threading.active_count()
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]
+        try:
+            for sock in held:
+                sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
+            time.sleep(0.5)
+            assert threading.active_count() - before <= METRICS_CONNECTIONS
+            busy = [_reply(sock, 0.05) for sock in held]
+            assert sum(r.startswith(b"HTTP/1.0 503") for r in busy) >= 60 - METRICS_CONNECTIONS
+        finally:
+            for sock in held:
+                sock.close()
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.monotonic() + 10
+        while True:  # the slots come back as the held connections close
+            try:
+                assert b"hashmatch_requests" in urllib.request.urlopen(url, timeout=5).read()
+                break
+            except urllib.error.HTTPError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+
+
+def test_a_metrics_connection_that_sends_no_request_is_closed():
+    """There was no timeout: a client that opened a connection and sent half a request
+    held its thread forever. Now it is closed after ``client_timeout``."""
+    metrics = Metrics()
+    port = metrics.serve("127.0.0.1", 0, client_timeout=0.3)
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            assert _reply(sock, 5.0) == b""  # closed, nothing sent
+            assert time.monotonic() - started < 3.0
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert b"hashmatch_inflight_rpcs" in urllib.request.urlopen(url, timeout=5).read()
+    finally:
+        metrics.stop()
