@@ -130,8 +130,12 @@ class Metrics:
         self.media_pending = Gauge(
             "hashmatch_media_pending", "Media items hashing or waiting", registry=self.registry
         )
+        # rows, not signals: a vPDQ video has one per frame (counting videos would
+        # scan the index on every scrape); Stats' details_json types.<type>.indexed
         self.index_signals = Gauge(
-            "hashmatch_index_signals", "Signals in the live index", registry=self.registry
+            "hashmatch_index_signals",
+            "Rows in the live indexes: one per signal, one per frame of a vPDQ video",
+            registry=self.registry,
         )
         self._http = None
         self._children: dict[tuple[str, str], tuple] = {}

@@ -6,6 +6,7 @@ the not-yet-serving state; Hash needs no index, so these run without one.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import socket
 import subprocess
@@ -546,3 +547,35 @@ def test_a_metrics_connection_that_sends_no_request_is_closed():
         assert b"hashmatch_inflight_rpcs" in urllib.request.urlopen(url, timeout=5).read()
     finally:
         metrics.stop()
+
+
+def test_the_index_gauge_counts_what_stats_calls_indexed(tmp_path):
+    """hashmatch_index_signals was documented as signals but counts index rows: a vPDQ
+    video counts once per frame. Pinned against Stats after ingest and retract."""
+    from hashmatch.v1 import common_pb2, signals_pb2
+
+    def gauge() -> float:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        (line,) = [x for x in text.splitlines() if x.startswith("hashmatch_index_signals ")]
+        return float(line.split()[1])
+
+    def indexed() -> int:
+        details = json.loads(client.stats().details_json)
+        return sum(t["indexed"] for t in details["types"].values())
+
+    with running_server(tmp_path, tenants=ADMIN, metrics_port=0) as ts:
+        url = f"http://127.0.0.1:{ts.server.metrics_port}/metrics"
+        client = ts.client("admin")
+        codes = [f"{i + 1:064x}" for i in range(30)]
+        client.ingest("photos", [signal("pdq", code) for code in codes])
+        video = signals_pb2.Signal(
+            hash=common_pb2.HashValue(signal_type="vpdq"),
+            frames=codes[:12],
+            frame_qualities=[100] * 12,
+            timestamps=[float(i) for i in range(12)],
+        )
+        client.ingest("videos", [video])
+        assert client.stats().total_signals == 31
+        assert gauge() == indexed() == 42
+        client.retract("photos", hashes=[("pdq", code) for code in codes[:5]])
+        assert gauge() == indexed() == 37
