@@ -285,6 +285,8 @@ def match(
         _mark_floor(result, found)
         result.matches.extend(_relabel(convert.match_to_pb(m), position) for m in found)
         results.append(result)
+    if videos:  # one per video, as the access log's `queries` counts them
+        host.metrics.count_queries("vpdq", len(videos))
     call.log["queries"] = n_hashes + len(request.media) + len(videos)
     call.log["matches"] = sum(len(r.matches) for r in results)
     if call.log["matches"]:

@@ -579,3 +579,29 @@ def test_the_index_gauge_counts_what_stats_calls_indexed(tmp_path):
         assert gauge() == indexed() == 42
         client.retract("photos", hashes=[("pdq", code) for code in codes[:5]])
         assert gauge() == indexed() == 37
+
+
+def test_metrics_count_client_hashed_video_queries(tmp_path):
+    """hashmatch_queries_total left out vPDQ videos hashed client-side (MatchRequest
+    videos), which the access log's `queries` counts: a video-only pipeline's lookups
+    were not in the metrics at all. One video counts once, as in the log."""
+    from hashmatch.v1 import common_pb2, matcher_pb2, signals_pb2
+
+    frames = [f"{i + 1:064x}" for i in range(8)]
+    with running_server(tmp_path, tenants=ADMIN, metrics_port=0) as ts:
+        client = ts.client("admin", retries=0)
+        stored = signals_pb2.Signal(
+            hash=common_pb2.HashValue(signal_type="vpdq"),
+            frames=frames,
+            frame_qualities=[100] * 8,
+            timestamps=[float(i) for i in range(8)],
+        )
+        client.ingest("videos", [stored])
+        video = matcher_pb2.VideoQuery(signal_type="vpdq", frames=frames, qualities=[100] * 8)
+        request = matcher_pb2.MatchRequest(videos=[video, video])
+        reply = client.matcher.Match(request, metadata=client.metadata, timeout=30)
+        assert [len(r.matches) for r in reply.results] == [1, 1]
+        url = f"http://127.0.0.1:{ts.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        assert 'hashmatch_queries_total{signal_type="vpdq"} 2.0' in text
+        assert 'hashmatch_matches_total{list="videos",signal_type="vpdq"} 2.0' in text
