@@ -274,6 +274,10 @@ class AuthGate(grpc.ServerInterceptor):
     spent ~2x the message size in memory on a caller with no token. A request-streaming
     handler that aborts at once never reads the message. The skin (calls.rpc) still
     authenticates every call; this only answers the unknown ones early.
+
+    It also counts every hashmatch call as it arrives (``hashmatch_requests_received``):
+    gRPC runs interceptors before its ``max_concurrent_rpcs`` check and its thread
+    queue, whose refusals and drops no handler sees.
     """
 
     def __init__(self, host: ServiceHost):
@@ -281,15 +285,18 @@ class AuthGate(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
+        if handler is None or not details.method.startswith("/hashmatch.v1."):
+            return handler
+        method = details.method.rsplit("/", 1)[-1]
+        metrics = self.host.metrics
+        metrics.arrived(method)  # known methods only: a bounded label
         auth = self.host.auth
-        if handler is None or auth is None or not details.method.startswith("/hashmatch.v1."):
+        if auth is None:
             return handler
         try:
             auth.authenticate(details.invocation_metadata)
         except HashmatchError as exc:
             message = str(exc)
-            method = details.method.rsplit("/", 1)[-1]
-            metrics = self.host.metrics
 
             def refuse(_requests, context):
                 metrics.inflight.inc()

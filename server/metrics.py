@@ -103,6 +103,16 @@ class Metrics:
             ["method", "code"],
             registry=self.registry,
         )
+        # counted as gRPC hands a call over (app.AuthGate), before its thread queue and
+        # its max_concurrent_rpcs check: what requests_total cannot see (a refusal by
+        # gRPC itself, a call whose deadline passed or that was cancelled while queued
+        # for a thread) is received - requests - inflight
+        self.received = Counter(
+            "hashmatch_requests_received",
+            "RPCs received, by method, before gRPC's own queue and concurrency limit",
+            ["method"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "hashmatch_request_seconds",
             "RPC latency by method",
@@ -140,6 +150,7 @@ class Metrics:
         self._http = None
         self._children: dict[tuple[str, str], tuple] = {}
         self._query_children: dict[str, Any] = {}
+        self._received_children: dict[str, Any] = {}
         self._match_children: dict[tuple[str, str], Any] = {}
 
     def finished(self, method: str, code: str, seconds: float) -> None:
@@ -151,6 +162,13 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
         self.inflight.dec()
+
+    def arrived(self, method: str) -> None:
+        """Count one call gRPC handed over (label child cached: this runs on every call)."""
+        child = self._received_children.get(method)
+        if child is None:
+            child = self._received_children[method] = self.received.labels(method)
+        child.inc()
 
     def count_queries(self, signal_type: str, n: int) -> None:
         """Count looked-up queries by type (label child cached: this runs on every call)."""
