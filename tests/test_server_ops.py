@@ -646,3 +646,30 @@ def test_calls_gRPC_drops_before_a_handler_runs_show_in_the_metrics(tmp_path):
                 stream.cancel()
             for channel in channels:
                 channel.close()
+
+
+def test_client_strings_cannot_forge_access_log_lines(tmp_path, caplog):
+    """A list name, request_id or hex a client chose, holding a newline, a carriage
+    return, U+2028 or an ANSI escape, stays inside its JSON string: each call is one
+    line, with no raw control character for a terminal or a line-based shipper."""
+    forged = '\n{"ts":"2026-01-01T00:00:00.000Z","method":"Match"}\r\u2028\x1b[2J!'
+    with (
+        caplog.at_level("INFO", logger="hashmatch.access"),
+        running_server(tmp_path, tenants=ADMIN) as ts,
+    ):
+        client = ts.client("admin", retries=0)
+        for attempt in (
+            lambda: client.retract("L" + forged, hashes=[("pdq", "a1" * 32)], request_id=forged),
+            lambda: client.match([("pdq", "zz" + forged)]),
+            lambda: client.match([("pdq", "a1" * 32)], lists=["x" + forged]),
+        ):
+            with pytest.raises(grpc.RpcError):
+                attempt()
+        lines = [access_log_line(caplog, "Retract"), *(access_log_line(caplog, "Match", n)
+                                                      for n in (1, 2))]  # fmt: skip
+        raw = [r.getMessage() for r in caplog.records if r.name == "hashmatch.access"]
+    assert len(raw) == 3
+    for text in raw:
+        assert not any(c in text for c in "\n\r\x1b\u2028"), text
+    assert lines[0]["list"] == "L" + forged and lines[0]["request_id"] == forged
+    assert [line["status"] for line in lines] == ["NOT_FOUND", "INVALID_ARGUMENT", "NOT_FOUND"]
