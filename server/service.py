@@ -184,14 +184,16 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         started = time.perf_counter()
         while True:
             event = events.get()
+            if isinstance(event, tuple) and event[0] == "error":
+                raise event[1]  # ends the call: the log says why (e.g. the server stopping)
             # as Changes does per message: a token removed (SIGHUP) since the call began
-            # gets no more progress nor the summary (UNAUTHENTICATED); a caller gone is
-            # not written to. The rebuild itself runs on (see above).
-            call.check_deadline()
+            # gets no more progress nor the summary (UNAUTHENTICATED); the rebuild itself
+            # runs on (see above). A caller gone (or cut by a stop) ends the call at the
+            # next yield, logged CANCELLED / DEADLINE_EXCEEDED by calls.rpc.
+            if call.recheck is not None:
+                call.recheck()
             if isinstance(event, tuple):
-                kind, value = event
-                if kind == "error":
-                    raise value
+                _, value = event
                 call.log["rebuild_s"] = round(time.perf_counter() - started, 3)
                 call.log["snapshot"] = value.get("snapshot")
                 yield admin_pb2.RebuildProgress(
