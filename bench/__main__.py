@@ -6,7 +6,7 @@ import importlib
 import sys
 
 SUITES = ("hashing", "indexes", "store", "service", "clients", "scan", "quality")
-ON_DEMAND = ("soak",)  # not in ``all``: minutes of mixed load and correctness checks
+ON_DEMAND = ("soak", "scan_walk")  # not in ``all``: minutes of mixed load and correctness checks
 
 
 def main(argv: list[str]) -> None:

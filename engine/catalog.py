@@ -223,6 +223,9 @@ class FileRecord:
     reason: str | None
     error: str | None
     scanned_at: float
+    #: the run that last saw the file (``lookup`` fills it; a scan skips a path its own
+    #: run already recorded, instead of keeping every path it walked in memory)
+    seen_run: int | None = None
 
 
 @dataclass(frozen=True)
@@ -420,8 +423,8 @@ class Catalog:
             chunk = [_db_path(p) for p in paths[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self.conn.execute(
-                "SELECT id, path, size, mtime_ns, md5, types, status, reason, error, scanned_at "
-                f"FROM files WHERE path IN ({marks})",
+                "SELECT id, path, size, mtime_ns, md5, types, status, reason, error, scanned_at, "
+                f"seen_run FROM files WHERE path IN ({marks})",
                 chunk,
             ):
                 rec = _file_record(row)
@@ -878,6 +881,7 @@ def _file_record(row: Sequence) -> FileRecord:
         reason=row[7],
         error=row[8],
         scanned_at=row[9],
+        seen_run=row[10] if len(row) > 10 else None,
     )
 
 
