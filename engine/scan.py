@@ -57,6 +57,7 @@ from hashmatch.engine.catalog import (
     MatchRow,
 )
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
+from hashmatch.engine.video_formats import is_video_path
 
 if TYPE_CHECKING:
     from hashmatch.engine.hashing import HashOptions
@@ -76,24 +77,6 @@ NO_TYPE_APPLIES = "no requested type applies"
 DIHEDRAL_MARK = "pdq+dihedral"
 FAST_MARK = "pdq+fast"
 SHRINK_MARK = "pdq+fast-shrink"
-VIDEO_EXTENSIONS = frozenset(
-    [
-        ".mp4",
-        ".m4v",
-        ".mov",
-        ".avi",
-        ".mkv",
-        ".webm",
-        ".wmv",
-        ".flv",
-        ".mpg",
-        ".mpeg",
-        ".3gp",
-        ".ts",
-        ".mts",
-        ".ogv",
-    ]
-)
 
 
 # ----------------------------------------------------------------------------- walking
@@ -282,7 +265,7 @@ class WorkResult:
 
 def types_for(path: str, types: Sequence[str]) -> tuple[str, ...]:
     """The requested types that apply to this file (video types for videos, photo otherwise)."""
-    is_video = os.path.splitext(path)[1].lower() in VIDEO_EXTENSIONS
+    is_video = is_video_path(path)
     out = []
     for name in types:
         content = signal_types.get(name).content
@@ -1246,7 +1229,7 @@ class Scanner:
                 for e in self._new_in_block(block, known):
                     self.summary.seen += 1
                     self.progress.found(self.summary.seen)
-                    if no_video_type and os.path.splitext(e.path)[1].lower() in VIDEO_EXTENSIONS:
+                    if no_video_type and is_video_path(e.path):
                         self._video_without_vpdq(e.path)
                     if e.reason is not None:
                         self._pending.append(

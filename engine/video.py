@@ -52,22 +52,13 @@ from hashmatch.engine.errors import (
 )
 from hashmatch.engine.pdq import pdq_hash
 
+# which suffixes are videos and the FFmpeg demuxers (format_whitelist) they are read
+# with: one table, shared with scan and the CLI
+from hashmatch.engine.video_formats import FFMPEG_FORMATS
+
 VPDQ_DISTANCE_THRESHOLD = 31  # python-threatexchange VPDQ_DISTANCE_THRESHOLD (inclusive)
 VPDQ_QUALITY_THRESHOLD = 50  # python-threatexchange VPDQ_QUALITY_THRESHOLD
 DEFAULT_SECONDS_PER_HASH = 1.0  # vpdq's default sampling
-# File suffixes treated as video (vPDQ) rather than photo by the CLI.
-VIDEO_EXTENSIONS = frozenset(
-    [".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".wmv", ".flv", ".mpg", ".mpeg", ".3gp",
-     ".ts", ".mts"]
-)  # fmt: skip
-
-# FFmpeg demuxers a video may be read with: the containers of VIDEO_EXTENSIONS (FFmpeg
-# matches any comma-separated part of a demuxer's name: "mov" is the mp4 demuxer,
-# "matroska" mkv/webm, "asf" wmv, "mpeg" program streams, "mpegts" .ts/.mts). Why a
-# whitelist: uploaded bytes pick their own demuxer by content, and some demuxers open
-# *other* files: an ``ffconcat`` or HLS (``#EXTM3U``) playlist follows relative paths,
-# so an upload could hash (and probe the existence of) any file beside it.
-FFMPEG_FORMATS = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegts,flv,mpeg,asf"
 # Only the local file protocol: no demuxer reaches the network or a pipe.
 FFMPEG_PROTOCOLS = "file"
 # Bytes that announce a playlist (concat, HLS): refused before FFmpeg sees them.

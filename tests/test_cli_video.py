@@ -113,12 +113,14 @@ def test_reference_vpdq_text_files_match_as_the_reference_groups(run, reference_
     assert other[0]["matches"] == []
 
 
-def write_video(path: Path, frames: int = 30, fps: float = 10.0, size=(96, 64), seed=0) -> Path:
+def write_video(
+    path: Path, frames: int = 30, fps: float = 10.0, size=(96, 64), seed=0, fourcc: str = "mp4v"
+) -> Path:
     """A benign generated clip: a smooth random background with a moving disc."""
     import cv2
 
     w, h = size
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
     assert writer.isOpened()
     rng = np.random.default_rng(seed)
     base = cv2.resize(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8), (w, h))
@@ -138,6 +140,35 @@ def test_match_of_a_video_file_hashes_it_as_vpdq_by_default(run, tmp_path):
     out = json.loads(run("match", str(clip), "--json").output)
     assert out[0]["hashes"][0].startswith("vpdq:")
     assert [m["query_match_pct"] for m in out[0]["matches"]] == [100.0]
+
+
+def test_an_ogv_is_a_video_to_hash_match_and_scan_alike(run, tmp_path):
+    """``scan`` kept its own extension list (``.ogv`` a video), ``hash``/``match`` another
+    (``.ogv`` a photo: 'looks like a video'), and FFmpeg's demuxer whitelist had no Ogg,
+    so no command could hash one as a video. Now one table (engine.video_formats)."""
+    from hashmatch.engine.scan import types_for
+    from hashmatch.engine.video_formats import VIDEO_EXTENSIONS
+    from hashmatch.server.commands.hashing import applicable
+
+    for ext in [*VIDEO_EXTENSIONS, ".OGV", ".png", ""]:
+        assert types_for(f"a{ext}", ["pdq", "vpdq"]) == tuple(
+            applicable(f"a{ext}", ["pdq", "vpdq"])
+        )
+    media = tmp_path / "media"
+    media.mkdir()
+    clip = write_video(media / "clip.ogv", fourcc="VP80")  # VP8 in an Ogg container
+    assert clip.read_bytes()[:4] == b"OggS"
+    rec = json.loads(run("hash", str(clip)).output)
+    assert rec["type"] == "vpdq" and len(rec["frames"]) == 3, rec
+    listed = tmp_path / "listed.csv"
+    listed.write_text(run("hash", str(clip), "--format", "te").output)
+    run("ingest", str(listed), "--list", "videos")
+    out = json.loads(run("match", str(clip), "--json").output)
+    assert [m["query_match_pct"] for m in out[0]["matches"]] == [100.0]
+    report = tmp_path / "report.jsonl"
+    run("scan", str(media), "--types", "vpdq", "--workers", "0", "--out", str(report))
+    kinds = [json.loads(x)["kind"] for x in report.read_text().splitlines()]
+    assert kinds == ["match", "summary"], report.read_text()
 
 
 def test_hash_and_match_of_a_video_stop_at_the_file_timeout(run, tmp_path):

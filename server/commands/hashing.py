@@ -22,7 +22,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import click
 
@@ -38,7 +37,7 @@ from hashmatch.engine.scan import (
     walk,
     with_time_budget,
 )
-from hashmatch.engine.video import VIDEO_EXTENSIONS
+from hashmatch.engine.video_formats import is_video_path
 
 CSV_FIELDS = ("path", "type", "hash", "quality", "frame", "timestamp", "error")
 
@@ -75,7 +74,7 @@ def iter_paths(paths: tuple[str, ...]) -> Iterator[Entry]:
 
 def applicable(path: str, types: list[str]) -> list[str]:
     """vPDQ for videos, photo types for everything else, byte digests for all."""
-    is_video = Path(path).suffix.lower() in VIDEO_EXTENSIONS
+    is_video = is_video_path(path)
     out = []
     for name in types:
         content = signal_types.get(name).content
