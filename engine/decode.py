@@ -72,6 +72,17 @@ class DecodeLimits:
     # default one hash a second is 2 h 46 min of video. Over it: MediaTooLarge, never
     # a silently partial answer.
     max_frames: int = 10_000
+    # A video's sampled frames alone, when they may run longer than an animation's
+    # frames (None: ``max_frames``). Why apart: ``hash`` and ``scan`` read the operator's
+    # own files, where films run past 2 h 46 min, so they raise the video cap to 100k;
+    # that one field raised the animation cap with it, and ``hash --all-frames`` hashed
+    # up to 100k frames of a GIF (~85 s with every PDQ option on) instead of refusing it.
+    max_video_frames: int | None = None
+
+    @property
+    def video_frames(self) -> int:
+        """The cap on a video's sampled frames (vPDQ)."""
+        return self.max_frames if self.max_video_frames is None else self.max_video_frames
 
 
 DEFAULT_LIMITS = DecodeLimits()

@@ -1128,7 +1128,9 @@ class Scanner:
             dihedral=options.dihedral,
             dihedral_exact=True,  # each orientation hashed: flips land 0-2 bits away
             fast_decode=options.fast_decode,
-            limits=DecodeLimits(max_bytes=options.max_bytes, max_frames=options.max_video_frames),
+            limits=DecodeLimits(
+                max_bytes=options.max_bytes, max_video_frames=options.max_video_frames
+            ),
         )
         self.summary = ScanSummary()
         self._reasons: Counter[str] = Counter()

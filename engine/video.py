@@ -348,7 +348,7 @@ def _hash_path(
     try:
         fps = _fps(cap, limits)
         for n, ts, rgb in _sampled(cap, fps, seconds_per_hash, downsample, checkpoint):
-            if len(codes) >= limits.max_frames:
+            if len(codes) >= limits.video_frames:
                 raise _too_many_frames(fps, seconds_per_hash, limits)
             if frame_transform is not None:
                 rgb = frame_transform(rgb)
@@ -365,12 +365,12 @@ def _hash_path(
 
 
 def _too_many_frames(fps: float, seconds_per_hash: float, limits: DecodeLimits) -> MediaTooLarge:
-    """Raised at the first sampled frame over ``limits.max_frames``. Not checked up
+    """Raised at the first sampled frame over ``limits.video_frames``. Not checked up
     front from the container's frame count: that is a header a hostile file can
     understate, and an estimate (duration x fps) for honest ones."""
     step = frame_step(fps, seconds_per_hash)
     return MediaTooLarge(
-        f"video has more sampled frames than the {limits.max_frames}-frame limit "
+        f"video has more sampled frames than the {limits.video_frames}-frame limit "
         f"(one hashed in every {step} at {fps:g} fps)",
         field="media",
     )

@@ -3,6 +3,7 @@ pixel-limit messages. Every input is generated here (tiny mp4s, GIFs, PNG header
 
 from __future__ import annotations
 
+import json
 import struct
 import tempfile
 import time
@@ -140,6 +141,23 @@ def test_default_limit_refuses_a_10001_frame_gif_before_hashing_it():
     # first frame only (the default) is one frame's work: still hashed
     (pdq,) = hash_media(data, ["pdq"])
     assert pdq.codes.shape == (1, 32)
+
+
+def test_hash_all_frames_keeps_the_animation_cap_where_videos_get_100k(run, tmp_path):
+    """``hash`` raises the frame cap to 100k for films (local files, as ``scan``); that
+    one field capped animations too, so ``--all-frames`` hashed a 10,001-frame GIF frame
+    by frame instead of refusing it as the server does. Videos keep the raised cap."""
+    gif = tmp_path / "bomb.gif"
+    gif.write_bytes(_tiny_gif(10_001))
+    out = run("hash", str(gif), "--types", "pdq", "--all-frames", code=1).output
+    rec = json.loads(out)
+    assert rec["reason"] == "MediaTooLarge", str(rec)[:300]
+    assert "10001 frames, over the 10000-frame limit" in rec["error"]
+    limits = DecodeLimits(max_video_frames=11)
+    assert (limits.max_frames, limits.video_frames) == (10_000, 11)
+    clip = _mp4(tmp_path / "clip.mp4", frames=12, fps=10.0, size=32)
+    with pytest.raises(MediaTooLarge, match="more sampled frames than the 11-frame limit"):
+        hash_video(clip, seconds_per_hash=0, limits=limits)
 
 
 def test_all_frames_pdq_passes_the_limits_through():

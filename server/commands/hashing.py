@@ -207,8 +207,9 @@ def hash_command(
         all_frames=all_frames,
         reference_resize=reference_resize,
         seconds_per_hash=seconds,
-        # local files, as scan: the server's 10k-frame upload guard would refuse films
-        limits=DecodeLimits(max_frames=SCAN_MAX_VIDEO_FRAMES),
+        # local files, as scan: the server's 10k-frame upload guard would refuse films;
+        # an animation keeps the 10k cap (--all-frames hashes each frame)
+        limits=DecodeLimits(max_video_frames=SCAN_MAX_VIDEO_FRAMES),
     )
     out = sys.stdout
     writer = None
