@@ -1,11 +1,12 @@
 """Parent memory of a scan over many small files: ``python -m bench scan_walk``.
 
 Why: ``hashmatch scan`` must handle millions of stored files, and the scanning
-process's memory must not grow with the tree. N tiny files (a 67-byte PNG each, all
-in ONE directory, the worst case for a sorted walk) are scanned with ``--types md5
---no-match`` into a fresh catalog; the scan runs in a child process that reports its
-own peak RSS (``VmHWM``: the parent only, not its hashing workers) and wall time.
-A second run over the same catalog measures the all-unchanged re-scan.
+process's memory must not grow with the tree. N tiny files (a 67-byte PNG each; all in
+ONE directory by default, the worst case for a sorted walk; ``--per-dir`` spreads them)
+are scanned with ``--types md5 --no-match`` into a fresh catalog; the scan runs in a
+child process that reports its own peak RSS (``VmHWM``: the parent only, not its
+hashing workers) and wall time. A second run over the same catalog measures the
+all-unchanged re-scan.
 """
 
 from __future__ import annotations
@@ -37,13 +38,16 @@ finally:
 """
 
 
-def make_tree(directory: Path, n: int) -> None:
-    """n tiny files in one directory (reused if already there)."""
+def make_tree(directory: Path, n: int, per_dir: int = 0) -> None:
+    """n tiny files in one directory, or in directories of ``per_dir`` (reused)."""
     directory.mkdir(parents=True, exist_ok=True)
-    if len(os.listdir(directory)) == n:
+    if os.listdir(directory):
         return
     for i in range(n):
-        (directory / f"f{i:07d}.png").write_bytes(TINY_PNG)
+        folder = directory / f"d{i // per_dir:05d}" if per_dir else directory
+        if per_dir and i % per_dir == 0:
+            folder.mkdir()
+        (folder / f"f{i:07d}.png").write_bytes(TINY_PNG)
 
 
 def run_scan(tree: Path, catalog: Path, workers: int) -> tuple[int, float, dict]:
@@ -62,13 +66,15 @@ def main(argv: list[str]) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench scan_walk")
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--per-dir", type=int, default=0, help="files per directory (0: one)")
     ap.add_argument("--dir", type=Path, help="work directory (the tree is reused if present)")
     args = ap.parse_args(argv)
     work = args.dir or Path(tempfile.mkdtemp(prefix="hashmatch-scan-walk-"))
     tree = work / "tree"
     started = time.monotonic()
-    make_tree(tree, args.files)
-    print(f"tree: {args.files} files in one directory ({time.monotonic() - started:.1f} s)")
+    make_tree(tree, args.files, args.per_dir)
+    where = f"directories of {args.per_dir}" if args.per_dir else "one directory"
+    print(f"tree: {args.files} files in {where} ({time.monotonic() - started:.1f} s)")
     catalog = work / f"catalog-{os.getpid()}.sqlite"
     for label in ("first scan", "re-scan (all unchanged)"):
         rss, secs, summary = run_scan(tree, catalog, args.workers)
