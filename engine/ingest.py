@@ -41,7 +41,9 @@ import io
 import itertools
 import json
 import math
+import os
 import re
+import stat
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -254,19 +256,50 @@ def _open(source: str | Path | IO[str]) -> tuple[IO[str], str, Callable[[], None
                 return sys.stdin, "", _nothing
             return _wrap(raw)
         path = Path(source)
-        if not path.is_file():
-            raise InvalidInput(f"no such file: {path}", field="file")
-        with open(path, "rb") as head:
-            zipped = head.read(2) == _GZIP_MAGIC
+        check_source(path)
+        try:
+            raw = open(path, "rb")  # noqa: SIM115 - closed by the returned callable
+        except OSError as exc:  # permission denied, or gone since the stat
+            raise InvalidInput(f"{path}: {exc.strerror or exc}", field="file") from None
+        zipped = raw.peek(2)[:2] == _GZIP_MAGIC  # peek: a pipe cannot be read twice
         name = path.name[:-3] if zipped and path.name.lower().endswith(".gz") else path.name
-        if zipped:
-            stream = gzip.open(path, "rt", encoding="utf-8-sig", newline="")  # noqa: SIM115
-        else:
-            stream = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
-        return stream, name, stream.close
+        if not zipped:
+            stream = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+            return stream, name, stream.close
+        zstream = io.TextIOWrapper(
+            gzip.GzipFile(fileobj=raw, mode="rb"), encoding="utf-8-sig", newline=""
+        )
+
+        def close_both() -> None:
+            zstream.close()
+            raw.close()  # GzipFile leaves a fileobj it was given open
+
+        return zstream, name, close_both
     if isinstance(source, io.BufferedIOBase | io.RawIOBase):
         return _wrap(source)
     return source, getattr(source, "name", "") or "", _nothing
+
+
+def check_source(path: str | Path) -> None:
+    """A regular file or a pipe, else :class:`InvalidInput` saying what it is (only
+    stat: opening a pipe would take its data or block until a writer comes).
+
+    Why pipes: ``hashmatch ingest <(generate-hashes) --list L`` (bash's process
+    substitution, a ``/dev/fd/N`` pipe) and named pipes are how Unix tools stream a
+    list without a temporary file; they are read once, front to back, as every format
+    here is. A directory or a device (``/dev/zero`` would never end) is refused."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InvalidInput(f"no such file: {path}", field="file") from None
+    except OSError as exc:
+        raise InvalidInput(f"{path}: {exc.strerror or exc}", field="file") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        from hashmatch.engine.scan import file_kind
+
+        raise InvalidInput(
+            f"{path}: not a regular file or pipe but {file_kind(mode)}", field="file"
+        )
 
 
 def _wrap(raw: IO[bytes]) -> tuple[IO[str], str, Callable[[], None]]:

@@ -182,3 +182,53 @@ def test_verbs_that_create_a_store_say_so_and_a_grant_names_the_missing_step(run
     )
     missing = CliRunner().invoke(cli, ["lists", "ls", "--data-dir", str(tmp_path / "typo")])
     assert missing.exit_code == 1 and "set HASHMATCH_DATA_DIR or --data-dir" in missing.output
+
+
+def _pipe_of(text: str) -> tuple[str, object]:
+    """A ``/dev/fd/N`` pipe fed ``text`` by a thread, as bash's ``<(generate-hashes)``
+    passes one: (its path, the writer thread)."""
+    import os
+    import threading
+
+    read_end, write_end = os.pipe()
+
+    def feed() -> None:
+        with os.fdopen(write_end, "w") as out:
+            out.write(text)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    return f"/dev/fd/{read_end}", writer
+
+
+def test_ingest_and_retract_read_hash_lists_from_pipes(run, tmp_path):
+    """`ingest <(generate-hashes) --list L` failed "no such file: /dev/fd/63" (only a
+    regular file was read) after saying "list 'L' is new". Pipes and named pipes are
+    read once, streaming; a device or a directory is refused before the store is made."""
+    import os
+    import threading
+
+    zero = run("ingest", "/dev/zero", "--list", "v3", "--type", "pdq", ok=False)
+    assert zero.exit_code == 1
+    assert zero.output.strip() == (
+        "Error: /dev/zero: not a regular file or pipe but a character device"
+    )
+    assert not (tmp_path / "data").exists()  # no store, no "list 'v3' is new"
+
+    path, writer = _pipe_of(f"{H0}\n")
+    out = run("ingest", path, "--list", "v3", "--type", "pdq").output
+    writer.join(5)
+    assert f"{path}: added 1, updated 0, unchanged 0, rejected 0 into 'v3'" in out
+    fifo = tmp_path / "partner.jsonl"  # a named pipe: its name still tells the format
+    os.mkfifo(fifo)
+    feeder = threading.Thread(
+        target=fifo.write_text, args=(json.dumps({"signal_type": "pdq", "hash": H1}) + "\n",)
+    )
+    feeder.start()
+    out = run("ingest", str(fifo), "--list", "v3").output
+    feeder.join(5)
+    assert "added 1, updated 0, unchanged 0, rejected 0 into 'v3'" in out
+    path, writer = _pipe_of(f"{H0}\n{H1}\n")
+    out = run("retract", "--list", "v3", "--file", path).output
+    writer.join(5)
+    assert "retracted 2 signal(s) in 'v3' (2 requested)" in out

@@ -745,3 +745,37 @@ def test_the_readme_sync_example_runs(served):
     done = run_python_example("Python client (bearer token", served)
     assert done.returncode == 0, done.stderr
     assert "('partner-a', 0)" in done.stdout, done.stdout
+
+
+def test_remote_ingest_reads_a_pipe(served, tmp_path):
+    """`remote ingest L <(generate-hashes)`: the file is read twice (a count, then the
+    send), a pipe only once, so it is copied first as stdin is; a named pipe's name
+    still tells its format. /dev/zero is refused before anything is read or sent."""
+    import os
+    import threading
+
+    read_end, write_end = os.pipe()
+    rows = "signal_type,signal_value\n" + "".join(f"pdq,{i:064x}\n" for i in range(1, 4))
+
+    def feed() -> None:
+        with os.fdopen(write_end, "w") as out:
+            out.write(rows)
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    result = _remote(served, "ingest", "piped", f"/dev/fd/{read_end}")
+    writer.join(5)
+    assert result.exit_code == 0 and json.loads(result.output)["added"] == 3, result.output
+    fifo = tmp_path / "videos.vpdq"
+    os.mkfifo(fifo)
+    clip = "".join(f"{i},90,{i + 7:064x},{i}.0\n" for i in range(3))
+    feeder = threading.Thread(target=fifo.write_text, args=(clip,), daemon=True)
+    feeder.start()
+    result = _remote(served, "ingest", "piped-videos", str(fifo))
+    feeder.join(5)
+    assert result.exit_code == 0 and json.loads(result.output)["added"] == 1, result.output
+    result = _remote(served, "ingest", "piped", "/dev/zero", "--type", "pdq")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "Error: /dev/zero: not a regular file or pipe but a character device"
+    )

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -775,13 +776,27 @@ class _SignalFile:
 
 @contextmanager
 def _readable_twice(file: str) -> Iterator[str]:
-    """FILE's path; stdin ('-') is first copied to a temporary file (in $TMPDIR), as it
-    is read once per send and stdin cannot be read again."""
+    """FILE's path; stdin ('-') and a pipe (``<(generate-hashes)``, a named pipe) are
+    first copied to a temporary file (in $TMPDIR), as FILE is read once per send and a
+    pipe cannot be read again. The copy keeps FILE's name as its suffix, so a format
+    told by it (``.jsonl``, ``.vpdq``) is still told."""
+    from hashmatch.engine.ingest import check_source
+
     if file != "-":
-        yield file
-        return
-    with tempfile.NamedTemporaryFile(prefix="hashmatch-ingest-", suffix=".stdin") as tmp:
-        shutil.copyfileobj(sys.stdin.buffer, tmp)
+        try:
+            check_source(file)
+        except HashmatchError as exc:
+            raise click.ClickException(exc.message) from None
+        if not stat.S_ISFIFO(os.stat(file).st_mode):
+            yield file
+            return
+    suffix = ".stdin" if file == "-" else f"-{Path(file).name}"
+    with tempfile.NamedTemporaryFile(prefix="hashmatch-ingest-", suffix=suffix) as tmp:
+        if file == "-":
+            shutil.copyfileobj(sys.stdin.buffer, tmp)
+        else:
+            with open(file, "rb") as pipe:
+                shutil.copyfileobj(pipe, tmp)
         tmp.flush()
         yield tmp.name
 

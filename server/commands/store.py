@@ -484,11 +484,17 @@ def ingest_command(
       hashmatch ingest hashes.txt --list partner-a --type pdq --label csam
       hashmatch ingest video1.vpdq video2.vpdq --list videos
     """
-    from hashmatch.engine.ingest import read_records
+    from hashmatch.engine.ingest import check_source, read_records
     from hashmatch.engine.store import IngestRefused
 
     if signal_type:
         signal_type = signal_types.get(signal_type, field="--type").name
+    for path in files:  # before the store and the list are made ("list 'x' is new")
+        try:
+            if path != "-":
+                check_source(path)
+        except InvalidInput as exc:
+            raise click.ClickException(exc.message) from None
     failed = False
     with _engine(data_dir, create=True, resumable=True) as engine:
         _say_what_is_new(engine, list_name)
