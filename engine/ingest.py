@@ -139,22 +139,6 @@ def read_records(
     return RecordStream(source, format, signal_type, labels, external_id)
 
 
-def peek_format(path: str | Path, format: str | None = None) -> str:
-    """The format :func:`read_records` would read ``path`` as (``format`` if given), from
-    its name and first non-blank line (gzip looked through): for a caller whose default
-    depends on it (``remote ingest``'s pdq for bare hex, never for a te-simple dump)."""
-    if format:
-        return format.lower()
-    stream, name, done = _open(path)
-    try:
-        first = next((line for line in stream if line.strip()), "")
-    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error):
-        first = ""  # reading it says what is wrong
-    finally:
-        done()
-    return detect_format(first, name)
-
-
 def _read(
     source: str | Path | IO[str],
     format: str | None,

@@ -101,7 +101,7 @@ def test_remote_verbs(served, tmp_path):
     assert video["added"] == 1, video
     plain = tmp_path / "plain.txt"
     plain.write_text(f"{HEX}\n")
-    result = _remote(served, "ingest", "cli-plain", str(plain), "--format", "hex")
+    result = _remote(served, "ingest", "cli-plain", str(plain), "--format", "hex", "--type", "pdq")
     assert json.loads(result.output)["added"] == 1
 
     result = _remote(served, "match", f"pdq:{HEX}", "0" * 64)
@@ -485,8 +485,10 @@ def test_a_refused_ingest_does_not_say_some_may_be_stored(served, tmp_path):
     for options, code in ((("--token", "wrong"), "UNAUTHENTICATED"),
                           (("--token", served.tokens["reader"]), "PERMISSION_DENIED")):  # fmt: skip
         result = CliRunner().invoke(
-            cli, ["remote", "--server", served.target, *options, "ingest", "x", str(path)]
-        )
+            cli,
+            ["remote", "--server", served.target, *options, "ingest", "x", str(path), "--type",
+             "pdq"],
+        )  # fmt: skip
         assert result.exit_code == 1 and code in result.output, result.output
         assert "may be stored" not in result.output
 
@@ -745,6 +747,22 @@ def test_the_readme_sync_example_runs(served):
     done = run_python_example("Python client (bearer token", served)
     assert done.returncode == 0, done.stderr
     assert "('partner-a', 0)" in done.stdout, done.stdout
+
+
+def test_remote_ingest_of_plain_hex_needs_its_type_as_the_local_verb(served, tmp_path):
+    """`remote ingest` took plain hex as pdq unless told: a list of MD5s sent without
+    --type was rejected line by line ("pdq hash must be 64 hex characters, got 32")
+    where `hashmatch ingest` asks for the type. 64 hex digits are a PDQ or a SHA-256:
+    the length cannot tell, so neither verb guesses."""
+    md5s = tmp_path / "md5.txt"
+    md5s.write_text("".join(f"{i:032x}\n" for i in range(3)))
+    result = _remote(served, "ingest", "md5-list", str(md5s))
+    assert result.exit_code == 1
+    assert "plain hex lines carry no type: give the signal type (--type pdq)" in result.output
+    assert "64 hex characters" not in result.output
+    assert not [x for x in _remote(served, "lists").output.splitlines() if "md5-list" in x]
+    result = _remote(served, "ingest", "md5-list", str(md5s), "--type", "md5")
+    assert result.exit_code == 0 and json.loads(result.output)["added"] == 3, result.output
 
 
 def test_remote_ingest_reads_a_pipe(served, tmp_path):

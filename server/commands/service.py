@@ -808,9 +808,11 @@ def _readable_twice(file: str) -> Iterator[str]:
               type=click.Choice(["auto", "jsonl", "csv", "hex", "vpdq", "te-simple"]),
               default="auto", show_default=True,
               help="auto: detected from the file.")  # fmt: skip
-@click.option("--type", "signal_type", default=None,
-              help="Type of bare hex lines (default pdq) or of a te-simple dump (default: from"
-              " its file name).")  # fmt: skip
+@click.option(
+    "--type", "signal_type", default=None,
+    help="Signal type of plain hex lines (required for them, as `hashmatch ingest`) or of a"
+    " te-simple dump (default: from its file name).",
+)  # fmt: skip
 @click.option("--source", default="")
 @click.option("--strict", is_flag=True, help="Reject the whole batch if any line is bad.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=1000, show_default=True)
@@ -828,12 +830,8 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     Example:
       hashmatch remote ingest partner-a hashes.csv --source partner-a-2026-11
     """
-    from hashmatch.engine.ingest import peek_format
-
     with _readable_twice(file) as path:
         fmt = None if fmt == "auto" else fmt
-        if signal_type is None and peek_format(path, fmt) == "hex":
-            signal_type = "pdq"  # bare hex's default; a te-simple dump's is its name's
         parsed = _SignalFile(path, fmt, signal_type)
         if strict and parsed.unparsed:
             raise click.ClickException(f"refused (strict): {parsed.unparsed[0]}")
