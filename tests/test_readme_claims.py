@@ -1,7 +1,7 @@
 """Checkable claims of README.md that no other test reads from the README itself: the
-config keys and their defaults, the `hash` CSV columns, the scan report's fields and
-the exit status of a local ingest. Each test reads the claim out of the README, so an
-edit of either side that lets them drift apart fails here."""
+config keys and their defaults, the `hash` CSV columns, the scan report's fields, the
+exit status of a local ingest and of `serve`'s flag errors. Each test reads the claim
+out of the README, so an edit of either side that lets them drift apart fails here."""
 
 from __future__ import annotations
 
@@ -120,3 +120,20 @@ def test_local_ingest_exits_1_only_when_every_line_was_rejected(tmp_path):
     assert some.exit_code == 0 and "added 1, updated 0, unchanged 0, rejected 1" in some.output
     none = ingest("zz\nyy\n", "none.txt")
     assert none.exit_code == 1 and "added 0, updated 0, unchanged 0, rejected 2" in none.output
+
+
+def test_serve_flag_errors_exit_as_documented(tmp_path):
+    """README's config section gave `(from --workers)` as an example of the exit-1 value
+    errors, but `--workers abc` is click's usage error (exit 2, no "(from --workers)").
+    Each flag example the section gives is run as written."""
+    section = " ".join(_between("Every value is checked at start-up", "an unknown key").split())
+    ranged = re.search(r"`((\w+): [^`]*?, got (\S+) \(from (--[\w-]+)\))`", section)
+    typed = re.search(
+        r"`(--[\w-]+) (\S+)`, is a usage error as in every verb: exit 2, `([^`]+)`", section
+    )
+    assert ranged and typed, "the README gives no flag example of either kind"
+    data = ["--data-dir", str(tmp_path / "data"), "--insecure-no-auth"]
+    result = CliRunner().invoke(cli, ["serve", *data, ranged.group(4), ranged.group(3)])
+    assert result.exit_code == 1 and result.output.strip() == f"Error: {ranged.group(1)}"
+    result = CliRunner().invoke(cli, ["serve", *data, typed.group(1), typed.group(2)])
+    assert result.exit_code == 2 and typed.group(3) in result.output, result.output
