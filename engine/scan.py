@@ -17,8 +17,9 @@ Why this shape:
   exactly the report an uninterrupted one would, with no duplicates.
 - **One bad file never stops a scan**: it is recorded with a short reason
   (``empty``, ``corrupt``, ``unsupported``, ``too-large``, ``permission-denied``,
-  ``symlink-loop``, ``broken-symlink``, ``not-found``, ``not-a-file``, ``io-error``,
-  ``worker-crashed``, ``error``) and the message, in the catalog and the report.
+  ``symlink-loop``, ``directory-revisited``, ``broken-symlink``, ``not-found``,
+  ``not-a-file``, ``io-error``, ``worker-crashed``, ``error``) and the message, in
+  the catalog and the report.
   A worker's death fails every task in flight: their files are retried one at a
   time, so only a file that kills its worker again is ``worker-crashed``.
 """
@@ -102,31 +103,38 @@ def walk(
     """Every regular file under ``roots`` (files may be given directly), depth first.
 
     Symlinks are followed by default (stored media often live behind them); a directory
-    reached twice through links is reported once as ``symlink-loop`` instead of being
-    walked forever. Unreadable directories are reported, not fatal.
+    reached twice is walked once and reported the second time, instead of being walked
+    forever: ``symlink-loop`` when a symlink led to either visit, else
+    ``directory-revisited`` (a bind mount of a parent or sibling, or roots that
+    overlap: no symlink to remove, the mount or the arguments to fix). Unreadable
+    directories are reported, not fatal.
 
     Streamed: an entry is yielded as soon as it is stat'ed. The walk holds the sorted
     names of the directories on its current path (the price of a deterministic order:
     memory grows with the largest directory, ~70 B a name, not with the tree) and one
     (device, inode) key per directory visited.
     """
-    visited: set[tuple[int, int]] = set()
+    visited: dict[tuple[int, int], bool] = {}  # (dev, ino) -> reached through a symlink
     for root in roots:
         yield from _walk_one(os.path.abspath(os.fspath(root)), follow_symlinks, max_bytes, visited)
 
 
 def _walk_one(
-    root: str, follow: bool, max_bytes: int, visited: set[tuple[int, int]]
+    root: str, follow: bool, max_bytes: int, visited: dict[tuple[int, int], bool]
 ) -> Iterator[Entry]:
-    # (directory, its remaining names in sorted order): names, not joined paths, wait
-    stack: list[tuple[str, Iterator[str]]] = [("", iter((root,)))]
+    # (directory, whether a symlink led to it, its remaining names in sorted order, the
+    # names among them that are symlinks): names, not joined paths, wait
+    stack: list[tuple[str, bool, Iterator[str], frozenset[str]]] = [
+        ("", False, iter((root,)), frozenset((root,) if os.path.islink(root) else ()))
+    ]
     while stack:
-        parent, names = stack[-1]
+        parent, parent_link, names, links = stack[-1]
         name = next(names, None)
         if name is None:
             stack.pop()
             continue
         path = os.path.join(parent, name) if parent else name
+        via_link = parent_link or name in links
         try:
             st = os.stat(path, follow_symlinks=follow or path == root)
         except OSError as exc:
@@ -137,19 +145,23 @@ def _walk_one(
         if stat.S_ISDIR(st.st_mode):
             key = (st.st_dev, st.st_ino)
             if key in visited:
-                yield Entry(path, reason="symlink-loop", error="directory already visited")
+                reason = "symlink-loop" if via_link or visited[key] else "directory-revisited"
+                yield Entry(path, reason=reason, error="directory already visited")
                 continue
-            visited.add(key)
+            visited[key] = via_link
             try:
-                with os.scandir(path) as it:
-                    children = sorted(e.name for e in it)
+                with os.scandir(path) as it:  # is_symlink: from the entry, no extra stat
+                    entries = [(e.name, e.is_symlink()) for e in it]
+                children = sorted(n for n, _ in entries)
+                child_links = frozenset(n for n, link in entries if link)
+                del entries
             except PermissionError as exc:
                 yield Entry(path, reason="permission-denied", error=str(exc))
                 continue
             except OSError as exc:
                 yield Entry(path, reason="io-error", error=str(exc))
                 continue
-            stack.append((path, iter(children)))  # sorted: deterministic walks
+            stack.append((path, via_link, iter(children), child_links))  # sorted: deterministic
         elif stat.S_ISREG(st.st_mode):
             yield _file_entry(path, st, max_bytes)
         else:

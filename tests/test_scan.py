@@ -232,6 +232,31 @@ def test_read_list_walks_listed_directories():
     assert str(root / "test_scan.py") in paths
 
 
+def test_a_directory_reached_twice_without_a_symlink_is_not_a_symlink_loop(tmp_path):
+    """Overlapping roots (as a bind mount of a parent or sibling: one directory, two
+    paths) were reported ``symlink-loop`` though no symlink is involved: the fix is
+    the arguments or the mount, not a link. A symlink on either visit, or above the
+    directory, is still ``symlink-loop``, whichever of the two paths the walk saw first."""
+    from hashmatch.engine.scan import walk
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "real" / "sub" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "a-link").symlink_to(tmp_path / "real", target_is_directory=True)
+
+    def failures(*roots: Path, follow: bool = True) -> dict[str, str]:
+        found = walk(roots, follow_symlinks=follow)
+        return {e.path: e.reason for e in found if e.reason}
+
+    real, sub = tmp_path / "real", tmp_path / "real" / "sub"
+    assert failures(real, sub) == {str(sub): "directory-revisited"}
+    assert failures(real, real, follow=False) == {str(real): "directory-revisited"}
+    # the link sorts first: the real path is the second visit, reached through no link
+    assert failures(tmp_path) == {str(real): "symlink-loop"}
+    assert failures(sub, tmp_path / "a-link") == {str(tmp_path / "a-link/sub"): "symlink-loop"}
+    (real / "up").symlink_to(real, target_is_directory=True)
+    assert failures(real) == {str(real / "up"): "symlink-loop"}
+
+
 def test_too_large_files_are_recorded_not_read(world, tmp_path):
     _base, tree, _ = world
     catalog = Catalog(tmp_path / "catalog.sqlite")
