@@ -695,7 +695,7 @@ def test_remote_ingest_reads_a_videos_te_row_as_local_ingest_does(served, tmp_pa
 def test_remote_ingest_takes_a_te_simple_dumps_type_from_its_name(served, tmp_path):
     """`remote ingest` defaulted --type to pdq for every file, so a ThreatExchange dump
     named simple.HASH_VIDEO_MD5.te went in as PDQ (every row rejected); bare hex lines
-    keep pdq as their default."""
+    take --type (required for them, as for the local verb)."""
     dump = tmp_path / "simple.HASH_VIDEO_MD5.te"
     dump.write_text(f"{'ab' * 16},1001,2026-11-30T18:47:52+0000,media_type_video\n")
     result = _remote(served, "ingest", "te-dumps", str(dump))
@@ -703,7 +703,7 @@ def test_remote_ingest_takes_a_te_simple_dumps_type_from_its_name(served, tmp_pa
     assert json.loads(result.output.splitlines()[0])["added"] == 1
     bare = tmp_path / "bare.txt"
     bare.write_text(f"{'cd' * 32}\n")
-    result = _remote(served, "ingest", "te-dumps", str(bare))
+    result = _remote(served, "ingest", "te-dumps", str(bare), "--type", "pdq")
     assert result.exit_code == 0, result.output
     found = _remote(served, "match", f"pdq:{'cd' * 32}", f"md5:{'ab' * 16}").output
     assert "te-dumps" in found and found.count("te-dumps") >= 2, found

@@ -73,8 +73,11 @@ def test_a_path_reached_twice_far_apart_is_scanned_once(tmp_path):
             options=opts,
         )
     lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
-    # tree/sub given again: a directory already walked, reported once (as before)
-    assert [(x["kind"], x.get("reason")) for x in lines[:-1]] == [("failure", "symlink-loop")]
+    # tree/sub given again: a directory already walked, reported once (no symlink on
+    # the way: directory-revisited)
+    assert [(x["kind"], x.get("reason")) for x in lines[:-1]] == [
+        ("failure", "directory-revisited")
+    ]
     assert summary.seen == 1201 + 1 and summary.hashed == 1201
     with Catalog(tmp_path / "c.sqlite") as cat:  # a re-run: everything unchanged, once
         again = scan([tmp_path / "tree", late], catalog=cat, matcher=None, options=opts)
