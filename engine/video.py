@@ -7,10 +7,12 @@ Compatible with Meta's vpdq (facebook/ThreatExchange ``vpdq/``) and python-threa
   is ``n / fps``, and frames are hashed at full resolution unless a downsample size is
   given (vpdq's ``-d WxH``). vpdq's default is one hash per second; the reference files
   in ``../shared/reference/vpdq-hashes`` list every frame (``seconds_per_hash=0``).
-* Frames are decoded by OpenCV (FFmpeg inside) and hashed with our PDQ on the RGB frame,
-  as vpdq does with ``fillFloatLumaFromRGB`` + ``pdqHash256FromFloatLuma``. vpdq converts
-  YUV to RGB with its own libswscale; OpenCV's conversion rounds a few pixels
-  differently, so some frame hashes differ by a few bits (tests report the distribution).
+* Frames are decoded by FFmpeg through PyAV and converted to RGB24 as vpdq converts
+  them (one libswscale pass, ``SWS_AREA``, BT.601, to the downsample size if any), then
+  hashed with our PDQ, as vpdq does with ``fillFloatLumaFromRGB`` +
+  ``pdqHash256FromFloatLuma``. libswscale's C path is used for that pass: its
+  rounding is the same on every machine and is the reference files' (x86 SIMD rounds
+  a few pixels differently: see :class:`_CpuFlags`).
   Like vpdq, the coded frames are hashed: a track's rotation (display matrix, as in
   portrait phone videos) is not applied.
 * The text format is vpdq's: ``frame_number,quality,pdq_hex,timestamp`` per line.
@@ -24,6 +26,8 @@ Compatible with Meta's vpdq (facebook/ThreatExchange ``vpdq/``) and python-threa
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
 import tempfile
@@ -33,8 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-import cv2
+import av
 import numpy as np
+from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
 from hashmatch.engine.decode import (
     DEFAULT_LIMITS,
@@ -67,15 +72,15 @@ _CAPTURE_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 
 
 def capture_options(operator: str | None) -> str:
-    """The ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` value: the operator's options plus ours.
+    """The demuxer options: the operator's ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` plus ours.
 
     The format is OpenCV's (``key;value`` pairs joined by ``|``; a repeated key: the
-    last wins). Every option the operator set is kept as written, and ours are
-    appended only for keys they did not set: an operator who wrote their own
+    last wins), kept from when OpenCV opened videos so an operator's setting still
+    applies. Every option the operator set is kept as written, and ours are appended
+    only for keys they did not set: an operator who wrote their own
     ``format_whitelist`` (say, to add ``ogg``) made that security decision on
     purpose, so it is not overridden (uploads still go through a private directory
-    and the playlist check). Unset, OpenCV would default ``rtsp_transport;tcp``;
-    RTSP is not on the whitelist, so losing that default changes nothing.
+    and the playlist check).
     """
     pairs = [p for p in (operator or "").split("|") if p.strip()]
     keys = {p.split(";", 1)[0].strip() for p in pairs}
@@ -86,9 +91,13 @@ def capture_options(operator: str | None) -> str:
     return "|".join(pairs)
 
 
-# OpenCV reads the variable at each open; set once at import, before any capture and
-# before server threads exist (setenv racing a C getenv in another thread is unsafe).
-os.environ[_CAPTURE_OPTIONS_ENV] = capture_options(os.environ.get(_CAPTURE_OPTIONS_ENV))
+def _open_options() -> dict[str, str]:
+    """``capture_options`` as the dict ``avformat_open_input`` takes (read per open)."""
+    options: dict[str, str] = {}
+    for pair in capture_options(os.environ.get(_CAPTURE_OPTIONS_ENV)).split("|"):
+        key, _, value = pair.partition(";")
+        options[key.strip()] = value.strip()
+    return options
 
 
 @dataclass
@@ -114,53 +123,20 @@ def frame_step(fps: float, seconds_per_hash: float) -> int:
     return max(int(seconds_per_hash * fps), 1)
 
 
-class _QuietOpenCVWarnings:
-    """Raise OpenCV's log level from WARNING to ERROR while a capture opens.
+def _open_container(path: str) -> av.container.InputContainer:
+    """The container, or the typed error saying why FFmpeg could not open it.
 
-    Why: a file FFmpeg cannot open makes OpenCV print ``[ WARN:...] cap.cpp ... can't
-    be used to capture by name`` to stderr (in the CLI's output, once per file), which
-    says nothing our CorruptMedia/UnsupportedMedia does not. Errors still print; a level
-    an operator chose (``OPENCV_LOG_LEVEL``, anything but WARNING) is left alone. The
-    level is process-wide, so concurrent opens share one raise (a count under a lock)
-    and the last one out restores it. FFmpeg's own lines (``moov atom not found``)
-    are not OpenCV's: only ``OPENCV_FFMPEG_LOGLEVEL``, read once at start, sets them.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._restore: int | None = None
-
-    def __enter__(self) -> None:
-        logging = cv2.utils.logging
-        with self._lock:
-            if self._depth == 0:
-                self._restore = None
-                if logging.getLogLevel() == logging.LOG_LEVEL_WARNING:
-                    self._restore = logging.setLogLevel(logging.LOG_LEVEL_ERROR)
-            self._depth += 1
-
-    def __exit__(self, *exc: object) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0 and self._restore is not None:
-                cv2.utils.logging.setLogLevel(self._restore)
-
-
-_quiet_opencv_warnings = _QuietOpenCVWarnings()
-
-
-def _open_capture(path: str) -> cv2.VideoCapture:
-    with _quiet_opencv_warnings:
-        cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
-    if not cap.isOpened():
-        cap.release()
+    PyAV applies no display matrix: the coded frames are hashed, as vpdq hashes them
+    (a portrait phone video's rotation is not applied; rotating would put every frame
+    ~128 bits away from hash lists made by vpdq or HMA)."""
+    try:
+        container = av.open(path, options=_open_options())
+    except (av.FFmpegError, OSError, UnicodeDecodeError):
+        raise _unopenable(path) from None
+    if not container.streams.video:
+        container.close()
         raise _unopenable(path)
-    # vpdq compatibility: Meta's vpdq (and so hash lists made by vpdq or HMA) hashes the
-    # coded frames and never applies the track's display matrix, while OpenCV rotates
-    # by it by default: a portrait phone video's every frame would be ~128 bits off.
-    cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)
-    return cap
+    return container
 
 
 _A_CONTAINER = {"MP4/MOV": "an MP4/MOV", "AVI": "an AVI", "Matroska/WebM": "a Matroska/WebM"}
@@ -202,7 +178,7 @@ def _unopenable(path: str) -> MediaError:
         return UnsupportedMedia(
             f"not a video: looks like an image ({image}); hash it as pdq", field="media"
         )
-    return UnsupportedMedia("not a video OpenCV/FFmpeg can open", field="media")
+    return UnsupportedMedia("not a video FFmpeg can open", field="media")
 
 
 _TRACK_KINDS = {b"soun": "audio", b"subt": "subtitles", b"text": "text", b"meta": "metadata"}
@@ -247,13 +223,14 @@ def _boxes(fh: BinaryIO, start: int, end: int) -> Iterator[tuple[bytes, int, int
         at += size
 
 
-def _fps(cap: cv2.VideoCapture, limits: DecodeLimits) -> float:
-    """The frame rate, after checking the frame size against the pixel limit."""
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+def _fps(stream: av.video.stream.VideoStream, limits: DecodeLimits) -> float:
+    """vpdq's frame rate (the stream's average rate, else its base rate), after
+    checking the frame size against the pixel limit."""
+    rate = stream.average_rate or stream.base_rate
+    fps = float(rate) if rate else 0.0
     if not fps > 0:
         raise CorruptMedia("video has no frame rate", field="media")
-    w = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH))
-    h = int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    w, h = stream.codec_context.width, stream.codec_context.height
     if w * h > limits.max_pixels:
         raise MediaTooLarge(
             f"video frames are {w}x{h}, over the {limits.max_pixels}-pixel limit", field="media"
@@ -261,29 +238,116 @@ def _fps(cap: cv2.VideoCapture, limits: DecodeLimits) -> float:
     return fps
 
 
+class _CpuFlags:
+    """Switch FFmpeg's SIMD off while a libswscale context is set up (PyAV's own
+    libavutil: ``av_force_cpu_flags``).
+
+    Why: vpdq converts with libswscale, whose YUV->RGB24 rounding depends on the CPU
+    code path: the C path (what ``../shared/reference/vpdq-hashes`` were made with,
+    and the same on every machine) and x86's SSSE3/AVX2 path differ in a few pixels,
+    enough to move 1-6 bits of about half the frame hashes. The flags are read when a
+    context is set up, so only that first conversion runs under the switch (decoding,
+    bit-exact either way, keeps SIMD). The flags are process-wide: a lock keeps two
+    set-ups from restoring them under each other, and a decoder opened by another
+    thread during the switch only runs slower. None when the library is not found
+    (PyAV built against a system FFmpeg): conversions then keep SIMD.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lib: ctypes.CDLL | None = None
+        libs = Path(av.__file__).resolve().parent.parent / "av.libs"
+        found = sorted(libs.glob("libavutil*.so*")) or [None]
+        name = str(found[0]) if found[0] else ctypes.util.find_library("avutil")
+        if name:
+            try:
+                self._lib = ctypes.CDLL(name)
+            except OSError:
+                self._lib = None
+
+    @property
+    def available(self) -> bool:
+        return self._lib is not None
+
+    def __call__(self, convert: Callable[[], np.ndarray]) -> np.ndarray:
+        if self._lib is None:
+            return convert()
+        with self._lock:
+            saved = self._lib.av_get_cpu_flags()
+            self._lib.av_force_cpu_flags(0)
+            try:
+                return convert()
+            finally:
+                self._lib.av_force_cpu_flags(saved)
+
+
+_portable_cpu = _CpuFlags()
+
+
+class _ToRGB:
+    """vpdq's conversion of a decoded frame: one libswscale pass to RGB24 (and to the
+    downsample size, if any) with ``SWS_AREA``, BT.601 coefficients and the range the
+    pixel format says (``yuvj*``: full), as ``sws_getContext`` without colorspace
+    details does. Colour tags on the stream (BT.709 on most HD video) are ignored, as
+    vpdq ignores them. A new context (run portably, see :class:`_CpuFlags`) whenever
+    the frames' format changes, as libswscale would set itself up again."""
+
+    def __init__(self, downsample: tuple[int, int] | None) -> None:
+        self._size = downsample
+        self._key: tuple[object, ...] | None = None
+        self._reformatter = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        key = (frame.width, frame.height, frame.format.name, frame.colorspace,
+               frame.color_range, frame.interlaced_frame)  # fmt: skip
+        if key != self._key:
+            self._key, self._reformatter = key, VideoReformatter()
+            return _portable_cpu(lambda: self._convert(frame))
+        return self._convert(frame)
+
+    def _convert(self, frame: av.VideoFrame) -> np.ndarray:
+        width, height = self._size or (frame.width, frame.height)
+        full = frame.format.name.startswith("yuvj")
+        out = self._reformatter.reformat(
+            frame, width, height, "rgb24",
+            src_colorspace=Colorspace.DEFAULT, dst_colorspace=Colorspace.DEFAULT,
+            interpolation=Interpolation.AREA,
+            src_color_range=ColorRange.JPEG if full else ColorRange.MPEG,
+            dst_color_range=ColorRange.JPEG,
+        )  # fmt: skip
+        return out.to_ndarray()
+
+
+def _decoded(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    checkpoint: Callable[[], None] | None,
+) -> Iterator[av.VideoFrame]:
+    """The stream's frames in output order. A stream that breaks part way (a packet
+    the decoder refuses, a read error) gives the frames before the break, as vpdq
+    stops at its first decode error."""
+    try:
+        for packet in container.demux(stream):  # the last, empty packet flushes
+            if checkpoint is not None:
+                checkpoint()  # before every decode, sampled or skipped: both cost CPU
+            yield from packet.decode()
+    except av.FFmpegError:
+        return
+
+
 def _sampled(
-    cap: cv2.VideoCapture,
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
     fps: float,
     seconds_per_hash: float,
     downsample: tuple[int, int] | None,
     checkpoint: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, float, np.ndarray]]:
     step = frame_step(fps, seconds_per_hash)
-    n = 0
-    while True:
-        if checkpoint is not None:
-            checkpoint()  # before every decode, sampled or skipped: both cost CPU
-        if n % step == 0:
-            ok, bgr = cap.read()
-        else:
-            ok, bgr = cap.grab(), None  # decode, skip the colour conversion
-        if not ok:
-            return
-        if bgr is not None:
-            if downsample is not None:
-                bgr = cv2.resize(bgr, downsample, interpolation=cv2.INTER_AREA)
-            yield n, n / fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        n += 1
+    to_rgb = _ToRGB(downsample)
+    for n, frame in enumerate(_decoded(container, stream, checkpoint)):
+        if n % step == 0:  # skipped frames are decoded, never converted
+            yield n, n / fps, to_rgb(frame)
 
 
 def hash_video(
@@ -344,10 +408,13 @@ def _hash_path(
     checkpoint: Callable[[], None] | None = None,
 ) -> VideoHash:
     codes, qualities, numbers, stamps = [], [], [], []
-    cap = _open_capture(path)
+    container = _open_container(path)
     try:
-        fps = _fps(cap, limits)
-        for n, ts, rgb in _sampled(cap, fps, seconds_per_hash, downsample, checkpoint):
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # frame threads too: the frames are the same, sooner
+        fps = _fps(stream, limits)
+        for n, ts, rgb in _sampled(container, stream, fps, seconds_per_hash, downsample,
+                                   checkpoint):  # fmt: skip
             if len(codes) >= limits.video_frames:
                 raise _too_many_frames(fps, seconds_per_hash, limits)
             if frame_transform is not None:
@@ -358,7 +425,7 @@ def _hash_path(
             numbers.append(n)
             stamps.append(ts)
     finally:
-        cap.release()
+        container.close()
     if not codes:
         raise CorruptMedia("video has no decodable frames", field="media")
     return VideoHash(np.stack(codes).astype(np.uint8), qualities, numbers, stamps, fps)

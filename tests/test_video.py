@@ -6,8 +6,10 @@ from __future__ import annotations
 import sys
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -34,20 +36,95 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.unpackbits(a ^ b, axis=1).sum(axis=1)
 
 
-@pytest.mark.parametrize("name", ["pattern-sd-grey-bar", "pattern-sd-with-large-logo-bar"])
-def test_every_frame_matches_reference_hashes(reference_dir: Path, name: str):
-    """seconds_per_hash=0 is the reference files' convention: every frame, full size."""
+# Every reference video but test-padded-dimensions: SD and HD, landscape and portrait, a
+# fade to black (doorknob), bars, logos, grey. (pattern-sd-with-small-logo-bar: one frame
+# of its 206 is 2 bits off, not yet explained.)
+IDENTICAL = [
+    "chair-19-sd-bar",
+    "chair-22-sd-sepia-bar",
+    "doorknob-hd-no-bar",
+    "pattern-hd-no-bar",
+    "pattern-sd-grey-bar",
+    "pattern-sd-with-large-logo-bar",
+]
+
+
+@pytest.mark.parametrize("name", IDENTICAL)
+def test_every_frame_is_the_reference_hash(reference_dir: Path, name: str):
+    """seconds_per_hash=0 is the reference files' convention: every frame, full size.
+    Every hash and quality is vpdq's, bit for bit, the near-black frames of quality 0
+    too. (Before: OpenCV converted YUV->RGB with x86 SIMD rounding; 6-59% of frames
+    were identical, the rest 2-6 bits off, 20 bits on average for doorknob.)"""
     ours = hash_video(reference_dir / "videos" / f"{name}.mp4", seconds_per_hash=0)
     ref = _ref(reference_dir, name)
     assert ours.frame_numbers == ref.frame_numbers
     assert np.allclose(ours.timestamps, ref.timestamps, atol=5e-4)
-    assert max(abs(a - b) for a, b in zip(ours.qualities, ref.qualities, strict=True)) <= 1
+    assert ours.qualities == ref.qualities
+    assert _distances(ours.codes, ref.codes).max() == 0
+
+
+def test_simd_made_reference_is_within_a_few_bits(reference_dir: Path):
+    """test-padded-dimensions.txt was made by a vpdq whose libswscale took x86's SIMD
+    path (OpenCV's conversion reproduces 99% of it): ours, the portable C path, is
+    49% identical and at most 4 bits off. vpdq's own output depends on its machine."""
+    name = "test-padded-dimensions"
+    ours = hash_video(reference_dir / "videos" / f"{name}.mp4", seconds_per_hash=0)
+    ref = _ref(reference_dir, name)
     dist = _distances(ours.codes, ref.codes)
-    good = np.asarray(ref.qualities) >= 50
-    # Measured: 60-85% identical, the rest 2-6 bits (OpenCV's YUV->RGB rounding).
-    assert (dist[good] == 0).mean() >= 0.5
-    assert dist[good].max() <= 8
-    assert dist[good].mean() <= 2.0
+    assert ours.frame_numbers == ref.frame_numbers
+    assert dist.max() <= 4 and dist.mean() <= 1.5
+
+
+def test_concurrent_hashes_are_the_sequential_ones(reference_dir: Path):
+    """The C-path switch is process-wide (FFmpeg's CPU flags): threads hashing at once
+    (the server's media workers) still get vpdq's hashes, and the flags are restored."""
+    from hashmatch.engine.video import _portable_cpu
+
+    names = ["chair-19-sd-bar", "pattern-sd-grey-bar", "doorknob-hd-no-bar"]
+    refs = {n: _ref(reference_dir, n) for n in names}
+    flags = _portable_cpu._lib.av_get_cpu_flags()
+
+    def run(name: str) -> int:
+        ours = hash_video(reference_dir / "videos" / f"{name}.mp4", seconds_per_hash=0.2)
+        rows = np.asarray(ours.frame_numbers)
+        return int(_distances(ours.codes, refs[name].codes[rows]).max())
+
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(run, names * 2)) == [0] * 6
+    assert _portable_cpu._lib.av_get_cpu_flags() == flags
+
+
+def _encode(path: Path, colour: dict[str, str]) -> Path:
+    """A 12-frame H.264 clip; ``colour`` sets the stream's colour tags (x264 VUI)."""
+    out = av.open(str(path), "w")
+    stream = out.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+    stream.options = {"preset": "ultrafast", "crf": "18", "threads": "1",
+                      "x264-params": ":".join(f"{k}={v}" for k, v in colour.items())}  # fmt: skip
+    rng = np.random.default_rng(5)
+    base = np.kron(rng.integers(0, 256, (8, 12, 3), dtype=np.uint8), np.ones((8, 8, 1), np.uint8))
+    for i in range(12):
+        frame = av.VideoFrame.from_ndarray(np.roll(base, 2 * i, axis=1), format="rgb24")
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    return path
+
+
+def test_colour_tags_are_ignored_as_vpdq_ignores_them(tmp_path: Path):
+    """vpdq's swscale context gets no colour details: BT.601 limited range whatever the
+    stream says (most HD video says BT.709). The same pixels tagged BT.709 must hash
+    as untagged; converting by the tag moves the hashes."""
+    plain = _encode(tmp_path / "plain.mp4", {"colorprim": "undef"})
+    tagged = _encode(tmp_path / "tagged.mp4", {"colorprim": "bt709", "transfer": "bt709",
+                                               "colormatrix": "bt709"})  # fmt: skip
+    with av.open(str(tagged)) as c:
+        assert next(c.decode(video=0)).colorspace == 1  # AVCOL_SPC_BT709: the tag is there
+    a = hash_video(plain, seconds_per_hash=0)
+    b = hash_video(tagged, seconds_per_hash=0)
+    assert np.array_equal(a.codes, b.codes) and a.qualities == b.qualities
 
 
 def test_default_samples_one_frame_per_second(reference_dir: Path):
