@@ -37,8 +37,9 @@ def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 # Every reference video but test-padded-dimensions: SD and HD, landscape and portrait, a
-# fade to black (doorknob), bars, logos, grey. (pattern-sd-with-small-logo-bar: one frame
-# of its 206 is 2 bits off, not yet explained.)
+# fade to black (doorknob), bars, logos, grey. (pattern-sd-with-small-logo-bar: frame 141
+# of its 206 is 2 bits off: its two middle DCT values are 1.5e-4 apart, so the median
+# split likely swaps them by float rounding in the reference's PDQ build.)
 IDENTICAL = [
     "chair-19-sd-bar",
     "chair-22-sd-sepia-bar",
