@@ -158,20 +158,16 @@ def _read(
             if line.strip():
                 first = line
                 break
-        fmt = (format or detect_format(first, name)).lower()
+        head = first.strip().lstrip("\ufeff")
+        if format is None or format.lower() == "hex":  # the first line no "#" comment
+            head = _past_comments(head, stream, buffered)  # (one with a comma is no CSV)
+        fmt = (format or detect_format(head, name)).lower()
         if fmt not in FORMATS:
             raise InvalidInput(
                 f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})", field="format"
             )
-        head = first.strip().lstrip("\ufeff")
-        if fmt == "hex" and not signal_type:  # the first line that is no "#" comment
-            while head.startswith("#"):
-                head = ""
-                for line in stream:
-                    buffered.append(line)
-                    if line.strip():
-                        head = line.strip()
-                        break
+        if format is None and fmt == "vpdq" and _typed_video_lines(head, stream, buffered):
+            fmt = "hex"
         lines = _chain(buffered, stream)
         extra = tuple(labels)
         sep = _delimiter(first) if fmt == "csv" else ","
@@ -220,6 +216,44 @@ def _read(
         ) from None
     finally:
         done()
+
+
+def _past_comments(head: str, stream: IO[str], buffered: list[str]) -> str:
+    """The first non-blank line that is no ``#`` comment, from ``head`` on (the lines
+    read to find it are added to ``buffered``; "" at the end of the stream)."""
+    while head.startswith("#"):
+        head = ""
+        for line in stream:
+            buffered.append(line)
+            if line.strip():
+                head = line.strip().lstrip("\ufeff")
+                break
+    return head
+
+
+_TYPED_VIDEO = re.compile(r"vpdq\s+(\[.*\])", re.IGNORECASE)
+
+
+def _typed_video_lines(head: str, stream: IO[str], buffered: list[str]) -> bool:
+    """Whether a file led by ``vpdq [...]`` is ``TYPE HASH`` lines (a complete frame list
+    on that line, and more lines after it), not one video's vPDQ file.
+
+    Why: ``lists export --format hex`` writes a video as ``vpdq [...]``, as
+    python-threatexchange's ``threatexchange hash`` prints one; a file led by one was
+    read as a single video ("not a JSON list: Extra data"), every line lost. Alone in a
+    file, it stays a vPDQ file (external id: the file's stem)."""
+    found = _TYPED_VIDEO.fullmatch(head)
+    if found is None:
+        return False
+    try:
+        json.loads(found.group(1))
+    except ValueError:  # a frame list over several lines (indented JSON)
+        return False
+    for line in stream:
+        buffered.append(line)
+        if line.strip():
+            return True
+    return False
 
 
 _GZIP_MAGIC = b"\x1f\x8b"

@@ -1,0 +1,69 @@
+"""Where today's ingest pieces meet: detection by the first line (a comma means CSV, a
+``vpdq [`` line means a vPDQ file) against ``TYPE HASH`` lines with comments and
+vPDQ values."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from hashmatch.engine.export import export_list
+from hashmatch.engine.ingest import read_records
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.store import SignalRecord
+
+PDQ = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
+
+
+@pytest.fixture
+def engine(tmp_path):
+    e = Engine.open(tmp_path / "data", eager=False)
+    yield e
+    e.close()
+
+
+def _stored(engine: Engine, list_name: str) -> list[tuple[str, str]]:
+    return sorted((s.signal_type, s.hash_hex) for s in engine.store.iter_signals(list_name))
+
+
+def test_hex_export_led_by_a_video_reads_back_by_detection(engine, tmp_path):
+    """`lists export --format hex` writes a vPDQ video as `vpdq [...]`; led by one, the
+    file was detected as a single vPDQ file: "not a JSON list: Extra data", every signal
+    lost (led by a photo it read back)."""
+    frames = np.arange(64, dtype=np.uint8).reshape(2, 32)
+    video = SignalRecord("vpdq", "", frames=frames, frame_qualities=[100, 90],
+                         timestamps=[0.0, 1.0])  # fmt: skip
+    engine.ingest([video, SignalRecord("pdq", PDQ)], list_name="src")
+    out = io.StringIO()
+    export_list(engine.store, "src", out, format="hex")
+    assert out.getvalue().startswith("vpdq [")
+    path = tmp_path / "src.txt"
+    path.write_text(out.getvalue())
+    report = engine.ingest(read_records(path), list_name="dst")
+    assert (report.added, report.rejected) == (2, 0), report
+    assert _stored(engine, "dst") == _stored(engine, "src")
+
+
+def test_a_single_vpdq_json_line_is_still_one_video_named_by_its_file(engine, tmp_path):
+    """`threatexchange hash video` output alone in a file stays the vPDQ format (its
+    file's stem the external id)."""
+    path = tmp_path / "clip7.txt"
+    path.write_text('vpdq ["' + "ab" * 32 + ',100,0.0", "' + "cd" * 32 + ',90,1.0"]\n')
+    (record,) = list(read_records(path))
+    assert (record.signal_type, record.external_id, len(record.frames)) == ("vpdq", "clip7", 2)
+
+
+@pytest.mark.parametrize("given_type", [None, "pdq"])
+def test_a_leading_comment_with_a_comma_does_not_make_a_hash_list_a_csv(
+    engine, tmp_path, given_type
+):
+    """A `# note, with a comma` first line made the file a CSV ("CSV header lacks
+    column(s) signal_type, signal_value"), whole: `TYPE HASH` lines and bare hex with
+    --type after a comment were read only when the comment held no comma."""
+    path = tmp_path / "partner.txt"
+    body = f"pdq {PDQ}\n" if given_type is None else f"{PDQ}\n"
+    path.write_text(f"# from partner A, 2026-12-01\n{body}")
+    report = engine.ingest(read_records(path, signal_type=given_type), list_name="l")
+    assert (report.added, report.rejected) == (1, 0), report
