@@ -279,23 +279,61 @@ def _open(source: str | Path | IO[str]) -> tuple[IO[str], str, Callable[[], None
             raw = open(path, "rb")  # noqa: SIM115 - closed by the returned callable
         except OSError as exc:  # permission denied, or gone since the stat
             raise InvalidInput(f"{path}: {exc.strerror or exc}", field="file") from None
-        zipped = raw.peek(2)[:2] == _GZIP_MAGIC  # peek: a pipe cannot be read twice
+        zipped, head = _gzip_magic(raw)  # peeked: a pipe cannot be read twice
         name = path.name[:-3] if zipped and path.name.lower().endswith(".gz") else path.name
         if not zipped:
-            stream = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
+            stream = io.TextIOWrapper(head, encoding="utf-8-sig", newline="")
             return stream, name, stream.close
         zstream = io.TextIOWrapper(
-            gzip.GzipFile(fileobj=raw, mode="rb"), encoding="utf-8-sig", newline=""
+            gzip.GzipFile(fileobj=head, mode="rb"), encoding="utf-8-sig", newline=""
         )
 
         def close_both() -> None:
             zstream.close()
-            raw.close()  # GzipFile leaves a fileobj it was given open
+            head.close()  # GzipFile leaves a fileobj it was given open (head: raw or over it)
 
         return zstream, name, close_both
     if isinstance(source, io.BufferedIOBase | io.RawIOBase):
         return _wrap(source)
     return source, getattr(source, "name", "") or "", _nothing
+
+
+def _gzip_magic(raw: io.BufferedReader, *, owned: bool = True) -> tuple[bool, IO[bytes]]:
+    """(whether ``raw`` starts with gzip's magic bytes, the stream to read from then).
+
+    ``peek`` does one read: on a pipe whose writer has sent one byte so far it returns
+    that byte alone, and a gzip stream was read as text ("not UTF-8 (byte 0x8b)"). Then
+    the byte is taken and put back in front (closing the result closes ``raw`` only if
+    ``owned``: stdin's stays open)."""
+    head = raw.peek(2)[:2]
+    if len(head) != 1:
+        return head == _GZIP_MAGIC, raw
+    first = raw.read(1)
+    zipped = first + raw.peek(1)[:1] == _GZIP_MAGIC
+    return zipped, io.BufferedReader(_Prefixed(first, raw, owned))
+
+
+class _Prefixed(io.RawIOBase):
+    """``prefix``, then the rest of ``rest`` (one read of it at a time)."""
+
+    def __init__(self, prefix: bytes, rest: io.BufferedReader, owned: bool):
+        self._prefix, self._rest, self._owned = prefix, rest, owned
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: bytearray | memoryview) -> int:
+        if self._prefix:
+            n = min(len(b), len(self._prefix))
+            b[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+            return n
+        return self._rest.readinto1(b)
+
+    def close(self) -> None:
+        if self._owned and not self.closed:
+            self._rest.close()
+        super().close()
 
 
 def check_source(path: str | Path) -> None:
@@ -323,7 +361,7 @@ def check_source(path: str | Path) -> None:
 def _wrap(raw: IO[bytes]) -> tuple[IO[str], str, Callable[[], None]]:
     """Text over the caller's bytes (stdin's), gunzipped if they start as gzip."""
     if hasattr(raw, "peek"):  # stdin's buffer
-        zipped = raw.peek(2)[:2] == _GZIP_MAGIC
+        zipped, raw = _gzip_magic(raw, owned=False)
     elif raw.seekable():  # a BytesIO, a file opened "rb"
         start = raw.tell()
         zipped = raw.read(2) == _GZIP_MAGIC

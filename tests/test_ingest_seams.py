@@ -1,10 +1,14 @@
 """Where today's ingest pieces meet: detection by the first line (a comma means CSV, a
 ``vpdq [`` line means a vPDQ file) against ``TYPE HASH`` lines with comments and
-vPDQ values."""
+vPDQ values, and gzip told by magic bytes on a pipe whose writer is slow."""
 
 from __future__ import annotations
 
+import gzip
 import io
+import os
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -66,4 +70,24 @@ def test_a_leading_comment_with_a_comma_does_not_make_a_hash_list_a_csv(
     body = f"pdq {PDQ}\n" if given_type is None else f"{PDQ}\n"
     path.write_text(f"# from partner A, 2026-12-01\n{body}")
     report = engine.ingest(read_records(path, signal_type=given_type), list_name="l")
+    assert (report.added, report.rejected) == (1, 0), report
+
+
+def test_gzip_on_a_pipe_whose_first_write_is_one_byte_is_read(engine, tmp_path):
+    """The magic bytes were peeked with one read: a writer that had sent one byte so
+    far made a gzip stream "not UTF-8 text (byte 0x8b)"."""
+    packed = gzip.compress(f"pdq {PDQ}\n".encode())
+    fifo = tmp_path / "list.fifo"
+    os.mkfifo(fifo)
+
+    def feed() -> None:
+        with open(fifo, "wb", buffering=0) as out:
+            out.write(packed[:1])
+            time.sleep(0.5)  # the reader has peeked by now
+            out.write(packed[1:])
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    report = engine.ingest(read_records(fifo), list_name="l")
+    writer.join(5)
     assert (report.added, report.rejected) == (1, 0), report
