@@ -797,3 +797,37 @@ def test_remote_ingest_reads_a_pipe(served, tmp_path):
     assert result.output.strip() == (
         "Error: /dev/zero: not a regular file or pipe but a character device"
     )
+
+
+def test_remote_ingest_of_a_pipe_or_stdin_names_signals_as_local_ingest(served, tmp_path):
+    """A vPDQ file's stem is its video's external id, and a te-simple dump's name its
+    type: a named pipe was copied to hashmatch-ingest-XXXXXXXX-<name>, so a video sent
+    by `remote ingest L clip7.vpdq` (a FIFO) was stored as 'hashmatch-ingest-a7_c9yr9-clip7'
+    and HMA's pdq.csv was refused for naming no type; from stdin, which names nothing
+    (`hashmatch ingest -` stores no id), the temp file's name was the id."""
+    import os
+    import threading
+
+    clip = "".join(f"{i},90,{i + 40:064x},{i}.0\n" for i in range(3))
+    fifo = tmp_path / "clip7.vpdq"
+    os.mkfifo(fifo)
+    feeder = threading.Thread(target=fifo.write_text, args=(clip,), daemon=True)
+    feeder.start()
+    result = _remote(served, "ingest", "fifo-videos", str(fifo))
+    feeder.join(5)
+    assert result.exit_code == 0 and json.loads(result.output)["added"] == 1, result.output
+    dump = tmp_path / "pdq.csv"  # HMA's sample data: headerless, the type in the name
+    os.mkfifo(dump)
+    rows = f"{50:064x},7,2020-01-01,tag1 tag2\n"
+    feeder = threading.Thread(target=dump.write_text, args=(rows,), daemon=True)
+    feeder.start()
+    result = _remote(served, "ingest", "fifo-dump", str(dump))
+    feeder.join(5)
+    assert result.exit_code == 0 and json.loads(result.output)["added"] == 1, result.output
+    clip = "".join(f"{i},90,{i + 60:064x},{i}.0\n" for i in range(3))
+    result = _remote(served, "ingest", "stdin-clips", "-", "--format", "vpdq", input=clip)
+    assert result.exit_code == 0 and json.loads(result.output)["added"] == 1, result.output
+    store = served.engine.store
+    assert [s.external_id for s in store.iter_signals("fifo-videos")] == ["clip7"]
+    assert [s.external_id for s in store.iter_signals("fifo-dump")] == ["7"]
+    assert [s.external_id for s in store.iter_signals("stdin-clips")] == [None]

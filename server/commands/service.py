@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -716,10 +716,13 @@ class _SignalFile:
     each retry), so no signal is held in memory (1M signals buffered took 1.8 GB).
     Uses the store's parsers (same formats as ``hashmatch ingest``)."""
 
-    def __init__(self, path: str, fmt: str | None, default_type: str | None):
+    def __init__(
+        self, path: str, fmt: str | None, default_type: str | None, *, nameless: bool = False
+    ):
         from array import array
 
         self.path, self.fmt, self.default_type = path, fmt, default_type
+        self.nameless = nameless  # stdin's copy: its name is ours, not the sender's
         self.lines = array("q")  # file line of each signal, in stream order
         self.unparsed: list[str] = []
         self.unparsed_total = 0
@@ -734,9 +737,19 @@ class _SignalFile:
     def _records(self) -> Iterator:
         """Parsed records, or each unparsable line's rejection text."""
         from hashmatch.engine.ingest import read_records
+
+        options = {"format": self.fmt, "signal_type": self.default_type}
+        if not self.nameless:
+            yield from self._parsed(read_records(self.path, **options))
+            return
+        with open(self.path, "rb") as raw:  # as `hashmatch ingest -` reads it: no name
+            yield from self._parsed(read_records(raw, **options))
+
+    @staticmethod
+    def _parsed(records: Iterable) -> Iterator:
         from hashmatch.engine.store import Rejection, frames_from_value
 
-        for item in read_records(self.path, format=self.fmt, signal_type=self.default_type):
+        for item in records:
             if isinstance(item, Rejection):
                 yield str(item)
             elif item.signal_type.lower() != "vpdq":
@@ -778,8 +791,10 @@ class _SignalFile:
 def _readable_twice(file: str) -> Iterator[str]:
     """FILE's path; stdin ('-') and a pipe (``<(generate-hashes)``, a named pipe) are
     first copied to a temporary file (in $TMPDIR), as FILE is read once per send and a
-    pipe cannot be read again. The copy keeps FILE's name as its suffix, so a format
-    told by it (``.jsonl``, ``.vpdq``) is still told."""
+    pipe cannot be read again. The copy has FILE's very name (in a temporary directory):
+    the name tells a format (``.jsonl``), a te-simple dump's type (``pdq.csv``) and a
+    vPDQ file's external id (its stem), as for ``hashmatch ingest``; stdin's copy is read
+    as nameless (see :class:`_SignalFile`)."""
     from hashmatch.engine.ingest import check_source
 
     if file != "-":
@@ -790,15 +805,15 @@ def _readable_twice(file: str) -> Iterator[str]:
         if not stat.S_ISFIFO(os.stat(file).st_mode):
             yield file
             return
-    suffix = ".stdin" if file == "-" else f"-{Path(file).name}"
-    with tempfile.NamedTemporaryFile(prefix="hashmatch-ingest-", suffix=suffix) as tmp:
-        if file == "-":
-            shutil.copyfileobj(sys.stdin.buffer, tmp)
-        else:
-            with open(file, "rb") as pipe:
-                shutil.copyfileobj(pipe, tmp)
-        tmp.flush()
-        yield tmp.name
+    with tempfile.TemporaryDirectory(prefix="hashmatch-ingest-") as folder:
+        copy = Path(folder) / ("stdin" if file == "-" else Path(file).name)
+        with open(copy, "wb") as out:
+            if file == "-":
+                shutil.copyfileobj(sys.stdin.buffer, out)
+            else:
+                with open(file, "rb") as pipe:
+                    shutil.copyfileobj(pipe, out)
+        yield str(copy)
 
 
 @remote.command("ingest")
@@ -832,7 +847,7 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     """
     with _readable_twice(file) as path:
         fmt = None if fmt == "auto" else fmt
-        parsed = _SignalFile(path, fmt, signal_type)
+        parsed = _SignalFile(path, fmt, signal_type, nameless=file == "-")
         if strict and parsed.unparsed:
             raise click.ClickException(f"refused (strict): {parsed.unparsed[0]}")
         if not parsed.lines:  # nothing parsed: say why instead of the server's "no signals"
