@@ -92,7 +92,28 @@ def detect_format(first_line: str, name: str = "") -> str:
         return "vpdq"
     if suffix in (".csv", ".tsv") or "," in text:  # no hex line holds a comma: a CSV,
         return "csv"  # whose header check names what it lacks (not "plain hex ... no type")
+    if _hash_type_header(text):  # `id<TAB>md5<TAB>pdq` in a .txt: no TYPE HASH line
+        return "csv"
     return "hex"
+
+
+_HEXISH = re.compile(r"[0-9a-fA-F]{16,}")
+
+
+def _hash_type_header(text: str) -> bool:
+    """A header of a column per hash type split by tabs or semicolons (no comma: a comma
+    makes any line a CSV): a hash-type column and no cell that is a hash, so a typed
+    line split by a tab (``pdq<TAB>HEX``) stays one."""
+    sep = _delimiter(text)
+    if sep == ",":
+        return False
+    cells = text.split(sep)
+    if len(cells) < 2 or any(_HEXISH.fullmatch(c.strip()) for c in cells):
+        return False
+    try:
+        return _hash_columns(text, sep) is not None
+    except InvalidInput:  # one type twice: the CSV reader says so
+        return True
 
 
 class RecordStream:

@@ -91,3 +91,23 @@ def test_gzip_on_a_pipe_whose_first_write_is_one_byte_is_read(engine, tmp_path):
     report = engine.ingest(read_records(fifo), list_name="l")
     writer.join(5)
     assert (report.added, report.rejected) == (1, 0), report
+
+
+@pytest.mark.parametrize("sep", ["\t", ";"])
+def test_a_column_per_type_list_split_by_tabs_or_semicolons_is_a_csv_by_its_header(
+    engine, tmp_path, sep
+):
+    """`id<TAB>md5<TAB>pdq` (a spreadsheet's TSV, Excel's `;`) saved as .txt: with no
+    comma in the header it was taken for hash lines: `id md5` a TYPE HASH line (every
+    row rejected, 'unknown signal type id'), or with `;` "plain hex lines carry no type".
+    A typed line split by a tab (`pdq<TAB>HEX`) stays one."""
+    path = tmp_path / "partner.txt"
+    md5 = "d41d8cd98f00b204e9800998ecf8427e"
+    path.write_text(sep.join(["id", "md5", "pdq"]) + "\n" + sep.join(["7", md5, PDQ]) + "\n")
+    report = engine.ingest(read_records(path), list_name="l")
+    assert (report.added, report.rejected) == (2, 0), report
+    assert _stored(engine, "l") == [("md5", md5), ("pdq", PDQ)]
+    typed = tmp_path / "typed.txt"
+    typed.write_text(f"pdq\t{PDQ}\n")
+    report = engine.ingest(read_records(typed), list_name="typed")
+    assert (report.added, report.rejected) == (1, 0), report
