@@ -342,3 +342,22 @@ def test_cli_retract_file_reads_pytx_type_hash_lines(run, tmp_path):
     assert "retracted 2 signal(s)" in run("retract", "--list", "l", "--file", str(gone)).output
     assert "2 live signal(s)" in run("lists", "ls").output
     assert "restored 2 signal(s)" in run("restore", "--list", "l", "--file", str(gone)).output
+
+
+def test_cli_retract_file_reads_a_hex_export_holding_videos(run, tmp_path):
+    """`lists export --format hex` (pytx's local_file lines) writes a video as `vpdq
+    [frames]`; `retract --file` of such a file stopped at that line ("vpdq hash must be
+    64 hex characters, got 151"), the photos beside it not retracted either. The frame
+    list names the video as its `vpdq:<fingerprint>` (`--retracted`'s line) does."""
+    frames = [f"{i + 9:064x},100,{float(i)!r}" for i in range(2)]
+    rows = [{"signal_type": "vpdq", "signal_value": json.dumps(frames)},
+            {"signal_type": "pdq", "signal_value": f"{3:064x}"}]  # fmt: skip
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run("ingest", str(tmp_path / "in.jsonl"), "--list", "l")
+    export = tmp_path / "l.txt"
+    run("lists", "export", "l", "--format", "hex", "--out", str(export))
+    assert export.read_text().startswith("vpdq [")
+    done = run("retract", "--list", "l", "--file", str(export)).output
+    assert "retracted 2 signal(s) in 'l' (2 requested)" in done
+    assert run("lists", "export", "l", "--retracted").stdout.startswith("vpdq:")
+    assert "restored 2 signal(s)" in run("restore", "--list", "l", "--file", str(export)).output

@@ -624,12 +624,25 @@ def _targets(values, signal_type, where=None) -> list[tuple[str, str]]:
             name, hex_ = (signal_type or "pdq"), value
         try:
             st = signal_types.get(name, field=f"hashes[{i}]")
+            if st.name == "vpdq" and hex_.lstrip().startswith("["):
+                out.append((st.name, _video_target(hex_)))
+                continue
             out.append((st.name, st.format(st.parse(hex_, field="hashes", index=i))))
         except InvalidInput as exc:
             if where is None:
                 raise
             raise InvalidInput(f"{where[i]}: {exc.message}") from None
     return out
+
+
+def _video_target(frames_json: str) -> str:
+    """A video's serialized frame list (``vpdq [...]``, how `lists export --format hex`
+    and python-threatexchange's local_file write one) -> the hex that names it as a
+    target, what ``--retracted`` writes after ``vpdq:``: its frames' fingerprint."""
+    from hashmatch.engine.store import video_key
+    from hashmatch.engine.video import parse_vpdq_json
+
+    return video_key(parse_vpdq_json(frames_json).codes).hex()
 
 
 def _retract_like(restore: bool):
