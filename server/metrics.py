@@ -11,6 +11,7 @@ import socket
 import socketserver
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -47,6 +48,12 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
+def _cut(request: socket.socket) -> None:
+    """End a connection past its time: its handler's blocked read or write returns."""
+    with contextlib.suppress(OSError):
+        request.shutdown(socket.SHUT_RDWR)
+
+
 class _BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
     """prometheus_client's thread-per-connection server, with a cap and a timeout.
 
@@ -54,7 +61,8 @@ class _BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
     open, with no timeout: 2,000 idle connections sending half a request held 2,000
     threads and file descriptors of the gRPC server's process for good (the descriptors
     gRPC needs to accept clients; past the limit new gRPC clients hang). Now at most
-    ``limit`` at once, each closed after ``timeout`` seconds; more are refused at once
+    ``limit`` at once, each closed ``timeout`` seconds after it was accepted (in all,
+    not per read: a client dribbling a byte at a time is cut too); more are refused at once
     on the accepting thread (503), so the metrics port can lose its scrapes to a flood
     but not take the gRPC service down with it.
     """
@@ -64,6 +72,10 @@ class _BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
 
     def server_activate(self) -> None:
         self._slots = threading.BoundedSemaphore(self.limit)
+        self._open: dict[Any, float] = {}  # connection -> monotonic deadline
+        self._open_lock = threading.Lock()
+        self._closing = threading.Event()
+        threading.Thread(target=self._cut_overdue, name="metrics-cutoff", daemon=True).start()
         super().server_activate()
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -79,10 +91,31 @@ class _BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # the handler's timeout is per read: a client sending a byte now and then kept
+        # its slot for good; the whole connection gets that long (see _cut_overdue)
+        with self._open_lock:
+            self._open[request] = time.monotonic() + self.RequestHandlerClass.timeout
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._open_lock:
+                self._open.pop(request, None)
             self._slots.release()
+
+    def _cut_overdue(self) -> None:
+        """One thread for all connections (not a timer each: a thread per connection is
+        what the cap bounds): ends those open past their time."""
+        period = min(1.0, max(0.05, self.RequestHandlerClass.timeout / 4))
+        while not self._closing.wait(period):
+            now = time.monotonic()
+            with self._open_lock:
+                overdue = [r for r, deadline in self._open.items() if deadline <= now]
+            for request in overdue:
+                _cut(request)
+
+    def server_close(self) -> None:
+        self._closing.set()
+        super().server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that timed out or hung up is not worth a traceback on stderr."""

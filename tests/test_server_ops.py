@@ -549,6 +549,34 @@ def test_a_metrics_connection_that_sends_no_request_is_closed():
         metrics.stop()
 
 
+def test_a_metrics_connection_dribbling_its_request_is_closed_at_its_timeout():
+    """The timeout was per read: a client sending one byte every less than
+    ``client_timeout`` kept its slot for good, and ``connections`` such clients made
+    every scrape a 503. Now a connection gets ``client_timeout`` in all."""
+    metrics = Metrics()
+    port = metrics.serve("127.0.0.1", 0, connections=2, client_timeout=1.0)
+    stop = threading.Event()
+
+    def dribble() -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            while not stop.wait(0.3):
+                try:
+                    sock.sendall(b"G")
+                except OSError:  # closed by the server: done
+                    return
+
+    slow = [threading.Thread(target=dribble, daemon=True) for _ in range(2)]
+    try:
+        for thread in slow:
+            thread.start()
+        time.sleep(2.5)  # both held past their 1 s
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert b"hashmatch_inflight_rpcs" in urllib.request.urlopen(url, timeout=5).read()
+    finally:
+        stop.set()
+        metrics.stop()
+
+
 def test_the_index_gauge_counts_what_stats_calls_indexed(tmp_path):
     """hashmatch_index_signals was documented as signals but counts index rows: a vPDQ
     video counts once per frame. Pinned against Stats after ingest and retract."""
