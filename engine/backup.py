@@ -20,7 +20,6 @@ else would ever free it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import sqlite3
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hashmatch.engine.errors import HashmatchError, InvalidInput, write_failure
+from hashmatch.engine.snapshot_files import held, writing
 from hashmatch.engine.store import SignalStore
 from hashmatch.engine.store_schema import change_digest, store_id
 from hashmatch.indexes.persist import fsync_path, pid_alive
@@ -98,7 +98,7 @@ def backup_store(store: SignalStore, dest: str | os.PathLike) -> BackupReport:
     try:
         _remove(tmp)  # a dead process's of the same pid (reused)
         tmp.touch()  # locked while written: see remove_abandoned
-        with _writing(tmp):
+        with writing(tmp):
             counter, sid, signals = _copy(store, tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
@@ -120,10 +120,11 @@ def remove_abandoned(directory: Path, *, also: str | None = None) -> list[Path]:
     (``.<name>.<pid>.tmp`` and SQLite's files beside it, ``<name>`` a timestamped
     ``store-<time>.sqlite`` or ``also``); return what was removed.
 
-    A copy is abandoned when no backup holds its lock (:func:`_writing`; the kernel drops
-    it when the writer dies) and its pid is gone or it was last written over
-    TMP_MAX_AGE_SECONDS ago (the pid was reused). A file of such a name that is not a
-    SQLite database (or a journal beside one) is left alone, as are other names."""
+    A copy is abandoned when no backup holds its lock (``snapshot_files.writing``, as
+    snapshots do; the kernel drops it when the writer dies) and its pid is gone or it
+    was last written over TMP_MAX_AGE_SECONDS ago (the pid was reused). A file of such a
+    name that is not a SQLite database (or a journal beside one) is left alone, as are
+    other names."""
     removed = []
     try:
         entries = list(os.scandir(directory))
@@ -148,7 +149,7 @@ def remove_abandoned(directory: Path, *, also: str | None = None) -> list[Path]:
 
 def _abandoned(main: Path, files: list[os.DirEntry]) -> bool:
     if main.exists():
-        if not _is_sqlite(main) or _locked(main):
+        if not _is_sqlite(main) or held(main):
             return False
         pid = int(_TMP_NAME.fullmatch(main.name).group(2))  # type: ignore[union-attr]
     else:  # only a journal left beside no copy
@@ -164,30 +165,6 @@ def _is_sqlite(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(16)
     return head in (b"", b"SQLite format 3\0")
-
-
-@contextlib.contextmanager
-def _writing(tmp: Path):
-    """Hold an flock on the copy while it is written (SQLite's own locks are POSIX
-    record locks, which do not conflict with it): another backup then never takes a
-    copy in progress for an abandoned one, whatever pid namespace it runs in."""
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def _locked(path: Path) -> bool:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def _copy(store: SignalStore, tmp: Path) -> tuple[int, str, int]:

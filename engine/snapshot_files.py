@@ -149,7 +149,7 @@ def abandoned_tmp(path: Path) -> bool:
     holds its lock (:func:`writing`), and its pid is dead or its last write is over
     TMP_MAX_AGE_SECONDS old (a reused pid; an older hashmatch's name without a pid).
     The lock guards a writer whose pid we cannot see (another pid namespace)."""
-    if _locked(path):
+    if held(path):
         return False
     m = _TMP_PID.search(path.name)
     pid = int(m.group(1)) if m else None
@@ -159,7 +159,9 @@ def abandoned_tmp(path: Path) -> bool:
     return time.time() - newest > TMP_MAX_AGE_SECONDS
 
 
-def _locked(path: Path) -> bool:
+def held(path: Path) -> bool:
+    """Whether a writer holds ``path``'s :func:`writing` lock (alive: the kernel drops
+    the lock of a dead one)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
