@@ -12,6 +12,7 @@ import socket
 import ssl
 import tempfile
 import time
+from collections.abc import Iterator
 
 
 def pem_dates(path: str) -> tuple[float, float] | None:
@@ -39,20 +40,8 @@ def served_dates(host: str, port: int, timeout: float = 2.0) -> tuple[float, flo
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    context.set_alpn_protocols(["h2"])
-    try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return None
-    for *_, address in addresses:
-        try:
-            with (
-                socket.create_connection(address[:2], timeout=timeout) as raw,
-                context.wrap_socket(raw, server_hostname=host) as tls,
-            ):
-                der = tls.getpeercert(binary_form=True)
-        except (OSError, ValueError):
-            continue
+    for tls in _handshakes(host, port, context, timeout):
+        der = None if isinstance(tls, Exception) else tls.getpeercert(binary_form=True)
         if der:
             return _der_dates(der)
     return None
@@ -67,23 +56,37 @@ def served_trust_error(
     completes a handshake. Every address is tried, as in :func:`served_dates`: a
     self-signed certificate read as "[::1]: Connection refused" for ``localhost``."""
     context = ssl.create_default_context(cadata=cadata.decode() if cadata else None)
+    for tls in _handshakes(host, port, context, timeout):
+        if isinstance(tls, ssl.SSLCertVerificationError):
+            return tls.verify_message or str(tls)
+        return None
+    return None
+
+
+def _handshakes(
+    host: str, port: int, context: ssl.SSLContext, timeout: float
+) -> Iterator[ssl.SSLSocket | ssl.SSLCertVerificationError]:
+    """Per address of ``host`` (all of them: gRPC reports only its last one's error), a
+    completed TLS handshake (the socket, open while the caller holds it) or the
+    certificate verification error; addresses that refuse or fail otherwise are
+    skipped."""
     context.set_alpn_protocols(["h2"])
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
-        return None
+        return
     for *_, address in addresses:
         try:
             with (
                 socket.create_connection(address[:2], timeout=timeout) as raw,
-                context.wrap_socket(raw, server_hostname=host),
+                context.wrap_socket(raw, server_hostname=host) as tls,
             ):
-                return None
+                yield tls
         except ssl.SSLCertVerificationError as exc:
-            return exc.verify_message or str(exc)
+            yield exc
+            return
         except (OSError, ValueError):
             continue
-    return None
 
 
 def _der_dates(der: bytes) -> tuple[float, float] | None:
