@@ -300,45 +300,38 @@ def _open(source: str | Path | IO[str]) -> tuple[IO[str], str, Callable[[], None
             raw = open(path, "rb")  # noqa: SIM115 - closed by the returned callable
         except OSError as exc:  # permission denied, or gone since the stat
             raise InvalidInput(f"{path}: {exc.strerror or exc}", field="file") from None
-        zipped, head = _gzip_magic(raw)  # peeked: a pipe cannot be read twice
-        name = path.name[:-3] if zipped and path.name.lower().endswith(".gz") else path.name
-        if not zipped:
-            stream = io.TextIOWrapper(head, encoding="utf-8-sig", newline="")
-            return stream, name, stream.close
-        zstream = io.TextIOWrapper(
-            gzip.GzipFile(fileobj=head, mode="rb"), encoding="utf-8-sig", newline=""
-        )
+        stream, name, detach = _wrap(raw, path.name)
 
-        def close_both() -> None:
-            zstream.close()
-            head.close()  # GzipFile leaves a fileobj it was given open (head: raw or over it)
+        def close() -> None:
+            detach()
+            raw.close()
 
-        return zstream, name, close_both
+        return stream, name, close
     if isinstance(source, io.BufferedIOBase | io.RawIOBase):
         return _wrap(source)
     return source, getattr(source, "name", "") or "", _nothing
 
 
-def _gzip_magic(raw: io.BufferedReader, *, owned: bool = True) -> tuple[bool, IO[bytes]]:
+def _gzip_magic(raw: io.BufferedReader) -> tuple[bool, IO[bytes]]:
     """(whether ``raw`` starts with gzip's magic bytes, the stream to read from then).
 
     ``peek`` does one read: on a pipe whose writer has sent one byte so far it returns
     that byte alone, and a gzip stream was read as text ("not UTF-8 (byte 0x8b)"). Then
-    the byte is taken and put back in front (closing the result closes ``raw`` only if
-    ``owned``: stdin's stays open)."""
+    the byte is taken and put back in front (closing the result leaves ``raw`` open: the
+    caller's, stdin's, or closed by :func:`_open`)."""
     head = raw.peek(2)[:2]
     if len(head) != 1:
         return head == _GZIP_MAGIC, raw
     first = raw.read(1)
     zipped = first + raw.peek(1)[:1] == _GZIP_MAGIC
-    return zipped, io.BufferedReader(_Prefixed(first, raw, owned))
+    return zipped, io.BufferedReader(_Prefixed(first, raw))
 
 
 class _Prefixed(io.RawIOBase):
     """``prefix``, then the rest of ``rest`` (one read of it at a time)."""
 
-    def __init__(self, prefix: bytes, rest: io.BufferedReader, owned: bool):
-        self._prefix, self._rest, self._owned = prefix, rest, owned
+    def __init__(self, prefix: bytes, rest: io.BufferedReader):
+        self._prefix, self._rest = prefix, rest
 
     def readable(self) -> bool:
         return True
@@ -350,11 +343,6 @@ class _Prefixed(io.RawIOBase):
             self._prefix = self._prefix[n:]
             return n
         return self._rest.readinto1(b)
-
-    def close(self) -> None:
-        if self._owned and not self.closed:
-            self._rest.close()
-        super().close()
 
 
 def check_source(path: str | Path) -> None:
@@ -379,10 +367,12 @@ def check_source(path: str | Path) -> None:
         )
 
 
-def _wrap(raw: IO[bytes]) -> tuple[IO[str], str, Callable[[], None]]:
-    """Text over the caller's bytes (stdin's), gunzipped if they start as gzip."""
-    if hasattr(raw, "peek"):  # stdin's buffer
-        zipped, raw = _gzip_magic(raw, owned=False)
+def _wrap(raw: IO[bytes], name: str = "") -> tuple[IO[str], str, Callable[[], None]]:
+    """Text over ``raw`` (the caller's bytes, stdin's, a file :func:`_open` opened),
+    gunzipped if they start as gzip (``name`` then loses ``.gz``); the callable detaches
+    the text from ``raw``, which stays open."""
+    if hasattr(raw, "peek"):  # stdin's buffer, a file or pipe opened "rb"
+        zipped, raw = _gzip_magic(raw)
     elif raw.seekable():  # a BytesIO, a file opened "rb"
         start = raw.tell()
         zipped = raw.read(2) == _GZIP_MAGIC
@@ -390,6 +380,7 @@ def _wrap(raw: IO[bytes]) -> tuple[IO[str], str, Callable[[], None]]:
     else:  # read as text (wrapping it to peek would close it when dropped)
         zipped = False
     if zipped:
+        name = name[:-3] if name.lower().endswith(".gz") else name
         unzipped = gzip.GzipFile(fileobj=raw, mode="rb")
         stream = io.TextIOWrapper(unzipped, encoding="utf-8-sig", newline="")
 
@@ -397,9 +388,9 @@ def _wrap(raw: IO[bytes]) -> tuple[IO[str], str, Callable[[], None]]:
             stream.detach()
             unzipped.close()  # leaves the caller's stream open (fileobj)
 
-        return stream, "", done
+        return stream, name, done
     stream = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")  # type: ignore[arg-type]
-    return stream, "", stream.detach
+    return stream, name, stream.detach
 
 
 def _nothing() -> None:
