@@ -555,22 +555,18 @@ def _read_regular(path: str, max_bytes: int) -> tuple[bytes, int, int, BinaryIO]
     opened non-blocking, checked on the open descriptor (no second lookup by name),
     and read for at most one byte past the limit (a file still growing is refused).
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    fh = open(fd, "rb")  # noqa: SIM115 - returned open (see hash_file)
+    from hashmatch.engine.decode import open_unblocked, read_checked  # the workers': cv2
+
+    fh = open_unblocked(path)  # returned open (see hash_file)
     try:
-        st = os.fstat(fd)
+        st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise NotAFile(f"not a regular file: {file_kind(st.st_mode)}")
         if st.st_size > max_bytes:
             raise errors.MediaTooLarge(
                 f"file is {st.st_size} bytes, over the {max_bytes}-byte limit"
             )
-        # read what fstat says plus one byte, and on only if that byte came (the file
-        # grows): read(max_bytes + 1) allocated the whole limit (256 MB) per file,
-        # which glibc maps fresh and faults in page by page (~0.1 ms per 1080p JPEG)
-        data = fh.read(st.st_size + 1)
-        if len(data) > st.st_size:
-            data += fh.read(max_bytes + 1 - len(data))
+        data = read_checked(fh, st.st_size, max_bytes)
         if len(data) > max_bytes:
             raise errors.MediaTooLarge(f"file grew past the {max_bytes}-byte limit while read")
     except BaseException:
