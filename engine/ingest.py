@@ -300,11 +300,11 @@ def _open(source: str | Path | IO[str]) -> tuple[IO[str], str, Callable[[], None
             raw = open(path, "rb")  # noqa: SIM115 - closed by the returned callable
         except OSError as exc:  # permission denied, or gone since the stat
             raise InvalidInput(f"{path}: {exc.strerror or exc}", field="file") from None
-        stream, name, detach = _wrap(raw, path.name)
+        stream, name, _ = _wrap(raw, path.name)
 
-        def close() -> None:
-            detach()
-            raw.close()
+        def close() -> None:  # ours, all of it: closed (twice is fine), not detached
+            stream.close()
+            raw.close()  # GzipFile leaves a fileobj it was given open
 
         return stream, name, close
     if isinstance(source, io.BufferedIOBase | io.RawIOBase):
