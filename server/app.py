@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hashmatch.server")
 
+WAIT_STEP_SECONDS = 0.1  # how often a waiting stop() lets the main thread run signal handlers
 STOP_SLACK_SECONDS = 5.0  # beyond the drain grace, how long stop() waits for gRPC
 # gRPC threads and call slots beyond the configured ones: kept for health checks and
 # reflection, so a busy server still answers its health probe rather than refusing it
@@ -68,6 +69,22 @@ SERVICE_NAMES = (
     signals_pb2.DESCRIPTOR.services_by_name["Signals"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
 )
+
+
+def wait_in_steps(wait: Callable[[float], bool], timeout: float) -> bool:
+    """``wait(timeout)`` in steps of WAIT_STEP_SECONDS; True as soon as one step is.
+
+    Why: Python runs a signal handler in the main thread, and only between bytecodes. A
+    signal the kernel hands to another thread (gRPC's, FAISS's) while the main thread
+    blocks in one long wait runs when that wait ends: a SIGHUP sent during a 30 s drain
+    reloaded the tokens 30 s late, after the drain it was meant to change."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if wait(max(0.0, min(WAIT_STEP_SECONDS, left))):
+            return True
+        if left <= WAIT_STEP_SECONDS:
+            return False
 
 
 def raise_open_files_limit() -> int:
@@ -778,7 +795,8 @@ class HashmatchServer:
         # Bounded: grpcio can leave a call that never completes (seen with undecodable
         # stream messages before decoding.py), and a stop that never returns keeps the
         # process alive after SIGTERM until it is killed.
-        if not self._server.stop(grace).wait(grace + STOP_SLACK_SECONDS):
+        stopped = self._server.stop(grace)
+        if not wait_in_steps(stopped.wait, grace + STOP_SLACK_SECONDS):
             log.warning(
                 "gRPC server did not finish stopping within %.1f s; closing anyway",
                 grace + STOP_SLACK_SECONDS,
@@ -789,13 +807,13 @@ class HashmatchServer:
         # a rebuild outlives its call; it saw `stopping` and gives up at its next step.
         # Handlers of cancelled calls may still be running too (grpcio does not wait
         # for them): an Ingest between two messages, a lookup finishing its batch.
-        if not self.host.wait_background(STOP_SLACK_SECONDS):
+        if not wait_in_steps(self.host.wait_background, STOP_SLACK_SECONDS):
             log.warning(
                 "a rebuild did not stop within %.1f s; the engine is left open for it "
                 "(process exit ends it)",
                 STOP_SLACK_SECONDS,
             )
-        elif not self.host.inflight.wait_idle(STOP_SLACK_SECONDS):
+        elif not wait_in_steps(self.host.inflight.wait_idle, STOP_SLACK_SECONDS):
             log.warning(
                 "calls were still running %.1f s after the drain; the engine is left open "
                 "for them (process exit ends them)",

@@ -54,3 +54,53 @@ def test_stop_during_an_ingest_stream_does_not_crash_and_keeps_what_was_stored(t
     stored = out["stored"].get("cut", 0)
     assert 3000 <= stored <= 30000 and stored % 1000 == 0  # whole messages only
     assert out.get("finished") or out.get("error") in ("UNAVAILABLE", "CANCELLED")
+
+
+def test_a_signal_another_thread_receives_is_handled_during_the_drain(tmp_path):
+    """The kernel may hand a process signal to any thread (gRPC's, FAISS's); Python then
+    runs the handler in the main thread once it next runs bytecode. stop() waited for the
+    drain in one blocking wait, so a SIGHUP (token reload) sent during a drain held by an
+    open stream ran only after the drain: CI saw 'reloaded' 30 s late. The handler now
+    runs within a wait step."""
+    import signal as signals
+    import threading
+    import time
+
+    from hashmatch.server.testing import running_server
+    from hashmatch.v1 import common_pb2, matcher_pb2
+
+    handled: list[float] = []
+    previous = signals.signal(signals.SIGUSR1, lambda *_: handled.append(time.monotonic()))
+    release = threading.Event()
+
+    def requests():
+        yield matcher_pb2.MatchRequest(
+            hashes=[common_pb2.HashValue(signal_type="pdq", hex="ab" * 32)]
+        )
+        release.wait(30)
+
+    sent: list[float] = []
+
+    def signal_from_another_thread() -> None:
+        time.sleep(0.5)  # the main thread is in stop() by now
+        sent.append(time.monotonic())
+        signals.pthread_kill(threading.get_ident(), signals.SIGUSR1)
+        time.sleep(1.0)
+        release.set()  # the stream ends, and with it the drain
+
+    try:
+        with running_server(tmp_path / "data") as ts:
+            replies = ts.client(retries=0).match_stream(requests())
+            next(replies)  # the stream is open: it holds the drain
+            thread = threading.Thread(target=signal_from_another_thread)
+            thread.start()
+            began = time.monotonic()
+            ts.server.stop(grace=10.0)
+            stopped = time.monotonic()
+            thread.join()
+    finally:
+        release.set()
+        signals.signal(signals.SIGUSR1, previous)
+    assert sent and handled, "the handler never ran"
+    assert stopped - began >= 1.2  # the stream held the drain past the signal
+    assert handled[0] - sent[0] < 0.5, f"handled {handled[0] - sent[0]:.2f} s after the signal"
