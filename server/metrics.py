@@ -70,11 +70,16 @@ class _BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
     daemon_threads = True
     limit = METRICS_CONNECTIONS
 
-    def server_activate(self) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # before the bind: a port in use makes socketserver call server_close, which
+        # must find _closing (set in server_activate, it raised AttributeError instead)
         self._slots = threading.BoundedSemaphore(self.limit)
         self._open: dict[Any, float] = {}  # connection -> monotonic deadline
         self._open_lock = threading.Lock()
         self._closing = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def server_activate(self) -> None:
         threading.Thread(target=self._cut_overdue, name="metrics-cutoff", daemon=True).start()
         super().server_activate()
 

@@ -701,3 +701,31 @@ def test_client_strings_cannot_forge_access_log_lines(tmp_path, caplog):
         assert not any(c in text for c in "\n\r\x1b\u2028"), text
     assert lines[0]["list"] == "L" + forged and lines[0]["request_id"] == forged
     assert [line["status"] for line in lines] == ["NOT_FOUND", "INVALID_ARGUMENT", "NOT_FOUND"]
+
+
+def test_a_metrics_port_in_use_is_named_and_the_grpc_server_stopped(tmp_path):
+    """The cut-off thread's server_close assumed server_activate had run: a /metrics port
+    in use (bind fails, socketserver calls server_close) raised AttributeError
+    '_closing' instead of the OSError that start() turns into 'pick another with
+    --metrics-port', and the gRPC server it had started was left running."""
+    from hashmatch.server.app import HashmatchServer
+    from hashmatch.server.config import ServerConfig
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="Address already in use") as err:
+            Metrics().serve("127.0.0.1", port)
+        assert err.value.errno is not None
+        config = ServerConfig().with_overrides(
+            {"listen": "127.0.0.1:0", "data_dir": str(tmp_path), "metrics_port": port,
+             "metrics_host": "127.0.0.1", "insecure_no_auth": True}
+        ).validate()  # fmt: skip
+        server = HashmatchServer(config, auth=None)
+        with pytest.raises(OSError, match=f"metrics on 127.0.0.1:{port}: .*--metrics-port"):
+            server.start()
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+        with pytest.raises(grpc.FutureTimeoutError):  # stopped: nothing answers there
+            grpc.channel_ready_future(channel).result(timeout=1)
+        channel.close()
