@@ -297,7 +297,7 @@ class Attempts:
         """Seconds to wait before retrying ``exc``, or None to raise it."""
         lost = lost_status(exc)
         least = 0.0 if exc.code() in RETRYABLE or lost else retry_delay(exc)
-        if "CERTIFICATE_VERIFY_FAILED" in (getattr(exc, "details", lambda: "")() or ""):
+        if certificate_refused(getattr(exc, "details", lambda: "")() or ""):
             # UNAVAILABLE, but waiting changes nothing (as health_failure says): a remote
             # verb spent its whole --timeout, 30 s, on a certificate it could not verify
             return None
@@ -351,6 +351,14 @@ def lost_status(exc: grpc.RpcError) -> bool:
 
 
 HOSTNAME_MISMATCH = "Hostname Verification Check failed"  # gRPC's words for it
+
+
+def certificate_refused(details: str) -> bool:
+    """Whether a call failed on the server's certificate (its CA, its dates, or a host it
+    does not name): UNAVAILABLE, but no retry or wait changes it. One test for the
+    retries and the health wait: the retries checked the CA only, and a certificate for
+    another host was retried until the call's deadline (30 s for a remote verb)."""
+    return "CERTIFICATE_VERIFY_FAILED" in details or HOSTNAME_MISMATCH in details
 
 
 def tls_hint(details: str) -> str:
@@ -459,7 +467,7 @@ def health_failure(exc: grpc.RpcError) -> str:
     Why: a certificate for another host name was waited on for the whole timeout, then
     reported as "did not become SERVING ...; is `hashmatch serve` running there?"."""
     last = f"{exc.code().name}: {exc.details()}"
-    if "CERTIFICATE_VERIFY_FAILED" in last or HOSTNAME_MISMATCH in last:
+    if certificate_refused(last):
         raise ConnectionError(f"{last}{tls_hint(last)}") from None
     return last
 

@@ -602,6 +602,26 @@ def test_a_certificate_that_does_not_verify_is_not_retried_until_the_deadline(tm
     assert took < 10, took
 
 
+def test_a_certificate_for_another_host_is_not_retried_until_the_deadline(tmp_path):
+    """The retries stopped at once for a certificate no CA verifies, but not for one
+    that does not name the host (the health wait stopped for both): a call against it
+    was retried for its whole timeout."""
+    from hashmatch.server.client import tls_hint
+    from hashmatch.server.testing import self_signed_cert
+
+    key, cert = self_signed_cert(tmp_path, "server")
+    with running_server(tmp_path / "d", tls_cert=cert, tls_key=key) as ts:
+        client = HashmatchClient(
+            ts.target, root_certificates=cert, server_name="other.example", timeout=20
+        )
+        started = time.monotonic()
+        with client, pytest.raises(grpc.RpcError) as failed:
+            client.list_hash_lists()
+        took = time.monotonic() - started
+    assert "does not name the host" in tls_hint(failed.value.details())
+    assert took < 10, took
+
+
 def test_signal_expiry_takes_iso_text_and_datetimes_as_files_do():
     from datetime import UTC, datetime
 
