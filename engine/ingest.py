@@ -172,23 +172,8 @@ def _read(
     """Records (``batch_size`` None) or :class:`ColumnBatch` es of ``batch_size``."""
     stream, name, done = _open(source)
     try:
-        first = ""
         buffered: list[str] = []
-        for line in stream:
-            buffered.append(line)
-            if line.strip():
-                first = line
-                break
-        head = first.strip().lstrip("\ufeff")
-        if format is None or format.lower() == "hex":  # the first line no "#" comment
-            head = _past_comments(head, stream, buffered)  # (one with a comma is no CSV)
-        fmt = (format or detect_format(head, name)).lower()
-        if fmt not in FORMATS:
-            raise InvalidInput(
-                f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})", field="format"
-            )
-        if format is None and fmt == "vpdq" and _typed_video_lines(head, stream, buffered):
-            fmt = "hex"
+        fmt, first, head = _sniff(stream, buffered, name, format)
         lines = _chain(buffered, stream)
         extra = tuple(labels)
         sep = _delimiter(first) if fmt == "csv" else ","
@@ -237,6 +222,65 @@ def _read(
         ) from None
     finally:
         done()
+
+
+def _sniff(
+    stream: Iterable[str], buffered: list[str], name: str, format: str | None
+) -> tuple[str, str, str]:
+    """(format, first non-blank line, first line past ``#`` comments) of a list whose
+    lines ``stream`` gives; the lines read to tell are appended to ``buffered``."""
+    stream = iter(stream)
+    first = ""
+    for line in stream:
+        buffered.append(line)
+        if line.strip():
+            first = line
+            break
+    head = first.strip().lstrip("\ufeff")
+    if format is None or format.lower() == "hex":  # the first line no "#" comment
+        head = _past_comments(head, stream, buffered)  # (one with a comma is no CSV)
+    fmt = (format or detect_format(head, name)).lower()
+    if fmt not in FORMATS:
+        raise InvalidInput(
+            f"unknown format {fmt!r} (choose from {', '.join(FORMATS)})", field="format"
+        )
+    if format is None and fmt == "vpdq" and _typed_video_lines(head, stream, buffered):
+        fmt = "hex"
+    return fmt, first, head
+
+
+#: How much of a file :func:`file_format` reads to tell (a photo or a video: the first
+#: chunk that is not UTF-8 ends it sooner).
+SNIFF_CHARS = 64 * 1024
+
+
+def file_format(path: str | Path) -> str | None:
+    """The format ``read_records(path)`` reads a file as, told as it tells it (gzip read
+    through, ``#`` comments skipped, a ``vpdq [...]`` line followed by more lines is
+    ``TYPE HASH`` lines), from at most :data:`SNIFF_CHARS` of it; None for a file that
+    is no UTF-8 text there (media).
+
+    Why: ``hashmatch match`` asks whether a file is a vPDQ hash file or media, and kept
+    its own copy of this rule (the first line only, no gzip): a vPDQ file led by a
+    comment, or gzipped, ingested as a video and was then hashed as a photo by match."""
+    stream, name, done = _open(path)
+    try:
+        fmt, _, _ = _sniff(_bounded_lines(stream, SNIFF_CHARS), [], name, None)
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error, OSError):
+        return None
+    finally:
+        done()
+    return fmt
+
+
+def _bounded_lines(stream: IO[str], budget: int) -> Iterator[str]:
+    """``stream``'s lines, ``budget`` characters in all (the last one cut there)."""
+    while budget > 0:
+        line = stream.readline(budget)
+        if not line:
+            return
+        budget -= len(line)
+        yield line
 
 
 def _past_comments(head: str, stream: IO[str], buffered: list[str]) -> str:

@@ -3,6 +3,7 @@ click against a real data dir)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -60,6 +61,27 @@ def test_match_of_a_vpdq_hash_file_matches_its_frames_as_one_video(
     # the video as the store names it (SHA-256 of its frame codes), not its first frame
     assert out[0]["hashes"] == [f"vpdq:{video_key(FRAMES).hex()}"]
     assert match["hash_hex"] == video_key(FRAMES).hex()
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("copy.txt", ("# vpdq of copy.mp4\n" + _vpdq_text(FRAMES)).encode()),  # a comment first
+        ("copy.vpdq.gz", gzip.compress(_vpdq_text(FRAMES).encode())),  # gzip, as ingest reads
+    ],
+)
+def test_match_recognises_a_vpdq_hash_file_as_ingest_does(run, stored, tmp_path, name, data):
+    """``match`` kept its own copy of ingest's format detection (the first line, no gzip):
+    after ingest learnt to look past ``#`` comments and through gzip, such a file ingested
+    as a video but ``match`` hashed it as a photo ('not an image in a supported format')."""
+    query = tmp_path / name
+    query.write_bytes(data)
+    ingested = run("ingest", str(query), "--list", "videos").output
+    assert "added 0, updated 1" in ingested  # clip's video, named copy now
+    out = json.loads(run("match", str(query), "--json").output)
+    (match,) = out[0]["matches"]
+    assert (match["list_name"], match["query_match_pct"]) == ("videos", 100.0)
+    assert out[0]["hashes"] == [f"vpdq:{video_key(FRAMES).hex()}"]
 
 
 def test_match_of_an_unrelated_vpdq_hash_file_finds_nothing(run, stored, tmp_path):

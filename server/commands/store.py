@@ -855,13 +855,10 @@ def vpdq_hash_file(path: str):
     line in one of those forms), and read by its parser: one format, one reader.
     """
     from hashmatch.engine.hashing import HashResult
-    from hashmatch.engine.ingest import detect_format, read_records
+    from hashmatch.engine.ingest import file_format, read_records
     from hashmatch.engine.store import SignalRecord
 
-    with open(path, "rb") as fh:
-        head = fh.read(4096).decode("utf-8", errors="replace")
-    first = next((line for line in head.splitlines() if line.strip()), "")
-    if detect_format(first, path) != "vpdq":
+    if file_format(path) != "vpdq":
         return None
     (found,) = list(read_records(path, format="vpdq"))  # one video, or why not
     if not isinstance(found, SignalRecord):
