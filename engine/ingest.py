@@ -442,8 +442,13 @@ def _nothing() -> None:
 
 
 def _chain(buffered: list[str], rest: Iterable[str]) -> Iterator[str]:
+    """``buffered``, then the rest of the lines. Not ``yield from rest``: a generator
+    closed early (a parser that stops at a bad line) closes what it delegates to, and
+    ``rest`` is the text stream itself: closed under the reader, whose detach then
+    failed ('I/O operation on closed file'), and a caller's stream shut behind its back."""
     yield from buffered
-    yield from rest
+    for line in rest:  # noqa: UP028 - see above
+        yield line
 
 
 def _labels(value: object, extra: tuple[str, ...]) -> tuple[str, ...]:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -111,3 +113,28 @@ def test_a_column_per_type_list_split_by_tabs_or_semicolons_is_a_csv_by_its_head
     typed.write_text(f"pdq\t{PDQ}\n")
     report = engine.ingest(read_records(typed), list_name="typed")
     assert (report.added, report.rejected) == (1, 0), report
+
+
+@pytest.mark.parametrize("zipped", [False, True])
+def test_a_bad_vpdq_file_from_a_stream_names_its_line_and_leaves_the_stream_open(tmp_path, zipped):
+    """``_chain`` handed the text stream to ``yield from``, and a generator closed early
+    closes its sub-iterator: a vPDQ file whose bad line stopped the parser closed the
+    stream under the reader, then ``done`` (detach) raised 'I/O operation on closed
+    file' instead of naming the line. a29f5cc mended files ingest opens (closed, not
+    detached); stdin (``ingest -``) and a caller's stream still failed so, and a
+    caller's stream was closed behind its back."""
+    text = f"0,100,{PDQ},0.000\n1,100,zz,1.000\n".encode()
+    path = tmp_path / "bad.vpdq"
+    path.write_bytes(gzip.compress(text) if zipped else text)
+    with open(path, "rb") as raw:
+        (rejection,) = list(read_records(raw, format="vpdq"))
+        assert not raw.closed
+    assert rejection.line == 2 and "64 hex characters" in rejection.reason
+    with open(path, "rb") as fh:
+        stdin = subprocess.run(
+            [sys.executable, "-m", "hashmatch.server.cli", "ingest", "-", "--list", "v",
+             "--format", "vpdq", "--data-dir", str(tmp_path / "data")],
+            stdin=fh, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert "I/O operation on closed file" not in stdin.stderr, stdin.stderr
+    assert "line 2" in stdin.stderr and "rejected 1" in stdin.stdout, stdin.stdout + stdin.stderr
