@@ -202,6 +202,7 @@ def _kill_mid_backup(store: Path, dest: Path) -> list[str]:
         if child.poll() is None:
             child.kill()
         child.wait(10)
+        child.stdout.close()  # else a ResourceWarning under -W error::ResourceWarning
     assert child.returncode == -signals.SIGKILL
     return sorted(p.name for p in dest.iterdir())
 

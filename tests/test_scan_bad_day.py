@@ -183,6 +183,7 @@ def test_a_second_scan_of_a_busy_catalog_is_refused(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+        holder.stdout.close()  # else a ResourceWarning under -W error::ResourceWarning
     done = _cli([*args, "--out", "r.jsonl", "tree"], tmp_path)  # released on close
     assert done.returncode == 0, done.stderr
     assert _report(tmp_path / "r.jsonl")[-1]["hashed"] == 1

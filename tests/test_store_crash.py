@@ -74,6 +74,7 @@ def test_kill_9_mid_ingest_loses_no_acknowledged_batch(tmp_path):
         if child.poll() is None:
             child.kill()
         child.wait(10)
+        child.stdout.close()  # else a ResourceWarning under -W error::ResourceWarning
     assert child.returncode == -signal.SIGKILL
     assert acked >= 4 * BATCH
 
@@ -130,6 +131,8 @@ def _kill_while_creating(store: Path) -> bool:
         if child.poll() is None:
             child.kill()
         child.wait(10)
+        child.stdin.close()  # else ResourceWarnings under -W error::ResourceWarning
+        child.stdout.close()
     return store.exists() and store.stat().st_size == 0 and journal.exists()
 
 
