@@ -44,6 +44,7 @@ MESSAGE_BYTES = 1 << 20  # flush a streamed message past ~1 MiB of codes
 #: an entry's ids blob from this size on (bytes: 128k ids) is kept between the calls
 #: that page through it, with its digest (one entry and a few digests at a time)
 BIG_ENTRY = 1 << 20
+MAX_SEQ = 2**63 - 1  # SQLite's largest integer: the change log's positions are below it
 _cache_lock = threading.Lock()
 _cache: dict[tuple, np.ndarray] = {}
 _digests: dict[tuple, str] = {}
@@ -211,7 +212,11 @@ def _ids(store: SignalStore, entry: _Entry) -> np.ndarray:
 
 def _digest(store: SignalStore, seq: int) -> str:
     """:meth:`SignalStore.change_digest` (""), kept for a big entry: a caller paging
-    through one hashed its whole ids blob two or three times a page."""
+    through one hashed its whole ids blob two or three times a page. A position past
+    SQLite's integer range names no entry: since = 2**63 - 1 with since_signal_id asked
+    for entry since + 1, which SQLite could not even be asked about (INTERNAL)."""
+    if seq > MAX_SEQ:
+        return ""
     key = ("digest", *_entry_key(store, seq))
     with _cache_lock:
         if key in _digests:

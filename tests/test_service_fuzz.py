@@ -415,3 +415,14 @@ def test_unknown_fields_in_an_empty_request_are_ignored_or_refused(fuzzed, name,
         ), error.details()
     _after(fuzzed)
 
+
+# -- what the fuzzer found (each failed before its fix) ---------------------------------
+
+
+def test_changes_from_the_last_int64_position_inside_an_entry_is_empty(fuzzed):
+    """since = 2**63 - 1 with since_signal_id asked for the digest of entry since + 1,
+    past SQLite's integers: OverflowError, INTERNAL."""
+    request = signals_pb2.ChangesRequest(since=2**63 - 1, split_entries=True, since_signal_id=1)
+    (reply,) = fuzzed.signals.Changes(request, metadata=fuzzed.metadata, timeout=30)
+    assert not reply.changes and not reply.more
+    assert (reply.since_digest, reply.since_entry_digest) == ("", "")
