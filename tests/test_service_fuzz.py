@@ -233,13 +233,43 @@ def _after(fuzz: Fuzzed) -> None:
 # -- Matcher ---------------------------------------------------------------------------
 
 
+def _check_match_reply(request: matcher_pb2.MatchRequest, reply: matcher_pb2.MatchResponse):
+    """One result per query (hashes, then media, then videos), each naming its own
+    position, its matches nearest first and within a threshold the request set."""
+    sources = [("hashes", len(request.hashes)), ("media", len(request.media)),
+               ("videos", len(request.videos))]  # fmt: skip
+    expected = [(kind, i) for kind, n in sources for i in range(n)]
+    got = [(_SOURCES[r.source], r.index) for r in reply.results]
+    assert got == expected, (got, expected)
+    threshold = request.options.threshold if request.options.HasField("threshold") else None
+    for position, result in enumerate(reply.results):
+        distances = [m.distance for m in result.matches]
+        assert distances == sorted(distances), result
+        for match in result.matches:
+            assert match.query_index == position, (position, match)
+            if threshold is not None and match.signal_type != "vpdq":
+                assert match.distance <= threshold, (threshold, match)
+        if request.options.max_results:
+            assert len(result.matches) <= request.options.max_results
+    assert reply.request_id == request.request_id
+
+
+_SOURCES = {
+    matcher_pb2.QueryResult.SOURCE_HASH: "hashes",
+    matcher_pb2.QueryResult.SOURCE_MEDIA: "media",
+    matcher_pb2.QueryResult.SOURCE_VIDEO: "videos",
+}
+
+
 @FUZZ
 @given(request=match_requests(), timeout=deadlines)
 def test_match_answers_every_request_with_a_clear_status(fuzzed, request, timeout):
-    _, error = _call(
+    reply, error = _call(
         lambda: fuzzed.matcher.Match(request, metadata=fuzzed.metadata, timeout=timeout)
     )
     _check_answer(error, [request], timeout=timeout)
+    if reply is not None:
+        _check_match_reply(request, reply)
     _after(fuzzed)
 
 
@@ -256,17 +286,22 @@ def test_match_stream_answers_every_stream_with_a_clear_status(fuzzed, requests,
     _, error = _call(send)
     _check_answer(error, requests, streamed=True, timeout=timeout)
     if error is None:
-        assert [r.request_id for r in replies] == [r.request_id for r in requests]
+        assert len(replies) == len(requests)
+        for request, reply in zip(requests, replies, strict=True):
+            _check_match_reply(request, reply)
     _after(fuzzed)
 
 
 @FUZZ
 @given(request=hash_requests(), timeout=deadlines)
 def test_hash_answers_every_request_with_a_clear_status(fuzzed, request, timeout):
-    _, error = _call(
+    reply, error = _call(
         lambda: fuzzed.matcher.Hash(request, metadata=fuzzed.metadata, timeout=timeout)
     )
     _check_answer(error, [request], timeout=timeout)
+    if reply is not None:
+        assert [item.index for item in reply.items] == list(range(len(request.media)))
+        assert all(item.hashes for item in reply.items), reply
     _after(fuzzed)
 
 
