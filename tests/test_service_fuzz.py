@@ -23,6 +23,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
@@ -448,6 +449,52 @@ def test_unknown_fields_in_an_empty_request_are_ignored_or_refused(fuzzed, name,
             grpc.StatusCode.INVALID_ARGUMENT,
             grpc.StatusCode.FAILED_PRECONDITION,
         ), error.details()
+    _after(fuzzed)
+
+
+# -- many at once ----------------------------------------------------------------------
+
+
+def _senders(fuzz: Fuzzed, timeout: float) -> dict[str, Callable[[object], object]]:
+    """method -> send one drawn request (a list of messages for request streams)."""
+    md, m, s, a = fuzz.metadata, fuzz.matcher, fuzz.signals, fuzz.admin
+    return {
+        "Match": lambda r: m.Match(r, metadata=md, timeout=timeout),
+        "MatchStream": lambda r: list(m.MatchStream(iter(r), metadata=md, timeout=timeout)),
+        "Hash": lambda r: m.Hash(r, metadata=md, timeout=timeout),
+        "Ingest": lambda r: s.Ingest(iter(r), metadata=md, timeout=timeout),
+        "Retract": lambda r: s.Retract(r, metadata=md, timeout=timeout),
+        "Changes": lambda r: list(s.Changes(r, metadata=md, timeout=timeout)),
+        "SignalStates": lambda r: s.SignalStates(r, metadata=md, timeout=timeout),
+        "RebuildIndex": lambda r: list(a.RebuildIndex(r, metadata=md, timeout=timeout)),
+        "Snapshot": lambda r: a.Snapshot(r, metadata=md, timeout=timeout),
+    }
+
+
+CONCURRENT = st.one_of(
+    st.tuples(st.just("Match"), match_requests()),
+    st.tuples(st.just("MatchStream"), st.lists(match_requests(), min_size=1, max_size=2)),
+    st.tuples(st.just("Hash"), hash_requests()),
+    st.tuples(st.just("Ingest"), ingest_streams()),
+    st.tuples(st.just("Retract"), retract_requests()),
+    st.tuples(st.just("Changes"), changes_requests()),
+    st.tuples(st.just("SignalStates"), signal_states_requests()),
+    st.tuples(st.just("RebuildIndex"), st.builds(admin_pb2.RebuildIndexRequest)),
+    st.tuples(st.just("Snapshot"), st.builds(admin_pb2.SnapshotRequest)),
+)
+
+
+@settings(FUZZ, max_examples=max(1, EXAMPLES // 8))
+@given(calls=st.lists(CONCURRENT, min_size=8, max_size=8), timeout=deadlines)
+def test_requests_sent_at_once_each_get_a_clear_status(fuzzed, calls, timeout):
+    """Eight drawn calls at once (writes, rebuilds and snapshots among lookups): the
+    same promises as one at a time, except that writes may now change the state."""
+    senders = _senders(fuzzed, timeout)
+    with ThreadPoolExecutor(len(calls)) as pool:
+        answers = list(pool.map(lambda c: _call(lambda: senders[c[0]](c[1])), calls))
+    for (name, request), (_, error) in zip(calls, answers, strict=True):
+        messages = request if isinstance(request, list) else [request]
+        _check_answer(error, messages, streamed=name in ("Ingest", "MatchStream"), timeout=timeout)
     _after(fuzzed)
 
 
