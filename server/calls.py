@@ -259,12 +259,14 @@ def _cut_by_stop(host: CallHost, context: grpc.ServicerContext) -> HashmatchErro
     return errors.Cancelled(STOPPED_STREAM)
 
 
-def log_refused(method: str, peer: str, message: str) -> None:
+def log_refused(method: str, peer: str, message: str, seconds: float) -> None:
     """The access-log line of a call refused before its handler ran (no known token:
-    see ``app.AuthGate``), in the same form as every other call's."""
+    see ``app.AuthGate``), in the same form as every other call's; ``seconds`` since
+    gRPC handed the call over (it waited for a thread: before, logged as 0 ms)."""
     if access_log.isEnabledFor(logging.INFO):
-        _log_access({"method": method, "tenant": None, "status": "UNAUTHENTICATED", "ms": 0.0,
-                     "peer": peer, "error": errors.clip(message)})  # fmt: skip
+        _log_access({"method": method, "tenant": None, "status": "UNAUTHENTICATED",
+                     "ms": round(seconds * 1000, 3), "peer": peer,
+                     "error": errors.clip(message)})  # fmt: skip
 
 
 def _check_decoded(request: Any) -> None:
@@ -283,6 +285,14 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
     def decorate(fn: Callable) -> Callable:
         name = fn.__name__
         streaming = inspect.isgeneratorfunction(fn)
+        stream = streaming or request_stream  # its duration is no unary latency
+
+        def counted(requests: Iterator[Any], host: CallHost) -> Iterator[Any]:
+            """The client's stream, each message counted as it is read."""
+            received = host.metrics.stream_message(name, "received")
+            for request in requests:
+                received.inc()
+                yield request
 
         def begin(self: _Servicer, context: grpc.ServicerContext) -> Call:
             host = self.host
@@ -316,7 +326,11 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             call: Call | None,
             started: float,
             exc: BaseException | None,
+            admitted: bool,
         ) -> None:
+            """Log and count the call. ``admitted``: it got past authentication, its
+            role, the readiness check and its request-stream slot; only such calls, and
+            not those refused for a full queue either, are timed in the histograms."""
             host: CallHost = self.host
             code = "OK" if exc is None else errors.to_status(exc)[0].name
             if exc is None:
@@ -329,7 +343,8 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                 elif not context.is_active():
                     code = "DEADLINE_EXCEEDED" if _ended_by_deadline(context) else "CANCELLED"
             seconds = time.perf_counter() - started
-            host.metrics.finished(name, code, seconds)
+            timed = admitted and not isinstance(exc, errors.Overloaded)
+            host.metrics.finished(name, code, seconds, stream=stream, timed=timed)
             if not access_log.isEnabledFor(logging.INFO):
                 return
             record = {
@@ -356,13 +371,23 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                 self.host.inflight.enter()
                 call = None
                 failure: BaseException | None = None
-                slot = False
+                slot = admitted = False
                 try:
                     call = begin(self, context)
                     slot = request_stream and self.host.slots.take(call.share)
                     admit(self, call)
+                    admitted = True
                     _check_decoded(request)
-                    yield from fn(self, request, call)
+                    if request_stream:
+                        request = counted(request, self.host)
+                    sent = self.host.metrics.stream_message(name, "sent")
+                    replies = fn(self, request, call)
+                    try:
+                        for reply in replies:
+                            sent.inc()
+                            yield reply
+                    finally:  # as `yield from` would: its own finally runs first
+                        replies.close()
                     cut = _cut_by_stop(self.host, context)
                     if cut is not None:  # the stop ended the request stream: not an OK
                         failure = cut
@@ -375,7 +400,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                     if slot:
                         self.host.slots.give_back(call.share)
                     self.host.inflight.leave()
-                    finish(self, context, call, started, failure)
+                    finish(self, context, call, started, failure, admitted)
                 if failure is not None:
                     errors.abort(context, failure)
 
@@ -389,12 +414,15 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             self.host.inflight.enter()
             call = None
             failure: BaseException | None = None
-            slot = False
+            slot = admitted = False
             try:
                 call = begin(self, context)
                 slot = request_stream and self.host.slots.take(call.share)
                 admit(self, call)
+                admitted = True
                 _check_decoded(request)
+                if request_stream:
+                    request = counted(request, self.host)
                 return fn(self, request, call)
             except Exception as exc:
                 failure = _client_gone(self.host, context, exc) or exc
@@ -404,7 +432,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                 if slot:
                     self.host.slots.give_back(call.share)
                 self.host.inflight.leave()
-                finish(self, context, call, started, failure)
+                finish(self, context, call, started, failure, admitted)
             errors.abort(context, failure)
 
         setattr(unary_wrapper, CHECKS_UNDECODABLE, True)

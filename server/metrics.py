@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import importlib.metadata
+import platform
 import socket
 import socketserver
 import sys
@@ -21,12 +23,19 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     ProcessCollector,
     make_wsgi_app,
 )
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+#: How long a streaming call stays open: a MatchStream or a Changes follower may be
+#: held for hours, an Ingest of a large list or a rebuild for minutes.
+STREAM_BUCKETS = (
+    0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 4 * 3600.0, 12 * 3600.0,
+    86400.0,
 )  # fmt: skip
 
 #: Connections to /metrics served at once; more are answered 503 and closed at once.
@@ -39,6 +48,14 @@ _BUSY_REPLY = (
     b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: text/plain\r\nConnection: close"
     b"\r\n\r\ntoo many open /metrics connections\n"
 )
+
+
+def _version() -> str:
+    """The installed hashmatch's version ("unknown" when run from a bare checkout)."""
+    try:
+        return importlib.metadata.version("hashmatch")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -129,12 +146,33 @@ class _BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
         super().handle_error(request, client_address)
 
 
+class _MatchesOfLiveLists:
+    """Collects ``hashmatch_matches_total`` after dropping the series of lists that no
+    longer exist (:meth:`Metrics.prune_matches`), so a scrape never shows them."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def describe(self) -> Iterable[Any]:
+        return self._metrics.matches.describe()
+
+    def collect(self) -> Iterable[Any]:
+        with contextlib.suppress(Exception):  # a scrape must never fail: kept till the next
+            self._metrics.prune_matches()
+        return self._metrics.matches.collect()
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         # memory, CPU, open files (past the limit new clients hang): what the default
         # registry would have had; Linux only (prometheus_client reads /proc)
         ProcessCollector(registry=self.registry)
+        # which build answers: a fleet mid-upgrade, or a dashboard's jump that began
+        # with a release, is told apart by this (the standard *_build_info pattern)
+        Info("hashmatch_build", "The hashmatch build serving", registry=self.registry).info(
+            {"version": _version(), "python": platform.python_version()}
+        )
         self.requests = Counter(
             "hashmatch_requests",
             "RPCs finished, by method and status code",
@@ -151,9 +189,37 @@ class Metrics:
             ["method"],
             registry=self.registry,
         )
+        # Unary calls only, and only those the server took on (see finished): a stream's
+        # whole duration (minutes, hours) overflowed the 10 s bucket and made every
+        # quantile of this histogram meaningless; refusals answered in microseconds in
+        # bulk made the latency look better the more the server refused.
         self.latency = Histogram(
             "hashmatch_request_seconds",
-            "RPC latency by method",
+            "Latency of unary RPCs the server took on, by method (refusals are in"
+            " hashmatch_requests_total only)",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        # as go-grpc-prometheus and OpenTelemetry's rpc metrics do for streams: how long
+        # they stay open (long buckets), and how many messages they carry
+        self.stream_seconds = Histogram(
+            "hashmatch_stream_seconds",
+            "How long streaming RPCs the server took on stayed open, by method",
+            ["method"],
+            buckets=STREAM_BUCKETS,
+            registry=self.registry,
+        )
+        self.stream_messages = Counter(
+            "hashmatch_stream_messages",
+            "Messages of streaming RPCs, by method and direction (received: the client's"
+            " stream; sent: the server's)",
+            ["method", "direction"],
+            registry=self.registry,
+        )
+        self.stream_message_latency = Histogram(
+            "hashmatch_stream_message_seconds",
+            "Time from a MatchStream request message to its reply",
             ["method"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -161,13 +227,16 @@ class Metrics:
         self.queries = Counter(
             "hashmatch_queries", "Hash queries looked up", ["signal_type"], registry=self.registry
         )
+        # collected through _MatchesOfLiveLists: a deleted (or renamed) list's series go
         self.matches = Counter(
             "hashmatch_matches",
             "Matches reported, by hash list and signal type (a list whose rate jumps may"
             " have taken in a hash of a common benign image)",
             ["list", "signal_type"],
-            registry=self.registry,
+            registry=None,
         )
+        self.registry.register(_MatchesOfLiveLists(self))
+        self._list_names: Callable[[], set[str] | None] | None = None
         self.lookup_rows = Histogram(
             "hashmatch_lookup_rows",
             "Hashes per engine lookup call (concurrent requests merged by the batcher)",
@@ -186,20 +255,43 @@ class Metrics:
             registry=self.registry,
         )
         self._http = None
-        self._children: dict[tuple[str, str], tuple] = {}
+        self._children: dict[tuple[str, str], Any] = {}
+        self._duration_children: dict[tuple[str, bool], Any] = {}
+        self._message_children: dict[tuple[str, str], Any] = {}
         self._query_children: dict[str, Any] = {}
         self._received_children: dict[str, Any] = {}
         self._match_children: dict[tuple[str, str], Any] = {}
 
-    def finished(self, method: str, code: str, seconds: float) -> None:
-        """Count one finished RPC (label children cached: this runs on every call)."""
-        children = self._children.get((method, code))
-        if children is None:
-            children = (self.requests.labels(method, code), self.latency.labels(method))
-            self._children[(method, code)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+    def finished(
+        self, method: str, code: str, seconds: float, *, stream: bool = False, timed: bool = True
+    ) -> None:
+        """Count one finished RPC (label children cached: this runs on every call).
+
+        ``stream``: its duration goes to ``hashmatch_stream_seconds``, not to the unary
+        latency. ``timed`` False: a call refused before its handler did any work (no
+        token, role, not serving, no slot) or for a full queue; it is counted, but
+        kept out of the duration histograms, whose quantiles it would drag towards 0.
+        """
+        child = self._children.get((method, code))
+        if child is None:
+            child = self._children[(method, code)] = self.requests.labels(method, code)
+        child.inc()
+        if timed:
+            duration = self._duration_children.get((method, stream))
+            if duration is None:
+                histogram = self.stream_seconds if stream else self.latency
+                duration = self._duration_children[(method, stream)] = histogram.labels(method)
+            duration.observe(seconds)
         self.inflight.dec()
+
+    def stream_message(self, method: str, direction: str) -> Any:
+        """The counter child of ``method``'s messages in ``direction`` (``received`` or
+        ``sent``), for a streaming call to ``inc()`` per message."""
+        child = self._message_children.get((method, direction))
+        if child is None:
+            child = self.stream_messages.labels(method, direction)
+            self._message_children[(method, direction)] = child
+        return child
 
     def arrived(self, method: str) -> None:
         """Count one call gRPC handed over (label child cached: this runs on every call)."""
@@ -231,6 +323,31 @@ class Metrics:
             if child is None:
                 child = self._match_children[key] = self.matches.labels(*key)
             child.inc(n)
+
+    def track_lists(self, names: Callable[[], set[str] | None]) -> None:
+        """``names()``: the hash lists that exist now (None: unknown, e.g. the index is
+        still loading), read on every scrape to drop the match series of lists gone."""
+        self._list_names = names
+
+    def prune_matches(self) -> None:
+        """Remove the ``hashmatch_matches_total`` series of lists that no longer exist.
+
+        Why: a list deleted (``lists delete``, a mirror's purge) or renamed kept its
+        series, at its last value, for the life of the process: stale series an
+        operator's per-list alert or dashboard went on showing, and one more series
+        per list ever matched. A list created again starts from 0 (a counter reset).
+        """
+        if self._list_names is None or not self._match_children:
+            return
+        seen = tuple(self._match_children)  # before the names: a list new since is kept
+        names = self._list_names()
+        if names is None:
+            return
+        for key in seen:
+            if key[0] not in names:
+                self._match_children.pop(key, None)
+                with contextlib.suppress(KeyError):
+                    self.matches.remove(*key)
 
     def track_index_size(self, count: Callable[[], float]) -> None:
         """Read the index size on every scrape (cheap engine call)."""
