@@ -190,6 +190,12 @@ class Engine:
         return self.data_dir / "snapshots"
 
     @property
+    def snapshot_at(self) -> float | None:
+        """When (Unix time) the newest snapshot this engine loaded or wrote was made;
+        None when it has none (built from the store, nothing written since)."""
+        return self._snapshot_at
+
+    @property
     def load_info(self) -> dict:
         """How the indexes came up (source, snapshot, skipped_snapshots, seconds, ...);
         {} until loaded."""

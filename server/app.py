@@ -593,6 +593,15 @@ class ServiceHost:
         finally:
             engine.store.release_thread_conn()
 
+    def index_sizes(self) -> dict[str, int]:
+        """Index rows per signal type ({} before the index is loaded)."""
+        engine = self.engine
+        return {} if engine is None else engine.index_sizes()
+
+    def snapshot_at(self) -> float | None:
+        engine = self.engine
+        return None if engine is None else getattr(engine, "snapshot_at", None)
+
     def index_size(self) -> float:
         """Signals in the live indexes, for the metrics gauge (read on every scrape).
 
@@ -752,6 +761,8 @@ class HashmatchServer:
                 ) from exc
         self.host.metrics.track_index_size(self.host.index_size)
         self.host.metrics.track_lists(self.host.list_names)
+        self.host.metrics.index_state.sizes = self.host.index_sizes
+        self.host.metrics.index_state.snapshot_at = self.host.snapshot_at
         unix = self.config.listen.startswith(UNIX_SCHEMES)  # gRPC's "port" of a socket is 1
         log.info(
             "hashmatch listening on %s%s%s%s",

@@ -27,6 +27,7 @@ from prometheus_client import (
     ProcessCollector,
     make_wsgi_app,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -146,6 +147,38 @@ class _BoundedMetricsServer(socketserver.ThreadingMixIn, WSGIServer):
         super().handle_error(request, client_address)
 
 
+class _IndexState:
+    """Per-type index rows and the snapshot's time, read from the engine on each scrape
+    (both O(1)); nothing before the index is loaded."""
+
+    def __init__(self) -> None:
+        self.sizes: Callable[[], dict[str, int]] | None = None
+        self.snapshot_at: Callable[[], float | None] | None = None
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        rows = GaugeMetricFamily(
+            "hashmatch_index_rows",
+            "Rows in the live index of each signal type (one per frame of a vPDQ video)",
+            labels=["signal_type"],
+        )
+        snapshot = GaugeMetricFamily(
+            "hashmatch_index_snapshot_timestamp_seconds",
+            "When the newest index snapshot this server loaded or wrote was made (a start"
+            " replays the change log since; absent: none)",
+        )
+        with contextlib.suppress(Exception):  # a scrape must never fail
+            for signal_type, n in sorted((self.sizes() if self.sizes else {}).items()):
+                rows.add_metric([signal_type], float(n))
+        with contextlib.suppress(Exception):
+            at = self.snapshot_at() if self.snapshot_at else None
+            if at:
+                snapshot.add_metric([], float(at))
+        return [rows, snapshot]
+
+
 class _MatchesOfLiveLists:
     """Collects ``hashmatch_matches_total`` after dropping the series of lists that no
     longer exist (:meth:`Metrics.prune_matches`), so a scrape never shows them."""
@@ -254,6 +287,8 @@ class Metrics:
             "Rows in the live indexes: one per signal, one per frame of a vPDQ video",
             registry=self.registry,
         )
+        self.index_state = _IndexState()
+        self.registry.register(self.index_state)
         self._http = None
         self._children: dict[tuple[str, str], Any] = {}
         self._duration_children: dict[tuple[str, bool], Any] = {}

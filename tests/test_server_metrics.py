@@ -168,3 +168,20 @@ def test_a_deleted_list_loses_its_match_series(tmp_path):
         client.match([("pdq", CODES[0])], threshold=0)
         again = _scrape(ts)
         assert again['hashmatch_matches_total{list="gone",signal_type="pdq"}'] == 1.0
+
+
+def test_index_rows_per_type_and_the_snapshot_time(tmp_path):
+    """/metrics had only the total of index rows and nothing of snapshots: a type's
+    index not growing, or no snapshot for days (a start then replays every change
+    since), showed nowhere an alert could read it."""
+    with running_server(tmp_path, tenants=ADMIN, metrics_port=0) as ts:
+        client = ts.client("admin", retries=0)
+        client.ingest("a", [signal("pdq", c) for c in CODES] + [signal("md5", "ab" * 16)])
+        before = _scrape(ts)
+        assert before['hashmatch_index_rows{signal_type="pdq"}'] == 3.0
+        assert before['hashmatch_index_rows{signal_type="md5"}'] == 1.0
+        assert "hashmatch_index_snapshot_timestamp_seconds" not in before  # none yet
+        started = time.time()
+        client.snapshot()
+        taken = _scrape(ts)["hashmatch_index_snapshot_timestamp_seconds"]
+        assert started - 5 <= taken <= time.time() + 1
