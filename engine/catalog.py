@@ -2,10 +2,10 @@
 
 Why a catalog: platforms rescan millions of stored files. Re-hashing a file costs
 a decode (tens of milliseconds); looking its hashes up costs microseconds. So every
-scanned file's size, mtime, content MD5, hashes (with quality) and failure reason
-are kept here, which lets
+scanned file's stat (size, mtime, inode, ctime), content MD5, hashes (with quality)
+and failure reason are kept here, which lets
 
-- a re-run skip files whose (size, mtime) did not change,
+- a re-run skip files whose stat did not change (see :func:`hashmatch.engine.scan.same_stat`),
 - a scan killed with ``kill -9`` resume where it stopped (results are committed in
   small transactions, WAL + ``synchronous=FULL``: what was committed survives),
 - retroactive matching (:mod:`hashmatch.engine.rescan`) index the catalog's hashes
@@ -65,7 +65,9 @@ CREATE TABLE IF NOT EXISTS files (
     reason TEXT,
     error TEXT,
     scanned_at REAL NOT NULL,
-    seen_run INTEGER
+    seen_run INTEGER,
+    ino INTEGER,
+    ctime_ns INTEGER
 );
 CREATE INDEX IF NOT EXISTS files_seen_run ON files(seen_run);
 CREATE INDEX IF NOT EXISTS files_md5 ON files(md5);
@@ -226,6 +228,10 @@ class FileRecord:
     #: the run that last saw the file (``lookup`` fills it; a scan skips a path its own
     #: run already recorded, instead of keeping every path it walked in memory)
     seen_run: int | None = None
+    #: inode number and ctime when hashed (None: unknown, e.g. a row written before
+    #: they were kept, or a ctime too recent to trust): see ``scan.same_stat``
+    ino: int | None = None
+    ctime_ns: int | None = None
 
 
 @dataclass(frozen=True)
@@ -318,6 +324,44 @@ def _upgrade_hash_ids(conn: sqlite3.Connection) -> None:
     )
 
 
+#: Columns added to ``files`` after the first layout, with their type: a catalog
+#: without them gets them on open (see :func:`_upgrade_stat_columns`).
+_STAT_COLUMNS = (("ino", "INTEGER"), ("ctime_ns", "INTEGER"))
+
+
+def _upgrade_stat_columns(conn: sqlite3.Connection) -> None:
+    """Add ``files.ino`` and ``files.ctime_ns`` to a catalog written before them.
+
+    Why: (size, mtime) alone kept a file replaced by other bytes of the same size
+    under a restored mtime (``cp -p``, ``rsync -a``, ``touch -r``, ``tar x``) skipped
+    for good, with the old hashes. The rows already there get NULLs, which no stat
+    equals: the next scan reads and MD5s each such file once (a decode only if its
+    bytes changed) and records its inode and ctime. Accepting the old rows unread
+    instead would leave any file already replaced so stale forever, unseen.
+
+    The schema version stays 1: the columns are nullable and added at the end, so an
+    older hashmatch still reads and writes this catalog; a row it rewrites keeps a
+    stale inode/ctime, which only makes the next scan here MD5-check that file again.
+    """
+    have = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+    missing = [(name, kind) for name, kind in _STAT_COLUMNS if name not in have]
+    if not missing:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for name, kind in missing:
+            conn.execute(f"ALTER TABLE files ADD COLUMN {name} {kind}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    logging.getLogger(__name__).warning(
+        "catalog upgraded: files are now also recognised by inode and ctime; the next scan"
+        " reads and MD5-checks each catalogued file once (decoded only if its bytes changed)"
+    )
+
+
 class Catalog:
     """The SQLite catalog of scanned files (see the module docstring for why)."""
 
@@ -338,6 +382,7 @@ class Catalog:
 
     def _open(self, readonly: bool) -> None:
         self.conn = _connect(self.path, readonly=readonly)
+        self._file_columns = _FILE_COLUMNS
         # the version first: a newer catalog is refused before this build adds a table
         # or an index to it (its DDL may not even apply to a newer layout)
         _refuse_newer(self.conn)
@@ -348,6 +393,13 @@ class Catalog:
             if self.get_meta("catalog_id") is None:
                 self.set_meta("catalog_id", uuid.uuid4().hex)
             _upgrade_hash_ids(self.conn)
+            _upgrade_stat_columns(self.conn)
+        elif not self._has_stat_columns():  # a reader of an older catalog: unknown stat
+            self._file_columns = _FILE_COLUMNS.replace("ino, ctime_ns", "NULL, NULL")
+
+    def _has_stat_columns(self) -> bool:
+        have = {row[1] for row in self.conn.execute("PRAGMA table_info(files)")}
+        return not have or all(name in have for name, _ in _STAT_COLUMNS)
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -423,9 +475,7 @@ class Catalog:
             chunk = [_db_path(p) for p in paths[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             for row in self.conn.execute(
-                "SELECT id, path, size, mtime_ns, md5, types, status, reason, error, scanned_at, "
-                f"seen_run FROM files WHERE path IN ({marks})",
-                chunk,
+                f"SELECT {self._file_columns} FROM files WHERE path IN ({marks})", chunk
             ):
                 rec = _file_record(row)
                 out[rec.path] = rec
@@ -433,9 +483,7 @@ class Catalog:
 
     def file(self, file_id: int) -> FileRecord | None:
         row = self.conn.execute(
-            "SELECT id, path, size, mtime_ns, md5, types, status, reason, error, scanned_at "
-            "FROM files WHERE id = ?",
-            (file_id,),
+            f"SELECT {self._file_columns} FROM files WHERE id = ?", (file_id,)
         ).fetchone()
         return None if row is None else _file_record(row)
 
@@ -449,6 +497,8 @@ class Catalog:
         types: Sequence[str],
         hashes: Sequence[FileHashes],
         run_id: int | None = None,
+        ino: int | None = None,
+        ctime_ns: int | None = None,
     ) -> int:
         """Record a successfully hashed file (replacing what was known); returns its id.
 
@@ -461,7 +511,8 @@ class Catalog:
         hashed = {h.signal_type for h in hashes}
         kept = self._kept_types(path, md5, hashed)
         types = [*types, *(t for t in kept if t not in types)]
-        file_id = self._upsert_file(path, size, mtime_ns, md5, types, HASHED, None, None, run_id)
+        stat = (size, mtime_ns, ino, ctime_ns)
+        file_id = self._upsert_file(path, stat, md5, types, HASHED, None, None, run_id)
         keep = sorted({t.split("+")[0] for t in kept})
         spare = f" AND signal_type NOT IN ({','.join('?' * len(keep))})" if keep else ""
         for table in ("hashes", "matches"):
@@ -501,9 +552,12 @@ class Catalog:
         size: int | None = None,
         mtime_ns: int | None = None,
         run_id: int | None = None,
+        ino: int | None = None,
+        ctime_ns: int | None = None,
     ) -> int:
         """Record a file that could not be hashed, with a short reason and the message."""
-        file_id = self._upsert_file(path, size, mtime_ns, None, (), FAILED, reason, error, run_id)
+        stat = (size, mtime_ns, ino, ctime_ns)
+        file_id = self._upsert_file(path, stat, None, (), FAILED, reason, error, run_id)
         self.conn.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
         self.conn.execute("DELETE FROM matches WHERE file_id = ?", (file_id,))
         return file_id
@@ -511,8 +565,7 @@ class Catalog:
     def _upsert_file(
         self,
         path: str,
-        size: int | None,
-        mtime_ns: int | None,
+        stat: tuple[int | None, int | None, int | None, int | None],
         md5: bytes | None,
         types: Sequence[str],
         status: str,
@@ -520,13 +573,16 @@ class Catalog:
         error: str | None,
         run_id: int | None,
     ) -> int:
+        """``stat``: (size, mtime_ns, ino, ctime_ns)."""
+        size, mtime_ns, ino, ctime_ns = stat
         row = self.conn.execute(
             "INSERT INTO files(path, size, mtime_ns, md5, types, status, reason, error, "
-            "scanned_at, seen_run) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "scanned_at, seen_run, ino, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
             "md5 = excluded.md5, types = excluded.types, status = excluded.status, "
             "reason = excluded.reason, error = excluded.error, scanned_at = excluded.scanned_at, "
-            "seen_run = excluded.seen_run RETURNING id",
+            "seen_run = excluded.seen_run, ino = excluded.ino, ctime_ns = excluded.ctime_ns "
+            "RETURNING id",
             (
                 _db_path(path),
                 size,
@@ -538,15 +594,24 @@ class Catalog:
                 _db_text(error),
                 time.time(),
                 run_id,
+                ino,
+                ctime_ns,
             ),
         ).fetchone()
         return int(row[0])
 
-    def set_stat(self, path: str, size: int | None, mtime_ns: int | None) -> None:
+    def set_stat(
+        self,
+        path: str,
+        size: int | None,
+        mtime_ns: int | None,
+        ino: int | None = None,
+        ctime_ns: int | None = None,
+    ) -> None:
         """A file was touched but its bytes (MD5) did not change: record the new stat."""
         self.conn.execute(
-            "UPDATE files SET size = ?, mtime_ns = ? WHERE path = ?",
-            (size, mtime_ns, _db_path(path)),
+            "UPDATE files SET size = ?, mtime_ns = ?, ino = ?, ctime_ns = ? WHERE path = ?",
+            (size, mtime_ns, ino, ctime_ns, _db_path(path)),
         )
 
     def mark_seen(self, file_ids: Iterable[int], run_id: int) -> None:
@@ -713,8 +778,8 @@ class Catalog:
 
     def failures_for_run(self, run_id: int) -> Iterator[FileRecord]:
         cur = self.conn.execute(
-            "SELECT id, path, size, mtime_ns, md5, types, status, reason, error, scanned_at "
-            "FROM files WHERE seen_run = ? AND status = ? ORDER BY path",
+            f"SELECT {self._file_columns} FROM files WHERE seen_run = ? AND status = ? "
+            "ORDER BY path",
             (run_id, FAILED),
         )
         for row in cur:
@@ -869,6 +934,13 @@ def _match_row(r: Sequence) -> MatchRow:
     )
 
 
+#: What :func:`_file_record` reads, in its order.
+_FILE_COLUMNS = (
+    "id, path, size, mtime_ns, md5, types, status, reason, error, scanned_at, seen_run, "
+    "ino, ctime_ns"
+)
+
+
 def _file_record(row: Sequence) -> FileRecord:
     return FileRecord(
         id=row[0],
@@ -881,7 +953,9 @@ def _file_record(row: Sequence) -> FileRecord:
         reason=row[7],
         error=row[8],
         scanned_at=row[9],
-        seen_run=row[10] if len(row) > 10 else None,
+        seen_run=row[10],
+        ino=row[11],
+        ctime_ns=row[12],
     )
 
 

@@ -10,8 +10,9 @@ Why this shape:
   type per batch).
 - **Every result is committed in small transactions** (WAL, ``synchronous=FULL``):
   a scan killed with ``kill -9`` loses at most the batch in flight. A re-run skips
-  files whose (size, mtime) match the catalog, without reading them, and re-matches
-  them from their catalogued hashes (a lookup, not a decode).
+  files whose stat matches the catalog (:func:`same_stat`: size, mtime, inode,
+  ctime), without reading them, and re-matches them from their catalogued hashes (a
+  lookup, not a decode).
 - **The report is written from the catalog at the end** (files seen by this run,
   in path order, to a temporary file renamed into place), so a resumed scan writes
   exactly the report an uninterrupted one would, with no duplicates.
@@ -92,6 +93,8 @@ class Entry:
     mtime_ns: int | None = None
     reason: str | None = None  # set when the walk already knows the file is bad
     error: str | None = None
+    ino: int | None = None
+    ctime_ns: int | None = None
 
 
 def walk(
@@ -169,8 +172,9 @@ def _walk_one(
 
 
 def _file_entry(path: str, st: os.stat_result, max_bytes: int) -> Entry:
+    ids = {"ino": st.st_ino, "ctime_ns": st.st_ctime_ns}
     if st.st_size == 0:
-        return Entry(path, 0, st.st_mtime_ns, "empty", "file is empty (0 bytes)")
+        return Entry(path, 0, st.st_mtime_ns, "empty", "file is empty (0 bytes)", **ids)
     if st.st_size > max_bytes:
         return Entry(
             path,
@@ -178,8 +182,9 @@ def _file_entry(path: str, st: os.stat_result, max_bytes: int) -> Entry:
             st.st_mtime_ns,
             "too-large",
             f"file is {st.st_size} bytes, over the {max_bytes}-byte limit",
+            **ids,
         )
-    return Entry(path, st.st_size, st.st_mtime_ns)
+    return Entry(path, st.st_size, st.st_mtime_ns, **ids)
 
 
 def _stat_failure(path: str, exc: OSError) -> Entry:
@@ -273,6 +278,8 @@ class WorkResult:
     error: str | None = None
     unchanged: bool = False  # same MD5 as catalogued (only touched): not hashed again
     fast: int = 0  # the fast_decode level its PDQ was made at (0 = exact)
+    ino: int | None = None
+    ctime_ns: int | None = None  # None when too recent to trust (see trusted_time)
 
 
 def types_for(path: str, types: Sequence[str]) -> tuple[str, ...]:
@@ -463,8 +470,9 @@ def hash_file(
 ) -> WorkResult:
     """Read one file, MD5 it and hash it with every applicable type. Never raises.
 
-    ``known_md5``: the catalogued MD5 of a file whose mtime changed but size did not;
-    if the content is the same, the file is reported ``unchanged`` without decoding.
+    ``known_md5``: the catalogued MD5 of a file whose stat changed but size did not
+    (see :func:`same_stat`); if the content is the same, the file is reported
+    ``unchanged`` without decoding.
     ``time_budget``: seconds a video (or animation) may take before it fails as
     ``timeout`` (None: no limit).
     """
@@ -473,17 +481,21 @@ def hash_file(
 
     options = with_time_budget(options or _WORKER_OPTIONS or DEFAULT_OPTIONS, time_budget)
     size = mtime = md5 = None
+    ids: dict[str, int | None] = {}
     try:
-        data, size, mtime, fh = _read_regular(path, options.limits.max_bytes)
-        mtime = trusted_mtime(mtime)
+        # the stat taken before the read: a write during it moves the ctime past the
+        # recorded one, so the next scan checks the file again
+        data, st, fh = _read_regular(path, options.limits.max_bytes)
+        size, mtime = st.st_size, trusted_time(st.st_mtime_ns)
+        ids = {"ino": st.st_ino, "ctime_ns": trusted_time(st.st_ctime_ns)}
         with fh:  # open until hashed: a video is decoded from this very file (_same_file)
             md5 = hashlib.md5(data).digest()
             if known_md5 is not None and md5 == known_md5:
-                return WorkResult(path, size, mtime, md5, unchanged=True)
+                return WorkResult(path, size, mtime, md5, unchanged=True, **ids)
             wanted = types_for(path, types)
             if not wanted:
                 return WorkResult(
-                    path, size, mtime, md5, reason="unsupported", error=NO_TYPE_APPLIES
+                    path, size, mtime, md5, reason="unsupported", error=NO_TYPE_APPLIES, **ids
                 )
             is_video = any(signal_types.get(t).content == "video" for t in wanted)
             # the MD5 is already computed above: hash_media would digest the bytes again
@@ -505,9 +517,9 @@ def hash_file(
         by_type["md5"] = FileHashes("md5", np.frombuffer(md5, np.uint8)[None, :].copy(), [], [])
         hashes = [by_type[t] for t in wanted]
         fast = _fast_level(data, others, options) if not is_video else 0
-        return WorkResult(path, size, mtime, md5, wanted, hashes, fast=fast)
+        return WorkResult(path, size, mtime, md5, wanted, hashes, fast=fast, **ids)
     except Exception as exc:  # one bad file must never stop the scan
-        return WorkResult(path, size, mtime, md5, reason=failure_reason(exc), error=str(exc))
+        return WorkResult(path, size, mtime, md5, reason=failure_reason(exc), error=str(exc), **ids)
 
 
 def _fast_level(data: bytes, types: Sequence[str], options: HashOptions) -> int:
@@ -523,21 +535,51 @@ def _fast_level(data: bytes, types: Sequence[str], options: HashOptions) -> int:
 
 
 #: A file modified this recently before it was read may change again within the same
-#: mtime tick (coarse clocks: 4 ms on Linux ext4/XFS, 2 s on FAT, a skewed NFS server).
+#: timestamp tick (coarse clocks: 4 ms on Linux ext4/XFS, 2 s on FAT, a skewed NFS server).
 RACY_MTIME_NS = 5_000_000_000
 
 
-def trusted_mtime(mtime_ns: int, now_ns: int | None = None) -> int | None:
-    """``mtime_ns``, or None when it is too recent to prove a later scan's file unchanged.
+def trusted_time(stamp_ns: int, now_ns: int | None = None) -> int | None:
+    """An mtime or ctime, or None when it is too recent to prove a later scan's file
+    unchanged.
 
     Why (git's "racily clean" entries): a write that lands after the read but within the
-    same timestamp tick leaves (size, mtime) as they were, so the next scan skipped the
-    file and kept the hash of the bytes before it, for good. A catalogued mtime of None
-    makes the next scan read and MD5 the file (no decode if its bytes are the same),
-    then record its settled mtime. A file written minutes ago is never affected.
+    same timestamp tick leaves the stat as it was, so the next scan skipped the file and
+    kept the hash of the bytes before it, for good. The ctime too: a ``cp -p`` restores
+    an old mtime, and a second one within the tick of the read left even the ctime as
+    read. A catalogued None makes the next scan read and MD5 the file (no decode if its
+    bytes are the same), then record its settled stat. A file written minutes ago is
+    never affected.
     """
     now_ns = time.time_ns() if now_ns is None else now_ns
-    return None if now_ns - mtime_ns < RACY_MTIME_NS else mtime_ns
+    return None if now_ns - stamp_ns < RACY_MTIME_NS else stamp_ns
+
+
+def same_stat(rec: FileRecord, entry: Entry) -> bool:
+    """Whether the walk's stat of ``entry`` proves its bytes are those catalogued in
+    ``rec``: same size, mtime, inode number and ctime (none unknown).
+
+    Why all four (git's index does the same): size and mtime alone kept a file replaced
+    by other bytes of the same size under a restored mtime (``cp -p``, ``rsync -a``,
+    ``touch -r``, ``tar x``) skipped for good, with its old hashes. The ctime cannot be
+    set by a user and moves on every write, rename-over, chmod or chown; a replacement
+    by rename brings another inode. A chmod alone therefore costs a read and an MD5
+    (no decode: the same bytes keep their hashes and matches).
+
+    The device is not compared (git does not either): its number changes when a
+    network or removable filesystem is mounted again, with every file unchanged. A
+    tree copied to another disk gets new inodes and ctimes anyway, so its files are
+    each read and MD5-checked once (not decoded).
+    """
+    return (
+        rec.size == entry.size
+        and rec.mtime_ns is not None
+        and rec.mtime_ns == entry.mtime_ns
+        and rec.ino is not None
+        and rec.ino == entry.ino
+        and rec.ctime_ns is not None
+        and rec.ctime_ns == entry.ctime_ns
+    )
 
 
 class NotAFile(OSError):
@@ -545,9 +587,9 @@ class NotAFile(OSError):
     after the walk): reported as ``not-a-file``, never read."""
 
 
-def _read_regular(path: str, max_bytes: int) -> tuple[bytes, int, int, BinaryIO]:
-    """(bytes, size, mtime_ns, the open file) of a regular file of at most ``max_bytes``;
-    the caller closes the file.
+def _read_regular(path: str, max_bytes: int) -> tuple[bytes, os.stat_result, BinaryIO]:
+    """(bytes, its stat before the read, the open file) of a regular file of at most
+    ``max_bytes``; the caller closes the file.
 
     The walk's stat is stale by the time a worker gets the file: it may since have
     become a FIFO (a plain open() blocks forever waiting for a writer) or a link to
@@ -572,7 +614,7 @@ def _read_regular(path: str, max_bytes: int) -> tuple[bytes, int, int, BinaryIO]
     except BaseException:
         fh.close()
         raise
-    return data, st.st_size, st.st_mtime_ns, fh
+    return data, st, fh
 
 
 def _same_file(fh: BinaryIO, path: str) -> str:
@@ -1064,6 +1106,9 @@ class ScanSummary:
     seen: int = 0
     hashed: int = 0
     skipped_unchanged: int = 0
+    # of skipped_unchanged: files whose stat changed (touched, chmod, moved, a catalog
+    # from before inodes were kept) that were read and MD5'd and found the same bytes
+    rechecked: int = 0
     failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
     matched_files: int = 0
@@ -1242,31 +1287,28 @@ class Scanner:
                     if no_video_type and is_video_path(e.path):
                         self._video_without_vpdq(e.path)
                     if e.reason is not None:
-                        self._pending.append(
-                            WorkResult(e.path, e.size, e.mtime_ns, reason=e.reason, error=e.error)
-                        )
+                        self._pending.append(_walk_failure(e))
                         continue
                     rec = known.get(e.path)
                     reusable = self._hashes_reusable(rec, e)
-                    if reusable and rec.mtime_ns == e.mtime_ns:
+                    if reusable and same_stat(rec, e):
                         self._pending_skipped.append(rec.id)
                         self._pending_skipped_paths.append(e.path)
                         self.summary.skipped_unchanged += 1
                         continue
                     if reusable and rec.md5 is not None:
-                        # touched (new mtime, same size): compare MD5 before decoding
+                        # touched (new stat, same size): compare MD5 before decoding
                         self._known[e.path] = (rec.id, rec.md5)
                     if (
                         rec is not None
                         and rec.status == FAILED
                         and rec.reason in DETERMINISTIC_FAILURES
                         and rec.error != NO_TYPE_APPLIES
-                        and rec.size == e.size
-                        and rec.mtime_ns == e.mtime_ns
+                        and same_stat(rec, e)
                     ):  # same bytes, same verdict: do not decode a known-bad file again
                         self._pending.append(
-                            WorkResult(
-                                e.path, e.size, e.mtime_ns, reason=rec.reason, error=rec.error
+                            dataclasses.replace(
+                                _walk_failure(e), reason=rec.reason, error=rec.error
                             )
                         )  # counted as failed (it is one in the report), not also skipped
                         continue
@@ -1422,12 +1464,10 @@ class Scanner:
     def _lost_alone(self, e: Entry, exc: BaseException) -> WorkResult:
         """The failure of a file whose worker died with only it in hand."""
         if not self._stall_killed:
-            return WorkResult(e.path, e.size, e.mtime_ns, reason="worker-crashed", error=repr(exc))
+            return dataclasses.replace(_walk_failure(e), reason="worker-crashed", error=repr(exc))
         o = self.options
-        return WorkResult(
-            e.path,
-            e.size,
-            e.mtime_ns,
+        return dataclasses.replace(
+            _walk_failure(e),
             reason="timeout",
             error=f"no result after {o.file_timeout:g} s (--file-timeout) + {o.stall_grace:g} s: "
             "its worker was killed (a read or a decode that does not return: a hung mount?)",
@@ -1451,6 +1491,7 @@ class Scanner:
             results = [r for r in results if not r.unchanged]
             skipped = skipped + [self._known.pop(r.path)[0] for r in touched]
             self.summary.skipped_unchanged += len(touched)
+            self.summary.rechecked += len(touched)
         ok = [r for r in results if r.reason is None]
         stored = self.catalog.hashes_of(skipped) if skipped else {}
         # match before the transaction: the lookups may be slow (remote), the write is not
@@ -1481,6 +1522,8 @@ class Scanner:
                     types=types,
                     hashes=r.hashes,
                     run_id=self.run_id,
+                    ino=r.ino,
+                    ctime_ns=r.ctime_ns,
                 )
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - i, [])]
                 matched_files += bool(rows)
@@ -1496,6 +1539,8 @@ class Scanner:
                         size=r.size,
                         mtime_ns=r.mtime_ns,
                         run_id=self.run_id,
+                        ino=r.ino,
+                        ctime_ns=r.ctime_ns,
                     )
             for file_id in skipped:
                 rows = matched.get(file_id, [])
@@ -1510,7 +1555,7 @@ class Scanner:
                     )
             self.catalog.mark_seen(skipped, self.run_id)
             for r in touched:
-                self.catalog.set_stat(r.path, r.size, r.mtime_ns)
+                self.catalog.set_stat(r.path, r.size, r.mtime_ns, r.ino, r.ctime_ns)
             self.catalog.bump_counter("hash_calls", len(ok) + failed_hashing(results))
         self._open.difference_update(committed)  # the catalog's seen_run says it now
         for path in committed:  # a touched file found changed: its old MD5 is no use now
@@ -1549,6 +1594,14 @@ def _catalog_own_paths(catalog_path: str | Path) -> tuple[set[str], tuple[str, .
     files = {base + suffix for base in bases for suffix in (*CATALOG_SUFFIXES, ".rescan-index")}
     dirs = tuple(base + ".rescan-index" + os.sep for base in bases)
     return files, dirs
+
+
+def _walk_failure(e: Entry) -> WorkResult:
+    """A failure known without hashing (the walk's, or a cached verdict), with the
+    walk's stat of the file."""
+    return WorkResult(
+        e.path, e.size, e.mtime_ns, reason=e.reason, error=e.error, ino=e.ino, ctime_ns=e.ctime_ns
+    )
 
 
 class LookupFailed(errors.HashmatchError):

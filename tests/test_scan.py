@@ -58,16 +58,23 @@ def world(tmp_path_factory):
 
 
 def _settle(root: Path) -> None:
-    """Date every file an hour back, as stored media are: a file modified seconds before
-    a scan read it is re-checked by the next scan (scan.trusted_mtime), and these
-    tests count what a re-run skips."""
+    """Date every file an hour back, as stored media are, and wait until their ctimes
+    (which os.utime itself sets to now) are as old as scan.RACY_MTIME_NS: a file changed
+    seconds before a scan read it is re-checked by the next scan (scan.trusted_time),
+    and these tests count what a re-run skips."""
     import os
     import time
 
+    from hashmatch.engine.scan import RACY_MTIME_NS
+
     hour_ago = time.time_ns() - 3600 * 10**9
+    newest = 0
     for folder, _dirs, names in os.walk(root):
         for name in names:
-            os.utime(os.path.join(folder, name), ns=(hour_ago, hour_ago), follow_symlinks=False)
+            path = os.path.join(folder, name)
+            os.utime(path, ns=(hour_ago, hour_ago), follow_symlinks=False)
+            newest = max(newest, os.lstat(path).st_ctime_ns)
+    time.sleep(max(0.0, (newest + RACY_MTIME_NS - time.time_ns()) / 1e9 + 0.05))
 
 
 def _expected_failures(root: Path) -> dict[str, str]:
