@@ -26,7 +26,8 @@ Formats:
 - ``te-simple``: ThreatExchange's headerless "simple" dump (``simple.HASH_PDQ.te``):
   ``hash,descriptor_id,added_on,tags`` (or HMA's, with the indicator id second).
 
-Any of them may be gzip-compressed (``.csv.gz``): detected by its magic bytes.
+Any of them may be gzip-compressed (``.csv.gz``): detected by its magic bytes, and
+led by ``#`` comment lines (skipped; in hex lines, a ``# note`` after a hash too).
 - ``vpdq``: a vPDQ hash file (``frame,quality,HEX,timestamp`` per line, as the
   vpdq tools write, or python-threatexchange's serialized JSON list of
   ``"HEX,quality,timestamp"``, optionally after ``vpdq `` as its ``threatexchange hash``
@@ -110,10 +111,28 @@ def _hash_type_header(text: str) -> bool:
     cells = text.split(sep)
     if len(cells) < 2 or any(_HEXISH.fullmatch(c.strip()) for c in cells):
         return False
+    if len(cells) == 2 and not _column_name(cells[1]):  # `pdq<TAB>zz12...`: a typed line
+        return False  # whose hash is bad, not a header (that line was lost, unreported)
     try:
         return _hash_columns(text, sep) is not None
     except InvalidInput:  # one type twice: the CSV reader says so
         return True
+
+
+def _column_name(cell: str) -> bool:
+    """Whether ``cell`` names a column a hash-list CSV header may have: a hash type
+    (ours, an alias, a foreign one) or one of the signal columns."""
+    from hashmatch.engine import signal_types
+    from hashmatch.engine.errors import UnknownSignalType
+
+    name = cell.strip().lower()
+    if name in _FOREIGN_HASH_COLUMNS or any(name in names for names in _CSV_ALIASES.values()):
+        return True
+    try:
+        signal_types.get(name)
+    except UnknownSignalType:
+        return False
+    return True
 
 
 class RecordStream:
@@ -236,9 +255,11 @@ def _sniff(
         if line.strip():
             first = line
             break
-    head = first.strip().lstrip("\ufeff")
-    if format is None or format.lower() == "hex":  # the first line no "#" comment
-        head = _past_comments(head, stream, buffered)  # (one with a comma is no CSV)
+    head = _past_comments(first.strip().lstrip("\ufeff"), stream, buffered)
+    if head:  # "# exported from X, DATE" lines before a CSV header are no header
+        first = buffered[-1]
+    buffered[:-1] = ["\n" if _is_comment(line) else line for line in buffered[:-1]]
+    head = _without_note(head)  # `HEX # note, x`: no CSV for its comma
     fmt = (format or detect_format(head, name)).lower()
     if fmt not in FORMATS:
         raise InvalidInput(
@@ -285,7 +306,12 @@ def _bounded_lines(stream: IO[str], budget: int) -> Iterator[str]:
 
 def _past_comments(head: str, stream: IO[str], buffered: list[str]) -> str:
     """The first non-blank line that is no ``#`` comment, from ``head`` on (the lines
-    read to find it are added to ``buffered``; "" at the end of the stream)."""
+    read to find it are added to ``buffered``; "" at the end of the stream).
+
+    Why, for every format: a partner's export often starts ``# exported from X on
+    DATE``; such lines were a CSV's header ("CSV header lacks column(s)"), a JSONL or
+    ThreatExchange dump's bad first line. The caller turns them into blank lines, which
+    every parser skips, so line numbers stay the file's."""
     while head.startswith("#"):
         head = ""
         for line in stream:
@@ -294,6 +320,31 @@ def _past_comments(head: str, stream: IO[str], buffered: list[str]) -> str:
                 head = line.strip().lstrip("\ufeff")
                 break
     return head
+
+
+def _is_comment(line: str) -> bool:
+    return line.strip().lstrip("\ufeff").startswith("#")
+
+
+_ONE_WORD = re.compile(r"[^\s,;\"'{}\[\]]+")
+
+
+def _without_note(text: str) -> str:
+    """A hash line without its trailing ``# note`` (``HEX # from partner A, batch 3``),
+    else ``text`` as it is: only one word (bare hex) or a ``TYPE HASH`` line loses what
+    follows its ``#`` (a CSV row or a JSON object may hold a ``#`` in a label)."""
+    code, sharp, _ = text.partition("#")
+    code = code.rstrip()
+    if not sharp or not code:
+        return text
+    if _ONE_WORD.fullmatch(code):  # bare hex, or what should have been (`zz12..`)
+        return code
+    typed = typed_line(code)
+    if typed is not None and typed[1] and not re.search(r"[\s,;]", typed[1]):
+        return code
+    if _TYPED_VIDEO.fullmatch(code):  # `vpdq [...] # note`: its frames hold commas
+        return code
+    return text
 
 
 _TYPED_VIDEO = re.compile(r"vpdq\s+(\[.*\])", re.IGNORECASE)
@@ -820,7 +871,9 @@ def _csv_wide(
     from hashmatch.engine import signal_types
 
     reader = csv.reader(lines, delimiter=sep)
-    header = [c.strip().lower().lstrip("\ufeff") for c in next(reader, [])]
+    # the header: the first row not blank (blank lines, or comments blanked, may lead)
+    top = next((row for row in reader if any(c.strip() for c in row)), [])
+    header = [c.strip().lower().lstrip("\ufeff") for c in top]
     where = {key: next((header.index(n) for n in names if n in header), None)
              for key, names in _CSV_ALIASES.items()}  # fmt: skip
     last = reader.line_num
@@ -841,6 +894,9 @@ def _csv_wide(
         except InvalidInput as exc:
             yield Rejection(exc.message, line=number, field=exc.field)
             continue
+        # the partner's key as written, spaces kept, as a signal_type CSV keeps it
+        i_ext = where["external_id"]
+        external = row[i_ext] if i_ext is not None and i_ext < len(row) else ""
         filled = [(i, t) for i, t in hashes.items() if i < len(row) and row[i].strip()]
         if not filled:
             yield Rejection("no hash in any hash column", line=number, field="row")
@@ -851,7 +907,7 @@ def _csv_wide(
                                 field=header[i])  # fmt: skip
                 continue
             exact = signal_types.get(stype).exact
-            yield SignalRecord(stype, row[i].strip(), labels, cell("external_id") or None,
+            yield SignalRecord(stype, row[i].strip(), labels, external or None,
                                None if exact else quality, expires, line=number)  # fmt: skip
 
 
@@ -1029,6 +1085,7 @@ def _hex(lines: Iterable[str], signal_type: str | None, extra: tuple[str, ...]) 
         text = line.strip().lstrip("\ufeff")
         if not text or text.startswith("#"):
             continue
+        text = text.partition("#")[0].rstrip()  # `HEX # note`: no hash holds a "#"
         typed = typed_line(text)
         if typed is not None:
             yield SignalRecord(typed[0], typed[1], extra, line=number)
@@ -1096,7 +1153,7 @@ def _vpdq(lines: Iterable[str], extra: tuple[str, ...], external_id: str | None)
         if line.strip():
             break
     try:
-        text = head[-1].strip().lstrip("\ufeff") if head else ""
+        text = _without_note(head[-1].strip().lstrip("\ufeff")) if head else ""
         prefix = _VPDQ_JSON.match(text)
         if prefix:  # one JSON document, possibly indented over many lines
             video = parse_vpdq_json(text[prefix.end() - 1 :] + "".join(lines))

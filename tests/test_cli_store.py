@@ -232,3 +232,36 @@ def test_ingest_and_retract_read_hash_lists_from_pipes(run, tmp_path):
     out = run("retract", "--list", "v3", "--file", path).output
     writer.join(5)
     assert "retracted 2 signal(s) in 'v3' (2 requested)" in out
+
+
+def test_a_file_refused_as_a_whole_is_named(run, tmp_path):
+    """With several files, `Error: header: CSV header lacks ...` did not say which."""
+    good, bad = tmp_path / "good.txt", tmp_path / "bad.csv"
+    good.write_text(f"pdq {H0}\n")
+    bad.write_text(f"id,name\n1,{H1}\n")
+    result = run("ingest", str(good), str(bad), "--list", "l", ok=False)
+    assert result.exit_code == 1
+    assert f"Error: {bad}: header: CSV header lacks column(s)" in result.output
+
+
+def test_retract_file_lines_may_carry_a_note(run, tmp_path):
+    """`HEX # note` in a retraction file was "pdq hash must be 64 hex characters":
+    ingest reads such lines, so the partner's retraction file should apply as well."""
+    (tmp_path / "in.txt").write_text(f"pdq {H0}\npdq {H1}\n")
+    run("ingest", str(tmp_path / "in.txt"), "--list", "l")
+    ret = tmp_path / "ret.txt"
+    ret.write_text(f"\ufeff# withdrawn 2026-12-06, by partner A\r\npdq:{H0}  # false positive\r\n"
+                   f"{H1} # dup, see ticket 7\r\n")  # fmt: skip
+    result = run("retract", "--list", "l", "--file", str(ret))
+    assert "retracted 2 signal(s) in 'l' (2 requested)" in result.output
+
+
+def test_match_reads_a_vpdq_text_file_led_by_a_comment(run, tmp_path):
+    """A vPDQ text file led by `# ...` (vpdq's reader skips such lines) was taken for
+    media by `match` ("not an image in a supported format")."""
+    clip = tmp_path / "clip7.txt"
+    clip.write_text(f"# clip 7, from partner A\n0,100,{H0},0.0\n1,100,{H1},1.0\n")
+    (tmp_path / "one.txt").write_text(f"pdq {H0}\n")
+    run("ingest", str(tmp_path / "one.txt"), "--list", "l")
+    result = run("match", str(clip))
+    assert "clip7.txt [vpdq:" in result.output

@@ -138,3 +138,82 @@ def test_a_bad_vpdq_file_from_a_stream_names_its_line_and_leaves_the_stream_open
         )  # fmt: skip
     assert "I/O operation on closed file" not in stdin.stderr, stdin.stderr
     assert "line 2" in stdin.stderr and "rejected 1" in stdin.stdout, stdin.stdout + stdin.stderr
+
+
+MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+
+
+@pytest.mark.parametrize(
+    ("name", "body"),
+    [
+        ("partner.csv", f"signal_type,signal_value,labels\npdq,{PDQ},a\nmd5,{MD5},b\n"),
+        ("partner.txt", f"signal_type\tsignal_value\npdq\t{PDQ}\nmd5\t{MD5}\n"),
+        ("partner.csv", f"id,md5,pdq\n7,{MD5},{PDQ}\n"),
+        ("partner.jsonl", f'{{"pdq": "{PDQ}"}}\n{{"md5": "{MD5}"}}\n'),
+        ("pdq.csv", f"{PDQ},1,2020-01-01,a\n{'0' * 63}1,2,2020-01-01,b\n"),
+    ],
+)
+def test_leading_comment_lines_are_skipped_in_every_format(engine, tmp_path, name, body):
+    """`# exported from X on DATE` lines before a CSV header were read as the header
+    ("CSV header lacks column(s)"), the whole file refused; before JSONL or a dump's
+    rows they were a rejected line. Line numbers stay the file's."""
+    path = tmp_path / name
+    path.write_text(f"# exported from Partner X on 2026-12-01\n#\n# 2 rows, 1 list\n\n{body}")
+    report = engine.ingest(read_records(path), list_name="l")
+    assert (report.added, report.rejected) == (2, 0), report
+    path.write_text(f"# exported from X, on 2026-12-01\n{body}x\n")
+    report = engine.ingest(read_records(path), list_name="l2")
+    assert report.added == 2 and [r.line for r in report.rejections] == [body.count("\n") + 2]
+
+
+def test_a_column_per_type_csv_led_by_a_blank_line_reads_its_header(engine, tmp_path):
+    """The header was the first row even when blank: `id,md5,pdq` became a data row
+    (two rejections) and the rows after it were read without their column names."""
+    path = tmp_path / "partner.csv"
+    path.write_text(f"\nid,md5,pdq\n7,{MD5},{PDQ}\n")
+    report = engine.ingest(read_records(path), list_name="l")
+    assert (report.added, report.rejected) == (2, 0), report
+
+
+def test_a_column_per_type_csv_keeps_the_external_id_as_written(engine, tmp_path):
+    """A signal_type CSV keeps ` e1 ` (the partner's key, spaces and all); the column
+    per type form stripped it to `e1`: the same row, another id by its shape."""
+    path = tmp_path / "partner.csv"
+    path.write_text(f"id,pdq\n e1 ,{PDQ}\n")
+    engine.ingest(read_records(path), list_name="l")
+    assert [s.external_id for s in engine.store.iter_signals("l")] == [" e1 "]
+
+
+@pytest.mark.parametrize(
+    ("first", "given_type"),
+    [
+        (f"{PDQ} # from partner A, batch 3", "pdq"),
+        (f"{PDQ}# note, x", "pdq"),
+        (f"pdq {PDQ}  # note, x", None),
+        (f"pdq:{PDQ} # note; x", None),
+    ],
+)
+def test_a_hash_line_with_a_trailing_note_is_its_hash(engine, tmp_path, first, given_type):
+    """`HEX # note, x` first made the file a CSV ("CSV header lacks column(s)"); without
+    a comma, the note was part of the hash ("must be 64 hex characters, got 73")."""
+    path = tmp_path / "hashes.txt"
+    path.write_text(f"{first}\n{'0' * 63}1  # another note\n")
+    report = engine.ingest(read_records(path, signal_type=given_type or "pdq"), list_name="l")
+    assert (report.added, report.rejected) == (2, 0), report
+
+
+def test_a_lone_video_line_with_a_note_is_the_video(engine, tmp_path):
+    path = tmp_path / "clip.txt"
+    path.write_text('vpdq ["' + "ab" * 32 + ',100,0.0"]  # clip 7, partner A\n')
+    (record,) = list(read_records(path))
+    assert (record.signal_type, len(record.frames)) == ("vpdq", 1)
+
+
+def test_a_typed_tab_line_with_a_bad_hash_is_rejected_not_taken_for_a_header(engine, tmp_path):
+    """`pdq<TAB>zz..` (a bad hash) looked like a column-per-type header: the line was
+    lost without a word (`added 0, rejected 0`, exit 0)."""
+    path = tmp_path / "signals.txt"
+    path.write_text(f"pdq\tzz{PDQ[2:]}\npdq\t{'0' * 63}1\n")
+    report = engine.ingest(read_records(path), list_name="l")
+    assert (report.added, report.rejected) == (1, 1), report
+    assert report.rejections[0].line == 1

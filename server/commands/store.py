@@ -522,6 +522,10 @@ def ingest_command(
                 click.echo(
                     f"{path}: REFUSED (strict): {report.rejected} bad line(s), nothing written"
                 )
+            except InvalidInput as exc:  # the file as a whole (a CSV header): which file?
+                if exc.field == "file":  # the message names it
+                    raise
+                raise click.ClickException(f"{path}: {exc}") from None
             finally:
                 if bar is not None:
                     bar.close()
@@ -665,8 +669,8 @@ def _retract_like(restore: bool):
         where = [f"argument {i + 1}" for i in range(len(values))]
         if from_file is not None:
             for number, line in enumerate(from_file, 1):
-                text = line.strip()
-                if text and not text.startswith("#"):
+                text = line.partition("#")[0].strip()  # `# comment`, `HEX # note`
+                if text:
                     values.append(text)
                     where.append(f"{from_file.name} line {number}")
         try:
