@@ -59,7 +59,8 @@ from hashmatch.engine.store import ColumnBatch, Rejection, SignalRecord
 
 FORMATS = ("jsonl", "csv", "hex", "vpdq", "te-simple")
 # a ThreatExchange dump row: a hash, then the descriptor's (or indicator's) numeric id
-_TE_ROW = re.compile(r"^[0-9a-fA-F]{32,64},\d+,")
+# (a hash cut short or too long is still one: the store names that line, not the file)
+_TE_ROW = re.compile(r"^[0-9a-fA-F]{8,128},\d+,")
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _VPDQ_LINE = re.compile(r"^\s*\d+\s*,\s*[^,]+\s*,\s*[^,]+\s*,\s*[-+.\deE]+\s*$")
 # python-threatexchange's serialized vPDQ, bare or as `threatexchange hash` prints it
@@ -227,18 +228,40 @@ def _read(
                 return
             yield ColumnBatch.from_items(chunk, position)
             position += len(chunk)
-    except UnicodeDecodeError as exc:  # a binary file, or a CSV saved as Latin-1
-        raise InvalidInput(
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise _unreadable(exc, name, " the batches before the damage were stored") from None
+    finally:
+        done()
+
+
+def _unreadable(exc: Exception, name: str, after_damage: str = "") -> InvalidInput:
+    """The error for a file that is not UTF-8 text, or gzip cut short or damaged."""
+    if isinstance(exc, UnicodeDecodeError):  # a binary file, or a CSV saved as Latin-1
+        return InvalidInput(
             f"{name or 'input'} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x}): "
             "give a hash list (CSV, JSONL, hex, vPDQ) saved as UTF-8",
             field="file",
-        ) from None
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # cut short, or not gzip after all
-        raise InvalidInput(
-            f"{name or 'input'} (gzip) is cut short or damaged ({exc or type(exc).__name__}):"
-            " the batches before the damage were stored",
-            field="file",
-        ) from None
+        )
+    return InvalidInput(  # cut short, or not gzip after all
+        f"{name or 'input'} (gzip) is cut short or damaged ({exc or type(exc).__name__}):"
+        + after_damage,
+        field="file",
+    )
+
+
+def read_lines(source: str | Path) -> Iterator[str]:
+    """The text lines of a file (``-``: stdin) read as ingest reads a hash list: gzip
+    by its magic bytes, a BOM dropped, a pipe read once; :class:`InvalidInput` naming
+    the file when it cannot be opened or is not UTF-8.
+
+    Why: ``retract --file`` opened its file as plain text, so the retraction file
+    ``lists export --retracted --out r.txt.gz`` writes was a UnicodeDecodeError
+    traceback."""
+    stream, name, done = _open(source)
+    try:
+        yield from stream
+    except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise _unreadable(exc, name or str(source)) from None
     finally:
         done()
 

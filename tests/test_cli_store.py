@@ -265,3 +265,20 @@ def test_match_reads_a_vpdq_text_file_led_by_a_comment(run, tmp_path):
     run("ingest", str(tmp_path / "one.txt"), "--list", "l")
     result = run("match", str(clip))
     assert "clip7.txt [vpdq:" in result.output
+
+
+def test_restore_file_reads_the_gzip_retracted_export_writes(run, tmp_path):
+    """`lists export --retracted --out r.txt.gz` writes gzip; `restore --file r.txt.gz`
+    opened it as text: a UnicodeDecodeError traceback."""
+    (tmp_path / "in.txt").write_text(f"pdq {H0}\n")
+    run("ingest", str(tmp_path / "in.txt"), "--list", "l")
+    run("retract", "--list", "l", H0)
+    out = tmp_path / "r.txt.gz"
+    run("lists", "export", "l", "--retracted", "--out", str(out))
+    assert out.read_bytes()[:2] == b"\x1f\x8b"
+    result = run("restore", "--list", "l", "--file", str(out))
+    assert "restored 1 signal(s) in 'l' (1 requested)" in result.output
+    (tmp_path / "junk.bin").write_bytes(b"\xff\xfe\x00pdq")
+    result = run("retract", "--list", "l", "--file", str(tmp_path / "junk.bin"), ok=False)
+    assert result.exit_code == 1
+    assert "Error: junk.bin is not UTF-8 text (byte 0xff)" in result.output

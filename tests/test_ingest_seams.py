@@ -217,3 +217,13 @@ def test_a_typed_tab_line_with_a_bad_hash_is_rejected_not_taken_for_a_header(eng
     report = engine.ingest(read_records(path), list_name="l")
     assert (report.added, report.rejected) == (1, 1), report
     assert report.rejections[0].line == 1
+
+
+def test_a_dump_whose_first_hash_is_cut_short_rejects_that_line(engine, tmp_path):
+    """A ThreatExchange dump is told by its first row (hex, then a numeric id): one of
+    31 hex characters made `video_md5.csv` a headered CSV, the whole file refused
+    ("CSV header lacks column(s)") instead of that line."""
+    path = tmp_path / "video_md5.csv"
+    path.write_text(f"{MD5[1:]},1,2020-01-01,a\n{MD5},2,2020-01-01,b\n")
+    report = engine.ingest(read_records(path), list_name="l")
+    assert (report.added, [r.line for r in report.rejections]) == (1, [1]), report

@@ -658,8 +658,8 @@ def _retract_like(restore: bool):
     @click.option(
         "--file",
         "from_file",
-        type=click.File("r", encoding="utf-8-sig"),
-        help="Hashes, one per line.",
+        type=click.Path(dir_okay=False, allow_dash=True),
+        help="Hashes, one per line (gzip read through; '-' = stdin).",
     )
     @click.option("--actor", default="local", help="Who to record in the audit log.")
     @_data_dir_option
@@ -668,11 +668,16 @@ def _retract_like(restore: bool):
         values = list(hashes)
         where = [f"argument {i + 1}" for i in range(len(values))]
         if from_file is not None:
-            for number, line in enumerate(from_file, 1):
-                text = line.partition("#")[0].strip()  # `# comment`, `HEX # note`
-                if text:
-                    values.append(text)
-                    where.append(f"{from_file.name} line {number}")
+            from hashmatch.engine.ingest import read_lines
+
+            try:
+                for number, line in enumerate(read_lines(from_file), 1):
+                    text = line.partition("#")[0].strip()  # `# comment`, `HEX # note`
+                    if text:
+                        values.append(text)
+                        where.append(f"{from_file} line {number}")
+            except InvalidInput as exc:
+                raise click.ClickException(exc.message) from None
         try:
             targets = _targets(values, signal_type, where)
         except InvalidInput as exc:
