@@ -523,3 +523,56 @@ def test_a_malformed_line_is_named_by_file_and_line_and_strict_stores_nothing(ho
     assert code == (0 if others else 1), (out, err)
     assert f"added {others}, updated 0, unchanged 0, rejected 1" in out, (out, err)
     assert re.search(rf"  {re.escape(str(dressed.path))}: line {line}: ", err), err
+
+
+# -- retract --file: the same dressing; one bad line and nothing is retracted ----------
+
+
+@_EXAMPLES
+@given(
+    sigs=_signals(Kind(("pdq", "md5", "sha256", "vpdq"), frozenset())),
+    nl=st.sampled_from(["\n", "\r\n"]),
+    bad=st.sampled_from([None, "truncated", "unknown-type"]),
+    data=st.data(),
+)
+def test_retract_file_dressed_as_partners_send_it(home, sigs, nl, bad, data):
+    """`lists export --retracted` (`type:hex`, a video by its fingerprint) and
+    `--format hex` (`TYPE HASH`, a video as its frames) files, dressed: every target
+    retracted; with one bad line, that line named and nothing retracted."""
+    root, engine = home
+    n = next(_counter)
+    name = f"ret{n}"
+    engine.ingest([s.record() for s in sigs], list_name=name)
+    stored = {(i.signal_type, i.hash_hex): i for i in engine.store.iter_signals(name)}
+    if data.draw(st.booleans()):
+        for info in stored.values():
+            engine.store.retract(list_name=name, hashes=[(info.signal_type, info.hash_hex)])
+        out = root / f"{name}.retracted"
+        code, _, err = _cli(root, "lists", "export", name, "--retracted", "--out", str(out))
+        for info in stored.values():
+            engine.store.restore(list_name=name, hashes=[(info.signal_type, info.hash_hex)])
+    else:
+        out = root / f"{name}.hex"
+        code, _, err = _cli(root, "lists", "export", name, "--format", "hex", "--out", str(out))
+    assert code == 0, err
+    chunks = [line + nl for line in out.read_text().split("\n")[:-1]]
+    written = Written(f"{name}.txt", [], chunks, line_based=True)
+    where = root / f"retract{n}"
+    where.mkdir()
+    broken = None
+    if bad is not None:
+        broken = data.draw(st.integers(0, len(chunks) - 1))
+        chunk = chunks[broken].rstrip("\r\n")
+        kind, _, value = chunk.partition(":" if ":" in chunk.split(" ")[0] else " ")
+        chunks[broken] = (f"{kind} {value[:-2]}" if bad == "truncated" else f"tmk {value}") + nl
+    dressed = _dress(written, data.draw(_dressing(written)), nl, where)
+    code, out_text, err = _cli(root, "retract", "--list", name, "--file", str(dressed.path))
+    live = [i for i in engine.store.iter_signals(name) if i.retracted_at is None]
+    if broken is None:
+        assert code == 0, err
+        assert f"retracted {len(stored)} signal(s)" in out_text, (out_text, err)
+        assert live == []
+        return
+    assert code == 1
+    assert f"{dressed.path} line {dressed.lines[broken]}: " in err, (err, dressed.lines)
+    assert len(live) == len(stored), "a file with a bad line retracted something"
