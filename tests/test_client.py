@@ -851,3 +851,22 @@ def test_remote_ingest_of_a_pipe_or_stdin_names_signals_as_local_ingest(served, 
     assert [s.external_id for s in store.iter_signals("fifo-videos")] == ["clip7"]
     assert [s.external_id for s in store.iter_signals("fifo-dump")] == ["7"]
     assert [s.external_id for s in store.iter_signals("stdin-clips")] == [None]
+
+
+def test_remote_ingest_names_a_file_refused_whole_and_skips_leading_comments(served, tmp_path):
+    """`Error: header: CSV header lacks ...` named no file; a partner's CSV led by
+    `# exported from X, on DATE` was refused so (its comment read as the header)."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"id,name\n1,{HEX}\n")
+    result = CliRunner().invoke(
+        cli,
+        ["remote", "--server", served.target, "--token", served.tokens["ops"], "ingest",
+         "named", str(bad)],
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert f"Error: {bad}: header: CSV header lacks column(s)" in result.stderr
+    good = tmp_path / "good.csv"
+    good.write_text(f"# exported from X, on 2026-12-01\nsignal_type,signal_value\npdq,{HEX}\n")
+    result = _remote(served, "ingest", "commented", str(good))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["added"] == 1

@@ -28,7 +28,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from hashmatch.engine.errors import HashmatchError
+from hashmatch.engine.errors import HashmatchError, InvalidInput
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 #: The server's log (hashmatch.server.app's): serve's reload outcomes go where its other
@@ -847,7 +847,12 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     """
     with _readable_twice(file) as path:
         fmt = None if fmt == "auto" else fmt
-        parsed = _SignalFile(path, fmt, signal_type, nameless=file == "-")
+        try:
+            parsed = _SignalFile(path, fmt, signal_type, nameless=file == "-")
+        except InvalidInput as exc:  # the file as a whole (a CSV header): name it
+            if exc.field == "file":  # (its message does)
+                raise
+            raise click.ClickException(f"{file}: {exc}") from None
         if strict and parsed.unparsed:
             raise click.ClickException(f"refused (strict): {parsed.unparsed[0]}")
         if not parsed.lines:  # nothing parsed: say why instead of the server's "no signals"
