@@ -197,6 +197,8 @@ def _read(
         lines = _chain(buffered, stream)
         extra = tuple(labels)
         sep = _delimiter(first) if fmt == "csv" else ","
+        if fmt == "csv":
+            _check_header(first, sep)
         wide = _hash_columns(first, sep) if fmt == "csv" else None
         if fmt == "csv" and batch_size is not None and wide is None:
             yield from _csv_columns(lines, extra, batch_size, sep)
@@ -343,6 +345,19 @@ def _past_comments(head: str, stream: IO[str], buffered: list[str]) -> str:
                 head = line.strip().lstrip("\ufeff")
                 break
     return head
+
+
+def _check_header(line: str, sep: str) -> None:
+    """Refuse a CSV whose first line holds a hash: it has no header, and reading that
+    line as one lost it without a word (``pdq,HEX`` named a ``pdq`` column: a one-line
+    file stored nothing and said ``rejected 0``; the rows after it were all refused)."""
+    cells = next(csv.reader([line.strip().lstrip("\ufeff")], delimiter=sep), [])
+    if any(_HEXISH.fullmatch(c.strip()) for c in cells):
+        raise InvalidInput(
+            f"a CSV's first line names its columns, this one holds a hash ({line.strip()[:80]!r}):"
+            " add a header (signal_type,signal_value), or write TYPE HASH lines",
+            field="header",
+        )
 
 
 def _is_comment(line: str) -> bool:

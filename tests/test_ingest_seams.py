@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pytest
 
+from hashmatch.engine.errors import InvalidInput
 from hashmatch.engine.export import export_list
 from hashmatch.engine.ingest import read_records
 from hashmatch.engine.runtime import Engine
@@ -227,3 +228,13 @@ def test_a_dump_whose_first_hash_is_cut_short_rejects_that_line(engine, tmp_path
     path.write_text(f"{MD5[1:]},1,2020-01-01,a\n{MD5},2,2020-01-01,b\n")
     report = engine.ingest(read_records(path), list_name="l")
     assert (report.added, [r.line for r in report.rejections]) == (1, [1]), report
+
+
+def test_a_csv_without_a_header_is_refused_not_read_as_one(engine, tmp_path):
+    """`pdq,HEX` first took its line for a header naming a `pdq` column: a one-line
+    file stored nothing and said `rejected 0`, longer ones had every row refused."""
+    path = tmp_path / "partner.csv"
+    path.write_text(f"pdq,{PDQ}\n")
+    with pytest.raises(InvalidInput, match=r"first line names its columns, this one holds a hash"):
+        engine.ingest(read_records(path), list_name="l")
+    assert not engine.store.lists(names=["l"])
