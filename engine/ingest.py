@@ -337,7 +337,7 @@ def _past_comments(head: str, stream: IO[str], buffered: list[str]) -> str:
     DATE``; such lines were a CSV's header ("CSV header lacks column(s)"), a JSONL or
     ThreatExchange dump's bad first line. The caller turns them into blank lines, which
     every parser skips, so line numbers stay the file's."""
-    while head.startswith("#"):
+    while head.startswith("#") or _EXCEL_SEP.fullmatch(head):
         head = ""
         for line in stream:
             buffered.append(line)
@@ -360,8 +360,15 @@ def _check_header(line: str, sep: str) -> None:
         )
 
 
+#: Excel's first-line hint of a CSV's separator (``sep=;``): no header, no data (the
+#: header that follows says the separator as well)
+_EXCEL_SEP = re.compile(r"sep=.", re.IGNORECASE)
+
+
 def _is_comment(line: str) -> bool:
-    return line.strip().lstrip("\ufeff").startswith("#")
+    """A ``#`` line, or Excel's ``sep=;``: what :func:`_past_comments` steps over."""
+    text = line.strip().lstrip("\ufeff")
+    return text.startswith("#") or _EXCEL_SEP.fullmatch(text) is not None
 
 
 _ONE_WORD = re.compile(r"[^\s,;\"'{}\[\]]+")

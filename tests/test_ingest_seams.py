@@ -238,3 +238,12 @@ def test_a_csv_without_a_header_is_refused_not_read_as_one(engine, tmp_path):
     with pytest.raises(InvalidInput, match=r"first line names its columns, this one holds a hash"):
         engine.ingest(read_records(path), list_name="l")
     assert not engine.store.lists(names=["l"])
+
+
+def test_excels_separator_line_is_no_header(engine, tmp_path):
+    """Excel's `sep=;` first line (its hint of the separator) was read as the header:
+    "CSV header lacks column(s) ... (found: sep=)", the file refused."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes(f"\ufeffsep=;\r\nsignal_type;signal_value\r\npdq;{PDQ}\r\n".encode())
+    report = engine.ingest(read_records(path), list_name="l")
+    assert (report.added, report.rejected) == (1, 0), report
