@@ -36,8 +36,10 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import stat
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -364,7 +366,12 @@ def worker_context() -> multiprocessing.context.BaseContext:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(
-        ["hashmatch.engine.hashing", "hashmatch.engine.scan", "hashmatch.engine.scan_preload"]
+        [
+            "hashmatch.engine.scan_signals",  # first: before the seconds of imports
+            "hashmatch.engine.hashing",
+            "hashmatch.engine.scan",
+            "hashmatch.engine.scan_preload",
+        ]
     )
     return context
 
@@ -410,6 +417,10 @@ def _init_worker(
     if scanner is not None:
         _exit_with_parent(scanner)
     keep_heap()
+    # Ctrl-C reaches the whole process group and a closed terminal hangs it up: the scan
+    # decides what stops (it kills its workers), not a KeyboardInterrupt traceback here
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         import cv2
 
@@ -430,7 +441,6 @@ def _exit_with_parent(scanner: int) -> None:
     parent = os.getppid()
     try:
         import ctypes
-        import signal
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG = 1
@@ -1121,11 +1131,16 @@ class ScanSummary:
     hashed_per_s: float = 0.0
     run_id: int = 0
     report: str | None = None
+    #: True when a stop request ended the run early (only then in the dict)
+    interrupted: bool = False
     #: the first few of those videos, for the CLI's note to name (not in the report)
     videos_without_vpdq_named: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "videos_without_vpdq_named"}
+        d = {k: v for k, v in self.__dict__.items() if k != "videos_without_vpdq_named"}
+        if not self.interrupted:
+            del d["interrupted"]
+        return d
 
 
 #: how many of the videos a scan without a video type saw its summary names
@@ -1161,6 +1176,10 @@ class ScanOptions:
     fast_decode: int = 0
     progress: bool | None = None  # None = bar on a terminal, log lines otherwise
     log_every: float = 10.0
+    # Set (by a signal handler, another thread) to stop the scan: what is hashed is
+    # committed, the workers are killed, the run is recorded as interrupted and
+    # ScanInterrupted raised; the same scan run again resumes (see Scanner.run).
+    stop: threading.Event | None = field(default=None, compare=False, repr=False)
 
 
 class Scanner:
@@ -1221,8 +1240,11 @@ class Scanner:
         self.summary.run_id = self.run_id
         self.progress = Progress(None, enabled=opts.progress, every=opts.log_every, counter=counter)
         try:
-            self._process(self._own_files_skipped(entries))
-            self._flush()
+            try:
+                self._process(self._own_files_skipped(entries))
+            except ScanInterrupted:
+                self.summary.interrupted = True
+            self._flush()  # what the workers returned is kept, even when stopped
         finally:
             self.progress.close()
             if counter is not None:
@@ -1233,6 +1255,10 @@ class Scanner:
         s.hashed_per_s = round(s.hashed / s.elapsed_s, 2) if s.elapsed_s else 0.0
         s.failed_by_reason = dict(sorted(self._reasons.items()))
         s.failed = sum(self._reasons.values())
+        if s.interrupted:  # no report: one of part of the files would look complete
+            self._count_matches()
+            self.catalog.finish_run(self.run_id, s.as_dict())
+            raise ScanInterrupted(s)
         if report is not None:
             s.report = str(report)
             write_scan_report(self.catalog, self.run_id, report, s)
@@ -1282,6 +1308,7 @@ class Scanner:
             for block in blocks:
                 known = self.catalog.lookup([e.path for e in block])
                 for e in self._new_in_block(block, known):
+                    self._check_stop()
                     self.summary.seen += 1
                     self.progress.found(self.summary.seen)
                     if no_video_type and is_video_path(e.path):
@@ -1344,7 +1371,26 @@ class Scanner:
                 self._flush_if_due()
         finally:
             if self._pool is not None:
+                if self._stopping():  # files in flight may take long: not waited for
+                    self._kill_workers()
                 self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _stopping(self) -> bool:
+        return self.options.stop is not None and self.options.stop.is_set()
+
+    def _check_stop(self) -> None:
+        if self._stopping():
+            raise ScanInterrupted(self.summary)
+
+    def _kill_workers(self) -> None:
+        """SIGKILL this scan's workers (their pids are in the watch's shared slots): a
+        stopped scan drops the files in flight instead of waiting for them."""
+        if self._watch is None:
+            return
+        for pid in self._watch.pids:
+            if pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         threads = max(1, (os.cpu_count() or 1) // self._workers)
@@ -1367,11 +1413,14 @@ class Scanner:
         kill breaks the pool: every future then completes, with BrokenProcessPool)."""
         limit = self._stall_limit()
         poll = None if limit is None or self._watch is None else min(1.0, limit / 4)
+        if self.options.stop is not None:  # never one long wait: see interrupts.cooperative
+            poll = min(poll or STOP_POLL_SECONDS, STOP_POLL_SECONDS)
         while True:
+            self._check_stop()
             done, _ = cf.wait(futures, timeout=poll, return_when=cf.FIRST_COMPLETED)
             if done:
                 return done
-            if self._watch.kill_stalled(limit):
+            if limit is not None and self._watch is not None and self._watch.kill_stalled(limit):
                 self._stall_killed = True
 
     def _submit(self, inflight: dict, chunk: list[Entry]) -> None:
@@ -1434,6 +1483,7 @@ class Scanner:
             except Exception as exc:  # a worker died (e.g. a decoder crashed): retry, go on
                 # one worker's death fails every task in flight, not only its own: which
                 # file did it is unknown, so each is tried once more, alone
+                self._check_stop()  # ...unless the same signal stopped them and us
                 self._lost.extend(chunk)
                 if isinstance(exc, cf.process.BrokenProcessPool):
                     self._broken = True
@@ -1456,6 +1506,7 @@ class Scanner:
                 self._wait([fut])
                 self._pending.extend(fut.result())
             except Exception as exc:
+                self._check_stop()
                 self._pending.append(self._lost_alone(e, exc))
                 if isinstance(exc, cf.process.BrokenProcessPool):
                     self._broken = True
@@ -1602,6 +1653,19 @@ def _walk_failure(e: Entry) -> WorkResult:
     return WorkResult(
         e.path, e.size, e.mtime_ns, reason=e.reason, error=e.error, ino=e.ino, ctime_ns=e.ctime_ns
     )
+
+
+class ScanInterrupted(Exception):
+    """A stop request (``ScanOptions.stop``) ended the scan; ``summary``: how far it got
+    (also the run's record in the catalog). Running the same scan again resumes."""
+
+    def __init__(self, summary: ScanSummary):
+        super().__init__("scan interrupted")
+        self.summary = summary
+
+
+#: Seconds between checks of ScanOptions.stop while the scan waits for its workers.
+STOP_POLL_SECONDS = 0.2
 
 
 class LookupFailed(errors.HashmatchError):

@@ -6,6 +6,7 @@ Each area registers its verbs in its own module under ``hashmatch.server.command
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 
 import click
@@ -27,7 +28,19 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
-    cli()
+    """Run the CLI; a stop signal ends it with one line and 128 + its number (see
+    :mod:`hashmatch.server.interrupts`)."""
+    import sys
+
+    from hashmatch.server import interrupts
+
+    interrupts.install()
+    try:
+        cli()
+    except interrupts.Interrupted as exc:
+        with contextlib.suppress(OSError):  # a closed terminal (SIGHUP): nobody to tell
+            print(f"hashmatch: interrupted ({exc.describe()})", file=sys.stderr, flush=True)
+        sys.exit(exc.exit_status)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import resource
+import signal
 import sqlite3
 import tempfile
 from collections.abc import Iterator
@@ -149,6 +150,7 @@ def scan_command(
     from hashmatch.engine.catalog import Catalog
     from hashmatch.engine.rescan import claim_tenant
     from hashmatch.engine.scan import LocalMatcher, RemoteMatcher, ScanOptions, scan
+    from hashmatch.server import interrupts
 
     if not paths and from_list is None:
         raise click.UsageError("give PATHS or --from-list")
@@ -157,7 +159,8 @@ def scan_command(
         raise click.BadParameter("give at least one signal type", param_hint="--types")
     catalog_path = _catalog_path(data_dir, catalog)
     matcher = tenant = None
-    with _one_line_errors(server, name_server=True):
+    stack = contextlib.ExitStack()
+    with stack, _stopped_scan_said(), _one_line_errors(server, name_server=True):
         try:
             _check_threshold(type_list, threshold)  # now, not after the first batch is hashed
             _check_out(out, catalog_path, Path(data_dir))  # (the report is written last)
@@ -172,6 +175,7 @@ def scan_command(
                 dihedral=dihedral,
                 fast_decode=2 if fast_decode_shrink else int(fast_decode),
                 progress=progress,
+                stop=stack.enter_context(interrupts.cooperative()),
             )
             if no_match:
                 matcher = None
@@ -213,6 +217,29 @@ def scan_command(
             + (f" and {more} more" if more else ""),
             err=True,
         )
+
+
+@contextlib.contextmanager
+def _stopped_scan_said() -> Iterator[None]:
+    """A scan a signal stopped: its summary (``"interrupted": true``: how far it got) and
+    what a re-run does, on stderr; then the CLI exits 128 + the signal (130 on Ctrl-C)."""
+    from hashmatch.engine.scan import ScanInterrupted
+    from hashmatch.server import interrupts
+
+    try:
+        yield
+    except ScanInterrupted as exc:
+        s = exc.summary
+        with contextlib.suppress(OSError):  # a closed terminal (SIGHUP)
+            _print_summary(s.as_dict())
+            click.echo(
+                f"scan: stopped; {s.hashed + s.skipped_unchanged + s.failed} file(s) done and"
+                f" committed to the catalog ({s.hashed} hashed, {s.skipped_unchanged} unchanged,"
+                f" {s.failed} failed), the files in flight dropped; no report was written: run"
+                " the same command again to resume (done files are not hashed again)",
+                err=True,
+            )
+        raise interrupts.Interrupted(interrupts.received() or signal.SIGINT) from None
 
 
 def _shown_path(path: str) -> str:

@@ -1,0 +1,23 @@
+"""The ``hashmatch`` console script: stop-signal handling first, then the CLI.
+
+Why a module of its own: importing the CLI imports the hashing stack (~2 s, more on a
+busy host), and a Ctrl-C in that time printed a KeyboardInterrupt traceback. This
+module imports only :mod:`hashmatch.server.interrupts` before installing its handlers.
+"""
+
+from __future__ import annotations
+
+
+def main() -> None:
+    from hashmatch.server import interrupts
+
+    interrupts.install()
+    try:
+        from hashmatch.server.cli import main as cli_main
+    except interrupts.Interrupted as exc:  # during the imports: nothing was started
+        raise SystemExit(exc.exit_status) from None
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()

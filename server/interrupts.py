@@ -1,0 +1,84 @@
+"""How the ``hashmatch`` CLI stops on SIGINT (Ctrl-C), SIGTERM and SIGHUP.
+
+Why: Python's default turns Ctrl-C into KeyboardInterrupt, which click printed as
+"Aborted!" with exit status 1 (a scan's worker processes, which get the same Ctrl-C,
+added their own tracebacks), SIGTERM and SIGHUP killed the process with no word at
+all, and a second Ctrl-C was needed when the first landed in cleanup. Here the first
+signal stops the command: a long job that can stop cleanly (a scan: commit what is
+hashed, record how far it got) asks for :func:`cooperative` and is told through an
+event; any other command gets :class:`Interrupted` raised where it is, which unwinds
+its transactions and temporary files as any exception does. ``main`` prints one line
+and exits 128 + the signal number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), as shells
+do. A second signal ends the process at once with the same status (SQLite's WAL and
+the kernel's release of file locks keep the stores consistent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Iterator
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_received: int | None = None  # the first stop signal, once one came
+_stop: threading.Event | None = None  # set instead of raising, inside cooperative()
+
+
+class Interrupted(BaseException):
+    """A stop signal arrived (a BaseException, like KeyboardInterrupt: ``except
+    Exception`` handlers do not swallow it; not a KeyboardInterrupt, which click
+    turns into "Aborted!" and exit 1)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signum
+
+    def describe(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def install() -> None:
+    """Stop on SIGINT/SIGTERM/SIGHUP as the module docstring says (main thread only)."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _on_signal)
+
+
+def received() -> int | None:
+    """The stop signal that arrived, if any."""
+    return _received
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    global _received
+    if _received is not None:  # the second: the user means now
+        os.write(2, f"hashmatch: {signal.Signals(signum).name} again: stopping now\n".encode())
+        os._exit(128 + _received)
+    _received = signum
+    if _stop is not None:
+        _stop.set()
+        return
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def cooperative() -> Iterator[threading.Event]:
+    """Inside: a stop signal sets the yielded event instead of raising; the caller
+    checks it at points where stopping leaves its work consistent, and must not block
+    long between checks (a signal the kernel hands another thread runs its handler
+    only when the main thread's wait ends)."""
+    global _stop
+    event = threading.Event()
+    if _received is not None:
+        event.set()
+    previous, _stop = _stop, event
+    try:
+        yield event
+    finally:
+        _stop = previous
