@@ -156,3 +156,23 @@ def test_an_interrupted_ingest_exits_130_with_one_line(tmp_path):
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "Aborted!" not in stderr, stderr
     assert stderr.rstrip().splitlines()[-1] == "hashmatch: interrupted (SIGINT)"
+
+
+def test_a_scan_report_piped_into_head_ends_quietly(tmp_path):
+    """``scan --out - | head``: the reader leaves early; the scan said "Error: Broken
+    pipe" (its own error wrapping named the OSError) instead of ending quietly."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(40):  # failures: report lines without any hashing to wait for
+        (tree / f"empty{i}.jpg").write_bytes(b"")
+    args = ["scan", str(tree), "--data-dir", str(tmp_path / "data"), "--no-match"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLI, *args, "--workers", "0", "--out", "-", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # `head -0`
+    _, err = proc.communicate(timeout=60)
+    stderr = err.decode()
+    assert "Error" not in stderr and "Traceback" not in stderr, stderr
+    assert proc.returncode in (1, 141), stderr

@@ -462,6 +462,8 @@ def _one_line_errors(server: str | None, *, name_server: bool) -> Iterator[None]
         raise click.ClickException(
             f"{server}: {exc}" if server and name_server else str(exc)
         ) from exc
+    except BrokenPipeError:  # --out - | head: click ends quietly, as `cat | head` would
+        raise
     except OSError as exc:  # e.g. a full disk while the report is written
         where = f"{exc.filename}: " if exc.filename else ""
         raise click.ClickException(f"{where}{exc.strerror or exc}{_os_hint(exc)}") from exc
