@@ -1048,3 +1048,40 @@ def test_an_engine_ingest_inside_a_transaction_reaches_the_index_only_when_it_co
                           strict=True)  # fmt: skip
         (found,) = engine.match("pdq", code[None, :], threshold=0)
         assert [m.distance for m in found] == [0]
+
+
+def test_follow_stops_between_passes_on_a_signal_another_thread_received(tmp_path):
+    """The kernel may hand SIGTERM to any thread (gRPC's): Python runs the handler in the
+    main thread once it next runs bytecode. --follow slept its --interval in one wait, so
+    a SIGTERM taken by another thread stopped the mirror only when the interval ended."""
+    import threading
+
+    local = tmp_path / "local"
+    previous = {s: signals.getsignal(s) for s in (signals.SIGINT, signals.SIGTERM)}
+    sent: list[float] = []
+
+    def terminate_from_another_thread() -> None:
+        deadline = time.monotonic() + 60
+        while _cursor(local) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the first pass is done: the main thread sleeps its interval
+        sent.append(time.monotonic())
+        signals.pthread_kill(threading.get_ident(), signals.SIGTERM)
+
+    try:
+        with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+            ts.client("ops").ingest("shared", [signal("pdq", "ab" * 32)])
+            thread = threading.Thread(target=terminate_from_another_thread)
+            thread.start()
+            result = CliRunner().invoke(
+                cli,
+                ["mirror", "--server", ts.target, "--token", ts.tokens["ops"], "--prefix",
+                 PREFIX, "--data-dir", str(local), "--follow", "--interval", "20"],
+            )  # fmt: skip
+            stopped = time.monotonic()
+            thread.join()
+    finally:
+        for s, handler in previous.items():
+            signals.signal(s, handler)
+    assert result.exit_code == 0, result.output
+    assert sent and stopped - sent[0] < 2.0, f"stopped {stopped - sent[0]:.1f} s after SIGTERM"

@@ -91,6 +91,8 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
         except BaseException:
             client.close()
             raise
+    from hashmatch.server.app import wait_in_steps
+
     done = threading.Event()
     if follow:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -121,7 +123,9 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
                         quiet_since = time.monotonic()
                     if summary.lists_purged:
                         note_stale_snapshots(engine.snapshots_before_purge())
-                if not follow or done.wait(interval):
+                # in steps: a signal another thread (gRPC's) took runs its handler only
+                # when the main thread's wait ends, which was --interval later
+                if not follow or wait_in_steps(done.wait, interval):
                     return
     finally:
         client.close()
