@@ -2560,7 +2560,12 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
     """Run a generator in a helper thread, ``depth`` items ahead (bounded memory).
 
     Exceptions raised by the generator are re-raised in the consumer; if the
-    consumer stops early, the helper is told to stop and drains.
+    consumer stops early, the helper is told to stop and drains. The consumer waits in
+    short steps and gives up on a helper blocked in a read (stdin from a terminal or a
+    stalled pipe) after PREFETCH_ABANDON_SECONDS: it is a daemon thread, ended with the
+    process. Why: one blocking ``q.get()`` ran a signal handler the kernel handed to the
+    helper only when the next item came, and the drain waited for the blocked read, so
+    Ctrl-C did not stop ``ingest -`` while its input was idle.
     """
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -2585,7 +2590,10 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
     thread.start()
     try:
         while True:
-            exc, item = q.get()
+            try:
+                exc, item = q.get(timeout=0.1)
+            except queue.Empty:
+                continue
             if exc is not None:
                 raise exc
             if item is done:
@@ -2593,11 +2601,16 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
             yield item
     finally:
         stop.set()
-        while thread.is_alive():
+        deadline = time.monotonic() + PREFETCH_ABANDON_SECONDS
+        while thread.is_alive() and time.monotonic() < deadline:
             try:
                 q.get_nowait()
             except queue.Empty:
                 thread.join(0.05)
+
+
+#: How long a stopped consumer waits for _prefetch's helper to notice before leaving it.
+PREFETCH_ABANDON_SECONDS = 1.0
 
 
 def _deleted_note(conn: sqlite3.Connection, name: str) -> str:

@@ -40,7 +40,7 @@ def main() -> None:
     except interrupts.Interrupted as exc:
         with contextlib.suppress(OSError):  # a closed terminal (SIGHUP): nobody to tell
             print(f"hashmatch: interrupted ({exc.describe()})", file=sys.stderr, flush=True)
-        sys.exit(exc.exit_status)
+        interrupts.exit(exc.exit_status)
 
 
 if __name__ == "__main__":

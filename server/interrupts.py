@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -82,3 +83,19 @@ def cooperative() -> Iterator[threading.Event]:
         yield event
     finally:
         _stop = previous
+
+
+def exit(status: int) -> None:
+    """Exit an interrupted command with ``status``.
+
+    A helper thread may still be blocked where the stop found it (ingest's parser in a
+    read of an idle stdin): the interpreter's shutdown then died with "Fatal Python
+    error: could not acquire lock for <stdin>". With such a thread left, the standard
+    streams are flushed and the process ends without that shutdown (the command's
+    ``with`` blocks have closed its stores already)."""
+    if threading.active_count() == 1:
+        sys.exit(status)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
