@@ -429,6 +429,26 @@ def _init_worker(
         pass
 
 
+@contextlib.contextmanager
+def _hangups_blocked() -> Iterator[None]:
+    """SIGHUP blocked in this thread meanwhile (one sent then is delivered after).
+
+    Why: a closed terminal hangs up every process of its group. multiprocessing's
+    resource tracker ignores SIGINT and SIGTERM but not SIGHUP: it died, was started
+    again, and printed a KeyError traceback for each semaphore the new one had never
+    seen. A process started while SIGHUP is blocked keeps it blocked (exec keeps the
+    mask), so the tracker and the fork server started here outlive a hang-up; the scan
+    stops them (they end when it does)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _exit_with_parent(scanner: int) -> None:
     """Die when the scan process dies (even by SIGKILL), instead of idling forever.
 
@@ -1395,7 +1415,15 @@ class Scanner:
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         threads = max(1, (os.cpu_count() or 1) // self._workers)
         context = worker_context()
-        self._watch = Watch(context, self._workers)
+        with _hangups_blocked():  # the helpers started here inherit the blocked SIGHUP
+            from multiprocessing import resource_tracker
+
+            resource_tracker.ensure_running()
+            if context.get_start_method() == "forkserver":
+                from multiprocessing import forkserver
+
+                forkserver.ensure_running()
+            self._watch = Watch(context, self._workers)
         return cf.ProcessPoolExecutor(
             self._workers,
             mp_context=context,
