@@ -299,8 +299,7 @@ def _upgrade_hash_ids(conn: sqlite3.Connection) -> None:
         return
     hashes_ddl = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS hashes") :]
     hashes_ddl = hashes_ddl[: hashes_ddl.index("CREATE TABLE IF NOT EXISTS matches")]
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _Transaction(conn):  # rolled back on any error
         conn.execute("ALTER TABLE hashes RENAME TO hashes_reused_ids")
         conn.execute("DROP INDEX IF EXISTS hashes_file")
         conn.execute("DROP INDEX IF EXISTS hashes_code")
@@ -314,11 +313,6 @@ def _upgrade_hash_ids(conn: sqlite3.Connection) -> None:
         )
         conn.execute("DROP TABLE hashes_reused_ids")
         conn.execute("UPDATE meta SET value = ? WHERE key = 'catalog_id'", (uuid.uuid4().hex,))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     logging.getLogger(__name__).warning(
         "catalog upgraded: hash row ids are no longer reused (its rescan index cache is rebuilt)"
     )
@@ -347,15 +341,9 @@ def _upgrade_stat_columns(conn: sqlite3.Connection) -> None:
     missing = [(name, kind) for name, kind in _STAT_COLUMNS if name not in have]
     if not missing:
         return
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with _Transaction(conn):  # rolled back on any error
         for name, kind in missing:
             conn.execute(f"ALTER TABLE files ADD COLUMN {name} {kind}")
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
     logging.getLogger(__name__).warning(
         "catalog upgraded: files are now also recognised by inode and ctime; the next scan"
         " reads and MD5-checks each catalogued file once (decoded only if its bytes changed)"
