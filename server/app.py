@@ -34,6 +34,7 @@ from hashmatch.server.certificates import pem_dates, utc
 from hashmatch.server.config import UNIX_SCHEMES, ServerConfig
 from hashmatch.server.decoding import interceptors
 from hashmatch.server.errors import NotServing
+from hashmatch.server.interrupts import wait_in_steps
 from hashmatch.server.limits import MediaPool
 from hashmatch.server.metrics import Metrics
 from hashmatch.server.replies import WriteReplies
@@ -54,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hashmatch.server")
 
-WAIT_STEP_SECONDS = 0.1  # how often a waiting stop() lets the main thread run signal handlers
 STOP_SLACK_SECONDS = 5.0  # beyond the drain grace, how long stop() waits for gRPC
 # gRPC threads and call slots beyond the configured ones: kept for health checks and
 # reflection, so a busy server still answers its health probe rather than refusing it
@@ -69,22 +69,6 @@ SERVICE_NAMES = (
     signals_pb2.DESCRIPTOR.services_by_name["Signals"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
 )
-
-
-def wait_in_steps(wait: Callable[[float], bool], timeout: float) -> bool:
-    """``wait(timeout)`` in steps of WAIT_STEP_SECONDS; True as soon as one step is.
-
-    Why: Python runs a signal handler in the main thread, and only between bytecodes. A
-    signal the kernel hands to another thread (gRPC's, FAISS's) while the main thread
-    blocks in one long wait runs when that wait ends: a SIGHUP sent during a 30 s drain
-    reloaded the tokens 30 s late, after the drain it was meant to change."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if wait(max(0.0, min(WAIT_STEP_SECONDS, left))):
-            return True
-        if left <= WAIT_STEP_SECONDS:
-            return False
 
 
 def raise_open_files_limit() -> int:

@@ -20,9 +20,13 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+#: How often a main thread waiting in wait_in_steps lets signal handlers run.
+WAIT_STEP_SECONDS = 0.1
 
 _received: int | None = None  # the first stop signal, once one came
 _stop: threading.Event | None = None  # set instead of raising, inside cooperative()
@@ -99,3 +103,19 @@ def exit(status: int) -> None:
         with contextlib.suppress(Exception):
             stream.flush()
     os._exit(status)
+
+
+def wait_in_steps(wait: Callable[[float], bool], timeout: float) -> bool:
+    """``wait(timeout)`` in steps of :data:`WAIT_STEP_SECONDS`; True as soon as one step is.
+
+    Why: Python runs a signal handler in the main thread, and only between bytecodes. A
+    signal the kernel hands to another thread (gRPC's, FAISS's) while the main thread
+    blocks in one long wait runs when that wait ends: a SIGHUP sent during a 30 s drain
+    reloaded the tokens 30 s late, after the drain it was meant to change."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if wait(max(0.0, min(WAIT_STEP_SECONDS, left))):
+            return True
+        if left <= WAIT_STEP_SECONDS:
+            return False

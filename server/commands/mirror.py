@@ -91,7 +91,7 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
         except BaseException:
             client.close()
             raise
-    from hashmatch.server.app import wait_in_steps
+    from hashmatch.server.interrupts import wait_in_steps
 
     done = threading.Event()
     if follow:
