@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,3 +97,18 @@ def ingest_originals(data_dir: Path, tree: Tree, names, *, list_name: str, md5: 
         for info in engine.store.signals(list_name=list_name, limit=100_000):
             ids[(info.external_id, info.signal_type)] = info.id
     return ids
+
+
+def committed_files(catalog: Path) -> int:
+    """Files a (possibly running) scan has committed to ``catalog``: 0 before it exists
+    or has its schema. Read-only, so a scan in progress is not disturbed."""
+    if not catalog.exists():
+        return 0
+    try:
+        conn = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=1)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # schema not created yet
+        return 0

@@ -23,6 +23,7 @@ import numpy as np
 import psutil
 import pytest
 from PIL import Image
+from scan_tree import committed_files
 from skimage import data
 
 CLI = "from hashmatch.server.entry import main; main()"
@@ -55,21 +56,10 @@ def _hashmatch(args: list[str], **kwargs) -> subprocess.Popen:
     )
 
 
-def _committed(catalog: Path) -> int:
-    try:
-        conn = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=1)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:  # not created yet
-        return 0
-
-
 def _wait_for_commits(proc: subprocess.Popen, catalog: Path, at_least: int) -> None:
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and proc.poll() is None:
-        if _committed(catalog) >= at_least:
+        if committed_files(catalog) >= at_least:
             return
         time.sleep(0.01)
     assert proc.poll() is None, "the scan ended before it could be interrupted"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 from PIL import Image
+from scan_tree import committed_files
 from skimage import data
 
 from hashmatch.engine.hashing import hash_media
@@ -55,19 +55,6 @@ def _scan(args: list[str]) -> subprocess.Popen:
     )
 
 
-def _committed(catalog: Path) -> int:
-    if not catalog.exists():
-        return 0
-    try:
-        conn = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=1)
-        try:
-            return conn.execute("SELECT COUNT(*) FROM files").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:  # schema not created yet
-        return 0
-
-
 def _records(report: Path) -> tuple[list[str], dict]:
     lines = report.read_text().splitlines()
     summary = json.loads(lines[-1])
@@ -95,7 +82,7 @@ def test_killed_scan_resumes_to_the_same_report(tmp_path):
     deadline = time.monotonic() + 60
     done_at_kill = 0
     while time.monotonic() < deadline:
-        done_at_kill = _committed(killed_catalog)
+        done_at_kill = committed_files(killed_catalog)
         if done_at_kill >= 12 or proc.poll() is not None:
             break
         time.sleep(0.005)
