@@ -505,6 +505,10 @@ class Catalog:
         spare = f" AND signal_type NOT IN ({','.join('?' * len(keep))})" if keep else ""
         for table in ("hashes", "matches"):
             self.conn.execute(f"DELETE FROM {table} WHERE file_id = ?{spare}", (file_id, *keep))
+        self._insert_hashes(file_id, hashes)
+        return file_id
+
+    def _insert_hashes(self, file_id: int, hashes: Sequence[FileHashes]) -> None:
         rows = []
         for h in hashes:
             codes = np.ascontiguousarray(h.codes, dtype=np.uint8)
@@ -517,15 +521,18 @@ class Catalog:
             "VALUES (?, ?, ?, ?, ?, ?)",
             rows,
         )
-        return file_id
 
-    def _kept_types(self, path: str, md5: bytes | None, hashed: set[str]) -> list[str]:
+    def _kept_types(
+        self, path: str, md5: bytes | None, hashed: set[str], *, status: str | None = HASHED
+    ) -> list[str]:
         """The catalogued type tokens (``pdq``, ``pdq+dihedral``...) of types not in
-        ``hashed``, if the file's bytes are unchanged (same MD5); else none."""
+        ``hashed``, if the file's bytes are unchanged (same MD5); else none. ``status``:
+        only from a row of this status (None: any, a failed file's digests too)."""
         if md5 is None:
             return []
         row = self.conn.execute(
-            "SELECT md5, types FROM files WHERE path = ? AND status = ?", (_db_path(path), HASHED)
+            "SELECT md5, types FROM files WHERE path = ? AND status = COALESCE(?, status)",
+            (_db_path(path), status),
         ).fetchone()
         if row is None or row[0] != md5:
             return []
@@ -542,12 +549,27 @@ class Catalog:
         run_id: int | None = None,
         ino: int | None = None,
         ctime_ns: int | None = None,
+        md5: bytes | None = None,
+        digests: Sequence[FileHashes] = (),
     ) -> int:
-        """Record a file that could not be hashed, with a short reason and the message."""
+        """Record a file that could not be hashed, with a short reason and the message.
+
+        ``md5``: of its bytes when they were read (a chmod is then rechecked by MD5,
+        not decoded again); ``digests``: its exact hashes (md5, sha256) when only the
+        decode failed, kept as hash rows (and in ``types``) so scans re-match and
+        rescans find them. Its other hashes and every match are dropped (the caller
+        records the digests' matches); rows of a digest already catalogued for the same
+        bytes are kept as they are (a rescan's cached index stays valid).
+        """
         stat = (size, mtime_ns, ino, ctime_ns)
-        file_id = self._upsert_file(path, stat, None, (), FAILED, reason, error, run_id)
-        self.conn.execute("DELETE FROM hashes WHERE file_id = ?", (file_id,))
+        kept = set(self._kept_types(path, md5, set(), status=None)) if md5 else set()
+        types = [h.signal_type for h in digests]
+        keep = sorted(kept & set(types))
+        file_id = self._upsert_file(path, stat, md5, types, FAILED, reason, error, run_id)
+        spare = f" AND signal_type NOT IN ({','.join('?' * len(keep))})" if keep else ""
+        self.conn.execute(f"DELETE FROM hashes WHERE file_id = ?{spare}", (file_id, *keep))
         self.conn.execute("DELETE FROM matches WHERE file_id = ?", (file_id,))
+        self._insert_hashes(file_id, [h for h in digests if h.signal_type not in keep])
         return file_id
 
     def _upsert_file(

@@ -20,7 +20,8 @@ Why this shape:
   (``empty``, ``corrupt``, ``unsupported``, ``too-large``, ``permission-denied``,
   ``symlink-loop``, ``directory-revisited``, ``broken-symlink``, ``not-found``,
   ``not-a-file``, ``io-error``, ``worker-crashed``, ``error``) and the message, in
-  the catalog and the report.
+  the catalog and the report. A file that was read but not decoded keeps its exact
+  digests (md5, sha256: :func:`exact_digests`), matched and catalogued all the same.
   A worker's death fails every task in flight: their files are retried one at a
   time, so only a file that kills its worker again is ``worker-crashed``.
 """
@@ -510,7 +511,8 @@ def hash_file(
     from hashmatch.engine.hashing import DEFAULT_OPTIONS, hash_media
 
     options = with_time_budget(options or _WORKER_OPTIONS or DEFAULT_OPTIONS, time_budget)
-    size = mtime = md5 = None
+    size = mtime = md5 = data = None
+    wanted: tuple[str, ...] = ()
     ids: dict[str, int | None] = {}
     try:
         # the stat taken before the read: a write during it moves the ctime past the
@@ -544,12 +546,41 @@ def hash_file(
             )
             for r in results
         }
-        by_type["md5"] = FileHashes("md5", np.frombuffer(md5, np.uint8)[None, :].copy(), [], [])
+        by_type["md5"] = digest_hashes("md5", md5)
         hashes = [by_type[t] for t in wanted]
         fast = _fast_level(data, others, options) if not is_video else 0
         return WorkResult(path, size, mtime, md5, wanted, hashes, fast=fast, **ids)
     except Exception as exc:  # one bad file must never stop the scan
-        return WorkResult(path, size, mtime, md5, reason=failure_reason(exc), error=str(exc), **ids)
+        reason = failure_reason(exc)
+        # read but not decodable: its md5/sha256 still name these bytes (exact_digests);
+        # unread (permission denied, vanished, too many bytes) or empty: nothing to name
+        digests = exact_digests(data, wanted, md5) if data else []
+        types = tuple(h.signal_type for h in digests)
+        return WorkResult(
+            path, size, mtime, md5, types, digests, reason=reason, error=str(exc), **ids
+        )
+
+
+def digest_hashes(signal_type: str, digest: bytes) -> FileHashes:
+    """A file's one-row hashes of a cryptographic type (``md5``, ``sha256``)."""
+    return FileHashes(signal_type, np.frombuffer(digest, np.uint8)[None, :].copy(), [], [])
+
+
+def exact_digests(data: bytes, types: Sequence[str], md5: bytes) -> list[FileHashes]:
+    """The exact digests (md5, sha256) among ``types`` of a file whose decode failed.
+
+    Why: shared MD5/SHA-256 lists exist for known files, and a file no decoder reads
+    (corrupt, truncated, HEIC, an unknown container, over the pixel limit, a video past
+    its time budget) can still be byte-identical to a listed one. Its digests depend
+    on the bytes alone, so the scan matches them and catalogs them (rescans find them)
+    while the file is still reported failed for the perceptual types.
+    """
+    out = []
+    for name in types:
+        if signal_types.get(name).exact:
+            digest = md5 if name == "md5" else hashlib.new(name, data).digest()
+            out.append(digest_hashes(name, digest))
+    return out
 
 
 def _fast_level(data: bytes, types: Sequence[str], options: HashOptions) -> int:
@@ -1138,9 +1169,14 @@ class ScanSummary:
     skipped_unchanged: int = 0
     # of skipped_unchanged: files whose stat changed (touched, chmod, moved, a catalog
     # from before inodes were kept) that were read and MD5'd and found the same bytes
+    # (not decoded); also of failed: known-bad files so found, whose failure stands
     rechecked: int = 0
     failed: int = 0
     failed_by_reason: dict[str, int] = field(default_factory=dict)
+    # of failed: files whose decode failed but whose bytes were read, so their exact
+    # digests (the md5/sha256 among --types) were computed (or kept) and matched all
+    # the same (exact_digests); their matches are in matched_files and matches
+    failed_digested: int = 0
     matched_files: int = 0
     matches: int = 0
     # video files seen while no video type was asked for: only their bytes (md5/sha256)
@@ -1235,6 +1271,9 @@ class Scanner:
         self._watch: Watch | None = None
         self._stall_killed = False  # the last pool break was the watchdog's kill
         self._known: dict[str, tuple[int, bytes]] = {}  # path -> (file id, md5) to compare
+        # path -> catalogued failure reason, of the files skipped (or MD5-rechecked) on a
+        # known-bad verdict: failed in the summary, their digests re-matched
+        self._failed_verdict: dict[str, str] = {}
         # paths taken by this run and not yet committed (at most a batch plus the tasks
         # in flight): with the catalog's seen_run, what makes a path seen twice a duplicate
         self._open: set[str] = set()
@@ -1337,28 +1376,22 @@ class Scanner:
                         self._pending.append(_walk_failure(e))
                         continue
                     rec = known.get(e.path)
-                    reusable = self._hashes_reusable(rec, e)
+                    # a known-bad file's verdict (and digests) hold while its bytes do
+                    verdict = self._verdict_stands(rec, e)
+                    reusable = verdict or self._hashes_reusable(rec, e)
                     if reusable and same_stat(rec, e):
                         self._pending_skipped.append(rec.id)
                         self._pending_skipped_paths.append(e.path)
-                        self.summary.skipped_unchanged += 1
+                        if verdict:  # counted as failed (it is one in the report) in _flush
+                            self._failed_verdict[e.path] = rec.reason
+                        else:
+                            self.summary.skipped_unchanged += 1
                         continue
                     if reusable and rec.md5 is not None:
                         # touched (new stat, same size): compare MD5 before decoding
                         self._known[e.path] = (rec.id, rec.md5)
-                    if (
-                        rec is not None
-                        and rec.status == FAILED
-                        and rec.reason in DETERMINISTIC_FAILURES
-                        and rec.error != NO_TYPE_APPLIES
-                        and same_stat(rec, e)
-                    ):  # same bytes, same verdict: do not decode a known-bad file again
-                        self._pending.append(
-                            dataclasses.replace(
-                                _walk_failure(e), reason=rec.reason, error=rec.error
-                            )
-                        )  # counted as failed (it is one in the report), not also skipped
-                        continue
+                        if verdict:
+                            self._failed_verdict[e.path] = rec.reason
                     if pool is None:
                         md5 = self._known.get(e.path, (0, None))[1]
                         self._pending.append(
@@ -1477,6 +1510,24 @@ class Scanner:
         if len(self.summary.videos_without_vpdq_named) < VIDEOS_WITHOUT_VPDQ_NAMED:
             self.summary.videos_without_vpdq_named.append(path)
 
+    def _verdict_stands(self, rec: FileRecord | None, entry: Entry) -> bool:
+        """The catalogued failure of this path is one its bytes decide (``empty``,
+        ``corrupt``, ``unsupported`` by format), of the same size, and its catalogued
+        digests cover the exact types this scan asks for: while the bytes are the same
+        (same stat, or same MD5 after a chmod) the file is not decoded again, only its
+        digests re-matched. A failure catalogued without them (by a scan without md5,
+        or a hashmatch that kept none) is hashed again once to get them."""
+        if (
+            rec is None
+            or rec.status != FAILED
+            or rec.reason not in DETERMINISTIC_FAILURES
+            or rec.error == NO_TYPE_APPLIES
+            or rec.size != entry.size
+        ):
+            return False
+        exact = {t for t in types_for(entry.path, self.options.types) if signal_types.get(t).exact}
+        return exact <= set(rec.types)
+
     def _hashes_reusable(self, rec: FileRecord | None, entry: Entry) -> bool:
         """The catalog's hashes of this path were made as this scan would make them
         (hashed, same size, every wanted type, same dihedral, exact unless fast is
@@ -1563,22 +1614,31 @@ class Scanner:
         results, skipped = self._pending, self._pending_skipped
         if not results and not skipped:
             return
-        committed = [r.path for r in results] + self._pending_skipped_paths
+        skipped_paths = self._pending_skipped_paths
+        committed = [r.path for r in results] + skipped_paths
         self._pending, self._pending_skipped, self._pending_skipped_paths = [], [], []
         touched = [r for r in results if r.unchanged]  # same bytes: reuse catalogued hashes
         if touched:
             results = [r for r in results if not r.unchanged]
             skipped = skipped + [self._known.pop(r.path)[0] for r in touched]
-            self.summary.skipped_unchanged += len(touched)
+            skipped_paths = skipped_paths + [r.path for r in touched]
             self.summary.rechecked += len(touched)
+            # a known-bad file's stand counts as failed (see _counted_failed_verdicts)
+            self.summary.skipped_unchanged += sum(
+                r.path not in self._failed_verdict for r in touched
+            )
         ok = [r for r in results if r.reason is None]
+        failures = [r for r in results if r.reason is not None]
         stored = self.catalog.hashes_of(skipped) if skipped else {}
-        # match before the transaction: the lookups may be slow (remote), the write is not
+        # match before the transaction: the lookups may be slow (remote), the write is not;
+        # keys: -1 - i for the i-th of ok + failures (failures with digests only), file
+        # ids for skipped files
         to_match: list[tuple[int, list[FileHashes]]] = []
-        for i, r in enumerate(ok):
-            to_match.append((-1 - i, r.hashes))
+        for i, r in enumerate(ok + failures):
+            if r.hashes:
+                to_match.append((-1 - i, r.hashes))
+        wanted = set(self.options.types)  # a file may have been hashed with more types
         for file_id in skipped:
-            wanted = set(self.options.types)  # a file may have been hashed with more types
             to_match.append(
                 (file_id, [h for h in stored.get(file_id, []) if h.signal_type in wanted])
             )
@@ -1587,8 +1647,8 @@ class Scanner:
             matched = match_files(self.matcher, to_match) if self.matcher else {}
         except Exception as exc:  # e.g. the server went away: keep the hashes, then stop
             # (a re-run skips these files and matches them from the catalog: no re-hash)
-            lookup_error, matched, skipped = exc, {}, []
-        failed = 0
+            lookup_error, matched, skipped, skipped_paths = exc, {}, [], []
+        failed = self._counted_failed_verdicts(skipped, skipped_paths, stored, wanted)
         matched_files = 0
         with self.catalog.transaction():
             for i, r in enumerate(ok):
@@ -1607,20 +1667,25 @@ class Scanner:
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - i, [])]
                 matched_files += bool(rows)
                 self.catalog.add_matches(rows, found_by="scan")
-            for r in results:
-                if r.reason is not None:
-                    failed += 1
-                    self._reasons[r.reason] += 1
-                    self.catalog.put_failed(
-                        r.path,
-                        reason=r.reason,
-                        error=r.error or "",
-                        size=r.size,
-                        mtime_ns=r.mtime_ns,
-                        run_id=self.run_id,
-                        ino=r.ino,
-                        ctime_ns=r.ctime_ns,
-                    )
+            for j, r in enumerate(failures, start=len(ok)):
+                failed += 1
+                self._reasons[r.reason] += 1
+                self.summary.failed_digested += bool(r.hashes)
+                file_id = self.catalog.put_failed(
+                    r.path,
+                    reason=r.reason,
+                    error=r.error or "",
+                    size=r.size,
+                    mtime_ns=r.mtime_ns,
+                    run_id=self.run_id,
+                    ino=r.ino,
+                    ctime_ns=r.ctime_ns,
+                    md5=r.md5,
+                    digests=r.hashes,
+                )
+                rows = [_with_file(m, file_id) for m in matched.get(-1 - j, [])]
+                matched_files += bool(rows)
+                self.catalog.add_matches(rows, found_by="scan")
             for file_id in skipped:
                 rows = matched.get(file_id, [])
                 matched_files += bool(rows)
@@ -1639,6 +1704,7 @@ class Scanner:
         self._open.difference_update(committed)  # the catalog's seen_run says it now
         for path in committed:  # a touched file found changed: its old MD5 is no use now
             self._known.pop(path, None)
+            self._failed_verdict.pop(path, None)
         self.summary.hashed += len(ok)
         self.progress.update(len(results) + len(skipped), failed=failed, matched=matched_files)
         self._last_commit = time.monotonic()
@@ -1650,6 +1716,29 @@ class Scanner:
                 f"matching failed ({reason}); the hashes of this batch are in the "
                 "catalog: run the same scan again to resume"
             ) from lookup_error
+
+    def _counted_failed_verdicts(
+        self,
+        skipped: Sequence[int],
+        paths: Sequence[str],
+        stored: dict[int, list[FileHashes]],
+        wanted: set[str],
+    ) -> int:
+        """Count the skipped files whose catalogued failure stands (unchanged, or the
+        same MD5 after a chmod) as failed, by their reason, as the run that decoded them
+        did (seen = hashed + skipped_unchanged + failed); those with digests of the
+        wanted types also as ``failed_digested``. Returns how many."""
+        n = 0
+        for file_id, path in zip(skipped, paths, strict=True):
+            reason = self._failed_verdict.get(path)
+            if reason is None:
+                continue
+            n += 1
+            self._reasons[reason] += 1
+            self.summary.failed_digested += any(
+                h.signal_type in wanted for h in stored.get(file_id, [])
+            )
+        return n
 
     def _count_matches(self) -> None:
         files = set()

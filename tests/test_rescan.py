@@ -165,7 +165,8 @@ def test_cached_catalog_index_reads_only_new_rows_and_ignores_stale_ones(tmp_pat
     scan([root], catalog=catalog, matcher=None, options=opts)
     with Engine.open(data_dir, eager=False) as engine:
         first = rescan(catalog, engine.store)
-    assert first.summary.catalog_rows_read == {"md5": 8, "pdq": 8}
+    # md5: the 8 images' and the truncated and garbage files' (read, not decoded)
+    assert first.summary.catalog_rows_read == {"md5": 8 + 2, "pdq": 8}
     assert (tmp_path / "catalog.sqlite.rescan-index" / "pdq.index").exists()
 
     # rocket.png now holds chelsea: its old hash rows are deleted, new rows added
@@ -176,7 +177,7 @@ def test_cached_catalog_index_reads_only_new_rows_and_ignores_stale_ones(tmp_pat
         result = rescan(catalog, engine.store)
     # only the re-hashed file's rows were read; the cached index held the other 7
     assert result.summary.catalog_rows_read == {"md5": 1, "pdq": 1}
-    assert result.summary.catalog_hashes_indexed == {"md5": 9, "pdq": 9}  # incl. 1 stale
+    assert result.summary.catalog_hashes_indexed == {"md5": 9 + 2, "pdq": 9}  # incl. 1 stale
     paths = dict(catalog.conn.execute("SELECT id, path FROM files"))
     # the stale row (old rocket hashes) matches the rocket signals but is dropped
     assert _triples(result.new, paths) == [

@@ -132,10 +132,12 @@ def test_tree_gives_exactly_the_expected_report(world, tmp_path):
     assert last["seen"] == 14 == summary.seen  # 12 files + 2 symlinks
     assert last["hashed"] == 8
     assert last["failed"] == 6 and last["matches"] == 7 and last["matched_files"] == 5
+    # of the failed: truncated.jpg, garbage.png and notes.txt were read, so MD5'd
+    assert last["failed_digested"] == 3
     assert last["skipped_unchanged"] == 0
     assert last["elapsed_s"] > 0 and last["files_per_s"] > 0
     stats = catalog.stats()
-    assert stats["hashes"] == {"pdq": 8, "md5": 8}
+    assert stats["hashes"] == {"pdq": 8, "md5": 8 + 3}
     matcher.close()
     catalog.close()
 

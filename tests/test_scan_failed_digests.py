@@ -1,0 +1,274 @@
+"""A file no decoder reads can still be byte-identical to a listed one: its MD5 and
+SHA-256 are matched, catalogued and rescanned while it is reported failed for PDQ.
+
+Before: a decode failure (a truncated JPEG, a HEIC, an unknown container) recorded the
+file with no digest, so an MD5 list naming exactly those bytes never matched it, by
+scan, ``scan --server`` or rescan. Real files, real workers, a real store and server;
+the trees are written once and left to settle (a scan trusts a stat only once it is
+older than scan.RACY_MTIME_NS), so re-runs can be counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+from scan_tree import ORIGINALS, _png
+
+import hashmatch.engine.decode as decode_module
+import hashmatch.engine.hashing as hashing_module
+from hashmatch.engine.catalog import Catalog
+from hashmatch.engine.hashing import hash_media
+from hashmatch.engine.rescan import rescan
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.scan import RACY_MTIME_NS, LocalMatcher, ScanOptions, hash_file, scan
+from hashmatch.engine.store import SignalRecord, SignalStore
+from hashmatch.server.cli import cli
+from hashmatch.server.testing import running_server
+
+TREES = ("local", "server", "rescan")
+BROKEN = {"cut.jpg": "corrupt", "photo.heic": "unsupported"}
+
+
+def _truncated_jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(ORIGINALS["chelsea"]()).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()[:700]
+
+
+def _heic() -> bytes:
+    """An ISO-BMFF 'heic' brand header and then bytes no image decoder here reads."""
+    rng = np.random.default_rng(15)
+    return b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + rng.bytes(3000)
+
+
+BLOBS = {
+    "astronaut.png": _png(ORIGINALS["astronaut"]()),
+    "cut.jpg": _truncated_jpeg(),
+    "photo.heic": _heic(),
+}
+
+
+def _digest(name: str, algorithm: str = "md5") -> str:
+    return hashlib.new(algorithm, BLOBS[name]).hexdigest()
+
+
+def _md5_list(names) -> list[SignalRecord]:
+    """The generated list: the MD5s of the broken files (as a partner shares them)."""
+    return [SignalRecord("md5", _digest(n), external_id=n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def settled(tmp_path_factory):
+    """One tree per test (the files of BLOBS, mtimes an hour back), waited on until
+    every ctime is old enough for a scan to trust."""
+    base = tmp_path_factory.mktemp("digests")
+    hour_ago = time.time_ns() - 3600 * 10**9
+    for tree in TREES:
+        (base / tree).mkdir()
+        for name, blob in BLOBS.items():
+            (base / tree / name).write_bytes(blob)
+            os.utime(base / tree / name, ns=(hour_ago, hour_ago))
+    time.sleep(RACY_MTIME_NS / 1e9 + 0.1)
+    for name, reason in BROKEN.items():  # the premise: these really fail to decode
+        assert hash_file(str(base / "local" / name), ("pdq",)).reason == reason
+    return base
+
+
+def _store(data_dir: Path, list_name: str, records: list[SignalRecord]) -> None:
+    with Engine.open(data_dir, eager=False) as engine:
+        assert engine.ingest(records, list_name=list_name).rejected == 0
+
+
+def _scan(base: Path, tree: str, data_dir: Path, report: Path, **options):
+    matcher = LocalMatcher.open(data_dir)
+    try:
+        with Catalog(base / f"{tree}.sqlite") as catalog:
+            opts = ScanOptions(workers=1, progress=False, **options)
+            return scan([base / tree], catalog=catalog, matcher=matcher, report=report,
+                        options=opts)  # fmt: skip
+    finally:
+        matcher.close()
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _body(path: Path) -> list[dict]:
+    return [r for r in _records(path) if r["kind"] != "summary"]
+
+
+def _hash_calls(catalog: Path) -> int:
+    with Catalog(catalog, readonly=True) as cat:
+        return cat.counter("hash_calls")
+
+
+def test_a_failed_decode_is_still_matched_by_md5_and_sha256(settled, tmp_path):
+    """Reported as MD5 (and SHA-256) matches and as failures for PDQ; catalogued with
+    their digests; a re-run neither decodes nor reads them, a chmod costs an MD5."""
+    data = tmp_path / "data"
+    _store(data, "known", _md5_list(BROKEN))
+    sha = [SignalRecord("sha256", _digest("photo.heic", "sha256"), external_id="heic")]
+    _store(data, "known-sha", sha)
+    types = ("pdq", "md5", "sha256")
+    first = _scan(settled, "local", data, tmp_path / "1.jsonl", types=types)
+    tree = settled / "local"
+    got = [(Path(r["file"]).name, r["type"], r["external_id"], r["distance"])
+           for r in _records(tmp_path / "1.jsonl") if r["kind"] == "match"]  # fmt: skip
+    assert got == [
+        ("cut.jpg", "md5", "cut.jpg", 0),
+        ("photo.heic", "md5", "photo.heic", 0),
+        ("photo.heic", "sha256", "heic", 0),
+    ]
+    failures = {Path(r["file"]).name: r["reason"] for r in _records(tmp_path / "1.jsonl")
+                if r["kind"] == "failure"}  # fmt: skip
+    assert failures == BROKEN
+    # seen = hashed + skipped_unchanged + failed; failed_digested: of failed
+    assert (first.seen, first.hashed, first.failed, first.failed_digested) == (3, 1, 2, 2)
+    assert (first.matched_files, first.matches) == (2, 3)
+    catalog = settled / "local.sqlite"
+    with sqlite3.connect(catalog) as conn:
+        rows = conn.execute(
+            "SELECT f.path, f.status, f.md5, f.types, COUNT(h.id) FROM files f"
+            " LEFT JOIN hashes h ON h.file_id = f.id AND h.signal_type IN ('md5', 'sha256')"
+            " GROUP BY f.id ORDER BY f.path"
+        ).fetchall()
+    assert [(Path(p).name, s, m.hex(), t, n) for p, s, m, t, n in rows] == [
+        ("astronaut.png", "hashed", _digest("astronaut.png"), "pdq,md5,sha256", 2),
+        ("cut.jpg", "failed", _digest("cut.jpg"), "md5,sha256", 2),
+        ("photo.heic", "failed", _digest("photo.heic"), "md5,sha256", 2),
+    ]
+    calls = _hash_calls(catalog)
+
+    again = _scan(settled, "local", data, tmp_path / "2.jsonl", types=types)
+    assert _body(tmp_path / "2.jsonl") == _body(tmp_path / "1.jsonl")
+    assert (again.hashed, again.skipped_unchanged, again.rechecked) == (0, 1, 0)
+    assert (again.failed, again.failed_digested, again.matches) == (2, 2, 3)
+    assert _hash_calls(catalog) == calls  # the known-bad files: not decoded, not read
+
+    (tree / "cut.jpg").chmod(0o600)  # the ctime moves: read and MD5'd, not decoded
+    touched = _scan(settled, "local", data, tmp_path / "3.jsonl", types=types)
+    assert _body(tmp_path / "3.jsonl") == _body(tmp_path / "1.jsonl")
+    assert (touched.hashed, touched.skipped_unchanged, touched.rechecked) == (0, 1, 1)
+    assert (touched.failed, touched.failed_digested, touched.matches) == (2, 2, 3)
+    assert _hash_calls(catalog) == calls
+    with sqlite3.connect(catalog) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM matches").fetchone() == (3,)
+
+
+def test_through_a_server_and_by_rescan_after_the_list_arrives(settled, tmp_path):
+    """``scan --server`` reports the same MD5 matches as a local scan; a list of the
+    same MD5s shared afterwards is found by ``rescan --server``, nothing decoded."""
+    served = tmp_path / "served"
+    _store(served, "known", _md5_list(BROKEN))
+    local = tmp_path / "local.jsonl"
+    matcher = LocalMatcher.open(served)
+    with Catalog(tmp_path / "local.sqlite") as catalog:
+        scan([settled / "server"], catalog=catalog, matcher=matcher, report=local,
+             options=ScanOptions(workers=0, progress=False))  # fmt: skip
+    matcher.close()
+    tenants = {"scanner": (["match", "export", "write"], True)}
+    with running_server(served, tenants=tenants) as ts:
+        token = ts.tokens["scanner"]
+        remote_catalog = tmp_path / "remote.sqlite"
+        remote = tmp_path / "remote.jsonl"
+        result = CliRunner().invoke(
+            cli,
+            ["scan", str(settled / "server"), "--server", ts.target, "--token", token,
+             "--catalog", str(remote_catalog), "--workers", "0", "--out", str(remote),
+             "--no-progress"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert _body(remote) == _body(local)
+        matches = [(Path(r["file"]).name, r["type"], r["list"]) for r in _body(remote)
+                   if r["kind"] == "match"]  # fmt: skip
+        assert matches == [("cut.jpg", "md5", "known"), ("photo.heic", "md5", "known")]
+        assert _records(remote)[-1]["failed_digested"] == 2
+
+        def rescan_cli(out: Path) -> list[dict]:
+            done = CliRunner().invoke(
+                cli,
+                ["rescan", "--server", ts.target, "--token", token,
+                 "--catalog", str(remote_catalog), "--out", str(out)],
+            )  # fmt: skip
+            assert done.exit_code == 0, done.output
+            return _records(out)
+
+        assert [r["kind"] for r in rescan_cli(tmp_path / "r0.jsonl")] == ["summary"]
+        client = ts.client("scanner")
+        from hashmatch.server.client import signal
+
+        added = client.ingest("partner-b", [signal("md5", _digest(n)) for n in BROKEN])
+        assert added.added == 2
+        got = rescan_cli(tmp_path / "r1.jsonl")
+    assert [(Path(r["file"]).name, r["type"], r["list"]) for r in got[:-1]] == [
+        ("cut.jpg", "md5", "partner-b"),
+        ("photo.heic", "md5", "partner-b"),
+    ]
+
+
+def test_a_local_rescan_finds_a_failed_files_md5_shared_later(settled, tmp_path, monkeypatch):
+    """Scanned before anyone listed them: no match, two failures. The MD5 list arrives;
+    the rescan matches the failed files from their catalogued digests, hashing nothing."""
+    data = tmp_path / "data"
+    (pdq,) = hash_media(_png(ORIGINALS["coffee"]()), ["pdq"])
+    _store(data, "early", [SignalRecord("pdq", pdq.hex)])  # nothing here matches
+    first = _scan(settled, "rescan", data, tmp_path / "scan.jsonl")
+    assert (first.failed, first.failed_digested, first.matches) == (2, 2, 0)
+    catalog_path = settled / "rescan.sqlite"
+    calls = _hash_calls(catalog_path)
+    with Catalog(catalog_path) as catalog, Engine.open(data, eager=False) as engine:
+        assert rescan(catalog, engine.store).new == []  # caught up: nothing new
+    _store(data, "partner", _md5_list(BROKEN))
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a rescan must not hash or decode media")
+
+    monkeypatch.setattr(hashing_module, "hash_media", boom)
+    monkeypatch.setattr(decode_module, "decode_image", boom)
+    with Catalog(catalog_path) as catalog:
+        store = SignalStore(data / "store.sqlite", create=False)
+        try:
+            result = rescan(catalog, store, report=tmp_path / "rescan.jsonl")
+        finally:
+            store.close()
+    got = [(Path(r["file"]).name, r["type"], r["external_id"])
+           for r in _records(tmp_path / "rescan.jsonl") if r["kind"] == "match"]  # fmt: skip
+    assert got == [("cut.jpg", "md5", "cut.jpg"), ("photo.heic", "md5", "photo.heic")]
+    assert len(result.new) == 2
+    assert _hash_calls(catalog_path) == calls
+
+
+def test_a_file_that_could_not_be_read_has_no_digest(tmp_path):
+    """Unreadable (vanished, not a regular file, past --max-bytes) or empty: nothing was
+    read, so nothing is matched; a decode failure carries its digests."""
+    (tmp_path / "cut.jpg").write_bytes(BLOBS["cut.jpg"])
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    (tmp_path / "dir.jpg").mkdir()
+    (tmp_path / "big.jpg").write_bytes(BLOBS["cut.jpg"] * 2)
+    types = ("pdq", "md5")
+    for name, reason in (
+        ("gone.jpg", "not-found"),
+        ("dir.jpg", "not-a-file"),
+        ("empty.jpg", "empty"),
+    ):
+        got = hash_file(str(tmp_path / name), types)
+        assert (got.reason, got.types, got.hashes) == (reason, (), []), name
+    from hashmatch.engine.hashing import HashOptions
+
+    limits = decode_module.DecodeLimits(max_bytes=1000)
+    big = hash_file(str(tmp_path / "big.jpg"), types, HashOptions(limits=limits))
+    assert (big.reason, big.md5, big.hashes) == ("too-large", None, [])
+    cut = hash_file(str(tmp_path / "cut.jpg"), types)
+    assert (cut.reason, cut.types) == ("corrupt", ("md5",))
+    assert cut.hashes[0].codes.tobytes().hex() == _digest("cut.jpg") == cut.md5.hex()
