@@ -616,9 +616,14 @@ def trusted_time(stamp_ns: int, now_ns: int | None = None) -> int | None:
     return None if now_ns - stamp_ns < RACY_MTIME_NS else stamp_ns
 
 
-def same_stat(rec: FileRecord, entry: Entry) -> bool:
+#: ScanOptions.check_stat's values: what same_stat compares.
+CHECK_STAT_MODES = ("full", "minimal")
+
+
+def same_stat(rec: FileRecord, entry: Entry, *, minimal: bool = False) -> bool:
     """Whether the walk's stat of ``entry`` proves its bytes are those catalogued in
-    ``rec``: same size, mtime, inode number and ctime (none unknown).
+    ``rec``: same size, mtime, inode number and ctime (none unknown); ``minimal``:
+    same size and mtime only.
 
     Why all four (git's index does the same): size and mtime alone kept a file replaced
     by other bytes of the same size under a restored mtime (``cp -p``, ``rsync -a``,
@@ -631,11 +636,19 @@ def same_stat(rec: FileRecord, entry: Entry) -> bool:
     network or removable filesystem is mounted again, with every file unchanged. A
     tree copied to another disk gets new inodes and ctimes anyway, so its files are
     each read and MD5-checked once (not decoded).
+
+    ``minimal`` (git's ``core.checkStat=minimal``): on a filesystem that makes inode
+    numbers up (CIFS ``noserverino``, sshfs without ``-o use_ino``) every file's inode
+    differs on each mount, so every re-run read and MD5'd every file. Size and mtime
+    alone miss a same-size replacement under a restored mtime: the price of the opt-in.
     """
+    same_content = (
+        rec.size == entry.size and rec.mtime_ns is not None and rec.mtime_ns == entry.mtime_ns
+    )
+    if minimal:
+        return same_content
     return (
-        rec.size == entry.size
-        and rec.mtime_ns is not None
-        and rec.mtime_ns == entry.mtime_ns
+        same_content
         and rec.ino is not None
         and rec.ino == entry.ino
         and rec.ctime_ns is not None
@@ -1227,6 +1240,11 @@ class ScanOptions:
     # return, a long still-image decode) before the scan kills it: scan_watchdog.
     stall_grace: float = STALL_GRACE
     dihedral: bool = False
+    # What proves a file unchanged since it was catalogued (same_stat): "full" = size,
+    # mtime, inode and ctime (git's default); "minimal" = size and mtime only (git's
+    # core.checkStat=minimal), for filesystems that make inode numbers up (CIFS
+    # noserverino, sshfs without use_ino) or whose ctimes move on their own
+    check_stat: str = "full"
     # PDQ from JPEG luma (1), also shrunk in the DCT domain (2): HashOptions.fast_decode.
     # Faster, not pdqhash-identical; files hashed so are re-hashed by an exact scan.
     fast_decode: int = 0
@@ -1245,6 +1263,10 @@ class Scanner:
         self.catalog = catalog
         self.matcher = matcher
         self.options = options
+        if options.check_stat not in CHECK_STAT_MODES:
+            raise errors.InvalidInput(
+                f"check_stat must be one of {', '.join(CHECK_STAT_MODES)}", field="check_stat"
+            )
         if not options.types:  # every file would fail "no requested type applies"
             raise errors.InvalidInput("give at least one signal type", field="types")
         for name in options.types:
@@ -1294,7 +1316,12 @@ class Scanner:
         started = time.monotonic()
         self.run_id = self.catalog.start_run(
             "scan",
-            {"types": list(opts.types), "dihedral": opts.dihedral, "fast_decode": opts.fast_decode},
+            {
+                "types": list(opts.types),
+                "dihedral": opts.dihedral,
+                "fast_decode": opts.fast_decode,
+                "check_stat": opts.check_stat,
+            },
         )
         self.summary.run_id = self.run_id
         self.progress = Progress(None, enabled=opts.progress, every=opts.log_every, counter=counter)
@@ -1379,7 +1406,7 @@ class Scanner:
                     # a known-bad file's verdict (and digests) hold while its bytes do
                     verdict = self._verdict_stands(rec, e)
                     reusable = verdict or self._hashes_reusable(rec, e)
-                    if reusable and same_stat(rec, e):
+                    if reusable and self._same_stat(rec, e):
                         self._pending_skipped.append(rec.id)
                         self._pending_skipped_paths.append(e.path)
                         if verdict:  # counted as failed (it is one in the report) in _flush
@@ -1509,6 +1536,9 @@ class Scanner:
         self.summary.videos_without_vpdq += 1
         if len(self.summary.videos_without_vpdq_named) < VIDEOS_WITHOUT_VPDQ_NAMED:
             self.summary.videos_without_vpdq_named.append(path)
+
+    def _same_stat(self, rec: FileRecord, entry: Entry) -> bool:
+        return same_stat(rec, entry, minimal=self.options.check_stat == "minimal")
 
     def _verdict_stands(self, rec: FileRecord | None, entry: Entry) -> bool:
         """The catalogued failure of this path is one its bytes decide (``empty``,

@@ -33,7 +33,7 @@ HASHMATCH = str(Path(sys.executable).with_name("hashmatch"))
 #: bytes after IEND)
 SIZE = 200_000
 NAMES = ("other.png", "plain.png", "victim.png")
-TREES = ("walk-inplace", "list-rename", "chmod", "upgrade")
+TREES = ("walk-inplace", "list-rename", "chmod", "upgrade", "netfs")
 
 
 def _padded(name: str) -> bytes:
@@ -66,9 +66,9 @@ def settled(tmp_path_factory):
     return base
 
 
-def _cli(base: Path, tree: str, report: Path, *, from_list: bool) -> list[dict]:
+def _cli(base: Path, tree: str, report: Path, *extra: str, from_list: bool) -> list[dict]:
     root = base / tree
-    args = [HASHMATCH, "scan", "--types", "pdq", "--workers", "1", "--no-progress"]
+    args = [HASHMATCH, "scan", "--types", "pdq", "--workers", "1", "--no-progress", *extra]
     args += ["--data-dir", str(base / "data"), "--catalog", str(base / f"{tree}.sqlite")]
     args += ["--out", str(report)]
     listing = None
@@ -215,3 +215,31 @@ def test_a_catalog_without_inodes_and_ctimes_checks_each_file_once(settled, tmp_
     settled_again = _scan(settled, "upgrade", tmp_path / "3.jsonl")
     assert (settled_again.skipped_unchanged, settled_again.rechecked) == (3, 0)
     assert _match_lines(tmp_path / "3.jsonl") == _match_lines(tmp_path / "1.jsonl")
+
+
+def test_check_stat_minimal_trusts_size_and_mtime_alone(settled, tmp_path):
+    """On a filesystem that makes inode numbers up (CIFS ``noserverino``, sshfs without
+    ``-o use_ino``) every re-run read and MD5'd every file. ``--check-stat minimal``
+    (git's ``core.checkStat=minimal``) skips a file whose inode and ctime alone moved,
+    unread; the default still reads and MD5s it (no decode either way)."""
+    catalog = settled / "netfs.sqlite"
+    first = _cli(settled, "netfs", tmp_path / "1.jsonl", from_list=False)
+    calls = _hash_calls(catalog)
+    victim = settled / "netfs" / "victim.png"
+    before = victim.stat()
+    _replace_by_rename(victim, victim.read_bytes())  # the same bytes, as a remount shows them
+    after = victim.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert (after.st_ino, after.st_ctime_ns) != (before.st_ino, before.st_ctime_ns)
+
+    minimal = _cli(settled, "netfs", tmp_path / "2.jsonl", "--check-stat", "minimal",
+                   from_list=False)  # fmt: skip
+    assert (minimal[-1]["hashed"], minimal[-1]["skipped_unchanged"]) == (0, 3)
+    assert minimal[-1]["rechecked"] == 0  # not even read
+    assert _matches(minimal) == _matches(first) == [("other.png", "chelsea"),
+                                                    ("victim.png", "coffee")]  # fmt: skip
+
+    full = _cli(settled, "netfs", tmp_path / "3.jsonl", from_list=False)
+    assert (full[-1]["hashed"], full[-1]["skipped_unchanged"], full[-1]["rechecked"]) == (0, 3, 1)
+    assert _matches(full) == _matches(first)
+    assert _hash_calls(catalog) == calls  # read and MD5'd, never decoded

@@ -103,6 +103,14 @@ def _print_summary(summary: dict) -> None:
 )
 @file_timeout_option("it fails as 'timeout'")
 @click.option("--no-follow-symlinks", is_flag=True, help="Do not follow symbolic links.")
+@click.option(
+    "--check-stat",
+    type=click.Choice(["full", "minimal"]),
+    default="full",
+    show_default=True,
+    help="What proves a file unchanged: size, mtime, inode and ctime, or (minimal, for "
+    "filesystems that make inode numbers up: CIFS noserverino, sshfs) size and mtime.",
+)
 @click.option("--no-match", is_flag=True, help="Only hash into the catalog; no lookups.")
 @click.option(
     "--progress/--no-progress",
@@ -134,6 +142,7 @@ def scan_command(
     max_video_frames,
     file_timeout,
     no_follow_symlinks,
+    check_stat,
     no_match,
     progress,
 ) -> None:
@@ -169,6 +178,7 @@ def scan_command(
                 workers=workers,
                 batch_size=batch_size,
                 follow_symlinks=not no_follow_symlinks,
+                check_stat=check_stat,
                 max_bytes=max_bytes,
                 max_video_frames=max_video_frames,
                 file_timeout=file_timeout or None,
