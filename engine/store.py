@@ -225,6 +225,9 @@ class IngestReport:
     batches: int = 0
     seconds: float = 0.0
     rejections: list[Rejection] = field(default_factory=list)
+    # the audit rows of the batches written so far (the last may be rolled back): what
+    # Store.ingest recounts the committed batches from when it is stopped part way
+    batch_audit_ids: list[int] = field(default_factory=list, repr=False)
 
     @property
     def accepted(self) -> int:
@@ -1176,6 +1179,7 @@ class SignalStore:
         started = time.perf_counter()
         report = IngestReport(list_name=list_name)
         conn = self.conn()
+        ingest_id = time.time_ns()
         with self.write_lock:
             if strict:  # everything, even creating the list, in one transaction
                 self._begin(conn)
@@ -1188,7 +1192,6 @@ class SignalStore:
                 if create:
                     _check_name(list_name, "list_name")  # refused before reading the file
                 list_id = None if create else self._writable_list_id(conn, list_name, tenant)
-                ingest_id = time.time_ns()
                 seen = 0
                 # Parsing (Python, holds the GIL) runs in a helper thread while this one
                 # waits in SQLite (which releases it): the two overlap. A parser that
@@ -1239,6 +1242,9 @@ class SignalStore:
                 if in_txn:
                     self._end(conn, commit=False)
                     self._drop_fresh()
+                if not strict:  # what the committed batches stored, for the caller to say
+                    self._recount_committed(conn, report, ingest_id)
+                    exc.ingest_report = report  # type: ignore[attr-defined]
                 if isinstance(exc, InvalidInput) and not strict and report.batches:
                     # e.g. a non-UTF-8 byte deep in the file: the batches before it are
                     # stored, and the error must not read as "nothing happened". The
@@ -1254,6 +1260,31 @@ class SignalStore:
         report.rejections.sort(key=lambda r: (r.line is None, r.line or 0, r.index or 0))
         report.seconds = time.perf_counter() - started
         return report
+
+    @staticmethod
+    def _recount_committed(conn: sqlite3.Connection, report: IngestReport, ingest_id: int) -> None:
+        """Set ``report``'s batches, added, updated and unchanged to what the committed
+        batches of ingest ``ingest_id`` stored, read from their audit rows (committed in
+        the same transaction as the batch).
+
+        Why: a stop signal (Ctrl-C) raises where the main thread is; landing in a batch's
+        COMMIT (its fsync), it leaves that batch committed but not yet counted, and the
+        caller's "N signals were stored before the stop" would be one batch short. A
+        rolled-back batch's audit row is gone (its id may be another's by now: hence the
+        ingest id)."""
+        if not report.batch_audit_ids:
+            return
+        with contextlib.suppress(sqlite3.Error):  # a damaged store: keep the running count
+            row = conn.execute(
+                "SELECT COUNT(*), TOTAL(json_extract(details, '$.added')),"
+                " TOTAL(json_extract(details, '$.updated')),"
+                " TOTAL(json_extract(details, '$.unchanged')) FROM audit_log"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND action = 'ingest'"
+                " AND json_extract(details, '$.ingest_id') = ?",
+                (json.dumps(report.batch_audit_ids), ingest_id),
+            ).fetchone()
+            report.batches = int(row[0])
+            report.added, report.updated, report.unchanged = (int(x) for x in row[1:])
 
     def _ingest_batch(
         self,
@@ -1348,7 +1379,7 @@ class SignalStore:
                 if items:
                     self._write_group(conn, st, items, codes, fps, list_id, ingest_id, now,
                                       report, counts)  # fmt: skip
-            self._audit(
+            audit_id = self._audit(
                 conn,
                 actor,
                 "ingest",
@@ -1366,6 +1397,7 @@ class SignalStore:
                     "last_line": lines[-1] if lines else None,
                 },
             )
+            report.batch_audit_ids.append(audit_id)  # before COMMIT: a stop may come in it
         except BaseException:
             if not strict:
                 self._end(conn, commit=False)
@@ -2301,13 +2333,14 @@ class SignalStore:
         count: int,
         source: str | None = None,
         details: dict | None = None,
-    ) -> None:
-        conn.execute(
+    ) -> int:
+        """Append an audit entry in ``conn``'s transaction; its row id."""
+        return conn.execute(
             "INSERT INTO audit_log(at, actor, action, list_name, count, source, details)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (time.time(), actor or "unknown", action, list_name, int(count), source,
              json.dumps(details or {}, default=str)),
-        )  # fmt: skip
+        ).lastrowid  # fmt: skip
 
     def record(
         self,

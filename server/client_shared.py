@@ -1067,12 +1067,15 @@ class IngestPlan:
 
     @contextmanager
     def reporting(self) -> Iterator[None]:
-        """A failed call's RpcError gets ``signals_sent`` (the most any attempt sent)
-        and ``signals_total``."""
+        """A failed call's RpcError, or the stop that ended it (KeyboardInterrupt, the
+        CLI's stop signal: any BaseException that is no Exception), gets ``signals_sent``
+        (the most any attempt sent) and ``signals_total``: the CLI says how much of an
+        interrupted ingest may be stored."""
         try:
             yield
-        except grpc.RpcError as exc:
-            exc.signals_sent, exc.signals_total = self.most_sent, self.total  # type: ignore[attr-defined]
+        except BaseException as exc:
+            if isinstance(exc, grpc.RpcError) or not isinstance(exc, Exception):
+                exc.signals_sent, exc.signals_total = self.most_sent, self.total  # type: ignore[attr-defined]
             raise
 
     def checked(

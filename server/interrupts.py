@@ -105,6 +105,19 @@ def exit(status: int) -> None:
     os._exit(status)
 
 
+def say_ingest_stopped(what_is_stored: str) -> None:
+    """On stderr, for an ingest a stop signal ended (local or remote): what of its file
+    is stored, and that running it again finishes the job without harm (before the
+    caller's ``hashmatch: interrupted (...)`` line)."""
+    with contextlib.suppress(OSError):  # a closed terminal (SIGHUP): nobody to tell
+        print(
+            f"{what_is_stored}\n  re-run the same command to finish: ingest is idempotent"
+            " (what was stored counts as unchanged: no duplicates, labels kept)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def wait_in_steps(wait: Callable[[float], bool], timeout: float) -> bool:
     """``wait(timeout)`` in steps of :data:`WAIT_STEP_SECONDS`; True as soon as one step is.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -178,3 +179,140 @@ def test_a_scan_report_piped_into_head_ends_quietly(tmp_path):
     stderr = err.decode()
     assert "Error" not in stderr and "Traceback" not in stderr, stderr
     assert proc.returncode in (1, 141), stderr
+
+
+# ------------------------------------------------------------ ingest stopped part way
+
+N_SIGNALS = 30_000
+
+
+@pytest.fixture(scope="module")
+def hash_list(tmp_path_factory) -> Path:
+    """A partner's CSV of N_SIGNALS PDQ hashes, each with labels and an external id."""
+    path = tmp_path_factory.mktemp("lists") / "partner.csv"
+    rng = np.random.default_rng(11)
+    rows = [f"pdq,{rng.bytes(32).hex()},csam;batch{i % 5},id{i}" for i in range(N_SIGNALS)]
+    path.write_text("signal_type,signal_value,labels,external_id\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _stored(store: Path, list_name: str) -> list[tuple]:
+    """A list's signals as an operator sees them (every column a user gave)."""
+    if not store.exists():
+        return []
+    conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
+    try:
+        return conn.execute(
+            "SELECT s.signal_type, hex(s.code), s.labels, s.external_id, s.quality,"
+            " s.expires_at, s.retracted_at FROM signals s JOIN hash_lists l ON l.id = s.list_id"
+            " WHERE l.name = ? ORDER BY s.signal_type, s.code",
+            (list_name,),
+        ).fetchall()
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        conn.close()
+
+
+def _count(store: Path) -> int:
+    try:
+        conn = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=30)
+    except sqlite3.OperationalError:
+        return 0
+    try:
+        return conn.execute("SELECT COUNT(*) FROM signals").fetchone()[0]
+    except sqlite3.OperationalError:  # the store is being created
+        return 0
+    finally:
+        conn.close()
+
+
+def _stop_once_stored(proc: subprocess.Popen, store: Path, signum: int, at_least: int) -> str:
+    """Send ``signum`` once ``store`` holds ``at_least`` signals; the CLI's stderr."""
+    deadline = time.monotonic() + 120
+    while _count(store) < at_least:
+        assert proc.poll() is None, "the ingest ended before it could be interrupted"
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"fewer than {at_least} signals stored in 120 s")
+        time.sleep(0.01)
+    os.kill(proc.pid, signum)
+    _, err = proc.communicate(timeout=60)
+    stderr = err.decode()
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr and "Aborted!" not in stderr, stderr
+    assert stderr.rstrip().splitlines()[-1] == f"hashmatch: interrupted ({signum.name})"
+    assert "re-run the same command to finish: ingest is idempotent" in stderr
+    return stderr
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(hash_list, tmp_path_factory) -> list[tuple]:
+    """The store an ingest of ``hash_list`` that nothing stopped leaves."""
+    data_dir = tmp_path_factory.mktemp("reference") / "data"
+    done = subprocess.run(
+        [sys.executable, "-c", CLI, "ingest", str(hash_list), "--list", "partner",
+         "--data-dir", str(data_dir)],
+        capture_output=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    rows = _stored(data_dir / "store.sqlite", "partner")
+    assert len(rows) == N_SIGNALS and all("csam" in labels for _, _, labels, *_ in rows)
+    return rows
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_an_ingest_stopped_part_way_says_what_it_stored_and_a_rerun_completes_it(
+    tmp_path, hash_list, uninterrupted, signum
+):
+    """Stopped mid-file, ``ingest`` printed only "interrupted (SIGTERM)": nothing said
+    whether half a partner's list was in, nor whether running it again duplicates it."""
+    data_dir = tmp_path / "data"
+    args = ["ingest", str(hash_list), "--list", "partner", "--batch-size", "2000",
+            "--data-dir", str(data_dir)]  # fmt: skip
+    stderr = _stop_once_stored(_hashmatch(args), data_dir / "store.sqlite", signum, 4000)
+
+    said = re.search(r"stopped after (\d+) committed batch\(es\): ([\d,]+) signal\(s\)", stderr)
+    assert said, stderr
+    batches, stored = int(said[1]), int(said[2].replace(",", ""))
+    in_store = _stored(data_dir / "store.sqlite", "partner")
+    assert stored == len(in_store) == 2000 * batches, stderr  # exact: what is committed
+    assert 4000 <= stored < N_SIGNALS
+
+    rerun = subprocess.run(
+        [sys.executable, "-c", CLI, *args], capture_output=True, timeout=300
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    assert (
+        f"added {N_SIGNALS - stored}, updated 0, unchanged {stored}, rejected 0"
+        in rerun.stdout.decode()
+    )
+    assert _stored(data_dir / "store.sqlite", "partner") == uninterrupted
+
+
+def test_a_remote_ingest_stopped_part_way_says_what_was_sent_and_a_rerun_completes_it(
+    tmp_path, hash_list, uninterrupted
+):
+    """The same for ``remote ingest``: the server commits each message as it comes, so
+    the client names what it sent (an upper bound of what is stored)."""
+    from hashmatch.server.testing import running_server
+
+    with running_server(tmp_path / "server") as served:
+        args = ["remote", "--server", served.target, "ingest", "partner", str(hash_list),
+                "--batch-size", "500"]  # fmt: skip
+        store = tmp_path / "server" / "store.sqlite"
+        stderr = _stop_once_stored(_hashmatch(args), store, signal.SIGINT, 2000)
+
+        said = re.search(rf"stopped with ([\d,]+) of {N_SIGNALS:,} signal\(s\) sent", stderr)
+        assert said, stderr
+        sent = int(said[1].replace(",", ""))
+        time.sleep(0.5)  # the server's handler ends with the cancelled stream
+        assert 2000 <= len(_stored(store, "partner")) <= sent < N_SIGNALS
+
+        rerun = subprocess.run(
+            [sys.executable, "-c", CLI, *args], capture_output=True, timeout=300
+        )  # fmt: skip
+        assert rerun.returncode == 0, rerun.stderr.decode()
+        reply = json.loads(rerun.stdout)
+        assert reply["added"] + reply["unchanged"] == N_SIGNALS and reply.get("rejected", 0) == 0
+        assert _stored(store, "partner") == uninterrupted

@@ -845,6 +845,8 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     Example:
       hashmatch remote ingest partner-a hashes.csv --source partner-a-2026-11
     """
+    from hashmatch.server.interrupts import Interrupted
+
     with _readable_twice(file) as path:
         fmt = None if fmt == "auto" else fmt
         try:
@@ -858,8 +860,12 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
         if not parsed.lines:  # nothing parsed: say why instead of the server's "no signals"
             shown = "\n  ".join(parsed.unparsed[:20]) or "the file holds no signals"
             raise click.ClickException(f"{file}: nothing to ingest:\n  {shown}")
-        reply = client.ingest(list_name, parsed.signals, total=len(parsed.lines), source=source,
-                              strict=strict, batch_size=batch_size)  # fmt: skip
+        try:
+            reply = client.ingest(list_name, parsed.signals, total=len(parsed.lines),
+                                  source=source, strict=strict, batch_size=batch_size)  # fmt: skip
+        except Interrupted as exc:  # then `hashmatch: interrupted (SIGINT)`, exit 130
+            _say_remote_ingest_stopped(file, exc, list_name)
+            raise
     lines = parsed.lines
     data = message_json(reply)
     for item in data.get("rejections", []):  # stream index -> the file's line
@@ -879,6 +885,24 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     # not read that as success
     if data["rejected"] and not (reply.added or reply.updated or reply.unchanged):
         raise click.ClickException(f"{file}: nothing stored: all {data['rejected']} rejected")
+
+
+def _say_remote_ingest_stopped(file: str, exc: BaseException, list_name: str) -> None:
+    """On stderr: how much of FILE a stop signal may have left stored on the server,
+    and that a re-run is safe. The server commits each message as it arrives and
+    acknowledges none before the reply, so what was sent is an upper bound."""
+    from hashmatch.server.interrupts import say_ingest_stopped
+
+    sent = getattr(exc, "signals_sent", 0)
+    total = getattr(exc, "signals_total", None)
+    of = f" of {total:,}" if total is not None else ""
+    said = (
+        f"{file}: stopped with {sent:,}{of} signal(s) sent: the server stores each message"
+        f" as it arrives, so up to {sent:,} are stored into {list_name!r}, none after them"
+        if sent
+        else f"{file}: stopped before any signal was sent: nothing was stored"
+    )
+    say_ingest_stopped(said)
 
 
 @remote.command("retract")

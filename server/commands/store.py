@@ -15,7 +15,7 @@ import shlex
 import sqlite3
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -486,6 +486,7 @@ def ingest_command(
     """
     from hashmatch.engine.ingest import check_source, read_records
     from hashmatch.engine.store import IngestRefused
+    from hashmatch.server.interrupts import Interrupted
 
     if signal_type:
         signal_type = signal_types.get(signal_type, field="--type").name
@@ -498,7 +499,7 @@ def ingest_command(
     failed = False
     with _engine(data_dir, create=True, resumable=True) as engine:
         _say_what_is_new(engine, list_name)
-        for path in files:
+        for number, path in enumerate(files):
             bar = _bar(None, f"ingest {Path(path).name}")
             last = [0]
 
@@ -522,6 +523,9 @@ def ingest_command(
                 click.echo(
                     f"{path}: REFUSED (strict): {report.rejected} bad line(s), nothing written"
                 )
+            except Interrupted as exc:  # then `hashmatch: interrupted (SIGINT)`, exit 130
+                _say_ingest_stopped(path, exc, list_name, strict, files[number + 1 :])
+                raise
             except InvalidInput as exc:  # the file as a whole (a CSV header): which file?
                 if exc.field == "file":  # the message names it
                     raise
@@ -550,6 +554,31 @@ def ingest_command(
                 click.echo(f"  ... and {report.rejected - show} more bad line(s)", err=True)
     if failed:
         sys.exit(1)
+
+
+def _say_ingest_stopped(
+    path: str, exc: BaseException, list_name: str, strict: bool, not_started: Sequence[str]
+) -> None:
+    """On stderr: how much of ``path`` a stop signal left stored, and that a re-run is
+    safe. Why: the bare "interrupted (SIGTERM)" left an operator to guess whether a
+    10M-line file was half in, and whether running it again would duplicate it."""
+    from hashmatch.server.interrupts import say_ingest_stopped
+
+    report = getattr(exc, "ingest_report", None)
+    if strict:
+        said = f"{path}: stopped: nothing of it was written (--strict: one transaction)"
+    elif report is None:  # stopped outside the store's ingest (the file was done)
+        return
+    else:
+        stored = report.added + report.updated + report.unchanged
+        said = (
+            f"{path}: stopped after {report.batches} committed batch(es): {stored:,} signal(s)"
+            f" stored into {list_name!r} (added {report.added}, updated {report.updated},"
+            f" unchanged {report.unchanged}); the batch in flight was rolled back"
+        )
+    if not_started:
+        said += f"; not started: {', '.join(not_started)}"
+    say_ingest_stopped(said)
 
 
 def _name_still_retracted(report) -> None:
