@@ -55,6 +55,7 @@ from hashmatch.engine.errors import (
     MediaTooLarge,
     UnsupportedMedia,
 )
+from hashmatch.engine.media_limits import LOCAL_MAX_VIDEO_FRAMES, MAX_FRAMES
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class DecodeLimits:
     # plausible media: animations have hundreds to a few thousand frames, and vPDQ's
     # default one hash a second is 2 h 46 min of video. Over it: MediaTooLarge, never
     # a silently partial answer.
-    max_frames: int = 10_000
+    max_frames: int = MAX_FRAMES
     # A video's sampled frames alone, when they may run longer than an animation's
     # frames (None: ``max_frames``). Why apart: ``hash`` and ``scan`` read the operator's
     # own files, where films run past 2 h 46 min, so they raise the video cap to 100k;
@@ -86,6 +87,9 @@ class DecodeLimits:
 
 
 DEFAULT_LIMITS = DecodeLimits()
+#: The operator's own files (``hash``, ``scan``'s default, ``match``): films may run past
+#: 2 h 46 min; an animation keeps MAX_FRAMES.
+LOCAL_LIMITS = DecodeLimits(max_video_frames=LOCAL_MAX_VIDEO_FRAMES)
 
 Source = bytes | bytearray | memoryview | str | Path
 _T = TypeVar("_T")  # what a guarded decoding step returns

@@ -61,6 +61,7 @@ from hashmatch.engine.catalog import (
     FileRecord,
     MatchRow,
 )
+from hashmatch.engine.media_limits import LOCAL_MAX_VIDEO_FRAMES
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
 from hashmatch.engine.video_formats import is_video_path
 
@@ -1214,8 +1215,6 @@ class ScanSummary:
 
 #: how many of the videos a scan without a video type saw its summary names
 VIDEOS_WITHOUT_VPDQ_NAMED = 5
-#: 27 h 46 min of video at vPDQ's default one hash a second.
-SCAN_MAX_VIDEO_FRAMES = 100_000
 DEFAULT_FILE_TIMEOUT = 3600.0
 
 
@@ -1231,7 +1230,7 @@ class ScanOptions:
     # vPDQ sampled frames per video. Higher than DecodeLimits' 10_000 (2 h 46 min at one
     # hash a second), which guards the server against uploads: a scan reads the
     # platform's own store, where films and stream recordings run longer.
-    max_video_frames: int = SCAN_MAX_VIDEO_FRAMES
+    max_video_frames: int = LOCAL_MAX_VIDEO_FRAMES
     # Seconds one video (or animation) may take to hash before it fails as "timeout"
     # (None: no limit). An hour per file: ordinary uploads take seconds; a recording
     # many hours long may need more (it fails as "timeout", which the next scan retries).

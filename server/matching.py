@@ -14,6 +14,7 @@ from hashmatch.engine.decode import DecodeLimits
 from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, MediaTooLarge
 from hashmatch.engine.hashing import HashOptions, hash_media
 from hashmatch.engine.matcher import LOW_QUALITY_MATCH_QUALITY_STORED, LOW_QUALITY_SKIP
+from hashmatch.engine.media_limits import MAX_FRAMES
 from hashmatch.server import convert
 from hashmatch.server.errors import Overloaded
 from hashmatch.v1 import common_pb2, matcher_pb2
@@ -102,8 +103,14 @@ def hash_options(
     pdqhash's one-DCT dihedral codes, the ones partners' tools produce. ``checkpoint``
     (the call's deadline check) stops a running video or animation hash once the
     client has gone."""
+    # Frames: MAX_FRAMES for videos too, deliberately below the CLI's LOCAL_MAX_VIDEO_FRAMES
+    # for the operator's own files: uploads are callers' bytes, each sampled frame costs
+    # CPU on the serving host and rows in the reply (README, "Errors and limits").
     limits = DecodeLimits(
-        max_bytes=host.config.max_media_bytes, max_pixels=host.config.max_media_pixels
+        max_bytes=host.config.max_media_bytes,
+        max_pixels=host.config.max_media_pixels,
+        max_frames=MAX_FRAMES,
+        max_video_frames=MAX_FRAMES,
     )
     return HashOptions(
         dihedral=dihedral,

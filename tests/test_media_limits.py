@@ -160,6 +160,31 @@ def test_hash_all_frames_keeps_the_animation_cap_where_videos_get_100k(run, tmp_
         hash_video(clip, seconds_per_hash=0, limits=limits)
 
 
+def test_match_takes_a_film_as_hash_and_scan_do_and_the_server_keeps_its_cap(run, tmp_path):
+    """``match film.mp4`` kept the 10k-frame upload cap while ``hash`` and ``scan`` take
+    100k sampled frames of the operator's own files: a film over 2 h 46 min hashed and
+    scanned, and match refused it. One constant now; the server's 10k is deliberate."""
+    from hashmatch.engine.media_limits import LOCAL_MAX_VIDEO_FRAMES, MAX_FRAMES
+    from hashmatch.engine.scan import ScanOptions
+    from hashmatch.server.commands.scan import scan_command
+
+    (frames_option,) = [p for p in scan_command.params if p.name == "max_video_frames"]
+    assert ScanOptions().max_video_frames == frames_option.default == LOCAL_MAX_VIDEO_FRAMES
+    film = _mp4(tmp_path / "film.mp4", frames=MAX_FRAMES + 10, fps=1.0, size=16)  # 2 h 46 min
+    listed = tmp_path / "film.csv"  # the film's vPDQ as a list `ingest` reads
+    listed.write_text(run("hash", str(film), "--types", "vpdq", "--format", "te").output)
+    assert run("ingest", str(listed), "--list", "films").output.count("added 1,") == 1
+
+    found = json.loads(run("match", str(film), "--media-type", "vpdq", "--json").output)
+    assert [m["list_name"] for m in found[0]["matches"]] == ["films"]
+    assert found[0]["matches"][0]["query_match_pct"] == 100
+    # uploads: the server's own cap, deliberately the lower one
+    with running_server(tmp_path / "data") as server, pytest.raises(grpc.RpcError) as err:
+        server.client().match(media=[film.read_bytes()], media_types=["vpdq"])
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert f"{MAX_FRAMES}-frame limit" in err.value.details()
+
+
 def test_all_frames_pdq_passes_the_limits_through():
     data = _tiny_gif(4)
     limits = DecodeLimits(max_frames=3)

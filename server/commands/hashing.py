@@ -26,12 +26,11 @@ from dataclasses import replace
 import click
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.decode import DecodeLimits
+from hashmatch.engine.decode import LOCAL_LIMITS
 from hashmatch.engine.errors import HashmatchError, UnknownSignalType
 from hashmatch.engine.hashing import HashOptions, HashResult, hash_media
 from hashmatch.engine.scan import (
     DEFAULT_FILE_TIMEOUT,
-    SCAN_MAX_VIDEO_FRAMES,
     Entry,
     FileTimedOut,
     walk,
@@ -207,9 +206,9 @@ def hash_command(
         all_frames=all_frames,
         reference_resize=reference_resize,
         seconds_per_hash=seconds,
-        # local files, as scan: the server's 10k-frame upload guard would refuse films;
-        # an animation keeps the 10k cap (--all-frames hashes each frame)
-        limits=DecodeLimits(max_video_frames=SCAN_MAX_VIDEO_FRAMES),
+        # local files, as scan and match: the server's 10k-frame upload guard would
+        # refuse films; an animation keeps the 10k cap (--all-frames hashes each frame)
+        limits=LOCAL_LIMITS,
     )
     out = sys.stdout
     writer = None

@@ -21,6 +21,7 @@ from pathlib import Path
 import click
 
 from hashmatch.engine.errors import HashmatchError, is_disk_full, nearly_full
+from hashmatch.engine.media_limits import LOCAL_MAX_VIDEO_FRAMES
 from hashmatch.server.commands.hashing import file_timeout_option
 from hashmatch.server.commands.service import (
     connect,
@@ -97,7 +98,7 @@ def _print_summary(summary: dict) -> None:
 @click.option(
     "--max-video-frames",
     type=click.IntRange(min=1),
-    default=100_000,
+    default=LOCAL_MAX_VIDEO_FRAMES,
     show_default=True,
     help="vPDQ: refuse videos with more sampled frames (100k = 27 h at one a second).",
 )

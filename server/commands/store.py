@@ -803,6 +803,7 @@ def match_command(
       hashmatch match clip.mp4 clip.vpdq
       hashmatch match blurry.jpg --low-quality-queries skip
     """
+    from hashmatch.engine.decode import LOCAL_LIMITS
     from hashmatch.engine.hashing import HashOptions
     from hashmatch.engine.scan import FileTimedOut, file_hash_hex, with_time_budget
     from hashmatch.server.commands.hashing import default_media_types
@@ -813,9 +814,11 @@ def match_command(
         for query in queries:
             if Path(query).is_file():
                 # each orientation hashed exactly, as the server and `scan --dihedral` do
-                # and the stored pixels of an EXIF-oriented photo, as the server does
+                # and the stored pixels of an EXIF-oriented photo, as the server does;
+                # local files: a film's frames as `hash` and `scan` take them
                 options = with_time_budget(HashOptions(
-                    dihedral=dihedral, dihedral_exact=dihedral, exif_as_stored=True
+                    dihedral=dihedral, dihedral_exact=dihedral, exif_as_stored=True,
+                    limits=LOCAL_LIMITS,
                 ), file_timeout)  # fmt: skip
                 how = dict(
                     tenant=tenant, threshold=threshold, lists=lists or None,
