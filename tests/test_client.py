@@ -712,6 +712,46 @@ def test_remote_ingest_reads_a_videos_te_row_as_local_ingest_does(served, tmp_pa
     ]
 
 
+def test_remote_ingest_names_types_as_local_ingest_does_spaces_and_case(served, tmp_path):
+    """A CSV whose type column reads `` vpdq`` (a spreadsheet's ``, `` separator): local
+    ``ingest`` stored the video, ``remote ingest`` compared ``signal_type.lower()`` with
+    "vpdq" and sent the frame list as one hash ('vpdq hash must be 64 hex characters,
+    got 234'). Both now name types with ``signal_types.get``: the same rows stored."""
+    import sqlite3
+
+    clip = write_video(tmp_path / "clip.mp4", seed=13)
+    te = CliRunner().invoke(cli, ["hash", str(clip), "--format", "te"]).output
+    video = te.splitlines()[1]  # under the header: `vpdq,"[...]"`
+    rows = [
+        f" {video.strip()}",
+        f" pdq,{'1e' * 32}",
+        f"PDQ ,{'2f' * 32}",
+        f" hash_md5 ,{'ab' * 16}",
+    ]
+    listed = tmp_path / "spaced.csv"
+    listed.write_text("signal_type,signal_value,labels\n" + "".join(f"{r},x\n" for r in rows))
+    local = tmp_path / "local"
+    done = CliRunner().invoke(
+        cli, ["ingest", str(listed), "--list", "spaced", "--data-dir", str(local)]
+    )
+    assert "added 4, updated 0, unchanged 0, rejected 0" in done.output, done.output
+    result = _remote(served, "ingest", "spaced", str(listed))
+    assert result.exit_code == 0, result.output
+    reply = json.loads(result.output.splitlines()[0])
+    assert (reply["added"], reply.get("rejected", 0)) == (4, 0), reply
+
+    def stored(data_dir) -> list[tuple]:
+        with contextlib.closing(sqlite3.connect(f"{data_dir}/store.sqlite")) as conn:
+            return conn.execute(
+                "SELECT s.signal_type, hex(s.code), s.labels, (SELECT COUNT(*) FROM"
+                " signal_frames f WHERE f.signal_id = s.id) FROM signals s JOIN hash_lists l"
+                " ON l.id = s.list_id WHERE l.name = 'spaced' ORDER BY 1, 2"
+            ).fetchall()
+
+    assert stored(served.server.host.config.data_dir) == stored(local)
+    assert [row[0] for row in stored(local)] == ["md5", "pdq", "pdq", "vpdq"]
+
+
 def test_remote_ingest_takes_a_te_simple_dumps_type_from_its_name(served, tmp_path):
     """`remote ingest` defaulted --type to pdq for every file, so a ThreatExchange dump
     named simple.HASH_VIDEO_MD5.te went in as PDQ (every row rejected); bare hex lines

@@ -747,18 +747,36 @@ class _SignalFile:
 
     @staticmethod
     def _parsed(records: Iterable) -> Iterator:
+        """Records with their type's registered name, as the local ingest names them
+        (``signal_types.get``: spaces, case, aliases), or each bad line's rejection text.
+
+        Why: this compared ``signal_type.lower()`` with "vpdq" itself, so a CSV whose
+        type column read `` vpdq`` sent the serialized frame list as one hash, which
+        the server rejected ("vpdq hash must be 64 hex characters, got 390") while
+        ``hashmatch ingest`` stored the same row."""
+        from dataclasses import replace
+
+        from hashmatch.engine import signal_types
+        from hashmatch.engine.errors import UnknownSignalType
         from hashmatch.engine.store import Rejection, frames_from_value
 
         for item in records:
             if isinstance(item, Rejection):
                 yield str(item)
-            elif item.signal_type.lower() != "vpdq":
+                continue
+            try:
+                name = signal_types.get(item.signal_type).name
+            except UnknownSignalType:  # the server names it, on the file's line
                 yield item
-            else:  # an HMA/`hashmatch hash --format te` row: the frame list as its value
-                try:
-                    yield frames_from_value(item)
-                except HashmatchError as exc:
-                    yield str(Rejection(exc.message, line=item.line))
+                continue
+            item = replace(item, signal_type=name) if name != item.signal_type else item
+            if name != "vpdq":
+                yield item
+                continue
+            try:  # an HMA/`hashmatch hash --format te` row: the frame list as its value
+                yield frames_from_value(item)
+            except HashmatchError as exc:
+                yield str(Rejection(exc.message, line=item.line))
 
     def signals(self) -> Iterator:
         """The ``Signal`` messages, parsed afresh."""
