@@ -179,6 +179,40 @@ class _IndexState:
         return [rows, snapshot]
 
 
+#: How a RebuildIndex ended: ``ok`` (swapped in, snapshot written), ``snapshot_failed``
+#: (swapped in and serving, no snapshot: a full disk), ``stopped`` (the server began
+#: stopping: given up, or its snapshot skipped), ``failed`` (an error; the old index serves).
+REBUILD_OUTCOMES = ("ok", "snapshot_failed", "stopped", "failed")
+
+
+class _LastRebuild:
+    """The last index rebuild's duration and end time; both absent until one ended
+    (a plain Gauge would show 0: a rebuild that took 0 s, at 1970)."""
+
+    def __init__(self) -> None:
+        self.seconds: float | None = None
+        self.ended_at: float | None = None
+
+    def describe(self) -> Iterable[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        seconds = GaugeMetricFamily(
+            "hashmatch_index_rebuild_seconds",
+            "How long the last index rebuild (RebuildIndex: build, swap, snapshot) took,"
+            " whatever its outcome (absent: none since the server started)",
+        )
+        ended = GaugeMetricFamily(
+            "hashmatch_index_rebuild_timestamp_seconds",
+            "When the last index rebuild ended, whatever its outcome (absent: none since"
+            " the server started)",
+        )
+        if self.seconds is not None and self.ended_at is not None:
+            seconds.add_metric([], self.seconds)
+            ended.add_metric([], self.ended_at)
+        return [seconds, ended]
+
+
 class _MatchesOfLiveLists:
     """Collects ``hashmatch_matches_total`` after dropping the series of lists that no
     longer exist (:meth:`Metrics.prune_matches`), so a scrape never shows them."""
@@ -289,6 +323,19 @@ class Metrics:
         )
         self.index_state = _IndexState()
         self.registry.register(self.index_state)
+        # Why: a RebuildIndex that failed, lost its snapshot, or took far longer than
+        # the last one showed only in the server's log and the caller's stream
+        self.rebuilds = Counter(
+            "hashmatch_index_rebuilds",
+            "Index rebuilds (RebuildIndex) ended, by outcome: ok, snapshot_failed (serving,"
+            " no snapshot), stopped (the server stopping), failed (the old index serves)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in REBUILD_OUTCOMES:  # every series from the start: rate() sees the 1st
+            self.rebuilds.labels(outcome)
+        self.last_rebuild = _LastRebuild()
+        self.registry.register(self.last_rebuild)
         self._http = None
         self._children: dict[tuple[str, str], Any] = {}
         self._duration_children: dict[tuple[str, bool], Any] = {}
@@ -383,6 +430,12 @@ class Metrics:
                 self._match_children.pop(key, None)
                 with contextlib.suppress(KeyError):
                     self.matches.remove(*key)
+
+    def rebuilt(self, seconds: float, outcome: str) -> None:
+        """Record an index rebuild that ended ``outcome`` (:data:`REBUILD_OUTCOMES`)
+        after ``seconds``."""
+        self.rebuilds.labels(outcome).inc()
+        self.last_rebuild.seconds, self.last_rebuild.ended_at = seconds, time.time()
 
     def track_index_size(self, count: Callable[[], float]) -> None:
         """Read the index size on every scrape (cheap engine call)."""

@@ -133,6 +133,13 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
         return changes.signal_states(self.host, request, call)
 
 
+def _outcome(summary: dict) -> str:
+    """A finished rebuild's outcome for the metrics (see metrics.REBUILD_OUTCOMES)."""
+    if summary.get("snapshot_error"):
+        return "snapshot_failed"
+    return "ok" if summary.get("snapshot") is not None else "stopped"
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     def __init__(self, host: ServiceHost):
         self.host = host
@@ -169,12 +176,20 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             events.put(admin_pb2.RebuildProgress(stage=stage, done=done, total=total))
 
         def work() -> None:
+            # the metrics are set before the caller hears the end: a scrape after the
+            # final message sees this rebuild
+            began = time.perf_counter()
             try:
-                events.put(("done", self._rebuild(progress, call.principal.tenant)))
+                summary = self._rebuild(progress, call.principal.tenant)
             except RebuildStopped as exc:
+                self.host.metrics.rebuilt(time.perf_counter() - began, "stopped")
                 events.put(("error", NotServing(f"the server is shutting down: {exc}")))
             except BaseException as exc:  # handed to the RPC thread to map
+                self.host.metrics.rebuilt(time.perf_counter() - began, "failed")
                 events.put(("error", exc))
+            else:
+                self.host.metrics.rebuilt(time.perf_counter() - began, _outcome(summary))
+                events.put(("done", summary))
             finally:
                 self._rebuilding.release()
 

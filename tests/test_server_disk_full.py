@@ -25,6 +25,7 @@ import grpc
 import pytest
 from click.testing import CliRunner
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_server_metrics import _scrape
 
 from hashmatch.server.cli import cli
 from hashmatch.server.client import signal
@@ -103,7 +104,7 @@ def test_full_disk_is_resource_exhausted_and_writes_work_again_once_freed(small_
 
 def test_rebuild_without_room_for_its_snapshot_reports_its_summary(small_disk):
     rng = random.Random(8)
-    with running_server(small_disk / "d") as ts:
+    with running_server(small_disk / "d", metrics_port=0) as ts:
         client = ts.client(timeout=60, retries=0)
         sent = _hexes(rng, 40_000)
         assert client.ingest("g", _signals(sent), batch_size=10_000).added == 40_000
@@ -118,6 +119,9 @@ def test_rebuild_without_room_for_its_snapshot_reports_its_summary(small_disk):
         assert "disk is full" in summary["snapshot_error"]
         assert last.snapshot_error == summary["snapshot_error"]  # the proto field too
         assert client.match([("pdq", sent[0])], threshold=0).results[0].matches
+        scraped = _scrape(ts)  # an alert can tell "serving, but no snapshot"
+        assert scraped['hashmatch_index_rebuilds_total{outcome="snapshot_failed"}'] == 1.0
+        assert scraped['hashmatch_index_rebuilds_total{outcome="ok"}'] == 0.0
 
         # the CLI: exit 0 (the rebuild is live), a warning on stderr
         result = CliRunner().invoke(cli, ["remote", "--server", ts.target, "rebuild"])

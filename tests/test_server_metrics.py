@@ -3,6 +3,7 @@ unary calls, refusals are counted but not timed, deleted lists lose their series
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import urllib.request
@@ -187,3 +188,27 @@ def test_index_rows_per_type_and_the_snapshot_time(tmp_path):
         client.snapshot()
         taken = _scrape(ts)["hashmatch_index_snapshot_timestamp_seconds"]
         assert started - 5 <= taken <= time.time() + 1
+
+
+def test_the_last_rebuild_its_duration_and_outcome(tmp_path):
+    """Nothing on /metrics said when the index was last rebuilt, how long that took or
+    whether it worked: a RebuildIndex that failed or lost its snapshot showed only in
+    the server's log and the caller's stream."""
+    with running_server(tmp_path, tenants=ADMIN, metrics_port=0) as ts:
+        client = ts.client("admin", retries=0)
+        client.ingest("a", [signal("pdq", c) for c in CODES])
+        before = _scrape(ts)
+        assert "hashmatch_index_rebuild_seconds" not in before  # none since the start
+        assert "hashmatch_index_rebuild_timestamp_seconds" not in before
+        for outcome in ("ok", "snapshot_failed", "stopped", "failed"):  # 0 from the start
+            assert before[f'hashmatch_index_rebuilds_total{{outcome="{outcome}"}}'] == 0.0
+
+        started, clock = time.time(), time.perf_counter()
+        last = list(client.rebuild())[-1]
+        took = time.perf_counter() - clock
+        assert last.finished and json.loads(last.summary_json)["snapshot"]
+        after = _scrape(ts)  # set before the final message was sent: no wait
+        assert after['hashmatch_index_rebuilds_total{outcome="ok"}'] == 1.0
+        assert after['hashmatch_index_rebuilds_total{outcome="failed"}'] == 0.0
+        assert 0.0 < after["hashmatch_index_rebuild_seconds"] <= took
+        assert started <= after["hashmatch_index_rebuild_timestamp_seconds"] <= time.time()
