@@ -112,7 +112,7 @@ def say_ingest_stopped(what_is_stored: str) -> None:
     with contextlib.suppress(OSError):  # a closed terminal (SIGHUP): nobody to tell
         print(
             f"{what_is_stored}\n  re-run the same command to finish: ingest is idempotent"
-            " (what was stored counts as unchanged: no duplicates, labels kept)",
+            " (anything already stored counts as unchanged: no duplicates, labels kept)",
             file=sys.stderr,
             flush=True,
         )

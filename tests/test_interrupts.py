@@ -270,14 +270,14 @@ def test_an_ingest_stopped_part_way_says_what_it_stored_and_a_rerun_completes_it
     data_dir = tmp_path / "data"
     args = ["ingest", str(hash_list), "--list", "partner", "--batch-size", "2000",
             "--data-dir", str(data_dir)]  # fmt: skip
-    stderr = _stop_once_stored(_hashmatch(args), data_dir / "store.sqlite", signum, 4000)
+    stderr = _stop_once_stored(_hashmatch(args), data_dir / "store.sqlite", signum, 2000)
 
     said = re.search(r"stopped after (\d+) committed batch\(es\): ([\d,]+) signal\(s\)", stderr)
     assert said, stderr
     batches, stored = int(said[1]), int(said[2].replace(",", ""))
     in_store = _stored(data_dir / "store.sqlite", "partner")
     assert stored == len(in_store) == 2000 * batches, stderr  # exact: what is committed
-    assert 4000 <= stored < N_SIGNALS
+    assert 2000 <= stored < N_SIGNALS
 
     rerun = subprocess.run(
         [sys.executable, "-c", CLI, *args], capture_output=True, timeout=300
@@ -301,13 +301,13 @@ def test_a_remote_ingest_stopped_part_way_says_what_was_sent_and_a_rerun_complet
         args = ["remote", "--server", served.target, "ingest", "partner", str(hash_list),
                 "--batch-size", "500"]  # fmt: skip
         store = tmp_path / "server" / "store.sqlite"
-        stderr = _stop_once_stored(_hashmatch(args), store, signal.SIGINT, 2000)
+        stderr = _stop_once_stored(_hashmatch(args), store, signal.SIGINT, 1000)
 
         said = re.search(rf"stopped with ([\d,]+) of {N_SIGNALS:,} signal\(s\) sent", stderr)
         assert said, stderr
         sent = int(said[1].replace(",", ""))
         time.sleep(0.5)  # the server's handler ends with the cancelled stream
-        assert 2000 <= len(_stored(store, "partner")) <= sent < N_SIGNALS
+        assert 1000 <= len(_stored(store, "partner")) <= sent < N_SIGNALS
 
         rerun = subprocess.run(
             [sys.executable, "-c", CLI, *args], capture_output=True, timeout=300
