@@ -15,6 +15,7 @@ from pathlib import Path
 import skimage.data
 from click.testing import CliRunner
 from PIL import Image
+from readme_example import python_example, run_python_example
 
 from hashmatch.server import config
 from hashmatch.server.cli import cli
@@ -137,3 +138,15 @@ def test_serve_flag_errors_exit_as_documented(tmp_path):
     assert result.exit_code == 1 and result.output.strip() == f"Error: {ranged.group(1)}"
     result = CliRunner().invoke(cli, ["serve", *data, typed.group(1), typed.group(2)])
     assert result.exit_code == 2 and typed.group(3) in result.output, result.output
+
+
+def test_the_indexes_example_runs_as_written(tmp_path):
+    """The Indexes section's example, pasted into Python: it used `codes`, `ids` and
+    `queries` without defining them, and rebound `ids` to the search's hits, so its
+    `index.remove(ids)` removed whatever the search had found. It prints query 0's
+    hits; the comment beside the print says what they are."""
+    done = run_python_example("## Indexes", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    printed = re.search(r"print\(.*\)  # query 0's hits: (.*)", python_example("## Indexes"))
+    assert done.stdout.strip() == printed.group(1)
+    assert (tmp_path / "snap" / "pdq" / "manifest.json").is_file()
