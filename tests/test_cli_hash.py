@@ -93,6 +93,10 @@ def test_video_records(reference_dir: Path):
     _header, row = list(csv.reader(io.StringIO(te)))
     frames = json.loads(row[1])
     assert row[0] == "vpdq" and len(frames) == 2 and frames[0].endswith(",0.000")
+    # the README shows this command's output (it showed hashes of an older conversion)
+    command = "$ hashmatch hash doorknob.mp4 --every-n-seconds 2 --format te"
+    shown = (PROJECT / "README.md").read_text().split(command, 1)[1].split("\n$ ", 1)[0]
+    assert te.splitlines() == shown.splitlines()[1:]
 
 
 def test_exit_status_nonzero_only_when_every_file_failed(tree: Path, tmp_path: Path):
