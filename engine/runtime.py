@@ -897,7 +897,7 @@ class Engine:
                 "count": counts.get(stype, 0),
                 "rows": rows.get(stype, 0),
                 "indexed": len(index) if index is not None else 0,
-                "kind": getattr(index, "kind", type(index).__name__) if index else None,
+                "kind": getattr(index, "kind", type(index).__name__) if index is not None else None,
                 "shards": shard_counts,
             }
         try:

@@ -256,6 +256,22 @@ def test_retract_file_lines_may_carry_a_note(run, tmp_path):
     assert "retracted 2 signal(s) in 'l' (2 requested)" in result.output
 
 
+def test_index_rebuild_and_stats_count_a_video_once_and_name_an_empty_index(run, tmp_path):
+    """`index rebuild` said "rebuilt 4 signal(s)" of one video of 3 frames and one PDQ
+    (it counted index rows), and `index stats` printed "(None)" as the kind of an index
+    left empty (its md5 signal retracted)."""
+    (tmp_path / "clip.vpdq").write_text(f"0,100,{H0},0.0\n1,100,{H1},1.0\n2,90,{'ab' * 32},2.0\n")
+    run("ingest", str(tmp_path / "clip.vpdq"), "--list", "videos")
+    (tmp_path / "one.txt").write_text(f"pdq {H0}\nmd5 {'cd' * 16}\n")
+    run("ingest", str(tmp_path / "one.txt"), "--list", "l")
+    run("retract", "--list", "l", f"md5:{'cd' * 16}")
+    out = run("index", "rebuild").output
+    assert "rebuilt 2 signal(s)" in out and "(md5: 0, pdq: 1, vpdq: 1 (3 frames))" in out
+    stats = run("index", "stats").output
+    assert "md5: 0 stored, 0 indexed (exact)" in stats and "None" not in stats
+    assert "vpdq: 1 stored (3 frames), 3 indexed (auto)" in stats
+
+
 def test_match_reads_a_vpdq_text_file_led_by_a_comment(run, tmp_path):
     """A vPDQ text file led by `# ...` (vpdq's reader skips such lines) was taken for
     media by `match` ("not an image in a supported format")."""
