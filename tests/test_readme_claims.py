@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import gzip
 import io
 import json
 import re
+import shlex
 from pathlib import Path
 
+import numpy as np
 import skimage.data
 from click.testing import CliRunner
 from PIL import Image
 from readme_example import python_example, run_python_example
+from test_cli_video import write_video
 
 from hashmatch.server import config
 from hashmatch.server.cli import cli
@@ -150,3 +154,59 @@ def test_the_indexes_example_runs_as_written(tmp_path):
     printed = re.search(r"print\(.*\)  # query 0's hits: (.*)", python_example("## Indexes"))
     assert done.stdout.strip() == printed.group(1)
     assert (tmp_path / "snap" / "pdq" / "manifest.json").is_file()
+
+
+def test_the_store_example_block_runs_as_written(tmp_path, monkeypatch):
+    """Each command of the store section's example block, run in order on generated
+    files named as the block names them; only the backup directory is moved under the
+    test's tmp dir and bash's `<(zcat F)` becomes F unpacked. Every command exits 0
+    except `lists delete` without `--yes`, which counts and exits 1 (as documented).
+    Its `hashmatch backup /backups/hashmatch/` used to fail on a fresh machine (a
+    missing DIR/ is refused): the block now creates the directory first."""
+    block = (
+        _between("## Hash lists and the signal store", "Every verb prints")
+        .split("```sh\n", 1)[1]
+        .split("```")[0]
+    )
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(5)
+    pdq = [rng.integers(0, 256, 32, dtype=np.uint8).tobytes().hex() for _ in range(8)]
+    Path("partner-a.csv").write_text(
+        "signal_type,signal_value,labels,external_id,quality,expires_at\n"
+        f"pdq,{pdq[0]},csam,e0,90,\npdq,{pdq[1]},,e1,,\n"
+    )
+    Path("hashes.txt").write_text(f"{pdq[2]}\n{pdq[3]}\n")
+    Path("signals.txt").write_text(f"pdq {pdq[4]}\nmd5:{'ab' * 16}\n")
+    frames = "".join(f"{i},100,{pdq[5 + i % 2]},{i}.000\n" for i in range(4))
+    for name in ("clip1.vpdq", "clip2.vpdq", "clip.vpdq"):
+        Path(name).write_text(frames)
+    Path("export.jsonl").write_text(json.dumps({"signal_type": "pdq", "signal_value": pdq[7]}))
+    Path("partner-b.csv").write_text(f"signal_type,signal_value\npdq,{pdq[7]}\n")
+    Path("partner-b.csv.gz").write_bytes(gzip.compress(Path("partner-b.csv").read_bytes()))
+    Image.fromarray(skimage.data.astronaut()).save("photo.jpg")
+    write_video(tmp_path / "clip.mp4")
+    backups = tmp_path / "backups" / "hashmatch"
+    env: dict[str, str] = {}
+    ran = []
+    for line in block.splitlines():
+        line = re.split(r"\s+#\s", line)[0].strip()
+        line = line.replace("<(zcat partner-b.csv.gz)", "partner-b.csv")
+        line = line.replace("/backups/hashmatch", str(backups)).replace("[--write]", "--write")
+        for part in re.split(r";|&&", line):
+            argv = [pdq[2] if a == "HEX" else a for a in shlex.split(part)]
+            if not argv:
+                continue
+            if argv[0] == "export":
+                key, value = argv[1].split("=", 1)
+                env[key] = value
+                continue
+            if argv[0] == "mkdir":
+                Path(argv[-1]).mkdir(parents=True)
+                continue
+            assert argv[0] == "hashmatch", argv
+            result = CliRunner().invoke(cli, argv[1:], env=env)
+            wanted = 1 if argv[1:] == ["lists", "delete", "program-x"] else 0
+            assert result.exit_code == wanted, (argv, result.output)
+            ran.append(" ".join(argv[1:3]))
+    assert len(ran) >= 30 and "backup " + str(backups) + "/" in ran
+    assert len(list(backups.glob("store-*.sqlite"))) == 1
