@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal as signals
 import subprocess
 import sys
@@ -626,6 +627,13 @@ def test_the_readme_example_runs_against_a_real_hub(tmp_path):
                 token_file.write_text(result.output.strip().splitlines()[-1])
     assert "added 1, updated 0, retracted 0, restored 0, unchanged 0" in outputs[4]
     assert "hub/ncmec-pdq" in outputs[5] and f"mirror:{ts.target}" in outputs[6]
+    # the pass's line has the shape the README shows under the command, numbers aside
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    shown = re.search(r"^#   (mirror 'hub/' from .*)$", text, re.M).group(1)
+    shown = re.escape(shown.replace("hub.example.org:50051", "ADDRESS"))
+    shape = re.sub(r"\d+(?:\\\.\d+)?", r"\\d+(?:\\.\\d+)?", shown)
+    shape = shape.replace("ADDRESS", re.escape(ts.target))
+    assert re.fullmatch(shape, outputs[4].strip().splitlines()[-1]), (shown, outputs[4])
 
 
 def test_a_hub_restored_from_a_backup_is_refused(tmp_path):
