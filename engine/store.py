@@ -1202,13 +1202,17 @@ class SignalStore:
                     if column_batches is not None
                     else _batches(records, batch_size)
                 )
+                unaudited = 0  # the parser's rejections no batch's audit entry counted yet
                 for batch, parser_rejections, seen in _prefetch(stream):
                     for item in parser_rejections:
                         report.reject(item)
+                    unaudited += len(parser_rejections)
                     if len(batch):
                         new_list = None if list_id is not None else (list_name, tenant)
                         list_id = self._ingest_batch(conn, batch, list_id, ingest_id, report,
-                                                     actor, source, strict, new_list)  # fmt: skip
+                                                     actor, source, strict, new_list,
+                                                     parser_rejected=unaudited)  # fmt: skip
+                        unaudited = 0
                         if not strict and on_commit is not None:
                             on_commit()
                     if progress is not None:
@@ -1297,9 +1301,14 @@ class SignalStore:
         source: str | None,
         strict: bool,
         new_list: tuple[str, str | None] | None = None,
+        parser_rejected: int = 0,
     ) -> int | None:
         """Validate, de-duplicate and write one batch (one transaction unless strict);
         return the list's id.
+
+        ``parser_rejected`` lines the parser refused before this batch (a bad quality or
+        expiry, a short row) are counted in its audit entry's ``rejected`` with the
+        store's own rejections (they were left out: the log said fewer than the CLI).
 
         ``list_id`` None: the list (``new_list``: name, tenant) does not exist yet and is
         created only if the batch has a valid signal to write.
@@ -1311,7 +1320,7 @@ class SignalStore:
         slow path that reads the existing row.
         """
         now = time.time()
-        rejected_before = report.rejected
+        rejected_before = report.rejected - parser_rejected
         if isinstance(batch, ColumnBatch):
             plan = self._plan_columns(batch)
             if plan is not None:

@@ -298,3 +298,15 @@ def test_restore_file_reads_the_gzip_retracted_export_writes(run, tmp_path):
     result = run("retract", "--list", "l", "--file", str(tmp_path / "junk.bin"), ok=False)
     assert result.exit_code == 1
     assert "Error: junk.bin is not UTF-8 text (byte 0xff)" in result.output
+
+
+def test_the_audit_counts_every_line_the_ingest_rejected(run, tmp_path):
+    """An ingest batch's audit entry left out the lines its parser refused (a bad expiry
+    or quality, a short row): the CLI said `rejected 3`, the audit log 1."""
+    rows = [f"pdq,{H0},,1700000000000", f"pdq,{H1},,nan", "pdq,zz,,", f"pdq,{'ab' * 32}"]
+    (tmp_path / "in.csv").write_text(
+        "signal_type,signal_value,labels,expires_at\n" + "\n".join(rows) + f"\npdq,{'cd' * 32},,\n"
+    )
+    assert "rejected 4" in run("ingest", str(tmp_path / "in.csv"), "--list", "l").output
+    (entry,) = [e for e in json.loads(run("audit", "--json").output) if e["action"] == "ingest"]
+    assert (entry["details"]["added"], entry["details"]["rejected"]) == (1, 4)
