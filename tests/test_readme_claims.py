@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import gzip
+import hashlib
 import io
 import json
 import re
@@ -210,3 +211,16 @@ def test_the_store_example_block_runs_as_written(tmp_path, monkeypatch):
             ran.append(" ".join(argv[1:3]))
     assert len(ran) >= 30 and "backup " + str(backups) + "/" in ran
     assert len(list(backups.glob("store-*.sqlite"))) == 1
+
+
+def test_the_hashing_example_runs_as_written(tmp_path):
+    """The Hashing section's example, pasted into Python beside a photo.jpg: its hashes
+    are hash_media's and the shape it prints is the one its comment gives."""
+    Image.fromarray(skimage.data.astronaut()).save(tmp_path / "photo.jpg")
+    done = run_python_example("## Hashing", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    first, shape = done.stdout.splitlines()
+    pdq_hex, quality, md5_hex = first.split()
+    assert md5_hex == hashlib.md5((tmp_path / "photo.jpg").read_bytes()).hexdigest()
+    assert len(pdq_hex) == 64 and 0 <= int(quality) <= 100
+    assert shape == re.search(r"print\(variants.shape\)  # (\(\d+, \d+\))", README).group(1)
