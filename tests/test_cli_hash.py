@@ -175,3 +175,16 @@ def test_all_frames_lists_every_frame(tmp_path: Path):
     assert rec["hash"] == rec["frames"][0]["hash"]
     code, out = run(str(path), "--types", "pdq", "--all-frames", "--format", "te")
     assert out.splitlines()[1:] == [f"pdq,{f['hash']}" for f in rec["frames"]]
+
+
+def test_a_file_no_requested_type_applies_to_says_what_to_add(tmp_path: Path):
+    """`hash photo.jpg --types vpdq` said only "no requested type applies", leaving the
+    reader to find that vpdq hashes videos and the photo types images."""
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(skimage.data.astronaut()).save(photo)
+    code, out = run(str(photo), "--types", "vpdq")
+    (rec,) = [json.loads(line) for line in out.splitlines()]
+    assert code == 1 and rec["reason"] == "NoApplicableType"
+    assert rec["error"] == "no requested type applies to an image (vpdq): add pdq to --types"
+    readme = " ".join((PROJECT / "README.md").read_text().split())
+    assert f"`{rec['error']}`" in readme  # the README quotes it

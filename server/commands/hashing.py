@@ -118,8 +118,11 @@ def _error(path: str, message: str, reason: str) -> dict:
 def hash_one(path: str, types: list[str], options: HashOptions) -> list[dict]:
     """All records of one file; errors become one error record (never raised)."""
     wanted = applicable(path, types)
-    if not wanted:
-        return [_error(path, "no requested type applies", "NoApplicableType")]
+    if not wanted:  # say which kind the file was taken for and what would hash it
+        kind, other = ("a video", "vpdq") if is_video_path(path) else ("an image", "pdq")
+        asked = ",".join(types)
+        message = f"no requested type applies to {kind} ({asked}): add {other} to --types"
+        return [_error(path, message, "NoApplicableType")]
     try:
         results = hash_media(path, wanted, options)
     except (HashmatchError, OSError, NotImplementedError, FileTimedOut) as exc:
