@@ -36,3 +36,31 @@ def load_live_index(path: Path, st: SignalType) -> ShardedIndex:
             f"{path}: snapshot is an 'exact' index, expected one that matches {st.name} by distance"
         )
     return index
+
+
+def warm_index_kernels(st: SignalType, *, kind: str = "auto", shards: int | None = None) -> None:
+    """Run the compiled (numba) kernels ``st``'s live index will need, on a throw-away
+    index of a few random codes: search, remove (a retraction), and both again on the
+    index saved and loaded memory-mapped (a snapshot's read-only arrays are other
+    kernel specialisations).
+
+    Why: a server's warm-up looked codes up in its live index only, and an empty one
+    (the first start of a new data dir) runs no kernel, nor does any lookup run the
+    removal kernels; so with a cold numba cache (after an install or an upgrade) the
+    first Match after an ingest took ~25 s and the first Retract ~5 s.
+    """
+    import tempfile
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (8, st.nbytes), dtype=np.uint8)
+    radius = st.check_threshold(None)
+    index = make_live_index(st, kind=kind, shards=shards)
+    index.add(codes, np.arange(1, len(codes) + 1, dtype=np.int64))
+    with tempfile.TemporaryDirectory(prefix="hashmatch-warm-up-") as folder:
+        index.save(Path(folder) / st.name)
+        for live in (index, load_live_index(Path(folder) / st.name, st)):
+            live.search_radius(codes[:2], radius)
+            live.remove(np.array([1], np.int64))
+            live.search_radius(codes[:2], radius)

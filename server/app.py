@@ -420,16 +420,22 @@ class ServiceHost:
     @staticmethod
     def _warm_up(engine: Engine) -> None:
         """One throw-away lookup per type before SERVING, so the first real caller does
-        not pay for lazy set-up (JIT-compiled kernels, page faults of mapped indexes)."""
+        not pay for lazy set-up (JIT-compiled kernels, page faults of mapped indexes);
+        the kernels also run on a throw-away index (see ``warm_index_kernels``)."""
         import numpy as np
 
         from hashmatch.engine import signal_types
+        from hashmatch.engine.store_index import warm_index_kernels
 
         for st in signal_types.all_types():
-            if st.name == "vpdq":
-                continue
-            try:
-                engine.match(st.name, np.zeros((1, st.nbytes), np.uint8), threshold=0)
+            try:  # an empty live index runs no kernel: a throw-away one does
+                kind, shards = (
+                    getattr(engine, "index_kind", "auto"),
+                    getattr(engine, "shards", None),
+                )
+                warm_index_kernels(st, kind=kind, shards=shards)
+                if st.name != "vpdq":
+                    engine.match(st.name, np.zeros((1, st.nbytes), np.uint8), threshold=0)
             except Exception as exc:  # warm-up is best effort; real calls report errors
                 log.warning("warm-up lookup for %s failed: %s", st.name, exc)
         ServiceHost._warm_up_hashing()
