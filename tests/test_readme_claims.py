@@ -1,6 +1,7 @@
 """Checkable claims of README.md that no other test reads from the README itself: the
 config keys and their defaults, the `hash` CSV columns, the scan report's fields, the
-exit status of a local ingest and of `serve`'s flag errors. Each test reads the claim
+exit status of a local ingest and of `serve`'s flag errors, the flags of the README's
+command lines. Each test reads the claim
 out of the README, so an edit of either side that lets them drift apart fails here."""
 
 from __future__ import annotations
@@ -224,3 +225,41 @@ def test_the_hashing_example_runs_as_written(tmp_path):
     assert md5_hex == hashlib.md5((tmp_path / "photo.jpg").read_bytes()).hexdigest()
     assert len(pdq_hex) == 64 and 0 <= int(quality) <= 100
     assert shape == re.search(r"print\(variants.shape\)  # (\(\d+, \d+\))", README).group(1)
+
+
+def _command_lines() -> list[str]:
+    """Each `hashmatch ...` command of the README's shell blocks (continuations joined,
+    `a; hashmatch b` split), without its comment or what it is piped into."""
+    out = []
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if line.startswith("hashmatch "):
+                for part in re.split(r";\s+(?=hashmatch )", line):
+                    out.append(part.split(" #", 1)[0].split(" | ", 1)[0])
+    return out
+
+
+def test_every_flag_of_a_readme_command_line_is_an_option_of_its_verb():
+    """A newcomer copies these lines: a flag the verb does not have is a usage error at
+    the first step. Each `--flag` must be an option of the verb it follows (or of the
+    group before it, e.g. `hashmatch remote --server X lists`)."""
+    import shlex
+
+    import click
+
+    lines = _command_lines()
+    assert len(lines) > 50  # the parse found the blocks
+    unknown = []
+    for line in lines:
+        words = shlex.split(line.replace("[", " ").replace("]", " "))
+        command, allowed = cli, {"--help"}
+        for word in words[1:]:
+            if isinstance(command, click.Group) and word in command.commands:
+                allowed |= {o for p in command.params for o in p.opts + p.secondary_opts}
+                command = command.commands[word]
+        allowed |= {o for p in command.params for o in p.opts + p.secondary_opts}
+        unknown += [
+            (line, w) for w in words if w.startswith("--") and w.split("=")[0] not in allowed
+        ]
+    assert not unknown, unknown
