@@ -1,7 +1,7 @@
 """Checkable claims of README.md that no other test reads from the README itself: the
 config keys and their defaults, the `hash` CSV columns, the scan report's fields, the
 exit status of a local ingest and of `serve`'s flag errors, the flags of the README's
-command lines. Each test reads the claim
+command lines, the service section's first block run against a real server. Each test reads the claim
 out of the README, so an edit of either side that lets them drift apart fails here."""
 
 from __future__ import annotations
@@ -263,3 +263,77 @@ def test_every_flag_of_a_readme_command_line_is_an_option_of_its_verb():
             (line, w) for w in words if w.startswith("--") and w.split("=")[0] not in allowed
         ]
     assert not unknown, unknown
+
+
+def _service_block() -> list[str]:
+    """The command lines of the gRPC service section's first shell block, as written."""
+    block = _between("## The gRPC service", "<!-- END:service -->").split("```sh\n", 1)[1]
+    return [line.split(" #", 1)[0].strip() for line in block.split("```", 1)[0].splitlines()]
+
+
+def _service_block_files(folder: Path) -> None:
+    """What the block's commands read: photos/ (one of them photo.jpg), a short video
+    clip.mp4 and its vPDQ as vpdq's text (clip.vpdq). Benign generated pictures."""
+    import cv2
+    import numpy as np
+
+    from hashmatch.engine.hashing import hash_media
+    from hashmatch.engine.video import format_vpdq
+
+    (folder / "photos").mkdir()
+    for name in ("astronaut", "camera", "coffee"):
+        Image.fromarray(getattr(skimage.data, name)()).save(folder / "photos" / f"{name}.jpg")
+    (folder / "photo.jpg").write_bytes((folder / "photos" / "astronaut.jpg").read_bytes())
+    frames = cv2.resize(skimage.data.astronaut()[:, :, ::-1], (320, 320))
+    writer = cv2.VideoWriter(
+        str(folder / "clip.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 5, (160, 120)
+    )
+    for i in range(15):
+        writer.write(np.ascontiguousarray(frames[i * 8 : i * 8 + 120, i * 8 : i * 8 + 160]))
+    writer.release()
+    (video,) = hash_media(folder / "clip.mp4", ["vpdq"])
+    n = len(video.codes)
+    text = format_vpdq(range(n), video.qualities, video.codes, video.timestamps)
+    (folder / "clip.vpdq").write_text(text)
+
+
+def test_the_service_quickstart_block_runs_as_written(tmp_path, monkeypatch):
+    """Each `hashmatch` line of the service section's first block, run against a real
+    server with the token the block exports (only the address differs: the test server's
+    port). The synopsis line `remote lists | retract LIST HASH... | stats | ...` runs each
+    verb (retract: the first hash ingested). Every command exits 0."""
+    from hashmatch.server.testing import running_server
+
+    lines = _service_block()
+    assert lines[0] == "make run" and lines[1].startswith("export HASHMATCH_TOKEN=")
+    _service_block_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    admin = {"admin": (["match", "export", "write", "admin"], True)}
+    ran: dict[str, str] = {}  # " ".join(argv) -> stdout
+    with running_server(tmp_path / "hashmatch-data", tenants=admin) as served:
+        env = {"HASHMATCH_SERVER": served.target, "HASHMATCH_TOKEN": served.tokens["admin"]}
+        for line in lines[2:]:
+            command, _, redirect = line.partition(" > ")
+            words = command.replace("[", "").replace("]", "").split()
+            assert words[0] == "hashmatch", line
+            verbs = [words[1:]]
+            if "|" in words:  # the synopsis: one remote verb per alternative
+                assert "".join(words[1:]) == "remotelists|retractLISTHASH...|stats|rebuild|snapshot"
+                first = (tmp_path / "hashes.csv").read_text().splitlines()[1].split(",")[1]
+                verbs = [["remote", "lists"], ["remote", "retract", "demo", first]]
+                verbs += [["remote", verb] for verb in ("stats", "rebuild", "snapshot")]
+            for argv in verbs:
+                result = runner.invoke(cli, argv, env=env)
+                assert result.exit_code == 0, (argv, result.output)
+                ran[" ".join(argv)] = result.stdout
+                if redirect:
+                    (tmp_path / redirect.strip()).write_text(result.stdout)
+    assert json.loads(ran["remote ingest demo hashes.csv"])["added"] == 3
+    photo = json.loads(ran["remote match --media photo.jpg --dihedral --trim-borders"])
+    assert [m["list_name"] for m in photo["matches"]] == ["demo"], photo
+    assert json.loads(ran["remote match --media clip.vpdq"])["source"] == "SOURCE_VIDEO"
+    assert json.loads(ran["remote match --media clip.mp4"])["source"] == "SOURCE_MEDIA"
+    retracted = next(out for argv, out in ran.items() if argv.startswith("remote retract"))
+    assert json.loads(retracted)["retracted"] == 1
+    assert json.loads(ran["remote health --wait 120"]) == {"status": "SERVING"}
