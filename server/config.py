@@ -298,7 +298,17 @@ def load(
     """Resolve the configuration: defaults, then the file, then env, then flags."""
     config = ServerConfig()
     env = from_env(environ)
-    path = path or (os.environ if environ is None else environ).get(ENV_PREFIX + "CONFIG")
+    named_by = "--config"
+    if path is None:
+        path = (os.environ if environ is None else environ).get(ENV_PREFIX + "CONFIG")
+        named_by = ENV_PREFIX + "CONFIG"
+    if path is not None and not str(path).strip():
+        # `Environment=HASHMATCH_CONFIG=${UNSET}` used to start on the defaults: another
+        # data dir, tokens file and port, TLS off, with no word about the config
+        raise InvalidInput(
+            f"must be a path, not empty (leave it unset) (from {named_by})",
+            field="config",
+        )
     layers: list[tuple[Mapping[str, Any], Callable[[str], str]]] = []
     if path:
         # "~/hashmatch.toml" in HASHMATCH_CONFIG (a unit's Environment=, no shell) was

@@ -324,6 +324,19 @@ def test_an_empty_data_dir_is_refused():
 
 
 @pytest.mark.parametrize(
+    ("path", "environ", "named"),
+    [(None, {"HASHMATCH_CONFIG": ""}, "HASHMATCH_CONFIG"), ("", {}, "--config")],
+)
+def test_an_empty_config_path_is_refused(path, environ, named):
+    """`Environment=HASHMATCH_CONFIG=${UNSET}` (or `--config "$CFG"`) started `serve` on
+    the defaults: another data dir, tokens file and port, TLS off, the config file never
+    read and nothing said (README: "an empty path is refused")."""
+    with pytest.raises(engine_errors.InvalidInput) as err:
+        config.load(path, environ=environ)
+    assert str(err.value) == f"config: must be a path, not empty (leave it unset) (from {named})"
+
+
+@pytest.mark.parametrize(
     "listen",
     # gRPC took each: no port = 443 (https's), 99999 = 34463 (mod 65536), -1 = 65535,
     # while serve said "serving on" the address as written
