@@ -1,8 +1,9 @@
 """Checkable claims of README.md that no other test reads from the README itself: the
 config keys and their defaults, the `hash` CSV columns, the scan report's fields, the
 exit status of a local ingest and of `serve`'s flag errors, the flags of the README's
-command lines, the service section's first block run against a real server. Each test reads the claim
-out of the README, so an edit of either side that lets them drift apart fails here."""
+command lines, the service section's first block run against a real server. Each test
+reads the claim out of the README, so an edit of either side that lets them drift apart
+fails here."""
 
 from __future__ import annotations
 
