@@ -419,12 +419,9 @@ def test_a_media_call_the_client_cancels_is_logged_cancelled_not_deadline(tmp_pa
     assert "cancelled" in record["error"], record
 
 
-WARM_UP_COVERS_PHOTOS = """
-import io, json, sys
-from PIL import Image
-from skimage import data
-from hashmatch.engine import signal_types
-from hashmatch.engine.hashing import hash_media
+# the numba kernel specialisations a process holds, counted before and after a step
+SPECIALISATIONS = """
+import json, sys
 from hashmatch.server.app import ServiceHost
 
 def specialisations():
@@ -432,6 +429,16 @@ def specialisations():
             for name, module in list(sys.modules.items()) if name.startswith("hashmatch")
             for attr, value in vars(module).items()
             if hasattr(value, "signatures") and hasattr(value, "py_func")}
+"""
+
+WARM_UP_COVERS_PHOTOS = (
+    SPECIALISATIONS
+    + """
+import io
+from PIL import Image
+from skimage import data
+from hashmatch.engine import signal_types
+from hashmatch.engine.hashing import hash_media
 
 ServiceHost._warm_up_hashing()
 before = specialisations()
@@ -443,6 +450,7 @@ for fmt in ("JPEG", "PNG", "JPEG"):  # a size seen again takes the learned resam
 after = specialisations()
 print(json.dumps(sorted(k for k in after if after[k] != before.get(k))))
 """
+)
 
 
 def test_the_warm_up_compiles_what_a_real_photo_needs():
@@ -458,17 +466,11 @@ def test_the_warm_up_compiles_what_a_real_photo_needs():
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [], done.stdout
 
 
-WARM_UP_COVERS_LOOKUPS = """
-import json, sys
+WARM_UP_COVERS_LOOKUPS = (
+    SPECIALISATIONS
+    + """
 from hashmatch.engine.ingest import read_records
 from hashmatch.engine.runtime import Engine
-from hashmatch.server.app import ServiceHost
-
-def specialisations():
-    return {f"{name}.{attr}": len(value.signatures)
-            for name, module in list(sys.modules.items()) if name.startswith("hashmatch")
-            for attr, value in vars(module).items()
-            if hasattr(value, "signatures") and hasattr(value, "py_func")}
 
 data_dir, rows = sys.argv[1], sys.argv[2]
 changed = []
@@ -488,6 +490,7 @@ for start in ("new data dir", "from a snapshot"):
     engine.close()
 print(json.dumps(sorted(changed)))
 """
+)
 
 
 def test_the_warm_up_compiles_what_the_first_lookups_and_retractions_need(tmp_path):
