@@ -38,6 +38,10 @@ def load_live_index(path: Path, st: SignalType) -> ShardedIndex:
     return index
 
 
+#: (bits, exact, kind, shards) of the throw-away indexes this process has run
+_WARMED: set[tuple[int, bool, str, int | None]] = set()
+
+
 def warm_index_kernels(st: SignalType, *, kind: str = "auto", shards: int | None = None) -> None:
     """Run the compiled (numba) kernels ``st``'s live index will need, on a throw-away
     index of a few random codes: search, remove (a retraction), and both again on the
@@ -53,6 +57,9 @@ def warm_index_kernels(st: SignalType, *, kind: str = "auto", shards: int | None
 
     import numpy as np
 
+    key = (st.bits, st.exact, kind, shards)
+    if key in _WARMED:  # compiled kernels stay for the process: once is enough
+        return
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (8, st.nbytes), dtype=np.uint8)
     radius = st.check_threshold(None)
@@ -64,3 +71,4 @@ def warm_index_kernels(st: SignalType, *, kind: str = "auto", shards: int | None
             live.search_radius(codes[:2], radius)
             live.remove(np.array([1], np.int64))
             live.search_radius(codes[:2], radius)
+    _WARMED.add(key)
