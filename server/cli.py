@@ -12,7 +12,7 @@ import importlib
 import click
 
 # Modules that contribute verbs; each exposes COMMANDS.
-_COMMAND_MODULES = ("hashing", "store", "service", "scan", "mirror")
+_COMMAND_MODULES = ("hashing", "store", "service", "tokens", "scan", "mirror")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import signal
 import stat
@@ -376,8 +377,8 @@ def token(
         with _locked_for_append(path) as fh:
             if tenant in (read_toml(path).get("tenants") or {}):
                 raise click.ClickException(
-                    f"tenant {tenant!r} already exists in {path}; add a digest to its "
-                    "tokens_sha256 by hand"
+                    f"tenant {tenant!r} already exists in {path}: `hashmatch tokens add"
+                    f" {shlex.quote(tenant)}` gives it another token (a rotation)"
                 )
             fh.write("\n" + entry)
     except OSError as exc:
@@ -399,10 +400,9 @@ def _locked_for_append(path: Path) -> Iterator[Any]:
     file renamed over it) keeps the file's owner, mode and inode, which the lock is on:
     ``sudo hashmatch token`` as root must not leave a file the server's user cannot read.
     """
-    import fcntl
+    from hashmatch.server.tokens_file import locked
 
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)  # released when the file closes
+    with locked(path, "a") as fh:  # the file the path names now: `tokens revoke` replaces it
         yield fh
 
 

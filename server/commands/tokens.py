@@ -1,0 +1,206 @@
+"""``hashmatch tokens ls|add|revoke``: rotating and revoking bearer tokens.
+
+``hashmatch token TENANT`` makes a tenant and its first token; these verbs handle the
+rest of a token's life without hand-editing the tokens file or computing digests:
+``add`` gives an existing tenant another token (its roles kept), ``revoke`` removes one
+by its digest prefix or every token of a tenant, ``ls`` shows who holds what (digest
+prefixes only: the file never holds tokens). A rotation is ``add``, move the caller to
+the new token, ``revoke`` the old one, SIGHUP the server.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+from pathlib import Path
+
+import click
+
+from hashmatch.engine.errors import HashmatchError
+from hashmatch.server.auth import ROLES, hash_token
+from hashmatch.server.commands.service import _token_file
+
+_FILE_OPTIONS = (
+    click.option(
+        "--auth-file",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Default: the tokens file `hashmatch serve` reads (as for `hashmatch token`).",
+    ),
+    click.option(
+        "--config",
+        "config_file",
+        type=click.Path(dir_okay=False),
+        help="The server's TOML config file (default $HASHMATCH_CONFIG).",
+    ),
+)
+
+
+def _file_options(f):
+    for option in reversed(_FILE_OPTIONS):
+        f = option(f)
+    return f
+
+
+def _existing(auth_file: str | None, config_file: str | None) -> Path:
+    path = _token_file(auth_file, config_file)
+    if not path.exists():
+        raise click.ClickException(f"{path}: no tokens file (`hashmatch token TENANT` makes one)")
+    return path
+
+
+def _short(digest: str) -> str:
+    from hashmatch.server.tokens_file import SHOWN_DIGITS
+
+    return f"sha256:{digest[:SHOWN_DIGITS]}"
+
+
+@click.group("tokens")
+def tokens_group() -> None:
+    """Bearer tokens in the tokens file: list, add (rotate), revoke."""
+
+
+@tokens_group.command("ls")
+@_file_options
+def tokens_ls(auth_file: str | None, config_file: str | None) -> None:
+    """Tenants of the tokens file with their roles and token digest prefixes.
+
+    \b
+    Example:
+      hashmatch tokens ls
+      acme: roles match,write; tokens sha256:9f86d081884c, sha256:60303ae22b99
+    """
+    from hashmatch.server.tokens_file import read_tenants
+
+    path = _existing(auth_file, config_file)
+    try:
+        tenants = read_tenants(path)
+    except (HashmatchError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for t in tenants:
+        every = "; all lists" if t.all_lists else ""
+        held = ", ".join(_short(d) for d in t.digests) or "none"
+        click.echo(f"{t.name}: roles {','.join(t.roles) or '-'}{every}; tokens {held}")
+    count = sum(len(t.digests) for t in tenants)
+    click.echo(f"{len(tenants)} tenant(s), {count} token(s) in {path}")
+
+
+@tokens_group.command("add")
+@click.argument("tenant")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    help="The tenant's roles as they are (a check); a different set is refused.",
+)
+@click.option(
+    "--add-role",
+    "add_roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    help="Also give the tenant this role (all its tokens).",
+)
+@click.option(
+    "--drop-role",
+    "drop_roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    help="Take this role from the tenant (all its tokens).",
+)
+@click.option(
+    "--all-lists/--no-all-lists",
+    default=None,
+    help="Change whether the tenant sees every list (default: as it is).",
+)
+@_file_options
+def tokens_add(
+    tenant: str,
+    roles: tuple[str, ...],
+    add_roles: tuple[str, ...],
+    drop_roles: tuple[str, ...],
+    all_lists: bool | None,
+    auth_file: str | None,
+    config_file: str | None,
+) -> None:
+    """Give an existing TENANT another token (a rotation); print the token once.
+
+    Roles and all_lists belong to the tenant, so the new token gets the ones its
+    tenant has; --add-role/--drop-role/--all-lists change them for every token of it.
+
+    \b
+    Example (rotating acme's token):
+      hashmatch tokens add acme          # the new token on stdout; move acme to it
+      hashmatch tokens revoke 9f86d081   # the old one's digest prefix (tokens ls)
+      kill -HUP <server pid>
+    """
+    from hashmatch.server.tokens_file import add_token
+
+    path = _existing(auth_file, config_file)
+    new = secrets.token_urlsafe(32)
+    digest = hash_token(new)
+    try:
+        before, after = add_token(
+            path, tenant, digest, roles=roles, add_roles=add_roles, drop_roles=drop_roles,
+            all_lists=all_lists,
+        )  # fmt: skip
+    except (HashmatchError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"added token {_short(digest)} to {tenant!r} ({len(after.digests)} token(s));"
+        " SIGHUP the server to load it",
+        err=True,
+    )
+    if after.roles != before.roles or after.all_lists != before.all_lists:
+        every = ", all lists" if after.all_lists else ""
+        click.echo(
+            f"{tenant!r} now has roles {','.join(after.roles)}{every} (every token of it)",
+            err=True,
+        )
+    click.echo(new)
+
+
+@tokens_group.command("revoke")
+@click.argument("prefix", required=False)
+@click.option("--tenant", help="Only this tenant's tokens (required with --all).")
+@click.option("--all", "every", is_flag=True, help="Every token of --tenant.")
+@_file_options
+def tokens_revoke(
+    prefix: str | None,
+    tenant: str | None,
+    every: bool,
+    auth_file: str | None,
+    config_file: str | None,
+) -> None:
+    """Remove the token whose SHA-256 digest starts with PREFIX (8+ hex digits, as
+    `tokens ls` shows), or with --tenant T --all every token of T (T's roles stay,
+    for a later `tokens add`). A prefix several digests share is refused.
+
+    \b
+    Example:
+      hashmatch tokens revoke 9f86d081
+      hashmatch tokens revoke --tenant acme --all
+      printf %s "$LEAKED" | sha256sum   # a leaked token's digest
+    Then SIGHUP the server: its open streams on a revoked token end.
+    """
+    from hashmatch.server.tokens_file import revoke
+
+    if every == (prefix is not None):
+        raise click.UsageError("give a digest PREFIX, or --tenant TENANT --all")
+    if every and tenant is None:
+        raise click.UsageError("--all needs --tenant TENANT")
+    path = _existing(auth_file, config_file)
+    try:
+        removed = revoke(path, prefix, tenant=tenant, every=every)
+    except (HashmatchError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, digest in removed:
+        click.echo(f"revoked {_short(digest)} of {name!r}")
+    click.echo(
+        f"SIGHUP the server (`kill -HUP <pid>`) to end their use; `hashmatch tokens add"
+        f" {shlex.quote(removed[0][0])}` issues a new one",
+        err=True,
+    )
+
+
+COMMANDS = [tokens_group]

@@ -1,0 +1,513 @@
+"""Editing the tokens file in place: another token for a tenant, revoking tokens.
+
+Why line-level edits and not "parse, change, dump": the file is the operator's. Its
+comments (who holds which token, when it expires), its order and every other tenant's
+entry must come through a rotation unchanged; a TOML writer would drop the comments.
+Each edit touches only the value it changes (one array element, one ``roles`` or
+``all_lists`` value), and the result is parsed again and compared with what was meant
+before anything is written: a layout this editor does not understand (an inline table,
+dotted keys) is refused, naming the file, never half-edited.
+
+Concurrency: every writer (``hashmatch token`` appending, these edits) holds an
+exclusive ``flock`` on the file while it reads and writes; ``serve`` reads under a
+shared one. An edit replaces the file (temp file + rename, so a crash leaves the old
+file or the new, never half of one), and a lock is on an inode: a writer that waited
+on the replaced file would append to a file nobody reads any more, so :func:`locked`
+re-opens until the file it locked is the one the path names.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from hashmatch.engine.errors import InvalidInput
+from hashmatch.server.auth import _parse_tenant, read_tokens_file
+from hashmatch.server.config import toml_from_bytes
+
+#: digits `hashmatch tokens ls` shows of a digest, and the fewest `revoke` accepts
+SHOWN_DIGITS = 12
+MIN_PREFIX = 8
+
+
+@dataclass(frozen=True)
+class TenantTokens:
+    """One ``[tenants.NAME]`` entry as the server reads it (digests, never tokens)."""
+
+    name: str
+    roles: tuple[str, ...]
+    all_lists: bool
+    digests: tuple[str, ...]
+
+
+def read_tenants(path: str | Path) -> list[TenantTokens]:
+    """The tenants of the tokens file at ``path``, in file order, strictly parsed."""
+    return _tenants_of(read_tokens_file(path), path)
+
+
+def _tenants_of(data: dict, path: str | Path) -> list[TenantTokens]:
+    out = []
+    for name, entry in (data.get("tenants") or {}).items():
+        try:
+            principal, digests = _parse_tenant(name, entry)
+        except InvalidInput as exc:
+            raise InvalidInput(f"{path}: {exc}") from None
+        roles = tuple(r for r in entry.get("roles", ["match"]))
+        out.append(TenantTokens(name, roles, principal.all_lists, tuple(digests)))
+    return out
+
+
+# -- locking and replacing ----------------------------------------------------------
+
+
+@contextmanager
+def locked(path: Path, mode: str = "r+b") -> Iterator[IO]:
+    """``path`` opened with ``mode`` under an exclusive ``flock`` held until the block
+    ends; re-opened when another writer replaced the file while this one waited."""
+    while True:
+        fh = open(path, mode)  # noqa: SIM115 (closed below or by the caller's block)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)  # released when fh closes
+            held, named = os.fstat(fh.fileno()), os.stat(path)
+            if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+                yield fh
+                return
+        finally:
+            fh.close()
+
+
+def replace_locked(path: Path, held: IO, text: str) -> None:
+    """Write ``text`` over the file ``held`` (open and locked by :func:`locked`):
+    a temp file beside it with the same mode and owner, fsync-ed, renamed over it.
+
+    Why the owner: ``sudo hashmatch tokens revoke`` as root must not leave a file the
+    server's user cannot read (its next reload would keep the revoked token); a user
+    who cannot give the file its owner back is refused before anything is written.
+    """
+    real = Path(os.path.realpath(path))  # a symlinked auth.toml stays a symlink
+    st = os.fstat(held.fileno())
+    tmp = real.with_name(f".{real.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
+            if (st.st_uid, st.st_gid) != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(out.fileno(), st.st_uid, st.st_gid)
+                except PermissionError:
+                    raise InvalidInput(
+                        f"{path}: owned by uid {st.st_uid} gid {st.st_gid}; the edited"
+                        " file would be yours: run as its owner (or root)"
+                    ) from None
+            out.write(text.encode("utf-8"))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, real)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(real.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+Tenants = list[TenantTokens]
+
+
+def edit(
+    path: Path, change: Callable[[str, Tenants], str], expect: Callable[[Tenants], Tenants]
+) -> Tenants:
+    """Apply ``change(text, tenants) -> new text`` to the tokens file under its lock;
+    write it only when it parses (strictly) to ``expect(tenants)``. The new tenants."""
+    with locked(path) as fh:
+        raw = fh.read()
+        before = _tenants_of(toml_from_bytes(raw, path), path)
+        text = raw.decode("utf-8")
+        new = change(text, before)
+        after = _tenants_of(toml_from_bytes(new.encode("utf-8"), path), path)
+        if after != expect(before):  # a layout the line edit misread: touch nothing
+            raise InvalidInput(
+                f"{path}: could not edit it without changing more than meant (its layout):"
+                " edit it by hand",
+                field="tokens_file",
+            )
+        replace_locked(path, fh, new)
+    return after
+
+
+def find(tenants: Tenants, name: str, path: str | Path) -> TenantTokens:
+    for tenant in tenants:
+        if tenant.name == name:
+            return tenant
+    raise InvalidInput(
+        f"no tenant {name!r} in {path} (`hashmatch token {name}` creates one)", field="tenant"
+    )
+
+
+def _replaced(tenants: Tenants, new: TenantTokens) -> Tenants:
+    return [new if t.name == new.name else t for t in tenants]
+
+
+def resolve_roles(
+    current: TenantTokens, roles: tuple[str, ...], add: tuple[str, ...], drop: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The tenant's roles after ``tokens add``: kept unless said otherwise, unambiguously.
+
+    Why ``--role`` must repeat the current roles: roles are the tenant's, shared by all
+    its tokens, so a different set would also change the old token's (the one being
+    rotated out, still in use), and whether it meant "add" or "replace" is a guess
+    (`tenants grant --write` once downgraded silently for the same reason).
+    """
+    if roles and (add or drop):
+        raise InvalidInput("give --role, or --add-role/--drop-role, not both", field="role")
+    if roles:
+        if set(roles) != set(current.roles):
+            raise InvalidInput(
+                f"tenant {current.name!r} has roles {','.join(current.roles)}; --role"
+                f" {','.join(roles)} differs, and roles are the tenant's (its other tokens"
+                " would change too): say --add-role ROLE or --drop-role ROLE",
+                field="role",
+            )
+        return current.roles
+    both = sorted(set(add) & set(drop))
+    if both:
+        raise InvalidInput(f"--add-role and --drop-role both name {both}", field="role")
+    result = tuple(r for r in current.roles if r not in drop)
+    result += tuple(r for r in dict.fromkeys(add) if r not in result)
+    if not result:
+        raise InvalidInput(f"tenant {current.name!r} would have no role left", field="role")
+    return result
+
+
+def add_token(
+    path: Path,
+    tenant: str,
+    digest: str,
+    *,
+    roles: tuple[str, ...] = (),
+    add_roles: tuple[str, ...] = (),
+    drop_roles: tuple[str, ...] = (),
+    all_lists: bool | None = None,
+) -> tuple[TenantTokens, TenantTokens]:
+    """Another token (``digest``) for an existing tenant; (the tenant before, after)."""
+    seen: list[TenantTokens] = []
+
+    def meant(before: Tenants) -> Tenants:
+        current = find(before, tenant, path)
+        new_roles = resolve_roles(current, roles, add_roles, drop_roles)
+        keep_all = current.all_lists if all_lists is None else all_lists
+        return _replaced(
+            before, TenantTokens(tenant, new_roles, keep_all, (*current.digests, digest))
+        )
+
+    def change(text: str, before: Tenants) -> str:
+        current = find(before, tenant, path)
+        new = find(meant(before), tenant, path)
+        seen.append(current)
+        if new.roles != current.roles:
+            text = set_roles(text, tenant, list(new.roles))
+        if new.all_lists != current.all_lists:
+            text = set_all_lists(text, tenant, new.all_lists)
+        return add_digest(text, tenant, digest)
+
+    after = edit(path, change, meant)
+    return seen[0], find(after, tenant, path)
+
+
+def digest_prefix(text: str) -> str:
+    """A digest prefix as typed: ``sha256:`` (as `tokens ls` shows it) and case ignored."""
+    prefix = text.strip().lower().removeprefix("sha256:")
+    if len(prefix) < MIN_PREFIX or not re.fullmatch(r"[0-9a-f]+", prefix):
+        raise InvalidInput(
+            f"not a digest prefix of at least {MIN_PREFIX} hex digits: {text!r}"
+            " (`hashmatch tokens ls` shows them)",
+            field="prefix",
+        )
+    return prefix
+
+
+def revoke(
+    path: Path, prefix: str | None, *, tenant: str | None = None, every: bool = False
+) -> list[tuple[str, str]]:
+    """Remove the one token whose digest starts with ``prefix`` (of ``tenant``, if
+    given), or ``every`` token of ``tenant``; the (tenant, digest) pairs removed.
+
+    Refused: a prefix no digest or several digests start with (never a guess), and an
+    edit that would leave the file without any token (``serve`` refuses such a file on
+    SIGHUP and keeps the old tokens: the revocation would silently not happen).
+    """
+    wanted = digest_prefix(prefix) if prefix is not None else None
+    doomed: list[tuple[str, str]] = []
+
+    def pick(before: Tenants) -> list[tuple[str, str]]:
+        scope = [find(before, tenant, path)] if tenant is not None else before
+        found = [
+            (t.name, d) for t in scope for d in t.digests if wanted is None or d.startswith(wanted)
+        ]
+        where = f" of tenant {tenant!r}" if tenant is not None else ""
+        if not found:
+            what = f"starts with {wanted}" if wanted else "is held"
+            raise InvalidInput(f"no token digest{where} {what} in {path}", field="prefix")
+        if wanted is not None and len(found) > 1 and not every:
+            listed = ", ".join(f"{name}:{d[:SHOWN_DIGITS]}" for name, d in found)
+            raise InvalidInput(
+                f"{len(found)} token digests{where} start with {wanted} ({listed}):"
+                " give more digits",
+                field="prefix",
+            )
+        gone = {d for _, d in found}
+        if not any(d not in gone for t in before for d in t.digests):
+            raise InvalidInput(
+                f"that would leave {path} without any token: serve refuses such a file"
+                " (a SIGHUP would keep every old token); add the new token first",
+                field="prefix",
+            )
+        return found
+
+    def meant(before: Tenants) -> Tenants:
+        gone = {d for _, d in pick(before)}
+        return [
+            TenantTokens(t.name, t.roles, t.all_lists, tuple(d for d in t.digests if d not in gone))
+            for t in before
+        ]
+
+    def change(text: str, before: Tenants) -> str:
+        doomed.extend(pick(before))
+        for name in dict.fromkeys(name for name, _ in doomed):
+            text = remove_digests(text, name, {d for n, d in doomed if n == name})
+        return text
+
+    edit(path, change, meant)
+    return doomed
+
+
+# -- the edits ----------------------------------------------------------------------
+
+
+def add_digest(text: str, tenant: str, digest: str) -> str:
+    """``digest`` appended to ``tenant``'s ``tokens_sha256`` (the key made if absent)."""
+    table = _table(text, tenant)
+    value = table.values.get("tokens_sha256")
+    if value is None:
+        return _insert_key(text, table, f'tokens_sha256 = ["{digest}"]')
+    array = _array(text, value)
+    close = value.end - 1  # the ']'
+    if not array.items:
+        return text[: value.start] + f'["{digest}"]' + text[value.end :]
+    line_start = text.rfind("\n", 0, close) + 1
+    if text[line_start:close].strip() == "":  # ']' on its own line: a line before it
+        last = array.items[-1]
+        indent = re.match(r"[ \t]*", text[text.rfind("\n", 0, last.start) + 1 :]).group()
+        comma = "" if last.comma else ","
+        text = text[: last.end] + comma + text[last.end :]
+        line_start += len(comma)
+        return text[:line_start] + f'{indent}"{digest}",\n' + text[line_start:]
+    before = text[value.start : close].rstrip()
+    sep = " " if before.endswith(",") else ", "
+    return text[:close].rstrip() + f'{sep}"{digest}"' + text[close:].lstrip(" \t")
+
+
+def remove_digests(text: str, tenant: str, digests: set[str]) -> str:
+    """``digests`` taken out of ``tenant``'s ``tokens_sha256``: a line holding only
+    one of them (and its comment: the comment was about that token) goes whole."""
+    table = _table(text, tenant)
+    value = table.values["tokens_sha256"]
+    array = _array(text, value)
+    doomed = [item for item in array.items if item.value.strip().lower() in digests]
+    kept = [item for item in array.items if item not in doomed]
+    cuts: list[tuple[int, int]] = []
+    for item in doomed:
+        start = text.rfind("\n", 0, item.start) + 1
+        end = text.find("\n", item.end)
+        end = len(text) if end < 0 else end
+        rest = text[item.end : end]
+        alone = text[start : item.start].strip() == "" and re.fullmatch(r"\s*,?\s*(#.*)?", rest)
+        if not alone or start <= value.start or end >= value.end:  # shares a line
+            if array.comments:
+                raise _unsupported(tenant, "tokens_sha256")
+            items = ", ".join(json.dumps(item.value) for item in kept)
+            return text[: value.start] + f"[{items}]" + text[value.end :]
+        cuts.append((start, end + 1))
+    for start, end in sorted(cuts, reverse=True):
+        text = text[:start] + text[end:]
+    return text
+
+
+def set_roles(text: str, tenant: str, roles: list[str]) -> str:
+    new = "[" + ", ".join(json.dumps(r) for r in roles) + "]"
+    return _set_value(text, tenant, "roles", new)
+
+
+def set_all_lists(text: str, tenant: str, all_lists: bool) -> str:
+    return _set_value(text, tenant, "all_lists", "true" if all_lists else "false")
+
+
+def _set_value(text: str, tenant: str, key: str, new: str) -> str:
+    table = _table(text, tenant)
+    value = table.values.get(key)
+    if value is None:
+        return _insert_key(text, table, f"{key} = {new}")
+    if value.end - value.start and "#" in text[value.start : value.end]:
+        raise _unsupported(tenant, key)  # a comment inside the value would be lost
+    return text[: value.start] + new + text[value.end :]
+
+
+def _insert_key(text: str, table: _Table, line: str) -> str:
+    return text[: table.body] + line + "\n" + text[table.body :]
+
+
+def _unsupported(tenant: str, key: str) -> InvalidInput:
+    return InvalidInput(
+        f"cannot edit {key} of tenant {tenant!r} without losing its comments or layout:"
+        " edit the file by hand",
+        field="tokens_file",
+    )
+
+
+# -- reading the layout -------------------------------------------------------------
+
+_BARE = r"[A-Za-z0-9_-]+"
+_KEY = rf"(?:{_BARE}|\"(?:[^\"\\\n]|\\.)*\"|'[^'\n]*')"
+_HEADER = re.compile(rf"[ \t]*\[[ \t]*tenants[ \t]*\.[ \t]*(?P<key>{_KEY})[ \t]*\][ \t]*(?:#.*)?")
+_KEY_LINE = re.compile(rf"[ \t]*(?P<key>{_KEY})[ \t]*=[ \t]*")
+
+
+@dataclass(frozen=True)
+class _Span:
+    start: int
+    end: int
+
+
+@dataclass
+class _Table:
+    name: str
+    body: int  # offset of the line after the header
+    values: dict[str, _Span]
+
+
+@dataclass(frozen=True)
+class _Item:
+    start: int
+    end: int
+    value: str
+    comma: bool  # a ',' follows it
+
+
+@dataclass(frozen=True)
+class _Array:
+    items: list[_Item]
+    comments: bool
+
+
+def _key_name(key: str) -> str:
+    if key.startswith("'"):
+        return key[1:-1]
+    if key.startswith('"'):
+        return json.loads(key) if "\\" not in key else _toml_string(key)
+    return key
+
+
+def _toml_string(quoted: str) -> str:
+    import tomllib
+
+    return tomllib.loads(f"k = {quoted}")["k"]
+
+
+def _table(text: str, tenant: str) -> _Table:
+    """``[tenants.<tenant>]``'s header and the values of its keys."""
+    found: _Table | None = None
+    pos = 0
+    while pos < len(text):
+        end = text.find("\n", pos)
+        end = len(text) if end < 0 else end
+        line = text[pos:end]
+        if found is not None and re.match(r"[ \t]*\[", line):
+            return found  # the next table
+        header = _HEADER.fullmatch(line)
+        key = _KEY_LINE.match(line)
+        if header and _key_name(header["key"]) == tenant:
+            found = _Table(tenant, min(end + 1, len(text)), {})
+        elif key and not line.lstrip().startswith("#"):
+            start = pos + key.end()
+            stop = _value_end(text, start)
+            if found is not None:
+                found.values[_key_name(key["key"])] = _Span(start, stop)
+            end = text.find("\n", stop)
+            end = len(text) if end < 0 else end
+        pos = end + 1
+    if found is None:
+        raise InvalidInput(
+            f"no [tenants.{tenant}] table for tenant {tenant!r} (an inline or dotted"
+            " entry? edit the file by hand)",
+            field="tokens_file",
+        )
+    return found
+
+
+def _value_end(text: str, start: int) -> int:
+    """Where the value beginning at ``start`` ends: its closing ']' for an array, else
+    the end of the line less a comment and trailing blanks."""
+    if text.startswith("[", start):
+        return _scan_array(text, start)[0]
+    end = text.find("\n", start)
+    end = len(text) if end < 0 else end
+    line = text[start:end]
+    if not line.startswith(('"', "'")):
+        line = line.split("#", 1)[0]
+    return start + len(line.rstrip())
+
+
+def _array(text: str, value: _Span) -> _Array:
+    return _scan_array(text, value.start)[1]
+
+
+def _scan_array(text: str, start: int) -> tuple[int, _Array]:
+    """A one-level array of strings from its '[' at ``start``: (end after ']', items)."""
+    items: list[_Item] = []
+    comments = False
+    i = start + 1
+    while i < len(text):
+        c = text[i]
+        if c in " \t\r\n":
+            i += 1
+        elif c == "#":
+            comments = True
+            nl = text.find("\n", i)
+            i = len(text) if nl < 0 else nl
+        elif c == ",":
+            if items:
+                items[-1] = _Item(items[-1].start, items[-1].end, items[-1].value, True)
+            i += 1
+        elif c == "]":
+            return i + 1, _Array(items, comments)
+        elif c in "\"'":
+            end = _string_end(text, i)
+            raw = text[i:end]
+            value = raw[1:-1] if c == "'" else _toml_string(raw)
+            items.append(_Item(i, end, value, False))
+            i = end
+        else:  # a nested array, a number...: not a tokens file this editor writes
+            raise InvalidInput("an array of strings was expected", field="tokens_file")
+    raise InvalidInput("an array is not closed", field="tokens_file")
+
+
+def _string_end(text: str, start: int) -> int:
+    quote = text[start]
+    i = start + 1
+    while i < len(text) and text[i] != "\n":
+        if text[i] == "\\" and quote == '"':
+            i += 2
+            continue
+        if text[i] == quote:
+            return i + 1
+        i += 1
+    raise InvalidInput("a string is not closed", field="tokens_file")

@@ -1,0 +1,277 @@
+"""Rotating and revoking tokens: ``hashmatch tokens ls|add|revoke`` edit the tokens file
+the way an operator would by hand (comments and other tenants kept), atomically and
+under the file's lock, and a running ``serve`` applies the edit on SIGHUP."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+from test_operator_setup import SERVE, Served, _clean_env, _tenant, _waits_for_a_lock
+
+from hashmatch.server import auth, tokens_file
+from hashmatch.server.cli import cli
+from hashmatch.server.client import HashmatchClient
+from hashmatch.v1 import common_pb2, matcher_pb2
+
+CLEAN = {"HASHMATCH_CONFIG": None, "HASHMATCH_DATA_DIR": None, "HASHMATCH_AUTH_FILE": None}
+
+
+def _run(path: Path, *args: str):
+    return CliRunner().invoke(cli, [*args, "--auth-file", str(path)], env=CLEAN)
+
+
+def _digest_of(token: str) -> str:
+    return auth.hash_token(token)
+
+
+HAND_WRITTEN = """\
+# hashmatch tokens (SHA-256 digests only). Kept by ops@example.org.
+
+[tenants."admin"]
+tokens_sha256 = ["{admin}"]
+roles = ["match", "export", "write", "admin"]
+all_lists = true
+
+# partner-a: ticket OPS-42; rotate every 90 days
+[tenants.partner-a]   # the EU platform
+tokens_sha256 = [
+  "{old}",  # issued 2026-09-01, expires 2026-12-01
+  "{ci}",   # CI
+]
+roles = ["match"]
+
+[tenants."partner b"]
+tokens_sha256 = ["{other}"]   # never rotated
+roles = ["match", "export"]
+all_lists = false
+"""
+
+
+def _hand_written(path: Path, **tokens: str) -> str:
+    text = HAND_WRITTEN.format(**{name: _digest_of(t) for name, t in tokens.items()})
+    path.write_text(text)
+    path.chmod(0o600)
+    return text
+
+
+def _tokens(*names: str) -> dict[str, str]:
+    return {name: f"{name}-token-{'x' * 20}" for name in names}
+
+
+def test_a_rotation_keeps_comments_other_tenants_roles_and_the_files_mode(tmp_path):
+    path = tmp_path / "auth.toml"
+    tokens = _tokens("admin", "old", "ci", "other")
+    before = _hand_written(path, **tokens)
+    inode = path.stat().st_ino
+
+    added = _run(path, "tokens", "add", "partner-a")
+    assert added.exit_code == 0, added.output
+    new = added.stdout.strip().splitlines()[-1]
+    old_prefix = _digest_of(tokens["old"])[:8]
+    revoked = _run(path, "tokens", "revoke", old_prefix)
+    assert revoked.exit_code == 0, revoked.output
+    assert f"revoked sha256:{old_prefix}" in revoked.stdout
+
+    after = path.read_text()
+    assert _tenant(path, new).tenant == "partner-a"
+    assert _tenant(path, new).roles == frozenset({"match"})  # the tenant's roles kept
+    assert _tenant(path, tokens["ci"]).tenant == "partner-a"
+    with pytest.raises(auth.Unauthenticated):
+        _tenant(path, tokens["old"])
+    # every line but the revoked token's is still there, in order; the new one added
+    kept = [line for line in before.splitlines() if _digest_of(tokens["old"]) not in line]
+    assert [line for line in after.splitlines() if _digest_of(new) not in line] == kept
+    assert "# CI" in after and "# the EU platform" in after and "never rotated" in after
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.stat().st_ino != inode  # replaced whole (temp file + rename), not rewritten
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tokens_ls_shows_roles_and_digest_prefixes_never_tokens(tmp_path):
+    path = tmp_path / "auth.toml"
+    tokens = _tokens("admin", "old", "ci", "other")
+    _hand_written(path, **tokens)
+    listed = _run(path, "tokens", "ls")
+    assert listed.exit_code == 0, listed.output
+    lines = listed.stdout.splitlines()
+    assert lines[1] == (
+        f"partner-a: roles match; tokens sha256:{_digest_of(tokens['old'])[:12]},"
+        f" sha256:{_digest_of(tokens['ci'])[:12]}"
+    )
+    assert lines[0].startswith("admin: roles match,export,write,admin; all lists; tokens")
+    assert lines[-1] == f"3 tenant(s), 4 token(s) in {path}"
+    for token in tokens.values():
+        assert token not in listed.output
+        assert _digest_of(token) not in listed.output  # a prefix only
+
+
+def test_an_ambiguous_or_unknown_prefix_is_refused_and_nothing_changes(tmp_path):
+    path = tmp_path / "auth.toml"
+    shared = "abcdef01"
+    path.write_text(
+        "[tenants.a]\n"
+        f'tokens_sha256 = ["{shared}{"1" * 56}"]\n'
+        "[tenants.b]\n"
+        f'tokens_sha256 = ["{shared}{"2" * 56}"]  # b\'s\n'
+    )
+    before = path.read_text()
+    refused = _run(path, "tokens", "revoke", shared)
+    assert refused.exit_code == 1
+    assert "2 token digests start with abcdef01" in refused.output
+    assert f"a:{shared}1111" in refused.output and "give more digits" in refused.output
+    for prefix in ("0123456789", "abc", "sha256:zz"):
+        assert _run(path, "tokens", "revoke", prefix).exit_code == 1
+    assert path.read_text() == before
+    # a longer prefix, the ls form (sha256:), or the tenant, tells them apart
+    assert _run(path, "tokens", "revoke", f"sha256:{shared}2").exit_code == 0
+    assert path.read_text() == f'[tenants.a]\ntokens_sha256 = ["{shared}{"1" * 56}"]\n' + (
+        "[tenants.b]\ntokens_sha256 = []  # b's\n"
+    )
+
+
+def test_revoking_every_token_of_a_tenant_keeps_it_for_a_new_token(tmp_path):
+    path = tmp_path / "auth.toml"
+    tokens = _tokens("admin", "old", "ci", "other")
+    _hand_written(path, **tokens)
+    gone = _run(path, "tokens", "revoke", "--tenant", "partner-a", "--all")
+    assert gone.exit_code == 0, gone.output
+    assert gone.stdout.count("revoked sha256:") == 2
+    assert "[tenants.partner-a]   # the EU platform" in path.read_text()
+    again = _run(path, "tokens", "add", "partner-a")  # same roles as before
+    assert again.exit_code == 0, again.output
+    assert _tenant(path, again.stdout.strip().splitlines()[-1]).roles == frozenset({"match"})
+
+
+def test_revoking_the_last_token_of_the_file_is_refused(tmp_path):
+    """serve refuses a file without tokens on SIGHUP and keeps the old ones: the
+    revocation would silently not happen."""
+    path = tmp_path / "auth.toml"
+    path.write_text(f'[tenants.only]\ntokens_sha256 = ["{"e" * 64}"]\n')
+    refused = _run(path, "tokens", "revoke", "eeeeeeee")
+    assert refused.exit_code == 1 and "without any token" in refused.output
+    assert "e" * 64 in path.read_text()
+
+
+def test_tokens_add_keeps_roles_unless_told_and_refuses_an_ambiguous_role_change(tmp_path):
+    path = tmp_path / "auth.toml"
+    tokens = _tokens("admin", "old", "ci", "other")
+    _hand_written(path, **tokens)
+    before = path.read_text()
+    # roles are the tenant's: a different --role set would change the old token too
+    differs = _run(path, "tokens", "add", "partner-a", "--role", "write")
+    assert differs.exit_code == 1 and "--add-role" in differs.output
+    both = _run(path, "tokens", "add", "partner-a", "--add-role", "write", "--drop-role", "write")
+    assert both.exit_code == 1
+    mixed = _run(path, "tokens", "add", "partner-a", "--role", "match", "--add-role", "write")
+    assert mixed.exit_code == 1
+    none_left = _run(path, "tokens", "add", "partner-a", "--drop-role", "match")
+    assert none_left.exit_code == 1 and "no role left" in none_left.output
+    missing = _run(path, "tokens", "add", "nobody")
+    assert missing.exit_code == 1 and "hashmatch token nobody" in missing.output
+    assert path.read_text() == before
+    same = _run(path, "tokens", "add", "partner-a", "--role", "match")  # a script's check
+    assert same.exit_code == 0, same.output
+    more = _run(path, "tokens", "add", "partner b", "--add-role", "write", "--all-lists")
+    assert more.exit_code == 0, more.output
+    assert "now has roles match,export,write, all lists (every token of it)" in more.stderr
+    held = _tenant(path, tokens["other"])  # the tenant's other token changed with it
+    assert held.roles == frozenset({"match", "export", "write"}) and held.all_lists
+
+
+def test_token_on_an_existing_tenant_names_tokens_add(tmp_path):
+    path = tmp_path / "auth.toml"
+    assert _run(path, "token", "acme").exit_code == 0
+    again = _run(path, "token", "acme")
+    assert again.exit_code == 1 and "hashmatch tokens add acme" in again.output
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks")
+@pytest.mark.parametrize("waiting", [["token", "beta"], ["tokens", "add", "partner-a"]])
+def test_a_writer_waiting_on_the_lock_does_not_lose_an_edit_that_replaced_the_file(
+    tmp_path, waiting
+):
+    """An edit replaces the file (rename); a `hashmatch token` that waited on the old
+    file's lock meanwhile appended to it, a file nobody reads any more: its tenant lost."""
+    path = tmp_path / "auth.toml"
+    tokens = _tokens("admin", "old", "ci", "other")
+    _hand_written(path, **tokens)
+    with tokens_file.locked(path) as held:  # this process is the editor
+        run = subprocess.Popen(
+            [sys.executable, "-c", SERVE, *waiting, "--auth-file", str(path)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_clean_env(),
+        )  # fmt: skip
+        while run.poll() is None and not _waits_for_a_lock(run.pid):
+            time.sleep(0.01)
+        text = held.read().decode()
+        edited = tokens_file.remove_digests(text, "partner b", {_digest_of(tokens["other"])})
+        tokens_file.replace_locked(path, held, edited)
+    out, err = run.communicate(timeout=60)
+    assert run.returncode == 0, err
+    with pytest.raises(auth.Unauthenticated):  # the edit stands
+        _tenant(path, tokens["other"])
+    assert _tenant(path, out.strip()).tenant == waiting[-1]  # and the waiting write too
+
+
+def test_a_rotation_on_a_running_server_takes_effect_on_sighup(tmp_path):
+    """Over a real socket: after `tokens add` + `tokens revoke` and a SIGHUP, the new
+    token works, the old one is UNAUTHENTICATED and its open MatchStream ends."""
+    data = tmp_path / "data"
+    path = data / "auth.toml"
+    served = Served("--data-dir", str(data))
+    try:
+        served.wait_for("serving on")
+        made = _run(path, "token", "acme")
+        assert made.exit_code == 0, made.output
+        old = made.stdout.strip()
+        _reload(served, 1)
+        query = matcher_pb2.MatchRequest(
+            hashes=[common_pb2.HashValue(signal_type="pdq", hex="a1" * 32)]
+        )
+        gate = threading.Event()
+
+        def requests():
+            yield query
+            gate.wait(30)
+            yield query
+
+        address = f"127.0.0.1:{served.port}"
+        with HashmatchClient(address, token=old, retries=0) as before:
+            before.wait_until_serving(60)
+            stream = before.matcher.MatchStream(requests(), metadata=before.metadata, timeout=60)
+            assert len(next(stream).results) == 1  # open and answering
+
+            added = _run(path, "tokens", "add", "acme")
+            assert added.exit_code == 0, added.output
+            new = added.stdout.strip().splitlines()[-1]
+            assert _run(path, "tokens", "revoke", _digest_of(old)[:10]).exit_code == 0
+            _reload(served, 2)
+
+            with HashmatchClient(address, token=new, retries=0) as after:
+                assert len(after.matcher.Match(query, metadata=after.metadata).results) == 1
+            with pytest.raises(grpc.RpcError) as err:
+                before.matcher.Match(query, metadata=before.metadata)
+            assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            gate.set()
+            with pytest.raises(grpc.RpcError) as ended:
+                next(stream)
+            assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        served.stop()
+
+
+def _reload(served: Served, count: int) -> None:
+    """SIGHUP ``served`` and wait for its ``count``-th "reloaded" line."""
+    served.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 30
+    while sum("reloaded" in line for line in served.lines) < count:
+        assert time.monotonic() < deadline, "".join(served.lines)
+        assert served.proc.poll() is None, "".join(served.lines)
+        time.sleep(0.05)
