@@ -1031,14 +1031,21 @@ class SignalStore:
     def grant(
         self, tenant: str, list_name: str, *, write: bool = False, actor: str = "local"
     ) -> Tenant:
-        """Share ``list_name`` with ``tenant`` (read; ``write`` also lets it ingest/retract)."""
+        """Share ``list_name`` with ``tenant`` (read; ``write`` also lets it ingest/retract).
+
+        A grant never takes a right away: granting read to a tenant that already writes
+        the list keeps its write. Why: ``tenants grant acme L`` (without ``--write``),
+        run to make sure acme reads L, silently downgraded a read+write grant, and
+        acme's next ingest was refused. ``revoke(..., write_only=True)`` downgrades.
+        """
         tenant = tenant.strip()  # as create_tenant stored it
         with self._write() as conn:
             self._require_tenant(conn, tenant)
             list_id = self._list_id(conn, list_name)
             conn.execute(
                 "INSERT INTO tenant_lists(tenant, list_id, can_write) VALUES (?, ?, ?)"
-                " ON CONFLICT(tenant, list_id) DO UPDATE SET can_write = excluded.can_write",
+                " ON CONFLICT(tenant, list_id)"
+                " DO UPDATE SET can_write = max(can_write, excluded.can_write)",
                 (tenant, list_id, int(write)),
             )
             self._audit(
@@ -1047,15 +1054,26 @@ class SignalStore:
             self._bump(conn)
         return self.get_tenant(tenant)
 
-    def revoke(self, tenant: str, list_name: str, *, actor: str = "local") -> Tenant:
+    def revoke(
+        self, tenant: str, list_name: str, *, write_only: bool = False, actor: str = "local"
+    ) -> Tenant:
+        """Stop sharing ``list_name`` with ``tenant``; ``write_only``: take back only its
+        write (it still reads the list), the one way to downgrade a grant."""
         tenant = tenant.strip()
         with self._write() as conn:
             self._require_tenant(conn, tenant)
             list_id = self._list_id(conn, list_name)
-            conn.execute(
-                "DELETE FROM tenant_lists WHERE tenant = ? AND list_id = ?", (tenant, list_id)
-            )
-            self._audit(conn, actor, "tenant.revoke", list_name, 0, None, {"tenant": tenant})
+            if write_only:
+                conn.execute(
+                    "UPDATE tenant_lists SET can_write = 0 WHERE tenant = ? AND list_id = ?",
+                    (tenant, list_id),
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM tenant_lists WHERE tenant = ? AND list_id = ?", (tenant, list_id)
+                )
+            details = {"tenant": tenant, **({"write_only": True} if write_only else {})}
+            self._audit(conn, actor, "tenant.revoke", list_name, 0, None, details)
             self._bump(conn)
         return self.get_tenant(tenant)
 

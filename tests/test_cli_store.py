@@ -120,6 +120,23 @@ def test_tenants_see_only_shared_lists(run, tmp_path):
     assert sorted(m["list_name"] for m in json.loads(out)[0]["matches"]) == ["private", "shared"]
 
 
+def test_grant_never_takes_write_away_and_revoke_write_only_does(run):
+    """`tenants grant acme L` without --write, run to make sure acme reads L, silently
+    downgraded acme's read+write grant (its next ingest refused)."""
+    run("lists", "create", "shared")
+    run("tenants", "create", "acme")
+    assert "(read+write)" in run("tenants", "grant", "acme", "shared", "--write").output
+    again = run("tenants", "grant", "acme", "shared").output
+    assert "(read+write; it already wrote it: `hashmatch tenants revoke --write-only`" in again
+    assert "acme: reads shared; writes shared" in run("tenants", "ls").output
+    down = run("tenants", "revoke", "acme", "shared", "--write-only").output
+    assert "'acme' can no longer write 'shared'; it still reads it" in down
+    assert "acme: reads shared; writes -" in run("tenants", "ls").output
+    assert "nothing to revoke" in run("tenants", "revoke", "acme", "shared", "--write-only").output
+    assert "(read)" in run("tenants", "grant", "acme", "shared").output
+    assert "acme: reads shared; writes -" in run("tenants", "ls").output
+
+
 def test_ingest_of_a_missing_file_creates_nothing(run, tmp_path):
     result = run("ingest", str(tmp_path / "nope.csv"), "--list", "x", ok=False)
     assert result.exit_code == 2 and "does not exist" in result.output

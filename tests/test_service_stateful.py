@@ -249,7 +249,8 @@ class ServiceMachine(RuleBasedStateMachine):
         for name, tenant, write in grants:
             if name in self.m.lists:
                 self.cli.store.grant(tenant, name, write=write)
-                self.m.lists[name].grants[tenant] = write
+                grants = self.m.lists[name].grants
+                grants[tenant] = write or grants.get(tenant, False)  # a grant keeps write
 
     def teardown(self) -> None:
         if hasattr(self, "cli"):
@@ -616,7 +617,7 @@ class ServiceMachine(RuleBasedStateMachine):
         lst = self.m.lists[name]
         if grant:
             self.cli.store.grant(tenant, name, write=write)
-            lst.grants[tenant] = write
+            lst.grants[tenant] = write or lst.grants.get(tenant, False)  # a grant keeps write
         else:
             self.cli.store.revoke(tenant, name)
             lst.grants.pop(tenant, None)

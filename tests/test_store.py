@@ -165,6 +165,12 @@ def test_tenant_isolation(engine):
         engine.retract(list_name="private", signal_ids=[4], tenant="acme")
     store.grant("acme", "shared", write=True)
     assert engine.ingest(records(codes(1, 5)), list_name="shared", tenant="acme").added == 1
+    store.grant("acme", "shared")  # a grant never takes a right away: write stays
+    assert engine.ingest(records(codes(1, 6)), list_name="shared", tenant="acme").added == 1
+    store.revoke("acme", "shared", write_only=True)  # the explicit downgrade
+    with pytest.raises(PermissionDenied):
+        engine.ingest(records(codes(1, 7)), list_name="shared", tenant="acme")
+    assert [len(r) for r in engine.match("pdq", both, tenant="acme")] == [1, 0]  # still reads
     store.revoke("acme", "shared")
     assert [len(r) for r in engine.match("pdq", both, tenant="acme")] == [0, 0]
 

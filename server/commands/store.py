@@ -1071,23 +1071,39 @@ def tenants_create(name, admin, data_dir) -> None:
 @click.option("--write", is_flag=True, help="Also let it ingest and retract.")
 @_data_dir_option
 def tenants_grant(tenant, list_name, write, data_dir) -> None:
-    """Share a list with a tenant (read, or read+write)."""
+    """Share a list with a tenant (read, or read+write). A grant never takes a right
+    away: a tenant that writes the list keeps write (`tenants revoke --write-only`
+    takes it back)."""
     with _engine(data_dir) as engine:
         t = engine.store.grant(tenant, list_name, write=write)
-    click.echo(f"shared {list_name!r} with {tenant!r} ({'read+write' if write else 'read'}); "
-               f"it now reads {len(t.reads)} list(s)")  # fmt: skip
+    name = list_name.strip()
+    kept = not write and name in t.writes
+    right = "read+write" if write or kept else "read"
+    said = f"shared {list_name!r} with {tenant!r} ({right}"
+    if kept:
+        said += "; it already wrote it: `hashmatch tenants revoke --write-only` takes write back"
+    click.echo(f"{said}); it now reads {len(t.reads)} list(s)")
 
 
 @tenants_group.command("revoke")
 @click.argument("tenant")
 @click.argument("list_name")
+@click.option("--write-only", is_flag=True, help="Take back only write: it still reads the list.")
 @_data_dir_option
-def tenants_revoke(tenant, list_name, data_dir) -> None:
-    """Stop sharing a list with a tenant (from its next lookup)."""
+def tenants_revoke(tenant, list_name, write_only, data_dir) -> None:
+    """Stop sharing a list with a tenant (from its next lookup), or with --write-only
+    stop its ingests and retractions into it (it still matches against it)."""
+    name = list_name.strip()
     with _engine(data_dir) as engine:
-        had = list_name in engine.store.get_tenant(tenant).reads
-        t = engine.store.revoke(tenant, list_name)
-    if not had:
+        before = engine.store.get_tenant(tenant)
+        t = engine.store.revoke(tenant, list_name, write_only=write_only)
+    if write_only:
+        if name not in before.writes:
+            click.echo(f"{tenant!r} could not write {list_name!r}; nothing to revoke")
+            return
+        click.echo(f"{tenant!r} can no longer write {list_name!r}; it still reads it")
+        return
+    if name not in before.reads:
         click.echo(f"{tenant!r} was not granted {list_name!r}; nothing to revoke")
         return
     click.echo(f"revoked {list_name!r} from {tenant!r}; it now reads {len(t.reads)} list(s)")
