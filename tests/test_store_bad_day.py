@@ -228,6 +228,24 @@ def test_an_empty_type_says_missing_and_video_md5_is_md5(engine, tmp_path):
     assert (stored.signal_type, stored.hash_hex) == ("md5", md5)
 
 
+def test_ingest_calls_a_list_new_only_once_something_was_stored_in_it(run, tmp_path):
+    """It said "list 'x' is new" before reading the file, then refused it whole: no list."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"signal_type,signal_value\npdq,{H[0]}\npdq,zz\n")
+    refused = run("ingest", str(bad), "--list", "fresh", "--strict", ok=False)
+    assert "REFUSED (strict)" in refused.stdout and "is new" not in refused.stderr
+    worthless = tmp_path / "worthless.csv"
+    worthless.write_text("signal_type,signal_value\npdq,zz\n")
+    rejected = run("ingest", str(worthless), "--list", "fresh", ok=False)
+    assert "rejected 1" in rejected.stdout and "is new" not in rejected.stderr
+    assert "fresh" not in run("lists", "ls").output
+    good = tmp_path / "good.csv"
+    good.write_text(f"signal_type,signal_value\npdq,{H[0]}\n")
+    stored = run("ingest", str(worthless), str(good), str(good), "--list", "fresh", ok=False)
+    assert stored.stderr.count("list 'fresh' is new: created by this ingest") == 1
+    assert stored.stderr.index("is new") > stored.stderr.index("line 2")  # after the 1st
+
+
 def test_tenant_and_list_names_are_stripped_everywhere(run):
     run("lists", "create", "partner")
     run("tenants", "create", " acme ")

@@ -498,7 +498,7 @@ def ingest_command(
             raise click.ClickException(exc.message) from None
     failed = False
     with _engine(data_dir, create=True, resumable=True) as engine:
-        _say_what_is_new(engine, list_name)
+        new = _say_if_disabled(engine, list_name)
         for number, path in enumerate(files):
             bar = _bar(None, f"ingest {Path(path).name}")
             last = [0]
@@ -548,6 +548,13 @@ def ingest_command(
                         "(use hashmatch restore)"
                     )
                     _name_still_retracted(report)
+            if new and engine.store.lists(names=[list_name.strip()]):
+                new = False  # said once, by the file that stored the first signal
+                click.echo(
+                    f"list {list_name.strip()!r} is new: created by this ingest (a typo in"
+                    " --list? `hashmatch lists delete` removes it)",
+                    err=True,
+                )
             for r in report.rejections[:show]:
                 click.echo(f"  {path}: {r}", err=True)
             if report.rejected > show:
@@ -595,18 +602,24 @@ def _name_still_retracted(report) -> None:
         )
 
 
-def _say_what_is_new(engine, list_name: str) -> None:
-    """A typo in --list creates a list without complaint (that is how the first ingest
-    works): say so on stderr, and warn of a disabled list. (A new store: _engine.)"""
+def _say_if_disabled(engine, list_name: str) -> bool:
+    """Warn on stderr of a disabled list; whether the list does not exist yet.
+
+    Why: a typo in --list creates a list without complaint (that is how the first
+    ingest works), so ingest says "list 'x' is new" -- but only once a file stored
+    something into it: said up front, it was false when the file was then refused
+    whole (--strict) or every line rejected, and no list was made. (A new store: _engine.)
+    """
     name = list_name.strip()  # as the store names it
     found = engine.store.lists(names=[name])
     if not found:
-        click.echo(f"list {name!r} is new: the first signal stored creates it", err=True)
-    elif not found[0].enabled:
+        return True
+    if not found[0].enabled:
         click.echo(
             f"list {name!r} is disabled: its signals do not match until `hashmatch lists enable`",
             err=True,
         )
+    return False
 
 
 # ----------------------------------------------------------------------------- retraction
