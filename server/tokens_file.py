@@ -132,7 +132,12 @@ def edit(
         raw = fh.read()
         before = _tenants_of(toml_from_bytes(raw, path), path)
         text = raw.decode("utf-8")
-        new = change(text, before)
+        try:
+            new = change(text, before)
+        except InvalidInput as exc:
+            if exc.field != "tokens_file":  # the others name what was asked, not the file
+                raise
+            raise InvalidInput(f"{path}: {exc.message}") from None
         after = _tenants_of(toml_from_bytes(new.encode("utf-8"), path), path)
         if after != expect(before):  # a layout the line edit misread: touch nothing
             raise InvalidInput(
@@ -310,7 +315,7 @@ def add_digest(text: str, tenant: str, digest: str) -> str:
         comma = "" if last.comma else ","
         text = text[: last.end] + comma + text[last.end :]
         line_start += len(comma)
-        return text[:line_start] + f'{indent}"{digest}",\n' + text[line_start:]
+        return text[:line_start] + f'{indent}"{digest}",{_newline(text)}' + text[line_start:]
     before = text[value.start : close].rstrip()
     sep = " " if before.endswith(",") else ", "
     return text[:close].rstrip() + f'{sep}"{digest}"' + text[close:].lstrip(" \t")
@@ -362,7 +367,12 @@ def _set_value(text: str, tenant: str, key: str, new: str) -> str:
 
 
 def _insert_key(text: str, table: _Table, line: str) -> str:
-    return text[: table.body] + line + "\n" + text[table.body :]
+    return text[: table.body] + line + _newline(text) + text[table.body :]
+
+
+def _newline(text: str) -> str:
+    """The file's line end: a line added to a file saved with CRLF ends the same way."""
+    return "\r\n" if "\r\n" in text else "\n"
 
 
 def _unsupported(tenant: str, key: str) -> InvalidInput:
@@ -429,7 +439,7 @@ def _table(text: str, tenant: str) -> _Table:
     while pos < len(text):
         end = text.find("\n", pos)
         end = len(text) if end < 0 else end
-        line = text[pos:end]
+        line = text[pos:end].rstrip("\r")  # a file saved with CRLF line ends
         if found is not None and re.match(r"[ \t]*\[", line):
             return found  # the next table
         header = _HEADER.fullmatch(line)

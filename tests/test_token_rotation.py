@@ -4,6 +4,7 @@ under the file's lock, and a running ``serve`` applies the edit on SIGHUP."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def test_a_rotation_keeps_comments_other_tenants_roles_and_the_files_mode(tmp_pa
     path = tmp_path / "auth.toml"
     tokens = _tokens("admin", "old", "ci", "other")
     before = _hand_written(path, **tokens)
-    inode = path.stat().st_ino
+    original = path.open("rb")  # holds the original inode (a freed one may be reused)
 
     added = _run(path, "tokens", "add", "partner-a")
     assert added.exit_code == 0, added.output
@@ -91,7 +92,9 @@ def test_a_rotation_keeps_comments_other_tenants_roles_and_the_files_mode(tmp_pa
     assert [line for line in after.splitlines() if _digest_of(new) not in line] == kept
     assert "# CI" in after and "# the EU platform" in after and "never rotated" in after
     assert path.stat().st_mode & 0o777 == 0o600
-    assert path.stat().st_ino != inode  # replaced whole (temp file + rename), not rewritten
+    with original:  # replaced whole (temp file + rename), the old file never rewritten
+        assert os.fstat(original.fileno()).st_ino != path.stat().st_ino
+        assert original.read().decode() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -275,3 +278,18 @@ def _reload(served: Served, count: int) -> None:
         assert time.monotonic() < deadline, "".join(served.lines)
         assert served.proc.poll() is None, "".join(served.lines)
         time.sleep(0.05)
+
+
+def test_a_layout_the_editor_does_not_handle_is_refused_untouched(tmp_path):
+    """An inline table (valid TOML the line edit does not understand) is refused naming
+    the file, never half-edited; a CRLF file gets CRLF lines."""
+    path = tmp_path / "auth.toml"
+    path.write_text(f'[tenants]\nacme = {{ tokens_sha256 = ["{"a" * 64}"] }}\n')
+    before = path.read_bytes()
+    refused = _run(path, "tokens", "add", "acme")
+    assert refused.exit_code == 1 and f"{path}: no [tenants.acme] table" in refused.output
+    assert "edit the file by hand" in refused.output and path.read_bytes() == before
+    path.write_bytes(f'[tenants.acme]\r\ntokens_sha256 = [\r\n  "{"a" * 64}",\r\n]\r\n'.encode())
+    assert _run(path, "tokens", "add", "acme").exit_code == 0
+    crlf = path.read_bytes()
+    assert crlf.count(b"\r\n") == crlf.count(b"\n") == 5  # one line more, CRLF too
