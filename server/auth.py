@@ -102,7 +102,7 @@ class TokenAuth:
             raise InvalidInput("must be tables [tenants.NAME]", field="tenants")
         by_digest: dict[str, Principal] = {}
         for name, entry in tenants.items():
-            principal, digests = _parse_tenant(name, entry)
+            principal, digests = parse_tenant(name, entry)
             for digest in digests:
                 held = by_digest.get(digest)
                 if held is not None and held.tenant != name:
@@ -176,7 +176,7 @@ TENANT_KEYS = ("tokens_sha256", "roles", "all_lists")
 _HEX = frozenset("0123456789abcdef")
 
 
-def _parse_tenant(name: str, entry: object) -> tuple[Principal, list[str]]:
+def parse_tenant(name: str, entry: object) -> tuple[Principal, list[str]]:
     """One ``[tenants.NAME]`` table -> its principal and normalised token digests."""
     if not name or not isinstance(entry, Mapping):
         raise InvalidInput(f"tenant {name!r}: not a [tenants.NAME] table", field="tenants")

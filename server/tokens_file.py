@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from hashmatch.engine.errors import InvalidInput
-from hashmatch.server.auth import _parse_tenant, read_tokens_file
+from hashmatch.server.auth import parse_tenant, read_tokens_file
 from hashmatch.server.config import toml_from_bytes
 
 #: digits `hashmatch tokens ls` shows of a digest, and the fewest `revoke` accepts
@@ -57,7 +57,7 @@ def _tenants_of(data: dict, path: str | Path) -> list[TenantTokens]:
     out = []
     for name, entry in (data.get("tenants") or {}).items():
         try:
-            principal, digests = _parse_tenant(name, entry)
+            principal, digests = parse_tenant(name, entry)
         except InvalidInput as exc:
             raise InvalidInput(f"{path}: {exc}") from None
         roles = tuple(r for r in entry.get("roles", ["match"]))

@@ -355,7 +355,9 @@ def token(
     \b
     Example:
       hashmatch token acme --role match --role write
-    Send the server SIGHUP (or restart it) to load new tokens.
+    Send the server SIGHUP (or restart it) to load new tokens. A tenant that has a
+    token already gets another with `hashmatch tokens add` (rotation, revocation and
+    listing: `hashmatch tokens --help`).
     """
     import secrets
 
