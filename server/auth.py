@@ -156,19 +156,25 @@ def read_tokens_file(path: str | Path, wait: float = LOCK_WAIT_SECONDS) -> dict:
     import fcntl
     import time
 
-    with open(path, "rb") as fh:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when fh closes
+    deadline = time.monotonic() + wait
+    while True:
+        with open(path, "rb") as fh:
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when fh closes
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"still locked by another process (`hashmatch token`?) after {wait:g} s"
+                        ) from None
+                    time.sleep(0.01)
+            # `hashmatch tokens revoke` replaces the file under the lock: the one waited
+            # on is then the old one (a SIGHUP during the edit kept the revoked token)
+            held, named = os.fstat(fh.fileno()), os.stat(path)
+            if (held.st_dev, held.st_ino) == (named.st_dev, named.st_ino):
+                raw = fh.read()
                 break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"still locked by another process (`hashmatch token`?) after {wait:g} s"
-                    ) from None
-                time.sleep(0.01)
-        raw = fh.read()
     return toml_from_bytes(raw, path)
 
 

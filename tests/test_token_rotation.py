@@ -293,3 +293,21 @@ def test_a_layout_the_editor_does_not_handle_is_refused_untouched(tmp_path):
     assert _run(path, "tokens", "add", "acme").exit_code == 0
     crlf = path.read_bytes()
     assert crlf.count(b"\r\n") == crlf.count(b"\n") == 5  # one line more, CRLF too
+
+
+def test_a_reload_waiting_on_an_edit_reads_the_edited_file(tmp_path):
+    """serve's read waited for the edit's lock on the file the edit then replaced, and
+    read that old file: a SIGHUP sent during `tokens revoke` kept the revoked token."""
+    path = tmp_path / "auth.toml"
+    tokens = _tokens("admin", "old", "ci", "other")
+    _hand_written(path, **tokens)
+    read: list[dict] = []
+    with tokens_file.locked(path) as held:  # this process is `tokens revoke`
+        reader = threading.Thread(target=lambda: read.append(auth.read_tokens_file(path)))
+        reader.start()
+        time.sleep(0.5)  # the reader has opened the file and polls its lock
+        text = held.read().decode()
+        edited = tokens_file.remove_digests(text, "partner b", {_digest_of(tokens["other"])})
+        tokens_file.replace_locked(path, held, edited)
+    reader.join(10)
+    assert read[0]["tenants"]["partner b"]["tokens_sha256"] == []
