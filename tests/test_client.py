@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal as signals
 import socket
 import subprocess
@@ -650,16 +651,24 @@ def test_remote_health_exits_zero_only_when_serving(served):
 def test_remote_health_keeps_its_timeout_against_a_server_that_never_answers(args):
     """A listener that accepts and never speaks (a hung server, a black-holing proxy):
     each health check took its own 5 s, so a probe with a shorter timeout of its own
-    (here 4.5 s) killed the command instead of hearing it exit 1."""
+    killed the command instead of hearing it exit 1. The time is taken inside the
+    command, after its imports (a loaded CI took over 4.5 s to import and fail)."""
+    timed = (
+        "import sys, time\nfrom hashmatch.server.cli import main\nstart = time.monotonic()\n"
+        "try:\n    main()\nfinally:\n"
+        "    print(f'took {time.monotonic() - start:.3f}', file=sys.stderr)"
+    )
     with socket.create_server(("127.0.0.1", 0)) as listener:
         held: list[socket.socket] = []
         threading.Thread(target=lambda: held.append(listener.accept()[0]), daemon=True).start()
         target = f"127.0.0.1:{listener.getsockname()[1]}"
         done = subprocess.run(
-            [sys.executable, "-c", SERVE, "remote", "--server", target, *args],
-            capture_output=True, text=True, timeout=4.5,
+            [sys.executable, "-c", timed, "remote", "--server", target, *args],
+            capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 1 and "DEADLINE_EXCEEDED" in done.stderr, done.stderr
+        took = float(re.search(r"took (\d+\.\d+)", done.stderr).group(1))
+        assert took < 4.0, done.stderr  # its own 1 s (a health check alone took 5 s)
         for sock in held:
             sock.close()
 

@@ -658,6 +658,8 @@ class ServiceMachine(RuleBasedStateMachine):
         pb = self.stub("pb")
         ingest = pb.signals.Ingest.future(iter(ingest_queue.get, None), metadata=pb.md,
                                           timeout=30)  # fmt: skip
+        if not could_write:  # refused as it begins: let it, before pb's token may rotate
+            ingest.exception()  # (a loaded server began it after the reload: UNAUTHENTICATED)
         old = self.tokens[rotate]
         self.tokens[rotate] = secrets.token_urlsafe(16)
         self.m.pb_writes = writes
