@@ -17,8 +17,12 @@ $(STAMP): pyproject.toml
 run: install
 	$(VENV)/bin/hashmatch serve --data-dir ./hashmatch-data
 
+# Two pytest workers, a test file each at a time (module fixtures built once): much of the
+# suite waits on subprocesses, sockets and signals, so two workers halve the wall time on
+# a 2-core machine. TEST_WORKERS=0 runs in one process (pdb, -x); `pytest FILE` is serial.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 bench: install
 	$(PY) -m bench all
