@@ -6,7 +6,8 @@ import importlib
 import sys
 
 SUITES = ("hashing", "indexes", "store", "service", "clients", "scan", "quality")
-ON_DEMAND = ("soak", "scan_walk")  # not in ``all``: minutes of mixed load and correctness checks
+# not in ``all``: minutes of mixed load and correctness checks; export's CLI timings
+ON_DEMAND = ("soak", "scan_walk", "export")
 
 
 def main(argv: list[str]) -> None:
