@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import IO
 
 from hashmatch.engine.errors import InvalidInput
-from hashmatch.engine.ingest import write_records
-from hashmatch.engine.store import SignalInfo, SignalRecord, SignalStore
+from hashmatch.engine.export_writers import WRITE_FORMATS, SignalWriter
+from hashmatch.engine.store import SignalRecord, SignalStore, split_labels
 
-EXPORT_FORMATS = ("jsonl", "csv", "hex")
+EXPORT_FORMATS = WRITE_FORMATS
 
 
 @dataclass
@@ -62,7 +62,7 @@ def export_list(
     ``retracted`` every retracted signal as a ``type:hex`` line instead (``format`` and
     ``skip_expired`` then unused: a partner's copy may expire later, or never).
     Raises ``NotFound`` for an unknown list and ``InvalidInput`` for an unknown format
-    or a signal the format cannot carry (see :func:`write_records`). ``audit=False``
+    or a signal the format cannot carry (see :class:`SignalWriter`). ``audit=False``
     leaves the audit entry to the caller (:func:`record_export`), for one that only
     knows the export succeeded once its file is complete (the CLI's ``--out``).
     """
@@ -73,23 +73,14 @@ def export_list(
         )
     list_name = store.get_list(list_name).name  # NotFound before anything is written
     now = time.time() if now is None else now
-    skipped = [0]
-
-    skip_expired = skip_expired and not retracted
-
-    def wanted() -> Iterator[SignalInfo]:
-        for info in store.iter_signals(list_name, retracted=retracted):
-            if skip_expired and info.expires_at is not None and info.expires_at <= now:
-                skipped[0] += 1
-                continue
-            yield info
-
+    pages = store.iter_signal_rows(list_name, retracted=retracted)
     if retracted:
-        written = _write_targets(wanted(), out)
+        written, skipped = _write_targets(pages, out), 0
         format = "targets"
     else:
-        written = write_records((_record(store, info) for info in wanted()), out, format=format)
-    report = ExportReport(list_name, format, written, skipped[0])
+        written, skipped = _write_signals(store, pages, SignalWriter(out, format),
+                                          None if not skip_expired else now)  # fmt: skip
+    report = ExportReport(list_name, format, written, skipped)
     if audit:
         record_export(store, report, actor=actor, destination=destination)
     return report
@@ -110,27 +101,56 @@ def record_export(
     )
 
 
-def _write_targets(signals: Iterator[SignalInfo], out: IO[str]) -> int:
+def _write_signals(store: SignalStore, pages: Iterator[list[tuple]], writer: SignalWriter,
+                   expired_before: float | None) -> tuple[int, int]:  # fmt: skip
+    """Write each page of rows as one; leave out those whose expiry is at or before
+    ``expired_before`` (if given). Returns (written, left out)."""
+    written = skipped = 0
+    for rows in pages:
+        items = []
+        for row in rows:
+            ident, _, stype, code, labels, external_id, quality, _, _, expires_at, _, _ = row
+            if (
+                expires_at is not None
+                and expired_before is not None
+                and expires_at <= expired_before
+            ):
+                skipped += 1
+                continue
+            labels = split_labels(labels)
+            if stype == "vpdq":  # its frames come from their own table
+                video = _video(store, ident, code, labels, external_id, quality, expires_at)
+                items.append(writer.record_item(video))
+            else:
+                items.append(writer.item(stype, code.hex(), labels, external_id, quality,
+                                         expires_at, ident))  # fmt: skip
+        writer.write(items)
+        written += len(items)
+    return written, skipped
+
+
+def _write_targets(pages: Iterator[list[tuple]], out: IO[str]) -> int:
+    """``type:hex`` a line, what ``retract --file`` reads."""
     n = 0
-    for info in signals:
-        out.write(f"{info.signal_type}:{info.hash_hex}\n")
-        n += 1
+    for rows in pages:
+        out.write("".join(f"{row[2]}:{row[3].hex()}\n" for row in rows))
+        n += len(rows)
     return n
 
 
-def _record(store: SignalStore, info: SignalInfo) -> SignalInfo | _StoredVideo:
-    """A vPDQ signal's frames come from their own table; other signals export as read."""
-    if info.signal_type != "vpdq":
-        return info
-    codes, qualities, stamps = store.frames(info.id)
+def _video(store: SignalStore, ident: int, code: bytes, labels: tuple[str, ...],
+           external_id: str | None,
+           quality: int | None, expires_at: float | None) -> _StoredVideo:  # fmt: skip
+    """A stored vPDQ signal with its frames, qualities and timestamps, as a record."""
+    codes, qualities, stamps = store.frames(ident)
     return _StoredVideo(
-        id=info.id,
-        signal_type=info.signal_type,
-        hash_hex=info.hash_hex,
-        labels=info.labels,
-        external_id=info.external_id,
-        quality=info.quality,
-        expires_at=info.expires_at,
+        id=ident,
+        signal_type="vpdq",
+        hash_hex=code.hex(),
+        labels=labels,
+        external_id=external_id,
+        quality=quality,
+        expires_at=expires_at,
         frames=codes,
         frame_qualities=None if None in qualities else qualities,
         timestamps=None if None in stamps else stamps,

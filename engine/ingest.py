@@ -55,6 +55,8 @@ from typing import IO
 import numpy as np
 
 from hashmatch.engine.errors import InvalidInput
+from hashmatch.engine.export_writers import LABEL_SPLIT as _LABEL_SPLIT
+from hashmatch.engine.export_writers import write_records as write_records  # re-exported
 from hashmatch.engine.store import ColumnBatch, Rejection, SignalRecord
 
 FORMATS = ("jsonl", "csv", "hex", "vpdq", "te-simple")
@@ -65,7 +67,6 @@ _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _VPDQ_LINE = re.compile(r"^\s*\d+\s*,\s*[^,]+\s*,\s*[^,]+\s*,\s*[-+.\deE]+\s*$")
 # python-threatexchange's serialized vPDQ, bare or as `threatexchange hash` prints it
 _VPDQ_JSON = re.compile(r"^(?:vpdq\s+)?\[", re.IGNORECASE)
-_LABEL_SPLIT = re.compile(r"[;,|\s]+")
 csv.field_size_limit(sys.maxsize)
 
 Item = SignalRecord | Rejection
@@ -1221,120 +1222,3 @@ def _vpdq(lines: Iterable[str], extra: tuple[str, ...], external_id: str | None)
         timestamps=video.timestamps,
         line=1,
     )
-
-
-def write_records(records: Iterable, out: IO[str], *, format: str = "jsonl") -> int:
-    """Write signals (``SignalInfo`` or ``SignalRecord``) as JSONL or CSV; the inverse of
-    :func:`read_records`: what this writes ingests back to the same stored signals.
-
-    A vPDQ record (with ``frames``) keeps its frames, qualities and timestamps: JSONL
-    fields ``frames``/``frame_qualities``/``timestamps``; in CSV, python-threatexchange's
-    serialized frame list as ``signal_value`` (what HMA's CSV holds). A CSV cell of
-    labels is split on ``;``, ``,``, ``|`` and whitespace when read, so a label holding
-    one of those is refused here (``InvalidInput``) rather than written to come back as
-    two labels: JSONL keeps each label whole. ``hex`` writes the hashes alone (see
-    :func:`_write_typed`): the same hashes come back, nothing else.
-    """
-    if format == "csv":
-        return _write_csv(records, out)
-    if format == "hex":
-        return _write_typed(records, out)
-    if format != "jsonl":
-        raise InvalidInput(f"cannot write format {format!r}", field="format")
-    n = 0
-    for r in records:
-        obj: dict = {"signal_type": r.signal_type}
-        frames = getattr(r, "frames", None)
-        if frames is None:
-            obj["signal_value"] = r.hash_hex
-        else:
-            obj["frames"] = [row.tobytes().hex() for row in np.asarray(frames)]
-            if r.frame_qualities is not None:
-                obj["frame_qualities"] = [int(q) for q in r.frame_qualities]
-            if r.timestamps is not None:
-                obj["timestamps"] = [float(t) for t in r.timestamps]
-        obj["labels"] = list(r.labels)
-        if r.external_id:
-            obj["external_id"] = r.external_id
-        if r.quality is not None:
-            obj["quality"] = r.quality
-        if r.expires_at is not None:
-            obj["expires_at"] = r.expires_at
-        out.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        n += 1
-    return n
-
-
-def _write_csv(records: Iterable, out: IO[str]) -> int:
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["signal_type", "signal_value", "labels", "external_id", "quality",
-                     "expires_at"])  # fmt: skip
-    n = 0
-    for r in records:
-        for label in r.labels:
-            if _LABEL_SPLIT.search(label):
-                raise InvalidInput(
-                    f"label {label!r} of {r.signal_type} signal {_name(r)} holds a character"
-                    " a CSV labels cell splits on (; , | or whitespace): use JSONL",
-                    field="labels",
-                )
-        if r.external_id and "\r" in r.external_id:  # csv quotes "\n", never a lone "\r"
-            raise InvalidInput(
-                f"external id {r.external_id!r} of {r.signal_type} signal {_name(r)} holds a"
-                " carriage return, which a CSV row cannot carry: use JSONL",
-                field="external_id",
-            )
-        writer.writerow([
-            r.signal_type, _csv_value(r), ";".join(r.labels), r.external_id or "",
-            "" if r.quality is None else r.quality,
-            "" if r.expires_at is None else repr(float(r.expires_at)),
-        ])  # fmt: skip
-        n += 1
-    return n
-
-
-#: python-threatexchange's names for ours, in what it reads (its ``local_file`` lines):
-#: it has no type for the digest of any file's bytes, only of a video's.
-PYTX_NAMES = {"md5": "video_md5", "sha256": "video_sha256"}
-
-
-def _write_typed(records: Iterable, out: IO[str]) -> int:
-    """``TYPE HASH`` a line, python-threatexchange's names: what its ``local_file``
-    collaboration reads (and ``hex`` ingest reads back). Hashes only: labels, external
-    ids, quality and expiry do not travel. A video is its serialized frame list, as in
-    CSV."""
-    n = 0
-    for r in records:
-        out.write(f"{PYTX_NAMES.get(r.signal_type, r.signal_type)} {_csv_value(r)}\n")
-        n += 1
-    return n
-
-
-def _csv_value(r) -> str:
-    """The CSV ``signal_value``: the hex, or a video's frames in python-threatexchange's
-    serialized form (``"hex,quality,timestamp"`` per frame, timestamps exact)."""
-    frames = getattr(r, "frames", None)
-    if frames is None:
-        return r.hash_hex
-    qualities, stamps = r.frame_qualities, r.timestamps
-    if qualities is None or stamps is None:
-        raise InvalidInput(
-            f"vpdq signal {_name(r)} was stored without frame qualities or timestamps,"
-            " which the CSV form needs: use JSONL",
-            field="frames",
-        )
-    return json.dumps(
-        [
-            f"{row.tobytes().hex()},{int(q)},{float(t)!r}"
-            for row, q, t in zip(np.asarray(frames), qualities, stamps, strict=True)
-        ]
-    )
-
-
-def _name(r) -> str:
-    """How an error names a record: its store id, else its external id, else its hash."""
-    for attr in ("id", "external_id"):
-        value = getattr(r, attr, None)
-        if value is not None:
-            return f"{attr.replace('_', ' ')} {value}"
-    return r.hash_hex[:16] + "..."
