@@ -232,9 +232,19 @@ def _read(
             yield ColumnBatch.from_items(chunk, position)
             position += len(chunk)
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise _unreadable(exc, name, " the batches before the damage were stored") from None
+        shown = _shown(source, name)
+        raise _unreadable(exc, shown, " the batches before the damage were stored") from None
     finally:
         done()
+
+
+def _shown(source: str | Path | IO[str], name: str) -> str:
+    """The file as an error names it: as the operator gave it (``list.csv.gz``), where
+    ``name``, what the format is told from, lost its ``.gz`` (a damaged ``list.csv.gz``
+    was named ``list.csv``, a file that is not there)."""
+    if isinstance(source, str | Path) and str(source) != "-":
+        return Path(source).name
+    return name
 
 
 def _unreadable(exc: Exception, name: str, after_damage: str = "") -> InvalidInput:
@@ -264,7 +274,7 @@ def read_lines(source: str | Path) -> Iterator[str]:
     try:
         yield from stream
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        raise _unreadable(exc, name or str(source)) from None
+        raise _unreadable(exc, _shown(source, name) or str(source)) from None
     finally:
         done()
 

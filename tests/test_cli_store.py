@@ -327,3 +327,26 @@ def test_the_audit_counts_every_line_the_ingest_rejected(run, tmp_path):
     assert "rejected 4" in run("ingest", str(tmp_path / "in.csv"), "--list", "l").output
     (entry,) = [e for e in json.loads(run("audit", "--json").output) if e["action"] == "ingest"]
     assert (entry["details"]["added"], entry["details"]["rejected"]) == (1, 4)
+
+
+def test_gzip_errors_name_the_file_as_given_with_its_gz(run, tmp_path):
+    """The name a format is told from loses `.gz` (`list.csv.gz` is a CSV); the errors
+    reused it, so a damaged `cut.csv.gz` was reported as `cut.csv`, a file the operator
+    does not have (beside it, perhaps, an intact one of that name)."""
+    import gzip
+
+    body = f"signal_type,signal_value\npdq,{H0}\npdq,{H1}\n".encode()
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(body)[:-12])
+    result = run("ingest", str(cut), "--list", "l", ok=False)
+    assert ": cut.csv.gz (gzip) is cut short or damaged" in result.output
+    latin = tmp_path / "latin1.csv.gz"
+    latin.write_bytes(
+        gzip.compress("signal_type,signal_value,labels\npdq,x,café\n".encode("latin-1"))
+    )
+    result = run("ingest", str(latin), "--list", "l", ok=False)
+    assert ": latin1.csv.gz is not UTF-8 text (byte 0xe9)" in result.output
+    gone = tmp_path / "r.txt.gz"
+    gone.write_bytes(gzip.compress(f"pdq {H0}\n".encode())[:-12])
+    result = run("retract", "--list", "l", "--file", str(gone), ok=False)
+    assert ": r.txt.gz (gzip) is cut short or damaged" in result.output

@@ -174,7 +174,7 @@ def test_gzip_lists_ingest_from_files_and_stdin(engine, tmp_path):
     assert not raw.closed
     cut = tmp_path / "cut.csv.gz"
     cut.write_bytes(path.read_bytes()[:-20])
-    with pytest.raises(InvalidInput, match=r"cut\.csv \(gzip\) is cut short or damaged"):
+    with pytest.raises(InvalidInput, match=r"cut\.csv\.gz \(gzip\) is cut short or damaged"):
         _ingest(engine, cut)
 
 
