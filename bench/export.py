@@ -2,6 +2,7 @@
 
     python -m bench export                     # 400k signals (the README numbers)
     python -m bench export --size 100000 --workdir /tmp/hm-export
+    git worktree add /tmp/hm-old 8a85c3c && python -m bench export --baseline /tmp/hm-old
 
 Why through the CLI: what an operator times is the command (process start, store
 open, the temp file and its rename, fsync), not one library call. Each run writes a
@@ -10,8 +11,10 @@ ingest` (the rate an export is compared with, measured in the same run, on the s
 loaded machine), retracts a few hundred with `retract --file`, then times each
 export: the default (stdout), `--format jsonl|csv|hex` to a file, gzip (`--out
 x.csv.gz`, `x.jsonl.gz`) and `--retracted`. Wall and CPU (the child's user+sys)
-are both printed: a gap between them is time spent waiting (disk, fsync), not
-computing.
+are both printed: a gap between them is time spent waiting (disk, fsync, or a core
+taken by other jobs), not computing; rates are given against ingest's in both.
+``--baseline TREE`` (a checkout of another commit) times that code's export too, each
+case run old then new back to back, so both see the same load.
 """
 
 from __future__ import annotations
@@ -69,11 +72,38 @@ def run(args: list[str], *, stdout=subprocess.DEVNULL) -> tuple[float, float]:
     return wall, cpu
 
 
+def _baseline_command(tree: Path, workdir: Path) -> list[str]:
+    """The CLI of the checkout ``tree``: this interpreter with a ``hashmatch`` package
+    that is ``tree`` (first on the path, ahead of the editable install)."""
+    package = workdir / "baseline-pkg"
+    package.mkdir(exist_ok=True)
+    link = package / "hashmatch"
+    if not link.exists():
+        link.symlink_to(tree.resolve(), target_is_directory=True)
+    os.environ["HASHMATCH_BENCH_BASELINE"] = str(package)
+    return [
+        sys.executable,
+        "-c",
+        "import sys; sys.path.insert(0, __import__('os').environ["
+        "'HASHMATCH_BENCH_BASELINE']); from hashmatch.server.entry import main; main()",
+    ]
+
+
+def _line(what: str, wall: float, cpu: float, count: int, ingest: tuple[float, float]) -> str:
+    """One timing: wall and CPU seconds, signals/s, and both as ratios to ingest's."""
+    rate, cpu_rate = count / wall, count / cpu
+    return (
+        f"  {what:<36} {wall:6.2f}s wall {cpu:6.2f}s cpu {rate:>9,.0f}/s x{rate / ingest[0]:.2f}"
+        f" of ingest (per cpu-s: {cpu_rate:>9,.0f}/s x{cpu_rate / ingest[1]:.2f})"
+    )
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench export")
     parser.add_argument("--size", type=int, default=400_000, help="signals in the list")
     parser.add_argument("--workdir", default=None, help="scratch dir (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the workdir's outputs")
+    parser.add_argument("--baseline", default=None, help="a checkout whose export to time too")
     args = parser.parse_args(argv)
     n = args.size
     base = Path(args.workdir or tempfile.mkdtemp(prefix="hm-bench-export-"))
@@ -87,21 +117,25 @@ def main(argv: list[str]) -> None:
         targets = write_list(source, n)
         (base / "retract.txt").write_text("".join(f"pdq:{h}\n" for h in targets))
         wall, cpu = run([*hm, "ingest", str(source), "--list", "bench", *dd])
-        ingest_rate = n / wall
+        ingest = (n / wall, n / cpu)
         print(f"load {os.getloadavg()[0]:.1f}; n={n:,}")
-        print(f"  ingest csv            {wall:6.2f}s wall {cpu:6.2f}s cpu {ingest_rate:>9,.0f}/s")
+        print(f"  {'ingest csv':<36} {wall:6.2f}s wall {cpu:6.2f}s cpu {ingest[0]:>9,.0f}/s"
+              f" (per cpu-s: {ingest[1]:>9,.0f}/s)")  # fmt: skip
         run([*hm, "retract", "--list", "bench", "--file", str(base / "retract.txt"), *dd])
+        versions = [("", hm)]
+        if args.baseline:
+            versions.insert(0, ("old ", _baseline_command(Path(args.baseline), base)))
         for what, extra, name in CASES:
-            cmd = [*hm, "lists", "export", "bench", *extra, *dd]
-            if name is not None:
-                cmd += ["--out", str(base / name)]
-            wall, cpu = run(cmd)
             count = len(targets) if "--retracted" in extra else n - len(targets)
-            rate = count / wall
-            print(
-                f"  export {what:<23} {wall:6.2f}s wall {cpu:6.2f}s cpu {rate:>9,.0f}/s"
-                f"  x{rate / ingest_rate:.2f} of ingest"
-            )
+            for tag, command in versions:
+                cmd = [*command, "lists", "export", "bench", *extra, *dd]
+                if name is not None:
+                    cmd += ["--out", str(base / f"{tag.strip()}{name}")]
+                wall, cpu = run(cmd)
+                print(_line(f"{tag}export {what}", wall, cpu, count, ingest))
+            if args.baseline and name is not None:
+                same = (base / f"old{name}").read_bytes() == (base / name).read_bytes()
+                print(f"    same bytes as old: {same}")
         print(f"  load at the end {os.getloadavg()[0]:.1f}")
     finally:
         if args.workdir is None and not args.keep:
