@@ -7,7 +7,8 @@ stops matching what the sharer withdrew. The export is the inverse of ingest: a
 list's live signals written as JSONL or CSV (labels, external ids, quality, expiry,
 vPDQ frames included) ingest into another store as the same signals, and
 ``retracted=True`` writes one ``type:hex`` target a line, what ``retract --file``
-reads. Signals stream a page at a time, so a 10M-signal list never sits in memory.
+reads. Signals stream a page at a time, so a 10M-signal list never sits in memory
+(its ids do, 8 bytes a signal: :meth:`SignalStore.iter_signal_rows` says why).
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def export_list(
         written, skipped = _write_targets(pages, out), 0
         format = "targets"
     else:
-        written, skipped = _write_signals(store, pages, SignalWriter(out, format),
-                                          None if not skip_expired else now)  # fmt: skip
+        expired_before = now if skip_expired else None
+        written, skipped = _write_signals(store, pages, SignalWriter(out, format), expired_before)
     report = ExportReport(list_name, format, written, skipped)
     if audit:
         record_export(store, report, actor=actor, destination=destination)
@@ -139,8 +140,8 @@ def _write_targets(pages: Iterator[list[tuple]], out: IO[str]) -> int:
 
 
 def _video(store: SignalStore, ident: int, code: bytes, labels: tuple[str, ...],
-           external_id: str | None,
-           quality: int | None, expires_at: float | None) -> _StoredVideo:  # fmt: skip
+           external_id: str | None, quality: int | None,
+           expires_at: float | None) -> _StoredVideo:  # fmt: skip
     """A stored vPDQ signal with its frames, qualities and timestamps, as a record."""
     codes, qualities, stamps = store.frames(ident)
     return _StoredVideo(
