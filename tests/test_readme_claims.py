@@ -194,7 +194,8 @@ def test_the_store_example_block_runs_as_written(tmp_path, monkeypatch):
     for line in block.splitlines():
         line = re.split(r"\s+#\s", line)[0].strip()
         line = line.replace("<(zcat partner-b.csv.gz)", "partner-b.csv")
-        line = line.replace("/backups/hashmatch", str(backups)).replace("[--write]", "--write")
+        line = line.replace("/backups/hashmatch", str(backups))
+        line = re.sub(r"\[(--[\w-]+)\]", r"\1", line)  # an optional flag: given
         for part in re.split(r";|&&", line):
             argv = [pdq[2] if a == "HEX" else a for a in shlex.split(part)]
             if not argv:
