@@ -2645,8 +2645,18 @@ def _batches(records: Iterable, size: int) -> Iterator[tuple[list, list, int]]:
         yield batch, rejections, position + 1
 
 
-def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
+def _prefetch(
+    items: Iterator,
+    depth: int = 2,
+    *,
+    idle: Callable[[], None] | None = None,
+    name: str = "ingest-parse",
+) -> Iterator:
     """Run a generator in a helper thread, ``depth`` items ahead (bounded memory).
+
+    ``idle``: called at every step the consumer waits (0.1 s); what it raises ends the
+    iteration (a scan's stop check: a signal handler that only sets an event, as
+    ``interrupts.cooperative`` has it, never ended a wait for a read of an idle stdin).
 
     Exceptions raised by the generator are re-raised in the consumer; if the
     consumer stops early, the helper is told to stop and drains. The consumer waits in
@@ -2675,10 +2685,12 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
         except BaseException as exc:  # handed to the consumer
             q.put((exc, None))
 
-    thread = threading.Thread(target=work, name="ingest-parse", daemon=True)
+    thread = threading.Thread(target=work, name=name, daemon=True)
     thread.start()
     try:
         while True:
+            if idle is not None:
+                idle()
             try:
                 exc, item = q.get(timeout=0.1)
             except queue.Empty:

@@ -15,6 +15,7 @@ the kernel's release of file locks keep the stores consistent).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -96,9 +97,13 @@ def exit(status: int) -> None:
     read of an idle stdin): the interpreter's shutdown then died with "Fatal Python
     error: could not acquire lock for <stdin>". With such a thread left, the standard
     streams are flushed and the process ends without that shutdown (the command's
-    ``with`` blocks have closed its stores already)."""
+    ``with`` blocks have closed its stores already). The exit handlers still run first
+    (``atexit``): multiprocessing's finalizers among them, without which the resource
+    tracker of a scan stopped that way warned of "leaked semaphore objects"."""
     if threading.active_count() == 1:
         sys.exit(status)
+    with contextlib.suppress(Exception):
+        atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()

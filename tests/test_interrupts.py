@@ -9,6 +9,7 @@ no report, and a re-run resumes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -316,3 +317,84 @@ def test_a_remote_ingest_stopped_part_way_says_what_was_sent_and_a_rerun_complet
         reply = json.loads(rerun.stdout)
         assert reply["added"] + reply["unchanged"] == N_SIGNALS and reply.get("rejected", 0) == 0
         assert _stored(store, "partner") == uninterrupted
+
+
+def _run_started(catalog: Path) -> bool:
+    """Whether a scan has begun its run in ``catalog`` (read-only: it is not disturbed)."""
+    if not catalog.exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=1)
+        try:
+            return conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] > 0
+        finally:
+            conn.close()
+    except sqlite3.OperationalError:  # schema not created yet
+        return False
+
+
+def test_ctrl_c_stops_a_scan_whose_from_list_stdin_is_idle(tmp_path):
+    """``producer | hashmatch scan --from-list -`` with the producer idle: a stopped scan
+    waits for nothing, but the read of the list blocked the main thread, and the signal
+    handler, which only sets the scan's stop event, returned into the same read: the
+    scan went on waiting for input (only a second Ctrl-C ended it)."""
+    tree = tmp_path / "tree"
+    _tree(tree)
+    catalog = tmp_path / "data" / "catalog.sqlite"
+    args = ["scan", "--from-list", "-", "--data-dir", str(tmp_path / "data"), "--no-match",
+            "--types", "pdq", "--workers", "1", "--no-progress"]  # fmt: skip
+    proc = _hashmatch(args, stdin=subprocess.PIPE)
+    proc.stdin.write(f"{tree / 'orig0.jpg'}\n".encode())
+    proc.stdin.flush()  # the pipe stays open: the scan waits for more
+    deadline = time.monotonic() + 60
+    while not _run_started(catalog) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("scan did not stop on Ctrl-C while its --from-list stdin was idle")
+    finally:
+        proc.stdin.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "run the same command again to resume" in stderr
+    assert stderr.rstrip().splitlines()[-1] == "hashmatch: interrupted (SIGINT)"
+
+
+def test_ctrl_c_stops_a_scan_still_waiting_for_its_server(tmp_path):
+    """``scan --server`` waits up to 60 s for the server to be SERVING. The scan's
+    cooperative stop (a signal sets an event the scan checks) was already on then: a
+    Ctrl-C was only noted, the wait went on to its end and failed (exit 1, not 130)."""
+    import socket
+
+    with socket.socket() as silent:  # accepts the TCP connection, never answers gRPC
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        args = ["scan", str(tmp_path), "--data-dir", str(tmp_path / "data"), "--server",
+                f"127.0.0.1:{port}", "--token", "t", "--workers", "1", "--no-progress"]  # fmt: skip
+        proc = _hashmatch(args)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(psutil.Error):  # connected: in the wait for SERVING
+                if any(c.raddr and c.raddr.port == port
+                       for c in psutil.Process(proc.pid).net_connections()):  # fmt: skip
+                    break
+            time.sleep(0.05)
+        time.sleep(0.5)
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail("scan did not stop on Ctrl-C while it waited for its server")
+    stderr = err.decode()
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - sent < 10
+    assert stderr.rstrip().splitlines()[-1] == "hashmatch: interrupted (SIGINT)", stderr

@@ -8,6 +8,7 @@ matcher (local data dir or ``--server``), call the library, print the summary.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -169,8 +170,7 @@ def scan_command(
         raise click.BadParameter("give at least one signal type", param_hint="--types")
     catalog_path = _catalog_path(data_dir, catalog)
     matcher = tenant = None
-    stack = contextlib.ExitStack()
-    with stack, _stopped_scan_said(), _one_line_errors(server, name_server=True):
+    with _stopped_scan_said(), _one_line_errors(server, name_server=True):
         try:
             _check_threshold(type_list, threshold)  # now, not after the first batch is hashed
             _check_out(out, catalog_path, Path(data_dir))  # (the report is written last)
@@ -186,7 +186,6 @@ def scan_command(
                 dihedral=dihedral,
                 fast_decode=2 if fast_decode_shrink else int(fast_decode),
                 progress=progress,
-                stop=stack.enter_context(interrupts.cooperative()),
             )
             if no_match:
                 matcher = None
@@ -205,14 +204,18 @@ def scan_command(
             with _catalog_errors(catalog_path), Catalog(catalog_path) as cat:
                 if tenant is not None:  # the matches are this tenant's view: rescans check it
                     claim_tenant(cat, server, tenant)
-                summary = scan(
-                    paths,
-                    catalog=cat,
-                    matcher=matcher,
-                    from_list=from_list,
-                    report=out,
-                    options=options,
-                )
+                # a stop is cooperative only once the scan runs: before, the wait for a
+                # server (--server: 60 s) or an index load only noted a Ctrl-C, then the
+                # scan stopped at once, or the wait failed on its own (exit 1, not 130)
+                with interrupts.cooperative() as stop:
+                    summary = scan(
+                        paths,
+                        catalog=cat,
+                        matcher=matcher,
+                        from_list=from_list,
+                        report=out,
+                        options=dataclasses.replace(options, stop=stop),
+                    )
         finally:
             if matcher is not None:
                 matcher.close()
