@@ -432,19 +432,24 @@ def _init_worker(
 
 
 @contextlib.contextmanager
-def _hangups_blocked() -> Iterator[None]:
-    """SIGHUP blocked in this thread meanwhile (one sent then is delivered after).
+def _group_signals_blocked() -> Iterator[None]:
+    """SIGHUP and SIGINT blocked in this thread meanwhile (one sent then is delivered
+    after).
 
-    Why: a closed terminal hangs up every process of its group. multiprocessing's
-    resource tracker ignores SIGINT and SIGTERM but not SIGHUP: it died, was started
-    again, and printed a KeyError traceback for each semaphore the new one had never
-    seen. A process started while SIGHUP is blocked keeps it blocked (exec keeps the
-    mask), so the tracker and the fork server started here outlive a hang-up; the scan
-    stops them (they end when it does)."""
+    Why: a closed terminal hangs up every process of its group, and Ctrl-C interrupts
+    them all. multiprocessing's resource tracker ignores SIGINT and SIGTERM but not
+    SIGHUP: it died, was started again, and printed a KeyError traceback for each
+    semaphore the new one had never seen. The fork server ignores SIGINT only once its
+    imports are done (``scan_signals``): a Ctrl-C in its first few tenths of a second
+    killed it with a KeyboardInterrupt traceback ("Fatal Python error: init_import_site"),
+    and the scan ended with "Aborted!", exit 1. A process started while these are
+    blocked keeps them blocked (exec keeps the mask), so the tracker and the fork server
+    started here (and the workers it forks) outlive both; the scan stops them (they end
+    when it does)."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP, signal.SIGINT})
     try:
         yield
     finally:
@@ -1474,15 +1479,17 @@ class Scanner:
     def _new_pool(self) -> cf.ProcessPoolExecutor:
         threads = max(1, (os.cpu_count() or 1) // self._workers)
         context = worker_context()
-        with _hangups_blocked():  # the helpers started here inherit the blocked SIGHUP
+        with _group_signals_blocked():  # the helpers started here inherit the mask
             from multiprocessing import resource_tracker
 
             resource_tracker.ensure_running()
-            if context.get_start_method() == "forkserver":
-                from multiprocessing import forkserver
+            # again: starting the tracker unblocks SIGINT and SIGTERM in this thread
+            with _group_signals_blocked():
+                if context.get_start_method() == "forkserver":
+                    from multiprocessing import forkserver
 
-                forkserver.ensure_running()
-            self._watch = Watch(context, self._workers)
+                    forkserver.ensure_running()
+                self._watch = Watch(context, self._workers)
         return cf.ProcessPoolExecutor(
             self._workers,
             mp_context=context,

@@ -398,3 +398,46 @@ def test_ctrl_c_stops_a_scan_still_waiting_for_its_server(tmp_path):
     assert proc.returncode == 130, stderr
     assert time.monotonic() - sent < 10
     assert stderr.rstrip().splitlines()[-1] == "hashmatch: interrupted (SIGINT)", stderr
+
+
+def _sigint_disposition(pid: int) -> str:
+    """'caught', 'ignored' or 'default': what process ``pid`` does with SIGINT now."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    bit = 1 << (signal.SIGINT - 1)
+    if int(fields["SigIgn"], 16) & bit:
+        return "ignored"
+    return "caught" if int(fields["SigCgt"], 16) & bit else "default"
+
+
+def test_ctrl_c_while_the_fork_server_starts_does_not_kill_it(tmp_path):
+    """Ctrl-C reaches the fork server too, which ignores it only once its first preload
+    (``scan_signals``) is imported. Its start was shielded from SIGHUP only, and the
+    resource tracker's own start unblocked SIGINT before the fork server was spawned:
+    a Ctrl-C once its interpreter had its SIGINT handler printed "Fatal Python error
+    ... KeyboardInterrupt" and the scan ended "Aborted!", exit 1. Here the fork server
+    alone gets a SIGINT in that window: it must live, and the scan finish."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i, src in enumerate((data.astronaut(), data.coffee())):
+        Image.fromarray(np.ascontiguousarray(src[:128, :128])).save(tree / f"{i}.jpg")
+    args = ["scan", str(tree), "--data-dir", str(tmp_path / "data"), "--no-match",
+            "--types", "pdq", "--workers", "1", "--no-progress", "--out", "-"]  # fmt: skip
+    proc = _hashmatch(args)
+    scan = psutil.Process(proc.pid)
+    sent = None
+    deadline = time.monotonic() + 60
+    while sent is None and proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(psutil.Error, OSError, KeyError):
+            for child in scan.children():
+                if "forkserver" in " ".join(child.cmdline()):
+                    state = _sigint_disposition(child.pid)
+                    if state != "default":  # its Python's handler is in (or SIG_IGN)
+                        child.send_signal(signal.SIGINT)
+                        sent = state
+        time.sleep(0.001)
+    assert sent is not None, "no fork server was seen"
+    _, err = proc.communicate(timeout=120)
+    stderr = err.decode()
+    assert "Traceback" not in stderr and "Aborted!" not in stderr, stderr
+    assert proc.returncode == 0, stderr
