@@ -51,9 +51,15 @@ class Interrupted(BaseException):
 
 
 def install() -> None:
-    """Stop on SIGINT/SIGTERM/SIGHUP as the module docstring says (main thread only)."""
+    """Stop on SIGINT/SIGTERM/SIGHUP as the module docstring says (main thread only).
+
+    A signal the process was started ignoring stays ignored, as Python leaves SIGINT:
+    ``nohup hashmatch scan ...`` (SIGHUP ignored) went on after the terminal closed,
+    and a job a script started with ``&`` (SIGINT ignored) was not stopped by the
+    Ctrl-C meant for the script; handling them here stopped both."""
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _on_signal)
+        if signal.getsignal(signum) != signal.SIG_IGN:
+            signal.signal(signum, _on_signal)
 
 
 def received() -> int | None:

@@ -441,3 +441,31 @@ def test_ctrl_c_while_the_fork_server_starts_does_not_kill_it(tmp_path):
     stderr = err.decode()
     assert "Traceback" not in stderr and "Aborted!" not in stderr, stderr
     assert proc.returncode == 0, stderr
+
+
+def test_a_hang_up_the_command_was_started_ignoring_stays_ignored(tmp_path):
+    """``nohup hashmatch ...``: SIGHUP is ignored from the start, so the command outlives
+    the terminal. The CLI's stop handler replaced that: the closed terminal stopped it
+    (exit 129), as if nohup had not been given."""
+    args = ["ingest", "-", "--list", "partner", "--type", "pdq", "--data-dir"]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLI, *args, str(tmp_path / "data")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as nohup does
+    )
+    proc.stdin.write(f"{7:064x}\n".encode())
+    proc.stdin.flush()
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "data" / "store.sqlite").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGHUP)
+    time.sleep(1.0)
+    still_running = proc.poll() is None
+    out, err = proc.communicate(timeout=60)  # closes stdin: the ingest ends on its own
+    assert still_running, err.decode()
+    assert proc.returncode == 0, err.decode()
+    assert "added 1" in out.decode()
