@@ -1093,3 +1093,23 @@ def test_follow_stops_between_passes_on_a_signal_another_thread_received(tmp_pat
             signals.signal(s, handler)
     assert result.exit_code == 0, result.output
     assert sent and stopped - sent[0] < 2.0, f"stopped {stopped - sent[0]:.1f} s after SIGTERM"
+
+
+def test_follow_ends_between_passes_on_a_hang_up_as_on_sigterm(tmp_path):
+    """``mirror --follow`` ends between passes on a stop signal, exit 0: on SIGINT and
+    SIGTERM it did, but a closed terminal's SIGHUP stopped it wherever it was, as any
+    other command (exit 129, 'hashmatch: interrupted (SIGHUP)')."""
+    local = tmp_path / "local"
+    with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
+        ts.client("ops").ingest("shared", [signal("pdq", "ab" * 32)])
+        proc = _mirror_process(ts, local, "--follow", "--interval", "0.2")
+        try:
+            deadline = time.monotonic() + 60
+            while _cursor(local) == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        finally:
+            proc.send_signal(signals.SIGHUP)
+            out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "interrupted" not in err, err
+    assert "added 1" in out, out

@@ -91,12 +91,13 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
         except BaseException:
             client.close()
             raise
-    from hashmatch.server.interrupts import wait_in_steps
+    from hashmatch.server.interrupts import STOP_SIGNALS, wait_in_steps
 
     done = threading.Event()
-    if follow:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: done.set())
+    if follow:  # every stop signal ends it between passes (SIGHUP stopped it mid-pass,
+        for signum in STOP_SIGNALS:  # exit 129); one ignored from the start (nohup) stays so
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                signal.signal(signum, lambda *_: done.set())
     quiet_since = float("-inf")  # when a pass was last printed (--follow)
     try:
         with _engine(data_dir, create=True) as engine:
