@@ -46,7 +46,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import unquote, urlparse
 
 import numpy as np
@@ -1680,7 +1680,7 @@ class Scanner:
             )
         lookup_error: BaseException | None = None
         try:
-            matched = match_files(self.matcher, to_match) if self.matcher else {}
+            matched = self._lookup(to_match)
         except Exception as exc:  # e.g. the server went away: keep the hashes, then stop
             # (a re-run skips these files and matches them from the catalog: no re-hash)
             lookup_error, matched, skipped, skipped_paths = exc, {}, [], []
@@ -1744,6 +1744,8 @@ class Scanner:
         self.summary.hashed += len(ok)
         self.progress.update(len(results) + len(skipped), failed=failed, matched=matched_files)
         self._last_commit = time.monotonic()
+        if lookup_error is not None and self._stopping():
+            return  # stopped anyway: the hashes are in, a re-run matches them (no re-hash)
         if lookup_error is not None:
             reason = lookup_error
             if callable(getattr(lookup_error, "code", None)):  # a grpc.RpcError
@@ -1775,6 +1777,42 @@ class Scanner:
                 h.signal_type in wanted for h in stored.get(file_id, [])
             )
         return n
+
+    def _lookup(self, to_match: list[tuple[int, list[FileHashes]]]) -> dict[int, list[MatchRow]]:
+        """:func:`match_files`; a server's lookups in a helper thread, waited for in steps.
+
+        Why: the client retries a lost server until its deadline (30 s), and a stop
+        signal, which only sets ``options.stop``, was noted and waited out: Ctrl-C did
+        nothing for 30 s, then the scan failed "matching failed" (exit 1, its run not
+        recorded as interrupted). A lookup still running LOOKUP_STOP_GRACE seconds
+        after a stop is left (it ends when the client is closed) and raises
+        :class:`_LookupLeft`: the batch's hashes are committed without matches, which
+        the re-run looks up from the catalog.
+        """
+        if self.matcher is None:
+            return {}
+        if self.options.stop is None or not isinstance(self.matcher, RemoteMatcher):
+            return match_files(self.matcher, to_match)
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["matched"] = match_files(self.matcher, to_match)
+            except BaseException as exc:  # handed to the scan's thread
+                box["error"] = exc
+
+        thread = threading.Thread(target=run, name="scan-lookup", daemon=True)
+        thread.start()
+        left_at = None
+        while thread.is_alive():
+            thread.join(STOP_POLL_SECONDS)
+            if self._stopping() and thread.is_alive():
+                left_at = left_at or time.monotonic() + LOOKUP_STOP_GRACE
+                if time.monotonic() >= left_at:
+                    raise _LookupLeft("the scan was stopped during a lookup")
+        if "error" in box:
+            raise box["error"]
+        return box["matched"]
 
     def _count_matches(self) -> None:
         files = set()
@@ -1823,6 +1861,14 @@ LIST_PREFETCH_LINES = 1024
 
 #: Seconds between checks of ScanOptions.stop while the scan waits for its workers.
 STOP_POLL_SECONDS = 0.2
+
+
+#: Seconds a server lookup may go on after a stop before the scan leaves it.
+LOOKUP_STOP_GRACE = 1.0
+
+
+class _LookupLeft(Exception):
+    """A stopped scan left a lookup still running (see ``Scanner._lookup``)."""
 
 
 class LookupFailed(errors.HashmatchError):

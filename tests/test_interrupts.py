@@ -469,3 +469,37 @@ def test_a_hang_up_the_command_was_started_ignoring_stays_ignored(tmp_path):
     assert still_running, err.decode()
     assert proc.returncode == 0, err.decode()
     assert "added 1" in out.decode()
+
+
+def test_ctrl_c_stops_a_scan_whose_server_was_lost(tmp_path):
+    """``scan --server`` whose server goes away: each lookup is retried until its 30 s
+    deadline, and a Ctrl-C meanwhile was only noted (the scan's cooperative stop): it
+    did nothing for 30 s, then the scan failed "matching failed", exit 1, its run not
+    recorded as interrupted. Now the stop leaves the lookup: the batch's hashes are
+    committed, the run is recorded as interrupted, exit 130."""
+    from hashmatch.server.testing import running_server
+
+    tree = tmp_path / "tree"
+    _tree(tree)
+    catalog = tmp_path / "data" / "catalog.sqlite"
+    with running_server(tmp_path / "hub", tenants={"scanner": (["match"], True)}) as ts:
+        args = _scan_args(tree, tmp_path, "--server", ts.target, "--token", ts.tokens["scanner"])
+        proc = _hashmatch([a for a in args if a != "--no-match"])
+        _wait_for_commits(proc, catalog, 16)
+        ts.server.stop(grace=0)  # lost: every lookup now retried until its deadline
+        time.sleep(1.0)
+        sent = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # its workers hold stderr open too
+            proc.communicate(timeout=30)
+            pytest.fail("scan did not stop on Ctrl-C while its lookups were retried")
+    stderr = err.decode()
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - sent < 10
+    assert "Traceback" not in stderr and "matching failed" not in stderr, stderr
+    summary = json.loads(next(x for x in stderr.splitlines() if x.startswith("{")))
+    assert summary["interrupted"] is True
+    assert committed_files(catalog) == summary["hashed"] + summary["failed"] >= 16
