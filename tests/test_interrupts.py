@@ -148,18 +148,25 @@ def test_an_interrupted_ingest_exits_130_with_one_line(tmp_path):
     while not (tmp_path / "data" / "store.sqlite").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
+    _ctrl_c_while_stdin_idles(proc, "ingest")
+
+
+def _ctrl_c_while_stdin_idles(proc: subprocess.Popen, what: str) -> str:
+    """Ctrl-C to ``proc`` while its stdin stays open, as a terminal's or a stalled
+    pipe's (its reader blocked); its stderr once it stopped as every command must."""
     os.killpg(proc.pid, signal.SIGINT)
-    try:  # stdin stays open, as a terminal's or a stalled pipe's: its reader is blocked
+    try:
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail("ingest did not stop on Ctrl-C while its input was idle")
+        pytest.fail(f"{what} did not stop on Ctrl-C while its input was idle")
     finally:
         proc.stdin.close()
     stderr = proc.stderr.read().decode()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "Aborted!" not in stderr, stderr
     assert stderr.rstrip().splitlines()[-1] == "hashmatch: interrupted (SIGINT)"
+    return stderr
 
 
 def test_a_scan_report_piped_into_head_ends_quietly(tmp_path):
@@ -350,19 +357,24 @@ def test_ctrl_c_stops_a_scan_whose_from_list_stdin_is_idle(tmp_path):
     while not _run_started(catalog) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
+    stderr = _ctrl_c_while_stdin_idles(proc, "scan --from-list -")
+    assert "run the same command again to resume" in stderr
+
+
+def _ctrl_c_within_seconds(proc: subprocess.Popen, seconds: float, when: str) -> str:
+    """Ctrl-C to the scan ``proc``'s group: it must exit 130 within ``seconds``; its stderr."""
+    sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
     try:
-        proc.wait(timeout=10)
+        _, err = proc.communicate(timeout=seconds + 5)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("scan did not stop on Ctrl-C while its --from-list stdin was idle")
-    finally:
-        proc.stdin.close()
-    stderr = proc.stderr.read().decode()
+        os.killpg(proc.pid, signal.SIGKILL)  # its workers hold stderr open too
+        proc.communicate(timeout=30)
+        pytest.fail(f"scan did not stop on Ctrl-C {when}")
+    stderr = err.decode()
     assert proc.returncode == 130, stderr
-    assert "Traceback" not in stderr, stderr
-    assert "run the same command again to resume" in stderr
-    assert stderr.rstrip().splitlines()[-1] == "hashmatch: interrupted (SIGINT)"
+    assert time.monotonic() - sent < seconds
+    return stderr
 
 
 def test_ctrl_c_stops_a_scan_still_waiting_for_its_server(tmp_path):
@@ -386,17 +398,7 @@ def test_ctrl_c_stops_a_scan_still_waiting_for_its_server(tmp_path):
                     break
             time.sleep(0.05)
         time.sleep(0.5)
-        sent = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            pytest.fail("scan did not stop on Ctrl-C while it waited for its server")
-    stderr = err.decode()
-    assert proc.returncode == 130, stderr
-    assert time.monotonic() - sent < 10
+        stderr = _ctrl_c_within_seconds(proc, 10, "while it waited for its server")
     assert stderr.rstrip().splitlines()[-1] == "hashmatch: interrupted (SIGINT)", stderr
 
 
@@ -488,17 +490,7 @@ def test_ctrl_c_stops_a_scan_whose_server_was_lost(tmp_path):
         _wait_for_commits(proc, catalog, 16)
         ts.server.stop(grace=0)  # lost: every lookup now retried until its deadline
         time.sleep(1.0)
-        sent = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            _, err = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # its workers hold stderr open too
-            proc.communicate(timeout=30)
-            pytest.fail("scan did not stop on Ctrl-C while its lookups were retried")
-    stderr = err.decode()
-    assert proc.returncode == 130, stderr
-    assert time.monotonic() - sent < 10
+        stderr = _ctrl_c_within_seconds(proc, 10, "while its lookups were retried")
     assert "Traceback" not in stderr and "matching failed" not in stderr, stderr
     summary = json.loads(next(x for x in stderr.splitlines() if x.startswith("{")))
     assert summary["interrupted"] is True
