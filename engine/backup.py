@@ -27,11 +27,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hashmatch.engine.durable import fsync_path, pid_alive
 from hashmatch.engine.errors import HashmatchError, InvalidInput, write_failure
 from hashmatch.engine.snapshot_files import held, writing
 from hashmatch.engine.store import SignalStore
 from hashmatch.engine.store_schema import change_digest, store_id
-from hashmatch.indexes.persist import fsync_path, pid_alive
 
 #: ``.<name>.<pid>.tmp`` (+ SQLite's ``-journal``/``-wal``/``-shm``): a copy in progress
 _TMP_NAME = re.compile(r"\.(.+)\.(\d+)\.tmp(-journal|-wal|-shm)?")

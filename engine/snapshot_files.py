@@ -18,8 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hashmatch.engine import signal_types
+from hashmatch.engine.durable import fsync_path, pid_alive
 from hashmatch.engine.errors import CorruptData
-from hashmatch.indexes.persist import fsync_path, pid_alive
 
 #: Snapshot manifest format. 2: the manifest names the store (store_id) and the change
 #: it was taken at (change_digest). Format-1 snapshots cannot be checked against the

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hashmatch.engine.durable import fsync_path, pid_alive
 from hashmatch.engine.errors import CorruptData
 from hashmatch.indexes.segments import SEGMENT_TYPES, MIHSegment, Segment, load_npy
 
@@ -61,15 +62,6 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory by path (a directory's entries become durable too)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_index(index: ShardedIndex, path: Path) -> None:
@@ -155,20 +147,6 @@ def _remove_stale_temps(path: Path) -> None:
         if pid != os.getpid() and not pid_alive(pid):
             log.info("removing %s, left by process %d (no longer running)", tmp, pid)
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (in this pid namespace): a temp file named after a
-    dead writer is abandoned. pid <= 0 counts as alive (kill would signal a group)."""
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: running
-        return True
-    return True
 
 
 def _snapshot_dir(path: Path) -> Path:
