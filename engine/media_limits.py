@@ -17,3 +17,7 @@ MAX_FRAMES = 10_000
 #: 10k upload cap while ``hash`` and ``scan`` had 100k each, so a film over 2 h 46 min
 #: hashed and scanned, and ``match film.mp4`` refused it.
 LOCAL_MAX_VIDEO_FRAMES = 100_000
+
+#: Seconds one video may take to hash (``scan``, ``hash``, ``match``: ``--file-timeout``):
+#: one pathological video must not hold a run forever.
+DEFAULT_FILE_TIMEOUT = 3600.0

@@ -61,7 +61,7 @@ from hashmatch.engine.catalog import (
     FileRecord,
     MatchRow,
 )
-from hashmatch.engine.media_limits import LOCAL_MAX_VIDEO_FRAMES
+from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT, LOCAL_MAX_VIDEO_FRAMES
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
 from hashmatch.engine.video_formats import is_video_path
 
@@ -1220,7 +1220,6 @@ class ScanSummary:
 
 #: how many of the videos a scan without a video type saw its summary names
 VIDEOS_WITHOUT_VPDQ_NAMED = 5
-DEFAULT_FILE_TIMEOUT = 3600.0
 
 
 @dataclass
