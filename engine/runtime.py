@@ -32,10 +32,12 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hashmatch.engine import signal_types
+from hashmatch.engine.durable import fsync_path
 from hashmatch.engine.errors import (
     CorruptData,
     HashmatchError,
@@ -46,7 +48,6 @@ from hashmatch.engine.errors import (
     is_disk_full,
     write_failure,
 )
-from hashmatch.engine.hashing import DEFAULT_OPTIONS, HashOptions, HashResult, hash_media
 from hashmatch.engine.matcher import (
     DEFAULT_LOW_QUALITY_QUERIES,
     LOW_QUALITY_QUERIES,
@@ -83,10 +84,14 @@ from hashmatch.engine.store import (
     SignalStore,
     is_corruption,
 )
-from hashmatch.engine.store_index import load_live_index, make_live_index
 from hashmatch.engine.store_schema import change_digest, store_id
-from hashmatch.engine.video import VPDQ_QUALITY_THRESHOLD
-from hashmatch.indexes.persist import fsync_path
+
+# Imported where used (hashing, store_index, video): the hashing stack (numba,
+# OpenCV, PyAV) and the index kernels (FAISS, numba) cost ~1 s to import, and the CLI's
+# store verbs (lists, ingest, retract, tenants) open an Engine that neither loads an
+# index nor hashes (tests/test_cli_startup.py checks).
+if TYPE_CHECKING:
+    from hashmatch.engine.hashing import HashOptions, HashResult
 
 __all__ = [
     "DEFAULT_LOW_QUALITY_QUERIES",
@@ -306,6 +311,8 @@ class Engine:
     def _index_for(self, signal_type: str, indexes: dict[str, object]):
         index = indexes.get(signal_type)
         if index is None:
+            from hashmatch.engine.store_index import make_live_index
+
             index = make_live_index(
                 signal_types.get(signal_type), kind=self.index_kind, shards=self.shards
             )
@@ -360,6 +367,8 @@ class Engine:
         skip = low if rule == LOW_QUALITY_SKIP else np.zeros_like(low)
         index = indexes.get(st.name)
         if st.name == "vpdq":  # the rows are the frames of one query video
+            from hashmatch.engine.video import VPDQ_QUALITY_THRESHOLD
+
             if index is None or len(codes) == 0:
                 found = MatchList()
             else:
@@ -402,7 +411,7 @@ class Engine:
         source: bytes | str | Path,
         *,
         types: Sequence[str] = ("pdq",),
-        options: HashOptions = DEFAULT_OPTIONS,
+        options: HashOptions | None = None,
         tenant: str | None = None,
         threshold: int | None = None,
         lists: Sequence[str] | None = None,
@@ -410,8 +419,12 @@ class Engine:
         min_quality: int | None = None,
         low_quality_queries: str | None = None,
     ) -> MediaMatch:
-        """Hash media, then match each hash (:meth:`match_hashes`)."""
+        """Hash media, then match each hash (:meth:`match_hashes`); ``options``: the
+        hashing defaults when None."""
+        from hashmatch.engine.hashing import DEFAULT_OPTIONS, hash_media
+
         check_low_quality_queries(low_quality_queries)  # before the (costly) hashing
+        options = DEFAULT_OPTIONS if options is None else options
         return self.match_hashes(
             hash_media(source, types, options), tenant=tenant, threshold=threshold,
             lists=lists, max_results=max_results, min_quality=min_quality,
@@ -806,6 +819,8 @@ class Engine:
     def _read_snapshot(self, manifest_path: Path, counter: int) -> tuple[dict, int]:
         """Load a snapshot if it is one of THIS store's history at or before ``counter``,
         and complete; else CorruptData saying why (the caller skips it)."""
+        from hashmatch.engine.store_index import load_live_index
+
         manifest = check_manifest(json.loads(manifest_path.read_text()))
         at = manifest["change_counter"]
         if at > counter:
