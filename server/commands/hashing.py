@@ -22,21 +22,18 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import click
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.decode import LOCAL_LIMITS
 from hashmatch.engine.errors import HashmatchError, UnknownSignalType
-from hashmatch.engine.hashing import HashOptions, HashResult, hash_media
-from hashmatch.engine.scan import (
-    DEFAULT_FILE_TIMEOUT,
-    Entry,
-    FileTimedOut,
-    walk,
-    with_time_budget,
-)
+from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT
 from hashmatch.engine.video_formats import is_video_path
+
+if TYPE_CHECKING:  # the hashing stack (numba, OpenCV, PyAV): imported when a verb hashes
+    from hashmatch.engine.hashing import HashOptions, HashResult
+    from hashmatch.engine.scan import Entry
 
 CSV_FIELDS = ("path", "type", "hash", "quality", "frame", "timestamp", "error")
 
@@ -60,6 +57,8 @@ def iter_paths(paths: tuple[str, ...]) -> Iterator[Entry]:
     reported as ``not-a-file`` instead of being opened (reading a FIFO blocks forever).
     Paths keep the form they were given in (relative stays relative).
     """
+    from hashmatch.engine.scan import walk
+
     for given in paths:
         root = os.path.abspath(given)
         for entry in walk([given], max_bytes=sys.maxsize):  # size limits: hash_media's
@@ -117,6 +116,9 @@ def _error(path: str, message: str, reason: str) -> dict:
 
 def hash_one(path: str, types: list[str], options: HashOptions) -> list[dict]:
     """All records of one file; errors become one error record (never raised)."""
+    from hashmatch.engine.hashing import hash_media
+    from hashmatch.engine.scan import FileTimedOut
+
     wanted = applicable(path, types)
     if not wanted:  # say which kind the file was taken for and what would hash it
         kind, other = ("a video", "vpdq") if is_video_path(path) else ("an image", "pdq")
@@ -201,6 +203,10 @@ def hash_command(
     file_timeout: float,
 ) -> None:
     """Hash images and videos (files or directories), one record per file and type."""
+    from hashmatch.engine.decode import LOCAL_LIMITS
+    from hashmatch.engine.hashing import HashOptions
+    from hashmatch.engine.scan import with_time_budget
+
     types = parse_types(types_)
     if seconds < 0:
         raise click.BadParameter("must be >= 0", param_hint="--every-n-seconds")

@@ -6,6 +6,7 @@ and prints JSON (one object per line), so scripts can consume it.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -21,15 +22,15 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import grpc
-from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 
 from hashmatch.engine.errors import HashmatchError, InvalidInput
+
+if TYPE_CHECKING:  # gRPC and protobuf: imported by the verbs that call a server
+    import grpc
+    from google.protobuf.message import Message
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 #: The server's log (hashmatch.server.app's): serve's reload outcomes go where its other
@@ -64,13 +65,20 @@ UINT32 = ProtoInt(0, 2**32 - 1)
 INT64 = ProtoInt(-(2**63), 2**63 - 1)
 
 
-_INT64_TYPES = {
-    FieldDescriptor.TYPE_INT64,
-    FieldDescriptor.TYPE_UINT64,
-    FieldDescriptor.TYPE_SINT64,
-    FieldDescriptor.TYPE_FIXED64,
-    FieldDescriptor.TYPE_SFIXED64,
-}
+@functools.cache
+def _int64_types() -> frozenset[int]:
+    """The 64-bit integer field types (protobuf imported when a reply is printed)."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    return frozenset(
+        {
+            FieldDescriptor.TYPE_INT64,
+            FieldDescriptor.TYPE_UINT64,
+            FieldDescriptor.TYPE_SINT64,
+            FieldDescriptor.TYPE_FIXED64,
+            FieldDescriptor.TYPE_SFIXED64,
+        }
+    )
 
 
 def message_json(message: Message) -> dict[str, Any]:
@@ -82,6 +90,8 @@ def message_json(message: Message) -> dict[str, Any]:
     (for JavaScript) and drops zero values, so shell users got ``"added": "2"`` and no
     ``rejected`` key at all when nothing was rejected.
     """
+    from google.protobuf.json_format import MessageToDict
+
     data = MessageToDict(
         message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
@@ -97,7 +107,7 @@ def _ints_as_numbers(descriptor, data: dict[str, Any]) -> dict[str, Any]:
         items = value if repeated else [value]
         if field.message_type is not None and not field.message_type.GetOptions().map_entry:
             items = [_ints_as_numbers(field.message_type, item) for item in items]
-        elif field.type in _INT64_TYPES:
+        elif field.type in _int64_types():
             items = [int(item) for item in items]
         data[field.name] = items if repeated else items[0]
     return data
@@ -527,6 +537,8 @@ def _token_from_file(ctx: click.Context, token_file: str, token: str | None) -> 
 def _ingest_progress(exc: grpc.RpcError, details: str) -> str:
     """For an ingest stream that failed part way (e.g. its deadline passed) without the
     server's own "were stored" count: how far it got, and that re-running is safe."""
+    import grpc
+
     sent = getattr(exc, "signals_sent", 0)
     # only a stream cut off part way can have stored some of it: not a refused connection,
     # a bad token, a missing role or list, or a server that says what it stored
@@ -554,13 +566,14 @@ def _retract_progress(exc: grpc.RpcError) -> str:
 
 def _rpc(fn):
     """Turn gRPC errors into a one-line message and exit status 1."""
-    import functools
-
-    from hashmatch.server.client import tls_hint
-    from hashmatch.server.errors import bad_request_fields
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import grpc
+
+        from hashmatch.server.client import tls_hint
+        from hashmatch.server.errors import bad_request_fields
+
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as exc:
