@@ -6,8 +6,8 @@ import importlib
 import sys
 
 SUITES = ("hashing", "indexes", "store", "service", "clients", "scan", "quality")
-# not in ``all``: minutes of mixed load and correctness checks; export's CLI timings
-ON_DEMAND = ("soak", "scan_walk", "export")
+# not in ``all``: minutes of mixed load and correctness checks; export's CLI timings; CLI start-up
+ON_DEMAND = ("soak", "scan_walk", "export", "cli_startup")
 
 
 def main(argv: list[str]) -> None:
