@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -83,18 +84,25 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--baseline", default=None, help="a checkout whose CLI to time too")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="hm-bench-cli-"))
+    try:
+        _bench(work, args.rounds, args.baseline)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _bench(work: Path, rounds: int, baseline: str | None) -> None:
     hm = [str(Path(sys.executable).with_name("hashmatch"))]
     _prepare(work, hm)
     versions = [("new", hm)]
-    if args.baseline:
-        versions.insert(0, ("old", _baseline_command(Path(args.baseline), work)))
+    if baseline:
+        versions.insert(0, ("old", _baseline_command(Path(baseline), work)))
     cases = _cases(work)
     times: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for _what, extra in cases:  # untimed: a first `hash` fills numba's kernel cache (~15 s)
         for _tag, command in versions:
             _tolerant_run(_command(command, extra))
-    print(f"load {os.getloadavg()[0]:.1f}; {args.rounds} rounds after a warm-up")
-    for _ in range(args.rounds):
+    print(f"load {os.getloadavg()[0]:.1f}; {rounds} rounds after a warm-up")
+    for _ in range(rounds):
         for what, extra in cases:
             for tag, command in versions:
                 times.setdefault((what, tag), []).append(_tolerant_run(_command(command, extra)))
