@@ -276,7 +276,8 @@ def bootstrap_admin(auth_path: Path) -> str | None:
     """First start with no tokens file: create one holding a fresh admin token.
 
     Returns the token (shown once by ``hashmatch serve`` and written to
-    ``admin.token`` beside the file, mode 0600) or None when the file exists.
+    ``admin.token`` beside the file, mode 0600) or None when the file exists. The tokens
+    file is created mode 0600 too (it was the umask's, usually 0644).
     """
     if auth_path.exists():
         return None
@@ -296,7 +297,12 @@ def bootstrap_admin(auth_path: Path) -> str | None:
         fd = os.open(tmp_token, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(token + "\n")
-        tmp.write_text(header + tenant_entry("admin", token, ROLES, all_lists=True))
+        # 0600 like admin.token, whatever the umask: the file holds digests only, but it
+        # is the access-control file (who may call, with which roles); only its owner
+        # (the server's user) needs to read it, and `hashmatch tokens` keeps its mode.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(header + tenant_entry("admin", token, ROLES, all_lists=True))
         try:
             os.link(tmp, auth_path)
         except FileExistsError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import grpc
 import pytest
 from google.rpc import error_details_pb2
@@ -58,6 +60,18 @@ def test_bootstrap_admin_once(tmp_path):
     assert admin.engine_tenant is None and admin.roles == frozenset(auth.ROLES)
     assert path.parent.stat().st_mode & 0o077 == 0  # a new data dir is the owner's only
     assert auth.permission_warning(path) is None
+
+
+def test_bootstrap_tokens_file_is_owner_only_whatever_the_umask(tmp_path):
+    """The first start's auth.toml is 0600 like admin.token (it was 0644 under the
+    usual umask 022: every local user could read who may call with which roles)."""
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "data" / "auth.toml"
+        auth.bootstrap_admin(path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_tokens_file_others_may_write_is_warned_about(tmp_path):
