@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,8 @@ class Principal:
     def require(self, role: str) -> None:
         if role not in self.roles:
             raise Forbidden(
-                f"tenant {self.tenant!r} lacks the {role!r} role{_ROLE_HINTS.get(role, '')}",
+                f"tenant {self.tenant!r} lacks the {role!r} role"
+                + _ROLE_HINTS.get(role, "").replace("{tenant}", shlex.quote(self.tenant)),
                 field="authorization",
             )
 
@@ -65,7 +67,8 @@ class Principal:
 _ROLE_HINTS = {
     "export": (
         " (tokens made before hashmatch had this role, the first admin token included,"
-        ' lack it: add "export" to the tenant\'s roles in the tokens file, then SIGHUP'
+        " lack it: on the server, `hashmatch tokens set {tenant} --add-role export`"
+        ' (or add "export" to the tenant\'s roles in the tokens file), then SIGHUP'
         " the server)"
     ),
 }

@@ -228,6 +228,48 @@ def add_token(
     return seen[0], find(after, tenant, path)
 
 
+def set_tenant(
+    path: Path,
+    tenant: str,
+    *,
+    add_roles: tuple[str, ...] = (),
+    drop_roles: tuple[str, ...] = (),
+    all_lists: bool | None = None,
+) -> tuple[TenantTokens, TenantTokens]:
+    """Change an existing tenant's roles or ``all_lists`` without issuing a token;
+    (the tenant before, after).
+
+    Why: a tenant that lacks a role (an older build's tokens lack ``export``) needed
+    either a hand edit of the file or ``tokens add --add-role``, which also issues a
+    token nobody asked for (one more secret to store or revoke).
+    """
+    if not (add_roles or drop_roles or all_lists is not None):
+        raise InvalidInput(
+            "nothing to change: give --add-role, --drop-role, --all-lists or --no-all-lists",
+            field="role",
+        )
+    seen: list[TenantTokens] = []
+
+    def meant(before: Tenants) -> Tenants:
+        current = find(before, tenant, path)
+        new_roles = resolve_roles(current, (), add_roles, drop_roles)
+        keep_all = current.all_lists if all_lists is None else all_lists
+        return _replaced(before, TenantTokens(tenant, new_roles, keep_all, current.digests))
+
+    def change(text: str, before: Tenants) -> str:
+        current = find(before, tenant, path)
+        new = find(meant(before), tenant, path)
+        seen.append(current)
+        if new.roles != current.roles:
+            text = set_roles(text, tenant, list(new.roles))
+        if new.all_lists != current.all_lists:
+            text = set_all_lists(text, tenant, new.all_lists)
+        return text
+
+    after = edit(path, change, meant)
+    return seen[0], find(after, tenant, path)
+
+
 def digest_prefix(text: str) -> str:
     """A digest prefix as typed: ``sha256:`` (as `tokens ls` shows it) and case ignored."""
     prefix = text.strip().lower().removeprefix("sha256:")

@@ -311,3 +311,43 @@ def test_a_reload_waiting_on_an_edit_reads_the_edited_file(tmp_path):
         tokens_file.replace_locked(path, held, edited)
     reader.join(10)
     assert read[0]["tenants"]["partner b"]["tokens_sha256"] == []
+
+
+def test_tokens_set_changes_a_tenants_roles_without_issuing_a_token(tmp_path):
+    """`tokens add --add-role` was the only way short of a hand edit, and it issued a
+    token too; `tokens set` changes the roles alone, comments and tokens kept."""
+    path = tmp_path / "auth.toml"
+    tokens = _tokens("admin", "old", "ci", "other")
+    before = _hand_written(path, **tokens)
+    changed = _run(path, "tokens", "set", "partner-a", "--add-role", "export")
+    assert changed.exit_code == 0, changed.output
+    assert changed.stdout == ""  # no token printed: none was issued
+    assert "'partner-a' now has roles match,export (every token of it)" in changed.stderr
+    for token in ("old", "ci"):
+        assert _tenant(path, tokens[token]).roles == frozenset({"match", "export"})
+    after = path.read_text()
+    assert [line for line in after.splitlines() if not line.startswith("roles")] == [
+        line for line in before.splitlines() if not line.startswith("roles")
+    ]
+    assert len(tokens_file.read_tenants(path)[1].digests) == 2
+    again = _run(path, "tokens", "set", "partner-a", "--add-role", "export")
+    assert again.exit_code == 0 and "already" in again.stderr
+    assert path.read_text() == after
+    dropped = _run(path, "tokens", "set", "partner b", "--drop-role", "export", "--all-lists")
+    assert dropped.exit_code == 0, dropped.output
+    held = _tenant(path, tokens["other"])
+    assert held.roles == frozenset({"match"}) and held.all_lists
+    for refused in (
+        ["tokens", "set", "partner-a"],  # nothing to change
+        ["tokens", "set", "partner-a", "--drop-role", "match", "--drop-role", "export"],
+        ["tokens", "set", "nobody", "--add-role", "write"],
+    ):
+        result = _run(path, *refused)
+        assert result.exit_code == 1, (refused, result.output)
+    assert _tenant(path, tokens["old"]).roles == frozenset({"match", "export"})
+
+
+def test_the_missing_export_role_hint_names_tokens_set_for_the_tenant():
+    with pytest.raises(auth.Forbidden) as caught:
+        auth.Principal("partner b", frozenset({"match"})).require("export")
+    assert "`hashmatch tokens set 'partner b' --add-role export`" in str(caught.value)

@@ -1,8 +1,9 @@
-"""``hashmatch tokens ls|add|revoke``: rotating and revoking bearer tokens.
+"""``hashmatch tokens ls|add|set|revoke``: rotating and revoking bearer tokens.
 
 ``hashmatch token TENANT`` makes a tenant and its first token; these verbs handle the
 rest of a token's life without hand-editing the tokens file or computing digests:
-``add`` gives an existing tenant another token (its roles kept), ``revoke`` removes one
+``add`` gives an existing tenant another token (its roles kept), ``set`` changes a
+tenant's roles or ``all_lists`` without issuing a token, ``revoke`` removes one
 by its digest prefix or every token of a tenant, ``ls`` shows who holds what (digest
 prefixes only: the file never holds tokens). A rotation is ``add``, move the caller to
 the new token, ``revoke`` the old one, SIGHUP the server.
@@ -57,7 +58,7 @@ def _short(digest: str) -> str:
 
 @click.group("tokens")
 def tokens_group() -> None:
-    """Bearer tokens in the tokens file: list, add (rotate), revoke."""
+    """Bearer tokens in the tokens file: list, add (rotate), set (roles), revoke."""
 
 
 @tokens_group.command("ls")
@@ -158,6 +159,64 @@ def tokens_add(
             err=True,
         )
     click.echo(new)
+
+
+@tokens_group.command("set")
+@click.argument("tenant")
+@click.option(
+    "--add-role",
+    "add_roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    help="Give the tenant this role (all its tokens).",
+)
+@click.option(
+    "--drop-role",
+    "drop_roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    help="Take this role from the tenant (all its tokens).",
+)
+@click.option(
+    "--all-lists/--no-all-lists",
+    default=None,
+    help="Whether the tenant sees every list (default: as it is).",
+)
+@_file_options
+def tokens_set(
+    tenant: str,
+    add_roles: tuple[str, ...],
+    drop_roles: tuple[str, ...],
+    all_lists: bool | None,
+    auth_file: str | None,
+    config_file: str | None,
+) -> None:
+    """Change an existing TENANT's roles or all_lists (every token of it), issuing no
+    token; SIGHUP the server to apply it.
+
+    \b
+    Example (a tenant made before the export role, for rescan --server / mirror):
+      hashmatch tokens set acme --add-role export
+      kill -HUP <server pid>
+    """
+    from hashmatch.server.tokens_file import set_tenant
+
+    path = _existing(auth_file, config_file)
+    try:
+        before, after = set_tenant(
+            path, tenant, add_roles=add_roles, drop_roles=drop_roles, all_lists=all_lists
+        )
+    except (HashmatchError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    every = ", all lists" if after.all_lists else ""
+    if after == before:
+        click.echo(f"{tenant!r} has roles {','.join(after.roles)}{every} already", err=True)
+        return
+    click.echo(
+        f"{tenant!r} now has roles {','.join(after.roles)}{every} (every token of it);"
+        " SIGHUP the server to apply it",
+        err=True,
+    )
 
 
 @tokens_group.command("revoke")
