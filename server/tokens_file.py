@@ -138,7 +138,10 @@ def edit(
             if exc.field != "tokens_file":  # the others name what was asked, not the file
                 raise
             raise InvalidInput(f"{path}: {exc.message}") from None
-        after = _tenants_of(toml_from_bytes(new.encode("utf-8"), path), path)
+        try:
+            after = _tenants_of(toml_from_bytes(new.encode("utf-8"), path), path)
+        except InvalidInput:  # the edit's fault, not the file's: say so, not its error
+            after = None
         if after != expect(before):  # a layout the line edit misread: touch nothing
             raise InvalidInput(
                 f"{path}: could not edit it without changing more than meant (its layout):"
@@ -409,7 +412,12 @@ def _set_value(text: str, tenant: str, key: str, new: str) -> str:
 
 
 def _insert_key(text: str, table: _Table, line: str) -> str:
-    return text[: table.body] + line + _newline(text) + text[table.body :]
+    """``line`` as the table's first key; after a header that ends the file without a
+    line end, one is added first (``[tenants.a]roles = ...`` is not TOML)."""
+    head = text[: table.body]
+    if not head.endswith("\n"):
+        head += _newline(text)
+    return head + line + _newline(text) + text[table.body :]
 
 
 def _newline(text: str) -> str:

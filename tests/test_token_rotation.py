@@ -351,3 +351,29 @@ def test_the_missing_export_role_hint_names_tokens_set_for_the_tenant():
     with pytest.raises(auth.Forbidden) as caught:
         auth.Principal("partner b", frozenset({"match"})).require("export")
     assert "`hashmatch tokens set 'partner b' --add-role export`" in str(caught.value)
+
+
+def test_a_header_ending_the_file_gets_its_first_key_on_a_line_of_its_own(tmp_path):
+    """A tenant whose table is only its header, the file's last line without a line
+    end: the inserted key was glued to the header (not TOML; refused as if the
+    operator's file were invalid)."""
+    path = tmp_path / "auth.toml"
+    path.write_text(f'[tenants.b]\ntokens_sha256 = ["{"b" * 64}"]\n\n[tenants.a]')
+    added = _run(path, "tokens", "add", "a")
+    assert added.exit_code == 0, added.output
+    assert _tenant(path, added.stdout.strip().splitlines()[-1]).tenant == "a"
+    assert path.read_text().startswith(f'[tenants.b]\ntokens_sha256 = ["{"b" * 64}"]\n\n')
+
+
+def test_an_edit_the_editor_misreads_is_refused_as_its_own_not_the_files(tmp_path):
+    """A digest written as a TOML multi-line string is valid, but the line editor
+    misreads it: refused naming the layout, not "not a SHA-256 digest" about a file
+    that has none wrong."""
+    path = tmp_path / "auth.toml"
+    text = f'[tenants.a]\ntokens_sha256 = ["""{"a" * 64}"""]\n'
+    text += f'[tenants.b]\ntokens_sha256 = ["{"b" * 64}"]\n'
+    path.write_text(text)
+    refused = _run(path, "tokens", "revoke", "a" * 8)
+    assert refused.exit_code == 1
+    assert "edit it by hand" in refused.output and "SHA-256" not in refused.output
+    assert path.read_text() == text
