@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from hashmatch.engine.errors import InvalidInput
-from hashmatch.server.auth import parse_tenant, read_tokens_file
+from hashmatch.server.auth import TokenAuth, parse_tenant, read_tokens_file
 from hashmatch.server.config import toml_from_bytes
 
 #: digits `hashmatch tokens ls` shows of a digest, and the fewest `revoke` accepts
@@ -139,9 +139,12 @@ def edit(
                 raise
             raise InvalidInput(f"{path}: {exc.message}") from None
         try:
-            after = _tenants_of(toml_from_bytes(new.encode("utf-8"), path), path)
+            data = toml_from_bytes(new.encode("utf-8"), path)
+            after = _tenants_of(data, path)
         except InvalidInput:  # the edit's fault, not the file's: say so, not its error
             after = None
+        else:
+            _serve_would_load(data, path)
         if after != expect(before):  # a layout the line edit misread: touch nothing
             raise InvalidInput(
                 f"{path}: could not edit it without changing more than meant (its layout):"
@@ -150,6 +153,20 @@ def edit(
             )
         replace_locked(path, fh, new)
     return after
+
+
+def _serve_would_load(data: dict, path: Path) -> None:
+    """Refuse an edit whose result ``serve`` would refuse as a whole (a digest two
+    tenants hold, a table besides [tenants]): its SIGHUP would keep every old token,
+    the one just revoked included, and nothing would say so where the operator looks."""
+    try:
+        TokenAuth.from_mapping(data)
+    except InvalidInput as exc:
+        raise InvalidInput(
+            f"{path}: serve refuses this file ({exc}), so a SIGHUP would keep its old"
+            " tokens (a revoked one too) and a restart would fail: fix that by hand first",
+            field="tokens_file",
+        ) from None
 
 
 def find(tenants: Tenants, name: str, path: str | Path) -> TenantTokens:

@@ -377,3 +377,21 @@ def test_an_edit_the_editor_misreads_is_refused_as_its_own_not_the_files(tmp_pat
     assert refused.exit_code == 1
     assert "edit it by hand" in refused.output and "SHA-256" not in refused.output
     assert path.read_text() == text
+
+
+def test_an_edit_serve_would_refuse_as_a_whole_is_refused_naming_why(tmp_path):
+    """A file serve refuses (here a digest two tenants hold, a hand-editing slip) took
+    a revoke as done: the SIGHUP then kept every old token, the revoked one included."""
+    path = tmp_path / "auth.toml"
+    leaked, shared = "1" * 64, "2" * 64
+    text = (
+        f'[tenants.a]\ntokens_sha256 = [\n  "{leaked}",\n  "{shared}",\n]\n'
+        f'[tenants.b]\ntokens_sha256 = ["{shared}"]\n'
+    )
+    path.write_text(text)
+    refused = _run(path, "tokens", "revoke", leaked[:8])
+    assert refused.exit_code == 1
+    assert "has a token digest tenant 'a' has too" in refused.output
+    assert "a SIGHUP would keep its old tokens" in refused.output
+    assert path.read_text() == text
+    assert _run(path, "tokens", "add", "a").exit_code == 1
