@@ -40,7 +40,7 @@ from types import TracebackType
 import numpy as np
 
 from hashmatch.engine import signal_types
-from hashmatch.engine.errors import Conflict, CorruptData
+from hashmatch.engine.errors import Conflict, CorruptData, HashmatchError
 
 try:
     import fcntl
@@ -170,6 +170,15 @@ def _refuse_special_file(path: Path) -> None:
         from hashmatch.engine.scan import file_kind
 
         raise OSError(errno.EINVAL, f"not a regular file but {file_kind(st.st_mode)}", str(path))
+
+
+def _exact(type_token: str) -> bool:
+    """A catalogued type token of a cryptographic type (md5, sha256): its digest
+    depends on the bytes alone, so it holds while they do."""
+    try:
+        return signal_types.get(type_token.split("+")[0]).exact
+    except HashmatchError:  # a type this build does not know
+        return False
 
 
 def _db_path(path: str) -> str | bytes:
@@ -557,18 +566,25 @@ class Catalog:
         ``md5``: of its bytes when they were read (a chmod is then rechecked by MD5,
         not decoded again); ``digests``: its exact hashes (md5, sha256) when only the
         decode failed, kept as hash rows (and in ``types``) so scans re-match and
-        rescans find them. Its other hashes and every match are dropped (the caller
-        records the digests' matches); rows of a digest already catalogued for the same
-        bytes are kept as they are (a rescan's cached index stays valid).
+        rescans find them. Its other hashes are dropped. When the bytes are the
+        catalogued ones (same MD5), every catalogued exact digest still names them: its
+        rows and matches are kept, those of a type not digested now included (as
+        :meth:`put_hashed` keeps them), and the caller replaces the matches within its
+        own scope (types, lists); otherwise every match is dropped.
+
+        Why: a file decoded again on each run (``too-large``, ``timeout``) lost its
+        MD5 row and MD5 matches to a scan without md5 in ``--types``, and its matches
+        of other lists to a ``--list`` scan.
         """
         stat = (size, mtime_ns, ino, ctime_ns)
-        kept = set(self._kept_types(path, md5, set(), status=None)) if md5 else set()
+        same = self._kept_types(path, md5, set(), status=None) if md5 else []
+        keep = sorted(t for t in same if _exact(t))
         types = [h.signal_type for h in digests]
-        keep = sorted(kept & set(types))
+        types += [t for t in keep if t not in types]
         file_id = self._upsert_file(path, stat, md5, types, FAILED, reason, error, run_id)
         spare = f" AND signal_type NOT IN ({','.join('?' * len(keep))})" if keep else ""
-        self.conn.execute(f"DELETE FROM hashes WHERE file_id = ?{spare}", (file_id, *keep))
-        self.conn.execute("DELETE FROM matches WHERE file_id = ?", (file_id,))
+        for table in ("hashes", "matches"):
+            self.conn.execute(f"DELETE FROM {table} WHERE file_id = ?{spare}", (file_id, *keep))
         self._insert_hashes(file_id, [h for h in digests if h.signal_type not in keep])
         return file_id
 

@@ -1720,7 +1720,14 @@ class Scanner:
                 )
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - j, [])]
                 matched_files += bool(rows)
-                self.catalog.add_matches(rows, found_by="scan")
+                if self.matcher is not None and r.hashes:  # the same bytes' others stay
+                    self.catalog.replace_matches(
+                        file_id,
+                        rows,
+                        found_by="scan",
+                        types=[h.signal_type for h in r.hashes],
+                        lists=self.matcher.lists,
+                    )
             for file_id in skipped:
                 rows = matched.get(file_id, [])
                 matched_files += bool(rows)

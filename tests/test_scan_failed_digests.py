@@ -272,3 +272,66 @@ def test_a_file_that_could_not_be_read_has_no_digest(tmp_path):
     cut = hash_file(str(tmp_path / "cut.jpg"), types)
     assert (cut.reason, cut.types) == ("corrupt", ("md5",))
     assert cut.hashes[0].codes.tobytes().hex() == _digest("cut.jpg") == cut.md5.hex()
+
+
+def _png_over_the_pixel_limit() -> bytes:
+    """A PNG whose header says 20000x20000: refused before decoding, "too-large", a
+    verdict a later scan does not trust (the limit may differ), so decoded each run."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    header = struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))  # fmt: skip
+
+
+def _catalogued(catalog: Path) -> tuple[str, list[tuple[str, str]], list[str]]:
+    with sqlite3.connect(catalog) as conn:
+        (types,) = conn.execute("SELECT types FROM files").fetchone()
+        matches = conn.execute(
+            "SELECT signal_type, list_name FROM matches ORDER BY list_name"
+        ).fetchall()
+        hashes = [t for (t,) in conn.execute("SELECT signal_type FROM hashes ORDER BY 1")]
+    return types, matches, hashes
+
+
+def test_a_failed_files_digests_and_matches_outlive_a_narrower_scan(tmp_path):
+    """A file decoded again on every run (too-large) lost its catalogued MD5 and its
+    MD5 matches to a scan without md5 in --types, and its matches of other lists to a
+    --list scan: a hashed file keeps what a narrower scan did not look at."""
+    blob = _png_over_the_pixel_limit()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "huge.png").write_bytes(blob)
+    data = tmp_path / "data"
+    md5 = hashlib.md5(blob).hexdigest()
+    _store(data, "a", [SignalRecord("md5", md5, external_id="in-a")])
+    _store(data, "b", [SignalRecord("md5", md5, external_id="in-b")])
+    catalog = tmp_path / "c.sqlite"
+
+    def run(**options):
+        matcher = LocalMatcher.open(data, lists=options.pop("lists", None))
+        try:
+            with Catalog(catalog) as cat:
+                opts = ScanOptions(workers=1, progress=False, **options)
+                return scan([tree], catalog=cat, matcher=matcher, report=None, options=opts)
+        finally:
+            matcher.close()
+
+    first = run(types=("pdq", "md5"))
+    assert (first.failed, first.failed_digested, first.matches) == (1, 1, 2)
+    both = ("md5", [("md5", "a"), ("md5", "b")], ["md5"])
+    assert _catalogued(catalog) == both
+    pdq_only = run(types=("pdq",))
+    assert (pdq_only.failed, pdq_only.failed_digested) == (1, 0)
+    assert _catalogued(catalog) == both  # its MD5 and its matches were dropped
+    only_a = run(types=("pdq", "md5"), lists=["a"])
+    assert only_a.failed_digested == 1
+    assert _catalogued(catalog) == both  # list b's match was dropped
+    again = run(types=("pdq", "md5"))
+    assert (again.failed_digested, again.matches) == (1, 2)
+    assert _catalogued(catalog) == both
