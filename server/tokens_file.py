@@ -18,7 +18,9 @@ re-opens until the file it locked is the one the path names.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import glob
 import json
 import os
 import re
@@ -120,6 +122,38 @@ def replace_locked(path: Path, held: IO, text: str) -> None:
         os.close(dir_fd)
 
 
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Remove the temp files (``.auth.toml.PID.tmp``) an edit killed mid-write left
+    beside the tokens file, those whose process is gone; the ones removed.
+
+    Why: ``kill -9`` (or a power cut) between writing the temp file and renaming it
+    leaves it for good: a stray copy of the access-control file, each edit's pid another
+    name. Called under the file's lock, which every editor holds while its temp file
+    exists; a live pid's file (another user's ``hashmatch token`` bootstrapping, whose
+    temp names have the same shape) is left alone.
+    """
+    real = Path(os.path.realpath(path))
+    removed = []
+    for tmp in real.parent.glob(f".{glob.escape(real.name)}.*.tmp"):
+        pid = tmp.name[len(real.name) + 2 : -len(".tmp")]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 Tenants = list[TenantTokens]
 
 
@@ -129,6 +163,7 @@ def edit(
     """Apply ``change(text, tenants) -> new text`` to the tokens file under its lock;
     write it only when it parses (strictly) to ``expect(tenants)``. The new tenants."""
     with locked(path) as fh:
+        remove_stale_temps(path)
         raw = fh.read()
         before = _tenants_of(toml_from_bytes(raw, path), path)
         text = raw.decode("utf-8")

@@ -395,3 +395,28 @@ def test_an_edit_serve_would_refuse_as_a_whole_is_refused_naming_why(tmp_path):
     assert "a SIGHUP would keep its old tokens" in refused.output
     assert path.read_text() == text
     assert _run(path, "tokens", "add", "a").exit_code == 1
+
+
+def test_an_edit_removes_the_temp_file_a_killed_edit_left(tmp_path):
+    """kill -9 between writing the temp file and renaming it left .auth.toml.PID.tmp for
+    good (a stray copy of the access-control file); the next edit removes it, and
+    leaves a live process's temp file alone."""
+    path = tmp_path / "auth.toml"
+    _hand_written(path, **_tokens("admin", "old", "ci", "other"))
+    editor = subprocess.Popen(
+        [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    )
+    editor.wait()  # its pid names a process that is gone, as a killed edit's does
+    stale = tmp_path / f".auth.toml.{editor.pid}.tmp"
+    stale.write_text(path.read_text()[:40])
+    other = tmp_path / ".other.toml.1.tmp"
+    other.write_text("not ours")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as running:
+        live = tmp_path / f".auth.toml.{running.pid}.tmp"
+        live.write_text("another process's, still running")
+        try:
+            assert _run(path, "tokens", "add", "partner-a").exit_code == 0
+        finally:
+            running.kill()
+    assert not stale.exists()
+    assert live.exists() and other.exists()
