@@ -352,9 +352,14 @@ def revoke(
 
     def pick(before: Tenants) -> list[tuple[str, str]]:
         scope = [find(before, tenant, path)] if tenant is not None else before
-        found = [
-            (t.name, d) for t in scope for d in t.digests if wanted is None or d.startswith(wanted)
-        ]
+        found = list(  # a digest written twice for a tenant is one token, not two
+            dict.fromkeys(
+                (t.name, d)
+                for t in scope
+                for d in t.digests
+                if wanted is None or d.startswith(wanted)
+            )
+        )
         where = f" of tenant {tenant!r}" if tenant is not None else ""
         if not found:
             what = f"starts with {wanted}" if wanted else "is held"

@@ -420,3 +420,18 @@ def test_an_edit_removes_the_temp_file_a_killed_edit_left(tmp_path):
             running.kill()
     assert not stale.exists()
     assert live.exists() and other.exists()
+
+
+def test_a_digest_written_twice_for_a_tenant_is_revoked_by_its_prefix(tmp_path):
+    """The same digest twice in one tenant (pasted twice, or once upper case) read as
+    "2 token digests start with ...: give more digits", which no number of digits could
+    satisfy: only --tenant T --all, taking the tenant's other tokens too, got rid of it."""
+    path = tmp_path / "auth.toml"
+    leaked, kept = "ab" * 32, "cd" * 32
+    path.write_text(
+        f'[tenants.a]\ntokens_sha256 = [\n  "{leaked}",\n  "{leaked.upper()}",\n  "{kept}",\n]\n'
+    )
+    revoked = _run(path, "tokens", "revoke", leaked[:8])
+    assert revoked.exit_code == 0, revoked.output
+    assert revoked.stdout.count("revoked sha256:abababababab of 'a'") == 1
+    assert tokens_file.read_tenants(path)[0].digests == (kept,)
