@@ -1342,11 +1342,9 @@ class SignalStore:
         if isinstance(batch, ColumnBatch):
             plan = self._plan_columns(batch)
             if plan is not None:
-                list_id = self._list_for(conn, list_id, new_list, [plan], actor, strict)
-                self._write_txn(conn, [plan], list_id, ingest_id, now, report, actor,
-                                source, strict, rejected_before,
-                                [n for n in batch.lines if n is not None])  # fmt: skip
-                return list_id
+                return self._write_txn(conn, [plan], list_id, new_list, ingest_id, now,
+                                       report, actor, source, strict, rejected_before,
+                                       [n for n in batch.lines if n is not None])  # fmt: skip
             batch = batch.records()  # something unusual: the per-record path says what
         lines = [rec.line for _, rec in batch if rec.line is not None]
         groups: dict[str, list[tuple[int, SignalRecord]]] = {}
@@ -1370,33 +1368,34 @@ class SignalStore:
                     report.reject(Rejection(exc.message, position, rec.line, "signal_type"))
                 continue
             prepared.append(self._validate_group(st, items, report))
-        list_id = self._list_for(conn, list_id, new_list, prepared, actor, strict)
-        if list_id is not None:
-            self._write_txn(conn, prepared, list_id, ingest_id, now, report, actor, source,
-                            strict, rejected_before, lines)  # fmt: skip
-        return list_id
-
-    def _list_for(self, conn, list_id, new_list, prepared, actor, strict) -> int | None:
-        """``list_id``, else the id of the new list ``new_list`` (name, tenant), created
-        now if ``prepared`` holds a signal to write; None (nothing created) if not."""
-        if list_id is not None or new_list is None:
-            return list_id
-        if not any(isinstance(g, _ColumnPlan) or g[1] for g in prepared):
-            return None  # every record of the batch was rejected
-        name, tenant = new_list
-        self._ensure_list(conn, name, actor, own_txn=not strict)
-        return self._writable_list_id(conn, name, tenant)
+        return self._write_txn(conn, prepared, list_id, new_list, ingest_id, now, report,
+                               actor, source, strict, rejected_before, lines)  # fmt: skip
 
     def _write_txn(
-        self, conn, prepared, list_id, ingest_id, now, report, actor, source, strict,
-        rejected_before, lines,
-    ) -> None:  # fmt: skip
-        """Write validated groups (and the batch's audit entry) in one transaction."""
+        self, conn, prepared, list_id, new_list, ingest_id, now, report, actor, source,
+        strict, rejected_before, lines,
+    ) -> int | None:  # fmt: skip
+        """Write validated groups (and the batch's audit entry) in one transaction;
+        the list's id. ``list_id`` None: the list ``new_list`` (name, tenant) is created
+        in that transaction if ``prepared`` holds a signal to write, else nothing is
+        written (None).
+
+        Why in the batch's transaction: created in one of its own just before, a first
+        batch that did not commit (a Ctrl-C in it, a full disk) left an empty list.
+        """
+        if list_id is None and (
+            new_list is None or not any(isinstance(g, _ColumnPlan) or g[1] for g in prepared)
+        ):
+            return None  # every record of the batch was rejected: no list made for none
         counts = {"added": 0, "updated": 0, "unchanged": 0, "still_retracted": 0,
                   "still_retracted_targets": []}  # fmt: skip
         if not strict:
             self._begin(conn)
         try:
+            if list_id is None:
+                name, tenant = new_list
+                self._ensure_list(conn, name, actor, own_txn=False)
+                list_id = self._writable_list_id(conn, name, tenant)
             _check_list_kept(conn, list_id, report)
             for group in prepared:
                 if isinstance(group, _ColumnPlan):
@@ -1443,6 +1442,7 @@ class SignalStore:
         room = MAX_TARGETS_KEPT - len(report.still_retracted_targets)
         report.still_retracted_targets.extend(counts["still_retracted_targets"][:room])
         report.batches += 1
+        return list_id
 
     def _plan_columns(self, cb: ColumnBatch) -> _ColumnPlan | None:
         """The column fast path's checks, all at C speed; None sends the batch down the
