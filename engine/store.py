@@ -1264,9 +1264,11 @@ class SignalStore:
                 if in_txn:
                     self._end(conn, commit=False)
                     self._drop_fresh()
-                if not strict:  # what the committed batches stored, for the caller to say
-                    self._recount_committed(conn, report, ingest_id)
-                    exc.ingest_report = report  # type: ignore[attr-defined]
+                # what the committed batches stored, for the caller to say; strict too: a
+                # stop after its one COMMIT (in it, or in on_commit's index update) left
+                # the whole file stored, not "nothing written"
+                self._recount_committed(conn, report, ingest_id)
+                exc.ingest_report = report  # type: ignore[attr-defined]
                 if isinstance(exc, InvalidInput) and not strict and report.batches:
                     # e.g. a non-UTF-8 byte deep in the file: the batches before it are
                     # stored, and the error must not read as "nothing happened". The

@@ -572,10 +572,17 @@ def _say_ingest_stopped(
     from hashmatch.server.interrupts import say_ingest_stopped
 
     report = getattr(exc, "ingest_report", None)
-    if strict:
+    if strict and (report is None or not report.batches):
         said = f"{path}: stopped: nothing of it was written (--strict: one transaction)"
     elif report is None:  # stopped outside the store's ingest (the file was done)
         return
+    elif strict:  # the stop came after the one COMMIT (e.g. in the index update)
+        stored = report.added + report.updated + report.unchanged
+        said = (
+            f"{path}: stopped after its transaction committed (--strict): the whole file"
+            f" is stored, {stored:,} signal(s) into {list_name!r} (added {report.added},"
+            f" updated {report.updated}, unchanged {report.unchanged})"
+        )
     else:
         stored = report.added + report.updated + report.unchanged
         said = (
