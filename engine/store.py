@@ -228,6 +228,11 @@ class IngestReport:
     # the audit rows of the batches written so far (the last may be rolled back): what
     # Store.ingest recounts the committed batches from when it is stopped part way
     batch_audit_ids: list[int] = field(default_factory=list, repr=False)
+    # len(batch_audit_ids) when the batch being written began (None: none is): with the
+    # recount, whether a stop rolled a batch back or landed between (after) batches
+    batch_in_flight: int | None = field(default=None, repr=False)
+    # set by the recount: the stop rolled back a batch it found being written
+    rolled_back_batch: bool = False
 
     @property
     def accepted(self) -> int:
@@ -1297,6 +1302,7 @@ class SignalStore:
         rolled-back batch's audit row is gone (its id may be another's by now: hence the
         ingest id)."""
         if not report.batch_audit_ids:
+            report.rolled_back_batch = report.batch_in_flight is not None
             return
         with contextlib.suppress(sqlite3.Error):  # a damaged store: keep the running count
             row = conn.execute(
@@ -1309,6 +1315,12 @@ class SignalStore:
             ).fetchone()
             report.batches = int(row[0])
             report.added, report.updated, report.unchanged = (int(x) for x in row[1:])
+        flight = report.batch_in_flight
+        # in flight: rolled back unless its audit row (appended just before its COMMIT)
+        # is among the committed ones (the stop came in or after that COMMIT)
+        report.rolled_back_batch = flight is not None and (
+            len(report.batch_audit_ids) == flight or report.batches < len(report.batch_audit_ids)
+        )
 
     def _ingest_batch(
         self,
@@ -1393,6 +1405,7 @@ class SignalStore:
                   "still_retracted_targets": []}  # fmt: skip
         if not strict:
             self._begin(conn)
+            report.batch_in_flight = len(report.batch_audit_ids)
         try:
             if list_id is None:
                 name, tenant = new_list
@@ -1444,6 +1457,7 @@ class SignalStore:
         room = MAX_TARGETS_KEPT - len(report.still_retracted_targets)
         report.still_retracted_targets.extend(counts["still_retracted_targets"][:room])
         report.batches += 1
+        report.batch_in_flight = None
         return list_id
 
     def _plan_columns(self, cb: ColumnBatch) -> _ColumnPlan | None:

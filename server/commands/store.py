@@ -588,8 +588,10 @@ def _say_ingest_stopped(
         said = (
             f"{path}: stopped after {report.batches} committed batch(es): {stored:,} signal(s)"
             f" stored into {list_name!r} (added {report.added}, updated {report.updated},"
-            f" unchanged {report.unchanged}); the batch in flight was rolled back"
+            f" unchanged {report.unchanged})"
         )
+        if report.rolled_back_batch:  # not so for a stop between batches or after the last
+            said += "; the batch in flight was rolled back"
     if not_started:
         said += f"; not started: {', '.join(not_started)}"
     say_ingest_stopped(said)
