@@ -28,8 +28,8 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
-    """Run the CLI; a stop signal ends it with one line and 128 + its number (see
-    :mod:`hashmatch.server.interrupts`)."""
+    """Run the CLI; a stop signal ends it with one line, then the process dies of that
+    signal (a shell shows 128 + its number; see :mod:`hashmatch.server.interrupts`)."""
     import sys
 
     from hashmatch.server import interrupts
@@ -40,7 +40,7 @@ def main() -> None:
     except interrupts.Interrupted as exc:
         with contextlib.suppress(OSError):  # a closed terminal (SIGHUP): nobody to tell
             print(f"hashmatch: interrupted ({exc.describe()})", file=sys.stderr, flush=True)
-        interrupts.exit(exc.exit_status)
+        interrupts.exit(exc.signum)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ def main() -> None:
     try:
         from hashmatch.server.cli import main as cli_main
     except interrupts.Interrupted as exc:  # during the imports: nothing was started
-        raise SystemExit(exc.exit_status) from None
+        interrupts.exit(exc.signum)
     cli_main()
 
 

@@ -8,9 +8,14 @@ signal stops the command: a long job that can stop cleanly (a scan: commit what 
 hashed, record how far it got) asks for :func:`cooperative` and is told through an
 event; any other command gets :class:`Interrupted` raised where it is, which unwinds
 its transactions and temporary files as any exception does. ``main`` prints one line
-and exits 128 + the signal number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), as shells
-do. A second signal ends the process at once with the same status (SQLite's WAL and
-the kernel's release of file locks keep the stores consistent).
+and then dies of the signal itself (its default action, raised again once the exit
+handlers ran), as Python does on an unhandled Ctrl-C: a shell shows 128 + its number
+(130 Ctrl-C, 143 SIGTERM, 129 SIGHUP), a parent process sees a death by the signal.
+Why not ``exit(130)``: bash stops a ``for``/``while`` loop on Ctrl-C only when the
+child died of SIGINT (an exit 130 reads as "the child handled it": the loop ran on
+with the next file), and systemd counts a death by SIGTERM as a clean stop but exit
+143 as a failure. A second signal ends the process at once the same way (SQLite's WAL
+and the kernel's release of file locks keep the stores consistent).
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 WAIT_STEP_SECONDS = 0.1
 
 _received: int | None = None  # the first stop signal, once one came
+_die_of: int | None = None  # the signal the process ends with, once exit() was called
+_exit_hook_registered = False
 _stop: threading.Event | None = None  # set instead of raising, inside cooperative()
 
 
@@ -44,6 +51,7 @@ class Interrupted(BaseException):
 
     @property
     def exit_status(self) -> int:
+        """What a shell shows for the process (it dies of the signal: see exit())."""
         return 128 + self.signum
 
     def describe(self) -> str:
@@ -57,6 +65,10 @@ def install() -> None:
     ``nohup hashmatch scan ...`` (SIGHUP ignored) went on after the terminal closed,
     and a job a script started with ``&`` (SIGINT ignored) was not stopped by the
     Ctrl-C meant for the script; handling them here stopped both."""
+    global _exit_hook_registered
+    if not _exit_hook_registered:  # first: exit handlers run last-registered first, so
+        atexit.register(_die_of_signal)  # this one runs after all the others
+        _exit_hook_registered = True
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) != signal.SIG_IGN:
             signal.signal(signum, _on_signal)
@@ -71,7 +83,7 @@ def _on_signal(signum: int, _frame: object) -> None:
     global _received
     if _received is not None:  # the second: the user means now
         os.write(2, f"hashmatch: {signal.Signals(signum).name} again: stopping now\n".encode())
-        os._exit(128 + _received)
+        _raise_default(_received)
     _received = signum
     if _stop is not None:
         _stop.set()
@@ -96,8 +108,9 @@ def cooperative() -> Iterator[threading.Event]:
         _stop = previous
 
 
-def exit(status: int) -> None:
-    """Exit an interrupted command with ``status``.
+def exit(signum: int) -> None:
+    """End an interrupted command: die of ``signum`` once the exit handlers ran (why:
+    the module docstring), or exit 128 + ``signum`` if the signal cannot kill it.
 
     A helper thread may still be blocked where the stop found it (ingest's parser in a
     read of an idle stdin): the interpreter's shutdown then died with "Fatal Python
@@ -105,15 +118,37 @@ def exit(status: int) -> None:
     streams are flushed and the process ends without that shutdown (the command's
     ``with`` blocks have closed its stores already). The exit handlers still run first
     (``atexit``): multiprocessing's finalizers among them, without which the resource
-    tracker of a scan stopped that way warned of "leaked semaphore objects"."""
+    tracker of a scan stopped that way warned of "leaked semaphore objects"; the last
+    of them, registered by :func:`install`, raises the signal)."""
+    global _die_of
+    _die_of = signum
     if threading.active_count() == 1:
-        sys.exit(status)
+        sys.exit(128 + signum)
     with contextlib.suppress(Exception):
         atexit._run_exitfuncs()
+    _die_of_signal()  # when install() was not called
+    os._exit(128 + signum)
+
+
+def _die_of_signal() -> None:
+    """The last exit handler: once :func:`exit` was called, flush the standard streams
+    and die of the signal."""
+    if _die_of is None:
+        return
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(status)
+    _raise_default(_die_of)
+
+
+def _raise_default(signum: int) -> None:
+    """Die of ``signum`` by its default action; exit 128 + ``signum`` if it comes back
+    (a signal the kernel would not deliver)."""
+    with contextlib.suppress(Exception):
+        signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+        signal.raise_signal(signum)
+    os._exit(128 + signum)
 
 
 def say_ingest_stopped(what_is_stored: str) -> None:
