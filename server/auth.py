@@ -57,21 +57,28 @@ class Principal:
     def require(self, role: str) -> None:
         if role not in self.roles:
             raise Forbidden(
-                f"tenant {self.tenant!r} lacks the {role!r} role"
-                + _ROLE_HINTS.get(role, "").replace("{tenant}", shlex.quote(self.tenant)),
+                f"tenant {self.tenant!r} lacks the {role!r} role" + role_hint(self.tenant, role),
                 field="authorization",
             )
 
 
-#: What to do about a missing role that tokens made by older builds cannot have.
-_ROLE_HINTS = {
-    "export": (
-        " (tokens made before hashmatch had this role, the first admin token included,"
-        " lack it: on the server, `hashmatch tokens set {tenant} --add-role export`"
-        ' (or add "export" to the tenant\'s roles in the tokens file), then SIGHUP'
-        " the server)"
-    ),
+#: Why a tenant may lack a role it was meant to have, said before how to grant it.
+_ROLE_WHY = {
+    "export": "tokens made before hashmatch had this role, the first admin token included,"
+    " lack it: ",
 }
+
+
+def role_hint(tenant: str, role: str) -> str:
+    """How to grant ``role`` to ``tenant``, for a PERMISSION_DENIED message: the caller
+    reads the refusal, the operator it is passed to acts on the command (a bare "lacks
+    the 'write' role" left them to find `tokens set` and the SIGHUP on their own)."""
+    return (
+        f" ({_ROLE_WHY.get(role, 'if it should have it: ')}on the server, `hashmatch tokens"
+        f' set {shlex.quote(tenant)} --add-role {role}` (or add "{role}" to the tenant\'s'
+        " roles in the tokens file), then SIGHUP the server)"
+    )
+
 
 NO_AUTH_PRINCIPAL = Principal("local", frozenset(ROLES), all_lists=True)
 

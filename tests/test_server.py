@@ -442,6 +442,23 @@ def test_roles_permission_denied(served):
         assert _code(err) is grpc.StatusCode.PERMISSION_DENIED
 
 
+def test_a_refused_write_or_admin_call_says_how_to_grant_the_role(served):
+    """A PERMISSION_DENIED for a missing write or admin role names the command that
+    grants it, as the one for export did: it said only "lacks the 'write' role"."""
+    acme = served.client("acme", retries=0)
+    for call, role in (
+        (lambda: acme.ingest("x", [signal("pdq", "00" * 32)]), "write"),
+        (lambda: acme.stats(), "admin"),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert _code(err) is grpc.StatusCode.PERMISSION_DENIED
+        details = err.value.details()
+        assert f"lacks the '{role}' role" in details, details
+        assert f"`hashmatch tokens set acme --add-role {role}`" in details, details
+        assert "SIGHUP the server" in details, details
+
+
 def test_tenants_see_only_lists_shared_with_them(served, ops):
     code_shared, code_private = (c.tobytes().hex() for c in _codes(2, seed=6))
     ops.ingest("tenant-shared", [signal("pdq", code_shared)])
