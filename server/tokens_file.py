@@ -24,6 +24,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -338,14 +339,21 @@ def digest_prefix(text: str) -> str:
 
 
 def revoke(
-    path: Path, prefix: str | None, *, tenant: str | None = None, every: bool = False
+    path: Path,
+    prefix: str | None,
+    *,
+    tenant: str | None = None,
+    every: bool = False,
+    force: bool = False,
 ) -> list[tuple[str, str]]:
     """Remove the one token whose digest starts with ``prefix`` (of ``tenant``, if
     given), or ``every`` token of ``tenant``; the (tenant, digest) pairs removed.
 
-    Refused: a prefix no digest or several digests start with (never a guess), and an
+    Refused: a prefix no digest or several digests start with (never a guess), an
     edit that would leave the file without any token (``serve`` refuses such a file on
-    SIGHUP and keeps the old tokens: the revocation would silently not happen).
+    SIGHUP and keeps the old tokens: the revocation would silently not happen), and,
+    unless ``force``, one that would remove the last token of a tenant with the admin
+    role or with ``all_lists`` (see :func:`lock_out`).
     """
     wanted = digest_prefix(prefix) if prefix is not None else None
     doomed: list[tuple[str, str]] = []
@@ -378,6 +386,16 @@ def revoke(
                 " (a SIGHUP would keep every old token); add the new token first",
                 field="prefix",
             )
+        lost = lock_out(before, gone)
+        if lost and not force:
+            keeper = next(t.name for t in before if _powers(t) & set(lost))
+            named = " or ".join(_POWERS[power] for power in lost)
+            raise InvalidInput(
+                f"that would leave {path} without a token {named}: after the"
+                " SIGHUP, no caller could make those calls; issue one first (`hashmatch"
+                f" tokens add {shlex.quote(keeper)}`), or give --force",
+                field="prefix",
+            )
         return found
 
     def meant(before: Tenants) -> Tenants:
@@ -395,6 +413,32 @@ def revoke(
 
     edit(path, change, meant)
     return doomed
+
+
+#: What some tenants' tokens can do that a revocation must not take from every caller
+#: unasked, and how :func:`lock_out` names it.
+_POWERS = {
+    "admin": "of a tenant with the admin role (Stats, RebuildIndex, Snapshot)",
+    "all_lists": "of an all_lists tenant (the operator's view of every list)",
+}
+
+
+def _powers(tenant: TenantTokens) -> set[str]:
+    return {"admin"} & set(tenant.roles) | ({"all_lists"} if tenant.all_lists else set())
+
+
+def lock_out(before: Tenants, gone: set[str]) -> list[str]:
+    """What removing the digests ``gone`` would leave no token for, of what some token
+    could do before (keys of :data:`_POWERS`). Why: removing the last admin token
+    (rotating it the wrong way round, or a typo'd prefix) locked every caller out of
+    the admin calls until someone edited the file on the server; only an empty file
+    was refused."""
+    lost = []
+    for power in _POWERS:
+        held = [d for t in before if power in _powers(t) for d in t.digests]
+        if held and all(d in gone for d in held):
+            lost.append(power)
+    return lost
 
 
 # -- the edits ----------------------------------------------------------------------

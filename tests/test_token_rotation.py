@@ -163,6 +163,48 @@ def test_revoking_the_last_token_of_the_file_is_refused(tmp_path):
     assert "e" * 64 in path.read_text()
 
 
+def test_revoking_the_last_admin_token_is_refused_without_force(tmp_path):
+    """Only an empty file was refused: revoking the one admin token (rotating it the
+    wrong way round) left partners' tokens and no caller who could make admin calls."""
+    path = tmp_path / "auth.toml"
+    tokens = _tokens("admin", "old", "ci", "other")
+    _hand_written(path, **tokens)
+    before = path.read_text()
+    prefix = _digest_of(tokens["admin"])[:10]
+    refused = _run(path, "tokens", "revoke", prefix)
+    assert refused.exit_code == 1, refused.output
+    assert "without a token of a tenant with the admin role" in refused.output
+    assert "or of an all_lists tenant" in refused.output  # partner b's all_lists is false
+    assert "`hashmatch tokens add admin`" in refused.output and "--force" in refused.output
+    assert path.read_text() == before
+    # the way it is meant: a new admin token first, then the old one goes without --force
+    added = _run(path, "tokens", "add", "admin")
+    assert added.exit_code == 0, added.output
+    assert _run(path, "tokens", "revoke", prefix).exit_code == 0
+    assert _tenant(path, added.stdout.strip().splitlines()[-1]).roles == frozenset(auth.ROLES)
+    # every admin token of the tenant, and --force: done as asked
+    every = _run(path, "tokens", "revoke", "--tenant", "admin", "--all")
+    assert every.exit_code == 1 and "--force" in every.output
+    forced = _run(path, "tokens", "revoke", "--tenant", "admin", "--all", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert not tokens_file.read_tenants(path)[0].digests
+
+
+def test_revoking_the_last_all_lists_token_is_refused_without_force(tmp_path):
+    path = tmp_path / "auth.toml"
+    ops, partner = "a" * 64, "b" * 64
+    path.write_text(
+        f'[tenants.ops]\ntokens_sha256 = ["{ops}"]\nroles = ["match"]\nall_lists = true\n'
+        f'[tenants.partner]\ntokens_sha256 = ["{partner}"]\nroles = ["match"]\n'
+    )
+    refused = _run(path, "tokens", "revoke", ops[:8])
+    assert refused.exit_code == 1, refused.output
+    assert "without a token of an all_lists tenant" in refused.output
+    assert "admin role" not in refused.output  # nobody had it: nothing to lose
+    assert _run(path, "tokens", "revoke", partner[:8]).exit_code == 0  # no power lost
+    assert _run(path, "tokens", "revoke", ops[:8], "--force").exit_code == 1  # the very last
+
+
 def test_tokens_add_keeps_roles_unless_told_and_refuses_an_ambiguous_role_change(tmp_path):
     path = tmp_path / "auth.toml"
     tokens = _tokens("admin", "old", "ci", "other")

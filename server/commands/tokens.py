@@ -223,17 +223,25 @@ def tokens_set(
 @click.argument("prefix", required=False)
 @click.option("--tenant", help="Only this tenant's tokens (required with --all).")
 @click.option("--all", "every", is_flag=True, help="Every token of --tenant.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also remove the last token of an admin or all_lists tenant (refused without).",
+)
 @_file_options
 def tokens_revoke(
     prefix: str | None,
     tenant: str | None,
     every: bool,
+    force: bool,
     auth_file: str | None,
     config_file: str | None,
 ) -> None:
     """Remove the token whose SHA-256 digest starts with PREFIX (8+ hex digits, as
     `tokens ls` shows), or with --tenant T --all every token of T (T's roles stay,
-    for a later `tokens add`). A prefix several digests share is refused.
+    for a later `tokens add`). A prefix several digests share is refused, and so,
+    without --force, is removing the last token of a tenant with the admin role or
+    all_lists (nobody could make admin calls): `tokens add` a new one first.
 
     \b
     Example:
@@ -250,7 +258,7 @@ def tokens_revoke(
         raise click.UsageError("--all needs --tenant TENANT")
     path = _existing(auth_file, config_file)
     try:
-        removed = revoke(path, prefix, tenant=tenant, every=every)
+        removed = revoke(path, prefix, tenant=tenant, every=every, force=force)
     except (HashmatchError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     for name, digest in removed:
