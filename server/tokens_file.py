@@ -461,7 +461,7 @@ def add_digest(text: str, tenant: str, digest: str) -> str:
         comma = "" if last.comma else ","
         text = text[: last.end] + comma + text[last.end :]
         line_start += len(comma)
-        return text[:line_start] + f'{indent}"{digest}",{_newline(text)}' + text[line_start:]
+        return text[:line_start] + f'{indent}"{digest}",{line_end(text)}' + text[line_start:]
     before = text[value.start : close].rstrip()
     sep = " " if before.endswith(",") else ", "
     return text[:close].rstrip() + f'{sep}"{digest}"' + text[close:].lstrip(" \t")
@@ -517,11 +517,11 @@ def _insert_key(text: str, table: _Table, line: str) -> str:
     line end, one is added first (``[tenants.a]roles = ...`` is not TOML)."""
     head = text[: table.body]
     if not head.endswith("\n"):
-        head += _newline(text)
-    return head + line + _newline(text) + text[table.body :]
+        head += line_end(text)
+    return head + line + line_end(text) + text[table.body :]
 
 
-def _newline(text: str) -> str:
+def line_end(text: str) -> str:
     """The file's line end: a line added to a file saved with CRLF ends the same way."""
     return "\r\n" if "\r\n" in text else "\n"
 

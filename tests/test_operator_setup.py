@@ -116,6 +116,24 @@ def test_token_writes_the_file_the_config_names(tmp_path, monkeypatch):
     assert made.exit_code == 1 and "missing.toml" in made.output
 
 
+@pytest.mark.parametrize("end", [b"\r\n", b"\n"])
+def test_token_appends_with_the_files_own_line_end(tmp_path, end):
+    """A tokens file saved with CRLF (edited on Windows) got LF lines appended: one
+    file, two line ends, which editors and diffs then show as changed throughout."""
+    path = tmp_path / "auth.toml"
+    path.write_bytes(
+        end.join(
+            [b"# ops' tokens", b"[tenants.ops]", f'tokens_sha256 = ["{"a" * 64}"]'.encode(), b""]
+        )
+    )
+    made = _token("acme", "--role", "match", "--auth-file", str(path))
+    assert made.exit_code == 0, made.output
+    raw = path.read_bytes()
+    assert raw.count(end) == raw.count(b"\n") and raw.count(b"\r") == raw.count(b"\r\n")
+    assert raw.count(end) == 8  # the three lines, a blank one, the new tenant's four
+    assert _tenant(path, made.stdout.strip()).tenant == "acme"
+
+
 def _waits_for_a_lock(pid: int) -> bool:
     """Whether process ``pid`` is blocked on a file lock (a ``->`` line of /proc/locks)."""
     lines = Path("/proc/locks").read_text().splitlines()

@@ -373,6 +373,7 @@ def token(
 
     from hashmatch.server.auth import bootstrap_admin, tenant_entry
     from hashmatch.server.config import read_toml
+    from hashmatch.server.tokens_file import line_end
 
     if not tenant.strip():
         raise click.ClickException(f"not a tenant name: {tenant!r}")
@@ -392,7 +393,8 @@ def token(
                     f"tenant {tenant!r} already exists in {path}: `hashmatch tokens add"
                     f" {shlex.quote(tenant)}` gives it another token (a rotation)"
                 )
-            fh.write("\n" + entry)
+            end = line_end(path.read_bytes().decode("utf-8", "replace"))  # CRLF stays CRLF
+            fh.write(("\n" + entry).replace("\n", end))
     except OSError as exc:
         raise click.ClickException(f"{path}: {exc}") from None
     except HashmatchError as exc:
