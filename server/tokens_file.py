@@ -291,9 +291,11 @@ def set_tenant(
     add_roles: tuple[str, ...] = (),
     drop_roles: tuple[str, ...] = (),
     all_lists: bool | None = None,
+    force: bool = False,
 ) -> tuple[TenantTokens, TenantTokens]:
     """Change an existing tenant's roles or ``all_lists`` without issuing a token;
-    (the tenant before, after).
+    (the tenant before, after). Unless ``force``, refused when no token would be left
+    with the admin role or ``all_lists`` (see :func:`lock_out`).
 
     Why: a tenant that lacks a role (an older build's tokens lack ``export``) needed
     either a hand edit of the file or ``tokens add --add-role``, which also issues a
@@ -314,7 +316,13 @@ def set_tenant(
 
     def change(text: str, before: Tenants) -> str:
         current = find(before, tenant, path)
-        new = find(meant(before), tenant, path)
+        after = meant(before)
+        new = find(after, tenant, path)
+        lost = lock_out(before, after)
+        if lost and not force:
+            grant = " ".join(_GRANTS[power] for power in lost)
+            first = f"`hashmatch tokens set OTHER {grant}`"
+            raise _lock_out_refused(path, lost, first, field="role")
         seen.append(current)
         if new.roles != current.roles:
             text = set_roles(text, tenant, list(new.roles))
@@ -386,24 +394,15 @@ def revoke(
                 " (a SIGHUP would keep every old token); add the new token first",
                 field="prefix",
             )
-        lost = lock_out(before, gone)
+        lost = lock_out(before, _without(before, gone))
         if lost and not force:
             keeper = next(t.name for t in before if _powers(t) & set(lost))
-            named = " or ".join(_POWERS[power] for power in lost)
-            raise InvalidInput(
-                f"that would leave {path} without a token {named}: after the"
-                " SIGHUP, no caller could make those calls; issue one first (`hashmatch"
-                f" tokens add {shlex.quote(keeper)}`), or give --force",
-                field="prefix",
-            )
+            first = f"`hashmatch tokens add {shlex.quote(keeper)}`"
+            raise _lock_out_refused(path, lost, first, field="prefix")
         return found
 
     def meant(before: Tenants) -> Tenants:
-        gone = {d for _, d in pick(before)}
-        return [
-            TenantTokens(t.name, t.roles, t.all_lists, tuple(d for d in t.digests if d not in gone))
-            for t in before
-        ]
+        return _without(before, {d for _, d in pick(before)})
 
     def change(text: str, before: Tenants) -> str:
         doomed.extend(pick(before))
@@ -422,23 +421,42 @@ _POWERS = {
     "all_lists": "of an all_lists tenant (the operator's view of every list)",
 }
 
+#: The `tokens set` option that gives a tenant each of them.
+_GRANTS = {"admin": "--add-role admin", "all_lists": "--all-lists"}
+
 
 def _powers(tenant: TenantTokens) -> set[str]:
     return {"admin"} & set(tenant.roles) | ({"all_lists"} if tenant.all_lists else set())
 
 
-def lock_out(before: Tenants, gone: set[str]) -> list[str]:
-    """What removing the digests ``gone`` would leave no token for, of what some token
-    could do before (keys of :data:`_POWERS`). Why: removing the last admin token
-    (rotating it the wrong way round, or a typo'd prefix) locked every caller out of
-    the admin calls until someone edited the file on the server; only an empty file
-    was refused."""
-    lost = []
-    for power in _POWERS:
-        held = [d for t in before if power in _powers(t) for d in t.digests]
-        if held and all(d in gone for d in held):
-            lost.append(power)
-    return lost
+def lock_out(before: Tenants, after: Tenants) -> list[str]:
+    """What some token could do ``before`` and none can ``after`` (keys of
+    :data:`_POWERS`). Why: removing the last admin token (rotating it the wrong way
+    round, a typo'd prefix, or ``tokens set --drop-role admin``) locked every caller
+    out of the admin calls until someone edited the file on the server; only an
+    empty file was refused."""
+
+    def held(tenants: Tenants, power: str) -> bool:
+        return any(t.digests for t in tenants if power in _powers(t))
+
+    return [power for power in _POWERS if held(before, power) and not held(after, power)]
+
+
+def _lock_out_refused(path: Path, lost: list[str], first: str, field: str) -> InvalidInput:
+    named = " or ".join(_POWERS[power] for power in lost)
+    return InvalidInput(
+        f"that would leave {path} without a token {named}: after the SIGHUP, no caller"
+        f" could make those calls; {first} first, or give --force",
+        field=field,
+    )
+
+
+def _without(tenants: Tenants, gone: set[str]) -> Tenants:
+    """``tenants`` with the digests ``gone`` removed (the tenants kept)."""
+    return [
+        TenantTokens(t.name, t.roles, t.all_lists, tuple(d for d in t.digests if d not in gone))
+        for t in tenants
+    ]
 
 
 # -- the edits ----------------------------------------------------------------------

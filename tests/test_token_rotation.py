@@ -205,6 +205,28 @@ def test_revoking_the_last_all_lists_token_is_refused_without_force(tmp_path):
     assert _run(path, "tokens", "revoke", ops[:8], "--force").exit_code == 1  # the very last
 
 
+def test_taking_admin_or_all_lists_from_the_last_holder_is_refused_without_force(tmp_path):
+    """`tokens set admin --drop-role admin` (or --no-all-lists) locked every caller out
+    of the admin calls as surely as revoking the last admin token did."""
+    path = tmp_path / "auth.toml"
+    _hand_written(path, **_tokens("admin", "old", "ci", "other"))
+    before = path.read_text()
+    for change, named in (
+        (["--drop-role", "admin"], "of a tenant with the admin role"),
+        (["--no-all-lists"], "of an all_lists tenant"),
+    ):
+        refused = _run(path, "tokens", "set", "admin", *change)
+        assert refused.exit_code == 1, refused.output
+        assert f"without a token {named}" in refused.output and "--force" in refused.output
+        assert path.read_text() == before
+    # once another tenant with a token has it, no refusal
+    assert _run(path, "tokens", "set", "partner-a", "--add-role", "admin").exit_code == 0
+    assert _run(path, "tokens", "set", "admin", "--drop-role", "admin").exit_code == 0
+    forced = _run(path, "tokens", "set", "admin", "--no-all-lists", "--force")
+    assert forced.exit_code == 0, forced.output
+    assert not any(t.all_lists for t in tokens_file.read_tenants(path))
+
+
 def test_tokens_add_keeps_roles_unless_told_and_refuses_an_ambiguous_role_change(tmp_path):
     path = tmp_path / "auth.toml"
     tokens = _tokens("admin", "old", "ci", "other")

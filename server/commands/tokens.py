@@ -182,17 +182,24 @@ def tokens_add(
     default=None,
     help="Whether the tenant sees every list (default: as it is).",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Also take admin or all_lists from the last tenant with a token that has it.",
+)
 @_file_options
 def tokens_set(
     tenant: str,
     add_roles: tuple[str, ...],
     drop_roles: tuple[str, ...],
     all_lists: bool | None,
+    force: bool,
     auth_file: str | None,
     config_file: str | None,
 ) -> None:
     """Change an existing TENANT's roles or all_lists (every token of it), issuing no
-    token; SIGHUP the server to apply it.
+    token; SIGHUP the server to apply it. Taking the admin role or all_lists from the
+    last tenant with a token that has it is refused without --force.
 
     \b
     Example (a tenant made before the export role, for rescan --server / mirror):
@@ -204,7 +211,12 @@ def tokens_set(
     path = _existing(auth_file, config_file)
     try:
         before, after = set_tenant(
-            path, tenant, add_roles=add_roles, drop_roles=drop_roles, all_lists=all_lists
+            path,
+            tenant,
+            add_roles=add_roles,
+            drop_roles=drop_roles,
+            all_lists=all_lists,
+            force=force,
         )
     except (HashmatchError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -226,7 +238,7 @@ def tokens_set(
 @click.option(
     "--force",
     is_flag=True,
-    help="Also remove the last token of an admin or all_lists tenant (refused without).",
+    help="Also remove the last token of an admin or all_lists tenant.",
 )
 @_file_options
 def tokens_revoke(
