@@ -316,7 +316,9 @@ def test_a_remote_ingest_stopped_part_way_says_what_was_sent_and_a_rerun_complet
         assert said, stderr
         sent = int(said[1].replace(",", ""))
         time.sleep(0.5)  # the server's handler ends with the cancelled stream
-        assert 1000 <= len(_stored(store, "partner")) <= sent < N_SIGNALS
+        # (gRPC's flow-control window may let the client send the whole file before the
+        # server has committed its first thousand: then all were sent, not all stored)
+        assert 1000 <= len(_stored(store, "partner")) <= sent <= N_SIGNALS
 
         rerun = subprocess.run(
             [sys.executable, "-c", CLI, *args], capture_output=True, timeout=300
