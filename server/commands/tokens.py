@@ -43,6 +43,40 @@ def _file_options(f):
     return f
 
 
+def _role_change_options(*, give: str, all_lists: str):
+    """--add-role, --drop-role and --all-lists/--no-all-lists, which change a tenant's
+    roles for every token of it (``tokens add`` and ``tokens set``); ``give`` and
+    ``all_lists`` start their help texts."""
+    options = (
+        click.option(
+            "--add-role",
+            "add_roles",
+            multiple=True,
+            type=click.Choice(ROLES),
+            help=f"{give} the tenant this role (all its tokens).",
+        ),
+        click.option(
+            "--drop-role",
+            "drop_roles",
+            multiple=True,
+            type=click.Choice(ROLES),
+            help="Take this role from the tenant (all its tokens).",
+        ),
+        click.option(
+            "--all-lists/--no-all-lists",
+            default=None,
+            help=f"{all_lists} the tenant sees every list (default: as it is).",
+        ),
+    )
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return decorate
+
+
 def _existing(auth_file: str | None, config_file: str | None) -> Path:
     path = _token_file(auth_file, config_file)
     if not path.exists():
@@ -95,25 +129,7 @@ def tokens_ls(auth_file: str | None, config_file: str | None) -> None:
     type=click.Choice(ROLES),
     help="The tenant's roles as they are (a check); a different set is refused.",
 )
-@click.option(
-    "--add-role",
-    "add_roles",
-    multiple=True,
-    type=click.Choice(ROLES),
-    help="Also give the tenant this role (all its tokens).",
-)
-@click.option(
-    "--drop-role",
-    "drop_roles",
-    multiple=True,
-    type=click.Choice(ROLES),
-    help="Take this role from the tenant (all its tokens).",
-)
-@click.option(
-    "--all-lists/--no-all-lists",
-    default=None,
-    help="Change whether the tenant sees every list (default: as it is).",
-)
+@_role_change_options(give="Also give", all_lists="Change whether")
 @_file_options
 def tokens_add(
     tenant: str,
@@ -163,25 +179,7 @@ def tokens_add(
 
 @tokens_group.command("set")
 @click.argument("tenant")
-@click.option(
-    "--add-role",
-    "add_roles",
-    multiple=True,
-    type=click.Choice(ROLES),
-    help="Give the tenant this role (all its tokens).",
-)
-@click.option(
-    "--drop-role",
-    "drop_roles",
-    multiple=True,
-    type=click.Choice(ROLES),
-    help="Take this role from the tenant (all its tokens).",
-)
-@click.option(
-    "--all-lists/--no-all-lists",
-    default=None,
-    help="Whether the tenant sees every list (default: as it is).",
-)
+@_role_change_options(give="Give", all_lists="Whether")
 @click.option(
     "--force",
     is_flag=True,
