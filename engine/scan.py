@@ -1720,7 +1720,9 @@ class Scanner:
                 )
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - j, [])]
                 matched_files += bool(rows)
-                if self.matcher is not None and r.hashes:  # the same bytes' others stay
+                # the same bytes' others stay; a failed lookup found nothing to replace
+                # them with (as a skipped file's, they stay for the re-run to redo)
+                if self.matcher is not None and r.hashes and lookup_error is None:
                     self.catalog.replace_matches(
                         file_id,
                         rows,

@@ -335,3 +335,44 @@ def test_a_failed_files_digests_and_matches_outlive_a_narrower_scan(tmp_path):
     again = run(types=("pdq", "md5"))
     assert (again.failed_digested, again.matches) == (1, 2)
     assert _catalogued(catalog) == both
+
+
+def test_a_lost_server_leaves_a_failed_files_catalogued_matches(tmp_path):
+    """A file decoded again on every run (too-large) keeps its catalogued MD5 matches
+    while its bytes do; a scan whose server was lost replaced them with the lookup's
+    nothing (a skipped file's are kept then): the catalog said the file matched no
+    list until a re-run."""
+    import socket
+
+    from hashmatch.engine.scan import LookupFailed, RemoteMatcher
+    from hashmatch.server.client import HashmatchClient
+
+    blob = _png_over_the_pixel_limit()
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "huge.png").write_bytes(blob)
+    data = tmp_path / "data"
+    _store(data, "a", [SignalRecord("md5", hashlib.md5(blob).hexdigest())])
+    catalog = tmp_path / "c.sqlite"
+    opts = ScanOptions(workers=1, progress=False, types=("pdq", "md5"))
+    matcher = LocalMatcher.open(data)
+    with Catalog(catalog) as cat:
+        assert scan([tree], catalog=cat, matcher=matcher, options=opts).matches == 1
+    matcher.close()
+    matched = ("md5", [("md5", "a")], ["md5"])
+    assert _catalogued(catalog) == matched
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dead = RemoteMatcher(HashmatchClient(f"127.0.0.1:{port}", retries=0, timeout=2))
+    with Catalog(catalog) as cat, pytest.raises(LookupFailed, match="run the same scan"):
+        scan([tree], catalog=cat, matcher=dead, options=opts)
+    dead.close()
+    assert _catalogued(catalog) == matched  # the lost server's nothing replaced them
+    matcher = LocalMatcher.open(data)  # the re-run matches it again, counted once
+    with Catalog(catalog) as cat:
+        again = scan([tree], catalog=cat, matcher=matcher, options=opts)
+    matcher.close()
+    assert (again.seen, again.failed, again.failed_digested, again.matches) == (1, 1, 1, 1)
+    assert _catalogued(catalog) == matched
