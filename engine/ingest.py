@@ -232,8 +232,9 @@ def _read(
             yield ColumnBatch.from_items(chunk, position)
             position += len(chunk)
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError, zlib.error) as exc:
-        shown = _shown(source, name)
-        raise _unreadable(exc, shown, " the batches before the damage were stored") from None
+        # what was stored is the store's to say (a --strict ingest, a remote one and
+        # damage in the first batch stored nothing): the reader only names the damage
+        raise _unreadable(exc, _shown(source, name)) from None
     finally:
         done()
 
@@ -247,7 +248,7 @@ def _shown(source: str | Path | IO[str], name: str) -> str:
     return name
 
 
-def _unreadable(exc: Exception, name: str, after_damage: str = "") -> InvalidInput:
+def _unreadable(exc: Exception, name: str) -> InvalidInput:
     """The error for a file that is not UTF-8 text, or gzip cut short or damaged."""
     if isinstance(exc, UnicodeDecodeError):  # a binary file, or a CSV saved as Latin-1
         return InvalidInput(
@@ -256,8 +257,7 @@ def _unreadable(exc: Exception, name: str, after_damage: str = "") -> InvalidInp
             field="file",
         )
     return InvalidInput(  # cut short, or not gzip after all
-        f"{name or 'input'} (gzip) is cut short or damaged ({exc or type(exc).__name__}):"
-        + after_damage,
+        f"{name or 'input'} (gzip) is cut short or damaged ({exc or type(exc).__name__})",
         field="file",
     )
 

@@ -350,3 +350,27 @@ def test_gzip_errors_name_the_file_as_given_with_its_gz(run, tmp_path):
     gone.write_bytes(gzip.compress(f"pdq {H0}\n".encode())[:-12])
     result = run("retract", "--list", "l", "--file", str(gone), ok=False)
     assert ": r.txt.gz (gzip) is cut short or damaged" in result.output
+
+
+def test_a_damaged_gzip_says_stored_only_what_was(run, tmp_path):
+    """The reader's error said "the batches before the damage were stored" whatever was:
+    a --strict ingest (one transaction, rolled back) and damage in the first batch store
+    nothing; a non-strict one that stored batches says how many (the store's count)."""
+    import gzip
+    import random
+
+    rng = random.Random(3)
+    rows = [f"pdq,{rng.getrandbits(256):064x}" for _ in range(3000)]
+    body = ("signal_type,signal_value\n" + "\n".join(rows) + "\n").encode()
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(body)[:-400])
+    result = run("ingest", str(cut), "--list", "s", "--strict", ok=False)
+    assert ": cut.csv.gz (gzip) is cut short or damaged" in result.output
+    assert "stored" not in result.output, result.output
+    early = tmp_path / "early.csv.gz"
+    early.write_bytes(gzip.compress(body)[:200])
+    result = run("ingest", str(early), "--list", "e", ok=False)
+    assert "stored" not in result.output, result.output
+    result = run("ingest", str(cut), "--list", "n", "--batch-size", "500", ok=False)
+    said = result.output
+    assert said.count("stored") == 1 and "batch(es) were stored: added " in said, said
