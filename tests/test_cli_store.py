@@ -374,3 +374,21 @@ def test_a_damaged_gzip_says_stored_only_what_was(run, tmp_path):
     result = run("ingest", str(cut), "--list", "n", "--batch-size", "500", ok=False)
     said = result.output
     assert said.count("stored") == 1 and "batch(es) were stored: added " in said, said
+
+
+def test_a_new_list_a_damaged_file_stored_batches_into_is_said_new(run, tmp_path):
+    """The "list 'x' is new" warning (a typo'd --list?) was said only after a file that ended well:
+    the batches a damaged file stored before the damage made the list, unsaid; a
+    --strict ingest of it stores nothing and makes no list."""
+    import gzip
+    import random
+
+    rng = random.Random(4)
+    rows = [f"pdq,{rng.getrandbits(256):064x}" for _ in range(3000)]
+    body = ("signal_type,signal_value\n" + "\n".join(rows) + "\n").encode()
+    cut = tmp_path / "cut.csv.gz"
+    cut.write_bytes(gzip.compress(body)[:-400])
+    strict = run("ingest", str(cut), "--list", "typo", "--strict", ok=False)
+    assert "is new" not in strict.output, strict.output
+    result = run("ingest", str(cut), "--list", "typo", "--batch-size", "500", ok=False)
+    assert "list 'typo' is new: created by this ingest" in result.output, result.output

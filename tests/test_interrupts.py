@@ -287,6 +287,7 @@ def test_an_ingest_stopped_part_way_says_what_it_stored_and_a_rerun_completes_it
     in_store = _stored(data_dir / "store.sqlite", "partner")
     assert stored == len(in_store) == 2000 * batches, stderr  # exact: what is committed
     assert 2000 <= stored < N_SIGNALS
+    assert "list 'partner' is new: created by this ingest" in stderr  # its batches made it
 
     rerun = subprocess.run(
         [sys.executable, "-c", CLI, *args], capture_output=True, timeout=300

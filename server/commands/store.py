@@ -525,8 +525,12 @@ def ingest_command(
                 )
             except Interrupted as exc:  # then `hashmatch: interrupted (SIGINT)`, exit 130
                 _say_ingest_stopped(path, exc, list_name, strict, files[number + 1 :])
+                if new:  # its committed batches made it
+                    _said_new(engine, list_name)
                 raise
             except InvalidInput as exc:  # the file as a whole (a CSV header): which file?
+                if new:  # batches before a damaged line were stored (not with --strict)
+                    _said_new(engine, list_name)
                 if exc.field == "file":  # the message names it
                     raise
                 raise click.ClickException(f"{path}: {exc}") from None
@@ -548,19 +552,27 @@ def ingest_command(
                         "(use hashmatch restore)"
                     )
                     _name_still_retracted(report)
-            if new and engine.store.lists(names=[list_name.strip()]):
-                new = False  # said once, by the file that stored the first signal
-                click.echo(
-                    f"list {list_name.strip()!r} is new: created by this ingest (a typo in"
-                    " --list? `hashmatch lists delete` removes it)",
-                    err=True,
-                )
+            new = new and not _said_new(engine, list_name)
             for r in report.rejections[:show]:
                 click.echo(f"  {path}: {r}", err=True)
             if report.rejected > show:
                 click.echo(f"  ... and {report.rejected - show} more bad line(s)", err=True)
     if failed:
         sys.exit(1)
+
+
+def _said_new(engine, list_name: str) -> bool:
+    """Say on stderr that this ingest created ``list_name`` (a typo in --list?), once it
+    exists: a file, stopped or damaged part way too, stored a signal into it. Whether
+    it was said."""
+    if not engine.store.lists(names=[list_name.strip()]):
+        return False
+    click.echo(
+        f"list {list_name.strip()!r} is new: created by this ingest (a typo in"
+        " --list? `hashmatch lists delete` removes it)",
+        err=True,
+    )
+    return True
 
 
 def _say_ingest_stopped(
