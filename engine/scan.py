@@ -1753,7 +1753,12 @@ class Scanner:
         self.progress.update(len(results) + len(skipped), failed=failed, matched=matched_files)
         self._last_commit = time.monotonic()
         if lookup_error is not None and self._stopping():
-            return  # stopped anyway: the hashes are in, a re-run matches them (no re-hash)
+            # stopped anyway: the hashes are in, a re-run matches them (no re-hash); the
+            # run is an interrupted one even when this was its last batch (the walk is
+            # done, no later check sees the stop): else its report read as complete,
+            # without this batch's matches
+            self.summary.interrupted = True
+            return
         if lookup_error is not None:
             reason = lookup_error
             if callable(getattr(lookup_error, "code", None)):  # a grpc.RpcError

@@ -140,3 +140,45 @@ def test_scan_and_rescan_reach_a_server_behind_a_private_ca(tmp_path):
             cli, ["rescan", *base, "--ca", cert, "--out", str(tmp_path / "rr.jsonl")]
         )
         assert rescanned.exit_code == 0, rescanned.output
+
+
+def test_a_scan_stopped_in_its_last_lookup_is_interrupted(tmp_path):
+    """A stop while a lost server's lookups of the last batch are retried: the lookup is
+    left (its files stay to be matched by the re-run), and the scan ended as complete,
+    its report without that batch's matches, exit 0, the run not interrupted."""
+    import socket
+    import threading
+    import time
+
+    import pytest
+
+    from hashmatch.engine.scan import RACY_MTIME_NS, RemoteMatcher, ScanInterrupted
+    from hashmatch.server.client import HashmatchClient
+
+    tree = build_tree(tmp_path)
+    ingest_originals(tmp_path / "data", tree, ["coffee"], list_name="partner")
+    time.sleep(RACY_MTIME_NS / 1e9 + 0.1)  # stats a re-run trusts: the files are skipped
+    catalog = Catalog(tmp_path / "c.sqlite")
+    opts = ScanOptions(workers=0, progress=False, follow_symlinks=False)
+    matcher = LocalMatcher.open(tmp_path / "data")
+    first = scan([tree.root / "exact"], catalog=catalog, matcher=matcher, options=opts)
+    matcher.close()
+    assert first.hashed == 2
+
+    with socket.socket() as sock:  # a port nobody listens on: lookups retried
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    lost = RemoteMatcher(HashmatchClient(f"127.0.0.1:{port}", timeout=30))
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    stopped = ScanOptions(workers=0, progress=False, follow_symlinks=False, stop=stop)
+    with pytest.raises(ScanInterrupted) as raised:
+        scan([tree.root / "exact"], catalog=catalog, matcher=lost, options=stopped)
+    lost.close()
+    assert raised.value.summary.interrupted
+
+    matcher = LocalMatcher.open(tmp_path / "data")  # the re-run matches them
+    again = scan([tree.root / "exact"], catalog=catalog, matcher=matcher, options=opts)
+    matcher.close()
+    assert (again.hashed, again.skipped_unchanged, again.matches) == (0, 2, 2)
+    catalog.close()
