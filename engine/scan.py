@@ -1681,7 +1681,11 @@ class Scanner:
         try:
             matched = self._lookup(to_match)
         except Exception as exc:  # e.g. the server went away: keep the hashes, then stop
-            # (a re-run skips these files and matches them from the catalog: no re-hash)
+            # (a re-run skips these files and matches them from the catalog: no re-hash);
+            # the unchanged ones were counted as skipped when found: not done after all
+            self.summary.skipped_unchanged -= sum(
+                p not in self._failed_verdict for p in skipped_paths
+            )
             lookup_error, matched, skipped, skipped_paths = exc, {}, [], []
         failed = self._counted_failed_verdicts(skipped, skipped_paths, stored, wanted)
         matched_files = 0

@@ -175,7 +175,10 @@ def test_a_scan_stopped_in_its_last_lookup_is_interrupted(tmp_path):
     with pytest.raises(ScanInterrupted) as raised:
         scan([tree.root / "exact"], catalog=catalog, matcher=lost, options=stopped)
     lost.close()
-    assert raised.value.summary.interrupted
+    summary = raised.value.summary
+    assert summary.interrupted
+    # 'N file(s) done': not the two left to the re-run (they were counted as skipped)
+    assert (summary.seen, summary.hashed + summary.skipped_unchanged + summary.failed) == (2, 0)
 
     matcher = LocalMatcher.open(tmp_path / "data")  # the re-run matches them
     again = scan([tree.root / "exact"], catalog=catalog, matcher=matcher, options=opts)
