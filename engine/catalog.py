@@ -355,7 +355,8 @@ def _upgrade_stat_columns(conn: sqlite3.Connection) -> None:
             conn.execute(f"ALTER TABLE files ADD COLUMN {name} {kind}")
     logging.getLogger(__name__).warning(
         "catalog upgraded: files are now also recognised by inode and ctime; the next scan"
-        " reads and MD5-checks each catalogued file once (decoded only if its bytes changed)"
+        " reads and MD5-checks each catalogued file once (decoded only if its bytes changed;"
+        " not with --check-stat minimal, which compares size and mtime only)"
     )
 
 
