@@ -259,7 +259,10 @@ def add_token(
     drop_roles: tuple[str, ...] = (),
     all_lists: bool | None = None,
 ) -> tuple[TenantTokens, TenantTokens]:
-    """Another token (``digest``) for an existing tenant; (the tenant before, after)."""
+    """Another token (``digest``) for an existing tenant; (the tenant before, after).
+    A role change that would leave no token with the admin role or ``all_lists`` is
+    refused (:func:`lock_out`): ``tokens add admin --drop-role admin`` locked callers
+    out as a last-admin revoke did; ``tokens set --force`` is the way to mean it."""
     seen: list[TenantTokens] = []
 
     def meant(before: Tenants) -> Tenants:
@@ -272,7 +275,15 @@ def add_token(
 
     def change(text: str, before: Tenants) -> str:
         current = find(before, tenant, path)
-        new = find(meant(before), tenant, path)
+        after = meant(before)
+        new = find(after, tenant, path)
+        lost = lock_out(before, after)
+        if lost:  # no --force here: taking a power away is `tokens set`'s job
+            grant = " ".join(_GRANTS[power] for power in lost)
+            first = f"`hashmatch tokens set OTHER {grant}`"
+            raise _lock_out_refused(
+                path, lost, first, field="role", forced="`tokens set TENANT ... --force`"
+            )
         seen.append(current)
         if new.roles != current.roles:
             text = set_roles(text, tenant, list(new.roles))
@@ -442,11 +453,13 @@ def lock_out(before: Tenants, after: Tenants) -> list[str]:
     return [power for power in _POWERS if held(before, power) and not held(after, power)]
 
 
-def _lock_out_refused(path: Path, lost: list[str], first: str, field: str) -> InvalidInput:
+def _lock_out_refused(
+    path: Path, lost: list[str], first: str, field: str, forced: str = "give --force"
+) -> InvalidInput:
     named = " or ".join(_POWERS[power] for power in lost)
     return InvalidInput(
         f"that would leave {path} without a token {named}: after the SIGHUP, no caller"
-        f" could make those calls; {first} first, or give --force",
+        f" could make those calls; {first} first, or {forced}",
         field=field,
     )
 

@@ -227,6 +227,27 @@ def test_taking_admin_or_all_lists_from_the_last_holder_is_refused_without_force
     assert not any(t.all_lists for t in tokens_file.read_tenants(path))
 
 
+def test_tokens_add_cannot_take_admin_or_all_lists_from_the_last_holder(tmp_path):
+    """`tokens add admin --drop-role admin` (or --no-all-lists) locked every caller out
+    of the admin calls as `tokens set` without --force would have; add has no --force:
+    it names `tokens set ... --force`, and the file is unchanged."""
+    path = tmp_path / "auth.toml"
+    _hand_written(path, **_tokens("admin", "old", "ci", "other"))
+    before = path.read_text()
+    for change, named in (
+        (["--drop-role", "admin"], "of a tenant with the admin role"),
+        (["--no-all-lists"], "of an all_lists tenant"),
+    ):
+        refused = _run(path, "tokens", "add", "admin", *change)
+        assert refused.exit_code == 1, refused.output
+        assert f"without a token {named}" in refused.output, refused.output
+        assert "`tokens set TENANT ... --force`" in refused.output
+        assert path.read_text() == before
+    assert _run(path, "tokens", "set", "partner-a", "--add-role", "admin").exit_code == 0
+    dropped = _run(path, "tokens", "add", "admin", "--drop-role", "admin")
+    assert dropped.exit_code == 0, dropped.output  # another tenant holds admin now
+
+
 def test_tokens_add_keeps_roles_unless_told_and_refuses_an_ambiguous_role_change(tmp_path):
     path = tmp_path / "auth.toml"
     tokens = _tokens("admin", "old", "ci", "other")
