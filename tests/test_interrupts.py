@@ -493,7 +493,10 @@ def test_ctrl_c_stops_a_scan_whose_server_was_lost(tmp_path):
         args = _scan_args(tree, tmp_path, "--server", ts.target, "--token", ts.tokens["scanner"])
         proc = _hashmatch([a for a in args if a != "--no-match"])
         _wait_for_commits(proc, catalog, 16)
-        ts.server.stop(grace=0)  # lost: every lookup now retried until its deadline
+        # lost: every later lookup is refused (UNAVAILABLE) and retried until its
+        # deadline; a grace lets the one in flight end (grace 0 cancelled it: CANCELLED
+        # is not retried, so the scan failed "matching failed" before the Ctrl-C came)
+        ts.server.stop(grace=5)
         time.sleep(1.0)
         stderr = _ctrl_c_within_seconds(proc, 10, "while its lookups were retried")
     assert "Traceback" not in stderr and "matching failed" not in stderr, stderr
