@@ -182,7 +182,8 @@ def _csv_text(rows: list[list], sep: str = ",", nl: str = "\n") -> list[str]:
 def _exported(fmt: str):
     def write(root: Path, engine: Engine, sigs: list[Sig], nl: str, draw) -> Written:
         name = f"src{next(_counter)}"
-        engine.ingest([s.record() for s in sigs], list_name=name)
+        for s in sigs:  # one at a time: the export's id order is then sigs' order (one
+            engine.ingest([s.record()], list_name=name)  # call may number types apart)
         out = root / f"{name}.export"
         code, _, err = _cli(root, "lists", "export", name, "--format", fmt, "--out", str(out))
         assert code == 0, err
