@@ -205,20 +205,30 @@ def test_revoking_the_last_all_lists_token_is_refused_without_force(tmp_path):
     assert _run(path, "tokens", "revoke", ops[:8], "--force").exit_code == 1  # the very last
 
 
+def _lock_outs_refused(path: Path, verb: str) -> list:
+    """`tokens VERB admin` taking admin, then all_lists, from their only holder: each
+    refused naming what would be lost, the file unchanged; the two results."""
+    before = path.read_text()
+    results = []
+    for change, named in (
+        (["--drop-role", "admin"], "of a tenant with the admin role"),
+        (["--no-all-lists"], "of an all_lists tenant"),
+    ):
+        refused = _run(path, "tokens", verb, "admin", *change)
+        assert refused.exit_code == 1, refused.output
+        assert f"without a token {named}" in refused.output, refused.output
+        assert path.read_text() == before
+        results.append(refused)
+    return results
+
+
 def test_taking_admin_or_all_lists_from_the_last_holder_is_refused_without_force(tmp_path):
     """`tokens set admin --drop-role admin` (or --no-all-lists) locked every caller out
     of the admin calls as surely as revoking the last admin token did."""
     path = tmp_path / "auth.toml"
     _hand_written(path, **_tokens("admin", "old", "ci", "other"))
-    before = path.read_text()
-    for change, named in (
-        (["--drop-role", "admin"], "of a tenant with the admin role"),
-        (["--no-all-lists"], "of an all_lists tenant"),
-    ):
-        refused = _run(path, "tokens", "set", "admin", *change)
-        assert refused.exit_code == 1, refused.output
-        assert f"without a token {named}" in refused.output and "--force" in refused.output
-        assert path.read_text() == before
+    for refused in _lock_outs_refused(path, "set"):
+        assert "--force" in refused.output
     # once another tenant with a token has it, no refusal
     assert _run(path, "tokens", "set", "partner-a", "--add-role", "admin").exit_code == 0
     assert _run(path, "tokens", "set", "admin", "--drop-role", "admin").exit_code == 0
@@ -233,16 +243,8 @@ def test_tokens_add_cannot_take_admin_or_all_lists_from_the_last_holder(tmp_path
     it names `tokens set ... --force`, and the file is unchanged."""
     path = tmp_path / "auth.toml"
     _hand_written(path, **_tokens("admin", "old", "ci", "other"))
-    before = path.read_text()
-    for change, named in (
-        (["--drop-role", "admin"], "of a tenant with the admin role"),
-        (["--no-all-lists"], "of an all_lists tenant"),
-    ):
-        refused = _run(path, "tokens", "add", "admin", *change)
-        assert refused.exit_code == 1, refused.output
-        assert f"without a token {named}" in refused.output, refused.output
+    for refused in _lock_outs_refused(path, "add"):
         assert "`tokens set TENANT ... --force`" in refused.output
-        assert path.read_text() == before
     assert _run(path, "tokens", "set", "partner-a", "--add-role", "admin").exit_code == 0
     dropped = _run(path, "tokens", "add", "admin", "--drop-role", "admin")
     assert dropped.exit_code == 0, dropped.output  # another tenant holds admin now
