@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -352,23 +353,28 @@ def test_gzip_errors_name_the_file_as_given_with_its_gz(run, tmp_path):
     assert ": r.txt.gz (gzip) is cut short or damaged" in result.output
 
 
+def _damaged_gzip_csv(path: Path, *, seed: int, keep: int) -> Path:
+    """A gzipped CSV of 3,000 random PDQ rows cut to its first ``keep`` bytes (negative:
+    all but the last -keep), at ``path``."""
+    import gzip
+    import random
+
+    rng = random.Random(seed)
+    rows = [f"pdq,{rng.getrandbits(256):064x}" for _ in range(3000)]
+    body = ("signal_type,signal_value\n" + "\n".join(rows) + "\n").encode()
+    path.write_bytes(gzip.compress(body)[:keep])
+    return path
+
+
 def test_a_damaged_gzip_says_stored_only_what_was(run, tmp_path):
     """The reader's error said "the batches before the damage were stored" whatever was:
     a --strict ingest (one transaction, rolled back) and damage in the first batch store
     nothing; a non-strict one that stored batches says how many (the store's count)."""
-    import gzip
-    import random
-
-    rng = random.Random(3)
-    rows = [f"pdq,{rng.getrandbits(256):064x}" for _ in range(3000)]
-    body = ("signal_type,signal_value\n" + "\n".join(rows) + "\n").encode()
-    cut = tmp_path / "cut.csv.gz"
-    cut.write_bytes(gzip.compress(body)[:-400])
+    cut = _damaged_gzip_csv(tmp_path / "cut.csv.gz", seed=3, keep=-400)
     result = run("ingest", str(cut), "--list", "s", "--strict", ok=False)
     assert ": cut.csv.gz (gzip) is cut short or damaged" in result.output
     assert "stored" not in result.output, result.output
-    early = tmp_path / "early.csv.gz"
-    early.write_bytes(gzip.compress(body)[:200])
+    early = _damaged_gzip_csv(tmp_path / "early.csv.gz", seed=3, keep=200)
     result = run("ingest", str(early), "--list", "e", ok=False)
     assert "stored" not in result.output, result.output
     result = run("ingest", str(cut), "--list", "n", "--batch-size", "500", ok=False)
@@ -380,14 +386,7 @@ def test_a_new_list_a_damaged_file_stored_batches_into_is_said_new(run, tmp_path
     """The "list 'x' is new" warning (a typo'd --list?) was said only after a file that ended well:
     the batches a damaged file stored before the damage made the list, unsaid; a
     --strict ingest of it stores nothing and makes no list."""
-    import gzip
-    import random
-
-    rng = random.Random(4)
-    rows = [f"pdq,{rng.getrandbits(256):064x}" for _ in range(3000)]
-    body = ("signal_type,signal_value\n" + "\n".join(rows) + "\n").encode()
-    cut = tmp_path / "cut.csv.gz"
-    cut.write_bytes(gzip.compress(body)[:-400])
+    cut = _damaged_gzip_csv(tmp_path / "cut.csv.gz", seed=4, keep=-400)
     strict = run("ingest", str(cut), "--list", "typo", "--strict", ok=False)
     assert "is new" not in strict.output, strict.output
     result = run("ingest", str(cut), "--list", "typo", "--batch-size", "500", ok=False)
