@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from list_state import list_state
 
 from hashmatch.engine.errors import InvalidInput, NotFound
 from hashmatch.engine.export import export_list
@@ -34,16 +35,7 @@ def stores(tmp_path_factory):
 
 
 def _state(engine: Engine, list_name: str) -> list[tuple]:
-    """Everything a list's signals carry, in a comparable form (ids and times aside)."""
-    out = []
-    for info in engine.store.iter_signals(list_name):
-        frames = None
-        if info.signal_type == "vpdq":
-            codes, qualities, stamps = engine.store.frames(info.id)
-            frames = (codes.tobytes(), tuple(qualities), tuple(stamps))
-        out.append((info.signal_type, info.hash_hex, tuple(sorted(info.labels)),
-                    info.external_id, info.quality, info.expires_at, frames))  # fmt: skip
-    return sorted(out, key=repr)
+    return list_state(engine, list_name)
 
 
 _hex = st.binary(min_size=32, max_size=32).map(bytes.hex)

@@ -26,6 +26,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from list_state import list_state
 
 from hashmatch.engine.runtime import Engine
 from hashmatch.engine.store import SignalRecord
@@ -51,22 +52,7 @@ def _cli(root: Path, *args: str) -> tuple[int, str, str]:
 
 
 def _state(engine: Engine, list_name: str, carries: frozenset[str]) -> list[tuple]:
-    """A list's signals as comparable tuples, each field the format does not carry None."""
-    out = []
-    for info in engine.store.iter_signals(list_name):
-        frames = None
-        if info.signal_type == "vpdq":
-            codes, qualities, stamps = engine.store.frames(info.id)
-            frames = (codes.tobytes(), tuple(qualities), tuple(stamps))
-        row = {
-            "labels": tuple(sorted(info.labels)),
-            "external_id": info.external_id,
-            "quality": info.quality,
-            "expires_at": info.expires_at,
-        }
-        kept = tuple(row[k] if k in carries else None for k in row)
-        out.append((info.signal_type, info.hash_hex, *kept, frames))
-    return sorted(out, key=repr)
+    return list_state(engine, list_name, carries)
 
 
 # -- signals --------------------------------------------------------------------------
