@@ -19,6 +19,7 @@ re-opens until the file it locked is the one the path names.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import json
@@ -98,7 +99,10 @@ def replace_locked(path: Path, held: IO, text: str) -> None:
     real = Path(os.path.realpath(path))  # a symlinked auth.toml stays a symlink
     st = os.fstat(held.fileno())
     tmp = real.with_name(f".{real.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except OSError as exc:
+        raise _unwritable_directory(path, real.parent, exc) from None
     try:
         with os.fdopen(fd, "wb") as out:
             os.fchmod(out.fileno(), stat.S_IMODE(st.st_mode))
@@ -123,6 +127,39 @@ def replace_locked(path: Path, held: IO, text: str) -> None:
         os.close(dir_fd)
 
 
+def _unwritable_directory(path: Path, directory: Path, exc: OSError) -> InvalidInput:
+    """Why an edit could not create its temp file, naming the directory, not the temp
+    file: ``[Errno 13] Permission denied: '/etc/hashmatch/.auth.toml.4242.tmp'`` named a
+    file that never existed, and nothing said that the directory was the problem."""
+    if isinstance(exc, PermissionError):
+        try:
+            owner = f"owned by uid {directory.stat().st_uid}, "
+        except OSError:
+            owner = ""
+        why = (
+            f"you (uid {os.geteuid()}) may not create files in its directory {directory}"
+            f" ({owner}mode {_mode(directory)})"
+        )
+        fix = f"run as a user who may write {directory} (its owner, or root)"
+    elif exc.errno == errno.EROFS:
+        why = f"its directory {directory} is on a read-only filesystem"
+        fix = "edit the file where it is written from (a config management source?)"
+    else:
+        why = f"cannot create a file in its directory {directory} ({exc.strerror or exc})"
+        fix = "fix that and re-run"
+    return InvalidInput(
+        f"{path}: not changed: {why}, and an edit writes the new file beside the old one"
+        f" and renames it over it (so a crash never leaves half a file); {fix}"
+    )
+
+
+def _mode(path: Path) -> str:
+    try:
+        return f"{stat.S_IMODE(path.stat().st_mode):o}"
+    except OSError:
+        return "unknown"
+
+
 def remove_stale_temps(path: Path) -> list[Path]:
     """Remove the temp files (``.auth.toml.PID.tmp``) an edit killed mid-write left
     beside the tokens file, those whose process is gone; the ones removed.
@@ -139,8 +176,8 @@ def remove_stale_temps(path: Path) -> list[Path]:
         pid = tmp.name[len(real.name) + 2 : -len(".tmp")]
         if not pid.isdigit() or _alive(int(pid)):
             continue
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        with contextlib.suppress(FileNotFoundError, PermissionError):  # an unwritable dir:
+            tmp.unlink()  # the edit's own temp file says so, naming the directory
             removed.append(tmp)
     return removed
 

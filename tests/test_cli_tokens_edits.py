@@ -1,0 +1,91 @@
+"""``hashmatch tokens`` as an operator meets it, run as a subprocess on real files: the
+messages an edit that cannot be made, or that locks callers out, prints; what ``tokens
+ls`` says of a file ``serve`` would refuse; comments kept in a ``roles`` array; and the
+audit row each edit leaves in the store of the data dir."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_operator_setup import SERVE, _clean_env
+
+ADMIN, PARTNER = "a" * 64, "b" * 64
+
+
+def _cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, as_user: list[str] = ()
+) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess; ``as_user``: a command prefix that runs it as another
+    user (``setpriv ...``)."""
+    return subprocess.run(
+        [*as_user, sys.executable, "-c", SERVE, *args],
+        cwd=cwd, env={**_clean_env(), **(env or {})}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def _file(path: Path, text: str) -> str:
+    path.write_text(text)
+    path.chmod(0o600)
+    return text
+
+
+TWO_TENANTS = f"""\
+[tenants.admin]
+tokens_sha256 = ["{ADMIN}"]
+roles = ["match", "export", "write", "admin"]
+all_lists = true
+
+[tenants.partner]
+tokens_sha256 = ["{PARTNER}"]
+roles = ["match"]
+"""
+
+
+# -- an unwritable directory ------------------------------------------------------------
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory another user can reach (pytest's tmp_path is under a 0700 one)."""
+    top = Path(tempfile.mkdtemp(prefix="hashmatch-tokens-"))
+    top.chmod(0o755)
+    yield top
+    for sub in top.rglob("*"):
+        if sub.is_dir():
+            sub.chmod(0o755)
+    shutil.rmtree(top)
+
+
+def test_an_unwritable_directory_is_named_with_what_to_do_and_nothing_changes(shared_dir):
+    """The edit's temp file goes beside the tokens file: in a directory the user may
+    not write (a root-owned /etc/hashmatch, the file the server user's), the error was a
+    bare "[Errno 13] Permission denied: '/etc/hashmatch/.auth.toml.4242.tmp'"."""
+    etc = shared_dir / "etc"
+    etc.mkdir()
+    path = etc / "auth.toml"
+    before = _file(path, TWO_TENANTS)
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # root writes anywhere: be the server's user, who owns the file
+        if shutil.which("setpriv") is None:
+            pytest.skip("as root, needs setpriv (util-linux) to run the CLI as another user")
+        os.chown(path, 65534, 65534)
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    else:
+        etc.chmod(0o555)
+    out = _cli(
+        "tokens", "revoke", PARTNER[:8], "--auth-file", str(path), cwd=shared_dir, as_user=as_user
+    )
+    assert out.returncode == 1, out.stderr
+    assert f"may not create files in its directory {etc}" in out.stderr, out.stderr
+    assert "run as a user who may write" in out.stderr and "not changed" in out.stderr
+    assert ".tmp" not in out.stderr and "Traceback" not in out.stderr
+    assert path.read_text() == before
+    assert sorted(p.name for p in etc.iterdir()) == ["auth.toml"]
