@@ -323,7 +323,7 @@ def add_token(
             )
         seen.append(current)
         if new.roles != current.roles:
-            text = set_roles(text, tenant, list(new.roles))
+            text = set_roles(text, tenant, list(new.roles), current.roles)
         if new.all_lists != current.all_lists:
             text = set_all_lists(text, tenant, new.all_lists)
         return add_digest(text, tenant, digest)
@@ -373,7 +373,7 @@ def set_tenant(
             raise _lock_out_refused(path, lost, first, field="role")
         seen.append(current)
         if new.roles != current.roles:
-            text = set_roles(text, tenant, list(new.roles))
+            text = set_roles(text, tenant, list(new.roles), current.roles)
         if new.all_lists != current.all_lists:
             text = set_all_lists(text, tenant, new.all_lists)
         return text
@@ -514,14 +514,54 @@ def _without(tenants: Tenants, gone: set[str]) -> Tenants:
 
 def add_digest(text: str, tenant: str, digest: str) -> str:
     """``digest`` appended to ``tenant``'s ``tokens_sha256`` (the key made if absent)."""
+    return _append_item(text, tenant, "tokens_sha256", digest)
+
+
+def remove_digests(text: str, tenant: str, digests: set[str]) -> str:
+    """``digests`` taken out of ``tenant``'s ``tokens_sha256``: a line holding only
+    one of them (and its comment: the comment was about that token) goes whole."""
+    return _remove_items(text, tenant, "tokens_sha256", digests)
+
+
+def set_roles(text: str, tenant: str, roles: list[str], current: tuple[str, ...] = ()) -> str:
+    """``tenant``'s roles made ``roles`` (its roles were ``current``).
+
+    An array holding comments (``"write",  # OPS-7, until 2027``) is edited in place,
+    as ``tokens_sha256`` is: a dropped role's line goes with its comment, an added role
+    gets a line of its own after the others. Why: rewriting it as one ``[...]`` would
+    drop the comments, so any role change to such a tenant was refused ("edit the file
+    by hand") although the change itself was plain.
+    """
+    value = _table(text, tenant).values.get("roles")
+    if value is None or "#" not in text[value.start : value.end]:
+        return _set_value(text, tenant, "roles", "[" + ", ".join(map(json.dumps, roles)) + "]")
+    dropped = {role for role in current if role not in roles}
+    if dropped:
+        text = _remove_items(text, tenant, "roles", dropped)
+    for role in roles:
+        if role not in current:
+            text = _append_item(text, tenant, "roles", role)
+    return text
+
+
+def set_all_lists(text: str, tenant: str, all_lists: bool) -> str:
+    return _set_value(text, tenant, "all_lists", "true" if all_lists else "false")
+
+
+def _append_item(text: str, tenant: str, key: str, item: str) -> str:
+    """``item`` appended to the array ``key`` of ``tenant`` (the key made if absent)."""
     table = _table(text, tenant)
-    value = table.values.get("tokens_sha256")
+    value = table.values.get(key)
     if value is None:
-        return _insert_key(text, table, f'tokens_sha256 = ["{digest}"]')
+        return _insert_key(text, table, f"{key} = [{json.dumps(item)}]")
     array = _array(text, value)
     close = value.end - 1  # the ']'
     if not array.items:
-        return text[: value.start] + f'["{digest}"]' + text[value.end :]
+        if array.comments:  # `[ # none yet` + `]`: the new item's place is a guess
+            raise _unsupported(
+                tenant, key, "it holds comments and no value to put the new one after"
+            )
+        return text[: value.start] + f"[{json.dumps(item)}]" + text[value.end :]
     line_start = text.rfind("\n", 0, close) + 1
     if text[line_start:close].strip() == "":  # ']' on its own line: a line before it
         last = array.items[-1]
@@ -529,19 +569,21 @@ def add_digest(text: str, tenant: str, digest: str) -> str:
         comma = "" if last.comma else ","
         text = text[: last.end] + comma + text[last.end :]
         line_start += len(comma)
-        return text[:line_start] + f'{indent}"{digest}",{line_end(text)}' + text[line_start:]
+        return (
+            text[:line_start] + f"{indent}{json.dumps(item)},{line_end(text)}" + text[line_start:]
+        )
     before = text[value.start : close].rstrip()
     sep = " " if before.endswith(",") else ", "
-    return text[:close].rstrip() + f'{sep}"{digest}"' + text[close:].lstrip(" \t")
+    return text[:close].rstrip() + f"{sep}{json.dumps(item)}" + text[close:].lstrip(" \t")
 
 
-def remove_digests(text: str, tenant: str, digests: set[str]) -> str:
-    """``digests`` taken out of ``tenant``'s ``tokens_sha256``: a line holding only
-    one of them (and its comment: the comment was about that token) goes whole."""
+def _remove_items(text: str, tenant: str, key: str, values: set[str]) -> str:
+    """``values`` taken out of ``tenant``'s array ``key``: a line holding only one of
+    them (and its comment: the comment was about that value) goes whole."""
     table = _table(text, tenant)
-    value = table.values["tokens_sha256"]
+    value = table.values[key]
     array = _array(text, value)
-    doomed = [item for item in array.items if item.value.strip().lower() in digests]
+    doomed = [item for item in array.items if item.value.strip().lower() in values]
     kept = [item for item in array.items if item not in doomed]
     cuts: list[tuple[int, int]] = []
     for item in doomed:
@@ -552,7 +594,13 @@ def remove_digests(text: str, tenant: str, digests: set[str]) -> str:
         alone = text[start : item.start].strip() == "" and re.fullmatch(r"\s*,?\s*(#.*)?", rest)
         if not alone or start <= value.start or end >= value.end:  # shares a line
             if array.comments:
-                raise _unsupported(tenant, "tokens_sha256")
+                raise _unsupported(
+                    tenant,
+                    key,
+                    f"{json.dumps(item.value)} shares a line with the array's bracket or"
+                    " another value, and rewriting the array would drop its comments"
+                    " (with each value on a line of its own, the editor keeps them)",
+                )
             items = ", ".join(json.dumps(item.value) for item in kept)
             return text[: value.start] + f"[{items}]" + text[value.end :]
         cuts.append((start, end + 1))
@@ -561,22 +609,13 @@ def remove_digests(text: str, tenant: str, digests: set[str]) -> str:
     return text
 
 
-def set_roles(text: str, tenant: str, roles: list[str]) -> str:
-    new = "[" + ", ".join(json.dumps(r) for r in roles) + "]"
-    return _set_value(text, tenant, "roles", new)
-
-
-def set_all_lists(text: str, tenant: str, all_lists: bool) -> str:
-    return _set_value(text, tenant, "all_lists", "true" if all_lists else "false")
-
-
 def _set_value(text: str, tenant: str, key: str, new: str) -> str:
     table = _table(text, tenant)
     value = table.values.get(key)
     if value is None:
         return _insert_key(text, table, f"{key} = {new}")
     if value.end - value.start and "#" in text[value.start : value.end]:
-        raise _unsupported(tenant, key)  # a comment inside the value would be lost
+        raise _unsupported(tenant, key, "a comment inside the value would be lost")
     return text[: value.start] + new + text[value.end :]
 
 
@@ -594,10 +633,10 @@ def line_end(text: str) -> str:
     return "\r\n" if "\r\n" in text else "\n"
 
 
-def _unsupported(tenant: str, key: str) -> InvalidInput:
+def _unsupported(tenant: str, key: str, why: str) -> InvalidInput:
     return InvalidInput(
-        f"cannot edit {key} of tenant {tenant!r} without losing its comments or layout:"
-        " edit the file by hand",
+        f"cannot edit {key} of tenant {tenant!r} without losing its comments or layout"
+        f" ({why}): edit the file by hand",
         field="tokens_file",
     )
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from test_operator_setup import SERVE, _clean_env
 
+from hashmatch.server import tokens_file
+
 ADMIN, PARTNER = "a" * 64, "b" * 64
 
 
@@ -89,3 +91,60 @@ def test_an_unwritable_directory_is_named_with_what_to_do_and_nothing_changes(sh
     assert ".tmp" not in out.stderr and "Traceback" not in out.stderr
     assert path.read_text() == before
     assert sorted(p.name for p in etc.iterdir()) == ["auth.toml"]
+
+
+# -- comments in a roles array ----------------------------------------------------------
+
+COMMENTED_ROLES = f"""\
+[tenants.admin]
+tokens_sha256 = ["{ADMIN}"]
+roles = ["match", "export", "write", "admin"]
+all_lists = true
+
+[tenants.acme]   # the EU platform
+tokens_sha256 = ["{PARTNER}"]
+roles = [
+  # what acme may do (ticket OPS-42)
+  "match",   # since 2026-01
+  "write",   # OPS-7: until their migration is done
+]
+all_lists = false
+"""
+
+
+def test_a_role_change_keeps_the_comments_of_a_roles_array(tmp_path):
+    """Any role change to a tenant whose roles array held a comment was refused ("edit
+    the file by hand"): the dropped role's line goes with its comment, the others and
+    their comments stay, the added role gets a line of its own."""
+    path = tmp_path / "auth.toml"
+    before = _file(path, COMMENTED_ROLES)
+    changed = _cli(
+        "tokens", "set", "acme", "--drop-role", "write", "--add-role", "export",
+        "--auth-file", str(path), cwd=tmp_path,
+    )  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+    assert "'acme' now has roles match,export" in changed.stderr
+    expected = before.replace(
+        '  "write",   # OPS-7: until their migration is done\n', '  "export",\n'
+    )
+    assert path.read_text() == expected
+    assert tokens_file.read_tenants(path)[1].roles == ("match", "export")
+
+
+def test_a_roles_array_the_editor_cannot_keep_the_comments_of_is_refused_saying_why(tmp_path):
+    path = tmp_path / "auth.toml"
+    before = _file(
+        path,
+        COMMENTED_ROLES.replace(
+            'roles = [\n  # what acme may do (ticket OPS-42)\n  "match",   # since 2026-01\n',
+            'roles = ["match",   # since 2026-01\n',
+        ),
+    )
+    refused = _cli(
+        "tokens", "set", "acme", "--drop-role", "match", "--auth-file", str(path), cwd=tmp_path
+    )
+    assert refused.returncode == 1
+    assert "cannot edit roles of tenant 'acme'" in refused.stderr, refused.stderr
+    assert '"match" shares a line with the array\'s bracket or another value' in refused.stderr
+    assert "with each value on a line of its own, the editor keeps them" in refused.stderr
+    assert path.read_text() == before
