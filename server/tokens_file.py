@@ -242,6 +242,25 @@ def _serve_would_load(data: dict, path: Path) -> None:
         ) from None
 
 
+def serve_refusal(data: dict) -> str | None:
+    """Why ``serve`` would refuse these tokens-file tables as a whole (at start-up, and on
+    SIGHUP keeping the old tokens), or None. Why: ``tokens ls`` read each tenant alone,
+    so a digest two tenants hold or a stray table listed as fine while the server kept
+    its old tokens, a revoked one among them."""
+    try:
+        auth = TokenAuth.from_mapping(data)
+    except InvalidInput as exc:
+        return str(exc)
+    return None if len(auth) else "it holds no tokens"
+
+
+def read_for_listing(path: str | Path) -> tuple[Tenants, str | None]:
+    """The tenants of the tokens file and why ``serve`` would refuse it (or None), from
+    one read of it."""
+    data = read_tokens_file(path)
+    return _tenants_of(data, path), serve_refusal(data)
+
+
 def find(tenants: Tenants, name: str, path: str | Path) -> TenantTokens:
     for tenant in tenants:
         if tenant.name == name:
@@ -429,14 +448,21 @@ def revoke(
             what = f"starts with {wanted}" if wanted else "is held"
             raise InvalidInput(f"no token digest{where} {what} in {path}", field="prefix")
         if wanted is not None and len(found) > 1 and not every:
+            if len({d for _, d in found}) == 1:  # one digest two tenants hold (serve refuses)
+                holders = ", ".join(repr(name) for name, _ in found)
+                raise InvalidInput(
+                    f"tenants {holders} all hold the token digest {found[0][1][:SHOWN_DIGITS]}"
+                    " (serve refuses such a file): give --tenant TENANT to take it from one",
+                    field="prefix",
+                )
             listed = ", ".join(f"{name}:{d[:SHOWN_DIGITS]}" for name, d in found)
             raise InvalidInput(
                 f"{len(found)} token digests{where} start with {wanted} ({listed}):"
                 " give more digits",
                 field="prefix",
             )
-        gone = {d for _, d in found}
-        if not any(d not in gone for t in before for d in t.digests):
+        gone = set(found)  # (tenant, digest): a digest two tenants hold goes from one
+        if not any((t.name, d) not in gone for t in before for d in t.digests):
             raise InvalidInput(
                 f"that would leave {path} without any token: serve refuses such a file"
                 " (a SIGHUP would keep every old token); add the new token first",
@@ -450,7 +476,7 @@ def revoke(
         return found
 
     def meant(before: Tenants) -> Tenants:
-        return _without(before, {d for _, d in pick(before)})
+        return _without(before, set(pick(before)))
 
     def change(text: str, before: Tenants) -> str:
         doomed.extend(pick(before))
@@ -501,10 +527,16 @@ def _lock_out_refused(
     )
 
 
-def _without(tenants: Tenants, gone: set[str]) -> Tenants:
-    """``tenants`` with the digests ``gone`` removed (the tenants kept)."""
+def _without(tenants: Tenants, gone: set[tuple[str, str]]) -> Tenants:
+    """``tenants`` with the (tenant, digest) pairs ``gone`` removed (the tenants kept).
+
+    Why pairs: with bare digests, revoking from one tenant a digest another held too (a
+    file serve refuses; `tokens revoke PREFIX --tenant T` is its fix) was expected to
+    take it from both, and the edit was refused as changing more than meant."""
     return [
-        TenantTokens(t.name, t.roles, t.all_lists, tuple(d for d in t.digests if d not in gone))
+        TenantTokens(
+            t.name, t.roles, t.all_lists, tuple(d for d in t.digests if (t.name, d) not in gone)
+        )
         for t in tenants
     ]
 

@@ -148,3 +148,60 @@ def test_a_roles_array_the_editor_cannot_keep_the_comments_of_is_refused_saying_
     assert '"match" shares a line with the array\'s bracket or another value' in refused.stderr
     assert "with each value on a line of its own, the editor keeps them" in refused.stderr
     assert path.read_text() == before
+
+
+# -- tokens ls on a file serve refuses ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spoil", "why"),
+    [
+        (  # a copy-paste: partner got the admin's digest too
+            lambda text: text.replace(f'["{PARTNER}"]', f'["{PARTNER}", "{ADMIN}"]'),
+            "tenant 'partner' has a token digest tenant 'admin' has too",
+        ),
+        (lambda text: text + "\n[server]\nlisten = '0.0.0.0:50051'\n", "unknown table(s)"),
+    ],
+    ids=["a digest two tenants hold", "a stray table"],
+)
+def test_tokens_ls_warns_of_a_file_serve_would_refuse_and_exits_1(tmp_path, spoil, why):
+    """`tokens ls` read each tenant alone: a file `serve` refuses as a whole listed as
+    fine, exit 0, while a SIGHUP kept the old tokens (a revoked one too)."""
+    path = tmp_path / "auth.toml"
+    _file(path, spoil(TWO_TENANTS))
+    listed = _cli("tokens", "ls", "--auth-file", str(path), cwd=tmp_path)
+    assert listed.returncode == 1, listed.stderr
+    assert "partner: roles match" in listed.stdout  # still listed: what is there to fix
+    assert f"warning: serve refuses {path} as it is (" in listed.stderr
+    assert why in listed.stderr and "a SIGHUP keeps the tokens it had" in listed.stderr
+    healthy = path.with_name("healthy.toml")
+    _file(healthy, TWO_TENANTS)
+    fine = _cli("tokens", "ls", "--auth-file", str(healthy), cwd=tmp_path)
+    assert fine.returncode == 0 and fine.stderr == "", fine.stderr
+
+
+def test_the_fix_tokens_ls_names_for_a_digest_two_tenants_hold_works(tmp_path):
+    """`tokens revoke PREFIX --tenant T` took the digest from every tenant in its
+    expectation, so the edit was refused as "changing more than meant"; without
+    --tenant the refusal said "give more digits", which no number of digits helps."""
+    path = tmp_path / "auth.toml"
+    _file(path, TWO_TENANTS.replace(f'["{PARTNER}"]', f'["{PARTNER}", "{ADMIN}"]'))
+    ambiguous = _cli("tokens", "revoke", ADMIN[:8], "--auth-file", str(path), cwd=tmp_path)
+    assert ambiguous.returncode == 1
+    assert "tenants 'admin', 'partner' all hold the token digest" in ambiguous.stderr
+    assert "give --tenant TENANT to take it from one" in ambiguous.stderr
+    fixed = _cli(
+        "tokens", "revoke", ADMIN[:8], "--tenant", "partner", "--auth-file", str(path),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert fixed.returncode == 0, fixed.stderr
+    assert _cli("tokens", "ls", "--auth-file", str(path), cwd=tmp_path).returncode == 0
+
+
+def test_tokens_ls_warns_of_a_file_others_may_write_as_serve_does(tmp_path):
+    path = tmp_path / "auth.toml"
+    _file(path, TWO_TENANTS)
+    path.chmod(0o666)
+    listed = _cli("tokens", "ls", "--auth-file", str(path), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr  # serve starts with it: a warning only
+    assert f"warning: {path} is writable by others (mode 666)" in listed.stderr

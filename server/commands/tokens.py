@@ -98,18 +98,21 @@ def tokens_group() -> None:
 @tokens_group.command("ls")
 @_file_options
 def tokens_ls(auth_file: str | None, config_file: str | None) -> None:
-    """Tenants of the tokens file with their roles and token digest prefixes.
+    """Tenants of the tokens file with their roles and token digest prefixes. A file
+    `hashmatch serve` would refuse as a whole (a digest two tenants hold, a table besides
+    [tenants.*], no token at all) is listed, then said on stderr, and the exit code is 1.
 
     \b
     Example:
       hashmatch tokens ls
       acme: roles match,write; tokens sha256:9f86d081884c, sha256:60303ae22b99
     """
-    from hashmatch.server.tokens_file import read_tenants
+    from hashmatch.server.auth import permission_warning
+    from hashmatch.server.tokens_file import read_for_listing
 
     path = _existing(auth_file, config_file)
     try:
-        tenants = read_tenants(path)
+        tenants, refused = read_for_listing(path)
     except (HashmatchError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     for t in tenants:
@@ -118,6 +121,18 @@ def tokens_ls(auth_file: str | None, config_file: str | None) -> None:
         click.echo(f"{t.name}: roles {','.join(t.roles) or '-'}{every}; tokens {held}")
     count = sum(len(t.digests) for t in tenants)
     click.echo(f"{len(tenants)} tenant(s), {count} token(s) in {path}")
+    unsafe = permission_warning(path)
+    if unsafe:
+        click.echo(f"warning: {unsafe}", err=True)
+    if refused:
+        click.echo(
+            f"warning: serve refuses {path} as it is ({refused}): a SIGHUP keeps the tokens"
+            " it had (a revoked one too) and a restart fails; fix the file (a digest two"
+            " tenants hold: `hashmatch tokens revoke PREFIX --tenant TENANT` takes it from"
+            " one)",
+            err=True,
+        )
+        raise SystemExit(1)
 
 
 @tokens_group.command("add")
