@@ -195,11 +195,49 @@ def _alive(pid: int) -> bool:
 Tenants = list[TenantTokens]
 
 
+@dataclass(frozen=True)
+class Change:
+    """An edit of the tokens file: every tenant as it was and as it is now.
+
+    Why whole files: what an edit took from every caller (:func:`lock_out`) and what
+    the audit log records are read off the two, the same way for every verb.
+    """
+
+    path: Path
+    before: Tenants
+    after: Tenants
+
+    def tenant(self, name: str) -> tuple[TenantTokens, TenantTokens]:
+        """``name`` as it was and as it is."""
+        return find(self.before, name, self.path), find(self.after, name, self.path)
+
+    @property
+    def removed(self) -> list[tuple[str, str]]:
+        """(tenant, digest) pairs the edit took out, in file order."""
+        return _pairs(self.before, self.after)
+
+    @property
+    def added(self) -> list[tuple[str, str]]:
+        """(tenant, digest) pairs the edit put in, in file order."""
+        return _pairs(self.after, self.before)
+
+    @property
+    def lost(self) -> list[str]:
+        """What some token could do before and none can now (see :func:`lock_out`)."""
+        return lock_out(self.before, self.after)
+
+
+def _pairs(tenants: Tenants, less: Tenants) -> list[tuple[str, str]]:
+    kept = {(t.name, d) for t in less for d in t.digests}
+    held = ((t.name, d) for t in tenants for d in t.digests)
+    return list(dict.fromkeys(pair for pair in held if pair not in kept))
+
+
 def edit(
     path: Path, change: Callable[[str, Tenants], str], expect: Callable[[Tenants], Tenants]
-) -> Tenants:
+) -> Change:
     """Apply ``change(text, tenants) -> new text`` to the tokens file under its lock;
-    write it only when it parses (strictly) to ``expect(tenants)``. The new tenants."""
+    write it only when it parses (strictly) to ``expect(tenants)``."""
     with locked(path) as fh:
         remove_stale_temps(path)
         raw = fh.read()
@@ -225,7 +263,7 @@ def edit(
                 field="tokens_file",
             )
         replace_locked(path, fh, new)
-    return after
+    return Change(path, before, after)
 
 
 def _serve_would_load(data: dict, path: Path) -> None:
@@ -314,12 +352,11 @@ def add_token(
     add_roles: tuple[str, ...] = (),
     drop_roles: tuple[str, ...] = (),
     all_lists: bool | None = None,
-) -> tuple[TenantTokens, TenantTokens]:
-    """Another token (``digest``) for an existing tenant; (the tenant before, after).
+) -> Change:
+    """Another token (``digest``) for an existing tenant.
     A role change that would leave no token with the admin role or ``all_lists`` is
     refused (:func:`lock_out`): ``tokens add admin --drop-role admin`` locked callers
     out as a last-admin revoke did; ``tokens set --force`` is the way to mean it."""
-    seen: list[TenantTokens] = []
 
     def meant(before: Tenants) -> Tenants:
         current = find(before, tenant, path)
@@ -340,15 +377,13 @@ def add_token(
             raise _lock_out_refused(
                 path, lost, first, field="role", forced="`tokens set TENANT ... --force`"
             )
-        seen.append(current)
         if new.roles != current.roles:
             text = set_roles(text, tenant, list(new.roles), current.roles)
         if new.all_lists != current.all_lists:
             text = set_all_lists(text, tenant, new.all_lists)
         return add_digest(text, tenant, digest)
 
-    after = edit(path, change, meant)
-    return seen[0], find(after, tenant, path)
+    return edit(path, change, meant)
 
 
 def set_tenant(
@@ -359,9 +394,9 @@ def set_tenant(
     drop_roles: tuple[str, ...] = (),
     all_lists: bool | None = None,
     force: bool = False,
-) -> tuple[TenantTokens, TenantTokens]:
-    """Change an existing tenant's roles or ``all_lists`` without issuing a token;
-    (the tenant before, after). Unless ``force``, refused when no token would be left
+) -> Change:
+    """Change an existing tenant's roles or ``all_lists`` without issuing a token.
+    Unless ``force``, refused when no token would be left
     with the admin role or ``all_lists`` (see :func:`lock_out`).
 
     Why: a tenant that lacks a role (an older build's tokens lack ``export``) needed
@@ -373,7 +408,6 @@ def set_tenant(
             "nothing to change: give --add-role, --drop-role, --all-lists or --no-all-lists",
             field="role",
         )
-    seen: list[TenantTokens] = []
 
     def meant(before: Tenants) -> Tenants:
         current = find(before, tenant, path)
@@ -390,15 +424,13 @@ def set_tenant(
             grant = " ".join(_GRANTS[power] for power in lost)
             first = f"`hashmatch tokens set OTHER {grant}`"
             raise _lock_out_refused(path, lost, first, field="role")
-        seen.append(current)
         if new.roles != current.roles:
             text = set_roles(text, tenant, list(new.roles), current.roles)
         if new.all_lists != current.all_lists:
             text = set_all_lists(text, tenant, new.all_lists)
         return text
 
-    after = edit(path, change, meant)
-    return seen[0], find(after, tenant, path)
+    return edit(path, change, meant)
 
 
 def digest_prefix(text: str) -> str:
@@ -420,9 +452,9 @@ def revoke(
     tenant: str | None = None,
     every: bool = False,
     force: bool = False,
-) -> list[tuple[str, str]]:
+) -> Change:
     """Remove the one token whose digest starts with ``prefix`` (of ``tenant``, if
-    given), or ``every`` token of ``tenant``; the (tenant, digest) pairs removed.
+    given), or ``every`` token of ``tenant`` (:attr:`Change.removed` lists them).
 
     Refused: a prefix no digest or several digests start with (never a guess), an
     edit that would leave the file without any token (``serve`` refuses such a file on
@@ -431,7 +463,6 @@ def revoke(
     role or with ``all_lists`` (see :func:`lock_out`).
     """
     wanted = digest_prefix(prefix) if prefix is not None else None
-    doomed: list[tuple[str, str]] = []
 
     def pick(before: Tenants) -> list[tuple[str, str]]:
         scope = [find(before, tenant, path)] if tenant is not None else before
@@ -479,13 +510,12 @@ def revoke(
         return _without(before, set(pick(before)))
 
     def change(text: str, before: Tenants) -> str:
-        doomed.extend(pick(before))
+        doomed = pick(before)
         for name in dict.fromkeys(name for name, _ in doomed):
             text = remove_digests(text, name, {d for n, d in doomed if n == name})
         return text
 
-    edit(path, change, meant)
-    return doomed
+    return edit(path, change, meant)
 
 
 #: What some tenants' tokens can do that a revocation must not take from every caller
@@ -514,6 +544,41 @@ def lock_out(before: Tenants, after: Tenants) -> list[str]:
         return any(t.digests for t in tenants if power in _powers(t))
 
     return [power for power in _POWERS if held(before, power) and not held(after, power)]
+
+
+#: What no caller can do once the last token with each power is gone.
+_UNREACHABLE = {
+    "admin": ("has the admin role", "call Stats, RebuildIndex or Snapshot (the admin role's)"),
+    "all_lists": (
+        "is of an all_lists tenant",
+        "see every list (the operator's view: a list shared with no tenant is out of every"
+        " caller's reach)",
+    ),
+}
+
+
+def lock_out_warnings(change: Change) -> list[str]:
+    """One line per power the (forced) ``change`` took from every token: what no caller
+    can do once the server reloads the file, and the command that gives it back.
+
+    Why: ``--force`` did as asked without a word; the operator learnt that nobody
+    could call Stats any more from the first PERMISSION_DENIED, maybe weeks later.
+    """
+    lines = []
+    for power in change.lost:
+        had = [t for t in change.before if power in _powers(t)]
+        kept = next((t.name for t in change.after if power in _powers(t)), None)
+        if kept is not None:  # its tokens were revoked, its role stays
+            fix = f"`hashmatch tokens add {shlex.quote(kept)}` issues {kept!r} a token again"
+        else:  # taken by `tokens set`: give it back to the tenant it was taken from
+            name = shlex.quote(had[0].name) if had else "TENANT"
+            fix = f"`hashmatch tokens set {name} {_GRANTS[power]}` gives it back"
+        held, calls = _UNREACHABLE[power]
+        lines.append(
+            f"no token in {change.path} {held} now: once the server reloads it (SIGHUP,"
+            f" restart), no caller can {calls}; {fix}"
+        )
+    return lines
 
 
 def _lock_out_refused(

@@ -205,3 +205,50 @@ def test_tokens_ls_warns_of_a_file_others_may_write_as_serve_does(tmp_path):
     listed = _cli("tokens", "ls", "--auth-file", str(path), cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr  # serve starts with it: a warning only
     assert f"warning: {path} is writable by others (mode 666)" in listed.stderr
+
+
+# -- --force says what it made unreachable ------------------------------------------------
+
+
+def test_a_forced_revoke_of_the_last_admin_token_warns_what_no_caller_can_do_now(tmp_path):
+    """`tokens revoke --force` of the last admin (and all_lists) token did as asked
+    without a word: nobody learnt that no caller could call Stats any more until the
+    first PERMISSION_DENIED."""
+    path = tmp_path / "auth.toml"
+    _file(path, TWO_TENANTS)
+    quiet = _cli("tokens", "revoke", PARTNER[:8], "--force", "--auth-file", str(path), cwd=tmp_path)
+    assert quiet.returncode == 0 and "warning" not in quiet.stderr  # no power lost
+    _file(path, TWO_TENANTS.replace(f'["{ADMIN}"]', f'["{ADMIN}", "{"c" * 64}"]'))
+    forced = _cli(
+        "tokens", "revoke", "--tenant", "admin", "--all", "--force", "--auth-file", str(path),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr
+    warnings = [line for line in forced.stderr.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2, forced.stderr
+    admin, every_list = warnings
+    assert f"no token in {path} has the admin role now" in admin
+    assert "no caller can call Stats, RebuildIndex or Snapshot" in admin
+    assert "`hashmatch tokens add admin` issues 'admin' a token again" in admin
+    assert f"no token in {path} is of an all_lists tenant now" in every_list
+    assert "no caller can see every list" in every_list
+
+
+def test_a_forced_set_taking_admin_from_its_last_holder_warns_and_names_the_undo(tmp_path):
+    path = tmp_path / "auth.toml"
+    _file(path, TWO_TENANTS)
+    partner = _cli("tokens", "set", "partner", "--add-role", "write", "--auth-file", str(path),
+                   cwd=tmp_path)  # fmt: skip
+    assert partner.returncode == 0 and "warning" not in partner.stderr, partner.stderr
+    forced = _cli(
+        "tokens", "set", "admin", "--drop-role", "admin", "--no-all-lists", "--force",
+        "--auth-file", str(path), cwd=tmp_path,
+    )  # fmt: skip
+    assert forced.returncode == 0, forced.stderr
+    assert "warning: no token in" in forced.stderr and "has the admin role now" in forced.stderr
+    assert "`hashmatch tokens set admin --add-role admin` gives it back" in forced.stderr
+    assert "`hashmatch tokens set admin --all-lists` gives it back" in forced.stderr
+    undo = _cli("tokens", "set", "admin", "--add-role", "admin", "--all-lists",
+                "--auth-file", str(path), cwd=tmp_path)  # fmt: skip
+    assert undo.returncode == 0 and "warning" not in undo.stderr, undo.stderr
+    assert tokens_file.read_tenants(path)[0].all_lists

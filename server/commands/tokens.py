@@ -14,12 +14,16 @@ from __future__ import annotations
 import secrets
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from hashmatch.engine.errors import HashmatchError
 from hashmatch.server.auth import ROLES, hash_token
 from hashmatch.server.commands.service import _token_file
+
+if TYPE_CHECKING:
+    from hashmatch.server.tokens_file import Change
 
 _FILE_OPTIONS = (
     click.option(
@@ -172,12 +176,13 @@ def tokens_add(
     new = secrets.token_urlsafe(32)
     digest = hash_token(new)
     try:
-        before, after = add_token(
+        change = add_token(
             path, tenant, digest, roles=roles, add_roles=add_roles, drop_roles=drop_roles,
             all_lists=all_lists,
         )  # fmt: skip
     except (HashmatchError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    before, after = change.tenant(tenant)
     click.echo(
         f"added token {_short(digest)} to {tenant!r} ({len(after.digests)} token(s));"
         " SIGHUP the server to load it",
@@ -223,7 +228,7 @@ def tokens_set(
 
     path = _existing(auth_file, config_file)
     try:
-        before, after = set_tenant(
+        change = set_tenant(
             path,
             tenant,
             add_roles=add_roles,
@@ -233,6 +238,7 @@ def tokens_set(
         )
     except (HashmatchError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    before, after = change.tenant(tenant)
     every = ", all lists" if after.all_lists else ""
     if after == before:
         click.echo(f"{tenant!r} has roles {','.join(after.roles)}{every} already", err=True)
@@ -242,6 +248,7 @@ def tokens_set(
         " SIGHUP the server to apply it",
         err=True,
     )
+    _warn_of_lock_out(change)
 
 
 @tokens_group.command("revoke")
@@ -283,9 +290,10 @@ def tokens_revoke(
         raise click.UsageError("--all needs --tenant TENANT")
     path = _existing(auth_file, config_file)
     try:
-        removed = revoke(path, prefix, tenant=tenant, every=every, force=force)
+        change = revoke(path, prefix, tenant=tenant, every=every, force=force)
     except (HashmatchError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    removed = change.removed
     for name, digest in removed:
         click.echo(f"revoked {_short(digest)} of {name!r}")
     click.echo(
@@ -293,6 +301,15 @@ def tokens_revoke(
         f" {shlex.quote(removed[0][0])}` issues a new one",
         err=True,
     )
+    _warn_of_lock_out(change)
+
+
+def _warn_of_lock_out(change: Change) -> None:
+    """Say on stderr what a --force edit made unreachable, and how to give it back."""
+    from hashmatch.server.tokens_file import lock_out_warnings
+
+    for line in lock_out_warnings(change):
+        click.echo(f"warning: {line}", err=True)
 
 
 COMMANDS = [tokens_group]
