@@ -88,18 +88,28 @@ class AsyncHashmatchClient(shared.ClientBase):
             ) from None
 
     async def _unary(
-        self, method: Callable, request: Any, timeout: float | shared.Attempts | None
+        self,
+        method: Callable,
+        request: Any,
+        timeout: float | shared.Attempts | None,
+        *,
+        idempotent: bool = False,
     ) -> Any:
         """``await method(request)``, retried on UNAVAILABLE as the sync client does
-        (``timeout``: seconds, None = the client's, or a call's own Attempts)."""
-        attempts = timeout if isinstance(timeout, shared.Attempts) else self._attempts(timeout)
+        (``timeout``: seconds, None = the client's, or a call's own Attempts;
+        ``idempotent``: a read, also retried on a CANCELLED the client did not cause)."""
+        if isinstance(timeout, shared.Attempts):
+            attempts = timeout
+        else:
+            attempts = self._attempts(timeout, idempotent=idempotent)
         while True:
             with attempts:
                 return await method(request, timeout=attempts.left(), metadata=self.metadata)
             await asyncio.sleep(attempts.pause)
 
     async def close(self) -> None:
-        """Close the channel; calls still running are cancelled."""
+        """Close the channel; calls still running are cancelled (and not retried)."""
+        self.closed = True
         await self.channel.close()
 
     async def __aenter__(self) -> AsyncHashmatchClient:
@@ -123,7 +133,7 @@ class AsyncHashmatchClient(shared.ClientBase):
         ``max_batch`` hashes as the sync client's ``match`` (several requests, one reply,
         ``timeout`` the whole call's deadline)."""
         plan = shared.MatchPlan(match_request(hashes, **options), self.max_batch)
-        attempts = self._attempts(timeout)
+        attempts = self._attempts(timeout, idempotent=True)
         replies = []
         for k, part in enumerate(plan.parts):
             with plan.sending(k):
@@ -141,7 +151,7 @@ class AsyncHashmatchClient(shared.ClientBase):
         included; errors with ``results_delivered``). ``requests``: a plain or async
         iterable; what it raises is raised after the replies to the requests before
         it. Leaving the loop early (or cancelling it) cancels the stream."""
-        attempts = shared.Attempts(timeout, self.retries, self.backoff)
+        attempts = shared.Attempts(timeout, self.retries, self.backoff, retry_cancelled=self._open)
         plan = shared.StreamPlan(self.max_batch, attempts)
         source = _guarded(requests, plan.reader)
         reading: list[asyncio.Future | None] = [None]  # the read in progress, shared
@@ -211,7 +221,7 @@ class AsyncHashmatchClient(shared.ClientBase):
         """Hashes of ``media`` only; options (``dihedral``, ``trim_borders``) as
         :func:`~hashmatch.server.client_shared.hash_request`."""
         request = shared.hash_request(media, signal_types, **options)
-        return await self._unary(self.matcher.Hash, request, timeout)
+        return await self._unary(self.matcher.Hash, request, timeout, idempotent=True)
 
     # -- Signals ----------------------------------------------------------------------
 
@@ -273,7 +283,7 @@ class AsyncHashmatchClient(shared.ClientBase):
         self, *, timeout: float | None = None
     ) -> signals_pb2.ListHashListsResponse:
         request = signals_pb2.ListHashListsRequest()
-        return await self._unary(self.signals.ListHashLists, request, timeout)
+        return await self._unary(self.signals.ListHashLists, request, timeout, idempotent=True)
 
     async def changes(
         self, since: int = 0, *, timeout: float | None = None, **options: Any
@@ -288,7 +298,7 @@ class AsyncHashmatchClient(shared.ClientBase):
             stream = self.signals.Changes(request, timeout=timeout, metadata=metadata)
             return stream, await _read(stream)
 
-        stream, message = await self._unary(first, None, timeout)
+        stream, message = await self._unary(first, None, timeout, idempotent=True)
         try:
             while message is not None:
                 yield message
@@ -299,7 +309,9 @@ class AsyncHashmatchClient(shared.ClientBase):
     # -- Admin ------------------------------------------------------------------------
 
     async def stats(self, *, timeout: float | None = None) -> admin_pb2.StatsResponse:
-        return await self._unary(self.admin.Stats, admin_pb2.StatsRequest(), timeout)
+        return await self._unary(
+            self.admin.Stats, admin_pb2.StatsRequest(), timeout, idempotent=True
+        )
 
     # -- health -----------------------------------------------------------------------
 

@@ -4,10 +4,12 @@ Why: upload pipelines and the ``hashmatch remote`` verbs should not hand-build
 protobufs or re-implement retries. Unary calls (and ingest, and the start of
 ``changes``) are retried on UNAVAILABLE (server starting, index loading, restarting,
 draining), and on the RESOURCE_EXHAUSTED of a momentary overload (it carries a
-``google.rpc.RetryInfo``), with exponential backoff (``backoff`` doubling, at most 2 s,
-jittered): until the call's deadline when it has one (the client's ``timeout`` by
-default), else up to ``retries`` times; ``retries=0`` never retries. Every other
-status is raised at once as :class:`grpc.RpcError` (use
+``google.rpc.RetryInfo``); the reads (match, match_stream, hash, list_hash_lists,
+changes, signal_states, stats) also on a CANCELLED the client did not cause (a server
+that begins to stop cancels the calls reaching it then), with exponential backoff
+(``backoff`` doubling, at most 2 s, jittered): until the call's deadline when it has
+one (the client's ``timeout`` by default), else up to ``retries`` times; ``retries=0``
+never retries. Every other status is raised at once as :class:`grpc.RpcError` (use
 :func:`hashmatch.server.errors.bad_request_fields` to read the field details).
 ``match_stream`` is retried from its first request not answered
 (:class:`~hashmatch.server.client_shared.StreamPlan`); ``rebuild`` is not retried.
@@ -88,16 +90,28 @@ class HashmatchClient(ClientBase):
 
     # -- plumbing ---------------------------------------------------------------------
 
-    def _unary(self, method: Callable, request: Any, timeout: float | Attempts | None) -> Any:
+    def _unary(
+        self,
+        method: Callable,
+        request: Any,
+        timeout: float | Attempts | None,
+        *,
+        idempotent: bool = False,
+    ) -> Any:
         """``method(request)``, retried on UNAVAILABLE (:class:`Attempts`; ``timeout``:
-        seconds, None = the client's, or the Attempts of a call that needs its own)."""
-        attempts = timeout if isinstance(timeout, Attempts) else self._attempts(timeout)
+        seconds, None = the client's, or the Attempts of a call that needs its own;
+        ``idempotent``: a read, also retried on a CANCELLED the client did not cause)."""
+        if isinstance(timeout, Attempts):
+            attempts = timeout
+        else:
+            attempts = self._attempts(timeout, idempotent=idempotent)
         while True:
             with attempts:
                 return method(request, timeout=attempts.left(), metadata=self.metadata)
             time.sleep(attempts.pause)
 
     def close(self) -> None:
+        self.closed = True  # first: the calls the close cancels are not retried
         self.channel.close()
 
     def __enter__(self) -> HashmatchClient:
@@ -119,7 +133,7 @@ class HashmatchClient(ClientBase):
         (:class:`~hashmatch.server.client_shared.MatchPlan`); ``timeout`` (None: the
         client's) is the whole call's deadline, all parts and their retries."""
         plan = MatchPlan(self.match_request(hashes, **options), self.max_batch)
-        attempts = self._attempts(timeout)
+        attempts = self._attempts(timeout, idempotent=True)
         replies = []
         for k, part in enumerate(plan.parts):
             with plan.sending(k):
@@ -140,7 +154,8 @@ class HashmatchClient(ClientBase):
         request not answered (:class:`~hashmatch.server.client_shared.StreamPlan`);
         ``retries`` counts failures in a row, without a reply between them. A failed
         call's error has ``results_delivered``, the replies the caller got."""
-        plan = StreamPlan(self.max_batch, Attempts(timeout, self.retries, self.backoff))
+        attempts = Attempts(timeout, self.retries, self.backoff, retry_cancelled=self._open)
+        plan = StreamPlan(self.max_batch, attempts)
         source = _guarded(requests, plan.reader)
         lock = threading.Lock()  # one reader of ``requests`` at a time, across attempts
 
@@ -193,7 +208,7 @@ class HashmatchClient(ClientBase):
         timeout: float | None = None,
     ) -> matcher_pb2.HashResponse:
         request = hash_request(media, signal_types, dihedral=dihedral, trim_borders=trim_borders)
-        return self._unary(self.matcher.Hash, request, timeout)
+        return self._unary(self.matcher.Hash, request, timeout, idempotent=True)
 
     # -- Signals ----------------------------------------------------------------------
 
@@ -301,7 +316,8 @@ class HashmatchClient(ClientBase):
         return total
 
     def list_hash_lists(self, *, timeout: float | None = None) -> signals_pb2.ListHashListsResponse:
-        return self._unary(self.signals.ListHashLists, signals_pb2.ListHashListsRequest(), timeout)
+        request = signals_pb2.ListHashListsRequest()
+        return self._unary(self.signals.ListHashLists, request, timeout, idempotent=True)
 
     def changes(
         self,
@@ -327,7 +343,7 @@ class HashmatchClient(ClientBase):
             stream = self.signals.Changes(request, timeout=timeout, metadata=metadata)
             return stream, next(stream, None)
 
-        stream, message = self._unary(first, None, timeout)
+        stream, message = self._unary(first, None, timeout, idempotent=True)
         while message is not None:
             yield message
             message = next(stream, None)
@@ -339,7 +355,7 @@ class HashmatchClient(ClientBase):
         ``timeout``, None: the client's, is the whole call's deadline, as ``match``)."""
         out: list[int] = []
         ids = [int(i) for i in signal_ids]
-        attempts = self._attempts(timeout)
+        attempts = self._attempts(timeout, idempotent=True)
         for start in range(0, len(ids), batch_size):
             request = signals_pb2.SignalStatesRequest(signal_ids=ids[start : start + batch_size])
             reply = self._unary(self.signals.SignalStates, request, attempts.renewed())
@@ -349,7 +365,7 @@ class HashmatchClient(ClientBase):
     # -- Admin ------------------------------------------------------------------------
 
     def stats(self, *, timeout: float | None = None) -> admin_pb2.StatsResponse:
-        return self._unary(self.admin.Stats, admin_pb2.StatsRequest(), timeout)
+        return self._unary(self.admin.Stats, admin_pb2.StatsRequest(), timeout, idempotent=True)
 
     def rebuild(self, *, timeout: float | None = None) -> Iterator[admin_pb2.RebuildProgress]:
         """Progress messages; the last one has ``finished`` set."""

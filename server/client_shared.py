@@ -38,6 +38,9 @@ from hashmatch.v1 import (
 
 HashInput = common_pb2.HashValue | tuple[str, str | bytes]
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+# What grpcio says of a call the client cancelled itself (its own cancel, or its channel
+# closed under the call): such a CANCELLED is never retried.
+LOCAL_CANCEL_DETAILS = frozenset({"Locally cancelled by application!", "Channel closed!"})
 MAX_BACKOFF = 2.0  # seconds between retries at most
 MIN_ATTEMPT_SECONDS = 0.05  # a retry is only worth making with this much time left
 MAX_NOT_FOUND_LISTED = 1000  # RetractResponse.not_found lists this many (the server uses it)
@@ -198,6 +201,7 @@ class ClientBase:
         self.retries = retries
         self.backoff = backoff
         self.max_batch = max_batch
+        self.closed = False  # set by close(): a call it cancelled is not retried
         self.matcher = matcher_pb2_grpc.MatcherStub(self.channel)
         self.signals = signals_pb2_grpc.SignalsStub(self.channel)
         self.admin = admin_pb2_grpc.AdminStub(self.channel)
@@ -206,10 +210,16 @@ class ClientBase:
     def _check_context(self) -> None:
         """Refuse a place the channel could not be used from (the sync client: none)."""
 
-    def _attempts(self, timeout: float | None) -> Attempts:
-        """The retry schedule of one call; ``timeout`` None = the client's."""
+    def _attempts(self, timeout: float | None, *, idempotent: bool = False) -> Attempts:
+        """The retry schedule of one call; ``timeout`` None = the client's.
+        ``idempotent``: a read, safe to repeat: a CANCELLED it did not cause is
+        retried too (``Attempts.retry_cancelled``)."""
         timeout = self.timeout if timeout is None else timeout
-        return Attempts(timeout, self.retries, self.backoff)
+        retry_cancelled = self._open if idempotent else None
+        return Attempts(timeout, self.retries, self.backoff, retry_cancelled=retry_cancelled)
+
+    def _open(self) -> bool:
+        return not self.closed
 
 
 # -- retrying ---------------------------------------------------------------------------
@@ -240,6 +250,13 @@ class Attempts:
     the deadline is later (an ingest's deadline grows with its size; a dead server
     should not be retried for hours), or when there is none (an ingest of unknown
     length).
+
+    ``retry_cancelled``: for a call that is safe to repeat (a read), a CANCELLED the
+    client did not cause is retried as UNAVAILABLE is, while this says so (the client is
+    not closed). Why: a server that begins to stop cancels the calls that reach it in
+    that moment, before any handler runs (grpc core; no drain setting changes it): the
+    client saw CANCELLED, which was not retried, and ``scan --server`` failed at once
+    "matching failed (CANCELLED)" where the rest of the restart was ridden out.
     """
 
     def __init__(
@@ -248,11 +265,13 @@ class Attempts:
         retries: int,
         backoff: float,
         retry_window: float | None = None,
+        retry_cancelled: Callable[[], bool] | None = None,
     ):
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.retry_until = self.deadline
         self.retries = retries
         self.retry_window = retry_window
+        self.retry_cancelled = retry_cancelled
         self.backoff = backoff
         self.delay = min(backoff, MAX_BACKOFF)  # the first pause too: 'at most 2 s'
         self.attempt = 0
@@ -265,7 +284,7 @@ class Attempts:
         it takes (the parts of a split ``match``), and a long ``match_stream`` that got
         replies since its last failure has not been failing ``retries`` times in a row.
         """
-        fresh = Attempts(None, self.retries, self.backoff, self.retry_window)
+        fresh = Attempts(None, self.retries, self.backoff, self.retry_window, self.retry_cancelled)
         fresh.deadline = fresh.retry_until = self.deadline
         return fresh
 
@@ -296,7 +315,10 @@ class Attempts:
     def _pause(self, exc: grpc.RpcError) -> float | None:
         """Seconds to wait before retrying ``exc``, or None to raise it."""
         lost = lost_status(exc)
-        least = 0.0 if exc.code() in RETRYABLE or lost else retry_delay(exc)
+        cancelled = (
+            self.retry_cancelled is not None and cancelled_elsewhere(exc) and self.retry_cancelled()
+        )
+        least = 0.0 if exc.code() in RETRYABLE or lost or cancelled else retry_delay(exc)
         if certificate_refused(getattr(exc, "details", lambda: "")() or ""):
             # UNAVAILABLE, but waiting changes nothing (as health_failure says): a remote
             # verb spent its whole --timeout, 30 s, on a certificate it could not verify
@@ -316,6 +338,14 @@ class Attempts:
             return None
         pause = min(pause, room)
         return pause if pause > 0 else None
+
+
+def cancelled_elsewhere(exc: grpc.RpcError) -> bool:
+    """Whether ``exc`` is a CANCELLED this client did not cause (a stopping server's, or
+    a proxy's): grpcio words its own cancels so (:data:`LOCAL_CANCEL_DETAILS`)."""
+    if exc.code() is not grpc.StatusCode.CANCELLED:
+        return False
+    return (getattr(exc, "details", lambda: "")() or "") not in LOCAL_CANCEL_DETAILS
 
 
 def retry_delay(exc: grpc.RpcError) -> float | None:

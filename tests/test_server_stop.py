@@ -104,3 +104,97 @@ def test_a_signal_another_thread_receives_is_handled_during_the_drain(tmp_path):
     assert sent and handled, "the handler never ran"
     assert stopped - began >= 1.2  # the stream held the drain past the signal
     assert handled[0] - sent[0] < 0.5, f"handled {handled[0] - sent[0]:.2f} s after the signal"
+
+
+NO_DRAIN_SCRIPT = """
+import collections, json, sys, threading, time
+import grpc
+from hashmatch.server.client import HashmatchClient, signal
+from hashmatch.server.testing import running_server
+
+data, code, port = sys.argv[1], "ab" * 32, 0
+outcomes, stop = collections.Counter(), threading.Event()
+client = None
+
+def lookups():
+    while not stop.is_set():
+        try:
+            reply = client.match([("pdq", code)], threshold=0)
+            outcomes[",".join(m.list_name for r in reply.results for m in r.matches)] += 1
+        except grpc.RpcError as exc:
+            outcomes[f"{exc.code().name}: {exc.details()}"] += 1
+
+threads = []
+for cycle in range(4):  # the first three stopped with no drain while lookups arrive
+    with running_server(data, listen=f"127.0.0.1:{port}") as ts:
+        if cycle == 0:
+            ts.client().ingest("partner", [signal("pdq", code)])
+            port, client = ts.server.port, HashmatchClient(ts.target, timeout=60)
+            threads = [threading.Thread(target=lookups) for _ in range(6)]
+            for thread in threads:
+                thread.start()
+        time.sleep(0.5)
+        if cycle < 3:
+            ts.server.stop(grace=0)
+            continue
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+client.close()
+print(json.dumps(outcomes))
+"""
+
+
+def test_lookups_ride_out_a_restart_without_drain(tmp_path):
+    """A server stopped with no drain (grace 0, ``drain_seconds = 0``) while lookups
+    arrived: gRPC cancels the calls that reach a server as it begins to stop, before
+    any handler runs (a drained stop does too, at its start). The client saw CANCELLED,
+    which it did not retry, and ``scan --server`` failed at once "matching failed
+    (CANCELLED)" where the rest of the restart (UNAVAILABLE) was ridden out. The reads
+    now retry a CANCELLED the client did not cause: every lookup gets its answer, from
+    this server or, retried, from the restarted one (same port, same data dir)."""
+    done = subprocess.run(
+        [sys.executable, "-c", NO_DRAIN_SCRIPT, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    outcomes = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(outcomes) == {"partner"}, outcomes
+    assert outcomes["partner"] >= 4 * 6, outcomes  # lookups on every server
+
+
+def test_a_call_the_client_cancels_by_closing_is_not_retried(tmp_path):
+    """The reads retry a CANCELLED the client did not cause, never its own: a scan
+    leaves a lookup to a lost server by closing its client, and that call must end
+    then, not be retried until its deadline."""
+    import socket
+    import threading
+    import time
+
+    import grpc
+
+    from hashmatch.server.client import HashmatchClient
+
+    with socket.socket() as silent:  # accepts the TCP connection, never answers gRPC
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        client = HashmatchClient(f"127.0.0.1:{silent.getsockname()[1]}", timeout=60)
+        out: dict[str, object] = {}
+
+        def lookup() -> None:
+            try:
+                client.match([("pdq", "ab" * 32)])
+            except grpc.RpcError as exc:
+                out["code"] = exc.code()
+            out["ended"] = time.monotonic()
+
+        thread = threading.Thread(target=lookup)
+        thread.start()
+        time.sleep(1.0)
+        closed = time.monotonic()
+        client.close()
+        thread.join(30)
+    assert out.get("code") is grpc.StatusCode.CANCELLED, out
+    assert out["ended"] - closed < 5.0
