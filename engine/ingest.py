@@ -218,7 +218,7 @@ def _read(
                 )
             items = _hex(lines, signal_type, extra)
         elif fmt == "te-simple":
-            items = _te(lines, signal_type or _te_type(name), extra)
+            items = _te(lines, signal_type or _te_type(name, _shown(source, name)), extra)
         else:
             items = _vpdq(lines, extra, external_id or (Path(name).stem if name else None))
         if batch_size is None:
@@ -1152,10 +1152,12 @@ def _hex(lines: Iterable[str], signal_type: str | None, extra: tuple[str, ...]) 
             yield SignalRecord(signal_type, text, extra, line=number)
 
 
-def _te_type(name: str) -> str:
+def _te_type(name: str, shown: str) -> str:
     """The type a ThreatExchange dump's name gives: python-threatexchange stores them as
     ``simple.HASH_PDQ.te``, HMA's sample data as ``pdq.csv``/``video_md5.csv``; a name
-    saying none is refused (guessing from a hash's length would take a SHA-256 for a PDQ)."""
+    saying none is refused (guessing from a hash's length would take a SHA-256 for a PDQ).
+    ``name`` has lost a ``.gz`` (the suffix beneath tells the type); the refusal names
+    the file as ``shown`` (:func:`_shown`: a ``dump.csv.gz`` was named ``dump.csv``)."""
     from hashmatch.engine import signal_types
     from hashmatch.engine.errors import UnknownSignalType
 
@@ -1166,7 +1168,7 @@ def _te_type(name: str) -> str:
         except UnknownSignalType:
             continue
     raise InvalidInput(
-        f"a ThreatExchange dump ({name or 'stdin'}) names its type in the file name"
+        f"a ThreatExchange dump ({shown or 'stdin'}) names its type in the file name"
         " (simple.HASH_PDQ.te, pdq.csv): give the signal type (--type pdq)",
         field="signal_type",
     )

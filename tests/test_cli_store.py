@@ -353,6 +353,18 @@ def test_gzip_errors_name_the_file_as_given_with_its_gz(run, tmp_path):
     assert ": r.txt.gz (gzip) is cut short or damaged" in result.output
 
 
+def test_an_untyped_threatexchange_dump_is_named_with_its_gz(run, tmp_path):
+    """A te-simple dump whose name gives no type is refused; the refusal named
+    `holidays.csv.gz` as `holidays.csv` (the name its type is looked for in)."""
+    import gzip
+
+    dump = tmp_path / "holidays.csv.gz"
+    dump.write_bytes(gzip.compress(f"{H0},1,2020-07-31T18:47:52+0000,a b\n".encode()))
+    result = run("ingest", str(dump), "--list", "l", "--format", "te-simple", ok=False)
+    assert "a ThreatExchange dump (holidays.csv.gz) names its type" in result.output
+    assert "holidays.csv)" not in result.output
+
+
 def _damaged_gzip_csv(path: Path, *, seed: int, keep: int) -> Path:
     """A gzipped CSV of 3,000 random PDQ rows cut to its first ``keep`` bytes (negative:
     all but the last -keep), at ``path``."""
