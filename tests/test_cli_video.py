@@ -164,6 +164,43 @@ def test_match_of_a_video_file_hashes_it_as_vpdq_by_default(run, tmp_path):
     assert [m["query_match_pct"] for m in out[0]["matches"]] == [100.0]
 
 
+@pytest.mark.parametrize("fmt", ["te", "jsonl"])
+def test_match_of_what_hash_writes_for_a_video_matches_it_as_the_video(run, tmp_path, fmt):
+    """``hashmatch hash clip.mp4 --format te`` (HMA's CSV: the frame list as the row's
+    value) and ``hash``'s default JSONL were refused by ``match`` ("not an image in a
+    supported format"), though ``ingest`` reads both as the video."""
+    clip = write_video(tmp_path / "clip.mp4", frames=20)
+    listed = tmp_path / f"clip.{'csv' if fmt == 'te' else 'jsonl'}"
+    listed.write_text(run("hash", str(clip), "--format", fmt).output)
+    run("ingest", str(listed), "--list", "videos")
+    by_file = json.loads(run("match", str(clip), "--json").output)[0]
+    by_hashes = json.loads(run("match", str(listed), "--json").output)[0]
+    assert by_hashes["hashes"] == by_file["hashes"]  # the same video, named alike
+    assert [m["query_match_pct"] for m in by_hashes["matches"]] == [100.0]
+    assert by_hashes["matches"] == by_file["matches"]
+
+
+def test_match_refuses_other_hash_lists_saying_what_to_give(run, tmp_path):
+    """A hash list that is not one video's vPDQ: the refusal says what match takes
+    (before: "not an image in a supported format", as if it were a damaged photo)."""
+    clip = write_video(tmp_path / "clip.mp4", frames=20)
+    te = run("hash", str(clip), "--format", "te").output
+    (tmp_path / "clip.csv").write_text(te)
+    run("ingest", str(tmp_path / "clip.csv"), "--list", "videos")
+    two = tmp_path / "two.csv"
+    two.write_text(te + te.splitlines()[1] + "\n")
+    out = run("match", str(two), code=1).output
+    assert "a hash list (csv) of several signals; match takes one video's vPDQ" in out
+    one_pdq = tmp_path / "photo.csv"
+    one_pdq.write_text(f"signal_type,signal_value\npdq,{'ab' * 32}\n")
+    out = run("match", str(one_pdq), code=1).output
+    assert f"holds one pdq hash, not media nor a video's vPDQ: match it as pdq:{'ab' * 32}" in out
+    bad = tmp_path / "bad.csv"
+    bad.write_text('signal_type,signal_value\nvpdq,"[""zz,100,0.0""]"\n')
+    out = run("match", str(bad), code=1).output
+    assert "bad.csv: not a vPDQ hash file: line 2: " in out and "got 'zz,100,0.0'" in out
+
+
 def test_an_ogv_is_a_video_to_hash_match_and_scan_alike(run, tmp_path):
     """``scan`` kept its own extension list (``.ogv`` a video), ``hash``/``match`` another
     (``.ogv`` a photo: 'looks like a video'), and FFmpeg's demuxer whitelist had no Ogg,

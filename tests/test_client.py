@@ -702,6 +702,21 @@ def test_remote_match_of_a_vpdq_hash_file_matches_it_as_a_video(served, tmp_path
     assert match["query_match_pct"] == match["target_match_pct"] == 100.0
 
 
+def test_remote_match_of_a_videos_te_csv_matches_it_as_the_video(served, tmp_path):
+    """``remote match --media listed.csv`` of ``hashmatch hash clip.mp4 --format te``
+    sent the CSV as media bytes: the server answered "not an image"."""
+    clip = write_video(tmp_path / "clip.mp4", frames=20, seed=13)
+    listed = tmp_path / "listed.csv"
+    listed.write_text(CliRunner().invoke(cli, ["hash", str(clip), "--format", "te"]).output)
+    assert _remote(served, "ingest", "te-match", str(listed)).exit_code == 0
+    result = _remote(served, "match", "--media", str(listed), "--list", "te-match")
+    assert result.exit_code == 0, result.output
+    (video,) = (json.loads(line) for line in result.output.splitlines())
+    assert (video["source"], video["index"]) == ("SOURCE_VIDEO", 0)
+    (match,) = video["matches"]
+    assert match["query_match_pct"] == match["target_match_pct"] == 100.0
+
+
 def test_remote_ingest_reads_a_videos_te_row_as_local_ingest_does(served, tmp_path):
     """`hashmatch hash --format te` (HMA's CSV) gives a video's frames as a JSON list in
     signal_value: `remote ingest` sent that text as the hex ('vpdq hash must be 64 hex

@@ -655,8 +655,9 @@ def remote_match(client, hashes, signal_type, media, media_types, **options) -> 
     """Match HASHES (hex, or TYPE:HEX) and/or --media files.
 
     \b
-    A --media file that holds a video's vPDQ (vpdq text, or python-threatexchange's
-    serialized list, as `hashmatch match` reads) is matched as that video's frames;
+    A --media file that holds a video's vPDQ (vpdq text, python-threatexchange's
+    serialized list, or the CSV of `hashmatch hash clip.mp4 --format te`, as
+    `hashmatch match` reads) is matched as that video's frames;
     its result follows the media results (source SOURCE_VIDEO, index among them).
 
     \b

@@ -928,17 +928,32 @@ def vpdq_hash_file(path: str):
     as the video's frames is what the server does with a video's vPDQ. Recognised as
     ``hashmatch ingest`` recognises the ``vpdq`` format (a ``.vpdq`` name, or a first
     line in one of those forms), and read by its parser: one format, one reader.
+
+    A hash list (CSV, JSONL) holding one video's vPDQ is that video too:
+    ``hashmatch hash clip.mp4 --format te`` (HMA's CSV) and its default JSONL give one
+    row whose value is the frame list, which match hashed as a photo ("not an image").
+    Any other hash list is refused saying what to give instead (see
+    :func:`_one_video_of_a_list`).
     """
-    from hashmatch.engine.hashing import HashResult
     from hashmatch.engine.ingest import file_format, read_records
     from hashmatch.engine.store import SignalRecord
 
-    if file_format(path) != "vpdq":
+    fmt = file_format(path)
+    if fmt in ("csv", "jsonl"):  # not "hex": a plain PPM (P3) reads as TYPE HASH lines
+        return _one_video_of_a_list(path, fmt)
+    if fmt != "vpdq":
         return None
     (found,) = list(read_records(path, format="vpdq"))  # one video, or why not
     if not isinstance(found, SignalRecord):
         where = f"line {found.line}: " if found.line is not None else ""
         raise InvalidInput(f"{path}: not a vPDQ hash file: {where}{found.reason}")
+    return _video_result(path, found)
+
+
+def _video_result(path: str, found):
+    """``found`` (a vPDQ SignalRecord with its frames) as the ``HashResult`` to match."""
+    from hashmatch.engine.hashing import HashResult
+
     try:
         signal_types.check_frame_extras(len(found.frames), found.frame_qualities, found.timestamps)
     except InvalidInput as exc:
@@ -946,6 +961,57 @@ def vpdq_hash_file(path: str):
     return HashResult(
         "vpdq", found.frames, list(found.frame_qualities or []), list(found.timestamps or [])
     )
+
+
+def _one_video_of_a_list(path: str, fmt: str):
+    """The video of a hash list ``path`` (format ``fmt``) holding one vPDQ signal and
+    nothing else; any other list is refused with what to give instead (its one hash as
+    TYPE:HEX; for several, a file per video or the hashes as arguments). At most two
+    records are read: a list of millions is refused as fast as a list of two."""
+    import itertools
+
+    from hashmatch.engine.errors import UnknownSignalType
+    from hashmatch.engine.ingest import read_records
+    from hashmatch.engine.store import Rejection, frames_from_value
+
+    try:
+        records = list(itertools.islice(read_records(path, format=fmt), 2))
+    except InvalidInput as exc:  # a header without the needed columns, untyped hex
+        raise InvalidInput(f"{path}: not media, nor a hash file match reads: {exc}") from None
+    if not records:
+        raise InvalidInput(f"{path}: a hash list ({fmt}) with no signal in it, not media")
+    found = records[0]
+    where = f"line {found.line}: " if found.line is not None else ""
+    if isinstance(found, Rejection):
+        raise InvalidInput(f"{path}: not media, nor a hash file match reads: {where}{found.reason}")
+    try:
+        name = signal_types.get(found.signal_type).name
+    except UnknownSignalType as exc:  # prose, say: "Hello world" reads as TYPE HASH
+        raise InvalidInput(
+            f"{path}: not media, nor a hash file match reads: {where}{exc}"
+        ) from None
+    if len(records) > 1:
+        raise InvalidInput(
+            f"{path}: a hash list ({fmt}) of several signals; match takes one video's vPDQ"
+            " file (as `hashmatch hash clip.mp4 --format te` writes it), hashes as TYPE:HEX,"
+            " or media: give its hashes as TYPE:HEX arguments, or each video's vPDQ in a"
+            " file of its own"
+        )
+    if name != "vpdq":
+        raise InvalidInput(
+            f"{path}: holds one {name} hash, not media nor a video's vPDQ: match it as"
+            f" {name}:{found.hash_hex}"
+        )
+    try:
+        found = frames_from_value(found)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{path}: not a vPDQ hash file: {where}{exc}") from None
+    if found.frames is None:
+        raise InvalidInput(
+            f"{path}: not a vPDQ hash file: {where}the vpdq value is no frame list (a JSON"
+            " list of 'hex,quality,timestamp', as `hashmatch hash --format te` writes it)"
+        )
+    return _video_result(path, found)
 
 
 # ----------------------------------------------------------------------------- index
