@@ -2025,9 +2025,9 @@ def scan(
     )
     if from_list is not None:
         if options.stop is not None:  # a list on an idle stdin must not outwait a stop
-            from hashmatch.engine.store import _prefetch
+            from hashmatch.engine.store import prefetch
 
-            from_list = _prefetch(
+            from_list = prefetch(
                 iter(from_list), LIST_PREFETCH_LINES, idle=scanner._check_stop, name="scan-list"
             )
         listed = read_list(

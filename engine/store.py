@@ -1226,7 +1226,7 @@ class SignalStore:
                     else _batches(records, batch_size)
                 )
                 unaudited = 0  # the parser's rejections no batch's audit entry counted yet
-                for batch, parser_rejections, seen in _prefetch(stream):
+                for batch, parser_rejections, seen in prefetch(stream):
                     for item in parser_rejections:
                         report.reject(item)
                     unaudited += len(parser_rejections)
@@ -2661,7 +2661,7 @@ def _batches(records: Iterable, size: int) -> Iterator[tuple[list, list, int]]:
         yield batch, rejections, position + 1
 
 
-def _prefetch(
+def prefetch(
     items: Iterator,
     depth: int = 2,
     *,
@@ -2669,6 +2669,10 @@ def _prefetch(
     name: str = "ingest-parse",
 ) -> Iterator:
     """Run a generator in a helper thread, ``depth`` items ahead (bounded memory).
+
+    Public: the store's ingest overlaps parsing with its SQLite writes through it, and
+    a scan reads ``--from-list`` through it (a read of an idle stdin must not outwait
+    a stop request).
 
     ``idle``: called at every step the consumer waits (0.1 s); what it raises ends the
     iteration (a scan's stop check: a signal handler that only sets an event, as
@@ -2726,7 +2730,7 @@ def _prefetch(
                 thread.join(0.05)
 
 
-#: How long a stopped consumer waits for _prefetch's helper to notice before leaving it.
+#: How long a stopped consumer waits for prefetch's helper to notice before leaving it.
 PREFETCH_ABANDON_SECONDS = 1.0
 
 
