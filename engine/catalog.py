@@ -338,8 +338,10 @@ def _upgrade_stat_columns(conn: sqlite3.Connection) -> None:
     Why: (size, mtime) alone kept a file replaced by other bytes of the same size
     under a restored mtime (``cp -p``, ``rsync -a``, ``touch -r``, ``tar x``) skipped
     for good, with the old hashes. The rows already there get NULLs, which no stat
-    equals: the next scan reads and MD5s each such file once (a decode only if its
-    bytes changed) and records its inode and ctime. Accepting the old rows unread
+    equals: the next full scan reads and MD5s each such file once (a decode only if its
+    bytes changed) and records its inode and ctime; a ``--check-stat minimal`` scan
+    reads none (it compares size and mtime only, and records nothing), so the check
+    waits for the first full one (the log line says which). Accepting the old rows unread
     instead would leave any file already replaced so stale forever, unseen.
 
     The schema version stays 1: the columns are nullable and added at the end, so an
@@ -354,9 +356,10 @@ def _upgrade_stat_columns(conn: sqlite3.Connection) -> None:
         for name, kind in missing:
             conn.execute(f"ALTER TABLE files ADD COLUMN {name} {kind}")
     logging.getLogger(__name__).warning(
-        "catalog upgraded: files are now also recognised by inode and ctime; the next scan"
-        " reads and MD5-checks each catalogued file once (decoded only if its bytes changed;"
-        " not with --check-stat minimal, which compares size and mtime only)"
+        "catalog upgraded: files are now also recognised by inode and ctime; the first scan"
+        " with --check-stat full (the default) reads and MD5-checks each catalogued file once"
+        " (decoded only if its bytes changed); a --check-stat minimal scan compares size and"
+        " mtime only and reads none of them"
     )
 
 

@@ -33,7 +33,7 @@ HASHMATCH = str(Path(sys.executable).with_name("hashmatch"))
 #: bytes after IEND)
 SIZE = 200_000
 NAMES = ("other.png", "plain.png", "victim.png")
-TREES = ("walk-inplace", "list-rename", "chmod", "upgrade", "netfs")
+TREES = ("walk-inplace", "list-rename", "chmod", "upgrade", "upgrade-minimal", "netfs")
 
 
 def _padded(name: str) -> bytes:
@@ -143,11 +143,11 @@ def test_a_same_size_same_mtime_replacement_is_hashed_again(
     assert _hash_calls(catalog) == calls + 1  # the replaced file alone
 
 
-def _scan(base: Path, tree: str, report: Path):
+def _scan(base: Path, tree: str, report: Path, check_stat: str = "full"):
     matcher = LocalMatcher.open(base / "data")
     try:
         with Catalog(base / f"{tree}.sqlite") as catalog:
-            options = ScanOptions(workers=1, progress=False, types=("pdq",))
+            options = ScanOptions(workers=1, progress=False, types=("pdq",), check_stat=check_stat)
             return scan([base / tree], catalog=catalog, matcher=matcher, report=report,
                         options=options)  # fmt: skip
     finally:
@@ -215,6 +215,38 @@ def test_a_catalog_without_inodes_and_ctimes_checks_each_file_once(settled, tmp_
     settled_again = _scan(settled, "upgrade", tmp_path / "3.jsonl")
     assert (settled_again.skipped_unchanged, settled_again.rechecked) == (3, 0)
     assert _match_lines(tmp_path / "3.jsonl") == _match_lines(tmp_path / "1.jsonl")
+
+
+def _without_stat_columns(catalog: Path) -> None:
+    """The layout (and rows) of the builds before inodes and ctimes were kept."""
+    with sqlite3.connect(catalog) as conn:
+        conn.execute("ALTER TABLE files DROP COLUMN ino")
+        conn.execute("ALTER TABLE files DROP COLUMN ctime_ns")
+
+
+def test_the_upgrade_message_says_what_a_minimal_scan_does(settled, tmp_path, caplog):
+    """The upgrade's log line said the next scan reads and MD5-checks every catalogued
+    file: a --check-stat minimal scan reads none (size and mtime decide), and the one
+    check waits for the first --check-stat full scan. The line says so, and both
+    scans do what it says."""
+    catalog = settled / "upgrade-minimal.sqlite"
+    _scan(settled, "upgrade-minimal", tmp_path / "1.jsonl")
+    calls = _hash_calls(catalog)
+    _without_stat_columns(catalog)
+
+    minimal = _scan(settled, "upgrade-minimal", tmp_path / "2.jsonl", check_stat="minimal")
+    (line,) = [r.getMessage() for r in caplog.records if "catalog upgraded" in r.getMessage()]
+    assert "the next scan" not in line
+    assert "the first scan with --check-stat full (the default) reads and MD5-checks" in line
+    assert "a --check-stat minimal scan compares size and mtime only and reads none" in line
+    assert (minimal.hashed, minimal.skipped_unchanged, minimal.rechecked) == (0, 3, 0)
+
+    full = _scan(settled, "upgrade-minimal", tmp_path / "3.jsonl")
+    assert (full.hashed, full.skipped_unchanged, full.rechecked) == (0, 3, 3)
+    settled_again = _scan(settled, "upgrade-minimal", tmp_path / "4.jsonl")
+    assert (settled_again.skipped_unchanged, settled_again.rechecked) == (3, 0)
+    assert _hash_calls(catalog) == calls  # read and MD5'd once, never decoded
+    assert _match_lines(tmp_path / "4.jsonl") == _match_lines(tmp_path / "1.jsonl")
 
 
 def test_check_stat_minimal_trusts_size_and_mtime_alone(settled, tmp_path):
