@@ -23,7 +23,9 @@ Why this shape:
   the catalog and the report. A file that was read but not decoded keeps its exact
   digests (md5, sha256: :func:`exact_digests`), matched and catalogued all the same.
   A worker's death fails every task in flight: their files are retried one at a
-  time, so only a file that kills its worker again is ``worker-crashed``.
+  time, so only a file that kills its worker again is ``worker-crashed`` (or
+  ``timeout``, when the watchdog killed it); such a file's digests are then read in a
+  process of their own (:mod:`scan_digests`), as a decode failure's are.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from hashmatch.engine.catalog import (
     MatchRow,
 )
 from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT, LOCAL_MAX_VIDEO_FRAMES
+from hashmatch.engine.scan_digests import DIGEST_TIMEOUT, digest_apart
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
 from hashmatch.engine.video_formats import is_video_path
 
@@ -1242,6 +1245,9 @@ class ScanOptions:
     # Seconds past file_timeout a worker may stay on one file (a read that does not
     # return, a long still-image decode) before the scan kills it: scan_watchdog.
     stall_grace: float = STALL_GRACE
+    # Seconds the exact digests of a file whose worker died (worker-crashed, a killed
+    # worker's timeout) may take to read, in a process of their own: scan_digests.
+    digest_timeout: float = DIGEST_TIMEOUT
     dihedral: bool = False
     # What proves a file unchanged since it was catalogued (same_stat): "full" = size,
     # mtime, inode and ctime (git's default); "minimal" = size and mtime only (git's
@@ -1621,7 +1627,7 @@ class Scanner:
                 self._pending.extend(fut.result())
             except Exception as exc:
                 self._check_stop()
-                self._pending.append(self._lost_alone(e, exc))
+                self._pending.append(self._with_digests(self._lost_alone(e, exc)))
                 if isinstance(exc, cf.process.BrokenProcessPool):
                     self._broken = True
             self._flush_if_due()
@@ -1636,6 +1642,39 @@ class Scanner:
             reason="timeout",
             error=f"no result after {o.file_timeout:g} s (--file-timeout) + {o.stall_grace:g} s: "
             "its worker was killed (a read or a decode that does not return: a hung mount?)",
+        )
+
+    def _with_digests(self, failed: WorkResult) -> WorkResult:
+        """``failed`` (its worker died with it) with the exact digests among the
+        scan's types, read in a process of their own (:mod:`scan_digests`): matched,
+        catalogued and rescanned as a file that failed to decode. Without them (the
+        read failed, or outlasted ``digest_timeout``) its error says why."""
+        exact = tuple(
+            t for t in types_for(failed.path, self.options.types) if signal_types.get(t).exact
+        )
+        if not exact:
+            return failed
+        got = digest_apart(
+            worker_context(),
+            failed.path,
+            exact,
+            max_bytes=self.options.max_bytes,
+            timeout=self.options.digest_timeout,
+            check_stop=self._check_stop,
+        )
+        if isinstance(got, str):
+            return dataclasses.replace(
+                failed, error=f"{failed.error}; its digests could not be read: {got}"
+            )
+        return dataclasses.replace(
+            failed,
+            size=got.size,
+            mtime_ns=got.mtime_ns,
+            ino=got.ino,
+            ctime_ns=got.ctime_ns,
+            md5=got.md5,
+            types=tuple(h.signal_type for h in got.hashes),
+            hashes=got.hashes,
         )
 
     def _flush_if_due(self) -> None:

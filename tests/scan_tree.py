@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import os
 import sqlite3
+import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,3 +114,21 @@ def committed_files(catalog: Path) -> int:
             conn.close()
     except sqlite3.OperationalError:  # schema not created yet
         return 0
+
+
+def slow_png(path: Path, side: int = 9000) -> None:
+    """A 243 kB PNG of 9000x9000 black pixels (81 MP, under the pixel limit): ~2 s
+    to decode, with no checkpoint inside (a still image is one decode)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    packer = zlib.compressobj(9)
+    row = bytes(1 + 3 * side)  # filter byte 0, then black RGB
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )

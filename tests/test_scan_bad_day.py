@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scan_tree import slow_png
 
 from hashmatch.engine.catalog import Catalog
 from hashmatch.engine.decode import DecodeLimits
@@ -616,26 +617,6 @@ def test_a_video_over_the_per_file_time_limit_fails_as_timeout_and_is_retried(tm
         assert catalog.stats()["hashes"]["vpdq"] == 300
 
 
-def _slow_png(path: Path, side: int = 9000) -> None:
-    """A 243 kB PNG of 9000x9000 black pixels (81 MP, under the pixel limit): ~2 s
-    to decode, with no checkpoint inside (a still image is one decode)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    packer = zlib.compressobj(9)
-    row = bytes(1 + 3 * side)  # filter byte 0, then black RGB
-    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
-
-
 def test_a_worker_stuck_on_one_file_is_killed_and_only_that_file_fails(tmp_path):
     """--file-timeout was checked only between video and animation frames: a worker
     blocked in one decode (or in a read from a hung mount) was waited on forever.
@@ -647,7 +628,7 @@ def test_a_worker_stuck_on_one_file_is_killed_and_only_that_file_fails(tmp_path)
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "a.jpg").write_bytes(_jpeg(50))
-    _slow_png(tree / "b.png")
+    slow_png(tree / "b.png")
     (tree / "c.jpg").write_bytes(_jpeg(51))
     options = ScanOptions(
         types=("pdq",), workers=1, progress=False, file_timeout=0.2, stall_grace=0.3

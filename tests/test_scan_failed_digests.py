@@ -10,11 +10,14 @@ older than scan.RACY_MTIME_NS), so re-runs can be counted.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
-from scan_tree import ORIGINALS, _png
+from scan_tree import ORIGINALS, _png, slow_png
 
 import hashmatch.engine.decode as decode_module
 import hashmatch.engine.hashing as hashing_module
@@ -376,3 +379,154 @@ def test_a_lost_server_leaves_a_failed_files_catalogued_matches(tmp_path):
     matcher.close()
     assert (again.seen, again.failed, again.failed_digested, again.matches) == (1, 1, 1, 1)
     assert _catalogued(catalog) == matched
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+@contextlib.contextmanager
+def _killing_whoever_decodes(path: Path, held_for: float = 0.5):
+    """SIGKILL any process this test started (a scan worker) that holds ``path`` open
+    for over ``held_for`` s, as a decoder crashing on it would end its worker: the slow
+    PNG holds its worker ~2 s in one decode, while reading its 243 kB for a digest
+    takes milliseconds. Yields the list of pids killed."""
+    killed: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        first_seen: dict[int, float] = {}
+        while not done.is_set():
+            holders = set()
+            for pid in _descendants(os.getpid()):
+                with contextlib.suppress(OSError):
+                    for fd in os.listdir(f"/proc/{pid}/fd"):
+                        with contextlib.suppress(OSError):
+                            if os.readlink(f"/proc/{pid}/fd/{fd}") == str(path):
+                                holders.add(pid)
+            now = time.monotonic()
+            first_seen = {pid: first_seen.get(pid, now) for pid in holders}
+            for pid, since in first_seen.items():
+                if now - since > held_for and pid not in killed:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        yield killed
+    finally:
+        done.set()
+        thread.join(5)
+
+
+def _match_triples(report: Path) -> list[tuple[str, str, str]]:
+    return [(Path(r["file"]).name, r["type"], r["list"]) for r in _body(report)
+            if r["kind"] == "match"]  # fmt: skip
+
+
+def test_a_file_that_kills_its_worker_is_still_matched_by_its_digests(tmp_path):
+    """A decoder that crashes on a file (here: its worker killed each time it decodes
+    it, twice, as a crash would end it) left it `worker-crashed` with no digest: an
+    MD5 list naming exactly those bytes never matched it. Its digests are read in a
+    process of their own: matched, catalogued, and found again by a rescan."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    slow_png(tree / "crash.png")
+    (tree / "ok.png").write_bytes(BLOBS["astronaut.png"])
+    blob = (tree / "crash.png").read_bytes()
+    data = tmp_path / "data"
+    _store(data, "md5s", [SignalRecord("md5", hashlib.md5(blob).hexdigest())])
+    _store(data, "sha", [SignalRecord("sha256", hashlib.sha256(blob).hexdigest())])
+    catalog = tmp_path / "c.sqlite"
+    report = tmp_path / "r.jsonl"
+    options = {"types": ("pdq", "md5", "sha256"), "file_timeout": None}
+    with _killing_whoever_decodes(tree / "crash.png") as killed:
+        matcher = LocalMatcher.open(data)
+        try:
+            with Catalog(catalog) as cat:
+                opts = ScanOptions(workers=1, progress=False, **options)
+                summary = scan([tree], catalog=cat, matcher=matcher, report=report, options=opts)
+        finally:
+            matcher.close()
+    assert len(killed) == 2  # in its chunk, then alone: only then is it the culprit
+    assert summary.failed_by_reason == {"worker-crashed": 1}
+    assert (summary.hashed, summary.failed_digested, summary.matches) == (1, 1, 2)
+    assert _match_triples(report) == [("crash.png", "md5", "md5s"), ("crash.png", "sha256", "sha")]
+    (failure,) = [r for r in _body(report) if r["kind"] == "failure"]
+    assert (Path(failure["file"]).name, failure["reason"]) == ("crash.png", "worker-crashed")
+    with sqlite3.connect(catalog) as conn:
+        row = conn.execute(
+            "SELECT f.status, f.md5, f.types, COUNT(h.id) FROM files f"
+            " JOIN hashes h ON h.file_id = f.id WHERE f.path LIKE '%crash.png' GROUP BY f.id"
+        ).fetchone()
+    assert row == ("failed", hashlib.md5(blob).digest(), "md5,sha256", 2)
+
+    _store(data, "later", [SignalRecord("md5", hashlib.md5(blob).hexdigest())])
+    with Catalog(catalog) as cat, Engine.open(data, eager=False) as engine:
+        found = rescan(cat, engine.store, report=tmp_path / "rescan.jsonl")
+    assert len(found.new) == 1
+    assert _match_triples(tmp_path / "rescan.jsonl") == [("crash.png", "md5", "later")]
+
+
+def test_a_file_whose_stalled_worker_was_killed_is_still_matched_by_its_digests(tmp_path):
+    """The watchdog kills a worker stuck on one file (here: one still-image decode of
+    ~2 s against a 0.2 s --file-timeout + 0.3 s grace): the file failed `timeout`
+    with no digest. Its MD5 is read apart and matched."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    slow_png(tree / "stuck.png")
+    blob = (tree / "stuck.png").read_bytes()
+    data = tmp_path / "data"
+    _store(data, "md5s", [SignalRecord("md5", hashlib.md5(blob).hexdigest())])
+    matcher = LocalMatcher.open(data)
+    try:
+        with Catalog(tmp_path / "c.sqlite") as cat:
+            opts = ScanOptions(types=("pdq", "md5"), workers=1, progress=False,
+                               file_timeout=0.2, stall_grace=0.3)  # fmt: skip
+            summary = scan([tree], catalog=cat, matcher=matcher, report=tmp_path / "r.jsonl",
+                           options=opts)  # fmt: skip
+    finally:
+        matcher.close()
+    assert summary.failed_by_reason == {"timeout": 1}
+    assert (summary.failed_digested, summary.matches) == (1, 1)
+    assert _match_triples(tmp_path / "r.jsonl") == [("stuck.png", "md5", "md5s")]
+    (failure,) = [r for r in _body(tmp_path / "r.jsonl") if r["kind"] == "failure"]
+    assert failure["reason"] == "timeout" and "its worker was killed" in failure["error"]
+
+
+def test_digests_read_apart_or_the_reason_there_are_none(tmp_path):
+    """The reader process gives the digests of a regular file, and a reason (never a
+    hang) for a path it cannot read: a FIFO swapped in, a file gone."""
+    from hashmatch.engine.scan import worker_context
+    from hashmatch.engine.scan_digests import Digested, digest_apart
+
+    (tmp_path / "a.bin").write_bytes(b"some bytes")
+    os.mkfifo(tmp_path / "fifo")
+    context = worker_context()
+    got = digest_apart(context, str(tmp_path / "a.bin"), ("md5", "sha256"), max_bytes=100)
+    assert isinstance(got, Digested) and got.size == 10
+    assert got.md5 == hashlib.md5(b"some bytes").digest()
+    assert [(h.signal_type, h.codes.tobytes()) for h in got.hashes] == [
+        ("md5", hashlib.md5(b"some bytes").digest()),
+        ("sha256", hashlib.sha256(b"some bytes").digest()),
+    ]
+    fifo = digest_apart(context, str(tmp_path / "fifo"), ("md5",), max_bytes=100)
+    assert isinstance(fifo, str) and "FIFO" in fifo
+    gone = digest_apart(context, str(tmp_path / "gone"), ("md5",), max_bytes=100)
+    assert isinstance(gone, str) and "FileNotFoundError" in gone
