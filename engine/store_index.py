@@ -52,6 +52,12 @@ def warm_index_kernels(st: SignalType, *, kind: str = "auto", shards: int | None
     (the first start of a new data dir) runs no kernel, nor does any lookup run the
     removal kernels; so with a cold numba cache (after an install or an upgrade) the
     first Match after an ingest took ~25 s and the first Retract ~5 s.
+
+    An index that can hold multi-index-hashing tables ("auto", "mih") also gets a
+    throw-away one of those: "auto" scans a shard below MIN_MIH_ROWS, and a table that
+    small is scanned whenever a scan is cheaper, so 8 codes ran neither the table build
+    nor the probe kernel, left to the first ingest and Match once a new data dir grew
+    past 20k codes of a type (~50 s with a cold cache on a loaded 2-core host).
     """
     import tempfile
 
@@ -63,12 +69,17 @@ def warm_index_kernels(st: SignalType, *, kind: str = "auto", shards: int | None
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (8, st.nbytes), dtype=np.uint8)
     radius = st.check_threshold(None)
-    index = make_live_index(st, kind=kind, shards=shards)
-    index.add(codes, np.arange(1, len(codes) + 1, dtype=np.int64))
-    with tempfile.TemporaryDirectory(prefix="hashmatch-warm-up-") as folder:
-        index.save(Path(folder) / st.name)
-        for live in (index, load_live_index(Path(folder) / st.name, st)):
-            live.search_radius(codes[:2], radius)
-            live.remove(np.array([1], np.int64))
-            live.search_radius(codes[:2], radius)
+    indexes = [make_live_index(st, kind=kind, shards=shards)]
+    if not st.exact and kind in ("auto", "mih"):  # tables probed even where a scan wins
+        indexes.append(make_index(st.bits, kind="mih", shards=shards, scan_fallback=False))
+    for n, index in enumerate(indexes):
+        index.add(codes, np.arange(1, len(codes) + 1, dtype=np.int64))
+        if n:
+            index.compact()  # a few codes stay unindexed until a merge
+        with tempfile.TemporaryDirectory(prefix="hashmatch-warm-up-") as folder:
+            index.save(Path(folder) / st.name)
+            for live in (index, load_live_index(Path(folder) / st.name, st)):
+                live.search_radius(codes[:2], radius)
+                live.remove(np.array([1], np.int64))
+                live.search_radius(codes[:2], radius)
     _WARMED.add(key)
