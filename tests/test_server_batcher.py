@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from hashmatch.engine.errors import InvalidThreshold
 from hashmatch.engine.runtime import Engine
 from hashmatch.engine.store import SignalRecord
 from hashmatch.server.batcher import LookupBatcher
@@ -21,8 +22,25 @@ def engine(tmp_path_factory):
     eng = Engine.open(tmp_path_factory.mktemp("batcher"))
     eng.ingest((SignalRecord("pdq", c.tobytes().hex()) for c in codes), list_name="b", actor="test")
     eng.codes = codes
+    # compile the lookup kernels now: with a cold numba cache (a fresh clone running this
+    # file alone) the first match took ~20 s, past the queued callers' 10 s deadlines
+    eng.match("pdq", codes[:1])
     yield eng
     eng.close()
+
+
+def _until(done, what: str) -> None:
+    """Wait (up to 10 s) for ``done()``: a fixed sleep let a loaded CI box (2 workers
+    on 2 cores) reach the assertions before the callers had taken the slot or queued."""
+    for _ in range(1000):
+        if done():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+def _queued(batcher: LookupBatcher, rows: int) -> None:
+    _until(lambda: batcher._pending_rows == rows, f"{rows} rows queued")
 
 
 def _gated_run(engine, gate: threading.Event, calls: list[int]):
@@ -49,13 +67,14 @@ def test_queued_lookups_are_merged_and_split_back(engine):
                 )
                 for i in range(21)
             ]
-            time.sleep(0.3)
+            _until(lambda: calls, "a lookup holds the slot")
+            _queued(batcher, 20)
             gate.set()
             results = [f.result(10) for f in futures]
         for i, found in enumerate(results):
             assert len(found) == 1
             assert [m.hash_hex for m in found[0]] == [engine.codes[i].tobytes().hex()]
-        assert sum(calls) == 21 and len(calls) <= 3, calls  # 1 alone, then the queue merged
+        assert calls == [1, 20], calls  # 1 alone, then the queue merged
     finally:
         gate.set()
         batcher.close()
@@ -70,15 +89,16 @@ def test_different_options_are_not_merged(engine):
         with ThreadPoolExecutor(3) as pool:
             first = pool.submit(batcher.lookup, ("pdq", None, 0, (), None, None), near[None],
                                 None, timeout=lambda: 10.0)  # fmt: skip
-            time.sleep(0.1)
+            _until(lambda: calls, "the first lookup holds the slot")
             strict = pool.submit(batcher.lookup, ("pdq", None, 0, (), None, None), near[None],
                                  None, timeout=lambda: 10.0)  # fmt: skip
             loose = pool.submit(batcher.lookup, ("pdq", None, 8, (), None, None), near[None],
                                 None, timeout=lambda: 10.0)  # fmt: skip
-            time.sleep(0.1)
+            _queued(batcher, 2)
             gate.set()
             assert not first.result(10)[0] and not strict.result(10)[0]
             assert [m.distance for m in loose.result(10)[0]] == [4]
+        assert calls == [1, 1, 1], calls  # each option set its own engine call
     finally:
         gate.set()
         batcher.close()
@@ -92,7 +112,7 @@ def test_deadline_and_overload(engine):
         with ThreadPoolExecutor(2) as pool:
             blocker = pool.submit(batcher.lookup, key, engine.codes[:1], None,
                                   timeout=lambda: 10.0)  # fmt: skip
-            time.sleep(0.1)
+            _until(lambda: calls, "the blocker holds the slot")
             with pytest.raises(DeadlineExceeded):
                 batcher.lookup(key, engine.codes[1:2], None, timeout=lambda: 0.05)
             with pytest.raises(Overloaded):
@@ -143,12 +163,12 @@ def test_idle_lookup_runs_inline_with_the_batched_answer(engine):
         assert seen == [threading.current_thread().name] * 6  # no hand-off
         with ThreadPoolExecutor(7) as pool:
             holder = pool.submit(batched.lookup, key, near[:1], None, timeout=lambda: 10.0)
-            time.sleep(0.1)  # the holder runs inline and keeps the only slot
+            _until(lambda: calls, "the holder runs inline and keeps the only slot")
             queued = [
                 pool.submit(batched.lookup, key, near[i : i + 1], None, timeout=lambda: 10.0)
                 for i in range(6)
             ]
-            time.sleep(0.1)
+            _queued(batched, 6)
             gate.set()
             merged = [f.result(10) for f in queued]
             holder.result(10)
@@ -171,7 +191,7 @@ def test_inline_lookup_honours_deadline_close_and_errors(engine):
     with pytest.raises(DeadlineExceeded):
         batcher.lookup(key, engine.codes[:1], None, timeout=lambda: 0.0)
     assert seen == []  # never looked up
-    with pytest.raises(Exception, match="threshold"):  # an engine error reaches the caller
+    with pytest.raises(InvalidThreshold, match="threshold"):  # an engine error reaches the caller
         batcher.lookup(("pdq", None, 999, (), None, None), engine.codes[:1], None,
                        timeout=lambda: 10.0)  # fmt: skip
     # the slot was given back both times: the next lookup still runs inline
@@ -230,15 +250,15 @@ def test_a_full_queue_admits_another_tenant_and_batches_take_turns(engine):
     try:
         with ThreadPoolExecutor(8) as pool:
             holder = pool.submit(look, flood, "flood")
-            time.sleep(0.1)  # runs inline, holding the only slot: the rest queue
+            _until(lambda: order, "the holder runs inline, holding the only slot")
             queued = [pool.submit(look, flood, "flood") for _ in range(4)]
-            time.sleep(0.1)
+            _queued(batcher, 4)
             with pytest.raises(Overloaded, match="4 hash lookups are queued"):
                 look(flood, "flood", 1.0)
             with pytest.raises(Overloaded):  # no-auth mode: no share, the queue is full
                 look(other, None, 1.0)
             theirs = pool.submit(look, other, "other")
-            time.sleep(0.1)
+            _queued(batcher, 5)
             gate.set()
             assert [len(f.result(10)) for f in [holder, *queued, theirs]] == [1] * 6
         # the holder was the flood's turn; then the other tenant's; then the flood's rows
@@ -267,23 +287,15 @@ def test_batches_take_turns_round_robin_between_three_tenants(engine):
         key = ("pdq", None, threshold, (), None, None)
         return batcher.lookup(key, row, None, timeout=lambda: 10.0, share=tenant)
 
-    def queued(n: int) -> None:
-        for _ in range(1000):
-            if batcher._pending_rows == n:
-                return
-            time.sleep(0.01)
-        raise AssertionError(f"{n} rows never queued")
-
     try:
         with ThreadPoolExecutor(8) as pool:
             holder = pool.submit(look, "a", 0)  # runs inline, holding the only slot
-            while not order:
-                time.sleep(0.01)
+            _until(lambda: order, "the holder runs inline")
             futures = [holder]
             for tenant, threshold, n in (("a", 0, 3), ("b", 1, 3), ("c", 2, 1)):
                 for _ in range(n):
                     futures.append(pool.submit(look, tenant, threshold))
-                    queued(len(futures) - 1)  # arrival order is queue order
+                    _queued(batcher, len(futures) - 1)  # arrival order is queue order
             gate.set()
             assert [len(f.result(10)) for f in futures] == [1] * 8
         # after the holder (a): b, c, a in turn, then the rest of a's and b's
