@@ -118,7 +118,7 @@ def test_reference_resize_matches_the_reference_csv(reference_dir: Path):
         exact += distance == 0
         assert np.array_equal(dih.codes[0], ours.codes[0])
         checked += 1
-    assert checked >= 12 and exact >= checked * 3 // 4
+    assert checked == 15 and exact >= checked - 1  # measured: all but sharpen-a-lot
 
 
 def test_video_gives_vpdq_and_digests(reference_dir: Path):
