@@ -12,11 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hashmatch.engine.errors import InvalidInput
+from hashmatch.engine.lazy_numpy import numpy_on_first_use
 from hashmatch.engine.store import FRAME_BITS, SignalStore, split_labels
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # store verbs (lists ls, tenants, audit) need no numpy: engine/lazy_numpy.py
+    np = numpy_on_first_use(globals())
 
 PDQ_MIN_QUALITY = 50  # HMA's default: PDQ hashes of quality < 50 are too flat to trust
 

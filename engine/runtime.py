@@ -34,8 +34,6 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from hashmatch.engine import signal_types
 from hashmatch.engine.durable import fsync_path
 from hashmatch.engine.errors import (
@@ -48,6 +46,7 @@ from hashmatch.engine.errors import (
     is_disk_full,
     write_failure,
 )
+from hashmatch.engine.lazy_numpy import numpy_on_first_use
 from hashmatch.engine.matcher import (
     DEFAULT_LOW_QUALITY_QUERIES,
     LOW_QUALITY_QUERIES,
@@ -91,7 +90,11 @@ from hashmatch.engine.store_schema import change_digest, store_id
 # store verbs (lists, ingest, retract, tenants) open an Engine that neither loads an
 # index nor hashes (tests/test_cli_startup.py checks).
 if TYPE_CHECKING:
+    import numpy as np
+
     from hashmatch.engine.hashing import HashOptions, HashResult
+else:  # store verbs (lists ls, tenants, audit) need no numpy: engine/lazy_numpy.py
+    np = numpy_on_first_use(globals())
 
 __all__ = [
     "DEFAULT_LOW_QUALITY_QUERIES",

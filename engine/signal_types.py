@@ -13,12 +13,22 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hashmatch.engine.errors import InvalidHash, InvalidInput, InvalidThreshold, UnknownSignalType
+from hashmatch.engine.lazy_numpy import is_numpy, numpy_on_first_use
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # every CLI verb imports the registry; few need numpy (engine/lazy_numpy.py)
+    np = numpy_on_first_use(globals())
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
+
+
+def _is_integer(value: object) -> bool:
+    """An ``int`` or a numpy integer, not a ``bool``; numpy is not imported to tell."""
+    return not isinstance(value, bool) and (isinstance(value, int) or is_numpy(value, "integer"))
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ class SignalType:
 
     def format(self, code: np.ndarray | bytes) -> str:
         """Packed code -> lowercase hex (the form hash lists exchange)."""
-        raw = code.tobytes() if isinstance(code, np.ndarray) else bytes(code)
+        raw = code.tobytes() if is_numpy(code, "ndarray") else bytes(code)
         if len(raw) != self.nbytes:
             raise InvalidHash(f"{self.name} code must be {self.nbytes} bytes, got {len(raw)}")
         return raw.hex()
@@ -90,7 +100,7 @@ class SignalType:
         """Resolve a request's threshold: None -> default; out of range -> InvalidThreshold."""
         if threshold is None:
             return self.default_threshold
-        if isinstance(threshold, bool) or not isinstance(threshold, int | np.integer):
+        if not _is_integer(threshold):
             raise InvalidThreshold(f"must be an integer, got {threshold!r}", field=field)
         if threshold < 0 or threshold > self.max_threshold:
             raise InvalidThreshold(
@@ -108,7 +118,7 @@ class SignalType:
         if threshold is None:
             return None
         if self.exact:
-            if isinstance(threshold, bool) or not isinstance(threshold, int | np.integer):
+            if not _is_integer(threshold):
                 raise InvalidThreshold(f"must be an integer, got {threshold!r}", field=field)
             if threshold < 0:
                 raise InvalidThreshold(f"must be >= 0, got {threshold}", field=field)
@@ -245,7 +255,7 @@ def check_frame_extras(
                 field=prefix + name,
             )
     for j, quality in enumerate(qualities or ()):
-        if isinstance(quality, bool) or not isinstance(quality, int | np.integer):
+        if not _is_integer(quality):
             raise InvalidInput(
                 f"quality must be an integer 0..100, got {quality!r}",
                 field=f"{prefix}{qualities_name}[{j}]",
@@ -255,7 +265,9 @@ def check_frame_extras(
                 f"quality must be 0..100, got {quality}", field=f"{prefix}{qualities_name}[{j}]"
             )
     for j, seconds in enumerate(timestamps or ()):
-        if isinstance(seconds, bool) or not isinstance(seconds, int | float | np.number):
+        if isinstance(seconds, bool) or not (
+            isinstance(seconds, int | float) or is_numpy(seconds, "number")
+        ):
             raise InvalidInput(
                 f"a timestamp must be a number of seconds, got {seconds!r}",
                 field=f"{prefix}timestamps[{j}]",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import json
 import queue
@@ -33,8 +34,7 @@ import zlib
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import (
@@ -48,6 +48,7 @@ from hashmatch.engine.errors import (
     UnknownSignalType,
     free_bytes,
 )
+from hashmatch.engine.lazy_numpy import numpy_on_first_use
 from hashmatch.engine.store_schema import (
     FRESH_LIST_COUNTS,
     change_digest,
@@ -55,6 +56,11 @@ from hashmatch.engine.store_schema import (
     refuse_foreign,
     store_id,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # store verbs (lists ls, tenants, audit) need no numpy: engine/lazy_numpy.py
+    np = numpy_on_first_use(globals())
 
 LABEL_SEP = "\x1f"  # labels are stored joined by the ASCII unit separator
 _NOT_SHARED = "no hash list by that name is shared with you"
@@ -276,7 +282,7 @@ class HashList:
 
 
 #: SignalStates' columns, as signal_states reads them
-_STATE_DTYPES = (np.int64, np.int64, np.float64, np.bool_, np.int32)
+_STATE_DTYPES = ("int64", "int64", "float64", "bool", "int32")
 
 
 @dataclass(frozen=True)
@@ -2531,10 +2537,13 @@ class _WriteTxn:
 FRAME_BITS = 20  # vPDQ index ids: signal_id << 20 | frame_no (up to ~1M frames a video)
 
 
-_FP_MULT = np.array(
-    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5],
-    dtype=np.uint64,
-)
+_FP_MULTIPLIERS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5)
+
+
+@functools.cache
+def _fp_mult() -> np.ndarray:
+    """The multipliers as ``uint64`` (built on first use: see engine/lazy_numpy.py)."""
+    return np.array(_FP_MULTIPLIERS, dtype=np.uint64)
 
 
 def _refuse_foreign(path: Path) -> None:
@@ -2624,10 +2633,11 @@ def fingerprints(signal_type: str, codes: np.ndarray) -> np.ndarray:
     words = codes.view("<u8").reshape(n, nbytes // 8)
     salt = zlib.crc32(signal_type.encode()) * 0x100000001B3
     h = np.full(n, salt & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
+    mult = _fp_mult()
     for i in range(words.shape[1]):
-        h ^= words[:, i] * _FP_MULT[i % 4]
+        h ^= words[:, i] * mult[i % 4]
         h ^= h >> np.uint64(29)
-        h *= _FP_MULT[(i + 1) % 4]
+        h *= mult[(i + 1) % 4]
     h ^= h >> np.uint64(32)
     return (h >> np.uint64(1)).astype(np.int64)
 
