@@ -129,10 +129,13 @@ def test_store_verbs_that_handle_no_codes_import_no_numpy(tmp_path: Path):
 
 
 def test_remote_verbs_import_grpc_but_not_the_hashing_stack(tmp_path: Path):
-    """`remote health` (a probe every few seconds) and `remote stats` against a closed
-    port: they fail as before (UNAVAILABLE), having loaded gRPC but no hashing stack."""
+    """`remote health` (a probe every few seconds), `remote stats`, `lists` and `match`
+    of a hex hash against a closed port: they fail as before (UNAVAILABLE), having
+    loaded gRPC but no hashing stack, nor numpy (the client sends hex as it was given)."""
     closed = ["remote", "--server", "127.0.0.1:9", "--timeout", "2"]
-    report = _probe([[*closed, "health"], [*closed, "stats"]], tmp_path)
+    pdq = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
+    verbs = [[*closed, "health"], [*closed, "stats"], [*closed, "lists"], [*closed, "match", pdq]]
+    report = _probe(verbs, tmp_path, watched=("numpy", *HEAVY, "grpc", "google"))
     (_, at_import, _), *verbs = report
     assert at_import == [], report
     for _args, mods, code in verbs:
