@@ -68,8 +68,9 @@ def _probe(
 
 def test_store_verbs_import_neither_hashing_nor_index_stack(tmp_path: Path):
     """Importing the CLI and running store verbs (lists, ingest, retract, tenants,
-    tokens, audit, export, backup) loads no numba, OpenCV, PyAV, FAISS, nor
-    gRPC/protobuf (a backup loaded FAISS and numba for two file helpers)."""
+    tokens, audited in the store too, audit, export, backup) loads no numba, OpenCV,
+    PyAV, FAISS, nor gRPC/protobuf (a backup loaded FAISS and numba for two file
+    helpers)."""
     pdq = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
     (tmp_path / "list.txt").write_text(f"pdq {pdq}\n")
     auth = tmp_path / "auth.toml"
@@ -83,6 +84,9 @@ def test_store_verbs_import_neither_hashing_nor_index_stack(tmp_path: Path):
         ["tenants", "ls"],
         ["token", "acme", "--auth-file", str(auth), "--role", "match"],
         ["tokens", "ls", "--auth-file", str(auth)],
+        ["tokens", "add", "acme", "--auth-file", str(auth)],  # each audited in data/
+        ["tokens", "set", "acme", "--add-role", "write", "--auth-file", str(auth)],
+        ["tokens", "revoke", "--tenant", "acme", "--all", "--auth-file", str(auth)],
         ["audit"],
         ["retracted"],
         ["lists", "export", "partner-a", "--out", "partner-a.csv"],

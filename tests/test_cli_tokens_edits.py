@@ -5,6 +5,8 @@ audit row each edit leaves in the store of the data dir."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -252,3 +254,100 @@ def test_a_forced_set_taking_admin_from_its_last_holder_warns_and_names_the_undo
                 "--auth-file", str(path), cwd=tmp_path)  # fmt: skip
     assert undo.returncode == 0 and "warning" not in undo.stderr, undo.stderr
     assert tokens_file.read_tenants(path)[0].all_lists
+
+
+# -- the audit log ------------------------------------------------------------------------
+
+
+def _audit(data: Path, cwd: Path) -> list[dict]:
+    out = _cli("audit", "--json", "--data-dir", str(data), cwd=cwd)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _store_bytes(data: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in data.glob("store.sqlite*"))
+
+
+def test_token_edits_are_in_the_audit_log_of_serves_store_digest_prefixes_only(tmp_path):
+    """add, set and revoke left no audit row (only serve's "reloaded tokens" log line),
+    while `tenants grant` and `revoke` are audited: who got a token, whose roles changed
+    and which token went are what the audit log is asked about after an incident."""
+    data = tmp_path / "data"
+    made = _cli("lists", "create", "partner-a", "--data-dir", str(data), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    _file(data / "auth.toml", TWO_TENANTS)
+    env = {"HASHMATCH_DATA_DIR": str(data)}  # as serve finds both: auth.toml and the store
+    added = _cli("tokens", "add", "partner", "--actor", "ops:alice", cwd=tmp_path, env=env)
+    assert added.returncode == 0, added.stderr
+    token = added.stdout.strip().splitlines()[-1]
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert f"audit: recorded in the store of {data}" in added.stderr
+    roles = _cli("tokens", "set", "partner", "--add-role", "write", cwd=tmp_path, env=env)
+    assert roles.returncode == 0, roles.stderr
+    revoked = _cli("tokens", "revoke", PARTNER[:8], cwd=tmp_path, env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    forced = _cli("tokens", "set", "admin", "--no-all-lists", "--force", cwd=tmp_path, env=env)
+    assert forced.returncode == 0, forced.stderr
+
+    rows = [r for r in _audit(data, tmp_path) if r["action"].startswith("token.")][::-1]
+    assert [(r["action"], r["actor"], r["count"]) for r in rows] == [
+        ("token.add", "ops:alice", 1),
+        ("token.set", "local", 0),
+        ("token.revoke", "local", 1),
+        ("token.set", "local", 0),
+    ]
+    assert {r["source"] for r in rows} == {str(data / "auth.toml")}
+    add, grant, revoke, forced_row = (r["details"] for r in rows)
+    assert add == {
+        "tenant": "partner", "tokens_added": [f"sha256:{digest[:12]}"], "roles": ["match"],
+        "all_lists": False, "tokens_held": 2,
+    }  # fmt: skip
+    assert grant["roles"] == ["match", "write"] and grant["roles_before"] == ["match"]
+    assert revoke["tokens_revoked"] == [f"sha256:{PARTNER[:12]}"] and revoke["tokens_held"] == 1
+    assert forced_row["all_lists"] is False and forced_row["all_lists_before"] is True
+    assert forced_row["no_token_left_with"] == ["all_lists"]
+    # never the token, nor a whole digest
+    assert token.encode() not in _store_bytes(data)
+    assert digest not in json.dumps(rows) and PARTNER not in json.dumps(rows)
+
+
+def test_an_edit_with_no_store_to_audit_it_is_made_and_says_so(tmp_path):
+    """A tokens file kept apart from any store (or before serve made one): the edit is
+    made, stderr says it is not in an audit log, and no store is created for it."""
+    path = tmp_path / "auth.toml"
+    _file(path, TWO_TENANTS)
+    data = tmp_path / "no-store-here"
+    out = _cli("tokens", "set", "partner", "--add-role", "export", "--auth-file", str(path),
+               "--data-dir", str(data), cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert f"audit: not recorded: no hashmatch store in {data}" in out.stderr
+    assert tokens_file.read_tenants(path)[1].roles == ("match", "export")
+    assert not data.exists()
+
+
+def test_a_store_that_cannot_record_the_edit_leaves_it_made_with_a_warning(tmp_path):
+    """The tokens file is the access control: a revocation must not fail, or wait to
+    be redone, because the store is damaged; it is made, and the missing row said."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "store.sqlite").write_bytes(b"not a database, a bad copy" * 100)
+    _file(data / "auth.toml", TWO_TENANTS)
+    out = _cli("tokens", "revoke", PARTNER[:8], "--data-dir", str(data), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "revoked sha256:" in out.stdout
+    assert "warning: the edit is made but NOT in the audit log of" in out.stderr
+    assert PARTNER not in (data / "auth.toml").read_text()
+
+
+def test_with_auth_file_a_config_that_does_not_load_leaves_the_edit_made_unaudited(tmp_path):
+    """--auth-file never needed the config: finding the store through it must not make a
+    broken HASHMATCH_CONFIG stop a revocation."""
+    path = tmp_path / "auth.toml"
+    _file(path, TWO_TENANTS)
+    env = {"HASHMATCH_CONFIG": str(tmp_path / "missing.toml")}
+    out = _cli("tokens", "revoke", PARTNER[:8], "--auth-file", str(path), cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "audit: not recorded: serve's data dir is unknown (" in out.stderr
+    assert "missing.toml" in out.stderr and "give --data-dir" in out.stderr
+    assert PARTNER not in path.read_text()

@@ -26,7 +26,10 @@ CLEAN = {"HASHMATCH_CONFIG": None, "HASHMATCH_DATA_DIR": None, "HASHMATCH_AUTH_F
 
 
 def _run(path: Path, *args: str):
-    return CliRunner().invoke(cli, [*args, "--auth-file", str(path)], env=CLEAN)
+    # serve's data dir, whose store would record the edit: the file's, which holds none
+    # (not the ./hashmatch-data of wherever the tests run)
+    env = {**CLEAN, "HASHMATCH_DATA_DIR": str(path.parent)}
+    return CliRunner().invoke(cli, [*args, "--auth-file", str(path)], env=env)
 
 
 def _digest_of(token: str) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,6 @@ import click
 
 from hashmatch.engine.errors import HashmatchError
 from hashmatch.server.auth import ROLES, hash_token
-from hashmatch.server.commands.service import _token_file
 
 if TYPE_CHECKING:
     from hashmatch.server.tokens_file import Change
@@ -38,7 +38,17 @@ _FILE_OPTIONS = (
         type=click.Path(dir_okay=False),
         help="The server's TOML config file (default $HASHMATCH_CONFIG).",
     ),
+    click.option(
+        "--data-dir",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Serve's data dir (default: as serve resolves it, from --config or"
+        " $HASHMATCH_DATA_DIR): its auth.toml, and the store whose audit log records"
+        " add, set and revoke.",
+    ),
 )
+
+_ACTOR = click.option("--actor", default="local", help="Who to record in the audit log.")
 
 
 def _file_options(f):
@@ -81,11 +91,50 @@ def _role_change_options(*, give: str, all_lists: str):
     return decorate
 
 
-def _existing(auth_file: str | None, config_file: str | None) -> Path:
-    path = _token_file(auth_file, config_file)
-    if not path.exists():
-        raise click.ClickException(f"{path}: no tokens file (`hashmatch token TENANT` makes one)")
-    return path
+@dataclass(frozen=True)
+class _Files:
+    """The tokens file a verb edits, and serve's data dir (whose store's audit log
+    records the edit) or why it is unknown."""
+
+    tokens: Path
+    data_dir: Path | None
+    unknown: str = ""
+
+
+def _existing(auth_file: str | None, config_file: str | None, data_dir: str | None) -> _Files:
+    """The tokens file and data dir as ``serve`` would resolve them with these options.
+
+    A config that does not load is an error only when the tokens file is to be found
+    through it; with --auth-file the edit goes ahead, not audited (saying why): a
+    revocation must not wait for a config file's fix."""
+    from hashmatch.server import config as config_mod
+
+    try:
+        config = config_mod.load(config_file, flags={"data_dir": data_dir})
+    except (HashmatchError, OSError) as exc:
+        if not auth_file:
+            raise click.ClickException(str(exc)) from None
+        files = _Files(Path(auth_file), Path(data_dir) if data_dir else None, str(exc))
+    else:
+        files = _Files(Path(auth_file) if auth_file else config.auth_path, Path(config.data_dir))
+    if not files.tokens.exists():
+        raise click.ClickException(
+            f"{files.tokens}: no tokens file (`hashmatch token TENANT` makes one)"
+        )
+    return files
+
+
+def _audit(change: Change, verb: str, files: _Files, actor: str) -> None:
+    """Record the edit in the audit log of serve's store; say on stderr where, or why not."""
+    from hashmatch.server.tokens_audit import record_token_edit
+
+    if files.data_dir is None:
+        line = (
+            f"audit: not recorded: serve's data dir is unknown ({files.unknown}); give --data-dir"
+        )
+    else:
+        line = record_token_edit(change, verb, files.data_dir, actor)
+    click.echo(line, err=True)
 
 
 def _short(digest: str) -> str:
@@ -101,7 +150,7 @@ def tokens_group() -> None:
 
 @tokens_group.command("ls")
 @_file_options
-def tokens_ls(auth_file: str | None, config_file: str | None) -> None:
+def tokens_ls(auth_file: str | None, config_file: str | None, data_dir: str | None) -> None:
     """Tenants of the tokens file with their roles and token digest prefixes. A file
     `hashmatch serve` would refuse as a whole (a digest two tenants hold, a table besides
     [tenants.*], no token at all) is listed, then said on stderr, and the exit code is 1.
@@ -114,7 +163,8 @@ def tokens_ls(auth_file: str | None, config_file: str | None) -> None:
     from hashmatch.server.auth import permission_warning
     from hashmatch.server.tokens_file import read_for_listing
 
-    path = _existing(auth_file, config_file)
+    files = _existing(auth_file, config_file, data_dir)
+    path = files.tokens
     try:
         tenants, refused = read_for_listing(path)
     except (HashmatchError, OSError) as exc:
@@ -149,6 +199,7 @@ def tokens_ls(auth_file: str | None, config_file: str | None) -> None:
     help="The tenant's roles as they are (a check); a different set is refused.",
 )
 @_role_change_options(give="Also give", all_lists="Change whether")
+@_ACTOR
 @_file_options
 def tokens_add(
     tenant: str,
@@ -156,8 +207,10 @@ def tokens_add(
     add_roles: tuple[str, ...],
     drop_roles: tuple[str, ...],
     all_lists: bool | None,
+    actor: str,
     auth_file: str | None,
     config_file: str | None,
+    data_dir: str | None,
 ) -> None:
     """Give an existing TENANT another token (a rotation); print the token once.
 
@@ -172,7 +225,8 @@ def tokens_add(
     """
     from hashmatch.server.tokens_file import add_token
 
-    path = _existing(auth_file, config_file)
+    files = _existing(auth_file, config_file, data_dir)
+    path = files.tokens
     new = secrets.token_urlsafe(32)
     digest = hash_token(new)
     try:
@@ -194,7 +248,8 @@ def tokens_add(
             f"{tenant!r} now has roles {','.join(after.roles)}{every} (every token of it)",
             err=True,
         )
-    click.echo(new)
+    click.echo(new)  # before the audit: the file holds its digest, whatever happens next
+    _audit(change, "add", files, actor)
 
 
 @tokens_group.command("set")
@@ -205,6 +260,7 @@ def tokens_add(
     is_flag=True,
     help="Also take admin or all_lists from the last tenant with a token that has it.",
 )
+@_ACTOR
 @_file_options
 def tokens_set(
     tenant: str,
@@ -212,8 +268,10 @@ def tokens_set(
     drop_roles: tuple[str, ...],
     all_lists: bool | None,
     force: bool,
+    actor: str,
     auth_file: str | None,
     config_file: str | None,
+    data_dir: str | None,
 ) -> None:
     """Change an existing TENANT's roles or all_lists (every token of it), issuing no
     token; SIGHUP the server to apply it. Taking the admin role or all_lists from the
@@ -226,7 +284,8 @@ def tokens_set(
     """
     from hashmatch.server.tokens_file import set_tenant
 
-    path = _existing(auth_file, config_file)
+    files = _existing(auth_file, config_file, data_dir)
+    path = files.tokens
     try:
         change = set_tenant(
             path,
@@ -248,6 +307,7 @@ def tokens_set(
         " SIGHUP the server to apply it",
         err=True,
     )
+    _audit(change, "set", files, actor)
     _warn_of_lock_out(change)
 
 
@@ -260,14 +320,17 @@ def tokens_set(
     is_flag=True,
     help="Also remove the last token of an admin or all_lists tenant.",
 )
+@_ACTOR
 @_file_options
 def tokens_revoke(
     prefix: str | None,
     tenant: str | None,
     every: bool,
     force: bool,
+    actor: str,
     auth_file: str | None,
     config_file: str | None,
+    data_dir: str | None,
 ) -> None:
     """Remove the token whose SHA-256 digest starts with PREFIX (8+ hex digits, as
     `tokens ls` shows), or with --tenant T --all every token of T (T's roles stay,
@@ -288,7 +351,8 @@ def tokens_revoke(
         raise click.UsageError("give a digest PREFIX, or --tenant TENANT --all")
     if every and tenant is None:
         raise click.UsageError("--all needs --tenant TENANT")
-    path = _existing(auth_file, config_file)
+    files = _existing(auth_file, config_file, data_dir)
+    path = files.tokens
     try:
         change = revoke(path, prefix, tenant=tenant, every=every, force=force)
     except (HashmatchError, OSError) as exc:
@@ -301,6 +365,7 @@ def tokens_revoke(
         f" {shlex.quote(removed[0][0])}` issues a new one",
         err=True,
     )
+    _audit(change, "revoke", files, actor)
     _warn_of_lock_out(change)
 
 

@@ -1,0 +1,96 @@
+"""Recording ``hashmatch tokens add|set|revoke`` in the store's audit log.
+
+Why: who was given a token, whose roles changed and which token was revoked is exactly
+what an audit log is asked about after an incident, and the only trace of these edits was
+``serve``'s "reloaded tokens" log line (no tenant, no digest, gone with the log's
+rotation); ``tenants grant`` and ``revoke`` were audited, the tokens were not.
+
+Which store: the one in the data dir ``serve`` would use (``--data-dir``, else as serve
+resolves it from ``--config`` / ``HASHMATCH_CONFIG`` / ``HASHMATCH_DATA_DIR``), the one
+``hashmatch audit`` reads. The tokens file is the access control and is edited first: a
+leaked token's revocation must never wait on, or fail with, the store. So a data dir
+without a store (a tokens file kept apart, the store not made yet) or a store that
+cannot be written (locked past its wait, read-only) leaves the edit made and says on
+stderr that it is not in the audit log, and why. Never created here: a typo'd data dir
+must not grow a second, empty store holding one audit row.
+
+What a row holds: the tenant, the digest prefixes added or revoked (as ``tokens ls``
+shows them; never a token, which the file does not hold either), the roles and
+``all_lists`` after (and before, when they changed), the powers a forced edit took from
+every token, and the tokens file as its source.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from hashmatch.engine.errors import HashmatchError
+from hashmatch.server.tokens_file import SHOWN_DIGITS, Change
+
+#: the audit log's action for each verb (``hashmatch audit --action token.revoke``)
+ACTIONS = {"add": "token.add", "set": "token.set", "revoke": "token.revoke"}
+
+
+def audit_rows(change: Change) -> list[dict]:
+    """The details of one row per tenant ``change`` touched, in file order."""
+    added, removed = change.added, change.removed
+    lost = change.lost
+    rows = []
+    for before in change.before:
+        after = next((t for t in change.after if t.name == before.name), None)
+        if after is None or after == before:
+            continue
+        row: dict = {"tenant": before.name}
+        given = [_shown(d) for name, d in added if name == before.name]
+        taken = [_shown(d) for name, d in removed if name == before.name]
+        if given:
+            row["tokens_added"] = given
+        if taken:
+            row["tokens_revoked"] = taken
+        row["roles"] = list(after.roles)
+        if after.roles != before.roles:
+            row["roles_before"] = list(before.roles)
+        row["all_lists"] = after.all_lists
+        if after.all_lists != before.all_lists:
+            row["all_lists_before"] = before.all_lists
+        row["tokens_held"] = len(dict.fromkeys(after.digests))
+        if lost:
+            row["no_token_left_with"] = lost
+        rows.append(row)
+    return rows
+
+
+def _shown(digest: str) -> str:
+    return f"sha256:{digest[:SHOWN_DIGITS]}"
+
+
+def record_token_edit(change: Change, verb: str, data_dir: Path, actor: str) -> str:
+    """Append ``change`` to the audit log of the store in ``data_dir``; one line saying
+    where it was recorded, or why it was not (for stderr: the edit stands either way)."""
+    action = ACTIONS[verb]
+    rows = audit_rows(change)
+    if not rows:
+        return "audit: nothing changed, nothing recorded"
+    store_path = data_dir / "store.sqlite"
+    if not store_path.exists():
+        return (
+            f"audit: not recorded: no hashmatch store in {data_dir} (--data-dir, or"
+            " HASHMATCH_DATA_DIR / --config as serve reads them, names serve's data dir)"
+        )
+    from hashmatch.engine.store import SignalStore
+
+    try:
+        store = SignalStore(store_path, create=False)
+        try:
+            for row in rows:
+                count = len(row.get("tokens_added", ())) + len(row.get("tokens_revoked", ()))
+                store.record(action, actor=actor, count=count, source=str(change.path), details=row)
+        finally:
+            store.close()
+    except (HashmatchError, sqlite3.Error, OSError) as exc:
+        return (
+            f"warning: the edit is made but NOT in the audit log of {store_path} ({exc});"
+            " note it by hand (`hashmatch tokens ls` shows the file as it is now)"
+        )
+    return f"audit: recorded in the store of {data_dir} (`hashmatch audit --action {action}`)"
