@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hashmatch.engine.errors import InvalidInput
+from hashmatch.engine.media_limits import MAX_FRAMES
 
 ENV_PREFIX = "HASHMATCH_"
 
@@ -50,6 +51,11 @@ class ServerConfig:
     max_media_items: int = 16  # media items per request
     max_media_bytes: int = 20 * 1024 * 1024  # per media item
     max_media_pixels: int = 50_000_000  # per decoded image
+    # Sampled frames hashed per video sent to the server (10,000 is 2 h 46 min at vPDQ's
+    # one hash a second); more is INVALID_ARGUMENT. Below the CLI's cap for the
+    # operator's own files: uploads are callers' bytes, each frame costs CPU and a reply
+    # row. An animation's frames keep the fixed MAX_FRAMES.
+    max_video_frames: int = MAX_FRAMES
     # Concurrency: gRPC worker threads; RPCs beyond max_concurrent_rpcs are refused with
     # RESOURCE_EXHAUSTED (a bounded queue); request streams get at most half the threads
     # (see request_streams_limit).
@@ -200,7 +206,8 @@ PATH_KEYS = ("data_dir", "auth_file", "tls_cert", "tls_key", "tls_client_ca")
 #: Settings that must be > 0 / >= 0 (the rest have their own checks in validate).
 _POSITIVE = (
     "max_message_bytes", "max_batch", "max_media_items", "max_media_bytes",
-    "max_media_pixels", "lookup_batch", "min_client_ping_seconds", "keepalive_timeout_seconds",
+    "max_media_pixels", "max_video_frames", "lookup_batch", "min_client_ping_seconds",
+    "keepalive_timeout_seconds",
 )  # fmt: skip
 _NOT_NEGATIVE = ("media_queue", "lookup_threads", "max_pending_lookups", "drain_seconds",
                  "keepalive_seconds")  # fmt: skip

@@ -103,14 +103,15 @@ def hash_options(
     pdqhash's one-DCT dihedral codes, the ones partners' tools produce. ``checkpoint``
     (the call's deadline check) stops a running video or animation hash once the
     client has gone."""
-    # Frames: MAX_FRAMES for videos too, deliberately below the CLI's LOCAL_MAX_VIDEO_FRAMES
-    # for the operator's own files: uploads are callers' bytes, each sampled frame costs
-    # CPU on the serving host and rows in the reply (README, "Errors and limits").
+    # Frames: MAX_FRAMES per animation; a video's sampled frames ``max_video_frames``
+    # (10,000 by default), deliberately below the CLI's LOCAL_MAX_VIDEO_FRAMES for the
+    # operator's own files: uploads are callers' bytes, each sampled frame costs CPU on
+    # the serving host and rows in the reply (README, "Errors and limits").
     limits = DecodeLimits(
         max_bytes=host.config.max_media_bytes,
         max_pixels=host.config.max_media_pixels,
         max_frames=MAX_FRAMES,
-        max_video_frames=MAX_FRAMES,
+        max_video_frames=host.config.max_video_frames,
     )
     return HashOptions(
         dihedral=dihedral,

@@ -326,3 +326,25 @@ def test_a_limit_above_pillows_cap_says_which_refused():
         decode_image(_png_claim(100_000, 100_000), limits=DecodeLimits(max_pixels=10**11))
     assert "over the decoder's 178956970-pixel cap" in str(err.value)
     assert "100000000000-pixel limit configured is above it" in str(err.value)
+
+
+def test_the_server_video_frame_cap_is_its_max_video_frames_setting(tmp_path):
+    """The server's cap on a video's sampled frames was a constant (10,000): an
+    operator who wanted longer uploads, or a tighter bound on a small host, had to edit
+    code. It is the ``max_video_frames`` setting now (file, HASHMATCH_MAX_VIDEO_FRAMES,
+    ``serve --max-video-frames``); an animation keeps the fixed cap."""
+    from hashmatch.engine.media_limits import MAX_FRAMES
+
+    clip = _mp4(tmp_path / "clip.mp4", frames=12, fps=1.0, size=32).read_bytes()  # 12 s
+    with running_server(tmp_path / "tight", max_video_frames=10) as server:
+        client = server.client()
+        with pytest.raises(grpc.RpcError) as err:
+            client.match(media=[clip], media_types=["vpdq"])
+        ok = client.match(media=[_tiny_gif(11)], all_frames=True)  # not a video
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "10-frame limit" in err.value.details()
+    assert len(ok.results[0].computed[0].hex) == 11
+    with running_server(tmp_path / "default") as server:
+        assert server.server.config.max_video_frames == MAX_FRAMES
+        reply = server.client().match(media=[clip], media_types=["vpdq"])
+    assert len(reply.results[0].computed[0].hex) == 12

@@ -414,3 +414,23 @@ def test_a_home_relative_config_file_is_in_the_home_directory(tmp_path, monkeypa
     (tmp_path / "hashmatch.toml").write_text("workers = 3\n")
     assert config.load(environ={"HASHMATCH_CONFIG": "~/hashmatch.toml"}).workers == 3
     assert config.load("~/hashmatch.toml", environ={}).workers == 3
+
+
+def test_the_video_frame_cap_is_set_like_the_other_limits(tmp_path):
+    """``max_video_frames``: file < environment < flag, checked positive by name."""
+    path = tmp_path / "hashmatch.toml"
+    path.write_text("[server]\nmax_video_frames = 500\n")
+    assert config.load(environ={}).max_video_frames == 10_000
+    assert config.load(path, environ={}).max_video_frames == 500
+    env = {"HASHMATCH_MAX_VIDEO_FRAMES": "700"}
+    assert config.load(path, environ=env).max_video_frames == 700
+    flags = {"max_video_frames": 900}
+    assert config.load(path, flags=flags, environ=env).max_video_frames == 900
+    with pytest.raises(engine_errors.InvalidInput, match="max_video_frames: must be positive"):
+        config.load(environ={"HASHMATCH_MAX_VIDEO_FRAMES": "0"})
+
+
+def test_serve_takes_the_video_frame_cap_as_a_flag():
+    from hashmatch.server.commands.service import serve
+
+    assert "max_video_frames" in {p.name for p in serve.params}

@@ -148,6 +148,11 @@ def _emit(message: Message) -> None:
 @click.option("--index-kind", help="auto (default: picked per type), flat, mih or exact.")
 @click.option("--workers", type=int, help="gRPC worker threads.")
 @click.option("--media-workers", type=int, help="Threads hashing media.")
+@click.option(
+    "--max-video-frames",
+    type=int,
+    help="Sampled frames hashed per video sent to the server (default 10000); more is refused.",
+)
 @click.option("--drain-seconds", type=float, help="Grace period for in-flight calls on stop.")
 def serve(config_file: str | None, **flags: Any) -> None:
     """Run the gRPC matching service until SIGINT/SIGTERM (then drain and stop).
