@@ -179,11 +179,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
         raise click.ClickException(str(exc)) from exc
     logging.getLogger().setLevel(config.log_level.upper())
     if config.insecure_no_auth:
-        auth = None
-        log.warning(
-            "WARNING: --insecure-no-auth: EVERY caller is an admin of every list; use only"
-            " on a machine you alone use"
-        )
+        auth = None  # the server's start-up warns, once (app.exposure_warnings)
     else:
         try:
             token = auth_mod.bootstrap_admin(config.auth_path)
