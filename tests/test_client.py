@@ -934,3 +934,19 @@ def test_remote_ingest_names_a_file_refused_whole_and_skips_leading_comments(ser
     result = _remote(served, "ingest", "commented", str(good))
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["added"] == 1
+
+
+def test_remote_lists_says_whose_store_and_which_tenant(served):
+    """ListHashLists answers with the server's ``store_id`` (whose list uids these are)
+    and the caller's ``tenant``; ``remote lists`` printed the lists alone and dropped
+    both. Each list's line carries them now."""
+    client = served.client("ops")
+    client.ingest("whose-list", [signal("pdq", HEX)])
+    result = _remote(served, "lists")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    (mine,) = [line for line in lines if line["name"] == "whose-list"]
+    reply = client.list_hash_lists()
+    assert reply.store_id and mine["store_id"] == reply.store_id
+    assert mine["tenant"] == "ops" == reply.tenant
+    assert {line["store_id"] for line in lines} == {reply.store_id}

@@ -966,9 +966,14 @@ def remote_retract(client, list_name, hashes, signal_type, signal_ids, reason) -
 @click.pass_obj
 @_rpc
 def remote_lists(client) -> None:
-    """The hash lists this token may see."""
-    for item in client.list_hash_lists().lists:
-        _emit(item)
+    """The hash lists this token may see (each with the server's store_id and the
+    caller's tenant)."""
+    reply = client.list_hash_lists()
+    # the reply's own fields, on every list's line: they were dropped, so a mirror's or a
+    # scan's operator could not see which store the uids belong to, nor as whom they ask
+    whose = {"store_id": reply.store_id, "tenant": reply.tenant}
+    for item in reply.lists:
+        click.echo(json.dumps({**message_json(item), **whose}, sort_keys=True))
 
 
 @remote.command("stats")
