@@ -400,9 +400,11 @@ class ServiceHost:
         self._warm_up(engine)
         self.engine = engine
         info = getattr(engine, "load_info", None) or {}
+        seconds = time.perf_counter() - started
+        self.metrics.loaded(seconds, info.get("source") or "unknown")
         log.info(
             "index loaded and warmed up in %.2f s (from %s%s, %s change(s) replayed)",
-            time.perf_counter() - started,
+            seconds,
             info.get("source", "?"),
             f" {info['snapshot']}" if info.get("snapshot") else "",
             info.get("replayed_changes", 0),

@@ -212,3 +212,23 @@ def test_the_last_rebuild_its_duration_and_outcome(tmp_path):
         assert after['hashmatch_index_rebuilds_total{outcome="failed"}'] == 0.0
         assert 0.0 < after["hashmatch_index_rebuild_seconds"] <= took
         assert started <= after["hashmatch_index_rebuild_timestamp_seconds"] <= time.time()
+
+
+def test_the_start_up_load_of_the_index_its_duration_and_source(tmp_path):
+    """The rebuild metrics count RebuildIndex only: the start-up load (a snapshot and
+    the changes since, or a build from the whole store), the build that keeps a
+    restarted server NOT_SERVING, showed only in the log. It has its own gauge now,
+    by source; a load counts as no rebuild."""
+    with running_server(tmp_path, tenants=ADMIN, metrics_port=0) as ts:
+        first = _scrape(ts)
+        client = ts.client("admin", retries=0)
+        client.ingest("a", [signal("pdq", c) for c in CODES])
+        client.snapshot()
+    assert first['hashmatch_index_load_seconds{source="store"}'] > 0.0  # no snapshot yet
+    assert 'hashmatch_index_load_seconds{source="snapshot"}' not in first
+    assert first['hashmatch_index_rebuilds_total{outcome="ok"}'] == 0.0
+    assert "hashmatch_index_rebuild_seconds" not in first
+    with running_server(tmp_path, tenants=ADMIN, metrics_port=0) as ts:
+        again = _scrape(ts)
+    assert again['hashmatch_index_load_seconds{source="snapshot"}'] > 0.0
+    assert 'hashmatch_index_load_seconds{source="store"}' not in again
