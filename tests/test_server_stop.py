@@ -107,8 +107,9 @@ def test_a_signal_another_thread_receives_is_handled_during_the_drain(tmp_path):
 
 
 NO_DRAIN_SCRIPT = """
-import collections, json, sys, threading, time
+import asyncio, collections, json, sys, threading, time
 import grpc
+from hashmatch.server.aio_client import AsyncHashmatchClient
 from hashmatch.server.client import HashmatchClient, signal
 from hashmatch.server.testing import running_server
 
@@ -116,13 +117,26 @@ data, code, port = sys.argv[1], "ab" * 32, 0
 outcomes, stop = collections.Counter(), threading.Event()
 client = None
 
+def outcome(reply, who):
+    return who + ",".join(m.list_name for r in reply.results for m in r.matches)
+
 def lookups():
     while not stop.is_set():
         try:
-            reply = client.match([("pdq", code)], threshold=0)
-            outcomes[",".join(m.list_name for r in reply.results for m in r.matches)] += 1
+            outcomes[outcome(client.match([("pdq", code)], threshold=0), "")] += 1
         except grpc.RpcError as exc:
             outcomes[f"{exc.code().name}: {exc.details()}"] += 1
+
+async def aio_lookups(target):
+    async with AsyncHashmatchClient(target, timeout=60) as aio:
+        async def one():
+            while not stop.is_set():
+                try:
+                    reply = await aio.match([("pdq", code)], threshold=0)
+                    outcomes[outcome(reply, "aio:")] += 1
+                except grpc.RpcError as exc:
+                    outcomes[f"aio: {exc.code().name}: {exc.details()}"] += 1
+        await asyncio.gather(*(one() for _ in range(3)))
 
 threads = []
 for cycle in range(4):  # the first three stopped with no drain while lookups arrive
@@ -130,7 +144,9 @@ for cycle in range(4):  # the first three stopped with no drain while lookups ar
         if cycle == 0:
             ts.client().ingest("partner", [signal("pdq", code)])
             port, client = ts.server.port, HashmatchClient(ts.target, timeout=60)
-            threads = [threading.Thread(target=lookups) for _ in range(6)]
+            threads = [threading.Thread(target=lookups) for _ in range(4)]
+            aio = lambda: asyncio.run(aio_lookups(ts.target))  # noqa: E731
+            threads.append(threading.Thread(target=aio))
             for thread in threads:
                 thread.start()
         time.sleep(0.5)
@@ -152,7 +168,8 @@ def test_lookups_ride_out_a_restart_without_drain(tmp_path):
     which it did not retry, and ``scan --server`` failed at once "matching failed
     (CANCELLED)" where the rest of the restart (UNAVAILABLE) was ridden out. The reads
     now retry a CANCELLED the client did not cause: every lookup gets its answer, from
-    this server or, retried, from the restarted one (same port, same data dir)."""
+    this server or, retried, from the restarted one (same port, same data dir); the
+    asyncio client's as the threaded one's."""
     done = subprocess.run(
         [sys.executable, "-c", NO_DRAIN_SCRIPT, str(tmp_path / "data")],
         capture_output=True,
@@ -161,8 +178,9 @@ def test_lookups_ride_out_a_restart_without_drain(tmp_path):
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
     outcomes = json.loads(done.stdout.strip().splitlines()[-1])
-    assert set(outcomes) == {"partner"}, outcomes
-    assert outcomes["partner"] >= 4 * 6, outcomes  # lookups on every server
+    assert set(outcomes) == {"partner", "aio:partner"}, outcomes
+    assert outcomes["partner"] >= 4 * 4, outcomes  # lookups on every server
+    assert outcomes["aio:partner"] >= 4 * 3, outcomes
 
 
 def test_a_call_the_client_cancels_by_closing_is_not_retried(tmp_path):
