@@ -34,10 +34,12 @@ from hashmatch.server.client_shared import (
     MAX_NOT_FOUND_LISTED,
     MIN_ATTEMPT_SECONDS,
     RETRYABLE,
+    STOP_GRACE_SECONDS,
     Attempts,
     ClientBase,
     HashInput,
     IngestPlan,
+    IngestStopped,
     MatchPlan,
     SourceGuard,
     StreamPlan,
@@ -67,6 +69,7 @@ __all__ = [  # the builders and constants pipelines import from here
     "RETRYABLE",
     "HashInput",
     "HashmatchClient",
+    "IngestStopped",
     "hash_value",
     "low_quality_enum",
     "match_request",
@@ -80,6 +83,32 @@ def _guarded(requests: Iterable[Any], reader: SourceGuard) -> Iterator[Any]:
     """``requests``, ending where they raise (kept by ``reader``)."""
     with reader.reading():
         yield from requests
+
+
+#: How often a stoppable ingest looks at its stop event while it waits for the reply.
+STOP_POLL_SECONDS = 0.1
+
+
+def _reply_unless_stopped(
+    future: grpc.Future, stop: threading.Event, grace: float
+) -> signals_pb2.IngestResponse:
+    """``future``'s reply; :class:`IngestStopped` once ``stop`` has been set for
+    ``grace`` seconds without it, or when the call fails after the stop (a retry
+    would send the signals the stop meant not to send)."""
+    stopped_at: float | None = None
+    while True:
+        try:
+            return future.result(timeout=STOP_POLL_SECONDS)
+        except grpc.FutureTimeoutError:
+            pass
+        except grpc.RpcError as exc:
+            if stop.is_set():
+                raise IngestStopped(f"stopped; then the call failed: {exc.code().name}") from exc
+            raise
+        if stop.is_set():
+            stopped_at = stopped_at or time.monotonic()
+            if time.monotonic() - stopped_at >= grace:
+                raise IngestStopped(f"stopped; the server did not reply within {grace:g} s")
 
 
 class HashmatchClient(ClientBase):
@@ -223,6 +252,8 @@ class HashmatchClient(ClientBase):
         timeout: float | None = None,
         total: int | None = None,
         request_id: str | None = None,
+        stop: threading.Event | None = None,
+        stop_grace: float = STOP_GRACE_SECONDS,
     ) -> signals_pb2.IngestResponse:
         """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message (fewer
         once a message holds MAX_INGEST_MESSAGE_BYTES, 8 MiB: long vPDQ videos).
@@ -257,6 +288,16 @@ class HashmatchClient(ClientBase):
         most signals any attempt handed to gRPC, an upper bound on what was stored (the
         reply acknowledges nothing per message, so a cut-off stream may have stored
         less: to finish the job, re-send from the first signal).
+
+        ``stop``: an event that ends the call early and exactly. Once it is set, no
+        further message is sent (not the one being filled either), the stream is
+        half-closed and the server's reply for the messages it got is returned: its
+        counts are what is stored (the caller tells a stopped call by ``stop.is_set()``).
+        The reply is waited for ``stop_grace`` seconds at most; past that, or when the
+        call fails after the stop or the stop comes between attempts (none is retried
+        then), it raises :class:`IngestStopped`, whose ``signals_sent`` is an upper
+        bound. Why: a stop that cancelled the call (``hashmatch remote ingest`` and
+        Ctrl-C) could only say how much was sent, not what the server stored.
         """
         src = signals if callable(signals) else list(signals)
         plan = IngestPlan(
@@ -271,9 +312,33 @@ class HashmatchClient(ClientBase):
             request_id=request_id,
         )
         with plan.reporting():
-            call = plan.call(self.signals.Ingest, plan.messages)
+            if stop is None:
+                call = plan.call(self.signals.Ingest, plan.messages)
+            else:
+                call = self._stoppable_ingest(plan, stop, stop_grace)
             attempts = plan.attempts(self.retries, self.backoff)
             return plan.checked(self._unary(call, None, attempts))
+
+    def _stoppable_ingest(
+        self, plan: IngestPlan, stop: threading.Event, grace: float
+    ) -> Callable[..., signals_pb2.IngestResponse]:
+        """An ingest attempt for ``_unary`` that ``stop`` ends early (see ``ingest``):
+        the call runs as a future, so its reply is waited for in steps (and for
+        ``grace`` seconds at most once stopped) and the call cancelled when not had."""
+
+        def attempt(_request: None, *, timeout: float | None, metadata: Any) -> Any:
+            if stop.is_set():  # during a retry's pause
+                raise IngestStopped("stopped between attempts: no reply says what was stored")
+            future = self.signals.Ingest.future(
+                plan.messages(stop), timeout=timeout, metadata=metadata
+            )
+            try:
+                return _reply_unless_stopped(future, stop, grace)
+            except BaseException:
+                future.cancel()
+                raise
+
+        return attempt
 
     def retract(
         self,

@@ -38,6 +38,7 @@ _received: int | None = None  # the first stop signal, once one came
 _die_of: int | None = None  # the signal the process ends with, once exit() was called
 _exit_hook_registered = False
 _stop: threading.Event | None = None  # set instead of raising, inside cooperative()
+_notice: str | None = None  # cooperative()'s line for the first signal, if any
 
 
 class Interrupted(BaseException):
@@ -87,25 +88,31 @@ def _on_signal(signum: int, _frame: object) -> None:
     _received = signum
     if _stop is not None:
         _stop.set()
+        if _notice:
+            with contextlib.suppress(OSError):  # a closed terminal (SIGHUP)
+                os.write(2, f"hashmatch: {signal.Signals(signum).name}: {_notice}\n".encode())
         return
     raise Interrupted(signum)
 
 
 @contextlib.contextmanager
-def cooperative() -> Iterator[threading.Event]:
+def cooperative(notice: str | None = None) -> Iterator[threading.Event]:
     """Inside: a stop signal sets the yielded event instead of raising; the caller
     checks it at points where stopping leaves its work consistent, and must not block
     long between checks (a signal the kernel hands another thread runs its handler
-    only when the main thread's wait ends)."""
-    global _stop
+    only when the main thread's wait ends). ``notice``: a line the first signal prints
+    (``hashmatch: SIGINT: NOTICE``), for a stop that takes a while to say what it does
+    (``remote ingest`` waits for its server's reply)."""
+    global _stop, _notice
     event = threading.Event()
     if _received is not None:
         event.set()
-    previous, _stop = _stop, event
+    previous, _stop = (_stop, _notice), event
+    _notice = notice
     try:
         yield event
     finally:
-        _stop = previous
+        _stop, _notice = previous
 
 
 def exit(signum: int) -> None:

@@ -300,34 +300,81 @@ def test_an_ingest_stopped_part_way_says_what_it_stored_and_a_rerun_completes_it
     assert _stored(data_dir / "store.sqlite", "partner") == uninterrupted
 
 
-def test_a_remote_ingest_stopped_part_way_says_what_was_sent_and_a_rerun_completes_it(
-    tmp_path, hash_list, uninterrupted
-):
-    """The same for ``remote ingest``: the server commits each message as it comes, so
-    the client names what it sent (an upper bound of what is stored)."""
-    from hashmatch.server.testing import running_server
+@contextlib.contextmanager
+def _served(data_dir: Path):
+    """``hashmatch serve`` (no auth) in a child process, up to its "serving on" line:
+    yields its address; then SIGTERM, which drains and ends it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLI, "serve", "--insecure-no-auth", "--data-dir", str(data_dir),
+         "--listen", "127.0.0.1:0", "--metrics-port", "-1"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        seen = ""
+        deadline = time.monotonic() + 120
+        while "serving on" not in seen and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, f"serve exited early: {seen}"
+            seen += line
+        found = re.search(r"serving on (127\.0\.0\.1:\d+)", seen)
+        assert found, seen
+        yield found[1]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
-    with running_server(tmp_path / "server") as served:
-        args = ["remote", "--server", served.target, "ingest", "partner", str(hash_list),
-                "--batch-size", "500"]  # fmt: skip
-        store = tmp_path / "server" / "store.sqlite"
-        stderr = _stop_once_stored(_hashmatch(args), store, signal.SIGINT, 1000)
 
-        said = re.search(rf"stopped with ([\d,]+) of {N_SIGNALS:,} signal\(s\) sent", stderr)
+def _list_count(target: str, list_name: str) -> int:
+    """The list's signal count as ``remote lists`` shows it."""
+    done = subprocess.run(
+        [sys.executable, "-c", CLI, "remote", "--server", target, "lists"],
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    (row,) = [x for x in map(json.loads, done.stdout.splitlines()) if x["name"] == list_name]
+    return int(row.get("signal_count", 0))
+
+
+N_REMOTE = 50_000  # the stop comes at 1,000 stored, when gRPC has sent a few thousand more
+
+
+def test_a_remote_ingest_stopped_part_way_says_exactly_what_the_server_stored(tmp_path):
+    """Ctrl-C cancelled the stream: the client could only say how many signals it had
+    sent, an upper bound (gRPC had sent thousands the server had not stored yet).
+    Now the first Ctrl-C ends the stream where it is and waits for the server's reply,
+    whose counts are what the store really holds; a re-run finds exactly those stored."""
+    path = tmp_path / "partner.csv"
+    rng = np.random.default_rng(12)
+    codes = rng.integers(0, 256, (N_REMOTE, 32), dtype=np.uint8)
+    with path.open("w") as out:
+        out.write("signal_type,signal_value\n")
+        out.writelines(f"pdq,{row.tobytes().hex()}\n" for row in codes)
+    data_dir = tmp_path / "server"
+    with _served(data_dir) as target:
+        args = ["remote", "--server", target, "ingest", "partner", str(path)]
+        stderr = _stop_once_stored(_hashmatch(args), data_dir / "store.sqlite", signal.SIGINT, 1000)
+
+        said = re.search(
+            r"the server's reply: ([\d,]+) stored into 'partner' \(added (\d+),", stderr
+        )
         assert said, stderr
-        sent = int(said[1].replace(",", ""))
-        time.sleep(0.5)  # the server's handler ends with the cancelled stream
-        # (gRPC's flow-control window may let the client send the whole file before the
-        # server has committed its first thousand: then all were sent, not all stored)
-        assert 1000 <= len(_stored(store, "partner")) <= sent <= N_SIGNALS
+        stored = int(said[1].replace(",", ""))
+        assert stored == int(said[2])  # a fresh list: every stored one was added
+        assert stored == len(_stored(data_dir / "store.sqlite", "partner"))  # exact
+        assert stored == _list_count(target, "partner")
+        assert 1000 <= stored < N_REMOTE, stderr  # part way, not the whole file
+        assert "no more signals sent; waiting up to" in stderr
 
         rerun = subprocess.run(
-            [sys.executable, "-c", CLI, *args], capture_output=True, timeout=300
+            [sys.executable, "-c", CLI, *args], capture_output=True, timeout=600
         )  # fmt: skip
         assert rerun.returncode == 0, rerun.stderr.decode()
         reply = json.loads(rerun.stdout)
-        assert reply["added"] + reply["unchanged"] == N_SIGNALS and reply.get("rejected", 0) == 0
-        assert _stored(store, "partner") == uninterrupted
+        assert (reply["added"], reply["unchanged"]) == (N_REMOTE - stored, stored)
+        assert _list_count(target, "partner") == N_REMOTE
 
 
 def _run_started(catalog: Path) -> bool:

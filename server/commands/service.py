@@ -882,6 +882,8 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
     Example:
       hashmatch remote ingest partner-a hashes.csv --source partner-a-2026-11
     """
+    from hashmatch.server import interrupts
+    from hashmatch.server.client import STOP_GRACE_SECONDS, IngestStopped
     from hashmatch.server.interrupts import Interrupted
 
     with _readable_twice(file) as path:
@@ -897,12 +899,25 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
         if not parsed.lines:  # nothing parsed: say why instead of the server's "no signals"
             shown = "\n  ".join(parsed.unparsed[:20]) or "the file holds no signals"
             raise click.ClickException(f"{file}: nothing to ingest:\n  {shown}")
+        # a stop signal (Ctrl-C) ends the stream and waits a while for the server's
+        # reply, which says exactly what is stored; a second one ends the process
+        notice = (
+            f"no more signals sent; waiting up to {STOP_GRACE_SECONDS:g} s for the server"
+            " to say what it stored (again to quit now)"
+        )
         try:
-            reply = client.ingest(list_name, parsed.signals, total=len(parsed.lines),
-                                  source=source, strict=strict, batch_size=batch_size)  # fmt: skip
-        except Interrupted as exc:  # then `hashmatch: interrupted (SIGINT)`, exit 130
+            with interrupts.cooperative(notice) as stop:
+                reply = client.ingest(list_name, parsed.signals, total=len(parsed.lines),
+                                      source=source, strict=strict, batch_size=batch_size,
+                                      stop=stop)  # fmt: skip
+        except (Interrupted, IngestStopped) as exc:  # then `interrupted (SIGINT)`, exit 130
             _say_remote_ingest_stopped(file, exc, list_name)
-            raise
+            if isinstance(exc, Interrupted):
+                raise
+            raise Interrupted(interrupts.received() or signal.SIGINT) from None
+        if stop.is_set():  # stopped, and the server said what it stored
+            _say_remote_ingest_stored(file, reply, list_name, len(parsed.lines))
+            raise Interrupted(interrupts.received() or signal.SIGINT)
     lines = parsed.lines
     data = message_json(reply)
     for item in data.get("rejections", []):  # stream index -> the file's line
@@ -925,7 +940,8 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
 
 
 def _say_remote_ingest_stopped(file: str, exc: BaseException, list_name: str) -> None:
-    """On stderr: how much of FILE a stop signal may have left stored on the server,
+    """On stderr, for a stop without the server's reply (it did not come in time, or
+    the stop came before the stream): how much of FILE may be stored on the server,
     and that a re-run is safe. The server commits each message as it arrives and
     acknowledges none before the reply, so what was sent is an upper bound."""
     from hashmatch.server.interrupts import say_ingest_stopped
@@ -933,11 +949,27 @@ def _say_remote_ingest_stopped(file: str, exc: BaseException, list_name: str) ->
     sent = getattr(exc, "signals_sent", 0)
     total = getattr(exc, "signals_total", None)
     of = f" of {total:,}" if total is not None else ""
+    why = f" ({exc})" if isinstance(exc, Exception) and str(exc) else ""
     said = (
-        f"{file}: stopped with {sent:,}{of} signal(s) sent: the server stores each message"
-        f" as it arrives, so up to {sent:,} are stored into {list_name!r}, none after them"
+        f"{file}: stopped with {sent:,}{of} signal(s) sent{why}: the server stores each"
+        f" message as it arrives, so up to {sent:,} are stored into {list_name!r}, none"
+        " after them"
         if sent
         else f"{file}: stopped before any signal was sent: nothing was stored"
+    )
+    say_ingest_stopped(said)
+
+
+def _say_remote_ingest_stored(file: str, reply: Any, list_name: str, total: int) -> None:
+    """On stderr, for a stop the server answered: what its reply says it stored (exact:
+    the stream ended at a message boundary and the server replied for all it got)."""
+    from hashmatch.server.interrupts import say_ingest_stopped
+
+    stored = reply.added + reply.updated + reply.unchanged
+    said = (
+        f"{file}: stopped part way through its {total:,} signal(s); the server's reply:"
+        f" {stored:,} stored into {list_name!r} (added {reply.added}, updated"
+        f" {reply.updated}, unchanged {reply.unchanged}, rejected {reply.rejected})"
     )
     say_ingest_stopped(said)
 
