@@ -20,6 +20,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -341,40 +342,73 @@ def _list_count(target: str, list_name: str) -> int:
 N_REMOTE = 50_000  # the stop comes at 1,000 stored, when gRPC has sent a few thousand more
 
 
-def test_a_remote_ingest_stopped_part_way_says_exactly_what_the_server_stored(tmp_path):
+@pytest.fixture(scope="module")
+def remote_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
+    """A ``hashmatch serve`` process: (its address, its store)."""
+    data_dir = tmp_path_factory.mktemp("remote") / "server"
+    with _served(data_dir) as target:
+        yield target, data_dir / "store.sqlite"
+
+
+def _pdq_csv(path: Path, seed: int) -> Path:
+    """A CSV of N_REMOTE random PDQ hashes."""
+    codes = np.random.default_rng(seed).integers(0, 256, (N_REMOTE, 32), dtype=np.uint8)
+    with path.open("w") as out:
+        out.write("signal_type,signal_value\n")
+        out.writelines(f"pdq,{row.tobytes().hex()}\n" for row in codes)
+    return path
+
+
+def test_a_remote_ingest_stopped_part_way_says_exactly_what_the_server_stored(
+    tmp_path, remote_server
+):
     """Ctrl-C cancelled the stream: the client could only say how many signals it had
     sent, an upper bound (gRPC had sent thousands the server had not stored yet).
     Now the first Ctrl-C ends the stream where it is and waits for the server's reply,
     whose counts are what the store really holds; a re-run finds exactly those stored."""
-    path = tmp_path / "partner.csv"
-    rng = np.random.default_rng(12)
-    codes = rng.integers(0, 256, (N_REMOTE, 32), dtype=np.uint8)
-    with path.open("w") as out:
-        out.write("signal_type,signal_value\n")
-        out.writelines(f"pdq,{row.tobytes().hex()}\n" for row in codes)
-    data_dir = tmp_path / "server"
-    with _served(data_dir) as target:
-        args = ["remote", "--server", target, "ingest", "partner", str(path)]
-        stderr = _stop_once_stored(_hashmatch(args), data_dir / "store.sqlite", signal.SIGINT, 1000)
+    target, store = remote_server
+    path = _pdq_csv(tmp_path / "partner.csv", seed=12)
+    args = ["remote", "--server", target, "ingest", "partner", str(path)]
+    stderr = _stop_once_stored(_hashmatch(args), store, signal.SIGINT, _count(store) + 1000)
 
-        said = re.search(
-            r"the server's reply: ([\d,]+) stored into 'partner' \(added (\d+),", stderr
-        )
-        assert said, stderr
-        stored = int(said[1].replace(",", ""))
-        assert stored == int(said[2])  # a fresh list: every stored one was added
-        assert stored == len(_stored(data_dir / "store.sqlite", "partner"))  # exact
-        assert stored == _list_count(target, "partner")
-        assert 1000 <= stored < N_REMOTE, stderr  # part way, not the whole file
-        assert "no more signals sent; waiting up to" in stderr
+    said = re.search(r"the server's reply: ([\d,]+) stored into 'partner' \(added (\d+),", stderr)
+    assert said, stderr
+    stored = int(said[1].replace(",", ""))
+    assert stored == int(said[2])  # a fresh list: every stored one was added
+    assert stored == len(_stored(store, "partner"))  # exact
+    assert stored == _list_count(target, "partner")
+    assert 1000 <= stored < N_REMOTE, stderr  # part way, not the whole file
+    assert "no more signals sent; waiting up to" in stderr
 
-        rerun = subprocess.run(
-            [sys.executable, "-c", CLI, *args], capture_output=True, timeout=600
-        )  # fmt: skip
-        assert rerun.returncode == 0, rerun.stderr.decode()
-        reply = json.loads(rerun.stdout)
-        assert (reply["added"], reply["unchanged"]) == (N_REMOTE - stored, stored)
-        assert _list_count(target, "partner") == N_REMOTE
+    rerun = subprocess.run(
+        [sys.executable, "-c", CLI, *args], capture_output=True, timeout=600
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr.decode()
+    reply = json.loads(rerun.stdout)
+    assert (reply["added"], reply["unchanged"]) == (N_REMOTE - stored, stored)
+    assert _list_count(target, "partner") == N_REMOTE
+
+
+def test_a_second_ctrl_c_ends_remote_ingests_wait_for_its_reply(tmp_path, remote_server):
+    """The first Ctrl-C waits for the server (up to 30 s): the second must not."""
+    target, store = remote_server
+    path = _pdq_csv(tmp_path / "impatient.csv", seed=13)
+    proc = _hashmatch(["remote", "--server", target, "ingest", "impatient", str(path)])
+    at_least = _count(store) + 1000
+    deadline = time.monotonic() + 120
+    while _count(store) < at_least and time.monotonic() < deadline:
+        assert proc.poll() is None, "the ingest ended before it could be interrupted"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGINT)
+    time.sleep(0.05)  # the server has thousands of signals in flight to store first
+    sent = time.monotonic()
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    stderr = err.decode()
+    assert proc.returncode == -signal.SIGINT, stderr
+    assert time.monotonic() - sent < 5, stderr
+    assert "hashmatch: SIGINT again: stopping now" in stderr
+    assert "Traceback" not in stderr, stderr
 
 
 def _run_started(catalog: Path) -> bool:
