@@ -216,8 +216,13 @@ def read_list(
     begin or end with spaces. Blank (whitespace-only) lines and ``#`` comments are
     skipped; directories are walked; other URI schemes are reported as
     ``unsupported`` (this scanner reads local files only).
+
+    Streamed: each line's entries are yielded as soon as it is read (lines used to be
+    gathered 1000 at a time, so a slow producer's first path waited for 999 more). A
+    directory reached again anywhere in the list is reported once, as :func:`walk`
+    reports it within its roots.
     """
-    roots: list[str] = []
+    visited: dict[tuple[int, int], bool] = {}  # as walk's, across the whole list
     for raw in lines:
         line = raw.rstrip("\r\n")
         if not line.strip() or line.startswith("#"):
@@ -232,11 +237,7 @@ def read_list(
         if "\0" in line:  # os.stat raised ValueError: the whole scan stopped, a traceback
             yield Entry(os.path.abspath(line), reason="not-found", error=NUL_IN_NAME)
             continue
-        roots.append(line)
-        if len(roots) >= 1000:
-            yield from walk(roots, follow_symlinks=follow_symlinks, max_bytes=max_bytes)
-            roots = []
-    yield from walk(roots, follow_symlinks=follow_symlinks, max_bytes=max_bytes)
+        yield from _walk_one(os.path.abspath(line), follow_symlinks, max_bytes, visited)
 
 
 NUL_IN_NAME = (
@@ -1309,6 +1310,8 @@ class Scanner:
         # in flight): with the catalog's seen_run, what makes a path seen twice a duplicate
         self._open: set[str] = set()
         self._pending_skipped_paths: list[str] = []
+        self._inflight: dict[cf.Future, list[Entry]] = {}  # worker tasks -> their files
+        self._chunk: list[Entry] = []  # files gathered for the next worker task
 
     # -- public -------------------------------------------------------------------------
 
@@ -1319,8 +1322,21 @@ class Scanner:
         report: str | Path | None = None,
         counter: TreeCounter | None = None,
     ) -> ScanSummary:
-        """Scan ``entries`` (streamed: consumed as they are hashed). ``counter``: a
-        :class:`TreeCounter` over the same roots, for the progress bar's total."""
+        """Scan ``entries`` (streamed: consumed as they are hashed, in blocks of
+        :data:`BLOCK`). ``counter``: a :class:`TreeCounter` over the same roots, for the
+        progress bar's total."""
+        return self.run_blocks(fixed_blocks(entries), report=report, counter=counter)
+
+    def run_blocks(
+        self,
+        blocks: Iterable[list[Entry]],
+        *,
+        report: str | Path | None = None,
+        counter: TreeCounter | None = None,
+    ) -> ScanSummary:
+        """:meth:`run` over ``blocks`` of entries (one catalog lookup each): a walk's
+        fixed blocks, or a list's blocks of what was ready (``prefetch``'s ``batch``),
+        so a slow producer's path is hashed as soon as it arrives."""
         opts = self.options
         started = time.monotonic()
         self.run_id = self.catalog.start_run(
@@ -1336,7 +1352,7 @@ class Scanner:
         self.progress = Progress(None, enabled=opts.progress, every=opts.log_every, counter=counter)
         try:
             try:
-                self._process(self._own_files_skipped(entries))
+                self._process(blocks)
             except ScanInterrupted:
                 self.summary.interrupted = True
             self._flush()  # what the workers returned is kept, even when stopped
@@ -1388,19 +1404,39 @@ class Scanner:
                 self._open.add(e.path)
                 yield e
 
-    def _process(self, entries: Iterable[Entry]) -> None:
+    def _submit_chunk(self) -> None:
+        """Hand the files gathered for one worker task to the pool (if any)."""
+        if self._chunk:
+            self._submit(self._inflight, self._chunk)
+            self._chunk = []
+
+    def input_idle(self) -> None:
+        """Called while the scan waits for its input (a ``--from-list`` producer, as
+        :func:`hashmatch.engine.store.prefetch`'s ``idle``): the files in hand are
+        hashed and committed meanwhile, instead of waiting for the next path; a stop
+        request ends the wait."""
+        self._check_stop()
+        if self._pool is not None:
+            self._submit_chunk()  # fewer than a task's worth: no more are coming yet
+            self._collect(self._inflight, block=False)
+            self._isolate_crashes(self._inflight)
+            limit = self._stall_limit()
+            if limit is not None and self._watch is not None and self._watch.kill_stalled(limit):
+                self._stall_killed = True
+        self._flush_if_due()
+
+    def _process(self, blocks: Iterable[list[Entry]]) -> None:
         opts = self.options
         workers = (os.cpu_count() or 1) if opts.workers is None else opts.workers
         self._workers = workers
         self._pool = self._new_pool() if workers > 0 else None
         pool = self._pool
-        inflight: dict[cf.Future, list[Entry]] = {}
         limit = max(2, workers * 3)
         no_video_type = not any(signal_types.get(t).content == "video" for t in opts.types)
-        chunk: list[Entry] = []
+        inflight = self._inflight
         try:
-            blocks = iter(lambda: list(itertools.islice(entries, 500)), [])
             for block in blocks:
+                block = list(self._own_files_skipped(block))
                 known = self.catalog.lookup([e.path for e in block])
                 for e in self._new_in_block(block, known):
                     self._check_stop()
@@ -1441,10 +1477,9 @@ class Scanner:
                         )
                         self._flush_if_due()
                         continue
-                    chunk.append(e)
-                    if len(chunk) >= opts.chunk:
-                        self._submit(inflight, chunk)
-                        chunk = []
+                    self._chunk.append(e)
+                    if len(self._chunk) >= opts.chunk:
+                        self._submit_chunk()
                     while len(inflight) >= limit:
                         self._collect(inflight, block=True)
                     self._collect(inflight, block=False)
@@ -1452,8 +1487,8 @@ class Scanner:
                     self._flush_if_due()
                 self._flush_if_due()
             self.progress.walked(self.summary.seen)  # the total is exact from here on
-            if chunk and pool is not None:
-                self._submit(inflight, chunk)
+            if pool is not None:
+                self._submit_chunk()
             while inflight:
                 self._collect(inflight, block=True)
                 self._isolate_crashes(inflight)
@@ -1911,9 +1946,19 @@ class ScanInterrupted(Exception):
         self.summary = summary
 
 
-#: Lines of --from-list read ahead by its helper thread (a handoff per line with few
+#: Entries of --from-list read ahead by its helper thread (a handoff per entry with few
 #: ahead cost ~50 us each; this many, ~10 us: nothing beside a file's decode).
-LIST_PREFETCH_LINES = 1024
+LIST_PREFETCH_ENTRIES = 1024
+
+#: Entries per block: one catalog lookup each (a list's blocks hold what was ready).
+BLOCK = 500
+
+
+def fixed_blocks(entries: Iterable[Entry], size: int = BLOCK) -> Iterator[list[Entry]]:
+    """``entries`` in lists of ``size`` (the last shorter): a walk's blocks."""
+    it = iter(entries)
+    return iter(lambda: list(itertools.islice(it, size)), [])
+
 
 #: Seconds between checks of ScanOptions.stop while the scan waits for its workers.
 STOP_POLL_SECONDS = 0.2
@@ -2062,17 +2107,20 @@ def scan(
     entries: Iterable[Entry] = walk(
         paths, follow_symlinks=options.follow_symlinks, max_bytes=options.max_bytes
     )
+    blocks: Iterable[list[Entry]] = fixed_blocks(entries)
     if from_list is not None:
-        if options.stop is not None:  # a list on an idle stdin must not outwait a stop
-            from hashmatch.engine.store import prefetch
+        from hashmatch.engine.store import prefetch
 
-            from_list = prefetch(
-                iter(from_list), LIST_PREFETCH_LINES, idle=scanner._check_stop, name="scan-list"
-            )
         listed = read_list(
             from_list, follow_symlinks=options.follow_symlinks, max_bytes=options.max_bytes
         )
-        entries = itertools.chain(entries, listed)
+        # read (and stat'ed) in a helper thread: the scan takes what is ready, up to a
+        # block, and works on the files in hand while the producer is slow; a list on
+        # an idle stdin does not outwait a stop either (input_idle checks it)
+        ready = prefetch(
+            listed, LIST_PREFETCH_ENTRIES, idle=scanner.input_idle, name="scan-list", batch=BLOCK
+        )
+        blocks = itertools.chain(blocks, ready)
     # a list (stdin, maybe) is read once: its total is known when the walk ends
     counter = None
     if from_list is None and paths:
@@ -2081,7 +2129,7 @@ def scan(
             follow_symlinks=options.follow_symlinks,
             skip=_catalog_own_paths(catalog.path),
         )
-    summary = scanner.run(entries, report=report, counter=counter)
+    summary = scanner.run_blocks(blocks, report=report, counter=counter)
     if on_summary:
         on_summary(summary)
     return summary

@@ -2677,6 +2677,7 @@ def prefetch(
     *,
     idle: Callable[[], None] | None = None,
     name: str = "ingest-parse",
+    batch: int | None = None,
 ) -> Iterator:
     """Run a generator in a helper thread, ``depth`` items ahead (bounded memory).
 
@@ -2684,9 +2685,17 @@ def prefetch(
     a scan reads ``--from-list`` through it (a read of an idle stdin must not outwait
     a stop request).
 
-    ``idle``: called at every step the consumer waits (0.1 s); what it raises ends the
-    iteration (a scan's stop check: a signal handler that only sets an event, as
-    ``interrupts.cooperative`` has it, never ended a wait for a read of an idle stdin).
+    ``idle``: called at every step the consumer waits for the helper (0.1 s), never
+    while items are ready; what it raises ends the iteration (a scan's stop check: a
+    signal handler that only sets an event, as ``interrupts.cooperative`` has it, never
+    ended a wait for a read of an idle stdin). A scan also finishes the work in hand
+    there, while its input is slow.
+
+    ``batch``: yield lists instead, each of what the helper has ready (at least one
+    item, at most ``batch``): the consumer waits only for the first. Why: a consumer
+    that takes fixed blocks (a scan's 500 paths) left a slow producer's items waiting
+    for the block to fill, while one that takes single items pays its per-block cost
+    (a catalog lookup) per item when the input is fast.
 
     Exceptions raised by the generator are re-raised in the consumer; if the
     consumer stops early, the helper is told to stop and drains. The consumer waits in
@@ -2717,19 +2726,42 @@ def prefetch(
 
     thread = threading.Thread(target=work, name=name, daemon=True)
     thread.start()
-    try:
+
+    def ready() -> tuple[BaseException | None, object]:
+        """The next of the helper's outcomes, waited for in steps of 0.1 s."""
         while True:
+            try:
+                return q.get_nowait()
+            except queue.Empty:
+                pass
             if idle is not None:
                 idle()
             try:
-                exc, item = q.get(timeout=0.1)
+                return q.get(timeout=0.1)
             except queue.Empty:
                 continue
+
+    try:
+        while True:
+            exc, item = ready()
             if exc is not None:
                 raise exc
             if item is done:
                 return
-            yield item
+            if batch is None:
+                yield item
+                continue
+            items = [item]
+            while len(items) < batch:
+                try:
+                    exc, item = q.get_nowait()
+                except queue.Empty:
+                    break
+                if exc is not None or item is done:  # after the items before it
+                    q.put((exc, item))  # the helper has put its last: room for one
+                    break
+                items.append(item)
+            yield items
     finally:
         stop.set()
         deadline = time.monotonic() + PREFETCH_ABANDON_SECONDS

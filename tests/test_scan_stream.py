@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 from scan_tree import build_tree
@@ -124,3 +127,92 @@ def test_progress_has_no_eta_until_the_count_is_done(tmp_path, capsys):
     assert err[0].startswith("scan: 10/12+ files (still counting), ") and "ETA ?" in err[0]
     assert err[1].startswith("scan: 15/30 files (50.0%), ") and "ETA ?" not in err[1]
     assert err[2].startswith("scan: 3/30 files (10.0%), ")
+
+
+HASHMATCH = str(Path(sys.executable).with_name("hashmatch"))
+
+# Writes one path, waits (up to a minute) until the scan has committed it to the
+# catalog, then writes the second and ends: the scan sees its input pause.
+_SLOW_PRODUCER = """
+    import sqlite3, sys, time
+    catalog, first, second, said = sys.argv[1:]
+    print(first, flush=True)
+    outcome, deadline = "timed out", time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            conn = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=1)
+            try:
+                if conn.execute("SELECT 1 FROM files WHERE path = ?", (first,)).fetchone():
+                    outcome = "committed"
+                    break
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:  # no catalog (or no table) yet
+            pass
+        time.sleep(0.05)
+    with open(said, "w") as fh:
+        fh.write(outcome)
+    print(second, flush=True)
+"""
+
+
+def test_a_slow_list_producers_first_path_is_hashed_before_the_next_arrives(tmp_path):
+    """--from-list took its paths in blocks of 500 (and the list's lines 1000 at a
+    time) before hashing any: a producer that finds files slowly (a `find` over a
+    slow mount, a queue) had each path wait for hundreds more or for the end. The
+    producer here writes its second path only once the first is in the catalog."""
+    first, second = _many(tmp_path / "tree", 2)
+    catalog, said = tmp_path / "c.sqlite", tmp_path / "said"
+    producer = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_SLOW_PRODUCER), str(catalog), str(first),
+         str(second), str(said)],
+        stdout=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        done = subprocess.run(
+            [HASHMATCH, "scan", "--from-list", "-", "--no-match", "--types", "md5",
+             "--workers", "1", "--no-progress", "--catalog", str(catalog),
+             "--out", str(tmp_path / "r.jsonl")],
+            stdin=producer.stdout, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+    finally:
+        producer.stdout.close()
+        producer.wait(timeout=90)
+    assert done.returncode == 0, done.stderr
+    assert said.read_text() == "committed"  # before the producer went on
+    summary = json.loads((tmp_path / "r.jsonl").read_text().splitlines()[-1])
+    assert (summary["seen"], summary["hashed"]) == (2, 2)
+
+
+def test_prefetch_batches_hand_over_what_is_ready_up_to_a_block():
+    """A fast list is still taken in full blocks (one catalog lookup each), a slow one
+    path by path: each batch is what the helper has ready, at least one item; an
+    error after some items comes after them."""
+    import threading
+
+    from hashmatch.engine.store import prefetch
+
+    queued, release = threading.Event(), threading.Event()
+
+    def items():
+        yield from range(1000)
+        queued.set()  # the helper asks for more only once it queued the 1000th
+        release.wait(30)
+        yield 1000
+        raise OSError("the list's pipe broke")
+
+    batches = prefetch(items(), 1024, batch=500)
+    got = [next(batches)]  # what was ready when the helper had just begun
+    assert queued.wait(30)
+    got.append(next(batches))
+    assert len(got[1]) == 500  # at least 500 ready: a full block
+    release.set()
+    rest = []
+    try:
+        for batch in batches:
+            rest.extend(batch)
+    except OSError as exc:
+        assert "pipe broke" in str(exc)
+    else:
+        raise AssertionError("the helper's error was lost")
+    assert [x for b in got for x in b] + rest == list(range(1001))
