@@ -699,6 +699,32 @@ class Catalog:
         self.conn.execute(f"DELETE FROM matches WHERE {where}", args)
         self.add_matches(rows, found_by=found_by)
 
+    def matched_elsewhere(
+        self, paths: Sequence[str], lists: Sequence[str]
+    ) -> dict[str, set[tuple[str, str]]]:
+        """path -> the (signal type, list) pairs of its matches in lists not among
+        ``lists`` (paths without any are absent).
+
+        Why: re-hashing a file replaces its matches of the types hashed, from every
+        list, while a ``--list`` scan looks only in its own: the others disappeared
+        from the catalog, and no rescan (which matches new signals only) found them
+        again. The scan looks these pairs up again with the new hashes."""
+        out: dict[str, set[tuple[str, str]]] = {}
+        if not lists:
+            return out
+        outside = f"m.list_name NOT IN ({','.join('?' * len(lists))})"
+        for start in range(0, len(paths), 500):
+            chunk = [_db_path(p) for p in paths[start : start + 500]]
+            rows = self.conn.execute(
+                "SELECT DISTINCT f.path, m.signal_type, m.list_name FROM matches m"
+                " JOIN files f ON f.id = m.file_id"
+                f" WHERE f.path IN ({','.join('?' * len(chunk))}) AND {outside}",
+                (*chunk, *lists),
+            )
+            for path, signal_type, list_name in rows:
+                out.setdefault(_py_path(path), set()).add((signal_type, list_name))
+        return out
+
     def add_matches(self, rows: Iterable[MatchRow], *, found_by: str) -> int:
         """Insert matches not yet known; returns how many were new."""
         now = time.time()

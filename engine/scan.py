@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import itertools
@@ -787,6 +788,13 @@ class Matcher:
 
     def close(self) -> None:
         pass
+
+    def widened(self) -> Matcher:
+        """This matcher over every list it can see, sharing its engine or client
+        (close only the original)."""
+        wide = copy.copy(self)
+        wide.lists = []
+        return wide
 
 
 class LocalMatcher(Matcher):
@@ -1754,6 +1762,7 @@ class Scanner:
         lookup_error: BaseException | None = None
         try:
             matched = self._lookup(to_match)
+            self._recheck_elsewhere(ok + failures, matched)
         except Exception as exc:  # e.g. the server went away: keep the hashes, then stop
             # (a re-run skips these files and matches them from the catalog: no re-hash);
             # the unchanged ones were counted as skipped when found: not done after all
@@ -1869,7 +1878,44 @@ class Scanner:
             )
         return n
 
-    def _lookup(self, to_match: list[tuple[int, list[FileHashes]]]) -> dict[int, list[MatchRow]]:
+    def _recheck_elsewhere(
+        self, hashed: Sequence[WorkResult], matched: dict[int, list[MatchRow]]
+    ) -> None:
+        """Add to ``matched`` (keys -1 - i for ``hashed[i]``) the matches a ``--list``
+        scan would drop unseen: those of the types hashed again, in lists outside its
+        own, that the new hashes still make (looked up in every list, kept only for
+        the (type, list) pairs the file matched before).
+
+        Why: the catalog replaces a re-hashed file's matches of those types from every
+        list (its bytes may have changed), and a ``--list`` scan looked only in its
+        own: a match from another list disappeared, never reported again (a rescan
+        matches new signals only). A match the new bytes no longer make is dropped,
+        rightly."""
+        scope = self.matcher.lists if self.matcher is not None else None
+        if not scope:
+            return
+        before = self.catalog.matched_elsewhere([r.path for r in hashed if r.hashes], scope)
+        if not before:
+            return
+        again: list[tuple[int, list[FileHashes]]] = []
+        for i, r in enumerate(hashed):
+            pairs = before.get(r.path, set()) if r.hashes else set()
+            types = {t for t, _ in pairs}
+            hashes = [h for h in r.hashes if h.signal_type in types]
+            if hashes:
+                again.append((-1 - i, hashes))
+        if not again:
+            return
+        found = self._lookup(again, self.matcher.widened())
+        for key, rows in found.items():
+            pairs = before[hashed[-1 - key].path]
+            matched.setdefault(key, []).extend(
+                m for m in rows if (m.signal_type, m.list_name) in pairs
+            )
+
+    def _lookup(
+        self, to_match: list[tuple[int, list[FileHashes]]], matcher: Matcher | None = None
+    ) -> dict[int, list[MatchRow]]:
         """:func:`match_files`; a server's lookups in a helper thread, waited for in steps.
 
         Why: the client retries a lost server until its deadline (30 s), and a stop
@@ -1880,15 +1926,16 @@ class Scanner:
         :class:`_LookupLeft`: the batch's hashes are committed without matches, which
         the re-run looks up from the catalog.
         """
-        if self.matcher is None:
+        matcher = matcher or self.matcher
+        if matcher is None:
             return {}
-        if self.options.stop is None or not isinstance(self.matcher, RemoteMatcher):
-            return match_files(self.matcher, to_match)
+        if self.options.stop is None or not isinstance(matcher, RemoteMatcher):
+            return match_files(matcher, to_match)
         box: dict[str, Any] = {}
 
         def run() -> None:
             try:
-                box["matched"] = match_files(self.matcher, to_match)
+                box["matched"] = match_files(matcher, to_match)
             except BaseException as exc:  # handed to the scan's thread
                 box["error"] = exc
 

@@ -1,0 +1,83 @@
+"""A ``--list`` scan that hashes a file again keeps (or rightly drops) the file's
+matches from the lists it did not look in.
+
+Before: re-hashing a file replaced its matches of the types hashed from every list,
+and a ``--list a`` scan looked only in list a: the file's match from list b vanished
+from the catalog, and no rescan (new signals only) ever reported it again. Real
+images, a real store and catalog; the hashing runs in the scanning process.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from scan_tree import ORIGINALS, _jpeg, _png
+
+from hashmatch.engine.catalog import Catalog
+from hashmatch.engine.hashing import hash_media
+from hashmatch.engine.rescan import rescan
+from hashmatch.engine.runtime import Engine
+from hashmatch.engine.scan import LocalMatcher, ScanOptions, scan
+from hashmatch.engine.store import SignalRecord
+
+
+def _pdq(name: str) -> str:
+    (pdq,) = hash_media(_png(ORIGINALS[name]()), ["pdq"])
+    return pdq.hex
+
+
+def _catalogued_matches(catalog: Path) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(catalog) as conn:
+        return conn.execute(
+            "SELECT signal_type, list_name, hash_hex FROM matches ORDER BY list_name"
+        ).fetchall()
+
+
+def test_a_rehashed_files_matches_from_lists_outside_the_scan_are_checked_again(tmp_path):
+    data, catalog = tmp_path / "data", tmp_path / "c.sqlite"
+    with Engine.open(data, eager=False) as engine:
+        engine.ingest([SignalRecord("pdq", _pdq("astronaut"))], list_name="a")
+        engine.ingest([SignalRecord("pdq", _pdq("coffee"))], list_name="b")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    photo = tree / "photo.img"
+    photo.write_bytes(_png(ORIGINALS["coffee"]()))
+
+    def run(lists=None, **options):
+        matcher = LocalMatcher.open(data, lists=lists)
+        try:
+            with Catalog(catalog) as cat:
+                opts = ScanOptions(types=("pdq",), workers=0, progress=False, **options)
+                return scan([tree], catalog=cat, matcher=matcher, options=opts)
+        finally:
+            matcher.close()
+
+    def hashed_as() -> str:
+        with sqlite3.connect(catalog) as conn:
+            (code,) = conn.execute("SELECT code FROM hashes WHERE frame = 0").fetchone()
+        return code.hex()
+
+    assert run().matches == 1
+    assert [m[:2] for m in _catalogued_matches(catalog)] == [("pdq", "b")]
+
+    # the same bytes hashed again (dihedral this time), looking in list a only
+    dihedral = run(lists=["a"], dihedral=True)
+    assert dihedral.hashed == 1
+    assert [m[:2] for m in _catalogued_matches(catalog)] == [("pdq", "b")]
+
+    # other bytes of the same picture (re-encoded): list b's signal still matches them
+    photo.write_bytes(_jpeg(ORIGINALS["coffee"](), 85))
+    reencoded = run(lists=["a"])
+    assert reencoded.hashed == 1 and reencoded.matches == 1
+    assert _catalogued_matches(catalog) == [("pdq", "b", hashed_as())]
+    with Catalog(catalog) as cat, Engine.open(data, eager=False) as engine:
+        found = rescan(cat, engine.store, since=0)  # all: brute force
+    assert found.new == []  # the catalog already holds every match
+    assert found.retracted == []
+
+    # another picture: list b's match is gone, rightly; list a's is found
+    photo.write_bytes(_png(ORIGINALS["astronaut"]()))
+    replaced = run(lists=["a"])
+    assert replaced.hashed == 1
+    assert [m[:2] for m in _catalogued_matches(catalog)] == [("pdq", "a")]
