@@ -1428,9 +1428,7 @@ class Scanner:
             self._submit_chunk()  # fewer than a task's worth: no more are coming yet
             self._collect(self._inflight, block=False)
             self._isolate_crashes(self._inflight)
-            limit = self._stall_limit()
-            if limit is not None and self._watch is not None and self._watch.kill_stalled(limit):
-                self._stall_killed = True
+            self._kill_stalled()
         self._flush_if_due()
 
     def _process(self, blocks: Iterable[list[Entry]]) -> None:
@@ -1550,6 +1548,12 @@ class Scanner:
         t = self.options.file_timeout
         return t + self.options.stall_grace if t else None
 
+    def _kill_stalled(self) -> None:
+        """Kill the workers on one file for longer than the stall limit (scan_watchdog)."""
+        limit = self._stall_limit()
+        if limit is not None and self._watch is not None and self._watch.kill_stalled(limit):
+            self._stall_killed = True
+
     def _wait(self, futures: list[cf.Future]) -> set[cf.Future]:
         """Block until one of ``futures`` is done, killing stalled workers meanwhile (a
         kill breaks the pool: every future then completes, with BrokenProcessPool)."""
@@ -1562,8 +1566,7 @@ class Scanner:
             done, _ = cf.wait(futures, timeout=poll, return_when=cf.FIRST_COMPLETED)
             if done:
                 return done
-            if limit is not None and self._watch is not None and self._watch.kill_stalled(limit):
-                self._stall_killed = True
+            self._kill_stalled()
 
     def _submit(self, inflight: dict, chunk: list[Entry]) -> None:
         if self._broken:  # a worker died: its pool is unusable, start a fresh one
