@@ -3,9 +3,7 @@ and vPDQ's match rule (edits of one video match, different videos do not)."""
 
 from __future__ import annotations
 
-import sys
 import time
-import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pytx_vpdq import threatexchange_vpdq
 
 from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, UnsupportedMedia
 from hashmatch.engine.runtime import Engine
@@ -237,23 +236,10 @@ def test_our_hashes_reproduce_the_match_groups(reference_dir: Path):
     assert q == 100.0
 
 
-def _threatexchange_vpdq():
-    """python-threatexchange's vPDQ modules. They import the vpdq extension (Meta's C++
-    file hasher, no wheel for this platform) at the top, for hashing files only: a
-    placeholder stands in when it is absent, matching and (de)serialising are theirs."""
-    try:
-        import vpdq  # noqa: F401
-    except ImportError:
-        sys.modules["vpdq"] = types.SimpleNamespace(VpdqFeature=object)  # type: ignore[assignment]
-    from threatexchange.extensions.vpdq import vpdq_brute_matcher, vpdq_util
-
-    return vpdq_util, vpdq_brute_matcher
-
-
 def _brute(qc, qq, tc, tq, threshold, floor):
     """python-threatexchange's match_VPDQ_hash_brute itself (it divides by zero when a
     side has no frame left: we answer 0%)."""
-    util, brute = _threatexchange_vpdq()
+    util, brute = threatexchange_vpdq()
 
     def features(codes, quals):
         return [util.VpdqCompactFeature(bytes(c).hex(), int(q), float(i))
