@@ -76,7 +76,7 @@ def test_removing_matches_of_retracted_signals(tmp_path):
 
 def test_failed_transaction_leaves_nothing(tmp_path):
     with Catalog(tmp_path / "c.sqlite") as cat:
-        with pytest.raises(RuntimeError), cat.transaction():
+        with pytest.raises(RuntimeError, match="crash mid-batch"), cat.transaction():
             cat.put_failed("/x", reason="corrupt", error="bad")
             raise RuntimeError("crash mid-batch")
         assert cat.stats()["files"] == 0

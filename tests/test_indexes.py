@@ -353,7 +353,7 @@ def test_bulk_left_by_an_exception_skips_the_merge_and_stays_exact():
     rng = np.random.default_rng(6)
     codes = make_codes(rng, 1000, 32, "random")
     index = make_index(256, "mih", 1, delta_min=100)
-    with pytest.raises(RuntimeError), index.bulk():
+    with pytest.raises(RuntimeError, match="stopped"), index.bulk():
         for chunk in np.array_split(np.arange(1000), 5):
             index.add(codes[chunk], chunk.astype(np.int64))
         raise RuntimeError("stopped")

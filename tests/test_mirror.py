@@ -558,7 +558,7 @@ def test_writes_inside_a_transaction_commit_together_or_not_at_all(tmp_path):
     try:
         store.create_list("a")
         head = store.change_counter()
-        with pytest.raises(RuntimeError), store.transaction():
+        with pytest.raises(RuntimeError, match="killed"), store.transaction():
             store.ingest([SignalRecord("pdq", "ab" * 32)], list_name="a", actor="t")
             store.retract(list_name="a", hashes=[("pdq", "ab" * 32)], actor="t")
             raise RuntimeError("killed")
@@ -1046,7 +1046,10 @@ def test_an_engine_ingest_inside_a_transaction_reaches_the_index_only_when_it_co
     code = np.random.default_rng(11).integers(0, 256, 32, dtype=np.uint8)
     with Engine.open(tmp_path / "d") as engine:
         engine.store.create_list("a")
-        with pytest.raises(RuntimeError), engine.store.transaction():
+        with (
+            pytest.raises(RuntimeError, match="killed before the commit"),
+            engine.store.transaction(),
+        ):
             engine.ingest([SignalRecord("pdq", code.tobytes().hex())], list_name="a")
             raise RuntimeError("killed before the commit")
         assert engine.match("pdq", code[None, :], threshold=0) == [[]]

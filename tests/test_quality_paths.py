@@ -168,7 +168,7 @@ def test_uncrop_rows_come_last_and_default_hash_is_unchanged(engine):
     assert np.array_equal(both.codes[2:], pdq_uncrop_codes(decode_image(padded))[0])
     images = uncrop_images(skimage.data.astronaut())  # 512 px -> 256 px, + 4.5%
     assert len(images) == 16 and all(x.shape[:2] == (268, 268) for x in images)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="0 < share < 1"):
         uncrop_images(skimage.data.astronaut(), share=1.5)
 
 

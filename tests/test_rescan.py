@@ -206,7 +206,7 @@ def test_a_report_that_cannot_be_written_loses_no_new_match(tmp_path):
     the next rescan announces the same new matches (they are alerts, not to be lost)."""
     _tree, data_dir, catalog = _exact_copies_scanned(tmp_path)
     with Engine.open(data_dir, eager=False) as engine:
-        with pytest.raises(OSError):
+        with pytest.raises(FileNotFoundError, match="no-such-dir"):
             rescan(catalog, engine.store, report=tmp_path / "no-such-dir" / "r.jsonl")
         result = rescan(catalog, engine.store, report=tmp_path / "r.jsonl")
     assert len(result.new) == 2  # coffee-copy: pdq + md5, announced now

@@ -10,6 +10,7 @@ ENOSPC / SQLITE_FULL a full disk gives, so it would test another path.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -256,8 +257,9 @@ def test_a_first_start_on_a_full_disk_leaves_no_empty_tokens_file(small_disk):
     data = small_disk / "d"
     data.mkdir()
     fill = _fill(small_disk)
-    with pytest.raises(OSError):
+    with pytest.raises(OSError) as full:
         bootstrap_admin(data / "auth.toml")
+    assert full.value.errno == errno.ENOSPC, full.value
     assert sorted(p.name for p in data.iterdir()) == []  # neither file, no temp
     fill.unlink()
     token = bootstrap_admin(data / "auth.toml")

@@ -130,7 +130,7 @@ def test_crop_codes_bring_a_centred_crop_within_threshold():
     cropped = im[26:486, 26:486]  # 90% centred
     q = pdq_hash(cropped)[0]
     assert min(_dist(q, c) for c in stored) <= 10
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"keep share must be in \(0, 1\], got 1.5"):
         pdq_crop_codes(im, keep=(1.5,))
 
 
