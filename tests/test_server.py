@@ -473,7 +473,12 @@ def test_tenants_see_only_lists_shared_with_them(served, ops):
     assert {item.name for item in acme.list_hash_lists().lists} == {"tenant-shared"}
     with pytest.raises(grpc.RpcError) as err:
         acme.match([("pdq", code_private)], lists=["tenant-private"])
-    assert _code(err) in {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED}
+    with pytest.raises(grpc.RpcError) as absent:
+        acme.match([("pdq", code_private)], lists=["no-such-list-anywhere"])
+    # as for a list that does not exist: nothing tells the tenant it does
+    assert _code(err) is _code(absent) is grpc.StatusCode.NOT_FOUND
+    said = err.value.details()
+    assert said == absent.value.details().replace("no-such-list-anywhere", "tenant-private"), said
     assert not outsider.match([("pdq", code_shared)]).results[0].matches
     assert not outsider.list_hash_lists().lists
     # The operator sees both.
