@@ -208,7 +208,7 @@ def test_random_bytes_are_unsupported():
     rng = np.random.default_rng(7)
     for _ in range(20):
         data = rng.integers(0, 256, int(rng.integers(1, 5000)), dtype=np.uint8).tobytes()
-        with pytest.raises(MediaError):
+        with pytest.raises(UnsupportedMedia, match="not an image"):
             decode_image(data)
 
 

@@ -151,7 +151,7 @@ def test_bad_media_raise_typed_errors(photo, tmp_path: Path):
         hash_media(photo[1], ["pdq"], HashOptions(limits=DecodeLimits(max_bytes=100)))
     with pytest.raises(MediaTooLarge):
         hash_media(photo[1], ["whash"], HashOptions(limits=DecodeLimits(max_pixels=1000)))
-    with pytest.raises(MediaError):
+    with pytest.raises(MediaError, match=r"missing\.png: No such file"):
         hash_media(tmp_path / "missing.png", ["md5"])
     # Digests need no decoding: they work on any bytes.
     assert hash_media(b"not an image", ["md5"])[0].hex == hashlib.md5(b"not an image").hexdigest()

@@ -17,7 +17,7 @@ import pytest
 
 from hashmatch.engine import video
 from hashmatch.engine.decode import DEFAULT_LIMITS, DecodeLimits, decode_frames, decode_image
-from hashmatch.engine.errors import MediaError, MediaTooLarge, UnsupportedMedia
+from hashmatch.engine.errors import MediaTooLarge, UnsupportedMedia
 from hashmatch.engine.hashing import HashOptions, hash_media
 from hashmatch.engine.video import capture_options, hash_video
 from hashmatch.server.testing import running_server
@@ -48,7 +48,7 @@ def test_ffconcat_upload_does_not_open_a_file_beside_it(tmp_path, monkeypatch):
     other = _mp4(tmp_path / "other.mp4")
     assert len(hash_video(other, seconds_per_hash=0)) == 5  # a video we can hash
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    with pytest.raises(MediaError):
+    with pytest.raises(UnsupportedMedia, match="a playlist"):
         hash_video(b"ffconcat version 1.0\nfile other.mp4\n", seconds_per_hash=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other.mp4"]  # nothing left
 

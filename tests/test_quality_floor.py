@@ -134,7 +134,7 @@ def test_a_bad_rule_is_invalid_input(engine, pictures):
     with pytest.raises(InvalidInput) as err:
         engine.match_media(_png(pictures["blurred"]), low_quality_queries="drop")
     assert err.value.field == "low_quality_queries"
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="low_quality_queries: must be one of"):
         engine.match("pdq", np.zeros((1, 32), np.uint8), low_quality_queries="")
 
 

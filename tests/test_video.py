@@ -14,7 +14,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pytx_vpdq import threatexchange_vpdq
 
-from hashmatch.engine.errors import EmptyMedia, InvalidInput, MediaError, UnsupportedMedia
+from hashmatch.engine.errors import (
+    CorruptMedia,
+    EmptyMedia,
+    InvalidInput,
+    MediaError,
+    UnsupportedMedia,
+)
 from hashmatch.engine.runtime import Engine
 from hashmatch.engine.store import SignalRecord
 from hashmatch.engine.video import (
@@ -145,7 +151,7 @@ def test_seconds_per_hash_step_is_vpdqs_frame_modulus():
     assert frame_step(29.97, 1.0) == 29
     assert frame_step(30.0, 0.0) == 1
     assert frame_step(0.5, 1.0) == 1
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="seconds_per_hash must be >= 0, got -1"):
         frame_step(30.0, -1)
 
 
@@ -162,9 +168,9 @@ def test_bad_video_inputs_raise_typed_errors(reference_dir: Path, tmp_path: Path
     with pytest.raises(UnsupportedMedia):
         hash_video(b"this is not a video at all" * 100)
     data = (reference_dir / "videos" / "doorknob-hd-no-bar.mp4").read_bytes()
-    with pytest.raises(MediaError):
+    with pytest.raises(CorruptMedia, match="truncated or damaged"):
         hash_video(data[:2000])  # header only
-    with pytest.raises(MediaError):
+    with pytest.raises(MediaError, match=r"missing\.mp4: No such file"):
         hash_video(tmp_path / "missing.mp4")
     empty = tmp_path / "empty.mp4"
     empty.write_bytes(b"")
@@ -180,12 +186,13 @@ def test_text_format_round_trips_the_reference_files(reference_dir: Path):
 
 
 @pytest.mark.parametrize(
-    "bad",
-    ["0,100,abc,0.0", "0,100", "x,100," + "0" * 64 + ",0", "0,101," + "0" * 64 + ",0",
-     "0,100," + "g" * 64 + ",0", ""],
+    ("bad", "said"),
+    [("0,100,abc,0.0", "64 hex characters"), ("0,100", "got 2 fields"),
+     ("x,100," + "0" * 64 + ",0", "must be numbers"), ("0,101," + "0" * 64 + ",0", "quality 101"),
+     ("0,100," + "g" * 64 + ",0", "not hex"), ("", "no frame lines")],
 )  # fmt: skip
-def test_parse_rejects_bad_lines(bad):
-    with pytest.raises(InvalidInput):
+def test_parse_rejects_bad_lines(bad, said):
+    with pytest.raises(InvalidInput, match=said):
         parse_vpdq(bad)
 
 
@@ -290,7 +297,7 @@ def test_match_equals_a_brute_force_oracle(nq, nt, seed, threshold, floor):
 def test_match_without_qualities_and_bad_lengths():
     codes = np.zeros((3, 32), np.uint8)
     assert vpdq_match(codes, None, codes, None) == (100.0, 100.0)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInput, match="3 frames but 2 qualities"):
         vpdq_match(codes, [1, 2], codes, None)
 
 
