@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 from readme_example import run_python_example
+from served_process import serve_no_auth, served_address
 from skimage import data
 from test_cli_video import write_video
 
@@ -267,37 +268,9 @@ def test_hashmatch_serve_bootstraps_a_token_and_drains_on_sigterm(tmp_path):
             proc.wait()
 
 
-@contextlib.contextmanager
-def _serve_no_auth(data_dir, listen: str):
-    """``hashmatch serve --insecure-no-auth`` in a subprocess, read up to its "serving
-    on" line: yields its stderr so far; then SIGINT, which must end it with exit 0."""
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-c", SERVE, "serve", "--insecure-no-auth",
-            "--data-dir", str(data_dir), "--listen", listen, "--metrics-port", "-1",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        seen = ""
-        deadline = time.monotonic() + 30
-        while "serving on" not in seen and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            assert line or proc.poll() is None, f"serve exited early: {seen}"
-            seen += line
-        yield seen
-        proc.send_signal(signals.SIGINT)
-        assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def test_insecure_no_auth_says_so(tmp_path):
     port = _free_port()
-    with _serve_no_auth(tmp_path, f"127.0.0.1:{port}") as seen:
+    with serve_no_auth(tmp_path, f"127.0.0.1:{port}") as seen:
         assert "WARNING" in seen and "insecure-no-auth" in seen
         with HashmatchClient(f"127.0.0.1:{port}", retries=0) as client:
             jpeg = io.BytesIO()
@@ -817,10 +790,9 @@ def test_remote_match_of_a_video_hashes_it_as_vpdq_by_default(served, tmp_path):
 def test_serving_line_names_the_port_an_ephemeral_listen_got(tmp_path):
     """`--listen 127.0.0.1:0` said 'hashmatch serving on 127.0.0.1:0': no way to tell
     where to connect from the line that says the server is ready."""
-    with _serve_no_auth(tmp_path, "127.0.0.1:0") as seen:
-        line = seen.splitlines()[-1]
-        address = line.split("serving on ", 1)[1].split(" ", 1)[0]
-        assert address.startswith("127.0.0.1:") and address != "127.0.0.1:0", line
+    with serve_no_auth(tmp_path, "127.0.0.1:0") as seen:
+        address = served_address(seen)
+        assert address.startswith("127.0.0.1:") and address != "127.0.0.1:0", seen
         with HashmatchClient(address, retries=0) as client:
             assert client.health() == "SERVING"
 

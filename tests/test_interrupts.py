@@ -28,6 +28,7 @@ import psutil
 import pytest
 from PIL import Image
 from scan_tree import committed_files
+from served_process import serve_no_auth, served_address
 from skimage import data
 
 CLI = "from hashmatch.server.entry import main; main()"
@@ -301,33 +302,6 @@ def test_an_ingest_stopped_part_way_says_what_it_stored_and_a_rerun_completes_it
     assert _stored(data_dir / "store.sqlite", "partner") == uninterrupted
 
 
-@contextlib.contextmanager
-def _served(data_dir: Path):
-    """``hashmatch serve`` (no auth) in a child process, up to its "serving on" line:
-    yields its address; then SIGTERM, which drains and ends it."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, "serve", "--insecure-no-auth", "--data-dir", str(data_dir),
-         "--listen", "127.0.0.1:0", "--metrics-port", "-1"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )  # fmt: skip
-    try:
-        seen = ""
-        deadline = time.monotonic() + 120
-        while "serving on" not in seen and time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            assert line or proc.poll() is None, f"serve exited early: {seen}"
-            seen += line
-        found = re.search(r"serving on (127\.0\.0\.1:\d+)", seen)
-        assert found, seen
-        yield found[1]
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 def _list_count(target: str, list_name: str) -> int:
     """The list's signal count as ``remote lists`` shows it."""
     done = subprocess.run(
@@ -346,8 +320,8 @@ N_REMOTE = 50_000  # the stop comes at 1,000 stored, when gRPC has sent a few th
 def remote_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
     """A ``hashmatch serve`` process: (its address, its store)."""
     data_dir = tmp_path_factory.mktemp("remote") / "server"
-    with _served(data_dir) as target:
-        yield target, data_dir / "store.sqlite"
+    with serve_no_auth(data_dir, "127.0.0.1:0") as seen:
+        yield served_address(seen), data_dir / "store.sqlite"
 
 
 def _pdq_csv(path: Path, seed: int) -> Path:
