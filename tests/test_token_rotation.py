@@ -525,3 +525,27 @@ def test_a_digest_written_twice_for_a_tenant_is_revoked_by_its_prefix(tmp_path):
     assert revoked.exit_code == 0, revoked.output
     assert revoked.stdout.count("revoked sha256:abababababab of 'a'") == 1
     assert tokens_file.read_tenants(path)[0].digests == (kept,)
+
+
+def test_revoking_the_first_starts_admin_token_says_admin_token_still_holds_it(tmp_path):
+    """The first start saves its admin token to admin.token beside the tokens file, and
+    the README's `export HASHMATCH_TOKEN=$(cat hashmatch-data/admin.token)` reads it from
+    there. Rotating that token (`tokens add admin`, `tokens revoke` the old) left the
+    revoked one in the file without a word: the next session's calls were refused
+    UNAUTHENTICATED with nothing naming why. The revoke names the file (it is left as
+    it is: the operator's to remove or refill)."""
+    path = tmp_path / "data" / "auth.toml"
+    made = _run(path, "token", "acme")  # no tokens file yet: the admin one is made first
+    assert made.exit_code == 0, made.output
+    admin_file = path.parent / "admin.token"
+    first = admin_file.read_text().strip()
+    assert _run(path, "tokens", "add", "admin").exit_code == 0
+
+    revoked = _run(path, "tokens", "revoke", _digest_of(first)[:10])
+    assert revoked.exit_code == 0, revoked.output
+    assert f"{admin_file} still holds the token just revoked" in revoked.stderr, revoked.stderr
+    assert admin_file.read_text().strip() == first  # named, not removed
+
+    other = _run(path, "tokens", "revoke", "--tenant", "acme", "--all")
+    assert other.exit_code == 0, other.output
+    assert "admin.token" not in other.stderr, other.stderr  # another token: nothing to say

@@ -367,6 +367,14 @@ def tokens_revoke(
     )
     _audit(change, "revoke", files, actor)
     _warn_of_lock_out(change)
+    saved = _saved_admin_token(path)
+    if saved is not None and hash_token(saved[1]) in {digest for _, digest in removed}:
+        click.echo(
+            f"note: {saved[0]} still holds the token just revoked (the admin token the"
+            " first start saved there): `export HASHMATCH_TOKEN=$(cat ...)` of it now gets"
+            " UNAUTHENTICATED; remove the file, or save the admin's new token in it",
+            err=True,
+        )
 
 
 def _warn_of_lock_out(change: Change) -> None:
@@ -375,6 +383,19 @@ def _warn_of_lock_out(change: Change) -> None:
 
     for line in lock_out_warnings(change):
         click.echo(f"warning: {line}", err=True)
+
+
+def _saved_admin_token(auth_path: Path) -> tuple[Path, str] | None:
+    """(path, token) of the ``admin.token`` the first start saved beside the tokens file
+    (:func:`~hashmatch.server.auth.bootstrap_admin`), if there is a readable one.
+
+    Why: the README has operators read their token from it; once that token is revoked
+    (a rotation), the file names a token no server accepts, and nothing else says so."""
+    saved = auth_path.parent / "admin.token"
+    try:
+        return saved, saved.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 COMMANDS = [tokens_group]
