@@ -53,11 +53,13 @@ def warm_index_kernels(st: SignalType, *, kind: str = "auto", shards: int | None
     removal kernels; so with a cold numba cache (after an install or an upgrade) the
     first Match after an ingest took ~25 s and the first Retract ~5 s.
 
-    An index that can hold multi-index-hashing tables ("auto", "mih") also gets a
-    throw-away one of those: "auto" scans a shard below MIN_MIH_ROWS, and a table that
-    small is scanned whenever a scan is cheaper, so 8 codes ran neither the table build
-    nor the probe kernel, left to the first ingest and Match once a new data dir grew
-    past 20k codes of a type (~50 s with a cold cache on a loaded 2-core host).
+    The codes are also run merged (``compact``): 8 added codes stay an unindexed chunk
+    (merged past DELTA_MIN), and "auto" scans a shard below MIN_MIH_ROWS, so neither the
+    exact index's hash-table lookup (md5, sha256) nor the multi-index-hashing build and
+    probe ran: they were left to the first ingest and Match once a new data dir grew past
+    16k-20k codes of a type (the MIH probe took ~50 s with a cold cache on a loaded
+    2-core host). An index that can hold MIH tables ("auto", "mih") gets a forced-MIH
+    one, probed even where a scan would win.
     """
     import tempfile
 
@@ -69,13 +71,17 @@ def warm_index_kernels(st: SignalType, *, kind: str = "auto", shards: int | None
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (8, st.nbytes), dtype=np.uint8)
     radius = st.check_threshold(None)
-    indexes = [make_live_index(st, kind=kind, shards=shards)]
-    if not st.exact and kind in ("auto", "mih"):  # tables probed even where a scan wins
+    indexes = [make_live_index(st, kind=kind, shards=shards)]  # a few codes: unmerged
+    # and merged (compact), as a grown index is: an exact one's hash table, and tables
+    # probed even where a scan would win for an index that can hold them
+    if st.exact:
+        indexes.append(make_live_index(st, kind=kind, shards=shards))
+    elif kind in ("auto", "mih"):
         indexes.append(make_index(st.bits, kind="mih", shards=shards, scan_fallback=False))
     for n, index in enumerate(indexes):
         index.add(codes, np.arange(1, len(codes) + 1, dtype=np.int64))
         if n:
-            index.compact()  # a few codes stay unindexed until a merge
+            index.compact()
         with tempfile.TemporaryDirectory(prefix="hashmatch-warm-up-") as folder:
             index.save(Path(folder) / st.name)
             for live in (index, load_live_index(Path(folder) / st.name, st)):

@@ -523,18 +523,20 @@ from hashmatch.indexes.sharded import MIN_MIH_ROWS
 
 data_dir = sys.argv[1]
 rng = np.random.default_rng(3)
-rows = [SignalRecord(t, c.tobytes().hex()) for t, n in (("pdq", 32), ("phash", 8))
+rows = [SignalRecord(t, c.tobytes().hex()) for t, n in (("pdq", 32), ("phash", 8), ("md5", 16))
         for c in rng.integers(0, 256, (MIN_MIH_ROWS + 500, n), dtype=np.uint8)]
 engine = Engine.open(data_dir)  # a new data dir: empty live indexes
 ServiceHost._warm_up(engine)
 before = specialisations()
 engine.ingest(rows, list_name="l")  # past MIN_MIH_ROWS: "auto" builds MIH tables
-kinds = {seg["type"] for t in ("pdq", "phash")
+kinds = {seg["type"] for t in ("pdq", "phash", "md5")
          for shard in engine._indexes[t].stats()["shards"] for seg in shard["segments"]}
 engine.match_hex("pdq", [rows[0].hash_hex], threshold=31)
-engine.match_hex("phash", [rows[-1].hash_hex])
-engine.retract(list_name="l", hashes=[("pdq", rows[0].hash_hex)])
+engine.match_hex("phash", [rows[MIN_MIH_ROWS + 500].hash_hex])
+engine.match_hex("md5", [rows[-1].hash_hex])
+engine.retract(list_name="l", hashes=[("pdq", rows[0].hash_hex), ("md5", rows[-1].hash_hex)])
 engine.match_hex("pdq", [rows[1].hash_hex], threshold=31)
+engine.match_hex("md5", [rows[-2].hash_hex])
 after = specialisations()
 print(json.dumps([sorted(kinds), sorted(k for k in after if after[k] != before.get(k))]))
 """
@@ -542,11 +544,12 @@ print(json.dumps([sorted(kinds), sorted(k for k in after if after[k] != before.g
 
 
 def test_the_warm_up_compiles_what_a_grown_index_needs(tmp_path):
-    """The throw-away index held 8 codes: "auto" scans a shard that small, so the
-    multi-index-hashing kernels (table build, probe) were left for the first ingest and
-    Match once a new data dir grew past MIN_MIH_ROWS (a 20k+ list ingested over gRPC,
-    a mirror's first pass): with a cold numba cache that Match took ~50 s on a loaded
-    2-core host. Counted as kernel specialisations in a fresh process."""
+    """The throw-away index held 8 codes, never merged: "auto" scans a shard that small
+    and an exact index keeps them an unindexed chunk, so the multi-index-hashing kernels
+    (table build, probe) and the exact hash-table lookup were left for the first ingest
+    and Match once a new data dir grew past MIN_MIH_ROWS (a 20k+ list ingested over
+    gRPC, a mirror's first pass): with a cold numba cache that Match took ~50 s on a
+    loaded 2-core host. Counted as kernel specialisations in a fresh process."""
     import json
     import sys
 
@@ -555,7 +558,7 @@ def test_the_warm_up_compiles_what_a_grown_index_needs(tmp_path):
         capture_output=True, text=True, timeout=600, check=True,
     )  # fmt: skip
     kinds, changed = json.loads(done.stdout.strip().splitlines()[-1])
-    assert "mih" in kinds, kinds  # the grown index really is the kind the test is about
+    assert {"mih", "exact"} <= set(kinds), kinds  # the grown indexes the test is about
     assert changed == [], done.stdout
 
 
