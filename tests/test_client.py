@@ -60,7 +60,7 @@ def test_client_retries_unavailable_until_the_server_is_up(tmp_path):
         with HashmatchClient(
             f"127.0.0.1:{port}", token=token, retries=40, backoff=0.05, timeout=30
         ) as patient:
-            assert patient.list_hash_lists().lists is not None  # retried through loading
+            assert list(patient.list_hash_lists().lists) == []  # retried through loading
     finally:
         starter.join()
         if "cm" in box:
@@ -279,8 +279,10 @@ def test_insecure_no_auth_says_so(tmp_path):
 
 
 def test_a_token_with_a_trailing_newline_still_authenticates(served):
+    with HashmatchClient(served.target, token=served.tokens["ops"], retries=0) as clean:
+        want = clean.list_hash_lists()
     with HashmatchClient(served.target, token=served.tokens["ops"] + "\n", retries=0) as c:
-        assert c.list_hash_lists().lists is not None
+        assert c.list_hash_lists() == want  # authenticated as ops (a refusal raises)
     with pytest.raises(ValueError, match="token"):
         HashmatchClient(served.target, token="caf\u00e9")
 
