@@ -5,6 +5,7 @@ the not-yet-serving state; Hash needs no index, so these run without one.
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import shutil
@@ -821,7 +822,7 @@ def test_a_metrics_port_in_use_is_named_and_the_grpc_server_stopped(tmp_path):
         port = taken.getsockname()[1]
         with pytest.raises(OSError, match="Address already in use") as err:
             Metrics().serve("127.0.0.1", port)
-        assert err.value.errno is not None
+        assert err.value.errno == errno.EADDRINUSE
         config = ServerConfig().with_overrides(
             {"listen": "127.0.0.1:0", "data_dir": str(tmp_path), "metrics_port": port,
              "metrics_host": "127.0.0.1", "insecure_no_auth": True}
