@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench lint format proto clean
+.PHONY: install warm run test bench lint format proto clean
 
 install: $(STAMP)
 
@@ -12,7 +12,14 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m hashmatch.server.warm || echo "kernel warm-up failed: the first serve compiles them"
 	touch $(STAMP)
+
+# numba's compiled kernels, cached beside their sources: install fills the cache so the
+# first `make run` (and the tests' first servers) need not compile; run again after a
+# pull that changed a kernel (engine/pdq_kernels.py, engine/resample.py, indexes/kernels.py).
+warm: install
+	$(PY) -m hashmatch.server.warm
 
 run: install
 	$(VENV)/bin/hashmatch serve --data-dir ./hashmatch-data

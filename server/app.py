@@ -422,9 +422,16 @@ class ServiceHost:
 
     @staticmethod
     def _warm_up(engine: Engine) -> None:
-        """One throw-away lookup per type before SERVING, so the first real caller does
-        not pay for lazy set-up (JIT-compiled kernels, page faults of mapped indexes);
-        the kernels also run on a throw-away index (see ``warm_index_kernels``)."""
+        """Before SERVING, so the first real caller does not pay for lazy set-up: the
+        index kernels and lookups, then the hashing kernels (``python -m
+        hashmatch.server.warm`` runs both at install, to fill numba's cache)."""
+        ServiceHost._warm_up_indexes(engine)
+        ServiceHost._warm_up_hashing()
+
+    @staticmethod
+    def _warm_up_indexes(engine: Engine) -> None:
+        """One throw-away lookup per type (JIT-compiled kernels, page faults of mapped
+        indexes); the kernels also run on a throw-away index (``warm_index_kernels``)."""
         import numpy as np
 
         from hashmatch.engine import signal_types
@@ -441,7 +448,6 @@ class ServiceHost:
                     engine.match(st.name, np.zeros((1, st.nbytes), np.uint8), threshold=0)
             except Exception as exc:  # warm-up is best effort; real calls report errors
                 log.warning("warm-up lookup for %s failed: %s", st.name, exc)
-        ServiceHost._warm_up_hashing()
 
     @staticmethod
     def _warm_up_hashing() -> None:
