@@ -7,6 +7,12 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -402,3 +408,45 @@ def test_cli_retract_file_reads_a_hex_export_holding_videos(run, tmp_path):
     assert "retracted 2 signal(s) in 'l' (2 requested)" in done
     assert run("lists", "export", "l", "--retracted").stdout.startswith("vpdq:")
     assert "restored 2 signal(s)" in run("restore", "--list", "l", "--file", str(export)).output
+
+
+def _kill_export_midway(data: Path, target: Path) -> Path | None:
+    """Run `lists export --out target` in a real process and SIGKILL it once its temp
+    file has bytes; the temp it left, or None when the export finished first."""
+    env = {**os.environ, "HASHMATCH_DATA_DIR": str(data)}
+    child = subprocess.Popen([sys.executable, "-m", "hashmatch.server.cli", "lists", "export",
+                              "big", "--out", str(target)], env=env)  # fmt: skip
+    temp = target.with_name(f".{target.name}.tmp-{child.pid}")
+    deadline = time.monotonic() + 60
+    while child.poll() is None and time.monotonic() < deadline:
+        if temp.exists() and temp.stat().st_size:
+            os.kill(child.pid, signal.SIGKILL)
+            break
+    child.wait(30)
+    return temp if child.returncode == -signal.SIGKILL else None
+
+
+def test_an_export_killed_midway_leaves_a_temp_the_next_export_removes(run, tmp_path):
+    """kill -9 (an OOM kill, `timeout -s KILL`) leaves the hidden partial copy of the
+    list; nothing freed it: every killed export left one more copy of the list's hashes."""
+    rows = "".join(f"{i:064x}\n" for i in range(1, 30_001))
+    (tmp_path / "in.txt").write_text(rows)
+    run("ingest", str(tmp_path / "in.txt"), "--list", "big", "--type", "pdq")
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "big.jsonl.gz"
+    for _ in range(5):  # the export usually takes > 1 s: the kill lands in it
+        left = _kill_export_midway(tmp_path / "a", target)
+        if left is not None:
+            break
+    else:
+        pytest.fail("every export finished before the kill")
+    assert left.exists() and not target.exists()
+    dead = left.name.rsplit("-", 1)[1]
+    other = out / f".big.jsonl.tmp-{dead}"  # another target's: left alone
+    live = out / ".big.jsonl.gz.tmp-1"  # a running export's (pid 1 runs): left alone
+    for kept in (other, live):
+        kept.write_text("x")
+    run("lists", "export", "big", "--out", str(target))
+    assert sorted(p.name for p in out.iterdir()) == sorted([other.name, live.name, target.name])
+    assert len(list(read_records(target))) == 30_000

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sqlite3
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -416,11 +418,15 @@ def _output(path: str | None) -> Iterator:
                 f"a buffer in {tempfile.gettempdir()} (TMPDIR): {exc.strerror or exc}"
             ) from None
         return
+    import fcntl
+
     target = Path(path)
     temp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     zipped = _unzipped_name(path) != path  # `--out list.csv.gz`: gzip, what ingest reads
+    _remove_abandoned_exports(target)
     try:
         with open(temp, "wb") as raw:
+            fcntl.flock(raw.fileno(), fcntl.LOCK_EX)  # dropped by the kernel if we die
             packed = None
             if zipped:  # no name or time in the header: the same list, the same bytes
                 import gzip
@@ -439,6 +445,34 @@ def _output(path: str | None) -> Iterator:
         raise click.ClickException(f"{path}: {exc.strerror or exc}") from None
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _remove_abandoned_exports(target: Path) -> None:
+    """Remove the temp files of exports to ``target`` that died midway (kill -9, an OOM
+    kill, `timeout -s KILL`): each is a hidden partial copy of a list's hashes that
+    nothing else would ever free. Abandoned as a snapshot's temp is: no export holds
+    its lock, and its pid is gone or it was last written over an hour ago (a reused
+    pid). Best effort: a temp that cannot be removed never stops the export."""
+    from hashmatch.engine.durable import pid_alive
+    from hashmatch.engine.snapshot_files import TMP_MAX_AGE_SECONDS, held
+
+    name = re.compile(rf"\.{re.escape(target.name)}\.tmp-(\d+)")
+    try:
+        entries = list(os.scandir(target.parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = name.fullmatch(entry.name)
+        if not m or not entry.is_file(follow_symlinks=False):
+            continue
+        try:
+            left = Path(entry.path)
+            young = time.time() - entry.stat().st_mtime < TMP_MAX_AGE_SECONDS
+            if held(left) or (pid_alive(int(m.group(1))) and young):
+                continue
+            left.unlink()
+        except OSError:
+            continue
 
 
 # ----------------------------------------------------------------------------- ingest
