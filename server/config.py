@@ -377,7 +377,16 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def toml_from_bytes(raw: bytes, path: str | Path) -> dict[str, Any]:
-    """``raw``, read from ``path``, as :func:`read_toml` parses it (errors name ``path``)."""
+    """``raw``, read from ``path``, as :func:`read_toml` parses it (errors name ``path``).
+
+    A leading byte order mark (some Windows editors save UTF-8 with one) is named: TOML
+    does not allow it, and tomllib said only "Invalid statement (at line 1, column 1)"
+    of a first line that looks fine in any editor."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise InvalidInput(
+            f"{path}: starts with a byte order mark (U+FEFF, as some Windows editors save"
+            " UTF-8), which TOML does not allow: save it as UTF-8 without one"
+        )
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as exc:

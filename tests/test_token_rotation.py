@@ -549,3 +549,17 @@ def test_revoking_the_first_starts_admin_token_says_admin_token_still_holds_it(t
     other = _run(path, "tokens", "revoke", "--tenant", "acme", "--all")
     assert other.exit_code == 0, other.output
     assert "admin.token" not in other.stderr, other.stderr  # another token: nothing to say
+
+
+def test_a_tokens_file_saved_with_a_byte_order_mark_is_refused_naming_it(tmp_path):
+    """Some Windows editors save UTF-8 with a byte order mark, which TOML does not allow:
+    `tokens ls`, every edit, `hashmatch token` and serve said only "not valid TOML:
+    Invalid statement (at line 1, column 1)" of a first line that looks fine."""
+    path = tmp_path / "auth.toml"
+    text = f'[tenants.acme]\ntokens_sha256 = ["{_digest_of("acme-token")}"]\n'
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    for args in (["tokens", "ls"], ["tokens", "add", "acme"], ["token", "bob"]):
+        done = _run(path, *args)
+        assert done.exit_code == 1, done.output
+        assert "byte order mark" in done.output and str(path) in done.output, done.output
+    assert path.read_bytes() == b"\xef\xbb\xbf" + text.encode()  # untouched
