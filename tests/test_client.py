@@ -42,9 +42,10 @@ def _free_port() -> int:
 def test_client_retries_unavailable_until_the_server_is_up(tmp_path):
     port = _free_port()
     box = {}
+    refused = threading.Event()  # not a sleep: a loaded box may start the server first
 
     def start_late() -> None:
-        time.sleep(0.6)
+        refused.wait(30)
         box["cm"] = running_server(tmp_path, tenants=OPS, listen=f"127.0.0.1:{port}", wait=False)
         box["ts"] = box["cm"].__enter__()
 
@@ -55,6 +56,7 @@ def test_client_retries_unavailable_until_the_server_is_up(tmp_path):
             with pytest.raises(grpc.RpcError) as err:
                 impatient.list_hash_lists()
             assert err.value.code() is grpc.StatusCode.UNAVAILABLE
+        refused.set()
         starter.join()
         token = box["ts"].tokens["ops"]
         with HashmatchClient(
@@ -62,6 +64,7 @@ def test_client_retries_unavailable_until_the_server_is_up(tmp_path):
         ) as patient:
             assert list(patient.list_hash_lists().lists) == []  # retried through loading
     finally:
+        refused.set()
         starter.join()
         if "cm" in box:
             box["cm"].__exit__(None, None, None)
