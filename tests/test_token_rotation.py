@@ -385,6 +385,17 @@ def test_a_layout_the_editor_does_not_handle_is_refused_untouched(tmp_path):
     assert crlf.count(b"\r\n") == crlf.count(b"\n") == 5  # one line more, CRLF too
 
 
+def _open_fds(path: Path) -> int:
+    """How many of this process's file descriptors are open on ``path``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}") == str(path)
+        except OSError:  # closed meanwhile
+            continue
+    return count
+
+
 def test_a_reload_waiting_on_an_edit_reads_the_edited_file(tmp_path):
     """serve's read waited for the edit's lock on the file the edit then replaced, and
     read that old file: a SIGHUP sent during `tokens revoke` kept the revoked token."""
@@ -395,7 +406,12 @@ def test_a_reload_waiting_on_an_edit_reads_the_edited_file(tmp_path):
     with tokens_file.locked(path) as held:  # this process is `tokens revoke`
         reader = threading.Thread(target=lambda: read.append(auth.read_tokens_file(path)))
         reader.start()
-        time.sleep(0.5)  # the reader has opened the file and polls its lock
+        # the reader has opened the old file and polls its lock (a fixed 0.5 s sleep let a
+        # late reader open the new file: the test passed without the race it is about)
+        deadline = time.monotonic() + 30
+        while _open_fds(path) < 2:  # ours (the lock) and the reader's
+            assert time.monotonic() < deadline, "the reader never opened the file"
+            time.sleep(0.005)
         text = held.read().decode()
         edited = tokens_file.remove_digests(text, "partner b", {_digest_of(tokens["other"])})
         tokens_file.replace_locked(path, held, edited)
