@@ -254,9 +254,9 @@ def exposure_warnings(config: ServerConfig, auth: object | None) -> list[str]:
             " token and names every hash list (hashmatch_matches_total{list}): let only the"
             " scraper reach it (firewall), or metrics_host = 127.0.0.1"
         )
-    if auth is None:  # one warning (serve also printed its own, a second one)
+    if auth is None:  # its only warning: serve no longer logs one of its own
         out.append(
-            "NO AUTHENTICATION (insecure_no_auth): every caller is an admin of every list"
+            "NO AUTHENTICATION (--insecure-no-auth): every caller is an admin of every list"
             + ("" if loopback else f", and {config.listen} is reachable from other machines")
             + "; use it only on a machine you alone use"
         )

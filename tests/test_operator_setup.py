@@ -320,7 +320,7 @@ def test_serve_says_its_start_and_drain_through_its_log(tmp_path):
     # one warning about it (before, two: serve's own and the server's start-up's)
     assert len([line for line in lines if "WARNING" in line and "admin" in line]) == 1, lines
     expected = [
-        "hashmatch.server WARNING NO AUTHENTICATION (insecure_no_auth): every caller is an"
+        "hashmatch.server WARNING NO AUTHENTICATION (--insecure-no-auth): every caller is an"
         " admin of every list; use it only on a machine you alone use",
         f"hashmatch.server INFO hashmatch serving on 127.0.0.1:{port} (data ",
         "hashmatch.server INFO signal 15: draining (up to ",
