@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 SCRIPT = """
 import json, sys, threading, time
@@ -41,15 +42,21 @@ print(json.dumps(out))
 """
 
 
-def test_stop_during_an_ingest_stream_does_not_crash_and_keeps_what_was_stored(tmp_path):
+def _run_script(script: str, data_dir: Path, timeout: float) -> dict:
+    """Run ``script`` with ``data_dir`` in a fresh interpreter (a crash fails the test,
+    not the test run); the JSON object its last line prints."""
     done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "data")],
+        [sys.executable, "-c", script, str(data_dir)],
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=timeout,
     )
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_stop_during_an_ingest_stream_does_not_crash_and_keeps_what_was_stored(tmp_path):
+    out = _run_script(SCRIPT, tmp_path / "data", 180)
     assert out["integrity"] == "ok"
     stored = out["stored"].get("cut", 0)
     assert 3000 <= stored <= 30000 and stored % 1000 == 0  # whole messages only
@@ -170,14 +177,7 @@ def test_lookups_ride_out_a_restart_without_drain(tmp_path):
     now retry a CANCELLED the client did not cause: every lookup gets its answer, from
     this server or, retried, from the restarted one (same port, same data dir); the
     asyncio client's as the threaded one's."""
-    done = subprocess.run(
-        [sys.executable, "-c", NO_DRAIN_SCRIPT, str(tmp_path / "data")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    outcomes = json.loads(done.stdout.strip().splitlines()[-1])
+    outcomes = _run_script(NO_DRAIN_SCRIPT, tmp_path / "data", 300)
     assert set(outcomes) == {"partner", "aio:partner"}, outcomes
     assert outcomes["partner"] >= 4 * 4, outcomes  # lookups on every server
     assert outcomes["aio:partner"] >= 4 * 3, outcomes
