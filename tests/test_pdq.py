@@ -304,9 +304,9 @@ def test_reference_resize_reproduces_the_reference_cli(reference_dir: Path):
         code, _ = pdq_hash(_decoded(path), reference_resize=True)
         want = np.frombuffer(bytes.fromhex(row["Hash"]), np.uint8)
         distances[path.name] = int(np.unpackbits(code ^ want).sum())
-    assert len(distances) >= 14
+    assert len(distances) == 15
     exact = sum(d == 0 for d in distances.values())
-    assert exact >= len(distances) - 2, distances
+    assert exact >= len(distances) - 1, distances  # measured: all but sharpen-a-lot (2 bits)
     assert max(distances.values()) <= 4, distances
 
 
