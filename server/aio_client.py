@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 import grpc.aio
@@ -127,7 +127,7 @@ class AsyncHashmatchClient(shared.ClientBase):
         hashes: Iterable[shared.HashInput] = (),
         *,
         timeout: float | None = None,
-        **options: Any,
+        **options: Unpack[shared.MatchArgs],
     ) -> matcher_pb2.MatchResponse:
         """Look hashes and/or media up; options as :func:`match_request`; more than
         ``max_batch`` hashes as the sync client's ``match`` (several requests, one reply,
@@ -212,13 +212,14 @@ class AsyncHashmatchClient(shared.ClientBase):
 
     async def hash(
         self,
-        media: Sequence[bytes],
-        signal_types: Sequence[str] = ("pdq",),
+        media: shared.MediaInput | Iterable[shared.MediaInput],
+        signal_types: str | Sequence[str] = ("pdq",),
         *,
         timeout: float | None = None,
         **options: Any,
     ) -> matcher_pb2.HashResponse:
-        """Hashes of ``media`` only; options (``dihedral``, ``trim_borders``) as
+        """Hashes of ``media`` only, as the sync client's ``hash``; options
+        (``dihedral``, ``trim_borders``) as
         :func:`~hashmatch.server.client_shared.hash_request`."""
         request = shared.hash_request(media, signal_types, **options)
         return await self._unary(self.matcher.Hash, request, timeout, idempotent=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import grpc
 
@@ -40,7 +40,9 @@ from hashmatch.server.client_shared import (
     HashInput,
     IngestPlan,
     IngestStopped,
+    MatchArgs,
     MatchPlan,
+    MediaInput,
     SourceGuard,
     StreamPlan,
     add_retract_reply,
@@ -70,6 +72,8 @@ __all__ = [  # the builders and constants pipelines import from here
     "HashInput",
     "HashmatchClient",
     "IngestStopped",
+    "MatchArgs",
+    "MediaInput",
     "hash_value",
     "low_quality_enum",
     "match_request",
@@ -154,9 +158,16 @@ class HashmatchClient(ClientBase):
     match_request = staticmethod(match_request)
 
     def match(
-        self, hashes: Iterable[HashInput] = (), *, timeout: float | None = None, **options: Any
+        self,
+        hashes: Iterable[HashInput] = (),
+        *,
+        timeout: float | None = None,
+        **options: Unpack[MatchArgs],
     ) -> matcher_pb2.MatchResponse:
-        """Look hashes and/or media up; options as :meth:`match_request`. More hashes
+        """Look hashes and/or media up; options as :meth:`match_request` (e.g.
+        ``match(media=[upload_bytes])``, ``match([("pdq", hex)], threshold=31)``): one
+        ``QueryResult`` per query, hashes first, then media, then videos, each with its
+        ``source`` and ``index`` in them, and its matches nearest first. More hashes
         (or video frames) than the client's ``max_batch`` go as several requests, whose
         replies are merged into the one a single request would have had
         (:class:`~hashmatch.server.client_shared.MatchPlan`); ``timeout`` (None: the
@@ -229,13 +240,16 @@ class HashmatchClient(ClientBase):
 
     def hash(
         self,
-        media: Sequence[bytes],
-        signal_types: Sequence[str] = ("pdq",),
+        media: MediaInput | Iterable[MediaInput],
+        signal_types: str | Sequence[str] = ("pdq",),
         *,
         dihedral: bool = False,
         trim_borders: bool = False,
         timeout: float | None = None,
     ) -> matcher_pb2.HashResponse:
+        """The hashes of ``media`` (one bytes value is one item), no lookup: one
+        ``MediaHashes`` per item in ``items``, its ``hashes`` one ``ComputedHash`` per
+        type (``hex`` and ``qualities``; ``signal_types``: a list or one name)."""
         request = hash_request(media, signal_types, dihedral=dihedral, trim_borders=trim_borders)
         return self._unary(self.matcher.Hash, request, timeout, idempotent=True)
 
@@ -388,7 +402,7 @@ class HashmatchClient(ClientBase):
         self,
         since: int = 0,
         *,
-        signal_types: Sequence[str] = (),
+        signal_types: str | Sequence[str] = (),
         max_changes: int = 0,
         since_signal_id: int | None = None,
         timeout: float | None = None,

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import grpc
 from google.rpc import error_details_pb2
@@ -38,6 +38,9 @@ from hashmatch.v1 import (
 )
 
 HashInput = common_pb2.HashValue | tuple[str, str | bytes]
+#: Media bytes as the clients take them: a bytearray or memoryview (a buffer an upload
+#: was read into) is sent as its bytes
+MediaInput = bytes | bytearray | memoryview
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 # What grpcio says of a call the client cancelled itself (its own cancel, or its channel
 # closed under the call): such a CANCELLED is never retried.
@@ -532,26 +535,61 @@ def hash_value(item: HashInput) -> common_pb2.HashValue:
     """``("pdq", "hex...")``, ``("pdq", raw_bytes)`` or a HashValue -> HashValue."""
     if isinstance(item, common_pb2.HashValue):
         return item
+    if isinstance(item, str | bytes):
+        # ``match(("pdq", hex))``, a pair not in a list: each of its strings came here,
+        # and unpacking one failed "too many values to unpack (expected 2)"
+        raise TypeError(
+            f"hashes: each item is a (type, hex) pair or a HashValue, got {item[:70]!r};"
+            ' a single hash goes in a list: [("pdq", hex)]'
+        )
     signal_type, value = item
     if isinstance(value, bytes | bytearray):
         return common_pb2.HashValue(signal_type=signal_type, raw=bytes(value))
     return common_pb2.HashValue(signal_type=signal_type, hex=value)
 
 
+def names(value: str | Iterable[str]) -> list[str]:
+    """Names (labels, lists, signal types) as a list, a bare str being one name.
+
+    Why: a str is itself an iterable of str, so ``labels="csam"`` was stored as four
+    labels, ``c``, ``s``, ``a``, ``m``, without a word, and ``hash([data], "md5")`` or
+    ``lists="partner-a"`` failed as the unknown type ``m`` or the list ``p``."""
+    return [value] if isinstance(value, str) else list(value)
+
+
+def media_items(media: MediaInput | Iterable[MediaInput]) -> list[bytes]:
+    """Media as the request's list of bytes: one bytes-like value is one item, a
+    bytearray or memoryview is sent as its bytes.
+
+    Why: ``hash(data)`` or ``match(media=data)`` (one upload) was iterated as its
+    byte values and failed "TypeError: expected bytes, int found"; a bytearray item
+    (a buffer read into) failed "expected bytes, bytearray found"."""
+    if isinstance(media, bytes | bytearray | memoryview):
+        media = [media]
+    return [item if isinstance(item, bytes) else _as_bytes(item) for item in media]
+
+
+def _as_bytes(item: Any) -> bytes:
+    if isinstance(item, bytearray | memoryview):
+        return bytes(item)
+    raise TypeError(f"media: each item is the bytes of one file, got {type(item).__name__}")
+
+
 def signal(
     signal_type: str,
     value: str | bytes,
     *,
-    labels: Sequence[str] = (),
+    labels: str | Sequence[str] = (),
     external_id: str = "",
     quality: int | None = None,
     expires_at: float | str | datetime | None = None,
 ) -> signals_pb2.Signal:
     """One signal to ingest. Each states the whole signal: a re-send without the
     ``quality`` or ``expires_at`` a partner gave clears them in the store.
+    ``labels``: a list, or one label as a str.
     ``expires_at``: epoch seconds, an ISO-8601 string (as in a CSV) or a datetime."""
     pb = signals_pb2.Signal(
-        hash=hash_value((signal_type, value)), labels=list(labels), external_id=external_id
+        hash=hash_value((signal_type, value)), labels=names(labels), external_id=external_id
     )
     if quality is not None:
         pb.hash.quality = quality
@@ -580,7 +618,7 @@ def video_signal(
     *,
     qualities: Sequence[int] = (),
     timestamps: Sequence[float] = (),
-    labels: Sequence[str] = (),
+    labels: str | Sequence[str] = (),
     external_id: str = "",
     expires_at: float | str | datetime | None = None,
 ) -> signals_pb2.Signal:
@@ -590,7 +628,7 @@ def video_signal(
         frames=list(frames),
         frame_qualities=list(qualities),
         timestamps=list(timestamps),
-        labels=list(labels),
+        labels=names(labels),
         external_id=external_id,
     )
     if expires_at is not None:
@@ -598,13 +636,36 @@ def video_signal(
     return pb
 
 
+class MatchArgs(TypedDict, total=False):
+    """The keyword arguments of ``match`` (both clients) after ``hashes``, those of
+    :func:`match_request`: typed, so an editor or a type checker knows them (they were
+    ``**options: Any``, and a misspelt one failed only when called)."""
+
+    media: MediaInput | Iterable[MediaInput]
+    media_types: str | Sequence[str]
+    threshold: int | None
+    lists: str | Sequence[str]
+    max_results: int
+    dihedral: bool
+    trim_borders: bool
+    all_frames: bool
+    uncrop: bool
+    derotate: bool
+    upscale_small: bool
+    upscale_small_replicate: bool
+    min_quality: int | None
+    low_quality_queries: str | None
+    request_id: str
+    videos: Sequence[Sequence[str] | matcher_pb2.VideoQuery]
+
+
 def match_request(
     hashes: Iterable[HashInput] = (),
     *,
-    media: Sequence[bytes] = (),
-    media_types: Sequence[str] = (),
+    media: MediaInput | Iterable[MediaInput] = (),
+    media_types: str | Sequence[str] = (),
     threshold: int | None = None,
-    lists: Sequence[str] = (),
+    lists: str | Sequence[str] = (),
     max_results: int = 0,
     dihedral: bool = False,
     trim_borders: bool = False,
@@ -618,11 +679,17 @@ def match_request(
     request_id: str = "",
     videos: Sequence[Sequence[str] | matcher_pb2.VideoQuery] = (),
 ) -> matcher_pb2.MatchRequest:
-    """``videos``: vPDQ queries, each a list of frame hex (or a VideoQuery).
+    """One MatchRequest (what ``match`` sends, and what ``match_stream`` reads).
+
+    ``hashes``: ``(type, hex or raw bytes)`` pairs or HashValues. ``media``: uploaded
+    files' bytes (one bytes value is one item), hashed server-side with
+    ``media_types`` (default pdq). ``videos``: vPDQ queries, each a list of frame hex
+    (or a VideoQuery). ``media_types`` and ``lists`` take a list or one name as a str.
     ``low_quality_queries``: ``"match_quality_stored"`` or ``"skip"`` (None = the
-    server's default, match_quality_stored)."""
+    server's default, match_quality_stored). The other options are MatchOptions'
+    (the README's API table says what each does)."""
     options = matcher_pb2.MatchOptions(
-        lists=list(lists),
+        lists=names(lists),
         max_results=max_results,
         dihedral=dihedral,
         trim_borders=trim_borders,
@@ -639,8 +706,8 @@ def match_request(
         options.min_quality = min_quality
     return matcher_pb2.MatchRequest(
         hashes=[hash_value(h) for h in hashes],
-        media=list(media),
-        media_types=list(media_types),
+        media=media_items(media),
+        media_types=names(media_types),
         options=options,
         request_id=request_id,
         videos=[
@@ -773,15 +840,17 @@ def _chunks(items: list, limit: int, weight: Callable[[Any], int]) -> list[list]
 
 
 def hash_request(
-    media: Sequence[bytes],
-    signal_types: Sequence[str] = ("pdq",),
+    media: MediaInput | Iterable[MediaInput],
+    signal_types: str | Sequence[str] = ("pdq",),
     *,
     dihedral: bool = False,
     trim_borders: bool = False,
 ) -> matcher_pb2.HashRequest:
+    """A HashRequest: ``media`` as in :func:`match_request` (one bytes value is one
+    item), ``signal_types`` a list or one name as a str."""
     return matcher_pb2.HashRequest(
-        media=list(media),
-        signal_types=list(signal_types),
+        media=media_items(media),
+        signal_types=names(signal_types),
         dihedral=dihedral,
         trim_borders=trim_borders,
     )
@@ -857,7 +926,7 @@ def retract_progress(total: signals_pb2.RetractResponse) -> Iterator[None]:
 def changes_request(
     since: int = 0,
     *,
-    signal_types: Sequence[str] = (),
+    signal_types: str | Sequence[str] = (),
     max_changes: int = 0,
     since_signal_id: int | None = None,
 ) -> signals_pb2.ChangesRequest:
@@ -865,7 +934,7 @@ def changes_request(
     (``split_entries``): the changes of entry ``since + 1`` up to that signal id are read."""
     return signals_pb2.ChangesRequest(
         since=since,
-        signal_types=list(signal_types),
+        signal_types=names(signal_types),
         max_changes=max_changes,
         split_entries=since_signal_id is not None,
         since_signal_id=since_signal_id or 0,
