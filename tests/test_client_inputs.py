@@ -20,6 +20,7 @@ import typing
 
 import pytest
 from PIL import Image
+from readme_example import run_python_example
 from skimage import data
 
 from hashmatch.server import client_shared
@@ -106,3 +107,16 @@ def test_match_options_are_typed_as_match_requests_arguments():
     for method in (HashmatchClient.match, AsyncHashmatchClient.match):
         hint = typing.get_type_hints(method, include_extras=True)["options"]
         assert typing.get_args(hint) == (match_args,), method
+
+
+def test_the_readme_upload_pipeline_example_runs(served):
+    """The README's upload-pipeline example, run as written: media matched server-side,
+    a batch of hex, a bad upload read with bad_request_fields, a MatchStream."""
+    ts = served[0]
+    done = run_python_example("An upload pipeline keeps one client", ts)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "upload: [('demo-uploads', ['demo'], 0)]", done.stdout
+    assert lines[1] == "batch: [(0, 1), (1, 0)]", done.stdout
+    assert lines[2].startswith("INVALID_ARGUMENT [('media[1]', 'not an image"), done.stdout
+    assert lines[3:] == ["upload-0 1", "upload-1 1", "upload-2 1"], done.stdout
