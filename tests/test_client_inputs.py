@@ -120,3 +120,13 @@ def test_the_readme_upload_pipeline_example_runs(served):
     assert lines[1] == "batch: [(0, 1), (1, 0)]", done.stdout
     assert lines[2].startswith("INVALID_ARGUMENT [('media[1]', 'not an image"), done.stdout
     assert lines[3:] == ["upload-0 1", "upload-1 1", "upload-2 1"], done.stdout
+
+
+def test_a_matchs_query_index_is_its_results_position_not_its_index_in_media(served):
+    """What common.proto's ``Match.query_index`` says (it read "which query (hash or
+    media item)", which a reader could take as the index in ``media``)."""
+    _ts, client, upload, pdq = served
+    reply = client.match([("pdq", "0" * 64), ("pdq", pdq)], media=[upload])
+    got = [(r.source, r.index, [m.query_index for m in r.matches]) for r in reply.results]
+    hash_, media = 1, 2  # QueryResult.SOURCE_HASH, SOURCE_MEDIA
+    assert got == [(hash_, 0, []), (hash_, 1, [1]), (media, 0, [2])]
