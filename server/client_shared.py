@@ -688,7 +688,7 @@ def match_request(
     ``low_quality_queries``: ``"match_quality_stored"`` or ``"skip"`` (None = the
     server's default, match_quality_stored). The other options are MatchOptions'
     (the README's API table says what each does)."""
-    options = matcher_pb2.MatchOptions(
+    options = _match_options(
         lists=names(lists),
         max_results=max_results,
         dihedral=dihedral,
@@ -699,11 +699,9 @@ def match_request(
         upscale_small=upscale_small,
         upscale_small_replicate=upscale_small_replicate,
         low_quality_queries=low_quality_enum(low_quality_queries),
+        threshold=threshold,
+        min_quality=min_quality,
     )
-    if threshold is not None:
-        options.threshold = threshold
-    if min_quality is not None:
-        options.min_quality = min_quality
     return matcher_pb2.MatchRequest(
         hashes=[hash_value(h) for h in hashes],
         media=media_items(media),
@@ -717,6 +715,23 @@ def match_request(
             for v in videos
         ],
     )
+
+
+def _match_options(**fields: Any) -> matcher_pb2.MatchOptions:
+    """MatchOptions of ``fields`` (None: unset), a value protobuf refuses named.
+
+    Why: ``max_results=-1`` raised "ValueError: Value out of range: -1" and
+    ``threshold="31"`` a TypeError about ``str``, neither saying which argument."""
+    given = {name: value for name, value in fields.items() if value is not None}
+    try:
+        return matcher_pb2.MatchOptions(**given)
+    except (TypeError, ValueError):
+        for name, value in given.items():
+            try:
+                matcher_pb2.MatchOptions(**{name: value})
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"{name}: {exc}") from None
+        raise
 
 
 class MatchPlan:

@@ -130,3 +130,20 @@ def test_a_matchs_query_index_is_its_results_position_not_its_index_in_media(ser
     got = [(r.source, r.index, [m.query_index for m in r.matches]) for r in reply.results]
     hash_, media = 1, 2  # QueryResult.SOURCE_HASH, SOURCE_MEDIA
     assert got == [(hash_, 0, []), (hash_, 1, [1]), (media, 0, [2])]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "error"),
+    [
+        ("max_results", -1, ValueError),
+        ("threshold", "31", TypeError),
+        ("min_quality", 1.5, TypeError),
+    ],
+)
+def test_an_option_protobuf_refuses_is_named(served, option, value, error):
+    """Was "Value out of range: -1" or "'str' object cannot be interpreted as an
+    integer", naming no argument."""
+    _ts, client, _upload, pdq = served
+    with pytest.raises(error, match=f"^{option}: "):
+        client.match([("pdq", pdq)], **{option: value})
+    assert client.match([("pdq", pdq)], threshold=0, min_quality=0).results[0].matches
