@@ -142,8 +142,13 @@ class ClientBase:
     whose ``secure_channel`` / ``insecure_channel`` take the same arguments).
 
     ``root_certificates``, ``client_cert``, ``client_key``: PEM bytes, PEM text (a str
-    starting ``-----BEGIN``) or a file path. ``timeout``: seconds per call (None = no
-    deadline); ``retries``: how often a call without a deadline retries UNAVAILABLE.
+    starting ``-----BEGIN``) or a file path; any of them, or ``tls=True`` alone (the
+    system's root CAs), makes the channel TLS, else it is plaintext (the token too).
+    ``server_name``: the name the server's certificate is checked for, instead of the
+    host in ``target``. ``timeout``: seconds per call (None = no deadline); ``retries``:
+    how often a call without a deadline retries UNAVAILABLE (a call with one retries
+    until it; ``retries=0``: never); ``backoff``: the first pause, doubling to 2 s.
+    ``max_message_bytes``: the largest message sent or received.
     ``max_batch``: the server's ``max_batch`` (hashes, or video frames, per Match):
     ``match`` sends more as several requests and merges their replies. ``keepalive``:
     seconds between pings that find a connection the network dropped silently (None =
