@@ -144,6 +144,8 @@ class HashmatchClient(ClientBase):
             time.sleep(attempts.pause)
 
     def close(self) -> None:
+        """Close the channel: calls in flight are cancelled (not retried), and a call
+        made after this raises ``ValueError`` ("Cannot invoke RPC on closed channel!")."""
         self.closed = True  # first: the calls the close cancels are not retried
         self.channel.close()
 
@@ -395,6 +397,8 @@ class HashmatchClient(ClientBase):
         return total
 
     def list_hash_lists(self, *, timeout: float | None = None) -> signals_pb2.ListHashListsResponse:
+        """The lists this token's tenant may see (``lists``: name, counts, ``uid``...),
+        with ``tenant`` and ``store_id``."""
         request = signals_pb2.ListHashListsRequest()
         return self._unary(self.signals.ListHashLists, request, timeout, idempotent=True)
 
@@ -444,6 +448,8 @@ class HashmatchClient(ClientBase):
     # -- Admin ------------------------------------------------------------------------
 
     def stats(self, *, timeout: float | None = None) -> admin_pb2.StatsResponse:
+        """Counts per type, list and shard, the index kind, memory, snapshot age (the
+        admin role)."""
         return self._unary(self.admin.Stats, admin_pb2.StatsRequest(), timeout, idempotent=True)
 
     def rebuild(self, *, timeout: float | None = None) -> Iterator[admin_pb2.RebuildProgress]:
@@ -453,6 +459,7 @@ class HashmatchClient(ClientBase):
         )
 
     def snapshot(self, *, timeout: float | None = None) -> admin_pb2.SnapshotResponse:
+        """Write an index snapshot (the admin role): the reply's ``path`` names it."""
         return self._unary(self.admin.Snapshot, admin_pb2.SnapshotRequest(), timeout)
 
     # -- health -----------------------------------------------------------------------

@@ -176,7 +176,7 @@ class ClientBase:
         max_batch: int = MAX_BATCH,
         keepalive: float | None = KEEPALIVE_SECONDS,
         keepalive_timeout: float = KEEPALIVE_TIMEOUT_SECONDS,
-    ):
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         options: list[tuple[str, Any]] = [
