@@ -713,13 +713,24 @@ def match_request(
         media_types=names(media_types),
         options=options,
         request_id=request_id,
-        videos=[
-            v
-            if isinstance(v, matcher_pb2.VideoQuery)
-            else matcher_pb2.VideoQuery(signal_type="vpdq", frames=list(v))
-            for v in videos
-        ],
+        videos=[_video_query(v) for v in videos],
     )
+
+
+def _video_query(video: Sequence[str] | matcher_pb2.VideoQuery) -> matcher_pb2.VideoQuery:
+    """One of ``match_request``'s ``videos``: a VideoQuery, or its frames' hex.
+
+    Why: ``videos=frames`` (one video's frames, not in a list) sent each frame as a
+    video of one-character frames, refused "videos[0].frames[0]: vpdq hash must be 64
+    hex characters, got 1"."""
+    if isinstance(video, matcher_pb2.VideoQuery):
+        return video
+    if isinstance(video, str):
+        raise TypeError(
+            "videos: each item is one video, the list of its frames' hex (or a"
+            " VideoQuery), got a str; one video goes in a list: videos=[frames]"
+        )
+    return matcher_pb2.VideoQuery(signal_type="vpdq", frames=list(video))
 
 
 def _match_options(**fields: Any) -> matcher_pb2.MatchOptions:

@@ -89,10 +89,12 @@ def test_the_asyncio_client_takes_them_alike(served):
     asyncio.run(scenario())
 
 
-def test_a_hash_pair_outside_its_list_says_so(served):
+def test_a_hash_pair_or_a_videos_frames_outside_their_list_say_so(served):
     _ts, client, _upload, pdq = served
     with pytest.raises(TypeError, match=r"a single hash goes in a list: \[\(\"pdq\", hex\)\]"):
         client.match(("pdq", pdq))  # was ValueError: too many values to unpack
+    with pytest.raises(TypeError, match=r"one video goes in a list: videos=\[frames\]"):
+        client.match(videos=[pdq, pdq])  # was INVALID_ARGUMENT "...frames[0]... got 1"
 
 
 def test_match_options_are_typed_as_match_requests_arguments():
