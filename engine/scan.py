@@ -1762,10 +1762,11 @@ class Scanner:
             to_match.append(
                 (file_id, [h for h in stored.get(file_id, []) if h.signal_type in wanted])
             )
+        elsewhere = self._matched_elsewhere(ok + failures)
         lookup_error: BaseException | None = None
         try:
             matched = self._lookup(to_match)
-            self._recheck_elsewhere(ok + failures, matched)
+            self._recheck_elsewhere(ok + failures, elsewhere, matched)
         except Exception as exc:  # e.g. the server went away: keep the hashes, then stop
             # (a re-run skips these files and matches them from the catalog: no re-hash);
             # the unchanged ones were counted as skipped when found: not done after all
@@ -1773,6 +1774,11 @@ class Scanner:
                 p not in self._failed_verdict for p in skipped_paths
             )
             lookup_error, matched, skipped, skipped_paths = exc, {}, [], []
+            # but a file with matches outside a --list scan's lists is not written:
+            # written, it would lose them and look unchanged, and a re-run would match
+            # its catalogued hashes in its own lists only; as it was, it is hashed again
+            ok = [r for r in ok if r.path not in elsewhere]
+            failures = [r for r in failures if r.path not in elsewhere]
         failed = self._counted_failed_verdicts(skipped, skipped_paths, stored, wanted)
         matched_files = 0
         with self.catalog.transaction():
@@ -1881,8 +1887,20 @@ class Scanner:
             )
         return n
 
+    def _matched_elsewhere(self, hashed: Sequence[WorkResult]) -> dict[str, set[tuple[str, str]]]:
+        """path -> the (signal type, list) pairs of the catalogued matches of
+        ``hashed``'s files with new hashes, in lists outside a ``--list`` scan's own
+        (none for a scan of every list): what writing their new hashes replaces."""
+        scope = self.matcher.lists if self.matcher is not None else None
+        if not scope:
+            return {}
+        return self.catalog.matched_elsewhere([r.path for r in hashed if r.hashes], scope)
+
     def _recheck_elsewhere(
-        self, hashed: Sequence[WorkResult], matched: dict[int, list[MatchRow]]
+        self,
+        hashed: Sequence[WorkResult],
+        before: dict[str, set[tuple[str, str]]],
+        matched: dict[int, list[MatchRow]],
     ) -> None:
         """Add to ``matched`` (keys -1 - i for ``hashed[i]``) the matches a ``--list``
         scan would drop unseen: those of the types hashed again, in lists outside its
@@ -1893,11 +1911,7 @@ class Scanner:
         list (its bytes may have changed), and a ``--list`` scan looked only in its
         own: a match from another list disappeared, never reported again (a rescan
         matches new signals only). A match the new bytes no longer make is dropped,
-        rightly."""
-        scope = self.matcher.lists if self.matcher is not None else None
-        if not scope:
-            return
-        before = self.catalog.matched_elsewhere([r.path for r in hashed if r.hashes], scope)
+        rightly. ``before``: :meth:`_matched_elsewhere` of ``hashed``."""
         if not before:
             return
         again: list[tuple[int, list[FileHashes]]] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import pytest
 from scan_tree import ORIGINALS, _jpeg, _png
 
 from hashmatch.engine.catalog import Catalog
@@ -81,3 +82,47 @@ def test_a_rehashed_files_matches_from_lists_outside_the_scan_are_checked_again(
     replaced = run(lists=["a"])
     assert replaced.hashed == 1
     assert [m[:2] for m in _catalogued_matches(catalog)] == [("pdq", "a")]
+
+
+def test_a_lookup_that_fails_keeps_the_matches_from_lists_outside_the_scan(tmp_path):
+    """``scan --server --list a`` whose server is lost once the scan started: a file
+    hashed again (new bytes) was written with its new hashes and none of its old
+    matches, list b's included; it then looked unchanged, so the re-run (``--list a``)
+    matched its catalogued hashes in list a only, and list b's match was gone for good.
+    Now such a file is not written: the catalog keeps it as it was (its list b match
+    too), and the re-run hashes it again and looks list b's match up again."""
+    from hashmatch.engine.scan import LookupFailed, RemoteMatcher
+    from hashmatch.server.client import HashmatchClient
+    from hashmatch.server.testing import running_server
+
+    data, catalog = tmp_path / "data", tmp_path / "c.sqlite"
+    with Engine.open(data, eager=False) as engine:
+        engine.ingest([SignalRecord("pdq", _pdq("astronaut"))], list_name="a")
+        engine.ingest([SignalRecord("pdq", _pdq("coffee"))], list_name="b")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    photo = tree / "photo.img"
+    photo.write_bytes(_png(ORIGINALS["coffee"]()))
+    opts = ScanOptions(types=("pdq",), workers=0, progress=False)
+    with running_server(data) as ts:
+        everywhere = RemoteMatcher(ts.client(retries=0, timeout=5))
+        with Catalog(catalog) as cat:
+            assert scan([tree], catalog=cat, matcher=everywhere, options=opts).matches == 1
+        before = _catalogued_matches(catalog)
+        assert [m[:2] for m in before] == [("pdq", "b")]
+        only_a = RemoteMatcher(HashmatchClient(ts.target, retries=0, timeout=5), lists=["a"])
+        photo.write_bytes(_jpeg(ORIGINALS["coffee"](), 85))  # re-encoded: hashed again
+        ts.server.stop(grace=0)  # lost before the scan's lookup
+    with Catalog(catalog) as cat, pytest.raises(LookupFailed, match="run the same scan"):
+        scan([tree], catalog=cat, matcher=only_a, options=opts)
+    only_a.client.close()
+    assert _catalogued_matches(catalog) == before  # list b's match is still there
+
+    matcher = LocalMatcher.open(data, lists=["a"])  # the same scan again, its server back
+    with Catalog(catalog) as cat:
+        again = scan([tree], catalog=cat, matcher=matcher, options=opts)
+    matcher.close()
+    assert (again.hashed, again.matches) == (1, 1)  # hashed again, list b looked up again
+    with sqlite3.connect(catalog) as conn:
+        (code,) = conn.execute("SELECT code FROM hashes WHERE frame = 0").fetchone()
+    assert _catalogued_matches(catalog) == [("pdq", "b", code.hex())]
