@@ -37,7 +37,8 @@ class CallSlots:
     them for one tenant; beyond, RESOURCE_EXHAUSTED at once.
 
     Why: a call that streams its requests (MatchStream, Ingest) holds a worker thread
-    while its client sends nothing; capping them (``ServerConfig.request_streams_limit``,
+    while its client sends nothing, and one that streams its replies (Changes) while its
+    client reads nothing; capping them (``ServerConfig.request_streams_limit``,
     half the threads) leaves threads for unary calls and health checks, which gRPC's own
     ``maximum_concurrent_rpcs`` (it counts every call alike) cannot do. The per-tenant
     share keeps one tenant's idle streams from refusing every other tenant's Ingest.
@@ -47,7 +48,7 @@ class CallSlots:
         self,
         limit: int,
         per_tenant: int | None = None,
-        kind: str = "request streams (MatchStream, Ingest)",
+        kind: str = "streams (MatchStream, Ingest, Changes)",
     ):
         self.limit = limit
         self.per_tenant = per_tenant or max(1, limit // 2)
@@ -275,12 +276,18 @@ def _check_decoded(request: Any) -> None:
         raise request.error()
 
 
-def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) -> Callable:
+def rpc(
+    role: str, *, needs_index: bool = True, request_stream: bool = False, slot: bool | None = None
+) -> Callable:
     """Decorate ``method(self, request_or_iterator, call)`` of a servicer.
 
-    ``request_stream``: the client streams its requests, so the call takes one of the
-    host's :class:`CallSlots` for as long as it runs.
+    ``request_stream``: the client streams its requests. ``slot`` (default: as
+    ``request_stream``): the call takes one of the host's :class:`CallSlots` for as long
+    as it runs, because its client can hold the thread by doing nothing: idle in its
+    request stream, or not reading a response stream (grpcio's handler thread waits for
+    each streamed message to be taken by the client's flow-control window).
     """
+    takes_slot = request_stream if slot is None else slot
 
     def decorate(fn: Callable) -> Callable:
         name = fn.__name__
@@ -374,7 +381,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
                 slot = admitted = False
                 try:
                     call = begin(self, context)
-                    slot = request_stream and self.host.slots.take(call.share)
+                    slot = takes_slot and self.host.slots.take(call.share)
                     admit(self, call)
                     admitted = True
                     _check_decoded(request)
@@ -417,7 +424,7 @@ def rpc(role: str, *, needs_index: bool = True, request_stream: bool = False) ->
             slot = admitted = False
             try:
                 call = begin(self, context)
-                slot = request_stream and self.host.slots.take(call.share)
+                slot = takes_slot and self.host.slots.take(call.share)
                 admit(self, call)
                 admitted = True
                 _check_decoded(request)

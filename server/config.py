@@ -114,15 +114,16 @@ class ServerConfig:
 
     @property
     def request_streams_limit(self) -> int:
-        """How many calls that stream their requests (MatchStream, Ingest) may run at once:
+        """How many streaming calls (MatchStream, Ingest, Changes) may run at once:
         half the worker threads (at least 1); beyond it, RESOURCE_EXHAUSTED at once.
 
         Why: such a call holds a worker thread for as long as its client keeps the stream
-        open, sending or not, so a few idle streams could take every thread and make all
-        other calls, health checks too, wait until their deadlines. Unary calls finish on
-        their own, so they still queue (up to ``max_concurrent_rpcs``) for the other
-        half rather than being refused: 64 concurrent upload-pipeline callers on 32
-        threads wait a few milliseconds instead of half of them failing.
+        open, sending (or, for Changes, reading) or not, so a few idle streams could take
+        every thread and make all other calls, health checks too, wait until their
+        deadlines. Unary calls finish on their own, so they still queue (up to
+        ``max_concurrent_rpcs``) for the other half rather than being refused: 64
+        concurrent upload-pipeline callers on 32 threads wait a few milliseconds instead
+        of half of them failing.
         """
         return max(1, self.workers // 2)
 

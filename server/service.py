@@ -119,8 +119,9 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
         )
 
     # The change log hands over every hash of the lists shared with the caller, more
-    # than Match reveals: its own "export" role, scoped by tenant like Match.
-    @rpc("export")
+    # than Match reveals: its own "export" role, scoped by tenant like Match. A stream
+    # slot: a client that does not read the replies holds the thread (see calls.rpc).
+    @rpc("export", slot=True)
     def Changes(
         self, request: signals_pb2.ChangesRequest, call: Call
     ) -> Iterator[signals_pb2.ChangesResponse]:

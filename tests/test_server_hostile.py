@@ -237,7 +237,7 @@ def test_idle_streams_cannot_take_every_worker(tmp_path):
             started = time.monotonic()
             refused = _one_more_stream(spare, ts, "ops")
             assert time.monotonic() - started < 2
-            assert "limit of 2 concurrent request streams" in refused.details()
+            assert "limit of 2 concurrent streams" in refused.details()
             client = ts.client("ops", retries=0)
             assert client.match([("pdq", "00" * 32)], timeout=5).results  # unary: served
             assert client.health(timeout=2) == "SERVING"
@@ -260,9 +260,47 @@ def test_one_tenants_idle_streams_leave_the_others_room(tmp_path):
         _idle_streams(ts, ["other", "other"]) as spare,
     ):
         refused = _one_more_stream(spare, ts, "other")
-        assert "this tenant already has 2 concurrent request streams" in refused.details()
+        assert "this tenant already has 2 concurrent streams" in refused.details()
         reply = ts.client("ops", retries=0).ingest("mine", [make_signal("pdq", "22" * 32)])
         assert reply.added == 1  # the other tenant's Ingest still gets a slot
+
+
+#: a client that reads nothing: no BDP probing to grow its window, a 1 KiB lookahead, so
+#: the server's send of a Changes page waits on it after a few KiB
+NOT_READING = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
+
+
+def test_changes_streams_the_client_does_not_read_leave_threads_for_others(tmp_path):
+    """A Changes stream whose client reads no reply holds its handler's thread (grpcio
+    waits for each streamed message to fit the client's flow-control window). Before,
+    Changes took no stream slot: an export-role tenant (a mirror's token) opening
+    ``workers`` + 2 of them left no thread, and every other tenant's Match waited to its
+    deadline. Now Changes takes a stream slot: the tenant's extra ones are refused."""
+    tenants = {"ops": (["match", "write", "admin"], True), "mirror": (["export"], True),
+               "other": (["match"], True)}  # fmt: skip
+    with running_server(tmp_path, tenants=tenants, workers=4) as ts:
+        rows = [make_signal("pdq", f"{i:064x}", external_id="e" * 100) for i in range(2000)]
+        ts.client("ops").ingest("big", rows)
+        channels = [grpc.insecure_channel(ts.target, options=NOT_READING) for _ in range(7)]
+        try:
+            held = [signals_pb2_grpc.SignalsStub(ch).Changes(
+                signals_pb2.ChangesRequest(), metadata=_auth_as(ts, "mirror"), timeout=60)
+                for ch in channels[1:]]  # fmt: skip
+            time.sleep(1.0)  # their handlers run, their first pages wait on the client
+            match = matcher_pb2_grpc.MatcherStub(channels[0]).Match
+            request = matcher_pb2.MatchRequest(hashes=[common_pb2.HashValue(
+                signal_type="pdq", hex="ff" * 32)])  # fmt: skip
+            reply = match(request, metadata=_auth_as(ts, "other"), timeout=5)
+            assert len(reply.results) == 1
+            refused = [c for c in held if c.done()]  # code() would wait for the others
+            assert len(refused) == len(held) - 1  # the tenant's share of 2 slots: 1
+            assert {c.code() for c in refused} == {grpc.StatusCode.RESOURCE_EXHAUSTED}
+            assert "this tenant already has 1 concurrent streams" in refused[0].details()
+        finally:
+            for call in held:
+                call.cancel()
+            for ch in channels:
+                ch.close()
 
 
 # -- 3. long client strings in error messages -------------------------------------------
