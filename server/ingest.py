@@ -222,6 +222,12 @@ def retract(
     )
 
 
+#: A retraction's reason is stored on every signal it retracts (and again on those already
+#: retracted when it differs): uncapped, a 200 kB Retract of 2,000 signals with a 100 kB
+#: reason wrote 400 MB to the store, and one at ``max_message_bytes`` could fill the disk.
+MAX_REASON_CHARS = 1000
+
+
 def _retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call):
     check_size(request, host.config.max_message_bytes)
     list_name = request.list_name.strip()
@@ -230,6 +236,11 @@ def _retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call)
     call.log["list"] = clip(list_name)  # a refused retraction's log line names its target too
     if not request.hashes and not request.signal_ids:
         raise InvalidInput("give hashes or signal_ids to retract", field="hashes")
+    if len(request.reason) > MAX_REASON_CHARS:
+        raise InvalidInput(
+            f"{len(request.reason)} characters is over the limit of {MAX_REASON_CHARS}",
+            field="reason",
+        )
     items = len(request.hashes) + len(request.signal_ids)
     if items > host.config.max_batch:
         larger = "hashes" if len(request.hashes) >= len(request.signal_ids) else "signal_ids"
