@@ -25,7 +25,8 @@ Why this shape:
   A worker's death fails every task in flight: their files are retried one at a
   time, so only a file that kills its worker again is ``worker-crashed`` (or
   ``timeout``, when the watchdog killed it); such a file's digests are then read in a
-  process of their own (:mod:`scan_digests`), as a decode failure's are.
+  process of their own (:mod:`scan_digests`), as a decode failure's are. A file
+  catalogued ``worker-crashed`` is tried alone from the start by the next scan.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ DETERMINISTIC_FAILURES = frozenset({"empty", "corrupt", "unsupported"})
 # ...except this "unsupported": it depends on --types (a video in a pdq-only scan), so a
 # later scan with other types must hash the file, not repeat the cached verdict
 NO_TYPE_APPLIES = "no requested type applies"
+# a file whose worker died with it alone: tried again by every scan (not a verdict on
+# its bytes: memory, a stray kill, a decoder since fixed), but alone from the start
+CRASHED = "worker-crashed"
 # marks in a file's catalogued types: how its PDQ was made (a later scan that asks for
 # something else hashes the file again)
 DIHEDRAL_MARK = "pdq+dihedral"
@@ -1465,6 +1469,14 @@ class Scanner:
                         else:
                             self.summary.skipped_unchanged += 1
                         continue
+                    if pool is not None and rec is not None and rec.reason == CRASHED:
+                        # it killed its worker last time: tried alone at once, so a
+                        # crash again takes no other file's task with it, and is one
+                        # crash, not two (in a task, then alone)
+                        self._lost.append(e)
+                        self._isolate_crashes(inflight)
+                        self._flush_if_due()
+                        continue
                     if reusable and rec.md5 is not None:
                         # touched (new stat, same size): compare MD5 before decoding
                         self._known[e.path] = (rec.id, rec.md5)
@@ -1681,7 +1693,7 @@ class Scanner:
     def _lost_alone(self, e: Entry, exc: BaseException) -> WorkResult:
         """The failure of a file whose worker died with only it in hand."""
         if not self._stall_killed:
-            return dataclasses.replace(_walk_failure(e), reason="worker-crashed", error=repr(exc))
+            return dataclasses.replace(_walk_failure(e), reason=CRASHED, error=repr(exc))
         o = self.options
         return dataclasses.replace(
             _walk_failure(e),

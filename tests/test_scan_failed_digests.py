@@ -484,6 +484,32 @@ def test_a_file_that_kills_its_worker_is_still_matched_by_its_digests(tmp_path):
     assert _match_triples(tmp_path / "rescan.jsonl") == [("crash.png", "md5", "later")]
 
 
+def test_a_file_that_killed_its_worker_before_is_tried_alone_at_once(tmp_path):
+    """A `worker-crashed` file is tried again by every scan (a crash is not a verdict
+    on the bytes: memory, a stray kill, a fixed decoder), but it went into a task with
+    other files as if never seen: its crash took the files in flight with it, each was
+    tried again one at a time, and it crashed a second worker alone. Now the catalog's
+    `worker-crashed` sends it straight to the one-at-a-time retry: one crash a scan."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    slow_png(tree / "crash.png")
+    for name in ("astronaut", "coffee", "chelsea"):
+        (tree / f"{name}.png").write_bytes(_png(ORIGINALS[name]()))
+    catalog = tmp_path / "c.sqlite"
+    opts = ScanOptions(workers=1, progress=False, types=("pdq", "md5"), file_timeout=None)
+    with _killing_whoever_decodes(tree / "crash.png") as killed:
+        with Catalog(catalog) as cat:
+            first = scan([tree], catalog=cat, matcher=None, options=opts)
+        assert len(killed) == 2  # in its task, then alone
+        with Catalog(catalog) as cat:
+            again = scan([tree], catalog=cat, matcher=None, options=opts)
+    assert len(killed) == 3  # alone at once: killed once more, not twice
+    for summary in (first, again):
+        assert summary.failed_by_reason == {"worker-crashed": 1}
+        assert summary.failed_digested == 1
+        assert summary.hashed + summary.skipped_unchanged == 3
+
+
 def test_a_file_whose_stalled_worker_was_killed_is_still_matched_by_its_digests(tmp_path):
     """The watchdog kills a worker stuck on one file (here: one still-image decode of
     ~2 s against a 0.2 s --file-timeout + 0.3 s grace): the file failed `timeout`
