@@ -45,6 +45,8 @@ RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 # What grpcio says of a call the client cancelled itself (its own cancel, or its channel
 # closed under the call): such a CANCELLED is never retried.
 LOCAL_CANCEL_DETAILS = frozenset({"Locally cancelled by application!", "Channel closed!"})
+#: gRPC's words for a call that never reached the server (refused, no route)
+CONNECT_FAILED = "failed to connect"
 MAX_BACKOFF = 2.0  # seconds between retries at most
 MIN_ATTEMPT_SECONDS = 0.05  # a retry is only worth making with this much time left
 MAX_NOT_FOUND_LISTED = 1000  # RetractResponse.not_found lists this many (the server uses it)
@@ -1165,6 +1167,7 @@ class IngestPlan:
         self.timeout = timeout  # None: a stream of unknown length has no deadline
         self.client_timeout = client_timeout
         self.most_sent = 0
+        self.reached = False  # an attempt reached the server (failed other than connecting)
         self.expiries = False  # any signal sent with expires_at (an older server drops them)
         self.reader = SourceGuard()  # what reading ``signals`` raised
         # every attempt's: a retry gets the first's reply
@@ -1175,7 +1178,14 @@ class IngestPlan:
         method) with a fresh ``messages()`` stream."""
 
         def attempt(_request: None, *, timeout: float | None, metadata: Any) -> Any:
-            return ingest(messages(), timeout=timeout, metadata=metadata)
+            try:
+                return ingest(messages(), timeout=timeout, metadata=metadata)
+            except grpc.RpcError as exc:
+                # a stream the server took and that was then cut (its process killed):
+                # the retries' "failed to connect" must not hide that some was stored
+                if CONNECT_FAILED not in (exc.details() or ""):
+                    self.reached = True
+                raise
 
         return attempt
 
@@ -1227,6 +1237,7 @@ class IngestPlan:
         except BaseException as exc:
             if isinstance(exc, grpc.RpcError | IngestStopped) or not isinstance(exc, Exception):
                 exc.signals_sent, exc.signals_total = self.most_sent, self.total  # type: ignore[attr-defined]
+                exc.reached_server = self.reached  # type: ignore[attr-defined]
             raise
 
     def checked(

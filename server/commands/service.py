@@ -542,12 +542,15 @@ def _ingest_progress(exc: grpc.RpcError, details: str) -> str:
     server's own "were stored" count: how far it got, and that re-running is safe."""
     import grpc
 
+    from hashmatch.server.client_shared import CONNECT_FAILED
+
     sent = getattr(exc, "signals_sent", 0)
     # only a stream cut off part way can have stored some of it: not a refused connection,
     # a bad token, a missing role or list, or a server that says what it stored
     cut_off = exc.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                              grpc.StatusCode.UNAVAILABLE)  # fmt: skip
-    if not sent or not cut_off or "stored" in details or "failed to connect" in details:
+    refused = CONNECT_FAILED in details and not getattr(exc, "reached_server", False)
+    if not sent or not cut_off or "stored" in details or refused:
         return ""
     return (
         f"\n  ({sent} of {exc.signals_total} signals were sent; the server stores each"
