@@ -398,3 +398,24 @@ def test_a_retraction_reason_is_capped_so_one_call_cannot_fill_the_disk(served):
     ]
     assert served.engine.store.retracted(list_name="bob-secret") == []
     assert bob.retract("bob-secret", hashes=targets, reason="y" * 1000).retracted == 200
+
+
+def test_what_a_tenant_writes_reaches_the_operators_terminal_escaped(served):
+    """Labels, external ids, a retraction's reason and an ingest's source are a remote
+    tenant's text. Before, `hashmatch match`, `retracted` and `audit` printed them raw:
+    bob's ANSI escape reached the operator's terminal and his newline forged an output
+    line. Now control characters are shown escaped (\\x1b, \\n)."""
+    from click.testing import CliRunner
+
+    from hashmatch.server.cli import cli
+
+    evil = "\x1b]0;pwned\x07\x1b[2K\n1\tbob-secret\tpdq:" + "0" * 64
+    bob = served.client("bob", retries=0)
+    hex_ = "c3" * 32
+    bob.ingest("bob-secret", [signal("pdq", hex_, labels=[evil], external_id=evil)], source=evil)
+    bob.retract("bob-secret", hashes=[("pdq", "b1" * 32)], reason=evil)
+    env = {"HASHMATCH_DATA_DIR": str(served.server.config.data_dir)}
+    for args in (["match", f"pdq:{hex_}"], ["retracted"], ["audit"]):
+        out = CliRunner().invoke(cli, args, env=env, catch_exceptions=False).output
+        assert "\x1b" not in out and "\x07" not in out, (args, out)
+        assert "\\x1b]0;pwned\\x07\\x1b[2K\\n1\\tbob-secret" in out, (args, out)

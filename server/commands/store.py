@@ -127,6 +127,23 @@ def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=1, default=str))
 
 
+#: C0 and C1 control characters and DEL (a tab is shown as \t too: the text output's
+#: columns are tab-separated), and the line separators a terminal or log viewer breaks on
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _shown(text: str | None) -> str:
+    """``text`` with its control characters escaped (``\x1b``, ``\n``), for the text
+    output of what a remote tenant wrote (labels, external ids, retraction reasons, an
+    ingest's source). Why: printed raw, a write-role tenant's label or reason holding an
+    ANSI escape reached the operator's terminal (retitling it, hiding or recolouring
+    lines) and a newline forged whole output lines; ``--json`` output was already
+    escaped."""
+    if not text:
+        return text or ""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 # ----------------------------------------------------------------------------- lists
 
 
@@ -826,8 +843,8 @@ def retracted_command(list_name, limit, as_json, data_dir) -> None:
         return
     for s in found:
         click.echo(
-            f"{s.id}\t{s.list_name}\t{s.signal_type}:{s.hash_hex}\t{_when(s.retracted_at)}"
-            f"\t{s.retract_reason or ''}"
+            f"{s.id}\t{_shown(s.list_name)}\t{s.signal_type}:{s.hash_hex}"
+            f"\t{_when(s.retracted_at)}\t{_shown(s.retract_reason)}"
         )
     click.echo(f"{len(found)} retracted signal(s)")
 
@@ -946,9 +963,10 @@ def match_command(
             if m["signal_type"] == "vpdq":
                 pct = f" query {m['query_match_pct']:.0f}% target {m['target_match_pct']:.0f}%"
             click.echo(
-                f"  d={m['distance']:<3} {m['list_name']}  {m['signal_type']}:{m['hash_hex']}"
-                f"  id={m['signal_id']} labels={','.join(m['labels']) or '-'}"
-                f" ext={m['external_id'] or '-'}{pct}"
+                f"  d={m['distance']:<3} {_shown(m['list_name'])}  {m['signal_type']}:"
+                f"{m['hash_hex']}  id={m['signal_id']}"
+                f" labels={','.join(map(_shown, m['labels'])) or '-'}"
+                f" ext={_shown(m['external_id']) or '-'}{pct}"
                 + (f" variant={m['variant']}" if m["variant"] else "")
             )
     click.echo(f"{len(out)} quer(ies), {total} match(es)")
@@ -1286,8 +1304,8 @@ def audit_command(limit, action, as_json, data_dir) -> None:
     for e in entries:
         details = json.dumps(e.details, separators=(",", ":"), default=str) if e.details else ""
         click.echo(
-            f"{_when(e.at)}  {e.actor:10} {e.action:14} {e.list_name or '-':16} "
-            f"n={e.count:<8} {e.source or ''} {details}".rstrip()
+            f"{_when(e.at)}  {_shown(e.actor):10} {e.action:14} {_shown(e.list_name) or '-':16} "
+            f"n={e.count:<8} {_shown(e.source)} {details}".rstrip()
         )
     click.echo(f"{len(entries)} entr(ies)")
 
