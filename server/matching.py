@@ -200,13 +200,18 @@ def match(
         if name == "vpdq":
             # The engine reads vPDQ rows as the frames of ONE video; here each hash is
             # its own query (a one-frame video). Whole videos go in `videos` or media.
-            per_query = [
-                engine.match(name, codes[row : row + 1], tenant=tenant, threshold=radius,
-                             lists=lists, max_results=max_results,
-                             qualities=[qualities[row]] if known else None,
-                             min_quality=min_quality)[0]
-                for row in range(len(codes))
-            ]  # fmt: skip
+            # An engine call per row (~3 ms against a 50-frame video; 10,000 rows took
+            # 34 s), so the deadline and a cancel are checked per row, as per video below:
+            # the work used to run to its end for a caller long gone.
+            per_query = []
+            for row in range(len(codes)):
+                call.check_deadline()
+                per_query.append(
+                    engine.match(name, codes[row : row + 1], tenant=tenant, threshold=radius,
+                                 lists=lists, max_results=max_results,
+                                 qualities=[qualities[row]] if known else None,
+                                 min_quality=min_quality)[0]
+                )  # fmt: skip
         else:
             # Known PDQ qualities under the floor (min_quality, default 50 as HMA) are
             # matched as low_quality_queries says (stored quality >= the floor only, or
