@@ -230,12 +230,16 @@ def _fps(stream: av.video.stream.VideoStream, limits: DecodeLimits) -> float:
     fps = float(rate) if rate else 0.0
     if not fps > 0:
         raise CorruptMedia("video has no frame rate", field="media")
-    w, h = stream.codec_context.width, stream.codec_context.height
-    if w * h > limits.max_pixels:
-        raise MediaTooLarge(
-            f"video frames are {w}x{h}, over the {limits.max_pixels}-pixel limit", field="media"
-        )
+    _check_frame_size(stream.codec_context.width, stream.codec_context.height, limits)
     return fps
+
+
+def _check_frame_size(width: int, height: int, limits: DecodeLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise MediaTooLarge(
+            f"video frames are {width}x{height}, over the {limits.max_pixels}-pixel limit",
+            field="media",
+        )
 
 
 class _CpuFlags:
@@ -341,11 +345,16 @@ def _sampled(
     fps: float,
     seconds_per_hash: float,
     downsample: tuple[int, int] | None,
+    limits: DecodeLimits,
     checkpoint: Callable[[], None] | None = None,
 ) -> Iterator[tuple[int, float, np.ndarray]]:
     step = frame_step(fps, seconds_per_hash)
     to_rgb = _ToRGB(downsample)
     for n, frame in enumerate(_decoded(container, stream, checkpoint)):
+        # Every frame, not only the stream header's size: frames may change size part way
+        # (a new H.264 SPS, an MJPEG AVI's JPEGs). A 5 MB AVI declaring 64x64 whose
+        # frames were 9000x9000 (81 M pixels) was hashed: +760 MB and 19 s per item.
+        _check_frame_size(frame.width, frame.height, limits)
         if n % step == 0:  # skipped frames are decoded, never converted
             yield n, n / fps, to_rgb(frame)
 
@@ -414,7 +423,7 @@ def _hash_path(
         stream.thread_type = "AUTO"  # frame threads too: the frames are the same, sooner
         fps = _fps(stream, limits)
         for n, ts, rgb in _sampled(container, stream, fps, seconds_per_hash, downsample,
-                                   checkpoint):  # fmt: skip
+                                   limits, checkpoint):  # fmt: skip
             if len(codes) >= limits.video_frames:
                 raise _too_many_frames(fps, seconds_per_hash, limits)
             if frame_transform is not None:

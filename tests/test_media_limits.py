@@ -348,3 +348,46 @@ def test_the_server_video_frame_cap_is_its_max_video_frames_setting(tmp_path):
         assert server.server.config.max_video_frames == MAX_FRAMES
         reply = server.client().match(media=[clip], media_types=["vpdq"])
     assert len(reply.results[0].computed[0].hex) == 12
+
+
+def _avi_growing_frames(path: Path, declared: int, actual: int, frames: int = 3) -> bytes:
+    """An MJPEG AVI whose header declares ``declared`` x ``declared`` frames and whose
+    JPEGs after the first are ``actual`` x ``actual``: FFmpeg decodes each at its own
+    size (packets written by PyAV's muxer, JPEGs by Pillow)."""
+    import io
+    from fractions import Fraction
+
+    import av
+    from PIL import Image
+
+    def jpeg(side: int) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (side, side), (200, 10, 10)).save(out, "JPEG", quality=10)
+        return out.getvalue()
+
+    small, big = jpeg(declared), jpeg(actual)
+    with av.open(str(path), "w", format="avi") as container:
+        stream = container.add_stream("mjpeg", rate=1)
+        stream.width = stream.height = declared
+        stream.pix_fmt = "yuvj420p"
+        for i in range(frames):
+            packet = av.Packet(small if i == 0 else big)
+            packet.stream, packet.pts, packet.dts = stream, i, i
+            packet.time_base = Fraction(1, 1)
+            container.mux(packet)
+    return path.read_bytes()
+
+
+def test_a_video_whose_frames_outgrow_its_header_is_refused_at_the_pixel_limit(tmp_path):
+    """The pixel limit was checked against the stream header only: a 5 MB AVI declaring
+    64x64 whose frames were 9000x9000 (81 M pixels, over the 50 M default) was hashed,
+    +760 MB and 19 s for one item. Each decoded frame is checked now."""
+    data = _avi_growing_frames(tmp_path / "grows.avi", 64, 1000)
+    assert len(hash_video(data, seconds_per_hash=1)) == 3  # under the default limit
+    with (
+        running_server(tmp_path / "data", max_media_pixels=500_000) as server,
+        pytest.raises(grpc.RpcError) as err,
+    ):
+        server.client(retries=0).hash([data], ["vpdq"])
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "video frames are 1000x1000, over the 500000-pixel limit" in err.value.details()
