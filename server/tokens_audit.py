@@ -1,4 +1,4 @@
-"""Recording ``hashmatch tokens add|set|revoke`` in the store's audit log.
+"""Recording ``hashmatch token`` and ``tokens add|set|revoke`` in the store's audit log.
 
 Why: who was given a token, whose roles changed and which token was revoked is exactly
 what an audit log is asked about after an incident, and the only trace of these edits was
@@ -28,31 +28,35 @@ from pathlib import Path
 from hashmatch.engine.errors import HashmatchError
 from hashmatch.server.tokens_file import SHOWN_DIGITS, Change
 
-#: the audit log's action for each verb (``hashmatch audit --action token.revoke``)
-ACTIONS = {"add": "token.add", "set": "token.set", "revoke": "token.revoke"}
+#: the audit log's action for each verb (``hashmatch audit --action token.revoke``);
+#: ``create`` is ``hashmatch token TENANT``, a new tenant and its first token
+ACTIONS = {
+    "create": "token.create", "add": "token.add", "set": "token.set", "revoke": "token.revoke"
+}  # fmt: skip
 
 
 def audit_rows(change: Change) -> list[dict]:
-    """The details of one row per tenant ``change`` touched, in file order."""
+    """The details of one row per tenant ``change`` touched or created, in file order."""
     added, removed = change.added, change.removed
     lost = change.lost
+    was = {t.name: t for t in change.before}
     rows = []
-    for before in change.before:
-        after = next((t for t in change.after if t.name == before.name), None)
-        if after is None or after == before:
+    for after in change.after:
+        before = was.get(after.name)
+        if after == before:
             continue
-        row: dict = {"tenant": before.name}
-        given = [_shown(d) for name, d in added if name == before.name]
-        taken = [_shown(d) for name, d in removed if name == before.name]
+        row: dict = {"tenant": after.name}
+        given = [_shown(d) for name, d in added if name == after.name]
+        taken = [_shown(d) for name, d in removed if name == after.name]
         if given:
             row["tokens_added"] = given
         if taken:
             row["tokens_revoked"] = taken
         row["roles"] = list(after.roles)
-        if after.roles != before.roles:
+        if before is not None and after.roles != before.roles:
             row["roles_before"] = list(before.roles)
         row["all_lists"] = after.all_lists
-        if after.all_lists != before.all_lists:
+        if before is not None and after.all_lists != before.all_lists:
             row["all_lists_before"] = before.all_lists
         row["tokens_held"] = len(dict.fromkeys(after.digests))
         if lost:

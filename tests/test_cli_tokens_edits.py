@@ -351,3 +351,57 @@ def test_with_auth_file_a_config_that_does_not_load_leaves_the_edit_made_unaudit
     assert "audit: not recorded: serve's data dir is unknown (" in out.stderr
     assert "missing.toml" in out.stderr and "give --data-dir" in out.stderr
     assert PARTNER not in path.read_text()
+
+
+def test_a_new_tenants_first_token_is_in_the_audit_log_as_token_create(tmp_path):
+    """`hashmatch token TENANT` (a tenant and its first token, and on a new tokens file
+    the admin token it bootstraps) left no audit row while `tokens add` did: the first
+    token of a partner is the one an incident review asks about first."""
+    data = tmp_path / "data"
+    made = _cli("lists", "create", "partner-a", "--data-dir", str(data), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    env = {"HASHMATCH_DATA_DIR": str(data)}  # as serve finds both: auth.toml and the store
+    first = _cli("token", "acme", "--role", "match", "--role", "write", "--actor", "ops:bob",
+                 cwd=tmp_path, env=env)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    token = first.stdout.strip().splitlines()[-1]
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    admin = (data / "admin.token").read_text().strip()
+    admin_digest = hashlib.sha256(admin.encode()).hexdigest()
+    assert f"audit: recorded in the store of {data}" in first.stderr
+    again = _cli("token", "acme", "--data-dir", str(data), cwd=tmp_path)  # refused: no row
+    assert again.returncode == 1 and "already exists" in again.stderr
+    second = _cli("token", "ops", "--all-lists", "--data-dir", str(data), cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+
+    rows = [r for r in _audit(data, tmp_path) if r["action"].startswith("token.")][::-1]
+    assert [(r["action"], r["actor"], r["count"]) for r in rows] == [
+        ("token.create", "ops:bob", 1),
+        ("token.create", "ops:bob", 1),
+        ("token.create", "local", 1),
+    ]
+    assert {r["source"] for r in rows} == {str(data / "auth.toml")}
+    assert [r["details"] for r in rows[:2]] == [
+        {"tenant": "admin", "tokens_added": [f"sha256:{admin_digest[:12]}"],
+         "roles": ["match", "export", "write", "admin"], "all_lists": True, "tokens_held": 1},
+        {"tenant": "acme", "tokens_added": [f"sha256:{digest[:12]}"],
+         "roles": ["match", "write"], "all_lists": False, "tokens_held": 1},
+    ]  # fmt: skip
+    assert rows[2]["details"]["tenant"] == "ops" and rows[2]["details"]["all_lists"] is True
+    # never a token, nor a whole digest
+    stored = _store_bytes(data)
+    assert token.encode() not in stored and admin.encode() not in stored
+    assert digest not in json.dumps(rows) and admin_digest not in json.dumps(rows)
+
+
+def test_a_first_token_with_no_store_to_audit_it_is_made_and_says_so(tmp_path):
+    """As for the `tokens` verbs: a tokens file kept apart from any store still gets
+    its tenant, stderr says the audit row is missing, and no store is made for it."""
+    path = tmp_path / "auth.toml"
+    _file(path, TWO_TENANTS)
+    data = tmp_path / "no-store-here"
+    out = _cli("token", "acme", "--auth-file", str(path), "--data-dir", str(data), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"audit: not recorded: no hashmatch store in {data}" in out.stderr
+    assert [t.name for t in tokens_file.read_tenants(path)] == ["admin", "partner", "acme"]
+    assert not data.exists()

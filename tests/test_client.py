@@ -244,7 +244,7 @@ def test_hashmatch_serve_bootstraps_a_token_and_drains_on_sigterm(tmp_path):
             ["token", "acme", "--role", "match", "--auth-file", str(tmp_path / "data/auth.toml")],
         )
         assert made.exit_code == 0, made.output
-        acme_token = made.output.strip()
+        acme_token = made.stdout.strip()  # stderr: where the audit row went
         proc.send_signal(signals.SIGHUP)
         with HashmatchClient(f"127.0.0.1:{port}", token=acme_token, retries=0) as acme:
             deadline = time.monotonic() + 10

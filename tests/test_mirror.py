@@ -624,7 +624,7 @@ def test_the_readme_example_runs_against_a_real_hub(tmp_path):
             assert result.exit_code == 0, (argv, result.output)
             outputs.append(result.output)
             if argv[0] == "token":
-                token_file.write_text(result.output.strip().splitlines()[-1])
+                token_file.write_text(result.stdout.strip().splitlines()[-1])
     assert "added 1, updated 0, retracted 0, restored 0, unchanged 0" in outputs[4]
     assert "hub/ncmec-pdq" in outputs[5] and f"mirror:{ts.target}" in outputs[6]
     # the pass's line has the shape the README shows under the command, numbers aside

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hashmatch.engine.errors import HashmatchError, InvalidInput
+from hashmatch.server.commands.tokens import ACTOR_OPTION
 
 if TYPE_CHECKING:  # gRPC and protobuf: imported by the verbs that call a server
     import grpc
@@ -354,12 +355,23 @@ def _bound_address(listen: str, port: int | None) -> str:
     type=click.Path(dir_okay=False),
     help="The server's TOML config file (default $HASHMATCH_CONFIG).",
 )
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Serve's data dir (default: as serve resolves it, from --config or"
+    " $HASHMATCH_DATA_DIR): its auth.toml, and the store whose audit log records the"
+    " new token.",
+)
+@ACTOR_OPTION
 def token(
     tenant: str,
     roles: tuple[str, ...],
     all_lists: bool,
     auth_file: str | None,
     config_file: str | None,
+    data_dir: str | None,
+    actor: str,
 ) -> None:
     """Create a token for TENANT, store its SHA-256 in the tokens file, print the token once.
 
@@ -368,22 +380,27 @@ def token(
       hashmatch token acme --role match --role write
     Send the server SIGHUP (or restart it) to load new tokens. A tenant that has a
     token already gets another with `hashmatch tokens add` (rotation, revocation and
-    listing: `hashmatch tokens --help`).
+    listing: `hashmatch tokens --help`). Audited as token.create.
     """
     import secrets
 
-    from hashmatch.server.auth import bootstrap_admin, tenant_entry
+    from hashmatch.server.auth import ROLES, bootstrap_admin, hash_token, tenant_entry
+    from hashmatch.server.commands.tokens import audit_edit, resolve_files
     from hashmatch.server.config import read_toml
-    from hashmatch.server.tokens_file import line_end
+    from hashmatch.server.tokens_file import Change, TenantTokens, line_end
 
     if not tenant.strip():
         raise click.ClickException(f"not a tenant name: {tenant!r}")
-    path = _token_file(auth_file, config_file)
+    files = resolve_files(auth_file, config_file, data_dir)
+    path = files.tokens
     new = secrets.token_urlsafe(32)
+    # the audit's rows: the tenants this run wrote, as the file now holds them
+    created = [TenantTokens(tenant, tuple(roles), all_lists, (hash_token(new),))]
     try:
         entry = tenant_entry(tenant, new, roles, all_lists=all_lists)
         admin = bootstrap_admin(path)  # a new file gets the admin `hashmatch serve` would create
         if admin:
+            created.insert(0, TenantTokens("admin", tuple(ROLES), True, (hash_token(admin),)))
             click.echo(
                 f"created {path} with an admin token (saved to {path.parent / 'admin.token'})",
                 err=True,
@@ -400,7 +417,8 @@ def token(
         raise click.ClickException(f"{path}: {exc}") from None
     except HashmatchError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(new)
+    click.echo(new)  # before the audit: the file holds its digest, whatever happens next
+    audit_edit(Change(path, before=[], after=created), "create", files, actor)
 
 
 @contextmanager
@@ -419,23 +437,6 @@ def _locked_for_append(path: Path) -> Iterator[Any]:
 
     with locked(path, "a") as fh:  # the file the path names now: `tokens revoke` replaces it
         yield fh
-
-
-def _token_file(auth_file: str | None, config_file: str | None) -> Path:
-    """The tokens file `hashmatch serve` would read: an explicit --auth-file, else the
-    config file's and environment's ``auth_file`` / ``data_dir`` (as serve resolves them).
-
-    Why: a token written to ./hashmatch-data/auth.toml while the server reads the
-    file its config names is a token that never works, with nothing saying why.
-    """
-    if auth_file:
-        return Path(auth_file)
-    from hashmatch.server import config as config_mod
-
-    try:
-        return config_mod.load(config_file).auth_path
-    except (HashmatchError, OSError) as exc:
-        raise click.ClickException(str(exc)) from None
 
 
 # -- remote -----------------------------------------------------------------------------

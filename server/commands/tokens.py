@@ -48,7 +48,7 @@ _FILE_OPTIONS = (
     ),
 )
 
-_ACTOR = click.option("--actor", default="local", help="Who to record in the audit log.")
+ACTOR_OPTION = click.option("--actor", default="local", help="Who to record in the audit log.")
 
 
 def _file_options(f):
@@ -101,8 +101,9 @@ class _Files:
     unknown: str = ""
 
 
-def _existing(auth_file: str | None, config_file: str | None, data_dir: str | None) -> _Files:
-    """The tokens file and data dir as ``serve`` would resolve them with these options.
+def resolve_files(auth_file: str | None, config_file: str | None, data_dir: str | None) -> _Files:
+    """The tokens file and data dir as ``serve`` would resolve them with these options
+    (``hashmatch token`` and the ``tokens`` verbs alike; the file may not exist yet).
 
     A config that does not load is an error only when the tokens file is to be found
     through it; with --auth-file the edit goes ahead, not audited (saying why): a
@@ -114,9 +115,13 @@ def _existing(auth_file: str | None, config_file: str | None, data_dir: str | No
     except (HashmatchError, OSError) as exc:
         if not auth_file:
             raise click.ClickException(str(exc)) from None
-        files = _Files(Path(auth_file), Path(data_dir) if data_dir else None, str(exc))
-    else:
-        files = _Files(Path(auth_file) if auth_file else config.auth_path, Path(config.data_dir))
+        return _Files(Path(auth_file), Path(data_dir) if data_dir else None, str(exc))
+    return _Files(Path(auth_file) if auth_file else config.auth_path, Path(config.data_dir))
+
+
+def _existing(auth_file: str | None, config_file: str | None, data_dir: str | None) -> _Files:
+    """:func:`resolve_files`, for a verb that edits a tokens file there must be."""
+    files = resolve_files(auth_file, config_file, data_dir)
     if not files.tokens.exists():
         raise click.ClickException(
             f"{files.tokens}: no tokens file (`hashmatch token TENANT` makes one)"
@@ -124,7 +129,7 @@ def _existing(auth_file: str | None, config_file: str | None, data_dir: str | No
     return files
 
 
-def _audit(change: Change, verb: str, files: _Files, actor: str) -> None:
+def audit_edit(change: Change, verb: str, files: _Files, actor: str) -> None:
     """Record the edit in the audit log of serve's store; say on stderr where, or why not."""
     from hashmatch.server.tokens_audit import record_token_edit
 
@@ -199,7 +204,7 @@ def tokens_ls(auth_file: str | None, config_file: str | None, data_dir: str | No
     help="The tenant's roles as they are (a check); a different set is refused.",
 )
 @_role_change_options(give="Also give", all_lists="Change whether")
-@_ACTOR
+@ACTOR_OPTION
 @_file_options
 def tokens_add(
     tenant: str,
@@ -249,7 +254,7 @@ def tokens_add(
             err=True,
         )
     click.echo(new)  # before the audit: the file holds its digest, whatever happens next
-    _audit(change, "add", files, actor)
+    audit_edit(change, "add", files, actor)
 
 
 @tokens_group.command("set")
@@ -260,7 +265,7 @@ def tokens_add(
     is_flag=True,
     help="Also take admin or all_lists from the last tenant with a token that has it.",
 )
-@_ACTOR
+@ACTOR_OPTION
 @_file_options
 def tokens_set(
     tenant: str,
@@ -307,7 +312,7 @@ def tokens_set(
         " SIGHUP the server to apply it",
         err=True,
     )
-    _audit(change, "set", files, actor)
+    audit_edit(change, "set", files, actor)
     _warn_of_lock_out(change)
 
 
@@ -320,7 +325,7 @@ def tokens_set(
     is_flag=True,
     help="Also remove the last token of an admin or all_lists tenant.",
 )
-@_ACTOR
+@ACTOR_OPTION
 @_file_options
 def tokens_revoke(
     prefix: str | None,
@@ -365,7 +370,7 @@ def tokens_revoke(
         f" {shlex.quote(removed[0][0])}` issues a new one",
         err=True,
     )
-    _audit(change, "revoke", files, actor)
+    audit_edit(change, "revoke", files, actor)
     _warn_of_lock_out(change)
     saved = _saved_admin_token(path)
     if saved is not None and hash_token(saved[1]) in {digest for _, digest in removed}:
