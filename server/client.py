@@ -56,6 +56,7 @@ from hashmatch.server.client_shared import (
     low_quality_enum,
     match_request,
     not_serving,
+    noting_reached,
     retract_progress,
     retract_requests,
     signal,
@@ -390,9 +391,11 @@ class HashmatchClient(ClientBase):
             request_id=request_id,
         )
         attempts = self._attempts(timeout)
-        with retract_progress(total):
+        reached: list[bool] = []
+        retract = noting_reached(self.signals.Retract, reached)
+        with retract_progress(total, reached):
             for request in requests:
-                reply = self._unary(self.signals.Retract, request, attempts.renewed())
+                reply = self._unary(retract, request, attempts.renewed())
                 add_retract_reply(total, reply)
         return total
 

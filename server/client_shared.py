@@ -942,9 +942,14 @@ def add_retract_reply(
 
 
 @contextmanager
-def retract_progress(total: signals_pb2.RetractResponse) -> Iterator[None]:
+def retract_progress(
+    total: signals_pb2.RetractResponse, reached: list[bool] | None = None
+) -> Iterator[None]:
     """A retract's requests, in ``with``: a failed one's RpcError gets
-    ``retracted_before``, ``total`` so far (the replies of the requests before it).
+    ``retracted_before``, ``total`` so far (the replies of the requests before it), and
+    ``reached_server``: whether an attempt failed other than connecting (``reached``,
+    filled by :func:`noting_reached`): the server took a request and went away, so it
+    may have applied it, its reply lost.
 
     Why: those retractions are done; without their count a caller that re-sends the
     whole call (idempotent) hears ``retracted`` of the rest only, and cannot say how
@@ -953,7 +958,24 @@ def retract_progress(total: signals_pb2.RetractResponse) -> Iterator[None]:
         yield
     except grpc.RpcError as exc:
         exc.retracted_before = total  # type: ignore[attr-defined]
+        exc.reached_server = bool(reached)  # type: ignore[attr-defined]
         raise
+
+
+def noting_reached(method: Callable, reached: list[bool]) -> Callable:
+    """``method`` (a unary stub method) that appends True to ``reached`` when a call of
+    it fails other than connecting: the retries of a server killed mid-call all say
+    "failed to connect", which must not hide that the first attempt reached it."""
+
+    def call(request: Any, **kwargs: Any) -> Any:
+        try:
+            return method(request, **kwargs)
+        except grpc.RpcError as exc:
+            if CONNECT_FAILED not in (exc.details() or ""):
+                reached.append(True)
+            raise
+
+    return call
 
 
 def changes_request(
@@ -1167,7 +1189,7 @@ class IngestPlan:
         self.timeout = timeout  # None: a stream of unknown length has no deadline
         self.client_timeout = client_timeout
         self.most_sent = 0
-        self.reached = False  # an attempt reached the server (failed other than connecting)
+        self.reached: list[bool] = []  # attempts that failed other than connecting
         self.expiries = False  # any signal sent with expires_at (an older server drops them)
         self.reader = SourceGuard()  # what reading ``signals`` raised
         # every attempt's: a retry gets the first's reply
@@ -1177,15 +1199,12 @@ class IngestPlan:
         """An attempt for the client's retry loop: ``ingest`` (the Signals.Ingest stub
         method) with a fresh ``messages()`` stream."""
 
+        # a stream the server took and that was then cut (its process killed): the
+        # retries' "failed to connect" must not hide that some of it was stored
+        ingest = noting_reached(ingest, self.reached)
+
         def attempt(_request: None, *, timeout: float | None, metadata: Any) -> Any:
-            try:
-                return ingest(messages(), timeout=timeout, metadata=metadata)
-            except grpc.RpcError as exc:
-                # a stream the server took and that was then cut (its process killed):
-                # the retries' "failed to connect" must not hide that some was stored
-                if CONNECT_FAILED not in (exc.details() or ""):
-                    self.reached = True
-                raise
+            return ingest(messages(), timeout=timeout, metadata=metadata)
 
         return attempt
 
@@ -1237,7 +1256,7 @@ class IngestPlan:
         except BaseException as exc:
             if isinstance(exc, grpc.RpcError | IngestStopped) or not isinstance(exc, Exception):
                 exc.signals_sent, exc.signals_total = self.most_sent, self.total  # type: ignore[attr-defined]
-                exc.reached_server = self.reached  # type: ignore[attr-defined]
+                exc.reached_server = bool(self.reached)  # type: ignore[attr-defined]
             raise
 
     def checked(

@@ -562,9 +562,19 @@ def _ingest_progress(exc: grpc.RpcError, details: str) -> str:
 
 def _retract_progress(exc: grpc.RpcError) -> str:
     """For a retract whose later request failed: what the earlier ones retracted."""
+    import grpc
+
     done = getattr(exc, "retracted_before", None)
-    if done is None or not (done.retracted or done.not_found_total):
+    if done is None:
         return ""
+    if not (done.retracted or done.not_found_total):
+        cut_off = exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        if not (cut_off and getattr(exc, "reached_server", False)):
+            return ""
+        return (  # a server killed mid-request: its retries "failed to connect"
+            "\n  (the server took a request and went away before answering: it may have"
+            " applied it; re-running the same retract is harmless)"
+        )
     return (
         f"\n  (the requests before it retracted {done.retracted} signals, {done.not_found_total}"
         " targets not found; re-running the same retract is harmless)"
