@@ -60,6 +60,9 @@ from hashmatch.server.client_shared import (
     retract_progress,
     retract_requests,
     signal,
+    stopped_between_attempts,
+    stopped_then_failed,
+    stopped_without_reply,
     tls_hint,
     video_signal,
 )
@@ -108,12 +111,12 @@ def _reply_unless_stopped(
             pass
         except grpc.RpcError as exc:
             if stop.is_set():
-                raise IngestStopped(f"stopped; then the call failed: {exc.code().name}") from exc
+                raise stopped_then_failed(exc) from exc
             raise
         if stop.is_set():
             stopped_at = stopped_at or time.monotonic()
             if time.monotonic() - stopped_at >= grace:
-                raise IngestStopped(f"stopped; the server did not reply within {grace:g} s")
+                raise stopped_without_reply(grace)
 
 
 class HashmatchClient(ClientBase):
@@ -345,7 +348,7 @@ class HashmatchClient(ClientBase):
 
         def attempt(_request: None, *, timeout: float | None, metadata: Any) -> Any:
             if stop.is_set():  # during a retry's pause
-                raise IngestStopped("stopped between attempts: no reply says what was stored")
+                raise stopped_between_attempts()
             future = self.signals.Ingest.future(
                 plan.messages(stop), timeout=timeout, metadata=metadata
             )

@@ -1152,6 +1152,35 @@ class IngestStopped(Exception):
     an upper bound on what is stored."""
 
 
+def stopped_then_failed(exc: grpc.RpcError) -> IngestStopped:
+    """The :class:`IngestStopped` of a call that failed after its stop (raise it ``from
+    exc``): the status, the server's details and the BadRequest fields they leave out.
+
+    Why: it said only ``INVALID_ARGUMENT``, so a strict refusal after a Ctrl-C did not
+    say which signal of which message the server refused, as the same failure without
+    a stop does."""
+    from hashmatch.server.errors import bad_request_fields
+
+    details = exc.details() or ""
+    said = f"{exc.code().name}: {details}" if details else exc.code().name
+    fields = "".join(
+        f"; {f}: {d}" for f, d in bad_request_fields(exc) if f"{f}: {d}" not in details
+    )
+    return IngestStopped(f"stopped; then the call failed: {said}{fields}")
+
+
+def stopped_between_attempts() -> IngestStopped:
+    """A stop seen in a retry's pause: no attempt is made, so no reply says what the
+    earlier ones stored."""
+    return IngestStopped("stopped between attempts: no reply says what was stored")
+
+
+def stopped_without_reply(grace: float) -> IngestStopped:
+    """A stopped call the server did not answer within ``grace`` seconds (the client
+    cancels it)."""
+    return IngestStopped(f"stopped; the server did not reply within {grace:g} s")
+
+
 class IngestPlan:
     """One ingest call's messages, deadline and progress, across its attempts.
 

@@ -20,8 +20,8 @@ OPS = {"ops": (["match", "write"], True)}
 
 
 class HoldIngestReply(grpc.ServerInterceptor):
-    """The server's Ingest runs (its signals are stored), then its reply is held back
-    for ``seconds``: a server slow to answer."""
+    """The server's Ingest runs (its signals are stored), then its reply, or its error,
+    is held back for ``seconds``: a server slow to answer."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -33,9 +33,10 @@ class HoldIngestReply(grpc.ServerInterceptor):
         behavior = handler.stream_unary
 
         def held(requests, context):
-            reply = behavior(requests, context)
-            time.sleep(self.seconds)
-            return reply
+            try:
+                return behavior(requests, context)
+            finally:
+                time.sleep(self.seconds)
 
         return handler._replace(stream_unary=held)
 
@@ -101,3 +102,27 @@ def test_without_a_stop_the_call_is_unchanged(served):
     client = served.client("ops")
     reply = client.ingest("whole", [signal("pdq", "ab" * 32)])
     assert isinstance(reply, signals_pb2.IngestResponse) and reply.added == 1
+
+
+def _with_a_bad_one(n: int, bad: int, stop, stop_at: int) -> Iterator:
+    """``_signals``, signal ``bad`` not hex (a strict ingest refuses its message)."""
+    for i, item in enumerate(_signals(n, 4, stop, stop_at)):
+        yield signal("pdq", "zz" * 32) if i == bad else item
+
+
+#: what the server says of ``_with_a_bad_one(..., bad=5, ...)`` sent strict
+REFUSED = "signals[5].hash.hex: strict ingest refused (1 bad); first: pdq hash has a non-hex"
+
+
+def test_a_call_that_fails_after_the_stop_says_the_servers_details(tmp_path):
+    """A strict refusal of a message sent before the stop: IngestStopped said only
+    'INVALID_ARGUMENT', not which signal the server refused nor why."""
+    with running_server(tmp_path, tenants=OPS, extra_interceptors=[HoldIngestReply(1)]) as ts:
+        stop = threading.Event()
+        with pytest.raises(IngestStopped) as err:  # the refusal is held until after the stop
+            ts.client("ops").ingest("refused", lambda: _with_a_bad_one(20, 5, stop, 10),
+                                    total=20, batch_size=10, strict=True, stop=stop)  # fmt: skip
+    said = str(err.value)
+    assert said.startswith("stopped; then the call failed: INVALID_ARGUMENT: "), said
+    assert REFUSED in said, said
+    assert isinstance(err.value.__cause__, grpc.RpcError)
