@@ -19,6 +19,7 @@ belongs to one loop. Not for use from several threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from typing import Any, Unpack
@@ -27,10 +28,10 @@ import grpc
 import grpc.aio
 
 from hashmatch.server import client_shared as shared
-from hashmatch.server.client_shared import match_request, signal, video_signal
+from hashmatch.server.client_shared import IngestStopped, match_request, signal, video_signal
 from hashmatch.v1 import admin_pb2, matcher_pb2, signals_pb2
 
-__all__ = ["AsyncHashmatchClient", "match_request", "signal", "video_signal"]
+__all__ = ["AsyncHashmatchClient", "IngestStopped", "match_request", "signal", "video_signal"]
 
 SignalSource = (
     Iterable[signals_pb2.Signal]
@@ -65,6 +66,104 @@ async def _read(call: Any) -> Any:
     """The next message of a server stream, or None at its end."""
     message = await call.read()
     return None if message is grpc.aio.EOF else message
+
+
+class _StoppableWrites:
+    """One stoppable ingest attempt's writing (see ``AsyncHashmatchClient.ingest``): the
+    messages written on the call, then its half-close; and whether the source is being
+    waited on, where a stop may cancel the writing at once.
+
+    Why write the messages ourselves (not as gRPC's request iterator): a source that
+    waits (a queue gone idle) kept the stream open until its next signal, or the
+    grace ran out, inexact; cancelled in that wait, the stream is half-closed at once
+    and the reply says what is stored. Never cancelled in a write: a message half
+    handed to gRPC would leave the stream in an unknown state."""
+
+    def __init__(self, stop: asyncio.Event) -> None:
+        self.stop = stop
+        self.in_source = False
+        self.cut = False  # cancelled in the source's wait by the stop
+        self.task: asyncio.Future | None = None
+
+    async def items(self, source: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """``source``'s items until the stop (checked before each wait and after it)."""
+        while not self.stop.is_set():
+            self.in_source = True
+            try:
+                item = await anext(source, _END)
+            finally:
+                self.in_source = False
+            if item is _END or self.stop.is_set():
+                return
+            yield item
+
+    def start(self, call: Any, messages: AsyncIterator[Any]) -> None:
+        self.task = asyncio.ensure_future(self._write(call, messages))
+
+    async def _write(self, call: Any, messages: AsyncIterator[Any]) -> None:
+        try:
+            async for message in messages:
+                await call.write(message)
+        except asyncio.CancelledError:
+            if not self.cut:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            return  # the call ended (a refusal, its deadline): its status says why
+        except Exception:  # not the source's (kept for the reply): end the call, not hang
+            call.cancel()
+            raise
+        with contextlib.suppress(grpc.RpcError, asyncio.InvalidStateError):
+            await call.done_writing()
+
+    def stopped(self) -> None:
+        """The stop is set: end the writing now if it waits on the source (else it
+        ends before its next wait)."""
+        if self.in_source and self.task is not None and not self.task.done():
+            self.cut = True
+            self.task.cancel()
+
+    def cancel(self) -> None:
+        """The reply is had, or given up: end the writing (or take its error: the call
+        it cancelled said CANCELLED)."""
+        if self.task is None:
+            return
+        if not self.task.done():
+            self.task.cancel()
+        elif not self.task.cancelled():
+            self.task.exception()  # retrieved: asyncio would log it as never retrieved
+
+
+_END = object()
+
+
+async def _reply_unless_stopped(
+    call: Any, stop: asyncio.Event, grace: float, writes: _StoppableWrites
+) -> Any:
+    """The reply of the stream-unary ``call``; :class:`IngestStopped` once ``stop`` has
+    been set for ``grace`` seconds without it, or when the call fails after the stop (a
+    retry would send the signals the stop meant not to send). The call is cancelled
+    when its reply is not had (the grace ran out, or the awaiting task was cancelled)."""
+    reply = asyncio.ensure_future(call)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({reply, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not reply.done():  # stopped: the stream ends now, or after the message in hand
+            writes.stopped()
+            await asyncio.wait({reply}, timeout=grace)
+            if not reply.done():
+                raise shared.stopped_without_reply(grace)
+        return reply.result()
+    except grpc.RpcError as exc:
+        if stop.is_set():
+            raise shared.stopped_then_failed(exc) from exc
+        raise
+    finally:
+        stopped.cancel()
+        if not reply.done():
+            call.cancel()
+            reply.cancel()
+        writes.cancel()
 
 
 class AsyncHashmatchClient(shared.ClientBase):
@@ -233,6 +332,8 @@ class AsyncHashmatchClient(shared.ClientBase):
         *,
         total: int | None = None,
         timeout: float | None = None,
+        stop: asyncio.Event | None = None,
+        stop_grace: float = shared.STOP_GRACE_SECONDS,
         **options: Any,
     ) -> signals_pb2.IngestResponse:
         """Stream ``signals`` into ``list_name``, ``batch_size`` signals a message: as
@@ -246,23 +347,66 @@ class AsyncHashmatchClient(shared.ClientBase):
         each time (streamed, nothing held; called again for a retry; ``total`` as
         there). A plain iterable is read in the event loop: give an async one for a
         source that waits (a queue, a network read).
+
+        ``stop``: an :class:`asyncio.Event` (a signal handler's, from
+        ``loop.add_signal_handler``) that ends the call early and exactly, as the sync
+        client's ``stop`` does: once it is set no further message is sent (not the one
+        being filled either; a source waiting for its next signal is left at once), the
+        stream is half-closed and the server's reply for what it got is returned (its
+        counts are what is stored; ``stop.is_set()`` tells a stopped call). The reply
+        is waited for ``stop_grace`` seconds at most; past that, or when the call fails
+        after the stop (the server's details in the message) or the stop comes between
+        attempts, it raises :class:`~hashmatch.server.client_shared.IngestStopped`,
+        whose ``signals_sent`` is an upper bound. Why not cancelling the task: a
+        cancelled call can only say how much was sent, not what the server stored.
         """
+        if stop is not None and not isinstance(stop, asyncio.Event):
+            raise TypeError(
+                f"stop: an asyncio.Event, not {type(stop).__name__} (waiting on a"
+                " threading.Event would block the event loop; HashmatchClient takes one)"
+            )
         src = signals if callable(signals) else [item async for item in _items(signals)]
         plan = shared.IngestPlan(list_name, src, total, self.timeout, timeout=timeout, **options)
 
-        async def messages() -> AsyncIterator[signals_pb2.IngestRequest]:
+        async def messages(
+            writes: _StoppableWrites | None = None,
+        ) -> AsyncIterator[signals_pb2.IngestRequest]:
             batcher = plan.batcher()
             with plan.reader.reading():
-                async for item in _items(plan.fresh()):
+                items = _items(plan.fresh())
+                async for item in items if writes is None else writes.items(items):
                     if (message := batcher.add(item)) is not None:
                         yield message
+                if writes is not None and writes.stop.is_set():
+                    return  # not the message being filled either
                 if (message := batcher.end()) is not None:
                     yield message
 
         with plan.reporting():
-            call = plan.call(self.signals.Ingest, messages)
+            if stop is None:
+                call = plan.call(self.signals.Ingest, messages)
+            else:
+                call = self._stoppable_ingest(messages, stop, stop_grace)
             reply = await self._unary(call, None, plan.attempts(self.retries, self.backoff))
             return plan.checked(reply)
+
+    def _stoppable_ingest(
+        self,
+        messages: Callable[[_StoppableWrites], AsyncIterator[Any]],
+        stop: asyncio.Event,
+        grace: float,
+    ) -> Callable[..., Any]:
+        """An ingest attempt for ``_unary`` that ``stop`` ends early (see ``ingest``)."""
+
+        async def attempt(_request: None, *, timeout: float | None, metadata: Any) -> Any:
+            if stop.is_set():  # during a retry's pause
+                raise shared.stopped_between_attempts()
+            writes = _StoppableWrites(stop)
+            call = self.signals.Ingest(timeout=timeout, metadata=metadata)
+            writes.start(call, messages(writes))
+            return await _reply_unless_stopped(call, stop, grace, writes)
+
+        return attempt
 
     async def retract(
         self, list_name: str, *, timeout: float | None = None, **targets: Any
