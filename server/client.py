@@ -56,6 +56,7 @@ from hashmatch.server.client_shared import (
     low_quality_enum,
     match_request,
     not_serving,
+    note_reached,
     noting_reached,
     retract_progress,
     retract_requests,
@@ -354,6 +355,12 @@ class HashmatchClient(ClientBase):
             )
             try:
                 return _reply_unless_stopped(future, stop, grace)
+            except grpc.RpcError as exc:
+                # a server killed mid-stream: its retries' "failed to connect" must not
+                # hide that this attempt reached it (the CLI's ingest always stops)
+                note_reached(exc, plan.reached)
+                future.cancel()
+                raise
             except BaseException:
                 future.cancel()
                 raise

@@ -971,11 +971,17 @@ def noting_reached(method: Callable, reached: list[bool]) -> Callable:
         try:
             return method(request, **kwargs)
         except grpc.RpcError as exc:
-            if CONNECT_FAILED not in (exc.details() or ""):
-                reached.append(True)
+            note_reached(exc, reached)
             raise
 
     return call
+
+
+def note_reached(exc: grpc.RpcError, reached: list[bool]) -> None:
+    """Append True to ``reached`` when ``exc`` is a failure other than connecting (see
+    :func:`noting_reached`; for calls made otherwise, e.g. as a future)."""
+    if CONNECT_FAILED not in (exc.details() or ""):
+        reached.append(True)
 
 
 def changes_request(
