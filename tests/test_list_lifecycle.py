@@ -293,7 +293,6 @@ def test_a_retract_whose_list_is_deleted_as_it_runs_says_the_list_was_deleted(tm
     "no hash list named ..." (read as a mistyped name). Now it names the list and says
     it was deleted; a retract sent after the delete says when it was."""
     import threading
-    import time
 
     path = tmp_path / "store.sqlite"
     store, other = SignalStore(path), SignalStore(path)  # two connections, as two processes
@@ -301,8 +300,14 @@ def test_a_retract_whose_list_is_deleted_as_it_runs_says_the_list_was_deleted(tm
     store.ingest([SignalRecord("pdq", c) for c in codes], list_name="partner-a", actor="t",
                  create_list=True)  # fmt: skip
     outcome: list = []
+    waits_to_write = threading.Event()
 
     def retract() -> None:
+        # SQLite names each statement as it starts: BEGIN IMMEDIATE comes after the
+        # targets were resolved, and blocks while `other` holds the write lock
+        store.conn().set_trace_callback(
+            lambda sql: waits_to_write.set() if sql.startswith("BEGIN IMMEDIATE") else None
+        )
         try:
             outcome.append(store.retract(list_name="partner-a", hashes=[("pdq", codes[0])]))
         except NotFound as exc:
@@ -311,7 +316,7 @@ def test_a_retract_whose_list_is_deleted_as_it_runs_says_the_list_was_deleted(tm
     with other.transaction():  # holds the write lock: the retract resolves, then waits
         worker = threading.Thread(target=retract)
         worker.start()
-        time.sleep(0.5)
+        assert waits_to_write.wait(30), "the retract never reached its write"
         other.delete_list("partner-a")
     worker.join(30)
     assert len(outcome) == 1 and isinstance(outcome[0], NotFound), outcome
