@@ -14,6 +14,7 @@ import numpy as np
 
 from hashmatch.engine import signal_types
 from hashmatch.engine.errors import InvalidHash, InvalidInput
+from hashmatch.server.violations import Violations
 from hashmatch.v1 import common_pb2
 
 if TYPE_CHECKING:
@@ -47,19 +48,33 @@ def parse_hash(value: common_pb2.HashValue, field: str) -> tuple[str, np.ndarray
     raise InvalidHash("a hash needs hex or raw bytes", field=field)
 
 
-def parse_hashes(values: Sequence[common_pb2.HashValue], field: str = "hashes") -> ParsedHashes:
+def parse_hashes(
+    values: Sequence[common_pb2.HashValue], field: str = "hashes", found: Violations | None = None
+) -> ParsedHashes:
+    """The hashes that parse, grouped by type. Each bad one (type, hex/raw, quality) is
+    noted in ``found`` and left out; without ``found`` they are raised together."""
+    own = found is None
+    found = Violations() if found is None else found
     groups: dict[str, tuple[list[np.ndarray], list[int], list[int | None]]] = {}
     for i, value in enumerate(values):
-        name, code = parse_hash(value, f"{field}[{i}]")
+        parsed = found.attempt(parse_hash, value, f"{field}[{i}]")
         quality = value.quality if value.HasField("quality") else None
         if quality is not None and not 0 <= quality <= 100:
-            raise InvalidInput(
-                f"quality must be 0..100, got {quality}", field=f"{field}[{i}].quality"
+            found.add(
+                InvalidInput(
+                    f"quality must be 0..100, got {quality}", field=f"{field}[{i}].quality"
+                )
             )
+            continue
+        if parsed is None:
+            continue
+        name, code = parsed
         codes, positions, qualities = groups.setdefault(name, ([], [], []))
         codes.append(code)
         positions.append(i)
         qualities.append(quality)
+    if own:
+        found.raise_any()
     return ParsedHashes({name: (_rows(c), p, q) for name, (c, p, q) in groups.items()})
 
 
@@ -71,7 +86,8 @@ def parse_frames(
     frames: Sequence[str], qualities: Sequence[int], field: str, qualities_name: str = "qualities"
 ) -> np.ndarray:
     """vPDQ frames (one PDQ hex each) -> ``uint8[k, 32]``; qualities: none or one per frame,
-    each 0..100 (``qualities_name``: the message's field for them)."""
+    each 0..100 (``qualities_name``: the message's field for them). Bad frames are
+    raised together (:class:`~hashmatch.server.violations.InvalidRequest`)."""
     st = signal_types.get("vpdq")
     if not frames:
         raise InvalidInput("a video needs at least one frame", field=f"{field}.frames")
@@ -79,8 +95,12 @@ def parse_frames(
         len(frames), qualities, None, field=field, qualities_name=qualities_name
     )
     out = np.empty((len(frames), st.nbytes), np.uint8)
+    found = Violations()  # every bad frame, not just the first
     for j, value in enumerate(frames):
-        out[j] = st.parse(value, field=f"{field}.frames[{j}]")
+        code = found.attempt(st.parse, value, field=f"{field}.frames[{j}]")
+        if code is not None:
+            out[j] = code
+    found.raise_any()
     return out
 
 

@@ -133,17 +133,13 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Stat
         message = clip(disk_full_message(exc))
     elif isinstance(exc, NotImplementedError):
         message = f"not implemented: {exc}" if str(exc) else "not implemented"
+    elif code is grpc.StatusCode.INVALID_ARGUMENT and hasattr(exc, "violations"):
+        message = exc.summary()  # type: ignore[attr-defined]  # violations.InvalidRequest
     else:
         message = clip(str(exc))
     status = status_pb2.Status(code=code.value[0], message=message)
     if code is grpc.StatusCode.INVALID_ARGUMENT:
-        violation = error_details_pb2.BadRequest.FieldViolation(
-            field=clip(field_path(exc) or "request"),
-            description=clip(getattr(exc, "message", None) or str(exc)),
-        )
-        detail = any_pb2.Any()
-        detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
-        status.details.append(detail)
+        status.details.append(_bad_request(exc, status))
     elif code is grpc.StatusCode.RESOURCE_EXHAUSTED:
         detail = any_pb2.Any()
         detail.Pack(
@@ -159,6 +155,61 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Stat
             retry.Pack(error_details_pb2.RetryInfo(retry_delay=OVERLOADED_RETRY_DELAY))
             status.details.append(retry)
     return code, message, status
+
+
+# The status goes back in the trailers: grpc-message (percent-encoded) and
+# grpc-status-details-bin (base64 of the Status, message included). gRPC's default
+# limit on received metadata is 8 KiB (C core: refused at random above it, always
+# above 16 KiB, as RESOURCE_EXHAUSTED hiding the real status; grpc-java: always
+# above 8 KiB). The two stay under this, leaving room for the other trailers.
+MAX_STATUS_TRAILER_BYTES = 7 * 1024
+
+
+def _bad_request(exc: BaseException, status: status_pb2.Status) -> any_pb2.Any:
+    """A BadRequest detail: each of the exception's violations (``InvalidRequest``) or
+    its one field, as many as fit :data:`MAX_STATUS_TRAILER_BYTES` (the first always),
+    then one more, field ``request``, saying how many were left out."""
+    pairs = getattr(exc, "violations", None) or [
+        (field_path(exc) or "request", getattr(exc, "message", None) or str(exc))
+    ]
+    total = getattr(exc, "total", len(pairs))
+    listed = [
+        error_details_pb2.BadRequest.FieldViolation(field=clip(f or "request"), description=clip(d))
+        for f, d in pairs
+    ]
+    # an upper bound on the unlisted note, so it always fits once the others do
+    note_bytes = 140
+    room = (MAX_STATUS_TRAILER_BYTES - _percent_encoded_len(status.message)) * 3 // 4
+    room -= status.ByteSize() + 80 + note_bytes  # the Any's type URL and framing
+    kept = 1
+    used = _field_bytes(listed[0])
+    while kept < len(listed) and used + _field_bytes(listed[kept]) <= room:
+        used += _field_bytes(listed[kept])
+        kept += 1
+    violations = listed[:kept]
+    if total > kept:
+        violations.append(
+            error_details_pb2.BadRequest.FieldViolation(
+                field="request",
+                description=f"and {total - kept} more violations not listed"
+                f" ({total} in all): fix those listed and send again to see the rest",
+            )
+        )
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=violations))
+    return detail
+
+
+def _field_bytes(violation: error_details_pb2.BadRequest.FieldViolation) -> int:
+    """Bytes ``violation`` takes in its BadRequest (tag, length, body)."""
+    size = violation.ByteSize()
+    return 1 + (1 if size < 128 else 2 if size < 16384 else 3) + size
+
+
+def _percent_encoded_len(message: str) -> int:
+    """Length of ``message`` as gRPC sends it in grpc-message: each byte outside
+    printable ASCII, and ``%``, as three."""
+    return sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in message.encode())
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> None:

@@ -22,6 +22,7 @@ from hashmatch.server.client import MAX_NOT_FOUND_LISTED
 from hashmatch.server.errors import DiskFull, clip, disk_full_message
 from hashmatch.server.matching import check_size
 from hashmatch.server.replies import RequestBody
+from hashmatch.server.violations import InvalidRequest, Violations
 from hashmatch.v1 import common_pb2, signals_pb2
 
 if TYPE_CHECKING:
@@ -178,11 +179,7 @@ def _ingest_message(
             tenant=call.principal.engine_tenant,
         )
     except IngestRefused as exc:
-        first = exc.report.rejections[0]
-        raise InvalidInput(
-            f"strict ingest refused ({exc.report.rejected} bad); first: {first.reason}",
-            field=_field(first, offset),
-        ) from None
+        raise _strict_refusal(exc, offset) from None
     reply.added += report.added
     reply.updated += report.updated
     reply.unchanged += report.unchanged
@@ -196,6 +193,19 @@ def _ingest_message(
         )
         for r in report.rejections
     )
+
+
+def _strict_refusal(exc: IngestRefused, offset: int) -> InvalidRequest:
+    """A strict message's refusal naming every bad item (up to the violations kept), so
+    one round trip says all that must be fixed before it is sent again."""
+    report = exc.report
+    found = Violations()
+    for n, rejection in enumerate(report.rejections):
+        reason = rejection.reason
+        if n == 0:  # the status message's first
+            reason = f"strict ingest refused the message ({report.rejected} bad): {reason}"
+        found.add(InvalidInput(reason, field=_field(rejection, offset)))
+    return InvalidRequest(found.kept, report.rejected)
 
 
 # The engine names record fields; these are where they sit in a Signal message.

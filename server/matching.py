@@ -17,6 +17,7 @@ from hashmatch.engine.matcher import LOW_QUALITY_MATCH_QUALITY_STORED, LOW_QUALI
 from hashmatch.engine.media_limits import MAX_FRAMES
 from hashmatch.server import convert
 from hashmatch.server.errors import Overloaded
+from hashmatch.server.violations import Violations
 from hashmatch.v1 import common_pb2, matcher_pb2
 
 if TYPE_CHECKING:
@@ -40,30 +41,40 @@ def check_size(message: Message, limit: int, field: str = "request") -> None:
 
 
 def check_media(host: ServiceHost, media: Sequence[bytes], field: str = "media") -> None:
+    """The item count, then each item's size (every empty or oversized one, together)."""
     config = host.config
     if len(media) > config.max_media_items:
         raise InvalidInput(
             f"{len(media)} media items is over the limit of {config.max_media_items} per request",
             field=field,
         )
+    found = Violations()
     for i, item in enumerate(media):
         if not item:
-            raise EmptyMedia("media item is empty (0 bytes)", field=f"{field}[{i}]")
-        if len(item) > config.max_media_bytes:
-            raise MediaTooLarge(
-                f"{len(item)} bytes is over the {config.max_media_bytes}-byte limit",
-                field=f"{field}[{i}]",
+            found.add(EmptyMedia("media item is empty (0 bytes)", field=f"{field}[{i}]"))
+        elif len(item) > config.max_media_bytes:
+            found.add(
+                MediaTooLarge(
+                    f"{len(item)} bytes is over the {config.max_media_bytes}-byte limit",
+                    field=f"{field}[{i}]",
+                )
             )
+    found.raise_any()
 
 
 def media_types(names: Iterable[str], field: str) -> list[str]:
-    """The requested media types, each once (a repeat would hash the media again)."""
+    """The requested media types, each once (a repeat would hash the media again); the
+    bad ones are raised together."""
     chosen: list[str] = []
+    found = Violations()
     for i, name in enumerate(names):
-        st = convert.signal_type(name, f"{field}[{i}]")
+        st = found.attempt(convert.signal_type, name, f"{field}[{i}]")
+        if st is None:
+            continue
         if st.name in chosen:
-            raise InvalidInput(f"{st.name} is requested twice", field=f"{field}[{i}]")
+            found.add(InvalidInput(f"{st.name} is requested twice", field=f"{field}[{i}]"))
         chosen.append(st.name)
+    found.raise_any()
     return chosen or ["pdq"]
 
 
@@ -129,7 +140,8 @@ def hash_options(
 
 
 def _media_job(fn: Callable, index: int, field: str = "media") -> Callable:
-    """Run ``fn``, labelling media errors with the item's index.
+    """Run ``fn``; a media error is returned (not raised), labelled with the item's
+    index, so the pool runs every item and :func:`_refuse_failed` names each bad one.
 
     The pixel limit needs no check here: decoding refuses an image whose header
     declares more than ``max_media_pixels`` before any pixel is decoded (and a request
@@ -140,12 +152,22 @@ def _media_job(fn: Callable, index: int, field: str = "media") -> Callable:
         try:
             return fn()
         except MediaError as exc:
-            raise type(exc)(exc.message, field=f"{field}[{index}]") from None
+            return type(exc)(exc.message, field=f"{field}[{index}]")
         except InvalidInput as exc:
             name = f"{field}[{index}]" + (f".{exc.field}" if exc.field else "")
-            raise type(exc)(exc.message, field=name) from None
+            return type(exc)(exc.message, field=name)
 
     return job
+
+
+def _refuse_failed(outcomes: Sequence[object]) -> None:
+    """Raise every media item that did not hash (the request is refused whole, as for
+    a malformed hash: no partial results)."""
+    found = Violations()
+    for outcome in outcomes:
+        if isinstance(outcome, InvalidInput):
+            found.add(outcome)
+    found.raise_any()
 
 
 def match(
@@ -168,27 +190,38 @@ def match(
             f"{n_frames} video frames is over the limit of {config.max_batch} per request",
             field="videos",
         )
-    check_media(host, request.media)
+    # Every bad field is noted and validation goes on: the refusal names them all (in
+    # the order checked here, so its first is the one a first-error check named).
+    found = Violations()
+    found.attempt(check_media, host, request.media)
     options = request.options
     threshold = options.threshold if options.HasField("threshold") else None
     min_quality = options.min_quality if options.HasField("min_quality") else None
     if min_quality is not None and not 0 <= min_quality <= 100:
-        raise InvalidInput(f"must be 0..100, got {min_quality}", field="options.min_quality")
+        found.add(InvalidInput(f"must be 0..100, got {min_quality}", field="options.min_quality"))
     if options.low_quality_queries not in LOW_QUALITY_RULES:
-        raise InvalidInput(
-            f"unknown value {options.low_quality_queries}",
-            field="options.low_quality_queries",
+        found.add(
+            InvalidInput(
+                f"unknown value {options.low_quality_queries}",
+                field="options.low_quality_queries",
+            )
         )
-    low_quality = LOW_QUALITY_RULES[options.low_quality_queries]
+    low_quality = LOW_QUALITY_RULES.get(options.low_quality_queries)
     lists = [name.strip() for name in options.lists] or None  # as Ingest's list_name
     max_results = options.max_results or None
-    parsed = convert.parse_hashes(request.hashes)
-    types = media_types(request.media_types, "media_types") if request.media else []
-    videos = [_video_query(v, f"videos[{i}]") for i, v in enumerate(request.videos)]
-    if videos:
-        convert.threshold_for("vpdq", threshold)
-    for name in [*parsed.by_type, *types]:
-        convert.threshold_for(name, threshold)
+    parsed = convert.parse_hashes(request.hashes, found=found)
+    types = (
+        (found.attempt(media_types, request.media_types, "media_types") or [])
+        if request.media
+        else []
+    )
+    videos = [found.attempt(_video_query, v, f"videos[{i}]") for i, v in enumerate(request.videos)]
+    try:  # one options.threshold violation, whichever type it does not fit
+        for name in [*(["vpdq"] if videos else []), *parsed.by_type, *types]:
+            convert.threshold_for(name, threshold)
+    except InvalidInput as exc:
+        found.add(exc)
+    found.raise_any()
     tenant = call.principal.engine_tenant
     engine = host.engine
 
@@ -271,6 +304,7 @@ def match(
         outcomes = host.media.run_all(
             jobs, timeout=call.time_left, is_active=call.context.is_active, tenant=call.share
         )
+        _refuse_failed(outcomes)
         for i, outcome in enumerate(outcomes):
             position = n_hashes + i
             result = matcher_pb2.QueryResult(source=MEDIA, index=i)
@@ -342,8 +376,10 @@ def hash_only(
     check_size(request, host.config.max_message_bytes)
     if not request.media:
         raise InvalidInput("the request has no media", field="media")
-    check_media(host, request.media)
-    types = media_types(request.signal_types, "signal_types")
+    found = Violations()
+    found.attempt(check_media, host, request.media)
+    types = found.attempt(media_types, request.signal_types, "signal_types")
+    found.raise_any()
     options = hash_options(
         host,
         dihedral=request.dihedral,
@@ -360,6 +396,7 @@ def hash_only(
     outcomes = host.media.run_all(
         jobs, timeout=call.time_left, is_active=call.context.is_active, tenant=call.share
     )
+    _refuse_failed(outcomes)
     call.log["items"] = len(outcomes)
     reply = matcher_pb2.HashResponse(
         items=[

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from hashmatch.engine.errors import Conflict, HashmatchError, SnapshotFailed
 from hashmatch.engine.runtime import Progress, RebuildStopped
-from hashmatch.server import changes, errors, ingest, matching
+from hashmatch.server import changes, errors, ingest, matching, violations
 from hashmatch.server.calls import Call, rpc
 from hashmatch.server.errors import DiskFull, NotServing
 from hashmatch.v1 import (
@@ -63,11 +63,9 @@ class MatcherService(matcher_pb2_grpc.MatcherServicer):
                 try:
                     response = matching.match(self.host, request, call)
                 except HashmatchError as exc:
-                    # Name the stream message as well as the field (and item) inside it.
-                    path = errors.field_path(exc)
-                    where = f"stream[{n}]" + (f".{path}" if path[:1] not in ("", "[") else path)
-                    exc.field = where
-                    exc.index = None
+                    # Name the stream message as well as the field (and item) inside it:
+                    # every field of a request refused for several.
+                    violations.nest(exc, f"stream[{n}]")
                     raise
                 totals["messages"] += 1
                 totals["queries"] += call.log.get("queries", 0)

@@ -211,14 +211,15 @@ def _check_answer(
     if code is not grpc.StatusCode.INVALID_ARGUMENT:
         event(code.name)
         return
-    fields = bad_request_fields(error)
-    assert len(fields) == 1, f"no BadRequest detail: {error.details()}"
+    fields = bad_request_fields(error)  # every bad field of the request, the first first
+    assert fields, f"no BadRequest detail: {error.details()}"
     field, description = fields[0]
     event(f"INVALID_ARGUMENT {re.sub(r'[0-9]+', 'N', field)}")
-    assert field and description, (field, description)
     assert error.details().startswith(field[:300]), (field, error.details())
-    if not raw:
-        _check_field_names_the_request(field, messages, streamed)
+    for field, description in fields:
+        assert field and description, (field, description)
+        if not raw:
+            _check_field_names_the_request(field, messages, streamed)
 
 
 def _after(fuzz: Fuzzed) -> None:
