@@ -200,3 +200,14 @@ def test_one_bad_field_is_named_as_before(client):
         ("hashes[1].hex", "pdq hash must be 64 hex characters, got 2")
     ]
     assert error.details() == "hashes[1].hex: pdq hash must be 64 hex characters, got 2"
+
+
+def test_strict_ingest_refusal_of_a_later_message_still_says_what_was_stored(client):
+    """The stream's note (what the messages before were stored as) follows the count."""
+    good = [signal("pdq", f"{i:02x}" * 32) for i in range(2)]
+    bad = [signal("pdq", "ab"), signal("pdq", "cd")]
+    error = _refusal(lambda: client.ingest("strict-later", good + bad, strict=True, batch_size=2))
+    assert _fields(error) == ["signals[2].hash.hex", "signals[3].hash.hex"]
+    details = error.details()
+    assert details.startswith("signals[2].hash.hex: strict ingest refused the message (2 bad)")
+    assert "; and 1 more (messages before stream[1] were stored: added 2," in details, details
