@@ -223,7 +223,10 @@ def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
 
 
 def bad_request_fields(call_error: grpc.RpcError) -> list[tuple[str, str]]:
-    """Client side: the (field, description) pairs of a BadRequest detail, if any.
+    """Client side: the (field, description) pairs of a BadRequest detail, if any: every
+    bad field of the request, the first as the status message names it; when the server
+    left some out (it lists at most 100, fewer when long, to keep the trailers under
+    gRPC's 8 KiB), a last pair ``("request", "and N more violations not listed ...")``.
 
     Empty when the call carries no such detail, or a status detail that does not agree
     with the call's code (``from_call`` raises ValueError: e.g. the trailers were

@@ -16,21 +16,13 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from hashmatch.engine.errors import HashmatchError, InvalidInput
-from hashmatch.server.errors import clip
+from hashmatch.server.errors import clip, field_path
 
 T = TypeVar("T")
 
 #: violations kept per request (the rest are only counted): a 10,000-item garbage
 #: batch costs a bounded list, and no reply could carry more (see errors.to_status)
 MAX_KEPT = 100
-
-
-def _path(exc: HashmatchError) -> str:
-    """``hashes[3].hex`` style path of ``exc``'s field ("" when it names none)."""
-    field = exc.field or ""
-    if exc.index is not None:
-        return f"{field}[{exc.index}]" if field else f"[{exc.index}]"
-    return field
 
 
 class InvalidRequest(InvalidInput):
@@ -72,7 +64,7 @@ def nest(exc: HashmatchError, prefix: str) -> None:
     if isinstance(exc, InvalidRequest):
         exc.nest(prefix)
         return
-    exc.field = _under(prefix, _path(exc))
+    exc.field = _under(prefix, field_path(exc))
     exc.index = None
 
 
@@ -96,7 +88,7 @@ class Violations:
             return
         self.total += 1
         if len(self.kept) < self.keep:
-            self.kept.append((_path(exc), exc.message))
+            self.kept.append((field_path(exc), exc.message))
 
     def attempt(self, check: Callable[..., T], *args, **kwargs) -> T | None:
         """``check(*args, **kwargs)``, or None with its InvalidInput noted."""
