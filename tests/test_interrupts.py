@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import re
 import shutil
 import signal
@@ -59,6 +60,45 @@ def _hashmatch(args: list[str], **kwargs) -> subprocess.Popen:
         start_new_session=True,
         **kwargs,
     )
+
+
+# read(2)'s number, as /proc/PID/task/TID/syscall shows a thread blocked in it
+READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(platform.machine())
+
+
+def _blocks_reading_stdin(pid: int, signum: int = signal.SIGINT) -> bool:
+    """Whether process ``pid`` has its handler of ``signum`` in and a thread asleep in a read of
+    its stdin: the premise of a Ctrl-C "while its input idles", seen in /proc rather
+    than assumed after a sleep (a loaded CI's Ctrl-C came before the handler, the
+    default action killed the command, and the test passed testing nothing)."""
+    try:
+        if _sigint_disposition(pid, signum) != "caught":
+            return False
+        if READ_SYSCALL is None:  # pragma: no cover - another architecture: handler only
+            return True
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                call = (task / "syscall").read_text().split()
+                stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                if call[:2] == [str(READ_SYSCALL), "0x0"] and stat[0] == "S":
+                    return True
+    except (OSError, KeyError):  # not started yet, or gone
+        pass
+    return False
+
+
+def _wait_until_it_reads_stdin(
+    proc: subprocess.Popen, pid: int | None = None, signum: int = signal.SIGINT
+) -> None:
+    """Wait (60 s at most) until ``pid`` (default: ``proc``'s) blocks reading its stdin
+    with its handler of ``signum`` in; seen twice in a row, so a read that returns at
+    once is not taken for it."""
+    deadline, seen = time.monotonic() + 60, 0
+    while seen < 2:
+        assert proc.poll() is None, "it ended before it waited for input"
+        assert time.monotonic() < deadline, "it never blocked reading its stdin"
+        seen = seen + 1 if _blocks_reading_stdin(pid or proc.pid, signum) else 0
+        time.sleep(0.05)
 
 
 def _wait_for_commits(proc: subprocess.Popen, catalog: Path, at_least: int) -> None:
@@ -150,7 +190,7 @@ def test_an_interrupted_ingest_stops_with_one_line(tmp_path):
     deadline = time.monotonic() + 60
     while not (tmp_path / "data" / "store.sqlite").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
+    _wait_until_it_reads_stdin(proc)
     _ctrl_c_while_stdin_idles(proc, "ingest")
 
 
@@ -415,7 +455,7 @@ def test_ctrl_c_stops_a_scan_whose_from_list_stdin_is_idle(tmp_path):
     deadline = time.monotonic() + 60
     while not _run_started(catalog) and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
+    _wait_until_it_reads_stdin(proc)
     stderr = _ctrl_c_while_stdin_idles(proc, "scan --from-list -")
     assert "run the same command again to resume" in stderr
 
@@ -458,16 +498,18 @@ def test_ctrl_c_stops_a_scan_still_waiting_for_its_server(tmp_path):
                        for c in psutil.Process(proc.pid).net_connections()):  # fmt: skip
                     break
             time.sleep(0.05)
-        time.sleep(0.5)
+        while _sigint_disposition(proc.pid) != "caught" and time.monotonic() < deadline:
+            time.sleep(0.01)  # else the default action, not the scan, would stop it
         stderr = _ctrl_c_within_seconds(proc, 10, "while it waited for its server")
     assert stderr.rstrip().splitlines()[-1] == "hashmatch: interrupted (SIGINT)", stderr
 
 
-def _sigint_disposition(pid: int) -> str:
-    """'caught', 'ignored' or 'default': what process ``pid`` does with SIGINT now."""
+def _sigint_disposition(pid: int, signum: int = signal.SIGINT) -> str:
+    """'caught', 'ignored' or 'default': what process ``pid`` does with SIGINT (or
+    ``signum``) now."""
     status = Path(f"/proc/{pid}/status").read_text()
     fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-    bit = 1 << (signal.SIGINT - 1)
+    bit = 1 << (signum - 1)
     if int(fields["SigIgn"], 16) & bit:
         return "ignored"
     return "caught" if int(fields["SigCgt"], 16) & bit else "default"
@@ -524,7 +566,7 @@ def test_a_hang_up_the_command_was_started_ignoring_stays_ignored(tmp_path):
     deadline = time.monotonic() + 60
     while not (tmp_path / "data" / "store.sqlite").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
+    _wait_until_it_reads_stdin(proc)  # its handlers are in: the SIGHUP is theirs to keep
     os.killpg(proc.pid, signal.SIGHUP)
     time.sleep(1.0)
     still_running = proc.poll() is None
@@ -560,7 +602,7 @@ def test_ctrl_c_stops_a_scan_whose_server_was_lost(tmp_path):
     assert committed_files(catalog) == summary["hashed"] + summary["failed"] >= 16
 
 
-def _ingest_in_bash(tmp_path: Path, script: str) -> subprocess.Popen:
+def _ingest_in_bash(tmp_path: Path, script: str, signum: int = signal.SIGINT) -> subprocess.Popen:
     """``bash -c script`` in a session of its own (a terminal's process group), where
     ``"$@"`` is an ``ingest -`` that waits on an idle stdin; returns once it waits."""
     store = tmp_path / "data" / "store.sqlite"
@@ -578,7 +620,14 @@ def _ingest_in_bash(tmp_path: Path, script: str) -> subprocess.Popen:
     deadline = time.monotonic() + 60
     while not store.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.5)
+    children: list[psutil.Process] = []
+    while not children and time.monotonic() < deadline:  # bash forks it: the one in python
+        with contextlib.suppress(psutil.Error):
+            children = [c for c in psutil.Process(proc.pid).children(recursive=True)
+                        if c.cmdline()[:2] == ingest[:2]]  # fmt: skip
+        time.sleep(0.01)
+    assert children, "bash never started the ingest"
+    _wait_until_it_reads_stdin(proc, children[0].pid, signum)  # bash's `&` ignores SIGINT
     return proc
 
 
@@ -611,7 +660,7 @@ def test_a_script_still_sees_128_plus_the_signal(tmp_path):
     """A shell script's ``$?`` after hashmatch was stopped is 128 + the signal (143 for
     a supervisor's SIGTERM), as it was when hashmatch exited with that status."""
     script = '"$@" <&0 & child=$!; echo "$child"; wait "$child"; echo "$?"'  # <&0: not /dev/null
-    proc = _ingest_in_bash(tmp_path, script)
+    proc = _ingest_in_bash(tmp_path, script, signal.SIGTERM)
     child = int(proc.stdout.readline())
     os.kill(child, signal.SIGTERM)
     out, err = _communicate(proc, "ingest did not stop on SIGTERM")
