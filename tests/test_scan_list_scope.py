@@ -35,7 +35,9 @@ def _catalogued_matches(catalog: Path) -> list[tuple[str, str, str]]:
         ).fetchall()
 
 
-def test_a_rehashed_files_matches_from_lists_outside_the_scan_are_checked_again(tmp_path):
+def _lists_a_b_and_a_photo_of_b(tmp_path: Path) -> tuple[Path, Path, Path, Path]:
+    """(data dir, catalog path, tree, photo): list a holds astronaut's PDQ, list b
+    coffee's; the tree's one photo is coffee, so it matches list b only."""
     data, catalog = tmp_path / "data", tmp_path / "c.sqlite"
     with Engine.open(data, eager=False) as engine:
         engine.ingest([SignalRecord("pdq", _pdq("astronaut"))], list_name="a")
@@ -44,6 +46,11 @@ def test_a_rehashed_files_matches_from_lists_outside_the_scan_are_checked_again(
     tree.mkdir()
     photo = tree / "photo.img"
     photo.write_bytes(_png(ORIGINALS["coffee"]()))
+    return data, catalog, tree, photo
+
+
+def test_a_rehashed_files_matches_from_lists_outside_the_scan_are_checked_again(tmp_path):
+    data, catalog, tree, photo = _lists_a_b_and_a_photo_of_b(tmp_path)
 
     def run(lists=None, **options):
         matcher = LocalMatcher.open(data, lists=lists)
@@ -95,14 +102,7 @@ def test_a_lookup_that_fails_keeps_the_matches_from_lists_outside_the_scan(tmp_p
     from hashmatch.server.client import HashmatchClient
     from hashmatch.server.testing import running_server
 
-    data, catalog = tmp_path / "data", tmp_path / "c.sqlite"
-    with Engine.open(data, eager=False) as engine:
-        engine.ingest([SignalRecord("pdq", _pdq("astronaut"))], list_name="a")
-        engine.ingest([SignalRecord("pdq", _pdq("coffee"))], list_name="b")
-    tree = tmp_path / "tree"
-    tree.mkdir()
-    photo = tree / "photo.img"
-    photo.write_bytes(_png(ORIGINALS["coffee"]()))
+    data, catalog, tree, photo = _lists_a_b_and_a_photo_of_b(tmp_path)
     opts = ScanOptions(types=("pdq",), workers=0, progress=False)
     with running_server(data) as ts:
         everywhere = RemoteMatcher(ts.client(retries=0, timeout=5))
