@@ -754,29 +754,52 @@ def test_metrics_count_client_hashed_video_queries(tmp_path):
         assert 'hashmatch_matches_total{list="videos",signal_type="vpdq"} 2.0' in text
 
 
+class HoldStats(grpc.ServerInterceptor):
+    """Each Stats call keeps its gRPC worker thread until ``release`` is set: a slow
+    call, so that a test can hold every thread (streams cannot: they get half)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.holding = threading.Semaphore(0)
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or not details.method.endswith("/Stats"):
+            return handler
+        behavior = handler.unary_unary
+
+        def held(request, context):
+            self.holding.release()
+            self.release.wait(30)
+            return behavior(request, context)
+
+        return handler._replace(unary_unary=held)
+
+
 def test_calls_gRPC_drops_before_a_handler_runs_show_in_the_metrics(tmp_path):
     """A call refused by gRPC's own max_concurrent_rpcs, or whose deadline passed while
     it queued for a thread, reached no hashmatch code: neither hashmatch_requests_total
     nor the access log had it, so an overloaded server's refusals were invisible. Now
     hashmatch_requests_received_total counts every call as gRPC hands it over. Every
-    thread (workers + 2) is held by a Changes stream its client does not read."""
-    from hashmatch.v1 import signals_pb2, signals_pb2_grpc
+    thread (workers + 2) is held by a slow Stats call (streams, which once held them
+    here, now get at most half the threads)."""
+    from hashmatch.v1 import admin_pb2, admin_pb2_grpc
 
+    hold = HoldStats()
     with running_server(
-        tmp_path, tenants=ADMIN | {"reader": (["export"], True)}, metrics_port=0, workers=1,
-        max_concurrent_rpcs=2,
+        tmp_path, tenants=ADMIN, metrics_port=0, workers=1, max_concurrent_rpcs=2,
+        extra_interceptors=[hold],
     ) as ts:  # fmt: skip
-        ts.client("admin").ingest("big", [signal("pdq", f"{i + 1:064x}") for i in range(40_000)])
-        metadata = (("authorization", f"Bearer {ts.tokens['reader']}"),)
-        options = [("grpc.http2.bdp_probe", 0)]  # a small window: the streams block
-        channels = [grpc.insecure_channel(ts.target, options=options) for _ in range(3)]
+        client = ts.client("admin", retries=0)
+        held = []
+        channels = [grpc.insecure_channel(ts.target) for _ in range(3)]
         try:
-            streams = []
+            metadata = (("authorization", f"Bearer {ts.tokens['admin']}"),)
             for channel in channels:
-                stub = signals_pb2_grpc.SignalsStub(channel)
-                streams.append(stub.Changes(signals_pb2.ChangesRequest(), metadata=metadata))
-                next(streams[-1])
-            client = ts.client("admin", retries=0)
+                stub = admin_pb2_grpc.AdminStub(channel)
+                held.append(stub.Stats.future(admin_pb2.StatsRequest(), metadata=metadata))
+            for _ in held:
+                assert hold.holding.acquire(timeout=30), "a Stats call never got a thread"
             with pytest.raises(grpc.RpcError) as queued:  # a thread frees never in time
                 client.match([("pdq", "11" * 32)], timeout=1.0)
             assert queued.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
@@ -785,12 +808,13 @@ def test_calls_gRPC_drops_before_a_handler_runs_show_in_the_metrics(tmp_path):
             assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             sample = ts.server.host.metrics.registry.get_sample_value
             assert sample("hashmatch_requests_received_total", {"method": "Match"}) == 2.0
-            assert sample("hashmatch_requests_received_total", {"method": "Changes"}) == 3.0
+            assert sample("hashmatch_requests_received_total", {"method": "Stats"}) == 3.0
             finished = ("hashmatch_requests_total", {"method": "Match", "code": "OK"})
             assert sample(*finished) is None  # what requests_total alone showed
         finally:
-            for stream in streams:
-                stream.cancel()
+            hold.release.set()
+            for call in held:
+                call.cancel()
             for channel in channels:
                 channel.close()
 
