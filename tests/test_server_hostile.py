@@ -170,11 +170,9 @@ def test_stop_is_bounded_when_grpc_leaves_calls_unfinished(tmp_path, monkeypatch
                     list(stream(iter([b"\xff\xff\xff"]), timeout=10))
         stopper = threading.Thread(target=ts.server.stop, args=(0.5,), daemon=True)
         with caplog.at_level(logging.WARNING, logger="hashmatch.server"):
-            started = time.monotonic()
             stopper.start()
-            stopper.join(10)
-        assert not stopper.is_alive(), "stop() hung"
-        assert time.monotonic() - started < 3
+            stopper.join(30)  # ~1.5 s (grace + slack); unbounded, it never returns
+        assert not stopper.is_alive(), "stop() hung"  # no tight wall-clock bound: CI load
     assert any("did not finish stopping" in r.getMessage() for r in caplog.records)
 
 
@@ -219,9 +217,9 @@ def _idle_streams(ts, tenants: list[str]) -> Iterator[grpc.Channel]:
             ch.close()
 
 
-def _one_more_stream(channel: grpc.Channel, ts, tenant: str) -> grpc.RpcError:
+def _one_more_stream(channel: grpc.Channel, ts, tenant: str, timeout: float = 5) -> grpc.RpcError:
     third = matcher_pb2_grpc.MatcherStub(channel).MatchStream(
-        iter([matcher_pb2.MatchRequest()]), metadata=_auth_as(ts, tenant), timeout=5
+        iter([matcher_pb2.MatchRequest()]), metadata=_auth_as(ts, tenant), timeout=timeout
     )
     with pytest.raises(grpc.RpcError) as err:
         list(third)
@@ -235,10 +233,13 @@ def test_idle_streams_cannot_take_every_worker(tmp_path):
     with running_server(tmp_path, tenants=TWO_TENANTS, workers=4) as ts:
         # one stream each: a tenant's own share is half the slots
         with _idle_streams(ts, ["ops", "other"]) as spare:
-            started = time.monotonic()
-            refused = _one_more_stream(spare, ts, "ops")
-            assert time.monotonic() - started < 2
+            # "at once": refused while the idle streams still hold both slots (for 30 s),
+            # within a deadline (20 s) a call queued for a slot would run out; no wall
+            # clock bound, which a loaded CI's slow RPC could exceed
+            refused = _one_more_stream(spare, ts, "ops", timeout=20)
             assert "limit of 2 concurrent streams" in refused.details()
+            metrics = ts.server.host.metrics.registry
+            assert metrics.get_sample_value("hashmatch_inflight_rpcs") >= 2  # still held
             client = ts.client("ops", retries=0)
             assert client.match([("pdq", "00" * 32)], timeout=5).results  # unary: served
             assert client.health(timeout=2) == "SERVING"
