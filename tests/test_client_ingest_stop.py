@@ -116,7 +116,7 @@ def _with_a_bad_one(n: int, bad: int, stop, stop_at: int) -> Iterator:
 
 
 #: what the server says of ``_with_a_bad_one(..., bad=5, ...)`` sent strict
-REFUSED = "signals[5].hash.hex: strict ingest refused (1 bad); first: pdq hash has a non-hex"
+REFUSED = "signals[5].hash.hex: strict ingest refused the message (1 bad): pdq hash has a non-hex"
 
 
 def test_a_call_that_fails_after_the_stop_says_the_servers_details(tmp_path):
