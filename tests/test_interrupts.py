@@ -414,11 +414,14 @@ def test_a_second_ctrl_c_ends_remote_ingests_wait_for_its_reply(tmp_path, remote
         assert proc.poll() is None, "the ingest ended before it could be interrupted"
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGINT)
-    time.sleep(0.05)  # the server has thousands of signals in flight to store first
-    sent = time.monotonic()
+    lines = []  # the second only once the first is handled (two at once are one signal)
+    while not lines or b"no more signals sent; waiting up to" not in lines[-1]:
+        lines.append(proc.stderr.readline())
+        assert lines[-1], b"".join(lines).decode()  # ended before its wait began
+    sent = time.monotonic()  # the server has thousands of signals in flight to store
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    stderr = err.decode()
+    stderr = (b"".join(lines) + err).decode()
     assert proc.returncode == -signal.SIGINT, stderr
     assert time.monotonic() - sent < 5, stderr
     assert "hashmatch: SIGINT again: stopping now" in stderr
