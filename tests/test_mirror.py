@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
 import signal as signals
 import subprocess
@@ -967,6 +968,26 @@ def test_a_hub_sending_a_bad_change_gets_one_clear_error_and_that_page_is_not_wr
         store.close()
 
 
+#: the sleep system calls (nanosleep, clock_nanosleep) SQLite's busy wait is made of
+SLEEP_SYSCALLS = {"x86_64": {"35", "230"}, "aarch64": {"101", "115"}}.get(platform.machine())
+
+
+def _wait_until_sleeping(procs: list[subprocess.Popen], timeout: float = 60) -> None:
+    """Until each process's main thread is seen in a sleep system call 3 times in a row,
+    50 ms apart: a mirror waiting for the store's write lock (SQLite's busy handler
+    sleeps and retries). Where the calls are unknown, 2 s instead."""
+    if SLEEP_SYSCALLS is None:
+        time.sleep(2)
+        return
+    deadline, seen = time.monotonic() + timeout, dict.fromkeys([p.pid for p in procs], 0)
+    while min(seen.values()) < 3:
+        assert time.monotonic() < deadline, f"not both waiting for the lock: {seen}"
+        for pid in seen:
+            call = Path(f"/proc/{pid}/syscall").read_text().split()[0]
+            seen[pid] = seen[pid] + 1 if call in SLEEP_SYSCALLS else 0
+        time.sleep(0.05)
+
+
 def test_a_follow_that_loses_the_cursor_to_an_overlapping_run_goes_on(tmp_path, caplog):
     """Two mirrors of one prefix at once (a cron run while --follow runs): the loser of
     the page's commit is refused ("advanced its cursor meanwhile"); a --follow retries at
@@ -990,7 +1011,7 @@ def test_a_follow_that_loses_the_cursor_to_an_overlapping_run_goes_on(tmp_path, 
         procs = [_mirror_process(ts, local, "--follow", "--interval", "0.2") for _ in range(2)]
         try:
             access_log_line(caplog, "Changes", n=2, timeout=60)  # both read the page
-            time.sleep(0.5)  # and wait for the lock
+            _wait_until_sleeping(procs)  # and wait for the lock (a fixed 0.5 s was short)
             lock.execute("COMMIT")
             deadline = time.monotonic() + 30
             while _cursor(local) == 0 and time.monotonic() < deadline:
