@@ -117,14 +117,28 @@ def _dead(dead: np.ndarray | None) -> np.ndarray:
     return EMPTY_U8 if dead is None else dead
 
 
+# numpy parses a .npy header with ``ast.literal_eval``; CPython 3.11's AST builder keeps
+# one recursion-depth count per interpreter, so two threads parsing at once (a snapshot's
+# shards load in parallel) can fail "SystemError: AST constructor recursion depth
+# mismatch" when a garbage collection switches threads mid-parse: a sound snapshot was
+# refused as corrupt (seen in CI). The parses are made one at a time.
+_NPY_HEADER_LOCK = threading.Lock()
+
+
 def load_npy(path: Path, mmap: bool) -> np.ndarray:
     """One array file, or ValueError naming it (the loader reports it as CorruptData).
 
     A damaged header can fail in any way (numpy parses it with ``ast``/``tokenize``),
     or parse and describe other bytes: np.save writes the data right after the header
     up to the end of the file, so a header whose length or shape was changed is
-    caught by its size before the data is mapped.
+    caught by its size before the data is mapped. One thread at a time (see
+    ``_NPY_HEADER_LOCK``; np.load parses the header again).
     """
+    with _NPY_HEADER_LOCK:
+        return _load_npy(path, mmap)
+
+
+def _load_npy(path: Path, mmap: bool) -> np.ndarray:
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
