@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -25,6 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import proc_syscalls
 import psutil
 import pytest
 from PIL import Image
@@ -62,10 +62,6 @@ def _hashmatch(args: list[str], **kwargs) -> subprocess.Popen:
     )
 
 
-# read(2)'s number, as /proc/PID/task/TID/syscall shows a thread blocked in it
-READ_SYSCALL = {"x86_64": 0, "aarch64": 63}.get(platform.machine())
-
-
 def _blocks_reading_stdin(pid: int, signum: int = signal.SIGINT) -> bool:
     """Whether process ``pid`` has its handler of ``signum`` in and a thread asleep in a read of
     its stdin: the premise of a Ctrl-C "while its input idles", seen in /proc rather
@@ -74,13 +70,13 @@ def _blocks_reading_stdin(pid: int, signum: int = signal.SIGINT) -> bool:
     try:
         if _sigint_disposition(pid, signum) != "caught":
             return False
-        if READ_SYSCALL is None:  # pragma: no cover - another architecture: handler only
+        if proc_syscalls.READ is None:  # pragma: no cover - another architecture: handler only
             return True
         for task in Path(f"/proc/{pid}/task").iterdir():
             with contextlib.suppress(OSError):
-                call = (task / "syscall").read_text().split()
+                call = proc_syscalls.syscall(task)
                 stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
-                if call[:2] == [str(READ_SYSCALL), "0x0"] and stat[0] == "S":
+                if call[0] in proc_syscalls.READ and call[1] == "0x0" and stat[0] == "S":
                     return True
     except (OSError, KeyError):  # not started yet, or gone
         pass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 import signal as signals
 import subprocess
@@ -17,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import proc_syscalls
 import pytest
 from click.testing import CliRunner
 
@@ -968,23 +968,19 @@ def test_a_hub_sending_a_bad_change_gets_one_clear_error_and_that_page_is_not_wr
         store.close()
 
 
-#: the sleep system calls (nanosleep, clock_nanosleep) SQLite's busy wait is made of
-SLEEP_SYSCALLS = {"x86_64": {"35", "230"}, "aarch64": {"101", "115"}}.get(platform.machine())
-
-
 def _wait_until_sleeping(procs: list[subprocess.Popen], timeout: float = 60) -> None:
     """Until each process's main thread is seen in a sleep system call 3 times in a row,
     50 ms apart: a mirror waiting for the store's write lock (SQLite's busy handler
     sleeps and retries). Where the calls are unknown, 2 s instead."""
-    if SLEEP_SYSCALLS is None:
+    if proc_syscalls.SLEEP is None:
         time.sleep(2)
         return
     deadline, seen = time.monotonic() + timeout, dict.fromkeys([p.pid for p in procs], 0)
     while min(seen.values()) < 3:
         assert time.monotonic() < deadline, f"not both waiting for the lock: {seen}"
         for pid in seen:
-            call = Path(f"/proc/{pid}/syscall").read_text().split()[0]
-            seen[pid] = seen[pid] + 1 if call in SLEEP_SYSCALLS else 0
+            asleep = proc_syscalls.syscall(f"/proc/{pid}")[0] in proc_syscalls.SLEEP
+            seen[pid] = seen[pid] + 1 if asleep else 0
         time.sleep(0.05)
 
 
