@@ -167,6 +167,7 @@ def _ingest_message(
         )
     if not list_name:
         raise InvalidInput("list_name is required", field=f"stream[{n}].list_name")
+    check_stored_text(request.source, MAX_SOURCE_CHARS, f"stream[{n}].source")
     if not request.signals:
         return
     try:
@@ -236,6 +237,18 @@ def retract(
 #: retracted when it differs): uncapped, a 200 kB Retract of 2,000 signals with a 100 kB
 #: reason wrote 400 MB to the store, and one at ``max_message_bytes`` could fill the disk.
 MAX_REASON_CHARS = 1000
+#: An Ingest message's ``source`` is stored once per message (its audit-log entry), so
+#: capped alike: uncapped, a stream of one-signal messages wrote up to
+#: ``max_message_bytes`` of source to the store per signal.
+MAX_SOURCE_CHARS = 1000
+
+
+def check_stored_text(text: str, limit: int, field: str) -> None:
+    """Refuse client text the store would keep over ``limit`` characters (INVALID_ARGUMENT
+    naming ``field``): it is written per row or per message, and unbounded it fills the
+    disk of a server whose requests are each within the message limit."""
+    if len(text) > limit:
+        raise InvalidInput(f"{len(text)} characters is over the limit of {limit}", field=field)
 
 
 def _retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call):
@@ -246,11 +259,7 @@ def _retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call)
     call.log["list"] = clip(list_name)  # a refused retraction's log line names its target too
     if not request.hashes and not request.signal_ids:
         raise InvalidInput("give hashes or signal_ids to retract", field="hashes")
-    if len(request.reason) > MAX_REASON_CHARS:
-        raise InvalidInput(
-            f"{len(request.reason)} characters is over the limit of {MAX_REASON_CHARS}",
-            field="reason",
-        )
+    check_stored_text(request.reason, MAX_REASON_CHARS, "reason")
     items = len(request.hashes) + len(request.signal_ids)
     if items > host.config.max_batch:
         larger = "hashes" if len(request.hashes) >= len(request.signal_ids) else "signal_ids"

@@ -400,6 +400,38 @@ def test_a_retraction_reason_is_capped_so_one_call_cannot_fill_the_disk(served):
     assert bob.retract("bob-secret", hashes=targets, reason="y" * 1000).retracted == 200
 
 
+def test_an_ingest_source_is_capped_as_a_retraction_reason_is(served):
+    """An Ingest message's source is stored with it (its audit-log entry) and had no cap:
+    each message of a stream of one-signal messages could store up to the message limit
+    of it. Now a source over 1,000 characters is INVALID_ARGUMENT naming the message's
+    source, and that message stores nothing (those before it are kept, and said)."""
+    bob = served.client("bob", retries=0)
+    store = served.engine.store
+    before = (len(store.signals(list_name="bob-secret")), len(store.audit(action="ingest")))
+    with pytest.raises(grpc.RpcError) as err:
+        bob.ingest("bob-secret", [signal("pdq", "c4" * 32)], source="s" * 1001)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(err.value) == [
+        ("stream[0].source", "1001 characters is over the limit of 1000")
+    ]
+    assert (len(store.signals(list_name="bob-secret")), len(store.audit(action="ingest"))) == before
+    bearer = (("authorization", f"Bearer {served.tokens['bob']}"),)
+    stream = [
+        signals_pb2.IngestRequest(list_name="bob-secret", signals=[signal("pdq", "c5" * 32)]),
+        signals_pb2.IngestRequest(signals=[signal("pdq", "c6" * 32)], source="s" * 5000),
+    ]
+    with grpc.insecure_channel(served.target) as channel, pytest.raises(grpc.RpcError) as err:
+        signals_pb2_grpc.SignalsStub(channel).Ingest(iter(stream), metadata=bearer, timeout=30)
+    [(field, description)] = bad_request_fields(err.value)
+    assert field == "stream[1].source"
+    assert description.startswith("5000 characters is over the limit of 1000 (messages before")
+    assert "messages before stream[1] were stored: added 1" in err.value.details()
+    stored = {s.hash_hex for s in store.signals(list_name="bob-secret")}
+    assert "c5" * 32 in stored and "c6" * 32 not in stored
+    assert bob.ingest("bob-secret", [signal("pdq", "c7" * 32)], source="t" * 1000).added == 1
+    assert store.audit(action="ingest", limit=1)[0].source == "t" * 1000
+
+
 def test_what_a_tenant_writes_reaches_the_operators_terminal_escaped(served):
     """Labels, external ids, a retraction's reason and an ingest's source are a remote
     tenant's text. Before, `hashmatch match`, `retracted` and `audit` printed them raw:
