@@ -215,12 +215,29 @@ STOP_SETTLE_SECONDS = 0.1
 # moment it still has up to the transit time left: an inactive call this close to its
 # deadline ended by the deadline, not by a cancel (seen: 0.3 s calls logged CANCELLED).
 DEADLINE_SKEW_SECONDS = 0.1
+# statuses that already say the client went away (a deadline or a cancel)
+_GONE = ("DEADLINE_EXCEEDED", "CANCELLED")
 
 
 def _ended_by_deadline(context: grpc.ServicerContext) -> bool:
     """Whether a call that is no longer active ended because its deadline passed."""
     left = _seconds_left(context)
     return left is not None and left <= DEADLINE_SKEW_SECONDS
+
+
+def _cancelled_by_client(context: grpc.ServicerContext) -> bool | None:
+    """Whether the ended call was cancelled on the client's side (its cancel, or its
+    deadline passing) rather than completed with the status the server sent; None when
+    this grpcio does not say.
+
+    Why: grpcio's servicer context has no public way to ask (grpc.aio's has
+    ``cancelled()``); its private call state does, once the call has terminated: the
+    transport reports whether the server's status was delivered or the stream was
+    reset first. A handler cannot tell by itself: a request stream the client's reset
+    ended can read as quietly finished with the call still active.
+    """
+    client = getattr(getattr(context, "_state", None), "client", None)
+    return None if not isinstance(client, str) else client == "cancelled"
 
 
 def _client_gone(
@@ -338,20 +355,45 @@ def rpc(
             """Log and count the call. ``admitted``: it got past authentication, its
             role, the readiness check and its request-stream slot; only such calls, and
             not those refused for a full queue either, are timed in the histograms."""
-            host: CallHost = self.host
             code = "OK" if exc is None else errors.to_status(exc)[0].name
+            left = _seconds_left(context)
             if exc is None:
                 # a reply made past the deadline never reaches the client as OK; and
                 # grpcio may end a request stream at the deadline a moment before the
                 # call reads as inactive, so the deadline is read first
-                left = _seconds_left(context)
                 if left is not None and left <= 0:
                     code = "DEADLINE_EXCEEDED"
                 elif not context.is_active():
                     code = "DEADLINE_EXCEEDED" if _ended_by_deadline(context) else "CANCELLED"
             seconds = time.perf_counter() - started
+            if left is not None and left <= DEADLINE_SKEW_SECONDS and code not in _GONE:
+                # Within the skew of its deadline, whether the client saw this status or
+                # its deadline is known only once the call has ended: grpcio may end a
+                # request stream quietly when the client's deadline reset it, the call
+                # still reading as active (seen 13 ms before the server's deadline, the
+                # client's having passed). Counted and logged then, from its end state.
+                def settle(code: str = code) -> None:
+                    cancelled = _cancelled_by_client(context)
+                    record(self, context, call, seconds, admitted, exc,
+                           "DEADLINE_EXCEEDED" if cancelled else code)  # fmt: skip
+
+                if not context.add_callback(settle):
+                    settle()  # the call has ended already
+                return
+            record(self, context, call, seconds, admitted, exc, code)
+
+        def record(
+            self: _Servicer,
+            context: grpc.ServicerContext,
+            call: Call | None,
+            seconds: float,
+            admitted: bool,
+            exc: BaseException | None,
+            code: str,
+        ) -> None:
+            """Count and access-log the call as ended with ``code``."""
             timed = admitted and not isinstance(exc, errors.Overloaded)
-            host.metrics.finished(name, code, seconds, stream=stream, timed=timed)
+            self.host.metrics.finished(name, code, seconds, stream=stream, timed=timed)
             if not access_log.isEnabledFor(logging.INFO):
                 return
             record = {

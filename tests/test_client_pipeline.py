@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import queue
 import shutil
 import socket
 import threading
@@ -20,6 +19,7 @@ import pytest
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from tcp_proxy import CuttableProxy
 
 from hashmatch.server.client import HashmatchClient, match_request, signal, video_signal
 from hashmatch.server.testing import held_engine, running_server, self_signed_cert
@@ -113,82 +113,6 @@ def test_a_closed_port_is_retried_until_the_deadline_then_unavailable(tmp_path):
         with pytest.raises(grpc.RpcError) as err:  # a count, so it cannot hang
             no_deadline.match(hashes)
         assert err.value.code() is grpc.StatusCode.UNAVAILABLE
-
-
-class CuttableProxy:
-    """A TCP relay to ``upstream`` that :meth:`cut` drops, refusing new connections
-    after: a server or load balancer going away in the middle of a stream (or that
-    :meth:`blackhole` silences). ``delay``: seconds each chunk towards the server is
-    held back (a slow link: every request takes that much longer)."""
-
-    def __init__(self, upstream: tuple[str, int]):
-        self.upstream = upstream
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.target = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        self.sockets: list[socket.socket] = []
-        self.closed = False
-        self.blackholed = False
-        self.delay = 0.0
-        self.refused: list[float] = []  # when each connection made while closed came
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.closed:
-                self.refused.append(time.monotonic())
-                down.close()
-                continue
-            up = socket.create_connection(self.upstream)
-            self.sockets += [down, up]
-            for src, dst, delayed in ((down, up, True), (up, down, False)):
-                args = (src, dst, delayed)
-                threading.Thread(target=self._pump, args=args, daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, delayed: bool) -> None:
-        """Relay ``src`` to ``dst``; ``delayed``: each chunk ``delay`` s after it came
-        (a chunk's own wait, not the sum of the waits of the chunks before it)."""
-        chunks: queue.Queue = queue.Queue()
-        threading.Thread(target=self._forward, args=(chunks, dst), daemon=True).start()
-        try:
-            while data := src.recv(65536):
-                chunks.put((time.monotonic() + (self.delay if delayed else 0.0), data))
-        except OSError:
-            pass
-        chunks.put(None)
-
-    def _forward(self, chunks: queue.Queue, dst: socket.socket) -> None:
-        while (chunk := chunks.get()) is not None:
-            due, data = chunk
-            time.sleep(max(0.0, due - time.monotonic()))
-            if not self.blackholed:
-                try:
-                    dst.sendall(data)
-                except OSError:
-                    return
-
-    def blackhole(self) -> None:
-        """Stop forwarding, both ways, with every connection left open: a network that
-        drops a connection silently (a NAT or firewall forgetting it)."""
-        self.blackholed = True
-
-    def drop(self) -> None:
-        """Drop the open connections but keep accepting: a server restart the client
-        reconnects to."""
-        for sock in self.sockets:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def cut(self) -> None:
-        self.closed = True
-        for sock in [self.listener, *self.sockets]:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
 
 
 def test_a_server_back_after_an_outage_is_reached_within_a_calls_deadline(tmp_path):
