@@ -75,16 +75,50 @@ def _video_record(signal: signals_pb2.Signal, field: str) -> SignalRecord:
     )
 
 
-def _items(request: signals_pb2.IngestRequest, offset: int) -> list[SignalRecord | Rejection]:
-    """Records, with a :class:`Rejection` in place of each item that does not parse."""
+#: a message's items with several bad fields (a video's bad frames), by index in the
+#: message: every one of them, as a refusal lists them (see :func:`_item_errors`)
+Several = dict[int, InvalidRequest]
+
+
+def _items(
+    request: signals_pb2.IngestRequest, offset: int
+) -> tuple[list[SignalRecord | Rejection], Several]:
+    """Records, with a :class:`Rejection` in place of each item that does not parse (the
+    engine counts one per item), and the items with several bad fields."""
     items: list[SignalRecord | Rejection] = []
+    several: Several = {}
     for i, signal in enumerate(request.signals):
         field = f"signals[{offset + i}]"
         try:
             items.append(_record(signal, field))
         except InvalidInput as exc:
             items.append(Rejection(exc.message, index=i, field=exc.field or field))
-    return items
+            if isinstance(exc, InvalidRequest) and exc.total > 1:
+                several[i] = exc
+    return items, several
+
+
+def _bad_fields(
+    rejection: Rejection, offset: int, several: Several
+) -> tuple[list[tuple[str, str]], int]:
+    """(field, reason) of each bad field of a rejected item, and how many it has: one, or
+    every bad frame of a video (before, only the first: fixing a video with 40 bad
+    frames took 40 round trips), the first :data:`~hashmatch.server.violations.MAX_KEPT`
+    listed, as a refusal's violations are."""
+    found = several.get(rejection.index) if rejection.index is not None else None
+    if found is None or not (rejection.field or "").startswith("signals["):
+        return [(_field(rejection, offset), rejection.reason)], 1
+    return list(found.violations), found.total
+
+
+def _item_errors(rejection: Rejection, offset: int, several: Several) -> list[tuple[str, str]]:
+    """A rejected item's entries in a reply's ``rejections``: each bad field, then one
+    saying how many more when they were too many to list."""
+    listed, total = _bad_fields(rejection, offset, several)
+    if total > len(listed):
+        item = f"signals[{offset + (rejection.index or 0)}]"
+        listed.append((item, f"and {total - len(listed)} more not listed ({total} in all)"))
+    return listed
 
 
 def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestResponse:
@@ -170,9 +204,10 @@ def _ingest_message(
     check_stored_text(request.source, MAX_SOURCE_CHARS, f"stream[{n}].source")
     if not request.signals:
         return
+    items, several = _items(request, offset)
     try:
         report = host.engine.ingest(
-            _items(request, offset),
+            items,
             list_name=list_name,
             actor=call.principal.tenant,
             source=request.source or None,
@@ -180,7 +215,7 @@ def _ingest_message(
             tenant=call.principal.engine_tenant,
         )
     except IngestRefused as exc:
-        raise _strict_refusal(exc, offset) from None
+        raise _strict_refusal(exc, offset, several) from None
     reply.added += report.added
     reply.updated += report.updated
     reply.unchanged += report.unchanged
@@ -189,24 +224,29 @@ def _ingest_message(
     reply.still_retracted_targets.extend(report.still_retracted_targets[:room])
     reply.rejected += report.rejected
     reply.rejections.extend(
-        common_pb2.ItemError(
-            index=offset + (r.index or 0), field=_field(r, offset), reason=r.reason
-        )
+        common_pb2.ItemError(index=offset + (r.index or 0), field=field, reason=reason)
         for r in report.rejections
+        for field, reason in _item_errors(r, offset, several)
     )
 
 
-def _strict_refusal(exc: IngestRefused, offset: int) -> InvalidRequest:
-    """A strict message's refusal naming every bad item (up to the violations kept), so
-    one round trip says all that must be fixed before it is sent again."""
+def _strict_refusal(exc: IngestRefused, offset: int, several: Several) -> InvalidRequest:
+    """A strict message's refusal naming every bad item, and every bad frame of a video
+    (up to the violations kept), so one round trip says all that must be fixed before
+    it is sent again."""
     report = exc.report
     found = Violations()
-    for n, rejection in enumerate(report.rejections):
-        reason = rejection.reason
-        if n == 0:  # the status message's first
-            reason = f"strict ingest refused the message ({report.rejected} bad): {reason}"
-        found.add(InvalidInput(reason, field=_field(rejection, offset)))
-    return InvalidRequest(found.kept, report.rejected)
+    unlisted = report.rejected - len(report.rejections)  # past the engine's kept ones
+    for rejection in report.rejections:
+        listed, total = _bad_fields(rejection, offset, several)
+        if not found:  # the status message's first
+            field, reason = listed[0]
+            listed[0] = (
+                field,
+                f"strict ingest refused the message ({report.rejected} bad): {reason}",
+            )
+        found.add(InvalidRequest(listed, total))
+    return InvalidRequest(found.kept, found.total + unlisted)
 
 
 # The engine names record fields; these are where they sit in a Signal message.

@@ -164,6 +164,47 @@ def test_strict_ingest_names_every_bad_signal(client):
     assert client.stats().total_signals == before
 
 
+def test_ingest_names_every_bad_frame_of_a_video(client):
+    """A rejected video named only its first bad frame (strict or not): fixing one with
+    three bad frames took three round trips. Each is named now, the first 100 of a video
+    listed and the rest counted, as a refusal's violations are."""
+    video = video_signal([GOOD, "12", "zz" * 32, GOOD, "ab"])
+    reply = client.ingest("frames-all", [signal("pdq", GOOD), video])
+    assert (reply.added, reply.rejected) == (1, 1)
+    assert [(r.index, r.field) for r in reply.rejections] == [
+        (1, "signals[1].frames[1]"),
+        (1, "signals[1].frames[2]"),
+        (1, "signals[1].frames[4]"),
+    ]
+    assert reply.rejections[1].reason == "vpdq hash has a non-hex character 'z'"
+
+    many = video_signal(["ab"] * 150)
+    reply = client.ingest("frames-all", [signal("pdq", GOOD), many])
+    fields = [r.field for r in reply.rejections]
+    assert fields == [f"signals[1].frames[{j}]" for j in range(100)] + ["signals[1]"]
+    assert reply.rejections[-1].reason == "and 50 more not listed (150 in all)"
+    assert reply.rejected == 1
+
+    before = client.stats().total_signals
+    signals = [signal("pdq", "ab"), video]
+    error = _refusal(lambda: client.ingest("frames-strict", signals, strict=True))
+    assert _fields(error) == [
+        "signals[0].hash.hex",
+        "signals[1].frames[1]",
+        "signals[1].frames[2]",
+        "signals[1].frames[4]",
+    ]
+    assert "strict ingest refused the message (2 bad)" in error.details()
+    assert error.details().endswith("; and 3 more"), error.details()
+    error = _refusal(lambda: client.ingest("frames-strict", [many], strict=True))
+    fields = bad_request_fields(error)
+    assert [f for f, _ in fields[:-1]] == [
+        f"signals[0].frames[{j}]" for j in range(len(fields) - 1)
+    ]
+    assert fields[-1][0] == "request" and "(150 in all)" in fields[-1][1]
+    assert client.stats().total_signals == before
+
+
 def test_a_garbage_batch_lists_the_first_violations_and_counts_the_rest(client):
     """3,000 malformed hashes: the reply lists the first ones (at most 100), then one
     saying how many more, within the trailer budget, and arrives as INVALID_ARGUMENT
