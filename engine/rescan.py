@@ -54,12 +54,8 @@ from hashmatch.engine import signal_types
 from hashmatch.engine.catalog import Catalog, MatchRow
 from hashmatch.engine.errors import Conflict, CorruptData
 from hashmatch.engine.matcher import PDQ_MIN_QUALITY
-from hashmatch.engine.scan import (
-    file_hash_hex,
-    match_record,
-    threshold_for,
-    write_jsonl_atomically,
-)
+from hashmatch.engine.report_file import write_jsonl_atomically
+from hashmatch.engine.scan import file_hash_hex, match_record, threshold_for
 from hashmatch.engine.store import (
     FRAME_BITS,
     REVIVE,

@@ -37,7 +37,6 @@ import copy
 import dataclasses
 import hashlib
 import itertools
-import json
 import multiprocessing
 import os
 import re
@@ -66,6 +65,7 @@ from hashmatch.engine.catalog import (
     MatchRow,
 )
 from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT, LOCAL_MAX_VIDEO_FRAMES
+from hashmatch.engine.report_file import write_jsonl_atomically
 from hashmatch.engine.scan_digests import DIGEST_TIMEOUT, digest_apart
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
 from hashmatch.engine.video_formats import is_video_path
@@ -2106,44 +2106,6 @@ def match_record(path: str, m: MatchRow) -> dict:
         rec["query_match_pct"] = m.query_match_pct
         rec["target_match_pct"] = m.target_match_pct
     return rec
-
-
-def write_jsonl_atomically(path: str | Path, records: Iterable[dict]) -> None:
-    """Write to ``path.tmp`` then rename: a reader never sees half a report. ``-`` = stdout."""
-    if str(path) == "-":
-        for rec in records:
-            sys.stdout.write(json.dumps(rec) + "\n")
-        sys.stdout.flush()
-        return
-    path = Path(path)
-    if path.is_symlink():  # replace the file the link points to, keep the link
-        path = path.resolve()
-    if path.exists() and not path.is_file():  # /dev/stdout, a FIFO...: never replace those
-        with _naming(path), open(path, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec) + "\n")
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with _naming(path), open(tmp, "w", encoding="utf-8") as fh:
-            for rec in records:
-                fh.write(json.dumps(rec, sort_keys=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, an interrupt: never leave half a report behind
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextlib.contextmanager
-def _naming(path: Path) -> Iterator[None]:
-    """OSErrors of writing the report name it: a write or close on a full disk carries
-    no file name (the CLI said ``Error: : No space left on device``)."""
-    try:
-        yield
-    except OSError as exc:  # also names the report, not its temporary ".tmp"
-        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 
 
 def write_scan_report(
