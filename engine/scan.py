@@ -1785,10 +1785,12 @@ class Scanner:
             self.summary.skipped_unchanged -= sum(
                 p not in self._failed_verdict for p in skipped_paths
             )
+            unchanged = len(skipped)
             lookup_error, matched, skipped, skipped_paths = exc, {}, [], []
             # but a file with matches outside a --list scan's lists is not written:
             # written, it would lose them and look unchanged, and a re-run would match
             # its catalogued hashes in its own lists only; as it was, it is hashed again
+            held = [r.path for r in ok + failures if r.path in elsewhere]
             ok = [r for r in ok if r.path not in elsewhere]
             failures = [r for r in failures if r.path not in elsewhere]
         failed = self._counted_failed_verdicts(skipped, skipped_paths, stored, wanted)
@@ -1872,8 +1874,8 @@ class Scanner:
             if callable(getattr(lookup_error, "code", None)):  # a grpc.RpcError
                 reason = f"{lookup_error.code().name}: {lookup_error.details()}"
             raise LookupFailed(
-                f"matching failed ({reason}); the hashes of this batch are in the "
-                "catalog: run the same scan again to resume"
+                f"matching failed ({reason}): "
+                + lookup_failed_state(len(ok) + len(failures), unchanged, held)
             ) from lookup_error
 
     def _counted_failed_verdicts(
@@ -2046,6 +2048,34 @@ LOOKUP_STOP_GRACE = 1.0
 
 class _LookupLeft(Exception):
     """A stopped scan left a lookup still running (see ``Scanner._lookup``)."""
+
+
+def lookup_failed_state(catalogued: int, unchanged: int, held: Sequence[str]) -> str:
+    """What a failed batch left, for the operator deciding to re-run: the files hashed
+    and now catalogued (the re-run matches them from the catalog), the unchanged ones
+    (catalogued before, matched again by the re-run), and those held back uncatalogued
+    (a ``--list`` scan's files with matches in other lists: the re-run hashes them
+    again). It used to say "the hashes of this batch are in the catalog" of all."""
+    parts = []
+    if catalogued:
+        parts.append(
+            f"{catalogued} file(s) hashed are in the catalog (the re-run matches them, "
+            "not hashed again)"
+        )
+    if unchanged:
+        parts.append(
+            f"{unchanged} unchanged file(s) keep their catalogued hashes and matches "
+            "(the re-run looks them up again)"
+        )
+    if held:
+        names = ", ".join(os.fsdecode(p) for p in held[:5])
+        more = f" and {len(held) - 5} more" if len(held) > 5 else ""
+        parts.append(
+            f"{len(held)} file(s) with matches in lists outside --list were not catalogued "
+            f"(their earlier record stands; the re-run hashes them again): {names}{more}"
+        )
+    detail = f"; of this batch, {'; '.join(parts)}" if parts else ""
+    return f"run the same scan again to resume{detail}"
 
 
 class LookupFailed(errors.HashmatchError):

@@ -126,3 +126,40 @@ def test_a_lookup_that_fails_keeps_the_matches_from_lists_outside_the_scan(tmp_p
     with sqlite3.connect(catalog) as conn:
         (code,) = conn.execute("SELECT code FROM hashes WHERE frame = 0").fetchone()
     assert _catalogued_matches(catalog) == [("pdq", "b", code.hex())]
+
+
+def test_a_failed_lookup_says_which_files_are_catalogued_and_which_are_hashed_again(
+    tmp_path,
+):
+    """The error said "the hashes of this batch are in the catalog" of every file, also
+    of a file held back uncatalogued (matches from a list outside ``--list``), which the
+    re-run hashes again. Now it counts the files catalogued and names those held back."""
+    from hashmatch.engine.scan import LookupFailed, RemoteMatcher
+    from hashmatch.server.client import HashmatchClient
+    from hashmatch.server.testing import running_server
+
+    data, catalog, tree, photo = _lists_a_b_and_a_photo_of_b(tmp_path)
+    opts = ScanOptions(types=("pdq",), workers=0, progress=False)
+    with running_server(data) as ts:
+        everywhere = RemoteMatcher(ts.client(retries=0, timeout=5))
+        with Catalog(catalog) as cat:
+            assert scan([tree], catalog=cat, matcher=everywhere, options=opts).matches == 1
+        only_a = RemoteMatcher(HashmatchClient(ts.target, retries=0, timeout=5), lists=["a"])
+        photo.write_bytes(_jpeg(ORIGINALS["coffee"](), 85))  # hashed again, held back
+        (tree / "new.img").write_bytes(_png(ORIGINALS["astronaut"]()))  # catalogued
+        ts.server.stop(grace=0)
+    with Catalog(catalog) as cat, pytest.raises(LookupFailed) as failed:
+        scan([tree], catalog=cat, matcher=only_a, options=opts)
+    only_a.client.close()
+    message = str(failed.value)
+    assert "the hashes of this batch are in the catalog" not in message
+    assert message.startswith("matching failed (")
+    assert "run the same scan again to resume; of this batch, " in message
+    assert "1 file(s) hashed are in the catalog (the re-run matches them" in message
+    assert message.endswith(
+        "1 file(s) with matches in lists outside --list were not catalogued (their "
+        f"earlier record stands; the re-run hashes them again): {photo}"
+    )
+    with sqlite3.connect(catalog) as conn:
+        paths = sorted(p for (p,) in conn.execute("SELECT path FROM files"))
+    assert paths == [str(tree / "new.img"), str(photo)]
