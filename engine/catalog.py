@@ -822,12 +822,20 @@ class Catalog:
         rows = self.conn.execute("SELECT DISTINCT signal_id, signal_type, signal_hex FROM matches")
         return {int(sid): (stype, hex_) for sid, stype, hex_ in rows}
 
-    def matches_for_run(self, run_id: int) -> Iterator[tuple[str, MatchRow]]:
-        """(path, match) for every file seen by ``run_id``, in path order (deterministic)."""
+    def matches_for_run(
+        self, run_id: int, types: Sequence[str] | None = None
+    ) -> Iterator[tuple[str, MatchRow]]:
+        """(path, match) for every file seen by ``run_id``, in path order (deterministic);
+        only matches of ``types`` when given (a scan reports the types it was asked for,
+        not those an earlier scan of other types catalogued)."""
+        where, params = "f.seen_run = ?", [run_id]
+        if types is not None:
+            where += f" AND m.signal_type IN ({','.join('?' * len(types))})"
+            params += list(types)
         cur = self.conn.execute(
             f"SELECT f.path, {_MATCH_COLUMNS_M} FROM matches m JOIN files f ON f.id = m.file_id "
-            "WHERE f.seen_run = ? ORDER BY f.path, m.signal_type, m.signal_id",
-            (run_id,),
+            f"WHERE {where} ORDER BY f.path, m.signal_type, m.signal_id",
+            params,
         )
         for row in cur:
             yield _py_path(row[0]), _match_row(row[1:])

@@ -1384,7 +1384,7 @@ class Scanner:
             raise ScanInterrupted(s)
         if report is not None:
             s.report = str(report)
-            write_scan_report(self.catalog, self.run_id, report, s)
+            write_scan_report(self.catalog, self.run_id, report, s, types=opts.types)
         else:
             self._count_matches()
         self.catalog.finish_run(self.run_id, s.as_dict())
@@ -1986,7 +1986,7 @@ class Scanner:
     def _count_matches(self) -> None:
         files = set()
         n = 0
-        for path, _ in self.catalog.matches_for_run(self.run_id):
+        for path, _ in self.catalog.matches_for_run(self.run_id, self.options.types):
             files.add(path)
             n += 1
         self.summary.matched_files = len(files)
@@ -2139,14 +2139,21 @@ def match_record(path: str, m: MatchRow) -> dict:
 
 
 def write_scan_report(
-    catalog: Catalog, run_id: int, path: str | Path, summary: ScanSummary
+    catalog: Catalog,
+    run_id: int,
+    path: str | Path,
+    summary: ScanSummary,
+    *,
+    types: Sequence[str] | None = None,
 ) -> None:
-    """Matches then failures of the files this run saw (path order), then the summary."""
+    """Matches then failures of the files this run saw (path order), then the summary.
+    ``types``: the run's ``--types``; the catalog's matches of other types (kept from
+    an earlier scan with more types) are not this run's answer and are left out."""
 
     def records() -> Iterator[dict]:
         files = set()
         n = 0
-        for p, m in catalog.matches_for_run(run_id):
+        for p, m in catalog.matches_for_run(run_id, types):
             files.add(p)
             n += 1
             yield match_record(p, m)

@@ -50,7 +50,13 @@ def _print_summary(summary: dict) -> None:
     type=click.File("r", encoding="utf-8", errors="surrogateescape"),
     help="File of paths or file:// URIs, one a line ('-' = stdin).",
 )
-@click.option("--types", default="pdq,md5", show_default=True, help="Comma-separated signal types.")
+@click.option(
+    "--types",
+    default="pdq,md5",
+    show_default=True,
+    help="Comma-separated signal types. The report has matches of these types only "
+    "(the catalog keeps other types' matches of earlier scans).",
+)
 @click.option(
     "--data-dir",
     default=lambda: os.environ.get("HASHMATCH_DATA_DIR", DEFAULT_DATA_DIR),
