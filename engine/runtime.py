@@ -68,6 +68,7 @@ from hashmatch.engine.snapshot_files import (
     check_manifest,
     fsync_tree,
     list_snapshots,
+    read_manifest_file,
     remove_abandoned_tmp,
     remove_snapshot,
     snapshot_counter,
@@ -824,7 +825,7 @@ class Engine:
         and complete; else CorruptData saying why (the caller skips it)."""
         from hashmatch.engine.store_index import load_live_index
 
-        manifest = check_manifest(json.loads(manifest_path.read_text()))
+        manifest = check_manifest(read_manifest_file(manifest_path, manifest_path.parent))
         at = manifest["change_counter"]
         if at > counter:
             raise CorruptData(f"snapshot is ahead of the store (counter {at} > {counter})")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -72,6 +73,34 @@ def remove_snapshot(snap: Path) -> None:
     except OSError:  # gone already: another process pruned it
         return
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+#: what to do about a snapshot whose manifest cannot be read (it is refused either way)
+REWRITE_SNAPSHOT = (
+    "the snapshot is refused (the index comes from an older snapshot or the store):"
+    " delete {snapshot} and run `hashmatch index snapshot` to write a new one"
+)
+
+
+def read_manifest_file(file: Path, snapshot: Path) -> object:
+    """The JSON in ``file``, a manifest of the snapshot directory ``snapshot``; else
+    CorruptData naming the file, saying whether it is empty or not JSON, and what to do.
+
+    Why: an empty manifest (a copy cut short, a crash of an older build between create
+    and write) was reported as json's bare "Expecting value: line 1 column 1 (char 0)",
+    which named neither the file nor the fix."""
+    remedy = REWRITE_SNAPSHOT.format(snapshot=snapshot)
+    text = file.read_bytes()  # OSError (missing, unreadable) is the caller's to word
+    if not text.strip():
+        size = "0 bytes" if not text else "only whitespace"
+        raise CorruptData(
+            f"{file} is empty ({size}): the write of it was cut short (a crash, a full"
+            f" disk, a partial copy); {remedy}"
+        )
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 too; deep nesting
+        raise CorruptData(f"{file} is corrupt, not a JSON manifest ({exc}); {remedy}") from exc
 
 
 def check_manifest(manifest: object) -> dict:

@@ -44,6 +44,7 @@ import numpy as np
 
 from hashmatch.engine.durable import fsync_path, pid_alive
 from hashmatch.engine.errors import CorruptData
+from hashmatch.engine.snapshot_files import read_manifest_file, snapshot_counter
 from hashmatch.indexes.segments import SEGMENT_TYPES, MIHSegment, Segment, load_npy
 
 if TYPE_CHECKING:  # sharded imports this module: a runtime import would be circular
@@ -183,12 +184,21 @@ def _load_array(path: Path, g: dict, f: Path, mmap: bool) -> np.ndarray:
         raise CorruptData(f"{path}: {g['dir']}: {exc}") from exc
 
 
+def _snapshot_of(path: Path) -> Path:
+    """The engine snapshot directory an index directory is in (``snapshots/snap-*/``),
+    for the advice to delete it; the index directory itself when it is in none."""
+    return path.parent if snapshot_counter(path.parent.name) is not None else path
+
+
 def read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    path = Path(path)
+    try:  # an empty or non-JSON one names its file and the fix (read_manifest_file)
+        manifest = read_manifest_file(path / MANIFEST, _snapshot_of(path))
     except FileNotFoundError as exc:
         raise CorruptData(f"{path}: no {MANIFEST} (not an index snapshot)") from exc
-    except Exception as exc:  # OSError, bad JSON, RecursionError (deep nesting), ...
+    except CorruptData:
+        raise
+    except Exception as exc:  # OSError, ...
         raise CorruptData(f"{path}: unreadable manifest: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CorruptData(f"{path}: not a {FORMAT} snapshot")

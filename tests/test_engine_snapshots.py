@@ -527,3 +527,29 @@ def test_a_prune_killed_midway_leaves_nothing_the_next_snapshot_does_not_free(tm
         assert found(engine, codes(1000)) == 1000
     for entry in snaps.iterdir():
         assert (entry / "manifest.json").is_file(), f"{entry.name} was left without one"
+
+
+@pytest.mark.parametrize("which", ["manifest.json", "pdq.index/manifest.json"])
+@pytest.mark.parametrize("text", ["", '{"format": 2, "change_'], ids=["empty", "cut short"])
+def test_an_empty_or_cut_short_manifest_is_named_with_what_to_do_and_refused(tmp_path, which, text):
+    """An empty manifest.json (a copy cut short) was skipped as json's bare "Expecting
+    value: line 1 column 1 (char 0)": neither the file nor the fix was named. The
+    snapshot's own manifest and its per-type index's manifest alike."""
+    from hashmatch.server.cli import cli
+
+    data = tmp_path / "d"
+    with Engine.open(data) as e:
+        e.ingest(records(codes(10)), list_name="l")
+        snap = e.snapshot()
+    (snap / which).write_text(text)
+    result = CliRunner().invoke(
+        cli, ["index", "stats"], env={"HASHMATCH_DATA_DIR": str(data)}, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    assert "loaded from store" in result.output  # still refused
+    skipped = [line for line in result.output.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 1, result.output
+    said = skipped[0]
+    assert f"{snap / which} is {'empty (0 bytes)' if not text else 'corrupt, not a JSON'}" in said
+    assert f"delete {snap} and run `hashmatch index snapshot`" in said
+    assert "Expecting value: line 1 column 1" not in said
