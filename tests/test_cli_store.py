@@ -403,3 +403,55 @@ def test_a_new_list_a_damaged_file_stored_batches_into_is_said_new(run, tmp_path
     assert "is new" not in strict.output, strict.output
     result = run("ingest", str(cut), "--list", "typo", "--batch-size", "500", ok=False)
     assert "list 'typo' is new: created by this ingest" in result.output, result.output
+
+
+def test_index_rebuild_with_read_only_snapshots_says_the_rebuild_succeeded_and_the_state(
+    tmp_path,
+):
+    """With snapshots/ not writable, `index rebuild` printed only the snapshot's error:
+    no "rebuilt" line, so whether the rebuild had run, and what the next start would
+    load, were left to guess. A real process; snapshots/ read-only by its mode, or (root
+    writes anywhere) immutable (chattr +i)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from hashmatch.engine.runtime import Engine
+    from hashmatch.engine.store import SignalRecord
+
+    data = tmp_path / "data"
+    with Engine.open(data) as engine:
+        engine.ingest([SignalRecord("pdq", H0)], list_name="l")
+        old = engine.snapshot()
+        engine.ingest([SignalRecord("pdq", H1)], list_name="l")
+    snapshots = data / "snapshots"
+    if os.geteuid() == 0:
+        if (
+            shutil.which("chattr") is None
+            or subprocess.run(["chattr", "+i", str(snapshots)], capture_output=True).returncode
+        ):
+            pytest.skip("as root, needs chattr +i (an ext4/xfs filesystem) to refuse writes")
+        undo = ["chattr", "-i", str(snapshots)]
+    else:
+        snapshots.chmod(0o555)
+        undo = ["chmod", "755", str(snapshots)]
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", "from hashmatch.server.cli import main; main()",
+             "index", "rebuild", "--data-dir", str(data)],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    finally:
+        subprocess.run(undo, check=True)
+    assert done.returncode == 1, done.stderr
+    assert "rebuilt 2 signal(s)" in done.stdout, done.stdout
+    err = " ".join(done.stderr.split())
+    assert "the rebuild itself succeeded" in err and "in the audit log as index.rebuild" in err
+    assert f"cannot write a snapshot in {snapshots}: " in err
+    assert "the store is unchanged" in err and f"{snapshots} has no new snapshot" in err
+    assert f"loads the newest snapshot there, {old.name}, 1 change(s) behind" in err
+    assert "then run `hashmatch index snapshot`" in err and "Traceback" not in err
+    assert [p.name for p in snapshots.iterdir()] == [old.name]
+    with Engine.open(data, eager=False) as engine:
+        assert engine.store.audit(action="index.rebuild")[0].count == 2

@@ -1100,13 +1100,17 @@ def index_rebuild(no_snapshot, data_dir) -> None:
     """Rebuild the indexes from the store (aside, then swap) and write a snapshot,
     so the next start-up loads it instead of reading the whole store."""
     progress, close = _stage_progress()
+    failed = ""
     with _engine(data_dir) as engine:
         try:
             summary = engine.rebuild_index(progress=progress)
         finally:
             close()
-        path = None if no_snapshot else engine.snapshot()
         signals = engine.store.count_live(frames=False)
+        try:
+            path = None if no_snapshot else engine.snapshot()
+        except (HashmatchError, OSError) as exc:  # the rebuild is done: say so, and the state
+            path, failed = None, _after_failed_snapshot(engine, summary, exc)
     click.echo(
         f"rebuilt {sum(signals.values())} signal(s) in {summary['seconds']:.2f}s "
         f"({_per_type(signals, summary['types']) or 'empty'}) at change {summary['change_counter']}"
@@ -1115,6 +1119,37 @@ def index_rebuild(no_snapshot, data_dir) -> None:
         click.echo(f"list counters corrected: {summary['recounted_lists']} (list, type) pair(s)")
     if path:
         click.echo(f"snapshot written: {path}")
+    if failed:
+        raise click.ClickException(failed)
+
+
+def _after_failed_snapshot(engine, summary: dict, exc: BaseException) -> str:
+    """What ``index rebuild`` says when its snapshot fails: that the rebuild itself
+    succeeded, what the data dir now holds, and what to run.
+
+    Why: it said only the snapshot's error ("... the live index is unaffected"), so an
+    operator could not tell whether the rebuild had run, or what the next start loads."""
+    from hashmatch.engine.snapshot_files import list_snapshots, snapshot_counter
+
+    counter = engine.store.change_counter()
+    newest = next(iter(list_snapshots(engine.snapshot_dir)), None)
+    if newest is None:
+        next_start = "it holds no snapshot, so the next start builds the index from the store"
+    else:
+        at = snapshot_counter(newest.parent.name)
+        since = f", {counter - at} change(s) behind the store" if at is not None else ""
+        next_start = (
+            f"the next start loads the newest snapshot there, {newest.parent.name}{since},"
+            " and replays the changes since (or builds from the store if it is unusable)"
+        )
+    recounted = " except the list counters it corrected" if summary.get("recounted_lists") else ""
+    return (
+        f"the rebuild itself succeeded (above; in the audit log as index.rebuild) but its"
+        f" snapshot failed: {exc}. The data dir: the store is unchanged{recounted}, and"
+        f" {engine.snapshot_dir} has no new snapshot: {next_start}. Make"
+        f" {engine.snapshot_dir} writable (or free space), then run `hashmatch index"
+        " snapshot` (`index rebuild --no-snapshot` skips the snapshot)"
+    )
 
 
 def _per_type(signals: dict[str, int], rows: dict[str, int]) -> str:
