@@ -29,6 +29,8 @@ from hashmatch.server.config import toml_from_bytes
 #: those lists (Signals.Changes, what ``rescan --server`` needs) -- a list shared for
 #: matching need not be handed over whole; write: ingest/retract; admin: operations.
 ROLES = ("match", "export", "write", "admin")
+#: the tenant a new tokens file starts with (every role, all lists): see bootstrap_admin
+FIRST_ADMIN = "admin"
 #: how long a read of the tokens file waits for `hashmatch token` to finish appending
 LOCK_WAIT_SECONDS = 10.0
 
@@ -312,7 +314,7 @@ def bootstrap_admin(auth_path: Path) -> str | None:
         # (the server's user) needs to read it, and `hashmatch tokens` keeps its mode.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            fh.write(header + tenant_entry("admin", token, ROLES, all_lists=True))
+            fh.write(header + tenant_entry(FIRST_ADMIN, token, ROLES, all_lists=True))
         try:
             os.link(tmp, auth_path)
         except FileExistsError:

@@ -405,3 +405,42 @@ def test_a_first_token_with_no_store_to_audit_it_is_made_and_says_so(tmp_path):
     assert f"audit: not recorded: no hashmatch store in {data}" in out.stderr
     assert [t.name for t in tokens_file.read_tenants(path)] == ["admin", "partner", "acme"]
     assert not data.exists()
+
+
+def test_token_admin_on_a_new_tokens_file_makes_the_admin_and_audits_it(tmp_path):
+    """`hashmatch token admin` on a tokens file not made yet made the file with its
+    first admin, then refused 'admin' as already there: exit 1, a file and admin.token
+    left behind, no audit row. It now makes that admin (every role, all lists), prints
+    its token and audits it; a --role that admin would not have is refused first."""
+    data = tmp_path / "data"
+    made = _cli("lists", "create", "partner-a", "--data-dir", str(data), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    before = sorted(p.name for p in data.iterdir())
+    refused = _cli("token", "admin", "--role", "match", "--data-dir", str(data), cwd=tmp_path)
+    assert refused.returncode == 1
+    said = " ".join(refused.stderr.split())
+    assert f"{data / 'auth.toml'} does not exist yet" in said and "nothing written" in said
+    assert "Run `hashmatch token admin` without --role" in said
+    assert sorted(p.name for p in data.iterdir()) == before  # no file, no admin.token
+
+    first = _cli("token", "admin", "--actor", "ops:carol", "--data-dir", str(data), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    token = first.stdout.strip()
+    assert token == (data / "admin.token").read_text().strip()
+    assert "created" in first.stderr and "with tenant 'admin'" in first.stderr
+    assert f"audit: recorded in the store of {data}" in first.stderr
+    [admin] = tokens_file.read_tenants(data / "auth.toml")
+    digest = hashlib.sha256(token.encode()).hexdigest()
+    assert (admin.name, admin.roles, admin.all_lists, admin.digests) == (
+        "admin", ("match", "export", "write", "admin"), True, (digest,)
+    )  # fmt: skip
+    rows = [r for r in _audit(data, tmp_path) if r["action"].startswith("token.")]
+    assert [(r["action"], r["actor"], r["count"]) for r in rows] == [
+        ("token.create", "ops:carol", 1)
+    ]
+    assert rows[0]["details"] == {
+        "tenant": "admin", "tokens_added": [f"sha256:{digest[:12]}"],
+        "roles": ["match", "export", "write", "admin"], "all_lists": True, "tokens_held": 1,
+    }  # fmt: skip
+    again = _cli("token", "admin", "--data-dir", str(data), cwd=tmp_path)  # the file exists now
+    assert again.returncode == 1 and "`hashmatch tokens add admin`" in again.stderr

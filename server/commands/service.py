@@ -380,11 +380,19 @@ def token(
       hashmatch token acme --role match --role write
     Send the server SIGHUP (or restart it) to load new tokens. A tenant that has a
     token already gets another with `hashmatch tokens add` (rotation, revocation and
-    listing: `hashmatch tokens --help`). Audited as token.create.
+    listing: `hashmatch tokens --help`). Audited as token.create. A new tokens file
+    starts with tenant admin (every role, all lists; its token saved to admin.token):
+    `hashmatch token admin` on one prints that admin's token.
     """
     import secrets
 
-    from hashmatch.server.auth import ROLES, bootstrap_admin, hash_token, tenant_entry
+    from hashmatch.server.auth import (
+        FIRST_ADMIN,
+        ROLES,
+        bootstrap_admin,
+        hash_token,
+        tenant_entry,
+    )
     from hashmatch.server.commands.tokens import audit_edit, resolve_files
     from hashmatch.server.config import read_toml
     from hashmatch.server.tokens_file import Change, TenantTokens, line_end
@@ -393,6 +401,9 @@ def token(
         raise click.ClickException(f"not a tenant name: {tenant!r}")
     files = resolve_files(auth_file, config_file, data_dir)
     path = files.tokens
+    if tenant == FIRST_ADMIN and not path.exists():
+        _first_admin(files, roles, actor)
+        return
     new = secrets.token_urlsafe(32)
     # the audit's rows: the tenants this run wrote, as the file now holds them
     created = [TenantTokens(tenant, tuple(roles), all_lists, (hash_token(new),))]
@@ -400,7 +411,7 @@ def token(
         entry = tenant_entry(tenant, new, roles, all_lists=all_lists)
         admin = bootstrap_admin(path)  # a new file gets the admin `hashmatch serve` would create
         if admin:
-            created.insert(0, TenantTokens("admin", tuple(ROLES), True, (hash_token(admin),)))
+            created.insert(0, TenantTokens(FIRST_ADMIN, tuple(ROLES), True, (hash_token(admin),)))
             click.echo(
                 f"created {path} with an admin token (saved to {path.parent / 'admin.token'})",
                 err=True,
@@ -419,6 +430,47 @@ def token(
         raise click.ClickException(str(exc)) from None
     click.echo(new)  # before the audit: the file holds its digest, whatever happens next
     audit_edit(Change(path, before=[], after=created), "create", files, actor)
+
+
+def _first_admin(files: Any, roles: tuple[str, ...], actor: str) -> None:
+    """``hashmatch token admin`` on a tokens file not made yet: make it holding the
+    admin a new file starts with (every role, all lists; as ``serve``'s first start),
+    print its token (also saved to admin.token) and audit it as token.create.
+
+    Why: the new file got that admin first, then the tenant asked for was refused as
+    already there: an exit 1 with the file made, a token saved and no audit row. A
+    --role other than every role is refused before anything is written."""
+    from hashmatch.server.auth import FIRST_ADMIN, ROLES, bootstrap_admin, hash_token
+    from hashmatch.server.commands.tokens import audit_edit
+    from hashmatch.server.tokens_file import Change, TenantTokens
+
+    path = files.tokens
+    given = click.get_current_context().get_parameter_source("roles")
+    if given is click.core.ParameterSource.COMMANDLINE and set(roles) != set(ROLES):
+        raise click.ClickException(
+            f"{path} does not exist yet, and a new tokens file starts with tenant"
+            f" {FIRST_ADMIN!r} holding every role ({','.join(ROLES)}) and all lists:"
+            f" nothing written. Run `hashmatch token {FIRST_ADMIN}` without --role for its"
+            " token, or give the tenant with these roles another name (`hashmatch token"
+            " NAME`, which makes the file with that admin too)"
+        )
+    try:
+        admin = bootstrap_admin(path)
+    except OSError as exc:
+        raise click.ClickException(f"{path}: cannot create the tokens file: {exc}") from None
+    if admin is None:  # another process made the file meanwhile: its admin stands
+        raise click.ClickException(
+            f"tenant {FIRST_ADMIN!r} already exists in {path} (made meanwhile by another"
+            f" process): `hashmatch tokens add {FIRST_ADMIN}` gives it another token"
+        )
+    click.echo(
+        f"created {path} with tenant {FIRST_ADMIN!r} (roles {','.join(ROLES)}, all lists;"
+        f" its token also saved to {path.parent / 'admin.token'})",
+        err=True,
+    )
+    click.echo(admin)  # before the audit: the file holds its digest, whatever happens next
+    made = TenantTokens(FIRST_ADMIN, tuple(ROLES), True, (hash_token(admin),))
+    audit_edit(Change(path, before=[], after=[made]), "create", files, actor)
 
 
 @contextmanager
