@@ -456,8 +456,14 @@ def video_key(frames: np.ndarray) -> bytes:
 class SignalStore:
     """Hash lists, signals, tenants and the audit log in one SQLite database."""
 
-    def __init__(self, path: str | Path, *, create: bool = True):
+    def __init__(
+        self, path: str | Path, *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT
+    ):
+        """``busy_timeout``: seconds a write waits for another process's write lock
+        before "database is locked" (a side write that must not hang, such as the audit
+        row of a token edit, passes a short one)."""
         self.path = Path(path)
+        self.busy_timeout = busy_timeout
         if not create and not self.path.exists():
             raise NotFound(f"no store at {self.path}", field="data_dir")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -504,9 +510,9 @@ class SignalStore:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise Conflict(
                     f"cannot open {self.path}: another process held its write lock"
-                    " throughout the 60 s wait (a long --strict ingest? an older hashmatch"
-                    " writing?); opening needs it once to create or upgrade the store:"
-                    " retry when that process has finished",
+                    f" throughout the {busy_timeout:g} s wait (a long --strict ingest? an"
+                    " older hashmatch writing?); opening needs it once to create or upgrade"
+                    " the store: retry when that process has finished",
                     field="data_dir",
                 ) from exc
             if isinstance(exc, sqlite3.OperationalError) and not is_corruption(exc):
@@ -560,7 +566,7 @@ class SignalStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")

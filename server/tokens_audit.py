@@ -23,10 +23,16 @@ every token, and the tokens file as its source.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
-from hashmatch.engine.errors import HashmatchError
+from hashmatch.engine.errors import HashmatchError, is_locked
 from hashmatch.server.tokens_file import SHOWN_DIGITS, Change
+
+#: how long the audit row waits for another process's write lock on the store (a
+#: running ingest commits batch by batch, so a few seconds find it free between two);
+#: the store's own 60 s wait made a token command hang a minute without a word
+AUDIT_WAIT_SECONDS = 5.0
 
 #: the audit log's action for each verb (``hashmatch audit --action token.revoke``);
 #: ``create`` is ``hashmatch token TENANT``, a new tenant and its first token
@@ -69,9 +75,19 @@ def _shown(digest: str) -> str:
     return f"sha256:{digest[:SHOWN_DIGITS]}"
 
 
-def record_token_edit(change: Change, verb: str, data_dir: Path, actor: str) -> str:
+def record_token_edit(
+    change: Change,
+    verb: str,
+    data_dir: Path,
+    actor: str,
+    *,
+    on_wait: Callable[[str], None] | None = None,
+) -> str:
     """Append ``change`` to the audit log of the store in ``data_dir``; one line saying
-    where it was recorded, or why it was not (for stderr: the edit stands either way)."""
+    where it was recorded, or why it was not (for stderr: the edit stands either way).
+
+    Waits up to :data:`AUDIT_WAIT_SECONDS` for another process's write lock; when one
+    holds it as the write begins, ``on_wait`` is told who, before the wait."""
     action = ACTIONS[verb]
     rows = audit_rows(change)
     if not rows:
@@ -83,9 +99,16 @@ def record_token_edit(change: Change, verb: str, data_dir: Path, actor: str) -> 
             " HASHMATCH_DATA_DIR / --config as serve reads them, names serve's data dir)"
         )
     from hashmatch.engine.store import SignalStore
+    from hashmatch.engine.store_lock_holder import describe_process, write_lock_holder
 
+    holder = write_lock_holder(store_path)
+    if holder is not None and on_wait is not None:
+        on_wait(
+            f"audit: {describe_process(holder)} holds the write lock of {store_path};"
+            f" waiting up to {AUDIT_WAIT_SECONDS:g} s to record the edit"
+        )
     try:
-        store = SignalStore(store_path, create=False)
+        store = SignalStore(store_path, create=False, busy_timeout=AUDIT_WAIT_SECONDS)
         try:
             for row in rows:
                 count = len(row.get("tokens_added", ())) + len(row.get("tokens_revoked", ()))
@@ -93,8 +116,25 @@ def record_token_edit(change: Change, verb: str, data_dir: Path, actor: str) -> 
         finally:
             store.close()
     except (HashmatchError, sqlite3.Error, OSError) as exc:
+        if is_locked(exc) or is_locked(exc.__cause__ or exc):
+            return _locked(store_path, write_lock_holder(store_path) or holder)
         return (
             f"warning: the edit is made but NOT in the audit log of {store_path} ({exc});"
             " note it by hand (`hashmatch tokens ls` shows the file as it is now)"
         )
     return f"audit: recorded in the store of {data_dir} (`hashmatch audit --action {action}`)"
+
+
+def _locked(store_path: Path, holder: int | None) -> str:
+    """The warning for an audit row the store's write lock kept out: who held it (when
+    it can be told) and what to do."""
+    from hashmatch.engine.store_lock_holder import describe_process
+
+    who = describe_process(holder) if holder is not None else "another process"
+    return (
+        f"warning: the edit is made but NOT in the audit log of {store_path}: {who} held"
+        f" the store's write lock for over {AUDIT_WAIT_SECONDS:g} s (a --strict ingest of a"
+        " large file, a stuck process?); the edit stands (it does not wait on the store)."
+        " Note it by hand (`hashmatch tokens ls` shows the file as it is now), or see what"
+        " that process is doing"
+    )

@@ -444,3 +444,88 @@ def test_token_admin_on_a_new_tokens_file_makes_the_admin_and_audits_it(tmp_path
     }  # fmt: skip
     again = _cli("token", "admin", "--data-dir", str(data), cwd=tmp_path)  # the file exists now
     assert again.returncode == 1 and "`hashmatch tokens add admin`" in again.stderr
+
+
+#: another process's write transaction on the store, held until told on stdin (or
+#: killed): what a --strict ingest of a large file does to every other writer
+_HOLD_WRITE_LOCK = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("UPDATE hash_lists SET name = name")
+print("held", flush=True)
+sys.stdin.readline()
+conn.execute("COMMIT")
+"""
+
+
+def _holding(store: Path) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_WRITE_LOCK, str(store)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_store_held_by_another_process_fails_the_audit_in_seconds_naming_it(tmp_path):
+    """The audit row waited the store's 60 s lock timeout: with an ingest holding the
+    write lock, `tokens revoke` hung a minute without a word. It now says who holds it,
+    waits a few seconds, and leaves the revocation made with a warning naming it."""
+    import time
+
+    data = tmp_path / "data"
+    made = _cli("lists", "create", "partner-a", "--data-dir", str(data), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    _file(data / "auth.toml", TWO_TENANTS)
+    holder = _holding(data / "store.sqlite")
+    try:
+        started = time.monotonic()
+        out = _cli("tokens", "revoke", PARTNER[:8], "--data-dir", str(data), cwd=tmp_path)
+        took = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+    assert out.returncode == 0, out.stderr
+    assert took < 30, f"waited {took:.1f} s for the store's lock"
+    who = f"pid {holder.pid} ("
+    said = " ".join(out.stderr.split())
+    assert f"audit: {who}" in said and "waiting up to 5 s to record the edit" in said
+    assert f"warning: the edit is made but NOT in the audit log of {data / 'store.sqlite'}:" in said
+    assert f"{who}" in said.split("warning:")[1] and "held the store's write lock" in said
+    assert "Note it by hand" in said
+    assert PARTNER not in (data / "auth.toml").read_text()  # the revocation stands
+    assert [r for r in _audit(data, tmp_path) if r["action"].startswith("token.")] == []
+
+
+def test_a_store_lock_let_go_within_the_wait_records_the_edit(tmp_path):
+    """The holder lets go once the CLI says it is waiting: the row is recorded."""
+    data = tmp_path / "data"
+    made = _cli("lists", "create", "partner-a", "--data-dir", str(data), cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    _file(data / "auth.toml", TWO_TENANTS)
+    holder = _holding(data / "store.sqlite")
+    assert holder.stdin is not None
+    try:
+        cli = subprocess.Popen(
+            [sys.executable, "-c", SERVE, "tokens", "revoke", PARTNER[:8], "--data-dir",
+             str(data)],
+            cwd=tmp_path, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert cli.stderr is not None
+        said = []
+        while not any("waiting up to 5 s" in line for line in said):
+            line = cli.stderr.readline()
+            assert line, "".join(said)
+            said.append(line)
+        holder.stdin.write("\n")  # let go: the CLI's wait finds the lock free
+        holder.stdin.flush()
+        rest = cli.communicate(timeout=60)[1]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli.returncode == 0, "".join(said) + rest
+    assert f"audit: recorded in the store of {data}" in rest
+    rows = [r for r in _audit(data, tmp_path) if r["action"].startswith("token.")]
+    assert [r["action"] for r in rows] == ["token.revoke"]

@@ -138,7 +138,9 @@ def audit_edit(change: Change, verb: str, files: _Files, actor: str) -> None:
             f"audit: not recorded: serve's data dir is unknown ({files.unknown}); give --data-dir"
         )
     else:
-        line = record_token_edit(change, verb, files.data_dir, actor)
+        line = record_token_edit(
+            change, verb, files.data_dir, actor, on_wait=lambda said: click.echo(said, err=True)
+        )
     click.echo(line, err=True)
 
 
