@@ -71,6 +71,17 @@ def audit_rows(change: Change) -> list[dict]:
     return rows
 
 
+def first_admin_change(auth_path: Path, token: str) -> Change:
+    """The edit :func:`~hashmatch.server.auth.bootstrap_admin` made: a new tokens file
+    holding tenant admin (every role, all lists) with ``token``, for its token.create row
+    (``serve``'s first start and ``hashmatch token`` on a new file alike)."""
+    from hashmatch.server.auth import FIRST_ADMIN, ROLES, hash_token
+    from hashmatch.server.tokens_file import TenantTokens
+
+    made = TenantTokens(FIRST_ADMIN, tuple(ROLES), True, (hash_token(token),))
+    return Change(auth_path, before=[], after=[made])
+
+
 def _shown(digest: str) -> str:
     return f"sha256:{digest[:SHOWN_DIGITS]}"
 

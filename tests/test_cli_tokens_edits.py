@@ -529,3 +529,46 @@ def test_a_store_lock_let_go_within_the_wait_records_the_edit(tmp_path):
     assert f"audit: recorded in the store of {data}" in rest
     rows = [r for r in _audit(data, tmp_path) if r["action"].startswith("token.")]
     assert [r["action"] for r in rows] == ["token.revoke"]
+
+
+def test_serves_first_start_admin_token_is_in_the_audit_log(tmp_path):
+    """The admin token `serve` creates on its first start (no tokens file) was in no
+    audit log, while every token `hashmatch token` makes is: the most powerful token had
+    no token.create row. A real serve on a fresh data dir (no store yet either)."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, "serve", "--data-dir", str(data),
+         "--listen", "127.0.0.1:0", "--metrics-port", "-1"],
+        cwd=tmp_path, env={**_clean_env(), "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stderr is not None
+    try:
+        said = ""
+        deadline = time.monotonic() + 120
+        while "serving on" not in said and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, f"serve exited early: {said}"
+            said += line
+        proc.send_signal(signal.SIGINT)
+        said += proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, said
+    assert f"audit: recorded in the store of {data}" in said
+    admin = (data / "admin.token").read_text().strip()
+    digest = hashlib.sha256(admin.encode()).hexdigest()
+    rows = [r for r in _audit(data, tmp_path) if r["action"].startswith("token.")]
+    assert [(r["action"], r["actor"], r["count"], r["source"]) for r in rows] == [
+        ("token.create", "serve", 1, str(data / "auth.toml"))
+    ]
+    assert rows[0]["details"] == {
+        "tenant": "admin", "tokens_added": [f"sha256:{digest[:12]}"],
+        "roles": ["match", "export", "write", "admin"], "all_lists": True, "tokens_held": 1,
+    }  # fmt: skip
+    assert admin.encode() not in _store_bytes(data)

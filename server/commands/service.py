@@ -162,7 +162,8 @@ def serve(config_file: str | None, **flags: Any) -> None:
     Example:
       hashmatch serve --data-dir ./hashmatch-data
     On first start without a tokens file, an admin token is created, saved to
-    DATA_DIR/admin.token (0600) and printed once when stderr is a terminal.
+    DATA_DIR/admin.token (0600), printed once when stderr is a terminal, and recorded
+    in the audit log (token.create, actor serve) once the store is open.
     SIGHUP reloads the tokens file and the TLS files (a renewed certificate).
     """
     # SIGHUP reloads the tokens file once the server runs; before that (its default
@@ -179,6 +180,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
     except (HashmatchError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     logging.getLogger().setLevel(config.log_level.upper())
+    first_admin: str | None = None  # made now: audited once the store is open
     if config.insecure_no_auth:
         auth = None  # the server's start-up warns, once (app.exposure_warnings)
     else:
@@ -189,6 +191,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
                 f"{config.auth_path}: cannot create the tokens file: {exc}"
             ) from None
         if token:
+            first_admin = token
             saved = config.auth_path.parent / "admin.token"
             if sys.stderr.isatty():
                 click.echo(
@@ -248,6 +251,8 @@ def serve(config_file: str | None, **flags: Any) -> None:
     sdnotify.notify(f"STATUS=loading the index from {config.data_dir}")
     while not done.wait(0.5 if announced else 0.05):
         if server.host.load_error is not None:  # permanent: exit, so a supervisor sees it
+            if first_admin:  # the store may be there all the same
+                _audit_first_admin(config, first_admin)
             sdnotify.notify(f"STATUS=the index failed to load: {server.host.load_error}")
             server.stop(grace=0)
             raise click.ClickException(
@@ -255,6 +260,11 @@ def serve(config_file: str | None, **flags: Any) -> None:
             )
         if not announced and server.wait_ready(0):
             announced = True
+            if first_admin:  # the store exists now (a first start creates it in the load)
+                token, first_admin = first_admin, None
+                server.host.run_background(
+                    "audit-first-admin", functools.partial(_audit_first_admin, config, token)
+                )
             address = _bound_address(config.listen, server.port)
             serving = f"hashmatch serving on {address} (data {config.data_dir}"
             log.info(
@@ -266,6 +276,23 @@ def serve(config_file: str | None, **flags: Any) -> None:
             sdnotify.notify("READY=1", f"STATUS={serving})")
     log.info("signal %s: draining (up to %ss)", stopped_by[0], config.drain_seconds)
     server.stop()
+    if first_admin:  # stopped before the index loaded: the store may be there all the same
+        _audit_first_admin(config, first_admin)
+
+
+def _audit_first_admin(config: Any, token: str) -> None:
+    """Record the admin token the first start created in the audit log of the store, as
+    ``hashmatch token`` records the tokens it makes (token.create, actor ``serve``).
+
+    Why: every other token was audited; the first admin's, the most powerful, was in
+    no audit log at all (only in a start-up log line, without its digest)."""
+    from hashmatch.server.tokens_audit import first_admin_change, record_token_edit
+
+    change = first_admin_change(config.auth_path, token)
+    said = record_token_edit(
+        change, "create", Path(config.data_dir), "serve", on_wait=log.info
+    ).replace("the edit is made", "the first admin token is made")
+    (log.warning if said.startswith("warning") else log.info)("%s", said)
 
 
 def _load_tokens(path: Path) -> Any:
@@ -440,9 +467,9 @@ def _first_admin(files: Any, roles: tuple[str, ...], actor: str) -> None:
     Why: the new file got that admin first, then the tenant asked for was refused as
     already there: an exit 1 with the file made, a token saved and no audit row. A
     --role other than every role is refused before anything is written."""
-    from hashmatch.server.auth import FIRST_ADMIN, ROLES, bootstrap_admin, hash_token
+    from hashmatch.server.auth import FIRST_ADMIN, ROLES, bootstrap_admin
     from hashmatch.server.commands.tokens import audit_edit
-    from hashmatch.server.tokens_file import Change, TenantTokens
+    from hashmatch.server.tokens_audit import first_admin_change
 
     path = files.tokens
     given = click.get_current_context().get_parameter_source("roles")
@@ -469,8 +496,7 @@ def _first_admin(files: Any, roles: tuple[str, ...], actor: str) -> None:
         err=True,
     )
     click.echo(admin)  # before the audit: the file holds its digest, whatever happens next
-    made = TenantTokens(FIRST_ADMIN, tuple(ROLES), True, (hash_token(admin),))
-    audit_edit(Change(path, before=[], after=[made]), "create", files, actor)
+    audit_edit(first_admin_change(path, admin), "create", files, actor)
 
 
 @contextmanager
