@@ -190,13 +190,14 @@ class AsyncHashmatchClient(shared.ClientBase):
         self,
         method: Callable,
         request: Any,
-        timeout: float | shared.Attempts | None,
+        timeout: shared.CallTimeout | shared.Attempts,
         *,
         idempotent: bool = False,
     ) -> Any:
         """``await method(request)``, retried on UNAVAILABLE as the sync client does
-        (``timeout``: seconds, None = the client's, or a call's own Attempts;
-        ``idempotent``: a read, also retried on a CANCELLED the client did not cause)."""
+        (``timeout``: a :data:`~hashmatch.server.client_shared.CallTimeout`, or a
+        call's own Attempts; ``idempotent``: a read, also retried on a CANCELLED the
+        client did not cause)."""
         if isinstance(timeout, shared.Attempts):
             attempts = timeout
         else:
@@ -225,7 +226,7 @@ class AsyncHashmatchClient(shared.ClientBase):
         self,
         hashes: Iterable[shared.HashInput] = (),
         *,
-        timeout: float | None = None,
+        timeout: shared.CallTimeout = shared.CLIENT_TIMEOUT,
         **options: Unpack[shared.MatchArgs],
     ) -> matcher_pb2.MatchResponse:
         """Look hashes and/or media up; options as :func:`match_request`; more than
@@ -243,14 +244,16 @@ class AsyncHashmatchClient(shared.ClientBase):
         self,
         requests: Iterable[matcher_pb2.MatchRequest] | AsyncIterable[matcher_pb2.MatchRequest],
         *,
-        timeout: float | None = None,
+        timeout: shared.CallTimeout = None,
     ) -> AsyncIterator[matcher_pb2.MatchResponse]:
         """Bidirectional stream: one response per request, in order; split, retried and
         timed as the sync client's (a ``timeout`` for the whole stream, retries
         included; errors with ``results_delivered``). ``requests``: a plain or async
         iterable; what it raises is raised after the replies to the requests before
         it. Leaving the loop early (or cancelling it) cancels the stream."""
-        attempts = shared.Attempts(timeout, self.retries, self.backoff, retry_cancelled=self._open)
+        attempts = shared.Attempts(
+            self._timeout(timeout), self.retries, self.backoff, retry_cancelled=self._open
+        )
         plan = shared.StreamPlan(self.max_batch, attempts)
         source = _guarded(requests, plan.reader)
         reading: list[asyncio.Future | None] = [None]  # the read in progress, shared
@@ -314,7 +317,7 @@ class AsyncHashmatchClient(shared.ClientBase):
         media: shared.MediaInput | Iterable[shared.MediaInput],
         signal_types: str | Sequence[str] = ("pdq",),
         *,
-        timeout: float | None = None,
+        timeout: shared.CallTimeout = shared.CLIENT_TIMEOUT,
         **options: Any,
     ) -> matcher_pb2.HashResponse:
         """Hashes of ``media`` only, as the sync client's ``hash``; options
@@ -331,7 +334,7 @@ class AsyncHashmatchClient(shared.ClientBase):
         signals: SignalSource,
         *,
         total: int | None = None,
-        timeout: float | None = None,
+        timeout: shared.CallTimeout = shared.CLIENT_TIMEOUT,
         stop: asyncio.Event | None = None,
         stop_grace: float = shared.STOP_GRACE_SECONDS,
         **options: Any,
@@ -409,7 +412,7 @@ class AsyncHashmatchClient(shared.ClientBase):
         return attempt
 
     async def retract(
-        self, list_name: str, *, timeout: float | None = None, **targets: Any
+        self, list_name: str, *, timeout: shared.CallTimeout = shared.CLIENT_TIMEOUT, **targets: Any
     ) -> signals_pb2.RetractResponse:
         """As :meth:`hashmatch.server.client.HashmatchClient.retract` (``hashes``,
         ``signal_ids``, ``reason``, ``batch_size``, ``request_id``: see
@@ -425,13 +428,13 @@ class AsyncHashmatchClient(shared.ClientBase):
         return total
 
     async def list_hash_lists(
-        self, *, timeout: float | None = None
+        self, *, timeout: shared.CallTimeout = shared.CLIENT_TIMEOUT
     ) -> signals_pb2.ListHashListsResponse:
         request = signals_pb2.ListHashListsRequest()
         return await self._unary(self.signals.ListHashLists, request, timeout, idempotent=True)
 
     async def changes(
-        self, since: int = 0, *, timeout: float | None = None, **options: Any
+        self, since: int = 0, *, timeout: shared.CallTimeout = shared.CLIENT_TIMEOUT, **options: Any
     ) -> AsyncIterator[signals_pb2.ChangesResponse]:
         """The change log after ``since``, as
         :meth:`hashmatch.server.client.HashmatchClient.changes` (``signal_types``,
@@ -453,7 +456,9 @@ class AsyncHashmatchClient(shared.ClientBase):
 
     # -- Admin ------------------------------------------------------------------------
 
-    async def stats(self, *, timeout: float | None = None) -> admin_pb2.StatsResponse:
+    async def stats(
+        self, *, timeout: shared.CallTimeout = shared.CLIENT_TIMEOUT
+    ) -> admin_pb2.StatsResponse:
         return await self._unary(
             self.admin.Stats, admin_pb2.StatsRequest(), timeout, idempotent=True
         )

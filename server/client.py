@@ -9,7 +9,10 @@ changes, signal_states, stats) also on a CANCELLED the client did not cause (a s
 that begins to stop cancels the calls reaching it then), with exponential backoff
 (``backoff`` doubling, at most 2 s, jittered): until the call's deadline when it has
 one (the client's ``timeout`` by default), else up to ``retries`` times; ``retries=0``
-never retries. Every other status is raised at once as :class:`grpc.RpcError` (use
+never retries. A call's ``timeout``: seconds, None for no deadline (then up to
+``retries`` retries), or by default ``CLIENT_TIMEOUT``, the client's (before, None
+meant the client's too, so no call could go without a deadline). Every other status
+is raised at once as :class:`grpc.RpcError` (use
 :func:`hashmatch.server.errors.bad_request_fields` to read the field details).
 ``match_stream`` is retried from its first request not answered
 (:class:`~hashmatch.server.client_shared.StreamPlan`); ``rebuild`` is not retried.
@@ -28,6 +31,7 @@ from typing import Any, Unpack
 import grpc
 
 from hashmatch.server.client_shared import (
+    CLIENT_TIMEOUT,
     HEALTH_CHECK_SECONDS,
     HEALTH_POLL_SECONDS,
     MAX_BACKOFF,
@@ -36,6 +40,7 @@ from hashmatch.server.client_shared import (
     RETRYABLE,
     STOP_GRACE_SECONDS,
     Attempts,
+    CallTimeout,
     ClientBase,
     HashInput,
     IngestPlan,
@@ -70,10 +75,12 @@ from hashmatch.server.client_shared import (
 from hashmatch.v1 import admin_pb2, matcher_pb2, signals_pb2
 
 __all__ = [  # the builders and constants pipelines import from here
+    "CLIENT_TIMEOUT",
     "MAX_BACKOFF",
     "MAX_NOT_FOUND_LISTED",
     "MIN_ATTEMPT_SECONDS",
     "RETRYABLE",
+    "CallTimeout",
     "HashInput",
     "HashmatchClient",
     "IngestStopped",
@@ -132,12 +139,12 @@ class HashmatchClient(ClientBase):
         self,
         method: Callable,
         request: Any,
-        timeout: float | Attempts | None,
+        timeout: CallTimeout | Attempts,
         *,
         idempotent: bool = False,
     ) -> Any:
         """``method(request)``, retried on UNAVAILABLE (:class:`Attempts`; ``timeout``:
-        seconds, None = the client's, or the Attempts of a call that needs its own;
+        a :data:`CallTimeout`, or the Attempts of a call that needs its own;
         ``idempotent``: a read, also retried on a CANCELLED the client did not cause)."""
         if isinstance(timeout, Attempts):
             attempts = timeout
@@ -168,7 +175,7 @@ class HashmatchClient(ClientBase):
         self,
         hashes: Iterable[HashInput] = (),
         *,
-        timeout: float | None = None,
+        timeout: CallTimeout = CLIENT_TIMEOUT,
         **options: Unpack[MatchArgs],
     ) -> matcher_pb2.MatchResponse:
         """Look hashes and/or media up; options as :meth:`match_request` (e.g.
@@ -177,8 +184,8 @@ class HashmatchClient(ClientBase):
         ``source`` and ``index`` in them, and its matches nearest first. More hashes
         (or video frames) than the client's ``max_batch`` go as several requests, whose
         replies are merged into the one a single request would have had
-        (:class:`~hashmatch.server.client_shared.MatchPlan`); ``timeout`` (None: the
-        client's) is the whole call's deadline, all parts and their retries."""
+        (:class:`~hashmatch.server.client_shared.MatchPlan`); ``timeout`` is the whole
+        call's deadline, all parts and their retries."""
         plan = MatchPlan(self.match_request(hashes, **options), self.max_batch)
         attempts = self._attempts(timeout, idempotent=True)
         replies = []
@@ -188,12 +195,13 @@ class HashmatchClient(ClientBase):
         return plan.merged(replies)
 
     def match_stream(
-        self, requests: Iterable[matcher_pb2.MatchRequest], *, timeout: float | None = None
+        self, requests: Iterable[matcher_pb2.MatchRequest], *, timeout: CallTimeout = None
     ) -> Iterator[matcher_pb2.MatchResponse]:
         """Bidirectional stream: one response per request, in order. What ``requests``
         raises is raised after the replies to the requests before it. Closing the
         iterator (or dropping it) cancels the stream. ``timeout``: the whole stream's
-        deadline, retries included (None: none).
+        deadline, retries included (None, the default: none; CLIENT_TIMEOUT: the
+        client's).
 
         A request of more than ``max_batch`` hashes (or video frames) goes as several
         messages, their replies merged into its one (as ``match``). A stream refused or
@@ -201,7 +209,9 @@ class HashmatchClient(ClientBase):
         request not answered (:class:`~hashmatch.server.client_shared.StreamPlan`);
         ``retries`` counts failures in a row, without a reply between them. A failed
         call's error has ``results_delivered``, the replies the caller got."""
-        attempts = Attempts(timeout, self.retries, self.backoff, retry_cancelled=self._open)
+        attempts = Attempts(
+            self._timeout(timeout), self.retries, self.backoff, retry_cancelled=self._open
+        )
         plan = StreamPlan(self.max_batch, attempts)
         source = _guarded(requests, plan.reader)
         lock = threading.Lock()  # one reader of ``requests`` at a time, across attempts
@@ -252,7 +262,7 @@ class HashmatchClient(ClientBase):
         *,
         dihedral: bool = False,
         trim_borders: bool = False,
-        timeout: float | None = None,
+        timeout: CallTimeout = CLIENT_TIMEOUT,
     ) -> matcher_pb2.HashResponse:
         """The hashes of ``media`` (one bytes value is one item), no lookup: one
         ``MediaHashes`` per item in ``items``, its ``hashes`` one ``ComputedHash`` per
@@ -270,7 +280,7 @@ class HashmatchClient(ClientBase):
         source: str = "",
         strict: bool = False,
         batch_size: int = 1000,
-        timeout: float | None = None,
+        timeout: CallTimeout = CLIENT_TIMEOUT,
         total: int | None = None,
         request_id: str | None = None,
         stop: threading.Event | None = None,
@@ -375,11 +385,11 @@ class HashmatchClient(ClientBase):
         signal_ids: Iterable[int] = (),
         reason: str = "",
         batch_size: int = 1000,
-        timeout: float | None = None,
+        timeout: CallTimeout = CLIENT_TIMEOUT,
         request_id: str | None = None,
     ) -> signals_pb2.RetractResponse:
         """Retract by hash and/or signal id, ``batch_size`` targets a request (the server
-        refuses more than its ``max_batch`` in one), ``timeout`` (None: the client's)
+        refuses more than its ``max_batch`` in one), ``timeout`` (by default the client's)
         the whole call's deadline, all requests and their retries (as ``match``), each
         request with its own ``request_id`` (a retry whose first attempt was applied, its reply
         lost, gets that attempt's count, not 0): new ones, or the caller's
@@ -409,7 +419,9 @@ class HashmatchClient(ClientBase):
                 add_retract_reply(total, reply)
         return total
 
-    def list_hash_lists(self, *, timeout: float | None = None) -> signals_pb2.ListHashListsResponse:
+    def list_hash_lists(
+        self, *, timeout: CallTimeout = CLIENT_TIMEOUT
+    ) -> signals_pb2.ListHashListsResponse:
         """The lists this token's tenant may see (``lists``: name, counts, ``uid``...),
         with ``tenant`` and ``store_id``."""
         request = signals_pb2.ListHashListsRequest()
@@ -422,7 +434,7 @@ class HashmatchClient(ClientBase):
         signal_types: str | Sequence[str] = (),
         max_changes: int = 0,
         since_signal_id: int | None = None,
-        timeout: float | None = None,
+        timeout: CallTimeout = CLIENT_TIMEOUT,
     ) -> Iterator[signals_pb2.ChangesResponse]:
         """The change log after ``since``: ChangesResponse messages (every one carries
         ``head``, the ``since`` of the next call). Retried on UNAVAILABLE until the first
@@ -445,10 +457,14 @@ class HashmatchClient(ClientBase):
             message = next(stream, None)
 
     def signal_states(
-        self, signal_ids: Sequence[int], *, batch_size: int = 1000, timeout: float | None = None
+        self,
+        signal_ids: Sequence[int],
+        *,
+        batch_size: int = 1000,
+        timeout: CallTimeout = CLIENT_TIMEOUT,
     ) -> list[int]:
         """One ``SignalState`` value per id, in order (a few requests of ``batch_size``;
-        ``timeout``, None: the client's, is the whole call's deadline, as ``match``)."""
+        ``timeout``, by default the client's, is the whole call's deadline, as ``match``)."""
         out: list[int] = []
         ids = [int(i) for i in signal_ids]
         attempts = self._attempts(timeout, idempotent=True)
@@ -460,18 +476,18 @@ class HashmatchClient(ClientBase):
 
     # -- Admin ------------------------------------------------------------------------
 
-    def stats(self, *, timeout: float | None = None) -> admin_pb2.StatsResponse:
+    def stats(self, *, timeout: CallTimeout = CLIENT_TIMEOUT) -> admin_pb2.StatsResponse:
         """Counts per type, list and shard, the index kind, memory, snapshot age (the
         admin role)."""
         return self._unary(self.admin.Stats, admin_pb2.StatsRequest(), timeout, idempotent=True)
 
-    def rebuild(self, *, timeout: float | None = None) -> Iterator[admin_pb2.RebuildProgress]:
+    def rebuild(self, *, timeout: CallTimeout = None) -> Iterator[admin_pb2.RebuildProgress]:
         """Progress messages; the last one has ``finished`` set."""
         return self.admin.RebuildIndex(
-            admin_pb2.RebuildIndexRequest(), timeout=timeout, metadata=self.metadata
+            admin_pb2.RebuildIndexRequest(), timeout=self._timeout(timeout), metadata=self.metadata
         )
 
-    def snapshot(self, *, timeout: float | None = None) -> admin_pb2.SnapshotResponse:
+    def snapshot(self, *, timeout: CallTimeout = CLIENT_TIMEOUT) -> admin_pb2.SnapshotResponse:
         """Write an index snapshot (the admin role): the reply's ``path`` names it."""
         return self._unary(self.admin.Snapshot, admin_pb2.SnapshotRequest(), timeout)
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Final, TypedDict
 
 import grpc
 from google.rpc import error_details_pb2
@@ -59,6 +59,33 @@ KEEPALIVE_TIMEOUT_SECONDS = 20.0  # an unanswered ping: the connection is dead
 # quarter of the server's default max_message_bytes (1000 PDQ signals are ~0.1 MB, 1000
 # ten-minute vPDQ videos ~43 MB, which the server refused whole)
 MAX_INGEST_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+# -- deadlines --------------------------------------------------------------------------
+
+
+class ClientTimeout(enum.Enum):
+    """The type of :data:`CLIENT_TIMEOUT`, the default of a call's ``timeout``."""
+
+    CLIENT = "the client's timeout"
+
+    def __repr__(self) -> str:
+        return "CLIENT_TIMEOUT"
+
+
+#: A call's ``timeout`` when none is given: the client's own (its constructor's
+#: ``timeout``, 30 s by default). Why a sentinel: with None as the default, an explicit
+#: ``timeout=None`` meant the client's timeout too, and a single call could not be given
+#: no deadline (a long ``changes`` read, a big ``retract``) without a second client.
+CLIENT_TIMEOUT: Final = ClientTimeout.CLIENT
+#: A call's ``timeout``: seconds, None for no deadline (retried up to ``retries`` times,
+#: as a client made with ``timeout=None``), or CLIENT_TIMEOUT for the client's
+CallTimeout = float | ClientTimeout | None
+
+
+def call_timeout(timeout: CallTimeout, client_timeout: float | None) -> float | None:
+    """A call's deadline in seconds from now (None: none) for its ``timeout``."""
+    return client_timeout if isinstance(timeout, ClientTimeout) else timeout
 
 
 # -- connecting -------------------------------------------------------------------------
@@ -221,13 +248,19 @@ class ClientBase:
     def _check_context(self) -> None:
         """Refuse a place the channel could not be used from (the sync client: none)."""
 
-    def _attempts(self, timeout: float | None, *, idempotent: bool = False) -> Attempts:
-        """The retry schedule of one call; ``timeout`` None = the client's.
+    def _timeout(self, timeout: CallTimeout) -> float | None:
+        """A call's ``timeout`` in seconds (None: no deadline); CLIENT_TIMEOUT: the
+        client's."""
+        return call_timeout(timeout, self.timeout)
+
+    def _attempts(self, timeout: CallTimeout, *, idempotent: bool = False) -> Attempts:
+        """The retry schedule of one call (``timeout``: see :data:`CallTimeout`).
         ``idempotent``: a read, safe to repeat: a CANCELLED it did not cause is
         retried too (``Attempts.retry_cancelled``)."""
-        timeout = self.timeout if timeout is None else timeout
         retry_cancelled = self._open if idempotent else None
-        return Attempts(timeout, self.retries, self.backoff, retry_cancelled=retry_cancelled)
+        return Attempts(
+            self._timeout(timeout), self.retries, self.backoff, retry_cancelled=retry_cancelled
+        )
 
     def _open(self) -> bool:
         return not self.closed
@@ -1194,10 +1227,10 @@ class IngestPlan:
     deadline scales with it) or a callable that returns the signals afresh for each
     attempt (a retry re-sends from the first signal: nothing says how far a cut-off
     stream was stored, and ingest is an upsert). ``total``: how many a callable yields
-    (an upper bound will do), or None when unknown. The stream's default deadline is
-    the client's timeout per message; ``most_sent`` is the most signals any attempt
-    handed to gRPC (a retry that fails early must not lower it), an upper bound on
-    what was stored.
+    (an upper bound will do), or None when unknown. The stream's default deadline
+    (``timeout`` CLIENT_TIMEOUT) is the client's timeout per message; None: none;
+    ``most_sent`` is the most signals any attempt handed to gRPC (a retry that fails
+    early must not lower it), an upper bound on what was stored.
     """
 
     def __init__(
@@ -1209,7 +1242,7 @@ class IngestPlan:
         source: str = "",
         strict: bool = False,
         batch_size: int = 1000,
-        timeout: float | None = None,
+        timeout: CallTimeout = CLIENT_TIMEOUT,
         request_id: str | None = None,
     ):
         self.list_name, self.source, self.strict = list_name, source, strict
@@ -1219,9 +1252,12 @@ class IngestPlan:
             self.fresh, total = (lambda: signals), len(signals)
         self.total = total
         self.batch_size = max(1, batch_size)
-        if timeout is None and client_timeout is not None and total is not None:
-            timeout = client_timeout * max(1, -(-total // self.batch_size))
-        self.timeout = timeout  # None: a stream of unknown length has no deadline
+        if isinstance(timeout, ClientTimeout):  # the client's per message
+            # a stream of unknown length (or a client without a timeout): no deadline
+            timeout = None
+            if client_timeout is not None and total is not None:
+                timeout = client_timeout * max(1, -(-total // self.batch_size))
+        self.timeout = timeout
         self.client_timeout = client_timeout
         self.most_sent = 0
         self.reached: list[bool] = []  # attempts that failed other than connecting
