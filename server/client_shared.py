@@ -10,6 +10,8 @@ else is here, once.
 
 from __future__ import annotations
 
+import enum
+import ipaddress
 import math
 import random
 import re
@@ -118,6 +120,59 @@ def _clean_token(token: str | None) -> str | None:
     if any(not " " < c < "\x7f" for c in token):
         raise ValueError("token: only printable ASCII without spaces can be sent")
     return token
+
+
+class PlaintextTokenWarning(UserWarning):
+    """A bearer token sent without TLS to an address off this machine."""
+
+
+def local_target(target: str) -> bool:
+    """Whether the gRPC ``target`` is this machine: a unix socket, ``localhost``, an
+    address in 127.0.0.0/8 or ::1 (every one of an ``ipv4:``/``ipv6:`` list). Anything
+    else, a DNS name included, may be reached over a network."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    scheme, colon, rest = target.partition(":")
+    if colon and scheme in ("ipv4", "ipv6"):
+        return all(_loopback(_host(address)) for address in rest.split(","))
+    if colon and scheme == "dns":  # dns:[//authority/]host[:port]
+        target = rest[2:].partition("/")[2] if rest.startswith("//") else rest
+    return _loopback(_host(target))
+
+
+def _host(address: str) -> str:
+    """The host of ``host[:port]``, ``[v6]:port`` or a bare IPv6 address."""
+    if address.startswith("["):
+        return address[1:].partition("]")[0]
+    return address if address.count(":") > 1 else address.partition(":")[0]
+
+
+def _loopback(host: str) -> bool:
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always loopback
+        return True
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def warn_plaintext_token(target: str, stacklevel: int = 1) -> None:
+    """Warn that the token goes to ``target`` unencrypted, unless it stays on this
+    machine (``stacklevel``: as ``warnings.warn``'s, from the caller of this). Why: a
+    client given a token and no TLS setting sent it in the clear to any address,
+    silently; whoever reads the traffic can call the server as that tenant."""
+    if local_target(target):
+        return
+    warnings.warn(
+        f"the token is sent to {target} without TLS: anyone on the network path can read"
+        " and reuse it (use TLS: tls=True or root_certificates=, `remote --tls [--ca]`;"
+        " or connect over localhost or a unix socket)",
+        PlaintextTokenWarning,
+        stacklevel=stacklevel + 1,
+    )
 
 
 def reconnect_options(backoff: float) -> list[tuple[str, int]]:
@@ -235,6 +290,8 @@ class ClientBase:
         else:
             self.channel = self.channels.insecure_channel(target, options=options)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        if token and not self.tls:
+            warn_plaintext_token(target, stacklevel=2)  # the line that made the client
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -556,16 +557,26 @@ def connect(
     --token-file read as :func:`_token_from_file` does, a lone --cert or --key refused
     (grpcio would abort the process), an unusable token or file one line."""
     from hashmatch.server.client import HashmatchClient
+    from hashmatch.server.client_shared import PlaintextTokenWarning
 
     if token_file:
         token = _token_from_file(click.get_current_context(), token_file, token)
     if bool(cert) != bool(key):  # grpcio would abort the process (SIGABRT) on a lone cert
         raise click.UsageError("--cert and --key go together (mutual TLS): give both")
     try:
-        return HashmatchClient(server, token=token, tls=tls, root_certificates=ca,
-                               client_cert=cert, client_key=key, **client_options)  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PlaintextTokenWarning)
+            client = HashmatchClient(server, token=token, tls=tls, root_certificates=ca,
+                                     client_cert=cert, client_key=key,
+                                     **client_options)  # fmt: skip
     except (ValueError, OSError) as exc:  # a token grpcio cannot send, an unreadable file
         raise click.ClickException(str(exc)) from None
+    for found in caught:  # ours as one line on stderr, not a Python warning's two
+        if issubclass(found.category, PlaintextTokenWarning):
+            click.echo(f"hashmatch: warning: {found.message}", err=True)
+        else:
+            warnings.warn_explicit(found.message, found.category, found.filename, found.lineno)
+    return client
 
 
 def unauthenticated_hint(details: str) -> str:
