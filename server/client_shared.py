@@ -855,6 +855,7 @@ class MatchPlan:
 
     def __init__(self, request: matcher_pb2.MatchRequest, max_batch: int):
         self.request, self.max_batch = request, max_batch
+        self.refused: list[grpc.RpcError] = []  # parts refused for their fields, in order
         hashes = _chunks(list(request.hashes), max_batch, lambda _hash: 1)
         videos = _chunks(list(request.videos), max_batch, lambda video: len(video.frames))
         self.parts = [request]
@@ -882,11 +883,22 @@ class MatchPlan:
         limit is lower; and ``item_offsets`` (hashes and videos of the parts before),
         so :func:`~hashmatch.server.errors.bad_request_fields` names the item of the
         whole call, as the merged reply's indexes do (a pipeline dropping the item a
-        BadRequest names dropped another one)."""
+        BadRequest names dropped another one).
+
+        A part refused for its fields (INVALID_ARGUMENT) does not end the call: the
+        other parts are sent too, and :meth:`merged` raises the first refusal naming
+        the bad fields of every refused part. Why: a split call that named only its
+        first refused part's fields took a round trip per part to clean. Another error
+        after a refusal raises the refusal (the call was refused whatever else)."""
         try:
             yield
         except grpc.RpcError as exc:
             self.annotate(exc, k)
+            if len(self.parts) > 1 and _refused_fields(exc):
+                self.refused.append(exc)
+                return
+            if self.refused:
+                raise self._refusal() from None
             raise
 
     def annotate(self, exc: grpc.RpcError, k: int) -> None:
@@ -909,6 +921,36 @@ class MatchPlan:
                 " (bad_request_fields counts them in the whole call)"
             )
 
+    def _refusal(self) -> grpc.RpcError:
+        """The first refused part's error, its ``whole_call_violations`` the bad fields of
+        every refused part (indexes in the whole call), the first 100 listed within the
+        7 KiB a server's refusal takes, then one (``request``) counting the rest."""
+        from google.rpc import status_pb2
+
+        from hashmatch.server.errors import (
+            bad_request_fields,
+            counted_violations,
+            fitting_violations,
+        )
+        from hashmatch.server.violations import MAX_KEPT
+
+        first = self.refused[0]
+        pairs: list[tuple[str, str]] = []
+        total = 0
+        for exc in self.refused:
+            listed, count = counted_violations(bad_request_fields(exc))
+            pairs += listed
+            total += count
+        if len(self.refused) > 1:
+            status = status_pb2.Status(code=first.code().value[0], message=first.details() or "")
+            fitting = fitting_violations(pairs[:MAX_KEPT], total, status)
+            first.whole_call_violations = [(v.field, v.description) for v in fitting]  # type: ignore[attr-defined]
+            first.add_note(
+                f"{len(self.refused)} of the {len(self.parts)} requests were refused,"
+                f" {total} bad fields in all: bad_request_fields names them"
+            )
+        return first
+
     def _before(self, k: int) -> tuple[int, int]:
         """How many hashes and videos the parts before part ``k`` hold."""
         return sum(len(p.hashes) for p in self.parts[:k]), sum(
@@ -918,7 +960,10 @@ class MatchPlan:
     def merged(self, replies: Sequence[matcher_pb2.MatchResponse]) -> matcher_pb2.MatchResponse:
         """The parts' replies as one: each result's ``index`` counts in its own source
         (hashes, media, videos) across the parts, results are ordered hashes, media,
-        videos, and each match's ``query_index`` is its result's position."""
+        videos, and each match's ``query_index`` is its result's position. Raises the
+        first refused part's error if any part was refused (see :meth:`sending`)."""
+        if self.refused:
+            raise self._refusal()
         if len(replies) == 1:
             return replies[0]
         by_source: dict[int, list[matcher_pb2.QueryResult]] = {HASH: [], MEDIA: [], VIDEO: []}
@@ -938,6 +983,16 @@ HASH = matcher_pb2.QueryResult.SOURCE_HASH
 MEDIA = matcher_pb2.QueryResult.SOURCE_MEDIA
 VIDEO = matcher_pb2.QueryResult.SOURCE_VIDEO
 _OVER_MAX_BATCH = re.compile(r"(?:hashes|video frames) is over the limit of (\d+) per request")
+
+
+def _refused_fields(exc: grpc.RpcError) -> bool:
+    """Whether ``exc`` refuses the request for its fields (INVALID_ARGUMENT with a
+    BadRequest), other than for being over the server's max_batch (every part is)."""
+    if exc.code() is not grpc.StatusCode.INVALID_ARGUMENT or _batch_limit(exc) is not None:
+        return False
+    from hashmatch.server.errors import bad_request_fields
+
+    return bool(bad_request_fields(exc))
 
 
 def _batch_limit(exc: grpc.RpcError) -> int | None:

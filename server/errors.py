@@ -167,12 +167,24 @@ MAX_STATUS_TRAILER_BYTES = 7 * 1024
 
 def _bad_request(exc: BaseException, status: status_pb2.Status) -> any_pb2.Any:
     """A BadRequest detail: each of the exception's violations (``InvalidRequest``) or
-    its one field, as many as fit :data:`MAX_STATUS_TRAILER_BYTES` (the first always),
-    then one more, field ``request``, saying how many were left out."""
+    its one field, as many as fit (see :func:`fitting_violations`)."""
     pairs = getattr(exc, "violations", None) or [
         (field_path(exc) or "request", getattr(exc, "message", None) or str(exc))
     ]
     total = getattr(exc, "total", len(pairs))
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.BadRequest(field_violations=fitting_violations(pairs, total, status))
+    )
+    return detail
+
+
+def fitting_violations(
+    pairs: list[tuple[str, str]], total: int, status: status_pb2.Status
+) -> list[error_details_pb2.BadRequest.FieldViolation]:
+    """``pairs`` (field, description) as the BadRequest of ``status`` lists them: as many
+    as fit :data:`MAX_STATUS_TRAILER_BYTES` with its message (the first always), then one
+    more, field ``request``, saying how many of ``total`` were left out."""
     listed = [
         error_details_pb2.BadRequest.FieldViolation(field=clip(f or "request"), description=clip(d))
         for f, d in pairs
@@ -195,9 +207,18 @@ def _bad_request(exc: BaseException, status: status_pb2.Status) -> any_pb2.Any:
                 f" ({total} in all): fix those listed and send again to see the rest",
             )
         )
-    detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.BadRequest(field_violations=violations))
-    return detail
+    return violations
+
+
+_UNLISTED = re.compile(r"and \d+ more violations not listed \((\d+) in all\)")
+
+
+def counted_violations(fields: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], int]:
+    """Client side: a BadRequest's (field, description) pairs (:func:`bad_request_fields`)
+    without the last one saying how many were left out, and how many there were in all."""
+    if fields and fields[-1][0] == "request" and (found := _UNLISTED.match(fields[-1][1])):
+        return fields[:-1], int(found.group(1))
+    return fields, len(fields)
 
 
 def _field_bytes(violation: error_details_pb2.BadRequest.FieldViolation) -> int:
@@ -235,7 +256,12 @@ def bad_request_fields(call_error: grpc.RpcError) -> list[tuple[str, str]]:
     field's ``hashes[i]`` / ``videos[i]`` then counts in the whole call, not in the
     request the server saw; a ``match_stream`` that split or re-sent its requests also
     sets ``item_offsets["stream"]``, so ``stream[n]`` counts the caller's requests.
+    When several parts of a split ``match`` were refused, the pairs are those of every
+    refused part (``whole_call_violations``), within the same 100-field / 7 KiB budget.
     """
+    merged = getattr(call_error, "whole_call_violations", None)
+    if merged is not None:  # a split match's refused parts, as one (client_shared)
+        return list(merged)
     try:
         status = rpc_status.from_call(call_error)
     except ValueError:

@@ -10,15 +10,18 @@ of the refusal).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from PIL import Image
 from skimage import data
 
+from hashmatch.server.aio_client import AsyncHashmatchClient
 from hashmatch.server.client import signal, video_signal
 from hashmatch.server.errors import MAX_STATUS_TRAILER_BYTES, bad_request_fields
 from hashmatch.server.testing import running_server
@@ -203,6 +206,49 @@ def test_ingest_names_every_bad_frame_of_a_video(client):
     ]
     assert fields[-1][0] == "request" and "(150 in all)" in fields[-1][1]
     assert client.stats().total_signals == before
+
+
+def test_a_split_match_names_the_bad_fields_of_every_refused_part(served):
+    """A match the client splits over ``max_batch`` raised its first refused part's
+    error alone: the bad hashes of the other parts were named one round trip later
+    each. The error now names every refused part's fields, indexes in the whole call,
+    sync and asyncio clients alike."""
+    hashes = [("pdq", h) for h in ("ab", GOOD, GOOD, "cd", "zz" * 32, GOOD, GOOD)]
+    split = served.client("ops", retries=0, max_batch=2)  # parts of 2: three refused
+    error = _refusal(lambda: split.match(hashes))
+    assert _fields(error) == ["hashes[0].hex", "hashes[3].hex", "hashes[4].hex"]
+    assert error.details().startswith("hashes[0].hex: ")
+
+    async def refused_async() -> grpc.RpcError:
+        token = served.tokens["ops"]
+        async with AsyncHashmatchClient(served.target, token=token, retries=0, max_batch=2) as aio:
+            with pytest.raises(grpc.RpcError) as err:
+                await aio.match(hashes)
+        return err.value
+
+    assert _fields(asyncio.run(refused_async())) == _fields(error)
+
+
+def test_a_split_match_lists_its_parts_fields_within_one_refusals_budget(served):
+    """Three parts of 60 malformed hashes: at most 100 listed and within 7 KiB, as one
+    server refusal's, then one saying how many of all 180 were left out."""
+    split = served.client("ops", retries=0, max_batch=60)
+    error = _refusal(lambda: split.match([("pdq", f"{i:x}") for i in range(180)]))
+    fields = bad_request_fields(error)
+    listed = fields[:-1]
+    assert 40 <= len(listed) <= 100, len(listed)
+    assert [f for f, _ in listed] == [f"hashes[{i}].hex" for i in range(len(listed))]
+    assert fields[-1][0] == "request"
+    assert fields[-1][1].startswith(
+        f"and {180 - len(listed)} more violations not listed (180 in all)"
+    )
+    violations = [
+        error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in fields
+    ]
+    assert (
+        error_details_pb2.BadRequest(field_violations=violations).ByteSize()
+        <= MAX_STATUS_TRAILER_BYTES
+    )
 
 
 def test_a_garbage_batch_lists_the_first_violations_and_counts_the_rest(client):
