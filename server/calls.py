@@ -405,8 +405,13 @@ def rpc(
             }
             if call:
                 record.update(call.log)
-            if exc is not None and code != "INTERNAL":
-                record["error"] = errors.clip(str(exc))
+            if exc is not None:
+                # the status message the client got: a refusal's first violation clipped
+                # with its "; and N more" kept (cutting the whole text at 300 characters
+                # lost the count when the first echoed a long client string)
+                mapped, message, _status = errors.to_status(exc)
+                if mapped is not grpc.StatusCode.INTERNAL:  # logged with its traceback
+                    record["error"] = message
             _log_access(record)
 
         if streaming:

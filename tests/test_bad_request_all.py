@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 
 import grpc
 import pytest
@@ -24,7 +25,7 @@ from skimage import data
 from hashmatch.server.aio_client import AsyncHashmatchClient
 from hashmatch.server.client import signal, video_signal
 from hashmatch.server.errors import MAX_STATUS_TRAILER_BYTES, bad_request_fields
-from hashmatch.server.testing import running_server
+from hashmatch.server.testing import access_log_line, running_server
 
 TENANTS = {"ops": (["match", "write", "admin"], True)}
 GOOD = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
@@ -279,6 +280,20 @@ def test_long_client_text_keeps_the_status_under_the_metadata_limit(client, text
     assert fields[0][0] == "hashes[0].signal_type"
     assert fields[-1][0] == "request" and "(500 in all)" in fields[-1][1]
     assert _trailer_bytes(error) < GRPC_METADATA_LIMIT, _trailer_bytes(error)
+
+
+def test_the_access_log_keeps_a_refusals_count_after_a_long_first_violation(client, caplog):
+    """The access log cut each error at 300 characters: a refusal whose first violation
+    echoed a long client string lost its "; and N more", the count an operator reads
+    to tell one bad item from a garbage batch. It now logs the status message the
+    client got: the first clipped, the count kept."""
+    name = "x" * 5000
+    with caplog.at_level(logging.INFO, logger="hashmatch.access"):
+        error = _refusal(lambda: client.match([(name, GOOD)] * 3))
+        logged = access_log_line(caplog, "Match")["error"]
+    assert error.details().endswith("; and 2 more"), error.details()
+    assert logged == error.details()
+    assert len(logged) < 400
 
 
 def test_one_bad_field_is_named_as_before(client):
