@@ -67,6 +67,7 @@ from hashmatch.engine.catalog import (
 from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT, LOCAL_MAX_VIDEO_FRAMES
 from hashmatch.engine.report_file import write_jsonl_atomically
 from hashmatch.engine.scan_digests import DIGEST_TIMEOUT, digest_apart
+from hashmatch.engine.scan_pool_start import fork_server_ready
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
 from hashmatch.engine.video_formats import is_video_path
 
@@ -1548,6 +1549,10 @@ class Scanner:
 
                     forkserver.ensure_running()
                 self._watch = Watch(context, self._workers)
+        # the first worker waits for the fork server's seconds of imports, in a read a
+        # stop signal does not end: waited for here, where a stop is seen at once
+        if not fork_server_ready(context, self.options.stop):
+            raise ScanInterrupted(self.summary)
         return cf.ProcessPoolExecutor(
             self._workers,
             mp_context=context,
