@@ -66,7 +66,7 @@ from hashmatch.engine.catalog import (
 )
 from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT, LOCAL_MAX_VIDEO_FRAMES
 from hashmatch.engine.report_file import write_jsonl_atomically
-from hashmatch.engine.scan_digests import DIGEST_TIMEOUT, digest_apart
+from hashmatch.engine.scan_digests import digest_apart, digest_bound
 from hashmatch.engine.scan_pool_start import fork_server_ready
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
 from hashmatch.engine.video_formats import is_video_path
@@ -1260,8 +1260,9 @@ class ScanOptions:
     # return, a long still-image decode) before the scan kills it: scan_watchdog.
     stall_grace: float = STALL_GRACE
     # Seconds the exact digests of a file whose worker died (worker-crashed, a killed
-    # worker's timeout) may take to read, in a process of their own: scan_digests.
-    digest_timeout: float = DIGEST_TIMEOUT
+    # worker's timeout) may take to read, in a process of their own: scan_digests
+    # (None: by the file's size, scan_digests.digest_bound: 5 s + 4 MB/s, at most 60 s).
+    digest_timeout: float | None = None
     dihedral: bool = False
     # What proves a file unchanged since it was catalogued (same_stat): "full" = size,
     # mtime, inode and ctime (git's default); "minimal" = size and mtime only (git's
@@ -1722,7 +1723,7 @@ class Scanner:
             failed.path,
             exact,
             max_bytes=self.options.max_bytes,
-            timeout=self.options.digest_timeout,
+            timeout=self.options.digest_timeout or digest_bound(failed.size),
             check_stop=self._check_stop,
         )
         if isinstance(got, str):

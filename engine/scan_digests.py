@@ -25,9 +25,26 @@ from multiprocessing.context import BaseContext
 
 from hashmatch.engine.catalog import FileHashes
 
-#: Seconds a crashed or killed file's digests may take to read (a 256 MB file at
-#: 10 MB/s from a slow network mount: ~25 s) before its reader is killed.
+#: At most this many seconds for a crashed or killed file's digests to be read (a
+#: 256 MB file at 10 MB/s from a slow network mount: ~25 s) before its reader is killed.
 DIGEST_TIMEOUT = 60.0
+#: The bound for one file: this much, plus its size at DIGEST_MIN_RATE (at most
+#: DIGEST_TIMEOUT). Why not 60 s for all: a read that hangs (a hung mount) never
+#: returns, so each such file cost the scan the full minute, where a 5 MB photo read
+#: at the slowest rate a mount still in service gives takes about a second.
+DIGEST_BASE_SECONDS = 5.0
+#: Bytes a second: the slowest read a mount still in service gives (a congested
+#: network mount), so no healthy read is cut short.
+DIGEST_MIN_RATE = 4 * 1024 * 1024
+
+
+def digest_bound(size: int | None) -> float:
+    """Seconds the digests of a ``size``-byte file may take to read (unknown size: the
+    most, DIGEST_TIMEOUT)."""
+    if size is None:
+        return DIGEST_TIMEOUT
+    return round(min(DIGEST_TIMEOUT, DIGEST_BASE_SECONDS + size / DIGEST_MIN_RATE), 1)
+
 
 #: Seconds between checks of the scan's stop request while the reader works.
 _POLL = 0.2
