@@ -414,15 +414,10 @@ def token(
     """
     import secrets
 
-    from hashmatch.server.auth import (
-        FIRST_ADMIN,
-        ROLES,
-        bootstrap_admin,
-        hash_token,
-        tenant_entry,
-    )
+    from hashmatch.server.auth import FIRST_ADMIN, bootstrap_admin, hash_token, tenant_entry
     from hashmatch.server.commands.tokens import audit_edit, resolve_files
     from hashmatch.server.config import read_toml
+    from hashmatch.server.tokens_audit import first_admin_change
     from hashmatch.server.tokens_file import Change, TenantTokens, line_end
 
     if not tenant.strip():
@@ -439,7 +434,7 @@ def token(
         entry = tenant_entry(tenant, new, roles, all_lists=all_lists)
         admin = bootstrap_admin(path)  # a new file gets the admin `hashmatch serve` would create
         if admin:
-            created.insert(0, TenantTokens(FIRST_ADMIN, tuple(ROLES), True, (hash_token(admin),)))
+            created[:0] = first_admin_change(path, admin).after
             click.echo(
                 f"created {path} with an admin token (saved to {path.parent / 'admin.token'})",
                 err=True,
