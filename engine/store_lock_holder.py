@@ -13,6 +13,7 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
+import sys
 from pathlib import Path
 
 #: byte of the -shm file SQLite's unix VFS locks for the WAL write lock
@@ -25,6 +26,8 @@ _FLOCK = "hhqqi"
 def write_lock_holder(store_path: Path) -> int | None:
     """The pid holding ``store_path``'s WAL write lock, or None (free, or unknown).
     The calling process's own locks are not seen (POSIX locks are per process)."""
+    if sys.platform != "linux":  # struct flock's layout differs (BSD, macOS)
+        return None
     shm = Path(f"{store_path}-shm")
     try:
         fd = os.open(shm, os.O_RDONLY)
