@@ -205,7 +205,15 @@ class AsyncHashmatchClient(shared.ClientBase):
         while True:
             with attempts:
                 return await method(request, timeout=attempts.left(), metadata=self.metadata)
-            await asyncio.sleep(attempts.pause)
+            await self._between(attempts)
+
+    async def _between(self, attempts: shared.Attempts) -> None:
+        """Between two attempts, as the sync client's; the server is asked from a thread
+        (it connects there: the event loop goes on meanwhile)."""
+        if attempts.suspect is not None:
+            details = attempts.suspect.details() or ""
+            attempts.asked(await asyncio.to_thread(self.connection_hint, details))
+        await asyncio.sleep(attempts.pause or 0.0)
 
     async def close(self) -> None:
         """Close the channel; calls still running are cancelled (and not retried)."""
@@ -252,7 +260,11 @@ class AsyncHashmatchClient(shared.ClientBase):
         iterable; what it raises is raised after the replies to the requests before
         it. Leaving the loop early (or cancelling it) cancels the stream."""
         attempts = shared.Attempts(
-            self._timeout(timeout), self.retries, self.backoff, retry_cancelled=self._open
+            self._timeout(timeout),
+            self.retries,
+            self.backoff,
+            retry_cancelled=self._open,
+            diagnose=True,
         )
         plan = shared.StreamPlan(self.max_batch, attempts)
         source = _guarded(requests, plan.reader)
@@ -306,7 +318,7 @@ class AsyncHashmatchClient(shared.ClientBase):
                     finally:
                         call.cancel()  # nothing when it has ended
                     break
-                await asyncio.sleep(plan.attempts.pause)
+                await self._between(plan.attempts)
         except grpc.RpcError as exc:
             plan.failed(exc)
             raise
@@ -474,13 +486,18 @@ class AsyncHashmatchClient(shared.ClientBase):
 
     async def wait_until_serving(self, timeout: float = 30.0) -> None:
         """Wait until health says SERVING (the index is loaded); TimeoutError after
-        ``timeout``. A certificate the client cannot verify fails at once."""
+        ``timeout``. A certificate the client cannot verify, or a TLS setup the server
+        refuses, fails at once (ConnectionError), as the sync client's."""
         deadline = time.monotonic() + timeout
+        found = None  # the server asked, once, about a connection it hung up on
         while True:
             try:
                 last = await self.health(timeout=shared.health_check_timeout(deadline))
             except grpc.RpcError as exc:
-                last = shared.health_failure(exc)
+                if found is None and shared.hung_up_while_connecting(exc):
+                    details = exc.details() or ""
+                    found = await asyncio.to_thread(self.connection_hint, details)
+                last = shared.health_failure(exc, found)
             if last == "SERVING":
                 return
             if time.monotonic() > deadline:

@@ -63,6 +63,64 @@ def served_trust_error(
     return None
 
 
+def speaks_tls(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether a TLS handshake (the certificate unverified) completes with a server at
+    ``host:port``, on any of its addresses.
+
+    Why: a plaintext gRPC client that a TLS server hangs up on hears only "Socket
+    closed", as it would from a server going away; this asks the server itself."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return any(not isinstance(tls, Exception) for tls in _handshakes(host, port, context, timeout))
+
+
+def refuses_client_certificate(
+    host: str, port: int, chain: tuple[str, str] | None, timeout: float = 2.0
+) -> bool:
+    """Whether the TLS server at ``host:port`` ends the handshake on the client
+    certificate ``chain`` ((cert file, key file); None: none): a mutual-TLS server
+    that requires one, or does not trust this one.
+
+    Why: over TLS 1.3 the client has finished its handshake before the server checks
+    its certificate, so gRPC reports the refusal as "Socket closed", as it would a
+    server going away (or a TLS proxy whose backend is down). Over TLS 1.2 the check
+    comes before the server's Finished: a TLS server that hangs up inside the
+    handshake, after the client's certificate, refused it; one that completes it did
+    not. A listener that hangs up on everyone (a proxy whose backend is down) is no
+    TLS server: it hangs up on a handshake without the certificate too."""
+    if not speaks_tls(host, port, timeout):
+        return False
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
+    if chain is not None:
+        context.load_cert_chain(*chain)
+    context.set_alpn_protocols(["h2"])
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    for *_, address in addresses:
+        try:
+            raw = socket.create_connection(address[:2], timeout=timeout)
+        except OSError:
+            continue
+        try:
+            with raw, context.wrap_socket(raw, server_hostname=host):
+                return False  # the handshake completed: the certificate was accepted
+        except ssl.SSLError as exc:
+            # the server hung up (gRPC's way) or sent a certificate alert mid-handshake
+            reason = exc.reason or ""
+            return reason == "UNEXPECTED_EOF_WHILE_READING" or (
+                "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason)
+            )
+        except OSError:
+            continue
+    return False
+
+
 def _handshakes(
     host: str, port: int, context: ssl.SSLContext, timeout: float
 ) -> Iterator[ssl.SSLSocket | ssl.SSLCertVerificationError]:

@@ -58,6 +58,7 @@ from hashmatch.server.client_shared import (
     health_failure,
     health_request,
     health_status,
+    hung_up_while_connecting,
     low_quality_enum,
     match_request,
     not_serving,
@@ -153,7 +154,14 @@ class HashmatchClient(ClientBase):
         while True:
             with attempts:
                 return method(request, timeout=attempts.left(), metadata=self.metadata)
-            time.sleep(attempts.pause)
+            self._between(attempts)
+
+    def _between(self, attempts: Attempts) -> None:
+        """Between two attempts: ask the server about a failure to connect that may be
+        a TLS setup it refuses (raised at once when it is), then wait the pause."""
+        if attempts.suspect is not None:
+            attempts.asked(self.connection_hint(attempts.suspect.details() or ""))
+        time.sleep(attempts.pause or 0.0)
 
     def close(self) -> None:
         """Close the channel: calls in flight are cancelled (not retried), and a call
@@ -210,7 +218,11 @@ class HashmatchClient(ClientBase):
         ``retries`` counts failures in a row, without a reply between them. A failed
         call's error has ``results_delivered``, the replies the caller got."""
         attempts = Attempts(
-            self._timeout(timeout), self.retries, self.backoff, retry_cancelled=self._open
+            self._timeout(timeout),
+            self.retries,
+            self.backoff,
+            retry_cancelled=self._open,
+            diagnose=True,
         )
         plan = StreamPlan(self.max_batch, attempts)
         source = _guarded(requests, plan.reader)
@@ -249,7 +261,7 @@ class HashmatchClient(ClientBase):
                     finally:
                         call.cancel()  # nothing when it has ended
                     break
-                time.sleep(plan.attempts.pause)
+                self._between(plan.attempts)
         except grpc.RpcError as exc:
             plan.failed(exc)
             raise
@@ -500,16 +512,21 @@ class HashmatchClient(ClientBase):
 
     def wait_until_serving(self, timeout: float = 30.0) -> None:
         """Block until health says SERVING (the index is loaded). A certificate the
-        client cannot verify fails at once: waiting would not change it."""
+        client cannot verify, or a TLS setup the server refuses (a client certificate
+        a mutual-TLS server does not take, no TLS to a TLS server), fails at once
+        (ConnectionError): waiting would not change it."""
         deadline = time.monotonic() + timeout
         last = "no answer"
+        found = None  # the server asked, once, about a connection it hung up on
         while True:
             try:
                 last = self.health(timeout=health_check_timeout(deadline))
                 if last == "SERVING":
                     return
             except grpc.RpcError as exc:
-                last = health_failure(exc)
+                if found is None and hung_up_while_connecting(exc):
+                    found = self.connection_hint(exc.details() or "")
+                last = health_failure(exc, found)
             if time.monotonic() > deadline:
                 raise not_serving(timeout, last)
             time.sleep(HEALTH_POLL_SECONDS)

@@ -15,6 +15,7 @@ import ipaddress
 import math
 import random
 import re
+import tempfile
 import threading
 import time
 import uuid
@@ -30,6 +31,7 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
+from hashmatch.server.certificates import refuses_client_certificate, speaks_tls
 from hashmatch.v1 import (
     admin_pb2_grpc,
     common_pb2,
@@ -280,11 +282,13 @@ class ClientBase:
         self.target = target
         self.tls = bool(tls or root_certificates or client_cert)
         self.root_certificates = _read(root_certificates)  # for certificate_hint
+        # for connection_hint's check of what the server makes of them
+        self._client_chain = (_read(client_cert), _read(client_key)) if client_cert else None
         if self.tls:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=self.root_certificates,
-                private_key=_read(client_key),
-                certificate_chain=_read(client_cert),
+                private_key=self._client_chain and self._client_chain[1],
+                certificate_chain=self._client_chain and self._client_chain[0],
             )
             self.channel = self.channels.secure_channel(target, creds, options=options)
         else:
@@ -316,11 +320,52 @@ class ClientBase:
         retried too (``Attempts.retry_cancelled``)."""
         retry_cancelled = self._open if idempotent else None
         return Attempts(
-            self._timeout(timeout), self.retries, self.backoff, retry_cancelled=retry_cancelled
+            self._timeout(timeout),
+            self.retries,
+            self.backoff,
+            retry_cancelled=retry_cancelled,
+            diagnose=True,
         )
 
     def _open(self) -> bool:
         return not self.closed
+
+    def connection_hint(self, details: str) -> tuple[str, bool]:
+        """What is likely wrong with this client's TLS setup when a call never
+        connected (``details``: gRPC's words), and whether that is certain; ("",
+        False) when nothing points at it (a server that is down).
+
+        Where gRPC's words cannot tell (a mutual-TLS server refusing this client's
+        certificate and a plaintext client hung up on by a TLS server both read
+        "Socket closed", as a server going away does; ``localhost`` names only its
+        last address's error), the server is asked: it connects there (2 s at most
+        per address), so it blocks. One mechanism for both clients and the CLI's
+        ``remote`` verbs, which printed these hints alone."""
+        if CONNECT_FAILED not in details:
+            return "", False
+        address = tcp_address(self.target)
+        if address is not None and SOCKET_CLOSED in details:
+            if not self.tls and speaks_tls(*address):
+                return PLAIN_TO_TLS_HINT, True
+            if self.tls and self._refuses_chain(*address):
+                return (
+                    CERTIFICATE_REFUSED_HINT if self._client_chain else NO_CERTIFICATE_HINT
+                ), True
+        if self.tls and (found := certificate_hint(self.target, roots=self.root_certificates)):
+            return found, True
+        return tls_hint(details), handshake_refused(details)
+
+    def _refuses_chain(self, host: str, port: int) -> bool:
+        """Whether the server ends a TLS handshake on this client's certificate (or on
+        none, without one). The files live in a private temporary directory for the
+        moment of the check: ``ssl`` loads a certificate and key from files only."""
+        if self._client_chain is None:
+            return refuses_client_certificate(host, port, None)
+        with tempfile.TemporaryDirectory() as folder:  # mode 0700: the key stays private
+            files = (Path(folder, "cert.pem"), Path(folder, "key.pem"))
+            for path, pem in zip(files, self._client_chain, strict=True):
+                path.write_bytes(pem or b"")
+            return refuses_client_certificate(host, port, (str(files[0]), str(files[1])))
 
 
 # -- retrying ---------------------------------------------------------------------------
@@ -367,6 +412,7 @@ class Attempts:
         backoff: float,
         retry_window: float | None = None,
         retry_cancelled: Callable[[], bool] | None = None,
+        diagnose: bool = False,
     ):
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.retry_until = self.deadline
@@ -376,7 +422,10 @@ class Attempts:
         self.backoff = backoff
         self.delay = min(backoff, MAX_BACKOFF)  # the first pause too: 'at most 2 s'
         self.attempt = 0
-        self.pause = 0.0
+        self.pause: float | None = 0.0
+        self.diagnose = diagnose
+        self.suspect: grpc.RpcError | None = None  # a failure to connect to ask about
+        self.hint: str | None = None  # what asking found (None: not asked yet)
 
     def renewed(self) -> Attempts:
         """A fresh schedule (no failure yet, first pause again) with the same deadline.
@@ -385,7 +434,14 @@ class Attempts:
         it takes (the parts of a split ``match``), and a long ``match_stream`` that got
         replies since its last failure has not been failing ``retries`` times in a row.
         """
-        fresh = Attempts(None, self.retries, self.backoff, self.retry_window, self.retry_cancelled)
+        fresh = Attempts(
+            None,
+            self.retries,
+            self.backoff,
+            self.retry_window,
+            self.retry_cancelled,
+            diagnose=self.diagnose,
+        )
         fresh.deadline = fresh.retry_until = self.deadline
         return fresh
 
@@ -408,10 +464,32 @@ class Attempts:
         pause = self._pause(exc)
         self.attempt += 1
         self.delay = min(self.delay * 2, MAX_BACKOFF)
+        if self.diagnose and self.hint is None and _worth_asking(exc, pause):
+            self.suspect, self.pause = exc, pause  # the client asks, then goes on or raises
+            return True
         if pause is None:
+            if never_connected(exc):
+                explain(exc, self.hint or tls_hint(exc.details() or ""))
             return False
         self.pause = pause
         return True
+
+    def asked(self, found: tuple[str, bool]) -> None:
+        """The client asked the server about :attr:`suspect` (``found``: its
+        ``connection_hint``): raise it, explained, when the hint is certain or no retry
+        is left (``pause`` None); else the retries go on (without asking again).
+
+        Why: a TLS setup the server refuses was retried as a server that is down, for
+        the call's whole deadline (30 s by default), and said "UNAVAILABLE: ... Socket
+        closed"; only the CLI added a hint."""
+        exc, self.suspect = self.suspect, None
+        if exc is None:
+            return
+        hint, certain = found
+        self.hint = hint
+        if certain or self.pause is None:
+            explain(exc, hint or tls_hint(exc.details() or ""))
+            raise exc
 
     def _pause(self, exc: grpc.RpcError) -> float | None:
         """Seconds to wait before retrying ``exc``, or None to raise it."""
@@ -420,7 +498,7 @@ class Attempts:
             self.retry_cancelled is not None and cancelled_elsewhere(exc) and self.retry_cancelled()
         )
         least = 0.0 if exc.code() in RETRYABLE or lost or cancelled else retry_delay(exc)
-        if certificate_refused(getattr(exc, "details", lambda: "")() or ""):
+        if handshake_refused(getattr(exc, "details", lambda: "")() or ""):
             # UNAVAILABLE, but waiting changes nothing (as health_failure says): a remote
             # verb spent its whole --timeout, 30 s, on a certificate it could not verify
             return None
@@ -482,6 +560,61 @@ def lost_status(exc: grpc.RpcError) -> bool:
 
 
 HOSTNAME_MISMATCH = "Hostname Verification Check failed"  # gRPC's words for it
+#: gRPC's words for a connection the server hung up on while it was being set up: a TLS
+#: server hanging up on a plaintext client, a mutual-TLS one refusing the client's
+#: certificate, or a server (or proxy) going away; only asking the server tells which
+SOCKET_CLOSED = "Socket closed"
+PLAIN_TO_TLS_HINT = (
+    " (the server speaks TLS and this client connected without it: give tls=True and"
+    " root_certificates=its CA, `remote --tls --ca CA.pem`; for mutual TLS also"
+    " client_cert= and client_key=, `--cert` and `--key`)"
+)
+NO_CERTIFICATE_HINT = (
+    " (the server requires a client certificate (mutual TLS) and this client gave none:"
+    " give client_cert= and client_key=, `remote --cert CERT.pem --key KEY.pem`, a"
+    " certificate signed by the CA the server trusts for clients, its tls_client_ca)"
+)
+CERTIFICATE_REFUSED_HINT = (
+    " (the server refused this client's certificate (mutual TLS): it is not signed by"
+    " the CA the server trusts for clients, its tls_client_ca, or is out of its dates;"
+    " give one that is, client_cert= and client_key=, `remote --cert --key`)"
+)
+
+
+def never_connected(exc: grpc.RpcError) -> bool:
+    """Whether ``exc`` is a call that never reached the server (no connection came up)."""
+    code = getattr(exc, "code", lambda: None)()
+    return code is grpc.StatusCode.UNAVAILABLE and CONNECT_FAILED in (exc.details() or "")
+
+
+def hung_up_while_connecting(exc: grpc.RpcError) -> bool:
+    """Whether the server hung up on ``exc``'s connection while it was being set up: a
+    TLS setup it refuses, or a server going away (see :data:`SOCKET_CLOSED`)."""
+    return never_connected(exc) and SOCKET_CLOSED in (exc.details() or "")
+
+
+def _worth_asking(exc: grpc.RpcError, pause: float | None) -> bool:
+    """Whether the server should be asked what is wrong before going on: a connection it
+    hung up on while being set up (which retries would repeat if it is a TLS refusal), or
+    a failure to connect that will be raised (its hint may need the server's word)."""
+    return hung_up_while_connecting(exc) or (pause is None and never_connected(exc))
+
+
+def explain(exc: grpc.RpcError, hint: str) -> None:
+    """Give ``exc`` its ``connection_hint`` (what is likely wrong; "" when nothing is
+    known) and, when there is one, a note saying it (shown with the traceback)."""
+    exc.connection_hint = hint  # type: ignore[attr-defined]
+    if hint:
+        exc.add_note(hint.strip().removeprefix("(").removesuffix(")"))
+
+
+def handshake_refused(details: str) -> bool:
+    """Whether gRPC's ``details`` say the TLS handshake itself failed on OpenSSL's
+    verdict (a certificate that does not verify, a plaintext server answering a TLS
+    client: WRONG_VERSION_NUMBER): no retry or wait changes that. Not "Socket closed"
+    (see :data:`SOCKET_CLOSED`), nor a handshake cut by the network (SSL_ERROR_SYSCALL)."""
+    ssl_verdict = "andshake failed" in details and "SSL_ERROR_SSL" in details
+    return ssl_verdict or certificate_refused(details)
 
 
 def certificate_refused(details: str) -> bool:
@@ -527,6 +660,14 @@ def tls_hint(details: str) -> str:
     return ""
 
 
+def tcp_address(target: str) -> tuple[str, int] | None:
+    """(host, port) of a ``host:port`` gRPC target; None for others (``unix:PATH``)."""
+    host, _, port = target.removeprefix("dns:///").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
 def certificate_hint(target: str, now: float | None = None, roots: bytes | None = None) -> str:
     """For a TLS connection that failed: what is wrong with the certificate the server at
     ``target`` presents, read from the server itself (its dates, then whether ``roots``,
@@ -540,10 +681,11 @@ def certificate_hint(target: str, now: float | None = None, roots: bytes | None 
     """
     from hashmatch.server.certificates import served_dates, served_trust_error, utc
 
-    host, _, port = target.removeprefix("dns:///").rpartition(":")
-    if not host or not port.isdigit():  # unix:PATH and the like: no TLS port to ask
+    address = tcp_address(target)
+    if address is None:  # unix:PATH and the like: no TLS port to ask
         return ""
-    dates = served_dates(host.strip("[]"), int(port))
+    host, port = address
+    dates = served_dates(host, port)
     if dates is None:
         return ""
     now = time.time() if now is None else now
@@ -557,7 +699,7 @@ def certificate_hint(target: str, now: float | None = None, roots: bytes | None 
             f" (the server's certificate is not valid before {utc(dates[0])}: is the"
             " server's or this machine's clock wrong?)"
         )
-    why = served_trust_error(host.strip("[]"), int(port), roots)
+    why = served_trust_error(host, port, roots)
     if why:
         return (
             f" (the server's certificate does not verify here: {why}; give the CA that"
@@ -590,15 +732,18 @@ def health_status(reply: health_pb2.HealthCheckResponse) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
 
 
-def health_failure(exc: grpc.RpcError) -> str:
+def health_failure(exc: grpc.RpcError, found: tuple[str, bool] | None = None) -> str:
     """A failed health check as the 'last' answer of a wait; a certificate the client
-    cannot verify (its CA, its dates, or a host it does not name) raises ConnectionError
-    at once: waiting would not change it.
+    cannot verify (its CA, its dates, or a host it does not name), or a TLS setup the
+    server refuses (``found``: the client's ``connection_hint``, certain) raises
+    ConnectionError at once: waiting would not change it.
 
     Why: a certificate for another host name was waited on for the whole timeout, then
     reported as "did not become SERVING ...; is `hashmatch serve` running there?"."""
     last = f"{exc.code().name}: {exc.details()}"
-    if certificate_refused(last):
+    if found is not None and found[1]:
+        raise ConnectionError(f"{last}{found[0]}") from None
+    if handshake_refused(last):
         raise ConnectionError(f"{last}{tls_hint(last)}") from None
     return last
 
@@ -1398,7 +1543,9 @@ class IngestPlan:
         Why: a stream of unknown length was given the client's timeout as the deadline
         of its retries, though not of its attempts: one that had streamed for longer
         than that was not retried at all when the server restarted."""
-        return Attempts(self.timeout, retries, backoff, retry_window=self.client_timeout)
+        return Attempts(
+            self.timeout, retries, backoff, retry_window=self.client_timeout, diagnose=True
+        )
 
     def batcher(self) -> IngestBatcher:
         return IngestBatcher(self)

@@ -484,7 +484,9 @@ def test_a_tls_server_called_without_tls_says_it_may_be_tls(tmp_path):
             cli, ["remote", "--server", ts.target, "--timeout", "1", "lists"]
         )
     assert result.exit_code == 1 and "UNAVAILABLE" in result.output
-    assert "a TLS mismatch? a TLS server needs --tls [--ca CA.pem]" in result.output
+    # asked of the server now (the library's connection_hint), no longer a guess
+    assert "the server speaks TLS and this client connected without it" in result.output
+    assert "`remote --tls --ca CA.pem`" in result.output
 
 
 def test_a_tls_server_with_an_expired_certificate_is_named_with_its_date(tmp_path):

@@ -672,7 +672,6 @@ def _rpc(fn):
     def wrapper(*args, **kwargs):
         import grpc
 
-        from hashmatch.server.client import tls_hint
         from hashmatch.server.errors import bad_request_fields
 
         try:
@@ -689,15 +688,17 @@ def _rpc(fn):
             if exc.code() is grpc.StatusCode.UNAUTHENTICATED:
                 hint = f"\n  ({unauthenticated_hint(details)})"
             elif exc.code() is grpc.StatusCode.UNAVAILABLE:
-                found = _certificate_note(details) or tls_hint(details)
+                # the client's retries asked already; a call it does not retry: ask now
+                found = getattr(exc, "connection_hint", None)
+                found = _connection_hint(details) if found is None else found
                 hint = "\n " + found if found else ""
             hint += _ingest_progress(exc, details) + _retract_progress(exc)
             raise click.ClickException(f"{exc.code().name}: {details}{fields}{hint}") from None
         except (OSError, HashmatchError) as exc:  # a wait for SERVING that ran out too
             message = str(exc)
             if "CERTIFICATE_VERIFY_FAILED" not in message:  # else its hint says why already
-                note = _certificate_note(message)
-                message += f"\n {note}" if note else ""
+                note = _connection_hint(message)
+                message += f"\n {note}" if note and note not in message else ""
             raise click.ClickException(message) from None
 
     return wrapper
@@ -715,15 +716,17 @@ def _file_line(found: re.Match, lines: list[int]) -> str:
     return found.group(0)
 
 
-def _certificate_note(details: str) -> str:
-    """For a TLS client that never connected: the server's certificate dates, when they
-    are the cause (read from the server: gRPC's own message may name another address)."""
-    from hashmatch.server.client_shared import certificate_hint
+def _connection_hint(details: str) -> str:
+    """For a call that never connected: what the client's ``connection_hint`` finds
+    wrong with its TLS setup (asked of the server where gRPC's words cannot tell: its
+    own message may name another address). The library's, so the CLI and a pipeline
+    read the same hints."""
+    from hashmatch.server.client_shared import tls_hint
 
     client = click.get_current_context().obj
-    if "failed to connect" not in details or not getattr(client, "tls", False):
-        return ""
-    return certificate_hint(client.target, roots=getattr(client, "root_certificates", None))
+    if not hasattr(client, "connection_hint"):
+        return tls_hint(details)
+    return client.connection_hint(details)[0]
 
 
 @remote.command("match")
