@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from hashmatch.engine.errors import InvalidInput
 from hashmatch.engine.lazy_numpy import numpy_on_first_use
-from hashmatch.engine.store import FRAME_BITS, SignalStore, split_labels
+from hashmatch.engine.store import SignalStore, split_labels
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,7 +104,7 @@ class Visibility:
         return self.allowed is None or list_id in self.allowed
 
 
-def _visible(
+def visible_hits(
     store: SignalStore, sids: np.ndarray, vis: Visibility, *, with_quality: bool = False
 ) -> tuple[dict, np.ndarray | None]:
     """(``store.lookup`` of the hits' signals, a per-hit mask of those the caller may see;
@@ -146,7 +146,7 @@ def join_hits(
     need = None
     if min_stored_quality is not None and (np.asarray(min_stored_quality) >= 0).any():
         need = np.asarray(min_stored_quality, dtype=np.int64)
-    info, keep = _visible(store, ids, vis, with_quality=need is not None)
+    info, keep = visible_hits(store, ids, vis, with_quality=need is not None)
     if keep is not None:
         if not keep.any():
             return out
@@ -190,79 +190,6 @@ def join_hits(
         found = sorted(best[q].values(), key=lambda m: (m.distance, m.signal_id))
         out[q].extend(found[:max_results] if max_results else found)
     return out
-
-
-def join_video_hits(
-    store: SignalStore,
-    query: np.ndarray,
-    qualities: Sequence[int | None] | None,
-    threshold: int,
-    lims: np.ndarray,
-    distances: np.ndarray,
-    ids: np.ndarray,
-    vis: Visibility,
-    *,
-    max_results: int | None = None,
-    query_min_pct: float = 80.0,
-    target_min_pct: float = 0.0,
-) -> MatchList:
-    """vPDQ: frame hits -> one Match per stored video that passes vPDQ's rule.
-
-    The index only nominates candidate videos (some frame within the threshold);
-    each candidate is then scored exactly by :func:`hashmatch.engine.video.vpdq_match`
-    (quality floor, repeated frames counted once), and kept when
-    ``query_match_pct >= query_min_pct`` and ``target_match_pct >= target_min_pct``
-    (python-threatexchange's defaults: 80 and 0).
-    """
-    from hashmatch.engine.video import vpdq_match
-
-    now = time.time()
-    result = MatchList()
-    if len(ids) == 0:
-        return result
-    sids = (ids >> FRAME_BITS).astype(np.int64)
-    info, keep = _visible(store, sids, vis)  # frame hits of lists the caller cannot see
-    if keep is not None:
-        if not keep.any():
-            return result
-        sids, distances = sids[keep], distances[keep]
-    best_distance: dict[int, int] = {}
-    for sid, d in zip(sids.tolist(), distances.tolist(), strict=True):
-        if d < best_distance.get(sid, 1 << 30):
-            best_distance[sid] = d
-    q_quals = None if qualities is None or any(q is None for q in qualities) else list(qualities)
-    found = []
-    for sid, dmin in best_distance.items():
-        meta = info.get(sid)
-        if meta is None:
-            continue
-        list_id, stype, code, labels, ext, expires, retracted = meta
-        if retracted is not None or (expires is not None and expires <= now):
-            continue
-        if not vis.ok(list_id):
-            continue
-        t_codes, t_quals, _ = store.frames(sid)
-        t_q = None if any(q is None for q in t_quals) else t_quals
-        qpct, tpct = vpdq_match(query, q_quals, t_codes, t_q, threshold)
-        if qpct < query_min_pct or tpct < target_min_pct:
-            continue
-        found.append(
-            Match(
-                query_index=0,
-                signal_id=sid,
-                signal_type=stype,
-                hash_hex=bytes(code).hex(),
-                distance=int(dmin),
-                list_name=vis.lists[list_id][0],
-                labels=split_labels(labels),
-                external_id=ext,
-                query_match_pct=float(qpct),
-                target_match_pct=float(tpct),
-            )
-        )
-    found.sort(key=lambda m: (-m.query_match_pct, -m.target_match_pct, m.signal_id))
-    result.extend(found[:max_results] if max_results else found)
-    return result
 
 
 def quality_floor(min_quality: int | None) -> int:

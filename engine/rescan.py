@@ -135,7 +135,7 @@ class VideoFrames:
 
 def _video_frames(codes: np.ndarray, qualities: Sequence[int | None]) -> VideoFrames:
     """A video's frames; its qualities only when every one is known, as the engine
-    compares a stored video (:func:`hashmatch.engine.matcher.join_video_hits`)."""
+    compares a stored video (:func:`hashmatch.engine.video_join.match_videos`)."""
     known = len(qualities) == len(codes) and all(q is not None for q in qualities)
     return VideoFrames(codes, [int(q) for q in qualities] if known else None)  # type: ignore[arg-type]
 
@@ -1142,7 +1142,7 @@ def _video_rows(
 
     The hits only nominate pairs (a frame of the file within the radius of one of the
     video's), as do ``held`` (matches to decide again); each is then decided as a scan
-    decides it (the engine's :func:`~hashmatch.engine.matcher.join_video_hits`):
+    decides it (the engine's :func:`~hashmatch.engine.video_join.match_videos`):
     :func:`vpdq_match` on both videos' whole frame lists (frames under the quality floor
     ignored, repeated ones counted once), kept when :func:`is_vpdq_match` (>= 80% of the
     file's frames)."""

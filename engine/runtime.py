@@ -58,7 +58,6 @@ from hashmatch.engine.matcher import (
     Visibility,
     check_low_quality_queries,
     join_hits,
-    join_video_hits,
     low_quality_rows,
     quality_floor,
 )
@@ -85,6 +84,7 @@ from hashmatch.engine.store import (
     is_corruption,
 )
 from hashmatch.engine.store_schema import change_digest, store_id
+from hashmatch.engine.video_join import GROUP_FRAMES, match_videos
 
 # Imported where used (hashing, store_index, video): the hashing stack (numba,
 # OpenCV, PyAV) and the index kernels (FAISS, numba) cost ~1 s to import, and the CLI's
@@ -371,23 +371,8 @@ class Engine:
         skip = low if rule == LOW_QUALITY_SKIP else np.zeros_like(low)
         index = indexes.get(st.name)
         if st.name == "vpdq":  # the rows are the frames of one query video
-            from hashmatch.engine.video import VPDQ_QUALITY_THRESHOLD
-
-            if index is None or len(codes) == 0:
-                found = MatchList()
-            else:
-                lims, dist, ids = index.search_radius(codes, radius)
-                found = join_video_hits(self.store, codes, qualities, radius, lims, dist, ids,
-                                        vis, max_results=max_results)  # fmt: skip
-            # every frame's known quality under vPDQ's floor: its rule drops them all,
-            # so say the query was skipped (as for a low-quality PDQ hash)
-            if (
-                qualities is not None
-                and len(qualities)
-                and all(q is not None and int(q) < VPDQ_QUALITY_THRESHOLD for q in qualities)
-            ):
-                found.skipped_low_quality = True
-            return [found]
+            return match_videos(self.store, index, [(codes, qualities)], radius, vis,
+                                max_results=max_results)  # fmt: skip
         out = [MatchList() for _ in range(len(codes))]
         rows = np.flatnonzero(~skip)
         if index is not None and len(rows):
@@ -404,6 +389,34 @@ class Engine:
             out[row].quality_stored_only = not skip[row]
             out[row].quality = int(qualities[row])  # type: ignore[index]
         return out
+
+    def match_videos(
+        self,
+        videos: Sequence[tuple[np.ndarray, Sequence[int | None] | None]],
+        *,
+        tenant: str | None = None,
+        threshold: int | None = None,
+        lists: Sequence[str] | None = None,
+        max_results: int | None = None,
+        checkpoint: Callable[[], None] | None = None,
+        group_frames: int = GROUP_FRAMES,
+    ) -> list[MatchList]:
+        """vPDQ: many query videos (frame codes, frame qualities or None) at once; one
+        :class:`MatchList` each, as :meth:`match` gives for one. Their frames are
+        looked up in batches and each stored video's frames are read once, so a
+        request of many videos (or of vPDQ hash rows, each a one-frame video) costs far
+        less than a call per video. ``checkpoint`` runs between videos (a deadline or
+        cancel check that raises); ``group_frames``: query frames per index search."""
+        st = signal_types.get("vpdq")
+        radius = st.check_threshold(threshold)
+        if max_results is not None and max_results <= 0:
+            raise InvalidInput(f"must be positive, got {max_results}", field="max_results")
+        queries = [(_check_codes(st, codes), qualities) for codes, qualities in videos]
+        indexes = self._ensure_loaded()
+        vis = self._visibility(tenant, lists)
+        return match_videos(self.store, indexes.get(st.name), queries, radius, vis,
+                            max_results=max_results, checkpoint=checkpoint,
+                            group_frames=group_frames)  # fmt: skip
 
     def match_hex(self, signal_type: str, values: Sequence[str], **options) -> list[MatchList]:
         """Convenience: hex strings instead of packed codes."""

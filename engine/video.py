@@ -60,6 +60,7 @@ from hashmatch.engine.pdq import pdq_hash
 # which suffixes are videos and the FFmpeg demuxers (format_whitelist) they are read
 # with: one table, shared with scan and the CLI
 from hashmatch.engine.video_formats import FFMPEG_FORMATS
+from hashmatch.engine.video_join import prepare_frames
 
 VPDQ_DISTANCE_THRESHOLD = 31  # python-threatexchange VPDQ_DISTANCE_THRESHOLD (inclusive)
 VPDQ_QUALITY_THRESHOLD = 50  # python-threatexchange VPDQ_QUALITY_THRESHOLD
@@ -548,26 +549,6 @@ def parse_vpdq_json(text: str) -> VideoHash:
 # ---------------------------------------------------------------- matching
 
 
-def _prepare(
-    codes: np.ndarray, qualities: Sequence[int] | None, quality_floor: int, dedupe: bool
-) -> np.ndarray:
-    """The frames vPDQ compares, in order: python-threatexchange dedupes *before* the
-    quality filter (``quality_filter(dedupe(...))``), so a hash whose first frame is
-    under the floor is dropped even where it repeats at a higher quality."""
-    codes = np.ascontiguousarray(codes, dtype=np.uint8).reshape(-1, 32)
-    keep = np.ones(len(codes), dtype=bool)
-    if dedupe and len(codes):
-        _, first = np.unique(codes, axis=0, return_index=True)
-        keep[:] = False
-        keep[first] = True
-    if qualities is not None:
-        q = np.asarray(qualities, dtype=np.int64).reshape(-1)
-        if len(q) != len(codes):
-            raise InvalidInput(f"{len(codes)} frames but {len(q)} qualities", field="qualities")
-        keep &= q >= quality_floor
-    return codes[keep].view(np.uint64)  # [n, 4]
-
-
 def _nearest(a: np.ndarray, b: np.ndarray, chunk: int = 512) -> np.ndarray:
     """For each row of ``a``: the distance (bits) to its nearest row of ``b``."""
     out = np.zeros(len(a), dtype=np.int32)
@@ -587,7 +568,7 @@ def nearest_frames_distance(a_codes: np.ndarray, b_codes: np.ndarray) -> int:
     """The smallest distance between any frame of ``a`` and any of ``b``, all frames
     counted (whatever their quality): the ``distance`` a vPDQ match reports (the
     engine's nearest frame hit), so a rescan reports the one a scan would."""
-    a, b = (_prepare(c, None, 0, dedupe=False) for c in (a_codes, b_codes))
+    a, b = (prepare_frames(c, None, 0, dedupe=False) for c in (a_codes, b_codes))
     return int(_nearest(a, b).min()) if len(a) and len(b) else 256
 
 
@@ -608,8 +589,8 @@ def vpdq_match(
     when some frame of the other video is within ``threshold`` bits (inclusive). Either
     side empty after filtering -> (0.0, 0.0).
     """
-    q = _prepare(query_codes, query_qualities, quality_floor, dedupe)
-    t = _prepare(target_codes, target_qualities, quality_floor, dedupe)
+    q = prepare_frames(query_codes, query_qualities, quality_floor, dedupe)
+    t = prepare_frames(target_codes, target_qualities, quality_floor, dedupe)
     if len(q) == 0 or len(t) == 0:
         return 0.0, 0.0
     q_hit = _matched_rows(q, t, threshold)

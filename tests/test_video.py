@@ -301,7 +301,7 @@ def test_match_without_qualities_and_bad_lengths():
         vpdq_match(codes, [1, 2], codes, None)
 
 
-# vPDQ joins its frame hits itself (matcher.join_video_hits): tenant scope and expiry
+# vPDQ joins its frame hits itself (engine/video_join.py): tenant scope and expiry
 # must hold there as for PDQ.
 def _video(engine, list_name, frames, **kw):
     record = SignalRecord(
