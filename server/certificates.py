@@ -37,10 +37,7 @@ def served_dates(host: str, port: int, timeout: float = 2.0) -> tuple[float, flo
     ``host`` completes a TLS handshake. Every address is tried: gRPC reports only its
     last one's error ("[::1]: Connection refused" for ``localhost``) while the server
     answered on another."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    for tls in _handshakes(host, port, context, timeout):
+    for tls in _handshakes(host, port, _unverified(), timeout):
         der = None if isinstance(tls, Exception) else tls.getpeercert(binary_form=True)
         if der:
             return _der_dates(der)
@@ -69,10 +66,8 @@ def speaks_tls(host: str, port: int, timeout: float = 2.0) -> bool:
 
     Why: a plaintext gRPC client that a TLS server hangs up on hears only "Socket
     closed", as it would from a server going away; this asks the server itself."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return any(not isinstance(tls, Exception) for tls in _handshakes(host, port, context, timeout))
+    handshakes = _handshakes(host, port, _unverified(), timeout)
+    return any(not isinstance(tls, Exception) for tls in handshakes)
 
 
 def refuses_client_certificate(
@@ -91,12 +86,13 @@ def refuses_client_certificate(
     TLS server: it hangs up on a handshake without the certificate too."""
     if not speaks_tls(host, port, timeout):
         return False
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    context = _unverified()
     context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_2
-    if chain is not None:
-        context.load_cert_chain(*chain)
+    try:
+        if chain is not None:
+            context.load_cert_chain(*chain)
+    except (ssl.SSLError, OSError):  # a key that is not the certificate's: gRPC says so
+        return False
     context.set_alpn_protocols(["h2"])
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -113,12 +109,22 @@ def refuses_client_certificate(
         except ssl.SSLError as exc:
             # the server hung up (gRPC's way) or sent a certificate alert mid-handshake
             reason = exc.reason or ""
-            return reason == "UNEXPECTED_EOF_WHILE_READING" or (
+            hung_up = isinstance(exc, ssl.SSLEOFError) or reason == "UNEXPECTED_EOF_WHILE_READING"
+            return hung_up or (
                 "ALERT" in reason and ("CERTIFICATE" in reason or "UNKNOWN_CA" in reason)
             )
         except OSError:
             continue
     return False
+
+
+def _unverified() -> ssl.SSLContext:
+    """A client context that takes any server certificate: these checks look at what
+    the server does, not whether it is trusted."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _handshakes(

@@ -341,8 +341,8 @@ class ClientBase:
         last address's error), the server is asked: it connects there (2 s at most
         per address), so it blocks. One mechanism for both clients and the CLI's
         ``remote`` verbs, which printed these hints alone."""
-        if CONNECT_FAILED not in details:
-            return "", False
+        if CONNECT_FAILED not in details:  # it connected: nothing to ask the server
+            return tls_hint(details), False
         address = tcp_address(self.target)
         if address is not None and SOCKET_CLOSED in details:
             if not self.tls and speaks_tls(*address):
@@ -361,11 +361,14 @@ class ClientBase:
         moment of the check: ``ssl`` loads a certificate and key from files only."""
         if self._client_chain is None:
             return refuses_client_certificate(host, port, None)
-        with tempfile.TemporaryDirectory() as folder:  # mode 0700: the key stays private
-            files = (Path(folder, "cert.pem"), Path(folder, "key.pem"))
-            for path, pem in zip(files, self._client_chain, strict=True):
-                path.write_bytes(pem or b"")
-            return refuses_client_certificate(host, port, (str(files[0]), str(files[1])))
+        try:
+            with tempfile.TemporaryDirectory() as folder:  # mode 0700: the key stays private
+                files = (Path(folder, "cert.pem"), Path(folder, "key.pem"))
+                for path, pem in zip(files, self._client_chain, strict=True):
+                    path.write_bytes(pem or b"")
+                return refuses_client_certificate(host, port, (str(files[0]), str(files[1])))
+        except OSError:  # no room for them: the call's own error stands, unexplained
+            return False
 
 
 # -- retrying ---------------------------------------------------------------------------
