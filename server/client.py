@@ -13,7 +13,9 @@ never retries. A call's ``timeout``: seconds, None for no deadline (then up to
 ``retries`` retries), or by default ``CLIENT_TIMEOUT``, the client's (before, None
 meant the client's too, so no call could go without a deadline). Every other status
 is raised at once as :class:`grpc.RpcError` (use
-:func:`hashmatch.server.errors.bad_request_fields` to read the field details).
+:func:`hashmatch.server.errors.bad_request_fields` to read the field details), and so
+is a TLS setup the server refuses, with ``connection_hint`` saying what is wrong (a
+client certificate a mutual-TLS server does not take, no TLS to a TLS server).
 ``match_stream`` is retried from its first request not answered
 (:class:`~hashmatch.server.client_shared.StreamPlan`); ``rebuild`` is not retried.
 

@@ -241,6 +241,11 @@ class ClientBase:
     off; at least the server's ``min_client_ping_seconds``), ``keepalive_timeout``: how
     long an unanswered ping waits before the connection is given up (its calls fail
     UNAVAILABLE).
+
+    A ``token`` for a plaintext channel to an address off this machine is warned about
+    once, here (:class:`PlaintextTokenWarning`). A call that never connected because
+    the server refuses this TLS setup raises at once, its error's ``connection_hint``
+    saying what is wrong (:meth:`connection_hint`).
     """
 
     channels: Any = grpc
