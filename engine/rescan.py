@@ -1223,3 +1223,14 @@ def _report_records(
         rec["reason"] = r.reason
         yield rec
     yield {"kind": "summary", **summary.as_dict()}
+
+
+def rescanned_before(catalog: Catalog) -> bool:
+    """Whether a rescan (local or through any server) has set a cursor in ``catalog``:
+    the next incremental rescan then matches only the signals shared after it. (Never
+    rescanned, the first rescan reads the change log from the start.)"""
+    row = catalog.conn.execute(
+        "SELECT 1 FROM meta WHERE (key = ? OR key LIKE ?) AND CAST(value AS INTEGER) > 0",
+        (CURSOR_KEY, f"{CURSOR_KEY}@%"),
+    ).fetchone()
+    return row is not None

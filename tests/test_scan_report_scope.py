@@ -64,3 +64,61 @@ def test_a_narrower_types_scan_reports_only_its_types(tmp_path):
 
     pdq = _scan(data, catalog, tree, tmp_path / "pdq.jsonl", types=("pdq",))
     assert pdq["matches"] == [("pdq", "photos")]  # the catalog kept it all along
+
+
+def _cli(*args: str) -> tuple[int, str, list[dict]]:
+    """(exit code, stderr, report records) of one in-process CLI run (--out -)."""
+    from click.testing import CliRunner
+
+    from hashmatch.server.cli import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.exit_code, result.stderr, records
+
+
+def test_a_list_scan_after_a_rescan_says_the_other_lists_wait_for_a_scan_without_list(
+    tmp_path,
+):
+    """A ``--list a`` scan matches new files in list a only. Once the catalog has been
+    rescanned, ``rescan`` reads only signals shared after its cursor: list b's earlier
+    signals never meet those files, silently (the README said a rescan answers for
+    every list). The scan now says so, naming the other lists and the two ways to
+    cover them; a scan without --list does, without hashing the file again."""
+    astronaut, coffee = _png(ORIGINALS["astronaut"]()), _png(ORIGINALS["coffee"]())
+    data, catalog, tree = tmp_path / "data", tmp_path / "c.sqlite", tmp_path / "tree"
+    with Engine.open(data, eager=False) as engine:
+        for name, blob in (("a", astronaut), ("b", coffee)):
+            (pdq,) = hash_media(blob, ["pdq"])
+            engine.ingest([SignalRecord("pdq", pdq.hex)], list_name=name)
+    tree.mkdir()
+    (tree / "astronaut.png").write_bytes(astronaut)
+    common = ["--data-dir", str(data), "--catalog", str(catalog)]
+    scan_args = ["scan", str(tree), *common, "--types", "pdq", "--workers", "0",
+                 "--no-progress", "--out", "-"]  # fmt: skip
+
+    code, err, _ = _cli(*scan_args, "--list", "a")  # never rescanned: no gap, no note
+    assert code == 0 and "note:" not in err, err
+    code, err, _ = _cli("rescan", *common)  # the cursor: the store's head
+    assert code == 0, err
+
+    (tree / "coffee.png").write_bytes(coffee)  # new: list b's (earlier) signal matches it
+    code, err, records = _cli(*scan_args, "--list", "a")
+    assert code == 0, err
+    assert [Path(r["file"]).name for r in records if r["kind"] == "match"] == ["astronaut.png"]
+    assert (
+        "note: the 1 file(s) hashed by this scan were matched in --list a only; `hashmatch"
+        " rescan` matches them with the signals shared after its last run, not with the"
+        " earlier signals of the other lists (b): to match those, run this scan again"
+        " without --list (unchanged files are matched from the catalog, not hashed again)"
+        " or `hashmatch rescan --since all`"
+    ) in err, err
+
+    code, err, records = _cli("rescan", *common)
+    assert code == 0 and [r for r in records if r["kind"] == "match"] == []  # as said
+
+    code, err, records = _cli(*scan_args)
+    assert code == 0, err
+    matched = [(Path(r["file"]).name, r["list"]) for r in records if r["kind"] == "match"]
+    assert matched == [("astronaut.png", "a"), ("coffee.png", "b")]
+    assert records[-1]["hashed"] == 0  # matched from the catalog's hashes

@@ -88,7 +88,13 @@ def _print_summary(summary: dict) -> None:
     help="Files per match/commit.",
 )
 @click.option("--threshold", type=int, help="Match distance [default: the type's].")
-@click.option("--list", "lists", multiple=True, help="Only these hash lists (repeatable).")
+@click.option(
+    "--list",
+    "lists",
+    multiple=True,
+    help="Only these hash lists (repeatable). New files are not matched in the others "
+    "until a scan without --list (no re-hash) or, never rescanned, the first rescan.",
+)
 @click.option("--dihedral", is_flag=True, help="PDQ: also match rotated/flipped copies.")
 @click.option(
     "--fast-decode", is_flag=True, help="PDQ from JPEG luma: faster, a few bits from pdqhash."
@@ -165,7 +171,7 @@ def scan_command(
     skips unchanged files and writes the same report.
     """
     from hashmatch.engine.catalog import Catalog
-    from hashmatch.engine.rescan import claim_tenant
+    from hashmatch.engine.rescan import claim_tenant, rescanned_before
     from hashmatch.engine.scan import LocalMatcher, RemoteMatcher, ScanOptions, scan
     from hashmatch.server import interrupts
 
@@ -176,6 +182,8 @@ def scan_command(
         raise click.BadParameter("give at least one signal type", param_hint="--types")
     catalog_path = _catalog_path(data_dir, catalog)
     matcher = tenant = None
+    other_lists: list[str] = []  # visible lists a --list scan did not look in
+    gap = False  # a rescan cursor is set: rescan will not match those lists' earlier signals
     with _stopped_scan_said(), _one_line_errors(server, name_server=True):
         try:
             _check_threshold(type_list, threshold)  # now, not after the first batch is hashed
@@ -203,13 +211,17 @@ def scan_command(
                 tenant = shared.tenant  # "" from an older server
                 if lists:
                     _check_lists(lists, {x.name for x in shared.lists})
+                    other_lists = sorted({x.name for x in shared.lists} - set(lists))
             else:
                 matcher = LocalMatcher.open(data_dir, threshold=threshold, lists=lists)
                 if lists:
-                    _check_lists(lists, {x.name for x in matcher.engine.store.lists()})
+                    visible = {x.name for x in matcher.engine.store.lists()}
+                    _check_lists(lists, visible)
+                    other_lists = sorted(visible - set(lists))
             with _catalog_errors(catalog_path), Catalog(catalog_path) as cat:
                 if tenant is not None:  # the matches are this tenant's view: rescans check it
                     claim_tenant(cat, server, tenant)
+                gap = bool(other_lists) and rescanned_before(cat)
                 # a stop is cooperative only once the scan runs: before, the wait for a
                 # server (--server: 60 s) or an index load only noted a Ctrl-C, then the
                 # scan stopped at once, or the wait failed on its own (exit 1, not 130)
@@ -226,6 +238,8 @@ def scan_command(
             if matcher is not None:
                 matcher.close()
     _print_summary(summary.as_dict())
+    if gap and summary.hashed:
+        _note_lists_not_matched(summary.hashed, lists, other_lists)
     if summary.videos_without_vpdq:
         named = summary.videos_without_vpdq_named
         more = summary.videos_without_vpdq - len(named)
@@ -237,6 +251,22 @@ def scan_command(
             + (f" and {more} more" if more else ""),
             err=True,
         )
+
+
+def _note_lists_not_matched(hashed: int, lists: tuple[str, ...], others: list[str]) -> None:
+    """Say that the files this --list scan hashed were not matched in the other lists,
+    and that the next incremental rescan will not do it either (it matches only the
+    signals shared after its cursor): an analyst expected rescan to cover them."""
+    shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+    click.echo(
+        f"note: the {hashed} file(s) hashed by this scan were matched in --list"
+        f" {', '.join(lists)} only; `hashmatch rescan` matches them with the signals"
+        f" shared after its last run, not with the earlier signals of the other lists"
+        f" ({shown}): to match those, run this scan again without --list (unchanged"
+        " files are matched from the catalog, not hashed again) or `hashmatch rescan"
+        " --since all`",
+        err=True,
+    )
 
 
 @contextlib.contextmanager
