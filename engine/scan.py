@@ -2074,7 +2074,8 @@ def lookup_failed_state(catalogued: int, unchanged: int, held: Sequence[str]) ->
             "(the re-run looks them up again)"
         )
     if held:
-        names = ", ".join(os.fsdecode(p) for p in held[:5])
+        # a name that is not UTF-8 (surrogate escapes) shows its bytes as \xNN
+        names = ", ".join(os.fsencode(p).decode("utf-8", "backslashreplace") for p in held[:5])
         more = f" and {len(held) - 5} more" if len(held) > 5 else ""
         parts.append(
             f"{len(held)} file(s) with matches in lists outside --list were not catalogued "
