@@ -6,8 +6,9 @@ import importlib
 import sys
 
 SUITES = ("hashing", "indexes", "store", "service", "clients", "scan", "quality")
-# not in ``all``: minutes of mixed load and correctness checks; export's CLI timings; CLI start-up
-ON_DEMAND = ("soak", "scan_walk", "export", "cli_startup")
+# not in ``all``: minutes of mixed load and correctness checks; export's CLI timings; CLI start-up;
+# vPDQ match CPU per query (README "vPDQ")
+ON_DEMAND = ("soak", "scan_walk", "export", "cli_startup", "vpdq_match")
 
 
 def main(argv: list[str]) -> None:

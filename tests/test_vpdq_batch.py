@@ -13,7 +13,10 @@ kept when query % >= 80, sorted by query %, target %, signal id.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +213,20 @@ def test_first_occurrences_are_np_uniques_first_rows(rows, groups, width):
         at = np.flatnonzero(g == value)
         per_group[at[np.unique(words[at], axis=0, return_index=True)[1]]] = True
     assert (first_occurrences(words, g) == per_group).all()
+
+
+def test_bench_vpdq_match_runs_and_both_ways_agree():
+    """``python -m bench vpdq_match`` (README's table) at a small size: per-call and
+    batched give the same matches (the digest of every match)."""
+    project = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "vpdq_match", "--stored", "30", "--rows", "60",
+         "--videos", "4", "--runs", "1"],
+        capture_output=True, text=True, timeout=300, check=False, cwd=project,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| 30 |")]
+    assert [r[3].strip() for r in rows] == ["per-call", "batched"] * 2
+    for kind in ("rows", "videos"):
+        digests = {r[6].strip() for r in rows if kind in r[2]}
+        assert len(digests) == 1, proc.stdout
