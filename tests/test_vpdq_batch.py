@@ -230,3 +230,58 @@ def test_bench_vpdq_match_runs_and_both_ways_agree():
     for kind in ("rows", "videos"):
         digests = {r[6].strip() for r in rows if kind in r[2]}
         assert len(digests) == 1, proc.stdout
+
+
+def test_a_servers_match_equals_one_engine_call_per_row_and_video(tmp_path):
+    """A real server's Match of vPDQ hash rows (with and without quality) and videos,
+    now one batched engine call: every result is what one engine call per row or video
+    (the server's old loop) finds."""
+    import grpc
+
+    from hashmatch.server.client import video_signal
+    from hashmatch.server.testing import running_server
+    from hashmatch.v1 import common_pb2, matcher_pb2, matcher_pb2_grpc
+
+    rng = np.random.default_rng(5)
+    stored = [_video(rng, int(rng.integers(5, 40))) for _ in range(12)]
+    tenants = {"ops": (["match", "write", "admin"], True)}
+    with running_server(tmp_path, tenants=tenants) as ts:
+        ts.client("ops").ingest(
+            "videos",
+            [video_signal([c.tobytes().hex() for c in codes], qualities=quals or (),
+                          external_id=f"v{i}") for i, (codes, quals) in enumerate(stored)],
+        )  # fmt: skip
+        queries = _queries(rng, stored, 30)
+        rows = [(codes[:1], quals[:1] if quals else None) for codes, quals in queries]
+        rows += [(codes[-1:], [90]) for codes, _ in stored]  # a stored frame as it is
+        videos = [q for q in queries if len(q[0]) > 1][:8]
+        request = matcher_pb2.MatchRequest(
+            hashes=[
+                common_pb2.HashValue(signal_type="vpdq", hex=codes[0].tobytes().hex(),
+                                     **({"quality": quals[0]} if quals else {}))
+                for codes, quals in rows
+            ],
+            videos=[
+                matcher_pb2.VideoQuery(frames=[c.tobytes().hex() for c in codes],
+                                       qualities=quals or [])
+                for codes, quals in videos
+            ],
+        )  # fmt: skip
+        stub = matcher_pb2_grpc.MatcherStub(grpc.insecure_channel(ts.target))
+        reply = stub.Match(request, metadata=[("authorization", f"Bearer {ts.tokens['ops']}")])
+        assert len(reply.results) == len(rows) + len(videos)
+        found = 0
+        for position, (result, (codes, quals)) in enumerate(
+            zip(reply.results, rows + videos, strict=True)
+        ):
+            expected = ts.engine.match("vpdq", codes, qualities=quals)[0]
+            got = [(m.signal_id, m.distance, m.query_match_pct, m.target_match_pct)
+                   for m in result.matches]  # fmt: skip
+            as_sent = [
+                (s, d, float(np.float32(q)), float(np.float32(t))) for s, d, q, t in _key(expected)
+            ]
+            assert got == as_sent, position  # the reply's percentages are 32-bit floats
+            assert all(m.query_index == position for m in result.matches)
+            assert result.skipped_low_quality == expected.skipped_low_quality
+            found += len(got)
+        assert found >= len(stored)  # planted queries did match
