@@ -94,8 +94,8 @@ def _frame_masks(
 
 
 class StoredVideos:
-    """The prepared frames of stored videos, read from the store once per call (one
-    query for all the videos a group of queries nominated) and kept for the call."""
+    """The prepared frames of stored videos, read from the store in one query for all
+    the videos a group of queries nominated, and kept while the group is scored."""
 
     def __init__(self, store: SignalStore, quality_floor: int) -> None:
         self.store = store
@@ -176,11 +176,13 @@ def match_videos(
     frames per index search (:data:`GROUP_FRAMES`)."""
     from hashmatch.engine.video import VPDQ_QUALITY_THRESHOLD
 
-    stored = StoredVideos(store, VPDQ_QUALITY_THRESHOLD)
     out: list[MatchList] = []
     for group in _groups(videos, group_frames):
         if checkpoint is not None:
             checkpoint()
+        # kept for the group only: memory stays bounded by what ~256 frames nominate,
+        # not by the whole store a 10,000-row request could nominate
+        stored = StoredVideos(store, VPDQ_QUALITY_THRESHOLD)
         compared, distinct = [], []
         for i in group:
             words, first, passes = _frame_masks(*videos[i], VPDQ_QUALITY_THRESHOLD, True)
