@@ -261,13 +261,22 @@ def _found(report: Path) -> set[tuple[str, str]]:
 
 def test_a_scan_limited_by_list_or_type_keeps_the_other_matches(tmp_path):
     """Re-matching an unchanged file within --list/--types used to delete every
-    catalogued match of it, the other lists' and types' included, unreported."""
+    catalogued match of it, the other lists' and types' included, unreported. (A
+    --types scan reports its own types only; the next scan shows the others kept.)"""
     args = _file_with_matches_in_two_lists(tmp_path)
-    for i, limit in enumerate(([], ["--list", "a"], ["--types", "md5"], ["--list", "b"])):
+    both = {("pdq", "a"), ("md5", "b")}
+    for i, (limit, reported) in enumerate(
+        (
+            ([], both),
+            (["--list", "a"], both),
+            (["--types", "md5"], {("md5", "b")}),
+            (["--list", "b"], both),
+        )
+    ):
         done = _cli([*args, *limit, "--out", f"r{i}.jsonl"], tmp_path)
         assert done.returncode == 0, done.stderr
         found = {(r["type"], r["list"]) for r in _report(tmp_path / f"r{i}.jsonl")[:-1]}
-        assert found == {("pdq", "a"), ("md5", "b")}, limit
+        assert found == reported, limit
 
 
 def test_report_and_catalog_problems_are_one_line_and_early(tmp_path):
@@ -472,13 +481,16 @@ def test_pdq_marks_only_when_pdq_and_reuse_only_as_exact_as_asked(tmp_path):
 
 def test_hashing_a_missing_type_keeps_the_unchanged_file_s_other_types(tmp_path):
     """An md5 scan, then a pdq scan: the file is hashed again for PDQ (it lacked it);
-    its bytes did not change, so its MD5 hash and match stay (they were dropped)."""
+    its bytes did not change, so its MD5 hash and match stay (they were dropped). Each
+    scan reports its own types; a scan of both shows both kept."""
     args = _file_with_matches_in_two_lists(tmp_path)
     for i, (types, hashed, found) in enumerate(
         (
             ("md5", 1, {("md5", "b")}),
-            ("pdq", 1, {("pdq", "a"), ("md5", "b")}),
-            ("md5", 0, {("pdq", "a"), ("md5", "b")}),
+            ("pdq", 1, {("pdq", "a")}),
+            ("pdq,md5", 0, {("pdq", "a"), ("md5", "b")}),
+            ("md5", 0, {("md5", "b")}),
+            ("pdq,md5", 0, {("pdq", "a"), ("md5", "b")}),
         )
     ):
         done = _cli([*args, "--types", types, "--out", f"r{i}.jsonl"], tmp_path)
