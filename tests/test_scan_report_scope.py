@@ -109,9 +109,9 @@ def test_a_list_scan_after_a_rescan_says_the_other_lists_wait_for_a_scan_without
     assert (
         "note: the 1 file(s) hashed by this scan were matched in --list a only; `hashmatch"
         " rescan` matches them with the signals shared after its last run, not with the"
-        " earlier signals of the other lists (b): to match those, run this scan again"
-        " without --list (unchanged files are matched from the catalog, not hashed again)"
-        " or `hashmatch rescan --since all`"
+        " other lists' (b) earlier signals: to match those, run this scan again without"
+        " --list (unchanged files are matched from the catalog, not hashed again) or"
+        " `hashmatch rescan --since all`"
     ) in err, err
 
     code, err, records = _cli("rescan", *common)
@@ -122,3 +122,34 @@ def test_a_list_scan_after_a_rescan_says_the_other_lists_wait_for_a_scan_without
     matched = [(Path(r["file"]).name, r["list"]) for r in records if r["kind"] == "match"]
     assert matched == [("astronaut.png", "a"), ("coffee.png", "b")]
     assert records[-1]["hashed"] == 0  # matched from the catalog's hashes
+
+
+def test_a_no_match_scan_after_a_rescan_says_rescan_will_not_match_its_files(tmp_path):
+    """``--no-match`` fills the catalog; a rescan then matches its files with the
+    signals shared after its cursor only, as for a ``--list`` scan: said likewise."""
+    coffee = _png(ORIGINALS["coffee"]())
+    data, catalog, tree = tmp_path / "data", tmp_path / "c.sqlite", tmp_path / "tree"
+    with Engine.open(data, eager=False) as engine:
+        (pdq,) = hash_media(coffee, ["pdq"])
+        engine.ingest([SignalRecord("pdq", pdq.hex)], list_name="b")
+    tree.mkdir()
+    common = ["--data-dir", str(data), "--catalog", str(catalog)]
+    scan_args = ["scan", str(tree), *common, "--types", "pdq", "--workers", "0",
+                 "--no-progress", "--out", "-"]  # fmt: skip
+    code, err, _ = _cli(*scan_args, "--no-match")  # nothing yet: the catalog is made
+    assert code == 0 and "note:" not in err, err
+    code, err, _ = _cli("rescan", *common)
+    assert code == 0, err
+    (tree / "coffee.png").write_bytes(coffee)
+    code, err, _ = _cli(*scan_args, "--no-match")
+    assert code == 0, err
+    assert (
+        "note: the 1 file(s) hashed by this scan were not matched (--no-match); `hashmatch"
+        " rescan` matches them with the signals shared after its last run, not with the"
+        " lists' earlier signals: to match those, run this scan again without --no-match"
+    ) in err, err
+    code, err, records = _cli(*scan_args)
+    assert [(Path(r["file"]).name, r["list"]) for r in records if r["kind"] == "match"] == [
+        ("coffee.png", "b")
+    ]
+    assert records[-1]["hashed"] == 0

@@ -221,7 +221,7 @@ def scan_command(
             with _catalog_errors(catalog_path), Catalog(catalog_path) as cat:
                 if tenant is not None:  # the matches are this tenant's view: rescans check it
                     claim_tenant(cat, server, tenant)
-                gap = bool(other_lists) and rescanned_before(cat)
+                gap = bool(other_lists or no_match) and rescanned_before(cat)
                 # a stop is cooperative only once the scan runs: before, the wait for a
                 # server (--server: 60 s) or an index load only noted a Ctrl-C, then the
                 # scan stopped at once, or the wait failed on its own (exit 1, not 130)
@@ -239,7 +239,7 @@ def scan_command(
                 matcher.close()
     _print_summary(summary.as_dict())
     if gap and summary.hashed:
-        _note_lists_not_matched(summary.hashed, lists, other_lists)
+        _note_lists_not_matched(summary.hashed, lists, other_lists, no_match=no_match)
     if summary.videos_without_vpdq:
         named = summary.videos_without_vpdq_named
         more = summary.videos_without_vpdq - len(named)
@@ -253,16 +253,23 @@ def scan_command(
         )
 
 
-def _note_lists_not_matched(hashed: int, lists: tuple[str, ...], others: list[str]) -> None:
-    """Say that the files this --list scan hashed were not matched in the other lists,
-    and that the next incremental rescan will not do it either (it matches only the
-    signals shared after its cursor): an analyst expected rescan to cover them."""
-    shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+def _note_lists_not_matched(
+    hashed: int, lists: tuple[str, ...], others: list[str], *, no_match: bool = False
+) -> None:
+    """Say that the files this --list (or --no-match) scan hashed were not matched in
+    the other lists (in any), and that the next incremental rescan will not do it
+    either (it matches only the signals shared after its cursor): an analyst expected
+    rescan to cover them."""
+    if no_match:
+        done, which, flag = "not matched (--no-match)", "the lists'", "--no-match"
+    else:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        done = f"matched in --list {', '.join(lists)} only"
+        which, flag = f"the other lists' ({shown})", "--list"
     click.echo(
-        f"note: the {hashed} file(s) hashed by this scan were matched in --list"
-        f" {', '.join(lists)} only; `hashmatch rescan` matches them with the signals"
-        f" shared after its last run, not with the earlier signals of the other lists"
-        f" ({shown}): to match those, run this scan again without --list (unchanged"
+        f"note: the {hashed} file(s) hashed by this scan were {done}; `hashmatch rescan`"
+        f" matches them with the signals shared after its last run, not with {which}"
+        f" earlier signals: to match those, run this scan again without {flag} (unchanged"
         " files are matched from the catalog, not hashed again) or `hashmatch rescan"
         " --since all`",
         err=True,
