@@ -368,17 +368,27 @@ class Engine:
         indexes = self._ensure_loaded()
         vis = self._visibility(tenant, lists)
         low = low_quality_rows(st.name, qualities, min_quality, len(codes))
-        skip = low if rule == LOW_QUALITY_SKIP else np.zeros_like(low)
         index = indexes.get(st.name)
         if st.name == "vpdq":  # the rows are the frames of one query video
             return match_videos(self.store, index, [(codes, qualities)], radius, vis,
                                 max_results=max_results)  # fmt: skip
+        if not low.any():
+            # No row under the quality floor (always so without known qualities): every
+            # row is looked up as it is, and join_hits' lists already carry their row as
+            # query_index. Why a path of its own: a unary Match is one row, and the
+            # masks, index arithmetic and per-match copies below cost ~10% of its lookup.
+            if index is None or not len(codes):
+                return [MatchList() for _ in range(len(codes))]
+            lims, dist, ids = index.search_radius(codes, radius)
+            return join_hits(self.store, st.name, len(codes), lims, dist, ids, vis,
+                             max_results=max_results)  # fmt: skip
+        skip = low if rule == LOW_QUALITY_SKIP else np.zeros_like(low)
         out = [MatchList() for _ in range(len(codes))]
         rows = np.flatnonzero(~skip)
         if index is not None and len(rows):
             lims, dist, ids = index.search_radius(codes[rows], radius)
             # rows under the floor (when looked up): stored quality >= the floor only
-            need = np.where(low[rows], quality_floor(min_quality), -1) if low.any() else None
+            need = np.where(low[rows], quality_floor(min_quality), -1)
             found = join_hits(self.store, st.name, len(rows), lims, dist, ids, vis,
                               max_results=max_results, min_stored_quality=need)  # fmt: skip
             for j, row in enumerate(rows.tolist()):
