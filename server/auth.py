@@ -31,6 +31,8 @@ from hashmatch.server.config import toml_from_bytes
 ROLES = ("match", "export", "write", "admin")
 #: the tenant a new tokens file starts with (every role, all lists): see bootstrap_admin
 FIRST_ADMIN = "admin"
+#: authorization headers :class:`TokenAuth` remembers (a few per token in use)
+KNOWN_HEADERS_KEPT = 1024
 #: how long a read of the tokens file waits for `hashmatch token` to finish appending
 LOCK_WAIT_SECONDS = 10.0
 
@@ -94,6 +96,12 @@ class TokenAuth:
 
     def __init__(self, principals_by_digest: Mapping[str, Principal]):
         self._by_digest = dict(principals_by_digest)
+        # authorization header -> principal, for headers that authenticated: every call
+        # is authenticated twice (app.AuthGate, then calls.rpc), each a SHA-256 of the
+        # token. Holds known tokens only (an unknown one is never stored), and is
+        # emptied when full (a tenant sending many spellings of its header); a reload
+        # makes a new TokenAuth, so a removed token is not remembered past it.
+        self._known_headers: dict[str, Principal] = {}
 
     @classmethod
     def from_mapping(cls, data: Mapping) -> TokenAuth:
@@ -145,6 +153,9 @@ class TokenAuth:
                 break
         if not header:
             raise Unauthenticated("missing 'authorization: Bearer <token>' metadata")
+        known = self._known_headers.get(header)
+        if known is not None:
+            return known
         scheme, _, token = header.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
@@ -153,6 +164,9 @@ class TokenAuth:
         found = self._by_digest.get(hash_token(token.strip()))
         if found is None:
             raise Unauthenticated("unknown or revoked token")
+        if len(self._known_headers) >= KNOWN_HEADERS_KEPT:
+            self._known_headers.clear()
+        self._known_headers[header] = found
         return found
 
 
