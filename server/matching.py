@@ -18,7 +18,7 @@ from hashmatch.engine.media_limits import MAX_FRAMES
 from hashmatch.server import convert
 from hashmatch.server.errors import Overloaded
 from hashmatch.server.violations import Violations
-from hashmatch.v1 import common_pb2, matcher_pb2
+from hashmatch.v1 import matcher_pb2
 
 if TYPE_CHECKING:
     from google.protobuf.message import Message
@@ -263,9 +263,8 @@ def match(
         for row, found in enumerate(per_query):
             position = positions[row]
             _mark_floor(results[position], found)
-            results[position].matches.extend(
-                _relabel(convert.match_to_pb(m), position) for m in found
-            )
+            for m in found:
+                convert.add_match(results[position].matches, m, position)
 
     if request.media:
         options_ = hash_options(
@@ -307,9 +306,8 @@ def match(
             result = matcher_pb2.QueryResult(source=MEDIA, index=i)
             result.computed.extend(convert.computed_to_pb(h) for h in outcome.hashes)
             _mark_floor(result, outcome)
-            result.matches.extend(
-                _relabel(convert.match_to_pb(m), position) for m in outcome.matches
-            )
+            for m in outcome.matches:
+                convert.add_match(result.matches, m, position)
             results.append(result)
         host.metrics.count_queries("media", len(request.media))
     # one engine call for every video: their frames are looked up in batches; the
@@ -322,7 +320,8 @@ def match(
         position = len(results)
         result = matcher_pb2.QueryResult(source=VIDEO, index=i)
         _mark_floor(result, found)
-        result.matches.extend(_relabel(convert.match_to_pb(m), position) for m in found)
+        for m in found:
+            convert.add_match(result.matches, m, position)
         results.append(result)
     if videos:  # one per video, as the access log's `queries` counts them
         host.metrics.count_queries("vpdq", len(videos))
@@ -354,11 +353,6 @@ def _video_query(video: matcher_pb2.VideoQuery, field: str):
         raise InvalidInput(f"videos are vpdq queries, not {st.name}", field=f"{field}.signal_type")
     frames = convert.parse_frames(video.frames, video.qualities, field)
     return frames, (list(video.qualities) or None)
-
-
-def _relabel(pb: common_pb2.Match, position: int) -> common_pb2.Match:
-    pb.query_index = position
-    return pb
 
 
 def hash_only(

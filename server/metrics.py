@@ -5,7 +5,6 @@ Each server owns a registry (tests run several servers in one process).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import importlib.metadata
 import platform
@@ -411,9 +410,11 @@ class Metrics:
         wave of known content; per list is what an operator can act on. Few lists, so
         the label set stays small (the metrics port is the operator's, not a tenant's).
         """
-        tally = collections.Counter(
-            (m.list_name, m.signal_type) for result in results for m in result.matches
-        )
+        tally: dict[tuple[str, str], int] = {}  # a plain dict: Counter's cost was per call
+        for result in results:
+            for m in result.matches:
+                key = (m.list_name, m.signal_type)
+                tally[key] = tally.get(key, 0) + 1
         for key, n in tally.items():
             child = self._match_children.get(key)
             if child is None:
