@@ -456,14 +456,13 @@ def video_key(frames: np.ndarray) -> bytes:
 class SignalStore:
     """Hash lists, signals, tenants and the audit log in one SQLite database."""
 
-    def __init__(
-        self, path: str | Path, *, create: bool = True, busy_timeout: float = BUSY_TIMEOUT
-    ):
+    def __init__(self, path: str | Path, *, create: bool = True, busy_timeout: float | None = None):
         """``busy_timeout``: seconds a write waits for another process's write lock
         before "database is locked" (a side write that must not hang, such as the audit
-        row of a token edit, passes a short one)."""
+        row of a token edit, passes a short one); None: :data:`BUSY_TIMEOUT` as it is
+        now (read here, not when the class was defined, so a test can shorten it)."""
         self.path = Path(path)
-        self.busy_timeout = busy_timeout
+        self.busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         if not create and not self.path.exists():
             raise NotFound(f"no store at {self.path}", field="data_dir")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -510,7 +509,7 @@ class SignalStore:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise Conflict(
                     f"cannot open {self.path}: another process held its write lock"
-                    f" throughout the {busy_timeout:g} s wait (a long --strict ingest? an"
+                    f" throughout the {self.busy_timeout:g} s wait (a long --strict ingest? an"
                     " older hashmatch writing?); opening needs it once to create or upgrade"
                     " the store: retry when that process has finished",
                     field="data_dir",
