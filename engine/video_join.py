@@ -19,11 +19,16 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from hashmatch.engine.lazy_numpy import numpy_on_first_use
 from hashmatch.engine.matcher import Match, MatchList, Visibility, visible_hits
 from hashmatch.engine.store import FRAME_BITS, SignalStore, split_labels
+
+if TYPE_CHECKING:
+    import numpy as np
+else:  # the engine imports this module, and store verbs need no numpy: lazy_numpy.py
+    np = numpy_on_first_use(globals())
 
 #: Frames sent to the index in one search (a group of videos is cut at a video's end):
 #: enough that the search's fixed cost is shared (the CPU per row measured the same
@@ -34,7 +39,7 @@ GROUP_FRAMES = 256
 #: Query-frame x stored-frame pairs compared in one numpy block (32 bytes each).
 PAIRS_PER_BLOCK = 1 << 18
 
-VideoQuery = tuple[np.ndarray, Sequence[int | None] | None]  # (uint8[k, 32], qualities)
+VideoQuery = tuple["np.ndarray", Sequence[int | None] | None]  # (uint8[k, 32], qualities)
 
 
 def first_occurrences(words: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
