@@ -49,6 +49,7 @@ from hashmatch.engine.errors import (
     free_bytes,
 )
 from hashmatch.engine.lazy_numpy import numpy_on_first_use
+from hashmatch.engine.store_lock_wait import LockWait, begin_immediate
 from hashmatch.engine.store_schema import (
     FRESH_LIST_COUNTS,
     change_digest,
@@ -463,6 +464,9 @@ class SignalStore:
         now (read here, not when the class was defined, so a test can shorten it)."""
         self.path = Path(path)
         self.busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
+        #: told who holds the write lock when a write has waited a second for another
+        #: process's (see :mod:`hashmatch.engine.store_lock_wait`); the CLI says it
+        self.on_lock_wait: LockWait | None = None
         if not create and not self.path.exists():
             raise NotFound(f"no store at {self.path}", field="data_dir")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -632,7 +636,10 @@ class SignalStore:
     def _begin(self, conn: sqlite3.Connection) -> None:
         """BEGIN IMMEDIATE, or a savepoint inside :meth:`transaction` (which it joins)."""
         depth = getattr(self._local, "depth", 0)
-        conn.execute(f"SAVEPOINT hm_{depth}" if depth else "BEGIN IMMEDIATE")
+        if depth:
+            conn.execute(f"SAVEPOINT hm_{depth}")
+        else:
+            begin_immediate(conn, self.path, self.busy_timeout, self.on_lock_wait)
         self._local.depth = depth + 1
 
     def _end(self, conn: sqlite3.Connection, *, commit: bool) -> None:

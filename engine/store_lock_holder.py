@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import struct
 import sys
 from pathlib import Path
@@ -19,6 +20,8 @@ from pathlib import Path
 #: byte of the -shm file SQLite's unix VFS locks for the WAL write lock
 #: (WALINDEX_LOCK_OFFSET 120 + WAL_WRITE_LOCK 0, sqlite3.c)
 _WAL_WRITE_LOCK_BYTE = 120
+#: C0 and C1 control characters, DEL and the line separators (as the CLI's output escapes)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (native alignment)
 _FLOCK = "hhqqi"
 
@@ -47,7 +50,10 @@ def write_lock_holder(store_path: Path) -> int | None:
 
 def describe_process(pid: int) -> str:
     """``pid 1234 (hashmatch ingest big.csv --list l --strict)``: its command line
-    from /proc, shortened; just the pid where /proc does not tell."""
+    from /proc, shortened, its control characters escaped (``\\n``: a ``python -c`` or
+    ``sh -c`` script's newlines broke the one line the CLI prints, and an escape
+    sequence in another user's arguments reached the terminal); just the pid where
+    /proc does not tell."""
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -55,7 +61,10 @@ def describe_process(pid: int) -> str:
     args = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
     if not args:
         return f"pid {pid}"
-    command = " ".join([Path(args[0]).name, *args[1:]])
+    command = _CONTROL.sub(
+        lambda m: m.group().encode("unicode_escape").decode("ascii"),
+        " ".join([Path(args[0]).name, *args[1:]]),
+    )
     if len(command) > 120:
         command = command[:117] + "..."
     return f"pid {pid} ({command})"

@@ -19,11 +19,11 @@ import click
 from hashmatch.server.commands.scan import _one_line_errors, _serving_client
 from hashmatch.server.commands.service import server_access_options
 from hashmatch.server.commands.store import (
-    _LOCKED_HINT,
     _data_dir_option,
     _engine,
     note_stale_snapshots,
 )
+from hashmatch.server.commands.store_lock_notice import locked_hint
 
 
 @click.command("mirror")
@@ -115,7 +115,8 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
                 except sqlite3.OperationalError as exc:
                     if not follow or not is_locked(exc):
                         raise  # _engine words it, and the one-shot run exits 1
-                    click.echo(f"{data_dir}/store.sqlite: {exc}{_LOCKED_HINT} (retrying in"
+                    hint = locked_hint(engine.store)  # who held it
+                    click.echo(f"{data_dir}/store.sqlite: {exc}{hint} (retrying in"
                                f" {interval:g} s)", err=True)  # fmt: skip
                 else:
                     resync = False

@@ -33,6 +33,7 @@ from hashmatch.engine.errors import (
     is_locked,
 )
 from hashmatch.server.commands.hashing import file_timeout_option
+from hashmatch.server.commands.store_lock_notice import LockWaitNotice
 
 DATA_DIR_HELP = "Store + snapshots directory ($HASHMATCH_DATA_DIR, default ./hashmatch-data)."
 
@@ -46,12 +47,6 @@ def _data_dir_option(f):
         type=click.Path(file_okay=False),
         help=DATA_DIR_HELP,
     )(f)
-
-
-#: what "database is locked" means to a store verb's reader
-_LOCKED_HINT = (
-    " (another process held the write lock for over 60 s, e.g. a --strict ingest of a large file)"
-)
 
 
 @contextmanager
@@ -77,6 +72,8 @@ def _engine(data_dir: str, *, create: bool = False, resumable: bool = False) -> 
         raise click.ClickException(f"{exc}{hint}") from None
     if new_store:
         click.echo(f"created a new store in {data_dir}", err=True)
+    notice = LockWaitNotice(engine.store.path, engine.store.busy_timeout)
+    engine.store.on_lock_wait = notice  # a write waiting on another process says who
     resume = (
         "; batches committed before this are stored: re-run to finish, it is idempotent"
         if resumable
@@ -89,7 +86,7 @@ def _engine(data_dir: str, *, create: bool = False, resumable: bool = False) -> 
     except sqlite3.OperationalError as exc:  # locked (the 60 s busy timeout), disk full, I/O
         hint = ""
         if is_locked(exc):
-            hint = _LOCKED_HINT
+            hint = notice.locked_hint()
         elif is_disk_full(exc):
             hint = " (the disk is full: free space and re-run)"
         raise click.ClickException(f"{data_dir}/store.sqlite: {exc}{hint}{resume}") from None
