@@ -538,6 +538,8 @@ def test_follow_goes_on_when_the_local_store_is_locked_past_the_busy_timeout(tmp
             while "database is locked" not in err.read_text() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert "database is locked" in err.read_text() and "retrying" in err.read_text()
+            # the process holding the lock (this one) is named, not "another process"
+            assert f"database is locked (pid {os.getpid()} (" in err.read_text()
             time.sleep(1)  # more locked passes
             assert proc.poll() is None, err.read_text()
             holder.execute("COMMIT")
