@@ -575,6 +575,26 @@ def test_a_hang_up_the_command_was_started_ignoring_stays_ignored(tmp_path):
     assert "added 1" in out.decode()
 
 
+def _wait_until_it_pauses_to_retry(proc: subprocess.Popen) -> None:
+    """Wait (60 s at most) until a thread of ``proc`` sleeps in a sleep system call: the
+    client's pause between retries of a refused lookup (the scan's own threads wait on
+    locks and sockets, not in sleeps). A fixed 1 s after the server's stop was short on a
+    loaded box: the Ctrl-C could come while the next batch was still hashing, and the
+    test passed without a lookup being retried. Where the calls are unknown, 1 s."""
+    if proc_syscalls.SLEEP is None:  # pragma: no cover - another architecture
+        time.sleep(1.0)
+        return
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, "the scan ended before its lookups were retried"
+        assert time.monotonic() < deadline, "no lookup of the scan was retried in 60 s"
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                if proc_syscalls.syscall(task)[0] in proc_syscalls.SLEEP:
+                    return
+        time.sleep(0.01)
+
+
 def test_ctrl_c_stops_a_scan_whose_server_was_lost(tmp_path):
     """``scan --server`` whose server goes away: each lookup is retried until its 30 s
     deadline, and a Ctrl-C meanwhile was only noted (the scan's cooperative stop): it
@@ -593,7 +613,7 @@ def test_ctrl_c_stops_a_scan_whose_server_was_lost(tmp_path):
         # lost: later lookups refused and retried until their deadline (UNAVAILABLE,
         # or the CANCELLED of a lookup reaching the server as it stops)
         ts.server.stop(grace=0)
-        time.sleep(1.0)
+        _wait_until_it_pauses_to_retry(proc)
         stderr = _ctrl_c_within_seconds(proc, 10, "while its lookups were retried")
     assert "Traceback" not in stderr and "matching failed" not in stderr, stderr
     summary = json.loads(next(x for x in stderr.splitlines() if x.startswith("{")))
