@@ -350,6 +350,11 @@ def _list_count(target: str, list_name: str) -> int:
 
 
 N_REMOTE = 50_000  # the stop comes at 1,000 stored, when gRPC has sent a few thousand more
+#: each row's external id: a row of ~250 bytes, so the file (~12 MB) is ~3 times what gRPC's
+#: flow-control window (~4 MB seen) lets the client send ahead of the server's storing.
+#: Plain rows (~45 bytes: 2.2 MB) all fitted in it: on a loaded box the whole file was
+#: sent before the first batch was stored, and the stop came too late to be part way
+EXTERNAL_ID_CHARS = 200
 
 
 @pytest.fixture(scope="module")
@@ -361,11 +366,13 @@ def remote_server(tmp_path_factory) -> Iterator[tuple[str, Path]]:
 
 
 def _pdq_csv(path: Path, seed: int) -> Path:
-    """A CSV of N_REMOTE random PDQ hashes."""
+    """A CSV of N_REMOTE random PDQ hashes, each with a long external id."""
     codes = np.random.default_rng(seed).integers(0, 256, (N_REMOTE, 32), dtype=np.uint8)
     with path.open("w") as out:
-        out.write("signal_type,signal_value\n")
-        out.writelines(f"pdq,{row.tobytes().hex()}\n" for row in codes)
+        out.write("signal_type,signal_value,external_id\n")
+        out.writelines(
+            f"pdq,{row.tobytes().hex()},{i:0{EXTERNAL_ID_CHARS}d}\n" for i, row in enumerate(codes)
+        )
     return path
 
 
