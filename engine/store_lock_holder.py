@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import struct
 import sys
 from pathlib import Path
 
+from hashmatch.engine.shown_text import escape_controls
+
 #: byte of the -shm file SQLite's unix VFS locks for the WAL write lock
 #: (WALINDEX_LOCK_OFFSET 120 + WAL_WRITE_LOCK 0, sqlite3.c)
 _WAL_WRITE_LOCK_BYTE = 120
-#: C0 and C1 control characters, DEL and the line separators (as the CLI's output escapes)
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: struct flock on Linux: l_type, l_whence, l_start, l_len, l_pid (native alignment)
 _FLOCK = "hhqqi"
 
@@ -61,10 +60,7 @@ def describe_process(pid: int) -> str:
     args = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
     if not args:
         return f"pid {pid}"
-    command = _CONTROL.sub(
-        lambda m: m.group().encode("unicode_escape").decode("ascii"),
-        " ".join([Path(args[0]).name, *args[1:]]),
-    )
+    command = escape_controls(" ".join([Path(args[0]).name, *args[1:]]))
     if len(command) > 120:
         command = command[:117] + "..."
     return f"pid {pid} ({command})"

@@ -32,6 +32,7 @@ from hashmatch.engine.errors import (
     is_disk_full,
     is_locked,
 )
+from hashmatch.engine.shown_text import escape_controls
 from hashmatch.server.commands.hashing import file_timeout_option
 from hashmatch.server.commands.store_lock_notice import LockWaitNotice
 
@@ -124,11 +125,6 @@ def _echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=1, default=str))
 
 
-#: C0 and C1 control characters and DEL (a tab is shown as \t too: the text output's
-#: columns are tab-separated), and the line separators a terminal or log viewer breaks on
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
 def _shown(text: str | None) -> str:
     """``text`` with its control characters escaped (``\x1b``, ``\n``), for the text
     output of what a remote tenant wrote (labels, external ids, retraction reasons, an
@@ -138,7 +134,7 @@ def _shown(text: str | None) -> str:
     escaped."""
     if not text:
         return text or ""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return escape_controls(text)
 
 
 # ----------------------------------------------------------------------------- lists
