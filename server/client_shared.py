@@ -132,14 +132,23 @@ def local_target(target: str) -> bool:
     """Whether the gRPC ``target`` is this machine: a unix socket, ``localhost``, an
     address in 127.0.0.0/8 or ::1 (every one of an ``ipv4:``/``ipv6:`` list). Anything
     else, a DNS name included, may be reached over a network."""
+    addresses = target_addresses(target)
+    return addresses is None or all(_loopback(_host(address)) for address in addresses)
+
+
+def target_addresses(target: str) -> list[str] | None:
+    """The ``host[:port]`` addresses a gRPC ``target`` names (``dns:[//authority/]``,
+    ``ipv4:``/``ipv6:`` lists, or a bare ``host[:port]``); None for a unix socket. One
+    reading of a target for the plaintext-token warning and the TLS checks, which
+    connect there themselves (they parsed ``dns:HOST:PORT`` as a host ``dns:HOST``)."""
     if target.startswith(("unix:", "unix-abstract:")):
-        return True
+        return None
     scheme, colon, rest = target.partition(":")
     if colon and scheme in ("ipv4", "ipv6"):
-        return all(_loopback(_host(address)) for address in rest.split(","))
+        return rest.split(",")
     if colon and scheme == "dns":  # dns:[//authority/]host[:port]
-        target = rest[2:].partition("/")[2] if rest.startswith("//") else rest
-    return _loopback(_host(target))
+        return [rest[2:].partition("/")[2] if rest.startswith("//") else rest]
+    return [target]
 
 
 def _host(address: str) -> str:
@@ -669,11 +678,22 @@ def tls_hint(details: str) -> str:
 
 
 def tcp_address(target: str) -> tuple[str, int] | None:
-    """(host, port) of a ``host:port`` gRPC target; None for others (``unix:PATH``)."""
-    host, _, port = target.removeprefix("dns:///").rpartition(":")
+    """(host, port) of a gRPC target's first address (see :func:`target_addresses`);
+    None for one without a port, or ``unix:PATH``."""
+    addresses = target_addresses(target)
+    if not addresses:
+        return None
+    address = addresses[0]
+    if address.startswith("["):  # [v6]:port
+        host, _, after = address[1:].partition("]")
+        port = after.removeprefix(":")
+    elif address.count(":") == 1:
+        host, _, port = address.partition(":")
+    else:  # no port, or a bare IPv6 address
+        return None
     if not host or not port.isdigit():
         return None
-    return host.strip("[]"), int(port)
+    return host, int(port)
 
 
 def certificate_hint(target: str, now: float | None = None, roots: bytes | None = None) -> str:

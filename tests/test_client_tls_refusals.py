@@ -179,3 +179,16 @@ def test_a_server_that_is_down_is_still_retried_until_the_deadline():
             c.list_hash_lists()
         took = time.monotonic() - started
     assert took > 1.0 and failed.value.connection_hint == ""
+
+
+@pytest.mark.parametrize("spelling", ["dns:{host}:{port}", "ipv4:{host}:{port}"])
+def test_other_spellings_of_the_servers_address_are_asked_too(mutual, spelling):
+    """gRPC takes ``dns:HOST:PORT`` and ``ipv4:HOST:PORT`` as well as ``HOST:PORT``; the
+    check parsed only the last (and ``dns:///``): for the others it asked a host named
+    ``dns:127.0.0.1`` (a DNS lookup of a name that is none) and the call was retried for
+    its whole deadline as a server that is down, without the hint."""
+    host, _, port = mutual.target.rpartition(":")
+    host = "127.0.0.1" if host == "localhost" else host
+    with HashmatchClient(spelling.format(host=host, port=port), timeout=TIMEOUT) as c:
+        error = _failed_fast(c.list_hash_lists)
+    assert SPEAKS_TLS in error.connection_hint
