@@ -112,10 +112,13 @@ def visible_hits(
     takes grows with the hits in other tenants' lists, and a request repeating one hash
     (``max_batch`` times) tells by its duration whether another tenant's list holds it.
     An all-False mask: nothing to show (return as fast as a request with no hits)."""
-    uniq = np.unique(sids)
-    info = store.lookup(uniq.tolist(), with_quality=with_quality)
-    shown = np.array([s in info and vis.ok(info[s][0]) for s in uniq.tolist()], dtype=bool)
-    return info, None if shown.all() else shown[np.searchsorted(uniq, sids)]
+    uniq = sids if len(sids) == 1 else np.unique(sids)  # one hit: a unary Match's usual
+    ids = uniq.tolist()
+    info = store.lookup(ids, with_quality=with_quality)
+    shown = [s in info and vis.ok(info[s][0]) for s in ids]
+    if all(shown):
+        return info, None
+    return info, np.array(shown, dtype=bool)[np.searchsorted(uniq, sids)]
 
 
 def join_hits(

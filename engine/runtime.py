@@ -372,7 +372,7 @@ class Engine:
         if st.name == "vpdq":  # the rows are the frames of one query video
             return match_videos(self.store, index, [(codes, qualities)], radius, vis,
                                 max_results=max_results)  # fmt: skip
-        if not low.any():
+        if qualities is None or not low.any():
             # No row under the quality floor (always so without known qualities): every
             # row is looked up as it is, and join_hits' lists already carry their row as
             # query_index. Why a path of its own: a unary Match is one row, and the
