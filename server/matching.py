@@ -225,7 +225,10 @@ def match(
     tenant = call.principal.engine_tenant
     engine = host.engine
 
-    results = [matcher_pb2.QueryResult(source=HASH, index=i) for i in range(n_hashes)]
+    # Results are made inside the reply, in reply order (hashes, media, videos):
+    # MatchResponse(results=...) copied every one of them, matches included.
+    reply = matcher_pb2.MatchResponse(request_id=request.request_id)
+    results = [reply.results.add(source=HASH, index=i) for i in range(n_hashes)]
     for name, (codes, positions, qualities) in parsed.by_type.items():
         call.check_deadline()
         radius = convert.threshold_for(name, threshold)
@@ -303,7 +306,7 @@ def match(
         _refuse_failed(outcomes)
         for i, outcome in enumerate(outcomes):
             position = n_hashes + i
-            result = matcher_pb2.QueryResult(source=MEDIA, index=i)
+            result = reply.results.add(source=MEDIA, index=i)
             result.computed.extend(convert.computed_to_pb(h) for h in outcome.hashes)
             _mark_floor(result, outcome)
             for m in outcome.matches:
@@ -318,7 +321,7 @@ def match(
     ) if videos else []  # fmt: skip
     for i, found in enumerate(found_videos):
         position = len(results)
-        result = matcher_pb2.QueryResult(source=VIDEO, index=i)
+        result = reply.results.add(source=VIDEO, index=i)
         _mark_floor(result, found)
         for m in found:
             convert.add_match(result.matches, m, position)
@@ -329,7 +332,6 @@ def match(
     call.log["matches"] = sum(len(r.matches) for r in results)
     if call.log["matches"]:
         host.metrics.count_matches(results)
-    reply = matcher_pb2.MatchResponse(results=results, request_id=request.request_id)
     return check_reply(reply, config.max_message_bytes)
 
 
