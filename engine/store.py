@@ -49,7 +49,7 @@ from hashmatch.engine.errors import (
     free_bytes,
 )
 from hashmatch.engine.lazy_numpy import numpy_on_first_use
-from hashmatch.engine.store_lock_wait import LockWait, begin_immediate
+from hashmatch.engine.store_lock_wait import LockFree, LockWait, begin_immediate
 from hashmatch.engine.store_schema import (
     FRESH_LIST_COUNTS,
     change_digest,
@@ -467,6 +467,8 @@ class SignalStore:
         #: told who holds the write lock when a write has waited a second for another
         #: process's (see :mod:`hashmatch.engine.store_lock_wait`); the CLI says it
         self.on_lock_wait: LockWait | None = None
+        #: told when a write began within that second (the server ends a wait episode)
+        self.on_lock_free: LockFree | None = None
         if not create and not self.path.exists():
             raise NotFound(f"no store at {self.path}", field="data_dir")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -639,8 +641,12 @@ class SignalStore:
         if depth:
             conn.execute(f"SAVEPOINT hm_{depth}")
         else:
-            begin_immediate(conn, self.path, self.busy_timeout, self.on_lock_wait)
+            self._begin_outermost(conn)
         self._local.depth = depth + 1
+
+    def _begin_outermost(self, conn: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, saying whom it waits for (the hooks above)."""
+        begin_immediate(conn, self.path, self.busy_timeout, self.on_lock_wait, self.on_lock_free)
 
     def _end(self, conn: sqlite3.Connection, *, commit: bool) -> None:
         """End what :meth:`_begin` began: commit (release) or roll back. A COMMIT that

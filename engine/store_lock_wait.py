@@ -24,20 +24,30 @@ GRACE_SECONDS = 1.0
 #: told ``(holder pid or None when it cannot be told, the whole wait in seconds)``
 #: once a write has waited :data:`GRACE_SECONDS`, before it waits the rest
 LockWait = Callable[[int | None, float], None]
+#: told that a write began within :data:`GRACE_SECONDS`: whatever made writes wait is
+#: over (the server logs a holder once per such episode, not once per queued call)
+LockFree = Callable[[], None]
 
 
 def begin_immediate(
-    conn: sqlite3.Connection, store_path: Path, busy_timeout: float, on_wait: LockWait | None
+    conn: sqlite3.Connection,
+    store_path: Path,
+    busy_timeout: float,
+    on_wait: LockWait | None,
+    on_free: LockFree | None = None,
 ) -> None:
     """``BEGIN IMMEDIATE`` on ``conn``, waiting up to ``busy_timeout`` seconds in all for
     another process's write lock, as the connection's own busy timeout does; with
     ``on_wait``, the wait is split: :data:`GRACE_SECONDS`, then ``on_wait`` hears who
-    holds the lock, then the rest. "database is locked" after the whole wait, as before."""
+    holds the lock, then the rest; ``on_free`` hears of a begin within the grace.
+    "database is locked" after the whole wait, as before."""
     if on_wait is None or busy_timeout <= GRACE_SECONDS:
         conn.execute("BEGIN IMMEDIATE")
         return
     try:
         _begin_within(conn, GRACE_SECONDS, busy_timeout)
+        if on_free is not None:
+            on_free()
         return
     except sqlite3.OperationalError as exc:
         if not is_locked(exc):

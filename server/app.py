@@ -113,9 +113,14 @@ def raise_open_files_limit() -> int:
 def open_engine(config: ServerConfig) -> Engine:
     """The default engine: embedded SQLite store + sharded indexes in ``data_dir``."""
     from hashmatch.engine.runtime import Engine
+    from hashmatch.server.store_lock_log import StoreLockLog
 
     shards = config.shards or None  # 0 = one per core
-    return Engine.open(config.data_dir, shards=shards, index_kind=config.index_kind)
+    engine = Engine.open(config.data_dir, shards=shards, index_kind=config.index_kind)
+    lock_log = StoreLockLog(engine.store.path)  # a write behind another process's lock
+    engine.store.on_lock_wait = lock_log
+    engine.store.on_lock_free = lock_log.lock_free
+    return engine
 
 
 def check_tls_files(config: ServerConfig) -> None:

@@ -9,6 +9,10 @@ saying so: the caller can tell an operator, and retry once space is freed. A sna
 that failed for another reason (EIO, a read-only or damaged data dir) is INTERNAL, but
 with the engine's own message (which dir, why, that the previous snapshot is kept): only
 admins call Snapshot, and "logged on the server" would send them to read logs for it.
+A write that waited out the busy timeout behind another process's write lock ("database
+is locked") is UNAVAILABLE, saying the store is locked (it was INTERNAL, "logged on the
+server", with a traceback): it passes, and the clients retry UNAVAILABLE; which process
+held it goes to the server's log only (:mod:`.store_lock_log`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from hashmatch.engine import errors as engine_errors
-from hashmatch.engine.errors import is_disk_full
+from hashmatch.engine.errors import is_disk_full, is_locked
 from hashmatch.server.auth import Forbidden, Unauthenticated
 
 log = logging.getLogger("hashmatch.server")
@@ -66,6 +70,15 @@ def disk_full_message(exc: BaseException, *, data_dir: str = "", kept: str = "")
     where = f" (data dir {data_dir})" if data_dir else ""
     kept = kept or "what was acknowledged before is kept"
     return f"the server's disk is full{where}: {exc}; {kept}; free space on the server, then retry"
+
+
+#: a store write that waited the whole busy timeout for another process's write lock
+#: (an operator's ingest or rebuild on the server's data dir): which process is for the
+#: server's log (store_lock_log), not for a remote tenant
+STORE_LOCKED_MESSAGE = (
+    "the server's store is locked by another process's write; retry later (what this call"
+    " stored before is kept, and resending an ingest or retract is harmless)"
+)
 
 
 # Most specific first: the first isinstance match wins.
@@ -117,6 +130,8 @@ def _code(exc: BaseException) -> grpc.StatusCode:
     # (sqlite3, OSError) reaches here raw from any write path.
     if is_disk_full(exc):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if is_locked(exc):  # another process's write on the data dir: it passes
+        return grpc.StatusCode.UNAVAILABLE
     return grpc.StatusCode.INTERNAL
 
 
@@ -131,6 +146,8 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Stat
         )
     elif code is grpc.StatusCode.RESOURCE_EXHAUSTED and is_disk_full(exc):
         message = clip(disk_full_message(exc))
+    elif code is grpc.StatusCode.UNAVAILABLE and is_locked(exc):
+        message = STORE_LOCKED_MESSAGE
     elif isinstance(exc, NotImplementedError):
         message = f"not implemented: {exc}" if str(exc) else "not implemented"
     elif code is grpc.StatusCode.INVALID_ARGUMENT and hasattr(exc, "violations"):

@@ -1,0 +1,166 @@
+"""The server logs who holds its store's write lock when a write waits for it.
+
+Why: an Ingest (Retract, RebuildIndex) behind a CLI process holding the store's write
+lock (an operator's ``ingest --strict`` on the server's data dir) waited up to 60 s
+without a line in the server's log, and a wait that ran out was INTERNAL "internal
+error (logged on the server)". Now, after the store's second of grace, one WARNING
+names the holder (pid, command line) once per holder per wait episode, and a wait that
+runs out is UNAVAILABLE saying the store is locked (no pid: that is for the operator's
+log, not for a remote tenant). A real ``hashmatch serve`` subprocess on a real socket, a
+real second process holding ``BEGIN IMMEDIATE`` on the store.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+from test_cli_store_lock_wait import PDQ, PROMPTLY, _let_go, _lines, _store_with_a_list, _until
+from test_cli_tokens_edits import _holding
+from test_operator_setup import _clean_env
+
+from hashmatch.server.client import signal
+from hashmatch.v1 import signals_pb2, signals_pb2_grpc
+
+#: ``hashmatch serve`` with the store's busy timeout as given (argv[1])
+_SERVE_BUSY = (
+    "import sys; import hashmatch.engine.store as s; s.BUSY_TIMEOUT = float(sys.argv.pop(1));"
+    " from hashmatch.server.cli import main; main()"
+)
+HOLDS = "holds the store's write lock; store writes (Ingest, Retract, RebuildIndex) wait"
+
+
+@contextmanager
+def _serving(data: Path, busy: float) -> Iterator[tuple[str, object]]:
+    """``hashmatch serve`` on an ephemeral port: (address, its stderr's line queue)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SERVE_BUSY, str(busy), "serve", "--insecure-no-auth",
+         "--data-dir", str(data), "--listen", "127.0.0.1:0", "--metrics-port", "-1"],
+        env=_clean_env(), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        lines = _lines(proc.stderr)
+        seen = _until(lines, "serving on", 120)
+        address = seen[-1].split("serving on ", 1)[1].split(" ", 1)[0]
+        yield address, lines
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+#: holds the store's write lock, lets it go, takes it again: a line on stdin each
+_HOLD_TWICE = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+for _ in range(2):
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("UPDATE hash_lists SET name = name")
+    print("held", flush=True)
+    sys.stdin.readline()
+    conn.execute("COMMIT")
+    print("free", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _holding_twice(store: Path) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_TWICE, str(store)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def _next(holder: subprocess.Popen, said: str) -> None:
+    """Let ``holder`` go on (let go, or take the lock again) and wait till it did."""
+    _let_go(holder)
+    assert holder.stdout is not None and holder.stdout.readline() == said + "\n"
+
+
+def _ingest(address: str, list_name: str, timeout: float = 90):
+    with grpc.insecure_channel(address) as channel:
+        stub = signals_pb2_grpc.SignalsStub(channel)
+        request = signals_pb2.IngestRequest(list_name=list_name, signals=[signal("pdq", PDQ)])
+        return stub.Ingest(iter([request]), timeout=timeout)
+
+
+def _drain(lines) -> list[str]:
+    out = []
+    while not lines.empty():
+        line = lines.get()
+        if line is not None:
+            out.append(line)
+    return out
+
+
+def test_an_ingest_behind_a_held_lock_is_logged_naming_the_holder_then_completes(tmp_path):
+    data = _store_with_a_list(tmp_path)
+    with _serving(data, 60.0) as (address, lines):
+        holder = _holding(data / "store.sqlite")
+        try:
+            replies: list = []
+            call = threading.Thread(target=lambda: replies.append(_ingest(address, "partner-a")))
+            started = time.monotonic()
+            call.start()
+            said = _until(lines, HOLDS, PROMPTLY)
+            logged_after = time.monotonic() - started
+            assert call.is_alive()  # still waiting for the lock, not failed
+            _let_go(holder)
+            call.join(timeout=60)
+        finally:
+            holder.kill()
+            holder.wait()
+        assert not call.is_alive()
+        line = said[-1]
+        # one line: the holder's command line (a python -c script) has its newlines escaped
+        assert f"{data / 'store.sqlite'}: pid {holder.pid} (python -c \\nimport sqlite3" in line
+        assert "each up to 60 s" in line
+        assert logged_after < PROMPTLY
+        assert replies and replies[0].added == 1
+
+
+def test_calls_queued_behind_one_holder_log_it_once_per_episode_and_fail_unavailable(
+    tmp_path,
+):
+    """Two calls whose waits (3 s here) run out behind the same holder: one WARNING, and
+    each fails UNAVAILABLE saying the store is locked, without the holder's pid (was
+    INTERNAL). Once the holder lets go a write goes through without waiting, which ends
+    the episode: the same process taking the lock again is logged again."""
+    data = _store_with_a_list(tmp_path)
+    with _serving(data, 3.0) as (address, lines):
+        holder = _holding_twice(data / "store.sqlite")
+        failures = []
+        try:
+            for _ in range(2):
+                try:
+                    _ingest(address, "partner-a", timeout=30)
+                except grpc.RpcError as exc:
+                    failures.append(exc)
+            logged = [line for line in _drain(lines) if HOLDS in line]
+            _next(holder, "free")
+            assert _ingest(address, "partner-a").added == 1  # no wait: the episode ends
+            _next(holder, "held")
+            again = threading.Thread(target=_ingest, args=(address, "partner-a", 30))
+            again.start()
+            said = _until(lines, HOLDS, PROMPTLY)
+            _next(holder, "free")
+            again.join(timeout=60)
+        finally:
+            holder.kill()
+            holder.wait()
+    assert len(failures) == 2
+    for exc in failures:
+        assert exc.code() is grpc.StatusCode.UNAVAILABLE, exc
+        assert "store is locked by another process" in exc.details(), exc.details()
+        assert str(holder.pid) not in exc.details()
+        assert "python" not in exc.details()
+    assert len(logged) == 1, logged
+    assert f"pid {holder.pid} (" in logged[0]
+    assert f"pid {holder.pid} (" in said[-1]
