@@ -94,6 +94,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from hashmatch.engine.hashing import HashOptions, HashResult
+    from hashmatch.engine.store_lock_wait import LockFree, LockWait
 else:  # store verbs (lists ls, tenants, audit) need no numpy: engine/lazy_numpy.py
     np = numpy_on_first_use(globals())
 
@@ -162,11 +163,14 @@ class Engine:
         index_kind: str = "auto",
         create: bool = True,
         eager: bool = True,
+        on_lock_wait: LockWait | None = None,
+        on_lock_free: LockFree | None = None,
     ) -> Engine:
         """Open (or create) the store in ``data_dir``; with ``eager`` load the indexes now.
 
         The CLI passes ``eager=False``: verbs that never look up (lists, ingest)
-        then never pay for loading the index.
+        then never pay for loading the index. ``on_lock_wait`` / ``on_lock_free``: the
+        store's hooks (:class:`SignalStore`), from the open's own writes on.
         """
         data_dir = Path(data_dir)
         if not (data_dir / "store.sqlite").exists():
@@ -177,7 +181,12 @@ class Engine:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         engine = cls(
             data_dir,
-            SignalStore(data_dir / "store.sqlite", create=create),
+            SignalStore(
+                data_dir / "store.sqlite",
+                create=create,
+                on_lock_wait=on_lock_wait,
+                on_lock_free=on_lock_free,
+            ),
             shards=shards,
             index_kind=index_kind,
         )

@@ -457,18 +457,28 @@ def video_key(frames: np.ndarray) -> bytes:
 class SignalStore:
     """Hash lists, signals, tenants and the audit log in one SQLite database."""
 
-    def __init__(self, path: str | Path, *, create: bool = True, busy_timeout: float | None = None):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        create: bool = True,
+        busy_timeout: float | None = None,
+        on_lock_wait: LockWait | None = None,
+        on_lock_free: LockFree | None = None,
+    ):
         """``busy_timeout``: seconds a write waits for another process's write lock
         before "database is locked" (a side write that must not hang, such as the audit
         row of a token edit, passes a short one); None: :data:`BUSY_TIMEOUT` as it is
-        now (read here, not when the class was defined, so a test can shorten it)."""
+        now (read here, not when the class was defined, so a test can shorten it).
+        ``on_lock_wait`` / ``on_lock_free``: the attributes below, given here so that
+        the writes of the open itself (a migration, the store's identity) use them."""
         self.path = Path(path)
         self.busy_timeout = BUSY_TIMEOUT if busy_timeout is None else busy_timeout
         #: told who holds the write lock when a write has waited a second for another
         #: process's (see :mod:`hashmatch.engine.store_lock_wait`); the CLI says it
-        self.on_lock_wait: LockWait | None = None
+        self.on_lock_wait: LockWait | None = on_lock_wait
         #: told when a write began within that second (the server ends a wait episode)
-        self.on_lock_free: LockFree | None = None
+        self.on_lock_free: LockFree | None = on_lock_free
         if not create and not self.path.exists():
             raise NotFound(f"no store at {self.path}", field="data_dir")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -493,7 +503,7 @@ class SignalStore:
                 new = not self.path.exists()
                 try:
                     _refuse_foreign(self.path)  # before the first connection switches to WAL
-                    migrate(self.conn())
+                    migrate(self.conn(), begin=self._begin_outermost)
                 except sqlite3.DatabaseError:
                     self.close()
                     if new:

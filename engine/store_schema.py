@@ -17,6 +17,7 @@ import json
 import logging
 import sqlite3
 import time
+from collections.abc import Callable
 
 from hashmatch.engine.errors import CorruptData
 
@@ -244,8 +245,13 @@ def refuse_foreign(conn: sqlite3.Connection, *, versioned: bool) -> None:
         )
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Bring ``conn``'s database up to :data:`CURRENT_VERSION`; return the version found."""
+def migrate(
+    conn: sqlite3.Connection, begin: Callable[[sqlite3.Connection], None] | None = None
+) -> int:
+    """Bring ``conn``'s database up to :data:`CURRENT_VERSION`; return the version found.
+    ``begin`` starts each write transaction (the store's, which says whom it waits for
+    behind another process's write lock); a plain ``BEGIN IMMEDIATE`` without it."""
+    begin = begin or _begin_immediate
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_version ("
         "version INTEGER PRIMARY KEY, description TEXT, applied_at REAL)"
@@ -261,7 +267,7 @@ def migrate(conn: sqlite3.Connection) -> int:
     for version, description, sql in MIGRATIONS:
         if version <= found:
             continue
-        conn.execute("BEGIN IMMEDIATE")
+        begin(conn)
         try:
             for statement in sql.split(";"):
                 if statement.strip():
@@ -282,11 +288,17 @@ def migrate(conn: sqlite3.Connection) -> int:
             found,
             CURRENT_VERSION,
         )
-    _ensure_identity(conn)
+    _ensure_identity(conn, begin)
     return found
 
 
-def _ensure_identity(conn: sqlite3.Connection) -> None:
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+
+
+def _ensure_identity(
+    conn: sqlite3.Connection, begin: Callable[[sqlite3.Connection], None] = _begin_immediate
+) -> None:
     """Create the store id, change tags, deleted-lists and list-uid tables if missing (a read
     first: no write lock is taken on the usual open, where they exist)."""
     have = conn.execute(
@@ -295,7 +307,7 @@ def _ensure_identity(conn: sqlite3.Connection) -> None:
     ).fetchone()[0]
     if have == len(IDENTITY_NAMES) and store_id(conn):
         return
-    conn.execute("BEGIN IMMEDIATE")
+    begin(conn)
     try:
         for statement in IDENTITY_SQL:
             conn.execute(statement)

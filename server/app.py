@@ -116,11 +116,15 @@ def open_engine(config: ServerConfig) -> Engine:
     from hashmatch.server.store_lock_log import StoreLockLog
 
     shards = config.shards or None  # 0 = one per core
-    engine = Engine.open(config.data_dir, shards=shards, index_kind=config.index_kind)
-    lock_log = StoreLockLog(engine.store.path)  # a write behind another process's lock
-    engine.store.on_lock_wait = lock_log
-    engine.store.on_lock_free = lock_log.lock_free
-    return engine
+    # a store write (the open's own too) behind another process's lock is logged
+    lock_log = StoreLockLog(Path(config.data_dir) / "store.sqlite")
+    return Engine.open(
+        config.data_dir,
+        shards=shards,
+        index_kind=config.index_kind,
+        on_lock_wait=lock_log,
+        on_lock_free=lock_log.lock_free,
+    )
 
 
 def check_tls_files(config: ServerConfig) -> None:

@@ -12,6 +12,8 @@ real second process holding ``BEGIN IMMEDIATE`` on the store.
 
 from __future__ import annotations
 
+import queue
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,9 +23,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
-from test_cli_store_lock_wait import PDQ, PROMPTLY, _let_go, _lines, _store_with_a_list, _until
+from test_cli_store_lock_wait import (
+    PDQ,
+    PROMPTLY,
+    WAITING,
+    _let_go,
+    _lines,
+    _store_with_a_list,
+    _until,
+)
 from test_cli_tokens_edits import _holding
-from test_operator_setup import _clean_env
+from test_operator_setup import SERVE, _clean_env
 
 from hashmatch.server.client import signal
 from hashmatch.v1 import signals_pb2, signals_pb2_grpc
@@ -37,8 +47,12 @@ HOLDS = "holds the store's write lock; store writes (Ingest, Retract, RebuildInd
 
 
 @contextmanager
-def _serving(data: Path, busy: float) -> Iterator[tuple[str, object]]:
-    """``hashmatch serve`` on an ephemeral port: (address, its stderr's line queue)."""
+def _serving(
+    data: Path, busy: float, ready: str = "serving on"
+) -> Iterator[tuple[str, queue.Queue, list[str]]]:
+    """``hashmatch serve`` on an ephemeral port, read up to its line holding ``ready``:
+    (its address, "" when ``ready`` is another line; its stderr's lines to come; the
+    lines read)."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _SERVE_BUSY, str(busy), "serve", "--insecure-no-auth",
          "--data-dir", str(data), "--listen", "127.0.0.1:0", "--metrics-port", "-1"],
@@ -46,9 +60,11 @@ def _serving(data: Path, busy: float) -> Iterator[tuple[str, object]]:
     )  # fmt: skip
     try:
         lines = _lines(proc.stderr)
-        seen = _until(lines, "serving on", 120)
-        address = seen[-1].split("serving on ", 1)[1].split(" ", 1)[0]
-        yield address, lines
+        seen = _until(lines, ready, 120)
+        address = ""
+        if ready == "serving on":
+            address = seen[-1].split("serving on ", 1)[1].split(" ", 1)[0]
+        yield address, lines, seen
     finally:
         proc.kill()
         proc.wait()
@@ -102,7 +118,7 @@ def _drain(lines) -> list[str]:
 
 def test_an_ingest_behind_a_held_lock_is_logged_naming_the_holder_then_completes(tmp_path):
     data = _store_with_a_list(tmp_path)
-    with _serving(data, 60.0) as (address, lines):
+    with _serving(data, 60.0) as (address, lines, _):
         holder = _holding(data / "store.sqlite")
         try:
             replies: list = []
@@ -134,7 +150,7 @@ def test_calls_queued_behind_one_holder_log_it_once_per_episode_and_fail_unavail
     INTERNAL). Once the holder lets go a write goes through without waiting, which ends
     the episode: the same process taking the lock again is logged again."""
     data = _store_with_a_list(tmp_path)
-    with _serving(data, 3.0) as (address, lines):
+    with _serving(data, 3.0) as (address, lines, _):
         holder = _holding_twice(data / "store.sqlite")
         failures = []
         try:
@@ -164,3 +180,51 @@ def test_calls_queued_behind_one_holder_log_it_once_per_episode_and_fail_unavail
     assert len(logged) == 1, logged
     assert f"pid {holder.pid} (" in logged[0]
     assert f"pid {holder.pid} (" in said[-1]
+
+
+def _without_identity(store: Path) -> None:
+    """Drop the store's id row: the next open writes it (``_ensure_identity``), as an
+    open that migrates a store does, so it needs the write lock."""
+    conn = sqlite3.connect(store, isolation_level=None)
+    try:
+        conn.execute("DELETE FROM store_meta WHERE key = 'store_id'")
+    finally:
+        conn.close()
+
+
+def test_a_store_verbs_open_behind_a_held_lock_names_the_holder(tmp_path):
+    """The open's own writes (a migration, the store's identity) waited silently: a
+    store verb now says who it waits for there too, then goes on."""
+    data = _store_with_a_list(tmp_path)
+    _without_identity(data / "store.sqlite")
+    holder = _holding(data / "store.sqlite")
+    try:
+        cli = subprocess.Popen(
+            [sys.executable, "-c", SERVE, "lists", "ls", "--data-dir", str(data)],
+            cwd=tmp_path, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        said = _until(_lines(cli.stderr), WAITING, PROMPTLY)
+        assert cli.poll() is None  # still waiting, not failed
+        _let_go(holder)
+        out = cli.communicate(timeout=60)[0]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert said[-1].startswith(f"{data / 'store.sqlite'}: pid {holder.pid} (python"), said
+    assert cli.returncode == 0
+    assert "partner-a" in out
+
+
+def test_the_servers_open_behind_a_held_lock_is_logged(tmp_path):
+    data = _store_with_a_list(tmp_path)
+    _without_identity(data / "store.sqlite")
+    holder = _holding(data / "store.sqlite")
+    try:
+        with _serving(data, 60.0, ready=HOLDS) as (_, lines, said):
+            _let_go(holder)
+            _until(lines, "serving on", 120)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"pid {holder.pid} (python -c \\nimport sqlite3" in said[-1]

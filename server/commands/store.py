@@ -57,11 +57,15 @@ def _engine(data_dir: str, *, create: bool = False, resumable: bool = False) -> 
     says that what was committed stays and a re-run finishes the work. ``create``: a
     verb that may create the store says so on stderr when it does (a typo in --data-dir
     then shows at once instead of a second, empty store)."""
+    from hashmatch.engine import store
     from hashmatch.engine.runtime import Engine
 
-    new_store = create and not (Path(data_dir) / "store.sqlite").exists()
+    store_path = Path(data_dir) / "store.sqlite"
+    new_store = create and not store_path.exists()
+    # a write waiting on another process says who: the open's own (a migration) too
+    notice = LockWaitNotice(store_path, store.BUSY_TIMEOUT)
     try:
-        engine = Engine.open(data_dir, create=create, eager=False)
+        engine = Engine.open(data_dir, create=create, eager=False, on_lock_wait=notice)
     except HashmatchError as exc:
         missing = "no hashmatch store in" in str(exc)  # not a full disk or a damaged store
         hint = (
@@ -73,8 +77,6 @@ def _engine(data_dir: str, *, create: bool = False, resumable: bool = False) -> 
         raise click.ClickException(f"{exc}{hint}") from None
     if new_store:
         click.echo(f"created a new store in {data_dir}", err=True)
-    notice = LockWaitNotice(engine.store.path, engine.store.busy_timeout)
-    engine.store.on_lock_wait = notice  # a write waiting on another process says who
     resume = (
         "; batches committed before this are stored: re-run to finish, it is idempotent"
         if resumable
