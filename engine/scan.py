@@ -68,6 +68,7 @@ from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT, LOCAL_MAX_VIDEO_
 from hashmatch.engine.report_file import write_jsonl_atomically
 from hashmatch.engine.scan_digests import digest_apart, digest_bound
 from hashmatch.engine.scan_pool_start import fork_server_ready
+from hashmatch.engine.scan_stderr import capture_stderr, captured
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
 from hashmatch.engine.video_formats import is_video_path
 
@@ -294,6 +295,9 @@ class WorkResult:
     fast: int = 0  # the fast_decode level its PDQ was made at (0 = exact)
     ino: int | None = None
     ctime_ns: int | None = None  # None when too recent to trust (see trusted_time)
+    #: what the decoders printed to the worker's fd 2 for this file (libjpeg's "Corrupt
+    #: JPEG data: ..." warnings about data it decoded past): see scan_stderr
+    warnings: tuple[str, ...] = ()
 
 
 def types_for(path: str, types: Sequence[str]) -> tuple[str, ...]:
@@ -429,6 +433,7 @@ def _init_worker(
     if scanner is not None:
         _exit_with_parent(scanner)
     keep_heap()
+    capture_stderr()  # libjpeg's warnings go with their file, not over the progress bar
     # Ctrl-C reaches the whole process group and a closed terminal hangs it up: the scan
     # decides what stops (it kills its workers), not a KeyboardInterrupt traceback here
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -744,7 +749,9 @@ def _hash_chunk(
         if _WORKER_WATCH is not None:  # the parent kills a worker stuck on one file
             _WORKER_WATCH[0].begin(_WORKER_WATCH[1])
         try:
-            out.append(hash_file(p, types, known_md5=k, time_budget=time_budget))
+            result = hash_file(p, types, known_md5=k, time_budget=time_budget)
+            result.warnings = captured()
+            out.append(result)
         finally:
             if _WORKER_WATCH is not None:
                 _WORKER_WATCH[0].end(_WORKER_WATCH[1])
@@ -1218,6 +1225,10 @@ class ScanSummary:
     # video files seen while no video type was asked for: only their bytes (md5/sha256)
     # were hashed, so an edited copy of a listed video cannot match (the CLI says so)
     videos_without_vpdq: int = 0
+    # files whose decoders printed warnings (libjpeg's "Corrupt JPEG data: ..."): they
+    # decoded past damage, so their pixels (and hashes) may not be the intended picture;
+    # the report has a "warning" record for each (hashed, or failed, by this run)
+    decoded_with_warnings: int = 0
     elapsed_s: float = 0.0
     files_per_s: float = 0.0
     hashed_per_s: float = 0.0
@@ -1324,6 +1335,8 @@ class Scanner:
         # in flight): with the catalog's seen_run, what makes a path seen twice a duplicate
         self._open: set[str] = set()
         self._pending_skipped_paths: list[str] = []
+        # (path, lines) of this run's files whose decoders printed warnings, committed
+        self._warned: list[tuple[str, tuple[str, ...]]] = []
         self._inflight: dict[cf.Future, list[Entry]] = {}  # worker tasks -> their files
         self._chunk: list[Entry] = []  # files gathered for the next worker task
 
@@ -1386,7 +1399,14 @@ class Scanner:
             raise ScanInterrupted(s)
         if report is not None:
             s.report = str(report)
-            write_scan_report(self.catalog, self.run_id, report, s, types=opts.types)
+            try:
+                write_scan_report(
+                    self.catalog, self.run_id, report, s, types=opts.types, warned=self._warned
+                )
+            except BrokenPipeError as exc:  # `--out - | head`: every file is committed
+                self._count_matches()  # (the report's generator counted only what it wrote)
+                self.catalog.finish_run(self.run_id, s.as_dict())
+                raise ReportReaderGone(s) from exc
         else:
             self._count_matches()
         self.catalog.finish_run(self.run_id, s.as_dict())
@@ -1753,6 +1773,8 @@ class Scanner:
         if not results and not skipped:
             return
         skipped_paths = self._pending_skipped_paths
+        self._warned.extend((r.path, r.warnings) for r in results if r.warnings)
+        self.summary.decoded_with_warnings = len(self._warned)
         committed = [r.path for r in results] + skipped_paths
         self._pending, self._pending_skipped, self._pending_skipped_paths = [], [], []
         touched = [r for r in results if r.unchanged]  # same bytes: reuse catalogued hashes
@@ -2030,6 +2052,17 @@ class ScanInterrupted(Exception):
         self.summary = summary
 
 
+class ReportReaderGone(BrokenPipeError):
+    """The report's reader closed the pipe (``--out - | head``) before it was all
+    written. Why apart from a bare BrokenPipeError: the scan itself finished (every file
+    committed, the run recorded as finished), so the CLI can still give the summary
+    (``summary``) and say that a re-run writes the whole report without hashing again."""
+
+    def __init__(self, summary: ScanSummary):
+        super().__init__(32, "the report's reader closed the pipe")  # EPIPE
+        self.summary = summary
+
+
 #: Entries of --from-list read ahead by its helper thread (a handoff per entry with few
 #: ahead cost ~50 us each; this many, ~10 us: nothing beside a file's decode).
 LIST_PREFETCH_ENTRIES = 1024
@@ -2152,8 +2185,11 @@ def write_scan_report(
     summary: ScanSummary,
     *,
     types: Sequence[str] | None = None,
+    warned: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> None:
-    """Matches then failures of the files this run saw (path order), then the summary.
+    """Matches then failures of the files this run saw (path order), then the files
+    whose decoders printed warnings (``warned``: path and lines, of the files this run
+    read), then the summary.
     ``types``: the run's ``--types``; the catalog's matches of other types (kept from
     an earlier scan with more types) are not this run's answer and are left out."""
 
@@ -2168,6 +2204,8 @@ def write_scan_report(
         summary.matches = n
         for rec in catalog.failures_for_run(run_id):
             yield {"kind": "failure", "file": rec.path, "reason": rec.reason, "error": rec.error}
+        for path, lines in sorted(warned):
+            yield {"kind": "warning", "file": path, "warnings": list(lines)}
         yield {"kind": "summary", **summary.as_dict()}
 
     write_jsonl_atomically(path, records())

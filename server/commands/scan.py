@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import sqlite3
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -184,7 +185,11 @@ def scan_command(
     matcher = tenant = None
     other_lists: list[str] = []  # visible lists a --list scan did not look in
     gap = False  # a rescan cursor is set: rescan will not match those lists' earlier signals
-    with _stopped_scan_said(), _one_line_errors(server, name_server=True):
+    with (
+        _report_reader_gone_said(),
+        _stopped_scan_said(),
+        _one_line_errors(server, name_server=True),
+    ):
         try:
             _check_threshold(type_list, threshold)  # now, not after the first batch is hashed
             _check_out(out, catalog_path, Path(data_dir))  # (the report is written last)
@@ -238,6 +243,7 @@ def scan_command(
             if matcher is not None:
                 matcher.close()
     _print_summary(summary.as_dict())
+    _note_decoder_warnings(summary.decoded_with_warnings, out)
     if gap and summary.hashed:
         _note_lists_not_matched(summary.hashed, lists, other_lists, no_match=no_match)
     if summary.videos_without_vpdq:
@@ -251,6 +257,44 @@ def scan_command(
             + (f" and {more} more" if more else ""),
             err=True,
         )
+
+
+def _note_decoder_warnings(count: int, out: str) -> None:
+    """Name the files decoded past damage: their libjpeg warnings no longer show on
+    stderr (scan_stderr), so the analyst learns of them here and in the report."""
+    if count:
+        where = "the report's" if out != "-" else "the"
+        click.echo(
+            f"note: {count} file(s) decoded with decoder warnings (corrupt data decoded past:"
+            f' their hashes may not be of the intended picture): see {where} "warning" records',
+            err=True,
+        )
+
+
+@contextlib.contextmanager
+def _report_reader_gone_said() -> Iterator[None]:
+    """``--out - | head``: the reader left before the report's end. The scan itself
+    was done (every file committed, the run finished): its summary and what a re-run
+    gives, on stderr; exit 1 without a traceback (as click ends on a broken pipe). It
+    used to end with click's bare exit 1: no summary, the run left unfinished."""
+    from hashmatch.engine.scan import ReportReaderGone
+
+    try:
+        yield
+    except ReportReaderGone as exc:
+        # stdout is gone: Python's flush of it at exit must not print a BrokenPipeError
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        with contextlib.suppress(OSError):  # stderr may be the same closed pipe
+            _print_summary(exc.summary.as_dict())
+            click.echo(
+                "scan: the report's reader closed the pipe before its end; every file is"
+                " committed to the catalog: run the same command again for the whole report"
+                " (no file is hashed again)",
+                err=True,
+            )
+        sys.exit(1)
 
 
 def _note_lists_not_matched(

@@ -1,0 +1,55 @@
+"""libjpeg's warnings about corrupt JPEG data it decodes past, in a scan.
+
+libjpeg prints them with ``fprintf(stderr, ...)`` in the worker processes: straight to
+fd 2, past Python's ``sys.stderr``, so they landed in the middle of the scan's progress
+and log lines, naming no file. They now go with their file: a ``warning`` record in the
+report, ``decoded_with_warnings`` in the summary, and nothing on the scan's stderr.
+Real scan in a real subprocess, real (generated) JPEGs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import cv2
+from skimage import data
+
+CLI = "from hashmatch.server.entry import main; main()"
+
+
+def _jpeg() -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR))
+    assert ok
+    return buf.tobytes()
+
+
+def test_libjpeg_warnings_go_to_the_report_not_to_stderr(tmp_path):
+    good = _jpeg()
+    sos = good.index(b"\xff\xda")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "good.jpg").write_bytes(good)
+    # 3 stray bytes before the start-of-scan marker: decoded, libjpeg warns
+    (tree / "extraneous.jpg").write_bytes(good[:sos] + b"\x01\x02\x03" + good[sos:])
+    # cut in the middle of the entropy-coded data, end marker kept: decoded (grey rest)
+    (tree / "truncated.jpg").write_bytes(good[: len(good) // 2] + b"\xff\xd9")
+    report = tmp_path / "r.jsonl"
+    args = ["scan", str(tree), "--data-dir", str(tmp_path / "data"), "--no-match",
+            "--types", "pdq", "--workers", "1", "--no-progress", "--out", str(report)]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert "JPEG" not in done.stderr, done.stderr  # no libjpeg text over the progress lines
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    warned = {r["file"]: r["warnings"] for r in records if r["kind"] == "warning"}
+    assert warned == {
+        str(tree / "extraneous.jpg"): ["Corrupt JPEG data: 3 extraneous bytes before marker 0xda"],
+        str(tree / "truncated.jpg"): ["Corrupt JPEG data: premature end of data segment"],
+    }
+    (summary,) = [r for r in records if r["kind"] == "summary"]
+    assert summary["decoded_with_warnings"] == 2
+    assert summary["hashed"] == 3 and summary["failed"] == 0
+    assert json.loads(done.stderr.strip().splitlines()[0])["decoded_with_warnings"] == 2
