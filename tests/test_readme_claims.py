@@ -81,7 +81,8 @@ def test_hash_csv_has_the_documented_columns(tmp_path):
 
 
 def test_scan_report_records_have_the_documented_fields(tmp_path):
-    """The report example's keys (match, failure, summary) are what a scan writes."""
+    """The report example's keys (match, failure, warning, summary) are what a scan
+    writes."""
     example = _between("Report (JSONL;", "`videos_without_vpdq` counts")
     shown = {}
     for line in re.findall(r"^\{.*\}$", example, re.M):
@@ -91,6 +92,10 @@ def test_scan_report_records_have_the_documented_fields(tmp_path):
     media.mkdir()
     Image.fromarray(skimage.data.astronaut()).save(media / "a.png")
     (media / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a whole JPEG")
+    jpeg = io.BytesIO()
+    Image.fromarray(skimage.data.coffee()).save(jpeg, "JPEG")
+    sos = jpeg.getvalue().index(b"\xff\xda")  # stray bytes before it: libjpeg warns
+    (media / "c.jpg").write_bytes(jpeg.getvalue()[:sos] + b"\x01\x02" + jpeg.getvalue()[sos:])
     data = str(tmp_path / "data")
     hashed = CliRunner().invoke(cli, ["hash", str(media / "a.png"), "--format", "te"])
     (tmp_path / "l.csv").write_text(hashed.stdout)
@@ -107,7 +112,7 @@ def test_scan_report_records_have_the_documented_fields(tmp_path):
     for line in out.read_text().splitlines():
         record = json.loads(line)
         written.setdefault(record["kind"], set(record))
-    assert set(written) == {"match", "failure", "summary"}
+    assert set(written) == {"match", "failure", "warning", "summary"}
     for kind, keys in shown.items():
         assert written[kind] == keys, (kind, written[kind] ^ keys)
 
