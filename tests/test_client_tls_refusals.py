@@ -117,9 +117,9 @@ def test_a_tls_client_of_a_plaintext_server_is_not_retried(tmp_path, certs):
 
 
 @contextmanager
-def _hangs_up_on_everyone() -> Iterator[str]:
-    """A listener that accepts and closes every connection at once: a proxy whose
-    backend is down, gRPC's "Socket closed" without any TLS question."""
+def _listening(handle) -> Iterator[str]:
+    """A localhost listener that gives each connection to ``handle`` in a thread of its
+    own (a slow one does not hold up the next accept)."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0.1)
     done = threading.Event()
@@ -127,9 +127,10 @@ def _hangs_up_on_everyone() -> Iterator[str]:
     def serve() -> None:
         while not done.is_set():
             try:
-                listener.accept()[0].close()
+                conn = listener.accept()[0]
             except TimeoutError:
                 continue
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -139,6 +140,31 @@ def _hangs_up_on_everyone() -> Iterator[str]:
         done.set()
         thread.join()
         listener.close()
+
+
+def _hang_up(conn: socket.socket) -> None:
+    """End a connection as gRPC's "Socket closed": an end of stream (FIN), then wait for
+    the client to close. A close with the client's first bytes unread sends a reset
+    instead, which gRPC words "Connection reset by peer": when the accepting thread
+    lagged (a loaded machine), the client's ClientHello had arrived first and
+    test_a_server_that_hangs_up_on_everyone_is_still_retried_until_the_deadline[tls]
+    failed on its "Socket closed"."""
+    with conn:
+        try:
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(5)
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+
+
+@contextmanager
+def _hangs_up_on_everyone() -> Iterator[str]:
+    """A listener that hangs up on every connection at once: a proxy whose backend is
+    down, gRPC's "Socket closed" without any TLS question."""
+    with _listening(_hang_up) as target:
+        yield target
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
