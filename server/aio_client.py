@@ -209,10 +209,13 @@ class AsyncHashmatchClient(shared.ClientBase):
 
     async def _between(self, attempts: shared.Attempts) -> None:
         """Between two attempts, as the sync client's; the server is asked from a thread
-        (it connects there: the event loop goes on meanwhile)."""
+        (it connects there: the event loop goes on meanwhile). The thread cannot be
+        stopped, but it ends by the call's deadline (``HINT_SECONDS`` without one), even
+        when this caller is cancelled meanwhile."""
         if attempts.suspect is not None:
             details = attempts.suspect.details() or ""
-            attempts.asked(await asyncio.to_thread(self.connection_hint, details))
+            found = await asyncio.to_thread(self.connection_hint, details, attempts.deadline)
+            attempts.asked(found)
         await asyncio.sleep(attempts.pause or 0.0)
 
     async def close(self) -> None:
@@ -496,7 +499,7 @@ class AsyncHashmatchClient(shared.ClientBase):
             except grpc.RpcError as exc:
                 if found is None and shared.hung_up_while_connecting(exc):
                     details = exc.details() or ""
-                    found = await asyncio.to_thread(self.connection_hint, details)
+                    found = await asyncio.to_thread(self.connection_hint, details, deadline)
                 last = shared.health_failure(exc, found)
             if last == "SERVING":
                 return

@@ -162,7 +162,8 @@ class HashmatchClient(ClientBase):
         """Between two attempts: ask the server about a failure to connect that may be
         a TLS setup it refuses (raised at once when it is), then wait the pause."""
         if attempts.suspect is not None:
-            attempts.asked(self.connection_hint(attempts.suspect.details() or ""))
+            details = attempts.suspect.details() or ""
+            attempts.asked(self.connection_hint(details, attempts.deadline))
         time.sleep(attempts.pause or 0.0)
 
     def close(self) -> None:
@@ -527,7 +528,7 @@ class HashmatchClient(ClientBase):
                     return
             except grpc.RpcError as exc:
                 if found is None and hung_up_while_connecting(exc):
-                    found = self.connection_hint(exc.details() or "")
+                    found = self.connection_hint(exc.details() or "", deadline)
                 last = health_failure(exc, found)
             if time.monotonic() > deadline:
                 raise not_serving(timeout, last)

@@ -31,7 +31,11 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from hashmatch.server.certificates import refuses_client_certificate, speaks_tls
+from hashmatch.server.certificates import (
+    refuses_client_certificate,
+    requires_client_certificate,
+    speaks_tls,
+)
 from hashmatch.v1 import (
     admin_pb2_grpc,
     common_pb2,
@@ -295,6 +299,7 @@ class ClientBase:
         self._check_context()
         self.target = target
         self.tls = bool(tls or root_certificates or client_cert)
+        self.server_name = server_name  # the name gRPC checks the certificate for
         self.root_certificates = _read(root_certificates)  # for certificate_hint
         # for connection_hint's check of what the server makes of them
         self._client_chain = (_read(client_cert), _read(client_key)) if client_cert else None
@@ -344,7 +349,7 @@ class ClientBase:
     def _open(self) -> bool:
         return not self.closed
 
-    def connection_hint(self, details: str) -> tuple[str, bool]:
+    def connection_hint(self, details: str, deadline: float | None = None) -> tuple[str, bool]:
         """What is likely wrong with this client's TLS setup when a call never
         connected (``details``: gRPC's words), and whether that is certain; ("",
         False) when nothing points at it (a server that is down).
@@ -352,35 +357,49 @@ class ClientBase:
         Where gRPC's words cannot tell (a mutual-TLS server refusing this client's
         certificate and a plaintext client hung up on by a TLS server both read
         "Socket closed", as a server going away does; ``localhost`` names only its
-        last address's error), the server is asked: it connects there (2 s at most
-        per address), so it blocks. One mechanism for both clients and the CLI's
-        ``remote`` verbs, which printed these hints alone."""
+        last address's error), the server is asked: it connects there, so it blocks,
+        until ``deadline`` (monotonic: the call's) at most, and :data:`HINT_SECONDS`
+        without one. This client's certificate is offered only over TLS 1.3 to a server
+        whose certificate verifies (``refuses_client_certificate``). One mechanism for
+        both clients and the CLI's ``remote`` verbs, which printed these hints alone."""
         if CONNECT_FAILED not in details:  # it connected: nothing to ask the server
             return tls_hint(details), False
+        most = time.monotonic() + HINT_SECONDS
+        deadline = most if deadline is None else min(deadline, most)
         address = tcp_address(self.target)
         if address is not None and SOCKET_CLOSED in details:
-            if not self.tls and speaks_tls(*address):
+            if not self.tls and speaks_tls(*address, deadline):
                 return PLAIN_TO_TLS_HINT, True
-            if self.tls and self._refuses_chain(*address):
-                return (
-                    CERTIFICATE_REFUSED_HINT if self._client_chain else NO_CERTIFICATE_HINT
-                ), True
-        if self.tls and (found := certificate_hint(self.target, roots=self.root_certificates)):
+            if self.tls and requires_client_certificate(*address, deadline):
+                if self._client_chain is None:
+                    return NO_CERTIFICATE_HINT, True
+                if self._refuses_chain(*address, deadline):
+                    return CERTIFICATE_REFUSED_HINT, True
+        if self.tls and (
+            found := certificate_hint(self.target, roots=self.root_certificates, deadline=deadline)
+        ):
             return found, True
         return tls_hint(details), handshake_refused(details)
 
-    def _refuses_chain(self, host: str, port: int) -> bool:
-        """Whether the server ends a TLS handshake on this client's certificate (or on
-        none, without one). The files live in a private temporary directory for the
-        moment of the check: ``ssl`` loads a certificate and key from files only."""
-        if self._client_chain is None:
-            return refuses_client_certificate(host, port, None)
+    def _refuses_chain(self, host: str, port: int, deadline: float) -> bool:
+        """Whether the server refuses this client's certificate (see
+        ``refuses_client_certificate``). The files live in a private temporary directory
+        for the moment of the check: ``ssl`` loads a certificate and key from files
+        only."""
+        assert self._client_chain is not None
         try:
             with tempfile.TemporaryDirectory() as folder:  # mode 0700: the key stays private
                 files = (Path(folder, "cert.pem"), Path(folder, "key.pem"))
                 for path, pem in zip(files, self._client_chain, strict=True):
                     path.write_bytes(pem or b"")
-                return refuses_client_certificate(host, port, (str(files[0]), str(files[1])))
+                return refuses_client_certificate(
+                    host,
+                    port,
+                    (str(files[0]), str(files[1])),
+                    roots=self.root_certificates,
+                    server_name=self.server_name,
+                    deadline=deadline,
+                )
         except OSError:  # no room for them: the call's own error stands, unexplained
             return False
 
@@ -576,6 +595,9 @@ def lost_status(exc: grpc.RpcError) -> bool:
     return details == "Internal error from Core" and "SendMessageOperation" in debug
 
 
+#: how long asking the server what is wrong (``connection_hint``) takes at most for a
+#: call without a deadline (one with a deadline: until it)
+HINT_SECONDS = 5.0
 HOSTNAME_MISMATCH = "Hostname Verification Check failed"  # gRPC's words for it
 #: gRPC's words for a connection the server hung up on while it was being set up: a TLS
 #: server hanging up on a plaintext client, a mutual-TLS one refusing the client's
@@ -696,11 +718,17 @@ def tcp_address(target: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def certificate_hint(target: str, now: float | None = None, roots: bytes | None = None) -> str:
+def certificate_hint(
+    target: str,
+    now: float | None = None,
+    roots: bytes | None = None,
+    deadline: float | None = None,
+) -> str:
     """For a TLS connection that failed: what is wrong with the certificate the server at
     ``target`` presents, read from the server itself (its dates, then whether ``roots``,
     the client's CA certificates, None = the system's, verify it); empty when it cannot
-    be read or nothing is wrong with it.
+    be read or nothing is wrong with it. No handshake starts after ``deadline``
+    (monotonic; see ``certificates.probe_timeout``).
 
     Why: against an expired certificate, ``--server localhost:PORT`` reported "[::1]:
     Connection refused" (gRPC's last address; the server listened on 127.0.0.1) and
@@ -713,7 +741,7 @@ def certificate_hint(target: str, now: float | None = None, roots: bytes | None 
     if address is None:  # unix:PATH and the like: no TLS port to ask
         return ""
     host, port = address
-    dates = served_dates(host, port)
+    dates = served_dates(host, port, deadline)
     if dates is None:
         return ""
     now = time.time() if now is None else now
@@ -727,7 +755,7 @@ def certificate_hint(target: str, now: float | None = None, roots: bytes | None 
             f" (the server's certificate is not valid before {utc(dates[0])}: is the"
             " server's or this machine's clock wrong?)"
         )
-    why = served_trust_error(host, port, roots)
+    why = served_trust_error(host, port, roots, deadline)
     if why:
         return (
             f" (the server's certificate does not verify here: {why}; give the CA that"

@@ -14,18 +14,22 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import grpc
 import pytest
 from click.testing import CliRunner
 
 from hashmatch.server.aio_client import AsyncHashmatchClient
+from hashmatch.server.certificates import refuses_client_certificate
 from hashmatch.server.cli import cli
 from hashmatch.server.client import HashmatchClient
+from hashmatch.server.client_shared import CERTIFICATE_REFUSED_HINT
 from hashmatch.server.testing import running_server, self_signed_cert
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
@@ -218,3 +222,123 @@ def test_other_spellings_of_the_servers_address_are_asked_too(mutual, spelling):
     with HashmatchClient(spelling.format(host=host, port=port), timeout=TIMEOUT) as c:
         error = _failed_fast(c.list_hash_lists)
     assert SPEAKS_TLS in error.connection_hint
+
+
+@contextmanager
+def _mutual_tls_server(
+    certs, presents: str, version: ssl.TLSVersion | None = None
+) -> Iterator[tuple[str, list[tuple[str, bool]]]]:
+    """A Python ``ssl`` server presenting ``presents``'s certificate and requiring a
+    client certificate signed by ``client``'s (a refused one gets OpenSSL's alert after
+    the client's Finished under TLS 1.3). Yields its target and, per handshake, (TLS
+    version, whether a client certificate came)."""
+    key, cert = certs[presents]
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=certs["client"][1])
+    context.load_cert_chain(cert, key)
+    context.verify_mode = ssl.CERT_REQUIRED
+    if version is not None:
+        context.minimum_version = context.maximum_version = version
+    seen: list[tuple[str, bool]] = []
+
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        try:
+            with context.wrap_socket(conn, server_side=True) as tls:
+                seen.append((tls.version() or "", bool(tls.getpeercert())))
+                tls.sendall(b"\0" * 9)  # as gRPC's HTTP/2 settings: the client is taken
+        except OSError:  # refused (its alert is sent) or the client gave up
+            conn.close()
+
+    with _listening(handle) as target:
+        yield target, seen
+
+
+#: what a call fails with when the server hangs up on it while connecting: the client
+#: then asks the server (asked directly below, the server being a Python one)
+SOCKET_CLOSED_DETAILS = (
+    "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:{}: Socket closed"
+)
+
+
+def test_the_client_certificate_goes_to_no_server_it_does_not_trust(certs):
+    """The check offered the client's certificate over TLS 1.2, in cleartext, to any
+    server (CERT_NONE): whoever could make a call fail "Socket closed" read the
+    client's identity. A server whose certificate the client's CA did not sign (here:
+    one requiring client certificates, trusting this one) must never get it."""
+    with (
+        _mutual_tls_server(certs, presents="other") as (target, seen),
+        HashmatchClient(target, **_access(certs, "client")) as c,
+    ):
+        hint, _ = c.connection_hint(SOCKET_CLOSED_DETAILS.format(target))
+    assert not any(got for _, got in seen), seen
+    assert REFUSED not in hint and NO_CERTIFICATE not in hint
+
+
+def test_the_client_certificate_is_offered_over_tls_1_3_only(certs):
+    """A server the client trusts still gets the certificate only encrypted: one that
+    speaks TLS 1.2 alone is not offered it (no answer: the call's own error stands)."""
+    key, cert = certs["client"]
+    roots = Path(certs["server"][1]).read_bytes()
+    with _mutual_tls_server(certs, "server", ssl.TLSVersion.TLSv1_2) as (target, seen):
+        host, _, port = target.rpartition(":")
+        assert not refuses_client_certificate(host, int(port), (cert, key), roots=roots)
+    assert not any(got for _, got in seen), seen
+
+
+def test_a_tls_1_3_refusal_of_the_client_certificate_is_still_named(certs):
+    """Over TLS 1.3 the server refuses after the client's Finished: OpenSSL's alert
+    (here "unknown CA") is read after the handshake; the right certificate is taken."""
+    with _mutual_tls_server(certs, presents="server") as (target, seen):
+        with HashmatchClient(target, **_access(certs, "other")) as c:
+            details = SOCKET_CLOSED_DETAILS.format(target)
+            assert c.connection_hint(details) == (CERTIFICATE_REFUSED_HINT, True)
+        with HashmatchClient(target, **_access(certs, "client")) as c:
+            assert not c.connection_hint(details)[1]
+    assert ("TLSv1.3", True) in seen
+
+
+@contextmanager
+def _stalls_after_the_first() -> Iterator[str]:
+    """A listener that hangs up on its first connection (the call fails "Socket
+    closed", so the client asks) and then accepts connections and never answers: a
+    hung server, or one behind a black-holing proxy."""
+    first = threading.Event()
+    held: list[socket.socket] = []
+
+    def handle(conn: socket.socket) -> None:
+        if not first.is_set():
+            first.set()
+            _hang_up(conn)
+        else:
+            held.append(conn)  # open, silent, until the test ends
+
+    with _listening(handle) as target:
+        yield target
+    for conn in held:
+        conn.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plaintext", "tls"])
+def test_asking_the_server_keeps_to_the_calls_deadline(certs, tls):
+    """Each probe handshake waited 2 s of its own (up to three, and certificate_hint's
+    two more), so a timeout=1 call to a server that stalls TLS took about 5 s."""
+    access = {**(_access(certs, "client") if tls else {}), "timeout": 1}
+    with _stalls_after_the_first() as target, HashmatchClient(target, **access) as c:
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError):
+            c.list_hash_lists()
+        took = time.monotonic() - started
+    assert took < 1.8, f"{took:.1f} s for a 1 s call"
+
+
+def test_the_asyncio_client_keeps_to_the_deadline_too(certs):
+    async def call() -> float:
+        async with AsyncHashmatchClient(target, **{**_access(certs, "client"), "timeout": 1}) as c:
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError):
+                await c.stats()
+            return time.monotonic() - started
+
+    with _stalls_after_the_first() as target:
+        took = asyncio.run(call())
+    assert took < 1.8, f"{took:.1f} s for a 1 s call"
