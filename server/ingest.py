@@ -2,7 +2,8 @@
 
 Items that do not parse are rejected here with their stream-wide index (the
 engine never sees them); the rest go to ``engine.ingest``, which reports its own
-rejections. Either way the reply counts both and names every rejected item.
+rejections. Either way the reply counts both and names the rejected items, as many as
+its budget holds (:mod:`.rejection_list`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from hashmatch.server import convert
 from hashmatch.server.client import MAX_NOT_FOUND_LISTED
 from hashmatch.server.errors import DiskFull, clip, disk_full_message
 from hashmatch.server.matching import check_size
+from hashmatch.server.rejection_list import RejectionList
 from hashmatch.server.replies import RequestBody
 from hashmatch.server.violations import InvalidRequest, Violations
-from hashmatch.v1 import common_pb2, signals_pb2
+from hashmatch.v1 import signals_pb2
 
 if TYPE_CHECKING:
     from hashmatch.server.app import ServiceHost
@@ -111,14 +113,16 @@ def _bad_fields(
     return list(found.violations), found.total
 
 
-def _item_errors(rejection: Rejection, offset: int, several: Several) -> list[tuple[str, str]]:
+def _item_errors(
+    rejection: Rejection, offset: int, several: Several
+) -> tuple[list[tuple[str, str]], int]:
     """A rejected item's entries in a reply's ``rejections``: each bad field, then one
-    saying how many more when they were too many to list."""
+    saying how many more when they were too many to list; and how many it has."""
     listed, total = _bad_fields(rejection, offset, several)
     if total > len(listed):
         item = f"signals[{offset + (rejection.index or 0)}]"
         listed.append((item, f"and {total - len(listed)} more not listed ({total} in all)"))
-    return listed
+    return listed, total
 
 
 def ingest(host: ServiceHost, requests, call: Call) -> signals_pb2.IngestResponse:
@@ -143,6 +147,7 @@ def _ingest_stream(
     remembered call, whose reply ``start`` the rest add to: see ``replies.once``)."""
     # still_retracted set: "this server keeps expiries"
     reply = start or signals_pb2.IngestResponse(still_retracted=0)
+    listing = RejectionList(reply)
     list_name = ""
     offset = stored = 0
     try:
@@ -150,7 +155,7 @@ def _ingest_stream(
             list_name = request.list_name.strip() or list_name
             call.log["list"] = clip(list_name)  # a refused write's log line names its target too
             if n >= skip:
-                _ingest_message(host, call, n, request, list_name, offset, reply)
+                _ingest_message(host, call, n, request, list_name, offset, listing)
             else:
                 call.check_deadline()
             offset += len(request.signals)
@@ -176,6 +181,7 @@ def _ingest_stream(
         raise
     if offset == 0:
         raise InvalidInput("the stream carried no signals", field="signals")
+    listing.finish(offset)
     call.log.update(list=list_name, items=offset, added=reply.added, rejected=reply.rejected)
     return reply
 
@@ -187,9 +193,10 @@ def _ingest_message(
     request: signals_pb2.IngestRequest,
     list_name: str,
     offset: int,
-    reply: signals_pb2.IngestResponse,
+    listing: RejectionList,
 ) -> None:
-    """Validate and store stream message ``n``, adding its counts to ``reply``."""
+    """Validate and store stream message ``n``, adding its counts and rejections to
+    ``listing.reply``."""
     config = host.config
     call.check_deadline()
     check_size(request, config.max_message_bytes, field=f"stream[{n}]")
@@ -216,6 +223,7 @@ def _ingest_message(
         )
     except IngestRefused as exc:
         raise _strict_refusal(exc, offset, several) from None
+    reply = listing.reply
     reply.added += report.added
     reply.updated += report.updated
     reply.unchanged += report.unchanged
@@ -223,11 +231,8 @@ def _ingest_message(
     room = MAX_TARGETS_KEPT - len(reply.still_retracted_targets)  # across the stream
     reply.still_retracted_targets.extend(report.still_retracted_targets[:room])
     reply.rejected += report.rejected
-    reply.rejections.extend(
-        common_pb2.ItemError(index=offset + (r.index or 0), field=field, reason=reason)
-        for r in report.rejections
-        for field, reason in _item_errors(r, offset, several)
-    )
+    for r in report.rejections:
+        listing.add(offset + (r.index or 0), *_item_errors(r, offset, several))
 
 
 def _strict_refusal(exc: IngestRefused, offset: int, several: Several) -> InvalidRequest:
