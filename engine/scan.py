@@ -40,9 +40,11 @@ import itertools
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import stat
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -68,7 +70,7 @@ from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT, LOCAL_MAX_VIDEO_
 from hashmatch.engine.report_file import write_jsonl_atomically
 from hashmatch.engine.scan_digests import digest_apart, digest_bound
 from hashmatch.engine.scan_pool_start import fork_server_ready
-from hashmatch.engine.scan_stderr import capture_stderr, captured
+from hashmatch.engine.scan_stderr import capture_stderr, captured, last_words
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
 from hashmatch.engine.video_formats import is_video_path
 
@@ -424,7 +426,11 @@ _WORKER_WATCH: tuple[Watch, int] | None = None  # (shared slots, this worker's s
 
 
 def _init_worker(
-    options: HashOptions, threads: int, scanner: int | None = None, watch: Watch | None = None
+    options: HashOptions,
+    threads: int,
+    scanner: int | None = None,
+    watch: Watch | None = None,
+    stderr_dir: str | None = None,
 ) -> None:
     global _WORKER_OPTIONS, _WORKER_WATCH
     _WORKER_OPTIONS = options
@@ -433,7 +439,7 @@ def _init_worker(
     if scanner is not None:
         _exit_with_parent(scanner)
     keep_heap()
-    capture_stderr()  # libjpeg's warnings go with their file, not over the progress bar
+    capture_stderr(stderr_dir)  # libjpeg's warnings go with their file, not over the bar
     # Ctrl-C reaches the whole process group and a closed terminal hangs it up: the scan
     # decides what stops (it kills its workers), not a KeyboardInterrupt traceback here
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -1326,6 +1332,8 @@ class Scanner:
         self._lost: list[Entry] = []  # files of tasks a dead worker took down, to retry
         self._pool: cf.ProcessPoolExecutor | None = None
         self._watch: Watch | None = None
+        # the workers' fd 2 files, by pid (scan_stderr): a dead worker's last words
+        self._stderr_dir: str | None = None
         self._stall_killed = False  # the last pool break was the watchdog's kill
         self._known: dict[str, tuple[int, bytes]] = {}  # path -> (file id, md5) to compare
         # path -> catalogued failure reason, of the files skipped (or MD5-rechecked) on a
@@ -1538,6 +1546,8 @@ class Scanner:
                 if self._stopping():  # files in flight may take long: not waited for
                     self._kill_workers()
                 self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._stderr_dir is not None:
+                shutil.rmtree(self._stderr_dir, ignore_errors=True)
 
     def _stopping(self) -> bool:
         return self.options.stop is not None and self.options.stop.is_set()
@@ -1570,6 +1580,8 @@ class Scanner:
 
                     forkserver.ensure_running()
                 self._watch = Watch(context, self._workers)
+        if self._stderr_dir is None:
+            self._stderr_dir = tempfile.mkdtemp(prefix="hashmatch-scan-stderr-")
         # the first worker waits for the fork server's seconds of imports, in a read a
         # stop signal does not end: waited for here, where a stop is seen at once
         if not fork_server_ready(context, self.options.stop):
@@ -1578,7 +1590,7 @@ class Scanner:
             self._workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(self.hash_options, threads, os.getpid(), self._watch),
+            initargs=(self.hash_options, threads, os.getpid(), self._watch, self._stderr_dir),
         )
 
     def _stall_limit(self) -> float | None:
@@ -1719,7 +1731,12 @@ class Scanner:
     def _lost_alone(self, e: Entry, exc: BaseException) -> WorkResult:
         """The failure of a file whose worker died with only it in hand."""
         if not self._stall_killed:
-            return dataclasses.replace(_walk_failure(e), reason=CRASHED, error=repr(exc))
+            error = repr(exc)
+            if self._watch is not None and self._stderr_dir is not None:
+                said = [last_words(self._stderr_dir, pid) for pid in self._watch.on_a_file()]
+                if words := " | ".join(w for w in said if w):
+                    error += f"; its worker's last words: {words}"
+            return dataclasses.replace(_walk_failure(e), reason=CRASHED, error=error)
         o = self.options
         return dataclasses.replace(
             _walk_failure(e),

@@ -9,6 +9,12 @@ anonymous file (memfd, else an unlinked temporary file) opened ``O_APPEND``; aft
 file the worker reads what was written (one ``fstat`` when nothing was: no measurable
 cost) and empties it, so the lines go back to the scan with the file that caused them.
 Python's own ``sys.stderr`` keeps writing to the real stderr (a copy of the old fd 2).
+
+A worker's last words before it dies (``Fatal Python error: Segmentation fault`` and
+the traceback from faulthandler, a C library's abort message) go to fd 2 as well: in an
+anonymous file they died with it, and the file was reported ``worker-crashed`` with no
+why. So a scan gives its workers a directory of its own, each worker's file is named
+there by its pid, and the scan reads a dead worker's :func:`last_words` from it.
 """
 
 from __future__ import annotations
@@ -18,19 +24,25 @@ import fcntl
 import os
 import sys
 import tempfile
+from pathlib import Path
+
+from hashmatch.engine.shown_text import escape_controls
 
 #: bytes of one file's captured output kept (a decoder warning per corrupt MCU row of a
 #: huge image could run to megabytes; the first lines say what was wrong)
 MAX_CAPTURED_BYTES = 4096
 #: distinct lines kept per file
 MAX_LINES = 8
+#: a dead worker's last words: the last lines of its file, at most this many characters
+LAST_WORDS_LINES = 6
+LAST_WORDS_CHARS = 600
 
 
 class StderrCapture:
     """fd 2 of this process redirected to an anonymous file, read by :meth:`take`."""
 
-    def __init__(self) -> None:
-        self._fd = _anonymous_file()
+    def __init__(self, directory: str | None = None) -> None:
+        self._fd = _anonymous_file() if directory is None else _named_file(directory)
         flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
         fcntl.fcntl(self._fd, fcntl.F_SETFL, flags | os.O_APPEND)  # writes land after truncation
         sys.stderr.flush()
@@ -67,15 +79,42 @@ def _anonymous_file() -> int:
     return fd
 
 
+def _named_file(directory: str) -> int:
+    """This worker's file in the scan's directory, named by its pid: the scan reads it
+    when the worker dies (:func:`last_words`)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+    return os.open(Path(directory, str(os.getpid())), flags, 0o600)
+
+
+def last_words(directory: str, pid: int) -> str:
+    """What the dead worker ``pid`` wrote to fd 2 since its last file: its last
+    :data:`LAST_WORDS_LINES` lines, control characters escaped, joined by `` | ``, at
+    most :data:`LAST_WORDS_CHARS` characters (the end kept: the fatal error is last);
+    "" when it wrote nothing. Its file is removed (the pid may be reused)."""
+    path = Path(directory, str(pid))
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4 * LAST_WORDS_CHARS))
+            data = f.read()
+        path.unlink()
+    except OSError:
+        return ""
+    lines = [line.strip() for line in data.decode("utf-8", "backslashreplace").splitlines()]
+    kept = [escape_controls(line) for line in lines if line][-LAST_WORDS_LINES:]
+    text = " | ".join(kept)
+    return text if len(text) <= LAST_WORDS_CHARS else "..." + text[-LAST_WORDS_CHARS:]
+
+
 _capture: StderrCapture | None = None
 
 
-def capture_stderr() -> None:
-    """Start catching this process's fd 2 (once; a scan worker's initializer calls it)."""
+def capture_stderr(directory: str | None = None) -> None:
+    """Start catching this process's fd 2 (once; a scan worker's initializer calls it),
+    in a file named by its pid under ``directory`` (the scan's own) when given."""
     global _capture
     if _capture is None:
         try:
-            _capture = StderrCapture()
+            _capture = StderrCapture(directory)
         except OSError:  # no anonymous file (a full /tmp): the old behaviour, unhidden
             _capture = None
 

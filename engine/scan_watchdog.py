@@ -55,6 +55,11 @@ class Watch:
 
     # -- in the parent ----------------------------------------------------------------
 
+    def on_a_file(self) -> list[int]:
+        """The pids of the workers that began a file and did not end it (a worker that
+        died on one stays so: whose last words to read)."""
+        return [pid for began, pid in zip(self.started, self.pids, strict=True) if began and pid]
+
     def kill_stalled(self, limit: float) -> int:
         """SIGKILL every worker on one file for over ``limit`` seconds; how many."""
         now = time.monotonic()

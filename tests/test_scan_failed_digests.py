@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import sqlite3
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -399,11 +400,12 @@ def _descendants(root: int) -> set[int]:
 
 
 @contextlib.contextmanager
-def _killing_whoever_decodes(path: Path, held_for: float = 0.5):
+def _killing_whoever_decodes(path: Path, held_for: float = 0.5, last_words: bytes = b""):
     """SIGKILL any process this test started (a scan worker) that holds ``path`` open
     for over ``held_for`` s, as a decoder crashing on it would end its worker: the slow
     PNG holds its worker ~2 s in one decode, while reading its 243 kB for a digest
-    takes milliseconds. Yields the list of pids killed."""
+    takes milliseconds. ``last_words`` are first written to its fd 2 (through /proc, as
+    a crashing decoder or faulthandler writes them). Yields the list of pids killed."""
     killed: list[int] = []
     done = threading.Event()
 
@@ -421,6 +423,9 @@ def _killing_whoever_decodes(path: Path, held_for: float = 0.5):
             first_seen = {pid: first_seen.get(pid, now) for pid in holders}
             for pid, since in first_seen.items():
                 if now - since > held_for and pid not in killed:
+                    if last_words:
+                        with contextlib.suppress(OSError), open(f"/proc/{pid}/fd/2", "ab") as f:
+                            f.write(last_words)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                         killed.append(pid)
@@ -482,6 +487,41 @@ def test_a_file_that_kills_its_worker_is_still_matched_by_its_digests(tmp_path):
         found = rescan(cat, engine.store, report=tmp_path / "rescan.jsonl")
     assert len(found.new) == 1
     assert _match_triples(tmp_path / "rescan.jsonl") == [("crash.png", "md5", "later")]
+
+
+def test_a_crashed_workers_last_words_are_in_its_files_failure(tmp_path, monkeypatch):
+    """A worker's fd 2 is a file the scan reads decoder warnings from (scan_stderr):
+    what a worker wrote there as it died (faulthandler's fatal error and traceback, a C
+    library's abort message) went with the anonymous file, and the `worker-crashed`
+    file said only BrokenProcessPool. Its last lines are now in the failure's error,
+    control characters escaped; the scan's directory of those files is removed."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    slow_png(tree / "crash.png")
+    (tree / "ok.png").write_bytes(BLOBS["astronaut.png"])
+    words = (
+        b"Corrupt JPEG data: 2 extraneous bytes before marker 0xd9\n"
+        b"Fatal Python error: Segmentation fault\n\n"
+        b"Current thread 0x00007f (most recent call first):\n"
+        b'  File "decode.py", line 7 in \x1b[31mopen\n'
+    )
+    opts = ScanOptions(workers=1, progress=False, types=("pdq",), file_timeout=None)
+    report = tmp_path / "r.jsonl"
+    crashing = _killing_whoever_decodes(tree / "crash.png", last_words=words)
+    with crashing as killed, Catalog(tmp_path / "c.sqlite") as cat:
+        summary = scan([tree], catalog=cat, matcher=None, report=report, options=opts)
+    assert len(killed) == 2
+    assert summary.failed_by_reason == {"worker-crashed": 1}
+    (failure,) = [r for r in _body(report) if r["kind"] == "failure"]
+    assert failure["error"].endswith(
+        "; its worker's last words: Corrupt JPEG data: 2 extraneous bytes before marker"
+        " 0xd9 | Fatal Python error: Segmentation fault | Current thread 0x00007f (most"
+        ' recent call first): | File "decode.py", line 7 in \\x1b[31mopen'
+    )
+    assert list(tmp.iterdir()) == []
 
 
 def test_a_file_that_killed_its_worker_before_is_tried_alone_at_once(tmp_path):
