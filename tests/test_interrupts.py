@@ -406,6 +406,51 @@ def test_a_remote_ingest_stopped_part_way_says_exactly_what_the_server_stored(
     assert _list_count(target, "partner") == N_REMOTE
 
 
+def test_a_remote_ingest_stopped_after_all_was_sent_says_so(tmp_path):
+    """A Ctrl-C that came once the client had sent every signal (while it waited for
+    the reply) ended nothing, yet the command said "stopped part way through its 300
+    signal(s)" and then "300 stored". It now says the stop came after every signal was
+    sent. The server's store is held by a real second process, so the one message's
+    write waits (logged) and the stop comes surely after the send, before the reply."""
+    from test_cli_store_lock_wait import PROMPTLY, _let_go, _lines, _store_with_a_list, _until
+    from test_cli_tokens_edits import _holding
+    from test_server_store_lock_wait import HOLDS, _serving
+
+    data = _store_with_a_list(tmp_path)
+    codes = np.random.default_rng(14).integers(0, 256, (300, 32), dtype=np.uint8)
+    path = tmp_path / "all.csv"  # one message (--batch-size 1000)
+    rows = "".join(f"pdq,{row.tobytes().hex()}\n" for row in codes)
+    path.write_text("signal_type,signal_value\n" + rows)
+    with _serving(data, busy=60) as (address, server_said, _):
+        holder = _holding(data / "store.sqlite")
+        try:
+            args = ["remote", "--server", address, "ingest", "partner-a", str(path)]
+            proc = _hashmatch(args, text=True)
+            _until(server_said, HOLDS, PROMPTLY)  # the message is in: its write waits
+            os.kill(proc.pid, signal.SIGINT)
+            said = _lines(proc.stderr)
+            before = _until(said, "no more signals sent; waiting up to", PROMPTLY)
+        finally:
+            _let_go(holder)
+            holder.wait(10)
+        proc.wait(timeout=60)
+    stderr = "".join(before + _rest(said))
+    assert proc.returncode == -signal.SIGINT, stderr
+    assert (
+        f"{path}: stopped after every signal was sent (all 300); the server's reply: 300"
+        " stored into 'partner-a' (added 300, updated 0, unchanged 0, rejected 0)"
+    ) in stderr
+    assert "part way" not in stderr
+
+
+def _rest(lines) -> list[str]:
+    """The lines still to come from a stream whose process ended."""
+    out = []
+    while (line := lines.get(timeout=10)) is not None:
+        out.append(line)
+    return out
+
+
 def test_a_second_ctrl_c_ends_remote_ingests_wait_for_its_reply(tmp_path, remote_server):
     """The first Ctrl-C waits for the server (up to 30 s): the second must not."""
     target, store = remote_server

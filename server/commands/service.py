@@ -1063,14 +1063,22 @@ def _say_remote_ingest_stopped(file: str, exc: BaseException, list_name: str) ->
 
 def _say_remote_ingest_stored(file: str, reply: Any, list_name: str, total: int) -> None:
     """On stderr, for a stop the server answered: what its reply says it stored (exact:
-    the stream ended at a message boundary and the server replied for all it got)."""
+    the stream ended at a message boundary and the server replied for all it got).
+    A stop that came once every signal was sent (the wait for the reply) ended
+    nothing: said so, not "part way" (the reply counts each signal it got once, as
+    stored or rejected, so all of ``total`` answered means all were sent)."""
     from hashmatch.server.interrupts import say_ingest_stopped
 
     stored = reply.added + reply.updated + reply.unchanged
+    when = (
+        f"stopped after every signal was sent (all {total:,})"
+        if stored + reply.rejected >= total
+        else f"stopped part way through its {total:,} signal(s)"
+    )
     said = (
-        f"{file}: stopped part way through its {total:,} signal(s); the server's reply:"
-        f" {stored:,} stored into {list_name!r} (added {reply.added}, updated"
-        f" {reply.updated}, unchanged {reply.unchanged}, rejected {reply.rejected})"
+        f"{file}: {when}; the server's reply: {stored:,} stored into {list_name!r} (added"
+        f" {reply.added}, updated {reply.updated}, unchanged {reply.unchanged}, rejected"
+        f" {reply.rejected})"
     )
     say_ingest_stopped(said)
 
