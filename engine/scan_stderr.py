@@ -33,9 +33,17 @@ from hashmatch.engine.shown_text import escape_controls
 MAX_CAPTURED_BYTES = 4096
 #: distinct lines kept per file
 MAX_LINES = 8
-#: a dead worker's last words: the last lines of its file, at most this many characters
+#: a dead worker's last words: at most this many lines (each clipped) and characters
 LAST_WORDS_LINES = 6
+LAST_WORDS_LINE_CHARS = 200
 LAST_WORDS_CHARS = 600
+#: bytes of a dead worker's file read, from its end: faulthandler's dump of each
+#: thread's stack and its list of extension modules can run to tens of kB
+LAST_WORDS_READ = 64 * 1024
+#: faulthandler's first line, and its last (one long line naming every extension module)
+FATAL_ERROR = "Fatal Python error:"
+EXTENSION_MODULES = "Extension modules:"
+CURRENT = "Current thread"
 
 
 class StderrCapture:
@@ -87,22 +95,41 @@ def _named_file(directory: str) -> int:
 
 
 def last_words(directory: str, pid: int) -> str:
-    """What the dead worker ``pid`` wrote to fd 2 since its last file: its last
-    :data:`LAST_WORDS_LINES` lines, control characters escaped, joined by `` | ``, at
-    most :data:`LAST_WORDS_CHARS` characters (the end kept: the fatal error is last);
-    "" when it wrote nothing. Its file is removed (the pid may be reused)."""
+    """What the dead worker ``pid`` wrote to fd 2 since its last file, on one line:
+    from faulthandler's ``Fatal Python error: ...`` the error and the start of the
+    ``Current thread`` stack (the crashed thread's innermost frames: the other threads'
+    stacks and the list of extension modules left out), :data:`LAST_WORDS_LINES` lines
+    in all, otherwise the last ones (a C library's abort message); each line
+    clipped, control characters escaped, joined by `` | ``, at most
+    :data:`LAST_WORDS_CHARS` characters. "" when it wrote nothing. Its file is removed
+    (the pid may be reused)."""
     path = Path(directory, str(pid))
     try:
         with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 4 * LAST_WORDS_CHARS))
+            f.seek(max(0, os.fstat(f.fileno()).st_size - LAST_WORDS_READ))
             data = f.read()
         path.unlink()
     except OSError:
         return ""
     lines = [line.strip() for line in data.decode("utf-8", "backslashreplace").splitlines()]
-    kept = [escape_controls(line) for line in lines if line][-LAST_WORDS_LINES:]
-    text = " | ".join(kept)
-    return text if len(text) <= LAST_WORDS_CHARS else "..." + text[-LAST_WORDS_CHARS:]
+    lines = [line for line in lines if line and not line.startswith(EXTENSION_MODULES)]
+    fatal = [i for i, line in enumerate(lines) if line.startswith(FATAL_ERROR)]
+    if fatal:
+        after = lines[fatal[-1] + 1 :]
+        # the other threads' stacks come first: the crashed one's is "Current thread"
+        current = next((i for i, line in enumerate(after) if line.startswith(CURRENT)), 0)
+        kept = [lines[fatal[-1]], *after[current:][: LAST_WORDS_LINES - 1]]
+    else:
+        kept = lines[-LAST_WORDS_LINES:]
+    text = " | ".join(_clipped(escape_controls(line)) for line in kept)
+    if len(text) <= LAST_WORDS_CHARS:
+        return text
+    # the fatal error's first line says most; otherwise the last line is the last word
+    return text[:LAST_WORDS_CHARS] + "..." if fatal else "..." + text[-LAST_WORDS_CHARS:]
+
+
+def _clipped(line: str) -> str:
+    return line if len(line) <= LAST_WORDS_LINE_CHARS else line[:LAST_WORDS_LINE_CHARS] + "..."
 
 
 _capture: StderrCapture | None = None

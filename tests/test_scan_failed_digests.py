@@ -35,6 +35,7 @@ from hashmatch.engine.hashing import hash_media
 from hashmatch.engine.rescan import rescan
 from hashmatch.engine.runtime import Engine
 from hashmatch.engine.scan import RACY_MTIME_NS, LocalMatcher, ScanOptions, hash_file, scan
+from hashmatch.engine.scan_stderr import last_words
 from hashmatch.engine.store import SignalRecord, SignalStore
 from hashmatch.server.cli import cli
 from hashmatch.server.testing import running_server
@@ -502,11 +503,15 @@ def test_a_crashed_workers_last_words_are_in_its_files_failure(tmp_path, monkeyp
     tree.mkdir()
     slow_png(tree / "crash.png")
     (tree / "ok.png").write_bytes(BLOBS["astronaut.png"])
-    words = (
+    words = (  # as faulthandler writes them: other threads first, the crashed one after
         b"Corrupt JPEG data: 2 extraneous bytes before marker 0xd9\n"
         b"Fatal Python error: Segmentation fault\n\n"
+        b"Thread 0x00007e (most recent call first):\n"
+        b'  File "threading.py", line 320 in wait\n\n'
         b"Current thread 0x00007f (most recent call first):\n"
         b'  File "decode.py", line 7 in \x1b[31mopen\n'
+        b'  File "decode.py", line 9 in decode_image\n\n'
+        b"Extension modules: numpy._core._multiarray_umath, PIL._imaging (total: 2)\n"
     )
     opts = ScanOptions(workers=1, progress=False, types=("pdq",), file_timeout=None)
     report = tmp_path / "r.jsonl"
@@ -517,11 +522,27 @@ def test_a_crashed_workers_last_words_are_in_its_files_failure(tmp_path, monkeyp
     assert summary.failed_by_reason == {"worker-crashed": 1}
     (failure,) = [r for r in _body(report) if r["kind"] == "failure"]
     assert failure["error"].endswith(
-        "; its worker's last words: Corrupt JPEG data: 2 extraneous bytes before marker"
-        " 0xd9 | Fatal Python error: Segmentation fault | Current thread 0x00007f (most"
-        ' recent call first): | File "decode.py", line 7 in \\x1b[31mopen'
+        "; its worker's last words: Fatal Python error: Segmentation fault | Current thread"
+        ' 0x00007f (most recent call first): | File "decode.py", line 7 in \\x1b[31mopen |'
+        ' File "decode.py", line 9 in decode_image'
     )
-    assert list(tmp.iterdir()) == []
+    assert list(tmp.glob("hashmatch-scan-stderr-*")) == []  # (multiprocessing's pymp-* stay)
+
+
+def test_a_dead_workers_last_words_without_faulthandler_are_its_last_lines(tmp_path):
+    """A C library's abort message (no faulthandler): the last lines, each clipped, the
+    file removed; a worker that said nothing has no last words."""
+    (tmp_path / "41").write_bytes(
+        b"Corrupt JPEG data: premature end of data segment\n" * 3
+        + b"x" * 500
+        + b"\nfree(): invalid pointer\n"
+    )
+    said = last_words(str(tmp_path), 41)
+    assert said.endswith(" | " + "x" * 200 + "... | free(): invalid pointer")
+    assert said.count("|") == 4
+    assert not (tmp_path / "41").exists()
+    (tmp_path / "42").write_bytes(b"")
+    assert last_words(str(tmp_path), 42) == last_words(str(tmp_path), 43) == ""
 
 
 def test_a_file_that_killed_its_worker_before_is_tried_alone_at_once(tmp_path):
