@@ -152,17 +152,8 @@ def _handshake_outcomes(
     alert), "untrusted" (this client refused the server's certificate: nothing of the
     client's was sent) or None (no answer: refused connection, timeout, other error)."""
     context.set_alpn_protocols(["h2"])
-    try:
-        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
-        return
-    for *_, address in addresses:
-        timeout = probe_timeout(deadline)
-        if timeout is None:
-            return
-        try:
-            raw = socket.create_connection(address[:2], timeout=timeout)
-        except OSError:
+    for raw in _connections(host, port, deadline):
+        if raw is None:
             yield None
             continue
         try:
@@ -211,6 +202,23 @@ def _handshakes(
     certificate verification error; addresses that refuse or fail otherwise are
     skipped, and none is tried once ``deadline`` (monotonic) has passed."""
     context.set_alpn_protocols(["h2"])
+    for raw in _connections(host, port, deadline):
+        if raw is None:
+            continue
+        try:
+            with raw, context.wrap_socket(raw, server_hostname=host) as tls:
+                yield tls
+        except ssl.SSLCertVerificationError as exc:
+            yield exc
+            return
+        except (OSError, ValueError):
+            continue
+
+
+def _connections(host: str, port: int, deadline: float | None) -> Iterator[socket.socket | None]:
+    """Per address of ``host``, a TCP connection (the caller closes it) or None where
+    it was refused or failed; none is tried once ``deadline`` (monotonic) has passed,
+    and each waits at most what is left of it (see :func:`probe_timeout`)."""
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
@@ -220,16 +228,10 @@ def _handshakes(
         if timeout is None:
             return
         try:
-            with (
-                socket.create_connection(address[:2], timeout=timeout) as raw,
-                context.wrap_socket(raw, server_hostname=host) as tls,
-            ):
-                yield tls
-        except ssl.SSLCertVerificationError as exc:
-            yield exc
-            return
-        except (OSError, ValueError):
-            continue
+            raw = socket.create_connection(address[:2], timeout=timeout)
+        except OSError:
+            raw = None
+        yield raw
 
 
 def _der_dates(der: bytes) -> tuple[float, float] | None:

@@ -125,3 +125,13 @@ def test_which_targets_are_this_machine():
     for target in ("10.0.0.1:5", "example.com:5", "[fd00::2]:5", "dns:///example.com:5",
                    "ipv4:127.0.0.1:1,10.0.0.1:2", "localhost.example.com:1"):  # fmt: skip
         assert not local_target(target), target
+
+
+def test_the_warning_class_is_importable_from_the_client_module():
+    """README tells pipelines to filter it with ``from hashmatch.server.client import
+    PlaintextTokenWarning``: the public client module exports it (it lived in
+    client_shared only)."""
+    from hashmatch.server import client, client_shared
+
+    assert "PlaintextTokenWarning" in client.__all__
+    assert client.PlaintextTokenWarning is client_shared.PlaintextTokenWarning
