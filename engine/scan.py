@@ -1235,6 +1235,9 @@ class ScanSummary:
     # decoded past damage, so their pixels (and hashes) may not be the intended picture;
     # the report has a "warning" record for each (hashed, or failed, by this run)
     decoded_with_warnings: int = 0
+    #: of those, the files past the first MAX_WARNED_LISTED: counted, no "warning" record
+    #: (the list is held in memory until the report; only in the dict when not 0)
+    warnings_not_listed: int = 0
     elapsed_s: float = 0.0
     files_per_s: float = 0.0
     hashed_per_s: float = 0.0
@@ -1249,11 +1252,17 @@ class ScanSummary:
         d = {k: v for k, v in self.__dict__.items() if k != "videos_without_vpdq_named"}
         if not self.interrupted:
             del d["interrupted"]
+        if not self.warnings_not_listed:
+            del d["warnings_not_listed"]
         return d
 
 
 #: how many of the videos a scan without a video type saw its summary names
 VIDEOS_WITHOUT_VPDQ_NAMED = 5
+#: files with decoder warnings listed in the report ("warning" records): the list waits
+#: in memory for the report (~300 B a file); a store of millions of damaged JPEGs has
+#: the rest counted (decoded_with_warnings stays exact, warnings_not_listed says how many)
+MAX_WARNED_LISTED = 10_000
 
 
 @dataclass
@@ -1343,7 +1352,8 @@ class Scanner:
         # in flight): with the catalog's seen_run, what makes a path seen twice a duplicate
         self._open: set[str] = set()
         self._pending_skipped_paths: list[str] = []
-        # (path, lines) of this run's files whose decoders printed warnings, committed
+        # (path, lines) of this run's files whose decoders printed warnings, committed:
+        # the first MAX_WARNED_LISTED (the summary counts them all)
         self._warned: list[tuple[str, tuple[str, ...]]] = []
         self._inflight: dict[cf.Future, list[Entry]] = {}  # worker tasks -> their files
         self._chunk: list[Entry] = []  # files gathered for the next worker task
@@ -1790,8 +1800,13 @@ class Scanner:
         if not results and not skipped:
             return
         skipped_paths = self._pending_skipped_paths
-        self._warned.extend((r.path, r.warnings) for r in results if r.warnings)
-        self.summary.decoded_with_warnings = len(self._warned)
+        for r in results:
+            if r.warnings:
+                self.summary.decoded_with_warnings += 1
+                if len(self._warned) < MAX_WARNED_LISTED:
+                    self._warned.append((r.path, r.warnings))
+                else:
+                    self.summary.warnings_not_listed += 1
         committed = [r.path for r in results] + skipped_paths
         self._pending, self._pending_skipped, self._pending_skipped_paths = [], [], []
         touched = [r for r in results if r.unchanged]  # same bytes: reuse catalogued hashes

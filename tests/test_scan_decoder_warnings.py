@@ -53,3 +53,30 @@ def test_libjpeg_warnings_go_to_the_report_not_to_stderr(tmp_path):
     assert summary["decoded_with_warnings"] == 2
     assert summary["hashed"] == 3 and summary["failed"] == 0
     assert json.loads(done.stderr.strip().splitlines()[0])["decoded_with_warnings"] == 2
+
+
+def test_the_warned_files_held_for_the_report_are_bounded(tmp_path, monkeypatch):
+    """The warned files waited in memory for the report, every one (~300 B each: a
+    store of millions of re-encoded JPEGs could warn on millions). The first
+    MAX_WARNED_LISTED are listed; the rest are counted (decoded_with_warnings exact,
+    warnings_not_listed says how many lack a record)."""
+    from hashmatch.engine import scan as scan_module
+    from hashmatch.engine.catalog import Catalog
+    from hashmatch.engine.scan import ScanOptions, scan
+
+    monkeypatch.setattr(scan_module, "MAX_WARNED_LISTED", 2, raising=False)
+    good = _jpeg()
+    sos = good.index(b"\xff\xda")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for n in range(1, 5):  # n stray bytes before the start-of-scan marker: libjpeg warns
+        (tree / f"w{n}.jpg").write_bytes(good[:sos] + b"\x01" * n + good[sos:])
+    report = tmp_path / "r.jsonl"
+    opts = ScanOptions(workers=1, progress=False, types=("pdq",), file_timeout=None)
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        summary = scan([tree], catalog=cat, matcher=None, report=report, options=opts)
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    assert len([r for r in records if r["kind"] == "warning"]) == 2
+    assert summary.decoded_with_warnings == 4 and summary.warnings_not_listed == 2
+    assert records[-1]["decoded_with_warnings"] == 4
+    assert records[-1]["warnings_not_listed"] == 2

@@ -243,7 +243,7 @@ def scan_command(
             if matcher is not None:
                 matcher.close()
     _print_summary(summary.as_dict())
-    _note_decoder_warnings(summary.decoded_with_warnings, out)
+    _note_decoder_warnings(summary.decoded_with_warnings, summary.warnings_not_listed, out)
     if gap and summary.hashed:
         _note_lists_not_matched(summary.hashed, lists, other_lists, no_match=no_match)
     if summary.videos_without_vpdq:
@@ -259,14 +259,17 @@ def scan_command(
         )
 
 
-def _note_decoder_warnings(count: int, out: str) -> None:
+def _note_decoder_warnings(count: int, not_listed: int, out: str) -> None:
     """Name the files decoded past damage: their libjpeg warnings no longer show on
-    stderr (scan_stderr), so the analyst learns of them here and in the report."""
+    stderr (scan_stderr), so the analyst learns of them here and in the report (which
+    lists the first MAX_WARNED_LISTED of them: ``not_listed`` are only counted)."""
     if count:
         where = "the report's" if out != "-" else "the"
+        unlisted = f" ({not_listed} of them not listed: counted only)" if not_listed else ""
         click.echo(
             f"note: {count} file(s) decoded with decoder warnings (corrupt data decoded past:"
-            f' their hashes may not be of the intended picture): see {where} "warning" records',
+            f' their hashes may not be of the intended picture): see {where} "warning"'
+            f" records{unlisted}",
             err=True,
         )
 
