@@ -72,6 +72,7 @@ from hashmatch.engine.scan_digests import digest_apart, digest_bound
 from hashmatch.engine.scan_pool_start import fork_server_ready
 from hashmatch.engine.scan_stderr import capture_stderr, captured, last_words
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
+from hashmatch.engine.shown_text import escape_controls
 from hashmatch.engine.video_formats import is_video_path
 
 if TYPE_CHECKING:
@@ -1113,6 +1114,13 @@ class Progress:
             f"ETA {eta}, failed {self.failed}, matched {self.matched}"
         )
 
+    def note(self, line: str) -> None:
+        """``line`` on stderr, above the bar when there is one."""
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -1263,6 +1271,10 @@ VIDEOS_WITHOUT_VPDQ_NAMED = 5
 #: in memory for the report (~300 B a file); a store of millions of damaged JPEGs has
 #: the rest counted (decoded_with_warnings stays exact, warnings_not_listed says how many)
 MAX_WARNED_LISTED = 10_000
+#: crashed files named on stderr with their worker's last words, then a count
+CRASHES_SHOWN = 5
+#: characters of a crashed worker's last words on that stderr line (all in the report)
+CRASH_WORDS_SHOWN = 300
 
 
 @dataclass
@@ -1355,6 +1367,7 @@ class Scanner:
         # (path, lines) of this run's files whose decoders printed warnings, committed:
         # the first MAX_WARNED_LISTED (the summary counts them all)
         self._warned: list[tuple[str, tuple[str, ...]]] = []
+        self._crashes_said = 0  # worker-crashed files, for the stderr lines' bound
         self._inflight: dict[cf.Future, list[Entry]] = {}  # worker tasks -> their files
         self._chunk: list[Entry] = []  # files gathered for the next worker task
 
@@ -1403,6 +1416,11 @@ class Scanner:
             self._flush()  # what the workers returned is kept, even when stopped
         finally:
             self.progress.close()
+            if self._crashes_said > CRASHES_SHOWN:
+                self.progress.note(
+                    f"scan: {self._crashes_said - CRASHES_SHOWN} more file(s) crashed their"
+                    " worker (their last words: the report's worker-crashed errors)"
+                )
             if counter is not None:
                 counter.stop()
         s = self.summary
@@ -1742,10 +1760,12 @@ class Scanner:
         """The failure of a file whose worker died with only it in hand."""
         if not self._stall_killed:
             error = repr(exc)
+            words = ""
             if self._watch is not None and self._stderr_dir is not None:
                 said = [last_words(self._stderr_dir, pid) for pid in self._watch.on_a_file()]
                 if words := " | ".join(w for w in said if w):
                     error += f"; its worker's last words: {words}"
+            self._say_crashed(e.path, words)
             return dataclasses.replace(_walk_failure(e), reason=CRASHED, error=error)
         o = self.options
         return dataclasses.replace(
@@ -1754,6 +1774,19 @@ class Scanner:
             error=f"no result after {o.file_timeout:g} s (--file-timeout) + {o.stall_grace:g} s: "
             "its worker was killed (a read or a decode that does not return: a hung mount?)",
         )
+
+    def _say_crashed(self, path: str, words: str) -> None:
+        """One stderr line for a file that killed its worker, with its last words: they
+        were only in the report's error, the terminal showing ``worker-crashed: 1``. The
+        first :data:`CRASHES_SHOWN`, then a count (a decoder crashing on every file of a
+        kind must not flood the terminal)."""
+        self._crashes_said += 1
+        n = self._crashes_said
+        if n > CRASHES_SHOWN:
+            return
+        shown = escape_controls(os.fsencode(path).decode("utf-8", "backslashreplace"))
+        said = words[:CRASH_WORDS_SHOWN] + ("..." if len(words) > CRASH_WORDS_SHOWN else "")
+        self.progress.note(f"scan: {shown} crashed its worker: {said or '(no last words)'}")
 
     def _with_digests(self, failed: WorkResult) -> WorkResult:
         """``failed`` (its worker died with it) with the exact digests among the

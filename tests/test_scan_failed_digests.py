@@ -617,3 +617,32 @@ def test_digests_read_apart_or_the_reason_there_are_none(tmp_path):
     assert isinstance(fifo, str) and "FIFO" in fifo
     gone = digest_apart(context, str(tmp_path / "gone"), ("md5",), max_bytes=100)
     assert isinstance(gone, str) and "FileNotFoundError" in gone
+
+
+def test_crashed_files_and_their_last_words_are_on_stderr(tmp_path, monkeypatch, capsys):
+    """A crashed worker's last words were only in the report's error: the terminal
+    showed `worker-crashed: 1`. Each crashed file now has one stderr line, escaped,
+    with them; the first CRASHES_SHOWN files, then a count."""
+    import hashmatch.engine.scan as scan_module
+
+    monkeypatch.setattr(scan_module, "CRASHES_SHOWN", 1, raising=False)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    slow_png(tree / "a\x1bcrash.png")
+    slow_png(tree / "b-crash.png")
+    words = b"Fatal Python error: Segmentation fault\n\x1b[31mboom\n"
+    opts = ScanOptions(workers=1, progress=False, types=("pdq",), file_timeout=None)
+    with (
+        _killing_whoever_decodes(tree / "a\x1bcrash.png", last_words=words),
+        _killing_whoever_decodes(tree / "b-crash.png", last_words=words),
+        Catalog(tmp_path / "c.sqlite") as cat,
+    ):
+        summary = scan([tree], catalog=cat, matcher=None, options=opts)
+    assert summary.failed_by_reason == {"worker-crashed": 2}
+    said = [line for line in capsys.readouterr().err.splitlines() if "crash" in line]
+    assert said == [
+        f"scan: {tree}/a\\x1bcrash.png crashed its worker: Fatal Python error:"
+        " Segmentation fault | \\x1b[31mboom",
+        "scan: 1 more file(s) crashed their worker (their last words: the report's"
+        " worker-crashed errors)",
+    ]
