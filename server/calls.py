@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
+from hashmatch.engine.store_lock_wait import wanted_while
 from hashmatch.server import errors
 from hashmatch.server.auth import NO_AUTH_PRINCIPAL, Principal, TokenAuth, Unauthenticated
 from hashmatch.server.decoding import CHECKS_UNDECODABLE, Undecodable
@@ -482,7 +483,10 @@ def rpc(
                 _check_decoded(request)
                 if request_stream:
                     request = counted(request, self.host)
-                return fn(self, request, call)
+                # a store write behind another process's write lock stops waiting once
+                # the client is gone (its deadline, a cancel), not after the 60 s
+                with wanted_while(call.check_deadline):
+                    return fn(self, request, call)
             except Exception as exc:
                 failure = _client_gone(self.host, context, exc) or exc
                 if failure is not exc:

@@ -12,6 +12,7 @@ real second process holding ``BEGIN IMMEDIATE`` on the store.
 
 from __future__ import annotations
 
+import json
 import queue
 import sqlite3
 import subprocess
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
+import pytest
 from test_cli_store_lock_wait import (
     PDQ,
     PROMPTLY,
@@ -180,6 +182,40 @@ def test_calls_queued_behind_one_holder_log_it_once_per_episode_and_fail_unavail
     assert len(logged) == 1, logged
     assert f"pid {holder.pid} (" in logged[0]
     assert f"pid {holder.pid} (" in said[-1]
+
+
+#: the access-log line of an Ingest: written as its handler returns (its thread is free)
+_INGEST_LOGGED = '"method": "Ingest"'
+
+
+def test_an_ingest_whose_deadline_passes_behind_a_held_lock_frees_its_thread_storing_nothing(
+    tmp_path,
+):
+    """A client whose deadline (2 s here; the Python client's default is 30 s) is shorter
+    than the 60 s wait saw DEADLINE_EXCEEDED while the server's worker thread went on
+    waiting for the lock, for a caller that is gone, then stored its signal once the
+    holder let go. Now the wait ends with the deadline: the handler returns (its
+    access-log line, DEADLINE_EXCEEDED) within about a second of it, the lock still
+    held, and the same signal ingested once the holder lets go is new."""
+    data = _store_with_a_list(tmp_path)
+    with _serving(data, 60.0) as (address, lines, _):
+        holder = _holding(data / "store.sqlite")
+        try:
+            with pytest.raises(grpc.RpcError) as failed:
+                _ingest(address, "partner-a", timeout=2)
+            # the old code logged it only once the holder let go (or after 60 s)
+            logged = _until(lines, _INGEST_LOGGED, 5)[-1]
+            assert holder.poll() is None  # the lock was held throughout
+            _let_go(holder)
+            after = _ingest(address, "partner-a", timeout=30)
+        finally:
+            holder.kill()
+            holder.wait()
+    assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, failed.value
+    access = json.loads(logged[logged.index("{") :])
+    assert access["status"] == "DEADLINE_EXCEEDED", access
+    assert access["ms"] < 3000, access  # the 2 s deadline, then at most ~1 s
+    assert after.added == 1, after  # nothing of the abandoned call was stored
 
 
 def _without_identity(store: Path) -> None:
