@@ -218,6 +218,36 @@ def test_an_ingest_whose_deadline_passes_behind_a_held_lock_frees_its_thread_sto
     assert after.added == 1, after  # nothing of the abandoned call was stored
 
 
+def test_an_ingest_cancelled_behind_a_held_lock_frees_its_thread_storing_nothing(tmp_path):
+    """A client that cancels (or goes away) while its Ingest waits for the lock: the
+    wait ends within about a second, CANCELLED, the lock still held, nothing stored."""
+    data = _store_with_a_list(tmp_path)
+    with _serving(data, 60.0) as (address, lines, _):
+        holder = _holding(data / "store.sqlite")
+        try:
+            with grpc.insecure_channel(address) as channel:
+                stub = signals_pb2_grpc.SignalsStub(channel)
+                request = signals_pb2.IngestRequest(
+                    list_name="partner-a", signals=[signal("pdq", PDQ)]
+                )
+                future = stub.Ingest.future(iter([request]), timeout=60)
+                _until(lines, HOLDS, PROMPTLY)  # waiting for the lock past the grace
+                future.cancel()
+                cancelled = time.monotonic()
+                logged = _until(lines, _INGEST_LOGGED, 5)[-1]
+                freed_after = time.monotonic() - cancelled
+            assert holder.poll() is None  # the lock was held throughout
+            _let_go(holder)
+            after = _ingest(address, "partner-a", timeout=30)
+        finally:
+            holder.kill()
+            holder.wait()
+    access = json.loads(logged[logged.index("{") :])
+    assert access["status"] == "CANCELLED", access
+    assert freed_after < 1.5, freed_after
+    assert after.added == 1, after  # nothing of the cancelled call was stored
+
+
 def _without_identity(store: Path) -> None:
     """Drop the store's id row: the next open writes it (``_ensure_identity``), as an
     open that migrates a store does, so it needs the write lock."""
