@@ -4,15 +4,20 @@ vPDQ values, and gzip told by magic bytes on a pipe whose writer is slow."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import io
 import os
 import subprocess
 import sys
+import termios
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
+import proc_syscalls
 import pytest
 
 from hashmatch.engine.errors import InvalidInput
@@ -82,11 +87,12 @@ def test_gzip_on_a_pipe_whose_first_write_is_one_byte_is_read(engine, tmp_path):
     packed = gzip.compress(f"pdq {PDQ}\n".encode())
     fifo = tmp_path / "list.fifo"
     os.mkfifo(fifo)
+    peeked: list[bool] = []
 
     def feed() -> None:
         with open(fifo, "wb", buffering=0) as out:
             out.write(packed[:1])
-            time.sleep(0.5)  # the reader has peeked by now
+            peeked.append(_waits_for_more(out.fileno(), fifo))
             out.write(packed[1:])
 
     writer = threading.Thread(target=feed, daemon=True)
@@ -94,6 +100,31 @@ def test_gzip_on_a_pipe_whose_first_write_is_one_byte_is_read(engine, tmp_path):
     report = engine.ingest(read_records(fifo), list_name="l")
     writer.join(5)
     assert (report.added, report.rejected) == (1, 0), report
+    assert peeked == [True], "the reader never took the first byte alone and read again"
+
+
+def _waits_for_more(write_fd: int, fifo: Path) -> bool:
+    """Whether (within 30 s) the pipe's one byte was taken (none left unread in it) and
+    a thread of this process is asleep in a read of ``fifo`` again: the reader has seen
+    the first byte alone, the case under test (a fixed sleep passed whether or not it
+    had, on a loaded box). Where /proc's call numbers are unknown, a 0.5 s sleep."""
+    if proc_syscalls.READ is None:  # pragma: no cover - another architecture
+        time.sleep(0.5)
+        return True
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        unread = fcntl.ioctl(write_fd, termios.FIONREAD, b"\0\0\0\0")
+        if int.from_bytes(unread, sys.byteorder) == 0:
+            for task in Path("/proc/self/task").iterdir():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    call = proc_syscalls.syscall(task)
+                    state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                    fd = int(call[1], 16)
+                    reading = call[0] in proc_syscalls.READ and state == "S" and fd != write_fd
+                    if reading and os.readlink(f"/proc/self/fd/{fd}") == str(fifo):
+                        return True
+        time.sleep(0.01)
+    return False
 
 
 @pytest.mark.parametrize("sep", ["\t", ";"])
