@@ -619,12 +619,34 @@ def test_a_hang_up_the_command_was_started_ignoring_stays_ignored(tmp_path):
         time.sleep(0.05)
     _wait_until_it_reads_stdin(proc)  # its handlers are in: the SIGHUP is theirs to keep
     os.killpg(proc.pid, signal.SIGHUP)
-    time.sleep(1.0)
+    _wait_until_signal_dealt_with(proc, signal.SIGHUP)  # was a 1 s sleep: proved nothing
     still_running = proc.poll() is None
+    hang_up = _sigint_disposition(proc.pid, signal.SIGHUP) if still_running else "ended"
     out, err = proc.communicate(timeout=60)  # closes stdin: the ingest ends on its own
     assert still_running, err.decode()
+    assert hang_up == "ignored", err.decode()  # caught: it would stop at its next chance
     assert proc.returncode == 0, err.decode()
     assert "added 1" in out.decode()
+
+
+def _wait_until_signal_dealt_with(proc: subprocess.Popen, signum: int) -> None:
+    """Wait (60 s at most) until ``proc`` has dealt with a ``signum`` sent to it: ended,
+    or the signal no longer pending and the process blocked reading its stdin again
+    (seen twice), so a handler that was to stop it has run. A fixed wait for a death
+    that should not happen passed whether or not the signal had been taken yet."""
+    bit = 1 << (signum - 1)
+    deadline, seen = time.monotonic() + 60, 0
+    while seen < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "the signal was not dealt with in 60 s"
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+            pending = (int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)) & bit
+            ready = not pending and _blocks_reading_stdin(proc.pid)
+        except (OSError, KeyError):  # gone: poll() says so next
+            ready = False
+        seen = seen + 1 if ready else 0
+        time.sleep(0.05)
 
 
 def _wait_until_it_pauses_to_retry(proc: subprocess.Popen) -> None:
