@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import select
 import shutil
 import socket
 import subprocess
@@ -610,16 +611,30 @@ def test_metrics_include_the_process_memory_and_open_files(tmp_path):
         assert f"\n{name} " in text, name
 
 
-def _reply(sock: socket.socket, wait: float) -> bytes:
-    """What the server sent on ``sock`` until it closed it, or within ``wait`` s."""
-    sock.settimeout(wait)
-    out = b""
-    try:
-        while chunk := sock.recv(4096):
-            out += chunk
-    except TimeoutError:
-        pass
-    return out
+def _refused(held: list[socket.socket], before: int, expected: int) -> list[bytes]:
+    """What each of ``held`` was sent, once ``expected`` of them were answered 503 and
+    closed (the server has accepted every one: it takes them in turn), or once this process
+    has more than METRICS_CONNECTIONS threads over ``before`` (a thread each), or 30 s.
+    Counting threads after a fixed sleep passed whether or not the server had taken
+    the connections yet."""
+    replies = dict.fromkeys(held, b"")
+    closed: set[socket.socket] = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if sum(replies[s].startswith(b"HTTP/1.0 503") for s in closed) >= expected:
+            break
+        if threading.active_count() - before > METRICS_CONNECTIONS:
+            break
+        readable, _, _ = select.select([s for s in held if s not in closed], [], [], 0.05)
+        for sock in readable:
+            try:
+                chunk = sock.recv(4096)
+            except ConnectionResetError:  # closed with its request unread
+                chunk = b""
+            replies[sock] += chunk
+            if not chunk:
+                closed.add(sock)
+    return [replies[sock] for sock in held]
 
 
 def test_idle_metrics_connections_hold_no_thread_each(tmp_path):
@@ -634,9 +649,8 @@ def test_idle_metrics_connections_hold_no_thread_each(tmp_path):
         try:
             for sock in held:
                 sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest
-            time.sleep(0.5)
+            busy = _refused(held, before, 60 - METRICS_CONNECTIONS)  # was a 0.5 s sleep
             assert threading.active_count() - before <= METRICS_CONNECTIONS
-            busy = [_reply(sock, 0.05) for sock in held]
             assert sum(r.startswith(b"HTTP/1.0 503") for r in busy) >= 60 - METRICS_CONNECTIONS
         finally:
             for sock in held:
