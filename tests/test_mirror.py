@@ -7,6 +7,7 @@ local server answering with mirrored signals; --follow."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal as signals
@@ -416,7 +417,39 @@ def test_follow_picks_up_a_change(tmp_path):
         assert sum(r["added"] for r in runs) == 2
 
 
-def test_follow_prints_passes_that_change_something_not_every_pass(tmp_path):
+def _hub_calls(caplog, method: str) -> int:
+    """How many calls of ``method`` the in-process hub has logged (caplog at INFO on
+    hashmatch.access)."""
+    return sum(r.name == "hashmatch.access" and json.loads(r.getMessage())["method"] == method
+               for r in caplog.records)  # fmt: skip
+
+
+def _wait_for_passes(caplog, more: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the follow ``proc`` has made ``more`` further passes, each begun by a
+    ListHashLists the hub logs (one more awaited: the last counted pass has finished,
+    printed or not). A fixed sleep for "more passes" passed however few ran."""
+    target = _hub_calls(caplog, "ListHashLists") + more + 1
+    deadline = time.monotonic() + timeout
+    while _hub_calls(caplog, "ListHashLists") < target:
+        assert proc.poll() is None, "the follow ended"
+        assert time.monotonic() < deadline, f"no {more} more passes in {timeout:g} s"
+        time.sleep(0.02)
+
+
+def _wait_for_retries(path, text: str, count: int, proc: subprocess.Popen) -> None:
+    """Until the file ``path`` (a follow's stderr) holds ``count`` lines with ``text``
+    and "retrying" (60 s at most): each a refused pass the follow meant to go on from.
+    A fixed sleep for "more refused passes" passed however few ran."""
+    deadline = time.monotonic() + 60
+    while (
+        sum(text in line and "retrying" in line for line in path.read_text().splitlines()) < count
+    ):
+        assert proc.poll() is None, path.read_text()
+        assert time.monotonic() < deadline, path.read_text()
+        time.sleep(0.02)
+
+
+def test_follow_prints_passes_that_change_something_not_every_pass(tmp_path, caplog):
     """A follow every 60 s wrote 1,440 identical 'added 0, ...' lines a day into the
     journal: in text output a pass that changed nothing is not printed (the first is,
     and one an hour); --json still prints every pass (test_follow_picks_up_a_change)."""
@@ -425,18 +458,19 @@ def test_follow_prints_passes_that_change_something_not_every_pass(tmp_path):
     with running_server(tmp_path / "hub", tenants=TENANTS) as ts:
         ops = ts.client("ops")
         ops.ingest("shared", [signal("pdq", rng.bytes(32).hex())])
+        caplog.set_level(logging.INFO, logger="hashmatch.access")
         proc = _mirror_process(ts, local, "--follow", "--interval", "0.1")
         try:
             deadline = time.monotonic() + 60
             while _cursor(local) == 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(1.0)  # ~10 passes with nothing to do
+            _wait_for_passes(caplog, 5, proc)  # passes with nothing to do
             code = rng.bytes(32).hex()
             ops.ingest("shared", [signal("pdq", code)])
             while ("shared", "pdq", code) not in _local_view(local):
                 assert time.monotonic() < deadline, "the follow did not mirror the change"
                 time.sleep(0.05)
-            time.sleep(0.5)
+            _wait_for_passes(caplog, 3, proc)  # and more after the change
         finally:
             proc.send_signal(signals.SIGTERM)
             out, err = proc.communicate(timeout=30)
@@ -487,7 +521,7 @@ def test_follow_goes_on_when_the_hub_is_at_its_concurrent_call_limit(tmp_path):
             while "RESOURCE_EXHAUSTED" not in err.read_text() and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert "RESOURCE_EXHAUSTED" in err.read_text() and "retrying" in err.read_text()
-            time.sleep(0.5)  # a few more refused passes
+            _wait_for_retries(err, "RESOURCE_EXHAUSTED", 3, proc)  # more refused passes
             assert proc.poll() is None, err.read_text()
             gate.set()
             for thread in held:
@@ -540,7 +574,7 @@ def test_follow_goes_on_when_the_local_store_is_locked_past_the_busy_timeout(tmp
             assert "database is locked" in err.read_text() and "retrying" in err.read_text()
             # the process holding the lock (this one) is named, not "another process"
             assert f"database is locked (pid {os.getpid()} (" in err.read_text()
-            time.sleep(1)  # more locked passes
+            _wait_for_retries(err, "database is locked", 3, proc)  # more locked passes
             assert proc.poll() is None, err.read_text()
             holder.execute("COMMIT")
             while len(_local_view(local)) < 2 and time.monotonic() < deadline:
