@@ -436,6 +436,31 @@ def _wait_for_passes(caplog, more: int, proc: subprocess.Popen, timeout: float =
         time.sleep(0.02)
 
 
+def _passes_by_peer(caplog) -> dict[str, int]:
+    """ListHashLists calls (one a pass) the in-process hub has logged, by client address:
+    each mirror process has its own connection."""
+    records = [json.loads(r.getMessage()) for r in caplog.records if r.name == "hashmatch.access"]
+    counts: dict[str, int] = {}
+    for record in records:
+        if record["method"] == "ListHashLists":
+            counts[record["peer"]] = counts.get(record["peer"], 0) + 1
+    return counts
+
+
+def _wait_for_passes_each(caplog, more: int, procs: list[subprocess.Popen]) -> None:
+    """Until every client that has made a pass has made ``more`` further passes (and one
+    more begun: the last counted has finished), or one of ``procs`` ended (60 s at
+    most). Why: "not dead after more passes" after a fixed sleep passed however few
+    passes ran."""
+    start = _passes_by_peer(caplog)
+    deadline = time.monotonic() + 60
+    while all(p.poll() is None for p in procs) and any(
+        _passes_by_peer(caplog).get(p, 0) < n + more + 1 for p, n in start.items()
+    ):
+        assert time.monotonic() < deadline, (start, _passes_by_peer(caplog))
+        time.sleep(0.02)
+
+
 def _wait_for_retries(path, text: str, count: int, proc: subprocess.Popen) -> None:
     """Until the file ``path`` (a follow's stderr) holds ``count`` lines with ``text``
     and "retrying" (60 s at most): each a refused pass the follow meant to go on from.
@@ -1051,7 +1076,7 @@ def test_a_follow_that_loses_the_cursor_to_an_overlapping_run_goes_on(tmp_path, 
             ops.ingest("shared", [signal("pdq", h) for h in _pdq(rng, 5)])
             while len(_local_view(local)) < 55 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(1)
+            _wait_for_passes_each(caplog, 2, procs)  # was a 1 s sleep: each goes on passing
             dead = [p.communicate() for p in procs if p.poll() is not None]
             assert not dead, dead
         finally:
