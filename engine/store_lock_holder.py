@@ -64,3 +64,9 @@ def describe_process(pid: int) -> str:
     if len(command) > 120:
         command = command[:117] + "..."
     return f"pid {pid} ({command})"
+
+
+def describe_holder(pid: int | None) -> str:
+    """:func:`describe_process` of a lock holder, or ``another process`` when
+    :func:`write_lock_holder` could not tell who it is."""
+    return describe_process(pid) if pid is not None else "another process"

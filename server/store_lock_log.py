@@ -16,7 +16,7 @@ import logging
 import threading
 from pathlib import Path
 
-from hashmatch.engine.store_lock_holder import describe_process
+from hashmatch.engine.store_lock_holder import describe_holder
 
 log = logging.getLogger("hashmatch.server")
 
@@ -34,7 +34,7 @@ class StoreLockLog:
             if holder in self._told:
                 return
             self._told.add(holder)
-        who = describe_process(holder) if holder is not None else "another process"
+        who = describe_holder(holder)
         log.warning(
             "%s: %s holds the store's write lock; store writes (Ingest, Retract,"
             " RebuildIndex) wait for it, each up to %g s",

@@ -139,9 +139,9 @@ def record_token_edit(
 def _locked(store_path: Path, holder: int | None) -> str:
     """The warning for an audit row the store's write lock kept out: who held it (when
     it can be told) and what to do."""
-    from hashmatch.engine.store_lock_holder import describe_process
+    from hashmatch.engine.store_lock_holder import describe_holder
 
-    who = describe_process(holder) if holder is not None else "another process"
+    who = describe_holder(holder)
     return (
         f"warning: the edit is made but NOT in the audit log of {store_path}: {who} held"
         f" the store's write lock for over {AUDIT_WAIT_SECONDS:g} s (a --strict ingest of a"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from hashmatch.engine.store_lock_holder import describe_process, write_lock_holder
+from hashmatch.engine.store_lock_holder import describe_holder, describe_process, write_lock_holder
 
 
 class LockWaitNotice:
@@ -35,7 +35,7 @@ class LockWaitNotice:
         if holder in self._told:
             return
         self._told.add(holder)
-        who = describe_process(holder) if holder is not None else "another process"
+        who = describe_holder(holder)
         _say(
             f"{self.store_path}: {who} holds the store's write lock; waiting for it"
             f" (up to {wait:g} s)"
