@@ -459,9 +459,10 @@ conn.execute("COMMIT")
 """
 
 
-def _holding(store: Path) -> subprocess.Popen:
+def _holding(store: Path, script: str = _HOLD_WRITE_LOCK) -> subprocess.Popen:
+    """A process running ``script`` on ``store``, once it says it holds the write lock."""
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_WRITE_LOCK, str(store)],
+        [sys.executable, "-c", script, str(store)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert holder.stdout is not None and holder.stdout.readline() == "held\n"

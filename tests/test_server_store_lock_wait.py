@@ -88,12 +88,7 @@ for _ in range(2):
 
 
 def _holding_twice(store: Path) -> subprocess.Popen:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD_TWICE, str(store)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-    return holder
+    return _holding(store, _HOLD_TWICE)
 
 
 def _next(holder: subprocess.Popen, said: str) -> None:
