@@ -376,11 +376,11 @@ class Engine:
         rule = check_low_quality_queries(low_quality_queries)
         indexes = self._ensure_loaded()
         vis = self._visibility(tenant, lists)
-        low = low_quality_rows(st.name, qualities, min_quality, len(codes))
         index = indexes.get(st.name)
         if st.name == "vpdq":  # the rows are the frames of one query video
             return match_videos(self.store, index, [(codes, qualities)], radius, vis,
                                 max_results=max_results)  # fmt: skip
+        low = low_quality_rows(st.name, qualities, min_quality, len(codes))
         if qualities is None or not low.any():
             # No row under the quality floor (always so without known qualities): every
             # row is looked up as it is, and join_hits' lists already carry their row as
