@@ -182,9 +182,22 @@ print("DONE", flush=True)
 """
 
 
+def _begun(path: Path) -> bool:
+    """Whether ``path`` is a backup's copy in progress that holds SQLite's header."""
+    try:
+        if not path.name.endswith(".tmp"):
+            return False
+        with open(path, "rb") as fh:
+            return fh.read(16) == b"SQLite format 3\0"
+    except OSError:  # renamed or removed meanwhile
+        return False
+
+
 def _kill_mid_backup(store: Path, dest: Path) -> list[str]:
-    """Run a backup in a real subprocess and SIGKILL it once its copy exists; return the
-    names it left in ``dest``."""
+    """Run a backup in a real subprocess and SIGKILL it once its copy has begun (the
+    SQLite header written: killed between creating the file and writing it, the copy is
+    not yet a database, which the next backup rightly leaves alone); return the names
+    it left in ``dest``."""
     import os
     import signal as signals
     import time
@@ -193,7 +206,7 @@ def _kill_mid_backup(store: Path, dest: Path) -> list[str]:
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
     deadline = time.monotonic() + 20
     try:
-        while not any(p.name.endswith(".tmp") for p in dest.iterdir()):
+        while not any(_begun(p) for p in dest.iterdir()):
             assert child.poll() is None, "the backup finished before it could be killed"
             assert time.monotonic() < deadline
             time.sleep(0.002)
