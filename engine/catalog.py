@@ -823,15 +823,19 @@ class Catalog:
         return {int(sid): (stype, hex_) for sid, stype, hex_ in rows}
 
     def matches_for_run(
-        self, run_id: int, types: Sequence[str] | None = None
+        self,
+        run_id: int,
+        types: Sequence[str] | None = None,
+        lists: Sequence[str] | None = None,
     ) -> Iterator[tuple[str, MatchRow]]:
         """(path, match) for every file seen by ``run_id``, in path order (deterministic);
-        only matches of ``types`` when given (a scan reports the types it was asked for,
-        not those an earlier scan of other types catalogued)."""
+        only matches of ``types`` and of ``lists`` when given (a scan reports the types
+        and lists it was asked for, not those an earlier scan catalogued)."""
         where, params = "f.seen_run = ?", [run_id]
-        if types is not None:
-            where += f" AND m.signal_type IN ({','.join('?' * len(types))})"
-            params += list(types)
+        for column, values in (("m.signal_type", types), ("m.list_name", lists)):
+            if values is not None:
+                where += f" AND {column} IN ({','.join('?' * len(values))})"
+                params += list(values)
         cur = self.conn.execute(
             f"SELECT f.path, {_MATCH_COLUMNS_M} FROM matches m JOIN files f ON f.id = m.file_id "
             f"WHERE {where} ORDER BY f.path, m.signal_type, m.signal_id",

@@ -1437,8 +1437,9 @@ class Scanner:
             s.report = str(report)
             try:
                 write_scan_report(
-                    self.catalog, self.run_id, report, s, types=opts.types, warned=self._warned
-                )
+                    self.catalog, self.run_id, report, s, types=opts.types,
+                    lists=self._reported_lists(), warned=self._warned,
+                )  # fmt: skip
             except BrokenPipeError as exc:  # `--out - | head`: every file is committed
                 self._count_matches()  # (the report's generator counted only what it wrote)
                 self.catalog.finish_run(self.run_id, s.as_dict())
@@ -1903,7 +1904,7 @@ class Scanner:
                     ctime_ns=r.ctime_ns,
                 )
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - i, [])]
-                matched_files += bool(rows)
+                matched_files += self._in_scope(rows)
                 self.catalog.add_matches(rows, found_by="scan")
             for j, r in enumerate(failures, start=len(ok)):
                 failed += 1
@@ -1922,7 +1923,7 @@ class Scanner:
                     digests=r.hashes,
                 )
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - j, [])]
-                matched_files += bool(rows)
+                matched_files += self._in_scope(rows)
                 # the same bytes' others stay; a failed lookup found nothing to replace
                 # them with (as a skipped file's, they stay for the re-run to redo)
                 if self.matcher is not None and r.hashes and lookup_error is None:
@@ -1935,7 +1936,7 @@ class Scanner:
                     )
             for file_id in skipped:
                 rows = matched.get(file_id, [])
-                matched_files += bool(rows)
+                matched_files += self._in_scope(rows)
                 if self.matcher is not None:
                     self.catalog.replace_matches(
                         file_id,
@@ -1993,6 +1994,11 @@ class Scanner:
                 h.signal_type in wanted for h in stored.get(file_id, [])
             )
         return n
+
+    def _in_scope(self, rows: Sequence[MatchRow]) -> bool:
+        """Whether ``rows`` (one file's) hold a match in the scan's lists: what it reports."""
+        lists = self._reported_lists()
+        return any(lists is None or m.list_name in lists for m in rows)
 
     def _matched_elsewhere(self, hashed: Sequence[WorkResult]) -> dict[str, set[tuple[str, str]]]:
         """path -> the (signal type, list) pairs of the catalogued matches of
@@ -2076,10 +2082,18 @@ class Scanner:
             raise box["error"]
         return box["matched"]
 
+    def _reported_lists(self) -> list[str] | None:
+        """The lists a ``--list`` scan answers for (None: every list; a ``--no-match``
+        scan reports what the catalog holds, as it always did)."""
+        lists = self.matcher.lists if self.matcher is not None else None
+        return sorted(lists) if lists else None
+
     def _count_matches(self) -> None:
         files = set()
         n = 0
-        for path, _ in self.catalog.matches_for_run(self.run_id, self.options.types):
+        for path, _ in self.catalog.matches_for_run(
+            self.run_id, self.options.types, self._reported_lists()
+        ):
             files.add(path)
             n += 1
         self.summary.matched_files = len(files)
@@ -2250,18 +2264,21 @@ def write_scan_report(
     summary: ScanSummary,
     *,
     types: Sequence[str] | None = None,
+    lists: Sequence[str] | None = None,
     warned: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> None:
     """Matches then failures of the files this run saw (path order), then the files
     whose decoders printed warnings (``warned``: path and lines, of the files this run
     read), then the summary.
     ``types``: the run's ``--types``; the catalog's matches of other types (kept from
-    an earlier scan with more types) are not this run's answer and are left out."""
+    an earlier scan with more types) are not this run's answer and are left out.
+    ``lists``: the run's ``--list`` (None: every list); matches of other lists, kept
+    in the catalog, are left out likewise."""
 
     def records() -> Iterator[dict]:
         files = set()
         n = 0
-        for p, m in catalog.matches_for_run(run_id, types):
+        for p, m in catalog.matches_for_run(run_id, types, lists):
             files.add(p)
             n += 1
             yield match_record(p, m)

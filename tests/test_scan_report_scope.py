@@ -66,6 +66,24 @@ def test_a_narrower_types_scan_reports_only_its_types(tmp_path):
     assert pdq["matches"] == [("pdq", "photos")]  # the catalog kept it all along
 
 
+def test_a_list_scans_report_leaves_out_the_catalogued_matches_of_other_lists(tmp_path):
+    """An unchanged file a scan of every list matched in ``photos`` and ``files``: a
+    ``--list files`` re-run reported the ``photos`` match too (and counted it), as if
+    it had looked there; it is kept in the catalog, for a later scan of that list."""
+    data, catalog, tree = _world(tmp_path)
+    every = _scan(data, catalog, tree, tmp_path / "all.jsonl", types=("pdq", "md5"))
+    assert every["matches"] == [("md5", "files"), ("pdq", "photos")]
+
+    files = _scan(data, catalog, tree, tmp_path / "files.jsonl", types=("pdq", "md5"),
+                  lists=["files"])  # fmt: skip
+    assert files["matches"] == [("md5", "files")]
+    assert (files["summary"]["matches"], files["summary"]["matched_files"]) == (1, 1)
+
+    photos = _scan(data, catalog, tree, tmp_path / "p.jsonl", types=("pdq", "md5"),
+                   lists=["photos"])  # fmt: skip
+    assert photos["matches"] == [("pdq", "photos")]  # the catalog kept it all along
+
+
 def _cli(*args: str) -> tuple[int, str, list[dict]]:
     """(exit code, stderr, report records) of one in-process CLI run (--out -)."""
     from click.testing import CliRunner
