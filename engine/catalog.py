@@ -39,7 +39,8 @@ from types import TracebackType
 
 import numpy as np
 
-from hashmatch.engine import signal_types
+from hashmatch.engine import catalog_coverage, signal_types
+from hashmatch.engine.catalog_coverage import Coverage
 from hashmatch.engine.errors import Conflict, CorruptData, HashmatchError
 
 try:
@@ -395,6 +396,7 @@ class Catalog:
                 self.set_meta("catalog_id", uuid.uuid4().hex)
             _upgrade_hash_ids(self.conn)
             _upgrade_stat_columns(self.conn)
+            catalog_coverage.upgrade(self.conn)
         elif not self._has_stat_columns():  # a reader of an older catalog: unknown stat
             self._file_columns = _FILE_COLUMNS.replace("ino, ctime_ns", "NULL, NULL")
 
@@ -500,6 +502,7 @@ class Catalog:
         run_id: int | None = None,
         ino: int | None = None,
         ctime_ns: int | None = None,
+        matched_in: Coverage = None,
     ) -> int:
         """Record a successfully hashed file (replacing what was known); returns its id.
 
@@ -508,12 +511,17 @@ class Catalog:
         the MD5 is the catalogued one (same bytes, e.g. hashed again for a type it
         lacked), the hashes and matches of the types not hashed now stay valid: they
         are kept, so a scan limited by ``--types`` does not lose them.
+
+        ``matched_in``: the lists the caller matches the new hashes in (None: every
+        list; see :mod:`hashmatch.engine.catalog_coverage`); with hashes kept, the
+        file's coverage is what both the kept and the new ones were matched in.
         """
         hashed = {h.signal_type for h in hashes}
         kept = self._kept_types(path, md5, hashed)
         types = [*types, *(t for t in kept if t not in types)]
         stat = (size, mtime_ns, ino, ctime_ns)
         file_id = self._upsert_file(path, stat, md5, types, HASHED, None, None, run_id)
+        self._cover(file_id, matched_in, kept=bool(kept))
         keep = sorted({t.split("+")[0] for t in kept})
         spare = f" AND signal_type NOT IN ({','.join('?' * len(keep))})" if keep else ""
         for table in ("hashes", "matches"):
@@ -564,6 +572,7 @@ class Catalog:
         ctime_ns: int | None = None,
         md5: bytes | None = None,
         digests: Sequence[FileHashes] = (),
+        matched_in: Coverage = None,
     ) -> int:
         """Record a file that could not be hashed, with a short reason and the message.
 
@@ -574,7 +583,8 @@ class Catalog:
         catalogued ones (same MD5), every catalogued exact digest still names them: its
         rows and matches are kept, those of a type not digested now included (as
         :meth:`put_hashed` keeps them), and the caller replaces the matches within its
-        own scope (types, lists); otherwise every match is dropped.
+        own scope (types, lists); otherwise every match is dropped. ``matched_in``: as
+        :meth:`put_hashed` has it.
 
         Why: a file decoded again on each run (``too-large``, ``timeout``) lost its
         MD5 row and MD5 matches to a scan without md5 in ``--types``, and its matches
@@ -586,6 +596,7 @@ class Catalog:
         types = [h.signal_type for h in digests]
         types += [t for t in keep if t not in types]
         file_id = self._upsert_file(path, stat, md5, types, FAILED, reason, error, run_id)
+        self._cover(file_id, matched_in, kept=bool(keep))
         spare = f" AND signal_type NOT IN ({','.join('?' * len(keep))})" if keep else ""
         for table in ("hashes", "matches"):
             self.conn.execute(f"DELETE FROM {table} WHERE file_id = ?{spare}", (file_id, *keep))
@@ -643,6 +654,71 @@ class Catalog:
             "UPDATE files SET size = ?, mtime_ns = ?, ino = ?, ctime_ns = ? WHERE path = ?",
             (size, mtime_ns, ino, ctime_ns, _db_path(path)),
         )
+
+    # -- match coverage (see catalog_coverage) -------------------------------------------
+
+    def _cover(self, file_id: int, matched_in: Coverage, *, kept: bool) -> None:
+        """A file's new hashes are matched in ``matched_in``; ``kept``: hashes of
+        earlier scans stay beside them, covered as recorded before."""
+        if kept:
+            matched_in = catalog_coverage.intersection(self.coverage_of([file_id])[file_id],
+                                                       matched_in)  # fmt: skip
+        self.conn.execute(
+            "UPDATE files SET coverage_id = ? WHERE id = ?",
+            (catalog_coverage.coverage_id(self.conn, matched_in), file_id),
+        )
+
+    def coverage_of(self, file_ids: Sequence[int]) -> dict[int, Coverage]:
+        """file id -> the lists its catalogued hashes were all matched in (None: every list)."""
+        lists = catalog_coverage.coverages(self.conn)
+        out: dict[int, Coverage] = {}
+        for start in range(0, len(file_ids), 500):
+            chunk = [int(i) for i in file_ids[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            for fid, cid in self.conn.execute(
+                f"SELECT id, coverage_id FROM files WHERE id IN ({marks})", chunk
+            ):
+                out[fid] = None if cid is None else lists[cid]
+        return out
+
+    def widen_coverage(self, file_ids: Sequence[int], matched_in: Coverage) -> None:
+        """These files' catalogued hashes, all of them, were matched in ``matched_in``
+        again (a scan that found them unchanged): covered there too from now on."""
+        if matched_in is not None and not matched_in:
+            return
+        for file_id, old in self.coverage_of(file_ids).items():
+            if old is None:
+                continue
+            new = catalog_coverage.union(old, matched_in)
+            self.conn.execute(
+                "UPDATE files SET coverage_id = ? WHERE id = ?",
+                (catalog_coverage.coverage_id(self.conn, new), file_id),
+            )
+
+    def partly_covered(self, chunk: int = 500) -> Iterator[tuple[frozenset[str], list[int]]]:
+        """(lists, file ids) of the files whose hashes were not matched in every list,
+        by what they were matched in, up to ``chunk`` ascending ids at a time (read by
+        key: the files of a ``--no-match`` scan of millions are not held at once)."""
+        for cid, lists in sorted(catalog_coverage.coverages(self.conn).items()):
+            after = 0
+            while True:
+                ids = [
+                    r[0]
+                    for r in self.conn.execute(
+                        "SELECT id FROM files WHERE coverage_id = ? AND id > ? ORDER BY id LIMIT ?",
+                        (cid, after, chunk),
+                    )
+                ]
+                if not ids:
+                    break
+                yield lists, ids
+                after = ids[-1]
+
+    def cover_all(self) -> None:
+        """Every file is matched in every list (a rescan filled the gaps, or read the
+        whole change log)."""
+        self.conn.execute("UPDATE files SET coverage_id = NULL WHERE coverage_id IS NOT NULL")
+        self.conn.execute("DELETE FROM coverage")
 
     def mark_seen(self, file_ids: Iterable[int], run_id: int) -> None:
         self.conn.executemany(

@@ -66,6 +66,7 @@ from hashmatch.engine.catalog import (
     FileRecord,
     MatchRow,
 )
+from hashmatch.engine.catalog_coverage import Coverage, covered_by
 from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT, LOCAL_MAX_VIDEO_FRAMES
 from hashmatch.engine.report_file import write_jsonl_atomically
 from hashmatch.engine.scan_digests import digest_apart, digest_bound
@@ -1889,6 +1890,9 @@ class Scanner:
             failures = [r for r in failures if r.path not in elsewhere]
         failed = self._counted_failed_verdicts(skipped, skipped_paths, stored, wanted)
         matched_files = 0
+        # what the new hashes were matched in: the scan's lists, or none when the
+        # lookup failed (a rescan then matches them in every list, as the re-run would)
+        matched_in = self._matched_in() if lookup_error is None else frozenset()
         with self.catalog.transaction():
             for i, r in enumerate(ok):
                 types = list(r.types) + pdq_marks(r, self.options.dihedral)
@@ -1902,6 +1906,7 @@ class Scanner:
                     run_id=self.run_id,
                     ino=r.ino,
                     ctime_ns=r.ctime_ns,
+                    matched_in=matched_in,
                 )
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - i, [])]
                 matched_files += self._in_scope(rows)
@@ -1921,6 +1926,7 @@ class Scanner:
                     ctime_ns=r.ctime_ns,
                     md5=r.md5,
                     digests=r.hashes,
+                    matched_in=matched_in,
                 )
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - j, [])]
                 matched_files += self._in_scope(rows)
@@ -1946,6 +1952,11 @@ class Scanner:
                         lists=self.matcher.lists,
                     )
             self.catalog.mark_seen(skipped, self.run_id)
+            # an unchanged file's hashes, all of the types looked up, were matched again
+            self.catalog.widen_coverage(
+                [f for f in skipped if all(h.signal_type in wanted for h in stored.get(f, []))],
+                matched_in,
+            )
             for r in touched:
                 self.catalog.set_stat(r.path, r.size, r.mtime_ns, r.ino, r.ctime_ns)
             self.catalog.bump_counter("hash_calls", len(ok) + failed_hashing(results))
@@ -1994,6 +2005,11 @@ class Scanner:
                 h.signal_type in wanted for h in stored.get(file_id, [])
             )
         return n
+
+    def _matched_in(self) -> Coverage:
+        """The lists this scan's lookups cover (None: every list; none: ``--no-match``)."""
+        matcher = self.matcher
+        return covered_by(matcher.lists if matcher else None, matched=matcher is not None)
 
     def _in_scope(self, rows: Sequence[MatchRow]) -> bool:
         """Whether ``rows`` (one file's) hold a match in the scan's lists: what it reports."""
