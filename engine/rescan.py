@@ -55,6 +55,7 @@ from hashmatch.engine.catalog import Catalog, MatchRow
 from hashmatch.engine.errors import Conflict, CorruptData
 from hashmatch.engine.matcher import PDQ_MIN_QUALITY
 from hashmatch.engine.report_file import write_jsonl_atomically
+from hashmatch.engine.rescan_gap import fill_gaps
 from hashmatch.engine.scan import file_hash_hex, match_record, threshold_for
 from hashmatch.engine.store import (
     FRAME_BITS,
@@ -72,6 +73,8 @@ from hashmatch.engine.video import (
 from hashmatch.indexes import load_index, make_index
 
 if TYPE_CHECKING:
+    from hashmatch.engine.runtime import Engine
+    from hashmatch.engine.scan import Matcher
     from hashmatch.engine.signal_types import SignalType
     from hashmatch.indexes.sharded import ShardedIndex
 
@@ -90,6 +93,10 @@ class RescanSummary:
     catalog_rows_read: dict[str, int] = field(default_factory=dict)  # < indexed when cached
     new_matches: int = 0
     retractions: int = 0
+    #: files a scan matched in some lists only (--list, --no-match), looked up in the
+    #: others from their catalogued hashes (rescan_gap); 0 after a scan of every list
+    gap_files: int = 0
+    gap_s: float = 0.0
     load_s: float = 0.0
     query_s: float = 0.0
     elapsed_s: float = 0.0
@@ -265,6 +272,15 @@ class ChangeSource(Protocol):
         catalog's match was made with)."""
         ...
 
+    def list_names(self) -> set[str]:
+        """The lists this source matches in (a server: those shared with the tenant)."""
+        ...
+
+    def matcher(self, lists: Sequence[str], threshold: int | None) -> Matcher:
+        """A scan's matcher over ``lists``, for the files a scan matched in other lists
+        only (:mod:`hashmatch.engine.rescan_gap`); owned by the source."""
+        ...
+
 
 #: changes per ``Changes`` call of a server rescan (:class:`ServerChanges`)
 PAGE_SIZE = 10_000
@@ -286,6 +302,7 @@ class StoreChanges:
         self.store = store
         self._lists: dict[int, tuple[str, bool]] | None = None
         self.log: LogIdentity | None = None
+        self._engine: Engine | None = None  # for matcher(): loaded only when needed
 
     def lists(self) -> dict[int, tuple[str, bool]]:
         if self._lists is None:
@@ -343,6 +360,19 @@ class StoreChanges:
             if out.get(sid) is None and found is not None and _replaced(found, stype, hex_):
                 out[sid] = "replaced"
         return out
+
+    def list_names(self) -> set[str]:
+        return {name for name, _enabled in self.lists().values()}
+
+    def matcher(self, lists: Sequence[str], threshold: int | None) -> Matcher:
+        """The scan's local matcher on an engine over this store (its index loaded on
+        the first lookup; the store stays the caller's: the engine is never closed)."""
+        from hashmatch.engine.runtime import Engine
+        from hashmatch.engine.scan import LocalMatcher
+
+        if self._engine is None:
+            self._engine = Engine(self.store.path.parent, self.store)
+        return LocalMatcher(self._engine, threshold=threshold, lists=lists)
 
 
 _STATE_REASON = {
@@ -441,6 +471,15 @@ class ServerChanges:
         states = self.client.signal_states(ids)
         name = signals_pb2.SignalState.Name
         return {sid: _STATE_REASON[name(s)] for sid, s in zip(ids, states, strict=True)}
+
+    def list_names(self) -> set[str]:
+        return {x.name for x in self.client.list_hash_lists().lists}
+
+    def matcher(self, lists: Sequence[str], threshold: int | None) -> Matcher:
+        """The scan's remote matcher on this client (``Match``: the ``match`` role)."""
+        from hashmatch.engine.scan import RemoteMatcher
+
+        return RemoteMatcher(self.client, threshold=threshold, lists=lists)
 
 
 class _Received:
@@ -683,6 +722,14 @@ def rescan(
         elif len(hit_rows):
             new_rows.extend(_rows(catalog, st, sids, qrows, hit_rows, dist, info))
 
+    # 2b. files a scan matched in some lists only (--list, --no-match): pass 1 found
+    # their matches of the signals shared since the cursor; the lists they missed are
+    # looked up for the earlier ones too (a cursor of 0 read them all: nothing to do)
+    if cursor > 0:
+        gap_rows, summary.gap_files, summary.gap_s = fill_gaps(catalog, source, threshold)
+        new_rows.extend(gap_rows)  # after pass 1's: a match both found is inserted once
+        summary.gap_s = round(summary.gap_s, 3)
+
     # 3. matches that no longer hold
     gone: list[Retraction] = []
     held = catalog.matched_signal_codes()
@@ -712,6 +759,7 @@ def rescan(
         # and keeps the ones just found against the signal it names now
         fresh = [r for r in new_rows if why.get(r.signal_id) in (None, "replaced")]
         inserted = _insert_new(catalog, fresh)
+        catalog.cover_all()  # every file is matched in every list up to head now
         catalog.set_meta(source.cursor_key, str(head))
         if source.log is not None and source.log.store_id:
             catalog.set_meta(log_key, log_record(source.log, head, catalog.get_meta(log_key)))
@@ -1223,14 +1271,3 @@ def _report_records(
         rec["reason"] = r.reason
         yield rec
     yield {"kind": "summary", **summary.as_dict()}
-
-
-def rescanned_before(catalog: Catalog) -> bool:
-    """Whether a rescan (local or through any server) has set a cursor in ``catalog``:
-    the next incremental rescan then matches only the signals shared after it. (Never
-    rescanned, the first rescan reads the change log from the start.)"""
-    row = catalog.conn.execute(
-        "SELECT 1 FROM meta WHERE (key = ? OR key LIKE ?) AND CAST(value AS INTEGER) > 0",
-        (CURSOR_KEY, f"{CURSOR_KEY}@%"),
-    ).fetchone()
-    return row is not None

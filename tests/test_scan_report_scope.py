@@ -66,6 +66,74 @@ def test_a_narrower_types_scan_reports_only_its_types(tmp_path):
     assert pdq["matches"] == [("pdq", "photos")]  # the catalog kept it all along
 
 
+def _cli(*args: str) -> tuple[int, str, list[dict]]:
+    """(exit code, stderr, report records) of one in-process CLI run (--out -)."""
+    from click.testing import CliRunner
+
+    from hashmatch.server.cli import cli
+
+    result = CliRunner().invoke(cli, list(args))
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return result.exit_code, result.stderr, records
+
+
+def test_a_list_scan_reports_its_lists_and_says_the_next_rescan_matches_the_others(
+    tmp_path,
+):
+    """A ``--list a`` scan matches new files in list a only. Once the catalog had been
+    rescanned, ``rescan`` read only signals shared after its cursor: list b's earlier
+    signals never met those files (the scan could only say so, and point at a scan
+    without --list or ``rescan --since all``), and the scan's report still carried the
+    catalogued matches of list b. Now the report answers for list a, the scan says the
+    next rescan matches the files in the other lists, and it does: list b's earlier
+    signal is found once, no file hashed again."""
+    astronaut, coffee = _png(ORIGINALS["astronaut"]()), _png(ORIGINALS["coffee"]())
+    data, catalog, tree = tmp_path / "data", tmp_path / "c.sqlite", tmp_path / "tree"
+    with Engine.open(data, eager=False) as engine:
+        for name, blob in (("a", astronaut), ("b", coffee)):
+            (pdq,) = hash_media(blob, ["pdq"])
+            engine.ingest([SignalRecord("pdq", pdq.hex)], list_name=name)
+    tree.mkdir()
+    (tree / "astronaut.png").write_bytes(astronaut)
+    common = ["--data-dir", str(data), "--catalog", str(catalog)]
+    scan_args = ["scan", str(tree), *common, "--types", "pdq", "--workers", "0",
+                 "--no-progress", "--out", "-"]  # fmt: skip
+
+    code, err, _ = _cli(*scan_args, "--list", "a")
+    assert code == 0, err
+    code, err, _ = _cli("rescan", *common)  # the cursor: the store's head
+    assert code == 0, err
+
+    (tree / "coffee.png").write_bytes(coffee)  # new: list b's (earlier) signal matches it
+    code, err, records = _cli(*scan_args, "--list", "a")
+    assert code == 0, err
+    assert [Path(r["file"]).name for r in records if r["kind"] == "match"] == ["astronaut.png"]
+    assert (
+        "note: the 1 file(s) hashed by this scan were matched in --list a only; the next"
+        " `hashmatch rescan` matches them in the other lists (b) as well, with the signals"
+        " shared before it too, from their catalogued hashes (no file is hashed again)"
+    ) in err, err
+    with Catalog(catalog) as cat:
+        hash_calls = cat.counter("hash_calls")
+
+    code, err, records = _cli("rescan", *common)
+    assert code == 0, err
+    matched = [(Path(r["file"]).name, r["list"]) for r in records if r["kind"] == "match"]
+    assert matched == [("coffee.png", "b")]
+    assert records[-1]["gap_files"] == 1
+    code, err, records = _cli("rescan", *common)  # found once: nothing the second time
+    assert code == 0 and [r for r in records if r["kind"] == "match"] == []
+    assert records[-1]["gap_files"] == 0
+    with Catalog(catalog) as cat:
+        assert cat.counter("hash_calls") == hash_calls  # nothing hashed
+
+    code, err, records = _cli(*scan_args)
+    assert code == 0, err
+    matched = [(Path(r["file"]).name, r["list"]) for r in records if r["kind"] == "match"]
+    assert matched == [("astronaut.png", "a"), ("coffee.png", "b")]
+    assert records[-1]["hashed"] == 0  # matched from the catalog's hashes
+
+
 def test_a_list_scans_report_leaves_out_the_catalogued_matches_of_other_lists(tmp_path):
     """An unchanged file a scan of every list matched in ``photos`` and ``files``: a
     ``--list files`` re-run reported the ``photos`` match too (and counted it), as if
@@ -84,67 +152,10 @@ def test_a_list_scans_report_leaves_out_the_catalogued_matches_of_other_lists(tm
     assert photos["matches"] == [("pdq", "photos")]  # the catalog kept it all along
 
 
-def _cli(*args: str) -> tuple[int, str, list[dict]]:
-    """(exit code, stderr, report records) of one in-process CLI run (--out -)."""
-    from click.testing import CliRunner
-
-    from hashmatch.server.cli import cli
-
-    result = CliRunner().invoke(cli, list(args))
-    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    return result.exit_code, result.stderr, records
-
-
-def test_a_list_scan_after_a_rescan_says_the_other_lists_wait_for_a_scan_without_list(
-    tmp_path,
-):
-    """A ``--list a`` scan matches new files in list a only. Once the catalog has been
-    rescanned, ``rescan`` reads only signals shared after its cursor: list b's earlier
-    signals never meet those files, silently (the README said a rescan answers for
-    every list). The scan now says so, naming the other lists and the two ways to
-    cover them; a scan without --list does, without hashing the file again."""
-    astronaut, coffee = _png(ORIGINALS["astronaut"]()), _png(ORIGINALS["coffee"]())
-    data, catalog, tree = tmp_path / "data", tmp_path / "c.sqlite", tmp_path / "tree"
-    with Engine.open(data, eager=False) as engine:
-        for name, blob in (("a", astronaut), ("b", coffee)):
-            (pdq,) = hash_media(blob, ["pdq"])
-            engine.ingest([SignalRecord("pdq", pdq.hex)], list_name=name)
-    tree.mkdir()
-    (tree / "astronaut.png").write_bytes(astronaut)
-    common = ["--data-dir", str(data), "--catalog", str(catalog)]
-    scan_args = ["scan", str(tree), *common, "--types", "pdq", "--workers", "0",
-                 "--no-progress", "--out", "-"]  # fmt: skip
-
-    code, err, _ = _cli(*scan_args, "--list", "a")  # never rescanned: no gap, no note
-    assert code == 0 and "note:" not in err, err
-    code, err, _ = _cli("rescan", *common)  # the cursor: the store's head
-    assert code == 0, err
-
-    (tree / "coffee.png").write_bytes(coffee)  # new: list b's (earlier) signal matches it
-    code, err, records = _cli(*scan_args, "--list", "a")
-    assert code == 0, err
-    assert [Path(r["file"]).name for r in records if r["kind"] == "match"] == ["astronaut.png"]
-    assert (
-        "note: the 1 file(s) hashed by this scan were matched in --list a only; `hashmatch"
-        " rescan` matches them with the signals shared after its last run, not with the"
-        " other lists' (b) earlier signals: to match those, run this scan again without"
-        " --list (unchanged files are matched from the catalog, not hashed again) or"
-        " `hashmatch rescan --since all`"
-    ) in err, err
-
-    code, err, records = _cli("rescan", *common)
-    assert code == 0 and [r for r in records if r["kind"] == "match"] == []  # as said
-
-    code, err, records = _cli(*scan_args)
-    assert code == 0, err
-    matched = [(Path(r["file"]).name, r["list"]) for r in records if r["kind"] == "match"]
-    assert matched == [("astronaut.png", "a"), ("coffee.png", "b")]
-    assert records[-1]["hashed"] == 0  # matched from the catalog's hashes
-
-
-def test_a_no_match_scan_after_a_rescan_says_rescan_will_not_match_its_files(tmp_path):
-    """``--no-match`` fills the catalog; a rescan then matches its files with the
-    signals shared after its cursor only, as for a ``--list`` scan: said likewise."""
+def test_a_no_match_scan_says_the_next_rescan_matches_its_files(tmp_path):
+    """``--no-match`` fills the catalog; a rescan then matched its files with the
+    signals shared after its cursor only (the scan said so). Now the next rescan
+    matches them in every list, the earlier signals too, as the scan says."""
     coffee = _png(ORIGINALS["coffee"]())
     data, catalog, tree = tmp_path / "data", tmp_path / "c.sqlite", tmp_path / "tree"
     with Engine.open(data, eager=False) as engine:
@@ -162,11 +173,17 @@ def test_a_no_match_scan_after_a_rescan_says_rescan_will_not_match_its_files(tmp
     code, err, _ = _cli(*scan_args, "--no-match")
     assert code == 0, err
     assert (
-        "note: the 1 file(s) hashed by this scan were not matched (--no-match); `hashmatch"
-        " rescan` matches them with the signals shared after its last run, not with the"
-        " lists' earlier signals: to match those, run this scan again without --no-match"
+        "note: the 1 file(s) hashed by this scan were not matched (--no-match); the next"
+        " `hashmatch rescan` matches them in every list, with the signals shared before it"
+        " too, from their catalogued hashes (no file is hashed again)"
     ) in err, err
+    code, err, records = _cli("rescan", *common)
+    assert code == 0, err
+    assert [(Path(r["file"]).name, r["list"]) for r in records if r["kind"] == "match"] == [
+        ("coffee.png", "b")
+    ]
     code, err, records = _cli(*scan_args)
+    assert code == 0, err
     assert [(Path(r["file"]).name, r["list"]) for r in records if r["kind"] == "match"] == [
         ("coffee.png", "b")
     ]

@@ -149,3 +149,121 @@ def test_the_catalog_upgrade_runs_once(tmp_path):
         assert conn.execute("SELECT value FROM meta WHERE key = 'catalog_id'").fetchone() == (
             catalog_id
         )
+
+
+#: the catalog as builds before match coverage (up to 3239c26) created it: no
+#: ``coverage`` table, no ``files.coverage_id``
+BEFORE_COVERAGE_DDL = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE files (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    size INTEGER,
+    mtime_ns INTEGER,
+    md5 BLOB,
+    types TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL,
+    reason TEXT,
+    error TEXT,
+    scanned_at REAL NOT NULL,
+    seen_run INTEGER,
+    ino INTEGER,
+    ctime_ns INTEGER
+);
+CREATE INDEX files_seen_run ON files(seen_run);
+CREATE INDEX files_md5 ON files(md5);
+CREATE TABLE hashes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    signal_type TEXT NOT NULL,
+    frame INTEGER NOT NULL DEFAULT 0,
+    code BLOB NOT NULL,
+    quality INTEGER,
+    timestamp REAL
+);
+CREATE INDEX hashes_file ON hashes(file_id);
+CREATE INDEX hashes_code ON hashes(signal_type, code);
+CREATE TABLE matches (
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
+    signal_type TEXT NOT NULL,
+    signal_id INTEGER NOT NULL,
+    hash_hex TEXT NOT NULL,
+    signal_hex TEXT NOT NULL,
+    distance INTEGER NOT NULL,
+    list_name TEXT NOT NULL,
+    labels TEXT NOT NULL DEFAULT '[]',
+    external_id TEXT,
+    variant INTEGER NOT NULL DEFAULT 0,
+    query_match_pct REAL,
+    target_match_pct REAL,
+    found_by TEXT NOT NULL,
+    found_at REAL NOT NULL,
+    PRIMARY KEY (file_id, signal_type, signal_id)
+);
+CREATE INDEX matches_signal ON matches(signal_id);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    args TEXT NOT NULL DEFAULT '{}',
+    summary TEXT
+);
+"""
+
+
+def test_a_catalog_from_before_match_coverage_is_upgraded_and_its_lists_scans_completed(
+    tmp_path,
+):
+    """A catalog written before the catalog kept what each file was matched in opens
+    (a reader leaves it as it is), gets the ``coverage`` table and column on its first
+    write (schema 1 still: an older build can use it), counts its files as matched in
+    every list (as those builds had them; nothing is looked up again), and a
+    ``--list`` scan into it is completed by the next rescan."""
+    from scan_tree import ORIGINALS, _png
+
+    data_dir, catalog_path, tree = tmp_path / "data", tmp_path / "c.sqlite", tmp_path / "t"
+    pictures = {name: _png(ORIGINALS[name]()) for name in ("astronaut", "coffee")}
+    pdq = {name: hash_media(blob, ["pdq"])[0] for name, blob in pictures.items()}
+    with Engine.open(data_dir, eager=False) as engine:
+        engine.ingest([SignalRecord("pdq", pdq["astronaut"].hex)], list_name="a")
+        engine.ingest([SignalRecord("pdq", pdq["coffee"].hex)], list_name="b")
+        head = engine.store.change_counter()
+    with sqlite3.connect(catalog_path) as conn:  # an older build's scan, then its rescan
+        conn.executescript(BEFORE_COVERAGE_DDL)
+        conn.executemany("INSERT INTO meta VALUES (?, ?)",
+                         [("schema_version", "1"), ("catalog_id", "c0ffee"),
+                          ("rescan_seq", str(head))])  # fmt: skip
+        conn.execute("INSERT INTO files(id, path, size, mtime_ns, types, status, scanned_at)"
+                     " VALUES (1, '/old/coffee.png', 1, 1, 'pdq', 'hashed', 0)")  # fmt: skip
+        conn.execute("INSERT INTO hashes(file_id, signal_type, code, quality)"
+                     " VALUES (1, 'pdq', ?, ?)", (pdq["coffee"].codes[0].tobytes(),
+                                                  pdq["coffee"].quality))  # fmt: skip
+        layout = conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall()
+    with Catalog(catalog_path, readonly=True) as reader:
+        assert list(reader.lookup(["/old/coffee.png"])) == ["/old/coffee.png"]
+    with sqlite3.connect(catalog_path) as conn:
+        assert conn.execute("SELECT name, sql FROM sqlite_master ORDER BY name").fetchall() == (
+            layout
+        )
+
+    result = _rescan(catalog_path, data_dir)  # the first write: upgraded
+    assert (result.new, result.summary.gap_files) == ([], 0)  # matched everywhere, as was
+    with sqlite3.connect(catalog_path) as conn:
+        assert "coverage_id" in {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "1",
+        )
+
+    tree.mkdir()
+    (tree / "coffee.png").write_bytes(pictures["coffee"])
+    matcher = LocalMatcher.open(data_dir, lists=["a"])
+    with Catalog(catalog_path) as catalog:
+        opts = ScanOptions(workers=0, progress=False, types=("pdq",))
+        assert scan([tree], catalog=catalog, matcher=matcher, options=opts).matches == 0
+    matcher.close()
+    result = _rescan(catalog_path, data_dir)
+    with Catalog(catalog_path, readonly=True) as reader:
+        found = [(reader.path_of([m.file_id])[m.file_id], m.list_name) for m in result.new]
+    assert found == [(str(tree / "coffee.png"), "b")]
+    assert result.summary.gap_files == 1

@@ -93,8 +93,8 @@ def _print_summary(summary: dict) -> None:
     "--list",
     "lists",
     multiple=True,
-    help="Only these hash lists (repeatable). New files are not matched in the others "
-    "until a scan without --list (no re-hash) or, never rescanned, the first rescan.",
+    help="Only these hash lists (repeatable); the report has their matches only. The next "
+    "rescan matches the files in the other lists, from the catalog.",
 )
 @click.option("--dihedral", is_flag=True, help="PDQ: also match rotated/flipped copies.")
 @click.option(
@@ -172,7 +172,7 @@ def scan_command(
     skips unchanged files and writes the same report.
     """
     from hashmatch.engine.catalog import Catalog
-    from hashmatch.engine.rescan import claim_tenant, rescanned_before
+    from hashmatch.engine.rescan import claim_tenant
     from hashmatch.engine.scan import LocalMatcher, RemoteMatcher, ScanOptions, scan
     from hashmatch.server import interrupts
 
@@ -184,7 +184,7 @@ def scan_command(
     catalog_path = _catalog_path(data_dir, catalog)
     matcher = tenant = None
     other_lists: list[str] = []  # visible lists a --list scan did not look in
-    gap = False  # a rescan cursor is set: rescan will not match those lists' earlier signals
+    gap = False  # files matched in some lists only: the next rescan matches them in the rest
     with (
         _report_reader_gone_said(),
         _stopped_scan_said(),
@@ -226,7 +226,7 @@ def scan_command(
             with _catalog_errors(catalog_path), Catalog(catalog_path) as cat:
                 if tenant is not None:  # the matches are this tenant's view: rescans check it
                     claim_tenant(cat, server, tenant)
-                gap = bool(other_lists or no_match) and rescanned_before(cat)
+                gap = bool(other_lists or no_match)
                 # a stop is cooperative only once the scan runs: before, the wait for a
                 # server (--server: 60 s) or an index load only noted a Ctrl-C, then the
                 # scan stopped at once, or the wait failed on its own (exit 1, not 130)
@@ -304,21 +304,19 @@ def _note_lists_not_matched(
     hashed: int, lists: tuple[str, ...], others: list[str], *, no_match: bool = False
 ) -> None:
     """Say that the files this --list (or --no-match) scan hashed were not matched in
-    the other lists (in any), and that the next incremental rescan will not do it
-    either (it matches only the signals shared after its cursor): an analyst expected
-    rescan to cover them."""
+    the other lists (in any), so its report has none of those matches, and that the
+    next rescan matches them there (the catalog records what each file was matched
+    in: catalog_coverage), with the earlier signals too, from their catalogued hashes."""
     if no_match:
-        done, which, flag = "not matched (--no-match)", "the lists'", "--no-match"
+        done, which = "not matched (--no-match)", "in every list"
     else:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         done = f"matched in --list {', '.join(lists)} only"
-        which, flag = f"the other lists' ({shown})", "--list"
+        which = f"in the other lists ({shown}) as well"
     click.echo(
-        f"note: the {hashed} file(s) hashed by this scan were {done}; `hashmatch rescan`"
-        f" matches them with the signals shared after its last run, not with {which}"
-        f" earlier signals: to match those, run this scan again without {flag} (unchanged"
-        " files are matched from the catalog, not hashed again) or `hashmatch rescan"
-        " --since all`",
+        f"note: the {hashed} file(s) hashed by this scan were {done}; the next `hashmatch"
+        f" rescan` matches them {which}, with the signals shared before it too, from their"
+        " catalogued hashes (no file is hashed again)",
         err=True,
     )
 
