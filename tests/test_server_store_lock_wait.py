@@ -38,7 +38,7 @@ from test_cli_tokens_edits import _holding
 from test_operator_setup import SERVE, _clean_env
 
 from hashmatch.server.client import signal
-from hashmatch.v1 import signals_pb2, signals_pb2_grpc
+from hashmatch.v1 import common_pb2, signals_pb2, signals_pb2_grpc
 
 #: ``hashmatch serve`` with the store's busy timeout as given (argv[1])
 _SERVE_BUSY = (
@@ -289,3 +289,44 @@ def test_the_servers_open_behind_a_held_lock_is_logged(tmp_path):
         holder.kill()
         holder.wait()
     assert f"pid {holder.pid} (python -c \\nimport sqlite3" in said[-1]
+
+
+#: the access-log line of a Retract: written as its handler returns (its thread is free)
+_RETRACT_LOGGED = '"method": "Retract"'
+
+
+def _retract(address: str, timeout: float) -> signals_pb2.RetractResponse:
+    with grpc.insecure_channel(address) as channel:
+        request = signals_pb2.RetractRequest(
+            list_name="partner-a", hashes=[common_pb2.HashValue(signal_type="pdq", hex=PDQ)]
+        )
+        return signals_pb2_grpc.SignalsStub(channel).Retract(request, timeout=timeout)
+
+
+def test_a_retract_whose_deadline_passes_behind_a_held_lock_frees_its_thread_retracting_nothing(
+    tmp_path,
+):
+    """Retract's lock wait ends with the call's deadline as Ingest's does (the unary
+    skin's still-wanted check): DEADLINE_EXCEEDED at the 2 s deadline, its handler
+    returned within about a second of it (its access-log line) with the lock still
+    held, nothing retracted (the same retraction once the holder lets go retracts the
+    signal), and the server goes on answering."""
+    data = _store_with_a_list(tmp_path)
+    with _serving(data, 60.0) as (address, lines, _):
+        assert _ingest(address, "partner-a").added == 1
+        holder = _holding(data / "store.sqlite")
+        try:
+            with pytest.raises(grpc.RpcError) as failed:
+                _retract(address, timeout=2)
+            logged = _until(lines, _RETRACT_LOGGED, 5)[-1]
+            assert holder.poll() is None  # the lock was held throughout
+            _let_go(holder)
+            after = _retract(address, timeout=30)
+        finally:
+            holder.kill()
+            holder.wait()
+    assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, failed.value
+    access = json.loads(logged[logged.index("{") :])
+    assert access["status"] == "DEADLINE_EXCEEDED", access
+    assert access["ms"] < 3000, access  # the 2 s deadline, then at most ~1 s
+    assert after.retracted == 1, after  # the abandoned call retracted nothing
