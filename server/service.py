@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from hashmatch.engine.errors import Conflict, HashmatchError, SnapshotFailed
 from hashmatch.engine.runtime import Progress, RebuildStopped
+from hashmatch.engine.store_lock_wait import SLICE_SECONDS, wanted_while
 from hashmatch.server import changes, errors, ingest, matching, violations
 from hashmatch.server.calls import Call, rpc
 from hashmatch.server.errors import DiskFull, NotServing
@@ -132,6 +133,20 @@ class SignalsService(signals_pb2_grpc.SignalsServicer):
         return changes.signal_states(self.host, request, call)
 
 
+class _CallerGone(HashmatchError):
+    """A rebuild's store write gave up waiting for another process's write lock: its
+    caller went away (deadline, cancel). Every store write of a rebuild comes after the
+    swap, so the rebuilt index is live by then; what was left is not written."""
+
+
+#: how the log says what a rebuild that gave up a lock wait left undone
+_GAVE_UP = (
+    "the rebuilt index is live (it was swapped in before any store write), but what was"
+    " left of the rebuild (the lists' recount, its audit row, the snapshot) was not"
+    " written: take a Snapshot (or rebuild again) once that process is done"
+)
+
+
 def _outcome(summary: dict) -> str:
     """A finished rebuild's outcome for the metrics (see metrics.REBUILD_OUTCOMES)."""
     if summary.get("snapshot_error"):
@@ -170,39 +185,73 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if not self._rebuilding.acquire(blocking=False):
             raise Conflict("a rebuild is already running", field="RebuildIndex")
         events: queue.Queue = queue.Queue()
+        left = threading.Event()  # the call ended before the rebuild: nobody reads events
 
         def progress(stage: str, done: int, total: int) -> None:
             events.put(admin_pb2.RebuildProgress(stage=stage, done=done, total=total))
+
+        def still_wanted() -> None:
+            # asked while a write of the rebuild waits for another process's write lock
+            # (see store_lock_wait): as for Ingest, the wait ends once the caller is gone
+            if left.is_set() or _gone(call):
+                raise _CallerGone(
+                    "its caller went away while another process held the store's write lock"
+                )
 
         def work() -> None:
             # the metrics are set before the caller hears the end: a scrape after the
             # final message sees this rebuild
             began = time.perf_counter()
             try:
-                summary = self._rebuild(progress, call.principal.tenant)
+                with wanted_while(still_wanted):
+                    summary = self._rebuild(progress, call.principal.tenant)
             except RebuildStopped as exc:
                 self.host.metrics.rebuilt(time.perf_counter() - began, "stopped")
                 events.put(("error", NotServing(f"the server is shutting down: {exc}")))
+            except _CallerGone as exc:
+                self.host.metrics.rebuilt(time.perf_counter() - began, "stopped")
+                log.warning("rebuild: %s; %s", exc, _GAVE_UP)
             except BaseException as exc:  # handed to the RPC thread to map
                 self.host.metrics.rebuilt(time.perf_counter() - began, "failed")
+                if left.is_set():
+                    log.exception("rebuild: failed after its caller went away")
                 events.put(("error", exc))
             else:
                 self.host.metrics.rebuilt(time.perf_counter() - began, _outcome(summary))
+                if left.is_set():  # the access log has the call, not how the rebuild ended
+                    log.info("rebuild: finished after its caller went away: %s",
+                             json.dumps(summary, default=str))  # fmt: skip
                 events.put(("done", summary))
             finally:
                 self._rebuilding.release()
 
         # The rebuild runs to completion even if the caller goes away: a half-built
         # index is never swapped in, and the store stays the source of truth. Only a
-        # server stop ends it early (stop() waits for it before closing the store).
+        # server stop ends it early (stop() waits for it before closing the store), or,
+        # once its caller is gone, a store write that would wait for another process's
+        # write lock (still_wanted: the index is live by then, the log says what is not).
         try:
             self.host.run_background("rebuild", work)
         except BaseException:
             self._rebuilding.release()
             raise
+        try:
+            yield from self._progress(events, call)
+        finally:
+            left.set()
+
+    def _progress(self, events: queue.Queue, call: Call) -> Iterator[admin_pb2.RebuildProgress]:
+        """The rebuild's progress as it comes, then its summary. Between messages the
+        call's deadline and cancel are checked every :data:`SLICE_SECONDS`: a caller
+        gone while the rebuild is silent (a long build step, a write waiting for another
+        process's lock) frees this thread at once, not when the rebuild next speaks."""
         started = time.perf_counter()
         while True:
-            event = events.get()
+            try:
+                event = events.get(timeout=SLICE_SECONDS)
+            except queue.Empty:
+                _check_caller(call, stopping=self.host.stopping)
+                continue
             if isinstance(event, tuple) and event[0] == "error":
                 raise event[1]  # ends the call: the log says why (e.g. the server stopping)
             # as Changes does per message: a token removed (SIGHUP) since the call began
@@ -268,3 +317,25 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         path = self.host.engine.snapshot(actor=call.principal.tenant)
         call.log["path"] = str(path)
         return admin_pb2.SnapshotResponse(path=str(path))
+
+
+def _gone(call: Call) -> bool:
+    """The call's deadline passed or its client cancelled (from any thread)."""
+    left = call.time_left()
+    return (left is not None and left <= 0) or not call.context.is_active()
+
+
+def _check_caller(call: Call, *, stopping: bool) -> None:
+    """:meth:`Call.check_deadline` for a RebuildIndex call, whose status then says what
+    becomes of the rebuild: it goes on without its caller, or, when the server's stop
+    ended the call, gives up at its next step (UNAVAILABLE, as the rebuild's own end)."""
+    try:
+        call.check_deadline()
+    except (errors.DeadlineExceeded, errors.Cancelled) as exc:
+        if stopping and isinstance(exc, errors.Cancelled):
+            raise NotServing(
+                "the server is shutting down; the rebuild gives up at its next step"
+            ) from None
+        raise type(exc)(
+            f"{exc.message}; the rebuild goes on in the background (the server logs how it ends)"
+        ) from None
