@@ -83,8 +83,7 @@ def _let_go(holder: subprocess.Popen) -> None:
 
 def test_an_ingest_behind_a_held_lock_names_the_holder_at_once_then_finishes(tmp_path):
     data = _store_with_a_list(tmp_path)
-    holder = _holding(data / "store.sqlite")
-    try:
+    with _holding(data / "store.sqlite") as holder:
         started = time.monotonic()
         cli = subprocess.Popen(
             [sys.executable, "-c", SERVE, "ingest", "list.txt", "--list", "partner-a",
@@ -97,9 +96,6 @@ def test_an_ingest_behind_a_held_lock_names_the_holder_at_once_then_finishes(tmp
         assert cli.poll() is None  # still waiting, not failed
         _let_go(holder)
         out = cli.communicate(timeout=60)[0]
-    finally:
-        holder.kill()
-        holder.wait()
     line = said[-1]
     # one line: the holder's own command line (a python -c script) has its newlines escaped
     assert line.startswith(f"{data / 'store.sqlite'}: pid {holder.pid} (python"), line
@@ -115,16 +111,12 @@ def test_a_verb_whose_wait_runs_out_names_the_holder_in_its_error(tmp_path):
     """The existing hint ("another process held the write lock for over 60 s") now
     says which process, so the operator knows what to wait for or look at."""
     data = _store_with_a_list(tmp_path)
-    holder = _holding(data / "store.sqlite")
-    try:
+    with _holding(data / "store.sqlite") as holder:
         out = subprocess.run(
             [sys.executable, "-c", _SHORT_BUSY, "lists", "create", "partner-b", "--data-dir",
              str(data)],
             cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-    finally:
-        holder.kill()
-        holder.wait()
     assert out.returncode == 1
     lines = out.stderr.splitlines()
     assert len(lines) == 2, out.stderr  # the wait line, then the error: one each
@@ -138,35 +130,33 @@ def test_a_verb_whose_wait_runs_out_names_the_holder_in_its_error(tmp_path):
 def test_on_a_terminal_it_is_one_line_too(tmp_path):
     """stderr a terminal (where ingest draws a progress bar): the same one line, once."""
     data = _store_with_a_list(tmp_path)
-    holder = _holding(data / "store.sqlite")
-    main, side = pty.openpty()
-    try:
-        cli = subprocess.Popen(
-            [sys.executable, "-c", SERVE, "ingest", "list.txt", "--list", "partner-a",
-             "--data-dir", str(data)],
-            cwd=tmp_path, env=_clean_env(), stdout=subprocess.PIPE, stderr=side,
-        )  # fmt: skip
-        os.close(side)
-        seen = b""
-        deadline = time.monotonic() + PROMPTLY
-        while b"waiting for it" not in seen and time.monotonic() < deadline:
-            if select.select([main], [], [], max(0.0, deadline - time.monotonic()))[0]:
-                seen += os.read(main, 4096)
-        assert b"waiting for it" in seen, seen
-        _let_go(holder)
-        cli.wait(timeout=60)
-        while True:
-            try:
-                chunk = os.read(main, 4096)
-            except OSError:  # EIO: the terminal's other side is closed
-                break
-            if not chunk:
-                break
-            seen += chunk
-    finally:
-        os.close(main)
-        holder.kill()
-        holder.wait()
+    with _holding(data / "store.sqlite") as holder:
+        main, side = pty.openpty()
+        try:
+            cli = subprocess.Popen(
+                [sys.executable, "-c", SERVE, "ingest", "list.txt", "--list", "partner-a",
+                 "--data-dir", str(data)],
+                cwd=tmp_path, env=_clean_env(), stdout=subprocess.PIPE, stderr=side,
+            )  # fmt: skip
+            os.close(side)
+            seen = b""
+            deadline = time.monotonic() + PROMPTLY
+            while b"waiting for it" not in seen and time.monotonic() < deadline:
+                if select.select([main], [], [], max(0.0, deadline - time.monotonic()))[0]:
+                    seen += os.read(main, 4096)
+            assert b"waiting for it" in seen, seen
+            _let_go(holder)
+            cli.wait(timeout=60)
+            while True:
+                try:
+                    chunk = os.read(main, 4096)
+                except OSError:  # EIO: the terminal's other side is closed
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+        finally:
+            os.close(main)
     assert cli.returncode == 0, seen
     text = seen.decode()
     assert text.count("holds the store's write lock") == 1, text
@@ -182,18 +172,18 @@ def test_the_store_tells_who_after_the_grace_and_not_for_a_short_hold(tmp_path):
     heard: list[tuple[int | None, float]] = []
     store.on_lock_wait = lambda pid, wait: heard.append((pid, wait))
     try:
-        holder = _holding(path)
-        threading.Timer(0.2, _let_go, (holder,)).start()  # well within the 1 s grace
-        store.create_list("quick")
-        holder.wait(timeout=30)
+        with _holding(path) as holder:
+            threading.Timer(0.2, _let_go, (holder,)).start()  # well within the 1 s grace
+            store.create_list("quick")
+            holder.wait(timeout=30)
         assert heard == []
 
-        holder = _holding(path)
-        threading.Timer(2.0, _let_go, (holder,)).start()
-        started = time.monotonic()
-        store.create_list("slow")
-        took = time.monotonic() - started
-        holder.wait(timeout=30)
+        with _holding(path) as holder:
+            threading.Timer(2.0, _let_go, (holder,)).start()
+            started = time.monotonic()
+            store.create_list("slow")
+            took = time.monotonic() - started
+            holder.wait(timeout=30)
     finally:
         store.close()
     assert heard == [(holder.pid, 60.0)]

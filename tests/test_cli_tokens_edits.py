@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -459,14 +460,21 @@ conn.execute("COMMIT")
 """
 
 
-def _holding(store: Path, script: str = _HOLD_WRITE_LOCK) -> subprocess.Popen:
-    """A process running ``script`` on ``store``, once it says it holds the write lock."""
+@contextmanager
+def _holding(store: Path, script: str = _HOLD_WRITE_LOCK) -> Iterator[subprocess.Popen]:
+    """A process running ``script`` on ``store``, once it says it holds the write lock;
+    killed and reaped on leaving, however the test ends (a holder left running keeps the
+    store locked and is a zombie to the tests after). Its ``pid`` stays readable after."""
     holder = subprocess.Popen(
         [sys.executable, "-c", script, str(store)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
-    return holder
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_store_held_by_another_process_fails_the_audit_in_seconds_naming_it(tmp_path):
@@ -479,14 +487,10 @@ def test_a_store_held_by_another_process_fails_the_audit_in_seconds_naming_it(tm
     made = _cli("lists", "create", "partner-a", "--data-dir", str(data), cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     _file(data / "auth.toml", TWO_TENANTS)
-    holder = _holding(data / "store.sqlite")
-    try:
+    with _holding(data / "store.sqlite") as holder:
         started = time.monotonic()
         out = _cli("tokens", "revoke", PARTNER[:8], "--data-dir", str(data), cwd=tmp_path)
         took = time.monotonic() - started
-    finally:
-        holder.kill()
-        holder.wait()
     assert out.returncode == 0, out.stderr
     assert took < 30, f"waited {took:.1f} s for the store's lock"
     who = f"pid {holder.pid} ("
@@ -505,9 +509,8 @@ def test_a_store_lock_let_go_within_the_wait_records_the_edit(tmp_path):
     made = _cli("lists", "create", "partner-a", "--data-dir", str(data), cwd=tmp_path)
     assert made.returncode == 0, made.stderr
     _file(data / "auth.toml", TWO_TENANTS)
-    holder = _holding(data / "store.sqlite")
-    assert holder.stdin is not None
-    try:
+    with _holding(data / "store.sqlite") as holder:
+        assert holder.stdin is not None
         cli = subprocess.Popen(
             [sys.executable, "-c", SERVE, "tokens", "revoke", PARTNER[:8], "--data-dir",
              str(data)],
@@ -523,9 +526,6 @@ def test_a_store_lock_let_go_within_the_wait_records_the_edit(tmp_path):
         holder.stdin.write("\n")  # let go: the CLI's wait finds the lock free
         holder.stdin.flush()
         rest = cli.communicate(timeout=60)[1]
-    finally:
-        holder.kill()
-        holder.wait()
     assert cli.returncode == 0, "".join(said) + rest
     assert f"audit: recorded in the store of {data}" in rest
     rows = [r for r in _audit(data, tmp_path) if r["action"].startswith("token.")]

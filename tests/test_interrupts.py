@@ -422,15 +422,13 @@ def test_a_remote_ingest_stopped_after_all_was_sent_says_so(tmp_path):
     rows = "".join(f"pdq,{row.tobytes().hex()}\n" for row in codes)
     path.write_text("signal_type,signal_value\n" + rows)
     with _serving(data, busy=60) as (address, server_said, _):
-        holder = _holding(data / "store.sqlite")
-        try:
+        with _holding(data / "store.sqlite") as holder:
             args = ["remote", "--server", address, "ingest", "partner-a", str(path)]
             proc = _hashmatch(args, text=True)
             _until(server_said, HOLDS, PROMPTLY)  # the message is in: its write waits
             os.kill(proc.pid, signal.SIGINT)
             said = _lines(proc.stderr)
             before = _until(said, "no more signals sent; waiting up to", PROMPTLY)
-        finally:
             _let_go(holder)
             holder.wait(10)
         proc.wait(timeout=60)

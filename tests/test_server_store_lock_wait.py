@@ -87,10 +87,6 @@ for _ in range(2):
 """
 
 
-def _holding_twice(store: Path) -> subprocess.Popen:
-    return _holding(store, _HOLD_TWICE)
-
-
 def _next(holder: subprocess.Popen, said: str) -> None:
     """Let ``holder`` go on (let go, or take the lock again) and wait till it did."""
     _let_go(holder)
@@ -116,8 +112,7 @@ def _drain(lines) -> list[str]:
 def test_an_ingest_behind_a_held_lock_is_logged_naming_the_holder_then_completes(tmp_path):
     data = _store_with_a_list(tmp_path)
     with _serving(data, 60.0) as (address, lines, _):
-        holder = _holding(data / "store.sqlite")
-        try:
+        with _holding(data / "store.sqlite") as holder:
             replies: list = []
             call = threading.Thread(target=lambda: replies.append(_ingest(address, "partner-a")))
             started = time.monotonic()
@@ -127,9 +122,6 @@ def test_an_ingest_behind_a_held_lock_is_logged_naming_the_holder_then_completes
             assert call.is_alive()  # still waiting for the lock, not failed
             _let_go(holder)
             call.join(timeout=60)
-        finally:
-            holder.kill()
-            holder.wait()
         assert not call.is_alive()
         line = said[-1]
         # one line: the holder's command line (a python -c script) has its newlines escaped
@@ -148,9 +140,8 @@ def test_calls_queued_behind_one_holder_log_it_once_per_episode_and_fail_unavail
     the episode: the same process taking the lock again is logged again."""
     data = _store_with_a_list(tmp_path)
     with _serving(data, 3.0) as (address, lines, _):
-        holder = _holding_twice(data / "store.sqlite")
         failures = []
-        try:
+        with _holding(data / "store.sqlite", _HOLD_TWICE) as holder:
             for _ in range(2):
                 try:
                     _ingest(address, "partner-a", timeout=30)
@@ -165,9 +156,6 @@ def test_calls_queued_behind_one_holder_log_it_once_per_episode_and_fail_unavail
             said = _until(lines, HOLDS, PROMPTLY)
             _next(holder, "free")
             again.join(timeout=60)
-        finally:
-            holder.kill()
-            holder.wait()
     assert len(failures) == 2
     for exc in failures:
         assert exc.code() is grpc.StatusCode.UNAVAILABLE, exc
@@ -193,19 +181,14 @@ def test_an_ingest_whose_deadline_passes_behind_a_held_lock_frees_its_thread_sto
     access-log line, DEADLINE_EXCEEDED) within about a second of it, the lock still
     held, and the same signal ingested once the holder lets go is new."""
     data = _store_with_a_list(tmp_path)
-    with _serving(data, 60.0) as (address, lines, _):
-        holder = _holding(data / "store.sqlite")
-        try:
-            with pytest.raises(grpc.RpcError) as failed:
-                _ingest(address, "partner-a", timeout=2)
-            # the old code logged it only once the holder let go (or after 60 s)
-            logged = _until(lines, _INGEST_LOGGED, 5)[-1]
-            assert holder.poll() is None  # the lock was held throughout
-            _let_go(holder)
-            after = _ingest(address, "partner-a", timeout=30)
-        finally:
-            holder.kill()
-            holder.wait()
+    with _serving(data, 60.0) as (address, lines, _), _holding(data / "store.sqlite") as holder:
+        with pytest.raises(grpc.RpcError) as failed:
+            _ingest(address, "partner-a", timeout=2)
+        # the old code logged it only once the holder let go (or after 60 s)
+        logged = _until(lines, _INGEST_LOGGED, 5)[-1]
+        assert holder.poll() is None  # the lock was held throughout
+        _let_go(holder)
+        after = _ingest(address, "partner-a", timeout=30)
     assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, failed.value
     access = json.loads(logged[logged.index("{") :])
     assert access["status"] == "DEADLINE_EXCEEDED", access
@@ -217,26 +200,19 @@ def test_an_ingest_cancelled_behind_a_held_lock_frees_its_thread_storing_nothing
     """A client that cancels (or goes away) while its Ingest waits for the lock: the
     wait ends within about a second, CANCELLED, the lock still held, nothing stored."""
     data = _store_with_a_list(tmp_path)
-    with _serving(data, 60.0) as (address, lines, _):
-        holder = _holding(data / "store.sqlite")
-        try:
-            with grpc.insecure_channel(address) as channel:
-                stub = signals_pb2_grpc.SignalsStub(channel)
-                request = signals_pb2.IngestRequest(
-                    list_name="partner-a", signals=[signal("pdq", PDQ)]
-                )
-                future = stub.Ingest.future(iter([request]), timeout=60)
-                _until(lines, HOLDS, PROMPTLY)  # waiting for the lock past the grace
-                future.cancel()
-                cancelled = time.monotonic()
-                logged = _until(lines, _INGEST_LOGGED, 5)[-1]
-                freed_after = time.monotonic() - cancelled
-            assert holder.poll() is None  # the lock was held throughout
-            _let_go(holder)
-            after = _ingest(address, "partner-a", timeout=30)
-        finally:
-            holder.kill()
-            holder.wait()
+    with _serving(data, 60.0) as (address, lines, _), _holding(data / "store.sqlite") as holder:
+        with grpc.insecure_channel(address) as channel:
+            stub = signals_pb2_grpc.SignalsStub(channel)
+            request = signals_pb2.IngestRequest(list_name="partner-a", signals=[signal("pdq", PDQ)])
+            future = stub.Ingest.future(iter([request]), timeout=60)
+            _until(lines, HOLDS, PROMPTLY)  # waiting for the lock past the grace
+            future.cancel()
+            cancelled = time.monotonic()
+            logged = _until(lines, _INGEST_LOGGED, 5)[-1]
+            freed_after = time.monotonic() - cancelled
+        assert holder.poll() is None  # the lock was held throughout
+        _let_go(holder)
+        after = _ingest(address, "partner-a", timeout=30)
     access = json.loads(logged[logged.index("{") :])
     assert access["status"] == "CANCELLED", access
     assert freed_after < 1.5, freed_after
@@ -258,8 +234,7 @@ def test_a_store_verbs_open_behind_a_held_lock_names_the_holder(tmp_path):
     store verb now says who it waits for there too, then goes on."""
     data = _store_with_a_list(tmp_path)
     _without_identity(data / "store.sqlite")
-    holder = _holding(data / "store.sqlite")
-    try:
+    with _holding(data / "store.sqlite") as holder:
         cli = subprocess.Popen(
             [sys.executable, "-c", SERVE, "lists", "ls", "--data-dir", str(data)],
             cwd=tmp_path, env=_clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -269,9 +244,6 @@ def test_a_store_verbs_open_behind_a_held_lock_names_the_holder(tmp_path):
         assert cli.poll() is None  # still waiting, not failed
         _let_go(holder)
         out = cli.communicate(timeout=60)[0]
-    finally:
-        holder.kill()
-        holder.wait()
     assert said[-1].startswith(f"{data / 'store.sqlite'}: pid {holder.pid} (python"), said
     assert cli.returncode == 0
     assert "partner-a" in out
@@ -280,14 +252,12 @@ def test_a_store_verbs_open_behind_a_held_lock_names_the_holder(tmp_path):
 def test_the_servers_open_behind_a_held_lock_is_logged(tmp_path):
     data = _store_with_a_list(tmp_path)
     _without_identity(data / "store.sqlite")
-    holder = _holding(data / "store.sqlite")
-    try:
-        with _serving(data, 60.0, ready=HOLDS) as (_, lines, said):
-            _let_go(holder)
-            _until(lines, "serving on", 120)
-    finally:
-        holder.kill()
-        holder.wait()
+    with (
+        _holding(data / "store.sqlite") as holder,
+        _serving(data, 60.0, ready=HOLDS) as (_, lines, said),
+    ):
+        _let_go(holder)
+        _until(lines, "serving on", 120)
     assert f"pid {holder.pid} (python -c \\nimport sqlite3" in said[-1]
 
 
