@@ -20,6 +20,7 @@ import numpy as np
 import proc_syscalls
 import pytest
 from click.testing import CliRunner
+from thread_stacks import wait_running
 
 from hashmatch.engine.store import SignalStore
 from hashmatch.server.cli import cli
@@ -1148,13 +1149,12 @@ def test_follow_stops_between_passes_on_a_signal_another_thread_received(tmp_pat
     local = tmp_path / "local"
     previous = {s: signals.getsignal(s) for s in (signals.SIGINT, signals.SIGTERM)}
     sent: list[float] = []
+    main = threading.get_ident()  # the thread the CLI (and its interval wait) runs in
 
     def terminate_from_another_thread() -> None:
-        deadline = time.monotonic() + 60
-        while _cursor(local) == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.5)  # the first pass is done: the main thread sleeps its interval
-        sent.append(time.monotonic())
+        # the first pass is done once the main thread waits out its interval
+        if wait_running("wait_in_steps", 60, thread=main):
+            sent.append(time.monotonic())
         signals.pthread_kill(threading.get_ident(), signals.SIGTERM)
 
     try:
@@ -1173,7 +1173,9 @@ def test_follow_stops_between_passes_on_a_signal_another_thread_received(tmp_pat
         for s, handler in previous.items():
             signals.signal(s, handler)
     assert result.exit_code == 0, result.output
-    assert sent and stopped - sent[0] < 2.0, f"stopped {stopped - sent[0]:.1f} s after SIGTERM"
+    assert sent, "the main thread never began its interval wait"
+    assert _cursor(local) > 0  # the pass before it mirrored
+    assert stopped - sent[0] < 2.0, f"stopped {stopped - sent[0]:.1f} s after SIGTERM"
 
 
 def test_follow_ends_between_passes_on_a_hang_up_as_on_sigterm(tmp_path):

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage import data
+from thread_stacks import wait_running
 
 from hashmatch.server.client import signal
 from hashmatch.server.metrics import METRICS_CONNECTIONS, Metrics
@@ -155,7 +156,7 @@ def test_graceful_shutdown_finishes_in_flight_calls(tmp_path):
             while inflight("hashmatch_inflight_rpcs") < 1:  # wait until the server has it
                 assert time.monotonic() < deadline, "the call never reached the server"
                 time.sleep(0.01)
-            time.sleep(0.05)  # and is hashing
+            assert wait_running("hash_media", 10), "the call never began hashing"
             stopper = pool.submit(ts.server.stop, 10.0)
             reply = in_flight.result(timeout=30)
             assert reply.items[0].hashes[0].hex
@@ -454,6 +455,7 @@ WARM_UP_COVERS_PHOTOS = (
 import io
 from PIL import Image
 from skimage import data
+from thread_stacks import wait_running
 from hashmatch.engine import signal_types
 from hashmatch.engine.hashing import hash_media
 
