@@ -36,6 +36,7 @@ from hashmatch.server.certificates import (
     requires_client_certificate,
     speaks_tls,
 )
+from hashmatch.server.client_tls import check_client_tls, source_of
 from hashmatch.v1 import (
     admin_pb2_grpc,
     common_pb2,
@@ -303,6 +304,13 @@ class ClientBase:
         self.root_certificates = _read(root_certificates)  # for certificate_hint
         # for connection_hint's check of what the server makes of them
         self._client_chain = (_read(client_cert), _read(client_key)) if client_cert else None
+        given = {"root_certificates": root_certificates, "client_cert": client_cert}
+        given["client_key"] = client_key
+        check_client_tls(  # gRPC would only fail "Failed to create security handshaker"
+            self.root_certificates,
+            self._client_chain,  # type: ignore[arg-type]
+            {argument: source_of(value) for argument, value in given.items()},
+        )
         if self.tls:
             creds = grpc.ssl_channel_credentials(
                 root_certificates=self.root_certificates,

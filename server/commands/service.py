@@ -523,6 +523,10 @@ def _parse_hash_arg(text: str, default_type: str) -> tuple[str, str]:
     return default_type, text
 
 
+#: The client's TLS arguments as :func:`server_access_options` names them
+TLS_OPTIONS = {"root_certificates": "--ca", "client_cert": "--cert", "client_key": "--key"}
+
+
 def server_access_options(f):
     """--token-file, --ca, --cert and --key: how a verb reaches a server behind a private
     CA or mutual TLS (``remote``, and ``scan``/``rescan --server``); see :func:`connect`."""
@@ -553,6 +557,7 @@ def connect(
     (grpcio would abort the process), an unusable token or file one line."""
     from hashmatch.server.client import HashmatchClient
     from hashmatch.server.client_shared import PlaintextTokenWarning
+    from hashmatch.server.client_tls import TLSFileError
 
     if token_file:
         token = _token_from_file(click.get_current_context(), token_file, token)
@@ -564,6 +569,8 @@ def connect(
             client = HashmatchClient(server, token=token, tls=tls, root_certificates=ca,
                                      client_cert=cert, client_key=key,
                                      **client_options)  # fmt: skip
+    except TLSFileError as exc:  # named as the options it came from
+        raise click.ClickException(exc.described(TLS_OPTIONS)) from None
     except (ValueError, OSError) as exc:  # a token grpcio cannot send, an unreadable file
         raise click.ClickException(str(exc)) from None
     for found in caught:  # ours as one line on stderr, not a Python warning's two
