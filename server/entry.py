@@ -10,6 +10,16 @@ from __future__ import annotations
 
 
 def main() -> None:
+    import os
+    import sys
+
+    if sys.argv[1:2] != ["serve"]:
+        # gRPC's C core logs each failed TLS handshake at INFO on stderr ("I1207 ...
+        # ssl_transport_security.cc:2563] Handshake failed ..."): a client verb says
+        # what is wrong in its own error, which came after two such lines. Read once,
+        # when grpc is first imported; an operator's own GRPC_VERBOSITY wins. `serve`
+        # keeps them: the server's one record of a client refused in the handshake.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     from hashmatch.server import interrupts
 
     interrupts.install()

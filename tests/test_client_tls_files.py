@@ -9,7 +9,10 @@ the CA, certificate and key swapped all read like an unreachable server.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from hashmatch.server.aio_client import AsyncHashmatchClient
 from hashmatch.server.cli import cli
 from hashmatch.server.client import HashmatchClient
 from hashmatch.server.client_tls import TLSFileError
-from hashmatch.server.testing import self_signed_cert
+from hashmatch.server.testing import running_server, self_signed_cert
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
 
@@ -94,3 +97,30 @@ def test_the_cli_names_its_options_at_once(certs):
     assert result.exit_code == 1
     assert result.output == f"Error: --key {wrong_key}: not the private key of --cert {cert}\n"
     assert time.monotonic() - started < 2  # not retried as a server that is down
+
+
+CLI = "from hashmatch.server.entry import main; main()"
+
+
+@pytest.mark.parametrize("verbosity", [None, "INFO"])
+def test_the_cli_prints_its_error_without_grpcs_handshake_log(tmp_path, certs, verbosity):
+    """gRPC's C core logged each failed handshake at INFO on stderr ("I1207 ...
+    ssl_transport_security.cc:2563] Handshake failed ..."), two such lines before the
+    verb's own error and hint; an operator who asks for them (GRPC_VERBOSITY) still
+    gets them."""
+    key, cert = certs["ca"]
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    if verbosity:
+        env["GRPC_VERBOSITY"] = verbosity
+    with running_server(tmp_path / "data", tls_cert=cert, tls_key=key) as ts:
+        run = subprocess.run(
+            [sys.executable, "-c", CLI, "remote", "--server", ts.target, "--tls",
+             "--token", "t", "--timeout", "10", "lists"],
+            capture_output=True, text=True, env=env, timeout=60,
+        )  # fmt: skip
+    assert run.returncode == 1
+    assert "give the CA that signed it with --ca" in run.stderr
+    logged = [line for line in run.stderr.splitlines() if "ssl_transport_security" in line]
+    assert bool(logged) == (verbosity == "INFO"), run.stderr
+    if not verbosity:
+        assert run.stderr.startswith("Error: UNAVAILABLE: "), run.stderr
