@@ -869,15 +869,25 @@ def media_items(media: MediaInput | Iterable[MediaInput]) -> list[bytes]:
 
     Why: ``hash(data)`` or ``match(media=data)`` (one upload) was iterated as its
     byte values and failed "TypeError: expected bytes, int found"; a bytearray item
-    (a buffer read into) failed "expected bytes, bytearray found"."""
+    (a buffer read into) failed "expected bytes, bytearray found". A file object (an
+    open file, ``io.BytesIO``, a web framework's upload) is refused: iterated, it gave
+    its lines, each sent as an upload of its own (a JPEG split at its newline bytes,
+    refused as 20 media items over the limit, or as undecodable ones)."""
     if isinstance(media, bytes | bytearray | memoryview):
         media = [media]
+    elif hasattr(media, "read"):
+        raise TypeError(_FILE_OBJECT.format(type(media).__name__))
     return [item if isinstance(item, bytes) else _as_bytes(item) for item in media]
+
+
+_FILE_OBJECT = "media: a file object ({}) is not sent as it is: pass its bytes, f.read()"
 
 
 def _as_bytes(item: Any) -> bytes:
     if isinstance(item, bytearray | memoryview):
         return bytes(item)
+    if hasattr(item, "read"):
+        raise TypeError(_FILE_OBJECT.format(type(item).__name__))
     raise TypeError(f"media: each item is the bytes of one file, got {type(item).__name__}")
 
 

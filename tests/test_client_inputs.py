@@ -89,6 +89,20 @@ def test_the_asyncio_client_takes_them_alike(served):
     asyncio.run(scenario())
 
 
+def test_an_upload_given_as_a_file_object_says_to_pass_its_bytes(served):
+    """A file object iterates its lines: ``match(media=f)`` sent each as an upload of
+    its own (the astronaut JPEG: refused as media items over the limit, 16)."""
+    _ts, client, upload, _pdq = served
+    said = r"media: a file object \(BytesIO\) is not sent as it is: pass its bytes, f.read\(\)"
+    for call in (
+        lambda: client.match(media=io.BytesIO(upload)),
+        lambda: client.match(media=[io.BytesIO(upload)]),
+        lambda: client.hash(io.BytesIO(upload)),
+    ):
+        with pytest.raises(TypeError, match=said):
+            call()
+
+
 def test_a_hash_pair_or_a_videos_frames_outside_their_list_say_so(served):
     _ts, client, _upload, pdq = served
     with pytest.raises(TypeError, match=r"a single hash goes in a list: \[\(\"pdq\", hex\)\]"):
