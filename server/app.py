@@ -255,7 +255,10 @@ def exposure_warnings(config: ServerConfig, auth: object | None) -> list[str]:
     authentication at all (every caller an admin of every list), above all on an address
     other machines reach, tokens sent in plaintext off the loopback interface, and
     /metrics (no authentication; every list's name) off it."""
-    loopback = _is_loopback(config.listen.rsplit(":", 1)[0])
+    # a unix socket is this machine's too (the clients' reading of a target: it was
+    # warned of as "not a loopback address", tokens "in plaintext" off the machine)
+    listen = config.listen
+    loopback = listen.startswith(UNIX_SCHEMES) or _is_loopback(listen.rsplit(":", 1)[0])
     out = []
     if config.metrics_port >= 0 and not _is_loopback(config.metrics_host):
         out.append(

@@ -171,12 +171,18 @@ def test_start_up_warns_of_no_auth_and_of_plaintext_tokens_off_loopback(tmp_path
             pass
         with running_server(tmp_path / "c", tenants=TENANTS, wait=False):  # loopback: quiet
             pass
+        socket = f"unix:{tmp_path}/hashmatch.sock"  # this machine's too: quiet
+        with running_server(tmp_path / "d", tenants=TENANTS, listen=socket, wait=False):
+            pass
+        with running_server(tmp_path / "e", listen=socket, wait=False):  # no auth, no "reachable"
+            pass
     said = [r.getMessage() for r in caplog.records if r.name == "hashmatch.server"]
     assert any("tokens travel in plaintext: 0.0.0.0:0 is not a loopback" in m for m in said)
     assert any(
         "NO AUTHENTICATION" in m and "0.0.0.0:0 is reachable from other machines" in m for m in said
     )
     assert sum("plaintext" in m for m in said) == 1  # not for the loopback server
+    assert not any("hashmatch.sock" in m for m in said), said  # nor the unix socket's
 
 
 def test_sighup_while_the_server_starts_does_not_kill_it(tmp_path):
