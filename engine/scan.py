@@ -69,6 +69,7 @@ from hashmatch.engine.catalog import (
 from hashmatch.engine.catalog_coverage import Coverage, covered_by
 from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT, LOCAL_MAX_VIDEO_FRAMES
 from hashmatch.engine.report_file import write_jsonl_atomically
+from hashmatch.engine.report_reader import ReaderWatch, watch_stdout
 from hashmatch.engine.scan_digests import digest_apart, digest_bound
 from hashmatch.engine.scan_pool_start import fork_server_ready
 from hashmatch.engine.scan_stderr import capture_stderr, captured, last_words
@@ -1371,6 +1372,8 @@ class Scanner:
         self._crashes_said = 0  # worker-crashed files, for the stderr lines' bound
         self._inflight: dict[cf.Future, list[Entry]] = {}  # worker tasks -> their files
         self._chunk: list[Entry] = []  # files gathered for the next worker task
+        # the report's reader, when it is stdout's pipe: its leaving stops the scan
+        self._reader: ReaderWatch | None = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -1408,6 +1411,8 @@ class Scanner:
             },
         )
         self.summary.run_id = self.run_id
+        if report is not None and str(report) == "-":
+            self._reader = watch_stdout()
         self.progress = Progress(None, enabled=opts.progress, every=opts.log_every, counter=counter)
         try:
             try:
@@ -1433,6 +1438,8 @@ class Scanner:
         if s.interrupted:  # no report: one of part of the files would look complete
             self._count_matches()
             self.catalog.finish_run(self.run_id, s.as_dict())
+            if self._reader_gone():  # no signal: the report's reader left (report_reader)
+                raise ReportReaderGone(s)
             raise ScanInterrupted(s)
         if report is not None:
             s.report = str(report)
@@ -1580,7 +1587,12 @@ class Scanner:
                 shutil.rmtree(self._stderr_dir, ignore_errors=True)
 
     def _stopping(self) -> bool:
-        return self.options.stop is not None and self.options.stop.is_set()
+        stop = self.options.stop
+        return (stop is not None and stop.is_set()) or self._reader_gone()
+
+    def _reader_gone(self) -> bool:
+        """The report goes to stdout and its reader left: nobody can read it."""
+        return self._reader is not None and self._reader.gone()
 
     def _check_stop(self) -> None:
         if self._stopping():
@@ -1639,8 +1651,8 @@ class Scanner:
         kill breaks the pool: every future then completes, with BrokenProcessPool)."""
         limit = self._stall_limit()
         poll = None if limit is None or self._watch is None else min(1.0, limit / 4)
-        if self.options.stop is not None:  # never one long wait: see interrupts.cooperative
-            poll = min(poll or STOP_POLL_SECONDS, STOP_POLL_SECONDS)
+        if self.options.stop is not None or self._reader is not None:  # never one long
+            poll = min(poll or STOP_POLL_SECONDS, STOP_POLL_SECONDS)  # wait: interrupts
         while True:
             self._check_stop()
             done, _ = cf.wait(futures, timeout=poll, return_when=cf.FIRST_COMPLETED)
@@ -2151,7 +2163,9 @@ class ReportReaderGone(BrokenPipeError):
     """The report's reader closed the pipe (``--out - | head``) before it was all
     written. Why apart from a bare BrokenPipeError: the scan itself finished (every file
     committed, the run recorded as finished), so the CLI can still give the summary
-    (``summary``) and say that a re-run writes the whole report without hashing again."""
+    (``summary``) and say that a re-run writes the whole report without hashing again.
+    Or, ``summary.interrupted``, the reader left while files were still being hashed:
+    the scan stopped as on a stop signal (report_reader), no report written."""
 
     def __init__(self, summary: ScanSummary):
         super().__init__(32, "the report's reader closed the pipe")  # EPIPE

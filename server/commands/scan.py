@@ -279,8 +279,13 @@ def _report_reader_gone_said() -> Iterator[None]:
     """``--out - | head``: the reader left before the report's end. The scan itself
     was done (every file committed, the run finished): its summary and what a re-run
     gives, on stderr; exit 1 without a traceback (as click ends on a broken pipe). It
-    used to end with click's bare exit 1: no summary, the run left unfinished."""
+    used to end with click's bare exit 1: no summary, the run left unfinished.
+
+    A reader that left while files were still being hashed stopped the scan there
+    (``interrupted``, as a stop signal does): it used to be noticed only by the
+    report's write, once every remaining file had been hashed for nobody."""
     from hashmatch.engine.scan import ReportReaderGone
+    from hashmatch.server import interrupts
 
     try:
         yield
@@ -289,15 +294,35 @@ def _report_reader_gone_said() -> Iterator[None]:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
+        s = exc.summary
         with contextlib.suppress(OSError):  # stderr may be the same closed pipe
-            _print_summary(exc.summary.as_dict())
-            click.echo(
-                "scan: the report's reader closed the pipe before its end; every file is"
-                " committed to the catalog: run the same command again for the whole report"
-                " (no file is hashed again)",
-                err=True,
-            )
+            _print_summary(s.as_dict())
+            if s.interrupted:
+                click.echo(
+                    "scan: the report's reader (stdout) closed the pipe before the scan's end:"
+                    f" stopped; {_done_files(s)}",
+                    err=True,
+                )
+            else:
+                click.echo(
+                    "scan: the report's reader closed the pipe before its end; every file is"
+                    " committed to the catalog: run the same command again for the whole"
+                    " report (no file is hashed again)",
+                    err=True,
+                )
+        if s.interrupted and interrupts.received() is not None:  # a signal came too
+            raise interrupts.Interrupted(interrupts.received()) from None
         sys.exit(1)
+
+
+def _done_files(s) -> str:
+    """What a stopped scan kept, and that running it again resumes."""
+    return (
+        f"{s.hashed + s.skipped_unchanged + s.failed} file(s) done and committed to the"
+        f" catalog ({s.hashed} hashed, {s.skipped_unchanged} unchanged, {s.failed} failed),"
+        " the files in flight dropped; no report was written: run the same command again"
+        " to resume (done files are not hashed again)"
+    )
 
 
 def _note_lists_not_matched(
@@ -334,13 +359,7 @@ def _stopped_scan_said() -> Iterator[None]:
         s = exc.summary
         with contextlib.suppress(OSError):  # a closed terminal (SIGHUP)
             _print_summary(s.as_dict())
-            click.echo(
-                f"scan: stopped; {s.hashed + s.skipped_unchanged + s.failed} file(s) done and"
-                f" committed to the catalog ({s.hashed} hashed, {s.skipped_unchanged} unchanged,"
-                f" {s.failed} failed), the files in flight dropped; no report was written: run"
-                " the same command again to resume (done files are not hashed again)",
-                err=True,
-            )
+            click.echo(f"scan: stopped; {_done_files(s)}", err=True)
         raise interrupts.Interrupted(interrupts.received() or signal.SIGINT) from None
 
 
