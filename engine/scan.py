@@ -40,11 +40,9 @@ import itertools
 import multiprocessing
 import os
 import re
-import shutil
 import signal
 import stat
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -72,7 +70,7 @@ from hashmatch.engine.report_file import write_jsonl_atomically
 from hashmatch.engine.report_reader import ReaderWatch, watch_stdout
 from hashmatch.engine.scan_digests import digest_apart, digest_bound
 from hashmatch.engine.scan_pool_start import fork_server_ready
-from hashmatch.engine.scan_stderr import capture_stderr, captured, last_words
+from hashmatch.engine.scan_stderr import WorkersDir, capture_stderr, captured, last_words
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
 from hashmatch.engine.shown_text import escape_controls
 from hashmatch.engine.video_formats import is_video_path
@@ -1357,6 +1355,7 @@ class Scanner:
         self._watch: Watch | None = None
         # the workers' fd 2 files, by pid (scan_stderr): a dead worker's last words
         self._stderr_dir: str | None = None
+        self._workers_dir: WorkersDir | None = None  # its lock: removed if the scan is killed
         self._stall_killed = False  # the last pool break was the watchdog's kill
         self._known: dict[str, tuple[int, bytes]] = {}  # path -> (file id, md5) to compare
         # path -> catalogued failure reason, of the files skipped (or MD5-rechecked) on a
@@ -1583,8 +1582,8 @@ class Scanner:
                 if self._stopping():  # files in flight may take long: not waited for
                     self._kill_workers()
                 self._pool.shutdown(wait=True, cancel_futures=True)
-            if self._stderr_dir is not None:
-                shutil.rmtree(self._stderr_dir, ignore_errors=True)
+            if self._workers_dir is not None:
+                self._workers_dir.remove()
 
     def _stopping(self) -> bool:
         stop = self.options.stop
@@ -1622,8 +1621,9 @@ class Scanner:
 
                     forkserver.ensure_running()
                 self._watch = Watch(context, self._workers)
-        if self._stderr_dir is None:
-            self._stderr_dir = tempfile.mkdtemp(prefix="hashmatch-scan-stderr-")
+        if self._workers_dir is None:
+            self._workers_dir = WorkersDir()
+            self._stderr_dir = self._workers_dir.path
         # the first worker waits for the fork server's seconds of imports, in a read a
         # stop signal does not end: waited for here, where a stop is seen at once
         if not fork_server_ready(context, self.options.stop):

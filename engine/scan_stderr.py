@@ -15,6 +15,11 @@ the traceback from faulthandler, a C library's abort message) go to fd 2 as well
 anonymous file they died with it, and the file was reported ``worker-crashed`` with no
 why. So a scan gives its workers a directory of its own, each worker's file is named
 there by its pid, and the scan reads a dead worker's :func:`last_words` from it.
+
+The scan removes that directory when it ends; one killed with ``kill -9`` (or by the
+OOM killer) cannot, and each such scan left its directory, with its workers' files, in
+``$TMPDIR`` for good. The scan holds a lock on its directory while it runs
+(:class:`WorkersDir`), so the next scan removes the ones whose owner is gone.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from hashmatch.engine.shown_text import escape_controls
@@ -44,6 +51,64 @@ LAST_WORDS_READ = 64 * 1024
 FATAL_ERROR = "Fatal Python error:"
 EXTENSION_MODULES = "Extension modules:"
 CURRENT = "Current thread"
+
+
+#: the scan's directory of its workers' fd 2 files, in $TMPDIR (WorkersDir)
+WORKERS_DIR_PREFIX = "hashmatch-scan-workers-"
+#: an unlocked directory younger than this may be one whose scan has not locked it yet
+ABANDONED_AFTER_SECONDS = 60.0
+
+
+class WorkersDir:
+    """A scan's directory of its workers' fd 2 files (``path``), locked (``flock`` on
+    the directory itself) until :meth:`remove`: the lock dies with the scan, however it
+    dies, so :func:`remove_abandoned` can tell a killed scan's directory from a live
+    one, in another pid namespace too (a pid or an age could not)."""
+
+    def __init__(self) -> None:
+        remove_abandoned()
+        self.path = tempfile.mkdtemp(prefix=WORKERS_DIR_PREFIX)
+        self._fd: int | None = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def remove(self) -> None:
+        """Remove the directory and what the workers left in it (idempotent)."""
+        if self._fd is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.close(self._fd)
+            self._fd = None
+
+
+def remove_abandoned(parent: str | None = None) -> list[str]:
+    """Remove the workers' directories (in ``parent``, default ``$TMPDIR``) that no
+    running scan holds: those of scans killed outright. Returns their paths. Another
+    user's (mode 0700) cannot be opened and is left alone."""
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    with contextlib.suppress(OSError):
+        with os.scandir(parent) as entries:
+            candidates = [e.path for e in entries if e.name.startswith(WORKERS_DIR_PREFIX)]
+        for path in candidates:
+            if _abandoned(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+def _abandoned(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:  # gone meanwhile, another user's, not a directory
+        return False
+    try:
+        if time.time() - os.fstat(fd).st_mtime < ABANDONED_AFTER_SECONDS:
+            return False  # maybe just made, its lock not taken yet
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # BlockingIOError: a running scan holds it
+        return False
+    finally:
+        os.close(fd)  # (the lock, if taken, goes with it: the directory is removed next)
+    return True
 
 
 class StderrCapture:

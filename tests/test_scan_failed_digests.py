@@ -35,7 +35,7 @@ from hashmatch.engine.hashing import hash_media
 from hashmatch.engine.rescan import rescan
 from hashmatch.engine.runtime import Engine
 from hashmatch.engine.scan import RACY_MTIME_NS, LocalMatcher, ScanOptions, hash_file, scan
-from hashmatch.engine.scan_stderr import last_words
+from hashmatch.engine.scan_stderr import WORKERS_DIR_PREFIX, last_words
 from hashmatch.engine.store import SignalRecord, SignalStore
 from hashmatch.server.cli import cli
 from hashmatch.server.testing import running_server
@@ -526,7 +526,7 @@ def test_a_crashed_workers_last_words_are_in_its_files_failure(tmp_path, monkeyp
         ' 0x00007f (most recent call first): | File "decode.py", line 7 in \\x1b[31mopen |'
         ' File "decode.py", line 9 in decode_image'
     )
-    assert list(tmp.glob("hashmatch-scan-stderr-*")) == []  # (multiprocessing's pymp-* stay)
+    assert list(tmp.glob(f"{WORKERS_DIR_PREFIX}*")) == []  # (multiprocessing's pymp-* stay)
 
 
 def test_a_dead_workers_last_words_without_faulthandler_are_its_last_lines(tmp_path):

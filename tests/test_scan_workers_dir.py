@@ -1,0 +1,96 @@
+"""The scan's directory of its workers' fd 2 files (scan_stderr.WorkersDir) after a
+``kill -9``: the killed scan cannot remove it, and each such scan left one in $TMPDIR
+for good (with its workers' files). The next scan removes those no running scan holds.
+A real scan subprocess, really SIGKILLed; real directories and locks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+from hashmatch.engine.catalog import Catalog
+from hashmatch.engine.scan import ScanOptions, scan
+from hashmatch.engine.scan_stderr import (
+    ABANDONED_AFTER_SECONDS,
+    WORKERS_DIR_PREFIX,
+    WorkersDir,
+    remove_abandoned,
+)
+
+CLI = "from hashmatch.server.entry import main; main()"
+
+
+def _backdate(path) -> None:
+    """Older than a directory whose scan may not have locked it yet."""
+    past = time.time() - ABANDONED_AFTER_SECONDS - 5
+    os.utime(path, (past, past))
+
+
+def _image(path) -> None:
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(path)
+
+
+def test_a_killed_scans_workers_directory_is_removed_by_the_next_scan(tmp_path):
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    _image(tmp_path / "a.png")
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    args = [sys.executable, "-c", CLI, "scan", "--from-list", "-", "--no-match",
+            "--data-dir", str(tmp_path / "data"), "--workers", "1", "--no-progress"]  # fmt: skip
+    killed = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    try:
+        killed.stdin.write(f"{tmp_path / 'a.png'}\n".encode())
+        killed.stdin.flush()  # kept open: the scan waits for more, its worker started
+        deadline = time.monotonic() + 120
+        while not [f for d in tmp.glob("hashmatch-scan-*") for f in d.iterdir()]:
+            assert killed.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+            killed.wait()
+        killed.stdin.close()
+    (left,) = tmp.glob("hashmatch-scan-*")  # the worker's file in it: nobody removes it
+    _backdate(left)
+
+    opts = ScanOptions(workers=1, progress=False, types=("md5",))
+    tempfile.tempdir, before = str(tmp), tempfile.tempdir
+    try:
+        with Catalog(tmp_path / "c.sqlite") as cat:
+            scan([tmp_path / "a.png"], catalog=cat, matcher=None, options=opts)
+    finally:
+        tempfile.tempdir = before
+    assert not left.exists()
+    assert list(tmp.glob("hashmatch-scan-*")) == []  # and its own, removed as it ended
+
+
+def test_a_running_scans_workers_directory_is_left_alone(tmp_path):
+    """Locked (its scan runs, in any pid namespace): kept however old; a fresh unlocked
+    one (its scan about to lock it) too; another program's look-alike file too."""
+    live = WorkersDir()
+    try:
+        os.rename(live.path, tmp_path / os.path.basename(live.path))
+        live.path = str(tmp_path / os.path.basename(live.path))
+        _backdate(live.path)
+        fresh = tmp_path / f"{WORKERS_DIR_PREFIX}fresh"
+        fresh.mkdir()
+        (tmp_path / f"{WORKERS_DIR_PREFIX}file").write_text("not ours")
+        dead = tmp_path / f"{WORKERS_DIR_PREFIX}dead"
+        dead.mkdir()
+        (dead / "123").write_text("")
+        _backdate(dead)
+        assert remove_abandoned(str(tmp_path)) == [str(dead)]
+        assert os.path.isdir(live.path) and fresh.is_dir()
+    finally:
+        live.remove()
+    assert not os.path.exists(live.path)
