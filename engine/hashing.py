@@ -76,6 +76,14 @@ class HashOptions:
     # original was larger than 256 px; with it, resize 0.5 at PDQ <= 31: 97.6% -> 100%
     # (docs/quality/quality.md); < 1 ms, 1 more row, small images only.
     upscale_small_replicate: bool = False
+    # pdq: *adds* 3 rows after those when the image is smaller than 256 px: the
+    # replicated image above moved by half a copy pixel down, right and both
+    # (multihash.phase_shifted_small; independent of upscale_small_replicate, which adds
+    # the unmoved one). Why: a small copy does not say where PDQ's sampling grid fell
+    # on its original. Resize 0.25 at PDQ <= 31: 97.6% -> 98.8% beside the two rows
+    # above, the nearest wrong pairs unchanged (docs/quality/quality.md); ~0.4 ms,
+    # 3 more rows, small images only.
+    upscale_small_phases: bool = False
     # pdq: *adds* 1 row after those when the image has an EXIF orientation other than 1:
     # the PDQ of the pixels as the file stores them, unrotated. Why: hashmatch hashes the
     # upright image (as pdqhash on cv2.imread's pixels does), but python-threatexchange/HMA's
@@ -94,7 +102,7 @@ class HashOptions:
     # them in the DCT domain while the short side stays >= 512 (decode.LUMA_MIN_SIDE):
     # faster again, but fine textures move by up to 46 bits, past the match threshold.
     # Only when pdq is the only photo type and none of trim_borders, uncrop, derotate,
-    # upscale_small(_replicate), reference_resize, all_frames is on; other files decode
+    # upscale_small(_replicate, _phases), reference_resize, all_frames is on; other files decode
     # exactly.
     fast_decode: int = 0
     limits: DecodeLimits = DEFAULT_LIMITS
@@ -120,7 +128,7 @@ class HashResult:
     dihedral; then, if nested bands were cut, those of the outer-bands-only trim), one
     row per sampled frame for vPDQ. ``uncrop`` appends its 16 rows, then ``derotate``
     its 4, then ``upscale_small`` its 0-1, then ``upscale_small_replicate`` its 0-1,
-    then ``exif_as_stored`` its 0-1.
+    then ``upscale_small_phases`` its 0 or 3, then ``exif_as_stored`` its 0-1.
     """
 
     signal_type: str
@@ -198,6 +206,7 @@ def _luma_is_enough(wanted: Sequence, options: HashOptions) -> bool:
         or options.derotate
         or options.upscale_small
         or options.upscale_small_replicate
+        or options.upscale_small_phases
         or options.reference_resize
         or options.all_frames
         or options.exif_as_stored
@@ -232,9 +241,12 @@ def _pdq(rgb: np.ndarray, options: HashOptions, trims: Sequence[np.ndarray]) -> 
         rows, quals = pdq_derotate_codes(rgb)
         parts.append(rows)
         qualities.extend(quals)
-    if options.upscale_small or options.upscale_small_replicate:
+    if options.upscale_small or options.upscale_small_replicate or options.upscale_small_phases:
         rows, quals = pdq_small_codes(
-            rgb, bilinear=options.upscale_small, replicate=options.upscale_small_replicate
+            rgb,
+            bilinear=options.upscale_small,
+            replicate=options.upscale_small_replicate,
+            phases=options.upscale_small_phases,
         )
         parts.append(rows)
         qualities.extend(quals)

@@ -278,6 +278,77 @@ def test_quartered_copy_matches_through_match_media_with_upscale_small_replicate
     assert found[0].distance <= 31 and found[0].variant == 2
 
 
+def _generated_photo(seed: int, h: int = 213, w: int = 320) -> np.ndarray:
+    """A benign generated picture: smooth colour blobs under a fine wave texture (~4 px
+    period, the kind of detail a quartered copy cannot hold)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    blobs = cv2.GaussianBlur(rng.normal(0, 1, (h, w, 3)), (0, 0), 8)
+    y, x = np.mgrid[:h, :w]
+    wave = np.sin(2 * np.pi * (0.6 * x + 0.8 * y) / 4.2 + rng.uniform(0, 6))
+    return np.clip(blobs / blobs.std() * 30 + 50 * wave[..., None] + 128, 0, 255).astype(np.uint8)
+
+
+SMALL_ROWS = HashOptions(
+    upscale_small=True, upscale_small_replicate=True, upscale_small_phases=True
+)
+
+
+def test_generated_picture_quartered_matches_its_original_and_not_another(tmp_path):
+    """Through the matcher, with every small-image row: a generated picture's copy
+    downscaled to 0.25 (80 x 53 px) matches the stored original (rows 12, 16, 4, then
+    the phases 14, 12, 28 bits away); the copy of another generated picture matches
+    nothing (106-114 bits)."""
+    import cv2
+
+    original, other = _generated_photo(3), _generated_photo(4)
+    stored, quality = pdq_hash(original)
+    record = SignalRecord("pdq", stored.tobytes().hex(), external_id="gen3", quality=quality)
+    copy, stranger = (
+        _png(cv2.resize(im, (80, 53), interpolation=cv2.INTER_AREA)) for im in (original, other)
+    )
+    rows = hash_media(copy, ["pdq"], SMALL_ROWS)[0].codes
+    assert rows.shape == (1 + 1 + 1 + 3, 32)  # as given, bilinear, replicated, 3 phases
+    with Engine.open(tmp_path / "data") as eng:
+        eng.ingest([record], list_name="known")
+        found = eng.match_media(copy, options=SMALL_ROWS).matches
+        assert eng.match_media(stranger, options=SMALL_ROWS).matches == []
+    assert [m.external_id for m in found] == ["gen3"]
+    assert found[0].distance <= 31
+
+
+def test_quartered_copy_matches_only_with_the_phase_shifted_rows(tmp_path):
+    """rocket#00 of the quality bench (a 320 x 213 night-sky tile, PDQ quality 51)
+    quartered: the as-given, bilinear and replicated rows land 34-46 bits away; the
+    replicated copy moved by half a copy pixel (2 px of the 4 x enlargement) lands 28,
+    within 31. The copy's quality is 45, so it meets only stored quality >= 50."""
+    import cv2
+
+    from hashmatch.engine.multihash import phase_shifted_small, replicated_small
+
+    sky = np.ascontiguousarray(skimage.data.rocket()[:213, :320])
+    stored, quality = pdq_hash(sky)
+    record = SignalRecord("pdq", stored.tobytes().hex(), external_id="sky", quality=quality)
+    copy_rgb = cv2.resize(sky, (80, 53), interpolation=cv2.INTER_AREA)
+    moved = phase_shifted_small(copy_rgb)
+    rep = replicated_small(copy_rgb)
+    assert len(moved) == 3 and all(m.shape == rep.shape for m in moved)
+    assert np.array_equal(moved[2][2:, 2:], rep[:-2, :-2])  # down and right by 2 px
+    assert np.array_equal(moved[2][:2, 2:], np.repeat(rep[:1, :-2], 2, axis=0))  # edge
+    assert phase_shifted_small(sky) == []  # 256 px or more: no rows
+    old = HashOptions(upscale_small=True, upscale_small_replicate=True)
+    rows = hash_media(_png(copy_rgb), ["pdq"], SMALL_ROWS)[0]
+    assert np.array_equal(rows.codes[:3], hash_media(_png(copy_rgb), ["pdq"], old)[0].codes)
+    assert rows.codes.shape == (6, 32) and rows.quality < 50
+    with Engine.open(tmp_path / "data") as eng:
+        eng.ingest([record], list_name="known")
+        assert eng.match_media(_png(copy_rgb), options=old).matches == []
+        found = eng.match_media(_png(copy_rgb), options=SMALL_ROWS).matches
+    assert [m.external_id for m in found] == ["sky"]
+    assert found[0].distance <= 31 and found[0].variant >= 3  # a phase-shifted row
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")  # no mean of an empty size split
 def test_bench_quality_floor_counts_flat_copies_as_not_looked_up():
     """As match_media with low_quality_queries="skip", the bench looks nothing up for a
