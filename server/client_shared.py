@@ -969,6 +969,7 @@ class MatchArgs(TypedDict, total=False):
     derotate: bool
     upscale_small: bool
     upscale_small_replicate: bool
+    upscale_small_phases: bool
     min_quality: int | None
     low_quality_queries: str | None
     request_id: str
@@ -990,6 +991,7 @@ def match_request(
     derotate: bool = False,
     upscale_small: bool = False,
     upscale_small_replicate: bool = False,
+    upscale_small_phases: bool = False,
     min_quality: int | None = None,
     low_quality_queries: str | None = None,
     request_id: str = "",
@@ -1014,6 +1016,7 @@ def match_request(
         derotate=derotate,
         upscale_small=upscale_small,
         upscale_small_replicate=upscale_small_replicate,
+        upscale_small_phases=upscale_small_phases,
         low_quality_queries=low_quality_enum(low_quality_queries),
         threshold=threshold,
         min_quality=min_quality,

@@ -107,6 +107,7 @@ def hash_options(
     derotate: bool = False,
     upscale_small: bool = False,
     upscale_small_replicate: bool = False,
+    upscale_small_phases: bool = False,
     for_matching: bool = False,
     checkpoint: Callable[[], None] | None = None,
 ) -> HashOptions:
@@ -133,6 +134,7 @@ def hash_options(
         derotate=derotate,
         upscale_small=upscale_small,
         upscale_small_replicate=upscale_small_replicate,
+        upscale_small_phases=upscale_small_phases,
         exif_as_stored=for_matching,  # lists made by HMA/pytx hash the unrotated pixels
         limits=limits,
         checkpoint=checkpoint,
@@ -279,6 +281,7 @@ def match(
             derotate=options.derotate,
             upscale_small=options.upscale_small,
             upscale_small_replicate=options.upscale_small_replicate,
+            upscale_small_phases=options.upscale_small_phases,
             for_matching=True,
             checkpoint=call.check_deadline,
         )

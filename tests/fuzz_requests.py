@@ -155,6 +155,7 @@ def match_options(draw: st.DrawFn) -> matcher_pb2.MatchOptions:
         "derotate",
         "upscale_small",
         "upscale_small_replicate",
+        "upscale_small_phases",
     ):
         setattr(options, flag, draw(st.booleans()))
     if draw(st.booleans()):

@@ -128,13 +128,15 @@ def test_remote_verbs(served, tmp_path):
     flat = tmp_path / "flat.png"  # PDQ quality 0: under the floor
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(flat, "PNG")
     for rule, stored_only in (("skip", False), ("match_quality_stored", True)):
-        args = ("--upscale-small", "--upscale-small-replicate", "--low-quality-queries", rule)
+        args = ("--upscale-small", "--upscale-small-replicate", "--upscale-small-phases")
+        args += ("--low-quality-queries", rule)
         result = _remote(served, "match", "--media", str(flat), *args)
         assert result.exit_code == 0, result.output
         floored = json.loads(result.output)
         assert floored["skipped_low_quality"]
         assert floored.get("quality_stored_only", False) is stored_only
-        assert len(floored["computed"][0]["hex"]) == 3  # 64 px: enlarged and repeated rows
+        # 64 px: as given, enlarged, repeated, then the repeated one moved 3 ways
+        assert len(floored["computed"][0]["hex"]) == 6
 
     result = _remote(served, "lists")
     assert "cli-list" in result.output

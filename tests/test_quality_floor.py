@@ -226,3 +226,22 @@ def test_grpc_upscale_small_replicate_adds_the_repeated_row(served, pictures):
     assert len(expected) == 2 and expected[0] != expected[1]
     assert list(repeated.computed[0].hex) == expected  # as given, then 8 x 8 repeated
     assert list(both.computed[0].hex) == [*bilinear.computed[0].hex, expected[1]]
+
+
+def test_grpc_upscale_small_phases_adds_the_three_moved_rows(served, pictures):
+    """MatchOptions.upscale_small_phases reaches the hasher: a tiny picture's rows are
+    the server's as-given and replicated ones, then the 3 half-pixel moves, as the
+    engine hashes them locally."""
+    client = served.client()
+    tiny = [_png(pictures["tiny"])]
+    (phases,) = client.match(
+        media=tiny, upscale_small_replicate=True, upscale_small_phases=True
+    ).results
+    (repeated,) = client.match(media=tiny, upscale_small_replicate=True).results
+    local = hash_media(
+        tiny[0], ["pdq"], HashOptions(upscale_small_replicate=True, upscale_small_phases=True)
+    )[0]
+    expected = [code.tobytes().hex() for code in local.codes]
+    assert len(expected) == 5 and len(set(expected[1:])) == 4
+    assert list(phases.computed[0].hex) == expected
+    assert list(phases.computed[0].hex[:2]) == list(repeated.computed[0].hex)

@@ -754,6 +754,8 @@ def _connection_hint(details: str) -> str:
 @click.option("--upscale-small", is_flag=True, help="PDQ: also match small images enlarged.")
 @click.option("--upscale-small-replicate", is_flag=True,
               help="PDQ: also match small images enlarged by pixel repetition.")  # fmt: skip
+@click.option("--upscale-small-phases", is_flag=True,
+              help="PDQ: also match small images repeated, moved by half a pixel.")  # fmt: skip
 @click.option("--min-quality", type=INT32, help="PDQ quality floor (default 50).")
 @click.option("--low-quality-queries", type=click.Choice(["match_quality_stored", "skip"]),
               default=None, help="Under the floor: match stored quality >= it only "

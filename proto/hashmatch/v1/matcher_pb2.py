@@ -25,33 +25,33 @@ _sym_db = _symbol_database.Default()
 from hashmatch.v1 import common_pb2 as hashmatch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahashmatch/v1/matcher.proto\x12\x0chashmatch.v1\x1a\x19hashmatch/v1/common.proto\"\xd6\x02\n\x0cMatchOptions\x12\x16\n\tthreshold\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05lists\x18\x02 \x03(\t\x12\x13\n\x0bmax_results\x18\x03 \x01(\r\x12\x10\n\x08\x64ihedral\x18\x04 \x01(\x08\x12\x18\n\x0bmin_quality\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x14\n\x0ctrim_borders\x18\x06 \x01(\x08\x12\x12\n\nall_frames\x18\x07 \x01(\x08\x12\x0e\n\x06uncrop\x18\x08 \x01(\x08\x12\x10\n\x08\x64\x65rotate\x18\t \x01(\x08\x12\x15\n\rupscale_small\x18\n \x01(\x08\x12<\n\x13low_quality_queries\x18\x0b \x01(\x0e\x32\x1f.hashmatch.v1.LowQualityQueries\x12\x1f\n\x17upscale_small_replicate\x18\x0c \x01(\x08\x42\x0c\n\n_thresholdB\x0e\n\x0c_min_quality\"\xc6\x01\n\x0cMatchRequest\x12\'\n\x06hashes\x18\x01 \x03(\x0b\x32\x17.hashmatch.v1.HashValue\x12\r\n\x05media\x18\x02 \x03(\x0c\x12\x13\n\x0bmedia_types\x18\x03 \x03(\t\x12+\n\x07options\x18\x04 \x01(\x0b\x32\x1a.hashmatch.v1.MatchOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12(\n\x06videos\x18\x06 \x03(\x0b\x32\x18.hashmatch.v1.VideoQuery\"D\n\nVideoQuery\x12\x13\n\x0bsignal_type\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x03(\t\x12\x11\n\tqualities\x18\x03 \x03(\x05\"\xb3\x02\n\x0bQueryResult\x12\x30\n\x06source\x18\x01 \x01(\x0e\x32 .hashmatch.v1.QueryResult.Source\x12\r\n\x05index\x18\x02 \x01(\r\x12,\n\x08\x63omputed\x18\x03 \x03(\x0b\x32\x1a.hashmatch.v1.ComputedHash\x12$\n\x07matches\x18\x04 \x03(\x0b\x32\x13.hashmatch.v1.Match\x12\x1b\n\x13skipped_low_quality\x18\x05 \x01(\x08\x12\x1b\n\x13quality_stored_only\x18\x06 \x01(\x08\"U\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSOURCE_HASH\x10\x01\x12\x10\n\x0cSOURCE_MEDIA\x10\x02\x12\x10\n\x0cSOURCE_VIDEO\x10\x03\"O\n\rMatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.hashmatch.v1.QueryResult\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"Z\n\x0bHashRequest\x12\r\n\x05media\x18\x01 \x03(\x0c\x12\x14\n\x0csignal_types\x18\x02 \x03(\t\x12\x10\n\x08\x64ihedral\x18\x03 \x01(\x08\x12\x14\n\x0ctrim_borders\x18\x04 \x01(\x08\"H\n\x0bMediaHashes\x12\r\n\x05index\x18\x01 \x01(\r\x12*\n\x06hashes\x18\x02 \x03(\x0b\x32\x1a.hashmatch.v1.ComputedHash\"8\n\x0cHashResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.hashmatch.v1.MediaHashes*\x84\x01\n\x11LowQualityQueries\x12#\n\x1fLOW_QUALITY_QUERIES_UNSPECIFIED\x10\x00\x12,\n(LOW_QUALITY_QUERIES_MATCH_QUALITY_STORED\x10\x01\x12\x1c\n\x18LOW_QUALITY_QUERIES_SKIP\x10\x02\x32\xd6\x01\n\x07Matcher\x12@\n\x05Match\x12\x1a.hashmatch.v1.MatchRequest\x1a\x1b.hashmatch.v1.MatchResponse\x12J\n\x0bMatchStream\x12\x1a.hashmatch.v1.MatchRequest\x1a\x1b.hashmatch.v1.MatchResponse(\x01\x30\x01\x12=\n\x04Hash\x12\x19.hashmatch.v1.HashRequest\x1a\x1a.hashmatch.v1.HashResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahashmatch/v1/matcher.proto\x12\x0chashmatch.v1\x1a\x19hashmatch/v1/common.proto\"\xf4\x02\n\x0cMatchOptions\x12\x16\n\tthreshold\x18\x01 \x01(\x05H\x00\x88\x01\x01\x12\r\n\x05lists\x18\x02 \x03(\t\x12\x13\n\x0bmax_results\x18\x03 \x01(\r\x12\x10\n\x08\x64ihedral\x18\x04 \x01(\x08\x12\x18\n\x0bmin_quality\x18\x05 \x01(\x05H\x01\x88\x01\x01\x12\x14\n\x0ctrim_borders\x18\x06 \x01(\x08\x12\x12\n\nall_frames\x18\x07 \x01(\x08\x12\x0e\n\x06uncrop\x18\x08 \x01(\x08\x12\x10\n\x08\x64\x65rotate\x18\t \x01(\x08\x12\x15\n\rupscale_small\x18\n \x01(\x08\x12<\n\x13low_quality_queries\x18\x0b \x01(\x0e\x32\x1f.hashmatch.v1.LowQualityQueries\x12\x1f\n\x17upscale_small_replicate\x18\x0c \x01(\x08\x12\x1c\n\x14upscale_small_phases\x18\x14 \x01(\x08\x42\x0c\n\n_thresholdB\x0e\n\x0c_min_quality\"\xc6\x01\n\x0cMatchRequest\x12\'\n\x06hashes\x18\x01 \x03(\x0b\x32\x17.hashmatch.v1.HashValue\x12\r\n\x05media\x18\x02 \x03(\x0c\x12\x13\n\x0bmedia_types\x18\x03 \x03(\t\x12+\n\x07options\x18\x04 \x01(\x0b\x32\x1a.hashmatch.v1.MatchOptions\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12(\n\x06videos\x18\x06 \x03(\x0b\x32\x18.hashmatch.v1.VideoQuery\"D\n\nVideoQuery\x12\x13\n\x0bsignal_type\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x03(\t\x12\x11\n\tqualities\x18\x03 \x03(\x05\"\xb3\x02\n\x0bQueryResult\x12\x30\n\x06source\x18\x01 \x01(\x0e\x32 .hashmatch.v1.QueryResult.Source\x12\r\n\x05index\x18\x02 \x01(\r\x12,\n\x08\x63omputed\x18\x03 \x03(\x0b\x32\x1a.hashmatch.v1.ComputedHash\x12$\n\x07matches\x18\x04 \x03(\x0b\x32\x13.hashmatch.v1.Match\x12\x1b\n\x13skipped_low_quality\x18\x05 \x01(\x08\x12\x1b\n\x13quality_stored_only\x18\x06 \x01(\x08\"U\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bSOURCE_HASH\x10\x01\x12\x10\n\x0cSOURCE_MEDIA\x10\x02\x12\x10\n\x0cSOURCE_VIDEO\x10\x03\"O\n\rMatchResponse\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.hashmatch.v1.QueryResult\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"Z\n\x0bHashRequest\x12\r\n\x05media\x18\x01 \x03(\x0c\x12\x14\n\x0csignal_types\x18\x02 \x03(\t\x12\x10\n\x08\x64ihedral\x18\x03 \x01(\x08\x12\x14\n\x0ctrim_borders\x18\x04 \x01(\x08\"H\n\x0bMediaHashes\x12\r\n\x05index\x18\x01 \x01(\r\x12*\n\x06hashes\x18\x02 \x03(\x0b\x32\x1a.hashmatch.v1.ComputedHash\"8\n\x0cHashResponse\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.hashmatch.v1.MediaHashes*\x84\x01\n\x11LowQualityQueries\x12#\n\x1fLOW_QUALITY_QUERIES_UNSPECIFIED\x10\x00\x12,\n(LOW_QUALITY_QUERIES_MATCH_QUALITY_STORED\x10\x01\x12\x1c\n\x18LOW_QUALITY_QUERIES_SKIP\x10\x02\x32\xd6\x01\n\x07Matcher\x12@\n\x05Match\x12\x1a.hashmatch.v1.MatchRequest\x1a\x1b.hashmatch.v1.MatchResponse\x12J\n\x0bMatchStream\x12\x1a.hashmatch.v1.MatchRequest\x1a\x1b.hashmatch.v1.MatchResponse(\x01\x30\x01\x12=\n\x04Hash\x12\x19.hashmatch.v1.HashRequest\x1a\x1a.hashmatch.v1.HashResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hashmatch.v1.matcher_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LOWQUALITYQUERIES']._serialized_start=1303
-  _globals['_LOWQUALITYQUERIES']._serialized_end=1435
+  _globals['_LOWQUALITYQUERIES']._serialized_start=1333
+  _globals['_LOWQUALITYQUERIES']._serialized_end=1465
   _globals['_MATCHOPTIONS']._serialized_start=72
-  _globals['_MATCHOPTIONS']._serialized_end=414
-  _globals['_MATCHREQUEST']._serialized_start=417
-  _globals['_MATCHREQUEST']._serialized_end=615
-  _globals['_VIDEOQUERY']._serialized_start=617
-  _globals['_VIDEOQUERY']._serialized_end=685
-  _globals['_QUERYRESULT']._serialized_start=688
-  _globals['_QUERYRESULT']._serialized_end=995
-  _globals['_QUERYRESULT_SOURCE']._serialized_start=910
-  _globals['_QUERYRESULT_SOURCE']._serialized_end=995
-  _globals['_MATCHRESPONSE']._serialized_start=997
-  _globals['_MATCHRESPONSE']._serialized_end=1076
-  _globals['_HASHREQUEST']._serialized_start=1078
-  _globals['_HASHREQUEST']._serialized_end=1168
-  _globals['_MEDIAHASHES']._serialized_start=1170
-  _globals['_MEDIAHASHES']._serialized_end=1242
-  _globals['_HASHRESPONSE']._serialized_start=1244
-  _globals['_HASHRESPONSE']._serialized_end=1300
-  _globals['_MATCHER']._serialized_start=1438
-  _globals['_MATCHER']._serialized_end=1652
+  _globals['_MATCHOPTIONS']._serialized_end=444
+  _globals['_MATCHREQUEST']._serialized_start=447
+  _globals['_MATCHREQUEST']._serialized_end=645
+  _globals['_VIDEOQUERY']._serialized_start=647
+  _globals['_VIDEOQUERY']._serialized_end=715
+  _globals['_QUERYRESULT']._serialized_start=718
+  _globals['_QUERYRESULT']._serialized_end=1025
+  _globals['_QUERYRESULT_SOURCE']._serialized_start=940
+  _globals['_QUERYRESULT_SOURCE']._serialized_end=1025
+  _globals['_MATCHRESPONSE']._serialized_start=1027
+  _globals['_MATCHRESPONSE']._serialized_end=1106
+  _globals['_HASHREQUEST']._serialized_start=1108
+  _globals['_HASHREQUEST']._serialized_end=1198
+  _globals['_MEDIAHASHES']._serialized_start=1200
+  _globals['_MEDIAHASHES']._serialized_end=1272
+  _globals['_HASHRESPONSE']._serialized_start=1274
+  _globals['_HASHRESPONSE']._serialized_end=1330
+  _globals['_MATCHER']._serialized_start=1468
+  _globals['_MATCHER']._serialized_end=1682
 # @@protoc_insertion_point(module_scope)

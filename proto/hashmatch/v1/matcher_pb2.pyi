@@ -18,7 +18,7 @@ LOW_QUALITY_QUERIES_MATCH_QUALITY_STORED: LowQualityQueries
 LOW_QUALITY_QUERIES_SKIP: LowQualityQueries
 
 class MatchOptions(_message.Message):
-    __slots__ = ("threshold", "lists", "max_results", "dihedral", "min_quality", "trim_borders", "all_frames", "uncrop", "derotate", "upscale_small", "low_quality_queries", "upscale_small_replicate")
+    __slots__ = ("threshold", "lists", "max_results", "dihedral", "min_quality", "trim_borders", "all_frames", "uncrop", "derotate", "upscale_small", "low_quality_queries", "upscale_small_replicate", "upscale_small_phases")
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     LISTS_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class MatchOptions(_message.Message):
     UPSCALE_SMALL_FIELD_NUMBER: _ClassVar[int]
     LOW_QUALITY_QUERIES_FIELD_NUMBER: _ClassVar[int]
     UPSCALE_SMALL_REPLICATE_FIELD_NUMBER: _ClassVar[int]
+    UPSCALE_SMALL_PHASES_FIELD_NUMBER: _ClassVar[int]
     threshold: int
     lists: _containers.RepeatedScalarFieldContainer[str]
     max_results: int
@@ -43,7 +44,8 @@ class MatchOptions(_message.Message):
     upscale_small: bool
     low_quality_queries: LowQualityQueries
     upscale_small_replicate: bool
-    def __init__(self, threshold: _Optional[int] = ..., lists: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., dihedral: _Optional[bool] = ..., min_quality: _Optional[int] = ..., trim_borders: _Optional[bool] = ..., all_frames: _Optional[bool] = ..., uncrop: _Optional[bool] = ..., derotate: _Optional[bool] = ..., upscale_small: _Optional[bool] = ..., low_quality_queries: _Optional[_Union[LowQualityQueries, str]] = ..., upscale_small_replicate: _Optional[bool] = ...) -> None: ...
+    upscale_small_phases: bool
+    def __init__(self, threshold: _Optional[int] = ..., lists: _Optional[_Iterable[str]] = ..., max_results: _Optional[int] = ..., dihedral: _Optional[bool] = ..., min_quality: _Optional[int] = ..., trim_borders: _Optional[bool] = ..., all_frames: _Optional[bool] = ..., uncrop: _Optional[bool] = ..., derotate: _Optional[bool] = ..., upscale_small: _Optional[bool] = ..., low_quality_queries: _Optional[_Union[LowQualityQueries, str]] = ..., upscale_small_replicate: _Optional[bool] = ..., upscale_small_phases: _Optional[bool] = ...) -> None: ...
 
 class MatchRequest(_message.Message):
     __slots__ = ("hashes", "media", "media_types", "options", "request_id", "videos")
