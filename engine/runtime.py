@@ -95,6 +95,7 @@ if TYPE_CHECKING:
 
     from hashmatch.engine.hashing import HashOptions, HashResult
     from hashmatch.engine.store_lock_wait import LockFree, LockWait
+    from hashmatch.engine.store_reads import LookupReads
 else:  # store verbs (lists ls, tenants, audit) need no numpy: engine/lazy_numpy.py
     np = numpy_on_first_use(globals())
 
@@ -267,12 +268,13 @@ class Engine:
 
     # ------------------------------------------------------------------ sync
 
-    def sync(self) -> int:
-        """Apply store changes made since the indexes were last brought up to date."""
+    def sync(self, reads: LookupReads | None = None) -> int:
+        """Apply store changes made since the indexes were last brought up to date;
+        ``reads``: a lookup's (its change counter read once per store change)."""
         if self._indexes is None:  # nothing to keep in step (CLI): drop handed-over codes
             self.store._drop_fresh()
             return 0
-        if self.store.change_counter() <= self._applied:
+        if (reads or self.store).change_counter() <= self._applied:
             return 0
         with self._sync_lock:
             return self._apply_changes()
@@ -332,11 +334,11 @@ class Engine:
             indexes[signal_type] = index
         return index
 
-    def _ensure_loaded(self) -> dict[str, object]:
+    def _ensure_loaded(self, reads: LookupReads | None = None) -> dict[str, object]:
         if self._indexes is None:
             self.load()
         else:
-            self.sync()
+            self.sync(reads)
         assert self._indexes is not None
         return self._indexes
 
@@ -374,8 +376,9 @@ class Engine:
         if max_results is not None and max_results <= 0:
             raise InvalidInput(f"must be positive, got {max_results}", field="max_results")
         rule = check_low_quality_queries(low_quality_queries)
-        indexes = self._ensure_loaded()
-        vis = self._visibility(tenant, lists)
+        reads = self.store.lookup_reads()  # one SQLite statement while the store is unchanged
+        indexes = self._ensure_loaded(reads)
+        vis = self._visibility(tenant, lists, reads)
         index = indexes.get(st.name)
         if st.name == "vpdq":  # the rows are the frames of one query video
             return match_videos(self.store, index, [(codes, qualities)], radius, vis,
@@ -431,8 +434,9 @@ class Engine:
         if max_results is not None and max_results <= 0:
             raise InvalidInput(f"must be positive, got {max_results}", field="max_results")
         queries = [(_check_codes(st, codes), qualities) for codes, qualities in videos]
-        indexes = self._ensure_loaded()
-        vis = self._visibility(tenant, lists)
+        reads = self.store.lookup_reads()
+        indexes = self._ensure_loaded(reads)
+        vis = self._visibility(tenant, lists, reads)
         return match_videos(self.store, indexes.get(st.name), queries, radius, vis,
                             max_results=max_results, checkpoint=checkpoint,
                             group_frames=group_frames)  # fmt: skip
@@ -524,9 +528,11 @@ class Engine:
             result.matches.extend(ordered[:max_results] if max_results else ordered)
         return result
 
-    def _visibility(self, tenant: str | None, lists: Sequence[str] | None) -> Visibility:
-        table = self.store.list_table()
-        allowed = self.store.visible_list_ids(tenant)
+    def _visibility(
+        self, tenant: str | None, lists: Sequence[str] | None, reads: LookupReads
+    ) -> Visibility:
+        table = reads.list_table()
+        allowed = reads.visible_list_ids(tenant)
         if lists:
             by_name = {name: lid for lid, (name, _) in table.items()}
             wanted: set[int] = set()

@@ -50,6 +50,7 @@ from hashmatch.engine.errors import (
 )
 from hashmatch.engine.lazy_numpy import numpy_on_first_use
 from hashmatch.engine.store_lock_wait import LockFree, LockWait, begin_immediate
+from hashmatch.engine.store_reads import LookupReads, lookup_reads
 from hashmatch.engine.store_schema import (
     FRESH_LIST_COUNTS,
     change_digest,
@@ -611,6 +612,7 @@ class SignalStore:
         if conn is None:
             return
         self._local.conn = None
+        self._local.lookup_reads = None
         with self._all_lock, contextlib.suppress(ValueError):
             self._all.remove(conn)
         with contextlib.suppress(sqlite3.Error):
@@ -2448,6 +2450,12 @@ class SignalStore:
             np.frombuffer(b"".join(codes), np.uint8).reshape(-1, 32).copy(),
             np.array(qualities, dtype=np.int64),
         )
+
+    def lookup_reads(self) -> LookupReads:
+        """The change counter, list table and visible lists a lookup reads, read again
+        only once the store changed (one ``PRAGMA data_version`` while it has not; see
+        :mod:`hashmatch.engine.store_reads`)."""
+        return lookup_reads(self, self._local)
 
     def list_table(self) -> dict[int, tuple[str, bool]]:
         """list id -> (name, enabled): small, read on every match (cheap, always fresh)."""

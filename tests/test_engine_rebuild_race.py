@@ -38,8 +38,8 @@ def test_a_lookup_during_the_swap_finds_a_signal_ingested_during_the_rebuild(tmp
             reader_synced.wait(10)  # X is ingested and the reader syncs meanwhile
             return result
 
-        def paused_sync():
-            n = sync()
+        def paused_sync(*reads):  # (a lookup passes its store reads)
+            n = sync(*reads)
             if threading.current_thread().name == "reader":  # preempted after sync()
                 reader_synced.set()
                 replaying.wait(10)
