@@ -227,9 +227,11 @@ def test_a_call_the_client_cancels_by_closing_is_not_retried(tmp_path):
 
         thread = threading.Thread(target=lookup)
         thread.start()
-        time.sleep(1.0)
+        silent.settimeout(30)  # the client connects for its first call: the lookup is on
+        connection = silent.accept()[0]  # (was a 1 s sleep: on a loaded box, maybe not)
         closed = time.monotonic()
         client.close()
         thread.join(30)
+        connection.close()
     assert out.get("code") is grpc.StatusCode.CANCELLED, out
     assert out["ended"] - closed < 5.0
