@@ -289,7 +289,12 @@ def test_changes_streams_the_client_does_not_read_leave_threads_for_others(tmp_p
             held = [signals_pb2_grpc.SignalsStub(ch).Changes(
                 signals_pb2.ChangesRequest(), metadata=_auth_as(ts, "mirror"), timeout=60)
                 for ch in channels[1:]]  # fmt: skip
-            time.sleep(1.0)  # their handlers run, their first pages wait on the client
+            # their handlers run: all but the one the tenant's share allows are refused,
+            # and that one's first page waits on the client (was a 1 s sleep: on a loaded
+            # box the Match below could run before them, testing nothing)
+            deadline = time.monotonic() + 30
+            while sum(c.done() for c in held) < len(held) - 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
             match = matcher_pb2_grpc.MatcherStub(channels[0]).Match
             request = matcher_pb2.MatchRequest(hashes=[common_pb2.HashValue(
                 signal_type="pdq", hex="ff" * 32)])  # fmt: skip
