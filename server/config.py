@@ -259,9 +259,13 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
 
+#: The variables of the client verbs' --token-file, --ca, --cert and --key (``remote``,
+#: ``scan``/``rescan --server``, ``mirror``), by option
+ACCESS_ENV = {name: ENV_PREFIX + name.upper() for name in ("token_file", "ca", "cert", "key")}
+
 #: ``HASHMATCH_*`` variables that are not settings: read by the other verbs (``remote``
-#: and the clients: TOKEN, SERVER) or naming the config file itself.
-OTHER_ENV = tuple(ENV_PREFIX + name for name in ("CONFIG", "TOKEN", "SERVER"))
+#: and the clients: TOKEN, SERVER, :data:`ACCESS_ENV`) or naming the config file itself.
+OTHER_ENV = (*(ENV_PREFIX + name for name in ("CONFIG", "TOKEN", "SERVER")), *ACCESS_ENV.values())
 
 
 def from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -529,13 +529,25 @@ TLS_OPTIONS = {"root_certificates": "--ca", "client_cert": "--cert", "client_key
 
 def server_access_options(f):
     """--token-file, --ca, --cert and --key: how a verb reaches a server behind a private
-    CA or mutual TLS (``remote``, and ``scan``/``rescan --server``); see :func:`connect`."""
+    CA or mutual TLS (``remote``, ``scan``/``rescan --server``, ``mirror``); see
+    :func:`connect`. Each also reads ``$HASHMATCH_<NAME>`` (:data:`ACCESS_ENV`).
+
+    Why the environment: against a mutual-TLS server every call needed all three files
+    on the command line, where ``--server`` and ``--token`` had ``$HASHMATCH_SERVER`` and
+    ``$HASHMATCH_TOKEN`` (a probe, a cron line, a shell session)."""
+    from hashmatch.server.config import ACCESS_ENV  # serve allows them in its environment
+
     path = click.Path(exists=True, dir_okay=False)
     for option in reversed([
-        click.option("--token-file", type=path, help="Bearer token from a file (beats the env)."),
-        click.option("--ca", type=path, help="CA certificate of the server (implies TLS)."),
-        click.option("--cert", type=path, help="Client certificate, mutual TLS (with --key)."),
-        click.option("--key", type=path, help="Client key, mutual TLS (with --cert)."),
+        click.option("--token-file", type=path, envvar=ACCESS_ENV["token_file"],
+                     help="Bearer token from a file (beats $HASHMATCH_TOKEN;"
+                          " $HASHMATCH_TOKEN_FILE)."),
+        click.option("--ca", type=path, envvar=ACCESS_ENV["ca"],
+                     help="CA certificate of the server (implies TLS; $HASHMATCH_CA)."),
+        click.option("--cert", type=path, envvar=ACCESS_ENV["cert"],
+                     help="Client certificate, mutual TLS (with --key; $HASHMATCH_CERT)."),
+        click.option("--key", type=path, envvar=ACCESS_ENV["key"],
+                     help="Client key, mutual TLS (with --cert; $HASHMATCH_KEY)."),
     ]):  # fmt: skip
         f = option(f)
     return f
@@ -617,8 +629,12 @@ def remote(ctx: click.Context, server, token, tls, token_file, ca, cert, key, ti
 
 def _token_from_file(ctx: click.Context, token_file: str, token: str | None) -> str:
     """--token-file's token: it beats $HASHMATCH_TOKEN (an explicit option wins over the
-    environment), but giving --token as well on the command line is ambiguous."""
-    if token and ctx.get_parameter_source("token") is click.core.ParameterSource.COMMANDLINE:
+    environment), but giving --token as well on the command line is ambiguous; --token
+    given on the command line beats $HASHMATCH_TOKEN_FILE."""
+    command_line = click.core.ParameterSource.COMMANDLINE
+    if token and ctx.get_parameter_source("token") is command_line:
+        if ctx.get_parameter_source("token_file") is not command_line:
+            return token
         raise click.UsageError("give --token or --token-file, not both")
     try:
         text = Path(token_file).read_text().strip()
