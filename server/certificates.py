@@ -12,7 +12,10 @@ import socket
 import ssl
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 def pem_dates(path: str) -> tuple[float, float] | None:
@@ -44,20 +47,46 @@ def served_dates(host: str, port: int, deadline: float | None = None) -> tuple[f
     return None
 
 
+#: OpenSSL's verify codes of a certificate that does not name the host checked
+#: (X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH)
+NAME_MISMATCH = frozenset({62, 64})
+
+
 def served_trust_error(
-    host: str, port: int, cadata: bytes | None = None, deadline: float | None = None
-) -> str | None:
+    host: str,
+    port: int,
+    cadata: bytes | None = None,
+    deadline: float | None = None,
+    server_name: str | None = None,
+) -> ssl.SSLCertVerificationError | None:
     """Why the certificate a TLS server at ``host:port`` presents fails verification
-    against ``cadata`` (PEM; None = the system's roots, as gRPC's default), e.g.
-    "unable to get local issuer certificate"; None when it verifies or no address
-    completes a handshake. Every address is tried, as in :func:`served_dates`: a
-    self-signed certificate read as "[::1]: Connection refused" for ``localhost``."""
+    against ``cadata`` (PEM; None = the system's roots, as gRPC's default) for
+    ``server_name`` (else ``host``: the name gRPC checks), its ``verify_message`` e.g.
+    "unable to get local issuer certificate", its ``verify_code`` in
+    :data:`NAME_MISMATCH` for a certificate of another name; None when it verifies or
+    no address completes a handshake. Every address is tried, as in
+    :func:`served_dates`: a self-signed certificate read as "[::1]: Connection
+    refused" for ``localhost``."""
     context = ssl.create_default_context(cadata=cadata.decode() if cadata else None)
-    for tls in _handshakes(host, port, context, deadline):
+    for tls in _handshakes(host, port, context, deadline, server_name):
         if isinstance(tls, ssl.SSLCertVerificationError):
-            return tls.verify_message or str(tls)
+            return tls
         return None
     return None
+
+
+def served_names(host: str, port: int, deadline: float | None = None) -> list[str]:
+    """The names (DNS and IP subject alternative names) of the certificate the TLS
+    server at ``host:port`` presents, read unverified; [] when it cannot be read."""
+    for tls in _handshakes(host, port, _unverified(), deadline):
+        der = None if isinstance(tls, Exception) else tls.getpeercert(binary_form=True)
+        if der:
+            info = _der_info(der) or {}
+            return [name for kind, name in info.get("subjectAltName", ()) if kind in _NAMES]
+    return []
+
+
+_NAMES = frozenset({"DNS", "IP Address"})
 
 
 PROBE_SECONDS = 2.0  # one probe handshake's wait at most
@@ -195,18 +224,23 @@ def _unverified() -> ssl.SSLContext:
 
 
 def _handshakes(
-    host: str, port: int, context: ssl.SSLContext, deadline: float | None
+    host: str,
+    port: int,
+    context: ssl.SSLContext,
+    deadline: float | None,
+    server_name: str | None = None,
 ) -> Iterator[ssl.SSLSocket | ssl.SSLCertVerificationError]:
     """Per address of ``host`` (all of them: gRPC reports only its last one's error), a
     completed TLS handshake (the socket, open while the caller holds it) or the
     certificate verification error; addresses that refuse or fail otherwise are
-    skipped, and none is tried once ``deadline`` (monotonic) has passed."""
+    skipped, and none is tried once ``deadline`` (monotonic) has passed. The server
+    name sent and checked is ``server_name``, else ``host``."""
     context.set_alpn_protocols(["h2"])
     for raw in _connections(host, port, deadline):
         if raw is None:
             continue
         try:
-            with raw, context.wrap_socket(raw, server_hostname=host) as tls:
+            with raw, context.wrap_socket(raw, server_hostname=server_name or host) as tls:
                 yield tls
         except ssl.SSLCertVerificationError as exc:
             yield exc
@@ -236,11 +270,29 @@ def _connections(host: str, port: int, deadline: float | None) -> Iterator[socke
 
 def _der_dates(der: bytes) -> tuple[float, float] | None:
     """The dates of a DER certificate (through a PEM file: what ``pem_dates`` reads)."""
+    return _with_pem_file(der, pem_dates)
+
+
+def _der_info(der: bytes) -> dict | None:
+    """A DER certificate decoded as ``getpeercert()`` gives a verified one (the
+    stdlib's private reader, through a PEM file); None when it cannot be read."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is None:
+        return None
+    try:
+        return _with_pem_file(der, decode)
+    except (ssl.SSLError, OSError, ValueError):
+        return None
+
+
+def _with_pem_file(der: bytes, read: Callable[[str], T]) -> T:
+    """``read`` of a temporary PEM file holding the DER certificate ``der``: the
+    stdlib reads certificates from files only."""
     fd, path = tempfile.mkstemp(suffix=".pem")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(ssl.DER_cert_to_PEM_cert(der))
-        return pem_dates(path)
+        return read(path)
     finally:
         os.unlink(path)
 

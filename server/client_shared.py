@@ -384,7 +384,12 @@ class ClientBase:
                 if self._refuses_chain(*address, deadline):
                     return CERTIFICATE_REFUSED_HINT, True
         if self.tls and (
-            found := certificate_hint(self.target, roots=self.root_certificates, deadline=deadline)
+            found := certificate_hint(
+                self.target,
+                roots=self.root_certificates,
+                deadline=deadline,
+                server_name=self.server_name,
+            )
         ):
             return found, True
         return tls_hint(details), handshake_refused(details)
@@ -731,19 +736,30 @@ def certificate_hint(
     now: float | None = None,
     roots: bytes | None = None,
     deadline: float | None = None,
+    server_name: str | None = None,
 ) -> str:
     """For a TLS connection that failed: what is wrong with the certificate the server at
     ``target`` presents, read from the server itself (its dates, then whether ``roots``,
-    the client's CA certificates, None = the system's, verify it); empty when it cannot
-    be read or nothing is wrong with it. No handshake starts after ``deadline``
-    (monotonic; see ``certificates.probe_timeout``).
+    the client's CA certificates, None = the system's, verify it for ``server_name``,
+    else the host: the name gRPC checks); empty when it cannot be read or nothing is
+    wrong with it. No handshake starts after ``deadline`` (monotonic; see
+    ``certificates.probe_timeout``).
 
     Why: against an expired certificate, ``--server localhost:PORT`` reported "[::1]:
     Connection refused" (gRPC's last address; the server listened on 127.0.0.1) and
     only gRPC's debug log said "certificate has expired"; so did a self-signed one
-    called with ``--tls`` and no ``--ca``.
+    called with ``--tls`` and no ``--ca``. A certificate for another name (a server
+    reached by its address) was told to "give the CA that signed it with --ca", the CA
+    given being the right one: it now names the certificate's names and how to check
+    for one of them.
     """
-    from hashmatch.server.certificates import served_dates, served_trust_error, utc
+    from hashmatch.server.certificates import (
+        NAME_MISMATCH,
+        served_dates,
+        served_names,
+        served_trust_error,
+        utc,
+    )
 
     address = tcp_address(target)
     if address is None:  # unix:PATH and the like: no TLS port to ask
@@ -763,13 +779,22 @@ def certificate_hint(
             f" (the server's certificate is not valid before {utc(dates[0])}: is the"
             " server's or this machine's clock wrong?)"
         )
-    why = served_trust_error(host, port, roots, deadline)
-    if why:
+    refused = served_trust_error(host, port, roots, deadline, server_name)
+    if refused is None:
+        return ""
+    if refused.verify_code in NAME_MISMATCH:
+        names = served_names(host, port, deadline)
+        held = f"it names {', '.join(names)}" if names else "it names no host"
         return (
-            f" (the server's certificate does not verify here: {why}; give the CA that"
-            " signed it with --ca)"
+            f" (the server's certificate is not for {server_name or host} ({held}):"
+            " connect by a name it holds, or check it for one: server_name=NAME,"
+            " `remote --server-name NAME`)"
         )
-    return ""
+    why = refused.verify_message or str(refused)
+    return (
+        f" (the server's certificate does not verify here: {why}; give the CA that"
+        " signed it with --ca)"
+    )
 
 
 # -- health -----------------------------------------------------------------------------

@@ -616,13 +616,16 @@ def unauthenticated_hint(details: str) -> str:
 @click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token ($HASHMATCH_TOKEN).")
 @click.option("--tls", is_flag=True, help="Use TLS (system roots unless --ca).")
 @server_access_options
+@click.option("--server-name", metavar="NAME",
+              help="Check the server's certificate for NAME, not the --server host.")  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
               show_default=True, help="Seconds per call.")  # fmt: skip
 @click.pass_context
-def remote(ctx: click.Context, server, token, tls, token_file, ca, cert, key, timeout) -> None:
+def remote(ctx: click.Context, server, token, tls, token_file, ca, cert, key, server_name,
+           timeout) -> None:  # fmt: skip
     """Call a running hashmatch server (prints JSON, one object per line)."""
     client = connect(server, token, tls, token_file=token_file, ca=ca, cert=cert, key=key,
-                     timeout=timeout)  # fmt: skip
+                     server_name=server_name, timeout=timeout)  # fmt: skip
     ctx.obj = client
     ctx.call_on_close(client.close)
 
