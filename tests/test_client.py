@@ -926,6 +926,19 @@ def test_remote_ingest_names_a_file_refused_whole_and_skips_leading_comments(ser
     assert json.loads(result.stdout)["added"] == 1
 
 
+def test_remote_lists_with_none_visible_says_so_and_what_to_do(served):
+    """A tenant no list is shared with got no output at all: not as whom it asked, nor
+    that a grant on the server is what it lacks."""
+    result = _remote(served, "lists", tenant="reader")
+    assert result.exit_code == 0 and result.stdout == ""
+    store_id = served.client("ops").list_hash_lists().store_id
+    assert result.stderr == (
+        f"hashmatch: no hash list is visible to tenant 'reader' (store {store_id}): none"
+        " shared with it yet (on the server: `hashmatch tenants grant reader LIST`), or"
+        " the store holds none\n"
+    )
+
+
 def test_remote_lists_says_whose_store_and_which_tenant(served):
     """ListHashLists answers with the server's ``store_id`` (whose list uids these are)
     and the caller's ``tenant``; ``remote lists`` printed the lists alone and dropped

@@ -1143,6 +1143,13 @@ def remote_lists(client) -> None:
     whose = {"store_id": reply.store_id, "tenant": reply.tenant}
     for item in reply.lists:
         click.echo(json.dumps({**message_json(item), **whose}, sort_keys=True))
+    if not reply.lists:  # it printed nothing at all: as whom, and what to do, were lost
+        click.echo(
+            f"hashmatch: no hash list is visible to tenant {reply.tenant!r} (store"
+            f" {reply.store_id}): none shared with it yet (on the server: `hashmatch tenants"
+            f" grant {shlex.quote(reply.tenant)} LIST`), or the store holds none",
+            err=True,
+        )
 
 
 @remote.command("stats")
