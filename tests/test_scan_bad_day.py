@@ -313,6 +313,27 @@ def test_report_and_catalog_problems_are_one_line_and_early(tmp_path):
     )
 
 
+def test_a_root_that_cannot_be_reached_is_refused_before_anything_is_scanned(tmp_path):
+    """A typo'd root, a broken symlink to a share not mounted: the scan exited 0 with one
+    not-found failure, a report read as "nothing matched". Now refused, naming it, with
+    nothing done (no catalog), even beside a good root."""
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a.jpg").write_bytes(_jpeg(9))
+    (tmp_path / "mnt").symlink_to(tmp_path / "not-mounted")
+    args = ["scan", "--no-match", "--workers", "0", "--data-dir", "data", "--out", "r.jsonl"]
+    broken = "No such file or directory (a broken symbolic link)"
+    for roots, said in (
+        (["tre"], "Error: tre: No such file or directory: nothing was scanned"),
+        (["tree", "mnt"], f"Error: mnt: {broken}: nothing was scanned"),
+    ):
+        done = _cli([*args, *roots], tmp_path)
+        assert done.returncode == 1, done.stderr
+        assert done.stderr.decode().splitlines() == [said]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnt", "tree"]
+    done = _cli([*args, "tree"], tmp_path)  # a file gone from a tree is still a failure
+    assert done.returncode == 0, done.stderr
+
+
 def test_a_catalog_path_that_is_a_fifo_or_a_directory_is_refused_by_name(tmp_path):
     """SQLite said "disk I/O error" for a FIFO (or /dev/zero) and "unable to open
     database file" for a directory, after creating the lock and a -journal beside it."""

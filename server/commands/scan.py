@@ -191,6 +191,7 @@ def scan_command(
         _one_line_errors(server, name_server=True),
     ):
         try:
+            _check_roots(paths)  # before anything: a typo'd root is no "nothing matched"
             _check_threshold(type_list, threshold)  # now, not after the first batch is hashed
             _check_out(out, catalog_path, Path(data_dir))  # (the report is written last)
             options = ScanOptions(
@@ -455,6 +456,24 @@ def _check_threshold(type_list: tuple[str, ...], threshold: int | None) -> None:
         st = signal_types.get(name, field="--types")
         if threshold is not None and not st.exact:
             st.check_threshold(threshold, field="--threshold")
+
+
+def _check_roots(paths: tuple[str, ...]) -> None:
+    """Every PATH can be reached, or the scan is refused before anything is done.
+
+    Why: a root that is not there (a typo, a share not mounted: its dead mount point, a
+    broken symlink) was one ``not-found`` failure in a scan that exited 0, a report a
+    cron job or an analyst read as "nothing matched". ``find`` and ``rsync`` refuse
+    such a root too. Files that vanish during the walk, and --from-list names, are
+    still ``not-found`` failures of a scan that goes on."""
+    for path in paths:
+        try:
+            os.stat(path)
+        except OSError as exc:
+            broken = " (a broken symbolic link)" if os.path.islink(path) else ""
+            raise click.ClickException(
+                f"{_shown_path(path)}: {exc.strerror or exc}{broken}: nothing was scanned"
+            ) from None
 
 
 def _check_out(out: str, catalog_path: Path, data_dir: Path) -> None:
