@@ -1369,6 +1369,11 @@ class Scanner:
         # the first MAX_WARNED_LISTED (the summary counts them all)
         self._warned: list[tuple[str, tuple[str, ...]]] = []
         self._crashes_said = 0  # worker-crashed files, for the stderr lines' bound
+        # a dead worker's last words when its pool broke with tasks of several files in
+        # flight (which file did it is unknown yet), kept by path for the retry alone:
+        # read at the second crash only, they were lost when that one left none
+        self._break_words = ""
+        self._lost_words: dict[str, str] = {}
         self._inflight: dict[cf.Future, list[Entry]] = {}  # worker tasks -> their files
         self._chunk: list[Entry] = []  # files gathered for the next worker task
         # the report's reader, when it is stdout's pipe: its leaving stops the scan
@@ -1665,6 +1670,7 @@ class Scanner:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = self._new_pool()
             self._broken = False
+            self._stall_killed = False  # (of the pool that broke)
         known = [self._known.get(c.path, (0, None))[1] for c in chunk]
         fut = self._pool.submit(
             _hash_chunk,
@@ -1744,7 +1750,11 @@ class Scanner:
                 self._check_stop()  # ...unless the same signal stopped them and us
                 self._lost.extend(chunk)
                 if isinstance(exc, cf.process.BrokenProcessPool):
+                    if not self._broken:  # this break's first lost task: read them once
+                        self._break_words = self._dead_workers_words()
                     self._broken = True
+                    if words := self._break_words:
+                        self._lost_words.update((e.path, words) for e in chunk)
 
     def _isolate_crashes(self, inflight: dict) -> None:
         """Retry the files of tasks lost to a dead worker one at a time, with nothing
@@ -1768,18 +1778,19 @@ class Scanner:
                 self._pending.append(self._with_digests(self._lost_alone(e, exc)))
                 if isinstance(exc, cf.process.BrokenProcessPool):
                     self._broken = True
+            self._lost_words.pop(e.path, None)
             self._flush_if_due()
 
     def _lost_alone(self, e: Entry, exc: BaseException) -> WorkResult:
         """The failure of a file whose worker died with only it in hand."""
         if not self._stall_killed:
             error = repr(exc)
-            words = ""
-            if self._watch is not None and self._stderr_dir is not None:
-                said = [last_words(self._stderr_dir, pid) for pid in self._watch.on_a_file()]
-                if words := " | ".join(w for w in said if w):
-                    error += f"; its worker's last words: {words}"
-            self._say_crashed(e.path, words)
+            if words := self._dead_workers_words():
+                error += f"; its worker's last words: {words}"
+            first = self._lost_words.get(e.path, "")
+            if first and first != words:  # the first crash, in a task with other files
+                error += f"; its first worker's (in a task of several files): {first}"
+            self._say_crashed(e.path, words or first)
             return dataclasses.replace(_walk_failure(e), reason=CRASHED, error=error)
         o = self.options
         return dataclasses.replace(
@@ -1788,6 +1799,14 @@ class Scanner:
             error=f"no result after {o.file_timeout:g} s (--file-timeout) + {o.stall_grace:g} s: "
             "its worker was killed (a read or a decode that does not return: a hung mount?)",
         )
+
+    def _dead_workers_words(self) -> str:
+        """The last words of the workers that died on a file (:func:`last_words`: each
+        read once), joined; "" when none said any (or a stall kill broke the pool)."""
+        if self._stall_killed or self._watch is None or self._stderr_dir is None:
+            return ""
+        said = [last_words(self._stderr_dir, pid) for pid in self._watch.on_a_file()]
+        return " | ".join(w for w in said if w)
 
     def _say_crashed(self, path: str, words: str) -> None:
         """One stderr line for a file that killed its worker, with its last words: they

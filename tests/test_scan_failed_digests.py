@@ -401,12 +401,15 @@ def _descendants(root: int) -> set[int]:
 
 
 @contextlib.contextmanager
-def _killing_whoever_decodes(path: Path, held_for: float = 0.5, last_words: bytes = b""):
+def _killing_whoever_decodes(
+    path: Path, held_for: float = 0.5, last_words: bytes | list[bytes] = b""
+):
     """SIGKILL any process this test started (a scan worker) that holds ``path`` open
     for over ``held_for`` s, as a decoder crashing on it would end its worker: the slow
     PNG holds its worker ~2 s in one decode, while reading its 243 kB for a digest
     takes milliseconds. ``last_words`` are first written to its fd 2 (through /proc, as
-    a crashing decoder or faulthandler writes them). Yields the list of pids killed."""
+    a crashing decoder or faulthandler writes them; a list: the n-th killed worker's,
+    none past its end). Yields the list of pids killed."""
     killed: list[int] = []
     done = threading.Event()
 
@@ -424,9 +427,12 @@ def _killing_whoever_decodes(path: Path, held_for: float = 0.5, last_words: byte
             first_seen = {pid: first_seen.get(pid, now) for pid in holders}
             for pid, since in first_seen.items():
                 if now - since > held_for and pid not in killed:
-                    if last_words:
+                    words = last_words
+                    if isinstance(words, list):
+                        words = words[len(killed)] if len(killed) < len(words) else b""
+                    if words:
                         with contextlib.suppress(OSError), open(f"/proc/{pid}/fd/2", "ab") as f:
-                            f.write(last_words)
+                            f.write(words)
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
                         killed.append(pid)
@@ -527,6 +533,32 @@ def test_a_crashed_workers_last_words_are_in_its_files_failure(tmp_path, monkeyp
         ' File "decode.py", line 9 in decode_image'
     )
     assert list(tmp.glob(f"{WORKERS_DIR_PREFIX}*")) == []  # (multiprocessing's pymp-* stay)
+
+
+def test_a_first_crashs_last_words_are_kept_when_the_retry_alone_says_none(tmp_path, capfd):
+    """A file that kills its worker in a task of several files is tried again alone;
+    only that second crash's last words were read, so a first crash with words (a
+    segfault's) and a second with none (killed outright) left the file's failure and
+    its stderr line with no why. The first's words are now kept for it."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    slow_png(tree / "crash.png")
+    (tree / "ok.png").write_bytes(BLOBS["astronaut.png"])
+    opts = ScanOptions(workers=1, progress=False, types=("pdq",), file_timeout=None)
+    report = tmp_path / "r.jsonl"
+    words = [b"Fatal Python error: Segmentation fault\n", b""]
+    crashing = _killing_whoever_decodes(tree / "crash.png", last_words=words)
+    with crashing as killed, Catalog(tmp_path / "c.sqlite") as cat:
+        summary = scan([tree], catalog=cat, matcher=None, report=report, options=opts)
+    assert len(killed) == 2  # in its task (with words), then alone (none)
+    assert summary.failed_by_reason == {"worker-crashed": 1} and summary.hashed == 1
+    (failure,) = [r for r in _body(report) if r["kind"] == "failure"]
+    assert failure["error"].endswith(
+        "; its first worker's (in a task of several files): Fatal Python error: Segmentation fault"
+    )
+    assert "crash.png crashed its worker: Fatal Python error: Segmentation fault" in (
+        capfd.readouterr().err
+    )
 
 
 def test_a_dead_workers_last_words_without_faulthandler_are_its_last_lines(tmp_path):
