@@ -54,10 +54,26 @@ def _ready() -> None:
 
 
 def _kill_fork_server() -> None:
-    """SIGKILL this process's fork server (multiprocessing starts a new one if asked)."""
+    """SIGKILL this process's fork server and reap it (multiprocessing starts a new one
+    if asked). Reaped here: multiprocessing waits for a dead server only when it is
+    next asked for one, so a stopped scan's killed server stayed a zombie until then
+    (or until the process exited: a library caller's, for good)."""
     from multiprocessing import forkserver
 
-    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
-    if pid:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    server = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if not pid:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+    with server._lock:
+        if server._forkserver_pid != pid:  # another thread restarted or stopped it
+            return
+        stop = getattr(server, "_stop_unlocked", None)  # closes its fds, waits, forgets it
+        try:
+            if stop is not None:
+                stop()
+            else:
+                os.waitpid(pid, 0)
+        except OSError:  # already reaped, or its socket file already gone
+            server._forkserver_pid = None

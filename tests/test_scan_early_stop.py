@@ -17,11 +17,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
+from multiprocessing import forkserver
 from pathlib import Path
 
 import psutil
 from scan_tree import ORIGINALS, _png
+
+from hashmatch.engine.scan import worker_context
+from hashmatch.engine.scan_pool_start import fork_server_ready
 
 CLI = "from hashmatch.server.entry import main; main()"
 #: for a loaded 2-core machine; the old code waited for the held fork server: forever
@@ -98,3 +103,22 @@ def test_sigterm_while_the_fork_server_loads_stops_the_scan_promptly(tmp_path):
     assert stderr.rstrip().endswith("hashmatch: interrupted (SIGTERM)"), stderr
     assert killed
     print(f"stopped {took:.2f} s after the SIGTERM")
+
+
+def test_a_fork_server_killed_by_an_early_stop_is_reaped(tmp_path):
+    """The stop kills the loading fork server; multiprocessing waits for a dead server
+    only when next asked for one, so it stayed a zombie child of the scanning process
+    (a library caller's, for as long as it ran). Real fork server, really killed."""
+    context = worker_context()
+    forkserver.ensure_running()
+    pid = forkserver._forkserver._forkserver_pid
+    psutil.Process(pid).suspend()  # still loading when the stop comes, however fast
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    assert fork_server_ready(context, stop) is False
+    try:
+        status = psutil.Process(pid).status()
+    except psutil.NoSuchProcess:
+        status = "reaped"
+    assert status == "reaped"
+    assert forkserver._forkserver._forkserver_pid is None  # a next scan starts a new one
