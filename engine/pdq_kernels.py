@@ -21,9 +21,12 @@ sequence of operations applied to any one element:
   pass 2 consumes as soon as it needs them; row pass 3 keeps only the 64 sampled
   columns and column pass 4 runs on those 64 columns only. Nothing image-sized is
   allocated (the reference keeps two full float copies of the image);
-* column passes keep one running sum per column and walk down the rows, so the inner
-  loop is contiguous and SIMD (each column's sum still sees the reference sequence);
-  add, subtract and divide of one row step are one fused loop;
+* column passes keep one running sum per column and walk down the rows (each
+  column's sum still sees the reference sequence). Pass 2 goes 32 columns at a time
+  through a block of 16 output rows, its sums held in four 8-float registers, and its
+  outputs go from an L1 tile straight into row pass 3's lanes (_column_block); its
+  divisions are an FMA-corrected multiply by the float32 reciprocal, checked equal to
+  float32 division for every dividend (_v8_div_fma, FMA_DIVISOR_MAX);
 * row passes run 16 rows at once as the lanes of two 8-float LLVM vectors: a block of
   rows is transposed in 8x8 register tiles (pure data movement) so that each column
   step is one vector add and one vector subtract per 8 rows, each lane seeing the
@@ -74,6 +77,10 @@ from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
 LANES = 16  # rows per block of the row passes: two 8-lane vector chains
+#: Largest window length whose FMA-corrected division (_v8_div_fma) equals float32
+#: division for every float32 dividend: tests/test_pdq.py checks every mantissa
+#: against every divisor up to it (the result scales exactly with powers of two).
+FMA_DIVISOR_MAX = 255
 
 # --- 8-lane float32 vectors for numba ---------------------------------------------
 # numba does not vectorise a running sum across rows on its own (the lane sums end up
@@ -151,6 +158,50 @@ _v8_div = _v8_binop("fdiv")
 
 
 @intrinsic
+def _v8_scale64(typingctx, v, r):
+    """float32(float64(v) * r) lane by lane: numba's ``np.float32(v * r)`` for a float32
+    ``v`` and a float64 ``r`` (see _recips), eight columns at a time."""
+
+    def codegen(context, builder, sig, args):
+        f64x8 = ir.VectorType(ir.DoubleType(), 8)
+        wide = builder.fpext(args[0], f64x8)
+        rv = builder.insert_element(ir.Constant(f64x8, ir.Undefined), args[1], ir.Constant(_I32, 0))
+        rv = builder.shuffle_vector(rv, rv, ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+        return builder.fptrunc(builder.fmul(wide, rv), _VEC)
+
+    return _f32x8(v, r), codegen
+
+
+@intrinsic
+def _v8_div_fma(typingctx, x, y, d):
+    """``x / d`` lane by lane via ``y`` = float32(1/d): q = x*y, then one FMA-corrected
+    step q + (x - q*d)*y (Markstein). It equals float32 division whenever the residual
+    x - q*d is exact and the step rounds like x/d: not a theorem for every d (q can be
+    more than one ulp off), so only divisors checked against every float32 mantissa use
+    it (FMA_DIVISOR_MAX). Like _recips it needs normal quotients and residuals: column
+    pass 2's nonzero sums are at least 2**-82. Why: three FMA-unit operations instead
+    of float64 conversions (or the divider): column pass 2 ~0.2 ms faster at 1080p."""
+
+    def codegen(context, builder, sig, args):
+        x, y, d = args
+        fma = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_VEC, [_VEC] * 3), "llvm.fma.v8f32"
+        )
+        zeros = ir.Constant(ir.VectorType(_I32, 8), [0] * 8)
+
+        def splat(f):
+            v = builder.insert_element(ir.Constant(_VEC, ir.Undefined), f, ir.Constant(_I32, 0))
+            return builder.shuffle_vector(v, v, zeros)
+
+        yv = splat(y)
+        q = builder.fmul(x, yv)
+        rem = builder.call(fma, [builder.fneg(q), splat(d), x])
+        return builder.call(fma, [rem, yv, q])
+
+    return _f32x8(x, y, d), codegen
+
+
+@intrinsic
 def _v8_splat(typingctx, x):
     def codegen(context, builder, sig, args):
         v = builder.insert_element(ir.Constant(_VEC, ir.Undefined), args[0], ir.Constant(_I32, 0))
@@ -216,17 +267,10 @@ def _transpose8(typingctx, src, s_off, s_stride, dst, d_off, d_stride):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _to_lanes(rows, wp, xt):
-    """16 rows of ``wp`` floats (flat) -> ``xt[c*16 + lane]``: row ``lane`` of column c."""
-    for c in range(0, wp, 8):
-        _transpose8(rows, c, wp, xt, c * LANES, LANES)
-        _transpose8(rows, 8 * wp + c, wp, xt, c * LANES + 8, LANES)
-
-
-@njit(cache=True, nogil=True, error_model="numpy")
 def _luma_to_lanes(rgb, first, xt):
-    """Luma of the 16 image rows from ``first`` into the lane layout of _to_lanes
-    (rows past the image repeat its last row; their lanes are never used)."""
+    """Luma of the 16 image rows from ``first`` into the row passes' lane layout,
+    ``xt[c*16 + lane]`` = row ``lane`` at column c (rows past the image repeat its last
+    row; their lanes are never used)."""
     nrows, ncols = rgb.shape[0], rgb.shape[1]
     stride = ncols * 3
     src = rgb.reshape(nrows * stride)
@@ -313,7 +357,7 @@ def _row_out(a, b, yt, dst, d):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _row_pass(xt, yt, n, w, div, keep):
-    """Reference ``box1DFloat`` along 16 rows at once (rows are lanes, see _to_lanes).
+    """Reference ``box1DFloat`` along 16 rows at once (rows are lanes, see _luma_to_lanes).
 
     Every lane sees exactly the reference sequence: add the entering sample, subtract
     the leaving one, divide by the window length in effect. Output k is written (to
@@ -461,8 +505,10 @@ def _recips(div):
     least 2**-25 / d (relative) away from one, while ``x * float64(1/d)`` in float64 is
     within 2**-52 of x / d: both round to the same float32. It needs a normal quotient:
     true for column pass 2 (its sums are multiples of 2**-82: pass-1 outputs of sums of
-    luma values of at least 0.001), the one place it is used: there it saves ~10% of the
-    pass (0.8 -> 0.72 ms at 1080p); in the vector row passes it gained nothing.
+    luma values of at least 0.001), the one place it is used: there it saved ~10% of the
+    pass (0.8 -> 0.72 ms at 1080p); in the vector row passes it gained nothing. Column
+    pass 2 now divides by _v8_div_fma and uses these only for windows over
+    FMA_DIVISOR_MAX (images over 32640 rows).
     """
     r = np.empty(div.shape[0], np.float64)
     for k in range(div.shape[0]):
@@ -638,41 +684,78 @@ def _column_schedule(n, w):
     return add, sub, out
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _column_step(acc, x_add, do_add, x_sub, do_sub, dst, do_out, r):
-    """One event of a column pass over every column: add, subtract, divide out.
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def _col_div(acc, fma, r, y, d):
+    if fma:
+        return _v8_div_fma(acc, y, d)
+    return _v8_scale64(acc, r)
 
-    One fused loop per event (the separate add / subtract / divide loops each streamed
-    the running sums through memory); every column still sees add, then subtract,
-    then the division, exactly as the reference.
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _column_block(b1f, wp, colsum, aoff, soff, orow, rec, ne, tile, xt, y32, d32, fma):
+    """Column pass 2 for ``ne`` events of its schedule, straight into row pass 3's lanes.
+
+    Event k adds the pass-1 row at ``b1f[aoff[k]:]`` (when ``aoff[k] >= 0``), subtracts
+    the one at ``soff[k]`` and, when ``orow[k] >= 0``, writes the running sums times
+    ``rec[k]`` (float64 1/d, see _recips), or divided by ``d32[k]`` through its float32
+    reciprocal ``y32[k]`` when ``fma`` (see _v8_div_fma: both give x / d exactly), as
+    output row ``orow[k]`` (0..15) of the block. Columns go 32 at a time,
+    as four 8-float running sums held in registers for all ``ne`` events (four
+    independent add/subtract chains: one alone waits on its own latency). Every column
+    still sees the reference's add, subtract, divide sequence. The block's 16 output
+    rows go from an L1 tile into ``xt``'s lanes by 8x8 transposes. Why: the
+    event-by-event loop over whole rows loaded and stored the running sums at every
+    event and wrote 16 output rows that a separate pass transposed into lanes.
     """
-    n = acc.shape[0]
-    if do_add and do_sub and do_out:
-        for k in range(n):
-            v = acc[k] + x_add[k]
-            v = v - x_sub[k]
-            acc[k] = v
-            dst[k] = np.float32(v * r)
-    elif do_add and do_out:
-        for k in range(n):
-            v = acc[k] + x_add[k]
-            acc[k] = v
-            dst[k] = np.float32(v * r)
-    elif do_sub and do_out:
-        for k in range(n):
-            v = acc[k] - x_sub[k]
-            acc[k] = v
-            dst[k] = np.float32(v * r)
-    else:
-        if do_add:
-            for k in range(n):
-                acc[k] += x_add[k]
-        if do_sub:
-            for k in range(n):
-                acc[k] -= x_sub[k]
-        if do_out:
-            for k in range(n):
-                dst[k] = np.float32(acc[k] * r)
+    c = 0
+    while c < wp:
+        if c + 32 <= wp:
+            n = 4
+            a0 = _v8_load(colsum, c)
+            a1 = _v8_load(colsum, c + 8)
+            a2 = _v8_load(colsum, c + 16)
+            a3 = _v8_load(colsum, c + 24)
+            for k in range(ne):
+                at = aoff[k]
+                if at >= 0:
+                    at += c
+                    a0 = _v8_add(a0, _v8_load(b1f, at))
+                    a1 = _v8_add(a1, _v8_load(b1f, at + 8))
+                    a2 = _v8_add(a2, _v8_load(b1f, at + 16))
+                    a3 = _v8_add(a3, _v8_load(b1f, at + 24))
+                st = soff[k]
+                if st >= 0:
+                    st += c
+                    a0 = _v8_sub(a0, _v8_load(b1f, st))
+                    a1 = _v8_sub(a1, _v8_load(b1f, st + 8))
+                    a2 = _v8_sub(a2, _v8_load(b1f, st + 16))
+                    a3 = _v8_sub(a3, _v8_load(b1f, st + 24))
+                g = orow[k]
+                if g >= 0:
+                    r, y, d = rec[k], y32[k], d32[k]
+                    _v8_store(tile, g * 8, _col_div(a0, fma, r, y, d))
+                    _v8_store(tile, 128 + g * 8, _col_div(a1, fma, r, y, d))
+                    _v8_store(tile, 256 + g * 8, _col_div(a2, fma, r, y, d))
+                    _v8_store(tile, 384 + g * 8, _col_div(a3, fma, r, y, d))
+            _v8_store(colsum, c, a0)
+            _v8_store(colsum, c + 8, a1)
+            _v8_store(colsum, c + 16, a2)
+            _v8_store(colsum, c + 24, a3)
+        else:
+            n = 1
+            a0 = _v8_load(colsum, c)
+            for k in range(ne):
+                if aoff[k] >= 0:
+                    a0 = _v8_add(a0, _v8_load(b1f, aoff[k] + c))
+                if soff[k] >= 0:
+                    a0 = _v8_sub(a0, _v8_load(b1f, soff[k] + c))
+                if orow[k] >= 0:
+                    _v8_store(tile, orow[k] * 8, _col_div(a0, fma, rec[k], y32[k], d32[k]))
+            _v8_store(colsum, c, a0)
+        for t in range(n):
+            _transpose8(tile, 128 * t, 8, xt, (c + 8 * t) * LANES, LANES)
+            _transpose8(tile, 128 * t + 64, 8, xt, (c + 8 * t) * LANES + 8, LANES)
+        c += 8 * n
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -692,25 +775,46 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
     for j in range(64):
         keep64[col_samples[j]] = col_samples[j]
 
-    # Ring of pass-1 rows: the column pass needs rows li..ri (wc + 1 of them), rows
-    # arrive LANES at a time, and a block lands on consecutive ring rows.
-    ring = (wc + 2 * LANES - 1) // LANES * LANES  # >= wc + LANES rows, whole blocks
-    b1 = np.zeros((ring, wp), np.float32)
-    b1f = b1.reshape(ring * wp)
+    # Ring of pass-1 rows. A block of 16 pass-2 outputs needs the rows from its first
+    # subtracted one to its last added one (wc + 16 apart; the first block adds half - 1
+    # more before its first output), and pass-1 rows arrive LANES at a time, landing on
+    # consecutive ring rows: whole blocks, at least that span + LANES - 1.
+    half = (wc + 2) // 2
+    ring = (max(wc, half - 1) + 2 * LANES + LANES - 1) // LANES * LANES
+    b1f = np.zeros(ring * wp, np.float32)
     xt = np.zeros(wp * LANES, np.float32)
     yt = np.zeros(wp * LANES, np.float32)
-    tile = np.zeros(8 * LANES, np.float32)
-    colsum = np.zeros(ncols, np.float32)
-    # Pass-2 output rows waiting for row pass 3.
-    p = np.zeros((LANES, wp), np.float32)
-    p_rows = np.empty(LANES, np.int64)
-    npend = 0
+    tile = np.zeros(32 * LANES, np.float32)
+    colsum = np.zeros(wp, np.float32)
+    nev_max = LANES + half
+    aoff = np.empty(nev_max, np.int64)
+    soff = np.empty(nev_max, np.int64)
+    orow = np.empty(nev_max, np.int64)
+    rec = np.empty(nev_max, np.float64)
+    y32 = np.empty(nev_max, np.float32)
+    d32 = np.empty(nev_max, np.float32)
+    fma = wc <= FMA_DIVISOR_MAX  # every column divisor is at most wc
     b3 = np.empty((nrows, 64), np.float32)
     done = 0  # pass-1 rows computed
-
-    for e in range(add.shape[0]):
-        a = add[e]
-        if a >= done:  # (a = -1: no row enters at this event)
+    e = 0  # next event of the column schedule
+    o0 = 0  # first output row of the block
+    while o0 < nrows:
+        o1 = min(o0 + LANES, nrows)
+        e_end = o1 + half - 1  # events before it output rows < o1
+        ne = e_end - e
+        amax = -1
+        for k in range(ne):
+            a = add[e + k]
+            s = sub[e + k]
+            o = out[e + k]
+            amax = max(amax, a)
+            aoff[k] = (a % ring) * wp if a >= 0 else -1
+            soff[k] = (s % ring) * wp if s >= 0 else -1
+            orow[k] = o - o0 if o >= 0 else -1
+            rec[k] = rec_c[max(o, 0)]
+            d32[k] = div_c[max(o, 0)]
+            y32[k] = np.float32(1.0) / d32[k]
+        while done <= amax:
             rows = min(LANES, nrows - done)
             if rgb.ndim == 3:
                 _luma_to_lanes(rgb, done, xt)
@@ -719,23 +823,14 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
             base = (done % ring) * wp
             _row_pass_rows(xt, tile, ncols, wr, div_r, b1f[base : base + LANES * wp], wp)
             done += rows
-        s = sub[e]
-        o = out[e]
-        dst = p[npend]
-        r = rec_c[max(o, 0)]
-        _column_step(colsum, b1[a % ring] if a >= 0 else colsum, a >= 0,
-                     b1[s % ring] if s >= 0 else colsum, s >= 0, dst, o >= 0, r)  # fmt: skip
-        if o >= 0:
-            p_rows[npend] = o
-            npend += 1
-            if npend == LANES or o == nrows - 1:
-                _to_lanes(p.reshape(LANES * wp), wp, xt)
-                _row_pass(xt, yt, ncols, wr, div_r, keep64)
-                for g in range(npend):
-                    dst = b3[p_rows[g]]
-                    for j in range(64):
-                        dst[j] = yt[col_samples[j] * LANES + g]
-                npend = 0
+        _column_block(b1f, wp, colsum, aoff, soff, orow, rec, ne, tile, xt, y32, d32, fma)
+        _row_pass(xt, yt, ncols, wr, div_r, keep64)
+        for g in range(o1 - o0):
+            dst = b3[o0 + g]
+            for j in range(64):
+                dst[j] = yt[col_samples[j] * LANES + g]
+        e = e_end
+        o0 = o1
 
     return _column_pass4(b3, add, sub, out, div_c, row_samples)
 

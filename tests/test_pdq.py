@@ -160,6 +160,71 @@ def test_float64_reciprocal_divides_exactly_like_float32_division():
         assert np.array_equal(got.view(np.uint32), (exact / d[k]).view(np.uint32))
 
 
+def test_fma_corrected_division_is_float32_division_for_every_mantissa():
+    """Column pass 2 divides by an FMA-corrected multiply (pdq_kernels._v8_div_fma) for
+    window lengths up to FMA_DIVISOR_MAX: for each such d it must give the correctly
+    rounded x / d for every float32 mantissa. The binade does not matter (every step
+    scales exactly by powers of two while values stay normal) and an even d = 2**k m
+    behaves as m, so every odd d is checked on all 2**23 mantissas, plus small even d,
+    signs, zero and the smallest and largest binades pass 2 sees."""
+    from numba import njit
+
+    from hashmatch.engine import pdq_kernels as k
+
+    @njit(nogil=True, error_model="numpy")
+    def mismatches(d, xs, out):
+        y = np.float32(1.0) / d
+        bad = 0
+        for i in range(0, xs.shape[0], 8):
+            k._v8_store(out, i, k._v8_div_fma(k._v8_load(xs, i), y, d))
+        for i in range(xs.shape[0]):
+            if out[i] != xs[i] / d:  # -0.0 gives +0.0: pass 2 never sees -0 (its sums
+                bad += 1  # start at +0 and add luma >= 0; x - x rounds to +0)
+        return bad
+
+    mantissas = (np.arange(1 << 23, dtype=np.uint32) | np.uint32(127 << 23)).view(np.float32)
+    out = np.empty_like(mantissas)
+    assert k.FMA_DIVISOR_MAX >= 9  # 1080p's column window; the fallback covers the rest
+    divisors = [*range(1, k.FMA_DIVISOR_MAX + 1, 2), *range(2, 33, 2), k.FMA_DIVISOR_MAX]
+    for d in divisors:
+        assert mismatches(np.float32(d), mantissas, out) == 0, d
+    rng = np.random.default_rng(5)
+    special = rng.choice(mantissas, 4096) * np.exp2(rng.integers(-82, 21, 4096))
+    special = np.concatenate([special, -special, [0.0, 2.0**-82, 255.0 * 2**14]])
+    special = np.resize(special.astype(np.float32), (special.size + 7) // 8 * 8)
+    for d in range(1, k.FMA_DIVISOR_MAX + 1):
+        assert mismatches(np.float32(d), special, np.empty_like(special)) == 0, d
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (5, 9),
+        (15, 33),
+        (16, 40),
+        (17, 41),
+        (31, 63),
+        (33, 7),
+        (47, 300),
+        (129, 5),
+        (1000, 6),
+        (1080, 1920),
+        (32640, 6),  # the largest column window (255) with FMA-corrected division
+        (32641, 6),  # window 256: float64 reciprocals instead
+        (40000, 5),
+    ],
+)
+def test_column_blocks_match_pdqhash(shape):
+    """Column pass 2 runs in blocks of 16 output rows, 32 columns (or 8 at the edge) at
+    a time: heights around the block size, widths around the 8- and 32-column groups,
+    tall images past FMA_DIVISOR_MAX and both pixel kinds (noise, smooth)."""
+    rng = np.random.default_rng(shape[0] * 7 + shape[1])
+    noise = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    _assert_same(noise, f"noise {shape}", dihedral=False)
+    smooth = np.ascontiguousarray(cv2.resize(_rgb(skimage.data.astronaut()), shape[::-1]))
+    _assert_same(smooth, f"astronaut {shape}", dihedral=shape[0] < 2000)
+
+
 @pytest.mark.parametrize("cells", [2, 4, 8, 16, 32, 64])
 @pytest.mark.parametrize("shape", [(64, 64), (128, 128), (100, 160), (37, 53), (512, 512)])
 def test_chessboards_tie_at_the_median_like_pdqhash(cells, shape):
