@@ -47,6 +47,7 @@ from hashmatch.engine.matcher import (
     DEFAULT_LOW_QUALITY_QUERIES,
     LOW_QUALITY_QUERIES,
     LOW_QUALITY_SKIP,
+    reoriented_max_distance,
 )
 from hashmatch.engine.multihash import pdq_crop_codes
 from hashmatch.engine.pdq import pdq_hash
@@ -192,7 +193,8 @@ def make_originals(
 @dataclass(frozen=True)
 class Method:
     name: str
-    query: Callable[[bytes], tuple[np.ndarray, int | None]]  # copy -> (uint8[k, nb], quality)
+    # copy -> (uint8[k, nb], quality, per-row farthest match or None: no limit)
+    query: Callable[[bytes], tuple[np.ndarray, int | None, np.ndarray | None]]
     index: Callable[[np.ndarray], np.ndarray]  # rgb -> uint8[m, nbytes]
     bits: int = 256
     default_threshold: int = PDQ_THRESHOLD
@@ -219,8 +221,8 @@ def _phash_rgb(rgb: np.ndarray) -> np.ndarray:
     return np.packbits(h.hash.flatten())[None, :]
 
 
-def _phash(data: bytes) -> tuple[np.ndarray, None]:
-    return _phash_rgb(decode_image(data)), None
+def _phash(data: bytes) -> tuple[np.ndarray, None, None]:
+    return _phash_rgb(decode_image(data)), None, None
 
 
 def _phash_index(rgb: np.ndarray) -> np.ndarray:
@@ -236,15 +238,28 @@ def _png(rgb: np.ndarray) -> bytes:
 _QUERIES: dict = {}
 
 
-def _engine_query(options: HashOptions) -> Callable[[bytes], tuple[np.ndarray, int | None]]:
+def _engine_query(options: HashOptions) -> Callable:
     if options not in _QUERIES:  # one function per options: methods share its codes
 
-        def fn(data: bytes) -> tuple[np.ndarray, int | None]:
+        def fn(data: bytes) -> tuple[np.ndarray, int | None, np.ndarray | None]:
             found = hash_media(data, ["pdq"], options)[0]
-            return found.codes, found.quality
+            return found.codes, found.quality, row_limits(found.orientations)
 
         _QUERIES[options] = fn
     return _QUERIES[options]
+
+
+def row_limits(orientations: list[int]) -> np.ndarray | None:
+    """The matcher's rule for a media query's rows (``Engine.match_hashes``): a
+    re-oriented row matches only within PDQ's default threshold, whatever the threshold
+    asked for (``reoriented_max_distance``); the others as far as the threshold goes.
+    Per row the farthest distance that can match, None when no row is limited."""
+    turned = np.asarray(orientations, dtype=int) != 0
+    if not turned.any():
+        return None
+    limits = np.full(len(turned), NO_MATCH, np.int16)
+    limits[turned] = reoriented_max_distance(PDQ_THRESHOLD, None)
+    return limits
 
 
 def _hash_seconds(m: Method, copies: list) -> float:
@@ -273,6 +288,9 @@ def _pdq_plus_crops(rgb: np.ndarray) -> np.ndarray:
 
 #: The matching options the service uses for MatchOptions(dihedral, trim_borders).
 MATCHING = HashOptions(dihedral=True, dihedral_exact=True, trim_borders=True)
+
+#: Every small-image row: bilinear, replicated, and the replicated one's half-pixel phases.
+SMALL_ALL = dict(upscale_small=True, upscale_small_replicate=True, upscale_small_phases=True)
 
 METHODS = (
     engine_method("pdq", HashOptions(), "PDQ baseline (pdqhash-identical)"),
@@ -321,6 +339,13 @@ METHODS = (
         "smallest whole factor reaching 256 px when smaller (1 or 2 rows)",
     ),
     engine_method(
+        "pdq+phases",
+        HashOptions(upscale_small_phases=True),
+        "HashOptions(upscale_small_phases=True): as given + the replicated enlargement "
+        "moved by half a copy pixel down, right and both when smaller than 256 px "
+        "(1 or 4 rows)",
+    ),
+    engine_method(
         "hashmatch+small",
         replace(MATCHING, upscale_small=True),
         "hashmatch + upscale_small=True: 0-1 more row",
@@ -331,12 +356,16 @@ METHODS = (
         "hashmatch + upscale_small=True + upscale_small_replicate=True: 0-2 more rows",
     ),
     engine_method(
+        "hashmatch+small+rep+ph",
+        replace(MATCHING, **SMALL_ALL),
+        "hashmatch + upscale_small=True + upscale_small_replicate=True + "
+        "upscale_small_phases=True: 0-5 more rows",
+    ),
+    engine_method(
         "hashmatch+all",
-        replace(
-            MATCHING, uncrop=True, derotate=True, upscale_small=True, upscale_small_replicate=True
-        ),
+        replace(MATCHING, uncrop=True, derotate=True, **SMALL_ALL),
         "hashmatch + uncrop=True + derotate=True + upscale_small=True + "
-        "upscale_small_replicate=True: 20-22 more rows",
+        "upscale_small_replicate=True + upscale_small_phases=True: 20-25 more rows",
     ),
     engine_method(
         "hashmatch+crops",
@@ -363,8 +392,12 @@ def _stack(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(rows), owner
 
 
-def min_distances(q: list[np.ndarray], idx: list[np.ndarray]) -> np.ndarray:
-    """``D[i, j]`` = min Hamming distance between any code of query i and of original j."""
+def min_distances(
+    q: list[np.ndarray], idx: list[np.ndarray], limits: list[np.ndarray | None] | None = None
+) -> np.ndarray:
+    """``D[i, j]`` = min Hamming distance between any code of query i and of original j;
+    ``limits`` (per query, :func:`row_limits`): a row farther than its limit counts as
+    no match (the matcher drops it before keeping the nearest row)."""
     qc, qo = _stack(q)
     ic, io = _stack(idx)
     nbytes = qc.shape[1]
@@ -375,8 +408,14 @@ def min_distances(q: list[np.ndarray], idx: list[np.ndarray]) -> np.ndarray:
     for s in range(0, len(qc), 512):
         x = qw[s : s + 512, None, :] ^ iw[None, :, :]
         rows[s : s + 512] = np.bitwise_count(x).sum(axis=2)
-    # min over each query's rows, then over each original's rows
     big = np.iinfo(np.int16).max
+    if limits is not None and any(lim is not None for lim in limits):
+        none = [np.full(len(c), big, np.int16) for c in q]
+        per_row = np.concatenate(
+            [n if lim is None else lim for n, lim in zip(none, limits, strict=True)]
+        )
+        rows[rows > per_row[:, None]] = big
+    # min over each query's rows, then over each original's rows
     by_q = np.full((len(q), len(ic)), big, np.int16)
     np.minimum.at(by_q, qo, rows)
     out = np.full((len(q), len(idx)), big, np.int16)
@@ -473,12 +512,12 @@ def evaluate(
         if m.query not in cache:
             cache[m.query] = ([m.query(c[2]) for c in copies], _hash_seconds(m, copies))
         hashed, q_seconds = cache[m.query]
-        q = [codes for codes, _ in hashed]
-        raw = min_distances(q, idx)
+        q = [codes for codes, _, _ in hashed]
+        raw = min_distances(q, idx, [limit for _, _, limit in hashed])
         # The engine's quality floor (match_media): a PDQ query whose quality (the image
         # as given) is under 50 matches only stored originals of known quality >= 50
         # (default) or nothing at all ("skip", as HMA: a miss, never a wrong match).
-        skipped = np.array([qual is not None and qual < min_quality for _, qual in hashed])
+        skipped = np.array([qual is not None and qual < min_quality for _, qual, _ in hashed])
         stored_ok = np.zeros(raw.shape[1], dtype=bool)
         stored_ok[: len(originals)] = stored_quality >= min_quality
         unfloored = raw[np.arange(len(copies)), owner].astype(int)  # had it been looked up
@@ -624,7 +663,8 @@ def table(res: dict, sources: int) -> str:
 
 
 def rule_table(
-    res: dict, names=("pdq", "hashmatch", "hashmatch+small", "hashmatch+small+rep")
+    res: dict,
+    names=("pdq", "hashmatch", "hashmatch+small", "hashmatch+small+rep", "hashmatch+small+rep+ph"),
 ) -> str:
     """The two quality-floor rules side by side on the same distances."""
     ms = res["methods"]
@@ -660,7 +700,9 @@ def rule_table(
     return "\n".join(lines) + "\n"
 
 
-def size_table(res: dict, names=("pdq", "hashmatch+small", "hashmatch+small+rep")) -> str:
+def size_table(
+    res: dict, names=("pdq", "hashmatch+small", "hashmatch+small+rep", "hashmatch+small+rep+ph")
+) -> str:
     """Recall on the geometry-keeping edits split by the original's size."""
     ms = res["methods"]
     names = [n for n in names if n in ms]
@@ -695,7 +737,8 @@ def _pct(share: float | None) -> str:
 
 
 def misses_table(
-    res: dict, names=("pdq", "hashmatch", "hashmatch+small", "hashmatch+small+rep")
+    res: dict,
+    names=("pdq", "hashmatch", "hashmatch+small", "hashmatch+small+rep", "hashmatch+small+rep+ph"),
 ) -> str:
     """Every copy of a geometry-keeping edit missed at the plain threshold, one by one."""
     lines = [
@@ -729,6 +772,7 @@ def plots(res: dict, out: Path) -> None:
             "hashmatch",
             "hashmatch+small",
             "hashmatch+small+rep",
+            "hashmatch+small+rep+ph",
             "hashmatch+all",
             "phash16",
         )
@@ -930,6 +974,7 @@ def main(argv: list[str]) -> None:
     if args.transforms:
         transforms = tuple(t.strip() for t in args.transforms.split(","))
     skip = ("phash16", "pdq+trim", "pdq+uncrop", "pdq+derotate", "pdq+small", "pdq+replicate")
+    skip += ("pdq+phases",)
     skip += ("hashmatch+crops",)
     skip = skip if args.quick else ()
     methods = [m for m in METHODS if m.name not in skip]

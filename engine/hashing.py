@@ -136,6 +136,10 @@ class HashResult:
     qualities: list[int] = field(default_factory=list)  # per row; empty where meaningless
     timestamps: list[float] = field(default_factory=list)  # vPDQ: seconds per frame
     frame_numbers: list[int] = field(default_factory=list)  # vPDQ: decoded frame index
+    # PDQ with dihedral: per row, the orientation it was hashed in (0 = as given, 1-7
+    # re-oriented, ``pdq_hash_dihedral`` order); empty = every row as given. The matcher
+    # holds re-oriented rows to the type's default threshold (Engine.match_hashes).
+    orientations: list[int] = field(default_factory=list)
 
     @property
     def hex(self) -> str:
@@ -250,7 +254,11 @@ def _pdq(rgb: np.ndarray, options: HashOptions, trims: Sequence[np.ndarray]) -> 
         )
         parts.append(rows)
         qualities.extend(quals)
-    return HashResult("pdq", np.concatenate(parts), qualities)
+    result = HashResult("pdq", np.concatenate(parts), qualities)
+    if options.dihedral:  # 8 rows per image hashed, then rows of the image as given
+        result.orientations = [n % 8 for n in range(len(codes))]
+        result.orientations += [0] * (len(result.codes) - len(codes))
+    return result
 
 
 def _add_as_stored_row(
@@ -266,10 +274,12 @@ def _add_as_stored_row(
     stored = hash_pdq(as_stored(upright, orientation), HashOptions(limits=options.limits))
     result.codes = np.concatenate([result.codes, stored.codes[:1]])
     result.qualities.append(stored.qualities[0])
+    if result.orientations:
+        result.orientations.append(0)  # what EXIF-blind tools hash: their "as given"
 
 
 def _pdq_frames(data: bytes, options: HashOptions) -> HashResult:
-    codes, qualities, numbers = [], [], []
+    codes, qualities, numbers, orientations = [], [], [], []
     for n, frame in enumerate(iter_frames(data, limits=options.limits)):
         if options.checkpoint is not None:
             options.checkpoint()
@@ -277,7 +287,10 @@ def _pdq_frames(data: bytes, options: HashOptions) -> HashResult:
         codes.append(one.codes)
         qualities.extend(one.qualities)
         numbers.extend([n] * len(one.codes))
-    return HashResult("pdq", np.concatenate(codes), qualities, frame_numbers=numbers)
+        orientations.extend(one.orientations)
+    result = HashResult("pdq", np.concatenate(codes), qualities, frame_numbers=numbers)
+    result.orientations = orientations
+    return result
 
 
 def _vpdq(source: bytes | str | Path, options: HashOptions) -> HashResult:

@@ -195,6 +195,21 @@ def join_hits(
     return out
 
 
+def reoriented_max_distance(default_threshold: int, threshold: int | None) -> int:
+    """How far a re-oriented row of a media query (one of the 7 dihedral variants) may
+    match: the request's threshold, but never beyond the type's default (31 for PDQ).
+
+    Why: those rows are there for flipped and rotated copies, which the exact dihedral
+    path lands within 0-8 bits of their original; beyond PDQ's threshold they only add
+    wrong candidates, 7 per image. On the quality bench every wrong pair nearer than
+    86 bits came from a re-oriented row (nearest 64: a letterboxed moon tile turned
+    upside down against a haystack hash), while the rows as given (and the trimmed and
+    small-image ones) met no wrong original nearer than 86: so a caller who loosens the
+    threshold for degraded copies (the 99.99%-precision one: 63 -> 85 bits) gets it on
+    the rows as given only. At the default threshold nothing changes."""
+    return default_threshold if threshold is None else min(default_threshold, int(threshold))
+
+
 def quality_floor(min_quality: int | None) -> int:
     """The PDQ quality floor of a request: ``min_quality``, default 50 (as HMA)."""
     return PDQ_MIN_QUALITY if min_quality is None else int(min_quality)

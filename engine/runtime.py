@@ -60,6 +60,7 @@ from hashmatch.engine.matcher import (
     join_hits,
     low_quality_rows,
     quality_floor,
+    reoriented_max_distance,
 )
 from hashmatch.engine.snapshot_files import (
     KEEP_SNAPSHOTS,
@@ -519,8 +520,12 @@ class Engine:
                 result.skipped_low_quality = True
                 result.quality_stored_only |= per_row[0].quality_stored_only
             best: dict[int, Match] = {}
+            cap = reoriented_max_distance(st.default_threshold, threshold)
             for variant, found in enumerate(per_row):
+                turned = bool(h.orientations) and h.orientations[variant] != 0
                 for m in found:
+                    if turned and m.distance > cap:
+                        continue  # re-oriented rows: within the type's default only
                     prev = best.get(m.signal_id)
                     if prev is None or m.distance < prev.distance:
                         best[m.signal_id] = _with_query(m, 0, variant)

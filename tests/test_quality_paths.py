@@ -197,8 +197,11 @@ def test_bench_quality_scores_the_engine_path():
     copy = _png(originals[0][1][:, ::-1])
     for m in methods:  # the query side IS hash_media with the method's options
         expected = hash_media(copy, ["pdq"], m.options)[0]
-        codes, qual = m.query(copy)
+        codes, qual, limits = m.query(copy)
         assert np.array_equal(codes, expected.codes) and qual == expected.quality
+        turned = np.array(expected.orientations or [0] * len(codes)) != 0
+        assert (limits is None) == (not turned.any())  # re-oriented rows: <= 31 only
+        assert limits is None or set(limits[turned]) == {31}
     res = quality.evaluate(originals, ["flip h", "pad 20% solid", "jpeg q50"], methods)
     per = {n: res["methods"][n]["per_transform"] for n in wanted}
     assert per["pdq"]["flip h"]["recall_plain"] == 0.0
@@ -276,6 +279,34 @@ def test_quartered_copy_matches_through_match_media_with_upscale_small_replicate
         found = eng.match_media(_png(copy_rgb), options=both).matches
     assert [m.external_id for m in found] == ["retina"]
     assert found[0].distance <= 31 and found[0].variant == 2
+
+
+def test_reoriented_rows_match_only_within_the_default_threshold(tmp_path):
+    """A loosened threshold (63) applies to the rows as given, not to the 7 re-oriented
+    ones: astronaut turned by 2 degrees lands 34 bits from the stored astronaut
+    (as-given row: matched) and 36 from a stored mirror image of it (mirror row: not
+    matched, though within 63). At the default threshold a mirrored copy still matches
+    through its mirror row."""
+    import cv2
+
+    im = skimage.data.astronaut()
+    h, w = im.shape[:2]
+    turned = cv2.warpAffine(im, cv2.getRotationMatrix2D((w / 2, h / 2), 2.0, 1.0), (w, h))
+    options = HashOptions(dihedral=True, dihedral_exact=True, trim_borders=True)
+    rows = hash_media(_png(turned), ["pdq"], options)[0]
+    assert rows.orientations == list(range(8)) and rows.codes.shape == (8, 32)
+    assert hash_media(_png(turned), ["pdq"], HashOptions())[0].orientations == []
+    records = [
+        SignalRecord("pdq", pdq_hash(im)[0].tobytes().hex(), external_id="upright"),
+        SignalRecord("pdq", pdq_hash(im[:, ::-1])[0].tobytes().hex(), external_id="mirror"),
+    ]
+    with Engine.open(tmp_path / "data") as eng:
+        eng.ingest(records, list_name="known")
+        loose = eng.match_media(_png(turned), options=options, threshold=63).matches
+        flipped = eng.match_media(_jpeg(im[:, ::-1]), options=options).matches
+    assert [(m.external_id, m.variant) for m in loose] == [("upright", 0)]
+    assert 31 < loose[0].distance <= 63
+    assert {(m.external_id, m.variant) for m in flipped} == {("upright", 5), ("mirror", 0)}
 
 
 def _generated_photo(seed: int, h: int = 213, w: int = 320) -> np.ndarray:
