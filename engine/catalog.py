@@ -520,8 +520,8 @@ class Catalog:
         kept = self._kept_types(path, md5, hashed)
         types = [*types, *(t for t in kept if t not in types)]
         stat = (size, mtime_ns, ino, ctime_ns)
-        file_id = self._upsert_file(path, stat, md5, types, HASHED, None, None, run_id)
-        self._cover(file_id, matched_in, kept=bool(kept))
+        coverage = self._coverage_after(path, matched_in, kept=bool(kept))
+        file_id = self._upsert_file(path, stat, md5, types, HASHED, None, None, run_id, coverage)
         keep = sorted({t.split("+")[0] for t in kept})
         spare = f" AND signal_type NOT IN ({','.join('?' * len(keep))})" if keep else ""
         for table in ("hashes", "matches"):
@@ -595,8 +595,9 @@ class Catalog:
         keep = sorted(t for t in same if _exact(t))
         types = [h.signal_type for h in digests]
         types += [t for t in keep if t not in types]
-        file_id = self._upsert_file(path, stat, md5, types, FAILED, reason, error, run_id)
-        self._cover(file_id, matched_in, kept=bool(keep))
+        coverage = self._coverage_after(path, matched_in, kept=bool(keep))
+        file_id = self._upsert_file(path, stat, md5, types, FAILED, reason, error, run_id,
+                                    coverage)  # fmt: skip
         spare = f" AND signal_type NOT IN ({','.join('?' * len(keep))})" if keep else ""
         for table in ("hashes", "matches"):
             self.conn.execute(f"DELETE FROM {table} WHERE file_id = ?{spare}", (file_id, *keep))
@@ -613,17 +614,20 @@ class Catalog:
         reason: str | None,
         error: str | None,
         run_id: int | None,
+        coverage_id: int | None = None,
     ) -> int:
-        """``stat``: (size, mtime_ns, ino, ctime_ns)."""
+        """``stat``: (size, mtime_ns, ino, ctime_ns); ``coverage_id``: see
+        :meth:`_coverage_after`."""
         size, mtime_ns, ino, ctime_ns = stat
         row = self.conn.execute(
             "INSERT INTO files(path, size, mtime_ns, md5, types, status, reason, error, "
-            "scanned_at, seen_run, ino, ctime_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "scanned_at, seen_run, ino, ctime_ns, coverage_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(path) DO UPDATE SET size = excluded.size, mtime_ns = excluded.mtime_ns, "
             "md5 = excluded.md5, types = excluded.types, status = excluded.status, "
             "reason = excluded.reason, error = excluded.error, scanned_at = excluded.scanned_at, "
-            "seen_run = excluded.seen_run, ino = excluded.ino, ctime_ns = excluded.ctime_ns "
-            "RETURNING id",
+            "seen_run = excluded.seen_run, ino = excluded.ino, ctime_ns = excluded.ctime_ns, "
+            "coverage_id = excluded.coverage_id RETURNING id",
             (
                 _db_path(path),
                 size,
@@ -637,6 +641,7 @@ class Catalog:
                 run_id,
                 ino,
                 ctime_ns,
+                coverage_id,
             ),
         ).fetchone()
         return int(row[0])
@@ -657,16 +662,20 @@ class Catalog:
 
     # -- match coverage (see catalog_coverage) -------------------------------------------
 
-    def _cover(self, file_id: int, matched_in: Coverage, *, kept: bool) -> None:
-        """A file's new hashes are matched in ``matched_in``; ``kept``: hashes of
-        earlier scans stay beside them, covered as recorded before."""
+    def _coverage_after(self, path: str, matched_in: Coverage, *, kept: bool) -> int | None:
+        """The coverage row of a file whose new hashes are matched in ``matched_in``;
+        ``kept``: hashes of earlier scans stay beside them, covered as recorded before."""
         if kept:
-            matched_in = catalog_coverage.intersection(self.coverage_of([file_id])[file_id],
-                                                       matched_in)  # fmt: skip
-        self.conn.execute(
-            "UPDATE files SET coverage_id = ? WHERE id = ?",
-            (catalog_coverage.coverage_id(self.conn, matched_in), file_id),
-        )
+            row = self.conn.execute(
+                "SELECT coverage_id FROM files WHERE path = ?", (_db_path(path),)
+            ).fetchone()
+            old = (
+                None
+                if row is None or row[0] is None
+                else catalog_coverage.coverages(self.conn)[row[0]]
+            )
+            matched_in = catalog_coverage.intersection(old, matched_in)
+        return catalog_coverage.coverage_id(self.conn, matched_in)
 
     def coverage_of(self, file_ids: Sequence[int]) -> dict[int, Coverage]:
         """file id -> the lists its catalogued hashes were all matched in (None: every list)."""
@@ -683,16 +692,19 @@ class Catalog:
 
     def widen_coverage(self, file_ids: Sequence[int], matched_in: Coverage) -> None:
         """These files' catalogued hashes, all of them, were matched in ``matched_in``
-        again (a scan that found them unchanged): covered there too from now on."""
+        again (a scan that found them unchanged): covered there too from now on. One
+        statement per coverage the files had (files of every list stay so)."""
         if matched_in is not None and not matched_in:
             return
+        groups: dict[frozenset[str], list[int]] = {}
         for file_id, old in self.coverage_of(file_ids).items():
-            if old is None:
-                continue
-            new = catalog_coverage.union(old, matched_in)
+            if old is not None:
+                groups.setdefault(old, []).append(file_id)
+        for old, ids in groups.items():
+            new = catalog_coverage.coverage_id(self.conn, catalog_coverage.union(old, matched_in))
             self.conn.execute(
-                "UPDATE files SET coverage_id = ? WHERE id = ?",
-                (catalog_coverage.coverage_id(self.conn, new), file_id),
+                f"UPDATE files SET coverage_id = ? WHERE id IN ({','.join('?' * len(ids))})",
+                (new, *ids),
             )
 
     def partly_covered(self, chunk: int = 500) -> Iterator[tuple[frozenset[str], list[int]]]:

@@ -77,9 +77,10 @@ def coverage_id(conn: sqlite3.Connection, coverage: Coverage) -> int | None:
     if coverage is None:
         return None
     key = json.dumps(sorted(coverage))
-    conn.execute("INSERT OR IGNORE INTO coverage(lists) VALUES (?)", (key,))
-    (row_id,) = conn.execute("SELECT id FROM coverage WHERE lists = ?", (key,)).fetchone()
-    return int(row_id)
+    row = conn.execute("SELECT id FROM coverage WHERE lists = ?", (key,)).fetchone()
+    if row is None:  # a read first: a file's write adds no write of its own for this
+        row = conn.execute("INSERT INTO coverage(lists) VALUES (?) RETURNING id", (key,)).fetchone()
+    return int(row[0])
 
 
 def coverages(conn: sqlite3.Connection) -> dict[int, frozenset[str]]:

@@ -189,6 +189,9 @@ def test_a_catalog_without_inodes_and_ctimes_checks_each_file_once(settled, tmp_
     _scan(settled, "upgrade", tmp_path / "1.jsonl")
     calls = _hash_calls(catalog)
     with sqlite3.connect(catalog) as conn:  # the layout (and rows) of the builds before
+        conn.execute("DROP INDEX files_coverage")  # (match coverage came later still)
+        conn.execute("ALTER TABLE files DROP COLUMN coverage_id")
+        conn.execute("DROP TABLE coverage")
         conn.execute("ALTER TABLE files DROP COLUMN ino")
         conn.execute("ALTER TABLE files DROP COLUMN ctime_ns")
         columns = [row[1] for row in conn.execute("PRAGMA table_info(files)")]
@@ -220,6 +223,9 @@ def test_a_catalog_without_inodes_and_ctimes_checks_each_file_once(settled, tmp_
 def _without_stat_columns(catalog: Path) -> None:
     """The layout (and rows) of the builds before inodes and ctimes were kept."""
     with sqlite3.connect(catalog) as conn:
+        conn.execute("DROP INDEX files_coverage")  # (match coverage came later still)
+        conn.execute("ALTER TABLE files DROP COLUMN coverage_id")
+        conn.execute("DROP TABLE coverage")
         conn.execute("ALTER TABLE files DROP COLUMN ino")
         conn.execute("ALTER TABLE files DROP COLUMN ctime_ns")
 
