@@ -152,10 +152,10 @@ def test_a_list_scans_report_leaves_out_the_catalogued_matches_of_other_lists(tm
     assert photos["matches"] == [("pdq", "photos")]  # the catalog kept it all along
 
 
-def test_a_no_match_scan_says_the_next_rescan_matches_its_files(tmp_path):
+def test_a_no_match_scans_files_are_matched_by_the_next_rescan(tmp_path):
     """``--no-match`` fills the catalog; a rescan then matched its files with the
     signals shared after its cursor only (the scan said so). Now the next rescan
-    matches them in every list, the earlier signals too, as the scan says."""
+    matches them in every list, the earlier signals too (nothing to say on stderr)."""
     coffee = _png(ORIGINALS["coffee"]())
     data, catalog, tree = tmp_path / "data", tmp_path / "c.sqlite", tmp_path / "tree"
     with Engine.open(data, eager=False) as engine:
@@ -171,12 +171,7 @@ def test_a_no_match_scan_says_the_next_rescan_matches_its_files(tmp_path):
     assert code == 0, err
     (tree / "coffee.png").write_bytes(coffee)
     code, err, _ = _cli(*scan_args, "--no-match")
-    assert code == 0, err
-    assert (
-        "note: the 1 file(s) hashed by this scan were not matched (--no-match); the next"
-        " `hashmatch rescan` matches them in every list, with the signals shared before it"
-        " too, from their catalogued hashes (no file is hashed again)"
-    ) in err, err
+    assert code == 0 and "note:" not in err, err
     code, err, records = _cli("rescan", *common)
     assert code == 0, err
     assert [(Path(r["file"]).name, r["list"]) for r in records if r["kind"] == "match"] == [

@@ -184,7 +184,6 @@ def scan_command(
     catalog_path = _catalog_path(data_dir, catalog)
     matcher = tenant = None
     other_lists: list[str] = []  # visible lists a --list scan did not look in
-    gap = False  # files matched in some lists only: the next rescan matches them in the rest
     with (
         _report_reader_gone_said(),
         _stopped_scan_said(),
@@ -227,7 +226,6 @@ def scan_command(
             with _catalog_errors(catalog_path), Catalog(catalog_path) as cat:
                 if tenant is not None:  # the matches are this tenant's view: rescans check it
                     claim_tenant(cat, server, tenant)
-                gap = bool(other_lists or no_match)
                 # a stop is cooperative only once the scan runs: before, the wait for a
                 # server (--server: 60 s) or an index load only noted a Ctrl-C, then the
                 # scan stopped at once, or the wait failed on its own (exit 1, not 130)
@@ -245,8 +243,8 @@ def scan_command(
                 matcher.close()
     _print_summary(summary.as_dict())
     _note_decoder_warnings(summary.decoded_with_warnings, summary.warnings_not_listed, out)
-    if gap and summary.hashed:
-        _note_lists_not_matched(summary.hashed, lists, other_lists, no_match=no_match)
+    if other_lists and summary.hashed:
+        _note_lists_not_matched(summary.hashed, lists, other_lists)
     if summary.videos_without_vpdq:
         named = summary.videos_without_vpdq_named
         more = summary.videos_without_vpdq - len(named)
@@ -326,22 +324,17 @@ def _done_files(s) -> str:
     )
 
 
-def _note_lists_not_matched(
-    hashed: int, lists: tuple[str, ...], others: list[str], *, no_match: bool = False
-) -> None:
-    """Say that the files this --list (or --no-match) scan hashed were not matched in
-    the other lists (in any), so its report has none of those matches, and that the
-    next rescan matches them there (the catalog records what each file was matched
-    in: catalog_coverage), with the earlier signals too, from their catalogued hashes."""
-    if no_match:
-        done, which = "not matched (--no-match)", "in every list"
-    else:
-        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        done = f"matched in --list {', '.join(lists)} only"
-        which = f"in the other lists ({shown}) as well"
+def _note_lists_not_matched(hashed: int, lists: tuple[str, ...], others: list[str]) -> None:
+    """Say that the files this --list scan hashed were not matched in the other lists,
+    so its report has none of those matches, and that the next rescan matches them
+    there (the catalog records what each file was matched in: catalog_coverage), with
+    the earlier signals too, from their catalogued hashes. (A --no-match scan asked
+    for no matching: nothing to say; the next rescan matches its files likewise.)"""
+    shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
     click.echo(
-        f"note: the {hashed} file(s) hashed by this scan were {done}; the next `hashmatch"
-        f" rescan` matches them {which}, with the signals shared before it too, from their"
+        f"note: the {hashed} file(s) hashed by this scan were matched in --list"
+        f" {', '.join(lists)} only; the next `hashmatch rescan` matches them in the other"
+        f" lists ({shown}) as well, with the signals shared before it too, from their"
         " catalogued hashes (no file is hashed again)",
         err=True,
     )
