@@ -61,7 +61,8 @@ def _scan(data: Path, catalog: Path, tree: Path, lists=None, **options):
     matcher = LocalMatcher.open(data, lists=lists)
     try:
         with Catalog(catalog) as cat:
-            opts = ScanOptions(types=("pdq",), workers=0, progress=False, **options)
+            options = {"types": ("pdq",), **options}
+            opts = ScanOptions(workers=0, progress=False, **options)
             return scan([tree], catalog=cat, matcher=matcher, options=opts)
     finally:
         matcher.close()
@@ -216,3 +217,36 @@ def test_a_no_match_scan_is_matched_in_every_list_by_the_next_rescan(tmp_path, l
     found = sorted((Path(paths[m.file_id]).stem, m.list_name) for m in result.new)
     assert found == ([("coffee", "b")] if lists else [("astronaut", "a"), ("coffee", "b")])
     assert result.summary.gap_files == 3
+
+
+def test_the_gap_of_a_file_that_failed_to_decode_is_filled_by_its_digest(tmp_path):
+    """A truncated picture fails to decode; a ``--list a`` scan still catalogued its MD5
+    (the exact digests of a file read but not decoded). List b's MD5 of those bytes,
+    shared before the scan, is found by the next rescan, through that digest."""
+    import hashlib
+
+    data, catalog, tree = _world(tmp_path)
+    broken = _png(ORIGINALS["rocket"]())[:2000]
+    (tree / "broken.png").write_bytes(broken)
+    with Engine.open(data, eager=False) as engine:
+        engine.ingest([SignalRecord("md5", hashlib.md5(broken).hexdigest())], list_name="b")
+    _rescan(data, catalog)  # the cursor past it (the catalog holds no file yet)
+    only_a = _scan(data, catalog, tree, lists=["a"], types=("pdq", "md5"))
+    assert (only_a.failed, only_a.failed_digested) == (1, 1)
+    result, paths, _ = _rescan(data, catalog)
+    found = sorted((Path(paths[m.file_id]).name, m.signal_type, m.list_name) for m in result.new)
+    assert found == [("broken.png", "md5", "b"), ("coffee.png", "pdq", "b")]
+
+
+def test_a_rescan_whose_report_cannot_be_written_leaves_the_gap_for_the_next(tmp_path):
+    """The second pass's matches and the files' new coverage are committed with the
+    cursor, after the report is written: a report that cannot be written rolls them
+    back, and the next rescan finds the same matches."""
+    data, catalog, tree = _world(tmp_path)
+    _scan(data, catalog, tree, lists=["a"])
+    with pytest.raises(OSError):
+        _rescan(data, catalog, report=tmp_path / "missing-dir" / "r.jsonl")
+    with Catalog(catalog) as cat:
+        assert [len(ids) for _, ids in cat.partly_covered()] == [3]
+    result, paths, _ = _rescan(data, catalog)
+    assert [(Path(paths[m.file_id]).stem, m.list_name) for m in result.new] == [("coffee", "b")]
