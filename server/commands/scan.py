@@ -394,11 +394,13 @@ def rescan_command(
       hashmatch rescan --server 127.0.0.1:50051 --catalog catalog.sqlite
 
     No file is re-hashed: the catalog's hashes are indexed and queried with only
-    the new signals. Matches whose signal was retracted since are reported as
-    retractions. With --server, the signals come from the server's change log
-    (only the lists shared with the token's tenant); the cursor is kept per server
-    and belongs to one tenant: another tenant's token is refused (--since all
-    re-baselines the catalog as that tenant).
+    the new signals; the files a scan matched in some lists only (--list,
+    --no-match) are also looked up in the others, from their catalogued hashes.
+    Matches whose signal was retracted since are reported as retractions. With
+    --server, the signals come from the server's change log (only the lists shared
+    with the token's tenant); the cursor is kept per server and belongs to one
+    tenant: another tenant's token is refused (--since all re-baselines the catalog
+    as that tenant).
     """
     from hashmatch.engine.catalog import Catalog
     from hashmatch.engine.rescan import ServerChanges, rescan
