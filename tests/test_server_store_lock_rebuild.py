@@ -15,7 +15,9 @@ subprocess, a real second process holding ``BEGIN IMMEDIATE`` on the store.
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+import threading
 import time
 
 import grpc
@@ -116,3 +118,62 @@ def test_a_rebuild_cancelled_behind_a_held_lock_frees_its_thread_at_once(tmp_pat
     access = _access(next(line for line in said if _REBUILD_LOGGED in line))
     assert access["status"] == "CANCELLED", access
     assert freed_after < 1.5, freed_after
+
+
+def test_a_rebuild_whose_caller_left_finishes_in_the_background_and_says_so(
+    tmp_path, monkeypatch, caplog
+):
+    """No lock in the way: the rebuild is held in its store read (a long build) while the
+    caller's 2 s deadline passes. The handler returns within about a second of it (the
+    old one waited in its queue read until the rebuild next spoke), and the rebuild,
+    let go, finishes without its caller: swapped in, snapshot written, its summary in
+    the server's log."""
+    from test_admin_lifecycle import _access_line, codes, records
+
+    from hashmatch.engine.runtime import Engine
+    from hashmatch.engine.store import SignalStore
+    from hashmatch.server.testing import running_server
+
+    data = tmp_path / "d"
+    with Engine.open(data, eager=False) as engine:
+        engine.ingest(records(codes(50, 3)), list_name="l")
+    reading, release = threading.Event(), threading.Event()
+    iter_live = SignalStore.iter_live
+
+    def held_iter_live(self: SignalStore, signal_type: str, **options):
+        if threading.current_thread().name == "rebuild":  # not the start-up build
+            reading.set()
+            assert release.wait(30), "the test never let the rebuild go"
+        yield from iter_live(self, signal_type, **options)
+
+    monkeypatch.setattr(SignalStore, "iter_live", held_iter_live)
+    caplog.set_level(logging.INFO)
+    with running_server(data) as served:
+        client = served.client()
+        started = time.monotonic()
+        try:
+            list(client.rebuild(timeout=2))
+        except grpc.RpcError as exc:
+            failed = exc
+        try:
+            assert reading.is_set()
+            line = _access_line(caplog, "RebuildIndex", wait=5)
+            freed_after = time.monotonic() - started
+        finally:
+            release.set()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _finished(caplog):
+            time.sleep(0.05)
+    assert failed.code() is grpc.StatusCode.DEADLINE_EXCEEDED, failed
+    assert line["status"] == "DEADLINE_EXCEEDED", line
+    assert "the rebuild goes on in the background" in line["error"], line
+    assert freed_after < 3.5, freed_after  # (the old code: 30 s, the test's wait)
+    summary = json.loads(_finished(caplog).split("went away: ", 1)[1])
+    assert summary["total"] == 50 and summary["snapshot"], summary
+
+
+def _finished(caplog) -> str:
+    for record in caplog.records:
+        if "rebuild: finished after its caller went away" in record.getMessage():
+            return record.getMessage()
+    return ""
