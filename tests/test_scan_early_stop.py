@@ -22,6 +22,7 @@ import time
 from multiprocessing import forkserver
 from pathlib import Path
 
+import proc_syscalls
 import psutil
 from scan_tree import ORIGINALS, _png
 
@@ -51,6 +52,23 @@ def _run_started(catalog: Path) -> bool:
         return False
 
 
+def _waits_for_a_worker(pid: int) -> bool:
+    """Whether a thread of process ``pid`` is blocked reading a pipe other than its
+    stdin: multiprocessing's read of a new worker's pid, which the fork server writes
+    into a pipe it is handed (nothing else in a scan reads a pipe)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            call = proc_syscalls.syscall(task)
+            fd = int(call[1], 16)
+            if (
+                call[0] in proc_syscalls.READ
+                and fd != 0
+                and os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")
+            ):
+                return True
+    return False
+
+
 def test_sigterm_while_the_fork_server_loads_stops_the_scan_promptly(tmp_path):
     tree = tmp_path / "tree"
     tree.mkdir()
@@ -74,7 +92,14 @@ def test_sigterm_while_the_fork_server_loads_stops_the_scan_promptly(tmp_path):
         while not _run_started(catalog):
             assert proc.poll() is None and time.monotonic() < deadline, "the scan never began"
             time.sleep(0.05)
-        time.sleep(1.0)  # on to the wait for its first worker (held, it never comes)
+        # on to the wait for its first worker (held, it never comes): was a 1 s sleep,
+        # after which a loaded box's scan could still be short of it (the stop then
+        # tested nothing); where /proc's call numbers are unknown, still 1 s
+        while proc_syscalls.READ is not None and not _waits_for_a_worker(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, "no wait for a worker"
+            time.sleep(0.02)
+        if proc_syscalls.READ is None:  # pragma: no cover - another architecture
+            time.sleep(1.0)
         assert proc.poll() is None
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
