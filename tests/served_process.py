@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from sigint_default import sigint_default
+
 SERVE = "from hashmatch.server.cli import main; main()"  # cli.py has no __main__
 
 
@@ -20,10 +22,10 @@ def serve_no_auth(data_dir: str | Path, listen: str, *, wait: float = 120) -> It
     on" line (``wait`` seconds at most: a loaded machine's index warm-up takes several):
     yields its stderr so far; then SIGINT, which must end it with exit 0."""
     proc = subprocess.Popen(
-        [
+        sigint_default([
             sys.executable, "-c", SERVE, "serve", "--insecure-no-auth",
             "--data-dir", str(data_dir), "--listen", listen, "--metrics-port", "-1",
-        ],
+        ]),
         stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from sigint_default import sigint_default
 from test_operator_setup import SERVE, _clean_env
 
 from hashmatch.server import tokens_file
@@ -541,8 +542,8 @@ def test_serves_first_start_admin_token_is_in_the_audit_log(tmp_path):
 
     data = tmp_path / "data"
     proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "serve", "--data-dir", str(data),
-         "--listen", "127.0.0.1:0", "--metrics-port", "-1"],
+        sigint_default([sys.executable, "-c", SERVE, "serve", "--data-dir", str(data),
+                        "--listen", "127.0.0.1:0", "--metrics-port", "-1"]),
         cwd=tmp_path, env={**_clean_env(), "PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip

@@ -30,6 +30,7 @@ import pytest
 from PIL import Image
 from scan_tree import committed_files
 from served_process import serve_no_auth, served_address
+from sigint_default import ignoring, sigint_default
 from skimage import data
 
 CLI = "from hashmatch.server.entry import main; main()"
@@ -51,9 +52,10 @@ def _tree(root: Path) -> None:
 
 
 def _hashmatch(args: list[str], **kwargs) -> subprocess.Popen:
-    """The CLI in a session of its own: its process group stands for a terminal's."""
+    """The CLI in a session of its own: its process group stands for a terminal's (and
+    SIGINT at its default action, as a terminal's shell starts it)."""
     return subprocess.Popen(
-        [sys.executable, "-c", CLI, *args],
+        sigint_default([sys.executable, "-c", CLI, *args]),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -597,32 +599,37 @@ def test_ctrl_c_while_the_fork_server_starts_does_not_kill_it(tmp_path):
     assert proc.returncode == 0, stderr
 
 
-def test_a_hang_up_the_command_was_started_ignoring_stays_ignored(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGINT], ids=["nohup", "ampersand"])
+def test_a_stop_signal_the_command_was_started_ignoring_stays_ignored(tmp_path, signum):
     """``nohup hashmatch ...``: SIGHUP is ignored from the start, so the command outlives
     the terminal. The CLI's stop handler replaced that: the closed terminal stopped it
-    (exit 129), as if nohup had not been given."""
+    (exit 129), as if nohup had not been given. The same for SIGINT, which a
+    non-interactive shell's ``hashmatch ... &`` ignores: the Ctrl-C meant for the script
+    must not stop its background job (as Python itself leaves SIGINT ignored)."""
     args = ["ingest", "-", "--list", "partner", "--type", "pdq", "--data-dir"]
     proc = subprocess.Popen(
-        [sys.executable, "-c", CLI, *args, str(tmp_path / "data")],
+        sigint_default(
+            ignoring(signum, [sys.executable, "-c", CLI, *args, str(tmp_path / "data")])
+        ),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as nohup does
     )
     proc.stdin.write(f"{7:064x}\n".encode())
     proc.stdin.flush()
     deadline = time.monotonic() + 60
     while not (tmp_path / "data" / "store.sqlite").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    _wait_until_it_reads_stdin(proc)  # its handlers are in: the SIGHUP is theirs to keep
-    os.killpg(proc.pid, signal.SIGHUP)
-    _wait_until_signal_dealt_with(proc, signal.SIGHUP)  # was a 1 s sleep: proved nothing
+    # its handlers are in (SIGTERM's, never ignored here): the signal is theirs to keep
+    _wait_until_it_reads_stdin(proc, signum=signal.SIGTERM)
+    os.killpg(proc.pid, signum)
+    _wait_until_signal_dealt_with(proc, signum)  # was a 1 s sleep: proved nothing
     still_running = proc.poll() is None
-    hang_up = _sigint_disposition(proc.pid, signal.SIGHUP) if still_running else "ended"
+    state = _sigint_disposition(proc.pid, signum) if still_running else "ended"
     out, err = proc.communicate(timeout=60)  # closes stdin: the ingest ends on its own
     assert still_running, err.decode()
-    assert hang_up == "ignored", err.decode()  # caught: it would stop at its next chance
+    assert state == "ignored", err.decode()  # caught: it would stop at its next chance
     assert proc.returncode == 0, err.decode()
     assert "added 1" in out.decode()
 
@@ -640,7 +647,7 @@ def _wait_until_signal_dealt_with(proc: subprocess.Popen, signum: int) -> None:
             status = Path(f"/proc/{proc.pid}/status").read_text()
             fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
             pending = (int(fields["SigPnd"], 16) | int(fields["ShdPnd"], 16)) & bit
-            ready = not pending and _blocks_reading_stdin(proc.pid)
+            ready = not pending and _blocks_reading_stdin(proc.pid, signal.SIGTERM)
         except (OSError, KeyError):  # gone: poll() says so next
             ready = False
         seen = seen + 1 if ready else 0
@@ -700,7 +707,7 @@ def _ingest_in_bash(tmp_path: Path, script: str, signum: int = signal.SIGINT) ->
     ingest = [sys.executable, "-c", CLI, "ingest", "-", "--list", "partner", "--type", "pdq",
               "--data-dir", str(tmp_path / "data")]  # fmt: skip
     proc = subprocess.Popen(
-        ["bash", "-c", script, "bash", *ingest],
+        sigint_default(["bash", "-c", script, "bash", *ingest]),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
