@@ -20,6 +20,7 @@ from pathlib import Path
 import grpc
 import pytest
 from click.testing import CliRunner
+from thread_stacks import wait_running
 
 from hashmatch.server import auth
 from hashmatch.server.cli import cli
@@ -69,7 +70,8 @@ def test_a_tokens_file_read_waits_for_hashmatch_token_to_finish_its_append(tmp_p
             with pytest.raises(TimeoutError):
                 auth.read_tokens_file(path, wait=0.2)
             read = pool.submit(auth.TokenAuth.from_file, path)
-            time.sleep(0.3)
+            # in its wait for the lock (was a 0.3 s sleep: a read not yet begun passed too)
+            assert wait_running("read_tokens_file", 30), "the read never began"
             assert not read.done()
             fh.write(entry[len(entry) // 2 :])
         loaded = read.result(timeout=20)

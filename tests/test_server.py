@@ -514,7 +514,9 @@ def test_rebuild_under_lookup_load_fails_no_lookup(served, ops):
     threads = [threading.Thread(target=lookups, args=(k,)) for k in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30  # the lookups are under way (was a 0.2 s sleep)
+    while len(outcomes) < len(threads) and time.monotonic() < deadline:
+        time.sleep(0.01)
     windows = []
     try:
         for _ in range(2):
