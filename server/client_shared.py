@@ -297,6 +297,7 @@ class ClientBase:
             # certificate without its key; a key alone would silently be ignored
             raise ValueError("client_cert and client_key go together (mutual TLS): give both")
         token = _clean_token(token)
+        target = grpc_target(target)
         self._check_context()
         self.target = target
         self.tls = bool(tls or root_certificates or client_cert)
@@ -392,7 +393,7 @@ class ClientBase:
             )
         ):
             return found, True
-        return tls_hint(details), handshake_refused(details)
+        return tls_hint(details) or no_port_hint(self.target), handshake_refused(details)
 
     def _refuses_chain(self, host: str, port: int, deadline: float) -> bool:
         """Whether the server refuses this client's certificate (see
@@ -701,7 +702,7 @@ def tls_hint(details: str) -> str:
         return (
             " (the server's certificate does not name the host connected to: connect by a"
             " name or address in its subjectAltName, or give the client that name as"
-            " server_name)"
+            " server_name, `remote --server-name NAME`)"
         )
     never_connected = "Socket closed" in details and "failed to connect" in details
     if never_connected or "andshake" in details or "WRONG_VERSION" in details:
@@ -710,6 +711,49 @@ def tls_hint(details: str) -> str:
             " --cert and --key; a plain server, no --tls)"
         )
     return ""
+
+
+#: URL schemes people write for a gRPC server, none a gRPC target's (``dns:``, ``unix:``)
+_URL_SCHEMES = re.compile(r"^(https?|grpcs?)://", re.IGNORECASE)
+
+
+def grpc_target(target: str) -> str:
+    """``target`` without surrounding whitespace (a value read from a file or a secret
+    store ends in a newline), refused (ValueError) when it is a URL.
+
+    Why: gRPC took ``http://host:50051`` (and ``grpc://``, a trailing ``/``) as a host
+    name that does not resolve, and the clients retried "errors resolving ...:
+    Misformatted domain name" as a server that is down until the call's deadline (30 s
+    by default); a target with a space failed the same way."""
+    target = target.strip()
+    if found := _URL_SCHEMES.match(target):
+        address = target[found.end() :].rstrip("/")
+        tls = found.group(1).lower() in ("https", "grpcs")
+        raise ValueError(
+            f"{target} is a URL, not a gRPC address: give HOST:PORT, {address}"
+            + (" (with TLS: tls=True, `remote --tls`)" if tls else "")
+        )
+    return target
+
+
+def no_port_hint(target: str) -> str:
+    """For a call that never connected to a target without a port: gRPC used 443."""
+    addresses = target_addresses(target)
+    if not addresses or tcp_address(target) is not None:
+        return ""
+    address = addresses[0]
+    host = _host(address)
+    bare_ipv6 = address.count(":") > 1 and not address.startswith("[")
+    if not host or not (bare_ipv6 or address in (host, f"[{host}]")):
+        return ""  # a port gRPC cannot read: its own error says so
+    shown = f"[{host}]" if ":" in host else host
+    return (
+        f" (no port in {target}: gRPC connects to 443; `hashmatch serve` listens on"
+        f" {DEFAULT_PORT} unless told otherwise: {shown}:{DEFAULT_PORT})"
+    )
+
+
+DEFAULT_PORT = 50051
 
 
 def tcp_address(target: str) -> tuple[str, int] | None:
