@@ -36,15 +36,38 @@ from hashmatch.engine.shown_text import escape_controls
 from hashmatch.server.commands.hashing import file_timeout_option
 from hashmatch.server.commands.store_lock_notice import LockWaitNotice
 
-DATA_DIR_HELP = "Store + snapshots directory ($HASHMATCH_DATA_DIR, default ./hashmatch-data)."
+DATA_DIR_HELP = (
+    "Store + snapshots directory ($HASHMATCH_DATA_DIR, else the data_dir of"
+    " $HASHMATCH_CONFIG, else ./hashmatch-data)."
+)
+
+
+def default_data_dir() -> str:
+    """The data dir of a store verb given neither --data-dir nor $HASHMATCH_DATA_DIR:
+    that of the config file ``$HASHMATCH_CONFIG`` names, as ``serve`` and the token verbs
+    resolve it, else ``hashmatch-data``.
+
+    Why: ``hashmatch token`` and the ``tokens`` verbs followed $HASHMATCH_CONFIG to the
+    server's tokens file and store, but ``tenants create``/``grant``, ``lists``,
+    ``ingest`` ... used ./hashmatch-data: an operator who exported it (the systemd
+    setup's /etc/hashmatch/hashmatch.toml) made a tenant's token for the server and
+    its grant in a new store in the current directory."""
+    if not os.environ.get("HASHMATCH_CONFIG", "").strip():
+        return "hashmatch-data"
+    from hashmatch.server import config as config_mod
+
+    try:
+        return str(config_mod.load(None).data_dir)
+    except (HashmatchError, OSError) as exc:
+        raise click.ClickException(f"--data-dir from $HASHMATCH_CONFIG: {exc}") from None
 
 
 def _data_dir_option(f):
     return click.option(
         "--data-dir",
         envvar="HASHMATCH_DATA_DIR",
-        default="hashmatch-data",
-        show_default=True,
+        default=default_data_dir,
+        show_default="hashmatch-data",
         type=click.Path(file_okay=False),
         help=DATA_DIR_HELP,
     )(f)
@@ -69,8 +92,8 @@ def _engine(data_dir: str, *, create: bool = False, resumable: bool = False) -> 
     except HashmatchError as exc:
         missing = "no hashmatch store in" in str(exc)  # not a full disk or a damaged store
         hint = (
-            " (set HASHMATCH_DATA_DIR or --data-dir to the server's data dir; store verbs do"
-            " not read the server's --config / HASHMATCH_CONFIG)"
+            " (give the server's data dir: --data-dir, HASHMATCH_DATA_DIR, or its config"
+            " file as HASHMATCH_CONFIG)"
             if missing and not create
             else ""
         )
