@@ -70,7 +70,13 @@ from hashmatch.engine.report_file import write_jsonl_atomically
 from hashmatch.engine.report_reader import ReaderWatch, watch_stdout
 from hashmatch.engine.scan_digests import digest_apart, digest_bound
 from hashmatch.engine.scan_pool_start import fork_server_ready
-from hashmatch.engine.scan_stderr import WorkersDir, capture_stderr, captured, last_words
+from hashmatch.engine.scan_stderr import (
+    InProcessCapture,
+    WorkersDir,
+    capture_stderr,
+    captured,
+    last_words,
+)
 from hashmatch.engine.scan_watchdog import STALL_GRACE, Watch
 from hashmatch.engine.shown_text import escape_controls
 from hashmatch.engine.video_formats import is_video_path
@@ -1356,6 +1362,7 @@ class Scanner:
         # the workers' fd 2 files, by pid (scan_stderr): a dead worker's last words
         self._stderr_dir: str | None = None
         self._workers_dir: WorkersDir | None = None  # its lock: removed if the scan is killed
+        self._here_capture: InProcessCapture | None = None  # --workers 0's fd 2 catcher
         self._stall_killed = False  # the last pool break was the watchdog's kill
         self._known: dict[str, tuple[int, bytes]] = {}  # path -> (file id, md5) to compare
         # path -> catalogued failure reason, of the files skipped (or MD5-rechecked) on a
@@ -1554,16 +1561,7 @@ class Scanner:
                         if verdict:
                             self._failed_verdict[e.path] = rec.reason
                     if pool is None:
-                        md5 = self._known.get(e.path, (0, None))[1]
-                        self._pending.append(
-                            hash_file(
-                                e.path,
-                                opts.types,
-                                self.hash_options,
-                                known_md5=md5,
-                                time_budget=opts.file_timeout,
-                            )
-                        )
+                        self._pending.append(self._hash_here(e))
                         self._flush_if_due()
                         continue
                     self._chunk.append(e)
@@ -1589,6 +1587,28 @@ class Scanner:
                 self._pool.shutdown(wait=True, cancel_futures=True)
             if self._workers_dir is not None:
                 self._workers_dir.remove()
+            if self._here_capture is not None:
+                self._here_capture.close()
+                self._here_capture = None
+
+    def _hash_here(self, e: Entry) -> WorkResult:
+        """``--workers 0``: hash ``e`` in this process, its decoders' fd 2 output caught
+        as a worker's is (scan_stderr.InProcessCapture), else it went to the terminal."""
+        opts = self.options
+        md5 = self._known.get(e.path, (0, None))[1]
+        if self._here_capture is None:
+            with contextlib.suppress(OSError):  # no anonymous file: printed, as before
+                self._here_capture = InProcessCapture()
+        if self._here_capture is None:
+            return hash_file(
+                e.path, opts.types, self.hash_options, known_md5=md5, time_budget=opts.file_timeout
+            )
+        with self._here_capture.around() as warned:
+            result = hash_file(
+                e.path, opts.types, self.hash_options, known_md5=md5, time_budget=opts.file_timeout
+            )
+        result.warnings = tuple(warned)
+        return result
 
     def _stopping(self) -> bool:
         stop = self.options.stop

@@ -31,6 +31,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from hashmatch.engine.shown_text import escape_controls
@@ -128,19 +129,66 @@ class StderrCapture:
     def take(self) -> tuple[str, ...]:
         """The distinct lines written to fd 2 since the last call (the first
         :data:`MAX_LINES`), and the file emptied."""
-        size = os.fstat(self._fd).st_size
-        if not size:
-            return ()
-        data = os.pread(self._fd, min(size, MAX_CAPTURED_BYTES), 0)
-        os.ftruncate(self._fd, 0)
+        return _take(self._fd)
+
+
+class InProcessCapture:
+    """fd 2 caught around one file's hashing in this very process (``--workers 0``).
+
+    Why: without workers the scan hashes in its own process, and libjpeg's warnings
+    went to the terminal, over the progress lines, with no file named (the report had
+    no ``warning`` records). The scan's own fd 2 cannot be redirected for good as a
+    worker's is (its progress bar and messages use it), so it is pointed at an anonymous
+    file only while a file is hashed (:meth:`around`); ``sys.stderr`` meanwhile writes
+    to the real stderr, as in a worker."""
+
+    def __init__(self) -> None:
+        self._fd = _anonymous_file()
+        flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
+        fcntl.fcntl(self._fd, fcntl.F_SETFL, flags | os.O_APPEND)
+        self._real = os.dup(2)  # not inheritable (os.dup's default)
+        self._real_stderr = open(  # noqa: SIM115 - kept for the scan, closed by close()
+            self._real, "w", buffering=1, encoding="utf-8", errors="backslashreplace", closefd=False
+        )
+
+    @contextlib.contextmanager
+    def around(self) -> Iterator[list[str]]:
+        """Inside, fd 2 is the anonymous file; on the way out the yielded list gets its
+        distinct lines (as a worker's :meth:`StderrCapture.take`) and fd 2 is restored."""
         lines: list[str] = []
-        for raw in data.decode("utf-8", "backslashreplace").splitlines():
-            line = raw.strip()
-            if line and line not in lines:
-                lines.append(line)
-        if size > MAX_CAPTURED_BYTES:
-            lines.append(f"... ({size} bytes in all)")
-        return tuple(lines[:MAX_LINES])
+        python_stderr = sys.stderr
+        python_stderr.flush()
+        sys.stderr = self._real_stderr
+        os.dup2(self._fd, 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(self._real, 2)
+            sys.stderr = python_stderr
+            lines.extend(_take(self._fd))
+
+    def close(self) -> None:
+        self._real_stderr.close()
+        os.close(self._real)
+        os.close(self._fd)
+
+
+def _take(fd: int) -> tuple[str, ...]:
+    """The distinct lines in the capture file ``fd`` (the first :data:`MAX_LINES`),
+    and the file emptied."""
+    size = os.fstat(fd).st_size
+    if not size:
+        return ()
+    data = os.pread(fd, min(size, MAX_CAPTURED_BYTES), 0)
+    os.ftruncate(fd, 0)
+    lines: list[str] = []
+    for raw in data.decode("utf-8", "backslashreplace").splitlines():
+        line = raw.strip()
+        if line and line not in lines:
+            lines.append(line)
+    if size > MAX_CAPTURED_BYTES:
+        lines.append(f"... ({size} bytes in all)")
+    return tuple(lines[:MAX_LINES])
 
 
 def _anonymous_file() -> int:

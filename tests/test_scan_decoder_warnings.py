@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import cv2
+import pytest
 from skimage import data
 
 CLI = "from hashmatch.server.entry import main; main()"
@@ -25,7 +26,10 @@ def _jpeg() -> bytes:
     return buf.tobytes()
 
 
-def test_libjpeg_warnings_go_to_the_report_not_to_stderr(tmp_path):
+@pytest.mark.parametrize("workers", ["1", "0"])
+def test_libjpeg_warnings_go_to_the_report_not_to_stderr(tmp_path, workers):
+    """--workers 0 (hashed in the scan's own process) too: its warnings went to the
+    terminal, naming no file, and the report had no warning records."""
     good = _jpeg()
     sos = good.index(b"\xff\xda")
     tree = tmp_path / "tree"
@@ -36,8 +40,8 @@ def test_libjpeg_warnings_go_to_the_report_not_to_stderr(tmp_path):
     # cut in the middle of the entropy-coded data, end marker kept: decoded (grey rest)
     (tree / "truncated.jpg").write_bytes(good[: len(good) // 2] + b"\xff\xd9")
     report = tmp_path / "r.jsonl"
-    args = ["scan", str(tree), "--data-dir", str(tmp_path / "data"), "--no-match",
-            "--types", "pdq", "--workers", "1", "--no-progress", "--out", str(report)]  # fmt: skip
+    args = ["scan", str(tree), "--data-dir", str(tmp_path / "data"), "--no-match", "--types",
+            "pdq", "--workers", workers, "--no-progress", "--out", str(report)]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-c", CLI, *args], capture_output=True, text=True, timeout=300
     )
