@@ -101,6 +101,12 @@ CREATE TABLE IF NOT EXISTS matches (
     PRIMARY KEY (file_id, signal_type, signal_id)
 );
 CREATE INDEX IF NOT EXISTS matches_signal ON matches(signal_id);
+-- the decoder warnings of a file's last decode (libjpeg's "Corrupt JPEG data: ..."): a
+-- re-run that skips the file reports them again, as the run that decoded it did
+CREATE TABLE IF NOT EXISTS file_warnings (
+    file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
+    lines TEXT NOT NULL  -- JSON list of the distinct lines
+);
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -931,6 +937,35 @@ class Catalog:
         )
         for row in cur:
             yield _py_path(row[0]), _match_row(row[1:])
+
+    def set_warnings(self, file_id: int, lines: Sequence[str]) -> None:
+        """Record the decoder warnings of the file's decode just done (none: cleared)."""
+        if lines:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO file_warnings(file_id, lines) VALUES (?, ?)",
+                (file_id, json.dumps(list(lines))),
+            )
+        else:
+            self.conn.execute("DELETE FROM file_warnings WHERE file_id = ?", (file_id,))
+
+    def warnings_for_run(self, run_id: int, limit: int) -> Iterator[tuple[str, list[str]]]:
+        """(path, lines) of the first ``limit`` files (path order) the run saw whose last
+        decode, by this run or an earlier one, printed decoder warnings."""
+        cur = self.conn.execute(
+            "SELECT f.path, w.lines FROM file_warnings w JOIN files f ON f.id = w.file_id "
+            "WHERE f.seen_run = ? ORDER BY f.path LIMIT ?",
+            (run_id, limit),
+        )
+        for path, lines in cur:
+            yield _py_path(path), json.loads(lines)
+
+    def count_warnings_for_run(self, run_id: int) -> int:
+        """How many files the run saw have decoder warnings (:meth:`warnings_for_run`)."""
+        return self.conn.execute(
+            "SELECT count(*) FROM file_warnings w JOIN files f ON f.id = w.file_id "
+            "WHERE f.seen_run = ?",
+            (run_id,),
+        ).fetchone()[0]
 
     def failures_for_run(self, run_id: int) -> Iterator[FileRecord]:
         cur = self.conn.execute(

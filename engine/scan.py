@@ -1247,10 +1247,11 @@ class ScanSummary:
     videos_without_vpdq: int = 0
     # files whose decoders printed warnings (libjpeg's "Corrupt JPEG data: ..."): they
     # decoded past damage, so their pixels (and hashes) may not be the intended picture;
-    # the report has a "warning" record for each (hashed, or failed, by this run)
+    # the report has a "warning" record for each: of the files this run saw, as their
+    # last decode left them (this run's, or an earlier run's kept in the catalog)
     decoded_with_warnings: int = 0
     #: of those, the files past the first MAX_WARNED_LISTED: counted, no "warning" record
-    #: (the list is held in memory until the report; only in the dict when not 0)
+    #: (only in the dict when not 0)
     warnings_not_listed: int = 0
     elapsed_s: float = 0.0
     files_per_s: float = 0.0
@@ -1273,9 +1274,9 @@ class ScanSummary:
 
 #: how many of the videos a scan without a video type saw its summary names
 VIDEOS_WITHOUT_VPDQ_NAMED = 5
-#: files with decoder warnings listed in the report ("warning" records): the list waits
-#: in memory for the report (~300 B a file); a store of millions of damaged JPEGs has
-#: the rest counted (decoded_with_warnings stays exact, warnings_not_listed says how many)
+#: files with decoder warnings listed in the report ("warning" records): a store of
+#: millions of damaged JPEGs has the rest counted (decoded_with_warnings stays exact,
+#: warnings_not_listed says how many)
 MAX_WARNED_LISTED = 10_000
 #: crashed files named on stderr with their worker's last words, then a count
 CRASHES_SHOWN = 5
@@ -1372,9 +1373,6 @@ class Scanner:
         # in flight): with the catalog's seen_run, what makes a path seen twice a duplicate
         self._open: set[str] = set()
         self._pending_skipped_paths: list[str] = []
-        # (path, lines) of this run's files whose decoders printed warnings, committed:
-        # the first MAX_WARNED_LISTED (the summary counts them all)
-        self._warned: list[tuple[str, tuple[str, ...]]] = []
         self._crashes_said = 0  # worker-crashed files, for the stderr lines' bound
         # a dead worker's last words when its pool broke with tasks of several files in
         # flight (which file did it is unknown yet), kept by path for the retry alone:
@@ -1446,6 +1444,8 @@ class Scanner:
         s.hashed_per_s = round(s.hashed / s.elapsed_s, 2) if s.elapsed_s else 0.0
         s.failed_by_reason = dict(sorted(self._reasons.items()))
         s.failed = sum(self._reasons.values())
+        s.decoded_with_warnings = self.catalog.count_warnings_for_run(self.run_id)
+        s.warnings_not_listed = max(0, s.decoded_with_warnings - MAX_WARNED_LISTED)
         if s.interrupted:  # no report: one of part of the files would look complete
             self._count_matches()
             self.catalog.finish_run(self.run_id, s.as_dict())
@@ -1457,7 +1457,7 @@ class Scanner:
             try:
                 write_scan_report(
                     self.catalog, self.run_id, report, s, types=opts.types,
-                    lists=self._reported_lists(), warned=self._warned,
+                    lists=self._reported_lists(),
                 )  # fmt: skip
             except BrokenPipeError as exc:  # `--out - | head`: every file is committed
                 self._count_matches()  # (the report's generator counted only what it wrote)
@@ -1886,13 +1886,6 @@ class Scanner:
         if not results and not skipped:
             return
         skipped_paths = self._pending_skipped_paths
-        for r in results:
-            if r.warnings:
-                self.summary.decoded_with_warnings += 1
-                if len(self._warned) < MAX_WARNED_LISTED:
-                    self._warned.append((r.path, r.warnings))
-                else:
-                    self.summary.warnings_not_listed += 1
         committed = [r.path for r in results] + skipped_paths
         self._pending, self._pending_skipped, self._pending_skipped_paths = [], [], []
         touched = [r for r in results if r.unchanged]  # same bytes: reuse catalogued hashes
@@ -1959,6 +1952,7 @@ class Scanner:
                     ctime_ns=r.ctime_ns,
                     matched_in=matched_in,
                 )
+                self.catalog.set_warnings(file_id, r.warnings)  # a re-run reports them too
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - i, [])]
                 matched_files += self._in_scope(rows)
                 self.catalog.add_matches(rows, found_by="scan")
@@ -1979,6 +1973,7 @@ class Scanner:
                     digests=r.hashes,
                     matched_in=matched_in,
                 )
+                self.catalog.set_warnings(file_id, r.warnings)
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - j, [])]
                 matched_files += self._in_scope(rows)
                 # the same bytes' others stay; a failed lookup found nothing to replace
@@ -2334,11 +2329,11 @@ def write_scan_report(
     *,
     types: Sequence[str] | None = None,
     lists: Sequence[str] | None = None,
-    warned: Sequence[tuple[str, Sequence[str]]] = (),
 ) -> None:
-    """Matches then failures of the files this run saw (path order), then the files
-    whose decoders printed warnings (``warned``: path and lines, of the files this run
-    read), then the summary.
+    """Matches then failures of the files this run saw (path order), then the first
+    MAX_WARNED_LISTED of them whose last decode printed warnings (the catalog keeps
+    them: a re-run that skips a file reports them as the run that decoded it did),
+    then the summary.
     ``types``: the run's ``--types``; the catalog's matches of other types (kept from
     an earlier scan with more types) are not this run's answer and are left out.
     ``lists``: the run's ``--list`` (None: every list); matches of other lists, kept
@@ -2355,8 +2350,8 @@ def write_scan_report(
         summary.matches = n
         for rec in catalog.failures_for_run(run_id):
             yield {"kind": "failure", "file": rec.path, "reason": rec.reason, "error": rec.error}
-        for path, lines in sorted(warned):
-            yield {"kind": "warning", "file": path, "warnings": list(lines)}
+        for path, lines in catalog.warnings_for_run(run_id, MAX_WARNED_LISTED):
+            yield {"kind": "warning", "file": path, "warnings": lines}
         yield {"kind": "summary", **summary.as_dict()}
 
     write_jsonl_atomically(path, records())

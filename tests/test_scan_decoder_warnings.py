@@ -84,3 +84,39 @@ def test_the_warned_files_held_for_the_report_are_bounded(tmp_path, monkeypatch)
     assert summary.decoded_with_warnings == 4 and summary.warnings_not_listed == 2
     assert records[-1]["decoded_with_warnings"] == 4
     assert records[-1]["warnings_not_listed"] == 2
+
+
+def test_a_re_run_reports_the_warnings_of_the_files_it_skips(tmp_path):
+    """The warnings were of the files the run decoded, held in memory: a re-run that
+    skipped an unchanged file (and the run resuming a stopped or killed scan) had no
+    warning record for it, its report not the one an uninterrupted run writes. The
+    catalog keeps them with the file; a file decoded again without damage drops its."""
+    from hashmatch.engine.catalog import Catalog
+    from hashmatch.engine.scan import ScanOptions, scan
+
+    good = _jpeg()
+    sos = good.index(b"\xff\xda")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "good.jpg").write_bytes(good)
+    for n in (1, 2):
+        (tree / f"w{n}.jpg").write_bytes(good[:sos] + b"\x01" * n + good[sos:])
+    opts = ScanOptions(workers=0, progress=False, types=("pdq",), file_timeout=None)
+
+    def run(name: str) -> tuple[dict, dict]:
+        report = tmp_path / name
+        with Catalog(tmp_path / "c.sqlite") as cat:
+            scan([tree], catalog=cat, matcher=None, report=report, options=opts)
+        records = [json.loads(line) for line in report.read_text().splitlines()]
+        warned = {r["file"]: r["warnings"] for r in records if r["kind"] == "warning"}
+        return warned, records[-1]
+
+    first, _ = run("first.jsonl")
+    assert sorted(first) == [str(tree / "w1.jpg"), str(tree / "w2.jpg")]
+    again, summary = run("again.jsonl")
+    assert summary["hashed"] == 0 and summary["skipped_unchanged"] == 3
+    assert again == first and summary["decoded_with_warnings"] == 2
+    (tree / "w1.jpg").write_bytes(good)  # mended: decoded again, its warning gone
+    mended, summary = run("mended.jsonl")
+    assert summary["hashed"] == 1 and summary["decoded_with_warnings"] == 1
+    assert mended == {str(tree / "w2.jpg"): first[str(tree / "w2.jpg")]}
