@@ -309,6 +309,11 @@ class WorkResult:
     warnings: tuple[str, ...] = ()
 
 
+def _decoded(r: WorkResult) -> bool:
+    """``r`` was made by decoding its file (a perceptual type), not from bytes alone."""
+    return any(not signal_types.get(t).exact for t in r.types)
+
+
 def types_for(path: str, types: Sequence[str]) -> tuple[str, ...]:
     """The requested types that apply to this file (video types for videos, photo otherwise)."""
     is_video = is_video_path(path)
@@ -1952,7 +1957,8 @@ class Scanner:
                     ctime_ns=r.ctime_ns,
                     matched_in=matched_in,
                 )
-                self.catalog.set_warnings(file_id, r.warnings)  # a re-run reports them too
+                if r.warnings or _decoded(r):  # a re-run reports them too; a digest-only
+                    self.catalog.set_warnings(file_id, r.warnings)  # hash keeps the old
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - i, [])]
                 matched_files += self._in_scope(rows)
                 self.catalog.add_matches(rows, found_by="scan")

@@ -9,6 +9,7 @@ Real scan in a real subprocess, real (generated) JPEGs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -116,6 +117,10 @@ def test_a_re_run_reports_the_warnings_of_the_files_it_skips(tmp_path):
     again, summary = run("again.jsonl")
     assert summary["hashed"] == 0 and summary["skipped_unchanged"] == 3
     assert again == first and summary["decoded_with_warnings"] == 2
+    sha = dataclasses.replace(opts, types=("sha256",))  # a digest decodes nothing: kept
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        assert scan([tree], catalog=cat, matcher=None, options=sha).hashed == 3
+    assert run("after-sha.jsonl")[0] == first
     (tree / "w1.jpg").write_bytes(good)  # mended: decoded again, its warning gone
     mended, summary = run("mended.jsonl")
     assert summary["hashed"] == 1 and summary["decoded_with_warnings"] == 1
