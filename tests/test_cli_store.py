@@ -199,7 +199,8 @@ def test_verbs_that_create_a_store_say_so_and_a_grant_names_the_missing_step(run
         result.output
     )
     missing = CliRunner().invoke(cli, ["lists", "ls", "--data-dir", str(tmp_path / "typo")])
-    assert missing.exit_code == 1 and "set HASHMATCH_DATA_DIR or --data-dir" in missing.output
+    assert missing.exit_code == 1
+    assert "give the server's data dir: --data-dir, HASHMATCH_DATA_DIR" in missing.output
 
 
 def _pipe_of(text: str) -> tuple[str, object]:

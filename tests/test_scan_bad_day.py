@@ -262,15 +262,18 @@ def _found(report: Path) -> set[tuple[str, str]]:
 def test_a_scan_limited_by_list_or_type_keeps_the_other_matches(tmp_path):
     """Re-matching an unchanged file within --list/--types used to delete every
     catalogued match of it, the other lists' and types' included, unreported. (A
-    --types scan reports its own types only; the next scan shows the others kept.)"""
+    --list or --types scan reports its own lists and types only; the next unlimited
+    scan shows the others kept.)"""
     args = _file_with_matches_in_two_lists(tmp_path)
     both = {("pdq", "a"), ("md5", "b")}
     for i, (limit, reported) in enumerate(
         (
             ([], both),
-            (["--list", "a"], both),
+            (["--list", "a"], {("pdq", "a")}),
+            ([], both),
             (["--types", "md5"], {("md5", "b")}),
-            (["--list", "b"], both),
+            (["--list", "b"], {("md5", "b")}),
+            ([], both),
         )
     ):
         done = _cli([*args, *limit, "--out", f"r{i}.jsonl"], tmp_path)

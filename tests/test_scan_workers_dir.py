@@ -45,13 +45,16 @@ def test_a_killed_scans_workers_directory_is_removed_by_the_next_scan(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp)}
     args = [sys.executable, "-c", CLI, "scan", "--from-list", "-", "--no-match",
             "--data-dir", str(tmp_path / "data"), "--workers", "1", "--no-progress"]  # fmt: skip
-    killed = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    said = tmp_path / "stderr.txt"
+    with open(said, "wb") as stderr:
+        killed = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=stderr, env=env)
     try:
         killed.stdin.write(f"{tmp_path / 'a.png'}\n".encode())
         killed.stdin.flush()  # kept open: the scan waits for more, its worker started
         deadline = time.monotonic() + 120
         while not [f for d in tmp.glob("hashmatch-scan-*") for f in d.iterdir()]:
-            assert killed.poll() is None and time.monotonic() < deadline
+            assert killed.poll() is None, said.read_text()
+            assert time.monotonic() < deadline, said.read_text()
             time.sleep(0.05)
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=30)

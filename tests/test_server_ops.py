@@ -455,7 +455,6 @@ WARM_UP_COVERS_PHOTOS = (
 import io
 from PIL import Image
 from skimage import data
-from thread_stacks import wait_running
 from hashmatch.engine import signal_types
 from hashmatch.engine.hashing import hash_media
 

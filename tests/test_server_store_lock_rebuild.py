@@ -63,24 +63,19 @@ def test_a_rebuild_whose_deadline_passes_behind_a_held_lock_frees_its_thread_and
     one-rebuild-at-a-time lock was let go) and is the only one audited."""
     data = _store_with_a_list(tmp_path)
     store = data / "store.sqlite"
-    with _serving(data, 60.0) as (address, lines, _):
-        holder = _holding(store)
+    with _serving(data, 60.0) as (address, lines, _), _holding(store) as holder:
+        started = time.monotonic()
         try:
-            started = time.monotonic()
-            try:
-                _rebuild(address, timeout=3)
-            except grpc.RpcError as exc:
-                failed = exc
-            said = _until(lines, _REBUILD_LOGGED, 5)
-            said += _until(lines, _GAVE_UP, 5)
-            gave_up_after = time.monotonic() - started
-            assert holder.poll() is None  # the lock was held throughout
-            _let_go(holder)
-            holder.wait(timeout=30)
-            again = _rebuild(address, timeout=60)
-        finally:
-            holder.kill()
-            holder.wait()
+            _rebuild(address, timeout=3)
+        except grpc.RpcError as exc:
+            failed = exc
+        said = _until(lines, _REBUILD_LOGGED, 5)
+        said += _until(lines, _GAVE_UP, 5)
+        gave_up_after = time.monotonic() - started
+        assert holder.poll() is None  # the lock was held throughout
+        _let_go(holder)
+        holder.wait(timeout=30)
+        again = _rebuild(address, timeout=60)
     assert failed.code() is grpc.StatusCode.DEADLINE_EXCEEDED, failed
     assert any(HOLDS in line for line in said), said  # its wait named the holder
     access = _access(next(line for line in said if _REBUILD_LOGGED in line))
@@ -99,22 +94,17 @@ def test_a_rebuild_cancelled_behind_a_held_lock_frees_its_thread_at_once(tmp_pat
     (past the grace: the holder is logged): the handler returns within about a second,
     CANCELLED, and the rebuild's wait ends too, the lock still held."""
     data = _store_with_a_list(tmp_path)
-    with _serving(data, 60.0) as (address, lines, _):
-        holder = _holding(data / "store.sqlite")
-        try:
-            with grpc.insecure_channel(address) as channel:
-                stub = admin_pb2_grpc.AdminStub(channel)
-                replies = stub.RebuildIndex(admin_pb2.RebuildIndexRequest(), timeout=60)
-                _until(lines, HOLDS, PROMPTLY)  # the rebuild waits for the lock
-                replies.cancel()
-                cancelled = time.monotonic()
-                said = _until(lines, _REBUILD_LOGGED, 5)
-                freed_after = time.monotonic() - cancelled
-                said += _until(lines, _GAVE_UP, 5)
-            assert holder.poll() is None  # the lock was held throughout
-        finally:
-            holder.kill()
-            holder.wait()
+    with _serving(data, 60.0) as (address, lines, _), _holding(data / "store.sqlite") as holder:
+        with grpc.insecure_channel(address) as channel:
+            stub = admin_pb2_grpc.AdminStub(channel)
+            replies = stub.RebuildIndex(admin_pb2.RebuildIndexRequest(), timeout=60)
+            _until(lines, HOLDS, PROMPTLY)  # the rebuild waits for the lock
+            replies.cancel()
+            cancelled = time.monotonic()
+            said = _until(lines, _REBUILD_LOGGED, 5)
+            freed_after = time.monotonic() - cancelled
+            said += _until(lines, _GAVE_UP, 5)
+        assert holder.poll() is None  # the lock was held throughout
     access = _access(next(line for line in said if _REBUILD_LOGGED in line))
     assert access["status"] == "CANCELLED", access
     assert freed_after < 1.5, freed_after

@@ -284,17 +284,13 @@ def test_a_retract_whose_deadline_passes_behind_a_held_lock_frees_its_thread_ret
     data = _store_with_a_list(tmp_path)
     with _serving(data, 60.0) as (address, lines, _):
         assert _ingest(address, "partner-a").added == 1
-        holder = _holding(data / "store.sqlite")
-        try:
+        with _holding(data / "store.sqlite") as holder:
             with pytest.raises(grpc.RpcError) as failed:
                 _retract(address, timeout=2)
             logged = _until(lines, _RETRACT_LOGGED, 5)[-1]
             assert holder.poll() is None  # the lock was held throughout
             _let_go(holder)
             after = _retract(address, timeout=30)
-        finally:
-            holder.kill()
-            holder.wait()
     assert failed.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, failed.value
     access = json.loads(logged[logged.index("{") :])
     assert access["status"] == "DEADLINE_EXCEEDED", access
