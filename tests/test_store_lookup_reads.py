@@ -138,3 +138,60 @@ def test_another_processs_changes_are_seen_by_the_servers_next_match(tmp_path):
         assert found(PDQ2)
         _cli(data, "tenants", "revoke", "acme", "l")
         assert not found(PDQ2)
+
+
+def test_grants_restores_renames_and_deletes_from_another_process_reach_every_thread(
+    tmp_path,
+):
+    """The brief of the kept reads: no server thread serves a tenant's grants, a list's
+    name or a signal's retraction as they were before another process changed them.
+    Eight Matches at once, so several of the server's threads hold reads of the store
+    as it was, before each change the CLI makes in its own process; every one of the
+    next eight sees it: a grant (the tenant had none), a retraction and its restore, a
+    second grant named in ``lists``, a list renamed, a list deleted."""
+    import grpc
+
+    data = tmp_path / "data"
+    (tmp_path / "one.txt").write_text(f"pdq {PDQ}\n")
+    (tmp_path / "two.txt").write_text(f"pdq {PDQ2}\n")
+    _cli(data, "lists", "create", "l")
+    _cli(data, "lists", "create", "m")
+    _cli(data, "ingest", str(tmp_path / "one.txt"), "--list", "l")
+    _cli(data, "ingest", str(tmp_path / "two.txt"), "--list", "m")
+    _cli(data, "tenants", "create", "acme")
+    with running_server(data, tenants={"acme": (["match"], False)}) as served:
+        client = served.client("acme")
+        lanes = 8
+        gate = threading.Barrier(lanes)
+
+        def found(hex_: str, lists: tuple[str, ...]) -> bool | str:
+            gate.wait(timeout=30)  # all eight in flight together: several threads
+            try:
+                reply = client.match([("pdq", hex_)], lists=list(lists), timeout=30)
+            except grpc.RpcError as exc:
+                return exc.code().name
+            return bool(reply.results[0].matches)
+
+        def everyone(hex_: str, *lists: str) -> set[bool | str]:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(lanes) as pool:
+                return set(pool.map(lambda _: found(hex_, lists), range(lanes)))
+
+        assert everyone(PDQ) == {False}  # nothing shared with acme yet
+        assert everyone(PDQ) == {False}  # (read from the kept reads)
+        _cli(data, "tenants", "grant", "acme", "l")
+        assert everyone(PDQ) == {True}
+        _cli(data, "retract", PDQ, "--list", "l")
+        assert everyone(PDQ) == {False}
+        _cli(data, "restore", PDQ, "--list", "l")
+        assert everyone(PDQ) == {True}
+        assert everyone(PDQ2, "m") == {"NOT_FOUND"}  # m is not acme's
+        _cli(data, "tenants", "grant", "acme", "m")
+        assert everyone(PDQ2, "m") == {True}
+        _cli(data, "lists", "rename", "m", "n")
+        assert everyone(PDQ2, "m") == {"NOT_FOUND"}
+        assert everyone(PDQ2, "n") == {True}
+        _cli(data, "lists", "delete", "l", "--yes")
+        assert everyone(PDQ) == {False}
+        assert everyone(PDQ2) == {True}
