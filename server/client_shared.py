@@ -719,21 +719,43 @@ _URL_SCHEMES = re.compile(r"^(https?|grpcs?)://", re.IGNORECASE)
 
 def grpc_target(target: str) -> str:
     """``target`` without surrounding whitespace (a value read from a file or a secret
-    store ends in a newline), refused (ValueError) when it is a URL.
+    store ends in a newline), refused (ValueError) when it is a URL or its port is not a
+    number.
 
     Why: gRPC took ``http://host:50051`` (and ``grpc://``, a trailing ``/``) as a host
     name that does not resolve, and the clients retried "errors resolving ...:
     Misformatted domain name" as a server that is down until the call's deadline (30 s
-    by default); a target with a space failed the same way."""
+    by default); a target with a space failed the same way, and so did a port that is
+    not a number (``host:50051/``, a URL's scheme dropped but not its slash): refused
+    (ValueError) too, saying the ``HOST:PORT`` to give."""
     target = target.strip()
     if found := _URL_SCHEMES.match(target):
-        address = target[found.end() :].rstrip("/")
+        address = target[found.end() :].partition("/")[0]  # a path, a trailing /: gone
         tls = found.group(1).lower() in ("https", "grpcs")
         raise ValueError(
             f"{target} is a URL, not a gRPC address: give HOST:PORT, {address}"
             + (" (with TLS: tls=True, `remote --tls`)" if tls else "")
         )
+    for address in target_addresses(target) or ():
+        port = _port_of(address)
+        if port and not port.isdigit():
+            # "host:50051/" (a URL's scheme dropped, its slash kept), "host:5005 1":
+            # gRPC's "Failed to parse port in name" was retried as a server that is down
+            fixed = address[: len(address) - len(port)] + port.partition("/")[0].strip()
+            usable = _port_of(fixed).isdigit()
+            raise ValueError(
+                f"{target} is not a gRPC address: the port of {address} is not a number:"
+                f" give HOST:PORT{f', {fixed}' if usable else ''}"
+            )
     return target
+
+
+def _port_of(address: str) -> str:
+    """The port part of ``host:port`` or ``[v6]:port`` as written ("" when none; a bare
+    IPv6 address has none)."""
+    if address.startswith("["):
+        return address.partition("]")[2].removeprefix(":")
+    return address.partition(":")[2] if address.count(":") == 1 else ""
 
 
 def no_port_hint(target: str) -> str:

@@ -25,6 +25,7 @@ from hashmatch.server.testing import running_server
     [
         ("http://127.0.0.1:50051", "give HOST:PORT, 127.0.0.1:50051"),
         ("grpc://hashmatch.internal:50051/", "give HOST:PORT, hashmatch.internal:50051"),
+        ("http://127.0.0.1:50051/v1/match", "give HOST:PORT, 127.0.0.1:50051"),
         ("https://h.example:443", "give HOST:PORT, h.example:443 (with TLS: tls=True"),
     ],
 )
@@ -69,3 +70,42 @@ def test_no_port_says_grpc_used_443():
     hint = caught.value.connection_hint
     assert "no port in 127.0.0.1: gRPC connects to 443" in hint, hint
     assert "listens on 50051 unless told otherwise: 127.0.0.1:50051" in hint
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ("127.0.0.1:50051/", "give HOST:PORT, 127.0.0.1:50051"),  # a URL's slash kept
+        ("[::1]:50051/", "give HOST:PORT, [::1]:50051"),
+        ("dns:///hashmatch.internal:50051/", "give HOST:PORT, hashmatch.internal:50051"),
+        ("127.0.0.1:5005 1", "give HOST:PORT"),
+    ],
+)
+def test_a_port_that_is_not_a_number_is_refused_by_both_clients(given, said):
+    """gRPC failed such a target 'Failed to parse port in name' at the first call, and
+    the clients retried it as a server that is down until the deadline (30 s)."""
+    import asyncio
+
+    from hashmatch.server.aio_client import AsyncHashmatchClient
+
+    with pytest.raises(ValueError, match=r"is not a gRPC address: the port of") as caught:
+        HashmatchClient(given, timeout=30)
+    assert str(caught.value).endswith(said), caught.value
+
+    async def make() -> None:
+        AsyncHashmatchClient(given, timeout=30)
+
+    with pytest.raises(ValueError, match=r"is not a gRPC address") as caught:
+        asyncio.run(make())
+    assert str(caught.value).endswith(said), caught.value
+
+
+def test_remote_refuses_a_trailing_slash_at_once():
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["remote", "--server", "127.0.0.1:50051/", "lists"])
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: 127.0.0.1:50051/ is not a gRPC address: the port of 127.0.0.1:50051/ is not"
+        " a number: give HOST:PORT, 127.0.0.1:50051\n"
+    )
+    assert time.monotonic() - started < 5  # not retried for --timeout (30 s)
