@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import math
+import os
 import random
 import re
 import tempfile
@@ -963,11 +964,12 @@ def media_items(media: MediaInput | Iterable[MediaInput]) -> list[bytes]:
     (a buffer read into) failed "expected bytes, bytearray found". A file object (an
     open file, ``io.BytesIO``, a web framework's upload) is refused: iterated, it gave
     its lines, each sent as an upload of its own (a JPEG split at its newline bytes,
-    refused as 20 media items over the limit, or as undecodable ones)."""
+    refused as 20 media items over the limit, or as undecodable ones). So is a file's
+    name (a str, a Path): the client reads no files."""
     if isinstance(media, bytes | bytearray | memoryview):
         media = [media]
-    elif hasattr(media, "read"):
-        raise TypeError(_FILE_OBJECT.format(type(media).__name__))
+    elif hasattr(media, "read") or isinstance(media, str | os.PathLike):
+        _as_bytes(media)  # raises, saying what to pass instead
     return [item if isinstance(item, bytes) else _as_bytes(item) for item in media]
 
 
@@ -979,6 +981,14 @@ def _as_bytes(item: Any) -> bytes:
         return bytes(item)
     if hasattr(item, "read"):
         raise TypeError(_FILE_OBJECT.format(type(item).__name__))
+    if isinstance(item, str | os.PathLike):
+        # a file's name: a str was taken apart into one-letter items ("got str"), a
+        # Path failed "'PosixPath' object is not iterable"; the client reads no files
+        shown = str(item) if len(str(item)) <= 200 else f"{str(item)[:200]}..."
+        raise TypeError(
+            f"media: a {type(item).__name__} ({shown!r}) is not sent: each item is the bytes"
+            " of one file (a file's name: pass Path(name).read_bytes())"
+        )
     raise TypeError(f"media: each item is the bytes of one file, got {type(item).__name__}")
 
 

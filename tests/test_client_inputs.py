@@ -103,6 +103,38 @@ def test_an_upload_given_as_a_file_object_says_to_pass_its_bytes(served):
             call()
 
 
+def test_the_asyncio_client_refuses_a_file_object_and_a_file_name_alike(served, tmp_path):
+    """778dfe2 said both clients refuse a file object; only the sync one was tried. A
+    file's name (a str, a Path) is refused the same way, before anything is sent: a
+    str was taken apart into one-letter items ('got str'), a Path failed "'PosixPath'
+    object is not iterable"."""
+    from pathlib import Path
+
+    ts, client, upload, _pdq = served
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(upload)
+    named = r"media: a \w*(str|Path) \('.*photo\.jpg'\) is not sent: .* Path\(name\)\.read_bytes"
+    for given in (str(photo), photo, [photo], [str(photo)]):
+        with pytest.raises(TypeError, match=named):
+            client.match(media=given)
+        with pytest.raises(TypeError, match=named):
+            client.hash(given)
+
+    async def scenario() -> None:
+        async with AsyncHashmatchClient(ts.target, token=ts.tokens["ops"]) as aio:
+            with pytest.raises(TypeError, match=r"a file object \(BytesIO\) .* f\.read\(\)"):
+                await aio.match(media=io.BytesIO(upload))
+            with (
+                pytest.raises(TypeError, match=r"a file object \(BufferedReader\)"),
+                Path(photo).open("rb") as f,
+            ):
+                await aio.hash([f])
+            with pytest.raises(TypeError, match=named):
+                await aio.match(media=photo)
+
+    asyncio.run(scenario())
+
+
 def test_a_hash_pair_or_a_videos_frames_outside_their_list_say_so(served):
     _ts, client, _upload, pdq = served
     with pytest.raises(TypeError, match=r"a single hash goes in a list: \[\(\"pdq\", hex\)\]"):
