@@ -1,7 +1,8 @@
 """CLI verbs over the local store: lists, ingest, retract/restore, match, index, tenants, audit.
 
 Each verb is one library call on :class:`hashmatch.engine.runtime.Engine` opened on
-``--data-dir`` (default ``./hashmatch-data``, or ``$HASHMATCH_DATA_DIR``), the
+``--data-dir`` (else ``$HASHMATCH_DATA_DIR``, else the ``data_dir`` of
+``$HASHMATCH_CONFIG``, else ``./hashmatch-data``: :func:`default_data_dir`), the
 same directory ``hashmatch serve`` uses; a running server picks the changes up
 on its next lookup. Every verb prints what it did with counts; long work shows a
 progress bar when stderr is a terminal.
