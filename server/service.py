@@ -207,6 +207,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                     summary = self._rebuild(progress, call.principal.tenant)
             except RebuildStopped as exc:
                 self.host.metrics.rebuilt(time.perf_counter() - began, "stopped")
+                if left.is_set():  # nobody hears the error below: the log says how it ended
+                    log.info("rebuild: stopped by the server's stop after its caller went"
+                             " away: %s", exc)  # fmt: skip
                 events.put(("error", NotServing(f"the server is shutting down: {exc}")))
             except _CallerGone as exc:
                 self.host.metrics.rebuilt(time.perf_counter() - began, "stopped")

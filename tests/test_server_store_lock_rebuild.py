@@ -167,3 +167,53 @@ def _finished(caplog) -> str:
         if "rebuild: finished after its caller went away" in record.getMessage():
             return record.getMessage()
     return ""
+
+
+def test_a_rebuild_whose_caller_left_and_that_the_servers_stop_ends_says_so(
+    tmp_path, monkeypatch, caplog
+):
+    """The caller's 2 s deadline passes during the build; then the server stops. The
+    rebuild gives up at its next step and the log says so (the call's status said
+    "the server logs how it ends"; a stopped rebuild logged nothing, where a finished,
+    failed or lock-abandoned one did)."""
+    from test_admin_lifecycle import _access_line, codes, records
+
+    from hashmatch.engine.runtime import Engine
+    from hashmatch.engine.store import SignalStore
+    from hashmatch.server.testing import running_server
+
+    data = tmp_path / "d"
+    with Engine.open(data, eager=False) as engine:
+        engine.ingest(records(codes(50, 3)), list_name="l")
+    reading, release = threading.Event(), threading.Event()
+    iter_live = SignalStore.iter_live
+
+    def held_iter_live(self: SignalStore, signal_type: str, **options):
+        if threading.current_thread().name == "rebuild":  # not the start-up build
+            reading.set()
+            assert release.wait(30), "the test never let the rebuild go"
+        yield from iter_live(self, signal_type, **options)
+
+    monkeypatch.setattr(SignalStore, "iter_live", held_iter_live)
+    caplog.set_level(logging.INFO)
+    with running_server(data) as served:
+        try:
+            list(served.client().rebuild(timeout=2))
+        except grpc.RpcError as exc:
+            failed = exc
+        try:
+            assert reading.is_set()
+            _access_line(caplog, "RebuildIndex", wait=5)  # the handler has returned
+            stopper = threading.Thread(target=served.server.stop, kwargs={"grace": 1.0})
+            stopper.start()
+            deadline = time.monotonic() + 30
+            while not served.server.host.stopping and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert served.server.host.stopping
+        finally:
+            release.set()
+        stopper.join(60)
+    assert failed.code() is grpc.StatusCode.DEADLINE_EXCEEDED, failed
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rebuild: ")]
+    stopped = [m for m in said if "stopped by the server's stop after its caller went away" in m]
+    assert stopped and "the old index stays" in stopped[0], said
