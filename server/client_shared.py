@@ -737,6 +737,9 @@ def grpc_target(target: str) -> str:
             f"{target} is a URL, not a gRPC address: give HOST:PORT, {address}"
             + (" (with TLS: tls=True, `remote --tls`)" if tls else "")
         )
+    scheme = _OTHER_SCHEME.match(target)
+    if scheme and scheme.group(1).lower() != "dns":  # xds:///name: not ours to read
+        return target
     for address in target_addresses(target) or ():
         port = _port_of(address)
         if port and not port.isdigit():
@@ -749,6 +752,10 @@ def grpc_target(target: str) -> str:
                 f" give HOST:PORT{f', {fixed}' if usable else ''}"
             )
     return target
+
+
+#: a target with a scheme gRPC resolves by other means than host:port (``xds:///``)
+_OTHER_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
 
 
 def _port_of(address: str) -> str:

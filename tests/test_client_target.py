@@ -100,6 +100,12 @@ def test_a_port_that_is_not_a_number_is_refused_by_both_clients(given, said):
     assert str(caught.value).endswith(said), caught.value
 
 
+def test_a_target_of_another_scheme_is_left_to_grpc():
+    """xds:///name and the like are resolved by gRPC's plugins, not as host:port: not
+    refused here (a hint of its own is gRPC's to give)."""
+    HashmatchClient("xds:///hashmatch.internal", timeout=1).close()
+
+
 def test_remote_refuses_a_trailing_slash_at_once():
     started = time.monotonic()
     result = CliRunner().invoke(cli, ["remote", "--server", "127.0.0.1:50051/", "lists"])
