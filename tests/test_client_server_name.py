@@ -16,6 +16,7 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
+from hashmatch.engine.store import SignalRecord
 from hashmatch.server.cli import cli
 from hashmatch.server.client import HashmatchClient
 from hashmatch.server.testing import running_server
@@ -36,7 +37,7 @@ def served(tmp_path_factory):
          "-addext", f"subjectAltName=DNS:{NAME}"],
         check=True, capture_output=True,
     )  # fmt: skip
-    tenants = {"ops": (["match", "admin"], True)}
+    tenants = {"ops": (["match", "admin", "export"], True)}
     data = tmp_path_factory.mktemp("data")
     with running_server(data, tenants=tenants, tls_cert=str(cert), tls_key=str(key)) as ts:
         yield ts, str(cert)
@@ -63,3 +64,28 @@ def test_remote_checks_the_certificate_for_server_name(served):
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert '"total_signals": 0' in result.output
+
+
+def test_scan_rescan_and_mirror_take_server_name_too(served, tmp_path):
+    """The hint tells a caller whose certificate names another host to check it for
+    one of its names; only remote could: scan/rescan --server and mirror had no
+    --server-name (usage error)."""
+    ts, cert = served
+    ts.engine.store.create_list("shared", exist_ok=True)
+    ts.engine.ingest([SignalRecord(signal_type="md5", hash_hex="0" * 32)], list_name="shared")
+    access = ["--server", ts.target, "--token", ts.tokens["ops"], "--ca", cert,
+              "--server-name", NAME]  # fmt: skip
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "note.txt").write_text("hello\n")
+    data = str(tmp_path / "scan-data")
+    runner = CliRunner()
+    for argv in (
+        ["scan", str(files), "--types", "md5", "--data-dir", data, "--out", "-", *access],
+        ["rescan", "--data-dir", data, "--out", "-", *access],
+        ["mirror", "--prefix", "hub/", "--data-dir", str(tmp_path / "mirror"), *access],
+    ):
+        result = runner.invoke(cli, argv)
+        assert result.exit_code == 0, (argv[0], result.output)
+    listed = runner.invoke(cli, ["lists", "ls", "--data-dir", str(tmp_path / "mirror")])
+    assert "hub/shared" in listed.output, listed.output

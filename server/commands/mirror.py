@@ -54,8 +54,8 @@ from hashmatch.server.commands.store_lock_notice import locked_hint
               help="Seconds to wait for the hub to answer SERVING.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per pass.")
 @_data_dir_option
-def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists, types,
-                   resync, follow, interval, page_size, wait, as_json,
+def mirror_command(server, token, tls, token_file, ca, cert, key, server_name, prefix, lists,
+                   types, resync, follow, interval, page_size, wait, as_json,
                    data_dir) -> None:  # fmt: skip
     """Mirror the hash lists a hub shares with you into the local store.
 
@@ -80,7 +80,8 @@ def mirror_command(server, token, tls, token_file, ca, cert, key, prefix, lists,
         check_prefix(prefix)
     except HashmatchError as exc:
         raise click.BadParameter(str(exc), param_hint="--prefix") from None
-    access = {"token_file": token_file, "ca": ca, "cert": cert, "key": key}
+    access = {"token_file": token_file, "ca": ca, "cert": cert, "key": key,
+              "server_name": server_name}  # fmt: skip
     with _one_line_errors(server, name_server=False):
         client = _serving_client(server, token, tls, wait=wait, **access)
         try:

@@ -145,6 +145,7 @@ def scan_command(
     ca,
     cert,
     key,
+    server_name,
     out,
     workers,
     batch_size,
@@ -210,7 +211,7 @@ def scan_command(
                 matcher = None
             elif server:
                 client = _serving_client(server, token, tls, token_file=token_file, ca=ca,
-                                         cert=cert, key=key)  # fmt: skip
+                                         cert=cert, key=key, server_name=server_name)  # fmt: skip
                 matcher = RemoteMatcher(client, threshold=threshold, lists=lists)
                 shared = client.list_hash_lists()
                 tenant = shared.tenant  # "" from an older server
@@ -384,8 +385,9 @@ def _shown_path(path: str) -> str:
 @click.option("--threshold", type=int, help="Match distance [default: the type's].")
 @click.option("--out", "out", default="-", show_default=True, help="Report (JSONL); '-' = stdout.")
 def rescan_command(
-    since, data_dir, catalog, server, token, tls, token_file, ca, cert, key, threshold, out
-) -> None:
+    since, data_dir, catalog, server, token, tls, token_file, ca, cert, key, server_name,
+    threshold, out,
+) -> None:  # fmt: skip
     """Match the catalog of scanned files against signals added since the last rescan.
 
     \b
@@ -429,7 +431,7 @@ def rescan_command(
         if server:
             client = stack.enter_context(
                 _serving_client(server, token, tls, token_file=token_file, ca=ca, cert=cert,
-                                key=key)
+                                key=key, server_name=server_name)
             )  # fmt: skip
             source = ServerChanges(client, server)
         else:
@@ -553,8 +555,8 @@ def _serving_client(
     server: str, token: str | None, tls: bool, *, wait: float = 60.0, **access: str | None
 ):
     """A client of ``server`` (:func:`connect`; ``access``: its --token-file, --ca, --cert,
-    --key) once its health says SERVING (up to ``wait`` s; closed if not) and the token is
-    accepted (checked before any file is hashed)."""
+    --key, --server-name) once its health says SERVING (up to ``wait`` s; closed if not)
+    and the token is accepted (checked before any file is hashed)."""
     import grpc
 
     client = connect(server, token, tls, **access)

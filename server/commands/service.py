@@ -528,9 +528,12 @@ TLS_OPTIONS = {"root_certificates": "--ca", "client_cert": "--cert", "client_key
 
 
 def server_access_options(f):
-    """--token-file, --ca, --cert and --key: how a verb reaches a server behind a private
-    CA or mutual TLS (``remote``, ``scan``/``rescan --server``, ``mirror``); see
-    :func:`connect`. Each also reads ``$HASHMATCH_<NAME>`` (:data:`ACCESS_ENV`).
+    """--token-file, --ca, --cert, --key and --server-name: how a verb reaches a server
+    behind a private CA or mutual TLS (``remote``, ``scan``/``rescan --server``,
+    ``mirror``); see :func:`connect`. The four files also read ``$HASHMATCH_<NAME>``
+    (:data:`ACCESS_ENV`). --server-name (the name the certificate is checked for) was
+    ``remote``'s only, though the hint for a certificate of another name tells every
+    verb to use it.
 
     Why the environment: against a mutual-TLS server every call needed all three files
     on the command line, where ``--server`` and ``--token`` had ``$HASHMATCH_SERVER`` and
@@ -548,6 +551,8 @@ def server_access_options(f):
                      help="Client certificate, mutual TLS (with --key; $HASHMATCH_CERT)."),
         click.option("--key", type=path, envvar=ACCESS_ENV["key"],
                      help="Client key, mutual TLS (with --cert; $HASHMATCH_KEY)."),
+        click.option("--server-name", metavar="NAME",
+                     help="Check the server's certificate for NAME, not the --server host."),
     ]):  # fmt: skip
         f = option(f)
     return f
@@ -616,8 +621,6 @@ def unauthenticated_hint(details: str) -> str:
 @click.option("--token", envvar="HASHMATCH_TOKEN", help="Bearer token ($HASHMATCH_TOKEN).")
 @click.option("--tls", is_flag=True, help="Use TLS (system roots unless --ca).")
 @server_access_options
-@click.option("--server-name", metavar="NAME",
-              help="Check the server's certificate for NAME, not the --server host.")  # fmt: skip
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=30.0,
               show_default=True, help="Seconds per call.")  # fmt: skip
 @click.pass_context
