@@ -195,3 +195,44 @@ def test_grants_restores_renames_and_deletes_from_another_process_reach_every_th
         _cli(data, "lists", "delete", "l", "--yes")
         assert everyone(PDQ) == {False}
         assert everyone(PDQ2) == {True}
+
+
+def test_an_open_match_stream_sees_another_processs_grant_and_revoke(tmp_path):
+    """One MatchStream held open across the CLI's grant and revoke (its handler thread
+    keeps its reads between messages): the message after each change sees it."""
+    import queue
+
+    from hashmatch.server.client import match_request
+
+    data = tmp_path / "data"
+    (tmp_path / "one.txt").write_text(f"pdq {PDQ}\n")
+    _cli(data, "lists", "create", "l")
+    _cli(data, "ingest", str(tmp_path / "one.txt"), "--list", "l")
+    _cli(data, "tenants", "create", "acme")
+    with running_server(data, tenants={"acme": (["match"], False)}) as served:
+        client = served.client("acme")
+        asks: queue.Queue = queue.Queue()
+
+        def requests():
+            while (request := asks.get(timeout=60)) is not None:
+                yield request
+
+        replies = client.match_stream(requests(), timeout=120)
+
+        def found() -> bool:
+            asks.put(match_request([("pdq", PDQ)]))
+            return bool(next(replies).results[0].matches)
+
+        try:
+            assert not found() and not found()
+            _cli(data, "tenants", "grant", "acme", "l")
+            assert found()
+            _cli(data, "retract", PDQ, "--list", "l")
+            assert not found()
+            _cli(data, "restore", PDQ, "--list", "l")
+            assert found()
+            _cli(data, "tenants", "revoke", "acme", "l")
+            assert not found()
+        finally:
+            asks.put(None)
+            replies.close()
