@@ -939,6 +939,56 @@ def test_remote_lists_with_none_visible_says_so_and_what_to_do(served):
     )
 
 
+def test_remote_lists_with_none_on_a_server_without_auth_says_the_store_holds_none(tmp_path):
+    """A no-auth server (answered without a token) shows every list: its empty answer
+    was told to grant a list to tenant 'local', which changes nothing there."""
+    with running_server(tmp_path / "data") as ts:
+        result = CliRunner().invoke(cli, ["remote", "--server", ts.target, "lists"])
+        store_id = ts.engine.store.store_id()
+    assert result.exit_code == 0 and result.stdout == ""
+    assert result.stderr == (
+        f"hashmatch: the server's store (store {store_id}) holds no hash list (it answered"
+        " without a token: no authentication, every list is visible)\n"
+    )
+
+
+class _AsAnOlderServer(grpc.ServerInterceptor):
+    """ListHashLists answered without its tenant and store_id (fields an older server
+    lacks)."""
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or not details.method.endswith("/ListHashLists"):
+            return handler
+
+        def behavior(request, context):
+            reply = handler.unary_unary(request, context)
+            reply.ClearField("tenant")
+            reply.ClearField("store_id")
+            return reply
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def test_remote_lists_with_none_from_an_older_server_names_no_empty_tenant(tmp_path):
+    """Its reply names no tenant nor store: the note said tenant '' and `tenants grant ''
+    LIST`."""
+    tenants = {"reader": (["match"], False)}
+    with running_server(tmp_path / "data", tenants=tenants,
+                        extra_interceptors=[_AsAnOlderServer()]) as ts:  # fmt: skip
+        given = ["--server", ts.target, "--token", ts.tokens["reader"]]
+        result = CliRunner().invoke(cli, ["remote", *given, "lists"])
+    assert result.exit_code == 0 and result.stdout == ""
+    assert result.stderr == (
+        "hashmatch: no hash list is visible to this token's tenant: none shared with it yet"
+        " (on the server: `hashmatch tenants grant TENANT LIST`), or the store holds none\n"
+    )
+
+
 def test_remote_lists_says_whose_store_and_which_tenant(served):
     """ListHashLists answers with the server's ``store_id`` (whose list uids these are)
     and the caller's ``tenant``; ``remote lists`` printed the lists alone and dropped

@@ -1147,12 +1147,29 @@ def remote_lists(client) -> None:
     for item in reply.lists:
         click.echo(json.dumps({**message_json(item), **whose}, sort_keys=True))
     if not reply.lists:  # it printed nothing at all: as whom, and what to do, were lost
-        click.echo(
-            f"hashmatch: no hash list is visible to tenant {reply.tenant!r} (store"
-            f" {reply.store_id}): none shared with it yet (on the server: `hashmatch tenants"
-            f" grant {shlex.quote(reply.tenant)} LIST`), or the store holds none",
-            err=True,
+        click.echo(f"hashmatch: {_no_lists_said(reply, with_token=bool(client.metadata))}",
+                   err=True)  # fmt: skip
+
+
+def _no_lists_said(reply: Any, *, with_token: bool) -> str:
+    """Why ``remote lists`` printed no list, as far as the reply tells.
+
+    Why: a server without authentication (the caller sent no token and was answered)
+    shows every list, so its empty answer was told to grant a list to its 'local'
+    tenant; an older server's reply names no tenant nor store (fields it lacks), which
+    read as tenant '' and ``tenants grant '' LIST``."""
+    store = f" (store {reply.store_id})" if reply.store_id else ""
+    if not with_token:
+        return (
+            f"the server's store{store} holds no hash list (it answered without a token:"
+            " no authentication, every list is visible)"
         )
+    whom = f"tenant {reply.tenant!r}" if reply.tenant else "this token's tenant"
+    grant = shlex.quote(reply.tenant) if reply.tenant else "TENANT"
+    return (
+        f"no hash list is visible to {whom}{store}: none shared with it yet (on the server:"
+        f" `hashmatch tenants grant {grant} LIST`), or the store holds none"
+    )
 
 
 @remote.command("stats")
