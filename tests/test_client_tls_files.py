@@ -99,6 +99,20 @@ def test_the_cli_names_its_options_at_once(certs):
     assert time.monotonic() - started < 2  # not retried as a server that is down
 
 
+def test_the_cli_names_a_file_from_the_environment_by_its_variable(certs):
+    """$HASHMATCH_KEY's file was named "--key PATH", an option not on the command line."""
+    ca, cert, wrong_key = certs["ca"][1], certs["client"][1], certs["other"][0]
+    env = {"HASHMATCH_CA": ca, "HASHMATCH_CERT": cert, "HASHMATCH_KEY": wrong_key}
+    result = CliRunner().invoke(cli, [
+        "remote", "--server", NOWHERE, "--token", "t", "--timeout", "5", "lists",
+    ], env=env)  # fmt: skip
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: --key ($HASHMATCH_KEY) {wrong_key}: not the private key of --cert"
+        f" ($HASHMATCH_CERT) {cert}\n"
+    )
+
+
 CLI = "from hashmatch.server.entry import main; main()"
 
 

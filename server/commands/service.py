@@ -587,7 +587,7 @@ def connect(
                                      client_cert=cert, client_key=key,
                                      **client_options)  # fmt: skip
     except TLSFileError as exc:  # named as the options it came from
-        raise click.ClickException(exc.described(TLS_OPTIONS)) from None
+        raise click.ClickException(exc.described(_tls_option_names())) from None
     except (ValueError, OSError) as exc:  # a token grpcio cannot send, an unreadable file
         raise click.ClickException(str(exc)) from None
     for found in caught:  # ours as one line on stderr, not a Python warning's two
@@ -596,6 +596,22 @@ def connect(
         else:
             warnings.warn_explicit(found.message, found.category, found.filename, found.lineno)
     return client
+
+
+def _tls_option_names() -> dict[str, str]:
+    """:data:`TLS_OPTIONS`, each read from the environment named with its variable too
+    (``--key ($HASHMATCH_KEY)``): a file the command line does not show was named as if
+    given there, and the caller looked for an option it had not typed."""
+    from hashmatch.server.config import ACCESS_ENV
+
+    ctx = click.get_current_context(silent=True)
+    names = dict(TLS_OPTIONS)
+    for argument, option in TLS_OPTIONS.items():
+        param = option.removeprefix("--")
+        source = ctx.get_parameter_source(param) if ctx is not None else None
+        if source is click.core.ParameterSource.ENVIRONMENT:
+            names[argument] = f"{option} (${ACCESS_ENV[param]})"
+    return names
 
 
 def unauthenticated_hint(details: str) -> str:
