@@ -2458,7 +2458,9 @@ class SignalStore:
         return lookup_reads(self, self._local)
 
     def list_table(self) -> dict[int, tuple[str, bool]]:
-        """list id -> (name, enabled): small, read on every match (cheap, always fresh)."""
+        """list id -> (name, enabled), read now. A lookup reads it through
+        :meth:`lookup_reads`, again only once the store changed (it was read on every
+        match)."""
         return {
             r[0]: (r[1], bool(r[2]))
             for r in self.conn().execute("SELECT id, name, enabled FROM hash_lists")
