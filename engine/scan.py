@@ -69,7 +69,7 @@ from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT, LOCAL_MAX_VIDEO_
 from hashmatch.engine.report_file import write_jsonl_atomically
 from hashmatch.engine.report_reader import ReaderWatch, watch_stdout
 from hashmatch.engine.scan_digests import digest_apart, digest_bound
-from hashmatch.engine.scan_pool_start import fork_server_ready
+from hashmatch.engine.scan_pool_start import fork_server_ready, short_socket_tempdir
 from hashmatch.engine.scan_stderr import (
     InProcessCapture,
     WorkersDir,
@@ -395,6 +395,7 @@ def worker_context() -> multiprocessing.context.BaseContext:
     if "forkserver" not in methods:
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
+    short_socket_tempdir()  # its socket's path must fit, whatever $TMPDIR is
     context.set_forkserver_preload(
         [
             "hashmatch.engine.scan_signals",  # first: before the seconds of imports

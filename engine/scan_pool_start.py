@@ -8,18 +8,62 @@ Ctrl-C in a scan's first seconds was noted by the handler, but the stop waited f
 the fork server (3.7-7 s measured). Here a throw-away process is forked through the
 server in a helper thread while the main thread checks the stop event; on a stop the
 fork server is killed (nothing of the scan's runs in it yet) and the caller stops.
+
+The fork server listens on a unix socket that multiprocessing names in its own temporary
+directory under ``$TMPDIR`` (``$TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX``), and a socket's
+path may not exceed 107 bytes (``sun_path``): under a ``$TMPDIR`` longer than 75, every
+scan with workers failed at once ``Error: AF_UNIX path too long`` (a CI worker's pytest
+directory, a deep per-job temporary directory). :func:`short_socket_tempdir` then puts
+that directory in the system's own (``/tmp``), as Python 3.14 does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from multiprocessing.context import BaseContext
 
 #: How often the main thread checks for a stop while the fork server loads.
 POLL_SECONDS = 0.1
+
+
+#: the longest unix socket path (``sun_path`` is 108 bytes, with its NUL)
+SOCKET_PATH_MAX = 107
+#: multiprocessing's temporary directory in $TMPDIR, and the fork server's socket in it
+PYMP_DIR = "/pymp-XXXXXXXX"
+LISTENER = "/listener-XXXXXXXX"
+#: where the socket's directory goes when ``$TMPDIR`` is too long (tempfile's own list)
+SHORT_TEMPDIRS = ("/tmp", "/var/tmp", "/usr/tmp")
+
+
+def short_socket_tempdir() -> str | None:
+    """Make multiprocessing's temporary directory (where the fork server's socket is
+    made) one whose socket path fits, when ``$TMPDIR``'s does not: a new ``pymp-``
+    directory in the first writable :data:`SHORT_TEMPDIRS`, removed at exit as
+    multiprocessing's own is. Returns it; None when nothing had to change (or no short
+    directory is writable: the fork server then fails as before, naming why)."""
+    from multiprocessing import process, util
+
+    config = process.current_process()._config
+    made = config.get("tempdir")  # multiprocessing's, once made (kept for the process)
+    where = (made if made else tempfile.gettempdir() + PYMP_DIR) + LISTENER
+    if len(os.fsencode(where)) <= SOCKET_PATH_MAX:
+        return None
+    for parent in SHORT_TEMPDIRS:
+        if not os.access(parent, os.W_OK | os.X_OK):
+            continue
+        try:
+            tempdir = tempfile.mkdtemp(prefix="pymp-", dir=parent)
+        except OSError:
+            continue
+        util.Finalize(None, shutil.rmtree, (tempdir, True), exitpriority=-100)  # as its own
+        config["tempdir"] = tempdir  # (an older long one is still removed at exit)
+        return tempdir
+    return None
 
 
 def fork_server_ready(context: BaseContext, stop: threading.Event | None) -> bool:

@@ -5,6 +5,7 @@ A real scan subprocess, really SIGKILLed; real directories and locks."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -97,3 +98,24 @@ def test_a_running_scans_workers_directory_is_left_alone(tmp_path):
     finally:
         live.remove()
     assert not os.path.exists(live.path)
+
+
+def test_a_scan_with_workers_runs_under_a_long_tmpdir(tmp_path):
+    """The fork server's unix socket is made in multiprocessing's directory in $TMPDIR
+    and its path may not exceed 107 bytes: under a $TMPDIR of 76 or more (a CI worker's
+    pytest directory, as the killed-scan test's own TMPDIR is there) every scan with
+    workers failed at once 'Error: AF_UNIX path too long' (exit 1, nothing hashed). Now
+    the socket's directory goes to /tmp and the scan runs."""
+    tmp = tmp_path / ("t" * max(1, 90 - len(str(tmp_path)) - 1))
+    tmp.mkdir()
+    assert len(str(tmp)) >= 90
+    _image(tmp_path / "a.png")
+    args = [sys.executable, "-c", CLI, "scan", str(tmp_path / "a.png"), "--no-match",
+            "--data-dir", str(tmp_path / "data"), "--workers", "1", "--no-progress",
+            "--out", str(tmp_path / "report.jsonl")]  # fmt: skip
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "report.jsonl").read_text().splitlines()[-1])
+    assert (summary["hashed"], summary["failed"]) == (1, 0)
+    assert list(tmp.glob("hashmatch-scan-*")) == []
