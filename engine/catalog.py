@@ -521,6 +521,11 @@ class Catalog:
         ``matched_in``: the lists the caller matches the new hashes in (None: every
         list; see :mod:`hashmatch.engine.catalog_coverage`); with hashes kept, the
         file's coverage is what both the kept and the new ones were matched in.
+
+        The decoder warnings of the file's last decode (:meth:`set_warnings`) go when
+        no hash of a decode is kept: a digest-only hash (md5, sha256) of other bytes
+        left them reported of bytes no longer there, and never decoded. (A caller that
+        decoded sets them anew.)
         """
         hashed = {h.signal_type for h in hashes}
         kept = self._kept_types(path, md5, hashed)
@@ -528,6 +533,8 @@ class Catalog:
         stat = (size, mtime_ns, ino, ctime_ns)
         coverage = self._coverage_after(path, matched_in, kept=bool(kept))
         file_id = self._upsert_file(path, stat, md5, types, HASHED, None, None, run_id, coverage)
+        if all(_exact(t) for t in kept):  # nothing of the decode that warned stays
+            self.conn.execute("DELETE FROM file_warnings WHERE file_id = ?", (file_id,))
         keep = sorted({t.split("+")[0] for t in kept})
         spare = f" AND signal_type NOT IN ({','.join('?' * len(keep))})" if keep else ""
         for table in ("hashes", "matches"):

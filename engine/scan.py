@@ -1958,8 +1958,10 @@ class Scanner:
                     ctime_ns=r.ctime_ns,
                     matched_in=matched_in,
                 )
-                if r.warnings or _decoded(r):  # a re-run reports them too; a digest-only
-                    self.catalog.set_warnings(file_id, r.warnings)  # hash keeps the old
+                # a re-run reports them too; a digest-only hash keeps the old ones while
+                # the decode's hashes stay (same bytes: put_hashed drops them otherwise)
+                if r.warnings or _decoded(r):
+                    self.catalog.set_warnings(file_id, r.warnings)
                 rows = [_with_file(m, file_id) for m in matched.get(-1 - i, [])]
                 matched_files += self._in_scope(rows)
                 self.catalog.add_matches(rows, found_by="scan")

@@ -125,3 +125,38 @@ def test_a_re_run_reports_the_warnings_of_the_files_it_skips(tmp_path):
     mended, summary = run("mended.jsonl")
     assert summary["hashed"] == 1 and summary["decoded_with_warnings"] == 1
     assert mended == {str(tree / "w2.jpg"): first[str(tree / "w2.jpg")]}
+
+
+def test_a_changed_files_old_warnings_go_with_its_old_hashes(tmp_path):
+    """A digest-only hash (--types sha256 or md5: nothing decoded) keeps the warnings of
+    the file's last decode while that decode's hashes are kept (same bytes), but a file
+    whose bytes changed has those hashes dropped: its warnings went on being reported,
+    of bytes no longer there and never decoded. Now they go with the hashes."""
+    from hashmatch.engine.catalog import Catalog
+    from hashmatch.engine.scan import ScanOptions, scan
+
+    good = _jpeg()
+    sos = good.index(b"\xff\xda")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "w.jpg").write_bytes(good[:sos] + b"\x01\x02" + good[sos:])
+    opts = ScanOptions(workers=0, progress=False, types=("pdq",), file_timeout=None)
+
+    def run(options: ScanOptions) -> tuple[dict, dict]:
+        report = tmp_path / "r.jsonl"
+        with Catalog(tmp_path / "c.sqlite") as cat:
+            scan([tree], catalog=cat, matcher=None, report=report, options=options)
+        records = [json.loads(line) for line in report.read_text().splitlines()]
+        warned = {r["file"]: r["warnings"] for r in records if r["kind"] == "warning"}
+        return warned, records[-1]
+
+    assert list(run(opts)[0]) == [str(tree / "w.jpg")]
+    sha = dataclasses.replace(opts, types=("sha256",))
+    assert list(run(sha)[0]) == [str(tree / "w.jpg")]  # same bytes: its pdq stays, and they
+    (tree / "w.jpg").write_bytes(good)  # other bytes: the damaged decode's pdq is dropped
+    warned, summary = run(sha)
+    assert summary["hashed"] == 1
+    assert (warned, summary["decoded_with_warnings"]) == ({}, 0)
+    with Catalog(tmp_path / "c.sqlite") as cat:
+        (rec,) = cat.lookup([str(tree / "w.jpg")]).values()
+    assert rec.types == ("sha256",)
