@@ -160,3 +160,69 @@ def test_a_changed_files_old_warnings_go_with_its_old_hashes(tmp_path):
     with Catalog(tmp_path / "c.sqlite") as cat:
         (rec,) = cat.lookup([str(tree / "w.jpg")]).values()
     assert rec.types == ("sha256",)
+
+
+def test_a_killed_scan_resumes_to_the_warning_records_of_an_uninterrupted_one(tmp_path):
+    """The run resuming a scan killed with SIGKILL skips the files the killed run
+    committed: their warnings were of the run that decoded them, held in memory, and the
+    resumed report had no warning record for them. Now it is the uninterrupted run's
+    report, record for record. A real scan subprocess, killed once its warned files are
+    committed (its list still open), resumed, and a fresh scan of the same list."""
+    import os
+    import signal
+    import time
+
+    from scan_tree import committed_files
+
+    good = _jpeg()
+    sos = good.index(b"\xff\xda")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "good.jpg").write_bytes(good)
+    for n in (1, 2, 3):
+        (tree / f"w{n}.jpg").write_bytes(good[:sos] + b"\x01" * n + good[sos:])
+    first = [tree / "w1.jpg", tree / "w2.jpg"]  # the killed run's
+    names = "".join(f"{p}\n" for p in sorted(tree.iterdir())).encode()
+
+    def args(catalog: str, report: str) -> list[str]:
+        return [sys.executable, "-c", CLI, "scan", "--from-list", "-", "--no-match",
+                "--types", "pdq", "--workers", "1", "--batch-size", "1", "--no-progress",
+                "--data-dir", str(tmp_path / "data"), "--catalog", str(tmp_path / catalog),
+                "--out", str(tmp_path / report)]  # fmt: skip
+
+    said = tmp_path / "killed-stderr.txt"
+    with open(said, "wb") as stderr:
+        killed = subprocess.Popen(args("k.sqlite", "k.jsonl"), stdin=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
+    try:
+        killed.stdin.write("".join(f"{p}\n" for p in first).encode())
+        killed.stdin.flush()  # kept open: the scan waits for more once they are committed
+        deadline = time.monotonic() + 120
+        while committed_files(tmp_path / "k.sqlite") < len(first):
+            assert killed.poll() is None, said.read_text()
+            assert time.monotonic() < deadline, said.read_text()
+            time.sleep(0.05)
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+            killed.wait()
+        killed.stdin.close()
+    assert not (tmp_path / "k.jsonl").exists()
+
+    def run(catalog: str, report: str) -> tuple[list[dict], dict]:
+        done = subprocess.run(args(catalog, report), input=names, capture_output=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr.decode()
+        records = [json.loads(line) for line in (tmp_path / report).read_text().splitlines()]
+        return records[:-1], records[-1]
+
+    resumed, resumed_summary = run("k.sqlite", "k.jsonl")
+    fresh, fresh_summary = run("f.sqlite", "f.jsonl")
+    assert (resumed_summary["hashed"], resumed_summary["skipped_unchanged"]) == (2, 2)
+    assert [r["file"] for r in fresh if r["kind"] == "warning"] == [
+        str(tree / f"w{n}.jpg") for n in (1, 2, 3)
+    ]
+    assert resumed == fresh
+    assert resumed_summary["decoded_with_warnings"] == fresh_summary["decoded_with_warnings"] == 3
