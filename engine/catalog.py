@@ -706,7 +706,9 @@ class Catalog:
     def widen_coverage(self, file_ids: Sequence[int], matched_in: Coverage) -> None:
         """These files' catalogued hashes, all of them, were matched in ``matched_in``
         again (a scan that found them unchanged): covered there too from now on. One
-        statement per coverage the files had (files of every list stay so)."""
+        statement per coverage the files had (files of every list stay so), per 500
+        files: a batch of unchanged files (``--batch-size``) is not bounded by SQLite's
+        999 variables a statement (32766 since SQLite 3.32)."""
         if matched_in is not None and not matched_in:
             return
         groups: dict[frozenset[str], list[int]] = {}
@@ -715,10 +717,12 @@ class Catalog:
                 groups.setdefault(old, []).append(file_id)
         for old, ids in groups.items():
             new = catalog_coverage.coverage_id(self.conn, catalog_coverage.union(old, matched_in))
-            self.conn.execute(
-                f"UPDATE files SET coverage_id = ? WHERE id IN ({','.join('?' * len(ids))})",
-                (new, *ids),
-            )
+            for start in range(0, len(ids), 500):  # under SQLite's limit on variables
+                chunk = ids[start : start + 500]
+                self.conn.execute(
+                    f"UPDATE files SET coverage_id = ? WHERE id IN ({','.join('?' * len(chunk))})",
+                    (new, *chunk),
+                )
 
     def partly_covered(self, chunk: int = 500) -> Iterator[tuple[frozenset[str], list[int]]]:
         """(lists, file ids) of the files whose hashes were not matched in every list,

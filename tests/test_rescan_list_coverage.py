@@ -250,3 +250,36 @@ def test_a_rescan_whose_report_cannot_be_written_leaves_the_gap_for_the_next(tmp
         assert [len(ids) for _, ids in cat.partly_covered()] == [3]
     result, paths, _ = _rescan(data, catalog)
     assert [(Path(paths[m.file_id]).stem, m.list_name) for m in result.new] == [("coffee", "b")]
+
+
+def test_a_batch_of_more_unchanged_files_than_sqlite_takes_variables_is_widened(tmp_path):
+    """The unchanged files of a batch (``--batch-size``) had their coverage widened in
+    one statement naming every file: past SQLite's limit on a statement's variables
+    (999 before SQLite 3.32, as system SQLites of long-term distributions still are;
+    32766 after) the ``--list b`` re-run failed 'too many SQL variables', its batch
+    rolled back. The limit is set as those SQLites have it; 1200 files, one batch."""
+    import sqlite3
+
+    data, catalog, tree = tmp_path / "data", tmp_path / "c.sqlite", tmp_path / "tree"
+    tree.mkdir()
+    for i in range(1200):
+        (tree / f"{i:04d}.bin").write_bytes(b"file %d" % i)
+    with Engine.open(data, eager=False) as engine:
+        for name, digest in (("a", "00" * 16), ("b", "11" * 16)):
+            engine.ingest([SignalRecord("md5", digest)], list_name=name)
+    for lists in (["a"], ["b"]):
+        matcher = LocalMatcher.open(data, lists=lists)
+        try:
+            with Catalog(catalog) as cat:
+                cat.conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)
+                opts = ScanOptions(workers=0, progress=False, types=("md5",), batch_size=2000)
+                summary = scan([tree], catalog=cat, matcher=matcher, options=opts)
+        finally:
+            matcher.close()
+    assert (summary.hashed, summary.skipped_unchanged) == (0, 1200)
+    with Catalog(catalog) as cat:
+        assert [(lists, len(ids)) for lists, ids in cat.partly_covered(chunk=2000)] == [
+            (frozenset({"a", "b"}), 1200)
+        ]
+    result, _, _ = _rescan(data, catalog)
+    assert (result.new, result.summary.gap_files) == ([], 0)  # matched in both already
