@@ -18,6 +18,12 @@ file's hashes. So a rescan
    (``match_quality_stored``): only by new signals of known quality >= the floor;
    a vPDQ hit only nominates a (file, video) pair, decided by vPDQ's rule as a scan
    decides it (:func:`_video_rows`);
+2b. looks the catalogued hashes of the files a scan matched in some lists only
+   (``--list``, ``--no-match``, a failed lookup: the catalog's coverage,
+   :mod:`hashmatch.engine.catalog_coverage`) up in the lists they missed, as a scan of
+   those lists would (:mod:`hashmatch.engine.rescan_gap`): those lists' signals shared
+   before the cursor never met them otherwise. Every file is then matched in every
+   list (recorded in the same commit); none to do after scans of every list;
 3. re-checks every match the catalog holds against the store (their number is tiny
    next to the catalog): a match whose signal was retracted, expired or whose list
    was disabled no longer holds and is reported as a retraction, as is a match of a

@@ -126,7 +126,12 @@ def _print_summary(summary: dict) -> None:
     help="What proves a file unchanged: size, mtime, inode and ctime, or (minimal, for "
     "filesystems that make inode numbers up: CIFS noserverino, sshfs) size and mtime.",
 )
-@click.option("--no-match", is_flag=True, help="Only hash into the catalog; no lookups.")
+@click.option(
+    "--no-match",
+    is_flag=True,
+    help="Only hash into the catalog; no lookups. The next rescan matches the files in "
+    "every list, from the catalog.",
+)
 @click.option(
     "--progress/--no-progress",
     default=None,
