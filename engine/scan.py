@@ -1523,12 +1523,14 @@ class Scanner:
         opts = self.options
         workers = (os.cpu_count() or 1) if opts.workers is None else opts.workers
         self._workers = workers
-        self._pool = self._new_pool() if workers > 0 else None
-        pool = self._pool
         limit = max(2, workers * 3)
         no_video_type = not any(signal_types.get(t).content == "video" for t in opts.types)
         inflight = self._inflight
         try:
+            # inside: a stop while the fork server loads ends here, and the workers'
+            # directory it has made (and locked) is removed below all the same
+            self._pool = self._new_pool() if workers > 0 else None
+            pool = self._pool
             for block in blocks:
                 block = list(self._own_files_skipped(block))
                 known = self.catalog.lookup([e.path for e in block])

@@ -11,13 +11,15 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from hashmatch.engine.catalog import Catalog
-from hashmatch.engine.scan import ScanOptions, scan
+from hashmatch.engine.scan import ScanInterrupted, ScanOptions, scan
 from hashmatch.engine.scan_stderr import (
     ABANDONED_AFTER_SECONDS,
     WORKERS_DIR_PREFIX,
@@ -119,3 +121,25 @@ def test_a_scan_with_workers_runs_under_a_long_tmpdir(tmp_path):
     summary = json.loads((tmp_path / "report.jsonl").read_text().splitlines()[-1])
     assert (summary["hashed"], summary["failed"]) == (1, 0)
     assert list(tmp.glob("hashmatch-scan-*")) == []
+
+
+def test_a_scan_stopped_while_its_fork_server_loads_removes_its_workers_directory(tmp_path):
+    """The stop that ends the wait for the fork server (fork_server_ready) came after
+    the workers' directory was made and locked, outside the part of the scan that
+    removes it: the directory stayed in $TMPDIR, and its lock's descriptor stayed open
+    (a library caller's for as long as it ran: no later scan could remove it). Here the
+    stop is set before the scan starts, so the wait ends on it, as on an early SIGTERM."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    _image(tmp_path / "a.png")
+    stop = threading.Event()
+    stop.set()
+    opts = ScanOptions(workers=1, progress=False, types=("md5",), stop=stop)
+    tempfile.tempdir, before = str(tmp), tempfile.tempdir
+    try:
+        with Catalog(tmp_path / "c.sqlite") as cat, pytest.raises(ScanInterrupted) as stopped:
+            scan([tmp_path / "a.png"], catalog=cat, matcher=None, options=opts)
+    finally:
+        tempfile.tempdir = before
+    assert stopped.value.summary.hashed == 0
+    assert list(tmp.glob(f"{WORKERS_DIR_PREFIX}*")) == []
