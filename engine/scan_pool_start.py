@@ -14,7 +14,7 @@ directory under ``$TMPDIR`` (``$TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX``), and a
 path may not exceed 107 bytes (``sun_path``): under a ``$TMPDIR`` longer than 75, every
 scan with workers failed at once ``Error: AF_UNIX path too long`` (a CI worker's pytest
 directory, a deep per-job temporary directory). :func:`short_socket_tempdir` then puts
-that directory in the system's own (``/tmp``), as Python 3.14 does.
+that directory in the system's own (``/tmp``), as newer Pythons do (CPython gh-132124).
 """
 
 from __future__ import annotations
