@@ -118,25 +118,11 @@ def test_a_rebuild_whose_caller_left_finishes_in_the_background_and_says_so(
     old one waited in its queue read until the rebuild next spoke), and the rebuild,
     let go, finishes without its caller: swapped in, snapshot written, its summary in
     the server's log."""
-    from test_admin_lifecycle import _access_line, codes, records
+    from test_admin_lifecycle import _access_line
 
-    from hashmatch.engine.runtime import Engine
-    from hashmatch.engine.store import SignalStore
     from hashmatch.server.testing import running_server
 
-    data = tmp_path / "d"
-    with Engine.open(data, eager=False) as engine:
-        engine.ingest(records(codes(50, 3)), list_name="l")
-    reading, release = threading.Event(), threading.Event()
-    iter_live = SignalStore.iter_live
-
-    def held_iter_live(self: SignalStore, signal_type: str, **options):
-        if threading.current_thread().name == "rebuild":  # not the start-up build
-            reading.set()
-            assert release.wait(30), "the test never let the rebuild go"
-        yield from iter_live(self, signal_type, **options)
-
-    monkeypatch.setattr(SignalStore, "iter_live", held_iter_live)
+    data, reading, release = _store_whose_rebuild_waits(tmp_path, monkeypatch)
     caplog.set_level(logging.INFO)
     with running_server(data) as served:
         client = served.client()
@@ -176,25 +162,11 @@ def test_a_rebuild_whose_caller_left_and_that_the_servers_stop_ends_says_so(
     rebuild gives up at its next step and the log says so (the call's status said
     "the server logs how it ends"; a stopped rebuild logged nothing, where a finished,
     failed or lock-abandoned one did)."""
-    from test_admin_lifecycle import _access_line, codes, records
+    from test_admin_lifecycle import _access_line
 
-    from hashmatch.engine.runtime import Engine
-    from hashmatch.engine.store import SignalStore
     from hashmatch.server.testing import running_server
 
-    data = tmp_path / "d"
-    with Engine.open(data, eager=False) as engine:
-        engine.ingest(records(codes(50, 3)), list_name="l")
-    reading, release = threading.Event(), threading.Event()
-    iter_live = SignalStore.iter_live
-
-    def held_iter_live(self: SignalStore, signal_type: str, **options):
-        if threading.current_thread().name == "rebuild":  # not the start-up build
-            reading.set()
-            assert release.wait(30), "the test never let the rebuild go"
-        yield from iter_live(self, signal_type, **options)
-
-    monkeypatch.setattr(SignalStore, "iter_live", held_iter_live)
+    data, reading, release = _store_whose_rebuild_waits(tmp_path, monkeypatch)
     caplog.set_level(logging.INFO)
     with running_server(data) as served:
         try:
@@ -217,3 +189,28 @@ def test_a_rebuild_whose_caller_left_and_that_the_servers_stop_ends_says_so(
     said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("rebuild: ")]
     stopped = [m for m in said if "stopped by the server's stop after its caller went away" in m]
     assert stopped and "the old index stays" in stopped[0], said
+
+
+def _store_whose_rebuild_waits(tmp_path, monkeypatch):
+    """A store of 50 PDQ signals whose next RebuildIndex (its "rebuild" thread, not the
+    start-up build) sets ``reading`` as it starts reading and waits for ``release``.
+    Returns (data dir, reading, release)."""
+    from test_admin_lifecycle import codes, records
+
+    from hashmatch.engine.runtime import Engine
+    from hashmatch.engine.store import SignalStore
+
+    data = tmp_path / "d"
+    with Engine.open(data, eager=False) as engine:
+        engine.ingest(records(codes(50, 3)), list_name="l")
+    reading, release = threading.Event(), threading.Event()
+    iter_live = SignalStore.iter_live
+
+    def held_iter_live(self: SignalStore, signal_type: str, **options):
+        if threading.current_thread().name == "rebuild":  # not the start-up build
+            reading.set()
+            assert release.wait(30), "the test never let the rebuild go"
+        yield from iter_live(self, signal_type, **options)
+
+    monkeypatch.setattr(SignalStore, "iter_live", held_iter_live)
+    return data, reading, release
