@@ -217,6 +217,25 @@ def _db_text(text: str | None) -> str | None:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+#: In a file's catalogued types: its PDQ rows are the 8 orientations of the image
+#: (``scan --dihedral``), in ``pdq_hash_dihedral`` order (row 0 as given).
+DIHEDRAL_MARK = "pdq+dihedral"
+
+
+def _types(column: str | None) -> tuple[str, ...]:
+    """A file's catalogued type tokens from its ``types`` column (comma-joined)."""
+    return tuple(t for t in (column or "").split(",") if t)
+
+
+def catalogued_orientation(types: Sequence[str], signal_type: str, frame: int) -> int:
+    """The orientation a catalogued hash row was hashed in (0 = as given, 1-7
+    re-oriented, as ``HashResult.orientations``): not kept per row, it follows from
+    :data:`DIHEDRAL_MARK`, since a ``--dihedral`` scan hashes the 8 orientations of the
+    image and nothing else (``Scanner.hash_options``). Matching holds re-oriented rows
+    to the type's default threshold (``matcher.keeps_row_hit``)."""
+    return frame % 8 if signal_type == "pdq" and DIHEDRAL_MARK in types else 0
+
+
 @dataclass
 class FileHashes:
     """The hashes of one file, one entry per signal type: ``uint8[k, nbytes]`` + per-row data."""
@@ -225,6 +244,9 @@ class FileHashes:
     codes: np.ndarray
     qualities: list[int | None] = field(default_factory=list)
     timestamps: list[float | None] = field(default_factory=list)
+    #: per row, the orientation it was hashed in (``HashResult.orientations``; from the
+    #: catalog: :func:`catalogued_orientation`); empty = every row as given
+    orientations: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -755,17 +777,21 @@ class Catalog:
         )
 
     def hashes_of(self, file_ids: Sequence[int]) -> dict[int, list[FileHashes]]:
-        """Stored hashes for these files, grouped per file and type (frames in order)."""
-        grouped: dict[int, dict[str, list[tuple[bytes, int | None, float | None]]]] = {}
+        """Stored hashes for these files, grouped per file and type (frames in order),
+        with the orientation of each row (:func:`catalogued_orientation`)."""
+        grouped: dict[int, dict[str, list[tuple[bytes, int | None, float | None, int]]]] = {}
         for start in range(0, len(file_ids), 500):
             chunk = list(file_ids[start : start + 500])
             marks = ",".join("?" * len(chunk))
-            for file_id, st, code, quality, stamp in self.conn.execute(
-                "SELECT file_id, signal_type, code, quality, timestamp FROM hashes "
-                f"WHERE file_id IN ({marks}) ORDER BY file_id, signal_type, frame",
+            for file_id, st, frame, code, quality, stamp, types in self.conn.execute(
+                "SELECT h.file_id, h.signal_type, h.frame, h.code, h.quality, h.timestamp, "
+                "f.types FROM hashes h JOIN files f ON f.id = h.file_id "
+                f"WHERE h.file_id IN ({marks}) ORDER BY h.file_id, h.signal_type, h.frame",
                 chunk,
             ):
-                grouped.setdefault(file_id, {}).setdefault(st, []).append((code, quality, stamp))
+                turned = catalogued_orientation(_types(types), st, frame)
+                rows = grouped.setdefault(file_id, {}).setdefault(st, [])
+                rows.append((code, quality, stamp, turned))
         out: dict[int, list[FileHashes]] = {}
         for file_id, per_type in grouped.items():
             out[file_id] = [
@@ -774,6 +800,7 @@ class Catalog:
                     np.frombuffer(b"".join(r[0] for r in rows), np.uint8).reshape(len(rows), -1),
                     [r[1] for r in rows],
                     [r[2] for r in rows],
+                    [r[3] for r in rows] if any(r[3] for r in rows) else [],
                 )
                 for st, rows in per_type.items()
             ]
@@ -1054,16 +1081,20 @@ class Catalog:
         ).fetchone()
         return int(n), int(top)
 
-    def hash_rows(self, row_ids: Sequence[int]) -> dict[int, tuple[int, int, bytes]]:
-        """Hash row id -> (file id, frame, code) for rows that still exist."""
-        out: dict[int, tuple[int, int, bytes]] = {}
+    def hash_rows(self, row_ids: Sequence[int]) -> dict[int, tuple[int, int, bytes, int]]:
+        """Hash row id -> (file id, frame, code, orientation) for rows that still exist
+        (orientation: :func:`catalogued_orientation`)."""
+        out: dict[int, tuple[int, int, bytes, int]] = {}
         for start in range(0, len(row_ids), 500):
             chunk = [int(i) for i in row_ids[start : start + 500]]
             marks = ",".join("?" * len(chunk))
-            for rid, file_id, frame, code in self.conn.execute(
-                f"SELECT id, file_id, frame, code FROM hashes WHERE id IN ({marks})", chunk
+            for rid, file_id, st, frame, code, types in self.conn.execute(
+                "SELECT h.id, h.file_id, h.signal_type, h.frame, h.code, f.types FROM hashes h "
+                f"JOIN files f ON f.id = h.file_id WHERE h.id IN ({marks})",
+                chunk,
             ):
-                out[rid] = (file_id, frame, code)
+                turned = catalogued_orientation(_types(types), st, frame)
+                out[rid] = (file_id, frame, code, turned)
         return out
 
     def find_exact(self, signal_type: str, code: bytes) -> list[tuple[int, int]]:
@@ -1150,7 +1181,7 @@ def _file_record(row: Sequence) -> FileRecord:
         size=row[2],
         mtime_ns=row[3],
         md5=row[4],
-        types=tuple(t for t in (row[5] or "").split(",") if t),
+        types=_types(row[5]),
         status=row[6],
         reason=row[7],
         error=row[8],

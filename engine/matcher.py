@@ -210,6 +210,22 @@ def reoriented_max_distance(default_threshold: int, threshold: int | None) -> in
     return default_threshold if threshold is None else min(default_threshold, int(threshold))
 
 
+def keeps_row_hit(
+    orientation: int, distance: int, default_threshold: int, threshold: int | None
+) -> bool:
+    """Whether a hit at ``distance`` of a media query's row hashed in ``orientation``
+    (0 = as given, 1-7 re-oriented: ``HashResult.orientations``,
+    ``FileHashes.orientations``) stands: a row as given as far as ``threshold`` goes
+    (the lookup applied it), a re-oriented one only within
+    :func:`reoriented_max_distance`.
+
+    The one place the rule is decided, so a file gets the same matches however it is
+    matched: ``Match`` with media (``Engine.match_hashes``), a scan's lookups of new
+    and catalogued hashes and a rescan's gap pass (``scan.match_files``), and a
+    rescan's search of the catalog with new signals (``rescan._rows``)."""
+    return orientation == 0 or distance <= reoriented_max_distance(default_threshold, threshold)
+
+
 def quality_floor(min_quality: int | None) -> int:
     """The PDQ quality floor of a request: ``min_quality``, default 50 (as HMA)."""
     return PDQ_MIN_QUALITY if min_quality is None else int(min_quality)

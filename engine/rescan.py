@@ -59,7 +59,7 @@ import numpy as np
 from hashmatch.engine import signal_types
 from hashmatch.engine.catalog import Catalog, MatchRow
 from hashmatch.engine.errors import Conflict, CorruptData
-from hashmatch.engine.matcher import PDQ_MIN_QUALITY
+from hashmatch.engine.matcher import PDQ_MIN_QUALITY, keeps_row_hit
 from hashmatch.engine.report_file import write_jsonl_atomically
 from hashmatch.engine.rescan_gap import fill_gaps
 from hashmatch.engine.scan import file_hash_hex, match_record, threshold_for
@@ -726,7 +726,7 @@ def rescan(
             new_rows.extend(found)
             undone += [m for m in again if (m.file_id, m.signal_id) in rejected]
         elif len(hit_rows):
-            new_rows.extend(_rows(catalog, st, sids, qrows, hit_rows, dist, info))
+            new_rows.extend(_rows(catalog, st, sids, qrows, hit_rows, dist, info, radius))
 
     # 2b. files a scan matched in some lists only (--list, --no-match): pass 1 found
     # their matches of the signals shared since the cursor; the lists they missed are
@@ -1158,17 +1158,23 @@ def _rows(
     hit_rows: np.ndarray,
     dist: np.ndarray,
     info: Mapping[int, SignalMeta],
+    threshold: int,
 ) -> list[MatchRow]:
-    """Hits of single-code types -> one row per (file, signal), nearest catalog row."""
+    """Hits of single-code types -> one row per (file, signal), nearest catalog row.
+    A re-oriented row of a ``--dihedral`` file matches only within the type's default
+    threshold (``keeps_row_hit``), as the scan and ``Match`` with media hold it."""
     if not len(hit_rows):
         return []
-    where = catalog.hash_rows(np.unique(hit_rows).tolist())  # row id -> (file_id, frame, code)
+    # row id -> (file_id, frame, code, orientation)
+    where = catalog.hash_rows(np.unique(hit_rows).tolist())
     best: dict[tuple[int, int], MatchRow] = {}
     for q, row_id, d in zip(qrows.tolist(), hit_rows.tolist(), dist.tolist(), strict=True):
         found = where.get(row_id)
         if found is None:  # the file was re-hashed since the index was read
             continue
-        file_id, frame, code = found
+        file_id, frame, code, turned = found
+        if not keeps_row_hit(turned, d, st.default_threshold, threshold):
+            continue  # a re-oriented row beyond the type's default threshold
         sid = int(sids[q])
         key = (file_id, sid)
         if key in best and best[key].distance <= d:

@@ -58,9 +58,9 @@ from hashmatch.engine.matcher import (
     Visibility,
     check_low_quality_queries,
     join_hits,
+    keeps_row_hit,
     low_quality_rows,
     quality_floor,
-    reoriented_max_distance,
 )
 from hashmatch.engine.snapshot_files import (
     KEEP_SNAPSHOTS,
@@ -520,11 +520,10 @@ class Engine:
                 result.skipped_low_quality = True
                 result.quality_stored_only |= per_row[0].quality_stored_only
             best: dict[int, Match] = {}
-            cap = reoriented_max_distance(st.default_threshold, threshold)
             for variant, found in enumerate(per_row):
-                turned = bool(h.orientations) and h.orientations[variant] != 0
+                turned = h.orientations[variant] if h.orientations else 0
                 for m in found:
-                    if turned and m.distance > cap:
+                    if not keeps_row_hit(turned, m.distance, st.default_threshold, threshold):
                         continue  # re-oriented rows: within the type's default only
                     prev = best.get(m.signal_id)
                     if prev is None or m.distance < prev.distance:

@@ -57,6 +57,7 @@ import numpy as np
 from hashmatch.engine import errors, signal_types
 from hashmatch.engine.catalog import (
     CATALOG_SUFFIXES,
+    DIHEDRAL_MARK,
     FAILED,
     HASHED,
     Catalog,
@@ -98,8 +99,8 @@ NO_TYPE_APPLIES = "no requested type applies"
 # its bytes: memory, a stray kill, a decoder since fixed), but alone from the start
 CRASHED = "worker-crashed"
 # marks in a file's catalogued types: how its PDQ was made (a later scan that asks for
-# something else hashes the file again)
-DIHEDRAL_MARK = "pdq+dihedral"
+# something else hashes the file again); DIHEDRAL_MARK ("pdq+dihedral", from catalog:
+# which rows are re-oriented follows from it) too
 FAST_MARK = "pdq+fast"
 SHRINK_MARK = "pdq+fast-shrink"
 
@@ -583,6 +584,7 @@ def hash_file(
                 np.ascontiguousarray(r.codes, dtype=np.uint8),
                 list(r.qualities),
                 list(r.timestamps),
+                list(r.orientations),
             )
             for r in results
         }
@@ -811,6 +813,8 @@ class Matcher:
 
     #: The hash lists lookups are limited to (None or empty: every list).
     lists: list[str] | None = None
+    #: The scan's ``--threshold`` (None: each type's default); see :func:`threshold_for`.
+    threshold: int | None = None
 
     def match(
         self, signal_type: str, codes: np.ndarray, qualities: Sequence[int | None]
@@ -971,8 +975,12 @@ def match_files(
 
     A file's rows of one type are its dihedral variants (PDQ) or frames (vPDQ): a signal
     matched by several rows is reported once, at its smallest distance, with the row as
-    ``variant``.
+    ``variant``. A re-oriented row (``FileHashes.orientations``) matches only within the
+    type's default threshold, as ``Match`` with media holds it (``keeps_row_hit``).
     """
+    # imported here: it imports the store, which a scan's worker processes never use
+    from hashmatch.engine.matcher import keeps_row_hit
+
     out: dict[int, list[MatchRow]] = {file_id: [] for file_id, _ in files}
     by_type: dict[str, list[tuple[int, FileHashes]]] = {}
     for file_id, hashes in files:
@@ -995,9 +1003,13 @@ def match_files(
         if not blocks:
             continue
         codes = np.ascontiguousarray(np.concatenate(blocks), dtype=np.uint8)
+        threshold = threshold_for(stype, matcher.threshold)
         best: dict[tuple[int, int], MatchRow] = {}
         for hit in matcher.match(stype, codes, qualities):
             file_id, variant, h = owners[hit.row]
+            turned = h.orientations[variant] if h.orientations else 0
+            if not keeps_row_hit(turned, hit.distance, st.default_threshold, threshold):
+                continue  # a re-oriented row beyond the type's default threshold
             key = (file_id, hit.signal_id)
             old = best.get(key)
             if old is not None and old.distance <= hit.distance:
