@@ -20,6 +20,13 @@ The scan removes that directory when it ends; one killed with ``kill -9`` (or by
 OOM killer) cannot, and each such scan left its directory, with its workers' files, in
 ``$TMPDIR`` for good. The scan holds a lock on its directory while it runs
 (:class:`WorkersDir`), so the next scan removes the ones whose owner is gone.
+
+Where ``$TMPDIR`` refuses ``flock`` on a directory (NFS, whose client emulates it with
+a POSIX lock an ``O_RDONLY`` descriptor cannot take: ``EBADF``; ``ENOLCK`` without a
+lock manager; ``EOPNOTSUPP`` on some FUSE filesystems) the scan goes on without the
+lock: it marks its directory :data:`UNLOCKED_MARK` instead, and no scan removes a
+marked directory, or one it cannot lock, since it cannot tell whether its scan still
+runs (a killed scan's then stays, as before the lock).
 """
 
 from __future__ import annotations
@@ -58,19 +65,31 @@ CURRENT = "Current thread"
 WORKERS_DIR_PREFIX = "hashmatch-scan-workers-"
 #: an unlocked directory younger than this may be one whose scan has not locked it yet
 ABANDONED_AFTER_SECONDS = 60.0
+#: the file in a workers' directory whose scan could not lock it (:func:`hold`)
+UNLOCKED_MARK = ".unlocked"
 
 
 class WorkersDir:
     """A scan's directory of its workers' fd 2 files (``path``), locked (``flock`` on
     the directory itself) until :meth:`remove`: the lock dies with the scan, however it
     dies, so :func:`remove_abandoned` can tell a killed scan's directory from a live
-    one, in another pid namespace too (a pid or an age could not)."""
+    one, in another pid namespace too (a pid or an age could not).
+
+    ``locked`` is False where the filesystem refused the lock (:func:`hold`: the
+    directory is marked instead). ``path`` is None when it could be neither locked nor
+    marked: unprotected, another scan could take it, so it is not used (the workers'
+    fd 2 go to anonymous files, and a dead worker's last words are lost)."""
 
     def __init__(self) -> None:
         remove_abandoned()
-        self.path = tempfile.mkdtemp(prefix=WORKERS_DIR_PREFIX)
-        self._fd: int | None = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        path = tempfile.mkdtemp(prefix=WORKERS_DIR_PREFIX)
+        self._fd: int | None = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.path: str | None = path
+        try:
+            self.locked = hold(self._fd)
+        except OSError:  # not even marked: another scan could take it
+            self.remove()
+            self.path, self.locked = None, False
 
     def remove(self) -> None:
         """Remove the directory and what the workers left in it (idempotent)."""
@@ -80,10 +99,29 @@ class WorkersDir:
             self._fd = None
 
 
+def hold(fd: int) -> bool:
+    """Lock the workers' directory open as ``fd`` for as long as ``fd`` stays open:
+    True. Where the filesystem refuses ``flock`` (NFS: ``EBADF``, ``ENOLCK``; some FUSE
+    filesystems: ``EOPNOTSUPP``; any ``OSError``) mark it :data:`UNLOCKED_MARK` instead
+    and return False: the scan runs on (it used to exit 1, nothing scanned), and
+    :func:`remove_abandoned`, unable to tell whether its scan still runs, leaves it
+    alone. Raises ``OSError`` when the mark cannot be made either."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
+    except OSError:
+        pass
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+    os.close(os.open(UNLOCKED_MARK, flags, 0o600, dir_fd=fd))
+    return False
+
+
 def remove_abandoned(parent: str | None = None) -> list[str]:
     """Remove the workers' directories (in ``parent``, default ``$TMPDIR``) that no
     running scan holds: those of scans killed outright. Returns their paths. Another
-    user's (mode 0700) cannot be opened and is left alone."""
+    user's (mode 0700) cannot be opened and is left alone; so is one that says its scan
+    could not lock it (:data:`UNLOCKED_MARK`), or that this scan cannot lock (NFS):
+    its scan may be running."""
     parent = parent or tempfile.gettempdir()
     removed = []
     with contextlib.suppress(OSError):
@@ -103,12 +141,24 @@ def _abandoned(path: str) -> bool:
         return False
     try:
         if time.time() - os.fstat(fd).st_mtime < ABANDONED_AFTER_SECONDS:
-            return False  # maybe just made, its lock not taken yet
+            return False  # maybe just made, its lock (or its mark) not taken yet
+        if _marked(fd):
+            return False  # its scan could not lock it: it may be running
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # BlockingIOError: a running scan holds it
+    except OSError:  # BlockingIOError: a running scan holds it; or locks are refused
         return False
     finally:
         os.close(fd)  # (the lock, if taken, goes with it: the directory is removed next)
+    return True
+
+
+def _marked(fd: int) -> bool:
+    """The directory open as ``fd`` holds :data:`UNLOCKED_MARK` (OSError when that
+    cannot be told: the caller then leaves the directory alone)."""
+    try:
+        os.stat(UNLOCKED_MARK, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
     return True
 
 

@@ -5,9 +5,12 @@ A real scan subprocess, really SIGKILLed; real directories and locks."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -22,8 +25,10 @@ from hashmatch.engine.catalog import Catalog
 from hashmatch.engine.scan import ScanInterrupted, ScanOptions, scan
 from hashmatch.engine.scan_stderr import (
     ABANDONED_AFTER_SECONDS,
+    UNLOCKED_MARK,
     WORKERS_DIR_PREFIX,
     WorkersDir,
+    hold,
     remove_abandoned,
 )
 
@@ -143,3 +148,67 @@ def test_a_scan_stopped_while_its_fork_server_loads_removes_its_workers_director
         tempfile.tempdir = before
     assert stopped.value.summary.hashed == 0
     assert list(tmp.glob(f"{WORKERS_DIR_PREFIX}*")) == []
+
+
+def test_a_directory_the_filesystem_will_not_lock_is_marked_and_left_alone(tmp_path):
+    """flock on a directory fails on NFS (EBADF: its POSIX-lock emulation on a read-only
+    descriptor; ENOLCK without a lock manager) and some FUSE filesystems: the scan then
+    exited 1. An O_PATH descriptor makes the kernel refuse it the same way (EBADF): the
+    directory is marked instead, and no scan's clean-up removes it however old, while
+    an unmarked, unlocked one still goes."""
+    unlocked = tmp_path / f"{WORKERS_DIR_PREFIX}unlocked"
+    unlocked.mkdir()
+    fd = os.open(unlocked, os.O_PATH | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError) as refused:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        assert refused.value.errno == errno.EBADF
+        assert hold(fd) is False
+    finally:
+        os.close(fd)
+    assert (unlocked / UNLOCKED_MARK).is_file()
+    (unlocked / "123").write_text("")  # a worker's file
+    _backdate(unlocked)
+    dead = tmp_path / f"{WORKERS_DIR_PREFIX}dead"
+    dead.mkdir()
+    _backdate(dead)
+    assert remove_abandoned(str(tmp_path)) == [str(dead)]
+    assert (unlocked / "123").exists()
+
+
+def _refused_on_directories(monkeypatch) -> None:
+    """flock as NFS answers it on a directory (EBADF); other files lock as usual (the
+    catalog's lock file)."""
+    real = fcntl.flock
+
+    def flock(fd, op):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return real(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+
+def test_a_scan_runs_where_its_workers_directory_cannot_be_locked(tmp_path, monkeypatch):
+    """The scan goes on without the lock (the old code: OSError, nothing scanned), its
+    directory marked while it runs and removed as it ends; an old directory it cannot
+    lock either is left alone (its scan may be running)."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    other = tmp / f"{WORKERS_DIR_PREFIX}other"
+    other.mkdir()
+    _backdate(other)
+    _image(tmp_path / "a.png")
+    _refused_on_directories(monkeypatch)
+    tempfile.tempdir, before = str(tmp), tempfile.tempdir
+    try:
+        made = WorkersDir()
+        assert made.locked is False and os.path.isfile(os.path.join(made.path, UNLOCKED_MARK))
+        made.remove()
+        opts = ScanOptions(workers=1, progress=False, types=("md5",))
+        with Catalog(tmp_path / "c.sqlite") as cat:
+            summary = scan([tmp_path / "a.png"], catalog=cat, matcher=None, options=opts)
+    finally:
+        tempfile.tempdir = before
+    assert (summary.hashed, summary.failed) == (1, 0)
+    assert list(tmp.glob(f"{WORKERS_DIR_PREFIX}*")) == [other]
