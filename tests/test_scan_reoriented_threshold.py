@@ -154,3 +154,33 @@ def test_rescan_holds_reoriented_rows_to_31(tmp_path):
     summary = json.loads(out.read_text().splitlines()[-1])
     assert summary["gap_files"] == 1 and summary["new_signals"] == {}
     assert _found(out) == expected
+
+
+def test_rescan_through_a_server_holds_reoriented_rows_to_31(tmp_path):
+    """``rescan --server``: the new signals from the server's change log search the
+    catalog (pass 1), and the gap pass looks a --no-match file up with the server's
+    ``Match`` of hashes (which knows nothing of orientations: the rule is the scan's)."""
+    media, records, expected = _world(tmp_path)
+    data, empty = tmp_path / "data", tmp_path / "empty"
+    empty.mkdir()
+    with Engine.open(data) as eng:
+        eng.ingest(records, list_name="partner")
+
+    def no_match_scan(catalog: Path, root: Path) -> None:
+        _ok("scan", str(root), "--data-dir", str(data), "--catalog", str(catalog),
+            "--dihedral", "--no-match", "--workers", "1", "--no-progress",
+            "--out", str(tmp_path / "n.jsonl"))  # fmt: skip
+
+    first, gap = tmp_path / "first.sqlite", tmp_path / "gap.sqlite"
+    no_match_scan(first, media)
+    no_match_scan(gap, empty)
+    with running_server(data, tenants={"ops": (["match", "export"], True)}) as ts:
+        where = ("--server", ts.target, "--token", ts.tokens["ops"])
+        out = tmp_path / "rescan.jsonl"
+        _ok("rescan", *where, "--catalog", str(first), "--threshold", LOOSE, "--out", str(out))
+        assert _found(out) == expected
+        _ok("rescan", *where, "--catalog", str(gap), "--out", str(out))  # the cursor: head
+        no_match_scan(gap, media)
+        _ok("rescan", *where, "--catalog", str(gap), "--threshold", LOOSE, "--out", str(out))
+        assert json.loads(out.read_text().splitlines()[-1])["gap_files"] == 1
+        assert _found(out) == expected
