@@ -28,6 +28,9 @@ from hashmatch.engine.decode import (
 )
 from hashmatch.engine.imagehashes import IMAGEHASH_TYPES, imagehash_codes
 from hashmatch.engine.multihash import (
+    orientations as oriented_views,
+)
+from hashmatch.engine.multihash import (
     pdq_derotate_codes,
     pdq_image_codes,
     pdq_small_codes,
@@ -265,17 +268,38 @@ def _add_as_stored_row(
     result: HashResult, upright: np.ndarray, data: bytes, options: HashOptions
 ) -> None:
     """Append the PDQ of the stored (unrotated) pixels when the file has an EXIF
-    orientation (see ``HashOptions.exif_as_stored``)."""
-    if options.dihedral and options.dihedral_exact:
-        return  # the 8 exact variants already include the stored orientation
+    orientation (see ``HashOptions.exif_as_stored``).
+
+    With the exact dihedral the 8 rows already hold the stored pixels' hash; that row
+    is then marked as given (orientation 0), not re-oriented: it is what EXIF-blind
+    tools hash as given, and re-oriented rows match only within the default threshold
+    (``matcher.keeps_row_hit``), which the appended row never was held to. Without the
+    mark, turning ``dihedral`` on lost an HMA-made list's match beyond 31."""
     orientation = exif_orientation(data)
     if orientation == 1:
+        return
+    if options.dihedral and options.dihedral_exact:
+        stored = _variant_of_stored(orientation)
+        result.orientations = [0 if o == stored else o for o in result.orientations]
         return
     stored = hash_pdq(as_stored(upright, orientation), HashOptions(limits=options.limits))
     result.codes = np.concatenate([result.codes, stored.codes[:1]])
     result.qualities.append(stored.qualities[0])
     if result.orientations:
         result.orientations.append(0)  # what EXIF-blind tools hash: their "as given"
+
+
+def _variant_of_stored(orientation: int) -> int:
+    """Which of ``multihash.orientations``' 8 rows of the upright image is the image as
+    a file of EXIF ``orientation`` stores it (found on a small asymmetric array with
+    the same two functions the hashing uses, so the mapping cannot drift from them)."""
+    probe = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    stored = as_stored(probe, orientation)
+    return next(
+        n
+        for n, view in enumerate(oriented_views(probe))
+        if view.shape == stored.shape and np.array_equal(view, stored)
+    )
 
 
 def _pdq_frames(data: bytes, options: HashOptions) -> HashResult:

@@ -105,3 +105,38 @@ def test_orientation_ops_are_exif_transposes_and_as_stored_undoes_them(shape):
         assert np.array_equal(upright, op(rgb)) and upright.flags["C_CONTIGUOUS"]
         assert np.array_equal(as_stored(upright, orientation), rgb)
     assert _orient(rgb, 1) is rgb
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
+def test_with_the_exact_dihedral_the_stored_pixels_row_counts_as_given(orientation):
+    """The 8 exact rows include the stored pixels' hash (no row is appended then); that
+    row is marked as given, so it matches as far as the request's threshold, as the
+    appended row does without dihedral. It was marked re-oriented (matched within 31
+    only): turning dihedral on lost an HMA-made list's match beyond 31."""
+    data = _photo(orientation)
+    options = HashOptions(dihedral=True, dihedral_exact=True, exif_as_stored=True)
+    (result,) = hash_media(data, ["pdq"], options)
+    assert len(result.codes) == 8
+    as_given = [n for n, o in enumerate(result.orientations) if o == 0]
+    assert len(as_given) == 2 and as_given[0] == 0  # the upright row and one other
+    assert result.codes[as_given[1]].tobytes().hex() == _hma_pdq(data)
+
+
+def test_an_hma_hash_beyond_31_matches_with_dihedral_as_without(tmp_path):
+    """A stored HMA hash 40 bits from the stored pixels' hash (an edited copy, say),
+    a request threshold of 50: found with and without dihedral (the old code: only
+    without), by a real server."""
+    data = _photo(6)
+    code = bytearray(bytes.fromhex(_hma_pdq(data)))
+    for bit in range(40):  # flip 40 bits: 40 bits from the stored pixels' hash
+        code[bit // 8] ^= 1 << (bit % 8)
+    with running_server(tmp_path / "data") as server:
+        client = server.client()
+        client.ingest("hma", [signal("pdq", code.hex(), external_id="edited")])
+        for dihedral in (False, True):
+            result = client.match(
+                media=[data], lists=["hma"], threshold=50, dihedral=dihedral
+            ).results[0]
+            assert [(m.external_id, m.distance) for m in result.matches] == [("edited", 40)], (
+                dihedral
+            )
