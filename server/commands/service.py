@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hashmatch.engine.errors import HashmatchError, InvalidInput
+from hashmatch.server.commands.remote_verb import RemoteGroup
 from hashmatch.server.commands.tokens import ACTOR_OPTION
 
 if TYPE_CHECKING:  # gRPC and protobuf: imported by the verbs that call a server
@@ -628,7 +629,7 @@ def unauthenticated_hint(details: str) -> str:
     )
 
 
-@click.group("remote")
+@click.group("remote", cls=RemoteGroup)
 @click.option(
     "--server",
     default=lambda: os.environ.get("HASHMATCH_SERVER", DEFAULT_SERVER),
