@@ -25,6 +25,7 @@ import click
 from hashmatch.engine.errors import HashmatchError, is_disk_full, nearly_full
 from hashmatch.engine.media_limits import LOCAL_MAX_VIDEO_FRAMES
 from hashmatch.server.commands.hashing import file_timeout_option
+from hashmatch.server.commands.scan_no_store import no_store
 from hashmatch.server.commands.service import (
     connect,
     server_access_options,
@@ -224,6 +225,8 @@ def scan_command(
                     _check_lists(lists, {x.name for x in shared.lists})
                     other_lists = sorted({x.name for x in shared.lists} - set(lists))
             else:
+                if not (Path(data_dir) / "store.sqlite").exists():
+                    raise no_store("scan", data_dir, catalog_path)
                 matcher = LocalMatcher.open(data_dir, threshold=threshold, lists=lists)
                 if lists:
                     visible = {x.name for x in matcher.engine.store.lists()}
@@ -431,7 +434,7 @@ def rescan_command(
         raise click.ClickException(f"no catalog at {path}: run `hashmatch scan` first")
     store_path = Path(data_dir) / "store.sqlite"
     if not server and not store_path.exists():
-        raise click.ClickException(f"no hashmatch store in {data_dir}")
+        raise no_store("rescan", data_dir, path)
     with _one_line_errors(server, name_server=False), contextlib.ExitStack() as stack:
         if server:
             client = stack.enter_context(
