@@ -1207,8 +1207,14 @@ class SignalStore:
             # Do not reveal that a list the tenant cannot see exists.
             raise NotFound(_NOT_SHARED, field="list_name")
         if not grant[0]:
+            # the tenant reads this list, so naming it tells nothing new; the grant to
+            # run is the operator's (a role hint alike names `tokens set`)
+            row = conn.execute("SELECT name FROM hash_lists WHERE id = ?", (list_id,)).fetchone()
+            grant_it = shlex.join(["hashmatch", "tenants", "grant", tenant, row[0], "--write"])
             raise PermissionDenied(
-                f"tenant {tenant!r} may read but not write this list", field="list_name"
+                f"tenant {tenant!r} may read but not write this list (if it should: on the"
+                f" server, `{grant_it}`)",
+                field="list_name",
             )
 
     # ---- ingest
