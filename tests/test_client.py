@@ -91,7 +91,7 @@ def test_remote_verbs(served, tmp_path):
     )
     result = _remote(served, "ingest", "cli-list", str(hashes), "--source", "test")
     assert result.exit_code == 0, result.output
-    ingest = json.loads(result.output)
+    ingest = json.loads(result.stdout)
     assert ingest["added"] == 2 and ingest["rejected"] == 1 and ingest["updated"] == 0
     assert [r["line"] for r in ingest["rejections"]] == [4]  # the file's line, not index 2
     broken = tmp_path / "broken.csv"  # one line the local parser refuses, one the server does
@@ -102,12 +102,12 @@ def test_remote_verbs(served, tmp_path):
     assert mixed["rejected"] == 2 and len(mixed["unparsed"]) == 1, mixed
     clip = tmp_path / "clip.vpdq"  # vPDQ's text format: frame,quality,hash,timestamp
     clip.write_text("".join(f"{i},90,{format(i + 1, '064x')},{i}.0\n" for i in range(3)))
-    video = json.loads(_remote(served, "ingest", "cli-videos", str(clip)).output)
+    video = json.loads(_remote(served, "ingest", "cli-videos", str(clip)).stdout)
     assert video["added"] == 1, video
     plain = tmp_path / "plain.txt"
     plain.write_text(f"{HEX}\n")
     result = _remote(served, "ingest", "cli-plain", str(plain), "--format", "hex", "--type", "pdq")
-    assert json.loads(result.output)["added"] == 1
+    assert json.loads(result.stdout)["added"] == 1
 
     result = _remote(served, "match", f"pdq:{HEX}", "0" * 64)
     assert result.exit_code == 0, result.output
@@ -120,7 +120,7 @@ def test_remote_verbs(served, tmp_path):
     Image.fromarray(data.astronaut()).save(image, "JPEG")
     result = _remote(served, "hash", str(image), "--type", "pdq", "--type", "md5")
     assert result.exit_code == 0, result.output
-    hashed = json.loads(result.output)
+    hashed = json.loads(result.stdout)
     assert hashed["file"] == str(image) and len(hashed["hashes"]) == 2
 
     result = _remote(served, "match", "--media", str(image))
@@ -132,7 +132,7 @@ def test_remote_verbs(served, tmp_path):
         args += ("--low-quality-queries", rule)
         result = _remote(served, "match", "--media", str(flat), *args)
         assert result.exit_code == 0, result.output
-        floored = json.loads(result.output)
+        floored = json.loads(result.stdout)
         assert floored["skipped_low_quality"]
         assert floored.get("quality_stored_only", False) is stored_only
         # 64 px: as given, enlarged, repeated, then the repeated one moved 3 ways
@@ -141,14 +141,14 @@ def test_remote_verbs(served, tmp_path):
     result = _remote(served, "lists")
     assert "cli-list" in result.output
     result = _remote(served, "retract", "cli-list", HEX, "--reason", "test")
-    assert json.loads(result.output)["retracted"] == 1
+    assert json.loads(result.stdout)["retracted"] == 1
     result = _remote(served, "stats")
-    total = json.loads(result.output)["total_signals"]
+    total = json.loads(result.stdout)["total_signals"]
     assert isinstance(total, int) and total > 0
     result = _remote(served, "rebuild")
     assert json.loads(result.output.splitlines()[-1])["finished"] is True
     result = _remote(served, "snapshot")
-    assert json.loads(result.output)["path"]
+    assert json.loads(result.stdout)["path"]
 
 
 def test_remote_errors_are_one_line_with_the_field(served):
@@ -357,7 +357,7 @@ def test_remote_ingest_of_a_big_file_outlasts_the_per_call_timeout(served, tmp_p
     args = ("ingest", "big-list", str(big), "--batch-size", "50")
     result = _remote(served, *args, options=("--timeout", "0.2"))
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["added"] == 20_000
+    assert json.loads(result.stdout)["added"] == 20_000
 
 
 def test_an_ingest_cut_off_by_its_deadline_says_how_far_it_got(served, tmp_path):
@@ -379,7 +379,7 @@ def test_remote_ingest_reads_vpdq_by_name_and_fails_when_all_is_rejected(served,
     clip.write_text("".join(f"{i},90,{format(i + 7, '064x')},{i}.0\n" for i in range(3)))
     result = _remote(served, "ingest", "named-videos", str(clip), "--format", "vpdq")
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)["added"] == 1
+    assert json.loads(result.stdout)["added"] == 1
     bad = tmp_path / "bad.csv"  # every line parses here and is refused by the server
     bad.write_text(f"signal_type,signal_value\npdq,{'1' * 63}\npdq,{'2' * 65}\n")
     result = CliRunner().invoke(
@@ -836,7 +836,7 @@ def test_remote_ingest_of_plain_hex_needs_its_type_as_the_local_verb(served, tmp
     assert "64 hex characters" not in result.output
     assert not [x for x in _remote(served, "lists").output.splitlines() if "md5-list" in x]
     result = _remote(served, "ingest", "md5-list", str(md5s), "--type", "md5")
-    assert result.exit_code == 0 and json.loads(result.output)["added"] == 3, result.output
+    assert result.exit_code == 0 and json.loads(result.stdout)["added"] == 3, result.output
 
 
 def test_remote_ingest_reads_a_pipe(served, tmp_path):
@@ -857,7 +857,7 @@ def test_remote_ingest_reads_a_pipe(served, tmp_path):
     writer.start()
     result = _remote(served, "ingest", "piped", f"/dev/fd/{read_end}")
     writer.join(5)
-    assert result.exit_code == 0 and json.loads(result.output)["added"] == 3, result.output
+    assert result.exit_code == 0 and json.loads(result.stdout)["added"] == 3, result.output
     fifo = tmp_path / "videos.vpdq"
     os.mkfifo(fifo)
     clip = "".join(f"{i},90,{i + 7:064x},{i}.0\n" for i in range(3))
@@ -865,7 +865,7 @@ def test_remote_ingest_reads_a_pipe(served, tmp_path):
     feeder.start()
     result = _remote(served, "ingest", "piped-videos", str(fifo))
     feeder.join(5)
-    assert result.exit_code == 0 and json.loads(result.output)["added"] == 1, result.output
+    assert result.exit_code == 0 and json.loads(result.stdout)["added"] == 1, result.output
     result = _remote(served, "ingest", "piped", "/dev/zero", "--type", "pdq")
     assert result.exit_code == 1
     assert result.output.strip() == (
@@ -889,7 +889,7 @@ def test_remote_ingest_of_a_pipe_or_stdin_names_signals_as_local_ingest(served, 
     feeder.start()
     result = _remote(served, "ingest", "fifo-videos", str(fifo))
     feeder.join(5)
-    assert result.exit_code == 0 and json.loads(result.output)["added"] == 1, result.output
+    assert result.exit_code == 0 and json.loads(result.stdout)["added"] == 1, result.output
     dump = tmp_path / "pdq.csv"  # HMA's sample data: headerless, the type in the name
     os.mkfifo(dump)
     rows = f"{50:064x},7,2020-01-01,tag1 tag2\n"
@@ -897,10 +897,10 @@ def test_remote_ingest_of_a_pipe_or_stdin_names_signals_as_local_ingest(served, 
     feeder.start()
     result = _remote(served, "ingest", "fifo-dump", str(dump))
     feeder.join(5)
-    assert result.exit_code == 0 and json.loads(result.output)["added"] == 1, result.output
+    assert result.exit_code == 0 and json.loads(result.stdout)["added"] == 1, result.output
     clip = "".join(f"{i},90,{i + 60:064x},{i}.0\n" for i in range(3))
     result = _remote(served, "ingest", "stdin-clips", "-", "--format", "vpdq", input=clip)
-    assert result.exit_code == 0 and json.loads(result.output)["added"] == 1, result.output
+    assert result.exit_code == 0 and json.loads(result.stdout)["added"] == 1, result.output
     store = served.engine.store
     assert [s.external_id for s in store.iter_signals("fifo-videos")] == ["clip7"]
     assert [s.external_id for s in store.iter_signals("fifo-dump")] == ["7"]

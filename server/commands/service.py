@@ -1054,6 +1054,7 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
             f"no more signals sent; waiting up to {STOP_GRACE_SECONDS:g} s for the server"
             " to say what it stored (again to quit now)"
         )
+        known = _visible_list_names(client)  # to say when this ingest creates the list
         try:
             with interrupts.cooperative(notice) as stop:
                 reply = client.ingest(list_name, parsed.signals, total=len(parsed.lines),
@@ -1082,10 +1083,38 @@ def remote_ingest(client, list_name, file, fmt, signal_type, source, strict, bat
         data["unparsed_total"] = parsed.unparsed_total
         data["rejected"] = reply.rejected + parsed.unparsed_total
     click.echo(json.dumps(data, sort_keys=True))
+    if known is not None and list_name.strip() not in known and reply.added:
+        click.echo(
+            f"list {list_name.strip()!r} is new: created on the server by this ingest (a typo"
+            " in LIST_NAME? `hashmatch lists delete` on the server removes it)",
+            err=True,
+        )
     # exit 1 when every signal was rejected, as `hashmatch ingest` does: a script must
     # not read that as success
     if data["rejected"] and not (reply.added or reply.updated or reply.unchanged):
         raise click.ClickException(f"{file}: nothing stored: all {data['rejected']} rejected")
+
+
+def _visible_list_names(client: Any) -> set[str] | None:
+    """The lists the caller sees before its ingest, or None when that is not known at
+    once: a token without the match role, a server down or slow (asked for at most
+    ``_LISTING_SECONDS``, or the call's --timeout when shorter: the ingest itself then
+    meets the server as it did, waiting no longer than before but those seconds).
+
+    Why: only a caller that sees every list (an admin) can create one by ingesting, and
+    a typo in LIST_NAME then made a new list without a word; `hashmatch ingest` says
+    "is new: created by this ingest" on stderr, and now so does `remote ingest`."""
+    import grpc
+
+    timeout = min(_LISTING_SECONDS, client.timeout or _LISTING_SECONDS)
+    try:
+        return {x.name for x in client.list_hash_lists(timeout=timeout).lists}
+    except grpc.RpcError:
+        return None
+
+
+#: How long ``remote ingest`` asks for the lists it may see (:func:`_visible_list_names`).
+_LISTING_SECONDS = 2.0
 
 
 def _say_remote_ingest_stopped(file: str, exc: BaseException, list_name: str) -> None:
