@@ -416,7 +416,8 @@ def token(
     import secrets
 
     from hashmatch.server.auth import FIRST_ADMIN, bootstrap_admin, hash_token, tenant_entry
-    from hashmatch.server.commands.tokens import audit_edit, resolve_files
+    from hashmatch.server.commands.token_created import say_token_created
+    from hashmatch.server.commands.tokens import audit_edit, resolve_files, short_digest
     from hashmatch.server.config import read_toml
     from hashmatch.server.tokens_audit import first_admin_change
     from hashmatch.server.tokens_file import Change, TenantTokens, line_end
@@ -454,6 +455,8 @@ def token(
         raise click.ClickException(str(exc)) from None
     click.echo(new)  # before the audit: the file holds its digest, whatever happens next
     audit_edit(Change(path, before=[], after=created), "create", files, actor)
+    say_token_created(tenant, roles, all_lists, short_digest(created[-1].digests[0]), path,
+                      files.data_dir)  # fmt: skip
 
 
 def _first_admin(files: Any, roles: tuple[str, ...], actor: str) -> None:

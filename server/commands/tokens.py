@@ -144,7 +144,8 @@ def audit_edit(change: Change, verb: str, files: _Files, actor: str) -> None:
     click.echo(line, err=True)
 
 
-def _short(digest: str) -> str:
+def short_digest(digest: str) -> str:
+    """A digest as `tokens ls` shows it (``sha256:9f86d081884c``)."""
     from hashmatch.server.tokens_file import SHOWN_DIGITS
 
     return f"sha256:{digest[:SHOWN_DIGITS]}"
@@ -178,7 +179,7 @@ def tokens_ls(auth_file: str | None, config_file: str | None, data_dir: str | No
         raise click.ClickException(str(exc)) from None
     for t in tenants:
         every = "; all lists" if t.all_lists else ""
-        held = ", ".join(_short(d) for d in t.digests) or "none"
+        held = ", ".join(short_digest(d) for d in t.digests) or "none"
         click.echo(f"{t.name}: roles {','.join(t.roles) or '-'}{every}; tokens {held}")
     count = sum(len(t.digests) for t in tenants)
     click.echo(f"{len(tenants)} tenant(s), {count} token(s) in {path}")
@@ -245,7 +246,7 @@ def tokens_add(
         raise click.ClickException(str(exc)) from None
     before, after = change.tenant(tenant)
     click.echo(
-        f"added token {_short(digest)} to {tenant!r} ({len(after.digests)} token(s));"
+        f"added token {short_digest(digest)} to {tenant!r} ({len(after.digests)} token(s));"
         " SIGHUP the server to load it",
         err=True,
     )
@@ -366,7 +367,7 @@ def tokens_revoke(
         raise click.ClickException(str(exc)) from None
     removed = change.removed
     for name, digest in removed:
-        click.echo(f"revoked {_short(digest)} of {name!r}")
+        click.echo(f"revoked {short_digest(digest)} of {name!r}")
     click.echo(
         f"SIGHUP the server (`kill -HUP <pid>`) to end their use; `hashmatch tokens add"
         f" {shlex.quote(removed[0][0])}` issues a new one",
