@@ -178,7 +178,11 @@ def parse_types(value: str) -> list[str]:
     "--format", "fmt", type=click.Choice(["jsonl", "csv", "te"]), default="jsonl",
     show_default=True, help="jsonl records, csv rows, or te = signal_type,signal_value.",
 )  # fmt: skip
-@click.option("--dihedral", is_flag=True, help="PDQ: also the 7 rotations/flips.")
+@click.option(
+    "--dihedral", is_flag=True,
+    help="PDQ: also the 7 rotations/flips, pdqhash's compute_dihedral rows (match --dihedral"
+    " hashes each re-oriented image instead: its rows 1-7 differ).",
+)  # fmt: skip
 @click.option(
     "--all-frames", is_flag=True,
     help="PDQ: every frame of an animated GIF/WebP/PNG (default: the first frame).",

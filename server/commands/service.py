@@ -864,7 +864,11 @@ def _default_media_types(paths: tuple[str, ...]) -> tuple[str, ...]:
 @remote.command("hash")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--type", "signal_types", multiple=True, default=("pdq",), show_default=True)
-@click.option("--dihedral", is_flag=True)
+@click.option(
+    "--dihedral", is_flag=True,
+    help="PDQ: also the 7 rotations/flips, pdqhash's compute_dihedral rows (match --dihedral"
+    " hashes each re-oriented image instead: its rows 1-7 differ).",
+)  # fmt: skip
 @click.pass_obj
 @_rpc
 def remote_hash(client, files, signal_types, dihedral) -> None:
