@@ -456,3 +456,19 @@ def test_index_rebuild_with_read_only_snapshots_says_the_rebuild_succeeded_and_t
     assert [p.name for p in snapshots.iterdir()] == [old.name]
     with Engine.open(data, eager=False) as engine:
         assert engine.store.audit(action="index.rebuild")[0].count == 2
+
+
+def test_match_as_an_unknown_tenant_is_an_error_not_no_match(run, tmp_path):
+    """`match --tenant` with a typo said '0 match(es)', exit 0: an operator checking
+    what acme would see read "nothing" (`lists ls --tenant` already refused it)."""
+    run("lists", "create", "partner")
+    hashes = tmp_path / "h.txt"
+    hashes.write_text(H0 + "\n")
+    run("ingest", str(hashes), "--list", "partner", "--type", "pdq")
+    run("tenants", "create", "acme")
+    run("tenants", "grant", "acme", "partner")
+    seen = run("match", f"pdq:{H0}", "--tenant", "acme").output
+    assert "1 match(es)" in seen and "partner" in seen
+    typo = run("match", f"pdq:{H0}", "--tenant", "acmee", ok=False)
+    assert typo.exit_code == 1
+    assert "no tenant named 'acmee'" in typo.output and "match(es)" not in typo.output

@@ -915,6 +915,8 @@ def match_command(
     out = []
     total = 0
     with _engine(data_dir) as engine:
+        if tenant is not None:  # a typo is "no tenant named", not "0 match(es)", as lists ls
+            engine.store.get_tenant(tenant)
         for query in queries:
             if Path(query).is_file():
                 # each orientation hashed exactly, as the server and `scan --dihedral` do
