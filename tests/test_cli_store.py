@@ -472,3 +472,27 @@ def test_match_as_an_unknown_tenant_is_an_error_not_no_match(run, tmp_path):
     typo = run("match", f"pdq:{H0}", "--tenant", "acmee", ok=False)
     assert typo.exit_code == 1
     assert "no tenant named 'acmee'" in typo.output and "match(es)" not in typo.output
+
+
+def test_bare_hex_of_another_type_says_it_was_read_as_pdq(run, tmp_path):
+    """`match <an MD5>` said only "pdq hash must be 64 hex characters, got 32": bare hex
+    is pdq unless --type says otherwise, which nothing said; the hint's forms work."""
+    md5 = "8088c0a735d0478be8730969a49dc9c7"
+    listed = tmp_path / "md5.txt"
+    listed.write_text(f"md5:{md5}\n")
+    run("ingest", str(listed), "--list", "digests")
+    refused = run("match", md5, ok=False)
+    assert refused.exit_code == 1
+    assert (
+        "pdq hash must be 64 hex characters, got 32; bare hex is read as pdq: write md5:HEX"
+        " or give --type md5"
+    ) in refused.output
+    assert "1 match(es)" in run("match", f"md5:{md5}").output
+    assert "1 match(es)" in run("match", md5, "--type", "md5").output
+    kept = run("retract", "--list", "digests", md5, ok=False)
+    assert "bare hex is read as pdq: write md5:HEX" in kept.output
+    assert "retracted 1" in run("retract", "--list", "digests", f"md5:{md5}").output
+    short = run("match", "c2924c5532bddfc8", ok=False)
+    assert "write TYPE:HEX (ahash, dhash, phash or whash) or give --type" in short.output
+    typed = run("match", "--type", "md5", "abcd", ok=False)  # a --type given: no such hint
+    assert "bare hex" not in typed.output
