@@ -165,6 +165,33 @@ def test_remote_errors_are_one_line_with_the_field(served):
     assert result.exit_code == 1 and "PERMISSION_DENIED" in result.output
 
 
+def test_remote_bare_hex_of_another_type_says_it_was_read_as_pdq(served):
+    """`remote match <an MD5>` answered only the server's "pdq hash must be 64 hex
+    characters, got 32"; it now says, before sending, what `hashmatch match` says."""
+    md5 = "8088c0a735d0478be8730969a49dc9c7"
+    served.client("ops").ingest("remote-digests", [signal("md5", md5)])
+    hint = "; bare hex is read as pdq: write md5:HEX or give --type md5"
+    refused = _remote(served, "match", HEX, md5)
+    assert refused.exit_code == 1
+    assert f"hashes[1]: pdq hash must be 64 hex characters, got 32{hint}" in refused.output
+    assert "INVALID_ARGUMENT" not in refused.output  # said before any request
+    for found in ((f"md5:{md5}",), (md5, "--type", "md5")):
+        result = _remote(served, "match", *found)
+        assert json.loads(result.stdout)["matches"][0]["hash_hex"] == md5, result.output
+    kept = _remote(served, "retract", "remote-digests", md5)
+    assert kept.exit_code == 1 and hint in kept.output
+    short = _remote(served, "match", "c2924c5532bddfc8")
+    assert "write TYPE:HEX (ahash, dhash, phash or whash) or give --type" in short.output
+    typed = _remote(served, "match", "--type", "pdq", md5)  # --type given: the server's
+    assert "INVALID_ARGUMENT" in typed.output and "bare hex" not in typed.output
+    with pytest.raises(grpc.RpcError) as sent:  # the server's contract is unchanged
+        served.client("ops").match([("pdq", md5)])
+    assert sent.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "bare hex" not in sent.value.details()
+    result = _remote(served, "retract", "remote-digests", f"md5:{md5}")
+    assert json.loads(result.stdout)["retracted"] == 1
+
+
 def test_remote_match_of_more_than_max_batch_names_the_bad_hash_of_the_call(served):
     """10,001 hashes go as two requests; the last one is bad: the error named
     hashes[0] (its index in the second request), a good hash of the call."""

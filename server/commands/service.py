@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -527,6 +527,27 @@ def _parse_hash_arg(text: str, default_type: str) -> tuple[str, str]:
     return default_type, text
 
 
+def _hash_args(hashes: Sequence[str], signal_type: str) -> list[tuple[str, str]]:
+    """The HASHES arguments of ``remote match``/``remote retract`` as (type, hex); bare
+    hex of another type's length with no --type given is refused here, before any
+    request, with the local verbs' hint (the server would refuse it as pdq).
+
+    Why: ``remote match <an MD5>`` answered only the server's "INVALID_ARGUMENT: pdq
+    hash must be 64 hex characters, got 32"; ``hashmatch match`` says how to give the
+    type. The server's refusal of what is sent is unchanged."""
+    given = click.get_current_context().get_parameter_source("signal_type")
+    out = [_parse_hash_arg(h, signal_type) for h in hashes]
+    if given is not click.core.ParameterSource.DEFAULT:
+        return out
+    from hashmatch.server.commands.bare_hex import bare_hex_refusal
+
+    for i, text in enumerate(hashes):
+        why = None if ":" in text else bare_hex_refusal(text)
+        if why:
+            raise click.ClickException(f"hashes[{i}]: {why}")
+    return out
+
+
 #: The client's TLS arguments as :func:`server_access_options` names them
 TLS_OPTIONS = {"root_certificates": "--ca", "client_cert": "--cert", "client_key": "--key"}
 
@@ -831,7 +852,7 @@ def remote_match(client, hashes, signal_type, media, media_types, **options) -> 
             frames = [bytes(code).hex() for code in video.codes]
             videos.append(VideoQuery(signal_type="vpdq", frames=frames, qualities=video.qualities))
     reply = client.match(
-        [_parse_hash_arg(h, signal_type) for h in hashes],
+        _hash_args(hashes, signal_type),
         media=items,
         media_types=media_types or _default_media_types(tuple(item_paths)),
         videos=videos,
@@ -1180,7 +1201,7 @@ def remote_retract(client, list_name, hashes, signal_type, signal_ids, reason) -
     _emit(
         client.retract(
             list_name,
-            hashes=[_parse_hash_arg(h, signal_type) for h in hashes],
+            hashes=_hash_args(hashes, signal_type),
             signal_ids=signal_ids,
             reason=reason,
         )

@@ -34,6 +34,7 @@ from hashmatch.engine.errors import (
     is_locked,
 )
 from hashmatch.engine.shown_text import escape_controls
+from hashmatch.server.commands.bare_hex import bare_hex_hint
 from hashmatch.server.commands.hashing import file_timeout_option
 from hashmatch.server.commands.store_lock_notice import LockWaitNotice
 
@@ -767,29 +768,12 @@ def _targets(values, signal_type, where=None) -> list[tuple[str, str]]:
             out.append((st.name, st.format(st.parse(hex_, field="hashes", index=i))))
         except InvalidInput as exc:
             if typed is None and signal_type is None:
-                exc = InvalidInput(exc.message + _bare_hex_hint(hex_), field=exc.field,
+                exc = InvalidInput(exc.message + bare_hex_hint(hex_), field=exc.field,
                                    index=exc.index)  # fmt: skip
             if where is None:
                 raise exc from None
             raise InvalidInput(f"{where[i]}: {exc.message}") from None
     return out
-
-
-def _bare_hex_hint(hex_: str) -> str:
-    """For bare hex of another type's length, read as pdq since no --type was given:
-    how to say its type. Why: `hashmatch match <an MD5>` said only "pdq hash must be
-    64 hex characters, got 32", naming neither the pdq default nor ``md5:HEX``."""
-    text = hex_.strip()
-    if not text or any(c not in "0123456789abcdefABCDEF" for c in text):
-        return ""
-    fits = sorted(t.name for t in signal_types.all_types()
-                  if t.hex_length == len(text) and t.name not in ("pdq", "vpdq"))  # fmt: skip
-    if not fits:
-        return ""
-    if len(fits) == 1:
-        return f"; bare hex is read as pdq: write {fits[0]}:HEX or give --type {fits[0]}"
-    named = ", ".join(fits[:-1]) + f" or {fits[-1]}"
-    return f"; bare hex is read as pdq: write TYPE:HEX ({named}) or give --type"
 
 
 def _video_target(frames_json: str) -> str:
