@@ -1850,14 +1850,18 @@ class SignalStore:
         actor: str = "local",
         tenant: str | None = None,
         missing: list[str] | None = None,
+        unchanged: list[str] | None = None,
     ) -> int:
         """Mark signals retracted (they stop matching at the next lookup); return how many.
         ``missing``: given, the targets naming no signal of the list are appended to it
         (as :meth:`missing_targets` words them), read in the same step as the retraction
-        (a second call after it found a list deleted in between: NotFound)."""
+        (a second call after it found a list deleted in between: NotFound).
+        ``unchanged``: given, the targets naming a signal retracted already, worded alike
+        (why a count fell short of the request: the CLI names them)."""
         return self._set_retracted(
-            True, list_name, hashes, signal_ids, external_ids, reason, actor, tenant, missing
-        )
+            True, list_name, hashes, signal_ids, external_ids, reason, actor, tenant, missing,
+            unchanged,
+        )  # fmt: skip
 
     def restore(
         self,
@@ -1869,12 +1873,14 @@ class SignalStore:
         actor: str = "local",
         tenant: str | None = None,
         missing: list[str] | None = None,
+        unchanged: list[str] | None = None,
     ) -> int:
         """Undo a retraction; return how many signals match again (``missing``: as
-        :meth:`retract`'s)."""
+        :meth:`retract`'s; ``unchanged``: the targets naming a signal not retracted)."""
         return self._set_retracted(
-            False, list_name, hashes, signal_ids, external_ids, None, actor, tenant, missing
-        )
+            False, list_name, hashes, signal_ids, external_ids, None, actor, tenant, missing,
+            unchanged,
+        )  # fmt: skip
 
     def missing_targets(
         self,
@@ -1898,11 +1904,14 @@ class SignalStore:
         return missing
 
     def _resolve_targets(
-        self, conn, list_id, hashes, signal_ids, external_ids
+        self, conn, list_id, hashes, signal_ids, external_ids, labels=None
     ) -> tuple[dict[int, str], list[str]]:
-        """Signals of the list the targets name -> ({id: signal type}, targets naming none)."""
+        """Signals of the list the targets name -> ({id: signal type}, targets naming none).
+        ``labels``: given, each found signal's id -> the first target naming it, worded
+        as the missing ones are (``type:hex``, ``id N``, ``external id X``)."""
         targets: dict[int, str] = {}
         missing: list[str] = []
+        labels = {} if labels is None else labels
         for i, (stype, value) in enumerate(hashes):
             st = signal_types.get(stype, field=f"hashes[{i}].signal_type")
             code = _parse_code(st, value, field=f"hashes[{i}]")
@@ -1912,6 +1921,7 @@ class SignalStore:
             ).fetchone()
             if row:
                 targets[row[0]] = row[1]
+                labels.setdefault(row[0], f"{st.name}:{st.format(code)}")
             else:
                 missing.append(f"{st.name}:{st.format(code)}")
         found_ids: set[int] = set()
@@ -1924,6 +1934,7 @@ class SignalStore:
             ):
                 targets[sid] = stype
                 found_ids.add(sid)
+                labels.setdefault(sid, f"id {sid}")
         missing += [f"id {int(sid)}" for sid in signal_ids if int(sid) not in found_ids]
         for ext in external_ids:
             rows = conn.execute(
@@ -1931,18 +1942,21 @@ class SignalStore:
                 (list_id, ext),
             ).fetchall()
             targets.update(rows)
+            for sid, _ in rows:
+                labels.setdefault(sid, f"external id {ext}")
             if not rows:
                 missing.append(f"external id {ext}")
         return targets, missing
 
     def _set_retracted(
         self, retract, list_name, hashes, signal_ids, external_ids, reason, actor, tenant,
-        missing=None,
+        missing=None, unchanged=None,
     ) -> int:  # fmt: skip
         conn = self.conn()
         with self.write_lock:
             list_id = self._writable_list_id(conn, list_name, tenant)
-            found = self._resolve_targets(conn, list_id, hashes, signal_ids, external_ids)
+            labels: dict[int, str] = {}
+            found = self._resolve_targets(conn, list_id, hashes, signal_ids, external_ids, labels)
             targets, absent = found
             now = time.time()
             with self._write() as wconn:
@@ -1975,6 +1989,9 @@ class SignalStore:
                         " updated_at = ? WHERE id = ?",
                         [(now, sid) for sid in ids],
                     )
+                if unchanged is not None:  # named, in the targets' order
+                    done = set(ids)
+                    unchanged.extend(labels[sid] for sid in labels if sid not in done)
                 by_type: dict[str, list[int]] = {}
                 for sid in ids:
                     by_type.setdefault(targets[sid], []).append(sid)

@@ -496,3 +496,28 @@ def test_bare_hex_of_another_type_says_it_was_read_as_pdq(run, tmp_path):
     assert "write TYPE:HEX (ahash, dhash, phash or whash) or give --type" in short.output
     typed = run("match", "--type", "md5", "abcd", ok=False)  # a --type given: no such hint
     assert "bare hex" not in typed.output
+
+
+def test_restore_names_the_signals_it_left_as_they_were(run, tmp_path):
+    """`restore --file F` with some of F's signals not retracted said only "restored 1
+    (13 requested)"; it now names them (10 at most, then a count), retract alike."""
+    hexes = [f"{i:02x}" * 32 for i in range(1, 13)]
+    (tmp_path / "in.csv").write_text(
+        "signal_type,signal_value,external_id\n"
+        + "".join(f"pdq,{h},e{i}\n" for i, h in enumerate(hexes))
+    )
+    run("ingest", str(tmp_path / "in.csv"), "--list", "l")
+    run("retract", "--list", "l", hexes[0])
+    (tmp_path / "restore.txt").write_text("".join(f"pdq:{h}\n" for h in hexes))
+    result = run("restore", "--list", "l", "--file", str(tmp_path / "restore.txt"),
+                 "--external-id", "e1")  # fmt: skip
+    assert "restored 1 signal(s) in 'l' (13 requested)" in result.stdout
+    named = ", ".join(f"pdq:{h}" for h in hexes[1:11])
+    assert f"not retracted (nothing to restore) in 'l': {named} and 1 more" in result.stderr
+    assert result.stderr.count(f"pdq:{hexes[1]}") == 1  # named by hash and external id: once
+    run("retract", "--list", "l", hexes[0], "--external-id", "e2")
+    again = run("retract", "--list", "l", hexes[0], "--external-id", "e2")
+    assert "retracted 0 signal(s) in 'l' (2 requested)" in again.stdout
+    assert f"already retracted in 'l': pdq:{hexes[0]}, external id e2" in again.stderr
+    none_left = run("restore", "--list", "l", hexes[0], hexes[2])
+    assert "restored 2 signal(s)" in none_left.stdout and not none_left.stderr

@@ -822,25 +822,32 @@ def _retract_like(restore: bool):
         if not (targets or ids or external_ids):
             raise click.UsageError("give hashes, --id, --external-id or --file")
         missing: list[str] = []
+        unchanged: list[str] = []
         with _engine(data_dir) as engine:
             if restore:
                 n = engine.store.restore(list_name=list_name, hashes=targets, signal_ids=ids,
                                          external_ids=external_ids, actor=actor,
-                                         missing=missing)  # fmt: skip
+                                         missing=missing, unchanged=unchanged)  # fmt: skip
             else:
                 n = engine.store.retract(list_name=list_name, hashes=targets, signal_ids=ids,
-                                         external_ids=external_ids, reason=reason,
-                                         actor=actor, missing=missing)  # fmt: skip
+                                         external_ids=external_ids, reason=reason, actor=actor,
+                                         missing=missing, unchanged=unchanged)  # fmt: skip
         asked = len(targets) + len(ids) + len(external_ids)
         verb = "restored" if restore else "retracted"
         click.echo(f"{verb} {n} signal(s) in {list_name!r} ({asked} requested)")
         if missing:  # on stderr: stdout keeps its one summary line
-            shown = ", ".join(missing[:20]) + (
-                f" and {len(missing) - 20} more" if len(missing) > 20 else ""
-            )
-            click.echo(f"not in {list_name!r}: {shown}", err=True)
+            click.echo(f"not in {list_name!r}: {_some_named(missing, 20)}", err=True)
+        if unchanged:  # "restored 1 (2 requested)" said neither which nor why
+            state = "not retracted (nothing to restore)" if restore else "already retracted"
+            click.echo(f"{state} in {list_name!r}: {_some_named(unchanged, 10)}", err=True)
 
     return command
+
+
+def _some_named(items: Sequence[str], most: int) -> str:
+    """The first ``most`` of ``items``, then how many more: a long refusal stays a line."""
+    more = len(items) - most
+    return ", ".join(items[:most]) + (f" and {more} more" if more > 0 else "")
 
 
 retract_command = click.option("--reason", default=None, help="Why (kept in the store and audit).")(
