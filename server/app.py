@@ -738,9 +738,11 @@ class HashmatchServer:
         except RuntimeError:  # grpcio raises instead of returning 0 (e.g. port in use)
             port = 0
         if not port:
+            from hashmatch.server.listen_refusal import listen_refusal
+
             raise OSError(
-                f"cannot listen on {cfg.listen} (address in use, or not an address of this "
-                "host?); pick another with --listen"
+                f"cannot listen on {cfg.listen}: {listen_refusal(cfg.listen)}; pick another"
+                " with --listen"
             )
         return port
 

@@ -887,3 +887,41 @@ def test_a_metrics_port_in_use_is_named_and_the_grpc_server_stopped(tmp_path):
         with pytest.raises(grpc.FutureTimeoutError):  # stopped: nothing answers there
             grpc.channel_ready_future(channel).result(timeout=1)
         channel.close()
+
+
+def test_a_first_start_on_a_port_in_use_leaves_nothing_behind(tmp_path):
+    """A first `serve` on a port another process holds created the data dir, auth.toml
+    and admin.token, then exited 1 ("address in use, or not an address of this host?"):
+    the next start found the tokens file and made (and showed) no token. It now removes
+    what it made and names the holder; a tokens file already there is kept as it was."""
+    import os
+    import socket
+    import sys
+
+    from hashmatch.server.auth import tenant_entry
+
+    fresh = tmp_path / "new" / "data"
+    empty = tmp_path / "empty"  # a data dir made beforehand: stays, empty
+    empty.mkdir()
+    known = tmp_path / "known"
+    known.mkdir()
+    (known / "auth.toml").write_text(tenant_entry("ops", "t" * 32, ["admin"]) + "\n")
+    before = (known / "auth.toml").read_bytes()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for data_dir in (fresh, empty, known):
+            done = subprocess.run(
+                [sys.executable, "-m", "hashmatch.server.cli", "serve", "--data-dir",
+                 str(data_dir), "--listen", f"127.0.0.1:{port}", "--metrics-port", "-1"],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert done.returncode == 1, done.stderr
+            said = f"cannot listen on 127.0.0.1:{port}: address in use by pid {os.getpid()} ("
+            assert said in done.stderr, done.stderr
+            assert "admin token" not in done.stderr  # a token that is gone is not announced
+    assert not (tmp_path / "new").exists()
+    assert list(empty.iterdir()) == []
+    assert sorted(p.name for p in known.iterdir()) == ["auth.toml"]
+    assert (known / "auth.toml").read_bytes() == before

@@ -175,6 +175,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
     from hashmatch.server import config as config_mod
     from hashmatch.server import sdnotify
     from hashmatch.server.app import HashmatchServer
+    from hashmatch.server.first_start import FirstStartFiles
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
@@ -183,30 +184,17 @@ def serve(config_file: str | None, **flags: Any) -> None:
         raise click.ClickException(str(exc)) from exc
     logging.getLogger().setLevel(config.log_level.upper())
     first_admin: str | None = None  # made now: audited once the store is open
+    first_start = FirstStartFiles(config.auth_path)  # undone if the port does not open
     if config.insecure_no_auth:
         auth = None  # the server's start-up warns, once (app.exposure_warnings)
     else:
         try:
-            token = auth_mod.bootstrap_admin(config.auth_path)
+            first_admin = auth_mod.bootstrap_admin(config.auth_path)
         except OSError as exc:
             raise click.ClickException(
                 f"{config.auth_path}: cannot create the tokens file: {exc}"
             ) from None
-        if token:
-            first_admin = token
-            saved = config.auth_path.parent / "admin.token"
-            if sys.stderr.isatty():
-                click.echo(
-                    f"created {config.auth_path} with an admin token (shown once; also saved"
-                    f" to {saved}, mode 0600):\n  export HASHMATCH_TOKEN={token}",
-                    err=True,
-                )
-            else:  # journald, docker logs, a log shipper: a secret must not land there
-                log.warning(
-                    "created %s with an admin token, saved to %s (mode 0600; not printed:"
-                    " stderr is not a terminal): export HASHMATCH_TOKEN=$(cat %s)",
-                    config.auth_path, saved, saved,
-                )  # fmt: skip
+        first_start.made(first_admin)
         try:
             auth = _load_tokens(config.auth_path)
         except HashmatchError as exc:
@@ -248,8 +236,13 @@ def serve(config_file: str | None, **flags: Any) -> None:
     started = time.monotonic()
     try:
         server.start()
-    except OSError as exc:
-        raise click.ClickException(str(exc)) from exc
+    except BaseException as exc:  # a first start leaves nothing behind (FirstStartFiles)
+        first_start.undo()
+        if isinstance(exc, OSError):
+            raise click.ClickException(str(exc)) from exc
+        raise
+    if first_admin:  # said once the port is open: a failed start's token is gone
+        _say_first_admin(config.auth_path, first_admin)
     sdnotify.notify(f"STATUS=loading the index from {config.data_dir}")
     while not done.wait(0.5 if announced else 0.05):
         if server.host.load_error is not None:  # permanent: exit, so a supervisor sees it
@@ -280,6 +273,23 @@ def serve(config_file: str | None, **flags: Any) -> None:
     server.stop()
     if first_admin:  # stopped before the index loaded: the store may be there all the same
         _audit_first_admin(config, first_admin)
+
+
+def _say_first_admin(auth_path: Path, token: str) -> None:
+    """Where the first start's admin token is; the token itself on a terminal only."""
+    saved = auth_path.parent / "admin.token"
+    if sys.stderr.isatty():
+        click.echo(
+            f"created {auth_path} with an admin token (shown once; also saved"
+            f" to {saved}, mode 0600):\n  export HASHMATCH_TOKEN={token}",
+            err=True,
+        )
+    else:  # journald, docker logs, a log shipper: a secret must not land there
+        log.warning(
+            "created %s with an admin token, saved to %s (mode 0600; not printed:"
+            " stderr is not a terminal): export HASHMATCH_TOKEN=$(cat %s)",
+            auth_path, saved, saved,
+        )  # fmt: skip
 
 
 def _audit_first_admin(config: Any, token: str) -> None:
