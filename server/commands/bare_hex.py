@@ -36,6 +36,8 @@ def bare_hex_refusal(hex_: str) -> str | None:
     "pdq hash must be 64 hex characters, got 32" only; the server would refuse any
     value this returns a reason for, so the CLI can say it before sending anything."""
     pdq = signal_types.get("pdq")
+    if len(hex_.strip()) == pdq.hex_length:  # sha256's too: a pdq hash, or the server's
+        return None  # to refuse; and no code parsed here (numpy stays unloaded)
     hint = bare_hex_hint(hex_)
     if not hint:
         return None
@@ -43,4 +45,4 @@ def bare_hex_refusal(hex_: str) -> str | None:
         pdq.parse(hex_)
     except InvalidInput as exc:
         return exc.message + hint
-    return None  # pdq's own length (sha256's too): a pdq hash
+    return None  # pragma: no cover - another length always fails pdq's parse
