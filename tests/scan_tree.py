@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import sqlite3
 import struct
+import subprocess
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,3 +136,35 @@ def slow_png(path: Path, side: int = 9000) -> None:
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
     )
+
+
+def kill_listed_scan_once(
+    args: list[str],
+    paths: list[Path],
+    ready: Callable[[], bool],
+    said: Path,
+    *,
+    env: dict[str, str] | None = None,
+) -> None:
+    """Run a ``scan --from-list -`` command (``args``), feed it ``paths`` and keep its
+    list open (the scan then waits for more), SIGKILL it once ``ready()`` holds, reap it.
+    Its stderr goes to ``said``, shown by the assertion when the scan ends before
+    ``ready`` (or 120 s pass): a killed scan the test caught in the act, never a guess."""
+    with open(said, "wb") as stderr:
+        killed = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                  stderr=stderr, env=env)  # fmt: skip
+    try:
+        killed.stdin.write("".join(f"{p}\n" for p in paths).encode())
+        killed.stdin.flush()
+        deadline = time.monotonic() + 120
+        while not ready():
+            assert killed.poll() is None, said.read_text()
+            assert time.monotonic() < deadline, said.read_text()
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=30)
+    finally:
+        if killed.poll() is None:
+            killed.kill()
+            killed.wait()
+        killed.stdin.close()

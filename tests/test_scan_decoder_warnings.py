@@ -168,11 +168,8 @@ def test_a_killed_scan_resumes_to_the_warning_records_of_an_uninterrupted_one(tm
     resumed report had no warning record for them. Now it is the uninterrupted run's
     report, record for record. A real scan subprocess, killed once its warned files are
     committed (its list still open), resumed, and a fresh scan of the same list."""
-    import os
-    import signal
-    import time
 
-    from scan_tree import committed_files
+    from scan_tree import committed_files, kill_listed_scan_once
 
     good = _jpeg()
     sos = good.index(b"\xff\xda")
@@ -190,25 +187,11 @@ def test_a_killed_scan_resumes_to_the_warning_records_of_an_uninterrupted_one(tm
                 "--data-dir", str(tmp_path / "data"), "--catalog", str(tmp_path / catalog),
                 "--out", str(tmp_path / report)]  # fmt: skip
 
-    said = tmp_path / "killed-stderr.txt"
-    with open(said, "wb") as stderr:
-        killed = subprocess.Popen(args("k.sqlite", "k.jsonl"), stdin=subprocess.PIPE,
-                                  stdout=subprocess.DEVNULL, stderr=stderr)  # fmt: skip
-    try:
-        killed.stdin.write("".join(f"{p}\n" for p in first).encode())
-        killed.stdin.flush()  # kept open: the scan waits for more once they are committed
-        deadline = time.monotonic() + 120
-        while committed_files(tmp_path / "k.sqlite") < len(first):
-            assert killed.poll() is None, said.read_text()
-            assert time.monotonic() < deadline, said.read_text()
-            time.sleep(0.05)
-        os.kill(killed.pid, signal.SIGKILL)
-        killed.wait(timeout=30)
-    finally:
-        if killed.poll() is None:
-            killed.kill()
-            killed.wait()
-        killed.stdin.close()
+    kill_listed_scan_once(  # once the two files are committed
+        args("k.sqlite", "k.jsonl"), first,
+        lambda: committed_files(tmp_path / "k.sqlite") >= len(first),
+        tmp_path / "killed-stderr.txt",
+    )  # fmt: skip
     assert not (tmp_path / "k.jsonl").exists()
 
     def run(catalog: str, report: str) -> tuple[list[dict], dict]:

@@ -9,7 +9,6 @@ import errno
 import fcntl
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+from scan_tree import kill_listed_scan_once
 
 from hashmatch.engine.catalog import Catalog
 from hashmatch.engine.scan import ScanInterrupted, ScanOptions, scan
@@ -53,24 +53,11 @@ def test_a_killed_scans_workers_directory_is_removed_by_the_next_scan(tmp_path):
     env = {**os.environ, "TMPDIR": str(tmp)}
     args = [sys.executable, "-c", CLI, "scan", "--from-list", "-", "--no-match",
             "--data-dir", str(tmp_path / "data"), "--workers", "1", "--no-progress"]  # fmt: skip
-    said = tmp_path / "stderr.txt"
-    with open(said, "wb") as stderr:
-        killed = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=stderr, env=env)
-    try:
-        killed.stdin.write(f"{tmp_path / 'a.png'}\n".encode())
-        killed.stdin.flush()  # kept open: the scan waits for more, its worker started
-        deadline = time.monotonic() + 120
-        while not [f for d in tmp.glob("hashmatch-scan-*") for f in d.iterdir()]:
-            assert killed.poll() is None, said.read_text()
-            assert time.monotonic() < deadline, said.read_text()
-            time.sleep(0.05)
-        killed.send_signal(signal.SIGKILL)
-        killed.wait(timeout=30)
-    finally:
-        if killed.poll() is None:
-            killed.kill()
-            killed.wait()
-        killed.stdin.close()
+    kill_listed_scan_once(  # once its worker has started (its fd 2 file exists)
+        args, [tmp_path / "a.png"],
+        lambda: any(f for d in tmp.glob("hashmatch-scan-*") for f in d.iterdir()),
+        tmp_path / "stderr.txt", env=env,
+    )  # fmt: skip
     (left,) = tmp.glob("hashmatch-scan-*")  # the worker's file in it: nobody removes it
     _backdate(left)
 
