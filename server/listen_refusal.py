@@ -13,6 +13,7 @@ import os
 import socket
 from pathlib import Path
 
+from hashmatch.engine.store_lock_holder import describe_process
 from hashmatch.server.config import UNIX_SCHEMES
 
 _GENERIC = "address in use, or not an address of this host?"
@@ -46,8 +47,9 @@ def listen_refusal(listen: str) -> str:
 
 
 def port_holder(port: int) -> str | None:
-    """``pid N (name)`` of a process listening on TCP ``port``, or None when unknowable
-    (not Linux, or the socket is another user's)."""
+    """``pid N (its command line)`` of a process listening on TCP ``port``, as a store
+    lock's holder is described (:func:`describe_process`), or None when unknowable (not
+    Linux, or the socket is another user's)."""
     inodes = _listening_inodes(port)
     if not inodes:
         return None
@@ -60,11 +62,7 @@ def port_holder(port: int) -> str | None:
         except OSError:  # another user's process, or one that just ended
             continue
         if any(f"socket:[{inode}]" in links for inode in inodes):
-            try:
-                name = (pid_dir / "comm").read_text().strip()
-            except OSError:
-                name = "?"
-            return f"pid {pid_dir.name} ({name})"
+            return describe_process(int(pid_dir.name))
     return "a process of another user"
 
 
