@@ -28,9 +28,7 @@ from hashmatch.engine.decode import (
 )
 from hashmatch.engine.imagehashes import IMAGEHASH_TYPES, imagehash_codes
 from hashmatch.engine.multihash import (
-    orientations as oriented_views,
-)
-from hashmatch.engine.multihash import (
+    orientations,
     pdq_derotate_codes,
     pdq_image_codes,
     pdq_small_codes,
@@ -297,13 +295,13 @@ def _variant_of_stored(orientation: int) -> int:
     stored = as_stored(probe, orientation)
     return next(
         n
-        for n, view in enumerate(oriented_views(probe))
+        for n, view in enumerate(orientations(probe))
         if view.shape == stored.shape and np.array_equal(view, stored)
     )
 
 
 def _pdq_frames(data: bytes, options: HashOptions) -> HashResult:
-    codes, qualities, numbers, orientations = [], [], [], []
+    codes, qualities, numbers, turned = [], [], [], []
     for n, frame in enumerate(iter_frames(data, limits=options.limits)):
         if options.checkpoint is not None:
             options.checkpoint()
@@ -311,9 +309,9 @@ def _pdq_frames(data: bytes, options: HashOptions) -> HashResult:
         codes.append(one.codes)
         qualities.extend(one.qualities)
         numbers.extend([n] * len(one.codes))
-        orientations.extend(one.orientations)
+        turned.extend(one.orientations)
     result = HashResult("pdq", np.concatenate(codes), qualities, frame_numbers=numbers)
-    result.orientations = orientations
+    result.orientations = turned
     return result
 
 
