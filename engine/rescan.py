@@ -62,6 +62,7 @@ from hashmatch.engine.errors import Conflict, CorruptData
 from hashmatch.engine.matcher import PDQ_MIN_QUALITY, keeps_row_hit
 from hashmatch.engine.report_file import write_jsonl_atomically
 from hashmatch.engine.rescan_gap import fill_gaps
+from hashmatch.engine.rescan_keys import CURSOR_KEY, LOG_KEY
 from hashmatch.engine.scan import file_hash_hex, match_record, threshold_for
 from hashmatch.engine.store import (
     FRAME_BITS,
@@ -83,10 +84,6 @@ if TYPE_CHECKING:
     from hashmatch.engine.scan import Matcher
     from hashmatch.engine.signal_types import SignalType
     from hashmatch.indexes.sharded import ShardedIndex
-
-CURSOR_KEY = "rescan_seq"
-#: catalog meta key (per cursor key) of the log the cursor is a position in
-LOG_KEY = "rescan_log"
 
 
 @dataclass

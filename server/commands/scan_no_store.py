@@ -17,9 +17,10 @@ from pathlib import Path
 
 import click
 
-#: The catalog's per-server record (``engine.rescan.LOG_KEY``), kept by ``scan
-#: --server`` and ``rescan --server``; not imported: engine.rescan loads numpy.
-_SERVER_RECORD = "rescan_log@"
+from hashmatch.engine.rescan_keys import LOG_KEY
+
+#: The catalog's per-server record, kept by ``scan --server`` and ``rescan --server``.
+_SERVER_RECORD = f"{LOG_KEY}@"
 
 
 def catalog_servers(catalog: Path) -> list[str]:
