@@ -32,10 +32,10 @@ sequence of operations applied to any one element:
   step is one vector add and one vector subtract per 8 rows, each lane seeing the
   reference sequence; pass 1's outputs are divided in the same loop (FMA-corrected,
   as pass 2's) and, 8 columns at a time, transposed back into rows for the column
-  pass; pass 3 only divides and keeps the 64 sampled columns. (numba alone would
-  not do this: with scalar code the lane sums stay in scalar registers or memory,
-  so the vector type and the tile transpose are numba intrinsics emitting plain
-  LLVM vector IR, portable to any target LLVM knows);
+  pass; pass 3 only divides and keeps the 64 sampled columns. (numba alone would not do this: with scalar code the
+  lane sums stay in scalar registers or memory, so the vector type and the tile
+  transpose are numba intrinsics emitting plain LLVM vector IR, portable to any
+  target LLVM knows);
 * luma is ``float32(299R + 587G + 114B) / 1000``: the weighted sum of integers is
   exact, and one correctly rounded float32 division of it (done as an FMA-corrected
   multiply, equal for every key: _div_1000) equals the bindings' float64
@@ -56,9 +56,8 @@ column pass 2 ~0.7 ms, rows into lanes again ~0.45 ms and row pass 3 ~0.45 ms.
 Since then luma's and row pass 1's divisions went from the divider to FMA-corrected
 multiplies (_div_1000, _v8_div_fma): PDQ of a 1080p RGB image 3.06 -> 2.17 ms (min
 of 5 runs over 40 bench JPEGs, 2026-12-07). Pass 1's way back into rows now goes
-through an 8-column tile as it runs (see _row_pass_rows). The same for pass 3's way
-into lanes (a ring of lane tiles filled as the pass reaches them) was ~3x slower: not
-kept.
+through an 8-column tile as it runs (see _row_pass_rows). The same for pass 3's way into lanes (a ring of lane tiles filled as
+the pass reaches them) was ~3x slower: not kept.
 
 Tried and not kept: 4 or 8 interleaved scalar running-sum chains per row pass
 (latency-bound at ~0.7 ns per element, ~1.5 ms per pass at 1920x1080, plus ~0.9 ms
