@@ -30,15 +30,14 @@ sequence of operations applied to any one element:
 * row passes run 16 rows at once as the lanes of two 8-float LLVM vectors: a block of
   rows is transposed in 8x8 register tiles (pure data movement) so that each column
   step is one vector add and one vector subtract per 8 rows, each lane seeing the
-  reference sequence; pass 1's outputs are divided in the same loop (FMA-corrected,
-  as pass 2's) and, 8 columns at a time, transposed back into rows for the column
-  pass; pass 3 only divides and keeps the 64 sampled columns. (numba alone would not do this: with scalar code the
+  reference sequence; pass 1's outputs are divided in the same loop and, 8 columns
+  at a time, transposed back into rows for the column pass; pass 3 only divides and
+  keeps the 64 sampled columns. (numba alone would not do this: with scalar code the
   lane sums stay in scalar registers or memory, so the vector type and the tile
   transpose are numba intrinsics emitting plain LLVM vector IR, portable to any
   target LLVM knows);
 * luma is ``float32(299R + 587G + 114B) / 1000``: the weighted sum of integers is
-  exact, and one correctly rounded float32 division of it (done as an FMA-corrected
-  multiply, equal for every key: _div_1000) equals the bindings' float64
+  exact, and one correctly rounded float32 division of it equals the bindings' float64
   ``R*0.299 + G*0.587 + B*0.114`` for every one of the 2**24 colours (the test checks
   all of them). On x86-64 the integer sum is SSE2 ``pmaddwd`` on byte pairs, and luma
   goes from the RGB bytes straight into the row passes' lane layout, 8x8 pixels at a
@@ -53,10 +52,8 @@ At 1920x1080 (2-core AMD EPYC "Naples", AVX2 split into 128-bit halves) the time
 splits roughly into luma into lanes ~1.4 ms, row pass 1 ~1.0 ms (0.45 ms the running
 sums, the rest its division: the float32 divider is the limit), back into rows ~0.4 ms,
 column pass 2 ~0.7 ms, rows into lanes again ~0.45 ms and row pass 3 ~0.45 ms.
-Since then luma's and row pass 1's divisions went from the divider to FMA-corrected
-multiplies (_div_1000, _v8_div_fma): PDQ of a 1080p RGB image 3.06 -> 2.17 ms (min
-of 5 runs over 40 bench JPEGs, 2026-12-07). Pass 1's way back into rows now goes
-through an 8-column tile as it runs (see _row_pass_rows). The same for pass 3's way into lanes (a ring of lane tiles filled as
+Pass 1's way back into rows now goes through an 8-column tile as it runs (see
+_row_pass_rows). The same for pass 3's way into lanes (a ring of lane tiles filled as
 the pass reaches them) was ~3x slower: not kept.
 
 Tried and not kept: 4 or 8 interleaved scalar running-sum chains per row pass
@@ -182,8 +179,7 @@ def _v8_div_fma(typingctx, x, y, d):
     x - q*d is exact and the step rounds like x/d: not a theorem for every d (q can be
     more than one ulp off), so only divisors checked against every float32 mantissa use
     it (FMA_DIVISOR_MAX). Like _recips it needs normal quotients and residuals: column
-    pass 2's nonzero sums are at least 2**-82, row pass 1's at least 2**-27 (sums of
-    luma values >= 0.114, all multiples of 2**-27). Why: three FMA-unit operations instead
+    pass 2's nonzero sums are at least 2**-82. Why: three FMA-unit operations instead
     of float64 conversions (or the divider): column pass 2 ~0.2 ms faster at 1080p."""
 
     def codegen(context, builder, sig, args):
@@ -399,20 +395,15 @@ def _row_pass(xt, yt, n, w, div, keep):
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
-def _row_out_rows(a, b, tile, o, d, y, fma, rows, wp):
+def _row_out_rows(a, b, tile, o, d, rows, wp):
     """_row_out for row pass 1, straight back into rows: output ``o`` goes to slot
     ``o % 8`` of an 8-column tile (L1-sized), and every 8 outputs the tile is
-    transposed into columns ``o - 7 .. o`` of the 16 rows. Same values, same divisions
-    (by _v8_div_fma through ``y`` = float32(1/d) when ``fma``: the divider bounded
-    this pass); only where they are stored changes."""
+    transposed into columns ``o - 7 .. o`` of the 16 rows. Same values, same divisions;
+    only where they are stored changes."""
+    dv = _v8_splat(d)
     slot = (o & 7) * LANES
-    if fma:
-        _v8_store(tile, slot, _v8_div_fma(a, y, d))
-        _v8_store(tile, slot + 8, _v8_div_fma(b, y, d))
-    else:
-        dv = _v8_splat(d)
-        _v8_store(tile, slot, _v8_div(a, dv))
-        _v8_store(tile, slot + 8, _v8_div(b, dv))
+    _v8_store(tile, slot, _v8_div(a, dv))
+    _v8_store(tile, slot + 8, _v8_div(b, dv))
     if (o & 7) == 7:
         c = o - 7
         _transpose8(tile, 0, LANES, rows, c, wp)
@@ -420,7 +411,7 @@ def _row_out_rows(a, b, tile, o, d, y, fma, rows, wp):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _row_pass_rows(xt, tile, n, w, div, ydiv, rows, wp):
+def _row_pass_rows(xt, tile, n, w, div, rows, wp):
     """Row pass 1: :func:`_row_pass` with every output kept, written back into 16 rows
     of ``wp`` floats (``rows``, flat) as it goes.
 
@@ -430,7 +421,6 @@ def _row_pass_rows(xt, tile, n, w, div, ydiv, rows, wp):
     (2.1-2.3 -> 1.9-2.1 ms, the scan's path).
     """
     half = (w + 2) // 2
-    fma = w <= FMA_DIVISOR_MAX  # every row divisor is at most w
     a = _v8_zero()
     b = _v8_zero()
     ri = 0
@@ -442,21 +432,21 @@ def _row_pass_rows(xt, tile, n, w, div, ydiv, rows, wp):
     for _ in range(w - half + 1):
         a = _v8_add(a, _v8_load(xt, ri * LANES))
         b = _v8_add(b, _v8_load(xt, ri * LANES + 8))
-        _row_out_rows(a, b, tile, oi, div[oi], ydiv[oi], fma, rows, wp)
+        _row_out_rows(a, b, tile, oi, div[oi], rows, wp)
         ri += 1
         oi += 1
     li = 0
     for _ in range(n - w):
         a = _v8_sub(_v8_add(a, _v8_load(xt, ri * LANES)), _v8_load(xt, li * LANES))
         b = _v8_sub(_v8_add(b, _v8_load(xt, ri * LANES + 8)), _v8_load(xt, li * LANES + 8))
-        _row_out_rows(a, b, tile, oi, div[oi], ydiv[oi], fma, rows, wp)
+        _row_out_rows(a, b, tile, oi, div[oi], rows, wp)
         ri += 1
         li += 1
         oi += 1
     for _ in range(half - 1):
         a = _v8_sub(a, _v8_load(xt, li * LANES))
         b = _v8_sub(b, _v8_load(xt, li * LANES + 8))
-        _row_out_rows(a, b, tile, oi, div[oi], ydiv[oi], fma, rows, wp)
+        _row_out_rows(a, b, tile, oi, div[oi], rows, wp)
         li += 1
         oi += 1
     if n & 7:  # the last, partial tile (its spare columns land in the row padding)
@@ -586,22 +576,7 @@ def _luma4(context, builder, sdata, at):
             v = builder.uitofp(builder.shuffle_vector(px, zero, mask), f32x4)
             chan.append(builder.fmul(v, ir.Constant(f32x4, [w] * 4)))
         key = builder.fadd(builder.fadd(chan[0], chan[1]), chan[2])
-    return _div_1000(builder, key)
-
-
-def _div_1000(builder, key):
-    """Codegen: ``key / 1000`` for a <4 x float> of integer keys 0..255000, as an
-    FMA-corrected multiply by float32(1/1000) (see _v8_div_fma): equal to the float32
-    division for every key (tests/test_pdq.py checks all 2**24 colours), and three
-    FMA-unit operations instead of the divider, which bounded the luma pass."""
-    f32x4 = ir.VectorType(ir.FloatType(), 4)
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(f32x4, [f32x4] * 3), "llvm.fma.v4f32"
-    )
-    y = ir.Constant(f32x4, [float(np.float32(1.0) / np.float32(1000.0))] * 4)
-    q = builder.fmul(key, y)
-    rem = builder.call(fma, [builder.fneg(q), ir.Constant(f32x4, [1000.0] * 4), key])
-    return builder.call(fma, [rem, y, q])
+    return builder.fdiv(key, ir.Constant(f32x4, [1000.0] * 4))
 
 
 @intrinsic
@@ -796,7 +771,6 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
     div_c = box_divisors(nrows, wc)
     add, sub, out = _column_schedule(nrows, wc)
     rec_c = _recips(div_c)
-    y_r = np.float32(1.0) / div_r  # float32 reciprocals for _v8_div_fma
     keep64 = np.full(ncols, -1, np.int64)
     for j in range(64):
         keep64[col_samples[j]] = col_samples[j]
@@ -847,7 +821,7 @@ def downsample64(rgb, wr, wc, col_samples, row_samples):
             else:
                 _grey_to_lanes(rgb, done, xt)
             base = (done % ring) * wp
-            _row_pass_rows(xt, tile, ncols, wr, div_r, y_r, b1f[base : base + LANES * wp], wp)
+            _row_pass_rows(xt, tile, ncols, wr, div_r, b1f[base : base + LANES * wp], wp)
             done += rows
         _column_block(b1f, wp, colsum, aoff, soff, orow, rec, ne, tile, xt, y32, d32, fma)
         _row_pass(xt, yt, ncols, wr, div_r, keep64)

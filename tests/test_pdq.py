@@ -161,9 +161,8 @@ def test_float64_reciprocal_divides_exactly_like_float32_division():
 
 
 def test_fma_corrected_division_is_float32_division_for_every_mantissa():
-    """Row pass 1 and column pass 2 divide by an FMA-corrected multiply
-    (pdq_kernels._v8_div_fma) for window lengths up to FMA_DIVISOR_MAX: for each such d
-    it must give the correctly
+    """Column pass 2 divides by an FMA-corrected multiply (pdq_kernels._v8_div_fma) for
+    window lengths up to FMA_DIVISOR_MAX: for each such d it must give the correctly
     rounded x / d for every float32 mantissa. The binade does not matter (every step
     scales exactly by powers of two while values stay normal) and an even d = 2**k m
     behaves as m, so every odd d is checked on all 2**23 mantissas, plus small even d,
@@ -179,7 +178,7 @@ def test_fma_corrected_division_is_float32_division_for_every_mantissa():
         for i in range(0, xs.shape[0], 8):
             k._v8_store(out, i, k._v8_div_fma(k._v8_load(xs, i), y, d))
         for i in range(xs.shape[0]):
-            if out[i] != xs[i] / d:  # -0.0 gives +0.0: passes 1, 2 never see -0 (sums
+            if out[i] != xs[i] / d:  # -0.0 gives +0.0: pass 2 never sees -0 (its sums
                 bad += 1  # start at +0 and add luma >= 0; x - x rounds to +0)
         return bad
 
@@ -213,15 +212,12 @@ def test_fma_corrected_division_is_float32_division_for_every_mantissa():
         (32640, 6),  # the largest column window (255) with FMA-corrected division
         (32641, 6),  # window 256: float64 reciprocals instead
         (40000, 5),
-        (6, 32640),  # the largest row window (255): row pass 1 divides FMA-corrected
-        (6, 32641),  # window 256: row pass 1 divides with the float32 divider
     ],
 )
 def test_column_blocks_match_pdqhash(shape):
     """Column pass 2 runs in blocks of 16 output rows, 32 columns (or 8 at the edge) at
     a time: heights around the block size, widths around the 8- and 32-column groups,
-    tall and wide images past FMA_DIVISOR_MAX (both the column and the row passes
-    switch division there) and both pixel kinds (noise, smooth)."""
+    tall images past FMA_DIVISOR_MAX and both pixel kinds (noise, smooth)."""
     rng = np.random.default_rng(shape[0] * 7 + shape[1])
     noise = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
     _assert_same(noise, f"noise {shape}", dihedral=False)
