@@ -70,7 +70,11 @@ from hashmatch.engine.media_limits import DEFAULT_FILE_TIMEOUT, LOCAL_MAX_VIDEO_
 from hashmatch.engine.report_file import write_jsonl_atomically
 from hashmatch.engine.report_reader import ReaderWatch, watch_stdout
 from hashmatch.engine.scan_digests import digest_apart, digest_bound
-from hashmatch.engine.scan_pool_start import fork_server_ready, short_socket_tempdir
+from hashmatch.engine.scan_pool_start import (
+    WorkersFailedToStart,
+    fork_server_ready,
+    short_socket_tempdir,
+)
 from hashmatch.engine.scan_stderr import (
     InProcessCapture,
     WorkersDir,
@@ -1446,6 +1450,9 @@ class Scanner:
                 self._process(blocks)
             except ScanInterrupted:
                 self.summary.interrupted = True
+            except WorkersFailedToStart:
+                self._flush()  # what earlier workers returned is kept
+                raise
             self._flush()  # what the workers returned is kept, even when stopped
         finally:
             self.progress.close()
@@ -1788,6 +1795,7 @@ class Scanner:
                 # one worker's death fails every task in flight, not only its own: which
                 # file did it is unknown, so each is tried once more, alone
                 self._check_stop()  # ...unless the same signal stopped them and us
+                self._refuse_unstarted_pool(exc)
                 self._lost.extend(chunk)
                 if isinstance(exc, cf.process.BrokenProcessPool):
                     if not self._broken:  # this break's first lost task: read them once
@@ -1815,11 +1823,24 @@ class Scanner:
                 self._pending.extend(fut.result())
             except Exception as exc:
                 self._check_stop()
+                self._refuse_unstarted_pool(exc)
                 self._pending.append(self._with_digests(self._lost_alone(e, exc)))
                 if isinstance(exc, cf.process.BrokenProcessPool):
                     self._broken = True
             self._lost_words.pop(e.path, None)
             self._flush_if_due()
+
+    def _refuse_unstarted_pool(self, exc: BaseException) -> None:
+        """Raise WorkersFailedToStart when ``exc`` broke a pool none of whose workers
+        ever started (none claimed its watch slot, which a worker's initializer does
+        first): a break that is no file's doing."""
+        if (
+            isinstance(exc, cf.process.BrokenProcessPool)
+            and self._watch is not None
+            and not self._stall_killed
+            and self._watch.taken.value == 0
+        ):
+            raise WorkersFailedToStart() from exc
 
     def _lost_alone(self, e: Entry, exc: BaseException) -> WorkResult:
         """The failure of a file whose worker died with only it in hand."""

@@ -27,6 +27,8 @@ import tempfile
 import threading
 from multiprocessing.context import BaseContext
 
+from hashmatch.engine.errors import HashmatchError
+
 #: How often the main thread checks for a stop while the fork server loads.
 POLL_SECONDS = 0.1
 
@@ -64,6 +66,29 @@ def short_socket_tempdir() -> str | None:
         config["tempdir"] = tempdir  # (an older long one is still removed at exit)
         return tempdir
     return None
+
+
+class WorkersFailedToStart(HashmatchError):
+    """The scan's worker pool broke before any worker reached its initializer: no file
+    was being hashed, so none is to blame, and every new pool would break the same way.
+
+    Why an error of its own: such a break was handled as a file crashing its worker,
+    so each file in turn was retried alone in a fresh pool and catalogued
+    ``worker-crashed`` (6 files: 4 s; a million: days), though nothing was wrong with
+    any of them. The usual cause is a Python script calling ``scan()`` without an
+    ``if __name__ == "__main__":`` guard: each worker imports the script (as every
+    multiprocessing child started by ``forkserver`` or ``spawn`` does) and runs its
+    top-level code again, the scan included, which fails there."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the scan's worker processes exited while starting, before hashing any file"
+            " (what they printed, if anything, is on stderr); nothing was recorded for"
+            " the files in hand: run the scan again once the cause is fixed. Called from"
+            " a Python script? Its workers import it, as Python's multiprocessing does,"
+            ' so its top-level code must be under `if __name__ == "__main__":`;'
+            " workers=0 (--workers 0) hashes in the calling process instead"
+        )
 
 
 def fork_server_ready(context: BaseContext, stop: threading.Event | None) -> bool:

@@ -24,6 +24,7 @@ import click
 
 from hashmatch.engine.errors import HashmatchError, is_disk_full, nearly_full
 from hashmatch.engine.media_limits import LOCAL_MAX_VIDEO_FRAMES
+from hashmatch.engine.scan_pool_start import WorkersFailedToStart
 from hashmatch.server.commands.hashing import file_timeout_option
 from hashmatch.server.commands.scan_no_store import no_store
 from hashmatch.server.commands.service import (
@@ -604,8 +605,9 @@ def _one_line_errors(server: str | None, *, name_server: bool) -> Iterator[None]
     try:
         yield
     except (HashmatchError, TimeoutError) as exc:
+        ours = isinstance(exc, WorkersFailedToStart)  # this machine's workers, not the server
         raise click.ClickException(
-            f"{server}: {exc}" if server and name_server else str(exc)
+            f"{server}: {exc}" if server and name_server and not ours else str(exc)
         ) from exc
     except BrokenPipeError:  # --out - | head: click ends quietly, as `cat | head` would
         raise
