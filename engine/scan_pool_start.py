@@ -1,4 +1,5 @@
-"""Waiting for the scan workers' fork server without outwaiting a stop signal.
+"""Starting the scan's workers: waiting for their fork server without outwaiting a
+stop signal, a socket path that fits, and an error for workers that never start.
 
 Why: the fork server imports the hashing stack and loads the PDQ kernels (numba)
 before it forks a worker: ~1.5 s on an idle 2-core host, 4-7 s on a loaded one. The
@@ -15,6 +16,9 @@ path may not exceed 107 bytes (``sun_path``): under a ``$TMPDIR`` longer than 75
 scan with workers failed at once ``Error: AF_UNIX path too long`` (a CI worker's pytest
 directory, a deep per-job temporary directory). :func:`short_socket_tempdir` then puts
 that directory in the system's own (``/tmp``), as newer Pythons do (CPython gh-132124).
+
+Workers that die before any of them starts (:class:`WorkersFailedToStart`) are no
+file's doing: the scan stops and says why, instead of blaming each file in turn.
 """
 
 from __future__ import annotations
