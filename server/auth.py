@@ -298,6 +298,12 @@ def tenant_entry(name: str, token: str, roles: Iterable[str], *, all_lists: bool
     )
 
 
+def admin_token_path(auth_path: Path) -> Path:
+    """Where the first start saves its admin token: ``admin.token`` beside the tokens
+    file (one name for what writes, announces, undoes and checks it)."""
+    return auth_path.parent / "admin.token"
+
+
 def bootstrap_admin(auth_path: Path) -> str | None:
     """First start with no tokens file: create one holding a fresh admin token.
 
@@ -310,7 +316,7 @@ def bootstrap_admin(auth_path: Path) -> str | None:
     auth_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # a new data dir
     token = secrets.token_urlsafe(32)
     header = "# hashmatch tokens (SHA-256 digests only). Add tenants with `hashmatch token`.\n\n"
-    token_file = auth_path.parent / "admin.token"
+    token_file = admin_token_path(auth_path)
     # Why this order: a full disk used to leave a 0-byte auth.toml (refused at every later
     # start as "holds no tokens"), or an auth.toml whose admin token was never saved.
     # Both files are written whole aside first (names of this process: two processes

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hashmatch.server.auth import hash_token
+from hashmatch.server.auth import admin_token_path, hash_token
 
 
 class FirstStartFiles:
@@ -39,7 +39,7 @@ class FirstStartFiles:
         removed: list[Path] = []
         if self.token is None:
             return removed  # this start made no tokens file: nor (then) its directory
-        token_file = self.auth_path.parent / "admin.token"
+        token_file = admin_token_path(self.auth_path)
         if _read(token_file) == self.token + "\n":
             token_file.unlink()
             removed.append(token_file)

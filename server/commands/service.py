@@ -277,7 +277,9 @@ def serve(config_file: str | None, **flags: Any) -> None:
 
 def _say_first_admin(auth_path: Path, token: str) -> None:
     """Where the first start's admin token is; the token itself on a terminal only."""
-    saved = auth_path.parent / "admin.token"
+    from hashmatch.server.auth import admin_token_path
+
+    saved = admin_token_path(auth_path)
     if sys.stderr.isatty():
         click.echo(
             f"created {auth_path} with an admin token (shown once; also saved"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import click
 
 from hashmatch.engine.errors import HashmatchError
-from hashmatch.server.auth import ROLES, hash_token
+from hashmatch.server.auth import ROLES, admin_token_path, hash_token
 
 if TYPE_CHECKING:
     from hashmatch.server.tokens_file import Change
@@ -399,7 +399,7 @@ def _saved_admin_token(auth_path: Path) -> tuple[Path, str] | None:
 
     Why: the README has operators read their token from it; once that token is revoked
     (a rotation), the file names a token no server accepts, and nothing else says so."""
-    saved = auth_path.parent / "admin.token"
+    saved = admin_token_path(auth_path)
     try:
         return saved, saved.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
