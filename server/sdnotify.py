@@ -24,7 +24,8 @@ ENV = "NOTIFY_SOCKET"
 def notify(*fields: str) -> bool:
     """Send ``fields`` (``"READY=1"``, ``"STATUS=..."``) to systemd; True if sent.
 
-    Never raises: a supervisor that went away must not take the server with it."""
+    Never raises nor blocks: a supervisor that went away, or stopped reading, must not
+    take the server with it."""
     address = os.environ.get(ENV, "")
     if not address or not fields:
         return False
@@ -33,6 +34,9 @@ def notify(*fields: str) -> bool:
     message = "\n".join(f.replace("\n", " ") for f in fields).encode("utf-8", "replace")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            # a supervisor that stopped reading fills the socket's queue (ten datagrams
+            # by default): a blocking send then hung serve, in its signal handler too
+            sock.setblocking(False)
             sock.connect(address)
             sock.sendall(message)
     except OSError:

@@ -304,7 +304,7 @@ def test_serve_says_its_start_and_drain_through_its_log(tmp_path):
         [sys.executable, "-c", logged, str(log_file), "serve", "--insecure-no-auth",
          "--listen", f"127.0.0.1:{port}", "--metrics-port", "-1",
          "--data-dir", str(tmp_path / "data")],
-        stderr=subprocess.PIPE, text=True, env=_clean_env(),
+        stderr=subprocess.PIPE, text=True, env={**_clean_env(), "PYTHONFAULTHANDLER": "1"},
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -312,7 +312,13 @@ def test_serve_says_its_start_and_drain_through_its_log(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, "serve never served"
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
+        try:  # the drain is bounded (drain_seconds + slack), the exit too (exit_guard)
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # where it hung: faulthandler's dump on SIGABRT
+            proc.send_signal(signal.SIGABRT)
+            _, stderr = proc.communicate(timeout=30)
+            hung = f"serve hung after SIGTERM: {log_file.read_text()}{stderr}"
+            raise AssertionError(hung) from None
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -475,6 +481,28 @@ def test_notify_is_a_no_op_outside_systemd_and_never_raises(monkeypatch, tmp_pat
         assert notify.wait_for("READY", timeout=5) == {"READY": "1", "STATUS": "two lines"}
     finally:
         notify.close()
+
+
+def test_notify_never_blocks_on_a_supervisor_that_stopped_reading(monkeypatch, tmp_path):
+    """The socket's queue full (nobody reads it): notify returns False at once; a
+    blocking send hung serve, in its SIGTERM handler too."""
+    from hashmatch.server import sdnotify
+
+    unread = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    unread.bind(str(tmp_path / "notify.sock"))
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+    sent: list[bool] = []
+    sender = threading.Thread(
+        target=lambda: sent.extend(sdnotify.notify(f"STATUS={i}") for i in range(200)),
+        daemon=True,
+    )
+    try:
+        sender.start()
+        sender.join(timeout=30)
+        assert not sender.is_alive(), f"notify blocked after {len(sent)} datagrams"
+        assert sent[0] is True and sent[-1] is False, sent  # the queue filled, then refused
+    finally:
+        unread.close()
 
 
 DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy"

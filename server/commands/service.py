@@ -173,7 +173,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     from hashmatch.server import auth as auth_mod
     from hashmatch.server import config as config_mod
-    from hashmatch.server import sdnotify
+    from hashmatch.server import exit_guard, sdnotify
     from hashmatch.server.app import HashmatchServer
     from hashmatch.server.first_start import FirstStartFiles
 
@@ -273,6 +273,7 @@ def serve(config_file: str | None, **flags: Any) -> None:
     server.stop()
     if first_admin:  # stopped before the index loaded: the store may be there all the same
         _audit_first_admin(config, first_admin)
+    exit_guard.exit_within()  # a thread stuck past the drain must not keep the process
 
 
 def _say_first_admin(auth_path: Path, token: str) -> None:
