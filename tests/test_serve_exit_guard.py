@@ -18,7 +18,7 @@ from hashmatch.server.exit_guard import STALLED_EXIT_STATUS
 # the stuck thread, then serve itself, in one interpreter; the guard's wait shortened
 STUCK_SERVE = (
     "import threading; threading.Thread(target=threading.Event().wait, name='stuck-handler')"
-    ".start(); import hashmatch.server.exit_guard as guard; guard.EXIT_GRACE_SECONDS = 1.0; "
+    ".start(); import hashmatch.server.exit_guard as guard; guard.AFTER_DRAIN_SECONDS = 3.0; "
     "from hashmatch.server.cli import main; main()"
 )
 

@@ -270,10 +270,10 @@ def serve(config_file: str | None, **flags: Any) -> None:
             )
             sdnotify.notify("READY=1", f"STATUS={serving})")
     log.info("signal %s: draining (up to %ss)", stopped_by[0], config.drain_seconds)
+    exit_guard.exit_within(config.drain_seconds)  # nothing stuck keeps the process
     server.stop()
     if first_admin:  # stopped before the index loaded: the store may be there all the same
         _audit_first_admin(config, first_admin)
-    exit_guard.exit_within()  # a thread stuck past the drain must not keep the process
 
 
 def _say_first_admin(auth_path: Path, token: str) -> None:
