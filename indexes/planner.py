@@ -23,6 +23,7 @@ the scan cost, the segment scans.
 
 from __future__ import annotations
 
+import heapq
 from functools import lru_cache
 from math import comb
 
@@ -55,6 +56,7 @@ def split_widths(bits: int, m: int) -> list[int]:
     return [base + 1] * extra + [base] * (m - extra)
 
 
+@lru_cache(maxsize=1 << 16)  # a plan costs the same few (width, t) pairs ~10^5 times
 def table_cost(
     n: int, width: int, t: int, density: float | None = None, obits: int | None = None
 ) -> float:
@@ -91,18 +93,23 @@ def assign_radii(
     obs = obits or list(widths)
     t = [-1] * len(widths)
     cost = [0.0] * len(widths)
+
+    def next_delta(i: int) -> float:
+        if t[i] >= widths[i]:  # a table at t = width already enumerates every key
+            return float("inf")
+        return table_cost(n, widths[i], t[i] + 1, dens[i], obs[i]) - cost[i]
+
+    # the cheapest next unit first, the lowest table on a tie: only the table that
+    # took the unit changes its next cost, so a heap finds the next best in log m
+    heap = [(next_delta(i), i) for i in range(len(widths))]
+    heapq.heapify(heap)
     for _ in range(radius + 1):
-        best, best_delta = 0, float("inf")
-        for i, w in enumerate(widths):
-            if t[i] >= w:  # a table at t = width already enumerates every key
-                continue
-            delta = table_cost(n, w, t[i] + 1, dens[i], obs[i]) - cost[i]
-            if delta < best_delta:
-                best, best_delta = i, delta
-        if best_delta == float("inf"):
+        if not heap or heap[0][0] == float("inf"):
             break  # every table saturated: exhaustive, still exact
+        best = heap[0][1]
         t[best] += 1
         cost[best] = table_cost(n, widths[best], t[best], dens[best], obs[best])
+        heapq.heapreplace(heap, (next_delta(best), best))
     return t, sum(cost)
 
 
