@@ -20,7 +20,6 @@ import logging
 import os
 import sys
 import threading
-import time
 
 #: How long the stop may take beyond the drain's grace: gRPC's slack, the lookup threads,
 #: background work and in-flight handlers (5 s each at most, see HashmatchServer.stop),
@@ -39,7 +38,7 @@ def exit_within(drain_seconds: float) -> threading.Thread:
     seconds = drain_seconds + AFTER_DRAIN_SECONDS
 
     def guard() -> None:
-        time.sleep(seconds)
+        threading.Event().wait(min(seconds, threading.TIMEOUT_MAX))  # 1e300 s: no guard
         holding = sorted(
             t.name
             for t in threading.enumerate()
