@@ -606,13 +606,15 @@ class Engine:
         actor: str = "local",
         tenant: str | None = None,
         missing: list[str] | None = None,
+        unchanged: list[str] | None = None,
     ) -> int:
         """Retract signals (by (type, hex), id or external id); gone from the next lookup.
-        ``missing``: as the store's :meth:`~hashmatch.engine.store.SignalStore.retract`."""
+        ``missing``, ``unchanged``: as the store's
+        :meth:`~hashmatch.engine.store.SignalStore.retract`."""
         n = self.store.retract(
             list_name=list_name, hashes=hashes, signal_ids=signal_ids,
             external_ids=external_ids, reason=reason, actor=actor, tenant=tenant,
-            missing=missing,
+            missing=missing, unchanged=unchanged,
         )  # fmt: skip
         self.sync()
         return n

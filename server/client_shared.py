@@ -1408,12 +1408,14 @@ def retract_requests(
 def add_retract_reply(
     total: signals_pb2.RetractResponse, reply: signals_pb2.RetractResponse
 ) -> None:
-    """Sum ``reply`` into ``total``: counts add up, ``not_found`` keeps the first 1000
-    as a single reply does."""
+    """Sum ``reply`` into ``total``: counts add up, ``not_found`` and
+    ``already_retracted`` keep the first 1000 as a single reply does."""
     total.retracted += reply.retracted
     total.not_found_total += reply.not_found_total
-    room = MAX_NOT_FOUND_LISTED - len(total.not_found)
-    total.not_found.extend(reply.not_found[: max(room, 0)])
+    total.already_retracted_total += reply.already_retracted_total
+    for listed, more in ((total.not_found, reply.not_found),
+                         (total.already_retracted, reply.already_retracted)):  # fmt: skip
+        listed.extend(more[: max(MAX_NOT_FOUND_LISTED - len(listed), 0)])
 
 
 @contextmanager

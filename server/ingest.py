@@ -317,6 +317,7 @@ def _retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call)
         name, code = convert.parse_hash(value, f"hashes[{i}]")
         hashes.append((name, signal_types.get(name).format(code)))
     missing: list[str] = []  # read with the retraction: a list deleted after it is no error
+    already: list[str] = []  # found, but retracted before: why the count fell short
     count = host.engine.retract(
         list_name=list_name,
         hashes=hashes,
@@ -325,10 +326,15 @@ def _retract(host: ServiceHost, request: signals_pb2.RetractRequest, call: Call)
         actor=call.principal.tenant,
         tenant=call.principal.engine_tenant,
         missing=missing,
+        unchanged=already,
     )
     call.log.update(list=list_name, retracted=count, not_found=len(missing))
     return signals_pb2.RetractResponse(
-        retracted=count, not_found=missing[:MAX_NOT_FOUND_LISTED], not_found_total=len(missing)
+        retracted=count,
+        not_found=missing[:MAX_NOT_FOUND_LISTED],
+        not_found_total=len(missing),
+        already_retracted=already[:MAX_NOT_FOUND_LISTED],
+        already_retracted_total=len(already),
     )
 
 

@@ -142,6 +142,8 @@ def test_remote_verbs(served, tmp_path):
     assert "cli-list" in result.output
     result = _remote(served, "retract", "cli-list", HEX, "--reason", "test")
     assert json.loads(result.stdout)["retracted"] == 1
+    again = json.loads(_remote(served, "retract", "cli-list", HEX).stdout)  # why 0: named
+    assert (again["retracted"], again["already_retracted"]) == (0, [f"pdq:{HEX}"]), again
     result = _remote(served, "stats")
     total = json.loads(result.stdout)["total_signals"]
     assert isinstance(total, int) and total > 0

@@ -220,6 +220,14 @@ def test_retract_and_list_hash_lists(ops):
     assert reply.retracted == 0  # hexes[1] was already retracted: found, not counted again
     assert list(reply.not_found) == [f"pdq:{unknown}", f"id {10**12}"]
     assert reply.not_found_total == 2
+    # why the count fell short: named, as the local `retract` names it on stderr
+    assert list(reply.already_retracted) == [f"pdq:{hexes[1]}"]
+    assert reply.already_retracted_total == 1
+    # split into requests of one target each, the replies add up alike
+    reply = ops.retract("retract-me", hashes=[("pdq", hexes[1]), ("pdq", hexes[2])],
+                        batch_size=1)  # fmt: skip
+    assert (reply.retracted, list(reply.already_retracted)) == (1, [f"pdq:{hexes[1]}"])
+    assert reply.already_retracted_total == 1
     names = {item.name: item for item in ops.list_hash_lists().lists}
     assert "retract-me" in names
 

@@ -25,17 +25,17 @@ _sym_db = _symbol_database.Default()
 from hashmatch.v1 import common_pb2 as hashmatch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahashmatch/v1/signals.proto\x12\x0chashmatch.v1\x1a\x19hashmatch/v1/common.proto\"\xb9\x01\n\x06Signal\x12%\n\x04hash\x18\x01 \x01(\x0b\x32\x17.hashmatch.v1.HashValue\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x13\n\x0b\x65xternal_id\x18\x03 \x01(\t\x12\x0e\n\x06\x66rames\x18\x04 \x03(\t\x12\x17\n\x0f\x66rame_qualities\x18\x05 \x03(\x05\x12\x12\n\ntimestamps\x18\x06 \x03(\x02\x12\x17\n\nexpires_at\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_expires_at\"}\n\rIngestRequest\x12\x11\n\tlist_name\x18\x01 \x01(\t\x12%\n\x07signals\x18\x02 \x03(\x0b\x32\x14.hashmatch.v1.Signal\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\xd5\x01\n\x0eIngestResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x04\x12\x0f\n\x07updated\x18\x02 \x01(\x04\x12\x11\n\tunchanged\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12+\n\nrejections\x18\x05 \x03(\x0b\x32\x17.hashmatch.v1.ItemError\x12\x1c\n\x0fstill_retracted\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x1f\n\x17still_retracted_targets\x18\x07 \x03(\tB\x12\n\x10_still_retracted\"\x84\x01\n\x0eRetractRequest\x12\x11\n\tlist_name\x18\x01 \x01(\t\x12\'\n\x06hashes\x18\x02 \x03(\x0b\x32\x17.hashmatch.v1.HashValue\x12\x12\n\nsignal_ids\x18\x03 \x03(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"P\n\x0fRetractResponse\x12\x11\n\tretracted\x18\x01 \x01(\x04\x12\x11\n\tnot_found\x18\x02 \x03(\t\x12\x17\n\x0fnot_found_total\x18\x03 \x01(\x04\"\x16\n\x14ListHashListsRequest\"\xc4\x01\n\x08HashList\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0csignal_count\x18\x03 \x01(\x04\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x14\n\x0csignal_types\x18\x05 \x03(\t\x12\x1a\n\rexpired_count\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x0e\n\x06labels\x18\x08 \x03(\t\x12\x0b\n\x03uid\x18\t \x01(\tB\x10\n\x0e_expired_count\"`\n\x15ListHashListsResponse\x12%\n\x05lists\x18\x01 \x03(\x0b\x32\x16.hashmatch.v1.HashList\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08store_id\x18\x03 \x01(\t\"z\n\x0e\x43hangesRequest\x12\r\n\x05since\x18\x01 \x01(\x03\x12\x14\n\x0csignal_types\x18\x02 \x03(\t\x12\x13\n\x0bmax_changes\x18\x03 \x01(\x04\x12\x15\n\rsplit_entries\x18\x04 \x01(\x08\x12\x17\n\x0fsince_signal_id\x18\x05 \x01(\x03\"\x80\x03\n\x06\x43hange\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12*\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1a.hashmatch.v1.ChangeAction\x12\x11\n\tsignal_id\x18\x03 \x01(\x03\x12\x13\n\x0bsignal_type\x18\x04 \x01(\t\x12\x0c\n\x04live\x18\x05 \x01(\x08\x12\x0c\n\x04hash\x18\x06 \x01(\x0c\x12\x0e\n\x06\x66rames\x18\x07 \x03(\x0c\x12\x11\n\tlist_name\x18\x08 \x01(\t\x12\x0e\n\x06labels\x18\t \x03(\t\x12\x13\n\x0b\x65xternal_id\x18\n \x01(\t\x12\x14\n\x07quality\x18\x0b \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nexpires_at\x18\x0c \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0f\x66rame_qualities\x18\r \x03(\x05\x12\x12\n\ntimestamps\x18\x0e \x03(\x02\x12(\n\x05state\x18\x0f \x01(\x0e\x32\x19.hashmatch.v1.SignalState\x12\x10\n\x08list_uid\x18\x10 \x01(\tB\n\n\x08_qualityB\r\n\x0b_expires_at\"\xb9\x02\n\x0f\x43hangesResponse\x12%\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x14.hashmatch.v1.Change\x12\x0c\n\x04head\x18\x02 \x01(\x03\x12\x0c\n\x04more\x18\x03 \x01(\x08\x12\x10\n\x08store_id\x18\x04 \x01(\t\x12\x14\n\x0csince_digest\x18\x05 \x01(\t\x12\x13\n\x0bhead_digest\x18\x06 \x01(\t\x12\x15\n\rsplit_entries\x18\x07 \x01(\x08\x12\x16\n\x0ehead_signal_id\x18\x08 \x01(\x03\x12\x19\n\x11head_entry_digest\x18\t \x01(\t\x12\x1a\n\x12since_entry_digest\x18\n \x01(\t\x12\x30\n\rdeleted_lists\x18\x0b \x03(\x0b\x32\x19.hashmatch.v1.DeletedList\x12\x0e\n\x06tenant\x18\x0c \x01(\t\"S\n\x0b\x44\x65letedList\x12\x11\n\tlist_name\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x12\n\ndeleted_at\x18\x03 \x01(\x01\x12\x10\n\x08list_uid\x18\x04 \x01(\t\")\n\x13SignalStatesRequest\x12\x12\n\nsignal_ids\x18\x01 \x03(\x03\"A\n\x14SignalStatesResponse\x12)\n\x06states\x18\x01 \x03(\x0e\x32\x19.hashmatch.v1.SignalState*a\n\x0c\x43hangeAction\x12\x1d\n\x19\x43HANGE_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HANGE_ACTION_ADDED\x10\x01\x12\x19\n\x15\x43HANGE_ACTION_REMOVED\x10\x02*\xb2\x01\n\x0bSignalState\x12\x1c\n\x18SIGNAL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11SIGNAL_STATE_LIVE\x10\x01\x12\x1a\n\x16SIGNAL_STATE_RETRACTED\x10\x02\x12\x18\n\x14SIGNAL_STATE_EXPIRED\x10\x03\x12\x1e\n\x1aSIGNAL_STATE_LIST_DISABLED\x10\x04\x12\x18\n\x14SIGNAL_STATE_DELETED\x10\x05\x32\x93\x03\n\x07Signals\x12\x45\n\x06Ingest\x12\x1b.hashmatch.v1.IngestRequest\x1a\x1c.hashmatch.v1.IngestResponse(\x01\x12\x46\n\x07Retract\x12\x1c.hashmatch.v1.RetractRequest\x1a\x1d.hashmatch.v1.RetractResponse\x12X\n\rListHashLists\x12\".hashmatch.v1.ListHashListsRequest\x1a#.hashmatch.v1.ListHashListsResponse\x12H\n\x07\x43hanges\x12\x1c.hashmatch.v1.ChangesRequest\x1a\x1d.hashmatch.v1.ChangesResponse0\x01\x12U\n\x0cSignalStates\x12!.hashmatch.v1.SignalStatesRequest\x1a\".hashmatch.v1.SignalStatesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ahashmatch/v1/signals.proto\x12\x0chashmatch.v1\x1a\x19hashmatch/v1/common.proto\"\xb9\x01\n\x06Signal\x12%\n\x04hash\x18\x01 \x01(\x0b\x32\x17.hashmatch.v1.HashValue\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12\x13\n\x0b\x65xternal_id\x18\x03 \x01(\t\x12\x0e\n\x06\x66rames\x18\x04 \x03(\t\x12\x17\n\x0f\x66rame_qualities\x18\x05 \x03(\x05\x12\x12\n\ntimestamps\x18\x06 \x03(\x02\x12\x17\n\nexpires_at\x18\x07 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_expires_at\"}\n\rIngestRequest\x12\x11\n\tlist_name\x18\x01 \x01(\t\x12%\n\x07signals\x18\x02 \x03(\x0b\x32\x14.hashmatch.v1.Signal\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0e\n\x06strict\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\xd5\x01\n\x0eIngestResponse\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x01 \x01(\x04\x12\x0f\n\x07updated\x18\x02 \x01(\x04\x12\x11\n\tunchanged\x18\x03 \x01(\x04\x12\x10\n\x08rejected\x18\x04 \x01(\x04\x12+\n\nrejections\x18\x05 \x03(\x0b\x32\x17.hashmatch.v1.ItemError\x12\x1c\n\x0fstill_retracted\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\x1f\n\x17still_retracted_targets\x18\x07 \x03(\tB\x12\n\x10_still_retracted\"\x84\x01\n\x0eRetractRequest\x12\x11\n\tlist_name\x18\x01 \x01(\t\x12\'\n\x06hashes\x18\x02 \x03(\x0b\x32\x17.hashmatch.v1.HashValue\x12\x12\n\nsignal_ids\x18\x03 \x03(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x8c\x01\n\x0fRetractResponse\x12\x11\n\tretracted\x18\x01 \x01(\x04\x12\x11\n\tnot_found\x18\x02 \x03(\t\x12\x17\n\x0fnot_found_total\x18\x03 \x01(\x04\x12\x19\n\x11\x61lready_retracted\x18\x04 \x03(\t\x12\x1f\n\x17\x61lready_retracted_total\x18\x05 \x01(\x04\"\x16\n\x14ListHashListsRequest\"\xc4\x01\n\x08HashList\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x14\n\x0csignal_count\x18\x03 \x01(\x04\x12\x0f\n\x07\x65nabled\x18\x04 \x01(\x08\x12\x14\n\x0csignal_types\x18\x05 \x03(\t\x12\x1a\n\rexpired_count\x18\x06 \x01(\x04H\x00\x88\x01\x01\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x0e\n\x06labels\x18\x08 \x03(\t\x12\x0b\n\x03uid\x18\t \x01(\tB\x10\n\x0e_expired_count\"`\n\x15ListHashListsResponse\x12%\n\x05lists\x18\x01 \x03(\x0b\x32\x16.hashmatch.v1.HashList\x12\x0e\n\x06tenant\x18\x02 \x01(\t\x12\x10\n\x08store_id\x18\x03 \x01(\t\"z\n\x0e\x43hangesRequest\x12\r\n\x05since\x18\x01 \x01(\x03\x12\x14\n\x0csignal_types\x18\x02 \x03(\t\x12\x13\n\x0bmax_changes\x18\x03 \x01(\x04\x12\x15\n\rsplit_entries\x18\x04 \x01(\x08\x12\x17\n\x0fsince_signal_id\x18\x05 \x01(\x03\"\x80\x03\n\x06\x43hange\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12*\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1a.hashmatch.v1.ChangeAction\x12\x11\n\tsignal_id\x18\x03 \x01(\x03\x12\x13\n\x0bsignal_type\x18\x04 \x01(\t\x12\x0c\n\x04live\x18\x05 \x01(\x08\x12\x0c\n\x04hash\x18\x06 \x01(\x0c\x12\x0e\n\x06\x66rames\x18\x07 \x03(\x0c\x12\x11\n\tlist_name\x18\x08 \x01(\t\x12\x0e\n\x06labels\x18\t \x03(\t\x12\x13\n\x0b\x65xternal_id\x18\n \x01(\t\x12\x14\n\x07quality\x18\x0b \x01(\x05H\x00\x88\x01\x01\x12\x17\n\nexpires_at\x18\x0c \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0f\x66rame_qualities\x18\r \x03(\x05\x12\x12\n\ntimestamps\x18\x0e \x03(\x02\x12(\n\x05state\x18\x0f \x01(\x0e\x32\x19.hashmatch.v1.SignalState\x12\x10\n\x08list_uid\x18\x10 \x01(\tB\n\n\x08_qualityB\r\n\x0b_expires_at\"\xb9\x02\n\x0f\x43hangesResponse\x12%\n\x07\x63hanges\x18\x01 \x03(\x0b\x32\x14.hashmatch.v1.Change\x12\x0c\n\x04head\x18\x02 \x01(\x03\x12\x0c\n\x04more\x18\x03 \x01(\x08\x12\x10\n\x08store_id\x18\x04 \x01(\t\x12\x14\n\x0csince_digest\x18\x05 \x01(\t\x12\x13\n\x0bhead_digest\x18\x06 \x01(\t\x12\x15\n\rsplit_entries\x18\x07 \x01(\x08\x12\x16\n\x0ehead_signal_id\x18\x08 \x01(\x03\x12\x19\n\x11head_entry_digest\x18\t \x01(\t\x12\x1a\n\x12since_entry_digest\x18\n \x01(\t\x12\x30\n\rdeleted_lists\x18\x0b \x03(\x0b\x32\x19.hashmatch.v1.DeletedList\x12\x0e\n\x06tenant\x18\x0c \x01(\t\"S\n\x0b\x44\x65letedList\x12\x11\n\tlist_name\x18\x01 \x01(\t\x12\x0b\n\x03seq\x18\x02 \x01(\x03\x12\x12\n\ndeleted_at\x18\x03 \x01(\x01\x12\x10\n\x08list_uid\x18\x04 \x01(\t\")\n\x13SignalStatesRequest\x12\x12\n\nsignal_ids\x18\x01 \x03(\x03\"A\n\x14SignalStatesResponse\x12)\n\x06states\x18\x01 \x03(\x0e\x32\x19.hashmatch.v1.SignalState*a\n\x0c\x43hangeAction\x12\x1d\n\x19\x43HANGE_ACTION_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43HANGE_ACTION_ADDED\x10\x01\x12\x19\n\x15\x43HANGE_ACTION_REMOVED\x10\x02*\xb2\x01\n\x0bSignalState\x12\x1c\n\x18SIGNAL_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11SIGNAL_STATE_LIVE\x10\x01\x12\x1a\n\x16SIGNAL_STATE_RETRACTED\x10\x02\x12\x18\n\x14SIGNAL_STATE_EXPIRED\x10\x03\x12\x1e\n\x1aSIGNAL_STATE_LIST_DISABLED\x10\x04\x12\x18\n\x14SIGNAL_STATE_DELETED\x10\x05\x32\x93\x03\n\x07Signals\x12\x45\n\x06Ingest\x12\x1b.hashmatch.v1.IngestRequest\x1a\x1c.hashmatch.v1.IngestResponse(\x01\x12\x46\n\x07Retract\x12\x1c.hashmatch.v1.RetractRequest\x1a\x1d.hashmatch.v1.RetractResponse\x12X\n\rListHashLists\x12\".hashmatch.v1.ListHashListsRequest\x1a#.hashmatch.v1.ListHashListsResponse\x12H\n\x07\x43hanges\x12\x1c.hashmatch.v1.ChangesRequest\x1a\x1d.hashmatch.v1.ChangesResponse0\x01\x12U\n\x0cSignalStates\x12!.hashmatch.v1.SignalStatesRequest\x1a\".hashmatch.v1.SignalStatesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hashmatch.v1.signals_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHANGEACTION']._serialized_start=2162
-  _globals['_CHANGEACTION']._serialized_end=2259
-  _globals['_SIGNALSTATE']._serialized_start=2262
-  _globals['_SIGNALSTATE']._serialized_end=2440
+  _globals['_CHANGEACTION']._serialized_start=2223
+  _globals['_CHANGEACTION']._serialized_end=2320
+  _globals['_SIGNALSTATE']._serialized_start=2323
+  _globals['_SIGNALSTATE']._serialized_end=2501
   _globals['_SIGNAL']._serialized_start=72
   _globals['_SIGNAL']._serialized_end=257
   _globals['_INGESTREQUEST']._serialized_start=259
@@ -44,26 +44,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INGESTRESPONSE']._serialized_end=600
   _globals['_RETRACTREQUEST']._serialized_start=603
   _globals['_RETRACTREQUEST']._serialized_end=735
-  _globals['_RETRACTRESPONSE']._serialized_start=737
-  _globals['_RETRACTRESPONSE']._serialized_end=817
-  _globals['_LISTHASHLISTSREQUEST']._serialized_start=819
-  _globals['_LISTHASHLISTSREQUEST']._serialized_end=841
-  _globals['_HASHLIST']._serialized_start=844
-  _globals['_HASHLIST']._serialized_end=1040
-  _globals['_LISTHASHLISTSRESPONSE']._serialized_start=1042
-  _globals['_LISTHASHLISTSRESPONSE']._serialized_end=1138
-  _globals['_CHANGESREQUEST']._serialized_start=1140
-  _globals['_CHANGESREQUEST']._serialized_end=1262
-  _globals['_CHANGE']._serialized_start=1265
-  _globals['_CHANGE']._serialized_end=1649
-  _globals['_CHANGESRESPONSE']._serialized_start=1652
-  _globals['_CHANGESRESPONSE']._serialized_end=1965
-  _globals['_DELETEDLIST']._serialized_start=1967
-  _globals['_DELETEDLIST']._serialized_end=2050
-  _globals['_SIGNALSTATESREQUEST']._serialized_start=2052
-  _globals['_SIGNALSTATESREQUEST']._serialized_end=2093
-  _globals['_SIGNALSTATESRESPONSE']._serialized_start=2095
-  _globals['_SIGNALSTATESRESPONSE']._serialized_end=2160
-  _globals['_SIGNALS']._serialized_start=2443
-  _globals['_SIGNALS']._serialized_end=2846
+  _globals['_RETRACTRESPONSE']._serialized_start=738
+  _globals['_RETRACTRESPONSE']._serialized_end=878
+  _globals['_LISTHASHLISTSREQUEST']._serialized_start=880
+  _globals['_LISTHASHLISTSREQUEST']._serialized_end=902
+  _globals['_HASHLIST']._serialized_start=905
+  _globals['_HASHLIST']._serialized_end=1101
+  _globals['_LISTHASHLISTSRESPONSE']._serialized_start=1103
+  _globals['_LISTHASHLISTSRESPONSE']._serialized_end=1199
+  _globals['_CHANGESREQUEST']._serialized_start=1201
+  _globals['_CHANGESREQUEST']._serialized_end=1323
+  _globals['_CHANGE']._serialized_start=1326
+  _globals['_CHANGE']._serialized_end=1710
+  _globals['_CHANGESRESPONSE']._serialized_start=1713
+  _globals['_CHANGESRESPONSE']._serialized_end=2026
+  _globals['_DELETEDLIST']._serialized_start=2028
+  _globals['_DELETEDLIST']._serialized_end=2111
+  _globals['_SIGNALSTATESREQUEST']._serialized_start=2113
+  _globals['_SIGNALSTATESREQUEST']._serialized_end=2154
+  _globals['_SIGNALSTATESRESPONSE']._serialized_start=2156
+  _globals['_SIGNALSTATESRESPONSE']._serialized_end=2221
+  _globals['_SIGNALS']._serialized_start=2504
+  _globals['_SIGNALS']._serialized_end=2907
 # @@protoc_insertion_point(module_scope)

@@ -97,14 +97,18 @@ class RetractRequest(_message.Message):
     def __init__(self, list_name: _Optional[str] = ..., hashes: _Optional[_Iterable[_Union[_common_pb2.HashValue, _Mapping]]] = ..., signal_ids: _Optional[_Iterable[int]] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RetractResponse(_message.Message):
-    __slots__ = ("retracted", "not_found", "not_found_total")
+    __slots__ = ("retracted", "not_found", "not_found_total", "already_retracted", "already_retracted_total")
     RETRACTED_FIELD_NUMBER: _ClassVar[int]
     NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
     NOT_FOUND_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_RETRACTED_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_RETRACTED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     retracted: int
     not_found: _containers.RepeatedScalarFieldContainer[str]
     not_found_total: int
-    def __init__(self, retracted: _Optional[int] = ..., not_found: _Optional[_Iterable[str]] = ..., not_found_total: _Optional[int] = ...) -> None: ...
+    already_retracted: _containers.RepeatedScalarFieldContainer[str]
+    already_retracted_total: int
+    def __init__(self, retracted: _Optional[int] = ..., not_found: _Optional[_Iterable[str]] = ..., not_found_total: _Optional[int] = ..., already_retracted: _Optional[_Iterable[str]] = ..., already_retracted_total: _Optional[int] = ...) -> None: ...
 
 class ListHashListsRequest(_message.Message):
     __slots__ = ()
