@@ -544,6 +544,8 @@ class ServiceMachine(RuleBasedStateMachine):
         changed = [sid for sid in hit if not m.sigs[sid].retracted]
         assert (reply.retracted, reply.not_found_total) == (len(changed), missing), (
             reply, changed, missing)  # fmt: skip
+        # each signal found but retracted already, once (however many targets named it)
+        assert reply.already_retracted_total == len(hit) - len(changed), (reply, hit, changed)
         event(f"retract: {min(len(changed), 1)} not_found {min(missing, 1)}")
         self._no_leak(tenant, str(reply), (name,))
         for sid in changed:
