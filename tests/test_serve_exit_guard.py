@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -23,17 +22,11 @@ STUCK_SERVE = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_a_thread_stuck_past_the_drain_does_not_keep_serve_alive(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HASHMATCH_")}
     proc = subprocess.Popen(
         [sys.executable, "-c", STUCK_SERVE, "serve", "--insecure-no-auth",
-         "--listen", f"127.0.0.1:{_free_port()}", "--metrics-port", "-1",
+         "--listen", "127.0.0.1:0", "--metrics-port", "-1",
          "--drain-seconds", "0", "--data-dir", str(tmp_path / "data")],
         stderr=subprocess.PIPE, text=True, env={**env, "PYTHONUNBUFFERED": "1"},
     )  # fmt: skip

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from hashmatch.engine.errors import HashmatchError, InvalidInput
+from hashmatch.server.auth import admin_token_path
 from hashmatch.server.commands.remote_verb import RemoteGroup
 from hashmatch.server.commands.tokens import ACTOR_OPTION
 
@@ -278,8 +279,6 @@ def serve(config_file: str | None, **flags: Any) -> None:
 
 def _say_first_admin(auth_path: Path, token: str) -> None:
     """Where the first start's admin token is; the token itself on a terminal only."""
-    from hashmatch.server.auth import admin_token_path
-
     saved = admin_token_path(auth_path)
     if sys.stderr.isatty():
         click.echo(
